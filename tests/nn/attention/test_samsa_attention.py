@@ -423,7 +423,7 @@ def _train_marker(random_selection):
     model = _SetClassifier(random_selection=random_selection)
     opt = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for step in range(150):
+    for step in range(100):
         x, batch, y = _marker_task(32, seed=step)
         loss = F.cross_entropy(model(x, batch), y)
         opt.zero_grad()
