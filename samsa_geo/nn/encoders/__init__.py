@@ -1,1 +1,5 @@
-__all__: list = []
+from .positional_encoder import PositionalEncoder
+
+__all__: list = [
+    'PositionalEncoder',
+]
