@@ -1,1 +1,3 @@
-__all__: list = []
+from .lrgb_fixtures import write_lrgb_raw
+
+__all__: list = ['write_lrgb_raw']

@@ -1,1 +1,10 @@
-__all__: list = []
+from .positional_encoder import PositionalEncoder
+from .categorical_encoder import CategoricalEncoder
+from .graph_tokenizer import GraphTokenizer, GraphTokens
+
+__all__: list = [
+    'PositionalEncoder',
+    'CategoricalEncoder',
+    'GraphTokenizer',
+    'GraphTokens',
+]

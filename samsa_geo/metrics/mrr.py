@@ -1,0 +1,101 @@
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import scatter, to_dense_batch
+
+
+def mrr(
+    x: Tensor,
+    edge_label_index: Tensor,
+    edge_label: Tensor,
+    batch: Optional[Tensor] = None,
+) -> Dict[str, float]:
+    r"""Mean reciprocal rank of the PCQM-Contact link-prediction task of the
+    `"Long Range Graph Benchmark" <https://arxiv.org/abs/2206.08164>`_, raw
+    and filtered, as defined by the LRGB reference code
+    (:obj:`GNNInductiveEdgeHead.compute_mrr`, dot-product decoding).
+
+    For a graph with node embeddings :math:`\mathbf{X}`, scores are
+    :math:`\mathbf{S} = \mathbf{X}\mathbf{X}^{\top}`. Each positive pair
+    :math:`(s, t)` (:obj:`edge_label == 1`) is ranked against candidate
+    columns :math:`m` of row :math:`s`:
+
+    .. math::
+        \mathrm{rank}(s, t) = 1 + \big|\{m \in \mathcal{M}(s, t) :
+        S_{s,m} > S_{s,t}\}\big|,
+
+    where :math:`\mathcal{M}` holds every node but :math:`t` for the raw MRR
+    (:obj:`"mrr"`; other true contacts and :math:`s` itself count as
+    negatives), every node that is not a positive partner of :math:`s` for
+    :obj:`"mrr_filtered"` (the metric to report), and additionally not
+    :math:`s` for :obj:`"mrr_filtered_noself"`. A graph scores the mean of
+    :math:`1/\mathrm{rank}` over its positive pairs, and 0 if it has none
+    (as the reference); the result is the mean over graphs. Ties count in
+    favour of the positive pair (the reference's :obj:`argsort` leaves them
+    implementation-defined). The reference averages per-batch values
+    weighted by the number of labelled pairs, which equals this function
+    when the whole split is passed at once.
+
+    Args:
+        x (torch.Tensor): Node embeddings :math:`(N, F)`.
+        edge_label_index (torch.Tensor): Labelled pairs :math:`(2, L)`, global
+            node indices (as batched by PyG).
+        edge_label (torch.Tensor): Labels :math:`(L,)`, 1 for a contact.
+        batch (torch.Tensor, optional): Graph of every node :math:`(N,)`,
+            sorted. (default: :obj:`None`)
+
+    Returns:
+        :obj:`{"mrr": ..., "mrr_filtered": ..., "mrr_filtered_noself": ...}`
+    """
+    num_nodes = x.size(0)
+    if x.dim() != 2:
+        raise ValueError(f"Expected 'x' to have shape [N, F] "
+                         f"(got {list(x.shape)})")
+    if edge_label_index.dim() != 2 or edge_label_index.size(0) != 2:
+        raise ValueError(f"Expected 'edge_label_index' to have shape [2, L] "
+                         f"(got {list(edge_label_index.shape)})")
+    if edge_label.shape != (edge_label_index.size(1), ):
+        raise ValueError(f"Expected 'edge_label' to have shape "
+                         f"[{edge_label_index.size(1)}] "
+                         f"(got {list(edge_label.shape)})")
+    if batch is None:
+        batch = torch.zeros(num_nodes, dtype=torch.long, device=x.device)
+    if batch.shape != (num_nodes, ):
+        raise ValueError(f"Expected 'batch' to have shape [{num_nodes}] "
+                         f"(got {list(batch.shape)})")
+    if num_nodes == 0:
+        raise ValueError("Expected at least one node in 'x'")
+
+    x = x.detach()
+    num_graphs = int(batch.max()) + 1
+    counts = torch.bincount(batch, minlength=num_graphs)
+    start = counts.cumsum(0) - counts
+
+    dense, mask = to_dense_batch(x, batch, batch_size=num_graphs)  # [B, M, F]
+    scores = dense @ dense.transpose(1, 2)  # [B, M, M]
+    scores = scores.masked_fill(~mask.unsqueeze(1), float('-inf'))
+
+    pos = edge_label_index[:, edge_label.detach() == 1]
+    graph = batch[pos[0]]
+    if not bool((batch[pos[1]] == graph).all()):
+        raise ValueError("Expected every pair in 'edge_label_index' to join "
+                         "two nodes of the same graph")
+    src, dst = pos[0] - start[graph], pos[1] - start[graph]
+    rows = scores[graph, src]  # [P, M]
+    pos_score = rows.gather(1, dst.view(-1, 1))  # [P, 1]
+
+    is_pos = torch.zeros_like(scores, dtype=torch.bool)  # [B, M, M]
+    is_pos[graph, src, dst] = True
+    filtered = rows.masked_fill(is_pos[graph, src], float('-inf'))
+    noself = filtered.scatter(1, src.view(-1, 1), float('-inf'))
+
+    out: Dict[str, float] = {}
+    for key, cand in (('mrr', rows), ('mrr_filtered', filtered),
+                      ('mrr_filtered_noself', noself)):
+        rank = 1 + (cand > pos_score).sum(dim=1)  # [P]
+        rr = 1.0 / rank.to(torch.float64)
+        per_graph = scatter(rr, graph, dim=0, dim_size=num_graphs,
+                            reduce='mean')  # 0 where a graph has none
+        out[key] = float(per_graph.mean())
+    return out

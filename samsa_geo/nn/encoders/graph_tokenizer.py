@@ -1,0 +1,229 @@
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import GELU, Linear, Module, Parameter, Sequential
+
+
+class GraphTokens(NamedTuple):
+    r"""Output of :class:`GraphTokenizer`.
+
+    Attributes:
+        x (torch.Tensor): Tokens :math:`(T, F)`, :math:`T = N + E` (or
+            :math:`N` without edge tokens), grouped by graph; within a graph
+            its node tokens come first (in node order), then its edge tokens
+            (in edge order).
+        batch (torch.Tensor): Graph of every token :math:`(T,)`, sorted.
+        node_index (torch.Tensor): Position of node :math:`i`'s token,
+            :math:`(N,)`: read node outputs back with :obj:`out[node_index]`.
+        edge_index (torch.Tensor, optional): Position of edge :math:`e`'s
+            token, :math:`(E,)`; :obj:`None` without edge tokens.
+        node_mask (torch.Tensor): :obj:`True` for node tokens, :math:`(T,)`.
+    """
+    x: Tensor
+    batch: Tensor
+    node_index: Tensor
+    edge_index: Optional[Tensor]
+    node_mask: Tensor
+
+
+class GraphTokenizer(Module):
+    r"""Turns a (batch of) graph(s) into a token set, nodes *and* edges being
+    tokens, as in the released code of `"SAMSA: Efficient Transformer for
+    Many Data Modalities" <https://arxiv.org/abs/2408.05391>`_.
+
+    Every node gets a random identifier :math:`\mathbf{r}_i \sim
+    \mathcal{N}(0, \mathbf{I}_{d})`, scaled by a learned
+    :math:`\sigma = \mathrm{softplus}(\theta)`:
+
+    .. math::
+        \mathbf{t}_i &= \mathbf{W}_{\mathrm{node}}\left[\,
+            f_{\mathrm{node}}(\mathbf{x}_i) \,\Vert\, \sigma\mathbf{r}_i
+            \right] + \mathbf{p}_i
+
+        \mathbf{t}_{(j \to i)} &= \mathrm{MLP}_{\mathrm{edge}}\left(
+            f_{\mathrm{edge}}(\mathbf{e}_{j,i}) \,\Vert\,
+            \sigma(\mathbf{r}_j - \mathbf{r}_i) \right)
+
+    where :math:`f_{\mathrm{node}}, f_{\mathrm{edge}}` are pluggable input
+    encoders (:class:`torch.nn.Linear` for float features,
+    :class:`CategoricalEncoder` for OGB features), :math:`\mathbf{p}_i` an
+    optional encoded positional encoding and :math:`j \to i` the edge
+    :obj:`edge_index[:, e] = (j, i)`.
+
+    Identifiers: in training mode fresh ones are drawn at every call (the
+    model is permutation-equivariant in distribution). In evaluation mode
+    they are deterministic: node :math:`i`, the :math:`m`-th node of its
+    graph, gets row :math:`m` of a fixed table generated from :obj:`seed`, so
+    predictions are reproducible and independent of the other graphs in the
+    batch (set :obj:`stochastic_eval=True` for the released code's fresh
+    draws). Passing :obj:`node_id` overrides both. Given fixed identifiers,
+    node tokens are exactly permutation-equivariant.
+
+    Args:
+        channels (int): Token width :math:`F`.
+        node_encoder (torch.nn.Module): Maps :obj:`x` to :math:`(N, F)`.
+        edge_encoder (torch.nn.Module, optional): Maps :obj:`edge_attr` to
+            :math:`(E, F)`; if :obj:`None`, edge tokens use the identifiers
+            only. (default: :obj:`None`)
+        id_channels (int, optional): Identifier size :math:`d`.
+            (default: :obj:`16`)
+        edge_tokens (bool, optional): Whether to emit edge tokens.
+            (default: :obj:`True`)
+        stochastic_eval (bool, optional): Draw fresh identifiers in
+            evaluation mode too. (default: :obj:`False`)
+        seed (int, optional): Seed of the evaluation identifiers.
+            (default: :obj:`0`)
+
+    Shapes:
+        - **input:** x :math:`(N, *)`, edge_index :math:`(2, E)`,
+          edge_attr :math:`(E, *)`, batch :math:`(N,)` (sorted), pe
+          :math:`(N, F)`, node_id :math:`(N, d)`
+        - **output:** :class:`GraphTokens`
+    """
+    _BLOCK: int = 1024  # rows of the evaluation id table generated at once
+
+    def __init__(
+        self,
+        channels: int,
+        node_encoder: Module,
+        edge_encoder: Optional[Module] = None,
+        id_channels: int = 16,
+        edge_tokens: bool = True,
+        stochastic_eval: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (('channels', channels),
+                            ('id_channels', id_channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected '{name}' to be a positive integer "
+                                 f"(got {value!r})")
+        self.channels = channels
+        self.id_channels = id_channels
+        self.edge_tokens = edge_tokens
+        self.stochastic_eval = stochastic_eval
+        self.seed = seed
+
+        self.node_encoder = node_encoder
+        self.edge_encoder = edge_encoder if edge_tokens else None
+        self.id_scale = Parameter(torch.empty(()))
+        self.lin_node = Linear(channels + id_channels, channels)
+        if edge_tokens:
+            edge_in = id_channels + (channels if edge_encoder is not None else 0)
+            self.edge_nn: Optional[Module] = Sequential(
+                Linear(edge_in, channels), GELU(), Linear(channels, channels))
+        else:
+            self.edge_nn = None
+        self._eval_ids = torch.empty(0, id_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # softplus(0.5413) = 1: identifiers start with unit variance.
+        torch.nn.init.constant_(self.id_scale, 0.5413)
+        for module in (self.node_encoder, self.edge_encoder, self.lin_node,
+                       self.edge_nn):
+            if module is None:
+                continue
+            for m in module.modules():
+                if hasattr(m, 'reset_parameters') and m is not self:
+                    m.reset_parameters()
+
+    def _eval_table(self, rows: int) -> Tensor:
+        while self._eval_ids.size(0) < rows:
+            block = self._eval_ids.size(0) // self._BLOCK
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
+            new = torch.randn(self._BLOCK, self.id_channels, generator=gen)
+            self._eval_ids = torch.cat([self._eval_ids, new], dim=0)
+        return self._eval_ids[:rows]
+
+    def node_ids(self, batch: Tensor, dtype: torch.dtype) -> Tensor:
+        r"""Unscaled identifiers :math:`\mathbf{r}` for the nodes of
+        :obj:`batch` in the current mode, shape :math:`(N, d)`."""
+        num_nodes = batch.numel()
+        if self.training or self.stochastic_eval:
+            return torch.randn(num_nodes, self.id_channels, device=batch.device,
+                               dtype=dtype)
+        if num_nodes == 0:
+            return torch.empty(0, self.id_channels, device=batch.device,
+                               dtype=dtype)
+        counts = torch.bincount(batch)
+        start = counts.cumsum(0) - counts  # first node of every graph
+        local = torch.arange(num_nodes, device=batch.device) - start[batch]
+        table = self._eval_table(int(counts.max()))
+        return table.to(batch.device, dtype)[local]
+
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_attr: Optional[Tensor] = None,
+        batch: Optional[Tensor] = None,
+        pe: Optional[Tensor] = None,
+        node_id: Optional[Tensor] = None,
+    ) -> GraphTokens:
+        num_nodes = x.size(0)
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"Expected 'edge_index' to have shape [2, E] "
+                             f"(got {list(edge_index.shape)})")
+        if batch is None:
+            batch = x.new_zeros(num_nodes, dtype=torch.long)
+        if batch.shape != (num_nodes, ):
+            raise ValueError(f"Expected 'batch' to have shape [{num_nodes}] "
+                             f"(got {list(batch.shape)})")
+        if num_nodes > 1 and bool((batch[1:] < batch[:-1]).any()):
+            raise ValueError("Expected 'batch' to be sorted (as built by "
+                             "PyG's DataLoader)")
+
+        h = self.node_encoder(x)
+        if h.shape != (num_nodes, self.channels):
+            raise ValueError(f"Expected 'node_encoder' to return shape "
+                             f"[{num_nodes}, {self.channels}] "
+                             f"(got {list(h.shape)})")
+        if node_id is None:
+            node_id = self.node_ids(batch, h.dtype)
+        elif node_id.shape != (num_nodes, self.id_channels):
+            raise ValueError(f"Expected 'node_id' to have shape [{num_nodes}, "
+                             f"{self.id_channels}] (got {list(node_id.shape)})")
+        node_id = F.softplus(self.id_scale) * node_id.to(h.dtype)
+        node_tok = self.lin_node(torch.cat([h, node_id], dim=-1))  # [N, F]
+        if pe is not None:
+            if pe.shape != node_tok.shape:
+                raise ValueError(f"Expected 'pe' to have shape "
+                                 f"{list(node_tok.shape)} (got {list(pe.shape)})")
+            node_tok = node_tok + pe
+
+        node_arange = torch.arange(num_nodes, device=x.device)
+        if self.edge_nn is None:
+            return GraphTokens(node_tok, batch, node_arange, None,
+                               torch.ones_like(batch, dtype=torch.bool))
+
+        src, dst = edge_index
+        feats = [node_id[src] - node_id[dst]]
+        if self.edge_encoder is not None:
+            if edge_attr is None:
+                raise ValueError("Expected 'edge_attr' since an 'edge_encoder' "
+                                 "is set (got None)")
+            if edge_attr.size(0) != edge_index.size(1):
+                raise ValueError(f"Expected 'edge_attr' to have "
+                                 f"{edge_index.size(1)} rows "
+                                 f"(got {edge_attr.size(0)})")
+            feats.insert(0, self.edge_encoder(edge_attr))
+        edge_tok = self.edge_nn(torch.cat(feats, dim=-1))  # [E, F]
+
+        tokens = torch.cat([node_tok, edge_tok], dim=0)  # [N + E, F]
+        token_batch = torch.cat([batch, batch[src]], dim=0)
+        # Stable sort: per graph, node tokens (first in the concatenation)
+        # stay before edge tokens, each in their original order.
+        token_batch, perm = torch.sort(token_batch, stable=True)
+        position = torch.empty_like(perm)
+        position[perm] = torch.arange(perm.numel(), device=perm.device)
+        node_mask = perm < num_nodes
+        return GraphTokens(tokens[perm], token_batch, position[:num_nodes],
+                           position[num_nodes:], node_mask)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.channels}, '
+                f'id_channels={self.id_channels}, '
+                f'edge_tokens={self.edge_tokens})')

@@ -1,0 +1,121 @@
+"""Tiny fake raw folders in the exact on-disk format of the five LRGB
+archives, so that :class:`torch_geometric.datasets.LRGBDataset` processes
+them without downloading anything.
+
+Formats (see ``LRGBDataset.process``):
+
+* ``peptides-func`` / ``peptides-struct``: ``raw/{train,val,test}.pt``, each
+  a ``torch.save``-d list of ``(x, edge_attr, edge_index, y)`` tuples with
+  ``x`` int64 ``[N, 9]`` (OGB atom features), ``edge_attr`` int64 ``[E, 3]``,
+  ``edge_index`` int64 ``[2, E]``, ``y`` float ``[1, 10]`` (binary) or
+  ``[1, 11]`` (regression).
+* ``pascalvoc-sp`` / ``coco-sp``: ``raw/{train,val,test}.pickle``, each a
+  pickled list of ``(x, edge_attr, edge_index, y)`` with ``x`` float
+  ``[N, 14]``, ``edge_attr`` float ``[E, 2]``, ``edge_index`` int64
+  ``[2, E]``, ``y`` int64 ``[N]`` node labels (COCO: original category ids,
+  remapped to ``0..80`` by ``LRGBDataset``).
+* ``pcqm-contact``: ``raw/{train,val,test}.pt``, lists of ``(x, edge_attr,
+  edge_index, edge_label_index, edge_label)``.
+"""
+import os
+import os.path as osp
+import pickle
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+LRGB_NAMES: List[str] = ['pascalvoc-sp', 'coco-sp', 'pcqm-contact',
+                         'peptides-func', 'peptides-struct']
+
+#: Original (non-contiguous) COCO category ids found in COCO-SP raw labels.
+COCO_ORIGINAL_LABELS: List[int] = (
+    list(range(12)) + list(range(13, 26)) + [27, 28] + list(range(31, 45))
+    + list(range(46, 66)) + [67, 70] + list(range(72, 83))
+    + list(range(84, 91)))
+
+_OGB_ATOM_DIMS = [119, 5, 12, 12, 10, 6, 6, 2, 2]
+_OGB_BOND_DIMS = [5, 6, 2]
+SPLIT_SIZES: Dict[str, int] = {'train': 4, 'val': 2, 'test': 3}
+
+
+def _undirected_graph(num_nodes: int, gen: torch.Generator) -> Tensor:
+    # A path plus a few random chords, both directions stored.
+    src = torch.arange(num_nodes - 1)
+    chords = torch.randint(0, num_nodes, (2, num_nodes // 3), generator=gen)
+    chords = chords[:, chords[0] != chords[1]]
+    ei = torch.cat([torch.stack([src, src + 1]), chords], dim=1)
+    ei = torch.cat([ei, ei.flip(0)], dim=1)
+    return torch.unique(ei, dim=1)
+
+
+def _categorical(num: int, dims: List[int], gen: torch.Generator) -> Tensor:
+    cols = [torch.randint(0, d, (num, ), generator=gen) for d in dims]
+    return torch.stack(cols, dim=1)
+
+
+def make_lrgb_graph(name: str, num_nodes: int, gen: torch.Generator) -> Tuple:
+    """One raw graph tuple of dataset :obj:`name`, as stored in its archive."""
+    ei = _undirected_graph(num_nodes, gen)
+    num_edges = ei.size(1)
+    if name in ('peptides-func', 'peptides-struct', 'pcqm-contact'):
+        x = _categorical(num_nodes, _OGB_ATOM_DIMS, gen)
+        edge_attr = _categorical(num_edges, _OGB_BOND_DIMS, gen)
+        if name == 'peptides-func':
+            y = (torch.rand(1, 10, generator=gen) < 0.4).float()
+            return x, edge_attr, ei, y
+        if name == 'peptides-struct':
+            return x, edge_attr, ei, torch.randn(1, 11, generator=gen)
+        num_labeled = 2 * num_nodes
+        label_index = torch.randint(0, num_nodes, (2, num_labeled),
+                                    generator=gen)
+        label = (torch.rand(num_labeled, generator=gen) < 0.3).long()
+        return x, edge_attr, ei, label_index, label
+    if name in ('pascalvoc-sp', 'coco-sp'):
+        x = torch.rand(num_nodes, 14, generator=gen)
+        edge_attr = torch.rand(num_edges, 2, generator=gen)
+        if name == 'pascalvoc-sp':
+            y = torch.randint(0, 21, (num_nodes, ), generator=gen)
+        else:
+            pick = torch.randint(0, len(COCO_ORIGINAL_LABELS), (num_nodes, ),
+                                 generator=gen)
+            y = torch.tensor(COCO_ORIGINAL_LABELS)[pick]
+        return x, edge_attr, ei, y
+    raise ValueError(f"Expected 'name' to be one of {LRGB_NAMES} (got {name!r})")
+
+
+def write_lrgb_raw(root: str, name: str, seed: int = 0,
+                   sizes: Optional[Dict[str, int]] = None,
+                   num_nodes: Tuple[int, int] = (5, 16)) -> str:
+    """Writes ``root/<name>/raw/{train,val,test}.{pt,pickle}`` in the format
+    of the LRGB archive :obj:`name` (lower case, as ``LRGBDataset.names``) and
+    returns the raw folder. ``LRGBDataset(root, name)`` then skips the
+    download and processes these files.
+
+    Args:
+        root (str): Dataset root passed to ``LRGBDataset``.
+        name (str): One of :obj:`LRGB_NAMES` (case-insensitive).
+        seed (int): Seed of the random contents.
+        sizes (dict, optional): Graphs per split (default :obj:`SPLIT_SIZES`).
+        num_nodes (tuple): Range ``[low, high)`` of graph sizes.
+    """
+    name = name.lower()
+    if name not in LRGB_NAMES:
+        raise ValueError(f"Expected 'name' to be one of {LRGB_NAMES} "
+                         f"(got {name!r})")
+    sizes = sizes or SPLIT_SIZES
+    gen = torch.Generator().manual_seed(seed)
+    raw_dir = osp.join(root, name, 'raw')
+    os.makedirs(raw_dir, exist_ok=True)
+    for split in ('train', 'val', 'test'):
+        graphs = []
+        for _ in range(sizes[split]):
+            n = int(torch.randint(num_nodes[0], num_nodes[1], (1, ),
+                                  generator=gen))
+            graphs.append(make_lrgb_graph(name, n, gen))
+        if name.endswith('-sp'):
+            with open(osp.join(raw_dir, f'{split}.pickle'), 'wb') as f:
+                pickle.dump(graphs, f)
+        else:
+            torch.save(graphs, osp.join(raw_dir, f'{split}.pt'))
+    return raw_dir

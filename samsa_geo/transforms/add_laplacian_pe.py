@@ -1,0 +1,120 @@
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.transforms import AddLaplacianEigenvectorPE, BaseTransform
+from torch_geometric.utils import is_undirected as _is_undirected
+
+
+def canonical_eigenvector_sign(pe: Tensor) -> Tensor:
+    r"""Flips every column of :obj:`pe` so that its entry of largest absolute
+    value is positive (ties are broken by the lowest row index).
+
+    All-zero columns (padding) are left unchanged.
+
+    Args:
+        pe (torch.Tensor): Eigenvectors as columns, shape :obj:`[N, k]`.
+    """
+    if pe.numel() == 0:
+        return pe
+    idx = pe.abs().argmax(dim=0)  # [k]
+    sign = torch.sign(pe.gather(0, idx.view(1, -1)))  # [1, k]
+    sign[sign == 0] = 1.0
+    return pe * sign
+
+
+class AddLaplacianPE(BaseTransform):
+    r"""Adds the Laplacian eigenvector positional encoding from the
+    `"Benchmarking Graph Neural Networks" <https://arxiv.org/abs/2003.00982>`_
+    paper, built on :class:`torch_geometric.transforms.AddLaplacianEigenvectorPE`
+    and made suitable for a :obj:`pre_transform`.
+
+    For the symmetric normalised Laplacian
+
+    .. math::
+        \mathbf{L} = \mathbf{I} - \mathbf{D}^{-1/2} \mathbf{A}
+        \mathbf{D}^{-1/2} = \mathbf{U} \mathbf{\Lambda} \mathbf{U}^{\top},
+
+    node :math:`i` receives :math:`(U_{i,1}, \ldots, U_{i,k})`, the entries of
+    the :math:`k` eigenvectors following the first one (eigenvalues sorted
+    ascending). Compared to PyG's transform it
+
+    * fixes the sign of every eigenvector deterministically (its entry of
+      largest absolute value is positive) instead of drawing a random sign,
+      and leaves the global random state untouched;
+    * pads graphs with :math:`N \le k` nodes with zero columns (PyG raises a
+      shape error there), so every graph gets a :obj:`[N, k]` tensor;
+    * stores :obj:`torch.get_default_dtype()` values (PyG stores float64).
+
+    Eigenvectors of repeated eigenvalues are only defined up to a rotation of
+    their eigenspace; no sign convention removes that ambiguity. Use
+    :class:`~samsa_geo.transforms.RandomSignFlip` during training so the
+    model does not rely on the sign convention.
+
+    Args:
+        k (int): The number of non-trivial eigenvectors.
+        attr_name (str, optional): The attribute to store the encoding in.
+            (default: :obj:`"lap_pe"`)
+        is_undirected (bool, optional): Whether the graphs are undirected
+            (faster, exactly symmetric eigendecomposition). If :obj:`None`,
+            detected per graph. (default: :obj:`None`)
+        **kwargs (optional): Passed to :class:`AddLaplacianEigenvectorPE`
+            (arguments of :meth:`scipy.sparse.linalg.eigsh` / :meth:`eigs`).
+
+    Shapes:
+        - **input:** :obj:`Data` with :obj:`edge_index` :math:`(2, |\mathcal{E}|)`
+        - **output:** same object with :obj:`data[attr_name]` :math:`(N, k)`
+    """
+    def __init__(
+        self,
+        k: int,
+        attr_name: str = 'lap_pe',
+        is_undirected: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"Expected 'k' to be a positive integer (got {k!r})")
+        if not isinstance(attr_name, str) or not attr_name:
+            raise ValueError(f"Expected 'attr_name' to be a non-empty string "
+                             f"(got {attr_name!r})")
+        self.k = k
+        self.attr_name = attr_name
+        self.is_undirected = is_undirected
+        self.kwargs = kwargs
+
+    def forward(self, data: Data) -> Data:
+        if data.edge_index is None:
+            raise ValueError("Expected 'data.edge_index' to be set (got None)")
+        num_nodes = int(data.num_nodes or 0)
+        dtype = torch.get_default_dtype()
+        pe = torch.zeros(num_nodes, self.k, dtype=dtype)
+
+        num_eig = min(self.k, num_nodes - 1)  # non-trivial eigenvectors there
+        if num_eig > 0:
+            undirected = self.is_undirected
+            if undirected is None:
+                undirected = _is_undirected(data.edge_index,
+                                            num_nodes=num_nodes)
+            inner = AddLaplacianEigenvectorPE(num_eig, attr_name='pe',
+                                              is_undirected=undirected,
+                                              **self.kwargs)
+            if num_eig + 2 >= num_nodes:
+                # ARPACK needs k + 1 < N - 1; a dense solve is exact here:
+                inner.SPARSE_THRESHOLD = num_nodes + 1
+            tmp = Data(edge_index=data.edge_index, num_nodes=num_nodes)
+            if 'edge_weight' in data:
+                tmp.edge_weight = data.edge_weight
+            # PyG draws random signs from the global generator; we canonise
+            # the signs anyway, so keep the caller's random stream intact:
+            with torch.random.fork_rng(devices=[]):
+                out = inner(tmp).pe
+            pe[:, :num_eig] = canonical_eigenvector_sign(out.to(dtype))
+
+        data[self.attr_name] = pe
+        return data
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(k={self.k}, '
+                f'attr_name={self.attr_name!r}, '
+                f'is_undirected={self.is_undirected})')
