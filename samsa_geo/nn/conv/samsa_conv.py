@@ -87,12 +87,14 @@ class SamsaConv(Module):
             Dropout(dropout),
         )
         norm_kwargs = norm_kwargs or {}
-        self.norm1 = normalization_resolver(norm, channels, **norm_kwargs)
+        self.norm1 = None  # only the local branch uses it
+        if conv is not None:
+            self.norm1 = normalization_resolver(norm, channels, **norm_kwargs)
         self.norm2 = normalization_resolver(norm, channels, **norm_kwargs)
         self.norm3 = normalization_resolver(norm, channels, **norm_kwargs)
         self.norm_with_batch = False
-        if self.norm1 is not None:
-            signature = inspect.signature(self.norm1.forward)
+        if self.norm2 is not None:
+            signature = inspect.signature(self.norm2.forward)
             self.norm_with_batch = 'batch' in signature.parameters
 
     def reset_parameters(self) -> None:
