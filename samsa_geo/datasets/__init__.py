@@ -1,1 +1,16 @@
-__all__: list = []
+r"""Point-cloud datasets in the on-disk formats of the real archives.
+
+The bundled samples under :obj:`datasets/` (synthetic shapes) use the same
+formats and are read by the same classes.
+"""
+from .modelnet40_normal_resampled import ModelNet40NormalResampled
+from .modelnet40_hdf5 import ModelNet40HDF5
+from .modelnet_princeton import modelnet_princeton
+from .shapenet_part import ShapeNetPart
+
+__all__ = [
+    'ModelNet40NormalResampled',
+    'ModelNet40HDF5',
+    'modelnet_princeton',
+    'ShapeNetPart',
+]
