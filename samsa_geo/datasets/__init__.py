@@ -7,10 +7,12 @@ from .modelnet40_normal_resampled import ModelNet40NormalResampled
 from .modelnet40_hdf5 import ModelNet40HDF5
 from .modelnet_princeton import modelnet_princeton
 from .shapenet_part import ShapeNetPart
+from .sample_root import sample_root
 
 __all__ = [
     'ModelNet40NormalResampled',
     'ModelNet40HDF5',
     'modelnet_princeton',
     'ShapeNetPart',
+    'sample_root',
 ]

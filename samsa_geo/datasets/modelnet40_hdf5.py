@@ -123,7 +123,8 @@ class ModelNet40HDF5(InMemoryDataset):
                         'float32')) if 'normal' in h5 else None)
                 if pos.dim() != 3 or pos.size(-1) != 3:
                     raise ValueError(f"Expected 'data' of '{path}' to have "
-                                     f"shape [M, P, 3] (got {list(pos.size())})")
+                                     f"shape [M, P, 3] "
+                                     f"(got {list(pos.size())})")
                 if pos.size(1) < self.num_points:
                     raise ValueError(f"Expected at least num_points="
                                      f"{self.num_points} points per shape in "

@@ -42,7 +42,8 @@ class ModelNet40NormalResampled(InMemoryDataset):
         use_normals (bool, optional): Keep :obj:`data.normal`.
             (default: :obj:`True`)
         sampling (str, optional): :obj:`"first"` (first points of the file)
-            or :obj:`"fps"` (farthest point sampling). (default: :obj:`"first"`)
+            or :obj:`"fps"` (farthest point sampling).
+            (default: :obj:`"first"`)
         val_ratio (float, optional): Fraction of each class of the training
             list held out as :obj:`"val"` (seeded, fixed). :obj:`0` keeps the
             official training list whole. (default: :obj:`0.0`)

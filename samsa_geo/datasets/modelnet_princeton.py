@@ -27,7 +27,8 @@ def modelnet_princeton(
         split (str, optional): :obj:`"train"` or :obj:`"test"`.
             (default: :obj:`"train"`)
         num_points (int, optional): Points per shape. (default: :obj:`1024`)
-        name (str, optional): :obj:`"40"` or :obj:`"10"`. (default: :obj:`"40"`)
+        name (str, optional): :obj:`"40"` or :obj:`"10"`.
+            (default: :obj:`"40"`)
         transform (callable, optional): Applied at every access.
         pre_transform (callable, optional): Applied once after sampling.
         force_reload (bool, optional): Re-process. (default: :obj:`False`)
@@ -46,5 +47,6 @@ def modelnet_princeton(
     sample = SamplePoints(num_points, include_normals=True)
     pre = sample if pre_transform is None else Compose([sample,
                                                         pre_transform])
-    return ModelNet(root, name=name, train=split == 'train', transform=transform,
-                    pre_transform=pre, force_reload=force_reload)
+    return ModelNet(root, name=name, train=split == 'train',
+                    transform=transform, pre_transform=pre,
+                    force_reload=force_reload)

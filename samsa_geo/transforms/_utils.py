@@ -7,7 +7,8 @@ def check_pos(data: Data) -> Tensor:
     r"""Returns :obj:`data.pos` after checking it has shape :obj:`[N, 3]`."""
     pos = getattr(data, 'pos', None)
     if pos is None:
-        raise ValueError("Expected 'data' to have a 'pos' attribute (got None)")
+        raise ValueError("Expected 'data' to have a 'pos' attribute "
+                         "(got None)")
     if pos.dim() != 2 or pos.size(-1) != 3:
         raise ValueError(f"Expected 'pos' to have shape [N, 3] "
                          f"(got {list(pos.size())})")

@@ -37,7 +37,8 @@ class RandomJitter(BaseTransform):
 
     def forward(self, data: Data) -> Data:
         pos = check_pos(data)
-        noise = (torch.randn_like(pos) * self.sigma).clamp(-self.clip, self.clip)
+        noise = torch.randn_like(pos) * self.sigma
+        noise = noise.clamp(-self.clip, self.clip)
         data.pos = pos + noise
         return data
 

@@ -4,9 +4,13 @@ import os.path as osp
 import subprocess
 import sys
 
-import torch
+import pytest
 
-from samsa_geo.datasets import ModelNet40NormalResampled
+from samsa_geo.datasets import (
+    ModelNet40NormalResampled,
+    ShapeNetPart,
+    sample_root,
+)
 
 from .conftest import MODELNET_SAMPLE, REPO, SHAPENET_SAMPLE
 
@@ -45,3 +49,12 @@ def test_convex_sample_normals_point_outwards(modelnet_root):
             continue
         center = (data.pos.max(0).values + data.pos.min(0).values) / 2
         assert bool(((data.pos - center) * data.normal).sum(-1).gt(0).all())
+
+
+def test_sample_root():
+    assert sample_root('modelnet40') == MODELNET_SAMPLE
+    root = sample_root('shapenet_part')
+    assert root == SHAPENET_SAMPLE
+    assert ShapeNetPart.categories_on_disk(root) == ['Lamp', 'Mug', 'Table']
+    with pytest.raises(ValueError, match="'name'"):
+        sample_root('modelnet10')
