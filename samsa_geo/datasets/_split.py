@@ -1,0 +1,20 @@
+import torch
+from torch import Tensor
+
+
+def holdout_indices(y: Tensor, ratio: float, seed: int = 0) -> Tensor:
+    r"""Returns a fixed, seeded per-class hold-out of :obj:`ratio` of the
+    samples with labels :obj:`y` (at least one per class of two or more
+    samples), sorted."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for c in y.unique(sorted=True).tolist():
+        members = (y == c).nonzero().view(-1)
+        if members.numel() < 2:
+            continue
+        num = max(1, int(round(ratio * members.numel())))
+        perm = torch.randperm(members.numel(), generator=gen)
+        out.append(members[perm[:num]])
+    if not out:
+        return torch.empty(0, dtype=torch.long)
+    return torch.cat(out).sort().values

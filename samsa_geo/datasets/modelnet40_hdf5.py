@@ -1,0 +1,148 @@
+import os.path as osp
+from typing import Callable, List, Optional
+
+import torch
+from torch_geometric.data import Data, InMemoryDataset
+
+from samsa_geo.datasets._download import fetch_archive
+from samsa_geo.datasets._split import holdout_indices
+
+
+class ModelNet40HDF5(InMemoryDataset):
+    r"""The ModelNet40 point clouds of the :obj:`modelnet40_ply_hdf5_2048`
+    archive of `"PointNet" <https://arxiv.org/abs/1612.00593>`_ (2,048
+    points per shape, unit sphere, :math:`y` up), used by DGCNN and PCT.
+
+    The archive is read from :obj:`root/modelnet40_ply_hdf5_2048/`:
+    :obj:`shape_names.txt`, :obj:`train_files.txt` and :obj:`test_files.txt`
+    (one :obj:`.h5` path per line, e.g.
+    :obj:`data/modelnet40_ply_hdf5_2048/ply_data_train0.h5`; the base name is
+    looked up in the folder), and the :obj:`.h5` files with datasets
+    :obj:`data` :math:`(M, 2048, 3)`, :obj:`label` :math:`(M, 1)` and
+    optionally :obj:`normal` :math:`(M, 2048, 3)`. Requires :obj:`h5py`.
+
+    Args:
+        root (str): Folder holding :obj:`modelnet40_ply_hdf5_2048/`;
+            :obj:`processed/` is written next to it.
+        split (str, optional): :obj:`"train"`, :obj:`"val"` (a seeded
+            per-class hold-out of :obj:`val_ratio` of the training files,
+            removed from :obj:`"train"`) or :obj:`"test"`.
+            (default: :obj:`"train"`)
+        num_points (int, optional): The first :obj:`num_points` points of
+            each shape are kept. (default: :obj:`1024`)
+        use_normals (bool, optional): Keep :obj:`data.normal` when the files
+            have normals. (default: :obj:`False`)
+        val_ratio (float, optional): Hold-out fraction for :obj:`"val"`.
+            (default: :obj:`0.0`)
+        transform (callable, optional): Applied at every access.
+        pre_transform (callable, optional): Applied once before saving.
+        pre_filter (callable, optional): Keeps shapes it returns
+            :obj:`True` for.
+        force_reload (bool, optional): Re-process. (default: :obj:`False`)
+
+    Shapes:
+        - :obj:`pos` :math:`(N, 3)`, optional :obj:`normal` :math:`(N, 3)`,
+          :obj:`y` :math:`(1)`
+    """
+    url = ('https://shapenet.cs.stanford.edu/media/'
+           'modelnet40_ply_hdf5_2048.zip')
+    folder = 'modelnet40_ply_hdf5_2048'
+
+    def __init__(
+        self,
+        root: str,
+        split: str = 'train',
+        num_points: int = 1024,
+        use_normals: bool = False,
+        val_ratio: float = 0.0,
+        transform: Optional[Callable] = None,
+        pre_transform: Optional[Callable] = None,
+        pre_filter: Optional[Callable] = None,
+        force_reload: bool = False,
+    ) -> None:
+        if split not in ('train', 'val', 'test'):
+            raise ValueError(f"Expected 'split' to be 'train', 'val' or "
+                             f"'test' (got '{split}')")
+        if num_points < 1:
+            raise ValueError(f"Expected 'num_points' >= 1 (got {num_points})")
+        if not 0 <= val_ratio < 1:
+            raise ValueError(f"Expected 'val_ratio' in [0, 1) "
+                             f"(got {val_ratio})")
+        if split == 'val' and val_ratio == 0:
+            raise ValueError("Expected 'val_ratio' > 0 for split='val' "
+                             "(ModelNet has no official validation split)")
+        self.split = split
+        self.num_points = num_points
+        self.val_ratio = val_ratio
+        super().__init__(root, transform, pre_transform, pre_filter,
+                         force_reload=force_reload)
+        self.load(self.processed_paths[1 if split == 'test' else 0])
+        if not use_normals and 'normal' in self._data:
+            self._data.normal = None
+        with open(osp.join(self.raw_dir, 'shape_names.txt')) as f:
+            self.classes: List[str] = [line.strip() for line in f
+                                       if line.strip()]
+        if split != 'test' and val_ratio > 0:
+            val = holdout_indices(self._data.y.view(-1), val_ratio)
+            if split == 'val':
+                self._indices = val.tolist()
+            else:
+                keep = torch.ones(self._data.y.numel(), dtype=torch.bool)
+                keep[val] = False
+                self._indices = keep.nonzero().view(-1).tolist()
+
+    @property
+    def raw_dir(self) -> str:
+        return osp.join(self.root, self.folder)
+
+    @property
+    def raw_file_names(self) -> List[str]:
+        return ['shape_names.txt', 'train_files.txt', 'test_files.txt']
+
+    @property
+    def processed_file_names(self) -> List[str]:
+        return [f'modelnet40_hdf5_{self.num_points}_{split}.pt'
+                for split in ('train', 'test')]
+
+    def download(self) -> None:
+        fetch_archive(self.url, self.root, self.folder, self.raw_file_names)
+
+    def process(self) -> None:
+        import h5py
+
+        for list_file, out in zip(self.raw_paths[1:], self.processed_paths):
+            with open(list_file) as f:
+                files = [line.strip() for line in f if line.strip()]
+            data_list = []
+            for file in files:
+                path = osp.join(self.raw_dir, osp.basename(file))
+                with h5py.File(path, 'r') as h5:
+                    pos = torch.from_numpy(h5['data'][:].astype('float32'))
+                    y = torch.from_numpy(h5['label'][:].astype('int64'))
+                    normal = (torch.from_numpy(h5['normal'][:].astype(
+                        'float32')) if 'normal' in h5 else None)
+                if pos.dim() != 3 or pos.size(-1) != 3:
+                    raise ValueError(f"Expected 'data' of '{path}' to have "
+                                     f"shape [M, P, 3] "
+                                     f"(got {list(pos.size())})")
+                if pos.size(1) < self.num_points:
+                    raise ValueError(f"Expected at least num_points="
+                                     f"{self.num_points} points per shape in "
+                                     f"'{path}' (got {pos.size(1)})")
+                y = y.view(-1)  # [M]
+                for i in range(pos.size(0)):
+                    data = Data(pos=pos[i, :self.num_points].clone(),
+                                y=y[i:i + 1].clone())
+                    if normal is not None:
+                        data.normal = normal[i, :self.num_points].clone()
+                    if self.pre_filter is not None and not self.pre_filter(
+                            data):
+                        continue
+                    if self.pre_transform is not None:
+                        data = self.pre_transform(data)
+                    data_list.append(data)
+            self.save(data_list, out)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({len(self)}, split={self.split}, '
+                f'num_points={self.num_points})')

@@ -1,0 +1,181 @@
+import os.path as osp
+from itertools import islice
+from typing import Callable, List, Optional
+
+import numpy as np
+import torch
+from torch_geometric.data import Data, InMemoryDataset
+
+from samsa_geo.datasets._download import fetch_archive
+from samsa_geo.datasets._fps import farthest_point_indices
+from samsa_geo.datasets._split import holdout_indices
+
+
+class ModelNet40NormalResampled(InMemoryDataset):
+    r"""The ModelNet40 (or ModelNet10) point clouds with normals of the
+    :obj:`modelnet40_normal_resampled` archive used by PointNet++ and most
+    point transformers: 10,000 points with unit normals per shape, sampled
+    from the `"3D ShapeNets" <https://arxiv.org/abs/1406.5670>`_ CAD models
+    and normalised to the unit sphere, :math:`y` up.
+
+    The archive is read from :obj:`root/modelnet40_normal_resampled/`:
+    :obj:`modelnet40_shape_names.txt` (one class per line),
+    :obj:`modelnet40_train.txt` and :obj:`modelnet40_test.txt` (shape ids such
+    as :obj:`airplane_0001`), and one file per shape
+    :obj:`{class}/{class}_{0001}.txt` with lines :obj:`x,y,z,nx,ny,nz`.
+    The bundled sample :obj:`datasets/modelnet40_sample` has this layout.
+    Each shape keeps its first :obj:`num_points` points (the files are
+    already uniformly resampled) or a farthest point sample of them.
+
+    Args:
+        root (str): Folder holding :obj:`modelnet40_normal_resampled/`;
+            :obj:`processed/` is written next to it.
+        split (str, optional): :obj:`"train"`, :obj:`"val"` or
+            :obj:`"test"`. :obj:`"val"` is a per-class hold-out of
+            :obj:`val_ratio` of the official training list, removed from
+            :obj:`"train"`. (default: :obj:`"train"`)
+        name (str, optional): :obj:`"40"` or :obj:`"10"` (reads the
+            :obj:`modelnet10_*.txt` lists of the same archive).
+            (default: :obj:`"40"`)
+        num_points (int, optional): Points kept per shape.
+            (default: :obj:`1024`)
+        use_normals (bool, optional): Keep :obj:`data.normal`.
+            (default: :obj:`True`)
+        sampling (str, optional): :obj:`"first"` (first points of the file)
+            or :obj:`"fps"` (farthest point sampling).
+            (default: :obj:`"first"`)
+        val_ratio (float, optional): Fraction of each class of the training
+            list held out as :obj:`"val"` (seeded, fixed). :obj:`0` keeps the
+            official training list whole. (default: :obj:`0.0`)
+        transform (callable, optional): Applied at every access.
+        pre_transform (callable, optional): Applied once before saving.
+        pre_filter (callable, optional): Keeps shapes it returns
+            :obj:`True` for.
+        force_reload (bool, optional): Re-process. (default: :obj:`False`)
+
+    Shapes:
+        - :obj:`pos` :math:`(N, 3)`, :obj:`normal` :math:`(N, 3)`,
+          :obj:`y` :math:`(1)`, with :math:`N` = :obj:`num_points`
+    """
+    url = ('https://shapenet.cs.stanford.edu/media/'
+           'modelnet40_normal_resampled.zip')
+    folder = 'modelnet40_normal_resampled'
+
+    def __init__(
+        self,
+        root: str,
+        split: str = 'train',
+        name: str = '40',
+        num_points: int = 1024,
+        use_normals: bool = True,
+        sampling: str = 'first',
+        val_ratio: float = 0.0,
+        transform: Optional[Callable] = None,
+        pre_transform: Optional[Callable] = None,
+        pre_filter: Optional[Callable] = None,
+        force_reload: bool = False,
+    ) -> None:
+        if split not in ('train', 'val', 'test'):
+            raise ValueError(f"Expected 'split' to be 'train', 'val' or "
+                             f"'test' (got '{split}')")
+        if name not in ('10', '40'):
+            raise ValueError(f"Expected 'name' to be '10' or '40' "
+                             f"(got '{name}')")
+        if num_points < 1:
+            raise ValueError(f"Expected 'num_points' >= 1 (got {num_points})")
+        if sampling not in ('first', 'fps'):
+            raise ValueError(f"Expected 'sampling' to be 'first' or 'fps' "
+                             f"(got '{sampling}')")
+        if not 0 <= val_ratio < 1:
+            raise ValueError(f"Expected 'val_ratio' in [0, 1) "
+                             f"(got {val_ratio})")
+        if split == 'val' and val_ratio == 0:
+            raise ValueError("Expected 'val_ratio' > 0 for split='val' "
+                             "(ModelNet has no official validation split)")
+        self.split = split
+        self.name = name
+        self.num_points = num_points
+        self.sampling = sampling
+        self.val_ratio = val_ratio
+        super().__init__(root, transform, pre_transform, pre_filter,
+                         force_reload=force_reload)
+        self.load(self.processed_paths[1 if split == 'test' else 0])
+        if not use_normals:
+            self._data.normal = None
+        with open(osp.join(self.raw_dir, self.raw_file_names[0])) as f:
+            self.classes: List[str] = [line.strip() for line in f
+                                       if line.strip()]
+        if split != 'test' and val_ratio > 0:
+            val = holdout_indices(self._data.y.view(-1), val_ratio)
+            if split == 'val':
+                self._indices = val.tolist()
+            else:
+                keep = torch.ones(self._data.y.numel(), dtype=torch.bool)
+                keep[val] = False
+                self._indices = keep.nonzero().view(-1).tolist()
+
+    @property
+    def raw_dir(self) -> str:
+        return osp.join(self.root, self.folder)
+
+    @property
+    def raw_file_names(self) -> List[str]:
+        return [f'modelnet{self.name}_{kind}.txt'
+                for kind in ('shape_names', 'train', 'test')]
+
+    @property
+    def processed_file_names(self) -> List[str]:
+        return [f'modelnet{self.name}_resampled_{self.num_points}_'
+                f'{self.sampling}_{split}.pt' for split in ('train', 'test')]
+
+    def download(self) -> None:
+        fetch_archive(self.url, self.root, self.folder, self.raw_file_names)
+
+    def read_shape(self, shape_id: str) -> Data:
+        r"""Reads one shape, e.g. :obj:`"airplane_0001"`."""
+        cls = shape_id.rsplit('_', 1)[0]
+        path = osp.join(self.raw_dir, cls, f'{shape_id}.txt')
+        with open(path) as f:
+            lines = list(islice(f, self.num_points) if self.sampling ==
+                         'first' else f)
+        values = np.array(','.join(line.strip() for line in lines
+                                   if line.strip()).split(','),
+                          dtype=np.float32)
+        if values.size % 6 != 0:
+            raise ValueError(f"Expected lines 'x,y,z,nx,ny,nz' in '{path}'")
+        points = torch.from_numpy(values).view(-1, 6)  # [N, 6]
+        if points.size(0) < self.num_points:
+            raise ValueError(f"Expected at least num_points={self.num_points} "
+                             f"points in '{path}' (got {points.size(0)})")
+        if self.sampling == 'fps':
+            points = points[farthest_point_indices(points[:, :3],
+                                                   self.num_points)]
+        return Data(pos=points[:, :3].contiguous(),
+                    normal=points[:, 3:].contiguous())
+
+    def process(self) -> None:
+        names_file, train_file, test_file = self.raw_paths
+        with open(names_file) as f:
+            classes = [line.strip() for line in f if line.strip()]
+        class_idx = {c: i for i, c in enumerate(classes)}
+        for path, out in zip((train_file, test_file), self.processed_paths):
+            with open(path) as f:
+                ids = [line.strip() for line in f if line.strip()]
+            data_list = []
+            for shape_id in ids:
+                cls = shape_id.rsplit('_', 1)[0]
+                if cls not in class_idx:
+                    raise ValueError(f"Shape '{shape_id}' of '{path}' has a "
+                                     f"class not in '{names_file}'")
+                data = self.read_shape(shape_id)
+                data.y = torch.tensor([class_idx[cls]])
+                if self.pre_filter is not None and not self.pre_filter(data):
+                    continue
+                if self.pre_transform is not None:
+                    data = self.pre_transform(data)
+                data_list.append(data)
+            self.save(data_list, out)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({len(self)}, name={self.name}, '
+                f'split={self.split}, num_points={self.num_points})')

@@ -1,0 +1,178 @@
+import os.path as osp
+from typing import Callable, Dict, List, Optional, Union
+
+from torch_geometric.data import Data
+from torch_geometric.datasets import ShapeNet
+from torch_geometric.transforms import Compose, FixedPoints
+
+from samsa_geo.datasets._download import fetch_archive
+
+
+class ShapeNetPart(ShapeNet):
+    r"""The ShapeNet-part segmentation benchmark (16 categories, 50 parts)
+    of the :obj:`shapenetcore_partanno_segmentation_benchmark_v0_normal`
+    archive, read by PyG's :class:`~torch_geometric.datasets.ShapeNet` with
+    these changes:
+
+    - the archive is read from
+      :obj:`root/shapenetcore_partanno_segmentation_benchmark_v0_normal/`
+      (its own folder name; PyG's :obj:`root/raw/` is not used), so the
+      bundled sample :obj:`datasets/shapenet_part_sample` is read as is;
+    - :obj:`categories=None` loads the categories the archive lists in
+      :obj:`synsetoffset2category.txt` (all 16 in the real archive);
+    - :obj:`data.category` is the *global* category index :math:`c \in
+      \{0, \dots, 15\}` (PyG's order) whatever the subset loaded, so that
+      :obj:`category_parts[c]` (the global part labels of :math:`c`) and
+      :obj:`y_mask[c]` always apply;
+    - normals are stored as :obj:`data.normal` (PyG stores them as
+      :obj:`data.x`), as in the other point-cloud loaders and as
+      :class:`~samsa_geo.transforms.RandomRotateSO3` expects;
+    - :obj:`num_points` adds PyG's
+      :class:`~torch_geometric.transforms.FixedPoints` (without
+      replacement, duplicating only when a shape is smaller) before
+      :obj:`transform`;
+    - a failed download raises an error naming the folder to fill.
+
+    Files: :obj:`{synset}/{id}.txt` with lines :obj:`x y z nx ny nz part`,
+    :obj:`train_test_split/shuffled_{train,val,test}_file_list.json`
+    listing :obj:`shape_data/{synset}/{id}`.
+
+    Args:
+        root (str): Folder holding the archive folder; :obj:`processed/` is
+            written next to it.
+        categories (str or [str], optional): Category names (PyG's, e.g.
+            :obj:`"Table"`); :obj:`None` for all on disk.
+            (default: :obj:`None`)
+        include_normals (bool, optional): Keep :obj:`data.normal`.
+            (default: :obj:`True`)
+        split (str, optional): :obj:`"train"`, :obj:`"val"`,
+            :obj:`"trainval"` or :obj:`"test"`. (default: :obj:`"trainval"`)
+        num_points (int, optional): Points sampled per access, :obj:`None`
+            to keep all. (default: :obj:`None`)
+        transform (callable, optional): Applied at every access.
+        pre_transform (callable, optional): Applied once before saving (sees
+            :obj:`normal` and the global :obj:`category`).
+        pre_filter (callable, optional): Keeps shapes it returns
+            :obj:`True` for (same attributes).
+        force_reload (bool, optional): Re-process. (default: :obj:`False`)
+
+    Shapes:
+        - :obj:`pos` :math:`(N, 3)`, :obj:`normal` :math:`(N, 3)`,
+          :obj:`y` :math:`(N)` (global part labels in :math:`[0, 50)`),
+          :obj:`category` :math:`(1)`
+    """
+    folder = 'shapenetcore_partanno_segmentation_benchmark_v0_normal'
+
+    #: Category names in PyG's order (the global category index).
+    category_names: List[str] = list(ShapeNet.category_ids.keys())
+
+    #: Global part labels of each category, indexed by global category.
+    category_parts: List[List[int]] = [
+        list(parts) for parts in ShapeNet.seg_classes.values()
+    ]
+
+    #: Category of each of the 50 global part labels.
+    part_category: List[int] = [
+        c for c, parts in enumerate(ShapeNet.seg_classes.values())
+        for _ in parts
+    ]
+
+    def __init__(
+        self,
+        root: str,
+        categories: Optional[Union[str, List[str]]] = None,
+        include_normals: bool = True,
+        split: str = 'trainval',
+        num_points: Optional[int] = None,
+        transform: Optional[Callable] = None,
+        pre_transform: Optional[Callable] = None,
+        pre_filter: Optional[Callable] = None,
+        force_reload: bool = False,
+    ) -> None:
+        if categories is None:
+            categories = self.categories_on_disk(root)
+        if isinstance(categories, str):
+            categories = [categories]
+        unknown = [c for c in categories if c not in self.category_ids]
+        if unknown or not categories:
+            raise ValueError(f"Expected 'categories' among "
+                             f"{self.category_names} (got {categories})")
+        if split not in ('train', 'val', 'test', 'trainval'):
+            raise ValueError(f"Expected 'split' to be 'train', 'val', "
+                             f"'trainval' or 'test' (got '{split}')")
+        if num_points is not None:
+            if num_points < 1:
+                raise ValueError(f"Expected 'num_points' >= 1 "
+                                 f"(got {num_points})")
+            sample = FixedPoints(num_points, replace=False,
+                                 allow_duplicates=True)
+            transform = sample if transform is None else Compose(
+                [sample, transform])
+        self.split = split
+        self.num_points = num_points
+        super().__init__(root, categories, True, split, transform,
+                         pre_transform, pre_filter, force_reload)
+        if not include_normals:
+            self._data.normal = None
+
+    @classmethod
+    def categories_on_disk(cls, root: str) -> List[str]:
+        r"""The categories listed in :obj:`synsetoffset2category.txt` of the
+        archive under :obj:`root`, or all 16 if it is absent."""
+        path = osp.join(root, cls.folder, 'synsetoffset2category.txt')
+        if not osp.exists(path):
+            return list(cls.category_names)
+        names = {v: k for k, v in cls.category_ids.items()}
+        found = []
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) == 2 and fields[1] in names:
+                    found.append(names[fields[1]])
+        return [c for c in cls.category_names if c in found]
+
+    @property
+    def seg_classes_table(self) -> Dict[str, List[int]]:
+        r"""PyG's :obj:`seg_classes` restricted to the loaded categories."""
+        return {c: list(self.seg_classes[c]) for c in self.categories}
+
+    @property
+    def raw_dir(self) -> str:
+        return osp.join(self.root, self.folder)
+
+    @property
+    def raw_file_names(self) -> List[str]:
+        return [self.category_ids[c] for c in self.categories
+                ] + ['train_test_split']
+
+    @property
+    def processed_file_names(self) -> List[str]:
+        return ['part_' + name for name in super().processed_file_names]
+
+    def download(self) -> None:
+        fetch_archive(self.url, self.root, self.folder, self.raw_file_names)
+
+    def process_filenames(self, filenames: List[str]) -> List[Data]:
+        # PyG's reader with the filter and pre-transform moved after the
+        # re-labelling, so that they see the attributes users get.
+        pre_transform, pre_filter = self.pre_transform, self.pre_filter
+        self.pre_transform = self.pre_filter = None
+        try:
+            data_list = super().process_filenames(filenames)
+        finally:
+            self.pre_transform, self.pre_filter = pre_transform, pre_filter
+        out = []
+        for data in data_list:
+            name = self.categories[int(data.category)]
+            data.category = self.category_names.index(name)
+            data.normal, data.x = data.x, None
+            if pre_filter is not None and not pre_filter(data):
+                continue
+            if pre_transform is not None:
+                data = pre_transform(data)
+            out.append(data)
+        return out
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({len(self)}, split={self.split}, '
+                f'categories={self.categories})')

@@ -1,0 +1,60 @@
+import filecmp
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+from samsa_geo.datasets import (
+    ModelNet40NormalResampled,
+    ShapeNetPart,
+    sample_root,
+)
+
+from .conftest import MODELNET_SAMPLE, REPO, SHAPENET_SAMPLE
+
+
+def _files(top: str) -> list:
+    return sorted(
+        osp.relpath(osp.join(d, f), top) for d, _, fs in os.walk(top)
+        for f in fs if 'processed' not in d)
+
+
+def test_script_reproduces_committed_sample(tmp_path):
+    subprocess.run([sys.executable, osp.join(REPO, 'scripts',
+                                             'make_sample_data.py'),
+                    '--out', str(tmp_path)], check=True, capture_output=True)
+    size = 0
+    for committed in (MODELNET_SAMPLE, SHAPENET_SAMPLE):
+        fresh = osp.join(str(tmp_path), osp.basename(committed))
+        names = _files(committed)
+        assert names == _files(fresh)
+        _, mismatch, errors = filecmp.cmpfiles(committed, fresh, names,
+                                               shallow=False)
+        assert mismatch == [] and errors == []
+        size += sum(osp.getsize(osp.join(committed, n)) for n in names)
+    assert size < 12 * 10**6
+    for top in (MODELNET_SAMPLE, SHAPENET_SAMPLE):
+        with open(osp.join(top, 'README.md')) as f:
+            assert 'SYNTHETIC' in f.read()
+
+
+def test_convex_sample_normals_point_outwards(modelnet_root):
+    ds = ModelNet40NormalResampled(modelnet_root, split='test')
+    convex = {'capsule', 'cone', 'cube', 'cylinder', 'ellipsoid', 'pyramid',
+              'slab', 'sphere'}
+    for data in ds:
+        if ds.classes[int(data.y)] not in convex:
+            continue
+        center = (data.pos.max(0).values + data.pos.min(0).values) / 2
+        assert bool(((data.pos - center) * data.normal).sum(-1).gt(0).all())
+
+
+def test_sample_root():
+    assert sample_root('modelnet40') == MODELNET_SAMPLE
+    root = sample_root('shapenet_part')
+    assert root == SHAPENET_SAMPLE
+    assert ShapeNetPart.categories_on_disk(root) == ['Lamp', 'Mug', 'Table']
+    with pytest.raises(ValueError, match="'name'"):
+        sample_root('modelnet10')
