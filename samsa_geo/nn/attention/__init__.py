@@ -1,1 +1,5 @@
-__all__: list = []
+from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
+from samsa_geo.nn.attention.relative_bias import RelativeBias
+from samsa_geo.nn.attention.samsa_attention import SamsaAttention
+
+__all__ = ['SamsaAttention', 'ImportanceScorer', 'RelativeBias']

@@ -1,1 +1,3 @@
-__all__: list = []
+from samsa_geo.nn.conv.samsa_conv import SamsaConv
+
+__all__ = ['SamsaConv']

@@ -1,0 +1,163 @@
+r"""Attention of every token against its own set's sampled keys.
+
+Queries are laid out in *tiles*: a tile holds up to ``T`` consecutive
+queries of one set. The padded layout is the special case of one tile per
+set (``T = n_max``); the packed layout bounds the padding to ``T - 1``
+queries per set, so batches with very uneven set sizes never pay for
+``B * n_max`` queries. Keys are gathered once per tile, so memory stays
+:math:`O(N \cdot C + \text{tiles} \cdot k \cdot C)`.
+"""
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from samsa_geo.nn.attention._sets import SetInfo
+
+_SQRT_PI_INV = 1.0 / math.sqrt(math.pi)
+_MAXOUT_STD = math.sqrt(1.0 - 1.0 / math.pi)
+
+
+@dataclass
+class Tiles:
+    r"""Query layout.
+
+    Attributes:
+        num_tiles (int): number of tiles.
+        size (int): :math:`T`, queries per tile.
+        tile_set (Tensor, optional): ``[num_tiles]`` set of each tile, or
+            ``None`` when tile ``t`` is set ``t``.
+        index (Tensor, optional): ``[N]`` flat slot ``tile * T + pos`` of
+            each token, or ``None`` when the layout is a plain reshape.
+    """
+    num_tiles: int
+    size: int
+    tile_set: Optional[Tensor]
+    index: Optional[Tensor]
+
+
+def make_tiles(info: SetInfo, batch: Optional[Tensor], num_tokens: int,
+               packed: bool, tile_size: int) -> Tiles:
+    B, n_max = info.num_sets, info.max_size
+    if batch is None or (not packed and B * n_max == num_tokens):
+        # Equal-size sets: the padded layout is a reshape.
+        return Tiles(B, n_max, None, None)
+    loc = torch.arange(num_tokens, device=batch.device) - info.ptr[batch]
+    if not packed or tile_size >= n_max:
+        return Tiles(B, n_max, None, batch * n_max + loc)
+    T = tile_size
+    per_set = (info.size + T - 1) // T  # [B]
+    tile_ptr = torch.cumsum(per_set, 0) - per_set
+    num_tiles = int(per_set.sum())
+    tile_set = torch.repeat_interleave(
+        torch.arange(B, device=batch.device), per_set, output_size=num_tiles)
+    index = (tile_ptr[batch] + loc // T) * T + loc % T
+    return Tiles(num_tiles, T, tile_set, index)
+
+
+def to_tiles(t: Tensor, tiles: Tiles) -> Tensor:
+    """``[N, H, F]`` token rows -> ``[num_tiles, H, T, F]``."""
+    N, H, Fd = t.shape
+    if tiles.index is None:
+        return t.view(tiles.num_tiles, tiles.size, H, Fd).transpose(1, 2)
+    out = t.new_zeros(tiles.num_tiles * tiles.size, H, Fd)
+    out[tiles.index] = t
+    # [num_tiles * T, H, F] -> [num_tiles, H, T, F]
+    return out.view(tiles.num_tiles, tiles.size, H, Fd).transpose(1, 2)
+
+
+def from_tiles(t: Tensor, tiles: Tiles) -> Tensor:
+    """``[num_tiles, H, T, F]`` -> ``[N, H, F]`` token rows."""
+    nt, H, T, Fd = t.shape
+    flat = t.transpose(1, 2).reshape(nt * T, H, Fd)  # [num_tiles * T, H, F]
+    if tiles.index is None:
+        return flat
+    return flat[tiles.index]
+
+
+def per_tile(t: Tensor, tiles: Tiles) -> Tensor:
+    """Per-set tensor ``[B, ...]`` -> per-tile ``[num_tiles, ...]``."""
+    return t if tiles.tile_set is None else t[tiles.tile_set]
+
+
+def maxout_score(q: Tensor, k: Tensor) -> Tensor:
+    r"""SFT maxout score
+    :math:`\sum_d (\max(q_d, k_d) - 1/\sqrt{\pi}) / \sqrt{1 - 1/\pi} /
+    \sqrt{D}`: ``q [..., T, D]``, ``k [..., k, D]`` -> ``[..., T, k]``."""
+    D = q.size(-1)
+    m = torch.maximum(q.unsqueeze(-2), k.unsqueeze(-3))  # [..., T, k, D]
+    return (m.sum(-1) - D * _SQRT_PI_INV) / (_MAXOUT_STD * math.sqrt(D))
+
+
+def lily_score(q: Tensor, k: Tensor) -> Tensor:
+    r"""SFT "lily" score
+    :math:`\sum_d (|q_d + k_d| - |q_d - k_d|) / \sqrt{D}`."""
+    D = q.size(-1)
+    qe, ke = q.unsqueeze(-2), k.unsqueeze(-3)  # [..., T, 1, D], [..., 1, k, D]
+    return ((qe + ke).abs() - (qe - ke).abs()).sum(-1) / math.sqrt(D)
+
+
+def dot_score(q: Tensor, k: Tensor) -> Tensor:
+    return q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
+
+
+SCORES: dict = {'dot': dot_score, 'maxout': maxout_score, 'lily': lily_score}
+
+
+def explicit_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor],
+    score_fn: Callable[[Tensor, Tensor], Tensor], normalization: str,
+    leak: Optional[Tensor], bias_fn: Optional[Callable[[Tensor, int, int],
+                                                       Tensor]],
+    dropout: float, training: bool, max_elements: int = 1 << 26,
+) -> Tensor:
+    r"""Attention with a general score function, relative bias and leaky
+    normalisation, processed in chunks of tiles to bound memory.
+
+    Args:
+        q (Tensor): ``[nt, H, T, D]``; k, v: ``[nt, H, k, D]``.
+        key_valid (Tensor, optional): ``[nt, k]``.
+        leak (Tensor, optional): ``[nt, H, k]`` leak logits :math:`c_j`.
+        bias_fn (callable, optional): ``(scores, start, end) -> scores``
+            applying the relative bias to tiles ``start:end``.
+    """
+    nt, H, T, D = q.shape
+    kk = k.size(2)
+    per_tile_elems = H * T * kk * (D if score_fn is not dot_score else 1)
+    step = max(1, max_elements // max(per_tile_elems, 1))
+    outs = []
+    for s in range(0, nt, step):
+        e = min(nt, s + step)
+        a = score_fn(q[s:e], k[s:e])  # [c, H, T, k]
+        if bias_fn is not None:
+            a = bias_fn(a, s, e)
+        a = a.float()
+        mask = None if key_valid is None else key_valid[s:e].view(e - s, 1, 1, kk)
+        if normalization == 'softmax':
+            if mask is not None:
+                a = a.masked_fill(~mask, float('-inf'))
+            w = torch.softmax(a, dim=-1)
+        else:  # leaky: ReLU(s) / (sum ReLU(s) + sum ReLU(c) + eps)
+            a = F.relu(a)
+            c = F.relu(leak[s:e].float()).unsqueeze(2)  # [c, H, 1, k]
+            if mask is not None:
+                a = a.masked_fill(~mask, 0.0)
+                c = c.masked_fill(~mask, 0.0)
+            w = a / (a.sum(-1, keepdim=True) + c.sum(-1, keepdim=True) + 1e-6)
+        w = F.dropout(w, p=dropout, training=training).to(v.dtype)
+        outs.append(w @ v[s:e])  # [c, H, T, D]
+    return torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor,
+                   key_valid: Optional[Tensor], dropout: float,
+                   training: bool) -> Tensor:
+    """Dot-product softmax attention through PyTorch's fused kernels."""
+    mask = None
+    if key_valid is not None:
+        mask = key_valid.view(key_valid.size(0), 1, 1, -1)  # [nt, 1, 1, k]
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0)

@@ -1,0 +1,195 @@
+"""Per-set, per-head top-k selection and its differentiable relaxation.
+
+Candidates of a set are its tokens followed by the learnable register
+tokens. In the *global candidate space* token ``i`` has id ``i`` and
+register ``r`` of set ``b`` has id ``N + b * R + r``.
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from samsa_geo.nn.attention._sets import SetInfo
+
+
+@dataclass
+class Selection:
+    r"""The sampled candidates of every set and head.
+
+    Attributes:
+        top (Tensor): ``[B, H, k_max]`` global candidate ids of the top set
+            :math:`T` (ranks :math:`1..k_b`), clamped to valid ids in unused
+            slots.
+        top_valid (Tensor): ``[B, k_max]`` whether slot ``j < k_b``.
+        top_score (Tensor): ``[B, H, k_max]`` (perturbed) scores of :math:`T`.
+        bottom (Tensor): ``[B, H, m_max]`` ids of the bottom set :math:`B`
+            (ranks :math:`k_b+1..k_b+m_b`).
+        bottom_valid (Tensor): ``[B, m_max]``.
+        bottom_score (Tensor): ``[B, H, m_max]``.
+    """
+    top: Tensor
+    top_valid: Tensor
+    top_score: Tensor
+    bottom: Tensor
+    bottom_valid: Tensor
+    bottom_score: Tensor
+
+
+def gumbel_like(score: Tensor) -> Tensor:
+    r"""Samples :math:`\mathrm{Gumbel}(0, 1)` noise of the shape of ``score``."""
+    u = torch.rand_like(score).clamp_(1e-10, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def _candidate_scores(score: Tensor, reg_score: Optional[Tensor],
+                      info: SetInfo) -> Tensor:
+    # [N + B * R, H]: tokens first, then every set's copy of the registers.
+    if reg_score is None:
+        return score
+    return torch.cat([score, reg_score.repeat(info.num_sets, 1)], dim=0)
+
+
+def _local_to_global(loc: Tensor, info: SetInfo, num_tokens: int,
+                     num_registers: int) -> Tensor:
+    # loc: [B, H, K] positions inside each set's candidate list.
+    size = info.size.view(-1, 1, 1)
+    ptr = info.ptr[:-1].view(-1, 1, 1)
+    b = torch.arange(info.num_sets, device=loc.device).view(-1, 1, 1)
+    reg = num_tokens + b * num_registers + (loc - size)
+    return torch.where(loc < size, ptr + loc, reg)
+
+
+def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
+                num_tokens: int, num_registers: int, K2: int) -> Tensor:
+    """Top-``K2`` candidate ids per set and head through a padded score
+    matrix ``[B, H, n_max + R]`` (scores only, never token features)."""
+    B, R, H = info.num_sets, num_registers, cand.size(1)
+    C = info.max_size + R
+    if batch is None:
+        dense = cand.t().unsqueeze(0)  # [1, H, N + R]
+    else:
+        dense = cand.new_full((B, C, H), float('-inf'))
+        loc = torch.arange(num_tokens, device=cand.device) - info.ptr[batch]
+        dense[batch, loc] = cand[:num_tokens]
+        if R > 0:
+            b = torch.arange(B, device=cand.device).repeat_interleave(R)
+            r = torch.arange(R, device=cand.device).repeat(B)
+            dense[b, info.size[b] + r] = cand[num_tokens:]
+        dense = dense.transpose(1, 2)  # [B, H, C]
+    loc = dense.topk(K2, dim=-1, sorted=True).indices  # [B, H, K2]
+    return _local_to_global(loc, info, num_tokens, R)
+
+
+def _rank_sorted(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
+                 num_tokens: int, num_registers: int, K2: int) -> Tensor:
+    """Top-``K2`` candidate ids per set and head without any padding: sort
+    all candidates by score, then stably by set, then read each set's first
+    ``K2`` entries."""
+    B, R = info.num_sets, num_registers
+    device = cand.device
+    if batch is None:
+        batch = torch.zeros(num_tokens, dtype=torch.long, device=device)
+    cand_batch = torch.cat([
+        batch, torch.arange(B, device=device).repeat_interleave(R)])
+    order = torch.argsort(cand.t(), dim=1, descending=True, stable=True)
+    by_set = torch.argsort(cand_batch[order], dim=1, stable=True)
+    order = order.gather(1, by_set)  # [H, M] grouped by set, best first
+    cand_ptr = info.ptr[:-1] + torch.arange(B, device=device) * R
+    j = torch.arange(K2, device=device)
+    pos = (cand_ptr.view(-1, 1) + j).clamp(max=order.size(1) - 1)  # [B, K2]
+    return order[:, pos].permute(1, 0, 2)  # [B, H, K2]
+
+
+def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
+           info: SetInfo, num_registers: int, perturb: bool,
+           with_bottom: bool, packed: bool = False) -> Selection:
+    r"""Selects the top :math:`k_b` (and the next :math:`m_b`) candidates of
+    every set and head.
+
+    With ``perturb=True`` Gumbel noise is added first, so the top set is an
+    exact sample without replacement from the Plackett-Luce distribution
+    of the scores.
+
+    Args:
+        score (Tensor): ``[N, H]`` token scores.
+        reg_score (Tensor, optional): ``[R, H]`` register scores.
+        packed (bool): rank by sorting instead of a padded score matrix.
+    """
+    N = score.size(0)
+    cand = _candidate_scores(score, reg_score, info)  # [M, H]
+    if perturb:
+        cand = cand + gumbel_like(cand)
+    m_max = info.m_max if with_bottom else 0
+    K2 = min(info.k_max + m_max, info.max_size + num_registers)
+    rank = _rank_sorted if packed else _rank_dense
+    ids = rank(cand.detach(), batch, info, N, num_registers, K2)  # [B, H, K2]
+
+    device = score.device
+    j = torch.arange(info.k_max, device=device)
+    top_valid = j.view(1, -1) < info.k.view(-1, 1)  # [B, k_max]
+    top = ids[..., :info.k_max]
+    if K2 < info.k_max:  # only possible in 'full' mode with registers
+        raise AssertionError('selection narrower than k_max')
+
+    t = torch.arange(m_max, device=device)
+    bottom_valid = t.view(1, -1) < info.num_bottom.view(-1, 1)  # [B, m_max]
+    bpos = (info.k.view(-1, 1) + t).clamp(max=max(K2 - 1, 0))  # [B, m_max]
+    H = score.size(1)
+    bottom = ids.gather(2, bpos.unsqueeze(1).expand(-1, H, -1))
+
+    # Invalid slots may hold ids of other sets: point them at a valid one.
+    top = torch.where(top_valid.unsqueeze(1), top, top[..., :1])
+    bottom = torch.where(bottom_valid.unsqueeze(1), bottom, top[..., :1])
+
+    head = torch.arange(H, device=device).view(1, -1, 1)
+    return Selection(top, top_valid, cand[top, head], bottom, bottom_valid,
+                     cand[bottom, head])
+
+
+def relax(sel: Selection, u_top: Tensor, u_bottom: Tensor, tau: float,
+          hard: bool, grad_cap: float = 0.25) -> Tensor:
+    r"""Differentiable relaxation of the boundary at rank :math:`k`.
+
+    .. math::
+        p_{ij} = \sigma\big((\tilde s_i - \tilde s_j) / \tau\big), \quad
+        z_i = \bar p_i\, u_i + \frac{1}{m} \sum_{j \in B} (1 - p_{ij})\, u_j,
+
+    with :math:`\bar p_i` the mean of :math:`p_{ij}` over :math:`j \in B`
+    (weights sum to one). In hard mode the forward value is exactly
+    :math:`u_i`; the scores receive the gradient of the soft formula, the
+    top rows the full upstream gradient and the bottom rows none. The
+    derivative of the sigmoid is rescaled per set and head so its maximum
+    is at most ``grad_cap``.
+
+    Args:
+        u_top (Tensor): ``[B, H, k, F]`` rows of the top set.
+        u_bottom (Tensor): ``[B, H, m, F]`` rows of the bottom set.
+
+    Returns:
+        Tensor: ``[B, H, k, F]``.
+    """
+    if u_bottom.size(2) == 0:
+        return u_top
+    diff = sel.top_score.unsqueeze(-1) - sel.bottom_score.unsqueeze(-2)
+    p = torch.sigmoid(diff.float() / tau)  # [B, H, k, m]
+    dp = p * (1.0 - p) / tau
+    pair_valid = (sel.top_valid.unsqueeze(-1)
+                  & sel.bottom_valid.unsqueeze(-2)).unsqueeze(1)  # [B,1,k,m]
+    peak = dp.masked_fill(~pair_valid, 0.0).amax(dim=(-2, -1), keepdim=True)
+    scale = (grad_cap / peak.clamp(min=1e-12)).clamp(max=1.0).detach()
+    p = p.detach() + scale * (p - p.detach())
+
+    m = sel.bottom_valid.sum(-1).clamp(min=1).view(-1, 1, 1, 1).to(p.dtype)
+    bvalid = sel.bottom_valid.view(sel.bottom_valid.size(0), 1, 1, -1)
+    has_bottom = bvalid.any(-1, keepdim=True)  # [B, 1, 1, 1]
+    p = p.masked_fill(~bvalid, 0.0)
+    keep = torch.where(has_bottom, p.sum(-1, keepdim=True) / m,
+                       torch.ones_like(p[..., :1]))  # [B, H, k, 1]
+    mix = ((1.0 - p) / m).masked_fill(~bvalid, 0.0)  # [B, H, k, m]
+    mix = mix.to(u_top.dtype)
+    keep = keep.to(u_top.dtype)
+    if hard:
+        soft = keep * u_top.detach() + mix @ u_bottom.detach()
+        return u_top + (soft - soft.detach())
+    return keep * u_top + mix @ u_bottom

@@ -1,0 +1,95 @@
+"""Bookkeeping for variable-size sets given by a PyG ``batch`` vector."""
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SetInfo:
+    r"""Sizes of the sets in a batch and of the sampled key sets.
+
+    Attributes:
+        num_sets (int): :math:`B`, number of sets.
+        max_size (int): largest set size :math:`n_{\max}`.
+        ptr (Tensor): ``[B + 1]`` offsets of the sets in the token list.
+        size (Tensor): ``[B]`` tokens per set :math:`n_b`.
+        k (Tensor): ``[B]`` keys kept per set and head :math:`k_b`.
+        k_max (int): largest :math:`k_b`.
+        num_bottom (Tensor): ``[B]`` size of the relaxation's bottom set
+            :math:`m_b = \min(k_b, n_b + R - k_b)`.
+        m_max (int): largest :math:`m_b`.
+    """
+    num_sets: int
+    max_size: int
+    ptr: Tensor
+    size: Tensor
+    k: Tensor
+    k_max: int
+    num_bottom: Tensor
+    m_max: int
+
+
+def resolve_k(k: Union[int, float], size: Tensor, num_registers: int,
+              full: bool) -> Tensor:
+    r"""Returns :math:`k_b` per set: ``k`` tokens (int) or a fraction of the
+    set (float), never more than the :math:`n_b + R` candidates."""
+    num_cand = size + num_registers
+    if full:
+        return num_cand
+    if isinstance(k, float):
+        kb = torch.ceil(size.to(torch.float64) * k).long().clamp(min=1)
+    else:
+        kb = torch.full_like(size, k)
+    return torch.minimum(kb, num_cand)
+
+
+def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
+             num_registers: int, full: bool, device: torch.device,
+             num_sets: Optional[int] = None,
+             max_size: Optional[int] = None) -> SetInfo:
+    r"""Computes :class:`SetInfo`.
+
+    With ``batch=None`` (one set) nothing is read back from the device, so
+    the layer traces into a single graph under :func:`torch.compile` and
+    :func:`torch.export`.
+    """
+    R = num_registers
+    if batch is None:
+        n = num_tokens
+        size = torch.tensor([n], device=device)
+        kb = resolve_k(k, size, R, full)
+        if full:
+            k_max = n + R
+        elif isinstance(k, float):
+            k_max = min(max(1, math.ceil(n * k)), n + R)
+        else:
+            k_max = min(k, n + R)
+        m_max = min(k_max, n + R - k_max)
+        return SetInfo(1, n, torch.tensor([0, n], device=device), size, kb,
+                       k_max, torch.tensor([m_max], device=device), m_max)
+
+    if num_sets is None:
+        num_sets = int(batch[-1]) + 1 if batch.numel() > 0 else 1
+    # Static-shape count (bincount's output size depends on the data).
+    size = torch.zeros(num_sets, dtype=torch.long, device=device)
+    size.scatter_add_(0, batch, torch.ones_like(batch))
+    ptr = torch.zeros(num_sets + 1, dtype=torch.long, device=device)
+    ptr[1:] = torch.cumsum(size, dim=0)
+    kb = resolve_k(k, size, R, full)
+    mb = torch.minimum(kb, size + R - kb)
+    if max_size is None:
+        # One read-back for the three maxima.
+        stats = torch.stack([size.max(), kb.max(), mb.max()]).tolist()
+        max_size, k_max, m_max = (int(v) for v in stats)
+    else:
+        if full:
+            k_max = max_size + R
+        elif isinstance(k, float):
+            k_max = min(max(1, math.ceil(max_size * k)), max_size + R)
+        else:
+            k_max = min(k, max_size + R)
+        m_max = min(k_max, max_size + R - k_max)
+    return SetInfo(num_sets, max_size, ptr, size, kb, k_max, mb, m_max)

@@ -1,0 +1,59 @@
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Linear, Module
+
+
+class RelativeBias(Module):
+    r"""Relative positional modulation of attention scores from the SFT paper
+    (`"Sampling Foundational Transformer: A Theoretical Perspective"
+    <https://arxiv.org/abs/2408.05822>`_)
+
+    .. math::
+        s'_{ij} = s_{ij} \cdot \mathrm{softplus}(\mathbf{A} \mathbf{r}_{ij})
+        + \mathbf{B} \mathbf{r}_{ij},
+
+    where :math:`\mathbf{r}_{ij} \in \mathbb{R}^{F}` are pairwise features of
+    query :math:`i` and sampled key :math:`j` and :math:`\mathbf{A},
+    \mathbf{B} \in \mathbb{R}^{H \times F}` map them to one value per head.
+    At initialisation :math:`s' = s` (scale one, bias zero). Only the
+    :math:`N \times k` sampled pairs are ever evaluated.
+
+    Args:
+        in_features (int): :math:`F`, number of pairwise features.
+        heads (int, optional): :math:`H`. (default: :obj:`1`)
+
+    Shapes:
+        - **input:** scores :math:`(*, H, T, k)`, features
+          :math:`(*, H, T, k, F)`
+        - **output:** :math:`(*, H, T, k)`
+    """
+    def __init__(self, in_features: int, heads: int = 1) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.heads = heads
+        self.lin_scale = Linear(in_features, heads)
+        self.lin_bias = Linear(in_features, heads)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        torch.nn.init.zeros_(self.lin_scale.weight)
+        # softplus(log(e - 1)) == 1: the identity modulation at start.
+        torch.nn.init.constant_(self.lin_scale.bias, math.log(math.e - 1.0))
+        torch.nn.init.zeros_(self.lin_bias.weight)
+        torch.nn.init.zeros_(self.lin_bias.bias)
+
+    def forward(self, score: Tensor, rel: Tensor) -> Tensor:
+        # rel: [*, H, T, k, F]; head h reads row h of A and B.
+        H, Fd = self.heads, self.in_features
+        w_a = self.lin_scale.weight.view(H, 1, 1, Fd)
+        w_b = self.lin_bias.weight.view(H, 1, 1, Fd)
+        scale = (rel * w_a).sum(-1) + self.lin_scale.bias.view(H, 1, 1)
+        bias = (rel * w_b).sum(-1) + self.lin_bias.bias.view(H, 1, 1)
+        return score * F.softplus(scale) + bias
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.in_features}, '
+                f'heads={self.heads})')

@@ -1,0 +1,412 @@
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Linear, Module, Parameter
+
+from samsa_geo.nn.attention._kernels import (
+    SCORES,
+    explicit_attention,
+    from_tiles,
+    make_tiles,
+    per_tile,
+    sdpa_attention,
+    to_tiles,
+)
+from samsa_geo.nn.attention._sampling import relax, select
+from samsa_geo.nn.attention._sets import set_info
+from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
+from samsa_geo.nn.attention.relative_bias import RelativeBias
+
+SAMPLING_MODES = ('hard', 'soft', 'full')
+NORMALIZATIONS = ('softmax', 'leaky')
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+class SamsaAttention(Module):
+    r"""SAMSA sampling self-attention from the `"SAMSA: Efficient Transformer
+    for Many Data Modalities" <https://arxiv.org/abs/2408.05391>`_ paper, with
+    the options of `"Sampling Foundational Transformer"
+    <https://arxiv.org/abs/2408.05822>`_.
+
+    Every head :math:`h` scores the tokens of a set,
+    :math:`\mathbf{s}^{(h)} = \mathrm{scorer}(\mathbf{X})_h`, keeps the
+    :math:`k` most important ones
+    :math:`\mathcal{S}_h = \mathrm{top}\text{-}k(\mathbf{s}^{(h)} +
+    \mathbf{g})` (:math:`\mathbf{g} \sim \mathrm{Gumbel}(0, 1)` in training,
+    :math:`\mathbf{g} = 0` at inference), and attends from every query to
+    these keys only:
+
+    .. math::
+        \mathbf{o}_i^{(h)} = \sum_{j \in \mathcal{S}_h}
+        \mathrm{softmax}_j\left(\frac{\mathbf{q}_i^{(h)\top}
+        \mathbf{k}_j^{(h)}}{\sqrt{D}}\right) \mathbf{v}_j^{(h)}, \qquad
+        \mathbf{x}'_i = \mathbf{W}_o \big\Vert_{h=1}^{H} \mathbf{o}_i^{(h)},
+
+    where :math:`D = C / H`. Keys and values are projected for all tokens
+    and sampled per head (one gather moves both). In training the boundary
+    at rank :math:`k` is relaxed (see :func:`relax`) so the scorer learns:
+    :obj:`"soft"` mixes each kept row with the next :math:`k` rows,
+    :obj:`"hard"` keeps the exact rows in the forward pass and passes the
+    soft gradient to the scores. Cost :math:`O(N k C)` time and memory; no
+    :math:`N \times N` tensor is ever built. A set with
+    :math:`n \leq k` tokens gets exact full attention.
+
+    Args:
+        channels (int): Token width :math:`C`.
+        heads (int, optional): Number of heads :math:`H`. (default: :obj:`1`)
+        k (int or float, optional): Keys kept per set and head; a float in
+            :math:`(0, 1]` is a fraction of each set's size (at least one).
+            (default: :obj:`64`)
+        dropout (float, optional): Dropout on the attention weights.
+            (default: :obj:`0.0`)
+        sampling (str, optional): :obj:`"hard"`, :obj:`"soft"` or
+            :obj:`"full"` (exact full attention, no sampling).
+            (default: :obj:`"hard"`)
+        temperature (float, optional): :math:`\tau` of the relaxation
+            (fixed). (default: :obj:`1.0`)
+        num_registers (int, optional): Learnable register tokens added as
+            candidates to every set (own scores and key/value rows).
+            (default: :obj:`0`)
+        score (str, optional): Score function :obj:`"dot"`,
+            :obj:`"maxout"` or :obj:`"lily"`. (default: :obj:`"dot"`)
+        normalization (str, optional): :obj:`"softmax"` or :obj:`"leaky"`
+            :math:`a_{ij} = \mathrm{ReLU}(s_{ij}) / (\sum_j
+            \mathrm{ReLU}(s_{ij}) + \sum_j \mathrm{ReLU}(c_j) + \epsilon)`
+            with learned per-head leak logits :math:`c_j` of the sampled
+            keys. (default: :obj:`"softmax"`)
+        relative_bias (bool, optional): Modulate scores with
+            :class:`RelativeBias` of the pairwise features
+            :math:`\mathbf{r}_{ij} = (\Vert \mathbf{p}_i - \mathbf{p}_j
+            \Vert^2, \mathbf{n}_i^\top \mathbf{n}_j)` of ``pos`` (and
+            ``normal``, if given). (default: :obj:`False`)
+        stochastic_eval (bool, optional): Keep Gumbel noise at inference.
+            (default: :obj:`False`)
+        padded (bool, optional): Query layout: :obj:`True` pads each set to
+            the largest, :obj:`False` uses tiles of ``tile_size`` queries
+            (padding-free up to one tile per set); :obj:`None` chooses by
+            the padding it would cost. (default: :obj:`None`)
+        tile_size (int, optional): Queries per tile of the packed layout.
+            (default: :obj:`256`)
+
+    Shapes:
+        - **input:** ``x`` :math:`(N, C)`, ``batch`` :math:`(N)` sorted,
+          ``pos`` :math:`(N, P)`, ``normal`` :math:`(N, P)`
+        - **output:** :math:`(N, C)`; with ``return_indices=True`` also
+          :math:`(B, H, k_{\max})` global token indices (``-1`` for unused
+          slots, ``-2 - r`` for register ``r``)
+    """
+    #: Check inputs (finite values, sorted ``batch``); costs a device sync.
+    validate_args: bool = True
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int = 1,
+        k: Union[int, float] = 64,
+        dropout: float = 0.0,
+        sampling: str = 'hard',
+        temperature: float = 1.0,
+        num_registers: int = 0,
+        score: str = 'dot',
+        normalization: str = 'softmax',
+        relative_bias: bool = False,
+        stochastic_eval: bool = False,
+        padded: Optional[bool] = None,
+        tile_size: int = 256,
+    ) -> None:
+        super().__init__()
+        if not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f"Expected 'channels' to be a positive int "
+                             f"(got {channels!r})")
+        if not isinstance(heads, int) or heads <= 0 or channels % heads:
+            raise ValueError(f"Expected 'heads' to be a positive int "
+                             f"dividing 'channels'={channels} (got {heads!r})")
+        if isinstance(k, bool) or not isinstance(k, (int, float)):
+            raise TypeError(f"Expected 'k' to be an int or a float "
+                            f"(got {type(k).__name__})")
+        if isinstance(k, int) and k <= 0:
+            raise ValueError(f"Expected 'k' to be a positive int (got {k})")
+        if isinstance(k, float) and not 0.0 < k <= 1.0:
+            raise ValueError(f"Expected 'k' as a float to be a fraction in "
+                             f"(0, 1] (got {k})")
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"Expected 'sampling' to be one of "
+                             f"{SAMPLING_MODES} (got {sampling!r})")
+        if score not in SCORES:
+            raise ValueError(f"Expected 'score' to be one of "
+                             f"{tuple(SCORES)} (got {score!r})")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"Expected 'normalization' to be one of "
+                             f"{NORMALIZATIONS} (got {normalization!r})")
+        if temperature <= 0:
+            raise ValueError(f"Expected 'temperature' > 0 (got {temperature})")
+        if num_registers < 0:
+            raise ValueError(f"Expected 'num_registers' >= 0 "
+                             f"(got {num_registers})")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"Expected 'dropout' in [0, 1) (got {dropout})")
+        if tile_size <= 0:
+            raise ValueError(f"Expected 'tile_size' > 0 (got {tile_size})")
+
+        self.channels = channels
+        self.heads = heads
+        self.head_dim = channels // heads
+        self.k = k
+        self.dropout = dropout
+        self.sampling = sampling
+        self.num_registers = num_registers
+        self.score = score
+        self.normalization = normalization
+        self.stochastic_eval = stochastic_eval
+        self.padded = padded
+        self.tile_size = tile_size
+        # Fixed, as in the released code (declared there but never trained).
+        self.register_buffer('temperature', torch.tensor(float(temperature)))
+
+        self.lin_q = Linear(channels, channels)
+        # Row block h holds [k_h, v_h]: one gather moves keys and values.
+        self.lin_kv = Linear(channels, 2 * channels)
+        self.lin_out = Linear(channels, channels)
+        # 'full' attends to every token: no scorer, no register scores.
+        full = sampling == 'full'
+        self.scorer = None if full else ImportanceScorer(channels, heads)
+        if num_registers > 0:
+            self.reg_kv = Parameter(
+                torch.empty(num_registers, heads, 2 * self.head_dim))
+        else:
+            self.register_parameter('reg_kv', None)
+        if num_registers > 0 and not full:
+            self.reg_score = Parameter(torch.empty(num_registers, heads))
+        else:
+            self.register_parameter('reg_score', None)
+        if normalization == 'leaky':
+            self.leak_weight = Parameter(torch.empty(heads, self.head_dim))
+            self.leak_bias = Parameter(torch.empty(heads))
+        else:
+            self.register_parameter('leak_weight', None)
+            self.register_parameter('leak_bias', None)
+        self.rel_bias = RelativeBias(2, heads) if relative_bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin_q.reset_parameters()
+        self.lin_kv.reset_parameters()
+        self.lin_out.reset_parameters()
+        if self.scorer is not None:
+            self.scorer.reset_parameters()
+        if self.reg_kv is not None:
+            torch.nn.init.normal_(self.reg_kv, std=0.02)
+        if self.reg_score is not None:
+            torch.nn.init.normal_(self.reg_score, std=0.02)
+        if self.leak_weight is not None:
+            torch.nn.init.normal_(self.leak_weight,
+                                  std=1.0 / math.sqrt(self.head_dim))
+            torch.nn.init.zeros_(self.leak_bias)
+        if self.rel_bias is not None:
+            self.rel_bias.reset_parameters()
+
+    def _validate(self, x: Tensor, batch: Optional[Tensor],
+                  pos: Optional[Tensor], normal: Optional[Tensor]) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Expected 'x' to be a Tensor "
+                            f"(got {type(x).__name__})")
+        if x.dim() != 2 or x.size(1) != self.channels:
+            raise ValueError(f"Expected 'x' to have shape [N, "
+                             f"{self.channels}] (got {list(x.shape)})")
+        if not x.is_floating_point():
+            raise TypeError(f"Expected 'x' to be a floating-point tensor "
+                            f"(got {x.dtype})")
+        N = x.size(0)
+        if batch is not None:
+            if not isinstance(batch, Tensor):
+                raise TypeError(f"Expected 'batch' to be a Tensor "
+                                f"(got {type(batch).__name__})")
+            if batch.dtype not in (torch.long, torch.int32, torch.int64):
+                raise TypeError(f"Expected 'batch' to be an integer tensor "
+                                f"(got {batch.dtype})")
+            if batch.dim() != 1 or batch.numel() != N:
+                raise ValueError(f"Expected 'batch' to have shape [{N}] "
+                                 f"(got {list(batch.shape)})")
+        for name, t in (('pos', pos), ('normal', normal)):
+            if t is not None and (t.dim() != 2 or t.size(0) != N):
+                raise ValueError(f"Expected '{name}' to have shape [{N}, P] "
+                                 f"(got {list(t.shape)})")
+        if pos is not None and normal is not None and normal.shape != pos.shape:
+            raise ValueError(f"Expected 'normal' to have the shape of 'pos' "
+                             f"{list(pos.shape)} (got {list(normal.shape)})")
+        if self.rel_bias is not None and pos is None:
+            raise ValueError("Expected 'pos' of shape [N, P] since "
+                             "'relative_bias=True'")
+        if not self.validate_args or _is_compiling():
+            return
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("Expected 'x' to hold finite values only "
+                             "(found NaN or inf)")
+        if batch is not None and N > 0:
+            if bool((batch[1:] < batch[:-1]).any()) or int(batch[0]) < 0:
+                raise ValueError("Expected 'batch' to be sorted and "
+                                 "non-negative (PyG convention)")
+
+    def forward(
+        self,
+        x: Tensor,
+        batch: Optional[Tensor] = None,
+        *,
+        pos: Optional[Tensor] = None,
+        normal: Optional[Tensor] = None,
+        return_indices: bool = False,
+        num_graphs: Optional[int] = None,
+        max_num_nodes: Optional[int] = None,
+    ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        r"""Runs the layer.
+
+        Args:
+            x (Tensor): Tokens :math:`(N, C)`.
+            batch (Tensor, optional): Set index per token :math:`(N)`,
+                sorted; :obj:`None` for one set. (default: :obj:`None`)
+            pos (Tensor, optional): Positions for the relative bias.
+            normal (Tensor, optional): Normals for the relative bias.
+            return_indices (bool, optional): Also return the sampled token
+                indices. (default: :obj:`False`)
+            num_graphs (int, optional): Number of sets, if known (saves a
+                device sync). (default: :obj:`None`)
+            max_num_nodes (int, optional): Largest set size, if known (saves
+                a device sync). (default: :obj:`None`)
+        """
+        self._validate(x, batch, pos, normal)
+        if batch is not None and batch.dtype != torch.long:
+            batch = batch.long()
+        N, C = x.shape
+        H, D, R = self.heads, self.head_dim, self.num_registers
+        full = self.sampling == 'full'
+        info = set_info(N, batch, self.k, R, full, x.device, num_graphs,
+                        max_num_nodes)
+        B = info.num_sets
+
+        q = self.lin_q(x).view(N, H, D)  # [N, H, D]
+        kv = self.lin_kv(x).view(N, H, 2 * D)  # [N, H, 2D]
+        if R > 0:
+            reg = self.reg_kv.to(kv.dtype).repeat(B, 1, 1)  # [B * R, H, 2D]
+            kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
+
+        packed = self._packed(info, N)
+        head = torch.arange(H, device=x.device).view(1, -1, 1)
+        relaxing = self.training and not full
+        if full:  # every candidate is kept, in token order
+            order = -torch.arange(N + R, device=x.device, dtype=torch.float)
+            score = order[:N, None].expand(N, H)
+            reg_score = None if R == 0 else order[N:, None].expand(R, H)
+        else:
+            score = self.scorer(x).float()  # [N, H]
+            reg_score = None if R == 0 else self.reg_score.float()
+        perturb = not full and (self.training or self.stochastic_eval)
+        sel = select(score, reg_score, batch, info, R, perturb,
+                     with_bottom=relaxing, packed=packed)
+
+        u = kv[sel.top, head]  # [B, H, k, 2D]
+        if relaxing and info.m_max > 0:
+            u_bottom = kv[sel.bottom, head]  # [B, H, m, 2D]
+            u = relax(sel, u, u_bottom, float(self.temperature),
+                      hard=self.sampling == 'hard')
+        k_sel, v_sel = u.split(D, dim=-1)  # [B, H, k, D] each
+
+        tiles = make_tiles(info, batch, N, packed, self.tile_size)
+        q_t = to_tiles(q, tiles)  # [nt, H, T, D]
+        k_t, v_t = per_tile(k_sel, tiles), per_tile(v_sel, tiles)
+        key_valid = None
+        if not self._all_keys_valid(info, batch):
+            key_valid = per_tile(sel.top_valid, tiles)  # [nt, k]
+        dropout = self.dropout if self.training else 0.0
+        if (self.score == 'dot' and self.normalization == 'softmax'
+                and self.rel_bias is None):
+            o = sdpa_attention(q_t, k_t, v_t, key_valid, dropout,
+                               self.training)
+        else:
+            leak = None
+            if self.normalization == 'leaky':
+                leak = (k_t * self.leak_weight.view(1, H, 1, D).to(
+                    k_t.dtype)).sum(-1) + self.leak_bias.view(1, H, 1)
+            bias_fn = None
+            if self.rel_bias is not None:
+                bias_fn = self._bias_fn(pos, normal, sel.top, tiles, N)
+            o = explicit_attention(q_t, k_t, v_t, key_valid,
+                                   SCORES[self.score], self.normalization,
+                                   leak, bias_fn, dropout, self.training)
+        out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
+        out = self.lin_out(out)
+        if not return_indices:
+            return out
+        return out, self._indices(sel.top, sel.top_valid, N)
+
+    def _packed(self, info, N: int) -> bool:
+        if self.padded is not None:
+            return not self.padded
+        # Pad only when it costs at most a quarter more queries.
+        return info.num_sets * info.max_size > 1.25 * N + self.tile_size
+
+    def _all_keys_valid(self, info, batch: Optional[Tensor]) -> bool:
+        if batch is None:
+            return True
+        if not isinstance(self.k, float) and not _is_compiling():
+            return bool((info.k == info.k_max).all())
+        return False
+
+    def _bias_fn(self, pos: Tensor, normal: Optional[Tensor], top: Tensor,
+                 tiles, N: int):
+        H = self.heads
+        pos = pos.float()
+        R = self.num_registers
+        if R > 0:  # registers sit at the origin with no normal
+            pad = pos.new_zeros(top.size(0) * R, pos.size(1))
+            pos = torch.cat([pos, pad], dim=0)
+            if normal is not None:
+                normal = torch.cat([normal.float(), pad], dim=0)
+        head = torch.arange(H, device=top.device).view(1, -1, 1)
+        p_key = per_tile(pos[top], tiles)  # [nt, H, k, P]
+        P = pos.size(1)
+        # Queries: [N, 1, P] -> [nt, 1, T, P], shared by the heads.
+        p_q = to_tiles(pos[:N].view(N, 1, P), tiles)
+        n_key = n_q = None
+        if normal is not None:
+            n_key = per_tile(normal[top], tiles)
+            n_q = to_tiles(normal[:N].float().view(N, 1, P), tiles)
+        rel_bias = self.rel_bias
+        del head
+
+        def apply(score: Tensor, s: int, e: int) -> Tensor:
+            d = p_q[s:e].unsqueeze(3) - p_key[s:e].unsqueeze(2)
+            feats = [(d * d).sum(-1)]  # [c, H, T, k]
+            if n_key is not None:
+                feats.append((n_q[s:e].unsqueeze(3)
+                              * n_key[s:e].unsqueeze(2)).sum(-1))
+            else:
+                feats.append(torch.zeros_like(feats[0]))
+            rel = torch.stack(feats, dim=-1)  # [c, H, T, k, 2]
+            return rel_bias(score.float(), rel)
+
+        return apply
+
+    def _indices(self, top: Tensor, valid: Tensor, N: int) -> Tensor:
+        R = max(self.num_registers, 1)
+        idx = torch.where(top < N, top, -2 - (top - N) % R)
+        return idx.masked_fill(~valid.unsqueeze(1), -1)
+
+    def __repr__(self) -> str:
+        extra = ''
+        if self.num_registers:
+            extra += f', num_registers={self.num_registers}'
+        if self.score != 'dot':
+            extra += f', score={self.score!r}'
+        if self.normalization != 'softmax':
+            extra += f', normalization={self.normalization!r}'
+        if self.rel_bias is not None:
+            extra += ', relative_bias=True'
+        return (f'{self.__class__.__name__}({self.channels}, '
+                f'heads={self.heads}, k={self.k}, '
+                f'sampling={self.sampling!r}{extra})')
