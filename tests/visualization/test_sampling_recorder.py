@@ -15,7 +15,7 @@ def test_one_entry_per_layer(point_model, point_batch, attn_cls):
     with SamplingRecorder(point_model) as rec:
         point_model(point_batch.pos, point_batch.batch)
     names = _attn_names(point_model, attn_cls)
-    assert names == ['attns.0', 'attns.1', 'block.attn']
+    assert names == ['attns.0', 'attns.1', 'conv.attn']
     assert list(rec.indices) == names == rec.module_names
     for name, heads in zip(names, (2, 3, 1)):
         idx = rec.indices[name]
