@@ -1,1 +1,42 @@
-__all__: list = []
+r"""See what the attention sampled: hooks that record the sampled token
+indices of every :class:`~samsa_geo.nn.SamsaAttention`, point-cloud panels
+(Open3D, matplotlib fallback), coloured PLY files, graph views and training
+curves. Nothing here imports :mod:`samsa_geo.nn` at import time."""
+from samsa_geo.visualization.sampling_recorder import (
+    SamplingRecord,
+    SamplingRecorder,
+    record_sampling,
+)
+from samsa_geo.visualization.points import (
+    head_colors,
+    plot_sampled_points,
+    read_ply_colors,
+    select_graph,
+    show_sampled_points,
+    write_sampling_ply,
+)
+from samsa_geo.visualization.graphs import (
+    plot_sampled_graph,
+    sampling_counts,
+    spring_layout,
+)
+from samsa_geo.visualization.curves import plot_training_curves, read_log
+from samsa_geo.visualization.visualize_sampling import visualize_sampling
+
+__all__ = [
+    'SamplingRecorder',
+    'SamplingRecord',
+    'record_sampling',
+    'plot_sampled_points',
+    'write_sampling_ply',
+    'read_ply_colors',
+    'show_sampled_points',
+    'head_colors',
+    'select_graph',
+    'plot_sampled_graph',
+    'sampling_counts',
+    'spring_layout',
+    'plot_training_curves',
+    'read_log',
+    'visualize_sampling',
+]

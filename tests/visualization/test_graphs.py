@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from samsa_geo.visualization import (
+    plot_sampled_graph,
+    sampling_counts,
+    spring_layout,
+)
+
+
+def _ring(n: int) -> torch.Tensor:
+    src = torch.arange(n)
+    return torch.stack([src, (src + 1) % n])
+
+
+def test_sampling_counts():
+    a = torch.tensor([[[0, 1, 2, -1], [2, 3, -2, -1]]])  # [1, 2, 4]
+    b = torch.tensor([[[2, 9, 4, 4]]])  # 9: an edge token, 4 repeated
+    counts = sampling_counts({'a': a, 'b': b}, num_nodes=6)
+    assert counts.tolist() == [1, 1, 3, 1, 1, 0]
+    assert sampling_counts(a[0], 6).tolist() == [1, 1, 2, 1, 0, 0]
+    with pytest.raises(ValueError, match="'indices'"):
+        sampling_counts(a.float(), 6)
+
+
+def test_spring_layout():
+    ei = _ring(12)
+    xy = spring_layout(ei, 12)
+    assert xy.shape == (12, 2) and np.isfinite(xy).all()
+    assert np.abs(xy).max() == pytest.approx(1.0)
+    assert np.allclose(xy, spring_layout(ei, 12))  # deterministic
+    dist = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    neighbours = dist[ei[0], ei[1]].mean()
+    assert neighbours < 0.6 * dist[np.triu_indices(12, 1)].mean()
+    with pytest.raises(IndexError, match="'edge_index'"):
+        spring_layout(ei, 5)
+    with pytest.raises(ValueError, match=r"\[2, E\]"):
+        spring_layout(ei.t(), 12)
+
+
+@pytest.mark.parametrize('dim', [None, 2, 3])
+def test_plot_sampled_graph(tmp_path, dim):
+    n = 20
+    ei = _ring(n)
+    idx = torch.tensor([[[0, 1, 2, 3], [0, 1, 5, 6]]])  # 0 and 1: twice
+    pos = None if dim is None else torch.randn(n, dim)
+    out = plot_sampled_graph(ei, idx, tmp_path / 'g.png', pos=pos,
+                             size=(300, 200), node_size=80)
+    assert out['layout'] == {None: 'spring', 2: 'pos', 3: '3d'}[dim]
+    img = np.asarray(Image.open(out['png']).convert('RGB')).astype(int)
+    assert img.shape == (200, 300, 3)
+    assert img.std() > 5
+    # Nodes sampled twice take the top of the colour map (viridis yellow).
+    from matplotlib import colormaps
+    top = np.round(np.asarray(colormaps['viridis'](1.0)[:3]) * 255)
+    assert (np.abs(img - top).max(-1) <= 10).sum() > 20
+    with pytest.raises(ValueError, match="'pos'"):
+        plot_sampled_graph(ei, idx, tmp_path / 'g.png', num_nodes=n,
+                           pos=torch.randn(n + 1, 3))

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch_geometric.data import Data
+from torch_geometric.nn import GCNConv
+
+from samsa_geo.nn import SamsaConv
+from samsa_geo.visualization import (
+    SamplingRecorder,
+    read_ply_colors,
+    visualize_sampling,
+)
+from samsa_geo.visualization.points import GREY
+
+
+def _coloured(path):
+    _, rgb = read_ply_colors(path)
+    grey = np.round(np.asarray(GREY) * 255)
+    return set(np.flatnonzero((rgb != grey).any(axis=1)).tolist())
+
+
+def test_visualize_sampling(tmp_path, point_model, point_batch):
+    point_model.train()
+    out = visualize_sampling(point_model, point_batch, tmp_path,
+                             backend='matplotlib', graph_index=1,
+                             panel_size=(120, 100), ncols=3)
+    assert point_model.training  # mode restored
+    assert out['backend'] == 'matplotlib' and out['graph_png'] is None
+    assert list(out['ply']) == ['attns.0', 'attns.1', 'conv.attn']
+    img = np.asarray(Image.open(out['png']).convert('RGB'))
+    assert img.shape == (2 * 100, 3 * 120, 3)  # 2 + 3 + 1 heads
+
+    point_model.eval()
+    with torch.no_grad(), SamplingRecorder(point_model) as rec:
+        point_model(point_batch.pos, point_batch.batch)
+    for name, path in out['ply'].items():
+        idx = rec.indices[name][1]
+        expected = set((idx[idx >= 0] - 40).tolist())
+        assert _coloured(path) == expected
+
+
+def test_layer_and_head_selection(tmp_path, point_model, point_batch):
+    calls = []
+
+    def forward_fn(model, data):
+        calls.append(1)
+        return model(data.pos, data.batch)
+
+    out = visualize_sampling(point_model, point_batch, tmp_path,
+                             layers=[1, 'conv.attn'], heads=[0],
+                             backend='matplotlib', forward_fn=forward_fn,
+                             panel_size=(80, 80))
+    assert calls == [1]
+    assert list(out['ply']) == ['attns.1', 'conv.attn']
+    assert Image.open(out['png']).size == (2 * 80, 80)
+    with pytest.raises(ValueError, match="'layers'"):
+        visualize_sampling(point_model, point_batch, tmp_path,
+                           layers=['nope'], backend='matplotlib')
+    with pytest.raises(IndexError, match="'layers'"):
+        visualize_sampling(point_model, point_batch, tmp_path, layers=[5],
+                           backend='matplotlib')
+
+
+class GraphModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = SamsaConv(8, GCNConv(8, 8), heads=2, k=4)
+
+    def forward(self, x, edge_index):
+        return self.conv(x, edge_index)
+
+
+def test_graph_without_positions(tmp_path):
+    src = torch.arange(15)
+    edge_index = torch.cat([torch.stack([src, (src + 1) % 15]),
+                            torch.stack([(src + 1) % 15, src])], dim=1)
+    data = Data(x=torch.randn(15, 8), edge_index=edge_index)
+    out = visualize_sampling(
+        GraphModel(), data, tmp_path, backend='matplotlib',
+        forward_fn=lambda m, d: m(d.x, d.edge_index), panel_size=(64, 64))
+    assert Image.open(out['graph_png']).size == (640, 480)
+    assert len(_coloured(out['ply']['conv.attn'])) >= 4
