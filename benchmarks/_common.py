@@ -1,0 +1,79 @@
+"""Timing and record helpers shared by the benchmark scripts."""
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'cpu ({platform.processor() or platform.machine()}, ' \
+           f'{torch.get_num_threads()} threads)'
+
+
+def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
+            repeat: int = 10, max_seconds: float = 20.0) -> Dict[str, float]:
+    """Median milliseconds of ``fn`` and its peak memory (CUDA only).
+
+    Times with CUDA events on the GPU and a wall clock on the CPU; stops
+    repeating after ``max_seconds``.
+    """
+    for _ in range(warmup):
+        fn()
+    peak_mb: Optional[float] = None
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    times: List[float] = []
+    start_all = time.perf_counter()
+    for _ in range(repeat):
+        if device.type == 'cuda':
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start_all > max_seconds:
+            break
+    if device.type == 'cuda':
+        peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return {'ms': statistics.median(times), 'peak_mb': peak_mb,
+            'repeats': len(times)}
+
+
+def is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or \
+        'out of memory' in str(err).lower()
+
+
+def write_records(records: List[dict], path: str) -> None:
+    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(records, f, indent=1)
+    print(f'wrote {len(records)} records to {path}')
+
+
+def print_table(records: List[dict], keys: List[str]) -> None:
+    widths = [max(len(k), *(len(_fmt(r.get(k))) for r in records))
+              for k in keys]
+    print('  '.join(k.ljust(w) for k, w in zip(keys, widths)))
+    for r in records:
+        print('  '.join(_fmt(r.get(k)).ljust(w) for k, w in zip(keys, widths)))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f'{v:.3f}' if v < 100 else f'{v:.1f}'
+    return str(v)
