@@ -479,6 +479,15 @@ class Trainer:
                     return None
         finally:
             bar.close()
+        if step == 0:
+            raise ValueError(f"Expected 'train_loader' to yield batches in "
+                             f"epoch {epoch + 1} (got none; a one-shot "
+                             f"iterator cannot be re-iterated)")
+        if step != steps_per_epoch:
+            warnings.warn(f"'train_loader' yielded {step} batches in epoch "
+                          f"{epoch + 1} but its length is {steps_per_epoch}; "
+                          f"the learning-rate schedule assumes the length",
+                          stacklevel=3)
         total, count = all_reduce_sum([loss_sum, float(loss_steps)])
         return total / max(count, 1.0)
 

@@ -1,7 +1,7 @@
 """A tiny MLP task on synthetic tensors shared by the trainer tests.
 
 Also a command-line entry point for the subprocess tests (torchrun DDP and
-SIGTERM): ``python _train_toy.py MODE OUT_DIR [options]``.
+SIGTERM): ``python _train_toy.py OUT_DIR [options]``.
 """
 import argparse
 import json
@@ -70,9 +70,32 @@ class ToyTask:
                 'x_sum': outputs['x_sum'].sum().item()}
 
 
+def fit_toy(out_dir, *, epochs=3, batch_size=8, n_train=64, n_val=13,
+            sleep=0.0, resume=False, ready=False):
+    r"""Deterministic shuffled run used by the subprocess tests and their
+    in-process references; returns the trainer after a final test pass."""
+    model = make_model(dropout=0.0)
+    trainer = Trainer(model, ToyTask(sleep=sleep), out_dir=out_dir,
+                      epochs=epochs, lr=1e-2, warmup_steps=2,
+                      deterministic=True, monitor='val_acc', mode='max',
+                      resume=resume, progress=False, tensorboard=False)
+    train = make_loader(make_dataset(n_train), batch_size, shuffle=True,
+                        seed=1)
+    val = make_loader(make_dataset(n_val, seed=7), 4, shuffle=False)
+    if ready:
+        print('READY', flush=True)
+    trainer.fit(train, val)
+    metrics = trainer.evaluate(val, split='test', checkpoint='last')
+    if trainer.is_main:
+        torch.save(trainer.model.state_dict(),
+                   os.path.join(out_dir, 'final_weights.pt'))
+        with open(os.path.join(out_dir, 'final_metrics.json'), 'w') as f:
+            json.dump(metrics, f)
+    return trainer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument('mode', choices=['ddp', 'sigterm'])
     parser.add_argument('out_dir')
     parser.add_argument('--epochs', type=int, default=3)
     parser.add_argument('--batch_size', type=int, default=8)
@@ -81,25 +104,9 @@ def main() -> None:
     parser.add_argument('--sleep', type=float, default=0.0)
     parser.add_argument('--resume', action='store_true')
     args = parser.parse_args()
-
-    model = make_model(dropout=0.0)
-    task = ToyTask(sleep=args.sleep)
-    trainer = Trainer(model, task, out_dir=args.out_dir, epochs=args.epochs,
-                      lr=1e-2, warmup_steps=2, deterministic=True,
-                      monitor='val_acc', mode='max', resume=args.resume,
-                      progress=False, tensorboard=False)
-    train = make_loader(make_dataset(args.n_train), args.batch_size,
-                        shuffle=True, seed=1)
-    val = make_loader(make_dataset(args.n_val, seed=7), 4, shuffle=False)
-    if args.mode == 'sigterm':
-        print('READY', flush=True)
-    trainer.fit(train, val)
-    metrics = trainer.evaluate(val, split='test', checkpoint='last')
-    if trainer.is_main:
-        torch.save(trainer.model.state_dict(),
-                   os.path.join(args.out_dir, 'final_weights.pt'))
-        with open(os.path.join(args.out_dir, 'final_metrics.json'), 'w') as f:
-            json.dump(metrics, f)
+    fit_toy(args.out_dir, epochs=args.epochs, batch_size=args.batch_size,
+            n_train=args.n_train, n_val=args.n_val, sleep=args.sleep,
+            resume=args.resume, ready=True)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
