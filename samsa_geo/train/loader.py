@@ -1,4 +1,5 @@
 """Building data loaders for the trainer and moving batches to a device."""
+import sys
 from typing import Any, Callable, Optional
 
 import torch
@@ -11,10 +12,11 @@ from samsa_geo.train.seed import seed_worker
 
 
 def _is_pyg_dataset(dataset: Any) -> bool:
-    try:
-        from torch_geometric.data.data import BaseData
-    except ImportError:  # pragma: no cover
+    # PyG objects can only exist once torch_geometric is imported: avoid the
+    # (slow) import for plain tensor datasets.
+    if 'torch_geometric' not in sys.modules:
         return False
+    from torch_geometric.data.data import BaseData
     try:
         return len(dataset) > 0 and isinstance(dataset[0], BaseData)
     except Exception:
