@@ -325,3 +325,29 @@ def test_weight_decay_skips_biases(tmp_path):
     assert all(p.ndim == 2 for p in decay['params'])
     assert all(p.ndim == 1 for p in no_decay['params'])
     assert 'Trainer(' in repr(tr) and 'world_size=1' in repr(tr)
+
+
+def test_tensorboard_flag(tmp_path):
+    from samsa_geo.typing import WITH_TENSORBOARD
+    tr = trainer(tmp_path, epochs=1, tensorboard=True)
+    if WITH_TENSORBOARD:
+        tr.fit(*loaders())
+        assert (tmp_path / 'tensorboard').is_dir()
+    else:
+        with pytest.raises(ImportError, match="'tensorboard=True' requires"):
+            tr.fit(*loaders())
+
+
+@pytest.mark.slow
+def test_compile_matches_eager(tmp_path):
+    eager = trainer(tmp_path / 'eager', epochs=1, dropout=0.0)
+    eager.fit(*loaders())
+    compiled = trainer(tmp_path / 'compiled', epochs=1, dropout=0.0,
+                       compile=True, deterministic=False)
+    compiled.fit(*loaders())
+    for key, value in eager.model.state_dict().items():
+        torch.testing.assert_close(compiled.model.state_dict()[key], value,
+                                   rtol=1e-4, atol=1e-5)
+    # Checkpoints hold the plain model's keys (no '_orig_mod.' prefix).
+    state = load_checkpoint(tmp_path / 'compiled' / 'last.pt')
+    assert state['model'].keys() == eager.model.state_dict().keys()
