@@ -18,6 +18,12 @@ class Task(Protocol):
     from every rank under DDP, in dataset order) and hands them once to
     :meth:`compute_metrics`, so metrics are never averages of averages.
 
+    In :meth:`training_step` call :obj:`model(...)` itself, not its
+    sub-modules: under DDP it is the
+    :class:`~torch.nn.parallel.DistributedDataParallel` wrapper whose forward
+    arranges the gradient synchronisation. :meth:`eval_step` gets the plain
+    (possibly compiled) model.
+
     .. code-block:: python
 
         class Classification:

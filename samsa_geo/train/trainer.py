@@ -205,6 +205,7 @@ class Trainer:
                                            enabled=amp == 'fp16')
         self.scheduler: Optional[WarmupCosineLR] = None
         self.global_step = 0
+        self.last_lr = self.lr
         self.best_score: Optional[float] = None
         self.best_epoch: Optional[int] = None
         self._stop_signal: Optional[int] = None
@@ -354,7 +355,7 @@ class Trainer:
                 if improved:
                     best_metrics = val_metrics
                 row = {'epoch': epoch + 1,
-                       'lr': self.optimizer.param_groups[0]['lr'],
+                       'lr': self.last_lr,
                        'train_loss': train_loss,
                        'time': time.time() - t0, **val_metrics}
                 if log is not None:
@@ -507,6 +508,7 @@ class Trainer:
                                            self.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.last_lr = self.optimizer.param_groups[0]['lr']  # lr of this step
         self.scheduler.step()
         self.global_step += 1
         return float(loss.detach().float().item())

@@ -154,7 +154,11 @@ def test_run_folder_contents(tmp_path):
     assert list(rows[0]) == ['epoch', 'lr', 'train_loss', 'time', 'val_acc',
                              'val_count', 'val_loss', 'val_x_sum']
     assert all(float(r['val_count']) == 11 for r in rows)
-    assert float(rows[-1]['lr']) == pytest.approx(0.0, abs=1e-12)  # cosine end
+    # lr of each epoch's last step, following warm-up + cosine to 0.
+    for epoch, row in enumerate(rows, 1):
+        assert float(row['lr']) == pytest.approx(
+            tr.scheduler.lr_at(epoch * STEPS - 1, 1e-2), rel=1e-12)
+    assert 0 < float(rows[-1]['lr']) < 1e-3
     summary = json.load(open(tmp_path / 'metrics.json'))
     assert summary['test'] == test and set(test) == {
         'test_loss', 'test_acc', 'test_count', 'test_x_sum'}

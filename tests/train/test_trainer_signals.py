@@ -16,7 +16,7 @@ TOY = osp.join(osp.dirname(__file__), '_train_toy.py')
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 
 
-def test_sigterm_leaves_loadable_checkpoint_and_resume_continues(tmp_path):
+def test_sigterm_leaves_loadable_checkpoint_and_resume_continues(tmp_path, capsys):
     out = tmp_path / 'run'
     env = {**os.environ, 'PYTHONPATH': ROOT}
     args = [sys.executable, TOY, str(out), '--epochs', '5']
@@ -44,14 +44,12 @@ def test_sigterm_leaves_loadable_checkpoint_and_resume_continues(tmp_path):
     assert 0 < state['global_step'] < 5 * steps
     assert not (out / 'final_weights.pt').exists()
 
-    resumed = subprocess.run(args + ['--resume'], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert 'Resuming from' in resumed.stdout
+    # Resume (in this process) and compare with a run never interrupted.
+    fit_toy(str(out), epochs=5, resume=True)
+    assert 'Resuming from' in capsys.readouterr().out
     rows = (out / 'log.csv').read_text().splitlines()[1:]
     assert [int(r.split(',')[0]) for r in rows] == [1, 2, 3, 4, 5]
 
-    # Same weights as a run that was never interrupted.
     fit_toy(str(tmp_path / 'ref'), epochs=5)
     ref = torch.load(tmp_path / 'ref' / 'final_weights.pt')
     got = torch.load(out / 'final_weights.pt')
