@@ -588,13 +588,25 @@ class Trainer:
         outputs = {k: torch.cat(v, dim=0) for k, v in chunks.items()}
         if sharded and self.world_size > 1:
             outputs = all_gather_outputs(outputs)
+        #: The last evaluated split's gathered outputs (confusion matrices,
+        #: saved predictions).
+        self.last_outputs = outputs
         metrics = self.task.compute_metrics(outputs)
         result = {f'{split}_{k}': float(v) for k, v in metrics.items()}
         if split != 'val' and self.is_main:
             summary = self._read_summary()
             summary[split] = result
+            summary.update(result)
             self._write_json(summary)
         return result
+
+    def update_summary(self, **values: Any) -> None:
+        r"""Adds entries (e.g. :obj:`num_params`) to :obj:`metrics.json`
+        (main process only, written atomically)."""
+        if self.is_main:
+            summary = self._read_summary()
+            summary.update(values)
+            self._write_json(summary)
 
     # ---------------------------------------------------------------- summary
     @property
@@ -619,6 +631,7 @@ class Trainer:
     def _write_summary(self, best: Dict[str, float], last_epoch: int,
                        last: Dict[str, float], seconds: float) -> None:
         summary = self._read_summary()
+        summary.update(best)  # flat val_* keys of the selected epoch
         summary.update({
             'monitor': self.monitor, 'mode': self.mode,
             'best_epoch': self.best_epoch, 'best_score': self.best_score,
