@@ -36,8 +36,10 @@ def fps(src: Tensor, ptr: Tensor, ratio: Tensor,
     batch = torch.repeat_interleave(
         torch.arange(batch_size, device=device), deg, output_size=num_nodes)
     local = torch.arange(num_nodes, device=device) - ptr[batch]
-    pos = src.new_zeros(batch_size, n_max, src.size(1))  # [B, N_max, F]
-    pos[batch, local] = src
+    # Feature-major padding: every feature is a contiguous [B, N_max] plane,
+    # which keeps the per-step distance update a handful of flat kernels.
+    pos = src.new_zeros(src.size(1), batch_size, n_max)  # [F, B, N_max]
+    pos[:, batch, local] = src.t()
     valid = torch.zeros(batch_size, n_max, dtype=torch.bool, device=device)
     valid[batch, local] = True
 
@@ -51,16 +53,26 @@ def fps(src: Tensor, ptr: Tensor, ratio: Tensor,
     out = torch.empty(batch_size, s_max, dtype=torch.long, device=device)
     out[:, 0] = start
     # Padding slots hold -1 so that they never win the arg-max:
-    dist = (pos - pos[arange, start].unsqueeze(1)).pow(2).sum(-1)  # [B, N_max]
-    dist = dist.masked_fill(~valid, -1.0)
+    dist = _sq_dist_to(pos, pos[:, arange, start]).masked_fill(~valid, -1.0)
     for i in range(1, s_max):
         idx = dist.argmax(dim=1)  # [B]
         out[:, i] = idx
-        new_dist = (pos - pos[arange, idx].unsqueeze(1)).pow(2).sum(-1)
-        dist = torch.minimum(dist, new_dist)
+        dist = torch.minimum(dist, _sq_dist_to(pos, pos[:, arange, idx]))
 
     keep = torch.arange(s_max, device=device) < num_samples.unsqueeze(1)
     return (out + ptr[:-1].unsqueeze(1))[keep]
+
+
+def _sq_dist_to(pos: Tensor, centre: Tensor) -> Tensor:
+    r"""Squared distances :obj:`[B, N_max]` of feature-major points
+    :obj:`[F, B, N_max]` to one centre per example :obj:`[F, B]`, summed
+    over features in order like :obj:`torch_cluster`."""
+    if pos.size(0) > 8:
+        return (pos - centre.unsqueeze(-1)).square().sum(0)
+    dist = (pos[0] - centre[0].unsqueeze(1)).square()
+    for f in range(1, pos.size(0)):
+        dist = dist + (pos[f] - centre[f].unsqueeze(1)).square()
+    return dist
 
 
 def query_chunks(cand_start: List[int], cand_end: List[int],

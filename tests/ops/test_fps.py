@@ -26,9 +26,10 @@ def _check_farthest(pos, out):
 
 
 @pytest.mark.parametrize('ratio', [0.1, 0.25, 0.5, 1.0])
-def test_fps_farthest_property_and_counts(ratio):
+@pytest.mark.parametrize('dim', [3, 16])
+def test_fps_farthest_property_and_counts(ratio, dim):
     sizes = [17, 5, 30, 1]
-    pos, batch = _examples(sizes)
+    pos, batch = _examples(sizes, dim)
     out = fps(pos, batch, ratio, random_start=False, backend='torch')
     counts = [math.ceil(ratio * n) for n in sizes]
     assert out.dtype == torch.long
