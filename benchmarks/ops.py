@@ -1,0 +1,109 @@
+"""Timings of the geometry ops: pure-PyTorch fallback vs torch-cluster.
+
+Cases: farthest point sampling of 1,024 of 10,000 points (one cloud and a
+batch of 8 clouds) and k-nearest neighbours (k=16) of every point of a cloud
+of 100,000 points. Writes JSON records ``{op, impl, n, k, batch, queries,
+device, torch, ms}`` (median milliseconds) to ``benchmarks/results/ops_<device>.json``.
+
+    python benchmarks/ops.py --device cpu
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+import samsa_geo.typing
+from samsa_geo.ops import fps, knn
+
+
+def timed(fn, device, repeats, slow_s=2.0):
+    """Median wall time in ms; a first call slower than ``slow_s`` is the only
+    measurement (it dominates any warm-up effect)."""
+    def once():
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1000
+
+    first = once()
+    if first > slow_s * 1000:
+        return first, 1
+    times = [once() for _ in range(repeats)]
+    return statistics.median(times), repeats
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--out', default=None,
+                        help='output JSON (default: '
+                        'benchmarks/results/ops_<device>.json)')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--knn-points', type=int, default=100_000)
+    parser.add_argument('--knn-queries', type=int, default=10_000,
+                        help='queries for the CPU fallback kNN')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='intra-op threads (default: torch default)')
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        parser.error('CUDA is not available')
+    out_path = args.out or os.path.join(os.path.dirname(__file__), 'results',
+                                        f'ops_{device.type}.json')
+    impls = ['torch'] + (['compiled']
+                         if samsa_geo.typing.WITH_TORCH_CLUSTER else [])
+    gen = torch.Generator().manual_seed(0)
+    records = []
+
+    def record(op, impl, n, k, batch, fn, queries=None):
+        ms, reps = timed(fn, device, args.repeats)
+        rec = dict(op=op, impl=impl, n=n, k=k, batch=batch, queries=queries,
+                   device=device.type, torch=torch.__version__,
+                   ms=round(ms, 3), repeats=reps,
+                   threads=torch.get_num_threads())
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+
+    num_points, num_samples = 10_000, 1024
+    ratio = num_samples / num_points
+    for clouds in (1, 8):
+        pos = torch.rand(clouds * num_points, 3, generator=gen).to(device)
+        batch = torch.arange(clouds, device=device).repeat_interleave(
+            num_points)
+        for impl in impls:
+            out = fps(pos, batch, ratio, False, backend=impl)
+            assert out.numel() == clouds * num_samples
+            record('fps', impl, num_points, num_samples, clouds,
+                   lambda: fps(pos, batch, ratio, False, backend=impl))
+
+    # The fallback is brute force (O(N * M)); on CPU it is timed on the first
+    # --knn-queries queries against all N points, the compiled op on both.
+    k, n = 16, args.knn_points
+    pos = torch.rand(n, 3, generator=gen).to(device)
+    query_counts = [n] if device.type == 'cuda' else [args.knn_queries, n]
+    for m in query_counts:
+        for impl in impls:
+            if impl == 'torch' and m > args.knn_queries and \
+                    device.type == 'cpu':
+                continue
+            y = pos[:m]
+            record('knn', impl, n, k, 1,
+                   lambda: knn(pos, y, k, backend=impl), queries=m)
+
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, 'w') as f:
+        json.dump(records, f, indent=2)
+    print(f'wrote {len(records)} records to {out_path}')
+
+
+if __name__ == '__main__':
+    main()

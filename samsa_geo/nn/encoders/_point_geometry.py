@@ -1,0 +1,72 @@
+r"""Private helpers of the point encoders: input checks and rotation-invariant
+scalars that stay finite (values *and* gradients) on degenerate clouds."""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.utils import scatter
+
+#: Added under every square root: keeps norms and their gradients finite at 0.
+EPS: float = 1e-12
+
+
+def check_points(
+    pos: Tensor,
+    batch: Optional[Tensor],
+    normal: Optional[Tensor],
+) -> Tuple[Tensor, int]:
+    r"""Validates ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` (sorted) and
+    ``normal`` :math:`(N, 3)`; returns the batch vector and the number of
+    clouds."""
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"Expected 'pos' to be a Tensor "
+                        f"(got {type(pos).__name__})")
+    if pos.dim() != 2 or pos.size(1) != 3:
+        raise ValueError(f"Expected 'pos' to have shape [N, 3] "
+                         f"(got {list(pos.shape)})")
+    if not pos.is_floating_point():
+        raise TypeError(f"Expected 'pos' to be a floating-point tensor "
+                        f"(got {pos.dtype})")
+    N = pos.size(0)
+    if normal is not None:
+        if not isinstance(normal, Tensor):
+            raise TypeError(f"Expected 'normal' to be a Tensor "
+                            f"(got {type(normal).__name__})")
+        if normal.shape != pos.shape:
+            raise ValueError(f"Expected 'normal' to have shape [{N}, 3] "
+                             f"(got {list(normal.shape)})")
+    if batch is None:
+        return pos.new_zeros(N, dtype=torch.long), 1 if N > 0 else 0
+    if not isinstance(batch, Tensor):
+        raise TypeError(f"Expected 'batch' to be a Tensor "
+                        f"(got {type(batch).__name__})")
+    if batch.dtype not in (torch.long, torch.int32):
+        raise TypeError(f"Expected 'batch' to be an integer tensor "
+                        f"(got {batch.dtype})")
+    if batch.shape != (N, ):
+        raise ValueError(f"Expected 'batch' to have shape [{N}] "
+                         f"(got {list(batch.shape)})")
+    batch = batch.long()
+    if N == 0:
+        return batch, 0
+    if bool((batch[1:] < batch[:-1]).any()) or int(batch[0]) < 0:
+        raise ValueError("Expected 'batch' to be sorted and non-negative "
+                         "(as built by PyG's DataLoader)")
+    return batch, int(batch[-1]) + 1
+
+
+def safe_norm(v: Tensor) -> Tensor:
+    r""":math:`\sqrt{\Vert\mathbf{v}\Vert^2 + \epsilon}` over the last
+    dimension: its gradient has norm at most one, even at zero."""
+    return (v * v).sum(-1).add(EPS).sqrt()
+
+
+def safe_cos(a: Tensor, b: Tensor) -> Tensor:
+    r"""Cosine of the angle between :math:`\mathbf{a}` and :math:`\mathbf{b}`
+    with :func:`safe_norm`; :math:`0` if either is zero."""
+    return (a * b).sum(-1) / (safe_norm(a) * safe_norm(b))
+
+
+def centroid(pos: Tensor, batch: Tensor, num_clouds: int) -> Tensor:
+    r"""Per-cloud mean of ``pos``, :math:`(B, 3)`."""
+    return scatter(pos, batch, dim=0, dim_size=num_clouds, reduce='mean')

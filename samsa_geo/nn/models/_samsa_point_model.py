@@ -1,0 +1,179 @@
+r"""Private backbone shared by :class:`SamsaPointClassifier` and
+:class:`SamsaPointSegmenter`: point tokens and a stack of
+:class:`~samsa_geo.nn.SamsaConv`."""
+from typing import Any, Dict, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+from torch.nn import GELU, Linear, Module, ModuleList, Sequential
+from torch_geometric.nn import EdgeConv
+
+from samsa_geo.nn.conv import SamsaConv
+from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
+from samsa_geo.nn.encoders._point_geometry import centroid, check_points
+from samsa_geo.ops import knn_graph
+
+ENCODERS = ('linear', 'sft', 'ppf')
+
+
+class PointFeatures(NamedTuple):
+    x: Tensor  # [N, C] per-point features after the stack
+    batch: Tensor  # [N]
+    num_clouds: int
+
+
+class SamsaPointModel(Module):
+    r"""Backbone: tokens (:obj:`"linear"` of xyz and ``x``, or a
+    rotation-invariant encoder), then ``num_layers`` :class:`SamsaConv` with
+    the relative bias of the centred positions (and normals), optionally
+    with an :class:`~torch_geometric.nn.conv.EdgeConv` on the
+    :math:`k`-NN graph as local branch."""
+    def __init__(
+        self,
+        in_channels: int = 0,
+        rotation_invariant: bool = False,
+        encoder: Optional[str] = None,
+        channels: int = 256,
+        num_layers: int = 6,
+        heads: int = 8,
+        k: Union[int, float] = 512,
+        num_neighbors: int = 16,
+        local_conv: bool = False,
+        dropout: float = 0.0,
+        random_channels: int = 0,
+        norm: Optional[str] = 'layer_norm',
+        norm_kwargs: Optional[Dict[str, Any]] = None,
+        attn_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(in_channels, int) or in_channels < 0:
+            raise ValueError(f"Expected 'in_channels' to be a non-negative "
+                             f"int (got {in_channels!r})")
+        if encoder is None:
+            encoder = 'ppf' if rotation_invariant else 'linear'
+        if encoder not in ENCODERS:
+            raise ValueError(f"Expected 'encoder' to be one of {ENCODERS} "
+                             f"(got {encoder!r})")
+        if rotation_invariant and encoder == 'linear':
+            raise ValueError("Expected 'encoder' to be 'sft' or 'ppf' since "
+                             "'rotation_invariant=True' (got 'linear')")
+        if rotation_invariant and in_channels not in (0, 3):
+            raise ValueError(f"Expected 'in_channels' to be 0 or 3 (normals) "
+                             f"since 'rotation_invariant=True' "
+                             f"(got {in_channels})")
+        for name, value in (('channels', channels), ('num_layers', num_layers),
+                            ('num_neighbors', num_neighbors)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Expected '{name}' to be a positive int "
+                                 f"(got {value!r})")
+        self.in_channels = in_channels
+        self.rotation_invariant = rotation_invariant
+        self.encoder_type = encoder
+        self.channels = channels
+        self.num_layers = num_layers
+        self.heads = heads
+        self.k = k
+        self.num_neighbors = num_neighbors
+        self.local_conv = local_conv
+
+        self.lin_in = None
+        if not rotation_invariant:
+            self.lin_in = Linear(3 + in_channels, channels)
+        self.encoder: Optional[Module] = None
+        if encoder == 'sft':
+            self.encoder = SFTPointEncoder(channels, random_channels)
+        elif encoder == 'ppf':
+            self.encoder = PPFPointEncoder(channels, num_neighbors)
+
+        attn_kwargs = dict(attn_kwargs or {})
+        if rotation_invariant and attn_kwargs.get('relative_bias') is False:
+            raise ValueError("Expected 'attn_kwargs' not to disable "
+                             "'relative_bias' since 'rotation_invariant=True'")
+        attn_kwargs.setdefault('relative_bias', True)
+        self.attn_kwargs = attn_kwargs
+        if norm == 'layer_norm' and norm_kwargs is None:
+            norm_kwargs = {'mode': 'node'}  # per token: no cross-cloud mixing
+        self.convs = ModuleList()
+        for _ in range(num_layers):
+            conv = None
+            if local_conv:
+                conv = EdgeConv(Sequential(Linear(2 * channels, channels),
+                                           GELU(),
+                                           Linear(channels, channels)),
+                                aggr='max')
+            self.convs.append(
+                SamsaConv(channels, conv, heads=heads, k=k, dropout=dropout,
+                          act='gelu', norm=norm, norm_kwargs=norm_kwargs,
+                          attn_kwargs=attn_kwargs))
+
+    def reset_parameters(self) -> None:
+        for module in (self.lin_in, self.encoder):
+            if module is not None:
+                module.reset_parameters()
+        for conv in self.convs:
+            conv.reset_parameters()
+
+    def _check_x(self, x: Optional[Tensor], N: int) -> Optional[Tensor]:
+        if self.in_channels == 0:
+            if x is not None:
+                raise ValueError("Expected 'x' to be None since "
+                                 "'in_channels=0'")
+            return None
+        if x is None:
+            raise ValueError(f"Expected 'x' of shape [N, {self.in_channels}] "
+                             f"since 'in_channels={self.in_channels}'")
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Expected 'x' to be a Tensor "
+                            f"(got {type(x).__name__})")
+        if x.shape != (N, self.in_channels):
+            raise ValueError(f"Expected 'x' to have shape [{N}, "
+                             f"{self.in_channels}] (got {list(x.shape)})")
+        return x
+
+    def backbone(
+        self,
+        pos: Tensor,
+        batch: Optional[Tensor] = None,
+        x: Optional[Tensor] = None,
+        token_bias: Optional[Tensor] = None,
+    ) -> PointFeatures:
+        batch, B = check_points(pos, batch, None)
+        N = pos.size(0)
+        x = self._check_x(x, N)
+        normal = x if self.rotation_invariant else None
+        # Centred positions: the registers of SamsaAttention sit at the
+        # origin, so this keeps the relative bias translation-invariant.
+        pos_c = pos - centroid(pos, batch, B)[batch]  # [N, 3]
+
+        edge_index = None
+        if self.encoder_type == 'ppf' or self.local_conv:
+            edge_index = knn_graph(pos_c.detach(), self.num_neighbors, batch,
+                                   loop=True, batch_size=B)
+        h = pos.new_zeros(N, self.channels)
+        if self.lin_in is not None:
+            feats = pos if x is None else torch.cat([pos, x], dim=-1)
+            h = h + self.lin_in(feats)
+        if isinstance(self.encoder, PPFPointEncoder):
+            h = h + self.encoder(pos_c, batch, normal, edge_index)
+        elif self.encoder is not None:
+            h = h + self.encoder(pos_c, batch, normal)
+        if token_bias is not None:
+            h = h + token_bias
+
+        counts = torch.bincount(batch, minlength=B)
+        max_num_nodes = int(counts.max()) if N > 0 else 0
+        for conv in self.convs:
+            h = conv(h, edge_index, batch, pos=pos_c, normal=normal,
+                     num_graphs=B, max_num_nodes=max_num_nodes)
+        return PointFeatures(h, batch, B)
+
+    def _repr_args(self) -> str:
+        return (f'in_channels={self.in_channels}, '
+                f'rotation_invariant={self.rotation_invariant}, '
+                f'encoder={self.encoder_type!r}, channels={self.channels}, '
+                f'num_layers={self.num_layers}, heads={self.heads}, '
+                f'k={self.k}, local_conv={self.local_conv}')
+
+    #: Hyper-parameters of the :meth:`small` preset.
+    SMALL: Dict[str, Any] = dict(channels=64, num_layers=2, heads=4, k=64,
+                                 num_neighbors=16)

@@ -1,0 +1,115 @@
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+import samsa_geo.typing
+from samsa_geo.ops import _fallback
+from samsa_geo.ops._utils import (
+    batch_to_ptr,
+    check_batch,
+    check_points,
+    cluster_supports,
+    num_examples,
+    use_compiled,
+)
+
+
+def _ratio_tensor(ratio: Union[float, Tensor], src: Tensor,
+                  batch_size: int) -> Tensor:
+    if isinstance(ratio, Tensor):
+        if not ratio.is_floating_point():
+            raise TypeError(f"Expected 'ratio' to be a floating-point tensor "
+                            f"(got {ratio.dtype})")
+        if ratio.dim() > 1 or (ratio.dim() == 1
+                               and ratio.numel() not in (1, batch_size)):
+            raise ValueError(f"Expected 'ratio' to have shape [] or "
+                             f"[{batch_size}] (got {list(ratio.size())})")
+        r = ratio.to(src.device)
+    elif isinstance(ratio, (float, int)) and not isinstance(ratio, bool):
+        r = torch.tensor(float(ratio), dtype=src.dtype, device=src.device)
+    else:
+        raise TypeError(f"Expected 'ratio' to be a float or a Tensor "
+                        f"(got {type(ratio).__name__})")
+    if r.numel() > 0 and not bool(((r > 0) & (r <= 1)).all()):
+        raise ValueError(f"Expected 'ratio' to lie in (0, 1] (got {ratio})")
+    return r
+
+
+def fps(
+    src: Tensor,
+    batch: Optional[Tensor] = None,
+    ratio: Union[float, Tensor] = 0.5,
+    random_start: bool = True,
+    batch_size: Optional[int] = None,
+    *,
+    backend: str = 'auto',
+) -> Tensor:
+    r"""Farthest point sampling from the `"PointNet++: Deep Hierarchical
+    Feature Learning on Point Sets in a Metric Space"
+    <https://arxiv.org/abs/1706.02413>`_ paper, with the semantics of
+    :func:`torch_cluster.fps`.
+
+    Starting from one point :math:`s_0` per example, every step adds the
+    point farthest from those already sampled:
+
+    .. math::
+        s_{i} = \operatorname{arg\,max}_{j \in \mathcal{V}_b}
+        \min_{l < i} \| \mathbf{x}_j - \mathbf{x}_{s_l} \|_2^2,
+
+    where :math:`\mathcal{V}_b` are the points of example :math:`b`, until
+    :math:`\lceil r \cdot |\mathcal{V}_b| \rceil` points are sampled
+    (ties go to the smallest index).
+
+    Uses :obj:`torch_cluster` when installed; otherwise all examples are
+    sampled at once in pure PyTorch on a padded :obj:`[B, N_max]` distance
+    matrix.
+
+    Args:
+        src (torch.Tensor): Point matrix :math:`\mathbf{X}`.
+        batch (torch.Tensor, optional): Sorted batch vector assigning each
+            point to an example. (default: :obj:`None`)
+        ratio (float or torch.Tensor, optional): Sampling ratio in
+            :math:`(0, 1]`, a scalar or one value per example.
+            (default: :obj:`0.5`)
+        random_start (bool, optional): If :obj:`False`, every example starts
+            from its first point. (default: :obj:`True`)
+        batch_size (int, optional): Number of examples :math:`B`, inferred
+            from :obj:`batch` if not given. (default: :obj:`None`)
+        backend (str, optional): :obj:`"auto"` (compiled when available),
+            :obj:`"compiled"` or :obj:`"torch"` (pure PyTorch).
+            (default: :obj:`"auto"`)
+
+    Shapes:
+        - **input:** points :math:`(N, F)` (or :math:`(N)`), batch
+          :math:`(N)`
+        - **output:** global indices :math:`(\sum_b \lceil r \cdot N_b
+          \rceil)`, in sampling order, concatenated by example
+    """
+    src = check_points('src', src)
+    batch = check_batch('batch', batch, src.size(0), src.device)
+    size = num_examples(batch_size, batch)
+    r = _ratio_tensor(ratio, src, size)
+    if not isinstance(random_start, bool):
+        raise TypeError(f"Expected 'random_start' to be a bool "
+                        f"(got {type(random_start).__name__})")
+    ptr = batch_to_ptr(batch, src.size(0), size, src.device)
+    src = src.contiguous()
+
+    if use_compiled(backend, samsa_geo.typing.WITH_TORCH_CLUSTER,
+                    cluster_supports(src) if samsa_geo.typing.WITH_TORCH_CLUSTER
+                    else False, 'torch_cluster'):
+        import torch_cluster  # noqa: F401  (registers torch.ops.torch_cluster)
+
+        # torch_cluster writes out of bounds for empty examples; drop them.
+        deg = ptr[1:] - ptr[:-1]
+        nonempty = deg > 0
+        if not bool(nonempty.all()):
+            if r.dim() == 1 and r.numel() == size:
+                r = r[nonempty]
+            ptr = torch.cat([ptr[:1], ptr[1:][nonempty]])
+        if ptr.numel() == 1:
+            return torch.empty(0, dtype=torch.long, device=src.device)
+        return torch.ops.torch_cluster.fps(src, ptr, r, random_start)
+
+    return _fallback.fps(src, ptr, r, random_start)

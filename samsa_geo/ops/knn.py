@@ -1,0 +1,166 @@
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+import samsa_geo.typing
+from samsa_geo.ops import _fallback
+from samsa_geo.ops._utils import (
+    batch_to_ptr,
+    check_points,
+    check_positive_int,
+    cluster_supports,
+    paired_batches,
+    use_compiled,
+)
+
+FLOWS = ('source_to_target', 'target_to_source')
+
+
+def knn(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    batch_x: Optional[Tensor] = None,
+    batch_y: Optional[Tensor] = None,
+    cosine: bool = False,
+    num_workers: int = 1,
+    batch_size: Optional[int] = None,
+    *,
+    chunk_size: Optional[int] = None,
+    backend: str = 'auto',
+) -> Tensor:
+    r"""Finds for each point of :obj:`y` the :obj:`k` nearest points of
+    :obj:`x` within the same example, with the semantics and output layout
+    of :func:`torch_cluster.knn`.
+
+    .. math::
+        \mathcal{N}(i) = \operatorname{top-k}_{j \,:\, b^x_j = b^y_i}
+        \left( - d(\mathbf{y}_i, \mathbf{x}_j) \right),
+
+    where :math:`d` is the Euclidean distance (or :math:`1 - \cos` if
+    :obj:`cosine`) and :math:`b^x, b^y` are the batch vectors. Examples with
+    fewer than :obj:`k` points yield all of them.
+
+    The pure-PyTorch path processes queries in chunks whose distance block
+    holds at most :obj:`chunk_size` entries, and each chunk only looks at the
+    points of the examples it touches, so memory stays bounded for any
+    :math:`N`.
+
+    Args:
+        x (torch.Tensor): Candidate points.
+        y (torch.Tensor): Query points.
+        k (int): The number of neighbours.
+        batch_x (torch.Tensor, optional): Sorted batch vector of :obj:`x`.
+            (default: :obj:`None`)
+        batch_y (torch.Tensor, optional): Sorted batch vector of :obj:`y`.
+            (default: :obj:`None`)
+        cosine (bool, optional): Use the cosine distance (pure PyTorch path on
+            CPU). (default: :obj:`False`)
+        num_workers (int, optional): Threads of :obj:`torch_cluster` on CPU
+            without batch vectors. (default: :obj:`1`)
+        batch_size (int, optional): Number of examples :math:`B`.
+            (default: :obj:`None`)
+        chunk_size (int, optional): Upper bound on the entries of one
+            query-by-candidate distance block of the pure-PyTorch path.
+            (default: :obj:`2**22`)
+        backend (str, optional): :obj:`"auto"`, :obj:`"compiled"` or
+            :obj:`"torch"`. (default: :obj:`"auto"`)
+
+    Shapes:
+        - **input:** :obj:`x` :math:`(N, F)`, :obj:`y` :math:`(M, F)`,
+          batches :math:`(N)` and :math:`(M)`
+        - **output:** :math:`(2, E)`; row 0 indexes :obj:`y`, row 1 indexes
+          :obj:`x`; grouped by query in ascending order, neighbours by
+          ascending distance
+    """
+    x, y = check_points('x', x), check_points('y', y)
+    check_positive_int('k', k)
+    if x.size(1) != y.size(1):
+        raise ValueError(f"Expected 'x' and 'y' to have the same number of "
+                         f"features (got {x.size(1)} and {y.size(1)})")
+    if y.device != x.device:
+        raise ValueError(f"Expected 'y' on device {x.device} "
+                         f"(got {y.device})")
+    batch_x, batch_y, size = paired_batches(x, y, batch_x, batch_y,
+                                            batch_size)
+    if chunk_size is not None:
+        check_positive_int('chunk_size', chunk_size)
+    if x.numel() == 0 or y.numel() == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+
+    supported = False
+    if samsa_geo.typing.WITH_TORCH_CLUSTER:
+        supported = cluster_supports(x) and not (
+            cosine and x.device.type == 'cpu') and not (
+                x.device.type == 'cuda' and k > 100)
+    if use_compiled(backend, samsa_geo.typing.WITH_TORCH_CLUSTER, supported,
+                    'torch_cluster'):
+        import torch_cluster
+        return torch_cluster.knn(x.contiguous(), y.contiguous(), k, batch_x,
+                                 batch_y, cosine, num_workers, size)
+
+    ptr_x = batch_to_ptr(batch_x, x.size(0), size, x.device)
+    if batch_y is None:
+        batch_y = y.new_zeros(y.size(0), dtype=ptr_x.dtype)
+    return _fallback.knn(x, y, k, ptr_x, batch_y, cosine, chunk_size)
+
+
+def knn_graph(
+    x: Tensor,
+    k: int,
+    batch: Optional[Tensor] = None,
+    loop: bool = False,
+    flow: str = 'source_to_target',
+    cosine: bool = False,
+    num_workers: int = 1,
+    batch_size: Optional[int] = None,
+    *,
+    chunk_size: Optional[int] = None,
+    backend: str = 'auto',
+) -> Tensor:
+    r"""Connects every point to its :obj:`k` nearest neighbours within its
+    example, with the semantics of :func:`torch_cluster.knn_graph`.
+
+    .. math::
+        \mathcal{E} = \{ (j, i) : j \in \mathcal{N}(i) \},
+
+    with :math:`\mathcal{N}(i)` the :math:`k` nearest points to
+    :math:`\mathbf{x}_i` (:math:`i` itself excluded unless :obj:`loop`).
+
+    Args:
+        x (torch.Tensor): Points.
+        k (int): The number of neighbours.
+        batch (torch.Tensor, optional): Sorted batch vector.
+            (default: :obj:`None`)
+        loop (bool, optional): Keep self-loops. (default: :obj:`False`)
+        flow (str, optional): :obj:`"source_to_target"` (edges
+          :math:`j \to i`, :obj:`edge_index[1]` is the centre) or
+          :obj:`"target_to_source"`. (default: :obj:`"source_to_target"`)
+        cosine (bool, optional): Use the cosine distance.
+            (default: :obj:`False`)
+        num_workers (int, optional): See :func:`knn`. (default: :obj:`1`)
+        batch_size (int, optional): Number of examples.
+            (default: :obj:`None`)
+        chunk_size (int, optional): See :func:`knn`. (default: :obj:`None`)
+        backend (str, optional): See :func:`knn`. (default: :obj:`"auto"`)
+
+    Shapes:
+        - **input:** points :math:`(N, F)`, batch :math:`(N)`
+        - **output:** edge index :math:`(2, E)`
+    """
+    if flow not in FLOWS:
+        raise ValueError(f"Expected 'flow' to be one of {FLOWS} "
+                         f"(got {flow!r})")
+    check_positive_int('k', k)
+    edge_index = knn(x, x, k if loop else k + 1, batch, batch, cosine,
+                     num_workers, batch_size, chunk_size=chunk_size,
+                     backend=backend)
+    if flow == 'source_to_target':
+        row, col = edge_index[1], edge_index[0]
+    else:
+        row, col = edge_index[0], edge_index[1]
+    if not loop:
+        mask = row != col
+        row, col = row[mask], col[mask]
+    return torch.stack([row, col], dim=0)

@@ -1,0 +1,166 @@
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+import samsa_geo.typing
+from samsa_geo.ops import _fallback
+from samsa_geo.ops._utils import (
+    batch_to_ptr,
+    check_points,
+    check_positive_int,
+    cluster_supports,
+    paired_batches,
+    use_compiled,
+)
+
+FLOWS = ('source_to_target', 'target_to_source')
+
+
+def radius(
+    x: Tensor,
+    y: Tensor,
+    r: float,
+    batch_x: Optional[Tensor] = None,
+    batch_y: Optional[Tensor] = None,
+    max_num_neighbors: int = 32,
+    num_workers: int = 1,
+    batch_size: Optional[int] = None,
+    ignore_same_index: bool = False,
+    *,
+    chunk_size: Optional[int] = None,
+    backend: str = 'auto',
+) -> Tensor:
+    r"""Finds for each point of :obj:`y` the points of :obj:`x` of the same
+    example within distance :obj:`r`, with the semantics and output layout
+    of :func:`torch_cluster.radius`.
+
+    .. math::
+        \mathcal{N}(i) = \{ j : b^x_j = b^y_i,\;
+        \| \mathbf{y}_i - \mathbf{x}_j \|_2 < r \},
+
+    truncated to :obj:`max_num_neighbors` points per query. Which points
+    survive the truncation is unspecified in :obj:`torch_cluster` on CPU
+    (k-d tree order); the pure-PyTorch path keeps the smallest indices, like
+    :obj:`torch_cluster` on CUDA, and lists neighbours by ascending index.
+
+    Args:
+        x (torch.Tensor): Candidate points.
+        y (torch.Tensor): Query points.
+        r (float): The radius.
+        batch_x (torch.Tensor, optional): Sorted batch vector of :obj:`x`.
+            (default: :obj:`None`)
+        batch_y (torch.Tensor, optional): Sorted batch vector of :obj:`y`.
+            (default: :obj:`None`)
+        max_num_neighbors (int, optional): Maximum number of neighbours per
+            query. (default: :obj:`32`)
+        num_workers (int, optional): Threads of :obj:`torch_cluster` on CPU
+            without batch vectors. (default: :obj:`1`)
+        batch_size (int, optional): Number of examples :math:`B`.
+            (default: :obj:`None`)
+        ignore_same_index (bool, optional): Skip :obj:`x[i]` as neighbour of
+            :obj:`y[i]`. (default: :obj:`False`)
+        chunk_size (int, optional): Upper bound on the entries of one
+            query-by-candidate distance block of the pure-PyTorch path.
+            (default: :obj:`2**22`)
+        backend (str, optional): :obj:`"auto"`, :obj:`"compiled"` or
+            :obj:`"torch"`. (default: :obj:`"auto"`)
+
+    Shapes:
+        - **input:** :obj:`x` :math:`(N, F)`, :obj:`y` :math:`(M, F)`,
+          batches :math:`(N)` and :math:`(M)`
+        - **output:** :math:`(2, E)`; row 0 indexes :obj:`y` (ascending),
+          row 1 indexes :obj:`x`
+    """
+    x, y = check_points('x', x), check_points('y', y)
+    if x.size(1) != y.size(1):
+        raise ValueError(f"Expected 'x' and 'y' to have the same number of "
+                         f"features (got {x.size(1)} and {y.size(1)})")
+    if y.device != x.device:
+        raise ValueError(f"Expected 'y' on device {x.device} "
+                         f"(got {y.device})")
+    if isinstance(r, bool) or not isinstance(r, (int, float)):
+        raise TypeError(f"Expected 'r' to be a float "
+                        f"(got {type(r).__name__})")
+    if r < 0:
+        raise ValueError(f"Expected 'r' to be non-negative (got {r})")
+    check_positive_int('max_num_neighbors', max_num_neighbors)
+    batch_x, batch_y, size = paired_batches(x, y, batch_x, batch_y,
+                                            batch_size)
+    if chunk_size is not None:
+        check_positive_int('chunk_size', chunk_size)
+    if x.numel() == 0 or y.numel() == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+
+    supported = (cluster_supports(x)
+                 if samsa_geo.typing.WITH_TORCH_CLUSTER else False)
+    if use_compiled(backend, samsa_geo.typing.WITH_TORCH_CLUSTER, supported,
+                    'torch_cluster'):
+        import torch_cluster
+        return torch_cluster.radius(x.contiguous(), y.contiguous(), float(r),
+                                    batch_x, batch_y, max_num_neighbors,
+                                    num_workers, size, ignore_same_index)
+
+    ptr_x = batch_to_ptr(batch_x, x.size(0), size, x.device)
+    if batch_y is None:
+        batch_y = torch.zeros(y.size(0), dtype=torch.long, device=y.device)
+    return _fallback.radius(x, y, float(r), ptr_x, batch_y,
+                            max_num_neighbors, ignore_same_index, chunk_size)
+
+
+def radius_graph(
+    x: Tensor,
+    r: float,
+    batch: Optional[Tensor] = None,
+    loop: bool = False,
+    max_num_neighbors: int = 32,
+    flow: str = 'source_to_target',
+    num_workers: int = 1,
+    batch_size: Optional[int] = None,
+    *,
+    chunk_size: Optional[int] = None,
+    backend: str = 'auto',
+) -> Tensor:
+    r"""Connects every point to the points of its example within distance
+    :obj:`r`, with the semantics of :func:`torch_cluster.radius_graph`.
+
+    .. math::
+        \mathcal{E} = \{ (j, i) : b_j = b_i,\;
+        \| \mathbf{x}_i - \mathbf{x}_j \|_2 < r \},
+
+    at most :obj:`max_num_neighbors` per centre :math:`i`, without
+    self-loops unless :obj:`loop`.
+
+    Args:
+        x (torch.Tensor): Points.
+        r (float): The radius.
+        batch (torch.Tensor, optional): Sorted batch vector.
+            (default: :obj:`None`)
+        loop (bool, optional): Keep self-loops. (default: :obj:`False`)
+        max_num_neighbors (int, optional): Maximum number of neighbours per
+            centre. (default: :obj:`32`)
+        flow (str, optional): :obj:`"source_to_target"` or
+            :obj:`"target_to_source"`. (default: :obj:`"source_to_target"`)
+        num_workers (int, optional): See :func:`radius`. (default: :obj:`1`)
+        batch_size (int, optional): Number of examples.
+            (default: :obj:`None`)
+        chunk_size (int, optional): See :func:`radius`.
+            (default: :obj:`None`)
+        backend (str, optional): See :func:`radius`.
+            (default: :obj:`"auto"`)
+
+    Shapes:
+        - **input:** points :math:`(N, F)`, batch :math:`(N)`
+        - **output:** edge index :math:`(2, E)`
+    """
+    if flow not in FLOWS:
+        raise ValueError(f"Expected 'flow' to be one of {FLOWS} "
+                         f"(got {flow!r})")
+    edge_index = radius(x, x, r, batch, batch, max_num_neighbors,
+                        num_workers, batch_size, not loop,
+                        chunk_size=chunk_size, backend=backend)
+    if flow == 'source_to_target':
+        row, col = edge_index[1], edge_index[0]
+    else:
+        row, col = edge_index[0], edge_index[1]
+    return torch.stack([row, col], dim=0)

@@ -1,0 +1,132 @@
+import pytest
+import torch
+
+import samsa_geo.typing
+from samsa_geo.ops import knn, knn_graph
+
+needs_cluster = pytest.mark.skipif(not samsa_geo.typing.WITH_TORCH_CLUSTER,
+                                   reason='torch_cluster is not installed')
+
+
+def _batch(sizes):
+    return torch.repeat_interleave(torch.arange(len(sizes)),
+                                   torch.tensor(sizes))
+
+
+def _reference(x, y, k, batch_x, batch_y, cosine=False):
+    # Brute force in float64: for each query, all same-example candidates
+    # sorted by distance.
+    x, y = x.double(), y.double()
+    if cosine:
+        dist = 1 - torch.nn.functional.normalize(y, dim=1) @ \
+            torch.nn.functional.normalize(x, dim=1).t()
+    else:
+        dist = torch.cdist(y, x)
+    rows, cols = [], []
+    for i in range(y.size(0)):
+        cand = (batch_x == batch_y[i]).nonzero().view(-1)
+        order = dist[i, cand].argsort()[:k]
+        rows += [i] * order.numel()
+        cols += cand[order].tolist()
+    return torch.tensor([rows, cols], dtype=torch.long).view(2, -1)
+
+
+@pytest.mark.parametrize('k', [1, 4, 9])
+@pytest.mark.parametrize('cosine', [False, True])
+def test_knn_matches_brute_force(k, cosine):
+    # Uneven examples, some smaller than k, one with no query.
+    sizes_x, sizes_y = [12, 3, 0, 25, 7], [5, 4, 6, 0, 9]
+    x, y = torch.randn(sum(sizes_x), 3), torch.randn(sum(sizes_y), 3)
+    batch_x, batch_y = _batch(sizes_x), _batch(sizes_y)
+    out = knn(x, y, k, batch_x, batch_y, cosine=cosine, backend='torch')
+    expected = _reference(x, y, k, batch_x, batch_y, cosine)
+    assert torch.equal(out, expected)
+    assert torch.equal(batch_x[out[1]], batch_y[out[0]])  # batch isolation
+
+
+def test_knn_single_example_and_1d_input():
+    x, y = torch.randn(50, 2), torch.randn(10, 2)
+    zeros = lambda n: torch.zeros(n, dtype=torch.long)  # noqa: E731
+    out = knn(x, y, 5, backend='torch')
+    assert out.size() == (2, 50)
+    assert torch.equal(out, _reference(x, y, 5, zeros(50), zeros(10)))
+    x1 = torch.randn(30)
+    assert torch.equal(knn(x1, x1, 3, backend='torch'),
+                       _reference(x1.view(-1, 1), x1.view(-1, 1), 3,
+                                  zeros(30), zeros(30)))
+
+
+@pytest.mark.parametrize('chunk_size', [1, 7, 64, 500])
+def test_knn_chunked_equals_unchunked(chunk_size):
+    sizes = [40, 1, 65, 13]
+    x, batch = torch.randn(sum(sizes), 3), _batch(sizes)
+    y = torch.randn(sum(sizes), 3)
+    full = knn(x, y, 6, batch, batch, backend='torch', chunk_size=2**30)
+    out = knn(x, y, 6, batch, batch, backend='torch', chunk_size=chunk_size)
+    assert torch.equal(out, full)
+
+
+@pytest.mark.parametrize('flow', ['source_to_target', 'target_to_source'])
+@pytest.mark.parametrize('loop', [False, True])
+def test_knn_graph(flow, loop):
+    sizes = [20, 4, 11]
+    x, batch = torch.randn(sum(sizes), 3), _batch(sizes)
+    k = 5
+    edge_index = knn_graph(x, k, batch, loop=loop, flow=flow, backend='torch')
+    centre = edge_index[1] if flow == 'source_to_target' else edge_index[0]
+    other = edge_index[0] if flow == 'source_to_target' else edge_index[1]
+    assert torch.equal(batch[centre], batch[other])
+    assert bool((centre == other).any()) == loop
+    expected = torch.tensor([min(k, n - (not loop)) for n in sizes])
+    deg = torch.bincount(centre, minlength=x.size(0))
+    assert torch.equal(deg, torch.repeat_interleave(expected,
+                                                    torch.tensor(sizes)))
+    # Same neighbour sets as knn() with self excluded.
+    ref = _reference(x, x, k + (not loop), batch, batch)
+    ref = ref[:, ref[0] != ref[1]] if not loop else ref
+    assert torch.equal(torch.stack([centre, other]), ref)
+
+
+def test_knn_empty_inputs():
+    x = torch.randn(5, 3)
+    assert knn(x, x[:0], 2, backend='torch').size() == (2, 0)
+    assert knn(x[:0], x, 2, backend='torch').size() == (2, 0)
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(k=0), ValueError, "'k'"),
+    (dict(k=2.0), TypeError, "'k'"),
+    (dict(y=torch.randn(3, 2)), ValueError, 'same number of features'),
+    (dict(batch_x=torch.tensor([0, 1, 1, 0]),
+          batch_y=torch.tensor([0, 0, 1])), ValueError, 'sorted'),
+    (dict(batch_x=torch.tensor([0, 0, 1, 1])), ValueError, "'batch_y'"),
+    (dict(batch_x=torch.tensor([0, 1])), ValueError, "'batch_x' to have"),
+    (dict(chunk_size=0), ValueError, "'chunk_size'"),
+    (dict(x=torch.zeros(4, 3, dtype=torch.long)), TypeError, "'x'"),
+    (dict(x=torch.zeros(4, 3, 1)), ValueError, "'x' to have shape"),
+    (dict(backend='fast'), ValueError, "'backend'"),
+])
+def test_knn_errors(kwargs, error, match):
+    args = dict(x=torch.randn(4, 3), y=torch.randn(3, 3), k=2)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        knn(**args)
+
+
+def test_knn_graph_bad_flow():
+    with pytest.raises(ValueError, match="'flow'"):
+        knn_graph(torch.randn(4, 3), 2, flow='both')
+
+
+@needs_cluster
+@pytest.mark.parametrize('k', [1, 16])
+def test_knn_compiled_equals_fallback(k):
+    sizes_x, sizes_y = [300, 7, 0, 120], [50, 20, 10, 64]
+    x, y = torch.rand(sum(sizes_x), 3), torch.rand(sum(sizes_y), 3)
+    batch_x, batch_y = _batch(sizes_x), _batch(sizes_y)
+    for args in [(None, None), (batch_x, batch_y)]:
+        out = knn(x, y, k, *args, backend='compiled')
+        expected = knn(x, y, k, *args, backend='torch')
+        assert torch.equal(out, expected)
+    out = knn_graph(x, k, batch_x, backend='compiled')
+    assert torch.equal(out, knn_graph(x, k, batch_x, backend='torch'))
