@@ -71,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default='runs/modelnet40')
     p.add_argument('--resume', action='store_true')
+    p.add_argument('--eval-checkpoint', default=None,
+                   help='skip training: evaluate this checkpoint on test')
     p.add_argument('--no-progress', action='store_true')
     return p.parse_args(argv)
 
@@ -171,8 +173,10 @@ def main(argv=None):
     model = builder(len(classes), in_channels=in_channels,
                     rotation_invariant=args.rotation_invariant)
     task = Classification(len(classes), args.normals)
+    steps = len(train_ds) // args.batch_size * args.epochs
     trainer = Trainer(model, task, out_dir=args.out, epochs=args.epochs,
-                      lr=args.lr, warmup_steps=20, amp=args.amp,
+                      lr=args.lr, warmup_steps=min(2000, steps // 10),
+                      amp=args.amp,
                       compile=args.compile, device=args.device,
                       seed=args.seed, monitor='val_oa', mode='max',
                       resume=args.resume, progress=not args.no_progress)
@@ -180,16 +184,20 @@ def main(argv=None):
                                seed=args.seed, drop_last=True)
     val_loader = make_loader(val_ds, args.batch_size, shuffle=False)
     test_loader = make_loader(test_ds, args.batch_size, shuffle=False)
-    best = trainer.fit(train_loader, val_loader)
+    best = {}
+    if args.eval_checkpoint is None:
+        best = trainer.fit(train_loader, val_loader)
     task.votes = args.votes
-    test = trainer.evaluate(test_loader, 'test', checkpoint='best')
+    test = trainer.evaluate(test_loader, 'test',
+                            checkpoint=args.eval_checkpoint or 'best')
     num_params = sum(p.numel() for p in model.parameters())
     trainer.update_summary(num_params=num_params, args=vars(args))
     if trainer.is_main:
         out = trainer.last_outputs
         plot_confusion(out['pred'], out['target'], classes,
                        osp.join(args.out, 'confusion_matrix.png'))
-        print(f"best epoch {best['best_epoch']}: val_oa {best['val_oa']:.4f}"
+        print(f"best epoch {best.get('best_epoch')}: val_oa "
+              f"{best.get('val_oa', float('nan')):.4f}"
               f" | test_oa {test['test_oa']:.4f}"
               f" test_macc {test['test_macc']:.4f} -> {args.out}")
     metrics = {**best, **test, 'num_params': num_params}

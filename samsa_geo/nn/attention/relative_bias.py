@@ -1,4 +1,5 @@
 import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,8 @@ class RelativeBias(Module):
         heads (int, optional): :math:`H`. (default: :obj:`1`)
 
     Shapes:
-        - **input:** scores :math:`(*, H, T, k)`, features
-          :math:`(*, H, T, k, F)`
+        - **input:** scores :math:`(*, H, T, k)`, :math:`F` feature
+          tensors of shape :math:`(*, H, T, k)`
         - **output:** :math:`(*, H, T, k)`
     """
     def __init__(self, in_features: int, heads: int = 1) -> None:
@@ -45,14 +46,24 @@ class RelativeBias(Module):
         torch.nn.init.zeros_(self.lin_bias.weight)
         torch.nn.init.zeros_(self.lin_bias.bias)
 
-    def forward(self, score: Tensor, rel: Tensor) -> Tensor:
-        # rel: [*, H, T, k, F]; head h reads row h of A and B.
-        H, Fd = self.heads, self.in_features
-        w_a = self.lin_scale.weight.view(H, 1, 1, Fd)
-        w_b = self.lin_bias.weight.view(H, 1, 1, Fd)
-        scale = (rel * w_a).sum(-1) + self.lin_scale.bias.view(H, 1, 1)
-        bias = (rel * w_b).sum(-1) + self.lin_bias.bias.view(H, 1, 1)
-        return score * F.softplus(scale) + bias
+    def forward(self, score: Tensor,
+                rel: Sequence[Optional[Tensor]]) -> Tensor:
+        # rel: F tensors [*, H, T, k] (no stacked [*, H, T, k, F] copy), or
+        # None for a feature that is zero; head h reads row h of A and B.
+        if len(rel) != self.in_features:
+            raise ValueError(f"Expected {self.in_features} pairwise feature "
+                             f"tensors (got {len(rel)})")
+        H = self.heads
+        scale = self.lin_scale.bias.view(H, 1, 1)
+        bias = self.lin_bias.bias.view(H, 1, 1)
+        for f, r in enumerate(rel):
+            if r is None:
+                continue
+            scale = torch.addcmul(scale, self.lin_scale.weight[:, f].view(
+                H, 1, 1), r)
+            bias = torch.addcmul(bias, self.lin_bias.weight[:, f].view(
+                H, 1, 1), r)
+        return torch.addcmul(bias, score, F.softplus(scale))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_features}, '

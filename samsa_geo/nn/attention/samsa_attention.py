@@ -359,7 +359,6 @@ class SamsaAttention(Module):
 
     def _bias_fn(self, pos: Tensor, normal: Optional[Tensor], top: Tensor,
                  tiles, N: int):
-        H = self.heads
         pos = pos.float()
         R = self.num_registers
         if R > 0:  # registers sit at the origin with no normal
@@ -367,9 +366,8 @@ class SamsaAttention(Module):
             pos = torch.cat([pos, pad], dim=0)
             if normal is not None:
                 normal = torch.cat([normal.float(), pad], dim=0)
-        head = torch.arange(H, device=top.device).view(1, -1, 1)
-        p_key = per_tile(pos[top], tiles)  # [nt, H, k, P]
         P = pos.size(1)
+        p_key = per_tile(pos[top], tiles)  # [nt, H, k, P]
         # Queries: [N, 1, P] -> [nt, 1, T, P], shared by the heads.
         p_q = to_tiles(pos[:N].view(N, 1, P), tiles)
         n_key = n_q = None
@@ -377,18 +375,17 @@ class SamsaAttention(Module):
             n_key = per_tile(normal[top], tiles)
             n_q = to_tiles(normal[:N].float().view(N, 1, P), tiles)
         rel_bias = self.rel_bias
-        del head
 
         def apply(score: Tensor, s: int, e: int) -> Tensor:
-            d = p_q[s:e].unsqueeze(3) - p_key[s:e].unsqueeze(2)
-            feats = [(d * d).sum(-1)]  # [c, H, T, k]
-            if n_key is not None:
-                feats.append((n_q[s:e].unsqueeze(3)
-                              * n_key[s:e].unsqueeze(2)).sum(-1))
-            else:
-                feats.append(torch.zeros_like(feats[0]))
-            rel = torch.stack(feats, dim=-1)  # [c, H, T, k, 2]
-            return rel_bias(score.float(), rel)
+            # |p_i - p_j|^2 = |p_i|^2 + |p_j|^2 - 2 p_i.p_j, as a matmul.
+            pq, pk = p_q[s:e], p_key[s:e]
+            dist = (pq.square().sum(-1, keepdim=True)
+                    + pk.square().sum(-1).unsqueeze(-2)
+                    - 2.0 * pq @ pk.transpose(-1, -2)).clamp_(min=0.0)
+            ndot = None  # without normals the feature is zero
+            if n_key is not None:  # [c, H, T, k]
+                ndot = n_q[s:e] @ n_key[s:e].transpose(-1, -2)
+            return rel_bias(score.float(), (dist, ndot))
 
         return apply
 
