@@ -1,0 +1,100 @@
+"""See which points every SAMSA layer and head sampled for one test cloud.
+
+Writes one coloured PLY file per layer (grey: not sampled; one colour per
+head; black: sampled by several heads), a PNG with one panel per layer and
+head (Open3D off-screen rendering, matplotlib where Open3D cannot render)
+and the run's training curves, and prints their paths.
+
+    python examples/visualize_sampling.py --checkpoint runs/modelnet40/best.pt --index 0 --out runs/vis
+    python examples/visualize_sampling.py            # trains briefly on the bundled sample first
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+import torch
+from torch_geometric.data import Batch
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+import modelnet40  # noqa: E402
+
+from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
+from samsa_geo.train import load_checkpoint  # noqa: E402
+from samsa_geo.visualization import (  # noqa: E402
+    plot_training_curves,
+    visualize_sampling,
+)
+
+
+def load_model(checkpoint):
+    """Rebuilds the classifier of a modelnet40.py run from its folder."""
+    run_dir = osp.dirname(osp.abspath(checkpoint))
+    with open(osp.join(run_dir, 'metrics.json')) as f:
+        run_args = json.load(f).get('args', {})
+    state = load_checkpoint(checkpoint)['model']
+    num_classes = state['head.4.weight'].size(0)
+    builder = SamsaPointClassifier.small \
+        if run_args.get('preset', 'small') == 'small' else SamsaPointClassifier
+    model = builder(num_classes,
+                    in_channels=3 if run_args.get('normals') else 0,
+                    rotation_invariant=run_args.get('rotation_invariant',
+                                                    False))
+    model.load_state_dict(state)
+    return model.eval(), run_args, run_dir
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--checkpoint', default=None,
+                   help='best.pt of a modelnet40.py run')
+    p.add_argument('--index', type=int, default=0, help='test cloud index')
+    p.add_argument('--out', default='runs/visualize_sampling')
+    p.add_argument('--backend', default='auto',
+                   choices=['auto', 'open3d', 'matplotlib'])
+    p.add_argument('--layers', default=None,
+                   help='comma list of layer positions (default: all)')
+    p.add_argument('--epochs', type=int, default=3,
+                   help='epochs of the brief training without --checkpoint')
+    args = p.parse_args(argv)
+
+    checkpoint = args.checkpoint
+    if checkpoint is None:
+        run = osp.join(args.out, 'train')
+        modelnet40.main(['--epochs', str(args.epochs), '--out', run,
+                         '--no-progress'])
+        checkpoint = osp.join(run, 'best.pt')
+    model, run_args, run_dir = load_model(checkpoint)
+    data_args = modelnet40.parse_args(
+        ['--root', run_args['root']] if run_args.get('root') else [])
+    _, _, test_ds = modelnet40.datasets(data_args)
+    if not 0 <= args.index < len(test_ds):
+        raise IndexError(f"Expected '--index' in [0, {len(test_ds) - 1}] "
+                         f"(got {args.index})")
+    data = Batch.from_data_list([test_ds[args.index]])
+    normals = bool(run_args.get('normals'))
+
+    def forward(model, data):
+        return model(data.pos, data.batch,
+                     x=data.normal if normals else None)
+
+    layers = None if args.layers is None else \
+        [int(v) for v in args.layers.split(',')]
+    with torch.no_grad():
+        paths = visualize_sampling(model, data, args.out, layers=layers,
+                                   backend=args.backend, forward_fn=forward)
+    curves = plot_training_curves(run_dir, osp.join(args.out, 'curves.png'))
+    pred = forward(model, data).argmax(-1).item()
+    classes = getattr(test_ds, 'classes', None)
+    name = classes[pred] if classes else pred
+    print(f'cloud {args.index}: predicted {name!r}, true '
+          f'{classes[int(data.y)] if classes else int(data.y)!r}')
+    print(f"panels ({paths['backend']}): {paths['png']}")
+    for layer, path in paths['ply'].items():
+        print(f'ply {layer}: {path}')
+    print(f'training curves: {curves}')
+    return paths
+
+
+if __name__ == '__main__':
+    main()
