@@ -1,0 +1,182 @@
+"""Point-cloud inference throughput: SamsaPointClassifier against a PyG
+PointTransformerConv model and a DGCNN-style (dynamic EdgeConv) model of
+similar width, plus one SamsaConv layer against one PointTransformerConv
+layer. kNN graphs of the peers are built with samsa_geo.ops (pure PyTorch
+where torch-cluster is absent) inside the timed region for the models and
+outside it for the single layers.
+
+    python benchmarks/points.py --device cpu
+    python benchmarks/points.py --device cuda --dtype bf16
+"""
+import argparse
+import os
+import sys
+
+import torch
+from torch import nn
+from torch_geometric.nn import (
+    EdgeConv,
+    PointTransformerConv,
+    global_max_pool,
+    global_mean_pool,
+)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import device_name, is_oom, measure, print_table  # noqa: E402
+from _common import write_records  # noqa: E402
+
+from samsa_geo.nn import SamsaAttention, SamsaConv  # noqa: E402
+from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
+from samsa_geo.ops import knn_graph  # noqa: E402
+
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
+
+
+def mlp(i, o):
+    return nn.Sequential(nn.Linear(i, o), nn.LayerNorm(o), nn.GELU(),
+                         nn.Linear(o, o))
+
+
+class PointTransformerNet(nn.Module):
+    """Linear embedding, L PointTransformerConv layers on a kNN graph."""
+    def __init__(self, num_classes, channels, num_layers, k=16):
+        super().__init__()
+        self.k = k
+        self.lin = nn.Linear(3, channels)
+        self.convs = nn.ModuleList([
+            PointTransformerConv(channels, channels) for _ in range(num_layers)
+        ])
+        self.head = mlp(2 * channels, num_classes)
+
+    def forward(self, pos, batch):
+        edge_index = knn_graph(pos, self.k, batch)
+        h = self.lin(pos)
+        for conv in self.convs:
+            h = h + conv(h, pos, edge_index)
+        h = torch.cat([global_max_pool(h, batch), global_mean_pool(h, batch)],
+                      dim=-1)
+        return self.head(h)
+
+
+class DGCNN(nn.Module):
+    """DGCNN-style: EdgeConv on a kNN graph rebuilt in feature space."""
+    def __init__(self, num_classes, channels, num_layers, k=16):
+        super().__init__()
+        self.k = k
+        dims = [3] + [channels] * num_layers
+        self.convs = nn.ModuleList([
+            EdgeConv(mlp(2 * dims[i], dims[i + 1]), aggr='max')
+            for i in range(num_layers)
+        ])
+        self.head = mlp(2 * channels * num_layers, num_classes)
+
+    def forward(self, pos, batch):
+        h, hs = pos, []
+        for conv in self.convs:
+            edge_index = knn_graph(h.float(), self.k, batch)
+            h = conv(h, edge_index)
+            hs.append(h)
+        h = torch.cat(hs, dim=-1)
+        h = torch.cat([global_max_pool(h, batch), global_mean_pool(h, batch)],
+                      dim=-1)
+        return self.head(h)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available()
+                   else 'cpu')
+    p.add_argument('--dtype', default=None, choices=list(DTYPES))
+    p.add_argument('--clouds', type=int, default=None)
+    p.add_argument('--points', type=int, default=1024)
+    p.add_argument('--repeat', type=int, default=10)
+    p.add_argument('--out', default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == 'cuda'
+    args.dtype = args.dtype or ('bf16' if cuda else 'fp32')
+    B = args.clouds or (128 if cuda else 8)
+    n = args.points
+    SamsaAttention.validate_args = False
+    torch.manual_seed(0)
+    pos = torch.randn(B * n, 3, device=device)
+    batch = torch.arange(B, device=device).repeat_interleave(n)
+    autocast = torch.autocast(device.type, dtype=DTYPES[args.dtype],
+                              enabled=args.dtype != 'fp32')
+
+    presets = {'small': dict(channels=64, num_layers=2, heads=4, k=64),
+               'paper': dict(channels=256, num_layers=6, heads=8, k=512)}
+    models = {}
+    for name, cfg in presets.items():
+        models[f'samsa_point_classifier_{name}'] = SamsaPointClassifier(
+            40, **cfg)
+        models[f'samsa_point_classifier_{name}_ri'] = SamsaPointClassifier(
+            40, rotation_invariant=True, **cfg)
+        models[f'point_transformer_{name}'] = PointTransformerNet(
+            40, cfg['channels'], cfg['num_layers'])
+        models[f'dgcnn_{name}'] = DGCNN(40, cfg['channels'],
+                                        cfg['num_layers'])
+
+    records = []
+
+    def record(op, fn, params=None):
+        rec = dict(op=op, n=n, batch=B, dtype=args.dtype,
+                   device=device_name(device), torch=torch.__version__,
+                   params=params, **{'pass': 'fwd'})
+        try:
+            rec.update(measure(fn, device, warmup=2, repeat=args.repeat))
+            rec['clouds_per_s'] = B / rec['ms'] * 1e3
+            rec['points_per_s'] = B * n / rec['ms'] * 1e3
+            rec['ms_per_cloud'] = rec['ms'] / B
+        except RuntimeError as e:
+            rec.update(ms=None, error='oom' if is_oom(e) else str(e)[:120])
+            if cuda:
+                torch.cuda.empty_cache()
+        records.append(rec)
+        print_table([rec], ['op', 'batch', 'ms', 'clouds_per_s',
+                            'points_per_s', 'ms_per_cloud'])
+
+    for name, model in models.items():
+        model = model.to(device).eval()
+        params = sum(p.numel() for p in model.parameters())
+
+        def fn(model=model):
+            with torch.no_grad(), autocast:
+                model(pos, batch)
+        record(name, fn, params)
+        models[name] = model.cpu()
+
+    # One layer each, C=256, graph built outside the timing.
+    C = 256
+    x = torch.randn(B * n, C, device=device)
+    edge_index = knn_graph(pos, 16, batch)
+    layers = {
+        'samsa_conv_layer': (SamsaConv(C, heads=8, k=256, norm='layer_norm'),
+                             lambda m: m(x, None, batch, num_graphs=B,
+                                         max_num_nodes=n)),
+        'samsa_conv_layer_relbias': (
+            SamsaConv(C, heads=8, k=256, norm='layer_norm',
+                      attn_kwargs=dict(relative_bias=True)),
+            lambda m: m(x, None, batch, pos=pos, num_graphs=B,
+                        max_num_nodes=n)),
+        'point_transformer_conv_layer': (PointTransformerConv(C, C),
+                                         lambda m: m(x, pos, edge_index)),
+    }
+    for name, (layer, call) in layers.items():
+        layer = layer.to(device).eval()
+
+        def fn(layer=layer, call=call):
+            with torch.no_grad(), autocast:
+                call(layer)
+        record(name, fn, sum(p.numel() for p in layer.parameters()))
+
+    tag = 'cuda' if cuda else 'cpu'
+    out = args.out or os.path.join(os.path.dirname(__file__), 'results',
+                                   f'points_{tag}.json')
+    write_records(records, out)
+    print_table(records, ['op', 'params', 'batch', 'ms', 'clouds_per_s',
+                          'points_per_s', 'ms_per_cloud'])
+
+
+if __name__ == '__main__':
+    main()
