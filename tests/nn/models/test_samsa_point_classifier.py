@@ -163,7 +163,7 @@ def test_every_parameter_gets_a_finite_gradient(kwargs):
         assert torch.isfinite(p.grad).all(), name
 
 
-def _two_classes(rotate: bool, n: int = 128):
+def _two_classes(rotate: bool, n: int = 64):
     # Class 0: a sphere; class 1: a cigar (rotation-invariant task) or the
     # same ellipsoid along another axis (orientation task).
     pos, y = [], []
