@@ -38,9 +38,9 @@ class SamsaPointSegmenter(SamsaPointModel):
 
     Parameter counts (``num_classes=50``, ``num_categories=16``,
     ``in_channels=0``, defaults otherwise, measured in the tests):
-    :obj:`SamsaPointSegmenter.small` 65,266 (rotation-invariant with the
-    PPF encoder: 69,618); default size (256 channels, 8 layers, 16 heads,
-    :math:`k = 128`) 4,326,002.
+    :obj:`SamsaPointSegmenter.small` 101,674 (rotation-invariant: 110,698
+    with the PPF encoder, 105,898 with the SFT encoder); default size (256
+    channels, 8 layers, 16 heads, :math:`k = 128`) 5,523,634.
 
     Args:
         num_classes (int): Number of part classes (over all categories).
