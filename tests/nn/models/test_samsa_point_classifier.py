@@ -236,3 +236,39 @@ def test_reset_parameters():
     torch.manual_seed(1)
     model.reset_parameters()
     assert torch.equal(model(pos, batch), out)
+
+
+@pytest.mark.parametrize('attn_kwargs', [
+    {'score': 'lily', 'normalization': 'leaky', 'num_registers': 4},
+    {'score': 'maxout', 'sampling': 'soft'},
+])
+def test_rotation_invariance_with_sft_attention_options(attn_kwargs):
+    model = _small(rotation_invariant=True, encoder='sft', in_channels=3,
+                   attn_kwargs=attn_kwargs)
+    _perturb(model)
+    model.eval()
+    pos, normal, batch, _ = _clouds()
+    out = model(pos, batch, normal)
+    R, t = _rotation(), 5 * torch.randn(3)
+    assert torch.allclose(model(pos @ R.T + t, batch, normal @ R.T), out,
+                          atol=ATOL)
+
+
+def test_sft_geometry_enters_through_relative_bias():
+    # Two clouds of antipodal pairs on the unit sphere: every point has the
+    # same invariant scalars, so all SFT tokens are equal and only the
+    # pairwise features of the attention can tell the shapes apart.
+    half = F.normalize(torch.randn(30, 3), dim=-1)
+    spread = torch.cat([half, -half])
+    clustered = F.normalize(half * torch.tensor([3.0, 0.2, 0.2]), dim=-1)
+    clustered = torch.cat([clustered, -clustered])
+    model = _small(rotation_invariant=True, encoder='sft')
+    _perturb(model)
+    model.eval()
+    batch = torch.zeros(60, dtype=torch.long)
+    tok_a = model.encoder(spread, batch)
+    tok_b = model.encoder(clustered, batch)
+    assert torch.allclose(tok_a, tok_b, atol=1e-5)
+    assert torch.allclose(tok_a, tok_a[:1].expand_as(tok_a), atol=1e-5)
+    out_a, out_b = model(spread), model(clustered)
+    assert (out_a - out_b).abs().max() > 1e-3
