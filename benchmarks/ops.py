@@ -2,8 +2,9 @@
 
 Cases: farthest point sampling of 1,024 of 10,000 points (one cloud and a
 batch of 8 clouds) and k-nearest neighbours (k=16) of every point of a cloud
-of 100,000 points. Writes JSON records ``{op, impl, n, k, batch, queries,
-device, torch, ms}`` (median milliseconds) to ``benchmarks/results/ops_<device>.json``.
+of 100,000 points. Writes JSON records ``{op, impl, n, k, batch,
+queries, device, torch, ms}`` (median milliseconds) to
+``benchmarks/results/ops_<device>.json``.
 
     python benchmarks/ops.py --device cpu
 """

@@ -96,9 +96,9 @@ def fps(
     ptr = batch_to_ptr(batch, src.size(0), size, src.device)
     src = src.contiguous()
 
-    if use_compiled(backend, samsa_geo.typing.WITH_TORCH_CLUSTER,
-                    cluster_supports(src) if samsa_geo.typing.WITH_TORCH_CLUSTER
-                    else False, 'torch_cluster'):
+    available = samsa_geo.typing.WITH_TORCH_CLUSTER
+    supported = cluster_supports(src) if available else False
+    if use_compiled(backend, available, supported, 'torch_cluster'):
         import torch_cluster  # noqa: F401  (registers torch.ops.torch_cluster)
 
         # torch_cluster writes out of bounds for empty examples; drop them.

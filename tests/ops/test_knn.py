@@ -130,3 +130,25 @@ def test_knn_compiled_equals_fallback(k):
         assert torch.equal(out, expected)
     out = knn_graph(x, k, batch_x, backend='compiled')
     assert torch.equal(out, knn_graph(x, k, batch_x, backend='torch'))
+
+
+@pytest.mark.parametrize('chunk_size', [256, 4096])
+def test_knn_distance_blocks_are_bounded(monkeypatch, chunk_size):
+    # Never an N x N matrix: every distance block respects chunk_size
+    # (a single query row may exceed it when one example is larger).
+    sizes = [300, 20, 180]
+    x, batch = torch.randn(sum(sizes), 3), _batch(sizes)
+    blocks = []
+    cdist = torch.cdist
+
+    def recording_cdist(a, b, *args, **kwargs):
+        blocks.append((a.size(0), b.size(0)))
+        return cdist(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'cdist', recording_cdist)
+    out = knn(x, x, 8, batch, batch, backend='torch', chunk_size=chunk_size)
+    monkeypatch.undo()
+    assert torch.equal(out, _reference(x, x, 8, batch, batch))
+    assert len(blocks) > 1
+    assert all(q * s <= chunk_size or q == 1 for q, s in blocks)
+    assert all(s <= max(sizes) or q * s <= chunk_size for q, s in blocks)

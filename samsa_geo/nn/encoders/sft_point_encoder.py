@@ -107,7 +107,9 @@ class SFTPointEncoder(Module):
         r = safe_norm(u)
         ms = centroid((u * u).sum(-1, keepdim=True), batch, num_clouds)
         rms = ms.squeeze(-1).add(EPS).sqrt()[batch]
-        cos = safe_cos(normal, u) if normal is not None else torch.zeros_like(r)
+        cos = torch.zeros_like(r)
+        if normal is not None:
+            cos = safe_cos(normal, u)
         return torch.stack([r, r / rms, cos], dim=-1)  # [N, 3]
 
     def forward(self, pos: Tensor, batch: Optional[Tensor] = None,

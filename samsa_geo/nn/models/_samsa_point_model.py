@@ -101,10 +101,13 @@ class SamsaPointModel(Module):
                                            GELU(),
                                            Linear(channels, channels)),
                                 aggr='max')
-            self.convs.append(
-                SamsaConv(channels, conv, heads=heads, k=k, dropout=dropout,
-                          act='gelu', norm=norm, norm_kwargs=norm_kwargs,
-                          attn_kwargs=attn_kwargs))
+            layer = SamsaConv(channels, conv, heads=heads, k=k,
+                              dropout=dropout, act='gelu', norm=norm,
+                              norm_kwargs=norm_kwargs,
+                              attn_kwargs=attn_kwargs)
+            if conv is None:  # SamsaConv builds it anyway; it would be unused
+                layer.norm1 = None
+            self.convs.append(layer)
 
     def reset_parameters(self) -> None:
         for module in (self.lin_in, self.encoder):

@@ -40,8 +40,10 @@ class SamsaPointClassifier(SamsaPointModel):
 
     Parameter counts (``num_classes=40``, ``in_channels=0``, defaults
     otherwise, measured in the tests): :obj:`SamsaPointClassifier.small`
-    58,864 (rotation-invariant with the PPF encoder: 63,216); default size
-    (256 channels, 6 layers, 8 heads, :math:`k = 512`) 3,286,480.
+    95,776 (rotation-invariant: 104,800 with the PPF encoder, 100,000 with
+    the SFT encoder; ``local_conv=True``: 120,864); default size (256
+    channels, 6 layers, 8 heads, :math:`k = 512`) 4,111,480
+    (rotation-invariant with PPF: 4,245,880).
 
     Args:
         num_classes (int): Number of classes.

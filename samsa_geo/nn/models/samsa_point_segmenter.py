@@ -38,9 +38,9 @@ class SamsaPointSegmenter(SamsaPointModel):
 
     Parameter counts (``num_classes=50``, ``num_categories=16``,
     ``in_channels=0``, defaults otherwise, measured in the tests):
-    :obj:`SamsaPointSegmenter.small` 65,266 (rotation-invariant with the
-    PPF encoder: 69,618); default size (256 channels, 8 layers, 16 heads,
-    :math:`k = 128`) 4,326,002.
+    :obj:`SamsaPointSegmenter.small` 101,674 (rotation-invariant: 110,698
+    with the PPF encoder, 105,898 with the SFT encoder); default size (256
+    channels, 8 layers, 16 heads, :math:`k = 128`) 5,523,634.
 
     Args:
         num_classes (int): Number of part classes (over all categories).
@@ -161,12 +161,14 @@ class SamsaPointSegmenter(SamsaPointModel):
                 category = category.expand(N)
         elif category.numel() != N:
             raise ValueError(f"Expected 'category' to have shape [{B}] (one "
-                             f"per cloud) or [{N}] (got {list(category.shape)})")
+                             f"per cloud) or [{N}] "
+                             f"(got {list(category.shape)})")
         if category.numel() > 0 and (int(category.min()) < 0 or int(
                 category.max()) >= self.num_categories):
+            lo, hi = int(category.min()), int(category.max())
             raise IndexError(f"Expected 'category' in [0, "
                              f"{self.num_categories}) (got values in "
-                             f"[{int(category.min())}, {int(category.max())}])")
+                             f"[{lo}, {hi}])")
         return self.category_emb(category)  # [N, C]
 
     def forward(
@@ -185,7 +187,8 @@ class SamsaPointSegmenter(SamsaPointModel):
         h, batch, B = self.backbone(pos, batch, x, token_bias)
         glob = torch.cat([global_max_pool(h, batch, B),
                           global_mean_pool(h, batch, B)], dim=-1)  # [B, 2C]
-        return self.head(torch.cat([h, glob[batch]], dim=-1))  # [N, 3C]->[N, K]
+        out = torch.cat([h, glob[batch]], dim=-1)  # [N, 3C]
+        return self.head(out)  # [N, num_classes]
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.num_classes}, '
