@@ -1,1 +1,6 @@
-__all__: list = []
+from .samsa_graph_model import PRESETS, SamsaGraphModel
+
+__all__: list = [
+    'SamsaGraphModel',
+    'PRESETS',
+]
