@@ -1,1 +1,35 @@
-__all__: list = []
+r"""The one training engine used by every example: a :class:`Task` protocol
+supplied by the example, and a :class:`Trainer` that knows nothing about
+particular models or datasets."""
+from samsa_geo.train.checkpoint import (CheckpointError, load_checkpoint,
+                                        save_checkpoint)
+from samsa_geo.train.distributed import (all_gather_cat, get_rank,
+                                         get_world_size, init_distributed,
+                                         is_distributed)
+from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
+from samsa_geo.train.loader import make_loader, move_to_device
+from samsa_geo.train.seed import (enable_determinism, seed_everything,
+                                  seed_worker)
+from samsa_geo.train.task import Task
+from samsa_geo.train.trainer import Trainer
+from samsa_geo.train.warmup_cosine_lr import WarmupCosineLR
+
+__all__ = [
+    'Task',
+    'Trainer',
+    'WarmupCosineLR',
+    'DistributedEvalSampler',
+    'CheckpointError',
+    'save_checkpoint',
+    'load_checkpoint',
+    'make_loader',
+    'move_to_device',
+    'init_distributed',
+    'is_distributed',
+    'get_rank',
+    'get_world_size',
+    'all_gather_cat',
+    'seed_everything',
+    'seed_worker',
+    'enable_determinism',
+]

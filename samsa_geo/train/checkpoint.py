@@ -1,0 +1,88 @@
+"""Atomic checkpoint writing and safe loading."""
+import os
+import os.path as osp
+from typing import Any, Dict, Iterable, Union
+
+import torch
+
+CHECKPOINT_FORMAT = 'samsa_geo.train/1'
+
+
+class CheckpointError(ValueError):
+    r"""Raised when a checkpoint file is truncated, corrupted or not a
+    :mod:`samsa_geo.train` checkpoint. The message names the file."""
+
+
+def save_checkpoint(state: Dict[str, Any], path: Union[str, os.PathLike]) -> None:
+    r"""Writes :obj:`state` to :obj:`path` atomically: the data goes to a
+    temporary file in the same folder, is flushed and fsynced, then renamed
+    over :obj:`path` with :func:`os.replace`, so a crash at any moment leaves
+    either the previous file or the new one, never half a file.
+
+    Args:
+        state (dict): Tensors and plain Python types only (so that
+            :obj:`torch.load(weights_only=True)` can read it back).
+        path (str): Destination file.
+    """
+    path = os.fspath(path)
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = osp.join(folder, f'.{osp.basename(path)}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save({'format': CHECKPOINT_FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    try:  # Persist the rename itself (POSIX); best effort elsewhere.
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: Union[str, os.PathLike],
+                    map_location: Union[str, torch.device] = 'cpu',
+                    required: Iterable[str] = ('model', )) -> Dict[str, Any]:
+    r"""Reads a checkpoint written by :func:`save_checkpoint` with
+    :obj:`torch.load(weights_only=True)`.
+
+    Args:
+        path (str): The checkpoint file.
+        map_location (str or torch.device, optional): Where to put tensors.
+            (default: :obj:`'cpu'`)
+        required (Iterable[str], optional): Keys that must be present.
+            (default: :obj:`('model',)`)
+
+    Raises:
+        FileNotFoundError: If :obj:`path` does not exist.
+        CheckpointError: If the file cannot be unpickled (truncated or
+            corrupted) or lacks a required key.
+    """
+    path = os.fspath(path)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"Checkpoint '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types on damaged archives.
+        size = osp.getsize(path)
+        raise CheckpointError(
+            f"Checkpoint '{path}' ({size} bytes) is truncated or corrupted "
+            f"and cannot be read ({type(e).__name__}: {str(e)[:200]}). "
+            f"Delete it, or restore it from 'best.pt' in the same folder"
+        ) from e
+    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"File '{path}' is not a samsa_geo.train checkpoint (expected a "
+            f"dict with format '{CHECKPOINT_FORMAT}')")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"Checkpoint '{path}' lacks the entries {missing}")
+    return state

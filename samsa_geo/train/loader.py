@@ -1,0 +1,113 @@
+"""Building data loaders for the trainer and moving batches to a device."""
+import sys
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from samsa_geo.train.distributed import get_rank, get_world_size, is_distributed
+from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
+from samsa_geo.train.seed import seed_worker
+
+
+def _is_pyg_dataset(dataset: Any) -> bool:
+    # PyG objects can only exist once torch_geometric is imported: avoid the
+    # (slow) import for plain tensor datasets.
+    if 'torch_geometric' not in sys.modules:
+        return False
+    from torch_geometric.data.data import BaseData
+    try:
+        return len(dataset) > 0 and isinstance(dataset[0], BaseData)
+    except Exception:
+        return False
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool,
+                distributed: Optional[bool] = None, seed: int = 0,
+                num_workers: int = 0, drop_last: bool = False,
+                collate_fn: Optional[Callable] = None,
+                pyg: Optional[bool] = None, **kwargs: Any) -> DataLoader:
+    r"""Builds a reproducible (and, under DDP, sharded) data loader.
+
+    * Training (:obj:`shuffle=True`): a
+      :class:`~torch.utils.data.distributed.DistributedSampler` (also with
+      one process), whose order depends only on :obj:`seed` and the epoch
+      that :class:`~samsa_geo.train.Trainer` sets, which makes resuming
+      exact. Under DDP each rank gets :obj:`batch_size` examples per step,
+      so the global batch is :obj:`batch_size * world_size`.
+    * Evaluation (:obj:`shuffle=False`): under DDP a
+      :class:`DistributedEvalSampler` (contiguous shards, no padding), so the
+      trainer's gathered metrics count every example exactly once.
+
+    Workers are seeded through a :class:`torch.Generator` and
+    :func:`seed_worker`.
+
+    Args:
+        dataset (Dataset): A map-style dataset of tensors/tuples or of PyG
+            :class:`~torch_geometric.data.Data` objects.
+        batch_size (int): Examples per step and rank.
+        shuffle (bool): Shuffle every epoch (training) or not (evaluation).
+        distributed (bool, optional): Shard over ranks; auto-detected from the
+            process group when :obj:`None`. (default: :obj:`None`)
+        seed (int, optional): Seed of the shuffle order and worker seeds.
+            (default: :obj:`0`)
+        num_workers (int, optional): Loader worker processes. (default: :obj:`0`)
+        drop_last (bool, optional): Drop the last incomplete batch (training).
+            (default: :obj:`False`)
+        collate_fn (callable, optional): Custom collate function (non-PyG).
+            (default: :obj:`None`)
+        pyg (bool, optional): Use :class:`torch_geometric.loader.DataLoader`;
+            auto-detected from :obj:`dataset[0]` when :obj:`None`.
+            (default: :obj:`None`)
+        **kwargs: Passed on to the loader (e.g. :obj:`pin_memory`,
+            :obj:`follow_batch`).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Expected 'batch_size' to be a positive int "
+                         f"(got {batch_size!r})")
+    if distributed is None:
+        distributed = is_distributed()
+    num_replicas = get_world_size() if distributed else 1
+    rank = get_rank() if distributed else 0
+    if shuffle:
+        sampler = DistributedSampler(dataset, num_replicas=num_replicas,
+                                     rank=rank, shuffle=True, seed=seed,
+                                     drop_last=drop_last)
+    elif distributed:
+        sampler = DistributedEvalSampler(dataset, num_replicas, rank)
+    else:
+        sampler = None
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    common = dict(batch_size=batch_size, sampler=sampler,
+                  num_workers=num_workers, drop_last=drop_last,
+                  worker_init_fn=seed_worker, generator=generator,
+                  persistent_workers=False, **kwargs)
+    if pyg is None:
+        pyg = collate_fn is None and _is_pyg_dataset(dataset)
+    if pyg:
+        if collate_fn is not None:
+            raise ValueError("Expected 'collate_fn' to be None when 'pyg' is "
+                             "True (PyG's loader collates Data objects)")
+        from torch_geometric.loader import DataLoader as PyGDataLoader
+        return PyGDataLoader(dataset, **common)
+    return DataLoader(dataset, collate_fn=collate_fn, **common)
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    r"""Moves a batch to :obj:`device`: tensors, objects with a :meth:`to`
+    method (PyG :class:`~torch_geometric.data.Batch`), and lists, tuples and
+    dicts of those; anything else is returned unchanged."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        moved = [move_to_device(v, device) for v in batch]
+        if hasattr(batch, '_fields'):  # namedtuple
+            return type(batch)(*moved)
+        return type(batch)(moved)
+    if hasattr(batch, 'to') and callable(batch.to):
+        return batch.to(device)
+    return batch

@@ -1,0 +1,90 @@
+import os
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, osp.dirname(__file__))
+from _train_toy import ToyTask, make_dataset, make_model  # noqa: E402
+
+from samsa_geo.train import (CheckpointError, Trainer, load_checkpoint,  # noqa: E402
+                             make_loader, save_checkpoint)
+
+
+def state():
+    return {'model': {'w': torch.arange(1000.0)}, 'epoch': 3,
+            'best_score': None, 'rng': (1, torch.tensor([1, 2]), 0.5)}
+
+
+def test_round_trip_is_weights_only_loadable(tmp_path):
+    path = tmp_path / 'sub' / 'last.pt'
+    save_checkpoint(state(), path)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded['model']['w'], torch.arange(1000.0))
+    assert loaded['epoch'] == 3 and loaded['best_score'] is None
+    assert loaded['format'] == 'samsa_geo.train/1'
+    # No temporary file is left next to the checkpoint.
+    assert os.listdir(tmp_path / 'sub') == ['last.pt']
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = tmp_path / 'last.pt'
+    save_checkpoint(state(), path)
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_checkpoint({'model': lambda: None}, path)  # unpicklable
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ['last.pt']
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'garbage', 'zero'])
+def test_damaged_checkpoint_raises_checkpoint_error(tmp_path, damage):
+    path = tmp_path / 'last.pt'
+    save_checkpoint(state(), path)
+    data = path.read_bytes()
+    if damage == 'truncate':
+        path.write_bytes(data[:len(data) // 2])
+    elif damage == 'garbage':
+        path.write_bytes(b'\x00not a zip archive' * 10)
+    else:
+        path.write_bytes(b'')
+    with pytest.raises(CheckpointError, match=r"Checkpoint '.*last\.pt'.*"
+                       r"truncated or corrupted"):
+        load_checkpoint(path)
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_foreign_or_incomplete_files(tmp_path):
+    torch.save({'w': torch.zeros(2)}, tmp_path / 'foreign.pt')
+    with pytest.raises(CheckpointError, match='not a samsa_geo.train checkpoint'):
+        load_checkpoint(tmp_path / 'foreign.pt')
+    save_checkpoint({'epoch': 1}, tmp_path / 'partial.pt')
+    with pytest.raises(CheckpointError, match=r"lacks the entries \['model'\]"):
+        load_checkpoint(tmp_path / 'partial.pt')
+    with pytest.raises(FileNotFoundError, match='missing.pt'):
+        load_checkpoint(tmp_path / 'missing.pt')
+
+
+class Opaque:
+    pass
+
+
+def test_unsafe_pickle_is_rejected(tmp_path):
+    path = tmp_path / 'evil.pt'
+    torch.save({'format': 'samsa_geo.train/1', 'model': Opaque()}, path)
+    with pytest.raises(CheckpointError, match='evil.pt'):
+        load_checkpoint(path)
+
+
+def test_resume_from_truncated_last_pt_names_the_file(tmp_path):
+    def run(resume):
+        tr = Trainer(make_model(), ToyTask(), out_dir=str(tmp_path), epochs=2,
+                     resume=resume, progress=False, tensorboard=False)
+        return tr.fit(make_loader(make_dataset(16), 8, shuffle=True))
+
+    run(False)
+    last = tmp_path / 'last.pt'
+    last.write_bytes(last.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=str(last)):
+        run(True)

@@ -1,0 +1,75 @@
+from collections import namedtuple
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from samsa_geo.train import make_loader, move_to_device
+
+
+def dataset(n=20):
+    return TensorDataset(torch.arange(n).float().unsqueeze(-1), torch.arange(n))
+
+
+def order(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return torch.cat([y for _, y in loader]).tolist()
+
+
+def test_shuffle_depends_only_on_seed_and_epoch():
+    a = make_loader(dataset(), 4, shuffle=True, seed=3)
+    b = make_loader(dataset(), 4, shuffle=True, seed=3)
+    c = make_loader(dataset(), 4, shuffle=True, seed=4)
+    torch.manual_seed(0)
+    first = order(a, 0)
+    torch.manual_seed(1)  # the global RNG plays no part
+    assert order(b, 0) == first
+    assert sorted(first) == list(range(20)) and first != list(range(20))
+    assert order(a, 1) != first
+    assert order(c, 0) != first
+
+
+def test_eval_loader_keeps_order_and_every_example():
+    loader = make_loader(dataset(10), 3, shuffle=False)
+    assert loader.sampler.__class__.__name__ == 'SequentialSampler'
+    assert torch.cat([y for _, y in loader]).tolist() == list(range(10))
+    assert len(loader) == 4  # the last, smaller batch is kept
+
+
+def test_drop_last_and_bad_batch_size():
+    assert len(make_loader(dataset(10), 3, shuffle=True, drop_last=True)) == 3
+    with pytest.raises(ValueError, match="'batch_size'"):
+        make_loader(dataset(), 0, shuffle=True)
+
+
+def test_pyg_is_detected():
+    from torch_geometric.data import Data
+    from torch_geometric.loader import DataLoader as PyGDataLoader
+
+    graphs = [Data(x=torch.randn(i + 1, 2)) for i in range(5)]
+    loader = make_loader(graphs, 2, shuffle=False)
+    assert isinstance(loader, PyGDataLoader)
+    batch = next(iter(loader))
+    assert batch.num_graphs == 2 and batch.x.shape == (3, 2)
+    with pytest.raises(ValueError, match="'collate_fn'"):
+        make_loader(graphs, 2, shuffle=False, pyg=True, collate_fn=list)
+
+
+def test_move_to_device_nested():
+    Pair = namedtuple('Pair', ['a', 'b'])
+
+    class WithTo:
+        def __init__(self):
+            self.moved_to = None
+
+        def to(self, device):
+            self.moved_to = device
+            return self
+
+    obj = WithTo()
+    batch = {'x': torch.ones(2), 'pair': Pair(torch.zeros(1), 3),
+             'list': [torch.ones(1), 'name'], 'obj': obj}
+    out = move_to_device(batch, torch.device('cpu'))
+    assert isinstance(out['pair'], Pair) and out['pair'].b == 3
+    assert out['list'][1] == 'name' and torch.equal(out['x'], torch.ones(2))
+    assert obj.moved_to == torch.device('cpu')

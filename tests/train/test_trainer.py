@@ -1,0 +1,353 @@
+import csv
+import json
+import os
+import os.path as osp
+import signal
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, osp.dirname(__file__))
+from _train_toy import ToyTask, make_dataset, make_model  # noqa: E402
+
+from samsa_geo.train import Trainer, load_checkpoint, make_loader  # noqa: E402
+
+N_TRAIN, BATCH = 40, 8  # 5 steps per epoch
+STEPS = N_TRAIN // BATCH
+
+
+def loaders(kind: str = 'make_loader'):
+    train_set = make_dataset(N_TRAIN)
+    if kind == 'make_loader':
+        train = make_loader(train_set, BATCH, shuffle=True, seed=3)
+    elif kind == 'plain_shuffle':  # RandomSampler drawing from the global RNG
+        train = DataLoader(train_set, BATCH, shuffle=True)
+    else:
+        train = make_loader(train_set, BATCH, shuffle=False)
+    val = make_loader(make_dataset(11, seed=5), 4, shuffle=False)
+    return train, val
+
+
+def trainer(out_dir, task=None, epochs=4, resume=False, dropout=0.3, **kw):
+    kw = {'lr': 1e-2, 'warmup_steps': 3, 'deterministic': True,
+          'progress': False, 'tensorboard': False, **kw}
+    return Trainer(make_model(dropout=dropout), task or ToyTask(),
+                   out_dir=str(out_dir), epochs=epochs, resume=resume, **kw)
+
+
+def read_log(out_dir):
+    with open(osp.join(out_dir, 'log.csv'), newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def assert_same_training_curve(dir_a, dir_b) -> None:
+    rows_a, rows_b = read_log(dir_a), read_log(dir_b)
+    assert [r['epoch'] for r in rows_a] == [r['epoch'] for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b):
+        for key in ('lr', 'train_loss', 'val_loss', 'val_acc'):
+            assert ra[key] == rb[key], (ra['epoch'], key)
+
+
+@pytest.mark.parametrize('kind', ['make_loader', 'plain_shuffle', 'no_shuffle'])
+def test_resume_after_crash_is_bitwise_exact(tmp_path, kind):
+    ref = trainer(tmp_path / 'ref')
+    ref.fit(*loaders(kind))
+
+    crashed = trainer(tmp_path / 'run', ToyTask(fail_at=2 * STEPS + 3))
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        crashed.fit(*loaders(kind))
+    state = load_checkpoint(tmp_path / 'run' / 'last.pt')
+    assert (state['epoch'], state['step_in_epoch']) == (2, 0)
+    assert state['global_step'] == 2 * STEPS
+
+    resumed = trainer(tmp_path / 'run', resume=True)
+    result = resumed.fit(*loaders(kind))
+    assert resumed.global_step == ref.global_step == 4 * STEPS
+    assert_same_weights(resumed.model, ref.model)
+    assert_same_training_curve(tmp_path / 'ref', tmp_path / 'run')
+    assert result['best_epoch'] == ref.best_epoch
+
+
+@pytest.mark.parametrize('kind', ['make_loader', 'plain_shuffle'])
+def test_resume_after_sigint_mid_epoch_is_bitwise_exact(tmp_path, kind):
+    ref = trainer(tmp_path / 'ref')
+    ref.fit(*loaders(kind))
+
+    before = signal.getsignal(signal.SIGINT)
+    stopped = trainer(tmp_path / 'run', ToyTask(signal_at=STEPS + 2))
+    with pytest.raises(SystemExit) as exc:
+        stopped.fit(*loaders(kind))
+    assert exc.value.code == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
+    state = load_checkpoint(tmp_path / 'run' / 'last.pt')
+    # The step during which the signal arrived was completed, then saved.
+    assert (state['epoch'], state['step_in_epoch']) == (1, 2)
+    assert state['global_step'] == STEPS + 2
+    assert len(read_log(tmp_path / 'run')) == 1
+
+    resumed = trainer(tmp_path / 'run', resume=True)
+    resumed.fit(*loaders(kind))
+    assert_same_weights(resumed.model, ref.model)
+    assert_same_training_curve(tmp_path / 'ref', tmp_path / 'run')
+
+
+class ScriptedTask(ToyTask):
+    r"""Validation 'score' follows a fixed script; snapshots the weights the
+    score belongs to."""
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = list(scores)
+        self.model = None
+        self.weights = []
+
+    def compute_metrics(self, outputs):
+        state = self.model.state_dict()
+        self.weights.append({k: v.clone() for k, v in state.items()})
+        return {'score': self.scores[(len(self.weights) - 1) % len(self.scores)]}
+
+
+@pytest.mark.parametrize('mode,best_epoch', [('max', 2), ('min', 3)])
+def test_best_checkpoint_tracks_monitored_metric(tmp_path, mode, best_epoch):
+    scores = [0.5, 0.9, 0.3, 0.7]
+    task = ScriptedTask(scores)
+    tr = trainer(tmp_path, task, monitor='val_score', mode=mode, dropout=0.0)
+    task.model = tr.model
+    weights = task.weights
+    train, val = loaders()
+    result = tr.fit(train, val)
+    assert result['best_epoch'] == best_epoch
+    assert result['best_score'] == scores[best_epoch - 1]
+    assert result['val_score'] == scores[best_epoch - 1]
+    best = load_checkpoint(tmp_path / 'best.pt')
+    assert best['epoch'] == best_epoch
+    for key, value in weights[best_epoch - 1].items():
+        assert torch.equal(best['model'][key], value)
+    last = load_checkpoint(tmp_path / 'last.pt')
+    for key, value in weights[-1].items():
+        assert torch.equal(last['model'][key], value)
+    summary = json.load(open(tmp_path / 'metrics.json'))
+    assert summary['best_epoch'] == best_epoch and summary['mode'] == mode
+    assert summary['best'] == {'val_score': scores[best_epoch - 1]}
+    # evaluate(checkpoint='best') restores the best weights.
+    tr.evaluate(val, split='test', checkpoint='best')
+    for key, value in weights[best_epoch - 1].items():
+        assert torch.equal(tr.model.state_dict()[key], value)
+
+
+def test_run_folder_contents(tmp_path):
+    tr = trainer(tmp_path, epochs=3, monitor='val_acc', mode='max')
+    train, val = loaders()
+    tr.fit(train, val)
+    test = tr.evaluate(val, split='test')
+    rows = read_log(tmp_path)
+    assert [int(r['epoch']) for r in rows] == [1, 2, 3]
+    assert list(rows[0]) == ['epoch', 'lr', 'train_loss', 'time', 'val_acc',
+                             'val_count', 'val_loss', 'val_x_sum']
+    assert all(float(r['val_count']) == 11 for r in rows)
+    assert float(rows[-1]['lr']) == pytest.approx(0.0, abs=1e-12)  # cosine end
+    summary = json.load(open(tmp_path / 'metrics.json'))
+    assert summary['test'] == test and set(test) == {
+        'test_loss', 'test_acc', 'test_count', 'test_x_sum'}
+    assert summary['global_step'] == 3 * STEPS
+    assert sorted(os.listdir(tmp_path)) == ['best.pt', 'last.pt', 'log.csv',
+                                            'metrics.json']
+    state = torch.load(tmp_path / 'last.pt', weights_only=True)
+    assert {'model', 'optimizer', 'scheduler', 'scaler', 'ranks', 'epoch',
+            'global_step', 'best_score'} <= set(state)
+    assert set(state['ranks'][0]['rng']) == {'python', 'numpy', 'torch', 'cuda'}
+
+
+def test_train_loss_is_mean_of_step_losses(tmp_path):
+    losses = []
+
+    class Recording(ToyTask):
+        def training_step(self, model, batch):
+            loss = super().training_step(model, batch)
+            losses.append(loss.item())
+            return loss
+
+    tr = trainer(tmp_path, Recording(), epochs=2)
+    tr.fit(*loaders())
+    rows = read_log(tmp_path)
+    for epoch, row in enumerate(rows):
+        expected = sum(losses[epoch * STEPS:(epoch + 1) * STEPS]) / STEPS
+        assert float(row['train_loss']) == pytest.approx(expected, rel=1e-12)
+
+
+def test_amp_bf16_autocasts_on_cpu(tmp_path):
+    seen = []
+
+    class Checking(ToyTask):
+        def training_step(self, model, batch):
+            x, y = batch
+            out = model(x)
+            seen.append((torch.is_autocast_enabled('cpu'), out.dtype))
+            return F.cross_entropy(out.float(), y)
+
+    tr = trainer(tmp_path, Checking(), epochs=2, amp='bf16', deterministic=False)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.fit(*loaders())
+    assert seen and all(s == (True, torch.bfloat16) for s in seen)
+    assert not tr.scaler.is_enabled()
+    assert all(p.dtype == torch.float32 for p in tr.model.parameters())
+    assert any(not torch.equal(before[k], v)
+               for k, v in tr.model.state_dict().items())
+    rows = read_log(tmp_path)
+    assert all(torch.isfinite(torch.tensor(float(r['train_loss']))) for r in rows)
+
+
+def test_amp_fp16_uses_grad_scaler(tmp_path):
+    tr = trainer(tmp_path, epochs=1, amp='fp16', deterministic=False)
+    assert tr.scaler.is_enabled()
+    try:
+        tr.fit(*loaders())
+    except RuntimeError as e:  # fp16 kernels missing on this CPU build
+        pytest.skip(f'fp16 autocast unsupported on CPU: {e}')
+    state = load_checkpoint(tmp_path / 'last.pt')
+    assert state['scaler']['scale'] > 0
+
+
+def test_fit_without_validation(tmp_path):
+    tr = trainer(tmp_path, epochs=2)
+    result = tr.fit(loaders()[0])
+    assert result['best_epoch'] == 2
+    assert load_checkpoint(tmp_path / 'best.pt')['epoch'] == 2
+
+
+def test_pyg_batches(tmp_path):
+    from torch_geometric.data import Data
+    from torch_geometric.loader import DataLoader as PyGDataLoader
+    from torch_geometric.nn import global_mean_pool
+
+    g = torch.Generator().manual_seed(0)
+    graphs = []
+    for i in range(10):
+        n = 3 + i % 4
+        x = torch.randn(n, 4, generator=g)
+        graphs.append(Data(x=x, y=torch.tensor([int(x.sum() > 0)])))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 2)
+
+        def forward(self, x, batch):
+            return global_mean_pool(self.lin(x), batch)
+
+    class GraphTask:
+        def training_step(self, model, batch):
+            return F.cross_entropy(model(batch.x, batch.batch), batch.y)
+
+        def eval_step(self, model, batch):
+            # Per-node outputs: variable length per graph.
+            return {'node_out': model.lin(batch.x), 'y': batch.y}
+
+        def compute_metrics(self, outputs):
+            return {'nodes': float(outputs['node_out'].shape[0]),
+                    'graphs': float(outputs['y'].numel())}
+
+    loader = make_loader(graphs, 4, shuffle=True)
+    assert isinstance(loader, PyGDataLoader)
+    tr = Trainer(Net(), GraphTask(), out_dir=str(tmp_path), epochs=1,
+                 monitor='val_graphs', mode='max', progress=False,
+                 tensorboard=False)
+    tr.fit(loader, make_loader(graphs, 3, shuffle=False))
+    metrics = tr.evaluate(make_loader(graphs, 3, shuffle=False), 'test')
+    assert metrics == {'test_nodes': sum(d.num_nodes for d in graphs),
+                       'test_graphs': 10.0}
+
+
+class Broken(ToyTask):
+    def __init__(self, what):
+        super().__init__()
+        self.what = what
+
+    def training_step(self, model, batch):
+        loss = super().training_step(model, batch)
+        if self.what == 'vector':
+            return loss.expand(3)
+        if self.what == 'nan':
+            return loss * float('nan')
+        return loss
+
+
+def test_errors(tmp_path):
+    train, val = loaders()
+    with pytest.raises(ValueError, match="'training_step' to return a scalar"):
+        trainer(tmp_path, Broken('vector')).fit(train)
+    with pytest.raises(FloatingPointError, match='Non-finite training loss'):
+        trainer(tmp_path, Broken('nan')).fit(train)
+    with pytest.raises(KeyError, match="'val_nope'"):
+        trainer(tmp_path, monitor='val_nope').fit(train, val)
+    with pytest.raises(TypeError, match="'train_loader' to have a length"):
+        trainer(tmp_path).fit(b for b in train)
+    with pytest.raises(ValueError, match="'train_loader' to yield batches"):
+        trainer(tmp_path).fit(iter(train))
+    with pytest.raises(ValueError, match="'warmup_steps' <= total steps"):
+        trainer(tmp_path, warmup_steps=10_000).fit(train)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    ({'epochs': 0}, "'epochs'"),
+    ({'lr': 0.0}, "'lr'"),
+    ({'amp': 'fp8'}, "'amp'"),
+    ({'mode': 'up'}, "'mode'"),
+    ({'monitor': 'acc'}, "'monitor'"),
+    ({'clip_grad': -1.0}, "'clip_grad'"),
+    ({'warmup_steps': -1}, "'warmup_steps'"),
+])
+def test_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        trainer(tmp_path, **kwargs)
+
+
+def test_bad_task_and_model(tmp_path):
+    with pytest.raises(TypeError, match="'task' to define a method 'training_step'"):
+        Trainer(make_model(), object(), out_dir=str(tmp_path), epochs=1)
+    with pytest.raises(TypeError, match="'model' to be a torch.nn.Module"):
+        Trainer(lambda x: x, ToyTask(), out_dir=str(tmp_path), epochs=1)
+
+
+def test_weight_decay_skips_biases(tmp_path):
+    tr = trainer(tmp_path, weight_decay=0.1)
+    decay, no_decay = tr.optimizer.param_groups
+    assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
+    assert all(p.ndim == 2 for p in decay['params'])
+    assert all(p.ndim == 1 for p in no_decay['params'])
+    assert 'Trainer(' in repr(tr) and 'world_size=1' in repr(tr)
+
+
+def test_tensorboard_flag(tmp_path):
+    from samsa_geo.typing import WITH_TENSORBOARD
+    tr = trainer(tmp_path, epochs=1, tensorboard=True)
+    if WITH_TENSORBOARD:
+        tr.fit(*loaders())
+        assert (tmp_path / 'tensorboard').is_dir()
+    else:
+        with pytest.raises(ImportError, match="'tensorboard=True' requires"):
+            tr.fit(*loaders())
+
+
+@pytest.mark.slow
+def test_compile_matches_eager(tmp_path):
+    eager = trainer(tmp_path / 'eager', epochs=1, dropout=0.0)
+    eager.fit(*loaders())
+    compiled = trainer(tmp_path / 'compiled', epochs=1, dropout=0.0,
+                       compile=True, deterministic=False)
+    compiled.fit(*loaders())
+    for key, value in eager.model.state_dict().items():
+        torch.testing.assert_close(compiled.model.state_dict()[key], value,
+                                   rtol=1e-4, atol=1e-5)
+    # Checkpoints hold the plain model's keys (no '_orig_mod.' prefix).
+    state = load_checkpoint(tmp_path / 'compiled' / 'last.pt')
+    assert state['model'].keys() == eager.model.state_dict().keys()
