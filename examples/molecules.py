@@ -5,7 +5,7 @@ width, depth and input encodings (OGB atom/bond embeddings + random-walk PE).
 Targets are standardised with training statistics; every model is selected on
 validation RMSE and reports test RMSE at that epoch.
 
-    python examples/molecules.py --seeds 5 --epochs 80 --out runs/molecules
+    python examples/molecules.py --seeds 5 --epochs 50 --out runs/molecules
 """
 import argparse
 import json
@@ -29,7 +29,7 @@ parser.add_argument('--root', default='data/FreeSolv')
 parser.add_argument('--out', default='runs/molecules')
 parser.add_argument('--models', default='samsa,gine,gps')
 parser.add_argument('--seeds', type=int, default=5)
-parser.add_argument('--epochs', type=int, default=80)
+parser.add_argument('--epochs', type=int, default=50)
 parser.add_argument('--batch-size', type=int, default=32)
 parser.add_argument('--lr', type=float, default=1e-3)
 parser.add_argument('--hidden', type=int, default=64)
