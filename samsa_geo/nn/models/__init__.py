@@ -1,7 +1,9 @@
 from .samsa_point_classifier import SamsaPointClassifier
 from .samsa_point_segmenter import SamsaPointSegmenter
+from .samsa_graph_model import SamsaGraphModel
 
-__all__: list = [
+__all__ = [
     'SamsaPointClassifier',
     'SamsaPointSegmenter',
+    'SamsaGraphModel',
 ]

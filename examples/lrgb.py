@@ -1,0 +1,188 @@
+"""Long Range Graph Benchmark (https://arxiv.org/abs/2206.08164) with the
+SAMSA graph model (LRGB presets, < 500k parameters) on all five datasets:
+Peptides-func (AP), Peptides-struct (MAE), PascalVOC-SP / COCO-SP (macro F1,
+channel-wise normalised features) and PCQM-Contact (filtered MRR).
+
+Standard protocol: official splits, model selection on validation, test
+metric at the selected epoch, mean +- std over seeds. Every seed gets a run
+folder ``<out>/<dataset>/seed<k>/`` holding the trainer's checkpoints and log,
+``metrics.json`` (``val_<metric>``, ``test_<metric>``, ``best_epoch``,
+``num_params``) and ``test_predictions.pt`` (``{'pred', 'target'}``);
+``<out>/<dataset>/metrics.json`` holds the mean and std over seeds.
+
+    python examples/lrgb.py --dataset peptides-func --epochs 200 --seeds 4
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch_geometric.datasets import LRGBDataset
+from torch_geometric.transforms import Compose
+
+from samsa_geo.datasets import LRGB_TASKS, lrgb_feature_normalization, lrgb_task
+from samsa_geo.metrics import (average_precision_multitask, macro_f1,
+                               mean_absolute_error, mrr)
+from samsa_geo.nn.models import PRESETS, SamsaGraphModel
+from samsa_geo.train import Trainer, make_loader, seed_everything
+from samsa_geo.transforms import AddLaplacianPE, AddRandomWalkPE, RandomSignFlip
+
+parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+parser.add_argument('--dataset', required=True, choices=list(LRGB_TASKS))
+parser.add_argument('--root', default='data/LRGB')
+parser.add_argument('--out', default='runs/lrgb')
+parser.add_argument('--epochs', type=int, default=200)
+parser.add_argument('--seeds', type=int, default=4)
+parser.add_argument('--batch-size', type=int, default=32)
+parser.add_argument('--lr', type=float, default=1e-3)
+parser.add_argument('--weight-decay', type=float, default=0.0)
+parser.add_argument('--tokens', default=None, choices=['node', 'node_edge'])
+parser.add_argument('--device', default=None)
+parser.add_argument('--num-workers', type=int, default=0)
+parser.add_argument('--resume', action='store_true')
+parser.add_argument('--no-progress', action='store_true')
+args = parser.parse_args()
+info = lrgb_task(args.dataset)
+preset = PRESETS[args.dataset]
+
+
+class LRGBTask:
+    """Loss and standard metric of one LRGB dataset; keeps the outputs of
+    the last evaluated split (saved as test predictions)."""
+    def __init__(self, model_pe_attr):
+        self.pe_attr = model_pe_attr
+        self.last_outputs = None
+
+    def predict(self, model, batch):
+        return model(batch.x, batch.edge_index, batch.edge_attr, batch.batch,
+                     pe=batch[self.pe_attr],
+                     edge_label_index=getattr(batch, 'edge_label_index', None),
+                     num_graphs=batch.num_graphs)
+
+    def training_step(self, model, batch):
+        out = self.predict(model, batch)
+        if info.task_type == 'multilabel':
+            valid = ~torch.isnan(batch.y)  # unlabelled entries do not count
+            return F.binary_cross_entropy_with_logits(out[valid],
+                                                      batch.y[valid])
+        if info.task_type == 'regression':
+            return F.l1_loss(out, batch.y)
+        if info.task_type == 'multiclass':
+            return F.cross_entropy(out, batch.y)
+        return F.binary_cross_entropy_with_logits(out, batch.edge_label.float())
+
+    def eval_step(self, model, batch):
+        out = self.predict(model, batch)
+        if info.task_type == 'multiclass':  # labels: logits of COCO are huge
+            return {'pred': out.argmax(-1), 'target': batch.y}
+        if info.task_type != 'link_prediction':
+            return {'pred': out, 'target': batch.y}
+        # Filtered MRR is a mean over graphs: return one value per graph.
+        z = model.embed(batch.x, batch.edge_index, batch.edge_attr,
+                        batch.batch, pe=batch[self.pe_attr])
+        per_graph = {key: [] for key in ('mrr', 'mrr_filtered')}
+        pair_graph = batch.batch[batch.edge_label_index[0]]
+        for g in range(batch.num_graphs):
+            lo, hi = int(batch.ptr[g]), int(batch.ptr[g + 1])
+            mask = pair_graph == g
+            ranks = mrr(z[lo:hi], batch.edge_label_index[:, mask] - lo,
+                        batch.edge_label[mask])
+            for key in per_graph:
+                per_graph[key].append(ranks[key])
+        return {'pred': out, 'target': batch.edge_label,
+                **{f'{k}_per_graph': torch.tensor(v, dtype=torch.float64)
+                   for k, v in per_graph.items()}}
+
+    def compute_metrics(self, outputs):
+        self.last_outputs = outputs
+        pred, target = outputs['pred'], outputs['target']
+        if info.task_type == 'multilabel':
+            return {info.metric: average_precision_multitask(pred, target)}
+        if info.task_type == 'regression':
+            return {info.metric: mean_absolute_error(pred, target)}
+        if info.task_type == 'multiclass':
+            return {info.metric: macro_f1(pred, target, info.out_channels)}
+        return {'mrr': outputs['mrr_per_graph'].mean().item(),
+                'mrr_filtered': outputs['mrr_filtered_per_graph'].mean().item()}
+
+
+def load_splits():
+    pe_transform = (AddLaplacianPE(preset['pe_channels'])
+                    if preset['pe'] == 'lap' else
+                    AddRandomWalkPE(preset['pe_channels']))
+    splits = {split: LRGBDataset(args.root, args.dataset, split=split,
+                                 pre_transform=pe_transform)
+              for split in ('train', 'val', 'test')}
+    norm = lrgb_feature_normalization(args.dataset, splits['train'])
+    flip = RandomSignFlip() if preset['pe'] == 'lap' else None
+    for split, dataset in splits.items():
+        parts = [t for t in (norm, flip if split == 'train' else None) if t]
+        dataset.transform = Compose(parts) if parts else None
+    return splits
+
+
+def run_seed(seed, splits):
+    run_dir = osp.join(args.out, args.dataset, f'seed{seed}')
+    seed_everything(seed)
+    model = SamsaGraphModel.from_preset(
+        args.dataset, **({'tokens': args.tokens} if args.tokens else {}))
+    num_params = model.num_parameters()
+    task = LRGBTask(model.pe_attr)
+    trainer = Trainer(model, task, out_dir=run_dir, epochs=args.epochs,
+                      lr=args.lr, weight_decay=args.weight_decay,
+                      warmup_steps=min(5, args.epochs // 10) * max(
+                          1, len(splits['train']) // args.batch_size),
+                      device=args.device, seed=seed,
+                      monitor=f'val_{info.metric}',
+                      mode='max' if info.higher_is_better else 'min',
+                      resume=args.resume, progress=not args.no_progress)
+    loaders = {split: make_loader(dataset, args.batch_size,
+                                  shuffle=split == 'train', seed=seed,
+                                  num_workers=args.num_workers,
+                                  # no 1-graph last batch (batch norm)
+                                  drop_last=(split == 'train' and len(dataset)
+                                             > args.batch_size))
+               for split, dataset in splits.items()}
+    best = trainer.fit(loaders['train'], loaders['val'])
+    test = trainer.evaluate(loaders['test'], split='test', checkpoint='best')
+    torch.save(task.last_outputs, osp.join(run_dir, 'test_predictions.pt'))
+    result = {f'val_{info.metric}': best[f'val_{info.metric}'],
+              f'test_{info.metric}': test[f'test_{info.metric}'],
+              'best_epoch': best['best_epoch'], 'num_params': num_params}
+    with open(trainer.metrics_path) as f:
+        summary = json.load(f)
+    summary.update(result)
+    with open(trainer.metrics_path, 'w') as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    print(f'[seed {seed}] ' + ' | '.join(f'{k} {v:.4f}' if isinstance(v, float)
+                                         else f'{k} {v}'
+                                         for k, v in result.items()),
+          flush=True)
+    return result
+
+
+def main():
+    splits = load_splits()
+    print(f'{args.dataset}: ' + ', '.join(f'{s} {len(d)}' for s, d in
+                                         splits.items()), file=sys.stderr)
+    results = [run_seed(seed, splits) for seed in range(args.seeds)]
+    summary = {'dataset': args.dataset, 'metric': info.metric,
+               'seeds': args.seeds, 'num_params': results[0]['num_params'],
+               'best_epoch': [r['best_epoch'] for r in results], 'runs': results}
+    for split in ('val', 'test'):
+        key = f'{split}_{info.metric}'
+        values = torch.tensor([r[key] for r in results], dtype=torch.float64)
+        summary[key] = float(values.mean())
+        summary[f'{key}_std'] = float(values.std()) if len(values) > 1 else 0.0
+    with open(osp.join(args.out, args.dataset, 'metrics.json'), 'w') as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    key = f'test_{info.metric}'
+    print(f'{args.dataset} {key}: {summary[key]:.4f} +- '
+          f'{summary[key + "_std"]:.4f} over {args.seeds} seeds '
+          f'({summary["num_params"]:,} parameters)')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,392 @@
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from torch import Tensor
+from torch.nn import Dropout, GELU, Linear, Module, ModuleList, Sequential
+from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
+
+from samsa_geo.nn.conv.samsa_conv import SamsaConv
+from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
+from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
+from samsa_geo.nn.encoders.positional_encoder import PositionalEncoder
+
+TOKENS = ('node', 'node_edge')
+PES = (None, 'lap', 'rw')
+LEVELS = ('graph', 'node', 'edge')
+POOLS = ('mean', 'sum')
+
+#: Presets for the five LRGB datasets (the keys of
+#: :obj:`samsa_geo.datasets.LRGB_TASKS`), each below LRGB's 500k-parameter
+#: budget; build one with :meth:`SamsaGraphModel.from_preset`.
+PRESETS: Dict[str, Dict[str, Any]] = {
+    'peptides-func': dict(in_channels=9, edge_dim=3, categorical=True,
+                          out_channels=10, level='graph', hidden_channels=88,
+                          num_layers=4, heads=4, k=64, pe='rw', pe_channels=16,
+                          tokens='node', dropout=0.1),
+    'peptides-struct': dict(in_channels=9, edge_dim=3, categorical=True,
+                            out_channels=11, level='graph',
+                            hidden_channels=88, num_layers=4, heads=4, k=64,
+                            pe='rw', pe_channels=16, tokens='node',
+                            dropout=0.1),
+    'pascalvoc-sp': dict(in_channels=14, edge_dim=2, categorical=False,
+                         out_channels=21, level='node', hidden_channels=88,
+                         num_layers=4, heads=4, k=64, pe='lap', pe_channels=8,
+                         tokens='node', dropout=0.1),
+    'coco-sp': dict(in_channels=14, edge_dim=2, categorical=False,
+                    out_channels=81, level='node', hidden_channels=88,
+                    num_layers=4, heads=4, k=64, pe='lap', pe_channels=8,
+                    tokens='node', dropout=0.1),
+    'pcqm-contact': dict(in_channels=9, edge_dim=3, categorical=True,
+                         out_channels=1, level='edge', hidden_channels=88,
+                         num_layers=4, heads=4, k=32, pe='rw', pe_channels=16,
+                         tokens='node', dropout=0.1),
+}
+
+
+class _TokenGINE(Module):
+    # GINE(x, edge_index, edge_attr) whose edge features are read from the
+    # current edge tokens when `edge_token_index` is given (node+edge tokens).
+    def __init__(self, channels: int, with_edges: bool) -> None:
+        super().__init__()
+        nn = Sequential(Linear(channels, channels), GELU(),
+                        Linear(channels, channels))
+        self.conv = GINEConv(nn, train_eps=True) if with_edges else GINConv(
+            nn, train_eps=True)
+
+    def reset_parameters(self) -> None:
+        self.conv.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor,
+                edge_attr: Optional[Tensor] = None,
+                edge_token_index: Optional[Tensor] = None) -> Tensor:
+        if isinstance(self.conv, GINConv):
+            return self.conv(x, edge_index)
+        if edge_token_index is not None:
+            edge_attr = x[edge_token_index]
+        return self.conv(x, edge_index, edge_attr)
+
+    def __repr__(self) -> str:
+        return repr(self.conv)
+
+
+class SamsaGraphModel(Module):
+    r"""A graph transformer of :class:`~samsa_geo.nn.SamsaConv` layers
+    (`"SAMSA: Efficient Transformer for Many Data Modalities"
+    <https://arxiv.org/abs/2408.05391>`_): local GINE message passing plus
+    SAMSA sampled global attention in every layer, for graph-, node- and
+    edge-(pair-)level tasks.
+
+    .. math::
+        \mathbf{T}^{(0)} &= \mathrm{Tokenize}(\mathbf{X}, \mathbf{E},
+        \mathbf{P}), \qquad \mathbf{T}^{(\ell)} =
+        \mathrm{SamsaConv}_{\ell}\big(\mathbf{T}^{(\ell-1)}\big),
+
+        \hat{\mathbf{y}} &= \mathrm{MLP}_2\Big(\mathrm{Read}\big(
+        \mathbf{T}^{(L)}\big)\Big),
+
+    where :math:`\mathrm{Tokenize}` is :class:`GraphTokenizer` (node tokens
+    with random identifiers, optionally one token per edge), :math:`\mathbf{P}`
+    the encoded positional encoding (:class:`PositionalEncoder` of
+    :obj:`data.lap_pe` or :obj:`data.rw_pe`), :math:`\mathrm{Read}` the node
+    tokens pooled per graph (:obj:`level="graph"`), the node tokens
+    (:obj:`"node"`), or node embeddings decoded on pairs :math:`(s, t)` by the
+    dot product :math:`\mathbf{z}_s^\top \mathbf{z}_t` (:obj:`"edge"`, as
+    LRGB's PCQM-Contact head), and :math:`\mathrm{MLP}_2` a 2-layer head.
+    The local layer of every :class:`SamsaConv` is
+    :class:`~torch_geometric.nn.conv.GINEConv` on the edge features
+    (:class:`~torch_geometric.nn.conv.GINConv` without them); with
+    :obj:`tokens="node_edge"` it reads the edge features from the current
+    edge tokens, so the local and the global branch share them.
+
+    Parameter count: every :class:`SamsaConv` layer with a GINE branch holds
+    :math:`12C^2 + CH + 19C + H + 1` parameters for :math:`C` hidden channels
+    and :math:`H` heads (attention :math:`4C^2 + 4C`, importance scorer
+    :math:`2C^2 + CH + 4C + H`, MLP :math:`4C^2 + 3C`, GINE
+    :math:`2C^2 + 2C + 1`, three batch norms :math:`6C`); the head adds
+    :math:`C^2 + C + (C + 1)F_{out}` (:math:`2C^2 + 2C` for :obj:`"edge"`),
+    the tokenizer :math:`(C + d)C + C + 1` plus the feature encoders (and an
+    edge MLP :math:`(C + d)C + C^2 + 2C` for :obj:`"node_edge"`). The
+    :data:`PRESETS` (:math:`C = 88`, :math:`L = 4`, :math:`H = 4`) hold
+    401k-423k parameters (418k-440k with :obj:`tokens="node_edge"`), within
+    LRGB's 500k budget; :meth:`num_parameters` counts exactly.
+
+    Args:
+        in_channels (int): Columns of :obj:`x` (9 for OGB atom features).
+        hidden_channels (int): Token width :math:`C`.
+        out_channels (int): Outputs per graph/node (1 for :obj:`"edge"`).
+        num_layers (int): Number of :class:`SamsaConv` layers :math:`L`.
+        edge_dim (int, optional): Columns of :obj:`edge_attr`; :obj:`None`
+            for graphs without edge features. (default: :obj:`None`)
+        categorical (bool, optional): :obj:`x` / :obj:`edge_attr` hold OGB
+            atom / bond categories (embedded by :class:`CategoricalEncoder`)
+            instead of floats (:class:`~torch.nn.Linear`).
+            (default: :obj:`False`)
+        level (str, optional): :obj:`"graph"`, :obj:`"node"` or
+            :obj:`"edge"`. (default: :obj:`"graph"`)
+        pool (str, optional): Graph read-out :obj:`"mean"` or :obj:`"sum"`
+            over node tokens. (default: :obj:`"mean"`)
+        tokens (str, optional): :obj:`"node"` or :obj:`"node_edge"`.
+            (default: :obj:`"node"`)
+        pe (str, optional): :obj:`None`, :obj:`"lap"` (:obj:`data.lap_pe`)
+            or :obj:`"rw"` (:obj:`data.rw_pe`). (default: :obj:`None`)
+        pe_channels (int, optional): Columns of the positional encoding.
+            (default: :obj:`16`)
+        heads (int, optional): Attention heads. (default: :obj:`4`)
+        k (int or float, optional): Keys sampled per graph and head.
+            (default: :obj:`32`)
+        dropout (float, optional): Dropout in the layers and the head.
+            (default: :obj:`0.0`)
+        local_conv (bool, optional): Use the GINE branch. (default: :obj:`True`)
+        norm (str, optional): Normalisation of :class:`SamsaConv`.
+            (default: :obj:`"batch_norm"`)
+        id_channels (int, optional): Size of the random node identifiers.
+            (default: :obj:`16`)
+        attn_kwargs (dict, optional): Further arguments of
+            :class:`~samsa_geo.nn.SamsaAttention`. (default: :obj:`None`)
+        pe_kwargs (dict, optional): Further arguments of
+            :class:`PositionalEncoder`. (default: :obj:`None`)
+
+    Shapes:
+        - **input:** ``x`` :math:`(N, F_{in})`, ``edge_index`` :math:`(2, E)`,
+          ``edge_attr`` :math:`(E, D)`, ``batch`` :math:`(N)` sorted, ``pe``
+          :math:`(N, P)`, ``edge_label_index`` :math:`(2, L)`
+        - **output:** :math:`(B, F_{out})` graph level, :math:`(N, F_{out})`
+          node level, :math:`(L)` pair logits edge level
+    """
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        out_channels: int,
+        num_layers: int,
+        edge_dim: Optional[int] = None,
+        categorical: bool = False,
+        level: str = 'graph',
+        pool: str = 'mean',
+        tokens: str = 'node',
+        pe: Optional[str] = None,
+        pe_channels: int = 16,
+        heads: int = 4,
+        k: Union[int, float] = 32,
+        dropout: float = 0.0,
+        local_conv: bool = True,
+        norm: Optional[str] = 'batch_norm',
+        id_channels: int = 16,
+        attn_kwargs: Optional[Dict[str, Any]] = None,
+        pe_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (('in_channels', in_channels),
+                            ('hidden_channels', hidden_channels),
+                            ('out_channels', out_channels),
+                            ('num_layers', num_layers),
+                            ('pe_channels', pe_channels)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected '{name}' to be a positive int "
+                                 f"(got {value!r})")
+        if edge_dim is not None and (not isinstance(edge_dim, int)
+                                     or edge_dim < 1):
+            raise ValueError(f"Expected 'edge_dim' to be a positive int or "
+                             f"None (got {edge_dim!r})")
+        for name, value, options in (('level', level, LEVELS),
+                                     ('pool', pool, POOLS),
+                                     ('tokens', tokens, TOKENS),
+                                     ('pe', pe, PES)):
+            if value not in options:
+                raise ValueError(f"Expected '{name}' to be one of {options} "
+                                 f"(got {value!r})")
+        if level == 'edge' and out_channels != 1:
+            raise ValueError(f"Expected 'out_channels' to be 1 for "
+                             f"level='edge' (dot-product decoder) "
+                             f"(got {out_channels})")
+        if categorical and (in_channels != 9 or edge_dim not in (None, 3)):
+            raise ValueError(f"Expected OGB features (in_channels=9, "
+                             f"edge_dim=3) since 'categorical=True' (got "
+                             f"in_channels={in_channels}, edge_dim={edge_dim})")
+
+        self.in_channels = in_channels
+        self.hidden_channels = hidden_channels
+        self.out_channels = out_channels
+        self.num_layers = num_layers
+        self.edge_dim = edge_dim
+        self.categorical = categorical
+        self.level = level
+        self.pool = pool
+        self.tokens = tokens
+        self.pe = pe
+        self.pe_channels = pe_channels
+        self.heads = heads
+        self.k = k
+        self.dropout = dropout
+        C = hidden_channels
+
+        if categorical:
+            node_encoder: Module = CategoricalEncoder.ogb_atom(C)
+        else:
+            node_encoder = Linear(in_channels, C)
+        edge_encoder: Optional[Module] = None
+        if edge_dim is not None:
+            edge_encoder = (CategoricalEncoder.ogb_bond(C) if categorical
+                            else Linear(edge_dim, C))
+        node_edge = tokens == 'node_edge'
+        self.tokenizer = GraphTokenizer(
+            C, node_encoder, edge_encoder if node_edge else None,
+            id_channels=id_channels, edge_tokens=node_edge)
+        # Node tokens only: edge features are embedded once for every GINE.
+        self.edge_encoder = None if node_edge else edge_encoder
+        self.pe_encoder = (PositionalEncoder(pe_channels, C, **(pe_kwargs or {}))
+                           if pe is not None else None)
+
+        with_edges = node_edge or edge_dim is not None
+        self.convs = ModuleList([
+            SamsaConv(C, _TokenGINE(C, with_edges) if local_conv else None,
+                      heads=heads, k=k, dropout=dropout, norm=norm,
+                      attn_kwargs=attn_kwargs)
+            for _ in range(num_layers)
+        ])
+        head_out = C if level == 'edge' else out_channels
+        self.head = Sequential(Linear(C, C), GELU(), Dropout(dropout),
+                               Linear(C, head_out))
+        self.reset_parameters()
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs: Any) -> 'SamsaGraphModel':
+        r"""Builds the model of :data:`PRESETS` for LRGB dataset :obj:`name`;
+        :obj:`kwargs` override single arguments."""
+        key = name.lower()
+        if key not in PRESETS:
+            raise ValueError(f"Expected 'name' to be one of {list(PRESETS)} "
+                             f"(got {name!r})")
+        return cls(**{**PRESETS[key], **kwargs})
+
+    @property
+    def pe_attr(self) -> Optional[str]:
+        r"""Attribute of :class:`~torch_geometric.data.Data` holding the
+        positional encoding the model expects (:obj:`"lap_pe"`,
+        :obj:`"rw_pe"` or :obj:`None`)."""
+        return None if self.pe is None else f'{self.pe}_pe'
+
+    def num_parameters(self) -> int:
+        r"""Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def reset_parameters(self) -> None:
+        self.tokenizer.reset_parameters()
+        if self.edge_encoder is not None:
+            self.edge_encoder.reset_parameters()
+        if self.pe_encoder is not None:
+            self.pe_encoder.reset_parameters()
+        for conv in self.convs:
+            conv.reset_parameters()
+        for m in self.head:
+            if hasattr(m, 'reset_parameters'):
+                m.reset_parameters()
+
+    def node_embeddings(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_attr: Optional[Tensor] = None,
+        batch: Optional[Tensor] = None,
+        pe: Optional[Tensor] = None,
+        node_id: Optional[Tensor] = None,
+    ) -> Tensor:
+        r"""Node representations after the last layer, before the head,
+        shape :math:`(N, C)`; arguments as in :meth:`forward`."""
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"Expected 'edge_index' to have shape [2, E] "
+                             f"(got {list(edge_index.shape)})")
+        if self.edge_dim is not None:
+            if edge_attr is None:
+                raise ValueError(f"Expected 'edge_attr' of shape [E, "
+                                 f"{self.edge_dim}] since 'edge_dim' is set "
+                                 f"(got None)")
+            if edge_attr.dim() == 1:
+                edge_attr = edge_attr.view(-1, 1)  # [E, 1]
+            if edge_attr.shape != (edge_index.size(1), self.edge_dim):
+                raise ValueError(f"Expected 'edge_attr' to have shape "
+                                 f"[{edge_index.size(1)}, {self.edge_dim}] "
+                                 f"(got {list(edge_attr.shape)})")
+        if x.dim() != 2 or x.size(1) != self.in_channels:
+            raise ValueError(f"Expected 'x' to have shape [N, "
+                             f"{self.in_channels}] (got {list(x.shape)})")
+        if batch is None:
+            batch = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
+        if self.pe_encoder is not None:
+            if pe is None:
+                raise ValueError(f"Expected 'pe' (data.{self.pe_attr}) of "
+                                 f"shape [N, {self.pe_channels}] since "
+                                 f"pe={self.pe!r} (got None)")
+            pe = self.pe_encoder(pe)
+        if not self.categorical:
+            x = x.float()
+            edge_attr = None if edge_attr is None else edge_attr.float()
+
+        tok = self.tokenizer(x, edge_index, edge_attr, batch, pe=pe,
+                             node_id=node_id)
+        conv_kwargs: Dict[str, Tensor] = {}
+        tok_edge_index = edge_index
+        if tok.edge_index is not None:  # node+edge tokens
+            tok_edge_index = tok.node_index[edge_index]  # [2, E] token ids
+            conv_kwargs['edge_token_index'] = tok.edge_index
+        elif self.edge_encoder is not None:
+            conv_kwargs['edge_attr'] = self.edge_encoder(edge_attr)
+        h = tok.x
+        for conv in self.convs:
+            h = conv(h, tok_edge_index, tok.batch, **conv_kwargs)
+        return h[tok.node_index]  # [N, C]
+
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_attr: Optional[Tensor] = None,
+        batch: Optional[Tensor] = None,
+        pe: Optional[Tensor] = None,
+        edge_label_index: Optional[Tensor] = None,
+        node_id: Optional[Tensor] = None,
+        num_graphs: Optional[int] = None,
+    ) -> Tensor:
+        r"""Runs the model.
+
+        Args:
+            x (Tensor): Node features :math:`(N, F_{in})`.
+            edge_index (Tensor): Edges :math:`(2, E)`.
+            edge_attr (Tensor, optional): Edge features :math:`(E, D)`.
+            batch (Tensor, optional): Graph of every node, sorted.
+            pe (Tensor, optional): Positional encoding :math:`(N, P)`
+                (:obj:`data[model.pe_attr]`).
+            edge_label_index (Tensor, optional): Pairs to score
+                :math:`(2, L)`, required for :obj:`level="edge"`.
+            node_id (Tensor, optional): Fixed node identifiers
+                :math:`(N, d)` (see :class:`GraphTokenizer`).
+            num_graphs (int, optional): Number of graphs :math:`B` (saves a
+                device sync; :obj:`batch.max() + 1` if :obj:`None`).
+        """
+        if self.level == 'edge' and edge_label_index is None:
+            raise ValueError("Expected 'edge_label_index' of shape [2, L] "
+                             "since level='edge' (got None)")
+        h = self.node_embeddings(x, edge_index, edge_attr, batch, pe, node_id)
+        if self.level == 'node':
+            return self.head(h)
+        if self.level == 'edge':
+            z = self.head(h)  # [N, C]
+            return (z[edge_label_index[0]] * z[edge_label_index[1]]).sum(-1)
+        pool = global_mean_pool if self.pool == 'mean' else global_add_pool
+        return self.head(pool(h, batch, size=num_graphs))
+
+    def embed(self, *args: Any, **kwargs: Any) -> Tensor:
+        r"""For :obj:`level="edge"`: the embeddings :math:`\mathbf{z}` whose
+        dot products are the pair logits, shape :math:`(N, C)` (input of
+        :func:`samsa_geo.metrics.mrr`)."""
+        if self.level != 'edge':
+            raise ValueError(f"Expected level='edge' for 'embed' "
+                             f"(got {self.level!r})")
+        return self.head(self.node_embeddings(*args, **kwargs))
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.in_channels}, '
+                f'{self.hidden_channels}, {self.out_channels}, '
+                f'num_layers={self.num_layers}, level={self.level!r}, '
+                f'tokens={self.tokens!r}, pe={self.pe!r}, heads={self.heads}, '
+                f'k={self.k})')

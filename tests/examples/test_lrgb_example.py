@@ -1,0 +1,49 @@
+import json
+import os.path as osp
+import runpy
+import sys
+
+import pytest
+import torch
+
+from samsa_geo.datasets import lrgb_task
+from samsa_geo.metrics import average_precision_multitask, macro_f1
+from samsa_geo.testing.lrgb_fixtures import write_lrgb_raw
+
+EXAMPLE = osp.join(osp.dirname(__file__), '..', '..', 'examples', 'lrgb.py')
+
+
+@pytest.mark.parametrize('name', ['peptides-func', 'pascalvoc-sp'])
+def test_lrgb_example_end_to_end(name, tmp_path, monkeypatch):
+    root, out = str(tmp_path / 'data'), str(tmp_path / 'runs')
+    write_lrgb_raw(root, name, seed=1)
+    monkeypatch.setattr(sys, 'argv', [
+        'lrgb.py', '--dataset', name, '--root', root, '--out', out,
+        '--epochs', '1', '--seeds', '1', '--device', 'cpu', '--no-progress'])
+    runpy.run_path(EXAMPLE, run_name='__main__')
+
+    info = lrgb_task(name)
+    run_dir = osp.join(out, name, 'seed0')
+    with open(osp.join(run_dir, 'metrics.json')) as f:
+        metrics = json.load(f)
+    for key in (f'val_{info.metric}', f'test_{info.metric}', 'best_epoch',
+                'num_params'):
+        assert key in metrics, key
+    assert metrics['best_epoch'] == 1
+    assert 100_000 < metrics['num_params'] < 500_000
+    assert osp.isfile(osp.join(run_dir, 'best.pt'))
+
+    saved = torch.load(osp.join(run_dir, 'test_predictions.pt'))
+    pred, target = saved['pred'], saved['target']
+    if name == 'peptides-func':
+        assert pred.shape == target.shape == (3, 10)  # 3 fixture test graphs
+        value = average_precision_multitask(pred, target)
+    else:
+        assert pred.dim() == 1 and pred.shape == target.shape
+        value = macro_f1(pred, target, info.out_channels)
+    assert value == pytest.approx(metrics[f'test_{info.metric}'], abs=1e-12)
+
+    with open(osp.join(out, name, 'metrics.json')) as f:
+        summary = json.load(f)
+    assert summary[f'test_{info.metric}'] == pytest.approx(value)
+    assert summary[f'test_{info.metric}_std'] == 0.0

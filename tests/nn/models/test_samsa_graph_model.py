@@ -1,0 +1,163 @@
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import erdos_renyi_graph, to_undirected
+
+from samsa_geo.nn.models import PRESETS, SamsaGraphModel
+
+
+def _graph(n: int, seed: int, categorical: bool, pe_channels: int = 4) -> Data:
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    ei = to_undirected(erdos_renyi_graph(n, 0.3))
+    E = ei.size(1)
+    if categorical:
+        x = torch.stack([torch.randint(0, d, (n, ), generator=gen)
+                         for d in (119, 5, 12, 12, 10, 6, 6, 2, 2)], dim=1)
+        ea = torch.stack([torch.randint(0, d, (E, ), generator=gen)
+                          for d in (5, 6, 2)], dim=1)
+    else:
+        x, ea = torch.randn(n, 7, generator=gen), torch.randn(E, 2, generator=gen)
+    pe = torch.randn(n, pe_channels, generator=gen)
+    label = torch.randint(0, n, (2, 3), generator=gen)
+    return Data(x=x, edge_index=ei, edge_attr=ea, pe=pe, edge_label_index=label,
+                num_nodes=n)
+
+
+def _model(level='graph', tokens='node', pe='rw', categorical=False, **kwargs):
+    out = 1 if level == 'edge' else 3
+    return SamsaGraphModel(
+        9 if categorical else 7, 16, out, num_layers=2,
+        edge_dim=3 if categorical else 2, categorical=categorical,
+        level=level, tokens=tokens, pe=pe, pe_channels=4, heads=2,
+        **{'k': 4, **kwargs})
+
+
+def _run(model, batch, **kwargs):
+    return model(batch.x, batch.edge_index, batch.edge_attr, batch.batch,
+                 pe=batch.pe, edge_label_index=batch.edge_label_index,
+                 **kwargs)
+
+
+@pytest.mark.parametrize('level', ['graph', 'node', 'edge'])
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+@pytest.mark.parametrize('categorical', [True, False])
+def test_shapes_and_repr(level, tokens, categorical):
+    data_list = [_graph(n, n, categorical) for n in (5, 9, 7)]
+    batch = Batch.from_data_list(data_list)
+    model = _model(level, tokens, categorical=categorical)
+    assert repr(model) == (f"SamsaGraphModel({model.in_channels}, 16, "
+                           f"{model.out_channels}, num_layers=2, "
+                           f"level={level!r}, tokens={tokens!r}, pe='rw', "
+                           f"heads=2, k=4)")
+    assert model.pe_attr == 'rw_pe'
+    out = _run(model, batch)
+    expected = {'graph': (3, 3), 'node': (21, 3), 'edge': (9, )}[level]
+    assert out.shape == expected and bool(torch.isfinite(out).all())
+    if level == 'edge':
+        z = model.embed(batch.x, batch.edge_index, batch.edge_attr,
+                        batch.batch, pe=batch.pe)
+        model.eval()
+        z = model.embed(batch.x, batch.edge_index, batch.edge_attr,
+                        batch.batch, pe=batch.pe)
+        s, t = batch.edge_label_index
+        assert torch.allclose(_run(model, batch), (z[s] * z[t]).sum(-1),
+                              atol=1e-5)
+
+
+@pytest.mark.parametrize('level', ['graph', 'node'])
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+def test_batch_isolation(level, tokens):
+    # In eval mode a graph's output does not depend on its batch mates.
+    torch.manual_seed(0)
+    data_list = [_graph(n, n, True) for n in (6, 11, 4)]
+    model = _model(level, tokens, categorical=True, k=3).eval()
+    with torch.no_grad():
+        _run(model.train(), Batch.from_data_list(data_list))  # fill BN stats
+        model.eval()
+        full = _run(model, Batch.from_data_list(data_list))
+        alone = [_run(model, Batch.from_data_list([d])) for d in data_list]
+    assert torch.allclose(full, torch.cat(alone, dim=0), atol=1e-5)
+
+
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+def test_node_permutation_equivariance(tokens):
+    torch.manual_seed(1)
+    data = _graph(12, 3, False)
+    model = _model('node', tokens, k=5).eval()
+    node_id = torch.randn(12, 16)
+    perm = torch.randperm(12)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(12)
+    with torch.no_grad():
+        out = model(data.x, data.edge_index, data.edge_attr, pe=data.pe,
+                    node_id=node_id)
+        out_perm = model(data.x[perm], inv[data.edge_index], data.edge_attr,
+                         pe=data.pe[perm], node_id=node_id[perm])
+    assert torch.allclose(out_perm, out[perm], atol=1e-5)
+
+
+@pytest.mark.parametrize('level', ['graph', 'node', 'edge'])
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+def test_every_parameter_gets_a_gradient(level, tokens):
+    torch.manual_seed(2)
+    batch = Batch.from_data_list([_graph(n, n, True) for n in (8, 10)])
+    model = _model(level, tokens, categorical=True, k=4)
+    _run(model, batch).square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert bool(torch.isfinite(p.grad).all()), name
+        if name.startswith('tokenizer.node_encoder'):
+            continue  # embedding rows of unseen categories stay zero
+        assert float(p.grad.abs().sum()) > 0, name
+
+
+def test_reset_parameters_and_pooling():
+    torch.manual_seed(3)
+    batch = Batch.from_data_list([_graph(n, n, False) for n in (5, 8)])
+    model = _model('graph', pool='sum').eval()
+    out = _run(model, batch)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(4)
+    model.reset_parameters()
+    assert not torch.allclose(_run(model, batch), out)
+    model.load_state_dict(state)
+    h = model.node_embeddings(batch.x, batch.edge_index, batch.edge_attr,
+                              batch.batch, pe=batch.pe)
+    pooled = torch.stack([h[batch.batch == g].sum(0) for g in range(2)])
+    assert torch.allclose(_run(model, batch), model.head(pooled), atol=1e-5)
+
+
+@pytest.mark.parametrize('name', list(PRESETS))
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+def test_presets_within_lrgb_budget(name, tokens):
+    model = SamsaGraphModel.from_preset(name, tokens=tokens)
+    count = model.num_parameters()
+    assert 300_000 < count < 500_000
+    # The documented per-layer count 12C^2 + CH + 19C + H + 1:
+    C, H = model.hidden_channels, model.heads
+    layer = sum(p.numel() for p in model.convs[0].parameters())
+    assert layer == 12 * C * C + C * H + 19 * C + H + 1
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="'tokens'"):
+        SamsaGraphModel(7, 16, 3, 2, tokens='edge')
+    with pytest.raises(ValueError, match="'pe'"):
+        SamsaGraphModel(7, 16, 3, 2, pe='spd')
+    with pytest.raises(ValueError, match="'out_channels' to be 1"):
+        SamsaGraphModel(7, 16, 3, 2, level='edge')
+    with pytest.raises(ValueError, match='OGB'):
+        SamsaGraphModel(7, 16, 3, 2, categorical=True)
+    with pytest.raises(ValueError, match="'name'"):
+        SamsaGraphModel.from_preset('zinc')
+    data = _graph(5, 0, False)
+    model = _model('graph')
+    with pytest.raises(ValueError, match="'pe'"):
+        model(data.x, data.edge_index, data.edge_attr)
+    with pytest.raises(ValueError, match="'x' to have shape"):
+        model(data.x[:, :3], data.edge_index, data.edge_attr, pe=data.pe)
+    with pytest.raises(ValueError, match="'edge_attr'"):
+        model(data.x, data.edge_index, None, pe=data.pe)
+    with pytest.raises(ValueError, match="'edge_label_index'"):
+        _model('edge')(data.x, data.edge_index, data.edge_attr, pe=data.pe)
