@@ -99,7 +99,7 @@ def run_case(op, B, n, args, device, dtype, compiled: bool):
     model = build(op, C, H, k).to(device=device, dtype=dtype)
     fn_model = model
     if compiled:
-        fn_model = torch.compile(model, dynamic=False)
+        fn_model = torch.compile(model, dynamic=False, mode=args.compile_mode)
     x = torch.randn(B * n, C, device=device, dtype=dtype)
     batch = None
     if B > 1 or op.startswith('gps'):
@@ -121,7 +121,8 @@ def run_case(op, B, n, args, device, dtype, compiled: bool):
         rec = dict(op=op + ('_compiled' if compiled else ''), n=n,
                    k=k if 'samsa' in op else None, channels=C, heads=H,
                    batch=B, **{'pass': pas}, dtype=args.dtype,
-                   device=device_name(device), torch=torch.__version__)
+                   device=device_name(device), torch=torch.__version__,
+                   compile_mode=args.compile_mode if compiled else None)
         try:
             rec.update(measure(fn, device, warmup=args.warmup,
                                repeat=args.repeat))
@@ -156,6 +157,8 @@ def main():
     parser.add_argument('--passes', type=str, default='fwd,fwdbwd')
     parser.add_argument('--compile', action='store_true',
                         help='also time torch.compile of samsa and sdpa')
+    parser.add_argument('--compile-mode', default=None,
+                        help="e.g. 'reduce-overhead' (CUDA graphs)")
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeat', type=int, default=10)
     parser.add_argument('--max-gps-n', type=int, default=65536,

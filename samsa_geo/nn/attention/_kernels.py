@@ -42,13 +42,21 @@ class Tiles:
 def make_tiles(info: SetInfo, batch: Optional[Tensor], num_tokens: int,
                packed: bool, tile_size: int) -> Tiles:
     B, n_max = info.num_sets, info.max_size
-    if batch is None or (not packed and B * n_max == num_tokens):
+    packed = packed and tile_size < n_max
+    if not packed and (batch is None or B * n_max == num_tokens):
         # Equal-size sets: the padded layout is a reshape.
         return Tiles(B, n_max, None, None)
-    loc = torch.arange(num_tokens, device=batch.device) - info.ptr[batch]
-    if not packed or tile_size >= n_max:
-        return Tiles(B, n_max, None, batch * n_max + loc)
     T = tile_size
+    if batch is None:  # one set cut into tiles that share its keys
+        num_tiles = -(-num_tokens // T)
+        index = None if num_tiles * T == num_tokens else \
+            torch.arange(num_tokens, device=info.ptr.device)
+        tile_set = torch.zeros(num_tiles, dtype=torch.long,
+                               device=info.ptr.device)
+        return Tiles(num_tiles, T, tile_set, index)
+    loc = torch.arange(num_tokens, device=batch.device) - info.ptr[batch]
+    if not packed:
+        return Tiles(B, n_max, None, batch * n_max + loc)
     per_set = (info.size + T - 1) // T  # [B]
     tile_ptr = torch.cumsum(per_set, 0) - per_set
     num_tiles = int(per_set.sum())

@@ -316,7 +316,7 @@ class SamsaAttention(Module):
                       hard=self.sampling == 'hard')
         k_sel, v_sel = u.split(D, dim=-1)  # [B, H, k, D] each
 
-        tiles = make_tiles(info, batch, N, packed, self.tile_size)
+        tiles = make_tiles(info, batch, N, packed, self._tile_size(info))
         q_t = to_tiles(q, tiles)  # [nt, H, T, D]
         k_t, v_t = per_tile(k_sel, tiles), per_tile(v_sel, tiles)
         key_valid = None
@@ -347,8 +347,16 @@ class SamsaAttention(Module):
     def _packed(self, info, N: int) -> bool:
         if self.padded is not None:
             return not self.padded
-        # Pad only when it costs at most a quarter more queries.
-        return info.num_sets * info.max_size > 1.25 * N + self.tile_size
+        # Pad only when it costs at most a quarter more queries, and cut
+        # large sets into tiles: the attention backward parallelises over
+        # key blocks, of which k keys give only a few.
+        return (info.num_sets * info.max_size > 1.25 * N + self.tile_size
+                or info.max_size > 8 * self.tile_size)
+
+    def _tile_size(self, info) -> int:
+        # Beyond 128 tiles per set, larger tiles: fewer key copies.
+        T = max(self.tile_size, -(-info.max_size // 128))
+        return -(-T // 64) * 64 if T > self.tile_size else T
 
     def _all_keys_valid(self, info, batch: Optional[Tensor]) -> bool:
         if batch is None:

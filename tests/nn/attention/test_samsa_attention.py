@@ -443,3 +443,19 @@ def test_sampler_learns_informative_tokens():
     random = _train_marker(random_selection=True)
     assert learned > 0.9, learned
     assert random < 0.5, random
+
+
+@pytest.mark.parametrize('n', [64, 70])
+def test_one_set_in_tiles_equals_one_tile(n):
+    """A large single set is cut into query tiles sharing its keys."""
+    whole = SamsaAttention(16, heads=2, k=6, padded=True).eval()
+    tiled = SamsaAttention(16, heads=2, k=6, padded=False, tile_size=16)
+    tiled.load_state_dict(whole.state_dict())
+    tiled.eval()
+    x = torch.randn(n, 16, requires_grad=True)
+    a = whole(x)
+    b = tiled(x)
+    assert torch.allclose(a, b, atol=1e-5)
+    ga, = torch.autograd.grad(a.square().sum(), x)
+    gb, = torch.autograd.grad(b.square().sum(), x)
+    assert torch.allclose(ga, gb, atol=1e-5)
