@@ -33,13 +33,23 @@ def test_cuda_matches_cpu(kwargs):
 
 
 def test_bf16_close_to_fp32():
+    # Scores stay float32 under autocast: bf16 changes few selections.
     attn = SamsaAttention(256, heads=8, k=64).cuda().eval()
     x, batch = _batch([1024] * 4, 256, 'cuda')
+    _, idx = attn(x, batch, return_indices=True)
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        _, idx16 = attn(x, batch, return_indices=True)
+    same = [len(set(a.tolist()) & set(b.tolist())) / a.numel()
+            for a, b in zip(idx.flatten(0, 1), idx16.flatten(0, 1))]
+    assert min(same) >= 0.8 and sum(same) / len(same) >= 0.95, same
+    # With the selection fixed (k >= n) bf16 is within bf16 accuracy.
+    attn = SamsaAttention(256, heads=8, k=64).cuda().eval()
+    x, batch = _batch([64] * 16, 256, 'cuda')
     ref = attn(x, batch)
     with torch.autocast('cuda', dtype=torch.bfloat16):
         out = attn(x, batch)
     err = (out.float() - ref).norm() / ref.norm()
-    assert err < 3e-2, err
+    assert err < 2e-2, err
 
 
 def test_one_million_points_inference_and_training_step():

@@ -1,3 +1,5 @@
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import GELU, LayerNorm, Linear, Module, Sequential
 
@@ -21,7 +23,7 @@ class ImportanceScorer(Module):
 
     Shapes:
         - **input:** :math:`(N, C)`
-        - **output:** :math:`(N, H)`
+        - **output:** :math:`(N, H)`, float32
     """
     def __init__(self, channels: int, heads: int = 1) -> None:
         super().__init__()
@@ -41,7 +43,12 @@ class ImportanceScorer(Module):
         self.lin.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.lin(x + self.norm(self.score_nn(x)))
+        h = x + self.norm(self.score_nn(x))
+        # Scores rank the tokens: the last projection runs in float32 even
+        # under bf16/fp16 autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(h.float(), self.lin.weight.float(),
+                            self.lin.bias.float())
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, '
