@@ -48,7 +48,7 @@ def main():
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--knn-points', type=int, default=100_000)
     parser.add_argument('--knn-queries', type=int, default=10_000,
-                        help='queries for the CPU fallback kNN')
+                        help='queries of the smaller kNN case')
     parser.add_argument('--threads', type=int, default=None,
                         help='intra-op threads (default: torch default)')
     args = parser.parse_args()
@@ -86,17 +86,13 @@ def main():
             record('fps', impl, num_points, num_samples, clouds,
                    lambda: fps(pos, batch, ratio, False, backend=impl))
 
-    # The fallback is brute force (O(N * M)); on CPU it is timed on the first
-    # --knn-queries queries against all N points, the compiled op on both.
+    # The fallback is brute force (O(N * M)): timed on the first
+    # --knn-queries queries against all N points, then on all N queries.
     k, n = 16, args.knn_points
     pos = torch.rand(n, 3, generator=gen).to(device)
-    query_counts = [n] if device.type == 'cuda' else [args.knn_queries, n]
-    for m in query_counts:
+    for m in sorted({min(args.knn_queries, n), n}):
+        y = pos[:m]
         for impl in impls:
-            if impl == 'torch' and m > args.knn_queries and \
-                    device.type == 'cpu':
-                continue
-            y = pos[:m]
             record('knn', impl, n, k, 1,
                    lambda: knn(pos, y, k, backend=impl), queries=m)
 

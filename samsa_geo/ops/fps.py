@@ -63,7 +63,9 @@ def fps(
 
     Uses :obj:`torch_cluster` when installed; otherwise all examples are
     sampled at once in pure PyTorch on a padded :obj:`[B, N_max]` distance
-    matrix.
+    matrix. With :obj:`random_start=False` both give the same order; the
+    random start of the pure-PyTorch path follows :func:`torch.manual_seed`
+    (:obj:`torch_cluster` on CPU draws it from C's :obj:`rand()`).
 
     Args:
         src (torch.Tensor): Point matrix :math:`\mathbf{X}`.

@@ -1,3 +1,4 @@
+import inspect
 from typing import Optional
 
 import torch
@@ -15,6 +16,33 @@ from samsa_geo.ops._utils import (
 )
 
 FLOWS = ('source_to_target', 'target_to_source')
+
+
+def _compiled_radius(x: Tensor, y: Tensor, r: float,
+                     batch_x: Optional[Tensor], batch_y: Optional[Tensor],
+                     max_num_neighbors: int, num_workers: int,
+                     batch_size: int, ignore_same_index: bool) -> Tensor:
+    import torch_cluster
+
+    params = inspect.signature(torch_cluster.radius).parameters
+    if not ignore_same_index or 'ignore_same_index' in params:
+        extra = (ignore_same_index, ) if ignore_same_index else ()
+        return torch_cluster.radius(x, y, r, batch_x, batch_y,
+                                    max_num_neighbors, num_workers,
+                                    batch_size, *extra)
+    # Releases up to 1.6.3 lack `ignore_same_index`: ask for one neighbour
+    # more, drop the query itself, then cut every query back to the limit.
+    row, col = torch_cluster.radius(x, y, r, batch_x, batch_y,
+                                    max_num_neighbors + 1, num_workers,
+                                    batch_size)
+    mask = row != col
+    row, col = row[mask], col[mask]
+    row, perm = torch.sort(row, stable=True)
+    col = col[perm]
+    ptr = torch.searchsorted(row, row, right=False)  # first slot of each row
+    rank = torch.arange(row.numel(), device=row.device) - ptr
+    keep = rank < max_num_neighbors
+    return torch.stack([row[keep], col[keep]], dim=0)
 
 
 def radius(
@@ -96,10 +124,9 @@ def radius(
                  if samsa_geo.typing.WITH_TORCH_CLUSTER else False)
     if use_compiled(backend, samsa_geo.typing.WITH_TORCH_CLUSTER, supported,
                     'torch_cluster'):
-        import torch_cluster
-        return torch_cluster.radius(x.contiguous(), y.contiguous(), float(r),
-                                    batch_x, batch_y, max_num_neighbors,
-                                    num_workers, size, ignore_same_index)
+        return _compiled_radius(x.contiguous(), y.contiguous(), float(r),
+                                batch_x, batch_y, max_num_neighbors,
+                                num_workers, size, ignore_same_index)
 
     ptr_x = batch_to_ptr(batch_x, x.size(0), size, x.device)
     if batch_y is None:

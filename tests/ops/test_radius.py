@@ -106,3 +106,21 @@ def test_radius_compiled_equals_fallback():
     assert edges(graph) == edges(radius_graph(x, 0.3, batch_x,
                                               max_num_neighbors=1000,
                                               backend='torch'))
+
+
+@needs_cluster
+@pytest.mark.parametrize('max_num', [2, 5])
+def test_radius_graph_compiled_truncated(max_num):
+    sizes = [120, 40]
+    x, batch = torch.rand(sum(sizes), 3), _batch(sizes)
+    out = radius_graph(x, 0.3, batch, max_num_neighbors=max_num,
+                       backend='compiled')
+    ref = radius_graph(x, 0.3, batch, max_num_neighbors=max_num,
+                       backend='torch')
+    full = radius_graph(x, 0.3, batch, max_num_neighbors=1000,
+                        backend='torch')
+    assert bool((out[0] != out[1]).all())
+    assert torch.equal(torch.bincount(out[1], minlength=x.size(0)),
+                       torch.bincount(ref[1], minlength=x.size(0)))
+    assert set(map(tuple, out.t().tolist())) <= \
+        set(map(tuple, full.t().tolist()))
