@@ -35,6 +35,7 @@ from samsa_geo.metrics import (
 )
 from samsa_geo.nn.models import SamsaPointClassifier
 from samsa_geo.train import Trainer, make_loader
+from samsa_geo.typing import WITH_MATPLOTLIB
 from samsa_geo.transforms import (
     RandomAnisotropicScale,
     RandomJitter,
@@ -194,8 +195,9 @@ def main(argv=None):
     trainer.update_summary(num_params=num_params, args=vars(args))
     if trainer.is_main:
         out = trainer.last_outputs
-        plot_confusion(out['pred'], out['target'], classes,
-                       osp.join(args.out, 'confusion_matrix.png'))
+        if WITH_MATPLOTLIB:
+            plot_confusion(out['pred'], out['target'], classes,
+                           osp.join(args.out, 'confusion_matrix.png'))
         print(f"best epoch {best.get('best_epoch')}: val_oa "
               f"{best.get('val_oa', float('nan')):.4f}"
               f" | test_oa {test['test_oa']:.4f}"

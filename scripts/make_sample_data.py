@@ -339,7 +339,7 @@ Regenerate: `python3 scripts/make_sample_data.py`.
 """
 
 
-def write_modelnet(rng, out):
+def write_modelnet(rng, out, split=MODELNET_SPLIT):
     top = osp.join(out, 'modelnet40_sample')
     base = osp.join(top, 'modelnet40_normal_resampled')
     shutil.rmtree(base, ignore_errors=True)
@@ -347,14 +347,14 @@ def write_modelnet(rng, out):
     train, test = [], []
     for cls in MODELNET_CLASSES:
         os.makedirs(osp.join(base, cls))
-        for i in range(sum(MODELNET_SPLIT)):
+        for i in range(sum(split)):
             shape_id = f'{cls}_{i + 1:04d}'
             p, q = modelnet_shape(rng, cls, MODELNET_POINTS)
             perm = rng.permutation(len(p))
             np.savetxt(osp.join(base, cls, f'{shape_id}.txt'),
                        np.concatenate([p, q], 1)[perm], fmt='%.6f',
                        delimiter=',')
-            (train if i < MODELNET_SPLIT[0] else test).append(shape_id)
+            (train if i < split[0] else test).append(shape_id)
     for name, lines in (('shape_names', MODELNET_CLASSES), ('train', train),
                         ('test', test)):
         with open(osp.join(base, f'modelnet40_{name}.txt'), 'w') as f:
@@ -362,9 +362,9 @@ def write_modelnet(rng, out):
     with open(osp.join(top, 'README.md'), 'w') as f:
         f.write(README_MODELNET.format(
             seed=SEED, num_classes=len(MODELNET_CLASSES),
-            classes=', '.join(MODELNET_CLASSES), train=MODELNET_SPLIT[0],
-            test=MODELNET_SPLIT[1],
-            total=len(MODELNET_CLASSES) * sum(MODELNET_SPLIT),
+            classes=', '.join(MODELNET_CLASSES), train=split[0],
+            test=split[1],
+            total=len(MODELNET_CLASSES) * sum(split),
             points=MODELNET_POINTS))
 
 
@@ -405,10 +405,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default=osp.join(
         osp.dirname(osp.dirname(osp.abspath(__file__))), 'datasets'))
+    parser.add_argument('--modelnet-split', type=int, nargs=2,
+                        default=MODELNET_SPLIT, metavar=('TRAIN', 'TEST'),
+                        help='shapes per class (a larger synthetic set for '
+                        'throughput runs; the bundled sample uses the '
+                        'default)')
+    parser.add_argument('--modelnet-only', action='store_true')
     args = parser.parse_args()
     rng = np.random.default_rng(SEED)
-    write_modelnet(rng, args.out)
-    write_shapenet(rng, args.out)
+    write_modelnet(rng, args.out, tuple(args.modelnet_split))
+    if not args.modelnet_only:
+        write_shapenet(rng, args.out)
     print(f'wrote {args.out}/modelnet40_sample and '
           f'{args.out}/shapenet_part_sample')
 
