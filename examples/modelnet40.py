@@ -62,10 +62,10 @@ def parse_args(argv=None):
                    help="axis of 'z' rotations (1: y-up, as the archives)")
     p.add_argument('--votes', type=int, default=1,
                    help='test-time votes over random anisotropic scaling')
-    p.add_argument('--epochs', type=int, default=12)
+    p.add_argument('--epochs', type=int, default=40)
     p.add_argument('--batch-size', type=int, default=16)
     p.add_argument('--lr', type=float, default=2e-3)
-    p.add_argument('--val-ratio', type=float, default=0.1)
+    p.add_argument('--val-ratio', type=float, default=0.2)
     p.add_argument('--amp', default=None, choices=['bf16', 'fp16'])
     p.add_argument('--compile', action='store_true')
     p.add_argument('--device', default=None)

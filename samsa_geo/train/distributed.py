@@ -1,4 +1,5 @@
 """Process-group set-up and variable-length gathering for DDP via torchrun."""
+import atexit
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -45,7 +46,13 @@ def init_distributed(backend: Optional[str] = None) -> Tuple[int, int, int]:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend, init_method='env://',
                             rank=rank, world_size=world_size)
+    atexit.register(_destroy)
     return rank, world_size, local_rank
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
