@@ -30,6 +30,7 @@ class Tiles:
         size (int): :math:`T`, queries per tile.
         tile_set (Tensor, optional): ``[num_tiles]`` set of each tile, or
             ``None`` when tile ``t`` is set ``t``.
+        shared (bool): all tiles belong to one set (keys are broadcast).
         index (Tensor, optional): ``[N]`` flat slot ``tile * T + pos`` of
             each token, or ``None`` when the layout is a plain reshape.
     """
@@ -37,6 +38,7 @@ class Tiles:
     size: int
     tile_set: Optional[Tensor]
     index: Optional[Tensor]
+    shared: bool = False
 
 
 def make_tiles(info: SetInfo, batch: Optional[Tensor], num_tokens: int,
@@ -51,9 +53,7 @@ def make_tiles(info: SetInfo, batch: Optional[Tensor], num_tokens: int,
         num_tiles = -(-num_tokens // T)
         index = None if num_tiles * T == num_tokens else \
             torch.arange(num_tokens, device=info.ptr.device)
-        tile_set = torch.zeros(num_tiles, dtype=torch.long,
-                               device=info.ptr.device)
-        return Tiles(num_tiles, T, tile_set, index)
+        return Tiles(num_tiles, T, None, index, shared=True)
     loc = torch.arange(num_tokens, device=batch.device) - info.ptr[batch]
     if not packed:
         return Tiles(B, n_max, None, batch * n_max + loc)
@@ -88,6 +88,8 @@ def from_tiles(t: Tensor, tiles: Tiles) -> Tensor:
 
 def per_tile(t: Tensor, tiles: Tiles) -> Tensor:
     """Per-set tensor ``[B, ...]`` -> per-tile ``[num_tiles, ...]``."""
+    if tiles.shared:  # one set: broadcast, no copy (backward is a sum)
+        return t.expand(tiles.num_tiles, *t.shape[1:])
     return t if tiles.tile_set is None else t[tiles.tile_set]
 
 

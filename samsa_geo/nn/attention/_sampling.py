@@ -21,19 +21,21 @@ class Selection:
         top (Tensor): ``[B, H, k_max]`` global candidate ids of the top set
             :math:`T` (ranks :math:`1..k_b`), clamped to valid ids in unused
             slots.
-        top_valid (Tensor): ``[B, k_max]`` whether slot ``j < k_b``.
-        top_score (Tensor): ``[B, H, k_max]`` (perturbed) scores of :math:`T`.
+        top_valid (Tensor, optional): ``[B, k_max]`` whether slot
+            ``j < k_b``; :obj:`None` when every slot is valid.
+        top_score (Tensor, optional): ``[B, H, k_max]`` (perturbed) scores of
+            :math:`T` (only when the relaxation needs them).
         bottom (Tensor): ``[B, H, m_max]`` ids of the bottom set :math:`B`
             (ranks :math:`k_b+1..k_b+m_b`).
-        bottom_valid (Tensor): ``[B, m_max]``.
+        bottom_valid (Tensor, optional): ``[B, m_max]``.
         bottom_score (Tensor): ``[B, H, m_max]``.
     """
     top: Tensor
-    top_valid: Tensor
-    top_score: Tensor
+    top_valid: Optional[Tensor]
+    top_score: Optional[Tensor]
     bottom: Tensor
-    bottom_valid: Tensor
-    bottom_score: Tensor
+    bottom_valid: Optional[Tensor]
+    bottom_score: Optional[Tensor]
 
 
 def gumbel_like(score: Tensor) -> Tensor:
@@ -68,6 +70,11 @@ def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
     C = info.max_size + R
     if batch is None:
         dense = cand.t().unsqueeze(0)  # [1, H, N + R]
+    elif B * info.max_size == num_tokens:  # equal sizes: a reshape
+        dense = cand[:num_tokens].view(B, info.max_size, H)
+        if R > 0:
+            dense = torch.cat([dense, cand[num_tokens:].view(B, R, H)], 1)
+        dense = dense.transpose(1, 2)  # [B, H, C]
     else:
         dense = cand.new_full((B, C, H), float('-inf'))
         loc = torch.arange(num_tokens, device=cand.device) - info.ptr[batch]
@@ -125,26 +132,30 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     rank = _rank_sorted if packed else _rank_dense
     ids = rank(cand.detach(), batch, info, N, num_registers, K2)  # [B, H, K2]
 
-    device = score.device
-    j = torch.arange(info.k_max, device=device)
-    top_valid = j.view(1, -1) < info.k.view(-1, 1)  # [B, k_max]
-    top = ids[..., :info.k_max]
     if K2 < info.k_max:  # only possible in 'full' mode with registers
         raise AssertionError('selection narrower than k_max')
+    H, device = score.size(1), score.device
+    top = ids[..., :info.k_max]
+    if info.all_valid:  # no slot to mask: plain slices
+        top_valid = bottom_valid = None
+        bottom = ids[..., info.k_max:info.k_max + m_max]
+    else:
+        j = torch.arange(info.k_max, device=device)
+        top_valid = j.view(1, -1) < info.k.view(-1, 1)  # [B, k_max]
+        t = torch.arange(m_max, device=device)
+        bottom_valid = t.view(1, -1) < info.num_bottom.view(-1, 1)
+        bpos = (info.k.view(-1, 1) + t).clamp(max=max(K2 - 1, 0))
+        bottom = ids.gather(2, bpos.unsqueeze(1).expand(-1, H, -1))
+        # Invalid slots may hold ids of other sets: point them at a valid one.
+        top = torch.where(top_valid.unsqueeze(1), top, top[..., :1])
+        bottom = torch.where(bottom_valid.unsqueeze(1), bottom, top[..., :1])
 
-    t = torch.arange(m_max, device=device)
-    bottom_valid = t.view(1, -1) < info.num_bottom.view(-1, 1)  # [B, m_max]
-    bpos = (info.k.view(-1, 1) + t).clamp(max=max(K2 - 1, 0))  # [B, m_max]
-    H = score.size(1)
-    bottom = ids.gather(2, bpos.unsqueeze(1).expand(-1, H, -1))
-
-    # Invalid slots may hold ids of other sets: point them at a valid one.
-    top = torch.where(top_valid.unsqueeze(1), top, top[..., :1])
-    bottom = torch.where(bottom_valid.unsqueeze(1), bottom, top[..., :1])
-
-    head = torch.arange(H, device=device).view(1, -1, 1)
-    return Selection(top, top_valid, cand[top, head], bottom, bottom_valid,
-                     cand[bottom, head])
+    top_score = bottom_score = None
+    if with_bottom:  # the relaxation needs the perturbed scores
+        head = torch.arange(H, device=device).view(1, -1, 1)
+        top_score, bottom_score = cand[top, head], cand[bottom, head]
+    return Selection(top, top_valid, top_score, bottom, bottom_valid,
+                     bottom_score)
 
 
 def relax(sel: Selection, u_top: Tensor, u_bottom: Tensor, tau: float,
@@ -174,19 +185,29 @@ def relax(sel: Selection, u_top: Tensor, u_bottom: Tensor, tau: float,
     diff = sel.top_score.unsqueeze(-1) - sel.bottom_score.unsqueeze(-2)
     p = torch.sigmoid(diff.float() / tau)  # [B, H, k, m]
     dp = p * (1.0 - p) / tau
-    pair_valid = (sel.top_valid.unsqueeze(-1)
-                  & sel.bottom_valid.unsqueeze(-2)).unsqueeze(1)  # [B,1,k,m]
-    peak = dp.masked_fill(~pair_valid, 0.0).amax(dim=(-2, -1), keepdim=True)
+    if sel.top_valid is None:  # every pair is valid
+        peak = dp.amax(dim=(-2, -1), keepdim=True)
+    else:
+        pair_valid = (sel.top_valid.unsqueeze(-1)
+                      & sel.bottom_valid.unsqueeze(-2)).unsqueeze(1)
+        peak = dp.masked_fill(~pair_valid, 0.0).amax(dim=(-2, -1),
+                                                     keepdim=True)
     scale = (grad_cap / peak.clamp(min=1e-12)).clamp(max=1.0).detach()
     p = p.detach() + scale * (p - p.detach())
 
-    m = sel.bottom_valid.sum(-1).clamp(min=1).view(-1, 1, 1, 1).to(p.dtype)
-    bvalid = sel.bottom_valid.view(sel.bottom_valid.size(0), 1, 1, -1)
-    has_bottom = bvalid.any(-1, keepdim=True)  # [B, 1, 1, 1]
-    p = p.masked_fill(~bvalid, 0.0)
-    keep = torch.where(has_bottom, p.sum(-1, keepdim=True) / m,
-                       torch.ones_like(p[..., :1]))  # [B, H, k, 1]
-    mix = ((1.0 - p) / m).masked_fill(~bvalid, 0.0)  # [B, H, k, m]
+    if sel.bottom_valid is None:
+        m = float(u_bottom.size(2))
+        keep = p.mean(-1, keepdim=True)  # [B, H, k, 1]
+        mix = (1.0 - p) / m  # [B, H, k, m]
+    else:
+        m = sel.bottom_valid.sum(-1).clamp(min=1).view(-1, 1, 1, 1).to(
+            p.dtype)
+        bvalid = sel.bottom_valid.view(sel.bottom_valid.size(0), 1, 1, -1)
+        has_bottom = bvalid.any(-1, keepdim=True)  # [B, 1, 1, 1]
+        p = p.masked_fill(~bvalid, 0.0)
+        keep = torch.where(has_bottom, p.sum(-1, keepdim=True) / m,
+                           torch.ones_like(p[..., :1]))  # [B, H, k, 1]
+        mix = ((1.0 - p) / m).masked_fill(~bvalid, 0.0)  # [B, H, k, m]
     mix = mix.to(u_top.dtype)
     keep = keep.to(u_top.dtype)
     if hard:

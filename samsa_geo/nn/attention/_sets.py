@@ -21,6 +21,8 @@ class SetInfo:
         num_bottom (Tensor): ``[B]`` size of the relaxation's bottom set
             :math:`m_b = \min(k_b, n_b + R - k_b)`.
         m_max (int): largest :math:`m_b`.
+        all_valid (bool): every set has :math:`k_b = k_{\max}` and
+            :math:`m_b = m_{\max}` (no slot needs masking).
     """
     num_sets: int
     max_size: int
@@ -30,6 +32,7 @@ class SetInfo:
     k_max: int
     num_bottom: Tensor
     m_max: int
+    all_valid: bool = False
 
 
 def resolve_k(k: Union[int, float], size: Tensor, num_registers: int,
@@ -69,7 +72,8 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
             k_max = min(k, n + R)
         m_max = min(k_max, n + R - k_max)
         return SetInfo(1, n, torch.tensor([0, n], device=device), size, kb,
-                       k_max, torch.tensor([m_max], device=device), m_max)
+                       k_max, torch.tensor([m_max], device=device), m_max,
+                       all_valid=True)
 
     if num_sets is None:
         num_sets = int(batch[-1]) + 1 if batch.numel() > 0 else 1
@@ -81,9 +85,11 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
     kb = resolve_k(k, size, R, full)
     mb = torch.minimum(kb, size + R - kb)
     if max_size is None:
-        # One read-back for the three maxima.
-        stats = torch.stack([size.max(), kb.max(), mb.max()]).tolist()
-        max_size, k_max, m_max = (int(v) for v in stats)
+        # One read-back for the maxima and minima.
+        stats = torch.stack([size.max(), kb.max(), mb.max(), kb.min(),
+                             mb.min()]).tolist()
+        max_size, k_max, m_max, k_min, m_min = (int(v) for v in stats)
+        all_valid = k_min == k_max and m_min == m_max
     else:
         if full:
             k_max = max_size + R
@@ -92,4 +98,7 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
         else:
             k_max = min(k, max_size + R)
         m_max = min(k_max, max_size + R - k_max)
-    return SetInfo(num_sets, max_size, ptr, size, kb, k_max, mb, m_max)
+        # Sizes sum to N and none exceeds max_size: equal iff B * max == N.
+        all_valid = num_sets * max_size == num_tokens
+    return SetInfo(num_sets, max_size, ptr, size, kb, k_max, mb, m_max,
+                   all_valid)

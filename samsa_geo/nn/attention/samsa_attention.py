@@ -319,9 +319,9 @@ class SamsaAttention(Module):
         tiles = make_tiles(info, batch, N, packed, self._tile_size(info))
         q_t = to_tiles(q, tiles)  # [nt, H, T, D]
         k_t, v_t = per_tile(k_sel, tiles), per_tile(v_sel, tiles)
-        key_valid = None
-        if not self._all_keys_valid(info, batch):
-            key_valid = per_tile(sel.top_valid, tiles)  # [nt, k]
+        key_valid = None  # [nt, k] where some sets have fewer keys
+        if sel.top_valid is not None:
+            key_valid = per_tile(sel.top_valid, tiles)
         dropout = self.dropout if self.training else 0.0
         if (self.score == 'dot' and self.normalization == 'softmax'
                 and self.rel_bias is None):
@@ -358,13 +358,6 @@ class SamsaAttention(Module):
         T = max(self.tile_size, -(-info.max_size // 128))
         return -(-T // 64) * 64 if T > self.tile_size else T
 
-    def _all_keys_valid(self, info, batch: Optional[Tensor]) -> bool:
-        if batch is None:
-            return True
-        if not isinstance(self.k, float) and not _is_compiling():
-            return bool((info.k == info.k_max).all())
-        return False
-
     def _bias_fn(self, pos: Tensor, normal: Optional[Tensor], top: Tensor,
                  tiles, N: int):
         pos = pos.float()
@@ -397,9 +390,12 @@ class SamsaAttention(Module):
 
         return apply
 
-    def _indices(self, top: Tensor, valid: Tensor, N: int) -> Tensor:
+    def _indices(self, top: Tensor, valid: Optional[Tensor],
+                 N: int) -> Tensor:
         R = max(self.num_registers, 1)
         idx = torch.where(top < N, top, -2 - (top - N) % R)
+        if valid is None:
+            return idx
         return idx.masked_fill(~valid.unsqueeze(1), -1)
 
     def __repr__(self) -> str:

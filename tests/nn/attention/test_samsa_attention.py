@@ -226,10 +226,10 @@ def test_padded_equals_packed(kwargs, training):
     assert torch.equal(ia, ib)
 
 
-def test_packed_selection_equals_dense():
+@pytest.mark.parametrize('sizes', [[3, 70, 1, 25], [20, 20, 20]])
+def test_packed_selection_equals_dense(sizes):
     from samsa_geo.nn.attention._sampling import select
     from samsa_geo.nn.attention._sets import set_info
-    sizes = [3, 70, 1, 25]
     _, batch = make_batch(sizes)
     score = torch.randn(batch.numel(), 4)
     reg = torch.randn(2, 4)
