@@ -158,6 +158,70 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
                      bottom_score)
 
 
+def _pair_weights(sel: Selection, tau: float):
+    r"""Recomputes :math:`p_{ij}` (``[B, H, k, m]``, float32, zero for
+    invalid bottom slots), :math:`1/m_b` and the float masks."""
+    diff = sel.top_score.unsqueeze(-1) - sel.bottom_score.unsqueeze(-2)
+    p = torch.sigmoid(diff.float() / tau)  # [B, H, k, m]
+    if sel.bottom_valid is None:
+        return p, 1.0 / sel.bottom_score.size(-1), None, None
+    B = sel.bottom_valid.size(0)
+    bmask = sel.bottom_valid.view(B, 1, 1, -1).to(p.dtype)  # [B, 1, 1, m]
+    inv_m = 1.0 / bmask.sum(-1, keepdim=True).clamp(min=1.0)  # [B, 1, 1, 1]
+    pair = bmask * sel.top_valid.view(B, 1, -1, 1).to(p.dtype)  # [B,1,k,m]
+    return p * bmask, inv_m, bmask, pair
+
+
+def _keep_and_mix(p: Tensor, inv_m, bmask: Optional[Tensor]):
+    # keep_i = mean_j p_ij (1 where a set has no bottom), mix_ij = (1-p)/m.
+    keep = p.sum(-1, keepdim=True) * inv_m  # [B, H, k, 1]
+    mix = (1.0 - p) * inv_m  # [B, H, k, m]
+    if bmask is not None:
+        has_bottom = bmask.amax(-1, keepdim=True)  # [B, 1, 1, 1]
+        keep = keep + (1.0 - has_bottom)
+        mix = mix * bmask
+    return keep, mix
+
+
+class _Relax(torch.autograd.Function):
+    """Forward and backward of :func:`relax` without storing any
+    ``[B, H, k, m]`` tensor: the pair weights are recomputed."""
+    @staticmethod
+    def forward(ctx, s_top: Tensor, s_bot: Tensor, u_top: Tensor,
+                u_bot: Tensor, sel: Selection, tau: float, hard: bool,
+                grad_cap: float) -> Tensor:
+        ctx.sel, ctx.tau, ctx.hard, ctx.grad_cap = sel, tau, hard, grad_cap
+        ctx.save_for_backward(u_top, u_bot)
+        if hard:
+            return u_top.clone()
+        p, inv_m, bmask, _ = _pair_weights(sel, tau)
+        keep, mix = _keep_and_mix(p, inv_m, bmask)
+        return keep.to(u_top.dtype) * u_top + mix.to(u_top.dtype) @ u_bot
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        u_top, u_bot = ctx.saved_tensors
+        sel, tau = ctx.sel, ctx.tau
+        p, inv_m, bmask, pair = _pair_weights(sel, tau)
+        # d/dp of keep_i u_i + sum_j mix_ij u_j = (g_i.u_i - g_i.u_j) / m.
+        g_keep = (grad * u_top).float().sum(-1, keepdim=True)  # [B,H,k,1]
+        g_mix = (grad @ u_bot.transpose(-1, -2)).float()  # [B, H, k, m]
+        dsig = p * (1.0 - p) / tau  # sigmoid derivative
+        if pair is not None:
+            dsig = dsig * pair
+        # Gradient cap: the derivative's maximum per set and head <= cap.
+        peak = dsig.amax(dim=(-2, -1), keepdim=True)
+        scale = (ctx.grad_cap / peak.clamp(min=1e-12)).clamp(max=1.0)
+        d = (g_keep - g_mix) * inv_m * dsig * scale  # [B, H, k, m]
+        ds_top, ds_bot = d.sum(-1), -d.sum(-2)
+        if ctx.hard:  # top rows: full gradient; bottom rows: none
+            return ds_top, ds_bot, grad, None, None, None, None, None
+        keep, mix = _keep_and_mix(p, inv_m, bmask)
+        mix = mix.to(grad.dtype)
+        return (ds_top, ds_bot, keep.to(grad.dtype) * grad,
+                mix.transpose(-1, -2) @ grad, None, None, None, None)
+
+
 def relax(sel: Selection, u_top: Tensor, u_bottom: Tensor, tau: float,
           hard: bool, grad_cap: float = 0.25) -> Tensor:
     r"""Differentiable relaxation of the boundary at rank :math:`k`.
@@ -171,7 +235,8 @@ def relax(sel: Selection, u_top: Tensor, u_bottom: Tensor, tau: float,
     :math:`u_i`; the scores receive the gradient of the soft formula, the
     top rows the full upstream gradient and the bottom rows none. The
     derivative of the sigmoid is rescaled per set and head so its maximum
-    is at most ``grad_cap``.
+    is at most ``grad_cap``. Memory: no ``[B, H, k, m]`` tensor is kept
+    for the backward pass (recomputed there).
 
     Args:
         u_top (Tensor): ``[B, H, k, F]`` rows of the top set.
@@ -182,35 +247,5 @@ def relax(sel: Selection, u_top: Tensor, u_bottom: Tensor, tau: float,
     """
     if u_bottom.size(2) == 0:
         return u_top
-    diff = sel.top_score.unsqueeze(-1) - sel.bottom_score.unsqueeze(-2)
-    p = torch.sigmoid(diff.float() / tau)  # [B, H, k, m]
-    dp = p * (1.0 - p) / tau
-    if sel.top_valid is None:  # every pair is valid
-        peak = dp.amax(dim=(-2, -1), keepdim=True)
-    else:
-        pair_valid = (sel.top_valid.unsqueeze(-1)
-                      & sel.bottom_valid.unsqueeze(-2)).unsqueeze(1)
-        peak = dp.masked_fill(~pair_valid, 0.0).amax(dim=(-2, -1),
-                                                     keepdim=True)
-    scale = (grad_cap / peak.clamp(min=1e-12)).clamp(max=1.0).detach()
-    p = p.detach() + scale * (p - p.detach())
-
-    if sel.bottom_valid is None:
-        m = float(u_bottom.size(2))
-        keep = p.mean(-1, keepdim=True)  # [B, H, k, 1]
-        mix = (1.0 - p) / m  # [B, H, k, m]
-    else:
-        m = sel.bottom_valid.sum(-1).clamp(min=1).view(-1, 1, 1, 1).to(
-            p.dtype)
-        bvalid = sel.bottom_valid.view(sel.bottom_valid.size(0), 1, 1, -1)
-        has_bottom = bvalid.any(-1, keepdim=True)  # [B, 1, 1, 1]
-        p = p.masked_fill(~bvalid, 0.0)
-        keep = torch.where(has_bottom, p.sum(-1, keepdim=True) / m,
-                           torch.ones_like(p[..., :1]))  # [B, H, k, 1]
-        mix = ((1.0 - p) / m).masked_fill(~bvalid, 0.0)  # [B, H, k, m]
-    mix = mix.to(u_top.dtype)
-    keep = keep.to(u_top.dtype)
-    if hard:
-        soft = keep * u_top.detach() + mix @ u_bottom.detach()
-        return u_top + (soft - soft.detach())
-    return keep * u_top + mix @ u_bottom
+    return _Relax.apply(sel.top_score, sel.bottom_score, u_top, u_bottom,
+                        sel, tau, hard, grad_cap)
