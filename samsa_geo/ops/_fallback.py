@@ -13,12 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_CHUNK_SIZE = 2**22
-# GPUs pay per launch and sync, not per byte: far fewer, larger blocks.
-DEFAULT_CHUNK_SIZE_CUDA = 2**27
-
-
-def _default_chunk_size(x: Tensor) -> int:
-    return DEFAULT_CHUNK_SIZE_CUDA if x.is_cuda else DEFAULT_CHUNK_SIZE
 
 
 def fps(src: Tensor, ptr: Tensor, ratio: Tensor,
@@ -140,7 +134,7 @@ def knn(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, batch_y: Tensor,
     Returns :obj:`[2, E]` with row = index into :obj:`y`, col = index into
     :obj:`x`.
     """
-    chunk_size = chunk_size or _default_chunk_size(x)
+    chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
     if cosine:
         x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
     cand_start, cand_end = _candidate_ranges(ptr_x, batch_y)
@@ -171,7 +165,7 @@ def radius(x: Tensor, y: Tensor, r: float, ptr_x: Tensor, batch_y: Tensor,
     Returns :obj:`[2, E]` with row = index into :obj:`y`, col = index into
     :obj:`x`.
     """
-    chunk_size = chunk_size or _default_chunk_size(x)
+    chunk_size = chunk_size or DEFAULT_CHUNK_SIZE
     cand_start, cand_end = _candidate_ranges(ptr_x, batch_y)
     rows, cols = [], []
     for q0, q1 in query_chunks(cand_start.tolist(), cand_end.tolist(),
