@@ -7,8 +7,8 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 
 from samsa_geo.datasets._download import fetch_archive
-from samsa_geo.datasets._fps import farthest_point_indices
 from samsa_geo.datasets._split import holdout_indices
+from samsa_geo.ops import fps
 
 
 class ModelNet40NormalResampled(InMemoryDataset):
@@ -147,9 +147,11 @@ class ModelNet40NormalResampled(InMemoryDataset):
         if points.size(0) < self.num_points:
             raise ValueError(f"Expected at least num_points={self.num_points} "
                              f"points in '{path}' (got {points.size(0)})")
-        if self.sampling == 'fps':
-            points = points[farthest_point_indices(points[:, :3],
-                                                   self.num_points)]
+        if self.sampling == 'fps' and self.num_points < points.size(0):
+            # Deterministic: farthest point sampling from point 0.
+            index = fps(points[:, :3], ratio=self.num_points / points.size(0),
+                        random_start=False)
+            points = points[index[:self.num_points]]
         return Data(pos=points[:, :3].contiguous(),
                     normal=points[:, 3:].contiguous())
 
