@@ -37,6 +37,9 @@ parser.add_argument('--layers', type=int, default=3)
 parser.add_argument('--heads', type=int, default=4)
 parser.add_argument('--k', type=int, default=8, help='SAMSA keys per head')
 parser.add_argument('--tokens', default='node', choices=['node', 'node_edge'])
+parser.add_argument('--id-channels', type=int, default=16,
+                    help='random node identifiers of the SAMSA tokens '
+                    '(0: none, node tokens only)')
 parser.add_argument('--walk-length', type=int, default=16)
 parser.add_argument('--dropout', type=float, default=0.1)
 parser.add_argument('--device', default='cpu')
@@ -111,7 +114,8 @@ def build(name):
         return SamsaGraphModel(
             9, args.hidden, 1, args.layers, edge_dim=3, categorical=True,
             tokens=args.tokens, pe='rw', pe_channels=args.walk_length,
-            heads=args.heads, k=args.k, dropout=args.dropout)
+            heads=args.heads, k=args.k, dropout=args.dropout,
+            id_channels=args.id_channels)
     if name in ('gine', 'gps'):
         return Baseline(args.hidden, args.layers, args.walk_length,
                         name == 'gps', args.heads, args.dropout)

@@ -67,7 +67,9 @@ class GraphTokenizer(Module):
         edge_encoder (torch.nn.Module, optional): Maps :obj:`edge_attr` to
             :math:`(E, F)`; if :obj:`None`, edge tokens use the identifiers
             only. (default: :obj:`None`)
-        id_channels (int, optional): Identifier size :math:`d`.
+        id_channels (int, optional): Identifier size :math:`d`; :obj:`0`
+            for node tokens without identifiers (only without edge
+            tokens).
             (default: :obj:`16`)
         edge_tokens (bool, optional): Whether to emit edge tokens.
             (default: :obj:`True`)
@@ -95,11 +97,15 @@ class GraphTokenizer(Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (('channels', channels),
-                            ('id_channels', id_channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected '{name}' to be a positive integer "
-                                 f"(got {value!r})")
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"Expected 'channels' to be a positive integer "
+                             f"(got {channels!r})")
+        if not isinstance(id_channels, int) or id_channels < 0:
+            raise ValueError(f"Expected 'id_channels' to be a non-negative "
+                             f"integer (got {id_channels!r})")
+        if id_channels == 0 and edge_tokens:
+            raise ValueError("Expected 'id_channels' > 0 since edge tokens "
+                             "are built from node identifiers")
         self.channels = channels
         self.id_channels = id_channels
         self.edge_tokens = edge_tokens
@@ -108,7 +114,8 @@ class GraphTokenizer(Module):
 
         self.node_encoder = node_encoder
         self.edge_encoder = edge_encoder if edge_tokens else None
-        self.id_scale = Parameter(torch.empty(()))
+        # Node-only tokens may go without identifiers (id_channels=0).
+        self.id_scale = Parameter(torch.empty(())) if id_channels else None
         self.lin_node = Linear(channels + id_channels, channels)
         if edge_tokens:
             edge_in = id_channels + (channels if edge_encoder is not None else 0)
@@ -121,7 +128,8 @@ class GraphTokenizer(Module):
 
     def reset_parameters(self) -> None:
         # softplus(0.5413) = 1: identifiers start with unit variance.
-        torch.nn.init.constant_(self.id_scale, 0.5413)
+        if self.id_scale is not None:
+            torch.nn.init.constant_(self.id_scale, 0.5413)
         for module in (self.node_encoder, self.edge_encoder, self.lin_node,
                        self.edge_nn):
             if module is None:
@@ -181,13 +189,17 @@ class GraphTokenizer(Module):
             raise ValueError(f"Expected 'node_encoder' to return shape "
                              f"[{num_nodes}, {self.channels}] "
                              f"(got {list(h.shape)})")
-        if node_id is None:
-            node_id = self.node_ids(batch, h.dtype)
-        elif node_id.shape != (num_nodes, self.id_channels):
-            raise ValueError(f"Expected 'node_id' to have shape [{num_nodes}, "
-                             f"{self.id_channels}] (got {list(node_id.shape)})")
-        node_id = F.softplus(self.id_scale) * node_id.to(h.dtype)
-        node_tok = self.lin_node(torch.cat([h, node_id], dim=-1))  # [N, F]
+        if self.id_channels == 0:
+            node_tok = self.lin_node(h)  # [N, F]
+        else:
+            if node_id is None:
+                node_id = self.node_ids(batch, h.dtype)
+            elif node_id.shape != (num_nodes, self.id_channels):
+                raise ValueError(f"Expected 'node_id' to have shape "
+                                 f"[{num_nodes}, {self.id_channels}] "
+                                 f"(got {list(node_id.shape)})")
+            node_id = F.softplus(self.id_scale) * node_id.to(h.dtype)
+            node_tok = self.lin_node(torch.cat([h, node_id], dim=-1))
         if pe is not None:
             if pe.shape != node_tok.shape:
                 raise ValueError(f"Expected 'pe' to have shape "

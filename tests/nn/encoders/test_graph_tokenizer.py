@@ -19,12 +19,13 @@ def _graph(n: int, seed: int, categorical: bool = False) -> Data:
     return Data(x=x, edge_index=ei, edge_attr=ea)
 
 
-def _tokenizer(edge_tokens=True, categorical=False, **kwargs):
+def _tokenizer(edge_tokens=True, categorical=False, id_channels=8,
+               **kwargs):
     if categorical:
         node, edge = CategoricalEncoder(32, [119, 5]), CategoricalEncoder(32, [5])
     else:
         node, edge = Linear(7, 32), Linear(3, 32)
-    return GraphTokenizer(32, node, edge, id_channels=8,
+    return GraphTokenizer(32, node, edge, id_channels=id_channels,
                           edge_tokens=edge_tokens, **kwargs)
 
 
@@ -152,3 +153,17 @@ def test_ogb_dims_match_ogb():
         OGB_ATOM_FEATURE_DIMS, OGB_BOND_FEATURE_DIMS)
     assert features.get_atom_feature_dims() == OGB_ATOM_FEATURE_DIMS
     assert features.get_bond_feature_dims() == OGB_BOND_FEATURE_DIMS
+
+
+def test_node_tokens_without_identifiers():
+    """id_channels=0: deterministic node tokens, identical in train and eval
+    and equivariant to any node permutation; edge tokens need identifiers."""
+    tok = _tokenizer(edge_tokens=False, id_channels=0)
+    assert tok.id_scale is None
+    data = Batch.from_data_list([_graph(7, 0), _graph(5, 1)])
+    out_train = tok.train()(data.x, data.edge_index, batch=data.batch)
+    out_eval = tok.eval()(data.x, data.edge_index, batch=data.batch)
+    assert torch.equal(out_train.x, out_eval.x)
+    assert torch.allclose(out_eval.x, tok.lin_node(tok.node_encoder(data.x)))
+    with pytest.raises(ValueError, match="'id_channels' > 0"):
+        _tokenizer(edge_tokens=True, id_channels=0)
