@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument('--test-rotation', default='none',
                    choices=['none', 'z', 'so3'])
     p.add_argument('--up-axis', type=int, default=1)
-    p.add_argument('--epochs', type=int, default=10)
+    p.add_argument('--epochs', type=int, default=60)
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--amp', default=None, choices=['bf16', 'fp16'])
