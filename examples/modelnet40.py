@@ -34,7 +34,7 @@ from samsa_geo.metrics import (
     overall_accuracy,
 )
 from samsa_geo.nn.models import SamsaPointClassifier
-from samsa_geo.train import Trainer, make_loader
+from samsa_geo.train import Trainer, make_loader, seed_everything
 from samsa_geo.typing import WITH_MATPLOTLIB
 from samsa_geo.transforms import (
     RandomAnisotropicScale,
@@ -70,6 +70,8 @@ def parse_args(argv=None):
     p.add_argument('--compile', action='store_true')
     p.add_argument('--device', default=None)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--deterministic', action='store_true',
+                   help='bit-reproducible runs (slower)')
     p.add_argument('--out', default='runs/modelnet40')
     p.add_argument('--resume', action='store_true')
     p.add_argument('--eval-checkpoint', default=None,
@@ -165,6 +167,7 @@ def plot_confusion(pred, target, classes, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    seed_everything(args.seed)  # model initialisation too
     train_ds, val_ds, test_ds = datasets(args)
     classes = list(getattr(train_ds, 'classes', None)
                    or range(int(train_ds.y.max()) + 1))
@@ -179,7 +182,8 @@ def main(argv=None):
                       lr=args.lr, warmup_steps=min(2000, steps // 10),
                       amp=args.amp,
                       compile=args.compile, device=args.device,
-                      seed=args.seed, monitor='val_oa', mode='max',
+                      seed=args.seed, deterministic=args.deterministic,
+                      monitor='val_oa', mode='max',
                       resume=args.resume, progress=not args.no_progress)
     train_loader = make_loader(train_ds, args.batch_size, shuffle=True,
                                seed=args.seed, drop_last=True)

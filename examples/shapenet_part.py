@@ -23,7 +23,7 @@ import torch_geometric.transforms as T
 from samsa_geo.datasets import ShapeNetPart, sample_root
 from samsa_geo.metrics import shape_part_iou
 from samsa_geo.nn.models import SamsaPointSegmenter
-from samsa_geo.train import Trainer, make_loader
+from samsa_geo.train import Trainer, make_loader, seed_everything
 from samsa_geo.transforms import (
     RandomAnisotropicScale,
     RandomJitter,
@@ -52,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument('--compile', action='store_true')
     p.add_argument('--device', default=None)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--deterministic', action='store_true',
+                   help='bit-reproducible runs (slower)')
     p.add_argument('--out', default='runs/shapenet_part')
     p.add_argument('--resume', action='store_true')
     p.add_argument('--no-progress', action='store_true')
@@ -93,6 +95,7 @@ def rotation(kind, up_axis):
 
 def main(argv=None):
     args = parse_args(argv)
+    seed_everything(args.seed)  # model initialisation too
     root = args.root or sample_root('shapenet_part')
     train_tf = [T.NormalizeScale(), rotation(args.train_rotation, args.up_axis),
                 RandomAnisotropicScale(), RandomJitter()]
@@ -114,7 +117,8 @@ def main(argv=None):
     trainer = Trainer(model, task, out_dir=args.out, epochs=args.epochs,
                       lr=args.lr, warmup_steps=min(2000, steps // 10),
                       amp=args.amp, compile=args.compile, device=args.device,
-                      seed=args.seed, monitor='val_instance_miou', mode='max',
+                      seed=args.seed, deterministic=args.deterministic,
+                      monitor='val_instance_miou', mode='max',
                       resume=args.resume, progress=not args.no_progress)
     best = trainer.fit(
         make_loader(train_ds, args.batch_size, shuffle=True, seed=args.seed,
