@@ -105,8 +105,6 @@ class SamsaPointModel(Module):
                               dropout=dropout, act='gelu', norm=norm,
                               norm_kwargs=norm_kwargs,
                               attn_kwargs=attn_kwargs)
-            if conv is None:  # SamsaConv builds it anyway; it would be unused
-                layer.norm1 = None
             self.convs.append(layer)
 
     def reset_parameters(self) -> None:
