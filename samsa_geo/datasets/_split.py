@@ -1,3 +1,5 @@
+from typing import List, Optional
+
 import torch
 from torch import Tensor
 
@@ -18,3 +20,17 @@ def holdout_indices(y: Tensor, ratio: float, seed: int = 0) -> Tensor:
     if not out:
         return torch.empty(0, dtype=torch.long)
     return torch.cat(out).sort().values
+
+
+def split_indices(y: Tensor, split: str, ratio: float) -> Optional[List[int]]:
+    r"""Indices of :obj:`split` (:obj:`'train'` or :obj:`'val'`) when
+    :obj:`ratio` of the official train split is held out for validation;
+    :obj:`None` (all samples) for :obj:`'test'` or without a hold-out."""
+    if split == 'test' or ratio <= 0:
+        return None
+    val = holdout_indices(y, ratio)
+    if split == 'val':
+        return val.tolist()
+    keep = torch.ones(y.numel(), dtype=torch.bool)
+    keep[val] = False
+    return keep.nonzero().view(-1).tolist()

@@ -7,7 +7,7 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 
 from samsa_geo.datasets._download import fetch_archive
-from samsa_geo.datasets._split import holdout_indices
+from samsa_geo.datasets._split import split_indices
 from samsa_geo.ops import fps
 
 
@@ -105,14 +105,8 @@ class ModelNet40NormalResampled(InMemoryDataset):
         with open(osp.join(self.raw_dir, self.raw_file_names[0])) as f:
             self.classes: List[str] = [line.strip() for line in f
                                        if line.strip()]
-        if split != 'test' and val_ratio > 0:
-            val = holdout_indices(self._data.y.view(-1), val_ratio)
-            if split == 'val':
-                self._indices = val.tolist()
-            else:
-                keep = torch.ones(self._data.y.numel(), dtype=torch.bool)
-                keep[val] = False
-                self._indices = keep.nonzero().view(-1).tolist()
+        self._indices = split_indices(self._data.y.view(-1), split,
+                                      val_ratio)
 
     @property
     def raw_dir(self) -> str:
