@@ -34,3 +34,17 @@ def split_indices(y: Tensor, split: str, ratio: float) -> Optional[List[int]]:
     keep = torch.ones(y.numel(), dtype=torch.bool)
     keep[val] = False
     return keep.nonzero().view(-1).tolist()
+
+
+def check_split_args(split: str, num_points: int, val_ratio: float) -> None:
+    r"""Validates the split arguments shared by the ModelNet loaders."""
+    if split not in ('train', 'val', 'test'):
+        raise ValueError(f"Expected 'split' to be 'train', 'val' or "
+                         f"'test' (got '{split}')")
+    if num_points < 1:
+        raise ValueError(f"Expected 'num_points' >= 1 (got {num_points})")
+    if not 0 <= val_ratio < 1:
+        raise ValueError(f"Expected 'val_ratio' in [0, 1) (got {val_ratio})")
+    if split == 'val' and val_ratio == 0:
+        raise ValueError("Expected 'val_ratio' > 0 for split='val' "
+                         "(ModelNet has no official validation split)")

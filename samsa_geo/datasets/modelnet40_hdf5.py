@@ -5,7 +5,7 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 
 from samsa_geo.datasets._download import fetch_archive
-from samsa_geo.datasets._split import split_indices
+from samsa_geo.datasets._split import check_split_args, split_indices
 
 
 class ModelNet40HDF5(InMemoryDataset):
@@ -60,17 +60,7 @@ class ModelNet40HDF5(InMemoryDataset):
         pre_filter: Optional[Callable] = None,
         force_reload: bool = False,
     ) -> None:
-        if split not in ('train', 'val', 'test'):
-            raise ValueError(f"Expected 'split' to be 'train', 'val' or "
-                             f"'test' (got '{split}')")
-        if num_points < 1:
-            raise ValueError(f"Expected 'num_points' >= 1 (got {num_points})")
-        if not 0 <= val_ratio < 1:
-            raise ValueError(f"Expected 'val_ratio' in [0, 1) "
-                             f"(got {val_ratio})")
-        if split == 'val' and val_ratio == 0:
-            raise ValueError("Expected 'val_ratio' > 0 for split='val' "
-                             "(ModelNet has no official validation split)")
+        check_split_args(split, num_points, val_ratio)
         self.split = split
         self.num_points = num_points
         self.val_ratio = val_ratio

@@ -7,7 +7,7 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 
 from samsa_geo.datasets._download import fetch_archive
-from samsa_geo.datasets._split import split_indices
+from samsa_geo.datasets._split import check_split_args, split_indices
 from samsa_geo.ops import fps
 
 
@@ -75,23 +75,13 @@ class ModelNet40NormalResampled(InMemoryDataset):
         pre_filter: Optional[Callable] = None,
         force_reload: bool = False,
     ) -> None:
-        if split not in ('train', 'val', 'test'):
-            raise ValueError(f"Expected 'split' to be 'train', 'val' or "
-                             f"'test' (got '{split}')")
+        check_split_args(split, num_points, val_ratio)
         if name not in ('10', '40'):
             raise ValueError(f"Expected 'name' to be '10' or '40' "
                              f"(got '{name}')")
-        if num_points < 1:
-            raise ValueError(f"Expected 'num_points' >= 1 (got {num_points})")
         if sampling not in ('first', 'fps'):
             raise ValueError(f"Expected 'sampling' to be 'first' or 'fps' "
                              f"(got '{sampling}')")
-        if not 0 <= val_ratio < 1:
-            raise ValueError(f"Expected 'val_ratio' in [0, 1) "
-                             f"(got {val_ratio})")
-        if split == 'val' and val_ratio == 0:
-            raise ValueError("Expected 'val_ratio' > 0 for split='val' "
-                             "(ModelNet has no official validation split)")
         self.split = split
         self.name = name
         self.num_points = num_points

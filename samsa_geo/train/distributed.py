@@ -137,22 +137,22 @@ def all_gather_outputs(outputs: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return gathered
 
 
-def all_reduce_max(values: List[float]) -> List[float]:
-    r"""Element-wise maximum of small float lists over all ranks."""
+def _all_reduce(values: List[float], op: Any) -> List[float]:
     if not is_distributed():
         return values
     t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_reduce_max(values: List[float]) -> List[float]:
+    r"""Element-wise maximum of small float lists over all ranks."""
+    return _all_reduce(values, dist.ReduceOp.MAX)
 
 
 def all_reduce_sum(values: List[float]) -> List[float]:
     r"""Element-wise sum of small float lists over all ranks."""
-    if not is_distributed():
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return _all_reduce(values, dist.ReduceOp.SUM)
 
 
 def barrier() -> None:

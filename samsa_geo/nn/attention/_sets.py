@@ -49,6 +49,17 @@ def resolve_k(k: Union[int, float], size: Tensor, num_registers: int,
     return torch.minimum(kb, num_cand)
 
 
+def k_of_size(n: int, k: Union[int, float], num_registers: int,
+              full: bool) -> int:
+    r""":math:`k_b` of a set of ``n`` tokens as a Python int (the
+    :func:`resolve_k` rule without touching the device)."""
+    if full:
+        return n + num_registers
+    if isinstance(k, float):
+        return min(max(1, math.ceil(n * k)), n + num_registers)
+    return min(k, n + num_registers)
+
+
 def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
              num_registers: int, full: bool, device: torch.device,
              num_sets: Optional[int] = None,
@@ -64,12 +75,7 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
         n = num_tokens
         size = torch.tensor([n], device=device)
         kb = resolve_k(k, size, R, full)
-        if full:
-            k_max = n + R
-        elif isinstance(k, float):
-            k_max = min(max(1, math.ceil(n * k)), n + R)
-        else:
-            k_max = min(k, n + R)
+        k_max = k_of_size(n, k, R, full)
         m_max = min(k_max, n + R - k_max)
         return SetInfo(1, n, torch.tensor([0, n], device=device), size, kb,
                        k_max, torch.tensor([m_max], device=device), m_max,
@@ -91,12 +97,7 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
         max_size, k_max, m_max, k_min, m_min = (int(v) for v in stats)
         all_valid = k_min == k_max and m_min == m_max
     else:
-        if full:
-            k_max = max_size + R
-        elif isinstance(k, float):
-            k_max = min(max(1, math.ceil(max_size * k)), max_size + R)
-        else:
-            k_max = min(k, max_size + R)
+        k_max = k_of_size(max_size, k, R, full)
         m_max = min(k_max, max_size + R - k_max)
         # Sizes sum to N and none exceeds max_size: equal iff B * max == N.
         all_valid = num_sets * max_size == num_tokens
