@@ -7,7 +7,6 @@ ms, peak_mb, device, torch) in ``benchmarks/results/attention_<dev>.json``.
     python benchmarks/attention.py --device cuda --dtype bf16 --compile
 """
 import argparse
-import math
 import os
 import sys
 
@@ -135,9 +134,6 @@ def run_case(op, B, n, args, device, dtype, compiled: bool):
                 torch.cuda.empty_cache()
         records.append(rec)
         print_table([rec], ['op', 'batch', 'n', 'pass', 'ms', 'peak_mb'])
-    del model, fn_model
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
     return records
 
 
@@ -187,6 +183,8 @@ def main():
             records += run_case(op, B, n, args, device, dtype, False)
             if args.compile and op in ('samsa_attention', 'sdpa'):
                 records += run_case(op, B, n, args, device, dtype, True)
+            if device.type == 'cuda':  # the case's model is gone now
+                torch.cuda.empty_cache()
     tag = 'cuda' if device.type == 'cuda' else 'cpu'
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
                                    f'attention_{tag}.json')

@@ -171,7 +171,7 @@ def mean_std(values):
 
 
 summary = {'args': vars(args), 'models': {}}
-print(f"\n| model | params | val RMSE | test RMSE | test MAE | s/run |")
+print("\n| model | params | val RMSE | test RMSE | test MAE | s/run |")
 print('| --- | --- | --- | --- | --- | --- |')
 for name, runs in results.items():
     row = {key: mean_std([r[key] for r in runs])

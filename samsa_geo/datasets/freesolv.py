@@ -1,4 +1,3 @@
-import os.path as osp
 from typing import Callable, List, Optional
 
 import torch

@@ -1,6 +1,5 @@
 from typing import Dict, Iterable, Sequence, Tuple
 
-import torch
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform

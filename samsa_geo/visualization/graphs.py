@@ -193,7 +193,7 @@ def plot_sampled_graph(
 
     dpi = 100
     fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-    canvas = FigureCanvasAgg(fig)
+    FigureCanvasAgg(fig)  # attaches the Agg canvas to the figure
     norm = Normalize(vmin=0, vmax=max(int(counts.max(initial=0)), 1))
     colors = colormaps[cmap](norm(counts))
     colors[counts == 0, :3] = GREY

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 from torch import Tensor
 
 ArrayLike = Union[Tensor, np.ndarray]

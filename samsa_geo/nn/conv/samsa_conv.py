@@ -1,7 +1,6 @@
 import inspect
 from typing import Any, Dict, Optional, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, Linear, Module, Sequential
