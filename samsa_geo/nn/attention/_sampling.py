@@ -68,9 +68,10 @@ def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
     matrix ``[B, H, n_max + R]`` (scores only, never token features)."""
     B, R, H = info.num_sets, num_registers, cand.size(1)
     C = info.max_size + R
-    if batch is None:
+    if batch is None:  # one set: local positions are the global ids
         dense = cand.t().unsqueeze(0)  # [1, H, N + R]
-    elif B * info.max_size == num_tokens:  # equal sizes: a reshape
+        return dense.topk(K2, dim=-1, sorted=True).indices  # [1, H, K2]
+    if B * info.max_size == num_tokens:  # equal sizes: a reshape
         dense = cand[:num_tokens].view(B, info.max_size, H)
         if R > 0:
             dense = torch.cat([dense, cand[num_tokens:].view(B, R, H)], 1)

@@ -72,14 +72,14 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
     """
     R = num_registers
     if batch is None:
+        # Python ints throughout; the tensors are device fills, no copies.
         n = num_tokens
-        size = torch.tensor([n], device=device)
-        kb = resolve_k(k, size, R, full)
         k_max = k_of_size(n, k, R, full)
         m_max = min(k_max, n + R - k_max)
-        return SetInfo(1, n, torch.tensor([0, n], device=device), size, kb,
-                       k_max, torch.tensor([m_max], device=device), m_max,
-                       all_valid=True)
+        one = torch.ones(1, dtype=torch.long, device=device)
+        ptr = torch.arange(2, device=device) * n  # [0, n]
+        return SetInfo(1, n, ptr, one * n, one * k_max, k_max, one * m_max,
+                       m_max, all_valid=True)
 
     if num_sets is None:
         num_sets = int(batch[-1]) + 1 if batch.numel() > 0 else 1

@@ -305,8 +305,11 @@ class SamsaAttention(Module):
             score = self.scorer(x).float()  # [N, H]
             reg_score = None if R == 0 else self.reg_score.float()
         perturb = not full and (self.training or self.stochastic_eval)
+        # Rank by sorting only where a padded score matrix would be large;
+        # one set (batch=None) always uses top-k.
         sel = select(score, reg_score, batch, info, R, perturb,
-                     with_bottom=relaxing, packed=packed)
+                     with_bottom=relaxing, packed=batch is not None
+                     and self._padding_costly(info, N))
 
         u = kv[sel.top, head]  # [B, H, k, 2D]
         if relaxing and info.m_max > 0:
@@ -343,14 +346,17 @@ class SamsaAttention(Module):
             return out
         return out, self._indices(sel.top, sel.top_valid, N)
 
-    def _packed(self, info, N: int) -> bool:
+    def _padding_costly(self, info, N: int) -> bool:
         if self.padded is not None:
             return not self.padded
-        # Pad only when it costs at most a quarter more queries, and cut
-        # large sets into tiles: the attention backward parallelises over
-        # key blocks, of which k keys give only a few.
-        return (info.num_sets * info.max_size > 1.25 * N + self.tile_size
-                or info.max_size > 8 * self.tile_size)
+        # Pad only when it costs at most a quarter more queries.
+        return info.num_sets * info.max_size > 1.25 * N + self.tile_size
+
+    def _packed(self, info, N: int) -> bool:
+        # Also cut large sets into query tiles: the attention backward
+        # parallelises over key blocks, of which k keys give only a few.
+        return self._padding_costly(info, N) or (
+            self.padded is None and info.max_size > 8 * self.tile_size)
 
     def _tile_size(self, info) -> int:
         # Beyond 128 tiles per set, larger tiles: fewer key copies.
