@@ -175,9 +175,14 @@ def _distances(y: Tensor, x: Tensor, cosine: bool) -> Tensor:
     if y.size(0) > 8:
         return torch.cdist(y.movedim(0, -1), x.movedim(0, -1),
                            compute_mode='donot_use_mm_for_euclid_dist')
-    dist = (y[0].unsqueeze(-1) - x[0].unsqueeze(-2)).square_()
-    for f in range(1, y.size(0)):
-        dist.add_((y[f].unsqueeze(-1) - x[f].unsqueeze(-2)).square_())
+    # Explicit outputs: fresh broadcast results are slower to write on CPU.
+    dist = y.new_empty(y.shape[1:] + x.shape[-1:])  # [..., Q, S]
+    torch.sub(y[0].unsqueeze(-1), x[0].unsqueeze(-2), out=dist).square_()
+    if y.size(0) > 1:
+        diff = torch.empty_like(dist)
+        for f in range(1, y.size(0)):
+            torch.sub(y[f].unsqueeze(-1), x[f].unsqueeze(-2), out=diff)
+            dist.add_(diff.square_())
     return dist
 
 
@@ -264,7 +269,7 @@ def _knn_padded(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, ptr_y: Tensor,
     for b0, b1, q0, q1, s in example_blocks(size_x, size_y, chunk_size):
         dist = _distances(yp[:, b0:b1, q0:q1], xp[:, b0:b1, :s], cosine)
         if masked and min(size_x[b0:b1]) < s:
-            dist = dist.masked_fill(missing[b0:b1, :, :s], float('inf'))
+            dist.masked_fill_(missing[b0:b1, :, :s], float('inf'))
         kk = min(k, s)
         nbr[b0:b1, q0:q1, :kk] = dist.topk(kk, dim=-1, largest=False,
                                            sorted=True)[1]  # [G, Q, kk]

@@ -15,6 +15,10 @@ def _batch(sizes):
                                    torch.tensor(sizes))
 
 
+def _ptr(sizes):
+    return torch.tensor([0] + sizes).cumsum(0)
+
+
 def _reference(x, y, k, batch_x, batch_y, cosine=False):
     # Brute force in float64: for each query, all same-example candidates
     # sorted by distance.
@@ -161,10 +165,6 @@ def test_knn_distance_blocks_are_bounded(monkeypatch, chunk_size, padded):
                for q, block in zip(rows, blocks))
     assert all(block[-1] <= max(sizes) or q * block[-1] <= chunk_size
                for q, block in zip(rows, blocks))
-
-
-def _ptr(sizes):
-    return torch.tensor([0] + sizes).cumsum(0)
 
 
 CASES = {
