@@ -1,8 +1,9 @@
 """Timings of the geometry ops: pure-PyTorch fallback vs torch-cluster.
 
 Cases: farthest point sampling of 1,024 of 10,000 points (one cloud and a
-batch of 8 clouds) and k-nearest neighbours (k=16) of every point of a cloud
-of 100,000 points. Writes JSON records ``{op, impl, n, k, batch,
+batch of 8 clouds), k-nearest neighbours (k=16) of every point of a cloud
+of 100,000 points, and the kNN graph (k=16) of batches of 8 and 128 clouds
+of 1,024 points. Writes JSON records ``{op, impl, n, k, batch,
 queries, device, torch, ms}`` (median milliseconds) to
 ``benchmarks/results/ops_<device>.json``.
 
@@ -17,7 +18,7 @@ import time
 import torch
 
 import samsa_geo.typing
-from samsa_geo.ops import fps, knn
+from samsa_geo.ops import fps, knn, knn_graph
 
 
 def timed(fn, device, repeats, slow_s=2.0):
@@ -95,6 +96,14 @@ def main():
         for impl in impls:
             record('knn', impl, n, k, 1,
                    lambda: knn(pos, y, k, backend=impl), queries=m)
+
+    # Batches of equal-size clouds, the layout of the point-cloud models.
+    for clouds in (8, 128):
+        pos = torch.rand(clouds * 1024, 3, generator=gen).to(device)
+        batch = torch.arange(clouds, device=device).repeat_interleave(1024)
+        for impl in impls:
+            record('knn_graph', impl, 1024, k, clouds,
+                   lambda: knn_graph(pos, k, batch, backend=impl))
 
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, 'w') as f:

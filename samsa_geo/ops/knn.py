@@ -42,10 +42,12 @@ def knn(
     :obj:`cosine`) and :math:`b^x, b^y` are the batch vectors. Examples with
     fewer than :obj:`k` points yield all of them.
 
-    The pure-PyTorch path processes queries in chunks whose distance block
-    holds at most :obj:`chunk_size` entries, and each chunk only looks at the
-    points of the examples it touches, so memory stays bounded for any
-    :math:`N`.
+    The pure-PyTorch path pads examples of similar size to a common length
+    and ranks groups of whole examples (or query-row chunks of one large
+    example) with one top-k call per distance block; very uneven batches
+    are processed in query chunks that only look at the points of the
+    examples they touch. Every block holds at most :obj:`chunk_size` entries
+    (or one query row), so memory stays bounded for any :math:`N`.
 
     Args:
         x (torch.Tensor): Candidate points.
@@ -63,7 +65,7 @@ def knn(
             (default: :obj:`None`)
         chunk_size (int, optional): Upper bound on the entries of one
             query-by-candidate distance block of the pure-PyTorch path.
-            (default: :obj:`2**22`)
+            (default: :obj:`2**22` on CPU, :obj:`2**26` on CUDA)
         backend (str, optional): :obj:`"auto"`, :obj:`"compiled"` or
             :obj:`"torch"`. (default: :obj:`"auto"`)
 

@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 
 import samsa_geo.typing
-from samsa_geo.ops import knn, knn_graph
+from samsa_geo.ops import _fallback, knn, knn_graph
 
 needs_cluster = pytest.mark.skipif(not samsa_geo.typing.WITH_TORCH_CLUSTER,
                                    reason='torch_cluster is not installed')
@@ -11,6 +13,10 @@ needs_cluster = pytest.mark.skipif(not samsa_geo.typing.WITH_TORCH_CLUSTER,
 def _batch(sizes):
     return torch.repeat_interleave(torch.arange(len(sizes)),
                                    torch.tensor(sizes))
+
+
+def _ptr(sizes):
+    return torch.tensor([0] + sizes).cumsum(0)
 
 
 def _reference(x, y, k, batch_x, batch_y, cosine=False):
@@ -132,23 +138,119 @@ def test_knn_compiled_equals_fallback(k):
     assert torch.equal(out, knn_graph(x, k, batch_x, backend='torch'))
 
 
+@pytest.mark.parametrize('padded', [True, False])
 @pytest.mark.parametrize('chunk_size', [256, 4096])
-def test_knn_distance_blocks_are_bounded(monkeypatch, chunk_size):
+def test_knn_distance_blocks_are_bounded(monkeypatch, chunk_size, padded):
     # Never an N x N matrix: every distance block respects chunk_size
     # (a single query row may exceed it when one example is larger).
     sizes = [300, 20, 180]
     x, batch = torch.randn(sum(sizes), 3), _batch(sizes)
     blocks = []
-    cdist = torch.cdist
+    distances = _fallback._distances
 
-    def recording_cdist(a, b, *args, **kwargs):
-        blocks.append((a.size(0), b.size(0)))
-        return cdist(a, b, *args, **kwargs)
+    def recording_distances(y, x, cosine):
+        out = distances(y, x, cosine)
+        blocks.append(tuple(out.size()))
+        return out
 
-    monkeypatch.setattr(torch, 'cdist', recording_cdist)
-    out = knn(x, x, 8, batch, batch, backend='torch', chunk_size=chunk_size)
+    monkeypatch.setattr(_fallback, '_distances', recording_distances)
+    out = _fallback.knn(x, x, 8, _ptr(sizes), batch, chunk_size=chunk_size,
+                        padded=padded)
     monkeypatch.undo()
     assert torch.equal(out, _reference(x, x, 8, batch, batch))
     assert len(blocks) > 1
-    assert all(q * s <= chunk_size or q == 1 for q, s in blocks)
-    assert all(s <= max(sizes) or q * s <= chunk_size for q, s in blocks)
+    assert all(len(block) == (3 if padded else 2) for block in blocks)
+    rows = [math.prod(block[:-1]) for block in blocks]
+    assert all(q * block[-1] <= chunk_size or q == 1
+               for q, block in zip(rows, blocks))
+    assert all(block[-1] <= max(sizes) or q * block[-1] <= chunk_size
+               for q, block in zip(rows, blocks))
+
+
+CASES = {
+    'equal': ([64] * 6, [64] * 6),
+    'uneven': ([40, 1, 65, 13], [40, 1, 65, 13]),
+    'single': ([200], [200]),
+    'small_examples': ([12, 3, 0, 25, 7], [5, 4, 6, 0, 9]),
+    'x_differs_from_y': ([30, 50, 20], [5, 0, 12]),
+    'empty_in_middle': ([10, 0, 15, 0, 8], [4, 6, 0, 0, 3]),
+}
+
+
+@pytest.mark.parametrize('case', list(CASES))
+@pytest.mark.parametrize('chunk_size', [1, 50, 700, 2**30])
+@pytest.mark.parametrize('cosine', [False, True])
+def test_knn_padded_equals_span_and_brute_force(case, chunk_size, cosine):
+    sizes_x, sizes_y = CASES[case]
+    k = 9
+    x = torch.randn(sum(sizes_x), 3)
+    batch_x, batch_y = _batch(sizes_x), _batch(sizes_y)
+    if case == 'x_differs_from_y':  # y is a subset of x
+        y = x[torch.cat([torch.arange(0, 5), torch.arange(80, 92)])]
+    else:
+        y = torch.randn(sum(sizes_y), 3)
+    expected = _reference(x, y, k, batch_x, batch_y, cosine)
+    for padded in [True, False]:
+        out = _fallback.knn(x, y, k, _ptr(sizes_x), batch_y, cosine,
+                            chunk_size=chunk_size, padded=padded)
+        assert torch.equal(out, expected)
+    if case == 'x_differs_from_y' and not cosine:
+        # Each query point of y finds itself first.
+        first = expected[1].view(-1, k)[:, 0]
+        assert torch.equal(x[first], y)
+
+
+@needs_cluster
+@pytest.mark.parametrize('case', list(CASES))
+@pytest.mark.parametrize('k', [1, 16])
+def test_knn_padded_and_span_equal_compiled(case, k):
+    sizes_x, sizes_y = CASES[case]
+    x, y = torch.rand(sum(sizes_x), 3), torch.rand(sum(sizes_y), 3)
+    batch_x, batch_y = _batch(sizes_x), _batch(sizes_y)
+    expected = knn(x, y, k, batch_x, batch_y, batch_size=len(sizes_x),
+                   backend='compiled')
+    for padded in [True, False]:
+        for chunk_size in [37, None]:
+            out = _fallback.knn(x, y, k, _ptr(sizes_x), batch_y,
+                                chunk_size=chunk_size, padded=padded)
+            assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize('num_features', [1, 8, 9])
+def test_knn_padded_many_features(num_features):
+    # Up to 8 features are summed plane by plane, more go through cdist;
+    # padded candidates must never be picked either way.
+    sizes = [20, 3, 31]
+    x, batch = torch.randn(sum(sizes), num_features), _batch(sizes)
+    out = _fallback.knn(x, x, 5, _ptr(sizes), batch, chunk_size=600,
+                        padded=True)
+    assert torch.equal(out, _reference(x, x, 5, batch, batch))
+
+
+def test_use_padding():
+    assert _fallback.use_padding([100_000], [7])
+    assert _fallback.use_padding([1024] * 128, [1024] * 128)
+    assert _fallback.use_padding([900, 1100, 1024], [0, 5, 3])
+    many = [10] * 5000
+    assert not _fallback.use_padding([100_000] + many, [1] * 5001)
+    assert not _fallback.use_padding([1] * 5001, [100_000] + many)
+
+
+@pytest.mark.parametrize('sizes_x, sizes_y', [
+    ([7] * 10, [5] * 10), ([40, 1, 65, 0, 13], [3, 9, 0, 4, 30]),
+    ([500], [300]), ([0, 0, 4], [2, 3, 4]),
+])
+@pytest.mark.parametrize('chunk_size', [1, 30, 400, 10**6])
+def test_example_blocks_cover_every_query_once(sizes_x, sizes_y, chunk_size):
+    # Every query with candidates lies in exactly one block.
+    seen = []
+    for b0, b1, q0, q1, s in _fallback.example_blocks(sizes_x, sizes_y,
+                                                      chunk_size):
+        assert s == max(sizes_x[b0:b1]) and q1 <= max(sizes_y[b0:b1])
+        assert (b1 - b0) * (q1 - q0) * s <= chunk_size or (
+            b1 - b0 == 1 and (q1 - q0 == 1 or q1 - q0 == chunk_size // s))
+        seen += [(b, q) for b in range(b0, b1) for q in range(q0, q1)
+                 if q < sizes_y[b] and sizes_x[b] > 0]
+    expected = [(b, q) for b in range(len(sizes_x)) if sizes_x[b] > 0
+                for q in range(sizes_y[b])]
+    assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
