@@ -7,6 +7,13 @@ outside it for the single layers.
 
     python benchmarks/points.py --device cpu
     python benchmarks/points.py --device cuda --dtype bf16
+    python benchmarks/points.py --device cuda --dtype bf16 --weights bf16
+
+``--weights bf16`` casts every model's parameters (and the point
+features) to bfloat16 instead of running float32 weights under autocast;
+positions stay float32. The SamsaConv layer is configured as inside
+:class:`SamsaPointClassifier` (per-point LayerNorm, GELU); on CUDA its
+relative bias runs as one fused FlexAttention kernel.
 """
 import argparse
 import os
@@ -90,6 +97,10 @@ def main():
     p.add_argument('--clouds', type=int, default=None)
     p.add_argument('--points', type=int, default=1024)
     p.add_argument('--repeat', type=int, default=10)
+    p.add_argument('--weights', default='fp32', choices=['fp32', 'bf16'],
+                   help='parameter dtype (fp32: autocast to --dtype)')
+    p.add_argument('--only', default=None,
+                   help='comma-separated subset of the op names')
     p.add_argument('--out', default=None)
     args = p.parse_args()
     device = torch.device(args.device)
@@ -101,8 +112,11 @@ def main():
     torch.manual_seed(0)
     pos = torch.randn(B * n, 3, device=device)
     batch = torch.arange(B, device=device).repeat_interleave(n)
+    wdtype = DTYPES[args.weights]
     autocast = torch.autocast(device.type, dtype=DTYPES[args.dtype],
-                              enabled=args.dtype != 'fp32')
+                              enabled=args.dtype != 'fp32'
+                              and args.weights == 'fp32')
+    only = None if args.only is None else set(args.only.split(','))
 
     presets = {'small': dict(channels=64, num_layers=2, heads=4, k=64),
                'paper': dict(channels=256, num_layers=6, heads=8, k=512)}
@@ -120,9 +134,12 @@ def main():
     records = []
 
     def record(op, fn, params=None):
+        if only is not None and op not in only:
+            return
         rec = dict(op=op, n=n, batch=B, dtype=args.dtype,
-                   device=device_name(device), torch=torch.__version__,
-                   params=params, **{'pass': 'fwd'})
+                   weights=args.weights, device=device_name(device),
+                   torch=torch.__version__, params=params,
+                   **{'pass': 'fwd'})
         try:
             rec.update(measure(fn, device, warmup=2, repeat=args.repeat))
             rec['clouds_per_s'] = B / rec['ms'] * 1e3
@@ -137,33 +154,45 @@ def main():
                             'points_per_s', 'ms_per_cloud'])
 
     for name, model in models.items():
-        model = model.to(device).eval()
+        if only is not None and name not in only:
+            continue
+        model = model.to(device, wdtype).eval()
         params = sum(p.numel() for p in model.parameters())
+        # The peers take positions as features: in the weights' dtype.
+        p_in = pos if name.startswith('samsa') else pos.to(wdtype)
 
-        def fn(model=model):
+        def fn(model=model, p_in=p_in):
             with torch.no_grad(), autocast:
-                model(pos, batch)
+                model(p_in, batch)
         record(name, fn, params)
         models[name] = model.cpu()
 
-    # One layer each, C=256, graph built outside the timing.
+    # One layer each, C=256, graph built outside the timing; SamsaConv as
+    # the classifier configures it.
     C = 256
-    x = torch.randn(B * n, C, device=device)
+    x = torch.randn(B * n, C, device=device, dtype=wdtype)
     edge_index = knn_graph(pos, 16, batch)
+
+    def samsa_layer(**attn_kwargs):
+        return SamsaConv(C, heads=8, k=256, act='gelu', norm='layer_norm',
+                         norm_kwargs={'mode': 'node'},
+                         attn_kwargs=attn_kwargs)
     layers = {
-        'samsa_conv_layer': (SamsaConv(C, heads=8, k=256, norm='layer_norm'),
+        'samsa_conv_layer': (samsa_layer(),
                              lambda m: m(x, None, batch, num_graphs=B,
                                          max_num_nodes=n)),
         'samsa_conv_layer_relbias': (
-            SamsaConv(C, heads=8, k=256, norm='layer_norm',
-                      attn_kwargs=dict(relative_bias=True)),
+            samsa_layer(relative_bias=True),
             lambda m: m(x, None, batch, pos=pos, num_graphs=B,
                         max_num_nodes=n)),
-        'point_transformer_conv_layer': (PointTransformerConv(C, C),
-                                         lambda m: m(x, pos, edge_index)),
+        'point_transformer_conv_layer': (
+            PointTransformerConv(C, C),
+            lambda m: m(x, pos.to(wdtype), edge_index)),
     }
     for name, (layer, call) in layers.items():
-        layer = layer.to(device).eval()
+        if only is not None and name not in only:
+            continue
+        layer = layer.to(device, wdtype).eval()
 
         def fn(layer=layer, call=call):
             with torch.no_grad(), autocast:
@@ -171,6 +200,8 @@ def main():
         record(name, fn, sum(p.numel() for p in layer.parameters()))
 
     tag = 'cuda' if cuda else 'cpu'
+    if args.weights != 'fp32':
+        tag += f'_{args.weights}_weights'
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
                                    f'points_{tag}.json')
     write_records(records, out)

@@ -9,13 +9,18 @@ queries per set, so batches with very uneven set sizes never pay for
 """
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from samsa_geo.nn.attention._sets import SetInfo
+
+try:
+    from torch.nn.attention.flex_attention import flex_attention
+except ImportError:  # pragma: no cover - older PyTorch
+    flex_attention = None
 
 _SQRT_PI_INV = 1.0 / math.sqrt(math.pi)
 _MAXOUT_STD = math.sqrt(1.0 - 1.0 / math.pi)
@@ -171,3 +176,122 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor,
         mask = key_valid.view(key_valid.size(0), 1, 1, -1)  # [nt, 1, 1, k]
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0)
+
+
+@dataclass
+class PairGeometry:
+    r"""Positions (and normals) of the queries and the sampled keys, per
+    tile, from which the relative bias features of every pair are computed.
+
+    Attributes:
+        pos_q (Tensor): ``[nt, T, P]`` query positions.
+        pos_k (Tensor): ``[nt, H, k, P]`` sampled key positions.
+        normal_q (Tensor, optional): ``[nt, T, P]``.
+        normal_k (Tensor, optional): ``[nt, H, k, P]``.
+    """
+    pos_q: Tensor
+    pos_k: Tensor
+    normal_q: Optional[Tensor] = None
+    normal_k: Optional[Tensor] = None
+
+
+
+def flex_supported(device: torch.device) -> bool:
+    """Whether the fused :func:`flex_attention` kernel serves ``device``
+    (CUDA: Triton kernels, forward and backward)."""
+    return flex_attention is not None and device.type == 'cuda'
+
+
+def biased_flex_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor],
+    geo: PairGeometry, weights: Tuple[Tensor, Tensor, Tensor, Tensor],
+    compiled: bool = True,
+) -> Tensor:
+    r"""Dot-product softmax attention with the relative bias of
+    :class:`~samsa_geo.nn.attention.RelativeBias` fused into one
+    :func:`~torch.nn.attention.flex_attention.flex_attention` kernel:
+
+    .. math::
+        s'_{ij} = s_{ij} \cdot \mathrm{softplus}(a_h + \mathbf{A}_h
+        \mathbf{r}_{ij}) + b_h + \mathbf{B}_h \mathbf{r}_{ij}, \qquad
+        \mathbf{r}_{ij} = \big(\Vert \mathbf{p}_i - \mathbf{p}_j
+        \Vert^2, \mathbf{n}_i^\top \mathbf{n}_j\big).
+
+    The pair features are computed inside the kernel from the positions, so
+    no :math:`T \times k` tensor is written to memory, in the forward or
+    the backward pass. Gradients reach ``q``, ``k``, ``v`` and the bias
+    weights (not the positions, which are geometry).
+
+    Args:
+        q (Tensor): ``[nt, H, T, D]``; k, v: ``[nt, H, k, D]``.
+        key_valid (Tensor, optional): ``[nt, k]``.
+        geo (PairGeometry): positions and normals per tile.
+        weights (tuple): :math:`(\mathbf{A}, a, \mathbf{B}, b)` of shapes
+            ``[H, 2]``, ``[H]``, ``[H, 2]``, ``[H]``.
+        compiled (bool): use the compiled (fused) kernel; :obj:`False` runs
+            PyTorch's unfused reference, for tests on CPU.
+    """
+    if flex_attention is None:  # pragma: no cover - older PyTorch
+        raise RuntimeError('flex_attention needs PyTorch >= 2.5')
+    A, a, Bw, b = weights
+    pos_q, pos_k = geo.pos_q.float(), geo.pos_k.float()
+    n_q = None if geo.normal_q is None else geo.normal_q.float()
+    n_k = None if geo.normal_k is None else geo.normal_k.float()
+    P = pos_q.size(-1)
+
+    def score_mod(score, t, h, i, j):
+        diff = pos_q[t, i, 0] - pos_k[t, h, j, 0]
+        dist = diff * diff
+        for f in range(1, P):
+            diff = pos_q[t, i, f] - pos_k[t, h, j, f]
+            dist = dist + diff * diff
+        scale = a[h] + A[h, 0] * dist
+        bias = b[h] + Bw[h, 0] * dist
+        if n_q is not None:
+            ndot = n_q[t, i, 0] * n_k[t, h, j, 0]
+            for f in range(1, P):
+                ndot = ndot + n_q[t, i, f] * n_k[t, h, j, f]
+            scale = scale + A[h, 1] * ndot
+            bias = bias + Bw[h, 1] * ndot
+        out = score * F.softplus(scale) + bias
+        if key_valid is not None:
+            out = torch.where(key_valid[t, j], out, float('-inf'))
+        return out
+
+    if not compiled:
+        return flex_attention(q, k, v, score_mod=score_mod)
+    # Inside a compiled model this is a graph break to the kernel compiled
+    # on its own (Inductor cannot lower this score_mod inside a larger graph
+    # on PyTorch 2.11).
+    return _run_flex_kernel(q, k, v, score_mod)
+
+
+#: Shapes that get a kernel specialised to them; later shapes share one
+#: dynamic-shape kernel (Dynamo allows few recompilations per function).
+STATIC_FLEX_SHAPES = 4
+_flex_kernels: dict = {}
+_static_shapes: set = set()
+
+
+def _flex_static(q, k, v, score_mod):
+    return flex_attention(q, k, v, score_mod=score_mod)
+
+
+def _flex_dynamic(q, k, v, score_mod):
+    return flex_attention(q, k, v, score_mod=score_mod)
+
+
+@torch.compiler.disable
+def _run_flex_kernel(q: Tensor, k: Tensor, v: Tensor,
+                     score_mod: Callable) -> Tensor:
+    key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device)
+    static = key in _static_shapes or \
+        len(_static_shapes) < STATIC_FLEX_SHAPES
+    if static:
+        _static_shapes.add(key)
+    name = 'static' if static else 'dynamic'
+    if name not in _flex_kernels:
+        fn = _flex_static if static else _flex_dynamic
+        _flex_kernels[name] = torch.compile(fn, dynamic=not static)
+    return _flex_kernels[name](q, k, v, score_mod)
+

@@ -83,9 +83,13 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
 
     if num_sets is None:
         num_sets = int(batch[-1]) + 1 if batch.numel() > 0 else 1
-    # Static-shape count (bincount's output size depends on the data).
-    size = torch.zeros(num_sets, dtype=torch.long, device=device)
-    size.scatter_add_(0, batch, torch.ones_like(batch))
+    if max_size is not None and num_sets * max_size == num_tokens:
+        # Sizes sum to N and none exceeds max_size: all equal, no count.
+        size = torch.full((num_sets, ), max_size, dtype=torch.long,
+                          device=device)
+    else:  # static-shape count (bincount's output size is data-dependent)
+        size = torch.zeros(num_sets, dtype=torch.long, device=device)
+        size.scatter_add_(0, batch, torch.ones_like(batch))
     ptr = torch.zeros(num_sets + 1, dtype=torch.long, device=device)
     ptr[1:] = torch.cumsum(size, dim=0)
     kb = resolve_k(k, size, R, full)

@@ -7,7 +7,10 @@ from torch.nn import Linear, Module, Parameter
 
 from samsa_geo.nn.attention._kernels import (
     SCORES,
+    PairGeometry,
+    biased_flex_attention,
     explicit_attention,
+    flex_supported,
     from_tiles,
     make_tiles,
     per_tile,
@@ -102,6 +105,10 @@ class SamsaAttention(Module):
     """
     #: Check inputs (finite values, sorted ``batch``); costs a device sync.
     validate_args: bool = True
+    #: Fuse the relative bias into one FlexAttention kernel on CUDA (dot
+    #: scores, softmax, no attention dropout); :obj:`False` always uses the
+    #: explicit chunked path.
+    use_fused_bias: bool = True
 
     def __init__(
         self,
@@ -329,6 +336,10 @@ class SamsaAttention(Module):
                 and self.rel_bias is None):
             o = sdpa_attention(q_t, k_t, v_t, key_valid, dropout,
                                self.training)
+        elif self._fused_bias(q_t, dropout):
+            geo = self._pair_geometry(pos, normal, sel.top, tiles, N)
+            o = biased_flex_attention(q_t, k_t, v_t, key_valid, geo,
+                                      self._bias_weights())
         else:
             leak = None
             if self.normalization == 'leaky':
@@ -336,7 +347,8 @@ class SamsaAttention(Module):
                     k_t.dtype)).sum(-1) + self.leak_bias.view(1, H, 1)
             bias_fn = None
             if self.rel_bias is not None:
-                bias_fn = self._bias_fn(pos, normal, sel.top, tiles, N)
+                geo = self._pair_geometry(pos, normal, sel.top, tiles, N)
+                bias_fn = self._bias_fn(geo)
             o = explicit_attention(q_t, k_t, v_t, key_valid,
                                    SCORES[self.score], self.normalization,
                                    leak, bias_fn, dropout, self.training)
@@ -345,6 +357,13 @@ class SamsaAttention(Module):
         if not return_indices:
             return out
         return out, self._indices(sel.top, sel.top_valid, N)
+
+    def _fused_bias(self, q: Tensor, dropout: float) -> bool:
+        # Dot-product softmax with the relative bias and no attention
+        # dropout: one fused kernel where Triton serves the device.
+        return (self.use_fused_bias and self.rel_bias is not None
+                and self.score == 'dot' and self.normalization == 'softmax'
+                and dropout == 0.0 and flex_supported(q.device))
 
     def _padding_costly(self, info, N: int) -> bool:
         if self.padded is not None:
@@ -363,8 +382,8 @@ class SamsaAttention(Module):
         T = max(self.tile_size, -(-info.max_size // 128))
         return -(-T // 64) * 64 if T > self.tile_size else T
 
-    def _bias_fn(self, pos: Tensor, normal: Optional[Tensor], top: Tensor,
-                 tiles, N: int):
+    def _pair_geometry(self, pos: Tensor, normal: Optional[Tensor],
+                       top: Tensor, tiles, N: int) -> PairGeometry:
         pos = pos.float()
         R = self.num_registers
         if R > 0:  # registers sit at the origin with no normal
@@ -373,24 +392,35 @@ class SamsaAttention(Module):
             if normal is not None:
                 normal = torch.cat([normal.float(), pad], dim=0)
         P = pos.size(1)
-        p_key = per_tile(pos[top], tiles)  # [nt, H, k, P]
-        # Queries: [N, 1, P] -> [nt, 1, T, P], shared by the heads.
-        p_q = to_tiles(pos[:N].view(N, 1, P), tiles)
-        n_key = n_q = None
+        # Keys: [B, H, k, P] -> [nt, H, k, P]; queries: [N, 1, P] ->
+        # [nt, 1, T, P] -> [nt, T, P], shared by the heads.
+        geo = PairGeometry(
+            pos_q=to_tiles(pos[:N].view(N, 1, P), tiles)[:, 0],
+            pos_k=per_tile(pos[top], tiles))
         if normal is not None:
-            n_key = per_tile(normal[top], tiles)
-            n_q = to_tiles(normal[:N].float().view(N, 1, P), tiles)
+            geo.normal_k = per_tile(normal[top].float(), tiles)
+            geo.normal_q = to_tiles(normal[:N].float().view(N, 1, P),
+                                    tiles)[:, 0]
+        return geo
+
+    def _bias_weights(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        rb = self.rel_bias
+        return (rb.lin_scale.weight, rb.lin_scale.bias, rb.lin_bias.weight,
+                rb.lin_bias.bias)
+
+    def _bias_fn(self, geo: PairGeometry):
         rel_bias = self.rel_bias
 
         def apply(score: Tensor, s: int, e: int) -> Tensor:
             # |p_i - p_j|^2 = |p_i|^2 + |p_j|^2 - 2 p_i.p_j, as a matmul.
-            pq, pk = p_q[s:e], p_key[s:e]
+            pq, pk = geo.pos_q[s:e].unsqueeze(1), geo.pos_k[s:e]
             dist = (pq.square().sum(-1, keepdim=True)
                     + pk.square().sum(-1).unsqueeze(-2)
                     - 2.0 * pq @ pk.transpose(-1, -2)).clamp_(min=0.0)
             ndot = None  # without normals the feature is zero
-            if n_key is not None:  # [c, H, T, k]
-                ndot = n_q[s:e] @ n_key[s:e].transpose(-1, -2)
+            if geo.normal_k is not None:  # [c, H, T, k]
+                ndot = (geo.normal_q[s:e].unsqueeze(1)
+                        @ geo.normal_k[s:e].transpose(-1, -2))
             return rel_bias(score.float(), (dist, ndot))
 
         return apply

@@ -6,7 +6,7 @@ from typing import Any, Dict, NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 from torch.nn import GELU, Linear, Module, ModuleList, Sequential
-from torch_geometric.nn import EdgeConv
+from torch_geometric.nn import EdgeConv, global_max_pool, global_mean_pool
 
 from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
@@ -20,6 +20,7 @@ class PointFeatures(NamedTuple):
     x: Tensor  # [N, C] per-point features after the stack
     batch: Tensor  # [N]
     num_clouds: int
+    max_num_points: int
 
 
 class SamsaPointModel(Module):
@@ -150,10 +151,13 @@ class SamsaPointModel(Module):
         if self.encoder_type == 'ppf' or self.local_conv:
             edge_index = knn_graph(pos_c.detach(), self.num_neighbors, batch,
                                    loop=True, batch_size=B)
-        h = pos.new_zeros(N, self.channels)
+        # Tokens in the parameters' dtype (e.g. after ``.bfloat16()``);
+        # the geometry of the relative bias stays in float32.
+        dtype = self.convs[0].attn.lin_q.weight.dtype
+        h = pos.new_zeros(N, self.channels, dtype=dtype)
         if self.lin_in is not None:
             feats = pos if x is None else torch.cat([pos, x], dim=-1)
-            h = h + self.lin_in(feats)
+            h = h + self.lin_in(feats.to(dtype))
         if isinstance(self.encoder, PPFPointEncoder):
             h = h + self.encoder(pos_c, batch, normal, edge_index)
         elif self.encoder is not None:
@@ -166,7 +170,20 @@ class SamsaPointModel(Module):
         for conv in self.convs:
             h = conv(h, edge_index, batch, pos=pos_c, normal=normal,
                      num_graphs=B, max_num_nodes=max_num_nodes)
-        return PointFeatures(h, batch, B)
+        return PointFeatures(h, batch, B, max_num_nodes)
+
+    @staticmethod
+    def max_mean_pool(feats: PointFeatures) -> Tensor:
+        r"""Per-cloud :math:`\max_i \mathbf{h}_i \Vert \frac{1}{n}
+        \sum_i \mathbf{h}_i`, :math:`(B, 2C)`; clouds of equal size are
+        reduced as one reshape (no scatter)."""
+        h, batch, B, n = feats
+        N, C = h.shape
+        if B * n == N and N > 0:
+            dense = h.view(B, n, C)  # [N, C] -> [B, n, C]
+            return torch.cat([dense.amax(1), dense.mean(1)], dim=-1)
+        return torch.cat([global_max_pool(h, batch, B),
+                          global_mean_pool(h, batch, B)], dim=-1)
 
     def _repr_args(self) -> str:
         return (f'in_channels={self.in_channels}, '

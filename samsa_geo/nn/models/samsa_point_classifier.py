@@ -1,9 +1,7 @@
 from typing import Any, Dict, Optional, Union
 
-import torch
 from torch import Tensor
 from torch.nn import Dropout, GELU, LayerNorm, Linear, Sequential
-from torch_geometric.nn import global_max_pool, global_mean_pool
 
 from samsa_geo.nn.models._samsa_point_model import SamsaPointModel
 
@@ -140,9 +138,7 @@ class SamsaPointClassifier(SamsaPointModel):
         x: Optional[Tensor] = None,
     ) -> Tensor:
         r"""Returns the logits :math:`(B, \mathrm{num\_classes})`."""
-        h, batch, B = self.backbone(pos, batch, x)
-        pooled = torch.cat([global_max_pool(h, batch, B),
-                            global_mean_pool(h, batch, B)], dim=-1)  # [B, 2C]
+        pooled = self.max_mean_pool(self.backbone(pos, batch, x))  # [B, 2C]
         return self.head(pooled)
 
     def __repr__(self) -> str:

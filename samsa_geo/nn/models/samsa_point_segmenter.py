@@ -3,7 +3,6 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor
 from torch.nn import Dropout, Embedding, GELU, LayerNorm, Linear, Sequential
-from torch_geometric.nn import global_max_pool, global_mean_pool
 
 from samsa_geo.nn.models._samsa_point_model import SamsaPointModel
 
@@ -184,9 +183,9 @@ class SamsaPointSegmenter(SamsaPointModel):
             raise ValueError(f"Expected 'batch' to have shape [{N}] "
                              f"(got {list(batch.shape)})")
         token_bias = self._category_tokens(category, batch, N)
-        h, batch, B = self.backbone(pos, batch, x, token_bias)
-        glob = torch.cat([global_max_pool(h, batch, B),
-                          global_mean_pool(h, batch, B)], dim=-1)  # [B, 2C]
+        feats = self.backbone(pos, batch, x, token_bias)
+        h, batch = feats.x, feats.batch
+        glob = self.max_mean_pool(feats)  # [B, 2C]
         out = torch.cat([h, glob[batch]], dim=-1)  # [N, 3C]
         return self.head(out)  # [N, num_classes]
 

@@ -545,3 +545,52 @@ def test_fused_relaxation_matches_reference(hard, sizes):
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
     assert grads[0][0].abs().sum() > 0
+
+
+def _nontrivial_bias(attn):
+    torch.manual_seed(3)
+    rb = attn.rel_bias
+    with torch.no_grad():
+        for lin in (rb.lin_scale, rb.lin_bias):
+            lin.weight.normal_(std=0.5)
+            lin.bias.normal_(std=0.5)
+    return attn
+
+
+@pytest.mark.parametrize('kwargs,sizes,normals', [
+    (dict(), [40, 40, 40], True),
+    (dict(num_registers=3), [30, 5, 50], True),
+    (dict(padded=False, tile_size=16), [30, 5, 50], False),
+    (dict(k=0.5), [9, 31], True),
+])
+def test_fused_relative_bias_matches_explicit(monkeypatch, kwargs, sizes,
+                                              normals):
+    # The FlexAttention score_mod (PyTorch's unfused reference on CPU) gives
+    # the explicit path's output: same pair features, bias, masks.
+    import samsa_geo.nn.attention.samsa_attention as mod
+    from samsa_geo.nn.attention._kernels import biased_flex_attention
+
+    torch.manual_seed(0)
+    kwargs = {'k': 8, **kwargs}
+    attn = _nontrivial_bias(SamsaAttention(32, heads=2, relative_bias=True,
+                                           **kwargs)).eval()
+    batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+    x, pos = torch.randn(batch.numel(), 32), torch.randn(batch.numel(), 3)
+    normal = F.normalize(torch.randn_like(pos), dim=-1) if normals else None
+    ref = attn(x, batch, pos=pos, normal=normal)
+    monkeypatch.setattr(mod, 'flex_supported', lambda device: True)
+    calls = []
+
+    def reference(*args, **kw):
+        calls.append(1)
+        return biased_flex_attention(*args, **kw, compiled=False)
+
+    monkeypatch.setattr(mod, 'biased_flex_attention', reference)
+    with torch.no_grad():  # no backward for FlexAttention on CPU
+        out = attn(x, batch, pos=pos, normal=normal)
+    assert calls, 'the fused path was not taken'
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
+    # Attention dropout in training keeps the explicit path.
+    attn.dropout = 0.5
+    attn.train()(x, batch, pos=pos, normal=normal)
+    assert len(calls) == 1

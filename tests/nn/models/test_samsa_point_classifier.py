@@ -272,3 +272,40 @@ def test_sft_geometry_enters_through_relative_bias():
     assert torch.allclose(tok_a, tok_a[:1].expand_as(tok_a), atol=1e-5)
     out_a, out_b = model(spread), model(clustered)
     assert (out_a - out_b).abs().max() > 1e-3
+
+
+def test_equal_size_pooling_matches_scatter_pooling():
+    from torch_geometric.nn import global_max_pool, global_mean_pool
+
+    from samsa_geo.nn.models._samsa_point_model import (
+        PointFeatures,
+        SamsaPointModel,
+    )
+    h = torch.randn(3 * 7, 5)
+    batch = torch.arange(3).repeat_interleave(7)
+    ref = torch.cat([global_max_pool(h, batch, 3),
+                     global_mean_pool(h, batch, 3)], dim=-1)
+    out = SamsaPointModel.max_mean_pool(PointFeatures(h, batch, 3, 7))
+    assert torch.allclose(out, ref, atol=1e-6)
+    # Uneven clouds take the scatter path: same values per cloud.
+    batch = torch.tensor([0] * 5 + [1] * 9 + [2] * 7)
+    ref = torch.cat([global_max_pool(h, batch, 3),
+                     global_mean_pool(h, batch, 3)], dim=-1)
+    out = SamsaPointModel.max_mean_pool(PointFeatures(h, batch, 3, 9))
+    assert torch.allclose(out, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(rotation_invariant=True,
+                                                 in_channels=3)])
+def test_bfloat16_parameters(kwargs):
+    # model.bfloat16(): tokens follow the parameters, geometry stays
+    # float32, logits agree with the float32 model to bf16 accuracy.
+    torch.manual_seed(0)
+    pos = torch.randn(2 * 96, 3)
+    batch = torch.arange(2).repeat_interleave(96)
+    x = F.normalize(torch.randn_like(pos), dim=-1) if kwargs else None
+    model = SamsaPointClassifier.small(10, **kwargs).eval()
+    ref = model(pos, batch, x)
+    out = model.bfloat16()(pos, batch, x)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()

@@ -1,0 +1,148 @@
+"""Times and profiles the point-cloud SamsaConv layer and classifier on
+the GPU (bf16 inference, 128 clouds x 1,024 points): the layer as the
+classifier builds it, with and without the relative bias (fused
+FlexAttention kernel or the explicit path), eager and compiled.
+
+    python benchmarks/profile_points.py --out profile_points.txt
+"""
+import argparse
+import os
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import measure  # noqa: E402
+
+from samsa_geo.nn import SamsaAttention, SamsaConv  # noqa: E402
+from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
+
+
+def point_layer(C, heads, k, relative_bias, norm_mode='node'):
+    """One layer as :class:`SamsaPointClassifier` builds it."""
+    return SamsaConv(C, heads=heads, k=k, act='gelu', norm='layer_norm',
+                     norm_kwargs={'mode': norm_mode},
+                     attn_kwargs=dict(relative_bias=relative_bias))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--clouds', type=int, default=128)
+    p.add_argument('--points', type=int, default=1024)
+    p.add_argument('--rows', type=int, default=22)
+    p.add_argument('--compile', action='store_true')
+    p.add_argument('--weights', default='fp32', choices=['fp32', 'bf16'])
+    p.add_argument('--cases', default=None,
+                   help='comma-separated subset of the case names')
+    p.add_argument('--profile', default='layer,layer_bias_fused,'
+                   'classifier_paper')
+    p.add_argument('--out', default=None)
+    args = p.parse_args()
+    dev = torch.device('cuda')
+    SamsaAttention.validate_args = False
+    B, n, C = args.clouds, args.points, 256
+    torch.manual_seed(0)
+    pos = torch.randn(B * n, 3, device=dev)
+    batch = torch.arange(B, device=dev).repeat_interleave(n)
+    wdtype = torch.bfloat16 if args.weights == 'bf16' else torch.float32
+    autocast = args.weights == 'fp32'
+    x = torch.randn(B * n, C, device=dev, dtype=wdtype)
+    wanted = None if args.cases is None else set(args.cases.split(','))
+    kw = dict(num_graphs=B, max_num_nodes=n)
+    lines = []
+
+    def log(s):
+        print(s, flush=True)
+        lines.append(s)
+
+    cases = {
+        'layer_graph_ln': (point_layer(C, 8, 256, False, 'graph'), False),
+        'layer': (point_layer(C, 8, 256, False), False),
+        'layer_bias_fused': (point_layer(C, 8, 256, True), True),
+        'layer_bias_explicit': (point_layer(C, 8, 256, True), 'explicit'),
+        'layer_k512_bias_fused': (point_layer(C, 8, 512, True), True),
+    }
+    fns = {}
+    for name, (layer, bias) in cases.items():
+        layer = layer.to(dev, wdtype).eval()
+
+        def fn(layer=layer, bias=bias):
+            SamsaAttention.use_fused_bias = bias is True
+            with torch.no_grad(), torch.autocast('cuda', torch.bfloat16,
+                                                 enabled=autocast):
+                if bias:
+                    layer(x, None, batch, pos=pos, **kw)
+                else:
+                    layer(x, None, batch, **kw)
+        fns[name] = fn
+    for preset in ('small', 'paper'):
+        for fused in (True, False):
+            cfg = SamsaPointClassifier.SMALL if preset == 'small' else {}
+            model = SamsaPointClassifier(40, **cfg).to(dev, wdtype).eval()
+
+            def fn(model=model, fused=fused):
+                SamsaAttention.use_fused_bias = fused
+                with torch.no_grad(), torch.autocast('cuda', torch.bfloat16,
+                                                     enabled=autocast):
+                    model(pos, batch)
+            fns[f'classifier_{preset}' + ('' if fused else '_explicit')] = fn
+            if fused and args.compile:
+                compiled = torch.compile(model)
+
+                def fn(compiled=compiled):
+                    SamsaAttention.use_fused_bias = True
+                    with torch.no_grad(), torch.autocast(
+                            'cuda', torch.bfloat16, enabled=autocast):
+                        compiled(pos, batch)
+                fns[f'classifier_{preset}_compiled'] = fn
+    if args.compile:
+        for name in ('layer', 'layer_bias_fused'):
+            layer = cases[name][0]
+            compiled = torch.compile(layer)
+
+            def fn(compiled=compiled, bias=cases[name][1]):
+                SamsaAttention.use_fused_bias = True
+                with torch.no_grad(), torch.autocast('cuda', torch.bfloat16,
+                                                     enabled=autocast):
+                    if bias:
+                        compiled(x, None, batch, pos=pos, **kw)
+                    else:
+                        compiled(x, None, batch, **kw)
+            fns[name + '_compiled'] = fn
+
+    for name, fn in fns.items():
+        if wanted is not None and name not in wanted:
+            continue
+        try:
+            r = measure(fn, dev, warmup=3, repeat=20)
+            log(f'{name:28s} {r["ms"]:8.3f} ms  '
+                f'{B * n / r["ms"] / 1e3:8.2f} M points/s  '
+                f'{B / r["ms"] * 1e3:9.0f} clouds/s  peak {r["peak_mb"]:.0f} MB')
+        except Exception as e:  # report and go on
+            log(f'{name:28s} failed: {type(e).__name__}: {str(e)[:300]}')
+    try:
+        import torch._dynamo.utils as du
+        log(f'dynamo counters: {dict(du.counters["stats"])}')
+    except Exception:
+        pass
+    for name in args.profile.split(','):
+        if not name or (wanted is not None and name not in wanted):
+            continue
+        fn = fns[name]
+        fn()
+        with profile(activities=[ProfilerActivity.CPU,
+                                 ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                fn()
+            torch.cuda.synchronize()
+        log(f'==== {name} (5 calls)')
+        log(prof.key_averages().table(sort_by='cuda_time_total',
+                                      row_limit=args.rows))
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write('\n'.join(lines) + '\n')
+
+
+if __name__ == '__main__':
+    main()
