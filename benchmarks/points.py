@@ -99,6 +99,9 @@ def main():
     p.add_argument('--repeat', type=int, default=10)
     p.add_argument('--weights', default='fp32', choices=['fp32', 'bf16'],
                    help='parameter dtype (fp32: autocast to --dtype)')
+    p.add_argument('--compile', action='store_true',
+                   help='torch.compile every timed model and layer')
+    p.add_argument('--compile-mode', default=None)
     p.add_argument('--only', default=None,
                    help='comma-separated subset of the op names')
     p.add_argument('--out', default=None)
@@ -133,19 +136,25 @@ def main():
 
     records = []
 
+    def maybe_compile(module):
+        if not args.compile:
+            return module
+        return torch.compile(module, mode=args.compile_mode)
+
     def record(op, fn, params=None):
         if only is not None and op not in only:
             return
         rec = dict(op=op, n=n, batch=B, dtype=args.dtype,
                    weights=args.weights, device=device_name(device),
                    torch=torch.__version__, params=params,
+                   compiled=args.compile_mode or args.compile,
                    **{'pass': 'fwd'})
         try:
             rec.update(measure(fn, device, warmup=2, repeat=args.repeat))
             rec['clouds_per_s'] = B / rec['ms'] * 1e3
             rec['points_per_s'] = B * n / rec['ms'] * 1e3
             rec['ms_per_cloud'] = rec['ms'] / B
-        except RuntimeError as e:
+        except Exception as e:  # OOM or a compiler failure: record it
             rec.update(ms=None, error='oom' if is_oom(e) else str(e)[:120])
             if cuda:
                 torch.cuda.empty_cache()
@@ -161,7 +170,7 @@ def main():
         # The peers take positions as features: in the weights' dtype.
         p_in = pos if name.startswith('samsa') else pos.to(wdtype)
 
-        def fn(model=model, p_in=p_in):
+        def fn(model=maybe_compile(model), p_in=p_in):
             with torch.no_grad(), autocast:
                 model(p_in, batch)
         record(name, fn, params)
@@ -194,7 +203,7 @@ def main():
             continue
         layer = layer.to(device, wdtype).eval()
 
-        def fn(layer=layer, call=call):
+        def fn(layer=maybe_compile(layer), call=call):
             with torch.no_grad(), autocast:
                 call(layer)
         record(name, fn, sum(p.numel() for p in layer.parameters()))

@@ -12,6 +12,25 @@ RESULTS = osp.join(HERE, 'results')
 DOC = osp.join(HERE, '..', 'docs', 'benchmarks.md')
 
 
+#: Extra point-benchmark runs: file suffix and heading.
+POINT_VARIANTS = (
+    ('_bf16_weights', 'bfloat16 parameters'),
+    ('_bf16_weights_compiled', 'bfloat16 parameters, torch.compile'),
+    ('_bf16_weights_autotune',
+     "bfloat16 parameters, torch.compile(mode='max-autotune-no-cudagraphs')"),
+    ('_bf16_weights_cudagraphs',
+     "bfloat16 parameters, torch.compile(mode='reduce-overhead')"),
+)
+POINT_FLAGS = {
+    '_bf16_weights': '--weights bf16',
+    '_bf16_weights_compiled': '--weights bf16 --compile',
+    '_bf16_weights_autotune': '--weights bf16 --compile '
+                              '--compile-mode max-autotune-no-cudagraphs',
+    '_bf16_weights_cudagraphs': '--weights bf16 --compile '
+                                '--compile-mode reduce-overhead',
+}
+
+
 def load(name):
     path = osp.join(RESULTS, name)
     if not osp.exists(path):
@@ -130,6 +149,16 @@ def main():
                       'inference)', '']
             simple_table(pts, ['op', 'params', 'ms', 'clouds_per_s',
                                'points_per_s', 'ms_per_cloud'], lines)
+        for suffix, how in POINT_VARIANTS:
+            var = load(f'points_{tag}{suffix}.json')
+            if not var:
+                continue
+            lines += [f'### {how} ({title})', '',
+                      f"`python benchmarks/points.py --device {tag} "
+                      f"{POINT_FLAGS[suffix]}` ({var[0]['device']})", '']
+            simple_table(var, ['op', 'params', 'ms', 'clouds_per_s',
+                               'points_per_s', 'ms_per_cloud', 'error'],
+                         lines)
         gs = load(f'graph_scale_{tag}.json')
         if gs:
             lines += [f'## Large graph, full-batch training ({title})', '',
