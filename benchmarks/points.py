@@ -16,6 +16,7 @@ positions stay float32. The SamsaConv layer is configured as inside
 relative bias runs as one fused FlexAttention kernel.
 """
 import argparse
+import json
 import os
 import sys
 
@@ -33,6 +34,7 @@ from _common import device_name, is_oom, measure, print_table  # noqa: E402
 from _common import write_records  # noqa: E402
 
 from samsa_geo.nn import SamsaAttention, SamsaConv  # noqa: E402
+from samsa_geo.nn.attention import _kernels  # noqa: E402
 from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
 from samsa_geo.ops import knn_graph  # noqa: E402
 
@@ -102,6 +104,9 @@ def main():
     p.add_argument('--compile', action='store_true',
                    help='torch.compile every timed model and layer')
     p.add_argument('--compile-mode', default=None)
+    p.add_argument('--flex-options', default=None,
+                   help='JSON tile options of the fused relative-bias '
+                   'kernel (samsa_geo.nn.attention._kernels)')
     p.add_argument('--only', default=None,
                    help='comma-separated subset of the op names')
     p.add_argument('--out', default=None)
@@ -112,6 +117,8 @@ def main():
     B = args.clouds or (128 if cuda else 8)
     n = args.points
     SamsaAttention.validate_args = False
+    if args.flex_options:
+        _kernels.FLEX_KERNEL_OPTIONS = json.loads(args.flex_options) or None
     torch.manual_seed(0)
     pos = torch.randn(B * n, 3, device=device)
     batch = torch.arange(B, device=device).repeat_interleave(n)
@@ -148,6 +155,7 @@ def main():
                    weights=args.weights, device=device_name(device),
                    torch=torch.__version__, params=params,
                    compiled=args.compile_mode or args.compile,
+                   flex_options=_kernels.FLEX_KERNEL_OPTIONS,
                    **{'pass': 'fwd'})
         try:
             rec.update(measure(fn, device, warmup=2, repeat=args.repeat))

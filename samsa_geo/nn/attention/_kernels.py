@@ -205,7 +205,7 @@ def flex_supported(device: torch.device) -> bool:
 def biased_flex_attention(
     q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor],
     geo: PairGeometry, weights: Tuple[Tensor, Tensor, Tensor, Tensor],
-    compiled: bool = True,
+    compiled: bool = True, kernel_options: Optional[dict] = None,
 ) -> Tensor:
     r"""Dot-product softmax attention with the relative bias of
     :class:`~samsa_geo.nn.attention.RelativeBias` fused into one
@@ -230,29 +230,41 @@ def biased_flex_attention(
             ``[H, 2]``, ``[H]``, ``[H, 2]``, ``[H]``.
         compiled (bool): use the compiled (fused) kernel; :obj:`False` runs
             PyTorch's unfused reference, for tests on CPU.
+        kernel_options (dict, optional): FlexAttention tile options
+            (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``);
+            :obj:`None` uses :data:`FLEX_KERNEL_OPTIONS`.
     """
     if flex_attention is None:  # pragma: no cover - older PyTorch
         raise RuntimeError('flex_attention needs PyTorch >= 2.5')
     A, a, Bw, b = weights
-    pos_q, pos_k = geo.pos_q.float(), geo.pos_k.float()
-    n_q = None if geo.normal_q is None else geo.normal_q.float()
-    n_k = None if geo.normal_k is None else geo.normal_k.float()
-    P = pos_q.size(-1)
+    # One captured tensor per coefficient: a score_mod may index a tensor
+    # that requires gradients only once.
+    A0, A1 = A[:, 0].contiguous(), A[:, 1].contiguous()  # [H] each
+    B0, B1 = Bw[:, 0].contiguous(), Bw[:, 1].contiguous()  # [H] each
+    # Coordinate-major copies, [P, nt, T] and [P, nt, H, k], so that the
+    # kernel reads each coordinate with unit stride.
+    P = geo.pos_q.size(-1)
+    pq = geo.pos_q.float().permute(2, 0, 1).contiguous()
+    pk = geo.pos_k.float().permute(3, 0, 1, 2).contiguous()
+    nq = nk = None
+    if geo.normal_q is not None:
+        nq = geo.normal_q.float().permute(2, 0, 1).contiguous()
+        nk = geo.normal_k.float().permute(3, 0, 1, 2).contiguous()
 
     def score_mod(score, t, h, i, j):
-        diff = pos_q[t, i, 0] - pos_k[t, h, j, 0]
+        diff = pq[0, t, i] - pk[0, t, h, j]
         dist = diff * diff
         for f in range(1, P):
-            diff = pos_q[t, i, f] - pos_k[t, h, j, f]
+            diff = pq[f, t, i] - pk[f, t, h, j]
             dist = dist + diff * diff
-        scale = a[h] + A[h, 0] * dist
-        bias = b[h] + Bw[h, 0] * dist
-        if n_q is not None:
-            ndot = n_q[t, i, 0] * n_k[t, h, j, 0]
+        scale = a[h] + A0[h] * dist
+        bias = b[h] + B0[h] * dist
+        if nq is not None:
+            ndot = nq[0, t, i] * nk[0, t, h, j]
             for f in range(1, P):
-                ndot = ndot + n_q[t, i, f] * n_k[t, h, j, f]
-            scale = scale + A[h, 1] * ndot
-            bias = bias + Bw[h, 1] * ndot
+                ndot = ndot + nq[f, t, i] * nk[f, t, h, j]
+            scale = scale + A1[h] * ndot
+            bias = bias + B1[h] * ndot
         out = score * F.softplus(scale) + bias
         if key_valid is not None:
             out = torch.where(key_valid[t, j], out, float('-inf'))
@@ -260,12 +272,17 @@ def biased_flex_attention(
 
     if not compiled:
         return flex_attention(q, k, v, score_mod=score_mod)
+    if kernel_options is None:
+        kernel_options = FLEX_KERNEL_OPTIONS
     # Inside a compiled model this is a graph break to the kernel compiled
     # on its own (Inductor cannot lower this score_mod inside a larger graph
     # on PyTorch 2.11).
-    return _run_flex_kernel(q, k, v, score_mod)
+    return _run_flex_kernel(q, k, v, score_mod, kernel_options)
 
 
+#: Tile options of the fused relative-bias kernel (:obj:`None`:
+#: FlexAttention's defaults for the device).
+FLEX_KERNEL_OPTIONS: Optional[dict] = None
 #: Shapes that get a kernel specialised to them; later shapes share one
 #: dynamic-shape kernel (Dynamo allows few recompilations per function).
 STATIC_FLEX_SHAPES = 4
@@ -273,17 +290,19 @@ _flex_kernels: dict = {}
 _static_shapes: set = set()
 
 
-def _flex_static(q, k, v, score_mod):
-    return flex_attention(q, k, v, score_mod=score_mod)
+def _flex_static(q, k, v, score_mod, kernel_options):
+    return flex_attention(q, k, v, score_mod=score_mod,
+                          kernel_options=kernel_options)
 
 
-def _flex_dynamic(q, k, v, score_mod):
-    return flex_attention(q, k, v, score_mod=score_mod)
+def _flex_dynamic(q, k, v, score_mod, kernel_options):
+    return flex_attention(q, k, v, score_mod=score_mod,
+                          kernel_options=kernel_options)
 
 
 @torch.compiler.disable
-def _run_flex_kernel(q: Tensor, k: Tensor, v: Tensor,
-                     score_mod: Callable) -> Tensor:
+def _run_flex_kernel(q: Tensor, k: Tensor, v: Tensor, score_mod: Callable,
+                     kernel_options: Optional[dict]) -> Tensor:
     key = (tuple(q.shape), tuple(k.shape), q.dtype, q.device)
     static = key in _static_shapes or \
         len(_static_shapes) < STATIC_FLEX_SHAPES
@@ -293,5 +312,5 @@ def _run_flex_kernel(q: Tensor, k: Tensor, v: Tensor,
     if name not in _flex_kernels:
         fn = _flex_static if static else _flex_dynamic
         _flex_kernels[name] = torch.compile(fn, dynamic=not static)
-    return _flex_kernels[name](q, k, v, score_mod)
+    return _flex_kernels[name](q, k, v, score_mod, kernel_options)
 

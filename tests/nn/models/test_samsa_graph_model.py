@@ -109,6 +109,10 @@ def test_every_parameter_gets_a_gradient(level, tokens):
         assert bool(torch.isfinite(p.grad).all()), name
         if name.startswith('tokenizer.node_encoder'):
             continue  # embedding rows of unseen categories stay zero
+        if name.endswith('attn.scorer.lin.bias'):
+            # Without registers the relaxation sees score differences
+            # only: a per-head offset has zero gradient (up to rounding).
+            continue
         assert float(p.grad.abs().sum()) > 0, name
 
 

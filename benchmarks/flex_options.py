@@ -1,0 +1,77 @@
+"""Times the fused relative-bias attention kernel alone (inference, bf16)
+for one set of FlexAttention tile options, at the default point
+classifier's shape (128 clouds x 1,024 queries, 8 heads, k = 512, head
+dimension 32). Prints one JSON line. Run each option set in its own
+process: a failing Triton configuration can poison the CUDA context.
+
+    python benchmarks/flex_options.py --options '{"BLOCK_M": 64}'
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import measure  # noqa: E402
+
+from samsa_geo.nn.attention._kernels import (  # noqa: E402
+    PairGeometry,
+    biased_flex_attention,
+)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--options', default='{}')
+    p.add_argument('--tiles', type=int, default=128)
+    p.add_argument('--queries', type=int, default=1024)
+    p.add_argument('--heads', type=int, default=8)
+    p.add_argument('--k', type=int, default=512)
+    p.add_argument('--head-dim', type=int, default=32)
+    p.add_argument('--normals', action='store_true')
+    args = p.parse_args()
+    options = json.loads(args.options) or None
+    dev = torch.device('cuda')
+    nt, H, T, K, D = args.tiles, args.heads, args.queries, args.k, \
+        args.head_dim
+    torch.manual_seed(0)
+    q = torch.randn(nt, H, T, D, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(nt, H, K, D, device=dev, dtype=torch.bfloat16)
+    v = torch.randn(nt, H, K, D, device=dev, dtype=torch.bfloat16)
+    geo = PairGeometry(torch.randn(nt, T, 3, device=dev),
+                       torch.randn(nt, H, K, 3, device=dev))
+    if args.normals:
+        geo.normal_q = torch.randn(nt, T, 3, device=dev)
+        geo.normal_k = torch.randn(nt, H, K, 3, device=dev)
+    weights = (torch.randn(H, 2, device=dev) * 0.1,
+               torch.full((H, ), 0.5413, device=dev),
+               torch.randn(H, 2, device=dev) * 0.1,
+               torch.zeros(H, device=dev))
+    rec = dict(options=options, tiles=nt, heads=H, queries=T, k=K,
+               head_dim=D, normals=args.normals,
+               device=torch.cuda.get_device_name(dev))
+    try:
+        with torch.no_grad():
+            out = biased_flex_attention(q, k, v, None, geo, weights,
+                                        kernel_options=options)
+            ref = biased_flex_attention(q[:2], k[:2], v[:2], None,
+                                        PairGeometry(geo.pos_q[:2],
+                                                     geo.pos_k[:2]),
+                                        weights, compiled=False) \
+                if not args.normals else None
+            if ref is not None:
+                rec['max_err'] = float((out[:2].float()
+                                        - ref.float()).abs().max())
+            rec.update(measure(lambda: biased_flex_attention(
+                q, k, v, None, geo, weights, kernel_options=options), dev,
+                warmup=3, repeat=20))
+            rec['pairs_per_s'] = nt * H * T * K / rec['ms'] * 1e3
+    except Exception as e:  # report the failing configuration
+        rec['error'] = f'{type(e).__name__}: {str(e)[:200]}'
+    print(json.dumps(rec), flush=True)
+
+
+if __name__ == '__main__':
+    main()
