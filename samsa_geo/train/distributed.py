@@ -1,6 +1,7 @@
 """Process-group set-up and variable-length gathering for DDP via torchrun."""
 import atexit
 import os
+from datetime import timedelta
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -52,6 +53,14 @@ def init_distributed(backend: Optional[str] = None) -> Tuple[int, int, int]:
 
 def _destroy() -> None:
     if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == 'gloo' and dist.get_world_size() > 1:
+            # Leave together: a rank tearing the group down while another
+            # still uses it can abort that one. Bounded: a dead peer only
+            # delays the exit.
+            try:
+                dist.monitored_barrier(timeout=timedelta(seconds=30))
+            except RuntimeError:
+                pass
         dist.destroy_process_group()
 
 

@@ -108,6 +108,9 @@ def main() -> None:
             n_train=args.n_train, n_val=args.n_val, sleep=args.sleep,
             resume=args.resume, ready=True)
     if torch.distributed.is_initialized():
+        # Leave together: a rank that tears down the group while the other
+        # still talks to it can abort the other ("terminate called ...").
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

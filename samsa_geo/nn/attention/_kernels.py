@@ -241,28 +241,23 @@ def biased_flex_attention(
     # that requires gradients only once.
     A0, A1 = A[:, 0].contiguous(), A[:, 1].contiguous()  # [H] each
     B0, B1 = Bw[:, 0].contiguous(), Bw[:, 1].contiguous()  # [H] each
-    # Coordinate-major copies, [P, nt, T] and [P, nt, H, k], so that the
-    # kernel reads each coordinate with unit stride.
-    P = geo.pos_q.size(-1)
-    pq = geo.pos_q.float().permute(2, 0, 1).contiguous()
-    pk = geo.pos_k.float().permute(3, 0, 1, 2).contiguous()
-    nq = nk = None
-    if geo.normal_q is not None:
-        nq = geo.normal_q.float().permute(2, 0, 1).contiguous()
-        nk = geo.normal_k.float().permute(3, 0, 1, 2).contiguous()
+    pos_q, pos_k = geo.pos_q.float(), geo.pos_k.float()
+    n_q = None if geo.normal_q is None else geo.normal_q.float()
+    n_k = None if geo.normal_k is None else geo.normal_k.float()
+    P = pos_q.size(-1)
 
     def score_mod(score, t, h, i, j):
-        diff = pq[0, t, i] - pk[0, t, h, j]
+        diff = pos_q[t, i, 0] - pos_k[t, h, j, 0]
         dist = diff * diff
         for f in range(1, P):
-            diff = pq[f, t, i] - pk[f, t, h, j]
+            diff = pos_q[t, i, f] - pos_k[t, h, j, f]
             dist = dist + diff * diff
         scale = a[h] + A0[h] * dist
         bias = b[h] + B0[h] * dist
-        if nq is not None:
-            ndot = nq[0, t, i] * nk[0, t, h, j]
+        if n_q is not None:
+            ndot = n_q[t, i, 0] * n_k[t, h, j, 0]
             for f in range(1, P):
-                ndot = ndot + nq[f, t, i] * nk[f, t, h, j]
+                ndot = ndot + n_q[t, i, f] * n_k[t, h, j, f]
             scale = scale + A1[h] * ndot
             bias = bias + B1[h] * ndot
         out = score * F.softplus(scale) + bias

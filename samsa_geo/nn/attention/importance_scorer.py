@@ -43,13 +43,7 @@ class ImportanceScorer(Module):
         self.lin.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.from_hidden(x, self.score_nn[0](x))
-
-    def from_hidden(self, x: Tensor, hidden: Tensor) -> Tensor:
-        r"""The scores given the first linear layer's output ``hidden``
-        :math:`(N, C)` (callers may compute it in one matrix product with
-        other projections of ``x``)."""
-        h = x + self.norm(self.score_nn[2](self.score_nn[1](hidden)))
+        h = x + self.norm(self.score_nn(x))
         # Scores rank the tokens: the last projection runs in float32 even
         # under bf16/fp16 autocast.
         with torch.autocast(x.device.type, enabled=False):

@@ -2,7 +2,6 @@ import math
 from typing import Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module, Parameter
 
@@ -296,9 +295,8 @@ class SamsaAttention(Module):
                         max_num_nodes)
         B = info.num_sets
 
-        q, kv, hidden = self._project(x)
-        q = q.view(N, H, D)  # [N, C] -> [N, H, D]
-        kv = kv.view(N, H, 2 * D)  # [N, 2C] -> [N, H, 2D]
+        q = self.lin_q(x).view(N, H, D)  # [N, H, D]
+        kv = self.lin_kv(x).view(N, H, 2 * D)  # [N, H, 2D]
         if R > 0:
             reg = self.reg_kv.to(kv.dtype).repeat(B, 1, 1)  # [B * R, H, 2D]
             kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
@@ -311,7 +309,7 @@ class SamsaAttention(Module):
             score = order[:N, None].expand(N, H)
             reg_score = None if R == 0 else order[N:, None].expand(R, H)
         else:
-            score = self.scorer.from_hidden(x, hidden).float()  # [N, H]
+            score = self.scorer(x).float()  # [N, H]
             reg_score = None if R == 0 else self.reg_score.float()
         perturb = not full and (self.training or self.stochastic_eval)
         # Rank by sorting only where a padded score matrix would be large;
@@ -359,20 +357,6 @@ class SamsaAttention(Module):
         if not return_indices:
             return out
         return out, self._indices(sel.top, sel.top_valid, N)
-
-    def _project(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        # Queries, keys/values and the scorer's first layer read the same
-        # tokens: one matrix product [N, C] x [C, 3C (+ C)].
-        C = self.channels
-        lins = [self.lin_q, self.lin_kv]
-        if self.scorer is not None:
-            lins.append(self.scorer.score_nn[0])
-        weight = torch.cat([lin.weight for lin in lins], dim=0)
-        bias = torch.cat([lin.bias for lin in lins], dim=0)
-        y = F.linear(x, weight, bias)  # [N, 3C] or [N, 4C]
-        q, kv = y[:, :C], y[:, C:3 * C]
-        hidden = y[:, 3 * C:] if self.scorer is not None else None
-        return q, kv, hidden
 
     def _fused_bias(self, q: Tensor, dropout: float) -> bool:
         # Dot-product softmax with the relative bias and no attention

@@ -595,18 +595,3 @@ def test_fused_relative_bias_matches_explicit(monkeypatch, kwargs, sizes,
     attn.train()(x, batch, pos=pos, normal=normal)
     assert len(calls) == 1
 
-
-@pytest.mark.parametrize('sampling', ['hard', 'full'])
-def test_merged_input_projection_equals_separate_linears(sampling):
-    # q, k/v and the scorer's first layer run as one matrix product.
-    attn = SamsaAttention(32, heads=4, k=8, sampling=sampling)
-    x = torch.randn(50, 32)
-    q, kv, hidden = attn._project(x)
-    assert torch.allclose(q, attn.lin_q(x), atol=1e-5)
-    assert torch.allclose(kv, attn.lin_kv(x), atol=1e-5)
-    if sampling == 'full':
-        assert hidden is None
-    else:
-        assert torch.allclose(hidden, attn.scorer.score_nn[0](x), atol=1e-5)
-        assert torch.allclose(attn.scorer.from_hidden(x, hidden),
-                              attn.scorer(x), atol=1e-5)
