@@ -361,9 +361,13 @@ class SamsaAttention(Module):
     def _fused_bias(self, q: Tensor, dropout: float) -> bool:
         # Dot-product softmax with the relative bias and no attention
         # dropout: one fused kernel where Triton serves the device.
+        # Export and tracing (ONNX) take the explicit path: the kernel is
+        # compiled on its own, outside any exported graph.
+        exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
         return (self.use_fused_bias and self.rel_bias is not None
                 and self.score == 'dot' and self.normalization == 'softmax'
-                and dropout == 0.0 and flex_supported(q.device))
+                and dropout == 0.0 and not exporting
+                and flex_supported(q.device))
 
     def _padding_costly(self, info, N: int) -> bool:
         if self.padded is not None:

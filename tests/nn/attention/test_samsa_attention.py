@@ -595,3 +595,27 @@ def test_fused_relative_bias_matches_explicit(monkeypatch, kwargs, sizes,
     attn.train()(x, batch, pos=pos, normal=normal)
     assert len(calls) == 1
 
+
+
+def test_export_takes_the_explicit_relative_bias_path(monkeypatch):
+    # torch.export never sees the separately compiled fused kernel.
+    import samsa_geo.nn.attention.samsa_attention as mod
+
+    monkeypatch.setattr(mod, 'flex_supported', lambda device: True)
+    attn = _nontrivial_bias(SamsaAttention(16, heads=2, k=6,
+                                           relative_bias=True)).eval()
+    x, pos = torch.randn(30, 16), torch.randn(30, 3)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = attn
+
+        def forward(self, x, pos):
+            return self.attn(x, pos=pos)
+
+    monkeypatch.setattr(SamsaAttention, 'validate_args', False)
+    exported = torch.export.export(Wrap(), (x, pos))
+    monkeypatch.setattr(SamsaAttention, 'use_fused_bias', False)
+    assert torch.allclose(exported.module()(x, pos), attn(x, pos=pos),
+                          atol=1e-5)
