@@ -84,6 +84,8 @@ def test_one_million_points_inference_and_training_step():
 def test_fused_relative_bias_matches_explicit(sizes, kwargs):
     # FlexAttention kernel == explicit chunked path, forward and backward
     # (training mode: same Gumbel noise through the same seed).
+    from samsa_geo.nn.attention._kernels import flex_supported
+    assert flex_supported(torch.device('cuda'))  # Triton is there
     torch.manual_seed(0)
     attn = SamsaAttention(128, heads=8, relative_bias=True,
                           **kwargs).cuda().train()

@@ -7,6 +7,7 @@ queries per set, so batches with very uneven set sizes never pay for
 ``B * n_max`` queries. Keys are gathered once per tile, so memory stays
 :math:`O(N \cdot C + \text{tiles} \cdot k \cdot C)`.
 """
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -198,8 +199,18 @@ class PairGeometry:
 
 def flex_supported(device: torch.device) -> bool:
     """Whether the fused :func:`flex_attention` kernel serves ``device``
-    (CUDA: Triton kernels, forward and backward)."""
-    return flex_attention is not None and device.type == 'cuda'
+    (CUDA with Triton installed: forward and backward kernels)."""
+    return (flex_attention is not None and device.type == 'cuda'
+            and _has_triton())
+
+
+@functools.lru_cache(maxsize=None)
+def _has_triton() -> bool:
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:  # pragma: no cover - older PyTorch
+        return False
+    return has_triton()
 
 
 def biased_flex_attention(
