@@ -8,6 +8,7 @@ queries per set, so batches with very uneven set sizes never pay for
 :math:`O(N \cdot C + \text{tiles} \cdot k \cdot C)`.
 """
 import functools
+import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -206,11 +207,7 @@ def flex_supported(device: torch.device) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _has_triton() -> bool:
-    try:
-        from torch.utils._triton import has_triton
-    except ImportError:  # pragma: no cover - older PyTorch
-        return False
-    return has_triton()
+    return importlib.util.find_spec('triton') is not None
 
 
 def biased_flex_attention(
