@@ -553,7 +553,12 @@ def _grid_level(x: Tensor, y: Tensor, kk: int, chunk_size: int, lo: Tensor,
         upper_open = u_coords + r >= cells_t - 1
 
         # Pieces of at most chunk_size entries, grouped by padded size.
-        q_cap = (chunk_size // num_cand.clamp(min=1)).clamp(min=1)
+        # (A piece's queries times the largest candidate count of its size
+        # class stay within chunk_size.)
+        s_class = _size_class(num_cand.clamp(min=1))
+        s_upper = torch.maximum(
+            torch.ceil(1.25 ** s_class.double()).long(), num_cand)
+        q_cap = (chunk_size // s_upper).clamp(min=1)
         pieces = (q_count + q_cap - 1) // q_cap
         p_cell = torch.repeat_interleave(
             torch.arange(ucell.numel(), device=device), pieces)
@@ -563,13 +568,12 @@ def _grid_level(x: Tensor, y: Tensor, kk: int, chunk_size: int, lo: Tensor,
         p_q = torch.minimum(q_cap[p_cell], q_count[p_cell] - p_off)
         p_s = num_cand[p_cell]
         live = p_s >= kk  # fewer candidates can never settle
-        p_cell, p_off, p_q, p_s = p_cell[live], p_off[live], p_q[live], \
-            p_s[live]
+        p_cell, p_off, p_q = p_cell[live], p_off[live], p_q[live]
         if p_cell.numel() == 0:
             continue
-        key, perm = (_size_class(p_s) * 64 + _size_class(p_q)).sort()
-        p_cell, p_off, p_q, p_s = p_cell[perm], p_off[perm], p_q[perm], \
-            p_s[perm]
+        key, perm = (s_class[p_cell] * 64 + _size_class(p_q)).sort()
+        p_cell, p_off, p_q = p_cell[perm], p_off[perm], p_q[perm]
+        p_s = num_cand[p_cell]
         group_len = key.unique_consecutive(return_counts=True)[1]
         group = torch.repeat_interleave(
             torch.arange(group_len.numel(), device=device), group_len)
