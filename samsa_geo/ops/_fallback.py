@@ -6,6 +6,8 @@ dispatch either to the compiled extensions (:obj:`torch_cluster`,
 extensions' semantics and output layout.
 """
 import bisect
+import itertools
+import math
 from typing import Iterator, List, Optional, Tuple
 
 import torch
@@ -15,6 +17,15 @@ from torch import Tensor
 DEFAULT_CHUNK_SIZE = 2**22
 DEFAULT_CUDA_CHUNK_SIZE = 2**26
 PAD_SLACK = 2**12
+# Exact grid path of knn() (CPU, auto): examples with at least this many
+# candidates and queries, up to GRID_MAX_FEATURES Euclidean features.
+GRID_MIN_POINTS = 20_000
+GRID_MIN_QUERIES = 1_000
+GRID_MAX_FEATURES = 3
+GRID_CELL_POINTS = 1.5  # target points per occupied cell, times k
+GRID_RADII = (1, 2)  # search rounds per grid
+GRID_COARSEN = 4  # cell growth between grids
+GRID_MAX_CELLS = 2**20  # cells per axis
 
 
 def fps(src: Tensor, ptr: Tensor, ratio: Tensor,
@@ -215,7 +226,8 @@ def use_padding(size_x: List[int], size_y: List[int]) -> bool:
 
 def knn(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, batch_y: Tensor,
         cosine: bool = False, chunk_size: Optional[int] = None,
-        padded: Optional[bool] = None) -> Tensor:
+        padded: Optional[bool] = None, grid: Optional[bool] = None
+        ) -> Tensor:
     r"""For every row of :obj:`y`, the (up to) :obj:`k` nearest rows of
     :obj:`x` in the same example, sorted by distance.
 
@@ -224,6 +236,14 @@ def knn(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, batch_y: Tensor,
     groups of whole examples; very uneven batches walk contiguous query
     chunks over the candidate span of their examples instead. Both rank the
     same distances and give the same output.
+
+    Large Euclidean examples of up to three features (see
+    :func:`grid_examples`; :obj:`grid=None` picks them on CPU,
+    :obj:`grid=True` forces every eligible example, :obj:`grid=False` none)
+    are ranked exactly on a spatial grid (:func:`_knn_grid`) instead of by
+    brute force; the output is the same, except that among candidates at
+    exactly equal distance the grid prefers the lower index while the brute
+    force paths keep whatever order :meth:`torch.topk` gives.
 
     Returns :obj:`[2, E]` with row = index into :obj:`y`, col = index into
     :obj:`x`.
@@ -237,6 +257,10 @@ def knn(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, batch_y: Tensor,
     # The only host copy before the output is known:
     size_x, size_y = torch.stack([ptr_x[1:] - ptr_x[:-1],
                                   ptr_y[1:] - ptr_y[:-1]]).tolist()
+    large = grid_examples(size_x, size_y, x, cosine, grid)
+    if large:
+        return _knn_mixed(x, y, k, ptr_x, batch_y, size_x, size_y, large,
+                          chunk_size)
     if padded is None:
         padded = use_padding(size_x, size_y)
     if padded:
@@ -285,6 +309,336 @@ def _knn_padded(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, ptr_y: Tensor,
             & (torch.arange(k_max, device=device).view(1, 1, -1)
                < count_x.clamp(max=k).view(-1, 1, 1)))
     return torch.stack([rows[keep], cols[keep]], dim=0)
+
+
+def grid_examples(size_x: List[int], size_y: List[int], x: Tensor,
+                  cosine: bool, grid: Optional[bool]) -> List[int]:
+    r"""The examples that :func:`knn` ranks on a spatial grid.
+
+    Only Euclidean distances of up to :obj:`GRID_MAX_FEATURES` features in
+    single or double precision qualify. :obj:`grid=None` picks, on CPU, the
+    examples with at least :obj:`GRID_MIN_POINTS` candidates and
+    :obj:`GRID_MIN_QUERIES` queries; :obj:`grid=True` takes every example
+    with candidates and queries, :obj:`grid=False` none.
+    """
+    if (grid is False or cosine or x.size(1) > GRID_MAX_FEATURES
+            or x.dtype not in (torch.float32, torch.float64)):
+        return []
+    if grid is None:
+        if x.device.type != 'cpu':
+            return []
+        return [b for b, (nx, ny) in enumerate(zip(size_x, size_y))
+                if nx >= GRID_MIN_POINTS and ny >= GRID_MIN_QUERIES]
+    return [b for b, (nx, ny) in enumerate(zip(size_x, size_y))
+            if nx > 0 and ny > 0]
+
+
+def _knn_mixed(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
+               batch_y: Tensor, size_x: List[int], size_y: List[int],
+               large: List[int], chunk_size: int) -> Tensor:
+    r"""Ranks the examples :obj:`large` on a grid (see :func:`_knn_grid`)
+    and all others by brute force, then merges both by query."""
+    device = x.device
+    start_x = [0] + list(itertools.accumulate(size_x))
+    start_y = [0] + list(itertools.accumulate(size_y))
+    keep_x = torch.ones(x.size(0), dtype=torch.bool, device=device)
+    keep_y = torch.ones(y.size(0), dtype=torch.bool, device=device)
+    rest_x, rest_y = list(size_x), list(size_y)
+    rows, cols = [], []
+    for b in large:
+        x0, x1, y0, y1 = start_x[b], start_x[b + 1], start_y[b], start_y[b + 1]
+        nbr = _knn_grid(x[x0:x1], y[y0:y1], k, chunk_size)
+        if nbr is None:  # degenerate or non-finite: brute force
+            continue
+        keep_x[x0:x1], keep_y[y0:y1] = False, False
+        rest_x[b], rest_y[b] = 0, 0
+        rows.append(torch.arange(y0, y1, device=device).repeat_interleave(
+            nbr.size(1)))
+        cols.append(nbr.view(-1) + x0)  # [M_b * K]
+    if sum(rest_y) > 0 and sum(rest_x) > 0:
+        sub_ptr = torch.tensor([0] + rest_x, device=device).cumsum(0)
+        sub_y = keep_y.nonzero().view(-1)
+        sub_x = keep_x.nonzero().view(-1)
+        xr, yr = x[sub_x], y[sub_y]
+        if use_padding(rest_x, rest_y):
+            sub_ptr_y = torch.tensor([0] + rest_y, device=device).cumsum(0)
+            out = _knn_padded(xr, yr, k, sub_ptr, sub_ptr_y, rest_x, rest_y,
+                              False, chunk_size)
+        else:
+            out = _knn_span(xr, yr, k, sub_ptr, batch_y[sub_y], False,
+                            chunk_size)
+        rows.append(sub_y[out[0]])
+        cols.append(sub_x[out[1]])
+    if not rows:
+        return torch.empty(2, 0, dtype=torch.long, device=device)
+    row, col = torch.cat(rows), torch.cat(cols)
+    if len(rows) > 1:  # each query's neighbours stay in distance order
+        perm = row.argsort(stable=True)
+        row, col = row[perm], col[perm]
+    return torch.stack([row, col], dim=0)
+
+
+def _topk_lowest_index(dist: Tensor, cand: Tensor,
+                       kk: int) -> Tuple[Tensor, Tensor]:
+    r"""The :obj:`kk` smallest of :obj:`dist` :obj:`[G, Q, S]` and their
+    candidate indices :obj:`cand` :obj:`[G, S]`, ascending; equal distances
+    are ordered by ascending index, so the result does not depend on the
+    order of the candidates in the block."""
+    extra = dist.size(-1) > kk  # a (k+1)-th value reveals boundary ties
+    vals, arg = dist.topk(kk + extra, dim=-1, largest=False, sorted=True)
+    nbr = cand.unsqueeze(-2).expand_as(dist).gather(-1, arg)  # [G, Q, kk']
+    if kk > 1 and bool((vals[..., 1:kk] == vals[..., :kk - 1]).any()):
+        # Ties inside the top-k: by index, then (stably) by distance.
+        perm = nbr[..., :kk].argsort(dim=-1)
+        v, c = vals[..., :kk].gather(-1, perm), nbr[..., :kk].gather(-1, perm)
+        perm = v.argsort(dim=-1, stable=True)
+        vals[..., :kk], nbr[..., :kk] = v.gather(-1, perm), c.gather(-1, perm)
+    if extra:
+        over = ((vals[..., kk] == vals[..., kk - 1])
+                & torch.isfinite(vals[..., kk - 1]))
+        vals, nbr = vals[..., :kk], nbr[..., :kk]
+        if bool(over.any()):
+            # Ties across the k-th place: the lowest indices win.
+            g, q = over.nonzero(as_tuple=True)
+            c = cand[g]  # [R, S]
+            perm = c.argsort(dim=-1)
+            d, c = dist[g, q].gather(-1, perm), c.gather(-1, perm)
+            perm = d.argsort(dim=-1, stable=True)[:, :kk]
+            vals[g, q], nbr[g, q] = d.gather(-1, perm), c.gather(-1, perm)
+    return vals, nbr
+
+
+def _grid_spacing(x: Tensor, k: int) -> Optional[Tuple[Tensor, float,
+                                                       List[float]]]:
+    r"""Origin, cell side and extent per axis of the finest grid of
+    :obj:`x`: about :obj:`GRID_CELL_POINTS * k` points per cell on average
+    over the bounding box, shrunk (at most 64 times) while the cell of an
+    average point holds far more, as in clustered clouds. :obj:`None` for
+    clouds at a single location."""
+    n = x.size(0)
+    lo, hi = x.amin(0), x.amax(0)
+    ext = (hi.double() - lo.double()).tolist()
+    axes = [e for e in ext if e > 0]
+    if not axes:
+        return None
+    target = GRID_CELL_POINTS * k
+    h_min = max(ext) / (GRID_MAX_CELLS - 2)
+    h = max(math.exp((sum(math.log(e) for e in axes)
+                      + math.log(target / n)) / len(axes)), h_min)
+    xd = x.double() - lo.double()  # [N, F]
+    for _ in range(3):
+        cells = [int(e / h) + 1 for e in ext]
+        ids = _cell_ids(torch.floor(xd / h), cells)
+        count = ids.sort()[0].unique_consecutive(return_counts=True)[1]
+        occupancy = float(count.double().square().sum()) / n
+        if occupancy <= 3 * target:
+            break
+        h_new = max(h * max((target / occupancy) ** (1 / len(axes)), 0.25),
+                    h_min)
+        if h_new >= h:
+            break
+        h = h_new
+    return lo.double(), h, ext
+
+
+def _cell_ids(coords: Tensor, cells: List[int]) -> Tensor:
+    r"""Linear ids of integer cell coordinates :obj:`[..., F]` (given as
+    floats or ints, clamped into the grid)."""
+    out = None
+    for f, size in enumerate(cells):
+        c = coords[..., f].clamp(0, size - 1).long()
+        out = c if out is None else out * size + c
+    return out
+
+
+def _knn_grid(x: Tensor, y: Tensor, k: int,
+              chunk_size: int) -> Optional[Tensor]:
+    r"""Exact k-nearest neighbours of one example on uniform grids.
+
+    The candidates :obj:`x` are sorted into cubic cells of side :math:`h`.
+    Queries are ranked cell by cell against the points of the
+    :math:`(2r+1)^F` surrounding cells, many cells per distance block (cells
+    of similar candidate and query counts are padded together). A query's
+    top-k is final once its :math:`k`-th distance is (with a rounding
+    margin) below its distance to the faces of the searched cube, so that no
+    point outside could be as close; the others are searched again with the
+    next radius of :obj:`GRID_RADII`, then on a grid of
+    :obj:`GRID_COARSEN` times larger cells, up to a single cell, where every
+    query settles. Distances are those of :func:`_distances`; equal
+    distances are ordered by index.
+
+    Returns the local neighbour indices :obj:`[M, min(k, N)]`, or
+    :obj:`None` where the grid does not apply (non-finite or overflowing
+    coordinates, all candidates at one location).
+    """
+    n, m, device = x.size(0), y.size(0), x.device
+    kk = min(k, n)
+    both = torch.cat([x, y], dim=0)
+    bbox = torch.stack([both.amin(0), both.amax(0)]).double()
+    if not bool(torch.isfinite(bbox).all()) or not math.isfinite(
+            float((bbox[1] - bbox[0]).square().sum().to(x.dtype))):
+        return None
+    spacing = _grid_spacing(x, k)
+    if spacing is None:
+        return None
+    lo, h, ext = spacing
+    # Rounding margin of the face distances (cell coordinates are computed
+    # in double, distances in the input precision).
+    scale = float(bbox.abs().max())
+    out = torch.empty(m, kk, dtype=torch.long, device=device)
+    done = torch.zeros(m, dtype=torch.bool, device=device)
+    while True:
+        cells = [int(e / h) + 1 for e in ext]
+        _grid_level(x, y, kk, chunk_size, lo, h, cells,
+                    1e-9 * (scale + h), out, done)
+        if max(cells) == 1 or bool(done.all()):
+            return out
+        h *= GRID_COARSEN
+
+
+def _grid_level(x: Tensor, y: Tensor, kk: int, chunk_size: int, lo: Tensor,
+                h: float, cells: List[int], delta: float, out: Tensor,
+                done: Tensor) -> None:
+    r"""The search rounds of :func:`_knn_grid` on one grid, for the queries
+    not yet :obj:`done`; updates :obj:`out` and :obj:`done` in place."""
+    n, num_features = x.size()
+    device = x.device
+    # Candidates sorted by cell; `cell_ids` are the occupied cells.
+    x_ids = _cell_ids(torch.floor((x.double() - lo) / h), cells)
+    x_ids, order = x_ids.sort(stable=True)
+    cell_ids, cell_count = x_ids.unique_consecutive(return_counts=True)
+    cell_start = cell_count.cumsum(0) - cell_count
+    num_cells = cell_ids.numel()
+    pad = torch.full((num_features, 1), float('inf'), dtype=x.dtype,
+                     device=device)
+    xs = torch.cat([x[order].t(), pad], dim=1)  # [F, N + 1], last = padding
+    order = torch.cat([order, order.new_tensor([n])])  # [N + 1]
+
+    # Pending queries sorted by cell.
+    y_index = (~done).nonzero().view(-1)
+    y_coords = torch.floor((y[y_index].double() - lo) / h)
+    for f, size in enumerate(cells):
+        y_coords[:, f].clamp_(0, size - 1)
+    y_coords = y_coords.long()  # [M', F]
+    y_ids, perm = _cell_ids(y_coords, cells).sort(stable=True)
+    y_index, y_coords = y_index[perm], y_coords[perm]
+    ys = y[y_index].t()  # [F, M']
+    ysd = ys.double()
+    cells_t = torch.tensor(cells, device=device)
+    lo_t = lo.view(-1, 1, 1)  # [F, 1, 1]
+
+    settled = torch.zeros(y_index.numel(), dtype=torch.bool, device=device)
+    for r in GRID_RADII:
+        pending = (~settled).nonzero().view(-1)  # sorted positions
+        if pending.numel() == 0:
+            break
+        ucell, q_count = y_ids[pending].unique_consecutive(return_counts=True)
+        q_start = q_count.cumsum(0) - q_count
+        u_coords = y_coords[pending[q_start]]  # [U, F]
+
+        # Neighbour cells and their candidate ranges.
+        axis = torch.arange(-r, r + 1, device=device)
+        offsets = torch.cartesian_prod(*([axis] * num_features)).view(
+            -1, num_features)  # [(2r+1)^F, F]
+        nc = u_coords.unsqueeze(1) + offsets.unsqueeze(0)  # [U, K3, F]
+        inside = ((nc >= 0) & (nc < cells_t)).all(-1)
+        nid = _cell_ids(nc, cells)
+        j = torch.searchsorted(cell_ids, nid).clamp(max=num_cells - 1)
+        found = inside & (cell_ids[j] == nid)
+        n_count = torch.where(found, cell_count[j], 0)  # [U, K3]
+        n_end = n_count.cumsum(1)
+        n_shift = cell_start[j] - (n_end - n_count)  # sorted pos - slot
+        num_cand = n_end[:, -1]  # [U]
+        lower_open = u_coords - r <= 0  # the cube reaches the grid border
+        upper_open = u_coords + r >= cells_t - 1
+
+        # Pieces of at most chunk_size entries, grouped by padded size.
+        # (A piece's queries times the largest candidate count of its size
+        # class stay within chunk_size.)
+        s_class = _size_class(num_cand.clamp(min=1))
+        s_upper = torch.maximum(
+            torch.ceil(1.25 ** s_class.double()).long(), num_cand)
+        q_cap = (chunk_size // s_upper).clamp(min=1)
+        pieces = (q_count + q_cap - 1) // q_cap
+        p_cell = torch.repeat_interleave(
+            torch.arange(ucell.numel(), device=device), pieces)
+        p_first = torch.cumsum(pieces, 0) - pieces
+        p_off = (torch.arange(p_cell.numel(), device=device)
+                 - p_first[p_cell]) * q_cap[p_cell]
+        p_q = torch.minimum(q_cap[p_cell], q_count[p_cell] - p_off)
+        p_s = num_cand[p_cell]
+        live = p_s >= kk  # fewer candidates can never settle
+        p_cell, p_off, p_q = p_cell[live], p_off[live], p_q[live]
+        if p_cell.numel() == 0:
+            continue
+        key, perm = (s_class[p_cell] * 64 + _size_class(p_q)).sort()
+        p_cell, p_off, p_q = p_cell[perm], p_off[perm], p_q[perm]
+        p_s = num_cand[p_cell]
+        group_len = key.unique_consecutive(return_counts=True)[1]
+        group = torch.repeat_interleave(
+            torch.arange(group_len.numel(), device=device), group_len)
+        group_max = p_s.new_zeros(2, group_len.numel()).scatter_reduce_(
+            1, group.expand(2, -1), torch.stack([p_s, p_q]), 'amax').tolist()
+        group_len = group_len.tolist()
+        ends = list(itertools.accumulate(group_len))
+        for g, end in enumerate(ends):
+            s_max, q_max = group_max[0][g], group_max[1][g]
+            per_block = max(chunk_size // (s_max * q_max), 1)
+            for b0 in range(end - group_len[g], end, per_block):
+                sl = slice(b0, min(b0 + per_block, end))
+                settled[_grid_block(
+                    p_cell[sl], p_off[sl], p_q[sl], q_max, s_max, pending,
+                    q_start, n_end, n_shift, u_coords, lower_open,
+                    upper_open, xs, ys, ysd, order, lo_t, h, r, delta, kk,
+                    out, y_index)] = True
+    done[y_index[settled]] = True
+
+
+def _size_class(v: Tensor) -> Tensor:
+    r"""Geometric size classes (ratio 1.25) of positive counts."""
+    return torch.ceil(torch.log(v.double()) / math.log(1.25)).long()
+
+
+def _grid_block(cell: Tensor, q_off: Tensor, q_num: Tensor, q_max: int,
+                s_max: int, pending: Tensor, q_start: Tensor, n_end: Tensor,
+                n_shift: Tensor, u_coords: Tensor, lower_open: Tensor,
+                upper_open: Tensor, xs: Tensor, ys: Tensor, ysd: Tensor,
+                order: Tensor, lo: Tensor, h: float, r: int, delta: float,
+                kk: int, out: Tensor, y_index: Tensor) -> Tensor:
+    r"""One distance block of :func:`_grid_level`: pieces of query cells
+    :obj:`[G]` (each with at least :obj:`kk` candidates) padded to
+    :obj:`[G, q_max, s_max]`. Writes the settled rows to :obj:`out` and
+    returns their sorted query positions."""
+    device = xs.device
+    # Queries [G, Q_max] (as positions in the sorted order).
+    slot_q = torch.arange(q_max, device=device)
+    q_valid = slot_q.unsqueeze(0) < q_num.unsqueeze(1)
+    q_idx = (q_start[cell] + q_off).unsqueeze(1) + slot_q
+    q_pos = pending[q_idx.clamp(max=pending.numel() - 1)]  # [G, Q_max]
+    # Candidates [G, S_max] (as positions in the sorted order of x).
+    slot_s = torch.arange(s_max, device=device).expand(cell.numel(), s_max)
+    ends = n_end[cell]  # [G, K3]
+    j = torch.searchsorted(ends, slot_s.contiguous(), right=True).clamp(
+        max=ends.size(1) - 1)
+    s_pos = slot_s + n_shift[cell].gather(1, j)
+    s_pos = torch.where(slot_s < ends[:, -1:], s_pos, xs.size(1) - 1)
+
+    dist = _distances(ys[:, q_pos], xs[:, s_pos], False)  # [G, Q_max, S_max]
+    vals, nbr = _topk_lowest_index(dist, order[s_pos], kk)
+
+    # Distance from each query to the outside of its searched cube.
+    coords = u_coords[cell].t().unsqueeze(-1)  # [F, G, 1]
+    yq = ysd[:, q_pos]  # [F, G, Q_max]
+    d_lo = (yq - (lo + (coords - r) * h)).masked_fill(
+        lower_open[cell].t().unsqueeze(-1), float('inf'))
+    d_hi = ((lo + (coords + r + 1) * h) - yq).masked_fill(
+        upper_open[cell].t().unsqueeze(-1), float('inf'))
+    bound = torch.minimum(d_lo, d_hi).amin(0)  # [G, Q_max]
+    bound = (bound * (1 - 1e-6) - delta).clamp(min=0).square() * (1 - 1e-5)
+    final = q_valid & (vals[..., -1].double() < bound)
+    settled = q_pos[final]
+    out[y_index[settled]] = nbr[final]
+    return settled
 
 
 def _block(x: Tensor, y: Tensor, cand_start: Tensor, cand_end: Tensor,

@@ -47,7 +47,10 @@ def knn(
     example) with one top-k call per distance block; very uneven batches
     are processed in query chunks that only look at the points of the
     examples they touch. Every block holds at most :obj:`chunk_size` entries
-    (or one query row), so memory stays bounded for any :math:`N`.
+    (or one query row), so memory stays bounded for any :math:`N`. On CPU,
+    large Euclidean examples (at least 20,000 candidates and 1,000 queries,
+    up to three features) are ranked exactly on a spatial grid instead,
+    against the points of neighbouring cells only.
 
     Args:
         x (torch.Tensor): Candidate points.

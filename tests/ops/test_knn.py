@@ -254,3 +254,225 @@ def test_example_blocks_cover_every_query_once(sizes_x, sizes_y, chunk_size):
     expected = [(b, q) for b in range(len(sizes_x)) if sizes_x[b] > 0
                 for q in range(sizes_y[b])]
     assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
+
+
+# Exact grid path (large Euclidean examples; forced with grid=True here).
+
+def _stable_reference(x, y, k, sizes_x, sizes_y):
+    # Float32 distances of the fallback, equal ones ordered by index.
+    rows, cols, x0, y0 = [], [], 0, 0
+    for nx, ny in zip(sizes_x, sizes_y):
+        if nx > 0 and ny > 0:
+            dist = _fallback._distances(y[y0:y0 + ny].t(),
+                                        x[x0:x0 + nx].t(), False)
+            order = dist.argsort(dim=1, stable=True)[:, :k]  # [ny, k']
+            rows.append(torch.arange(y0, y0 + ny).repeat_interleave(
+                order.size(1)))
+            cols.append(order.reshape(-1) + x0)
+        x0, y0 = x0 + nx, y0 + ny
+    return torch.stack([torch.cat(rows), torch.cat(cols)])
+
+
+def _assert_same_up_to_ties(out, expected, x, y):
+    # Same queries and neighbour distances; indices equal except among
+    # candidates at exactly equal distance (which implementations order
+    # differently).
+    assert torch.equal(out[0], expected[0])
+    dist = _fallback._distances(y[out[0]].t().unsqueeze(-1),
+                                x[out[1]].t().unsqueeze(-1), False)
+    ref = _fallback._distances(y[expected[0]].t().unsqueeze(-1),
+                               x[expected[1]].t().unsqueeze(-1), False)
+    assert torch.equal(dist, ref)
+    dist = dist.view(-1)
+    tied = torch.zeros_like(dist, dtype=torch.bool)
+    same = (dist[1:] == dist[:-1]) & (out[0][1:] == out[0][:-1])
+    tied[1:] |= same
+    tied[:-1] |= same
+    assert torch.equal(out[1][~tied], expected[1][~tied])
+
+
+def _grid_and_brute(x, y, k, sizes_x, sizes_y, chunk_size=None, **kwargs):
+    args = (x, y, k, _ptr(sizes_x), _batch(sizes_y))
+    grid = _fallback.knn(*args, chunk_size=chunk_size, grid=True, **kwargs)
+    brute = _fallback.knn(*args, chunk_size=chunk_size, grid=False)
+    assert torch.equal(grid, _stable_reference(x, y, k, sizes_x, sizes_y))
+    return grid, brute
+
+
+def _blobs(gen, num_features=3):
+    # Dense blobs of very different scales plus sparse outliers.
+    parts = [torch.randn(700, num_features, generator=gen) * scale
+             + torch.rand(1, num_features, generator=gen) * 10
+             for scale in (1e-3, 1e-2, 0.1)]
+    parts.append(torch.rand(40, num_features, generator=gen) * 10)
+    return torch.cat(parts)
+
+
+GRID_CLOUDS = {
+    'uniform': lambda g: torch.rand(2000, 3, generator=g),
+    'clustered': _blobs,
+    'planar': lambda g: torch.rand(2000, 3, generator=g) * torch.tensor(
+        [1.0, 2.0, 0.0]) + 0.5,
+    'collinear': lambda g: torch.rand(1500, 1, generator=g) * torch.tensor(
+        [[1.0, -2.0, 0.5]]) + torch.tensor([3.0, 1.0, -1.0]),
+    '2d': lambda g: torch.rand(2500, 2, generator=g),
+    '2d_clustered': lambda g: _blobs(g, 2),
+    '1d': lambda g: torch.randn(1000, 1, generator=g),
+    'offset': lambda g: torch.rand(2000, 3, generator=g) + 1000.0,
+}
+
+
+@pytest.mark.parametrize('cloud', list(GRID_CLOUDS))
+@pytest.mark.parametrize('k', [1, 16])
+def test_knn_grid_equals_brute_force(cloud, k):
+    gen = torch.Generator().manual_seed(12)
+    x = GRID_CLOUDS[cloud](gen)
+    n = x.size(0)
+    grid, brute = _grid_and_brute(x, x, k, [n], [n])
+    assert torch.equal(grid, brute)
+    assert torch.equal(grid[1].view(n, k)[:, 0], torch.arange(n))
+    if samsa_geo.typing.WITH_TORCH_CLUSTER:
+        import torch_cluster
+        _assert_same_up_to_ties(grid, torch_cluster.knn(x, x, k), x, x)
+
+
+def test_knn_grid_clustered_needs_larger_searches(monkeypatch):
+    # Outliers far from the dense blobs are settled on coarser grids only.
+    levels = []
+    level = _fallback._grid_level
+
+    def recording_level(x, y, kk, chunk_size, lo, h, cells, *args):
+        levels.append(max(cells))
+        return level(x, y, kk, chunk_size, lo, h, cells, *args)
+
+    monkeypatch.setattr(_fallback, '_grid_level', recording_level)
+    x = _blobs(torch.Generator().manual_seed(3))
+    grid, brute = _grid_and_brute(x, x, 16, [x.size(0)], [x.size(0)])
+    assert torch.equal(grid, brute)
+    assert len(levels) > 1 and levels == sorted(levels, reverse=True)
+
+
+@pytest.mark.parametrize('k', [3, 16])
+def test_knn_grid_queries_differ_from_candidates(k):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(2000, 3, generator=gen)
+    # Queries inside and far outside the candidates' bounding box.
+    y = torch.rand(700, 3, generator=gen) * 4 - 1.5
+    grid, brute = _grid_and_brute(x, y, k, [2000], [700])
+    assert torch.equal(grid, brute)
+    if samsa_geo.typing.WITH_TORCH_CLUSTER:
+        import torch_cluster
+        _assert_same_up_to_ties(grid, torch_cluster.knn(x, y, k), x, y)
+
+
+def test_knn_grid_duplicated_points():
+    # Exact duplicates tie: the grid orders equal distances by index; the
+    # brute-force paths keep topk's order, with the same distances.
+    gen = torch.Generator().manual_seed(7)
+    base = torch.rand(400, 3, generator=gen)
+    x = torch.cat([base, base, base[:100], torch.zeros(50, 3)])
+    y = torch.cat([base[:200], torch.zeros(5, 3)])
+    n, m, k = x.size(0), y.size(0), 7
+    grid, brute = _grid_and_brute(x, y, k, [n], [m])
+    assert torch.equal(grid[0], brute[0])
+    dist = _fallback._distances(y.t(), x.t(), False)  # [M, N]
+    d_grid = dist.gather(1, grid[1].view(m, k))
+    d_brute = dist.gather(1, brute[1].view(m, k))
+    assert torch.equal(d_grid, d_brute)
+    # Points strictly closer than the k-th are found by both.
+    for i in range(m):
+        inner = dist[i] < d_grid[i, -1]
+        assert set(grid[1].view(m, k)[i][inner[grid[1].view(m, k)[i]]]
+                   .tolist()) == set(inner.nonzero().view(-1).tolist())
+        assert set(brute[1].view(m, k)[i][
+            inner[brute[1].view(m, k)[i]]].tolist()) == \
+            set(inner.nonzero().view(-1).tolist())
+    # Equal distances come in ascending index order.
+    nbr = grid[1].view(m, k)
+    tie = d_grid[:, 1:] == d_grid[:, :-1]
+    assert bool((nbr[:, 1:] > nbr[:, :-1])[tie].all())
+
+
+def test_knn_grid_k_larger_than_neighbourhoods():
+    gen = torch.Generator().manual_seed(9)
+    x = _blobs(gen)[::7]  # ~300 points, sparse blobs
+    y = torch.rand(50, 3, generator=gen) * 10
+    n = x.size(0)
+    for k in [40, n, n + 5]:
+        grid, brute = _grid_and_brute(x, y, k, [n], [50])
+        _assert_same_up_to_ties(grid, brute, x, y)
+        assert grid.size(1) == 50 * min(k, n)
+    tiny = torch.rand(5, 2, generator=gen)
+    grid, brute = _grid_and_brute(tiny, tiny, 16, [5], [5])
+    assert torch.equal(grid, brute)
+
+
+@pytest.mark.parametrize('chunk_size', [1, 500, 20_000, None])
+def test_knn_grid_mixed_batch(monkeypatch, chunk_size):
+    # One large example (grid, by the lowered threshold) among small and
+    # empty ones (brute force); distance blocks stay within chunk_size.
+    monkeypatch.setattr(_fallback, 'GRID_MIN_POINTS', 1000)
+    monkeypatch.setattr(_fallback, 'GRID_MIN_QUERIES', 100)
+    gen = torch.Generator().manual_seed(11)
+    sizes_x, sizes_y = [30, 1500, 0, 7, 25], [10, 1200, 4, 9, 0]
+    x = torch.rand(sum(sizes_x), 3, generator=gen)
+    y = torch.rand(sum(sizes_y), 3, generator=gen)
+    assert _fallback.grid_examples(sizes_x, sizes_y, x, False, None) == [1]
+    assert _fallback.grid_examples(sizes_x, sizes_y, x, True, None) == []
+    assert _fallback.grid_examples(sizes_x, sizes_y, x, False, False) == []
+    assert _fallback.grid_examples(sizes_x, sizes_y, x, False, True) == [
+        0, 1, 3]
+    blocks, examples = [], []
+    distances, knn_grid = _fallback._distances, _fallback._knn_grid
+
+    def recording_distances(y, x, cosine):
+        out = distances(y, x, cosine)
+        blocks.append(tuple(out.size()))
+        return out
+
+    def recording_grid(x, y, *args):
+        examples.append((x.size(0), y.size(0)))
+        return knn_grid(x, y, *args)
+
+    monkeypatch.setattr(_fallback, '_distances', recording_distances)
+    monkeypatch.setattr(_fallback, '_knn_grid', recording_grid)
+    args = (x, y, 6, _ptr(sizes_x), _batch(sizes_y))
+    auto = _fallback.knn(*args, chunk_size=chunk_size)
+    monkeypatch.undo()
+    brute = _fallback.knn(*args, chunk_size=chunk_size, grid=False)
+    assert torch.equal(auto, brute)
+    assert torch.equal(auto, _reference(x, y, 6, _batch(sizes_x),
+                                        _batch(sizes_y)))
+    assert examples == [(1500, 1200)]  # only the large example
+    limit = chunk_size or _fallback.DEFAULT_CHUNK_SIZE
+    assert all(math.prod(b) <= limit or b[-2] == 1 for b in blocks)
+    if samsa_geo.typing.WITH_TORCH_CLUSTER:
+        import torch_cluster
+        _assert_same_up_to_ties(auto, torch_cluster.knn(
+            x, y, 6, _batch(sizes_x), _batch(sizes_y)), x, y)
+
+
+def test_knn_grid_not_applicable():
+    # All candidates at one location, non-finite points, cosine and many
+    # features fall back to brute force.
+    x = torch.ones(300, 3)
+    y = torch.rand(20, 3)
+    out = _fallback.knn(x, y, 4, _ptr([300]), _batch([20]), grid=True)
+    assert torch.equal(out, _fallback.knn(x, y, 4, _ptr([300]), _batch([20]),
+                                          grid=False))
+    assert _fallback._knn_grid(x, y, 4, 2**22) is None
+    x = torch.rand(300, 3)
+    x[5, 1] = float('inf')
+    assert _fallback._knn_grid(x, y, 4, 2**22) is None
+    assert _fallback.grid_examples([300], [20], x.double(), False,
+                                   True) == [0]
+    assert _fallback.grid_examples([300], [20], x.half(), False, True) == []
+    assert _fallback.grid_examples([300], [20], torch.rand(300, 4), False,
+                                   True) == []
+
+
+def test_knn_grid_double_precision():
+    gen = torch.Generator().manual_seed(13)
+    x = torch.rand(2000, 3, generator=gen, dtype=torch.float64)
+    grid, brute = _grid_and_brute(x, x, 10, [2000], [2000])
+    assert torch.equal(grid, brute)
