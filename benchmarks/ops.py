@@ -87,8 +87,9 @@ def main():
             record('fps', impl, num_points, num_samples, clouds,
                    lambda: fps(pos, batch, ratio, False, backend=impl))
 
-    # The fallback is brute force (O(N * M)): timed on the first
-    # --knn-queries queries against all N points, then on all N queries.
+    # Timed on the first --knn-queries queries against all N points, then
+    # on all N queries. The fallback is brute force (O(N * M)) on CUDA and
+    # an exact spatial grid for such large examples on CPU.
     k, n = 16, args.knn_points
     pos = torch.rand(n, 3, generator=gen).to(device)
     for m in sorted({min(args.knn_queries, n), n}):
