@@ -9,6 +9,17 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 
+def point_conv(channels: int, heads: int, k: int, relative_bias: bool = False,
+               norm_mode: str = 'node'):
+    """One :class:`~samsa_geo.nn.SamsaConv` as
+    :class:`~samsa_geo.nn.models.SamsaPointClassifier` builds it (GELU,
+    per-point LayerNorm unless ``norm_mode`` says otherwise)."""
+    from samsa_geo.nn import SamsaConv
+    return SamsaConv(channels, heads=heads, k=k, act='gelu',
+                     norm='layer_norm', norm_kwargs={'mode': norm_mode},
+                     attn_kwargs=dict(relative_bias=relative_bias))
+
+
 def device_name(device: torch.device) -> str:
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)

@@ -31,9 +31,9 @@ from torch_geometric.nn import (
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import device_name, is_oom, measure, print_table  # noqa: E402
-from _common import write_records  # noqa: E402
+from _common import point_conv, write_records  # noqa: E402
 
-from samsa_geo.nn import SamsaAttention, SamsaConv  # noqa: E402
+from samsa_geo.nn import SamsaAttention  # noqa: E402
 from samsa_geo.nn.attention import _kernels  # noqa: E402
 from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
 from samsa_geo.ops import knn_graph  # noqa: E402
@@ -190,16 +190,12 @@ def main():
     x = torch.randn(B * n, C, device=device, dtype=wdtype)
     edge_index = knn_graph(pos, 16, batch)
 
-    def samsa_layer(**attn_kwargs):
-        return SamsaConv(C, heads=8, k=256, act='gelu', norm='layer_norm',
-                         norm_kwargs={'mode': 'node'},
-                         attn_kwargs=attn_kwargs)
     layers = {
-        'samsa_conv_layer': (samsa_layer(),
+        'samsa_conv_layer': (point_conv(C, 8, 256),
                              lambda m: m(x, None, batch, num_graphs=B,
                                          max_num_nodes=n)),
         'samsa_conv_layer_relbias': (
-            samsa_layer(relative_bias=True),
+            point_conv(C, 8, 256, relative_bias=True),
             lambda m: m(x, None, batch, pos=pos, num_graphs=B,
                         max_num_nodes=n)),
         'point_transformer_conv_layer': (

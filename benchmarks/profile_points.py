@@ -13,17 +13,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import measure  # noqa: E402
+from _common import measure, point_conv  # noqa: E402
 
-from samsa_geo.nn import SamsaAttention, SamsaConv  # noqa: E402
+from samsa_geo.nn import SamsaAttention  # noqa: E402
 from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
-
-
-def point_layer(C, heads, k, relative_bias, norm_mode='node'):
-    """One layer as :class:`SamsaPointClassifier` builds it."""
-    return SamsaConv(C, heads=heads, k=k, act='gelu', norm='layer_norm',
-                     norm_kwargs={'mode': norm_mode},
-                     attn_kwargs=dict(relative_bias=relative_bias))
 
 
 def main():
@@ -57,11 +50,11 @@ def main():
         lines.append(s)
 
     cases = {
-        'layer_graph_ln': (point_layer(C, 8, 256, False, 'graph'), False),
-        'layer': (point_layer(C, 8, 256, False), False),
-        'layer_bias_fused': (point_layer(C, 8, 256, True), True),
-        'layer_bias_explicit': (point_layer(C, 8, 256, True), 'explicit'),
-        'layer_k512_bias_fused': (point_layer(C, 8, 512, True), True),
+        'layer_graph_ln': (point_conv(C, 8, 256, False, 'graph'), False),
+        'layer': (point_conv(C, 8, 256, False), False),
+        'layer_bias_fused': (point_conv(C, 8, 256, True), True),
+        'layer_bias_explicit': (point_conv(C, 8, 256, True), 'explicit'),
+        'layer_k512_bias_fused': (point_conv(C, 8, 512, True), True),
     }
     fns = {}
     for name, (layer, bias) in cases.items():
@@ -118,7 +111,8 @@ def main():
             r = measure(fn, dev, warmup=3, repeat=20)
             log(f'{name:28s} {r["ms"]:8.3f} ms  '
                 f'{B * n / r["ms"] / 1e3:8.2f} M points/s  '
-                f'{B / r["ms"] * 1e3:9.0f} clouds/s  peak {r["peak_mb"]:.0f} MB')
+                f'{B / r["ms"] * 1e3:9.0f} clouds/s  '
+                f'peak {r["peak_mb"]:.0f} MB')
         except Exception as e:  # report and go on
             log(f'{name:28s} failed: {type(e).__name__}: {str(e)[:300]}')
     try:

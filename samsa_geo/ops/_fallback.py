@@ -260,7 +260,17 @@ def knn(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, batch_y: Tensor,
     large = grid_examples(size_x, size_y, x, cosine, grid)
     if large:
         return _knn_mixed(x, y, k, ptr_x, batch_y, size_x, size_y, large,
-                          chunk_size)
+                          chunk_size, padded)
+    return _knn_brute(x, y, k, ptr_x, ptr_y, batch_y, size_x, size_y,
+                      cosine, chunk_size, padded)
+
+
+def _knn_brute(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, ptr_y: Tensor,
+               batch_y: Tensor, size_x: List[int], size_y: List[int],
+               cosine: bool, chunk_size: int,
+               padded: Optional[bool]) -> Tensor:
+    r"""Brute-force :func:`knn`: the padded path for similar-sized examples
+    (or :obj:`padded=True`), the span path otherwise."""
     if padded is None:
         padded = use_padding(size_x, size_y)
     if padded:
@@ -335,7 +345,8 @@ def grid_examples(size_x: List[int], size_y: List[int], x: Tensor,
 
 def _knn_mixed(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
                batch_y: Tensor, size_x: List[int], size_y: List[int],
-               large: List[int], chunk_size: int) -> Tensor:
+               large: List[int], chunk_size: int,
+               padded: Optional[bool]) -> Tensor:
     r"""Ranks the examples :obj:`large` on a grid (see :func:`_knn_grid`)
     and all others by brute force, then merges both by query."""
     device = x.device
@@ -356,17 +367,13 @@ def _knn_mixed(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
             nbr.size(1)))
         cols.append(nbr.view(-1) + x0)  # [M_b * K]
     if sum(rest_y) > 0 and sum(rest_x) > 0:
-        sub_ptr = torch.tensor([0] + rest_x, device=device).cumsum(0)
         sub_y = keep_y.nonzero().view(-1)
         sub_x = keep_x.nonzero().view(-1)
-        xr, yr = x[sub_x], y[sub_y]
-        if use_padding(rest_x, rest_y):
-            sub_ptr_y = torch.tensor([0] + rest_y, device=device).cumsum(0)
-            out = _knn_padded(xr, yr, k, sub_ptr, sub_ptr_y, rest_x, rest_y,
-                              False, chunk_size)
-        else:
-            out = _knn_span(xr, yr, k, sub_ptr, batch_y[sub_y], False,
-                            chunk_size)
+        sub_ptr_x = torch.tensor([0] + rest_x, device=device).cumsum(0)
+        sub_ptr_y = torch.tensor([0] + rest_y, device=device).cumsum(0)
+        out = _knn_brute(x[sub_x], y[sub_y], k, sub_ptr_x, sub_ptr_y,
+                         batch_y[sub_y], rest_x, rest_y, False, chunk_size,
+                         padded)
         rows.append(sub_y[out[0]])
         cols.append(sub_x[out[1]])
     if not rows:

@@ -197,7 +197,6 @@ class PairGeometry:
     normal_k: Optional[Tensor] = None
 
 
-
 def flex_supported(device: torch.device) -> bool:
     """Whether the fused :func:`flex_attention` kernel serves ``device``
     (CUDA with Triton installed: forward and backward kernels)."""
@@ -233,7 +232,7 @@ def biased_flex_attention(
     Args:
         q (Tensor): ``[nt, H, T, D]``; k, v: ``[nt, H, k, D]``.
         key_valid (Tensor, optional): ``[nt, k]``.
-        geo (PairGeometry): positions and normals per tile.
+        geo (PairGeometry): positions and normals per tile (float32).
         weights (tuple): :math:`(\mathbf{A}, a, \mathbf{B}, b)` of shapes
             ``[H, 2]``, ``[H]``, ``[H, 2]``, ``[H]``.
         compiled (bool): use the compiled (fused) kernel; :obj:`False` runs
@@ -249,9 +248,7 @@ def biased_flex_attention(
     # that requires gradients only once.
     A0, A1 = A[:, 0].contiguous(), A[:, 1].contiguous()  # [H] each
     B0, B1 = Bw[:, 0].contiguous(), Bw[:, 1].contiguous()  # [H] each
-    pos_q, pos_k = geo.pos_q.float(), geo.pos_k.float()
-    n_q = None if geo.normal_q is None else geo.normal_q.float()
-    n_k = None if geo.normal_k is None else geo.normal_k.float()
+    pos_q, pos_k, n_q, n_k = geo.pos_q, geo.pos_k, geo.normal_q, geo.normal_k
     P = pos_q.size(-1)
 
     def score_mod(score, t, h, i, j):
@@ -293,6 +290,8 @@ _flex_kernels: dict = {}
 _static_shapes: set = set()
 
 
+# Two functions with the same body: Dynamo keeps its compiled variants per
+# code object, so the static kernels and the dynamic one need their own.
 def _flex_static(q, k, v, score_mod, kernel_options):
     return flex_attention(q, k, v, score_mod=score_mod,
                           kernel_options=kernel_options)

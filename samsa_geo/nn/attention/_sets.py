@@ -83,8 +83,9 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
 
     if num_sets is None:
         num_sets = int(batch[-1]) + 1 if batch.numel() > 0 else 1
-    if max_size is not None and num_sets * max_size == num_tokens:
-        # Sizes sum to N and none exceeds max_size: all equal, no count.
+    # Sizes sum to N and none exceeds max_size: equal iff B * max == N.
+    equal = max_size is not None and num_sets * max_size == num_tokens
+    if equal:  # no count needed
         size = torch.full((num_sets, ), max_size, dtype=torch.long,
                           device=device)
     else:  # static-shape count (bincount's output size is data-dependent)
@@ -103,7 +104,6 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
     else:
         k_max = k_of_size(max_size, k, R, full)
         m_max = min(k_max, max_size + R - k_max)
-        # Sizes sum to N and none exceeds max_size: equal iff B * max == N.
-        all_valid = num_sets * max_size == num_tokens
+        all_valid = equal
     return SetInfo(num_sets, max_size, ptr, size, kb, k_max, mb, m_max,
                    all_valid)

@@ -389,12 +389,13 @@ class SamsaAttention(Module):
     def _pair_geometry(self, pos: Tensor, normal: Optional[Tensor],
                        top: Tensor, tiles, N: int) -> PairGeometry:
         pos = pos.float()
+        normal = None if normal is None else normal.float()
         R = self.num_registers
         if R > 0:  # registers sit at the origin with no normal
             pad = pos.new_zeros(top.size(0) * R, pos.size(1))
             pos = torch.cat([pos, pad], dim=0)
             if normal is not None:
-                normal = torch.cat([normal.float(), pad], dim=0)
+                normal = torch.cat([normal, pad], dim=0)
         P = pos.size(1)
         # Keys: [B, H, k, P] -> [nt, H, k, P]; queries: [N, 1, P] ->
         # [nt, 1, T, P] -> [nt, T, P], shared by the heads.
@@ -402,9 +403,8 @@ class SamsaAttention(Module):
             pos_q=to_tiles(pos[:N].view(N, 1, P), tiles)[:, 0],
             pos_k=per_tile(pos[top], tiles))
         if normal is not None:
-            geo.normal_k = per_tile(normal[top].float(), tiles)
-            geo.normal_q = to_tiles(normal[:N].float().view(N, 1, P),
-                                    tiles)[:, 0]
+            geo.normal_k = per_tile(normal[top], tiles)
+            geo.normal_q = to_tiles(normal[:N].view(N, 1, P), tiles)[:, 0]
         return geo
 
     def _bias_weights(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
