@@ -1,10 +1,13 @@
-"""Times the fused relative-bias attention kernel alone (inference, bf16)
-for one set of FlexAttention tile options, at the default point
-classifier's shape (128 clouds x 1,024 queries, 8 heads, k = 512, head
-dimension 32). Prints one JSON line. Run each option set in its own
-process: a failing Triton configuration can poison the CUDA context.
+"""Times a fused relative-bias attention kernel alone (inference, bf16) at
+the default point classifier's shape (128 clouds x 1,024 queries, 8 heads,
+k = 512, head dimension 32): FlexAttention with one set of tile options,
+or samsa_geo's Triton kernel (autotuned, or one fixed configuration).
+Prints one JSON line, with the largest deviation from the float64
+pairwise reference on two tiles. Run each option set in its own process:
+a failing Triton configuration can poison the CUDA context.
 
     python benchmarks/flex_options.py --options '{"BLOCK_M": 64}'
+    python benchmarks/flex_options.py --kernel triton
 """
 import argparse
 import json
@@ -16,15 +19,43 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import measure  # noqa: E402
 
+from samsa_geo.nn.attention import _kernels  # noqa: E402
 from samsa_geo.nn.attention._kernels import (  # noqa: E402
     PairGeometry,
     biased_flex_attention,
 )
 
 
+def reference(q, k, v, geo, weights):
+    """float64 pairwise reference: ``[nt, H, T, D]``."""
+    A, a, B, b = (w.double() for w in weights)
+    H = q.size(1)
+    s = q.double() @ k.double().transpose(-1, -2) / q.size(-1) ** 0.5
+    d = (geo.pos_q[:, None, :, None].double()
+         - geo.pos_k[:, :, None].double()).square().sum(-1)
+    n = torch.zeros_like(d)
+    if geo.normal_q is not None:
+        n = (geo.normal_q[:, None, :, None].double()
+             * geo.normal_k[:, :, None].double()).sum(-1)
+
+    def head(w):
+        return w.view(1, H, 1, 1)
+
+    scale = head(a) + head(A[:, 0]) * d + head(A[:, 1]) * n
+    bias = head(b) + head(B[:, 0]) * d + head(B[:, 1]) * n
+    z = s * torch.nn.functional.softplus(scale) + bias
+    return torch.softmax(z, dim=-1) @ v.double()
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument('--options', default='{}')
+    p.add_argument('--kernel', default='flex', choices=['flex', 'triton'])
+    p.add_argument('--options', default='{}',
+                   help='FlexAttention kernel options, or the Triton '
+                   'kernel configuration (BLOCK_M, BLOCK_N, num_warps, '
+                   'num_stages); {} for the defaults / autotuning')
+    p.add_argument('--exact-math', action='store_true',
+                   help='Triton kernel: libdevice exp2/log2')
     p.add_argument('--tiles', type=int, default=128)
     p.add_argument('--queries', type=int, default=1024)
     p.add_argument('--heads', type=int, default=8)
@@ -49,25 +80,38 @@ def main():
                torch.full((H, ), 0.5413, device=dev),
                torch.randn(H, 2, device=dev) * 0.1,
                torch.zeros(H, device=dev))
-    rec = dict(options=options, tiles=nt, heads=H, queries=T, k=K,
-               head_dim=D, normals=args.normals,
+    rec = dict(kernel=args.kernel, options=options, tiles=nt, heads=H,
+               queries=T, k=K, head_dim=D, normals=args.normals,
                device=torch.cuda.get_device_name(dev))
+    if args.kernel == 'triton':
+        from samsa_geo.nn.attention import _bias_triton
+        _bias_triton.KERNEL_CONFIG = options
+        _bias_triton.FAST_MATH = not args.exact_math
+        rec['exact_math'] = args.exact_math
+
+        def run():
+            return _kernels._run_triton_kernel(q, k, v, None, geo, weights)
+    else:
+        def run():
+            return biased_flex_attention(q, k, v, None, geo, weights,
+                                         kernel_options=options)
     try:
         with torch.no_grad():
-            out = biased_flex_attention(q, k, v, None, geo, weights,
-                                        kernel_options=options)
-            ref = biased_flex_attention(q[:2], k[:2], v[:2], None,
-                                        PairGeometry(geo.pos_q[:2],
-                                                     geo.pos_k[:2]),
-                                        weights, compiled=False) \
-                if not args.normals else None
-            if ref is not None:
-                rec['max_err'] = float((out[:2].float()
-                                        - ref.float()).abs().max())
-            rec.update(measure(lambda: biased_flex_attention(
-                q, k, v, None, geo, weights, kernel_options=options), dev,
-                warmup=3, repeat=20))
+            out = run()
+            two = PairGeometry(geo.pos_q[:2], geo.pos_k[:2],
+                               None if geo.normal_q is None
+                               else geo.normal_q[:2],
+                               None if geo.normal_k is None
+                               else geo.normal_k[:2])
+            ref = reference(q[:2], k[:2], v[:2], two, weights)
+            rec['max_err'] = float((out[:2].double() - ref).abs().max())
+            rec.update(measure(run, dev, warmup=3, repeat=20))
             rec['pairs_per_s'] = nt * H * T * K / rec['ms'] * 1e3
+            if args.kernel == 'triton' and options is None:
+                best = _bias_triton._biased_attention_tuned.best_config
+                rec['best_config'] = dict(
+                    **best.kwargs, num_warps=best.num_warps,
+                    num_stages=best.num_stages)
     except Exception as e:  # report the failing configuration
         rec['error'] = f'{type(e).__name__}: {str(e)[:200]}'
     print(json.dumps(rec), flush=True)

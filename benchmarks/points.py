@@ -107,6 +107,9 @@ def main():
     p.add_argument('--flex-options', default=None,
                    help='JSON tile options of the fused relative-bias '
                    'kernel (samsa_geo.nn.attention._kernels)')
+    p.add_argument('--inference-kernel', default=_kernels.INFERENCE_KERNEL,
+                   choices=['triton', 'flex'],
+                   help='kernel of the relative-bias attention in inference')
     p.add_argument('--only', default=None,
                    help='comma-separated subset of the op names')
     p.add_argument('--out', default=None)
@@ -117,6 +120,7 @@ def main():
     B = args.clouds or (128 if cuda else 8)
     n = args.points
     SamsaAttention.validate_args = False
+    _kernels.INFERENCE_KERNEL = args.inference_kernel
     if args.flex_options:
         _kernels.FLEX_KERNEL_OPTIONS = json.loads(args.flex_options) or None
     torch.manual_seed(0)
@@ -156,6 +160,7 @@ def main():
                    torch=torch.__version__, params=params,
                    compiled=args.compile_mode or args.compile,
                    flex_options=_kernels.FLEX_KERNEL_OPTIONS,
+                   inference_kernel=_kernels.INFERENCE_KERNEL,
                    **{'pass': 'fwd'})
         try:
             rec.update(measure(fn, device, warmup=2, repeat=args.repeat))

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import measure, point_conv  # noqa: E402
 
 from samsa_geo.nn import SamsaAttention  # noqa: E402
+from samsa_geo.nn.attention import _kernels  # noqa: E402
 from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
 
 
@@ -30,10 +31,14 @@ def main():
                    help='comma-separated subset of the case names')
     p.add_argument('--profile', default='layer,layer_bias_fused,'
                    'classifier_paper')
+    p.add_argument('--inference-kernel', default=None,
+                   choices=['triton', 'flex'])
     p.add_argument('--out', default=None)
     args = p.parse_args()
     dev = torch.device('cuda')
     SamsaAttention.validate_args = False
+    if args.inference_kernel:
+        _kernels.INFERENCE_KERNEL = args.inference_kernel
     B, n, C = args.clouds, args.points, 256
     torch.manual_seed(0)
     pos = torch.randn(B * n, 3, device=dev)

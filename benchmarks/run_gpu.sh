@@ -12,7 +12,7 @@ on tests && { python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -s > /tm
 on attention && { python3 benchmarks/attention.py --device cuda --out $OUT/attention_cuda.json > /tmp/attention_cuda.log 2>&1; }
 on compiled && { python3 benchmarks/attention.py --device cuda --compile --compile-mode reduce-overhead --ops samsa_attention,sdpa --sizes 32x1024,128x150,1x65536 --out $OUT/attention_cuda_compiled.json > /tmp/attention_compiled.log 2>&1; }
 on compiled && { tail -30 /tmp/attention_compiled.log; }
-on points && { OUT=$OUT bash benchmarks/run_points_gpu.sh; }
+on points && { OUT=$OUT STEPS=kernels,compiled,eager bash benchmarks/run_points_gpu.sh; }
 on graph && { python3 benchmarks/graph_scale.py --device cuda --out $OUT 2>&1 | tail -6; }
 on ops && { python3 benchmarks/ops.py --device cuda --out $OUT/ops_cuda.json 2>&1 | tail -6; }
 on profile && { python3 benchmarks/profile_attention.py --n 65536 > $OUT/profile_attention.txt 2>&1; }

@@ -1,31 +1,36 @@
 #!/usr/bin/env bash
-# Point-cloud GPU measurements in one go (results under $OUT or
-# benchmarks/results): FlexAttention tile options of the fused
-# relative-bias kernel (one process per option set), then the point
-# benchmark eager under autocast, with bf16 parameters, and compiled, all
-# with the fastest option set found.
+# Point-cloud GPU measurements (results under $OUT or benchmarks/results).
+#   STEPS=tests,kernels,compiled   (default) GPU tests, the relative-bias
+#       kernels alone (FlexAttention and samsa_geo's Triton kernel, each in
+#       its own process: bias_kernels_cuda.json), then the point benchmark
+#       compiled (bf16 params);
+#   STEPS=eager                     the point benchmark eager, with bf16
+#       parameters and under autocast.
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
+STEPS=${STEPS:-tests,kernels,compiled}
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name --format=csv,noheader
-timeout 100 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -p no:logging --tb=short -k fused > $OUT/gpu_tests.log 2>&1
-grep -E "^E |passed|failed" $OUT/gpu_tests.log | head -8
-rm -f $OUT/flex_options.jsonl
-for o in '{}' \
-         '{"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}' \
-         '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}' \
-         '{"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2}'; do
-  timeout 75 python3 benchmarks/flex_options.py --options "$o" >> $OUT/flex_options.jsonl 2>/dev/null \
-    || echo "{\"options\": $o, \"error\": \"process failed\"}" >> $OUT/flex_options.jsonl
-done
-cat $OUT/flex_options.jsonl | cut -c1-220
-BEST=$(python3 -c "
-import json
-recs = [json.loads(l) for l in open('$OUT/flex_options.jsonl')]
-ok = [r for r in recs if r.get('ms') and r.get('max_err', 0) < 0.05]
-print(json.dumps(min(ok, key=lambda r: r['ms'])['options'] or {}) if ok else '{}')")
-echo "best options: $BEST"
+if has tests; then
+  timeout 240 python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -p no:logging --tb=short > $OUT/gpu_tests.log 2>&1
+  grep -E "^E |passed|failed" $OUT/gpu_tests.log | head -12
+fi
+if has kernels; then
+  rm -f $OUT/bias_kernels.jsonl
+  for a in "flex" "triton" "triton --exact-math" "flex --normals" "triton --normals"; do
+    timeout 120 python3 benchmarks/flex_options.py --kernel $a >> $OUT/bias_kernels.jsonl 2>/dev/null \
+      || echo "{\"kernel\": \"$a\", \"error\": \"process failed\"}" >> $OUT/bias_kernels.jsonl
+  done
+  python3 -c "import json; json.dump([json.loads(l) for l in open('$OUT/bias_kernels.jsonl')], open('$OUT/bias_kernels_cuda.json', 'w'), indent=1)"
+  rm -f $OUT/bias_kernels.jsonl
+  cut -c1-300 $OUT/bias_kernels_cuda.json
+fi
 ONLY=samsa_point_classifier_small,samsa_point_classifier_small_ri,samsa_point_classifier_paper,samsa_conv_layer,samsa_conv_layer_relbias,point_transformer_conv_layer
-timeout 200 python3 benchmarks/points.py --device cuda --weights bf16 --compile --only $ONLY --flex-options "$BEST" --out $OUT/points_cuda_bf16_weights_compiled.json > /tmp/p3.log 2>&1; tail -7 /tmp/p3.log
-timeout 110 python3 benchmarks/points.py --device cuda --weights bf16 --flex-options "$BEST" --out $OUT/points_cuda_bf16_weights.json > /tmp/p2.log 2>&1; tail -12 /tmp/p2.log
-timeout 110 python3 benchmarks/points.py --device cuda --flex-options "$BEST" --out $OUT/points_cuda.json > /tmp/p1.log 2>&1; tail -12 /tmp/p1.log
+if has compiled; then
+  timeout 230 python3 benchmarks/points.py --device cuda --weights bf16 --compile --only $ONLY --out $OUT/points_cuda_bf16_weights_compiled.json > $OUT/p3.log 2>&1; tail -7 $OUT/p3.log
+fi
+if has eager; then
+  timeout 150 python3 benchmarks/points.py --device cuda --weights bf16 --out $OUT/points_cuda_bf16_weights.json > $OUT/p2.log 2>&1; tail -12 $OUT/p2.log
+  timeout 150 python3 benchmarks/points.py --device cuda --out $OUT/points_cuda.json > $OUT/p1.log 2>&1; tail -12 $OUT/p1.log
+fi

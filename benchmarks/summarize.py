@@ -20,6 +20,9 @@ POINT_VARIANTS = (
      "bfloat16 parameters, torch.compile(mode='max-autotune-no-cudagraphs')"),
     ('_bf16_weights_cudagraphs',
      "bfloat16 parameters, torch.compile(mode='reduce-overhead')"),
+    ('_bf16_weights_h200', 'bfloat16 parameters, H200'),
+    ('_bf16_weights_compiled_h200', 'bfloat16 parameters, torch.compile, '
+     'H200'),
 )
 POINT_FLAGS = {
     '_bf16_weights': '--weights bf16',
@@ -28,6 +31,8 @@ POINT_FLAGS = {
                               '--compile-mode max-autotune-no-cudagraphs',
     '_bf16_weights_cudagraphs': '--weights bf16 --compile '
                                 '--compile-mode reduce-overhead',
+    '_bf16_weights_h200': '--weights bf16',
+    '_bf16_weights_compiled_h200': '--weights bf16 --compile',
 }
 
 
@@ -158,6 +163,21 @@ def main():
                       f"{POINT_FLAGS[suffix]}` ({var[0]['device']})", '']
             simple_table(var, ['op', 'params', 'ms', 'clouds_per_s',
                                'points_per_s', 'ms_per_cloud', 'error'],
+                         lines)
+        for name in sorted(os.listdir(RESULTS)):
+            if not name.startswith(f'bias_kernels_{tag}'):
+                continue
+            kern = load(name)
+            lines += [f'### Relative-bias attention kernel alone ({title})',
+                      '', '`python benchmarks/flex_options.py --kernel K '
+                      '[--normals] [--exact-math]` '
+                      f"({kern[0]['device']}, bf16, {kern[0]['tiles']} tiles "
+                      f"x {kern[0]['heads']} heads x {kern[0]['queries']} "
+                      f"queries x {kern[0]['k']} keys, head dimension "
+                      f"{kern[0]['head_dim']}; max_err: against a float64 "
+                      'reference)', '']
+            simple_table(kern, ['kernel', 'normals', 'exact_math', 'ms',
+                                'pairs_per_s', 'max_err', 'best_config'],
                          lines)
         gs = load(f'graph_scale_{tag}.json')
         if gs:

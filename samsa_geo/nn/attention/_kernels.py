@@ -7,7 +7,6 @@ queries per set, so batches with very uneven set sizes never pay for
 ``B * n_max`` queries. Keys are gathered once per tile, so memory stays
 :math:`O(N \cdot C + \text{tiles} \cdot k \cdot C)`.
 """
-import functools
 import importlib.util
 import math
 from dataclasses import dataclass
@@ -198,15 +197,15 @@ class PairGeometry:
 
 
 def flex_supported(device: torch.device) -> bool:
-    """Whether the fused :func:`flex_attention` kernel serves ``device``
-    (CUDA with Triton installed: forward and backward kernels)."""
-    return (flex_attention is not None and device.type == 'cuda'
-            and _has_triton())
+    """Whether the fused kernels serve ``device`` (CUDA with Triton
+    installed: FlexAttention forward and backward, samsa_geo's inference
+    kernel)."""
+    return flex_attention is not None and device.type == 'cuda' and \
+        _HAS_TRITON
 
 
-@functools.lru_cache(maxsize=None)
-def _has_triton() -> bool:
-    return importlib.util.find_spec('triton') is not None
+# Looked up once at import: a module constant is all torch.compile sees.
+_HAS_TRITON = importlib.util.find_spec('triton') is not None
 
 
 def biased_flex_attention(
@@ -280,6 +279,40 @@ def biased_flex_attention(
     return _run_flex_kernel(q, k, v, score_mod, kernel_options)
 
 
+#: Kernel of the relative bias when no gradient is needed: ``'triton'``
+#: (:mod:`~samsa_geo.nn.attention._bias_triton`, forward only) or
+#: ``'flex'`` (FlexAttention, also used whenever gradients are needed).
+INFERENCE_KERNEL = 'triton'
+
+
+def biased_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor],
+    geo: PairGeometry, weights: Tuple[Tensor, Tensor, Tensor, Tensor],
+) -> Tensor:
+    r"""The relative-bias attention of :func:`biased_flex_attention` (same
+    arguments) through the fastest fused kernel for the call: samsa_geo's
+    Triton forward kernel when no gradient is needed (inference), else
+    FlexAttention, whose backward pass is generated."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q, k, v, *weights))
+    if (not needs_grad and INFERENCE_KERNEL == 'triton'
+            and geo.pos_q.size(-1) <= 3):
+        return _run_triton_kernel(q, k, v, key_valid, geo, weights)
+    return biased_flex_attention(q, k, v, key_valid, geo, weights)
+
+
+@torch.compiler.disable
+def _run_triton_kernel(q: Tensor, k: Tensor, v: Tensor,
+                       key_valid: Optional[Tensor], geo: PairGeometry,
+                       weights: Tuple[Tensor, Tensor, Tensor, Tensor],
+                       ) -> Tensor:
+    # Imported here: Triton is needed only where the kernel runs. Inside a
+    # compiled model the call is a graph break to the launcher.
+    from samsa_geo.nn.attention._bias_triton import biased_triton_attention
+    return biased_triton_attention(q, k, v, key_valid, geo.pos_q, geo.pos_k,
+                                   geo.normal_q, geo.normal_k, weights)
+
+
 #: Tile options of the fused relative-bias kernel (:obj:`None`:
 #: FlexAttention's defaults for the device).
 FLEX_KERNEL_OPTIONS: Optional[dict] = None
@@ -315,4 +348,3 @@ def _run_flex_kernel(q: Tensor, k: Tensor, v: Tensor, score_mod: Callable,
         fn = _flex_static if static else _flex_dynamic
         _flex_kernels[name] = torch.compile(fn, dynamic=not static)
     return _flex_kernels[name](q, k, v, score_mod, kernel_options)
-

@@ -8,7 +8,7 @@ from torch.nn import Linear, Module, Parameter
 from samsa_geo.nn.attention._kernels import (
     SCORES,
     PairGeometry,
-    biased_flex_attention,
+    biased_attention,
     explicit_attention,
     flex_supported,
     from_tiles,
@@ -28,6 +28,13 @@ NORMALIZATIONS = ('softmax', 'leaky')
 
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
+def _is_exporting() -> bool:
+    # Inside a torch.compile trace, PyTorch 2.11 folds
+    # torch.compiler.is_exporting() to True; the flag it returns is exact.
+    flag = getattr(torch.compiler, '_is_exporting_flag', None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
 
 
 class SamsaAttention(Module):
@@ -105,9 +112,10 @@ class SamsaAttention(Module):
     """
     #: Check inputs (finite values, sorted ``batch``); costs a device sync.
     validate_args: bool = True
-    #: Fuse the relative bias into one FlexAttention kernel on CUDA (dot
-    #: scores, softmax, no attention dropout); :obj:`False` always uses the
-    #: explicit chunked path.
+    #: Fuse the relative bias into one kernel on CUDA (dot scores, softmax,
+    #: no attention dropout): samsa_geo's Triton kernel for inference,
+    #: FlexAttention when gradients are needed; :obj:`False` always uses
+    #: the explicit chunked path.
     use_fused_bias: bool = True
 
     def __init__(
@@ -338,8 +346,8 @@ class SamsaAttention(Module):
                                self.training)
         elif self._fused_bias(q_t, dropout):
             geo = self._pair_geometry(pos, normal, sel.top, tiles, N)
-            o = biased_flex_attention(q_t, k_t, v_t, key_valid, geo,
-                                      self._bias_weights())
+            o = biased_attention(q_t, k_t, v_t, key_valid, geo,
+                                 self._bias_weights())
         else:
             leak = None
             if self.normalization == 'leaky':
@@ -363,7 +371,8 @@ class SamsaAttention(Module):
         # dropout: one fused kernel where Triton serves the device.
         # Export and tracing (ONNX) take the explicit path: the kernel is
         # compiled on its own, outside any exported graph.
-        exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
+        exporting = _is_exporting() or (
+            not torch.compiler.is_compiling() and torch.jit.is_tracing())
         return (self.use_fused_bias and self.rel_bias is not None
                 and self.score == 'dot' and self.normalization == 'softmax'
                 and dropout == 0.0 and not exporting

@@ -567,6 +567,7 @@ def test_fused_relative_bias_matches_explicit(monkeypatch, kwargs, sizes,
                                               normals):
     # The FlexAttention score_mod (PyTorch's unfused reference on CPU) gives
     # the explicit path's output: same pair features, bias, masks.
+    import samsa_geo.nn.attention._kernels as kernels
     import samsa_geo.nn.attention.samsa_attention as mod
     from samsa_geo.nn.attention._kernels import biased_flex_attention
 
@@ -585,7 +586,8 @@ def test_fused_relative_bias_matches_explicit(monkeypatch, kwargs, sizes,
         calls.append(1)
         return biased_flex_attention(*args, **kw, compiled=False)
 
-    monkeypatch.setattr(mod, 'biased_flex_attention', reference)
+    monkeypatch.setattr(kernels, 'biased_flex_attention', reference)
+    monkeypatch.setattr(kernels, 'INFERENCE_KERNEL', 'flex')
     with torch.no_grad():  # no backward for FlexAttention on CPU
         out = attn(x, batch, pos=pos, normal=normal)
     assert calls, 'the fused path was not taken'
