@@ -176,7 +176,8 @@ def main():
                       f"queries x {kern[0]['k']} keys, head dimension "
                       f"{kern[0]['head_dim']}; max_err: against a float64 "
                       'reference)', '']
-            simple_table(kern, ['kernel', 'normals', 'exact_math', 'ms',
+            simple_table(kern, ['kernel', 'kernel_version', 'normals',
+                                'exact_math', 'ms',
                                 'pairs_per_s', 'max_err', 'best_config'],
                          lines)
         gs = load(f'graph_scale_{tag}.json')

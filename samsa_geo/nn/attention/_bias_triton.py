@@ -50,15 +50,57 @@ def _ptx(x, ASM: tl.constexpr):
 @triton.jit
 def _exp2(x, FAST: tl.constexpr):
     if FAST:
-        return _ptx(x, 'ex2.approx.ftz.f32 $0, $1;')
-    return tl.exp2(x)
+        y = _ptx(x, 'ex2.approx.ftz.f32 $0, $1;')
+    else:
+        y = tl.exp2(x)
+    return y
 
 
 @triton.jit
 def _log2(x, FAST: tl.constexpr):
     if FAST:  # tl.log2 is libdevice's exact log2f: many instructions
-        return _ptx(x, 'lg2.approx.ftz.f32 $0, $1;')
-    return tl.log2(x)
+        y = _ptx(x, 'lg2.approx.ftz.f32 $0, $1;')
+    else:
+        y = tl.log2(x)
+    return y
+
+
+@triton.jit
+def _query_coords(base, stride, mask, P: tl.constexpr):
+    # Up to three coordinate vectors [BLOCK_M] (unused ones are zeros).
+    c0 = tl.load(base, mask=mask, other=0.0)
+    c1 = tl.zeros_like(c0)
+    c2 = tl.zeros_like(c0)
+    if P > 1:
+        c1 = tl.load(base + stride, mask=mask, other=0.0)
+    if P > 2:
+        c2 = tl.load(base + 2 * stride, mask=mask, other=0.0)
+    return c0, c1, c2
+
+
+@triton.jit
+def _pair_term(c, base, mask, DISTANCE: tl.constexpr):
+    # [BLOCK_M, BLOCK_N] (c_i - k_j)^2 or c_i * k_j for one coordinate.
+    key = tl.load(base, mask=mask, other=0.0)[None, :]
+    if DISTANCE:
+        d = c[:, None] - key
+        f = d * d
+    else:
+        f = c[:, None] * key
+    return f
+
+
+@triton.jit
+def _pair_feature(c0, c1, c2, base, stride, mask, P: tl.constexpr,
+                  DISTANCE: tl.constexpr):
+    # Squared distances (or dot products) between the query coordinates
+    # c and the key coordinates at base: [BLOCK_M, BLOCK_N].
+    f = _pair_term(c0, base, mask, DISTANCE)
+    if P > 1:
+        f += _pair_term(c1, base + stride, mask, DISTANCE)
+    if P > 2:
+        f += _pair_term(c2, base + 2 * stride, mask, DISTANCE)
+    return f
 
 
 @triton.jit
@@ -90,32 +132,18 @@ def _biased_attention_fwd(
     q = tl.load(Q + t * sq_t + h * sq_h + offs_m[:, None] * sq_m
                 + offs_d[None, :] * sq_d,
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-    # Coefficients of head h, already times log2(e): [a, A0, A1, b, B0, B1].
+    # Coefficients of head h, times log2(e): [a, A0, A1, b, B0, B1].
     wa = tl.load(W + h * 6 + 0)
     wA0 = tl.load(W + h * 6 + 1)
     wA1 = tl.load(W + h * 6 + 2)
     wb = tl.load(W + h * 6 + 3)
     wB0 = tl.load(W + h * 6 + 4)
     wB1 = tl.load(W + h * 6 + 5)
-
-    pq_base = PQ + t * spq_t + offs_m * spq_m
-    pq0 = tl.load(pq_base, mask=mask_m, other=0.0)
-    pq1 = pq0
-    pq2 = pq0
-    if P > 1:
-        pq1 = tl.load(pq_base + spq_p, mask=mask_m, other=0.0)
-    if P > 2:
-        pq2 = tl.load(pq_base + 2 * spq_p, mask=mask_m, other=0.0)
-    nq0 = pq0
-    nq1 = pq0
-    nq2 = pq0
+    pq0, pq1, pq2 = _query_coords(PQ + t * spq_t + offs_m * spq_m, spq_p,
+                                  mask_m, P)
     if HAS_NORMAL:
-        nq_base = NQ + t * snq_t + offs_m * snq_m
-        nq0 = tl.load(nq_base, mask=mask_m, other=0.0)
-        if P > 1:
-            nq1 = tl.load(nq_base + snq_p, mask=mask_m, other=0.0)
-        if P > 2:
-            nq2 = tl.load(nq_base + 2 * snq_p, mask=mask_m, other=0.0)
+        nq0, nq1, nq2 = _query_coords(NQ + t * snq_t + offs_m * snq_m,
+                                      snq_p, mask_m, P)
 
     m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -127,30 +155,13 @@ def _biased_attention_fwd(
         k = tl.load(K + t * sk_t + h * sk_h + offs_n[:, None] * sk_n
                     + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * sm_scale
-
-        pk_base = PK + t * spk_t + h * spk_h + offs_n * spk_n
-        diff = pq0[:, None] - tl.load(pk_base, mask=mask_n, other=0.0)[None, :]
-        dist = diff * diff
-        if P > 1:
-            diff = pq1[:, None] - tl.load(pk_base + spk_p, mask=mask_n,
-                                          other=0.0)[None, :]
-            dist += diff * diff
-        if P > 2:
-            diff = pq2[:, None] - tl.load(pk_base + 2 * spk_p, mask=mask_n,
-                                          other=0.0)[None, :]
-            dist += diff * diff
+        dist = _pair_feature(pq0, pq1, pq2, PK + t * spk_t + h * spk_h
+                             + offs_n * spk_n, spk_p, mask_n, P, True)
         scale = wa + wA0 * dist
         bias = wb + wB0 * dist
         if HAS_NORMAL:
-            nk_base = NK + t * snk_t + h * snk_h + offs_n * snk_n
-            ndot = nq0[:, None] * tl.load(nk_base, mask=mask_n,
-                                          other=0.0)[None, :]
-            if P > 1:
-                ndot += nq1[:, None] * tl.load(nk_base + snk_p, mask=mask_n,
-                                               other=0.0)[None, :]
-            if P > 2:
-                ndot += nq2[:, None] * tl.load(
-                    nk_base + 2 * snk_p, mask=mask_n, other=0.0)[None, :]
+            ndot = _pair_feature(nq0, nq1, nq2, NK + t * snk_t + h * snk_h
+                                 + offs_n * snk_n, snk_p, mask_n, P, False)
             scale += wA1 * ndot
             bias += wB1 * ndot
         # log2(e) * softplus(x), from x' = log2(e) * x, without overflow.
@@ -210,7 +221,7 @@ def biased_triton_attention(
     Args:
         q (Tensor): ``[nt, H, T, D]``; k, v: ``[nt, H, k, D]``, any strides.
         key_valid (Tensor, optional): ``[nt, k]`` bool.
-        pos_q (Tensor): ``[nt, T, P]`` float32, :math:`P \le 3`;
+        pos_q (Tensor): ``[nt, T, P]`` float32, :math:`1 \le P \le 3`;
             pos_k: ``[nt, H, k, P]``; normals likewise or :obj:`None`.
         weights (tuple): :math:`(\mathbf{A}, a, \mathbf{B}, b)` of shapes
             ``[H, 2]``, ``[H]``, ``[H, 2]``, ``[H]``.
@@ -222,23 +233,21 @@ def biased_triton_attention(
     nt, H, T, D = q.shape
     kk = k.size(2)
     P = pos_q.size(-1)
-    if P > 3:
-        raise ValueError(f"Expected at most 3 coordinates (got {P})")
+    if not 1 <= P <= 3:
+        raise ValueError(f"Expected 1 to 3 coordinates (got {P})")
     A, a, Bw, b = weights
     W = torch.stack([a, A[:, 0], A[:, 1], b, Bw[:, 0], Bw[:, 1]], dim=1)
     W = (W.float() * _LOG2E).contiguous()  # [H, 6]
     out = q.new_empty(nt, T, H, D)
     has_normal = normal_q is not None
-    if not has_normal:
+    if not has_normal:  # placeholders, never read
         normal_q, normal_k = pos_q, pos_k
     has_valid = key_valid is not None
     valid = key_valid.view(torch.uint8) if has_valid else W
     sva = (valid.stride(0), valid.stride(1)) if has_valid else (0, 0)
     precision = 'ieee' if q.dtype == torch.float32 else 'tf32'
     args = (q, k, v, valid, pos_q, pos_k, normal_q, normal_k, W, out,
-            q.stride(0), q.stride(1), q.stride(2), q.stride(3),
-            k.stride(0), k.stride(1), k.stride(2), k.stride(3),
-            v.stride(0), v.stride(1), v.stride(2), v.stride(3),
+            *q.stride(), *k.stride(), *v.stride(),
             out.stride(0), out.stride(2), out.stride(1), out.stride(3),
             *sva, *pos_q.stride(), *pos_k.stride(), *normal_q.stride(),
             *normal_k.stride(), H, T, kk, D, 1.0 / math.sqrt(D))
