@@ -171,12 +171,30 @@ def explicit_attention(
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor,
                    key_valid: Optional[Tensor], dropout: float,
                    training: bool) -> Tensor:
-    """Dot-product softmax attention through PyTorch's fused kernels."""
+    """Dot-product softmax attention through PyTorch's fused kernels (in
+    calls of at most :data:`MAX_GRID_Y` tiles: the flash and
+    memory-efficient kernels put the batch on a CUDA grid axis)."""
+    nt = q.size(0)
+    if nt > MAX_GRID_Y:
+        return torch.cat([
+            sdpa_attention(q[s:s + MAX_GRID_Y], k[s:s + MAX_GRID_Y],
+                           v[s:s + MAX_GRID_Y],
+                           None if key_valid is None
+                           else key_valid[s:s + MAX_GRID_Y], dropout,
+                           training)
+            for s in range(0, nt, MAX_GRID_Y)], dim=0)
     mask = None
     if key_valid is not None:
         mask = key_valid.view(key_valid.size(0), 1, 1, -1)  # [nt, 1, 1, k]
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0)
+
+
+#: Most blocks along a CUDA grid's second and third axes, where fused
+#: attention kernels put the batch of tiles (PyTorch's SDPA, FlexAttention)
+#: or tiles x heads (samsa_geo's kernel): larger batches run in several
+#: calls.
+MAX_GRID_Y = 65535
 
 
 @dataclass
@@ -292,7 +310,22 @@ def biased_attention(
     r"""The relative-bias attention of :func:`biased_flex_attention` (same
     arguments) through the fastest fused kernel for the call: samsa_geo's
     Triton forward kernel when no gradient is needed (inference), else
-    FlexAttention, whose backward pass is generated."""
+    FlexAttention, whose backward pass is generated. Both kernels put
+    tiles (and heads) on a CUDA grid axis limited to 65,535 blocks, so
+    batches with more tiles run in several calls."""
+    nt, H = q.shape[:2]
+    step = max(1, MAX_GRID_Y // H)
+    if nt > step:
+        outs = []
+        for s in range(0, nt, step):
+            e = min(nt, s + step)
+            part = PairGeometry(*(None if g is None else g[s:e] for g in (
+                geo.pos_q, geo.pos_k, geo.normal_q, geo.normal_k)))
+            outs.append(biased_attention(
+                q[s:e], k[s:e], v[s:e],
+                None if key_valid is None else key_valid[s:e], part,
+                weights))
+        return torch.cat(outs, dim=0)
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, *weights))
     if (not needs_grad and INFERENCE_KERNEL == 'triton'

@@ -188,3 +188,35 @@ def test_compiled_samsa_attention_uses_the_kernel(kernel, monkeypatch):
         out = torch.compile(attn)(x, batch, pos=pos)
     assert len(calls) == 2
     assert torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize('inference_kernel', ['triton', 'flex'])
+def test_many_tiles_run_in_several_kernel_calls(kernel, monkeypatch,
+                                                inference_kernel):
+    # More tiles than a CUDA grid axis holds: the batch is split into calls
+    # of at most MAX_GRID_Y // H tiles, with the single call's output.
+    import samsa_geo.nn.attention._kernels as kernels
+
+    inputs = _inputs(7, 2, 9, 11, 16, 3, True, True, torch.float32)
+    q, k, v, valid, pq, pk, nq, nk, weights = inputs
+    geo = kernels.PairGeometry(pq, pk, nq, nk)
+    monkeypatch.setattr(kernels, 'INFERENCE_KERNEL', inference_kernel)
+    run_flex = kernels.biased_flex_attention
+    monkeypatch.setattr(kernels, 'biased_flex_attention',
+                        lambda *a, **kw: run_flex(*a, **kw, compiled=False))
+    calls = []
+    run = kernel.biased_triton_attention
+
+    def spy(*args):
+        calls.append(args[0].size(0))
+        return run(*args)
+
+    monkeypatch.setattr(kernel, 'biased_triton_attention', spy)
+    with torch.no_grad():
+        ref = kernels.biased_attention(q, k, v, valid, geo, weights)
+        monkeypatch.setattr(kernels, 'MAX_GRID_Y', 6)  # 3 tiles x 2 heads
+        out = kernels.biased_attention(q, k, v, valid, geo, weights)
+    if inference_kernel == 'triton':
+        assert calls == [7, 3, 3, 1]
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(out.double(), _reference(*inputs), atol=1e-5)

@@ -621,3 +621,29 @@ def test_export_takes_the_explicit_relative_bias_path(monkeypatch):
     monkeypatch.setattr(SamsaAttention, 'use_fused_bias', False)
     assert torch.allclose(exported.module()(x, pos), attn(x, pos=pos),
                           atol=1e-5)
+
+
+def test_many_tiles_run_in_several_sdpa_calls(monkeypatch):
+    # PyTorch's flash / memory-efficient kernels take at most 65,535 batch
+    # entries: larger tile batches are split, with the same output and
+    # gradients.
+    import samsa_geo.nn.attention._kernels as kernels
+
+    torch.manual_seed(0)
+    attn = SamsaAttention(16, heads=2, k=6)
+    batch = torch.cat([torch.full((n, ), i)
+                       for i, n in enumerate([9, 4, 12, 7, 10])])
+    x = torch.randn(batch.numel(), 16)
+    results = []
+    for limit in (65535, 2):
+        monkeypatch.setattr(kernels, 'MAX_GRID_Y', limit)
+        torch.manual_seed(1)
+        xg = x.clone().requires_grad_()
+        out = attn(xg, batch)
+        grads = torch.autograd.grad(out.square().sum(),
+                                    [xg] + list(attn.parameters()))
+        results.append((out, grads))
+    (out_a, g_a), (out_b, g_b) = results
+    assert torch.allclose(out_a, out_b, atol=1e-6)
+    for a, b in zip(g_a, g_b):
+        assert torch.allclose(a, b, atol=1e-5)
