@@ -598,7 +598,6 @@ def test_fused_relative_bias_matches_explicit(monkeypatch, kwargs, sizes,
     assert len(calls) == 1
 
 
-
 def test_export_takes_the_explicit_relative_bias_path(monkeypatch):
     # torch.export never sees the separately compiled fused kernel.
     import samsa_geo.nn.attention.samsa_attention as mod
