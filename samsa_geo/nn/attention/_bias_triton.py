@@ -239,6 +239,8 @@ def biased_triton_attention(
     W = torch.stack([a, A[:, 0], A[:, 1], b, Bw[:, 0], Bw[:, 1]], dim=1)
     W = (W.float() * _LOG2E).contiguous()  # [H, 6]
     out = q.new_empty(nt, T, H, D)
+    if out.numel() == 0 or kk == 0:  # nothing to launch over
+        return out.zero_().transpose(1, 2)
     has_normal = normal_q is not None
     if not has_normal:  # placeholders, never read
         normal_q, normal_k = pos_q, pos_k

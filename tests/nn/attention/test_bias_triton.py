@@ -220,3 +220,15 @@ def test_many_tiles_run_in_several_kernel_calls(kernel, monkeypatch,
         assert calls == [7, 3, 3, 1]
     assert torch.allclose(out, ref, atol=1e-6)
     assert torch.allclose(out.double(), _reference(*inputs), atol=1e-5)
+
+
+@pytest.mark.parametrize('nt,T', [(0, 5), (2, 0)])
+def test_kernel_handles_empty_inputs(kernel, nt, T):
+    inputs = _inputs(max(nt, 1), 2, max(T, 1), 4, 16, 3, False, False,
+                     torch.float32)
+    q, k, v, valid, pq, pk, nq, nk, weights = inputs
+    q, pq = q[:nt, :, :T], pq[:nt, :T]
+    k, v, pk = k[:nt], v[:nt], pk[:nt]
+    out = kernel.biased_triton_attention(q, k, v, None, pq, pk, None, None,
+                                         weights)
+    assert out.shape == (nt, 2, T, 16)
