@@ -3,6 +3,8 @@ from typing import Callable, List, Optional
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 
+from samsa_geo.datasets._process import prepare
+
 
 class FreeSolv(InMemoryDataset):
     r"""The FreeSolv hydration free energy dataset from the `"FreeSolv: a
@@ -80,11 +82,9 @@ class FreeSolv(InMemoryDataset):
                 smiles=smiles,
                 idx=idx,
             )
-            if self.pre_filter is not None and not self.pre_filter(data):
-                continue
-            if self.pre_transform is not None:
-                data = self.pre_transform(data)
-            data_list.append(data)
+            data = prepare(data, self.pre_filter, self.pre_transform)
+            if data is not None:
+                data_list.append(data)
         self.save(data_list, self.processed_paths[0])
 
     def __repr__(self) -> str:

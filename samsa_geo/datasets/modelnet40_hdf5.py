@@ -2,13 +2,14 @@ import os.path as osp
 from typing import Callable, List, Optional
 
 import torch
-from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.data import Data
 
-from samsa_geo.datasets._download import fetch_archive
-from samsa_geo.datasets._split import check_split_args, split_indices
+from samsa_geo.datasets._modelnet_archive import ModelNetArchive
+from samsa_geo.datasets._process import prepare, read_lines
+from samsa_geo.datasets._split import check_split_args
 
 
-class ModelNet40HDF5(InMemoryDataset):
+class ModelNet40HDF5(ModelNetArchive):
     r"""The ModelNet40 point clouds of the :obj:`modelnet40_ply_hdf5_2048`
     archive of `"PointNet" <https://arxiv.org/abs/1612.00593>`_ (2,048
     points per shape, unit sphere, :math:`y` up), used by DGCNN and PCT.
@@ -66,18 +67,7 @@ class ModelNet40HDF5(InMemoryDataset):
         self.val_ratio = val_ratio
         super().__init__(root, transform, pre_transform, pre_filter,
                          force_reload=force_reload)
-        self.load(self.processed_paths[1 if split == 'test' else 0])
-        if not use_normals and 'normal' in self._data:
-            self._data.normal = None
-        with open(osp.join(self.raw_dir, 'shape_names.txt')) as f:
-            self.classes: List[str] = [line.strip() for line in f
-                                       if line.strip()]
-        self._indices = split_indices(self._data.y.view(-1), split,
-                                      val_ratio)
-
-    @property
-    def raw_dir(self) -> str:
-        return osp.join(self.root, self.folder)
+        self.load_split(split, val_ratio, use_normals, self.raw_paths[0])
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -88,17 +78,12 @@ class ModelNet40HDF5(InMemoryDataset):
         return [f'modelnet40_hdf5_{self.num_points}_{split}.pt'
                 for split in ('train', 'test')]
 
-    def download(self) -> None:
-        fetch_archive(self.url, self.root, self.folder, self.raw_file_names)
-
     def process(self) -> None:
         import h5py
 
         for list_file, out in zip(self.raw_paths[1:], self.processed_paths):
-            with open(list_file) as f:
-                files = [line.strip() for line in f if line.strip()]
             data_list = []
-            for file in files:
+            for file in read_lines(list_file):
                 path = osp.join(self.raw_dir, osp.basename(file))
                 with h5py.File(path, 'r') as h5:
                     pos = torch.from_numpy(h5['data'][:].astype('float32'))
@@ -119,12 +104,10 @@ class ModelNet40HDF5(InMemoryDataset):
                                 y=y[i:i + 1].clone())
                     if normal is not None:
                         data.normal = normal[i, :self.num_points].clone()
-                    if self.pre_filter is not None and not self.pre_filter(
-                            data):
-                        continue
-                    if self.pre_transform is not None:
-                        data = self.pre_transform(data)
-                    data_list.append(data)
+                    data = prepare(data, self.pre_filter,
+                                   self.pre_transform)
+                    if data is not None:
+                        data_list.append(data)
             self.save(data_list, out)
 
     def __repr__(self) -> str:

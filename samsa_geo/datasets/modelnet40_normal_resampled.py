@@ -4,14 +4,15 @@ from typing import Callable, List, Optional
 
 import numpy as np
 import torch
-from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.data import Data
 
-from samsa_geo.datasets._download import fetch_archive
-from samsa_geo.datasets._split import check_split_args, split_indices
+from samsa_geo.datasets._modelnet_archive import ModelNetArchive
+from samsa_geo.datasets._process import prepare, read_lines
+from samsa_geo.datasets._split import check_split_args
 from samsa_geo.ops import fps
 
 
-class ModelNet40NormalResampled(InMemoryDataset):
+class ModelNet40NormalResampled(ModelNetArchive):
     r"""The ModelNet40 (or ModelNet10) point clouds with normals of the
     :obj:`modelnet40_normal_resampled` archive used by PointNet++ and most
     point transformers: 10,000 points with unit normals per shape, sampled
@@ -89,18 +90,7 @@ class ModelNet40NormalResampled(InMemoryDataset):
         self.val_ratio = val_ratio
         super().__init__(root, transform, pre_transform, pre_filter,
                          force_reload=force_reload)
-        self.load(self.processed_paths[1 if split == 'test' else 0])
-        if not use_normals:
-            self._data.normal = None
-        with open(osp.join(self.raw_dir, self.raw_file_names[0])) as f:
-            self.classes: List[str] = [line.strip() for line in f
-                                       if line.strip()]
-        self._indices = split_indices(self._data.y.view(-1), split,
-                                      val_ratio)
-
-    @property
-    def raw_dir(self) -> str:
-        return osp.join(self.root, self.folder)
+        self.load_split(split, val_ratio, use_normals, self.raw_paths[0])
 
     @property
     def raw_file_names(self) -> List[str]:
@@ -111,9 +101,6 @@ class ModelNet40NormalResampled(InMemoryDataset):
     def processed_file_names(self) -> List[str]:
         return [f'modelnet{self.name}_resampled_{self.num_points}_'
                 f'{self.sampling}_{split}.pt' for split in ('train', 'test')]
-
-    def download(self) -> None:
-        fetch_archive(self.url, self.root, self.folder, self.raw_file_names)
 
     def read_shape(self, shape_id: str) -> Data:
         r"""Reads one shape, e.g. :obj:`"airplane_0001"`."""
@@ -141,25 +128,19 @@ class ModelNet40NormalResampled(InMemoryDataset):
 
     def process(self) -> None:
         names_file, train_file, test_file = self.raw_paths
-        with open(names_file) as f:
-            classes = [line.strip() for line in f if line.strip()]
-        class_idx = {c: i for i, c in enumerate(classes)}
+        class_idx = {c: i for i, c in enumerate(read_lines(names_file))}
         for path, out in zip((train_file, test_file), self.processed_paths):
-            with open(path) as f:
-                ids = [line.strip() for line in f if line.strip()]
             data_list = []
-            for shape_id in ids:
+            for shape_id in read_lines(path):
                 cls = shape_id.rsplit('_', 1)[0]
                 if cls not in class_idx:
                     raise ValueError(f"Shape '{shape_id}' of '{path}' has a "
                                      f"class not in '{names_file}'")
                 data = self.read_shape(shape_id)
                 data.y = torch.tensor([class_idx[cls]])
-                if self.pre_filter is not None and not self.pre_filter(data):
-                    continue
-                if self.pre_transform is not None:
-                    data = self.pre_transform(data)
-                data_list.append(data)
+                data = prepare(data, self.pre_filter, self.pre_transform)
+                if data is not None:
+                    data_list.append(data)
             self.save(data_list, out)
 
     def __repr__(self) -> str:

@@ -6,6 +6,7 @@ from torch_geometric.datasets import ShapeNet
 from torch_geometric.transforms import Compose, FixedPoints
 
 from samsa_geo.datasets._download import fetch_archive
+from samsa_geo.datasets._process import prepare
 
 
 class ShapeNetPart(ShapeNet):
@@ -166,11 +167,9 @@ class ShapeNetPart(ShapeNet):
             name = self.categories[int(data.category)]
             data.category = self.category_names.index(name)
             data.normal, data.x = data.x, None
-            if pre_filter is not None and not pre_filter(data):
-                continue
-            if pre_transform is not None:
-                data = pre_transform(data)
-            out.append(data)
+            data = prepare(data, pre_filter, pre_transform)
+            if data is not None:
+                out.append(data)
         return out
 
     def __repr__(self) -> str:

@@ -24,3 +24,24 @@ def shapenet_root(tmp_path):
     folder = 'shapenetcore_partanno_segmentation_benchmark_v0_normal'
     shutil.copytree(osp.join(SHAPENET_SAMPLE, folder), root / folder)
     return str(root)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    r"""Downloads fail as without a network."""
+    import samsa_geo.datasets._download as download
+
+    def fail(url, folder, *args, **kwargs):
+        raise OSError('network unreachable')
+
+    monkeypatch.setattr(download, 'download_url', fail)
+
+
+@pytest.fixture
+def forbid(monkeypatch):
+    r"""``forbid(cls, 'process')`` makes that method fail the test."""
+    def patch(cls, method='process'):
+        def fail(self):
+            raise AssertionError(f'{cls.__name__}.{method}() was called')
+        monkeypatch.setattr(cls, method, fail)
+    return patch

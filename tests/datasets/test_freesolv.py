@@ -37,9 +37,7 @@ def test_freesolv(freesolv_root):
     CategoricalEncoder.ogb_bond(8)(ds._data.edge_attr)
 
 
-def test_freesolv_cache_reused(freesolv_root, monkeypatch):
-    def fail(self):
-        raise AssertionError('FreeSolv was processed again')
-    monkeypatch.setattr(FreeSolv, 'process', fail)
+def test_freesolv_cache_reused(freesolv_root, forbid):
+    forbid(FreeSolv)
     ds = FreeSolv(freesolv_root, pre_transform=AddRandomWalkPE(4))
     assert len(ds) == 642

@@ -15,15 +15,9 @@ NAMES = ['Peptides-func', 'Peptides-struct', 'PascalVOC-SP', 'COCO-SP',
          'PCQM-Contact']
 
 
-def _no_download(monkeypatch):
-    def fail(self):
-        raise AssertionError('LRGBDataset tried to download')
-    monkeypatch.setattr(LRGBDataset, 'download', fail)
-
-
 @pytest.mark.parametrize('name', NAMES)
-def test_real_lrgb_processing_on_fixture(tmp_path, monkeypatch, name):
-    _no_download(monkeypatch)
+def test_real_lrgb_processing_on_fixture(tmp_path, forbid, name):
+    forbid(LRGBDataset, 'download')
     raw_dir = write_lrgb_raw(str(tmp_path), name)
     assert raw_dir == osp.join(str(tmp_path), name.lower(), 'raw')
     task = lrgb_task(name)
@@ -73,8 +67,8 @@ def test_real_lrgb_processing_on_fixture(tmp_path, monkeypatch, name):
             assert torch.equal(data.y, graph[3])
 
 
-def test_lrgb_pre_transform_and_loader(tmp_path, monkeypatch):
-    _no_download(monkeypatch)
+def test_lrgb_pre_transform_and_loader(tmp_path, forbid):
+    forbid(LRGBDataset, 'download')
     write_lrgb_raw(str(tmp_path), 'peptides-func')
     ds = LRGBDataset(str(tmp_path), 'Peptides-func', split='train',
                      pre_transform=AddLaplacianPE(4))
@@ -96,8 +90,8 @@ def test_lrgb_task_table():
         lrgb_task('cora')
 
 
-def test_superpixel_normalization(tmp_path, monkeypatch):
-    _no_download(monkeypatch)
+def test_superpixel_normalization(tmp_path, forbid):
+    forbid(LRGBDataset, 'download')
     write_lrgb_raw(str(tmp_path), 'pascalvoc-sp')
     train = LRGBDataset(str(tmp_path), 'PascalVOC-SP', split='train')
     norm = lrgb_feature_normalization('PascalVOC-SP', train)

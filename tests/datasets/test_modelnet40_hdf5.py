@@ -4,7 +4,6 @@ import os.path as osp
 import pytest
 import torch
 
-import samsa_geo.datasets._download as download
 from samsa_geo.datasets import ModelNet40HDF5
 
 h5py = pytest.importorskip('h5py')
@@ -62,7 +61,7 @@ def test_reads_archive(tmp_path):
     assert train.y.dtype == torch.long
 
 
-def test_normals_val_split_and_cache(tmp_path, monkeypatch):
+def test_normals_val_split_and_cache(tmp_path, forbid):
     content = _write_archive(str(tmp_path), with_normals=True)
     ds = ModelNet40HDF5(str(tmp_path), split='test', num_points=100,
                         use_normals=True)
@@ -73,20 +72,12 @@ def test_normals_val_split_and_cache(tmp_path, monkeypatch):
                          num_points=100)
     assert len(train) + len(val) == 15 and len(val) > 0
     assert set(train.indices()).isdisjoint(val.indices())
-
-    def fail(self):
-        raise AssertionError('process() called again')
-
-    monkeypatch.setattr(ModelNet40HDF5, 'process', fail)
+    forbid(ModelNet40HDF5)
     assert len(ModelNet40HDF5(str(tmp_path), split='test',
                               num_points=100)) == 7
 
 
-def test_errors(tmp_path, monkeypatch):
-    def offline(url, folder, *args, **kwargs):
-        raise OSError('offline')
-
-    monkeypatch.setattr(download, 'download_url', offline)
+def test_errors(tmp_path, offline):
     with pytest.raises(RuntimeError) as e:
         ModelNet40HDF5(str(tmp_path))
     assert 'modelnet40_ply_hdf5_2048.zip' in str(e.value)

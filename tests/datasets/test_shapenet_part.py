@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch_geometric.datasets import ShapeNet
 
-import samsa_geo.datasets._download as download
 from samsa_geo.datasets import ShapeNetPart
 from samsa_geo.metrics import part_miou
 
@@ -80,17 +79,12 @@ def test_num_points(shapenet_root):
                         num_points=700)[0].pos.shape == (700, 3)
 
 
-def test_bad_input_and_missing_archive(tmp_path, shapenet_root,
-                                       monkeypatch):
+def test_bad_input_and_missing_archive(tmp_path, shapenet_root, offline):
     with pytest.raises(ValueError, match="'categories'"):
         ShapeNetPart(shapenet_root, categories='Chairs')
     with pytest.raises(ValueError, match="'split'"):
         ShapeNetPart(shapenet_root, split='all')
 
-    def offline(url, folder, *args, **kwargs):
-        raise OSError('no route')
-
-    monkeypatch.setattr(download, 'download_url', offline)
     with pytest.raises(RuntimeError) as e:
         ShapeNetPart(str(tmp_path))
     msg = str(e.value)
@@ -98,11 +92,7 @@ def test_bad_input_and_missing_archive(tmp_path, shapenet_root,
     assert osp.join(str(tmp_path), ShapeNetPart.folder) in msg
 
 
-def test_processed_cache_reused(shapenet_root, monkeypatch):
+def test_processed_cache_reused(shapenet_root, forbid):
     ShapeNetPart(shapenet_root, split='test')
-
-    def fail(self):
-        raise AssertionError('process() called again')
-
-    monkeypatch.setattr(ShapeNetPart, 'process', fail)
+    forbid(ShapeNetPart)
     assert len(ShapeNetPart(shapenet_root, split='test')) == 12

@@ -1,0 +1,40 @@
+import os.path as osp
+from typing import List
+
+from torch_geometric.data import InMemoryDataset
+
+from samsa_geo.datasets._download import fetch_archive
+from samsa_geo.datasets._process import read_lines
+from samsa_geo.datasets._split import split_indices
+
+
+class ModelNetArchive(InMemoryDataset):
+    r"""What the ModelNet40 archive loaders share: the extracted archive
+    :obj:`root/{folder}/` as raw folder, its download, and the split set up
+    after loading (processed file 0 is train, 1 is test; :obj:`"train"` and
+    :obj:`"val"` index the training file).
+
+    Subclasses set :obj:`url`, :obj:`folder` and call :meth:`load_split` at
+    the end of their :obj:`__init__`.
+    """
+    url: str
+    folder: str
+
+    @property
+    def raw_dir(self) -> str:
+        return osp.join(self.root, self.folder)
+
+    def download(self) -> None:
+        fetch_archive(self.url, self.root, self.folder, self.raw_file_names)
+
+    def load_split(self, split: str, val_ratio: float, use_normals: bool,
+                   names_file: str) -> None:
+        r"""Loads :obj:`split`, drops normals unless :obj:`use_normals`,
+        reads the class names from :obj:`names_file` (one per line) into
+        :obj:`self.classes`."""
+        self.load(self.processed_paths[1 if split == 'test' else 0])
+        if not use_normals and 'normal' in self._data:
+            self._data.normal = None
+        self.classes: List[str] = read_lines(names_file)
+        self._indices = split_indices(self._data.y.view(-1), split,
+                                      val_ratio)
