@@ -17,10 +17,10 @@ confusion_matrix.png.
 """
 import argparse
 import os.path as osp
+import sys
 
 import torch
 import torch.nn.functional as F
-import torch_geometric.transforms as T
 
 from samsa_geo.datasets import (
     ModelNet40HDF5,
@@ -34,63 +34,34 @@ from samsa_geo.metrics import (
     overall_accuracy,
 )
 from samsa_geo.nn.models import SamsaPointClassifier
-from samsa_geo.train import Trainer, make_loader, seed_everything
+from samsa_geo.train import make_loader, seed_everything
+from samsa_geo.transforms import RandomAnisotropicScale
 from samsa_geo.typing import WITH_MATPLOTLIB
-from samsa_geo.transforms import (
-    RandomAnisotropicScale,
-    RandomJitter,
-    RandomRotateSO3,
-    RandomRotateZ,
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _point_pipeline import (  # noqa: E402
+    add_point_args,
+    point_trainer,
+    point_transforms,
 )
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--root', default=None,
-                   help='dataset root (default: the bundled synthetic sample)')
+    add_point_args(p, num_points=1024, epochs=40, batch_size=16,
+                   out='runs/modelnet40')
     p.add_argument('--format', default='normal_resampled',
                    choices=['normal_resampled', 'hdf5', 'princeton'])
-    p.add_argument('--num-points', type=int, default=1024)
-    p.add_argument('--normals', action='store_true', help='use normals as x')
-    p.add_argument('--preset', default='small', choices=['small', 'paper'])
-    p.add_argument('--rotation-invariant', action='store_true')
-    p.add_argument('--train-rotation', default='none',
-                   choices=['none', 'z', 'so3'])
-    p.add_argument('--test-rotation', default='none',
-                   choices=['none', 'z', 'so3'])
-    p.add_argument('--up-axis', type=int, default=1,
-                   help="axis of 'z' rotations (1: y-up, as the archives)")
     p.add_argument('--votes', type=int, default=1,
                    help='test-time votes over random anisotropic scaling')
-    p.add_argument('--epochs', type=int, default=40)
-    p.add_argument('--batch-size', type=int, default=16)
-    p.add_argument('--lr', type=float, default=2e-3)
     p.add_argument('--val-ratio', type=float, default=0.2)
-    p.add_argument('--amp', default=None, choices=['bf16', 'fp16'])
-    p.add_argument('--compile', action='store_true')
-    p.add_argument('--device', default=None)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--deterministic', action='store_true',
-                   help='bit-reproducible runs (slower)')
-    p.add_argument('--out', default='runs/modelnet40')
-    p.add_argument('--resume', action='store_true')
     p.add_argument('--eval-checkpoint', default=None,
                    help='skip training: evaluate this checkpoint on test')
-    p.add_argument('--no-progress', action='store_true')
     return p.parse_args(argv)
 
 
-def rotation(kind, up_axis):
-    return {'none': None, 'z': RandomRotateZ(axis=up_axis),
-            'so3': RandomRotateSO3()}[kind]
-
-
 def datasets(args):
-    train_tf = [rotation(args.train_rotation, args.up_axis),
-                RandomAnisotropicScale(), RandomJitter()]
-    test_tf = [rotation(args.test_rotation, args.up_axis)]
-    train_tf = T.Compose([t for t in train_tf if t is not None])
-    test_tf = T.Compose([t for t in test_tf if t is not None])
+    train_tf, test_tf = point_transforms(args)
     root = args.root or sample_root('modelnet40')
     kw = dict(num_points=args.num_points)
     if args.format == 'princeton':  # PyG's ModelNet: official train/test only
@@ -130,9 +101,7 @@ class Classification:
     def eval_step(self, model, data):
         logits = self.logits(model, data).float()
         for _ in range(self.votes - 1):  # votes over random scalings
-            s = torch.empty(1, 3, device=data.pos.device).uniform_(2 / 3, 1.5)
-            voted = data.clone()
-            voted.pos = data.pos * s
+            voted = self.scale(data.clone())
             logits = logits + self.logits(model, voted).float()
         y = data.y.view(-1)
         return {'pred': logits.argmax(-1), 'target': y,
@@ -177,14 +146,7 @@ def main(argv=None):
     model = builder(len(classes), in_channels=in_channels,
                     rotation_invariant=args.rotation_invariant)
     task = Classification(len(classes), args.normals)
-    steps = len(train_ds) // args.batch_size * args.epochs
-    trainer = Trainer(model, task, out_dir=args.out, epochs=args.epochs,
-                      lr=args.lr, warmup_steps=min(2000, steps // 10),
-                      amp=args.amp,
-                      compile=args.compile, device=args.device,
-                      seed=args.seed, deterministic=args.deterministic,
-                      monitor='val_oa', mode='max',
-                      resume=args.resume, progress=not args.no_progress)
+    trainer = point_trainer(model, task, args, len(train_ds), 'val_oa')
     train_loader = make_loader(train_ds, args.batch_size, shuffle=True,
                                seed=args.seed, drop_last=True)
     val_loader = make_loader(val_ds, args.batch_size, shuffle=False)

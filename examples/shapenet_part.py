@@ -15,6 +15,8 @@ best_epoch, ...), best.pt / last.pt and log.csv.
     python examples/shapenet_part.py --root data/shapenet --preset paper --num-points 2500
 """
 import argparse
+import os.path as osp
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -23,40 +25,20 @@ import torch_geometric.transforms as T
 from samsa_geo.datasets import ShapeNetPart, sample_root
 from samsa_geo.metrics import shape_part_iou
 from samsa_geo.nn.models import SamsaPointSegmenter
-from samsa_geo.train import Trainer, make_loader, seed_everything
-from samsa_geo.transforms import (
-    RandomAnisotropicScale,
-    RandomJitter,
-    RandomRotateSO3,
-    RandomRotateZ,
+from samsa_geo.train import make_loader, seed_everything
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _point_pipeline import (  # noqa: E402
+    add_point_args,
+    point_trainer,
+    point_transforms,
 )
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--root', default=None,
-                   help='dataset root (default: the bundled synthetic sample)')
-    p.add_argument('--num-points', type=int, default=512)
-    p.add_argument('--normals', action='store_true', help='use normals as x')
-    p.add_argument('--preset', default='small', choices=['small', 'paper'])
-    p.add_argument('--rotation-invariant', action='store_true')
-    p.add_argument('--train-rotation', default='none',
-                   choices=['none', 'z', 'so3'])
-    p.add_argument('--test-rotation', default='none',
-                   choices=['none', 'z', 'so3'])
-    p.add_argument('--up-axis', type=int, default=1)
-    p.add_argument('--epochs', type=int, default=60)
-    p.add_argument('--batch-size', type=int, default=8)
-    p.add_argument('--lr', type=float, default=2e-3)
-    p.add_argument('--amp', default=None, choices=['bf16', 'fp16'])
-    p.add_argument('--compile', action='store_true')
-    p.add_argument('--device', default=None)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--deterministic', action='store_true',
-                   help='bit-reproducible runs (slower)')
-    p.add_argument('--out', default='runs/shapenet_part')
-    p.add_argument('--resume', action='store_true')
-    p.add_argument('--no-progress', action='store_true')
+    add_point_args(p, num_points=512, epochs=60, batch_size=8,
+                   out='runs/shapenet_part')
     return p.parse_args(argv)
 
 
@@ -88,22 +70,13 @@ class PartSegmentation:
                 'loss': out['loss'].mean().item()}
 
 
-def rotation(kind, up_axis):
-    return {'none': None, 'z': RandomRotateZ(axis=up_axis),
-            'so3': RandomRotateSO3()}[kind]
-
-
 def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)  # model initialisation too
     root = args.root or sample_root('shapenet_part')
-    train_tf = [T.NormalizeScale(), rotation(args.train_rotation, args.up_axis),
-                RandomAnisotropicScale(), RandomJitter()]
-    test_tf = [T.NormalizeScale(), rotation(args.test_rotation, args.up_axis)]
+    train_tf, eval_tf = point_transforms(args, first=[T.NormalizeScale()])
     kw = dict(num_points=args.num_points)
-    train_ds = ShapeNetPart(root, split='train', transform=T.Compose(
-        [t for t in train_tf if t is not None]), **kw)
-    eval_tf = T.Compose([t for t in test_tf if t is not None])
+    train_ds = ShapeNetPart(root, split='train', transform=train_tf, **kw)
     val_ds = ShapeNetPart(root, split='val', transform=eval_tf, **kw)
     test_ds = ShapeNetPart(root, split='test', transform=eval_tf, **kw)
 
@@ -113,13 +86,8 @@ def main(argv=None):
                     in_channels=3 if args.normals else 0,
                     rotation_invariant=args.rotation_invariant)
     task = PartSegmentation(ShapeNetPart.category_parts, args.normals)
-    steps = len(train_ds) // args.batch_size * args.epochs
-    trainer = Trainer(model, task, out_dir=args.out, epochs=args.epochs,
-                      lr=args.lr, warmup_steps=min(2000, steps // 10),
-                      amp=args.amp, compile=args.compile, device=args.device,
-                      seed=args.seed, deterministic=args.deterministic,
-                      monitor='val_instance_miou', mode='max',
-                      resume=args.resume, progress=not args.no_progress)
+    trainer = point_trainer(model, task, args, len(train_ds),
+                            'val_instance_miou')
     best = trainer.fit(
         make_loader(train_ds, args.batch_size, shuffle=True, seed=args.seed,
                     drop_last=True),

@@ -37,7 +37,8 @@ class RandomAnisotropicScale(BaseTransform):
 
     def forward(self, data: Data) -> Data:
         pos = check_pos(data)
-        scale = torch.empty(3, dtype=pos.dtype).uniform_(self.low, self.high)
+        scale = torch.empty(3, dtype=pos.dtype, device=pos.device).uniform_(
+            self.low, self.high)
         data.pos = pos * scale
         normal = getattr(data, 'normal', None)
         if normal is not None:
