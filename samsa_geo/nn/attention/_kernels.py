@@ -174,15 +174,9 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor,
     """Dot-product softmax attention through PyTorch's fused kernels (in
     calls of at most :data:`MAX_GRID_Y` tiles: the flash and
     memory-efficient kernels put the batch on a CUDA grid axis)."""
-    nt = q.size(0)
-    if nt > MAX_GRID_Y:
-        return torch.cat([
-            sdpa_attention(q[s:s + MAX_GRID_Y], k[s:s + MAX_GRID_Y],
-                           v[s:s + MAX_GRID_Y],
-                           None if key_valid is None
-                           else key_valid[s:s + MAX_GRID_Y], dropout,
-                           training)
-            for s in range(0, nt, MAX_GRID_Y)], dim=0)
+    if q.size(0) > MAX_GRID_Y:
+        return _in_tile_chunks(sdpa_attention, MAX_GRID_Y, q, k, v,
+                               key_valid, dropout, training)
     mask = None
     if key_valid is not None:
         mask = key_valid.view(key_valid.size(0), 1, 1, -1)  # [nt, 1, 1, k]
@@ -195,6 +189,20 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor,
 #: or tiles x heads (samsa_geo's kernel): larger batches run in several
 #: calls.
 MAX_GRID_Y = 65535
+
+
+def _in_tile_chunks(fn: Callable, step: int, *args) -> Tensor:
+    """``fn(*args)`` in calls over ``step`` tiles at a time: tensor and
+    :class:`PairGeometry` arguments are sliced along their first (tile)
+    dimension, the others passed as they are; outputs are concatenated."""
+    def part(a, s):
+        if isinstance(a, Tensor):
+            return a[s:s + step]
+        return a.slice(s, s + step) if isinstance(a, PairGeometry) else a
+
+    nt = args[0].size(0)
+    return torch.cat([fn(*(part(a, s) for a in args))
+                      for s in range(0, nt, step)], dim=0)
 
 
 @dataclass
@@ -212,6 +220,11 @@ class PairGeometry:
     pos_k: Tensor
     normal_q: Optional[Tensor] = None
     normal_k: Optional[Tensor] = None
+
+    def slice(self, start: int, end: int) -> 'PairGeometry':
+        """Tiles ``start:end``."""
+        return PairGeometry(*(None if g is None else g[start:end] for g in (
+            self.pos_q, self.pos_k, self.normal_q, self.normal_k)))
 
 
 def flex_supported(device: torch.device) -> bool:
@@ -313,19 +326,10 @@ def biased_attention(
     FlexAttention, whose backward pass is generated. Both kernels put
     tiles (and heads) on a CUDA grid axis limited to 65,535 blocks, so
     batches with more tiles run in several calls."""
-    nt, H = q.shape[:2]
-    step = max(1, MAX_GRID_Y // H)
-    if nt > step:
-        outs = []
-        for s in range(0, nt, step):
-            e = min(nt, s + step)
-            part = PairGeometry(*(None if g is None else g[s:e] for g in (
-                geo.pos_q, geo.pos_k, geo.normal_q, geo.normal_k)))
-            outs.append(biased_attention(
-                q[s:e], k[s:e], v[s:e],
-                None if key_valid is None else key_valid[s:e], part,
-                weights))
-        return torch.cat(outs, dim=0)
+    step = max(1, MAX_GRID_Y // q.size(1))  # tiles x heads per call
+    if q.size(0) > step:
+        return _in_tile_chunks(biased_attention, step, q, k, v, key_valid,
+                               geo, weights)
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (q, k, v, *weights))
     if (not needs_grad and INFERENCE_KERNEL == 'triton'

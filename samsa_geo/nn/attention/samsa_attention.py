@@ -426,14 +426,14 @@ class SamsaAttention(Module):
 
         def apply(score: Tensor, s: int, e: int) -> Tensor:
             # |p_i - p_j|^2 = |p_i|^2 + |p_j|^2 - 2 p_i.p_j, as a matmul.
-            pq, pk = geo.pos_q[s:e].unsqueeze(1), geo.pos_k[s:e]
+            g = geo.slice(s, e)
+            pq, pk = g.pos_q.unsqueeze(1), g.pos_k
             dist = (pq.square().sum(-1, keepdim=True)
                     + pk.square().sum(-1).unsqueeze(-2)
                     - 2.0 * pq @ pk.transpose(-1, -2)).clamp_(min=0.0)
             ndot = None  # without normals the feature is zero
-            if geo.normal_k is not None:  # [c, H, T, k]
-                ndot = (geo.normal_q[s:e].unsqueeze(1)
-                        @ geo.normal_k[s:e].transpose(-1, -2))
+            if g.normal_k is not None:  # [c, H, T, k]
+                ndot = g.normal_q.unsqueeze(1) @ g.normal_k.transpose(-1, -2)
             return rel_bias(score.float(), (dist, ndot))
 
         return apply
