@@ -151,11 +151,7 @@ def run_seed(seed, splits):
     result = {f'val_{info.metric}': best[f'val_{info.metric}'],
               f'test_{info.metric}': test[f'test_{info.metric}'],
               'best_epoch': best['best_epoch'], 'num_params': num_params}
-    with open(trainer.metrics_path) as f:
-        summary = json.load(f)
-    summary.update(result)
-    with open(trainer.metrics_path, 'w') as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
+    trainer.update_summary(**result)
     print(f'[seed {seed}] ' + ' | '.join(f'{k} {v:.4f}' if isinstance(v, float)
                                          else f'{k} {v}'
                                          for k, v in result.items()),
