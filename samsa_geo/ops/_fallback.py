@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from samsa_geo.ops._utils import batch_to_ptr
+
 DEFAULT_CHUNK_SIZE = 2**22
 DEFAULT_CUDA_CHUNK_SIZE = 2**26
 PAD_SLACK = 2**12
@@ -36,7 +38,7 @@ def fps(src: Tensor, ptr: Tensor, ratio: Tensor,
     next point of each example simultaneously; only the number of samples is
     looped over.
     """
-    num_nodes, device = src.size(0), src.device
+    device = src.device
     batch_size = ptr.numel() - 1
     deg = ptr[1:] - ptr[:-1]
     # Same arithmetic as torch_cluster so sample counts agree bit for bit:
@@ -44,17 +46,10 @@ def fps(src: Tensor, ptr: Tensor, ratio: Tensor,
     total = int(num_samples.sum())
     if total == 0:
         return torch.empty(0, dtype=torch.long, device=device)
-    n_max, s_max = int(deg.max()), int(num_samples.max())
-
-    batch = torch.repeat_interleave(
-        torch.arange(batch_size, device=device), deg, output_size=num_nodes)
-    local = torch.arange(num_nodes, device=device) - ptr[batch]
-    # Feature-major padding: every feature is a contiguous [B, N_max] plane,
-    # which keeps the per-step distance update a handful of flat kernels.
-    pos = src.new_zeros(src.size(1), batch_size, n_max)  # [F, B, N_max]
-    pos[:, batch, local] = src.t()
-    valid = torch.zeros(batch_size, n_max, dtype=torch.bool, device=device)
-    valid[batch, local] = True
+    sizes = deg.tolist()
+    n_max, s_max = max(sizes), int(num_samples.max())
+    pos = _pad(src, ptr, sizes, 0.0)  # [F, B, N_max]
+    valid = torch.arange(n_max, device=device) < deg.unsqueeze(1)  # [B, N_max]
 
     arange = torch.arange(batch_size, device=device)
     if random_start:
@@ -252,8 +247,7 @@ def knn(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, batch_y: Tensor,
     if cosine:
         x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
     batch_size = ptr_x.numel() - 1
-    ptr_y = torch.searchsorted(
-        batch_y, torch.arange(batch_size + 1, device=batch_y.device))
+    ptr_y = batch_to_ptr(batch_y, y.size(0), batch_size, y.device)
     # The only host copy before the output is known:
     size_x, size_y = torch.stack([ptr_x[1:] - ptr_x[:-1],
                                   ptr_y[1:] - ptr_y[:-1]]).tolist()
@@ -480,8 +474,8 @@ def _knn_grid(x: Tensor, y: Tensor, k: int,
     """
     n, m, device = x.size(0), y.size(0), x.device
     kk = min(k, n)
-    both = torch.cat([x, y], dim=0)
-    bbox = torch.stack([both.amin(0), both.amax(0)]).double()
+    bbox = torch.stack([torch.minimum(x.amin(0), y.amin(0)),
+                        torch.maximum(x.amax(0), y.amax(0))]).double()
     if not bool(torch.isfinite(bbox).all()) or not math.isfinite(
             float((bbox[1] - bbox[0]).square().sum().to(x.dtype))):
         return None

@@ -96,8 +96,6 @@ def _rank_sorted(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
     ``K2`` entries."""
     B, R = info.num_sets, num_registers
     device = cand.device
-    if batch is None:
-        batch = torch.zeros(num_tokens, dtype=torch.long, device=device)
     cand_batch = torch.cat([
         batch, torch.arange(B, device=device).repeat_interleave(R)])
     order = torch.argsort(cand.t(), dim=1, descending=True, stable=True)
@@ -132,9 +130,6 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     K2 = min(info.k_max + m_max, info.max_size + num_registers)
     rank = _rank_sorted if packed else _rank_dense
     ids = rank(cand.detach(), batch, info, N, num_registers, K2)  # [B, H, K2]
-
-    if K2 < info.k_max:  # only possible in 'full' mode with registers
-        raise AssertionError('selection narrower than k_max')
     H, device = score.size(1), score.device
     top = ids[..., :info.k_max]
     if info.all_valid:  # no slot to mask: plain slices
