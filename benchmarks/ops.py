@@ -13,12 +13,16 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
 
-import samsa_geo.typing
-from samsa_geo.ops import fps, knn, knn_graph
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import write_records  # noqa: E402
+
+import samsa_geo.typing  # noqa: E402
+from samsa_geo.ops import fps, knn, knn_graph  # noqa: E402
 
 
 def timed(fn, device, repeats, slow_s=2.0):
@@ -106,10 +110,7 @@ def main():
             record('knn_graph', impl, 1024, k, clouds,
                    lambda: knn_graph(pos, k, batch, backend=impl))
 
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, 'w') as f:
-        json.dump(records, f, indent=2)
-    print(f'wrote {len(records)} records to {out_path}')
+    write_records(records, out_path)
 
 
 if __name__ == '__main__':

@@ -61,53 +61,38 @@ def main():
         'layer_bias_explicit': (point_conv(C, 8, 256, True), 'explicit'),
         'layer_k512_bias_fused': (point_conv(C, 8, 512, True), True),
     }
-    fns = {}
-    for name, (layer, bias) in cases.items():
-        layer = layer.to(dev, wdtype).eval()
 
-        def fn(layer=layer, bias=bias):
-            SamsaAttention.use_fused_bias = bias is True
+    def case(module, fused, *inputs, **kwargs):
+        def fn():
+            SamsaAttention.use_fused_bias = fused
             with torch.no_grad(), torch.autocast('cuda', torch.bfloat16,
                                                  enabled=autocast):
-                if bias:
-                    layer(x, None, batch, pos=pos, **kw)
-                else:
-                    layer(x, None, batch, **kw)
-        fns[name] = fn
+                module(*inputs, **kwargs)
+        return fn
+
+    def layer_inputs(bias):
+        return dict(pos=pos if bias else None, **kw)
+
+    fns = {}
+    for name, (layer, bias) in cases.items():
+        layer.to(dev, wdtype).eval()
+        fns[name] = case(layer, bias is True, x, None, batch,
+                         **layer_inputs(bias))
     for preset in ('small', 'paper'):
+        cfg = SamsaPointClassifier.SMALL if preset == 'small' else {}
         for fused in (True, False):
-            cfg = SamsaPointClassifier.SMALL if preset == 'small' else {}
             model = SamsaPointClassifier(40, **cfg).to(dev, wdtype).eval()
-
-            def fn(model=model, fused=fused):
-                SamsaAttention.use_fused_bias = fused
-                with torch.no_grad(), torch.autocast('cuda', torch.bfloat16,
-                                                     enabled=autocast):
-                    model(pos, batch)
-            fns[f'classifier_{preset}' + ('' if fused else '_explicit')] = fn
+            suffix = '' if fused else '_explicit'
+            fns[f'classifier_{preset}{suffix}'] = case(model, fused, pos,
+                                                       batch)
             if fused and args.compile:
-                compiled = torch.compile(model)
-
-                def fn(compiled=compiled):
-                    SamsaAttention.use_fused_bias = True
-                    with torch.no_grad(), torch.autocast(
-                            'cuda', torch.bfloat16, enabled=autocast):
-                        compiled(pos, batch)
-                fns[f'classifier_{preset}_compiled'] = fn
+                fns[f'classifier_{preset}_compiled'] = case(
+                    torch.compile(model), True, pos, batch)
     if args.compile:
         for name in ('layer', 'layer_bias_fused'):
-            layer = cases[name][0]
-            compiled = torch.compile(layer)
-
-            def fn(compiled=compiled, bias=cases[name][1]):
-                SamsaAttention.use_fused_bias = True
-                with torch.no_grad(), torch.autocast('cuda', torch.bfloat16,
-                                                     enabled=autocast):
-                    if bias:
-                        compiled(x, None, batch, pos=pos, **kw)
-                    else:
-                        compiled(x, None, batch, **kw)
-            fns[name + '_compiled'] = fn
+            layer, bias = cases[name]
+            fns[name + '_compiled'] = case(torch.compile(layer), True, x,
+                                           None, batch, **layer_inputs(bias))
 
     for name, fn in fns.items():
         if wanted is not None and name not in wanted:

@@ -12,28 +12,22 @@ RESULTS = osp.join(HERE, 'results')
 DOC = osp.join(HERE, '..', 'docs', 'benchmarks.md')
 
 
-#: Extra point-benchmark runs: file suffix and heading.
+#: Extra point-benchmark runs: file suffix, heading and the flags of
+#: ``benchmarks/points.py`` that produced them.
 POINT_VARIANTS = (
-    ('_bf16_weights', 'bfloat16 parameters'),
-    ('_bf16_weights_compiled', 'bfloat16 parameters, torch.compile'),
+    ('_bf16_weights', 'bfloat16 parameters', '--weights bf16'),
+    ('_bf16_weights_compiled', 'bfloat16 parameters, torch.compile',
+     '--weights bf16 --compile'),
     ('_bf16_weights_autotune',
-     "bfloat16 parameters, torch.compile(mode='max-autotune-no-cudagraphs')"),
+     "bfloat16 parameters, torch.compile(mode='max-autotune-no-cudagraphs')",
+     '--weights bf16 --compile --compile-mode max-autotune-no-cudagraphs'),
     ('_bf16_weights_cudagraphs',
-     "bfloat16 parameters, torch.compile(mode='reduce-overhead')"),
-    ('_bf16_weights_h200', 'bfloat16 parameters, H200'),
-    ('_bf16_weights_compiled_h200', 'bfloat16 parameters, torch.compile, '
-     'H200'),
+     "bfloat16 parameters, torch.compile(mode='reduce-overhead')",
+     '--weights bf16 --compile --compile-mode reduce-overhead'),
+    ('_bf16_weights_h200', 'bfloat16 parameters, H200', '--weights bf16'),
+    ('_bf16_weights_compiled_h200',
+     'bfloat16 parameters, torch.compile, H200', '--weights bf16 --compile'),
 )
-POINT_FLAGS = {
-    '_bf16_weights': '--weights bf16',
-    '_bf16_weights_compiled': '--weights bf16 --compile',
-    '_bf16_weights_autotune': '--weights bf16 --compile '
-                              '--compile-mode max-autotune-no-cudagraphs',
-    '_bf16_weights_cudagraphs': '--weights bf16 --compile '
-                                '--compile-mode reduce-overhead',
-    '_bf16_weights_h200': '--weights bf16',
-    '_bf16_weights_compiled_h200': '--weights bf16 --compile',
-}
 
 
 def load(name):
@@ -154,13 +148,13 @@ def main():
                       'inference)', '']
             simple_table(pts, ['op', 'params', 'ms', 'clouds_per_s',
                                'points_per_s', 'ms_per_cloud'], lines)
-        for suffix, how in POINT_VARIANTS:
+        for suffix, how, flags in POINT_VARIANTS:
             var = load(f'points_{tag}{suffix}.json')
             if not var:
                 continue
             lines += [f'### {how} ({title})', '',
                       f"`python benchmarks/points.py --device {tag} "
-                      f"{POINT_FLAGS[suffix]}` ({var[0]['device']})", '']
+                      f"{flags}` ({var[0]['device']})", '']
             simple_table(var, ['op', 'params', 'ms', 'clouds_per_s',
                                'points_per_s', 'ms_per_cloud', 'error'],
                          lines)
