@@ -81,3 +81,52 @@ def test_graph_without_positions(tmp_path):
         forward_fn=lambda m, d: m(d.x, d.edge_index), panel_size=(64, 64))
     assert Image.open(out['graph_png']).size == (640, 480)
     assert len(_coloured(out['ply']['conv.attn'])) >= 4
+
+
+def test_graph_layout_computed_once(tmp_path, monkeypatch):
+    # The spring layout of a graph without coordinates is computed once for
+    # all layers and the graph view, and draws the picture
+    # plot_sampled_graph draws with its own layout.
+    import importlib
+
+    from samsa_geo.visualization import graphs, plot_sampled_graph
+    module = importlib.import_module(
+        'samsa_geo.visualization.visualize_sampling')
+    calls, original = [], graphs.spring_layout
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, 'spring_layout', counting)
+    monkeypatch.setattr(graphs, 'spring_layout', counting)
+
+    class TwoLayers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = SamsaConv(8, GCNConv(8, 8), heads=2, k=4)
+            self.b = SamsaConv(8, GCNConv(8, 8), heads=2, k=4)
+
+        def forward(self, x, edge_index):
+            return self.b(self.a(x, edge_index), edge_index)
+
+    torch.manual_seed(0)
+    src = torch.arange(12)
+    edge_index = torch.cat([torch.stack([src, (src + 1) % 12]),
+                            torch.stack([(src + 1) % 12, src])], dim=1)
+    data = Data(x=torch.randn(12, 8), edge_index=edge_index)
+    model = TwoLayers()
+    out = visualize_sampling(
+        model, data, tmp_path / 'vis', backend='matplotlib',
+        forward_fn=lambda m, d: m(d.x, d.edge_index), panel_size=(64, 64))
+    assert len(calls) == 1
+    assert len(out['ply']) == 2
+
+    model.eval()
+    with torch.no_grad(), SamplingRecorder(model) as rec:
+        model(data.x, data.edge_index)
+    ref = plot_sampled_graph(edge_index, rec.indices, tmp_path / 'ref.png',
+                             num_nodes=12)
+    assert ref['layout'] == 'spring'
+    np.testing.assert_array_equal(np.asarray(Image.open(out['graph_png'])),
+                                  np.asarray(Image.open(ref['png'])))
