@@ -11,9 +11,10 @@ from torch import Tensor
 from samsa_geo.visualization.graphs import plot_sampled_graph, spring_layout
 from samsa_geo.visualization.points import (
     _check_backend,
-    make_point_panels,
+    _graph_membership,
+    _head_panels,
+    _write_ply,
     render_panels,
-    write_sampling_ply,
 )
 from samsa_geo.visualization.sampling_recorder import (
     SamplingRecord,
@@ -155,21 +156,22 @@ def visualize_sampling(
     for name in chosen:
         record = recorder.records[name][-1]
         pos, batch = _tokens_of(record, data, name, layout)
+        points, member = _graph_membership(record.indices, pos, batch,
+                                           graph_index)
         safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', name) or 'layer'
-        path = write_sampling_ply(out_dir / f'sampling_{safe}.ply', pos,
-                                  record.indices, batch, graph_index,
-                                  comment=f'samsa_geo sampling of {name}')
+        path = _write_ply(out_dir / f'sampling_{safe}.ply', points, member,
+                          comment=f'samsa_geo sampling of {name}')
         ply[name] = str(path)
-        panels += make_point_panels(pos, {name: record.indices}, batch,
-                                    graph_index, heads)
+        panels += _head_panels(name, points, member, heads)
     png, used = render_panels(panels, out_dir / 'sampling_panels.png',
                               panel_size, ncols, backend=backend)
 
     graph_png = None
     if isinstance(edge_index, Tensor):
         node_pos = getattr(data, 'pos', None) if layout is None else layout
+        indices = recorder.indices
         graph_png = plot_sampled_graph(
-            edge_index, {n: recorder.records[n][-1].indices for n in chosen},
+            edge_index, {n: indices[n] for n in chosen},
             out_dir / 'sampling_graph.png', num_nodes=data.num_nodes,
             pos=node_pos)['png']
     return {'png': str(png), 'ply': ply, 'graph_png': graph_png,

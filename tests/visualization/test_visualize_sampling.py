@@ -130,3 +130,39 @@ def test_graph_layout_computed_once(tmp_path, monkeypatch):
     assert ref['layout'] == 'spring'
     np.testing.assert_array_equal(np.asarray(Image.open(out['graph_png'])),
                                   np.asarray(Image.open(ref['png'])))
+
+
+def test_membership_once_per_layer(tmp_path, monkeypatch, point_model,
+                                   point_batch):
+    # One membership matrix per layer feeds both the PLY file and the panels,
+    # and the files equal those of the public functions.
+    import importlib
+
+    from samsa_geo.visualization import write_sampling_ply
+    from samsa_geo.visualization.points import make_point_panels
+    points_module = importlib.import_module(
+        'samsa_geo.visualization.points')
+    calls, original = [], points_module.sampling_membership
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(points_module, 'sampling_membership', counting)
+    out = visualize_sampling(point_model, point_batch, tmp_path / 'vis',
+                             backend='matplotlib', graph_index=1,
+                             heads=[0], panel_size=(64, 64))
+    assert len(calls) == 3  # one per layer
+    monkeypatch.setattr(points_module, 'sampling_membership', original)
+
+    with torch.no_grad(), SamplingRecorder(point_model) as rec:
+        point_model(point_batch.pos, point_batch.batch)
+    for name, path in out['ply'].items():
+        ref = write_sampling_ply(tmp_path / f'{name}.ply', point_batch.pos,
+                                 rec.indices[name], point_batch.batch, 1,
+                                 comment=f'samsa_geo sampling of {name}')
+        assert open(path, 'rb').read() == open(ref, 'rb').read()
+    panels = make_point_panels(point_batch.pos, rec.indices, point_batch.batch,
+                               1, [0])
+    assert len(panels) == 3
+    assert panels[1].title.startswith('attns.1 head 0 (')
