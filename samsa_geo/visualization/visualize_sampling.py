@@ -54,8 +54,10 @@ def _tokens_of(record: SamplingRecord, data: Any, name: str,
     # else the data's points when the layer saw one token per point, else
     # the 2-D 'layout' of a graph without coordinates.
     batch = record.batch
-    if batch is None and record.num_tokens == _num_rows(data, 'batch'):
-        batch = getattr(data, 'batch', None)
+    data_batch = getattr(data, 'batch', None)
+    if (batch is None and isinstance(data_batch, Tensor)
+            and record.num_tokens == data_batch.size(0)):
+        batch = data_batch
     pos = record.pos
     if pos is not None and pos.dim() == 2 and pos.size(-1) in (2, 3):
         return pos, batch
@@ -68,11 +70,6 @@ def _tokens_of(record: SamplingRecord, data: Any, name: str,
         f"Expected layer '{name}' to attend over points with positions: it "
         f"was called without 'pos' and its {record.num_tokens} tokens match "
         f"neither 'data.pos' nor the nodes of 'data.edge_index'")
-
-
-def _num_rows(data: Any, key: str) -> int:
-    value = getattr(data, key, None)
-    return int(value.size(0)) if isinstance(value, Tensor) else -1
 
 
 def visualize_sampling(
