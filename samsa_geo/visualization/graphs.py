@@ -77,11 +77,9 @@ def spring_layout(
         Positions of shape :obj:`[N, 2]`.
     """
     ei = _check_edge_index(edge_index, num_nodes)
+    if num_nodes <= 1:
+        return np.zeros((num_nodes, 2))
     rng = np.random.default_rng(seed)
-    if num_nodes == 0:
-        return np.zeros((0, 2))
-    if num_nodes == 1:
-        return np.zeros((1, 2))
     adj = np.zeros((num_nodes, num_nodes))
     adj[ei[0], ei[1]] = 1.0
     adj = np.maximum(adj, adj.T)

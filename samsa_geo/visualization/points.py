@@ -477,7 +477,6 @@ def plot_sampled_points(
     Returns:
         :obj:`{'png': path, 'backend': name of the backend used}`.
     """
-    _check_backend(backend)
     panels = make_point_panels(pos, indices, batch, graph_index, heads)
     path, used = render_panels(panels, out_png, panel_size, ncols,
                                point_size, backend)

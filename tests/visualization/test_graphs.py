@@ -82,3 +82,11 @@ def test_plot_sampled_graph(tmp_path, dim):
     with pytest.raises(ValueError, match="'pos'"):
         plot_sampled_graph(ei, idx, tmp_path / 'g.png', num_nodes=n,
                            pos=torch.randn(n + 1, 3))
+
+
+def test_spring_layout_tiny_graphs():
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    for n in (0, 1):
+        xy = spring_layout(empty, n)
+        assert xy.shape == (n, 2) and xy.dtype == np.float64
+        assert (xy == 0).all()

@@ -161,6 +161,18 @@ def test_bad_arguments(tmp_path):
         points.show_sampled_points(pos, idx, batch)
 
 
+def test_bad_backend_message(tmp_path):
+    # The backend is checked where the panels are rendered: the user still
+    # gets the full message, and no file is written.
+    pos, batch, idx = _indices()
+    msg = ("Expected 'backend' to be one of ('auto', 'open3d', "
+           "'matplotlib') (got 'x')")
+    with pytest.raises(ValueError) as e:
+        plot_sampled_points(pos, idx, tmp_path / 'p.png', batch, backend='x')
+    assert str(e.value) == msg
+    assert not (tmp_path / 'p.png').exists()
+
+
 @pytest.mark.skipif(not WITH_OPEN3D, reason='open3d is not installed')
 def test_open3d_backend(tmp_path):
     pos, batch, idx = _indices()
