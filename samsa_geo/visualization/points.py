@@ -213,11 +213,13 @@ def _write_ply(path: PathLike, points: np.ndarray, member: np.ndarray,
     header.append('end_header')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # One row per point: x y z red green blue head0 ... (small integers are
+    # exact in float64, so '%d' prints them as the ints they are).
+    rows = np.concatenate([points, rgb, member], axis=1)  # [n, 6 + heads]
     with open(path, 'w') as f:
         f.write('\n'.join(header) + '\n')
-        for p, c, m in zip(points, rgb, member.astype(np.int64)):
-            fields = [f'{v:.6g}' for v in p] + [str(v) for v in c]
-            f.write(' '.join(fields + [str(v) for v in m]) + '\n')
+        np.savetxt(f, rows, fmt=['%.6g'] * 3 + ['%d'] * (3 + heads),
+                   delimiter=' ')
     return path
 
 
