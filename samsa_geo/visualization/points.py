@@ -153,7 +153,7 @@ def _graph_membership(
     batch: Optional[ArrayLike],
     graph_index: int,
 ) -> Tuple[np.ndarray, np.ndarray]:
-    # One graph's points [n, 3] and which head sampled which of them [n, heads].
+    # One graph's points [n, 3] and which head sampled which point [n, heads].
     points, local = select_graph(indices, pos, batch, graph_index)
     return points, sampling_membership(local, points.shape[0])
 

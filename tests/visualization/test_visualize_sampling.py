@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -83,23 +85,29 @@ def test_graph_without_positions(tmp_path):
     assert len(_coloured(out['ply']['conv.attn'])) >= 4
 
 
-def test_graph_layout_computed_once(tmp_path, monkeypatch):
-    # The spring layout of a graph without coordinates is computed once for
-    # all layers and the graph view, and draws the picture
-    # plot_sampled_graph draws with its own layout.
-    import importlib
-
-    from samsa_geo.visualization import graphs, plot_sampled_graph
-    module = importlib.import_module(
-        'samsa_geo.visualization.visualize_sampling')
-    calls, original = [], graphs.spring_layout
+def _count_calls(monkeypatch, name, *modules):
+    # Wraps function 'name' in the given samsa_geo.visualization modules so
+    # that every call appends to the returned list.
+    modules = [importlib.import_module(f'samsa_geo.visualization.{m}')
+               for m in modules]
+    calls, original = [], getattr(modules[0], name)
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(module, 'spring_layout', counting)
-    monkeypatch.setattr(graphs, 'spring_layout', counting)
+    for module in modules:
+        monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def test_graph_layout_computed_once(tmp_path, monkeypatch):
+    # The spring layout of a graph without coordinates is computed once for
+    # all layers and the graph view, and draws the picture
+    # plot_sampled_graph draws with its own layout.
+    from samsa_geo.visualization import plot_sampled_graph
+    calls = _count_calls(monkeypatch, 'spring_layout', 'visualize_sampling',
+                         'graphs')
 
     class TwoLayers(torch.nn.Module):
         def __init__(self):
@@ -136,24 +144,14 @@ def test_membership_once_per_layer(tmp_path, monkeypatch, point_model,
                                    point_batch):
     # One membership matrix per layer feeds both the PLY file and the panels,
     # and the files equal those of the public functions.
-    import importlib
-
     from samsa_geo.visualization import write_sampling_ply
     from samsa_geo.visualization.points import make_point_panels
-    points_module = importlib.import_module(
-        'samsa_geo.visualization.points')
-    calls, original = [], points_module.sampling_membership
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(points_module, 'sampling_membership', counting)
+    calls = _count_calls(monkeypatch, 'sampling_membership', 'points')
     out = visualize_sampling(point_model, point_batch, tmp_path / 'vis',
                              backend='matplotlib', graph_index=1,
                              heads=[0], panel_size=(64, 64))
     assert len(calls) == 3  # one per layer
-    monkeypatch.setattr(points_module, 'sampling_membership', original)
+    monkeypatch.undo()
 
     with torch.no_grad(), SamplingRecorder(point_model) as rec:
         point_model(point_batch.pos, point_batch.batch)
