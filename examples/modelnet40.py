@@ -84,6 +84,14 @@ def datasets(args):
             cls(root, 'test', transform=test_tf, **kw))
 
 
+def build_model(num_classes, args):
+    """The classifier of --preset, taking normals as x with --normals."""
+    builder = SamsaPointClassifier.small if args.preset == 'small' \
+        else SamsaPointClassifier
+    return builder(num_classes, in_channels=3 if args.normals else 0,
+                   rotation_invariant=args.rotation_invariant)
+
+
 class Classification:
     """Loss and metrics of ModelNet40 (overall and mean class accuracy)."""
     def __init__(self, num_classes, normals, votes=1):
@@ -140,11 +148,7 @@ def main(argv=None):
     train_ds, val_ds, test_ds = datasets(args)
     classes = list(getattr(train_ds, 'classes', None)
                    or range(int(train_ds.y.max()) + 1))
-    in_channels = 3 if args.normals else 0
-    builder = SamsaPointClassifier.small if args.preset == 'small' \
-        else SamsaPointClassifier
-    model = builder(len(classes), in_channels=in_channels,
-                    rotation_invariant=args.rotation_invariant)
+    model = build_model(len(classes), args)
     task = Classification(len(classes), args.normals)
     trainer = point_trainer(model, task, args, len(train_ds), 'val_oa')
     train_loader = make_loader(train_ds, args.batch_size, shuffle=True,

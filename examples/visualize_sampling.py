@@ -13,33 +13,36 @@ import json
 import os.path as osp
 import sys
 
-import torch
 from torch_geometric.data import Batch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import modelnet40  # noqa: E402
 
-from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
 from samsa_geo.train import load_checkpoint  # noqa: E402
 from samsa_geo.visualization import (  # noqa: E402
     plot_training_curves,
     visualize_sampling,
 )
 
+# Flags of the modelnet40.py run that define its data and its model.
+RUN_FLAGS = ('root', 'format', 'num_points', 'normals', 'preset',
+             'rotation_invariant')
+
 
 def load_model(checkpoint):
-    """Rebuilds the classifier of a modelnet40.py run from its folder."""
+    """Rebuilds the classifier of a modelnet40.py run from its folder; returns
+    it with modelnet40.py's arguments carrying the run's data and model
+    flags (saved under 'args' in metrics.json)."""
     run_dir = osp.dirname(osp.abspath(checkpoint))
     with open(osp.join(run_dir, 'metrics.json')) as f:
-        run_args = json.load(f).get('args', {})
+        saved = json.load(f).get('args', {})
+    run_args = modelnet40.parse_args([])
+    for key in RUN_FLAGS:
+        if key in saved:
+            setattr(run_args, key, saved[key])
     state = load_checkpoint(checkpoint)['model']
     num_classes = state['head.4.weight'].size(0)
-    builder = SamsaPointClassifier.small \
-        if run_args.get('preset', 'small') == 'small' else SamsaPointClassifier
-    model = builder(num_classes,
-                    in_channels=3 if run_args.get('normals') else 0,
-                    rotation_invariant=run_args.get('rotation_invariant',
-                                                    False))
+    model = modelnet40.build_model(num_classes, run_args)
     model.load_state_dict(state)
     return model.eval(), run_args, run_dir
 
@@ -65,26 +68,24 @@ def main(argv=None):
                          '--no-progress'])
         checkpoint = osp.join(run, 'best.pt')
     model, run_args, run_dir = load_model(checkpoint)
-    data_args = modelnet40.parse_args(
-        ['--root', run_args['root']] if run_args.get('root') else [])
-    _, _, test_ds = modelnet40.datasets(data_args)
+    _, _, test_ds = modelnet40.datasets(run_args)
     if not 0 <= args.index < len(test_ds):
         raise IndexError(f"Expected '--index' in [0, {len(test_ds) - 1}] "
                          f"(got {args.index})")
     data = Batch.from_data_list([test_ds[args.index]])
-    normals = bool(run_args.get('normals'))
+    task = modelnet40.Classification(model.num_classes, run_args.normals)
+    logits = []
 
-    def forward(model, data):
-        return model(data.pos, data.batch,
-                     x=data.normal if normals else None)
+    def forward(model, data):  # keeps the logits of the recorded pass
+        logits.append(task.logits(model, data))
+        return logits[-1]
 
     layers = None if args.layers is None else \
         [int(v) for v in args.layers.split(',')]
-    with torch.no_grad():
-        paths = visualize_sampling(model, data, args.out, layers=layers,
-                                   backend=args.backend, forward_fn=forward)
+    paths = visualize_sampling(model, data, args.out, layers=layers,
+                               backend=args.backend, forward_fn=forward)
     curves = plot_training_curves(run_dir, osp.join(args.out, 'curves.png'))
-    pred = forward(model, data).argmax(-1).item()
+    pred = logits[-1].argmax(-1).item()
     classes = getattr(test_ds, 'classes', None)
     name = classes[pred] if classes else pred
     print(f'cloud {args.index}: predicted {name!r}, true '

@@ -6,7 +6,11 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 from torch import Tensor
 
-from samsa_geo.visualization.points import GREY, _to_numpy
+from samsa_geo.visualization.points import (
+    GREY,
+    _to_numpy,
+    sampling_membership,
+)
 
 ArrayLike = Union[Tensor, np.ndarray]
 PathLike = Union[str, os.PathLike]
@@ -45,10 +49,9 @@ def sampling_counts(
             idx = idx[None]  # [1, heads, k_max]
         heads = idx.shape[1]
         flat = idx.transpose(1, 0, 2).reshape(heads, -1)  # [heads, G * k_max]
-        for h in range(heads):
-            sel = flat[h]
-            sel = np.unique(sel[(sel >= 0) & (sel < num_nodes)])
-            counts[sel] += 1
+        flat = flat.astype(np.int64, copy=False)  # signed: -1 marks no node
+        flat = np.where(flat < num_nodes, flat, -1)  # tokens after the nodes
+        counts += sampling_membership(flat, num_nodes).sum(axis=1)
     return counts
 
 
@@ -74,11 +77,9 @@ def spring_layout(
         Positions of shape :obj:`[N, 2]`.
     """
     ei = _check_edge_index(edge_index, num_nodes)
+    if num_nodes <= 1:
+        return np.zeros((num_nodes, 2))
     rng = np.random.default_rng(seed)
-    if num_nodes == 0:
-        return np.zeros((0, 2))
-    if num_nodes == 1:
-        return np.zeros((1, 2))
     adj = np.zeros((num_nodes, num_nodes))
     adj[ei[0], ei[1]] = 1.0
     adj = np.maximum(adj, adj.T)

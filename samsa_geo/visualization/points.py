@@ -147,6 +147,17 @@ def sampling_membership(local_indices: np.ndarray,
     return member
 
 
+def _graph_membership(
+    indices: ArrayLike,
+    pos: ArrayLike,
+    batch: Optional[ArrayLike],
+    graph_index: int,
+) -> Tuple[np.ndarray, np.ndarray]:
+    # One graph's points [n, 3] and which head sampled which point [n, heads].
+    points, local = select_graph(indices, pos, batch, graph_index)
+    return points, sampling_membership(local, points.shape[0])
+
+
 def membership_colors(member: np.ndarray) -> np.ndarray:
     r"""Colours :obj:`[N, 3]` for a membership matrix :obj:`[N, heads]`:
     :data:`GREY` if no head sampled the point, the head's colour if one did,
@@ -184,8 +195,12 @@ def write_sampling_ply(
         comment (str, optional): A comment line for the header.
             (default: :obj:`None`)
     """
-    points, local = select_graph(indices, pos, batch, graph_index)
-    member = sampling_membership(local, points.shape[0])
+    points, member = _graph_membership(indices, pos, batch, graph_index)
+    return _write_ply(path, points, member, comment)
+
+
+def _write_ply(path: PathLike, points: np.ndarray, member: np.ndarray,
+               comment: Optional[str]) -> Path:
     rgb = np.round(membership_colors(member) * 255).astype(np.int64)
     heads = member.shape[1]
     header = ['ply', 'format ascii 1.0']
@@ -198,11 +213,13 @@ def write_sampling_ply(
     header.append('end_header')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # One row per point: x y z red green blue head0 ... (small integers are
+    # exact in float64, so '%d' prints them as the ints they are).
+    rows = np.concatenate([points, rgb, member], axis=1)  # [n, 6 + heads]
     with open(path, 'w') as f:
         f.write('\n'.join(header) + '\n')
-        for p, c, m in zip(points, rgb, member.astype(np.int64)):
-            fields = [f'{v:.6g}' for v in p] + [str(v) for v in c]
-            f.write(' '.join(fields + [str(v) for v in m]) + '\n')
+        np.savetxt(f, rows, fmt=['%.6g'] * 3 + ['%d'] * (3 + heads),
+                   delimiter=' ')
     return path
 
 
@@ -396,19 +413,26 @@ def make_point_panels(
     r"""One panel per layer and head (heads restricted to :obj:`heads`)."""
     panels = []
     for name, idx in _layer_dict(indices).items():
-        points, local = select_graph(idx, pos, batch, graph_index)
-        num_heads = local.shape[0]
-        chosen = list(range(num_heads)) if heads is None else list(heads)
-        for h in chosen:
-            if not 0 <= h < num_heads:
-                raise IndexError(f"Expected 'heads' to be in [0, {num_heads}) "
-                                 f"(got {h})")
-        member = sampling_membership(local, points.shape[0])
-        palette = head_colors(num_heads)
-        for h in chosen:
-            title = f'{name} head {h}' if name else f'head {h}'
-            title += f' ({int(member[:, h].sum())} pts)'
-            panels.append(_Panel(points, member[:, h], palette[h], title))
+        points, member = _graph_membership(idx, pos, batch, graph_index)
+        panels += _head_panels(name, points, member, heads)
+    return panels
+
+
+def _head_panels(name: str, points: np.ndarray, member: np.ndarray,
+                 heads: Optional[Sequence[int]]) -> List[_Panel]:
+    # One panel per chosen head of one layer's membership [n, heads].
+    num_heads = member.shape[1]
+    chosen = list(range(num_heads)) if heads is None else list(heads)
+    for h in chosen:
+        if not 0 <= h < num_heads:
+            raise IndexError(f"Expected 'heads' to be in [0, {num_heads}) "
+                             f"(got {h})")
+    palette = head_colors(num_heads)
+    panels = []
+    for h in chosen:
+        title = f'{name} head {h}' if name else f'head {h}'
+        title += f' ({int(member[:, h].sum())} pts)'
+        panels.append(_Panel(points, member[:, h], palette[h], title))
     return panels
 
 
@@ -455,7 +479,6 @@ def plot_sampled_points(
     Returns:
         :obj:`{'png': path, 'backend': name of the backend used}`.
     """
-    _check_backend(backend)
     panels = make_point_panels(pos, indices, batch, graph_index, heads)
     path, used = render_panels(panels, out_png, panel_size, ncols,
                                point_size, backend)
@@ -492,8 +515,7 @@ def show_sampled_points(
     except ImportError as e:
         raise RuntimeError("show_sampled_points() requires open3d "
                            "(pip install open3d)") from e
-    points, local = select_graph(indices, pos, batch, graph_index)
-    member = sampling_membership(local, points.shape[0])
+    points, member = _graph_membership(indices, pos, batch, graph_index)
     if head is None:
         colors = membership_colors(member)
     else:

@@ -27,18 +27,11 @@ class SamplingRecord:
     batch: Optional[Tensor]
     num_tokens: int
 
-    @property
-    def heads(self) -> int:
-        return int(self.indices.size(1))
-
 
 def _default_types() -> Tuple[Type[torch.nn.Module], ...]:
     # Imported here: visualization sits above nn, and nn must not be imported
     # when samsa_geo.visualization is merely imported.
-    try:
-        from samsa_geo.nn import SamsaAttention
-    except ImportError:  # pragma: no cover - only before the layer exists
-        return ()
+    from samsa_geo.nn import SamsaAttention
     return (SamsaAttention, )
 
 
@@ -91,7 +84,7 @@ class SamplingRecorder:
             types = _default_types()
             if type(module).__name__ == 'SamsaAttention':
                 return True
-        return len(types) > 0 and isinstance(module, types)
+        return isinstance(module, types)
 
     @property
     def module_names(self) -> List[str]:

@@ -4,15 +4,17 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from samsa_geo.visualization.graphs import plot_sampled_graph, spring_layout
 from samsa_geo.visualization.points import (
     _check_backend,
-    make_point_panels,
+    _graph_membership,
+    _head_panels,
+    _write_ply,
     render_panels,
-    write_sampling_ply,
 )
 from samsa_geo.visualization.sampling_recorder import (
     SamplingRecord,
@@ -46,33 +48,28 @@ def _select_layers(names: List[str],
     return chosen
 
 
-def _tokens_of(record: SamplingRecord, data: Any, name: str) -> tuple:
+def _tokens_of(record: SamplingRecord, data: Any, name: str,
+               layout: Optional[np.ndarray] = None) -> tuple:
     # Positions of the layer's own tokens: the 'pos' it was called with,
-    # else the data's points when the layer saw one token per point.
+    # else the data's points when the layer saw one token per point, else
+    # the 2-D 'layout' of a graph without coordinates.
     batch = record.batch
-    if batch is None and record.num_tokens == _num_rows(data, 'batch'):
-        batch = getattr(data, 'batch', None)
+    data_batch = getattr(data, 'batch', None)
+    if (batch is None and isinstance(data_batch, Tensor)
+            and record.num_tokens == data_batch.size(0)):
+        batch = data_batch
     pos = record.pos
     if pos is not None and pos.dim() == 2 and pos.size(-1) in (2, 3):
         return pos, batch
     pos = getattr(data, 'pos', None)
     if isinstance(pos, Tensor) and pos.size(0) == record.num_tokens:
         return pos, batch
-    edge_index = getattr(data, 'edge_index', None)
-    if (pos is None and isinstance(edge_index, Tensor)
-            and data.num_nodes == record.num_tokens):
-        # A graph without coordinates: draw it in a 2-D layout.
-        return torch.from_numpy(spring_layout(edge_index, data.num_nodes)), \
-            batch
+    if layout is not None and data.num_nodes == record.num_tokens:
+        return torch.from_numpy(layout), batch
     raise ValueError(
         f"Expected layer '{name}' to attend over points with positions: it "
         f"was called without 'pos' and its {record.num_tokens} tokens match "
         f"neither 'data.pos' nor the nodes of 'data.edge_index'")
-
-
-def _num_rows(data: Any, key: str) -> int:
-    value = getattr(data, key, None)
-    return int(value.size(0)) if isinstance(value, Tensor) else -1
 
 
 def visualize_sampling(
@@ -145,27 +142,34 @@ def visualize_sampling(
 
     names = [n for n in recorder.module_names if n in recorder.records]
     chosen = _select_layers(names, layers)
+    edge_index = getattr(data, 'edge_index', None)
+    # A graph without coordinates is drawn in one 2-D layout, computed once
+    # for the layers' point panels and the graph view.
+    layout = None
+    if getattr(data, 'pos', None) is None and isinstance(edge_index, Tensor):
+        layout = spring_layout(edge_index, data.num_nodes)
     ply: Dict[str, str] = {}
     panels = []
     for name in chosen:
         record = recorder.records[name][-1]
-        pos, batch = _tokens_of(record, data, name)
+        pos, batch = _tokens_of(record, data, name, layout)
+        points, member = _graph_membership(record.indices, pos, batch,
+                                           graph_index)
         safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', name) or 'layer'
-        path = write_sampling_ply(out_dir / f'sampling_{safe}.ply', pos,
-                                  record.indices, batch, graph_index,
-                                  comment=f'samsa_geo sampling of {name}')
+        path = _write_ply(out_dir / f'sampling_{safe}.ply', points, member,
+                          comment=f'samsa_geo sampling of {name}')
         ply[name] = str(path)
-        panels += make_point_panels(pos, {name: record.indices}, batch,
-                                    graph_index, heads)
+        panels += _head_panels(name, points, member, heads)
     png, used = render_panels(panels, out_dir / 'sampling_panels.png',
                               panel_size, ncols, backend=backend)
 
     graph_png = None
-    edge_index = getattr(data, 'edge_index', None)
     if isinstance(edge_index, Tensor):
+        node_pos = getattr(data, 'pos', None) if layout is None else layout
+        indices = recorder.indices
         graph_png = plot_sampled_graph(
-            edge_index, {n: recorder.records[n][-1].indices for n in chosen},
+            edge_index, {n: indices[n] for n in chosen},
             out_dir / 'sampling_graph.png', num_nodes=data.num_nodes,
-            pos=getattr(data, 'pos', None))['png']
+            pos=node_pos)['png']
     return {'png': str(png), 'ply': ply, 'graph_png': graph_png,
             'backend': used}

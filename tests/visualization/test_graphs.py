@@ -25,6 +25,29 @@ def test_sampling_counts():
         sampling_counts(a.float(), 6)
 
 
+@pytest.mark.parametrize('dtype', [np.int64, np.int32, np.int8, np.uint8])
+def test_sampling_counts_random(dtype):
+    # Per node: the number of (layer, head) pairs whose samples, over all
+    # graphs, hold it; negative tokens and tokens >= num_nodes are skipped.
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(0, 20))
+        layers = {}
+        for name in 'ab'[:int(rng.integers(1, 3))]:
+            shape = (int(rng.integers(1, 4)), int(rng.integers(1, 4)),
+                     int(rng.integers(0, 7)))
+            low = 0 if np.issubdtype(dtype, np.unsignedinteger) else -4
+            layers[name] = rng.integers(low, n + 5, shape).astype(dtype)
+        expected = np.zeros(n, dtype=np.int64)
+        for idx in layers.values():
+            for h in range(idx.shape[1]):
+                sel = idx[:, h].astype(np.int64).reshape(-1)
+                expected[np.unique(sel[(sel >= 0) & (sel < n)])] += 1
+        counts = sampling_counts(layers, n)
+        assert counts.dtype == np.int64
+        np.testing.assert_array_equal(counts, expected)
+
+
 def test_spring_layout():
     ei = _ring(12)
     xy = spring_layout(ei, 12)
@@ -59,3 +82,11 @@ def test_plot_sampled_graph(tmp_path, dim):
     with pytest.raises(ValueError, match="'pos'"):
         plot_sampled_graph(ei, idx, tmp_path / 'g.png', num_nodes=n,
                            pos=torch.randn(n + 1, 3))
+
+
+def test_spring_layout_tiny_graphs():
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    for n in (0, 1):
+        xy = spring_layout(empty, n)
+        assert xy.shape == (n, 2) and xy.dtype == np.float64
+        assert (xy == 0).all()

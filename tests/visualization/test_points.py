@@ -106,6 +106,44 @@ def test_ply_colours_are_recorded_indices(tmp_path, point_model, point_batch,
         assert np.allclose(np.asarray(cloud.colors) * 255, rgb, atol=0.5)
 
 
+def _reference_ply_rows(points_xyz, rgb, member):
+    # The per-point loop the writer used before np.savetxt.
+    lines = []
+    for p, c, m in zip(points_xyz, rgb, member.astype(np.int64)):
+        fields = [f'{v:.6g}' for v in p] + [str(v) for v in c]
+        lines.append(' '.join(fields + [str(v) for v in m]) + '\n')
+    return ''.join(lines)
+
+
+def test_ply_rows_byte_identical(tmp_path):
+    rng = np.random.default_rng(0)
+    for t in range(40):
+        n0, n1 = int(rng.integers(0, 30)), int(rng.integers(1, 30))
+        heads, k = int(rng.integers(1, 15)), int(rng.integers(1, 8))
+        dim = 2 if t % 5 == 0 else 3
+        scale = 10.0**rng.integers(-8, 9, size=(n0 + n1, dim))
+        pos = rng.standard_normal((n0 + n1, dim)) * scale
+        pos[rng.random(pos.shape) < 0.05] = 0.0
+        if t % 2:
+            pos = torch.from_numpy(pos).float()
+        batch = np.repeat([0, 1], [n0, n1])
+        idx = np.full((2, heads, k), -1)
+        for g, (lo, n) in enumerate([(0, n0), (n0, n1)]):
+            if n > 0:
+                idx[g] = rng.integers(lo - 3, lo + n, (heads, k))
+                idx[g][idx[g] < lo] = -1 - rng.integers(0, 3)
+        for g in (0, 1):
+            path = write_sampling_ply(tmp_path / f'{t}_{g}.ply', pos, idx,
+                                      batch, g, comment='t')
+            text = path.read_text()
+            body = text[text.index('end_header\n') + len('end_header\n'):]
+            xyz, local = points.select_graph(idx, pos, batch, g)
+            member = points.sampling_membership(local, xyz.shape[0])
+            rgb = np.round(points.membership_colors(member) * 255)
+            assert body == _reference_ply_rows(xyz, rgb.astype(np.int64),
+                                               member)
+
+
 def _check_png(path, size, ncols, nrows, heads, num_heads=3):
     img = np.asarray(Image.open(path).convert('RGB'))
     width, height = size
@@ -159,6 +197,18 @@ def test_bad_arguments(tmp_path):
         if points.has_display():
             pytest.skip('a display exists')
         points.show_sampled_points(pos, idx, batch)
+
+
+def test_bad_backend_message(tmp_path):
+    # The backend is checked where the panels are rendered: the user still
+    # gets the full message, and no file is written.
+    pos, batch, idx = _indices()
+    msg = ("Expected 'backend' to be one of ('auto', 'open3d', "
+           "'matplotlib') (got 'x')")
+    with pytest.raises(ValueError) as e:
+        plot_sampled_points(pos, idx, tmp_path / 'p.png', batch, backend='x')
+    assert str(e.value) == msg
+    assert not (tmp_path / 'p.png').exists()
 
 
 @pytest.mark.skipif(not WITH_OPEN3D, reason='open3d is not installed')

@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -81,3 +83,84 @@ def test_graph_without_positions(tmp_path):
         forward_fn=lambda m, d: m(d.x, d.edge_index), panel_size=(64, 64))
     assert Image.open(out['graph_png']).size == (640, 480)
     assert len(_coloured(out['ply']['conv.attn'])) >= 4
+
+
+def _count_calls(monkeypatch, name, *modules):
+    # Wraps function 'name' in the given samsa_geo.visualization modules so
+    # that every call appends to the returned list.
+    modules = [importlib.import_module(f'samsa_geo.visualization.{m}')
+               for m in modules]
+    calls, original = [], getattr(modules[0], name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    for module in modules:
+        monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def test_graph_layout_computed_once(tmp_path, monkeypatch):
+    # The spring layout of a graph without coordinates is computed once for
+    # all layers and the graph view, and draws the picture
+    # plot_sampled_graph draws with its own layout.
+    from samsa_geo.visualization import plot_sampled_graph
+    calls = _count_calls(monkeypatch, 'spring_layout', 'visualize_sampling',
+                         'graphs')
+
+    class TwoLayers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = SamsaConv(8, GCNConv(8, 8), heads=2, k=4)
+            self.b = SamsaConv(8, GCNConv(8, 8), heads=2, k=4)
+
+        def forward(self, x, edge_index):
+            return self.b(self.a(x, edge_index), edge_index)
+
+    torch.manual_seed(0)
+    src = torch.arange(12)
+    edge_index = torch.cat([torch.stack([src, (src + 1) % 12]),
+                            torch.stack([(src + 1) % 12, src])], dim=1)
+    data = Data(x=torch.randn(12, 8), edge_index=edge_index)
+    model = TwoLayers()
+    out = visualize_sampling(
+        model, data, tmp_path / 'vis', backend='matplotlib',
+        forward_fn=lambda m, d: m(d.x, d.edge_index), panel_size=(64, 64))
+    assert len(calls) == 1
+    assert len(out['ply']) == 2
+
+    model.eval()
+    with torch.no_grad(), SamplingRecorder(model) as rec:
+        model(data.x, data.edge_index)
+    ref = plot_sampled_graph(edge_index, rec.indices, tmp_path / 'ref.png',
+                             num_nodes=12)
+    assert ref['layout'] == 'spring'
+    np.testing.assert_array_equal(np.asarray(Image.open(out['graph_png'])),
+                                  np.asarray(Image.open(ref['png'])))
+
+
+def test_membership_once_per_layer(tmp_path, monkeypatch, point_model,
+                                   point_batch):
+    # One membership matrix per layer feeds both the PLY file and the panels,
+    # and the files equal those of the public functions.
+    from samsa_geo.visualization import write_sampling_ply
+    from samsa_geo.visualization.points import make_point_panels
+    calls = _count_calls(monkeypatch, 'sampling_membership', 'points')
+    out = visualize_sampling(point_model, point_batch, tmp_path / 'vis',
+                             backend='matplotlib', graph_index=1,
+                             heads=[0], panel_size=(64, 64))
+    assert len(calls) == 3  # one per layer
+    monkeypatch.undo()
+
+    with torch.no_grad(), SamplingRecorder(point_model) as rec:
+        point_model(point_batch.pos, point_batch.batch)
+    for name, path in out['ply'].items():
+        ref = write_sampling_ply(tmp_path / f'{name}.ply', point_batch.pos,
+                                 rec.indices[name], point_batch.batch, 1,
+                                 comment=f'samsa_geo sampling of {name}')
+        assert open(path, 'rb').read() == open(ref, 'rb').read()
+    panels = make_point_panels(point_batch.pos, rec.indices, point_batch.batch,
+                               1, [0])
+    assert len(panels) == 3
+    assert panels[1].title.startswith('attns.1 head 0 (')
