@@ -27,6 +27,10 @@ class SamplingRecord:
     batch: Optional[Tensor]
     num_tokens: int
 
+    @property
+    def heads(self) -> int:
+        return int(self.indices.size(1))
+
 
 def _default_types() -> Tuple[Type[torch.nn.Module], ...]:
     # Imported here: visualization sits above nn, and nn must not be imported
