@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -314,14 +314,17 @@ class Trainer:
         self.scheduler = WarmupCosineLR(self.optimizer, self.warmup_steps,
                                         total_steps, self.min_lr)
 
-        start_epoch, skip, resume_ranks = 0, 0, None
+        start_epoch, skip = 0, 0
+        rank_state: Optional[Dict[str, Any]] = None
+        resumed_epochs: Optional[int] = None  # Set when resuming from last.pt
         self.global_step, self.best_score, self.best_epoch = 0, None, None
         best_metrics: Dict[str, float] = {}
         if self.resume and osp.isfile(self.last_path):
             state = load_checkpoint(self.last_path, map_location='cpu',
                                     required=_RESUME_KEYS)
-            start_epoch, skip, resume_ranks = self._restore(
+            start_epoch, skip, rank_state = self._restore(
                 state, steps_per_epoch, total_steps)
+            resumed_epochs = start_epoch
             best_metrics = self._read_summary().get('best', {})
             if self.is_main:
                 print(f'Resuming from {self.last_path}: epoch '
@@ -330,7 +333,6 @@ class Trainer:
         elif self.resume and self.is_main:
             print(f'No checkpoint at {self.last_path}: starting from scratch',
                   flush=True)
-        resumed_epochs = start_epoch if (self.resume and resume_ranks) else None
         log = RunLog(self.out_dir, self.tensorboard,
                      resumed_epochs) if self.is_main else None
 
@@ -340,11 +342,10 @@ class Trainer:
         start_time = time.time()
         try:
             for epoch in range(start_epoch, self.epochs):
-                rank_state = resume_ranks[0] if resume_ranks else None
                 t0 = time.time()
                 train_loss = self._train_epoch(train_loader, epoch, skip,
                                                rank_state, steps_per_epoch)
-                skip, resume_ranks = 0, None
+                skip, rank_state = 0, None
                 if train_loss is None:
                     self._exit_on_signal()
 
@@ -390,7 +391,10 @@ class Trainer:
                 'loss_sum': loss_sum, 'loss_steps': loss_steps}
 
     def _restore(self, state: Dict[str, Any], steps_per_epoch: int,
-                 total_steps: int) -> Any:
+                 total_steps: int) -> Tuple[int, int, Optional[Dict[str, Any]]]:
+        r"""Loads :obj:`state`; returns :obj:`(epoch, skip, rank_state)`,
+        where :obj:`rank_state` is this rank's saved state, or :obj:`None`
+        when the number of ranks changed (then :obj:`skip` is :obj:`0`)."""
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
@@ -416,7 +420,7 @@ class Trainer:
         if len(ranks) == self.world_size:
             rank_state = ranks[self.rank]
             set_rng_state(rank_state['rng'])
-            return epoch, skip, [rank_state]
+            return epoch, skip, rank_state
         warnings.warn(f"'{self.last_path}' was written by {len(ranks)} ranks, "
                       f"now running {self.world_size}: random streams are "
                       f"re-seeded, so the run is not bit-exact", stacklevel=3)
@@ -425,14 +429,14 @@ class Trainer:
             raise ValueError(f"Cannot resume mid-epoch from '{self.last_path}' "
                              f"with a different number of ranks; resume with "
                              f"{len(ranks)} processes")
-        return epoch, 0, [None]
+        return epoch, 0, None
 
     def _train_epoch(self, loader: Any, epoch: int, skip: int,
                      rank_state: Optional[Dict[str, Any]],
                      steps_per_epoch: int) -> Optional[float]:
         r"""Runs one epoch; returns the mean step loss over all ranks, or
         :obj:`None` if a signal stopped it (after saving :obj:`last.pt`)."""
-        resuming = skip > 0 and rank_state is not None
+        resuming = skip > 0  # _restore only returns skip > 0 with rank_state
         epoch_rng = rank_state['epoch_rng'] if resuming else get_rng_state()
         if resuming:
             set_rng_state(epoch_rng)  # Replay the loader's draws at epoch start.
