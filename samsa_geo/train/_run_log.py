@@ -31,9 +31,7 @@ class RunLog:
             self.writer = SummaryWriter(osp.join(out_dir, 'tensorboard'))
 
     def _columns(self) -> List[str]:
-        extra = []
-        for row in self.rows:
-            extra += [k for k in row if k not in BASE_COLUMNS + extra]
+        extra = {key for row in self.rows for key in row} - set(BASE_COLUMNS)
         return BASE_COLUMNS + sorted(extra)
 
     def _rewrite(self) -> None:
@@ -45,12 +43,13 @@ class RunLog:
         os.replace(tmp, self.path)
 
     def append(self, row: Dict[str, Any]) -> None:
+        # The file on disk always holds self.rows under the header
+        # self._columns() (written by _rewrite in __init__, kept by both
+        # branches), so a row without new names can simply be appended.
         columns = self._columns()
         self.rows.append(row)
-        if list(row) and not set(row) <= set(columns) and len(self.rows) > 1:
+        if not set(row) <= set(columns):
             self._rewrite()  # New metric names: rewrite with a wider header.
-        elif len(self.rows) == 1:
-            self._rewrite()
         else:
             with open(self.path, 'a', newline='') as f:
                 csv.DictWriter(f, columns, restval='').writerow(row)
