@@ -1,9 +1,9 @@
 """log.csv (always) and TensorBoard (when installed) for rank 0."""
 import csv
-import os
 import os.path as osp
 from typing import Any, Dict, List, Optional
 
+from samsa_geo.train.checkpoint import atomic_write
 from samsa_geo.typing import WITH_TENSORBOARD
 
 BASE_COLUMNS = ['epoch', 'lr', 'train_loss', 'time']
@@ -35,12 +35,10 @@ class RunLog:
         return BASE_COLUMNS + sorted(extra)
 
     def _rewrite(self) -> None:
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w', newline='') as f:
+        with atomic_write(self.path, newline='') as f:
             writer = csv.DictWriter(f, self._columns(), restval='')
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
 
     def append(self, row: Dict[str, Any]) -> None:
         # The file on disk always holds self.rows under the header

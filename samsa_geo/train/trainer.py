@@ -17,7 +17,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from samsa_geo.train._run_log import RunLog
-from samsa_geo.train.checkpoint import load_checkpoint, save_checkpoint
+from samsa_geo.train.checkpoint import (atomic_write, load_checkpoint,
+                                        save_checkpoint)
 from samsa_geo.train.distributed import (all_gather_outputs, all_reduce_max,
                                          all_reduce_sum, barrier,
                                          init_distributed)
@@ -627,10 +628,8 @@ class Trainer:
         return {}
 
     def _write_json(self, summary: Dict[str, Any]) -> None:
-        tmp = self.metrics_path + '.tmp'
-        with open(tmp, 'w') as f:
+        with atomic_write(self.metrics_path) as f:
             json.dump(summary, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.metrics_path)
 
     def _write_summary(self, best: Dict[str, float], last_epoch: int,
                        last: Dict[str, float], seconds: float) -> None:
