@@ -206,7 +206,6 @@ class Trainer:
                                            enabled=amp == 'fp16')
         self.scheduler: Optional[WarmupCosineLR] = None
         self.global_step = 0
-        self.last_lr = self.lr
         self.best_score: Optional[float] = None
         self.best_epoch: Optional[int] = None
         self._stop_signal: Optional[int] = None
@@ -356,8 +355,11 @@ class Trainer:
                 improved = self._update_best(val_metrics, epoch)
                 if improved:
                     best_metrics = val_metrics
+                # lr of the epoch's last step (first parameter group).
+                last_lr = self.scheduler.lr_at(self.global_step - 1,
+                                               self.scheduler.base_lrs[0])
                 row = {'epoch': epoch + 1,
-                       'lr': self.last_lr,
+                       'lr': last_lr,
                        'train_loss': train_loss,
                        'time': time.time() - t0, **val_metrics}
                 if log is not None:
@@ -513,7 +515,6 @@ class Trainer:
                                            self.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.last_lr = self.optimizer.param_groups[0]['lr']  # lr of this step
         self.scheduler.step()
         self.global_step += 1
         return float(loss.detach().float().item())
