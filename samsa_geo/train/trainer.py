@@ -517,7 +517,9 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.global_step += 1
-        return float(loss.detach().float().item())
+        # .float(): float64 losses are reported rounded to float32 (bf16 and
+        # fp16 values are exact in float32, so .item() would give the same).
+        return loss.detach().float().item()
 
     def _update_best(self, metrics: Dict[str, float], epoch: int) -> bool:
         if not metrics:
@@ -592,7 +594,7 @@ class Trainer:
                     value = value.view(1)  # [1]
                 chunks.setdefault(key, []).append(value.cpu())
         outputs = {k: torch.cat(v, dim=0) for k, v in chunks.items()}
-        if sharded and self.world_size > 1:
+        if sharded:  # Returns outputs unchanged without a process group.
             outputs = all_gather_outputs(outputs)
         #: The last evaluated split's gathered outputs (confusion matrices,
         #: saved predictions).
