@@ -224,6 +224,12 @@ class Trainer:
                               dtype=_AMP_DTYPES.get(self.amp, torch.float32),
                               enabled=self.amp is not None)
 
+    def _bar(self, iterable: Optional[Any] = None, **kwargs: Any) -> tqdm:
+        r"""A transient tqdm bar, shown on the main process only when
+        :obj:`progress` is set."""
+        return tqdm(iterable, leave=False, dynamic_ncols=True,
+                    disable=not (self.progress and self.is_main), **kwargs)
+
     # ------------------------------------------------------------- checkpoint
     def _state(self, epoch: int, step_in_epoch: int,
                rank_state: Dict[str, Any], steps_per_epoch: int) -> Dict[str, Any]:
@@ -459,9 +465,8 @@ class Trainer:
             next(iterator)
         if resuming:
             set_rng_state(rank_state['rng'])
-        bar = tqdm(total=steps_per_epoch, initial=skip,
-                   desc=f'Epoch {epoch + 1}/{self.epochs}', leave=False,
-                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
+        bar = self._bar(total=steps_per_epoch, initial=skip,
+                        desc=f'Epoch {epoch + 1}/{self.epochs}')
         step = skip
         try:
             for batch in iterator:
@@ -470,9 +475,10 @@ class Trainer:
                 loss_sum += loss
                 loss_steps += 1
                 bar.update(1)
-                bar.set_postfix(loss=f'{loss:.4f}',
-                                lr=f'{self.optimizer.param_groups[0]["lr"]:.2e}',
-                                refresh=False)
+                if not bar.disable:
+                    lr = self.optimizer.param_groups[0]['lr']
+                    bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}',
+                                    refresh=False)
                 stop, nonfinite = all_reduce_max(
                     [float(self._stop_signal is not None),
                      float(not math.isfinite(loss))])
@@ -578,9 +584,7 @@ class Trainer:
         sharded = isinstance(sampler, DistributedEvalSampler)
         self.model.eval()
         chunks: Dict[str, List[Tensor]] = {}
-        bar = tqdm(loader, desc=f'Eval {split}', leave=False,
-                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
-        for batch in bar:
+        for batch in self._bar(loader, desc=f'Eval {split}'):
             batch = move_to_device(batch, self.device)
             with self._autocast():
                 out = self.task.eval_step(self.eval_model, batch)
