@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__),
-                                                '..', '..')))
+#: This script (run as a subprocess by the tests) and the repository root.
+TOY = os.path.abspath(__file__)
+ROOT = os.path.abspath(os.path.join(os.path.dirname(TOY), '..', '..'))
+sys.path.insert(0, ROOT)
 from samsa_geo.train import Trainer, make_loader, seed_everything  # noqa: E402
 
 IN_CHANNELS, NUM_CLASSES = 8, 3
