@@ -1,9 +1,9 @@
 """log.csv (always) and TensorBoard (when installed) for rank 0."""
 import csv
-import os
 import os.path as osp
 from typing import Any, Dict, List, Optional
 
+from samsa_geo.train.checkpoint import atomic_write
 from samsa_geo.typing import WITH_TENSORBOARD
 
 BASE_COLUMNS = ['epoch', 'lr', 'train_loss', 'time']
@@ -31,26 +31,23 @@ class RunLog:
             self.writer = SummaryWriter(osp.join(out_dir, 'tensorboard'))
 
     def _columns(self) -> List[str]:
-        extra = []
-        for row in self.rows:
-            extra += [k for k in row if k not in BASE_COLUMNS + extra]
+        extra = {key for row in self.rows for key in row} - set(BASE_COLUMNS)
         return BASE_COLUMNS + sorted(extra)
 
     def _rewrite(self) -> None:
-        tmp = self.path + '.tmp'
-        with open(tmp, 'w', newline='') as f:
+        with atomic_write(self.path, newline='') as f:
             writer = csv.DictWriter(f, self._columns(), restval='')
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
 
     def append(self, row: Dict[str, Any]) -> None:
+        # The file on disk always holds self.rows under the header
+        # self._columns() (written by _rewrite in __init__, kept by both
+        # branches), so a row without new names can simply be appended.
         columns = self._columns()
         self.rows.append(row)
-        if list(row) and not set(row) <= set(columns) and len(self.rows) > 1:
+        if not set(row) <= set(columns):
             self._rewrite()  # New metric names: rewrite with a wider header.
-        elif len(self.rows) == 1:
-            self._rewrite()
         else:
             with open(self.path, 'a', newline='') as f:
                 csv.DictWriter(f, columns, restval='').writerow(row)

@@ -1,7 +1,8 @@
-"""Atomic checkpoint writing and safe loading."""
+"""Atomic file and checkpoint writing, and safe checkpoint loading."""
 import os
 import os.path as osp
-from typing import Any, Dict, Iterable, Union
+from contextlib import contextmanager
+from typing import IO, Any, Dict, Iterable, Iterator, Optional, Union
 
 import torch
 
@@ -13,24 +14,32 @@ class CheckpointError(ValueError):
     :mod:`samsa_geo.train` checkpoint. The message names the file."""
 
 
-def save_checkpoint(state: Dict[str, Any], path: Union[str, os.PathLike]) -> None:
-    r"""Writes :obj:`state` to :obj:`path` atomically: the data goes to a
-    temporary file in the same folder, is flushed and fsynced, then renamed
-    over :obj:`path` with :func:`os.replace`, so a crash at any moment leaves
-    either the previous file or the new one, never half a file.
+@contextmanager
+def atomic_write(path: Union[str, os.PathLike], mode: str = 'w',
+                 newline: Optional[str] = None) -> Iterator[IO]:
+    r"""Opens a temporary file in the folder of :obj:`path` for writing; when
+    the :obj:`with` block ends without error the data is flushed and fsynced
+    and the file renamed over :obj:`path` with :func:`os.replace`, so a crash
+    at any moment leaves either the previous file or the new one, never half
+    a file. On error the temporary file is removed and :obj:`path` is left
+    untouched.
 
     Args:
-        state (dict): Tensors and plain Python types only (so that
-            :obj:`torch.load(weights_only=True)` can read it back).
-        path (str): Destination file.
+        path (str): Destination file (its folder is created if needed).
+        mode (str, optional): :obj:`'w'` (text) or :obj:`'wb'` (binary).
+            (default: :obj:`'w'`)
+        newline (str, optional): Passed to :func:`open` in text mode, e.g.
+            :obj:`''` for :mod:`csv`. (default: :obj:`None`)
     """
+    if mode not in ('w', 'wb'):
+        raise ValueError(f"Expected 'mode' to be 'w' or 'wb' (got {mode!r})")
     path = os.fspath(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = osp.join(folder, f'.{osp.basename(path)}.{os.getpid()}.tmp')
     try:
-        with open(tmp, 'wb') as f:
-            torch.save({'format': CHECKPOINT_FORMAT, **state}, f)
+        with open(tmp, mode, newline=newline) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +54,22 @@ def save_checkpoint(state: Dict[str, Any], path: Union[str, os.PathLike]) -> Non
             os.close(fd)
     except OSError:
         pass
+
+
+def save_checkpoint(state: Dict[str, Any], path: Union[str, os.PathLike]) -> None:
+    r"""Writes :obj:`state` to :obj:`path` atomically (see
+    :func:`atomic_write`): the data goes to a temporary file in the same
+    folder, is flushed and fsynced, then renamed over :obj:`path` with
+    :func:`os.replace`, so a crash at any moment leaves either the previous
+    file or the new one, never half a file.
+
+    Args:
+        state (dict): Tensors and plain Python types only (so that
+            :obj:`torch.load(weights_only=True)` can read it back).
+        path (str): Destination file.
+    """
+    with atomic_write(path, 'wb') as f:
+        torch.save({'format': CHECKPOINT_FORMAT, **state}, f)
 
 
 def load_checkpoint(path: Union[str, os.PathLike],

@@ -1,7 +1,8 @@
 from typing import Iterator, Optional, Sized
 
-import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from samsa_geo.train.distributed import get_rank, get_world_size
 
 
 class DistributedEvalSampler(Sampler[int]):
@@ -24,9 +25,9 @@ class DistributedEvalSampler(Sampler[int]):
     def __init__(self, dataset: Sized, num_replicas: Optional[int] = None,
                  rank: Optional[int] = None) -> None:
         if num_replicas is None:
-            num_replicas = dist.get_world_size() if dist.is_initialized() else 1
+            num_replicas = get_world_size()
         if rank is None:
-            rank = dist.get_rank() if dist.is_initialized() else 0
+            rank = get_rank()
         if num_replicas < 1:
             raise ValueError(f"Expected 'num_replicas' to be positive "
                              f"(got {num_replicas})")

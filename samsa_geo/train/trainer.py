@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -17,7 +17,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
 from samsa_geo.train._run_log import RunLog
-from samsa_geo.train.checkpoint import load_checkpoint, save_checkpoint
+from samsa_geo.train.checkpoint import (atomic_write, load_checkpoint,
+                                        save_checkpoint)
 from samsa_geo.train.distributed import (all_gather_outputs, all_reduce_max,
                                          all_reduce_sum, barrier,
                                          init_distributed)
@@ -205,7 +206,6 @@ class Trainer:
                                            enabled=amp == 'fp16')
         self.scheduler: Optional[WarmupCosineLR] = None
         self.global_step = 0
-        self.last_lr = self.lr
         self.best_score: Optional[float] = None
         self.best_epoch: Optional[int] = None
         self._stop_signal: Optional[int] = None
@@ -223,6 +223,12 @@ class Trainer:
         return torch.autocast(self.device.type,
                               dtype=_AMP_DTYPES.get(self.amp, torch.float32),
                               enabled=self.amp is not None)
+
+    def _bar(self, iterable: Optional[Any] = None, **kwargs: Any) -> tqdm:
+        r"""A transient tqdm bar, shown on the main process only when
+        :obj:`progress` is set."""
+        return tqdm(iterable, leave=False, dynamic_ncols=True,
+                    disable=not (self.progress and self.is_main), **kwargs)
 
     # ------------------------------------------------------------- checkpoint
     def _state(self, epoch: int, step_in_epoch: int,
@@ -314,14 +320,17 @@ class Trainer:
         self.scheduler = WarmupCosineLR(self.optimizer, self.warmup_steps,
                                         total_steps, self.min_lr)
 
-        start_epoch, skip, resume_ranks = 0, 0, None
+        start_epoch, skip = 0, 0
+        rank_state: Optional[Dict[str, Any]] = None
+        resumed_epochs: Optional[int] = None  # Set when resuming from last.pt
         self.global_step, self.best_score, self.best_epoch = 0, None, None
         best_metrics: Dict[str, float] = {}
         if self.resume and osp.isfile(self.last_path):
             state = load_checkpoint(self.last_path, map_location='cpu',
                                     required=_RESUME_KEYS)
-            start_epoch, skip, resume_ranks = self._restore(
+            start_epoch, skip, rank_state = self._restore(
                 state, steps_per_epoch, total_steps)
+            resumed_epochs = start_epoch
             best_metrics = self._read_summary().get('best', {})
             if self.is_main:
                 print(f'Resuming from {self.last_path}: epoch '
@@ -330,7 +339,6 @@ class Trainer:
         elif self.resume and self.is_main:
             print(f'No checkpoint at {self.last_path}: starting from scratch',
                   flush=True)
-        resumed_epochs = start_epoch if (self.resume and resume_ranks) else None
         log = RunLog(self.out_dir, self.tensorboard,
                      resumed_epochs) if self.is_main else None
 
@@ -340,11 +348,10 @@ class Trainer:
         start_time = time.time()
         try:
             for epoch in range(start_epoch, self.epochs):
-                rank_state = resume_ranks[0] if resume_ranks else None
                 t0 = time.time()
                 train_loss = self._train_epoch(train_loader, epoch, skip,
                                                rank_state, steps_per_epoch)
-                skip, resume_ranks = 0, None
+                skip, rank_state = 0, None
                 if train_loss is None:
                     self._exit_on_signal()
 
@@ -354,8 +361,11 @@ class Trainer:
                 improved = self._update_best(val_metrics, epoch)
                 if improved:
                     best_metrics = val_metrics
+                # lr of the epoch's last step (first parameter group).
+                last_lr = self.scheduler.lr_at(self.global_step - 1,
+                                               self.scheduler.base_lrs[0])
                 row = {'epoch': epoch + 1,
-                       'lr': self.last_lr,
+                       'lr': last_lr,
                        'train_loss': train_loss,
                        'time': time.time() - t0, **val_metrics}
                 if log is not None:
@@ -390,7 +400,10 @@ class Trainer:
                 'loss_sum': loss_sum, 'loss_steps': loss_steps}
 
     def _restore(self, state: Dict[str, Any], steps_per_epoch: int,
-                 total_steps: int) -> Any:
+                 total_steps: int) -> Tuple[int, int, Optional[Dict[str, Any]]]:
+        r"""Loads :obj:`state`; returns :obj:`(epoch, skip, rank_state)`,
+        where :obj:`rank_state` is this rank's saved state, or :obj:`None`
+        when the number of ranks changed (then :obj:`skip` is :obj:`0`)."""
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
@@ -416,7 +429,7 @@ class Trainer:
         if len(ranks) == self.world_size:
             rank_state = ranks[self.rank]
             set_rng_state(rank_state['rng'])
-            return epoch, skip, [rank_state]
+            return epoch, skip, rank_state
         warnings.warn(f"'{self.last_path}' was written by {len(ranks)} ranks, "
                       f"now running {self.world_size}: random streams are "
                       f"re-seeded, so the run is not bit-exact", stacklevel=3)
@@ -425,14 +438,14 @@ class Trainer:
             raise ValueError(f"Cannot resume mid-epoch from '{self.last_path}' "
                              f"with a different number of ranks; resume with "
                              f"{len(ranks)} processes")
-        return epoch, 0, [None]
+        return epoch, 0, None
 
     def _train_epoch(self, loader: Any, epoch: int, skip: int,
                      rank_state: Optional[Dict[str, Any]],
                      steps_per_epoch: int) -> Optional[float]:
         r"""Runs one epoch; returns the mean step loss over all ranks, or
         :obj:`None` if a signal stopped it (after saving :obj:`last.pt`)."""
-        resuming = skip > 0 and rank_state is not None
+        resuming = skip > 0  # _restore only returns skip > 0 with rank_state
         epoch_rng = rank_state['epoch_rng'] if resuming else get_rng_state()
         if resuming:
             set_rng_state(epoch_rng)  # Replay the loader's draws at epoch start.
@@ -452,9 +465,8 @@ class Trainer:
             next(iterator)
         if resuming:
             set_rng_state(rank_state['rng'])
-        bar = tqdm(total=steps_per_epoch, initial=skip,
-                   desc=f'Epoch {epoch + 1}/{self.epochs}', leave=False,
-                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
+        bar = self._bar(total=steps_per_epoch, initial=skip,
+                        desc=f'Epoch {epoch + 1}/{self.epochs}')
         step = skip
         try:
             for batch in iterator:
@@ -463,9 +475,10 @@ class Trainer:
                 loss_sum += loss
                 loss_steps += 1
                 bar.update(1)
-                bar.set_postfix(loss=f'{loss:.4f}',
-                                lr=f'{self.optimizer.param_groups[0]["lr"]:.2e}',
-                                refresh=False)
+                if not bar.disable:
+                    lr = self.optimizer.param_groups[0]['lr']
+                    bar.set_postfix(loss=f'{loss:.4f}', lr=f'{lr:.2e}',
+                                    refresh=False)
                 stop, nonfinite = all_reduce_max(
                     [float(self._stop_signal is not None),
                      float(not math.isfinite(loss))])
@@ -508,10 +521,11 @@ class Trainer:
                                            self.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.last_lr = self.optimizer.param_groups[0]['lr']  # lr of this step
         self.scheduler.step()
         self.global_step += 1
-        return float(loss.detach().float().item())
+        # .float(): float64 losses are reported rounded to float32 (bf16 and
+        # fp16 values are exact in float32, so .item() would give the same).
+        return loss.detach().float().item()
 
     def _update_best(self, metrics: Dict[str, float], epoch: int) -> bool:
         if not metrics:
@@ -570,9 +584,7 @@ class Trainer:
         sharded = isinstance(sampler, DistributedEvalSampler)
         self.model.eval()
         chunks: Dict[str, List[Tensor]] = {}
-        bar = tqdm(loader, desc=f'Eval {split}', leave=False,
-                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
-        for batch in bar:
+        for batch in self._bar(loader, desc=f'Eval {split}'):
             batch = move_to_device(batch, self.device)
             with self._autocast():
                 out = self.task.eval_step(self.eval_model, batch)
@@ -586,7 +598,7 @@ class Trainer:
                     value = value.view(1)  # [1]
                 chunks.setdefault(key, []).append(value.cpu())
         outputs = {k: torch.cat(v, dim=0) for k, v in chunks.items()}
-        if sharded and self.world_size > 1:
+        if sharded:  # Returns outputs unchanged without a process group.
             outputs = all_gather_outputs(outputs)
         #: The last evaluated split's gathered outputs (confusion matrices,
         #: saved predictions).
@@ -623,10 +635,8 @@ class Trainer:
         return {}
 
     def _write_json(self, summary: Dict[str, Any]) -> None:
-        tmp = self.metrics_path + '.tmp'
-        with open(tmp, 'w') as f:
+        with atomic_write(self.metrics_path) as f:
             json.dump(summary, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.metrics_path)
 
     def _write_summary(self, best: Dict[str, float], last_epoch: int,
                        last: Dict[str, float], seconds: float) -> None:

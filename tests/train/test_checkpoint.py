@@ -10,6 +10,7 @@ from _train_toy import ToyTask, make_dataset, make_model  # noqa: E402
 
 from samsa_geo.train import (CheckpointError, Trainer, load_checkpoint,  # noqa: E402
                              make_loader, save_checkpoint)
+from samsa_geo.train.checkpoint import atomic_write  # noqa: E402
 
 
 def state():
@@ -36,6 +37,26 @@ def test_failed_write_keeps_previous_file(tmp_path):
         save_checkpoint({'model': lambda: None}, path)  # unpicklable
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ['last.pt']
+
+
+def test_atomic_write_replaces_whole_file_or_nothing(tmp_path):
+    path = tmp_path / 'sub' / 'log.csv'
+    with atomic_write(path, newline='') as f:
+        f.write('a,b\r\n1,2\r\n')
+        assert not path.exists()  # nothing visible before the block ends
+    assert path.read_bytes() == b'a,b\r\n1,2\r\n'  # newline='' kept
+    with pytest.raises(RuntimeError, match='boom'):
+        with atomic_write(path) as f:
+            f.write('half')
+            raise RuntimeError('boom')
+    assert path.read_bytes() == b'a,b\r\n1,2\r\n'
+    assert os.listdir(tmp_path / 'sub') == ['log.csv']
+    with atomic_write(path, 'wb') as f:
+        f.write(b'\x00\x01')
+    assert path.read_bytes() == b'\x00\x01'
+    with pytest.raises(ValueError, match="'mode'"):
+        with atomic_write(path, 'a'):
+            pass
 
 
 @pytest.mark.parametrize('damage', ['truncate', 'garbage', 'zero'])

@@ -9,12 +9,9 @@ import pytest
 import torch
 
 sys.path.insert(0, osp.dirname(__file__))
-from _train_toy import fit_toy, make_dataset  # noqa: E402
+from _train_toy import ROOT, TOY, fit_toy, make_dataset  # noqa: E402
 
 from samsa_geo.train import DistributedEvalSampler, all_gather_cat  # noqa: E402
-
-TOY = osp.join(osp.dirname(__file__), '_train_toy.py')
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 
 
 @pytest.mark.parametrize('n,replicas', [(13, 2), (10, 3), (2, 4), (0, 2),
@@ -67,8 +64,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     fit_toy(str(tmp_path / 'single'), batch_size=8, epochs=3)
     single = torch.load(tmp_path / 'single' / 'final_weights.pt')
     ddp = torch.load(tmp_path / 'ddp' / 'final_weights.pt')
-    for key in single:
-        torch.testing.assert_close(ddp[key], single[key], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ddp, single, rtol=0, atol=1e-5)
 
     metrics = json.load(open(tmp_path / 'ddp' / 'final_metrics.json'))
     x = make_dataset(13, seed=7).tensors[0]

@@ -44,10 +44,7 @@ def read_log(out_dir):
 
 
 def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key
+    torch.testing.assert_close(a.state_dict(), b.state_dict(), rtol=0, atol=0)
 
 
 def assert_same_training_curve(dir_a, dir_b) -> None:
@@ -97,6 +94,23 @@ def test_resume_after_sigint_mid_epoch_is_bitwise_exact(tmp_path, kind):
 
     resumed = trainer(tmp_path / 'run', resume=True)
     resumed.fit(*loaders(kind))
+    assert_same_weights(resumed.model, ref.model)
+    assert_same_training_curve(tmp_path / 'ref', tmp_path / 'run')
+
+
+def test_resume_after_sigint_at_last_step_of_epoch(tmp_path):
+    # The signal arrives during the epoch's last step: last.pt holds
+    # step_in_epoch == STEPS, and the resumed epoch trains no further batch
+    # but must still log the lr of its last step.
+    ref = trainer(tmp_path / 'ref')
+    ref.fit(*loaders())
+    stopped = trainer(tmp_path / 'run', ToyTask(signal_at=STEPS))
+    with pytest.raises(SystemExit):
+        stopped.fit(*loaders())
+    state = load_checkpoint(tmp_path / 'run' / 'last.pt')
+    assert (state['epoch'], state['step_in_epoch']) == (0, STEPS)
+    resumed = trainer(tmp_path / 'run', resume=True)
+    resumed.fit(*loaders())
     assert_same_weights(resumed.model, ref.model)
     assert_same_training_curve(tmp_path / 'ref', tmp_path / 'run')
 

@@ -8,12 +8,9 @@ import time
 import torch
 
 sys.path.insert(0, osp.dirname(__file__))
-from _train_toy import fit_toy  # noqa: E402
+from _train_toy import ROOT, TOY, fit_toy  # noqa: E402
 
 from samsa_geo.train import load_checkpoint  # noqa: E402
-
-TOY = osp.join(osp.dirname(__file__), '_train_toy.py')
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
 
 
 def test_sigterm_leaves_loadable_checkpoint_and_resume_continues(tmp_path, capsys):
@@ -53,5 +50,4 @@ def test_sigterm_leaves_loadable_checkpoint_and_resume_continues(tmp_path, capsy
     fit_toy(str(tmp_path / 'ref'), epochs=5)
     ref = torch.load(tmp_path / 'ref' / 'final_weights.pt')
     got = torch.load(out / 'final_weights.pt')
-    for key in ref:
-        torch.testing.assert_close(got[key], ref[key], rtol=0, atol=1e-6)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
