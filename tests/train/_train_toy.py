@@ -109,8 +109,11 @@ def main() -> None:
     fit_toy(args.out_dir, epochs=args.epochs, batch_size=args.batch_size,
             n_train=args.n_train, n_val=args.n_val, sleep=args.sleep,
             resume=args.resume, ready=True)
-    # Under torchrun the process group is left together at exit by
-    # samsa_geo.train.distributed._destroy (registered by init_distributed).
+    if torch.distributed.is_initialized():
+        # Leave together: a rank that tears down the group while the other
+        # still talks to it can abort the other ("terminate called ...").
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == '__main__':
