@@ -115,7 +115,20 @@ class SFTPointEncoder(Module):
     def forward(self, pos: Tensor, batch: Optional[Tensor] = None,
                 normal: Optional[Tensor] = None) -> Tensor:
         batch, B = check_points(pos, batch, normal)
-        s = self.scalars(pos, batch, B, normal).to(self.token.dtype)
+        return self._encode(pos, batch, B, normal)
+
+    def _encode(
+        self,
+        pos: Tensor,
+        batch: Tensor,
+        num_clouds: int,
+        normal: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+    ) -> Tensor:
+        # The body of :meth:`forward` on inputs already validated by
+        # ``check_points``; ``edge_index`` is unused (same signature as
+        # :class:`PPFPointEncoder` for the point models).
+        s = self.scalars(pos, batch, num_clouds, normal).to(self.token.dtype)
         out = self.token + self.scalar_nn(s)  # [N, C]
         if self.lin_random is not None and (self.training
                                             or self.stochastic_eval):

@@ -80,7 +80,7 @@ class SamsaPointModel(Module):
         self.lin_in = None
         if not rotation_invariant:
             self.lin_in = Linear(3 + in_channels, channels)
-        self.encoder: Optional[Module] = None
+        self.encoder: Optional[Union[SFTPointEncoder, PPFPointEncoder]] = None
         if encoder == 'sft':
             self.encoder = SFTPointEncoder(channels, random_channels)
         elif encoder == 'ppf':
@@ -158,10 +158,8 @@ class SamsaPointModel(Module):
         if self.lin_in is not None:
             feats = pos if x is None else torch.cat([pos, x], dim=-1)
             h = h + self.lin_in(feats.to(dtype))
-        if isinstance(self.encoder, PPFPointEncoder):
-            h = h + self.encoder(pos_c, batch, normal, edge_index)
-        elif self.encoder is not None:
-            h = h + self.encoder(pos_c, batch, normal)
+        if self.encoder is not None:  # inputs already checked above
+            h = h + self.encoder._encode(pos_c, batch, B, normal, edge_index)
         if token_bias is not None:
             h = h + token_bias
 
