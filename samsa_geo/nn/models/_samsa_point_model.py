@@ -140,6 +140,18 @@ class SamsaPointModel(Module):
         token_bias: Optional[Tensor] = None,
     ) -> PointFeatures:
         batch, B = check_points(pos, batch, None)
+        return self._backbone(pos, batch, B, x, token_bias)
+
+    def _backbone(
+        self,
+        pos: Tensor,
+        batch: Tensor,
+        num_clouds: int,
+        x: Optional[Tensor] = None,
+        token_bias: Optional[Tensor] = None,
+    ) -> PointFeatures:
+        # :meth:`backbone` after ``check_points`` of ``pos`` and ``batch``.
+        B = num_clouds
         N = pos.size(0)
         x = self._check_x(x, N)
         normal = x if self.rotation_invariant else None

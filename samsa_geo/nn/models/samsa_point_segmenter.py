@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 from torch.nn import Dropout, Embedding, GELU, LayerNorm, Linear, Sequential
 
+from samsa_geo.nn.encoders._point_geometry import check_points
 from samsa_geo.nn.models._samsa_point_model import SamsaPointModel
 
 
@@ -135,8 +136,8 @@ class SamsaPointSegmenter(SamsaPointModel):
             if hasattr(m, 'reset_parameters'):
                 m.reset_parameters()
 
-    def _category_tokens(self, category: Optional[Tensor],
-                         batch: Optional[Tensor], N: int) -> Optional[Tensor]:
+    def _category_tokens(self, category: Optional[Tensor], batch: Tensor,
+                         num_clouds: int) -> Optional[Tensor]:
         if self.category_emb is None:
             if category is not None:
                 raise ValueError("Expected 'category' to be None since "
@@ -152,12 +153,9 @@ class SamsaPointSegmenter(SamsaPointModel):
             raise TypeError(f"Expected 'category' to be an integer tensor "
                             f"(got {category.dtype})")
         category = category.long().view(-1)
-        B = 0 if N == 0 else (1 if batch is None else int(batch.max()) + 1)
+        B, N = num_clouds, batch.numel()
         if category.numel() == B:
-            if batch is not None:
-                category = category[batch]  # per cloud -> per point
-            else:
-                category = category.expand(N)
+            category = category[batch]  # per cloud -> per point
         elif category.numel() != N:
             raise ValueError(f"Expected 'category' to have shape [{B}] (one "
                              f"per cloud) or [{N}] "
@@ -178,12 +176,9 @@ class SamsaPointSegmenter(SamsaPointModel):
         category: Optional[Tensor] = None,
     ) -> Tensor:
         r"""Returns per-point logits :math:`(N, \mathrm{num\_classes})`."""
-        N = pos.size(0) if isinstance(pos, Tensor) else 0
-        if isinstance(batch, Tensor) and batch.shape != (N, ):
-            raise ValueError(f"Expected 'batch' to have shape [{N}] "
-                             f"(got {list(batch.shape)})")
-        token_bias = self._category_tokens(category, batch, N)
-        feats = self.backbone(pos, batch, x, token_bias)
+        batch, B = check_points(pos, batch, None)
+        token_bias = self._category_tokens(category, batch, B)
+        feats = self._backbone(pos, batch, B, x, token_bias)
         h, batch = feats.x, feats.batch
         glob = self.max_mean_pool(feats)  # [B, 2C]
         out = torch.cat([h, glob[batch]], dim=-1)  # [N, 3C]
