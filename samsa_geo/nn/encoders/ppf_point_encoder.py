@@ -3,6 +3,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 from torch.nn import GELU, LayerNorm, Linear, Module, Sequential
+from torch_geometric.nn.inits import reset
 from torch_geometric.utils import scatter
 
 from samsa_geo.nn.encoders._point_geometry import (
@@ -101,9 +102,7 @@ class PPFPointEncoder(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.edge_nn:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.edge_nn)
         self.lin_out.reset_parameters()
 
     def features(self, pos: Tensor, batch: Tensor, num_clouds: int,

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import GELU, Linear, Module, Parameter, Sequential
+from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.encoders._point_geometry import (
     EPS,
@@ -90,9 +91,7 @@ class SFTPointEncoder(Module):
 
     def reset_parameters(self) -> None:
         torch.nn.init.normal_(self.token, std=0.02)
-        for m in self.scalar_nn:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.scalar_nn)
         if self.lin_random is not None:
             self.lin_random.reset_parameters()
             # softplus(0.5413) = 1: unit scale at start.

@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 from torch.nn import Dropout, GELU, Linear, Module, ModuleList, Sequential
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
+from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.conv.samsa_conv import SamsaConv
 from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
@@ -278,9 +279,7 @@ class SamsaGraphModel(Module):
             self.pe_encoder.reset_parameters()
         for conv in self.convs:
             conv.reset_parameters()
-        for m in self.head:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.head)
 
     def node_embeddings(
         self,

@@ -2,6 +2,7 @@ from typing import Any, Dict, Optional, Union
 
 from torch import Tensor
 from torch.nn import Dropout, GELU, LayerNorm, Linear, Sequential
+from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.models._samsa_point_model import SamsaPointModel
 
@@ -127,9 +128,7 @@ class SamsaPointClassifier(SamsaPointModel):
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        for m in self.head:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.head)
 
     def forward(
         self,

@@ -3,6 +3,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor
 from torch.nn import Dropout, Embedding, GELU, LayerNorm, Linear, Sequential
+from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.encoders._point_geometry import check_points
 from samsa_geo.nn.models._samsa_point_model import SamsaPointModel
@@ -132,9 +133,7 @@ class SamsaPointSegmenter(SamsaPointModel):
         super().reset_parameters()
         if self.category_emb is not None:
             self.category_emb.reset_parameters()
-        for m in self.head:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.head)
 
     def _category_tokens(self, category: Optional[Tensor], batch: Tensor,
                          num_clouds: int) -> Optional[Tensor]:
