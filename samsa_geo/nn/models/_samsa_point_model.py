@@ -1,11 +1,19 @@
 r"""Private backbone shared by :class:`SamsaPointClassifier` and
 :class:`SamsaPointSegmenter`: point tokens and a stack of
 :class:`~samsa_geo.nn.SamsaConv`."""
-from typing import Any, Dict, NamedTuple, Optional, Union
+from typing import Any, Dict, NamedTuple, Optional, Type, TypeVar, Union
 
 import torch
 from torch import Tensor
-from torch.nn import GELU, Linear, Module, ModuleList, Sequential
+from torch.nn import (
+    GELU,
+    Dropout,
+    LayerNorm,
+    Linear,
+    Module,
+    ModuleList,
+    Sequential,
+)
 from torch_geometric.nn import EdgeConv, global_max_pool, global_mean_pool
 
 from samsa_geo.nn.conv import SamsaConv
@@ -14,6 +22,8 @@ from samsa_geo.nn.encoders._point_geometry import centroid, check_points
 from samsa_geo.ops import knn_graph
 
 ENCODERS = ('linear', 'sft', 'ppf')
+
+Model = TypeVar('Model', bound='SamsaPointModel')
 
 
 class PointFeatures(NamedTuple):
@@ -107,6 +117,28 @@ class SamsaPointModel(Module):
                               norm_kwargs=norm_kwargs,
                               attn_kwargs=attn_kwargs)
             self.convs.append(layer)
+
+    @classmethod
+    def small(cls: Type[Model], num_classes: int, **kwargs: Any) -> Model:
+        r"""A CPU-friendly preset (:attr:`SMALL`): 64 channels, 2 layers, 4
+        heads, :math:`k = 64`, 16 neighbours; ``kwargs`` override any
+        argument of the model's constructor."""
+        return cls(num_classes, **{**cls.SMALL, **kwargs})
+
+    def _head(self, num_classes: int, in_channels: int,
+              head_dropout: float) -> Sequential:
+        # The MLP head of the subclasses, from ``in_channels`` pooled and/or
+        # per-point features to ``num_classes`` logits.
+        if not isinstance(num_classes, int) or num_classes <= 0:
+            raise ValueError(f"Expected 'num_classes' to be a positive int "
+                             f"(got {num_classes!r})")
+        return Sequential(
+            LayerNorm(in_channels),
+            Linear(in_channels, self.channels),
+            GELU(),
+            Dropout(head_dropout),
+            Linear(self.channels, num_classes),
+        )
 
     def reset_parameters(self) -> None:
         for module in (self.lin_in, self.encoder):

@@ -2,7 +2,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.nn import Dropout, Embedding, GELU, LayerNorm, Linear, Sequential
+from torch.nn import Embedding
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.encoders._point_geometry import check_points
@@ -103,9 +103,7 @@ class SamsaPointSegmenter(SamsaPointModel):
                          num_layers, heads, k, num_neighbors, local_conv,
                          dropout, random_channels, norm, norm_kwargs,
                          attn_kwargs)
-        if not isinstance(num_classes, int) or num_classes <= 0:
-            raise ValueError(f"Expected 'num_classes' to be a positive int "
-                             f"(got {num_classes!r})")
+        head = self._head(num_classes, 3 * channels, head_dropout)
         if not isinstance(num_categories, int) or num_categories < 0:
             raise ValueError(f"Expected 'num_categories' to be a "
                              f"non-negative int (got {num_categories!r})")
@@ -114,20 +112,8 @@ class SamsaPointSegmenter(SamsaPointModel):
         self.category_emb = None
         if num_categories > 0:
             self.category_emb = Embedding(num_categories, channels)
-        self.head = Sequential(
-            LayerNorm(3 * channels),
-            Linear(3 * channels, channels),
-            GELU(),
-            Dropout(head_dropout),
-            Linear(channels, num_classes),
-        )
+        self.head = head  # registered after 'category_emb'
         self.reset_parameters()
-
-    @classmethod
-    def small(cls, num_classes: int, **kwargs: Any) -> 'SamsaPointSegmenter':
-        r"""A CPU-friendly preset: 64 channels, 2 layers, 4 heads,
-        :math:`k = 64`, 16 neighbours; ``kwargs`` override any argument."""
-        return cls(num_classes, **{**cls.SMALL, **kwargs})
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
