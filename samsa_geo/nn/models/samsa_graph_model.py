@@ -1,6 +1,5 @@
 from typing import Any, Dict, Optional, Union
 
-import torch
 from torch import Tensor
 from torch.nn import Dropout, GELU, Linear, Module, ModuleList, Sequential
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
@@ -309,8 +308,6 @@ class SamsaGraphModel(Module):
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(f"Expected 'x' to have shape [N, "
                              f"{self.in_channels}] (got {list(x.shape)})")
-        if batch is None:
-            batch = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
         if self.pe_encoder is not None:
             if pe is None:
                 raise ValueError(f"Expected 'pe' (data.{self.pe_attr}) of "
