@@ -101,7 +101,6 @@ class SamsaPointModel(Module):
             raise ValueError("Expected 'attn_kwargs' not to disable "
                              "'relative_bias' since 'rotation_invariant=True'")
         attn_kwargs.setdefault('relative_bias', True)
-        self.attn_kwargs = attn_kwargs
         if norm == 'layer_norm' and norm_kwargs is None:
             norm_kwargs = {'mode': 'node'}  # per token: no cross-cloud mixing
         self.convs = ModuleList()

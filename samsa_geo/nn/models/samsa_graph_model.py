@@ -217,7 +217,6 @@ class SamsaGraphModel(Module):
         self.pe_channels = pe_channels
         self.heads = heads
         self.k = k
-        self.dropout = dropout
         C = hidden_channels
 
         if categorical:
