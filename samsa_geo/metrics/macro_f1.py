@@ -1,7 +1,8 @@
 from typing import Optional
 
-import torch
 from torch import Tensor
+
+from samsa_geo.metrics.classification import confusion_matrix
 
 
 def macro_f1(pred: Tensor, target: Tensor,
@@ -26,24 +27,9 @@ def macro_f1(pred: Tensor, target: Tensor,
         num_classes (int, optional): Number of classes; inferred if
             :obj:`None`. (default: :obj:`None`)
     """
-    if pred.dim() == 2:
-        pred = pred.argmax(dim=-1)
-    if pred.dim() != 1 or target.shape != pred.shape:
-        raise ValueError(f"Expected 'pred' of shape [N, C] or [N] and 'target' "
-                         f"of shape [N] (got {list(pred.shape)} and "
-                         f"{list(target.shape)})")
-    if pred.numel() == 0:
+    mat = confusion_matrix(pred, target, num_classes).double()  # [C, C]
+    if target.numel() == 0:
         raise ValueError("Expected at least one prediction (got none)")
-    pred, target = pred.detach().long(), target.detach().long()
-    if num_classes is None:
-        num_classes = int(max(pred.max(), target.max())) + 1
-    tp = torch.bincount(target[pred == target], minlength=num_classes)
-    pred_count = torch.bincount(pred, minlength=num_classes)
-    true_count = torch.bincount(target, minlength=num_classes)
-    if pred_count.numel() > num_classes or true_count.numel() > num_classes:
-        raise ValueError(f"Expected labels in [0, {num_classes}) "
-                         f"(got larger ones)")
-    present = (pred_count + true_count) > 0
-    denom = (pred_count + true_count).to(torch.float64)  # 2TP + FP + FN
-    f1 = 2 * tp.to(torch.float64) / denom.clamp(min=1)
-    return float(f1[present].mean())
+    tp = mat.diagonal()
+    denom = mat.sum(0) + mat.sum(1)  # 2TP + FP + FN
+    return float((2 * tp / denom.clamp(min=1))[denom > 0].mean())

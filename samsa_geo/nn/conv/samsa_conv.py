@@ -4,6 +4,7 @@ from typing import Any, Dict, Optional, Union
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, Linear, Module, Sequential
+from torch_geometric.nn.inits import reset
 from torch_geometric.nn.resolver import (
     activation_resolver,
     normalization_resolver,
@@ -100,9 +101,7 @@ class SamsaConv(Module):
         if self.conv is not None:
             self.conv.reset_parameters()
         self.attn.reset_parameters()
-        for m in self.mlp:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.mlp)
         for norm in (self.norm1, self.norm2, self.norm3):
             if norm is not None:
                 norm.reset_parameters()

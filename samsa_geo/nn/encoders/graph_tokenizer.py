@@ -135,7 +135,7 @@ class GraphTokenizer(Module):
             if module is None:
                 continue
             for m in module.modules():
-                if hasattr(m, 'reset_parameters') and m is not self:
+                if hasattr(m, 'reset_parameters'):
                     m.reset_parameters()
 
     def _eval_table(self, rows: int) -> Tensor:

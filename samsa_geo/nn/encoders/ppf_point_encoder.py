@@ -3,6 +3,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 from torch.nn import GELU, LayerNorm, Linear, Module, Sequential
+from torch_geometric.nn.inits import reset
 from torch_geometric.utils import scatter
 
 from samsa_geo.nn.encoders._point_geometry import (
@@ -101,9 +102,7 @@ class PPFPointEncoder(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.edge_nn:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.edge_nn)
         self.lin_out.reset_parameters()
 
     def features(self, pos: Tensor, batch: Tensor, num_clouds: int,
@@ -141,14 +140,26 @@ class PPFPointEncoder(Module):
         edge_index: Optional[Tensor] = None,
     ) -> Tensor:
         batch, B = check_points(pos, batch, normal)
+        return self._encode(pos, batch, B, normal, edge_index)
+
+    def _encode(
+        self,
+        pos: Tensor,
+        batch: Tensor,
+        num_clouds: int,
+        normal: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+    ) -> Tensor:
+        # The body of :meth:`forward` on inputs already validated by
+        # ``check_points`` (the point models call it directly).
         if edge_index is None:
             edge_index = knn_graph(pos.detach(), self.num_neighbors, batch,
-                                   loop=True, batch_size=B)
+                                   loop=True, batch_size=num_clouds)
         elif edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"Expected 'edge_index' to have shape [2, E] "
                              f"(got {list(edge_index.shape)})")
         dtype = self.lin_out.weight.dtype
-        f = self.features(pos, batch, B, edge_index, normal).to(dtype)
+        f = self.features(pos, batch, num_clouds, edge_index, normal).to(dtype)
         h = self.edge_nn(f)  # [E, hidden]
         h = scatter(h, edge_index[1], dim=0, dim_size=pos.size(0),
                     reduce='max')  # [N, hidden]

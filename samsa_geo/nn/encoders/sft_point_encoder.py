@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import GELU, Linear, Module, Parameter, Sequential
+from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.encoders._point_geometry import (
     EPS,
@@ -90,9 +91,7 @@ class SFTPointEncoder(Module):
 
     def reset_parameters(self) -> None:
         torch.nn.init.normal_(self.token, std=0.02)
-        for m in self.scalar_nn:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.scalar_nn)
         if self.lin_random is not None:
             self.lin_random.reset_parameters()
             # softplus(0.5413) = 1: unit scale at start.
@@ -115,7 +114,20 @@ class SFTPointEncoder(Module):
     def forward(self, pos: Tensor, batch: Optional[Tensor] = None,
                 normal: Optional[Tensor] = None) -> Tensor:
         batch, B = check_points(pos, batch, normal)
-        s = self.scalars(pos, batch, B, normal).to(self.token.dtype)
+        return self._encode(pos, batch, B, normal)
+
+    def _encode(
+        self,
+        pos: Tensor,
+        batch: Tensor,
+        num_clouds: int,
+        normal: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+    ) -> Tensor:
+        # The body of :meth:`forward` on inputs already validated by
+        # ``check_points``; ``edge_index`` is unused (same signature as
+        # :class:`PPFPointEncoder` for the point models).
+        s = self.scalars(pos, batch, num_clouds, normal).to(self.token.dtype)
         out = self.token + self.scalar_nn(s)  # [N, C]
         if self.lin_random is not None and (self.training
                                             or self.stochastic_eval):

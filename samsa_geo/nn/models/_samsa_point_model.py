@@ -1,11 +1,19 @@
 r"""Private backbone shared by :class:`SamsaPointClassifier` and
 :class:`SamsaPointSegmenter`: point tokens and a stack of
 :class:`~samsa_geo.nn.SamsaConv`."""
-from typing import Any, Dict, NamedTuple, Optional, Union
+from typing import Any, Dict, NamedTuple, Optional, Type, TypeVar, Union
 
 import torch
 from torch import Tensor
-from torch.nn import GELU, Linear, Module, ModuleList, Sequential
+from torch.nn import (
+    GELU,
+    Dropout,
+    LayerNorm,
+    Linear,
+    Module,
+    ModuleList,
+    Sequential,
+)
 from torch_geometric.nn import EdgeConv, global_max_pool, global_mean_pool
 
 from samsa_geo.nn.conv import SamsaConv
@@ -14,6 +22,8 @@ from samsa_geo.nn.encoders._point_geometry import centroid, check_points
 from samsa_geo.ops import knn_graph
 
 ENCODERS = ('linear', 'sft', 'ppf')
+
+Model = TypeVar('Model', bound='SamsaPointModel')
 
 
 class PointFeatures(NamedTuple):
@@ -80,7 +90,7 @@ class SamsaPointModel(Module):
         self.lin_in = None
         if not rotation_invariant:
             self.lin_in = Linear(3 + in_channels, channels)
-        self.encoder: Optional[Module] = None
+        self.encoder: Optional[Union[SFTPointEncoder, PPFPointEncoder]] = None
         if encoder == 'sft':
             self.encoder = SFTPointEncoder(channels, random_channels)
         elif encoder == 'ppf':
@@ -91,7 +101,6 @@ class SamsaPointModel(Module):
             raise ValueError("Expected 'attn_kwargs' not to disable "
                              "'relative_bias' since 'rotation_invariant=True'")
         attn_kwargs.setdefault('relative_bias', True)
-        self.attn_kwargs = attn_kwargs
         if norm == 'layer_norm' and norm_kwargs is None:
             norm_kwargs = {'mode': 'node'}  # per token: no cross-cloud mixing
         self.convs = ModuleList()
@@ -107,6 +116,28 @@ class SamsaPointModel(Module):
                               norm_kwargs=norm_kwargs,
                               attn_kwargs=attn_kwargs)
             self.convs.append(layer)
+
+    @classmethod
+    def small(cls: Type[Model], num_classes: int, **kwargs: Any) -> Model:
+        r"""A CPU-friendly preset (:attr:`SMALL`): 64 channels, 2 layers, 4
+        heads, :math:`k = 64`, 16 neighbours; ``kwargs`` override any
+        argument of the model's constructor."""
+        return cls(num_classes, **{**cls.SMALL, **kwargs})
+
+    def _head(self, num_classes: int, in_channels: int,
+              head_dropout: float) -> Sequential:
+        # The MLP head of the subclasses, from ``in_channels`` pooled and/or
+        # per-point features to ``num_classes`` logits.
+        if not isinstance(num_classes, int) or num_classes <= 0:
+            raise ValueError(f"Expected 'num_classes' to be a positive int "
+                             f"(got {num_classes!r})")
+        return Sequential(
+            LayerNorm(in_channels),
+            Linear(in_channels, self.channels),
+            GELU(),
+            Dropout(head_dropout),
+            Linear(self.channels, num_classes),
+        )
 
     def reset_parameters(self) -> None:
         for module in (self.lin_in, self.encoder):
@@ -140,6 +171,18 @@ class SamsaPointModel(Module):
         token_bias: Optional[Tensor] = None,
     ) -> PointFeatures:
         batch, B = check_points(pos, batch, None)
+        return self._backbone(pos, batch, B, x, token_bias)
+
+    def _backbone(
+        self,
+        pos: Tensor,
+        batch: Tensor,
+        num_clouds: int,
+        x: Optional[Tensor] = None,
+        token_bias: Optional[Tensor] = None,
+    ) -> PointFeatures:
+        # :meth:`backbone` after ``check_points`` of ``pos`` and ``batch``.
+        B = num_clouds
         N = pos.size(0)
         x = self._check_x(x, N)
         normal = x if self.rotation_invariant else None
@@ -158,10 +201,8 @@ class SamsaPointModel(Module):
         if self.lin_in is not None:
             feats = pos if x is None else torch.cat([pos, x], dim=-1)
             h = h + self.lin_in(feats.to(dtype))
-        if isinstance(self.encoder, PPFPointEncoder):
-            h = h + self.encoder(pos_c, batch, normal, edge_index)
-        elif self.encoder is not None:
-            h = h + self.encoder(pos_c, batch, normal)
+        if self.encoder is not None:  # inputs already checked above
+            h = h + self.encoder._encode(pos_c, batch, B, normal, edge_index)
         if token_bias is not None:
             h = h + token_bias
 

@@ -1,9 +1,9 @@
 from typing import Any, Dict, Optional, Union
 
-import torch
 from torch import Tensor
 from torch.nn import Dropout, GELU, Linear, Module, ModuleList, Sequential
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
+from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.conv.samsa_conv import SamsaConv
 from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
@@ -217,7 +217,6 @@ class SamsaGraphModel(Module):
         self.pe_channels = pe_channels
         self.heads = heads
         self.k = k
-        self.dropout = dropout
         C = hidden_channels
 
         if categorical:
@@ -278,9 +277,7 @@ class SamsaGraphModel(Module):
             self.pe_encoder.reset_parameters()
         for conv in self.convs:
             conv.reset_parameters()
-        for m in self.head:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.head)
 
     def node_embeddings(
         self,
@@ -310,8 +307,6 @@ class SamsaGraphModel(Module):
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(f"Expected 'x' to have shape [N, "
                              f"{self.in_channels}] (got {list(x.shape)})")
-        if batch is None:
-            batch = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
         if self.pe_encoder is not None:
             if pe is None:
                 raise ValueError(f"Expected 'pe' (data.{self.pe_attr}) of "

@@ -1,7 +1,7 @@
 from typing import Any, Dict, Optional, Union
 
 from torch import Tensor
-from torch.nn import Dropout, GELU, LayerNorm, Linear, Sequential
+from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.models._samsa_point_model import SamsaPointModel
 
@@ -106,30 +106,13 @@ class SamsaPointClassifier(SamsaPointModel):
                          num_layers, heads, k, num_neighbors, local_conv,
                          dropout, random_channels, norm, norm_kwargs,
                          attn_kwargs)
-        if not isinstance(num_classes, int) or num_classes <= 0:
-            raise ValueError(f"Expected 'num_classes' to be a positive int "
-                             f"(got {num_classes!r})")
+        self.head = self._head(num_classes, 2 * channels, head_dropout)
         self.num_classes = num_classes
-        self.head = Sequential(
-            LayerNorm(2 * channels),
-            Linear(2 * channels, channels),
-            GELU(),
-            Dropout(head_dropout),
-            Linear(channels, num_classes),
-        )
         self.reset_parameters()
-
-    @classmethod
-    def small(cls, num_classes: int, **kwargs: Any) -> 'SamsaPointClassifier':
-        r"""A CPU-friendly preset: 64 channels, 2 layers, 4 heads,
-        :math:`k = 64`, 16 neighbours; ``kwargs`` override any argument."""
-        return cls(num_classes, **{**cls.SMALL, **kwargs})
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
-        for m in self.head:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.head)
 
     def forward(
         self,

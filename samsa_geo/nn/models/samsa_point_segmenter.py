@@ -2,8 +2,10 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.nn import Dropout, Embedding, GELU, LayerNorm, Linear, Sequential
+from torch.nn import Embedding
+from torch_geometric.nn.inits import reset
 
+from samsa_geo.nn.encoders._point_geometry import check_points
 from samsa_geo.nn.models._samsa_point_model import SamsaPointModel
 
 
@@ -101,9 +103,7 @@ class SamsaPointSegmenter(SamsaPointModel):
                          num_layers, heads, k, num_neighbors, local_conv,
                          dropout, random_channels, norm, norm_kwargs,
                          attn_kwargs)
-        if not isinstance(num_classes, int) or num_classes <= 0:
-            raise ValueError(f"Expected 'num_classes' to be a positive int "
-                             f"(got {num_classes!r})")
+        head = self._head(num_classes, 3 * channels, head_dropout)
         if not isinstance(num_categories, int) or num_categories < 0:
             raise ValueError(f"Expected 'num_categories' to be a "
                              f"non-negative int (got {num_categories!r})")
@@ -112,31 +112,17 @@ class SamsaPointSegmenter(SamsaPointModel):
         self.category_emb = None
         if num_categories > 0:
             self.category_emb = Embedding(num_categories, channels)
-        self.head = Sequential(
-            LayerNorm(3 * channels),
-            Linear(3 * channels, channels),
-            GELU(),
-            Dropout(head_dropout),
-            Linear(channels, num_classes),
-        )
+        self.head = head  # registered after 'category_emb'
         self.reset_parameters()
-
-    @classmethod
-    def small(cls, num_classes: int, **kwargs: Any) -> 'SamsaPointSegmenter':
-        r"""A CPU-friendly preset: 64 channels, 2 layers, 4 heads,
-        :math:`k = 64`, 16 neighbours; ``kwargs`` override any argument."""
-        return cls(num_classes, **{**cls.SMALL, **kwargs})
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
         if self.category_emb is not None:
             self.category_emb.reset_parameters()
-        for m in self.head:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.head)
 
-    def _category_tokens(self, category: Optional[Tensor],
-                         batch: Optional[Tensor], N: int) -> Optional[Tensor]:
+    def _category_tokens(self, category: Optional[Tensor], batch: Tensor,
+                         num_clouds: int) -> Optional[Tensor]:
         if self.category_emb is None:
             if category is not None:
                 raise ValueError("Expected 'category' to be None since "
@@ -152,12 +138,9 @@ class SamsaPointSegmenter(SamsaPointModel):
             raise TypeError(f"Expected 'category' to be an integer tensor "
                             f"(got {category.dtype})")
         category = category.long().view(-1)
-        B = 0 if N == 0 else (1 if batch is None else int(batch.max()) + 1)
+        B, N = num_clouds, batch.numel()
         if category.numel() == B:
-            if batch is not None:
-                category = category[batch]  # per cloud -> per point
-            else:
-                category = category.expand(N)
+            category = category[batch]  # per cloud -> per point
         elif category.numel() != N:
             raise ValueError(f"Expected 'category' to have shape [{B}] (one "
                              f"per cloud) or [{N}] "
@@ -178,12 +161,9 @@ class SamsaPointSegmenter(SamsaPointModel):
         category: Optional[Tensor] = None,
     ) -> Tensor:
         r"""Returns per-point logits :math:`(N, \mathrm{num\_classes})`."""
-        N = pos.size(0) if isinstance(pos, Tensor) else 0
-        if isinstance(batch, Tensor) and batch.shape != (N, ):
-            raise ValueError(f"Expected 'batch' to have shape [{N}] "
-                             f"(got {list(batch.shape)})")
-        token_bias = self._category_tokens(category, batch, N)
-        feats = self.backbone(pos, batch, x, token_bias)
+        batch, B = check_points(pos, batch, None)
+        token_bias = self._category_tokens(category, batch, B)
+        feats = self._backbone(pos, batch, B, x, token_bias)
         h, batch = feats.x, feats.batch
         glob = self.max_mean_pool(feats)  # [B, 2C]
         out = torch.cat([h, glob[batch]], dim=-1)  # [N, 3C]
