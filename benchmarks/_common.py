@@ -20,6 +20,20 @@ def point_conv(channels: int, heads: int, k: int, relative_bias: bool = False,
                      attn_kwargs=dict(relative_bias=relative_bias))
 
 
+def compile_module(module, mode: Optional[str] = None) -> Callable:
+    """``torch.compile(module, mode=mode)``; under CUDA graphs
+    (``reduce-overhead``, ``max-autotune``) every call starts a new step, so
+    a call's outputs may be overwritten by the next call's."""
+    compiled = torch.compile(module, mode=mode)
+    if mode not in ('reduce-overhead', 'max-autotune'):
+        return compiled
+
+    def step(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*args, **kwargs)
+    return step
+
+
 def device_name(device: torch.device) -> str:
     if device.type == 'cuda':
         return torch.cuda.get_device_name(device)
@@ -28,12 +42,19 @@ def device_name(device: torch.device) -> str:
 
 
 def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
-            repeat: int = 10, max_seconds: float = 20.0) -> Dict[str, float]:
+            repeat: int = 10, max_seconds: float = 20.0,
+            pipelined: bool = False) -> Dict[str, float]:
     """Median milliseconds of ``fn`` and its peak memory (CUDA only).
 
     Times with CUDA events on the GPU and a wall clock on the CPU; stops
-    repeating after ``max_seconds``.
+    repeating after ``max_seconds``. Each call is timed alone (a latency:
+    the device waits for the host's first launch), unless ``pipelined``:
+    then ``repeat`` calls run back to back, as a stream of batches does,
+    and ``ms`` is their total over ``repeat`` (a throughput, median of
+    three such rounds; CUDA only).
     """
+    if pipelined and device.type == 'cuda':
+        return _measure_pipelined(fn, device, warmup, repeat)
     for _ in range(warmup):
         fn()
     peak_mb: Optional[float] = None
@@ -62,6 +83,28 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
         peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     return {'ms': statistics.median(times), 'peak_mb': peak_mb,
             'repeats': len(times)}
+
+
+def _measure_pipelined(fn: Callable[[], None], device: torch.device,
+                       warmup: int, repeat: int) -> Dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    times: List[float] = []
+    for _ in range(3):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeat):
+            fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        times.append(start.elapsed_time(end) / repeat)
+    peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return {'ms': statistics.median(times), 'peak_mb': peak_mb,
+            'repeats': 3 * repeat}
 
 
 def is_oom(err: BaseException) -> bool:

@@ -30,8 +30,8 @@ from torch_geometric.nn import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import device_name, is_oom, measure, print_table  # noqa: E402
-from _common import point_conv, write_records  # noqa: E402
+from _common import compile_module, device_name, is_oom, measure, print_table  # noqa: E402
+from _common import compile_module, point_conv, write_records  # noqa: E402
 
 from samsa_geo.nn import SamsaAttention  # noqa: E402
 from samsa_geo.nn.attention import _kernels  # noqa: E402
@@ -103,18 +103,24 @@ def main():
                    help='parameter dtype (fp32: autocast to --dtype)')
     p.add_argument('--compile', action='store_true',
                    help='torch.compile every timed model and layer')
-    p.add_argument('--compile-mode', default=None)
+    p.add_argument('--compile-mode', default=None,
+                   help='torch.compile mode (implies --compile); '
+                   'reduce-overhead and max-autotune use CUDA graphs')
     p.add_argument('--flex-options', default=None,
                    help='JSON tile options of the fused relative-bias '
                    'kernel (samsa_geo.nn.attention._kernels)')
     p.add_argument('--inference-kernel', default=_kernels.INFERENCE_KERNEL,
                    choices=['triton', 'flex'],
                    help='kernel of the relative-bias attention in inference')
+    p.add_argument('--pipelined', action='store_true',
+                   help='throughput of calls run back to back (CUDA); '
+                   'default: each call timed alone')
     p.add_argument('--only', default=None,
                    help='comma-separated subset of the op names')
     p.add_argument('--out', default=None)
     args = p.parse_args()
     device = torch.device(args.device)
+    args.compile = args.compile or args.compile_mode is not None
     cuda = device.type == 'cuda'
     args.dtype = args.dtype or ('bf16' if cuda else 'fp32')
     B = args.clouds or (128 if cuda else 8)
@@ -150,7 +156,7 @@ def main():
     def maybe_compile(module):
         if not args.compile:
             return module
-        return torch.compile(module, mode=args.compile_mode)
+        return compile_module(module, args.compile_mode)
 
     def record(op, fn, params=None):
         if only is not None and op not in only:
@@ -161,9 +167,12 @@ def main():
                    compiled=args.compile_mode or args.compile,
                    flex_options=_kernels.FLEX_KERNEL_OPTIONS,
                    inference_kernel=_kernels.INFERENCE_KERNEL,
+                   timing='pipelined' if args.pipelined and cuda
+                   else 'per_call',
                    **{'pass': 'fwd'})
         try:
-            rec.update(measure(fn, device, warmup=2, repeat=args.repeat))
+            rec.update(measure(fn, device, warmup=2, repeat=args.repeat,
+                               pipelined=args.pipelined))
             rec['clouds_per_s'] = B / rec['ms'] * 1e3
             rec['points_per_s'] = B * n / rec['ms'] * 1e3
             rec['ms_per_cloud'] = rec['ms'] / B

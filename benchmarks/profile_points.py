@@ -13,7 +13,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import measure, point_conv  # noqa: E402
+from _common import compile_module, measure, point_conv  # noqa: E402
 
 from samsa_geo.nn import SamsaAttention  # noqa: E402
 from samsa_geo.nn.attention import _kernels  # noqa: E402
@@ -26,6 +26,8 @@ def main():
     p.add_argument('--points', type=int, default=1024)
     p.add_argument('--rows', type=int, default=22)
     p.add_argument('--compile', action='store_true')
+    p.add_argument('--compile-mode', default=None,
+                   help='torch.compile mode (implies --compile)')
     p.add_argument('--weights', default='fp32', choices=['fp32', 'bf16'])
     p.add_argument('--cases', default=None,
                    help='comma-separated subset of the case names')
@@ -36,6 +38,7 @@ def main():
     p.add_argument('--out', default=None)
     args = p.parse_args()
     dev = torch.device('cuda')
+    args.compile = args.compile or args.compile_mode is not None
     SamsaAttention.validate_args = False
     if args.inference_kernel:
         _kernels.INFERENCE_KERNEL = args.inference_kernel
@@ -87,22 +90,26 @@ def main():
                                                        batch)
             if fused and args.compile:
                 fns[f'classifier_{preset}_compiled'] = case(
-                    torch.compile(model), True, pos, batch)
+                    compile_module(model, args.compile_mode), True, pos,
+                    batch)
     if args.compile:
         for name in ('layer', 'layer_bias_fused'):
             layer, bias = cases[name]
-            fns[name + '_compiled'] = case(torch.compile(layer), True, x,
-                                           None, batch, **layer_inputs(bias))
+            fns[name + '_compiled'] = case(
+                compile_module(layer, args.compile_mode), True, x, None,
+                batch, **layer_inputs(bias))
 
     for name, fn in fns.items():
         if wanted is not None and name not in wanted:
             continue
         try:
             r = measure(fn, dev, warmup=3, repeat=20)
+            rp = measure(fn, dev, warmup=1, repeat=20, pipelined=True)
             log(f'{name:28s} {r["ms"]:8.3f} ms  '
                 f'{B * n / r["ms"] / 1e3:8.2f} M points/s  '
                 f'{B / r["ms"] * 1e3:9.0f} clouds/s  '
-                f'peak {r["peak_mb"]:.0f} MB')
+                f'peak {r["peak_mb"]:.0f} MB; pipelined {rp["ms"]:.3f} ms '
+                f'{B * n / rp["ms"] / 1e3:.2f} M points/s')
         except Exception as e:  # report and go on
             log(f'{name:28s} failed: {type(e).__name__}: {str(e)[:300]}')
     try:

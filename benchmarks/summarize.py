@@ -27,6 +27,26 @@ POINT_VARIANTS = (
     ('_bf16_weights_h200', 'bfloat16 parameters, H200', '--weights bf16'),
     ('_bf16_weights_compiled_h200',
      'bfloat16 parameters, torch.compile, H200', '--weights bf16 --compile'),
+    ('_bf16_weights_compiled_h200_b',
+     'bfloat16 parameters, torch.compile, H200, repeat',
+     '--weights bf16 --compile'),
+    ('_bf16_weights_cudagraphs_h200',
+     "bfloat16 parameters, torch.compile(mode='reduce-overhead'), H200, "
+     'code before the scorer kernel',
+     '--weights bf16 --compile-mode reduce-overhead'),
+    ('_bf16_weights_maxautotune_h200',
+     "bfloat16 parameters, torch.compile(mode='max-autotune'), H200, code "
+     'before the scorer kernel',
+     '--weights bf16 --compile-mode max-autotune'),
+    ('_bf16_weights_pipelined_h200',
+     'bfloat16 parameters, calls back to back (throughput), H200',
+     '--weights bf16 --pipelined'),
+    ('_bf16_weights_compiled_pipelined_h200',
+     'bfloat16 parameters, torch.compile, calls back to back (throughput), '
+     'H200', '--weights bf16 --compile --pipelined'),
+    ('_bf16_weights_compiled_pipelined_h200_b',
+     'bfloat16 parameters, torch.compile, calls back to back (throughput), '
+     'H200, repeat', '--weights bf16 --compile --pipelined --repeat 30'),
 )
 
 
@@ -174,6 +194,17 @@ def main():
                                 'exact_math', 'ms',
                                 'pairs_per_s', 'max_err', 'best_config'],
                          lines)
+        for name in sorted(os.listdir(RESULTS)):
+            if not name.startswith(f'scorer_kernel_{tag}'):
+                continue
+            sk = load(name)
+            lines += [f'### Importance scorer alone ({title})', '',
+                      '`python benchmarks/scorer_kernel.py` '
+                      f"({sk[0]['device']}, bf16, {sk[0]['tokens']:,} "
+                      f"tokens x {sk[0]['channels']} channels, "
+                      f"{sk[0]['heads']} heads; calls back to back; "
+                      'max_abs_err: against the PyTorch formula)', '']
+            simple_table(sk, ['op', 'ms', 'max_abs_err'], lines)
         gs = load(f'graph_scale_{tag}.json')
         if gs:
             lines += [f'## Large graph, full-batch training ({title})', '',

@@ -14,3 +14,20 @@ if not torch.cuda.is_available():
 def _seed():
     torch.manual_seed(12345)
     yield
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """``spy(module, name)`` wraps the function ``module.name`` for the test
+    and returns the list of the positional arguments of each call."""
+    def install(module, name):
+        calls = []
+        fn = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(args)
+            return fn(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+        return calls
+    return install

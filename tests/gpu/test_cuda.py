@@ -161,27 +161,43 @@ def test_triton_inference_kernel_matches_flex_and_explicit(dtype, sizes,
         assert err < tol, (name, err)
 
 
-def test_compiled_point_classifier_matches_eager(monkeypatch):
+@pytest.mark.parametrize('mode', [None, 'reduce-overhead'])
+def test_compiled_point_classifier_matches_eager(spy, mode):
     # The default classifier (relative bias) compiled, with the Triton
-    # kernel as a graph break in every layer: same logits as eager.
-    import samsa_geo.nn.attention._kernels as kernels
+    # kernel as a custom operator in every layer, also under CUDA graphs:
+    # same logits as eager.
+    import samsa_geo.nn.attention._bias_triton as kernel
     from samsa_geo.nn.models import SamsaPointClassifier
-    calls = []
-    run = kernels._run_triton_kernel
-
-    @torch.compiler.disable
-    def spy(*args):
-        calls.append(1)
-        return run(*args)
-
-    monkeypatch.setattr(kernels, '_run_triton_kernel', spy)
+    calls = spy(kernel, 'biased_triton_attention')
     torch.manual_seed(0)
     model = SamsaPointClassifier(40).cuda().eval()
     pos = torch.randn(4 * 1024, 3, device='cuda')
     batch = torch.arange(4, device='cuda').repeat_interleave(1024)
+    compiled = torch.compile(model, mode=mode)
     with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
         ref = model(pos, batch).float()
         calls.clear()
-        out = torch.compile(model)(pos, batch).float()
-    assert len(calls) == len(model.convs), 'compiled: fused path not taken'
+        for _ in range(3):  # CUDA graphs: warm-up, record, replay
+            torch.compiler.cudagraph_mark_step_begin()
+            out = compiled(pos, batch).float()
+    assert len(calls) >= len(model.convs), 'compiled: fused path not taken'
     assert (out - ref).norm() / ref.norm() < 2e-2
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_scorer_kernel_matches_pytorch_formula(dtype):
+    # The fused inference kernel of the importance scorer against the
+    # scorer's own PyTorch formula (the path that training takes).
+    from samsa_geo.nn.attention import ImportanceScorer
+    torch.manual_seed(0)
+    scorer = ImportanceScorer(256, heads=8).cuda().to(dtype).eval()
+    x = torch.randn(131072 + 7, 256, device='cuda', dtype=dtype)
+    with torch.no_grad():
+        out = scorer(x)
+        ImportanceScorer.use_fused_kernel = False
+        try:
+            ref = scorer(x)
+        finally:
+            ImportanceScorer.use_fused_kernel = True
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().max() < 1e-3 * ref.abs().max()

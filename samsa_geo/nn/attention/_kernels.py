@@ -7,7 +7,6 @@ queries per set, so batches with very uneven set sizes never pay for
 ``B * n_max`` queries. Keys are gathered once per tile, so memory stays
 :math:`O(N \cdot C + \text{tiles} \cdot k \cdot C)`.
 """
-import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -16,6 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from samsa_geo.nn.attention._ops import (
+    HAS_TRITON,
+    biased_attention_inference,
+)
 from samsa_geo.nn.attention._sets import SetInfo
 
 try:
@@ -232,11 +235,7 @@ def flex_supported(device: torch.device) -> bool:
     installed: FlexAttention forward and backward, samsa_geo's inference
     kernel)."""
     return flex_attention is not None and device.type == 'cuda' and \
-        _HAS_TRITON
-
-
-# Looked up once at import: a module constant is all torch.compile sees.
-_HAS_TRITON = importlib.util.find_spec('triton') is not None
+        HAS_TRITON
 
 
 def biased_flex_attention(
@@ -338,16 +337,14 @@ def biased_attention(
     return biased_flex_attention(q, k, v, key_valid, geo, weights)
 
 
-@torch.compiler.disable
 def _run_triton_kernel(q: Tensor, k: Tensor, v: Tensor,
                        key_valid: Optional[Tensor], geo: PairGeometry,
                        weights: Tuple[Tensor, Tensor, Tensor, Tensor],
                        ) -> Tensor:
-    # Imported here: Triton is needed only where the kernel runs. Inside a
-    # compiled model the call is a graph break to the launcher.
-    from samsa_geo.nn.attention._bias_triton import biased_triton_attention
-    return biased_triton_attention(q, k, v, key_valid, geo.pos_q, geo.pos_k,
-                                   geo.normal_q, geo.normal_k, weights)
+    out = biased_attention_inference(
+        q, k, v, key_valid, geo.pos_q, geo.pos_k, geo.normal_q,
+        geo.normal_k, *weights)
+    return out.transpose(1, 2)  # [nt, T, H, D] -> [nt, H, T, D]
 
 
 #: Tile options of the fused relative-bias kernel (:obj:`None`:

@@ -3,6 +3,18 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import GELU, LayerNorm, Linear, Module, Sequential
 
+from samsa_geo.nn.attention._ops import (
+    HAS_TRITON,
+    SCORE_MAX_CHANNELS,
+    SCORE_MAX_HEADS,
+    importance_score,
+    is_exporting,
+)
+
+
+def _kernel_serves(device: torch.device) -> bool:
+    return device.type == 'cuda' and HAS_TRITON
+
 
 class ImportanceScorer(Module):
     r"""The importance scorer of SAMSA (`"SAMSA: Efficient Transformer for
@@ -17,6 +29,10 @@ class ImportanceScorer(Module):
     where :math:`\mathbf{x}_i` is the (un-normalised) token and :math:`H` the
     number of heads.
 
+    The residual, the LayerNorm and :math:`\mathbf{W}_s` run in float32
+    (under bf16/fp16 autocast too): the scores rank the tokens. In inference
+    on CUDA they are one Triton kernel that reads the tokens once.
+
     Args:
         channels (int): Token width :math:`C`.
         heads (int, optional): Number of heads :math:`H`. (default: :obj:`1`)
@@ -25,6 +41,10 @@ class ImportanceScorer(Module):
         - **input:** :math:`(N, C)`
         - **output:** :math:`(N, H)`, float32
     """
+    #: Compute the scorer's tail (residual, LayerNorm, projection) in one
+    #: Triton kernel when no gradient is needed, on CUDA.
+    use_fused_kernel: bool = True
+
     def __init__(self, channels: int, heads: int = 1) -> None:
         super().__init__()
         self.channels = channels
@@ -43,12 +63,33 @@ class ImportanceScorer(Module):
         self.lin.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x + self.norm(self.score_nn(x))
-        # Scores rank the tokens: the last projection runs in float32 even
-        # under bf16/fp16 autocast.
+        y = self.score_nn(x)
+        norm, lin = self.norm, self.lin
+        if self._use_kernel(x, y):
+            return importance_score(y, x, norm.weight, norm.bias, norm.eps,
+                                    lin.weight, lin.bias)
+        # Scores rank the tokens: the residual, the LayerNorm and the
+        # projection run in float32 even under bf16/fp16 autocast.
         with torch.autocast(x.device.type, enabled=False):
-            return F.linear(h.float(), self.lin.weight.float(),
-                            self.lin.bias.float())
+            h = x.float() + F.layer_norm(
+                y.float(), norm.normalized_shape, norm.weight.float(),
+                norm.bias.float(), norm.eps)
+            return F.linear(h, lin.weight.float(), lin.bias.float())
+
+    def _use_kernel(self, x: Tensor, y: Tensor) -> bool:
+        # The fused Triton kernel serves inference on CUDA (forward only);
+        # exported and traced graphs keep the PyTorch formula.
+        if not (self.use_fused_kernel and _kernel_serves(x.device)):
+            return False
+        if (self.channels > SCORE_MAX_CHANNELS
+                or self.heads > SCORE_MAX_HEADS):
+            return False
+        if is_exporting() or (not torch.compiler.is_compiling()
+                              and torch.jit.is_tracing()):
+            return False
+        return not torch.is_grad_enabled() or not any(
+            t.requires_grad for t in (x, y, self.norm.weight, self.norm.bias,
+                                      self.lin.weight, self.lin.bias))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, '

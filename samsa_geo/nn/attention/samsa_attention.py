@@ -17,6 +17,7 @@ from samsa_geo.nn.attention._kernels import (
     sdpa_attention,
     to_tiles,
 )
+from samsa_geo.nn.attention._ops import is_exporting
 from samsa_geo.nn.attention._sampling import relax, select
 from samsa_geo.nn.attention._sets import set_info
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
@@ -28,13 +29,6 @@ NORMALIZATIONS = ('softmax', 'leaky')
 
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
-def _is_exporting() -> bool:
-    # Inside a torch.compile trace, PyTorch 2.11 folds
-    # torch.compiler.is_exporting() to True; the flag it returns is exact.
-    flag = getattr(torch.compiler, '_is_exporting_flag', None)
-    return torch.compiler.is_exporting() if flag is None else bool(flag)
 
 
 class SamsaAttention(Module):
@@ -371,7 +365,7 @@ class SamsaAttention(Module):
         # dropout: one fused kernel where Triton serves the device.
         # Export and tracing (ONNX) take the explicit path: the kernel is
         # compiled on its own, outside any exported graph.
-        exporting = _is_exporting() or (
+        exporting = is_exporting() or (
             not torch.compiler.is_compiling() and torch.jit.is_tracing())
         return (self.use_fused_bias and self.rel_bias is not None
                 and self.score == 'dot' and self.normalization == 'softmax'

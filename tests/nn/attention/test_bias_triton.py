@@ -165,9 +165,10 @@ def test_samsa_attention_inference_uses_the_kernel(kernel, monkeypatch,
     assert calls == {'triton': 1, 'flex': 2}
 
 
-def test_compiled_samsa_attention_uses_the_kernel(kernel, monkeypatch):
-    # Under torch.compile the dispatch still reaches the kernel (a graph
-    # break), with the eager output.
+def test_compiled_samsa_attention_uses_the_kernel(kernel, monkeypatch, spy):
+    # Under torch.compile the dispatch still reaches the kernel, as a custom
+    # operator inside one graph (fullgraph: no graph break), with the eager
+    # output.
     import samsa_geo.nn.attention.samsa_attention as mod
 
     torch.manual_seed(0)
@@ -175,23 +176,17 @@ def test_compiled_samsa_attention_uses_the_kernel(kernel, monkeypatch):
     batch = torch.arange(3).repeat_interleave(20)
     x, pos = torch.randn(60, 32), torch.randn(60, 3)
     monkeypatch.setattr(mod, 'flex_supported', lambda device: True)
-    calls = []
-    run = kernel.biased_triton_attention
-
-    def spy(*args):
-        calls.append(1)
-        return run(*args)
-
-    monkeypatch.setattr(kernel, 'biased_triton_attention', spy)
+    calls = spy(kernel, 'biased_triton_attention')
+    sizes = dict(num_graphs=3, max_num_nodes=20)
     with torch.no_grad():
-        ref = attn(x, batch, pos=pos)
-        out = torch.compile(attn)(x, batch, pos=pos)
+        ref = attn(x, batch, pos=pos, **sizes)
+        out = torch.compile(attn, fullgraph=True)(x, batch, pos=pos, **sizes)
     assert len(calls) == 2
     assert torch.allclose(out, ref, atol=1e-5)
 
 
 @pytest.mark.parametrize('inference_kernel', ['triton', 'flex'])
-def test_many_tiles_run_in_several_kernel_calls(kernel, monkeypatch,
+def test_many_tiles_run_in_several_kernel_calls(kernel, monkeypatch, spy,
                                                 inference_kernel):
     # More tiles than a CUDA grid axis holds: the batch is split into calls
     # of at most MAX_GRID_Y // H tiles, with the single call's output.
@@ -204,20 +199,13 @@ def test_many_tiles_run_in_several_kernel_calls(kernel, monkeypatch,
     run_flex = kernels.biased_flex_attention
     monkeypatch.setattr(kernels, 'biased_flex_attention',
                         lambda *a, **kw: run_flex(*a, **kw, compiled=False))
-    calls = []
-    run = kernel.biased_triton_attention
-
-    def spy(*args):
-        calls.append(args[0].size(0))
-        return run(*args)
-
-    monkeypatch.setattr(kernel, 'biased_triton_attention', spy)
+    calls = spy(kernel, 'biased_triton_attention')
     with torch.no_grad():
         ref = kernels.biased_attention(q, k, v, valid, geo, weights)
         monkeypatch.setattr(kernels, 'MAX_GRID_Y', 6)  # 3 tiles x 2 heads
         out = kernels.biased_attention(q, k, v, valid, geo, weights)
     if inference_kernel == 'triton':
-        assert calls == [7, 3, 3, 1]
+        assert [args[0].size(0) for args in calls] == [7, 3, 3, 1]
     assert torch.allclose(out, ref, atol=1e-6)
     assert torch.allclose(out.double(), _reference(*inputs), atol=1e-5)
 
@@ -232,3 +220,13 @@ def test_kernel_handles_empty_inputs(kernel, nt, T):
     out = kernel.biased_triton_attention(q, k, v, None, pq, pk, None, None,
                                          weights)
     assert out.shape == (nt, 2, T, 16)
+
+
+def test_kernel_is_a_valid_custom_operator(kernel):
+    # Schema, fake (meta) implementation and compile behaviour agree with
+    # the kernel: torch.library's own checks.
+    inputs = _inputs(3, 2, 9, 11, 16, 3, True, True, torch.float32)
+    q, k, v, valid, pq, pk, nq, nk, weights = inputs
+    op = torch.ops.samsa_geo.biased_attention_inference.default
+    torch.library.opcheck(op, (q, k, v, valid, pq, pk, nq, nk, *weights))
+    torch.library.opcheck(op, (q, k, v, None, pq, pk, None, None, *weights))

@@ -1,0 +1,147 @@
+"""The importance scorer: its formula, float32 scores, compiled and fused
+(Triton kernel, run on CPU by Triton's interpreter) forms."""
+import importlib
+import os
+
+import pytest
+import torch
+
+from samsa_geo.nn.attention import ImportanceScorer
+
+
+@pytest.fixture(scope='module')
+def kernel():
+    pytest.importorskip('triton')
+    if os.environ.get('TRITON_INTERPRET') != '1':  # set by conftest.py
+        pytest.skip('Triton interpreter not enabled (a GPU is present)')
+    return importlib.import_module('samsa_geo.nn.attention._score_triton')
+
+
+def _reference(scorer, x):
+    # s = W (x + LN(MLP(x))) + b, everything in float64.
+    nn = scorer.score_nn.double()
+    h = x.double() + scorer.norm.double()(nn(x.double()))
+    out = h @ scorer.lin.weight.double().t() + scorer.lin.bias.double()
+    scorer.float()
+    return out
+
+
+def test_scores_match_the_formula():
+    torch.manual_seed(0)
+    scorer = ImportanceScorer(16, heads=3)
+    x = torch.randn(50, 16)
+    out = scorer(x)
+    assert out.shape == (50, 3) and out.dtype == torch.float32
+    assert torch.allclose(out.double(), _reference(scorer, x), atol=1e-5)
+
+
+def test_scores_are_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    scorer = ImportanceScorer(16, heads=2)
+    x = torch.randn(40, 16)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = scorer(x)
+    assert out.dtype == torch.float32
+    # Only the MLP runs in bf16: the scores stay close to float64's.
+    ref = _reference(scorer, x)
+    assert (out.double() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_compiled_scores_and_gradients_match_eager():
+    torch.manual_seed(0)
+    scorer = ImportanceScorer(32, heads=4)
+    x = torch.randn(300, 32, requires_grad=True)
+    ref = scorer(x)
+    ref.square().sum().backward()
+    ref_grads = [x.grad.clone()] + [p.grad.clone()
+                                    for p in scorer.parameters()]
+    x.grad = None
+    scorer.zero_grad()
+    out = torch.compile(scorer, fullgraph=True)(x)
+    out.square().sum().backward()
+    grads = [x.grad] + [p.grad for p in scorer.parameters()]
+    assert torch.allclose(out, ref, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-4, rtol=1e-4)
+
+
+def _trained_like(C, H, seed=0):
+    torch.manual_seed(seed)
+    scorer = ImportanceScorer(C, heads=H)
+    with torch.no_grad():  # away from the initial LayerNorm affine
+        scorer.norm.weight.normal_(1.0, 0.3)
+        scorer.norm.bias.normal_(0.0, 0.3)
+    return scorer
+
+
+@pytest.mark.parametrize('C,H,N', [(32, 4, 37), (48, 3, 16), (256, 8, 70),
+                                   (16, 17, 5)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_kernel_matches_float64(kernel, C, H, N, dtype):
+    # Any width (also not a power of two), heads beyond one block of 16,
+    # row counts not a multiple of the row block, bf16 inputs.
+    scorer = _trained_like(C, H)
+    x = (torch.randn(N, C) * 2.0).to(dtype)
+    y = torch.randn(N, C).to(dtype) * 3.0 + 1.0
+    norm, lin = scorer.norm, scorer.lin
+    out = kernel.importance_score_triton(y, x, norm.weight, norm.bias,
+                                         norm.eps, lin.weight, lin.bias)
+    h = x.double() + torch.nn.functional.layer_norm(
+        y.double(), (C, ), norm.weight.double(), norm.bias.double(),
+        norm.eps)
+    ref = h @ lin.weight.double().t() + lin.bias.double()
+    assert out.dtype == torch.float32 and out.shape == (N, H)
+    assert torch.allclose(out.double(), ref, atol=1e-4, rtol=1e-5)
+
+
+def test_kernel_reads_strided_rows_and_handles_empty(kernel):
+    scorer = _trained_like(32, 2)
+    norm, lin = scorer.norm, scorer.lin
+    args = (norm.weight, norm.bias, norm.eps, lin.weight, lin.bias)
+    both = torch.randn(20, 64)
+    y, x = both[:, :32], both[:, 32:]  # row stride 64
+    out = kernel.importance_score_triton(y, x, *args)
+    ref = kernel.importance_score_triton(y.contiguous(), x.contiguous(),
+                                         *args)
+    assert torch.equal(out, ref)
+    empty = kernel.importance_score_triton(y[:0], x[:0], *args)
+    assert empty.shape == (0, 2)
+    with pytest.raises(ValueError, match='heads'):
+        kernel.importance_score_triton(
+            y, x, norm.weight, norm.bias, norm.eps,
+            torch.zeros(65, 32), torch.zeros(65))
+
+
+def test_scorer_dispatches_to_the_kernel_in_inference(kernel, monkeypatch,
+                                                      spy):
+    # Inference (no gradient) on a device the kernel serves takes the
+    # custom operator, eager and compiled without a graph break; a pass
+    # that needs gradients, or the switch off, keeps the PyTorch formula.
+    import samsa_geo.nn.attention.importance_scorer as mod
+
+    scorer = _trained_like(32, 4).eval()
+    x = torch.randn(50, 32)
+    ref = scorer(x)
+    monkeypatch.setattr(mod, '_kernel_serves', lambda device: True)
+    calls = spy(kernel, 'importance_score_triton')
+    with torch.no_grad():
+        out = scorer(x)
+        compiled = torch.compile(scorer, fullgraph=True)(x)
+    assert len(calls) == 2
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(compiled, ref, atol=1e-5)
+    scorer(x)  # the parameters need gradients
+    monkeypatch.setattr(ImportanceScorer, 'use_fused_kernel', False)
+    with torch.no_grad():
+        scorer(x)
+    assert len(calls) == 2
+
+
+def test_kernel_is_a_valid_custom_operator(kernel):
+    scorer = _trained_like(32, 4)
+    norm, lin = scorer.norm, scorer.lin
+    y, x = torch.randn(30, 32), torch.randn(30, 32)
+    op = torch.ops.samsa_geo.importance_score.default
+    torch.library.opcheck(op, (y, x, norm.weight.detach(),
+                               norm.bias.detach(), norm.eps,
+                               lin.weight.detach(), lin.bias.detach()))
