@@ -18,14 +18,17 @@ def _seed():
 
 @pytest.fixture
 def spy(monkeypatch):
-    """``spy(module, name)`` wraps the function ``module.name`` for the test
-    and returns the list of the positional arguments of each call."""
-    def install(module, name):
+    """``spy(module, name, keep_args=True)`` wraps the function
+    ``module.name`` for the test and returns a list with, per call, its
+    positional arguments (or :obj:`None` with ``keep_args=False``: under
+    CUDA graphs, arguments kept alive would be pool allocations that the
+    graph does not track)."""
+    def install(module, name, keep_args=True):
         calls = []
         fn = getattr(module, name)
 
         def wrapper(*args, **kwargs):
-            calls.append(args)
+            calls.append(args if keep_args else None)
             return fn(*args, **kwargs)
 
         monkeypatch.setattr(module, name, wrapper)

@@ -168,7 +168,7 @@ def test_compiled_point_classifier_matches_eager(spy, mode):
     # same logits as eager.
     import samsa_geo.nn.attention._bias_triton as kernel
     from samsa_geo.nn.models import SamsaPointClassifier
-    calls = spy(kernel, 'biased_triton_attention')
+    calls = spy(kernel, 'biased_triton_attention', keep_args=False)
     torch.manual_seed(0)
     model = SamsaPointClassifier(40).cuda().eval()
     pos = torch.randn(4 * 1024, 3, device='cuda')
