@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import GELU, Linear, Module, Parameter, Sequential
+from torch_geometric.nn.inits import reset
 
 
 class GraphTokens(NamedTuple):
@@ -130,13 +131,12 @@ class GraphTokenizer(Module):
         # softplus(0.5413) = 1: identifiers start with unit variance.
         if self.id_scale is not None:
             torch.nn.init.constant_(self.id_scale, 0.5413)
+        # PyG's reset: a module's own reset_parameters wins over its
+        # children's (a CategoricalEncoder's Xavier init stays).
         for module in (self.node_encoder, self.edge_encoder, self.lin_node,
                        self.edge_nn):
-            if module is None:
-                continue
-            for m in module.modules():
-                if hasattr(m, 'reset_parameters'):
-                    m.reset_parameters()
+            if module is not None:
+                reset(module)
 
     def _eval_table(self, rows: int) -> Tensor:
         while self._eval_ids.size(0) < rows:

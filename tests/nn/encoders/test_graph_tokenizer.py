@@ -167,3 +167,22 @@ def test_node_tokens_without_identifiers():
     assert torch.allclose(out_eval.x, tok.lin_node(tok.node_encoder(data.x)))
     with pytest.raises(ValueError, match="'id_channels' > 0"):
         _tokenizer(edge_tokens=True, id_channels=0)
+
+
+def test_reset_parameters_keeps_the_encoders_own_initialisation():
+    # A CategoricalEncoder initialises its embeddings with Xavier: the
+    # tokenizer's reset must not let each Embedding re-draw N(0, 1).
+    tok = _tokenizer(categorical=True)
+    torch.manual_seed(0)
+    tok.reset_parameters()
+    for enc in (tok.node_encoder, tok.edge_encoder):
+        for emb in enc.embeddings:
+            n, F = emb.weight.shape
+            bound = (6.0 / (n + F)) ** 0.5  # xavier_uniform_
+            assert emb.weight.abs().max() <= bound
+    # Every other parameter is re-initialised too.
+    before = {k: v.clone() for k, v in tok.state_dict().items()}
+    tok.reset_parameters()
+    for key, value in tok.state_dict().items():
+        if value.is_floating_point() and value.numel() > 1:
+            assert not torch.equal(value, before[key]), key
