@@ -53,58 +53,38 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
     and ``ms`` is their total over ``repeat`` (a throughput, median of
     three such rounds; CUDA only).
     """
-    if pipelined and device.type == 'cuda':
-        return _measure_pipelined(fn, device, warmup, repeat)
+    cuda = device.type == 'cuda'
+    # Rounds timed, of calls each.
+    rounds, calls = (3, repeat) if pipelined and cuda else (repeat, 1)
     for _ in range(warmup):
         fn()
     peak_mb: Optional[float] = None
-    if device.type == 'cuda':
+    if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
     times: List[float] = []
     start_all = time.perf_counter()
-    for _ in range(repeat):
-        if device.type == 'cuda':
+    for _ in range(rounds):
+        if cuda:
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(calls):
+                fn()
             end.record()
             torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
+            times.append(start.elapsed_time(end) / calls)
         else:
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
         if time.perf_counter() - start_all > max_seconds:
             break
-    if device.type == 'cuda':
+    if cuda:
         peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     return {'ms': statistics.median(times), 'peak_mb': peak_mb,
-            'repeats': len(times)}
-
-
-def _measure_pipelined(fn: Callable[[], None], device: torch.device,
-                       warmup: int, repeat: int) -> Dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    times: List[float] = []
-    for _ in range(3):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(repeat):
-            fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        times.append(start.elapsed_time(end) / repeat)
-    peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    return {'ms': statistics.median(times), 'peak_mb': peak_mb,
-            'repeats': 3 * repeat}
+            'repeats': len(times) * calls}
 
 
 def is_oom(err: BaseException) -> bool:

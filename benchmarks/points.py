@@ -30,7 +30,7 @@ from torch_geometric.nn import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import compile_module, device_name, is_oom, measure, print_table  # noqa: E402
+from _common import device_name, is_oom, measure, print_table  # noqa: E402
 from _common import compile_module, point_conv, write_records  # noqa: E402
 
 from samsa_geo.nn import SamsaAttention  # noqa: E402

@@ -58,6 +58,14 @@ def load(name):
         return json.load(f)
 
 
+def load_all(prefix):
+    """The records of every result file whose name starts with ``prefix``,
+    file by file in name order."""
+    for name in sorted(os.listdir(RESULTS)):
+        if name.startswith(prefix):
+            yield load(name)
+
+
 def fmt(v, digits=2):
     if v is None:
         return 'n/a'
@@ -178,10 +186,7 @@ def main():
             simple_table(var, ['op', 'params', 'ms', 'clouds_per_s',
                                'points_per_s', 'ms_per_cloud', 'error'],
                          lines)
-        for name in sorted(os.listdir(RESULTS)):
-            if not name.startswith(f'bias_kernels_{tag}'):
-                continue
-            kern = load(name)
+        for kern in load_all(f'bias_kernels_{tag}'):
             lines += [f'### Relative-bias attention kernel alone ({title})',
                       '', '`python benchmarks/flex_options.py --kernel K '
                       '[--normals] [--exact-math]` '
@@ -194,10 +199,7 @@ def main():
                                 'exact_math', 'ms',
                                 'pairs_per_s', 'max_err', 'best_config'],
                          lines)
-        for name in sorted(os.listdir(RESULTS)):
-            if not name.startswith(f'scorer_kernel_{tag}'):
-                continue
-            sk = load(name)
+        for sk in load_all(f'scorer_kernel_{tag}'):
             lines += [f'### Importance scorer alone ({title})', '',
                       '`python benchmarks/scorer_kernel.py` '
                       f"({sk[0]['device']}, bf16, {sk[0]['tokens']:,} "

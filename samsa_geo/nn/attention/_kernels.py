@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from samsa_geo.nn.attention._ops import (
-    HAS_TRITON,
     biased_attention_inference,
+    needs_grad,
+    triton_serves,
 )
 from samsa_geo.nn.attention._sets import SetInfo
 
@@ -234,8 +235,7 @@ def flex_supported(device: torch.device) -> bool:
     """Whether the fused kernels serve ``device`` (CUDA with Triton
     installed: FlexAttention forward and backward, samsa_geo's inference
     kernel)."""
-    return flex_attention is not None and device.type == 'cuda' and \
-        HAS_TRITON
+    return flex_attention is not None and triton_serves(device)
 
 
 def biased_flex_attention(
@@ -329,9 +329,7 @@ def biased_attention(
     if q.size(0) > step:
         return _in_tile_chunks(biased_attention, step, q, k, v, key_valid,
                                geo, weights)
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (q, k, v, *weights))
-    if (not needs_grad and INFERENCE_KERNEL == 'triton'
+    if (not needs_grad(q, k, v, *weights) and INFERENCE_KERNEL == 'triton'
             and geo.pos_q.size(-1) <= 3):
         return _run_triton_kernel(q, k, v, key_valid, geo, weights)
     return biased_flex_attention(q, k, v, key_valid, geo, weights)

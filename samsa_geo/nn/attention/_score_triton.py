@@ -49,8 +49,9 @@ def _importance_score_fwd(
     beta = tl.load(LN_B + cols, mask=mask_c, other=0.0).to(tl.float32)
     x = tl.load(X + rows[:, None] * sx_n + cols[None, :], mask=mask,
                 other=0.0).to(tl.float32)
+    # Zero beyond C (x, diff, gamma and beta load as 0 there); rows beyond
+    # N are never stored.
     h = x + diff * rstd[:, None] * gamma[None, :] + beta[None, :]
-    h = tl.where(mask, h, 0.0)
 
     # One float32 row reduction per head (exact products, no tensor-core
     # rounding).

@@ -2,18 +2,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import GELU, LayerNorm, Linear, Module, Sequential
+from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.attention._ops import (
-    HAS_TRITON,
     SCORE_MAX_CHANNELS,
     SCORE_MAX_HEADS,
     importance_score,
     is_exporting,
+    needs_grad,
+    triton_serves,
 )
-
-
-def _kernel_serves(device: torch.device) -> bool:
-    return device.type == 'cuda' and HAS_TRITON
 
 
 class ImportanceScorer(Module):
@@ -56,9 +54,7 @@ class ImportanceScorer(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.score_nn:
-            if hasattr(m, 'reset_parameters'):
-                m.reset_parameters()
+        reset(self.score_nn)
         self.norm.reset_parameters()
         self.lin.reset_parameters()
 
@@ -79,17 +75,11 @@ class ImportanceScorer(Module):
     def _use_kernel(self, x: Tensor, y: Tensor) -> bool:
         # The fused Triton kernel serves inference on CUDA (forward only);
         # exported and traced graphs keep the PyTorch formula.
-        if not (self.use_fused_kernel and _kernel_serves(x.device)):
-            return False
-        if (self.channels > SCORE_MAX_CHANNELS
-                or self.heads > SCORE_MAX_HEADS):
-            return False
-        if is_exporting() or (not torch.compiler.is_compiling()
-                              and torch.jit.is_tracing()):
-            return False
-        return not torch.is_grad_enabled() or not any(
-            t.requires_grad for t in (x, y, self.norm.weight, self.norm.bias,
-                                      self.lin.weight, self.lin.bias))
+        return (self.use_fused_kernel and triton_serves(x.device)
+                and self.channels <= SCORE_MAX_CHANNELS
+                and self.heads <= SCORE_MAX_HEADS and not is_exporting()
+                and not needs_grad(x, y, self.norm.weight, self.norm.bias,
+                                   self.lin.weight, self.lin.bias))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, '

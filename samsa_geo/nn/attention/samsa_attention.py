@@ -365,11 +365,9 @@ class SamsaAttention(Module):
         # dropout: one fused kernel where Triton serves the device.
         # Export and tracing (ONNX) take the explicit path: the kernel is
         # compiled on its own, outside any exported graph.
-        exporting = is_exporting() or (
-            not torch.compiler.is_compiling() and torch.jit.is_tracing())
         return (self.use_fused_bias and self.rel_bias is not None
                 and self.score == 'dot' and self.normalization == 'softmax'
-                and dropout == 0.0 and not exporting
+                and dropout == 0.0 and not is_exporting()
                 and flex_supported(q.device))
 
     def _padding_costly(self, info, N: int) -> bool:
