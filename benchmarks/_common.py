@@ -87,6 +87,26 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
             'repeats': len(times) * calls}
 
 
+def provenance(device: torch.device, args) -> dict:
+    """What produced a record: device, torch, commit, date and the
+    script's flags."""
+    import datetime
+    import subprocess
+    commit = getattr(args, 'commit', None)
+    if commit is None:
+        try:
+            commit = subprocess.run(
+                ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                cwd=os.path.dirname(os.path.abspath(__file__)),
+                check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = None
+    flags = {k: v for k, v in vars(args).items() if k not in ('commit', )}
+    return dict(device=device_name(device), torch=torch.__version__,
+                commit=commit, date=datetime.date.today().isoformat(),
+                flags=flags)
+
+
 def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or \
         'out of memory' in str(err).lower()

@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import measure  # noqa: E402
 
-from samsa_geo.nn.attention import _kernels  # noqa: E402
-from samsa_geo.nn.attention._kernels import (  # noqa: E402
+from samsa_geo.nn.attention import _attend  # noqa: E402
+from samsa_geo.nn.attention._flex import (  # noqa: E402
     PairGeometry,
     biased_flex_attention,
 )
@@ -70,7 +70,7 @@ def main():
         rec['exact_math'] = args.exact_math
 
         def run():
-            return _kernels._run_triton_kernel(q, k, v, None, geo, weights)
+            return _attend._run_triton_kernel(q, k, v, None, geo, weights)
     else:
         def run():
             return biased_flex_attention(q, k, v, None, geo, weights,

@@ -33,8 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import device_name, is_oom, measure, print_table  # noqa: E402
 from _common import compile_module, point_conv, write_records  # noqa: E402
 
-from samsa_geo.nn import SamsaAttention  # noqa: E402
-from samsa_geo.nn.attention import _kernels  # noqa: E402
+from samsa_geo.nn.attention import config  # noqa: E402
 from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
 from samsa_geo.ops import knn_graph  # noqa: E402
 
@@ -108,8 +107,8 @@ def main():
                    'reduce-overhead and max-autotune use CUDA graphs')
     p.add_argument('--flex-options', default=None,
                    help='JSON tile options of the fused relative-bias '
-                   'kernel (samsa_geo.nn.attention._kernels)')
-    p.add_argument('--inference-kernel', default=_kernels.INFERENCE_KERNEL,
+                   'kernel (samsa_geo.nn.attention.config)')
+    p.add_argument('--inference-kernel', default=config.bias_inference_kernel(),
                    choices=['triton', 'flex'],
                    help='kernel of the relative-bias attention in inference')
     p.add_argument('--pipelined', action='store_true',
@@ -125,10 +124,9 @@ def main():
     args.dtype = args.dtype or ('bf16' if cuda else 'fp32')
     B = args.clouds or (128 if cuda else 8)
     n = args.points
-    SamsaAttention.validate_args = False
-    _kernels.INFERENCE_KERNEL = args.inference_kernel
+    config.set_bias_inference_kernel(args.inference_kernel)
     if args.flex_options:
-        _kernels.FLEX_KERNEL_OPTIONS = json.loads(args.flex_options) or None
+        config.set_flex_kernel_options(json.loads(args.flex_options) or None)
     torch.manual_seed(0)
     pos = torch.randn(B * n, 3, device=device)
     batch = torch.arange(B, device=device).repeat_interleave(n)
@@ -165,8 +163,8 @@ def main():
                    weights=args.weights, device=device_name(device),
                    torch=torch.__version__, params=params,
                    compiled=args.compile_mode or args.compile,
-                   flex_options=_kernels.FLEX_KERNEL_OPTIONS,
-                   inference_kernel=_kernels.INFERENCE_KERNEL,
+                   flex_options=config.flex_kernel_options(),
+                   inference_kernel=config.bias_inference_kernel(),
                    timing='pipelined' if args.pipelined and cuda
                    else 'per_call',
                    **{'pass': 'fwd'})

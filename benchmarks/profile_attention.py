@@ -19,7 +19,6 @@ def main():
     p.add_argument('--k', type=int, default=256)
     p.add_argument('--rows', type=int, default=25)
     args = p.parse_args()
-    SamsaAttention.validate_args = False
     dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     attn = SamsaAttention(args.channels, heads=args.heads, k=args.k).to(
         dev, torch.bfloat16 if dev.type == 'cuda' else torch.float32)

@@ -15,8 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import compile_module, measure, point_conv  # noqa: E402
 
-from samsa_geo.nn import SamsaAttention  # noqa: E402
-from samsa_geo.nn.attention import _kernels  # noqa: E402
+from samsa_geo.nn.attention import config  # noqa: E402
 from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
 
 
@@ -39,9 +38,8 @@ def main():
     args = p.parse_args()
     dev = torch.device('cuda')
     args.compile = args.compile or args.compile_mode is not None
-    SamsaAttention.validate_args = False
     if args.inference_kernel:
-        _kernels.INFERENCE_KERNEL = args.inference_kernel
+        config.set_bias_inference_kernel(args.inference_kernel)
     B, n, C = args.clouds, args.points, 256
     torch.manual_seed(0)
     pos = torch.randn(B * n, 3, device=dev)
@@ -67,7 +65,7 @@ def main():
 
     def case(module, fused, *inputs, **kwargs):
         def fn():
-            SamsaAttention.use_fused_bias = fused
+            config.set_fused_bias(fused)
             with torch.no_grad(), torch.autocast('cuda', torch.bfloat16,
                                                  enabled=autocast):
                 module(*inputs, **kwargs)

@@ -20,7 +20,7 @@ from _common import (  # noqa: E402
     write_records,
 )
 
-from samsa_geo.nn.attention import ImportanceScorer  # noqa: E402
+from samsa_geo.nn.attention import ImportanceScorer, config  # noqa: E402
 
 
 #: Row blocks and warps timed besides the default configuration.
@@ -46,7 +46,7 @@ def main():
 
     def run(module, fused, config=None):
         def fn():
-            ImportanceScorer.use_fused_kernel = fused
+            config.set_fused_scorer(fused)
             _score_triton.KERNEL_CONFIG = config
             with torch.no_grad():
                 return module(x)
@@ -68,7 +68,7 @@ def main():
         rec.update(measure(fn, dev, warmup=3, repeat=50, pipelined=True))
         rec['max_abs_err'] = float((fn().double() - ref).abs().max())
         records.append(rec)
-    ImportanceScorer.use_fused_kernel = True
+    config.set_fused_scorer(True)
     _score_triton.KERNEL_CONFIG = None
     print_table(records, ['op', 'ms', 'max_abs_err'])
     write_records(records, args.out)

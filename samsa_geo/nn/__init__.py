@@ -1,4 +1,5 @@
 from samsa_geo.nn.attention import ImportanceScorer, RelativeBias, SamsaAttention
-from samsa_geo.nn.conv import SamsaConv
+from samsa_geo.nn.conv import SamsaConv, batch_hints
 
-__all__ = ['SamsaAttention', 'SamsaConv', 'ImportanceScorer', 'RelativeBias']
+__all__ = ['SamsaAttention', 'SamsaConv', 'ImportanceScorer', 'RelativeBias',
+           'batch_hints']

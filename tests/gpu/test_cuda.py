@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from samsa_geo.nn import SamsaAttention, SamsaConv
+from samsa_geo.nn.attention import config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -84,7 +85,7 @@ def test_one_million_points_inference_and_training_step():
 def test_fused_relative_bias_matches_explicit(sizes, kwargs):
     # FlexAttention kernel == explicit chunked path, forward and backward
     # (training mode: same Gumbel noise through the same seed).
-    from samsa_geo.nn.attention._kernels import flex_supported
+    from samsa_geo.nn.attention._flex import flex_supported
     assert flex_supported(torch.device('cuda'))  # Triton is there
     torch.manual_seed(0)
     attn = SamsaAttention(128, heads=8, relative_bias=True,
@@ -97,16 +98,13 @@ def test_fused_relative_bias_matches_explicit(sizes, kwargs):
     normal = torch.nn.functional.normalize(torch.randn_like(pos), dim=-1)
     results = []
     for fused in (True, False):
-        SamsaAttention.use_fused_bias = fused
-        try:
+        with config.attention_config(fused_bias=fused):
             torch.manual_seed(1)
             xg = x.clone().requires_grad_()
             out = attn(xg, batch, pos=pos, normal=normal)
             grads = torch.autograd.grad(
                 out.square().sum(), [xg] + list(attn.parameters()),
                 allow_unused=True)
-        finally:
-            SamsaAttention.use_fused_bias = True
         results.append((out, grads))
     (out_f, g_f), (out_e, g_e) = results
     assert (out_f - out_e).norm() / out_e.norm() < 1e-3
@@ -133,7 +131,6 @@ def test_triton_inference_kernel_matches_flex_and_explicit(dtype, sizes,
                                                            kwargs):
     # Inference: samsa_geo's Triton kernel == FlexAttention == the explicit
     # path, with a non-trivial bias, normals, uneven sets and registers.
-    import samsa_geo.nn.attention._kernels as kernels
     torch.manual_seed(0)
     attn = SamsaAttention(128, heads=8, relative_bias=True, **kwargs)
     with torch.no_grad():
@@ -146,15 +143,12 @@ def test_triton_inference_kernel_matches_flex_and_explicit(dtype, sizes,
     pos = torch.randn(x.size(0), 3, device='cuda')
     normal = torch.nn.functional.normalize(torch.randn_like(pos), dim=-1)
     outs = {}
-    try:
-        with torch.no_grad():
-            for name in ('triton', 'flex', 'explicit'):
-                kernels.INFERENCE_KERNEL = name
-                SamsaAttention.use_fused_bias = name != 'explicit'
+    with torch.no_grad():
+        for name in ('triton', 'flex', 'explicit'):
+            with config.attention_config(
+                    bias_inference_kernel='flex' if name == 'flex'
+                    else 'triton', fused_bias=name != 'explicit'):
                 outs[name] = attn(x, batch, pos=pos, normal=normal).float()
-    finally:
-        kernels.INFERENCE_KERNEL = 'triton'
-        SamsaAttention.use_fused_bias = True
     tol = 1e-3 if dtype == torch.float32 else 2e-2
     for name in ('flex', 'explicit'):
         err = (outs['triton'] - outs[name]).norm() / outs[name].norm()
@@ -194,10 +188,37 @@ def test_scorer_kernel_matches_pytorch_formula(dtype):
     x = torch.randn(131072 + 7, 256, device='cuda', dtype=dtype)
     with torch.no_grad():
         out = scorer(x)
-        ImportanceScorer.use_fused_kernel = False
-        try:
+        with config.attention_config(fused_scorer=False):
             ref = scorer(x)
-        finally:
-            ImportanceScorer.use_fused_kernel = True
     assert out.dtype == torch.float32
     assert (out - ref).abs().max() < 1e-3 * ref.abs().max()
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_forward_never_syncs_with_a_pyg_batch(training):
+    # Given a PyG Batch (num_graphs and max_num_nodes from its CPU-side
+    # slices), SamsaAttention, SamsaConv and the point model run forward
+    # without a single host synchronisation.
+    from torch_geometric.data import Batch, Data
+
+    from samsa_geo.nn import batch_hints
+    from samsa_geo.nn.models import SamsaPointClassifier
+    torch.manual_seed(0)
+    data = Batch.from_data_list([
+        Data(pos=torch.randn(n, 3)) for n in (300, 0, 1024, 5, 700)
+    ]).to('cuda')
+    x = torch.randn(data.num_nodes, 64, device='cuda')
+    attn = SamsaAttention(64, heads=4, k=32).cuda().train(training)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().train(training)
+    model = SamsaPointClassifier.small(10).cuda().train(training)
+    hints = batch_hints(data)
+    for mode in ('default', 'error'):  # warm-up, then the checked pass
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode(mode)
+        try:
+            attn(x, data.batch, **hints)
+            attn(x, data.batch, num_graphs=data.num_graphs)  # bounds
+            conv(x, None, data.batch, **hints)
+            model(data.pos, data.batch, **hints)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')

@@ -1,41 +1,11 @@
 r"""samsa_geo's Triton inference kernels as PyTorch custom operators, so
 that :func:`torch.compile` keeps them inside a model's graph (no graph
-break: CUDA graphs capture the whole model), plus the checks that decide
-where they run."""
-import importlib.util
+break: CUDA graphs capture the whole model). The kernels' modules (which
+need Triton) are imported when an operator first runs."""
 from typing import Optional
 
 import torch
 from torch import Tensor
-
-# Looked up once at import: a module constant is all torch.compile sees.
-HAS_TRITON = importlib.util.find_spec('triton') is not None
-#: Largest token width and number of heads of the scorer kernel (a block of
-#: rows stays in registers).
-SCORE_MAX_CHANNELS = 2048
-SCORE_MAX_HEADS = 64
-
-
-def triton_serves(device: torch.device) -> bool:
-    """Whether samsa_geo's Triton kernels run on ``device``."""
-    return HAS_TRITON and device.type == 'cuda'
-
-
-def is_exporting() -> bool:
-    """Whether :func:`torch.export` or a TorchScript trace (ONNX export) is
-    recording: the kernels stay out of exported graphs."""
-    if not torch.compiler.is_compiling() and torch.jit.is_tracing():
-        return True
-    # Inside a torch.compile trace, PyTorch 2.11 folds
-    # torch.compiler.is_exporting() to True; the flag it returns is exact.
-    flag = getattr(torch.compiler, '_is_exporting_flag', None)
-    return torch.compiler.is_exporting() if flag is None else bool(flag)
-
-
-def needs_grad(*tensors: Tensor) -> bool:
-    """Whether autograd records an operation on ``tensors`` (the forward-only
-    kernels serve the calls where it does not)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 @torch.library.custom_op('samsa_geo::biased_attention_inference',

@@ -54,12 +54,14 @@ def _candidate_scores(score: Tensor, reg_score: Optional[Tensor],
 
 def _local_to_global(loc: Tensor, info: SetInfo, num_tokens: int,
                      num_registers: int) -> Tensor:
-    # loc: [B, H, K] positions inside each set's candidate list.
+    # loc: [B, H, K] positions inside each set's candidate list. Positions
+    # past an empty or short set are clamped to a valid id (masked later).
     size = info.size.view(-1, 1, 1)
     ptr = info.ptr[:-1].view(-1, 1, 1)
     b = torch.arange(info.num_sets, device=loc.device).view(-1, 1, 1)
     reg = num_tokens + b * num_registers + (loc - size)
-    return torch.where(loc < size, ptr + loc, reg)
+    ids = torch.where(loc < size, ptr + loc, reg)
+    return ids.clamp_(0, num_tokens + info.num_sets * num_registers - 1)
 
 
 def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
@@ -71,7 +73,7 @@ def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
     if batch is None:  # one set: local positions are the global ids
         dense = cand.t().unsqueeze(0)  # [1, H, N + R]
         return dense.topk(K2, dim=-1, sorted=True).indices  # [1, H, K2]
-    if B * info.max_size == num_tokens:  # equal sizes: a reshape
+    if info.equal:  # a reshape
         dense = cand[:num_tokens].view(B, info.max_size, H)
         if R > 0:
             dense = torch.cat([dense, cand[num_tokens:].view(B, R, H)], 1)
@@ -89,18 +91,28 @@ def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
     return _local_to_global(loc, info, num_tokens, R)
 
 
+def _descending_key(cand: Tensor) -> Tensor:
+    r"""``int64`` keys in :math:`[0, 2^{32})` whose ascending order is the
+    descending order of the float32 scores ``cand``."""
+    bits = cand.float().contiguous().view(torch.int32).long()
+    # Negative floats order backwards as integers: flip their value bits.
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # signed order == float
+    return 0x7FFFFFFF - ordered
+
+
 def _rank_sorted(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
                  num_tokens: int, num_registers: int, K2: int) -> Tensor:
-    """Top-``K2`` candidate ids per set and head without any padding: sort
-    all candidates by score, then stably by set, then read each set's first
-    ``K2`` entries."""
+    r"""Top-``K2`` candidate ids per set and head without padding and
+    without knowing :math:`n_{\max}`: one sort per head of the key
+    (set, descending score), then each set's first ``K2`` entries."""
     B, R = info.num_sets, num_registers
     device = cand.device
-    cand_batch = torch.cat([
-        batch, torch.arange(B, device=device).repeat_interleave(R)])
-    order = torch.argsort(cand.t(), dim=1, descending=True, stable=True)
-    by_set = torch.argsort(cand_batch[order], dim=1, stable=True)
-    order = order.gather(1, by_set)  # [H, M] grouped by set, best first
+    cand_set = batch
+    if R > 0:
+        cand_set = torch.cat([
+            batch, torch.arange(B, device=device).repeat_interleave(R)])
+    key = _descending_key(cand) + (cand_set << 32).unsqueeze(1)  # [M, H]
+    order = torch.sort(key.t(), dim=1, stable=True).indices  # [H, M]
     cand_ptr = info.ptr[:-1] + torch.arange(B, device=device) * R
     j = torch.arange(K2, device=device)
     pos = (cand_ptr.view(-1, 1) + j).clamp(max=order.size(1) - 1)  # [B, K2]
@@ -118,17 +130,21 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     of the scores.
 
     Args:
-        score (Tensor): ``[N, H]`` token scores.
-        reg_score (Tensor, optional): ``[R, H]`` register scores.
-        packed (bool): rank by sorting instead of a padded score matrix.
+        score (Tensor): ``[N, H]`` token importance logits.
+        reg_score (Tensor, optional): ``[R, H]`` register logits.
+        packed (bool): rank by sorting instead of a padded score matrix
+            (always, where :math:`n_{\max}` is unknown).
     """
     N = score.size(0)
     cand = _candidate_scores(score, reg_score, info)  # [M, H]
     if perturb:
         cand = cand + gumbel_like(cand)
     m_max = info.m_max if with_bottom else 0
-    K2 = min(info.k_max + m_max, info.max_size + num_registers)
-    rank = _rank_sorted if packed else _rank_dense
+    K2 = info.k_max + m_max
+    if info.max_size is not None:
+        K2 = min(K2, info.max_size + num_registers)
+    sort = packed or info.max_size is None
+    rank = _rank_sorted if sort else _rank_dense
     ids = rank(cand.detach(), batch, info, N, num_registers, K2)  # [B, H, K2]
     H, device = score.size(1), score.device
     top = ids[..., :info.k_max]
@@ -136,8 +152,10 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
         top_valid = bottom_valid = None
         bottom = ids[..., info.k_max:info.k_max + m_max]
     else:
+        # An empty set keeps one (unused) valid slot: no query of it
+        # exists, and a fully masked row would turn gradients to NaN.
         j = torch.arange(info.k_max, device=device)
-        top_valid = j.view(1, -1) < info.k.view(-1, 1)  # [B, k_max]
+        top_valid = j.view(1, -1) < info.k.clamp(min=1).view(-1, 1)
         t = torch.arange(m_max, device=device)
         bottom_valid = t.view(1, -1) < info.num_bottom.view(-1, 1)
         bpos = (info.k.view(-1, 1) + t).clamp(max=max(K2 - 1, 0))

@@ -25,7 +25,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from samsa_geo.nn.attention._ops import SCORE_MAX_CHANNELS, SCORE_MAX_HEADS
+from samsa_geo.nn.attention._dispatch import (
+    SCORE_MAX_CHANNELS,
+    SCORE_MAX_HEADS,
+)
 
 
 @triton.jit

@@ -1,10 +1,18 @@
-"""Bookkeeping for variable-size sets given by a PyG ``batch`` vector."""
+"""Bookkeeping for variable-size sets given by a PyG ``batch`` vector.
+
+Nothing here reads a value back from the device once the number of sets is
+known: sizes and offsets stay on the device, and the host-side shapes use
+the exact largest set size where the caller knows it (``max_num_nodes``)
+and safe bounds where it does not.
+"""
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from samsa_geo.nn.attention._dispatch import is_tracing
 
 
 @dataclass
@@ -12,20 +20,23 @@ class SetInfo:
     r"""Sizes of the sets in a batch and of the sampled key sets.
 
     Attributes:
-        num_sets (int): :math:`B`, number of sets.
-        max_size (int): largest set size :math:`n_{\max}`.
+        num_sets (int): :math:`B`, number of sets (empty ones included).
+        max_size (int, optional): largest set size :math:`n_{\max}`, or
+            :obj:`None` where the host does not know it.
         ptr (Tensor): ``[B + 1]`` offsets of the sets in the token list.
         size (Tensor): ``[B]`` tokens per set :math:`n_b`.
         k (Tensor): ``[B]`` keys kept per set and head :math:`k_b`.
-        k_max (int): largest :math:`k_b`.
+        k_max (int): key slots per set, :math:`\geq \max_b k_b`.
         num_bottom (Tensor): ``[B]`` size of the relaxation's bottom set
             :math:`m_b = \min(k_b, n_b + R - k_b)`.
-        m_max (int): largest :math:`m_b`.
+        m_max (int): bottom slots per set, :math:`\geq \max_b m_b`.
         all_valid (bool): every set has :math:`k_b = k_{\max}` and
             :math:`m_b = m_{\max}` (no slot needs masking).
+        equal (bool): every set has :math:`n_{\max}` tokens (the padded
+            layout is a reshape).
     """
     num_sets: int
-    max_size: int
+    max_size: Optional[int]
     ptr: Tensor
     size: Tensor
     k: Tensor
@@ -33,6 +44,7 @@ class SetInfo:
     num_bottom: Tensor
     m_max: int
     all_valid: bool = False
+    equal: bool = False
 
 
 def resolve_k(k: Union[int, float], size: Tensor, num_registers: int,
@@ -60,50 +72,96 @@ def k_of_size(n: int, k: Union[int, float], num_registers: int,
     return min(k, n + num_registers)
 
 
+def read_batch(batch: Tensor) -> Tuple[int, int, bool]:
+    r"""Reads ``(num_sets, max_size, sorted)`` of a non-empty ``batch``
+    vector back from the device in one transfer: the number of sets
+    :math:`\max_i b_i + 1`, the longest run of equal values, and whether
+    the vector is sorted and non-negative."""
+    N = batch.numel()
+    idx = torch.arange(N, device=batch.device)
+    start = torch.ones_like(batch, dtype=torch.bool)
+    start[1:] = batch[1:] != batch[:-1]
+    # Position of each token inside its run: index minus the run's start.
+    run_start = torch.where(start, idx, 0).cummax(0).values
+    ok = (batch[1:] >= batch[:-1]).all() & (batch[0] >= 0)
+    stats = torch.stack([batch[-1], (idx - run_start).max(), ok.long()])
+    last, longest, is_sorted = stats.tolist()
+    return int(last) + 1, int(longest) + 1, bool(is_sorted)
+
+
+def batch_sizes(batch: Tensor) -> Tuple[int, int]:
+    r"""``(num_sets, max_size)`` of a sorted ``batch`` vector: read back
+    from the device once per batch tensor in eager mode (cached on the
+    tensor, keyed by its version counter, so that the layers of a model
+    share one read-back); raises :class:`ValueError` if ``batch`` is not
+    sorted and non-negative."""
+    if batch.numel() == 0:
+        return 1, 0
+    tracing = is_tracing()
+    cache = None if tracing else getattr(batch, '_samsa_sets', None)
+    if cache is not None and cache[0] == batch._version:
+        return cache[1], cache[2]
+    B, n_max, ok = read_batch(batch)
+    if not ok:
+        raise ValueError("Expected 'batch' to be sorted and non-negative "
+                         "(PyG convention)")
+    if not tracing:
+        try:
+            batch._samsa_sets = (batch._version, B, n_max)
+        except (AttributeError, RuntimeError):  # tensor subclasses
+            pass
+    return B, n_max
+
+
 def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
              num_registers: int, full: bool, device: torch.device,
              num_sets: Optional[int] = None,
              max_size: Optional[int] = None) -> SetInfo:
-    r"""Computes :class:`SetInfo`.
+    r"""Computes :class:`SetInfo`, reading nothing back from the device
+    once ``num_sets`` is given.
 
-    With ``batch=None`` (one set) nothing is read back from the device, so
-    the layer traces into a single graph under :func:`torch.compile` and
-    :func:`torch.export`.
+    Args:
+        num_tokens (int): :math:`N`.
+        batch (Tensor, optional): ``[N]`` sorted set index per token;
+            :obj:`None` for one set.
+        num_sets (int, optional): :math:`B` (ignored when ``batch`` is
+            :obj:`None`); without it :math:`B` and :math:`n_{\max}` are
+            read from ``batch`` (one device read-back).
+        max_size (int, optional): :math:`n_{\max}` if the caller knows it;
+            :obj:`None` makes the slot counts safe bounds and every slot
+            masked by its set's own count. An integer ``k`` needs no
+            :math:`n_{\max}`; a fractional one does.
     """
-    R = num_registers
+    N, R = num_tokens, num_registers
     if batch is None:
         # Python ints throughout; the tensors are device fills, no copies.
-        n = num_tokens
-        k_max = k_of_size(n, k, R, full)
-        m_max = min(k_max, n + R - k_max)
+        k_max = k_of_size(N, k, R, full)
+        m_max = min(k_max, N + R - k_max)
         one = torch.ones(1, dtype=torch.long, device=device)
-        ptr = torch.arange(2, device=device) * n  # [0, n]
-        return SetInfo(1, n, ptr, one * n, one * k_max, k_max, one * m_max,
-                       m_max, all_valid=True)
+        ptr = torch.arange(2, device=device) * N  # [0, N]
+        return SetInfo(1, N, ptr, one * N, one * k_max, k_max, one * m_max,
+                       m_max, all_valid=True, equal=True)
 
     if num_sets is None:
-        num_sets = int(batch[-1]) + 1 if batch.numel() > 0 else 1
-    # Sizes sum to N and none exceeds max_size: equal iff B * max == N.
-    equal = max_size is not None and num_sets * max_size == num_tokens
-    if equal:  # no count needed
-        size = torch.full((num_sets, ), max_size, dtype=torch.long,
-                          device=device)
-    else:  # static-shape count (bincount's output size is data-dependent)
-        size = torch.zeros(num_sets, dtype=torch.long, device=device)
-        size.scatter_add_(0, batch, torch.ones_like(batch))
-    ptr = torch.zeros(num_sets + 1, dtype=torch.long, device=device)
-    ptr[1:] = torch.cumsum(size, dim=0)
+        num_sets, max_size, _ = read_batch(batch) if N > 0 else (1, 0, True)
+    B = num_sets
+    equal = max_size is not None and B * max_size == N
+    if equal:  # sizes sum to N and none exceeds max_size: all equal
+        ptr = torch.arange(B + 1, device=device) * max_size
+    else:  # the batch vector is sorted: set b starts at the first b
+        ptr = torch.searchsorted(
+            batch, torch.arange(B + 1, device=device, dtype=batch.dtype))
+    size = ptr[1:] - ptr[:-1]
     kb = resolve_k(k, size, R, full)
     mb = torch.minimum(kb, size + R - kb)
-    if max_size is None:
-        # One read-back for the maxima and minima.
-        stats = torch.stack([size.max(), kb.max(), mb.max(), kb.min(),
-                             mb.min()]).tolist()
-        max_size, k_max, m_max, k_min, m_min = (int(v) for v in stats)
-        all_valid = k_min == k_max and m_min == m_max
-    else:
+    if max_size is not None:
         k_max = k_of_size(max_size, k, R, full)
         m_max = min(k_max, max_size + R - k_max)
-        all_valid = equal
-    return SetInfo(num_sets, max_size, ptr, size, kb, k_max, mb, m_max,
-                   all_valid)
+    elif full or isinstance(k, float):
+        raise ValueError("Expected 'max_size' when 'k' is a fraction or "
+                         "the attention is full")
+    else:  # no set holds more than the N + R candidates
+        k_max = min(k, N + R)
+        m_max = min(k_max, max(N + R - 1, 0))
+    return SetInfo(B, max_size, ptr, size, kb, k_max, mb, m_max,
+                   all_valid=equal, equal=equal)

@@ -4,14 +4,15 @@ from torch import Tensor
 from torch.nn import GELU, LayerNorm, Linear, Module, Sequential
 from torch_geometric.nn.inits import reset
 
-from samsa_geo.nn.attention._ops import (
+from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._dispatch import (
     SCORE_MAX_CHANNELS,
     SCORE_MAX_HEADS,
-    importance_score,
     is_exporting,
     needs_grad,
     triton_serves,
 )
+from samsa_geo.nn.attention._ops import importance_score
 
 
 class ImportanceScorer(Module):
@@ -29,7 +30,8 @@ class ImportanceScorer(Module):
 
     The residual, the LayerNorm and :math:`\mathbf{W}_s` run in float32
     (under bf16/fp16 autocast too): the scores rank the tokens. In inference
-    on CUDA they are one Triton kernel that reads the tokens once.
+    on CUDA they are one Triton kernel that reads the tokens once (see
+    :func:`~samsa_geo.nn.attention.config.set_fused_scorer`).
 
     Args:
         channels (int): Token width :math:`C`.
@@ -39,10 +41,6 @@ class ImportanceScorer(Module):
         - **input:** :math:`(N, C)`
         - **output:** :math:`(N, H)`, float32
     """
-    #: Compute the scorer's tail (residual, LayerNorm, projection) in one
-    #: Triton kernel when no gradient is needed, on CUDA.
-    use_fused_kernel: bool = True
-
     def __init__(self, channels: int, heads: int = 1) -> None:
         super().__init__()
         self.channels = channels
@@ -75,7 +73,7 @@ class ImportanceScorer(Module):
     def _use_kernel(self, x: Tensor, y: Tensor) -> bool:
         # The fused Triton kernel serves inference on CUDA (forward only);
         # exported and traced graphs keep the PyTorch formula.
-        return (self.use_fused_kernel and triton_serves(x.device)
+        return (config.use_fused_scorer() and triton_serves(x.device)
                 and self.channels <= SCORE_MAX_CHANNELS
                 and self.heads <= SCORE_MAX_HEADS and not is_exporting()
                 and not needs_grad(x, y, self.norm.weight, self.norm.bias,

@@ -5,30 +5,29 @@ import torch
 from torch import Tensor
 from torch.nn import Linear, Module, Parameter
 
-from samsa_geo.nn.attention._kernels import (
-    SCORES,
-    PairGeometry,
+from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._attend import (
     biased_attention,
     explicit_attention,
-    flex_supported,
+    sdpa_attention,
+)
+from samsa_geo.nn.attention._dispatch import is_exporting, is_tracing
+from samsa_geo.nn.attention._flex import PairGeometry, flex_supported
+from samsa_geo.nn.attention._sampling import Selection, relax, select
+from samsa_geo.nn.attention._sets import SetInfo, batch_sizes, set_info
+from samsa_geo.nn.attention._similarity import SIMILARITIES
+from samsa_geo.nn.attention._tiles import (
+    Tiles,
     from_tiles,
     make_tiles,
     per_tile,
-    sdpa_attention,
     to_tiles,
 )
-from samsa_geo.nn.attention._ops import is_exporting
-from samsa_geo.nn.attention._sampling import relax, select
-from samsa_geo.nn.attention._sets import set_info
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
 from samsa_geo.nn.attention.relative_bias import RelativeBias
 
 SAMPLING_MODES = ('hard', 'soft', 'full')
 NORMALIZATIONS = ('softmax', 'leaky')
-
-
-def _is_compiling() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 class SamsaAttention(Module):
@@ -104,14 +103,6 @@ class SamsaAttention(Module):
           :math:`(B, H, k_{\max})` global token indices (``-1`` for unused
           slots, ``-2 - r`` for register ``r``)
     """
-    #: Check inputs (finite values, sorted ``batch``); costs a device sync.
-    validate_args: bool = True
-    #: Fuse the relative bias into one kernel on CUDA (dot scores, softmax,
-    #: no attention dropout): samsa_geo's Triton kernel for inference,
-    #: FlexAttention when gradients are needed; :obj:`False` always uses
-    #: the explicit chunked path.
-    use_fused_bias: bool = True
-
     def __init__(
         self,
         channels: int,
@@ -146,14 +137,17 @@ class SamsaAttention(Module):
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"Expected 'sampling' to be one of "
                              f"{SAMPLING_MODES} (got {sampling!r})")
-        if score not in SCORES:
+        if score not in SIMILARITIES:
             raise ValueError(f"Expected 'score' to be one of "
-                             f"{tuple(SCORES)} (got {score!r})")
+                             f"{tuple(SIMILARITIES)} (got {score!r})")
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"Expected 'normalization' to be one of "
                              f"{NORMALIZATIONS} (got {normalization!r})")
-        if temperature <= 0:
-            raise ValueError(f"Expected 'temperature' > 0 (got {temperature})")
+        if (isinstance(temperature, bool)
+                or not isinstance(temperature, (int, float))
+                or not math.isfinite(temperature) or temperature <= 0):
+            raise ValueError(f"Expected 'temperature' to be a finite float "
+                             f"> 0 (got {temperature!r})")
         if num_registers < 0:
             raise ValueError(f"Expected 'num_registers' >= 0 "
                              f"(got {num_registers})")
@@ -175,7 +169,11 @@ class SamsaAttention(Module):
         self.padded = padded
         self.tile_size = tile_size
         # Fixed, as in the released code (declared there but never trained).
+        # The buffer keeps checkpoints complete; ``tau`` is its host copy,
+        # so the forward pass never reads it back from the device.
         self.register_buffer('temperature', torch.tensor(float(temperature)))
+        self.tau = float(temperature)
+        self.register_load_state_dict_post_hook(_refresh_tau)
 
         self.lin_q = Linear(channels, channels)
         # Row block h holds [k_h, v_h]: one gather moves keys and values.
@@ -219,8 +217,8 @@ class SamsaAttention(Module):
         if self.rel_bias is not None:
             self.rel_bias.reset_parameters()
 
-    def _validate(self, x: Tensor, batch: Optional[Tensor],
-                  pos: Optional[Tensor], normal: Optional[Tensor]) -> None:
+    def _check_shapes(self, x: Tensor, batch: Optional[Tensor],
+                      pos: Optional[Tensor], normal: Optional[Tensor]) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"Expected 'x' to be a Tensor "
                             f"(got {type(x).__name__})")
@@ -235,31 +233,61 @@ class SamsaAttention(Module):
             if not isinstance(batch, Tensor):
                 raise TypeError(f"Expected 'batch' to be a Tensor "
                                 f"(got {type(batch).__name__})")
-            if batch.dtype not in (torch.long, torch.int32, torch.int64):
+            if batch.dtype not in (torch.long, torch.int32):
                 raise TypeError(f"Expected 'batch' to be an integer tensor "
                                 f"(got {batch.dtype})")
             if batch.dim() != 1 or batch.numel() != N:
                 raise ValueError(f"Expected 'batch' to have shape [{N}] "
                                  f"(got {list(batch.shape)})")
         for name, t in (('pos', pos), ('normal', normal)):
-            if t is not None and (t.dim() != 2 or t.size(0) != N):
+            if t is not None and (not isinstance(t, Tensor) or t.dim() != 2
+                                  or t.size(0) != N):
+                shape = list(t.shape) if isinstance(t, Tensor) else t
                 raise ValueError(f"Expected '{name}' to have shape [{N}, P] "
-                                 f"(got {list(t.shape)})")
+                                 f"(got {shape})")
         if pos is not None and normal is not None and normal.shape != pos.shape:
             raise ValueError(f"Expected 'normal' to have the shape of 'pos' "
                              f"{list(pos.shape)} (got {list(normal.shape)})")
         if self.rel_bias is not None and pos is None:
             raise ValueError("Expected 'pos' of shape [N, P] since "
                              "'relative_bias=True'")
-        if not self.validate_args or _is_compiling():
-            return
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("Expected 'x' to hold finite values only "
-                             "(found NaN or inf)")
-        if batch is not None and N > 0:
-            if bool((batch[1:] < batch[:-1]).any()) or int(batch[0]) < 0:
-                raise ValueError("Expected 'batch' to be sorted and "
-                                 "non-negative (PyG convention)")
+
+    def _set_info(self, x: Tensor, batch: Optional[Tensor],
+                  pos: Optional[Tensor], normal: Optional[Tensor],
+                  num_graphs: Optional[int],
+                  max_num_nodes: Optional[int]) -> SetInfo:
+        # Reads values back from the device only where it must: without a
+        # 'num_graphs' hint (once per batch tensor in eager mode), for a
+        # fractional k without 'max_num_nodes', and for the value checks
+        # (always on the CPU, where they stall nothing; on CUDA only in
+        # debug mode).
+        N, R = x.size(0), self.num_registers
+        full = self.sampling == 'full'
+        check = (config.is_debug() or x.device.type == 'cpu') \
+            and not is_tracing()
+        if check:
+            _check_finite(x=x, pos=pos, normal=normal)
+        if batch is None:
+            return set_info(N, None, self.k, R, full, x.device)
+        _check_hint('num_graphs', num_graphs)
+        _check_hint('max_num_nodes', max_num_nodes)
+        need_size = isinstance(self.k, float) or full
+        if (num_graphs is None or (need_size and max_num_nodes is None)
+                or (check and N > 0)):
+            B, n_max = batch_sizes(batch)
+            if num_graphs is not None and num_graphs < B:
+                raise ValueError(f"Expected 'num_graphs' >= {B}, the sets "
+                                 f"in 'batch' (got {num_graphs})")
+            if max_num_nodes is not None and max_num_nodes < n_max:
+                raise ValueError(f"Expected 'max_num_nodes' >= {n_max}, the "
+                                 f"largest set in 'batch' "
+                                 f"(got {max_num_nodes})")
+            if num_graphs is None:
+                num_graphs, max_num_nodes = B, n_max
+            elif max_num_nodes is None and need_size:
+                max_num_nodes = n_max
+        return set_info(N, batch, self.k, R, full, x.device, num_graphs,
+                        max_num_nodes)
 
     def forward(
         self,
@@ -282,113 +310,137 @@ class SamsaAttention(Module):
             normal (Tensor, optional): Normals for the relative bias.
             return_indices (bool, optional): Also return the sampled token
                 indices. (default: :obj:`False`)
-            num_graphs (int, optional): Number of sets, if known (saves a
-                device sync). (default: :obj:`None`)
-            max_num_nodes (int, optional): Largest set size, if known (saves
-                a device sync). (default: :obj:`None`)
+            num_graphs (int, optional): Number of sets :math:`B`, e.g. a
+                PyG ``Batch.num_graphs``. With it the layer never waits
+                for the GPU; without it the number is read back once per
+                ``batch`` tensor. (default: :obj:`None`)
+            max_num_nodes (int, optional): Largest set size, if known:
+                exact shapes (a reshape for equal-size sets) instead of
+                bounds. (default: :obj:`None`)
         """
-        self._validate(x, batch, pos, normal)
+        self._check_shapes(x, batch, pos, normal)
         if batch is not None and batch.dtype != torch.long:
             batch = batch.long()
+        info = self._set_info(x, batch, pos, normal, num_graphs, max_num_nodes)
         N, C = x.shape
-        H, D, R = self.heads, self.head_dim, self.num_registers
-        full = self.sampling == 'full'
-        info = set_info(N, batch, self.k, R, full, x.device, num_graphs,
-                        max_num_nodes)
-        B = info.num_sets
+        H, D = self.heads, self.head_dim
+        if N == 0:  # no query: nothing to attend from
+            out = self.lin_out(x)
+            idx = torch.full((info.num_sets, H, 0), -1, device=x.device)
+            return (out, idx) if return_indices else out
 
+        # 1. Queries for every token; keys and values for every candidate.
         q = self.lin_q(x).view(N, H, D)  # [N, H, D]
-        kv = self.lin_kv(x).view(N, H, 2 * D)  # [N, H, 2D]
-        if R > 0:
-            reg = self.reg_kv.to(kv.dtype).repeat(B, 1, 1)  # [B * R, H, 2D]
+        kv = self.lin_kv(x).view(N, H, 2 * D)  # [N, H, 2D] as [k_h, v_h]
+        if self.num_registers > 0:
+            reg = self.reg_kv.to(kv.dtype).repeat(info.num_sets, 1, 1)
             kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
 
-        packed = self._packed(info, N)
+        # 2. Sample k candidates per set and head (relaxed in training).
+        sel = self._sample(x, batch, info)
         head = torch.arange(H, device=x.device).view(1, -1, 1)
-        relaxing = self.training and not full
-        if full:  # every candidate is kept, in token order
-            order = -torch.arange(N + R, device=x.device, dtype=torch.float)
-            score = order[:N, None].expand(N, H)
-            reg_score = None if R == 0 else order[N:, None].expand(R, H)
-        else:
-            score = self.scorer(x).float()  # [N, H]
-            reg_score = None if R == 0 else self.reg_score.float()
-        perturb = not full and (self.training or self.stochastic_eval)
-        # Rank by sorting only where a padded score matrix would be large;
-        # one set (batch=None) always uses top-k.
-        sel = select(score, reg_score, batch, info, R, perturb,
-                     with_bottom=relaxing, packed=batch is not None
-                     and self._padding_costly(info, N))
-
         u = kv[sel.top, head]  # [B, H, k, 2D]
-        if relaxing and info.m_max > 0:
+        if self.training and self.scorer is not None and info.m_max > 0:
             u_bottom = kv[sel.bottom, head]  # [B, H, m, 2D]
-            u = relax(sel, u, u_bottom, float(self.temperature),
+            u = relax(sel, u, u_bottom, self.tau,
                       hard=self.sampling == 'hard')
-        k_sel, v_sel = u.split(D, dim=-1)  # [B, H, k, D] each
+        key, value = u.split(D, dim=-1)  # [B, H, k, D] each
 
-        tiles = make_tiles(info, batch, N, packed, self._tile_size(info))
-        q_t = to_tiles(q, tiles)  # [nt, H, T, D]
-        k_t, v_t = per_tile(k_sel, tiles), per_tile(v_sel, tiles)
+        # 3. Every query attends to its own set's sampled keys.
+        tiles = make_tiles(info, batch, N, self._packed(info, N),
+                           self._tile_size(info))
+        o = self._attend(to_tiles(q, tiles), per_tile(key, tiles),
+                         per_tile(value, tiles), sel, tiles, pos, normal)
+        out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
+        out = self.lin_out(out)
+        if not return_indices:
+            return out
+        return out, self._indices(sel.top, info, N)
+
+    def _sample(self, x: Tensor, batch: Optional[Tensor],
+                info: SetInfo) -> Selection:
+        N, R = x.size(0), self.num_registers
+        if self.scorer is None:  # 'full': every candidate, in token order
+            order = -torch.arange(N + R, device=x.device, dtype=torch.float)
+            importance = order[:N, None].expand(N, self.heads)
+            reg_importance = None if R == 0 else \
+                order[N:, None].expand(R, self.heads)
+        else:
+            importance = self.scorer(x).float()  # [N, H]
+            reg_importance = None if R == 0 else self.reg_score.float()
+        perturb = self.scorer is not None and (self.training
+                                               or self.stochastic_eval)
+        # Rank by sorting where a padded score matrix would be large or
+        # n_max is unknown; one set (batch=None) always uses top-k.
+        return select(importance, reg_importance, batch, info, R, perturb,
+                      with_bottom=self.training and self.scorer is not None,
+                      packed=batch is not None
+                      and self._padding_costly(info, x.size(0)))
+
+    def _attend(self, q: Tensor, key: Tensor, value: Tensor, sel: Selection,
+                tiles: Tiles, pos: Optional[Tensor],
+                normal: Optional[Tensor]) -> Tensor:
+        # q: [nt, H, T, D]; key, value: [nt, H, k, D] -> [nt, H, T, D]
         key_valid = None  # [nt, k] where some sets have fewer keys
         if sel.top_valid is not None:
             key_valid = per_tile(sel.top_valid, tiles)
         dropout = self.dropout if self.training else 0.0
         if (self.score == 'dot' and self.normalization == 'softmax'
                 and self.rel_bias is None):
-            o = sdpa_attention(q_t, k_t, v_t, key_valid, dropout,
-                               self.training)
-        elif self._fused_bias(q_t, dropout):
-            geo = self._pair_geometry(pos, normal, sel.top, tiles, N)
-            o = biased_attention(q_t, k_t, v_t, key_valid, geo,
-                                 self._bias_weights())
-        else:
-            leak = None
-            if self.normalization == 'leaky':
-                leak = (k_t * self.leak_weight.view(1, H, 1, D).to(
-                    k_t.dtype)).sum(-1) + self.leak_bias.view(1, H, 1)
-            bias_fn = None
-            if self.rel_bias is not None:
-                geo = self._pair_geometry(pos, normal, sel.top, tiles, N)
-                bias_fn = self._bias_fn(geo)
-            o = explicit_attention(q_t, k_t, v_t, key_valid,
-                                   SCORES[self.score], self.normalization,
-                                   leak, bias_fn, dropout, self.training)
-        out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
-        out = self.lin_out(out)
-        if not return_indices:
-            return out
-        return out, self._indices(sel.top, sel.top_valid, N)
+            return sdpa_attention(q, key, value, key_valid, dropout,
+                                  self.training)
+        if self._fused_bias(q, dropout):
+            geo = self._pair_geometry(pos, normal, sel.top, tiles)
+            return biased_attention(q, key, value, key_valid, geo,
+                                    self._bias_weights())
+        leak = None
+        if self.normalization == 'leaky':
+            H, D = self.heads, self.head_dim
+            leak = (key * self.leak_weight.view(1, H, 1, D).to(
+                key.dtype)).sum(-1) + self.leak_bias.view(1, H, 1)
+        bias_fn = None
+        if self.rel_bias is not None:
+            geo = self._pair_geometry(pos, normal, sel.top, tiles)
+            bias_fn = self._bias_fn(geo)
+        return explicit_attention(q, key, value, key_valid,
+                                  SIMILARITIES[self.score],
+                                  self.normalization, leak, bias_fn,
+                                  dropout, self.training)
 
     def _fused_bias(self, q: Tensor, dropout: float) -> bool:
         # Dot-product softmax with the relative bias and no attention
         # dropout: one fused kernel where Triton serves the device.
         # Export and tracing (ONNX) take the explicit path: the kernel is
         # compiled on its own, outside any exported graph.
-        return (self.use_fused_bias and self.rel_bias is not None
+        return (config.use_fused_bias() and self.rel_bias is not None
                 and self.score == 'dot' and self.normalization == 'softmax'
                 and dropout == 0.0 and not is_exporting()
                 and flex_supported(q.device))
 
-    def _padding_costly(self, info, N: int) -> bool:
+    def _padding_costly(self, info: SetInfo, N: int) -> bool:
+        if info.max_size is None:  # unknown n_max: only tiles are safe
+            return True
         if self.padded is not None:
             return not self.padded
         # Pad only when it costs at most a quarter more queries.
         return info.num_sets * info.max_size > 1.25 * N + self.tile_size
 
-    def _packed(self, info, N: int) -> bool:
+    def _packed(self, info: SetInfo, N: int) -> bool:
         # Also cut large sets into query tiles: the attention backward
         # parallelises over key blocks, of which k keys give only a few.
         return self._padding_costly(info, N) or (
             self.padded is None and info.max_size > 8 * self.tile_size)
 
-    def _tile_size(self, info) -> int:
+    def _tile_size(self, info: SetInfo) -> int:
+        if info.max_size is None:
+            return self.tile_size
         # Beyond 128 tiles per set, larger tiles: fewer key copies.
         T = max(self.tile_size, -(-info.max_size // 128))
         return -(-T // 64) * 64 if T > self.tile_size else T
 
     def _pair_geometry(self, pos: Tensor, normal: Optional[Tensor],
-                       top: Tensor, tiles, N: int) -> PairGeometry:
+                       top: Tensor, tiles: Tiles) -> PairGeometry:
+        N = pos.size(0)
         pos = pos.float()
         normal = None if normal is None else normal.float()
         R = self.num_registers
@@ -430,13 +482,14 @@ class SamsaAttention(Module):
 
         return apply
 
-    def _indices(self, top: Tensor, valid: Optional[Tensor],
-                 N: int) -> Tensor:
+    def _indices(self, top: Tensor, info: SetInfo, N: int) -> Tensor:
         R = max(self.num_registers, 1)
         idx = torch.where(top < N, top, -2 - (top - N) % R)
-        if valid is None:
+        if info.all_valid:
             return idx
-        return idx.masked_fill(~valid.unsqueeze(1), -1)
+        j = torch.arange(top.size(-1), device=top.device)
+        valid = j.view(1, 1, -1) < info.k.view(-1, 1, 1)  # [B, 1, k]
+        return idx.masked_fill(~valid, -1)
 
     def __repr__(self) -> str:
         extra = ''
@@ -451,3 +504,21 @@ class SamsaAttention(Module):
         return (f'{self.__class__.__name__}({self.channels}, '
                 f'heads={self.heads}, k={self.k}, '
                 f'sampling={self.sampling!r}{extra})')
+
+
+def _refresh_tau(module: SamsaAttention, incompatible_keys) -> None:
+    module.tau = float(module.temperature)
+
+
+def _check_hint(name: str, value: Optional[int]) -> None:
+    if value is not None and (isinstance(value, bool)
+                              or not isinstance(value, int) or value < 0):
+        raise TypeError(f"Expected '{name}' to be a non-negative int or "
+                        f"None (got {value!r})")
+
+
+def _check_finite(**tensors: Optional[Tensor]) -> None:
+    for name, t in tensors.items():
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"Expected '{name}' to hold finite values "
+                             f"only (found NaN or inf)")

@@ -92,10 +92,11 @@ class SamsaConv(Module):
             self.norm1 = normalization_resolver(norm, channels, **norm_kwargs)
         self.norm2 = normalization_resolver(norm, channels, **norm_kwargs)
         self.norm3 = normalization_resolver(norm, channels, **norm_kwargs)
-        self.norm_with_batch = False
+        self.norm_with_batch = self.norm_with_size = False
         if self.norm2 is not None:
-            signature = inspect.signature(self.norm2.forward)
-            self.norm_with_batch = 'batch' in signature.parameters
+            params = inspect.signature(self.norm2.forward).parameters
+            self.norm_with_batch = 'batch' in params
+            self.norm_with_size = 'batch_size' in params
 
     def reset_parameters(self) -> None:
         if self.conv is not None:
@@ -107,9 +108,12 @@ class SamsaConv(Module):
                 norm.reset_parameters()
 
     def _norm(self, norm: Optional[Module], h: Tensor,
-              batch: Optional[Tensor]) -> Tensor:
+              batch: Optional[Tensor], num_graphs: Optional[int]) -> Tensor:
         if norm is None:
             return h
+        if self.norm_with_size and num_graphs is not None:
+            # A graph-level norm that knows B does not read it back.
+            return norm(h, batch=batch, batch_size=num_graphs)
         if self.norm_with_batch:
             return norm(h, batch=batch)
         return norm(h)
@@ -128,6 +132,7 @@ class SamsaConv(Module):
         attn_kwargs = {key: kwargs.pop(key) for key in
                        ('normal', 'num_graphs', 'max_num_nodes')
                        if key in kwargs}
+        num_graphs = attn_kwargs.get('num_graphs')
         hs = []
         if self.conv is not None:
             if edge_index is None:
@@ -135,15 +140,15 @@ class SamsaConv(Module):
                                  "since a local 'conv' is set")
             h = self.conv(x, edge_index, **kwargs)
             h = F.dropout(h, p=self.dropout, training=self.training)
-            hs.append(self._norm(self.norm1, h + x, batch))
+            hs.append(self._norm(self.norm1, h + x, batch, num_graphs))
 
         h = self.attn(x, batch, pos=pos, **attn_kwargs)
         h = F.dropout(h, p=self.dropout, training=self.training)
-        hs.append(self._norm(self.norm2, h + x, batch))
+        hs.append(self._norm(self.norm2, h + x, batch, num_graphs))
 
         out = hs[0] if len(hs) == 1 else hs[0] + hs[1]
         out = out + self.mlp(out)
-        return self._norm(self.norm3, out, batch)
+        return self._norm(self.norm3, out, batch, num_graphs)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, conv={self.conv}, '

@@ -6,6 +6,9 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
+from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._sets import batch_sizes
+
 #: Added under every square root: keeps norms and their gradients finite at 0.
 EPS: float = 1e-12
 
@@ -14,10 +17,13 @@ def check_points(
     pos: Tensor,
     batch: Optional[Tensor],
     normal: Optional[Tensor],
+    num_clouds: Optional[int] = None,
 ) -> Tuple[Tensor, int]:
     r"""Validates ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` (sorted) and
     ``normal`` :math:`(N, 3)`; returns the batch vector and the number of
-    clouds."""
+    clouds, ``num_clouds`` if given (e.g. a PyG ``Batch.num_graphs``: then
+    nothing is read back from a GPU unless the attention's debug mode is
+    on), else read from ``batch`` once per batch tensor."""
     if not isinstance(pos, Tensor):
         raise TypeError(f"Expected 'pos' to be a Tensor "
                         f"(got {type(pos).__name__})")
@@ -47,12 +53,21 @@ def check_points(
         raise ValueError(f"Expected 'batch' to have shape [{N}] "
                          f"(got {list(batch.shape)})")
     batch = batch.long()
+    if num_clouds is not None and (isinstance(num_clouds, bool) or not
+                                   isinstance(num_clouds, int)
+                                   or num_clouds < 0):
+        raise TypeError(f"Expected 'num_graphs' to be a non-negative int "
+                        f"(got {num_clouds!r})")
     if N == 0:
-        return batch, 0
-    if bool((batch[1:] < batch[:-1]).any()) or int(batch[0]) < 0:
-        raise ValueError("Expected 'batch' to be sorted and non-negative "
-                         "(as built by PyG's DataLoader)")
-    return batch, int(batch[-1]) + 1
+        return batch, 0 if num_clouds is None else num_clouds
+    check = config.is_debug() or pos.device.type == 'cpu'
+    if num_clouds is None or check:
+        B, _ = batch_sizes(batch)  # checks that 'batch' is sorted
+        if num_clouds is not None and num_clouds < B:
+            raise ValueError(f"Expected 'num_graphs' >= {B}, the clouds in "
+                             f"'batch' (got {num_clouds})")
+        num_clouds = B if num_clouds is None else num_clouds
+    return batch, num_clouds
 
 
 def safe_norm(v: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from torch_geometric.nn import EdgeConv, global_max_pool, global_mean_pool
 
 from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
+from samsa_geo.nn.attention._sets import batch_sizes
 from samsa_geo.nn.encoders._point_geometry import centroid, check_points
 from samsa_geo.ops import knn_graph
 
@@ -30,7 +31,7 @@ class PointFeatures(NamedTuple):
     x: Tensor  # [N, C] per-point features after the stack
     batch: Tensor  # [N]
     num_clouds: int
-    max_num_points: int
+    max_num_points: Optional[int]
 
 
 class SamsaPointModel(Module):
@@ -169,9 +170,12 @@ class SamsaPointModel(Module):
         batch: Optional[Tensor] = None,
         x: Optional[Tensor] = None,
         token_bias: Optional[Tensor] = None,
+        num_graphs: Optional[int] = None,
+        max_num_nodes: Optional[int] = None,
     ) -> PointFeatures:
-        batch, B = check_points(pos, batch, None)
-        return self._backbone(pos, batch, B, x, token_bias)
+        max_num_nodes = point_counts(pos, batch, num_graphs, max_num_nodes)
+        batch, B = check_points(pos, batch, None, num_graphs)
+        return self._backbone(pos, batch, B, x, token_bias, max_num_nodes)
 
     def _backbone(
         self,
@@ -180,6 +184,7 @@ class SamsaPointModel(Module):
         num_clouds: int,
         x: Optional[Tensor] = None,
         token_bias: Optional[Tensor] = None,
+        max_num_nodes: Optional[int] = None,
     ) -> PointFeatures:
         # :meth:`backbone` after ``check_points`` of ``pos`` and ``batch``.
         B = num_clouds
@@ -206,8 +211,6 @@ class SamsaPointModel(Module):
         if token_bias is not None:
             h = h + token_bias
 
-        counts = torch.bincount(batch, minlength=B)
-        max_num_nodes = int(counts.max()) if N > 0 else 0
         for conv in self.convs:
             h = conv(h, edge_index, batch, pos=pos_c, normal=normal,
                      num_graphs=B, max_num_nodes=max_num_nodes)
@@ -220,7 +223,7 @@ class SamsaPointModel(Module):
         reduced as one reshape (no scatter)."""
         h, batch, B, n = feats
         N, C = h.shape
-        if B * n == N and N > 0:
+        if n is not None and B * n == N and N > 0:
             dense = h.view(B, n, C)  # [N, C] -> [B, n, C]
             return torch.cat([dense.amax(1), dense.mean(1)], dim=-1)
         return torch.cat([global_max_pool(h, batch, B),
@@ -236,3 +239,18 @@ class SamsaPointModel(Module):
     #: Hyper-parameters of the :meth:`small` preset.
     SMALL: Dict[str, Any] = dict(channels=64, num_layers=2, heads=4, k=64,
                                  num_neighbors=16)
+
+
+
+def point_counts(pos: Tensor, batch: Optional[Tensor],
+                 num_graphs: Optional[int],
+                 max_num_nodes: Optional[int]) -> Optional[int]:
+    r"""The largest cloud's size for the layers' shapes: the caller's
+    ``max_num_nodes``; read from ``batch`` (once per batch tensor, cached)
+    when the caller gave no ``num_graphs`` either; else :obj:`None`, and
+    the layers use bounds without reading anything back."""
+    if max_num_nodes is not None or num_graphs is not None:
+        return max_num_nodes
+    if batch is None or pos.size(0) == 0:
+        return pos.size(0)
+    return batch_sizes(batch)[1]

@@ -287,6 +287,7 @@ class SamsaGraphModel(Module):
         batch: Optional[Tensor] = None,
         pe: Optional[Tensor] = None,
         node_id: Optional[Tensor] = None,
+        num_graphs: Optional[int] = None,
     ) -> Tensor:
         r"""Node representations after the last layer, before the head,
         shape :math:`(N, C)`; arguments as in :meth:`forward`."""
@@ -319,13 +320,15 @@ class SamsaGraphModel(Module):
 
         tok = self.tokenizer(x, edge_index, edge_attr, batch, pe=pe,
                              node_id=node_id)
-        conv_kwargs: Dict[str, Tensor] = {}
+        conv_kwargs: Dict[str, Any] = {}
         tok_edge_index = edge_index
         if tok.edge_index is not None:  # node+edge tokens
             tok_edge_index = tok.node_index[edge_index]  # [2, E] token ids
             conv_kwargs['edge_token_index'] = tok.edge_index
         elif self.edge_encoder is not None:
             conv_kwargs['edge_attr'] = self.edge_encoder(edge_attr)
+        if num_graphs is not None:  # the layers read nothing back
+            conv_kwargs['num_graphs'] = num_graphs
         h = tok.x
         for conv in self.convs:
             h = conv(h, tok_edge_index, tok.batch, **conv_kwargs)
@@ -355,13 +358,15 @@ class SamsaGraphModel(Module):
                 :math:`(2, L)`, required for :obj:`level="edge"`.
             node_id (Tensor, optional): Fixed node identifiers
                 :math:`(N, d)` (see :class:`GraphTokenizer`).
-            num_graphs (int, optional): Number of graphs :math:`B` (saves a
-                device sync; :obj:`batch.max() + 1` if :obj:`None`).
+            num_graphs (int, optional): Number of graphs :math:`B`, e.g. a
+                PyG ``Batch.num_graphs`` (saves device read-backs in every
+                layer; :obj:`batch.max() + 1` if :obj:`None`).
         """
         if self.level == 'edge' and edge_label_index is None:
             raise ValueError("Expected 'edge_label_index' of shape [2, L] "
                              "since level='edge' (got None)")
-        h = self.node_embeddings(x, edge_index, edge_attr, batch, pe, node_id)
+        h = self.node_embeddings(x, edge_index, edge_attr, batch, pe, node_id,
+                                 num_graphs)
         if self.level == 'node':
             return self.head(h)
         if self.level == 'edge':

@@ -119,9 +119,18 @@ class SamsaPointClassifier(SamsaPointModel):
         pos: Tensor,
         batch: Optional[Tensor] = None,
         x: Optional[Tensor] = None,
+        num_graphs: Optional[int] = None,
+        max_num_nodes: Optional[int] = None,
     ) -> Tensor:
-        r"""Returns the logits :math:`(B, \mathrm{num\_classes})`."""
-        pooled = self.max_mean_pool(self.backbone(pos, batch, x))  # [B, 2C]
+        r"""Returns the logits :math:`(B, \mathrm{num\_classes})`.
+
+        ``num_graphs`` and ``max_num_nodes`` (e.g.
+        :func:`~samsa_geo.nn.batch_hints` of a PyG ``Batch``) spare the
+        device read-backs that would compute them from ``batch``; with
+        ``num_graphs`` the forward pass never waits for the GPU."""
+        feats = self.backbone(pos, batch, x, num_graphs=num_graphs,
+                              max_num_nodes=max_num_nodes)
+        pooled = self.max_mean_pool(feats)  # [B, 2C]
         return self.head(pooled)
 
     def __repr__(self) -> str:

@@ -5,8 +5,12 @@ from torch import Tensor
 from torch.nn import Embedding
 from torch_geometric.nn.inits import reset
 
+from samsa_geo.nn.attention import config
 from samsa_geo.nn.encoders._point_geometry import check_points
-from samsa_geo.nn.models._samsa_point_model import SamsaPointModel
+from samsa_geo.nn.models._samsa_point_model import (
+    SamsaPointModel,
+    point_counts,
+)
 
 
 class SamsaPointSegmenter(SamsaPointModel):
@@ -145,7 +149,8 @@ class SamsaPointSegmenter(SamsaPointModel):
             raise ValueError(f"Expected 'category' to have shape [{B}] (one "
                              f"per cloud) or [{N}] "
                              f"(got {list(category.shape)})")
-        if category.numel() > 0 and (int(category.min()) < 0 or int(
+        check = config.is_debug() or category.device.type == 'cpu'
+        if check and category.numel() > 0 and (int(category.min()) < 0 or int(
                 category.max()) >= self.num_categories):
             lo, hi = int(category.min()), int(category.max())
             raise IndexError(f"Expected 'category' in [0, "
@@ -159,11 +164,16 @@ class SamsaPointSegmenter(SamsaPointModel):
         batch: Optional[Tensor] = None,
         x: Optional[Tensor] = None,
         category: Optional[Tensor] = None,
+        num_graphs: Optional[int] = None,
+        max_num_nodes: Optional[int] = None,
     ) -> Tensor:
-        r"""Returns per-point logits :math:`(N, \mathrm{num\_classes})`."""
-        batch, B = check_points(pos, batch, None)
+        r"""Returns per-point logits :math:`(N, \mathrm{num\_classes})`;
+        ``num_graphs`` and ``max_num_nodes`` as in
+        :meth:`SamsaPointClassifier.forward`."""
+        max_num_nodes = point_counts(pos, batch, num_graphs, max_num_nodes)
+        batch, B = check_points(pos, batch, None, num_graphs)
         token_bias = self._category_tokens(category, batch, B)
-        feats = self._backbone(pos, batch, B, x, token_bias)
+        feats = self._backbone(pos, batch, B, x, token_bias, max_num_nodes)
         h, batch = feats.x, feats.batch
         glob = self.max_mean_pool(feats)  # [B, 2C]
         out = torch.cat([h, glob[batch]], dim=-1)  # [N, 3C]

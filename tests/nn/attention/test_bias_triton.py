@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from samsa_geo.nn.attention import SamsaAttention
+from samsa_geo.nn.attention import SamsaAttention, config
+from samsa_geo.nn.attention._flex import PairGeometry
 
 MODULE = 'samsa_geo.nn.attention._bias_triton'
 
@@ -118,7 +119,7 @@ def test_samsa_attention_inference_uses_the_kernel(kernel, monkeypatch,
                                                    kwargs, sizes, normals):
     # Inference goes through the Triton kernel and equals the explicit path;
     # a pass that needs gradients goes to FlexAttention instead.
-    import samsa_geo.nn.attention._kernels as kernels
+    import samsa_geo.nn.attention._attend as kernels
     import samsa_geo.nn.attention.samsa_attention as mod
 
     torch.manual_seed(0)
@@ -159,8 +160,8 @@ def test_samsa_attention_inference_uses_the_kernel(kernel, monkeypatch,
     attn(x.requires_grad_(), batch, pos=pos, normal=normal)
     assert calls == {'triton': 1, 'flex': 1}
     # So does inference with the Triton kernel switched off.
-    monkeypatch.setattr(kernels, 'INFERENCE_KERNEL', 'flex')
-    with torch.no_grad():
+    with torch.no_grad(), config.attention_config(
+            bias_inference_kernel='flex'):
         attn(x, batch, pos=pos, normal=normal)
     assert calls == {'triton': 1, 'flex': 2}
 
@@ -190,17 +191,17 @@ def test_many_tiles_run_in_several_kernel_calls(kernel, monkeypatch, spy,
                                                 inference_kernel):
     # More tiles than a CUDA grid axis holds: the batch is split into calls
     # of at most MAX_GRID_Y // H tiles, with the single call's output.
-    import samsa_geo.nn.attention._kernels as kernels
+    import samsa_geo.nn.attention._attend as kernels
 
     inputs = _inputs(7, 2, 9, 11, 16, 3, True, True, torch.float32)
     q, k, v, valid, pq, pk, nq, nk, weights = inputs
-    geo = kernels.PairGeometry(pq, pk, nq, nk)
-    monkeypatch.setattr(kernels, 'INFERENCE_KERNEL', inference_kernel)
+    geo = PairGeometry(pq, pk, nq, nk)
     run_flex = kernels.biased_flex_attention
     monkeypatch.setattr(kernels, 'biased_flex_attention',
                         lambda *a, **kw: run_flex(*a, **kw, compiled=False))
     calls = spy(kernel, 'biased_triton_attention')
-    with torch.no_grad():
+    with torch.no_grad(), config.attention_config(
+            bias_inference_kernel=inference_kernel):
         ref = kernels.biased_attention(q, k, v, valid, geo, weights)
         monkeypatch.setattr(kernels, 'MAX_GRID_Y', 6)  # 3 tiles x 2 heads
         out = kernels.biased_attention(q, k, v, valid, geo, weights)

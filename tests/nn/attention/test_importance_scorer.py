@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from samsa_geo.nn.attention import ImportanceScorer
+from samsa_geo.nn.attention import ImportanceScorer, config
 
 
 @pytest.fixture(scope='module')
@@ -130,8 +130,7 @@ def test_scorer_dispatches_to_the_kernel_in_inference(kernel, monkeypatch,
     assert torch.allclose(out, ref, atol=1e-5)
     assert torch.allclose(compiled, ref, atol=1e-5)
     scorer(x)  # the parameters need gradients
-    monkeypatch.setattr(ImportanceScorer, 'use_fused_kernel', False)
-    with torch.no_grad():
+    with torch.no_grad(), config.attention_config(fused_scorer=False):
         scorer(x)
     assert len(calls) == 2
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from samsa_geo.nn import SamsaAttention
+from samsa_geo.nn.attention import config
 
 SIZES = [10, 50, 3, 37]
 
@@ -293,7 +294,8 @@ def test_stochastic_eval():
 
 
 def test_leaky_rows_sum_below_one():
-    from samsa_geo.nn.attention._kernels import dot_score, explicit_attention
+    from samsa_geo.nn.attention._attend import explicit_attention
+    from samsa_geo.nn.attention._similarity import dot_score
     q = torch.randn(2, 3, 5, 4)
     k = torch.randn(2, 3, 6, 4)
     v = torch.ones(2, 3, 6, 4)
@@ -307,7 +309,7 @@ def test_leaky_rows_sum_below_one():
 
 
 def test_score_functions():
-    from samsa_geo.nn.attention._kernels import lily_score, maxout_score
+    from samsa_geo.nn.attention._similarity import lily_score, maxout_score
     q = torch.tensor([[1.0, -2.0]])
     k = torch.tensor([[0.5, 3.0]])
     ref = ((1.0 - 1 / math.sqrt(math.pi)) + (3.0 - 1 / math.sqrt(math.pi)))
@@ -567,9 +569,9 @@ def test_fused_relative_bias_matches_explicit(monkeypatch, kwargs, sizes,
                                               normals):
     # The FlexAttention score_mod (PyTorch's unfused reference on CPU) gives
     # the explicit path's output: same pair features, bias, masks.
-    import samsa_geo.nn.attention._kernels as kernels
+    import samsa_geo.nn.attention._attend as kernels
     import samsa_geo.nn.attention.samsa_attention as mod
-    from samsa_geo.nn.attention._kernels import biased_flex_attention
+    from samsa_geo.nn.attention._flex import biased_flex_attention
 
     torch.manual_seed(0)
     kwargs = {'k': 8, **kwargs}
@@ -587,8 +589,8 @@ def test_fused_relative_bias_matches_explicit(monkeypatch, kwargs, sizes,
         return biased_flex_attention(*args, **kw, compiled=False)
 
     monkeypatch.setattr(kernels, 'biased_flex_attention', reference)
-    monkeypatch.setattr(kernels, 'INFERENCE_KERNEL', 'flex')
-    with torch.no_grad():  # no backward for FlexAttention on CPU
+    with torch.no_grad(), config.attention_config(
+            bias_inference_kernel='flex'):  # no FlexAttention backward on CPU
         out = attn(x, batch, pos=pos, normal=normal)
     assert calls, 'the fused path was not taken'
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
@@ -615,18 +617,17 @@ def test_export_takes_the_explicit_relative_bias_path(monkeypatch):
         def forward(self, x, pos):
             return self.attn(x, pos=pos)
 
-    monkeypatch.setattr(SamsaAttention, 'validate_args', False)
     exported = torch.export.export(Wrap(), (x, pos))
-    monkeypatch.setattr(SamsaAttention, 'use_fused_bias', False)
-    assert torch.allclose(exported.module()(x, pos), attn(x, pos=pos),
-                          atol=1e-5)
+    with config.attention_config(fused_bias=False):
+        ref = attn(x, pos=pos)
+    assert torch.allclose(exported.module()(x, pos), ref, atol=1e-5)
 
 
 def test_many_tiles_run_in_several_sdpa_calls(monkeypatch):
     # PyTorch's flash / memory-efficient kernels take at most 65,535 batch
     # entries: larger tile batches are split, with the same output and
     # gradients.
-    import samsa_geo.nn.attention._kernels as kernels
+    import samsa_geo.nn.attention._attend as kernels
 
     torch.manual_seed(0)
     attn = SamsaAttention(16, heads=2, k=6)

@@ -1,0 +1,266 @@
+"""Whole layers at the sizes users run: SamsaConv against a plain
+full-attention transformer layer, PyG's GPSConv (multihead, performer), and
+a small-graph training epoch (SamsaGraphModel against GPSConv and GINE).
+
+Every layer is built with its default arguments and called as a PyG user
+calls it: ``conv(x, None, batch)``. One JSON record per measurement, with
+its provenance (GPU, torch, commit, flags, date) inside::
+
+    python benchmarks/layer.py --device cuda --commit $(git rev-parse HEAD)
+    python benchmarks/layer.py --device cuda --compile --sizes 32x1024
+"""
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import GINEConv, GPSConv, global_mean_pool
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    compile_module,
+    is_oom,
+    measure,
+    print_table,
+    provenance,
+    write_records,
+)
+
+from samsa_geo.nn import SamsaConv  # noqa: E402
+from samsa_geo.nn.models import SamsaGraphModel  # noqa: E402
+
+SIZES = '32x1024,8x4096,2x16384,1x65536,1x262144'
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16,
+          'fp16': torch.float16}
+
+
+class FullLayer(nn.Module):
+    r"""The peer: a pre-norm transformer layer of the same width, exact
+    attention through SDPA over equal-size sets, MLP of width :math:`3C`."""
+    def __init__(self, channels: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(channels)
+        self.lin_qkv = nn.Linear(channels, 3 * channels)
+        self.lin_out = nn.Linear(channels, channels)
+        self.norm2 = nn.LayerNorm(channels)
+        self.mlp = nn.Sequential(nn.Linear(channels, 3 * channels), nn.GELU(),
+                                 nn.Linear(3 * channels, channels))
+
+    def forward(self, x, batch_size: int):
+        N, C = x.shape
+        n, H = N // batch_size, self.heads
+        # [N, 3C] -> [3, B, H, n, D]
+        qkv = self.lin_qkv(self.norm1(x)).view(batch_size, n, 3, H, -1)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v)  # [B, H, n, D]
+        x = x + self.lin_out(o.transpose(1, 2).reshape(N, C))
+        return x + self.mlp(self.norm2(x))
+
+
+def build(op: str, C: int, H: int, k: int) -> nn.Module:
+    if op in ('samsa_conv', 'samsa_conv_hints'):
+        return SamsaConv(C, None, heads=H, k=k)
+    if op == 'full_layer':
+        return FullLayer(C, H)
+    if op == 'gps_conv_multihead':
+        return GPSConv(C, None, heads=H, attn_type='multihead')
+    if op == 'gps_conv_performer':
+        return GPSConv(C, None, heads=H, attn_type='performer')
+    raise ValueError(f"unknown op {op!r}")
+
+
+def call(op: str, model, x, batch, B: int):
+    if op == 'full_layer':
+        return model(x, B)
+    if op == 'samsa_conv_hints':  # what a PyG Batch gives for free
+        return model(x, None, batch, num_graphs=B)
+    return model(x, None, batch)
+
+
+def layer_case(op, B, n, args, device, compile_mode, pipelined):
+    C, H, k = args.channels, args.heads, args.k
+    model = build(op, C, H, k).to(device)
+    fn_model = model if compile_mode is None else \
+        compile_module(model, None if compile_mode == 'default'
+                       else compile_mode)
+    x = torch.randn(B * n, C, device=device)
+    batch = torch.arange(B, device=device).repeat_interleave(n)
+    records = []
+    for pas in args.passes:
+        model.train(pas == 'fwdbwd')
+        xg = x.detach().requires_grad_(pas == 'fwdbwd')
+
+        def fn():
+            with torch.autocast(device.type, dtype=DTYPES[args.dtype],
+                                enabled=args.dtype != 'fp32'):
+                if pas == 'fwd':
+                    with torch.no_grad():
+                        call(op, fn_model, xg, batch, B)
+                    return
+                out = call(op, fn_model, xg, batch, B)
+            out.float().square().mean().backward()
+            model.zero_grad(set_to_none=True)
+            xg.grad = None
+
+        rec = dict(op=op, n=n, batch=B, k=k if 'samsa' in op else None,
+                   channels=C, heads=H, **{'pass': pas}, dtype=args.dtype,
+                   pipelined=pipelined, compile_mode=compile_mode)
+        records.append(_timed(rec, fn, device, args, pipelined))
+    return records
+
+
+def _timed(rec, fn, device, args, pipelined):
+    try:
+        rec.update(measure(fn, device, warmup=args.warmup,
+                           repeat=args.repeat, pipelined=pipelined))
+    except Exception as e:  # OOM or a kernel limit: record, go on
+        if not is_oom(e) and not isinstance(e, RuntimeError):
+            raise
+        rec.update(ms=None, peak_mb=None,
+                   error='oom' if is_oom(e) else str(e)[:160])
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+    rec.update(provenance(device, args))
+    print_table([rec], ['op', 'batch', 'n', 'pass', 'pipelined',
+                        'compile_mode', 'ms', 'peak_mb'])
+    return rec
+
+
+class GraphModel(nn.Module):
+    """A PyG model of ``depth`` layers of ``conv`` ('gps' multihead or
+    'gine') on node features, mean-pooled to one value per graph."""
+    def __init__(self, kind: str, in_channels: int, edge_dim: int,
+                 channels: int, depth: int):
+        super().__init__()
+        self.lin_in = nn.Linear(in_channels, channels)
+        self.lin_edge = nn.Linear(edge_dim, channels)
+
+        def gine():
+            return GINEConv(nn.Sequential(
+                nn.Linear(channels, channels), nn.ReLU(),
+                nn.Linear(channels, channels)), edge_dim=channels)
+
+        self.kind = kind
+        self.convs = nn.ModuleList([
+            GPSConv(channels, gine(), heads=4, attn_type='multihead')
+            if kind == 'gps' else gine() for _ in range(depth)])
+        self.head = nn.Linear(channels, 1)
+
+    def forward(self, x, edge_index, edge_attr, batch, num_graphs):
+        h, e = self.lin_in(x), self.lin_edge(edge_attr)
+        for conv in self.convs:
+            if self.kind == 'gps':
+                h = conv(h, edge_index, batch, edge_attr=e)
+            else:
+                h = F.relu(conv(h, edge_index, e))
+        return self.head(global_mean_pool(h, batch, num_graphs))
+
+
+def molecule_batches(device, num_graphs=642, batch_size=64, seed=0):
+    """Random molecule-sized graphs (FreeSolv's 642 graphs, 2-25 heavy
+    atoms, bonds along a chain plus rings), collated as a PyG loader does."""
+    from torch_geometric.data import Batch, Data
+    g = torch.Generator().manual_seed(seed)
+    graphs = []
+    for _ in range(num_graphs):
+        n = int(torch.randint(2, 26, (1, ), generator=g))
+        src = torch.arange(n - 1)
+        extra = torch.randint(0, n, (2, n // 4), generator=g)
+        ei = torch.cat([torch.stack([src, src + 1]), extra], 1)
+        ei = torch.cat([ei, ei.flip(0)], 1)
+        graphs.append(Data(x=torch.randn(n, 9, generator=g), edge_index=ei,
+                           edge_attr=torch.randn(ei.size(1), 3, generator=g),
+                           y=torch.randn(1, generator=g)))
+    return [Batch.from_data_list(graphs[i:i + batch_size]).to(device)
+            for i in range(0, num_graphs, batch_size)]
+
+
+def graph_epoch_case(op, args, device):
+    C, depth = args.graph_channels, args.graph_depth
+    batches = molecule_batches(device)
+    if op == 'samsa_graph_model':
+        model = SamsaGraphModel(9, C, 1, depth, edge_dim=3,
+                                heads=4).to(device)
+    else:
+        model = GraphModel(op.split('_')[0], 9, 3, C, depth).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def epoch():
+        for data in batches:
+            args_ = (data.x, data.edge_index, data.edge_attr, data.batch)
+            pred = model(*args_, num_graphs=data.num_graphs).view(-1)
+            loss = F.mse_loss(pred, data.y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    rec = dict(op=op, n=None, batch=64, k=32 if 'samsa' in op else None,
+               channels=C, heads=4, **{'pass': 'train_epoch'},
+               dtype='fp32', pipelined=True, compile_mode=None,
+               graphs=len(batches) * 64, layers=depth)
+    return _timed(rec, epoch, device, args, pipelined=False)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available()
+                   else 'cpu')
+    p.add_argument('--dtype', default=None, choices=list(DTYPES),
+                   help='autocast dtype (default: bf16 on CUDA, fp32 on CPU)')
+    p.add_argument('--channels', type=int, default=256)
+    p.add_argument('--heads', type=int, default=8)
+    p.add_argument('--k', type=int, default=256)
+    p.add_argument('--sizes', default=SIZES, help='comma list of BxN cases')
+    p.add_argument('--ops', default='samsa_conv,samsa_conv_hints,full_layer,'
+                   'gps_conv_multihead,gps_conv_performer')
+    p.add_argument('--passes', default='fwd,fwdbwd')
+    p.add_argument('--compile', default=None,
+                   help="also time torch.compile: 'default' or a mode")
+    p.add_argument('--compile-ops', default='samsa_conv,full_layer')
+    p.add_argument('--no-pipelined', action='store_true',
+                   help='time each call alone only')
+    p.add_argument('--graph-epoch', action='store_true',
+                   help='also time a small-graph training epoch')
+    p.add_argument('--graph-channels', type=int, default=64)
+    p.add_argument('--graph-depth', type=int, default=3)
+    p.add_argument('--max-gps-n', type=int, default=16384,
+                   help='skip GPSConv multihead above this set size')
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--repeat', type=int, default=20)
+    p.add_argument('--commit', default=None, help='git commit measured')
+    p.add_argument('--out', default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    args.dtype = args.dtype or ('bf16' if device.type == 'cuda' else 'fp32')
+    args.passes = args.passes.split(',')
+    torch.manual_seed(0)
+    cases = [tuple(int(v) for v in s.split('x'))
+             for s in args.sizes.split(',') if s]
+    timings = [False] if args.no_pipelined or device.type != 'cuda' \
+        else [False, True]
+    records = []
+    for B, n in cases:
+        for op in args.ops.split(','):
+            if op == 'gps_conv_multihead' and n > args.max_gps_n:
+                continue
+            for pipelined in timings:
+                records += layer_case(op, B, n, args, device, None, pipelined)
+                if args.compile and op in args.compile_ops.split(','):
+                    records += layer_case(op, B, n, args, device,
+                                          args.compile, pipelined)
+    if args.graph_epoch:
+        for op in ('samsa_graph_model', 'gps_graph_model',
+                   'gine_graph_model'):
+            records.append(graph_epoch_case(op, args, device))
+    out = args.out or os.path.join(os.path.dirname(__file__), 'results',
+                                   'layer.json')
+    write_records(records, out)
+    print_table(records, ['op', 'batch', 'n', 'pass', 'pipelined',
+                          'compile_mode', 'ms', 'peak_mb'])
+
+
+if __name__ == '__main__':
+    main()

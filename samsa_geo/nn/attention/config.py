@@ -1,0 +1,122 @@
+r"""One public configuration of the attention's kernel choices and checks.
+
+Every switch has a getter (``use_*`` / ``is_*``), a setter (``set_*``) and a
+keyword of the :func:`attention_config` context manager, which restores the
+previous values on exit::
+
+    from samsa_geo.nn.attention import config
+
+    config.set_debug(True)                 # value checks on every call
+    with config.attention_config(fused_bias=False):
+        out = attn(x, batch, pos=pos)      # explicit relative-bias path
+
+The values are module state read at call time: a model compiled with
+:func:`torch.compile` keeps the values it was traced with.
+"""
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+_BIAS_KERNELS = ('triton', 'flex')
+
+_debug = False
+_fused_bias = True
+_fused_scorer = True
+_bias_inference_kernel = 'triton'
+_flex_kernel_options: Optional[dict] = None
+
+
+def is_debug() -> bool:
+    r"""Whether value checks that read the device run on every call:
+    finite tokens and positions, a sorted ``batch`` and the ``num_graphs``
+    / ``max_num_nodes`` hints. On CUDA each check stalls the host until the
+    GPU catches up, so they are off by default there; on the CPU they
+    always run (they cost no stall)."""
+    return _debug
+
+
+def set_debug(flag: bool) -> None:
+    global _debug
+    _debug = bool(flag)
+
+
+def use_fused_bias() -> bool:
+    r"""Whether the relative bias runs fused into one kernel on CUDA (dot
+    scores, softmax, no attention dropout): samsa_geo's Triton kernel in
+    inference, FlexAttention when gradients are needed. :obj:`False`
+    always takes the explicit chunked path."""
+    return _fused_bias
+
+
+def set_fused_bias(flag: bool) -> None:
+    global _fused_bias
+    _fused_bias = bool(flag)
+
+
+def use_fused_scorer() -> bool:
+    r"""Whether the importance scorer's tail (residual, LayerNorm,
+    projection) runs as one Triton kernel in inference on CUDA."""
+    return _fused_scorer
+
+
+def set_fused_scorer(flag: bool) -> None:
+    global _fused_scorer
+    _fused_scorer = bool(flag)
+
+
+def bias_inference_kernel() -> str:
+    r"""The relative-bias kernel when no gradient is needed:
+    :obj:`"triton"` (samsa_geo's forward kernel) or :obj:`"flex"`
+    (FlexAttention, which also serves every call that needs gradients)."""
+    return _bias_inference_kernel
+
+
+def set_bias_inference_kernel(name: str) -> None:
+    global _bias_inference_kernel
+    if name not in _BIAS_KERNELS:
+        raise ValueError(f"Expected 'name' to be one of {_BIAS_KERNELS} "
+                         f"(got {name!r})")
+    _bias_inference_kernel = name
+
+
+def flex_kernel_options() -> Optional[dict]:
+    r"""FlexAttention tile options of the relative-bias kernel
+    (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``);
+    :obj:`None` uses FlexAttention's defaults for the device."""
+    return _flex_kernel_options
+
+
+def set_flex_kernel_options(options: Optional[dict]) -> None:
+    global _flex_kernel_options
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"Expected 'options' to be a dict or None "
+                        f"(got {type(options).__name__})")
+    _flex_kernel_options = None if options is None else dict(options)
+
+
+_SETTERS = {
+    'debug': (is_debug, set_debug),
+    'fused_bias': (use_fused_bias, set_fused_bias),
+    'fused_scorer': (use_fused_scorer, set_fused_scorer),
+    'bias_inference_kernel': (bias_inference_kernel,
+                              set_bias_inference_kernel),
+    'flex_kernel_options': (flex_kernel_options, set_flex_kernel_options),
+}
+
+
+@contextmanager
+def attention_config(**kwargs) -> Iterator[None]:
+    r"""Sets the given switches (``debug``, ``fused_bias``,
+    ``fused_scorer``, ``bias_inference_kernel``, ``flex_kernel_options``)
+    inside a ``with`` block and restores them afterwards."""
+    unknown = set(kwargs) - set(_SETTERS)
+    if unknown:
+        raise TypeError(f"Unknown attention_config switches {sorted(unknown)}"
+                        f" (expected some of {sorted(_SETTERS)})")
+    old = {name: _SETTERS[name][0]() for name in kwargs}
+    try:
+        for name, value in kwargs.items():
+            _SETTERS[name][1](value)
+        yield
+    finally:
+        for name, value in old.items():
+            _SETTERS[name][1](value)

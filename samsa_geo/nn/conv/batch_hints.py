@@ -1,0 +1,37 @@
+from typing import Dict, Optional
+
+from torch_geometric.data import Batch
+
+
+def batch_hints(data: Batch) -> Dict[str, Optional[int]]:
+    r"""The sizes of the graphs of a PyG :class:`~torch_geometric.data.Batch`
+    as host integers, read from its CPU-side bookkeeping (no device
+    transfer): ``{'num_graphs': B, 'max_num_nodes': n_max}``.
+
+    Passed to :class:`~samsa_geo.nn.SamsaConv`,
+    :class:`~samsa_geo.nn.SamsaAttention` or the models, they let the
+    forward pass run without a single host synchronisation, with exact
+    shapes (a plain reshape when all graphs have the same size)::
+
+        hints = batch_hints(data)
+        out = conv(data.x, data.edge_index, data.batch, **hints)
+
+    ``max_num_nodes`` is :obj:`None` when the batch does not record its
+    node offsets (a batch not built by :meth:`Batch.from_data_list`); the
+    layers then use bounds, still without a synchronisation.
+    """
+    if not isinstance(data, Batch):
+        raise TypeError(f"Expected 'data' to be a torch_geometric Batch "
+                        f"(got {type(data).__name__})")
+    slices = getattr(data, '_slice_dict', None) or {}
+    ptr = None
+    for key in ('x', 'pos'):  # node-level attributes record the offsets
+        cand = slices.get(key)
+        if cand is not None and int(cand[-1]) == data.num_nodes:
+            ptr = cand
+            break
+    max_num_nodes = None
+    if ptr is not None and ptr.device.type == 'cpu':
+        sizes = ptr[1:] - ptr[:-1]
+        max_num_nodes = int(sizes.max()) if sizes.numel() > 0 else 0
+    return {'num_graphs': data.num_graphs, 'max_num_nodes': max_num_nodes}
