@@ -56,6 +56,9 @@ def _local_to_global(loc: Tensor, info: SetInfo, num_tokens: int,
                      num_registers: int) -> Tensor:
     # loc: [B, H, K] positions inside each set's candidate list. Positions
     # past an empty or short set are clamped to a valid id (masked later).
+    if info.equal and num_registers == 0:  # set b starts at b * n
+        start = torch.arange(info.num_sets, device=loc.device) * info.max_size
+        return loc + start.view(-1, 1, 1)
     size = info.size.view(-1, 1, 1)
     ptr = info.ptr[:-1].view(-1, 1, 1)
     b = torch.arange(info.num_sets, device=loc.device).view(-1, 1, 1)

@@ -6,8 +6,7 @@ the exact largest set size where the caller knows it (``max_num_nodes``)
 and safe bounds where it does not.
 """
 import math
-from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -15,7 +14,6 @@ from torch import Tensor
 from samsa_geo.nn.attention._dispatch import is_tracing
 
 
-@dataclass
 class SetInfo:
     r"""Sizes of the sets in a batch and of the sampled key sets.
 
@@ -23,28 +21,40 @@ class SetInfo:
         num_sets (int): :math:`B`, number of sets (empty ones included).
         max_size (int, optional): largest set size :math:`n_{\max}`, or
             :obj:`None` where the host does not know it.
-        ptr (Tensor): ``[B + 1]`` offsets of the sets in the token list.
-        size (Tensor): ``[B]`` tokens per set :math:`n_b`.
-        k (Tensor): ``[B]`` keys kept per set and head :math:`k_b`.
         k_max (int): key slots per set, :math:`\geq \max_b k_b`.
-        num_bottom (Tensor): ``[B]`` size of the relaxation's bottom set
-            :math:`m_b = \min(k_b, n_b + R - k_b)`.
         m_max (int): bottom slots per set, :math:`\geq \max_b m_b`.
         all_valid (bool): every set has :math:`k_b = k_{\max}` and
             :math:`m_b = m_{\max}` (no slot needs masking).
         equal (bool): every set has :math:`n_{\max}` tokens (the padded
             layout is a reshape).
+        ptr (Tensor): ``[B + 1]`` offsets of the sets in the token list.
+        size (Tensor): ``[B]`` tokens per set :math:`n_b`.
+        k (Tensor): ``[B]`` keys kept per set and head :math:`k_b`.
+        num_bottom (Tensor): ``[B]`` size of the relaxation's bottom set
+            :math:`m_b = \min(k_b, n_b + R - k_b)`.
+
+    The four tensors are computed on first use: equal-size sets, the
+    common case, need none of them (every shape is a reshape).
     """
-    num_sets: int
-    max_size: Optional[int]
-    ptr: Tensor
-    size: Tensor
-    k: Tensor
-    k_max: int
-    num_bottom: Tensor
-    m_max: int
-    all_valid: bool = False
-    equal: bool = False
+    def __init__(self, num_sets: int, max_size: Optional[int], k_max: int,
+                 m_max: int, all_valid: bool, equal: bool,
+                 tensors: Callable[[], Tuple[Tensor, Tensor, Tensor, Tensor]],
+                 ) -> None:
+        self.num_sets, self.max_size = num_sets, max_size
+        self.k_max, self.m_max = k_max, m_max
+        self.all_valid, self.equal = all_valid, equal
+        self._make = tensors
+        self._tensors: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None
+
+    def _get(self, i: int) -> Tensor:
+        if self._tensors is None:
+            self._tensors = self._make()
+        return self._tensors[i]
+
+    ptr = property(lambda self: self._get(0))
+    size = property(lambda self: self._get(1))
+    k = property(lambda self: self._get(2))
+    num_bottom = property(lambda self: self._get(3))
 
 
 def resolve_k(k: Union[int, float], size: Tensor, num_registers: int,
@@ -133,27 +143,21 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
             :math:`n_{\max}`; a fractional one does.
     """
     N, R = num_tokens, num_registers
-    if batch is None:
-        # Python ints throughout; the tensors are device fills, no copies.
+    if batch is None:  # one set: Python ints, device fills on demand
         k_max = k_of_size(N, k, R, full)
         m_max = min(k_max, N + R - k_max)
-        one = torch.ones(1, dtype=torch.long, device=device)
-        ptr = torch.arange(2, device=device) * N  # [0, N]
-        return SetInfo(1, N, ptr, one * N, one * k_max, k_max, one * m_max,
-                       m_max, all_valid=True, equal=True)
+
+        def one_set():
+            one = torch.ones(1, dtype=torch.long, device=device)
+            ptr = torch.arange(2, device=device) * N  # [0, N]
+            return ptr, one * N, one * k_max, one * m_max
+
+        return SetInfo(1, N, k_max, m_max, True, True, one_set)
 
     if num_sets is None:
         num_sets, max_size, _ = read_batch(batch) if N > 0 else (1, 0, True)
     B = num_sets
     equal = max_size is not None and B * max_size == N
-    if equal:  # sizes sum to N and none exceeds max_size: all equal
-        ptr = torch.arange(B + 1, device=device) * max_size
-    else:  # the batch vector is sorted: set b starts at the first b
-        ptr = torch.searchsorted(
-            batch, torch.arange(B + 1, device=device, dtype=batch.dtype))
-    size = ptr[1:] - ptr[:-1]
-    kb = resolve_k(k, size, R, full)
-    mb = torch.minimum(kb, size + R - kb)
     if max_size is not None:
         k_max = k_of_size(max_size, k, R, full)
         m_max = min(k_max, max_size + R - k_max)
@@ -163,5 +167,15 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
     else:  # no set holds more than the N + R candidates
         k_max = min(k, N + R)
         m_max = min(k_max, max(N + R - 1, 0))
-    return SetInfo(B, max_size, ptr, size, kb, k_max, mb, m_max,
-                   all_valid=equal, equal=equal)
+
+    def tensors():
+        if equal:  # sizes sum to N and none exceeds max_size: all equal
+            ptr = torch.arange(B + 1, device=device) * max_size
+        else:  # the batch vector is sorted: set b starts at the first b
+            ptr = torch.searchsorted(
+                batch, torch.arange(B + 1, device=device, dtype=batch.dtype))
+        size = ptr[1:] - ptr[:-1]
+        kb = resolve_k(k, size, R, full)
+        return ptr, size, kb, torch.minimum(kb, size + R - kb)
+
+    return SetInfo(B, max_size, k_max, m_max, equal, equal, tensors)

@@ -9,6 +9,7 @@ from samsa_geo.nn.attention._dispatch import (
     SCORE_MAX_CHANNELS,
     SCORE_MAX_HEADS,
     is_exporting,
+    is_tracing,
     needs_grad,
     triton_serves,
 )
@@ -60,7 +61,11 @@ class ImportanceScorer(Module):
         y = self.score_nn(x)
         norm, lin = self.norm, self.lin
         if self._use_kernel(x, y):
-            return importance_score(y, x, norm.weight, norm.bias, norm.eps,
+            # Eager calls launch the kernel directly: the custom operator's
+            # dispatch costs more host time than the kernel takes on the
+            # GPU; compiled graphs keep the operator (no graph break).
+            op = importance_score if is_tracing() else _eager_kernel()
+            return op(y, x, norm.weight, norm.bias, norm.eps,
                                     lin.weight, lin.bias)
         # Scores rank the tokens: the residual, the LayerNorm and the
         # projection run in float32 even under bf16/fp16 autocast.
@@ -82,3 +87,9 @@ class ImportanceScorer(Module):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, '
                 f'heads={self.heads})')
+
+
+def _eager_kernel():
+    # Imported on first use: Triton is needed only where the kernel runs.
+    from samsa_geo.nn.attention._score_triton import importance_score_triton
+    return importance_score_triton
