@@ -3,12 +3,21 @@ and scatter reductions, in pure PyTorch with optional compiled backends
 (:obj:`torch_cluster`, :obj:`torch_scatter`) that are used when installed.
 
 Every function takes a keyword :obj:`backend` (:obj:`"auto"`,
-:obj:`"compiled"`, :obj:`"torch"`) to force one implementation.
+:obj:`"compiled"`, :obj:`"torch"`) to force one implementation. The value
+checks of their inputs (finite points, sorted batch vectors) are switched by
+:func:`value_checks` / :func:`set_value_checks`.
 """
 from samsa_geo.ops.fps import fps
 from samsa_geo.ops.knn import knn, knn_graph
 from samsa_geo.ops.radius import radius, radius_graph
 from samsa_geo.ops.scatter import scatter, segment_softmax
+from samsa_geo.ops.validation import (
+    check_finite,
+    check_sorted_batch,
+    set_value_checks,
+    value_checks,
+    value_checks_enabled,
+)
 
 __all__ = [
     'fps',
@@ -18,4 +27,9 @@ __all__ = [
     'radius_graph',
     'scatter',
     'segment_softmax',
+    'check_finite',
+    'check_sorted_batch',
+    'set_value_checks',
+    'value_checks',
+    'value_checks_enabled',
 ]

@@ -10,7 +10,7 @@ from samsa_geo.ops._utils import (
     check_batch,
     check_points,
     cluster_supports,
-    num_examples,
+    read_values,
     use_compiled,
 )
 
@@ -26,14 +26,16 @@ def _ratio_tensor(ratio: Union[float, Tensor], src: Tensor,
             raise ValueError(f"Expected 'ratio' to have shape [] or "
                              f"[{batch_size}] (got {list(ratio.size())})")
         r = ratio.to(src.device)
-    elif isinstance(ratio, (float, int)) and not isinstance(ratio, bool):
-        r = torch.tensor(float(ratio), dtype=src.dtype, device=src.device)
-    else:
+        if r.numel() > 0 and not bool(((r > 0) & (r <= 1)).all()):
+            raise ValueError(f"Expected 'ratio' to lie in (0, 1] "
+                             f"(got {ratio})")
+        return r
+    if isinstance(ratio, bool) or not isinstance(ratio, (float, int)):
         raise TypeError(f"Expected 'ratio' to be a float or a Tensor "
                         f"(got {type(ratio).__name__})")
-    if r.numel() > 0 and not bool(((r > 0) & (r <= 1)).all()):
+    if not 0 < ratio <= 1:  # checked on the host: no device read
         raise ValueError(f"Expected 'ratio' to lie in (0, 1] (got {ratio})")
-    return r
+    return torch.tensor(float(ratio), dtype=src.dtype, device=src.device)
 
 
 def fps(
@@ -67,6 +69,13 @@ def fps(
     random start of the pure-PyTorch path follows :func:`torch.manual_seed`
     (:obj:`torch_cluster` on CPU draws it from C's :obj:`rand()`).
 
+    With value checks on (the default, see
+    :func:`~samsa_geo.ops.value_checks`), non-finite :obj:`src` and an
+    unsorted :obj:`batch` raise a :class:`ValueError` naming the argument;
+    all such checks share one device-to-host read per call. Inner layers
+    that validated their input at the model's entry turn them off, as a
+    read stalls the host on every call.
+
     Args:
         src (torch.Tensor): Point matrix :math:`\mathbf{X}`.
         batch (torch.Tensor, optional): Sorted batch vector assigning each
@@ -90,7 +99,7 @@ def fps(
     """
     src = check_points('src', src)
     batch = check_batch('batch', batch, src.size(0), src.device)
-    size = num_examples(batch_size, batch)
+    size = read_values([('src', src)], [('batch', batch)], batch_size)
     r = _ratio_tensor(ratio, src, size)
     if not isinstance(random_start, bool):
         raise TypeError(f"Expected 'random_start' to be a bool "

@@ -52,6 +52,13 @@ def knn(
     up to three features) are ranked exactly on a spatial grid instead,
     against the points of neighbouring cells only.
 
+    With value checks on (the default, see
+    :func:`~samsa_geo.ops.value_checks`), non-finite :obj:`x` or :obj:`y`
+    and unsorted batch vectors raise a :class:`ValueError` naming the
+    argument; all such checks share one device-to-host read per call.
+    Inner layers that validated their input at the model's entry turn them
+    off, as a read stalls the host on every call.
+
     Args:
         x (torch.Tensor): Candidate points.
         y (torch.Tensor): Query points.

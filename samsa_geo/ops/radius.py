@@ -72,6 +72,10 @@ def radius(
     (k-d tree order); the pure-PyTorch path keeps the smallest indices, like
     :obj:`torch_cluster` on CUDA, and lists neighbours by ascending index.
 
+    Non-finite points and unsorted batch vectors raise a
+    :class:`ValueError` while value checks are on, as in
+    :func:`~samsa_geo.ops.knn`.
+
     Args:
         x (torch.Tensor): Candidate points.
         y (torch.Tensor): Query points.

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter
 
+from samsa_geo.ops import check_sorted_batch
+
 #: Added under every square root: keeps norms and their gradients finite at 0.
 EPS: float = 1e-12
 
@@ -49,9 +51,7 @@ def check_points(
     batch = batch.long()
     if N == 0:
         return batch, 0
-    if bool((batch[1:] < batch[:-1]).any()) or int(batch[0]) < 0:
-        raise ValueError("Expected 'batch' to be sorted and non-negative "
-                         "(as built by PyG's DataLoader)")
+    check_sorted_batch(batch)
     return batch, int(batch[-1]) + 1
 
 
