@@ -4,14 +4,17 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from samsa_geo.ops import validation
+from samsa_geo.ops import _triton, validation
 
-BACKENDS = ('auto', 'compiled', 'torch')
+#: Backends of fps and knn; radius and scatter have no Triton kernel.
+BACKENDS = ('auto', 'compiled', 'triton', 'torch')
+CLUSTER_BACKENDS = ('auto', 'compiled', 'torch')
 
 
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"Expected 'backend' to be one of {BACKENDS} "
+def check_backend(backend: str, backends: Tuple[str, ...] = BACKENDS
+                  ) -> None:
+    if backend not in backends:
+        raise ValueError(f"Expected 'backend' to be one of {backends} "
                          f"(got {backend!r})")
 
 
@@ -24,7 +27,7 @@ def use_compiled(backend: str, available: bool, supported: bool,
     arguments).
     """
     check_backend(backend)
-    if backend == 'torch':
+    if backend in ('torch', 'triton'):
         return False
     if backend == 'compiled':
         if not available:
@@ -35,6 +38,22 @@ def use_compiled(backend: str, available: bool, supported: bool,
                              f"(device or arguments); use backend='auto'")
         return True
     return available and supported
+
+
+def use_triton(backend: str, supported: bool, what: str) -> bool:
+    r"""Decides whether a call goes to samsa_geo's Triton kernel, after
+    :func:`use_compiled` declined it; :obj:`supported` says whether the
+    kernel serves the call and :obj:`what` names what it needs."""
+    if backend == 'triton':
+        if not _triton.HAS_TRITON:
+            raise ImportError("backend='triton' requires 'triton', which "
+                              "is not installed")
+        if not supported:
+            raise ValueError(f"samsa_geo's Triton kernel does not support "
+                             f"this call (it needs {what}); use "
+                             f"backend='auto'")
+        return True
+    return backend == 'auto' and supported
 
 
 def check_points(name: str, x: Tensor) -> Tensor:

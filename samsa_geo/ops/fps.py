@@ -4,7 +4,8 @@ import torch
 from torch import Tensor
 
 import samsa_geo.typing
-from samsa_geo.ops import _fallback
+from samsa_geo.ops import _fallback, _triton
+from samsa_geo.ops._fallback.fps import sample_counts, start_points
 from samsa_geo.ops._utils import (
     batch_to_ptr,
     check_batch,
@@ -12,6 +13,7 @@ from samsa_geo.ops._utils import (
     cluster_supports,
     read_values,
     use_compiled,
+    use_triton,
 )
 
 
@@ -63,11 +65,14 @@ def fps(
     :math:`\lceil r \cdot |\mathcal{V}_b| \rceil` points are sampled
     (ties go to the smallest index).
 
-    Uses :obj:`torch_cluster` when installed; otherwise all examples are
-    sampled at once in pure PyTorch on a padded :obj:`[B, N_max]` distance
-    matrix. With :obj:`random_start=False` both give the same order; the
-    random start of the pure-PyTorch path follows :func:`torch.manual_seed`
-    (:obj:`torch_cluster` on CPU draws it from C's :obj:`rand()`).
+    Uses :obj:`torch_cluster` when installed; otherwise, on CUDA, samsa_geo's
+    Triton kernel (float32 points of up to three features: one program per
+    example runs all steps, one host read per call); otherwise all examples
+    are sampled at once in pure PyTorch on a padded :obj:`[B, N_max]`
+    distance matrix. With :obj:`random_start=False` all give the same
+    order; the random start of the Triton and pure-PyTorch paths follows
+    :func:`torch.manual_seed` (:obj:`torch_cluster` on CPU draws it from
+    C's :obj:`rand()`).
 
     With value checks on (the default, see
     :func:`~samsa_geo.ops.value_checks`), non-finite :obj:`src` and an
@@ -87,8 +92,9 @@ def fps(
             from its first point. (default: :obj:`True`)
         batch_size (int, optional): Number of examples :math:`B`, inferred
             from :obj:`batch` if not given. (default: :obj:`None`)
-        backend (str, optional): :obj:`"auto"` (compiled when available),
-            :obj:`"compiled"` or :obj:`"torch"` (pure PyTorch).
+        backend (str, optional): :obj:`"auto"` (compiled when available,
+            else Triton on CUDA where it applies), :obj:`"compiled"`,
+            :obj:`"triton"` or :obj:`"torch"` (pure PyTorch).
             (default: :obj:`"auto"`)
 
     Shapes:
@@ -122,5 +128,17 @@ def fps(
         if ptr.numel() == 1:
             return torch.empty(0, dtype=torch.long, device=src.device)
         return torch.ops.torch_cluster.fps(src, ptr, r, random_start)
+
+    supported = _triton.fps_supported(src, forced=backend == 'triton')
+    if use_triton(backend, supported, 'float32 points of up to 3 features '
+                  'on a CUDA device'):
+        from samsa_geo.ops._triton.fps import fps_triton
+        deg = ptr[1:] - ptr[:-1]
+        num_samples = sample_counts(deg, r)
+        start = start_points(deg, random_start)
+        # The one host read: the output size and the kernel variant.
+        max_points, total = torch.stack([deg.max(),
+                                         num_samples.sum()]).tolist()
+        return fps_triton(src, ptr, start, num_samples, max_points, total)
 
     return _fallback.fps(src, ptr, r, random_start)

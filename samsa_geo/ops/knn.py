@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 
 import samsa_geo.typing
-from samsa_geo.ops import _fallback
+from samsa_geo.ops import _fallback, _triton
 from samsa_geo.ops._utils import (
     batch_to_ptr,
     check_points,
@@ -12,6 +12,7 @@ from samsa_geo.ops._utils import (
     cluster_supports,
     paired_batches,
     use_compiled,
+    use_triton,
 )
 
 FLOWS = ('source_to_target', 'target_to_source')
@@ -52,6 +53,15 @@ def knn(
     up to three features) are ranked exactly on a spatial grid instead,
     against the points of neighbouring cells only.
 
+    On CUDA without :obj:`torch_cluster`, Euclidean float32 points of up to
+    three features and :math:`k \le 64` go to samsa_geo's Triton kernel:
+    points ordered along a Morton curve, candidate tiles skipped by a
+    bounding-box bound, the same float32 distances as the pure-PyTorch
+    path and equal distances ordered by index (as the brute-force
+    reference with a stable sort). It is a PyTorch custom operator
+    (:obj:`torch.ops.samsa_geo.knn_neighbours`), so :func:`torch.compile`
+    keeps it; one host read per call sizes the output.
+
     With value checks on (the default, see
     :func:`~samsa_geo.ops.value_checks`), non-finite :obj:`x` or :obj:`y`
     and unsorted batch vectors raise a :class:`ValueError` naming the
@@ -76,8 +86,10 @@ def knn(
         chunk_size (int, optional): Upper bound on the entries of one
             query-by-candidate distance block of the pure-PyTorch path.
             (default: :obj:`2**22` on CPU, :obj:`2**26` on CUDA)
-        backend (str, optional): :obj:`"auto"`, :obj:`"compiled"` or
-            :obj:`"torch"`. (default: :obj:`"auto"`)
+        backend (str, optional): :obj:`"auto"` (compiled when available,
+            else Triton on CUDA where it applies, else pure PyTorch),
+            :obj:`"compiled"`, :obj:`"triton"` or :obj:`"torch"`.
+            (default: :obj:`"auto"`)
 
     Shapes:
         - **input:** :obj:`x` :math:`(N, F)`, :obj:`y` :math:`(M, F)`,
@@ -115,6 +127,20 @@ def knn(
     ptr_x = batch_to_ptr(batch_x, x.size(0), size, x.device)
     if batch_y is None:
         batch_y = y.new_zeros(y.size(0), dtype=ptr_x.dtype)
+    supported = _triton.knn_supported(x, y, k, cosine,
+                                      forced=backend == 'triton')
+    if use_triton(backend, supported, 'Euclidean float32 points of up to 3 '
+                  'features on a CUDA device and k <= 64'):
+        if batch_x is None:
+            batch_x = x.new_zeros(x.size(0), dtype=ptr_x.dtype)
+        ptr_y = batch_to_ptr(batch_y, y.size(0), size, y.device)
+        nbr = torch.ops.samsa_geo.knn_neighbours(
+            x.contiguous(), y.contiguous(), k, ptr_x, ptr_y, batch_x,
+            batch_y, y is x)  # [M, k]
+        # The one host read: how many neighbours exist.
+        found = nbr >= 0
+        row = torch.arange(y.size(0), device=y.device).view(-1, 1)
+        return torch.stack([row.expand_as(nbr)[found], nbr[found]], dim=0)
     return _fallback.knn(x, y, k, ptr_x, batch_y, cosine, chunk_size)
 
 

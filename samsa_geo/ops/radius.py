@@ -7,7 +7,9 @@ from torch import Tensor
 import samsa_geo.typing
 from samsa_geo.ops import _fallback
 from samsa_geo.ops._utils import (
+    CLUSTER_BACKENDS,
     batch_to_ptr,
+    check_backend,
     check_points,
     check_positive_int,
     cluster_supports,
@@ -104,6 +106,7 @@ def radius(
         - **output:** :math:`(2, E)`; row 0 indexes :obj:`y` (ascending),
           row 1 indexes :obj:`x`
     """
+    check_backend(backend, CLUSTER_BACKENDS)
     x, y = check_points('x', x), check_points('y', y)
     if x.size(1) != y.size(1):
         raise ValueError(f"Expected 'x' and 'y' to have the same number of "

@@ -16,8 +16,7 @@ def fps(src: Tensor, ptr: Tensor, ratio: Tensor,
     device = src.device
     batch_size = ptr.numel() - 1
     deg = ptr[1:] - ptr[:-1]
-    # Same arithmetic as torch_cluster so sample counts agree bit for bit:
-    num_samples = torch.ceil(deg.to(torch.float) * ratio).long()
+    num_samples = sample_counts(deg, ratio)
     total = int(num_samples.sum())
     if total == 0:
         return torch.empty(0, dtype=torch.long, device=device)
@@ -39,6 +38,12 @@ def fps(src: Tensor, ptr: Tensor, ratio: Tensor,
 
     keep = torch.arange(s_max, device=device) < num_samples.unsqueeze(1)
     return (out + ptr[:-1].unsqueeze(1))[keep]
+
+
+def sample_counts(deg: Tensor, ratio: Tensor) -> Tensor:
+    r"""Samples per example, :math:`\lceil r \cdot N_b \rceil`, with the
+    arithmetic of :obj:`torch_cluster` so that counts agree bit for bit."""
+    return torch.ceil(deg.to(torch.float) * ratio).long()
 
 
 def start_points(deg: Tensor, random_start: bool) -> Tensor:
