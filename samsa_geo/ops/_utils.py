@@ -4,18 +4,23 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from samsa_geo.ops import _triton, validation
+from samsa_geo.ops import _triton, config, validation
 
-#: Backends of fps and knn; radius and scatter have no Triton kernel.
-BACKENDS = ('auto', 'compiled', 'triton', 'torch')
+#: Backends of radius and scatter, which have no Triton kernel.
 CLUSTER_BACKENDS = ('auto', 'compiled', 'torch')
 
 
-def check_backend(backend: str, backends: Tuple[str, ...] = BACKENDS
-                  ) -> None:
+def resolve_backend(backend: str,
+                    backends: Tuple[str, ...] = config.BACKENDS) -> str:
+    r"""Checks :obj:`backend` against the op's :obj:`backends` and resolves
+    :obj:`"auto"` to :func:`~samsa_geo.ops.config.default_backend` (kept
+    :obj:`"auto"` where the op does not offer the default)."""
     if backend not in backends:
         raise ValueError(f"Expected 'backend' to be one of {backends} "
                          f"(got {backend!r})")
+    if backend == 'auto' and config.default_backend() in backends:
+        return config.default_backend()
+    return backend
 
 
 def use_compiled(backend: str, available: bool, supported: bool,
@@ -26,7 +31,6 @@ def use_compiled(backend: str, available: bool, supported: bool,
     :obj:`supported` whether it can serve this particular call (device,
     arguments).
     """
-    check_backend(backend)
     if backend in ('torch', 'triton'):
         return False
     if backend == 'compiled':
@@ -107,7 +111,7 @@ def read_values(points: Sequence[Tuple[str, Tensor]],
     r"""Checks the values of an op's inputs and returns the number of
     examples, with at most one device-to-host read.
 
-    With value checks on (:func:`~samsa_geo.ops.value_checks_enabled`, and
+    With value checks on (:func:`~samsa_geo.ops.config.value_checks`, and
     not under :func:`torch.compile`), :obj:`points` must be finite and the
     :obj:`batches` sorted and non-negative. The number of examples is
     :obj:`batch_size`, checked against the batch vectors, or inferred from
@@ -116,7 +120,7 @@ def read_values(points: Sequence[Tuple[str, Tensor]],
     """
     if batch_size is not None:
         check_positive_int('batch_size', batch_size)
-    check = validation.value_checks_enabled() and \
+    check = config.value_checks_enabled() and \
         not torch.compiler.is_compiling()
     need_last = check or batch_size is None
     flags: List[Tuple[str, str, Tensor]] = []

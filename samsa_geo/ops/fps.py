@@ -12,6 +12,7 @@ from samsa_geo.ops._utils import (
     check_points,
     cluster_supports,
     read_values,
+    resolve_backend,
     use_compiled,
     use_triton,
 )
@@ -103,6 +104,7 @@ def fps(
         - **output:** global indices :math:`(\sum_b \lceil r \cdot N_b
           \rceil)`, in sampling order, concatenated by example
     """
+    backend = resolve_backend(backend)
     src = check_points('src', src)
     batch = check_batch('batch', batch, src.size(0), src.device)
     size = read_values([('src', src)], [('batch', batch)], batch_size)

@@ -11,6 +11,7 @@ from samsa_geo.ops._utils import (
     check_positive_int,
     cluster_supports,
     paired_batches,
+    resolve_backend,
     use_compiled,
     use_triton,
 )
@@ -98,6 +99,7 @@ def knn(
           :obj:`x`; grouped by query in ascending order, neighbours by
           ascending distance
     """
+    backend = resolve_backend(backend)
     x, y = check_points('x', x), check_points('y', y)
     check_positive_int('k', k)
     if x.size(1) != y.size(1):

@@ -9,11 +9,11 @@ from samsa_geo.ops import _fallback
 from samsa_geo.ops._utils import (
     CLUSTER_BACKENDS,
     batch_to_ptr,
-    check_backend,
     check_points,
     check_positive_int,
     cluster_supports,
     paired_batches,
+    resolve_backend,
     use_compiled,
 )
 
@@ -106,7 +106,7 @@ def radius(
         - **output:** :math:`(2, E)`; row 0 indexes :obj:`y` (ascending),
           row 1 indexes :obj:`x`
     """
-    check_backend(backend, CLUSTER_BACKENDS)
+    backend = resolve_backend(backend, CLUSTER_BACKENDS)
     x, y = check_points('x', x), check_points('y', y)
     if x.size(1) != y.size(1):
         raise ValueError(f"Expected 'x' and 'y' to have the same number of "

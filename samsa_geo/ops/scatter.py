@@ -7,7 +7,7 @@ import samsa_geo.typing
 from samsa_geo.ops import _fallback
 from samsa_geo.ops._utils import (
     CLUSTER_BACKENDS,
-    check_backend,
+    resolve_backend,
     use_compiled,
 )
 
@@ -79,7 +79,7 @@ def scatter(
           src
         - **output:** :math:`(*, \text{dim\_size}, *)`
     """
-    check_backend(backend, CLUSTER_BACKENDS)
+    backend = resolve_backend(backend, CLUSTER_BACKENDS)
     dim = _check(src, index, dim)
     if reduce not in REDUCTIONS:
         raise ValueError(f"Expected 'reduce' to be one of {REDUCTIONS} "
@@ -135,7 +135,7 @@ def segment_softmax(
     if isinstance(src, Tensor) and not src.is_floating_point():
         raise TypeError(f"Expected 'src' to be a floating-point tensor "
                         f"(got {src.dtype})")
-    check_backend(backend, CLUSTER_BACKENDS)
+    backend = resolve_backend(backend, CLUSTER_BACKENDS)
     dim = _check(src, index, dim)
     if index.dim() != 1:
         raise ValueError(f"Expected 'index' to have shape [{src.size(dim)}] "

@@ -9,9 +9,7 @@ from samsa_geo.ops import (
     knn_graph,
     radius,
     radius_graph,
-    set_value_checks,
     value_checks,
-    value_checks_enabled,
 )
 from samsa_geo.ops._utils import read_values
 
@@ -37,38 +35,6 @@ def test_non_finite_points_raise_naming_the_argument(bad, backend):
         radius(good, pos, 0.5, batch, batch, backend=backend)
     with pytest.raises(ValueError, match="'x' to hold finite values"):
         radius_graph(pos, 0.5, batch, backend=backend)
-
-
-def test_value_checks_switch_and_context_manager():
-    pos = torch.rand(20, 3)
-    pos[3] = float('nan')
-    assert value_checks_enabled()
-    with value_checks(False):
-        assert not value_checks_enabled()
-        # Unchecked: the call runs (its result for NaN input is unspecified).
-        assert knn(pos, pos, 2, backend='torch').size() == (2, 40)
-        assert fps(pos, None, 0.5, False, backend='torch').numel() == 10
-        with value_checks(True):
-            with pytest.raises(ValueError, match="'x'"):
-                knn(pos, pos, 2, backend='torch')
-        assert not value_checks_enabled()
-    assert value_checks_enabled()
-    set_value_checks(False)
-    try:
-        assert not value_checks_enabled()
-        # An unsorted batch is not read either.
-        out = knn(pos, pos, 2, torch.tensor([1] * 10 + [0] * 10),
-                  torch.tensor([1] * 10 + [0] * 10), batch_size=2,
-                  backend='torch')
-        assert out.size(0) == 2
-    finally:
-        set_value_checks(True)
-    with pytest.raises(TypeError, match="'enabled'"):
-        set_value_checks(1)
-    with pytest.raises(ValueError, match="'x'"):  # restored after raising
-        with value_checks(False):
-            raise ValueError("'x' raised inside")
-    assert value_checks_enabled()
 
 
 def test_checked_results_equal_unchecked():

@@ -8,9 +8,10 @@ distance to the sampled set with the last sample,
     \mathbf{x}_{s_{i-1}} \Vert^2\right),
 
 and picks the arg-max :math:`s_i` (the first on ties). Examples of up to
-:obj:`REGISTER_POINTS` points keep coordinates and distances in registers
-for all steps; larger ones stream them in blocks, with the distances in a
-scratch buffer. Distances are computed in float32 as
+:obj:`REGISTER_POINTS` points keep their distances in registers for all
+steps (coordinates are re-read each step, from cache); larger ones stream
+blocks of points, with the distances in a scratch buffer. Distances are
+computed in float32 as
 :math:`((x_0 - c_0)^2 + (x_1 - c_1)^2) + (x_2 - c_2)^2` without fused
 multiply-adds, the arithmetic of the pure-PyTorch path, so both pick the
 same points.
@@ -24,8 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-#: Largest example kept in registers across all steps.
-REGISTER_POINTS = 4096
+#: Largest example whose distances stay in registers across all steps.
+REGISTER_POINTS = 16384
 #: Points per block of the streaming variant.
 STREAM_BLOCK = 2048
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'

@@ -235,7 +235,7 @@ def _config(k: int) -> Tuple[int, int, int]:
     if _INTERPRETED:
         return 16, 16, 1
     if k <= 16:
-        return 64, 64, 4
+        return 64, 64, 8
     return 32, 64, 4
 
 
