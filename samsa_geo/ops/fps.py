@@ -38,7 +38,7 @@ def _ratio_tensor(ratio: Union[float, Tensor], src: Tensor,
                         f"(got {type(ratio).__name__})")
     if not 0 < ratio <= 1:  # checked on the host: no device read
         raise ValueError(f"Expected 'ratio' to lie in (0, 1] (got {ratio})")
-    return torch.tensor(float(ratio), dtype=src.dtype, device=src.device)
+    return torch.full((), float(ratio), dtype=src.dtype, device=src.device)
 
 
 def fps(

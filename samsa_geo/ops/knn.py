@@ -140,9 +140,8 @@ def knn(
             x.contiguous(), y.contiguous(), k, ptr_x, ptr_y, batch_x,
             batch_y, y is x)  # [M, k]
         # The one host read: how many neighbours exist.
-        found = nbr >= 0
-        row = torch.arange(y.size(0), device=y.device).view(-1, 1)
-        return torch.stack([row.expand_as(nbr)[found], nbr[found]], dim=0)
+        found = (nbr.view(-1) >= 0).nonzero().view(-1)
+        return torch.stack([found // k, nbr.view(-1)[found]], dim=0)
     return _fallback.knn(x, y, k, ptr_x, batch_y, cosine, chunk_size)
 
 
