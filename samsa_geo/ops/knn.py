@@ -137,8 +137,8 @@ def knn(
             batch_x = x.new_zeros(x.size(0), dtype=ptr_x.dtype)
         ptr_y = batch_to_ptr(batch_y, y.size(0), size, y.device)
         nbr = torch.ops.samsa_geo.knn_neighbours(
-            x.contiguous(), y.contiguous(), k, ptr_x, ptr_y, batch_x,
-            batch_y, y is x)  # [M, k]
+            x.detach().contiguous(), y.detach().contiguous(), k, ptr_x,
+            ptr_y, batch_x, batch_y, y is x)  # [M, k]
         # The one host read: how many neighbours exist.
         found = (nbr.view(-1) >= 0).nonzero().view(-1)
         return torch.stack([found // k, nbr.view(-1)[found]], dim=0)
