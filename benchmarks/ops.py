@@ -1,115 +1,198 @@
-"""Timings of the geometry ops: pure-PyTorch fallback vs torch-cluster.
+"""Timings of the geometry ops against their targets, each implementation
+in the same process.
 
-Cases: farthest point sampling of 1,024 of 10,000 points (one cloud and a
-batch of 8 clouds), k-nearest neighbours (k=16) of every point of a cloud
-of 100,000 points, and the kNN graph (k=16) of batches of 8 and 128 clouds
-of 1,024 points. Writes JSON records ``{op, impl, n, k, batch,
-queries, device, torch, ms}`` (median milliseconds) to
-``benchmarks/results/ops_<device>.json``.
+Four cases, each timed for every implementation that serves it (``triton``:
+samsa_geo's Triton kernels, the default on CUDA without torch-cluster;
+``torch``: the pure-PyTorch fallback; ``compiled``: torch-cluster, when
+installed):
 
+- ``knn``: k = 16 nearest neighbours of every point, 128 clouds x 1,024
+  points (target on CUDA: <= 1 ms);
+- ``knn``: k = 16 of every point of one cloud of 100,000 points (<= 20 ms);
+- ``fps``: 1,024 of 10,000 points, 32 clouds (<= 10 ms);
+- ``classifier``: inference of the small ``SamsaPointClassifier`` (bf16
+  autocast on CUDA, eager), plain and rotation-invariant, 128 clouds x
+  1,024 points, in clouds/s; the rotation-invariant one (which builds a
+  kNN graph) should reach >= 0.5x the plain one's throughput (ratio
+  record ``classifier_ri_vs_plain``).
+
+Each call is timed alone after warm-up (CUDA events, median), through the
+public functions with their default value checks. Every record carries its
+provenance: device, torch and Triton versions, git commit, date and the
+command-line flags. Writes ``benchmarks/results/ops_<device>.json``.
+
+    python benchmarks/ops.py --device cuda
     python benchmarks/ops.py --device cpu
 """
 import argparse
+import datetime
+import importlib.util
 import json
 import os
-import statistics
+import subprocess
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import write_records  # noqa: E402
+from _common import device_name, measure, write_records  # noqa: E402
 
 import samsa_geo.typing  # noqa: E402
-from samsa_geo.ops import fps, knn, knn_graph  # noqa: E402
+from samsa_geo.nn import SamsaAttention  # noqa: E402
+from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
+from samsa_geo.ops import fps, knn, use_backend  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+#: Targets on the GPU (milliseconds, or the throughput ratio).
+TARGETS = {'knn_128x1024': 1.0, 'knn_100k': 20.0, 'fps_32x10k': 10.0,
+           'classifier_ri_vs_plain': 0.5}
 
 
-def timed(fn, device, repeats, slow_s=2.0):
-    """Median wall time in ms; a first call slower than ``slow_s`` is the only
-    measurement (it dominates any warm-up effect)."""
-    def once():
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        return (time.perf_counter() - start) * 1000
+def provenance(device: torch.device, args: argparse.Namespace) -> dict:
+    """Device, versions, commit, date and flags of this run."""
+    try:
+        commit = subprocess.run(
+            ['git', 'rev-parse', 'HEAD'], cwd=HERE, capture_output=True,
+            text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ['git', 'status', '--porcelain', '--untracked-files=no'],
+            cwd=HERE, capture_output=True, text=True).stdout.strip() != ''
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    triton = None
+    if importlib.util.find_spec('triton') is not None:
+        import triton
+        triton = triton.__version__
+    return dict(device=device_name(device), torch=torch.__version__,
+                triton=triton, commit=commit, dirty=dirty,
+                date=datetime.datetime.now(datetime.timezone.utc)
+                .isoformat(timespec='seconds'),
+                flags=' '.join(sys.argv[1:]), threads=torch.get_num_threads())
 
-    first = once()
-    if first > slow_s * 1000:
-        return first, 1
-    times = [once() for _ in range(repeats)]
-    return statistics.median(times), repeats
+
+def implementations(device: torch.device) -> list:
+    impls = ['torch']
+    if device.type == 'cuda' and importlib.util.find_spec('triton'):
+        impls.insert(0, 'triton')
+    if samsa_geo.typing.WITH_TORCH_CLUSTER:
+        impls.append('compiled')
+    return impls
+
+
+def op_cases(device: torch.device, args: argparse.Namespace, record):
+    """kNN of 128 x 1,024 and of 100,000 points, FPS of 32 x 10,000."""
+    gen = torch.Generator().manual_seed(0)
+    k = 16
+    clouds, n = args.knn_clouds, 1024
+    pos = torch.rand(clouds * n, 3, generator=gen).to(device)
+    batch = torch.arange(clouds, device=device).repeat_interleave(n)
+    for impl in implementations(device):
+        record('knn', 'knn_128x1024', impl, dict(n=n, k=k, batch=clouds,
+                                                 queries=clouds * n),
+               lambda: knn(pos, pos, k, batch, batch, batch_size=clouds,
+                           backend=impl))
+
+    n = args.knn_points
+    pos = torch.rand(n, 3, generator=gen).to(device)
+    for impl in implementations(device):
+        record('knn', 'knn_100k', impl, dict(n=n, k=k, batch=1, queries=n),
+               lambda: knn(pos, pos, k, backend=impl), repeat=3)
+
+    clouds, n, samples = args.fps_clouds, 10_000, 1024
+    pos = torch.rand(clouds * n, 3, generator=gen).to(device)
+    batch = torch.arange(clouds, device=device).repeat_interleave(n)
+    for impl in implementations(device):
+        record('fps', 'fps_32x10k', impl, dict(n=n, k=samples, batch=clouds),
+               lambda: fps(pos, batch, samples / n, False,
+                           batch_size=clouds, backend=impl), repeat=3)
+
+
+def classifier_cases(device: torch.device, args: argparse.Namespace,
+                     record) -> list:
+    """Small classifier, plain and rotation-invariant (ops by default and
+    with the pure-PyTorch fallback)."""
+    clouds, n = args.classifier_clouds, 1024
+    torch.manual_seed(0)
+    pos = torch.randn(clouds * n, 3, device=device)
+    batch = torch.arange(clouds, device=device).repeat_interleave(n)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=device.type == 'cuda')
+    # Inputs are valid by construction: no per-call input checks.
+    SamsaAttention.validate_args = False
+    out = []
+    for variant in ['plain', 'ri']:
+        model = SamsaPointClassifier.small(
+            40, rotation_invariant=variant == 'ri').to(device).eval()
+        impls = ['auto'] + (['torch'] if variant == 'ri' else [])
+        for impl in impls:
+            def fn(model=model):
+                with torch.no_grad(), autocast:
+                    model(pos, batch)
+
+            with use_backend(impl):
+                rec = record('classifier', f'classifier_{variant}', impl,
+                             dict(n=n, batch=clouds, dtype='bf16'
+                                  if device.type == 'cuda' else 'fp32'),
+                             fn)
+            rec['clouds_per_s'] = clouds / rec['ms'] * 1e3
+            out.append(rec)
+    return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
+                        else 'cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--out', default=None,
                         help='output JSON (default: '
                         'benchmarks/results/ops_<device>.json)')
-    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--repeat', type=int, default=10)
+    parser.add_argument('--knn-clouds', type=int, default=128)
     parser.add_argument('--knn-points', type=int, default=100_000)
-    parser.add_argument('--knn-queries', type=int, default=10_000,
-                        help='queries of the smaller kNN case')
+    parser.add_argument('--fps-clouds', type=int, default=32)
+    parser.add_argument('--classifier-clouds', type=int, default=128)
+    parser.add_argument('--skip-classifier', action='store_true')
     parser.add_argument('--threads', type=int, default=None,
                         help='intra-op threads (default: torch default)')
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         parser.error('CUDA is not available')
-    out_path = args.out or os.path.join(os.path.dirname(__file__), 'results',
+    out_path = args.out or os.path.join(HERE, 'results',
                                         f'ops_{device.type}.json')
-    impls = ['torch'] + (['compiled']
-                         if samsa_geo.typing.WITH_TORCH_CLUSTER else [])
-    gen = torch.Generator().manual_seed(0)
+    common = provenance(device, args)
     records = []
 
-    def record(op, impl, n, k, batch, fn, queries=None):
-        ms, reps = timed(fn, device, args.repeats)
-        rec = dict(op=op, impl=impl, n=n, k=k, batch=batch, queries=queries,
-                   device=device.type, torch=torch.__version__,
-                   ms=round(ms, 3), repeats=reps,
-                   threads=torch.get_num_threads())
+    def record(op, case, impl, fields, fn, repeat=None):
+        rec = dict(op=op, case=case, impl=impl, **fields)
+        if device.type == 'cuda' and case in TARGETS:
+            rec['target_ms'] = TARGETS[case]
+        rec.update(measure(fn, device, warmup=2,
+                           repeat=repeat or args.repeat))
+        if 'target_ms' in rec:
+            rec['meets_target'] = rec['ms'] <= rec['target_ms']
+        rec.update(common)
         records.append(rec)
-        print(json.dumps(rec), flush=True)
+        print(json.dumps({k: rec[k] for k in ('case', 'impl', 'ms')
+                          if k in rec}), flush=True)
+        return rec
 
-    num_points, num_samples = 10_000, 1024
-    ratio = num_samples / num_points
-    for clouds in (1, 8):
-        pos = torch.rand(clouds * num_points, 3, generator=gen).to(device)
-        batch = torch.arange(clouds, device=device).repeat_interleave(
-            num_points)
-        for impl in impls:
-            out = fps(pos, batch, ratio, False, backend=impl)
-            assert out.numel() == clouds * num_samples
-            record('fps', impl, num_points, num_samples, clouds,
-                   lambda: fps(pos, batch, ratio, False, backend=impl))
-
-    # Timed on the first --knn-queries queries against all N points, then
-    # on all N queries. The fallback is brute force (O(N * M)) on CUDA and
-    # an exact spatial grid for such large examples on CPU.
-    k, n = 16, args.knn_points
-    pos = torch.rand(n, 3, generator=gen).to(device)
-    for m in sorted({min(args.knn_queries, n), n}):
-        y = pos[:m]
-        for impl in impls:
-            record('knn', impl, n, k, 1,
-                   lambda: knn(pos, y, k, backend=impl), queries=m)
-
-    # Batches of equal-size clouds, the layout of the point-cloud models.
-    for clouds in (8, 128):
-        pos = torch.rand(clouds * 1024, 3, generator=gen).to(device)
-        batch = torch.arange(clouds, device=device).repeat_interleave(1024)
-        for impl in impls:
-            record('knn_graph', impl, 1024, k, clouds,
-                   lambda: knn_graph(pos, k, batch, backend=impl))
-
+    op_cases(device, args, record)
+    if not args.skip_classifier:
+        plain, ri, ri_torch = classifier_cases(device, args, record)
+        for ri_rec, impl in [(ri, 'auto'), (ri_torch, 'torch')]:
+            ratio = ri_rec['clouds_per_s'] / plain['clouds_per_s']
+            rec = dict(op='classifier', case='classifier_ri_vs_plain',
+                       impl=impl, n=plain['n'], batch=plain['batch'],
+                       ratio=round(ratio, 3))
+            if device.type == 'cuda':
+                rec['target'] = TARGETS['classifier_ri_vs_plain']
+                rec['meets_target'] = ratio >= rec['target']
+            rec.update(common)
+            records.append(rec)
+            print(json.dumps({k: rec[k] for k in ('case', 'impl', 'ratio')}))
     write_records(records, out_path)
 
 

@@ -3,12 +3,24 @@ and scatter reductions, in pure PyTorch with optional compiled backends
 (:obj:`torch_cluster`, :obj:`torch_scatter`) that are used when installed.
 
 Every function takes a keyword :obj:`backend` (:obj:`"auto"`,
-:obj:`"compiled"`, :obj:`"torch"`) to force one implementation.
+:obj:`"compiled"`, :obj:`"triton"` for fps and knn, :obj:`"torch"`) to force
+one implementation. What :obj:`"auto"` means, and whether the ops check the
+values of their inputs (finite points, sorted batch vectors), is set in
+:mod:`samsa_geo.ops.config` (:func:`use_backend`, :func:`value_checks`).
 """
 from samsa_geo.ops.fps import fps
 from samsa_geo.ops.knn import knn, knn_graph
 from samsa_geo.ops.radius import radius, radius_graph
 from samsa_geo.ops.scatter import scatter, segment_softmax
+from samsa_geo.ops.config import (
+    default_backend,
+    set_default_backend,
+    set_value_checks,
+    use_backend,
+    value_checks,
+    value_checks_enabled,
+)
+from samsa_geo.ops.validation import check_finite, check_sorted_batch
 
 __all__ = [
     'fps',
@@ -18,4 +30,12 @@ __all__ = [
     'radius_graph',
     'scatter',
     'segment_softmax',
+    'check_finite',
+    'check_sorted_batch',
+    'default_backend',
+    'set_default_backend',
+    'use_backend',
+    'set_value_checks',
+    'value_checks',
+    'value_checks_enabled',
 ]

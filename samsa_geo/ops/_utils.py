@@ -1,16 +1,26 @@
 """Input validation and backend selection shared by the geometry ops."""
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-BACKENDS = ('auto', 'compiled', 'torch')
+from samsa_geo.ops import _triton, config, validation
+
+#: Backends of radius and scatter, which have no Triton kernel.
+CLUSTER_BACKENDS = ('auto', 'compiled', 'torch')
 
 
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"Expected 'backend' to be one of {BACKENDS} "
+def resolve_backend(backend: str,
+                    backends: Tuple[str, ...] = config.BACKENDS) -> str:
+    r"""Checks :obj:`backend` against the op's :obj:`backends` and resolves
+    :obj:`"auto"` to :func:`~samsa_geo.ops.config.default_backend` (kept
+    :obj:`"auto"` where the op does not offer the default)."""
+    if backend not in backends:
+        raise ValueError(f"Expected 'backend' to be one of {backends} "
                          f"(got {backend!r})")
+    if backend == 'auto' and config.default_backend() in backends:
+        return config.default_backend()
+    return backend
 
 
 def use_compiled(backend: str, available: bool, supported: bool,
@@ -21,8 +31,7 @@ def use_compiled(backend: str, available: bool, supported: bool,
     :obj:`supported` whether it can serve this particular call (device,
     arguments).
     """
-    check_backend(backend)
-    if backend == 'torch':
+    if backend in ('torch', 'triton'):
         return False
     if backend == 'compiled':
         if not available:
@@ -33,6 +42,22 @@ def use_compiled(backend: str, available: bool, supported: bool,
                              f"(device or arguments); use backend='auto'")
         return True
     return available and supported
+
+
+def use_triton(backend: str, supported: bool, what: str) -> bool:
+    r"""Decides whether a call goes to samsa_geo's Triton kernel, after
+    :func:`use_compiled` declined it; :obj:`supported` says whether the
+    kernel serves the call and :obj:`what` names what it needs."""
+    if backend == 'triton':
+        if not _triton.HAS_TRITON:
+            raise ImportError("backend='triton' requires 'triton', which "
+                              "is not installed")
+        if not supported:
+            raise ValueError(f"samsa_geo's Triton kernel does not support "
+                             f"this call (it needs {what}); use "
+                             f"backend='auto'")
+        return True
+    return backend == 'auto' and supported
 
 
 def check_points(name: str, x: Tensor) -> Tensor:
@@ -61,7 +86,8 @@ def check_positive_int(name: str, value: int) -> None:
 
 def check_batch(name: str, batch: Optional[Tensor], num_nodes: int,
                 device: torch.device) -> Optional[Tensor]:
-    r"""Validates a sorted batch vector of length :obj:`num_nodes`."""
+    r"""Validates the type, shape and device of a batch vector of length
+    :obj:`num_nodes` (its values are checked by :func:`read_values`)."""
     if batch is None:
         return None
     if not isinstance(batch, Tensor):
@@ -76,25 +102,48 @@ def check_batch(name: str, batch: Optional[Tensor], num_nodes: int,
     if batch.device != device:
         raise ValueError(f"Expected '{name}' on device {device} "
                          f"(got {batch.device})")
-    batch = batch.long()
-    if num_nodes > 0:
-        if int(batch.min()) < 0:
-            raise ValueError(f"Expected '{name}' to be non-negative")
-        if bool((batch[1:] < batch[:-1]).any()):
-            raise ValueError(f"Expected '{name}' to be sorted in ascending "
-                             f"order")
-    return batch
+    return batch.long()
 
 
-def num_examples(batch_size: Optional[int], *batches: Optional[Tensor]) -> int:
-    r"""Returns the number of examples, checked against the batch vectors."""
+def read_values(points: Sequence[Tuple[str, Tensor]],
+                batches: Sequence[Tuple[str, Optional[Tensor]]],
+                batch_size: Optional[int]) -> int:
+    r"""Checks the values of an op's inputs and returns the number of
+    examples, with at most one device-to-host read.
+
+    With value checks on (:func:`~samsa_geo.ops.config.value_checks`, and
+    not under :func:`torch.compile`), :obj:`points` must be finite and the
+    :obj:`batches` sorted and non-negative. The number of examples is
+    :obj:`batch_size`, checked against the batch vectors, or inferred from
+    their last entries; without checks and with :obj:`batch_size` given
+    nothing is read.
+    """
+    if batch_size is not None:
+        check_positive_int('batch_size', batch_size)
+    check = config.value_checks_enabled() and \
+        not torch.compiler.is_compiling()
+    need_last = check or batch_size is None
+    flags: List[Tuple[str, str, Tensor]] = []
+    if check:
+        flags += [('finite', name, torch.isfinite(x).all())
+                  for name, x in points if x.numel() > 0]
+        flags += [('sorted', name, validation.sorted_batch_flag(b))
+                  for name, b in batches if b is not None and b.numel() > 0]
+    if need_last:
+        flags += [('last', name, b[-1]) for name, b in batches
+                  if b is not None and b.numel() > 0]
+    values = torch.stack([f[2].long() for f in flags]).tolist() \
+        if flags else []  # the one host read
     inferred = 1
-    for batch in batches:
-        if batch is not None and batch.numel() > 0:
-            inferred = max(inferred, int(batch[-1]) + 1)
+    for (kind, name, _), value in zip(flags, values):
+        if kind == 'finite' and not value:
+            validation.raise_non_finite(name)
+        if kind == 'sorted' and not value:
+            validation.raise_unsorted(name)
+        if kind == 'last':
+            inferred = max(inferred, value + 1)
     if batch_size is None:
         return inferred
-    check_positive_int('batch_size', batch_size)
     if batch_size < inferred:
         raise ValueError(f"Expected 'batch_size' to be at least the number "
                          f"of examples in the batch vector ({inferred}) "
@@ -117,10 +166,13 @@ def batch_to_ptr(batch: Optional[Tensor], num_nodes: int, batch_size: int,
 def paired_batches(x: Tensor, y: Tensor, batch_x: Optional[Tensor],
                    batch_y: Optional[Tensor], batch_size: Optional[int]
                    ) -> Tuple[Optional[Tensor], Optional[Tensor], int]:
-    r"""Validates the batch vectors of a query/candidate pair."""
+    r"""Validates a query/candidate pair and its batch vectors (values
+    included, see :func:`read_values`)."""
     batch_x = check_batch('batch_x', batch_x, x.size(0), x.device)
     batch_y = check_batch('batch_y', batch_y, y.size(0), y.device)
-    size = num_examples(batch_size, batch_x, batch_y)
+    size = read_values([('x', x), ('y', y)],
+                       [('batch_x', batch_x), ('batch_y', batch_y)],
+                       batch_size)
     if size > 1 and (batch_x is None or batch_y is None):
         raise ValueError("Expected both 'batch_x' and 'batch_y' when the "
                          f"batch holds several examples (got {size} examples)")

@@ -4,14 +4,17 @@ import torch
 from torch import Tensor
 
 import samsa_geo.typing
-from samsa_geo.ops import _fallback
+from samsa_geo.ops import _fallback, _triton
+from samsa_geo.ops._fallback.fps import sample_counts, start_points
 from samsa_geo.ops._utils import (
     batch_to_ptr,
     check_batch,
     check_points,
     cluster_supports,
-    num_examples,
+    read_values,
+    resolve_backend,
     use_compiled,
+    use_triton,
 )
 
 
@@ -26,14 +29,16 @@ def _ratio_tensor(ratio: Union[float, Tensor], src: Tensor,
             raise ValueError(f"Expected 'ratio' to have shape [] or "
                              f"[{batch_size}] (got {list(ratio.size())})")
         r = ratio.to(src.device)
-    elif isinstance(ratio, (float, int)) and not isinstance(ratio, bool):
-        r = torch.tensor(float(ratio), dtype=src.dtype, device=src.device)
-    else:
+        if r.numel() > 0 and not bool(((r > 0) & (r <= 1)).all()):
+            raise ValueError(f"Expected 'ratio' to lie in (0, 1] "
+                             f"(got {ratio})")
+        return r
+    if isinstance(ratio, bool) or not isinstance(ratio, (float, int)):
         raise TypeError(f"Expected 'ratio' to be a float or a Tensor "
                         f"(got {type(ratio).__name__})")
-    if r.numel() > 0 and not bool(((r > 0) & (r <= 1)).all()):
+    if not 0 < ratio <= 1:  # checked on the host: no device read
         raise ValueError(f"Expected 'ratio' to lie in (0, 1] (got {ratio})")
-    return r
+    return torch.full((), float(ratio), dtype=src.dtype, device=src.device)
 
 
 def fps(
@@ -61,11 +66,21 @@ def fps(
     :math:`\lceil r \cdot |\mathcal{V}_b| \rceil` points are sampled
     (ties go to the smallest index).
 
-    Uses :obj:`torch_cluster` when installed; otherwise all examples are
-    sampled at once in pure PyTorch on a padded :obj:`[B, N_max]` distance
-    matrix. With :obj:`random_start=False` both give the same order; the
-    random start of the pure-PyTorch path follows :func:`torch.manual_seed`
-    (:obj:`torch_cluster` on CPU draws it from C's :obj:`rand()`).
+    Uses :obj:`torch_cluster` when installed; otherwise, on CUDA, samsa_geo's
+    Triton kernel (float32 points of up to three features: one program per
+    example runs all steps, one host read per call); otherwise all examples
+    are sampled at once in pure PyTorch on a padded :obj:`[B, N_max]`
+    distance matrix. With :obj:`random_start=False` all give the same
+    order; the random start of the Triton and pure-PyTorch paths follows
+    :func:`torch.manual_seed` (:obj:`torch_cluster` on CPU draws it from
+    C's :obj:`rand()`).
+
+    With value checks on (the default, see
+    :func:`~samsa_geo.ops.value_checks`), non-finite :obj:`src` and an
+    unsorted :obj:`batch` raise a :class:`ValueError` naming the argument;
+    all such checks share one device-to-host read per call. Inner layers
+    that validated their input at the model's entry turn them off, as a
+    read stalls the host on every call.
 
     Args:
         src (torch.Tensor): Point matrix :math:`\mathbf{X}`.
@@ -78,8 +93,9 @@ def fps(
             from its first point. (default: :obj:`True`)
         batch_size (int, optional): Number of examples :math:`B`, inferred
             from :obj:`batch` if not given. (default: :obj:`None`)
-        backend (str, optional): :obj:`"auto"` (compiled when available),
-            :obj:`"compiled"` or :obj:`"torch"` (pure PyTorch).
+        backend (str, optional): :obj:`"auto"` (compiled when available,
+            else Triton on CUDA where it applies), :obj:`"compiled"`,
+            :obj:`"triton"` or :obj:`"torch"` (pure PyTorch).
             (default: :obj:`"auto"`)
 
     Shapes:
@@ -88,9 +104,10 @@ def fps(
         - **output:** global indices :math:`(\sum_b \lceil r \cdot N_b
           \rceil)`, in sampling order, concatenated by example
     """
+    backend = resolve_backend(backend)
     src = check_points('src', src)
     batch = check_batch('batch', batch, src.size(0), src.device)
-    size = num_examples(batch_size, batch)
+    size = read_values([('src', src)], [('batch', batch)], batch_size)
     r = _ratio_tensor(ratio, src, size)
     if not isinstance(random_start, bool):
         raise TypeError(f"Expected 'random_start' to be a bool "
@@ -113,5 +130,17 @@ def fps(
         if ptr.numel() == 1:
             return torch.empty(0, dtype=torch.long, device=src.device)
         return torch.ops.torch_cluster.fps(src, ptr, r, random_start)
+
+    supported = _triton.fps_supported(src, forced=backend == 'triton')
+    if use_triton(backend, supported, 'float32 points of up to 3 features '
+                  'on a CUDA device'):
+        from samsa_geo.ops._triton.fps import fps_triton
+        deg = ptr[1:] - ptr[:-1]
+        num_samples = sample_counts(deg, r)
+        start = start_points(deg, random_start)
+        # The one host read: the output size and the kernel variant.
+        max_points, total = torch.stack([deg.max(),
+                                         num_samples.sum()]).tolist()
+        return fps_triton(src, ptr, start, num_samples, max_points, total)
 
     return _fallback.fps(src, ptr, r, random_start)

@@ -4,14 +4,16 @@ import torch
 from torch import Tensor
 
 import samsa_geo.typing
-from samsa_geo.ops import _fallback
+from samsa_geo.ops import _fallback, _triton
 from samsa_geo.ops._utils import (
     batch_to_ptr,
     check_points,
     check_positive_int,
     cluster_supports,
     paired_batches,
+    resolve_backend,
     use_compiled,
+    use_triton,
 )
 
 FLOWS = ('source_to_target', 'target_to_source')
@@ -52,6 +54,22 @@ def knn(
     up to three features) are ranked exactly on a spatial grid instead,
     against the points of neighbouring cells only.
 
+    On CUDA without :obj:`torch_cluster`, Euclidean float32 points of up to
+    three features and :math:`k \le 64` go to samsa_geo's Triton kernel:
+    points ordered along a Morton curve, candidate tiles skipped by a
+    bounding-box bound, the same float32 distances as the pure-PyTorch
+    path and equal distances ordered by index (as the brute-force
+    reference with a stable sort). It is a PyTorch custom operator
+    (:obj:`torch.ops.samsa_geo.knn_neighbours`), so :func:`torch.compile`
+    keeps it; one host read per call sizes the output.
+
+    With value checks on (the default, see
+    :func:`~samsa_geo.ops.value_checks`), non-finite :obj:`x` or :obj:`y`
+    and unsorted batch vectors raise a :class:`ValueError` naming the
+    argument; all such checks share one device-to-host read per call.
+    Inner layers that validated their input at the model's entry turn them
+    off, as a read stalls the host on every call.
+
     Args:
         x (torch.Tensor): Candidate points.
         y (torch.Tensor): Query points.
@@ -69,8 +87,10 @@ def knn(
         chunk_size (int, optional): Upper bound on the entries of one
             query-by-candidate distance block of the pure-PyTorch path.
             (default: :obj:`2**22` on CPU, :obj:`2**26` on CUDA)
-        backend (str, optional): :obj:`"auto"`, :obj:`"compiled"` or
-            :obj:`"torch"`. (default: :obj:`"auto"`)
+        backend (str, optional): :obj:`"auto"` (compiled when available,
+            else Triton on CUDA where it applies, else pure PyTorch),
+            :obj:`"compiled"`, :obj:`"triton"` or :obj:`"torch"`.
+            (default: :obj:`"auto"`)
 
     Shapes:
         - **input:** :obj:`x` :math:`(N, F)`, :obj:`y` :math:`(M, F)`,
@@ -79,6 +99,7 @@ def knn(
           :obj:`x`; grouped by query in ascending order, neighbours by
           ascending distance
     """
+    backend = resolve_backend(backend)
     x, y = check_points('x', x), check_points('y', y)
     check_positive_int('k', k)
     if x.size(1) != y.size(1):
@@ -108,6 +129,19 @@ def knn(
     ptr_x = batch_to_ptr(batch_x, x.size(0), size, x.device)
     if batch_y is None:
         batch_y = y.new_zeros(y.size(0), dtype=ptr_x.dtype)
+    supported = _triton.knn_supported(x, y, k, cosine,
+                                      forced=backend == 'triton')
+    if use_triton(backend, supported, 'Euclidean float32 points of up to 3 '
+                  'features on a CUDA device and k <= 64'):
+        if batch_x is None:
+            batch_x = x.new_zeros(x.size(0), dtype=ptr_x.dtype)
+        ptr_y = batch_to_ptr(batch_y, y.size(0), size, y.device)
+        nbr = torch.ops.samsa_geo.knn_neighbours(
+            x.detach().contiguous(), y.detach().contiguous(), k, ptr_x,
+            ptr_y, batch_x, batch_y, y is x)  # [M, k]
+        # The one host read: how many neighbours exist.
+        found = (nbr.view(-1) >= 0).nonzero().view(-1)
+        return torch.stack([found // k, nbr.view(-1)[found]], dim=0)
     return _fallback.knn(x, y, k, ptr_x, batch_y, cosine, chunk_size)
 
 

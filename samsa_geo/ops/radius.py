@@ -7,11 +7,13 @@ from torch import Tensor
 import samsa_geo.typing
 from samsa_geo.ops import _fallback
 from samsa_geo.ops._utils import (
+    CLUSTER_BACKENDS,
     batch_to_ptr,
     check_points,
     check_positive_int,
     cluster_supports,
     paired_batches,
+    resolve_backend,
     use_compiled,
 )
 
@@ -72,6 +74,10 @@ def radius(
     (k-d tree order); the pure-PyTorch path keeps the smallest indices, like
     :obj:`torch_cluster` on CUDA, and lists neighbours by ascending index.
 
+    Non-finite points and unsorted batch vectors raise a
+    :class:`ValueError` while value checks are on, as in
+    :func:`~samsa_geo.ops.knn`.
+
     Args:
         x (torch.Tensor): Candidate points.
         y (torch.Tensor): Query points.
@@ -100,6 +106,7 @@ def radius(
         - **output:** :math:`(2, E)`; row 0 indexes :obj:`y` (ascending),
           row 1 indexes :obj:`x`
     """
+    backend = resolve_backend(backend, CLUSTER_BACKENDS)
     x, y = check_points('x', x), check_points('y', y)
     if x.size(1) != y.size(1):
         raise ValueError(f"Expected 'x' and 'y' to have the same number of "

@@ -5,7 +5,11 @@ from torch import Tensor
 
 import samsa_geo.typing
 from samsa_geo.ops import _fallback
-from samsa_geo.ops._utils import use_compiled
+from samsa_geo.ops._utils import (
+    CLUSTER_BACKENDS,
+    resolve_backend,
+    use_compiled,
+)
 
 REDUCTIONS = ('sum', 'add', 'mean', 'max', 'min')
 
@@ -75,6 +79,7 @@ def scatter(
           src
         - **output:** :math:`(*, \text{dim\_size}, *)`
     """
+    backend = resolve_backend(backend, CLUSTER_BACKENDS)
     dim = _check(src, index, dim)
     if reduce not in REDUCTIONS:
         raise ValueError(f"Expected 'reduce' to be one of {REDUCTIONS} "
@@ -130,6 +135,7 @@ def segment_softmax(
     if isinstance(src, Tensor) and not src.is_floating_point():
         raise TypeError(f"Expected 'src' to be a floating-point tensor "
                         f"(got {src.dtype})")
+    backend = resolve_backend(backend, CLUSTER_BACKENDS)
     dim = _check(src, index, dim)
     if index.dim() != 1:
         raise ValueError(f"Expected 'index' to have shape [{src.size(dim)}] "

@@ -5,6 +5,8 @@ import torch
 
 import samsa_geo.typing
 from samsa_geo.ops import _fallback, knn, knn_graph
+from samsa_geo.ops._fallback import blocks as distance_blocks
+from samsa_geo.ops._fallback import knn_grid, knn_padded
 
 needs_cluster = pytest.mark.skipif(not samsa_geo.typing.WITH_TORCH_CLUSTER,
                                    reason='torch_cluster is not installed')
@@ -146,14 +148,14 @@ def test_knn_distance_blocks_are_bounded(monkeypatch, chunk_size, padded):
     sizes = [300, 20, 180]
     x, batch = torch.randn(sum(sizes), 3), _batch(sizes)
     blocks = []
-    distances = _fallback._distances
+    distances = distance_blocks.distances
 
     def recording_distances(y, x, cosine):
         out = distances(y, x, cosine)
         blocks.append(tuple(out.size()))
         return out
 
-    monkeypatch.setattr(_fallback, '_distances', recording_distances)
+    monkeypatch.setattr(distance_blocks, 'distances', recording_distances)
     out = _fallback.knn(x, x, 8, _ptr(sizes), batch, chunk_size=chunk_size,
                         padded=padded)
     monkeypatch.undo()
@@ -228,12 +230,12 @@ def test_knn_padded_many_features(num_features):
 
 
 def test_use_padding():
-    assert _fallback.use_padding([100_000], [7])
-    assert _fallback.use_padding([1024] * 128, [1024] * 128)
-    assert _fallback.use_padding([900, 1100, 1024], [0, 5, 3])
+    assert knn_padded.use_padding([100_000], [7])
+    assert knn_padded.use_padding([1024] * 128, [1024] * 128)
+    assert knn_padded.use_padding([900, 1100, 1024], [0, 5, 3])
     many = [10] * 5000
-    assert not _fallback.use_padding([100_000] + many, [1] * 5001)
-    assert not _fallback.use_padding([1] * 5001, [100_000] + many)
+    assert not knn_padded.use_padding([100_000] + many, [1] * 5001)
+    assert not knn_padded.use_padding([1] * 5001, [100_000] + many)
 
 
 @pytest.mark.parametrize('sizes_x, sizes_y', [
@@ -244,7 +246,7 @@ def test_use_padding():
 def test_example_blocks_cover_every_query_once(sizes_x, sizes_y, chunk_size):
     # Every query with candidates lies in exactly one block.
     seen = []
-    for b0, b1, q0, q1, s in _fallback.example_blocks(sizes_x, sizes_y,
+    for b0, b1, q0, q1, s in knn_padded.example_blocks(sizes_x, sizes_y,
                                                       chunk_size):
         assert s == max(sizes_x[b0:b1]) and q1 <= max(sizes_y[b0:b1])
         assert (b1 - b0) * (q1 - q0) * s <= chunk_size or (
@@ -263,7 +265,7 @@ def _stable_reference(x, y, k, sizes_x, sizes_y):
     rows, cols, x0, y0 = [], [], 0, 0
     for nx, ny in zip(sizes_x, sizes_y):
         if nx > 0 and ny > 0:
-            dist = _fallback._distances(y[y0:y0 + ny].t(),
+            dist = distance_blocks.distances(y[y0:y0 + ny].t(),
                                         x[x0:x0 + nx].t(), False)
             order = dist.argsort(dim=1, stable=True)[:, :k]  # [ny, k']
             rows.append(torch.arange(y0, y0 + ny).repeat_interleave(
@@ -278,9 +280,9 @@ def _assert_same_up_to_ties(out, expected, x, y):
     # candidates at exactly equal distance (which implementations order
     # differently).
     assert torch.equal(out[0], expected[0])
-    dist = _fallback._distances(y[out[0]].t().unsqueeze(-1),
+    dist = distance_blocks.distances(y[out[0]].t().unsqueeze(-1),
                                 x[out[1]].t().unsqueeze(-1), False)
-    ref = _fallback._distances(y[expected[0]].t().unsqueeze(-1),
+    ref = distance_blocks.distances(y[expected[0]].t().unsqueeze(-1),
                                x[expected[1]].t().unsqueeze(-1), False)
     assert torch.equal(dist, ref)
     dist = dist.view(-1)
@@ -339,13 +341,13 @@ def test_knn_grid_equals_brute_force(cloud, k):
 def test_knn_grid_clustered_needs_larger_searches(monkeypatch):
     # Outliers far from the dense blobs are settled on coarser grids only.
     levels = []
-    level = _fallback._grid_level
+    level = knn_grid.KnnGrid.level
 
-    def recording_level(x, y, kk, chunk_size, lo, h, cells, *args):
+    def recording_level(self, h, cells):
         levels.append(max(cells))
-        return level(x, y, kk, chunk_size, lo, h, cells, *args)
+        return level(self, h, cells)
 
-    monkeypatch.setattr(_fallback, '_grid_level', recording_level)
+    monkeypatch.setattr(knn_grid.KnnGrid, 'level', recording_level)
     x = _blobs(torch.Generator().manual_seed(3))
     grid, brute = _grid_and_brute(x, x, 16, [x.size(0)], [x.size(0)])
     assert torch.equal(grid, brute)
@@ -375,7 +377,7 @@ def test_knn_grid_duplicated_points():
     n, m, k = x.size(0), y.size(0), 7
     grid, brute = _grid_and_brute(x, y, k, [n], [m])
     assert torch.equal(grid[0], brute[0])
-    dist = _fallback._distances(y.t(), x.t(), False)  # [M, N]
+    dist = distance_blocks.distances(y.t(), x.t(), False)  # [M, N]
     d_grid = dist.gather(1, grid[1].view(m, k))
     d_brute = dist.gather(1, brute[1].view(m, k))
     assert torch.equal(d_grid, d_brute)
@@ -411,19 +413,19 @@ def test_knn_grid_k_larger_than_neighbourhoods():
 def test_knn_grid_mixed_batch(monkeypatch, chunk_size):
     # One large example (grid, by the lowered threshold) among small and
     # empty ones (brute force); distance blocks stay within chunk_size.
-    monkeypatch.setattr(_fallback, 'GRID_MIN_POINTS', 1000)
-    monkeypatch.setattr(_fallback, 'GRID_MIN_QUERIES', 100)
+    monkeypatch.setattr(knn_grid, 'GRID_MIN_POINTS', 1000)
+    monkeypatch.setattr(knn_grid, 'GRID_MIN_QUERIES', 100)
     gen = torch.Generator().manual_seed(11)
     sizes_x, sizes_y = [30, 1500, 0, 7, 25], [10, 1200, 4, 9, 0]
     x = torch.rand(sum(sizes_x), 3, generator=gen)
     y = torch.rand(sum(sizes_y), 3, generator=gen)
-    assert _fallback.grid_examples(sizes_x, sizes_y, x, False, None) == [1]
-    assert _fallback.grid_examples(sizes_x, sizes_y, x, True, None) == []
-    assert _fallback.grid_examples(sizes_x, sizes_y, x, False, False) == []
-    assert _fallback.grid_examples(sizes_x, sizes_y, x, False, True) == [
+    assert knn_grid.grid_examples(sizes_x, sizes_y, x, False, None) == [1]
+    assert knn_grid.grid_examples(sizes_x, sizes_y, x, True, None) == []
+    assert knn_grid.grid_examples(sizes_x, sizes_y, x, False, False) == []
+    assert knn_grid.grid_examples(sizes_x, sizes_y, x, False, True) == [
         0, 1, 3]
     blocks, examples = [], []
-    distances, knn_grid = _fallback._distances, _fallback._knn_grid
+    distances, search = distance_blocks.distances, knn_grid.knn_grid
 
     def recording_distances(y, x, cosine):
         out = distances(y, x, cosine)
@@ -432,10 +434,10 @@ def test_knn_grid_mixed_batch(monkeypatch, chunk_size):
 
     def recording_grid(x, y, *args):
         examples.append((x.size(0), y.size(0)))
-        return knn_grid(x, y, *args)
+        return search(x, y, *args)
 
-    monkeypatch.setattr(_fallback, '_distances', recording_distances)
-    monkeypatch.setattr(_fallback, '_knn_grid', recording_grid)
+    monkeypatch.setattr(distance_blocks, 'distances', recording_distances)
+    monkeypatch.setattr(knn_grid, 'knn_grid', recording_grid)
     args = (x, y, 6, _ptr(sizes_x), _batch(sizes_y))
     auto = _fallback.knn(*args, chunk_size=chunk_size)
     monkeypatch.undo()
@@ -444,7 +446,7 @@ def test_knn_grid_mixed_batch(monkeypatch, chunk_size):
     assert torch.equal(auto, _reference(x, y, 6, _batch(sizes_x),
                                         _batch(sizes_y)))
     assert examples == [(1500, 1200)]  # only the large example
-    limit = chunk_size or _fallback.DEFAULT_CHUNK_SIZE
+    limit = chunk_size or distance_blocks.DEFAULT_CHUNK_SIZE
     assert all(math.prod(b) <= limit or b[-2] == 1 for b in blocks)
     if samsa_geo.typing.WITH_TORCH_CLUSTER:
         import torch_cluster
@@ -460,14 +462,14 @@ def test_knn_grid_not_applicable():
     out = _fallback.knn(x, y, 4, _ptr([300]), _batch([20]), grid=True)
     assert torch.equal(out, _fallback.knn(x, y, 4, _ptr([300]), _batch([20]),
                                           grid=False))
-    assert _fallback._knn_grid(x, y, 4, 2**22) is None
+    assert knn_grid.knn_grid(x, y, 4, 2**22) is None
     x = torch.rand(300, 3)
     x[5, 1] = float('inf')
-    assert _fallback._knn_grid(x, y, 4, 2**22) is None
-    assert _fallback.grid_examples([300], [20], x.double(), False,
+    assert knn_grid.knn_grid(x, y, 4, 2**22) is None
+    assert knn_grid.grid_examples([300], [20], x.double(), False,
                                    True) == [0]
-    assert _fallback.grid_examples([300], [20], x.half(), False, True) == []
-    assert _fallback.grid_examples([300], [20], torch.rand(300, 4), False,
+    assert knn_grid.grid_examples([300], [20], x.half(), False, True) == []
+    assert knn_grid.grid_examples([300], [20], torch.rand(300, 4), False,
                                    True) == []
 
 

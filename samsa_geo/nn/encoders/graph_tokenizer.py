@@ -6,6 +6,8 @@ from torch import Tensor
 from torch.nn import GELU, Linear, Module, Parameter, Sequential
 from torch_geometric.nn.inits import reset
 
+from samsa_geo.ops import check_sorted_batch
+
 
 class GraphTokens(NamedTuple):
     r"""Output of :class:`GraphTokenizer`.
@@ -180,9 +182,7 @@ class GraphTokenizer(Module):
         if batch.shape != (num_nodes, ):
             raise ValueError(f"Expected 'batch' to have shape [{num_nodes}] "
                              f"(got {list(batch.shape)})")
-        if num_nodes > 1 and bool((batch[1:] < batch[:-1]).any()):
-            raise ValueError("Expected 'batch' to be sorted (as built by "
-                             "PyG's DataLoader)")
+        check_sorted_batch(batch)
 
         h = self.node_encoder(x)
         if h.shape != (num_nodes, self.channels):

@@ -1,0 +1,69 @@
+r"""samsa_geo's Triton kernels for the geometry ops (:mod:`.knn`,
+:mod:`.fps`), what they serve, and the kNN kernel as a PyTorch custom
+operator, so that :func:`torch.compile` keeps it in a graph.
+
+The kernel modules import Triton; this module does not, so the checks run
+without it.
+"""
+import importlib.util
+import os
+
+import torch
+from torch import Tensor
+
+# Looked up once at import: a module constant is all torch.compile sees.
+HAS_TRITON = importlib.util.find_spec('triton') is not None
+#: Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``,
+#: tests on CPU).
+INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
+#: Largest number of neighbours and of features the kernels serve.
+MAX_K = 64
+MAX_FEATURES = 3
+#: Points per call stay below this: indices and sentinels are int32.
+MAX_POINTS = 2**30
+
+
+def runs_on(x: Tensor, forced: bool) -> bool:
+    r"""Whether the kernels run on :obj:`x`'s device: CUDA, or, when the
+    caller asks for them (:obj:`forced`), a CPU under Triton's
+    interpreter. Calls that pick a backend themselves never choose the
+    interpreter."""
+    return HAS_TRITON and (x.device.type == 'cuda' or (
+        forced and INTERPRETED and x.device.type == 'cpu'))
+
+
+def knn_supported(x: Tensor, y: Tensor, k: int, cosine: bool,
+                  forced: bool = False) -> bool:
+    r"""Whether the kNN kernel serves this call (Euclidean float32 points
+    of up to three features, :math:`k \le` :obj:`MAX_K`)."""
+    return (runs_on(x, forced) and not cosine and k <= MAX_K
+            and x.dtype == torch.float32 and y.dtype == torch.float32
+            and 1 <= x.size(1) <= MAX_FEATURES
+            and max(x.size(0), y.size(0)) < MAX_POINTS)
+
+
+def fps_supported(src: Tensor, forced: bool = False) -> bool:
+    r"""Whether the FPS kernel serves this call (float32 points of up to
+    three features)."""
+    return (runs_on(src, forced) and src.dtype == torch.float32
+            and 1 <= src.size(1) <= MAX_FEATURES
+            and src.size(0) < MAX_POINTS)
+
+
+@torch.library.custom_op('samsa_geo::knn_neighbours', mutates_args=())
+def knn_neighbours(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
+                   ptr_y: Tensor, batch_x: Tensor, batch_y: Tensor,
+                   same: bool) -> Tensor:
+    r"""The :obj:`k` nearest candidates of every query
+    (:func:`~samsa_geo.ops._triton.knn.knn_triton`), :obj:`[M, k]` global
+    indices, :obj:`-1` where an example has fewer candidates;
+    :obj:`same` says that :obj:`y` is :obj:`x`."""
+    # Imported here: Triton is needed only where the kernel runs.
+    from samsa_geo.ops._triton.knn import knn_triton
+    return knn_triton(x, x if same else y, k, ptr_x, ptr_y, batch_x,
+                      batch_y)
+
+
+@knn_neighbours.register_fake
+def _(x, y, k, ptr_x, ptr_y, batch_x, batch_y, same):
+    return y.new_empty(y.size(0), k, dtype=torch.long)

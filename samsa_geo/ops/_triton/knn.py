@@ -1,0 +1,349 @@
+r"""Exact k-nearest neighbours on the GPU, written in Triton.
+
+Points are first ordered along a Morton (Z-order) curve within each example,
+so that a run of consecutive points is spatially compact. One program ranks
+``BLOCK_M`` consecutive queries of one example against the candidates of
+that example, in tiles of ``BLOCK_N`` consecutive candidates:
+
+1. the tiles next to the queries' place on the curve are ranked first,
+   which gives every query a tight :math:`k`-th distance early;
+2. every other tile is then skipped when the squared distance between the
+   queries' bounding box and the tile's bounding box exceeds the largest
+   :math:`k`-th distance of the block.
+
+Distances are computed in float32 as
+:math:`((y_0 - x_0)^2 + (y_1 - x_1)^2) + (y_2 - x_2)^2`, without fused
+multiply-adds, which is exactly the arithmetic of the pure-PyTorch path
+(:func:`~samsa_geo.ops._fallback.blocks.distances`). The box bound uses the
+same operations on the box corners, and rounding is monotone, so it never
+exceeds the distance of any pair it stands for: the skip is exact. Each
+query keeps its best :math:`k` (distance, index) pairs in registers; equal
+distances are ordered by ascending index.
+
+Importing this module needs Triton.
+"""
+import os
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from samsa_geo.ops._triton import MAX_POINTS
+
+#: Tiles on either side of the queries' place on the curve that are ranked
+#: before any tile is skipped.
+NEAR_TILES = 2
+# Slot sentinels _EMPTY + slot lie above any point index; a masked
+# candidate (_INVALID) ranks after every slot sentinel.
+_EMPTY: tl.constexpr = tl.constexpr(MAX_POINTS)
+_INVALID: tl.constexpr = tl.constexpr(2**31 - 1)
+_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
+
+
+@triton.jit
+def _spread(v, F: tl.constexpr):
+    # Interleaves zeros between the bits of v (F - 1 zeros per bit).
+    if F == 3:  # 10 bits -> 30 bits
+        v = v & 0x3FF
+        v = (v | (v << 16)) & 0x030000FF
+        v = (v | (v << 8)) & 0x0300F00F
+        v = (v | (v << 4)) & 0x030C30C3
+        v = (v | (v << 2)) & 0x09249249
+    elif F == 2:  # 15 bits -> 30 bits
+        v = v & 0x7FFF
+        v = (v | (v << 8)) & 0x00FF00FF
+        v = (v | (v << 4)) & 0x0F0F0F0F
+        v = (v | (v << 2)) & 0x33333333
+        v = (v | (v << 1)) & 0x55555555
+    return v
+
+
+@triton.jit
+def _morton_kernel(pos, stride_n, stride_f, batch, lo, scale, key, N,
+                   F: tl.constexpr, HAS_BATCH: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    # key = example << 30 | Morton code of the point in its example's box.
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    b = tl.zeros([BLOCK], dtype=tl.int64)
+    if HAS_BATCH:
+        b = tl.load(batch + offs, mask=mask, other=0).to(tl.int64)
+    code = tl.zeros([BLOCK], dtype=tl.int32)
+    for f in tl.static_range(F):
+        p = tl.load(pos + offs * stride_n + f * stride_f, mask=mask,
+                    other=0.0)
+        q = (p - tl.load(lo + b * F + f)) * tl.load(scale + b * F + f)
+        q = tl.minimum(tl.maximum(q, 0.0), (1 << (30 // F)) - 1.0)
+        code = code | (_spread(q.to(tl.int32), F) << f)
+    tl.store(key + offs, (b << 30) | code.to(tl.int64), mask=mask)
+
+
+@triton.jit
+def _tile_gap(box, t, t_pad, lo0, hi0, lo1, hi1, lo2, hi2, F: tl.constexpr):
+    # Squared distance between the boxes of tiles t and of the queries (0
+    # where they overlap), with the rounding of the pair distances it
+    # bounds; t is a tile index or a vector of them.
+    g = tl.maximum(tl.maximum(tl.load(box + t) - hi0,
+                              lo0 - tl.load(box + 3 * t_pad + t)), 0.0)
+    gap = g * g
+    if F > 1:
+        g = tl.maximum(tl.maximum(tl.load(box + t_pad + t) - hi1,
+                                  lo1 - tl.load(box + 4 * t_pad + t)), 0.0)
+        gap = gap + g * g
+    if F > 2:
+        g = tl.maximum(tl.maximum(tl.load(box + 2 * t_pad + t) - hi2,
+                                  lo2 - tl.load(box + 5 * t_pad + t)), 0.0)
+        gap = gap + g * g
+    return gap
+
+
+@triton.jit
+def _rank_tile(t, xs, n_pad, ids, q0, q1, q2, row_ok, c_start, c_end,
+               best_d, best_i, worst_d, worst_i, F: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    # Merges the candidates of tile t into every query's best k.
+    cols = t * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = (cols >= c_start) & (cols < c_end)
+    diff = q0[:, None] - tl.load(xs + cols, mask=cmask, other=0.0)[None, :]
+    d = diff * diff  # [BLOCK_M, BLOCK_N]
+    if F > 1:
+        diff = q1[:, None] - tl.load(xs + n_pad + cols, mask=cmask,
+                                     other=0.0)[None, :]
+        d = d + diff * diff
+    if F > 2:
+        diff = q2[:, None] - tl.load(xs + 2 * n_pad + cols, mask=cmask,
+                                     other=0.0)[None, :]
+        d = d + diff * diff
+    cid = tl.load(ids + cols, mask=cmask, other=_INVALID)
+    # Lexicographic (distance, index) comparison with each row's worst.
+    wd, wi = worst_d[:, None], worst_i[:, None]
+    better = (d < wd) | ((d == wd) & (cid[None, :] < wi))
+    better = better & cmask[None, :] & row_ok[:, None]
+    d = tl.where(better, d, float('inf'))
+    cid = tl.where(better, cid[None, :], _INVALID)
+    go = tl.max(better.to(tl.int32), axis=1)  # [BLOCK_M]
+    while tl.max(go, axis=0) > 0:
+        # Each row's best remaining candidate replaces its worst slot.
+        m = tl.min(d, axis=1)
+        mi = tl.min(tl.where(d == m[:, None], cid, _INVALID), axis=1)
+        ins = (mi != _INVALID) & ((m < worst_d)
+                                  | ((m == worst_d) & (mi < worst_i)))
+        hit = (best_i == worst_i[:, None]) & ins[:, None]
+        best_d = tl.where(hit, m[:, None], best_d)
+        best_i = tl.where(hit, mi[:, None], best_i)
+        used = cid == mi[:, None]
+        d = tl.where(used, float('inf'), d)
+        cid = tl.where(used, _INVALID, cid)
+        worst_d = tl.max(best_d, axis=1)
+        worst_i = tl.max(tl.where(best_d == worst_d[:, None], best_i, -1),
+                         axis=1)
+        go = ins.to(tl.int32)
+    return best_d, best_i, worst_d, worst_i
+
+
+@triton.jit
+def _knn_kernel(xs, n_pad, ids, ys, m_pad, y_ids, ptr_x, ptr_y, blk_example,
+                blk_start, blk_hint, tile_box, t_pad, out, K,
+                F: tl.constexpr, KP: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+                NEAR: tl.constexpr):
+    pid = tl.program_id(0)
+    b = tl.load(blk_example + pid)
+    r_start = tl.load(blk_start + pid)
+    r_end = tl.load(ptr_y + b + 1)
+    c_start = tl.load(ptr_x + b)
+    c_end = tl.load(ptr_x + b + 1)
+    rows = r_start + tl.arange(0, BLOCK_M)
+    row_ok = rows < r_end
+
+    # Queries and their bounding box (unused axes are zeros).
+    q0 = tl.load(ys + rows, mask=row_ok, other=0.0)
+    q1 = tl.zeros_like(q0)
+    q2 = tl.zeros_like(q0)
+    if F > 1:
+        q1 = tl.load(ys + m_pad + rows, mask=row_ok, other=0.0)
+    if F > 2:
+        q2 = tl.load(ys + 2 * m_pad + rows, mask=row_ok, other=0.0)
+    lo0 = tl.min(tl.where(row_ok, q0, float('inf')), axis=0)
+    hi0 = tl.max(tl.where(row_ok, q0, -float('inf')), axis=0)
+    lo1 = tl.min(tl.where(row_ok, q1, float('inf')), axis=0)
+    hi1 = tl.max(tl.where(row_ok, q1, -float('inf')), axis=0)
+    lo2 = tl.min(tl.where(row_ok, q2, float('inf')), axis=0)
+    hi2 = tl.max(tl.where(row_ok, q2, -float('inf')), axis=0)
+
+    # Best k per query; slots past K are locked at -inf (never the worst).
+    slot = tl.arange(0, KP)
+    locked = slot[None, :] >= K
+    best_d = tl.where(locked, -float('inf'),
+                      tl.full([BLOCK_M, KP], float('inf'), tl.float32))
+    best_i = tl.where(locked, -1 - slot[None, :],
+                      _EMPTY + slot[None, :] + tl.zeros([BLOCK_M, KP],
+                                                        tl.int32))
+    worst_d = tl.full([BLOCK_M], float('inf'), tl.float32)
+    worst_i = tl.max(best_i, axis=1)
+
+    t_first = c_start // BLOCK_N
+    t_end = (c_end + BLOCK_N - 1) // BLOCK_N
+    hint = tl.load(blk_hint + pid)
+    near_lo = tl.minimum(tl.maximum(hint - NEAR, t_first), t_end)
+    near_hi = tl.maximum(tl.minimum(hint + NEAR + 1, t_end), near_lo)
+    # 1. Tiles around the queries' place on the curve.
+    for t in range(near_lo, near_hi):
+        best_d, best_i, worst_d, worst_i = _rank_tile(
+            t, xs, n_pad, ids, q0, q1, q2, row_ok, c_start, c_end, best_d,
+            best_i, worst_d, worst_i, F, BLOCK_N)
+    # 2. All other tiles whose box may hold a closer candidate: BLOCK_T
+    # boxes at a time, then tile by tile.
+    bound = tl.max(tl.where(row_ok, worst_d, -float('inf')), axis=0)
+    for t0 in range(t_first, t_end, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        t_ok = (t < t_end) & ((t < near_lo) | (t >= near_hi))
+        gap = _tile_gap(tile_box, tl.minimum(t, t_pad - 1), t_pad, lo0, hi0,
+                        lo1, hi1, lo2, hi2, F)
+        if tl.min(tl.where(t_ok, gap, float('inf')), axis=0) <= bound:
+            for tt in range(t0, tl.minimum(t0 + BLOCK_T, t_end)):
+                if (tt < near_lo) | (tt >= near_hi):
+                    gap_t = _tile_gap(tile_box, tt, t_pad, lo0, hi0, lo1,
+                                      hi1, lo2, hi2, F)
+                    if gap_t <= bound:
+                        best_d, best_i, worst_d, worst_i = _rank_tile(
+                            tt, xs, n_pad, ids, q0, q1, q2, row_ok, c_start,
+                            c_end, best_d, best_i, worst_d, worst_i, F,
+                            BLOCK_N)
+                        bound = tl.max(tl.where(row_ok, worst_d,
+                                                -float('inf')), axis=0)
+
+    # Sorted output: ascending (distance, index); -1 for empty slots.
+    out_rows = tl.load(y_ids + rows, mask=row_ok, other=0)
+    for j in tl.static_range(KP):
+        m = tl.min(best_d, axis=1)
+        mi = tl.min(tl.where(best_d == m[:, None], best_i, _INVALID), axis=1)
+        if j >= KP - K:
+            val = tl.where(mi >= _EMPTY, -1, mi).to(tl.int64)
+            tl.store(out + out_rows.to(tl.int64) * K + (j - (KP - K)), val,
+                     mask=row_ok)
+        taken = best_i == mi[:, None]
+        best_d = tl.where(taken, float('inf'), best_d)
+        best_i = tl.where(taken, _INVALID, best_i)
+
+
+def _config(k: int) -> Tuple[int, int, int]:
+    # (BLOCK_M, BLOCK_N, num_warps): registers hold [BLOCK_M, KP] slots and
+    # a [BLOCK_M, BLOCK_N] distance tile.
+    if _INTERPRETED:
+        return 16, 16, 1
+    if k <= 16:
+        return 64, 64, 8
+    return 32, 64, 4
+
+
+def _curve_order(pos: Tensor, batch: Tensor, num_examples: int,
+                 lo: Tensor, scale: Tensor) -> Tuple[Tensor, Tensor]:
+    r"""The sorted keys and the permutation that orders :obj:`pos` by
+    example, then along the Morton curve of the example's box."""
+    n, num_features = pos.size()
+    key = torch.empty(n, dtype=torch.long, device=pos.device)
+    block = 1024
+    _morton_kernel[(triton.cdiv(n, block), )](
+        pos, pos.stride(0), pos.stride(1), batch, lo, scale, key, n,
+        F=num_features, HAS_BATCH=num_examples > 1, BLOCK=block)
+    return key.sort(stable=True)
+
+
+def _feature_major(pos: Tensor, perm: Tensor, pad_to: int) -> Tensor:
+    r""":obj:`pos[perm]` as a contiguous :obj:`[F, pad_to]` float32 tensor
+    (padding columns are never read)."""
+    out = pos.new_zeros(pos.size(1), pad_to, dtype=torch.float32)
+    out[:, :perm.numel()] = pos[perm].t()
+    return out
+
+
+def _tile_boxes(xs: Tensor, n: int, block_n: int) -> Tensor:
+    r"""Per-tile boxes :obj:`[6, T]` of feature-major points :obj:`[F, N']`
+    (rows ``0..2`` the lower corner, ``3..5`` the upper one; unused axes
+    and the padding of the last tile do not widen the box)."""
+    num_features, n_pad = xs.size()
+    tiles = n_pad // block_n
+    valid = (torch.arange(n_pad, device=xs.device) < n).view(tiles, block_n)
+    pts = xs.view(num_features, tiles, block_n)  # [F, T, BLOCK_N]
+    box = xs.new_zeros(6, tiles)
+    box[:num_features] = pts.masked_fill(~valid, float('inf')).amin(-1)
+    box[3:3 + num_features] = pts.masked_fill(~valid, -float('inf')).amax(-1)
+    return box
+
+
+def knn_triton(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, ptr_y: Tensor,
+               batch_x: Tensor, batch_y: Tensor) -> Tensor:
+    r"""For every query of :obj:`y`, its :obj:`k` nearest candidates of
+    :obj:`x` in the same example, in ascending (distance, index) order.
+
+    Args:
+        x (Tensor): Candidates :obj:`[N, F]` float32, :math:`F \le 3`.
+        y (Tensor): Queries :obj:`[M, F]` float32 (may be :obj:`x`).
+        k (int): Neighbours per query, at most
+            :obj:`samsa_geo.ops._triton.MAX_K`.
+        ptr_x, ptr_y (Tensor): Example boundaries :obj:`[B + 1]`.
+        batch_x, batch_y (Tensor): Sorted batch vectors :obj:`[N]`,
+            :obj:`[M]`.
+
+    Returns:
+        Global candidate indices :obj:`[M, k]` (int64); :obj:`-1` where an
+        example holds fewer than :obj:`k` candidates.
+    """
+    device = x.device
+    n, num_features = x.size()
+    m = y.size(0)
+    num_examples = ptr_x.numel() - 1
+    block_m, block_n, num_warps = _config(k)
+    out = torch.full((m, k), -1, dtype=torch.long, device=device)
+    if n == 0 or m == 0:
+        return out
+
+    # Each example's box (over its candidates), for the curve codes.
+    lo = x.new_zeros(num_examples, num_features, dtype=torch.float32)
+    hi = torch.zeros_like(lo)
+    index = batch_x.view(-1, 1).expand(-1, num_features)
+    lo.scatter_reduce_(0, index, x.float(), 'amin', include_self=False)
+    hi.scatter_reduce_(0, index, x.float(), 'amax', include_self=False)
+    cells = float(2**(30 // num_features))
+    scale = cells / (hi - lo).clamp(min=1e-30)
+    scale = torch.where(hi > lo, scale, 0.0).contiguous()
+    key_x, perm_x = _curve_order(x, batch_x, num_examples, lo, scale)
+    same = y is x
+    key_y, perm_y = (key_x, perm_x) if same else _curve_order(
+        y, batch_y, num_examples, lo, scale)
+
+    tiles = triton.cdiv(n, block_n)
+    xs = _feature_major(x, perm_x, tiles * block_n)
+    ys = xs if same else _feature_major(y, perm_y, triton.cdiv(
+        m, block_m) * block_m)
+    ids = perm_x.int()
+    y_ids = ids if same else perm_y.int()
+    box = _tile_boxes(xs, n, block_n)
+
+    # Query blocks never cross examples: at most cdiv(M, BLOCK_M) + B.
+    num_blocks = triton.cdiv(m, block_m) + num_examples
+    per_example = (ptr_y[1:] - ptr_y[:-1] + block_m - 1) // block_m
+    first = torch.cumsum(per_example, 0) - per_example
+    pid = torch.arange(num_blocks, device=device)
+    blk_example = (torch.searchsorted(first + per_example, pid, right=True)
+                   .clamp(max=num_examples - 1))
+    blk_start = ptr_y[blk_example] + (pid - first[blk_example]) * block_m
+    # Programs past the last block get an empty row range.
+    blk_start = torch.where(pid < (first + per_example)[-1], blk_start,
+                            ptr_y[blk_example + 1])
+    # The tile where each block's first query would sit on the curve.
+    pos = blk_start.clamp(max=m - 1)
+    if not same:
+        pos = torch.searchsorted(key_x, key_y[pos])
+    hint = pos.clamp(max=n - 1) // block_n
+
+    _knn_kernel[(num_blocks, )](
+        xs, xs.size(1), ids, ys, ys.size(1), y_ids, ptr_x, ptr_y,
+        blk_example, blk_start, hint, box, tiles, out, k,
+        F=num_features, KP=max(triton.next_power_of_2(k), 2),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=16 if _INTERPRETED else 64,
+        NEAR=NEAR_TILES, num_warps=num_warps, enable_fp_fusion=False)
+    return out

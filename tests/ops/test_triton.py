@@ -1,0 +1,157 @@
+"""samsa_geo's Triton kernels for kNN and FPS, run on CPU by Triton's
+interpreter (the same kernels run compiled on a GPU: there these tests run
+on CUDA, and ``tests/gpu/test_ops_triton.py`` adds large inputs)."""
+import importlib
+import os
+
+import pytest
+import torch
+
+from samsa_geo.ops import _triton, fps, knn, knn_graph, radius
+from samsa_geo.ops._fallback import blocks as distance_blocks
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+@pytest.fixture(scope='module')
+def kernels():
+    pytest.importorskip('triton')
+    if DEVICE == 'cpu' and os.environ.get('TRITON_INTERPRET') != '1':
+        pytest.skip('Triton interpreter not enabled')
+    return (importlib.import_module('samsa_geo.ops._triton.knn'),
+            importlib.import_module('samsa_geo.ops._triton.fps'))
+
+
+def _batch(sizes):
+    return torch.repeat_interleave(torch.arange(len(sizes)),
+                                   torch.tensor(sizes)).to(DEVICE)
+
+
+def _stable_reference(x, y, k, batch_x, batch_y):
+    # Brute force: the fallback's float32 distances to every candidate of
+    # the example, equal distances in index order.
+    rows, cols = [], []
+    for i in range(y.size(0)):
+        cand = (batch_x == batch_y[i]).nonzero().view(-1)
+        dist = distance_blocks.distances(y[i:i + 1].t(), x[cand].t(),
+                                         False)[0]
+        order = dist.argsort(stable=True)[:k]
+        rows += [i] * order.numel()
+        cols += cand[order].tolist()
+    return torch.tensor([rows, cols], dtype=torch.long,
+                        device=x.device).view(2, -1)
+
+
+CASES = {
+    # sizes_x, sizes_y, k, features: examples smaller than k, empty ones.
+    'graph_3d': ([30, 0, 20, 3], None, 5, 3),
+    'queries_2d': ([30, 50, 0], [7, 0, 12], 4, 2),
+    'line_1d': ([45], [20], 3, 1),
+}
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_knn_triton_equals_brute_force(kernels, case):
+    sizes_x, sizes_y, k, num_features = CASES[case]
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(sum(sizes_x), num_features, generator=gen).to(DEVICE)
+    batch_x = _batch(sizes_x)
+    if sizes_y is None:
+        y, batch_y = x, batch_x
+    else:
+        y = torch.rand(sum(sizes_y), num_features, generator=gen).to(DEVICE)
+        y = y * 1.5 - 0.25  # queries inside and outside the candidates' box
+        batch_y = _batch(sizes_y)
+    out = knn(x, y, k, batch_x, batch_y, backend='triton')
+    expected = _stable_reference(x, y, k, batch_x, batch_y)
+    assert torch.equal(out, expected)
+    # Random points have no ties: the pure-PyTorch path agrees exactly.
+    assert torch.equal(out, knn(x, y, k, batch_x, batch_y, backend='torch'))
+    if sizes_y is None:
+        graph = knn_graph(x, k, batch_x, backend='triton')
+        assert torch.equal(graph, knn_graph(x, k, batch_x, backend='torch'))
+
+
+def test_knn_triton_ties_by_index_and_box_skips(kernels, monkeypatch):
+    # Duplicated lattice points tie exactly: equal distances come in index
+    # order. Without the tiles near each block ranked first, every tile
+    # goes through the box bound; the result is the same.
+    base = torch.stack(torch.meshgrid(torch.arange(4.0), torch.arange(4.0),
+                                      indexing='ij'), -1).view(-1, 2)
+    x = torch.cat([base, base.flip(0), base[:5]]).to(DEVICE)  # [37, 2]
+    perm = torch.randperm(x.size(0), generator=torch.Generator().
+                          manual_seed(2)).to(DEVICE)
+    x = x[perm]
+    batch = torch.zeros(x.size(0), dtype=torch.long, device=DEVICE)
+    knn_kernel, _ = kernels
+    for near in [knn_kernel.NEAR_TILES, 0]:
+        monkeypatch.setattr(knn_kernel, 'NEAR_TILES', near)
+        out = knn(x, x, 6, batch, batch, backend='triton')
+        assert torch.equal(out, _stable_reference(x, x, 6, batch, batch))
+    # Clustered examples far apart: boxes of other clusters are skipped.
+    gen = torch.Generator().manual_seed(4)
+    y = torch.cat([torch.randn(20, 3, generator=gen) * 0.01 + c
+                   for c in (0.0, 5.0, -7.0)]).to(DEVICE)
+    zeros = torch.zeros(60, dtype=torch.long, device=DEVICE)
+    out = knn(y, y, 4, backend='triton')
+    assert torch.equal(out, _stable_reference(y, y, 4, zeros, zeros))
+
+
+@pytest.mark.parametrize('register_points', [4096, 16])
+def test_fps_triton_equals_fallback(kernels, monkeypatch, register_points):
+    # Both kernel variants: coordinates in registers, and streamed in
+    # blocks (forced small here) with the distances in a scratch buffer.
+    _, fps_kernel = kernels
+    monkeypatch.setattr(fps_kernel, 'REGISTER_POINTS', register_points)
+    monkeypatch.setattr(fps_kernel, 'STREAM_BLOCK', 16)
+    sizes = [40, 0, 23, 1]
+    gen = torch.Generator().manual_seed(5)
+    pos = torch.rand(sum(sizes), 3, generator=gen).to(DEVICE)
+    # Ties: a duplicated point must lose to the first copy.
+    pos[30] = pos[25]
+    batch = _batch(sizes)
+    for random_start in [False, True]:
+        torch.manual_seed(6)
+        out = fps(pos, batch, 0.3, random_start, backend='triton')
+        torch.manual_seed(6)
+        ref = fps(pos, batch, 0.3, random_start, backend='torch')
+        assert torch.equal(out, ref)
+    line = torch.rand(30, 1, generator=gen).to(DEVICE)
+    assert torch.equal(fps(line, None, 1.0, False, backend='triton'),
+                       fps(line, None, 1.0, False, backend='torch'))
+
+
+def test_knn_custom_operator(kernels):
+    x = torch.rand(20, 3, device=DEVICE)
+    ptr = torch.tensor([0, 20], device=DEVICE)
+    batch = torch.zeros(20, dtype=torch.long, device=DEVICE)
+    nbr = torch.ops.samsa_geo.knn_neighbours(x, x, 3, ptr, ptr, batch,
+                                             batch, True)
+    assert nbr.size() == (20, 3)
+    assert torch.equal(nbr[:, 0], torch.arange(20, device=DEVICE))
+    torch.library.opcheck(torch.ops.samsa_geo.knn_neighbours.default,
+                          (x, x, 3, ptr, ptr, batch, batch, True),
+                          test_utils=('test_schema', 'test_faketensor'))
+
+
+def test_triton_backend_selection():
+    x = torch.rand(10, 3)
+    # 'auto' never runs the interpreter on CPU tensors.
+    assert not _triton.knn_supported(x, x, 4, False)
+    assert not _triton.fps_supported(x)
+    with pytest.raises(ValueError, match="'backend'"):
+        radius(x, x, 0.5, backend='triton')
+    if not _triton.HAS_TRITON or (DEVICE == 'cpu'
+                                  and not _triton.INTERPRETED):
+        return
+    x = x.to(DEVICE)
+    assert _triton.knn_supported(x, x, 4, False, forced=True)
+    for kwargs in [dict(cosine=True), dict(k=65)]:
+        args = dict(k=4, backend='triton')
+        args.update(kwargs)
+        with pytest.raises(ValueError, match='Triton kernel does not'):
+            knn(x, x, **args)
+    with pytest.raises(ValueError, match='Triton kernel does not'):
+        knn(x.double(), x.double(), 4, backend='triton')
+    with pytest.raises(ValueError, match='Triton kernel does not'):
+        fps(torch.rand(10, 4, device=DEVICE), backend='triton')
