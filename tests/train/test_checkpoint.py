@@ -91,11 +91,29 @@ class Opaque:
     pass
 
 
-def test_unsafe_pickle_is_rejected(tmp_path):
-    path = tmp_path / 'evil.pt'
-    torch.save({'format': 'samsa_geo.train/1', 'model': Opaque()}, path)
-    with pytest.raises(CheckpointError, match='evil.pt'):
+class Payload:
+    r"""Unpickling calls ``open(path, 'w')``: a file appears if code ran."""
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, 'w'))
+
+
+@pytest.mark.parametrize('content', ['opaque', 'code'])
+def test_unsafe_pickle_is_rejected(tmp_path, content):
+    path, ran = tmp_path / 'evil.pt', tmp_path / 'ran'
+    obj = Opaque() if content == 'opaque' else Payload(ran)
+    torch.save({'format': 'samsa_geo.train/1', 'model': obj}, path)
+    name = 'Opaque' if content == 'opaque' else 'io.open'
+    with pytest.raises(CheckpointError) as exc:
         load_checkpoint(path)
+    message = str(exc.value)
+    assert message.startswith(f"Checkpoint '{path}' (")
+    assert 'holds code or types that a weights-only load does not accept' \
+        in message and name in message and 'truncated' not in message
+    assert message.endswith('rewrite this one')  # whole sentences
+    assert not ran.exists()
 
 
 def test_resume_from_truncated_last_pt_names_the_file(tmp_path):
