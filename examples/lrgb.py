@@ -19,10 +19,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch_geometric.datasets import LRGBDataset
 from torch_geometric.transforms import Compose
 
-from samsa_geo.datasets import LRGB_TASKS, lrgb_feature_normalization, lrgb_task
+from samsa_geo.datasets import (LRGB_TASKS, LRGBDataset,
+                                lrgb_feature_normalization, lrgb_task)
 from samsa_geo.metrics import (average_precision_multitask, macro_f1,
                                mean_absolute_error, mrr)
 from samsa_geo.nn.models import PRESETS, SamsaGraphModel

@@ -1,11 +1,12 @@
 """Atomic file and checkpoint writing, and safe checkpoint loading."""
 import os
 import os.path as osp
-import re
 from contextlib import contextmanager
 from typing import IO, Any, Dict, Iterable, Iterator, Optional, Union
 
 import torch
+
+from samsa_geo.io import rejection_message
 
 CHECKPOINT_FORMAT = 'samsa_geo.train/1'
 
@@ -73,30 +74,6 @@ def save_checkpoint(state: Dict[str, Any], path: Union[str, os.PathLike]) -> Non
         torch.save({'format': CHECKPOINT_FORMAT, **state}, f)
 
 
-def rejection_message(path: str, error: Exception, what: str) -> str:
-    r"""Why :func:`torch.load` with :obj:`weights_only=True` refused
-    :obj:`path`, in whole sentences: either the file holds code or types a
-    weights-only load does not accept (named when torch names them), or it
-    is truncated or corrupted."""
-    size = osp.getsize(path) if osp.isfile(path) else 0
-    text = str(error)
-    found = re.search(r'GLOBAL ([\w.]+)', text)
-    if 'Weights only load failed' in text and found:
-        return (f"{what} '{path}' ({size} bytes) holds code or types that a "
-                f"weights-only load does not accept ('{found.group(1)}'), so "
-                f"it was not loaded and nothing in it ran. Use only files "
-                f"written by samsa_geo or from a source you trust, and "
-                f"rewrite this one")
-    if 'WeightsUnpickler error:' in text:  # not a pickle a writer produced
-        text = text.split('WeightsUnpickler error:')[1]
-    first = text.strip().split('\n')[0].split('. ')[0].rstrip('.')
-    cause = type(error).__name__ + (f': {first}' if first else '')
-    return (f"{what} '{path}' ({size} bytes) is truncated or corrupted and "
-            f"cannot be read ({cause}). Delete it or "
-            f"replace it: a damaged 'last.pt' can be replaced by a copy of "
-            f"'best.pt' from the same folder to resume from the best epoch")
-
-
 def load_checkpoint(path: Union[str, os.PathLike],
                     map_location: Union[str, torch.device] = 'cpu',
                     required: Iterable[str] = ('model', )) -> Dict[str, Any]:
@@ -122,7 +99,10 @@ def load_checkpoint(path: Union[str, os.PathLike],
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types on damaged archives.
-        raise CheckpointError(rejection_message(path, e, 'Checkpoint')) from e
+        raise CheckpointError(rejection_message(
+            path, e, 'Checkpoint', "Delete it or replace it: a damaged "
+            "'last.pt' can be replaced by a copy of 'best.pt' from the same "
+            "folder to resume from the best epoch")) from e
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"File '{path}' is not a samsa_geo.train checkpoint (expected a "

@@ -10,6 +10,7 @@ from _train_toy import ToyTask, make_dataset, make_model  # noqa: E402
 
 from samsa_geo.train import (CheckpointError, Trainer, load_checkpoint,  # noqa: E402
                              make_loader, save_checkpoint)
+from samsa_geo.testing import CraftedPayload  # noqa: E402
 from samsa_geo.train.checkpoint import atomic_write  # noqa: E402
 
 
@@ -91,19 +92,10 @@ class Opaque:
     pass
 
 
-class Payload:
-    r"""Unpickling calls ``open(path, 'w')``: a file appears if code ran."""
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, 'w'))
-
-
 @pytest.mark.parametrize('content', ['opaque', 'code'])
 def test_unsafe_pickle_is_rejected(tmp_path, content):
     path, ran = tmp_path / 'evil.pt', tmp_path / 'ran'
-    obj = Opaque() if content == 'opaque' else Payload(ran)
+    obj = Opaque() if content == 'opaque' else CraftedPayload(ran)
     torch.save({'format': 'samsa_geo.train/1', 'model': obj}, path)
     name = 'Opaque' if content == 'opaque' else 'io.open'
     with pytest.raises(CheckpointError) as exc:
