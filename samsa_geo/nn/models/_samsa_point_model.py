@@ -16,6 +16,7 @@ from torch.nn import (
 )
 from torch_geometric.nn import EdgeConv, global_max_pool, global_mean_pool
 
+from samsa_geo.nn.attention import SamsaAttention
 from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
 from samsa_geo.nn.encoders._point_geometry import centroid, check_points
@@ -161,6 +162,10 @@ class SamsaPointModel(Module):
         if x.shape != (N, self.in_channels):
             raise ValueError(f"Expected 'x' to have shape [{N}, "
                              f"{self.in_channels}] (got {list(x.shape)})")
+        if (SamsaAttention.validate_args and x.numel() > 0
+                and not bool(torch.isfinite(x).all())):
+            raise ValueError("Expected 'x' to hold finite values only "
+                             "(found NaN or inf)")
         return x
 
     def backbone(
@@ -170,7 +175,8 @@ class SamsaPointModel(Module):
         x: Optional[Tensor] = None,
         token_bias: Optional[Tensor] = None,
     ) -> PointFeatures:
-        batch, B = check_points(pos, batch, None)
+        batch, B = check_points(pos, batch, None,
+                                SamsaAttention.validate_args)
         return self._backbone(pos, batch, B, x, token_bias)
 
     def _backbone(
@@ -203,11 +209,20 @@ class SamsaPointModel(Module):
             h = h + self.lin_in(feats.to(dtype))
         if self.encoder is not None:  # inputs already checked above
             h = h + self.encoder._encode(pos_c, batch, B, normal, edge_index)
+            if (SamsaAttention.validate_args and N > 0
+                    and not bool(torch.isfinite(h).all())):
+                raise ValueError(
+                    f"Expected the point encoder ({self.encoder_type}) to "
+                    f"give finite tokens from finite 'pos' (got NaN or inf "
+                    f"in {h.dtype}); its weights hold non-finite values or "
+                    f"overflow this dtype")
         if token_bias is not None:
             h = h + token_bias
 
+        if N == 0:  # no point: no attention; B empty clouds pool to zeros
+            return PointFeatures(h, batch, B, 0)
         counts = torch.bincount(batch, minlength=B)
-        max_num_nodes = int(counts.max()) if N > 0 else 0
+        max_num_nodes = int(counts.max())
         for conv in self.convs:
             h = conv(h, edge_index, batch, pos=pos_c, normal=normal,
                      num_graphs=B, max_num_nodes=max_num_nodes)

@@ -5,6 +5,7 @@ from torch import Tensor
 from torch.nn import Embedding
 from torch_geometric.nn.inits import reset
 
+from samsa_geo.nn.attention import SamsaAttention
 from samsa_geo.nn.encoders._point_geometry import check_points
 from samsa_geo.nn.models._samsa_point_model import SamsaPointModel
 
@@ -161,7 +162,8 @@ class SamsaPointSegmenter(SamsaPointModel):
         category: Optional[Tensor] = None,
     ) -> Tensor:
         r"""Returns per-point logits :math:`(N, \mathrm{num\_classes})`."""
-        batch, B = check_points(pos, batch, None)
+        batch, B = check_points(pos, batch, None,
+                                SamsaAttention.validate_args)
         token_bias = self._category_tokens(category, batch, B)
         feats = self._backbone(pos, batch, B, x, token_bias)
         h, batch = feats.x, feats.batch
