@@ -9,11 +9,13 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Data, InMemoryDataset
 
-from samsa_geo.datasets import (LRGBDataset, ModelNet40HDF5,
+from samsa_geo.datasets import (FreeSolv, LRGBDataset, ModelNet40HDF5,
                                 ModelNet40NormalResampled, ShapeNetPart,
                                 modelnet_princeton)
+from samsa_geo.datasets._checked_cache import CheckedCache
+from samsa_geo.datasets.modelnet_princeton import PrincetonModelNet
 from samsa_geo.io import DamagedFileError, UnsafeFileError
 from samsa_geo.testing import CraftedPayload, write_lrgb_raw
 
@@ -110,6 +112,11 @@ def test_crafted_cache_runs_nothing(tmp_path):
                        rf"types .* \('io.open'\)"):
         resampled(tmp_path)
     assert not ran.exists()
+    # PyG's own loader retries without weights_only and runs the payload.
+    with pytest.warns(UserWarning, match='Weights only load failed'):
+        InMemoryDataset.load(ds, cache)
+    assert ran.exists()
+    ran.unlink()
     # PyG's own pre_transform.pt check would unpickle it without
     # weights_only: it is checked first.
     ds = resampled(tmp_path, force_reload=True)
@@ -274,3 +281,14 @@ def test_princeton_on_the_wrong_folder(tmp_path, monkeypatch):
                        r"resampled/' \(use format 'normal_resampled'\).* "
                        r"one folder per class"):
         modelnet_princeton(str(tmp_path))
+
+
+@pytest.mark.parametrize('cls', [ModelNet40NormalResampled, ModelNet40HDF5,
+                                 ShapeNetPart, LRGBDataset, FreeSolv,
+                                 PrincetonModelNet])
+def test_every_loader_has_the_checked_cache(cls):
+    # The tests above exercise CheckedCache through three of the loaders;
+    # every loader of samsa_geo must use it (first in the bases, so that its
+    # load() and _process() replace PyG's).
+    assert cls.__mro__.index(CheckedCache) < cls.__mro__.index(
+        InMemoryDataset)
