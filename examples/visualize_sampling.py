@@ -75,7 +75,7 @@ def main(argv=None):
     if checkpoint is None:
         run = osp.join(args.out, 'train')
         modelnet40.main(['--epochs', str(args.epochs), '--out', run,
-                         '--no-progress'])
+                         '--no-progress', '--overwrite'])  # a scratch run
         checkpoint = osp.join(run, 'best.pt')
     model, run_args, run_dir = load_model(checkpoint)
     _, _, test_ds = modelnet40.datasets(run_args)
