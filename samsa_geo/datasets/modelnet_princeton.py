@@ -1,11 +1,14 @@
+import glob
 import os
 import os.path as osp
 from typing import Callable, Optional
 
 from torch_geometric.datasets import ModelNet
+from torch_geometric.io import read_off
 from torch_geometric.transforms import Compose, SamplePoints
 
 from samsa_geo.datasets._checked_cache import CheckedCache
+from samsa_geo.io import DamagedFileError
 
 #: Archive folders that the other ModelNet loaders read, by format.
 _OTHER_FORMATS = {'modelnet40_normal_resampled': 'normal_resampled',
@@ -14,8 +17,30 @@ _OTHER_FORMATS = {'modelnet40_normal_resampled': 'normal_resampled',
 
 class PrincetonModelNet(CheckedCache, ModelNet):
     r"""PyG's :class:`~torch_geometric.datasets.ModelNet` with a checked
-    cache (see :class:`CheckedCache`) and a download failure that says which
-    archive goes in which folder."""
+    cache (see :class:`CheckedCache`), a download failure that says which
+    archive goes in which folder, and a processing failure that names the
+    damaged mesh."""
+    def process(self) -> None:
+        try:
+            super().process()
+        except Exception as e:
+            # Only on failure: find the first mesh that PyG's reader or the
+            # point sampling rejects.
+            for path in sorted(glob.glob(osp.join(self.raw_dir, '*', '*',
+                                                  '*.off'))):
+                try:
+                    data = read_off(path)
+                    if self.pre_transform is not None:
+                        self.pre_transform(data)
+                except Exception as err:
+                    cause = type(err).__name__ + (f': {err}' if str(err)
+                                                  else '')
+                    raise DamagedFileError(
+                        f"Cannot read the mesh '{path}' ({cause}); the file "
+                        f"is truncated or damaged: "
+                        f"re-extract it from 'ModelNet{self.name}.zip'"
+                    ) from e
+            raise
     def download(self) -> None:
         try:
             super().download()
