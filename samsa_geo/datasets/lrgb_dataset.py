@@ -1,10 +1,13 @@
 import os.path as osp
 from typing import Callable, Optional
 
+import torch
 from torch_geometric.datasets import LRGBDataset as PyGLRGBDataset
 
 from samsa_geo.datasets._checked_cache import CheckedCache
-from samsa_geo.io import restricted_pickle_load, weights_only_load
+from samsa_geo.datasets.lrgb import lrgb_task
+from samsa_geo.io import (DamagedFileError, restricted_pickle_load,
+                          weights_only_load)
 
 
 class LRGBDataset(CheckedCache, PyGLRGBDataset):
@@ -21,6 +24,8 @@ class LRGBDataset(CheckedCache, PyGLRGBDataset):
       that accepts tensors, arrays and containers only, so a crafted file
       fails with :class:`~samsa_geo.io.UnsafeFileError` naming it (this
       reads each raw file twice, once);
+    - float features and targets must be finite and class labels in range
+      when a split is loaded (errors name the raw file and the graph);
     - a wrong name or split, and a failed download, raise errors that say
       what is expected and which archive goes in which folder.
 
@@ -59,6 +64,36 @@ class LRGBDataset(CheckedCache, PyGLRGBDataset):
                              f"'test' (got {split!r})")
         super().__init__(root, name, split, transform, pre_transform,
                          pre_filter, force_reload)
+        self._check_values(split)
+
+    def _check_values(self, split: str) -> None:
+        # Finite float features and targets, class labels in range; errors
+        # name the raw file and the graph.
+        source = osp.join(self.raw_dir, self.raw_file_names[
+            ('train', 'val', 'test').index(split)])
+        task = lrgb_task(self.name)
+        for key in ('x', 'edge_attr', 'y'):
+            value = self._data[key] if key in self._data else None
+            if value is None or not value.is_floating_point():
+                continue
+            bad = (~torch.isfinite(value.view(value.size(0), -1)).all(1)
+                   ).nonzero().view(-1)  # [num_bad]
+            if bad.numel() > 0:
+                raise DamagedFileError(
+                    f"Expected finite '{key}' in '{source}' (graph "
+                    f"{self._graph_of(key, int(bad[0]))} holds NaN or "
+                    f"infinity)")
+        if task.task_type == 'multiclass':
+            y = self._data.y
+            bad = ((y < 0) | (y >= task.out_channels)).nonzero().view(-1)
+            if bad.numel() > 0:
+                raise DamagedFileError(
+                    f"Expected labels in [0, {task.out_channels}) in "
+                    f"'{source}' (graph {self._graph_of('y', int(bad[0]))} "
+                    f"has label {int(y[bad[0]])})")
+
+    def _graph_of(self, key: str, row: int) -> int:
+        return int(torch.searchsorted(self.slices[key], row, right=True)) - 1
 
     def download(self) -> None:
         try:

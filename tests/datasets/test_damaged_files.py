@@ -292,3 +292,29 @@ def test_every_loader_has_the_checked_cache(cls):
     # load() and _process() replace PyG's).
     assert cls.__mro__.index(CheckedCache) < cls.__mro__.index(
         InMemoryDataset)
+
+
+@pytest.mark.parametrize('damage', ['nan', 'label'])
+def test_lrgb_values_are_checked_at_load(tmp_path, forbid, damage):
+    forbid(LRGBDataset, 'download')
+    raw_dir = write_lrgb_raw(str(tmp_path), 'PascalVOC-SP')
+    path = osp.join(raw_dir, 'val.pickle')
+    with open(path, 'rb') as f:
+        graphs = pickle.load(f)
+    x, edge_attr, edge_index, y = graphs[1]
+    if damage == 'nan':
+        x = x.clone()
+        x[2, 5] = float('nan')
+    else:
+        y = torch.as_tensor(y).clone()
+        y[0] = 21
+    graphs[1] = (x, edge_attr, edge_index, y)
+    with open(path, 'wb') as f:
+        pickle.dump(graphs, f)
+    LRGBDataset(str(tmp_path), 'PascalVOC-SP', split='train')  # intact
+    match = (r"Expected finite 'x' in '{}' \(graph 1 holds NaN" if damage ==
+             'nan' else r"Expected labels in \[0, 21\) in '{}' \(graph 1 has "
+             r"label 21\)")
+    with pytest.raises(DamagedFileError,
+                       match=match.format(re.escape(path))):
+        LRGBDataset(str(tmp_path), 'PascalVOC-SP', split='val')
