@@ -48,7 +48,8 @@ parser.add_argument('--overwrite', action='store_true',
 parser.add_argument('--no-progress', action='store_true')
 args = parser.parse_args()
 if args.seeds < 1:
-    parser.error(f'argument --seeds: expected at least 1 seed (got {args.seeds})')
+    parser.error(f'argument --seeds: expected at least 1 seed '
+                 f'(got {args.seeds})')
 info = lrgb_task(args.dataset)
 preset = PRESETS[args.dataset]
 

@@ -50,7 +50,8 @@ parser.add_argument('--threads', type=int, default=1,
                     help='CPU threads (small graphs: 1 is fastest)')
 args = parser.parse_args()
 if args.seeds < 1:
-    parser.error(f'argument --seeds: expected at least 1 seed (got {args.seeds})')
+    parser.error(f'argument --seeds: expected at least 1 seed '
+                 f'(got {args.seeds})')
 torch.set_num_threads(args.threads)
 
 
