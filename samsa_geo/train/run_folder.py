@@ -151,8 +151,10 @@ def prepare_run_folder(folder: str, resume: bool = False,
       starting from scratch would overwrite the best model.
     - Otherwise a folder that holds a run (:obj:`RUN_FILES`) is emptied for
       the new one: with :obj:`overwrite` its run files (and
-      :obj:`tensorboard/`) are deleted; without, everything in it is moved
-      to a new sibling folder :obj:`{folder}.old-{YYYYmmdd-HHMMSS}`.
+      :obj:`tensorboard/`) are deleted; without, they are moved to a new
+      sibling folder :obj:`{folder}.old-{YYYYmmdd-HHMMSS}`, with every other
+      file of the folder when it holds no subfolder of its own (a run
+      folder, not a project folder given as output).
 
     The message saying which is printed to :obj:`log` (standard error if
     :obj:`None`) and returned (:obj:`None` when nothing happened).
@@ -187,12 +189,20 @@ def prepare_run_folder(folder: str, resume: bool = False,
         while osp.exists(target):
             target, count = f'{base}-{count}', count + 1
         os.makedirs(target)
-        for name in os.listdir(folder):
-            if name != LOCK_FILE:
-                shutil.move(osp.join(folder, name), osp.join(target, name))
-        message = (f"'{folder}' held a previous run: moved it to '{target}' "
-                   f"(pass resume=True / --resume to continue it, or "
-                   f"overwrite=True / --overwrite to replace it)")
+        entries = [name for name in os.listdir(folder) if name != LOCK_FILE]
+        # A folder with subfolders of its own (a project folder given as
+        # output) keeps them: only the trainer's files move.
+        whole = all(osp.isfile(osp.join(folder, name)) or name == 'tensorboard'
+                    for name in entries)
+        if not whole:
+            entries = [name for name in RUN_FILES + ('tensorboard', )
+                       if osp.exists(osp.join(folder, name))]
+        for name in entries:
+            shutil.move(osp.join(folder, name), osp.join(target, name))
+        what = 'it' if whole else f"its {', '.join(entries)}"
+        message = (f"'{folder}' held a previous run: moved {what} to "
+                   f"'{target}' (pass resume=True / --resume to continue it, "
+                   f"or overwrite=True / --overwrite to replace it)")
     print(message, file=log if log is not None else sys.stderr, flush=True)
     return message
 

@@ -132,6 +132,23 @@ def test_new_run_moves_the_old_run_aside(tmp_path, capsys):
         assert len(f.readlines()) == 2  # header + one epoch
 
 
+def test_folder_with_subfolders_keeps_them(tmp_path, capsys):
+    # A project folder given as output: only the trainer's files move.
+    out = tmp_path / 'project'
+    finished_run(out)
+    (out / 'src').mkdir()
+    (out / 'src' / 'code.py').write_text('x = 1')
+    (out / 'README').write_text('mine')
+    make_trainer(out, epochs=1).fit(*data())
+    moved = next(p for p in tmp_path.iterdir() if '.old-' in p.name)
+    assert sorted(p.name for p in moved.iterdir()) == [
+        'best.pt', 'last.pt', 'log.csv', 'metrics.json']
+    assert "moved its last.pt, best.pt, log.csv, metrics.json" in \
+        capsys.readouterr().err
+    assert (out / 'src' / 'code.py').read_text() == 'x = 1'
+    assert (out / 'README').read_text() == 'mine'
+
+
 def test_overwrite_deletes_the_old_run(tmp_path, capsys):
     out = tmp_path / 'run'
     finished_run(out)
