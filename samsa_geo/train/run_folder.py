@@ -210,11 +210,12 @@ def prepare_run_folder(folder: str, resume: bool = False,
 def drop_stale_evaluations(summary: Dict, checkpoint: str) -> Dict:
     r"""Removes from a :obj:`metrics.json` summary the splits that
     :meth:`Trainer.evaluate` evaluated with :obj:`checkpoint` (named in
-    :obj:`summary['checkpoint']`), once that file has been replaced: their
-    nested results and their flat :obj:`{split}_*` keys."""
+    :obj:`summary['checkpoint']`), once that file has been replaced: the
+    entry :obj:`summary[split]` and the keys :obj:`{split}_*`."""
     sources = summary.get('checkpoint', {})
     for split in [s for s, name in sources.items() if name == checkpoint]:
-        for key in summary.pop(split, {}) or {}:
-            summary.pop(key, None)
+        summary.pop(split, None)
+        for key in [k for k in summary if k.startswith(f'{split}_')]:
+            del summary[key]
         del sources[split]
     return summary
