@@ -37,6 +37,9 @@ def add_point_args(p, num_points, epochs, batch_size, out):
                    help='bit-reproducible runs (slower)')
     p.add_argument('--out', default=out)
     p.add_argument('--resume', action='store_true')
+    p.add_argument('--overwrite', action='store_true',
+                   help='delete the run already in --out instead of moving '
+                        'it aside to <out>.old-<time>')
     p.add_argument('--no-progress', action='store_true')
 
 
@@ -64,4 +67,4 @@ def point_trainer(model, task, args, num_train, monitor):
                    amp=args.amp, compile=args.compile, device=args.device,
                    seed=args.seed, deterministic=args.deterministic,
                    monitor=monitor, mode='max', resume=args.resume,
-                   progress=not args.no_progress)
+                   overwrite=args.overwrite, progress=not args.no_progress)

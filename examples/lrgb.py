@@ -19,10 +19,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch_geometric.datasets import LRGBDataset
 from torch_geometric.transforms import Compose
 
-from samsa_geo.datasets import LRGB_TASKS, lrgb_feature_normalization, lrgb_task
+from samsa_geo.datasets import (LRGB_TASKS, LRGBDataset,
+                                lrgb_feature_normalization, lrgb_task)
 from samsa_geo.metrics import (average_precision_multitask, macro_f1,
                                mean_absolute_error, mrr)
 from samsa_geo.nn.models import PRESETS, SamsaGraphModel
@@ -42,8 +42,14 @@ parser.add_argument('--tokens', default=None, choices=['node', 'node_edge'])
 parser.add_argument('--device', default=None)
 parser.add_argument('--num-workers', type=int, default=0)
 parser.add_argument('--resume', action='store_true')
+parser.add_argument('--overwrite', action='store_true',
+                    help='delete the runs already in --out instead of moving '
+                         'them aside to <run folder>.old-<time>')
 parser.add_argument('--no-progress', action='store_true')
 args = parser.parse_args()
+if args.seeds < 1:
+    parser.error(f'argument --seeds: expected at least 1 seed '
+                 f'(got {args.seeds})')
 info = lrgb_task(args.dataset)
 preset = PRESETS[args.dataset]
 
@@ -137,7 +143,8 @@ def run_seed(seed, splits):
                       device=args.device, seed=seed,
                       monitor=f'val_{info.metric}',
                       mode='max' if info.higher_is_better else 'min',
-                      resume=args.resume, progress=not args.no_progress)
+                      resume=args.resume, overwrite=args.overwrite,
+                      progress=not args.no_progress)
     loaders = {split: make_loader(dataset, args.batch_size,
                                   shuffle=split == 'train', seed=seed,
                                   num_workers=args.num_workers,

@@ -43,9 +43,15 @@ parser.add_argument('--id-channels', type=int, default=0,
 parser.add_argument('--walk-length', type=int, default=16)
 parser.add_argument('--dropout', type=float, default=0.2)
 parser.add_argument('--device', default='cpu')
+parser.add_argument('--overwrite', action='store_true',
+                    help='delete the runs already in --out instead of moving '
+                         'them aside to <run folder>.old-<time>')
 parser.add_argument('--threads', type=int, default=1,
                     help='CPU threads (small graphs: 1 is fastest)')
 args = parser.parse_args()
+if args.seeds < 1:
+    parser.error(f'argument --seeds: expected at least 1 seed '
+                 f'(got {args.seeds})')
 torch.set_num_threads(args.threads)
 
 
@@ -145,7 +151,8 @@ for seed in range(args.seeds):
                           lr=args.lr, weight_decay=1e-5, clip_grad=2.0,
                           warmup_steps=min(5, args.epochs // 10) * steps,
                           device=args.device, seed=seed, monitor='val_rmse',
-                          mode='min', progress=sys.stderr.isatty(),
+                          mode='min', overwrite=args.overwrite,
+                          progress=sys.stderr.isatty(),
                           tensorboard=False)
         loaders = {split: make_loader(dataset[idx], args.batch_size,
                                       shuffle=split == 'train', seed=seed,

@@ -34,7 +34,13 @@ def load_model(checkpoint):
     it with modelnet40.py's arguments carrying the run's data and model
     flags (saved under 'args' in metrics.json)."""
     run_dir = osp.dirname(osp.abspath(checkpoint))
-    with open(osp.join(run_dir, 'metrics.json')) as f:
+    metrics = osp.join(run_dir, 'metrics.json')
+    if not osp.isfile(metrics):
+        raise FileNotFoundError(
+            f"Expected '{metrics}' next to the checkpoint '{checkpoint}': it "
+            f"holds the modelnet40.py flags that rebuild the model. Pass the "
+            f"best.pt of a modelnet40.py run folder")
+    with open(metrics) as f:
         saved = json.load(f).get('args', {})
     run_args = modelnet40.parse_args([])
     for key in RUN_FLAGS:
@@ -62,10 +68,14 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     checkpoint = args.checkpoint
+    if checkpoint is not None and not osp.isfile(checkpoint):
+        p.error(f"argument --checkpoint: '{checkpoint}' does not exist "
+                f"(expected the best.pt of a modelnet40.py run, or leave "
+                f"--checkpoint out to train briefly)")
     if checkpoint is None:
         run = osp.join(args.out, 'train')
         modelnet40.main(['--epochs', str(args.epochs), '--out', run,
-                         '--no-progress'])
+                         '--no-progress', '--overwrite'])  # a scratch run
         checkpoint = osp.join(run, 'best.pt')
     model, run_args, run_dir = load_model(checkpoint)
     _, _, test_ds = modelnet40.datasets(run_args)

@@ -9,6 +9,7 @@ from .modelnet_princeton import modelnet_princeton
 from .shapenet_part import ShapeNetPart
 from .sample_root import sample_root
 from .freesolv import FreeSolv
+from .lrgb_dataset import LRGBDataset
 from .lrgb import LRGB_TASKS, LRGBTask, lrgb_feature_normalization, lrgb_task
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     'ShapeNetPart',
     'sample_root',
     'FreeSolv',
+    'LRGBDataset',
     'LRGB_TASKS',
     'LRGBTask',
     'lrgb_task',

@@ -3,19 +3,21 @@ from typing import List
 
 from torch_geometric.data import InMemoryDataset
 
+from samsa_geo.datasets._checked_cache import CheckedCache
 from samsa_geo.datasets._download import fetch_archive
 from samsa_geo.datasets._process import read_lines
 from samsa_geo.datasets._split import split_indices
 
 
-class ModelNetArchive(InMemoryDataset):
+class ModelNetArchive(CheckedCache, InMemoryDataset):
     r"""What the ModelNet40 archive loaders share: the extracted archive
     :obj:`root/{folder}/` as raw folder, its download, and the split set up
     after loading (processed file 0 is train, 1 is test; :obj:`"train"` and
     :obj:`"val"` index the training file).
 
     Subclasses set :obj:`url`, :obj:`folder` and call :meth:`load_split` at
-    the end of their :obj:`__init__`.
+    the end of their :obj:`__init__`. The cache is read weights-only and
+    rebuilt when the raw files change (:class:`CheckedCache`).
     """
     url: str
     folder: str

@@ -3,10 +3,11 @@ from typing import Callable, List, Optional
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 
+from samsa_geo.datasets._checked_cache import CheckedCache
 from samsa_geo.datasets._process import prepare
 
 
-class FreeSolv(InMemoryDataset):
+class FreeSolv(CheckedCache, InMemoryDataset):
     r"""The FreeSolv hydration free energy dataset from the `"FreeSolv: a
     database of experimental and calculated hydration free energies"
     <https://doi.org/10.1007/s10822-014-9747-x>`_ paper: 642 small molecules,

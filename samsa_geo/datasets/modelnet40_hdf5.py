@@ -1,12 +1,60 @@
 import os.path as osp
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
+from torch import Tensor
 from torch_geometric.data import Data
 
 from samsa_geo.datasets._modelnet_archive import ModelNetArchive
 from samsa_geo.datasets._process import prepare, read_lines
 from samsa_geo.datasets._split import check_split_args
+from samsa_geo.io import DamagedFileError
+
+
+def read_h5(h5py: Any, path: str) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    r"""The :obj:`data`, :obj:`label` and optional :obj:`normal` datasets
+    of one archive file; errors name the file."""
+    try:
+        with h5py.File(path, 'r') as h5:
+            missing = [k for k in ('data', 'label') if k not in h5]
+            if missing:
+                raise DamagedFileError(
+                    f"Expected datasets 'data' and 'label' in '{path}' (it "
+                    f"lacks {missing}; it holds {sorted(h5.keys())})")
+            pos = torch.from_numpy(h5['data'][:].astype('float32'))
+            y = torch.from_numpy(h5['label'][:].astype('int64')).view(-1)
+            normal = (torch.from_numpy(h5['normal'][:].astype('float32'))
+                      if 'normal' in h5 else None)
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        if isinstance(e, DamagedFileError):
+            raise
+        raise DamagedFileError(
+            f"Cannot read the HDF5 file '{path}' ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); it is truncated "
+            f"or not an HDF5 file: re-extract it from the archive") from e
+    return pos, y, normal
+
+
+def check_samples(path: str, pos: Tensor, normal: Optional[Tensor],
+                  y: Tensor, num_classes: int) -> None:
+    r"""Labels in :math:`[0, C)` and finite coordinates; errors name the
+    file and the first sample at fault."""
+    bad = ((y < 0) | (y >= num_classes)).nonzero().view(-1)
+    if bad.numel() > 0:
+        i = int(bad[0])
+        raise DamagedFileError(
+            f"Expected labels in [0, {num_classes}) (the classes of "
+            f"'shape_names.txt') in '{path}' (sample {i} has label "
+            f"{int(y[i])}; {bad.numel()} sample(s) out of range)")
+    for name, value in (('data', pos), ('normal', normal)):
+        if value is None:
+            continue
+        bad = (~torch.isfinite(value).view(value.size(0), -1).all(1)
+               ).nonzero().view(-1)  # [num_bad]
+        if bad.numel() > 0:
+            raise DamagedFileError(
+                f"Expected finite '{name}' in '{path}' (sample {int(bad[0])} "
+                f"holds NaN or infinity; {bad.numel()} sample(s) affected)")
 
 
 class ModelNet40HDF5(ModelNetArchive):
@@ -81,23 +129,25 @@ class ModelNet40HDF5(ModelNetArchive):
     def process(self) -> None:
         import h5py
 
+        num_classes = len(read_lines(self.raw_paths[0]))
         for list_file, out in zip(self.raw_paths[1:], self.processed_paths):
             data_list = []
             for file in read_lines(list_file):
                 path = osp.join(self.raw_dir, osp.basename(file))
-                with h5py.File(path, 'r') as h5:
-                    pos = torch.from_numpy(h5['data'][:].astype('float32'))
-                    y = torch.from_numpy(h5['label'][:].astype('int64'))
-                    normal = (torch.from_numpy(h5['normal'][:].astype(
-                        'float32')) if 'normal' in h5 else None)
+                pos, y, normal = read_h5(h5py, path)
                 if pos.dim() != 3 or pos.size(-1) != 3:
-                    raise ValueError(f"Expected 'data' of '{path}' to have "
-                                     f"shape [M, P, 3] "
-                                     f"(got {list(pos.size())})")
+                    raise DamagedFileError(
+                        f"Expected 'data' of '{path}' to have shape "
+                        f"[M, P, 3] (got {list(pos.size())})")
+                if y.numel() != pos.size(0):
+                    raise DamagedFileError(
+                        f"Expected one 'label' per shape in '{path}' (got "
+                        f"{y.numel()} labels for {pos.size(0)} shapes)")
                 if pos.size(1) < self.num_points:
-                    raise ValueError(f"Expected at least num_points="
-                                     f"{self.num_points} points per shape in "
-                                     f"'{path}' (got {pos.size(1)})")
+                    raise DamagedFileError(
+                        f"Expected at least num_points={self.num_points} "
+                        f"points per shape in '{path}' (got {pos.size(1)})")
+                check_samples(path, pos, normal, y, num_classes)
                 y = y.view(-1)  # [M]
                 for i in range(pos.size(0)):
                     data = Data(pos=pos[i, :self.num_points].clone(),

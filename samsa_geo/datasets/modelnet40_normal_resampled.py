@@ -1,13 +1,12 @@
 import os.path as osp
-from itertools import islice
 from typing import Callable, List, Optional
 
-import numpy as np
 import torch
 from torch_geometric.data import Data
 
 from samsa_geo.datasets._modelnet_archive import ModelNetArchive
-from samsa_geo.datasets._process import prepare, read_lines
+from samsa_geo.datasets._process import prepare, read_lines, read_table
+from samsa_geo.io import DamagedFileError
 from samsa_geo.datasets._split import check_split_args
 from samsa_geo.ops import fps
 
@@ -106,18 +105,14 @@ class ModelNet40NormalResampled(ModelNetArchive):
         r"""Reads one shape, e.g. :obj:`"airplane_0001"`."""
         cls = shape_id.rsplit('_', 1)[0]
         path = osp.join(self.raw_dir, cls, f'{shape_id}.txt')
-        with open(path) as f:
-            lines = list(islice(f, self.num_points) if self.sampling ==
-                         'first' else f)
-        values = np.array(','.join(line.strip() for line in lines
-                                   if line.strip()).split(','),
-                          dtype=np.float32)
-        if values.size % 6 != 0:
-            raise ValueError(f"Expected lines 'x,y,z,nx,ny,nz' in '{path}'")
-        points = torch.from_numpy(values).view(-1, 6)  # [N, 6]
+        points = torch.from_numpy(read_table(
+            path, 6, 'x,y,z,nx,ny,nz', sep=',',
+            max_rows=self.num_points if self.sampling == 'first' else None))
         if points.size(0) < self.num_points:
-            raise ValueError(f"Expected at least num_points={self.num_points} "
-                             f"points in '{path}' (got {points.size(0)})")
+            raise DamagedFileError(
+                f"Expected at least num_points={self.num_points} points in "
+                f"'{path}' (got {points.size(0)}); the archive's files hold "
+                f"10,000: the file is truncated, or pass a smaller num_points")
         if self.sampling == 'fps' and self.num_points < points.size(0):
             # Deterministic: farthest point sampling from point 0.
             index = fps(points[:, :3], ratio=self.num_points / points.size(0),

@@ -1,15 +1,19 @@
 import os.path as osp
+import warnings
 from typing import Callable, Dict, List, Optional, Union
 
+import torch
 from torch_geometric.data import Data
 from torch_geometric.datasets import ShapeNet
 from torch_geometric.transforms import Compose, FixedPoints
 
+from samsa_geo.datasets._checked_cache import CheckedCache
 from samsa_geo.datasets._download import fetch_archive
-from samsa_geo.datasets._process import prepare
+from samsa_geo.datasets._process import prepare, read_table
+from samsa_geo.io import DamagedFileError
 
 
-class ShapeNetPart(ShapeNet):
+class ShapeNetPart(CheckedCache, ShapeNet):
     r"""The ShapeNet-part segmentation benchmark (16 categories, 50 parts)
     of the :obj:`shapenetcore_partanno_segmentation_benchmark_v0_normal`
     archive, read by PyG's :class:`~torch_geometric.datasets.ShapeNet` with
@@ -30,8 +34,11 @@ class ShapeNetPart(ShapeNet):
       :class:`~samsa_geo.transforms.RandomRotateSO3` expects;
     - :obj:`num_points` adds PyG's
       :class:`~torch_geometric.transforms.FixedPoints` (without
-      replacement, duplicating only when a shape is smaller) before
-      :obj:`transform`;
+      replacement, duplicating only when a shape is smaller, with a warning
+      at load naming how many are) before :obj:`transform`;
+    - every file is checked as it is processed: seven numbers per line,
+      finite, part labels of the shape's category; errors name the file and
+      line (:class:`~samsa_geo.io.DamagedFileError`);
     - a failed download raises an error naming the folder to fill.
 
     Files: :obj:`{synset}/{id}.txt` with lines :obj:`x y z nx ny nz part`,
@@ -115,6 +122,8 @@ class ShapeNetPart(ShapeNet):
                          pre_transform, pre_filter, force_reload)
         if not include_normals:
             self._data.normal = None
+        if num_points is not None:
+            self._warn_small_shapes()
 
     @classmethod
     def categories_on_disk(cls, root: str) -> List[str]:
@@ -154,23 +163,48 @@ class ShapeNetPart(ShapeNet):
         fetch_archive(self.url, self.root, self.folder, self.raw_file_names)
 
     def process_filenames(self, filenames: List[str]) -> List[Data]:
-        # PyG's reader with the filter and pre-transform moved after the
-        # re-labelling, so that they see the attributes users get.
-        pre_transform, pre_filter = self.pre_transform, self.pre_filter
-        self.pre_transform = self.pre_filter = None
-        try:
-            data_list = super().process_filenames(filenames)
-        finally:
-            self.pre_transform, self.pre_filter = pre_transform, pre_filter
+        # PyG's file layout, read by read_table (errors name the file and
+        # line), with part labels checked against the shape's category; the
+        # filter and pre-transform see the attributes users get.
+        synsets = {self.category_ids[c]: c for c in self.categories}
         out = []
-        for data in data_list:
-            name = self.categories[int(data.category)]
-            data.category = self.category_names.index(name)
-            data.normal, data.x = data.x, None
-            data = prepare(data, pre_filter, pre_transform)
+        for name in filenames:
+            synset = name.split(osp.sep)[0]
+            if synset not in synsets:
+                continue
+            path = osp.join(self.raw_dir, name)
+            table = torch.from_numpy(read_table(path, 7,
+                                                'x y z nx ny nz part'))
+            category = self.category_names.index(synsets[synset])
+            y = table[:, 6].long()
+            parts = torch.tensor(self.category_parts[category])
+            bad = (~torch.isin(y, parts) | (table[:, 6] != y)).nonzero()
+            if bad.numel() > 0:
+                row = int(bad[0])
+                raise DamagedFileError(
+                    f"Expected part labels in {parts.tolist()} (category "
+                    f"'{synsets[synset]}') in '{path}' (point {row} has "
+                    f"label {float(table[row, 6]):g}; {bad.numel()} point(s) "
+                    f"out of range)")
+            data = Data(pos=table[:, :3].contiguous(),
+                        normal=table[:, 3:6].contiguous(), y=y,
+                        category=category)
+            data = prepare(data, self.pre_filter, self.pre_transform)
             if data is not None:
                 out.append(data)
         return out
+
+    def _warn_small_shapes(self) -> None:
+        sizes = self.slices['pos'].diff()  # [num_shapes]
+        small = (sizes < self.num_points).nonzero().view(-1)
+        if small.numel() > 0:
+            i = int(sizes.argmin())
+            warnings.warn(
+                f"{small.numel()} of {sizes.numel()} shapes of the "
+                f"'{self.split}' split have fewer than num_points="
+                f"{self.num_points} points (the smallest, index {i}, has "
+                f"{int(sizes[i])}): their points are repeated to fill up",
+                stacklevel=3)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({len(self)}, split={self.split}, '

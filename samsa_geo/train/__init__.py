@@ -8,6 +8,7 @@ from samsa_geo.train.distributed import (all_gather_cat, get_rank,
                                          is_distributed)
 from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
 from samsa_geo.train.loader import make_loader, move_to_device
+from samsa_geo.train.run_folder import RunFolderError, RunFolderLock
 from samsa_geo.train.seed import (enable_determinism, seed_everything,
                                   seed_worker)
 from samsa_geo.train.task import Task
@@ -20,6 +21,8 @@ __all__ = [
     'WarmupCosineLR',
     'DistributedEvalSampler',
     'CheckpointError',
+    'RunFolderError',
+    'RunFolderLock',
     'save_checkpoint',
     'load_checkpoint',
     'make_loader',

@@ -6,6 +6,8 @@ from typing import IO, Any, Dict, Iterable, Iterator, Optional, Union
 
 import torch
 
+from samsa_geo.io import rejection_message
+
 CHECKPOINT_FORMAT = 'samsa_geo.train/1'
 
 
@@ -88,7 +90,8 @@ def load_checkpoint(path: Union[str, os.PathLike],
     Raises:
         FileNotFoundError: If :obj:`path` does not exist.
         CheckpointError: If the file cannot be unpickled (truncated or
-            corrupted) or lacks a required key.
+            corrupted, or holding code or types a weights-only load refuses)
+            or lacks a required key.
     """
     path = os.fspath(path)
     if not osp.isfile(path):
@@ -96,12 +99,10 @@ def load_checkpoint(path: Union[str, os.PathLike],
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types on damaged archives.
-        size = osp.getsize(path)
-        raise CheckpointError(
-            f"Checkpoint '{path}' ({size} bytes) is truncated or corrupted "
-            f"and cannot be read ({type(e).__name__}: {str(e)[:200]}). "
-            f"Delete it, or restore it from 'best.pt' in the same folder"
-        ) from e
+        raise CheckpointError(rejection_message(
+            path, e, 'Checkpoint', "Delete it or replace it: a damaged "
+            "'last.pt' can be replaced by a copy of 'best.pt' from the same "
+            "folder to resume from the best epoch")) from e
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"File '{path}' is not a samsa_geo.train checkpoint (expected a "

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -24,6 +25,9 @@ from samsa_geo.train.distributed import (all_gather_outputs, all_reduce_max,
                                          init_distributed)
 from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
 from samsa_geo.train.loader import move_to_device
+from samsa_geo.train.run_folder import (RunFolderLock, drop_stale_evaluations,
+                                        prepare_run_folder,
+                                        remove_stale_temporaries)
 from samsa_geo.train.seed import (enable_determinism, get_rng_state,
                                   seed_everything, set_rng_state)
 from samsa_geo.train.task import Task
@@ -48,7 +52,18 @@ class Trainer:
     :obj:`best.pt` (best :obj:`monitor` so far), :obj:`log.csv` (one row per
     epoch: :obj:`epoch, lr, train_loss, time, val_*`), TensorBoard events in
     :obj:`tensorboard/` when installed, and :obj:`metrics.json` (summary,
-    updated by :meth:`evaluate` for other splits).
+    updated by :meth:`evaluate` for other splits, which records the
+    checkpoint each split was evaluated with; results from :obj:`best.pt`
+    are dropped when a later epoch replaces it).
+
+    Rank 0 holds a :class:`~samsa_geo.train.run_folder.RunFolderLock` on
+    :obj:`out_dir` from construction to :meth:`close` (or the end of the
+    process): a second run in the same folder fails at once, naming the
+    first. Temporary files left by a killed writer are removed at
+    construction. :meth:`fit` starts a new run in a folder that holds one
+    only after moving the old run to :obj:`{out_dir}.old-{time}` (or
+    deleting it with :obj:`overwrite=True`), and refuses :obj:`resume` when
+    :obj:`best.pt` exists without :obj:`last.pt`.
 
     On SIGINT or SIGTERM the current step finishes, :obj:`last.pt` is written
     (mid-epoch; :obj:`resume=True` skips the batches already seen), previous
@@ -86,6 +101,9 @@ class Trainer:
             :obj:`'min'`)
         resume (bool, optional): Continue from :obj:`out_dir/last.pt` when it
             exists. (default: :obj:`False`)
+        overwrite (bool, optional): Delete the run :obj:`out_dir` holds
+            when :meth:`fit` starts a new one, instead of moving it aside.
+            (default: :obj:`False`)
         progress (bool, optional): Show a tqdm bar per epoch. (default:
             :obj:`True`)
         tensorboard (bool, optional): Write TensorBoard events; when installed
@@ -114,6 +132,7 @@ class Trainer:
         monitor: str = 'val_loss',
         mode: str = 'min',
         resume: bool = False,
+        overwrite: bool = False,
         progress: bool = True,
         tensorboard: Optional[bool] = None,
         ddp_kwargs: Optional[Dict[str, Any]] = None,
@@ -148,6 +167,9 @@ class Trainer:
         if not isinstance(monitor, str) or not monitor.startswith('val_'):
             raise ValueError(f"Expected 'monitor' to name a validation metric "
                              f"starting with 'val_' (got {monitor!r})")
+        if resume and overwrite:
+            raise ValueError("Expected at most one of 'resume' and "
+                             "'overwrite' (got both)")
 
         self.rank, self.world_size, self.local_rank = init_distributed()
         self.is_main = self.rank == 0
@@ -172,13 +194,17 @@ class Trainer:
         self.monitor = monitor
         self.mode = mode
         self.resume = resume
+        self.overwrite = overwrite
         self.progress = progress
         self.tensorboard = tensorboard
         if deterministic:
             enable_determinism()
         seed_everything(seed + self.rank)
+        self._lock: Optional[RunFolderLock] = None
         if self.is_main:
-            os.makedirs(self.out_dir, exist_ok=True)
+            self._lock = RunFolderLock(self.out_dir)
+            weakref.finalize(self, self._lock.release)
+            remove_stale_temporaries(self.out_dir)
 
         self.model = model.to(self.device)
         self.train_model: Module = self.model
@@ -268,6 +294,24 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state['model'])
 
+    def _checkpoint_name(self, checkpoint: Optional[str]) -> Optional[str]:
+        r"""How :obj:`metrics.json` names the weights of an evaluation: a
+        file name in :obj:`out_dir`, another path, or :obj:`None` (the weights
+        in memory)."""
+        if checkpoint is None:
+            return None
+        path = {'best': self.best_path, 'last': self.last_path}.get(
+            checkpoint, checkpoint)
+        if osp.dirname(osp.realpath(path)) == osp.realpath(self.out_dir):
+            return osp.basename(path)
+        return os.fspath(path)
+
+    def close(self) -> None:
+        r"""Releases the lock on :obj:`out_dir` (also done when the trainer
+        is garbage-collected or the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+
     # ---------------------------------------------------------------- signals
     def _install_signal_handlers(self) -> Dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -320,6 +364,9 @@ class Trainer:
         self.scheduler = WarmupCosineLR(self.optimizer, self.warmup_steps,
                                         total_steps, self.min_lr)
 
+        if self.is_main:
+            prepare_run_folder(self.out_dir, self.resume, self.overwrite)
+        barrier()
         start_epoch, skip = 0, 0
         rank_state: Optional[Dict[str, Any]] = None
         resumed_epochs: Optional[int] = None  # Set when resuming from last.pt
@@ -375,7 +422,7 @@ class Trainer:
                                     if improved else [self.last_path]))
                 if self.is_main:
                     self._write_summary(best_metrics, epoch + 1, last_metrics,
-                                        time.time() - start_time)
+                                        time.time() - start_time, improved)
                     print(self._summary_line(row, improved), flush=True)
                 if all_reduce_max([float(self._stop_signal is not None)])[0]:
                     self._exit_on_signal()
@@ -571,7 +618,8 @@ class Trainer:
 
         Returns:
             dict: :obj:`{f'{split}_{name}': value}`. For splits other than
-            :obj:`'val'` they are also stored in :obj:`metrics.json`.
+            :obj:`'val'` they are also stored in :obj:`metrics.json`, with
+            the checkpoint's name under :obj:`checkpoint[split]`.
         """
         if checkpoint is not None:
             self.load_weights(checkpoint)
@@ -609,6 +657,8 @@ class Trainer:
             summary = self._read_summary()
             summary[split] = result
             summary.update(result)
+            summary.setdefault('checkpoint', {})[split] = \
+                self._checkpoint_name(checkpoint)
             self._write_json(summary)
         return result
 
@@ -639,8 +689,12 @@ class Trainer:
             json.dump(summary, f, indent=2, sort_keys=True)
 
     def _write_summary(self, best: Dict[str, float], last_epoch: int,
-                       last: Dict[str, float], seconds: float) -> None:
-        summary = self._read_summary()
+                       last: Dict[str, float], seconds: float,
+                       improved: bool) -> None:
+        # Results evaluated with a checkpoint replaced this epoch are stale.
+        summary = drop_stale_evaluations(self._read_summary(), 'last.pt')
+        if improved:
+            summary = drop_stale_evaluations(summary, 'best.pt')
         summary.update(best)  # flat val_* keys of the selected epoch
         summary.update({
             'monitor': self.monitor, 'mode': self.mode,

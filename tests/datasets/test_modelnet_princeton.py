@@ -61,3 +61,16 @@ def test_bad_input(tmp_path):
         modelnet_princeton(str(tmp_path), 'val')
     with pytest.raises(ValueError, match="'name'"):
         modelnet_princeton(str(tmp_path), name='20')
+
+
+@pytest.mark.parametrize('damage', ['cut', 'garbage'])
+def test_damaged_mesh_is_named(tmp_path, damage):
+    from samsa_geo.io import DamagedFileError
+    _write_modelnet10(str(tmp_path))
+    path = osp.join(str(tmp_path), 'raw', 'chair', 'train', 'chair_0002.off')
+    with open(path, 'w') as f:
+        f.write(OFF[:30] if damage == 'cut' else 'OFF\n4 x\nnot a mesh\n')
+    with pytest.raises(DamagedFileError, match=rf"Cannot read the mesh "
+                       rf"'{path}' .*truncated or damaged: re-extract it "
+                       rf"from 'ModelNet10.zip'"):
+        modelnet_princeton(str(tmp_path), 'train', num_points=64, name='10')

@@ -10,6 +10,7 @@ from _train_toy import ToyTask, make_dataset, make_model  # noqa: E402
 
 from samsa_geo.train import (CheckpointError, Trainer, load_checkpoint,  # noqa: E402
                              make_loader, save_checkpoint)
+from samsa_geo.testing import CraftedPayload  # noqa: E402
 from samsa_geo.train.checkpoint import atomic_write  # noqa: E402
 
 
@@ -91,11 +92,20 @@ class Opaque:
     pass
 
 
-def test_unsafe_pickle_is_rejected(tmp_path):
-    path = tmp_path / 'evil.pt'
-    torch.save({'format': 'samsa_geo.train/1', 'model': Opaque()}, path)
-    with pytest.raises(CheckpointError, match='evil.pt'):
+@pytest.mark.parametrize('content', ['opaque', 'code'])
+def test_unsafe_pickle_is_rejected(tmp_path, content):
+    path, ran = tmp_path / 'evil.pt', tmp_path / 'ran'
+    obj = Opaque() if content == 'opaque' else CraftedPayload(ran)
+    torch.save({'format': 'samsa_geo.train/1', 'model': obj}, path)
+    name = 'Opaque' if content == 'opaque' else 'io.open'
+    with pytest.raises(CheckpointError) as exc:
         load_checkpoint(path)
+    message = str(exc.value)
+    assert message.startswith(f"Checkpoint '{path}' (")
+    assert 'holds code or types that a weights-only load does not accept' \
+        in message and name in message and 'truncated' not in message
+    assert message.endswith('rewrite this one')  # whole sentences
+    assert not ran.exists()
 
 
 def test_resume_from_truncated_last_pt_names_the_file(tmp_path):

@@ -177,8 +177,8 @@ def test_run_folder_contents(tmp_path):
     assert summary['test'] == test and set(test) == {
         'test_loss', 'test_acc', 'test_count', 'test_x_sum'}
     assert summary['global_step'] == 3 * STEPS
-    assert sorted(os.listdir(tmp_path)) == ['best.pt', 'last.pt', 'log.csv',
-                                            'metrics.json']
+    assert sorted(os.listdir(tmp_path)) == ['.lock', 'best.pt', 'last.pt',
+                                            'log.csv', 'metrics.json']
     state = torch.load(tmp_path / 'last.pt', weights_only=True)
     assert {'model', 'optimizer', 'scheduler', 'scaler', 'ranks', 'epoch',
             'global_step', 'best_score'} <= set(state)

@@ -39,6 +39,12 @@ def set_debug(flag: bool) -> None:
     _debug = bool(flag)
 
 
+def checks_values(device) -> bool:
+    r"""Whether value checks run for tensors on ``device``: always on the
+    CPU, on other devices in debug mode (see :func:`is_debug`)."""
+    return _debug or getattr(device, 'type', device) == 'cpu'
+
+
 def use_fused_bias() -> bool:
     r"""Whether the relative bias runs fused into one kernel on CUDA (dot
     scores, softmax, no attention dropout): samsa_geo's Triton kernel in

@@ -9,8 +9,21 @@ from torch_geometric.utils import scatter
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._sets import batch_sizes
 
-#: Added under every square root: keeps norms and their gradients finite at 0.
+#: Added under every square root: keeps norms and their gradients finite at
+#: 0 (see :func:`eps_for` for dtypes in which it rounds to zero).
 EPS: float = 1e-12
+
+
+def eps_for(dtype: torch.dtype) -> float:
+    r""":obj:`EPS`, or the smallest normal number of :obj:`dtype` where
+    :obj:`EPS` would round to zero (float16: :math:`6.1 \cdot 10^{-5}`)."""
+    return max(EPS, torch.finfo(dtype).tiny)
+
+
+def geometry_dtype(t: Tensor) -> torch.dtype:
+    r"""The dtype the geometry of :obj:`t` is computed in: at least float32,
+    so that squared norms neither underflow nor overflow in float16."""
+    return torch.promote_types(t.dtype, torch.float32)
 
 
 def check_points(
@@ -18,12 +31,19 @@ def check_points(
     batch: Optional[Tensor],
     normal: Optional[Tensor],
     num_clouds: Optional[int] = None,
+    check_values: Optional[bool] = None,
 ) -> Tuple[Tensor, int]:
     r"""Validates ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` (sorted) and
     ``normal`` :math:`(N, 3)`; returns the batch vector and the number of
     clouds, ``num_clouds`` if given (e.g. a PyG ``Batch.num_graphs``: then
-    nothing is read back from a GPU unless the attention's debug mode is
-    on), else read from ``batch`` once per batch tensor."""
+    nothing is read back from a GPU), else read from ``batch`` once per
+    batch tensor. With ``check_values`` (by default on the CPU, and on a
+    GPU in the attention's debug mode, since it is a device sync) ``pos``
+    and ``normal`` must also be finite; the error names the tensor and the
+    first point."""
+    if check_values is None:
+        check_values = config.is_debug() or (
+            isinstance(pos, Tensor) and pos.device.type == 'cpu')
     if not isinstance(pos, Tensor):
         raise TypeError(f"Expected 'pos' to be a Tensor "
                         f"(got {type(pos).__name__})")
@@ -41,6 +61,16 @@ def check_points(
         if normal.shape != pos.shape:
             raise ValueError(f"Expected 'normal' to have shape [{N}, 3] "
                              f"(got {list(normal.shape)})")
+    if check_values:
+        for name, t in (('pos', pos), ('normal', normal)):
+            if t is not None and t.numel() > 0:
+                bad = ~torch.isfinite(t).all(-1)  # [N]
+                if bool(bad.any()):
+                    i = int(bad.nonzero()[0])
+                    raise ValueError(
+                        f"Expected '{name}' to hold finite values only "
+                        f"(point {i} is {t[i].tolist()}; "
+                        f"{int(bad.sum())} point(s) affected)")
     if batch is None:
         return pos.new_zeros(N, dtype=torch.long), 1 if N > 0 else 0
     if not isinstance(batch, Tensor):
@@ -72,8 +102,9 @@ def check_points(
 
 def safe_norm(v: Tensor) -> Tensor:
     r""":math:`\sqrt{\Vert\mathbf{v}\Vert^2 + \epsilon}` over the last
-    dimension: its gradient has norm at most one, even at zero."""
-    return (v * v).sum(-1).add(EPS).sqrt()
+    dimension, with :math:`\epsilon` = :func:`eps_for` of its dtype: its
+    gradient has norm at most one, even at zero."""
+    return (v * v).sum(-1).add(eps_for(v.dtype)).sqrt()
 
 
 def safe_cos(a: Tensor, b: Tensor) -> Tensor:

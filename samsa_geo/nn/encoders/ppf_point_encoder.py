@@ -9,6 +9,7 @@ from torch_geometric.utils import scatter
 from samsa_geo.nn.encoders._point_geometry import (
     centroid,
     check_points,
+    geometry_dtype,
     safe_cos,
     safe_norm,
 )
@@ -109,7 +110,11 @@ class PPFPointEncoder(Module):
                  edge_index: Tensor,
                  normal: Optional[Tensor] = None) -> Tensor:
         r"""The point-pair features :math:`\mathbf{f}_{ij}` of every edge
-        :math:`j \to i`, shape :math:`(E, 12)`."""
+        :math:`j \to i`, shape :math:`(E, 12)`, computed in at least float32
+        (:func:`geometry_dtype`)."""
+        dtype = geometry_dtype(pos)
+        pos = pos.to(dtype)
+        normal = None if normal is None else normal.to(dtype)
         N = pos.size(0)
         j, i = edge_index
         p_i, p_j = pos[i], pos[j]  # [E, 3]

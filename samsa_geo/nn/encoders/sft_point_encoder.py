@@ -7,9 +7,10 @@ from torch.nn import GELU, Linear, Module, Parameter, Sequential
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.encoders._point_geometry import (
-    EPS,
     centroid,
     check_points,
+    eps_for,
+    geometry_dtype,
     safe_cos,
     safe_norm,
 )
@@ -101,11 +102,15 @@ class SFTPointEncoder(Module):
                 normal: Optional[Tensor] = None) -> Tensor:
         r"""The invariant scalars :math:`(r_i, r_i / \bar{r},
         \cos\angle(\mathbf{n}_i, \mathbf{p}_i - \mathbf{c}))`, shape
-        :math:`(N, 3)`."""
+        :math:`(N, 3)`, computed in at least float32 (:func:`geometry_dtype`).
+        """
+        dtype = geometry_dtype(pos)
+        pos = pos.to(dtype)
+        normal = None if normal is None else normal.to(dtype)
         u = pos - centroid(pos, batch, num_clouds)[batch]  # [N, 3]
         r = safe_norm(u)
         ms = centroid((u * u).sum(-1, keepdim=True), batch, num_clouds)
-        rms = ms.squeeze(-1).add(EPS).sqrt()[batch]
+        rms = ms.squeeze(-1).add(eps_for(dtype)).sqrt()[batch]
         cos = torch.zeros_like(r)
         if normal is not None:
             cos = safe_cos(normal, u)

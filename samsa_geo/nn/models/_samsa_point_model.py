@@ -18,6 +18,7 @@ from torch_geometric.nn import EdgeConv, global_max_pool, global_mean_pool
 
 from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
+from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._sets import batch_sizes
 from samsa_geo.nn.encoders._point_geometry import centroid, check_points
 from samsa_geo.ops import knn_graph
@@ -162,6 +163,10 @@ class SamsaPointModel(Module):
         if x.shape != (N, self.in_channels):
             raise ValueError(f"Expected 'x' to have shape [{N}, "
                              f"{self.in_channels}] (got {list(x.shape)})")
+        if (config.checks_values(x.device) and x.numel() > 0
+                and not bool(torch.isfinite(x).all())):
+            raise ValueError("Expected 'x' to hold finite values only "
+                             "(found NaN or inf)")
         return x
 
     def backbone(
@@ -208,9 +213,18 @@ class SamsaPointModel(Module):
             h = h + self.lin_in(feats.to(dtype))
         if self.encoder is not None:  # inputs already checked above
             h = h + self.encoder._encode(pos_c, batch, B, normal, edge_index)
+            if (config.checks_values(h.device) and N > 0
+                    and not bool(torch.isfinite(h).all())):
+                raise ValueError(
+                    f"Expected the point encoder ({self.encoder_type}) to "
+                    f"give finite tokens from finite 'pos' (got NaN or inf "
+                    f"in {h.dtype}); its weights hold non-finite values or "
+                    f"overflow this dtype")
         if token_bias is not None:
             h = h + token_bias
 
+        if N == 0:  # no point: no attention; B empty clouds pool to zeros
+            return PointFeatures(h, batch, B, 0)
         for conv in self.convs:
             h = conv(h, edge_index, batch, pos=pos_c, normal=normal,
                      num_graphs=B, max_num_nodes=max_num_nodes)

@@ -1,10 +1,12 @@
 from typing import Any, Dict, Optional, Union
 
+import torch
 from torch import Tensor
 from torch.nn import Dropout, GELU, Linear, Module, ModuleList, Sequential
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
 from torch_geometric.nn.inits import reset
 
+from samsa_geo.nn.attention import config
 from samsa_geo.nn.conv.samsa_conv import SamsaConv
 from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
 from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
@@ -372,8 +374,27 @@ class SamsaGraphModel(Module):
         if self.level == 'edge':
             z = self.head(h)  # [N, C]
             return (z[edge_label_index[0]] * z[edge_label_index[1]]).sum(-1)
+        self._check_num_graphs(num_graphs, batch, h.size(0))
         pool = global_mean_pool if self.pool == 'mean' else global_add_pool
         return self.head(pool(h, batch, size=num_graphs))
+
+    @staticmethod
+    def _check_num_graphs(num_graphs: Optional[int], batch: Optional[Tensor],
+                          N: int) -> None:
+        # A hint smaller than the batch makes pooling index out of range.
+        if num_graphs is None:
+            return
+        if not isinstance(num_graphs, int) or num_graphs < 0:
+            raise ValueError(f"Expected 'num_graphs' to be a non-negative "
+                             f"int (got {num_graphs!r})")
+        if (N == 0 or torch.compiler.is_compiling() or batch is None
+                or not config.checks_values(batch.device)):
+            return
+        needed = 1 if batch is None else int(batch.max()) + 1
+        if num_graphs < needed:
+            raise ValueError(f"Expected 'num_graphs' >= {needed}, the number "
+                             f"of graphs in 'batch' (got {num_graphs}); "
+                             f"pass data.num_graphs or leave it None")
 
     def embed(self, *args: Any, **kwargs: Any) -> Tensor:
         r"""For :obj:`level="edge"`: the embeddings :math:`\mathbf{z}` whose

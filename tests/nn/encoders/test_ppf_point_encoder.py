@@ -149,3 +149,45 @@ def test_bad_input():
         enc(torch.randn(5, 3), edge_index=torch.zeros(3, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="'num_neighbors'"):
         PPFPointEncoder(8, num_neighbors=0)
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_half_precision_features_are_finite_and_match_float32(dtype):
+    # EPS = 1e-12 rounds to 0 in float16: the geometry runs in float32 and
+    # the epsilon follows the dtype.
+    from samsa_geo.nn.encoders._point_geometry import eps_for, safe_norm
+    assert torch.tensor(eps_for(torch.float16), dtype=torch.float16) > 0
+    assert eps_for(torch.float32) == 1e-12
+    zero = torch.zeros(4, 3, dtype=torch.float16, requires_grad=True)
+    norm = safe_norm(zero)
+    norm.sum().backward()
+    assert torch.isfinite(norm).all() and torch.isfinite(zero.grad).all()
+
+    enc = PPFPointEncoder(16, num_neighbors=8, hidden_channels=16)
+    pos, normal = _cloud(40)
+    pos[1] = pos[0]  # a duplicate point: zero-length pair vector
+    edge_index = knn_graph(pos, 8, loop=True)
+    ref = enc.features(pos, torch.zeros(40, dtype=torch.long), 1, edge_index,
+                       normal)
+    half = enc.features(pos.to(dtype), torch.zeros(40, dtype=torch.long), 1,
+                        edge_index, normal.to(dtype))
+    assert torch.isfinite(half).all()
+    # Only the rounding of the inputs to the half dtype differs.
+    torch.testing.assert_close(half, ref, atol=0.05, rtol=0.02)
+    out = enc.to(dtype)(pos.to(dtype), normal=normal.to(dtype),
+                        edge_index=edge_index)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+def test_non_finite_input_is_named():
+    enc = PPFPointEncoder(16, num_neighbors=4, hidden_channels=16)
+    pos, normal = _cloud(10)
+    pos[3, 2] = float('inf')
+    with pytest.raises(ValueError, match=r"Expected 'pos' to hold finite "
+                       r"values only \(point 3 is \[.*inf\]; 1 point"):
+        enc(pos)
+    pos, normal = _cloud(10)
+    normal[7, 0] = float('nan')
+    with pytest.raises(ValueError, match=r"Expected 'normal' to hold finite "
+                       r"values only \(point 7"):
+        enc(pos, normal=normal)

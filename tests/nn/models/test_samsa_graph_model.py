@@ -165,3 +165,20 @@ def test_errors():
         model(data.x, data.edge_index, None, pe=data.pe)
     with pytest.raises(ValueError, match="'edge_label_index'"):
         _model('edge')(data.x, data.edge_index, data.edge_attr, pe=data.pe)
+
+
+def test_num_graphs_hint_is_checked():
+    model = SamsaGraphModel(4, 16, 3, 2, heads=2, k=4).eval()
+    x = torch.randn(10, 4)
+    edge_index = torch.tensor([[0, 1, 2, 5, 6], [1, 2, 3, 6, 7]])
+    batch = torch.tensor([0] * 5 + [1] * 5)
+    ref = model(x, edge_index, batch=batch)
+    assert torch.equal(model(x, edge_index, batch=batch, num_graphs=2), ref)
+    # A larger hint adds empty graphs (PyG's pooling convention).
+    out = model(x, edge_index, batch=batch, num_graphs=4)
+    assert out.shape == (4, 3) and torch.equal(out[:2], ref)
+    with pytest.raises(ValueError, match=r"Expected 'num_graphs' >= 2, the "
+                       r"number of graphs in 'batch' \(got 1\)"):
+        model(x, edge_index, batch=batch, num_graphs=1)
+    with pytest.raises(ValueError, match=r"non-negative int \(got 1.5\)"):
+        model(x, edge_index, batch=batch, num_graphs=1.5)

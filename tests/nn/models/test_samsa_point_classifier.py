@@ -309,3 +309,33 @@ def test_bfloat16_parameters(kwargs):
     out = model.bfloat16()(pos, batch, x)
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_float16_rotation_invariant_classifier_is_finite():
+    model = SamsaPointClassifier.small(5, rotation_invariant=True).eval()
+    pos = torch.randn(64, 3)
+    batch = torch.zeros(64, dtype=torch.long)
+    ref = model(pos, batch)
+    out = model.half()(pos.half(), batch)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), ref, atol=0.02, rtol=0.02)
+
+
+def test_errors_name_the_tensor_at_fault():
+    model = SamsaPointClassifier.small(5).eval()
+    pos = torch.randn(32, 3)
+    pos[4, 1] = float('nan')
+    with pytest.raises(ValueError, match=r"Expected 'pos' to hold finite "
+                       r"values only \(point 4"):
+        model(pos)
+    model = SamsaPointClassifier.small(5, in_channels=3).eval()
+    x = torch.randn(32, 3)
+    x[0, 0] = float('inf')
+    with pytest.raises(ValueError, match=r"Expected 'x' to hold finite"):
+        model(torch.randn(32, 3), x=x)
+
+
+@pytest.mark.parametrize('batch', [None, torch.zeros(0, dtype=torch.long)])
+def test_zero_points_give_zero_clouds(batch):
+    model = SamsaPointClassifier.small(5).eval()
+    assert model(torch.zeros(0, 3), batch).shape == (0, 5)

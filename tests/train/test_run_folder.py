@@ -1,0 +1,239 @@
+import json
+import os
+import os.path as osp
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, osp.dirname(__file__))
+from _train_toy import TOY, ToyTask, make_dataset, make_model  # noqa: E402
+
+from samsa_geo.train import Trainer, load_checkpoint, make_loader  # noqa: E402
+from samsa_geo.train.run_folder import (  # noqa: E402
+    RunFolderError,
+    RunFolderLock,
+    drop_stale_evaluations,
+)
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
+
+
+class RisingTask(ToyTask):
+    r"""Validation score = number of training steps so far: every epoch is
+    a new best under mode='max' (plus 'offset', for a resumed run)."""
+    def __init__(self, offset=0):
+        super().__init__()
+        self.offset = offset
+
+    def compute_metrics(self, outputs):
+        return {'score': float(self.offset + self.calls)}
+
+
+def make_trainer(out_dir, epochs=2, task=None, **kw):
+    return Trainer(make_model(), task or RisingTask(), out_dir=str(out_dir),
+                   epochs=epochs, lr=1e-2, monitor='val_score', mode='max',
+                   progress=False, tensorboard=False, **kw)
+
+
+def data():
+    return (make_loader(make_dataset(16), 8, shuffle=True, seed=0),
+            make_loader(make_dataset(8, seed=1), 8, shuffle=False))
+
+
+def finished_run(out_dir, epochs=2):
+    r"""A run trained, tested on best.pt and closed; returns its metrics."""
+    tr = make_trainer(out_dir, epochs)
+    train, val = data()
+    tr.fit(train, val)
+    tr.evaluate(val, split='test', checkpoint='best')
+    tr.close()
+    with open(osp.join(out_dir, 'metrics.json')) as f:
+        return json.load(f)
+
+
+def test_second_process_fails_at_once_naming_the_holder(tmp_path):
+    out = tmp_path / 'run'
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, TOY, str(out), '--sleep', '0.1'],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'READY'
+        with pytest.raises(RunFolderError, match=rf"'{out}' is in use by "
+                           rf"another run \(pid {proc.pid} on host .*"
+                           rf"_train_toy\.py {out}"):
+            make_trainer(out)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The first run finished untouched: all its epochs, one log row each.
+    assert proc.returncode == 0, err
+    with open(out / 'log.csv') as f:
+        assert [line.split(',')[0] for line in f][1:] == ['1', '2', '3']
+    summary = json.loads((out / 'metrics.json').read_text())
+    assert summary['last_epoch'] == 3
+    assert load_checkpoint(out / 'best.pt')['best_epoch'] == \
+        summary['best_epoch']
+
+
+def test_lock_is_shared_within_a_process_and_released(tmp_path):
+    a = RunFolderLock(str(tmp_path))
+    b = RunFolderLock(str(tmp_path))  # same process: train, then evaluate
+    holder = json.loads((tmp_path / '.lock').read_text())
+    assert holder['pid'] == os.getpid()
+    a.release()
+    a.release()  # idempotent: b still holds it
+    script = ('import sys, time; from samsa_geo.train.run_folder import '
+              'RunFolderLock; RunFolderLock(sys.argv[1]); print("READY", '
+              'flush=True); time.sleep(float(sys.argv[2]))')
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    busy = subprocess.run([sys.executable, '-c', script, str(tmp_path), '0'],
+                          env=env, capture_output=True, text=True)
+    assert busy.returncode == 1 and f'pid {os.getpid()}' in busy.stderr
+    b.release()
+    # A holder killed with SIGKILL frees the folder (the kernel drops it).
+    proc = subprocess.Popen([sys.executable, '-c', script, str(tmp_path),
+                             '60'], env=env, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'READY'
+        with pytest.raises(RunFolderError, match=f'pid {proc.pid}'):
+            RunFolderLock(str(tmp_path))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    RunFolderLock(str(tmp_path)).release()
+
+
+def test_new_run_moves_the_old_run_aside(tmp_path, capsys):
+    out = tmp_path / 'run'
+    old = finished_run(out, epochs=2)
+    old_best = (out / 'best.pt').read_bytes()
+    assert old['test'] and old['checkpoint'] == {'test': 'best.pt'}
+
+    tr = make_trainer(out, epochs=1)
+    tr.fit(*data())
+    err = capsys.readouterr().err
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith('run.old-')]
+    assert len(moved) == 1 and f"moved it to '{moved[0]}'" in err
+    # The old run is whole in its new folder ...
+    assert (moved[0] / 'best.pt').read_bytes() == old_best
+    assert json.loads((moved[0] / 'metrics.json').read_text()) == old
+    # ... and the new folder holds only the new run.
+    summary = json.loads((out / 'metrics.json').read_text())
+    assert 'test' not in summary and 'test_score' not in summary
+    assert summary['best_epoch'] == summary['last_epoch'] == 1
+    assert load_checkpoint(out / 'best.pt')['best_epoch'] == 1
+    with open(out / 'log.csv') as f:
+        assert len(f.readlines()) == 2  # header + one epoch
+
+
+def test_folder_with_subfolders_keeps_them(tmp_path, capsys):
+    # A project folder given as output: only the trainer's files move.
+    out = tmp_path / 'project'
+    finished_run(out)
+    (out / 'src').mkdir()
+    (out / 'src' / 'code.py').write_text('x = 1')
+    (out / 'README').write_text('mine')
+    make_trainer(out, epochs=1).fit(*data())
+    moved = next(p for p in tmp_path.iterdir() if '.old-' in p.name)
+    assert sorted(p.name for p in moved.iterdir()) == [
+        'best.pt', 'last.pt', 'log.csv', 'metrics.json']
+    assert "moved its last.pt, best.pt, log.csv, metrics.json" in \
+        capsys.readouterr().err
+    assert (out / 'src' / 'code.py').read_text() == 'x = 1'
+    assert (out / 'README').read_text() == 'mine'
+
+
+def test_overwrite_deletes_the_old_run(tmp_path, capsys):
+    out = tmp_path / 'run'
+    finished_run(out)
+    (out / 'notes.txt').write_text('kept')
+    tr = make_trainer(out, epochs=1, overwrite=True)
+    tr.fit(*data())
+    assert 'Overwriting the previous run' in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ['run']
+    assert (out / 'notes.txt').read_text() == 'kept'
+    summary = json.loads((out / 'metrics.json').read_text())
+    assert summary['best_epoch'] == 1 and 'test' not in summary
+    with pytest.raises(ValueError, match="'resume' and 'overwrite'"):
+        make_trainer(tmp_path / 'other', resume=True, overwrite=True)
+
+
+def test_resume_without_last_pt_but_with_best_pt_refuses(tmp_path):
+    out = tmp_path / 'run'
+    finished_run(out)
+    os.remove(out / 'last.pt')  # what the old error message advised
+    best = (out / 'best.pt').read_bytes()
+    tr = make_trainer(out, epochs=3, resume=True)
+    with pytest.raises(RunFolderError, match=r"holds 'best.pt' but no "
+                       r"'last.pt'.*copy .*best\.pt' to '.*last\.pt'"):
+        tr.fit(*data())
+    assert (out / 'best.pt').read_bytes() == best
+    # The advice works: a copy of best.pt resumes from the best epoch.
+    (out / 'last.pt').write_bytes(best)
+    with pytest.warns(UserWarning, match='stretched'):
+        tr.fit(*data())
+    assert tr.global_step == 3 * 2
+    # Resume with nothing to resume starts from scratch.
+    fresh = make_trainer(tmp_path / 'empty', epochs=1, resume=True)
+    fresh.fit(*data())
+    assert fresh.best_epoch == 1
+
+
+def test_metrics_describe_best_pt_after_resume(tmp_path):
+    out = tmp_path / 'run'
+    old = finished_run(out, epochs=2)
+    assert old['test_score'] == old['best_score'] == 4.0
+    tr = make_trainer(out, epochs=3, resume=True, task=RisingTask(100))
+    train, val = data()
+    tr.evaluate(val, split='last_eval', checkpoint='last')
+    with pytest.warns(UserWarning, match='stretched'):
+        tr.fit(train, val)  # epoch 3 replaces best.pt and last.pt
+    summary = json.loads((out / 'metrics.json').read_text())
+    for split in ('test', 'last_eval'):
+        assert split not in summary and split not in summary['checkpoint']
+        assert not any(k.startswith(split + '_') for k in summary)
+    assert summary['best_epoch'] == 3
+    tr.evaluate(val, split='test', checkpoint=str(out / 'best.pt'))
+    summary = json.loads((out / 'metrics.json').read_text())
+    assert summary['checkpoint'] == {'test': 'best.pt'}
+
+
+def test_drop_stale_evaluations_keeps_other_checkpoints():
+    summary = {'test': {'test_a': 1.0}, 'test_a': 1.0,
+               'ext': {'ext_a': 2.0}, 'ext_a': 2.0, 'best_epoch': 3,
+               'checkpoint': {'test': 'best.pt', 'ext': '/w/other.pt'}}
+    assert drop_stale_evaluations(summary, 'best.pt') == {
+        'ext': {'ext_a': 2.0}, 'ext_a': 2.0, 'best_epoch': 3,
+        'checkpoint': {'ext': '/w/other.pt'}}
+
+
+def test_stale_temporary_files_are_removed_at_start(tmp_path):
+    out = tmp_path / 'run'
+    out.mkdir()
+    stale = out / '.last.pt.999999999.tmp'
+    stale.write_bytes(b'\x00' * 1024)
+    other = out / 'notes.tmp'
+    other.write_text('not ours')
+    make_trainer(out).close()
+    assert not stale.exists() and other.exists()
+
+
+def test_killed_save_leaves_no_orphan_after_restart(tmp_path):
+    # A save killed before its rename leaves '.last.pt.<pid>.tmp'.
+    out = tmp_path / 'run'
+    tr = make_trainer(out, epochs=1)
+    tr.fit(*data())
+    tr.close()
+    orphan = out / f'.last.pt.{os.getpid() + 1}.tmp'
+    orphan.write_bytes((out / 'last.pt').read_bytes()[:500])
+    with pytest.warns(UserWarning, match='stretched'):
+        make_trainer(out, epochs=2, resume=True).fit(*data())
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith('.')) \
+        == ['.lock']
+    assert torch.load(out / 'last.pt', weights_only=True)['epoch'] == 2
