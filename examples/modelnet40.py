@@ -43,6 +43,7 @@ from _point_pipeline import (  # noqa: E402
     add_point_args,
     point_trainer,
     point_transforms,
+    preset_model,
 )
 
 
@@ -86,10 +87,9 @@ def datasets(args):
 
 def build_model(num_classes, args):
     """The classifier of --preset, taking normals as x with --normals."""
-    builder = SamsaPointClassifier.small if args.preset == 'small' \
-        else SamsaPointClassifier
-    return builder(num_classes, in_channels=3 if args.normals else 0,
-                   rotation_invariant=args.rotation_invariant)
+    return preset_model(SamsaPointClassifier, args, num_classes,
+                        in_channels=3 if args.normals else 0,
+                        rotation_invariant=args.rotation_invariant)
 
 
 class Classification:

@@ -32,6 +32,7 @@ from _point_pipeline import (  # noqa: E402
     add_point_args,
     point_trainer,
     point_transforms,
+    preset_model,
 )
 
 
@@ -80,11 +81,9 @@ def main(argv=None):
     val_ds = ShapeNetPart(root, split='val', transform=eval_tf, **kw)
     test_ds = ShapeNetPart(root, split='test', transform=eval_tf, **kw)
 
-    builder = SamsaPointSegmenter.small if args.preset == 'small' \
-        else SamsaPointSegmenter
-    model = builder(50, num_categories=16,
-                    in_channels=3 if args.normals else 0,
-                    rotation_invariant=args.rotation_invariant)
+    model = preset_model(SamsaPointSegmenter, args, 50, num_categories=16,
+                         in_channels=3 if args.normals else 0,
+                         rotation_invariant=args.rotation_invariant)
     task = PartSegmentation(ShapeNetPart.category_parts, args.normals)
     trainer = point_trainer(model, task, args, len(train_ds),
                             'val_instance_miou')

@@ -32,7 +32,19 @@ class SamsaConv(Module):
 
     where :math:`\mathrm{MPNN}` is the optional local message passing layer
     ``conv`` (:math:`\mathbf{X}^{M} = 0` without it) and :math:`\mathrm{SAMSA}`
-    is :class:`~samsa_geo.nn.SamsaAttention`.
+    is :class:`~samsa_geo.nn.SamsaAttention`. This is GPSConv's order
+    (post-norm). With ``norm_first=True`` the layer is pre-norm, as the
+    released SAMSA layer: the residual stream itself is never normalised,
+
+    .. math::
+        \mathbf{Y} = \mathbf{X} + \mathrm{MPNN}\big(\mathrm{Norm}_1(
+        \mathbf{X}), \mathbf{E}\big) + \mathrm{SAMSA}\big(
+        \mathrm{Norm}_2(\mathbf{X})\big), \qquad
+        \mathbf{X}' = \mathbf{Y} + \mathrm{MLP}\big(\mathrm{Norm}_3(
+        \mathbf{Y})\big),
+
+    so a stack of them needs a normalisation before its head; deep stacks
+    then train at larger learning rates without diverging.
 
     Args:
         channels (int): Size of each input and output sample.
@@ -53,6 +65,8 @@ class SamsaConv(Module):
         attn_kwargs (Dict[str, Any], optional): Further arguments of
             :class:`~samsa_geo.nn.SamsaAttention` (``sampling``,
             ``num_registers``, ``score``, ...). (default: :obj:`None`)
+        norm_first (bool, optional): Pre-norm instead of GPSConv's
+            post-norm order. (default: :obj:`False`)
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``edge_index`` :math:`(2, E)`,
@@ -71,9 +85,11 @@ class SamsaConv(Module):
         norm: Optional[str] = 'batch_norm',
         norm_kwargs: Optional[Dict[str, Any]] = None,
         attn_kwargs: Optional[Dict[str, Any]] = None,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
         self.channels = channels
+        self.norm_first = norm_first
         self.conv = conv
         self.heads = heads
         self.dropout = dropout
@@ -133,11 +149,24 @@ class SamsaConv(Module):
                        ('normal', 'num_graphs', 'max_num_nodes')
                        if key in kwargs}
         num_graphs = attn_kwargs.get('num_graphs')
+        if self.conv is not None and edge_index is None:
+            raise ValueError("Expected 'edge_index' of shape [2, E] "
+                             "since a local 'conv' is set")
+        if self.norm_first:
+            out = x
+            if self.conv is not None:
+                h = self.conv(self._norm(self.norm1, x, batch, num_graphs),
+                              edge_index, **kwargs)
+                out = out + F.dropout(h, p=self.dropout,
+                                      training=self.training)
+            h = self.attn(self._norm(self.norm2, x, batch, num_graphs), batch,
+                          pos=pos, **attn_kwargs)
+            out = out + F.dropout(h, p=self.dropout, training=self.training)
+            return out + self.mlp(self._norm(self.norm3, out, batch,
+                                             num_graphs))
+
         hs = []
         if self.conv is not None:
-            if edge_index is None:
-                raise ValueError("Expected 'edge_index' of shape [2, E] "
-                                 "since a local 'conv' is set")
             h = self.conv(x, edge_index, **kwargs)
             h = F.dropout(h, p=self.dropout, training=self.training)
             hs.append(self._norm(self.norm1, h + x, batch, num_graphs))
@@ -153,4 +182,5 @@ class SamsaConv(Module):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, conv={self.conv}, '
                 f'heads={self.heads}, k={self.attn.k}, '
-                f'sampling={self.attn.sampling!r})')
+                f'sampling={self.attn.sampling!r}'
+                f'{", norm_first=True" if self.norm_first else ""})')

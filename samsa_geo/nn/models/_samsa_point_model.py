@@ -57,6 +57,7 @@ class SamsaPointModel(Module):
         norm: Optional[str] = 'layer_norm',
         norm_kwargs: Optional[Dict[str, Any]] = None,
         attn_kwargs: Optional[Dict[str, Any]] = None,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(in_channels, int) or in_channels < 0:
@@ -88,6 +89,7 @@ class SamsaPointModel(Module):
         self.k = k
         self.num_neighbors = num_neighbors
         self.local_conv = local_conv
+        self.norm_first = norm_first
 
         self.lin_in = None
         if not rotation_invariant:
@@ -116,7 +118,7 @@ class SamsaPointModel(Module):
             layer = SamsaConv(channels, conv, heads=heads, k=k,
                               dropout=dropout, act='gelu', norm=norm,
                               norm_kwargs=norm_kwargs,
-                              attn_kwargs=attn_kwargs)
+                              attn_kwargs=attn_kwargs, norm_first=norm_first)
             self.convs.append(layer)
 
     @classmethod

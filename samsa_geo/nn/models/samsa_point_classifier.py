@@ -77,6 +77,8 @@ class SamsaPointClassifier(SamsaPointModel):
         attn_kwargs (Dict[str, Any], optional): Further arguments of
             :class:`~samsa_geo.nn.SamsaAttention` (``relative_bias`` defaults
             to :obj:`True`). (default: :obj:`None`)
+        norm_first (bool, optional): Pre-norm :class:`SamsaConv` layers
+            (the head starts with a LayerNorm). (default: :obj:`False`)
 
     Shapes:
         - **input:** ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` sorted,
@@ -101,11 +103,12 @@ class SamsaPointClassifier(SamsaPointModel):
         norm: Optional[str] = 'layer_norm',
         norm_kwargs: Optional[Dict[str, Any]] = None,
         attn_kwargs: Optional[Dict[str, Any]] = None,
+        norm_first: bool = False,
     ) -> None:
         super().__init__(in_channels, rotation_invariant, encoder, channels,
                          num_layers, heads, k, num_neighbors, local_conv,
                          dropout, random_channels, norm, norm_kwargs,
-                         attn_kwargs)
+                         attn_kwargs, norm_first)
         self.head = self._head(num_classes, 2 * channels, head_dropout)
         self.num_classes = num_classes
         self.reset_parameters()

@@ -76,6 +76,8 @@ class SamsaPointSegmenter(SamsaPointModel):
         norm_kwargs (Dict[str, Any], optional): Arguments of ``norm``.
         attn_kwargs (Dict[str, Any], optional): Further arguments of
             :class:`~samsa_geo.nn.SamsaAttention`. (default: :obj:`None`)
+        norm_first (bool, optional): Pre-norm :class:`SamsaConv` layers
+            (the head starts with a LayerNorm). (default: :obj:`False`)
 
     Shapes:
         - **input:** ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` sorted,
@@ -102,11 +104,12 @@ class SamsaPointSegmenter(SamsaPointModel):
         norm: Optional[str] = 'layer_norm',
         norm_kwargs: Optional[Dict[str, Any]] = None,
         attn_kwargs: Optional[Dict[str, Any]] = None,
+        norm_first: bool = False,
     ) -> None:
         super().__init__(in_channels, rotation_invariant, encoder, channels,
                          num_layers, heads, k, num_neighbors, local_conv,
                          dropout, random_channels, norm, norm_kwargs,
-                         attn_kwargs)
+                         attn_kwargs, norm_first)
         head = self._head(num_classes, 3 * channels, head_dropout)
         if not isinstance(num_categories, int) or num_categories < 0:
             raise ValueError(f"Expected 'num_categories' to be a "

@@ -182,3 +182,44 @@ def test_onnx_export(tmp_path):
     (out, ) = sess.run(None, {'x': x.numpy()})
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(out), conv(x), atol=1e-4)
+
+
+@pytest.mark.parametrize('with_conv', [False, True])
+def test_samsa_conv_norm_first(with_conv):
+    x, edge_index, edge_attr, batch, _ = make_graphs()
+    conv = SamsaConv(16, gine() if with_conv else None, heads=4, k=8,
+                     norm='layer_norm', norm_first=True)
+    assert str(conv).endswith("sampling='hard', norm_first=True)")
+    out = conv(x, edge_index, batch, edge_attr=edge_attr)
+    assert out.shape == (x.size(0), 16)
+    out.sum().backward()
+    for name, p in conv.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+    # With every branch's last layer at zero, the pre-norm layer is the
+    # identity (the residual stream is never normalised); post-norm is not.
+    post = SamsaConv(16, gine() if with_conv else None, heads=4, k=8,
+                     norm='layer_norm')
+    for layer in (conv, post):
+        layer.eval()
+        branches = [layer.attn.lin_out, layer.mlp[3]]
+        if with_conv:
+            branches.append(layer.conv.nn[2])
+        with torch.no_grad():
+            for lin in branches:
+                lin.weight.zero_()
+                lin.bias.zero_()
+    assert torch.equal(conv(x, edge_index, batch, edge_attr=edge_attr), x)
+    assert not torch.allclose(post(x, edge_index, batch, edge_attr=edge_attr),
+                              x, atol=1e-3)
+
+
+def test_samsa_conv_orders_agree_without_norm():
+    # Without normalisation and a local branch both orders compute
+    # x + attn(x) + mlp(x + attn(x)).
+    x, _, _, batch, _ = make_graphs()
+    post = SamsaConv(16, heads=4, k=8, norm=None).eval()
+    pre = SamsaConv(16, heads=4, k=8, norm=None, norm_first=True).eval()
+    pre.load_state_dict(post.state_dict())
+    assert torch.allclose(pre(x, batch=batch), post(x, batch=batch),
+                          atol=1e-6)
