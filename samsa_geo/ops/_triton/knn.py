@@ -198,9 +198,9 @@ def _knn_kernel(xs, n_pad, ids, ys, m_pad, y_ids, ptr_x, ptr_y, blk_example,
     # boxes at a time, then tile by tile.
     bound = tl.max(tl.where(row_ok, worst_d, -float('inf')), axis=0)
     for t0 in range(t_first, t_end, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        t_ok = (t < t_end) & ((t < near_lo) | (t >= near_hi))
-        gap = _tile_gap(tile_box, tl.minimum(t, t_pad - 1), t_pad, lo0, hi0,
+        tv = t0 + tl.arange(0, BLOCK_T)  # not 't': loop 1's scalar
+        t_ok = (tv < t_end) & ((tv < near_lo) | (tv >= near_hi))
+        gap = _tile_gap(tile_box, tl.minimum(tv, t_pad - 1), t_pad, lo0, hi0,
                         lo1, hi1, lo2, hi2, F)
         if tl.min(tl.where(t_ok, gap, float('inf')), axis=0) <= bound:
             for tt in range(t0, tl.minimum(t0 + BLOCK_T, t_end)):
