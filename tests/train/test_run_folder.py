@@ -57,14 +57,14 @@ def finished_run(out_dir, epochs=2):
 def test_second_process_fails_at_once_naming_the_holder(tmp_path):
     out = tmp_path / 'run'
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    proc = subprocess.Popen([sys.executable, TOY, str(out), '--sleep', '0.1'],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, TOY, str(out), '--epochs', '2',
+                             '--sleep', '0.1'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == 'READY'
         with pytest.raises(RunFolderError, match=rf"'{out}' is in use by "
                            rf"another run \(pid {proc.pid} on host .*"
-                           rf"_train_toy\.py {out}"):
+                           rf"_train_toy\.py {out} --epochs 2"):
             make_trainer(out)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -73,11 +73,31 @@ def test_second_process_fails_at_once_naming_the_holder(tmp_path):
     # The first run finished untouched: all its epochs, one log row each.
     assert proc.returncode == 0, err
     with open(out / 'log.csv') as f:
-        assert [line.split(',')[0] for line in f][1:] == ['1', '2', '3']
+        assert [line.split(',')[0] for line in f][1:] == ['1', '2']
     summary = json.loads((out / 'metrics.json').read_text())
-    assert summary['last_epoch'] == 3
+    assert summary['last_epoch'] == 2
     assert load_checkpoint(out / 'best.pt')['best_epoch'] == \
         summary['best_epoch']
+
+
+# Takes the lock of argv[1], retrying every 50 ms; prints each refusal once
+# ('BUSY <message>'), then 'READY', then holds the lock until killed.
+HOLDER = """
+import sys, time
+from samsa_geo.train.run_folder import RunFolderError, RunFolderLock
+told = False
+while True:
+    try:
+        lock = RunFolderLock(sys.argv[1])
+        break
+    except RunFolderError as e:
+        if not told:
+            print('BUSY', e, flush=True)
+            told = True
+        time.sleep(0.05)
+print('READY', flush=True)
+time.sleep(600)
+"""
 
 
 def test_lock_is_shared_within_a_process_and_released(tmp_path):
@@ -87,23 +107,18 @@ def test_lock_is_shared_within_a_process_and_released(tmp_path):
     assert holder['pid'] == os.getpid()
     a.release()
     a.release()  # idempotent: b still holds it
-    script = ('import sys, time; from samsa_geo.train.run_folder import '
-              'RunFolderLock; RunFolderLock(sys.argv[1]); print("READY", '
-              'flush=True); time.sleep(float(sys.argv[2]))')
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    busy = subprocess.run([sys.executable, '-c', script, str(tmp_path), '0'],
-                          env=env, capture_output=True, text=True)
-    assert busy.returncode == 1 and f'pid {os.getpid()}' in busy.stderr
-    b.release()
-    # A holder killed with SIGKILL frees the folder (the kernel drops it).
-    proc = subprocess.Popen([sys.executable, '-c', script, str(tmp_path),
-                             '60'], env=env, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, '-c', HOLDER, str(tmp_path)],
+                            env=dict(os.environ, PYTHONPATH=ROOT),
+                            stdout=subprocess.PIPE, text=True)
     try:
+        busy = proc.stdout.readline()
+        assert busy.startswith('BUSY') and f'pid {os.getpid()}' in busy
+        b.release()  # the last holder: the other process gets the lock
         assert proc.stdout.readline().strip() == 'READY'
         with pytest.raises(RunFolderError, match=f'pid {proc.pid}'):
             RunFolderLock(str(tmp_path))
     finally:
+        # A holder killed with SIGKILL frees the folder (the kernel drops it).
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     RunFolderLock(str(tmp_path)).release()
