@@ -1,3 +1,10 @@
 from .lrgb_fixtures import write_lrgb_raw
+from .needle_task import NeedleModel, NeedleResult, needle_sets, train_needle
 
-__all__: list = ['write_lrgb_raw']
+__all__: list = [
+    'write_lrgb_raw',
+    'NeedleModel',
+    'NeedleResult',
+    'needle_sets',
+    'train_needle',
+]
