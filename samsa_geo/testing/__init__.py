@@ -1,4 +1,12 @@
 from .crafted_payload import CraftedPayload
 from .lrgb_fixtures import write_lrgb_raw
+from .needle_task import NeedleModel, NeedleResult, needle_sets, train_needle
 
-__all__: list = ['CraftedPayload', 'write_lrgb_raw']
+__all__: list = [
+    'CraftedPayload',
+    'write_lrgb_raw',
+    'NeedleModel',
+    'NeedleResult',
+    'needle_sets',
+    'train_needle',
+]

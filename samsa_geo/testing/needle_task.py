@@ -108,12 +108,18 @@ def train_needle(
     target: float = 0.95,
     eval_every: int = 50,
     num_eval: int = 256,
+    teacher_steps: int = 0,
     attn_kwargs: Optional[Dict[str, Any]] = None,
 ) -> NeedleResult:
     r"""Trains a :class:`NeedleModel` with Adam on fresh sets every step
     and evaluates (clean top-:math:`k`, evaluation mode) every
     ``eval_every`` steps on ``num_eval`` fixed sets; stops at ``target``
-    accuracy. Deterministic for a given ``seed``."""
+    accuracy. Deterministic for a given ``seed``.
+
+    For the first ``teacher_steps`` steps the scorer's output is replaced
+    by the marker (the needle always sampled, no gradient to the scorer),
+    so the rest of the model learns to read the needle first; the steps
+    after it measure the scorer alone. Evaluation starts after them."""
     torch.manual_seed(seed)
     train_gen = torch.Generator().manual_seed(10_000 + seed)
     eval_gen = torch.Generator().manual_seed(0)
@@ -128,11 +134,18 @@ def train_needle(
         model.train()
         x, batch, y, _ = needle_sets(batch_size, num_tokens, num_classes,
                                      noise_channels, train_gen)
+        hook = None
+        if step <= teacher_steps:
+            marker = x[:, :1]  # [B n, 1]
+            hook = model.attn.scorer.register_forward_hook(
+                lambda module, args, out: 10.0 * marker.expand_as(out))
         loss = F.cross_entropy(model(x, batch, batch_size, num_tokens), y)
+        if hook is not None:
+            hook.remove()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % eval_every and step != steps:
+        if step <= teacher_steps or (step % eval_every and step != steps):
             continue
         model.eval()
         with torch.no_grad():

@@ -1,0 +1,159 @@
+r"""The sampler of SFT (`"Sampling Foundational Transformer: A Theoretical
+Perspective" <https://arxiv.org/abs/2408.05822>`_): one importance score per
+token shared by all heads, and each of the top :math:`k` tokens mixed with
+one random lower-ranked token of its set. It samples the *raw* tokens, before
+any key/value projection, so the projections run on :math:`k` rows per set
+instead of :math:`n`.
+"""
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from samsa_geo.nn.attention._sets import resolve_k
+
+
+@dataclass
+class SFTSample:
+    r"""The sampled tokens of every set.
+
+    Attributes:
+        x (Tensor): ``[B, k_max, C]`` mixed raw tokens
+            :math:`\mathbf{z}_i`; zero in unused slots.
+        index (Tensor): ``[B, k_max]`` global ids of the top tokens
+            :math:`i` (``-1`` in unused slots).
+        partner (Tensor): ``[B, k_max]`` global ids of their lower-ranked
+            partners :math:`j` (``-1`` where there is none: unused slots,
+            sets of :math:`n_b \leq k_b` tokens, or no mixing).
+        weight (Tensor): ``[B, k_max]`` the weights :math:`w_i` of the top
+            tokens (:math:`1` without a partner).
+        valid (Tensor, optional): ``[B, k_max]`` whether slot ``j < k_b``;
+            :obj:`None` when every slot is used.
+    """
+    x: Tensor
+    index: Tensor
+    partner: Tensor
+    weight: Tensor
+    valid: Optional[Tensor]
+
+
+def sft_sample(
+    x: Tensor,
+    score: Tensor,
+    batch: Optional[Tensor] = None,
+    k: Union[int, float] = 64,
+    *,
+    mix: bool = True,
+    perturb: bool = True,
+    num_sets: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> SFTSample:
+    r"""Samples :math:`k_b` raw tokens per set with SFT's pair mixing.
+
+    The top set :math:`T` holds the :math:`k_b` tokens of highest score
+    (of :math:`\mathbf{s} + \mathbf{g}`, :math:`\mathbf{g} \sim
+    \mathrm{Gumbel}(0, 1)`, with ``perturb=True``). With ``mix=True`` each
+    :math:`i \in T` draws one partner :math:`j` uniformly from the tokens of
+    its set ranked below :math:`k_b` and returns
+
+    .. math::
+        \mathbf{z}_i = w_i \mathbf{x}_i + (1 - w_i) \mathbf{x}_j, \qquad
+        w_i = \frac{\mathrm{softplus}(s_i)}{\mathrm{softplus}(s_i) +
+        \mathrm{softplus}(s_j)},
+
+    with the clean scores :math:`s`, so the scores receive the gradient
+    :math:`\partial \mathbf{z}_i / \partial s_i = \sigma(s_i)
+    \frac{\mathrm{softplus}(s_j)}{(\mathrm{softplus}(s_i) +
+    \mathrm{softplus}(s_j))^2} (\mathbf{x}_i - \mathbf{x}_j)`. Without
+    mixing (inference) :math:`\mathbf{z}_i = \mathbf{x}_i`. A set of
+    :math:`n_b \leq k_b` tokens returns all its tokens, unmixed.
+
+    Args:
+        x (Tensor): Raw tokens :math:`(N, C)`.
+        score (Tensor): One score per token :math:`(N)` (or :math:`(N, 1)`),
+            shared by all heads.
+        batch (Tensor, optional): Set index per token :math:`(N)`, sorted;
+            :obj:`None` for one set. (default: :obj:`None`)
+        k (int or float, optional): Tokens kept per set; a float in
+            :math:`(0, 1]` is a fraction of each set. (default: :obj:`64`)
+        mix (bool, optional): Mix each top token with a random
+            lower-ranked one. (default: :obj:`True`)
+        perturb (bool, optional): Rank by Gumbel-perturbed scores.
+            (default: :obj:`True`)
+        num_sets (int, optional): Number of sets, if known.
+        generator (torch.Generator, optional): Source of the Gumbel noise
+            and of the partners.
+
+    Shapes:
+        - **input:** ``x`` :math:`(N, C)`, ``score`` :math:`(N)`,
+          ``batch`` :math:`(N)`
+        - **output:** :class:`SFTSample` with ``x`` :math:`(B, k_{\max},
+          C)` and the rest :math:`(B, k_{\max})`
+    """
+    if x.dim() != 2:
+        raise ValueError(f"Expected 'x' to have shape [N, C] "
+                         f"(got {list(x.shape)})")
+    N, C = x.shape
+    if score.dim() == 2 and score.size(1) == 1:
+        score = score.view(-1)
+    if score.shape != (N, ):
+        raise ValueError(f"Expected 'score' to have shape [{N}] "
+                         f"(got {list(score.shape)})")
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or k <= 0 \
+            or (isinstance(k, float) and k > 1.0):
+        raise ValueError(f"Expected 'k' to be a positive int or a fraction "
+                         f"in (0, 1] (got {k!r})")
+    if batch is not None and batch.shape != (N, ):
+        raise ValueError(f"Expected 'batch' to have shape [{N}] "
+                         f"(got {list(batch.shape)})")
+    device = x.device
+    if batch is None:
+        batch = torch.zeros(N, dtype=torch.long, device=device)
+        num_sets = 1
+    elif num_sets is None:
+        num_sets = int(batch.max()) + 1 if N > 0 else 1
+    B = num_sets
+    size = torch.bincount(batch, minlength=B)  # [B]
+    ptr = torch.zeros(B + 1, dtype=torch.long, device=device)
+    ptr[1:] = size.cumsum(0)
+    kb = resolve_k(k, size, 0, False)  # [B]
+    n_max, k_max = int(size.max()), int(kb.max())
+
+    # Padded scores [B, n_max]: padding ranks last.
+    loc = torch.arange(N, device=device) - ptr[batch]
+    key = score.detach().float()
+    if perturb:
+        u = torch.rand(N, generator=generator, device=device)
+        key = key - torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))
+    dense = key.new_full((B, n_max), float('-inf'))
+    dense[batch, loc] = key
+    order = dense.argsort(dim=1, descending=True, stable=True)  # [B, n_max]
+    slot = torch.arange(k_max, device=device)
+    valid = slot.view(1, -1) < kb.view(-1, 1)  # [B, k_max]
+    top = order[:, :k_max] + ptr[:-1].view(-1, 1)  # [B, k_max] global ids
+    top = torch.where(valid, top, torch.zeros_like(top))
+
+    z = x[top]  # [B, k_max, C]
+    weight = torch.ones(B, k_max, dtype=score.dtype, device=device)
+    partner = torch.full_like(top, -1)
+    num_lower = size - kb  # [B]
+    if mix and bool((num_lower > 0).any()):
+        u = torch.rand(B, k_max, generator=generator, device=device)
+        # A uniform rank in [k_b, n_b) per slot.
+        rank = kb.view(-1, 1) + (u * num_lower.view(-1, 1)).long()
+        rank = rank.clamp(max=n_max - 1)  # [B, k_max]
+        j = order.gather(1, rank) + ptr[:-1].view(-1, 1)  # [B, k_max]
+        has = valid & (num_lower > 0).view(-1, 1)
+        j = torch.where(has, j, top)
+        sp_i, sp_j = F.softplus(score[top]), F.softplus(score[j])
+        w = sp_i / (sp_i + sp_j).clamp(min=1e-12)
+        weight = torch.where(has, w, torch.ones_like(w))
+        wx = weight.unsqueeze(-1).to(x.dtype)  # [B, k_max, 1]
+        z = wx * z + (1.0 - wx) * x[j]
+        partner = torch.where(has, j, partner)
+    z = z * valid.unsqueeze(-1).to(z.dtype)
+    index = torch.where(valid, top, torch.full_like(top, -1))
+    all_valid = bool(valid.all())
+    return SFTSample(z, index, partner, weight, None if all_valid else valid)
