@@ -1,3 +1,5 @@
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -57,16 +59,22 @@ class ImportanceScorer(Module):
         self.norm.reset_parameters()
         self.lin.reset_parameters()
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.score_nn(x)
+    def forward(self, x: Tensor, hidden: Optional[Tensor] = None) -> Tensor:
+        r"""Scores of the tokens ``x`` :math:`(N, C)`; ``hidden`` is the
+        MLP's first linear layer applied to ``x``, if the caller computed
+        it already (fused with other projections of ``x``)."""
+        if hidden is None:
+            y = self.score_nn(x)
+        else:  # the rest of the MLP after its first linear layer
+            y = self.score_nn[2](self.score_nn[1](hidden))
         norm, lin = self.norm, self.lin
         if self._use_kernel(x, y):
             # Eager calls launch the kernel directly: the custom operator's
             # dispatch costs more host time than the kernel takes on the
             # GPU; compiled graphs keep the operator (no graph break).
             op = importance_score if is_tracing() else _eager_kernel()
-            return op(y, x, norm.weight, norm.bias, norm.eps,
-                                    lin.weight, lin.bias)
+            return op(y, x, norm.weight, norm.bias, norm.eps, lin.weight,
+                      lin.bias)
         # Scores rank the tokens: the residual, the LayerNorm and the
         # projection run in float32 even under bf16/fp16 autocast.
         with torch.autocast(x.device.type, enabled=False):

@@ -2,6 +2,7 @@ import math
 from typing import Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module, Parameter
 
@@ -330,14 +331,15 @@ class SamsaAttention(Module):
             return (out, idx) if return_indices else out
 
         # 1. Queries for every token; keys and values for every candidate.
-        q = self.lin_q(x).view(N, H, D)  # [N, H, D]
-        kv = self.lin_kv(x).view(N, H, 2 * D)  # [N, H, 2D] as [k_h, v_h]
+        q, kv, hidden = self._project(x)
+        q = q.view(N, H, D)  # [N, C] -> [N, H, D]
+        kv = kv.view(N, H, 2 * D)  # [N, 2C] -> [N, H, 2D] as [k_h, v_h]
         if self.num_registers > 0:
             reg = self.reg_kv.to(kv.dtype).repeat(info.num_sets, 1, 1)
             kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
 
         # 2. Sample k candidates per set and head (relaxed in training).
-        sel = self._sample(x, batch, info)
+        sel = self._sample(x, hidden, batch, info)
         head = torch.arange(H, device=x.device).view(1, -1, 1)
         u = kv[sel.top, head]  # [B, H, k, 2D]
         if self.training and self.scorer is not None and info.m_max > 0:
@@ -357,8 +359,21 @@ class SamsaAttention(Module):
             return out
         return out, self._indices(sel.top, info, N)
 
-    def _sample(self, x: Tensor, batch: Optional[Tensor],
-                info: SetInfo) -> Selection:
+    def _project(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+        # One GEMM for the queries, the keys and values and the scorer's
+        # first layer (all read x): one launch and one cast of x instead
+        # of three. The modules keep their own parameters.
+        lins = [self.lin_q, self.lin_kv]
+        if self.scorer is not None:
+            lins.append(self.scorer.score_nn[0])
+        weight = torch.cat([lin.weight for lin in lins], dim=0)  # [3C|4C, C]
+        bias = torch.cat([lin.bias for lin in lins], dim=0)
+        C = self.channels
+        out = F.linear(x, weight, bias).split([C, 2 * C, C][:len(lins)], 1)
+        return out[0], out[1], out[2] if len(out) > 2 else None
+
+    def _sample(self, x: Tensor, hidden: Optional[Tensor],
+                batch: Optional[Tensor], info: SetInfo) -> Selection:
         N, R = x.size(0), self.num_registers
         if self.scorer is None:  # 'full': every candidate, in token order
             order = -torch.arange(N + R, device=x.device, dtype=torch.float)
@@ -366,7 +381,7 @@ class SamsaAttention(Module):
             reg_importance = None if R == 0 else \
                 order[N:, None].expand(R, self.heads)
         else:
-            importance = self.scorer(x).float()  # [N, H]
+            importance = self.scorer(x, hidden).float()  # [N, H]
             reg_importance = None if R == 0 else self.reg_score.float()
         perturb = self.scorer is not None and (self.training
                                                or self.stochastic_eval)
