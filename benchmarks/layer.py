@@ -3,11 +3,15 @@ full-attention transformer layer, PyG's GPSConv (multihead, performer), and
 a small-graph training epoch (SamsaGraphModel against GPSConv and GINE).
 
 Every layer is built with its default arguments and called as a PyG user
-calls it: ``conv(x, None, batch)``. One JSON record per measurement, with
-its provenance (GPU, torch, commit, flags, date) inside::
+calls it: ``conv(x, None, batch)`` (``samsa_conv``); ``samsa_conv_batch``
+adds what :func:`~samsa_geo.nn.batch_hints` reads from a PyG ``Batch``
+(``num_graphs``, ``max_num_nodes``), ``samsa_conv_hints`` ``num_graphs``
+only. One JSON record per measurement, with its provenance (GPU, torch,
+commit, flags, date) inside::
 
     python benchmarks/layer.py --device cuda --commit $(git rev-parse HEAD)
-    python benchmarks/layer.py --device cuda --compile --sizes 32x1024
+    python benchmarks/layer.py --device cuda --compile reduce-overhead \
+        --compile-only --sizes 32x1024
 """
 import argparse
 import os
@@ -61,7 +65,7 @@ class FullLayer(nn.Module):
 
 
 def build(op: str, C: int, H: int, k: int) -> nn.Module:
-    if op in ('samsa_conv', 'samsa_conv_hints'):
+    if op.startswith('samsa_conv'):
         return SamsaConv(C, None, heads=H, k=k)
     if op == 'full_layer':
         return FullLayer(C, H)
@@ -75,8 +79,11 @@ def build(op: str, C: int, H: int, k: int) -> nn.Module:
 def call(op: str, model, x, batch, B: int):
     if op == 'full_layer':
         return model(x, B)
-    if op == 'samsa_conv_hints':  # what a PyG Batch gives for free
+    if op == 'samsa_conv_hints':  # num_graphs only: bound shapes
         return model(x, None, batch, num_graphs=B)
+    if op == 'samsa_conv_batch':  # batch_hints(data) of a PyG Batch
+        n = x.size(0) // B
+        return model(x, None, batch, num_graphs=B, max_num_nodes=n)
     return model(x, None, batch)
 
 
@@ -214,12 +221,15 @@ def main():
     p.add_argument('--heads', type=int, default=8)
     p.add_argument('--k', type=int, default=256)
     p.add_argument('--sizes', default=SIZES, help='comma list of BxN cases')
-    p.add_argument('--ops', default='samsa_conv,samsa_conv_hints,full_layer,'
-                   'gps_conv_multihead,gps_conv_performer')
+    p.add_argument('--ops', default='samsa_conv,samsa_conv_batch,'
+                   'samsa_conv_hints,full_layer,gps_conv_multihead,'
+                   'gps_conv_performer')
     p.add_argument('--passes', default='fwd,fwdbwd')
     p.add_argument('--compile', default=None,
                    help="also time torch.compile: 'default' or a mode")
-    p.add_argument('--compile-ops', default='samsa_conv,full_layer')
+    p.add_argument('--compile-ops', default='samsa_conv_batch,full_layer')
+    p.add_argument('--compile-only', action='store_true',
+                   help='time only the compiled variants')
     p.add_argument('--no-pipelined', action='store_true',
                    help='time each call alone only')
     p.add_argument('--graph-epoch', action='store_true',
@@ -247,7 +257,9 @@ def main():
             if op == 'gps_conv_multihead' and n > args.max_gps_n:
                 continue
             for pipelined in timings:
-                records += layer_case(op, B, n, args, device, None, pipelined)
+                if not args.compile_only:
+                    records += layer_case(op, B, n, args, device, None,
+                                          pipelined)
                 if args.compile and op in args.compile_ops.split(','):
                     records += layer_case(op, B, n, args, device,
                                           args.compile, pipelined)
