@@ -1,5 +1,5 @@
 import inspect
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,13 +34,19 @@ class SamsaConv(Module):
     ``conv`` (:math:`\mathbf{X}^{M} = 0` without it) and :math:`\mathrm{SAMSA}`
     is :class:`~samsa_geo.nn.SamsaAttention`.
 
+    The positional arguments are :class:`~torch_geometric.nn.conv.GPSConv`'s,
+    in its order, so a PyG model ports by renaming the class:
+    ``GPSConv(channels, conv, heads=4, attn_type='multihead',
+    attn_kwargs={'dropout': 0.5})`` becomes ``SamsaConv(...)`` with the same
+    arguments, and attends to :obj:`k` sampled keys per graph and head. The
+    SAMSA arguments (:obj:`k`, and the options of
+    :class:`~samsa_geo.nn.SamsaAttention` in ``attn_kwargs``) are keyword-only.
+
     Args:
         channels (int): Size of each input and output sample.
         conv (MessagePassing, optional): Local message passing layer, called
             as ``conv(x, edge_index, **kwargs)``. (default: :obj:`None`)
         heads (int, optional): Attention heads. (default: :obj:`1`)
-        k (int or float, optional): Keys kept per set and head.
-            (default: :obj:`64`)
         dropout (float, optional): Dropout after the residual branches.
             (default: :obj:`0.0`)
         act (str or Callable, optional): MLP activation.
@@ -50,35 +56,61 @@ class SamsaConv(Module):
             (:obj:`"batch_norm"`, :obj:`"layer_norm"`, :obj:`"graph_norm"`,
             ...); :obj:`None` for none. (default: :obj:`"batch_norm"`)
         norm_kwargs (Dict[str, Any], optional): Arguments of ``norm``.
+        attn_type (str, optional): :obj:`"samsa"`, or GPSConv's
+            :obj:`"multihead"`, which maps to SAMSA attention (its ``dropout``
+            in ``attn_kwargs`` is the dropout on the attention weights, as in
+            :class:`torch.nn.MultiheadAttention`). :obj:`"performer"` is
+            refused. (default: :obj:`"samsa"`)
         attn_kwargs (Dict[str, Any], optional): Further arguments of
-            :class:`~samsa_geo.nn.SamsaAttention` (``sampling``,
-            ``num_registers``, ``score``, ...). (default: :obj:`None`)
+            :class:`~samsa_geo.nn.SamsaAttention` (``dropout``,
+            ``sampling``, ``num_registers``, ``score``, ...).
+            (default: :obj:`None`)
+        k (int or float, optional): Keys kept per set and head, keyword-only.
+            (default: :obj:`64`)
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``edge_index`` :math:`(2, E)`,
           ``batch`` :math:`(N)`, ``pos`` :math:`(N, P)`
-        - **output:** :math:`(N, C)`
+        - **output:** :math:`(N, C)`; with ``return_attention_weights=True``
+          also ``(indices, alpha)``: the :math:`(B, H, k_{\max})` global
+          indices of the tokens each graph's head attended to (``-1`` for
+          unused slots, ``-2 - r`` for register ``r``, as
+          :class:`~samsa_geo.nn.SamsaAttention` returns them) and
+          :math:`(N, H, k_{\max})` attention weights of each token over them
+          (:obj:`None` where the attention does not report weights)
     """
     def __init__(
         self,
         channels: int,
         conv: Optional[Module] = None,
         heads: int = 1,
-        k: Union[int, float] = 64,
         dropout: float = 0.0,
         act: str = 'relu',
         act_kwargs: Optional[Dict[str, Any]] = None,
         norm: Optional[str] = 'batch_norm',
         norm_kwargs: Optional[Dict[str, Any]] = None,
+        attn_type: str = 'samsa',
         attn_kwargs: Optional[Dict[str, Any]] = None,
+        *,
+        k: Union[int, float] = 64,
     ) -> None:
         super().__init__()
+        if (isinstance(dropout, bool)
+                or not isinstance(dropout, (int, float))
+                or not 0.0 <= dropout < 1.0):
+            # Catches SAMSA's k passed where GPSConv's dropout sits.
+            raise ValueError(f"Expected 'dropout' to be a float in [0, 1) "
+                             f"(got {dropout!r}); 'k' is keyword-only: "
+                             f"SamsaConv(channels, conv, heads, dropout, "
+                             f"..., k=64)")
         self.channels = channels
         self.conv = conv
         self.heads = heads
         self.dropout = dropout
-        attn_kwargs = attn_kwargs or {}
+        attn_kwargs = _samsa_kwargs(attn_type, attn_kwargs)
         self.attn = SamsaAttention(channels, heads=heads, k=k, **attn_kwargs)
+        self._attn_weights = 'return_weights' in inspect.signature(
+            self.attn.forward).parameters
         self.mlp = Sequential(
             Linear(channels, channels * 2),
             activation_resolver(act, **(act_kwargs or {})),
@@ -120,14 +152,22 @@ class SamsaConv(Module):
         edge_index: Optional[Tensor] = None,
         batch: Optional[Tensor] = None,
         pos: Optional[Tensor] = None,
+        return_attention_weights: Optional[bool] = None,
         **kwargs: Any,
-    ) -> Tensor:
+    ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Optional[Tensor]]]]:
         r"""Runs the layer; extra keyword arguments (``edge_attr``, ...) go
         to ``conv``. ``normal``, ``num_graphs`` and ``max_num_nodes`` are
-        passed to the attention."""
+        passed to the attention. With ``return_attention_weights=True``
+        returns ``(out, (indices, alpha))``, as
+        :class:`~torch_geometric.nn.conv.TransformerConv` returns
+        ``(out, (edge_index, alpha))``."""
         attn_kwargs = {key: kwargs.pop(key) for key in
                        ('normal', 'num_graphs', 'max_num_nodes')
                        if key in kwargs}
+        if return_attention_weights:
+            attn_kwargs['return_indices'] = True
+            if self._attn_weights:
+                attn_kwargs['return_weights'] = True
         hs = []
         if self.conv is not None:
             if edge_index is None:
@@ -138,14 +178,49 @@ class SamsaConv(Module):
             hs.append(self._norm(self.norm1, h + x, batch))
 
         h = self.attn(x, batch, pos=pos, **attn_kwargs)
+        if return_attention_weights:
+            h, indices, *alpha = h
         h = F.dropout(h, p=self.dropout, training=self.training)
         hs.append(self._norm(self.norm2, h + x, batch))
 
         out = hs[0] if len(hs) == 1 else hs[0] + hs[1]
         out = out + self.mlp(out)
-        return self._norm(self.norm3, out, batch)
+        out = self._norm(self.norm3, out, batch)
+        if return_attention_weights:
+            return out, (indices, alpha[0] if alpha else None)
+        return out
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, conv={self.conv}, '
                 f'heads={self.heads}, k={self.attn.k}, '
                 f'sampling={self.attn.sampling!r})')
+
+
+# torch.nn.MultiheadAttention arguments that GPSConv's 'multihead' takes and
+# SAMSA has no counterpart for.
+_MULTIHEAD_ONLY = ('bias', 'add_bias_kv', 'add_zero_attn', 'kdim', 'vdim')
+
+
+def _samsa_kwargs(attn_type: str,
+                  attn_kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    # Maps GPSConv's (attn_type, attn_kwargs) onto SamsaAttention's arguments.
+    attn_kwargs = dict(attn_kwargs or {})
+    if attn_type == 'performer':
+        raise ValueError(
+            "SamsaConv's global attention is SAMSA, not a Performer: drop "
+            "'attn_type' (or write attn_type='samsa') and set the keys kept "
+            "per graph and head with 'k', e.g. SamsaConv(channels, conv, "
+            "heads=4, k=64); Performer options in 'attn_kwargs' have no "
+            "counterpart")
+    if attn_type not in ('samsa', 'multihead'):
+        raise ValueError(f"Expected 'attn_type' to be 'samsa' or GPSConv's "
+                         f"'multihead' (got {attn_type!r})")
+    if attn_type == 'multihead':
+        attn_kwargs.pop('batch_first', None)  # GPSConv's own layout flag
+        unsupported = sorted(set(attn_kwargs) & set(_MULTIHEAD_ONLY))
+        if unsupported:
+            raise ValueError(
+                f"attn_type='multihead' arguments {unsupported} have no SAMSA "
+                f"counterpart: remove them from 'attn_kwargs' (SAMSA "
+                f"projections always have biases; 'dropout' is supported)")
+    return attn_kwargs
