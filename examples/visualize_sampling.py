@@ -18,21 +18,21 @@ from torch_geometric.data import Batch
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import modelnet40  # noqa: E402
 
-from samsa_geo.train import load_checkpoint  # noqa: E402
+from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
 from samsa_geo.visualization import (  # noqa: E402
     plot_training_curves,
     visualize_sampling,
 )
 
-# Flags of the modelnet40.py run that define its data and its model.
-RUN_FLAGS = ('root', 'format', 'num_points', 'normals', 'preset',
-             'rotation_invariant')
+# Flags of the modelnet40.py run that define its data.
+RUN_FLAGS = ('root', 'format', 'num_points', 'normals')
 
 
 def load_model(checkpoint):
-    """Rebuilds the classifier of a modelnet40.py run from its folder; returns
-    it with modelnet40.py's arguments carrying the run's data and model
-    flags (saved under 'args' in metrics.json)."""
+    """Rebuilds the classifier of a modelnet40.py run from its checkpoint;
+    returns it with modelnet40.py's arguments carrying the run's data flags
+    (saved under 'args' in metrics.json)."""
+    model = SamsaPointClassifier.from_checkpoint(checkpoint)
     run_dir = osp.dirname(osp.abspath(checkpoint))
     with open(osp.join(run_dir, 'metrics.json')) as f:
         saved = json.load(f).get('args', {})
@@ -40,11 +40,7 @@ def load_model(checkpoint):
     for key in RUN_FLAGS:
         if key in saved:
             setattr(run_args, key, saved[key])
-    state = load_checkpoint(checkpoint)['model']
-    num_classes = state['head.4.weight'].size(0)
-    model = modelnet40.build_model(num_classes, run_args)
-    model.load_state_dict(state)
-    return model.eval(), run_args, run_dir
+    return model, run_args, run_dir
 
 
 def main(argv=None):

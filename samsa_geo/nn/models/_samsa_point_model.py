@@ -19,6 +19,7 @@ from torch_geometric.nn import EdgeConv, global_max_pool, global_mean_pool
 from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
 from samsa_geo.nn.encoders._point_geometry import centroid, check_points
+from samsa_geo.nn.models._reloadable import Reloadable
 from samsa_geo.ops import knn_graph
 
 ENCODERS = ('linear', 'sft', 'ppf')
@@ -33,7 +34,7 @@ class PointFeatures(NamedTuple):
     max_num_points: int
 
 
-class SamsaPointModel(Module):
+class SamsaPointModel(Reloadable, Module):
     r"""Backbone: tokens (:obj:`"linear"` of xyz and ``x``, or a
     rotation-invariant encoder), then ``num_layers`` :class:`SamsaConv` with
     the relative bias of the centred positions (and normals), optionally
