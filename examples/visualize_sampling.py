@@ -8,8 +8,6 @@ and the run's training curves, and prints their paths.
     python examples/visualize_sampling.py --checkpoint runs/modelnet40/best.pt --index 0 --out runs/vis
     python examples/visualize_sampling.py            # trains briefly on the bundled sample first
 """
-import argparse
-import json
 import os.path as osp
 import sys
 
@@ -19,6 +17,11 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import modelnet40  # noqa: E402
 
 from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
+from samsa_geo.train import (  # noqa: E402
+    load_config,
+    make_parser,
+    parse_args_with_config,
+)
 from samsa_geo.visualization import (  # noqa: E402
     plot_training_curves,
     visualize_sampling,
@@ -31,11 +34,10 @@ RUN_FLAGS = ('root', 'format', 'num_points', 'normals')
 def load_model(checkpoint):
     """Rebuilds the classifier of a modelnet40.py run from its checkpoint;
     returns it with modelnet40.py's arguments carrying the run's data flags
-    (saved under 'args' in metrics.json)."""
+    (from the run folder's config.yaml)."""
     model = SamsaPointClassifier.from_checkpoint(checkpoint)
     run_dir = osp.dirname(osp.abspath(checkpoint))
-    with open(osp.join(run_dir, 'metrics.json')) as f:
-        saved = json.load(f).get('args', {})
+    saved = load_config(osp.join(run_dir, 'config.yaml'))
     run_args = modelnet40.parse_args([])
     for key in RUN_FLAGS:
         if key in saved:
@@ -44,18 +46,22 @@ def load_model(checkpoint):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = make_parser(__doc__)
     p.add_argument('--checkpoint', default=None,
-                   help='best.pt of a modelnet40.py run')
+                   help='best.pt of a modelnet40.py run; unset: train '
+                   'briefly on the bundled sample first')
     p.add_argument('--index', type=int, default=0, help='test cloud index')
-    p.add_argument('--out', default='runs/visualize_sampling')
+    p.add_argument('--out', default='runs/visualize_sampling',
+                   help='folder of the pictures and PLY files')
     p.add_argument('--backend', default='auto',
-                   choices=['auto', 'open3d', 'matplotlib'])
+                   choices=['auto', 'open3d', 'matplotlib'],
+                   help='renderer of the panels (auto: Open3D where it can '
+                   'render off-screen)')
     p.add_argument('--layers', default=None,
-                   help='comma list of layer positions (default: all)')
+                   help='comma list of layer positions; unset: all')
     p.add_argument('--epochs', type=int, default=3,
                    help='epochs of the brief training without --checkpoint')
-    args = p.parse_args(argv)
+    args = parse_args_with_config(p, argv)
 
     checkpoint = args.checkpoint
     if checkpoint is None:
