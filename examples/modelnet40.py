@@ -28,11 +28,7 @@ from samsa_geo.datasets import (
     modelnet_princeton,
     sample_root,
 )
-from samsa_geo.metrics import (
-    confusion_matrix,
-    mean_class_accuracy,
-    overall_accuracy,
-)
+from samsa_geo.metrics import mean_class_accuracy, overall_accuracy
 from samsa_geo.nn.models import SamsaPointClassifier
 from samsa_geo.train import (
     make_loader,
@@ -42,6 +38,7 @@ from samsa_geo.train import (
 )
 from samsa_geo.transforms import RandomAnisotropicScale
 from samsa_geo.typing import WITH_MATPLOTLIB
+from samsa_geo.visualization import plot_confusion_matrix
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _point_pipeline import (  # noqa: E402
@@ -135,25 +132,6 @@ class Classification:
                 'loss': out['loss'].mean().item()}
 
 
-def plot_confusion(pred, target, classes, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    cm = confusion_matrix(pred, target, len(classes)).float()
-    cm = cm / cm.sum(1, keepdim=True).clamp(min=1)
-    size = max(4, 0.25 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap='Blues', vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set_xlabel('predicted')
-    ax.set_ylabel('true')
-    ax.set_title('test confusion (row-normalised)')
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None):
     return run(parse_args(argv))
 
@@ -182,8 +160,8 @@ def run(args):
     if trainer.is_main:
         out = trainer.last_outputs
         if WITH_MATPLOTLIB:
-            plot_confusion(out['pred'], out['target'], classes,
-                           osp.join(args.out, 'confusion_matrix.png'))
+            plot_confusion_matrix(out['pred'], out['target'], classes,
+                                  osp.join(args.out, 'confusion_matrix.png'))
         print(f"best epoch {best.get('best_epoch')}: val_oa "
               f"{best.get('val_oa', float('nan')):.4f}"
               f" | test_oa {test['test_oa']:.4f}"

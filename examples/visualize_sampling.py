@@ -11,6 +11,7 @@ and the run's training curves, and prints their paths.
 import os.path as osp
 import sys
 
+import torch
 from torch_geometric.data import Batch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
@@ -76,22 +77,20 @@ def main(argv=None):
                          f"(got {args.index})")
     data = Batch.from_data_list([test_ds[args.index]])
     task = modelnet40.Classification(model.num_classes, run_args.normals)
-    logits = []
-
-    def forward(model, data):  # keeps the logits of the recorded pass
-        logits.append(task.logits(model, data))
-        return logits[-1]
+    with torch.no_grad():
+        pred = int(task.logits(model, data).argmax(-1))
+    classes = getattr(test_ds, 'classes', None)
+    pred_name = classes[pred] if classes else pred
+    true_name = classes[int(data.y)] if classes else int(data.y)
+    title = f'test cloud {args.index}: predicted {pred_name}, true {true_name}'
 
     layers = None if args.layers is None else \
         [int(v) for v in args.layers.split(',')]
     paths = visualize_sampling(model, data, args.out, layers=layers,
-                               backend=args.backend, forward_fn=forward)
+                               backend=args.backend, title=title,
+                               forward_fn=task.logits)
     curves = plot_training_curves(run_dir, osp.join(args.out, 'curves.png'))
-    pred = logits[-1].argmax(-1).item()
-    classes = getattr(test_ds, 'classes', None)
-    name = classes[pred] if classes else pred
-    print(f'cloud {args.index}: predicted {name!r}, true '
-          f'{classes[int(data.y)] if classes else int(data.y)!r}')
+    print(title)
     print(f"panels ({paths['backend']}): {paths['png']}")
     for layer, path in paths['ply'].items():
         print(f'ply {layer}: {path}')
