@@ -1,6 +1,7 @@
 import filecmp
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
@@ -63,10 +64,16 @@ def test_sample_root():
 def test_sample_root_after_non_editable_install(tmp_path):
     """A real non-editable install (no datasets/ folder next to the package)
     writes the samples on first use, byte for byte the checkout's."""
+    # Built from a copy of the sources: the build leaves the checkout alone.
+    source = tmp_path / 'source'
+    shutil.copytree(osp.join(REPO, 'samsa_geo'), source / 'samsa_geo',
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    for name in ('setup.cfg', 'pyproject.toml', 'README.md'):
+        shutil.copy(osp.join(REPO, name), source / name)
     target, cache = tmp_path / 'site', tmp_path / 'cache'
     subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
                     '--no-build-isolation', '--disable-pip-version-check',
-                    '--target', str(target), REPO],
+                    '--target', str(target), str(source)],
                    check=True, capture_output=True)
     assert not (target / 'datasets').exists()
     code = ('import os.path as osp, samsa_geo\n'
