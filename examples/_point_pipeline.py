@@ -1,9 +1,10 @@
 """What the point-cloud examples (modelnet40.py, shapenet_part.py) share:
 their common command-line flags, the rotation protocol's augmentations and
-the trainer set-up."""
+the trainer set-up (which saves the resolved configuration as config.yaml in
+the run folder)."""
 import torch_geometric.transforms as T
 
-from samsa_geo.train import Trainer
+from samsa_geo.train import Trainer, add_run_args, save_config
 from samsa_geo.transforms import (
     RandomAnisotropicScale,
     RandomJitter,
@@ -34,33 +35,35 @@ def preset_model(builder, args, *model_args, **model_kwargs):
 def add_point_args(p, num_points, epochs, batch_size, out):
     """Adds the flags both examples take, with their own defaults."""
     p.add_argument('--root', default=None,
-                   help='dataset root (default: the bundled synthetic sample)')
-    p.add_argument('--num-points', type=int, default=num_points)
-    p.add_argument('--normals', action='store_true', help='use normals as x')
-    p.add_argument('--preset', default='small', choices=['small', 'paper'])
-    p.add_argument('--rotation-invariant', action='store_true')
+                   help='dataset root; unset: the bundled synthetic sample')
+    p.add_argument('--num-points', type=int, default=num_points,
+                   help='points sampled per shape')
+    p.add_argument('--normals', action='store_true',
+                   help='use normals as point features x')
+    p.add_argument('--preset', default='small', choices=['small', 'paper'],
+                   help="model size: 'small' (CPU-friendly) or the paper's")
+    p.add_argument('--rotation-invariant', action='store_true',
+                   help='rotation-invariant encoder (PPF) and relative bias')
     p.add_argument('--train-rotation', default='none',
-                   choices=['none', 'z', 'so3'])
+                   choices=['none', 'z', 'so3'],
+                   help='random rotation of the training shapes')
     p.add_argument('--test-rotation', default='none',
-                   choices=['none', 'z', 'so3'])
+                   choices=['none', 'z', 'so3'],
+                   help='random rotation of the validation and test shapes')
     p.add_argument('--up-axis', type=int, default=1,
                    help="axis of 'z' rotations (1: y-up, as the archives)")
-    p.add_argument('--epochs', type=int, default=epochs)
-    p.add_argument('--batch-size', type=int, default=batch_size)
+    p.add_argument('--epochs', type=int, default=epochs,
+                   help='training epochs')
+    p.add_argument('--batch-size', type=int, default=batch_size,
+                   help='shapes per batch (per process under torchrun)')
     p.add_argument('--lr', type=float, default=None,
-                   help="learning rate (default: the preset's, see PRESETS)")
-    p.add_argument('--amp', default=None, choices=['bf16', 'fp16'])
-    p.add_argument('--compile', action='store_true')
-    p.add_argument('--device', default=None)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--deterministic', action='store_true',
-                   help='bit-reproducible runs (slower)')
-    p.add_argument('--out', default=out)
-    p.add_argument('--resume', action='store_true')
-    p.add_argument('--overwrite', action='store_true',
-                   help='delete the run already in --out instead of moving '
-                        'it aside to <out>.old-<time>')
-    p.add_argument('--no-progress', action='store_true')
+                   help="peak learning rate of AdamW; unset: the preset's "
+                   "(see PRESETS)")
+    p.add_argument('--device', default=None,
+                   help="'cpu', 'cuda', 'cuda:1', ...; unset: CUDA when "
+                   "available")
+    p.add_argument('--out', default=out, help='run folder')
+    add_run_args(p)
 
 
 def rotation(kind, up_axis):
@@ -86,9 +89,13 @@ def point_trainer(model, task, args, num_train, monitor):
     steps = num_train // args.batch_size * args.epochs
     warmup = min(2000, max(steps // 10, preset['min_warmup']), steps)
     lr = preset['lr'] if args.lr is None else args.lr
-    return Trainer(model, task, out_dir=args.out, epochs=args.epochs,
-                   lr=lr, warmup_steps=warmup,
-                   amp=args.amp, compile=args.compile, device=args.device,
-                   seed=args.seed, deterministic=args.deterministic,
-                   monitor=monitor, mode='max', resume=args.resume,
-                   overwrite=args.overwrite, progress=not args.no_progress)
+    trainer = Trainer(model, task, out_dir=args.out, epochs=args.epochs,
+                      lr=lr, warmup_steps=warmup, amp=args.amp,
+                      compile=args.compile, device=args.device,
+                      seed=args.seed, deterministic=args.deterministic,
+                      monitor=monitor, mode='max', resume=args.resume,
+                      overwrite=args.overwrite,
+                      progress=not args.no_progress)
+    if trainer.is_main:
+        save_config(args, args.out)  # the resolved --config and flags
+    return trainer

@@ -11,8 +11,8 @@ folder ``<out>/<dataset>/seed<k>/`` holding the trainer's checkpoints and log,
 ``<out>/<dataset>/metrics.json`` holds the mean and std over seeds.
 
     python examples/lrgb.py --dataset peptides-func --epochs 200 --seeds 4
+    python examples/lrgb.py --config examples/configs/lrgb_peptides-func.yaml
 """
-import argparse
 import json
 import os.path as osp
 import sys
@@ -26,39 +26,46 @@ from samsa_geo.datasets import (LRGB_TASKS, LRGBDataset,
 from samsa_geo.metrics import (average_precision_multitask, macro_f1,
                                mean_absolute_error, mrr)
 from samsa_geo.nn.models import PRESETS, SamsaGraphModel
-from samsa_geo.train import Trainer, make_loader, seed_everything
+from samsa_geo.train import (Trainer, add_run_args, make_loader,
+                             make_parser, parse_args_with_config,
+                             save_config, seed_everything)
 from samsa_geo.transforms import AddLaplacianPE, AddRandomWalkPE, RandomSignFlip
 
-parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-parser.add_argument('--dataset', required=True, choices=list(LRGB_TASKS))
-parser.add_argument('--root', default='data/LRGB')
-parser.add_argument('--out', default='runs/lrgb')
-parser.add_argument('--epochs', type=int, default=200)
-parser.add_argument('--seeds', type=int, default=4)
-parser.add_argument('--batch-size', type=int, default=32)
-parser.add_argument('--lr', type=float, default=1e-3)
-parser.add_argument('--weight-decay', type=float, default=0.0)
-parser.add_argument('--tokens', default=None, choices=['node', 'node_edge'])
-parser.add_argument('--device', default=None)
-parser.add_argument('--num-workers', type=int, default=0)
-parser.add_argument('--resume', action='store_true')
-parser.add_argument('--overwrite', action='store_true',
-                    help='delete the runs already in --out instead of moving '
-                         'them aside to <run folder>.old-<time>')
-parser.add_argument('--no-progress', action='store_true')
-args = parser.parse_args()
-if args.seeds < 1:
-    parser.error(f'argument --seeds: expected at least 1 seed '
-                 f'(got {args.seeds})')
-info = lrgb_task(args.dataset)
-preset = PRESETS[args.dataset]
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument('--dataset', required=True, choices=list(LRGB_TASKS),
+                   help='LRGB dataset (model preset, metric and task follow '
+                   'from it)')
+    p.add_argument('--root', default='data/LRGB',
+                   help="folder of PyG's LRGBDataset (raw archives under "
+                   "<root>/<dataset>/raw)")
+    p.add_argument('--out', default='runs/lrgb',
+                   help='run folders: <out>/<dataset>/seed<k>/')
+    p.add_argument('--epochs', type=int, default=200, help='training epochs')
+    add_run_args(p, seeds=4)
+    p.add_argument('--batch-size', type=int, default=32,
+                   help='graphs per batch')
+    p.add_argument('--lr', type=float, default=1e-3,
+                   help='peak learning rate of AdamW')
+    p.add_argument('--weight-decay', type=float, default=0.0,
+                   help='AdamW weight decay')
+    p.add_argument('--tokens', default=None, choices=['node', 'node_edge'],
+                   help="tokens of the graph model; unset: the dataset's "
+                   "preset")
+    p.add_argument('--device', default=None,
+                   help="'cpu', 'cuda', ...; unset: CUDA when available")
+    p.add_argument('--num-workers', type=int, default=0,
+                   help='data-loader worker processes')
+    return parse_args_with_config(p, argv)
 
 
 class LRGBTask:
     """Loss and standard metric of one LRGB dataset; keeps the outputs of
     the last evaluated split (saved as test predictions)."""
-    def __init__(self, model_pe_attr):
-        self.pe_attr = model_pe_attr
+    def __init__(self, info, model_pe_attr):
+        self.info, self.pe_attr = info, model_pe_attr
         self.last_outputs = None
 
     def predict(self, model, batch):
@@ -68,6 +75,7 @@ class LRGBTask:
                      num_graphs=batch.num_graphs)
 
     def training_step(self, model, batch):
+        info = self.info
         out = self.predict(model, batch)
         if info.task_type == 'multilabel':
             valid = ~torch.isnan(batch.y)  # unlabelled entries do not count
@@ -80,6 +88,7 @@ class LRGBTask:
         return F.binary_cross_entropy_with_logits(out, batch.edge_label.float())
 
     def eval_step(self, model, batch):
+        info = self.info
         out = self.predict(model, batch)
         if info.task_type == 'multiclass':  # labels: logits of COCO are huge
             return {'pred': out.argmax(-1), 'target': batch.y}
@@ -102,6 +111,7 @@ class LRGBTask:
                    for k, v in per_graph.items()}}
 
     def compute_metrics(self, outputs):
+        info = self.info
         self.last_outputs = outputs
         pred, target = outputs['pred'], outputs['target']
         if info.task_type == 'multilabel':
@@ -114,7 +124,7 @@ class LRGBTask:
                 'mrr_filtered': outputs['mrr_filtered_per_graph'].mean().item()}
 
 
-def load_splits():
+def load_splits(args, preset):
     pe_transform = (AddLaplacianPE(preset['pe_channels'])
                     if preset['pe'] == 'lap' else
                     AddRandomWalkPE(preset['pe_channels']))
@@ -129,17 +139,19 @@ def load_splits():
     return splits
 
 
-def run_seed(seed, splits):
+def run_seed(args, info, seed, splits):
     run_dir = osp.join(args.out, args.dataset, f'seed{seed}')
     seed_everything(seed)
     model = SamsaGraphModel.from_preset(
         args.dataset, **({'tokens': args.tokens} if args.tokens else {}))
     num_params = model.num_parameters()
-    task = LRGBTask(model.pe_attr)
+    task = LRGBTask(info, model.pe_attr)
     trainer = Trainer(model, task, out_dir=run_dir, epochs=args.epochs,
                       lr=args.lr, weight_decay=args.weight_decay,
                       warmup_steps=min(5, args.epochs // 10) * max(
                           1, len(splits['train']) // args.batch_size),
+                      amp=args.amp, compile=args.compile,
+                      deterministic=args.deterministic,
                       device=args.device, seed=seed,
                       monitor=f'val_{info.metric}',
                       mode='max' if info.higher_is_better else 'min',
@@ -166,13 +178,17 @@ def run_seed(seed, splits):
     return result
 
 
-def main():
-    splits = load_splits()
+def main(argv=None):
+    args = parse_args(argv)
+    info = lrgb_task(args.dataset)
+    splits = load_splits(args, PRESETS[args.dataset])
     print(f'{args.dataset}: ' + ', '.join(f'{s} {len(d)}' for s, d in
                                          splits.items()), file=sys.stderr)
-    results = [run_seed(seed, splits) for seed in range(args.seeds)]
+    seeds = range(args.seed, args.seed + args.seeds)
+    save_config(args, osp.join(args.out, args.dataset))
+    results = [run_seed(args, info, seed, splits) for seed in seeds]
     summary = {'dataset': args.dataset, 'metric': info.metric,
-               'seeds': args.seeds, 'num_params': results[0]['num_params'],
+               'seeds': list(seeds), 'num_params': results[0]['num_params'],
                'best_epoch': [r['best_epoch'] for r in results], 'runs': results}
     for split in ('val', 'test'):
         key = f'{split}_{info.metric}'

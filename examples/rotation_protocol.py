@@ -3,12 +3,15 @@
 SamsaPointClassifier, printed side by side.
 
 z/SO3 evaluates the z-trained model's best checkpoint on SO(3)-rotated test
-shapes; 'z' rotates about the up axis (--up-axis, y for the archives).
-Extra arguments go to examples/modelnet40.py (e.g. --root, --epochs).
+shapes; 'z' rotates about the up axis (--up-axis, y for the archives). Every
+flag of examples/modelnet40.py applies to the six runs (--root, --epochs,
+--config, ...) except the rotations, --rotation-invariant and
+--eval-checkpoint, which the protocol sets; run folders are
+<out>/<samsa|samsa_ri>/<z_z|z_so3|so3_so3>/.
 
     python examples/rotation_protocol.py --epochs 12
 """
-import argparse
+import copy
 import json
 import os.path as osp
 import sys
@@ -16,21 +19,38 @@ import sys
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import modelnet40  # noqa: E402
 
+from samsa_geo.train import make_parser, parse_args_with_config  # noqa: E402
+
+# Set by the protocol for each run.
+PROTOCOL_FLAGS = ('train_rotation', 'test_rotation', 'rotation_invariant',
+                  'eval_checkpoint')
+
+
+def parse_args(argv=None):
+    p = make_parser(__doc__)
+    for action in modelnet40.build_parser()._actions:
+        if action.dest not in ('help', *PROTOCOL_FLAGS):
+            p._add_action(action)
+    p.set_defaults(out='runs/rotation_protocol')
+    return parse_args_with_config(p, argv)
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--out', default='runs/rotation_protocol')
-    args, rest = p.parse_known_args(argv)
+    args = parse_args(argv)
     table = {}
-    for name, flags in [('samsa', []), ('samsa_ri', ['--rotation-invariant'])]:
-        run = lambda tag, extra: modelnet40.main(  # noqa: E731
-            rest + flags + extra + ['--out', osp.join(args.out, name, tag)])
-        z = run('z_z', ['--train-rotation', 'z', '--test-rotation', 'z'])
-        z_so3 = run('z_so3', [
-            '--train-rotation', 'z', '--test-rotation', 'so3',
-            '--eval-checkpoint', osp.join(args.out, name, 'z_z', 'best.pt')])
-        so3 = run('so3_so3', ['--train-rotation', 'so3',
-                              '--test-rotation', 'so3'])
+    for name, invariant in [('samsa', False), ('samsa_ri', True)]:
+        def run(tag, train, test, checkpoint=None):
+            run_args = copy.copy(args)
+            run_args.rotation_invariant = invariant
+            run_args.train_rotation, run_args.test_rotation = train, test
+            run_args.eval_checkpoint = checkpoint
+            run_args.out = osp.join(args.out, name, tag)
+            return modelnet40.run(run_args)
+
+        z = run('z_z', 'z', 'z')
+        z_so3 = run('z_so3', 'z', 'so3',
+                    osp.join(args.out, name, 'z_z', 'best.pt'))
+        so3 = run('so3_so3', 'so3', 'so3')
         table[name] = {'z/z': z['test_oa'], 'z/SO3': z_so3['test_oa'],
                        'SO3/SO3': so3['test_oa']}
     print(f"\n{'model':<10} {'z/z':>7} {'z/SO3':>7} {'SO3/SO3':>8}")

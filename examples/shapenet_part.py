@@ -12,9 +12,8 @@ metrics.json (val_instance_miou, test_instance_miou, test_class_miou,
 best_epoch, ...), best.pt / last.pt and log.csv.
 
     python examples/shapenet_part.py
-    python examples/shapenet_part.py --root data/shapenet --preset paper --num-points 2500
+    python examples/shapenet_part.py --config examples/configs/shapenet_part_paper.yaml
 """
-import argparse
 import os.path as osp
 import sys
 
@@ -25,7 +24,12 @@ import torch_geometric.transforms as T
 from samsa_geo.datasets import ShapeNetPart, sample_root
 from samsa_geo.metrics import shape_part_iou
 from samsa_geo.nn.models import SamsaPointSegmenter
-from samsa_geo.train import make_loader, seed_everything
+from samsa_geo.train import (
+    make_loader,
+    make_parser,
+    parse_args_with_config,
+    seed_everything,
+)
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _point_pipeline import (  # noqa: E402
@@ -37,10 +41,10 @@ from _point_pipeline import (  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = make_parser(__doc__)
     add_point_args(p, num_points=512, epochs=60, batch_size=8,
                    out='runs/shapenet_part')
-    return p.parse_args(argv)
+    return parse_args_with_config(p, argv)
 
 
 class PartSegmentation:
@@ -95,7 +99,7 @@ def main(argv=None):
                                         shuffle=False), 'test',
                             checkpoint='best')
     num_params = sum(p.numel() for p in model.parameters())
-    trainer.update_summary(num_params=num_params, args=vars(args))
+    trainer.update_summary(num_params=num_params)
     if trainer.is_main:
         print(f"best epoch {best['best_epoch']}: val_instance_miou "
               f"{best['val_instance_miou']:.4f} | test_instance_miou "

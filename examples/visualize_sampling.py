@@ -8,64 +8,67 @@ and the run's training curves, and prints their paths.
     python examples/visualize_sampling.py --checkpoint runs/modelnet40/best.pt --index 0 --out runs/vis
     python examples/visualize_sampling.py            # trains briefly on the bundled sample first
 """
-import argparse
-import json
 import os.path as osp
 import sys
 
+import torch
 from torch_geometric.data import Batch
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import modelnet40  # noqa: E402
 
-from samsa_geo.train import load_checkpoint  # noqa: E402
+from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
+from samsa_geo.train import (  # noqa: E402
+    load_config,
+    make_parser,
+    parse_args_with_config,
+)
 from samsa_geo.visualization import (  # noqa: E402
     plot_training_curves,
     visualize_sampling,
 )
 
-# Flags of the modelnet40.py run that define its data and its model.
-RUN_FLAGS = ('root', 'format', 'num_points', 'normals', 'preset',
-             'rotation_invariant')
+# Flags of the modelnet40.py run that define its data.
+RUN_FLAGS = ('root', 'format', 'num_points', 'normals')
 
 
 def load_model(checkpoint):
-    """Rebuilds the classifier of a modelnet40.py run from its folder; returns
-    it with modelnet40.py's arguments carrying the run's data and model
-    flags (saved under 'args' in metrics.json)."""
+    """Rebuilds the classifier of a modelnet40.py run from its checkpoint;
+    returns it with modelnet40.py's arguments carrying the run's data flags
+    (from the run folder's config.yaml)."""
     run_dir = osp.dirname(osp.abspath(checkpoint))
-    metrics = osp.join(run_dir, 'metrics.json')
-    if not osp.isfile(metrics):
+    config = osp.join(run_dir, 'config.yaml')
+    if not osp.isfile(config):
         raise FileNotFoundError(
-            f"Expected '{metrics}' next to the checkpoint '{checkpoint}': it "
-            f"holds the modelnet40.py flags that rebuild the model. Pass the "
-            f"best.pt of a modelnet40.py run folder")
-    with open(metrics) as f:
-        saved = json.load(f).get('args', {})
+            f"Expected '{config}' next to the checkpoint '{checkpoint}': it "
+            f"holds the modelnet40.py flags (data, preset) of the run. Pass "
+            f"the best.pt of a modelnet40.py run folder")
+    saved = load_config(config)
+    model = SamsaPointClassifier.from_checkpoint(checkpoint)
     run_args = modelnet40.parse_args([])
     for key in RUN_FLAGS:
         if key in saved:
             setattr(run_args, key, saved[key])
-    state = load_checkpoint(checkpoint)['model']
-    num_classes = state['head.4.weight'].size(0)
-    model = modelnet40.build_model(num_classes, run_args)
-    model.load_state_dict(state)
-    return model.eval(), run_args, run_dir
+    return model, run_args, run_dir
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p = make_parser(__doc__)
     p.add_argument('--checkpoint', default=None,
-                   help='best.pt of a modelnet40.py run')
+                   help='best.pt of a modelnet40.py run; unset: train '
+                   'briefly on the bundled sample first')
     p.add_argument('--index', type=int, default=0, help='test cloud index')
-    p.add_argument('--out', default='runs/visualize_sampling')
+    p.add_argument('--out', default='runs/visualize_sampling',
+                   help='folder of the pictures and PLY files')
     p.add_argument('--backend', default='auto',
-                   choices=['auto', 'open3d', 'matplotlib'])
+                   choices=['auto', 'open3d', 'matplotlib'],
+                   help='renderer of the panels (auto: Open3D where it can '
+                   'render off-screen)')
     p.add_argument('--layers', default=None,
-                   help='comma list of layer positions (default: all)')
+                   help='comma list of layer positions; unset: all')
     p.add_argument('--epochs', type=int, default=3,
                    help='epochs of the brief training without --checkpoint')
-    args = p.parse_args(argv)
+    args = parse_args_with_config(p, argv)
 
     checkpoint = args.checkpoint
     if checkpoint is not None and not osp.isfile(checkpoint):
@@ -84,22 +87,20 @@ def main(argv=None):
                          f"(got {args.index})")
     data = Batch.from_data_list([test_ds[args.index]])
     task = modelnet40.Classification(model.num_classes, run_args.normals)
-    logits = []
-
-    def forward(model, data):  # keeps the logits of the recorded pass
-        logits.append(task.logits(model, data))
-        return logits[-1]
+    with torch.no_grad():
+        pred = int(task.logits(model, data).argmax(-1))
+    classes = getattr(test_ds, 'classes', None)
+    pred_name = classes[pred] if classes else pred
+    true_name = classes[int(data.y)] if classes else int(data.y)
+    title = f'test cloud {args.index}: predicted {pred_name}, true {true_name}'
 
     layers = None if args.layers is None else \
         [int(v) for v in args.layers.split(',')]
     paths = visualize_sampling(model, data, args.out, layers=layers,
-                               backend=args.backend, forward_fn=forward)
+                               backend=args.backend, title=title,
+                               forward_fn=task.logits)
     curves = plot_training_curves(run_dir, osp.join(args.out, 'curves.png'))
-    pred = logits[-1].argmax(-1).item()
-    classes = getattr(test_ds, 'classes', None)
-    name = classes[pred] if classes else pred
-    print(f'cloud {args.index}: predicted {name!r}, true '
-          f'{classes[int(data.y)] if classes else int(data.y)!r}')
+    print(title)
     print(f"panels ({paths['backend']}): {paths['png']}")
     for layer, path in paths['ply'].items():
         print(f'ply {layer}: {path}')

@@ -3,6 +3,8 @@ supplied by the example, and a :class:`Trainer` that knows nothing about
 particular models or datasets."""
 from samsa_geo.train.checkpoint import (CheckpointError, load_checkpoint,
                                         save_checkpoint)
+from samsa_geo.train.config import (add_run_args, load_config, make_parser,
+                                    parse_args_with_config, save_config)
 from samsa_geo.train.distributed import (all_gather_cat, get_rank,
                                          get_world_size, init_distributed,
                                          is_distributed)
@@ -35,4 +37,9 @@ __all__ = [
     'seed_everything',
     'seed_worker',
     'enable_determinism',
+    'make_parser',
+    'add_run_args',
+    'parse_args_with_config',
+    'load_config',
+    'save_config',
 ]

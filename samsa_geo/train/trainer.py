@@ -10,6 +10,7 @@ import warnings
 import weakref
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import Module
@@ -263,8 +264,12 @@ class Trainer:
         if self.world_size > 1:
             ranks = [None] * self.world_size
             torch.distributed.all_gather_object(ranks, rank_state)
+        # Models with constructor arguments on record (samsa_geo.nn.models)
+        # save them, so that Model.from_checkpoint rebuilds them.
+        config = getattr(self.model, 'model_config', None)
         return {
             'model': self.model.state_dict(),
+            'model_config': config() if callable(config) else None,
             'optimizer': self.optimizer.state_dict(),
             'scheduler': self.scheduler.state_dict(),
             'scaler': self.scaler.state_dict(),
@@ -652,10 +657,9 @@ class Trainer:
         #: saved predictions).
         self.last_outputs = outputs
         metrics = self.task.compute_metrics(outputs)
-        result = {f'{split}_{k}': float(v) for k, v in metrics.items()}
+        result = {f'{split}_{k}': _reported(v) for k, v in metrics.items()}
         if split != 'val' and self.is_main:
             summary = self._read_summary()
-            summary[split] = result
             summary.update(result)
             summary.setdefault('checkpoint', {})[split] = \
                 self._checkpoint_name(checkpoint)
@@ -699,7 +703,7 @@ class Trainer:
         summary.update({
             'monitor': self.monitor, 'mode': self.mode,
             'best_epoch': self.best_epoch, 'best_score': self.best_score,
-            'best': best, 'last_epoch': last_epoch, 'last': last,
+            'last_epoch': last_epoch, 'last': last,
             'epochs': self.epochs, 'global_step': self.global_step,
             'world_size': self.world_size,
             'train_time_s': seconds,
@@ -718,3 +722,13 @@ class Trainer:
         return (f'{self.__class__.__name__}(out_dir={self.out_dir!r}, '
                 f'epochs={self.epochs}, lr={self.lr}, amp={self.amp}, '
                 f'world_size={self.world_size}, device={self.device})')
+
+
+def _reported(value: Any) -> float:
+    # A float32 metric as the decimal it prints as (0.15, not the float64
+    # 0.15000000596046448); other values unchanged.
+    value = float(value)
+    single = np.float32(value)
+    if math.isfinite(value) and float(single) == value:
+        return float(str(single))
+    return value

@@ -1,7 +1,7 @@
 r"""See what the attention sampled: hooks that record the sampled token
 indices of every :class:`~samsa_geo.nn.SamsaAttention`, point-cloud panels
-(Open3D, matplotlib fallback), coloured PLY files, graph views and training
-curves. Nothing here imports :mod:`samsa_geo.nn` at import time."""
+(Open3D, matplotlib fallback), coloured PLY files, graph views, training
+curves and confusion matrices. Nothing here imports :mod:`samsa_geo.nn` at import time."""
 from samsa_geo.visualization.sampling_recorder import (
     SamplingRecord,
     SamplingRecorder,
@@ -21,6 +21,7 @@ from samsa_geo.visualization.graphs import (
     spring_layout,
 )
 from samsa_geo.visualization.curves import plot_training_curves, read_log
+from samsa_geo.visualization.confusion import plot_confusion_matrix
 from samsa_geo.visualization.visualize_sampling import visualize_sampling
 
 __all__ = [
@@ -38,5 +39,6 @@ __all__ = [
     'spring_layout',
     'plot_training_curves',
     'read_log',
+    'plot_confusion_matrix',
     'visualize_sampling',
 ]

@@ -46,7 +46,7 @@ def plot_training_curves(
     :obj:`train_loss`, :obj:`time` and any :obj:`val_*` / :obj:`test_*`
     metric columns). One panel shows every :obj:`*loss` column, one panel
     each other metric (the train/val/test variants of a metric share a
-    panel), and one the learning rate.
+    panel), and one the learning rate; epochs are integer ticks.
 
     Args:
         run_dir (str): The run folder.
@@ -58,6 +58,7 @@ def plot_training_curves(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
     log = run_dir / 'log.csv'
@@ -97,6 +98,7 @@ def plot_training_curves(
                     label=name)
         ax.set_title(title)
         ax.set_xlabel('epoch')
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         if title == 'learning rate':
             ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 2))

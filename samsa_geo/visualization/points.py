@@ -12,7 +12,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch import Tensor
@@ -324,22 +324,41 @@ def _render_matplotlib(panels: Sequence[_Panel], size: Tuple[int, int],
     return images
 
 
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+    try:  # a scalable font (Pillow >= 10.1 with FreeType)
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
 def _compose(images: np.ndarray, titles: Sequence[str], ncols: int,
-             out_png: PathLike) -> Path:
+             out_png: PathLike, caption: Optional[str] = None) -> Path:
     from PIL import Image, ImageDraw
 
     num, height, width, _ = images.shape
     nrows = -(-num // ncols)
-    grid = np.full((nrows * height, ncols * width, 3), 255, dtype=np.uint8)
+    # Panel titles scale with the panel; the caption gets a band on top.
+    font = _font(max(10, min(width, height) // 20))
+    band = 0
+    if caption:
+        caption_font = _font(max(12, min(width, height) // 14))
+        band = int(caption_font.size * 1.6) if hasattr(
+            caption_font, 'size') else 20
+    grid = np.full((band + nrows * height, ncols * width, 3), 255,
+                   dtype=np.uint8)
     for p in range(num):
         r, c = divmod(p, ncols)
-        grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = \
-            images[p]
+        top = band + r * height
+        grid[top:top + height, c * width:(c + 1) * width] = images[p]
     image = Image.fromarray(grid)
     draw = ImageDraw.Draw(image)
+    if caption:
+        draw.text((6, band // 5), caption, fill=(0, 0, 0), font=caption_font)
     for p, title in enumerate(titles):
         r, c = divmod(p, ncols)
-        draw.text((c * width + 4, r * height + 3), title, fill=(0, 0, 0))
+        draw.text((c * width + 4, band + r * height + 3), title,
+                  fill=(0, 0, 0), font=font)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     image.save(out_png)
@@ -359,10 +378,12 @@ def render_panels(
     ncols: Optional[int] = None,
     point_size: float = 3.0,
     backend: str = 'auto',
+    caption: Optional[str] = None,
 ) -> Tuple[Path, str]:
     r"""Renders the panels with the chosen backend and composes them into
     one grid PNG of exactly :obj:`ncols * width` by :obj:`nrows * height`
-    pixels. Returns the path and the backend that drew the panels."""
+    pixels, plus a band on top for :obj:`caption` if given. Returns the
+    path and the backend that drew the panels."""
     _check_backend(backend)
     if len(panels) == 0:
         raise ValueError("Expected at least one panel to render (got none)")
@@ -388,7 +409,8 @@ def render_panels(
                           f"matplotlib")
     if images is None:
         images = _render_matplotlib(panels, (width, height), point_size)
-    path = _compose(images, [p.title for p in panels], ncols, out_png)
+    path = _compose(images, [p.title for p in panels], ncols, out_png,
+                    caption)
     return path, used
 
 

@@ -2,7 +2,8 @@
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import (Any, Callable, Dict, List, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
 import torch
@@ -72,6 +73,33 @@ def _tokens_of(record: SamplingRecord, data: Any, name: str,
         f"neither 'data.pos' nor the nodes of 'data.edge_index'")
 
 
+def _one_graph(data: Any, edge_index: Tensor,
+               graph_index: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # Graph 'graph_index' of a batch: its global node ids [n], its edges in
+    # local ids [2, e] and its node positions [n, P] (data.pos, else its own
+    # spring layout).
+    num_nodes = data.num_nodes
+    batch = getattr(data, 'batch', None)
+    if isinstance(batch, Tensor):
+        num_graphs = int(batch.max()) + 1 if batch.numel() > 0 else 0
+        nodes = np.flatnonzero(batch.cpu().numpy() == graph_index)
+    else:
+        num_graphs, nodes = 1, np.arange(num_nodes)
+    if not 0 <= graph_index < num_graphs:
+        raise IndexError(f"Expected 'graph_index' to be in [0, {num_graphs}) "
+                         f"(got {graph_index})")
+    local_of = np.full(num_nodes, -1, dtype=np.int64)
+    local_of[nodes] = np.arange(nodes.shape[0])
+    ei = local_of[edge_index.cpu().numpy()]  # [2, E]
+    sub_edge_index = ei[:, (ei >= 0).all(axis=0)]  # [2, e]
+    pos = getattr(data, 'pos', None)
+    if isinstance(pos, Tensor):
+        node_pos = pos[torch.from_numpy(nodes)].cpu().numpy()
+    else:
+        node_pos = spring_layout(sub_edge_index, nodes.shape[0])
+    return nodes, sub_edge_index, node_pos
+
+
 def visualize_sampling(
     model: torch.nn.Module,
     data: Any,
@@ -83,6 +111,7 @@ def visualize_sampling(
     graph_index: int = 0,
     panel_size: tuple = (320, 320),
     ncols: Optional[int] = None,
+    title: Optional[str] = None,
 ) -> Dict[str, Any]:
     r"""Runs :obj:`model` in eval mode on one :class:`~torch_geometric.data.Data`
     or batch while a :class:`SamplingRecorder` watches every
@@ -93,9 +122,12 @@ def visualize_sampling(
       (:func:`write_sampling_ply`),
     * :obj:`sampling_panels.png`: one panel per selected layer and head
       (:func:`plot_sampled_points`),
-    * :obj:`sampling_graph.png` if :obj:`data` has :obj:`edge_index`: the
-      graph with nodes coloured by sampling counts
+    * :obj:`sampling_graph.png` if :obj:`data` has :obj:`edge_index`: graph
+      :obj:`graph_index` alone, with nodes coloured by sampling counts
       (:func:`plot_sampled_graph`).
+
+    A graph without coordinates is drawn in its own 2-D
+    :func:`spring_layout` (the other graphs of the batch are not laid out).
 
     Args:
         model (torch.nn.Module): A model containing SAMSA attention layers.
@@ -116,6 +148,8 @@ def visualize_sampling(
         panel_size (tuple of int, optional): Pixels per panel.
             (default: :obj:`(320, 320)`)
         ncols (int, optional): Panels per row. (default: :obj:`None`)
+        title (str, optional): A caption above the panels and the graph,
+            e.g. the predicted and the true class. (default: :obj:`None`)
 
     Returns:
         :obj:`{'png': path, 'ply': {layer: path}, 'graph_png': path or None,
@@ -143,11 +177,13 @@ def visualize_sampling(
     names = [n for n in recorder.module_names if n in recorder.records]
     chosen = _select_layers(names, layers)
     edge_index = getattr(data, 'edge_index', None)
-    # A graph without coordinates is drawn in one 2-D layout, computed once
-    # for the layers' point panels and the graph view.
-    layout = None
-    if getattr(data, 'pos', None) is None and isinstance(edge_index, Tensor):
-        layout = spring_layout(edge_index, data.num_nodes)
+    graph = None
+    layout = None  # 2-D positions of every node, for the point panels
+    if isinstance(edge_index, Tensor):
+        graph = _one_graph(data, edge_index, graph_index)
+        if getattr(data, 'pos', None) is None:
+            layout = np.zeros((data.num_nodes, 2))
+            layout[graph[0]] = graph[2]
     ply: Dict[str, str] = {}
     panels = []
     for name in chosen:
@@ -161,15 +197,25 @@ def visualize_sampling(
         ply[name] = str(path)
         panels += _head_panels(name, points, member, heads)
     png, used = render_panels(panels, out_dir / 'sampling_panels.png',
-                              panel_size, ncols, backend=backend)
+                              panel_size, ncols, backend=backend,
+                              caption=title)
 
     graph_png = None
-    if isinstance(edge_index, Tensor):
-        node_pos = getattr(data, 'pos', None) if layout is None else layout
-        indices = recorder.indices
+    if graph is not None:
+        nodes, sub_edge_index, node_pos = graph
+        local_of = np.full(data.num_nodes, -1, dtype=np.int64)
+        local_of[nodes] = np.arange(nodes.shape[0])
+        local = {}
+        for name in chosen:
+            idx = recorder.indices[name].cpu().numpy().astype(np.int64)
+            idx = idx[graph_index] if idx.ndim == 3 else idx  # [H, k_max]
+            # Node tokens of this graph -> local ids; others (-1, registers,
+            # edge tokens after the nodes) -> -1.
+            node = (idx >= 0) & (idx < data.num_nodes)
+            local[name] = np.where(node, local_of[np.where(node, idx, 0)],
+                                   -1)
         graph_png = plot_sampled_graph(
-            edge_index, {n: indices[n] for n in chosen},
-            out_dir / 'sampling_graph.png', num_nodes=data.num_nodes,
-            pos=node_pos)['png']
+            sub_edge_index, local, out_dir / 'sampling_graph.png',
+            num_nodes=nodes.shape[0], pos=node_pos, title=title)['png']
     return {'png': str(png), 'ply': ply, 'graph_png': graph_png,
             'backend': used}

@@ -1,6 +1,7 @@
 import filecmp
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 
@@ -58,3 +59,43 @@ def test_sample_root():
     assert ShapeNetPart.categories_on_disk(root) == ['Lamp', 'Mug', 'Table']
     with pytest.raises(ValueError, match="'name'"):
         sample_root('modelnet10')
+
+
+def test_sample_root_after_non_editable_install(tmp_path):
+    """A real non-editable install (no datasets/ folder next to the package)
+    writes the samples on first use, byte for byte the checkout's."""
+    # Built from a copy of the sources: the build leaves the checkout alone.
+    source = tmp_path / 'source'
+    shutil.copytree(osp.join(REPO, 'samsa_geo'), source / 'samsa_geo',
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    for name in ('setup.cfg', 'pyproject.toml', 'README.md'):
+        shutil.copy(osp.join(REPO, name), source / name)
+    target, cache = tmp_path / 'site', tmp_path / 'cache'
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
+                    '--no-build-isolation', '--disable-pip-version-check',
+                    '--target', str(target), str(source)],
+                   check=True, capture_output=True)
+    assert not (target / 'datasets').exists()
+    code = ('import os.path as osp, samsa_geo\n'
+            'from samsa_geo.datasets import sample_root\n'
+            'root = sample_root("modelnet40")\n'
+            'stamp = osp.getmtime(osp.join(root, "README.md"))\n'
+            'print(samsa_geo.__file__, root, sample_root("shapenet_part"))\n'
+            '# a second call finds the sample instead of writing it again\n'
+            'assert sample_root("modelnet40") == root\n'
+            'assert osp.getmtime(osp.join(root, "README.md")) == stamp\n')
+    env = dict(os.environ, PYTHONPATH=str(target),
+               SAMSA_GEO_DATA=str(cache), OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-c', code], env=env, check=True,
+                         capture_output=True, text=True, cwd=str(tmp_path))
+    package, modelnet, shapenet = out.stdout.split()
+    assert package.startswith(str(target))
+    assert modelnet == str(cache / 'modelnet40_sample')
+    assert shapenet == str(cache / 'shapenet_part_sample')
+    for committed, fresh in ((MODELNET_SAMPLE, modelnet),
+                             (SHAPENET_SAMPLE, shapenet)):
+        names = _files(committed)
+        assert names == _files(fresh)
+        _, mismatch, errors = filecmp.cmpfiles(committed, fresh, names,
+                                               shallow=False)
+        assert mismatch == [] and errors == []

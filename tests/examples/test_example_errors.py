@@ -42,6 +42,6 @@ def test_visualize_sampling_checkpoint_outside_a_run(monkeypatch, tmp_path):
     import visualize_sampling
     path = tmp_path / 'best.pt'
     path.write_bytes(b'')
-    with pytest.raises(FileNotFoundError, match=r"Expected '.*metrics.json' "
+    with pytest.raises(FileNotFoundError, match=r"Expected '.*config.yaml' "
                        r"next to the checkpoint"):
         visualize_sampling.load_model(str(path))

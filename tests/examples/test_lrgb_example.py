@@ -47,3 +47,10 @@ def test_lrgb_example_end_to_end(name, tmp_path, monkeypatch):
         summary = json.load(f)
     assert summary[f'test_{info.metric}'] == pytest.approx(value)
     assert summary[f'test_{info.metric}_std'] == 0.0
+
+    # The resolved configuration repeats the run.
+    from samsa_geo.train import load_config
+    config = load_config(osp.join(out, name, 'config.yaml'))
+    assert config['dataset'] == name and config['epochs'] == 1
+    assert config['seed'] == 0 and config['seeds'] == 1
+    assert config['root'] == root and config['amp'] is None

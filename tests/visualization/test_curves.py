@@ -42,3 +42,43 @@ def test_missing_cells_and_errors(tmp_path):
     (tmp_path / 'log.csv').write_text('lr,time\n0.1,3\n')
     with pytest.raises(ValueError, match="'epoch'"):
         plot_training_curves(tmp_path)
+
+
+def _saved_figures(monkeypatch):
+    from matplotlib.figure import Figure
+    figures, save = [], Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        figures.append(fig)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, 'savefig', spy)
+    return figures
+
+
+def test_epoch_ticks_are_integers(tmp_path, monkeypatch):
+    figures = _saved_figures(monkeypatch)
+    _write_log(tmp_path, [f'{e},1e-3,1.0,1.0,1.0,0.5,0.5\n'
+                          for e in range(1, 4)])
+    plot_training_curves(tmp_path)
+    for ax in figures[0].axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_confusion_matrix_has_a_colour_bar(tmp_path, monkeypatch):
+    import torch
+    from samsa_geo.visualization import plot_confusion_matrix
+    figures = _saved_figures(monkeypatch)
+    pred = torch.tensor([0, 1, 1, 2, 2, 2])
+    target = torch.tensor([0, 1, 2, 2, 2, 0])
+    path = plot_confusion_matrix(pred, target, ['a', 'b', 'c'],
+                                 tmp_path / 'cm.png')
+    assert Image.open(path).size[0] > 400
+    ax, bar = figures[0].axes
+    assert bar.get_ylabel() == 'fraction of the true class'
+    cells = ax.images[0].get_array()
+    np.testing.assert_allclose(cells, [[0.5, 0, 0.5], [0, 1, 0],
+                                       [0, 1 / 3, 2 / 3]], atol=1e-6)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ['a', 'b', 'c']

@@ -164,3 +164,60 @@ def test_membership_once_per_layer(tmp_path, monkeypatch, point_model,
                                1, [0])
     assert len(panels) == 3
     assert panels[1].title.startswith('attns.1 head 0 (')
+
+
+def test_one_graph_of_a_batch(tmp_path, monkeypatch):
+    """In a 16-graph batch without coordinates, graph_index selects one
+    graph: it alone is laid out (on its own) and drawn, with its own
+    sampled nodes."""
+    from torch_geometric.data import Batch
+
+    module = importlib.import_module(
+        'samsa_geo.visualization.visualize_sampling')
+    layouts, drawn = [], []
+    spring, plot = module.spring_layout, module.plot_sampled_graph
+
+    def spy_layout(edge_index, num_nodes, **kwargs):
+        layouts.append(num_nodes)
+        return spring(edge_index, num_nodes, **kwargs)
+
+    def spy_plot(edge_index, indices, out_png, **kwargs):
+        drawn.append((edge_index, indices, kwargs))
+        return plot(edge_index, indices, out_png, **kwargs)
+
+    monkeypatch.setattr(module, 'spring_layout', spy_layout)
+    monkeypatch.setattr(module, 'plot_sampled_graph', spy_plot)
+    torch.manual_seed(0)
+    graphs = []
+    for n in range(10, 26):
+        src = torch.arange(n)
+        ring = torch.cat([torch.stack([src, (src + 1) % n]),
+                          torch.stack([(src + 1) % n, src])], dim=1)
+        graphs.append(Data(x=torch.randn(n, 8), edge_index=ring))
+    data = Batch.from_data_list(graphs)
+    model = GraphModel()
+    forward = lambda m, d: m.conv(d.x, d.edge_index, d.batch)  # noqa: E731
+    out = visualize_sampling(model, data, tmp_path, backend='matplotlib',
+                             forward_fn=forward, graph_index=3,
+                             panel_size=(64, 64), title='graph 3: class 1')
+    n, offset = 13, int(data.ptr[3])
+    assert layouts == [n]  # graph 3 alone
+    edge_index, indices, kwargs = drawn[0]
+    assert kwargs['num_nodes'] == n and kwargs['title'] == 'graph 3: class 1'
+    assert kwargs['pos'].shape == (n, 2)
+    assert kwargs['pos'].std(axis=0).min() > 0.2  # spread, not collapsed
+    assert edge_index.shape == (2, 2 * n) and edge_index.max() == n - 1
+
+    model.eval()
+    with torch.no_grad(), SamplingRecorder(model) as rec:
+        forward(model, data)
+    expected = rec.indices['conv.attn'][3]  # [heads, k]
+    np.testing.assert_array_equal(indices['conv.attn'],
+                                  (expected - offset).numpy())
+    assert _coloured(out['ply']['conv.attn']) == set(
+        (expected - offset).flatten().tolist())
+    # The caption band sits on top of the panels.
+    assert Image.open(out['png']).size[1] > 64
+    with pytest.raises(IndexError, match="'graph_index'"):
+        visualize_sampling(model, data, tmp_path, backend='matplotlib',
+                           forward_fn=forward, graph_index=16)

@@ -1,5 +1,5 @@
 import inspect
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -46,13 +46,19 @@ class SamsaConv(Module):
     so a stack of them needs a normalisation before its head; deep stacks
     then train at larger learning rates without diverging.
 
+    The positional arguments are :class:`~torch_geometric.nn.conv.GPSConv`'s,
+    in its order, so a PyG model ports by renaming the class:
+    ``GPSConv(channels, conv, heads=4, attn_type='multihead',
+    attn_kwargs={'dropout': 0.5})`` becomes ``SamsaConv(...)`` with the same
+    arguments, and attends to :obj:`k` sampled keys per graph and head. The
+    SAMSA arguments (:obj:`k`, and the options of
+    :class:`~samsa_geo.nn.SamsaAttention` in ``attn_kwargs``) are keyword-only.
+
     Args:
         channels (int): Size of each input and output sample.
         conv (MessagePassing, optional): Local message passing layer, called
             as ``conv(x, edge_index, **kwargs)``. (default: :obj:`None`)
         heads (int, optional): Attention heads. (default: :obj:`1`)
-        k (int or float, optional): Keys kept per set and head.
-            (default: :obj:`64`)
         dropout (float, optional): Dropout after the residual branches.
             (default: :obj:`0.0`)
         act (str or Callable, optional): MLP activation.
@@ -62,39 +68,65 @@ class SamsaConv(Module):
             (:obj:`"batch_norm"`, :obj:`"layer_norm"`, :obj:`"graph_norm"`,
             ...); :obj:`None` for none. (default: :obj:`"batch_norm"`)
         norm_kwargs (Dict[str, Any], optional): Arguments of ``norm``.
+        attn_type (str, optional): :obj:`"samsa"`, or GPSConv's
+            :obj:`"multihead"`, which maps to SAMSA attention (its ``dropout``
+            in ``attn_kwargs`` is the dropout on the attention weights, as in
+            :class:`torch.nn.MultiheadAttention`). :obj:`"performer"` is
+            refused. (default: :obj:`"samsa"`)
         attn_kwargs (Dict[str, Any], optional): Further arguments of
-            :class:`~samsa_geo.nn.SamsaAttention` (``sampling``,
-            ``num_registers``, ``score``, ...). (default: :obj:`None`)
+            :class:`~samsa_geo.nn.SamsaAttention` (``dropout``,
+            ``sampling``, ``num_registers``, ``score``, ...).
+            (default: :obj:`None`)
+        k (int or float, optional): Keys kept per set and head, keyword-only.
+            (default: :obj:`64`)
         norm_first (bool, optional): Pre-norm instead of GPSConv's
-            post-norm order. (default: :obj:`False`)
+            post-norm order, keyword-only. (default: :obj:`False`)
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``edge_index`` :math:`(2, E)`,
           ``batch`` :math:`(N)`, ``pos`` :math:`(N, P)`
-        - **output:** :math:`(N, C)`
+        - **output:** :math:`(N, C)`; with ``return_attention_weights=True``
+          also ``(indices, alpha)``: the :math:`(B, H, k_{\max})` global
+          indices of the tokens each graph's head attended to (``-1`` for
+          unused slots, ``-2 - r`` for register ``r``, as
+          :class:`~samsa_geo.nn.SamsaAttention` returns them) and
+          :math:`(N, H, k_{\max})` attention weights of each token over them
+          (:obj:`None` where the attention does not report weights)
     """
     def __init__(
         self,
         channels: int,
         conv: Optional[Module] = None,
         heads: int = 1,
-        k: Union[int, float] = 64,
         dropout: float = 0.0,
         act: str = 'relu',
         act_kwargs: Optional[Dict[str, Any]] = None,
         norm: Optional[str] = 'batch_norm',
         norm_kwargs: Optional[Dict[str, Any]] = None,
+        attn_type: str = 'samsa',
         attn_kwargs: Optional[Dict[str, Any]] = None,
+        *,
+        k: Union[int, float] = 64,
         norm_first: bool = False,
     ) -> None:
         super().__init__()
+        if (isinstance(dropout, bool)
+                or not isinstance(dropout, (int, float))
+                or not 0.0 <= dropout < 1.0):
+            # Catches SAMSA's k passed where GPSConv's dropout sits.
+            raise ValueError(f"Expected 'dropout' to be a float in [0, 1) "
+                             f"(got {dropout!r}); 'k' is keyword-only: "
+                             f"SamsaConv(channels, conv, heads, dropout, "
+                             f"..., k=64)")
         self.channels = channels
         self.norm_first = norm_first
         self.conv = conv
         self.heads = heads
         self.dropout = dropout
-        attn_kwargs = attn_kwargs or {}
+        attn_kwargs = _samsa_kwargs(attn_type, attn_kwargs)
         self.attn = SamsaAttention(channels, heads=heads, k=k, **attn_kwargs)
+        self._attn_weights = 'return_weights' in inspect.signature(
+            self.attn.forward).parameters
         self.mlp = Sequential(
             Linear(channels, channels * 2),
             activation_resolver(act, **(act_kwargs or {})),
@@ -140,11 +172,15 @@ class SamsaConv(Module):
         edge_index: Optional[Tensor] = None,
         batch: Optional[Tensor] = None,
         pos: Optional[Tensor] = None,
+        return_attention_weights: Optional[bool] = None,
         **kwargs: Any,
-    ) -> Tensor:
+    ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Optional[Tensor]]]]:
         r"""Runs the layer; extra keyword arguments (``edge_attr``, ...) go
         to ``conv``. ``normal``, ``num_graphs`` and ``max_num_nodes`` are
-        passed to the attention."""
+        passed to the attention. With ``return_attention_weights=True``
+        returns ``(out, (indices, alpha))``, as
+        :class:`~torch_geometric.nn.conv.TransformerConv` returns
+        ``(out, (edge_index, alpha))``."""
         attn_kwargs = {key: kwargs.pop(key) for key in
                        ('normal', 'num_graphs', 'max_num_nodes')
                        if key in kwargs}
@@ -152,35 +188,71 @@ class SamsaConv(Module):
         if self.conv is not None and edge_index is None:
             raise ValueError("Expected 'edge_index' of shape [2, E] "
                              "since a local 'conv' is set")
-        if self.norm_first:
-            out = x
-            if self.conv is not None:
-                h = self.conv(self._norm(self.norm1, x, batch, num_graphs),
-                              edge_index, **kwargs)
-                out = out + F.dropout(h, p=self.dropout,
-                                      training=self.training)
-            h = self.attn(self._norm(self.norm2, x, batch, num_graphs), batch,
-                          pos=pos, **attn_kwargs)
-            out = out + F.dropout(h, p=self.dropout, training=self.training)
-            return out + self.mlp(self._norm(self.norm3, out, batch,
-                                             num_graphs))
+        if return_attention_weights:
+            attn_kwargs['return_indices'] = True
+            if self._attn_weights:
+                attn_kwargs['return_weights'] = True
 
-        hs = []
+        def norm(i: int, h: Tensor) -> Tensor:
+            return self._norm((self.norm1, self.norm2, self.norm3)[i], h,
+                              batch, num_graphs)
+
+        def drop(h: Tensor) -> Tensor:
+            return F.dropout(h, p=self.dropout, training=self.training)
+
+        pre = self.norm_first
+        local = None
         if self.conv is not None:
-            h = self.conv(x, edge_index, **kwargs)
-            h = F.dropout(h, p=self.dropout, training=self.training)
-            hs.append(self._norm(self.norm1, h + x, batch, num_graphs))
-
-        h = self.attn(x, batch, pos=pos, **attn_kwargs)
-        h = F.dropout(h, p=self.dropout, training=self.training)
-        hs.append(self._norm(self.norm2, h + x, batch, num_graphs))
-
-        out = hs[0] if len(hs) == 1 else hs[0] + hs[1]
-        out = out + self.mlp(out)
-        return self._norm(self.norm3, out, batch, num_graphs)
+            local = drop(self.conv(norm(0, x) if pre else x, edge_index,
+                                   **kwargs))
+        h = self.attn(norm(1, x) if pre else x, batch, pos=pos, **attn_kwargs)
+        if return_attention_weights:
+            h, indices, *alpha = h
+        h = drop(h)
+        if pre:  # X + MPNN(N1(X)) + SAMSA(N2(X)), then + MLP(N3(Y))
+            out = x + h if local is None else x + local + h
+            out = out + self.mlp(norm(2, out))
+        else:  # GPSConv: N3(Y + MLP(Y)), Y = N1(MPNN + X) + N2(SAMSA + X)
+            out = norm(1, h + x)
+            if local is not None:
+                out = norm(0, local + x) + out
+            out = norm(2, out + self.mlp(out))
+        if return_attention_weights:
+            return out, (indices, alpha[0] if alpha else None)
+        return out
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, conv={self.conv}, '
                 f'heads={self.heads}, k={self.attn.k}, '
                 f'sampling={self.attn.sampling!r}'
                 f'{", norm_first=True" if self.norm_first else ""})')
+
+
+# torch.nn.MultiheadAttention arguments that GPSConv's 'multihead' takes and
+# SAMSA has no counterpart for.
+_MULTIHEAD_ONLY = ('bias', 'add_bias_kv', 'add_zero_attn', 'kdim', 'vdim')
+
+
+def _samsa_kwargs(attn_type: str,
+                  attn_kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    # Maps GPSConv's (attn_type, attn_kwargs) onto SamsaAttention's arguments.
+    attn_kwargs = dict(attn_kwargs or {})
+    if attn_type == 'performer':
+        raise ValueError(
+            "SamsaConv's global attention is SAMSA, not a Performer: drop "
+            "'attn_type' (or write attn_type='samsa') and set the keys kept "
+            "per graph and head with 'k', e.g. SamsaConv(channels, conv, "
+            "heads=4, k=64); Performer options in 'attn_kwargs' have no "
+            "counterpart")
+    if attn_type not in ('samsa', 'multihead'):
+        raise ValueError(f"Expected 'attn_type' to be 'samsa' or GPSConv's "
+                         f"'multihead' (got {attn_type!r})")
+    if attn_type == 'multihead':
+        attn_kwargs.pop('batch_first', None)  # GPSConv's own layout flag
+        unsupported = sorted(set(attn_kwargs) & set(_MULTIHEAD_ONLY))
+        if unsupported:
+            raise ValueError(
+                f"attn_type='multihead' arguments {unsupported} have no SAMSA "
+                f"counterpart: remove them from 'attn_kwargs' (SAMSA "
+                f"projections always have biases; 'dropout' is supported)")
+    return attn_kwargs

@@ -21,6 +21,7 @@ from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._sets import batch_sizes
 from samsa_geo.nn.encoders._point_geometry import centroid, check_points
+from samsa_geo.nn.models._reloadable import Reloadable
 from samsa_geo.ops import knn_graph
 
 ENCODERS = ('linear', 'sft', 'ppf')
@@ -35,7 +36,7 @@ class PointFeatures(NamedTuple):
     max_num_points: Optional[int]
 
 
-class SamsaPointModel(Module):
+class SamsaPointModel(Reloadable, Module):
     r"""Backbone: tokens (:obj:`"linear"` of xyz and ``x``, or a
     rotation-invariant encoder), then ``num_layers`` :class:`SamsaConv` with
     the relative bias of the centred positions (and normals), optionally

@@ -11,6 +11,7 @@ from samsa_geo.nn.conv.samsa_conv import SamsaConv
 from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
 from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
 from samsa_geo.nn.encoders.positional_encoder import PositionalEncoder
+from samsa_geo.nn.models._reloadable import Reloadable
 
 TOKENS = ('node', 'node_edge')
 PES = (None, 'lap', 'rw')
@@ -71,7 +72,7 @@ class _TokenGINE(Module):
         return repr(self.conv)
 
 
-class SamsaGraphModel(Module):
+class SamsaGraphModel(Reloadable, Module):
     r"""A graph transformer of :class:`~samsa_geo.nn.SamsaConv` layers
     (`"SAMSA: Efficient Transformer for Many Data Modalities"
     <https://arxiv.org/abs/2408.05391>`_): local GINE message passing plus

@@ -22,6 +22,22 @@ def make_graphs(sizes=(12, 30, 7), channels=16, edge_dim=4):
     return x, edge_index, edge_attr, batch, ptr
 
 
+def copy_attention(a, m):
+    """Copies SamsaAttention ``a``'s projections into GPSConv's
+    torch.nn.MultiheadAttention ``m``."""
+    C, H = a.channels, a.heads
+    D = C // H
+    with torch.no_grad():
+        wk = a.lin_kv.weight.view(H, 2, D, C)
+        bk = a.lin_kv.bias.view(H, 2, D)
+        m.in_proj_weight.copy_(torch.cat([
+            a.lin_q.weight, wk[:, 0].reshape(C, C), wk[:, 1].reshape(C, C)]))
+        m.in_proj_bias.copy_(torch.cat([
+            a.lin_q.bias, bk[:, 0].reshape(C), bk[:, 1].reshape(C)]))
+        m.out_proj.weight.copy_(a.lin_out.weight)
+        m.out_proj.bias.copy_(a.lin_out.bias)
+
+
 def gine(channels=16, edge_dim=4):
     nn = Sequential(Linear(channels, channels), ReLU(),
                     Linear(channels, channels))
@@ -61,7 +77,6 @@ def test_samsa_conv_is_gps_with_samsa_attention():
     """With k >= n and sampling='full' SamsaConv computes GPSConv's update
     given the same weights."""
     C, H = 16, 4
-    D = C // H
     x, edge_index, edge_attr, batch, _ = make_graphs()
     ours = SamsaConv(C, gine(), heads=H, attn_kwargs=dict(sampling='full'))
     ref = GPSConv(C, gine(), heads=H, attn_type='multihead')
@@ -70,16 +85,7 @@ def test_samsa_conv_is_gps_with_samsa_attention():
     for i in (1, 2, 3):
         getattr(ref, f'norm{i}').load_state_dict(
             getattr(ours, f'norm{i}').state_dict())
-    a, m = ours.attn, ref.attn
-    with torch.no_grad():
-        wk = a.lin_kv.weight.view(H, 2, D, C)
-        bk = a.lin_kv.bias.view(H, 2, D)
-        m.in_proj_weight.copy_(torch.cat([
-            a.lin_q.weight, wk[:, 0].reshape(C, C), wk[:, 1].reshape(C, C)]))
-        m.in_proj_bias.copy_(torch.cat([
-            a.lin_q.bias, bk[:, 0].reshape(C), bk[:, 1].reshape(C)]))
-        m.out_proj.weight.copy_(a.lin_out.weight)
-        m.out_proj.bias.copy_(a.lin_out.bias)
+    copy_attention(ours.attn, ref.attn)
     ours.eval()
     ref.eval()
     out = ours(x, edge_index, batch, edge_attr=edge_attr)
@@ -223,3 +229,152 @@ def test_samsa_conv_orders_agree_without_norm():
     pre.load_state_dict(post.state_dict())
     assert torch.allclose(pre(x, batch=batch), post(x, batch=batch),
                           atol=1e-6)
+
+
+def test_gpsconv_positional_order():
+    """GPSConv's positional arguments, in its order; SAMSA's k keyword-only.
+    """
+    import inspect
+    ours = list(inspect.signature(SamsaConv).parameters.values())
+    theirs = list(inspect.signature(GPSConv).parameters)
+    positional = [p.name for p in ours if p.kind == p.POSITIONAL_OR_KEYWORD]
+    assert positional == theirs
+    assert [p.name for p in ours if p.kind == p.KEYWORD_ONLY] == ['k',
+                                                                'norm_first']
+
+    conv = SamsaConv(64, None, 4, 0.5, 'gelu')
+    assert conv.dropout == 0.5 and conv.attn.k == 64
+    assert isinstance(conv.mlp[1], torch.nn.GELU)
+    # k where GPSConv's dropout sits fails loudly instead of shifting.
+    with pytest.raises(ValueError, match="'k' is keyword-only"):
+        SamsaConv(64, None, 4, 32)
+    with pytest.raises(TypeError):
+        SamsaConv(64, None, 4, 0.0, 'relu', None, 'batch_norm', None,
+                  'samsa', None, 32)
+
+
+def test_attn_type_and_attn_kwargs():
+    conv = SamsaConv(16, None, 4, attn_type='multihead',
+                     attn_kwargs={'dropout': 0.3, 'batch_first': True})
+    assert conv.attn.dropout == 0.3
+    conv = SamsaConv(16, heads=2, k=4,
+                     attn_kwargs={'sampling': 'soft', 'num_registers': 2})
+    assert conv.attn.sampling == 'soft' and conv.attn.num_registers == 2
+    with pytest.raises(ValueError, match="attn_type='samsa'.*'k'"):
+        SamsaConv(16, None, 4, attn_type='performer')
+    with pytest.raises(ValueError, match=r"\['add_bias_kv', 'bias'\]"):
+        SamsaConv(16, None, 4, attn_type='multihead',
+                  attn_kwargs={'bias': False, 'add_bias_kv': True})
+    with pytest.raises(ValueError, match="'attn_type'"):
+        SamsaConv(16, None, 4, attn_type='linear')
+
+
+class GraphGPS(torch.nn.Module):
+    """The model of PyG's ``examples/graph_gps.py`` (ZINC: atom and bond
+    embeddings, random-walk positional encodings, GINE + global attention
+    layers, sum pooling), with the layer class as an argument."""
+    def __init__(self, layer, channels=32, pe_dim=8, num_layers=2,
+                 attn_type='multihead', attn_kwargs=None):
+        super().__init__()
+        from torch.nn import BatchNorm1d, Embedding, ModuleList
+        self.node_emb = Embedding(28, channels - pe_dim)
+        self.pe_lin = Linear(20, pe_dim)
+        self.pe_norm = BatchNorm1d(20)
+        self.edge_emb = Embedding(4, channels)
+        self.convs = ModuleList()
+        for _ in range(num_layers):
+            nn = Sequential(Linear(channels, channels), ReLU(),
+                            Linear(channels, channels))
+            self.convs.append(layer(channels, GINEConv(nn), heads=4,
+                                    attn_type=attn_type,
+                                    attn_kwargs=attn_kwargs))
+        self.mlp = Sequential(Linear(channels, channels // 2), ReLU(),
+                              Linear(channels // 2, channels // 4), ReLU(),
+                              Linear(channels // 4, 1))
+
+    def forward(self, x, pe, edge_index, edge_attr, batch):
+        from torch_geometric.nn import global_add_pool
+        x_pe = self.pe_norm(pe)
+        x = torch.cat((self.node_emb(x.squeeze(-1)), self.pe_lin(x_pe)), 1)
+        edge_attr = self.edge_emb(edge_attr)
+        for conv in self.convs:
+            x = conv(x, edge_index, batch, edge_attr=edge_attr)
+        x = global_add_pool(x, batch)
+        return self.mlp(x)
+
+
+def zinc_like_batch(sizes=(9, 23, 14, 30)):
+    from torch_geometric.data import Batch, Data
+    from torch_geometric.transforms import AddRandomWalkPE
+    graphs = []
+    for n in sizes:
+        ring = torch.arange(n)
+        edge_index = to_undirected(torch.stack([ring, (ring + 1) % n]))
+        data = Data(x=torch.randint(28, (n, 1)), edge_index=edge_index,
+                    edge_attr=torch.randint(4, (edge_index.size(1), )),
+                    y=torch.randn(1), num_nodes=n)
+        graphs.append(AddRandomWalkPE(20, attr_name='pe')(data))
+    return Batch.from_data_list(graphs)
+
+
+def test_port_graph_gps_by_renaming_the_class():
+    """PyG's graph_gps.py model with GPSConv renamed to SamsaConv: the same
+    code builds and trains, and with k >= every graph's size it computes the
+    GPSConv model's output given the same weights."""
+    torch.manual_seed(0)
+    kwargs = dict(attn_type='multihead', attn_kwargs={'dropout': 0.5})
+    ours, ref = GraphGPS(SamsaConv, **kwargs), GraphGPS(GPSConv, **kwargs)
+    assert all(conv.attn.dropout == 0.5 for conv in ours.convs)
+    state = ours.state_dict()
+    ref.load_state_dict({key: state[key] for key in ref.state_dict()
+                         if key in state and '.attn.' not in key},
+                        strict=False)
+    for a, b in zip(ours.convs, ref.convs):
+        copy_attention(a.attn, b.attn)
+    data = zinc_like_batch()
+    args = (data.x, data.pe, data.edge_index, data.edge_attr, data.batch)
+    ours.eval()
+    ref.eval()
+    with torch.no_grad():
+        assert torch.allclose(ours(*args), ref(*args), atol=1e-4)
+
+    # Graphs larger than k = 64: the layers sample, and train end to end.
+    data = zinc_like_batch((80, 100))
+    args = (data.x, data.pe, data.edge_index, data.edge_attr, data.batch)
+    ours.train()
+    optimizer = torch.optim.Adam(ours.parameters(), lr=1e-3)
+    loss = (ours(*args).squeeze(-1) - data.y).abs().mean()
+    loss.backward()
+    for name, p in ours.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    optimizer.step()
+
+
+@pytest.mark.parametrize('num_registers', [0, 2])
+def test_return_attention_weights(num_registers):
+    """Like TransformerConv's (out, (edge_index, alpha)): the indices of the
+    tokens each graph's head attended to, all inside that graph."""
+    x, edge_index, edge_attr, batch, ptr = make_graphs()
+    H, k = 2, 8
+    conv = SamsaConv(16, gine(), H, k=k,
+                     attn_kwargs={'num_registers': num_registers}).eval()
+    out = conv(x, edge_index, batch, edge_attr=edge_attr)
+    out2, (indices, alpha) = conv(x, edge_index, batch, edge_attr=edge_attr,
+                                  return_attention_weights=True)
+    assert torch.equal(out, out2)
+    sizes = [ptr[i + 1] - ptr[i] for i in range(len(ptr) - 1)]
+    assert indices.shape == (len(sizes), H, k)
+    for b, n in enumerate(sizes):
+        tokens = indices[b][indices[b] >= 0]
+        assert bool(((tokens >= ptr[b]) & (tokens < ptr[b + 1])).all())
+        # Registers compete with the tokens: k distinct candidates per head
+        # (all of them where the graph has fewer), -1 in the unused slots.
+        for h in range(H):
+            used = indices[b, h][indices[b, h] != -1]
+            assert used.numel() == min(n + num_registers, k)
+            assert used.unique().numel() == used.numel()
+            assert bool((used >= -1 - num_registers).all())
+    if alpha is not None:
+        assert alpha.shape == (x.size(0), H, k)
+        assert torch.allclose(alpha.sum(-1), torch.ones(x.size(0), H),
+                              atol=1e-5)

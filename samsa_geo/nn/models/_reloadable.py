@@ -1,0 +1,76 @@
+import inspect
+import os
+from typing import Any, Dict, Type, TypeVar, Union
+
+import torch
+
+Model = TypeVar('Model', bound='Reloadable')
+
+
+class Reloadable:
+    r"""Mixin of the models that a checkpoint rebuilds: records the
+    constructor's arguments (:attr:`init_kwargs`), which
+    :class:`~samsa_geo.train.Trainer` saves with the weights under
+    :obj:`"model_config"`, and rebuilds model and weights with
+    :meth:`from_checkpoint`."""
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(self, *args,
+                                                         **kwargs)
+        except TypeError:  # copy and pickle call __new__ without arguments
+            return self
+        bound.apply_defaults()
+        init_kwargs = dict(bound.arguments)
+        init_kwargs.pop(next(iter(init_kwargs)))  # self
+        # Set before Module.__init__, which leaves plain attributes alone.
+        object.__setattr__(self, '_init_kwargs', init_kwargs)
+        return self
+
+    @property
+    def init_kwargs(self) -> Dict[str, Any]:
+        r"""The constructor's arguments, defaults included (plain Python
+        values: a checkpoint stores them for
+        :obj:`torch.load(weights_only=True)`)."""
+        return dict(self._init_kwargs)
+
+    def model_config(self) -> Dict[str, Any]:
+        r"""What a checkpoint stores to rebuild the model:
+        :obj:`{"class": name, "kwargs": init_kwargs}`."""
+        return {'class': type(self).__name__, 'kwargs': self.init_kwargs}
+
+    @classmethod
+    def from_checkpoint(cls: Type[Model],
+                        path: Union[str, os.PathLike],
+                        map_location: Union[str, torch.device] = 'cpu',
+                        ) -> Model:
+        r"""Rebuilds the model saved in a checkpoint of
+        :class:`~samsa_geo.train.Trainer` (:obj:`best.pt`, :obj:`last.pt`):
+        the constructor's arguments from :obj:`"model_config"`, then the
+        weights. Returns the model in evaluation mode.
+
+        Args:
+            path (str): The checkpoint file.
+            map_location (str or torch.device, optional): Where to put the
+                weights. (default: :obj:`"cpu"`)
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Checkpoint '{path}' does not exist")
+        state = torch.load(path, map_location=map_location,
+                           weights_only=True)
+        if not isinstance(state, dict) or 'model' not in state:
+            raise ValueError(f"Expected '{path}' to be a checkpoint with "
+                             f"'model' weights")
+        config = state.get('model_config')
+        if not isinstance(config, dict):
+            raise ValueError(
+                f"Checkpoint '{path}' carries no 'model_config' (constructor "
+                f"arguments); build the model with its arguments and call "
+                f"load_state_dict(state['model'])")
+        if config.get('class') != cls.__name__:
+            raise ValueError(f"Checkpoint '{path}' holds a "
+                             f"{config.get('class')}, not a {cls.__name__}")
+        model = cls(**config['kwargs'])
+        model.load_state_dict(state['model'])
+        return model.eval()

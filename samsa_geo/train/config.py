@@ -1,0 +1,212 @@
+r"""YAML run configurations for command-line examples: a file sets the
+defaults of an :class:`argparse.ArgumentParser`, flags on the command line
+override it, and the resolved configuration is saved in the run folder."""
+import argparse
+import os
+import textwrap
+import os.path as osp
+from typing import Any, Dict, Optional, Sequence, Union
+
+import yaml
+
+from samsa_geo.train.checkpoint import atomic_write
+
+#: The file name of the resolved configuration in a run folder.
+CONFIG_FILE = 'config.yaml'
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def make_parser(doc: str) -> argparse.ArgumentParser:
+    r"""The parser of a command-line example: the first paragraph of
+    :obj:`doc` (the script's docstring) as description, the rest as epilog
+    shown as written, and every option's default in :obj:`--help`.
+
+    Args:
+        doc (str): The script's docstring.
+    """
+    head, _, rest = doc.strip().partition('\n\n')
+    description = textwrap.fill(' '.join(head.split()), 79,
+                                break_on_hyphens=False)
+    return argparse.ArgumentParser(description=description,
+                                   epilog=rest or None,
+                                   formatter_class=_HelpFormatter)
+
+
+def add_run_args(parser: argparse.ArgumentParser,
+                 seeds: Optional[int] = None) -> None:
+    r"""Adds the run flags every training example takes, with one meaning
+    each: :obj:`--seed` (the seed of a run), :obj:`--seeds` (only where
+    :obj:`seeds` is given: that many runs, with seeds :obj:`--seed`,
+    :obj:`--seed + 1`, ...), :obj:`--amp`, :obj:`--compile`,
+    :obj:`--deterministic`, :obj:`--resume`, :obj:`--overwrite` and
+    :obj:`--no-progress`, the
+    :class:`~samsa_geo.train.Trainer` arguments of the same names.
+
+    Args:
+        parser (argparse.ArgumentParser): The example's parser.
+        seeds (int, optional): Default number of seeds; :obj:`None` for
+            examples that train one run. (default: :obj:`None`)
+    """
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the run (initialisation, shuffling, '
+                        'augmentation)' if seeds is None else
+                        'seed of the first run')
+    if seeds is not None:
+        parser.add_argument('--seeds', type=_at_least_one, default=seeds,
+                            help='number of runs, with seeds --seed, '
+                            '--seed + 1, ...')
+    parser.add_argument('--amp', default=None, choices=['bf16', 'fp16'],
+                        help='mixed precision; unset: float32')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the model')
+    parser.add_argument('--deterministic', action='store_true',
+                        help='bit-reproducible runs (slower)')
+    parser.add_argument('--resume', action='store_true',
+                        help="continue from the run folder's last.pt")
+    parser.add_argument('--overwrite', action='store_true',
+                        help='delete the run already in the run folder '
+                        'instead of moving it aside to <out>.old-<time>')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='no progress bars (summary lines only)')
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected at least 1 (got {value})')
+    return value
+
+
+def load_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    r"""Reads a YAML mapping of flag names to values. Keys may be written
+    like the flags (:obj:`num-points`, :obj:`--num-points`) or like their
+    attributes (:obj:`num_points`); they are returned as attributes.
+
+    Args:
+        path (str): The YAML file.
+    """
+    path = os.fspath(path)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"Config file '{path}' does not exist")
+    with open(path) as f:
+        try:
+            values = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ValueError(f"Config file '{path}' is not valid YAML: "
+                             f"{e}") from e
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"Expected config file '{path}' to hold a mapping "
+                         f"of flag names to values (got a "
+                         f"{type(values).__name__})")
+    return {str(key).lstrip('-').replace('-', '_'): value
+            for key, value in values.items()}
+
+
+def _check(parser: argparse.ArgumentParser, values: Dict[str, Any],
+           path: str) -> None:
+    actions = {a.dest: a for a in parser._actions
+               if a.dest not in (argparse.SUPPRESS, 'help', 'config')}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise ValueError(f"Config file '{path}' sets unknown options "
+                         f"{unknown}; known: {sorted(actions)}")
+    for dest, value in values.items():
+        action = actions[dest]
+        flag = action.option_strings[-1] if action.option_strings else dest
+        if isinstance(action, (argparse._StoreTrueAction,
+                               argparse._StoreFalseAction)):
+            if not isinstance(value, bool):
+                raise ValueError(f"Expected '{dest}' in '{path}' to be true "
+                                 f"or false, like the flag {flag} (got "
+                                 f"{value!r})")
+            continue
+        if action.nargs not in (None, '?') and value is not None:
+            items = value if isinstance(value, list) else [value]
+        else:
+            items = [value]
+        for item in items:
+            if item is None:
+                continue
+            if action.type is not None and not isinstance(item, str):
+                try:
+                    converted = action.type(str(item))
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"Expected '{dest}' in '{path}' to be "
+                                     f"a valid {flag} value (got "
+                                     f"{item!r})") from e
+                if converted != item:
+                    raise ValueError(f"Expected '{dest}' in '{path}' to be "
+                                     f"a valid {flag} value (got {item!r})")
+            if action.choices is not None and item not in action.choices:
+                raise ValueError(f"Expected '{dest}' in '{path}' to be one "
+                                 f"of {list(action.choices)} (got {item!r})")
+
+
+def parse_args_with_config(parser: argparse.ArgumentParser,
+                           argv: Optional[Sequence[str]] = None,
+                           ) -> argparse.Namespace:
+    r"""Adds :obj:`--config FILE.yaml` to :obj:`parser` and parses
+    :obj:`argv`: the file's values replace the parser's defaults and flags
+    given on the command line override the file. Values are checked like
+    flags (known names, types, choices); an option the parser requires may
+    come from the file. The result's :obj:`config` names the file.
+
+    Args:
+        parser (argparse.ArgumentParser): The example's parser.
+        argv (List[str], optional): Arguments; :obj:`None` reads
+            :obj:`sys.argv`. (default: :obj:`None`)
+    """
+    parser.add_argument('--config', default=None, metavar='FILE.yaml',
+                        help='YAML file of option values (keys as the '
+                        'flags, e.g. "num-points: 512"); flags given on the '
+                        'command line override it')
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--config', default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        values = load_config(known.config)
+        _check(parser, values, known.config)
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False
+        parser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def save_config(args: Union[argparse.Namespace, Dict[str, Any]],
+                out_dir: Union[str, os.PathLike]) -> str:
+    r"""Writes the resolved options (file, defaults and flags together) to
+    :obj:`config.yaml` in the run folder, atomically; the file can be passed
+    back as :obj:`--config` to repeat the run. Returns its path.
+
+    Args:
+        args (argparse.Namespace or dict): The parsed options.
+        out_dir (str): The run folder.
+    """
+    values = dict(vars(args) if isinstance(args, argparse.Namespace)
+                  else args)
+    values.pop('config', None)
+    values = {key.replace('_', '-'): _plain(value)
+              for key, value in values.items()}
+    path = osp.join(os.fspath(out_dir), CONFIG_FILE)
+    with atomic_write(path) as f:
+        yaml.safe_dump(values, f, sort_keys=True)
+    return path
+
+
+def _plain(value: Any) -> Any:
+    # YAML-safe values: tuples as lists, anything else unknown as text.
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
