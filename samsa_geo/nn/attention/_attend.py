@@ -20,9 +20,12 @@ def explicit_attention(
     leak: Optional[Tensor], bias_fn: Optional[Callable[[Tensor, int, int],
                                                        Tensor]],
     dropout: float, training: bool, max_elements: int = 1 << 26,
+    weights: Optional[list] = None,
 ) -> Tensor:
     r"""Attention with a general score function, relative bias and leaky
-    normalisation, processed in chunks of tiles to bound memory.
+    normalisation, processed in chunks of tiles to bound memory. A list
+    given as ``weights`` receives the attention weights ``[c, H, T, k]`` of
+    every chunk.
 
     Args:
         q (Tensor): ``[nt, H, T, D]``; k, v: ``[nt, H, k, D]``.
@@ -55,6 +58,8 @@ def explicit_attention(
                 c = c.masked_fill(~mask, 0.0)
             w = a / (a.sum(-1, keepdim=True) + c.sum(-1, keepdim=True) + 1e-6)
         w = F.dropout(w, p=dropout, training=training).to(v.dtype)
+        if weights is not None:
+            weights.append(w)
         outs.append(w @ v[s:e])  # [c, H, T, D]
     return torch.cat(outs, dim=0) if len(outs) > 1 else outs[0]
 

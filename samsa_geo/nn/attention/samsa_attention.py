@@ -102,7 +102,9 @@ class SamsaAttention(Module):
           ``pos`` :math:`(N, P)`, ``normal`` :math:`(N, P)`
         - **output:** :math:`(N, C)`; with ``return_indices=True`` also
           :math:`(B, H, k_{\max})` global token indices (``-1`` for unused
-          slots, ``-2 - r`` for register ``r``)
+          slots, ``-2 - r`` for register ``r``), and with
+          ``return_weights=True`` then the weights
+          :math:`(N, H, k_{\max})` of each query over its set's indices
     """
     def __init__(
         self,
@@ -298,6 +300,7 @@ class SamsaAttention(Module):
         pos: Optional[Tensor] = None,
         normal: Optional[Tensor] = None,
         return_indices: bool = False,
+        return_weights: bool = False,
         num_graphs: Optional[int] = None,
         max_num_nodes: Optional[int] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
@@ -311,6 +314,11 @@ class SamsaAttention(Module):
             normal (Tensor, optional): Normals for the relative bias.
             return_indices (bool, optional): Also return the sampled token
                 indices. (default: :obj:`False`)
+            return_weights (bool, optional): With ``return_indices``, also
+                return the attention weights :math:`(N, H, k_{\max})` of
+                every query over its set's sampled keys, in the order of
+                the indices (through the explicit path, which computes
+                them). (default: :obj:`False`)
             num_graphs (int, optional): Number of sets :math:`B`, e.g. a
                 PyG ``Batch.num_graphs``. With it the layer never waits
                 for the GPU; without it the number is read back once per
@@ -328,7 +336,10 @@ class SamsaAttention(Module):
         if N == 0:  # no query: nothing to attend from
             out = self.lin_out(x)
             idx = torch.full((info.num_sets, H, 0), -1, device=x.device)
-            return (out, idx) if return_indices else out
+            if not return_indices:
+                return out
+            return (out, idx, x.new_zeros(0, H, 0)) if return_weights \
+                else (out, idx)
 
         # 1. Queries for every token; keys and values for every candidate.
         q, kv, hidden = self._project(x)
@@ -351,13 +362,19 @@ class SamsaAttention(Module):
         # 3. Every query attends to its own set's sampled keys.
         tiles = make_tiles(info, batch, N, self._packed(info, N),
                            self._tile_size(info))
+        weights = [] if return_indices and return_weights else None
         o = self._attend(to_tiles(q, tiles), per_tile(key, tiles),
-                         per_tile(value, tiles), sel, tiles, pos, normal)
+                         per_tile(value, tiles), sel, tiles, pos, normal,
+                         weights)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
         out = self.lin_out(out)
         if not return_indices:
             return out
-        return out, self._indices(sel.top, info, N)
+        idx = self._indices(sel.top, info, N)
+        if weights is None:
+            return out, idx
+        alpha = torch.cat(weights, dim=0)  # [nt, H, T, k]
+        return out, idx, from_tiles(alpha, tiles)  # [N, H, k]
 
     def _project(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         # One GEMM for the queries, the keys and values and the scorer's
@@ -394,17 +411,19 @@ class SamsaAttention(Module):
 
     def _attend(self, q: Tensor, key: Tensor, value: Tensor, sel: Selection,
                 tiles: Tiles, pos: Optional[Tensor],
-                normal: Optional[Tensor]) -> Tensor:
-        # q: [nt, H, T, D]; key, value: [nt, H, k, D] -> [nt, H, T, D]
+                normal: Optional[Tensor],
+                weights: Optional[list] = None) -> Tensor:
+        # q: [nt, H, T, D]; key, value: [nt, H, k, D] -> [nt, H, T, D];
+        # a 'weights' list gets the weights, from the explicit path.
         key_valid = None  # [nt, k] where some sets have fewer keys
         if sel.top_valid is not None:
             key_valid = per_tile(sel.top_valid, tiles)
         dropout = self.dropout if self.training else 0.0
         if (self.score == 'dot' and self.normalization == 'softmax'
-                and self.rel_bias is None):
+                and self.rel_bias is None and weights is None):
             return sdpa_attention(q, key, value, key_valid, dropout,
                                   self.training)
-        if self._fused_bias(q, dropout):
+        if weights is None and self._fused_bias(q, dropout):
             geo = self._pair_geometry(pos, normal, sel.top, tiles)
             return biased_attention(q, key, value, key_valid, geo,
                                     self._bias_weights())
@@ -420,7 +439,7 @@ class SamsaAttention(Module):
         return explicit_attention(q, key, value, key_valid,
                                   SIMILARITIES[self.score],
                                   self.normalization, leak, bias_fn,
-                                  dropout, self.training)
+                                  dropout, self.training, weights=weights)
 
     def _fused_bias(self, q: Tensor, dropout: float) -> bool:
         # Dot-product softmax with the relative bias and no attention

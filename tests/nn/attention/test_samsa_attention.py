@@ -647,3 +647,35 @@ def test_many_tiles_run_in_several_sdpa_calls(monkeypatch):
     assert torch.allclose(out_a, out_b, atol=1e-6)
     for a, b in zip(g_a, g_b):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(relative_bias=True),
+                                    dict(score='lily', normalization='leaky'),
+                                    dict(num_registers=2)])
+def test_returned_weights_reproduce_the_output(kwargs):
+    # out = lin_out(sum_j alpha_ij v_j) over the returned indices: the
+    # weights are the ones the layer used, aligned with its indices.
+    torch.manual_seed(0)
+    attn = SamsaAttention(16, heads=2, k=6, **kwargs).eval()
+    x, batch = make_batch([9, 4, 12], channels=16)
+    pos = torch.randn(x.size(0), 3)
+    ref = attn(x, batch, pos=pos)
+    out, idx, alpha = attn(x, batch, pos=pos, return_indices=True,
+                           return_weights=True)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert alpha.shape == (x.size(0), 2, idx.size(-1))
+    kv = attn.lin_kv(x).view(-1, 2, 16)  # [N, H, 2D]
+    if attn.reg_kv is not None:
+        kv = torch.cat([kv, attn.reg_kv], dim=0)
+    v = kv[..., 8:]  # [N + R, H, D]
+    mix = torch.zeros(x.size(0), 2, 8)
+    for i in range(x.size(0)):
+        b = int(batch[i])
+        for h in range(2):
+            ids = idx[b, h]
+            ok = ids != -1
+            rows = torch.where(ids[ok] >= 0, ids[ok],
+                               x.size(0) + (-2 - ids[ok]))
+            mix[i, h] = alpha[i, h, ok] @ v[rows, h]
+            assert (alpha[i, h, ~ok] == 0).all()
+    assert torch.allclose(attn.lin_out(mix.view(-1, 16)), out, atol=1e-5)

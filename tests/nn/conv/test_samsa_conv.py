@@ -361,7 +361,8 @@ def test_return_attention_weights(num_registers):
     out = conv(x, edge_index, batch, edge_attr=edge_attr)
     out2, (indices, alpha) = conv(x, edge_index, batch, edge_attr=edge_attr,
                                   return_attention_weights=True)
-    assert torch.equal(out, out2)
+    # The weights come from the explicit path: equal up to rounding.
+    assert torch.allclose(out, out2, atol=1e-5)
     sizes = [ptr[i + 1] - ptr[i] for i in range(len(ptr) - 1)]
     assert indices.shape == (len(sizes), H, k)
     for b, n in enumerate(sizes):
@@ -374,7 +375,5 @@ def test_return_attention_weights(num_registers):
             assert used.numel() == min(n + num_registers, k)
             assert used.unique().numel() == used.numel()
             assert bool((used >= -1 - num_registers).all())
-    if alpha is not None:
-        assert alpha.shape == (x.size(0), H, k)
-        assert torch.allclose(alpha.sum(-1), torch.ones(x.size(0), H),
-                              atol=1e-5)
+    assert alpha.shape == (x.size(0), H, k)
+    assert torch.allclose(alpha.sum(-1), torch.ones(x.size(0), H), atol=1e-5)
