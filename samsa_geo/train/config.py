@@ -56,7 +56,7 @@ def add_run_args(parser: argparse.ArgumentParser,
                         'augmentation)' if seeds is None else
                         'seed of the first run')
     if seeds is not None:
-        parser.add_argument('--seeds', type=_at_least_one, default=seeds,
+        parser.add_argument('--seeds', type=_seed_count, default=seeds,
                             help='number of runs, with seeds --seed, '
                             '--seed + 1, ...')
     parser.add_argument('--amp', default=None, choices=['bf16', 'fp16'],
@@ -74,10 +74,11 @@ def add_run_args(parser: argparse.ArgumentParser,
                         help='no progress bars (summary lines only)')
 
 
-def _at_least_one(text: str) -> int:
+def _seed_count(text: str) -> int:
     value = int(text)
     if value < 1:
-        raise argparse.ArgumentTypeError(f'expected at least 1 (got {value})')
+        raise argparse.ArgumentTypeError(
+            f'expected at least 1 seed (got {value})')
     return value
 
 
