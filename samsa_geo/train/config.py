@@ -56,7 +56,7 @@ def add_run_args(parser: argparse.ArgumentParser,
                         'augmentation)' if seeds is None else
                         'seed of the first run')
     if seeds is not None:
-        parser.add_argument('--seeds', type=_seed_count, default=seeds,
+        parser.add_argument('--seeds', type=int, default=seeds,
                             help='number of runs, with seeds --seed, '
                             '--seed + 1, ...')
     parser.add_argument('--amp', default=None, choices=['bf16', 'fp16'],
@@ -72,14 +72,6 @@ def add_run_args(parser: argparse.ArgumentParser,
                         'instead of moving it aside to <out>.old-<time>')
     parser.add_argument('--no-progress', action='store_true',
                         help='no progress bars (summary lines only)')
-
-
-def _seed_count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f'expected at least 1 seed (got {value})')
-    return value
 
 
 def load_config(path: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -177,7 +169,11 @@ def parse_args_with_config(parser: argparse.ArgumentParser,
             if action.dest in values:
                 action.required = False
         parser.set_defaults(**values)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, 'seeds', 1) < 1:
+        parser.error(f'argument --seeds: expected at least 1 seed '
+                     f'(got {args.seeds})')
+    return args
 
 
 def save_config(args: Union[argparse.Namespace, Dict[str, Any]],
