@@ -165,14 +165,19 @@ from triton.compiler import ASTSource
 from samsa_geo.ops._triton import fps, knn
 
 target = GPUTarget('cuda', 90, 32)
-ptrs = dict(xs='*fp32', ids='*i32', ys='*fp32', y_ids='*i32', ptr_x='*i64',
-            ptr_y='*i64', blk_example='*i64', blk_start='*i64',
-            blk_hint='*i64', tile_box='*fp32', out='*i64')
+ptrs = dict(xs='*fp32', ids='*i32', key_x='*i64', ys='*fp32', y_ids='*i32',
+            key_y='*i64', ptr_x='*i64', ptr_y='*i64', first='*i64',
+            tile_box='*fp32', out='*i64')
 kernels = []
-for F, KP, BM in [(3, 16, 32), (2, 32, 32), (1, 64, 16)]:
-    sig = {a: ptrs.get(a, 'i32') for a in knn._knn_kernel.arg_names[:15]}
-    const = dict(F=F, KP=KP, BLOCK_M=BM, BLOCK_N=32, BLOCK_T=64, NEAR=2)
+for F, KP, BM, same in [(3, 16, 32, True), (2, 32, 32, False),
+                        (1, 64, 16, False)]:
+    sig = {a: ptrs.get(a, 'i32') for a in knn._knn_kernel.arg_names[:16]}
+    const = dict(F=F, KP=KP, SAME=same, BLOCK_M=BM, BLOCK_N=32, BLOCK_T=64,
+                 NEAR=2)
     kernels.append((knn._knn_kernel, sig, const, 4))
+sig = dict(src='*fp32', stride_n='i32', stride_f='i32', perm='*i64', N='i32',
+           dst='*fp32', n_pad='i32', ids='*i32', box='*fp32', t_pad='i32')
+kernels.append((knn._gather_kernel, sig, dict(F=3, BOX=True, BLOCK=32), 4))
 sig = dict(pos='*fp32', stride_n='i32', stride_f='i32', batch='*i64',
            lo='*fp32', scale='*fp32', key='*i64', N='i32')
 kernels.append((knn._morton_kernel, sig, dict(F=3, HAS_BATCH=True,
@@ -204,4 +209,4 @@ def test_kernels_compile_for_sm90():
     run = subprocess.run([sys.executable, '-c', COMPILE_SCRIPT], env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert 'compiled 6' in run.stdout
+    assert 'compiled 7' in run.stdout

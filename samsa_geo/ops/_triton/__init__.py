@@ -50,6 +50,19 @@ def fps_supported(src: Tensor, forced: bool = False) -> bool:
             and src.size(0) < MAX_POINTS)
 
 
+def knn_indices(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
+                ptr_y: Tensor, batch_x: Tensor, batch_y: Tensor,
+                same: bool) -> Tensor:
+    r"""The kNN kernel: through the custom operator :func:`knn_neighbours`
+    under :func:`torch.compile`, directly (without the operator's dispatch
+    cost) in eager mode."""
+    if torch.compiler.is_compiling():
+        return knn_neighbours(x, y, k, ptr_x, ptr_y, batch_x, batch_y, same)
+    from samsa_geo.ops._triton.knn import knn_triton
+    return knn_triton(x, x if same else y, k, ptr_x, ptr_y, batch_x,
+                      batch_y)
+
+
 @torch.library.custom_op('samsa_geo::knn_neighbours', mutates_args=())
 def knn_neighbours(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
                    ptr_y: Tensor, batch_x: Tensor, batch_y: Tensor,
