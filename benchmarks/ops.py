@@ -58,6 +58,8 @@ def provenance(device: torch.device, args: argparse.Namespace) -> dict:
             cwd=HERE, capture_output=True, text=True).stdout.strip() != ''
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = None, None
+    if args.commit is not None:  # a copy of the tree without git
+        commit, dirty = args.commit, None
     triton = None
     if importlib.util.find_spec('triton') is not None:
         import triton
@@ -149,6 +151,9 @@ def main():
     parser.add_argument('--fps-clouds', type=int, default=32)
     parser.add_argument('--classifier-clouds', type=int, default=128)
     parser.add_argument('--skip-classifier', action='store_true')
+    parser.add_argument('--commit', default=None,
+                        help='commit to record where the tree has no git '
+                        'metadata (default: git rev-parse HEAD)')
     parser.add_argument('--threads', type=int, default=None,
                         help='intra-op threads (default: torch default)')
     args = parser.parse_args()

@@ -220,8 +220,9 @@ def main():
         if ops:
             lines += [f'## Geometry ops ({title})', '',
                       f'`python benchmarks/ops.py --device {tag}`', '']
-            simple_table(ops, ['op', 'impl', 'n', 'k', 'batch', 'queries',
-                               'device', 'ms'], lines)
+            simple_table(ops, ['op', 'case', 'impl', 'n', 'k', 'batch',
+                               'device', 'ms', 'target_ms', 'clouds_per_s',
+                               'ratio'], lines)
     extra = osp.join(HERE, 'NOTES.md')
     if osp.exists(extra):
         with open(extra) as f:

@@ -105,6 +105,17 @@ def check_batch(name: str, batch: Optional[Tensor], num_nodes: int,
     return batch.long()
 
 
+def _distinct(named: Sequence[Tuple[str, Optional[Tensor]]]
+              ) -> List[Tuple[str, Tensor]]:
+    # The non-empty tensors of `named`, each object once.
+    seen, out = set(), []
+    for name, t in named:
+        if t is not None and t.numel() > 0 and id(t) not in seen:
+            seen.add(id(t))
+            out.append((name, t))
+    return out
+
+
 def read_values(points: Sequence[Tuple[str, Tensor]],
                 batches: Sequence[Tuple[str, Optional[Tensor]]],
                 batch_size: Optional[int]) -> int:
@@ -123,15 +134,16 @@ def read_values(points: Sequence[Tuple[str, Tensor]],
     check = config.value_checks_enabled() and \
         not torch.compiler.is_compiling()
     need_last = check or batch_size is None
+    # A tensor passed twice (knn(x, x, ...)) is read once, by its first name.
+    points, batches = _distinct(points), _distinct(batches)
     flags: List[Tuple[str, str, Tensor]] = []
     if check:
         flags += [('finite', name, torch.isfinite(x).all())
-                  for name, x in points if x.numel() > 0]
+                  for name, x in points]
         flags += [('sorted', name, validation.sorted_batch_flag(b))
-                  for name, b in batches if b is not None and b.numel() > 0]
+                  for name, b in batches]
     if need_last:
-        flags += [('last', name, b[-1]) for name, b in batches
-                  if b is not None and b.numel() > 0]
+        flags += [('last', name, b[-1]) for name, b in batches]
     values = torch.stack([f[2].long() for f in flags]).tolist() \
         if flags else []  # the one host read
     inferred = 1

@@ -141,6 +141,8 @@ def fps(
         # The one host read: the output size and the kernel variant.
         max_points, total = torch.stack([deg.max(),
                                          num_samples.sum()]).tolist()
-        return fps_triton(src, ptr, start, num_samples, max_points, total)
+        with _triton.device_guard(src.device):
+            return fps_triton(src, ptr, start, num_samples, max_points,
+                              total)
 
     return _fallback.fps(src, ptr, r, random_start)

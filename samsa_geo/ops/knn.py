@@ -126,6 +126,7 @@ def knn(
         return torch_cluster.knn(x.contiguous(), y.contiguous(), k, batch_x,
                                  batch_y, cosine, num_workers, size)
 
+    same = y is x and batch_y is batch_x  # one point set: sorted once
     ptr_x = batch_to_ptr(batch_x, x.size(0), size, x.device)
     if batch_y is None:
         batch_y = y.new_zeros(y.size(0), dtype=ptr_x.dtype)
@@ -134,11 +135,13 @@ def knn(
     if use_triton(backend, supported, 'Euclidean float32 points of up to 3 '
                   'features on a CUDA device and k <= 64'):
         if batch_x is None:
-            batch_x = x.new_zeros(x.size(0), dtype=ptr_x.dtype)
-        ptr_y = batch_to_ptr(batch_y, y.size(0), size, y.device)
-        nbr = torch.ops.samsa_geo.knn_neighbours(
+            batch_x = batch_y if same else x.new_zeros(x.size(0),
+                                                       dtype=ptr_x.dtype)
+        ptr_y = ptr_x if same else batch_to_ptr(batch_y, y.size(0), size,
+                                                 y.device)
+        nbr = _triton.knn_indices(
             x.detach().contiguous(), y.detach().contiguous(), k, ptr_x,
-            ptr_y, batch_x, batch_y, y is x)  # [M, k]
+            ptr_y, batch_x, batch_y, same)  # [M, k]
         # The one host read: how many neighbours exist.
         found = (nbr.view(-1) >= 0).nonzero().view(-1)
         return torch.stack([found // k, nbr.view(-1)[found]], dim=0)

@@ -155,3 +155,58 @@ def test_triton_backend_selection():
         knn(x.double(), x.double(), 4, backend='triton')
     with pytest.raises(ValueError, match='Triton kernel does not'):
         fps(torch.rand(10, 4, device=DEVICE), backend='triton')
+
+
+COMPILE_SCRIPT = r'''
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from samsa_geo.ops._triton import fps, knn
+
+target = GPUTarget('cuda', 90, 32)
+ptrs = dict(xs='*fp32', ids='*i32', key_x='*i64', ys='*fp32', y_ids='*i32',
+            key_y='*i64', ptr_x='*i64', ptr_y='*i64', first='*i64',
+            tile_box='*fp32', out='*i64')
+kernels = []
+for F, KP, BM, same in [(3, 16, 32, True), (2, 32, 32, False),
+                        (1, 64, 16, False)]:
+    sig = {a: ptrs.get(a, 'i32') for a in knn._knn_kernel.arg_names[:16]}
+    const = dict(F=F, KP=KP, SAME=same, BLOCK_M=BM, BLOCK_N=32, BLOCK_T=64,
+                 NEAR=2)
+    kernels.append((knn._knn_kernel, sig, const, 4))
+sig = dict(src='*fp32', stride_n='i32', stride_f='i32', perm='*i64', N='i32',
+           dst='*fp32', n_pad='i32', ids='*i32', box='*fp32', t_pad='i32')
+kernels.append((knn._gather_kernel, sig, dict(F=3, BOX=True, BLOCK=32), 4))
+sig = dict(pos='*fp32', stride_n='i32', stride_f='i32', batch='*i64',
+           lo='*fp32', scale='*fp32', key='*i64', N='i32')
+kernels.append((knn._morton_kernel, sig, dict(F=3, HAS_BATCH=True,
+                                              BLOCK=1024), 4))
+sig = dict(pos='*fp32', n_pad='i32', ptr='*i64', start='*i64',
+           num_samples='*i64', offset='*i64', scratch='*fp32', out='*i64')
+for block, in_registers in [(4096, True), (2048, False)]:
+    kernels.append((fps._fps_kernel, sig, dict(
+        F=3, BLOCK=block, IN_REGISTERS=in_registers), 16))
+for fn, sig, const, warps in kernels:
+    sig.update({name: 'constexpr' for name in const})
+    compiled = triton.compile(
+        ASTSource(fn=fn, signature=sig, constexprs=const), target=target,
+        options=dict(num_warps=warps, enable_fp_fusion=False))
+    assert compiled.asm['cubin']
+print('compiled', len(kernels))
+'''
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90():
+    # The interpreter runs the kernels' Python; this compiles them to
+    # H100/H200 machine code (no GPU needed), as a launch on CUDA would.
+    pytest.importorskip('triton')
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    env['TRITON_DEFAULT_FP_FUSION'] = '0'
+    run = subprocess.run([sys.executable, '-c', COMPILE_SCRIPT], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert 'compiled 7' in run.stdout

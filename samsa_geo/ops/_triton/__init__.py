@@ -5,8 +5,10 @@ operator, so that :func:`torch.compile` keeps it in a graph.
 The kernel modules import Triton; this module does not, so the checks run
 without it.
 """
+import contextlib
 import importlib.util
 import os
+from typing import ContextManager
 
 import torch
 from torch import Tensor
@@ -21,6 +23,14 @@ MAX_K = 64
 MAX_FEATURES = 3
 #: Points per call stay below this: indices and sentinels are int32.
 MAX_POINTS = 2**30
+
+
+def device_guard(device: torch.device) -> ContextManager:
+    r"""Makes :obj:`device` current while kernels launch (Triton launches on
+    the current CUDA device)."""
+    if device.type == 'cuda':
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def runs_on(x: Tensor, forced: bool) -> bool:
@@ -50,6 +60,20 @@ def fps_supported(src: Tensor, forced: bool = False) -> bool:
             and src.size(0) < MAX_POINTS)
 
 
+def knn_indices(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
+                ptr_y: Tensor, batch_x: Tensor, batch_y: Tensor,
+                same: bool) -> Tensor:
+    r"""The kNN kernel: through the custom operator :func:`knn_neighbours`
+    under :func:`torch.compile`, directly (without the operator's dispatch
+    cost) in eager mode."""
+    if torch.compiler.is_compiling():
+        return knn_neighbours(x, y, k, ptr_x, ptr_y, batch_x, batch_y, same)
+    from samsa_geo.ops._triton.knn import knn_triton
+    with device_guard(x.device):
+        return knn_triton(x, x if same else y, k, ptr_x, ptr_y, batch_x,
+                          batch_y)
+
+
 @torch.library.custom_op('samsa_geo::knn_neighbours', mutates_args=())
 def knn_neighbours(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
                    ptr_y: Tensor, batch_x: Tensor, batch_y: Tensor,
@@ -60,8 +84,9 @@ def knn_neighbours(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
     :obj:`same` says that :obj:`y` is :obj:`x`."""
     # Imported here: Triton is needed only where the kernel runs.
     from samsa_geo.ops._triton.knn import knn_triton
-    return knn_triton(x, x if same else y, k, ptr_x, ptr_y, batch_x,
-                      batch_y)
+    with device_guard(x.device):
+        return knn_triton(x, x if same else y, k, ptr_x, ptr_y, batch_x,
+                          batch_y)
 
 
 @knn_neighbours.register_fake

@@ -26,21 +26,22 @@ import triton.language as tl
 from torch import Tensor
 
 #: Largest example whose distances stay in registers across all steps.
-REGISTER_POINTS = 16384
+REGISTER_POINTS = 4096
 #: Points per block of the streaming variant.
 STREAM_BLOCK = 2048
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
 @triton.jit
-def _sq_dist(pos, n_pad, idx, mask, c0, c1, c2, F: tl.constexpr):
-    d = tl.load(pos + idx, mask=mask, other=0.0) - c0
+def _sq_dist(pos, n_pad, lane, mask, c0, c1, c2, F: tl.constexpr):
+    # pos: this example's first point (scalar pointer); lane: int32 offsets.
+    d = tl.load(pos + lane, mask=mask, other=0.0) - c0
     d = d * d
     if F > 1:
-        e = tl.load(pos + n_pad + idx, mask=mask, other=0.0) - c1
+        e = tl.load(pos + n_pad + lane, mask=mask, other=0.0) - c1
         d = d + e * e
     if F > 2:
-        e = tl.load(pos + 2 * n_pad + idx, mask=mask, other=0.0) - c2
+        e = tl.load(pos + 2 * n_pad + lane, mask=mask, other=0.0) - c2
         d = d + e * e
     return d
 
@@ -63,44 +64,45 @@ def _fps_kernel(pos, n_pad, ptr, start, num_samples, offset, scratch, out,
                 IN_REGISTERS: tl.constexpr):
     b = tl.program_id(0)
     n0 = tl.load(ptr + b)
-    n1 = tl.load(ptr + b + 1)
-    s = tl.load(num_samples + b)
-    o = tl.load(offset + b)
+    n = (tl.load(ptr + b + 1) - n0).to(tl.int32)
+    s = tl.load(num_samples + b).to(tl.int32)
+    out = out + tl.load(offset + b)
+    pos = pos + n0  # this example's points, local indices from here on
+    scratch = scratch + n0
     if s > 0:
-        cur = n0 + tl.load(start + b)
-        tl.store(out + o, cur)
+        cur = tl.load(start + b).to(tl.int32)
+        tl.store(out, n0 + cur)
         lane = tl.arange(0, BLOCK)
         if IN_REGISTERS:
-            idx = n0 + lane
-            mask = idx < n1
+            mask = lane < n
             # Padding lanes hold -1 so that they never win the arg-max.
             dist = tl.where(mask, float('inf'), -1.0)
             for i in range(1, s):
                 c0, c1, c2 = _centre(pos, n_pad, cur, F)
-                d = _sq_dist(pos, n_pad, idx, mask, c0, c1, c2, F)
+                d = _sq_dist(pos, n_pad, lane, mask, c0, c1, c2, F)
                 dist = tl.where(mask, tl.minimum(dist, d), -1.0)
-                cur = n0 + tl.argmax(dist, axis=0, tie_break_left=True)
-                tl.store(out + o + i, cur)
+                cur = tl.argmax(dist, axis=0, tie_break_left=True)
+                tl.store(out + i, n0 + cur)
         else:
             for i in range(1, s):
                 c0, c1, c2 = _centre(pos, n_pad, cur, F)
-                best_v = tl.full([], -1.0, tl.float32)
-                best_i = n0
-                for b0 in range(n0, n1, BLOCK):
+                # Per lane, the largest distance over the blocks and its
+                # first index; then one arg-max over the lanes.
+                best_v = tl.full([BLOCK], -1.0, tl.float32)
+                best_i = lane
+                for b0 in range(0, n, BLOCK):
                     idx = b0 + lane
-                    mask = idx < n1
+                    mask = idx < n
                     d = _sq_dist(pos, n_pad, idx, mask, c0, c1, c2, F)
                     if i > 1:
                         d = tl.minimum(tl.load(scratch + idx, mask=mask), d)
                     tl.store(scratch + idx, d, mask=mask)
-                    d = tl.where(mask, d, -1.0)
-                    v = tl.max(d, axis=0)
-                    j = b0 + tl.argmax(d, axis=0, tie_break_left=True)
-                    # Strictly greater: an earlier block keeps a tie.
-                    best_i = tl.where(v > best_v, j, best_i)
-                    best_v = tl.maximum(v, best_v)
-                cur = best_i
-                tl.store(out + o + i, cur)
+                    better = mask & (d > best_v)  # ties keep the earlier
+                    best_v = tl.where(better, d, best_v)
+                    best_i = tl.where(better, idx, best_i)
+                top = tl.max(best_v, axis=0)
+                cur = tl.min(tl.where(best_v == top, best_i, n), axis=0)
+                tl.store(out + i, n0 + cur)
 
 
 def fps_triton(src: Tensor, ptr: Tensor, start: Tensor,

@@ -81,6 +81,27 @@ def _morton_kernel(pos, stride_n, stride_f, batch, lo, scale, key, N,
 
 
 @triton.jit
+def _gather_kernel(src, stride_n, stride_f, perm, N, dst, n_pad, ids, box,
+                   t_pad, F: tl.constexpr, BOX: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    # Tile t of the curve order: feature-major points, their indices as
+    # int32 and (BOX) the tile's bounding box.
+    t = tl.program_id(0)
+    cols = t * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < N
+    p = tl.load(perm + cols, mask=mask, other=0)
+    tl.store(ids + cols, p.to(tl.int32), mask=mask)
+    for f in tl.static_range(F):
+        v = tl.load(src + p * stride_n + f * stride_f, mask=mask, other=0.0)
+        tl.store(dst + f * n_pad + cols, v, mask=mask)
+        if BOX:
+            tl.store(box + f * t_pad + t,
+                     tl.min(tl.where(mask, v, float('inf')), axis=0))
+            tl.store(box + (3 + f) * t_pad + t,
+                     tl.max(tl.where(mask, v, -float('inf')), axis=0))
+
+
+@triton.jit
 def _tile_gap(box, t, t_pad, lo0, hi0, lo1, hi1, lo2, hi2, F: tl.constexpr):
     # Squared distance between the boxes of tiles t and of the queries (0
     # where they overlap), with the rounding of the pair distances it
@@ -144,15 +165,24 @@ def _rank_tile(t, xs, n_pad, ids, q0, q1, q2, row_ok, c_start, c_end,
 
 
 @triton.jit
-def _knn_kernel(xs, n_pad, ids, ys, m_pad, y_ids, ptr_x, ptr_y, blk_example,
-                blk_start, blk_hint, tile_box, t_pad, out, K,
-                F: tl.constexpr, KP: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-                NEAR: tl.constexpr):
+def _knn_kernel(xs, n_pad, ids, key_x, ys, m_pad, y_ids, key_y, ptr_x,
+                ptr_y, first, num_examples, tile_box, t_pad, out, K,
+                F: tl.constexpr, KP: tl.constexpr, SAME: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_T: tl.constexpr, NEAR: tl.constexpr):
+    # Query blocks never cross examples: example b owns the blocks
+    # first[b] <= pid < first[b + 1]; programs past the last block idle.
     pid = tl.program_id(0)
-    b = tl.load(blk_example + pid)
-    r_start = tl.load(blk_start + pid)
-    r_end = tl.load(ptr_y + b + 1)
+    lo_b = pid * 0
+    hi_b = lo_b + num_examples
+    while lo_b < hi_b:  # the last b with first[b] <= pid
+        mid = (lo_b + hi_b + 1) // 2
+        ok = tl.load(first + mid) <= pid
+        lo_b = tl.where(ok, mid, lo_b)
+        hi_b = tl.where(ok, hi_b, mid - 1)
+    b = tl.minimum(lo_b, num_examples - 1)
+    r_start = tl.load(ptr_y + b) + (pid - tl.load(first + b)) * BLOCK_M
+    r_end = tl.where(lo_b < num_examples, tl.load(ptr_y + b + 1), r_start)
     c_start = tl.load(ptr_x + b)
     c_end = tl.load(ptr_x + b + 1)
     rows = r_start + tl.arange(0, BLOCK_M)
@@ -186,7 +216,19 @@ def _knn_kernel(xs, n_pad, ids, ys, m_pad, y_ids, ptr_x, ptr_y, blk_example,
 
     t_first = c_start // BLOCK_N
     t_end = (c_end + BLOCK_N - 1) // BLOCK_N
-    hint = tl.load(blk_hint + pid)
+    # The tile where the block's first query sits on the candidates' curve.
+    if SAME:
+        hint = r_start // BLOCK_N
+    else:
+        target = tl.load(key_y + r_start, mask=r_start < r_end, other=0)
+        lo_k = c_start
+        hi_k = c_end
+        while lo_k < hi_k:  # the first candidate key >= target
+            mid = (lo_k + hi_k) // 2
+            less = tl.load(key_x + mid) < target
+            lo_k = tl.where(less, mid + 1, lo_k)
+            hi_k = tl.where(less, hi_k, mid)
+        hint = lo_k // BLOCK_N
     near_lo = tl.minimum(tl.maximum(hint - NEAR, t_first), t_end)
     near_hi = tl.maximum(tl.minimum(hint + NEAR + 1, t_end), near_lo)
     # 1. Tiles around the queries' place on the curve.
@@ -198,10 +240,10 @@ def _knn_kernel(xs, n_pad, ids, ys, m_pad, y_ids, ptr_x, ptr_y, blk_example,
     # boxes at a time, then tile by tile.
     bound = tl.max(tl.where(row_ok, worst_d, -float('inf')), axis=0)
     for t0 in range(t_first, t_end, BLOCK_T):
-        tv = t0 + tl.arange(0, BLOCK_T)  # not 't': loop 1's scalar
-        t_ok = (tv < t_end) & ((tv < near_lo) | (tv >= near_hi))
-        gap = _tile_gap(tile_box, tl.minimum(tv, t_pad - 1), t_pad, lo0, hi0,
-                        lo1, hi1, lo2, hi2, F)
+        tiles = t0 + tl.arange(0, BLOCK_T)
+        t_ok = (tiles < t_end) & ((tiles < near_lo) | (tiles >= near_hi))
+        gap = _tile_gap(tile_box, tl.minimum(tiles, t_pad - 1), t_pad, lo0,
+                        hi0, lo1, hi1, lo2, hi2, F)
         if tl.min(tl.where(t_ok, gap, float('inf')), axis=0) <= bound:
             for tt in range(t0, tl.minimum(t0 + BLOCK_T, t_end)):
                 if (tt < near_lo) | (tt >= near_hi):
@@ -231,12 +273,13 @@ def _knn_kernel(xs, n_pad, ids, ys, m_pad, y_ids, ptr_x, ptr_y, blk_example,
 
 def _config(k: int) -> Tuple[int, int, int]:
     # (BLOCK_M, BLOCK_N, num_warps): registers hold [BLOCK_M, KP] slots and
-    # a [BLOCK_M, BLOCK_N] distance tile.
+    # a [BLOCK_M, BLOCK_N] distance tile; about 125 registers per thread
+    # on sm_90 for k <= 32, 110 for k <= 64 (no spills).
     if _INTERPRETED:
         return 16, 16, 1
-    if k <= 16:
-        return 64, 64, 8
-    return 32, 64, 4
+    if k <= 32:
+        return 32, 32, 4
+    return 16, 32, 4
 
 
 def _curve_order(pos: Tensor, batch: Tensor, num_examples: int,
@@ -248,30 +291,26 @@ def _curve_order(pos: Tensor, batch: Tensor, num_examples: int,
     block = 1024
     _morton_kernel[(triton.cdiv(n, block), )](
         pos, pos.stride(0), pos.stride(1), batch, lo, scale, key, n,
-        F=num_features, HAS_BATCH=num_examples > 1, BLOCK=block)
+        F=num_features, HAS_BATCH=num_examples > 1, BLOCK=block,
+        enable_fp_fusion=False)
     return key.sort(stable=True)
 
 
-def _feature_major(pos: Tensor, perm: Tensor, pad_to: int) -> Tensor:
-    r""":obj:`pos[perm]` as a contiguous :obj:`[F, pad_to]` float32 tensor
-    (padding columns are never read)."""
-    out = pos.new_zeros(pos.size(1), pad_to, dtype=torch.float32)
-    out[:, :perm.numel()] = pos[perm].t()
-    return out
-
-
-def _tile_boxes(xs: Tensor, n: int, block_n: int) -> Tensor:
-    r"""Per-tile boxes :obj:`[6, T]` of feature-major points :obj:`[F, N']`
-    (rows ``0..2`` the lower corner, ``3..5`` the upper one; unused axes
-    and the padding of the last tile do not widen the box)."""
-    num_features, n_pad = xs.size()
-    tiles = n_pad // block_n
-    valid = (torch.arange(n_pad, device=xs.device) < n).view(tiles, block_n)
-    pts = xs.view(num_features, tiles, block_n)  # [F, T, BLOCK_N]
-    box = xs.new_zeros(6, tiles)
-    box[:num_features] = pts.masked_fill(~valid, float('inf')).amin(-1)
-    box[3:3 + num_features] = pts.masked_fill(~valid, -float('inf')).amax(-1)
-    return box
+def _gather(pos: Tensor, perm: Tensor, block: int, box: bool
+            ) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Points :obj:`pos[perm]` as a feature-major float32 tensor
+    :obj:`[F, T * block]` (padding columns are never read), :obj:`perm` as
+    int32 and, if :obj:`box`, the boxes of the :obj:`T` tiles :obj:`[6, T]`
+    (rows ``0..2`` the lower corner, ``3..5`` the upper one)."""
+    n, num_features = pos.size()
+    tiles = triton.cdiv(n, block)
+    dst = pos.new_empty(num_features, tiles * block, dtype=torch.float32)
+    ids = perm.new_empty(n, dtype=torch.int32)
+    boxes = pos.new_empty(6, tiles, dtype=torch.float32) if box else dst
+    _gather_kernel[(tiles, )](
+        pos, pos.stride(0), pos.stride(1), perm, n, dst, dst.size(1), ids,
+        boxes, tiles, F=num_features, BOX=box, BLOCK=block)
+    return dst, ids, boxes
 
 
 def knn_triton(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, ptr_y: Tensor,
@@ -315,35 +354,15 @@ def knn_triton(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, ptr_y: Tensor,
     key_y, perm_y = (key_x, perm_x) if same else _curve_order(
         y, batch_y, num_examples, lo, scale)
 
-    tiles = triton.cdiv(n, block_n)
-    xs = _feature_major(x, perm_x, tiles * block_n)
-    ys = xs if same else _feature_major(y, perm_y, triton.cdiv(
-        m, block_m) * block_m)
-    ids = perm_x.int()
-    y_ids = ids if same else perm_y.int()
-    box = _tile_boxes(xs, n, block_n)
-
-    # Query blocks never cross examples: at most cdiv(M, BLOCK_M) + B.
-    num_blocks = triton.cdiv(m, block_m) + num_examples
+    xs, ids, box = _gather(x, perm_x, block_n, True)
+    ys, y_ids = (xs, ids) if same else _gather(y, perm_y, block_n, False)[:2]
+    # At most cdiv(M, BLOCK_M) + B blocks: first[b] is example b's first.
     per_example = (ptr_y[1:] - ptr_y[:-1] + block_m - 1) // block_m
-    first = torch.cumsum(per_example, 0) - per_example
-    pid = torch.arange(num_blocks, device=device)
-    blk_example = (torch.searchsorted(first + per_example, pid, right=True)
-                   .clamp(max=num_examples - 1))
-    blk_start = ptr_y[blk_example] + (pid - first[blk_example]) * block_m
-    # Programs past the last block get an empty row range.
-    blk_start = torch.where(pid < (first + per_example)[-1], blk_start,
-                            ptr_y[blk_example + 1])
-    # The tile where each block's first query would sit on the curve.
-    pos = blk_start.clamp(max=m - 1)
-    if not same:
-        pos = torch.searchsorted(key_x, key_y[pos])
-    hint = pos.clamp(max=n - 1) // block_n
-
-    _knn_kernel[(num_blocks, )](
-        xs, xs.size(1), ids, ys, ys.size(1), y_ids, ptr_x, ptr_y,
-        blk_example, blk_start, hint, box, tiles, out, k,
-        F=num_features, KP=max(triton.next_power_of_2(k), 2),
+    first = torch.cat([per_example.new_zeros(1), per_example.cumsum(0)])
+    _knn_kernel[(triton.cdiv(m, block_m) + num_examples, )](
+        xs, xs.size(1), ids, key_x, ys, ys.size(1), y_ids, key_y, ptr_x,
+        ptr_y, first, num_examples, box, box.size(1), out, k,
+        F=num_features, KP=max(triton.next_power_of_2(k), 2), SAME=same,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=16 if _INTERPRETED else 64,
         NEAR=NEAR_TILES, num_warps=num_warps, enable_fp_fusion=False)
     return out
