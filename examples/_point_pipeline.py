@@ -88,9 +88,10 @@ def point_trainer(model, task, args, num_train, monitor):
     preset = PRESETS[args.preset]
     steps = num_train // args.batch_size * args.epochs
     warmup = min(2000, max(steps // 10, preset['min_warmup']), steps)
-    lr = preset['lr'] if args.lr is None else args.lr
+    if args.lr is None:  # recorded with the run's arguments and config
+        args.lr = preset['lr']
     trainer = Trainer(model, task, out_dir=args.out, epochs=args.epochs,
-                      lr=lr, warmup_steps=warmup, amp=args.amp,
+                      lr=args.lr, warmup_steps=warmup, amp=args.amp,
                       compile=args.compile, device=args.device,
                       seed=args.seed, deterministic=args.deterministic,
                       monitor=monitor, mode='max', resume=args.resume,

@@ -1,7 +1,7 @@
 r"""The needle task: does the importance scorer learn which token matters?
 
 Every set holds ``num_tokens`` random tokens
-:math:`[\,m_i \,\Vert\, \mathrm{onehot}(a_i) \,\Vert\, \boldsymbol{\epsilon}_i\,]`
+:math:`[m_i \Vert \mathrm{onehot}(a_i) \Vert \boldsymbol{\epsilon}_i]`
 with an answer :math:`a_i \in \{0, \dots, C - 1\}` and Gaussian noise
 :math:`\boldsymbol{\epsilon}_i`. Exactly one token, the *needle*, has the
 marker :math:`m_i = 1`; the label of the set is the needle's answer. Every
@@ -13,7 +13,7 @@ through the sampled keys, so the scorer must rank the needle into its
 top :math:`k`.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -86,11 +86,14 @@ class NeedleResult:
         steps (int, optional): First evaluated step at which the accuracy
             reached the target; :obj:`None` if it never did.
         accuracy (float): Last evaluated accuracy.
-        recall (float): Needle recall of the scorer at that evaluation.
+        recall (float): Needle recall of the scorer at that evaluation
+            (NaN for full attention).
+        losses (List[float]): Training loss of every step.
     """
     steps: Optional[int]
     accuracy: float
     recall: float
+    losses: List[float]
 
 
 def train_needle(
@@ -130,6 +133,7 @@ def train_needle(
                         **(attn_kwargs or {}))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     acc = recall = 0.0
+    losses: List[float] = []
     for step in range(1, steps + 1):
         model.train()
         x, batch, y, _ = needle_sets(batch_size, num_tokens, num_classes,
@@ -145,6 +149,7 @@ def train_needle(
         opt.zero_grad()
         loss.backward()
         opt.step()
+        losses.append(loss.item())
         if step <= teacher_steps or (step % eval_every and step != steps):
             continue
         model.eval()
@@ -154,5 +159,5 @@ def train_needle(
         recall = (model.needle_recall(xe, needle, num_eval, num_tokens)
                   if model.attn.scorer is not None else float('nan'))
         if acc >= target:
-            return NeedleResult(step, acc, recall)
-    return NeedleResult(None, acc, recall)
+            return NeedleResult(step, acc, recall, losses)
+    return NeedleResult(None, acc, recall, losses)

@@ -43,8 +43,9 @@ class SamsaConv(Module):
         \mathbf{X}' = \mathbf{Y} + \mathrm{MLP}\big(\mathrm{Norm}_3(
         \mathbf{Y})\big),
 
-    so a stack of them needs a normalisation before its head; deep stacks
-    then train at larger learning rates without diverging.
+    so a stack of them needs a normalisation before its head. The 6-layer
+    point classifier of 256 channels diverged at learning rate 2e-3 in
+    post-norm order and trained in pre-norm order.
 
     The positional arguments are :class:`~torch_geometric.nn.conv.GPSConv`'s,
     in its order, so a PyG model ports by renaming the class:
