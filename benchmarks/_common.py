@@ -107,6 +107,23 @@ def provenance(device: torch.device, args) -> dict:
                 flags=flags)
 
 
+def measure_or_error(fn: Callable[[], None], device: torch.device,
+                     **kwargs) -> Dict[str, object]:
+    """:func:`measure`, or ``ms=None`` and the error where the call runs out
+    of memory or hits a kernel limit (the benchmark records it and goes
+    on)."""
+    try:
+        return measure(fn, device, **kwargs)
+    except Exception as e:
+        if not is_oom(e) and not isinstance(e, RuntimeError):
+            raise
+        return dict(ms=None, peak_mb=None,
+                    error='oom' if is_oom(e) else str(e)[:160])
+    finally:
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+
+
 def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or \
         'out of memory' in str(err).lower()

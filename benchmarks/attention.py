@@ -18,8 +18,7 @@ from torch_geometric.nn import GPSConv
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     device_name,
-    is_oom,
-    measure,
+    measure_or_error,
     print_table,
     write_records,
 )
@@ -122,16 +121,8 @@ def run_case(op, B, n, args, device, dtype, compiled: bool):
                    batch=B, **{'pass': pas}, dtype=args.dtype,
                    device=device_name(device), torch=torch.__version__,
                    compile_mode=args.compile_mode if compiled else None)
-        try:
-            rec.update(measure(fn, device, warmup=args.warmup,
-                               repeat=args.repeat))
-        except Exception as e:  # OOM or a kernel limit: record, go on
-            if not is_oom(e) and not isinstance(e, RuntimeError):
-                raise
-            rec.update(ms=None, peak_mb=None,
-                       error='oom' if is_oom(e) else str(e)[:120])
-            if device.type == 'cuda':
-                torch.cuda.empty_cache()
+        rec.update(measure_or_error(fn, device, warmup=args.warmup,
+                                    repeat=args.repeat))
         records.append(rec)
         print_table([rec], ['op', 'batch', 'n', 'pass', 'ms', 'peak_mb'])
     return records

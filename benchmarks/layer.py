@@ -25,8 +25,7 @@ from torch_geometric.nn import GINEConv, GPSConv, global_mean_pool
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     compile_module,
-    is_oom,
-    measure,
+    measure_or_error,
     print_table,
     provenance,
     write_records,
@@ -120,16 +119,8 @@ def layer_case(op, B, n, args, device, compile_mode, pipelined):
 
 
 def _timed(rec, fn, device, args, pipelined):
-    try:
-        rec.update(measure(fn, device, warmup=args.warmup,
-                           repeat=args.repeat, pipelined=pipelined))
-    except Exception as e:  # OOM or a kernel limit: record, go on
-        if not is_oom(e) and not isinstance(e, RuntimeError):
-            raise
-        rec.update(ms=None, peak_mb=None,
-                   error='oom' if is_oom(e) else str(e)[:160])
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()
+    rec.update(measure_or_error(fn, device, warmup=args.warmup,
+                                repeat=args.repeat, pipelined=pipelined))
     rec.update(provenance(device, args))
     print_table([rec], ['op', 'batch', 'n', 'pass', 'pipelined',
                         'compile_mode', 'ms', 'peak_mb'])
