@@ -83,6 +83,18 @@ class SamsaConv(Module):
         norm_first (bool, optional): Pre-norm instead of GPSConv's
             post-norm order, keyword-only. (default: :obj:`False`)
 
+    .. note::
+        Pass the sizes of a PyG ``Batch`` to every call,
+        ``conv(x, edge_index, batch, **batch_hints(data))`` (see
+        :func:`~samsa_geo.nn.batch_hints`): the forward pass then never
+        waits for the GPU, and ``torch.compile(..., dynamic=True)`` traces
+        it into one graph for every batch layout. Without them the sizes
+        are read back from ``batch`` once per batch tensor (a device sync)
+        and a compiled graph breaks there. PyG resolves
+        ``norm='layer_norm'`` to graph-mode LayerNorm, which reads
+        ``batch`` again; ``norm_kwargs={'mode': 'node'}`` normalises per
+        token.
+
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``edge_index`` :math:`(2, E)`,
           ``batch`` :math:`(N)`, ``pos`` :math:`(N, P)`

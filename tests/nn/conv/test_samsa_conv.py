@@ -377,3 +377,22 @@ def test_return_attention_weights(num_registers):
             assert bool((used >= -1 - num_registers).all())
     assert alpha.shape == (x.size(0), H, k)
     assert torch.allclose(alpha.sum(-1), torch.ones(x.size(0), H), atol=1e-5)
+
+
+def test_compiles_once_for_every_batch_layout():
+    # With num_graphs (what batch_hints(data) gives) the layer traces into
+    # one graph without breaks, and dynamic shapes serve every layout.
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    conv = SamsaConv(16, None, 4, k=6).eval()
+    counter = CompileCounter()
+    compiled = torch.compile(conv, backend=counter, dynamic=True,
+                             fullgraph=True)
+    for sizes in ([10, 20, 5], [7, 30], [12, 12, 12, 9], [40, 1, 0, 3]):
+        batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+        x = torch.randn(batch.numel(), 16)
+        with torch.no_grad():
+            out = compiled(x, None, batch, num_graphs=len(sizes))
+            ref = conv(x, None, batch, num_graphs=len(sizes))
+        assert torch.allclose(out, ref, atol=1e-5)
+    assert counter.frame_count == 1
