@@ -138,8 +138,6 @@ class SamsaConv(Module):
         self.dropout = dropout
         attn_kwargs = _samsa_kwargs(attn_type, attn_kwargs)
         self.attn = SamsaAttention(channels, heads=heads, k=k, **attn_kwargs)
-        self._attn_weights = 'return_weights' in inspect.signature(
-            self.attn.forward).parameters
         self.mlp = Sequential(
             Linear(channels, channels * 2),
             activation_resolver(act, **(act_kwargs or {})),
@@ -202,9 +200,7 @@ class SamsaConv(Module):
             raise ValueError("Expected 'edge_index' of shape [2, E] "
                              "since a local 'conv' is set")
         if return_attention_weights:
-            attn_kwargs['return_indices'] = True
-            if self._attn_weights:
-                attn_kwargs['return_weights'] = True
+            attn_kwargs.update(return_indices=True, return_weights=True)
 
         def norm(i: int, h: Tensor) -> Tensor:
             return self._norm((self.norm1, self.norm2, self.norm3)[i], h,
@@ -220,7 +216,7 @@ class SamsaConv(Module):
                                    **kwargs))
         h = self.attn(norm(1, x) if pre else x, batch, pos=pos, **attn_kwargs)
         if return_attention_weights:
-            h, indices, *alpha = h
+            h, indices, alpha = h
         h = drop(h)
         if pre:  # X + MPNN(N1(X)) + SAMSA(N2(X)), then + MLP(N3(Y))
             out = x + h if local is None else x + local + h
@@ -231,7 +227,7 @@ class SamsaConv(Module):
                 out = norm(0, local + x) + out
             out = norm(2, out + self.mlp(out))
         if return_attention_weights:
-            return out, (indices, alpha[0] if alpha else None)
+            return out, (indices, alpha)
         return out
 
     def __repr__(self) -> str:
