@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything the GPU machine measures, in one go (records added to the
-# result file of each benchmark under $OUT or benchmarks/results). Used through the device tool; see docs/benchmarks.md.
+# Everything measured on a GPU, in one go: records added to the result file
+# of each benchmark under $OUT or benchmarks/results (see docs/benchmarks.md).
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
