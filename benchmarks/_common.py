@@ -129,10 +129,57 @@ def is_oom(err: BaseException) -> bool:
         'out of memory' in str(err).lower()
 
 
-def write_records(records: List[dict], path: str) -> None:
+def run_provenance() -> dict:
+    """Provenance of this process's run where a record lacks it: torch,
+    the checked-out commit (:obj:`None` outside git), the date and the
+    command-line flags (less ``--out``)."""
+    import datetime
+    import subprocess
+    import sys
+    try:
+        commit = subprocess.run(
+            ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    argv, flags = sys.argv[1:], []
+    while argv:
+        arg = argv.pop(0)
+        if arg == '--out':
+            argv = argv[1:]
+        elif not arg.startswith('--out='):
+            flags.append(arg)
+    return dict(torch=torch.__version__, commit=commit,
+                date=datetime.date.today().isoformat(), flags=' '.join(flags))
+
+
+def add_to_results(path: str, items: List[dict],
+                   same_run: Callable[[dict], object]) -> None:
+    """Adds the items of one run to the benchmark's result file ``path`` (a
+    JSON list): items already there for which ``same_run`` gives a key
+    shared with a new item are replaced (a configuration measured again),
+    the others kept."""
+    old: List[dict] = []
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+    keys = {repr(same_run(r)) for r in items}
+    kept = [r for r in old if repr(same_run(r)) not in keys]
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     with open(path, 'w') as f:
-        json.dump(records, f, indent=1)
+        json.dump(kept + items, f, indent=1)
+        f.write('\n')
+
+
+def write_records(records: List[dict], path: str) -> None:
+    """Adds the records of this run to the result file ``path`` of their
+    benchmark (see :func:`add_to_results`; a run is its device and flags),
+    each with its provenance: device, torch, commit, date and flags."""
+    stamp = run_provenance()
+    records = [{**stamp, **r} for r in records]  # a record's own fields win
+    add_to_results(path, records,
+                   lambda r: (r.get('device'), r.get('flags')))
     print(f'wrote {len(records)} records to {path}')
 
 

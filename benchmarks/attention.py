@@ -1,7 +1,8 @@
 """SamsaAttention against full attention, SamsaConv against GPSConv.
 
 One record per measurement (op, n, k, channels, heads, batch, pass, dtype,
-ms, peak_mb, device, torch) in ``benchmarks/results/attention_<dev>.json``.
+ms, peak_mb, device, torch, commit, date, flags) added to
+``benchmarks/results/attention.json``.
 
     python benchmarks/attention.py --device cpu
     python benchmarks/attention.py --device cuda --dtype bf16 --compile
@@ -175,9 +176,8 @@ def main():
                 records += run_case(op, B, n, args, device, dtype, True)
             if device.type == 'cuda':  # the case's model is gone now
                 torch.cuda.empty_cache()
-    tag = 'cuda' if device.type == 'cuda' else 'cpu'
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
-                                   f'attention_{tag}.json')
+                                   'attention.json')
     write_records(records, out)
     print_table(records, ['op', 'batch', 'n', 'pass', 'dtype', 'ms',
                           'peak_mb'])

@@ -3,8 +3,9 @@
 40 classes): a model
 of SamsaConv layers (GCN local branch + SAMSA global attention over all
 nodes) vs. a 3-layer GCN. Reports time per training epoch (forward,
-backward, AdamW step) and peak memory, written to
-``benchmarks/results/graph_scale_<device>.json``.
+backward, AdamW step) and peak memory: one run (machine, config, results
+and provenance) added to ``benchmarks/results/graph_scale.json``, replacing
+an earlier run on the same device.
 
 The graph is stochastic-block-like: every node belongs to one of 40
 communities (its class), 80% of the edges join nodes of the same community,
@@ -29,6 +30,9 @@ import torch.nn.functional as F
 from torch.nn import Linear, Module, ModuleList
 from torch_geometric.nn import GCNConv
 from torch_geometric.utils import to_undirected
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import add_to_results, run_provenance  # noqa: E402
 
 ARXIV_NODES, ARXIV_EDGES = 169_343, 1_166_243
 
@@ -155,7 +159,8 @@ def main():
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--out', default=osp.join(osp.dirname(__file__),
-                                                  'results'))
+                                                  'results'),
+                        help='folder of graph_scale.json')
     parser.add_argument('--model', help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.threads:
@@ -196,11 +201,11 @@ def main():
         machine['gpu'] = torch.cuda.get_device_name(device)
     config = {k: getattr(args, k) for k in ('hidden', 'layers', 'heads', 'k',
                                             'epochs', 'warmup')}
-    os.makedirs(args.out, exist_ok=True)
-    path = osp.join(args.out, f'graph_scale_{name}.json')
-    with open(path, 'w') as f:
-        json.dump({'machine': machine, 'config': config, 'results': results},
-                  f, indent=2)
+    path = osp.join(args.out, 'graph_scale.json')
+    run = {'machine': machine, 'config': config, 'results': results}
+    run.update(run_provenance())
+    add_to_results(path, [run], lambda r: (r['machine']['device'],
+                                           r['machine'].get('gpu')))
     print(f'Wrote {path}')
 
 

@@ -2,7 +2,9 @@
 the training loss (exponential moving average, factor 0.95) falls below a
 target, and until evaluation accuracy reaches 95 %, for SAMSA with softmax
 attention, SAMSA with SFT's leaky normalisation and full attention, over
-several seeds. Writes a JSON record and a plot of the loss curves.
+several seeds, on the CPU with one thread. Writes a JSON record (with its
+provenance: device, torch, commit, date, flags) and a plot of the loss
+curves.
 
     python benchmarks/needle_convergence.py --seeds 3 --batch-size 64 \
         --out benchmarks/results/needle_convergence.json \
@@ -18,6 +20,8 @@ import time
 import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _common import device_name, run_provenance  # noqa: E402
 from samsa_geo.testing.needle_task import train_needle  # noqa: E402
 
 VARIANTS = {
@@ -50,7 +54,9 @@ def main():
     p.add_argument('--plot', default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
-    record = {'args': vars(args), 'runs': {}}
+    record = {'args': vars(args),
+              'device': device_name(torch.device('cpu')),
+              **run_provenance(), 'runs': {}}
     for name, kw in VARIANTS.items():
         runs = []
         for seed in range(args.seeds):

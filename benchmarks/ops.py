@@ -19,7 +19,7 @@ installed):
 Each call is timed alone after warm-up (CUDA events, median), through the
 public functions with their default value checks. Every record carries its
 provenance: device, torch and Triton versions, git commit, date and the
-command-line flags. Writes ``benchmarks/results/ops_<device>.json``.
+command-line flags. Adds them to ``benchmarks/results/ops.json``.
 
     python benchmarks/ops.py --device cuda
     python benchmarks/ops.py --device cpu
@@ -143,8 +143,8 @@ def main():
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available()
                         else 'cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--out', default=None,
-                        help='output JSON (default: '
-                        'benchmarks/results/ops_<device>.json)')
+                        help='result file the records are added to '
+                        '(default: benchmarks/results/ops.json)')
     parser.add_argument('--repeat', type=int, default=10)
     parser.add_argument('--knn-clouds', type=int, default=128)
     parser.add_argument('--knn-points', type=int, default=100_000)
@@ -162,8 +162,7 @@ def main():
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         parser.error('CUDA is not available')
-    out_path = args.out or os.path.join(HERE, 'results',
-                                        f'ops_{device.type}.json')
+    out_path = args.out or os.path.join(HERE, 'results', 'ops.json')
     common = provenance(device, args)
     records = []
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything the GPU machine measures, in one go (results under $OUT or
-# benchmarks/results). Used through the device tool; see docs/benchmarks.md.
+# Everything measured on a GPU, in one go: records added to the result file
+# of each benchmark under $OUT or benchmarks/results (see docs/benchmarks.md).
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
@@ -9,12 +9,12 @@ on() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, torch_geometric; print('torch', torch.__version__, '| pyg', torch_geometric.__version__)"
 on tests && { python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -s > /tmp/gpu_tests.log 2>&1; }
-on attention && { python3 benchmarks/attention.py --device cuda --out $OUT/attention_cuda.json > /tmp/attention_cuda.log 2>&1; }
-on compiled && { python3 benchmarks/attention.py --device cuda --compile --compile-mode reduce-overhead --ops samsa_attention,sdpa --sizes 32x1024,128x150,1x65536 --out $OUT/attention_cuda_compiled.json > /tmp/attention_compiled.log 2>&1; }
+on attention && { python3 benchmarks/attention.py --device cuda --out $OUT/attention.json > /tmp/attention_cuda.log 2>&1; }
+on compiled && { python3 benchmarks/attention.py --device cuda --compile --compile-mode reduce-overhead --ops samsa_attention,sdpa --sizes 32x1024,128x150,1x65536 --out $OUT/attention.json > /tmp/attention_compiled.log 2>&1; }
 on compiled && { tail -30 /tmp/attention_compiled.log; }
 on points && { OUT=$OUT STEPS=kernels,compiled,eager bash benchmarks/run_points_gpu.sh; }
 on graph && { python3 benchmarks/graph_scale.py --device cuda --out $OUT 2>&1 | tail -6; }
-on ops && { python3 benchmarks/ops.py --device cuda --out $OUT/ops_cuda.json 2>&1 | tail -6; }
-on profile && { python3 benchmarks/profile_attention.py --n 65536 > $OUT/profile_attention.txt 2>&1; }
+on ops && { python3 benchmarks/ops.py --device cuda --out $OUT/ops.json 2>&1 | tail -6; }
+on profile && { { echo "# python benchmarks/profile_attention.py --n 65536 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown) | date: $(date +%F)"; python3 benchmarks/profile_attention.py --n 65536 2>&1; } > $OUT/profile_attention.txt; }
 on attention && { grep -E "^(samsa|sdpa|proj|gps)" /tmp/attention_cuda.log | tail -48; }
 on tests && { grep -E "passed|failed|peak|Error" /tmp/gpu_tests.log | tail -8; }

@@ -4,7 +4,7 @@ and compiled, and the fused Triton kernel of its tail (default and other
 configurations), with the largest deviation from the PyTorch formula.
 Pipelined timing (calls back to back). Writes JSON records.
 
-    python benchmarks/scorer_kernel.py --out scorer_kernel_cuda.json
+    python benchmarks/scorer_kernel.py   # adds to results/scorer_kernel.json
 """
 import argparse
 import os
@@ -33,7 +33,7 @@ def main():
     p.add_argument('--channels', type=int, default=256)
     p.add_argument('--heads', type=int, default=8)
     p.add_argument('--out', default=os.path.join(
-        os.path.dirname(__file__), 'results', 'scorer_kernel_cuda.json'))
+        os.path.dirname(__file__), 'results', 'scorer_kernel.json'))
     args = p.parse_args()
     from samsa_geo.nn.attention import _score_triton
 

@@ -1,69 +1,71 @@
-"""Writes docs/benchmarks.md from the JSON records in benchmarks/results/:
-every SAMSA time as a ratio against the peers measured in the same run.
+"""Writes the tables of docs/benchmarks.md from the result files in
+benchmarks/results/ (one file per benchmark, one record per measurement,
+each with its provenance: device, torch, commit, date, flags): every SAMSA
+time as a ratio against the peers measured in the same run. Only the part
+between the two marker lines of the page is rewritten.
 
     python benchmarks/summarize.py
 """
 import json
-import os
 import os.path as osp
+import re
 
 HERE = osp.dirname(osp.abspath(__file__))
 RESULTS = osp.join(HERE, 'results')
 DOC = osp.join(HERE, '..', 'docs', 'benchmarks.md')
+BEGIN = '% Begin of the tables written by benchmarks/summarize.py'
+END = '% End of the tables written by benchmarks/summarize.py'
 
-
-#: Extra point-benchmark runs: file suffix, heading and the flags of
-#: ``benchmarks/points.py`` that produced them.
-POINT_VARIANTS = (
-    ('_bf16_weights', 'bfloat16 parameters', '--weights bf16'),
-    ('_bf16_weights_compiled', 'bfloat16 parameters, torch.compile',
-     '--weights bf16 --compile'),
-    ('_bf16_weights_autotune',
-     "bfloat16 parameters, torch.compile(mode='max-autotune-no-cudagraphs')",
-     '--weights bf16 --compile --compile-mode max-autotune-no-cudagraphs'),
-    ('_bf16_weights_cudagraphs',
-     "bfloat16 parameters, torch.compile(mode='reduce-overhead')",
-     '--weights bf16 --compile --compile-mode reduce-overhead'),
-    ('_bf16_weights_h200', 'bfloat16 parameters, H200', '--weights bf16'),
-    ('_bf16_weights_compiled_h200',
-     'bfloat16 parameters, torch.compile, H200', '--weights bf16 --compile'),
-    ('_bf16_weights_compiled_h200_b',
-     'bfloat16 parameters, torch.compile, H200, repeat',
-     '--weights bf16 --compile'),
-    ('_bf16_weights_cudagraphs_h200',
-     "bfloat16 parameters, torch.compile(mode='reduce-overhead'), H200, "
-     'code before the scorer kernel',
-     '--weights bf16 --compile-mode reduce-overhead'),
-    ('_bf16_weights_maxautotune_h200',
-     "bfloat16 parameters, torch.compile(mode='max-autotune'), H200, code "
-     'before the scorer kernel',
-     '--weights bf16 --compile-mode max-autotune'),
-    ('_bf16_weights_pipelined_h200',
-     'bfloat16 parameters, calls back to back (throughput), H200',
-     '--weights bf16 --pipelined'),
-    ('_bf16_weights_compiled_pipelined_h200',
-     'bfloat16 parameters, torch.compile, calls back to back (throughput), '
-     'H200', '--weights bf16 --compile --pipelined'),
-    ('_bf16_weights_compiled_pipelined_h200_b',
-     'bfloat16 parameters, torch.compile, calls back to back (throughput), '
-     'H200, repeat', '--weights bf16 --compile --pipelined --repeat 30'),
+#: Result files with generated tables: file stem, section title, script.
+BENCHMARKS = (
+    ('attention', 'Attention and layers', 'attention.py'),
+    ('points', 'Point-cloud models', 'points.py'),
+    ('bias_kernels', 'Relative-bias attention kernel alone',
+     'flex_options.py'),
+    ('scorer_kernel', 'Importance scorer alone', 'scorer_kernel.py'),
+    ('graph_scale', 'Large graph, full-batch training', 'graph_scale.py'),
+    ('ops', 'Geometry ops', 'ops.py'),
+    ('ddp', 'Data-parallel training', 'run_ddp.sh'),
 )
 
 
 def load(name):
-    path = osp.join(RESULTS, name)
+    path = osp.join(RESULTS, name + '.json')
     if not osp.exists(path):
         return []
     with open(path) as f:
         return json.load(f)
 
 
-def load_all(prefix):
-    """The records of every result file whose name starts with ``prefix``,
-    file by file in name order."""
-    for name in sorted(os.listdir(RESULTS)):
-        if name.startswith(prefix):
-            yield load(name)
+def flag_text(flags):
+    """Command-line flags as typed, less ``--out`` (records of some scripts
+    keep them as a dict of parsed arguments)."""
+    if isinstance(flags, dict):
+        return ' '.join(f"--{k.replace('_', '-')} {v}"
+                        for k, v in flags.items() if k != 'out')
+    return re.sub(r'\s*--out[= ]\S+', '', flags or '').strip()
+
+
+def runs(records, with_flags=True):
+    """The records grouped by run (device, flags, commit, date, note), in
+    the order of the file."""
+    groups = {}
+    for r in records:
+        key = (r.get('device') or (r.get('machine') or {}).get('gpu')
+               or (r.get('machine') or {}).get('device'),
+               flag_text(r.get('flags')) if with_flags else None,
+               r.get('commit'), r.get('date'), r.get('note'))
+        groups.setdefault(key, []).append(r)
+    return list(groups.items())
+
+
+def provenance_line(key, script):
+    device, flags, commit, date, note = key
+    cmd = f'python benchmarks/{script}' if script.endswith('.py') else \
+        f'bash benchmarks/{script}'
+    text = f'`{cmd}{" " + flags if flags else ""}`: **{device}**, ' \
+        f"commit {commit[:7] if commit else 'not recorded'}, {date}"
+    return text + (f' ({note})' if note else '') + '.'
 
 
 def fmt(v, digits=2):
@@ -150,86 +152,76 @@ def simple_table(records, keys, lines):
     lines.append('')
 
 
+def run_table(name, recs, lines):
+    rec0 = recs[0]
+    if name == 'attention':
+        if any(r['op'].endswith('_compiled') for r in recs):
+            compiled_table(recs, lines)
+        else:
+            attention_table(recs, lines)
+    elif name == 'points':
+        lines += [f"{rec0['dtype']}, {rec0['batch']} clouds x {rec0['n']} "
+                  'points, inference.', '']
+        simple_table(recs, ['op', 'params', 'ms', 'clouds_per_s',
+                            'points_per_s', 'ms_per_cloud', 'error'], lines)
+    elif name == 'bias_kernels':
+        lines += [f"bf16, {rec0['tiles']} tiles x {rec0['heads']} heads x "
+                  f"{rec0['queries']} queries x {rec0['k']} keys, head "
+                  f"dimension {rec0['head_dim']}; max_err: against a "
+                  'float64 reference.', '']
+        simple_table(recs, ['kernel', 'kernel_version', 'normals',
+                            'exact_math', 'ms', 'pairs_per_s', 'max_err',
+                            'best_config'], lines)
+    elif name == 'scorer_kernel':
+        lines += [f"bf16, {rec0['tokens']:,} tokens x {rec0['channels']} "
+                  f"channels, {rec0['heads']} heads; calls back to back; "
+                  'max_abs_err: against the PyTorch formula.', '']
+        simple_table(recs, ['op', 'ms', 'max_abs_err'], lines)
+    elif name == 'graph_scale':
+        for run in recs:
+            simple_table(run['results'], [
+                'model', 'num_nodes', 'num_edges', 'num_params',
+                'epoch_time_s', 'peak_memory_mb', 'train_acc_after'], lines)
+    elif name == 'ops':
+        simple_table(recs, ['op', 'case', 'impl', 'n', 'k', 'batch', 'ms',
+                            'target_ms', 'clouds_per_s', 'ratio'], lines)
+    elif name == 'ddp':
+        rows = [dict(gpus=r['gpus'], batch_per_gpu=r['batch_size_per_gpu'],
+                     scaling=r['scaling'] or '-',
+                     seconds_per_epoch=', '.join(
+                         f"{e['time']:.2f}" for e in r['epochs']))
+                for r in recs]
+        simple_table(rows, ['gpus', 'batch_per_gpu', 'scaling',
+                            'seconds_per_epoch'], lines)
+
+
+def tables():
+    """The generated part of docs/benchmarks.md, as lines."""
+    lines = []
+    for name, title, script in BENCHMARKS:
+        records = load(name)
+        if not records:
+            continue
+        lines += [f'### {title}', '']
+        grouped = runs(records, with_flags=name not in (
+            'bias_kernels', 'ddp'))
+        for key, recs in grouped:
+            lines += [provenance_line(key, script), '']
+            run_table(name, recs, lines)
+    return lines
+
+
 def main():
-    lines = ['# Benchmarks', '',
-             'Generated by `python benchmarks/summarize.py` from the JSON '
-             'records in `benchmarks/results/` (one record per measurement). '
-             'GPU numbers come from `bash benchmarks/run_gpu.sh` on the lent '
-             'GPU machine; CPU numbers from the 2-core development machine '
-             '(ratios only: absolute CPU times depend on the load).', '']
-    for tag, title in (('cuda', 'GPU'), ('cpu', 'CPU')):
-        att = load(f'attention_{tag}.json')
-        if att:
-            lines += [f'## Attention and layers ({title})', '',
-                      f'`python benchmarks/attention.py --device {tag}`', '']
-            attention_table(att, lines)
-        comp = load(f'attention_{tag}_compiled.json')
-        if comp:
-            lines += [f'### torch.compile ({title})', '']
-            compiled_table(comp, lines)
-        pts = load(f'points_{tag}.json')
-        if pts:
-            lines += [f'## Point-cloud models ({title})', '',
-                      f'`python benchmarks/points.py --device {tag}` '
-                      f"({pts[0]['device']}, {pts[0]['dtype']}, "
-                      f"{pts[0]['batch']} clouds x {pts[0]['n']} points, "
-                      'inference)', '']
-            simple_table(pts, ['op', 'params', 'ms', 'clouds_per_s',
-                               'points_per_s', 'ms_per_cloud'], lines)
-        for suffix, how, flags in POINT_VARIANTS:
-            var = load(f'points_{tag}{suffix}.json')
-            if not var:
-                continue
-            lines += [f'### {how} ({title})', '',
-                      f"`python benchmarks/points.py --device {tag} "
-                      f"{flags}` ({var[0]['device']})", '']
-            simple_table(var, ['op', 'params', 'ms', 'clouds_per_s',
-                               'points_per_s', 'ms_per_cloud', 'error'],
-                         lines)
-        for kern in load_all(f'bias_kernels_{tag}'):
-            lines += [f'### Relative-bias attention kernel alone ({title})',
-                      '', '`python benchmarks/flex_options.py --kernel K '
-                      '[--normals] [--exact-math]` '
-                      f"({kern[0]['device']}, bf16, {kern[0]['tiles']} tiles "
-                      f"x {kern[0]['heads']} heads x {kern[0]['queries']} "
-                      f"queries x {kern[0]['k']} keys, head dimension "
-                      f"{kern[0]['head_dim']}; max_err: against a float64 "
-                      'reference)', '']
-            simple_table(kern, ['kernel', 'kernel_version', 'normals',
-                                'exact_math', 'ms',
-                                'pairs_per_s', 'max_err', 'best_config'],
-                         lines)
-        for sk in load_all(f'scorer_kernel_{tag}'):
-            lines += [f'### Importance scorer alone ({title})', '',
-                      '`python benchmarks/scorer_kernel.py` '
-                      f"({sk[0]['device']}, bf16, {sk[0]['tokens']:,} "
-                      f"tokens x {sk[0]['channels']} channels, "
-                      f"{sk[0]['heads']} heads; calls back to back; "
-                      'max_abs_err: against the PyTorch formula)', '']
-            simple_table(sk, ['op', 'ms', 'max_abs_err'], lines)
-        gs = load(f'graph_scale_{tag}.json')
-        if gs:
-            lines += [f'## Large graph, full-batch training ({title})', '',
-                      f'`python benchmarks/graph_scale.py --device {tag}`',
-                      '']
-            rows = gs['results'] if isinstance(gs, dict) else gs
-            simple_table(rows, ['model', 'num_nodes', 'num_edges',
-                                'num_params', 'epoch_time_s',
-                                'peak_memory_mb', 'train_acc_after'], lines)
-        ops = load(f'ops_{tag}.json')
-        if ops:
-            lines += [f'## Geometry ops ({title})', '',
-                      f'`python benchmarks/ops.py --device {tag}`', '']
-            simple_table(ops, ['op', 'case', 'impl', 'n', 'k', 'batch',
-                               'device', 'ms', 'target_ms', 'clouds_per_s',
-                               'ratio'], lines)
-    extra = osp.join(HERE, 'NOTES.md')
-    if osp.exists(extra):
-        with open(extra) as f:
-            lines += [f.read()]
-    os.makedirs(osp.dirname(DOC), exist_ok=True)
+    with open(DOC) as f:
+        text = f.read()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"Expected the marker lines '{BEGIN}' and '{END}' "
+                         f'in {DOC}')
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    body = '\n'.join([BEGIN, ''] + tables() + [END])
     with open(DOC, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+        f.write(head + body + tail)
     print(f'wrote {DOC}')
 
 

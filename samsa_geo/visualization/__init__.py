@@ -7,14 +7,13 @@ from samsa_geo.visualization.sampling_recorder import (
     SamplingRecorder,
     record_sampling,
 )
+from samsa_geo.visualization.colors import head_colors
+from samsa_geo.visualization.ply import read_ply_colors, write_sampling_ply
 from samsa_geo.visualization.points import (
-    head_colors,
     plot_sampled_points,
-    read_ply_colors,
-    select_graph,
     show_sampled_points,
-    write_sampling_ply,
 )
+from samsa_geo.visualization.selection import select_graph
 from samsa_geo.visualization.graphs import (
     plot_sampled_graph,
     sampling_counts,

@@ -6,11 +6,9 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 from torch import Tensor
 
-from samsa_geo.visualization.points import (
-    GREY,
-    _to_numpy,
-    sampling_membership,
-)
+from samsa_geo.visualization.colors import GREY
+from samsa_geo.visualization.selection import sampling_membership
+from samsa_geo.visualization.selection import to_numpy as _to_numpy
 
 ArrayLike = Union[Tensor, np.ndarray]
 PathLike = Union[str, os.PathLike]

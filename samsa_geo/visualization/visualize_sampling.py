@@ -10,12 +10,12 @@ import torch
 from torch import Tensor
 
 from samsa_geo.visualization.graphs import plot_sampled_graph, spring_layout
-from samsa_geo.visualization.points import (
-    _check_backend,
-    _graph_membership,
-    _head_panels,
-    _write_ply,
-    render_panels,
+from samsa_geo.visualization.panels import head_panels as _head_panels
+from samsa_geo.visualization.ply import write_ply as _write_ply
+from samsa_geo.visualization.points import render_panels
+from samsa_geo.visualization.renderers import check_backend as _check_backend
+from samsa_geo.visualization.selection import (
+    graph_membership as _graph_membership,
 )
 from samsa_geo.visualization.sampling_recorder import (
     SamplingRecord,

@@ -3,7 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
+import samsa_geo.visualization.colors as vis_colors
 import samsa_geo.visualization.points as points
+import samsa_geo.visualization.selection as selection
 from samsa_geo.typing import WITH_OPEN3D
 from samsa_geo.visualization import (
     SamplingRecorder,
@@ -38,7 +40,8 @@ def test_head_colors():
     assert ((colors >= 0) & (colors <= 1)).all()
     dist = np.abs(colors[:, None] - colors[None]).max(-1)
     assert (dist + np.eye(20) > 0.05).all()  # distinct
-    for ref in (points.GREY, points.SHARED_COLOR, points.BACKGROUND):
+    for ref in (vis_colors.GREY, vis_colors.SHARED_COLOR,
+                vis_colors.BACKGROUND):
         assert (np.abs(colors - np.asarray(ref)).max(-1) > 0.2).all()
 
 
@@ -80,7 +83,7 @@ def test_ply_colours_are_recorded_indices(tmp_path, point_model, point_batch,
     assert np.allclose(xyz, point_batch.pos[nodes].numpy(), atol=1e-5)
 
     offset = int(nodes[0])
-    grey = np.round(np.asarray(points.GREY) * 255)
+    grey = np.round(np.asarray(vis_colors.GREY) * 255)
     coloured = set(np.flatnonzero((rgb != grey).any(axis=1)).tolist())
     rec_idx = idx[graph_index]
     expected = set((rec_idx[rec_idx >= 0] - offset).tolist())
@@ -137,9 +140,9 @@ def test_ply_rows_byte_identical(tmp_path):
                                       batch, g, comment='t')
             text = path.read_text()
             body = text[text.index('end_header\n') + len('end_header\n'):]
-            xyz, local = points.select_graph(idx, pos, batch, g)
-            member = points.sampling_membership(local, xyz.shape[0])
-            rgb = np.round(points.membership_colors(member) * 255)
+            xyz, local = selection.select_graph(idx, pos, batch, g)
+            member = selection.sampling_membership(local, xyz.shape[0])
+            rgb = np.round(vis_colors.membership_colors(member) * 255)
             assert body == _reference_ply_rows(xyz, rgb.astype(np.int64),
                                                member)
 
@@ -171,7 +174,7 @@ def test_open3d_failure_falls_back(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError('EGL not available')
 
-    monkeypatch.setattr(points, '_render_open3d', broken)
+    monkeypatch.setattr(points, 'render_open3d', broken)
     monkeypatch.setattr('samsa_geo.typing.WITH_OPEN3D', True)
     pos, batch, idx = _indices()
     with pytest.warns(UserWarning, match='EGL not available'):

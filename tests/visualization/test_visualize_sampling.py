@@ -13,7 +13,7 @@ from samsa_geo.visualization import (
     read_ply_colors,
     visualize_sampling,
 )
-from samsa_geo.visualization.points import GREY
+from samsa_geo.visualization.colors import GREY
 
 
 def _coloured(path):
@@ -145,8 +145,8 @@ def test_membership_once_per_layer(tmp_path, monkeypatch, point_model,
     # One membership matrix per layer feeds both the PLY file and the panels,
     # and the files equal those of the public functions.
     from samsa_geo.visualization import write_sampling_ply
-    from samsa_geo.visualization.points import make_point_panels
-    calls = _count_calls(monkeypatch, 'sampling_membership', 'points')
+    from samsa_geo.visualization.panels import make_point_panels
+    calls = _count_calls(monkeypatch, 'sampling_membership', 'selection')
     out = visualize_sampling(point_model, point_batch, tmp_path / 'vis',
                              backend='matplotlib', graph_index=1,
                              heads=[0], panel_size=(64, 64))

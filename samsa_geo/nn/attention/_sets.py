@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from samsa_geo.nn.attention._dispatch import is_tracing
+from samsa_geo.ops.validation import sorted_batch_flag
 
 
 class SetInfo:
@@ -93,7 +94,7 @@ def read_batch(batch: Tensor) -> Tuple[int, int, bool]:
     start[1:] = batch[1:] != batch[:-1]
     # Position of each token inside its run: index minus the run's start.
     run_start = torch.where(start, idx, 0).cummax(0).values
-    ok = (batch[1:] >= batch[:-1]).all() & (batch[0] >= 0)
+    ok = sorted_batch_flag(batch)
     stats = torch.stack([batch[-1], (idx - run_start).max(), ok.long()])
     last, longest, is_sorted = stats.tolist()
     return int(last) + 1, int(longest) + 1, bool(is_sorted)
