@@ -1,7 +1,7 @@
 r"""What :class:`SamsaPointClassifier` and :class:`SamsaPointSegmenter`
 share besides their :class:`SamsaPointBackbone`: the :meth:`small` preset,
-the MLP head and the loading of checkpoints saved before the backbone was
-its own module."""
+the MLP head and the loading of state dicts of the flat layout (the
+backbone's weights at the top level: ``convs.0...``)."""
 import inspect
 from typing import Any, Dict, List, Type, TypeVar
 
