@@ -90,8 +90,13 @@ class DGCNN(nn.Module):
         return self.head(h)
 
 
-def main():
-    p = argparse.ArgumentParser()
+#: Model sizes timed: the classifier's presets and peers of equal width.
+PRESETS = {'small': dict(channels=64, num_layers=2, heads=4, k=64),
+           'paper': dict(channels=256, num_layers=6, heads=8, k=512)}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--device', default='cuda' if torch.cuda.is_available()
                    else 'cpu')
     p.add_argument('--dtype', default=None, choices=list(DTYPES))
@@ -117,121 +122,152 @@ def main():
     p.add_argument('--only', default=None,
                    help='comma-separated subset of the op names')
     p.add_argument('--out', default=None)
-    args = p.parse_args()
-    device = torch.device(args.device)
-    args.compile = args.compile or args.compile_mode is not None
-    cuda = device.type == 'cuda'
-    args.dtype = args.dtype or ('bf16' if cuda else 'fp32')
-    B = args.clouds or (128 if cuda else 8)
-    n = args.points
-    config.set_bias_inference_kernel(args.inference_kernel)
-    if args.flex_options:
-        config.set_flex_kernel_options(json.loads(args.flex_options) or None)
-    torch.manual_seed(0)
-    pos = torch.randn(B * n, 3, device=device)
-    batch = torch.arange(B, device=device).repeat_interleave(n)
-    wdtype = DTYPES[args.weights]
-    autocast = torch.autocast(device.type, dtype=DTYPES[args.dtype],
-                              enabled=args.dtype != 'fp32'
-                              and args.weights == 'fp32')
-    only = None if args.only is None else set(args.only.split(','))
+    return p
 
-    presets = {'small': dict(channels=64, num_layers=2, heads=4, k=64),
-               'paper': dict(channels=256, num_layers=6, heads=8, k=512)}
-    models = {}
-    for name, cfg in presets.items():
-        models[f'samsa_point_classifier_{name}'] = SamsaPointClassifier(
-            40, **cfg)
-        models[f'samsa_point_classifier_{name}_ri'] = SamsaPointClassifier(
-            40, rotation_invariant=True, **cfg)
-        models[f'point_transformer_{name}'] = PointTransformerNet(
-            40, cfg['channels'], cfg['num_layers'])
-        models[f'dgcnn_{name}'] = DGCNN(40, cfg['channels'],
-                                        cfg['num_layers'])
 
-    records = []
+class PointBenchmark:
+    """Forward passes on ``clouds`` random clouds of ``points`` points,
+    timed under one configuration (the flags of :func:`build_parser`);
+    :attr:`records` collects one record per op."""
+    def __init__(self, args):
+        self.args = args
+        self.device = device = torch.device(args.device)
+        self.cuda = device.type == 'cuda'
+        self.compile = args.compile or args.compile_mode is not None
+        self.dtype = args.dtype or ('bf16' if self.cuda else 'fp32')
+        self.B = args.clouds or (128 if self.cuda else 8)
+        self.n = args.points
+        self.wdtype = DTYPES[args.weights]
+        self.autocast = torch.autocast(
+            device.type, dtype=DTYPES[self.dtype],
+            enabled=self.dtype != 'fp32' and args.weights == 'fp32')
+        self.only = None if args.only is None else set(args.only.split(','))
+        torch.manual_seed(0)
+        self.pos = torch.randn(self.B * self.n, 3, device=device)
+        self.batch = torch.arange(self.B, device=device).repeat_interleave(
+            self.n)
+        self.records = []
 
-    def maybe_compile(module):
-        if not args.compile:
+    def wanted(self, op):
+        return self.only is None or op in self.only
+
+    def maybe_compile(self, module):
+        if not self.compile:
             return module
-        return compile_module(module, args.compile_mode)
+        return compile_module(module, self.args.compile_mode)
 
-    def record(op, fn, params=None):
-        if only is not None and op not in only:
+    def record(self, op, fn, params=None):
+        """Times ``fn`` as ``op`` (an error, e.g. out of memory, is
+        recorded instead of a time)."""
+        if not self.wanted(op):
             return
-        rec = dict(op=op, n=n, batch=B, dtype=args.dtype,
-                   weights=args.weights, device=device_name(device),
+        args, B, n = self.args, self.B, self.n
+        rec = dict(op=op, n=n, batch=B, dtype=self.dtype,
+                   weights=args.weights, device=device_name(self.device),
                    torch=torch.__version__, params=params,
-                   compiled=args.compile_mode or args.compile,
+                   compiled=args.compile_mode or self.compile,
                    flex_options=config.flex_kernel_options(),
                    inference_kernel=config.bias_inference_kernel(),
-                   timing='pipelined' if args.pipelined and cuda
+                   timing='pipelined' if args.pipelined and self.cuda
                    else 'per_call',
                    **{'pass': 'fwd'})
         try:
-            rec.update(measure(fn, device, warmup=2, repeat=args.repeat,
+            rec.update(measure(fn, self.device, warmup=2, repeat=args.repeat,
                                pipelined=args.pipelined))
             rec['clouds_per_s'] = B / rec['ms'] * 1e3
             rec['points_per_s'] = B * n / rec['ms'] * 1e3
             rec['ms_per_cloud'] = rec['ms'] / B
         except Exception as e:  # OOM or a compiler failure: record it
             rec.update(ms=None, error='oom' if is_oom(e) else str(e)[:120])
-            if cuda:
+            if self.cuda:
                 torch.cuda.empty_cache()
-        records.append(rec)
+        self.records.append(rec)
         print_table([rec], ['op', 'batch', 'ms', 'clouds_per_s',
                             'points_per_s', 'ms_per_cloud'])
 
-    for name, model in models.items():
-        if only is not None and name not in only:
-            continue
-        model = model.to(device, wdtype).eval()
-        params = sum(p.numel() for p in model.parameters())
-        # The peers take positions as features: in the weights' dtype.
-        p_in = pos if name.startswith('samsa') else pos.to(wdtype)
+    def run_models(self, presets=PRESETS):
+        """The classifiers (plain and rotation-invariant) and their peers
+        at every preset; kNN graphs inside the timed region."""
+        models = {}
+        for name, cfg in presets.items():
+            models[f'samsa_point_classifier_{name}'] = SamsaPointClassifier(
+                40, **cfg)
+            models[f'samsa_point_classifier_{name}_ri'] = \
+                SamsaPointClassifier(40, rotation_invariant=True, **cfg)
+            models[f'point_transformer_{name}'] = PointTransformerNet(
+                40, cfg['channels'], cfg['num_layers'])
+            models[f'dgcnn_{name}'] = DGCNN(40, cfg['channels'],
+                                            cfg['num_layers'])
+        for name, model in models.items():
+            if not self.wanted(name):
+                continue
+            model = model.to(self.device, self.wdtype).eval()
+            params = sum(p.numel() for p in model.parameters())
+            # The peers take positions as features: in the weights' dtype.
+            p_in = self.pos if name.startswith('samsa') else \
+                self.pos.to(self.wdtype)
 
-        def fn(model=maybe_compile(model), p_in=p_in):
-            with torch.no_grad(), autocast:
-                model(p_in, batch)
-        record(name, fn, params)
-        models[name] = model.cpu()
+            def fn(model=self.maybe_compile(model), p_in=p_in):
+                with torch.no_grad(), self.autocast:
+                    model(p_in, self.batch)
+            self.record(name, fn, params)
+            models[name] = model.cpu()
 
-    # One layer each, C=256, graph built outside the timing; SamsaConv as
-    # the classifier configures it.
-    C = 256
-    x = torch.randn(B * n, C, device=device, dtype=wdtype)
-    edge_index = knn_graph(pos, 16, batch)
+    def run_layers(self, channels=256):
+        """One layer each, graph built outside the timing; SamsaConv as the
+        classifier configures it."""
+        B, n, pos, batch, C = self.B, self.n, self.pos, self.batch, channels
+        x = torch.randn(B * n, C, device=self.device, dtype=self.wdtype)
+        edge_index = knn_graph(pos, 16, batch)
+        layers = {
+            'samsa_conv_layer': (point_conv(C, 8, 256),
+                                 lambda m: m(x, None, batch, num_graphs=B,
+                                             max_num_nodes=n)),
+            'samsa_conv_layer_relbias': (
+                point_conv(C, 8, 256, relative_bias=True),
+                lambda m: m(x, None, batch, pos=pos, num_graphs=B,
+                            max_num_nodes=n)),
+            'point_transformer_conv_layer': (
+                PointTransformerConv(C, C),
+                lambda m: m(x, pos.to(self.wdtype), edge_index)),
+        }
+        for name, (layer, call) in layers.items():
+            if not self.wanted(name):
+                continue
+            layer = layer.to(self.device, self.wdtype).eval()
 
-    layers = {
-        'samsa_conv_layer': (point_conv(C, 8, 256),
-                             lambda m: m(x, None, batch, num_graphs=B,
-                                         max_num_nodes=n)),
-        'samsa_conv_layer_relbias': (
-            point_conv(C, 8, 256, relative_bias=True),
-            lambda m: m(x, None, batch, pos=pos, num_graphs=B,
-                        max_num_nodes=n)),
-        'point_transformer_conv_layer': (
-            PointTransformerConv(C, C),
-            lambda m: m(x, pos.to(wdtype), edge_index)),
-    }
-    for name, (layer, call) in layers.items():
-        if only is not None and name not in only:
-            continue
-        layer = layer.to(device, wdtype).eval()
+            def fn(layer=self.maybe_compile(layer), call=call):
+                with torch.no_grad(), self.autocast:
+                    call(layer)
+            self.record(name, fn, sum(p.numel() for p in layer.parameters()))
 
-        def fn(layer=maybe_compile(layer), call=call):
-            with torch.no_grad(), autocast:
-                call(layer)
-        record(name, fn, sum(p.numel() for p in layer.parameters()))
 
+def default_out(args, cuda):
     tag = 'cuda' if cuda else 'cpu'
     if args.weights != 'fp32':
         tag += f'_{args.weights}_weights'
-    out = args.out or os.path.join(os.path.dirname(__file__), 'results',
-                                   f'points_{tag}.json')
-    write_records(records, out)
-    print_table(records, ['op', 'params', 'batch', 'ms', 'clouds_per_s',
-                          'points_per_s', 'ms_per_cloud'])
+    return os.path.join(os.path.dirname(__file__), 'results',
+                        f'points_{tag}.json')
+
+
+def run(args):
+    """Runs the benchmark configured by ``args`` (the namespace of
+    :func:`build_parser`), writes the records and returns them."""
+    config.set_bias_inference_kernel(args.inference_kernel)
+    if args.flex_options:
+        config.set_flex_kernel_options(json.loads(args.flex_options) or None)
+    bench = PointBenchmark(args)
+    bench.run_models()
+    bench.run_layers()
+    write_records(bench.records, args.out or default_out(args, bench.cuda))
+    print_table(bench.records, ['op', 'params', 'batch', 'ms',
+                                'clouds_per_s', 'points_per_s',
+                                'ms_per_cloud'])
+    return bench.records
+
+
+def main(argv=None):
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -16,10 +16,10 @@ import json
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-import modelnet40  # noqa: E402
+from samsa_geo.train import make_parser, parse_args_with_config
 
-from samsa_geo.train import make_parser, parse_args_with_config  # noqa: E402
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from _modelnet40_pipeline import build_parser, run  # noqa: E402
 
 # Set by the protocol for each run.
 PROTOCOL_FLAGS = ('train_rotation', 'test_rotation', 'rotation_invariant',
@@ -28,7 +28,7 @@ PROTOCOL_FLAGS = ('train_rotation', 'test_rotation', 'rotation_invariant',
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    for action in modelnet40.build_parser()._actions:
+    for action in build_parser()._actions:
         if action.dest not in ('help', *PROTOCOL_FLAGS):
             p._add_action(action)
     p.set_defaults(out='runs/rotation_protocol')
@@ -39,18 +39,18 @@ def main(argv=None):
     args = parse_args(argv)
     table = {}
     for name, invariant in [('samsa', False), ('samsa_ri', True)]:
-        def run(tag, train, test, checkpoint=None):
+        def run_one(tag, train, test, checkpoint=None):
             run_args = copy.copy(args)
             run_args.rotation_invariant = invariant
             run_args.train_rotation, run_args.test_rotation = train, test
             run_args.eval_checkpoint = checkpoint
             run_args.out = osp.join(args.out, name, tag)
-            return modelnet40.run(run_args)
+            return run(run_args)
 
-        z = run('z_z', 'z', 'z')
-        z_so3 = run('z_so3', 'z', 'so3',
-                    osp.join(args.out, name, 'z_z', 'best.pt'))
-        so3 = run('so3_so3', 'so3', 'so3')
+        z = run_one('z_z', 'z', 'z')
+        z_so3 = run_one('z_so3', 'z', 'so3',
+                        osp.join(args.out, name, 'z_z', 'best.pt'))
+        so3 = run_one('so3_so3', 'so3', 'so3')
         table[name] = {'z/z': z['test_oa'], 'z/SO3': z_so3['test_oa'],
                        'SO3/SO3': so3['test_oa']}
     print(f"\n{'model':<10} {'z/z':>7} {'z/SO3':>7} {'SO3/SO3':>8}")

@@ -14,19 +14,12 @@ import sys
 import torch
 from torch_geometric.data import Batch
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-import modelnet40  # noqa: E402
+from samsa_geo.nn.models import SamsaPointClassifier
+from samsa_geo.train import load_config, make_parser, parse_args_with_config
+from samsa_geo.visualization import plot_training_curves, visualize_sampling
 
-from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
-from samsa_geo.train import (  # noqa: E402
-    load_config,
-    make_parser,
-    parse_args_with_config,
-)
-from samsa_geo.visualization import (  # noqa: E402
-    plot_training_curves,
-    visualize_sampling,
-)
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+import _modelnet40_pipeline as modelnet40  # noqa: E402
 
 # Flags of the modelnet40.py run that define its data.
 RUN_FLAGS = ('root', 'format', 'num_points', 'normals')
@@ -77,8 +70,9 @@ def main(argv=None):
                 f"--checkpoint out to train briefly)")
     if checkpoint is None:
         run = osp.join(args.out, 'train')
-        modelnet40.main(['--epochs', str(args.epochs), '--out', run,
-                         '--no-progress', '--overwrite'])  # a scratch run
+        modelnet40.run(modelnet40.parse_args([
+            '--epochs', str(args.epochs), '--out', run, '--no-progress',
+            '--overwrite']))  # a scratch run
         checkpoint = osp.join(run, 'best.pt')
     model, run_args, run_dir = load_model(checkpoint)
     _, _, test_ds = modelnet40.datasets(run_args)

@@ -9,6 +9,7 @@ from .modelnet_princeton import modelnet_princeton
 from .shapenet_part import ShapeNetPart
 from .sample_root import sample_root
 from ._sample_data import write_samples
+from ._split import holdout_indices
 from .freesolv import FreeSolv
 from .lrgb_dataset import LRGBDataset
 from .lrgb import LRGB_TASKS, LRGBTask, lrgb_feature_normalization, lrgb_task
@@ -20,6 +21,7 @@ __all__ = [
     'ShapeNetPart',
     'sample_root',
     'write_samples',
+    'holdout_indices',
     'FreeSolv',
     'LRGBDataset',
     'LRGB_TASKS',

@@ -1,4 +1,3 @@
-import json
 import math
 import os
 import os.path as osp
@@ -18,16 +17,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from samsa_geo.train._metrics_file import MetricsFile
+from samsa_geo.train._resume import (RESUME_KEYS, capture_rank_state,
+                                     gather_rank_states, restore_rank,
+                                     resume_position)
 from samsa_geo.train._run_log import RunLog
-from samsa_geo.train.checkpoint import (atomic_write, load_checkpoint,
-                                        save_checkpoint)
+from samsa_geo.train._trainer_args import check_trainer_arguments
+from samsa_geo.train.checkpoint import load_checkpoint, save_checkpoint
 from samsa_geo.train.distributed import (all_gather_outputs, all_reduce_max,
                                          all_reduce_sum, barrier,
                                          init_distributed)
 from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
 from samsa_geo.train.loader import move_to_device
-from samsa_geo.train.run_folder import (RunFolderLock, drop_stale_evaluations,
-                                        prepare_run_folder,
+from samsa_geo.train.run_folder import (RunFolderLock, prepare_run_folder,
                                         remove_stale_temporaries)
 from samsa_geo.train.seed import (enable_determinism, get_rng_state,
                                   seed_everything, set_rng_state)
@@ -35,8 +37,6 @@ from samsa_geo.train.task import Task
 from samsa_geo.train.warmup_cosine_lr import WarmupCosineLR
 
 _AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
-_RESUME_KEYS = ('model', 'optimizer', 'scheduler', 'scaler', 'ranks', 'epoch',
-                'step_in_epoch', 'global_step', 'best_score', 'best_epoch')
 
 
 class Trainer:
@@ -138,40 +138,9 @@ class Trainer:
         tensorboard: Optional[bool] = None,
         ddp_kwargs: Optional[Dict[str, Any]] = None,
     ) -> None:
-        if not isinstance(model, Module):
-            raise TypeError(f"Expected 'model' to be a torch.nn.Module "
-                            f"(got {type(model).__name__})")
-        for name in ('training_step', 'eval_step', 'compute_metrics'):
-            if not callable(getattr(task, name, None)):
-                raise TypeError(f"Expected 'task' to define a method "
-                                f"'{name}' (got {type(task).__name__})")
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"Expected 'epochs' to be a positive int "
-                             f"(got {epochs!r})")
-        if not lr > 0:
-            raise ValueError(f"Expected 'lr' to be positive (got {lr})")
-        if weight_decay < 0:
-            raise ValueError(f"Expected 'weight_decay' to be non-negative "
-                             f"(got {weight_decay})")
-        if not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"Expected 'warmup_steps' to be a non-negative "
-                             f"int (got {warmup_steps!r})")
-        if clip_grad is not None and not clip_grad > 0:
-            raise ValueError(f"Expected 'clip_grad' to be positive or None "
-                             f"(got {clip_grad})")
-        if amp not in (None, 'bf16', 'fp16'):
-            raise ValueError(f"Expected 'amp' to be None, 'bf16' or 'fp16' "
-                             f"(got {amp!r})")
-        if mode not in ('min', 'max'):
-            raise ValueError(f"Expected 'mode' to be 'min' or 'max' "
-                             f"(got {mode!r})")
-        if not isinstance(monitor, str) or not monitor.startswith('val_'):
-            raise ValueError(f"Expected 'monitor' to name a validation metric "
-                             f"starting with 'val_' (got {monitor!r})")
-        if resume and overwrite:
-            raise ValueError("Expected at most one of 'resume' and "
-                             "'overwrite' (got both)")
-
+        check_trainer_arguments(model, task, epochs, lr, weight_decay,
+                                warmup_steps, clip_grad, amp, monitor, mode,
+                                resume, overwrite)
         self.rank, self.world_size, self.local_rank = init_distributed()
         self.is_main = self.rank == 0
         if device is None:
@@ -198,6 +167,7 @@ class Trainer:
         self.overwrite = overwrite
         self.progress = progress
         self.tensorboard = tensorboard
+        self.metrics_file = MetricsFile(self.out_dir)
         if deterministic:
             enable_determinism()
         seed_everything(seed + self.rank)
@@ -208,27 +178,9 @@ class Trainer:
             remove_stale_temporaries(self.out_dir)
 
         self.model = model.to(self.device)
-        self.train_model: Module = self.model
-        if self.world_size > 1:
-            device_ids = ([self.device.index]
-                          if self.device.type == 'cuda' else None)
-            self.train_model = DistributedDataParallel(
-                self.model, device_ids=device_ids, **(ddp_kwargs or {}))
-        self.eval_model: Module = self.model
-        if compile:
-            self.train_model = torch.compile(self.train_model)
-            self.eval_model = (self.train_model if self.world_size == 1 else
-                               torch.compile(self.model))
-
-        decay = [p for p in self.model.parameters()
-                 if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters()
-                    if p.requires_grad and p.ndim < 2]
-        if not decay and not no_decay:
-            raise ValueError("Expected 'model' to have trainable parameters")
-        self.optimizer = torch.optim.AdamW(
-            [{'params': decay, 'weight_decay': self.weight_decay},
-             {'params': no_decay, 'weight_decay': 0.0}], lr=self.lr)
+        self.train_model, self.eval_model = self._wrap_model(compile,
+                                                             ddp_kwargs)
+        self.optimizer = self._make_optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=amp == 'fp16')
         self.scheduler: Optional[WarmupCosineLR] = None
@@ -236,6 +188,35 @@ class Trainer:
         self.best_score: Optional[float] = None
         self.best_epoch: Optional[int] = None
         self._stop_signal: Optional[int] = None
+
+    def _wrap_model(self, compile: bool,
+                    ddp_kwargs: Optional[Dict[str, Any]]) -> Tuple[Module,
+                                                                   Module]:
+        # The models that train and evaluate: under DDP and/or compiled.
+        train_model: Module = self.model
+        if self.world_size > 1:
+            device_ids = ([self.device.index]
+                          if self.device.type == 'cuda' else None)
+            train_model = DistributedDataParallel(
+                self.model, device_ids=device_ids, **(ddp_kwargs or {}))
+        eval_model: Module = self.model
+        if compile:
+            train_model = torch.compile(train_model)
+            eval_model = (train_model if self.world_size == 1 else
+                          torch.compile(self.model))
+        return train_model, eval_model
+
+    def _make_optimizer(self) -> torch.optim.AdamW:
+        # Weight decay on matrices only, not on biases and norm scales.
+        decay = [p for p in self.model.parameters()
+                 if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters()
+                    if p.requires_grad and p.ndim < 2]
+        if not decay and not no_decay:
+            raise ValueError("Expected 'model' to have trainable parameters")
+        return torch.optim.AdamW(
+            [{'params': decay, 'weight_decay': self.weight_decay},
+             {'params': no_decay, 'weight_decay': 0.0}], lr=self.lr)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -260,10 +241,7 @@ class Trainer:
     # ------------------------------------------------------------- checkpoint
     def _state(self, epoch: int, step_in_epoch: int,
                rank_state: Dict[str, Any], steps_per_epoch: int) -> Dict[str, Any]:
-        ranks: List[Any] = [rank_state]
-        if self.world_size > 1:
-            ranks = [None] * self.world_size
-            torch.distributed.all_gather_object(ranks, rank_state)
+        ranks = gather_rank_states(rank_state, self.world_size)
         # Models with constructor arguments on record (samsa_geo.nn.models)
         # save them, so that Model.from_checkpoint rebuilds them.
         config = getattr(self.model, 'model_config', None)
@@ -294,22 +272,14 @@ class Trainer:
     def load_weights(self, checkpoint: str = 'best') -> None:
         r"""Loads model weights from :obj:`'best'`, :obj:`'last'` (files in
         :obj:`out_dir`) or a checkpoint path."""
-        path = {'best': self.best_path, 'last': self.last_path}.get(
-            checkpoint, checkpoint)
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(self._checkpoint_path(checkpoint),
+                                map_location=self.device)
         self.model.load_state_dict(state['model'])
 
-    def _checkpoint_name(self, checkpoint: Optional[str]) -> Optional[str]:
-        r"""How :obj:`metrics.json` names the weights of an evaluation: a
-        file name in :obj:`out_dir`, another path, or :obj:`None` (the weights
-        in memory)."""
-        if checkpoint is None:
-            return None
-        path = {'best': self.best_path, 'last': self.last_path}.get(
+    def _checkpoint_path(self, checkpoint: str) -> str:
+        # 'best', 'last' (files in out_dir) or a path.
+        return {'best': self.best_path, 'last': self.last_path}.get(
             checkpoint, checkpoint)
-        if osp.dirname(osp.realpath(path)) == osp.realpath(self.out_dir):
-            return osp.basename(path)
-        return os.fspath(path)
 
     def close(self) -> None:
         r"""Releases the lock on :obj:`out_dir` (also done when the trainer
@@ -352,6 +322,52 @@ class Trainer:
             dict: :obj:`best_epoch` (1-based), :obj:`best_score` and the
             :obj:`val_*` metrics of the best epoch.
         """
+        steps_per_epoch, total_steps = self._schedule(train_loader)
+        start_epoch, skip, rank_state, resumed_epochs, best_metrics = \
+            self._start_run(steps_per_epoch, total_steps)
+        log = RunLog(self.out_dir, self.tensorboard,
+                     resumed_epochs) if self.is_main else None
+
+        self._stop_signal = None
+        previous = self._install_signal_handlers()
+        start_time = time.time()
+        try:
+            for epoch in range(start_epoch, self.epochs):
+                t0 = time.time()
+                train_loss = self._train_epoch(train_loader, epoch, skip,
+                                               rank_state, steps_per_epoch)
+                skip, rank_state = 0, None
+                if train_loss is None:
+                    self._exit_on_signal()
+
+                val_metrics = (self.evaluate(val_loader, split='val')
+                               if val_loader is not None else {})
+                improved = self._update_best(val_metrics, epoch)
+                if improved:
+                    best_metrics = val_metrics
+                # lr of the epoch's last step (first parameter group).
+                last_lr = self.scheduler.lr_at(self.global_step - 1,
+                                               self.scheduler.base_lrs[0])
+                row = {'epoch': epoch + 1,
+                       'lr': last_lr,
+                       'train_loss': train_loss,
+                       'time': time.time() - t0, **val_metrics}
+                self._end_epoch(epoch, row, log, improved, best_metrics,
+                                val_metrics, steps_per_epoch,
+                                time.time() - start_time)
+                if all_reduce_max([float(self._stop_signal is not None)])[0]:
+                    self._exit_on_signal()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            if log is not None:
+                log.close()
+        return {'best_epoch': self.best_epoch, 'best_score': self.best_score,
+                **best_metrics}
+
+    def _schedule(self, train_loader: Any) -> Tuple[int, int]:
+        r"""Checks the train loader and builds the learning-rate schedule;
+        returns :obj:`(steps_per_epoch, total_steps)`."""
         try:
             steps_per_epoch = len(train_loader)
         except TypeError:
@@ -368,88 +384,65 @@ class Trainer:
                              f"{total_steps} (got {self.warmup_steps})")
         self.scheduler = WarmupCosineLR(self.optimizer, self.warmup_steps,
                                         total_steps, self.min_lr)
+        return steps_per_epoch, total_steps
 
+    def _start_run(
+        self, steps_per_epoch: int, total_steps: int,
+    ) -> Tuple[int, int, Optional[Dict[str, Any]], Optional[int],
+               Dict[str, float]]:
+        r"""Prepares the run folder and, with :obj:`resume`, restores
+        :obj:`last.pt`; returns :obj:`(start_epoch, skip, rank_state,
+        resumed_epochs, best_metrics)`, :obj:`resumed_epochs` being
+        :obj:`None` for a new run."""
         if self.is_main:
             prepare_run_folder(self.out_dir, self.resume, self.overwrite)
         barrier()
-        start_epoch, skip = 0, 0
-        rank_state: Optional[Dict[str, Any]] = None
-        resumed_epochs: Optional[int] = None  # Set when resuming from last.pt
         self.global_step, self.best_score, self.best_epoch = 0, None, None
-        best_metrics: Dict[str, float] = {}
         if self.resume and osp.isfile(self.last_path):
             state = load_checkpoint(self.last_path, map_location='cpu',
-                                    required=_RESUME_KEYS)
+                                    required=RESUME_KEYS)
             start_epoch, skip, rank_state = self._restore(
                 state, steps_per_epoch, total_steps)
-            resumed_epochs = start_epoch
-            best_metrics = self._read_summary().get('best', {})
+            best_metrics = self.metrics_file.read().get('best', {})
             if self.is_main:
                 print(f'Resuming from {self.last_path}: epoch '
                       f'{start_epoch + 1}, step {skip}/{steps_per_epoch}',
                       flush=True)
-        elif self.resume and self.is_main:
+            return start_epoch, skip, rank_state, start_epoch, best_metrics
+        if self.resume and self.is_main:
             print(f'No checkpoint at {self.last_path}: starting from scratch',
                   flush=True)
-        log = RunLog(self.out_dir, self.tensorboard,
-                     resumed_epochs) if self.is_main else None
+        return 0, 0, None, None, {}
 
-        self._stop_signal = None
-        previous = self._install_signal_handlers()
-        last_metrics: Dict[str, float] = {}
-        start_time = time.time()
-        try:
-            for epoch in range(start_epoch, self.epochs):
-                t0 = time.time()
-                train_loss = self._train_epoch(train_loader, epoch, skip,
-                                               rank_state, steps_per_epoch)
-                skip, rank_state = 0, None
-                if train_loss is None:
-                    self._exit_on_signal()
-
-                val_metrics = (self.evaluate(val_loader, split='val')
-                               if val_loader is not None else {})
-                last_metrics = val_metrics
-                improved = self._update_best(val_metrics, epoch)
-                if improved:
-                    best_metrics = val_metrics
-                # lr of the epoch's last step (first parameter group).
-                last_lr = self.scheduler.lr_at(self.global_step - 1,
-                                               self.scheduler.base_lrs[0])
-                row = {'epoch': epoch + 1,
-                       'lr': last_lr,
-                       'train_loss': train_loss,
-                       'time': time.time() - t0, **val_metrics}
-                if log is not None:
-                    log.append(row)
-                state = self._state(epoch + 1, 0, self._rank_state(), steps_per_epoch)
-                self._save(state, *([self.last_path, self.best_path]
-                                    if improved else [self.last_path]))
-                if self.is_main:
-                    self._write_summary(best_metrics, epoch + 1, last_metrics,
-                                        time.time() - start_time, improved)
-                    print(self._summary_line(row, improved), flush=True)
-                if all_reduce_max([float(self._stop_signal is not None)])[0]:
-                    self._exit_on_signal()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            if log is not None:
-                log.close()
-        return {'best_epoch': self.best_epoch, 'best_score': self.best_score,
-                **best_metrics}
+    def _end_epoch(self, epoch: int, row: Dict[str, Any],
+                   log: Optional[RunLog], improved: bool,
+                   best_metrics: Dict[str, float],
+                   last_metrics: Dict[str, float], steps_per_epoch: int,
+                   seconds: float) -> None:
+        r"""Logs the epoch's row, saves :obj:`last.pt` (and :obj:`best.pt`
+        when it improved) and the summary."""
+        if log is not None:
+            log.append(row)
+        state = self._state(epoch + 1, 0, capture_rank_state(),
+                            steps_per_epoch)
+        self._save(state, *([self.last_path, self.best_path]
+                            if improved else [self.last_path]))
+        if self.is_main:
+            self.metrics_file.record_epoch(
+                best_metrics, improved,  # flat val_* of the selected epoch
+                monitor=self.monitor, mode=self.mode,
+                best_epoch=self.best_epoch, best_score=self.best_score,
+                last_epoch=epoch + 1, last=last_metrics, epochs=self.epochs,
+                global_step=self.global_step, world_size=self.world_size,
+                train_time_s=seconds)
+            print(self._summary_line(row, improved), flush=True)
 
     def _check_distributed_loader(self, loader: Any, name: str) -> None:
         sampler = getattr(loader, 'sampler', None)
         if not isinstance(sampler, (DistributedSampler, DistributedEvalSampler)):
             warnings.warn(f"'{name}' has no distributed sampler: every rank "
                           f"iterates over the whole dataset (build it with "
-                          f"samsa_geo.train.make_loader)", stacklevel=3)
-
-    def _rank_state(self, epoch_rng: Optional[Dict[str, Any]] = None,
-                    loss_sum: float = 0.0, loss_steps: int = 0) -> Dict[str, Any]:
-        return {'rng': get_rng_state(), 'epoch_rng': epoch_rng,
-                'loss_sum': loss_sum, 'loss_steps': loss_steps}
+                          f"samsa_geo.train.make_loader)", stacklevel=4)
 
     def _restore(self, state: Dict[str, Any], steps_per_epoch: int,
                  total_steps: int) -> Tuple[int, int, Optional[Dict[str, Any]]]:
@@ -462,7 +455,7 @@ class Trainer:
         if self.scheduler.total_steps != total_steps:
             warnings.warn(f"Resuming with {total_steps} total steps instead "
                           f"of {self.scheduler.total_steps}: the cosine "
-                          f"schedule is stretched from here on", stacklevel=3)
+                          f"schedule is stretched from here on", stacklevel=4)
             self.scheduler.total_steps = total_steps
             for group, lr in zip(self.optimizer.param_groups,
                                  self.scheduler.get_lr()):
@@ -471,26 +464,10 @@ class Trainer:
         self.global_step = int(state['global_step'])
         self.best_score = state['best_score']
         self.best_epoch = state['best_epoch']
-        epoch, skip = int(state['epoch']), int(state['step_in_epoch'])
-        if skip and state.get('steps_per_epoch') != steps_per_epoch:
-            raise ValueError(
-                f"Cannot resume mid-epoch from '{self.last_path}': it was "
-                f"written with {state.get('steps_per_epoch')} steps per epoch, "
-                f"the train loader now has {steps_per_epoch}")
-        ranks = state['ranks']
-        if len(ranks) == self.world_size:
-            rank_state = ranks[self.rank]
-            set_rng_state(rank_state['rng'])
-            return epoch, skip, rank_state
-        warnings.warn(f"'{self.last_path}' was written by {len(ranks)} ranks, "
-                      f"now running {self.world_size}: random streams are "
-                      f"re-seeded, so the run is not bit-exact", stacklevel=3)
-        seed_everything(self.seed + self.rank + 1000 * epoch)
-        if skip:
-            raise ValueError(f"Cannot resume mid-epoch from '{self.last_path}' "
-                             f"with a different number of ranks; resume with "
-                             f"{len(ranks)} processes")
-        return epoch, 0, None
+        epoch, skip = resume_position(state, steps_per_epoch, self.last_path)
+        skip, saved = restore_rank(state, self.rank, self.world_size,
+                                   self.seed, epoch, skip, self.last_path)
+        return epoch, skip, saved
 
     def _train_epoch(self, loader: Any, epoch: int, skip: int,
                      rank_state: Optional[Dict[str, Any]],
@@ -539,7 +516,7 @@ class Trainer:
                         f'Non-finite training loss at epoch {epoch + 1}, step '
                         f'{step} (global step {self.global_step})')
                 if stop:
-                    state = self._state(epoch, step, self._rank_state(
+                    state = self._state(epoch, step, capture_rank_state(
                         epoch_rng, loss_sum, loss_steps), steps_per_epoch)
                     self._save(state, self.last_path)
                     return None
@@ -659,56 +636,21 @@ class Trainer:
         metrics = self.task.compute_metrics(outputs)
         result = {f'{split}_{k}': _reported(v) for k, v in metrics.items()}
         if split != 'val' and self.is_main:
-            summary = self._read_summary()
-            summary.update(result)
-            summary.setdefault('checkpoint', {})[split] = \
-                self._checkpoint_name(checkpoint)
-            self._write_json(summary)
+            self.metrics_file.record_evaluation(
+                result, split, None if checkpoint is None else
+                self._checkpoint_path(checkpoint))
         return result
 
     def update_summary(self, **values: Any) -> None:
         r"""Adds entries (e.g. :obj:`num_params`) to :obj:`metrics.json`
         (main process only, written atomically)."""
         if self.is_main:
-            summary = self._read_summary()
-            summary.update(values)
-            self._write_json(summary)
+            self.metrics_file.update(values)
 
     # ---------------------------------------------------------------- summary
     @property
     def metrics_path(self) -> str:
-        return osp.join(self.out_dir, 'metrics.json')
-
-    def _read_summary(self) -> Dict[str, Any]:
-        if osp.isfile(self.metrics_path):
-            try:
-                with open(self.metrics_path) as f:
-                    return json.load(f)
-            except (OSError, ValueError):
-                return {}
-        return {}
-
-    def _write_json(self, summary: Dict[str, Any]) -> None:
-        with atomic_write(self.metrics_path) as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
-
-    def _write_summary(self, best: Dict[str, float], last_epoch: int,
-                       last: Dict[str, float], seconds: float,
-                       improved: bool) -> None:
-        # Results evaluated with a checkpoint replaced this epoch are stale.
-        summary = drop_stale_evaluations(self._read_summary(), 'last.pt')
-        if improved:
-            summary = drop_stale_evaluations(summary, 'best.pt')
-        summary.update(best)  # flat val_* keys of the selected epoch
-        summary.update({
-            'monitor': self.monitor, 'mode': self.mode,
-            'best_epoch': self.best_epoch, 'best_score': self.best_score,
-            'last_epoch': last_epoch, 'last': last,
-            'epochs': self.epochs, 'global_step': self.global_step,
-            'world_size': self.world_size,
-            'train_time_s': seconds,
-        })
-        self._write_json(summary)
+        return self.metrics_file.path
 
     def _summary_line(self, row: Dict[str, Any], improved: bool) -> str:
         parts = [f"epoch {row['epoch']:>3d}/{self.epochs}",

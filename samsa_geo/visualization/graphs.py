@@ -1,7 +1,7 @@
 """Graphs with nodes coloured by how often the attention layers sampled them."""
 import os
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from torch import Tensor
@@ -144,23 +144,12 @@ def plot_sampled_graph(
     """
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import LineCollection
+    from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    if pos is not None:
-        pos = _to_numpy(pos, 'pos').astype(np.float64)
-        if pos.ndim != 2 or pos.shape[1] not in (2, 3):
-            raise ValueError(f"Expected 'pos' to have shape [N, 2] or "
-                             f"[N, 3] (got {list(pos.shape)})")
-        if num_nodes is not None and pos.shape[0] != num_nodes:
-            raise ValueError(f"Expected 'pos' to have {num_nodes} rows "
-                             f"(got {pos.shape[0]})")
-        num_nodes = pos.shape[0]
-    if num_nodes is None:
-        ei = _to_numpy(edge_index, 'edge_index')
-        num_nodes = int(ei.max()) + 1 if ei.size > 0 else 0
-    ei = _check_edge_index(edge_index, num_nodes)
+    pos, ei, num_nodes = _check_graph(edge_index, num_nodes, pos)
     width, height = (int(v) for v in size)
     if width < 16 or height < 16:
         raise ValueError(f"Expected 'size' to be at least (16, 16) "
@@ -178,6 +167,47 @@ def plot_sampled_graph(
     norm = Normalize(vmin=0, vmax=max(int(counts.max(initial=0)), 1))
     colors = colormaps[cmap](norm(counts))
     colors[counts == 0, :3] = GREY
+    _draw_graph(fig, xy, ei, counts, colors, layout, node_size)
+    cax = fig.add_axes((0.88, 0.1, 0.03, 0.75))
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax,
+                 ticks=MaxNLocator(integer=True),
+                 label='times sampled (layers x heads)')
+    if title is not None:
+        fig.suptitle(title, fontsize=10)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=dpi)
+    return {'png': str(out_png), 'layout': layout}
+
+
+def _check_graph(
+    edge_index: ArrayLike, num_nodes: Optional[int],
+    pos: Optional[ArrayLike],
+) -> Tuple[Optional[np.ndarray], np.ndarray, int]:
+    # The arguments of plot_sampled_graph checked: float64 'pos' (or None),
+    # int64 edges [2, E] and the number of nodes.
+    if pos is not None:
+        pos = _to_numpy(pos, 'pos').astype(np.float64)
+        if pos.ndim != 2 or pos.shape[1] not in (2, 3):
+            raise ValueError(f"Expected 'pos' to have shape [N, 2] or "
+                             f"[N, 3] (got {list(pos.shape)})")
+        if num_nodes is not None and pos.shape[0] != num_nodes:
+            raise ValueError(f"Expected 'pos' to have {num_nodes} rows "
+                             f"(got {pos.shape[0]})")
+        num_nodes = pos.shape[0]
+    if num_nodes is None:
+        ei = _to_numpy(edge_index, 'edge_index')
+        num_nodes = int(ei.max()) + 1 if ei.size > 0 else 0
+    return pos, _check_edge_index(edge_index, num_nodes), num_nodes
+
+
+def _draw_graph(fig: Any, xy: np.ndarray, ei: np.ndarray,
+                counts: np.ndarray, colors: np.ndarray, layout: str,
+                node_size: float) -> None:
+    # Edges in grey and nodes in their colours, in 3-D axes for a '3d'
+    # layout, else in 2-D with the most sampled nodes on top.
+    from matplotlib.collections import LineCollection
+
     segments = xy[ei.T]  # [E, 2, D]
     if layout == '3d':
         from mpl_toolkits.mplot3d.art3d import Line3DCollection
@@ -200,15 +230,3 @@ def plot_sampled_graph(
         ax.set_aspect('equal', adjustable='datalim')
         ax.autoscale_view()
     ax.set_axis_off()
-    cax = fig.add_axes((0.88, 0.1, 0.03, 0.75))
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.ticker import MaxNLocator
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax,
-                 ticks=MaxNLocator(integer=True),
-                 label='times sampled (layers x heads)')
-    if title is not None:
-        fig.suptitle(title, fontsize=10)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=dpi)
-    return {'png': str(out_png), 'layout': layout}

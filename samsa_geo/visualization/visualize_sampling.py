@@ -159,20 +159,9 @@ def visualize_sampling(
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"Expected 'model' to be a torch.nn.Module "
                         f"(got {type(model).__name__})")
-    forward_fn = forward_fn or _default_forward
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), SamplingRecorder(model) as recorder:
-            forward_fn(model, data)
-    finally:
-        model.train(was_training)
-    if len(recorder.records) == 0:
-        raise RuntimeError("No SamsaAttention layer ran during the forward "
-                           "pass; check 'forward_fn'")
+    recorder = _record(model, data, forward_fn or _default_forward)
 
     names = [n for n in recorder.module_names if n in recorder.records]
     chosen = _select_layers(names, layers)
@@ -202,20 +191,47 @@ def visualize_sampling(
 
     graph_png = None
     if graph is not None:
-        nodes, sub_edge_index, node_pos = graph
-        local_of = np.full(data.num_nodes, -1, dtype=np.int64)
-        local_of[nodes] = np.arange(nodes.shape[0])
-        local = {}
-        for name in chosen:
-            idx = recorder.indices[name].cpu().numpy().astype(np.int64)
-            idx = idx[graph_index] if idx.ndim == 3 else idx  # [H, k_max]
-            # Node tokens of this graph -> local ids; others (-1, registers,
-            # edge tokens after the nodes) -> -1.
-            node = (idx >= 0) & (idx < data.num_nodes)
-            local[name] = np.where(node, local_of[np.where(node, idx, 0)],
-                                   -1)
-        graph_png = plot_sampled_graph(
-            sub_edge_index, local, out_dir / 'sampling_graph.png',
-            num_nodes=nodes.shape[0], pos=node_pos, title=title)['png']
+        graph_png = _plot_graph(recorder, chosen, data, graph, graph_index,
+                                out_dir / 'sampling_graph.png', title)
     return {'png': str(png), 'ply': ply, 'graph_png': graph_png,
             'backend': used}
+
+
+def _record(model: torch.nn.Module, data: Any,
+            forward_fn: Callable[[torch.nn.Module, Any], Any],
+            ) -> SamplingRecorder:
+    # One forward pass in eval mode (the model's mode restored after it)
+    # under a SamplingRecorder.
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), SamplingRecorder(model) as recorder:
+            forward_fn(model, data)
+    finally:
+        model.train(was_training)
+    if len(recorder.records) == 0:
+        raise RuntimeError("No SamsaAttention layer ran during the forward "
+                           "pass; check 'forward_fn'")
+    return recorder
+
+
+def _plot_graph(recorder: SamplingRecorder, chosen: List[str], data: Any,
+                graph: Tuple[np.ndarray, np.ndarray, np.ndarray],
+                graph_index: int, out_png: Path,
+                title: Optional[str]) -> str:
+    # plot_sampled_graph of graph 'graph_index' alone, with the sampled
+    # indices of the chosen layers in its local node ids.
+    nodes, sub_edge_index, node_pos = graph
+    local_of = np.full(data.num_nodes, -1, dtype=np.int64)
+    local_of[nodes] = np.arange(nodes.shape[0])
+    local = {}
+    for name in chosen:
+        idx = recorder.indices[name].cpu().numpy().astype(np.int64)
+        idx = idx[graph_index] if idx.ndim == 3 else idx  # [H, k_max]
+        # Node tokens of this graph -> local ids; others (-1, registers,
+        # edge tokens after the nodes) -> -1.
+        node = (idx >= 0) & (idx < data.num_nodes)
+        local[name] = np.where(node, local_of[np.where(node, idx, 0)], -1)
+    return plot_sampled_graph(sub_edge_index, local, out_png,
+                              num_nodes=nodes.shape[0], pos=node_pos,
+                              title=title)['png']

@@ -8,8 +8,10 @@ import torch
 
 EXAMPLES = osp.join(osp.dirname(__file__), '..', '..', 'examples')
 sys.path.insert(0, EXAMPLES)
-import modelnet40  # noqa: E402
-from _point_pipeline import PRESETS  # noqa: E402
+import _modelnet40_pipeline as modelnet40  # noqa: E402
+from _point_pipeline import PRESETS, point_trainer  # noqa: E402
+
+from samsa_geo.train import make_loader  # noqa: E402
 
 
 def train_losses(preset, tmp_path, epochs, num_points=32):
@@ -25,11 +27,10 @@ def train_losses(preset, tmp_path, epochs, num_points=32):
     train_ds = train_ds[:64]
     model = modelnet40.build_model(10, args)
     task = modelnet40.Classification(10, normals=False)
-    trainer = modelnet40.point_trainer(model, task, args, len(train_ds),
-                                       'val_oa')
-    loader = modelnet40.make_loader(train_ds, args.batch_size, shuffle=True,
-                                    seed=args.seed, drop_last=True)
-    trainer.fit(loader, modelnet40.make_loader(val_ds[:8], 8, shuffle=False))
+    trainer = point_trainer(model, task, args, len(train_ds), 'val_oa')
+    loader = make_loader(train_ds, args.batch_size, shuffle=True,
+                         seed=args.seed, drop_last=True)
+    trainer.fit(loader, make_loader(val_ds[:8], 8, shuffle=False))
     with open(osp.join(str(tmp_path), 'log.csv')) as f:
         return [float(row['train_loss']) for row in csv.DictReader(f)]
 

@@ -145,9 +145,9 @@ class PPFPointEncoder(Module):
         edge_index: Optional[Tensor] = None,
     ) -> Tensor:
         batch, B = check_points(pos, batch, normal)
-        return self._encode(pos, batch, B, normal, edge_index)
+        return self.encode(pos, batch, B, normal, edge_index)
 
-    def _encode(
+    def encode(
         self,
         pos: Tensor,
         batch: Tensor,
@@ -155,8 +155,9 @@ class PPFPointEncoder(Module):
         normal: Optional[Tensor] = None,
         edge_index: Optional[Tensor] = None,
     ) -> Tensor:
-        # The body of :meth:`forward` on inputs already validated by
-        # ``check_points`` (the point models call it directly).
+        r"""The tokens :math:`(N, C)` of :meth:`forward` on inputs already
+        validated (``batch`` given and sorted, ``num_clouds`` clouds): the
+        entry point of a model that checked its points once."""
         if edge_index is None:
             edge_index = knn_graph(pos.detach(), self.num_neighbors, batch,
                                    loop=True, batch_size=num_clouds)

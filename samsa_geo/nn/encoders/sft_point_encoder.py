@@ -119,9 +119,9 @@ class SFTPointEncoder(Module):
     def forward(self, pos: Tensor, batch: Optional[Tensor] = None,
                 normal: Optional[Tensor] = None) -> Tensor:
         batch, B = check_points(pos, batch, normal)
-        return self._encode(pos, batch, B, normal)
+        return self.encode(pos, batch, B, normal)
 
-    def _encode(
+    def encode(
         self,
         pos: Tensor,
         batch: Tensor,
@@ -129,9 +129,10 @@ class SFTPointEncoder(Module):
         normal: Optional[Tensor] = None,
         edge_index: Optional[Tensor] = None,
     ) -> Tensor:
-        # The body of :meth:`forward` on inputs already validated by
-        # ``check_points``; ``edge_index`` is unused (same signature as
-        # :class:`PPFPointEncoder` for the point models).
+        r"""The tokens :math:`(N, C)` of :meth:`forward` on inputs already
+        validated (``batch`` given and sorted, ``num_clouds`` clouds);
+        ``edge_index`` is unused (the signature of
+        :meth:`PPFPointEncoder.encode`)."""
         s = self.scalars(pos, batch, num_clouds, normal).to(self.token.dtype)
         out = self.token + self.scalar_nn(s)  # [N, C]
         if self.lin_random is not None and (self.training

@@ -1,4 +1,4 @@
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -179,34 +179,9 @@ class SamsaGraphModel(Reloadable, Module):
         pe_kwargs: Optional[Dict[str, Any]] = None,
     ) -> None:
         super().__init__()
-        for name, value in (('in_channels', in_channels),
-                            ('hidden_channels', hidden_channels),
-                            ('out_channels', out_channels),
-                            ('num_layers', num_layers),
-                            ('pe_channels', pe_channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected '{name}' to be a positive int "
-                                 f"(got {value!r})")
-        if edge_dim is not None and (not isinstance(edge_dim, int)
-                                     or edge_dim < 1):
-            raise ValueError(f"Expected 'edge_dim' to be a positive int or "
-                             f"None (got {edge_dim!r})")
-        for name, value, options in (('level', level, LEVELS),
-                                     ('pool', pool, POOLS),
-                                     ('tokens', tokens, TOKENS),
-                                     ('pe', pe, PES)):
-            if value not in options:
-                raise ValueError(f"Expected '{name}' to be one of {options} "
-                                 f"(got {value!r})")
-        if level == 'edge' and out_channels != 1:
-            raise ValueError(f"Expected 'out_channels' to be 1 for "
-                             f"level='edge' (dot-product decoder) "
-                             f"(got {out_channels})")
-        if categorical and (in_channels != 9 or edge_dim not in (None, 3)):
-            raise ValueError(f"Expected OGB features (in_channels=9, "
-                             f"edge_dim=3) since 'categorical=True' (got "
-                             f"in_channels={in_channels}, edge_dim={edge_dim})")
-
+        _check_arguments(in_channels, hidden_channels, out_channels,
+                         num_layers, edge_dim, categorical, level, pool,
+                         tokens, pe, pe_channels)
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.out_channels = out_channels
@@ -222,14 +197,8 @@ class SamsaGraphModel(Reloadable, Module):
         self.k = k
         C = hidden_channels
 
-        if categorical:
-            node_encoder: Module = CategoricalEncoder.ogb_atom(C)
-        else:
-            node_encoder = Linear(in_channels, C)
-        edge_encoder: Optional[Module] = None
-        if edge_dim is not None:
-            edge_encoder = (CategoricalEncoder.ogb_bond(C) if categorical
-                            else Linear(edge_dim, C))
+        node_encoder, edge_encoder = _feature_encoders(in_channels, edge_dim,
+                                                       C, categorical)
         node_edge = tokens == 'node_edge'
         self.tokenizer = GraphTokenizer(
             C, node_encoder, edge_encoder if node_edge else None,
@@ -412,3 +381,53 @@ class SamsaGraphModel(Reloadable, Module):
                 f'num_layers={self.num_layers}, level={self.level!r}, '
                 f'tokens={self.tokens!r}, pe={self.pe!r}, heads={self.heads}, '
                 f'k={self.k})')
+
+
+def _check_arguments(in_channels: int, hidden_channels: int,
+                     out_channels: int, num_layers: int,
+                     edge_dim: Optional[int], categorical: bool, level: str,
+                     pool: str, tokens: str, pe: Optional[str],
+                     pe_channels: int) -> None:
+    # The constructor's checks of SamsaGraphModel.
+    for name, value in (('in_channels', in_channels),
+                        ('hidden_channels', hidden_channels),
+                        ('out_channels', out_channels),
+                        ('num_layers', num_layers),
+                        ('pe_channels', pe_channels)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"Expected '{name}' to be a positive int "
+                             f"(got {value!r})")
+    if edge_dim is not None and (not isinstance(edge_dim, int)
+                                 or edge_dim < 1):
+        raise ValueError(f"Expected 'edge_dim' to be a positive int or "
+                         f"None (got {edge_dim!r})")
+    for name, value, options in (('level', level, LEVELS),
+                                 ('pool', pool, POOLS),
+                                 ('tokens', tokens, TOKENS),
+                                 ('pe', pe, PES)):
+        if value not in options:
+            raise ValueError(f"Expected '{name}' to be one of {options} "
+                             f"(got {value!r})")
+    if level == 'edge' and out_channels != 1:
+        raise ValueError(f"Expected 'out_channels' to be 1 for "
+                         f"level='edge' (dot-product decoder) "
+                         f"(got {out_channels})")
+    if categorical and (in_channels != 9 or edge_dim not in (None, 3)):
+        raise ValueError(f"Expected OGB features (in_channels=9, "
+                         f"edge_dim=3) since 'categorical=True' (got "
+                         f"in_channels={in_channels}, edge_dim={edge_dim})")
+
+
+def _feature_encoders(in_channels: int, edge_dim: Optional[int],
+                      channels: int, categorical: bool,
+                      ) -> Tuple[Module, Optional[Module]]:
+    # Node and edge feature embeddings: OGB's categorical tables or linear.
+    if categorical:
+        node_encoder: Module = CategoricalEncoder.ogb_atom(channels)
+    else:
+        node_encoder = Linear(in_channels, channels)
+    edge_encoder: Optional[Module] = None
+    if edge_dim is not None:
+        edge_encoder = (CategoricalEncoder.ogb_bond(channels) if categorical
+                        else Linear(edge_dim, channels))
+    return node_encoder, edge_encoder

@@ -3,10 +3,11 @@ from typing import Any, Dict, Optional, Union
 from torch import Tensor
 from torch_geometric.nn.inits import reset
 
-from samsa_geo.nn.models._samsa_point_model import SamsaPointModel
+from samsa_geo.nn.models._samsa_point_model import PointModel, mlp_head
+from samsa_geo.nn.models.samsa_point_backbone import max_mean_pool
 
 
-class SamsaPointClassifier(SamsaPointModel):
+class SamsaPointClassifier(PointModel):
     r"""Point cloud classifier built from :class:`~samsa_geo.nn.SamsaConv`
     (`"SAMSA: Efficient Transformer for Many Data Modalities"
     <https://arxiv.org/abs/2408.05391>`_):
@@ -45,40 +46,11 @@ class SamsaPointClassifier(SamsaPointModel):
 
     Args:
         num_classes (int): Number of classes.
-        in_channels (int, optional): Width of the point features ``x``
-            (e.g. :obj:`3` for normals). (default: :obj:`0`)
-        rotation_invariant (bool, optional): Use only rotation-invariant
-            geometry. (default: :obj:`False`)
-        encoder (str, optional): :obj:`"linear"` (xyz and ``x``),
-            :obj:`"ppf"` or :obj:`"sft"`; :obj:`None` picks :obj:`"ppf"` if
-            ``rotation_invariant`` else :obj:`"linear"`. Without rotation
-            invariance a PPF/SFT encoder is added to the linear tokens.
-            (default: :obj:`None`)
-        channels (int, optional): Token width. (default: :obj:`256`)
-        num_layers (int, optional): Number of :class:`SamsaConv` layers.
-            (default: :obj:`6`)
-        heads (int, optional): Attention heads. (default: :obj:`8`)
-        k (int or float, optional): Keys sampled per cloud and head.
-            (default: :obj:`512`)
-        num_neighbors (int, optional): :math:`k`-NN size of the PPF encoder
-            and the local convolution. (default: :obj:`16`)
-        local_conv (bool, optional): Add an
-            :class:`~torch_geometric.nn.conv.EdgeConv` on the :math:`k`-NN
-            graph as local branch of every layer. (default: :obj:`False`)
-        dropout (float, optional): Dropout inside the layers.
-            (default: :obj:`0.0`)
         head_dropout (float, optional): Dropout of the head.
             (default: :obj:`0.5`)
-        random_channels (int, optional): Random features of the SFT encoder.
-            (default: :obj:`0`)
-        norm (str, optional): Normalisation of the layers;
-            :obj:`"layer_norm"` is per point. (default: :obj:`"layer_norm"`)
-        norm_kwargs (Dict[str, Any], optional): Arguments of ``norm``.
-        attn_kwargs (Dict[str, Any], optional): Further arguments of
-            :class:`~samsa_geo.nn.SamsaAttention` (``relative_bias`` defaults
-            to :obj:`True`). (default: :obj:`None`)
-        norm_first (bool, optional): Pre-norm :class:`SamsaConv` layers
-            (the head starts with a LayerNorm). (default: :obj:`False`)
+
+    The other arguments are those of
+    :class:`~samsa_geo.nn.models.SamsaPointBackbone`, with its defaults.
 
     Shapes:
         - **input:** ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` sorted,
@@ -105,16 +77,15 @@ class SamsaPointClassifier(SamsaPointModel):
         attn_kwargs: Optional[Dict[str, Any]] = None,
         norm_first: bool = False,
     ) -> None:
-        super().__init__(in_channels, rotation_invariant, encoder, channels,
-                         num_layers, heads, k, num_neighbors, local_conv,
-                         dropout, random_channels, norm, norm_kwargs,
-                         attn_kwargs, norm_first)
-        self.head = self._head(num_classes, 2 * channels, head_dropout)
+        super().__init__()
+        self.backbone = self.build_backbone()
+        self.head = mlp_head(num_classes, 2 * channels, channels,
+                             head_dropout)
         self.num_classes = num_classes
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()
+        self.backbone.reset_parameters()
         reset(self.head)
 
     def forward(
@@ -133,9 +104,9 @@ class SamsaPointClassifier(SamsaPointModel):
         ``num_graphs`` the forward pass never waits for the GPU."""
         feats = self.backbone(pos, batch, x, num_graphs=num_graphs,
                               max_num_nodes=max_num_nodes)
-        pooled = self.max_mean_pool(feats)  # [B, 2C]
+        pooled = max_mean_pool(feats)  # [B, 2C]
         return self.head(pooled)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.num_classes}, '
-                f'{self._repr_args()})')
+                f'{self.backbone.repr_args()})')

@@ -6,14 +6,11 @@ from torch.nn import Embedding
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.encoders._point_geometry import check_points
-from samsa_geo.nn.models._samsa_point_model import (
-    SamsaPointModel,
-    point_counts,
-)
+from samsa_geo.nn.models._samsa_point_model import PointModel, mlp_head
+from samsa_geo.nn.models.samsa_point_backbone import max_mean_pool
 
 
-class SamsaPointSegmenter(SamsaPointModel):
+class SamsaPointSegmenter(PointModel):
     r"""Per-point segmentation (e.g. ShapeNetPart parts) built from
     :class:`~samsa_geo.nn.SamsaConv` (`"SAMSA: Efficient Transformer for
     Many Data Modalities" <https://arxiv.org/abs/2408.05391>`_), conditioned
@@ -51,33 +48,12 @@ class SamsaPointSegmenter(SamsaPointModel):
         num_classes (int): Number of part classes (over all categories).
         num_categories (int, optional): Number of object categories;
             :obj:`0` disables the conditioning. (default: :obj:`16`)
-        in_channels (int, optional): Width of ``x``. (default: :obj:`0`)
-        rotation_invariant (bool, optional): Use only rotation-invariant
-            geometry. (default: :obj:`False`)
-        encoder (str, optional): See
-            :class:`~samsa_geo.nn.models.SamsaPointClassifier`.
-            (default: :obj:`None`)
-        channels (int, optional): Token width. (default: :obj:`256`)
-        num_layers (int, optional): Layers. (default: :obj:`8`)
-        heads (int, optional): Attention heads. (default: :obj:`16`)
-        k (int or float, optional): Keys sampled per cloud and head.
-            (default: :obj:`128`)
-        num_neighbors (int, optional): :math:`k`-NN size.
-            (default: :obj:`16`)
-        local_conv (bool, optional): EdgeConv local branch.
-            (default: :obj:`False`)
-        dropout (float, optional): Dropout inside the layers.
-            (default: :obj:`0.0`)
         head_dropout (float, optional): Dropout of the head.
             (default: :obj:`0.5`)
-        random_channels (int, optional): Random features of the SFT encoder.
-            (default: :obj:`0`)
-        norm (str, optional): Normalisation. (default: :obj:`"layer_norm"`)
-        norm_kwargs (Dict[str, Any], optional): Arguments of ``norm``.
-        attn_kwargs (Dict[str, Any], optional): Further arguments of
-            :class:`~samsa_geo.nn.SamsaAttention`. (default: :obj:`None`)
-        norm_first (bool, optional): Pre-norm :class:`SamsaConv` layers
-            (the head starts with a LayerNorm). (default: :obj:`False`)
+
+    The other arguments are those of
+    :class:`~samsa_geo.nn.models.SamsaPointBackbone`, with its defaults
+    except ``num_layers=8``, ``heads=16`` and ``k=128``.
 
     Shapes:
         - **input:** ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` sorted,
@@ -106,11 +82,9 @@ class SamsaPointSegmenter(SamsaPointModel):
         attn_kwargs: Optional[Dict[str, Any]] = None,
         norm_first: bool = False,
     ) -> None:
-        super().__init__(in_channels, rotation_invariant, encoder, channels,
-                         num_layers, heads, k, num_neighbors, local_conv,
-                         dropout, random_channels, norm, norm_kwargs,
-                         attn_kwargs, norm_first)
-        head = self._head(num_classes, 3 * channels, head_dropout)
+        super().__init__()
+        self.backbone = self.build_backbone()
+        head = mlp_head(num_classes, 3 * channels, channels, head_dropout)
         if not isinstance(num_categories, int) or num_categories < 0:
             raise ValueError(f"Expected 'num_categories' to be a "
                              f"non-negative int (got {num_categories!r})")
@@ -123,7 +97,7 @@ class SamsaPointSegmenter(SamsaPointModel):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        super().reset_parameters()
+        self.backbone.reset_parameters()
         if self.category_emb is not None:
             self.category_emb.reset_parameters()
         reset(self.head)
@@ -173,15 +147,17 @@ class SamsaPointSegmenter(SamsaPointModel):
         r"""Returns per-point logits :math:`(N, \mathrm{num\_classes})`;
         ``num_graphs`` and ``max_num_nodes`` as in
         :meth:`SamsaPointClassifier.forward`."""
-        max_num_nodes = point_counts(pos, batch, num_graphs, max_num_nodes)
-        batch, B = check_points(pos, batch, None, num_graphs)
-        token_bias = self._category_tokens(category, batch, B)
-        feats = self._backbone(pos, batch, B, x, token_bias, max_num_nodes)
+        layout = self.backbone.check_points(pos, batch, num_graphs,
+                                            max_num_nodes)
+        token_bias = self._category_tokens(category, layout.batch,
+                                           layout.num_clouds)
+        feats = self.backbone.features(pos, layout, x, token_bias)
         h, batch = feats.x, feats.batch
-        glob = self.max_mean_pool(feats)  # [B, 2C]
+        glob = max_mean_pool(feats)  # [B, 2C]
         out = torch.cat([h, glob[batch]], dim=-1)  # [N, 3C]
         return self.head(out)  # [N, num_classes]
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.num_classes}, '
-                f'num_categories={self.num_categories}, {self._repr_args()})')
+                f'num_categories={self.num_categories}, '
+                f'{self.backbone.repr_args()})')

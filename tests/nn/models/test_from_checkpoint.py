@@ -91,3 +91,23 @@ def test_from_checkpoint_errors(tmp_path):
     with pytest.raises(ValueError, match='holds a SamsaPointClassifier, '
                        'not a SamsaPointSegmenter'):
         SamsaPointSegmenter.from_checkpoint(tmp_path / 'c.pt')
+
+
+@pytest.mark.parametrize('cls', [SamsaPointClassifier, SamsaPointSegmenter])
+def test_flat_layout_state_dict_loads(cls, tmp_path):
+    """Checkpoints whose backbone weights sit at the top level ('convs.0.',
+    'lin_in.', 'encoder.') load into the composed model, strictly."""
+    torch.manual_seed(0)
+    model = cls.small(5, encoder='ppf', num_layers=1).eval()
+    flat = {key[len('backbone.'):] if key.startswith('backbone.') else key:
+            value for key, value in model.state_dict().items()}
+    assert any(key.startswith('convs.0.') for key in flat)
+    assert any(key.startswith('encoder.') for key in flat)
+    torch.save({'model': flat, 'model_config': model.model_config()},
+               tmp_path / 'old.pt')
+    loaded = cls.from_checkpoint(tmp_path / 'old.pt')
+    fresh = cls.small(5, encoder='ppf', num_layers=1)
+    fresh.load_state_dict(flat)
+    for other in (loaded, fresh):
+        for key, value in model.state_dict().items():
+            assert torch.equal(other.state_dict()[key], value), key

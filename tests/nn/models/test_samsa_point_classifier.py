@@ -79,7 +79,7 @@ def test_permutation_invariance_and_batch_isolation(kwargs):
     _perturb(model)
     model.eval()
     pos, normal, batch, sizes = _clouds()
-    x = normal if model.in_channels else None
+    x = normal if model.backbone.in_channels else None
     out = model(pos, batch, x)
     perm = torch.cat([torch.randperm(70), 70 + torch.randperm(40),
                       110 + torch.randperm(55)])
@@ -137,7 +137,7 @@ DEGENERATE = {
 def test_degenerate_inputs_finite(name, kwargs):
     model = _small(**kwargs)
     pos = DEGENERATE[name].clone().requires_grad_()
-    x = torch.zeros_like(pos) if model.in_channels else None
+    x = torch.zeros_like(pos) if model.backbone.in_channels else None
     model.train()
     model(pos, None, x).square().sum().backward()
     assert torch.isfinite(pos.grad).all()
@@ -155,7 +155,7 @@ def test_degenerate_inputs_finite(name, kwargs):
 def test_every_parameter_gets_a_finite_gradient(kwargs):
     model = _small(**kwargs)
     pos, normal, batch, _ = _clouds()
-    x = normal if model.in_channels else None
+    x = normal if model.backbone.in_channels else None
     y = torch.tensor([0, 3, 4])
     F.cross_entropy(model(pos, batch, x), y).backward()
     for name, p in model.named_parameters():
@@ -266,8 +266,8 @@ def test_sft_geometry_enters_through_relative_bias():
     _perturb(model)
     model.eval()
     batch = torch.zeros(60, dtype=torch.long)
-    tok_a = model.encoder(spread, batch)
-    tok_b = model.encoder(clustered, batch)
+    tok_a = model.backbone.encoder(spread, batch)
+    tok_b = model.backbone.encoder(clustered, batch)
     assert torch.allclose(tok_a, tok_b, atol=1e-5)
     assert torch.allclose(tok_a, tok_a[:1].expand_as(tok_a), atol=1e-5)
     out_a, out_b = model(spread), model(clustered)
@@ -277,21 +277,21 @@ def test_sft_geometry_enters_through_relative_bias():
 def test_equal_size_pooling_matches_scatter_pooling():
     from torch_geometric.nn import global_max_pool, global_mean_pool
 
-    from samsa_geo.nn.models._samsa_point_model import (
+    from samsa_geo.nn.models.samsa_point_backbone import (
         PointFeatures,
-        SamsaPointModel,
+        max_mean_pool,
     )
     h = torch.randn(3 * 7, 5)
     batch = torch.arange(3).repeat_interleave(7)
     ref = torch.cat([global_max_pool(h, batch, 3),
                      global_mean_pool(h, batch, 3)], dim=-1)
-    out = SamsaPointModel.max_mean_pool(PointFeatures(h, batch, 3, 7))
+    out = max_mean_pool(PointFeatures(h, batch, 3, 7))
     assert torch.allclose(out, ref, atol=1e-6)
     # Uneven clouds take the scatter path: same values per cloud.
     batch = torch.tensor([0] * 5 + [1] * 9 + [2] * 7)
     ref = torch.cat([global_max_pool(h, batch, 3),
                      global_mean_pool(h, batch, 3)], dim=-1)
-    out = SamsaPointModel.max_mean_pool(PointFeatures(h, batch, 3, 9))
+    out = max_mean_pool(PointFeatures(h, batch, 3, 9))
     assert torch.allclose(out, ref, atol=1e-6)
 
 

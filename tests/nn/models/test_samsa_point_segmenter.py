@@ -86,7 +86,7 @@ def test_permutation_equivariance_and_batch_isolation(kwargs):
     _perturb(model)
     model.eval()
     pos, normal, batch, category = _clouds()
-    x = normal if model.in_channels else None
+    x = normal if model.backbone.in_channels else None
     out = model(pos, batch, x, category)
     perm = torch.cat([torch.randperm(70), 70 + torch.randperm(40),
                       110 + torch.randperm(55)])
@@ -133,7 +133,7 @@ DEGENERATE = {
 def test_degenerate_inputs_finite_and_gradients(name, kwargs):
     model = _small(**kwargs)
     pos = DEGENERATE[name].clone().requires_grad_()
-    x = torch.zeros_like(pos) if model.in_channels else None
+    x = torch.zeros_like(pos) if model.backbone.in_channels else None
     category = torch.tensor([1])
     model(pos, None, x, category).square().sum().backward()
     assert torch.isfinite(pos.grad).all()
