@@ -242,12 +242,8 @@ class PointBenchmark:
             self.record(name, fn, sum(p.numel() for p in layer.parameters()))
 
 
-def default_out(args, cuda):
-    tag = 'cuda' if cuda else 'cpu'
-    if args.weights != 'fp32':
-        tag += f'_{args.weights}_weights'
-    return os.path.join(os.path.dirname(__file__), 'results',
-                        f'points_{tag}.json')
+#: The benchmark's result file (each record carries its device and flags).
+DEFAULT_OUT = os.path.join(os.path.dirname(__file__), 'results', 'points.json')
 
 
 def run(args):
@@ -259,7 +255,7 @@ def run(args):
     bench = PointBenchmark(args)
     bench.run_models()
     bench.run_layers()
-    write_records(bench.records, args.out or default_out(args, bench.cuda))
+    write_records(bench.records, args.out or DEFAULT_OUT)
     print_table(bench.records, ['op', 'params', 'batch', 'ms',
                                 'clouds_per_s', 'points_per_s',
                                 'ms_per_cloud'])
