@@ -28,6 +28,8 @@ VARIANTS = {
     'SAMSA softmax (hard)': dict(sampling='hard'),
     'SAMSA leaky (hard)': dict(sampling='hard',
                                attn_kwargs=dict(normalization='leaky')),
+    'SFT leaky': dict(sampling='sft',
+                      attn_kwargs=dict(normalization='leaky')),
     'full attention': dict(sampling='full'),
 }
 
@@ -52,12 +54,20 @@ def main():
     p.add_argument('--target-loss', type=float, default=0.3)
     p.add_argument('--out', default='benchmarks/results/needle_convergence.json')
     p.add_argument('--plot', default=None)
+    p.add_argument('--variants', default=','.join(VARIANTS),
+                   help='comma list of the variants to train')
+    p.add_argument('--update', action='store_true',
+                   help="keep the other variants' runs already in --out")
     args = p.parse_args()
     torch.set_num_threads(1)
     record = {'args': vars(args),
               'device': device_name(torch.device('cpu')),
               **run_provenance(), 'runs': {}}
-    for name, kw in VARIANTS.items():
+    if args.update and osp.isfile(args.out):
+        with open(args.out) as f:
+            record['runs'] = json.load(f)['runs']
+    for name in args.variants.split(','):
+        kw = VARIANTS[name]
         runs = []
         for seed in range(args.seeds):
             t = time.time()
@@ -85,7 +95,7 @@ def main():
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for (name, runs), color in zip(record['runs'].items(),
-                                       ['C0', 'C1', 'C2']):
+                                       ['C0', 'C1', 'C3', 'C2']):
             for i, run in enumerate(runs):
                 ax.plot(run['loss_ema'], color=color, alpha=0.8, lw=1,
                         label=name if i == 0 else None)

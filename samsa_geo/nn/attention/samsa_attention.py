@@ -16,6 +16,7 @@ from samsa_geo.nn.attention._dispatch import is_exporting, is_tracing
 from samsa_geo.nn.attention._flex import PairGeometry, flex_supported
 from samsa_geo.nn.attention._sampling import Selection, relax, select
 from samsa_geo.nn.attention._sets import SetInfo, batch_sizes, set_info
+from samsa_geo.nn.attention._sft_sampling import sft_sample
 from samsa_geo.nn.attention._similarity import SIMILARITIES
 from samsa_geo.nn.attention._tiles import (
     Tiles,
@@ -27,7 +28,7 @@ from samsa_geo.nn.attention._tiles import (
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
 from samsa_geo.nn.attention.relative_bias import RelativeBias
 
-SAMPLING_MODES = ('hard', 'soft', 'full')
+SAMPLING_MODES = ('hard', 'soft', 'full', 'sft')
 NORMALIZATIONS = ('softmax', 'leaky')
 
 
@@ -68,9 +69,15 @@ class SamsaAttention(Module):
             (default: :obj:`64`)
         dropout (float, optional): Dropout on the attention weights.
             (default: :obj:`0.0`)
-        sampling (str, optional): :obj:`"hard"`, :obj:`"soft"` or
-            :obj:`"full"` (exact full attention, no sampling).
-            (default: :obj:`"hard"`)
+        sampling (str, optional): :obj:`"hard"`, :obj:`"soft"`,
+            :obj:`"full"` (exact full attention, no sampling) or
+            :obj:`"sft"`: SFT's sampler (one score per token shared by the
+            heads; in training each of the top :math:`k` raw tokens is
+            mixed with a random lower-ranked token of its set, weights
+            :math:`\mathrm{softplus}(s_i) / (\mathrm{softplus}(s_i) +
+            \mathrm{softplus}(s_j))`; keys and values are projected from
+            the :math:`k` sampled tokens only; no registers; the relative
+            bias uses the top token's position). (default: :obj:`"hard"`)
         temperature (float, optional): :math:`\tau` of the relaxation
             (fixed). (default: :obj:`1.0`)
         num_registers (int, optional): Learnable register tokens added as
@@ -184,7 +191,11 @@ class SamsaAttention(Module):
         self.lin_out = Linear(channels, channels)
         # 'full' attends to every token: no scorer, no register scores.
         full = sampling == 'full'
-        self.scorer = None if full else ImportanceScorer(channels, heads)
+        if sampling == 'sft' and num_registers > 0:
+            raise ValueError("Expected 'num_registers' = 0 with "
+                             "sampling='sft' (SFT samples raw tokens only)")
+        self.scorer = None if full else ImportanceScorer(
+            channels, 1 if sampling == 'sft' else heads)
         if num_registers > 0:
             self.reg_kv = Parameter(
                 torch.empty(num_registers, heads, 2 * self.head_dim))
@@ -344,19 +355,21 @@ class SamsaAttention(Module):
         # 1. Queries for every token; keys and values for every candidate.
         q, kv, hidden = self._project(x)
         q = q.view(N, H, D)  # [N, C] -> [N, H, D]
-        kv = kv.view(N, H, 2 * D)  # [N, 2C] -> [N, H, 2D] as [k_h, v_h]
-        if self.num_registers > 0:
-            reg = self.reg_kv.to(kv.dtype).repeat(info.num_sets, 1, 1)
-            kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
-
-        # 2. Sample k candidates per set and head (relaxed in training).
-        sel = self._sample(x, hidden, batch, info)
-        head = torch.arange(H, device=x.device).view(1, -1, 1)
-        u = kv[sel.top, head]  # [B, H, k, 2D]
-        if self.training and self.scorer is not None and info.m_max > 0:
-            u_bottom = kv[sel.bottom, head]  # [B, H, m, 2D]
-            u = relax(sel, u, u_bottom, self.tau,
-                      hard=self.sampling == 'hard')
+        if self.sampling == 'sft':  # 2. raw tokens sampled, then projected
+            sel, u = self._sample_sft(x, hidden, batch, info)
+        else:
+            kv = kv.view(N, H, 2 * D)  # [N, 2C] -> [N, H, 2D] as [k_h, v_h]
+            if self.num_registers > 0:
+                reg = self.reg_kv.to(kv.dtype).repeat(info.num_sets, 1, 1)
+                kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
+            # 2. Sample k candidates per set and head (relaxed in training).
+            sel = self._sample(x, hidden, batch, info)
+            head = torch.arange(H, device=x.device).view(1, -1, 1)
+            u = kv[sel.top, head]  # [B, H, k, 2D]
+            if self.training and self.scorer is not None and info.m_max > 0:
+                u_bottom = kv[sel.bottom, head]  # [B, H, m, 2D]
+                u = relax(sel, u, u_bottom, self.tau,
+                          hard=self.sampling == 'hard')
         key, value = u.split(D, dim=-1)  # [B, H, k, D] each
 
         # 3. Every query attends to its own set's sampled keys.
@@ -380,14 +393,38 @@ class SamsaAttention(Module):
         # One GEMM for the queries, the keys and values and the scorer's
         # first layer (all read x): one launch and one cast of x instead
         # of three. The modules keep their own parameters.
+        # SFT projects keys and values of the sampled tokens only.
         lins = [self.lin_q, self.lin_kv]
-        if self.scorer is not None:
+        if self.sampling == 'sft':
+            lins = [self.lin_q, self.scorer.score_nn[0]]
+        elif self.scorer is not None:
             lins.append(self.scorer.score_nn[0])
-        weight = torch.cat([lin.weight for lin in lins], dim=0)  # [3C|4C, C]
+        weight = torch.cat([lin.weight for lin in lins], dim=0)  # [kC, C]
         bias = torch.cat([lin.bias for lin in lins], dim=0)
-        C = self.channels
-        out = F.linear(x, weight, bias).split([C, 2 * C, C][:len(lins)], 1)
+        out = F.linear(x, weight, bias).split(
+            [lin.out_features for lin in lins], 1)
+        if self.sampling == 'sft':
+            return out[0], None, out[1]
         return out[0], out[1], out[2] if len(out) > 2 else None
+
+    def _sample_sft(self, x: Tensor, hidden: Tensor, batch: Optional[Tensor],
+                    info: SetInfo) -> Tuple[Selection, Tensor]:
+        # One shared score per token; k raw tokens per set (mixed in
+        # training); keys and values projected from them alone.
+        H, D = self.heads, self.head_dim
+        importance = self.scorer(x, hidden).float().view(-1)  # [N]
+        sample = sft_sample(
+            x, importance, batch, self.k, mix=self.training,
+            perturb=self.training or self.stochastic_eval,
+            num_sets=info.num_sets)
+        B, K = sample.index.shape
+        kv = self.lin_kv(sample.x).view(B, K, H, 2 * D)  # [B, k, H, 2D]
+        u = kv.transpose(1, 2)  # [B, H, k, 2D]
+        slot = torch.arange(K, device=x.device)
+        # An empty set keeps one (unused) valid slot, as in select().
+        valid = slot.view(1, -1) < info.k.clamp(min=1).view(-1, 1)
+        top = sample.index.clamp(min=0).unsqueeze(1).expand(B, H, K)
+        return Selection(top, valid, None, top[..., :0], None, None), u
 
     def _sample(self, x: Tensor, hidden: Optional[Tensor],
                 batch: Optional[Tensor], info: SetInfo) -> Selection:

@@ -28,6 +28,7 @@ MODES = [
     dict(sampling='soft', score='lily', normalization='leaky'),
     dict(sampling='hard', relative_bias=True),
     dict(sampling='hard', k=0.25),
+    dict(sampling='sft'),
 ]
 
 
@@ -679,3 +680,35 @@ def test_returned_weights_reproduce_the_output(kwargs):
             mix[i, h] = alpha[i, h, ok] @ v[rows, h]
             assert (alpha[i, h, ~ok] == 0).all()
     assert torch.allclose(attn.lin_out(mix.view(-1, 16)), out, atol=1e-5)
+
+
+def test_sft_sampling_with_k_at_least_n_equals_full():
+    # SFT keeps every token of a set of n <= k, unmixed (training too).
+    x, batch = make_batch([6, 9, 4])
+    sft = SamsaAttention(32, heads=4, k=64, sampling='sft')
+    full = SamsaAttention(32, heads=4, sampling='full')
+    full.load_state_dict(sft.state_dict(), strict=False)
+    for training in (False, True):
+        sft.train(training)
+        full.train(training)
+        assert torch.allclose(sft(x, batch), full(x, batch), atol=1e-5)
+
+
+def test_sft_sampling_shares_one_score_and_mixes_in_training():
+    torch.manual_seed(0)
+    attn = SamsaAttention(32, heads=4, k=3, sampling='sft')
+    assert attn.scorer.heads == 1
+    x, batch = make_batch([10, 20])
+    _, idx = attn.eval()(x, batch, return_indices=True)
+    # Every head attends to the same k tokens, the top-k of the score.
+    assert (idx == idx[:, :1]).all()
+    score = attn.scorer(x).view(-1)
+    for b, (lo, hi) in enumerate([(0, 10), (10, 30)]):
+        top = score[lo:hi].topk(3).indices + lo
+        assert set(idx[b, 0].tolist()) == set(top.tolist())
+    # In training the scorer learns through the mixing weights.
+    attn.train()
+    attn(x, batch).square().sum().backward()
+    assert attn.scorer.lin.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="'num_registers' = 0"):
+        SamsaAttention(32, heads=4, sampling='sft', num_registers=2)
