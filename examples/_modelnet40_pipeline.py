@@ -15,6 +15,7 @@ from samsa_geo.datasets import (
     sample_root,
 )
 from samsa_geo.metrics import mean_class_accuracy, overall_accuracy
+from samsa_geo.nn import batch_hints
 from samsa_geo.nn.models import SamsaPointClassifier
 from samsa_geo.train import (
     make_loader,
@@ -100,7 +101,8 @@ class Classification:
 
     def logits(self, model, data):
         x = data.normal if self.normals else None
-        return model(data.pos, data.batch, x=x)
+        # The batch's sizes from its CPU-side bookkeeping: no device sync.
+        return model(data.pos, data.batch, x=x, **batch_hints(data))
 
     def training_step(self, model, data):
         return F.cross_entropy(self.logits(model, data), data.y.view(-1),

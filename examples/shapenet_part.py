@@ -23,6 +23,7 @@ import torch_geometric.transforms as T
 
 from samsa_geo.datasets import ShapeNetPart, sample_root
 from samsa_geo.metrics import shape_part_iou
+from samsa_geo.nn import batch_hints
 from samsa_geo.nn.models import SamsaPointSegmenter
 from samsa_geo.train import (
     make_loader,
@@ -54,7 +55,8 @@ class PartSegmentation:
 
     def logits(self, model, data):
         x = data.normal if self.normals else None
-        return model(data.pos, data.batch, x=x, category=data.category)
+        return model(data.pos, data.batch, x=x, category=data.category,
+                     **batch_hints(data))
 
     def training_step(self, model, data):
         return F.cross_entropy(self.logits(model, data), data.y)
