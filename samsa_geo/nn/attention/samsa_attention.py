@@ -286,6 +286,12 @@ class SamsaAttention(Module):
         _check_hint('num_graphs', num_graphs)
         _check_hint('max_num_nodes', max_num_nodes)
         need_size = isinstance(self.k, float) or full
+        if num_graphs is None and is_tracing() and not need_size and N > 0:
+            # Compiled without hints: the number of sets alone (one
+            # read-back) and bound shapes, so the graph after it does not
+            # depend on the layout of the sets.
+            return set_info(N, batch, self.k, R, full, x.device,
+                            int(batch[-1]) + 1, None)
         if (num_graphs is None or (need_size and max_num_nodes is None)
                 or (check and N > 0)):
             B, n_max = batch_sizes(batch)

@@ -89,8 +89,10 @@ class SamsaConv(Module):
         :func:`~samsa_geo.nn.batch_hints`): the forward pass then never
         waits for the GPU, and ``torch.compile(..., dynamic=True)`` traces
         it into one graph for every batch layout. Without them the sizes
-        are read back from ``batch`` once per batch tensor (a device sync)
-        and a compiled graph breaks there. PyG resolves
+        are read back from ``batch`` once per batch tensor (a device sync);
+        compiled, the layer breaks its graph at that read-back (the number
+        of sets) and uses bound shapes after it, so new layouts still need
+        no recompilation. PyG resolves
         ``norm='layer_norm'`` to graph-mode LayerNorm, which reads
         ``batch`` again; ``norm_kwargs={'mode': 'node'}`` normalises per
         token.

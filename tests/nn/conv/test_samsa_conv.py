@@ -396,3 +396,22 @@ def test_compiles_once_for_every_batch_layout():
             ref = conv(x, None, batch, num_graphs=len(sizes))
         assert torch.allclose(out, ref, atol=1e-5)
     assert counter.frame_count == 1
+
+
+def test_compiled_without_hints_does_not_recompile_per_layout():
+    # Without hints the number of sets is read back once (a graph break);
+    # the shapes after it are bounds, so new layouts reuse the graphs.
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    conv = SamsaConv(16, None, 4, k=6).eval()
+    counter = CompileCounter()
+    compiled = torch.compile(conv, backend=counter, dynamic=True)
+    frames = []
+    for sizes in ([10, 20, 5], [7, 30], [12, 12, 12, 9], [40, 1, 3]):
+        batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+        x = torch.randn(batch.numel(), 16)
+        with torch.no_grad():
+            out = compiled(x, None, batch)
+            assert torch.allclose(out, conv(x, None, batch), atol=1e-5)
+        frames.append(counter.frame_count)
+    assert frames[1:] == frames[:1] * 3
