@@ -100,6 +100,16 @@ def read_batch(batch: Tensor) -> Tuple[int, int, bool]:
     return int(last) + 1, int(longest) + 1, bool(is_sorted)
 
 
+def check_size_hint(name: str, value: Optional[int]) -> None:
+    r"""Raises a :class:`TypeError` unless the caller's size hint ``value``
+    (``num_graphs``, ``max_num_nodes``) is a non-negative int or
+    :obj:`None`."""
+    if value is not None and (isinstance(value, bool)
+                              or not isinstance(value, int) or value < 0):
+        raise TypeError(f"Expected '{name}' to be a non-negative int or "
+                        f"None (got {value!r})")
+
+
 def batch_sizes(batch: Tensor) -> Tuple[int, int]:
     r"""``(num_sets, max_size)`` of a sorted ``batch`` vector: read back
     from the device once per batch tensor in eager mode (cached on the

@@ -15,7 +15,12 @@ from samsa_geo.nn.attention._attend import (
 from samsa_geo.nn.attention._dispatch import is_exporting, is_tracing
 from samsa_geo.nn.attention._flex import PairGeometry, flex_supported
 from samsa_geo.nn.attention._sampling import Selection, relax, select
-from samsa_geo.nn.attention._sets import SetInfo, batch_sizes, set_info
+from samsa_geo.nn.attention._sets import (
+    SetInfo,
+    batch_sizes,
+    check_size_hint,
+    set_info,
+)
 from samsa_geo.nn.attention._sft_sampling import sft_sample
 from samsa_geo.nn.attention._similarity import SIMILARITIES
 from samsa_geo.nn.attention._tiles import (
@@ -27,6 +32,7 @@ from samsa_geo.nn.attention._tiles import (
 )
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
 from samsa_geo.nn.attention.relative_bias import RelativeBias
+from samsa_geo.ops.validation import check_finite
 
 SAMPLING_MODES = ('hard', 'soft', 'full', 'sft')
 NORMALIZATIONS = ('softmax', 'leaky')
@@ -280,11 +286,13 @@ class SamsaAttention(Module):
         check = (config.is_debug() or x.device.type == 'cpu') \
             and not is_tracing()
         if check:
-            _check_finite(x=x, pos=pos, normal=normal)
+            for name, t in (('x', x), ('pos', pos), ('normal', normal)):
+                if t is not None:
+                    check_finite(t, name)
         if batch is None:
             return set_info(N, None, self.k, R, full, x.device)
-        _check_hint('num_graphs', num_graphs)
-        _check_hint('max_num_nodes', max_num_nodes)
+        check_size_hint('num_graphs', num_graphs)
+        check_size_hint('max_num_nodes', max_num_nodes)
         need_size = isinstance(self.k, float) or full
         if num_graphs is None and is_tracing() and not need_size and N > 0:
             # Compiled without hints: the number of sets alone (one
@@ -426,9 +434,9 @@ class SamsaAttention(Module):
         B, K = sample.index.shape
         kv = self.lin_kv(sample.x).view(B, K, H, 2 * D)  # [B, k, H, 2D]
         u = kv.transpose(1, 2)  # [B, H, k, 2D]
-        slot = torch.arange(K, device=x.device)
         # An empty set keeps one (unused) valid slot, as in select().
-        valid = slot.view(1, -1) < info.k.clamp(min=1).view(-1, 1)
+        valid = sample.index >= 0  # [B, k]
+        valid[:, 0] = True
         top = sample.index.clamp(min=0).unsqueeze(1).expand(B, H, K)
         return Selection(top, valid, None, top[..., :0], None, None), u
 
@@ -585,17 +593,3 @@ class SamsaAttention(Module):
 
 def _refresh_tau(module: SamsaAttention, incompatible_keys) -> None:
     module.tau = float(module.temperature)
-
-
-def _check_hint(name: str, value: Optional[int]) -> None:
-    if value is not None and (isinstance(value, bool)
-                              or not isinstance(value, int) or value < 0):
-        raise TypeError(f"Expected '{name}' to be a non-negative int or "
-                        f"None (got {value!r})")
-
-
-def _check_finite(**tensors: Optional[Tensor]) -> None:
-    for name, t in tensors.items():
-        if t is not None and not bool(torch.isfinite(t).all()):
-            raise ValueError(f"Expected '{name}' to hold finite values "
-                             f"only (found NaN or inf)")

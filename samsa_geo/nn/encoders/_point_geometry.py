@@ -7,7 +7,7 @@ from torch import Tensor
 from torch_geometric.utils import scatter
 
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.attention._sets import batch_sizes
+from samsa_geo.nn.attention._sets import batch_sizes, check_size_hint
 
 #: Added under every square root: keeps norms and their gradients finite at
 #: 0 (see :func:`eps_for` for dtypes in which it rounds to zero).
@@ -83,11 +83,7 @@ def check_points(
         raise ValueError(f"Expected 'batch' to have shape [{N}] "
                          f"(got {list(batch.shape)})")
     batch = batch.long()
-    if num_clouds is not None and (isinstance(num_clouds, bool) or not
-                                   isinstance(num_clouds, int)
-                                   or num_clouds < 0):
-        raise TypeError(f"Expected 'num_graphs' to be a non-negative int "
-                        f"(got {num_clouds!r})")
+    check_size_hint('num_graphs', num_clouds)
     if N == 0:
         return batch, 0 if num_clouds is None else num_clouds
     check = config.is_debug() or pos.device.type == 'cpu'

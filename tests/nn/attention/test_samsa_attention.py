@@ -141,13 +141,17 @@ def test_registers_compete():
     assert ((idx[1] >= 0) | (idx[1] < -1)).sum(-1).tolist() == [6, 6]
 
 
-@pytest.mark.parametrize('num_registers', [0, 2])
-def test_k_at_least_n_equals_full(num_registers):
+@pytest.mark.parametrize('kwargs', [dict(num_registers=0),
+                                    dict(num_registers=2),
+                                    dict(sampling='sft')])
+def test_k_at_least_n_equals_full(kwargs):
+    # A set of n <= k keeps every token; SFT's keeps them unmixed (training
+    # too).
     sizes = [6, 9, 4]
     x, batch = make_batch(sizes)
-    sampled = SamsaAttention(32, heads=4, k=64, num_registers=num_registers)
+    sampled = SamsaAttention(32, heads=4, k=64, **kwargs)
     full = SamsaAttention(32, heads=4, sampling='full',
-                          num_registers=num_registers)
+                          num_registers=kwargs.get('num_registers', 0))
     full.load_state_dict(sampled.state_dict(), strict=False)
     for training in (False, True):
         sampled.train(training)
@@ -680,18 +684,6 @@ def test_returned_weights_reproduce_the_output(kwargs):
             mix[i, h] = alpha[i, h, ok] @ v[rows, h]
             assert (alpha[i, h, ~ok] == 0).all()
     assert torch.allclose(attn.lin_out(mix.view(-1, 16)), out, atol=1e-5)
-
-
-def test_sft_sampling_with_k_at_least_n_equals_full():
-    # SFT keeps every token of a set of n <= k, unmixed (training too).
-    x, batch = make_batch([6, 9, 4])
-    sft = SamsaAttention(32, heads=4, k=64, sampling='sft')
-    full = SamsaAttention(32, heads=4, sampling='full')
-    full.load_state_dict(sft.state_dict(), strict=False)
-    for training in (False, True):
-        sft.train(training)
-        full.train(training)
-        assert torch.allclose(sft(x, batch), full(x, batch), atol=1e-5)
 
 
 def test_sft_sampling_shares_one_score_and_mixes_in_training():
