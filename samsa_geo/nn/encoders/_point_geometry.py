@@ -32,12 +32,13 @@ def check_points(
     normal: Optional[Tensor],
     num_clouds: Optional[int] = None,
     check_values: Optional[bool] = None,
-) -> Tuple[Tensor, int]:
+) -> Tuple[Tensor, int, Optional[int]]:
     r"""Validates ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` (sorted) and
-    ``normal`` :math:`(N, 3)`; returns the batch vector and the number of
-    clouds, ``num_clouds`` if given (e.g. a PyG ``Batch.num_graphs``: then
-    nothing is read back from a GPU), else read from ``batch`` once per
-    batch tensor. With ``check_values`` (by default on the CPU, and on a
+    ``normal`` :math:`(N, 3)`; returns the batch vector, the number of
+    clouds and the largest cloud's size. The number is ``num_clouds`` if
+    given (e.g. a PyG ``Batch.num_graphs``: then nothing is read back from
+    a GPU and the size is :obj:`None`), else both are read from ``batch``
+    once per batch tensor. With ``check_values`` (by default on the CPU, and on a
     GPU in the attention's debug mode, since it is a device sync) ``pos``
     and ``normal`` must also be finite; the error names the tensor and the
     first point."""
@@ -72,7 +73,7 @@ def check_points(
                         f"(point {i} is {t[i].tolist()}; "
                         f"{int(bad.sum())} point(s) affected)")
     if batch is None:
-        return pos.new_zeros(N, dtype=torch.long), 1 if N > 0 else 0
+        return pos.new_zeros(N, dtype=torch.long), 1 if N > 0 else 0, N
     if not isinstance(batch, Tensor):
         raise TypeError(f"Expected 'batch' to be a Tensor "
                         f"(got {type(batch).__name__})")
@@ -85,15 +86,17 @@ def check_points(
     batch = batch.long()
     check_size_hint('num_graphs', num_clouds)
     if N == 0:
-        return batch, 0 if num_clouds is None else num_clouds
+        return batch, 0 if num_clouds is None else num_clouds, 0
     check = config.is_debug() or pos.device.type == 'cpu'
+    max_size = None
     if num_clouds is None or check:
-        B, _ = batch_sizes(batch)  # checks that 'batch' is sorted
+        B, n_max = batch_sizes(batch)  # checks that 'batch' is sorted
         if num_clouds is not None and num_clouds < B:
             raise ValueError(f"Expected 'num_graphs' >= {B}, the clouds in "
                              f"'batch' (got {num_clouds})")
-        num_clouds = B if num_clouds is None else num_clouds
-    return batch, num_clouds
+        if num_clouds is None:
+            num_clouds, max_size = B, n_max
+    return batch, num_clouds, max_size
 
 
 def safe_norm(v: Tensor) -> Tensor:

@@ -144,7 +144,7 @@ class PPFPointEncoder(Module):
         normal: Optional[Tensor] = None,
         edge_index: Optional[Tensor] = None,
     ) -> Tensor:
-        batch, B = check_points(pos, batch, normal)
+        batch, B, _ = check_points(pos, batch, normal)
         return self.encode(pos, batch, B, normal, edge_index)
 
     def encode(

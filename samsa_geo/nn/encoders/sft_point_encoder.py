@@ -118,7 +118,7 @@ class SFTPointEncoder(Module):
 
     def forward(self, pos: Tensor, batch: Optional[Tensor] = None,
                 normal: Optional[Tensor] = None) -> Tensor:
-        batch, B = check_points(pos, batch, normal)
+        batch, B, _ = check_points(pos, batch, normal)
         return self.encode(pos, batch, B, normal)
 
     def encode(

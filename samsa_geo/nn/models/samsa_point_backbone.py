@@ -6,7 +6,6 @@ from torch.nn import GELU, Linear, Module, ModuleList, Sequential
 from torch_geometric.nn import EdgeConv, global_max_pool, global_mean_pool
 
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.attention._sets import batch_sizes
 from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
 from samsa_geo.nn.encoders._point_geometry import centroid, check_points
@@ -184,9 +183,9 @@ class SamsaPointBackbone(Module):
         (e.g. :func:`~samsa_geo.nn.batch_hints` of a PyG ``Batch``) spare
         the device read-backs that would compute them from ``batch``; with
         ``num_graphs`` the forward pass never waits for the GPU."""
-        max_num_nodes = point_counts(pos, batch, num_graphs, max_num_nodes)
-        batch, B = check_points(pos, batch, None, num_graphs)
-        return PointBatch(batch, B, max_num_nodes)
+        batch, B, n_max = check_points(pos, batch, None, num_graphs)
+        return PointBatch(batch, B, n_max if max_num_nodes is None
+                          else max_num_nodes)
 
     def forward(
         self,
@@ -327,17 +326,3 @@ def max_mean_pool(feats: PointFeatures) -> Tensor:
         return torch.cat([dense.amax(1), dense.mean(1)], dim=-1)
     return torch.cat([global_max_pool(h, batch, B),
                       global_mean_pool(h, batch, B)], dim=-1)
-
-
-def point_counts(pos: Tensor, batch: Optional[Tensor],
-                 num_graphs: Optional[int],
-                 max_num_nodes: Optional[int]) -> Optional[int]:
-    r"""The largest cloud's size for the layers' shapes: the caller's
-    ``max_num_nodes``; read from ``batch`` (once per batch tensor, cached)
-    when the caller gave no ``num_graphs`` either; else :obj:`None`, and
-    the layers use bounds without reading anything back."""
-    if max_num_nodes is not None or num_graphs is not None:
-        return max_num_nodes
-    if batch is None or pos.size(0) == 0:
-        return pos.size(0)
-    return batch_sizes(batch)[1]
