@@ -87,20 +87,24 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
             'repeats': len(times) * calls}
 
 
-def provenance(device: torch.device, args) -> dict:
-    """What produced a record: device, torch, commit, date and the
-    script's flags."""
-    import datetime
+def git_commit() -> Optional[str]:
+    """The checked-out commit, or :obj:`None` outside a git checkout (the
+    device machine's copy of the tree)."""
     import subprocess
-    commit = getattr(args, 'commit', None)
-    if commit is None:
-        try:
-            commit = subprocess.run(
-                ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                cwd=os.path.dirname(os.path.abspath(__file__)),
-                check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = None
+    try:
+        return subprocess.run(
+            ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def provenance(device: torch.device, args) -> dict:
+    """What produced a record: device, torch, commit (``args.commit`` where
+    given), date and the script's flags."""
+    import datetime
+    commit = getattr(args, 'commit', None) or git_commit()
     flags = {k: v for k, v in vars(args).items() if k not in ('commit', )}
     return dict(device=device_name(device), torch=torch.__version__,
                 commit=commit, date=datetime.date.today().isoformat(),
@@ -134,15 +138,8 @@ def run_provenance() -> dict:
     the checked-out commit (:obj:`None` outside git), the date and the
     command-line flags (less ``--out``)."""
     import datetime
-    import subprocess
     import sys
-    try:
-        commit = subprocess.run(
-            ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-            check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
+    commit = git_commit()
     argv, flags = sys.argv[1:], []
     while argv:
         arg = argv.pop(0)

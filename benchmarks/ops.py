@@ -25,7 +25,6 @@ command-line flags. Adds them to ``benchmarks/results/ops.json``.
     python benchmarks/ops.py --device cpu
 """
 import argparse
-import datetime
 import importlib.util
 import json
 import os
@@ -35,7 +34,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import device_name, measure, write_records  # noqa: E402
+from _common import measure, write_records  # noqa: E402
+from _common import provenance as base_provenance  # noqa: E402
 
 import samsa_geo.typing  # noqa: E402
 from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
@@ -48,27 +48,24 @@ TARGETS = {'knn_128x1024': 1.0, 'knn_100k': 20.0, 'fps_32x10k': 10.0,
 
 
 def provenance(device: torch.device, args: argparse.Namespace) -> dict:
-    """Device, versions, commit, date and flags of this run."""
+    """Device, versions, commit, date and flags of this run
+    (:func:`_common.provenance`), with Triton's version, whether the
+    checkout has uncommitted changes, the command line and the threads."""
+    rec = base_provenance(device, args)
     try:
-        commit = subprocess.run(
-            ['git', 'rev-parse', 'HEAD'], cwd=HERE, capture_output=True,
-            text=True, check=True).stdout.strip()
-        dirty = subprocess.run(
+        rec['dirty'] = None if args.commit is not None else subprocess.run(
             ['git', 'status', '--porcelain', '--untracked-files=no'],
-            cwd=HERE, capture_output=True, text=True).stdout.strip() != ''
+            cwd=HERE, capture_output=True, text=True,
+            check=True).stdout.strip() != ''
     except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    if args.commit is not None:  # a copy of the tree without git
-        commit, dirty = args.commit, None
+        rec['dirty'] = None
     triton = None
     if importlib.util.find_spec('triton') is not None:
         import triton
         triton = triton.__version__
-    return dict(device=device_name(device), torch=torch.__version__,
-                triton=triton, commit=commit, dirty=dirty,
-                date=datetime.datetime.now(datetime.timezone.utc)
-                .isoformat(timespec='seconds'),
-                flags=' '.join(sys.argv[1:]), threads=torch.get_num_threads())
+    rec.update(triton=triton, flags=' '.join(sys.argv[1:]),
+               threads=torch.get_num_threads())
+    return rec
 
 
 def implementations(device: torch.device) -> list:
