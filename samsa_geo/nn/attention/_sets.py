@@ -24,10 +24,11 @@ class SetInfo:
             :obj:`None` where the host does not know it.
         k_max (int): key slots per set, :math:`\geq \max_b k_b`.
         m_max (int): bottom slots per set, :math:`\geq \max_b m_b`.
-        all_valid (bool): every set has :math:`k_b = k_{\max}` and
-            :math:`m_b = m_{\max}` (no slot needs masking).
         equal (bool): every set has :math:`n_{\max}` tokens (the padded
             layout is a reshape).
+        all_valid (bool): every set has :math:`k_b = k_{\max}` and
+            :math:`m_b = m_{\max}` (no slot needs masking): the sets are
+            equal.
         ptr (Tensor): ``[B + 1]`` offsets of the sets in the token list.
         size (Tensor): ``[B]`` tokens per set :math:`n_b`.
         k (Tensor): ``[B]`` keys kept per set and head :math:`k_b`.
@@ -38,12 +39,12 @@ class SetInfo:
     common case, need none of them (every shape is a reshape).
     """
     def __init__(self, num_sets: int, max_size: Optional[int], k_max: int,
-                 m_max: int, all_valid: bool, equal: bool,
+                 m_max: int, equal: bool,
                  tensors: Callable[[], Tuple[Tensor, Tensor, Tensor, Tensor]],
                  ) -> None:
         self.num_sets, self.max_size = num_sets, max_size
         self.k_max, self.m_max = k_max, m_max
-        self.all_valid, self.equal = all_valid, equal
+        self.equal = equal
         self._make = tensors
         self._tensors: Optional[Tuple[Tensor, Tensor, Tensor, Tensor]] = None
 
@@ -52,6 +53,7 @@ class SetInfo:
             self._tensors = self._make()
         return self._tensors[i]
 
+    all_valid = property(lambda self: self.equal)
     ptr = property(lambda self: self._get(0))
     size = property(lambda self: self._get(1))
     k = property(lambda self: self._get(2))
@@ -163,10 +165,10 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
             ptr = torch.arange(2, device=device) * N  # [0, N]
             return ptr, one * N, one * k_max, one * m_max
 
-        return SetInfo(1, N, k_max, m_max, True, True, one_set)
+        return SetInfo(1, N, k_max, m_max, True, one_set)
 
     if num_sets is None:
-        num_sets, max_size, _ = read_batch(batch) if N > 0 else (1, 0, True)
+        num_sets, max_size = batch_sizes(batch)
     B = num_sets
     equal = max_size is not None and B * max_size == N
     if max_size is not None:
@@ -189,4 +191,4 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
         kb = resolve_k(k, size, R, full)
         return ptr, size, kb, torch.minimum(kb, size + R - kb)
 
-    return SetInfo(B, max_size, k_max, m_max, equal, equal, tensors)
+    return SetInfo(B, max_size, k_max, m_max, equal, tensors)
