@@ -7,6 +7,7 @@ from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_p
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._sets import batch_sizes, check_size_hint
 from samsa_geo.nn.conv.samsa_conv import SamsaConv
 from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
 from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
@@ -352,15 +353,12 @@ class SamsaGraphModel(Reloadable, Module):
     def _check_num_graphs(num_graphs: Optional[int], batch: Optional[Tensor],
                           N: int) -> None:
         # A hint smaller than the batch makes pooling index out of range.
-        if num_graphs is None:
-            return
-        if not isinstance(num_graphs, int) or num_graphs < 0:
-            raise ValueError(f"Expected 'num_graphs' to be a non-negative "
-                             f"int (got {num_graphs!r})")
-        if (N == 0 or torch.compiler.is_compiling() or batch is None
+        check_size_hint('num_graphs', num_graphs)
+        if (num_graphs is None or N == 0 or batch is None
+                or torch.compiler.is_compiling()
                 or not config.checks_values(batch.device)):
             return
-        needed = 1 if batch is None else int(batch.max()) + 1
+        needed = batch_sizes(batch)[0]  # read by the layers already
         if num_graphs < needed:
             raise ValueError(f"Expected 'num_graphs' >= {needed}, the number "
                              f"of graphs in 'batch' (got {num_graphs}); "
