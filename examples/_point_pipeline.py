@@ -84,7 +84,7 @@ def point_transforms(args, first=()):
 def point_trainer(model, task, args, num_train, monitor):
     """The examples' :class:`~samsa_geo.train.Trainer` with the learning
     rate and warm-up of ``args.preset`` (see :data:`PRESETS`), selection on
-    ``monitor`` (maximised)."""
+    ``monitor`` (maximised; ties go to the lower validation loss)."""
     preset = PRESETS[args.preset]
     steps = num_train // args.batch_size * args.epochs
     warmup = min(2000, max(steps // 10, preset['min_warmup']), steps)
@@ -94,7 +94,8 @@ def point_trainer(model, task, args, num_train, monitor):
                       lr=args.lr, warmup_steps=warmup, amp=args.amp,
                       compile=args.compile, device=args.device,
                       seed=args.seed, deterministic=args.deterministic,
-                      monitor=monitor, mode='max', resume=args.resume,
+                      monitor=monitor, mode='max', tie_break='val_loss',
+                      resume=args.resume,
                       overwrite=args.overwrite,
                       progress=not args.no_progress)
     if trainer.is_main:

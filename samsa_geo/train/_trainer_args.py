@@ -10,7 +10,7 @@ def check_trainer_arguments(model: Any, task: Any, epochs: Any, lr: float,
                             weight_decay: float, warmup_steps: Any,
                             clip_grad: Optional[float], amp: Optional[str],
                             monitor: Any, mode: str, resume: bool,
-                            overwrite: bool) -> None:
+                            overwrite: bool, tie_break: Any = None) -> None:
     r"""Raises :class:`TypeError` or :class:`ValueError` naming the first
     argument of :class:`~samsa_geo.train.Trainer` that is out of range."""
     if not isinstance(model, Module):
@@ -43,6 +43,11 @@ def check_trainer_arguments(model: Any, task: Any, epochs: Any, lr: float,
     if not isinstance(monitor, str) or not monitor.startswith('val_'):
         raise ValueError(f"Expected 'monitor' to name a validation metric "
                          f"starting with 'val_' (got {monitor!r})")
+    if tie_break is not None and (not isinstance(tie_break, str)
+                                  or not tie_break.startswith('val_')):
+        raise ValueError(f"Expected 'tie_break' to be None or name a "
+                         f"validation metric starting with 'val_' "
+                         f"(got {tie_break!r})")
     if resume and overwrite:
         raise ValueError("Expected at most one of 'resume' and "
                          "'overwrite' (got both)")

@@ -100,6 +100,11 @@ class Trainer:
             named with its :obj:`val_` prefix. (default: :obj:`'val_loss'`)
         mode (str, optional): :obj:`'min'` or :obj:`'max'`. (default:
             :obj:`'min'`)
+        tie_break (str, optional): Validation metric, lower is better (e.g.
+            :obj:`'val_loss'`), deciding between epochs whose
+            :obj:`monitor` ties, as accuracies on small validation sets
+            often do: without it the earliest such epoch stays
+            :obj:`best.pt`. (default: :obj:`None`)
         resume (bool, optional): Continue from :obj:`out_dir/last.pt` when it
             exists. (default: :obj:`False`)
         overwrite (bool, optional): Delete the run :obj:`out_dir` holds
@@ -132,6 +137,7 @@ class Trainer:
         deterministic: bool = False,
         monitor: str = 'val_loss',
         mode: str = 'min',
+        tie_break: Optional[str] = None,
         resume: bool = False,
         overwrite: bool = False,
         progress: bool = True,
@@ -140,7 +146,7 @@ class Trainer:
     ) -> None:
         check_trainer_arguments(model, task, epochs, lr, weight_decay,
                                 warmup_steps, clip_grad, amp, monitor, mode,
-                                resume, overwrite)
+                                resume, overwrite, tie_break)
         self.rank, self.world_size, self.local_rank = init_distributed()
         self.is_main = self.rank == 0
         if device is None:
@@ -163,6 +169,7 @@ class Trainer:
         self.deterministic = deterministic
         self.monitor = monitor
         self.mode = mode
+        self.tie_break = tie_break
         self.resume = resume
         self.overwrite = overwrite
         self.progress = progress
@@ -186,6 +193,7 @@ class Trainer:
         self.scheduler: Optional[WarmupCosineLR] = None
         self.global_step = 0
         self.best_score: Optional[float] = None
+        self.best_tie: Optional[float] = None  # tie_break of the best epoch
         self.best_epoch: Optional[int] = None
         self._stop_signal: Optional[int] = None
 
@@ -257,6 +265,7 @@ class Trainer:
             'steps_per_epoch': steps_per_epoch,
             'global_step': self.global_step,
             'best_score': self.best_score,
+            'best_tie': self.best_tie,
             'best_epoch': self.best_epoch,
             'monitor': self.monitor,
             'mode': self.mode,
@@ -398,12 +407,15 @@ class Trainer:
             prepare_run_folder(self.out_dir, self.resume, self.overwrite)
         barrier()
         self.global_step, self.best_score, self.best_epoch = 0, None, None
+        self.best_tie = None
         if self.resume and osp.isfile(self.last_path):
             state = load_checkpoint(self.last_path, map_location='cpu',
                                     required=RESUME_KEYS)
             start_epoch, skip, rank_state = self._restore(
                 state, steps_per_epoch, total_steps)
-            best_metrics = self.metrics_file.read().get('best', {})
+            # The summary keeps the selected epoch's val_* metrics flat.
+            best_metrics = {k: v for k, v in self.metrics_file.read().items()
+                            if k.startswith('val_')}
             if self.is_main:
                 print(f'Resuming from {self.last_path}: epoch '
                       f'{start_epoch + 1}, step {skip}/{steps_per_epoch}',
@@ -463,6 +475,7 @@ class Trainer:
         self.scaler.load_state_dict(state['scaler'])
         self.global_step = int(state['global_step'])
         self.best_score = state['best_score']
+        self.best_tie = state.get('best_tie')
         self.best_epoch = state['best_epoch']
         epoch, skip = resume_position(state, steps_per_epoch, self.last_path)
         skip, saved = restore_rank(state, self.rank, self.world_size,
@@ -560,18 +573,26 @@ class Trainer:
         if not metrics:
             self.best_epoch = epoch + 1
             return True
-        if self.monitor not in metrics:
-            raise KeyError(f"Expected the monitored metric '{self.monitor}' "
-                           f"among the validation metrics {sorted(metrics)}")
+        for name in (self.monitor, self.tie_break):
+            if name is not None and name not in metrics:
+                raise KeyError(f"Expected the metric '{name}' among the "
+                               f"validation metrics {sorted(metrics)}")
         score = float(metrics[self.monitor])
         if math.isnan(score):
             return False
-        if (self.best_score is None or
-                (score < self.best_score if self.mode == 'min'
-                 else score > self.best_score)):
-            self.best_score, self.best_epoch = score, epoch + 1
-            return True
-        return False
+        tie = None if self.tie_break is None else \
+            float(metrics[self.tie_break])
+        better = self.best_score is None or (
+            score < self.best_score if self.mode == 'min'
+            else score > self.best_score)
+        if not better and score == self.best_score and tie is not None:
+            # NaN never wins; a first tie score replaces a missing one.
+            better = not math.isnan(tie) and (self.best_tie is None
+                                              or tie < self.best_tie)
+        if better:
+            self.best_score, self.best_tie = score, tie
+            self.best_epoch = epoch + 1
+        return better
 
     def _exit_on_signal(self) -> None:
         signum = self._stop_signal or signal.SIGTERM

@@ -119,16 +119,21 @@ def test_resume_after_sigint_at_last_step_of_epoch(tmp_path):
 class ScriptedTask(ToyTask):
     r"""Validation 'score' follows a fixed script; snapshots the weights the
     score belongs to."""
-    def __init__(self, scores):
+    def __init__(self, scores, losses=None):
         super().__init__()
         self.scores = list(scores)
+        self.losses = losses
         self.model = None
         self.weights = []
 
     def compute_metrics(self, outputs):
         state = self.model.state_dict()
         self.weights.append({k: v.clone() for k, v in state.items()})
-        return {'score': self.scores[(len(self.weights) - 1) % len(self.scores)]}
+        i = (len(self.weights) - 1) % len(self.scores)
+        out = {'score': self.scores[i]}
+        if self.losses is not None:
+            out['loss'] = self.losses[i]
+        return out
 
 
 @pytest.mark.parametrize('mode,best_epoch', [('max', 2), ('min', 3)])
@@ -158,6 +163,28 @@ def test_best_checkpoint_tracks_monitored_metric(tmp_path, mode, best_epoch):
     tr.evaluate(val, split='test', checkpoint='best')
     for key, value in weights[best_epoch - 1].items():
         assert torch.equal(tr.model.state_dict()[key], value)
+
+
+@pytest.mark.parametrize('tie_break,best_epoch', [(None, 2), ('val_loss', 4)])
+def test_tie_break_decides_between_equal_scores(tmp_path, tie_break,
+                                                best_epoch):
+    # Epochs 2-4 tie on the score; the loss picks epoch 4 (0.2), not the
+    # NaN of epoch 3, and survives a resume.
+    scores, losses = [0.5, 0.9, 0.9, 0.9], [2.0, 0.9, float('nan'), 0.2]
+    task = ScriptedTask(scores, losses)
+    tr = trainer(tmp_path, task, epochs=3, monitor='val_score', mode='max',
+                 tie_break=tie_break, dropout=0.0)
+    task.model = tr.model
+    train, val = loaders()
+    tr.fit(train, val)
+    del tr
+    tr = trainer(tmp_path, task, epochs=4, monitor='val_score', mode='max',
+                 tie_break=tie_break, dropout=0.0, resume=True)
+    task.model = tr.model
+    result = tr.fit(train, val)
+    assert result['best_epoch'] == best_epoch
+    assert result['val_loss'] == losses[best_epoch - 1]
+    assert load_checkpoint(tmp_path / 'best.pt')['epoch'] == best_epoch
 
 
 def test_run_folder_contents(tmp_path):
@@ -331,6 +358,7 @@ def test_errors(tmp_path):
     ({'monitor': 'acc'}, "'monitor'"),
     ({'clip_grad': -1.0}, "'clip_grad'"),
     ({'warmup_steps': -1}, "'warmup_steps'"),
+    ({'tie_break': 'loss'}, "'tie_break'"),
 ])
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
