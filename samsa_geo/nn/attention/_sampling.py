@@ -57,7 +57,9 @@ def _local_to_global(loc: Tensor, info: SetInfo, num_tokens: int,
     # loc: [B, H, K] positions inside each set's candidate list. Positions
     # past an empty or short set are clamped to a valid id (masked later).
     if info.equal and num_registers == 0:  # set b starts at b * n
-        start = torch.arange(info.num_sets, device=loc.device) * info.max_size
+        n = info.max_size
+        start = torch.arange(0, info.num_sets * n, max(n, 1),
+                             device=loc.device)  # [B]
         return loc + start.view(-1, 1, 1)
     size = info.size.view(-1, 1, 1)
     ptr = info.ptr[:-1].view(-1, 1, 1)
@@ -68,16 +70,20 @@ def _local_to_global(loc: Tensor, info: SetInfo, num_tokens: int,
 
 
 def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
-                num_tokens: int, num_registers: int, K2: int) -> Tensor:
+                num_tokens: int, num_registers: int, K2: int,
+                ordered: bool = True) -> Tensor:
     """Top-``K2`` candidate ids per set and head through a padded score
-    matrix ``[B, H, n_max + R]`` (scores only, never token features)."""
+    matrix ``[B, H, n_max + R]`` (scores only, never token features), in
+    descending order of score unless ``ordered=False`` (any order: one
+    kernel less)."""
     B, R, H = info.num_sets, num_registers, cand.size(1)
     C = info.max_size + R
     if batch is None:  # one set: local positions are the global ids
         dense = cand.t().unsqueeze(0)  # [1, H, N + R]
-        return dense.topk(K2, dim=-1, sorted=True).indices  # [1, H, K2]
+        return dense.topk(K2, dim=-1, sorted=ordered).indices  # [1, H, K2]
     if info.equal:  # a reshape
-        dense = cand[:num_tokens].view(B, info.max_size, H)
+        dense = (cand[:num_tokens] if R > 0 else cand).view(
+            B, info.max_size, H)  # [N, H] -> [B, n, H]
         if R > 0:
             dense = torch.cat([dense, cand[num_tokens:].view(B, R, H)], 1)
         dense = dense.transpose(1, 2)  # [B, H, C]
@@ -90,7 +96,7 @@ def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
             r = torch.arange(R, device=cand.device).repeat(B)
             dense[b, info.size[b] + r] = cand[num_tokens:]
         dense = dense.transpose(1, 2)  # [B, H, C]
-    loc = dense.topk(K2, dim=-1, sorted=True).indices  # [B, H, K2]
+    loc = dense.topk(K2, dim=-1, sorted=ordered).indices  # [B, H, K2]
     return _local_to_global(loc, info, num_tokens, R)
 
 
@@ -124,7 +130,8 @@ def _rank_sorted(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
 
 def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
            info: SetInfo, num_registers: int, perturb: bool,
-           with_bottom: bool, packed: bool = False) -> Selection:
+           with_bottom: bool, packed: bool = False,
+           ordered: bool = True) -> Selection:
     r"""Selects the top :math:`k_b` (and the next :math:`m_b`) candidates of
     every set and head.
 
@@ -137,6 +144,9 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
         reg_score (Tensor, optional): ``[R, H]`` register logits.
         packed (bool): rank by sorting instead of a padded score matrix
             (always, where :math:`n_{\max}` is unknown).
+        ordered (bool): keep the top set in descending order of score;
+            :obj:`False` allows any order where no slot is masked and no
+            bottom set is taken (a top-k without its final sort).
     """
     N = score.size(0)
     cand = _candidate_scores(score, reg_score, info)  # [M, H]
@@ -147,10 +157,14 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     if info.max_size is not None:
         K2 = min(K2, info.max_size + num_registers)
     sort = packed or info.max_size is None
-    rank = _rank_sorted if sort else _rank_dense
-    ids = rank(cand.detach(), batch, info, N, num_registers, K2)  # [B, H, K2]
+    ranked = cand.detach() if cand.requires_grad else cand
+    if sort:
+        ids = _rank_sorted(ranked, batch, info, N, num_registers, K2)
+    else:  # [B, H, K2]
+        ordered = ordered or m_max > 0 or not info.all_valid
+        ids = _rank_dense(ranked, batch, info, N, num_registers, K2, ordered)
     H, device = score.size(1), score.device
-    top = ids[..., :info.k_max]
+    top = ids if K2 == info.k_max else ids[..., :info.k_max]
     if info.all_valid:  # no slot to mask: plain slices
         top_valid = bottom_valid = None
         bottom = ids[..., info.k_max:info.k_max + m_max]
@@ -173,6 +187,35 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
         top_score, bottom_score = cand[top, head], cand[bottom, head]
     return Selection(top, top_valid, top_score, bottom, bottom_valid,
                      bottom_score)
+
+
+class _GatherRows(torch.autograd.Function):
+    """``kv[ids, head]`` whose backward writes the gradient rows into
+    place instead of accumulating them (an indexed copy, not a sort and a
+    segmented sum), valid where no (id, head) pair repeats."""
+    @staticmethod
+    def forward(ctx, kv: Tensor, ids: Tensor, head: Tensor) -> Tensor:
+        ctx.save_for_backward(ids, head)
+        ctx.kv_shape = kv.shape
+        return kv[ids, head]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        ids, head = ctx.saved_tensors
+        out = grad.new_zeros(ctx.kv_shape)
+        out[ids, head] = grad
+        return out, None, None
+
+
+def gather_rows(kv: Tensor, ids: Tensor, head: Tensor,
+                unique: bool) -> Tensor:
+    r"""Rows ``kv[ids[b, h, j], h]`` of ``kv`` :math:`(M, H, F)` for ids
+    :math:`(B, H, K)`: :math:`(B, H, K, F)`. With ``unique=True`` (no id
+    repeats within a head, as in the top set of equal-size sets) the
+    backward pass writes rows instead of accumulating them."""
+    if unique and torch.is_grad_enabled() and kv.requires_grad:
+        return _GatherRows.apply(kv, ids, head)
+    return kv[ids, head]
 
 
 def _pair_weights(sel: Selection, tau: float):

@@ -1,5 +1,5 @@
 import math
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +12,18 @@ from samsa_geo.nn.attention._attend import (
     explicit_attention,
     sdpa_attention,
 )
-from samsa_geo.nn.attention._dispatch import is_exporting, is_tracing
+from samsa_geo.nn.attention._dispatch import (
+    is_exporting,
+    is_tracing,
+    needs_grad,
+)
 from samsa_geo.nn.attention._flex import PairGeometry, flex_supported
-from samsa_geo.nn.attention._sampling import Selection, relax, select
+from samsa_geo.nn.attention._sampling import (
+    Selection,
+    gather_rows,
+    relax,
+    select,
+)
 from samsa_geo.nn.attention._sets import (
     SetInfo,
     batch_sizes,
@@ -195,6 +204,10 @@ class SamsaAttention(Module):
         # Row block h holds [k_h, v_h]: one gather moves keys and values.
         self.lin_kv = Linear(channels, 2 * channels)
         self.lin_out = Linear(channels, channels)
+        # [H]: the head of each row block of a gather (no arange per call).
+        self.register_buffer('head_index', torch.arange(heads),
+                             persistent=False)
+        self._projection_cache = None
         # 'full' attends to every token: no scorer, no register scores.
         full = sampling == 'full'
         if sampling == 'sft' and num_registers > 0:
@@ -377,11 +390,14 @@ class SamsaAttention(Module):
                 reg = self.reg_kv.to(kv.dtype).repeat(info.num_sets, 1, 1)
                 kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
             # 2. Sample k candidates per set and head (relaxed in training).
-            sel = self._sample(x, hidden, batch, info)
-            head = torch.arange(H, device=x.device).view(1, -1, 1)
-            u = kv[sel.top, head]  # [B, H, k, 2D]
+            sel = self._sample(x, hidden, batch, info, return_indices)
+            head = self.head_index.view(1, -1, 1)
+            # Equal sets: the top and bottom sets hold distinct ids.
+            unique = info.all_valid
+            u = gather_rows(kv, sel.top, head, unique)  # [B, H, k, 2D]
             if self.training and self.scorer is not None and info.m_max > 0:
-                u_bottom = kv[sel.bottom, head]  # [B, H, m, 2D]
+                u_bottom = gather_rows(kv, sel.bottom, head,
+                                       unique)  # [B, H, m, 2D]
                 u = relax(sel, u, u_bottom, self.tau,
                           hard=self.sampling == 'hard')
         key, value = u.split(D, dim=-1)  # [B, H, k, D] each
@@ -413,13 +429,42 @@ class SamsaAttention(Module):
             lins = [self.lin_q, self.scorer.score_nn[0]]
         elif self.scorer is not None:
             lins.append(self.scorer.score_nn[0])
-        weight = torch.cat([lin.weight for lin in lins], dim=0)  # [kC, C]
-        bias = torch.cat([lin.bias for lin in lins], dim=0)
+        weight, bias = self._fused_projection(lins, x)
+        if weight.dtype != x.dtype:  # the cached weights of autocast's dtype
+            x = x.to(weight.dtype)
         out = F.linear(x, weight, bias).split(
             [lin.out_features for lin in lins], 1)
         if self.sampling == 'sft':
             return out[0], None, out[1]
         return out[0], out[1], out[2] if len(out) > 2 else None
+
+    def _fused_projection(self, lins: List[Linear],
+                          x: Tensor) -> Tuple[Tensor, Tensor]:
+        # The stacked weight [kC, C] and bias [kC]. Where no gradient
+        # reaches them (inference), they are kept between calls in the
+        # dtype the call computes in (autocast's, if on): no concatenation
+        # and no cast per call. The cache is rebuilt when a parameter is
+        # changed in place (its version counter), replaced or moved, and
+        # dropped by train() / eval().
+        params = [t for lin in lins for t in (lin.weight, lin.bias)]
+        if needs_grad(*params) or is_tracing():
+            return (torch.cat([lin.weight for lin in lins], dim=0),
+                    torch.cat([lin.bias for lin in lins], dim=0))
+        dtype = params[0].dtype
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+        key = (dtype, tuple((t.data_ptr(), t._version) for t in params))
+        if self._projection_cache is None or \
+                self._projection_cache[0] != key:
+            with torch.no_grad():
+                weight = torch.cat([lin.weight for lin in lins], 0).to(dtype)
+                bias = torch.cat([lin.bias for lin in lins], 0).to(dtype)
+            self._projection_cache = (key, weight, bias)
+        return self._projection_cache[1], self._projection_cache[2]
+
+    def train(self, mode: bool = True) -> 'SamsaAttention':
+        self._projection_cache = None
+        return super().train(mode)
 
     def _sample_sft(self, x: Tensor, hidden: Tensor, batch: Optional[Tensor],
                     info: SetInfo) -> Tuple[Selection, Tensor]:
@@ -441,7 +486,8 @@ class SamsaAttention(Module):
         return Selection(top, valid, None, top[..., :0], None, None), u
 
     def _sample(self, x: Tensor, hidden: Optional[Tensor],
-                batch: Optional[Tensor], info: SetInfo) -> Selection:
+                batch: Optional[Tensor], info: SetInfo,
+                ordered: bool) -> Selection:
         N, R = x.size(0), self.num_registers
         if self.scorer is None:  # 'full': every candidate, in token order
             order = -torch.arange(N + R, device=x.device, dtype=torch.float)
@@ -458,7 +504,8 @@ class SamsaAttention(Module):
         return select(importance, reg_importance, batch, info, R, perturb,
                       with_bottom=self.training and self.scorer is not None,
                       packed=batch is not None
-                      and self._padding_costly(info, x.size(0)))
+                      and self._padding_costly(info, x.size(0)),
+                      ordered=ordered)
 
     def _attend(self, q: Tensor, key: Tensor, value: Tensor, sel: Selection,
                 tiles: Tiles, pos: Optional[Tensor],
