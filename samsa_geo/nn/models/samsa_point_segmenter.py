@@ -8,6 +8,7 @@ from torch_geometric.nn.inits import reset
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.models._samsa_point_model import PointModel, mlp_head
 from samsa_geo.nn.models.samsa_point_backbone import max_mean_pool
+from samsa_geo.ops.validation import BATCH_DTYPES, check_integer_tensor
 
 
 class SamsaPointSegmenter(PointModel):
@@ -98,12 +99,7 @@ class SamsaPointSegmenter(PointModel):
         if category is None:
             raise ValueError(f"Expected 'category' of shape [B] since "
                              f"'num_categories={self.num_categories}'")
-        if not isinstance(category, Tensor):
-            raise TypeError(f"Expected 'category' to be a Tensor "
-                            f"(got {type(category).__name__})")
-        if category.dtype not in (torch.long, torch.int32):
-            raise TypeError(f"Expected 'category' to be an integer tensor "
-                            f"(got {category.dtype})")
+        check_integer_tensor('category', category, BATCH_DTYPES)
         category = category.long().view(-1)
         B, N = num_clouds, batch.numel()
         if category.numel() == B:
