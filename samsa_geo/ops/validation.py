@@ -2,7 +2,8 @@ r"""Checks of input tensors, raising errors that name the argument.
 
 Type, dtype and shape checks (:func:`check_tensor`,
 :func:`check_float_tensor`, :func:`check_integer_tensor`,
-:func:`check_matrix`, :func:`check_batch_vector`) read nothing from the
+:func:`check_matrix`, :func:`check_edge_index`,
+:func:`check_batch_vector`) read nothing from the
 device. Value checks (a sorted batch vector, finite points) read the
 device, which on a GPU makes the host wait: call them once at a model's or
 layer's entry. The geometry ops run such checks behind the switch of
@@ -65,6 +66,16 @@ def check_matrix(name: str, value: Any, columns: int) -> Tensor:
     return value
 
 
+def check_edge_index(edge_index: Any) -> Tensor:
+    r"""Raises an error unless :obj:`edge_index` is a tensor of shape
+    :obj:`[2, E]`; returns it."""
+    check_tensor('edge_index', edge_index)
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"Expected 'edge_index' to have shape [2, E] "
+                         f"(got {list(edge_index.shape)})")
+    return edge_index
+
+
 def check_batch_vector(batch: Any, size: int,
                        name: str = 'batch') -> Tensor:
     r"""Raises an error naming :obj:`name` unless :obj:`batch` is a
@@ -121,6 +132,7 @@ __all__ = [
     'check_float_tensor',
     'check_integer_tensor',
     'check_matrix',
+    'check_edge_index',
     'check_batch_vector',
     'check_sorted_batch',
     'check_finite',
