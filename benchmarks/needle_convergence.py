@@ -1,8 +1,9 @@
 """Convergence on the needle task (samsa_geo.testing.needle_task): steps until
 the training loss (exponential moving average, factor 0.95) falls below a
-target, and until evaluation accuracy reaches 95 %, for SAMSA with softmax
-attention, SAMSA with SFT's leaky normalisation and full attention, over
-several seeds, on the CPU with one thread. Writes a JSON record (with its
+target, and the final evaluation accuracy, for SAMSA with softmax
+attention, SAMSA with SFT's leaky normalisation, the SFT layer
+(``sampling='sft'``, leaky normalisation) and full attention, over several
+seeds, on the CPU with one thread. Writes a JSON record (with its
 provenance: device, torch, commit, date, flags) and a plot of the loss
 curves.
 

@@ -13,7 +13,8 @@ outside it for the single layers.
 features) to bfloat16 instead of running float32 weights under autocast;
 positions stay float32. The SamsaConv layer is configured as inside
 :class:`SamsaPointClassifier` (per-point LayerNorm, GELU); on CUDA its
-relative bias runs as one fused FlexAttention kernel.
+relative bias runs as one fused kernel: samsa_geo's Triton kernel, or
+FlexAttention with ``--inference-kernel flex``.
 """
 import argparse
 import json

@@ -1,7 +1,8 @@
 """Times and profiles the point-cloud SamsaConv layer and classifier on
 the GPU (bf16 inference, 128 clouds x 1,024 points): the layer as the
-classifier builds it, with and without the relative bias (fused
-FlexAttention kernel or the explicit path), eager and compiled.
+classifier builds it, with and without the relative bias (the fused
+kernel, Triton or ``--inference-kernel flex``, or the explicit path), eager
+and compiled.
 
     python benchmarks/profile_points.py --out profile_points.txt
 """

@@ -1,12 +1,12 @@
 import os.path as osp
-from typing import List
+from typing import Callable, List, Optional
 
 from torch_geometric.data import InMemoryDataset
 
 from samsa_geo.datasets._checked_cache import CheckedCache
 from samsa_geo.datasets._download import fetch_archive
 from samsa_geo.datasets._process import read_lines
-from samsa_geo.datasets._split import split_indices
+from samsa_geo.datasets._split import check_split_args, split_indices
 
 
 class ModelNetArchive(CheckedCache, InMemoryDataset):
@@ -15,12 +15,26 @@ class ModelNetArchive(CheckedCache, InMemoryDataset):
     after loading (processed file 0 is train, 1 is test; :obj:`"train"` and
     :obj:`"val"` index the training file).
 
-    Subclasses set :obj:`url`, :obj:`folder` and call :meth:`load_split` at
-    the end of their :obj:`__init__`. The cache is read weights-only and
-    rebuilt when the raw files change (:class:`CheckedCache`).
+    Subclasses set :obj:`url` and :obj:`folder`, and call this
+    :obj:`__init__` once their own attributes are set (the processed file
+    names may read them). The cache is read weights-only and rebuilt when
+    the raw files change (:class:`CheckedCache`).
     """
     url: str
     folder: str
+
+    def __init__(self, root: str, split: str, num_points: int,
+                 use_normals: bool, val_ratio: float,
+                 transform: Optional[Callable],
+                 pre_transform: Optional[Callable],
+                 pre_filter: Optional[Callable], force_reload: bool) -> None:
+        check_split_args(split, num_points, val_ratio)
+        self.split = split
+        self.num_points = num_points
+        self.val_ratio = val_ratio
+        super().__init__(root, transform, pre_transform, pre_filter,
+                         force_reload=force_reload)
+        self.load_split(split, val_ratio, use_normals, self.raw_paths[0])
 
     @property
     def raw_dir(self) -> str:

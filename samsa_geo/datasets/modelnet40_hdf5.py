@@ -7,7 +7,6 @@ from torch_geometric.data import Data
 
 from samsa_geo.datasets._modelnet_archive import ModelNetArchive
 from samsa_geo.datasets._process import prepare, read_lines
-from samsa_geo.datasets._split import check_split_args
 from samsa_geo.io import DamagedFileError
 
 
@@ -109,13 +108,8 @@ class ModelNet40HDF5(ModelNetArchive):
         pre_filter: Optional[Callable] = None,
         force_reload: bool = False,
     ) -> None:
-        check_split_args(split, num_points, val_ratio)
-        self.split = split
-        self.num_points = num_points
-        self.val_ratio = val_ratio
-        super().__init__(root, transform, pre_transform, pre_filter,
-                         force_reload=force_reload)
-        self.load_split(split, val_ratio, use_normals, self.raw_paths[0])
+        super().__init__(root, split, num_points, use_normals, val_ratio,
+                         transform, pre_transform, pre_filter, force_reload)
 
     @property
     def raw_file_names(self) -> List[str]:

@@ -7,7 +7,6 @@ from torch_geometric.data import Data
 from samsa_geo.datasets._modelnet_archive import ModelNetArchive
 from samsa_geo.datasets._process import prepare, read_lines, read_table
 from samsa_geo.io import DamagedFileError
-from samsa_geo.datasets._split import check_split_args
 from samsa_geo.ops import fps
 
 
@@ -75,21 +74,16 @@ class ModelNet40NormalResampled(ModelNetArchive):
         pre_filter: Optional[Callable] = None,
         force_reload: bool = False,
     ) -> None:
-        check_split_args(split, num_points, val_ratio)
         if name not in ('10', '40'):
             raise ValueError(f"Expected 'name' to be '10' or '40' "
                              f"(got '{name}')")
         if sampling not in ('first', 'fps'):
             raise ValueError(f"Expected 'sampling' to be 'first' or 'fps' "
                              f"(got '{sampling}')")
-        self.split = split
         self.name = name
-        self.num_points = num_points
         self.sampling = sampling
-        self.val_ratio = val_ratio
-        super().__init__(root, transform, pre_transform, pre_filter,
-                         force_reload=force_reload)
-        self.load_split(split, val_ratio, use_normals, self.raw_paths[0])
+        super().__init__(root, split, num_points, use_normals, val_ratio,
+                         transform, pre_transform, pre_filter, force_reload)
 
     @property
     def raw_file_names(self) -> List[str]:

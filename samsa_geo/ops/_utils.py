@@ -62,12 +62,7 @@ def use_triton(backend: str, supported: bool, what: str) -> bool:
 
 def check_points(name: str, x: Tensor) -> Tensor:
     r"""Returns :obj:`x` as a 2-dimensional floating-point matrix."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"Expected '{name}' to be a Tensor "
-                        f"(got {type(x).__name__})")
-    if not x.is_floating_point():
-        raise TypeError(f"Expected '{name}' to be a floating-point tensor "
-                        f"(got {x.dtype})")
+    validation.check_float_tensor(name, x)
     if x.dim() == 1:
         x = x.view(-1, 1)  # [N, 1]
     if x.dim() != 2:
@@ -90,12 +85,7 @@ def check_batch(name: str, batch: Optional[Tensor], num_nodes: int,
     :obj:`num_nodes` (its values are checked by :func:`read_values`)."""
     if batch is None:
         return None
-    if not isinstance(batch, Tensor):
-        raise TypeError(f"Expected '{name}' to be a Tensor "
-                        f"(got {type(batch).__name__})")
-    if batch.dtype.is_floating_point or batch.dtype == torch.bool:
-        raise TypeError(f"Expected '{name}' to be an integer tensor "
-                        f"(got {batch.dtype})")
+    validation.check_integer_tensor(name, batch)
     if batch.dim() != 1 or batch.numel() != num_nodes:
         raise ValueError(f"Expected '{name}' to have shape [{num_nodes}] "
                          f"(got {list(batch.size())})")
@@ -175,11 +165,24 @@ def batch_to_ptr(batch: Optional[Tensor], num_nodes: int, batch_size: int,
     return torch.searchsorted(batch, bounds)
 
 
-def paired_batches(x: Tensor, y: Tensor, batch_x: Optional[Tensor],
-                   batch_y: Optional[Tensor], batch_size: Optional[int]
-                   ) -> Tuple[Optional[Tensor], Optional[Tensor], int]:
-    r"""Validates a query/candidate pair and its batch vectors (values
-    included, see :func:`read_values`)."""
+def check_pair(
+    x: Tensor, y: Tensor, batch_x: Optional[Tensor], batch_y: Optional[Tensor],
+    batch_size: Optional[int], chunk_size: Optional[int]
+) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], int]:
+    r"""Validates the candidates :obj:`x` and queries :obj:`y` of
+    :func:`~samsa_geo.ops.knn` and :func:`~samsa_geo.ops.radius` (points of
+    one width on one device), their batch vectors (values included, see
+    :func:`read_values`) and :obj:`chunk_size`; returns
+    :obj:`(x, y, batch_x, batch_y, batch_size)`."""
+    x, y = check_points('x', x), check_points('y', y)
+    if x.size(1) != y.size(1):
+        raise ValueError(f"Expected 'x' and 'y' to have the same number of "
+                         f"features (got {x.size(1)} and {y.size(1)})")
+    if y.device != x.device:
+        raise ValueError(f"Expected 'y' on device {x.device} "
+                         f"(got {y.device})")
+    if chunk_size is not None:
+        check_positive_int('chunk_size', chunk_size)
     batch_x = check_batch('batch_x', batch_x, x.size(0), x.device)
     batch_y = check_batch('batch_y', batch_y, y.size(0), y.device)
     size = read_values([('x', x), ('y', y)],
@@ -188,7 +191,26 @@ def paired_batches(x: Tensor, y: Tensor, batch_x: Optional[Tensor],
     if size > 1 and (batch_x is None or batch_y is None):
         raise ValueError("Expected both 'batch_x' and 'batch_y' when the "
                          f"batch holds several examples (got {size} examples)")
-    return batch_x, batch_y, size
+    return x, y, batch_x, batch_y, size
+
+
+FLOWS = ('source_to_target', 'target_to_source')
+
+
+def check_flow(flow: str) -> None:
+    if flow not in FLOWS:
+        raise ValueError(f"Expected 'flow' to be one of {FLOWS} "
+                         f"(got {flow!r})")
+
+
+def flow_edges(edge_index: Tensor, flow: str) -> Tuple[Tensor, Tensor]:
+    r"""The :obj:`(row, col)` of a :func:`~samsa_geo.ops.knn` or
+    :func:`~samsa_geo.ops.radius` result (row 0 the queries) in the order of
+    :obj:`flow`: :obj:`"source_to_target"` puts the queries, the centres,
+    in :obj:`col`."""
+    if flow == 'source_to_target':
+        return edge_index[1], edge_index[0]
+    return edge_index[0], edge_index[1]
 
 
 def cluster_supports(x: Tensor) -> bool:

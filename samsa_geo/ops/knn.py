@@ -7,16 +7,15 @@ import samsa_geo.typing
 from samsa_geo.ops import _fallback, _triton
 from samsa_geo.ops._utils import (
     batch_to_ptr,
-    check_points,
+    check_flow,
+    check_pair,
     check_positive_int,
     cluster_supports,
-    paired_batches,
+    flow_edges,
     resolve_backend,
     use_compiled,
     use_triton,
 )
-
-FLOWS = ('source_to_target', 'target_to_source')
 
 
 def knn(
@@ -100,18 +99,9 @@ def knn(
           ascending distance
     """
     backend = resolve_backend(backend)
-    x, y = check_points('x', x), check_points('y', y)
     check_positive_int('k', k)
-    if x.size(1) != y.size(1):
-        raise ValueError(f"Expected 'x' and 'y' to have the same number of "
-                         f"features (got {x.size(1)} and {y.size(1)})")
-    if y.device != x.device:
-        raise ValueError(f"Expected 'y' on device {x.device} "
-                         f"(got {y.device})")
-    batch_x, batch_y, size = paired_batches(x, y, batch_x, batch_y,
-                                            batch_size)
-    if chunk_size is not None:
-        check_positive_int('chunk_size', chunk_size)
+    x, y, batch_x, batch_y, size = check_pair(x, y, batch_x, batch_y,
+                                              batch_size, chunk_size)
     if x.numel() == 0 or y.numel() == 0:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
 
@@ -191,17 +181,12 @@ def knn_graph(
         - **input:** points :math:`(N, F)`, batch :math:`(N)`
         - **output:** edge index :math:`(2, E)`
     """
-    if flow not in FLOWS:
-        raise ValueError(f"Expected 'flow' to be one of {FLOWS} "
-                         f"(got {flow!r})")
+    check_flow(flow)
     check_positive_int('k', k)
     edge_index = knn(x, x, k if loop else k + 1, batch, batch, cosine,
                      num_workers, batch_size, chunk_size=chunk_size,
                      backend=backend)
-    if flow == 'source_to_target':
-        row, col = edge_index[1], edge_index[0]
-    else:
-        row, col = edge_index[0], edge_index[1]
+    row, col = flow_edges(edge_index, flow)
     if not loop:
         mask = row != col
         row, col = row[mask], col[mask]

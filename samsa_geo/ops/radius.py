@@ -9,15 +9,14 @@ from samsa_geo.ops import _fallback
 from samsa_geo.ops._utils import (
     CLUSTER_BACKENDS,
     batch_to_ptr,
-    check_points,
+    check_flow,
+    check_pair,
     check_positive_int,
     cluster_supports,
-    paired_batches,
+    flow_edges,
     resolve_backend,
     use_compiled,
 )
-
-FLOWS = ('source_to_target', 'target_to_source')
 
 
 def _compiled_radius(x: Tensor, y: Tensor, r: float,
@@ -107,23 +106,14 @@ def radius(
           row 1 indexes :obj:`x`
     """
     backend = resolve_backend(backend, CLUSTER_BACKENDS)
-    x, y = check_points('x', x), check_points('y', y)
-    if x.size(1) != y.size(1):
-        raise ValueError(f"Expected 'x' and 'y' to have the same number of "
-                         f"features (got {x.size(1)} and {y.size(1)})")
-    if y.device != x.device:
-        raise ValueError(f"Expected 'y' on device {x.device} "
-                         f"(got {y.device})")
     if isinstance(r, bool) or not isinstance(r, (int, float)):
         raise TypeError(f"Expected 'r' to be a float "
                         f"(got {type(r).__name__})")
     if r < 0:
         raise ValueError(f"Expected 'r' to be non-negative (got {r})")
     check_positive_int('max_num_neighbors', max_num_neighbors)
-    batch_x, batch_y, size = paired_batches(x, y, batch_x, batch_y,
-                                            batch_size)
-    if chunk_size is not None:
-        check_positive_int('chunk_size', chunk_size)
+    x, y, batch_x, batch_y, size = check_pair(x, y, batch_x, batch_y,
+                                              batch_size, chunk_size)
     if x.numel() == 0 or y.numel() == 0:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
 
@@ -187,14 +177,8 @@ def radius_graph(
         - **input:** points :math:`(N, F)`, batch :math:`(N)`
         - **output:** edge index :math:`(2, E)`
     """
-    if flow not in FLOWS:
-        raise ValueError(f"Expected 'flow' to be one of {FLOWS} "
-                         f"(got {flow!r})")
+    check_flow(flow)
     edge_index = radius(x, x, r, batch, batch, max_num_neighbors,
                         num_workers, batch_size, not loop,
                         chunk_size=chunk_size, backend=backend)
-    if flow == 'source_to_target':
-        row, col = edge_index[1], edge_index[0]
-    else:
-        row, col = edge_index[0], edge_index[1]
-    return torch.stack([row, col], dim=0)
+    return torch.stack(flow_edges(edge_index, flow), dim=0)

@@ -1,6 +1,5 @@
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 import samsa_geo.typing
@@ -10,20 +9,14 @@ from samsa_geo.ops._utils import (
     resolve_backend,
     use_compiled,
 )
+from samsa_geo.ops.validation import check_integer_tensor, check_tensor
 
 REDUCTIONS = ('sum', 'add', 'mean', 'max', 'min')
 
 
 def _check(src: Tensor, index: Tensor, dim: int) -> int:
-    if not isinstance(src, Tensor):
-        raise TypeError(f"Expected 'src' to be a Tensor "
-                        f"(got {type(src).__name__})")
-    if not isinstance(index, Tensor):
-        raise TypeError(f"Expected 'index' to be a Tensor "
-                        f"(got {type(index).__name__})")
-    if index.dtype.is_floating_point or index.dtype == torch.bool:
-        raise TypeError(f"Expected 'index' to be an integer tensor "
-                        f"(got {index.dtype})")
+    check_tensor('src', src)
+    check_integer_tensor('index', index)
     if src.dim() == 0:
         raise ValueError("Expected 'src' to have at least one dimension")
     if not -src.dim() <= dim < src.dim():

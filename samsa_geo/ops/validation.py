@@ -1,13 +1,91 @@
-r"""Checks of the values of tensors: a sorted batch vector, finite points.
+r"""Checks of input tensors, raising errors that name the argument.
 
-Each reads the device, which on a GPU makes the host wait: call them once
-at a model's or layer's entry. The geometry ops run such checks behind the
-switch of :mod:`samsa_geo.ops.config`.
+Type, dtype and shape checks (:func:`check_tensor`,
+:func:`check_float_tensor`, :func:`check_integer_tensor`,
+:func:`check_matrix`, :func:`check_edge_index`,
+:func:`check_batch_vector`) read nothing from the
+device. Value checks (a sorted batch vector, finite points) read the
+device, which on a GPU makes the host wait: call them once at a model's or
+layer's entry. The geometry ops run such checks behind the switch of
+:mod:`samsa_geo.ops.config`.
 """
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+#: The dtypes a batch vector of the attention and the models may have.
+BATCH_DTYPES = (torch.long, torch.int32)
+
+
+def check_tensor(name: str, value: Any) -> Tensor:
+    r"""Raises a :class:`TypeError` naming :obj:`name` unless :obj:`value`
+    is a tensor; returns it."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"Expected '{name}' to be a Tensor "
+                        f"(got {type(value).__name__})")
+    return value
+
+
+def check_float_tensor(name: str, value: Any) -> Tensor:
+    r""":func:`check_tensor`, and a :class:`TypeError` unless the dtype is a
+    floating-point one."""
+    check_tensor(name, value)
+    if not value.is_floating_point():
+        raise TypeError(f"Expected '{name}' to be a floating-point tensor "
+                        f"(got {value.dtype})")
+    return value
+
+
+def check_integer_tensor(name: str, value: Any,
+                         dtypes: Optional[Tuple[torch.dtype, ...]] = None
+                         ) -> Tensor:
+    r""":func:`check_tensor`, and a :class:`TypeError` unless the dtype is
+    one of :obj:`dtypes` (:obj:`None`: any integer dtype)."""
+    check_tensor(name, value)
+    if dtypes is None:
+        ok = not (value.dtype.is_floating_point or value.dtype == torch.bool)
+    else:
+        ok = value.dtype in dtypes
+    if not ok:
+        raise TypeError(f"Expected '{name}' to be an integer tensor "
+                        f"(got {value.dtype})")
+    return value
+
+
+def check_matrix(name: str, value: Any, columns: int) -> Tensor:
+    r"""Raises an error naming :obj:`name` unless :obj:`value` is a
+    floating-point tensor of shape :obj:`[N, columns]`; returns it."""
+    check_tensor(name, value)
+    if value.dim() != 2 or value.size(1) != columns:
+        raise ValueError(f"Expected '{name}' to have shape [N, {columns}] "
+                         f"(got {list(value.shape)})")
+    if not value.is_floating_point():
+        raise TypeError(f"Expected '{name}' to be a floating-point tensor "
+                        f"(got {value.dtype})")
+    return value
+
+
+def check_edge_index(edge_index: Any) -> Tensor:
+    r"""Raises an error unless :obj:`edge_index` is a tensor of shape
+    :obj:`[2, E]`; returns it."""
+    check_tensor('edge_index', edge_index)
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"Expected 'edge_index' to have shape [2, E] "
+                         f"(got {list(edge_index.shape)})")
+    return edge_index
+
+
+def check_batch_vector(batch: Any, size: int,
+                       name: str = 'batch') -> Tensor:
+    r"""Raises an error naming :obj:`name` unless :obj:`batch` is a
+    :obj:`torch.long` or :obj:`torch.int32` vector of shape :obj:`[size]`
+    (its order is checked by :func:`check_sorted_batch`); returns it."""
+    check_integer_tensor(name, batch, BATCH_DTYPES)
+    if batch.dim() != 1 or batch.numel() != size:
+        raise ValueError(f"Expected '{name}' to have shape [{size}] "
+                         f"(got {list(batch.shape)})")
+    return batch
 
 
 def sorted_batch_flag(batch: Tensor) -> Tensor:
@@ -49,4 +127,13 @@ def raise_non_finite(name: str) -> None:
                      f"NaN or inf)")
 
 
-__all__ = ['check_sorted_batch', 'check_finite']
+__all__ = [
+    'check_tensor',
+    'check_float_tensor',
+    'check_integer_tensor',
+    'check_matrix',
+    'check_edge_index',
+    'check_batch_vector',
+    'check_sorted_batch',
+    'check_finite',
+]

@@ -41,7 +41,11 @@ from samsa_geo.nn.attention._tiles import (
 )
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
 from samsa_geo.nn.attention.relative_bias import RelativeBias
-from samsa_geo.ops.validation import check_finite
+from samsa_geo.ops.validation import (
+    check_batch_vector,
+    check_finite,
+    check_matrix,
+)
 
 SAMPLING_MODES = ('hard', 'soft', 'full', 'sft')
 NORMALIZATIONS = ('softmax', 'leaky')
@@ -252,26 +256,9 @@ class SamsaAttention(Module):
 
     def _check_shapes(self, x: Tensor, batch: Optional[Tensor],
                       pos: Optional[Tensor], normal: Optional[Tensor]) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"Expected 'x' to be a Tensor "
-                            f"(got {type(x).__name__})")
-        if x.dim() != 2 or x.size(1) != self.channels:
-            raise ValueError(f"Expected 'x' to have shape [N, "
-                             f"{self.channels}] (got {list(x.shape)})")
-        if not x.is_floating_point():
-            raise TypeError(f"Expected 'x' to be a floating-point tensor "
-                            f"(got {x.dtype})")
-        N = x.size(0)
+        N = check_matrix('x', x, self.channels).size(0)
         if batch is not None:
-            if not isinstance(batch, Tensor):
-                raise TypeError(f"Expected 'batch' to be a Tensor "
-                                f"(got {type(batch).__name__})")
-            if batch.dtype not in (torch.long, torch.int32):
-                raise TypeError(f"Expected 'batch' to be an integer tensor "
-                                f"(got {batch.dtype})")
-            if batch.dim() != 1 or batch.numel() != N:
-                raise ValueError(f"Expected 'batch' to have shape [{N}] "
-                                 f"(got {list(batch.shape)})")
+            check_batch_vector(batch, N)
         for name, t in (('pos', pos), ('normal', normal)):
             if t is not None and (not isinstance(t, Tensor) or t.dim() != 2
                                   or t.size(0) != N):

@@ -8,6 +8,11 @@ from torch_geometric.utils import scatter
 
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._sets import batch_sizes, check_size_hint
+from samsa_geo.ops.validation import (
+    check_batch_vector,
+    check_matrix,
+    check_tensor,
+)
 
 #: Added under every square root: keeps norms and their gradients finite at
 #: 0 (see :func:`eps_for` for dtypes in which it rounds to zero).
@@ -45,21 +50,9 @@ def check_points(
     if check_values is None:
         check_values = config.is_debug() or (
             isinstance(pos, Tensor) and pos.device.type == 'cpu')
-    if not isinstance(pos, Tensor):
-        raise TypeError(f"Expected 'pos' to be a Tensor "
-                        f"(got {type(pos).__name__})")
-    if pos.dim() != 2 or pos.size(1) != 3:
-        raise ValueError(f"Expected 'pos' to have shape [N, 3] "
-                         f"(got {list(pos.shape)})")
-    if not pos.is_floating_point():
-        raise TypeError(f"Expected 'pos' to be a floating-point tensor "
-                        f"(got {pos.dtype})")
-    N = pos.size(0)
+    N = check_matrix('pos', pos, 3).size(0)
     if normal is not None:
-        if not isinstance(normal, Tensor):
-            raise TypeError(f"Expected 'normal' to be a Tensor "
-                            f"(got {type(normal).__name__})")
-        if normal.shape != pos.shape:
+        if check_tensor('normal', normal).shape != pos.shape:
             raise ValueError(f"Expected 'normal' to have shape [{N}, 3] "
                              f"(got {list(normal.shape)})")
     if check_values:
@@ -74,16 +67,7 @@ def check_points(
                         f"{int(bad.sum())} point(s) affected)")
     if batch is None:
         return pos.new_zeros(N, dtype=torch.long), 1 if N > 0 else 0, N
-    if not isinstance(batch, Tensor):
-        raise TypeError(f"Expected 'batch' to be a Tensor "
-                        f"(got {type(batch).__name__})")
-    if batch.dtype not in (torch.long, torch.int32):
-        raise TypeError(f"Expected 'batch' to be an integer tensor "
-                        f"(got {batch.dtype})")
-    if batch.shape != (N, ):
-        raise ValueError(f"Expected 'batch' to have shape [{N}] "
-                         f"(got {list(batch.shape)})")
-    batch = batch.long()
+    batch = check_batch_vector(batch, N).long()
     check_size_hint('num_graphs', num_clouds)
     if N == 0:
         return batch, 0 if num_clouds is None else num_clouds, 0

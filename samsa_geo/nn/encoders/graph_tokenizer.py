@@ -7,6 +7,7 @@ from torch.nn import GELU, Linear, Module, Parameter, Sequential
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.ops import check_sorted_batch
+from samsa_geo.ops.validation import check_edge_index
 
 
 class GraphTokens(NamedTuple):
@@ -174,9 +175,7 @@ class GraphTokenizer(Module):
         node_id: Optional[Tensor] = None,
     ) -> GraphTokens:
         num_nodes = x.size(0)
-        if edge_index.dim() != 2 or edge_index.size(0) != 2:
-            raise ValueError(f"Expected 'edge_index' to have shape [2, E] "
-                             f"(got {list(edge_index.shape)})")
+        check_edge_index(edge_index)
         if batch is None:
             batch = x.new_zeros(num_nodes, dtype=torch.long)
         if batch.shape != (num_nodes, ):

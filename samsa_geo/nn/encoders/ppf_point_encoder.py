@@ -14,6 +14,7 @@ from samsa_geo.nn.encoders._point_geometry import (
     safe_norm,
 )
 from samsa_geo.ops import knn_graph
+from samsa_geo.ops.validation import check_edge_index
 
 
 class PPFPointEncoder(Module):
@@ -161,9 +162,8 @@ class PPFPointEncoder(Module):
         if edge_index is None:
             edge_index = knn_graph(pos.detach(), self.num_neighbors, batch,
                                    loop=True, batch_size=num_clouds)
-        elif edge_index.dim() != 2 or edge_index.size(0) != 2:
-            raise ValueError(f"Expected 'edge_index' to have shape [2, E] "
-                             f"(got {list(edge_index.shape)})")
+        else:
+            check_edge_index(edge_index)
         dtype = self.lin_out.weight.dtype
         f = self.features(pos, batch, num_clouds, edge_index, normal).to(dtype)
         h = self.edge_nn(f)  # [E, hidden]

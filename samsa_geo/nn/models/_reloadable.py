@@ -1,10 +1,19 @@
 import inspect
 import os
-from typing import Any, Dict, Type, TypeVar, Union
+from typing import Any, Dict, Optional, Type, TypeVar, Union
 
 import torch
 
 Model = TypeVar('Model', bound='Reloadable')
+
+
+class _ConstructorSignature:
+    # ``cls.__signature__``: the constructor's signature, which
+    # inspect.signature, help() and the API docs show in place of
+    # __new__'s (*args, **kwargs). None on an instance, whose signature
+    # stays that of its forward call.
+    def __get__(self, obj: Any, cls: type) -> Optional[inspect.Signature]:
+        return None if obj is not None else cls.constructor_signature()
 
 
 class Reloadable:
@@ -13,19 +22,26 @@ class Reloadable:
     :class:`~samsa_geo.train.Trainer` saves with the weights under
     :obj:`"model_config"`, and rebuilds model and weights with
     :meth:`from_checkpoint`."""
+    __signature__ = _ConstructorSignature()
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         self = super().__new__(cls)
         try:
-            bound = inspect.signature(cls.__init__).bind(self, *args,
-                                                         **kwargs)
+            bound = cls.constructor_signature().bind(*args, **kwargs)
         except TypeError:  # copy and pickle call __new__ without arguments
             return self
         bound.apply_defaults()
-        init_kwargs = dict(bound.arguments)
-        init_kwargs.pop(next(iter(init_kwargs)))  # self
         # Set before Module.__init__, which leaves plain attributes alone.
-        object.__setattr__(self, '_init_kwargs', init_kwargs)
+        object.__setattr__(self, '_init_kwargs', dict(bound.arguments))
         return self
+
+    @classmethod
+    def constructor_signature(cls) -> inspect.Signature:
+        r"""The arguments the constructor takes (without ``self``), as
+        :attr:`init_kwargs` records them."""
+        sig = inspect.signature(cls.__init__)
+        return sig.replace(parameters=list(sig.parameters.values())[1:],
+                           return_annotation=inspect.Signature.empty)
 
     @property
     def init_kwargs(self) -> Dict[str, Any]:

@@ -19,19 +19,39 @@ _FLAT_BACKBONE = ('lin_in.', 'encoder.', 'convs.')
 class PointModel(Reloadable, Module):
     r"""Base of the point models: each holds a
     :class:`~samsa_geo.nn.models.SamsaPointBackbone` as ``backbone`` and a
-    ``head``."""
+    ``head``. A model's constructor lists its own arguments and takes the
+    backbone's as keyword arguments (``**backbone_kwargs``); its public
+    signature (:meth:`constructor_signature`) holds both."""
+    #: Backbone arguments whose default differs from
+    #: :class:`~samsa_geo.nn.models.SamsaPointBackbone`'s.
+    BACKBONE_DEFAULTS: Dict[str, Any] = {}
+
     def __init__(self) -> None:
         super().__init__()
         self._register_load_state_dict_pre_hook(_nest_flat_backbone)
 
-    def build_backbone(self) -> SamsaPointBackbone:
-        r"""The backbone of the constructor's arguments that
-        :class:`~samsa_geo.nn.models.SamsaPointBackbone` takes."""
-        names = inspect.signature(SamsaPointBackbone).parameters
-        return SamsaPointBackbone(**{
-            name: value
-            for name, value in self.init_kwargs.items() if name in names
-        })
+    @classmethod
+    def constructor_signature(cls) -> inspect.Signature:
+        r"""The model's positional arguments, then the backbone's
+        (keyword-only, with :attr:`BACKBONE_DEFAULTS`), then the model's
+        keyword-only ones."""
+        own = [p for p in super().constructor_signature().parameters.values()
+               if p.kind != p.VAR_KEYWORD]
+        backbone = [
+            p.replace(kind=p.KEYWORD_ONLY,
+                      default=cls.BACKBONE_DEFAULTS.get(p.name, p.default))
+            for p in inspect.signature(SamsaPointBackbone).parameters.values()
+        ]
+        positional = [p for p in own if p.kind != p.KEYWORD_ONLY]
+        keyword = [p for p in own if p.kind == p.KEYWORD_ONLY]
+        return inspect.Signature(positional + backbone + keyword)
+
+    def build_backbone(self,
+                       backbone_kwargs: Dict[str, Any]) -> SamsaPointBackbone:
+        r"""The backbone of ``backbone_kwargs`` over
+        :attr:`BACKBONE_DEFAULTS`."""
+        return SamsaPointBackbone(**{**self.BACKBONE_DEFAULTS,
+                                     **backbone_kwargs})
 
     @classmethod
     def small(cls: Type[Model], num_classes: int, **kwargs: Any) -> Model:

@@ -13,6 +13,7 @@ from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
 from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
 from samsa_geo.nn.encoders.positional_encoder import PositionalEncoder
 from samsa_geo.nn.models._reloadable import Reloadable
+from samsa_geo.ops.validation import check_edge_index
 
 TOKENS = ('node', 'node_edge')
 PES = (None, 'lap', 'rw')
@@ -264,9 +265,7 @@ class SamsaGraphModel(Reloadable, Module):
     ) -> Tensor:
         r"""Node representations after the last layer, before the head,
         shape :math:`(N, C)`; arguments as in :meth:`forward`."""
-        if edge_index.dim() != 2 or edge_index.size(0) != 2:
-            raise ValueError(f"Expected 'edge_index' to have shape [2, E] "
-                             f"(got {list(edge_index.shape)})")
+        check_edge_index(edge_index)
         if self.edge_dim is not None:
             if edge_attr is None:
                 raise ValueError(f"Expected 'edge_attr' of shape [E, "

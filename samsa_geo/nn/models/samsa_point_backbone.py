@@ -10,6 +10,7 @@ from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
 from samsa_geo.nn.encoders._point_geometry import centroid, check_points
 from samsa_geo.ops import knn_graph
+from samsa_geo.ops.validation import check_tensor
 
 ENCODERS = ('linear', 'sft', 'ppf')
 
@@ -263,10 +264,7 @@ class SamsaPointBackbone(Module):
         if x is None:
             raise ValueError(f"Expected 'x' of shape [N, {self.in_channels}] "
                              f"since 'in_channels={self.in_channels}'")
-        if not isinstance(x, Tensor):
-            raise TypeError(f"Expected 'x' to be a Tensor "
-                            f"(got {type(x).__name__})")
-        if x.shape != (N, self.in_channels):
+        if check_tensor('x', x).shape != (N, self.in_channels):
             raise ValueError(f"Expected 'x' to have shape [{N}, "
                              f"{self.in_channels}] (got {list(x.shape)})")
         if (config.checks_values(x.device) and x.numel() > 0

@@ -1,4 +1,4 @@
-from typing import Any, Dict, Optional, Union
+from typing import Any, Optional
 
 from torch import Tensor
 from torch_geometric.nn.inits import reset
@@ -48,37 +48,21 @@ class SamsaPointClassifier(PointModel):
         num_classes (int): Number of classes.
         head_dropout (float, optional): Dropout of the head.
             (default: :obj:`0.5`)
-
-    The other arguments are those of
-    :class:`~samsa_geo.nn.models.SamsaPointBackbone`, with its defaults.
+        **backbone_kwargs (optional): The keyword arguments of
+            :class:`~samsa_geo.nn.models.SamsaPointBackbone` (``in_channels``,
+            ``rotation_invariant``, ``encoder``, ``channels``,
+            ``num_layers``, ``heads``, ``k``, ...), with its defaults.
 
     Shapes:
         - **input:** ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` sorted,
           ``x`` :math:`(N, F_{in})`
         - **output:** :math:`(B, \mathrm{num\_classes})`
     """
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int = 0,
-        rotation_invariant: bool = False,
-        encoder: Optional[str] = None,
-        channels: int = 256,
-        num_layers: int = 6,
-        heads: int = 8,
-        k: Union[int, float] = 512,
-        num_neighbors: int = 16,
-        local_conv: bool = False,
-        dropout: float = 0.0,
-        head_dropout: float = 0.5,
-        random_channels: int = 0,
-        norm: Optional[str] = 'layer_norm',
-        norm_kwargs: Optional[Dict[str, Any]] = None,
-        attn_kwargs: Optional[Dict[str, Any]] = None,
-        norm_first: bool = False,
-    ) -> None:
+    def __init__(self, num_classes: int, *, head_dropout: float = 0.5,
+                 **backbone_kwargs: Any) -> None:
         super().__init__()
-        self.backbone = self.build_backbone()
+        self.backbone = self.build_backbone(backbone_kwargs)
+        channels = self.backbone.channels
         self.head = mlp_head(num_classes, 2 * channels, channels,
                              head_dropout)
         self.num_classes = num_classes

@@ -1,4 +1,4 @@
-from typing import Any, Dict, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -8,6 +8,7 @@ from torch_geometric.nn.inits import reset
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.models._samsa_point_model import PointModel, mlp_head
 from samsa_geo.nn.models.samsa_point_backbone import max_mean_pool
+from samsa_geo.ops.validation import BATCH_DTYPES, check_integer_tensor
 
 
 class SamsaPointSegmenter(PointModel):
@@ -50,10 +51,12 @@ class SamsaPointSegmenter(PointModel):
             :obj:`0` disables the conditioning. (default: :obj:`16`)
         head_dropout (float, optional): Dropout of the head.
             (default: :obj:`0.5`)
-
-    The other arguments are those of
-    :class:`~samsa_geo.nn.models.SamsaPointBackbone`, with its defaults
-    except ``num_layers=8``, ``heads=16`` and ``k=128``.
+        **backbone_kwargs (optional): The keyword arguments of
+            :class:`~samsa_geo.nn.models.SamsaPointBackbone` (``in_channels``,
+            ``rotation_invariant``, ``encoder``, ``channels``,
+            ``num_layers``, ``heads``, ``k``, ...), with its defaults except
+            ``num_layers=8``, ``heads=16`` and ``k=128``
+            (:attr:`BACKBONE_DEFAULTS`).
 
     Shapes:
         - **input:** ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` sorted,
@@ -61,29 +64,13 @@ class SamsaPointSegmenter(PointModel):
           :math:`(N)` per point)
         - **output:** :math:`(N, \mathrm{num\_classes})`
     """
-    def __init__(
-        self,
-        num_classes: int,
-        num_categories: int = 16,
-        in_channels: int = 0,
-        rotation_invariant: bool = False,
-        encoder: Optional[str] = None,
-        channels: int = 256,
-        num_layers: int = 8,
-        heads: int = 16,
-        k: Union[int, float] = 128,
-        num_neighbors: int = 16,
-        local_conv: bool = False,
-        dropout: float = 0.0,
-        head_dropout: float = 0.5,
-        random_channels: int = 0,
-        norm: Optional[str] = 'layer_norm',
-        norm_kwargs: Optional[Dict[str, Any]] = None,
-        attn_kwargs: Optional[Dict[str, Any]] = None,
-        norm_first: bool = False,
-    ) -> None:
+    BACKBONE_DEFAULTS = dict(num_layers=8, heads=16, k=128)
+
+    def __init__(self, num_classes: int, num_categories: int = 16, *,
+                 head_dropout: float = 0.5, **backbone_kwargs: Any) -> None:
         super().__init__()
-        self.backbone = self.build_backbone()
+        self.backbone = self.build_backbone(backbone_kwargs)
+        channels = self.backbone.channels
         head = mlp_head(num_classes, 3 * channels, channels, head_dropout)
         if not isinstance(num_categories, int) or num_categories < 0:
             raise ValueError(f"Expected 'num_categories' to be a "
@@ -112,12 +99,7 @@ class SamsaPointSegmenter(PointModel):
         if category is None:
             raise ValueError(f"Expected 'category' of shape [B] since "
                              f"'num_categories={self.num_categories}'")
-        if not isinstance(category, Tensor):
-            raise TypeError(f"Expected 'category' to be a Tensor "
-                            f"(got {type(category).__name__})")
-        if category.dtype not in (torch.long, torch.int32):
-            raise TypeError(f"Expected 'category' to be an integer tensor "
-                            f"(got {category.dtype})")
+        check_integer_tensor('category', category, BATCH_DTYPES)
         category = category.long().view(-1)
         B, N = num_clouds, batch.numel()
         if category.numel() == B:

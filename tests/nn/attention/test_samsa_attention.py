@@ -471,26 +471,8 @@ def test_one_set_in_tiles_equals_one_tile(n):
 # The plain-autograd formulation of the relaxation (the specification that
 # the fused autograd Function in _sampling.py must reproduce).
 def relax_reference(sel, u_top, u_bottom, tau, hard, grad_cap=0.25):
-    r"""Reference: differentiable relaxation of the boundary at rank :math:`k`.
-
-    .. math::
-        p_{ij} = \sigma\big((\tilde s_i - \tilde s_j) / \tau\big), \quad
-        z_i = \bar p_i\, u_i + \frac{1}{m} \sum_{j \in B} (1 - p_{ij})\, u_j,
-
-    with :math:`\bar p_i` the mean of :math:`p_{ij}` over :math:`j \in B`
-    (weights sum to one). In hard mode the forward value is exactly
-    :math:`u_i`; the scores receive the gradient of the soft formula, the
-    top rows the full upstream gradient and the bottom rows none. The
-    derivative of the sigmoid is rescaled per set and head so its maximum
-    is at most ``grad_cap``.
-
-    Args:
-        u_top (Tensor): ``[B, H, k, F]`` rows of the top set.
-        u_bottom (Tensor): ``[B, H, m, F]`` rows of the bottom set.
-
-    Returns:
-        Tensor: ``[B, H, k, F]``.
-    """
+    r"""Reference of ``relax`` (the formula, arguments and shapes of its
+    docstring) in plain autograd."""
     if u_bottom.size(2) == 0:
         return u_top
     diff = sel.top_score.unsqueeze(-1) - sel.bottom_score.unsqueeze(-2)
