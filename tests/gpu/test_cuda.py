@@ -181,9 +181,13 @@ def test_flex_training_gradients_match_explicit(normals):
                         if p.grad is not None}
     assert grads[True].keys() == grads[False].keys()
     assert any('rel_bias' in n for n in grads[True])
+    # Gradients that are sums of cancelling terms (the LayerNorm bias of
+    # the scorer: the pair gradients of the scores sum to zero) are
+    # compared against the scale of the others.
+    scale = max(g.abs().max() for g in grads[False].values())
     for name, g in grads[False].items():
-        err = (grads[True][name] - g).norm() / g.norm().clamp(min=1e-12)
-        assert err < 1e-3, (name, err)
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-3,
+                                   atol=1e-4 * scale, msg=name)
 
 
 @pytest.mark.parametrize('mode', [None, 'reduce-overhead'])
