@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from samsa_geo.nn.attention._sets import resolve_k
+from samsa_geo.nn.attention._sets import k_of_size, resolve_k
 
 
 @dataclass
@@ -48,6 +48,7 @@ def sft_sample(
     mix: bool = True,
     perturb: bool = True,
     num_sets: Optional[int] = None,
+    max_size: Optional[int] = None,
     generator: Optional[torch.Generator] = None,
 ) -> SFTSample:
     r"""Samples :math:`k_b` raw tokens per set with SFT's pair mixing.
@@ -83,6 +84,9 @@ def sft_sample(
         perturb (bool, optional): Rank by Gumbel-perturbed scores.
             (default: :obj:`True`)
         num_sets (int, optional): Number of sets, if known.
+        max_size (int, optional): Largest set size, if known. With
+            ``num_sets`` and ``max_size`` nothing is read back from the
+            device. (default: :obj:`None`)
         generator (torch.Generator, optional): Source of the Gumbel noise
             and of the partners.
 
@@ -111,15 +115,19 @@ def sft_sample(
     device = x.device
     if batch is None:
         batch = torch.zeros(N, dtype=torch.long, device=device)
-        num_sets = 1
+        num_sets, max_size = 1, N
     elif num_sets is None:
         num_sets = int(batch.max()) + 1 if N > 0 else 1
     B = num_sets
-    size = torch.bincount(batch, minlength=B)  # [B]
-    ptr = torch.zeros(B + 1, dtype=torch.long, device=device)
-    ptr[1:] = size.cumsum(0)
+    # Offsets of the sets in the sorted batch vector, on the device.
+    ptr = torch.searchsorted(
+        batch, torch.arange(B + 1, device=device, dtype=batch.dtype))
+    size = ptr[1:] - ptr[:-1]  # [B]
     kb = resolve_k(k, size, 0, False)  # [B]
-    n_max, k_max = int(size.max()), int(kb.max())
+    n_max = int(size.max()) if max_size is None else max_size
+    # k_b grows with n_b: the largest set has the most slots.
+    k_max = k_of_size(n_max, k, 0, False)
+    equal = B * n_max == N  # every set full: no slot unused
 
     # Padded scores [B, n_max]: padding ranks last.
     loc = torch.arange(N, device=device) - ptr[batch]
@@ -139,7 +147,7 @@ def sft_sample(
     weight = torch.ones(B, k_max, dtype=score.dtype, device=device)
     partner = torch.full_like(top, -1)
     num_lower = size - kb  # [B]
-    if mix and bool((num_lower > 0).any()):
+    if mix and n_max > k_max:  # some set may have lower-ranked tokens
         u = torch.rand(B, k_max, generator=generator, device=device)
         # A uniform rank in [k_b, n_b) per slot.
         rank = kb.view(-1, 1) + (u * num_lower.view(-1, 1)).long()
@@ -155,5 +163,4 @@ def sft_sample(
         partner = torch.where(has, j, partner)
     z = z * valid.unsqueeze(-1).to(z.dtype)
     index = torch.where(valid, top, torch.full_like(top, -1))
-    all_valid = bool(valid.all())
-    return SFTSample(z, index, partner, weight, None if all_valid else valid)
+    return SFTSample(z, index, partner, weight, None if equal else valid)

@@ -283,8 +283,7 @@ class SamsaAttention(Module):
         # debug mode).
         N, R = x.size(0), self.num_registers
         full = self.sampling == 'full'
-        check = (config.is_debug() or x.device.type == 'cpu') \
-            and not is_tracing()
+        check = config.checks_values(x.device) and not is_tracing()
         if check:
             for name, t in (('x', x), ('pos', pos), ('normal', normal)):
                 if t is not None:
@@ -462,7 +461,7 @@ class SamsaAttention(Module):
         sample = sft_sample(
             x, importance, batch, self.k, mix=self.training,
             perturb=self.training or self.stochastic_eval,
-            num_sets=info.num_sets)
+            num_sets=info.num_sets, max_size=info.max_size)
         B, K = sample.index.shape
         kv = self.lin_kv(sample.x).view(B, K, H, 2 * D)  # [B, k, H, 2D]
         u = kv.transpose(1, 2)  # [B, H, k, 2D]

@@ -48,8 +48,8 @@ def check_points(
     and ``normal`` must also be finite; the error names the tensor and the
     first point."""
     if check_values is None:
-        check_values = config.is_debug() or (
-            isinstance(pos, Tensor) and pos.device.type == 'cpu')
+        check_values = isinstance(pos, Tensor) and \
+            config.checks_values(pos.device)
     N = check_matrix('pos', pos, 3).size(0)
     if normal is not None:
         if check_tensor('normal', normal).shape != pos.shape:
@@ -71,7 +71,7 @@ def check_points(
     check_size_hint('num_graphs', num_clouds)
     if N == 0:
         return batch, 0 if num_clouds is None else num_clouds, 0
-    check = config.is_debug() or pos.device.type == 'cpu'
+    check = config.checks_values(pos.device)
     max_size = None
     if num_clouds is None or check:
         B, n_max = batch_sizes(batch)  # checks that 'batch' is sorted

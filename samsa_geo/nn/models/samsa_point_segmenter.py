@@ -108,7 +108,7 @@ class SamsaPointSegmenter(PointModel):
             raise ValueError(f"Expected 'category' to have shape [{B}] (one "
                              f"per cloud) or [{N}] "
                              f"(got {list(category.shape)})")
-        check = config.is_debug() or category.device.type == 'cpu'
+        check = config.checks_values(category.device)
         if check and category.numel() > 0 and (int(category.min()) < 0 or int(
                 category.max()) >= self.num_categories):
             lo, hi = int(category.min()), int(category.max())

@@ -1,0 +1,82 @@
+"""Given the sizes of a PyG Batch (``batch_hints``), the forward passes read
+nothing back from the device: no operator that needs a value on the host
+(``item``, ``bool(tensor)``, ``nonzero``, ...) runs. Checked on the CPU with
+the value checks off (as they are on a GPU outside debug mode), by watching
+every operator call; ``tests/gpu`` checks the same on CUDA with
+``torch.cuda.set_sync_debug_mode('error')``."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch_geometric.data import Batch, Data
+
+from samsa_geo.nn import SamsaAttention, SamsaConv, batch_hints
+from samsa_geo.nn.attention import config
+from samsa_geo.nn.models import SamsaPointClassifier
+
+#: Operators whose result size or value must reach the host.
+HOST_READS = {'_local_scalar_dense', 'nonzero', 'unique', '_unique2',
+              'masked_select', 'bincount', 'repeat_interleave', 'equal',
+              'is_nonzero'}
+
+
+class HostReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in HOST_READS and not (name == 'repeat_interleave'
+                                       and 'output_size' in (kwargs or {})):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def no_value_checks(monkeypatch):
+    monkeypatch.setattr(config, 'checks_values', lambda device: False)
+
+
+def pyg_batch(sizes=(30, 0, 64, 5, 40)):
+    return Batch.from_data_list([Data(pos=torch.randn(n, 3)) for n in sizes])
+
+
+@pytest.mark.parametrize('training', [False, True])
+@pytest.mark.parametrize('kwargs', [
+    dict(sampling='hard'), dict(sampling='soft'), dict(sampling='full'),
+    dict(sampling='sft'), dict(sampling='hard', num_registers=2),
+    dict(sampling='hard', relative_bias=True), dict(sampling='hard', k=0.25),
+])
+def test_attention_reads_nothing_back(no_value_checks, training, kwargs):
+    kwargs = {'k': 8, **kwargs}
+    data = pyg_batch()
+    x = torch.randn(data.num_nodes, 16)
+    attn = SamsaAttention(16, heads=2, **kwargs).train(training)
+    hints = batch_hints(data)
+    with HostReads() as mode:
+        attn(x, data.batch, pos=data.pos, **hints)
+    assert mode.seen == []
+    if not isinstance(kwargs['k'], float) and kwargs['sampling'] != 'full':
+        with HostReads() as mode:  # the number of sets alone: bounds
+            attn(x, data.batch, pos=data.pos, num_graphs=data.num_graphs)
+        assert mode.seen == [] or kwargs['sampling'] == 'sft'
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_conv_and_point_model_read_nothing_back(no_value_checks, training):
+    data = pyg_batch()
+    x = torch.randn(data.num_nodes, 16)
+    conv = SamsaConv(16, None, heads=2, k=8).train(training)
+    model = SamsaPointClassifier.small(10).train(training)
+    hints = batch_hints(data)
+    with HostReads() as mode:
+        conv(x, None, data.batch, **hints)
+        model(data.pos, data.batch, **hints)
+    assert mode.seen == []
+
+
+def test_the_watch_sees_host_reads():
+    with HostReads() as mode:
+        bool(torch.ones(2).sum() > 1)
+        torch.arange(4).nonzero()
+    assert mode.seen == ['_local_scalar_dense', 'nonzero']
