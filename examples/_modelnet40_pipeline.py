@@ -86,11 +86,12 @@ def datasets(args):
             cls(root, 'test', transform=test_tf, **kw))
 
 
-def build_model(num_classes, args):
-    """The classifier of --preset, taking normals as x with --normals."""
+def build_model(num_classes, args, **kwargs):
+    """The classifier of --preset, taking normals as x with --normals;
+    ``kwargs`` are further model arguments (e.g. ``attn_kwargs``)."""
     return preset_model(SamsaPointClassifier, args, num_classes,
                         in_channels=3 if args.normals else 0,
-                        rotation_invariant=args.rotation_invariant)
+                        rotation_invariant=args.rotation_invariant, **kwargs)
 
 
 class Classification:
