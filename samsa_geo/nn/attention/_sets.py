@@ -136,6 +136,14 @@ def batch_sizes(batch: Tensor) -> Tuple[int, int]:
     return B, n_max
 
 
+def set_offsets(batch: Tensor, num_sets: int) -> Tensor:
+    r"""``[B + 1]`` offsets of the sets of a sorted ``batch`` vector, on
+    the device without a read-back: set :math:`b` starts at the first
+    :math:`b`."""
+    return torch.searchsorted(batch, torch.arange(
+        num_sets + 1, device=batch.device, dtype=batch.dtype))
+
+
 def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
              num_registers: int, full: bool, device: torch.device,
              num_sets: Optional[int] = None,
@@ -184,9 +192,8 @@ def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
     def tensors():
         if equal:  # sizes sum to N and none exceeds max_size: all equal
             ptr = torch.arange(B + 1, device=device) * max_size
-        else:  # the batch vector is sorted: set b starts at the first b
-            ptr = torch.searchsorted(
-                batch, torch.arange(B + 1, device=device, dtype=batch.dtype))
+        else:
+            ptr = set_offsets(batch, B)
         size = ptr[1:] - ptr[:-1]
         kb = resolve_k(k, size, R, full)
         return ptr, size, kb, torch.minimum(kb, size + R - kb)

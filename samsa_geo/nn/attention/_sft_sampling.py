@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from samsa_geo.nn.attention._sets import k_of_size, resolve_k
+from samsa_geo.nn.attention._sets import k_of_size, resolve_k, set_offsets
 
 
 @dataclass
@@ -119,9 +119,7 @@ def sft_sample(
     elif num_sets is None:
         num_sets = int(batch.max()) + 1 if N > 0 else 1
     B = num_sets
-    # Offsets of the sets in the sorted batch vector, on the device.
-    ptr = torch.searchsorted(
-        batch, torch.arange(B + 1, device=device, dtype=batch.dtype))
+    ptr = set_offsets(batch, B)  # [B + 1]
     size = ptr[1:] - ptr[:-1]  # [B]
     kb = resolve_k(k, size, 0, False)  # [B]
     n_max = int(size.max()) if max_size is None else max_size
