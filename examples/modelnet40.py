@@ -6,8 +6,8 @@ on 2 CPU cores. Point --root at the real archive's parent folder to train on
 ModelNet40 (`--format normal_resampled|hdf5|princeton`).
 
 Protocol: ModelNet40 has no validation split, so --val-ratio of every train
-class is held out; the best epoch is selected on it and test is evaluated
-once, with that checkpoint. The run folder holds metrics.json (val_oa,
+class is held out; the epoch of the lowest validation loss (cross-entropy)
+is selected and test is evaluated once, with that checkpoint. The run folder holds metrics.json (val_oa,
 test_oa, test_macc, best_epoch, ...), best.pt / last.pt, log.csv and
 confusion_matrix.png.
 
