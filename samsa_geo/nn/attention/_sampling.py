@@ -189,6 +189,29 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
                      bottom_score)
 
 
+def keep_all(info: SetInfo, num_tokens: int, num_registers: int,
+             heads: int, device: torch.device) -> Selection:
+    r"""The selection where every set keeps all its candidates
+    (:math:`k_b = n_b + R`, no bottom set): ids in token order, then the
+    set's registers, the same for every head, with no score computed and
+    no ranking. Equal, as a key set, to what :func:`select` returns then.
+
+    Returns:
+        Selection: ``top`` of shape ``[B, H, n_max + R]`` (an expanded
+        view over the heads).
+    """
+    B, K = info.num_sets, info.k_max
+    loc = torch.arange(K, device=device).view(1, 1, K)
+    top = _local_to_global(loc.expand(B, 1, K), info, num_tokens,
+                           num_registers)  # [B, 1, K]
+    top_valid = None
+    if not info.all_valid:
+        top_valid = loc.view(1, K) < info.k.clamp(min=1).view(-1, 1)
+        top = torch.where(top_valid.unsqueeze(1), top, top[..., :1])
+    top = top.expand(B, heads, K)  # [B, 1, K] -> [B, H, K]
+    return Selection(top, top_valid, None, top[..., :0], None, None)
+
+
 class _GatherRows(torch.autograd.Function):
     """``kv[ids, head]`` whose backward writes the gradient rows into
     place instead of accumulating them (an indexed copy, not a sort and a

@@ -21,6 +21,7 @@ from samsa_geo.nn.attention._flex import PairGeometry, flex_supported
 from samsa_geo.nn.attention._sampling import (
     Selection,
     gather_rows,
+    keep_all,
     relax,
     select,
 )
@@ -120,8 +121,9 @@ class SamsaAttention(Module):
             the largest, :obj:`False` uses tiles of ``tile_size`` queries
             (padding-free up to one tile per set); :obj:`None` chooses by
             the padding it would cost. (default: :obj:`None`)
-        tile_size (int, optional): Queries per tile of the packed layout.
-            (default: :obj:`256`)
+        tile_size (int, optional): Queries per tile of the packed layout;
+            where the largest set size is not given, tiles shrink to the
+            mean set size (at least 16 queries). (default: :obj:`256`)
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``batch`` :math:`(N)` sorted,
@@ -376,7 +378,10 @@ class SamsaAttention(Module):
                 reg = self.reg_kv.to(kv.dtype).repeat(info.num_sets, 1, 1)
                 kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
             # 2. Sample k candidates per set and head (relaxed in training).
-            sel = self._sample(x, hidden, batch, info, return_indices)
+            if self._keeps_all(info, return_indices):  # nothing to rank
+                sel = keep_all(info, N, self.num_registers, H, x.device)
+            else:
+                sel = self._sample(x, hidden, batch, info, return_indices)
             head = self.head_index.view(1, -1, 1)
             # Equal sets: the top and bottom sets hold distinct ids.
             unique = info.all_valid
@@ -390,7 +395,7 @@ class SamsaAttention(Module):
 
         # 3. Every query attends to its own set's sampled keys.
         tiles = make_tiles(info, batch, N, self._packed(info, N),
-                           self._tile_size(info))
+                           self._tile_size(info, N))
         weights = [] if return_indices and return_weights else None
         o = self._attend(to_tiles(q, tiles), per_tile(key, tiles),
                          per_tile(value, tiles), sel, tiles, pos, normal,
@@ -535,6 +540,17 @@ class SamsaAttention(Module):
                 and dropout == 0.0 and not is_exporting()
                 and flex_supported(q.device))
 
+    def _keeps_all(self, info: SetInfo, return_indices: bool) -> bool:
+        # Every set keeps all its candidates (n_max + R <= k, known on the
+        # host): the scores would change neither the key sets nor, with
+        # no bottom set, any gradient. Indices asked for keep score order.
+        if info.max_size is None or info.m_max > 0 \
+                or info.k_max != info.max_size + self.num_registers:
+            return False
+        if self.scorer is None:
+            return True
+        return isinstance(self.k, int) and not return_indices
+
     def _padding_costly(self, info: SetInfo, N: int) -> bool:
         if info.max_size is None:  # unknown n_max: only tiles are safe
             return True
@@ -549,9 +565,13 @@ class SamsaAttention(Module):
         return self._padding_costly(info, N) or (
             self.padded is None and info.max_size > 8 * self.tile_size)
 
-    def _tile_size(self, info: SetInfo) -> int:
+    def _tile_size(self, info: SetInfo, N: int) -> int:
         if info.max_size is None:
-            return self.tile_size
+            # Sizes unknown: tiles of about the mean set size (a multiple
+            # of 16, at most tile_size), so the bound on the number of
+            # tiles pads small sets by at most about one mean set each.
+            mean = -(-N // max(info.num_sets, 1))
+            return min(self.tile_size, max(16, -(-mean // 16) * 16))
         # Beyond 128 tiles per set, larger tiles: fewer key copies.
         T = max(self.tile_size, -(-info.max_size // 128))
         return -(-T // 64) * 64 if T > self.tile_size else T
