@@ -86,7 +86,11 @@ class SamsaAttention(Module):
     :obj:`"hard"` keeps the exact rows in the forward pass and passes the
     soft gradient to the scores. Cost :math:`O(N k C)` time and memory; no
     :math:`N \times N` tensor is ever built. A set with
-    :math:`n \leq k` tokens gets exact full attention.
+    :math:`n \leq k` tokens gets exact full attention. In inference on
+    CUDA (dot scores, softmax, no relative bias, sets of known size up to
+    8,192 candidates) the top-:math:`k` selection and the attention over
+    the selected rows are two Triton kernels (see
+    :func:`~samsa_geo.nn.attention.config.set_fused_inference`).
 
     Args:
         channels (int): Token width :math:`C`.
