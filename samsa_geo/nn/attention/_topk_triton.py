@@ -29,7 +29,8 @@ from torch import Tensor
 
 # Triton's interpreter (``TRITON_INTERPRET=1``; tests on CPU) runs one warp.
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
-#: Probes per step of the search for a set's bounds in ``batch``.
+#: Probes per step of the search for a set's bounds in ``batch`` (a power
+#: of 2).
 SEARCH_FANOUT = 64
 
 
@@ -58,12 +59,12 @@ def set_bounds(BATCH, N, b, steps, FANOUT: tl.constexpr):
     return start, end
 
 
-def search_steps(num_tokens: int) -> int:
+def search_steps(num_tokens: int, fanout: int) -> int:
     """Steps of :func:`set_bounds` that narrow ``num_tokens + 1`` possible
     positions to one."""
     steps, width = 0, num_tokens
     while width > 0:
-        width = -(-width // SEARCH_FANOUT) - 1
+        width = -(-width // fanout) - 1
         steps += 1
     return steps
 
@@ -175,7 +176,7 @@ def select_topk_triton(score: Tensor, reg_score: Optional[Tensor],
             idx if bounds is None else bounds,
             score.stride(0), score.stride(1), reg.stride(0), reg.stride(1),
             idx.stride(0), idx.stride(1),
-            N, k, R, k_max, max_size, search_steps(N),
+            N, k, R, k_max, max_size, search_steps(N, SEARCH_FANOUT),
             H=H, EQUAL=batch is None, HAS_KB=kb is not None,
             HAS_BOUNDS=bounds is not None, BLOCK_S=block_s,
             BLOCK_K=max(16, triton.next_power_of_2(k_max)),

@@ -84,6 +84,24 @@ def test_select_kernel_matches_a_stable_sort(fused, sizes, R, ties):
         assert bounds.tolist() == [[s, e] for s, e in zip(ptr, ptr[1:])]
 
 
+def test_set_offsets_searched_in_batch(fused, monkeypatch):
+    # Several narrowing steps (a fan-out of 2); empty sets at both ends
+    # and in between.
+    topk = importlib.import_module('samsa_geo.nn.attention._topk_triton')
+    monkeypatch.setattr(topk, 'SEARCH_FANOUT', 2)
+    sizes = torch.randint(1, 6, (12, ))
+    sizes[0] = sizes[-1] = sizes[5] = 0
+    batch = torch.repeat_interleave(torch.arange(12), sizes)
+    assert topk.search_steps(batch.numel(), 2) >= 3
+    score = torch.randn(batch.numel(), 1)
+    idx, bounds = topk.select_topk_triton(score, None, batch, 12, 5, 2, 2,
+                                          with_bounds=True)
+    ptr = torch.searchsorted(batch, torch.arange(13))
+    assert torch.equal(bounds, torch.stack([ptr[:-1], ptr[1:]], 1))
+    ref = _stable_top(score, None, sizes.tolist(), 2)
+    assert [[row[row >= 0].tolist()] for row in idx[:, 0]] == ref
+
+
 def test_select_kernel_reads_per_set_k(fused):
     from samsa_geo.nn.attention._topk_triton import select_topk_triton
     sizes = [10, 4, 0, 7]
