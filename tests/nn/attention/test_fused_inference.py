@@ -280,3 +280,51 @@ def test_fused_conv_forward_launches_few_kernels(fused, monkeypatch, sizes,
     assert ops <= 11, ops
     assert counts[False][1] == ['importance_score_triton']
     assert counts[False][0] >= ops + 4
+
+
+COMPILE_SCRIPT = r'''
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from samsa_geo.nn.attention import _gather_attention_triton as attend
+from samsa_geo.nn.attention import _topk_triton as topk
+
+target = GPUTarget('cuda', 90, 32)
+kernels = []
+fn = topk._select_topk
+for equal, has_kb, block_s, warps in [(True, False, 1024, 4),
+                                      (False, True, 8192, 32)]:
+    sig = {a: 'i32' for a in fn.arg_names[6:18]}
+    sig.update(S='*fp32', REG_S='*bf16', BATCH='*i64', KB='*i64',
+               IDX='*i64', BOUNDS='*i64')
+    const = dict(H=8, EQUAL=equal, HAS_KB=has_kb, HAS_BOUNDS=not equal,
+                 BLOCK_S=block_s, BLOCK_K=256, FANOUT=topk.SEARCH_FANOUT)
+    kernels.append((fn, sig, const, warps))
+fn = attend._gather_attention_fwd
+for dtype, precision, equal, D in [('bf16', 'tf32', True, 32),
+                                   ('fp32', 'ieee', False, 64)]:
+    sig = {a: 'i32' for a in fn.arg_names[6:16]}
+    sig.update(Q='*' + dtype, KV='*' + dtype, REG='*fp32', IDX='*i64',
+               BOUNDS='*i64', OUT='*' + dtype, sm_scale='fp32')
+    const = dict(H=8, HAS_REG=not equal, EQUAL=equal, BLOCK_D=D,
+                 PRECISION=precision, UPCAST=False,
+                 **attend.default_config(D, 1024))
+    warps = const.pop('num_warps')
+    const.pop('num_stages')
+    kernels.append((fn, sig, const, warps))
+for fn, sig, const, warps in kernels:
+    sig.update({name: 'constexpr' for name in const})
+    compiled = triton.compile(
+        ASTSource(fn=fn, signature=sig, constexprs=const), target=target,
+        options=dict(num_warps=warps))
+    assert compiled.asm['cubin']
+print('compiled', len(kernels))
+'''
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_sm90(compiled_run):
+    # The interpreter runs the kernels' Python; this compiles them to
+    # H100/H200 machine code (no GPU needed), as a launch on CUDA would.
+    assert 'compiled 4' in compiled_run(COMPILE_SCRIPT)
