@@ -258,3 +258,66 @@ def test_forward_never_syncs_with_a_pyg_batch(training):
             model(data.pos, data.batch, **hints)
         finally:
             torch.cuda.set_sync_debug_mode('default')
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('sizes,R', [
+    ([1024] * 32, 0), ([1024] * 32, 4), ([4096] * 8, 0),
+    ([1000, 7, 0, 3000, 256, 5000, 64], 0),
+    ([1000, 7, 0, 3000, 256, 5000, 64], 4),
+])
+def test_fused_inference_matches_unfused(spy, dtype, sizes, R):
+    # The default inference path (two Triton kernels) selects the same
+    # keys as the unfused path and attends to them alike.
+    from samsa_geo.nn.attention import samsa_attention as module
+    torch.manual_seed(0)
+    attn = SamsaAttention(256, heads=8, k=256, num_registers=R).cuda()
+    attn.eval()
+    x, batch = _batch(sizes, 256, 'cuda')
+    hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+    calls = spy(module, 'fused_sampled_attention', keep_args=False)
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16,
+                                         enabled=dtype == torch.bfloat16):
+        out, idx = attn(x, batch, return_indices=True, **hints)
+        with config.attention_config(fused_inference=False):
+            ref, ref_idx = attn(x, batch, return_indices=True, **hints)
+    assert len(calls) == 1
+    assert torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
+    err = (out.float() - ref.float()).norm() / ref.float().norm()
+    assert err < (1e-4 if dtype == torch.float32 else 1e-2), err
+
+
+def test_fused_inference_leaves_large_sets_to_the_unfused_path(spy):
+    from samsa_geo.nn.attention import samsa_attention as module
+    attn = SamsaAttention(64, heads=4, k=64).cuda().eval()
+    x, batch = _batch([9000, 100], 64, 'cuda')
+    calls = spy(module, 'fused_sampled_attention', keep_args=False)
+    with torch.no_grad():
+        attn(x, batch, num_graphs=2, max_num_nodes=9000)
+        attn(x[:200], batch[:200] * 0, num_graphs=1, max_num_nodes=200)
+    assert len(calls) == 1
+
+
+def test_fused_inference_never_syncs(spy):
+    from torch_geometric.data import Batch, Data
+
+    from samsa_geo.nn import batch_hints
+    from samsa_geo.nn.attention import samsa_attention as module
+    data = Batch.from_data_list([
+        Data(pos=torch.randn(n, 3)) for n in (300, 0, 1024, 5, 700)
+    ]).to('cuda')
+    x = torch.randn(data.num_nodes, 64, device='cuda')
+    attn = SamsaAttention(64, heads=4, k=32, num_registers=2).cuda().eval()
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().eval()
+    hints = batch_hints(data)
+    calls = spy(module, 'fused_sampled_attention', keep_args=False)
+    for mode in ('default', 'error'):  # warm-up, then the checked pass
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode(mode)
+        try:
+            with torch.no_grad():
+                attn(x, data.batch, **hints)
+                conv(x, None, data.batch, **hints)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    assert len(calls) == 4

@@ -21,6 +21,7 @@ _BIAS_KERNELS = ('triton', 'flex')
 _debug = False
 _fused_bias = True
 _fused_scorer = True
+_fused_inference = True
 _bias_inference_kernel = 'triton'
 _flex_kernel_options: Optional[dict] = None
 
@@ -69,6 +70,22 @@ def set_fused_scorer(flag: bool) -> None:
     _fused_scorer = bool(flag)
 
 
+def use_fused_inference() -> bool:
+    r"""Whether inference on CUDA runs the fused path where it applies:
+    the per-set top-:math:`k` selection and the attention over the
+    selected rows as two Triton kernels (dot scores, softmax, no relative
+    bias, no Gumbel noise, sets of at most
+    :data:`~samsa_geo.nn.attention._dispatch.FUSED_MAX_SET_SIZE`
+    candidates, ``max_num_nodes`` known, no gradient, not traced).
+    :obj:`False` always takes the unfused path."""
+    return _fused_inference
+
+
+def set_fused_inference(flag: bool) -> None:
+    global _fused_inference
+    _fused_inference = bool(flag)
+
+
 def bias_inference_kernel() -> str:
     r"""The relative-bias kernel when no gradient is needed:
     :obj:`"triton"` (samsa_geo's forward kernel) or :obj:`"flex"`
@@ -103,6 +120,7 @@ _SETTERS = {
     'debug': (is_debug, set_debug),
     'fused_bias': (use_fused_bias, set_fused_bias),
     'fused_scorer': (use_fused_scorer, set_fused_scorer),
+    'fused_inference': (use_fused_inference, set_fused_inference),
     'bias_inference_kernel': (bias_inference_kernel,
                               set_bias_inference_kernel),
     'flex_kernel_options': (flex_kernel_options, set_flex_kernel_options),
@@ -112,7 +130,8 @@ _SETTERS = {
 @contextmanager
 def attention_config(**kwargs) -> Iterator[None]:
     r"""Sets the given switches (``debug``, ``fused_bias``,
-    ``fused_scorer``, ``bias_inference_kernel``, ``flex_kernel_options``)
+    ``fused_scorer``, ``fused_inference``, ``bias_inference_kernel``,
+    ``flex_kernel_options``)
     inside a ``with`` block and restores them afterwards."""
     unknown = set(kwargs) - set(_SETTERS)
     if unknown:

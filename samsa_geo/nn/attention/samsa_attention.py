@@ -13,11 +13,18 @@ from samsa_geo.nn.attention._attend import (
     sdpa_attention,
 )
 from samsa_geo.nn.attention._dispatch import (
+    FUSED_MAX_HEAD_DIM,
+    FUSED_MAX_SET_SIZE,
     is_exporting,
     is_tracing,
     needs_grad,
+    triton_serves,
 )
 from samsa_geo.nn.attention._flex import PairGeometry, flex_supported
+from samsa_geo.nn.attention._fused_inference import (
+    fused_sampled_attention,
+    order_by_score,
+)
 from samsa_geo.nn.attention._sampling import (
     Selection,
     gather_rows,
@@ -49,6 +56,7 @@ from samsa_geo.ops.validation import (
 )
 
 SAMPLING_MODES = ('hard', 'soft', 'full', 'sft')
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 NORMALIZATIONS = ('softmax', 'leaky')
 
 
@@ -79,7 +87,11 @@ class SamsaAttention(Module):
     :obj:`"hard"` keeps the exact rows in the forward pass and passes the
     soft gradient to the scores. Cost :math:`O(N k C)` time and memory; no
     :math:`N \times N` tensor is ever built. A set with
-    :math:`n \leq k` tokens gets exact full attention.
+    :math:`n \leq k` tokens gets exact full attention. In inference on
+    CUDA (dot scores, softmax, no relative bias, sets of known size up to
+    8,192 candidates) the top-:math:`k` selection and the attention over
+    the selected rows are two Triton kernels (see
+    :func:`~samsa_geo.nn.attention.config.set_fused_inference`).
 
     Args:
         channels (int): Token width :math:`C`.
@@ -367,6 +379,9 @@ class SamsaAttention(Module):
             return (out, idx, x.new_zeros(0, H, 0)) if return_weights \
                 else (out, idx)
 
+        if self._fused_inference(x, info, return_weights):
+            return self._fused_forward(x, batch, info, return_indices)
+
         # 1. Queries for every token; keys and values for every candidate.
         q, kv, hidden = self._project(x)
         q = q.view(N, H, D)  # [N, C] -> [N, H, D]
@@ -409,6 +424,38 @@ class SamsaAttention(Module):
             return out, idx
         alpha = torch.cat(weights, dim=0)  # [nt, H, T, k]
         return out, idx, from_tiles(alpha, tiles)  # [N, H, k]
+
+    def _fused_inference(self, x: Tensor, info: SetInfo,
+                         return_weights: bool) -> bool:
+        # Inference without noise, dot scores, softmax, no relative bias,
+        # sets whose scores fit the selection kernel, on a device Triton
+        # serves, outside any traced graph, with no gradient to record.
+        return (config.use_fused_inference() and not self.training
+                and not self.stochastic_eval
+                and self.sampling in ('hard', 'soft')
+                and self.score == 'dot' and self.normalization == 'softmax'
+                and self.rel_bias is None and not return_weights
+                and info.max_size is not None
+                and info.max_size + self.num_registers <= FUSED_MAX_SET_SIZE
+                and self.head_dim <= FUSED_MAX_HEAD_DIM
+                and x.dtype in FUSED_DTYPES and triton_serves(x.device)
+                and not is_tracing()
+                and not (torch.is_grad_enabled()
+                         and needs_grad(x, *self.parameters())))
+
+    def _fused_forward(self, x: Tensor, batch: Optional[Tensor],
+                       info: SetInfo, return_indices: bool,
+                       ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        # Projection, scorer, then selection and attention in two kernels
+        # (see _fused_inference.py); [N, C] straight into lin_out.
+        q, kv, hidden = self._project(x)
+        score = self.scorer(x, hidden)  # [N, H] float32
+        out, idx = fused_sampled_attention(
+            q, kv, score, self.reg_score, self.reg_kv, batch, info, self.k)
+        out = self.lin_out(out)
+        if not return_indices:
+            return out
+        return out, order_by_score(idx, score, self.reg_score)
 
     def _project(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         # One GEMM for the queries, the keys and values and the scorer's
