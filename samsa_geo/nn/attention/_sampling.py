@@ -30,9 +30,12 @@ class Selection:
         bottom_valid (Tensor, optional): ``[B, m_max]``.
         num_bottom (Tensor, optional): ``[B]`` :math:`m_b`, where some
             slot is masked.
-        score (Tensor, optional): ``[B, H, k_max + m_max]`` (perturbed,
-            differentiable) scores of ``ids``, only where the relaxation
+        score (Tensor, optional): ``[B, H, k_max + m_max]`` (perturbed)
+            scores of ``ids``, without gradient, only where the relaxation
             needs them.
+        cand (Tensor, optional): ``[M, H]`` the (perturbed) scores of
+            every candidate, through which the relaxation's gradient
+            reaches the scorer.
     """
     ids: Tensor
     k: int
@@ -40,6 +43,7 @@ class Selection:
     bottom_valid: Optional[Tensor] = None
     num_bottom: Optional[Tensor] = None
     score: Optional[Tensor] = None
+    cand: Optional[Tensor] = None
 
     @property
     def top(self) -> Tensor:
@@ -101,8 +105,8 @@ def _local_to_global(loc: Tensor, info: SetInfo, num_tokens: int,
 def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
                 num_tokens: int, num_registers: int, K2: int,
                 ordered: bool = True) -> Tuple[Tensor, Tensor]:
-    """Top-``K2`` candidate ids per set and head and their scores (with
-    the gradient of ``cand``) through a padded score matrix
+    """Top-``K2`` candidate ids per set and head and their scores through
+    a padded score matrix
     ``[B, H, n_max + R]`` (scores only, never token features), in
     descending order of score unless ``ordered=False`` (any order: one
     kernel less)."""
@@ -174,7 +178,7 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
         score (Tensor): ``[N, H]`` token importance logits.
         reg_score (Tensor, optional): ``[R, H]`` register logits.
         with_bottom (bool): also select the bottom set and keep the
-            (differentiable) scores of both, for :func:`relax`.
+            scores, for :func:`relax`.
         packed (bool): rank by sorting instead of a padded score matrix
             (always, where :math:`n_{\max}` is unknown).
         ordered (bool): keep the top set in descending order of score;
@@ -193,11 +197,8 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     if info.max_size is not None:
         K2 = min(K2, info.max_size + num_registers)
     sort = packed or info.max_size is None
-    # Equal sets take the relaxation's scores from the top-k itself (its
-    # backward is one scatter); the others gather them after ranking.
-    ranked_scores = with_bottom and info.all_valid and not sort
-    ranked = cand.detach() if cand.requires_grad and not ranked_scores \
-        else cand
+    # Ranks carry no gradient: the relaxation sends the scores' own.
+    ranked = cand.detach() if cand.requires_grad else cand
     if sort:
         ids = _rank_sorted(ranked, batch, info, N, num_registers, K2)
     else:  # [B, H, K2]
@@ -207,8 +208,8 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     k = info.k_max
     if info.all_valid:  # no slot to mask: K2 = k + m, the ranks are slots
         sel = Selection(ids, k)
-        if ranked_scores:
-            sel.score = values  # [B, H, k + m]
+        if with_bottom and not sort:  # the top-k's values
+            sel.score, sel.cand = values, cand  # [B, H, k + m]
             return sel
     else:
         # An empty set keeps one (unused) valid slot: no query of it
@@ -231,7 +232,7 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     if with_bottom:  # the relaxation needs the perturbed scores
         if head is None:
             head = torch.arange(H, device=device).view(1, -1, 1)
-        sel.score = cand[sel.ids, head]  # [B, H, k + m]
+        sel.score, sel.cand = ranked[sel.ids, head], cand  # [B, H, k + m]
     return sel
 
 
@@ -321,15 +322,16 @@ class _GatherRelax(torch.autograd.Function):
     r"""The rows ``kv[ids, head]`` of the top and bottom sets, relaxed at
     rank :math:`k` (see :func:`relax`). The forward pass gathers once;
     the backward pass recomputes the pair weights from the scores (no
-    ``[B, H, k, m]`` tensor is kept) and writes the rows' gradient
-    straight into ``kv``'s."""
+    ``[B, H, k, m]`` tensor is kept) and writes the gradients of the rows
+    and of the scores straight into those of ``kv`` and ``cand``."""
     @staticmethod
-    def forward(ctx, kv: Tensor, score: Tensor, ids: Tensor, head: Tensor,
-                k: int, masks: Optional[_Masks], tau: float, hard: bool,
-                grad_cap: float, unique: bool) -> Tensor:
+    def forward(ctx, kv: Tensor, cand: Tensor, score: Tensor, ids: Tensor,
+                head: Tensor, k: int, masks: Optional[_Masks], tau: float,
+                hard: bool, grad_cap: float, unique: bool) -> Tensor:
         u = kv[ids, head]  # [B, H, k + m, F]
         ctx.save_for_backward(u, score, ids, head)
-        ctx.kv_shape, ctx.k, ctx.masks = kv.shape, k, masks
+        ctx.kv_shape, ctx.cand_shape = kv.shape, cand.shape
+        ctx.k, ctx.masks = k, masks
         ctx.tau, ctx.hard, ctx.grad_cap = tau, hard, grad_cap
         ctx.unique = unique
         if hard:  # the top rows exactly
@@ -362,16 +364,18 @@ class _GatherRelax(torch.autograd.Function):
             alpha=-alpha).view(B, H, k, K - k)  # [B, H, k, m]
         e = torch.ops.aten.sigmoid_backward(gap, p)  # gap * p * (1 - p)
         ds = torch.cat([e.sum(-1), e.sum(-2).neg_()], dim=-1)  # [B, H, K]
+        acc = not ctx.unique
+        gcand = ds.new_zeros(ctx.cand_shape)
+        gcand.index_put_((ids, head), ds, accumulate=acc)
 
         gkv = grad.new_zeros(ctx.kv_shape)
-        acc = not ctx.unique
         if ctx.hard:  # top rows: the full gradient; bottom rows: none
             gkv.index_put_((ids[..., :k], head), grad, accumulate=acc)
-            return gkv, ds, None, None, None, None, None, None, None, None
-        g_top, g_bottom = _soft_rows_backward(p, grad, k, masks)
-        gkv.index_put_((ids[..., :k], head), g_top, accumulate=acc)
-        gkv.index_put_((ids[..., k:], head), g_bottom, accumulate=acc)
-        return gkv, ds, None, None, None, None, None, None, None, None
+        else:
+            g_top, g_bottom = _soft_rows_backward(p, grad, k, masks)
+            gkv.index_put_((ids[..., :k], head), g_top, accumulate=acc)
+            gkv.index_put_((ids[..., k:], head), g_bottom, accumulate=acc)
+        return (gkv, gcand) + (None, ) * 9
 
 
 def _soft_rows(p: Tensor, u: Tensor, k: int,
@@ -455,5 +459,5 @@ def relax(sel: Selection, kv: Tensor, head: Tensor, tau: float, hard: bool,
     if sel.ids.size(-1) == sel.k:  # no bottom set
         return gather_rows(kv, sel.ids, head, unique)
     masks = None if sel.top_valid is None else _Masks(sel)
-    return _GatherRelax.apply(kv, sel.score, sel.ids, head, sel.k, masks,
-                              tau, hard, grad_cap, unique)
+    return _GatherRelax.apply(kv, sel.cand, sel.score, sel.ids, head, sel.k,
+                              masks, tau, hard, grad_cap, unique)

@@ -396,7 +396,7 @@ class SamsaAttention(Module):
                          per_tile(value, tiles), sel, tiles, pos, normal,
                          weights)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
-        out = self.lin_out(out)
+        out = F.linear(out, self.lin_out.weight, self.lin_out.bias)
         if not return_indices:
             return out
         idx = self._indices(sel.top, info, N)

@@ -28,7 +28,9 @@ def relax_reference(sel, kv, head, tau, hard, grad_cap=0.25):
         torch.ones(B, m, dtype=torch.bool)
     pair = (top_valid.view(B, 1, k, 1)
             & bottom_valid.view(B, 1, 1, m)).float()  # [B, 1, k, m]
-    s_top, s_bottom = sel.score[..., :k], sel.score[..., k:]
+    score = sel.cand[sel.ids, head]  # [B, H, k + m]
+    assert torch.equal(score, sel.score)
+    s_top, s_bottom = score[..., :k], score[..., k:]
     p = torch.sigmoid((s_top.unsqueeze(-1) - s_bottom.unsqueeze(-2)) / tau)
     peak = (p * (1.0 - p) / tau * pair).amax(dim=(-2, -1), keepdim=True)
     scale = (grad_cap / peak.clamp(min=1e-12)).clamp(max=1.0).detach()
