@@ -258,3 +258,39 @@ def test_forward_never_syncs_with_a_pyg_batch(training):
             model(data.pos, data.batch, **hints)
         finally:
             torch.cuda.set_sync_debug_mode('default')
+
+
+@pytest.mark.parametrize('hard', [True, False])
+@pytest.mark.parametrize('sizes', [[300, 300], [300, 40, 7]])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_relaxation_on_cuda_matches_cpu(hard, sizes, dtype):
+    # The fused relaxation (gather, pair weights, capped score gradient)
+    # on CUDA, with float32 or bfloat16 rows (autocast's), against the
+    # float32 CPU result, which tests/nn/attention/test_relax.py checks
+    # against the plain-autograd formula.
+    from samsa_geo.nn.attention._sampling import relax, select
+    from samsa_geo.nn.attention._sets import set_info
+    g = torch.Generator().manual_seed(0)
+    batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+    N, H, F = batch.numel(), 4, 16
+    score0 = torch.randn(N, H, generator=g)
+    kv0 = torch.randn(N, H, F, generator=g)
+    results = []
+    for device, kv_dtype in (('cpu', torch.float32), ('cuda', dtype)):
+        score = score0.to(device).requires_grad_()
+        kv = kv0.to(device, kv_dtype).requires_grad_()
+        b = batch.to(device)
+        info = set_info(N, b, 32, 0, False, torch.device(device))
+        sel = select(score, None, b, info, 0, False, True)
+        head = torch.arange(H, device=device).view(1, -1, 1)
+        out = relax(sel, kv, head, 0.2, hard, unique=info.all_valid)
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        w = w.to(device)
+        if sel.top_valid is not None:  # unused slots are never read
+            w = w * sel.top_valid.view(-1, 1, sel.k, 1)
+        gs, gkv = torch.autograd.grad((out.float() * w).sum(), (score, kv))
+        results.append([t.float().cpu() for t in (out, gs, gkv)])
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for ref, got in zip(*results):
+        err = (got - ref).norm() / ref.norm()
+        assert err < tol, err

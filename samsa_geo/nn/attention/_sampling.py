@@ -66,15 +66,14 @@ class Selection:
 
 
 def gumbel_like(score: Tensor) -> Tensor:
-    r"""Samples :math:`\mathrm{Gumbel}(0, 1)` noise
-    :math:`-\log(-\log U)` of the shape of ``score`` (:math:`U = 0`, of
-    probability :math:`2^{-24}`, gives :math:`-\infty`: never sampled)."""
-    return _neg_gumbel_like(score).neg_()
+    r"""Samples :math:`\mathrm{Gumbel}(0, 1)` noise :math:`-\log E`,
+    :math:`E \sim \mathrm{Exp}(1)`, of the shape of ``score``."""
+    return _log_exponential_like(score).neg_()
 
 
-def _neg_gumbel_like(score: Tensor) -> Tensor:
-    # log(-log U): the negated noise, in place (one launch per step).
-    return torch.rand_like(score).log_().neg_().log_()
+def _log_exponential_like(score: Tensor) -> Tensor:
+    # log E, E ~ Exp(1): the negated Gumbel noise in two launches.
+    return torch.empty_like(score).exponential_().log_()
 
 
 def _candidate_scores(score: Tensor, reg_score: Optional[Tensor],
@@ -191,7 +190,7 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     device = score.device
     cand = _candidate_scores(score, reg_score, info)  # [M, H]
     if perturb:
-        cand = cand - _neg_gumbel_like(cand)
+        cand = cand - _log_exponential_like(cand)
     m_max = info.m_max if with_bottom else 0
     K2 = info.k_max + m_max
     if info.max_size is not None:
