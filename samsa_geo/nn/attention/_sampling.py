@@ -10,6 +10,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._dispatch import is_tracing, triton_serves
 from samsa_geo.nn.attention._sets import SetInfo
 
 
@@ -276,14 +278,22 @@ class _Masks:
         self.no_bottom = (num_bottom == 0).float()  # [B, 1, 1, 1]
 
 
-def _pair_probability(x: Tensor, k: int, masks: Optional[_Masks]) -> Tensor:
-    r""":math:`p_{ij} = \sigma(x_i - x_j)` ``[B, H, k, m]`` of the scaled
-    scores ``x = s / tau`` ``[B, H, k + m]``; zero where slot ``i`` or
-    ``j`` is unused (their scores pushed to :math:`\mp\infty`)."""
+def _masked_scores(x: Tensor, k: int,
+                   masks: Optional[_Masks]) -> Tuple[Tensor, Tensor]:
+    # The scaled scores of the top and bottom sets, unused slots at -inf
+    # and +inf: they then take part in no pair (p_ij = 0).
     a, b = x[..., :k], x[..., k:]
     if masks is not None:
         a = torch.where(masks.top, a, float('-inf'))
         b = torch.where(masks.bottom, b, float('inf'))
+    return a, b
+
+
+def _pair_probability(x: Tensor, k: int, masks: Optional[_Masks]) -> Tensor:
+    r""":math:`p_{ij} = \sigma(x_i - x_j)` ``[B, H, k, m]`` of the scaled
+    scores ``x = s / tau`` ``[B, H, k + m]``; zero where slot ``i`` or
+    ``j`` is unused."""
+    a, b = _masked_scores(x, k, masks)
     return (a.unsqueeze(-1) - b.unsqueeze(-2)).sigmoid_()  # [B, H, k, m]
 
 
@@ -343,38 +353,64 @@ class _GatherRelax(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         u, score, ids, head = ctx.saved_tensors
         k, masks, tau = ctx.k, ctx.masks, ctx.tau
-        B, H, K, F = u.shape
-        u_top, u_bottom = u[:, :, :k], u[:, :, k:]
         x = score if tau == 1.0 else score * (1.0 / tau)
-        p = _pair_probability(x, k, masks)  # [B, H, k, m]
-        # The scores: d z_i / d p_ij = (u_i - u_j) / m_b, so
-        # ds_i = c sum_j (g_i.u_i - g_i.u_j) p_ij (1 - p_ij) = -ds_j.
         c = _score_factor(x, k, tau, ctx.grad_cap, masks)
-        alpha = 1.0
-        gs = grad
-        if isinstance(c, float):
-            alpha = c
-        else:
-            gs = grad * c.to(grad.dtype)
-        gk = (gs * u_top).sum(-1, keepdim=True)  # [B, H, k, 1]
-        gap = torch.baddbmm(
-            gk.view(B * H, k, 1), gs.reshape(B * H, k, F),
-            u_bottom.reshape(B * H, K - k, F).transpose(1, 2), beta=alpha,
-            alpha=-alpha).view(B, H, k, K - k)  # [B, H, k, m]
-        e = torch.ops.aten.sigmoid_backward(gap, p)  # gap * p * (1 - p)
-        ds = torch.cat([e.sum(-1), e.sum(-2).neg_()], dim=-1)  # [B, H, K]
         acc = not ctx.unique
-        gcand = ds.new_zeros(ctx.cand_shape)
-        gcand.index_put_((ids, head), ds, accumulate=acc)
+        p = None  # [B, H, k, m], only where needed
+        if _fused_score_grad(u):
+            from samsa_geo.nn.attention._relax_triton import (
+                relax_score_grad_triton,
+            )
+            a, b = _masked_scores(x, k, masks)
+            gcand = relax_score_grad_triton(grad, u, a, b, c, ids,
+                                            ctx.cand_shape[0], ctx.unique)
+        else:
+            p = _pair_probability(x, k, masks)
+            ds = _score_grad(p, grad, u, c)  # [B, H, k + m]
+            gcand = ds.new_zeros(ctx.cand_shape)
+            gcand.index_put_((ids, head), ds, accumulate=acc)
 
         gkv = grad.new_zeros(ctx.kv_shape)
         if ctx.hard:  # top rows: the full gradient; bottom rows: none
             gkv.index_put_((ids[..., :k], head), grad, accumulate=acc)
         else:
+            if p is None:
+                p = _pair_probability(x, k, masks)
             g_top, g_bottom = _soft_rows_backward(p, grad, k, masks)
             gkv.index_put_((ids[..., :k], head), g_top, accumulate=acc)
             gkv.index_put_((ids[..., k:], head), g_bottom, accumulate=acc)
         return (gkv, gcand) + (None, ) * 9
+
+
+def _fused_score_grad(u: Tensor) -> bool:
+    # The Triton kernel serves eager CUDA calls; traced graphs (compile,
+    # export) keep the PyTorch formula, which the compiler fuses itself.
+    return (config.use_fused_relax() and triton_serves(u.device)
+            and not is_tracing())
+
+
+def _score_grad(p: Tensor, grad: Tensor, u: Tensor, c) -> Tensor:
+    r"""``[B, H, k + m]`` gradient of the top and bottom scores:
+    :math:`d z_i / d p_{ij} = (u_i - u_j) / m_b`, so
+    :math:`\partial s_i = c \sum_j (g_i^\top u_i - g_i^\top u_j)
+    p_{ij} (1 - p_{ij})` and :math:`\partial s_j` the negated column
+    sums (one batched matmul, one pair tensor besides ``p``)."""
+    B, H, K, F = u.shape
+    k = grad.size(2)
+    u_top, u_bottom = u[:, :, :k], u[:, :, k:]
+    alpha = 1.0
+    gs = grad
+    if isinstance(c, float):
+        alpha = c
+    else:
+        gs = grad * c.to(grad.dtype)
+    gk = (gs * u_top).sum(-1, keepdim=True)  # [B, H, k, 1]
+    gap = torch.baddbmm(
+        gk.view(B * H, k, 1), gs.reshape(B * H, k, F),
+        u_bottom.reshape(B * H, K - k, F).transpose(1, 2), beta=alpha,
+        alpha=-alpha).view(B, H, k, K - k)  # [B, H, k, m]
+    e = torch.ops.aten.sigmoid_backward(gap, p)  # gap * p * (1 - p)
+    return torch.cat([e.sum(-1), e.sum(-2).neg_()], dim=-1)
 
 
 def _soft_rows(p: Tensor, u: Tensor, k: int,

@@ -1,11 +1,14 @@
 """The relaxation of the boundary at rank k (``relax``): its fused autograd
 Function against the formula in plain autograd, the gradient cap, hard and
 soft mode, and what it keeps for the backward pass."""
+import importlib
 import math
+import os
 
 import pytest
 import torch
 
+from samsa_geo.nn.attention import _sampling
 from samsa_geo.nn.attention._sampling import gumbel_like, relax, select
 from samsa_geo.nn.attention._sets import set_info
 
@@ -49,6 +52,7 @@ LAYOUTS = {
     # name: (sizes, k, registers, packed)
     'equal': ([40, 40, 40], 6, 0, False),
     'equal_sorted': ([40, 40], 6, 0, True),
+    'equal_large': ([70, 70], 20, 0, False),  # several kernel blocks
     'one_set': (None, 7, 0, False),
     'ragged': ([30, 12, 3], 6, 0, False),
     'ragged_registers': ([30, 2, 12], 6, 2, False),
@@ -191,3 +195,53 @@ def test_gumbel_noise_moments():
     g = gumbel_like(torch.empty(200_000))
     assert abs(g.mean().item() - 0.5772) < 0.01  # Euler's constant
     assert abs(g.var().item() - math.pi**2 / 6) < 0.03
+
+
+@pytest.fixture(scope='module')
+def kernel():
+    pytest.importorskip('triton')
+    if os.environ.get('TRITON_INTERPRET') != '1':  # set by conftest.py
+        pytest.skip('Triton interpreter not enabled (a GPU is present)')
+    return importlib.import_module('samsa_geo.nn.attention._relax_triton')
+
+
+@pytest.mark.parametrize('layout', ['equal', 'equal_large', 'one_set',
+                                    'ragged_registers', 'fraction'])
+@pytest.mark.parametrize('tau', [1.0, 0.2])
+def test_triton_score_gradient_matches_pytorch(kernel, layout, tau):
+    sizes, k, R, packed = LAYOUTS[layout]
+    g = torch.Generator().manual_seed(2)
+    batch = None if sizes is None else batch_of(sizes)
+    N = 50 if sizes is None else batch.numel()
+    H, F = 3, 20  # F below a power of two: masked feature columns
+    score = torch.randn(N, H, generator=g)
+    reg = torch.randn(R, H, generator=g) if R else None
+    info = set_info(N, batch, k, R, False, score.device)
+    torch.manual_seed(0)
+    sel = select(score, reg, batch, info, R, True, True, packed=packed)
+    M = N + info.num_sets * R
+    head = torch.arange(H).view(1, -1, 1)
+    u = torch.randn(M, H, F, generator=g)[sel.ids, head]
+    grad = torch.randn(*sel.ids.shape[:2], sel.k, F, generator=g)
+    masks = None if sel.top_valid is None else _sampling._Masks(sel)
+    x = sel.score / tau
+    c = _sampling._score_factor(x, sel.k, tau, 0.25, masks)
+    ds = _sampling._score_grad(_sampling._pair_probability(x, sel.k, masks),
+                               grad, u, c)
+    ref = torch.zeros(M, H).index_put_((sel.ids, head), ds, accumulate=True)
+    a, b = _sampling._masked_scores(x, sel.k, masks)
+    out = kernel.relax_score_grad_triton(grad, u, a, b, c, sel.ids, M,
+                                         unique=info.all_valid)
+    assert out.abs().sum() > 0
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize('layout', ['equal_large', 'ragged'])
+@pytest.mark.parametrize('hard', [True, False])
+def test_relax_through_the_triton_kernel_matches_reference(
+        kernel, monkeypatch, layout, hard):
+    monkeypatch.setattr(_sampling, '_fused_score_grad', lambda u: True)
+    out, grads, _ = run(relax, layout, hard, 0.2)
+    ref, ref_grads, _ = run(relax_reference, layout, hard, 0.2)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5)
