@@ -54,3 +54,12 @@ def compiled_run():
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
     return run
+
+
+@pytest.fixture
+def fused_inference_on():
+    """The fused inference path of SamsaAttention switched on (it is off by
+    default) for one test."""
+    from samsa_geo.nn.attention import config
+    with config.attention_config(fused_inference=True):
+        yield

@@ -266,7 +266,7 @@ def test_forward_never_syncs_with_a_pyg_batch(training):
     ([1000, 7, 0, 3000, 256, 5000, 64], 0),
     ([1000, 7, 0, 3000, 256, 5000, 64], 4),
 ])
-def test_fused_inference_matches_unfused(spy, dtype, sizes, R):
+def test_fused_inference_matches_unfused(fused_inference_on, spy, dtype, sizes, R):
     # The default inference path (two Triton kernels) selects the same
     # keys as the unfused path and attends to them alike.
     from samsa_geo.nn.attention import samsa_attention as module
@@ -287,7 +287,7 @@ def test_fused_inference_matches_unfused(spy, dtype, sizes, R):
     assert err < (1e-4 if dtype == torch.float32 else 1e-2), err
 
 
-def test_fused_inference_leaves_large_sets_to_the_unfused_path(spy):
+def test_fused_inference_leaves_large_sets_to_the_unfused_path(fused_inference_on, spy):
     from samsa_geo.nn.attention import samsa_attention as module
     attn = SamsaAttention(64, heads=4, k=64).cuda().eval()
     x, batch = _batch([9000, 100], 64, 'cuda')
@@ -298,7 +298,7 @@ def test_fused_inference_leaves_large_sets_to_the_unfused_path(spy):
     assert len(calls) == 1
 
 
-def test_fused_inference_never_syncs(spy):
+def test_fused_inference_never_syncs(fused_inference_on, spy):
     from torch_geometric.data import Batch, Data
 
     from samsa_geo.nn import batch_hints
@@ -321,3 +321,39 @@ def test_fused_inference_never_syncs(spy):
         finally:
             torch.cuda.set_sync_debug_mode('default')
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize('hard', [True, False])
+@pytest.mark.parametrize('sizes', [[300, 300], [300, 40, 7]])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_relaxation_on_cuda_matches_cpu(hard, sizes, dtype):
+    # The fused relaxation (gather, pair weights, capped score gradient)
+    # on CUDA, with float32 or bfloat16 rows (autocast's), against the
+    # float32 CPU result, which tests/nn/attention/test_relax.py checks
+    # against the plain-autograd formula.
+    from samsa_geo.nn.attention._sampling import relax, select
+    from samsa_geo.nn.attention._sets import set_info
+    g = torch.Generator().manual_seed(0)
+    batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+    N, H, F = batch.numel(), 4, 16
+    score0 = torch.randn(N, H, generator=g)
+    kv0 = torch.randn(N, H, F, generator=g)
+    results = []
+    for device, kv_dtype in (('cpu', torch.float32), ('cuda', dtype)):
+        score = score0.to(device).requires_grad_()
+        kv = kv0.to(device, kv_dtype).requires_grad_()
+        b = batch.to(device)
+        info = set_info(N, b, 32, 0, False, torch.device(device))
+        sel = select(score, None, b, info, 0, False, True)
+        head = torch.arange(H, device=device).view(1, -1, 1)
+        out = relax(sel, kv, head, 0.2, hard, unique=info.all_valid)
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        w = w.to(device)
+        if sel.top_valid is not None:  # unused slots are never read
+            w = w * sel.top_valid.view(-1, 1, sel.k, 1)
+        gs, gkv = torch.autograd.grad((out.float() * w).sum(), (score, kv))
+        results.append([t.float().cpu() for t in (out, gs, gkv)])
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for ref, got in zip(*results):
+        err = (got - ref).norm() / ref.norm()
+        assert err < tol, err

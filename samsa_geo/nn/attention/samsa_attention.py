@@ -222,8 +222,9 @@ class SamsaAttention(Module):
         # Row block h holds [k_h, v_h]: one gather moves keys and values.
         self.lin_kv = Linear(channels, 2 * channels)
         self.lin_out = Linear(channels, channels)
-        # [H]: the head of each row block of a gather (no arange per call).
-        self.register_buffer('head_index', torch.arange(heads),
+        # [1, H, 1]: the head of each row block of a gather (no arange and
+        # no view per call).
+        self.register_buffer('head_index', torch.arange(heads).view(1, -1, 1),
                              persistent=False)
         self._projection_cache = None
         # 'full' attends to every token: no scorer, no register scores.
@@ -397,15 +398,14 @@ class SamsaAttention(Module):
                 sel = keep_all(info, N, self.num_registers, H, x.device)
             else:
                 sel = self._sample(x, hidden, batch, info, return_indices)
-            head = self.head_index.view(1, -1, 1)
+            head = self.head_index  # [1, H, 1]
             # Equal sets: the top and bottom sets hold distinct ids.
             unique = info.all_valid
-            u = gather_rows(kv, sel.top, head, unique)  # [B, H, k, 2D]
             if self.training and self.scorer is not None and info.m_max > 0:
-                u_bottom = gather_rows(kv, sel.bottom, head,
-                                       unique)  # [B, H, m, 2D]
-                u = relax(sel, u, u_bottom, self.tau,
-                          hard=self.sampling == 'hard')
+                u = relax(sel, kv, head, self.tau, self.sampling == 'hard',
+                          unique=unique)  # [B, H, k, 2D]
+            else:
+                u = gather_rows(kv, sel.top, head, unique)  # [B, H, k, 2D]
         key, value = u.split(D, dim=-1)  # [B, H, k, D] each
 
         # 3. Every query attends to its own set's sampled keys.
@@ -416,7 +416,7 @@ class SamsaAttention(Module):
                          per_tile(value, tiles), sel, tiles, pos, normal,
                          weights)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
-        out = self.lin_out(out)
+        out = F.linear(out, self.lin_out.weight, self.lin_out.bias)
         if not return_indices:
             return out
         idx = self._indices(sel.top, info, N)
@@ -521,7 +521,7 @@ class SamsaAttention(Module):
         valid = sample.index >= 0  # [B, k]
         valid[:, 0] = True
         top = sample.index.clamp(min=0).unsqueeze(1).expand(B, H, K)
-        return Selection(top, valid, None, top[..., :0], None, None), u
+        return Selection(top, K, valid), u
 
     def _sample(self, x: Tensor, hidden: Optional[Tensor],
                 batch: Optional[Tensor], info: SetInfo,
@@ -543,7 +543,7 @@ class SamsaAttention(Module):
                       with_bottom=self.training and self.scorer is not None,
                       packed=batch is not None
                       and self._padding_costly(info, x.size(0)),
-                      ordered=ordered)
+                      ordered=ordered, head=self.head_index)
 
     def _attend(self, q: Tensor, key: Tensor, value: Tensor, sel: Selection,
                 tiles: Tiles, pos: Optional[Tensor],

@@ -14,6 +14,8 @@ from samsa_geo.nn.attention import SamsaAttention, config
 
 ATTENTION = 'samsa_geo.nn.attention.samsa_attention'
 
+pytestmark = pytest.mark.usefixtures('fused_inference_on')
+
 
 @pytest.fixture
 def fused(monkeypatch):
@@ -196,9 +198,11 @@ def test_fused_path_applies_to_plain_inference_only(fused, spy, monkeypatch):
 
 
 def test_config_switch():
-    assert config.use_fused_inference()
+    assert config.use_fused_inference()  # the module's fixture
     with config.attention_config(fused_inference=False):
         assert not config.use_fused_inference()
+        config.set_fused_inference(True)
+        assert config.use_fused_inference()
     assert config.use_fused_inference()
 
 

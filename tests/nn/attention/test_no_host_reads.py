@@ -84,7 +84,7 @@ def test_the_watch_sees_host_reads():
 
 @pytest.mark.parametrize('kwargs', [dict(), dict(num_registers=2)])
 def test_fused_inference_reads_nothing_back(no_value_checks, monkeypatch,
-                                            spy, kwargs):
+                                            spy, kwargs, fused_inference_on):
     # The fused inference path (served on the CPU by Triton's interpreter):
     # the sets' offsets are searched inside the selection kernel.
     import importlib
