@@ -9,6 +9,13 @@ host work dominates::
 
     python benchmarks/count_ops.py
     python benchmarks/count_ops.py --sizes 32x1024 --channels 256 --k 256
+    python benchmarks/count_ops.py --graph-step
+
+``--graph-step`` counts one training step (forward and backward, without
+the optimizer) of the small-graph models of ``benchmarks/layer.py
+--graph-epoch`` on its first batch of 64 molecule-sized graphs:
+``samsa_graph_model`` given ``num_graphs`` only, ``samsa_graph_model_hints``
+given :func:`~samsa_geo.nn.batch_hints`, the GPSConv and GINE models.
 
 The layers are built and called as ``benchmarks/layer.py`` does (``build``,
 ``call``). The value checks that SamsaAttention runs on the CPU only
@@ -26,7 +33,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from layer import build, call  # noqa: E402
+from layer import GraphModel, build, call, molecule_batches  # noqa: E402
 
 from samsa_geo.nn.attention import config  # noqa: E402
 
@@ -120,6 +127,41 @@ def measure(op: str, B: int, n: int, C: int, H: int, k: int, train: bool,
     return rec
 
 
+def measure_graph_step(op: str, repeat: int) -> Dict[str, object]:
+    from samsa_geo.nn import batch_hints
+    from samsa_geo.nn.models import SamsaGraphModel
+    torch.manual_seed(0)
+    data = molecule_batches(torch.device('cpu'))[0]
+    if op.startswith('samsa'):
+        model = SamsaGraphModel(9, 64, 1, 3, edge_dim=3, heads=4)
+    else:
+        model = GraphModel(op.split('_')[0], 9, 3, 64, 3)
+    hints = batch_hints(data) if op.endswith('_hints') else \
+        dict(num_graphs=data.num_graphs)
+
+    def forward():
+        return model(data.x, data.edge_index, data.edge_attr, data.batch,
+                     **hints).view(-1)
+
+    def step():
+        torch.nn.functional.mse_loss(forward(), data.y).backward()
+
+    step()
+    with OpCounter() as fwd_counter:
+        out = forward()
+    loss = torch.nn.functional.mse_loss(out, data.y)
+    with OpCounter() as bwd_counter:
+        loss.backward()
+    times: List[float] = []
+    for _ in range(repeat):
+        t0 = time.thread_time()
+        step()
+        times.append((time.thread_time() - t0) * 1e3)
+        model.zero_grad(set_to_none=True)
+    return dict(op=op, fwd_ops=fwd_counter.total, bwd_ops=bwd_counter.total,
+                ms=min(times))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--sizes', default='32x1024')
@@ -132,12 +174,24 @@ def main():
                    help='size of the wall-clock timing, where host work '
                    'dominates')
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--graph-step', action='store_true',
+                   help='count a training step of the small-graph models '
+                   'instead')
     p.add_argument('--list', action='store_true',
                    help='also list the operators of each case by count')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f'CPU, {args.threads} thread(s), torch {torch.__version__}, '
           f'C={args.channels}, H={args.heads}, k={args.k}, fp32')
+    if args.graph_step:
+        print(f"{'op':<24} {'fwd ops':>8} {'bwd ops':>8} {'ms':>8}")
+        with mock.patch.object(config, 'checks_values', lambda device: False):
+            for op in ('samsa_graph_model', 'samsa_graph_model_hints',
+                       'gps_graph_model', 'gine_graph_model'):
+                r = measure_graph_step(op, args.repeat)
+                print(f"{op:<24} {r['fwd_ops']:>8} {r['bwd_ops']:>8} "
+                      f"{r['ms']:>8.2f}")
+        return
     print(f"{'op':<18} {'size':<9} {'step':<6} {'fwd ops':>8} "
           f"{'(views)':>8} {'bwd ops':>8} {'(views)':>8} {'modules':>8} "
           f"{'nodes':>6} {'ms':>8} {'ms at ' + args.time_size:>12}")
