@@ -7,7 +7,9 @@ calls it: ``conv(x, None, batch)`` (``samsa_conv``); ``samsa_conv_batch``
 adds what :func:`~samsa_geo.nn.batch_hints` reads from a PyG ``Batch``
 (``num_graphs``, ``max_num_nodes``), ``samsa_conv_hints`` ``num_graphs``
 only. One JSON record per measurement, with its provenance (GPU, torch,
-commit, flags, date) inside::
+commit, flags, date) inside. In the graph epoch, ``samsa_graph_model``
+passes ``num_graphs`` only, ``samsa_graph_model_hints`` everything
+:func:`~samsa_geo.nn.batch_hints` reads from the batch::
 
     python benchmarks/layer.py --device cuda --commit $(git rev-parse HEAD)
     python benchmarks/layer.py --device cuda --compile reduce-overhead \
@@ -31,7 +33,7 @@ from _common import (  # noqa: E402
     write_records,
 )
 
-from samsa_geo.nn import SamsaConv  # noqa: E402
+from samsa_geo.nn import SamsaConv, batch_hints  # noqa: E402
 from samsa_geo.nn.models import SamsaGraphModel  # noqa: E402
 
 SIZES = '32x1024,8x4096,2x16384,1x65536,1x262144'
@@ -179,7 +181,7 @@ def molecule_batches(device, num_graphs=642, batch_size=64, seed=0):
 def graph_epoch_case(op, args, device):
     C, depth = args.graph_channels, args.graph_depth
     batches = molecule_batches(device)
-    if op == 'samsa_graph_model':
+    if op.startswith('samsa_graph_model'):
         model = SamsaGraphModel(9, C, 1, depth, edge_dim=3,
                                 heads=4).to(device)
     else:
@@ -189,7 +191,11 @@ def graph_epoch_case(op, args, device):
     def epoch():
         for data in batches:
             args_ = (data.x, data.edge_index, data.edge_attr, data.batch)
-            pred = model(*args_, num_graphs=data.num_graphs).view(-1)
+            # '_hints': what batch_hints reads from the Batch (the largest
+            # graph too); otherwise num_graphs only.
+            hints = batch_hints(data) if op.endswith('_hints') else \
+                dict(num_graphs=data.num_graphs)
+            pred = model(*args_, **hints).view(-1)
             loss = F.mse_loss(pred, data.y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -255,8 +261,8 @@ def main():
                     records += layer_case(op, B, n, args, device,
                                           args.compile, pipelined)
     if args.graph_epoch:
-        for op in ('samsa_graph_model', 'gps_graph_model',
-                   'gine_graph_model'):
+        for op in ('samsa_graph_model', 'samsa_graph_model_hints',
+                   'gps_graph_model', 'gine_graph_model'):
             records.append(graph_epoch_case(op, args, device))
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
                                    'layer.json')

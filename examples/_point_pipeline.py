@@ -2,6 +2,8 @@
 their common command-line flags, the rotation protocol's augmentations and
 the trainer set-up (which saves the resolved configuration as config.yaml in
 the run folder)."""
+import argparse
+
 import torch_geometric.transforms as T
 
 from samsa_geo.train import Trainer, add_run_args, save_config
@@ -14,13 +16,27 @@ from samsa_geo.transforms import (
 
 
 #: Model arguments and training defaults of each ``--preset``: the one place
-#: that sets them. ``paper`` (6 x 256 channels) is pre-norm with a lower
-#: learning rate: in GPSConv's post-norm order at 2e-3 it diverged within
-#: a few epochs (training loss back at chance). Warm-up lasts a tenth of
-#: the steps, at least ``min_warmup`` and at most 2,000.
+#: that sets them. ``lr``: peak learning rate; warm-up lasts a tenth of the
+#: steps, at least ``min_warmup`` and at most 2,000; ``scale``: range of the
+#: training shapes' random anisotropic scaling; per example the defaults of
+#: ``--num-points``, ``--epochs`` and ``--normals``. ``paper`` (6 x 256) is
+#: pre-norm with a lower learning rate: in GPSConv's post-norm order at 2e-3
+#: it diverged within a few epochs (training loss back at chance).
+#: ``small`` (2 x 64) has dropout 0.1 in its layers and a milder scaling,
+#: and on ModelNet40 reads 512 points with their normals: without them its
+#: validation accuracy on the bundled sample peaked mid-run and ended up to
+#: 0.3 lower (docs/training.md gives the runs).
 PRESETS = {
-    'small': dict(model=dict(), lr=2e-3, min_warmup=0),
-    'paper': dict(model=dict(norm_first=True), lr=5e-4, min_warmup=50),
+    'small': dict(model=dict(dropout=0.1), lr=2e-3, min_warmup=0,
+                  scale=(0.8, 1.25),
+                  modelnet40=dict(num_points=512, epochs=60, normals=True),
+                  shapenet_part=dict(num_points=512, epochs=60,
+                                     normals=False)),
+    'paper': dict(model=dict(norm_first=True), lr=5e-4, min_warmup=50,
+                  scale=(2. / 3., 3. / 2.),
+                  modelnet40=dict(num_points=1024, epochs=40, normals=False),
+                  shapenet_part=dict(num_points=512, epochs=60,
+                                     normals=False)),
 }
 
 
@@ -32,14 +48,19 @@ def preset_model(builder, args, *model_args, **model_kwargs):
     return build(*model_args, **{**preset['model'], **model_kwargs})
 
 
-def add_point_args(p, num_points, epochs, batch_size, out):
-    """Adds the flags both examples take, with their own defaults."""
+def add_point_args(p, example, batch_size, out):
+    """Adds the flags both examples take; ``example`` (``'modelnet40'`` or
+    ``'shapenet_part'``) names the per-example defaults of
+    :data:`PRESETS`."""
     p.add_argument('--root', default=None,
                    help='dataset root; unset: the bundled synthetic sample')
-    p.add_argument('--num-points', type=int, default=num_points,
-                   help='points sampled per shape')
-    p.add_argument('--normals', action='store_true',
-                   help='use normals as point features x')
+    p.add_argument('--num-points', type=int, default=None,
+                   help="points sampled per shape; unset: the preset's ("
+                   + _per_preset(example, 'num_points') + ')')
+    p.add_argument('--normals', action=argparse.BooleanOptionalAction,
+                   default=None,
+                   help="use normals as point features x; unset: the "
+                   "preset's (" + _per_preset(example, 'normals') + ')')
     p.add_argument('--preset', default='small', choices=['small', 'paper'],
                    help="model size: 'small' (CPU-friendly) or the paper's")
     p.add_argument('--rotation-invariant', action='store_true',
@@ -52,18 +73,48 @@ def add_point_args(p, num_points, epochs, batch_size, out):
                    help='random rotation of the validation and test shapes')
     p.add_argument('--up-axis', type=int, default=1,
                    help="axis of 'z' rotations (1: y-up, as the archives)")
-    p.add_argument('--epochs', type=int, default=epochs,
-                   help='training epochs')
+    p.add_argument('--epochs', type=int, default=None,
+                   help="training epochs; unset: the preset's ("
+                   + _per_preset(example, 'epochs') + ')')
     p.add_argument('--batch-size', type=int, default=batch_size,
                    help='shapes per batch (per process under torchrun)')
     p.add_argument('--lr', type=float, default=None,
                    help="peak learning rate of AdamW; unset: the preset's "
                    "(see PRESETS)")
+    p.add_argument('--scale', type=float, nargs=2, default=None,
+                   metavar=('LOW', 'HIGH'),
+                   help="range of the random anisotropic scaling of the "
+                   "training shapes; unset: the preset's (" + ', '.join(
+                       f'{low:.3g}-{high:.3g} with {name}'
+                       for name, (low, high) in _scales()) + ')')
     p.add_argument('--device', default=None,
                    help="'cpu', 'cuda', 'cuda:1', ...; unset: CUDA when "
                    "available")
     p.add_argument('--out', default=out, help='run folder')
     add_run_args(p)
+
+
+def _scales():
+    return [(name, preset['scale']) for name, preset in PRESETS.items()]
+
+
+def _per_preset(example, key):
+    return ', '.join(f'{preset[example][key]} with {name}'
+                     for name, preset in PRESETS.items())
+
+
+def resolve_preset(args, example):
+    """Fills the options left unset (``None``) with the defaults of
+    ``args.preset`` (see :data:`PRESETS`): learning rate, scaling range,
+    and the number of points, epochs and use of normals of ``example``.
+    ``config.yaml`` records the resolved values. Returns ``args``."""
+    preset = PRESETS[args.preset]
+    values = {'lr': preset['lr'], 'scale': list(preset['scale']),
+              **preset[example]}
+    for name, value in values.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return args
 
 
 def rotation(kind, up_axis):
@@ -72,10 +123,11 @@ def rotation(kind, up_axis):
 
 
 def point_transforms(args, first=()):
-    """Train transform (``first``, the train rotation, anisotropic scaling,
-    jitter) and evaluation transform (``first``, the test rotation)."""
+    """Train transform (``first``, the train rotation, anisotropic scaling
+    within ``args.scale``, jitter) and evaluation transform (``first``, the
+    test rotation)."""
     train = [*first, rotation(args.train_rotation, args.up_axis),
-             RandomAnisotropicScale(), RandomJitter()]
+             RandomAnisotropicScale(*args.scale), RandomJitter()]
     test = [*first, rotation(args.test_rotation, args.up_axis)]
     return (T.Compose([t for t in train if t is not None]),
             T.Compose([t for t in test if t is not None]))

@@ -25,6 +25,7 @@ from samsa_geo.datasets import (LRGB_TASKS, LRGBDataset,
                                 lrgb_feature_normalization, lrgb_task)
 from samsa_geo.metrics import (average_precision_multitask, macro_f1,
                                mean_absolute_error, mrr)
+from samsa_geo.nn import batch_hints
 from samsa_geo.nn.models import PRESETS, SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, make_loader,
                              make_parser, parse_args_with_config,
@@ -72,7 +73,7 @@ class LRGBTask:
         return model(batch.x, batch.edge_index, batch.edge_attr, batch.batch,
                      pe=batch[self.pe_attr],
                      edge_label_index=getattr(batch, 'edge_label_index', None),
-                     num_graphs=batch.num_graphs)
+                     **batch_hints(batch))
 
     def training_step(self, model, batch):
         info = self.info

@@ -20,6 +20,7 @@ from torch.nn import Dropout, GELU, Linear, Module, ModuleList, Sequential
 from torch_geometric.nn import GINEConv, GPSConv, global_mean_pool
 
 from samsa_geo.datasets import FreeSolv
+from samsa_geo.nn import batch_hints
 from samsa_geo.nn.encoders import CategoricalEncoder, PositionalEncoder
 from samsa_geo.nn.models import SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, make_loader,
@@ -93,7 +94,8 @@ class Baseline(Module):
         self.head = Sequential(Linear(channels, channels), GELU(),
                                Dropout(dropout), Linear(channels, 1))
 
-    def forward(self, x, edge_index, edge_attr, batch, pe, num_graphs=None):
+    def forward(self, x, edge_index, edge_attr, batch, pe, num_graphs=None,
+                max_num_nodes=None):  # the size hints of SamsaGraphModel
         h = self.atom_encoder(x) + self.pe_encoder(pe)
         e = self.bond_encoder(edge_attr)
         for i, conv in enumerate(self.convs):
@@ -112,7 +114,7 @@ class Regression:
 
     def predict(self, model, batch):
         return model(batch.x, batch.edge_index, batch.edge_attr, batch.batch,
-                     pe=batch.rw_pe, num_graphs=batch.num_graphs).view(-1)
+                     pe=batch.rw_pe, **batch_hints(batch)).view(-1)
 
     def training_step(self, model, batch):
         target = (batch.y.view(-1) - self.mean) / self.std

@@ -38,14 +38,15 @@ from _point_pipeline import (  # noqa: E402
     point_trainer,
     point_transforms,
     preset_model,
+    resolve_preset,
 )
 
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    add_point_args(p, num_points=512, epochs=60, batch_size=8,
+    add_point_args(p, 'shapenet_part', batch_size=8,
                    out='runs/shapenet_part')
-    return parse_args_with_config(p, argv)
+    return resolve_preset(parse_args_with_config(p, argv), 'shapenet_part')
 
 
 class PartSegmentation:

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -34,3 +36,30 @@ def spy(monkeypatch):
         monkeypatch.setattr(module, name, wrapper)
         return calls
     return install
+
+
+@pytest.fixture
+def compiled_run():
+    """``compiled_run(script)`` runs a Python script in a fresh process
+    without Triton's interpreter (kernels compile to machine code there,
+    no GPU needed), fails the test if it fails and returns its output."""
+    pytest.importorskip('triton')
+
+    def run(script: str) -> str:
+        env = {k: v for k, v in os.environ.items()
+               if k != 'TRITON_INTERPRET'}
+        env['TRITON_DEFAULT_FP_FUSION'] = '0'
+        done = subprocess.run([sys.executable, '-c', script], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+    return run
+
+
+@pytest.fixture
+def fused_inference_on():
+    """The fused inference path of SamsaAttention switched on (it is off by
+    default) for one test."""
+    from samsa_geo.nn.attention import config
+    with config.attention_config(fused_inference=True):
+        yield

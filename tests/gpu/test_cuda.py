@@ -258,3 +258,102 @@ def test_forward_never_syncs_with_a_pyg_batch(training):
             model(data.pos, data.batch, **hints)
         finally:
             torch.cuda.set_sync_debug_mode('default')
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('sizes,R', [
+    ([1024] * 32, 0), ([1024] * 32, 4), ([4096] * 8, 0),
+    ([1000, 7, 0, 3000, 256, 5000, 64], 0),
+    ([1000, 7, 0, 3000, 256, 5000, 64], 4),
+])
+def test_fused_inference_matches_unfused(fused_inference_on, spy, dtype, sizes, R):
+    # The default inference path (two Triton kernels) selects the same
+    # keys as the unfused path and attends to them alike.
+    from samsa_geo.nn.attention import samsa_attention as module
+    torch.manual_seed(0)
+    attn = SamsaAttention(256, heads=8, k=256, num_registers=R).cuda()
+    attn.eval()
+    x, batch = _batch(sizes, 256, 'cuda')
+    hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+    calls = spy(module, 'fused_sampled_attention', keep_args=False)
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16,
+                                         enabled=dtype == torch.bfloat16):
+        out, idx = attn(x, batch, return_indices=True, **hints)
+        with config.attention_config(fused_inference=False):
+            ref, ref_idx = attn(x, batch, return_indices=True, **hints)
+    assert len(calls) == 1
+    assert torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
+    err = (out.float() - ref.float()).norm() / ref.float().norm()
+    assert err < (1e-4 if dtype == torch.float32 else 1e-2), err
+
+
+def test_fused_inference_leaves_large_sets_to_the_unfused_path(fused_inference_on, spy):
+    from samsa_geo.nn.attention import samsa_attention as module
+    attn = SamsaAttention(64, heads=4, k=64).cuda().eval()
+    x, batch = _batch([9000, 100], 64, 'cuda')
+    calls = spy(module, 'fused_sampled_attention', keep_args=False)
+    with torch.no_grad():
+        attn(x, batch, num_graphs=2, max_num_nodes=9000)
+        attn(x[:200], batch[:200] * 0, num_graphs=1, max_num_nodes=200)
+    assert len(calls) == 1
+
+
+def test_fused_inference_never_syncs(fused_inference_on, spy):
+    from torch_geometric.data import Batch, Data
+
+    from samsa_geo.nn import batch_hints
+    from samsa_geo.nn.attention import samsa_attention as module
+    data = Batch.from_data_list([
+        Data(pos=torch.randn(n, 3)) for n in (300, 0, 1024, 5, 700)
+    ]).to('cuda')
+    x = torch.randn(data.num_nodes, 64, device='cuda')
+    attn = SamsaAttention(64, heads=4, k=32, num_registers=2).cuda().eval()
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().eval()
+    hints = batch_hints(data)
+    calls = spy(module, 'fused_sampled_attention', keep_args=False)
+    for mode in ('default', 'error'):  # warm-up, then the checked pass
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode(mode)
+        try:
+            with torch.no_grad():
+                attn(x, data.batch, **hints)
+                conv(x, None, data.batch, **hints)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize('hard', [True, False])
+@pytest.mark.parametrize('sizes', [[300, 300], [300, 40, 7]])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_relaxation_on_cuda_matches_cpu(hard, sizes, dtype):
+    # The fused relaxation (gather, pair weights, capped score gradient)
+    # on CUDA, with float32 or bfloat16 rows (autocast's), against the
+    # float32 CPU result, which tests/nn/attention/test_relax.py checks
+    # against the plain-autograd formula.
+    from samsa_geo.nn.attention._sampling import relax, select
+    from samsa_geo.nn.attention._sets import set_info
+    g = torch.Generator().manual_seed(0)
+    batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+    N, H, F = batch.numel(), 4, 16
+    score0 = torch.randn(N, H, generator=g)
+    kv0 = torch.randn(N, H, F, generator=g)
+    results = []
+    for device, kv_dtype in (('cpu', torch.float32), ('cuda', dtype)):
+        score = score0.to(device).requires_grad_()
+        kv = kv0.to(device, kv_dtype).requires_grad_()
+        b = batch.to(device)
+        info = set_info(N, b, 32, 0, False, torch.device(device))
+        sel = select(score, None, b, info, 0, False, True)
+        head = torch.arange(H, device=device).view(1, -1, 1)
+        out = relax(sel, kv, head, 0.2, hard, unique=info.all_valid)
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        w = w.to(device)
+        if sel.top_valid is not None:  # unused slots are never read
+            w = w * sel.top_valid.view(-1, 1, sel.k, 1)
+        gs, gkv = torch.autograd.grad((out.float() * w).sum(), (score, kv))
+        results.append([t.float().cpu() for t in (out, gs, gkv)])
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for ref, got in zip(*results):
+        err = (got - ref).norm() / ref.norm()
+        assert err < tol, err

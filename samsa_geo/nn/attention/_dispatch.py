@@ -11,6 +11,12 @@ HAS_TRITON = importlib.util.find_spec('triton') is not None
 #: rows stays in registers).
 SCORE_MAX_CHANNELS = 2048
 SCORE_MAX_HEADS = 64
+#: Largest set (tokens and registers) of the fused inference path: the
+#: selection kernel keeps one set's scores in registers. Larger sets take
+#: the unfused path.
+FUSED_MAX_SET_SIZE = 8192
+#: Largest head width of the fused inference path.
+FUSED_MAX_HEAD_DIM = 256
 
 
 def triton_serves(device: torch.device) -> bool:

@@ -5,11 +5,13 @@ tokens. In the *global candidate space* token ``i`` has id ``i`` and
 register ``r`` of set ``b`` has id ``N + b * R + r``.
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._dispatch import is_tracing, triton_serves
 from samsa_geo.nn.attention._sets import SetInfo
 
 
@@ -18,30 +20,62 @@ class Selection:
     r"""The sampled candidates of every set and head.
 
     Attributes:
-        top (Tensor): ``[B, H, k_max]`` global candidate ids of the top set
-            :math:`T` (ranks :math:`1..k_b`), clamped to valid ids in unused
-            slots.
+        ids (Tensor): ``[B, H, k_max + m_max]`` global candidate ids: the
+            top set :math:`T` (ranks :math:`1..k_b`) in the first ``k``
+            slots, then the bottom set :math:`B` (ranks
+            :math:`k_b+1..k_b+m_b`); where the relaxation needs them, both
+            in descending order of score. Unused slots are clamped to valid
+            ids.
+        k (int): :math:`k_{\max}`, the slots of the top set.
         top_valid (Tensor, optional): ``[B, k_max]`` whether slot
             ``j < k_b``; :obj:`None` when every slot is valid.
-        top_score (Tensor, optional): ``[B, H, k_max]`` (perturbed) scores of
-            :math:`T` (only when the relaxation needs them).
-        bottom (Tensor): ``[B, H, m_max]`` ids of the bottom set :math:`B`
-            (ranks :math:`k_b+1..k_b+m_b`).
         bottom_valid (Tensor, optional): ``[B, m_max]``.
-        bottom_score (Tensor): ``[B, H, m_max]``.
+        num_bottom (Tensor, optional): ``[B]`` :math:`m_b`, where some
+            slot is masked.
+        score (Tensor, optional): ``[B, H, k_max + m_max]`` (perturbed)
+            scores of ``ids``, without gradient, only where the relaxation
+            needs them.
+        cand (Tensor, optional): ``[M, H]`` the (perturbed) scores of
+            every candidate, through which the relaxation's gradient
+            reaches the scorer.
     """
-    top: Tensor
-    top_valid: Optional[Tensor]
-    top_score: Optional[Tensor]
-    bottom: Tensor
-    bottom_valid: Optional[Tensor]
-    bottom_score: Optional[Tensor]
+    ids: Tensor
+    k: int
+    top_valid: Optional[Tensor] = None
+    bottom_valid: Optional[Tensor] = None
+    num_bottom: Optional[Tensor] = None
+    score: Optional[Tensor] = None
+    cand: Optional[Tensor] = None
+
+    @property
+    def top(self) -> Tensor:
+        """``[B, H, k_max]`` ids of the top set."""
+        return self.ids if self.ids.size(-1) == self.k else \
+            self.ids[..., :self.k]
+
+    @property
+    def bottom(self) -> Tensor:
+        """``[B, H, m_max]`` ids of the bottom set."""
+        return self.ids[..., self.k:]
+
+    @property
+    def top_score(self) -> Optional[Tensor]:
+        return None if self.score is None else self.score[..., :self.k]
+
+    @property
+    def bottom_score(self) -> Optional[Tensor]:
+        return None if self.score is None else self.score[..., self.k:]
 
 
 def gumbel_like(score: Tensor) -> Tensor:
-    r"""Samples :math:`\mathrm{Gumbel}(0, 1)` noise of the shape of ``score``."""
-    u = torch.rand_like(score).clamp_(1e-10, 1.0 - 1e-7)
-    return -torch.log(-torch.log(u))
+    r"""Samples :math:`\mathrm{Gumbel}(0, 1)` noise :math:`-\log E`,
+    :math:`E \sim \mathrm{Exp}(1)`, of the shape of ``score``."""
+    return _log_exponential_like(score).neg_()
+
+
+def _log_exponential_like(score: Tensor) -> Tensor:
+    # log E, E ~ Exp(1): the negated Gumbel noise in two launches.
+    return torch.empty_like(score).exponential_().log_()
 
 
 def _candidate_scores(score: Tensor, reg_score: Optional[Tensor],
@@ -71,16 +105,18 @@ def _local_to_global(loc: Tensor, info: SetInfo, num_tokens: int,
 
 def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
                 num_tokens: int, num_registers: int, K2: int,
-                ordered: bool = True) -> Tensor:
-    """Top-``K2`` candidate ids per set and head through a padded score
-    matrix ``[B, H, n_max + R]`` (scores only, never token features), in
+                ordered: bool = True) -> Tuple[Tensor, Tensor]:
+    """Top-``K2`` candidate ids per set and head and their scores through
+    a padded score matrix
+    ``[B, H, n_max + R]`` (scores only, never token features), in
     descending order of score unless ``ordered=False`` (any order: one
     kernel less)."""
     B, R, H = info.num_sets, num_registers, cand.size(1)
     C = info.max_size + R
     if batch is None:  # one set: local positions are the global ids
         dense = cand.t().unsqueeze(0)  # [1, H, N + R]
-        return dense.topk(K2, dim=-1, sorted=ordered).indices  # [1, H, K2]
+        top = dense.topk(K2, dim=-1, sorted=ordered)  # [1, H, K2]
+        return top.indices, top.values
     if info.equal:  # a reshape
         dense = (cand[:num_tokens] if R > 0 else cand).view(
             B, info.max_size, H)  # [N, H] -> [B, n, H]
@@ -96,8 +132,8 @@ def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
             r = torch.arange(R, device=cand.device).repeat(B)
             dense[b, info.size[b] + r] = cand[num_tokens:]
         dense = dense.transpose(1, 2)  # [B, H, C]
-    loc = dense.topk(K2, dim=-1, sorted=ordered).indices  # [B, H, K2]
-    return _local_to_global(loc, info, num_tokens, R)
+    top = dense.topk(K2, dim=-1, sorted=ordered)  # [B, H, K2]
+    return _local_to_global(top.indices, info, num_tokens, R), top.values
 
 
 def _descending_key(cand: Tensor) -> Tensor:
@@ -131,7 +167,7 @@ def _rank_sorted(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
 def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
            info: SetInfo, num_registers: int, perturb: bool,
            with_bottom: bool, packed: bool = False,
-           ordered: bool = True) -> Selection:
+           ordered: bool = True, head: Optional[Tensor] = None) -> Selection:
     r"""Selects the top :math:`k_b` (and the next :math:`m_b`) candidates of
     every set and head.
 
@@ -142,51 +178,86 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     Args:
         score (Tensor): ``[N, H]`` token importance logits.
         reg_score (Tensor, optional): ``[R, H]`` register logits.
+        with_bottom (bool): also select the bottom set and keep the
+            scores, for :func:`relax`.
         packed (bool): rank by sorting instead of a padded score matrix
             (always, where :math:`n_{\max}` is unknown).
         ordered (bool): keep the top set in descending order of score;
             :obj:`False` allows any order where no slot is masked and no
             bottom set is taken (a top-k without its final sort).
+        head (Tensor, optional): ``[1, H, 1]`` head indices (made here if
+            not given).
     """
-    N = score.size(0)
+    N, H = score.shape
+    device = score.device
     cand = _candidate_scores(score, reg_score, info)  # [M, H]
     if perturb:
-        cand = cand + gumbel_like(cand)
+        cand = cand - _log_exponential_like(cand)
     m_max = info.m_max if with_bottom else 0
     K2 = info.k_max + m_max
     if info.max_size is not None:
         K2 = min(K2, info.max_size + num_registers)
     sort = packed or info.max_size is None
+    # Ranks carry no gradient: the relaxation sends the scores' own.
     ranked = cand.detach() if cand.requires_grad else cand
     if sort:
         ids = _rank_sorted(ranked, batch, info, N, num_registers, K2)
     else:  # [B, H, K2]
         ordered = ordered or m_max > 0 or not info.all_valid
-        ids = _rank_dense(ranked, batch, info, N, num_registers, K2, ordered)
-    H, device = score.size(1), score.device
-    top = ids if K2 == info.k_max else ids[..., :info.k_max]
-    if info.all_valid:  # no slot to mask: plain slices
-        top_valid = bottom_valid = None
-        bottom = ids[..., info.k_max:info.k_max + m_max]
+        ids, values = _rank_dense(ranked, batch, info, N, num_registers,
+                                  K2, ordered)
+    k = info.k_max
+    if info.all_valid:  # no slot to mask: K2 = k + m, the ranks are slots
+        sel = Selection(ids, k)
+        if with_bottom and not sort:  # the top-k's values
+            sel.score, sel.cand = values, cand  # [B, H, k + m]
+            return sel
     else:
         # An empty set keeps one (unused) valid slot: no query of it
         # exists, and a fully masked row would turn gradients to NaN.
-        j = torch.arange(info.k_max, device=device)
+        j = torch.arange(k, device=device)
         top_valid = j.view(1, -1) < info.k.clamp(min=1).view(-1, 1)
-        t = torch.arange(m_max, device=device)
-        bottom_valid = t.view(1, -1) < info.num_bottom.view(-1, 1)
-        bpos = (info.k.view(-1, 1) + t).clamp(max=max(K2 - 1, 0))
-        bottom = ids.gather(2, bpos.unsqueeze(1).expand(-1, H, -1))
+        top = ids if K2 == k else ids[..., :k]
         # Invalid slots may hold ids of other sets: point them at a valid one.
         top = torch.where(top_valid.unsqueeze(1), top, top[..., :1])
-        bottom = torch.where(bottom_valid.unsqueeze(1), bottom, top[..., :1])
-
-    top_score = bottom_score = None
+        sel = Selection(top, k, top_valid)
+        if m_max > 0:
+            t = torch.arange(m_max, device=device)
+            sel.num_bottom = info.num_bottom
+            sel.bottom_valid = t.view(1, -1) < sel.num_bottom.view(-1, 1)
+            bpos = (info.k.view(-1, 1) + t).clamp(max=max(K2 - 1, 0))
+            bottom = ids.gather(2, bpos.unsqueeze(1).expand(-1, H, -1))
+            bottom = torch.where(sel.bottom_valid.unsqueeze(1), bottom,
+                                 top[..., :1])
+            sel.ids = torch.cat([top, bottom], dim=-1)  # [B, H, k + m]
     if with_bottom:  # the relaxation needs the perturbed scores
-        head = torch.arange(H, device=device).view(1, -1, 1)
-        top_score, bottom_score = cand[top, head], cand[bottom, head]
-    return Selection(top, top_valid, top_score, bottom, bottom_valid,
-                     bottom_score)
+        if head is None:
+            head = torch.arange(H, device=device).view(1, -1, 1)
+        sel.score, sel.cand = ranked[sel.ids, head], cand  # [B, H, k + m]
+    return sel
+
+
+def keep_all(info: SetInfo, num_tokens: int, num_registers: int,
+             heads: int, device: torch.device) -> Selection:
+    r"""The selection where every set keeps all its candidates
+    (:math:`k_b = n_b + R`, no bottom set): ids in token order, then the
+    set's registers, the same for every head, with no score computed and
+    no ranking. Equal, as a key set, to what :func:`select` returns then.
+
+    Returns:
+        Selection: ``top`` of shape ``[B, H, n_max + R]`` (an expanded
+        view over the heads).
+    """
+    B, K = info.num_sets, info.k_max
+    loc = torch.arange(K, device=device).view(1, 1, K)
+    top = _local_to_global(loc.expand(B, 1, K), info, num_tokens,
+                           num_registers)  # [B, 1, K]
+    top_valid = None
+    if not info.all_valid:
+        top_valid = loc.view(1, K) < info.k.clamp(min=1).view(-1, 1)
+        top = torch.where(top_valid.unsqueeze(1), top, top[..., :1])
+    top = top.expand(B, heads, K)  # [B, 1, K] -> [B, H, K]
+    return Selection(top, K, top_valid)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -218,80 +289,214 @@ def gather_rows(kv: Tensor, ids: Tensor, head: Tensor,
     return kv[ids, head]
 
 
-def _pair_weights(sel: Selection, tau: float):
-    r"""Recomputes :math:`p_{ij}` (``[B, H, k, m]``, float32, zero for
-    invalid bottom slots), :math:`1/m_b` and the float masks."""
-    diff = sel.top_score.unsqueeze(-1) - sel.bottom_score.unsqueeze(-2)
-    p = torch.sigmoid(diff.float() / tau)  # [B, H, k, m]
-    if sel.bottom_valid is None:
-        return p, 1.0 / sel.bottom_score.size(-1), None, None
-    B = sel.bottom_valid.size(0)
-    bmask = sel.bottom_valid.view(B, 1, 1, -1).to(p.dtype)  # [B, 1, 1, m]
-    inv_m = 1.0 / bmask.sum(-1, keepdim=True).clamp(min=1.0)  # [B, 1, 1, 1]
-    pair = bmask * sel.top_valid.view(B, 1, -1, 1).to(p.dtype)  # [B,1,k,m]
-    return p * bmask, inv_m, bmask, pair
+class _Masks:
+    """Per-set masks of a ragged selection, as the relaxation uses them."""
+    def __init__(self, sel: Selection) -> None:
+        B = sel.top_valid.size(0)
+        self.top = sel.top_valid.unsqueeze(1)  # [B, 1, k]
+        self.bottom = sel.bottom_valid.unsqueeze(1)  # [B, 1, m]
+        num_bottom = sel.num_bottom.view(B, 1, 1, 1)
+        # 1 / m_b (1 where m_b = 0) and whether a set has no bottom set.
+        self.inv_m = 1.0 / num_bottom.clamp(min=1).float()  # [B, 1, 1, 1]
+        self.no_bottom = (num_bottom == 0).float()  # [B, 1, 1, 1]
 
 
-def _keep_and_mix(p: Tensor, inv_m, bmask: Optional[Tensor]):
-    # keep_i = mean_j p_ij (1 where a set has no bottom), mix_ij = (1-p)/m.
-    keep = p.sum(-1, keepdim=True) * inv_m  # [B, H, k, 1]
-    mix = (1.0 - p) * inv_m  # [B, H, k, m]
-    if bmask is not None:
-        has_bottom = bmask.amax(-1, keepdim=True)  # [B, 1, 1, 1]
-        keep = keep + (1.0 - has_bottom)
-        mix = mix * bmask
-    return keep, mix
+def _masked_scores(x: Tensor, k: int,
+                   masks: Optional[_Masks]) -> Tuple[Tensor, Tensor]:
+    # The scaled scores of the top and bottom sets, unused slots at -inf
+    # and +inf: they then take part in no pair (p_ij = 0).
+    a, b = x[..., :k], x[..., k:]
+    if masks is not None:
+        a = torch.where(masks.top, a, float('-inf'))
+        b = torch.where(masks.bottom, b, float('inf'))
+    return a, b
 
 
-class _Relax(torch.autograd.Function):
-    """Forward and backward of :func:`relax` without storing any
-    ``[B, H, k, m]`` tensor: the pair weights are recomputed."""
+def _pair_probability(x: Tensor, k: int, masks: Optional[_Masks]) -> Tensor:
+    r""":math:`p_{ij} = \sigma(x_i - x_j)` ``[B, H, k, m]`` of the scaled
+    scores ``x = s / tau`` ``[B, H, k + m]``; zero where slot ``i`` or
+    ``j`` is unused."""
+    a, b = _masked_scores(x, k, masks)
+    return (a.unsqueeze(-1) - b.unsqueeze(-2)).sigmoid_()  # [B, H, k, m]
+
+
+def _score_factor(x: Tensor, k: int, tau: float, grad_cap: float,
+                  masks: Optional[_Masks]):
+    r"""The factor :math:`c = \mathrm{scale} / (\tau m_b)` of the score
+    gradient: a float where it is one number, else ``[B, H, 1, 1]``.
+
+    The sigmoid derivative :math:`\sigma'(x_i - x_j) / \tau` peaks at the
+    smallest score gap, between the lowest top score and the highest bottom
+    score, :math:`d = \min_{i \in T} x_i - \max_{j \in B} x_j` (the
+    boundary at rank :math:`k`), where :math:`1 / \sigma'(d) = 2 + 2
+    \cosh d`. Rescaled so this peak is at most ``grad_cap``:
+    :math:`c = \min(1 / \tau, 2\,\mathrm{cap}\,(1 + \cosh d)) / m_b`.
+    No pair tensor is needed, and none at all where
+    :math:`4\,\mathrm{cap}\,\tau \geq 1` (the cap can never bind)."""
+    inv_m = 1.0 / (x.size(-1) - k) if masks is None else masks.inv_m
+    if 4.0 * grad_cap * tau >= 1.0:
+        return inv_m / tau
+    if masks is None:  # ranks in descending order: the gap at rank k
+        d = x[..., k - 1:k] - x[..., k:k + 1]  # [B, H, 1]
+    else:
+        a = torch.where(masks.top, x[..., :k], float('inf'))
+        b = torch.where(masks.bottom, x[..., k:], float('-inf'))
+        d = a.amin(-1, keepdim=True) - b.amax(-1, keepdim=True)  # [B, H, 1]
+    # 2 cap (1 + cosh d) / m_b, and 1 / (tau m_b) where the cap is loose.
+    c = d.cosh_().clamp_(max=0.5 / (grad_cap * tau) - 1.0).add_(1.0)
+    c = c.unsqueeze(-1)  # [B, H, 1, 1]
+    if masks is None:
+        return c.mul_(2.0 * grad_cap * inv_m)
+    return c.mul_(2.0 * grad_cap).mul_(inv_m)
+
+
+class _GatherRelax(torch.autograd.Function):
+    r"""The rows ``kv[ids, head]`` of the top and bottom sets, relaxed at
+    rank :math:`k` (see :func:`relax`). The forward pass gathers once;
+    the backward pass recomputes the pair weights from the scores (no
+    ``[B, H, k, m]`` tensor is kept) and writes the gradients of the rows
+    and of the scores straight into those of ``kv`` and ``cand``."""
     @staticmethod
-    def forward(ctx, s_top: Tensor, s_bot: Tensor, u_top: Tensor,
-                u_bot: Tensor, sel: Selection, tau: float, hard: bool,
-                grad_cap: float) -> Tensor:
-        ctx.sel, ctx.tau, ctx.hard, ctx.grad_cap = sel, tau, hard, grad_cap
-        ctx.save_for_backward(u_top, u_bot)
-        if hard:
-            return u_top.clone()
-        p, inv_m, bmask, _ = _pair_weights(sel, tau)
-        keep, mix = _keep_and_mix(p, inv_m, bmask)
-        return keep.to(u_top.dtype) * u_top + mix.to(u_top.dtype) @ u_bot
+    def forward(ctx, kv: Tensor, cand: Tensor, score: Tensor, ids: Tensor,
+                head: Tensor, k: int, masks: Optional[_Masks], tau: float,
+                hard: bool, grad_cap: float, unique: bool) -> Tensor:
+        u = kv[ids, head]  # [B, H, k + m, F]
+        ctx.save_for_backward(u, score, ids, head)
+        ctx.kv_shape, ctx.cand_shape = kv.shape, cand.shape
+        ctx.k, ctx.masks = k, masks
+        ctx.tau, ctx.hard, ctx.grad_cap = tau, hard, grad_cap
+        ctx.unique = unique
+        if hard:  # the top rows exactly
+            return u[:, :, :k]
+        x = score if tau == 1.0 else score * (1.0 / tau)
+        p = _pair_probability(x, k, masks)
+        return _soft_rows(p, u, k, masks)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        u_top, u_bot = ctx.saved_tensors
-        sel, tau = ctx.sel, ctx.tau
-        p, inv_m, bmask, pair = _pair_weights(sel, tau)
-        # d/dp of keep_i u_i + sum_j mix_ij u_j = (g_i.u_i - g_i.u_j) / m.
-        g_keep = (grad * u_top).float().sum(-1, keepdim=True)  # [B,H,k,1]
-        g_mix = (grad @ u_bot.transpose(-1, -2)).float()  # [B, H, k, m]
-        dsig = p * (1.0 - p) / tau  # sigmoid derivative
-        if pair is not None:
-            dsig = dsig * pair
-        # Gradient cap: the derivative's maximum per set and head <= cap.
-        peak = dsig.amax(dim=(-2, -1), keepdim=True)
-        scale = (ctx.grad_cap / peak.clamp(min=1e-12)).clamp(max=1.0)
-        d = (g_keep - g_mix) * inv_m * dsig * scale  # [B, H, k, m]
-        ds_top, ds_bot = d.sum(-1), -d.sum(-2)
-        if ctx.hard:  # top rows: full gradient; bottom rows: none
-            return ds_top, ds_bot, grad, None, None, None, None, None
-        keep, mix = _keep_and_mix(p, inv_m, bmask)
-        mix = mix.to(grad.dtype)
-        return (ds_top, ds_bot, keep.to(grad.dtype) * grad,
-                mix.transpose(-1, -2) @ grad, None, None, None, None)
+        u, score, ids, head = ctx.saved_tensors
+        k, masks, tau = ctx.k, ctx.masks, ctx.tau
+        x = score if tau == 1.0 else score * (1.0 / tau)
+        c = _score_factor(x, k, tau, ctx.grad_cap, masks)
+        acc = not ctx.unique
+        p = None  # [B, H, k, m], only where needed
+        if _fused_score_grad(u):
+            from samsa_geo.nn.attention._relax_triton import (
+                relax_score_grad_triton,
+            )
+            a, b = _masked_scores(x, k, masks)
+            gcand = relax_score_grad_triton(grad, u, a, b, c, ids,
+                                            ctx.cand_shape[0], ctx.unique)
+        else:
+            p = _pair_probability(x, k, masks)
+            ds = _score_grad(p, grad, u, c)  # [B, H, k + m]
+            gcand = ds.new_zeros(ctx.cand_shape)
+            gcand.index_put_((ids, head), ds, accumulate=acc)
+
+        gkv = grad.new_zeros(ctx.kv_shape)
+        if ctx.hard:  # top rows: the full gradient; bottom rows: none
+            gkv.index_put_((ids[..., :k], head), grad, accumulate=acc)
+        else:
+            if p is None:
+                p = _pair_probability(x, k, masks)
+            g_top, g_bottom = _soft_rows_backward(p, grad, k, masks)
+            gkv.index_put_((ids[..., :k], head), g_top, accumulate=acc)
+            gkv.index_put_((ids[..., k:], head), g_bottom, accumulate=acc)
+        return (gkv, gcand) + (None, ) * 9
 
 
-def relax(sel: Selection, u_top: Tensor, u_bottom: Tensor, tau: float,
-          hard: bool, grad_cap: float = 0.25) -> Tensor:
-    r"""Differentiable relaxation of the boundary at rank :math:`k`.
+def _fused_score_grad(u: Tensor) -> bool:
+    # The Triton kernel serves eager CUDA calls; traced graphs (compile,
+    # export) keep the PyTorch formula, which the compiler fuses itself.
+    return (config.use_fused_relax() and triton_serves(u.device)
+            and not is_tracing())
+
+
+def _score_grad(p: Tensor, grad: Tensor, u: Tensor, c) -> Tensor:
+    r"""``[B, H, k + m]`` gradient of the top and bottom scores:
+    :math:`d z_i / d p_{ij} = (u_i - u_j) / m_b`, so
+    :math:`\partial s_i = c \sum_j (g_i^\top u_i - g_i^\top u_j)
+    p_{ij} (1 - p_{ij})` and :math:`\partial s_j` the negated column
+    sums (one batched matmul, one pair tensor besides ``p``)."""
+    B, H, K, F = u.shape
+    k = grad.size(2)
+    u_top, u_bottom = u[:, :, :k], u[:, :, k:]
+    alpha = 1.0
+    gs = grad
+    if isinstance(c, float):
+        alpha = c
+    else:
+        gs = grad * c.to(grad.dtype)
+    gk = (gs * u_top).sum(-1, keepdim=True)  # [B, H, k, 1]
+    gap = torch.baddbmm(
+        gk.view(B * H, k, 1), gs.reshape(B * H, k, F),
+        u_bottom.reshape(B * H, K - k, F).transpose(1, 2), beta=alpha,
+        alpha=-alpha).view(B, H, k, K - k)  # [B, H, k, m]
+    e = torch.ops.aten.sigmoid_backward(gap, p)  # gap * p * (1 - p)
+    return torch.cat([e.sum(-1), e.sum(-2).neg_()], dim=-1)
+
+
+def _soft_rows(p: Tensor, u: Tensor, k: int,
+               masks: Optional[_Masks]) -> Tensor:
+    r""":math:`z_i = \frac{1}{m}\big(\sum_j p_{ij} u_i + \sum_j
+    u_j - \sum_j p_{ij} u_j\big)` (plus :math:`u_i` where :math:`m_b =
+    0`): one batched matmul of the pair weights."""
+    B, H, K, F = u.shape
+    u_top, u_bottom = u[:, :, :k], u[:, :, k:]
+    keep = p.sum(-1, keepdim=True)  # [B, H, k, 1]
+    if masks is None:
+        total = u_bottom.sum(-2, keepdim=True)  # [B, H, 1, F]
+        inv_m = 1.0 / (K - k)
+    else:
+        keep = keep + masks.no_bottom
+        bottom = masks.bottom.unsqueeze(-2).to(u.dtype)  # [B, 1, 1, m]
+        total = bottom @ u_bottom  # [B, H, 1, F]
+        inv_m = 1.0
+    base = torch.addcmul(total, keep.to(u.dtype), u_top)  # [B, H, k, F]
+    z = torch.baddbmm(base.view(B * H, k, F),
+                      p.to(u.dtype).reshape(B * H, k, K - k),
+                      u_bottom.reshape(B * H, K - k, F), beta=inv_m,
+                      alpha=-inv_m).view(B, H, k, F)
+    return z if masks is None else z * masks.inv_m.to(u.dtype)
+
+
+def _soft_rows_backward(p: Tensor, grad: Tensor, k: int,
+                        masks: Optional[_Masks]) -> Tuple[Tensor, Tensor]:
+    # d/du_i = keep_i g_i; d/du_j = (sum_i g_i - sum_i p_ij g_i) / m.
+    B, H, _, F = grad.shape
+    m = p.size(-1)
+    total = grad.sum(-2, keepdim=True)  # [B, H, 1, F]
+    if masks is None:
+        keep = p.mean(-1, keepdim=True)  # [B, H, k, 1]
+        inv_m = 1.0 / m
+    else:  # scaled by 1 / m_b below
+        keep = p.sum(-1, keepdim=True) + masks.no_bottom
+        bottom = masks.bottom.unsqueeze(-1).to(grad.dtype)  # [B, 1, m, 1]
+        total = total * bottom  # [B, H, m, F]
+        inv_m = 1.0
+    g_bottom = torch.baddbmm(
+        total.reshape(B * H, -1, F), p.to(grad.dtype).reshape(
+            B * H, k, m).transpose(1, 2), grad.reshape(B * H, k, F),
+        beta=inv_m, alpha=-inv_m).view(B, H, m, F)
+    g_top = keep.to(grad.dtype) * grad
+    if masks is None:
+        return g_top, g_bottom
+    inv_m = masks.inv_m.to(grad.dtype)
+    return g_top * inv_m, g_bottom * inv_m
+
+
+def relax(sel: Selection, kv: Tensor, head: Tensor, tau: float, hard: bool,
+          grad_cap: float = 0.25, unique: bool = False) -> Tensor:
+    r"""The rows ``kv[top, head]`` of the top set, relaxed at rank
+    :math:`k`:
 
     .. math::
         p_{ij} = \sigma\big((\tilde s_i - \tilde s_j) / \tau\big), \quad
         z_i = \bar p_i\, u_i + \frac{1}{m} \sum_{j \in B} (1 - p_{ij})\, u_j,
 
     with :math:`\bar p_i` the mean of :math:`p_{ij}` over :math:`j \in B`
-    (weights sum to one). In hard mode the forward value is exactly
+    (weights sum to one; :math:`z_i = u_i` where :math:`m_b = 0`). Unused
+    slots take part in no pair. In hard mode the forward value is exactly
     :math:`u_i`; the scores receive the gradient of the soft formula, the
     top rows the full upstream gradient and the bottom rows none. The
     derivative of the sigmoid is rescaled per set and head so its maximum
@@ -299,13 +504,18 @@ def relax(sel: Selection, u_top: Tensor, u_bottom: Tensor, tau: float,
     for the backward pass (recomputed there).
 
     Args:
-        u_top (Tensor): ``[B, H, k, F]`` rows of the top set.
-        u_bottom (Tensor): ``[B, H, m, F]`` rows of the bottom set.
+        sel (Selection): the top and bottom sets, with their scores, in
+            descending order of score (as :func:`select` returns them).
+        kv (Tensor): ``[M, H, F]`` rows of every candidate.
+        head (Tensor): ``[1, H, 1]`` head indices.
+        unique (bool): no id repeats within a head (equal-size sets): the
+            backward pass writes rows instead of accumulating them.
 
     Returns:
         Tensor: ``[B, H, k, F]``.
     """
-    if u_bottom.size(2) == 0:
-        return u_top
-    return _Relax.apply(sel.top_score, sel.bottom_score, u_top, u_bottom,
-                        sel, tau, hard, grad_cap)
+    if sel.ids.size(-1) == sel.k:  # no bottom set
+        return gather_rows(kv, sel.ids, head, unique)
+    masks = None if sel.top_valid is None else _Masks(sel)
+    return _GatherRelax.apply(kv, sel.cand, sel.score, sel.ids, head, sel.k,
+                              masks, tau, hard, grad_cap, unique)

@@ -21,6 +21,8 @@ _BIAS_KERNELS = ('triton', 'flex')
 _debug = False
 _fused_bias = True
 _fused_scorer = True
+_fused_inference = False
+_fused_relax = True
 _bias_inference_kernel = 'triton'
 _flex_kernel_options: Optional[dict] = None
 
@@ -69,6 +71,36 @@ def set_fused_scorer(flag: bool) -> None:
     _fused_scorer = bool(flag)
 
 
+def use_fused_inference() -> bool:
+    r"""Whether inference on CUDA runs the fused path where it applies:
+    the per-set top-:math:`k` selection and the attention over the
+    selected rows as two Triton kernels (dot scores, softmax, no relative
+    bias, no Gumbel noise, sets of at most
+    :data:`~samsa_geo.nn.attention._dispatch.FUSED_MAX_SET_SIZE`
+    candidates, ``max_num_nodes`` known, no gradient, not traced).
+    Off by default: the kernels are tested under Triton's interpreter and
+    compiled for sm_90, but not yet run on a GPU. :obj:`False` takes the
+    unfused path."""
+    return _fused_inference
+
+
+def set_fused_inference(flag: bool) -> None:
+    global _fused_inference
+    _fused_inference = bool(flag)
+
+
+def use_fused_relax() -> bool:
+    r"""Whether the score gradient of the training relaxation runs as one
+    Triton kernel on CUDA (eager calls); :obj:`False` runs the PyTorch
+    formula (a batched matmul and pair-tensor operations)."""
+    return _fused_relax
+
+
+def set_fused_relax(flag: bool) -> None:
+    global _fused_relax
+    _fused_relax = bool(flag)
+
+
 def bias_inference_kernel() -> str:
     r"""The relative-bias kernel when no gradient is needed:
     :obj:`"triton"` (samsa_geo's forward kernel) or :obj:`"flex"`
@@ -103,6 +135,8 @@ _SETTERS = {
     'debug': (is_debug, set_debug),
     'fused_bias': (use_fused_bias, set_fused_bias),
     'fused_scorer': (use_fused_scorer, set_fused_scorer),
+    'fused_inference': (use_fused_inference, set_fused_inference),
+    'fused_relax': (use_fused_relax, set_fused_relax),
     'bias_inference_kernel': (bias_inference_kernel,
                               set_bias_inference_kernel),
     'flex_kernel_options': (flex_kernel_options, set_flex_kernel_options),
@@ -112,8 +146,8 @@ _SETTERS = {
 @contextmanager
 def attention_config(**kwargs) -> Iterator[None]:
     r"""Sets the given switches (``debug``, ``fused_bias``,
-    ``fused_scorer``, ``bias_inference_kernel``, ``flex_kernel_options``)
-    inside a ``with`` block and restores them afterwards."""
+    ``fused_scorer``, ``fused_inference``, ``fused_relax``,
+    ``bias_inference_kernel``, ``flex_kernel_options``) inside a ``with`` block and restores them afterwards."""
     unknown = set(kwargs) - set(_SETTERS)
     if unknown:
         raise TypeError(f"Unknown attention_config switches {sorted(unknown)}"

@@ -63,10 +63,13 @@ class ImportanceScorer(Module):
         r"""Scores of the tokens ``x`` :math:`(N, C)`; ``hidden`` is the
         MLP's first linear layer applied to ``x``, if the caller computed
         it already (fused with other projections of ``x``)."""
+        lin1, act, lin2 = self.score_nn
         if hidden is None:
-            y = self.score_nn(x)
-        else:  # the rest of the MLP after its first linear layer
-            y = self.score_nn[2](self.score_nn[1](hidden))
+            hidden = F.linear(x, lin1.weight, lin1.bias)
+        # The modules hold the parameters; calling them functionally saves
+        # their dispatch on the host.
+        y = F.linear(F.gelu(hidden, approximate=act.approximate),
+                     lin2.weight, lin2.bias)
         norm, lin = self.norm, self.lin
         if self._use_kernel(x, y):
             # Eager calls launch the kernel directly: the custom operator's

@@ -13,14 +13,22 @@ from samsa_geo.nn.attention._attend import (
     sdpa_attention,
 )
 from samsa_geo.nn.attention._dispatch import (
+    FUSED_MAX_HEAD_DIM,
+    FUSED_MAX_SET_SIZE,
     is_exporting,
     is_tracing,
     needs_grad,
+    triton_serves,
 )
 from samsa_geo.nn.attention._flex import PairGeometry, flex_supported
+from samsa_geo.nn.attention._fused_inference import (
+    fused_sampled_attention,
+    order_by_score,
+)
 from samsa_geo.nn.attention._sampling import (
     Selection,
     gather_rows,
+    keep_all,
     relax,
     select,
 )
@@ -48,6 +56,7 @@ from samsa_geo.ops.validation import (
 )
 
 SAMPLING_MODES = ('hard', 'soft', 'full', 'sft')
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 NORMALIZATIONS = ('softmax', 'leaky')
 
 
@@ -78,7 +87,11 @@ class SamsaAttention(Module):
     :obj:`"hard"` keeps the exact rows in the forward pass and passes the
     soft gradient to the scores. Cost :math:`O(N k C)` time and memory; no
     :math:`N \times N` tensor is ever built. A set with
-    :math:`n \leq k` tokens gets exact full attention.
+    :math:`n \leq k` tokens gets exact full attention. In inference on
+    CUDA (dot scores, softmax, no relative bias, sets of known size up to
+    8,192 candidates) the top-:math:`k` selection and the attention over
+    the selected rows are two Triton kernels (see
+    :func:`~samsa_geo.nn.attention.config.set_fused_inference`).
 
     Args:
         channels (int): Token width :math:`C`.
@@ -120,8 +133,9 @@ class SamsaAttention(Module):
             the largest, :obj:`False` uses tiles of ``tile_size`` queries
             (padding-free up to one tile per set); :obj:`None` chooses by
             the padding it would cost. (default: :obj:`None`)
-        tile_size (int, optional): Queries per tile of the packed layout.
-            (default: :obj:`256`)
+        tile_size (int, optional): Queries per tile of the packed layout;
+            where the largest set size is not given, tiles shrink to the
+            mean set size (at least 16 queries). (default: :obj:`256`)
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``batch`` :math:`(N)` sorted,
@@ -208,8 +222,9 @@ class SamsaAttention(Module):
         # Row block h holds [k_h, v_h]: one gather moves keys and values.
         self.lin_kv = Linear(channels, 2 * channels)
         self.lin_out = Linear(channels, channels)
-        # [H]: the head of each row block of a gather (no arange per call).
-        self.register_buffer('head_index', torch.arange(heads),
+        # [1, H, 1]: the head of each row block of a gather (no arange and
+        # no view per call).
+        self.register_buffer('head_index', torch.arange(heads).view(1, -1, 1),
                              persistent=False)
         self._projection_cache = None
         # 'full' attends to every token: no scorer, no register scores.
@@ -365,6 +380,9 @@ class SamsaAttention(Module):
             return (out, idx, x.new_zeros(0, H, 0)) if return_weights \
                 else (out, idx)
 
+        if self._fused_inference(x, info, return_weights):
+            return self._fused_forward(x, batch, info, return_indices)
+
         # 1. Queries for every token; keys and values for every candidate.
         q, kv, hidden = self._project(x)
         q = q.view(N, H, D)  # [N, C] -> [N, H, D]
@@ -376,27 +394,29 @@ class SamsaAttention(Module):
                 reg = self.reg_kv.to(kv.dtype).repeat(info.num_sets, 1, 1)
                 kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
             # 2. Sample k candidates per set and head (relaxed in training).
-            sel = self._sample(x, hidden, batch, info, return_indices)
-            head = self.head_index.view(1, -1, 1)
+            if self._keeps_all(info, return_indices):  # nothing to rank
+                sel = keep_all(info, N, self.num_registers, H, x.device)
+            else:
+                sel = self._sample(x, hidden, batch, info, return_indices)
+            head = self.head_index  # [1, H, 1]
             # Equal sets: the top and bottom sets hold distinct ids.
             unique = info.all_valid
-            u = gather_rows(kv, sel.top, head, unique)  # [B, H, k, 2D]
             if self.training and self.scorer is not None and info.m_max > 0:
-                u_bottom = gather_rows(kv, sel.bottom, head,
-                                       unique)  # [B, H, m, 2D]
-                u = relax(sel, u, u_bottom, self.tau,
-                          hard=self.sampling == 'hard')
+                u = relax(sel, kv, head, self.tau, self.sampling == 'hard',
+                          unique=unique)  # [B, H, k, 2D]
+            else:
+                u = gather_rows(kv, sel.top, head, unique)  # [B, H, k, 2D]
         key, value = u.split(D, dim=-1)  # [B, H, k, D] each
 
         # 3. Every query attends to its own set's sampled keys.
         tiles = make_tiles(info, batch, N, self._packed(info, N),
-                           self._tile_size(info))
+                           self._tile_size(info, N))
         weights = [] if return_indices and return_weights else None
         o = self._attend(to_tiles(q, tiles), per_tile(key, tiles),
                          per_tile(value, tiles), sel, tiles, pos, normal,
                          weights)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
-        out = self.lin_out(out)
+        out = F.linear(out, self.lin_out.weight, self.lin_out.bias)
         if not return_indices:
             return out
         idx = self._indices(sel.top, info, N)
@@ -404,6 +424,38 @@ class SamsaAttention(Module):
             return out, idx
         alpha = torch.cat(weights, dim=0)  # [nt, H, T, k]
         return out, idx, from_tiles(alpha, tiles)  # [N, H, k]
+
+    def _fused_inference(self, x: Tensor, info: SetInfo,
+                         return_weights: bool) -> bool:
+        # Inference without noise, dot scores, softmax, no relative bias,
+        # sets whose scores fit the selection kernel, on a device Triton
+        # serves, outside any traced graph, with no gradient to record.
+        return (config.use_fused_inference() and not self.training
+                and not self.stochastic_eval
+                and self.sampling in ('hard', 'soft')
+                and self.score == 'dot' and self.normalization == 'softmax'
+                and self.rel_bias is None and not return_weights
+                and info.max_size is not None
+                and info.max_size + self.num_registers <= FUSED_MAX_SET_SIZE
+                and self.head_dim <= FUSED_MAX_HEAD_DIM
+                and x.dtype in FUSED_DTYPES and triton_serves(x.device)
+                and not is_tracing()
+                and not (torch.is_grad_enabled()
+                         and needs_grad(x, *self.parameters())))
+
+    def _fused_forward(self, x: Tensor, batch: Optional[Tensor],
+                       info: SetInfo, return_indices: bool,
+                       ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        # Projection, scorer, then selection and attention in two kernels
+        # (see _fused_inference.py); [N, C] straight into lin_out.
+        q, kv, hidden = self._project(x)
+        score = self.scorer(x, hidden)  # [N, H] float32
+        out, idx = fused_sampled_attention(
+            q, kv, score, self.reg_score, self.reg_kv, batch, info, self.k)
+        out = self.lin_out(out)
+        if not return_indices:
+            return out
+        return out, order_by_score(idx, score, self.reg_score)
 
     def _project(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
         # One GEMM for the queries, the keys and values and the scorer's
@@ -469,7 +521,7 @@ class SamsaAttention(Module):
         valid = sample.index >= 0  # [B, k]
         valid[:, 0] = True
         top = sample.index.clamp(min=0).unsqueeze(1).expand(B, H, K)
-        return Selection(top, valid, None, top[..., :0], None, None), u
+        return Selection(top, K, valid), u
 
     def _sample(self, x: Tensor, hidden: Optional[Tensor],
                 batch: Optional[Tensor], info: SetInfo,
@@ -491,7 +543,7 @@ class SamsaAttention(Module):
                       with_bottom=self.training and self.scorer is not None,
                       packed=batch is not None
                       and self._padding_costly(info, x.size(0)),
-                      ordered=ordered)
+                      ordered=ordered, head=self.head_index)
 
     def _attend(self, q: Tensor, key: Tensor, value: Tensor, sel: Selection,
                 tiles: Tiles, pos: Optional[Tensor],
@@ -535,6 +587,17 @@ class SamsaAttention(Module):
                 and dropout == 0.0 and not is_exporting()
                 and flex_supported(q.device))
 
+    def _keeps_all(self, info: SetInfo, return_indices: bool) -> bool:
+        # Every set keeps all its candidates (n_max + R <= k, known on the
+        # host): the scores would change neither the key sets nor, with
+        # no bottom set, any gradient. Indices asked for keep score order.
+        if info.max_size is None or info.m_max > 0 \
+                or info.k_max != info.max_size + self.num_registers:
+            return False
+        if self.scorer is None:
+            return True
+        return isinstance(self.k, int) and not return_indices
+
     def _padding_costly(self, info: SetInfo, N: int) -> bool:
         if info.max_size is None:  # unknown n_max: only tiles are safe
             return True
@@ -549,9 +612,13 @@ class SamsaAttention(Module):
         return self._padding_costly(info, N) or (
             self.padded is None and info.max_size > 8 * self.tile_size)
 
-    def _tile_size(self, info: SetInfo) -> int:
+    def _tile_size(self, info: SetInfo, N: int) -> int:
         if info.max_size is None:
-            return self.tile_size
+            # Sizes unknown: tiles of about the mean set size (a multiple
+            # of 16, at most tile_size), so the bound on the number of
+            # tiles pads small sets by at most about one mean set each.
+            mean = -(-N // max(info.num_sets, 1))
+            return min(self.tile_size, max(16, -(-mean // 16) * 16))
         # Beyond 128 tiles per set, larger tiles: fewer key copies.
         T = max(self.tile_size, -(-info.max_size // 128))
         return -(-T // 64) * 64 if T > self.tile_size else T

@@ -209,7 +209,9 @@ class SamsaConv(Module):
                               batch, num_graphs)
 
         def drop(h: Tensor) -> Tensor:
-            return F.dropout(h, p=self.dropout, training=self.training)
+            if self.dropout == 0.0 or not self.training:
+                return h
+            return F.dropout(h, p=self.dropout, training=True)
 
         pre = self.norm_first
         local = None
@@ -222,15 +224,28 @@ class SamsaConv(Module):
         h = drop(h)
         if pre:  # X + MPNN(N1(X)) + SAMSA(N2(X)), then + MLP(N3(Y))
             out = x + h if local is None else x + local + h
-            out = out + self.mlp(norm(2, out))
+            out = out + self._mlp(norm(2, out))
         else:  # GPSConv: N3(Y + MLP(Y)), Y = N1(MPNN + X) + N2(SAMSA + X)
             out = norm(1, h + x)
             if local is not None:
                 out = norm(0, local + x) + out
-            out = norm(2, out + self.mlp(out))
+            out = norm(2, out + self._mlp(out))
         if return_attention_weights:
             return out, (indices, alpha)
         return out
+
+    def _mlp(self, h: Tensor) -> Tensor:
+        # self.mlp holds the parameters (state_dict, reset_parameters,
+        # repr); calling its layers functionally saves their dispatch on
+        # the host, and dropout of p = 0 costs nothing.
+        lin1, act, drop1, lin2, drop2 = self.mlp
+        h = act(F.linear(h, lin1.weight, lin1.bias))
+        if drop1.p > 0.0 and self.training:
+            h = F.dropout(h, p=drop1.p, training=True)
+        h = F.linear(h, lin2.weight, lin2.bias)
+        if drop2.p > 0.0 and self.training:
+            h = F.dropout(h, p=drop2.p, training=True)
+        return h
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, conv={self.conv}, '

@@ -262,6 +262,7 @@ class SamsaGraphModel(Reloadable, Module):
         pe: Optional[Tensor] = None,
         node_id: Optional[Tensor] = None,
         num_graphs: Optional[int] = None,
+        max_num_nodes: Optional[int] = None,
     ) -> Tensor:
         r"""Node representations after the last layer, before the head,
         shape :math:`(N, C)`; arguments as in :meth:`forward`."""
@@ -301,6 +302,9 @@ class SamsaGraphModel(Reloadable, Module):
             conv_kwargs['edge_attr'] = self.edge_encoder(edge_attr)
         if num_graphs is not None:  # the layers read nothing back
             conv_kwargs['num_graphs'] = num_graphs
+        if max_num_nodes is not None and tok.edge_index is None:
+            # Node tokens only: a set then holds one graph's nodes.
+            conv_kwargs['max_num_nodes'] = max_num_nodes
         h = tok.x
         for conv in self.convs:
             h = conv(h, tok_edge_index, tok.batch, **conv_kwargs)
@@ -316,6 +320,7 @@ class SamsaGraphModel(Reloadable, Module):
         edge_label_index: Optional[Tensor] = None,
         node_id: Optional[Tensor] = None,
         num_graphs: Optional[int] = None,
+        max_num_nodes: Optional[int] = None,
     ) -> Tensor:
         r"""Runs the model.
 
@@ -333,12 +338,16 @@ class SamsaGraphModel(Reloadable, Module):
             num_graphs (int, optional): Number of graphs :math:`B`, e.g. a
                 PyG ``Batch.num_graphs`` (saves device read-backs in every
                 layer; :obj:`batch.max() + 1` if :obj:`None`).
+            max_num_nodes (int, optional): Nodes of the largest graph, e.g.
+                :obj:`samsa_geo.nn.batch_hints(data)['max_num_nodes']`:
+                exact attention layouts instead of bounds (used with
+                :obj:`tokens="node"`). (default: :obj:`None`)
         """
         if self.level == 'edge' and edge_label_index is None:
             raise ValueError("Expected 'edge_label_index' of shape [2, L] "
                              "since level='edge' (got None)")
         h = self.node_embeddings(x, edge_index, edge_attr, batch, pe, node_id,
-                                 num_graphs)
+                                 num_graphs, max_num_nodes)
         if self.level == 'node':
             return self.head(h)
         if self.level == 'edge':

@@ -80,3 +80,26 @@ def test_the_watch_sees_host_reads():
         bool(torch.ones(2).sum() > 1)
         torch.arange(4).nonzero()
     assert mode.seen == ['_local_scalar_dense', 'nonzero']
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(num_registers=2)])
+def test_fused_inference_reads_nothing_back(no_value_checks, monkeypatch,
+                                            spy, kwargs, fused_inference_on):
+    # The fused inference path (served on the CPU by Triton's interpreter):
+    # the sets' offsets are searched inside the selection kernel.
+    import importlib
+    import os
+    pytest.importorskip('triton')
+    if os.environ.get('TRITON_INTERPRET') != '1':  # set by conftest.py
+        pytest.skip('Triton interpreter not enabled (a GPU is present)')
+    module = importlib.import_module('samsa_geo.nn.attention.samsa_attention')
+    monkeypatch.setattr(module, 'triton_serves', lambda device: True)
+    calls = spy(module, 'fused_sampled_attention', keep_args=False)
+    data = pyg_batch()
+    x = torch.randn(data.num_nodes, 16)
+    attn = SamsaAttention(16, heads=2, k=8, **kwargs).eval()
+    hints = batch_hints(data)
+    with torch.no_grad(), HostReads() as mode:
+        attn(x, data.batch, **hints)
+    assert len(calls) == 1
+    assert mode.seen == []

@@ -247,49 +247,6 @@ def test_packed_selection_equals_dense(sizes):
         assert torch.equal(va, vb), f
 
 
-def test_hard_forward_is_exact_and_soft_is_convex():
-    from samsa_geo.nn.attention._sampling import relax, select
-    from samsa_geo.nn.attention._sets import set_info
-    sizes = [30, 12]
-    _, batch = make_batch(sizes)
-    score = torch.randn(batch.numel(), 2, requires_grad=True)
-    info = set_info(batch.numel(), batch, 5, 0, False, batch.device)
-    sel = select(score, None, batch, info, 0, True, True)
-    u = torch.randn(batch.numel(), 2, 3, requires_grad=True)
-    head = torch.arange(2).view(1, -1, 1)
-    u_top, u_bot = u[sel.top, head], u[sel.bottom, head]
-    hard = relax(sel, u_top, u_bot, tau=1.0, hard=True)
-    assert torch.equal(hard, u_top)
-    hard.sum().backward()
-    assert score.grad.abs().sum() > 0  # scores learn through the relaxation
-    # Top rows get the full upstream gradient, every other row none.
-    top_ids = sel.top.unique()
-    g = u.grad.abs().sum((1, 2))
-    assert (g[top_ids] > 0).all()
-    other = torch.ones(batch.numel(), dtype=torch.bool)
-    other[top_ids] = False
-    assert (g[other] == 0).all()
-    # Soft: constant rows stay constant (weights sum to one).
-    ones = torch.ones_like(u_top)
-    soft = relax(sel, ones, torch.ones_like(u_bot), tau=0.1, hard=False)
-    assert torch.allclose(soft, ones, atol=1e-6)
-
-
-def test_gradient_cap():
-    from samsa_geo.nn.attention._sampling import relax, select
-    from samsa_geo.nn.attention._sets import set_info
-    _, batch = make_batch([40])
-    score = torch.zeros(40, 1, requires_grad=True)
-    info = set_info(40, batch, 4, 0, False, batch.device)
-    sel = select(score, None, batch, info, 0, False, True)
-    u_top = torch.ones(1, 1, 4, 1)
-    u_bot = torch.zeros(1, 1, 4, 1)
-    z = relax(sel, u_top, u_bot, tau=0.01, hard=False)
-    z.sum().backward()
-    # d z / d s_top: uncapped 1/(4 tau)=25 per unit; capped at 0.25.
-    assert score.grad.abs().max() <= 0.25 + 1e-6
-
-
 def test_stochastic_eval():
     attn = SamsaAttention(16, heads=2, k=3).eval()
     x, batch = make_batch([40], channels=16)
@@ -466,74 +423,6 @@ def test_one_set_in_tiles_equals_one_tile(n):
     ga, = torch.autograd.grad(a.square().sum(), x)
     gb, = torch.autograd.grad(b.square().sum(), x)
     assert torch.allclose(ga, gb, atol=1e-5)
-
-
-# The plain-autograd formulation of the relaxation (the specification that
-# the fused autograd Function in _sampling.py must reproduce).
-def relax_reference(sel, u_top, u_bottom, tau, hard, grad_cap=0.25):
-    r"""Reference of ``relax`` (the formula, arguments and shapes of its
-    docstring) in plain autograd."""
-    if u_bottom.size(2) == 0:
-        return u_top
-    diff = sel.top_score.unsqueeze(-1) - sel.bottom_score.unsqueeze(-2)
-    p = torch.sigmoid(diff.float() / tau)  # [B, H, k, m]
-    dp = p * (1.0 - p) / tau
-    if sel.top_valid is None:  # every pair is valid
-        peak = dp.amax(dim=(-2, -1), keepdim=True)
-    else:
-        pair_valid = (sel.top_valid.unsqueeze(-1)
-                      & sel.bottom_valid.unsqueeze(-2)).unsqueeze(1)
-        peak = dp.masked_fill(~pair_valid, 0.0).amax(dim=(-2, -1),
-                                                     keepdim=True)
-    scale = (grad_cap / peak.clamp(min=1e-12)).clamp(max=1.0).detach()
-    p = p.detach() + scale * (p - p.detach())
-
-    if sel.bottom_valid is None:
-        m = float(u_bottom.size(2))
-        keep = p.mean(-1, keepdim=True)  # [B, H, k, 1]
-        mix = (1.0 - p) / m  # [B, H, k, m]
-    else:
-        m = sel.bottom_valid.sum(-1).clamp(min=1).view(-1, 1, 1, 1).to(
-            p.dtype)
-        bvalid = sel.bottom_valid.view(sel.bottom_valid.size(0), 1, 1, -1)
-        has_bottom = bvalid.any(-1, keepdim=True)  # [B, 1, 1, 1]
-        p = p.masked_fill(~bvalid, 0.0)
-        keep = torch.where(has_bottom, p.sum(-1, keepdim=True) / m,
-                           torch.ones_like(p[..., :1]))  # [B, H, k, 1]
-        mix = ((1.0 - p) / m).masked_fill(~bvalid, 0.0)  # [B, H, k, m]
-    mix = mix.to(u_top.dtype)
-    keep = keep.to(u_top.dtype)
-    if hard:
-        soft = keep * u_top.detach() + mix @ u_bottom.detach()
-        return u_top + (soft - soft.detach())
-    return keep * u_top + mix @ u_bottom
-
-
-@pytest.mark.parametrize('hard', [True, False])
-@pytest.mark.parametrize('sizes', [[30, 12], [40, 40], [5, 30, 9]])
-def test_fused_relaxation_matches_reference(hard, sizes):
-    from samsa_geo.nn.attention._sampling import relax, select
-    from samsa_geo.nn.attention._sets import set_info
-    _, batch = make_batch(sizes)
-    N = batch.numel()
-    score = torch.randn(N, 3, requires_grad=True)
-    u = torch.randn(N, 3, 5, requires_grad=True)
-    info = set_info(N, batch, 6, 0, False, batch.device)
-    head = torch.arange(3).view(1, -1, 1)
-    outs, grads = [], []
-    for fn in (relax, relax_reference):
-        torch.manual_seed(3)
-        sel = select(score, None, batch, info, 0, True, True)
-        out = fn(sel, u[sel.top, head], u[sel.bottom, head], tau=0.5,
-                 hard=hard)
-        w = torch.randn_like(out, generator=torch.Generator().manual_seed(1))
-        gs, gu = torch.autograd.grad((out * w).sum(), (score, u))
-        outs.append(out)
-        grads.append((gs, gu))
-    assert torch.allclose(outs[0], outs[1], atol=1e-6)
-    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
-    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
-    assert grads[0][0].abs().sum() > 0
 
 
 def _nontrivial_bias(attn):

@@ -186,3 +186,44 @@ def test_num_graphs_hint_is_checked():
     with pytest.raises((TypeError, ValueError),
                        match=r"non-negative int.*\(got 1.5\)"):
         model(x, edge_index, batch=batch, num_graphs=1.5)
+
+
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+def test_batch_hints_give_the_same_model_output(tokens):
+    # A PyG Batch's sizes (batch_hints) change layouts, not values: graphs
+    # of 3, 7 and 5 nodes with k = 6 (one graph beyond k), in training
+    # (gradients) and evaluation.
+    from torch_geometric.data import Batch, Data
+
+    from samsa_geo.nn import batch_hints
+    gen = torch.Generator().manual_seed(0)
+    graphs = []
+    for n in (3, 7, 5):
+        src = torch.arange(n - 1)
+        ei = torch.stack([torch.cat([src, src + 1]), torch.cat([src + 1, src])])
+        graphs.append(Data(x=torch.randn(n, 4, generator=gen), edge_index=ei,
+                           edge_attr=torch.randn(ei.size(1), 2, generator=gen)))
+    data = Batch.from_data_list(graphs)
+    hints = batch_hints(data)
+    assert hints == {'num_graphs': 3, 'max_num_nodes': 7}
+    torch.manual_seed(0)
+    model = SamsaGraphModel(4, 16, 2, 2, edge_dim=2, heads=2, k=6,
+                            tokens=tokens)
+    args = (data.x, data.edge_index, data.edge_attr, data.batch)
+    for training in (False, True):
+        model.train(training)
+        outs = []
+        for kw in ({}, dict(num_graphs=3), hints):
+            model.zero_grad()
+            torch.manual_seed(1)  # the same Gumbel noise and node ids
+            out = model(*args, **kw)
+            out.pow(2).sum().backward()
+            outs.append((out, [p.grad.clone() for p in model.parameters()
+                               if p.grad is not None]))
+        for out, grads in outs[1:]:
+            torch.testing.assert_close(out, outs[0][0])
+            if not training:
+                continue
+            assert len(grads) == len(outs[0][1])
+            for g, ref in zip(grads, outs[0][1]):
+                torch.testing.assert_close(g, ref)

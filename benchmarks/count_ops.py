@@ -1,0 +1,167 @@
+"""Host work of one layer call, counted on the CPU: the aten operators it
+dispatches (each one a kernel launch or at least a dispatch on a GPU), the
+module calls and the autograd nodes of its graph, for the forward pass alone
+(inference) and for a training step (forward and backward). A proxy for the
+host time per call on a GPU, where eager calls of these layers are bound by
+launches. The CPU time per call (this thread's, least of ``--repeat``) is
+printed too, at the counted size and at a small one (``--time-size``) where
+host work dominates::
+
+    python benchmarks/count_ops.py
+    python benchmarks/count_ops.py --sizes 32x1024 --channels 256 --k 256
+
+The layers are built and called as ``benchmarks/layer.py`` does (``build``,
+``call``). The value checks that SamsaAttention runs on the CPU only
+(finite inputs) are switched off, as on a GPU outside debug mode.
+"""
+import argparse
+import collections
+import os
+import sys
+import time
+from typing import Callable, Dict, List
+from unittest import mock
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from layer import build, call  # noqa: E402
+
+from samsa_geo.nn.attention import config  # noqa: E402
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts every aten operator call below autograd; ``views`` counts the
+    ones that only make a new view of their input (no kernel)."""
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+        self.views = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        self.views += bool(func.is_view)
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values())
+
+
+def count_modules(fn: Callable[[], object]):
+    """``(result, number of module calls)`` of ``fn()``."""
+    calls = [0]
+
+    def hook(module, args):
+        calls[0] += 1
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        out = fn()
+    finally:
+        handle.remove()
+    return out, calls[0]
+
+
+def autograd_nodes(out: torch.Tensor) -> Dict[str, int]:
+    """Nodes of the autograd graph behind ``out`` by kind (AccumulateGrad
+    nodes of the leaves included)."""
+    seen, stack = set(), [out.grad_fn]
+    kinds: collections.Counter = collections.Counter()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        kinds[type(node).__name__] += 1
+        stack.extend(fn for fn, _ in node.next_functions)
+    return kinds
+
+
+def measure(op: str, B: int, n: int, C: int, H: int, k: int, train: bool,
+            repeat: int) -> Dict[str, object]:
+    torch.manual_seed(0)
+    model = build(op, C, H, k).train(train)
+    x = torch.randn(B * n, C, requires_grad=train)
+    batch = torch.arange(B).repeat_interleave(n)
+
+    def step():
+        with torch.set_grad_enabled(train):
+            out = call(op, model, x, batch, B)
+        if train:
+            out.square().mean().backward()
+        return out
+
+    step()  # first call: caches (fused weights, batch sizes)
+    with OpCounter() as fwd_counter:
+        with torch.set_grad_enabled(train):
+            out, modules = count_modules(lambda: call(op, model, x, batch, B))
+    rec = dict(op=op, size=f'{B}x{n}', step='train' if train else 'fwd',
+               fwd_ops=fwd_counter.total, fwd_views=fwd_counter.views,
+               modules=modules, top=fwd_counter.ops)
+    if train:
+        nodes = autograd_nodes(out)
+        with OpCounter() as bwd_counter:
+            out.square().mean().backward()
+        rec.update(bwd_ops=bwd_counter.total, bwd_views=bwd_counter.views,
+                   nodes=sum(nodes.values()),
+                   top=fwd_counter.ops + bwd_counter.ops)
+    # CPU time of this thread (one intra-op thread), the least of the
+    # repeats: robust to other processes sharing the cores.
+    times: List[float] = []
+    for _ in range(repeat):
+        t0 = time.thread_time()
+        step()
+        times.append((time.thread_time() - t0) * 1e3)
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+    rec['ms'] = min(times)
+    return rec
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--sizes', default='32x1024')
+    p.add_argument('--ops', default='samsa_conv_batch,samsa_conv,full_layer')
+    p.add_argument('--channels', type=int, default=64)
+    p.add_argument('--heads', type=int, default=8)
+    p.add_argument('--k', type=int, default=64)
+    p.add_argument('--repeat', type=int, default=51)
+    p.add_argument('--time-size', default='4x128',
+                   help='size of the wall-clock timing, where host work '
+                   'dominates')
+    p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--list', action='store_true',
+                   help='also list the operators of each case by count')
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f'CPU, {args.threads} thread(s), torch {torch.__version__}, '
+          f'C={args.channels}, H={args.heads}, k={args.k}, fp32')
+    print(f"{'op':<18} {'size':<9} {'step':<6} {'fwd ops':>8} "
+          f"{'(views)':>8} {'bwd ops':>8} {'(views)':>8} {'modules':>8} "
+          f"{'nodes':>6} {'ms':>8} {'ms at ' + args.time_size:>12}")
+    with mock.patch.object(config, 'checks_values', lambda device: False):
+        for size in args.sizes.split(','):
+            B, n = (int(v) for v in size.split('x'))
+            for op in args.ops.split(','):
+                for train in (False, True):
+                    r = measure(op, B, n, args.channels, args.heads, args.k,
+                                train, 1)
+                    tB, tn = (int(v) for v in args.time_size.split('x'))
+                    small = measure(op, tB, tn, args.channels, args.heads,
+                                    args.k, train, args.repeat)
+                    print(f"{r['op']:<18} {r['size']:<9} {r['step']:<6} "
+                          f"{r['fwd_ops']:>8} {r['fwd_views']:>8} "
+                          f"{r.get('bwd_ops', '-'):>8} "
+                          f"{r.get('bwd_views', '-'):>8} "
+                          f"{r['modules']:>8} {r.get('nodes', '-'):>6} "
+                          f"{r['ms']:>8.2f} {small['ms']:>12.3f}")
+                    if args.list:
+                        print('    ' + ', '.join(
+                            f'{name} {c}'
+                            for name, c in r['top'].most_common()))
+
+
+if __name__ == '__main__':
+    main()

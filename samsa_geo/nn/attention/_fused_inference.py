@@ -1,0 +1,80 @@
+r"""The fused inference path of :class:`SamsaAttention`: selection, gather
+and attention in two Triton kernel launches.
+
+From the projected queries, keys and values and the importance scores, the
+sampled attention of every set and head is
+
+1. one launch of the segmented top-:math:`k` kernel
+   (:mod:`~samsa_geo.nn.attention._topk_triton`), which writes the
+   ``[B, H, k]`` selected ids, and
+2. one launch of the gather-attention kernel
+   (:mod:`~samsa_geo.nn.attention._gather_attention_triton`), which reads
+   the selected key and value rows by id and writes ``[N, H D]``.
+
+The unfused path runs a top-:math:`k` with index arithmetic, a gather of
+the rows, the query tiles, the attention and the reshapes back (a dozen
+or more launches, each of which costs host time). Forward only, no
+gradient, no Gumbel noise: the caller decides where it applies. Importing
+this module needs no Triton; running it does.
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from samsa_geo.nn.attention._sets import SetInfo
+
+
+def fused_sampled_attention(
+    q: Tensor, kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
+    reg_kv: Optional[Tensor], batch: Optional[Tensor], info: SetInfo,
+    k: Union[int, float],
+) -> Tuple[Tensor, Tensor]:
+    r"""Dot-product softmax attention of every token to the top
+    :math:`k_b` candidates of its set, per head.
+
+    Args:
+        q (Tensor): ``[N, H D]`` queries; kv: ``[N, 2 H D]`` keys and
+            values as ``[k_h, v_h]`` per head (column slices of one
+            projection are fine).
+        score (Tensor): ``[N, H]`` importance scores.
+        reg_score (Tensor, optional): ``[R, H]`` register scores;
+            reg_kv: ``[R, H, 2D]`` register keys and values.
+        batch (Tensor, optional): ``[N]`` sorted set index per token.
+        info (SetInfo): the sets, with a known ``max_size``.
+        k (int or float): the layer's ``k``.
+
+    Returns:
+        The ``[N, H D]`` outputs in ``q``'s dtype and the ``[B, H, k_max]``
+        selected ids (tokens :math:`i`, registers :math:`-2 - r`, unused
+        slots :math:`-1`) in candidate order.
+    """
+    # Imported here: Triton is needed only where the kernels run.
+    from samsa_geo.nn.attention._gather_attention_triton import (
+        gather_attention_triton,
+    )
+    from samsa_geo.nn.attention._topk_triton import select_topk_triton
+    ragged = batch is not None and not info.equal
+    # k_b = min(k_max, n_b + R) for an int k and for equal sets; a
+    # fractional k of ragged sets reads each set's own k_b.
+    kb = info.k if ragged and isinstance(k, float) else None
+    idx, bounds = select_topk_triton(
+        score, reg_score, batch if ragged else None, info.num_sets,
+        info.max_size, info.k_max, info.k_max, kb, with_bounds=True)
+    out = gather_attention_triton(q, kv, reg_kv, idx, bounds, info.max_size)
+    return out, idx
+
+
+def order_by_score(idx: Tensor, score: Tensor,
+                   reg_score: Optional[Tensor]) -> Tensor:
+    r"""The ``[B, H, k]`` ids of :func:`fused_sampled_attention` in
+    descending order of score (ties: candidate order), unused slots
+    last: the order of the unfused path's ``return_indices``."""
+    head = torch.arange(idx.size(1), device=idx.device).view(1, -1, 1)
+    s = score[idx.clamp(min=0), head].float()  # [B, H, k]
+    if reg_score is not None:
+        r = (-2 - idx).clamp(min=0)  # register of ids -2 - r
+        s = torch.where(idx <= -2, reg_score[r, head].float(), s)
+    s = s.masked_fill(idx == -1, float('-inf'))
+    order = s.sort(dim=-1, descending=True, stable=True).indices
+    return idx.gather(-1, order)

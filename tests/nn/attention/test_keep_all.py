@@ -1,0 +1,108 @@
+"""Sets that keep every candidate (n_max + R <= k, n_max known): the layer
+skips the scorer and the ranking. The key sets, outputs and gradients must
+equal those of the ranked path."""
+import pytest
+import torch
+
+from samsa_geo.nn import SamsaAttention
+from samsa_geo.nn.attention._sampling import keep_all, select
+from samsa_geo.nn.attention._sets import set_info
+
+SIZES = [[5, 5, 5], [3, 0, 7, 1], [0], [7, 2, 0]]
+
+
+def _batch(sizes):
+    return torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+
+
+def _key_sets(sel, info):
+    out = []
+    for b in range(info.num_sets):
+        valid = sel.top_valid[b] if sel.top_valid is not None else \
+            torch.ones(sel.top.size(-1), dtype=torch.bool)
+        out.append([sorted(sel.top[b, h][valid].tolist())
+                    for h in range(sel.top.size(1))])
+    return out
+
+
+@pytest.mark.parametrize('sizes', SIZES)
+@pytest.mark.parametrize('R', [0, 2])
+def test_keep_all_equals_the_ranked_key_sets(sizes, R):
+    batch, N, H = _batch(sizes), sum(sizes), 3
+    if N + R == 0:
+        pytest.skip('no candidate: the layer returns before sampling')
+    info = set_info(N, batch, 10, R, False, torch.device('cpu'),
+                    num_sets=len(sizes), max_size=max(sizes))
+    assert info.m_max == 0 and info.k_max == max(sizes) + R
+    ranked = select(torch.randn(N, H), torch.randn(R, H) if R else None,
+                    batch, info, R, perturb=True, with_bottom=False)
+    kept = keep_all(info, N, R, H, torch.device('cpu'))
+    assert kept.top.shape == ranked.top.shape
+    assert _key_sets(kept, info) == _key_sets(ranked, info)
+    if ranked.top_valid is None:
+        assert kept.top_valid is None
+    else:
+        assert torch.equal(kept.top_valid, ranked.top_valid)
+
+
+def _ranked_only(monkeypatch):
+    monkeypatch.setattr(SamsaAttention, '_keeps_all',
+                        lambda self, info, return_indices: False)
+
+
+@pytest.mark.parametrize('sizes', SIZES[:2] + [SIZES[3]])
+@pytest.mark.parametrize('mode', [
+    dict(sampling='hard'), dict(sampling='soft'), dict(sampling='full'),
+    dict(sampling='hard', num_registers=2),
+    dict(sampling='hard', relative_bias=True),
+])
+@pytest.mark.parametrize('training', [False, True])
+def test_keep_all_equals_the_ranked_path(sizes, mode, training, monkeypatch):
+    batch, N = _batch(sizes), sum(sizes)
+    torch.manual_seed(0)
+    attn = SamsaAttention(16, heads=2, k=10, **mode).train(training)
+    x = torch.randn(N, 16)
+    pos = torch.randn(N, 3)
+    kw = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+    if mode.get('relative_bias'):
+        kw['pos'] = pos
+    assert attn._keeps_all(attn._set_info(x, batch, kw.get('pos'), None,
+                                          kw['num_graphs'],
+                                          kw['max_num_nodes']), False)
+
+    def run():
+        attn.zero_grad()
+        xg = x.clone().requires_grad_()
+        out = attn(xg, batch, **kw)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() \
+            .backward()
+        grads = {n: p.grad for n, p in attn.named_parameters()}
+        return out, xg.grad, grads
+
+    out, gx, grads = run()
+    _ranked_only(monkeypatch)
+    ref, ref_gx, ref_grads = run()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
+    for name, g in grads.items():
+        if ref_grads[name] is None:  # the scorer: no gradient either way
+            assert g is None or not g.any(), name
+        else:
+            torch.testing.assert_close(g, ref_grads[name], rtol=1e-5,
+                                       atol=1e-6)
+
+
+def test_keep_all_needs_the_largest_size_and_plain_k():
+    x, batch = torch.randn(9, 16), _batch([4, 5])
+    attn = SamsaAttention(16, heads=2, k=8)
+    info = attn._set_info(x, batch, None, None, 2, None)  # n_max unknown
+    assert not attn._keeps_all(info, False)
+    info = attn._set_info(x, batch, None, None, 2, 5)
+    assert attn._keeps_all(info, False)
+    assert not attn._keeps_all(info, True)  # indices in score order
+    assert not SamsaAttention(16, heads=2, k=4)._keeps_all(
+        SamsaAttention(16, heads=2, k=4)._set_info(x, batch, None, None, 2,
+                                                   5), False)
+    # Returned indices of the full attention are in token order either way.
+    full = SamsaAttention(16, heads=2, sampling='full')
+    assert full._keeps_all(full._set_info(x, batch, None, None, 2, 5), True)
