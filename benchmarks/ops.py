@@ -7,7 +7,9 @@ samsa_geo's Triton kernels, the default on CUDA without torch-cluster;
 installed):
 
 - ``knn``: k = 16 nearest neighbours of every point, 128 clouds x 1,024
-  points (target on CUDA: <= 1 ms);
+  points (target on CUDA: <= 1 ms); on CUDA also by the tiled kernel
+  (``triton-tiled``) and, with ``--sweep``, by configurations of the dense
+  kernel;
 - ``knn``: k = 16 of every point of one cloud of 100,000 points (<= 20 ms);
 - ``fps``: 1,024 of 10,000 points, 32 clouds (<= 10 ms);
 - ``classifier``: inference of the small ``SamsaPointClassifier`` (bf16
@@ -42,6 +44,11 @@ from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
 from samsa_geo.ops import fps, knn, use_backend  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: Configurations (BLOCK_Q, BLOCK_P, GROUPS, CAP, warps) of the dense kNN
+#: kernel that ``--sweep`` times.
+SWEEP = [(4, 1024, 64, 64, 8), (4, 1024, 64, 64, 4), (8, 1024, 64, 64, 8),
+         (2, 1024, 64, 32, 4), (8, 1024, 32, 64, 4), (16, 1024, 64, 64, 8),
+         (4, 512, 32, 64, 4), (2, 1024, 64, 64, 4), (1, 1024, 64, 64, 4)]
 #: Targets on the GPU (milliseconds, or the throughput ratio).
 TARGETS = {'knn_128x1024': 1.0, 'knn_100k': 20.0, 'fps_32x10k': 10.0,
            'classifier_ri_vs_plain': 0.5}
@@ -84,11 +91,13 @@ def op_cases(device: torch.device, args: argparse.Namespace, record):
     clouds, n = args.knn_clouds, 1024
     pos = torch.rand(clouds * n, 3, generator=gen).to(device)
     batch = torch.arange(clouds, device=device).repeat_interleave(n)
+    fields = dict(n=n, k=k, batch=clouds, queries=clouds * n)
     for impl in implementations(device):
-        record('knn', 'knn_128x1024', impl, dict(n=n, k=k, batch=clouds,
-                                                 queries=clouds * n),
+        record('knn', 'knn_128x1024', impl, fields,
                lambda: knn(pos, pos, k, batch, batch, batch_size=clouds,
                            backend=impl))
+    if 'triton' in implementations(device):
+        knn_variants(pos, batch, clouds, k, fields, args, record)
 
     n = args.knn_points
     pos = torch.rand(n, 3, generator=gen).to(device)
@@ -103,6 +112,33 @@ def op_cases(device: torch.device, args: argparse.Namespace, record):
         record('fps', 'fps_32x10k', impl, dict(n=n, k=samples, batch=clouds),
                lambda: fps(pos, batch, samples / n, False,
                            batch_size=clouds, backend=impl), repeat=3)
+
+
+def knn_variants(pos, batch, clouds, k, fields, args, record):
+    """The Triton kNN of 128 x 1,024 points by the tiled kernel (``triton-
+    tiled``) next to the dense one that ``triton`` picks, and with
+    ``--sweep`` the dense kernel's (BLOCK_Q, BLOCK_P, GROUPS, CAP, warps)
+    configurations (``triton-dense-...``)."""
+    from samsa_geo.ops._triton import knn as knn_module
+    from samsa_geo.ops._triton import knn_dense
+
+    def run():
+        knn(pos, pos, k, batch, batch, batch_size=clouds, backend='triton')
+
+    dense_mean_size = knn_module.DENSE_MEAN_SIZE
+    knn_module.DENSE_MEAN_SIZE = 0
+    try:
+        record('knn', 'knn_128x1024', 'triton-tiled', fields, run)
+    finally:
+        knn_module.DENSE_MEAN_SIZE = dense_mean_size
+    config = knn_dense.dense_config
+    for cfg in (SWEEP if args.sweep else []):
+        knn_dense.dense_config = lambda k, size, cfg=cfg: cfg
+        try:
+            record('knn', 'knn_128x1024', 'triton-dense-' + 'x'.join(
+                map(str, cfg)), fields, run)
+        finally:
+            knn_dense.dense_config = config
 
 
 def classifier_cases(device: torch.device, args: argparse.Namespace,
@@ -148,6 +184,9 @@ def main():
     parser.add_argument('--fps-clouds', type=int, default=32)
     parser.add_argument('--classifier-clouds', type=int, default=128)
     parser.add_argument('--skip-classifier', action='store_true')
+    parser.add_argument('--sweep', action='store_true',
+                        help='also time configurations of the dense kNN '
+                        'kernel (128 x 1,024 points)')
     parser.add_argument('--commit', default=None,
                         help='commit to record where the tree has no git '
                         'metadata (default: git rev-parse HEAD)')

@@ -9,7 +9,7 @@ values of their inputs (finite points, sorted batch vectors), is set in
 :mod:`samsa_geo.ops.config` (:func:`use_backend`, :func:`value_checks`).
 """
 from samsa_geo.ops.fps import fps
-from samsa_geo.ops.knn import knn, knn_graph
+from samsa_geo.ops.knn import knn, knn_graph, knn_neighbours
 from samsa_geo.ops.radius import radius, radius_graph
 from samsa_geo.ops.scatter import scatter, segment_softmax
 from samsa_geo.ops.config import (
@@ -26,6 +26,7 @@ __all__ = [
     'fps',
     'knn',
     'knn_graph',
+    'knn_neighbours',
     'radius',
     'radius_graph',
     'scatter',

@@ -1,5 +1,5 @@
 """Input validation and backend selection shared by the geometry ops."""
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -106,6 +106,84 @@ def _distinct(named: Sequence[Tuple[str, Optional[Tensor]]]
     return out
 
 
+#: Integer dtypes of a float's bit pattern, by the float's size in bytes.
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+#: Exponent bits of the floating-point dtypes: all set in inf and NaN.
+_EXPONENT = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80,
+             torch.float32: 0x7F800000, torch.float64: 0x7FF0000000000000}
+
+
+class PendingReads(NamedTuple):
+    r"""Device-side values of an op's value checks (:func:`collect_values`),
+    read later in one device-to-host copy by :func:`finish_reads`."""
+    kinds: List[Tuple[str, str, Optional[torch.dtype]]]
+    values: List[Tensor]
+
+
+def collect_values(points: Sequence[Tuple[str, Tensor]],
+                   batches: Sequence[Tuple[str, Optional[Tensor]]],
+                   batch_size: Optional[int]) -> PendingReads:
+    r"""The device-side scalars that the value checks and the number of
+    examples need (see :func:`read_values`), without reading them: per
+    point tensor its minimum and maximum (:meth:`torch.aminmax`, which
+    propagates NaN; as bit patterns, so that one integer tensor holds every
+    value), per batch vector its first entry, its smallest step and its
+    last entry."""
+    if batch_size is not None:
+        check_positive_int('batch_size', batch_size)
+    check = config.value_checks_enabled() and \
+        not torch.compiler.is_compiling()
+    need_last = check or batch_size is None
+    # A tensor passed twice (knn(x, x, ...)) is read once, by its first name.
+    points, batches = _distinct(points), _distinct(batches)
+    kinds: List[Tuple[str, str, Optional[torch.dtype]]] = []
+    values: List[Tensor] = []
+    if check:
+        for name, x in points:
+            if x.dtype not in _EXPONENT:  # e.g. float8: compared in float32
+                x = x.float()
+            kinds += [('finite', name, x.dtype)] * 2
+            values += [v.view(_BITS[x.element_size()])
+                       for v in torch.aminmax(x)]
+        for name, b in batches:
+            kinds.append(('first', name, None))
+            values.append(b[0])
+            if b.numel() > 1:
+                kinds.append(('step', name, None))
+                values.append(torch.diff(b).min())
+    if need_last:
+        kinds += [('last', name, None) for name, _ in batches]
+        values += [b[-1] for _, b in batches]
+    return PendingReads(kinds, values)
+
+
+def finish_reads(pending: PendingReads, batch_size: Optional[int],
+                 extra: Sequence[Tensor] = ()) -> Tuple[int, List[int]]:
+    r"""Reads the values of :obj:`pending` and the integer scalars
+    :obj:`extra` in one device-to-host copy, raises the errors of the value
+    checks and returns the number of examples and the values of
+    :obj:`extra`."""
+    tensors = pending.values + list(extra)
+    values = torch.stack([t.long() for t in tensors]).tolist() \
+        if tensors else []  # the one host read
+    inferred = 1
+    for (kind, name, dtype), value in zip(pending.kinds, values):
+        if kind == 'finite' and value & _EXPONENT[dtype] == _EXPONENT[dtype]:
+            validation.raise_non_finite(name)
+        if kind in ('first', 'step') and value < 0:
+            validation.raise_unsorted(name)
+        if kind == 'last':
+            inferred = max(inferred, value + 1)
+    extra_values = values[len(pending.values):]
+    if batch_size is None:
+        return inferred, extra_values
+    if batch_size < inferred:
+        raise ValueError(f"Expected 'batch_size' to be at least the number "
+                         f"of examples in the batch vector ({inferred}) "
+                         f"(got {batch_size})")
+    return batch_size, extra_values
+
+
 def read_values(points: Sequence[Tuple[str, Tensor]],
                 batches: Sequence[Tuple[str, Optional[Tensor]]],
                 batch_size: Optional[int]) -> int:
@@ -119,38 +197,8 @@ def read_values(points: Sequence[Tuple[str, Tensor]],
     their last entries; without checks and with :obj:`batch_size` given
     nothing is read.
     """
-    if batch_size is not None:
-        check_positive_int('batch_size', batch_size)
-    check = config.value_checks_enabled() and \
-        not torch.compiler.is_compiling()
-    need_last = check or batch_size is None
-    # A tensor passed twice (knn(x, x, ...)) is read once, by its first name.
-    points, batches = _distinct(points), _distinct(batches)
-    flags: List[Tuple[str, str, Tensor]] = []
-    if check:
-        flags += [('finite', name, torch.isfinite(x).all())
-                  for name, x in points]
-        flags += [('sorted', name, validation.sorted_batch_flag(b))
-                  for name, b in batches]
-    if need_last:
-        flags += [('last', name, b[-1]) for name, b in batches]
-    values = torch.stack([f[2].long() for f in flags]).tolist() \
-        if flags else []  # the one host read
-    inferred = 1
-    for (kind, name, _), value in zip(flags, values):
-        if kind == 'finite' and not value:
-            validation.raise_non_finite(name)
-        if kind == 'sorted' and not value:
-            validation.raise_unsorted(name)
-        if kind == 'last':
-            inferred = max(inferred, value + 1)
-    if batch_size is None:
-        return inferred
-    if batch_size < inferred:
-        raise ValueError(f"Expected 'batch_size' to be at least the number "
-                         f"of examples in the batch vector ({inferred}) "
-                         f"(got {batch_size})")
-    return batch_size
+    return finish_reads(collect_values(points, batches, batch_size),
+                        batch_size)[0]
 
 
 def batch_to_ptr(batch: Optional[Tensor], num_nodes: int, batch_size: int,
@@ -167,13 +215,17 @@ def batch_to_ptr(batch: Optional[Tensor], num_nodes: int, batch_size: int,
 
 def check_pair(
     x: Tensor, y: Tensor, batch_x: Optional[Tensor], batch_y: Optional[Tensor],
-    batch_size: Optional[int], chunk_size: Optional[int]
-) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], int]:
+    batch_size: Optional[int], chunk_size: Optional[int], defer: bool = False
+) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], int,
+           Optional[PendingReads]]:
     r"""Validates the candidates :obj:`x` and queries :obj:`y` of
     :func:`~samsa_geo.ops.knn` and :func:`~samsa_geo.ops.radius` (points of
     one width on one device), their batch vectors (values included, see
     :func:`read_values`) and :obj:`chunk_size`; returns
-    :obj:`(x, y, batch_x, batch_y, batch_size)`."""
+    :obj:`(x, y, batch_x, batch_y, batch_size, pending)`. With
+    :obj:`defer` and :obj:`batch_size` given, the value checks are not read
+    yet but returned as :obj:`pending`, for the caller's
+    :func:`finish_reads` (:obj:`None` otherwise)."""
     x, y = check_points('x', x), check_points('y', y)
     if x.size(1) != y.size(1):
         raise ValueError(f"Expected 'x' and 'y' to have the same number of "
@@ -185,13 +237,18 @@ def check_pair(
         check_positive_int('chunk_size', chunk_size)
     batch_x = check_batch('batch_x', batch_x, x.size(0), x.device)
     batch_y = check_batch('batch_y', batch_y, y.size(0), y.device)
-    size = read_values([('x', x), ('y', y)],
-                       [('batch_x', batch_x), ('batch_y', batch_y)],
-                       batch_size)
+    pending: Optional[PendingReads] = collect_values(
+        [('x', x), ('y', y)], [('batch_x', batch_x), ('batch_y', batch_y)],
+        batch_size)
+    if defer and batch_size is not None:
+        size = batch_size
+    else:
+        size, _ = finish_reads(pending, batch_size)
+        pending = None
     if size > 1 and (batch_x is None or batch_y is None):
         raise ValueError("Expected both 'batch_x' and 'batch_y' when the "
                          f"batch holds several examples (got {size} examples)")
-    return x, y, batch_x, batch_y, size
+    return x, y, batch_x, batch_y, size, pending
 
 
 FLOWS = ('source_to_target', 'target_to_source')

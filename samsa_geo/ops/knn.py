@@ -1,4 +1,4 @@
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -11,6 +11,7 @@ from samsa_geo.ops._utils import (
     check_pair,
     check_positive_int,
     cluster_supports,
+    finish_reads,
     flow_edges,
     resolve_backend,
     use_compiled,
@@ -54,13 +55,20 @@ def knn(
     against the points of neighbouring cells only.
 
     On CUDA without :obj:`torch_cluster`, Euclidean float32 points of up to
-    three features and :math:`k \le 64` go to samsa_geo's Triton kernel:
-    points ordered along a Morton curve, candidate tiles skipped by a
-    bounding-box bound, the same float32 distances as the pure-PyTorch
-    path and equal distances ordered by index (as the brute-force
-    reference with a stable sort). It is a PyTorch custom operator
-    (:obj:`torch.ops.samsa_geo.knn_neighbours`), so :func:`torch.compile`
-    keeps it; one host read per call sizes the output.
+    three features and :math:`k \le 64` go to samsa_geo's Triton kernels,
+    which give the neighbours of the brute-force reference exactly (the
+    float32 distances of the pure-PyTorch path, equal distances ordered by
+    index). Batches of small examples (up to 4,096 points per example on
+    average) are ranked by brute force, one program per block of queries:
+    candidates beyond the :math:`k`-th smallest minimum of strided groups
+    are dropped and the rest ranked by a bitonic top-k of (distance, index)
+    keys. Larger examples are ordered along a Morton curve, and candidate
+    tiles are skipped by a bounding-box bound. The kernels form a PyTorch
+    custom operator (:obj:`torch.ops.samsa_geo.knn_neighbours`), so
+    :func:`torch.compile` keeps them. With :obj:`batch_size` given, the
+    call reads the device once, after the kernel (the value checks and the
+    number of empty slots together); :func:`knn_neighbours` returns the
+    table without the edge list.
 
     With value checks on (the default, see
     :func:`~samsa_geo.ops.value_checks`), non-finite :obj:`x` or :obj:`y`
@@ -98,44 +106,125 @@ def knn(
           :obj:`x`; grouped by query in ascending order, neighbours by
           ascending distance
     """
+    edges, _ = _knn(x, y, k, batch_x, batch_y, cosine, num_workers,
+                    batch_size, chunk_size, backend, table=False)
+    return edges
+
+
+def knn_neighbours(
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    batch_x: Optional[Tensor] = None,
+    batch_y: Optional[Tensor] = None,
+    batch_size: Optional[int] = None,
+    *,
+    chunk_size: Optional[int] = None,
+    backend: str = 'auto',
+) -> Tensor:
+    r"""The :obj:`k` nearest points of :obj:`x` for every point of
+    :obj:`y` as a table, the neighbours of :func:`knn` without its edge
+    list: row :math:`i` holds the indices of :math:`\mathcal{N}(i)` by
+    ascending distance (equal distances by index on the Triton path),
+    padded with :obj:`-1` where the example holds fewer than :obj:`k`
+    points.
+
+    On the Triton path, with :obj:`batch_size` given and value checks off
+    (:func:`~samsa_geo.ops.value_checks`), the call never waits for the
+    GPU: the table's size is known without reading the device.
+
+    Args:
+        x (torch.Tensor): Candidate points.
+        y (torch.Tensor): Query points.
+        k (int): The number of neighbours.
+        batch_x (torch.Tensor, optional): Sorted batch vector of :obj:`x`.
+            (default: :obj:`None`)
+        batch_y (torch.Tensor, optional): Sorted batch vector of :obj:`y`.
+            (default: :obj:`None`)
+        batch_size (int, optional): Number of examples :math:`B`.
+            (default: :obj:`None`)
+        chunk_size (int, optional): See :func:`knn`. (default: :obj:`None`)
+        backend (str, optional): See :func:`knn`. (default: :obj:`"auto"`)
+
+    Shapes:
+        - **input:** :obj:`x` :math:`(N, F)`, :obj:`y` :math:`(M, F)`,
+          batches :math:`(N)` and :math:`(M)`
+        - **output:** :math:`(M, k)`, indices into :obj:`x`
+    """
+    _, table = _knn(x, y, k, batch_x, batch_y, False, 1, batch_size,
+                    chunk_size, backend, table=True)
+    return table
+
+
+def _knn(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor],
+         batch_y: Optional[Tensor], cosine: bool, num_workers: int,
+         batch_size: Optional[int], chunk_size: Optional[int], backend: str,
+         table: bool) -> Tuple[Tensor, Tensor]:
+    # (edges [2, E], table [M, k]) of knn and knn_neighbours: the table of
+    # the Triton path (with table=True: no edge list), else the edges.
     backend = resolve_backend(backend)
     check_positive_int('k', k)
-    x, y, batch_x, batch_y, size = check_pair(x, y, batch_x, batch_y,
-                                              batch_size, chunk_size)
+    x, y, batch_x, batch_y, size, pending = check_pair(
+        x, y, batch_x, batch_y, batch_size, chunk_size, defer=True)
     if x.numel() == 0 or y.numel() == 0:
-        return torch.empty(2, 0, dtype=torch.long, device=x.device)
-
-    supported = False
-    if samsa_geo.typing.WITH_TORCH_CLUSTER:
-        supported = cluster_supports(x) and not (
-            cosine and x.device.type == 'cpu') and not (
-                x.device.type == 'cuda' and k > 100)
-    if use_compiled(backend, samsa_geo.typing.WITH_TORCH_CLUSTER, supported,
-                    'torch_cluster'):
-        import torch_cluster
-        return torch_cluster.knn(x.contiguous(), y.contiguous(), k, batch_x,
-                                 batch_y, cosine, num_workers, size)
+        finish_reads(pending, size) if pending is not None else None
+        empty = torch.empty(2, 0, dtype=torch.long, device=x.device)
+        return empty, empty.new_full((y.size(0), k), -1)
 
     same = y is x and batch_y is batch_x  # one point set: sorted once
-    ptr_x = batch_to_ptr(batch_x, x.size(0), size, x.device)
-    if batch_y is None:
-        batch_y = y.new_zeros(y.size(0), dtype=ptr_x.dtype)
     supported = _triton.knn_supported(x, y, k, cosine,
                                       forced=backend == 'triton')
-    if use_triton(backend, supported, 'Euclidean float32 points of up to 3 '
-                  'features on a CUDA device and k <= 64'):
-        if batch_x is None:
-            batch_x = batch_y if same else x.new_zeros(x.size(0),
-                                                       dtype=ptr_x.dtype)
-        ptr_y = ptr_x if same else batch_to_ptr(batch_y, y.size(0), size,
-                                                 y.device)
-        nbr = _triton.knn_indices(
-            x.detach().contiguous(), y.detach().contiguous(), k, ptr_x,
-            ptr_y, batch_x, batch_y, same)  # [M, k]
-        # The one host read: how many neighbours exist.
-        found = (nbr.view(-1) >= 0).nonzero().view(-1)
-        return torch.stack([found // k, nbr.view(-1)[found]], dim=0)
-    return _fallback.knn(x, y, k, ptr_x, batch_y, cosine, chunk_size)
+    if not use_compiled(backend, samsa_geo.typing.WITH_TORCH_CLUSTER,
+                        _cluster_serves(x, k, cosine), 'torch_cluster') \
+            and use_triton(backend, supported, 'Euclidean float32 points of '
+                           'up to 3 features on a CUDA device and k <= 64'):
+        count = not table and not torch.compiler.is_compiling()
+        missing = x.new_zeros((), dtype=torch.long) if count else None
+        out = _triton.knn_indices(x.detach().contiguous(),
+                                  y.detach().contiguous(), k, batch_x,
+                                  batch_y, size, same, missing)  # [2, M, k]
+        edges = out.view(2, -1)  # [2, M * k]
+        found = finish_reads(pending, size, [missing] if count else [])[1] \
+            if pending is not None else [missing.item()] if count else []
+        if table:
+            return edges, out[1]
+        if count and found[0] == 0:
+            return edges, out[1]
+        return edges[:, edges[1] >= 0], out[1]
+
+    if pending is not None:  # the other paths read sizes anyway
+        finish_reads(pending, size)
+    if use_compiled(backend, samsa_geo.typing.WITH_TORCH_CLUSTER,
+                    _cluster_serves(x, k, cosine), 'torch_cluster'):
+        import torch_cluster
+        edges = torch_cluster.knn(x.contiguous(), y.contiguous(), k,
+                                  batch_x, batch_y, cosine, num_workers, size)
+    else:
+        ptr_x = batch_to_ptr(batch_x, x.size(0), size, x.device)
+        if batch_y is None:
+            batch_y = y.new_zeros(y.size(0), dtype=ptr_x.dtype)
+        edges = _fallback.knn(x, y, k, ptr_x, batch_y, cosine, chunk_size)
+    return edges, _edge_table(edges, y.size(0), k) if table else edges
+
+
+def _cluster_serves(x: Tensor, k: int, cosine: bool) -> bool:
+    # Whether the installed torch_cluster serves this knn call.
+    return samsa_geo.typing.WITH_TORCH_CLUSTER and cluster_supports(x) \
+        and not (cosine and x.device.type == 'cpu') \
+        and not (x.device.type == 'cuda' and k > 100)
+
+
+def _edge_table(edges: Tensor, num_queries: int, k: int) -> Tensor:
+    # The [M, k] table of knn's edges (grouped by query, -1 padded).
+    row, col = edges
+    if row.numel() == num_queries * k:
+        return col.view(num_queries, k)  # [M * k] -> [M, k]
+    count = torch.bincount(row, minlength=num_queries)
+    start = count.cumsum(0) - count
+    slot = torch.arange(row.numel(), device=row.device) - start[row]
+    table = row.new_full((num_queries, k), -1)
+    table[row, slot] = col
+    return table
 
 
 def knn_graph(

@@ -112,7 +112,7 @@ def radius(
     if r < 0:
         raise ValueError(f"Expected 'r' to be non-negative (got {r})")
     check_positive_int('max_num_neighbors', max_num_neighbors)
-    x, y, batch_x, batch_y, size = check_pair(x, y, batch_x, batch_y,
+    x, y, batch_x, batch_y, size, _ = check_pair(x, y, batch_x, batch_y,
                                               batch_size, chunk_size)
     if x.numel() == 0 or y.numel() == 0:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)

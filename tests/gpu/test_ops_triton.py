@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from samsa_geo.nn.models import SamsaPointClassifier
-from samsa_geo.ops import fps, knn, knn_graph, use_backend, value_checks
+from samsa_geo.ops import (
+    fps,
+    knn,
+    knn_graph,
+    knn_neighbours,
+    use_backend,
+    value_checks,
+)
 from samsa_geo.ops._fallback import blocks as distance_blocks
 
 pytestmark = [
@@ -54,6 +61,45 @@ def test_knn_triton_128_clouds():
     assert torch.equal(graph, out.flip(0))
 
 
+@pytest.mark.parametrize('order', ['random', 'coherent', 'lattice'])
+def test_knn_dense_kernel_equals_brute_force_and_tiled(order, monkeypatch):
+    # The dense kernel of batches of small clouds: points in random order,
+    # in a spatially coherent order (sorted along x: its groups of strided
+    # candidates still spread over the cloud) and on a lattice (exact ties
+    # everywhere, scratch overflows). The tiled kernel agrees exactly.
+    from samsa_geo.ops._triton import knn as knn_module
+    clouds, n, k = 128, 1024, 16
+    pos = torch.rand(clouds, n, 3, device='cuda')
+    if order == 'coherent':
+        pos = pos.gather(1, pos[..., :1].argsort(1).expand(-1, -1, 3))
+    if order == 'lattice':
+        pos = (pos * 4).round() / 4
+    pos = pos.reshape(-1, 3)  # [clouds * n, 3]
+    batch = torch.arange(clouds, device='cuda').repeat_interleave(n)
+    out = knn(pos, pos, k, batch, batch, batch_size=clouds, backend='triton')
+    _assert_brute_force(out, pos, pos, k, batch, batch)
+    monkeypatch.setattr(knn_module, 'DENSE_MEAN_SIZE', 0)
+    assert torch.equal(out, knn(pos, pos, k, batch, batch, backend='triton'))
+
+
+def test_knn_neighbours_never_syncs_and_knn_once():
+    # With batch_size given and value checks off, the table needs no read;
+    # knn reads once (the empty slots), with value checks too.
+    pos = torch.randn(64 * 1024, 3, device='cuda')
+    batch = torch.arange(64, device='cuda').repeat_interleave(1024)
+    table = knn_neighbours(pos, pos, 16, batch, batch, 64, backend='triton')
+    syncs = _count_syncs(lambda: knn_neighbours(pos, pos, 16, batch, batch,
+                                                64, backend='triton'))
+    assert syncs == []
+    edges = knn(pos, pos, 16, batch, batch, batch_size=64, backend='triton')
+    assert torch.equal(edges[1].view(-1, 16), table)
+    with value_checks(True):
+        syncs = _count_syncs(lambda: knn(pos, pos, 16, batch, batch,
+                                         batch_size=64, backend='triton'),
+                             checks=True)
+    assert len(syncs) == 1, syncs
+
+
 @pytest.mark.parametrize('cloud', ['uniform', 'clustered'])
 def test_knn_triton_100k_points(cloud):
     n, k = 100_000, 16
@@ -89,9 +135,10 @@ def test_fps_triton_equals_fallback(sizes):
         assert torch.equal(*out)
 
 
-def _count_syncs(fn):
+def _count_syncs(fn, checks=False):
     torch.cuda.synchronize()
-    with value_checks(False), warnings.catch_warnings(record=True) as caught:
+    with value_checks(checks), \
+            warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         torch.cuda.set_sync_debug_mode('warn')
         try:

@@ -7,7 +7,15 @@ import os
 import pytest
 import torch
 
-from samsa_geo.ops import _triton, fps, knn, knn_graph, radius
+from samsa_geo.ops import (
+    _triton,
+    fps,
+    knn,
+    knn_graph,
+    knn_neighbours,
+    radius,
+    value_checks,
+)
 from samsa_geo.ops._fallback import blocks as distance_blocks
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -50,8 +58,18 @@ CASES = {
 }
 
 
+@pytest.fixture(params=['dense', 'tiled'])
+def knn_kernel(request, kernels, monkeypatch):
+    # The kernel that knn_triton picks: the dense one for batches of small
+    # examples, the tiled one (forced here) for large examples.
+    knn_module, _ = kernels
+    if request.param == 'tiled':
+        monkeypatch.setattr(knn_module, 'DENSE_MEAN_SIZE', 0)
+    return request.param
+
+
 @pytest.mark.parametrize('case', list(CASES))
-def test_knn_triton_equals_brute_force(kernels, case):
+def test_knn_triton_equals_brute_force(knn_kernel, case):
     sizes_x, sizes_y, k, num_features = CASES[case]
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(sum(sizes_x), num_features, generator=gen).to(DEVICE)
@@ -62,17 +80,24 @@ def test_knn_triton_equals_brute_force(kernels, case):
         y = torch.rand(sum(sizes_y), num_features, generator=gen).to(DEVICE)
         y = y * 1.5 - 0.25  # queries inside and outside the candidates' box
         batch_y = _batch(sizes_y)
-    out = knn(x, y, k, batch_x, batch_y, backend='triton')
     expected = _stable_reference(x, y, k, batch_x, batch_y)
-    assert torch.equal(out, expected)
+    for batch_size in [None, len(sizes_x)]:  # read at once, or deferred
+        out = knn(x, y, k, batch_x, batch_y, batch_size=batch_size,
+                  backend='triton')
+        assert torch.equal(out, expected)
     # Random points have no ties: the pure-PyTorch path agrees exactly.
     assert torch.equal(out, knn(x, y, k, batch_x, batch_y, backend='torch'))
+    table = knn_neighbours(x, y, k, batch_x, batch_y, backend='triton')
+    assert torch.equal(table, knn_neighbours(x, y, k, batch_x, batch_y,
+                                             backend='torch'))
+    assert torch.equal(table[table >= 0], expected[1])
     if sizes_y is None:
         graph = knn_graph(x, k, batch_x, backend='triton')
         assert torch.equal(graph, knn_graph(x, k, batch_x, backend='torch'))
 
 
-def test_knn_triton_ties_by_index_and_box_skips(kernels, monkeypatch):
+def test_knn_triton_ties_by_index_and_box_skips(knn_kernel, kernels,
+                                                monkeypatch):
     # Duplicated lattice points tie exactly: equal distances come in index
     # order. Without the tiles near each block ranked first, every tile
     # goes through the box bound; the result is the same.
@@ -83,9 +108,9 @@ def test_knn_triton_ties_by_index_and_box_skips(kernels, monkeypatch):
                           manual_seed(2)).to(DEVICE)
     x = x[perm]
     batch = torch.zeros(x.size(0), dtype=torch.long, device=DEVICE)
-    knn_kernel, _ = kernels
-    for near in [knn_kernel.NEAR_TILES, 0]:
-        monkeypatch.setattr(knn_kernel, 'NEAR_TILES', near)
+    knn_module, _ = kernels
+    for near in [knn_module.NEAR_TILES, 0]:
+        monkeypatch.setattr(knn_module, 'NEAR_TILES', near)
         out = knn(x, x, 6, batch, batch, backend='triton')
         assert torch.equal(out, _stable_reference(x, x, 6, batch, batch))
     # Clustered examples far apart: boxes of other clusters are skipped.
@@ -95,6 +120,51 @@ def test_knn_triton_ties_by_index_and_box_skips(kernels, monkeypatch):
     zeros = torch.zeros(60, dtype=torch.long, device=DEVICE)
     out = knn(y, y, 4, backend='triton')
     assert torch.equal(out, _stable_reference(y, y, 4, zeros, zeros))
+
+
+# (BLOCK_Q, BLOCK_P, GROUPS, CAP, warps) of the dense kernel: candidates
+# bounded by group minima (scratch of 16 and of 4 slots: the latter
+# overflows, then the whole tile is ranked), all candidates ranked at once
+# (GROUPS < KP), and examples spanning several tiles.
+DENSE_CONFIGS = [(16, 32, 8, 16, 1), (16, 32, 8, 4, 1), (8, 16, 2, 8, 1),
+                 (32, 8, 4, 8, 1)]
+
+
+@pytest.mark.parametrize('config', DENSE_CONFIGS)
+def test_knn_dense_paths_equal_brute_force(kernels, monkeypatch, config):
+    from samsa_geo.ops._triton import knn_dense
+    monkeypatch.setattr(knn_dense, 'dense_config', lambda k, size: config)
+    sizes = [30, 0, 41, 3]
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(sum(sizes), 3, generator=gen)
+    x[:40] = (x[:40] * 2).round() / 2  # many exact ties
+    x = x.to(DEVICE)
+    batch = _batch(sizes)
+    for k in [4, 1]:
+        out = knn(x, x, k, batch, batch, batch_size=4, backend='triton')
+        assert torch.equal(out, _stable_reference(x, x, k, batch, batch))
+
+
+def test_knn_triton_value_checks_and_deferred_read(kernels):
+    # With batch_size given, the checks are read with the empty-slot count
+    # after the kernel: the errors are the same.
+    x = torch.rand(12, 3, device=DEVICE)
+    batch = _batch([5, 7])
+    bad = x.clone()
+    bad[3, 1] = float('nan')
+    for batch_size in [None, 2]:
+        with pytest.raises(ValueError, match="'x' to hold finite"):
+            knn(bad, bad, 3, batch, batch, batch_size=batch_size,
+                backend='triton')
+        with pytest.raises(ValueError, match="'batch_x' to be sorted"):
+            knn(x, x, 3, batch.flip(0), batch.flip(0),
+                batch_size=batch_size, backend='triton')
+    with pytest.raises(ValueError, match="'batch_size' to be at least"):
+        knn(x, x, 3, batch, batch, batch_size=1, backend='triton')
+    with value_checks(False):  # nothing to read: the table as is
+        table = knn_neighbours(x, x, 3, batch, batch, 2, backend='triton')
+    assert torch.equal(table, knn_neighbours(x, x, 3, batch, batch,
+                                             backend='torch'))
 
 
 @pytest.mark.parametrize('register_points', [4096, 16])
@@ -123,14 +193,14 @@ def test_fps_triton_equals_fallback(kernels, monkeypatch, register_points):
 
 def test_knn_custom_operator(kernels):
     x = torch.rand(20, 3, device=DEVICE)
-    ptr = torch.tensor([0, 20], device=DEVICE)
     batch = torch.zeros(20, dtype=torch.long, device=DEVICE)
-    nbr = torch.ops.samsa_geo.knn_neighbours(x, x, 3, ptr, ptr, batch,
-                                             batch, True)
-    assert nbr.size() == (20, 3)
-    assert torch.equal(nbr[:, 0], torch.arange(20, device=DEVICE))
+    nbr = torch.ops.samsa_geo.knn_neighbours(x, x, 3, batch, batch, 1, True)
+    assert nbr.size() == (2, 20, 3)
+    rows = torch.arange(20, device=DEVICE)
+    assert torch.equal(nbr[0], rows.view(-1, 1).expand(-1, 3))
+    assert torch.equal(nbr[1, :, 0], rows)
     torch.library.opcheck(torch.ops.samsa_geo.knn_neighbours.default,
-                          (x, x, 3, ptr, ptr, batch, batch, True),
+                          (x, x, 3, batch, batch, 1, True),
                           test_utils=('test_schema', 'test_faketensor'))
 
 
@@ -162,19 +232,28 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from samsa_geo.ops._triton import fps, knn
+from samsa_geo.ops._triton import fps, knn, knn_dense
 
 target = GPUTarget('cuda', 90, 32)
 ptrs = dict(xs='*fp32', ids='*i32', key_x='*i64', ys='*fp32', y_ids='*i32',
             key_y='*i64', ptr_x='*i64', ptr_y='*i64', first='*i64',
-            tile_box='*fp32', out='*i64')
+            tile_box='*fp32', out='*i64', missing='*i64', x='*fp32',
+            y='*fp32', batch_y='*i64', scratch='*i64')
 kernels = []
 for F, KP, BM, same in [(3, 16, 32, True), (2, 32, 32, False),
                         (1, 64, 16, False)]:
-    sig = {a: ptrs.get(a, 'i32') for a in knn._knn_kernel.arg_names[:16]}
-    const = dict(F=F, KP=KP, SAME=same, BLOCK_M=BM, BLOCK_N=32, BLOCK_T=64,
-                 NEAR=2)
+    const = dict(F=F, KP=KP, SAME=same, COUNT=same, BLOCK_M=BM, BLOCK_N=32,
+                 BLOCK_T=64, NEAR=2)
+    sig = {a: ptrs.get(a, 'i32') for a in knn._knn_kernel.arg_names
+           if a not in const}
     kernels.append((knn._knn_kernel, sig, const, 4))
+for F, KP, count in [(3, 16, True), (2, 64, False)]:
+    block_q, block_p, groups, cap, warps = knn_dense.dense_config(KP, 1024)
+    const = dict(F=F, KP=KP, HAS_BATCH=count, COUNT=count, BLOCK_Q=block_q,
+                 BLOCK_P=block_p, GROUPS=groups, CAP=cap)
+    sig = {a: ptrs.get(a, 'i32') for a in knn_dense._dense_knn_kernel.arg_names
+           if a not in const}
+    kernels.append((knn_dense._dense_knn_kernel, sig, const, warps))
 sig = dict(src='*fp32', stride_n='i32', stride_f='i32', perm='*i64', N='i32',
            dst='*fp32', n_pad='i32', ids='*i32', box='*fp32', t_pad='i32')
 kernels.append((knn._gather_kernel, sig, dict(F=3, BOX=True, BLOCK=32), 4))
@@ -201,4 +280,4 @@ print('compiled', len(kernels))
 def test_kernels_compile_for_sm90(compiled_run):
     # The interpreter runs the kernels' Python; this compiles them to
     # H100/H200 machine code (no GPU needed), as a launch on CUDA would.
-    assert 'compiled 7' in compiled_run(COMPILE_SCRIPT)
+    assert 'compiled 9' in compiled_run(COMPILE_SCRIPT)

@@ -1,11 +1,13 @@
-from typing import Optional
+from typing import List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import GELU, LayerNorm, Linear, Module, Sequential
 from torch_geometric.nn.inits import reset
 from torch_geometric.utils import scatter
 
+from samsa_geo.nn.attention import config
 from samsa_geo.nn.encoders._point_geometry import (
     centroid,
     check_points,
@@ -13,7 +15,7 @@ from samsa_geo.nn.encoders._point_geometry import (
     safe_cos,
     safe_norm,
 )
-from samsa_geo.ops import knn_graph
+from samsa_geo.ops import knn_neighbours, value_checks
 from samsa_geo.ops.validation import check_edge_index
 
 
@@ -119,24 +121,45 @@ class PPFPointEncoder(Module):
         N = pos.size(0)
         j, i = edge_index
         p_i, p_j = pos[i], pos[j]  # [E, 3]
-        d = p_j - p_i
         m = scatter(p_j, i, dim=0, dim_size=N, reduce='mean')[i]  # [E, 3]
-        a, b = p_i - m, p_j - m
-        c = centroid(pos, batch, num_clouds)[batch]  # [N, 3]
-        u = pos - c
-        u_i, u_j = u[i], u[j]
-        feats = [
-            safe_norm(d), safe_norm(a), safe_norm(b),
-            safe_cos(a, d), safe_cos(a, b),
-            safe_norm(u_i), safe_norm(u_j), safe_cos(u_i, d)
-        ]
+        u = pos - centroid(pos, batch, num_clouds)[batch]  # [N, 3]
+        u_norm = safe_norm(u)  # [N]
+        n_i = n_j = None
         if normal is not None:
             n_i, n_j = normal[i], normal[j]
-            feats += [safe_cos(n_i, d), safe_cos(n_j, d), safe_cos(n_i, n_j),
-                      safe_cos(n_i, u_i)]
-        else:
+        feats = _pair_features(p_i, p_j, m, u[i], u_norm[i], u[j],
+                               u_norm[j], n_i, n_j)
+        if normal is None:
             feats += [torch.zeros_like(feats[0])] * 4
         return torch.stack(feats, dim=-1)  # [E, 12]
+
+    def neighbourhood_features(self, pos: Tensor, batch: Tensor,
+                               num_clouds: int, nbr: Tensor,
+                               normal: Optional[Tensor] = None) -> Tensor:
+        r"""The point-pair features of the neighbourhoods given as a table
+        :obj:`nbr` :math:`(N, k)` (row :math:`i` the points :math:`j` of
+        :math:`\mathcal{N}(i)`, :obj:`-1` padded, as
+        :func:`~samsa_geo.ops.knn_neighbours`), shape :math:`(N, k, 12)`,
+        or :math:`(N, k, 8)` without normals (the four normal features,
+        zeros, left out). Padded slots repeat the first neighbour, which
+        leaves a maximum over the neighbourhood unchanged."""
+        dtype = geometry_dtype(pos)
+        pos = pos.to(dtype)
+        valid = nbr >= 0  # [N, k]
+        nbr = torch.where(valid, nbr, nbr[:, :1])
+        p_j = pos[nbr]  # [N, k, 3]
+        m = (p_j * valid.unsqueeze(-1)).sum(1, keepdim=True) / \
+            valid.sum(1).view(-1, 1, 1)  # [N, 1, 3]
+        u = pos - centroid(pos, batch, num_clouds)[batch]  # [N, 3]
+        u_norm = safe_norm(u)  # [N]
+        n_i = n_j = None
+        if normal is not None:
+            normal = normal.to(dtype)
+            n_i, n_j = normal.unsqueeze(1), normal[nbr]  # [N, 1|k, 3]
+        feats = _pair_features(pos.unsqueeze(1), p_j, m, u.unsqueeze(1),
+                               u_norm.unsqueeze(1), u[nbr], u_norm[nbr],
+                               n_i, n_j)
+        return torch.stack(torch.broadcast_tensors(*feats), dim=-1)
 
     def forward(
         self,
@@ -158,13 +181,26 @@ class PPFPointEncoder(Module):
     ) -> Tensor:
         r"""The tokens :math:`(N, C)` of :meth:`forward` on inputs already
         validated (``batch`` given and sorted, ``num_clouds`` clouds): the
-        entry point of a model that checked its points once."""
-        if edge_index is None:
-            edge_index = knn_graph(pos.detach(), self.num_neighbors, batch,
-                                   loop=True, batch_size=num_clouds)
-        else:
-            check_edge_index(edge_index)
+        entry point of a model that checked its points once.
+
+        Without ``edge_index``, the neighbourhoods come as a table
+        (:func:`~samsa_geo.ops.knn_neighbours`) and are pooled as a dense
+        :math:`(N, k, \cdot)` block (no scatter, and on the GPU no wait
+        for the device unless in debug mode)."""
         dtype = self.lin_out.weight.dtype
+        if edge_index is None:
+            points = pos.detach()
+            with value_checks(config.checks_values(pos.device)):
+                nbr = knn_neighbours(points, points, self.num_neighbors,
+                                     batch, batch, num_clouds)  # [N, k]
+            f = self.neighbourhood_features(pos, batch, num_clouds, nbr,
+                                            normal).to(dtype)
+            first = self.edge_nn[0]  # the features left out are zeros
+            h = F.linear(f, first.weight[:, :f.size(-1)], first.bias)
+            for module in list(self.edge_nn)[1:]:
+                h = module(h)  # [N, k, hidden]
+            return self.lin_out(h.amax(dim=1))
+        check_edge_index(edge_index)
         f = self.features(pos, batch, num_clouds, edge_index, normal).to(dtype)
         h = self.edge_nn(f)  # [E, hidden]
         h = scatter(h, edge_index[1], dim=0, dim_size=pos.size(0),
@@ -174,3 +210,28 @@ class PPFPointEncoder(Module):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, '
                 f'num_neighbors={self.num_neighbors})')
+
+
+def _pair_features(p_i: Tensor, p_j: Tensor, m: Tensor, u_i: Tensor,
+                   u_i_norm: Tensor, u_j: Tensor, u_j_norm: Tensor,
+                   n_i: Optional[Tensor],
+                   n_j: Optional[Tensor]) -> List[Tensor]:
+    # The features of PPFPointEncoder (8 without normals, 12 with them) of
+    # broadcastable pairs: the norms computed once and shared by the
+    # cosines, whose arithmetic is that of safe_cos.
+    d = p_j - p_i
+    a, b = p_i - m, p_j - m
+    d_norm, a_norm, b_norm = safe_norm(d), safe_norm(a), safe_norm(b)
+    feats = [
+        d_norm, a_norm, b_norm,
+        _dot(a, d) / (a_norm * d_norm), _dot(a, b) / (a_norm * b_norm),
+        u_i_norm, u_j_norm, _dot(u_i, d) / (u_i_norm * d_norm),
+    ]
+    if n_i is not None and n_j is not None:
+        feats += [safe_cos(n_i, d), safe_cos(n_j, d), safe_cos(n_i, n_j),
+                  safe_cos(n_i, u_i)]
+    return feats
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum(-1)

@@ -9,7 +9,7 @@ from samsa_geo.nn.attention import config
 from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
 from samsa_geo.nn.encoders._point_geometry import centroid, check_points
-from samsa_geo.ops import knn_graph
+from samsa_geo.ops import knn_graph, value_checks
 from samsa_geo.ops.validation import check_tensor
 
 ENCODERS = ('linear', 'sft', 'ppf')
@@ -219,9 +219,10 @@ class SamsaPointBackbone(Module):
         pos_c = pos - centroid(pos, batch, B)[batch]  # [N, 3]
 
         edge_index = None
-        if self.encoder_type == 'ppf' or self.local_conv:
-            edge_index = knn_graph(pos_c.detach(), self.num_neighbors, batch,
-                                   loop=True, batch_size=B)
+        if self.local_conv:  # else the PPF encoder ranks its neighbours
+            with value_checks(config.checks_values(pos.device)):
+                edge_index = knn_graph(pos_c.detach(), self.num_neighbors,
+                                       batch, loop=True, batch_size=B)
         h = self._tokens(pos, pos_c, layout, x, normal, edge_index)
         if token_bias is not None:
             h = h + token_bias

@@ -8,7 +8,7 @@ without it.
 import contextlib
 import importlib.util
 import os
-from typing import ContextManager
+from typing import ContextManager, Optional
 
 import torch
 from torch import Tensor
@@ -60,35 +60,37 @@ def fps_supported(src: Tensor, forced: bool = False) -> bool:
             and src.size(0) < MAX_POINTS)
 
 
-def knn_indices(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
-                ptr_y: Tensor, batch_x: Tensor, batch_y: Tensor,
-                same: bool) -> Tensor:
-    r"""The kNN kernel: through the custom operator :func:`knn_neighbours`
+def knn_indices(x: Tensor, y: Tensor, k: int,
+                batch_x: Optional[Tensor], batch_y: Optional[Tensor],
+                num_examples: int, same: bool,
+                missing: Optional[Tensor] = None) -> Tensor:
+    r"""The kNN kernels: through the custom operator :func:`knn_neighbours`
     under :func:`torch.compile`, directly (without the operator's dispatch
-    cost) in eager mode."""
+    cost, and counting empty slots into :obj:`missing`) in eager mode."""
     if torch.compiler.is_compiling():
-        return knn_neighbours(x, y, k, ptr_x, ptr_y, batch_x, batch_y, same)
+        return knn_neighbours(x, y, k, batch_x, batch_y, num_examples, same)
     from samsa_geo.ops._triton.knn import knn_triton
     with device_guard(x.device):
-        return knn_triton(x, x if same else y, k, ptr_x, ptr_y, batch_x,
-                          batch_y)
+        return knn_triton(x, x if same else y, k, batch_x, batch_y,
+                          num_examples, missing)
 
 
 @torch.library.custom_op('samsa_geo::knn_neighbours', mutates_args=())
-def knn_neighbours(x: Tensor, y: Tensor, k: int, ptr_x: Tensor,
-                   ptr_y: Tensor, batch_x: Tensor, batch_y: Tensor,
-                   same: bool) -> Tensor:
+def knn_neighbours(x: Tensor, y: Tensor, k: int,
+                   batch_x: Optional[Tensor], batch_y: Optional[Tensor],
+                   num_examples: int, same: bool) -> Tensor:
     r"""The :obj:`k` nearest candidates of every query
-    (:func:`~samsa_geo.ops._triton.knn.knn_triton`), :obj:`[M, k]` global
-    indices, :obj:`-1` where an example has fewer candidates;
-    :obj:`same` says that :obj:`y` is :obj:`x`."""
+    (:func:`~samsa_geo.ops._triton.knn.knn_triton`), :obj:`[2, M, k]`: row
+    0 the query, row 1 the global indices of its neighbours, :obj:`-1` in
+    both where an example has fewer candidates; :obj:`same` says that
+    :obj:`y` is :obj:`x`."""
     # Imported here: Triton is needed only where the kernel runs.
     from samsa_geo.ops._triton.knn import knn_triton
     with device_guard(x.device):
-        return knn_triton(x, x if same else y, k, ptr_x, ptr_y, batch_x,
-                          batch_y)
+        return knn_triton(x, x if same else y, k, batch_x, batch_y,
+                          num_examples)
 
 
 @knn_neighbours.register_fake
-def _(x, y, k, ptr_x, ptr_y, batch_x, batch_y, same):
-    return y.new_empty(y.size(0), k, dtype=torch.long)
+def _(x, y, k, batch_x, batch_y, num_examples, same):
+    return y.new_empty(2, y.size(0), k, dtype=torch.long)

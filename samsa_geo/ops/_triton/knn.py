@@ -1,4 +1,7 @@
-r"""Exact k-nearest neighbours on the GPU, written in Triton.
+r"""Exact k-nearest neighbours on the GPU, written in Triton:
+:func:`knn_triton` sends batches of small examples to the brute-force
+kernel of :mod:`.knn_dense` and larger examples to the tiled kernel of this
+module.
 
 Points are first ordered along a Morton (Z-order) curve within each example,
 so that a run of consecutive points is spatially compact. One program ranks
@@ -23,7 +26,7 @@ distances are ordered by ascending index.
 Importing this module needs Triton.
 """
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -31,7 +34,12 @@ import triton.language as tl
 from torch import Tensor
 
 from samsa_geo.ops._triton import MAX_POINTS
+from samsa_geo.ops._triton.knn_dense import knn_dense
+from samsa_geo.ops._utils import batch_to_ptr
 
+#: Largest mean number of candidates per example that
+#: :func:`knn_triton` ranks by brute force.
+DENSE_MEAN_SIZE = 4096
 #: Tiles on either side of the queries' place on the curve that are ranked
 #: before any tile is skipped.
 NEAR_TILES = 2
@@ -166,8 +174,9 @@ def _rank_tile(t, xs, n_pad, ids, q0, q1, q2, row_ok, c_start, c_end,
 
 @triton.jit
 def _knn_kernel(xs, n_pad, ids, key_x, ys, m_pad, y_ids, key_y, ptr_x,
-                ptr_y, first, num_examples, tile_box, t_pad, out, K,
-                F: tl.constexpr, KP: tl.constexpr, SAME: tl.constexpr,
+                ptr_y, first, num_examples, tile_box, t_pad, out, missing, M,
+                K, F: tl.constexpr, KP: tl.constexpr, SAME: tl.constexpr,
+                COUNT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 BLOCK_T: tl.constexpr, NEAR: tl.constexpr):
     # Query blocks never cross examples: example b owns the blocks
@@ -257,18 +266,26 @@ def _knn_kernel(xs, n_pad, ids, key_x, ys, m_pad, y_ids, key_y, ptr_x,
                         bound = tl.max(tl.where(row_ok, worst_d,
                                                 -float('inf')), axis=0)
 
-    # Sorted output: ascending (distance, index); -1 for empty slots.
-    out_rows = tl.load(y_ids + rows, mask=row_ok, other=0)
+    # Sorted output: ascending (distance, index); out[0] the query, out[1]
+    # its neighbours, -1 in both for empty slots.
+    out_rows = tl.load(y_ids + rows, mask=row_ok, other=0).to(tl.int64)
+    empty = tl.zeros([BLOCK_M], dtype=tl.int64)
     for j in tl.static_range(KP):
         m = tl.min(best_d, axis=1)
         mi = tl.min(tl.where(best_d == m[:, None], best_i, _INVALID), axis=1)
         if j >= KP - K:
-            val = tl.where(mi >= _EMPTY, -1, mi).to(tl.int64)
-            tl.store(out + out_rows.to(tl.int64) * K + (j - (KP - K)), val,
+            offs = out_rows * K + (j - (KP - K))
+            tl.store(out + offs, tl.where(mi >= _EMPTY, -1, out_rows),
                      mask=row_ok)
+            tl.store(out + M * K + offs,
+                     tl.where(mi >= _EMPTY, -1, mi).to(tl.int64),
+                     mask=row_ok)
+            empty += (row_ok & (mi >= _EMPTY)).to(tl.int64)
         taken = best_i == mi[:, None]
         best_d = tl.where(taken, float('inf'), best_d)
         best_i = tl.where(taken, _INVALID, best_i)
+    if COUNT:
+        tl.atomic_add(missing, tl.sum(empty, axis=0))
 
 
 def _config(k: int) -> Tuple[int, int, int]:
@@ -313,30 +330,43 @@ def _gather(pos: Tensor, perm: Tensor, block: int, box: bool
     return dst, ids, boxes
 
 
-def knn_triton(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, ptr_y: Tensor,
-               batch_x: Tensor, batch_y: Tensor) -> Tensor:
+def knn_triton(x: Tensor, y: Tensor, k: int,
+               batch_x: Optional[Tensor], batch_y: Optional[Tensor],
+               num_examples: int, missing: Optional[Tensor] = None
+               ) -> Tensor:
     r"""For every query of :obj:`y`, its :obj:`k` nearest candidates of
-    :obj:`x` in the same example, in ascending (distance, index) order.
+    :obj:`x` in the same example, in ascending (distance, index) order:
+    batches of small examples (:func:`use_dense`) ranked by
+    :func:`~samsa_geo.ops._triton.knn_dense.knn_dense`, others by the
+    tiled kernel of this module.
 
-    Args:
-        x (Tensor): Candidates :obj:`[N, F]` float32, :math:`F \le 3`.
-        y (Tensor): Queries :obj:`[M, F]` float32 (may be :obj:`x`).
-        k (int): Neighbours per query, at most
-            :obj:`samsa_geo.ops._triton.MAX_K`.
-        ptr_x, ptr_y (Tensor): Example boundaries :obj:`[B + 1]`.
-        batch_x, batch_y (Tensor): Sorted batch vectors :obj:`[N]`,
-            :obj:`[M]`.
-
-    Returns:
-        Global candidate indices :obj:`[M, k]` (int64); :obj:`-1` where an
-        example holds fewer than :obj:`k` candidates.
+    The arguments and the :obj:`[2, M, k]` output are those of
+    :func:`~samsa_geo.ops._triton.knn_dense.knn_dense`, with the batch
+    vectors :obj:`batch_x` and :obj:`batch_y` (:obj:`None` for one example)
+    in place of the boundaries.
     """
     device = x.device
     n, num_features = x.size()
     m = y.size(0)
-    num_examples = ptr_x.numel() - 1
+    several = num_examples > 1 and batch_x is not None \
+        and batch_y is not None
+    if use_dense(n, num_examples):
+        if not several:
+            return knn_dense(x, y, k, None, None, 1, missing)
+        return knn_dense(x, y, k, batch_to_ptr(batch_x, n, num_examples,
+                                               device), batch_y,
+                         num_examples, missing)
+    ptr_x = batch_to_ptr(batch_x if several else None, n, num_examples,
+                         device)  # [B + 1]
+    same = y is x
+    if batch_x is None:
+        batch_x = x.new_zeros(n, dtype=torch.long)
+    if batch_y is None:
+        batch_y = batch_x if same else y.new_zeros(m, dtype=torch.long)
+    ptr_y = ptr_x if same else batch_to_ptr(batch_y, m, num_examples,
+                                             device)
     block_m, block_n, num_warps = _config(k)
-    out = torch.full((m, k), -1, dtype=torch.long, device=device)
+    out = torch.full((2, m, k), -1, dtype=torch.long, device=device)
     if n == 0 or m == 0:
         return out
 
@@ -350,7 +380,6 @@ def knn_triton(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, ptr_y: Tensor,
     scale = cells / (hi - lo).clamp(min=1e-30)
     scale = torch.where(hi > lo, scale, 0.0).contiguous()
     key_x, perm_x = _curve_order(x, batch_x, num_examples, lo, scale)
-    same = y is x
     key_y, perm_y = (key_x, perm_x) if same else _curve_order(
         y, batch_y, num_examples, lo, scale)
 
@@ -361,8 +390,19 @@ def knn_triton(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, ptr_y: Tensor,
     first = torch.cat([per_example.new_zeros(1), per_example.cumsum(0)])
     _knn_kernel[(triton.cdiv(m, block_m) + num_examples, )](
         xs, xs.size(1), ids, key_x, ys, ys.size(1), y_ids, key_y, ptr_x,
-        ptr_y, first, num_examples, box, box.size(1), out, k,
-        F=num_features, KP=max(triton.next_power_of_2(k), 2), SAME=same,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_T=16 if _INTERPRETED else 64,
-        NEAR=NEAR_TILES, num_warps=num_warps, enable_fp_fusion=False)
+        ptr_y, first, num_examples, box, box.size(1), out,
+        missing if missing is not None else out, m, k, F=num_features,
+        KP=max(triton.next_power_of_2(k), 2), SAME=same,
+        COUNT=missing is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_T=16 if _INTERPRETED else 64, NEAR=NEAR_TILES,
+        num_warps=num_warps, enable_fp_fusion=False)
     return out
+
+
+def use_dense(num_points: int, num_examples: int) -> bool:
+    r"""Whether :func:`knn_triton` ranks every candidate of an example
+    (:func:`~samsa_geo.ops._triton.knn_dense.knn_dense`): when the
+    examples hold at most :obj:`DENSE_MEAN_SIZE` candidates on average.
+    Its work grows with the square of the examples' sizes, so one large
+    example in a batch of small ones costs more than the tiled kernel."""
+    return num_points <= DENSE_MEAN_SIZE * max(num_examples, 1)

@@ -1,0 +1,242 @@
+r"""Exact k-nearest neighbours of small examples on the GPU, written in
+Triton: every query is ranked against every candidate of its example.
+
+One program ranks ``BLOCK_Q`` consecutive queries (in their input order, no
+sorting) against the candidates of their examples, streamed in tiles of
+``BLOCK_P`` consecutive candidates. Each pair becomes one 64-bit key,
+
+.. math::
+    \kappa_{ij} = \operatorname{bits}(d_{ij}) \cdot 2^{32} + j,
+
+where :math:`\operatorname{bits}(d)` is the IEEE-754 pattern of the float32
+squared distance. Squared distances are non-negative, so the order of the
+keys is the order of :math:`(d_{ij}, j)`: by distance, equal distances by
+index, as the brute-force reference with a stable sort. A tile's best
+``KP`` keys per query come from a bitonic top-k
+(:func:`triton.language.topk`) and are merged into the running best by one
+bitonic step (the minimum of the best list and the reversed tile list holds
+the ``KP`` smallest keys of both, then a sort of ``KP`` keys).
+
+Distances are computed in float32 as
+:math:`((y_0 - x_0)^2 + (y_1 - x_1)^2) + (y_2 - x_2)^2` without fused
+multiply-adds, the arithmetic of the pure-PyTorch path
+(:func:`~samsa_geo.ops._fallback.blocks.distances`), so the neighbour
+lists are those of the brute force exactly.
+
+The work per query is linear in its example's size: the kernel serves
+batches of small examples (a few thousand points each); large examples go
+to the tiled kernel of :mod:`.knn`, which skips distant candidates.
+
+Importing this module needs Triton.
+"""
+import os
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# Key of a slot without candidate: above every (distance, index) key.
+_NO_KEY: tl.constexpr = tl.constexpr(2**63 - 1)
+_INDEX_BITS: tl.constexpr = tl.constexpr(0xFFFFFFFF)
+_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
+
+
+@triton.jit
+def _distances(x, stride_xn, stride_xf, cols, mask, q0, q1, q2,
+               F: tl.constexpr):
+    # Squared distances between the queries q* and the candidates at cols,
+    # broadcast: ((q0 - x0)^2 + (q1 - x1)^2) + (q2 - x2)^2.
+    diff = q0 - tl.load(x + cols * stride_xn, mask=mask, other=0.0)
+    d = diff * diff
+    if F > 1:
+        diff = q1 - tl.load(x + cols * stride_xn + stride_xf, mask=mask,
+                            other=0.0)
+        d = d + diff * diff
+    if F > 2:
+        diff = q2 - tl.load(x + cols * stride_xn + 2 * stride_xf,
+                            mask=mask, other=0.0)
+        d = d + diff * diff
+    return d
+
+
+@triton.jit
+def _keys(d, index):
+    # bits(d) * 2^32 + index: ordered as (d, index) for d >= 0.
+    return (d.to(tl.int32, bitcast=True).to(tl.int64) << 32) | \
+        index.to(tl.int64)
+
+
+@triton.jit
+def _top_direct(x, stride_xn, stride_xf, p0, hi, c_start, c_end, q0, q1, q2,
+                F: tl.constexpr, KP: tl.constexpr, BLOCK_P: tl.constexpr):
+    # The KP smallest keys of the tile, ascending (the largest
+    # complements): a bitonic top-k over all its candidates.
+    cols = p0 + tl.arange(0, BLOCK_P)
+    d = _distances(x, stride_xn, stride_xf, cols[None, :],
+                   cols[None, :] < hi, q0[:, None], q1[:, None],
+                   q2[:, None], F)  # [BLOCK_Q, BLOCK_P]
+    ok = (cols[None, :] >= c_start[:, None]) & (cols[None, :] < c_end[:, None])
+    key = tl.where(ok, _keys(d, cols[None, :]), _NO_KEY)
+    return ~tl.topk(~key, KP, dim=1)  # [BLOCK_Q, KP]
+
+
+@triton.jit
+def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
+                      batch_y, ptr_x, out, scratch, missing, N, M, K, B,
+                      F: tl.constexpr, KP: tl.constexpr,
+                      HAS_BATCH: tl.constexpr, COUNT: tl.constexpr,
+                      BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                      GROUPS: tl.constexpr, CAP: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = rows < M
+    # Candidates of each query's example: [c_start, c_end), clamped so
+    # that malformed batch vectors never read out of bounds.
+    if HAS_BATCH:
+        b = tl.load(batch_y + rows, mask=row_ok, other=0)
+        b = tl.minimum(tl.maximum(b, 0), B - 1)
+        c_start = tl.load(ptr_x + b, mask=row_ok, other=0).to(tl.int32)
+        c_end = tl.load(ptr_x + b + 1, mask=row_ok, other=0).to(tl.int32)
+        c_end = tl.minimum(tl.maximum(c_end, 0), N)
+        c_start = tl.minimum(tl.maximum(c_start, 0), c_end)
+    else:
+        c_start = tl.zeros([BLOCK_Q], dtype=tl.int32)
+        c_end = tl.zeros([BLOCK_Q], dtype=tl.int32) + N
+    c_end = tl.where(row_ok, c_end, c_start)
+    lo = tl.min(tl.where(row_ok, c_start, N), axis=0)
+    hi = tl.max(c_end, axis=0)
+
+    q0 = tl.load(y + rows * stride_yn, mask=row_ok, other=0.0)
+    q1 = q0
+    q2 = q0
+    if F > 1:
+        q1 = tl.load(y + rows * stride_yn + stride_yf, mask=row_ok,
+                     other=0.0)
+    if F > 2:
+        q2 = tl.load(y + rows * stride_yn + 2 * stride_yf, mask=row_ok,
+                     other=0.0)
+
+    best = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
+    G: tl.constexpr = BLOCK_P // GROUPS  # candidates per group
+    slot = tl.arange(0, CAP)
+    for p0 in range(lo, hi, BLOCK_P):
+        if GROUPS >= KP:
+            # Group j holds the candidates p0 + j + GROUPS * i (strided,
+            # so that groups spread over the example). The KP-th smallest
+            # group minimum bounds the KP-th smallest distance: only
+            # candidates within it (and within the best so far) can rank.
+            cols = p0 + tl.arange(0, G)[:, None] * GROUPS + \
+                tl.arange(0, GROUPS)[None, :]  # [G, GROUPS]
+            d = _distances(x, stride_xn, stride_xf, cols, cols < hi,
+                           q0[:, None, None], q1[:, None, None],
+                           q2[:, None, None], F)  # [BLOCK_Q, G, GROUPS]
+            ok = (cols[None, :, :] >= c_start[:, None, None]) & \
+                (cols[None, :, :] < c_end[:, None, None])
+            d = tl.where(ok, d, float('inf'))
+            d_min = tl.min(d, axis=1)  # [BLOCK_Q, GROUPS]
+            bound = -tl.min(tl.topk(-d_min, KP, dim=1), axis=1)
+            worst = tl.max(best, axis=1)
+            kth = tl.where(worst == _NO_KEY, float('inf'), (worst >> 32).to(
+                tl.int32).to(tl.float32, bitcast=True))
+            bound = tl.minimum(bound, kth)  # [BLOCK_Q]
+            take = ok & (d <= bound[:, None, None])
+            # Compaction: each row's taken keys go to its CAP scratch
+            # slots, in candidate order (prefix sums of `take`).
+            t = take.to(tl.int32)
+            per_g = tl.sum(t, axis=2)  # [BLOCK_Q, G]
+            before = tl.cumsum(per_g, axis=1) - per_g
+            at = before[:, :, None] + tl.cumsum(t, axis=2) - t
+            count = tl.sum(per_g, axis=1)  # [BLOCK_Q]
+            if tl.max(count, axis=0) <= CAP:
+                base = scratch + rows.to(tl.int64) * CAP
+                tl.store(base[:, None, None] + at, _keys(d, cols[None, :, :]),
+                         mask=take)
+                tl.debug_barrier()
+                key = tl.load(base[:, None] + slot[None, :],
+                              mask=slot[None, :] < count[:, None],
+                              other=_NO_KEY)  # [BLOCK_Q, CAP]
+                tl.debug_barrier()
+                top = ~tl.topk(~key, KP, dim=1)
+            else:  # many candidates at about the same distance
+                top = _top_direct(x, stride_xn, stride_xf, p0, hi, c_start,
+                                  c_end, q0, q1, q2, F, KP, BLOCK_P)
+        else:
+            top = _top_direct(x, stride_xn, stride_xf, p0, hi, c_start,
+                              c_end, q0, q1, q2, F, KP, BLOCK_P)
+        if p0 == lo:
+            best = top
+        else:  # the KP smallest keys of both lists
+            both = tl.reshape(tl.join(best, top), [BLOCK_Q, 2 * KP])
+            best = ~tl.topk(~both, KP, dim=1)
+
+    # out[0]: the query, out[1]: its neighbours; -1 in empty slots.
+    slot = tl.arange(0, KP)
+    keep = row_ok[:, None] & (slot[None, :] < K)
+    empty = best == _NO_KEY
+    nbr = tl.where(empty, -1, best & _INDEX_BITS)
+    offs = rows[:, None].to(tl.int64) * K + slot[None, :]
+    tl.store(out + offs, tl.where(empty, -1, rows[:, None].to(tl.int64)),
+             mask=keep)
+    tl.store(out + M * K + offs, nbr, mask=keep)
+    if COUNT:
+        tl.atomic_add(missing, tl.sum(tl.sum((empty & keep).to(tl.int64),
+                                             axis=1), axis=0))
+
+
+def dense_config(k: int, mean_size: int
+                 ) -> Tuple[int, int, int, int, int]:
+    r"""(``BLOCK_Q``, ``BLOCK_P``, ``GROUPS``, ``CAP``, warps) for :obj:`k`
+    neighbours among examples of :obj:`mean_size` candidates: a tile spans
+    a whole mean-size example (at most 1,024 candidates) in 64 groups, and
+    up to 64 candidates per query within the bound are ranked exactly."""
+    kp = max(triton.next_power_of_2(k), 2)
+    if _INTERPRETED:
+        return 16, max(32, 2 * kp), max(8, kp), max(16, kp), 1
+    block_p = max(min(triton.next_power_of_2(max(mean_size, 1)), 1024),
+                  kp, 64)
+    groups = max(min(64, block_p // 4), kp)
+    return max(4096 // block_p, 1), block_p, groups, max(64, 2 * kp), 8
+
+
+def knn_dense(x: Tensor, y: Tensor, k: int, ptr_x: Optional[Tensor],
+              batch_y: Optional[Tensor], num_examples: int,
+              missing: Optional[Tensor] = None) -> Tensor:
+    r"""For every query of :obj:`y`, its :obj:`k` nearest candidates of
+    :obj:`x` in the same example, in ascending (distance, index) order.
+
+    Args:
+        x (Tensor): Candidates :obj:`[N, F]` float32, :math:`F \le 3`.
+        y (Tensor): Queries :obj:`[M, F]` float32 (may be :obj:`x`).
+        k (int): Neighbours per query, at most
+            :obj:`samsa_geo.ops._triton.MAX_K`.
+        ptr_x (Tensor, optional): Example boundaries of :obj:`x`
+            :obj:`[B + 1]`; :obj:`None` for one example.
+        batch_y (Tensor, optional): Sorted batch vector of :obj:`y`
+            :obj:`[M]`; :obj:`None` for one example.
+        num_examples (int): :math:`B`.
+        missing (Tensor, optional): An int64 scalar that the number of
+            empty slots is added to. (default: :obj:`None`)
+
+    Returns:
+        :obj:`[2, M, k]` int64: row 0 the query, row 1 its neighbours'
+        global indices; :obj:`-1` in both where an example holds fewer than
+        :obj:`k` candidates.
+    """
+    n, num_features = x.size()
+    m = y.size(0)
+    out = torch.empty(2, m, k, dtype=torch.long, device=x.device)
+    if m == 0:
+        return out
+    block_q, block_p, groups, cap, num_warps = dense_config(
+        k, n // max(num_examples, 1))
+    _dense_knn_kernel[(triton.cdiv(m, block_q), )](
+        x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1),
+        out if batch_y is None else batch_y, out if ptr_x is None else ptr_x,
+        out, torch.empty(m, cap, dtype=torch.long, device=x.device),
+        out if missing is None else missing, n, m, k, max(num_examples, 1),
+        F=num_features, KP=max(triton.next_power_of_2(k), 2),
+        HAS_BATCH=batch_y is not None and ptr_x is not None,
+        COUNT=missing is not None, BLOCK_Q=block_q, BLOCK_P=block_p,
+        GROUPS=groups, CAP=cap, num_warps=num_warps, enable_fp_fusion=False)
+    return out
