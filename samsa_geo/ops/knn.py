@@ -178,6 +178,12 @@ def _knn(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor],
                         _cluster_serves(x, k, cosine), 'torch_cluster') \
             and use_triton(backend, supported, 'Euclidean float32 points of '
                            'up to 3 features on a CUDA device and k <= 64'):
+        from samsa_geo.ops._triton.knn import use_dense
+        if pending is not None and not use_dense(x.size(0), size):
+            # The tiled kernel indexes by the batch values before any
+            # check could be read after it: check them first.
+            finish_reads(pending, size)
+            pending = None
         count = not table and not torch.compiler.is_compiling()
         missing = x.new_zeros((), dtype=torch.long) if count else None
         out = _triton.knn_indices(x.detach().contiguous(),

@@ -68,6 +68,7 @@ def test_knn_dense_kernel_equals_brute_force_and_tiled(order, monkeypatch):
     # candidates still spread over the cloud) and on a lattice (exact ties
     # everywhere, scratch overflows). The tiled kernel agrees exactly.
     from samsa_geo.ops._triton import knn as knn_module
+    monkeypatch.setattr(knn_module, 'DENSE_MEAN_SIZE', 4096)
     clouds, n, k = 128, 1024, 16
     pos = torch.rand(clouds, n, 3, device='cuda')
     if order == 'coherent':
@@ -82,9 +83,12 @@ def test_knn_dense_kernel_equals_brute_force_and_tiled(order, monkeypatch):
     assert torch.equal(out, knn(pos, pos, k, batch, batch, backend='triton'))
 
 
-def test_knn_neighbours_never_syncs_and_knn_once():
+def test_knn_neighbours_never_syncs_and_knn_once(monkeypatch):
     # With batch_size given and value checks off, the table needs no read;
-    # knn reads once (the empty slots), with value checks too.
+    # knn reads once (the empty slots), with value checks too (the dense
+    # kernel's checks are read after it).
+    from samsa_geo.ops._triton import knn as knn_module
+    monkeypatch.setattr(knn_module, 'DENSE_MEAN_SIZE', 4096)
     pos = torch.randn(64 * 1024, 3, device='cuda')
     batch = torch.arange(64, device='cuda').repeat_interleave(1024)
     table = knn_neighbours(pos, pos, 16, batch, batch, 64, backend='triton')

@@ -63,8 +63,8 @@ def knn_kernel(request, kernels, monkeypatch):
     # The kernel that knn_triton picks: the dense one for batches of small
     # examples, the tiled one (forced here) for large examples.
     knn_module, _ = kernels
-    if request.param == 'tiled':
-        monkeypatch.setattr(knn_module, 'DENSE_MEAN_SIZE', 0)
+    monkeypatch.setattr(knn_module, 'DENSE_MEAN_SIZE',
+                        4096 if request.param == 'dense' else 0)
     return request.param
 
 
@@ -133,6 +133,8 @@ DENSE_CONFIGS = [(16, 32, 8, 16, 1), (16, 32, 8, 4, 1), (8, 16, 2, 8, 1),
 @pytest.mark.parametrize('config', DENSE_CONFIGS)
 def test_knn_dense_paths_equal_brute_force(kernels, monkeypatch, config):
     from samsa_geo.ops._triton import knn_dense
+    knn_module, _ = kernels
+    monkeypatch.setattr(knn_module, 'DENSE_MEAN_SIZE', 4096)
     monkeypatch.setattr(knn_dense, 'dense_config', lambda k, size: config)
     sizes = [30, 0, 41, 3]
     gen = torch.Generator().manual_seed(7)
@@ -145,9 +147,10 @@ def test_knn_dense_paths_equal_brute_force(kernels, monkeypatch, config):
         assert torch.equal(out, _stable_reference(x, x, k, batch, batch))
 
 
-def test_knn_triton_value_checks_and_deferred_read(kernels):
-    # With batch_size given, the checks are read with the empty-slot count
-    # after the kernel: the errors are the same.
+def test_knn_triton_value_checks_and_deferred_read(knn_kernel):
+    # With batch_size given, the dense kernel's checks are read with the
+    # empty-slot count after the kernel (the tiled kernel's before it):
+    # the errors are the same.
     x = torch.rand(12, 3, device=DEVICE)
     batch = _batch([5, 7])
     bad = x.clone()
