@@ -50,17 +50,22 @@ class Summary:
         r"""Score-weighted mean :math:`(B, H, P)` of per-candidate rows
         ``t`` :math:`(M, P)`, such as positions (float32; the weights are
         detached: geometry carries no gradient to the scores)."""
-        w = self.weight.detach().unsqueeze(-1)  # [M, H, 1]
-        return _segment_sum(w * t.float().unsqueeze(1), self.cand_set,
-                            self.rows.size(0))
+        H = self.weight.size(1)
+        t = t.float().unsqueeze(1).expand(-1, H, -1)  # [M, H, P]
+        return _weighted_sum(self.weight.detach(), t, self.cand_set,
+                             self.rows.size(0))
 
 
-def _segment_sum(t: Tensor, cand_set: Optional[Tensor],
-                 num_sets: int) -> Tensor:
-    # [M, H, F] -> [B, H, F]: the sum over each set's candidates.
-    if cand_set is None:  # equal runs of M / B candidates: a reshape
-        return t.view(num_sets, -1, *t.shape[1:]).sum(1)  # [B, M / B, H, F]
-    return t.new_zeros(num_sets, *t.shape[1:]).index_add(0, cand_set, t)
+def _weighted_sum(weight: Tensor, t: Tensor, cand_set: Optional[Tensor],
+                  num_sets: int) -> Tensor:
+    # sum_i weight[i, h] t[i, h] over each set's candidates: [M, H] and
+    # [M, H, F] -> [B, H, F].
+    M, H, F = t.shape
+    if cand_set is None:  # equal runs of M / B candidates: a batched matmul
+        w = weight.view(num_sets, -1, H)  # [B, n, H]
+        return torch.einsum('bnh,bnhf->bhf', w, t.view(num_sets, -1, H, F))
+    out = t.new_zeros(num_sets, H, F)
+    return out.index_add(0, cand_set, weight.unsqueeze(-1) * t)
 
 
 def summarize(kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
@@ -99,7 +104,7 @@ def summarize(kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
         e = (score - peak[cand_set]).exp()  # [M, H]
         denom = score.new_zeros(B, H).index_add(0, cand_set, e)  # [B, H]
         weight = e / denom[cand_set]
-    rows = _segment_sum(weight.unsqueeze(-1) * kv.float(), cand_set, B)
+    rows = _weighted_sum(weight, kv.float(), cand_set, B)  # [B, H, F]
     rows = rows.to(kv.dtype).unsqueeze(2)  # [B, H, F] -> [B, H, 1, F]
     if info.equal:  # c = n + R - k of every set, known on the host
         c = info.max_size + R - info.k_max
