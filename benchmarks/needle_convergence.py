@@ -71,6 +71,8 @@ def main():
     if args.update and osp.isfile(args.out):
         with open(args.out) as f:
             record['runs'] = json.load(f)['runs']
+        record['note'] = ("runs measured at different commits: see each "
+                          "run's commit")
     for name in args.variants.split(','):
         kw = VARIANTS[name]
         runs = []
@@ -86,7 +88,8 @@ def main():
                          'steps_to_target_loss': first_below(
                              smooth, args.target_loss),
                          'loss_ema': [round(v, 4) for v in smooth],
-                         'seconds': time.time() - t})
+                         'seconds': time.time() - t,
+                         'commit': record['commit']})
             print(f"{name} seed {seed}: steps to loss < {args.target_loss} "
                   f"{runs[-1]['steps_to_target_loss']}, final accuracy "
                   f"{res.accuracy:.3f}", flush=True)
