@@ -51,7 +51,7 @@ def explicit_attention(
             a = bias_fn(a, s, e)
         a = a.float()
         mask = None if key_valid is None else key_valid[s:e].view(e - s, 1, 1, kk)
-        bias = None if key_bias is None else key_bias[s:e].view(e - s, 1, 1, kk)
+        bias = None if key_bias is None else key_bias[s:e].view(-1, 1, 1, kk)
         if normalization == 'softmax':
             if bias is not None:
                 a = a + bias

@@ -516,7 +516,7 @@ class SamsaAttention(Module):
 
     def _sample(self, x: Tensor, hidden: Optional[Tensor],
                 batch: Optional[Tensor], info: SetInfo,
-                ordered: bool) -> Tuple[Selection, Optional[Tuple]]:
+                ordered: bool) -> Tuple[Selection, Optional[tuple]]:
         # Returns the selection and, where the summary key is on, the
         # clean token and register scores it pools with.
         N, R = x.size(0), self.num_registers
@@ -575,7 +575,7 @@ class SamsaAttention(Module):
                                   self.training, key_bias)
         # The fused relative-bias kernels take no per-key offset.
         if weights is None and summ is None and self._fused_bias(q, dropout):
-            geo = self._pair_geometry(pos, normal, sel.top, tiles, summ)
+            geo = self._pair_geometry(pos, normal, sel.top, tiles)
             return biased_attention(q, key, value, key_valid, geo,
                                     self._bias_weights())
         leak = None

@@ -21,7 +21,8 @@ MODES = [
     dict(sampling='sft'),
     dict(sampling='sft', normalization='leaky', relative_bias=True),
     dict(sampling='hard', summary=True, num_registers=2),
-    dict(sampling='soft', summary=True, normalization='leaky'),
+    dict(sampling='soft', summary=True, normalization='leaky',
+         relative_bias=True),
 ]
 # Set sizes around k: empty, single, below, at and above k, and large.
 SIZE = st.sampled_from([0, 0, 1, 2, K - 1, K, K + 1, 17, 40])
