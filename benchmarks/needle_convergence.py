@@ -1,7 +1,8 @@
 """Convergence on the needle task (samsa_geo.testing.needle_task): steps until
 the training loss (exponential moving average, factor 0.95) falls below a
 target, and the final evaluation accuracy, for SAMSA with softmax
-attention, SAMSA with SFT's leaky normalisation, the SFT layer
+attention (without and with the score-pooled summary key,
+``summary=True``), SAMSA with SFT's leaky normalisation, the SFT layer
 (``sampling='sft'``, leaky normalisation) and full attention, over several
 seeds, on the CPU with one thread. Writes a JSON record (with its
 provenance: device, torch, commit, date, flags) and a plot of the loss
@@ -27,12 +28,15 @@ from samsa_geo.testing.needle_task import train_needle  # noqa: E402
 
 VARIANTS = {
     'SAMSA softmax (hard)': dict(sampling='hard'),
+    'SAMSA summary (hard)': dict(sampling='hard',
+                                 attn_kwargs=dict(summary=True)),
     'SAMSA leaky (hard)': dict(sampling='hard',
                                attn_kwargs=dict(normalization='leaky')),
     'SFT leaky': dict(sampling='sft',
                       attn_kwargs=dict(normalization='leaky')),
     'full attention': dict(sampling='full'),
 }
+COLORS = dict(zip(VARIANTS, ['C0', 'C4', 'C1', 'C3', 'C2']))
 
 
 def ema(values, factor=0.95):
@@ -67,6 +71,8 @@ def main():
     if args.update and osp.isfile(args.out):
         with open(args.out) as f:
             record['runs'] = json.load(f)['runs']
+        record['note'] = ("runs measured at different commits: see each "
+                          "run's commit")
     for name in args.variants.split(','):
         kw = VARIANTS[name]
         runs = []
@@ -82,7 +88,8 @@ def main():
                          'steps_to_target_loss': first_below(
                              smooth, args.target_loss),
                          'loss_ema': [round(v, 4) for v in smooth],
-                         'seconds': time.time() - t})
+                         'seconds': time.time() - t,
+                         'commit': record['commit']})
             print(f"{name} seed {seed}: steps to loss < {args.target_loss} "
                   f"{runs[-1]['steps_to_target_loss']}, final accuracy "
                   f"{res.accuracy:.3f}", flush=True)
@@ -95,10 +102,9 @@ def main():
         matplotlib.use('Agg')
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        for (name, runs), color in zip(record['runs'].items(),
-                                       ['C0', 'C1', 'C3', 'C2']):
+        for name, runs in record['runs'].items():
             for i, run in enumerate(runs):
-                ax.plot(run['loss_ema'], color=color, alpha=0.8, lw=1,
+                ax.plot(run['loss_ema'], color=COLORS[name], alpha=0.8, lw=1,
                         label=name if i == 0 else None)
         ax.axhline(args.target_loss, color='gray', ls='--', lw=0.8)
         ax.set_xlabel('step')

@@ -66,7 +66,9 @@ def test_step_losses_records_and_passes_through():
 def test_attention_variants_build():
     from samsa_geo.nn.models import SamsaPointClassifier
     variants = bench.attention_variants()
-    assert set(variants) == {'SAMSA softmax', 'SFT leaky', 'full attention'}
+    assert set(variants) == {'SAMSA softmax', 'SFT leaky', 'full attention',
+                             'SAMSA summary'}
+    assert set(bench.DEFAULT_VARIANTS) < set(variants)
     for kwargs in variants.values():
         model = SamsaPointClassifier.small(10, attn_kwargs=kwargs)
         attn = model.backbone.convs[0].attn

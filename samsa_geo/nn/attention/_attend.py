@@ -20,7 +20,7 @@ def explicit_attention(
     leak: Optional[Tensor], bias_fn: Optional[Callable[[Tensor, int, int],
                                                        Tensor]],
     dropout: float, training: bool, max_elements: int = 1 << 26,
-    weights: Optional[list] = None,
+    weights: Optional[list] = None, key_bias: Optional[Tensor] = None,
 ) -> Tensor:
     r"""Attention with a general score function, relative bias and leaky
     normalisation, processed in chunks of tiles to bound memory. A list
@@ -33,6 +33,11 @@ def explicit_attention(
         leak (Tensor, optional): ``[nt, H, k]`` leak logits :math:`c_j`.
         bias_fn (callable, optional): ``(scores, start, end) -> scores``
             applying the relative bias to tiles ``start:end``.
+        key_bias (Tensor, optional): ``[nt, k]`` float32 log-multiplicity
+            :math:`\log c_j` of every key (:math:`-\infty`: masked), in
+            place of ``key_valid``: key :math:`j` counts as :math:`c_j`
+            equal keys (softmax logit :math:`+\log c_j`; leaky numerator
+            and leak times :math:`c_j`).
     """
     nt, H, T, D = q.shape
     kk = k.size(2)
@@ -46,14 +51,19 @@ def explicit_attention(
             a = bias_fn(a, s, e)
         a = a.float()
         mask = None if key_valid is None else key_valid[s:e].view(e - s, 1, 1, kk)
+        bias = None if key_bias is None else key_bias[s:e].view(-1, 1, 1, kk)
         if normalization == 'softmax':
-            if mask is not None:
+            if bias is not None:
+                a = a + bias
+            elif mask is not None:
                 a = a.masked_fill(~mask, float('-inf'))
             w = torch.softmax(a, dim=-1)
         else:  # leaky: ReLU(s) / (sum ReLU(s) + sum ReLU(c) + eps)
             a = F.relu(a)
             c = F.relu(leak[s:e].float()).unsqueeze(2)  # [c, H, 1, k]
-            if mask is not None:
+            if bias is not None:
+                a, c = a * bias.exp(), c * bias.exp()
+            elif mask is not None:
                 a = a.masked_fill(~mask, 0.0)
                 c = c.masked_fill(~mask, 0.0)
             w = a / (a.sum(-1, keepdim=True) + c.sum(-1, keepdim=True) + 1e-6)
@@ -66,15 +76,20 @@ def explicit_attention(
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor,
                    key_valid: Optional[Tensor], dropout: float,
-                   training: bool) -> Tensor:
+                   training: bool, key_bias: Optional[Tensor] = None
+                   ) -> Tensor:
     """Dot-product softmax attention through PyTorch's fused kernels (in
     calls of at most :data:`MAX_GRID_Y` tiles: the flash and
-    memory-efficient kernels put the batch on a CUDA grid axis)."""
+    memory-efficient kernels put the batch on a CUDA grid axis). A float
+    ``key_bias`` ``[nt, k]`` (see :func:`explicit_attention`) is added to
+    the logits in place of ``key_valid``."""
     if q.size(0) > MAX_GRID_Y:
         return _in_tile_chunks(sdpa_attention, MAX_GRID_Y, q, k, v,
-                               key_valid, dropout, training)
+                               key_valid, dropout, training, key_bias)
     mask = None
-    if key_valid is not None:
+    if key_bias is not None:  # [nt, k] -> [nt, 1, 1, k], additive
+        mask = key_bias.to(q.dtype).view(key_bias.size(0), 1, 1, -1)
+    elif key_valid is not None:
         mask = key_valid.view(key_valid.size(0), 1, 1, -1)  # [nt, 1, 1, k]
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0)

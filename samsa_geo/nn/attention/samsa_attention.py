@@ -39,6 +39,7 @@ from samsa_geo.nn.attention._sets import (
     set_info,
 )
 from samsa_geo.nn.attention._sft_sampling import sft_sample
+from samsa_geo.nn.attention._summary import Summary, summarize
 from samsa_geo.nn.attention._similarity import SIMILARITIES
 from samsa_geo.nn.attention._tiles import (
     Tiles,
@@ -93,6 +94,17 @@ class SamsaAttention(Module):
     the selected rows are two Triton kernels (see
     :func:`~samsa_geo.nn.attention.config.set_fused_inference`).
 
+    With ``summary=True`` every query also attends to one summary key per
+    set and head, the score-weighted mean of all :math:`n + R` candidates
+    counted for the :math:`c = n + R - k` ones not sampled:
+
+    .. math::
+        (\bar{\mathbf{k}}^{(h)}, \bar{\mathbf{v}}^{(h)}) = \sum_{j}
+        \mathrm{softmax}_j\big(s_j^{(h)}\big)\,
+        (\mathbf{k}_j^{(h)}, \mathbf{v}_j^{(h)}), \qquad
+        \text{logit } \frac{\mathbf{q}_i^{(h)\top}
+        \bar{\mathbf{k}}^{(h)}}{\sqrt{D}} + \log c.
+
     Args:
         channels (int): Token width :math:`C`.
         heads (int, optional): Number of heads :math:`H`. (default: :obj:`1`)
@@ -136,6 +148,21 @@ class SamsaAttention(Module):
         tile_size (int, optional): Queries per tile of the packed layout;
             where the largest set size is not given, tiles shrink to the
             mean set size (at least 16 queries). (default: :obj:`256`)
+        summary (bool, optional): Add a score-pooled *summary key* per set
+            and head: the mean of all candidates' key/value rows weighted
+            by :math:`\mathrm{softmax}_i(s_{i,h})` of the clean scores,
+            standing in for the :math:`c_b = n_b + R - k_b` candidates
+            not sampled (attention logit :math:`+\log c_b`; with
+            :obj:`"leaky"`, numerator and leak times :math:`c_b`). Every
+            query attends to it next to the :math:`k` sampled keys, so
+            the scorer gets a gradient from every candidate of every set,
+            not only from the boundary at rank :math:`k`; cost
+            :math:`O(N C)`. Training and inference alike; no summary
+            where a set keeps all its candidates. With ``relative_bias``
+            the key sits at the score-weighted mean position and the
+            attention takes the explicit path instead of the fused
+            kernels. Not with :obj:`"full"` or :obj:`"sft"`.
+            (default: :obj:`False`)
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``batch`` :math:`(N)` sorted,
@@ -145,6 +172,8 @@ class SamsaAttention(Module):
           slots, ``-2 - r`` for register ``r``), and with
           ``return_weights=True`` then the weights
           :math:`(N, H, k_{\max})` of each query over its set's indices
+          (:math:`k_{\max} + 1` with ``summary=True``: the summary key's
+          weight last)
     """
     def __init__(
         self,
@@ -161,6 +190,7 @@ class SamsaAttention(Module):
         stochastic_eval: bool = False,
         padded: Optional[bool] = None,
         tile_size: int = 256,
+        summary: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(channels, int) or channels <= 0:
@@ -198,6 +228,13 @@ class SamsaAttention(Module):
             raise ValueError(f"Expected 'dropout' in [0, 1) (got {dropout})")
         if tile_size <= 0:
             raise ValueError(f"Expected 'tile_size' > 0 (got {tile_size})")
+        if not isinstance(summary, bool):
+            raise TypeError(f"Expected 'summary' to be a bool "
+                            f"(got {type(summary).__name__})")
+        if summary and sampling in ('full', 'sft'):
+            raise ValueError(f"Expected 'summary=False' with "
+                             f"sampling={sampling!r} (the summary pools "
+                             f"the per-head scores of 'hard' and 'soft')")
 
         self.channels = channels
         self.heads = heads
@@ -211,6 +248,7 @@ class SamsaAttention(Module):
         self.stochastic_eval = stochastic_eval
         self.padded = padded
         self.tile_size = tile_size
+        self.summary = summary
         # Fixed, as in the released code (declared there but never trained).
         # The buffer keeps checkpoints complete; ``tau`` is its host copy,
         # so the forward pass never reads it back from the device.
@@ -386,6 +424,7 @@ class SamsaAttention(Module):
         # 1. Queries for every token; keys and values for every candidate.
         q, kv, hidden = self._project(x)
         q = q.view(N, H, D)  # [N, C] -> [N, H, D]
+        summ = None
         if self.sampling == 'sft':  # 2. raw tokens sampled, then projected
             sel, u = self._sample_sft(x, hidden, batch, info)
         else:
@@ -396,8 +435,10 @@ class SamsaAttention(Module):
             # 2. Sample k candidates per set and head (relaxed in training).
             if self._keeps_all(info, return_indices):  # nothing to rank
                 sel = keep_all(info, N, self.num_registers, H, x.device)
+                scores = None  # every candidate kept: no summary key
             else:
-                sel = self._sample(x, hidden, batch, info, return_indices)
+                sel, scores = self._sample(x, hidden, batch, info,
+                                           return_indices)
             head = self.head_index  # [1, H, 1]
             # Equal sets: the top and bottom sets hold distinct ids.
             unique = info.all_valid
@@ -406,6 +447,9 @@ class SamsaAttention(Module):
                           unique=unique)  # [B, H, k, 2D]
             else:
                 u = gather_rows(kv, sel.top, head, unique)  # [B, H, k, 2D]
+            if scores is not None:  # 2b. one score-pooled key per set
+                summ = summarize(kv, *scores, batch, info)
+                u = torch.cat([u, summ.rows], dim=2)  # [B, H, k + 1, 2D]
         key, value = u.split(D, dim=-1)  # [B, H, k, D] each
 
         # 3. Every query attends to its own set's sampled keys.
@@ -414,7 +458,7 @@ class SamsaAttention(Module):
         weights = [] if return_indices and return_weights else None
         o = self._attend(to_tiles(q, tiles), per_tile(key, tiles),
                          per_tile(value, tiles), sel, tiles, pos, normal,
-                         weights)
+                         weights, summ)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
         out = F.linear(out, self.lin_out.weight, self.lin_out.bias)
         if not return_indices:
@@ -428,14 +472,14 @@ class SamsaAttention(Module):
     def _fused_inference(self, x: Tensor, info: SetInfo,
                          return_weights: bool) -> bool:
         # Inference without noise, dot scores, softmax, no relative bias,
-        # sets whose scores fit the selection kernel, on a device Triton
+        # no summary key, sets whose scores fit the selection kernel, on a device Triton
         # serves, outside any traced graph, with no gradient to record.
         return (config.use_fused_inference() and not self.training
                 and not self.stochastic_eval
                 and self.sampling in ('hard', 'soft')
                 and self.score == 'dot' and self.normalization == 'softmax'
-                and self.rel_bias is None and not return_weights
-                and info.max_size is not None
+                and self.rel_bias is None and not self.summary
+                and not return_weights and info.max_size is not None
                 and info.max_size + self.num_registers <= FUSED_MAX_SET_SIZE
                 and self.head_dim <= FUSED_MAX_HEAD_DIM
                 and x.dtype in FUSED_DTYPES and triton_serves(x.device)
@@ -525,7 +569,9 @@ class SamsaAttention(Module):
 
     def _sample(self, x: Tensor, hidden: Optional[Tensor],
                 batch: Optional[Tensor], info: SetInfo,
-                ordered: bool) -> Selection:
+                ordered: bool) -> Tuple[Selection, Optional[tuple]]:
+        # Returns the selection and, where the summary key is on, the
+        # clean token and register scores it pools with.
         N, R = x.size(0), self.num_registers
         if self.scorer is None:  # 'full': every candidate, in token order
             order = -torch.arange(N + R, device=x.device, dtype=torch.float)
@@ -539,27 +585,49 @@ class SamsaAttention(Module):
                                                or self.stochastic_eval)
         # Rank by sorting where a padded score matrix would be large or
         # n_max is unknown; one set (batch=None) always uses top-k.
-        return select(importance, reg_importance, batch, info, R, perturb,
-                      with_bottom=self.training and self.scorer is not None,
-                      packed=batch is not None
-                      and self._padding_costly(info, x.size(0)),
-                      ordered=ordered, head=self.head_index)
+        sel = select(importance, reg_importance, batch, info, R, perturb,
+                     with_bottom=self.training and self.scorer is not None,
+                     packed=batch is not None
+                     and self._padding_costly(info, x.size(0)),
+                     ordered=ordered, head=self.head_index)
+        scores = None
+        if self._summary_on(info):
+            scores = (importance, reg_importance)
+        return sel, scores
+
+    def _summary_on(self, info: SetInfo) -> bool:
+        # Where every set keeps all its candidates (k >= n + R) the
+        # attention is exact full attention: no summary key.
+        return self.summary and not (
+            info.max_size is not None
+            and info.k_max >= info.max_size + self.num_registers)
 
     def _attend(self, q: Tensor, key: Tensor, value: Tensor, sel: Selection,
                 tiles: Tiles, pos: Optional[Tensor],
                 normal: Optional[Tensor],
-                weights: Optional[list] = None) -> Tensor:
+                weights: Optional[list] = None,
+                summ: Optional[Summary] = None) -> Tensor:
         # q: [nt, H, T, D]; key, value: [nt, H, k, D] -> [nt, H, T, D];
-        # a 'weights' list gets the weights, from the explicit path.
+        # a 'weights' list gets the weights, from the explicit path. With
+        # the summary, the last of the k slots is the summary key.
         key_valid = None  # [nt, k] where some sets have fewer keys
-        if sel.top_valid is not None:
+        key_bias = None  # [nt, k + 1] with the summary: 0, log c or -inf
+        if summ is not None:
+            B, K = sel.top.size(0), sel.top.size(-1)
+            top_bias = summ.log_count.new_zeros(B, K)  # [B, k]
+            if sel.top_valid is not None:
+                top_bias = top_bias.masked_fill(~sel.top_valid, float('-inf'))
+            key_bias = per_tile(torch.cat([top_bias, summ.log_count], 1),
+                                tiles)
+        elif sel.top_valid is not None:
             key_valid = per_tile(sel.top_valid, tiles)
         dropout = self.dropout if self.training else 0.0
         if (self.score == 'dot' and self.normalization == 'softmax'
                 and self.rel_bias is None and weights is None):
             return sdpa_attention(q, key, value, key_valid, dropout,
-                                  self.training)
-        if weights is None and self._fused_bias(q, dropout):
+                                  self.training, key_bias)
+        # The fused relative-bias kernels take no per-key offset.
+        if weights is None and summ is None and self._fused_bias(q, dropout):
             geo = self._pair_geometry(pos, normal, sel.top, tiles)
             return biased_attention(q, key, value, key_valid, geo,
                                     self._bias_weights())
@@ -570,12 +638,13 @@ class SamsaAttention(Module):
                 key.dtype)).sum(-1) + self.leak_bias.view(1, H, 1)
         bias_fn = None
         if self.rel_bias is not None:
-            geo = self._pair_geometry(pos, normal, sel.top, tiles)
+            geo = self._pair_geometry(pos, normal, sel.top, tiles, summ)
             bias_fn = self._bias_fn(geo)
         return explicit_attention(q, key, value, key_valid,
                                   SIMILARITIES[self.score],
                                   self.normalization, leak, bias_fn,
-                                  dropout, self.training, weights=weights)
+                                  dropout, self.training, weights=weights,
+                                  key_bias=key_bias)
 
     def _fused_bias(self, q: Tensor, dropout: float) -> bool:
         # Dot-product softmax with the relative bias and no attention
@@ -624,7 +693,8 @@ class SamsaAttention(Module):
         return -(-T // 64) * 64 if T > self.tile_size else T
 
     def _pair_geometry(self, pos: Tensor, normal: Optional[Tensor],
-                       top: Tensor, tiles: Tiles) -> PairGeometry:
+                       top: Tensor, tiles: Tiles,
+                       summ: Optional[Summary] = None) -> PairGeometry:
         N = pos.size(0)
         pos = pos.float()
         normal = None if normal is None else normal.float()
@@ -635,13 +705,22 @@ class SamsaAttention(Module):
             if normal is not None:
                 normal = torch.cat([normal, pad], dim=0)
         P = pos.size(1)
+
+        def keys(t: Tensor) -> Tensor:
+            # [B, H, k, P]; the summary key sits at the candidates'
+            # score-weighted mean (weights detached: geometry).
+            t_k = t[top]
+            if summ is None:
+                return t_k
+            return torch.cat([t_k, summ.pool(t).unsqueeze(2)], 2)
+
         # Keys: [B, H, k, P] -> [nt, H, k, P]; queries: [N, 1, P] ->
         # [nt, 1, T, P] -> [nt, T, P], shared by the heads.
         geo = PairGeometry(
             pos_q=to_tiles(pos[:N].view(N, 1, P), tiles)[:, 0],
-            pos_k=per_tile(pos[top], tiles))
+            pos_k=per_tile(keys(pos), tiles))
         if normal is not None:
-            geo.normal_k = per_tile(normal[top], tiles)
+            geo.normal_k = per_tile(keys(normal), tiles)
             geo.normal_q = to_tiles(normal[:N].view(N, 1, P), tiles)[:, 0]
         return geo
 
@@ -686,6 +765,8 @@ class SamsaAttention(Module):
             extra += f', normalization={self.normalization!r}'
         if self.rel_bias is not None:
             extra += ', relative_bias=True'
+        if self.summary:
+            extra += ', summary=True'
         return (f'{self.__class__.__name__}({self.channels}, '
                 f'heads={self.heads}, k={self.k}, '
                 f'sampling={self.sampling!r}{extra})')

@@ -20,6 +20,9 @@ MODES = [
     dict(sampling='hard', k=0.5),
     dict(sampling='sft'),
     dict(sampling='sft', normalization='leaky', relative_bias=True),
+    dict(sampling='hard', summary=True, num_registers=2),
+    dict(sampling='soft', summary=True, normalization='leaky',
+         relative_bias=True),
 ]
 # Set sizes around k: empty, single, below, at and above k, and large.
 SIZE = st.sampled_from([0, 0, 1, 2, K - 1, K, K + 1, 17, 40])
@@ -93,8 +96,9 @@ def test_layouts_and_hints_agree_with_per_set_reference(mode, layout):
         ptr += n
 
 
-@pytest.mark.parametrize('mode', MODES[:4] + MODES[-2:-1],
-                         ids=lambda m: m['sampling'])
+@pytest.mark.parametrize('mode', MODES[:4] + MODES[-4:-3] + MODES[-2:],
+                         ids=lambda m: '-'.join(f'{k}={v}'
+                                                for k, v in m.items()))
 @settings(max_examples=8, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(layout=LAYOUT)

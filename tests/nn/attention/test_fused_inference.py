@@ -179,7 +179,7 @@ def test_fused_path_applies_to_plain_inference_only(fused, spy, monkeypatch):
     run(plain, return_indices=True, return_weights=True)
     for kwargs in (dict(score='maxout'), dict(normalization='leaky'),
                    dict(stochastic_eval=True), dict(sampling='full'),
-                   dict(sampling='sft')):
+                   dict(sampling='sft'), dict(summary=True)):
         run(SamsaAttention(16, heads=2, k=8, **kwargs).eval())
     run(SamsaAttention(16, heads=2, k=8, relative_bias=True).eval(),
         pos=torch.randn(x.size(0), 3))

@@ -57,10 +57,23 @@ def test_scorer_learns_the_needle_on_every_seed(sampling):
     assert sum(r.steps is not None for r in results) >= 9, results
 
 
+@pytest.mark.parametrize('sampling', ['hard', 'soft'])
+def test_summary_key_learns_the_needle_from_scratch(sampling):
+    # With the score-pooled summary key the scorer ranks the needle into
+    # the top k = 4 of 64 from the first step on, no teacher steps
+    # (measured: 300 steps in both modes on seed 1).
+    result = train_needle(1, sampling, steps=600, num_tokens=64,
+                          attn_kwargs=dict(summary=True))
+    assert result.steps is not None, result
+    assert result.recall >= 0.9, result
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason='from scratch the scorer finds the '
-                   'needle on some seeds only (docs/convergence.md)')
 @pytest.mark.parametrize('sampling', ['hard', 'soft'])
 def test_scorer_learns_the_needle_from_scratch(sampling):
-    results = [train_needle(seed, sampling, steps=1000) for seed in range(10)]
+    # Issue 14: k = 4 of 128 tokens, 1,000 steps from scratch, >= 9 of 10
+    # seeds reach 95 % accuracy; met with summary=True (docs/convergence.md).
+    results = [train_needle(seed, sampling, steps=1000,
+                            attn_kwargs=dict(summary=True))
+               for seed in range(10)]
     assert sum(r.steps is not None for r in results) >= 9, results

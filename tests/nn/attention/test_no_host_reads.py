@@ -46,6 +46,7 @@ def pyg_batch(sizes=(30, 0, 64, 5, 40)):
     dict(sampling='hard'), dict(sampling='soft'), dict(sampling='full'),
     dict(sampling='sft'), dict(sampling='hard', num_registers=2),
     dict(sampling='hard', relative_bias=True), dict(sampling='hard', k=0.25),
+    dict(sampling='soft', summary=True, num_registers=2),
 ])
 def test_attention_reads_nothing_back(no_value_checks, training, kwargs):
     kwargs = {'k': 8, **kwargs}

@@ -29,6 +29,8 @@ MODES = [
     dict(sampling='hard', relative_bias=True),
     dict(sampling='hard', k=0.25),
     dict(sampling='sft'),
+    dict(sampling='hard', summary=True),
+    dict(sampling='soft', summary=True, num_registers=2, relative_bias=True),
 ]
 
 
