@@ -86,6 +86,20 @@ def autograd_nodes(out: torch.Tensor) -> Dict[str, int]:
     return kinds
 
 
+def least_thread_time(step: Callable[[], object], reset: Callable[[], None],
+                      repeat: int) -> float:
+    """CPU time in ms of this thread (one intra-op thread) for ``step()``,
+    the least of ``repeat`` calls, ``reset()`` after each: robust to other
+    processes sharing the cores."""
+    times: List[float] = []
+    for _ in range(repeat):
+        t0 = time.thread_time()
+        step()
+        times.append((time.thread_time() - t0) * 1e3)
+        reset()
+    return min(times)
+
+
 def measure(op: str, B: int, n: int, C: int, H: int, k: int, train: bool,
             repeat: int) -> Dict[str, object]:
     torch.manual_seed(0)
@@ -114,16 +128,11 @@ def measure(op: str, B: int, n: int, C: int, H: int, k: int, train: bool,
         rec.update(bwd_ops=bwd_counter.total, bwd_views=bwd_counter.views,
                    nodes=sum(nodes.values()),
                    top=fwd_counter.ops + bwd_counter.ops)
-    # CPU time of this thread (one intra-op thread), the least of the
-    # repeats: robust to other processes sharing the cores.
-    times: List[float] = []
-    for _ in range(repeat):
-        t0 = time.thread_time()
-        step()
-        times.append((time.thread_time() - t0) * 1e3)
+    def reset():
         model.zero_grad(set_to_none=True)
         x.grad = None
-    rec['ms'] = min(times)
+
+    rec['ms'] = least_thread_time(step, reset, repeat)
     return rec
 
 
@@ -152,14 +161,10 @@ def measure_graph_step(op: str, repeat: int) -> Dict[str, object]:
     loss = torch.nn.functional.mse_loss(out, data.y)
     with OpCounter() as bwd_counter:
         loss.backward()
-    times: List[float] = []
-    for _ in range(repeat):
-        t0 = time.thread_time()
-        step()
-        times.append((time.thread_time() - t0) * 1e3)
-        model.zero_grad(set_to_none=True)
+    ms = least_thread_time(step, lambda: model.zero_grad(set_to_none=True),
+                           repeat)
     return dict(op=op, fwd_ops=fwd_counter.total, bwd_ops=bwd_counter.total,
-                ms=min(times))
+                ms=ms)
 
 
 def main():
