@@ -34,6 +34,7 @@ from _common import (  # noqa: E402
 )
 
 from samsa_geo.nn import SamsaConv, batch_hints  # noqa: E402
+from samsa_geo.nn.attention import config  # noqa: E402
 from samsa_geo.nn.models import SamsaGraphModel  # noqa: E402
 
 SIZES = '32x1024,8x4096,2x16384,1x65536,1x262144'
@@ -63,6 +64,19 @@ class FullLayer(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v)  # [B, H, n, D]
         x = x + self.lin_out(o.transpose(1, 2).reshape(N, C))
         return x + self.mlp(self.norm2(x))
+
+
+def parse_switches(text: str) -> dict:
+    """``'fused_inference=1,fused_bias=0'`` -> ``{'fused_inference': True,
+    'fused_bias': False}``; values other than 0/1/true/false stay
+    strings."""
+    out = {}
+    for item in filter(None, text.split(',')):
+        name, _, value = item.partition('=')
+        low = value.strip().lower()
+        out[name.strip()] = {'1': True, 'true': True, '0': False,
+                             'false': False}.get(low, value.strip())
+    return out
 
 
 def build(op: str, C: int, H: int, k: int) -> nn.Module:
@@ -238,8 +252,16 @@ def main():
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--repeat', type=int, default=20)
     p.add_argument('--commit', default=None, help='git commit measured')
+    p.add_argument('--attention-config', default='',
+                   help='comma list of samsa_geo.nn.attention.config '
+                   'switches, e.g. fused_inference=1')
     p.add_argument('--out', default=None)
     args = p.parse_args()
+    with config.attention_config(**parse_switches(args.attention_config)):
+        run(args)
+
+
+def run(args):
     device = torch.device(args.device)
     args.dtype = args.dtype or ('bf16' if device.type == 'cuda' else 'fp32')
     args.passes = args.passes.split(',')

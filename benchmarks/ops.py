@@ -131,14 +131,19 @@ def knn_variants(pos, batch, clouds, k, fields, args, record):
         record('knn', 'knn_128x1024', 'triton-tiled', fields, run)
     finally:
         knn_module.DENSE_MEAN_SIZE = dense_mean_size
+    # The dense kernel with its default configuration, then with each
+    # configuration of the sweep, whatever DENSE_MEAN_SIZE says.
+    knn_module.DENSE_MEAN_SIZE = max(dense_mean_size, 2 * pos.size(0))
     config = knn_dense.dense_config
-    for cfg in (SWEEP if args.sweep else []):
-        knn_dense.dense_config = lambda k, size, cfg=cfg: cfg
-        try:
+    try:
+        record('knn', 'knn_128x1024', 'triton-dense', fields, run)
+        for cfg in (SWEEP if args.sweep else []):
+            knn_dense.dense_config = lambda k, size, cfg=cfg: cfg
             record('knn', 'knn_128x1024', 'triton-dense-' + 'x'.join(
                 map(str, cfg)), fields, run)
-        finally:
-            knn_dense.dense_config = config
+    finally:
+        knn_dense.dense_config = config
+        knn_module.DENSE_MEAN_SIZE = dense_mean_size
 
 
 def classifier_cases(device: torch.device, args: argparse.Namespace,
@@ -187,6 +192,9 @@ def main():
     parser.add_argument('--sweep', action='store_true',
                         help='also time configurations of the dense kNN '
                         'kernel (128 x 1,024 points)')
+    parser.add_argument('--dense-mean-size', type=int, default=None,
+                        help='DENSE_MEAN_SIZE of the Triton kNN for the '
+                        'whole run (default: the library\'s)')
     parser.add_argument('--commit', default=None,
                         help='commit to record where the tree has no git '
                         'metadata (default: git rev-parse HEAD)')
@@ -195,6 +203,9 @@ def main():
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if args.dense_mean_size is not None:
+        from samsa_geo.ops._triton import knn as knn_module
+        knn_module.DENSE_MEAN_SIZE = args.dense_mean_size
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         parser.error('CUDA is not available')
