@@ -58,8 +58,8 @@ def compiled_run():
 
 @pytest.fixture
 def fused_inference_on():
-    """The fused inference path of SamsaAttention switched on (it is off by
-    default) for one test."""
+    """The fused inference path of SamsaAttention switched on for one test
+    (whatever the process-wide switch says)."""
     from samsa_geo.nn.attention import config
     with config.attention_config(fused_inference=True):
         yield

@@ -153,8 +153,6 @@ def _count_syncs(fn, checks=False):
             str(w.message)]
 
 
-@pytest.mark.xfail(reason='on the H200 (torch 2.11) the ops read the host '
-                   'more than once per call; not yet located', strict=False)
 def test_triton_ops_read_the_host_once():
     # Without value checks and with batch_size given, the only
     # synchronisation is the one that sizes the output.

@@ -21,7 +21,7 @@ _BIAS_KERNELS = ('triton', 'flex')
 _debug = False
 _fused_bias = True
 _fused_scorer = True
-_fused_inference = False
+_fused_inference = True
 _fused_relax = True
 _bias_inference_kernel = 'triton'
 _flex_kernel_options: Optional[dict] = None
@@ -78,9 +78,8 @@ def use_fused_inference() -> bool:
     bias, no Gumbel noise, sets of at most
     :data:`~samsa_geo.nn.attention._dispatch.FUSED_MAX_SET_SIZE`
     candidates, ``max_num_nodes`` known, no gradient, not traced).
-    Off by default: the kernels are tested under Triton's interpreter and
-    compiled for sm_90, but not yet run on a GPU. :obj:`False` takes the
-    unfused path."""
+    On by default (the GPU tests compare it with the unfused path in
+    float32 and bfloat16); :obj:`False` takes the unfused path."""
     return _fused_inference
 
 
