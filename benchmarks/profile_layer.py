@@ -22,6 +22,9 @@ def main():
                    choices=['fwd', 'fwdbwd'])
     p.add_argument('--dtype', default='bf16', choices=list(DTYPES))
     p.add_argument('--top', type=int, default=12)
+    p.add_argument('--sort', default='self_cpu_time_total',
+                   help="column the operator table is sorted by, e.g. "
+                   "'self_device_time_total'")
     args = p.parse_args()
     device = torch.device('cuda')
     for size in args.sizes.split(','):
@@ -56,8 +59,8 @@ def main():
             print(f'== {op} {B}x{n} {args.pas}: {len(kernels)} kernels, '
                   f'{gpu_ms:.3f} ms GPU, {len(syncs)} sync events')
             print(prof.key_averages().table(
-                sort_by='self_cpu_time_total', row_limit=args.top,
-                max_name_column_width=48))
+                sort_by=args.sort, row_limit=args.top,
+                max_name_column_width=60))
 
 
 if __name__ == '__main__':
