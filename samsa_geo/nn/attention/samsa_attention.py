@@ -423,6 +423,11 @@ class SamsaAttention(Module):
 
         # 1. Queries for every token; keys and values for every candidate.
         q, kv, hidden = self._project(x)
+        if q.requires_grad and not is_tracing():
+            # Its own storage: the attention saves the queries, and a view
+            # would keep the whole projection (keys, values, the scorer's
+            # rows) alive until the backward.
+            q = q.contiguous()
         q = q.view(N, H, D)  # [N, C] -> [N, H, D]
         summ = None
         if self.sampling == 'sft':  # 2. raw tokens sampled, then projected
