@@ -5,9 +5,9 @@ size are masked, and one call of PyTorch's fused attention serves all sets.
 It computes what the sampled path computes when every set keeps all its
 tokens (:math:`k_b = n_b`, no registers) in its padded layout, the same
 attention call on the same shapes, but with fewer operators per call: the
-tokens are padded once (not the queries, keys and values apart), no key
-ids are built or gathered, and the padding index and key mask are built
-once per ``batch`` tensor and shared by every layer that reads it.
+projected queries, keys and values are padded at once, no key ids are
+built or gathered, and the padding index and key mask are built once per
+``batch`` tensor and shared by every layer that reads it.
 """
 from typing import Dict, Optional
 
@@ -71,12 +71,9 @@ def dense_layout(batch: Tensor, num_sets: int,
     return layout
 
 
-def to_padded(x: Tensor, index: Optional[Tensor], rows: int) -> Tensor:
+def to_padded(x: Tensor, index: Tensor, rows: int) -> Tensor:
     r"""Token rows :math:`(N, F)` into ``rows`` padded slots
-    :math:`(\mathrm{rows}, F)`, zero where no token sits (``index``
-    :obj:`None`: the tokens already fill every slot)."""
-    if index is None:
-        return x
+    :math:`(\mathrm{rows}, F)`, zero where no token sits."""
     out = x.new_zeros(rows, x.size(1))
     return out.index_copy_(0, index, x)
 

@@ -688,23 +688,24 @@ class SamsaAttention(Module):
 
     def _dense_forward(self, x: Tensor, batch: Optional[Tensor],
                        info: SetInfo) -> Tensor:
-        # Tokens padded to [B, n_max] slots once, projected, one attention
-        # call, the token rows read back and projected out.
+        # Queries, keys and values of the tokens padded to [B, n_max]
+        # slots at once, one attention call, the token rows read back and
+        # projected out.
         B, n, C = info.num_sets, info.max_size, self.channels
         layout = None if info.equal else dense_layout(batch, B, n)
-        index = None if layout is None else layout.index
-        xp = to_padded(x, index, B * n)  # [B * n, C]
-        weight, bias = self._fused_projection([self.lin_q, self.lin_kv], xp)
-        if weight.dtype != xp.dtype:  # cached weights of autocast's dtype
-            xp = xp.to(weight.dtype)
-        q, kv = F.linear(xp, weight, bias).split([C, 2 * C], 1)
+        weight, bias = self._fused_projection([self.lin_q, self.lin_kv], x)
+        if weight.dtype != x.dtype:  # cached weights of autocast's dtype
+            x = x.to(weight.dtype)
+        qkv = F.linear(x, weight, bias)  # [N, 3C]
+        if layout is not None:
+            qkv = to_padded(qkv, layout.index, B * n)  # [B * n, 3C]
+        q, kv = qkv.view(B, n, 3 * C).split([C, 2 * C], -1)
         key_bias = None if layout is None else layout.key_bias(q.dtype)
-        o = dense_attention(q.view(B, n, C), kv.view(B, n, 2 * C),
-                            key_bias, self.heads,
+        o = dense_attention(q, kv, key_bias, self.heads,
                             self.dropout if self.training else 0.0)
         o = o.view(B * n, C)  # [B, n, C] -> [B * n, C]
-        if index is not None:
-            o = o[index]  # [N, C]
+        if layout is not None:
+            o = o[layout.index]  # [N, C]
         return F.linear(o, self.lin_out.weight, self.lin_out.bias)
 
     def _padding_costly(self, info: SetInfo, N: int) -> bool:
