@@ -16,6 +16,7 @@ from samsa_geo.nn.attention._dispatch import (
     triton_serves,
 )
 from samsa_geo.nn.attention._ops import importance_score
+from samsa_geo.nn.attention._score_grad import score_tail
 
 
 class ImportanceScorer(Module):
@@ -66,11 +67,20 @@ class ImportanceScorer(Module):
         lin1, act, lin2 = self.score_nn
         if hidden is None:
             hidden = F.linear(x, lin1.weight, lin1.bias)
+        norm, lin = self.norm, self.lin
+        if not is_tracing() and needs_grad(hidden, x, lin2.weight,
+                                           norm.weight, lin.weight):
+            # Training in eager mode: one autograd node that recomputes
+            # its activations in the backward (less memory, less host
+            # work; compiled graphs keep the formula below).
+            return score_tail(hidden, x, lin1.weight, lin1.bias,
+                              lin2.weight, lin2.bias,
+                              norm.weight, norm.bias, norm.eps, lin.weight,
+                              lin.bias, act.approximate)
         # The modules hold the parameters; calling them functionally saves
         # their dispatch on the host.
         y = F.linear(F.gelu(hidden, approximate=act.approximate),
                      lin2.weight, lin2.bias)
-        norm, lin = self.norm, self.lin
         if self._use_kernel(x, y):
             # Eager calls launch the kernel directly: the custom operator's
             # dispatch costs more host time than the kernel takes on the

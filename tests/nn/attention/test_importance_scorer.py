@@ -143,3 +143,71 @@ def test_kernel_is_a_valid_custom_operator(kernel):
     torch.library.opcheck(op, (y, x, norm.weight.detach(),
                                norm.bias.detach(), norm.eps,
                                lin.weight.detach(), lin.bias.detach()))
+
+
+def _formula_and_grads(scorer, x, hidden, autocast, plain):
+    # Scores and gradients (x, hidden, every parameter) of one training
+    # call; plain=True takes the PyTorch formula's autograd (as traced
+    # graphs do) instead of the ScoreTail node.
+    from samsa_geo.nn.attention import importance_scorer as module
+    scorer = copy.deepcopy(scorer)
+    x = x.detach().clone().requires_grad_()
+    h = None if hidden is None else hidden.detach().clone().requires_grad_()
+    tracing = module.is_tracing
+    if plain:
+        module.is_tracing = lambda: True
+    try:
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            hid = h if h is None else h.to(torch.bfloat16) if autocast else h
+            out = scorer(x, hid)
+    finally:
+        module.is_tracing = tracing
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * g).sum().backward()
+    grads = [x.grad] + ([] if h is None else [h.grad]) + \
+        [p.grad for p in scorer.parameters()]
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+@pytest.mark.parametrize('given_hidden', [False, True])
+def test_training_node_equals_the_formula(autocast, given_hidden):
+    # The ScoreTail node (eager training) against plain autograd of the
+    # formula: equal scores, equal gradients (bf16 autocast: the bias of
+    # the second layer is summed in float32 here, in bf16 by autograd).
+    torch.manual_seed(0)
+    scorer = ImportanceScorer(16, heads=3)
+    for p in scorer.parameters():
+        p.data.normal_(0, 0.5)
+    x = torch.randn(40, 16)
+    lin1 = scorer.score_nn[0]
+    hidden = (x @ lin1.weight.t() + lin1.bias).detach() if given_hidden \
+        else None
+    out, grads = _formula_and_grads(scorer, x, hidden, autocast, False)
+    ref, ref_grads = _formula_and_grads(scorer, x, hidden, autocast, True)
+    assert torch.equal(out, ref)
+    tol = 1e-2 if autocast else 1e-5
+    for g, r in zip(grads, ref_grads):
+        if r is None:  # the first layer's, where hidden is given
+            assert g is None and given_hidden
+            continue
+        assert torch.allclose(g, r, rtol=tol, atol=tol * r.abs().max())
+
+
+def test_training_node_saves_no_float32_activations():
+    # Memory: the node keeps the tokens, parameters and two row statistics,
+    # not the [N, C] float32 LayerNorm input or residual sum, nor hidden.
+    torch.manual_seed(0)
+    scorer = ImportanceScorer(32, heads=4)
+    x = torch.randn(256, 32, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        scorer(x)
+    rows = [t for t in saved if t.dim() == 2 and t.size(0) == 256]
+    assert rows and all(t.data_ptr() == x.data_ptr() or t.shape == (256, 1)
+                        for t in rows)  # x, and the rows' mean and 1/std

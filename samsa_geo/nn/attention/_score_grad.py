@@ -1,0 +1,116 @@
+r"""The importance scorer's training path as one autograd node.
+
+After the scorer's first linear layer (which :class:`SamsaAttention`
+computes in its stacked projection), the scores are
+
+.. math::
+    \mathbf{a} = \mathrm{GELU}(\mathbf{h}), \quad
+    \mathbf{y} = \mathbf{W}_2 \mathbf{a} + \mathbf{b}_2, \quad
+    \mathbf{s} = \mathbf{W}_s \big(\mathbf{x} + \mathrm{LN}(\mathbf{y})\big)
+    + \mathbf{b}_s,
+
+with :math:`\mathbf{a}, \mathbf{y}` in the dtype of :math:`\mathbf{h}`
+(autocast's) and the residual, the LayerNorm and :math:`\mathbf{W}_s` in
+float32. Under plain autograd this is about ten nodes, and it keeps
+:math:`\mathbf{a}`, :math:`\mathbf{y}` in float32 and the residual sum in
+float32 alive until the backward: :math:`(2 \cdot 4 + 2) C` bytes per
+token at 16-bit :math:`\mathbf{h}`. :class:`ScoreTail` saves only
+:math:`\mathbf{h}` and :math:`\mathbf{x}` (which the layer keeps anyway)
+and the LayerNorm's row statistics, and recomputes :math:`\mathbf{a}`,
+:math:`\mathbf{y}` and the residual sum in the backward (one extra
+:math:`C \times C` GEMM).
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class ScoreTail(torch.autograd.Function):
+    r"""Scores :math:`(N, H)` float32 of the hidden rows ``hidden``
+    :math:`(N, C)` and the tokens ``x`` :math:`(N, C)`; the gradients equal
+    those of the PyTorch formula (see the module docstring)."""
+    @staticmethod
+    def forward(ctx, hidden: Tensor, x: Tensor, w1: Tensor,
+                b1: Optional[Tensor], w2: Tensor,
+                b2: Optional[Tensor], ln_w: Tensor, ln_b: Tensor, eps: float,
+                ws: Tensor, bs: Optional[Tensor], approximate: str) -> Tensor:
+        y = _second_layer(hidden, w2, b2, approximate).float()  # [N, C]
+        C = y.size(-1)
+        ln, mean, rstd = torch.native_layer_norm(y, [C], ln_w.float(),
+                                                 ln_b.float(), eps)
+        h = x.float() + ln  # [N, C] float32
+        out = F.linear(h, ws.float(), None if bs is None else bs.float())
+        # Not hidden: it is a slice of the layer's stacked projection, and
+        # saving it would keep the queries, keys and values alive too.
+        ctx.save_for_backward(x, w1, b1, w2, b2, ln_w, ln_b, ws, bs, mean,
+                              rstd)
+        ctx.dtype = hidden.dtype
+        ctx.approximate = approximate
+        return out  # [N, H]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, w1, b1, w2, b2, ln_w, ln_b, ws, bs, mean, rstd = \
+            ctx.saved_tensors
+        need = ctx.needs_input_grad[:2] + ctx.needs_input_grad[4:]
+        dt = ctx.dtype
+        hidden = F.linear(x.to(dt), w1.to(dt),
+                          None if b1 is None else b1.to(dt))  # [N, C]
+        grad = grad.float()  # [N, H]
+        a = F.gelu(hidden, approximate=ctx.approximate)
+        y = F.linear(a, w2.to(a.dtype),
+                     None if b2 is None else b2.to(a.dtype)).float()
+        C = y.size(-1)
+        # LN(y) from the saved statistics: [N, C] float32.
+        ln = (y - mean) * rstd * ln_w.float() + ln_b.float()
+        g_ws = grad.t() @ (x.float() + ln) if need[7] else None  # [H, C]
+        g_bs = grad.sum(0) if need[8] and bs is not None else None
+        g_h = grad @ ws.float()  # [N, C]: the residual sum's gradient
+        g_x = g_h.to(x.dtype) if need[1] else None
+        g_y, g_lnw, g_lnb = torch.ops.aten.native_layer_norm_backward(
+            g_h, y, [C], mean, rstd, ln_w.float(), ln_b.float(),
+            [True, need[4], need[5]])
+        g_y = g_y.to(a.dtype)  # [N, C]
+        g_w2 = (g_y.t() @ a).to(w2.dtype) if need[2] else None  # [C, C]
+        g_b2 = g_y.float().sum(0).to(b2.dtype) \
+            if need[3] and b2 is not None else None
+        g_hidden = None
+        if need[0]:
+            g_a = g_y @ w2.to(a.dtype)  # [N, C]
+            g_hidden = torch.ops.aten.gelu_backward(
+                g_a, hidden, approximate=ctx.approximate)
+        return (g_hidden, g_x, None, None, g_w2, g_b2, _cast(g_lnw, ln_w),
+                _cast(g_lnb, ln_b), None, _cast(g_ws, ws), _cast(g_bs, bs),
+                None)
+
+
+def _second_layer(hidden: Tensor, w2: Tensor, b2: Optional[Tensor],
+                  approximate: str) -> Tensor:
+    # GELU and the MLP's second layer in the dtype of ``hidden``.
+    return F.linear(F.gelu(hidden, approximate=approximate),
+                    w2.to(hidden.dtype),
+                    None if b2 is None else b2.to(hidden.dtype))
+
+
+def _cast(g: Optional[Tensor], like: Optional[Tensor]) -> Optional[Tensor]:
+    return None if g is None or like is None else g.to(like.dtype)
+
+
+def score_tail(hidden: Tensor, x: Tensor, w1: Tensor, b1: Optional[Tensor],
+               w2: Tensor, b2: Optional[Tensor],
+               ln_w: Tensor, ln_b: Tensor, eps: float, ws: Tensor,
+               bs: Optional[Tensor], approximate: str = 'none') -> Tensor:
+    r""":class:`ScoreTail` applied outside autocast (it picks its own
+    dtypes: those of ``hidden``, and float32 from the LayerNorm on).
+    ``hidden`` must equal ``F.linear(x, w1, b1)`` in its dtype; ``w1`` and
+    ``b1`` get no gradient here (they get it where ``hidden`` was
+    computed)."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        b1 = None if b1 is None else b1.detach()
+        return ScoreTail.apply(hidden, x, w1.detach(), b1, w2, b2, ln_w, ln_b, eps, ws, bs,
+                               approximate)
+
+
+__all__: Tuple[str, ...] = ('ScoreTail', 'score_tail')
