@@ -12,6 +12,11 @@ from samsa_geo.nn.attention._attend import (
     explicit_attention,
     sdpa_attention,
 )
+from samsa_geo.nn.attention._dense import (
+    dense_attention,
+    dense_layout,
+    to_padded,
+)
 from samsa_geo.nn.attention._dispatch import (
     FUSED_MAX_HEAD_DIM,
     FUSED_MAX_SET_SIZE,
@@ -420,6 +425,8 @@ class SamsaAttention(Module):
 
         if self._fused_inference(x, info, return_weights):
             return self._fused_forward(x, batch, info, return_indices)
+        if self._dense_keeps_all(info, N, return_indices):
+            return self._dense_forward(x, batch, info)
 
         # 1. Queries for every token; keys and values for every candidate.
         q, kv, hidden = self._project(x)
@@ -671,6 +678,40 @@ class SamsaAttention(Module):
         if self.scorer is None:
             return True
         return isinstance(self.k, int) and not return_indices
+
+    def _dense_keeps_all(self, info: SetInfo, N: int,
+                         return_indices: bool) -> bool:
+        # Sets that keep all their tokens, attended in the padded layout
+        # (one tile per set) with dot-product softmax: the exact attention
+        # of _dense.py, with no key ids and no gather.
+        return (not return_indices and self.num_registers == 0
+                and self.sampling in ('hard', 'soft', 'full')
+                and self.score == 'dot' and self.normalization == 'softmax'
+                and self.rel_bias is None and self._keeps_all(info, False)
+                and not (self._packed(info, N)
+                         and self._tile_size(info, N) < info.max_size))
+
+    def _dense_forward(self, x: Tensor, batch: Optional[Tensor],
+                       info: SetInfo) -> Tensor:
+        # Queries, keys and values of the tokens padded to [B, n_max]
+        # slots at once, one attention call, the token rows read back and
+        # projected out.
+        B, n, C = info.num_sets, info.max_size, self.channels
+        layout = None if info.equal else dense_layout(batch, B, n)
+        weight, bias = self._fused_projection([self.lin_q, self.lin_kv], x)
+        if weight.dtype != x.dtype:  # cached weights of autocast's dtype
+            x = x.to(weight.dtype)
+        qkv = F.linear(x, weight, bias)  # [N, 3C]
+        if layout is not None:
+            qkv = to_padded(qkv, layout.index, B * n)  # [B * n, 3C]
+        q, kv = qkv.view(B, n, 3 * C).split([C, 2 * C], -1)
+        key_bias = None if layout is None else layout.key_bias(q.dtype)
+        o = dense_attention(q, kv, key_bias, self.heads,
+                            self.dropout if self.training else 0.0)
+        o = o.view(B * n, C)  # [B, n, C] -> [B * n, C]
+        if layout is not None:
+            o = o[layout.index]  # [N, C]
+        return F.linear(o, self.lin_out.weight, self.lin_out.bias)
 
     def _padding_costly(self, info: SetInfo, N: int) -> bool:
         if info.max_size is None:  # unknown n_max: only tiles are safe

@@ -6,6 +6,7 @@ from torch import Tensor
 from torch.nn import GELU, Linear, Module, Parameter, Sequential
 from torch_geometric.nn.inits import reset
 
+from samsa_geo.nn.attention import config
 from samsa_geo.ops import check_sorted_batch
 from samsa_geo.ops.validation import check_edge_index
 
@@ -84,7 +85,9 @@ class GraphTokenizer(Module):
 
     Shapes:
         - **input:** x :math:`(N, *)`, edge_index :math:`(2, E)`,
-          edge_attr :math:`(E, *)`, batch :math:`(N,)` (sorted), pe
+          edge_attr :math:`(E, *)`, batch :math:`(N,)` (sorted: checked on
+          the CPU and in debug mode, see
+          :func:`~samsa_geo.nn.attention.config.set_debug`), pe
           :math:`(N, F)`, node_id :math:`(N, d)`
         - **output:** :class:`GraphTokens`
     """
@@ -181,7 +184,8 @@ class GraphTokenizer(Module):
         if batch.shape != (num_nodes, ):
             raise ValueError(f"Expected 'batch' to have shape [{num_nodes}] "
                              f"(got {list(batch.shape)})")
-        check_sorted_batch(batch)
+        if config.checks_values(batch.device):  # reads the device back
+            check_sorted_batch(batch)
 
         h = self.node_encoder(x)
         if h.shape != (num_nodes, self.channels):

@@ -1,6 +1,7 @@
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, GELU, Linear, Module, ModuleList, Sequential
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
@@ -51,6 +52,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 class _TokenGINE(Module):
     # GINE(x, edge_index, edge_attr) whose edge features are read from the
     # current edge tokens when `edge_token_index` is given (node+edge tokens).
+    # The GINEConv / GINConv module holds the parameters (state_dict,
+    # repr); the forward pass computes its update directly,
+    # nn((1 + eps) x_i + sum_{j -> i} ReLU(x_j + e_ji)), with one gather and
+    # one indexed sum and none of MessagePassing's per-call dispatch.
     def __init__(self, channels: int, with_edges: bool) -> None:
         super().__init__()
         nn = Sequential(Linear(channels, channels), GELU(),
@@ -64,11 +69,26 @@ class _TokenGINE(Module):
     def forward(self, x: Tensor, edge_index: Tensor,
                 edge_attr: Optional[Tensor] = None,
                 edge_token_index: Optional[Tensor] = None) -> Tensor:
-        if isinstance(self.conv, GINConv):
-            return self.conv(x, edge_index)
-        if edge_token_index is not None:
-            edge_attr = x[edge_token_index]
-        return self.conv(x, edge_index, edge_attr)
+        with_edges = isinstance(self.conv, GINEConv)
+        if with_edges:
+            if edge_token_index is not None:
+                edge_attr = x[edge_token_index]  # [E, C]
+            if edge_attr is None or edge_attr.shape != (edge_index.size(1),
+                                                        x.size(1)):
+                shape = None if edge_attr is None else list(edge_attr.shape)
+                raise ValueError(f"Expected 'edge_attr' of shape "
+                                 f"[{edge_index.size(1)}, {x.size(1)}] "
+                                 f"(got {shape})")
+        msg = x.index_select(0, edge_index[0])  # [E, C] x_j
+        if with_edges:
+            msg = (msg + edge_attr).relu()
+        # Sum over the incoming edges of every node i = edge_index[1].
+        h = x.new_zeros(x.shape).index_add_(0, edge_index[1], msg)
+        h = h + (1 + self.conv.eps) * x  # [N, C]
+        lin1, act, lin2 = self.conv.nn
+        h = F.gelu(F.linear(h, lin1.weight, lin1.bias),
+                   approximate=act.approximate)
+        return F.linear(h, lin2.weight, lin2.bias)
 
     def __repr__(self) -> str:
         return repr(self.conv)
@@ -308,6 +328,8 @@ class SamsaGraphModel(Reloadable, Module):
         h = tok.x
         for conv in self.convs:
             h = conv(h, tok_edge_index, tok.batch, **conv_kwargs)
+        if tok.edge_index is None:  # node tokens only: token i is node i
+            return h
         return h[tok.node_index]  # [N, C]
 
     def forward(

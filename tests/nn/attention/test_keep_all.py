@@ -84,12 +84,19 @@ def test_keep_all_equals_the_ranked_path(sizes, mode, training, monkeypatch):
     ref, ref_gx, ref_grads = run()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
+    assert_same_grads(grads, ref_grads)
+
+
+def assert_same_grads(grads, ref_grads):
+    # The scorer gets no gradient where every candidate is kept: None on
+    # one path may be zeros on the other.
     for name, g in grads.items():
-        if ref_grads[name] is None:  # the scorer: no gradient either way
-            assert g is None or not g.any(), name
+        ref = ref_grads[name]
+        if g is None or ref is None:
+            assert (g is None or not g.any()) and \
+                (ref is None or not ref.any()), name
         else:
-            torch.testing.assert_close(g, ref_grads[name], rtol=1e-5,
-                                       atol=1e-6)
+            torch.testing.assert_close(g, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_keep_all_needs_the_largest_size_and_plain_k():
@@ -106,3 +113,78 @@ def test_keep_all_needs_the_largest_size_and_plain_k():
     # Returned indices of the full attention are in token order either way.
     full = SamsaAttention(16, heads=2, sampling='full')
     assert full._keeps_all(full._set_info(x, batch, None, None, 2, 5), True)
+
+
+def _gathered_only(monkeypatch):
+    monkeypatch.setattr(SamsaAttention, '_dense_keeps_all',
+                        lambda self, info, N, return_indices: False)
+
+
+@pytest.mark.parametrize('sizes', SIZES + [[6, 6]])
+@pytest.mark.parametrize('sampling', ['hard', 'soft', 'full'])
+@pytest.mark.parametrize('training,dropout', [(False, 0.0), (True, 0.0),
+                                              (True, 0.3)])
+def test_dense_keep_all_equals_the_gathered_path(sizes, sampling, training,
+                                                 dropout, monkeypatch):
+    # One padded attention call per batch (_dense.py) against the keep_all
+    # selection gathered into the same padded layout.
+    batch, N = _batch(sizes), sum(sizes)
+    torch.manual_seed(0)
+    attn = SamsaAttention(16, heads=2, k=10, sampling=sampling,
+                          dropout=dropout).train(training)
+    x = torch.randn(N, 16)
+    kw = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+    info = attn._set_info(x, batch, None, None, kw['num_graphs'],
+                          kw['max_num_nodes'])
+    assert attn._dense_keeps_all(info, N, False)
+
+    def run():
+        attn.zero_grad()
+        xg = x.clone().requires_grad_()
+        torch.manual_seed(1)  # the same dropout draws on both paths
+        out = attn(xg, batch.clone(), **kw)
+        if N > 0:
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() \
+                .backward()
+        return out, xg.grad, {n: p.grad for n, p in attn.named_parameters()}
+
+    out, gx, grads = run()
+    _gathered_only(monkeypatch)
+    ref, ref_gx, ref_grads = run()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
+    assert_same_grads(grads, ref_grads)
+
+
+def test_dense_keep_all_one_set_and_no_grad(monkeypatch):
+    # batch=None (one set, a reshape) and inference (stacked weights).
+    torch.manual_seed(0)
+    attn = SamsaAttention(16, heads=4, k=32).eval()
+    x = torch.randn(9, 16)
+    with torch.no_grad():
+        out = attn(x)
+        _gathered_only(monkeypatch)
+        ref = attn(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_layout_follows_the_batch_vector():
+    # The layout cached on a batch tensor is rebuilt when the tensor is
+    # changed in place or read with other sizes; slot 0 of an empty set
+    # stays valid.
+    from samsa_geo.nn.attention._dense import dense_layout
+    batch = _batch([2, 0, 3])
+    layout = dense_layout(batch, 3, 3)
+    assert layout.index.tolist() == [0, 1, 6, 7, 8]
+    assert layout.key_valid.tolist() == [[True, True, False],
+                                         [True, False, False],
+                                         [True, True, True]]
+    assert dense_layout(batch, 3, 3) is layout
+    bias = layout.key_bias(torch.float32)
+    assert bias.shape == (3, 1, 1, 3)
+    assert torch.equal(bias.view(3, 3) == 0, layout.key_valid)
+    batch.copy_(_batch([1, 1, 3]))
+    moved = dense_layout(batch, 3, 3)
+    assert moved is not layout
+    assert moved.index.tolist() == [0, 3, 6, 7, 8]
+    assert dense_layout(batch, 3, 4).index.tolist() == [0, 4, 8, 9, 10]

@@ -227,3 +227,66 @@ def test_batch_hints_give_the_same_model_output(tokens):
             assert len(grads) == len(outs[0][1])
             for g, ref in zip(grads, outs[0][1]):
                 torch.testing.assert_close(g, ref)
+
+
+@pytest.mark.parametrize('with_edges', [True, False])
+def test_local_branch_equals_pyg_gine(with_edges):
+    # The local branch computes GINEConv's (GINConv's) update itself:
+    # outputs and gradients equal those of the PyG module it holds.
+    from samsa_geo.nn.models.samsa_graph_model import _TokenGINE
+    torch.manual_seed(0)
+    local = _TokenGINE(8, with_edges)
+    torch.nn.init.normal_(local.conv.eps)
+    x = torch.randn(12, 8, requires_grad=True)
+    edge_index = torch.randint(0, 12, (2, 30))
+    edge_attr = torch.randn(30, 8, requires_grad=True)
+    args = (x, edge_index, edge_attr) if with_edges else (x, edge_index)
+    weight = torch.randn(12, 8)
+
+    def run(fn):
+        for t in (x, edge_attr, *local.parameters()):
+            t.grad = None
+        out = fn(*args)
+        (out * weight).sum().backward()
+        return [out, x.grad, edge_attr.grad] + [
+            p.grad for p in local.parameters()]
+
+    for got, ref in zip(run(local), run(local.conv)):
+        if ref is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    if with_edges:
+        with pytest.raises(ValueError, match="'edge_attr' of shape"):
+            local(x, edge_index, edge_attr[:, :4])
+
+
+def test_dense_keep_all_path_gives_the_same_training_step(monkeypatch):
+    # Small graphs with batch_hints (k >= n_max): the padded exact
+    # attention against the gathered keep_all path, outputs and gradients.
+    from samsa_geo.nn import SamsaAttention, batch_hints
+    batch = Batch.from_data_list([_graph(n, n, False) for n in (5, 9, 3)])
+    torch.manual_seed(0)
+    model = _model(k=16).train()
+    node_id = torch.randn(batch.num_nodes, 16)
+
+    def step():
+        model.zero_grad()
+        out = _run(model, batch, node_id=node_id, **batch_hints(batch))
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() \
+            .backward()
+        return out, {n: p.grad for n, p in model.named_parameters()}
+
+    out, grads = step()
+    monkeypatch.setattr(SamsaAttention, '_dense_keeps_all',
+                        lambda self, info, N, return_indices: False)
+    ref, ref_grads = step()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for name, g in grads.items():
+        ref_g = ref_grads[name]
+        if g is None or ref_g is None:  # the unused scorers
+            assert 'scorer' in name
+            assert (g is None or not g.any()) and \
+                (ref_g is None or not ref_g.any())
+        else:
+            torch.testing.assert_close(g, ref_g, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,114 @@
+r"""Exact attention of sets that keep all their candidates, in one padded
+batch: every set is a row of :math:`n_{\max}` slots, the keys past a set's
+size are masked, and one call of PyTorch's fused attention serves all sets.
+
+It computes what the sampled path computes when every set keeps all its
+tokens (:math:`k_b = n_b`, no registers) in its padded layout, the same
+attention call on the same shapes, but with fewer operators per call: the
+projected queries, keys and values are padded at once, no key ids are
+built or gathered, and the padding index and key mask are built once per
+``batch`` tensor and shared by every layer that reads it.
+"""
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from samsa_geo.nn.attention._attend import MAX_GRID_Y
+from samsa_geo.nn.attention._dispatch import is_tracing
+from samsa_geo.nn.attention._sets import set_offsets
+
+
+class DenseLayout:
+    r"""The padded layout of :math:`B` sets of at most :math:`n_{\max}`
+    tokens.
+
+    Attributes:
+        index (Tensor): :math:`(N)` slot
+            :math:`b\,n_{\max} + (i - \mathrm{ptr}_b)` of every token.
+        key_valid (Tensor): :math:`(B, n_{\max})` whether a slot holds a
+            token (slot 0 of an empty set counts as one: an all-masked row
+            would make the softmax NaN, and no query reads it).
+    """
+    def __init__(self, index: Tensor, key_valid: Tensor) -> None:
+        self.index, self.key_valid = index, key_valid
+        self._masks: Dict[torch.dtype, Tensor] = {}
+
+    def key_bias(self, dtype: torch.dtype) -> Tensor:
+        r"""The additive key mask :math:`(B, 1, 1, n_{\max})` of ``dtype``:
+        :math:`0` on tokens, :math:`-\infty` past them (the values SDPA
+        gives a boolean mask), made once per dtype."""
+        if dtype not in self._masks:
+            B, n = self.key_valid.shape
+            zero = torch.zeros((), dtype=dtype, device=self.index.device)
+            self._masks[dtype] = torch.where(
+                self.key_valid, zero, float('-inf')).view(B, 1, 1, n)
+        return self._masks[dtype]
+
+
+def dense_layout(batch: Tensor, num_sets: int,
+                 max_size: int) -> DenseLayout:
+    r"""The :class:`DenseLayout` of a sorted ``batch`` vector, built on the
+    device without a read-back. In eager mode it is cached on ``batch``
+    (keyed by its version counter and the sizes), so that the layers of a
+    model share it."""
+    key = (batch._version, num_sets, max_size)
+    cache = None if is_tracing() else getattr(batch, '_samsa_dense', None)
+    if cache is not None and cache[0] == key:
+        return cache[1]
+    ptr = set_offsets(batch, num_sets)  # [B + 1]
+    loc = torch.arange(batch.numel(), device=batch.device) - ptr[batch]
+    size = (ptr[1:] - ptr[:-1]).clamp_(min=1)  # [B]
+    slot = torch.arange(max_size, device=batch.device)
+    layout = DenseLayout(batch * max_size + loc,
+                         slot.view(1, -1) < size.view(-1, 1))
+    if not is_tracing():
+        try:
+            batch._samsa_dense = (key, layout)
+        except (AttributeError, RuntimeError):  # tensor subclasses
+            pass
+    return layout
+
+
+def to_padded(x: Tensor, index: Tensor, rows: int) -> Tensor:
+    r"""Token rows :math:`(N, F)` into ``rows`` padded slots
+    :math:`(\mathrm{rows}, F)`, zero where no token sits."""
+    out = x.new_zeros(rows, x.size(1))
+    return out.index_copy_(0, index, x)
+
+
+def dense_attention(q: Tensor, kv: Tensor, key_bias: Optional[Tensor],
+                    heads: int, dropout: float) -> Tensor:
+    r"""Softmax attention of every padded set over its own slots.
+
+    Args:
+        q (Tensor): Queries :math:`(B, n, H D)`.
+        kv (Tensor): Keys and values :math:`(B, n, 2 H D)`, head :math:`h`
+            in columns :math:`[2hD, 2(h+1)D)` as ``[k_h, v_h]``.
+        key_bias (Tensor, optional): :math:`(B, 1, 1, n)` additive key
+            mask (see :func:`dense_layout`); :obj:`None` where every slot
+            holds a token.
+        heads (int): :math:`H`.
+        dropout (float): Dropout on the attention weights (0 in eval).
+
+    Returns:
+        Tensor: :math:`(B, n, H D)`.
+    """
+    B, n, C = q.shape
+    H, D = heads, C // heads
+    q = q.view(B, n, H, D).transpose(1, 2)  # [B, H, n, D]
+    kv = kv.view(B, n, H, 2 * D).transpose(1, 2)  # [B, H, n, 2D]
+    k, v = kv.split(D, dim=-1)  # [B, H, n, D] each
+    mask = key_bias
+    if B > MAX_GRID_Y:  # the fused kernels put B on a CUDA grid axis
+        o = torch.cat([
+            F.scaled_dot_product_attention(
+                q[s:s + MAX_GRID_Y], k[s:s + MAX_GRID_Y],
+                v[s:s + MAX_GRID_Y],
+                attn_mask=None if mask is None else mask[s:s + MAX_GRID_Y],
+                dropout_p=dropout) for s in range(0, B, MAX_GRID_Y)], 0)
+    else:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=dropout)
+    return o.transpose(1, 2).reshape(B, n, C)  # [B, H, n, D] -> [B, n, C]
