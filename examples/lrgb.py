@@ -5,10 +5,10 @@ channel-wise normalised features) and PCQM-Contact (filtered MRR).
 
 With no arguments it trains on the bundled *synthetic* Peptides-func sample
 (peptide-like chains with structural labels, in the raw format of the
-archive; datasets/lrgb_sample) on the CPU in a few minutes per seed. Point
---root at a folder of the real archives (or an empty one: the datasets are
-downloaded) to train on LRGB; without --root the other datasets use
-data/LRGB.
+archive; datasets/lrgb_sample), about a minute per seed on one CPU
+thread. Point --root at a folder of the real archives (or an empty one: the
+datasets are downloaded) to train on LRGB; without --root the other
+datasets use data/LRGB.
 
 Standard protocol: official splits, model selection on validation, test
 metric at the selected epoch, mean +- std over seeds. Every seed gets a run
@@ -47,7 +47,7 @@ REAL_ROOT = 'data/LRGB'
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    p.add_argument('--dataset', default='peptides-func',
+    p.add_argument('--dataset', default=SAMPLE_DATASET,
                    choices=list(LRGB_TASKS),
                    help='LRGB dataset (model preset, metric and task follow '
                    'from it)')

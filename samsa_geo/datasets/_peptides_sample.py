@@ -183,7 +183,7 @@ def featurize(elem, chiral, bonds, aromatic_atoms):
         attr += [(kind, 0, int(conj))] * 2
     return (torch.tensor(x, dtype=torch.long),
             torch.tensor(attr, dtype=torch.long),
-            torch.tensor(index, dtype=torch.long).t().contiguous())
+            torch.tensor(index, dtype=torch.long).t().contiguous())  # [2, E]
 
 
 def labels(residues: str, num_atoms: int, bonds, info) -> List[float]:
@@ -218,7 +218,7 @@ def peptide_graph(rng) -> Tuple:
     residues = random_residues(rng)
     elem, chiral, bonds, info = peptide(rng, residues)
     x, edge_attr, edge_index = featurize(elem, chiral, bonds, info['ring'])
-    y = torch.tensor([labels(residues, len(elem), bonds, info)])
+    y = torch.tensor([labels(residues, len(elem), bonds, info)])  # [1, 10]
     return (x, edge_attr, edge_index, y), residues
 
 

@@ -74,3 +74,14 @@ def test_default_schedule_is_stable(sample, tmp_path, tokens, seed):
     assert len(curve) == 200
     assert max(curve) - curve[-1] <= 0.05, curve
     assert_stable(curve, chance)
+
+
+def test_data_root_defaults_to_the_sample_for_peptides_func(tmp_path):
+    args = lrgb.parse_args([])
+    assert args.dataset == 'peptides-func' and args.root is None
+    assert lrgb.data_root(args) == sample_root('lrgb')
+    # The other datasets have no sample: their real folder.
+    args = lrgb.parse_args(['--dataset', 'pascalvoc-sp'])
+    assert lrgb.data_root(args) == 'data/LRGB'
+    args = lrgb.parse_args(['--root', str(tmp_path)])
+    assert lrgb.data_root(args) == str(tmp_path)
