@@ -3,6 +3,13 @@ SAMSA graph model (LRGB presets, < 500k parameters) on all five datasets:
 Peptides-func (AP), Peptides-struct (MAE), PascalVOC-SP / COCO-SP (macro F1,
 channel-wise normalised features) and PCQM-Contact (filtered MRR).
 
+With no arguments it trains on the bundled *synthetic* Peptides-func sample
+(peptide-like chains with structural labels, in the raw format of the
+archive; datasets/lrgb_sample), about a minute per seed on one CPU
+thread. Point --root at a folder of the real archives (or an empty one: the
+datasets are downloaded) to train on LRGB; without --root the other
+datasets use data/LRGB.
+
 Standard protocol: official splits, model selection on validation, test
 metric at the selected epoch, mean +- std over seeds. Every seed gets a run
 folder ``<out>/<dataset>/seed<k>/`` holding the trainer's checkpoints and log,
@@ -10,7 +17,8 @@ folder ``<out>/<dataset>/seed<k>/`` holding the trainer's checkpoints and log,
 ``num_params``) and ``test_predictions.pt`` (``{'pred', 'target'}``);
 ``<out>/<dataset>/metrics.json`` holds the mean and std over seeds.
 
-    python examples/lrgb.py --dataset peptides-func --epochs 200 --seeds 4
+    python examples/lrgb.py
+    python examples/lrgb.py --dataset peptides-func --root data/LRGB --epochs 200 --seeds 4
     python examples/lrgb.py --config examples/configs/lrgb_peptides-func.yaml
 """
 import json
@@ -22,7 +30,8 @@ import torch.nn.functional as F
 from torch_geometric.transforms import Compose
 
 from samsa_geo.datasets import (LRGB_TASKS, LRGBDataset,
-                                lrgb_feature_normalization, lrgb_task)
+                                lrgb_feature_normalization, lrgb_task,
+                                sample_root)
 from samsa_geo.metrics import (average_precision_multitask, macro_f1,
                                mean_absolute_error, mrr)
 from samsa_geo.nn import batch_hints
@@ -32,16 +41,21 @@ from samsa_geo.train import (Trainer, add_run_args, make_loader,
                              save_config, seed_everything)
 from samsa_geo.transforms import AddLaplacianPE, AddRandomWalkPE, RandomSignFlip
 
+SAMPLE_DATASET = 'peptides-func'  # the only dataset of the bundled sample
+REAL_ROOT = 'data/LRGB'
 
 
 def parse_args(argv=None):
     p = make_parser(__doc__)
-    p.add_argument('--dataset', required=True, choices=list(LRGB_TASKS),
+    p.add_argument('--dataset', default=SAMPLE_DATASET,
+                   choices=list(LRGB_TASKS),
                    help='LRGB dataset (model preset, metric and task follow '
                    'from it)')
-    p.add_argument('--root', default='data/LRGB',
+    p.add_argument('--root', default=None,
                    help="folder of PyG's LRGBDataset (raw archives under "
-                   "<root>/<dataset>/raw)")
+                   "<root>/<dataset>/raw); unset: the bundled synthetic "
+                   f"sample for {SAMPLE_DATASET}, {REAL_ROOT} for the "
+                   "others")
     p.add_argument('--out', default='runs/lrgb',
                    help='run folders: <out>/<dataset>/seed<k>/')
     p.add_argument('--epochs', type=int, default=200, help='training epochs')
@@ -125,11 +139,24 @@ class LRGBTask:
                 'mrr_filtered': outputs['mrr_filtered_per_graph'].mean().item()}
 
 
+def data_root(args):
+    """``--root``, else the bundled synthetic sample (Peptides-func) or
+    :obj:`REAL_ROOT` (the other datasets, downloaded there)."""
+    if args.root is not None:
+        return args.root
+    if args.dataset == SAMPLE_DATASET:
+        print(f'{args.dataset}: the bundled SYNTHETIC sample (pass --root '
+              f'for the real dataset)', file=sys.stderr)
+        return sample_root('lrgb')
+    return REAL_ROOT
+
+
 def load_splits(args, preset):
     pe_transform = (AddLaplacianPE(preset['pe_channels'])
                     if preset['pe'] == 'lap' else
                     AddRandomWalkPE(preset['pe_channels']))
-    splits = {split: LRGBDataset(args.root, args.dataset, split=split,
+    root = data_root(args)
+    splits = {split: LRGBDataset(root, args.dataset, split=split,
                                  pre_transform=pe_transform)
               for split in ('train', 'val', 'test')}
     norm = lrgb_feature_normalization(args.dataset, splits['train'])

@@ -1,9 +1,11 @@
-"""Writes the bundled synthetic point-cloud samples in the real formats.
+"""Writes the bundled synthetic samples in the real formats.
 
   datasets/modelnet40_sample/modelnet40_normal_resampled/...
       (read by samsa_geo.datasets.ModelNet40NormalResampled)
   datasets/shapenet_part_sample/shapenetcore_partanno_segmentation_benchmark_v0_normal/...
       (read by samsa_geo.datasets.ShapeNetPart)
+  datasets/lrgb_sample/peptides-func/raw/{train,val,test}.pt
+      (read by samsa_geo.datasets.LRGBDataset, name 'Peptides-func')
 
 The generator lives in the library (samsa_geo.datasets.write_samples), which
 also writes the samples on first use after a non-editable install.
@@ -24,8 +26,8 @@ def main():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--out', default=osp.join(
         osp.dirname(osp.dirname(osp.abspath(__file__))), 'datasets'),
-        help='folder that receives modelnet40_sample/ and '
-        'shapenet_part_sample/')
+        help='folder that receives modelnet40_sample/, '
+        'shapenet_part_sample/ and lrgb_sample/')
     parser.add_argument('--modelnet-split', type=int, nargs=2,
                         default=(12, 4), metavar=('TRAIN', 'TEST'),
                         help='shapes per class (a larger synthetic set for '
@@ -35,8 +37,11 @@ def main():
                         help='write the ModelNet sample only')
     args = parser.parse_args()
     write_samples(args.out, tuple(args.modelnet_split), args.modelnet_only)
-    print(f'wrote {args.out}/modelnet40_sample and '
-          f'{args.out}/shapenet_part_sample')
+    if args.modelnet_only:
+        print(f'wrote {args.out}/modelnet40_sample')
+    else:
+        print(f'wrote {args.out}/modelnet40_sample, '
+              f'{args.out}/shapenet_part_sample and {args.out}/lrgb_sample')
 
 
 if __name__ == '__main__':

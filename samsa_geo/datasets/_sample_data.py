@@ -1,10 +1,13 @@
-"""The generator of the bundled synthetic point-cloud samples, written in the
-real archives' formats:
+"""The generator of the bundled synthetic samples, written in the real
+archives' formats:
 
   OUT/modelnet40_sample/modelnet40_normal_resampled/...
       (read by samsa_geo.datasets.ModelNet40NormalResampled)
   OUT/shapenet_part_sample/shapenetcore_partanno_segmentation_benchmark_v0_normal/...
       (read by samsa_geo.datasets.ShapeNetPart)
+  OUT/lrgb_sample/peptides-func/raw/...
+      (read by samsa_geo.datasets.LRGBDataset, name 'Peptides-func';
+      generated in samsa_geo/datasets/_peptides_sample.py)
 
 Every shape is procedural (primitives with random size, aspect and pose),
 sampled on its surface with outward unit normals, y up, centred and scaled
@@ -19,6 +22,8 @@ import os.path as osp
 import shutil
 
 import numpy as np
+
+from samsa_geo.datasets._peptides_sample import write_peptides
 
 SEED = 20240808
 MODELNET_POINTS = 1024
@@ -404,18 +409,20 @@ def write_shapenet(rng, out):
 def write_samples(out: str, modelnet_split: tuple = MODELNET_SPLIT,
                   modelnet_only: bool = False) -> None:
     r"""Writes the synthetic samples that :func:`sample_root` returns,
-    :obj:`modelnet40_sample/` and :obj:`shapenet_part_sample/`, under
-    :obj:`out`. Seeded: the same arguments write the same bytes.
+    :obj:`modelnet40_sample/`, :obj:`shapenet_part_sample/` and
+    :obj:`lrgb_sample/`, under :obj:`out`. Seeded: the same arguments write
+    the same bytes.
 
     Args:
         out (str): The folder that receives both samples.
         modelnet_split (tuple, optional): Train and test shapes per ModelNet
             class. (default: :obj:`(12, 4)`)
         modelnet_only (bool, optional): Skip the ShapeNet sample, which draws
-            from the random stream after the ModelNet sample.
-            (default: :obj:`False`)
+            from the random stream after the ModelNet sample, and the LRGB
+            sample (a stream of its own). (default: :obj:`False`)
     """
     rng = np.random.default_rng(SEED)
     write_modelnet(rng, out, tuple(modelnet_split))
     if not modelnet_only:
         write_shapenet(rng, out)
+        write_peptides(out)

@@ -8,6 +8,7 @@ from samsa_geo.datasets._sample_data import write_samples
 SAMPLES = {
     'modelnet40': 'modelnet40_sample',
     'shapenet_part': 'shapenet_part_sample',
+    'lrgb': 'lrgb_sample',
 }
 
 
@@ -34,8 +35,10 @@ def _complete(top: str) -> bool:
 def sample_root(name: str) -> str:
     r"""Returns the root of a bundled synthetic sample, to pass as
     :obj:`root` to the matching loader: :obj:`"modelnet40"` for
-    :class:`~samsa_geo.datasets.ModelNet40NormalResampled` and
-    :obj:`"shapenet_part"` for :class:`~samsa_geo.datasets.ShapeNetPart`.
+    :class:`~samsa_geo.datasets.ModelNet40NormalResampled`,
+    :obj:`"shapenet_part"` for :class:`~samsa_geo.datasets.ShapeNetPart`
+    and :obj:`"lrgb"` for :class:`~samsa_geo.datasets.LRGBDataset` with
+    name :obj:`"Peptides-func"` (the only dataset of that sample).
 
     From a source checkout this is the repository's :obj:`datasets/` folder.
     After any other install (a wheel, :obj:`pip install .`) the samples are
@@ -44,10 +47,12 @@ def sample_root(name: str) -> str:
     :obj:`$SAMSA_GEO_DATA` if set, else
     :obj:`$XDG_CACHE_HOME/samsa_geo/datasets` (default
     :obj:`~/.cache/samsa_geo/datasets`). The loader writes its cache to
-    :obj:`processed/` inside the returned root.
+    :obj:`processed/` inside the returned root (LRGB:
+    :obj:`peptides-func/processed/`).
 
     Args:
-        name (str): :obj:`"modelnet40"` or :obj:`"shapenet_part"`.
+        name (str): :obj:`"modelnet40"`, :obj:`"shapenet_part"` or
+            :obj:`"lrgb"`.
     """
     if name not in SAMPLES:
         raise ValueError(f"Expected 'name' to be one of {sorted(SAMPLES)} "

@@ -17,13 +17,12 @@ Formats (see ``LRGBDataset.process``):
 * ``pcqm-contact``: ``raw/{train,val,test}.pt``, lists of ``(x, edge_attr,
   edge_index, edge_label_index, edge_label)``.
 """
-import os
-import os.path as osp
-import pickle
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from samsa_geo.datasets._lrgb_raw import save_lrgb_raw
 
 LRGB_NAMES: List[str] = ['pascalvoc-sp', 'coco-sp', 'pcqm-contact',
                          'peptides-func', 'peptides-struct']
@@ -105,17 +104,11 @@ def write_lrgb_raw(root: str, name: str, seed: int = 0,
                          f"(got {name!r})")
     sizes = sizes or SPLIT_SIZES
     gen = torch.Generator().manual_seed(seed)
-    raw_dir = osp.join(root, name, 'raw')
-    os.makedirs(raw_dir, exist_ok=True)
+    graphs = {}
     for split in ('train', 'val', 'test'):
-        graphs = []
+        graphs[split] = []
         for _ in range(sizes[split]):
             n = int(torch.randint(num_nodes[0], num_nodes[1], (1, ),
                                   generator=gen))
-            graphs.append(make_lrgb_graph(name, n, gen))
-        if name.endswith('-sp'):
-            with open(osp.join(raw_dir, f'{split}.pickle'), 'wb') as f:
-                pickle.dump(graphs, f)
-        else:
-            torch.save(graphs, osp.join(raw_dir, f'{split}.pt'))
-    return raw_dir
+            graphs[split].append(make_lrgb_graph(name, n, gen))
+    return save_lrgb_raw(root, name, graphs)

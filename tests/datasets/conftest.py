@@ -6,6 +6,7 @@ import pytest
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 MODELNET_SAMPLE = osp.join(REPO, 'datasets', 'modelnet40_sample')
 SHAPENET_SAMPLE = osp.join(REPO, 'datasets', 'shapenet_part_sample')
+LRGB_SAMPLE = osp.join(REPO, 'datasets', 'lrgb_sample')
 
 
 @pytest.fixture

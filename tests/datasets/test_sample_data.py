@@ -13,7 +13,7 @@ from samsa_geo.datasets import (
     sample_root,
 )
 
-from .conftest import MODELNET_SAMPLE, REPO, SHAPENET_SAMPLE
+from .conftest import LRGB_SAMPLE, MODELNET_SAMPLE, REPO, SHAPENET_SAMPLE
 
 
 def _files(top: str) -> list:
@@ -27,7 +27,7 @@ def test_script_reproduces_committed_sample(tmp_path):
                                              'make_sample_data.py'),
                     '--out', str(tmp_path)], check=True, capture_output=True)
     size = 0
-    for committed in (MODELNET_SAMPLE, SHAPENET_SAMPLE):
+    for committed in (MODELNET_SAMPLE, SHAPENET_SAMPLE, LRGB_SAMPLE):
         fresh = osp.join(str(tmp_path), osp.basename(committed))
         names = _files(committed)
         assert names == _files(fresh)
@@ -35,8 +35,10 @@ def test_script_reproduces_committed_sample(tmp_path):
                                                shallow=False)
         assert mismatch == [] and errors == []
         size += sum(osp.getsize(osp.join(committed, n)) for n in names)
-    assert size < 12 * 10**6
-    for top in (MODELNET_SAMPLE, SHAPENET_SAMPLE):
+    assert size < 13 * 10**6
+    assert sum(osp.getsize(osp.join(LRGB_SAMPLE, n))
+               for n in _files(LRGB_SAMPLE)) < 700 * 10**3
+    for top in (MODELNET_SAMPLE, SHAPENET_SAMPLE, LRGB_SAMPLE):
         with open(osp.join(top, 'README.md')) as f:
             assert 'SYNTHETIC' in f.read()
 
@@ -57,6 +59,7 @@ def test_sample_root():
     root = sample_root('shapenet_part')
     assert root == SHAPENET_SAMPLE
     assert ShapeNetPart.categories_on_disk(root) == ['Lamp', 'Mug', 'Table']
+    assert sample_root('lrgb') == LRGB_SAMPLE
     with pytest.raises(ValueError, match="'name'"):
         sample_root('modelnet10')
 
@@ -80,7 +83,8 @@ def test_sample_root_after_non_editable_install(tmp_path):
             'from samsa_geo.datasets import sample_root\n'
             'root = sample_root("modelnet40")\n'
             'stamp = osp.getmtime(osp.join(root, "README.md"))\n'
-            'print(samsa_geo.__file__, root, sample_root("shapenet_part"))\n'
+            'print(samsa_geo.__file__, root, sample_root("shapenet_part"),\n'
+            '      sample_root("lrgb"))\n'
             '# a second call finds the sample instead of writing it again\n'
             'assert sample_root("modelnet40") == root\n'
             'assert osp.getmtime(osp.join(root, "README.md")) == stamp\n')
@@ -88,12 +92,14 @@ def test_sample_root_after_non_editable_install(tmp_path):
                SAMSA_GEO_DATA=str(cache), OMP_NUM_THREADS='1')
     out = subprocess.run([sys.executable, '-c', code], env=env, check=True,
                          capture_output=True, text=True, cwd=str(tmp_path))
-    package, modelnet, shapenet = out.stdout.split()
+    package, modelnet, shapenet, peptides = out.stdout.split()
     assert package.startswith(str(target))
     assert modelnet == str(cache / 'modelnet40_sample')
     assert shapenet == str(cache / 'shapenet_part_sample')
+    assert peptides == str(cache / 'lrgb_sample')
     for committed, fresh in ((MODELNET_SAMPLE, modelnet),
-                             (SHAPENET_SAMPLE, shapenet)):
+                             (SHAPENET_SAMPLE, shapenet),
+                             (LRGB_SAMPLE, peptides)):
         names = _files(committed)
         assert names == _files(fresh)
         _, mismatch, errors = filecmp.cmpfiles(committed, fresh, names,
