@@ -10,6 +10,11 @@ host work dominates::
     python benchmarks/count_ops.py
     python benchmarks/count_ops.py --sizes 32x1024 --channels 256 --k 256
     python benchmarks/count_ops.py --graph-step
+    python benchmarks/count_ops.py --dtype bf16
+
+``--dtype bf16`` runs the calls under CPU autocast, as
+``benchmarks/layer.py`` runs them under CUDA autocast: the parameters'
+casts are counted too.
 
 ``--graph-step`` counts one training step (forward and backward, without
 the optimizer) of the small-graph models of ``benchmarks/layer.py
@@ -101,30 +106,35 @@ def least_thread_time(step: Callable[[], object], reset: Callable[[], None],
 
 
 def measure(op: str, B: int, n: int, C: int, H: int, k: int, train: bool,
-            repeat: int) -> Dict[str, object]:
+            repeat: int, dtype: str = 'fp32') -> Dict[str, object]:
     torch.manual_seed(0)
     model = build(op, C, H, k).train(train)
     x = torch.randn(B * n, C, requires_grad=train)
     batch = torch.arange(B).repeat_interleave(n)
 
+    def forward():
+        with torch.autocast('cpu', dtype=torch.bfloat16,
+                            enabled=dtype == 'bf16'):
+            return call(op, model, x, batch, B)
+
     def step():
         with torch.set_grad_enabled(train):
-            out = call(op, model, x, batch, B)
+            out = forward()
         if train:
-            out.square().mean().backward()
+            out.float().square().mean().backward()
         return out
 
     step()  # first call: caches (fused weights, batch sizes)
     with OpCounter() as fwd_counter:
         with torch.set_grad_enabled(train):
-            out, modules = count_modules(lambda: call(op, model, x, batch, B))
+            out, modules = count_modules(forward)
     rec = dict(op=op, size=f'{B}x{n}', step='train' if train else 'fwd',
                fwd_ops=fwd_counter.total, fwd_views=fwd_counter.views,
                modules=modules, top=fwd_counter.ops)
     if train:
         nodes = autograd_nodes(out)
         with OpCounter() as bwd_counter:
-            out.square().mean().backward()
+            out.float().square().mean().backward()
         rec.update(bwd_ops=bwd_counter.total, bwd_views=bwd_counter.views,
                    nodes=sum(nodes.values()),
                    top=fwd_counter.ops + bwd_counter.ops)
@@ -179,6 +189,8 @@ def main():
                    help='size of the wall-clock timing, where host work '
                    'dominates')
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--dtype', choices=('fp32', 'bf16'), default='fp32',
+                   help='bf16: the calls run under CPU autocast')
     p.add_argument('--graph-step', action='store_true',
                    help='count a training step of the small-graph models '
                    'instead')
@@ -187,7 +199,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f'CPU, {args.threads} thread(s), torch {torch.__version__}, '
-          f'C={args.channels}, H={args.heads}, k={args.k}, fp32')
+          f'C={args.channels}, H={args.heads}, k={args.k}, {args.dtype}')
     if args.graph_step:
         print(f"{'op':<24} {'fwd ops':>8} {'bwd ops':>8} {'ms':>8}")
         with mock.patch.object(config, 'checks_values', lambda device: False):
@@ -206,10 +218,10 @@ def main():
             for op in args.ops.split(','):
                 for train in (False, True):
                     r = measure(op, B, n, args.channels, args.heads, args.k,
-                                train, 1)
+                                train, 1, args.dtype)
                     tB, tn = (int(v) for v in args.time_size.split('x'))
                     small = measure(op, tB, tn, args.channels, args.heads,
-                                    args.k, train, args.repeat)
+                                    args.k, train, args.repeat, args.dtype)
                     print(f"{r['op']:<18} {r['size']:<9} {r['step']:<6} "
                           f"{r['fwd_ops']:>8} {r['fwd_views']:>8} "
                           f"{r.get('bwd_ops', '-'):>8} "

@@ -1,4 +1,4 @@
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,17 +59,23 @@ class ImportanceScorer(Module):
         self.norm.reset_parameters()
         self.lin.reset_parameters()
 
-    def forward(self, x: Tensor, hidden: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, hidden: Optional[Tensor] = None,
+                lin2_weights: Optional[Tuple[Tensor, Tensor]] = None,
+                ) -> Tensor:
         r"""Scores of the tokens ``x`` :math:`(N, C)`; ``hidden`` is the
         MLP's first linear layer applied to ``x``, if the caller computed
-        it already (fused with other projections of ``x``)."""
+        it already (fused with other projections of ``x``), and
+        ``lin2_weights`` the weight and bias of its second linear layer,
+        if the caller cast them already (to autocast's dtype)."""
         lin1, act, lin2 = self.score_nn
         if hidden is None:
             hidden = F.linear(x, lin1.weight, lin1.bias)
+        if lin2_weights is None:
+            lin2_weights = (lin2.weight, lin2.bias)
         # The modules hold the parameters; calling them functionally saves
         # their dispatch on the host.
         y = F.linear(F.gelu(hidden, approximate=act.approximate),
-                     lin2.weight, lin2.bias)
+                     *lin2_weights)
         norm, lin = self.norm, self.lin
         if self._use_kernel(x, y):
             # Eager calls launch the kernel directly: the custom operator's
