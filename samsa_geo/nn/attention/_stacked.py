@@ -23,24 +23,27 @@ class _StackedCast(torch.autograd.Function):
     def forward(ctx, dtype: torch.dtype, sizes: Tuple[int, ...],
                 *tensors: Tensor) -> Tuple[Tensor, ...]:
         ctx.in_dtype = tensors[0].dtype
-        ctx.numel = [t.numel() for t in tensors]
         ctx.shapes = [t.shape for t in tensors]
         flat = torch.cat([_flat(t) for t in tensors])  # [sum |t_i|]
         if flat.dtype != dtype:
             flat = flat.to(dtype)
-        groups = [ctx.shapes[i:i + n] for i, n in _starts(sizes)]
-        parts = flat.split([sum(s.numel() for s in g) for g in groups])
-        # [sum of the group's dim 0, ...] views of the flat buffer
-        return tuple(p if len(g[0]) == 1 else
-                     p.view(sum(s[0] for s in g), *g[0][1:])
-                     for p, g in zip(parts, groups))
+        out, i = [], 0
+        for part in flat.split(_group_numels(ctx.shapes, sizes)):
+            n = sizes[len(out)]
+            shape = ctx.shapes[i]
+            if len(shape) > 1:  # [sum of the group's dim 0, ...]
+                rows = sum(s[0] for s in ctx.shapes[i:i + n])
+                part = part.view(rows, *shape[1:])
+            out.append(part)
+            i += n
+        return tuple(out)
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
         flat = torch.cat([_flat(g) for g in grads])  # [sum |t_i|]
         if flat.dtype != ctx.in_dtype:
             flat = flat.to(ctx.in_dtype)
-        parts = flat.split(ctx.numel)
+        parts = flat.split([s.numel() for s in ctx.shapes])
         return (None, None) + tuple(
             p if len(s) == 1 else p.view(s)
             for p, s in zip(parts, ctx.shapes))
@@ -51,11 +54,10 @@ def _flat(t: Tensor) -> Tensor:
     return t if t.dim() == 1 else t.reshape(-1)
 
 
-def _starts(sizes: Sequence[int]) -> List[Tuple[int, int]]:
-    # (first tensor, number of tensors) of every group.
+def _group_numels(shapes, sizes: Sequence[int]) -> List[int]:
     out, i = [], 0
     for n in sizes:
-        out.append((i, n))
+        out.append(sum(s.numel() for s in shapes[i:i + n]))
         i += n
     return out
 
@@ -69,36 +71,37 @@ def stacked_cast(groups: Sequence[Sequence[Tensor]],
     groups come back as they are and only the others are concatenated.
 
     Args:
-        groups (Sequence[Sequence[Tensor]]): Groups of tensors of one
-            dtype; the tensors of a group agree in every dim but the
-            first.
+        groups (Sequence[Sequence[Tensor]]): Non-empty groups of tensors
+            of one dtype; the tensors of a group agree in every dim but
+            the first.
         dtype (torch.dtype): The dtype of the outputs.
     """
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"Expected 'dtype' to be a torch.dtype "
                         f"(got {type(dtype).__name__})")
-    groups = [list(g) for g in groups]
-    if not groups or any(len(g) == 0 for g in groups):
+    if not groups or not all(groups):
         raise ValueError("Expected 'groups' to be non-empty groups of "
                          "tensors")
     in_dtype = groups[0][0].dtype
-    for g in groups:
-        for t in g:
-            if not isinstance(t, Tensor) or t.dtype != in_dtype:
-                raise TypeError(f"Expected every tensor of 'groups' to be "
-                                f"a tensor of dtype {in_dtype}")
-            if t.dim() == 0 or t.shape[1:] != g[0].shape[1:]:
-                raise ValueError(f"Expected the tensors of a group to agree "
-                                 f"in every dim but the first (got "
-                                 f"{[list(u.shape) for u in g]})")
-    if dtype == in_dtype:  # nothing to cast: single tensors pass through
-        multi = [g for g in groups if len(g) > 1]
-        stacked = iter(_apply(multi, dtype) if multi else ())
-        return [next(stacked) if len(g) > 1 else g[0] for g in groups]
-    return _apply(groups, dtype)
+    tensors = [t for g in groups for t in g]
+    if any(t.dtype != in_dtype for t in tensors):
+        raise TypeError(f"Expected every tensor of 'groups' to be of "
+                        f"dtype {in_dtype} (got "
+                        f"{[t.dtype for t in tensors]})")
+    multi = [g for g in groups if len(g) > 1]
+    for g in multi:
+        if any(t.dim() == 0 or t.shape[1:] != g[0].shape[1:] for t in g):
+            raise ValueError(f"Expected the tensors of a group to agree "
+                             f"in every dim but the first (got "
+                             f"{[list(t.shape) for t in g]})")
+    if dtype != in_dtype:
+        return _apply(groups, dtype)
+    # Nothing to cast: single tensors pass through.
+    stacked = iter(_apply(multi, dtype) if multi else ())
+    return [next(stacked) if len(g) > 1 else g[0] for g in groups]
 
 
-def _apply(groups: List[List[Tensor]], dtype: torch.dtype) -> List[Tensor]:
-    sizes = tuple(len(g) for g in groups)
-    return list(_StackedCast.apply(dtype, sizes,
+def _apply(groups: Sequence[Sequence[Tensor]],
+           dtype: torch.dtype) -> List[Tensor]:
+    return list(_StackedCast.apply(dtype, tuple(len(g) for g in groups),
                                    *[t for g in groups for t in g]))

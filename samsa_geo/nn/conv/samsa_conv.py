@@ -11,7 +11,7 @@ from torch_geometric.nn.resolver import (
     normalization_resolver,
 )
 
-from samsa_geo.nn.attention._dispatch import is_tracing
+from samsa_geo.nn.attention._dispatch import is_tracing, needs_grad
 from samsa_geo.nn.attention._stacked import stacked_cast
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
 
@@ -241,12 +241,13 @@ class SamsaConv(Module):
         # self.mlp holds the parameters (state_dict, reset_parameters,
         # repr); calling its layers functionally saves their dispatch on
         # the host, and dropout of p = 0 costs nothing.
-        # Under autocast the four parameters are cast in one go (see
-        # stacked_cast), outside traced graphs, which leave it to the
-        # compiler.
+        # Under autocast, where gradients flow, the four parameters are
+        # cast in one go (see stacked_cast), outside traced graphs, which
+        # leave it to the compiler.
         lin1, act, drop1, lin2, drop2 = self.mlp
         w1, b1, w2, b2 = lin1.weight, lin1.bias, lin2.weight, lin2.bias
-        if torch.is_autocast_enabled(h.device.type) and not is_tracing():
+        if (torch.is_autocast_enabled(h.device.type) and not is_tracing()
+                and needs_grad(w1, b1, w2, b2)):
             w1, b1, w2, b2 = stacked_cast(
                 [[w1], [b1], [w2], [b2]],
                 torch.get_autocast_dtype(h.device.type))

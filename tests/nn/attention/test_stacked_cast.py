@@ -71,7 +71,7 @@ def test_bad_input():
         stacked_cast(grouped(t), 'bf16')
     with pytest.raises(ValueError, match="'groups'"):
         stacked_cast([[t[0]], []], torch.bfloat16)
-    with pytest.raises(TypeError, match='dtype torch.float32'):
+    with pytest.raises(TypeError, match="dtype torch.float32"):
         stacked_cast([[t[0], t[1].double()]], torch.bfloat16)
     with pytest.raises(ValueError, match='every dim but the first'):
         stacked_cast([[t[0], t[4]]], torch.bfloat16)
