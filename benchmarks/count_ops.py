@@ -124,7 +124,14 @@ def measure(op: str, B: int, n: int, C: int, H: int, k: int, train: bool,
             out.float().square().mean().backward()
         return out
 
-    step()  # first call: caches (fused weights, batch sizes)
+    def reset():
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+
+    # First call: caches (fused weights, batch sizes); the gradients go,
+    # as in benchmarks/layer.py's steps (none to accumulate into).
+    step()
+    reset()
     with OpCounter() as fwd_counter:
         with torch.set_grad_enabled(train):
             out, modules = count_modules(forward)
@@ -138,10 +145,7 @@ def measure(op: str, B: int, n: int, C: int, H: int, k: int, train: bool,
         rec.update(bwd_ops=bwd_counter.total, bwd_views=bwd_counter.views,
                    nodes=sum(nodes.values()),
                    top=fwd_counter.ops + bwd_counter.ops)
-    def reset():
-        model.zero_grad(set_to_none=True)
-        x.grad = None
-
+        reset()
     rec['ms'] = least_thread_time(step, reset, repeat)
     return rec
 

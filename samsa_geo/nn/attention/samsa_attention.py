@@ -451,15 +451,15 @@ class SamsaAttention(Module):
             if scores is not None:  # 2b. one score-pooled key per set
                 summ = summarize(kv, *scores, batch, info)
                 u = torch.cat([u, summ.rows], dim=2)  # [B, H, k + 1, 2D]
-        key, value = u.split(D, dim=-1)  # [B, H, k, D] each
 
-        # 3. Every query attends to its own set's sampled keys.
+        # 3. Every query attends to its own set's sampled keys (keys and
+        # values copied to the tiles together).
         tiles = make_tiles(info, batch, N, self._packed(info, N),
                            self._tile_size(info, N))
+        key, value = per_tile(u, tiles).split(D, dim=-1)  # [nt, H, k, D]
         weights = [] if return_indices and return_weights else None
-        o = self._attend(to_tiles(q, tiles), per_tile(key, tiles),
-                         per_tile(value, tiles), sel, tiles, pos, normal,
-                         weights, summ)
+        o = self._attend(to_tiles(q, tiles), key, value, sel, tiles, pos,
+                         normal, weights, summ)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
         out = F.linear(out, *out_lin)
         if not return_indices:
