@@ -543,15 +543,17 @@ class SamsaAttention(Module):
         # them (inference) they are kept between calls: no concatenation
         # and no cast per call. The cache is rebuilt when a parameter is
         # changed in place (its version counter), replaced or moved, and
-        # dropped by train() / eval(). Traced graphs (compile, export)
-        # concatenate and leave the casts to autocast and the compiler.
+        # dropped by train() / eval(). Traced graphs (compile, export),
+        # and training with config.use_stacked_casts() off, concatenate
+        # and leave the casts to autocast (and the compiler).
         groups = [[lin.weight for lin in lins], [lin.bias for lin in lins]]
         if self.scorer is not None:
             lin2 = self.scorer.score_nn[2]
             groups += [[lin2.weight], [lin2.bias]]
         groups += [[self.lin_out.weight], [self.lin_out.bias]]
         params = [t for group in groups for t in group]
-        if is_tracing():
+        if is_tracing() or (needs_grad(*params)
+                            and not config.use_stacked_casts()):
             return [torch.cat(group, 0) if len(group) > 1 else group[0]
                     for group in groups]
         dtype = params[0].dtype

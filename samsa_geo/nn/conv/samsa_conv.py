@@ -11,6 +11,7 @@ from torch_geometric.nn.resolver import (
     normalization_resolver,
 )
 
+from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import is_tracing, needs_grad
 from samsa_geo.nn.attention._stacked import stacked_cast
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
@@ -247,7 +248,8 @@ class SamsaConv(Module):
         lin1, act, drop1, lin2, drop2 = self.mlp
         w1, b1, w2, b2 = lin1.weight, lin1.bias, lin2.weight, lin2.bias
         if (torch.is_autocast_enabled(h.device.type) and not is_tracing()
-                and needs_grad(w1, b1, w2, b2)):
+                and needs_grad(w1, b1, w2, b2)
+                and config.use_stacked_casts()):
             w1, b1, w2, b2 = stacked_cast(
                 [[w1], [b1], [w2], [b2]],
                 torch.get_autocast_dtype(h.device.type))

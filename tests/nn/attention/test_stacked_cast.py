@@ -8,6 +8,7 @@ import torch
 import samsa_geo.nn.attention.samsa_attention as samsa_attention
 import samsa_geo.nn.conv.samsa_conv as samsa_conv
 from samsa_geo.nn import SamsaConv
+from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._stacked import _apply, stacked_cast
 
 
@@ -108,11 +109,47 @@ def test_samsa_conv_step_equals_separate_casts(monkeypatch, sampling, train):
         return [out] + grads
 
     got = step()
+    with config.attention_config(stacked_casts=False):
+        off = step()
     monkeypatch.setattr(samsa_attention, 'stacked_cast', separate_casts)
     monkeypatch.setattr(samsa_conv, 'stacked_cast', separate_casts)
     want = step()
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert (g is None) == (w is None)
+    assert len(got) == len(want) == len(off)
+    for g, o, w in zip(got, off, want):
+        assert (g is None) == (o is None) == (w is None)
         if g is not None:
             assert g.dtype == w.dtype and torch.equal(g, w)
+            assert torch.equal(o, w)
+
+
+def node_kinds(out):
+    seen, stack, kinds = set(), [out.grad_fn], {}
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        kinds[type(node).__name__] = kinds.get(type(node).__name__, 0) + 1
+        stack.extend(fn for fn, _ in node.next_functions)
+    return kinds
+
+
+@pytest.mark.parametrize('stacked', [True, False])
+def test_training_step_casts_parameters_behind_two_nodes(stacked):
+    # Ten parameters cast by autocast (projection weights and biases
+    # stacked, scorer tail, lin_out, MLP): behind two nodes, not ten; the
+    # three casts left are of activations (x, the scorer's float32 tail,
+    # the MLP's input).
+    conv = SamsaConv(32, heads=4, k=6).train()
+    x = torch.randn(60, 32, requires_grad=True)
+    batch = torch.arange(3).repeat_interleave(20)
+    with config.attention_config(stacked_casts=stacked):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = conv(x, None, batch, num_graphs=3, max_num_nodes=20)
+    kinds = node_kinds(out)
+    if stacked:
+        assert kinds['_StackedCastBackward'] == 2
+        assert kinds['ToCopyBackward0'] == 3
+    else:
+        assert '_StackedCastBackward' not in kinds
+        assert kinds['ToCopyBackward0'] == 3 + 10
