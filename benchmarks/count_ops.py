@@ -14,7 +14,11 @@ host work dominates::
 
 ``--dtype bf16`` runs the calls under CPU autocast, as
 ``benchmarks/layer.py`` runs them under CUDA autocast: the parameters'
-casts are counted too.
+casts are counted too. ``--ab SWITCH`` times ``samsa_conv_batch`` at the
+``--time-size`` with an attention switch on and off in interleaved
+rounds of one process (less noise than two runs on shared cores)::
+
+    python benchmarks/count_ops.py --ab stacked_casts --dtype bf16
 
 ``--graph-step`` counts one training step (forward and backward, without
 the optimizer) of the small-graph models of ``benchmarks/layer.py
@@ -38,7 +42,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from layer import GraphModel, build, call, molecule_batches  # noqa: E402
+from layer import (  # noqa: E402
+    GraphModel,
+    build,
+    call,
+    molecule_batches,
+)
 
 from samsa_geo.nn.attention import config  # noqa: E402
 
@@ -150,6 +159,40 @@ def measure(op: str, B: int, n: int, C: int, H: int, k: int, train: bool,
     return rec
 
 
+def ab_times(switch: str, B: int, n: int, C: int, H: int, k: int,
+             train: bool, dtype: str, rounds: int,
+             repeat: int) -> Dict[bool, float]:
+    """Least thread time in ms of a ``samsa_conv_batch`` call (or training
+    step) with the attention switch ``switch`` on and off, over
+    ``rounds`` interleaved rounds of ``repeat`` calls each."""
+    torch.manual_seed(0)
+    model = build('samsa_conv_batch', C, H, k).train(train)
+    x = torch.randn(B * n, C, requires_grad=train)
+    batch = torch.arange(B).repeat_interleave(n)
+
+    def step():
+        with torch.autocast('cpu', dtype=torch.bfloat16,
+                            enabled=dtype == 'bf16'):
+            with torch.set_grad_enabled(train):
+                out = call('samsa_conv_batch', model, x, batch, B)
+        if train:
+            out.float().square().mean().backward()
+
+    def reset():
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+
+    best = {True: float('inf'), False: float('inf')}
+    for _ in range(rounds):
+        for on in (True, False):
+            with config.attention_config(**{switch: on}):
+                step()
+                reset()
+                best[on] = min(best[on],
+                               least_thread_time(step, reset, repeat))
+    return best
+
+
 def measure_graph_step(op: str, repeat: int) -> Dict[str, object]:
     from samsa_geo.nn import batch_hints
     from samsa_geo.nn.models import SamsaGraphModel
@@ -198,12 +241,26 @@ def main():
     p.add_argument('--graph-step', action='store_true',
                    help='count a training step of the small-graph models '
                    'instead')
+    p.add_argument('--ab', metavar='SWITCH',
+                   help='time samsa_conv_batch at --time-size with this '
+                   'attention switch on and off, interleaved')
+    p.add_argument('--rounds', type=int, default=40)
     p.add_argument('--list', action='store_true',
                    help='also list the operators of each case by count')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f'CPU, {args.threads} thread(s), torch {torch.__version__}, '
           f'C={args.channels}, H={args.heads}, k={args.k}, {args.dtype}')
+    if args.ab:
+        tB, tn = (int(v) for v in args.time_size.split('x'))
+        with mock.patch.object(config, 'checks_values', lambda device: False):
+            for train in (False, True):
+                best = ab_times(args.ab, tB, tn, args.channels, args.heads,
+                                args.k, train, args.dtype, args.rounds, 25)
+                print(f"samsa_conv_batch {args.time_size} "
+                      f"{'train' if train else 'fwd'}: {args.ab}=1 "
+                      f"{best[True]:.3f} ms, {args.ab}=0 {best[False]:.3f} ms")
+        return
     if args.graph_step:
         print(f"{'op':<24} {'fwd ops':>8} {'bwd ops':>8} {'ms':>8}")
         with mock.patch.object(config, 'checks_values', lambda device: False):

@@ -68,7 +68,9 @@ def stacked_cast(groups: Sequence[Sequence[Tensor]],
     ``dtype``, differentiable, with one concatenation and one cast in all
     (forward and backward) instead of one cast per tensor and one
     concatenation per group. Where nothing needs a cast, single-tensor
-    groups come back as they are and only the others are concatenated.
+    groups come back as they are and the others are concatenated by
+    :func:`torch.cat` (an autograd function in Python would only add
+    host work there).
 
     Args:
         groups (Sequence[Sequence[Tensor]]): Non-empty groups of tensors
@@ -94,11 +96,9 @@ def stacked_cast(groups: Sequence[Sequence[Tensor]],
             raise ValueError(f"Expected the tensors of a group to agree "
                              f"in every dim but the first (got "
                              f"{[list(t.shape) for t in g]})")
-    if dtype != in_dtype:
-        return _apply(groups, dtype)
-    # Nothing to cast: single tensors pass through.
-    stacked = iter(_apply(multi, dtype) if multi else ())
-    return [next(stacked) if len(g) > 1 else g[0] for g in groups]
+    if dtype == in_dtype:  # nothing to cast: plain concatenations
+        return [torch.cat(g, 0) if len(g) > 1 else g[0] for g in groups]
+    return _apply(groups, dtype)
 
 
 def _apply(groups: Sequence[Sequence[Tensor]],
