@@ -10,6 +10,15 @@ host work dominates::
     python benchmarks/count_ops.py
     python benchmarks/count_ops.py --sizes 32x1024 --channels 256 --k 256
     python benchmarks/count_ops.py --graph-step
+    python benchmarks/count_ops.py --dtype bf16
+
+``--dtype bf16`` runs the calls under CPU autocast, as
+``benchmarks/layer.py`` runs them under CUDA autocast: the parameters'
+casts are counted too. ``--ab SWITCH`` times ``samsa_conv_batch`` at the
+``--time-size`` with an attention switch on and off in interleaved
+rounds of one process (less noise than two runs on shared cores)::
+
+    python benchmarks/count_ops.py --ab stacked_casts --dtype bf16
 
 ``--graph-step`` counts one training step (forward and backward, without
 the optimizer) of the small-graph models of ``benchmarks/layer.py
@@ -33,7 +42,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from layer import GraphModel, build, call, molecule_batches  # noqa: E402
+from layer import (  # noqa: E402
+    GraphModel,
+    build,
+    call,
+    molecule_batches,
+)
 
 from samsa_geo.nn.attention import config  # noqa: E402
 
@@ -101,39 +115,82 @@ def least_thread_time(step: Callable[[], object], reset: Callable[[], None],
 
 
 def measure(op: str, B: int, n: int, C: int, H: int, k: int, train: bool,
-            repeat: int) -> Dict[str, object]:
+            repeat: int, dtype: str = 'fp32') -> Dict[str, object]:
     torch.manual_seed(0)
     model = build(op, C, H, k).train(train)
     x = torch.randn(B * n, C, requires_grad=train)
     batch = torch.arange(B).repeat_interleave(n)
 
+    def forward():
+        with torch.autocast('cpu', dtype=torch.bfloat16,
+                            enabled=dtype == 'bf16'):
+            return call(op, model, x, batch, B)
+
     def step():
         with torch.set_grad_enabled(train):
-            out = call(op, model, x, batch, B)
+            out = forward()
         if train:
-            out.square().mean().backward()
+            out.float().square().mean().backward()
         return out
 
-    step()  # first call: caches (fused weights, batch sizes)
+    def reset():
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+
+    # First call: caches (fused weights, batch sizes); the gradients go,
+    # as in benchmarks/layer.py's steps (none to accumulate into).
+    step()
+    reset()
     with OpCounter() as fwd_counter:
         with torch.set_grad_enabled(train):
-            out, modules = count_modules(lambda: call(op, model, x, batch, B))
+            out, modules = count_modules(forward)
     rec = dict(op=op, size=f'{B}x{n}', step='train' if train else 'fwd',
                fwd_ops=fwd_counter.total, fwd_views=fwd_counter.views,
                modules=modules, top=fwd_counter.ops)
     if train:
         nodes = autograd_nodes(out)
         with OpCounter() as bwd_counter:
-            out.square().mean().backward()
+            out.float().square().mean().backward()
         rec.update(bwd_ops=bwd_counter.total, bwd_views=bwd_counter.views,
                    nodes=sum(nodes.values()),
                    top=fwd_counter.ops + bwd_counter.ops)
+        reset()
+    rec['ms'] = least_thread_time(step, reset, repeat)
+    return rec
+
+
+def ab_times(switch: str, B: int, n: int, C: int, H: int, k: int,
+             train: bool, dtype: str, rounds: int,
+             repeat: int) -> Dict[bool, float]:
+    """Least thread time in ms of a ``samsa_conv_batch`` call (or training
+    step) with the attention switch ``switch`` on and off, over
+    ``rounds`` interleaved rounds of ``repeat`` calls each."""
+    torch.manual_seed(0)
+    model = build('samsa_conv_batch', C, H, k).train(train)
+    x = torch.randn(B * n, C, requires_grad=train)
+    batch = torch.arange(B).repeat_interleave(n)
+
+    def step():
+        with torch.autocast('cpu', dtype=torch.bfloat16,
+                            enabled=dtype == 'bf16'):
+            with torch.set_grad_enabled(train):
+                out = call('samsa_conv_batch', model, x, batch, B)
+        if train:
+            out.float().square().mean().backward()
+
     def reset():
         model.zero_grad(set_to_none=True)
         x.grad = None
 
-    rec['ms'] = least_thread_time(step, reset, repeat)
-    return rec
+    best = {True: float('inf'), False: float('inf')}
+    for _ in range(rounds):
+        for on in (True, False):
+            with config.attention_config(**{switch: on}):
+                step()
+                reset()
+                best[on] = min(best[on],
+                               least_thread_time(step, reset, repeat))
+    return best
 
 
 def measure_graph_step(op: str, repeat: int) -> Dict[str, object]:
@@ -182,15 +239,31 @@ def main():
                    help='size of the wall-clock timing, where host work '
                    'dominates')
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--dtype', choices=('fp32', 'bf16'), default='fp32',
+                   help='bf16: the calls run under CPU autocast')
     p.add_argument('--graph-step', action='store_true',
                    help='count a training step of the small-graph models '
                    'instead')
+    p.add_argument('--ab', metavar='SWITCH',
+                   help='time samsa_conv_batch at --time-size with this '
+                   'attention switch on and off, interleaved')
+    p.add_argument('--rounds', type=int, default=40)
     p.add_argument('--list', action='store_true',
                    help='also list the operators of each case by count')
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f'CPU, {args.threads} thread(s), torch {torch.__version__}, '
-          f'C={args.channels}, H={args.heads}, k={args.k}, fp32')
+          f'C={args.channels}, H={args.heads}, k={args.k}, {args.dtype}')
+    if args.ab:
+        tB, tn = (int(v) for v in args.time_size.split('x'))
+        with mock.patch.object(config, 'checks_values', lambda device: False):
+            for train in (False, True):
+                best = ab_times(args.ab, tB, tn, args.channels, args.heads,
+                                args.k, train, args.dtype, args.rounds, 25)
+                print(f"samsa_conv_batch {args.time_size} "
+                      f"{'train' if train else 'fwd'}: {args.ab}=1 "
+                      f"{best[True]:.3f} ms, {args.ab}=0 {best[False]:.3f} ms")
+        return
     if args.graph_step:
         print(f"{'op':<24} {'fwd ops':>8} {'bwd ops':>8} {'ms':>8}")
         with mock.patch.object(config, 'checks_values', lambda device: False):
@@ -209,10 +282,10 @@ def main():
             for op in args.ops.split(','):
                 for train in (False, True):
                     r = measure(op, B, n, args.channels, args.heads, args.k,
-                                train, 1)
+                                train, 1, args.dtype)
                     tB, tn = (int(v) for v in args.time_size.split('x'))
                     small = measure(op, tB, tn, args.channels, args.heads,
-                                    args.k, train, args.repeat)
+                                    args.k, train, args.repeat, args.dtype)
                     print(f"{r['op']:<18} {r['size']:<9} {r['step']:<6} "
                           f"{r['fwd_ops']:>8} {r['fwd_views']:>8} "
                           f"{r.get('bwd_ops', '-'):>8} "

@@ -25,15 +25,19 @@ class Tiles:
         size (int): :math:`T`, queries per tile.
         tile_set (Tensor, optional): ``[num_tiles]`` set of each tile, or
             ``None`` when tile ``t`` is set ``t``.
-        shared (bool): all tiles belong to one set (keys are broadcast).
         index (Tensor, optional): ``[N]`` flat slot ``tile * T + pos`` of
             each token, or ``None`` when the layout is a plain reshape.
+        shared (bool): all tiles belong to one set (keys are broadcast).
+        per_set (int): tiles of each set where the layout is a reshape of
+            equal-size sets cut into ``per_set`` tiles each (``tile_set``
+            is then ``None``; tile ``t`` belongs to set ``t // per_set``).
     """
     num_tiles: int
     size: int
     tile_set: Optional[Tensor]
     index: Optional[Tensor]
     shared: bool = False
+    per_set: int = 1
 
 
 def make_tiles(info: SetInfo, batch: Optional[Tensor], num_tokens: int,
@@ -54,6 +58,9 @@ def make_tiles(info: SetInfo, batch: Optional[Tensor], num_tokens: int,
     if not packed and info.equal:  # a reshape
         return Tiles(B, n_max, None, None)
     T = tile_size
+    if info.equal and batch is not None and n_max > 0 and n_max % T == 0:
+        # Equal sets cut into whole tiles: still a reshape, no index.
+        return Tiles(B * (n_max // T), T, None, None, per_set=n_max // T)
     device = info.ptr.device
     if batch is None:  # one set cut into tiles that share its keys
         num_tiles = -(-num_tokens // T)
@@ -100,4 +107,8 @@ def per_tile(t: Tensor, tiles: Tiles) -> Tensor:
     """Per-set tensor ``[B, ...]`` -> per-tile ``[num_tiles, ...]``."""
     if tiles.shared:  # one set: broadcast, no copy (backward is a sum)
         return t.expand(tiles.num_tiles, *t.shape[1:])
+    if tiles.per_set > 1:  # [B, ...] -> [B, per_set, ...] -> [nt, ...]
+        rest = t.shape[1:]
+        return t.unsqueeze(1).expand(t.size(0), tiles.per_set,
+                                     *rest).reshape(tiles.num_tiles, *rest)
     return t if tiles.tile_set is None else t[tiles.tile_set]

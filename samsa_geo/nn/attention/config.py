@@ -23,6 +23,7 @@ _fused_bias = True
 _fused_scorer = True
 _fused_inference = True
 _fused_relax = True
+_stacked_casts = True
 _bias_inference_kernel = 'triton'
 _flex_kernel_options: Optional[dict] = None
 
@@ -100,6 +101,22 @@ def set_fused_relax(flag: bool) -> None:
     _fused_relax = bool(flag)
 
 
+def use_stacked_casts() -> bool:
+    r"""Whether, under autocast and where gradients flow (eager calls),
+    the parameters of the attention's linear layers and of
+    :class:`~samsa_geo.nn.SamsaConv`'s MLP are cast in one go: one
+    concatenation, one cast and one autograd node instead of one cast and
+    one node per tensor, forward and backward (fewer kernel launches, more
+    Python). :obj:`False` leaves the casts to autocast. The values and
+    gradients are the same either way."""
+    return _stacked_casts
+
+
+def set_stacked_casts(flag: bool) -> None:
+    global _stacked_casts
+    _stacked_casts = bool(flag)
+
+
 def bias_inference_kernel() -> str:
     r"""The relative-bias kernel when no gradient is needed:
     :obj:`"triton"` (samsa_geo's forward kernel) or :obj:`"flex"`
@@ -136,6 +153,7 @@ _SETTERS = {
     'fused_scorer': (use_fused_scorer, set_fused_scorer),
     'fused_inference': (use_fused_inference, set_fused_inference),
     'fused_relax': (use_fused_relax, set_fused_relax),
+    'stacked_casts': (use_stacked_casts, set_stacked_casts),
     'bias_inference_kernel': (bias_inference_kernel,
                               set_bias_inference_kernel),
     'flex_kernel_options': (flex_kernel_options, set_flex_kernel_options),
@@ -146,7 +164,7 @@ _SETTERS = {
 def attention_config(**kwargs) -> Iterator[None]:
     r"""Sets the given switches (``debug``, ``fused_bias``,
     ``fused_scorer``, ``fused_inference``, ``fused_relax``,
-    ``bias_inference_kernel``, ``flex_kernel_options``) inside a ``with`` block and restores them afterwards."""
+    ``stacked_casts``, ``bias_inference_kernel``, ``flex_kernel_options``) inside a ``with`` block and restores them afterwards."""
     unknown = set(kwargs) - set(_SETTERS)
     if unknown:
         raise TypeError(f"Unknown attention_config switches {sorted(unknown)}"

@@ -1,4 +1,4 @@
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,27 +60,33 @@ class ImportanceScorer(Module):
         self.norm.reset_parameters()
         self.lin.reset_parameters()
 
-    def forward(self, x: Tensor, hidden: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, hidden: Optional[Tensor] = None,
+                lin2_weights: Optional[Tuple[Tensor, Tensor]] = None,
+                ) -> Tensor:
         r"""Scores of the tokens ``x`` :math:`(N, C)`; ``hidden`` is the
         MLP's first linear layer applied to ``x``, if the caller computed
-        it already (fused with other projections of ``x``)."""
+        it already (fused with other projections of ``x``), and
+        ``lin2_weights`` the weight and bias of its second linear layer,
+        if the caller cast them already (to autocast's dtype)."""
         lin1, act, lin2 = self.score_nn
         if hidden is None:
             hidden = F.linear(x, lin1.weight, lin1.bias)
+        if lin2_weights is None:
+            lin2_weights = (lin2.weight, lin2.bias)
         norm, lin = self.norm, self.lin
-        if not is_tracing() and needs_grad(hidden, x, lin2.weight,
+        if not is_tracing() and needs_grad(hidden, x, lin2_weights[0],
                                            norm.weight, lin.weight):
             # Training in eager mode: one autograd node that recomputes
             # its activations in the backward (less memory, less host
             # work; compiled graphs keep the formula below).
             return score_tail(hidden, x, lin1.weight, lin1.bias,
-                              lin2.weight, lin2.bias,
-                              norm.weight, norm.bias, norm.eps, lin.weight,
-                              lin.bias, act.approximate)
+                              *lin2_weights, norm.weight, norm.bias,
+                              norm.eps, lin.weight, lin.bias,
+                              act.approximate)
         # The modules hold the parameters; calling them functionally saves
         # their dispatch on the host.
         y = F.linear(F.gelu(hidden, approximate=act.approximate),
-                     lin2.weight, lin2.bias)
+                     *lin2_weights)
         if self._use_kernel(x, y):
             # Eager calls launch the kernel directly: the custom operator's
             # dispatch costs more host time than the kernel takes on the

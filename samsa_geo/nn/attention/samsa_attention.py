@@ -44,6 +44,7 @@ from samsa_geo.nn.attention._sets import (
     set_info,
 )
 from samsa_geo.nn.attention._sft_sampling import sft_sample
+from samsa_geo.nn.attention._stacked import stacked_cast
 from samsa_geo.nn.attention._summary import Summary, summarize
 from samsa_geo.nn.attention._similarity import SIMILARITIES
 from samsa_geo.nn.attention._tiles import (
@@ -429,7 +430,7 @@ class SamsaAttention(Module):
             return self._dense_forward(x, batch, info)
 
         # 1. Queries for every token; keys and values for every candidate.
-        q, kv, hidden = self._project(x)
+        q, kv, hidden, (score_lin, out_lin) = self._project(x)
         if q.requires_grad and not is_tracing():
             # Its own storage: the attention saves the queries, and a view
             # would keep the whole projection (keys, values, the scorer's
@@ -438,7 +439,7 @@ class SamsaAttention(Module):
         q = q.view(N, H, D)  # [N, C] -> [N, H, D]
         summ = None
         if self.sampling == 'sft':  # 2. raw tokens sampled, then projected
-            sel, u = self._sample_sft(x, hidden, batch, info)
+            sel, u = self._sample_sft(x, hidden, batch, info, score_lin)
         else:
             kv = kv.view(N, H, 2 * D)  # [N, 2C] -> [N, H, 2D] as [k_h, v_h]
             if self.num_registers > 0:
@@ -450,7 +451,7 @@ class SamsaAttention(Module):
                 scores = None  # every candidate kept: no summary key
             else:
                 sel, scores = self._sample(x, hidden, batch, info,
-                                           return_indices)
+                                           return_indices, score_lin)
             head = self.head_index  # [1, H, 1]
             # Equal sets: the top and bottom sets hold distinct ids.
             unique = info.all_valid
@@ -462,17 +463,17 @@ class SamsaAttention(Module):
             if scores is not None:  # 2b. one score-pooled key per set
                 summ = summarize(kv, *scores, batch, info)
                 u = torch.cat([u, summ.rows], dim=2)  # [B, H, k + 1, 2D]
-        key, value = u.split(D, dim=-1)  # [B, H, k, D] each
 
-        # 3. Every query attends to its own set's sampled keys.
+        # 3. Every query attends to its own set's sampled keys (keys and
+        # values copied to the tiles together).
         tiles = make_tiles(info, batch, N, self._packed(info, N),
                            self._tile_size(info, N))
+        key, value = per_tile(u, tiles).split(D, dim=-1)  # [nt, H, k, D]
         weights = [] if return_indices and return_weights else None
-        o = self._attend(to_tiles(q, tiles), per_tile(key, tiles),
-                         per_tile(value, tiles), sel, tiles, pos, normal,
-                         weights, summ)
+        o = self._attend(to_tiles(q, tiles), key, value, sel, tiles, pos,
+                         normal, weights, summ)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
-        out = F.linear(out, self.lin_out.weight, self.lin_out.bias)
+        out = F.linear(out, *out_lin)
         if not return_indices:
             return out
         idx = self._indices(sel.top, info, N)
@@ -504,68 +505,93 @@ class SamsaAttention(Module):
                        ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         # Projection, scorer, then selection and attention in two kernels
         # (see _fused_inference.py); [N, C] straight into lin_out.
-        q, kv, hidden = self._project(x)
-        score = self.scorer(x, hidden)  # [N, H] float32
+        q, kv, hidden, (score_lin, out_lin) = self._project(x)
+        score = self.scorer(x, hidden, score_lin)  # [N, H] float32
         out, idx = fused_sampled_attention(
             q, kv, score, self.reg_score, self.reg_kv, batch, info, self.k)
-        out = self.lin_out(out)
+        out = F.linear(out, *out_lin)
         if not return_indices:
             return out
         return out, order_by_score(idx, score, self.reg_score)
 
-    def _project(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    def _project(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor],
+                                           Tuple[Optional[Tuple[Tensor,
+                                                                Tensor]],
+                                                 Tuple[Tensor, Tensor]]]:
         # One GEMM for the queries, the keys and values and the scorer's
         # first layer (all read x): one launch and one cast of x instead
-        # of three. The modules keep their own parameters.
+        # of three. The modules keep their own parameters. Also returns
+        # the (weight, bias) of the scorer's second layer (None: the
+        # scorer's own) and of lin_out, cast with the stacked ones.
         # SFT projects keys and values of the sampled tokens only.
-        lins = [self.lin_q, self.lin_kv]
-        if self.sampling == 'sft':
-            lins = [self.lin_q, self.scorer.score_nn[0]]
-        elif self.scorer is not None:
-            lins.append(self.scorer.score_nn[0])
-        weight, bias = self._fused_projection(lins, x)
-        if weight.dtype != x.dtype:  # the cached weights of autocast's dtype
+        lins = self._projected()
+        weight, bias, *rest = self._linear_weights(lins, x)
+        if weight.dtype != x.dtype:  # the weights of autocast's dtype
             x = x.to(weight.dtype)
         out = F.linear(x, weight, bias).split(
             [lin.out_features for lin in lins], 1)
+        score_lin = None if len(rest) == 2 else (rest[0], rest[1])
+        out_lin = (rest[-2], rest[-1])
         if self.sampling == 'sft':
-            return out[0], None, out[1]
-        return out[0], out[1], out[2] if len(out) > 2 else None
+            return out[0], None, out[1], (score_lin, out_lin)
+        return (out[0], out[1], out[2] if len(out) > 2 else None,
+                (score_lin, out_lin))
 
-    def _fused_projection(self, lins: List[Linear],
-                          x: Tensor) -> Tuple[Tensor, Tensor]:
-        # The stacked weight [kC, C] and bias [kC]. Where no gradient
-        # reaches them (inference), they are kept between calls in the
-        # dtype the call computes in (autocast's, if on): no concatenation
+    def _projected(self) -> List[Linear]:
+        # The layers stacked into the projection GEMM.
+        if self.sampling == 'sft':
+            return [self.lin_q, self.scorer.score_nn[0]]
+        if self.scorer is not None:
+            return [self.lin_q, self.lin_kv, self.scorer.score_nn[0]]
+        return [self.lin_q, self.lin_kv]
+
+    def _linear_weights(self, lins: List[Linear],
+                        x: Tensor) -> List[Tensor]:
+        # The stacked weight [kC, C] and bias [kC], then the weight and
+        # bias of the scorer's second layer (where there is a scorer) and
+        # of lin_out, in the dtype the call computes in (autocast's, if
+        # on): one concatenation and one cast for all of them (see
+        # stacked_cast), one node in the graph. Where no gradient reaches
+        # them (inference) they are kept between calls: no concatenation
         # and no cast per call. The cache is rebuilt when a parameter is
         # changed in place (its version counter), replaced or moved, and
-        # dropped by train() / eval().
-        params = [t for lin in lins for t in (lin.weight, lin.bias)]
-        if needs_grad(*params) or is_tracing():
-            return (torch.cat([lin.weight for lin in lins], dim=0),
-                    torch.cat([lin.bias for lin in lins], dim=0))
+        # dropped by train() / eval(). Traced graphs (compile, export),
+        # and training with config.use_stacked_casts() off, concatenate
+        # and leave the casts to autocast (and the compiler).
+        groups = [[lin.weight for lin in lins], [lin.bias for lin in lins]]
+        if self.scorer is not None:
+            lin2 = self.scorer.score_nn[2]
+            groups += [[lin2.weight], [lin2.bias]]
+        groups += [[self.lin_out.weight], [self.lin_out.bias]]
+        params = [t for group in groups for t in group]
+        if is_tracing() or (needs_grad(*params)
+                            and not config.use_stacked_casts()):
+            return [torch.cat(group, 0) if len(group) > 1 else group[0]
+                    for group in groups]
         dtype = params[0].dtype
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
+        if needs_grad(*params):
+            return stacked_cast(groups, dtype)
         key = (dtype, tuple((t.data_ptr(), t._version) for t in params))
         if self._projection_cache is None or \
                 self._projection_cache[0] != key:
             with torch.no_grad():
-                weight = torch.cat([lin.weight for lin in lins], 0).to(dtype)
-                bias = torch.cat([lin.bias for lin in lins], 0).to(dtype)
-            self._projection_cache = (key, weight, bias)
-        return self._projection_cache[1], self._projection_cache[2]
+                weights = stacked_cast(groups, dtype)
+            self._projection_cache = (key, *weights)
+        return list(self._projection_cache[1:])
 
     def train(self, mode: bool = True) -> 'SamsaAttention':
         self._projection_cache = None
         return super().train(mode)
 
     def _sample_sft(self, x: Tensor, hidden: Tensor, batch: Optional[Tensor],
-                    info: SetInfo) -> Tuple[Selection, Tensor]:
+                    info: SetInfo, score_lin: Optional[Tuple[Tensor, Tensor]],
+                    ) -> Tuple[Selection, Tensor]:
         # One shared score per token; k raw tokens per set (mixed in
         # training); keys and values projected from them alone.
         H, D = self.heads, self.head_dim
-        importance = self.scorer(x, hidden).float().view(-1)  # [N]
+        importance = self.scorer(x, hidden, score_lin).float().view(-1)
         sample = sft_sample(
             x, importance, batch, self.k, mix=self.training,
             perturb=self.training or self.stochastic_eval,
@@ -580,8 +606,9 @@ class SamsaAttention(Module):
         return Selection(top, K, valid), u
 
     def _sample(self, x: Tensor, hidden: Optional[Tensor],
-                batch: Optional[Tensor], info: SetInfo,
-                ordered: bool) -> Tuple[Selection, Optional[tuple]]:
+                batch: Optional[Tensor], info: SetInfo, ordered: bool,
+                score_lin: Optional[Tuple[Tensor, Tensor]] = None,
+                ) -> Tuple[Selection, Optional[tuple]]:
         # Returns the selection and, where the summary key is on, the
         # clean token and register scores it pools with.
         N, R = x.size(0), self.num_registers
@@ -591,7 +618,7 @@ class SamsaAttention(Module):
             reg_importance = None if R == 0 else \
                 order[N:, None].expand(R, self.heads)
         else:
-            importance = self.scorer(x, hidden).float()  # [N, H]
+            importance = self.scorer(x, hidden, score_lin).float()  # [N, H]
             reg_importance = None if R == 0 else self.reg_score.float()
         perturb = self.scorer is not None and (self.training
                                                or self.stochastic_eval)
@@ -698,7 +725,8 @@ class SamsaAttention(Module):
         # projected out.
         B, n, C = info.num_sets, info.max_size, self.channels
         layout = None if info.equal else dense_layout(batch, B, n)
-        weight, bias = self._fused_projection([self.lin_q, self.lin_kv], x)
+        weight, bias, *rest = self._linear_weights([self.lin_q, self.lin_kv],
+                                                   x)
         if weight.dtype != x.dtype:  # cached weights of autocast's dtype
             x = x.to(weight.dtype)
         qkv = F.linear(x, weight, bias)  # [N, 3C]
@@ -711,7 +739,7 @@ class SamsaAttention(Module):
         o = o.view(B * n, C)  # [B, n, C] -> [B * n, C]
         if layout is not None:
             o = o[layout.index]  # [N, C]
-        return F.linear(o, self.lin_out.weight, self.lin_out.bias)
+        return F.linear(o, rest[-2], rest[-1])  # lin_out
 
     def _padding_costly(self, info: SetInfo, N: int) -> bool:
         if info.max_size is None:  # unknown n_max: only tiles are safe

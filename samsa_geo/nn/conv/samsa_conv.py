@@ -1,6 +1,7 @@
 import inspect
 from typing import Any, Dict, Optional, Tuple, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, Linear, Module, Sequential
@@ -10,6 +11,9 @@ from torch_geometric.nn.resolver import (
     normalization_resolver,
 )
 
+from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._dispatch import is_tracing, needs_grad
+from samsa_geo.nn.attention._stacked import stacked_cast
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
 
 
@@ -238,11 +242,21 @@ class SamsaConv(Module):
         # self.mlp holds the parameters (state_dict, reset_parameters,
         # repr); calling its layers functionally saves their dispatch on
         # the host, and dropout of p = 0 costs nothing.
+        # Under autocast, where gradients flow, the four parameters are
+        # cast in one go (see stacked_cast), outside traced graphs, which
+        # leave it to the compiler.
         lin1, act, drop1, lin2, drop2 = self.mlp
-        h = act(F.linear(h, lin1.weight, lin1.bias))
+        w1, b1, w2, b2 = lin1.weight, lin1.bias, lin2.weight, lin2.bias
+        if (torch.is_autocast_enabled(h.device.type) and not is_tracing()
+                and needs_grad(w1, b1, w2, b2)
+                and config.use_stacked_casts()):
+            w1, b1, w2, b2 = stacked_cast(
+                [[w1], [b1], [w2], [b2]],
+                torch.get_autocast_dtype(h.device.type))
+        h = act(F.linear(h, w1, b1))
         if drop1.p > 0.0 and self.training:
             h = F.dropout(h, p=drop1.p, training=True)
-        h = F.linear(h, lin2.weight, lin2.bias)
+        h = F.linear(h, w2, b2)
         if drop2.p > 0.0 and self.training:
             h = F.dropout(h, p=drop2.p, training=True)
         return h

@@ -1,0 +1,107 @@
+r"""Parameters of several linear layers cast (and concatenated) in one go.
+
+Under autocast every :func:`torch.nn.functional.linear` casts its weight
+and bias on its own: one kernel and one autograd node per tensor in the
+forward pass, one kernel per tensor in the backward pass. Here the tensors
+go through one concatenation and one cast forward and one concatenation
+and one cast backward, behind a single autograd node; the values and the
+gradients are those of the separate casts (a cast is elementwise).
+"""
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+class _StackedCast(torch.autograd.Function):
+    r"""Tensors :math:`t_1, \dots, t_n` in groups of ``sizes`` -> one
+    tensor per group: the group's tensors concatenated along dim 0, cast
+    to ``dtype``. Every output is a view of one flat buffer of
+    :math:`\sum_i |t_i|` elements; the backward pass casts the flat
+    gradient back and hands out views of it."""
+    @staticmethod
+    def forward(ctx, dtype: torch.dtype, sizes: Tuple[int, ...],
+                *tensors: Tensor) -> Tuple[Tensor, ...]:
+        ctx.in_dtype = tensors[0].dtype
+        ctx.shapes = [t.shape for t in tensors]
+        flat = torch.cat([_flat(t) for t in tensors])  # [sum |t_i|]
+        if flat.dtype != dtype:
+            flat = flat.to(dtype)
+        out, i = [], 0
+        for part in flat.split(_group_numels(ctx.shapes, sizes)):
+            n = sizes[len(out)]
+            shape = ctx.shapes[i]
+            if len(shape) > 1:  # [sum of the group's dim 0, ...]
+                rows = sum(s[0] for s in ctx.shapes[i:i + n])
+                part = part.view(rows, *shape[1:])
+            out.append(part)
+            i += n
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        flat = torch.cat([_flat(g) for g in grads])  # [sum |t_i|]
+        if flat.dtype != ctx.in_dtype:
+            flat = flat.to(ctx.in_dtype)
+        parts = flat.split([s.numel() for s in ctx.shapes])
+        return (None, None) + tuple(
+            p if len(s) == 1 else p.view(s)
+            for p, s in zip(parts, ctx.shapes))
+
+
+def _flat(t: Tensor) -> Tensor:
+    # [*] -> [|t|]; a 1-d tensor as it is (no view to dispatch).
+    return t if t.dim() == 1 else t.reshape(-1)
+
+
+def _group_numels(shapes, sizes: Sequence[int]) -> List[int]:
+    out, i = [], 0
+    for n in sizes:
+        out.append(sum(s.numel() for s in shapes[i:i + n]))
+        i += n
+    return out
+
+
+def stacked_cast(groups: Sequence[Sequence[Tensor]],
+                 dtype: torch.dtype) -> List[Tensor]:
+    r"""One tensor per group of ``groups``: ``torch.cat(group, 0)`` cast to
+    ``dtype``, differentiable, with one concatenation and one cast in all
+    (forward and backward) instead of one cast per tensor and one
+    concatenation per group. Where nothing needs a cast, single-tensor
+    groups come back as they are and the others are concatenated by
+    :func:`torch.cat` (an autograd function in Python would only add
+    host work there).
+
+    Args:
+        groups (Sequence[Sequence[Tensor]]): Non-empty groups of tensors
+            of one dtype; the tensors of a group agree in every dim but
+            the first.
+        dtype (torch.dtype): The dtype of the outputs.
+    """
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"Expected 'dtype' to be a torch.dtype "
+                        f"(got {type(dtype).__name__})")
+    if not groups or not all(groups):
+        raise ValueError("Expected 'groups' to be non-empty groups of "
+                         "tensors")
+    in_dtype = groups[0][0].dtype
+    tensors = [t for g in groups for t in g]
+    if any(t.dtype != in_dtype for t in tensors):
+        raise TypeError(f"Expected every tensor of 'groups' to be of "
+                        f"dtype {in_dtype} (got "
+                        f"{[t.dtype for t in tensors]})")
+    multi = [g for g in groups if len(g) > 1]
+    for g in multi:
+        if any(t.dim() == 0 or t.shape[1:] != g[0].shape[1:] for t in g):
+            raise ValueError(f"Expected the tensors of a group to agree "
+                             f"in every dim but the first (got "
+                             f"{[list(t.shape) for t in g]})")
+    if dtype == in_dtype:  # nothing to cast: plain concatenations
+        return [torch.cat(g, 0) if len(g) > 1 else g[0] for g in groups]
+    return _apply(groups, dtype)
+
+
+def _apply(groups: Sequence[Sequence[Tensor]],
+           dtype: torch.dtype) -> List[Tensor]:
+    return list(_StackedCast.apply(dtype, tuple(len(g) for g in groups),
+                                   *[t for g in groups for t in g]))
