@@ -108,12 +108,14 @@ def test_samsa_conv_step_equals_separate_casts(monkeypatch, sampling, train):
         conv.zero_grad(set_to_none=True)
         return [out] + grads
 
-    got = step()
+    with config.attention_config(stacked_casts=True):
+        got = step()
     with config.attention_config(stacked_casts=False):
         off = step()
     monkeypatch.setattr(samsa_attention, 'stacked_cast', separate_casts)
     monkeypatch.setattr(samsa_conv, 'stacked_cast', separate_casts)
-    want = step()
+    with config.attention_config(stacked_casts=True):
+        want = step()
     assert len(got) == len(want) == len(off)
     # Equal up to the float32 rounding of gradients that cancel to about
     # zero (the bias before the scorer's LayerNorm: about 1e-9), which the
