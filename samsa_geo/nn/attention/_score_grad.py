@@ -15,10 +15,10 @@ float32. Under plain autograd this is about ten nodes, and it keeps
 :math:`\mathbf{a}`, :math:`\mathbf{y}` in float32 and the residual sum in
 float32 alive until the backward: :math:`(2 \cdot 4 + 2) C` bytes per
 token at 16-bit :math:`\mathbf{h}`. :class:`ScoreTail` saves only
-:math:`\mathbf{h}` and :math:`\mathbf{x}` (which the layer keeps anyway)
-and the LayerNorm's row statistics, and recomputes :math:`\mathbf{a}`,
-:math:`\mathbf{y}` and the residual sum in the backward (one extra
-:math:`C \times C` GEMM).
+:math:`\mathbf{x}` (which the layer keeps anyway), the parameters and the
+LayerNorm's row statistics, and recomputes :math:`\mathbf{h}`,
+:math:`\mathbf{a}`, :math:`\mathbf{y}` and the residual sum in the
+backward (two extra :math:`C \times C` GEMMs).
 """
 from typing import Optional, Tuple
 
@@ -36,7 +36,8 @@ class ScoreTail(torch.autograd.Function):
                 b1: Optional[Tensor], w2: Tensor,
                 b2: Optional[Tensor], ln_w: Tensor, ln_b: Tensor, eps: float,
                 ws: Tensor, bs: Optional[Tensor], approximate: str) -> Tensor:
-        y = _second_layer(hidden, w2, b2, approximate).float()  # [N, C]
+        a = F.gelu(hidden, approximate=approximate)
+        y = _linear_in(a, w2, b2, a.dtype).float()  # [N, C]
         C = y.size(-1)
         ln, mean, rstd = torch.native_layer_norm(y, [C], ln_w.float(),
                                                  ln_b.float(), eps)
@@ -55,13 +56,10 @@ class ScoreTail(torch.autograd.Function):
         x, w1, b1, w2, b2, ln_w, ln_b, ws, bs, mean, rstd = \
             ctx.saved_tensors
         need = ctx.needs_input_grad[:2] + ctx.needs_input_grad[4:]
-        dt = ctx.dtype
-        hidden = F.linear(x.to(dt), w1.to(dt),
-                          None if b1 is None else b1.to(dt))  # [N, C]
+        hidden = _linear_in(x, w1, b1, ctx.dtype)  # [N, C]
         grad = grad.float()  # [N, H]
         a = F.gelu(hidden, approximate=ctx.approximate)
-        y = F.linear(a, w2.to(a.dtype),
-                     None if b2 is None else b2.to(a.dtype)).float()
+        y = _linear_in(a, w2, b2, a.dtype).float()  # [N, C]
         C = y.size(-1)
         # LN(y) from the saved statistics: [N, C] float32.
         ln = (y - mean) * rstd * ln_w.float() + ln_b.float()
@@ -86,12 +84,11 @@ class ScoreTail(torch.autograd.Function):
                 None)
 
 
-def _second_layer(hidden: Tensor, w2: Tensor, b2: Optional[Tensor],
-                  approximate: str) -> Tensor:
-    # GELU and the MLP's second layer in the dtype of ``hidden``.
-    return F.linear(F.gelu(hidden, approximate=approximate),
-                    w2.to(hidden.dtype),
-                    None if b2 is None else b2.to(hidden.dtype))
+def _linear_in(t: Tensor, w: Tensor, b: Optional[Tensor],
+               dtype: torch.dtype) -> Tensor:
+    # A linear layer computed in ``dtype`` (autocast's, as in the forward).
+    return F.linear(t.to(dtype), w.to(dtype),
+                    None if b is None else b.to(dtype))
 
 
 def _cast(g: Optional[Tensor], like: Optional[Tensor]) -> Optional[Tensor]:
