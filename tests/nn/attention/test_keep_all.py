@@ -70,21 +70,25 @@ def test_keep_all_equals_the_ranked_path(sizes, mode, training, monkeypatch):
                                           kw['num_graphs'],
                                           kw['max_num_nodes']), False)
 
-    def run():
-        attn.zero_grad()
-        xg = x.clone().requires_grad_()
-        out = attn(xg, batch, **kw)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() \
-            .backward()
-        grads = {n: p.grad for n, p in attn.named_parameters()}
-        return out, xg.grad, grads
-
-    out, gx, grads = run()
+    out, gx, grads = _step(attn, x, batch, kw)
     _ranked_only(monkeypatch)
-    ref, ref_gx, ref_grads = run()
+    ref, ref_gx, ref_grads = _step(attn, x, batch, kw)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
     assert_same_grads(grads, ref_grads)
+
+
+def _step(attn, x, batch, kw):
+    # Output, input gradient and parameter gradients of one call, with a
+    # fixed weighting of the outputs and the same dropout draws each time.
+    attn.zero_grad()
+    xg = x.clone().requires_grad_()
+    torch.manual_seed(1)
+    out = attn(xg, batch, **kw)
+    if out.numel() > 0:
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() \
+            .backward()
+    return out, xg.grad, {n: p.grad for n, p in attn.named_parameters()}
 
 
 def assert_same_grads(grads, ref_grads):
@@ -138,19 +142,9 @@ def test_dense_keep_all_equals_the_gathered_path(sizes, sampling, training,
                           kw['max_num_nodes'])
     assert attn._dense_keeps_all(info, N, False)
 
-    def run():
-        attn.zero_grad()
-        xg = x.clone().requires_grad_()
-        torch.manual_seed(1)  # the same dropout draws on both paths
-        out = attn(xg, batch.clone(), **kw)
-        if N > 0:
-            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum() \
-                .backward()
-        return out, xg.grad, {n: p.grad for n, p in attn.named_parameters()}
-
-    out, gx, grads = run()
+    out, gx, grads = _step(attn, x, batch.clone(), kw)
     _gathered_only(monkeypatch)
-    ref, ref_gx, ref_grads = run()
+    ref, ref_gx, ref_grads = _step(attn, x, batch.clone(), kw)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gx, ref_gx, rtol=1e-5, atol=1e-6)
     assert_same_grads(grads, ref_grads)
