@@ -1,3 +1,4 @@
+import importlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,21 @@ import torch
 # before anything imports them (torch_geometric imports Triton).
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
+
+
+@pytest.fixture(scope='session')
+def triton_modules():
+    """``triton_modules(*names)`` imports samsa_geo's Triton kernel modules
+    ``names``, or skips the test where they cannot run: Triton missing, or
+    a CPU without Triton's interpreter."""
+    def load(*names):
+        pytest.importorskip('triton')
+        if not torch.cuda.is_available() and \
+                os.environ.get('TRITON_INTERPRET') != '1':
+            pytest.skip('Triton interpreter not enabled')
+        modules = tuple(importlib.import_module(n) for n in names)
+        return modules if len(modules) > 1 else modules[0]
+    return load
 
 
 @pytest.fixture(autouse=True)

@@ -1,15 +1,19 @@
 r"""Geometry ops: farthest point sampling, nearest neighbours, radius search
 and scatter reductions, in pure PyTorch with optional compiled backends
-(:obj:`torch_cluster`, :obj:`torch_scatter`) that are used when installed.
+(:obj:`torch_cluster`, :obj:`torch_scatter`) that are used when installed,
+and samsa_geo's Triton kernels on CUDA; and :func:`layer_norm`, the layer
+normalisation of many narrow rows that the point encoders run.
 
 Every function takes a keyword :obj:`backend` (:obj:`"auto"`,
-:obj:`"compiled"`, :obj:`"triton"` for fps and knn, :obj:`"torch"`) to force
-one implementation. What :obj:`"auto"` means, and whether the ops check the
-values of their inputs (finite points, sorted batch vectors), is set in
+:obj:`"compiled"` where an extension serves the op, :obj:`"triton"` for
+fps, knn and layer_norm, :obj:`"torch"`) to force one implementation. What
+:obj:`"auto"` means, and whether the ops check the values of their inputs
+(finite points, sorted batch vectors), is set in
 :mod:`samsa_geo.ops.config` (:func:`use_backend`, :func:`value_checks`).
 """
 from samsa_geo.ops.fps import fps
 from samsa_geo.ops.knn import knn, knn_graph, knn_neighbours
+from samsa_geo.ops.layer_norm import layer_norm
 from samsa_geo.ops.radius import radius, radius_graph
 from samsa_geo.ops.scatter import scatter, segment_softmax
 from samsa_geo.ops.config import (
@@ -27,6 +31,7 @@ __all__ = [
     'knn',
     'knn_graph',
     'knn_neighbours',
+    'layer_norm',
     'radius',
     'radius_graph',
     'scatter',

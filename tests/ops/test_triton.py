@@ -1,9 +1,6 @@
 """samsa_geo's Triton kernels for kNN and FPS, run on CPU by Triton's
 interpreter (the same kernels run compiled on a GPU: there these tests run
 on CUDA, and ``tests/gpu/test_ops_triton.py`` adds large inputs)."""
-import importlib
-import os
-
 import pytest
 import torch
 
@@ -22,12 +19,9 @@ DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
 @pytest.fixture(scope='module')
-def kernels():
-    pytest.importorskip('triton')
-    if DEVICE == 'cpu' and os.environ.get('TRITON_INTERPRET') != '1':
-        pytest.skip('Triton interpreter not enabled')
-    return (importlib.import_module('samsa_geo.ops._triton.knn'),
-            importlib.import_module('samsa_geo.ops._triton.fps'))
+def kernels(triton_modules):
+    return triton_modules('samsa_geo.ops._triton.knn',
+                          'samsa_geo.ops._triton.fps')
 
 
 def _batch(sizes):

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, Linear, Module, Sequential
 from torch_geometric.nn.inits import reset
+from torch_geometric.nn.norm import LayerNorm
 from torch_geometric.nn.resolver import (
     activation_resolver,
     normalization_resolver,
@@ -15,6 +16,7 @@ from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import is_tracing, needs_grad
 from samsa_geo.nn.attention._stacked import stacked_cast
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
+from samsa_geo.ops import layer_norm
 
 
 class SamsaConv(Module):
@@ -176,6 +178,9 @@ class SamsaConv(Module):
               batch: Optional[Tensor], num_graphs: Optional[int]) -> Tensor:
         if norm is None:
             return h
+        if isinstance(norm, LayerNorm) and norm.mode == 'node':
+            # Per token, as PyG's: its kernel serves inference on CUDA.
+            return layer_norm(h, norm.weight, norm.bias, norm.eps)
         if self.norm_with_size and num_graphs is not None:
             # A graph-level norm that knows B does not read it back.
             return norm(h, batch=batch, batch_size=num_graphs)

@@ -15,7 +15,7 @@ from samsa_geo.nn.encoders._point_geometry import (
     safe_cos,
     safe_norm,
 )
-from samsa_geo.ops import knn_neighbours, value_checks
+from samsa_geo.ops import knn_neighbours, layer_norm, value_checks
 from samsa_geo.ops.validation import check_edge_index
 
 
@@ -198,7 +198,10 @@ class PPFPointEncoder(Module):
             first = self.edge_nn[0]  # the features left out are zeros
             h = F.linear(f, first.weight[:, :f.size(-1)], first.bias)
             for module in list(self.edge_nn)[1:]:
-                h = module(h)  # [N, k, hidden]
+                if isinstance(module, LayerNorm):  # N k narrow rows
+                    h = layer_norm(h, module.weight, module.bias, module.eps)
+                else:
+                    h = module(h)  # [N, k, hidden]
             return self.lin_out(h.amax(dim=1))
         check_edge_index(edge_index)
         f = self.features(pos, batch, num_clouds, edge_index, normal).to(dtype)

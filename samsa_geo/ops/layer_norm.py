@@ -1,0 +1,92 @@
+r"""Layer normalisation of the last dimension, as
+:func:`torch.nn.functional.layer_norm`, with a Triton kernel for inference
+on CUDA."""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from samsa_geo.ops import _triton
+from samsa_geo.ops._utils import resolve_backend, use_triton
+
+#: Values of ``backend``.
+BACKENDS = ('auto', 'triton', 'torch')
+
+#: Input dtypes the Triton kernel reads.
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def layer_norm(x: Tensor, weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5, *,
+               backend: str = 'auto') -> Tensor:
+    r"""Normalises every row :math:`\mathbf{x} \in \mathbb{R}^C` of ``x``
+    over its last dimension,
+
+    .. math::
+        \mathbf{y} = \frac{\mathbf{x} - \mu}{\sqrt{\sigma^2 + \epsilon}}
+        \odot \boldsymbol{\gamma} + \boldsymbol{\beta},
+
+    equal to ``F.layer_norm(x, (C,), weight, bias, eps)``, autocast
+    included (under autocast the result is float32, as autocast runs
+    layer normalisation in float32).
+
+    With ``backend='auto'`` a call that records no gradient, on CUDA,
+    outside :func:`torch.compile` and export, with :math:`C \le 1024`, runs
+    one Triton kernel that normalises blocks of rows per program: at the
+    point encoders' widths (:math:`C = 64`, millions of rows) PyTorch's
+    kernel takes several times longer. Other calls, and ``backend='torch'``,
+    run :func:`torch.nn.functional.layer_norm`; ``backend='triton'``
+    insists on the kernel (on a CPU under Triton's interpreter too).
+
+    Args:
+        x (Tensor): Rows :math:`(*, C)`, floating point.
+        weight (Tensor, optional): Scale :math:`\boldsymbol{\gamma}`,
+            :math:`(C)`. (default: :obj:`None`)
+        bias (Tensor, optional): Shift :math:`\boldsymbol{\beta}`,
+            :math:`(C)`. (default: :obj:`None`)
+        eps (float, optional): :math:`\epsilon`. (default: :obj:`1e-5`)
+        backend (str, optional): :obj:`"auto"`, :obj:`"triton"` or
+            :obj:`"torch"`. (default: :obj:`"auto"`)
+
+    Shapes:
+        - **input:** :math:`(*, C)`
+        - **output:** :math:`(*, C)`
+    """
+    if not isinstance(x, Tensor) or x.dim() == 0:
+        raise ValueError(f"Expected 'x' to be a tensor of shape [*, C] "
+                         f"(got {getattr(x, 'shape', type(x).__name__)})")
+    if not x.is_floating_point():
+        raise TypeError(f"Expected 'x' to be floating point (got {x.dtype})")
+    C = x.size(-1)
+    for name, t in (('weight', weight), ('bias', bias)):
+        if t is not None and (not isinstance(t, Tensor)
+                              or tuple(t.shape) != (C, )):
+            raise ValueError(f"Expected '{name}' to have shape [{C}] "
+                             f"(got {getattr(t, 'shape', t)})")
+    backend = resolve_backend(backend, BACKENDS)
+    if backend != 'torch' and use_triton(
+            backend, _triton_serves(x, weight, bias, backend == 'triton'),
+            'floating-point rows of at most 1,024 channels, on CUDA, '
+            'without gradients, outside compiled or exported graphs'):
+        from samsa_geo.ops._triton.layer_norm import layer_norm_triton
+        # CUDA autocast runs layer normalisation in float32.
+        autocast = x.is_cuda and torch.is_autocast_enabled('cuda')
+        with _triton.device_guard(x.device):
+            return layer_norm_triton(
+                x, weight, bias, eps,
+                torch.float32 if autocast else x.dtype)
+    return F.layer_norm(x, (C, ), weight, bias, eps)
+
+
+def _triton_serves(x: Tensor, weight: Optional[Tensor],
+                   bias: Optional[Tensor], forced: bool) -> bool:
+    tensors = [t for t in (x, weight, bias) if t is not None]
+    return (_triton.runs_on(x, forced) and x.dtype in _DTYPES
+            and 0 < x.size(-1) <= 1024 and x.numel() > 0
+            and all(t.device == x.device for t in tensors)
+            and not (torch.is_grad_enabled()
+                     and any(t.requires_grad for t in tensors))
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_exporting())
