@@ -44,11 +44,11 @@ from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
 from samsa_geo.ops import fps, knn, use_backend  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-#: Configurations (BLOCK_Q, BLOCK_P, GROUPS, CAP, warps) of the dense kNN
-#: kernel that ``--sweep`` times.
-SWEEP = [(4, 1024, 64, 64, 8), (4, 1024, 64, 64, 4), (8, 1024, 64, 64, 8),
-         (2, 1024, 64, 32, 4), (8, 1024, 32, 64, 4), (16, 1024, 64, 64, 8),
-         (4, 512, 32, 64, 4), (2, 1024, 64, 64, 4), (1, 1024, 64, 64, 4)]
+#: Configurations (BLOCK_Q, BLOCK_P, warps) of the dense kNN kernel that
+#: ``--sweep`` times.
+SWEEP = [(2, 1024, 4), (4, 1024, 4), (8, 1024, 4), (16, 1024, 4),
+         (8, 1024, 8), (16, 1024, 8), (32, 1024, 8), (8, 512, 4),
+         (16, 512, 4)]
 #: Targets on the GPU (milliseconds, or the throughput ratio).
 TARGETS = {'knn_128x1024': 1.0, 'knn_100k': 20.0, 'fps_32x10k': 10.0,
            'classifier_ri_vs_plain': 0.5}
@@ -117,7 +117,7 @@ def op_cases(device: torch.device, args: argparse.Namespace, record):
 def knn_variants(pos, batch, clouds, k, fields, args, record):
     """The Triton kNN of 128 x 1,024 points by the tiled kernel (``triton-
     tiled``) next to the dense one that ``triton`` picks, and with
-    ``--sweep`` the dense kernel's (BLOCK_Q, BLOCK_P, GROUPS, CAP, warps)
+    ``--sweep`` the dense kernel's (BLOCK_Q, BLOCK_P, warps)
     configurations (``triton-dense-...``)."""
     from samsa_geo.ops._triton import knn as knn_module
     from samsa_geo.ops._triton import knn_dense

@@ -116,12 +116,9 @@ def test_knn_triton_ties_by_index_and_box_skips(knn_kernel, kernels,
     assert torch.equal(out, _stable_reference(y, y, 4, zeros, zeros))
 
 
-# (BLOCK_Q, BLOCK_P, GROUPS, CAP, warps) of the dense kernel: candidates
-# bounded by group minima (scratch of 16 and of 4 slots: the latter
-# overflows, then the whole tile is ranked), all candidates ranked at once
-# (GROUPS < KP), and examples spanning several tiles.
-DENSE_CONFIGS = [(16, 32, 8, 16, 1), (16, 32, 8, 4, 1), (8, 16, 2, 8, 1),
-                 (32, 8, 4, 8, 1)]
+# (BLOCK_Q, BLOCK_P, warps) of the dense kernel: examples within one tile
+# and examples spanning several tiles (merged lists of the tiles).
+DENSE_CONFIGS = [(16, 64, 1), (8, 16, 1), (32, 8, 1)]
 
 
 @pytest.mark.parametrize('config', DENSE_CONFIGS)
@@ -235,7 +232,7 @@ target = GPUTarget('cuda', 90, 32)
 ptrs = dict(xs='*fp32', ids='*i32', key_x='*i64', ys='*fp32', y_ids='*i32',
             key_y='*i64', ptr_x='*i64', ptr_y='*i64', first='*i64',
             tile_box='*fp32', out='*i64', missing='*i64', x='*fp32',
-            y='*fp32', batch_y='*i64', scratch='*i64')
+            y='*fp32', batch_y='*i64')
 kernels = []
 for F, KP, BM, same in [(3, 16, 32, True), (2, 32, 32, False),
                         (1, 64, 16, False)]:
@@ -245,9 +242,9 @@ for F, KP, BM, same in [(3, 16, 32, True), (2, 32, 32, False),
            if a not in const}
     kernels.append((knn._knn_kernel, sig, const, 4))
 for F, KP, count in [(3, 16, True), (2, 64, False)]:
-    block_q, block_p, groups, cap, warps = knn_dense.dense_config(KP, 1024)
+    block_q, block_p, warps = knn_dense.dense_config(KP, 1024)
     const = dict(F=F, KP=KP, HAS_BATCH=count, COUNT=count, BLOCK_Q=block_q,
-                 BLOCK_P=block_p, GROUPS=groups, CAP=cap)
+                 BLOCK_P=block_p)
     sig = {a: ptrs.get(a, 'i32') for a in knn_dense._dense_knn_kernel.arg_names
            if a not in const}
     kernels.append((knn_dense._dense_knn_kernel, sig, const, warps))

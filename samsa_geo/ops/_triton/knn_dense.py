@@ -12,10 +12,11 @@ where :math:`\operatorname{bits}(d)` is the IEEE-754 pattern of the float32
 squared distance. Squared distances are non-negative, so the order of the
 keys is the order of :math:`(d_{ij}, j)`: by distance, equal distances by
 index, as the brute-force reference with a stable sort. A tile's best
-``KP`` keys per query come from a bitonic top-k
-(:func:`triton.language.topk`) and are merged into the running best by one
-bitonic step (the minimum of the best list and the reversed tile list holds
-the ``KP`` smallest keys of both, then a sort of ``KP`` keys).
+``k`` keys per query come from ``k`` rounds over its distances, held in
+registers: the least distance, the least index that holds it, and that
+candidate struck out (two row reductions and two selects per round, no
+sort). A tile list is merged into the running best by a bitonic top-k of
+the ``2 KP`` keys of both (:func:`triton.language.topk`).
 
 Distances are computed in float32 as
 :math:`((y_0 - x_0)^2 + (y_1 - x_1)^2) + (y_2 - x_2)^2` without fused
@@ -40,6 +41,8 @@ from torch import Tensor
 # Key of a slot without candidate: above every (distance, index) key.
 _NO_KEY: tl.constexpr = tl.constexpr(2**63 - 1)
 _INDEX_BITS: tl.constexpr = tl.constexpr(0xFFFFFFFF)
+# Above every candidate index.
+_NO_INDEX: tl.constexpr = tl.constexpr(2**31 - 1)
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
@@ -69,26 +72,11 @@ def _keys(d, index):
 
 
 @triton.jit
-def _top_direct(x, stride_xn, stride_xf, p0, hi, c_start, c_end, q0, q1, q2,
-                F: tl.constexpr, KP: tl.constexpr, BLOCK_P: tl.constexpr):
-    # The KP smallest keys of the tile, ascending (the largest
-    # complements): a bitonic top-k over all its candidates.
-    cols = p0 + tl.arange(0, BLOCK_P)
-    d = _distances(x, stride_xn, stride_xf, cols[None, :],
-                   cols[None, :] < hi, q0[:, None], q1[:, None],
-                   q2[:, None], F)  # [BLOCK_Q, BLOCK_P]
-    ok = (cols[None, :] >= c_start[:, None]) & (cols[None, :] < c_end[:, None])
-    key = tl.where(ok, _keys(d, cols[None, :]), _NO_KEY)
-    return ~tl.topk(~key, KP, dim=1)  # [BLOCK_Q, KP]
-
-
-@triton.jit
 def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
-                      batch_y, ptr_x, out, scratch, missing, N, M, K, B,
+                      batch_y, ptr_x, out, missing, N, M, K, B,
                       F: tl.constexpr, KP: tl.constexpr,
                       HAS_BATCH: tl.constexpr, COUNT: tl.constexpr,
-                      BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                      GROUPS: tl.constexpr, CAP: tl.constexpr):
+                      BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_ok = rows < M
     # Candidates of each query's example: [c_start, c_end), clamped so
@@ -118,52 +106,26 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
                      other=0.0)
 
     best = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
-    G: tl.constexpr = BLOCK_P // GROUPS  # candidates per group
-    slot = tl.arange(0, CAP)
+    slot = tl.arange(0, KP)
     for p0 in range(lo, hi, BLOCK_P):
-        if GROUPS >= KP:
-            # Group j holds the candidates p0 + j + GROUPS * i (strided,
-            # so that groups spread over the example). The KP-th smallest
-            # group minimum bounds the KP-th smallest distance: only
-            # candidates within it (and within the best so far) can rank.
-            cols = p0 + tl.arange(0, G)[:, None] * GROUPS + \
-                tl.arange(0, GROUPS)[None, :]  # [G, GROUPS]
-            d = _distances(x, stride_xn, stride_xf, cols, cols < hi,
-                           q0[:, None, None], q1[:, None, None],
-                           q2[:, None, None], F)  # [BLOCK_Q, G, GROUPS]
-            ok = (cols[None, :, :] >= c_start[:, None, None]) & \
-                (cols[None, :, :] < c_end[:, None, None])
-            d = tl.where(ok, d, float('inf'))
-            d_min = tl.min(d, axis=1)  # [BLOCK_Q, GROUPS]
-            bound = -tl.min(tl.topk(-d_min, KP, dim=1), axis=1)
-            worst = tl.max(best, axis=1)
-            kth = tl.where(worst == _NO_KEY, float('inf'), (worst >> 32).to(
-                tl.int32).to(tl.float32, bitcast=True))
-            bound = tl.minimum(bound, kth)  # [BLOCK_Q]
-            take = ok & (d <= bound[:, None, None])
-            # Compaction: each row's taken keys go to its CAP scratch
-            # slots, in candidate order (prefix sums of `take`).
-            t = take.to(tl.int32)
-            per_g = tl.sum(t, axis=2)  # [BLOCK_Q, G]
-            before = tl.cumsum(per_g, axis=1) - per_g
-            at = before[:, :, None] + tl.cumsum(t, axis=2) - t
-            count = tl.sum(per_g, axis=1)  # [BLOCK_Q]
-            if tl.max(count, axis=0) <= CAP:
-                base = scratch + rows.to(tl.int64) * CAP
-                tl.store(base[:, None, None] + at, _keys(d, cols[None, :, :]),
-                         mask=take)
-                tl.debug_barrier()
-                key = tl.load(base[:, None] + slot[None, :],
-                              mask=slot[None, :] < count[:, None],
-                              other=_NO_KEY)  # [BLOCK_Q, CAP]
-                tl.debug_barrier()
-                top = ~tl.topk(~key, KP, dim=1)
-            else:  # many candidates at about the same distance
-                top = _top_direct(x, stride_xn, stride_xf, p0, hi, c_start,
-                                  c_end, q0, q1, q2, F, KP, BLOCK_P)
-        else:
-            top = _top_direct(x, stride_xn, stride_xf, p0, hi, c_start,
-                              c_end, q0, q1, q2, F, KP, BLOCK_P)
+        cols = p0 + tl.arange(0, BLOCK_P)
+        ok = (cols[None, :] >= c_start[:, None]) & \
+            (cols[None, :] < c_end[:, None])
+        d = _distances(x, stride_xn, stride_xf, cols[None, :],
+                       cols[None, :] < hi, q0[:, None], q1[:, None],
+                       q2[:, None], F)  # [BLOCK_Q, BLOCK_P]
+        d = tl.where(ok, d, float('inf'))
+        # The tile's K smallest (distance, index) pairs, one per round:
+        # the least distance, the least index holding it, then that
+        # candidate is struck out.
+        top = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
+        for r in range(K):
+            d_min = tl.min(d, axis=1)  # [BLOCK_Q]
+            j = tl.min(tl.where(d == d_min[:, None], cols[None, :],
+                                _NO_INDEX), axis=1)
+            key = tl.where(d_min == float('inf'), _NO_KEY, _keys(d_min, j))
+            top = tl.where(slot[None, :] == r, key[:, None], top)
+            d = tl.where(cols[None, :] == j[:, None], float('inf'), d)
         if p0 == lo:
             best = top
         else:  # the KP smallest keys of both lists
@@ -171,7 +133,6 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
             best = ~tl.topk(~both, KP, dim=1)
 
     # out[0]: the query, out[1]: its neighbours; -1 in empty slots.
-    slot = tl.arange(0, KP)
     keep = row_ok[:, None] & (slot[None, :] < K)
     empty = best == _NO_KEY
     nbr = tl.where(empty, -1, best & _INDEX_BITS)
@@ -184,22 +145,15 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
                                              axis=1), axis=0))
 
 
-def dense_config(k: int, mean_size: int
-                 ) -> Tuple[int, int, int, int, int]:
-    r"""(``BLOCK_Q``, ``BLOCK_P``, ``GROUPS``, ``CAP``, warps) for :obj:`k`
-    neighbours among examples of :obj:`mean_size` candidates: a tile spans
-    a whole mean-size example (at most 1,024 candidates) in 32 groups, and
-    up to 64 candidates per query within the bound are ranked exactly.
-    On the H200, 128 clouds x 1,024 points and k = 16, this configuration
-    (8, 1024, 32, 64, 4 warps) was the fastest of the nine that
-    ``benchmarks/ops.py --sweep`` times."""
-    kp = max(triton.next_power_of_2(k), 2)
+def dense_config(k: int, mean_size: int) -> Tuple[int, int, int]:
+    r"""(``BLOCK_Q``, ``BLOCK_P``, warps) for :obj:`k` neighbours among
+    examples of :obj:`mean_size` candidates: a tile spans a whole
+    mean-size example (at most 1,024 candidates), and a program holds
+    about 8,192 distances."""
     if _INTERPRETED:
-        return 16, max(32, 2 * kp), max(8, kp), max(16, kp), 1
-    block_p = max(min(triton.next_power_of_2(max(mean_size, 1)), 1024),
-                  kp, 64)
-    groups = max(min(32, block_p // 4), kp)
-    return max(8192 // block_p, 1), block_p, groups, max(64, 2 * kp), 4
+        return 16, 32, 1
+    block_p = max(min(triton.next_power_of_2(max(mean_size, 1)), 1024), 64)
+    return max(8192 // block_p, 1), block_p, 4
 
 
 def knn_dense(x: Tensor, y: Tensor, k: int, ptr_x: Optional[Tensor],
@@ -231,15 +185,14 @@ def knn_dense(x: Tensor, y: Tensor, k: int, ptr_x: Optional[Tensor],
     out = torch.empty(2, m, k, dtype=torch.long, device=x.device)
     if m == 0:
         return out
-    block_q, block_p, groups, cap, num_warps = dense_config(
-        k, n // max(num_examples, 1))
+    block_q, block_p, num_warps = dense_config(k, n // max(num_examples, 1))
     _dense_knn_kernel[(triton.cdiv(m, block_q), )](
         x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1),
         out if batch_y is None else batch_y, out if ptr_x is None else ptr_x,
-        out, torch.empty(m, cap, dtype=torch.long, device=x.device),
-        out if missing is None else missing, n, m, k, max(num_examples, 1),
-        F=num_features, KP=max(triton.next_power_of_2(k), 2),
+        out, out if missing is None else missing, n, m, k,
+        max(num_examples, 1), F=num_features,
+        KP=max(triton.next_power_of_2(k), 2),
         HAS_BATCH=batch_y is not None and ptr_x is not None,
         COUNT=missing is not None, BLOCK_Q=block_q, BLOCK_P=block_p,
-        GROUPS=groups, CAP=cap, num_warps=num_warps, enable_fp_fusion=False)
+        num_warps=num_warps, enable_fp_fusion=False)
     return out
