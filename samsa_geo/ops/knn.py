@@ -58,11 +58,11 @@ def knn(
     three features and :math:`k \le 64` go to samsa_geo's Triton kernels,
     which give the neighbours of the brute-force reference exactly (the
     float32 distances of the pure-PyTorch path, equal distances ordered by
-    index). Batches of small examples (up to 4,096 points per example on
+    index). Batches of small examples (up to 1,024 points per example on
     average) are ranked by brute force, one program per block of queries:
-    candidates beyond the :math:`k`-th smallest minimum of strided groups
-    are dropped and the rest ranked by a bitonic top-k of (distance, index)
-    keys. Larger examples are ordered along a Morton curve, and candidate
+    the distances to a whole example sit in registers, and :math:`k`
+    rounds each take the least (distance, index) pair. Larger examples are
+    ordered along a Morton curve, and candidate
     tiles are skipped by a bounding-box bound. The kernels form a PyTorch
     custom operator (:obj:`torch.ops.samsa_geo.knn_neighbours`), so
     :func:`torch.compile` keeps them. With :obj:`batch_size` given, the

@@ -149,8 +149,10 @@ def _count_syncs(fn, checks=False):
             fn()
         finally:
             torch.cuda.set_sync_debug_mode('default')
+    # PyTorch's notice that the debug mode is a prototype (once per
+    # process) is no synchronisation.
     return [str(w.message) for w in caught if 'synchroniz' in
-            str(w.message)]
+            str(w.message) and 'debug mode' not in str(w.message)]
 
 
 def test_triton_ops_read_the_host_once():

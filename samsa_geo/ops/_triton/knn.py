@@ -38,11 +38,11 @@ from samsa_geo.ops._triton.knn_dense import knn_dense
 from samsa_geo.ops._utils import batch_to_ptr
 
 #: Largest mean number of candidates per example that
-#: :func:`knn_triton` ranks by brute force (the dense kernel). 0, the
-#: default, leaves every batch to the tiled kernel: the dense kernel is
-#: tested under Triton's interpreter and compiled for sm_90, but has not
-#: run on a GPU yet; 4096 is the intended switch point.
-DENSE_MEAN_SIZE = 0
+#: :func:`knn_triton` ranks by brute force (the dense kernel): the faster
+#: one at 1,024 points per cloud on the H200 (docs/benchmarks.md). Its
+#: work per query grows with the example's size, and larger examples were
+#: not timed, so they keep the tiled kernel.
+DENSE_MEAN_SIZE = 1024
 #: Tiles on either side of the queries' place on the curve that are ranked
 #: before any tile is skipped.
 NEAR_TILES = 2
