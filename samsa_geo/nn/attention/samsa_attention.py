@@ -173,8 +173,8 @@ class SamsaAttention(Module):
             before the importance scorer (``input_norm`` of
             :class:`ImportanceScorer`): the scores no longer follow the
             tokens' scale, and the scorer's first layer leaves the stacked
-            projection of :math:`\mathbf{x}` (one more GEMM). Not with
-            :obj:`"full"`. (default: :obj:`False`)
+            projection of :math:`\mathbf{x}` (a GEMM of its own, same
+            FLOPs). Not with :obj:`"full"`. (default: :obj:`False`)
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``batch`` :math:`(N)` sorted,
