@@ -161,6 +161,26 @@ def test_scorer_dispatches_to_the_kernel_in_inference(kernel, monkeypatch,
     assert len(calls) == 2
 
 
+def test_input_norm_scorer_takes_the_kernel_under_autocast(kernel,
+                                                          monkeypatch, spy):
+    # The kernel reads the normalised tokens (float32) next to the MLP's
+    # bf16 rows and agrees with the PyTorch formula on the same rows.
+    import samsa_geo.nn.attention.importance_scorer as mod
+
+    scorer = ImportanceScorer(32, heads=4, input_norm=True).eval()
+    x = torch.randn(50, 32) * 3.0
+    monkeypatch.setattr(mod, 'triton_serves', lambda device: True)
+    calls = spy(kernel, 'importance_score_triton')
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        out = scorer(x)
+        with config.attention_config(fused_scorer=False):
+            ref = scorer(x)
+    assert len(calls) == 1
+    y, x_hat = calls[0][:2]
+    assert y.dtype == torch.bfloat16 and x_hat.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-4)
+
+
 def test_kernel_is_a_valid_custom_operator(kernel):
     scorer = _trained_like(32, 4)
     norm, lin = scorer.norm, scorer.lin
