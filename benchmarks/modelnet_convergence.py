@@ -16,7 +16,9 @@ point models stays on in all three):
   mixing of raw tokens), ``score='maxout'``, ``normalization='leaky'``;
 * ``full attention``: ``sampling='full'``;
 * ``SAMSA summary`` (only when named in ``--variants``): SAMSA softmax
-  with the score-pooled summary key, ``summary=True``.
+  with the score-pooled summary key, ``summary=True``;
+* ``SAMSA summary norm`` (only when named in ``--variants``): SAMSA
+  summary with the scorer's input LayerNorm, ``scorer_norm=True``.
 
     python benchmarks/modelnet_convergence.py --seeds 0,1,2 --num-points 256 \\
         --out benchmarks/results/modelnet_convergence.json \\
@@ -51,6 +53,8 @@ def attention_variants() -> Dict[str, dict]:
                           normalization='leaky'),
         'full attention': dict(sampling='full'),
         'SAMSA summary': dict(sampling='hard', summary=True),
+        'SAMSA summary norm': dict(sampling='hard', summary=True,
+                                   scorer_norm=True),
     }
 
 

@@ -30,7 +30,12 @@ class ImportanceScorer(Module):
         \mathbb{R}^{H},
 
     where :math:`\mathbf{x}_i` is the (un-normalised) token and :math:`H` the
-    number of heads.
+    number of heads. With ``input_norm=True`` the scorer reads the
+    normalised token :math:`\hat{\mathbf{x}}_i = \mathrm{LN}_{in}(\mathbf{x}_i)`
+    in place of :math:`\mathbf{x}_i` (in the residual and the MLP alike):
+    the scores are then invariant to a per-token affine map
+    :math:`\mathbf{x}_i \mapsto a_i \mathbf{x}_i + b_i \mathbf{1}`,
+    :math:`a_i > 0`, and their scale no longer follows the tokens' scale.
 
     The residual, the LayerNorm and :math:`\mathbf{W}_s` run in float32
     (under bf16/fp16 autocast too): the scores rank the tokens. In inference
@@ -40,15 +45,23 @@ class ImportanceScorer(Module):
     Args:
         channels (int): Token width :math:`C`.
         heads (int, optional): Number of heads :math:`H`. (default: :obj:`1`)
+        input_norm (bool, optional): Apply a LayerNorm
+            :math:`\mathrm{LN}_{in}` to the tokens before scoring them.
+            (default: :obj:`False`)
 
     Shapes:
         - **input:** :math:`(N, C)`
         - **output:** :math:`(N, H)`, float32
     """
-    def __init__(self, channels: int, heads: int = 1) -> None:
+    def __init__(self, channels: int, heads: int = 1,
+                 input_norm: bool = False) -> None:
         super().__init__()
+        if not isinstance(input_norm, bool):
+            raise TypeError(f"Expected 'input_norm' to be a bool "
+                            f"(got {type(input_norm).__name__})")
         self.channels = channels
         self.heads = heads
+        self.norm_in = LayerNorm(channels) if input_norm else None
         self.score_nn = Sequential(Linear(channels, channels), GELU(),
                                    Linear(channels, channels))
         self.norm = LayerNorm(channels)
@@ -56,6 +69,8 @@ class ImportanceScorer(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        if self.norm_in is not None:
+            self.norm_in.reset_parameters()
         reset(self.score_nn)
         self.norm.reset_parameters()
         self.lin.reset_parameters()
@@ -65,10 +80,14 @@ class ImportanceScorer(Module):
                 ) -> Tensor:
         r"""Scores of the tokens ``x`` :math:`(N, C)`; ``hidden`` is the
         MLP's first linear layer applied to ``x``, if the caller computed
-        it already (fused with other projections of ``x``), and
-        ``lin2_weights`` the weight and bias of its second linear layer,
-        if the caller cast them already (to autocast's dtype)."""
+        it already (fused with other projections of ``x``; never with
+        ``input_norm=True``), and ``lin2_weights`` the weight and bias of
+        its second linear layer, if the caller cast them already (to
+        autocast's dtype)."""
         lin1, act, lin2 = self.score_nn
+        if self.norm_in is not None:
+            assert hidden is None, 'hidden of the raw tokens'
+            x = self.norm_in(x)  # float32 under autocast
         if hidden is None:
             hidden = F.linear(x, lin1.weight, lin1.bias)
         if lin2_weights is None:
@@ -112,8 +131,9 @@ class ImportanceScorer(Module):
                                    self.lin.weight, self.lin.bias))
 
     def __repr__(self) -> str:
+        extra = ', input_norm=True' if self.norm_in is not None else ''
         return (f'{self.__class__.__name__}({self.channels}, '
-                f'heads={self.heads})')
+                f'heads={self.heads}{extra})')
 
 
 def _eager_kernel():

@@ -169,6 +169,12 @@ class SamsaAttention(Module):
             attention takes the explicit path instead of the fused
             kernels. Not with :obj:`"full"` or :obj:`"sft"`.
             (default: :obj:`False`)
+        scorer_norm (bool, optional): Apply a LayerNorm to the tokens
+            before the importance scorer (``input_norm`` of
+            :class:`ImportanceScorer`): the scores no longer follow the
+            tokens' scale, and the scorer's first layer leaves the stacked
+            projection of :math:`\mathbf{x}` (a GEMM of its own, same
+            FLOPs). Not with :obj:`"full"`. (default: :obj:`False`)
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``batch`` :math:`(N)` sorted,
@@ -197,6 +203,7 @@ class SamsaAttention(Module):
         padded: Optional[bool] = None,
         tile_size: int = 256,
         summary: bool = False,
+        scorer_norm: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(channels, int) or channels <= 0:
@@ -237,6 +244,12 @@ class SamsaAttention(Module):
         if not isinstance(summary, bool):
             raise TypeError(f"Expected 'summary' to be a bool "
                             f"(got {type(summary).__name__})")
+        if not isinstance(scorer_norm, bool):
+            raise TypeError(f"Expected 'scorer_norm' to be a bool "
+                            f"(got {type(scorer_norm).__name__})")
+        if scorer_norm and sampling == 'full':
+            raise ValueError("Expected 'scorer_norm=False' with "
+                             "sampling='full' (it has no scorer)")
         if summary and sampling in ('full', 'sft'):
             raise ValueError(f"Expected 'summary=False' with "
                              f"sampling={sampling!r} (the summary pools "
@@ -255,6 +268,7 @@ class SamsaAttention(Module):
         self.padded = padded
         self.tile_size = tile_size
         self.summary = summary
+        self.scorer_norm = scorer_norm
         # Fixed, as in the released code (declared there but never trained).
         # The buffer keeps checkpoints complete; ``tau`` is its host copy,
         # so the forward pass never reads it back from the device.
@@ -277,7 +291,7 @@ class SamsaAttention(Module):
             raise ValueError("Expected 'num_registers' = 0 with "
                              "sampling='sft' (SFT samples raw tokens only)")
         self.scorer = None if full else ImportanceScorer(
-            channels, 1 if sampling == 'sft' else heads)
+            channels, 1 if sampling == 'sft' else heads, scorer_norm)
         if num_registers > 0:
             self.reg_kv = Parameter(
                 torch.empty(num_registers, heads, 2 * self.head_dim))
@@ -532,18 +546,23 @@ class SamsaAttention(Module):
             [lin.out_features for lin in lins], 1)
         score_lin = None if len(rest) == 2 else (rest[0], rest[1])
         out_lin = (rest[-2], rest[-1])
+        hidden = out[-1] if self._stacks_scorer() else None
         if self.sampling == 'sft':
-            return out[0], None, out[1], (score_lin, out_lin)
-        return (out[0], out[1], out[2] if len(out) > 2 else None,
-                (score_lin, out_lin))
+            return out[0], None, hidden, (score_lin, out_lin)
+        return out[0], out[1], hidden, (score_lin, out_lin)
+
+    def _stacks_scorer(self) -> bool:
+        # The scorer's first layer reads x itself, unless the scorer
+        # normalises x first.
+        return self.scorer is not None and not self.scorer_norm
 
     def _projected(self) -> List[Linear]:
         # The layers stacked into the projection GEMM.
-        if self.sampling == 'sft':
-            return [self.lin_q, self.scorer.score_nn[0]]
-        if self.scorer is not None:
-            return [self.lin_q, self.lin_kv, self.scorer.score_nn[0]]
-        return [self.lin_q, self.lin_kv]
+        lins = [self.lin_q] if self.sampling == 'sft' else [self.lin_q,
+                                                             self.lin_kv]
+        if self._stacks_scorer():
+            lins.append(self.scorer.score_nn[0])
+        return lins
 
     def _linear_weights(self, lins: List[Linear],
                         x: Tensor) -> List[Tensor]:
@@ -559,7 +578,7 @@ class SamsaAttention(Module):
         # and training with config.use_stacked_casts() off, concatenate
         # and leave the casts to autocast (and the compiler).
         groups = [[lin.weight for lin in lins], [lin.bias for lin in lins]]
-        if self.scorer is not None:
+        if self._stacks_scorer():
             lin2 = self.scorer.score_nn[2]
             groups += [[lin2.weight], [lin2.bias]]
         groups += [[self.lin_out.weight], [self.lin_out.bias]]
@@ -841,6 +860,8 @@ class SamsaAttention(Module):
             extra += ', relative_bias=True'
         if self.summary:
             extra += ', summary=True'
+        if self.scorer_norm:
+            extra += ', scorer_norm=True'
         return (f'{self.__class__.__name__}({self.channels}, '
                 f'heads={self.heads}, k={self.k}, '
                 f'sampling={self.sampling!r}{extra})')

@@ -19,19 +19,45 @@ def kernel():
 
 
 def _reference(scorer, x):
-    # s = W (x + LN(MLP(x))) + b, everything in float64.
+    # s = W (x + LN(MLP(x))) + b, everything in float64; x is LN_in(x)
+    # with input_norm=True.
     ref = copy.deepcopy(scorer).double()
-    h = x.double() + ref.norm(ref.score_nn(x.double()))
+    x = x.double()
+    if ref.norm_in is not None:
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, False, keepdim=True)
+        x = (x - mean) / (var + ref.norm_in.eps).sqrt() \
+            * ref.norm_in.weight + ref.norm_in.bias
+    h = x + ref.norm(ref.score_nn(x))
     return h @ ref.lin.weight.t() + ref.lin.bias
 
 
-def test_scores_match_the_formula():
+@pytest.mark.parametrize('input_norm', [False, True])
+def test_scores_match_the_formula(input_norm):
     torch.manual_seed(0)
-    scorer = ImportanceScorer(16, heads=3)
+    scorer = ImportanceScorer(16, heads=3, input_norm=input_norm)
+    if input_norm:
+        with torch.no_grad():  # away from the initial affine
+            scorer.norm_in.weight.normal_(1.0, 0.3)
+            scorer.norm_in.bias.normal_(0.0, 0.3)
     x = torch.randn(50, 16)
     out = scorer(x)
     assert out.shape == (50, 3) and out.dtype == torch.float32
     assert torch.allclose(out.double(), _reference(scorer, x), atol=1e-5)
+
+
+def test_input_norm_scores_ignore_a_per_token_affine_map():
+    # s(a_i x_i + b_i 1) = s(x_i) for a_i > 0 with input_norm=True; the
+    # default scorer follows the tokens' scale.
+    torch.manual_seed(0)
+    x = torch.randn(50, 16)
+    a, b = torch.rand(50, 1) * 4.0 + 0.5, torch.randn(50, 1)
+    scorer = ImportanceScorer(16, heads=3, input_norm=True)
+    assert torch.allclose(scorer(a * x + b), scorer(x), atol=1e-4)
+    assert str(scorer) == 'ImportanceScorer(16, heads=3, input_norm=True)'
+    scorer = ImportanceScorer(16, heads=3)
+    assert not torch.allclose(scorer(a * x + b), scorer(x), atol=1e-1)
+    with pytest.raises(TypeError, match="'input_norm' to be a bool"):
+        ImportanceScorer(16, input_norm=1)
 
 
 def test_scores_are_float32_under_bf16_autocast():
@@ -135,6 +161,26 @@ def test_scorer_dispatches_to_the_kernel_in_inference(kernel, monkeypatch,
     assert len(calls) == 2
 
 
+def test_input_norm_scorer_takes_the_kernel_under_autocast(kernel,
+                                                          monkeypatch, spy):
+    # The kernel reads the normalised tokens (float32) next to the MLP's
+    # bf16 rows and agrees with the PyTorch formula on the same rows.
+    import samsa_geo.nn.attention.importance_scorer as mod
+
+    scorer = ImportanceScorer(32, heads=4, input_norm=True).eval()
+    x = torch.randn(50, 32) * 3.0
+    monkeypatch.setattr(mod, 'triton_serves', lambda device: True)
+    calls = spy(kernel, 'importance_score_triton')
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        out = scorer(x)
+        with config.attention_config(fused_scorer=False):
+            ref = scorer(x)
+    assert len(calls) == 1
+    y, x_hat = calls[0][:2]
+    assert y.dtype == torch.bfloat16 and x_hat.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-4)
+
+
 def test_kernel_is_a_valid_custom_operator(kernel):
     scorer = _trained_like(32, 4)
     norm, lin = scorer.norm, scorer.lin
@@ -170,13 +216,16 @@ def _formula_and_grads(scorer, x, hidden, autocast, plain):
 
 
 @pytest.mark.parametrize('autocast', [False, True])
-@pytest.mark.parametrize('given_hidden', [False, True])
-def test_training_node_equals_the_formula(autocast, given_hidden):
+@pytest.mark.parametrize('given_hidden,input_norm', [(False, False),
+                                                     (True, False),
+                                                     (False, True)])
+def test_training_node_equals_the_formula(autocast, given_hidden,
+                                          input_norm):
     # The ScoreTail node (eager training) against plain autograd of the
     # formula: equal scores, equal gradients (bf16 autocast: the bias of
     # the second layer is summed in float32 here, in bf16 by autograd).
     torch.manual_seed(0)
-    scorer = ImportanceScorer(16, heads=3)
+    scorer = ImportanceScorer(16, heads=3, input_norm=input_norm)
     for p in scorer.parameters():
         p.data.normal_(0, 0.5)
     x = torch.randn(40, 16)

@@ -258,11 +258,15 @@ def test_relative_bias_takes_the_explicit_path(monkeypatch):
     torch.testing.assert_close(out, ref)
 
 
-def test_compile_fullgraph_matches_eager():
-    # Training mode: the summary, the relaxation and the masks in one graph.
+@pytest.mark.parametrize('scorer_norm', [False, True])
+def test_compile_fullgraph_matches_eager(scorer_norm):
+    # Training mode: the summary, the relaxation and the masks in one graph
+    # (with scorer_norm, the scorer's first layer outside the stacked
+    # projection).
     torch._dynamo.reset()
     torch.manual_seed(0)
-    attn = SamsaAttention(16, heads=2, k=4, num_registers=2, summary=True)
+    attn = SamsaAttention(16, heads=2, k=4, num_registers=2, summary=True,
+                          scorer_norm=scorer_norm)
     x, batch = make_batch([9, 20, 0, 4])
     compiled = torch.compile(attn, fullgraph=True, backend='aot_eager')
     torch.manual_seed(1)
