@@ -67,7 +67,7 @@ def test_attention_variants_build():
     from samsa_geo.nn.models import SamsaPointClassifier
     variants = bench.attention_variants()
     assert set(variants) == {'SAMSA softmax', 'SFT leaky', 'full attention',
-                             'SAMSA summary'}
+                             'SAMSA summary', 'SAMSA summary norm'}
     assert set(bench.DEFAULT_VARIANTS) < set(variants)
     for kwargs in variants.values():
         model = SamsaPointClassifier.small(10, attn_kwargs=kwargs)
