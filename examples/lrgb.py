@@ -172,12 +172,12 @@ def run_seed(args, info, seed, splits):
         args.dataset, **({'tokens': args.tokens} if args.tokens else {}))
     num_params = model.num_parameters()
     steps = max(1, len(splits['train']) // args.batch_size)  # per epoch
-    # Batch-norm running statistics average over about four epochs (at most
+    # Batch-norm running statistics average over about two epochs (at most
     # ten steps): at PyTorch's momentum of 0.1 they lag ten steps, ten
     # epochs of weight updates on a training set of one batch (docs).
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm1d):
-            module.momentum = max(0.1, 1 / (4 * steps))
+            module.momentum = max(0.1, 1 / (2 * steps))
     task = LRGBTask(info, model.pe_attr)
     trainer = Trainer(model, task, out_dir=run_dir, epochs=args.epochs,
                       lr=args.lr, weight_decay=args.weight_decay,

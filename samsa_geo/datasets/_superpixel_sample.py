@@ -20,7 +20,7 @@ import torch
 from samsa_geo.datasets._lrgb_raw import COCO_ORIGINAL_LABELS, write_splits
 
 SUPERPIXEL_SEED = {'pascalvoc-sp': 20240812, 'coco-sp': 20240813}
-SUPERPIXEL_SPLIT = (40, 20, 20)  # train, val, test images
+SUPERPIXEL_SPLIT = (40, 32, 20)  # train, val, test images
 GRID = (4, 6)  # range of the grid's rows and columns, inclusive
 OBJECTS = (1, 3)  # objects per image, inclusive
 OBJECT_CELLS = (3, 7)  # cells per object, inclusive

@@ -27,7 +27,7 @@ NAMES = {'peptides-func': 'Peptides-func', 'peptides-struct':
          'Peptides-struct', 'pascalvoc-sp': 'PascalVOC-SP',
          'coco-sp': 'COCO-SP', 'pcqm-contact': 'PCQM-Contact'}
 SIZES = {'peptides-func': [64, 32, 16], 'peptides-struct': [40, 20, 16],
-         'pascalvoc-sp': [40, 20, 20], 'coco-sp': [40, 20, 20],
+         'pascalvoc-sp': [40, 32, 20], 'coco-sp': [40, 32, 20],
          'pcqm-contact': [40, 20, 16]}
 
 

@@ -110,11 +110,11 @@ def assert_last_near_best(name, curve, tolerance=0.05):
 
 def test_chance_levels(sample):
     # The reference points of the collapse checks, on the validation splits.
-    expected = {'peptides-func': (0.34, 0.35), 'peptides-struct': (0.86, 0.87),
-                'pascalvoc-sp': (0.07, 0.08), 'coco-sp': (0.05, 0.06),
-                'pcqm-contact': (0.11, 0.13)}
-    for name, (low, high) in expected.items():
-        assert low < sample(name)[1] < high, (name, sample(name)[1])
+    expected = {'peptides-func': 0.3469, 'peptides-struct': 0.8678,
+                'pascalvoc-sp': 0.0745, 'coco-sp': 0.0603,
+                'pcqm-contact': 0.1194}
+    for name, value in expected.items():
+        assert sample(name)[1] == pytest.approx(value, abs=1e-4), name
 
 
 def test_chance_mrr_of_one_graph():
