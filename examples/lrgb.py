@@ -42,7 +42,6 @@ from samsa_geo.train import (Trainer, add_run_args, make_loader,
 from samsa_geo.transforms import AddLaplacianPE, AddRandomWalkPE, RandomSignFlip
 
 
-
 def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument('--dataset', default='peptides-func',

@@ -42,7 +42,7 @@ def sample_root(name: str) -> str:
 
     From a source checkout this is the repository's :obj:`datasets/` folder.
     After any other install (a wheel, :obj:`pip install .`) the samples are
-    written on first use (about 3 seconds, 12 MB) by the same seeded
+    written on first use (about 4 seconds, 14 MB) by the same seeded
     generator, byte for byte the checkout's files, into
     :obj:`$SAMSA_GEO_DATA` if set, else
     :obj:`$XDG_CACHE_HOME/samsa_geo/datasets` (default
