@@ -4,8 +4,8 @@
       (read by samsa_geo.datasets.ModelNet40NormalResampled)
   datasets/shapenet_part_sample/shapenetcore_partanno_segmentation_benchmark_v0_normal/...
       (read by samsa_geo.datasets.ShapeNetPart)
-  datasets/lrgb_sample/peptides-func/raw/{train,val,test}.pt
-      (read by samsa_geo.datasets.LRGBDataset, name 'Peptides-func')
+  datasets/lrgb_sample/<name>/raw/{train,val,test}.{pt,pickle}
+      (read by samsa_geo.datasets.LRGBDataset, any of its five names)
 
 The generator lives in the library (samsa_geo.datasets.write_samples), which
 also writes the samples on first use after a non-editable install.

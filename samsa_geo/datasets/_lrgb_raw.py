@@ -7,11 +7,34 @@ PCQM-Contact: ``torch.save``-d lists of graph tuples) or
 import os
 import os.path as osp
 import pickle
-from typing import Dict, List, Tuple
+import struct
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
 SPLITS = ('train', 'val', 'test')
+
+#: Original (non-contiguous) COCO category ids found in COCO-SP raw labels;
+#: the loader maps id ``COCO_ORIGINAL_LABELS[c]`` to class ``c``.
+COCO_ORIGINAL_LABELS: List[int] = (
+    list(range(12)) + list(range(13, 26)) + [27, 28] + list(range(31, 45))
+    + list(range(46, 66)) + [67, 70] + list(range(72, 83))
+    + list(range(84, 91)))
+
+
+class _SeededPickler(pickle.Pickler):
+    # A plain pickle of a tensor holds its storage as torch.save bytes (the
+    # legacy format) keyed by the storage's memory address; here the key is
+    # '0', so the same tensors pickle to the same bytes. The key is a
+    # protocol-2 BINUNICODE string: b'X', its length, its digits.
+    def reducer_override(self, obj):
+        if not isinstance(obj, (torch.TypedStorage, torch.UntypedStorage)):
+            return NotImplemented
+        func, (data, ) = obj.__reduce__()  # torch.storage._load_from_bytes
+        key = str(obj._cdata).encode()
+        data = data.replace(b'X' + struct.pack('<I', len(key)) + key,
+                            b'X' + struct.pack('<I', 1) + b'0')
+        return func, (data, )
 
 
 def save_lrgb_raw(root: str, name: str,
@@ -37,7 +60,20 @@ def save_lrgb_raw(root: str, name: str,
     for split in SPLITS:
         if name.endswith('-sp'):
             with open(osp.join(raw_dir, f'{split}.pickle'), 'wb') as f:
-                pickle.dump(graphs[split], f)
+                _SeededPickler(f).dump(graphs[split])
         else:
             torch.save(graphs[split], osp.join(raw_dir, f'{split}.pt'))
     return raw_dir
+
+
+def write_splits(root: str, name: str, draw: Callable[[], Tuple],
+                 sizes: Sequence[int]) -> Tuple[Dict[str, List[Tuple]],
+                                                List[int]]:
+    r"""Draws :obj:`sizes` graph tuples of the splits :obj:`"train"`,
+    :obj:`"val"` and :obj:`"test"`, in that order, with :obj:`draw`, writes
+    them with :func:`save_lrgb_raw` and returns them and their node
+    counts."""
+    graphs = {split: [draw() for _ in range(count)]
+              for split, count in zip(SPLITS, sizes)}
+    save_lrgb_raw(root, name, graphs)
+    return graphs, [g[0].size(0) for gs in graphs.values() for g in gs]

@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 
-from samsa_geo.datasets._lrgb_raw import save_lrgb_raw
+from samsa_geo.datasets._lrgb_raw import write_splits
 
 LRGB_SEED = 20240809
 PEPTIDES_SPLIT = (64, 32, 16)  # train, val, test molecules
@@ -57,13 +57,18 @@ LABELS = [
 def peptide(rng, residues: str) -> Tuple[List[int], List[int], List, Dict]:
     """Heavy atoms (OGB atomic-number values), chirality tags and bonds
     ``(i, j, type, conjugated)`` of the chain ``residues``; ``info`` holds
-    the sulfur and aromatic atoms and whether a disulfide bridge formed."""
+    the sulfur and aromatic atoms, whether a disulfide bridge formed, the
+    backbone ``(N, C=O oxygen)`` of every residue, the lysine amine
+    nitrogens, the aspartate carboxyl oxygens and the residue of every
+    atom."""
     elem, chiral, bonds = [], [], []
     sulfur, ring_atoms = [], []
+    backbone, amine, carboxyl, residue_of = [], [], [], []
 
     def atom(e, tag=0):
         elem.append(e)
         chiral.append(tag)
+        residue_of.append(len(backbone) - 1)
         return len(elem) - 1
 
     def bond(i, j, kind=SINGLE, conjugated=False):
@@ -79,9 +84,11 @@ def peptide(rng, residues: str) -> Tuple[List[int], List[int], List, Dict]:
 
     prev_c = None
     for res in residues:
+        backbone.append(None)
         n = atom(N)
         ca = atom(C, 0 if res == 'G' else int(rng.integers(1, 3)))
         c, o = atom(C), atom(O)
+        backbone[-1] = (n, o)
         bond(n, ca)
         bond(ca, c)
         bond(c, o, DOUBLE, True)
@@ -103,12 +110,14 @@ def peptide(rng, residues: str) -> Tuple[List[int], List[int], List, Dict]:
         elif res == 'K':
             cg = atom(C)
             bond(cb, cg)
-            bond(cg, atom(N))
+            amine.append(atom(N))
+            bond(cg, amine[-1])
         elif res == 'D':
             cg = atom(C)
             bond(cb, cg)
-            bond(cg, atom(O), DOUBLE, True)
-            bond(cg, atom(O), SINGLE, True)
+            carboxyl.extend([atom(O), atom(O)])
+            bond(cg, carboxyl[-2], DOUBLE, True)
+            bond(cg, carboxyl[-1], SINGLE, True)
         elif res == 'P':
             cg, cd = atom(C), atom(C)
             bond(cb, cg)
@@ -123,10 +132,12 @@ def peptide(rng, residues: str) -> Tuple[List[int], List[int], List, Dict]:
     if bridge:
         bond(sulfur[0], sulfur[-1])
     return elem, chiral, bonds, {'sulfur': sulfur, 'ring': ring_atoms,
-                                 'bridge': bridge}
+                                 'bridge': bridge, 'backbone': backbone,
+                                 'amine': amine, 'carboxyl': carboxyl,
+                                 'residue_of': residue_of}
 
 
-def _distances(num_atoms, bonds, sources):
+def bond_distances(num_atoms, bonds, sources):
     # Shortest-path lengths from the nearest of `sources` (BFS).
     adj = [[] for _ in range(num_atoms)]
     for i, j, _, _ in bonds:
@@ -144,13 +155,20 @@ def _distances(num_atoms, bonds, sources):
     return dist
 
 
+def distance_matrix(num_atoms, bonds) -> np.ndarray:
+    """Shortest-path lengths in bonds between all atoms, ``[N, N]`` (the
+    molecules are connected)."""
+    return np.stack([bond_distances(num_atoms, bonds, [a])
+                     for a in range(num_atoms)])
+
+
 def _in_ring(num_atoms, bonds):
     # An atom lies on a ring when one of its bonds is not a bridge (removing
     # it leaves its ends connected).
     out = np.zeros(num_atoms, dtype=bool)
     for k, (i, j, _, _) in enumerate(bonds):
         rest = bonds[:k] + bonds[k + 1:]
-        if _distances(num_atoms, rest, [i])[j] >= 0:
+        if bond_distances(num_atoms, rest, [i])[j] >= 0:
             out[i] = out[j] = True
     return out
 
@@ -192,7 +210,7 @@ def labels(residues: str, num_atoms: int, bonds, info) -> List[float]:
     polar = sum(r in POLAR for r in residues)
     far = False
     if info['sulfur'] and info['ring']:
-        dist = _distances(num_atoms, bonds, info['sulfur'])
+        dist = bond_distances(num_atoms, bonds, info['sulfur'])
         far = int(dist[info['ring']].min()) >= FAR
     y = [bool(info['ring']), bool(info['sulfur']), info['bridge'],
          sum(r in 'KD' for r in residues) >= 2,
@@ -203,8 +221,11 @@ def labels(residues: str, num_atoms: int, bonds, info) -> List[float]:
     return [float(v) for v in y]
 
 
-def random_residues(rng) -> str:
-    length = int(rng.integers(NUM_RESIDUES[0], NUM_RESIDUES[1] + 1))
+def random_residues(rng, num_residues=NUM_RESIDUES) -> str:
+    """A residue string of a length in the inclusive range
+    :obj:`num_residues`, with a designed cysteine pair in a quarter of the
+    chains."""
+    length = int(rng.integers(num_residues[0], num_residues[1] + 1))
     res = list(rng.choice(list(RESIDUES), size=length, p=RESIDUE_PROBS))
     if rng.uniform() < CYCLIC_PROB:  # a designed cysteine pair
         i, j = rng.choice(length, size=2, replace=False)
@@ -212,73 +233,55 @@ def random_residues(rng) -> str:
     return ''.join(res)
 
 
+def molecule(rng, num_residues=NUM_RESIDUES) -> Tuple:
+    """A random chain of :obj:`num_residues` (inclusive range): its residue
+    string, atoms, bonds and ``info`` (:func:`peptide`) and its tensors
+    ``(x, edge_attr, edge_index)`` (:func:`featurize`)."""
+    residues = random_residues(rng, num_residues)
+    elem, chiral, bonds, info = peptide(rng, residues)
+    return residues, elem, bonds, info, featurize(elem, chiral, bonds,
+                                                  info['ring'])
+
+
 def peptide_graph(rng) -> Tuple:
     """One raw Peptides-func tuple ``(x, edge_attr, edge_index, y)`` (``y``
     float ``[1, 10]``) and its residue string."""
-    residues = random_residues(rng)
-    elem, chiral, bonds, info = peptide(rng, residues)
-    x, edge_attr, edge_index = featurize(elem, chiral, bonds, info['ring'])
+    residues, elem, bonds, info, tensors = molecule(rng)
     y = torch.tensor([labels(residues, len(elem), bonds, info)])  # [1, 10]
-    return (x, edge_attr, edge_index, y), residues
+    return (*tensors, y), residues
 
 
-README_PEPTIDES = """\
-# SYNTHETIC sample in the raw format of LRGB `peptides-func`
-
-Everything here is **synthetic** (generated peptide-like chains), written by
-`scripts/make_sample_data.py` (seed {seed}); it is NOT Peptides-func data.
-It exists so that `examples/lrgb.py` and tests run offline with the same
-loader as the real archive (`samsa_geo.datasets.LRGBDataset`, PyG's
-`LRGBDataset`): pass this folder as `root` and `'Peptides-func'` as name.
+def write_peptides_func(top: str, split=PEPTIDES_SPLIT) -> str:
+    """Writes ``top/peptides-func/raw/`` and returns the README section."""
+    rng = np.random.default_rng(LRGB_SEED)
+    graphs, sizes = write_splits(top, 'peptides-func',
+                                 lambda: peptide_graph(rng)[0], split)
+    y = torch.cat([g[3] for gs in graphs.values() for g in gs])  # [112, 10]
+    labels = '\n'.join(f'  {k}. {text} ({rate:.2f})' for k, (text, rate)
+                       in enumerate(zip(LABELS, y.mean(0).tolist())))
+    return f"""\
+## `peptides-func` (graph multi-label classification, 10 tasks, AP)
 
 - `peptides-func/raw/{{train,val,test}}.pt`: `torch.save`-d lists of
-  `(x, edge_attr, edge_index, y)` tuples as in the archive, {train}/{val}/{test}
-  molecules, {atoms_min}-{atoms_max} heavy atoms each (mean {atoms_mean:.1f};
-  the real molecules have about 150)
+  `(x, edge_attr, edge_index, y)` tuples as in the archive,
+  {split[0]}/{split[1]}/{split[2]} molecules (seed {LRGB_SEED}),
+  {min(sizes)}-{max(sizes)} heavy atoms each (mean
+  {sum(sizes) / len(sizes):.1f}; the real molecules have about 150)
 - `x` int64 `[N, 9]` and `edge_attr` int64 `[E, 3]` follow OGB's
   `smiles2graph` encoding (atomic number - 1, chirality tag, degree, formal
   charge + 5, hydrogens, radicals, hybridisation, aromatic, in ring; bond
   type, stereo, conjugated); every bond is stored in both directions
-- each molecule is a chain of {res_min}-{res_max} residues: backbone
-  N-C-C(=O) joined by peptide bonds, a C-terminal OH, and side chains of ten
-  kinds: G (none), A, V, S (O), C (S), K (N), D (carboxyl), P (ring closed
-  on the backbone N), F (benzene ring), H (5-ring with two N); in a quarter
-  of the molecules two residues are set to C, and two cysteines close a
-  disulfide bridge with probability {bridge}
+- each molecule is a chain of {NUM_RESIDUES[0]}-{NUM_RESIDUES[1]} residues:
+  backbone N-C-C(=O) joined by peptide bonds, a C-terminal OH, and side
+  chains of ten kinds: G (none), A, V, S (O), C (S), K (N), D (carboxyl), P
+  (ring closed on the backbone N), F (benzene ring), H (5-ring with two N);
+  in a quarter of the molecules two residues are set to C, and two
+  cysteines close a disulfide bridge with probability {BRIDGE_PROB}
 - `y` float `[1, 10]`, one binary label per rule (positive rate in the
   sample):
 {labels}
-  Labels 4, 5 and 8 depend on atoms up to the whole chain apart (the two
-  termini, the sulfur-ring distance, the position of a proline), so a
-  model has to see beyond a few bonds; labels follow the structure without
-  noise. The label names of the real dataset do not apply.
 
-Numbers measured on this sample say nothing about Peptides-func.
-
-Regenerate: `python3 scripts/make_sample_data.py`.
+Labels 4, 5 and 8 depend on atoms up to the whole chain apart (the two
+termini, the sulfur-ring distance, the position of a proline), so a model
+has to see beyond a few bonds.
 """
-
-
-def write_peptides(out: str, split=PEPTIDES_SPLIT) -> None:
-    rng = np.random.default_rng(LRGB_SEED)
-    top = f'{out}/lrgb_sample'
-    graphs, sizes, residues = {}, [], []
-    for name, count in zip(('train', 'val', 'test'), split):
-        graphs[name] = []
-        for _ in range(count):
-            graph, res = peptide_graph(rng)
-            graphs[name].append(graph)
-            sizes.append(graph[0].size(0))
-            residues.append(len(res))
-    save_lrgb_raw(top, 'peptides-func', graphs)
-    y = torch.cat([g[3] for gs in graphs.values() for g in gs])
-    rates = y.mean(0).tolist()
-    with open(f'{top}/README.md', 'w') as f:
-        f.write(README_PEPTIDES.format(
-            seed=LRGB_SEED, train=split[0], val=split[1], test=split[2],
-            atoms_min=min(sizes), atoms_max=max(sizes),
-            atoms_mean=sum(sizes) / len(sizes), res_min=NUM_RESIDUES[0],
-            res_max=NUM_RESIDUES[1], bridge=BRIDGE_PROB,
-            labels='\n'.join(f'  {k}. {text} ({rate:.2f})'
-                             for k, (text, rate) in
-                             enumerate(zip(LABELS, rates)))))

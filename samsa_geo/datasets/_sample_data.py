@@ -5,9 +5,9 @@ archives' formats:
       (read by samsa_geo.datasets.ModelNet40NormalResampled)
   OUT/shapenet_part_sample/shapenetcore_partanno_segmentation_benchmark_v0_normal/...
       (read by samsa_geo.datasets.ShapeNetPart)
-  OUT/lrgb_sample/peptides-func/raw/...
-      (read by samsa_geo.datasets.LRGBDataset, name 'Peptides-func';
-      generated in samsa_geo/datasets/_peptides_sample.py)
+  OUT/lrgb_sample/<name>/raw/... for the five LRGB datasets
+      (read by samsa_geo.datasets.LRGBDataset; generated in
+      samsa_geo/datasets/_lrgb_sample.py)
 
 Every shape is procedural (primitives with random size, aspect and pose),
 sampled on its surface with outward unit normals, y up, centred and scaled
@@ -23,7 +23,7 @@ import shutil
 
 import numpy as np
 
-from samsa_geo.datasets._peptides_sample import write_peptides
+from samsa_geo.datasets._lrgb_sample import write_lrgb_samples
 
 SEED = 20240808
 MODELNET_POINTS = 1024
@@ -425,4 +425,4 @@ def write_samples(out: str, modelnet_split: tuple = MODELNET_SPLIT,
     write_modelnet(rng, out, tuple(modelnet_split))
     if not modelnet_only:
         write_shapenet(rng, out)
-        write_peptides(out)
+        write_lrgb_samples(out)

@@ -37,18 +37,18 @@ def sample_root(name: str) -> str:
     :obj:`root` to the matching loader: :obj:`"modelnet40"` for
     :class:`~samsa_geo.datasets.ModelNet40NormalResampled`,
     :obj:`"shapenet_part"` for :class:`~samsa_geo.datasets.ShapeNetPart`
-    and :obj:`"lrgb"` for :class:`~samsa_geo.datasets.LRGBDataset` with
-    name :obj:`"Peptides-func"` (the only dataset of that sample).
+    and :obj:`"lrgb"` for :class:`~samsa_geo.datasets.LRGBDataset` with any
+    of its five names (one small dataset each).
 
     From a source checkout this is the repository's :obj:`datasets/` folder.
     After any other install (a wheel, :obj:`pip install .`) the samples are
-    written on first use (about 3 seconds, 12 MB) by the same seeded
+    written on first use (about 4 seconds, 14 MB) by the same seeded
     generator, byte for byte the checkout's files, into
     :obj:`$SAMSA_GEO_DATA` if set, else
     :obj:`$XDG_CACHE_HOME/samsa_geo/datasets` (default
     :obj:`~/.cache/samsa_geo/datasets`). The loader writes its cache to
     :obj:`processed/` inside the returned root (LRGB:
-    :obj:`peptides-func/processed/`).
+    :obj:`<name>/processed/`).
 
     Args:
         name (str): :obj:`"modelnet40"`, :obj:`"shapenet_part"` or

@@ -22,16 +22,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from samsa_geo.datasets._lrgb_raw import save_lrgb_raw
+from samsa_geo.datasets._lrgb_raw import COCO_ORIGINAL_LABELS, save_lrgb_raw
 
 LRGB_NAMES: List[str] = ['pascalvoc-sp', 'coco-sp', 'pcqm-contact',
                          'peptides-func', 'peptides-struct']
 
-#: Original (non-contiguous) COCO category ids found in COCO-SP raw labels.
-COCO_ORIGINAL_LABELS: List[int] = (
-    list(range(12)) + list(range(13, 26)) + [27, 28] + list(range(31, 45))
-    + list(range(46, 66)) + [67, 70] + list(range(72, 83))
-    + list(range(84, 91)))
 
 _OGB_ATOM_DIMS = [119, 5, 12, 12, 10, 6, 6, 2, 2]
 _OGB_BOND_DIMS = [5, 6, 2]
