@@ -2,7 +2,19 @@
 GPU time, host synchronisations and the top operators by host time::
 
     python benchmarks/profile_layer.py --sizes 32x1024 --pass fwd
+
+``--host`` adds the host's side: the aten calls of one call (forward and
+backward, views apart), the host time per call of calls issued back to
+back without synchronising, and the time per call of the same stream
+including the GPU's; ``--kernels N`` lists the N kernel names with the
+most GPU time (total and launches). Gradients are set to ``None`` after
+each training step, as in ``benchmarks/layer.py``::
+
+    python benchmarks/profile_layer.py --sizes 32x1024,1x262144 \
+        --ops samsa_conv_batch,full_layer --pass fwdbwd --host --kernels 40
 """
+import collections
+import time
 import argparse
 import os
 import sys
@@ -11,7 +23,46 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from count_ops import OpCounter  # noqa: E402
 from layer import DTYPES, build, call  # noqa: E402
+
+
+def host_times(step, calls: int = 30):
+    """(host ms, ms) per call of ``calls`` steps issued back to back: the
+    host's time to issue them, and the time until the GPU finished."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        step()
+    host = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    total = time.perf_counter() - t0
+    return host / calls * 1e3, total / calls * 1e3
+
+
+def count_aten(op, model, xg, batch, B, dtype, train):
+    """Aten calls (and of them views) of one forward and its backward."""
+    with OpCounter() as fwd:
+        with torch.autocast('cuda', dtype=dtype), \
+                torch.set_grad_enabled(train):
+            out = call(op, model, xg, batch, B)
+    bwd = OpCounter()
+    if train:
+        with bwd:
+            out.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+        xg.grad = None
+    return fwd, bwd
+
+
+def kernel_totals(kernels, top: int):
+    """Lines of the ``top`` kernel names by GPU time."""
+    time_by, count_by = collections.Counter(), collections.Counter()
+    for e in kernels:
+        time_by[e.name] += e.device_time
+        count_by[e.name] += 1
+    return [f'  {t / 1e3:8.3f} ms {count_by[name]:4d}x {name[:100]}'
+            for name, t in time_by.most_common(top)]
 
 
 def main():
@@ -25,6 +76,10 @@ def main():
     p.add_argument('--sort', default='self_cpu_time_total',
                    help="column the operator table is sorted by, e.g. "
                    "'self_device_time_total'")
+    p.add_argument('--host', action='store_true',
+                   help='also count aten calls and time the host')
+    p.add_argument('--kernels', type=int, default=0,
+                   help='list this many kernel names by GPU time')
     args = p.parse_args()
     device = torch.device('cuda')
     for size in args.sizes.split(','):
@@ -42,10 +97,21 @@ def main():
                     out = call(op, model, xg, batch, B)
                 if args.pas == 'fwdbwd':
                     out.float().square().mean().backward()
+                    model.zero_grad(set_to_none=True)
+                    xg.grad = None
 
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
+            if args.host:
+                fwd, bwd = count_aten(op, model, xg, batch, B,
+                                      DTYPES[args.dtype],
+                                      args.pas == 'fwdbwd')
+                host_ms, ms = host_times(step)
+                print(f'== {op} {B}x{n} {args.pas}: host {host_ms:.3f} ms '
+                      f'per call, {ms:.3f} ms with the GPU; aten calls '
+                      f'{fwd.total} ({fwd.views} views) forward, '
+                      f'{bwd.total} ({bwd.views} views) backward')
             with profile(activities=[ProfilerActivity.CPU,
                                      ProfilerActivity.CUDA]) as prof:
                 step()
@@ -58,6 +124,8 @@ def main():
             gpu_ms = sum(e.device_time for e in kernels) / 1e3
             print(f'== {op} {B}x{n} {args.pas}: {len(kernels)} kernels, '
                   f'{gpu_ms:.3f} ms GPU, {len(syncs)} sync events')
+            for line in kernel_totals(kernels, args.kernels):
+                print(line)
             print(prof.key_averages().table(
                 sort_by=args.sort, row_limit=args.top,
                 max_name_column_width=60))
