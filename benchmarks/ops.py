@@ -138,7 +138,7 @@ def knn_variants(pos, batch, clouds, k, fields, args, record):
     try:
         record('knn', 'knn_128x1024', 'triton-dense', fields, run)
         for cfg in (SWEEP if args.sweep else []):
-            knn_dense.dense_config = lambda k, size, cfg=cfg: cfg
+            knn_dense.dense_config = lambda size, cfg=cfg: cfg
             record('knn', 'knn_128x1024', 'triton-dense-' + 'x'.join(
                 map(str, cfg)), fields, run)
     finally:

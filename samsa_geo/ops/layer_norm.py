@@ -67,8 +67,9 @@ def layer_norm(x: Tensor, weight: Optional[Tensor] = None,
     backend = resolve_backend(backend, BACKENDS)
     if backend != 'torch' and use_triton(
             backend, _triton_serves(x, weight, bias, backend == 'triton'),
-            'floating-point rows of at most 1,024 channels, on CUDA, '
-            'without gradients, outside compiled or exported graphs'):
+            f'floating-point rows of at most {_triton.MAX_NORM_CHANNELS:,} '
+            'channels, on CUDA, without gradients, outside compiled or '
+            'exported graphs'):
         from samsa_geo.ops._triton.layer_norm import layer_norm_triton
         # CUDA autocast runs layer normalisation in float32.
         autocast = x.is_cuda and torch.is_autocast_enabled('cuda')
@@ -83,7 +84,8 @@ def _triton_serves(x: Tensor, weight: Optional[Tensor],
                    bias: Optional[Tensor], forced: bool) -> bool:
     tensors = [t for t in (x, weight, bias) if t is not None]
     return (_triton.runs_on(x, forced) and x.dtype in _DTYPES
-            and 0 < x.size(-1) <= 1024 and x.numel() > 0
+            and 0 < x.size(-1) <= _triton.MAX_NORM_CHANNELS
+            and x.numel() > 0
             and all(t.device == x.device for t in tensors)
             and not (torch.is_grad_enabled()
                      and any(t.requires_grad for t in tensors))

@@ -126,7 +126,7 @@ def test_knn_dense_paths_equal_brute_force(kernels, monkeypatch, config):
     from samsa_geo.ops._triton import knn_dense
     knn_module, _ = kernels
     monkeypatch.setattr(knn_module, 'DENSE_MEAN_SIZE', 4096)
-    monkeypatch.setattr(knn_dense, 'dense_config', lambda k, size: config)
+    monkeypatch.setattr(knn_dense, 'dense_config', lambda size: config)
     sizes = [30, 0, 41, 3]
     gen = torch.Generator().manual_seed(7)
     x = torch.rand(sum(sizes), 3, generator=gen)
@@ -242,7 +242,7 @@ for F, KP, BM, same in [(3, 16, 32, True), (2, 32, 32, False),
            if a not in const}
     kernels.append((knn._knn_kernel, sig, const, 4))
 for F, KP, count in [(3, 16, True), (2, 64, False)]:
-    block_q, block_p, warps = knn_dense.dense_config(KP, 1024)
+    block_q, block_p, warps = knn_dense.dense_config(1024)
     const = dict(F=F, KP=KP, HAS_BATCH=count, COUNT=count, BLOCK_Q=block_q,
                  BLOCK_P=block_p)
     sig = {a: ptrs.get(a, 'i32') for a in knn_dense._dense_knn_kernel.arg_names

@@ -21,6 +21,9 @@ INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 #: Largest number of neighbours and of features the kernels serve.
 MAX_K = 64
 MAX_FEATURES = 3
+#: Widest row the layer-normalisation kernel serves (a block of rows stays
+#: in registers).
+MAX_NORM_CHANNELS = 1024
 #: Points per call stay below this: indices and sentinels are int32.
 MAX_POINTS = 2**30
 

@@ -145,9 +145,9 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
                                              axis=1), axis=0))
 
 
-def dense_config(k: int, mean_size: int) -> Tuple[int, int, int]:
-    r"""(``BLOCK_Q``, ``BLOCK_P``, warps) for :obj:`k` neighbours among
-    examples of :obj:`mean_size` candidates: a tile spans a whole
+def dense_config(mean_size: int) -> Tuple[int, int, int]:
+    r"""(``BLOCK_Q``, ``BLOCK_P``, warps) for examples of
+    :obj:`mean_size` candidates (any :math:`k`): a tile spans a whole
     mean-size example (at most 1,024 candidates), and a program of two
     warps holds 2,048 distances: the fastest of the configurations
     timed on the H200 at 128 clouds x 1,024 points and k = 16
@@ -187,7 +187,7 @@ def knn_dense(x: Tensor, y: Tensor, k: int, ptr_x: Optional[Tensor],
     out = torch.empty(2, m, k, dtype=torch.long, device=x.device)
     if m == 0:
         return out
-    block_q, block_p, num_warps = dense_config(k, n // max(num_examples, 1))
+    block_q, block_p, num_warps = dense_config(n // max(num_examples, 1))
     _dense_knn_kernel[(triton.cdiv(m, block_q), )](
         x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1),
         out if batch_y is None else batch_y, out if ptr_x is None else ptr_x,

@@ -24,8 +24,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-#: Widest row the kernel serves (a block of rows stays in registers).
-MAX_CHANNELS = 1024
 #: Values one program holds: rows per program = this / padded width.
 BLOCK_VALUES = 4096
 
@@ -59,8 +57,9 @@ def layer_norm_triton(x: Tensor, weight: Optional[Tensor],
                       bias: Optional[Tensor], eps: float,
                       out_dtype: torch.dtype) -> Tensor:
     r"""Layer normalisation of the last dimension of ``x`` :math:`(*, C)`,
-    :math:`C \le` :obj:`MAX_CHANNELS`, with optional affine ``weight`` and
-    ``bias`` :math:`(C)`; the output :math:`(*, C)` in ``out_dtype``."""
+    :math:`C \le` :obj:`samsa_geo.ops._triton.MAX_NORM_CHANNELS`, with
+    optional affine ``weight`` and ``bias`` :math:`(C)`; the output
+    :math:`(*, C)` in ``out_dtype``."""
     C = x.size(-1)
     x2 = x.reshape(-1, C)  # [*, C] -> [M, C]
     if x2.stride(-1) != 1:
