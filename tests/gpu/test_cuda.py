@@ -357,3 +357,30 @@ def test_relaxation_on_cuda_matches_cpu(hard, sizes, dtype):
     for ref, got in zip(*results):
         err = (got - ref).norm() / ref.norm()
         assert err < tol, err
+
+
+def test_trainer_uses_fused_adamw_and_resumes_exactly(tmp_path):
+    # On CUDA the trainer's AdamW is the fused implementation; a run
+    # stopped by a crash and resumed from its checkpoint ends with the
+    # weights of an uninterrupted run.
+    import os.path as osp
+    import sys
+    sys.path.insert(0, osp.join(osp.dirname(__file__), '..', 'train'))
+    from _train_toy import ToyTask
+    from test_trainer import loaders, trainer
+
+    from samsa_geo.train import load_checkpoint
+    ref = trainer(tmp_path / 'ref', device='cuda', dropout=0.0)
+    assert ref.optimizer.defaults['fused'] is True
+    ref.fit(*loaders('no_shuffle'))
+    crashed = trainer(tmp_path / 'run', ToyTask(fail_at=7), device='cuda',
+                      dropout=0.0)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        crashed.fit(*loaders('no_shuffle'))
+    assert load_checkpoint(tmp_path / 'run' / 'last.pt')['epoch'] == 1
+    resumed = trainer(tmp_path / 'run', resume=True, device='cuda',
+                      dropout=0.0)
+    resumed.fit(*loaders('no_shuffle'))
+    assert resumed.optimizer.param_groups[0]['fused'] is True
+    torch.testing.assert_close(resumed.model.state_dict(),
+                               ref.model.state_dict(), rtol=0, atol=0)

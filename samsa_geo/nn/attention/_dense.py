@@ -19,6 +19,10 @@ from samsa_geo.nn.attention._attend import MAX_GRID_Y
 from samsa_geo.nn.attention._dispatch import is_tracing
 from samsa_geo.nn.attention._sets import set_offsets
 
+#: Row alignment (elements) of an attention mask that PyTorch's
+#: memory-efficient attention reads without padding a copy.
+MASK_ALIGNMENT = 16
+
 
 class DenseLayout:
     r"""The padded layout of :math:`B` sets of at most :math:`n_{\max}`
@@ -38,12 +42,18 @@ class DenseLayout:
     def key_bias(self, dtype: torch.dtype) -> Tensor:
         r"""The additive key mask :math:`(B, 1, 1, n_{\max})` of ``dtype``:
         :math:`0` on tokens, :math:`-\infty` past them (the values SDPA
-        gives a boolean mask), made once per dtype."""
+        gives a boolean mask), made once per dtype, a view into rows
+        padded to a multiple of :data:`MASK_ALIGNMENT` elements."""
         if dtype not in self._masks:
             B, n = self.key_valid.shape
             zero = torch.zeros((), dtype=dtype, device=self.index.device)
-            self._masks[dtype] = torch.where(
-                self.key_valid, zero, float('-inf')).view(B, 1, 1, n)
+            mask = torch.where(self.key_valid, zero, float('-inf')).view(
+                B, 1, 1, n)  # [B, n] -> [B, 1, 1, n]
+            # Rows of a multiple of MASK_ALIGNMENT elements: the
+            # memory-efficient attention kernel takes the mask as it is
+            # instead of padding a copy in every layer's call.
+            width = -(-n // MASK_ALIGNMENT) * MASK_ALIGNMENT
+            self._masks[dtype] = F.pad(mask, (0, width - n))[..., :n]
         return self._masks[dtype]
 
 

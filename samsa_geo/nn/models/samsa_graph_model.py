@@ -55,7 +55,8 @@ class _TokenGINE(Module):
     # The GINEConv / GINConv module holds the parameters (state_dict,
     # repr); the forward pass computes its update directly,
     # nn((1 + eps) x_i + sum_{j -> i} ReLU(x_j + e_ji)), with one gather and
-    # one indexed sum and none of MessagePassing's per-call dispatch.
+    # one indexed sum into (1 + eps) x and none of MessagePassing's
+    # per-call dispatch.
     def __init__(self, channels: int, with_edges: bool) -> None:
         super().__init__()
         nn = Sequential(Linear(channels, channels), GELU(),
@@ -82,9 +83,10 @@ class _TokenGINE(Module):
         msg = x.index_select(0, edge_index[0])  # [E, C] x_j
         if with_edges:
             msg = (msg + edge_attr).relu()
-        # Sum over the incoming edges of every node i = edge_index[1].
-        h = x.new_zeros(x.shape).index_add_(0, edge_index[1], msg)
-        h = h + (1 + self.conv.eps) * x  # [N, C]
+        # (1 + eps) x_i, then the sum over the incoming edges of every node
+        # i = edge_index[1] added in place: two launches.
+        h = torch.addcmul(x, x, self.conv.eps)  # [N, C]
+        h = h.index_add_(0, edge_index[1], msg)
         lin1, act, lin2 = self.conv.nn
         h = F.gelu(F.linear(h, lin1.weight, lin1.bias),
                    approximate=act.approximate)

@@ -177,6 +177,13 @@ def test_dense_layout_follows_the_batch_vector():
     bias = layout.key_bias(torch.float32)
     assert bias.shape == (3, 1, 1, 3)
     assert torch.equal(bias.view(3, 3) == 0, layout.key_valid)
+    assert torch.isinf(bias.view(3, 3)[~layout.key_valid]).all()
+    # Rows aligned as PyTorch's memory-efficient attention reads masks
+    # without padding a copy per call.
+    from samsa_geo.nn.attention._dense import MASK_ALIGNMENT
+    assert bias.stride(-1) == 1
+    assert all(s % MASK_ALIGNMENT == 0 for s in bias.stride()[:-1])
+    assert layout.key_bias(torch.float32) is bias
     batch.copy_(_batch([1, 1, 3]))
     moved = dense_layout(batch, 3, 3)
     assert moved is not layout
