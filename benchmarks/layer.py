@@ -134,6 +134,54 @@ def layer_case(op, B, n, args, device, compile_mode, pipelined):
     return records
 
 
+def ab_case(op, B, n, args, device):
+    """One model, its calls timed with the ``config`` switch ``args.ab`` on
+    and off in alternation (``--ab-rounds`` rounds of each, per call): two
+    records per pass, ``ms`` the median over the rounds of each state, so
+    that both see the same machine at the same time."""
+    C, H, k = args.channels, args.heads, args.k
+    model = build(op, C, H, k).to(device)
+    x = torch.randn(B * n, C, device=device)
+    batch = torch.arange(B, device=device).repeat_interleave(n)
+    records = []
+    for pas in args.passes:
+        model.train(pas == 'fwdbwd')
+        xg = x.detach().requires_grad_(pas == 'fwdbwd')
+
+        def fn():
+            with torch.autocast(device.type, dtype=DTYPES[args.dtype],
+                                enabled=args.dtype != 'fp32'):
+                if pas == 'fwd':
+                    with torch.no_grad():
+                        call(op, model, xg, batch, B)
+                    return
+                out = call(op, model, xg, batch, B)
+            out.float().square().mean().backward()
+            model.zero_grad(set_to_none=True)
+            xg.grad = None
+
+        times = {True: [], False: []}
+        for _ in range(args.ab_rounds):
+            for state in (True, False):
+                with config.attention_config(**{args.ab: state}):
+                    got = measure_or_error(fn, device, warmup=args.warmup,
+                                           repeat=args.repeat)
+                times[state].append(got['ms'])
+        for state in (True, False):
+            ms = sorted(t for t in times[state] if t is not None)
+            rec = dict(op=op, n=n, batch=B, k=k, channels=C, heads=H,
+                       **{'pass': pas}, dtype=args.dtype, pipelined=False,
+                       compile_mode=None,
+                       attention_config=f'{args.ab}={int(state)}',
+                       ms=ms[len(ms) // 2] if ms else None,
+                       rounds_ms=times[state])
+            rec.update(provenance(device, args))
+            records.append(rec)
+            print_table([rec], ['op', 'batch', 'n', 'pass',
+                                'attention_config', 'ms'])
+    return records
+
+
 def _timed(rec, fn, device, args, pipelined):
     rec.update(measure_or_error(fn, device, warmup=args.warmup,
                                 repeat=args.repeat, pipelined=pipelined))
@@ -259,6 +307,11 @@ def main():
     p.add_argument('--attention-config', default='',
                    help='comma list of samsa_geo.nn.attention.config '
                    'switches, e.g. fused_inference=1')
+    p.add_argument('--ab', default=None,
+                   help='a samsa_geo.nn.attention.config switch (e.g. '
+                   'stacked_casts) timed on and off in alternation, per '
+                   'call, for the SAMSA ops only')
+    p.add_argument('--ab-rounds', type=int, default=5)
     p.add_argument('--out', default=None)
     args = p.parse_args()
     with config.attention_config(**parse_switches(args.attention_config)):
@@ -275,7 +328,12 @@ def run(args):
     timings = [False] if args.no_pipelined or device.type != 'cuda' \
         else [False, True]
     records = []
-    for B, n in cases:
+    if args.ab:
+        for B, n in cases:
+            for op in args.ops.split(','):
+                if op.startswith('samsa_conv'):
+                    records += ab_case(op, B, n, args, device)
+    for B, n in ([] if args.ab else cases):
         for op in args.ops.split(','):
             if op == 'gps_conv_multihead' and n > args.max_gps_n:
                 continue

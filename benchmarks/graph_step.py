@@ -1,0 +1,142 @@
+"""Where a small-graph training step spends its time: the forward, the
+backward and the optimizer step of ``SamsaGraphModel`` (with
+:func:`~samsa_geo.nn.batch_hints`), a ``GPSConv`` multihead model and a GINE
+model (those of ``benchmarks/layer.py --graph-epoch``), with AdamW in its
+foreach and its fused implementation. Each phase is timed to its end with a
+synchronisation (median over the steps of an epoch), the epoch without
+(median of ``--repeat`` epochs), and the aten calls of every phase are
+counted below autograd (views included) on the first batch. One JSON record
+per model and optimizer, with its provenance::
+
+    python benchmarks/graph_step.py --device cuda --commit $(git rev-parse HEAD)
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import print_table, provenance, write_records  # noqa: E402
+from count_ops import OpCounter  # noqa: E402
+from layer import GraphModel, molecule_batches  # noqa: E402
+
+from samsa_geo.nn import batch_hints  # noqa: E402
+from samsa_geo.nn.models import SamsaGraphModel  # noqa: E402
+
+OPS = ('samsa_graph_model_hints', 'gps_graph_model', 'gine_graph_model')
+
+
+def sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def graph_step_case(op: str, optimizer: str, batches, args,
+                    device: torch.device) -> dict:
+    torch.manual_seed(0)
+    C, depth = args.channels, args.depth
+    if op.startswith('samsa'):
+        model = SamsaGraphModel(9, C, 1, depth, edge_dim=3, heads=4)
+    else:
+        model = GraphModel(op.split('_')[0], 9, 3, C, depth)
+    model = model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3,
+                            fused=True if optimizer == 'fused' else None,
+                            foreach=True if optimizer == 'foreach' else None)
+
+    def forward(data):
+        hints = batch_hints(data) if op.startswith('samsa') else dict(
+            num_graphs=data.num_graphs)
+        return model(data.x, data.edge_index, data.edge_attr, data.batch,
+                     **hints).view(-1)
+
+    def step(data, phases=None):
+        start = time.perf_counter()
+        loss = F.mse_loss(forward(data), data.y)
+        if phases is not None:
+            sync(device)
+            t_fwd = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if phases is not None:
+            sync(device)
+            t_bwd = time.perf_counter()
+        opt.step()
+        if phases is not None:
+            sync(device)
+            phases.append((t_fwd - start, t_bwd - t_fwd,
+                           time.perf_counter() - t_bwd))
+
+    for _ in range(args.warmup):
+        for data in batches:
+            step(data)
+    sync(device)
+    epochs = []
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        for data in batches:
+            step(data)
+        sync(device)
+        epochs.append(time.perf_counter() - start)
+    phases = []
+    for data in batches:
+        step(data, phases)
+
+    data = batches[0]
+    opt.zero_grad(set_to_none=True)
+    with OpCounter() as fwd:
+        loss = F.mse_loss(forward(data), data.y)
+    with OpCounter() as bwd:
+        loss.backward()
+    with OpCounter() as upd:
+        opt.step()
+
+    def ms(values):
+        return 1e3 * statistics.median(values)
+
+    rec = dict(op=op, optimizer=f'adamw_{optimizer}', batch=64,
+               channels=C, layers=depth, dtype='fp32',
+               **{'pass': 'train_step'}, epoch_ms=ms(epochs),
+               fwd_ms=ms([p[0] for p in phases]),
+               bwd_ms=ms([p[1] for p in phases]),
+               opt_ms=ms([p[2] for p in phases]),
+               fwd_calls=fwd.total, fwd_views=fwd.views,
+               bwd_calls=bwd.total, bwd_views=bwd.views,
+               opt_calls=upd.total,
+               trained_tensors=sum(p.grad is not None
+                                   for p in model.parameters()))
+    rec.update(provenance(device, args))
+    return rec
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available()
+                   else 'cpu')
+    p.add_argument('--ops', default=','.join(OPS))
+    p.add_argument('--optimizers', default='foreach,fused')
+    p.add_argument('--channels', type=int, default=64)
+    p.add_argument('--depth', type=int, default=3)
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--repeat', type=int, default=5)
+    p.add_argument('--commit', default=None, help='git commit measured')
+    p.add_argument('--out', default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    batches = molecule_batches(device)
+    records = [graph_step_case(op, opt, batches, args, device)
+               for op in args.ops.split(',')
+               for opt in args.optimizers.split(',')]
+    out = args.out or os.path.join(os.path.dirname(__file__), 'results',
+                                   'graph_step.json')
+    write_records(records, out)
+    print_table(records, ['op', 'optimizer', 'epoch_ms', 'fwd_ms', 'bwd_ms',
+                          'opt_ms', 'fwd_calls', 'bwd_calls', 'opt_calls'])
+
+
+if __name__ == '__main__':
+    main()
