@@ -102,6 +102,28 @@ def call(op: str, model, x, batch, B: int):
     return model(x, None, batch)
 
 
+def layer_step(op, model, fn_model, x, batch, B, pas, dtype, device):
+    """A call of ``fn_model`` (``model``, or it compiled) in pass ``pas``:
+    a forward without gradients (eval mode), or a forward and backward
+    (train mode) after which the gradients are set to ``None``."""
+    model.train(pas == 'fwdbwd')
+    xg = x.detach().requires_grad_(pas == 'fwdbwd')
+
+    def fn():
+        with torch.autocast(device.type, dtype=DTYPES[dtype],
+                            enabled=dtype != 'fp32'):
+            if pas == 'fwd':
+                with torch.no_grad():
+                    call(op, fn_model, xg, batch, B)
+                return
+            out = call(op, fn_model, xg, batch, B)
+        out.float().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+        xg.grad = None
+
+    return fn
+
+
 def layer_case(op, B, n, args, device, compile_mode, pipelined):
     C, H, k = args.channels, args.heads, args.k
     model = build(op, C, H, k).to(device)
@@ -112,21 +134,8 @@ def layer_case(op, B, n, args, device, compile_mode, pipelined):
     batch = torch.arange(B, device=device).repeat_interleave(n)
     records = []
     for pas in args.passes:
-        model.train(pas == 'fwdbwd')
-        xg = x.detach().requires_grad_(pas == 'fwdbwd')
-
-        def fn():
-            with torch.autocast(device.type, dtype=DTYPES[args.dtype],
-                                enabled=args.dtype != 'fp32'):
-                if pas == 'fwd':
-                    with torch.no_grad():
-                        call(op, fn_model, xg, batch, B)
-                    return
-                out = call(op, fn_model, xg, batch, B)
-            out.float().square().mean().backward()
-            model.zero_grad(set_to_none=True)
-            xg.grad = None
-
+        fn = layer_step(op, model, fn_model, x, batch, B, pas, args.dtype,
+                        device)
         rec = dict(op=op, n=n, batch=B, k=k if 'samsa' in op else None,
                    channels=C, heads=H, **{'pass': pas}, dtype=args.dtype,
                    pipelined=pipelined, compile_mode=compile_mode)
@@ -145,21 +154,8 @@ def ab_case(op, B, n, args, device):
     batch = torch.arange(B, device=device).repeat_interleave(n)
     records = []
     for pas in args.passes:
-        model.train(pas == 'fwdbwd')
-        xg = x.detach().requires_grad_(pas == 'fwdbwd')
-
-        def fn():
-            with torch.autocast(device.type, dtype=DTYPES[args.dtype],
-                                enabled=args.dtype != 'fp32'):
-                if pas == 'fwd':
-                    with torch.no_grad():
-                        call(op, model, xg, batch, B)
-                    return
-                out = call(op, model, xg, batch, B)
-            out.float().square().mean().backward()
-            model.zero_grad(set_to_none=True)
-            xg.grad = None
-
+        fn = layer_step(op, model, model, x, batch, B, pas, args.dtype,
+                        device)
         times = {True: [], False: []}
         for _ in range(args.ab_rounds):
             for state in (True, False):
