@@ -233,12 +233,13 @@ def test_scorer_kernel_matches_pytorch_formula(dtype):
 @pytest.mark.parametrize('training', [False, True])
 def test_forward_never_syncs_with_a_pyg_batch(training):
     # Given a PyG Batch (num_graphs and max_num_nodes from its CPU-side
-    # slices), SamsaAttention, SamsaConv and the point model run forward
-    # without a single host synchronisation.
+    # slices), SamsaAttention, SamsaConv, the point model and the graph
+    # model run forward without a single host synchronisation.
     from torch_geometric.data import Batch, Data
+    from torch_geometric.utils import erdos_renyi_graph
 
     from samsa_geo.nn import batch_hints
-    from samsa_geo.nn.models import SamsaPointClassifier
+    from samsa_geo.nn.models import SamsaGraphModel, SamsaPointClassifier
     torch.manual_seed(0)
     data = Batch.from_data_list([
         Data(pos=torch.randn(n, 3)) for n in (300, 0, 1024, 5, 700)
@@ -248,6 +249,14 @@ def test_forward_never_syncs_with_a_pyg_batch(training):
     conv = SamsaConv(64, None, heads=4, k=32).cuda().train(training)
     model = SamsaPointClassifier.small(10).cuda().train(training)
     hints = batch_hints(data)
+    graphs = []
+    for n in (12, 3, 25, 7):  # small graphs: every one fits in k
+        ei = erdos_renyi_graph(n, 0.3)
+        graphs.append(Data(x=torch.randn(n, 9), edge_index=ei,
+                           edge_attr=torch.randn(ei.size(1), 3)))
+    mol = Batch.from_data_list(graphs).to('cuda')
+    graph_model = SamsaGraphModel(9, 32, 1, 2, edge_dim=3, heads=4,
+                                  k=32).cuda().train(training)
     for mode in ('default', 'error'):  # warm-up, then the checked pass
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode(mode)
@@ -256,6 +265,8 @@ def test_forward_never_syncs_with_a_pyg_batch(training):
             attn(x, data.batch, num_graphs=data.num_graphs)  # bounds
             conv(x, None, data.batch, **hints)
             model(data.pos, data.batch, **hints)
+            graph_model(mol.x, mol.edge_index, mol.edge_attr, mol.batch,
+                        **batch_hints(mol))
         finally:
             torch.cuda.set_sync_debug_mode('default')
 

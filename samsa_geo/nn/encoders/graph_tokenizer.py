@@ -1,4 +1,4 @@
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -7,6 +7,7 @@ from torch.nn import GELU, Linear, Module, Parameter, Sequential
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._sets import check_size_hint, set_offsets
 from samsa_geo.ops import check_sorted_batch
 from samsa_geo.ops.validation import check_edge_index
 
@@ -64,7 +65,10 @@ class GraphTokenizer(Module):
     predictions are reproducible and independent of the other graphs in the
     batch (set :obj:`stochastic_eval=True` for the released code's fresh
     draws). Passing :obj:`node_id` overrides both. Given fixed identifiers,
-    node tokens are exactly permutation-equivariant.
+    node tokens are exactly permutation-equivariant. Given
+    :obj:`num_graphs` and :obj:`max_num_nodes` (e.g.
+    :func:`~samsa_geo.nn.batch_hints` of a PyG batch), the forward pass
+    reads nothing back from the device in either mode.
 
     Args:
         channels (int): Token width :math:`F`.
@@ -131,6 +135,10 @@ class GraphTokenizer(Module):
         else:
             self.edge_nn = None
         self._eval_ids = torch.empty(0, id_channels)
+        # Copies of the table on the devices and dtypes it was read in: a
+        # copy from host memory waits for the device, so it is made once.
+        self._eval_copies: Dict[Tuple[torch.device, torch.dtype],
+                                Tensor] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -144,17 +152,31 @@ class GraphTokenizer(Module):
             if module is not None:
                 reset(module)
 
-    def _eval_table(self, rows: int) -> Tensor:
+    def _eval_table(self, rows: int, device: torch.device,
+                    dtype: torch.dtype) -> Tensor:
+        # The first `rows` rows of the evaluation table (generated on the
+        # CPU in blocks, deterministic per block), on `device` in `dtype`.
         while self._eval_ids.size(0) < rows:
             block = self._eval_ids.size(0) // self._BLOCK
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
             new = torch.randn(self._BLOCK, self.id_channels, generator=gen)
             self._eval_ids = torch.cat([self._eval_ids, new], dim=0)
-        return self._eval_ids[:rows]
+            self._eval_copies.clear()
+        key = (torch.device(device), dtype)
+        table = self._eval_copies.get(key)
+        if table is None:
+            table = self._eval_ids.to(device, dtype)
+            self._eval_copies[key] = table
+        return table[:rows]
 
-    def node_ids(self, batch: Tensor, dtype: torch.dtype) -> Tensor:
+    def node_ids(self, batch: Tensor, dtype: torch.dtype,
+                 num_graphs: Optional[int] = None,
+                 max_num_nodes: Optional[int] = None) -> Tensor:
         r"""Unscaled identifiers :math:`\mathbf{r}` for the nodes of
-        :obj:`batch` in the current mode, shape :math:`(N, d)`."""
+        :obj:`batch` in the current mode, shape :math:`(N, d)`. In
+        evaluation mode, :obj:`num_graphs` and :obj:`max_num_nodes` (e.g.
+        from :func:`~samsa_geo.nn.batch_hints`) spare the read-back of the
+        largest graph's size."""
         num_nodes = batch.numel()
         if self.training or self.stochastic_eval:
             return torch.randn(num_nodes, self.id_channels, device=batch.device,
@@ -162,11 +184,26 @@ class GraphTokenizer(Module):
         if num_nodes == 0:
             return torch.empty(0, self.id_channels, device=batch.device,
                                dtype=dtype)
-        counts = torch.bincount(batch)
-        start = counts.cumsum(0) - counts  # first node of every graph
+        check_size_hint('num_graphs', num_graphs)
+        check_size_hint('max_num_nodes', max_num_nodes)
+        check = False
+        if num_graphs is not None and max_num_nodes is not None:
+            start = set_offsets(batch, num_graphs)  # first node of each graph
+            rows = max_num_nodes
+            check = config.checks_values(batch.device)  # reads the device
+        else:
+            counts = torch.bincount(batch)
+            start = counts.cumsum(0) - counts
+            rows = int(counts.max())
         local = torch.arange(num_nodes, device=batch.device) - start[batch]
-        table = self._eval_table(int(counts.max()))
-        return table.to(batch.device, dtype)[local]
+        if check:
+            needed = int(local.max()) + 1
+            if needed > rows:
+                raise ValueError(f"Expected 'max_num_nodes' >= {needed}, the "
+                                 f"nodes of the largest graph in 'batch' "
+                                 f"(got {max_num_nodes}); pass "
+                                 f"batch_hints(data) or leave it None")
+        return self._eval_table(rows, batch.device, dtype)[local]
 
     def forward(
         self,
@@ -176,6 +213,8 @@ class GraphTokenizer(Module):
         batch: Optional[Tensor] = None,
         pe: Optional[Tensor] = None,
         node_id: Optional[Tensor] = None,
+        num_graphs: Optional[int] = None,
+        max_num_nodes: Optional[int] = None,
     ) -> GraphTokens:
         num_nodes = x.size(0)
         check_edge_index(edge_index)
@@ -196,7 +235,8 @@ class GraphTokenizer(Module):
             node_tok = self.lin_node(h)  # [N, F]
         else:
             if node_id is None:
-                node_id = self.node_ids(batch, h.dtype)
+                node_id = self.node_ids(batch, h.dtype, num_graphs,
+                                        max_num_nodes)
             elif node_id.shape != (num_nodes, self.id_channels):
                 raise ValueError(f"Expected 'node_id' to have shape "
                                  f"[{num_nodes}, {self.id_channels}] "

@@ -314,7 +314,8 @@ class SamsaGraphModel(Reloadable, Module):
             edge_attr = None if edge_attr is None else edge_attr.float()
 
         tok = self.tokenizer(x, edge_index, edge_attr, batch, pe=pe,
-                             node_id=node_id)
+                             node_id=node_id, num_graphs=num_graphs,
+                             max_num_nodes=max_num_nodes)
         conv_kwargs: Dict[str, Any] = {}
         tok_edge_index = edge_index
         if tok.edge_index is not None:  # node+edge tokens

@@ -106,17 +106,22 @@ def test_fused_inference_reads_nothing_back(no_value_checks, monkeypatch,
     assert mode.seen == []
 
 
-def test_graph_model_training_step_reads_nothing_back(no_value_checks):
-    # Node tokens with batch_hints: the tokenizer's sortedness check is a
-    # value check too (CPU and debug mode only).
+@pytest.mark.parametrize('training', [True, False])
+def test_graph_model_reads_nothing_back(no_value_checks, training):
+    # Node tokens with batch_hints, a training step and an evaluation
+    # forward (the tokenizer's fixed identifiers indexed by the hints):
+    # the tokenizer's sortedness check is a value check too (CPU and debug
+    # mode only).
     from samsa_geo.nn.models import SamsaGraphModel
     data = Batch.from_data_list([
         Data(x=torch.randn(n, 4), edge_index=torch.randint(0, n, (2, 2 * n)),
              edge_attr=torch.randn(2 * n, 2)) for n in (5, 9, 2)])
-    model = SamsaGraphModel(4, 16, 1, 2, edge_dim=2, heads=2, k=16)
+    model = SamsaGraphModel(4, 16, 1, 2, edge_dim=2, heads=2,
+                            k=16).train(training)
     hints = batch_hints(data)  # the Batch's CPU-side offsets
     with HostReads() as mode:
         out = model(data.x, data.edge_index, data.edge_attr, data.batch,
                     **hints)
-        out.sum().backward()
+        if training:
+            out.sum().backward()
     assert mode.seen == []

@@ -186,3 +186,25 @@ def test_reset_parameters_keeps_the_encoders_own_initialisation():
     for key, value in tok.state_dict().items():
         if value.is_floating_point() and value.numel() > 1:
             assert not torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize('edge_tokens', [True, False])
+def test_eval_ids_from_batch_hints_equal_the_read_back_ones(edge_tokens):
+    # With batch_hints the evaluation identifiers are the same table rows
+    # as without (where the sizes are read back), token for token; a hint
+    # below the largest graph raises instead of indexing out of range.
+    from samsa_geo.nn import batch_hints
+    tok = _tokenizer(edge_tokens).eval()
+    data = Batch.from_data_list([_graph(n, n) for n in (6, 1, 9, 4)])
+    args = (data.x, data.edge_index, data.edge_attr, data.batch)
+    hints = batch_hints(data)
+    assert hints == {'num_graphs': 4, 'max_num_nodes': 9}
+    ref, got = tok(*args), tok(*args, **hints)
+    for a, b in zip(ref, got):
+        assert (a is None and b is None) or torch.equal(a, b)
+    ids = tok.node_ids(data.batch, torch.float, **hints)
+    assert torch.equal(ids[6:7], tok.node_ids(data.batch[:1], torch.float))
+    with pytest.raises(ValueError, match="'max_num_nodes' >= 9"):
+        tok(*args, num_graphs=4, max_num_nodes=8)
+    with pytest.raises(TypeError, match="'max_num_nodes'"):
+        tok(*args, num_graphs=4, max_num_nodes=8.0)
