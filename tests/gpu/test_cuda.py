@@ -370,8 +370,10 @@ def test_relaxation_on_cuda_matches_cpu(hard, sizes, dtype):
         assert err < tol, err
 
 
-def test_trainer_uses_fused_adamw_and_resumes_exactly(tmp_path):
-    # On CUDA the trainer's AdamW is the fused implementation; a run
+@pytest.mark.parametrize('amp', [None, 'bf16', 'fp16'])
+def test_trainer_uses_fused_adamw_and_resumes_exactly(tmp_path, amp):
+    # On CUDA the trainer's AdamW is the fused implementation (with fp16
+    # AMP it takes the gradient scaler's scale and inf flags); a run
     # stopped by a crash and resumed from its checkpoint ends with the
     # weights of an uninterrupted run.
     import os.path as osp
@@ -381,16 +383,17 @@ def test_trainer_uses_fused_adamw_and_resumes_exactly(tmp_path):
     from test_trainer import loaders, trainer
 
     from samsa_geo.train import load_checkpoint
-    ref = trainer(tmp_path / 'ref', device='cuda', dropout=0.0)
+    ref = trainer(tmp_path / 'ref', device='cuda', dropout=0.0, amp=amp)
     assert ref.optimizer.defaults['fused'] is True
+    assert ref.scaler.is_enabled() == (amp == 'fp16')
     ref.fit(*loaders('no_shuffle'))
     crashed = trainer(tmp_path / 'run', ToyTask(fail_at=7), device='cuda',
-                      dropout=0.0)
+                      dropout=0.0, amp=amp)
     with pytest.raises(RuntimeError, match='simulated crash'):
         crashed.fit(*loaders('no_shuffle'))
     assert load_checkpoint(tmp_path / 'run' / 'last.pt')['epoch'] == 1
     resumed = trainer(tmp_path / 'run', resume=True, device='cuda',
-                      dropout=0.0)
+                      dropout=0.0, amp=amp)
     resumed.fit(*loaders('no_shuffle'))
     assert resumed.optimizer.param_groups[0]['fused'] is True
     torch.testing.assert_close(resumed.model.state_dict(),

@@ -84,9 +84,11 @@ class _TokenGINE(Module):
         if with_edges:
             msg = (msg + edge_attr).relu()
         # (1 + eps) x_i, then the sum over the incoming edges of every node
-        # i = edge_index[1] added in place: two launches.
+        # i = edge_index[1] added in place: two launches. The sum is taken
+        # in the dtype of (1 + eps) x_i (float32 for bf16 tokens, as
+        # float32 eps promotes them).
         h = torch.addcmul(x, x, self.conv.eps)  # [N, C]
-        h = h.index_add_(0, edge_index[1], msg)
+        h = h.index_add_(0, edge_index[1], msg.to(h.dtype))
         lin1, act, lin2 = self.conv.nn
         h = F.gelu(F.linear(h, lin1.weight, lin1.bias),
                    approximate=act.approximate)

@@ -116,6 +116,24 @@ def test_every_parameter_gets_a_gradient(level, tokens):
         assert float(p.grad.abs().sum()) > 0, name
 
 
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+def test_bf16_autocast_training_step_is_close_to_fp32(tokens):
+    # The training step under bf16 autocast, as the trainer's amp='bf16'
+    # runs it: every gradient finite, the output close to float32's.
+    batch = Batch.from_data_list([_graph(n, n, False) for n in (8, 10, 5)])
+    model = _model('graph', tokens, k=4).eval()  # fixed identifiers
+    ref = _run(model, batch)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = _run(model, batch)
+    torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = _run(model, batch).float().square().mean()
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is None or bool(torch.isfinite(p.grad).all()), name
+
+
 def test_reset_parameters_and_pooling():
     torch.manual_seed(3)
     batch = Batch.from_data_list([_graph(n, n, False) for n in (5, 8)])
@@ -259,6 +277,15 @@ def test_local_branch_equals_pyg_gine(with_edges):
     if with_edges:
         with pytest.raises(ValueError, match="'edge_attr' of shape"):
             local(x, edge_index, edge_attr[:, :4])
+    # bf16 tokens under autocast (the first layer reads the tokenizer's
+    # bf16 output): the PyG module's result, to bf16 precision.
+    half = [t.detach().bfloat16() if t.is_floating_point() else t
+            for t in args]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got, ref = local(*half), local.conv(*half)
+    assert got.dtype == ref.dtype
+    torch.testing.assert_close(got.float(), ref.float(), rtol=2e-2,
+                               atol=2e-2)
 
 
 def test_dense_keep_all_path_gives_the_same_training_step(monkeypatch):
