@@ -43,9 +43,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from layer import (  # noqa: E402
-    GraphModel,
     build,
+    build_graph_model,
     call,
+    graph_forward,
     molecule_batches,
 )
 
@@ -194,20 +195,12 @@ def ab_times(switch: str, B: int, n: int, C: int, H: int, k: int,
 
 
 def measure_graph_step(op: str, repeat: int) -> Dict[str, object]:
-    from samsa_geo.nn import batch_hints
-    from samsa_geo.nn.models import SamsaGraphModel
     torch.manual_seed(0)
     data = molecule_batches(torch.device('cpu'))[0]
-    if op.startswith('samsa'):
-        model = SamsaGraphModel(9, 64, 1, 3, edge_dim=3, heads=4)
-    else:
-        model = GraphModel(op.split('_')[0], 9, 3, 64, 3)
-    hints = batch_hints(data) if op.endswith('_hints') else \
-        dict(num_graphs=data.num_graphs)
+    model = build_graph_model(op, 64, 3)
 
     def forward():
-        return model(data.x, data.edge_index, data.edge_attr, data.batch,
-                     **hints).view(-1)
+        return graph_forward(op, model, data)
 
     def step():
         torch.nn.functional.mse_loss(forward(), data.y).backward()

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, provenance, write_records  # noqa: E402
 from count_ops import OpCounter  # noqa: E402
-from layer import GraphModel, molecule_batches  # noqa: E402
-
-from samsa_geo.nn import batch_hints  # noqa: E402
-from samsa_geo.nn.models import SamsaGraphModel  # noqa: E402
+from layer import (  # noqa: E402
+    build_graph_model,
+    graph_forward,
+    molecule_batches,
+)
 
 OPS = ('samsa_graph_model_hints', 'gps_graph_model', 'gine_graph_model')
 
@@ -39,20 +40,13 @@ def graph_step_case(op: str, optimizer: str, batches, args,
                     device: torch.device) -> dict:
     torch.manual_seed(0)
     C, depth = args.channels, args.depth
-    if op.startswith('samsa'):
-        model = SamsaGraphModel(9, C, 1, depth, edge_dim=3, heads=4)
-    else:
-        model = GraphModel(op.split('_')[0], 9, 3, C, depth)
-    model = model.to(device)
+    model = build_graph_model(op, C, depth).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3,
                             fused=True if optimizer == 'fused' else None,
                             foreach=True if optimizer == 'foreach' else None)
 
     def forward(data):
-        hints = batch_hints(data) if op.startswith('samsa') else dict(
-            num_graphs=data.num_graphs)
-        return model(data.x, data.edge_index, data.edge_attr, data.batch,
-                     **hints).view(-1)
+        return graph_forward(op, model, data)
 
     def step(data, phases=None):
         start = time.perf_counter()

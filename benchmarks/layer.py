@@ -124,14 +124,21 @@ def layer_step(op, model, fn_model, x, batch, B, pas, dtype, device):
     return fn
 
 
+def layer_inputs(op, B, n, args, device):
+    """The layer ``op`` of the benchmark's width on ``device``, and ``B``
+    equal sets of ``n`` random tokens with their batch vector."""
+    model = build(op, args.channels, args.heads, args.k).to(device)
+    x = torch.randn(B * n, args.channels, device=device)
+    batch = torch.arange(B, device=device).repeat_interleave(n)
+    return model, x, batch
+
+
 def layer_case(op, B, n, args, device, compile_mode, pipelined):
     C, H, k = args.channels, args.heads, args.k
-    model = build(op, C, H, k).to(device)
+    model, x, batch = layer_inputs(op, B, n, args, device)
     fn_model = model if compile_mode is None else \
         compile_module(model, None if compile_mode == 'default'
                        else compile_mode)
-    x = torch.randn(B * n, C, device=device)
-    batch = torch.arange(B, device=device).repeat_interleave(n)
     records = []
     for pas in args.passes:
         fn = layer_step(op, model, fn_model, x, batch, B, pas, args.dtype,
@@ -149,9 +156,7 @@ def ab_case(op, B, n, args, device):
     records per pass, ``ms`` the median over the rounds of each state, so
     that both see the same machine at the same time."""
     C, H, k = args.channels, args.heads, args.k
-    model = build(op, C, H, k).to(device)
-    x = torch.randn(B * n, C, device=device)
-    batch = torch.arange(B, device=device).repeat_interleave(n)
+    model, x, batch = layer_inputs(op, B, n, args, device)
     records = []
     for pas in args.passes:
         fn = layer_step(op, model, model, x, batch, B, pas, args.dtype,
@@ -236,14 +241,29 @@ def molecule_batches(device, num_graphs=642, batch_size=64, seed=0):
             for i in range(0, num_graphs, batch_size)]
 
 
+def build_graph_model(op: str, channels: int, depth: int) -> nn.Module:
+    """The small-graph model ``op`` (``samsa_graph_model[_hints]``,
+    ``gps_graph_model`` or ``gine_graph_model``) for the batches of
+    :func:`molecule_batches`."""
+    if op.startswith('samsa_graph_model'):
+        return SamsaGraphModel(9, channels, 1, depth, edge_dim=3, heads=4)
+    return GraphModel(op.split('_')[0], 9, 3, channels, depth)
+
+
+def graph_forward(op: str, model: nn.Module, data) -> torch.Tensor:
+    """One prediction per graph of ``data``: ``op`` ending in ``_hints``
+    passes what :func:`batch_hints` reads from the Batch (the largest
+    graph too), the others ``num_graphs`` only."""
+    hints = batch_hints(data) if op.endswith('_hints') else \
+        dict(num_graphs=data.num_graphs)
+    return model(data.x, data.edge_index, data.edge_attr, data.batch,
+                 **hints).view(-1)
+
+
 def graph_epoch_case(op, args, device):
     C, depth = args.graph_channels, args.graph_depth
     batches = molecule_batches(device)
-    if op.startswith('samsa_graph_model'):
-        model = SamsaGraphModel(9, C, 1, depth, edge_dim=3,
-                                heads=4).to(device)
-    else:
-        model = GraphModel(op.split('_')[0], 9, 3, C, depth).to(device)
+    model = build_graph_model(op, C, depth).to(device)
     # The optimizer of samsa_geo's Trainer: AdamW, fused on CUDA.
     fused = device.type == 'cuda'
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3,
@@ -251,13 +271,7 @@ def graph_epoch_case(op, args, device):
 
     def epoch():
         for data in batches:
-            args_ = (data.x, data.edge_index, data.edge_attr, data.batch)
-            # '_hints': what batch_hints reads from the Batch (the largest
-            # graph too); otherwise num_graphs only.
-            hints = batch_hints(data) if op.endswith('_hints') else \
-                dict(num_graphs=data.num_graphs)
-            pred = model(*args_, **hints).view(-1)
-            loss = F.mse_loss(pred, data.y)
+            loss = F.mse_loss(graph_forward(op, model, data), data.y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
