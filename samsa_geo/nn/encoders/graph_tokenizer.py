@@ -7,7 +7,11 @@ from torch.nn import GELU, Linear, Module, Parameter, Sequential
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.attention._sets import check_size_hint, set_offsets
+from samsa_geo.nn.attention._sets import (
+    batch_sizes,
+    check_size_hint,
+    set_offsets,
+)
 from samsa_geo.ops import check_sorted_batch
 from samsa_geo.ops.validation import check_edge_index
 
@@ -162,7 +166,7 @@ class GraphTokenizer(Module):
             new = torch.randn(self._BLOCK, self.id_channels, generator=gen)
             self._eval_ids = torch.cat([self._eval_ids, new], dim=0)
             self._eval_copies.clear()
-        key = (torch.device(device), dtype)
+        key = (device, dtype)
         table = self._eval_copies.get(key)
         if table is None:
             table = self._eval_ids.to(device, dtype)
@@ -186,24 +190,20 @@ class GraphTokenizer(Module):
                                dtype=dtype)
         check_size_hint('num_graphs', num_graphs)
         check_size_hint('max_num_nodes', max_num_nodes)
-        check = False
-        if num_graphs is not None and max_num_nodes is not None:
-            start = set_offsets(batch, num_graphs)  # first node of each graph
-            rows = max_num_nodes
-            check = config.checks_values(batch.device)  # reads the device
-        else:
-            counts = torch.bincount(batch)
-            start = counts.cumsum(0) - counts
-            rows = int(counts.max())
+        if num_graphs is None or max_num_nodes is None:
+            # The read-back the layers share (cached on the batch tensor).
+            num_graphs, max_num_nodes = batch_sizes(batch)
+        elif config.checks_values(batch.device):  # hints checked
+            for name, hint, needed in zip(('num_graphs', 'max_num_nodes'),
+                                          (num_graphs, max_num_nodes),
+                                          batch_sizes(batch)):
+                if hint < needed:
+                    raise ValueError(
+                        f"Expected '{name}' >= {needed}, as in 'batch' (got "
+                        f"{hint}); pass batch_hints(data) or leave it None")
+        start = set_offsets(batch, num_graphs)  # first node of each graph
         local = torch.arange(num_nodes, device=batch.device) - start[batch]
-        if check:
-            needed = int(local.max()) + 1
-            if needed > rows:
-                raise ValueError(f"Expected 'max_num_nodes' >= {needed}, the "
-                                 f"nodes of the largest graph in 'batch' "
-                                 f"(got {max_num_nodes}); pass "
-                                 f"batch_hints(data) or leave it None")
-        return self._eval_table(rows, batch.device, dtype)[local]
+        return self._eval_table(max_num_nodes, batch.device, dtype)[local]
 
     def forward(
         self,
