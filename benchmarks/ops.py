@@ -46,9 +46,9 @@ from samsa_geo.ops import fps, knn, use_backend  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Configurations (BLOCK_Q, BLOCK_P, warps) of the dense kNN kernel that
 #: ``--sweep`` times.
-SWEEP = [(1, 1024, 2), (2, 1024, 2), (4, 1024, 2), (1, 1024, 4),
-         (2, 1024, 4), (4, 1024, 4), (8, 1024, 4), (4, 1024, 8),
-         (2, 512, 4)]
+SWEEP = [(1, 1024, 1), (2, 1024, 1), (4, 1024, 1), (1, 1024, 2),
+         (2, 1024, 2), (4, 1024, 2), (2, 1024, 4), (4, 1024, 4),
+         (2, 512, 1), (2, 512, 2)]
 #: Targets on the GPU (milliseconds, or the throughput ratio).
 TARGETS = {'knn_128x1024': 1.0, 'knn_100k': 20.0, 'fps_32x10k': 10.0,
            'classifier_ri_vs_plain': 0.5}

@@ -1,5 +1,5 @@
 """Input validation and backend selection shared by the geometry ops."""
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -157,12 +157,25 @@ def collect_values(points: Sequence[Tuple[str, Tensor]],
     return PendingReads(kinds, values)
 
 
-def finish_reads(pending: PendingReads, batch_size: Optional[int],
+class DeferredReads(NamedTuple):
+    r"""The value checks of an op's inputs before any of them is launched:
+    :func:`finish_reads` launches them (:func:`collect_values`) and reads
+    them, so that an op whose kernel is safe on any batch values can
+    launch its kernel first and the checks while the GPU runs it."""
+    points: List[Tuple[str, Tensor]]
+    batches: List[Tuple[str, Optional[Tensor]]]
+    batch_size: Optional[int]
+
+
+def finish_reads(pending: Union[PendingReads, DeferredReads],
+                 batch_size: Optional[int],
                  extra: Sequence[Tensor] = ()) -> Tuple[int, List[int]]:
-    r"""Reads the values of :obj:`pending` and the integer scalars
-    :obj:`extra` in one device-to-host copy, raises the errors of the value
-    checks and returns the number of examples and the values of
-    :obj:`extra`."""
+    r"""Reads the values of :obj:`pending` (launching its checks first if
+    they are deferred) and the integer scalars :obj:`extra` in one
+    device-to-host copy, raises the errors of the value checks and returns
+    the number of examples and the values of :obj:`extra`."""
+    if isinstance(pending, DeferredReads):
+        pending = collect_values(*pending)
     tensors = pending.values + list(extra)
     values = torch.stack([t.long() for t in tensors]).tolist() \
         if tensors else []  # the one host read
@@ -217,15 +230,16 @@ def check_pair(
     x: Tensor, y: Tensor, batch_x: Optional[Tensor], batch_y: Optional[Tensor],
     batch_size: Optional[int], chunk_size: Optional[int], defer: bool = False
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], int,
-           Optional[PendingReads]]:
+           Optional[DeferredReads]]:
     r"""Validates the candidates :obj:`x` and queries :obj:`y` of
     :func:`~samsa_geo.ops.knn` and :func:`~samsa_geo.ops.radius` (points of
     one width on one device), their batch vectors (values included, see
     :func:`read_values`) and :obj:`chunk_size`; returns
     :obj:`(x, y, batch_x, batch_y, batch_size, pending)`. With
-    :obj:`defer` and :obj:`batch_size` given, the value checks are not read
-    yet but returned as :obj:`pending`, for the caller's
-    :func:`finish_reads` (:obj:`None` otherwise)."""
+    :obj:`defer` and :obj:`batch_size` given, the value checks are neither
+    launched nor read yet but returned as :obj:`pending`
+    (:class:`DeferredReads`), for the caller's :func:`finish_reads`
+    (:obj:`None` otherwise)."""
     x, y = check_points('x', x), check_points('y', y)
     if x.size(1) != y.size(1):
         raise ValueError(f"Expected 'x' and 'y' to have the same number of "
@@ -237,10 +251,11 @@ def check_pair(
         check_positive_int('chunk_size', chunk_size)
     batch_x = check_batch('batch_x', batch_x, x.size(0), x.device)
     batch_y = check_batch('batch_y', batch_y, y.size(0), y.device)
-    pending: Optional[PendingReads] = collect_values(
+    pending: Optional[DeferredReads] = DeferredReads(
         [('x', x), ('y', y)], [('batch_x', batch_x), ('batch_y', batch_y)],
         batch_size)
     if defer and batch_size is not None:
+        check_positive_int('batch_size', batch_size)
         size = batch_size
     else:
         size, _ = finish_reads(pending, batch_size)

@@ -181,7 +181,9 @@ def _knn(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor],
         from samsa_geo.ops._triton.knn import use_dense
         if pending is not None and not use_dense(x.size(0), size):
             # The tiled kernel indexes by the batch values before any
-            # check could be read after it: check them first.
+            # check could be read after it: check them first. The dense
+            # kernel clamps them, so its checks are launched after it and
+            # the host issues them while the GPU ranks.
             finish_reads(pending, size)
             pending = None
         count = not table and not torch.compiler.is_compiling()

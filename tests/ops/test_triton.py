@@ -161,6 +161,39 @@ def test_knn_triton_value_checks_and_deferred_read(knn_kernel):
                                              backend='torch'))
 
 
+def test_knn_checks_launch_after_the_dense_kernel(knn_kernel, kernels,
+                                                  monkeypatch):
+    # Given batch_size, the dense kernel is launched before the value
+    # checks (the host issues them while the GPU ranks); the tiled kernel
+    # and calls that must infer the number of examples read them first.
+    from samsa_geo.ops import _utils
+    knn_module, _ = kernels
+    order = []
+    collect, dense = _utils.collect_values, knn_module.knn_dense
+    tiled = knn_module._knn_kernel
+    monkeypatch.setattr(_utils, 'collect_values',
+                        lambda *a: order.append('checks') or collect(*a))
+    monkeypatch.setattr(knn_module, 'knn_dense',
+                        lambda *a: order.append('kernel') or dense(*a))
+
+    class Tiled:
+        def __getitem__(self, grid):
+            order.append('kernel')
+            return tiled[grid]
+
+    monkeypatch.setattr(knn_module, '_knn_kernel', Tiled())
+    x = torch.rand(12, 3, device=DEVICE)
+    batch = _batch([5, 7])
+    ref = _stable_reference(x, x, 3, batch, batch)
+    out = knn(x, x, 3, batch, batch, batch_size=2, backend='triton')
+    assert torch.equal(out, ref)
+    assert order == (['kernel', 'checks'] if knn_kernel == 'dense'
+                     else ['checks', 'kernel'])
+    order.clear()
+    out = knn(x, x, 3, batch, batch, backend='triton')
+    assert torch.equal(out, ref) and order == ['checks', 'kernel']
+
+
 @pytest.mark.parametrize('register_points', [4096, 16])
 def test_fps_triton_equals_fallback(kernels, monkeypatch, register_points):
     # Both kernel variants: coordinates in registers, and streamed in

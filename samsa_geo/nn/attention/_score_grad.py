@@ -15,10 +15,11 @@ float32. Under plain autograd this is about ten nodes, and it keeps
 :math:`\mathbf{a}`, :math:`\mathbf{y}` in float32 and the residual sum in
 float32 alive until the backward: :math:`(2 \cdot 4 + 2) C` bytes per
 token at 16-bit :math:`\mathbf{h}`. :class:`ScoreTail` saves only
-:math:`\mathbf{x}` (which the layer keeps anyway), the parameters and the
-LayerNorm's row statistics, and recomputes :math:`\mathbf{h}`,
-:math:`\mathbf{a}`, :math:`\mathbf{y}` and the residual sum in the
-backward (two extra :math:`C \times C` GEMMs).
+:math:`\mathbf{x}` (which the layer keeps anyway) and the parameters
+(:math:`\mathbf{W}_2, \mathbf{b}_2` cast to the dtype of
+:math:`\mathbf{h}`), and recomputes :math:`\mathbf{h}`,
+:math:`\mathbf{a}`, :math:`\mathbf{y}`, the LayerNorm and the residual
+sum in the backward (two extra GEMMs of :math:`N \times C \times C`).
 """
 from typing import Optional, Tuple
 
@@ -37,32 +38,36 @@ class ScoreTail(torch.autograd.Function):
                 b2: Optional[Tensor], ln_w: Tensor, ln_b: Tensor, eps: float,
                 ws: Tensor, bs: Optional[Tensor], approximate: str) -> Tensor:
         a = F.gelu(hidden, approximate=approximate)
-        y = _linear_in(a, w2, b2, a.dtype).float()  # [N, C]
+        # The second layer's parameters in the dtype of h, kept for the
+        # backward (C x C: no cast there, nor in the recomputation).
+        w2c, b2c = w2.to(a.dtype), None if b2 is None else b2.to(a.dtype)
+        y = F.linear(a, w2c, b2c).float()  # [N, C]
         C = y.size(-1)
-        ln, mean, rstd = torch.native_layer_norm(y, [C], ln_w.float(),
-                                                 ln_b.float(), eps)
+        ln = F.layer_norm(y, [C], ln_w.float(), ln_b.float(), eps)
         h = x.float() + ln  # [N, C] float32
         out = F.linear(h, ws.float(), None if bs is None else bs.float())
         # Not hidden: it is a slice of the layer's stacked projection, and
         # saving it would keep the queries, keys and values alive too.
-        ctx.save_for_backward(x, w1, b1, w2, b2, ln_w, ln_b, ws, bs, mean,
-                              rstd)
-        ctx.dtype = hidden.dtype
+        ctx.save_for_backward(x, w1, b1, w2c, b2c, ln_w, ln_b, ws, bs)
+        ctx.dtypes = (hidden.dtype, w2.dtype, None if b2 is None
+                      else b2.dtype)
+        ctx.eps = eps
         ctx.approximate = approximate
         return out  # [N, H]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, w1, b1, w2, b2, ln_w, ln_b, ws, bs, mean, rstd = \
-            ctx.saved_tensors
+        x, w1, b1, w2c, b2c, ln_w, ln_b, ws, bs = ctx.saved_tensors
+        dtype, w2_dtype, b2_dtype = ctx.dtypes
         need = ctx.needs_input_grad[:2] + ctx.needs_input_grad[4:]
-        hidden = _linear_in(x, w1, b1, ctx.dtype)  # [N, C]
+        hidden = _linear_in(x, w1, b1, dtype)  # [N, C]
         grad = grad.float()  # [N, H]
         a = F.gelu(hidden, approximate=ctx.approximate)
-        y = _linear_in(a, w2, b2, a.dtype).float()  # [N, C]
+        y = F.linear(a, w2c, b2c).float()  # [N, C]
         C = y.size(-1)
-        # LN(y) from the saved statistics: [N, C] float32.
-        ln = (y - mean) * rstd * ln_w.float() + ln_b.float()
+        # LN(y) and its row statistics, recomputed: the forward's values.
+        ln, mean, rstd = torch.native_layer_norm(y, [C], ln_w.float(),
+                                                 ln_b.float(), ctx.eps)
         g_ws = grad.t() @ (x.float() + ln) if need[7] else None  # [H, C]
         g_bs = grad.sum(0) if need[8] and bs is not None else None
         g_h = grad @ ws.float()  # [N, C]: the residual sum's gradient
@@ -70,13 +75,14 @@ class ScoreTail(torch.autograd.Function):
         g_y, g_lnw, g_lnb = torch.ops.aten.native_layer_norm_backward(
             g_h, y, [C], mean, rstd, ln_w.float(), ln_b.float(),
             [True, need[4], need[5]])
+        # The bias gradient from the float32 rows, before their cast.
+        g_b2 = g_y.sum(0).to(b2_dtype) \
+            if need[3] and b2c is not None else None
         g_y = g_y.to(a.dtype)  # [N, C]
-        g_w2 = (g_y.t() @ a).to(w2.dtype) if need[2] else None  # [C, C]
-        g_b2 = g_y.float().sum(0).to(b2.dtype) \
-            if need[3] and b2 is not None else None
+        g_w2 = (g_y.t() @ a).to(w2_dtype) if need[2] else None  # [C, C]
         g_hidden = None
         if need[0]:
-            g_a = g_y @ w2.to(a.dtype)  # [N, C]
+            g_a = g_y @ w2c  # [N, C]
             g_hidden = torch.ops.aten.gelu_backward(
                 g_a, hidden, approximate=ctx.approximate)
         return (g_hidden, g_x, None, None, g_w2, g_b2, _cast(g_lnw, ln_w),

@@ -76,7 +76,8 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
                       batch_y, ptr_x, out, missing, N, M, K, B,
                       F: tl.constexpr, KP: tl.constexpr,
                       HAS_BATCH: tl.constexpr, COUNT: tl.constexpr,
-                      BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr):
+                      BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                      SELECT: tl.constexpr = 0):
     rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_ok = rows < M
     # Candidates of each query's example: [c_start, c_end), clamped so
@@ -115,17 +116,26 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
                        cols[None, :] < hi, q0[:, None], q1[:, None],
                        q2[:, None], F)  # [BLOCK_Q, BLOCK_P]
         d = tl.where(ok, d, float('inf'))
-        # The tile's K smallest (distance, index) pairs, one per round:
-        # the least distance, the least index holding it, then that
-        # candidate is struck out.
-        top = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
-        for r in range(K):
-            d_min = tl.min(d, axis=1)  # [BLOCK_Q]
-            j = tl.min(tl.where(d == d_min[:, None], cols[None, :],
-                                _NO_INDEX), axis=1)
-            key = tl.where(d_min == float('inf'), _NO_KEY, _keys(d_min, j))
-            top = tl.where(slot[None, :] == r, key[:, None], top)
-            d = tl.where(cols[None, :] == j[:, None], float('inf'), d)
+        if SELECT == 0:
+            top = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
+            for r in range(K):
+                d_min = tl.min(d, axis=1)  # [BLOCK_Q]
+                j = tl.min(tl.where(d == d_min[:, None], cols[None, :],
+                                    _NO_INDEX), axis=1)
+                key = tl.where(d_min == float('inf'), _NO_KEY,
+                               _keys(d_min, j))
+                top = tl.where(slot[None, :] == r, key[:, None], top)
+                d = tl.where(cols[None, :] == j[:, None], float('inf'), d)
+        elif SELECT == 1:
+            keys = tl.where(ok, _keys(d, cols[None, :]), _NO_KEY)
+            top = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
+            for r in range(K):
+                key = tl.min(keys, axis=1)  # [BLOCK_Q]
+                top = tl.where(slot[None, :] == r, key[:, None], top)
+                keys = tl.where(keys == key[:, None], _NO_KEY, keys)
+        else:
+            keys = tl.where(ok, _keys(d, cols[None, :]), _NO_KEY)
+            top = ~tl.topk(~keys, KP, dim=1)
         if p0 == lo:
             best = top
         else:  # the KP smallest keys of both lists
@@ -148,14 +158,15 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
 def dense_config(mean_size: int) -> Tuple[int, int, int]:
     r"""(``BLOCK_Q``, ``BLOCK_P``, warps) for examples of
     :obj:`mean_size` candidates (any :math:`k`): a tile spans a whole
-    mean-size example (at most 1,024 candidates), and a program of two
-    warps holds 2,048 distances: the fastest of the configurations
+    mean-size example (at most 1,024 candidates), and a program of one
+    warp holds 2,048 distances (64 per thread), so that each round's row
+    reductions stay within the warp: the fastest of the configurations
     timed on the H200 at 128 clouds x 1,024 points and k = 16
     (``benchmarks/ops.py --sweep``)."""
     if _INTERPRETED:
         return 16, 32, 1
     block_p = max(min(triton.next_power_of_2(max(mean_size, 1)), 1024), 64)
-    return max(2048 // block_p, 1), block_p, 2
+    return max(2048 // block_p, 1), block_p, 1
 
 
 def knn_dense(x: Tensor, y: Tensor, k: int, ptr_x: Optional[Tensor],
