@@ -265,7 +265,7 @@ target = GPUTarget('cuda', 90, 32)
 ptrs = dict(xs='*fp32', ids='*i32', key_x='*i64', ys='*fp32', y_ids='*i32',
             key_y='*i64', ptr_x='*i64', ptr_y='*i64', first='*i64',
             tile_box='*fp32', out='*i64', missing='*i64', x='*fp32',
-            y='*fp32', batch_y='*i64')
+            y='*fp32', batch_x='*i64', batch_y='*i64')
 kernels = []
 for F, KP, BM, same in [(3, 16, 32, True), (2, 32, 32, False),
                         (1, 64, 16, False)]:

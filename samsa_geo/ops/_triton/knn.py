@@ -356,9 +356,7 @@ def knn_triton(x: Tensor, y: Tensor, k: int,
     if use_dense(n, num_examples):
         if not several:
             return knn_dense(x, y, k, None, None, 1, missing)
-        return knn_dense(x, y, k, batch_to_ptr(batch_x, n, num_examples,
-                                               device), batch_y,
-                         num_examples, missing)
+        return knn_dense(x, y, k, batch_x, batch_y, num_examples, missing)
     ptr_x = batch_to_ptr(batch_x if several else None, n, num_examples,
                          device)  # [B + 1]
     same = y is x

@@ -3,7 +3,9 @@ Triton: every query is ranked against every candidate of its example.
 
 One program ranks ``BLOCK_Q`` consecutive queries (in their input order, no
 sorting) against the candidates of their examples, streamed in tiles of
-``BLOCK_P`` consecutive candidates. Each pair becomes one 64-bit key,
+``BLOCK_P`` consecutive candidates; it finds each query's example in the
+sorted batch vector of the candidates by bisection (no boundaries computed
+before the launch). Each pair becomes one 64-bit key,
 
 .. math::
     \kappa_{ij} = \operatorname{bits}(d_{ij}) \cdot 2^{32} + j,
@@ -72,23 +74,38 @@ def _keys(d, index):
 
 
 @triton.jit
+def _lower_bound(batch, n, value):
+    # Per entry of value: the first position of the sorted batch[0:n]
+    # whose entry is >= it (n if none), by bisection. Any batch vector
+    # gives a position in [0, n]: the loads stay in bounds.
+    lo = tl.zeros_like(value)
+    hi = lo + n
+    while tl.max((lo < hi).to(tl.int32), axis=0) > 0:
+        active = lo < hi
+        mid = (lo + hi) // 2
+        less = tl.load(batch + mid, mask=active, other=0) < value
+        lo = tl.where(active & less, mid + 1, lo)
+        hi = tl.where(active & ~less, mid, hi)
+    return lo
+
+
+@triton.jit
 def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
-                      batch_y, ptr_x, out, missing, N, M, K, B,
+                      batch_y, batch_x, out, missing, N, M, K, B,
                       F: tl.constexpr, KP: tl.constexpr,
                       HAS_BATCH: tl.constexpr, COUNT: tl.constexpr,
-                      BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
-                      SELECT: tl.constexpr = 0):
+                      BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_ok = rows < M
-    # Candidates of each query's example: [c_start, c_end), clamped so
-    # that malformed batch vectors never read out of bounds.
+    # Candidates of each query's example: [c_start, c_end), in bounds
+    # whatever the batch vectors hold.
     if HAS_BATCH:
         b = tl.load(batch_y + rows, mask=row_ok, other=0)
         b = tl.minimum(tl.maximum(b, 0), B - 1)
-        c_start = tl.load(ptr_x + b, mask=row_ok, other=0).to(tl.int32)
-        c_end = tl.load(ptr_x + b + 1, mask=row_ok, other=0).to(tl.int32)
-        c_end = tl.minimum(tl.maximum(c_end, 0), N)
-        c_start = tl.minimum(tl.maximum(c_start, 0), c_end)
+        # The example's candidates, found in the sorted batch_x.
+        c_start = _lower_bound(batch_x, N, b).to(tl.int32)
+        c_end = _lower_bound(batch_x, N, b + 1).to(tl.int32)
+        c_start = tl.minimum(c_start, c_end)
     else:
         c_start = tl.zeros([BLOCK_Q], dtype=tl.int32)
         c_end = tl.zeros([BLOCK_Q], dtype=tl.int32) + N
@@ -116,26 +133,17 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
                        cols[None, :] < hi, q0[:, None], q1[:, None],
                        q2[:, None], F)  # [BLOCK_Q, BLOCK_P]
         d = tl.where(ok, d, float('inf'))
-        if SELECT == 0:
-            top = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
-            for r in range(K):
-                d_min = tl.min(d, axis=1)  # [BLOCK_Q]
-                j = tl.min(tl.where(d == d_min[:, None], cols[None, :],
-                                    _NO_INDEX), axis=1)
-                key = tl.where(d_min == float('inf'), _NO_KEY,
-                               _keys(d_min, j))
-                top = tl.where(slot[None, :] == r, key[:, None], top)
-                d = tl.where(cols[None, :] == j[:, None], float('inf'), d)
-        elif SELECT == 1:
-            keys = tl.where(ok, _keys(d, cols[None, :]), _NO_KEY)
-            top = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
-            for r in range(K):
-                key = tl.min(keys, axis=1)  # [BLOCK_Q]
-                top = tl.where(slot[None, :] == r, key[:, None], top)
-                keys = tl.where(keys == key[:, None], _NO_KEY, keys)
-        else:
-            keys = tl.where(ok, _keys(d, cols[None, :]), _NO_KEY)
-            top = ~tl.topk(~keys, KP, dim=1)
+        # The tile's K smallest (distance, index) pairs, one per round:
+        # the least distance, the least index holding it, then that
+        # candidate is struck out.
+        top = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
+        for r in range(K):
+            d_min = tl.min(d, axis=1)  # [BLOCK_Q]
+            j = tl.min(tl.where(d == d_min[:, None], cols[None, :],
+                                _NO_INDEX), axis=1)
+            key = tl.where(d_min == float('inf'), _NO_KEY, _keys(d_min, j))
+            top = tl.where(slot[None, :] == r, key[:, None], top)
+            d = tl.where(cols[None, :] == j[:, None], float('inf'), d)
         if p0 == lo:
             best = top
         else:  # the KP smallest keys of both lists
@@ -169,7 +177,7 @@ def dense_config(mean_size: int) -> Tuple[int, int, int]:
     return max(2048 // block_p, 1), block_p, 1
 
 
-def knn_dense(x: Tensor, y: Tensor, k: int, ptr_x: Optional[Tensor],
+def knn_dense(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor],
               batch_y: Optional[Tensor], num_examples: int,
               missing: Optional[Tensor] = None) -> Tensor:
     r"""For every query of :obj:`y`, its :obj:`k` nearest candidates of
@@ -180,8 +188,9 @@ def knn_dense(x: Tensor, y: Tensor, k: int, ptr_x: Optional[Tensor],
         y (Tensor): Queries :obj:`[M, F]` float32 (may be :obj:`x`).
         k (int): Neighbours per query, at most
             :obj:`samsa_geo.ops._triton.MAX_K`.
-        ptr_x (Tensor, optional): Example boundaries of :obj:`x`
-            :obj:`[B + 1]`; :obj:`None` for one example.
+        batch_x (Tensor, optional): Sorted batch vector of :obj:`x`
+            :obj:`[N]` (each query's example is found in it by
+            bisection, in the kernel); :obj:`None` for one example.
         batch_y (Tensor, optional): Sorted batch vector of :obj:`y`
             :obj:`[M]`; :obj:`None` for one example.
         num_examples (int): :math:`B`.
@@ -201,11 +210,12 @@ def knn_dense(x: Tensor, y: Tensor, k: int, ptr_x: Optional[Tensor],
     block_q, block_p, num_warps = dense_config(n // max(num_examples, 1))
     _dense_knn_kernel[(triton.cdiv(m, block_q), )](
         x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1),
-        out if batch_y is None else batch_y, out if ptr_x is None else ptr_x,
+        out if batch_y is None else batch_y,
+        out if batch_x is None else batch_x,
         out, out if missing is None else missing, n, m, k,
         max(num_examples, 1), F=num_features,
         KP=max(triton.next_power_of_2(k), 2),
-        HAS_BATCH=batch_y is not None and ptr_x is not None,
+        HAS_BATCH=batch_y is not None and batch_x is not None,
         COUNT=missing is not None, BLOCK_Q=block_q, BLOCK_P=block_p,
         num_warps=num_warps, enable_fp_fusion=False)
     return out
