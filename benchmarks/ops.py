@@ -7,7 +7,9 @@ samsa_geo's Triton kernels, the default on CUDA without torch-cluster;
 installed):
 
 - ``knn``: k = 16 nearest neighbours of every point, 128 clouds x 1,024
-  points (target on CUDA: <= 1 ms); on CUDA also by the tiled kernel
+  points (target on CUDA: <= 1 ms); on CUDA also pipelined (calls back to
+  back), as the neighbour table without value checks or read-back
+  (``triton-table``: the kernel and its launch), by the tiled kernel
   (``triton-tiled``) and, with ``--sweep``, by configurations of the dense
   kernel;
 - ``knn``: k = 16 of every point of one cloud of 100,000 points (<= 20 ms);
@@ -19,7 +21,8 @@ installed):
   record ``classifier_ri_vs_plain``).
 
 Each call is timed alone after warm-up (CUDA events, median), through the
-public functions with their default value checks. Every record carries its
+public functions with their default value checks, unless its record says
+``pipelined``. Every record carries its
 provenance: device, torch and Triton versions, git commit, date and the
 command-line flags. Adds them to ``benchmarks/results/ops.json``.
 
@@ -41,7 +44,13 @@ from _common import provenance as base_provenance  # noqa: E402
 
 import samsa_geo.typing  # noqa: E402
 from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
-from samsa_geo.ops import fps, knn, use_backend  # noqa: E402
+from samsa_geo.ops import (  # noqa: E402
+    fps,
+    knn,
+    knn_neighbours,
+    use_backend,
+    value_checks,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Configurations (BLOCK_Q, BLOCK_P, warps) of the dense kNN kernel that
@@ -125,6 +134,15 @@ def knn_variants(pos, batch, clouds, k, fields, args, record):
     def run():
         knn(pos, pos, k, batch, batch, batch_size=clouds, backend='triton')
 
+    def table():
+        with value_checks(False):
+            knn_neighbours(pos, pos, k, batch, batch, batch_size=clouds,
+                           backend='triton')
+
+    record('knn', 'knn_128x1024', 'triton', fields, run, pipelined=True)
+    record('knn', 'knn_128x1024', 'triton-table', fields, table)
+    record('knn', 'knn_128x1024', 'triton-table', fields, table,
+           pipelined=True)
     dense_mean_size = knn_module.DENSE_MEAN_SIZE
     knn_module.DENSE_MEAN_SIZE = 0
     try:
@@ -213,18 +231,21 @@ def main():
     common = provenance(device, args)
     records = []
 
-    def record(op, case, impl, fields, fn, repeat=None):
-        rec = dict(op=op, case=case, impl=impl, **fields)
+    def record(op, case, impl, fields, fn, repeat=None, pipelined=False):
+        rec = dict(op=op, case=case, impl=impl, **fields,
+                   pipelined=pipelined)
         if device.type == 'cuda' and case in TARGETS:
             rec['target_ms'] = TARGETS[case]
         rec.update(measure(fn, device, warmup=2,
-                           repeat=repeat or args.repeat))
+                           repeat=repeat or args.repeat,
+                           pipelined=pipelined))
         if 'target_ms' in rec:
             rec['meets_target'] = rec['ms'] <= rec['target_ms']
         rec.update(common)
         records.append(rec)
-        print(json.dumps({k: rec[k] for k in ('case', 'impl', 'ms')
-                          if k in rec}), flush=True)
+        print(json.dumps({k: rec[k] for k in ('case', 'impl', 'pipelined',
+                                              'ms') if k in rec}),
+              flush=True)
         return rec
 
     op_cases(device, args, record)

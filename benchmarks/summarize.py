@@ -183,8 +183,11 @@ def run_table(name, recs, lines):
                 'model', 'num_nodes', 'num_edges', 'num_params',
                 'epoch_time_s', 'peak_memory_mb', 'train_acc_after'], lines)
     elif name == 'ops':
-        simple_table(recs, ['op', 'case', 'impl', 'n', 'k', 'batch', 'ms',
-                            'target_ms', 'clouds_per_s', 'ratio'], lines)
+        keys = ['op', 'case', 'impl', 'n', 'k', 'batch', 'ms', 'target_ms',
+                'clouds_per_s', 'ratio']
+        if any('pipelined' in r for r in recs):  # runs that time both
+            keys.insert(6, 'pipelined')
+        simple_table(recs, keys, lines)
     elif name == 'ddp':
         rows = [dict(gpus=r['gpus'], batch_per_gpu=r['batch_size_per_gpu'],
                      scaling=r['scaling'] or '-',
