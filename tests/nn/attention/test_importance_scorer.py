@@ -244,8 +244,9 @@ def test_training_node_equals_the_formula(autocast, given_hidden,
 
 
 def test_training_node_saves_no_float32_activations():
-    # Memory: the node keeps the tokens, parameters and two row statistics,
-    # not the [N, C] float32 LayerNorm input or residual sum, nor hidden.
+    # Memory: of the per-token tensors the node keeps the tokens alone (and
+    # its parameters), not the [N, C] float32 LayerNorm input or residual
+    # sum, nor hidden, nor the LayerNorm's row statistics.
     torch.manual_seed(0)
     scorer = ImportanceScorer(32, heads=4)
     x = torch.randn(256, 32, requires_grad=True)
@@ -257,6 +258,5 @@ def test_training_node_saves_no_float32_activations():
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         scorer(x)
-    rows = [t for t in saved if t.dim() == 2 and t.size(0) == 256]
-    assert rows and all(t.data_ptr() == x.data_ptr() or t.shape == (256, 1)
-                        for t in rows)  # x, and the rows' mean and 1/std
+    rows = [t for t in saved if t.numel() > 0 and t.size(0) == 256]
+    assert rows and {t.data_ptr() for t in rows} == {x.data_ptr()}
