@@ -136,6 +136,22 @@ def batch_sizes(batch: Tensor) -> Tuple[int, int]:
     return B, n_max
 
 
+def checked_sizes(batch: Tensor, num_graphs: Optional[int],
+                  max_num_nodes: Optional[int]) -> Tuple[int, int]:
+    r""":func:`batch_sizes` of ``batch``, after checking the caller's size
+    hints against them: a :class:`ValueError` naming a hint below the
+    number of sets or the largest set (:obj:`None`: not checked)."""
+    B, n_max = batch_sizes(batch)
+    for name, hint, needed, what in (
+            ('num_graphs', num_graphs, B, 'number of sets'),
+            ('max_num_nodes', max_num_nodes, n_max, 'largest set size')):
+        if hint is not None and hint < needed:
+            raise ValueError(f"Expected '{name}' >= {needed}, the {what} in "
+                             f"'batch' (got {hint}); pass batch_hints(data) "
+                             f"or leave it None")
+    return B, n_max
+
+
 def set_offsets(batch: Tensor, num_sets: int) -> Tensor:
     r"""``[B + 1]`` offsets of the sets of a sorted ``batch`` vector, on
     the device without a read-back: set :math:`b` starts at the first

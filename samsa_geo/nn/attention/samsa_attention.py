@@ -39,8 +39,8 @@ from samsa_geo.nn.attention._sampling import (
 )
 from samsa_geo.nn.attention._sets import (
     SetInfo,
-    batch_sizes,
     check_size_hint,
+    checked_sizes,
     set_info,
 )
 from samsa_geo.nn.attention._sft_sampling import sft_sample
@@ -374,14 +374,7 @@ class SamsaAttention(Module):
                             int(batch[-1]) + 1, None)
         if (num_graphs is None or (need_size and max_num_nodes is None)
                 or (check and N > 0)):
-            B, n_max = batch_sizes(batch)
-            if num_graphs is not None and num_graphs < B:
-                raise ValueError(f"Expected 'num_graphs' >= {B}, the sets "
-                                 f"in 'batch' (got {num_graphs})")
-            if max_num_nodes is not None and max_num_nodes < n_max:
-                raise ValueError(f"Expected 'max_num_nodes' >= {n_max}, the "
-                                 f"largest set in 'batch' "
-                                 f"(got {max_num_nodes})")
+            B, n_max = checked_sizes(batch, num_graphs, max_num_nodes)
             if num_graphs is None:
                 num_graphs, max_num_nodes = B, n_max
             elif max_num_nodes is None and need_size:

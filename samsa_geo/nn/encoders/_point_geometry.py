@@ -7,7 +7,7 @@ from torch import Tensor
 from torch_geometric.utils import scatter
 
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.attention._sets import batch_sizes, check_size_hint
+from samsa_geo.nn.attention._sets import check_size_hint, checked_sizes
 from samsa_geo.ops.validation import (
     check_batch_vector,
     check_matrix,
@@ -74,10 +74,8 @@ def check_points(
     check = config.checks_values(pos.device)
     max_size = None
     if num_clouds is None or check:
-        B, n_max = batch_sizes(batch)  # checks that 'batch' is sorted
-        if num_clouds is not None and num_clouds < B:
-            raise ValueError(f"Expected 'num_graphs' >= {B}, the clouds in "
-                             f"'batch' (got {num_clouds})")
+        # Also checks that 'batch' is sorted.
+        B, n_max = checked_sizes(batch, num_clouds, None)
         if num_clouds is None:
             num_clouds, max_size = B, n_max
     return batch, num_clouds, max_size

@@ -10,6 +10,7 @@ from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._sets import (
     batch_sizes,
     check_size_hint,
+    checked_sizes,
     set_offsets,
 )
 from samsa_geo.ops import check_sorted_batch
@@ -194,13 +195,7 @@ class GraphTokenizer(Module):
             # The read-back the layers share (cached on the batch tensor).
             num_graphs, max_num_nodes = batch_sizes(batch)
         elif config.checks_values(batch.device):  # hints checked
-            for name, hint, needed in zip(('num_graphs', 'max_num_nodes'),
-                                          (num_graphs, max_num_nodes),
-                                          batch_sizes(batch)):
-                if hint < needed:
-                    raise ValueError(
-                        f"Expected '{name}' >= {needed}, as in 'batch' (got "
-                        f"{hint}); pass batch_hints(data) or leave it None")
+            checked_sizes(batch, num_graphs, max_num_nodes)
         start = set_offsets(batch, num_graphs)  # first node of each graph
         local = torch.arange(num_nodes, device=batch.device) - start[batch]
         return self._eval_table(max_num_nodes, batch.device, dtype)[local]

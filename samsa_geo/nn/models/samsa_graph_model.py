@@ -8,7 +8,7 @@ from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_p
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.attention._sets import batch_sizes, check_size_hint
+from samsa_geo.nn.attention._sets import check_size_hint, checked_sizes
 from samsa_geo.nn.conv.samsa_conv import SamsaConv
 from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
 from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
@@ -393,11 +393,7 @@ class SamsaGraphModel(Reloadable, Module):
                 or torch.compiler.is_compiling()
                 or not config.checks_values(batch.device)):
             return
-        needed = batch_sizes(batch)[0]  # read by the layers already
-        if num_graphs < needed:
-            raise ValueError(f"Expected 'num_graphs' >= {needed}, the number "
-                             f"of graphs in 'batch' (got {num_graphs}); "
-                             f"pass data.num_graphs or leave it None")
+        checked_sizes(batch, num_graphs, None)  # read by the layers already
 
     def embed(self, *args: Any, **kwargs: Any) -> Tensor:
         r"""For :obj:`level="edge"`: the embeddings :math:`\mathbf{z}` whose
