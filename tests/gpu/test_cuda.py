@@ -309,6 +309,36 @@ def test_fused_inference_leaves_large_sets_to_the_unfused_path(fused_inference_o
     assert len(calls) == 1
 
 
+
+@pytest.mark.parametrize('mode', ['default', 'reduce-overhead'])
+@pytest.mark.parametrize('sizes', [[1024] * 8, [1000, 7, 0, 3000, 64]])
+def test_compiled_conv_runs_the_fused_kernels(fused_inference_on, mode,
+                                              sizes):
+    # A compiled SamsaConv (one graph; CUDA graphs too) runs the fused
+    # inference kernels as one operator: the eager layer's keys and
+    # outputs.
+    from samsa_geo.nn.attention import _ops
+    torch.manual_seed(0)
+    conv = SamsaConv(256, None, heads=8, k=256).cuda().eval()
+    x, batch = _batch(sizes, 256, 'cuda')
+    hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+    torch._dynamo.reset()
+    compiled = torch.compile(conv, mode=mode, fullgraph=True)
+    calls = []
+    kernels = _ops.sampled_attention_kernels
+    _ops.sampled_attention_kernels = lambda *a: calls.append(1) or kernels(*a)
+    try:
+        with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+            ref = conv(x, None, batch, **hints)
+            for _ in range(3):  # compiled, recorded, replayed
+                torch.compiler.cudagraph_mark_step_begin()
+                out = compiled(x, None, batch, **hints).clone()
+    finally:
+        _ops.sampled_attention_kernels = kernels
+    assert calls  # the operator ran (CUDA graphs replay its launches)
+    err = (out.float() - ref.float()).norm() / ref.float().norm()
+    assert err < 1e-2, err
+
 def test_fused_inference_never_syncs(fused_inference_on, spy):
     from torch_geometric.data import Batch, Data
 

@@ -14,14 +14,21 @@ sampled attention of every set and head is
 The unfused path runs a top-:math:`k` with index arithmetic, a gather of
 the rows, the query tiles, the attention and the reshapes back (a dozen
 or more launches, each of which costs host time). Forward only, no
-gradient, no Gumbel noise: the caller decides where it applies. Importing
-this module needs no Triton; running it does.
+gradient, no Gumbel noise: the caller decides where it applies. Compiled
+graphs hold the two launches as the custom operator
+``samsa_geo::sampled_attention_inference``; exported graphs keep the
+unfused path. Importing this module needs no Triton; running it does.
 """
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from samsa_geo.nn.attention._dispatch import is_tracing
+from samsa_geo.nn.attention._ops import (
+    sampled_attention_inference,
+    sampled_attention_kernels,
+)
 from samsa_geo.nn.attention._sets import SetInfo
 
 
@@ -49,20 +56,17 @@ def fused_sampled_attention(
         selected ids (tokens :math:`i`, registers :math:`-2 - r`, unused
         slots :math:`-1`) in candidate order.
     """
-    # Imported here: Triton is needed only where the kernels run.
-    from samsa_geo.nn.attention._gather_attention_triton import (
-        gather_attention_triton,
-    )
-    from samsa_geo.nn.attention._topk_triton import select_topk_triton
     ragged = batch is not None and not info.equal
     # k_b = min(k_max, n_b + R) for an int k and for equal sets; a
     # fractional k of ragged sets reads each set's own k_b.
     kb = info.k if ragged and isinstance(k, float) else None
-    idx, bounds = select_topk_triton(
-        score, reg_score, batch if ragged else None, info.num_sets,
-        info.max_size, info.k_max, info.k_max, kb, with_bounds=True)
-    out = gather_attention_triton(q, kv, reg_kv, idx, bounds, info.max_size)
-    return out, idx
+    args = (q, kv, score, reg_score, reg_kv, batch if ragged else None, kb,
+            info.num_sets, info.max_size, info.k_max)
+    if is_tracing():  # compiled graphs hold the kernels as one operator
+        return sampled_attention_inference(*args)
+    # Eager calls launch the kernels directly: the operator's dispatch
+    # costs host time.
+    return sampled_attention_kernels(*args)
 
 
 def order_by_score(idx: Tensor, score: Tensor,

@@ -2,7 +2,7 @@ r"""samsa_geo's Triton inference kernels as PyTorch custom operators, so
 that :func:`torch.compile` keeps them inside a model's graph (no graph
 break: CUDA graphs capture the whole model). The kernels' modules (which
 need Triton) are imported when an operator first runs."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -46,3 +46,46 @@ def importance_score(y: Tensor, x: Tensor, ln_weight: Tensor,
 @importance_score.register_fake
 def _(y, x, ln_weight, ln_bias, eps, weight, bias):
     return y.new_empty(y.size(0), weight.size(0), dtype=torch.float32)
+
+
+def sampled_attention_kernels(
+    q: Tensor, kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
+    reg_kv: Optional[Tensor], batch: Optional[Tensor], kb: Optional[Tensor],
+    num_sets: int, max_size: int, k_max: int,
+) -> Tuple[Tensor, Tensor]:
+    r"""The fused inference path's two launches: the segmented top-k
+    (:func:`~samsa_geo.nn.attention._topk_triton.select_topk_triton`) and
+    the gather-attention kernel
+    (:func:`~samsa_geo.nn.attention._gather_attention_triton.gather_attention_triton`).
+
+    ``q [N, H D]``, ``kv [N, 2 H D]``, ``score [N, H]`` -> the outputs
+    ``[N, H D]`` and the selected ids ``[B, H, k_max]``; ``batch`` only
+    for ragged sets, ``kb`` (the sets' own :math:`k_b`) only for a
+    fractional :math:`k` of ragged sets."""
+    from samsa_geo.nn.attention._gather_attention_triton import (
+        gather_attention_triton,
+    )
+    from samsa_geo.nn.attention._topk_triton import select_topk_triton
+    idx, bounds = select_topk_triton(
+        score, reg_score, batch, num_sets, max_size, k_max, k_max, kb,
+        with_bounds=True)
+    out = gather_attention_triton(q, kv, reg_kv, idx, bounds, max_size)
+    return out, idx
+
+
+@torch.library.custom_op('samsa_geo::sampled_attention_inference',
+                         mutates_args=())
+def sampled_attention_inference(
+    q: Tensor, kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
+    reg_kv: Optional[Tensor], batch: Optional[Tensor], kb: Optional[Tensor],
+    num_sets: int, max_size: int, k_max: int,
+) -> Tuple[Tensor, Tensor]:
+    r""":func:`sampled_attention_kernels` as one operator."""
+    return sampled_attention_kernels(q, kv, score, reg_score, reg_kv, batch,
+                                     kb, num_sets, max_size, k_max)
+
+
+@sampled_attention_inference.register_fake
+def _(q, kv, score, reg_score, reg_kv, batch, kb, num_sets, max_size, k_max):
+    out = q.new_empty(q.shape)  # contiguous, as the kernel writes it
+    return out, q.new_empty(num_sets, score.size(1), k_max, dtype=torch.long)

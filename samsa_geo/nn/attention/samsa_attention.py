@@ -492,8 +492,9 @@ class SamsaAttention(Module):
     def _fused_inference(self, x: Tensor, info: SetInfo,
                          return_weights: bool) -> bool:
         # Inference without noise, dot scores, softmax, no relative bias,
-        # no summary key, sets whose scores fit the selection kernel, on a device Triton
-        # serves, outside any traced graph, with no gradient to record.
+        # no summary key, sets whose scores fit the selection kernel, on a
+        # device Triton serves, outside exported graphs (compiled ones hold
+        # the kernels as one operator), with no gradient to record.
         return (config.use_fused_inference() and not self.training
                 and not self.stochastic_eval
                 and self.sampling in ('hard', 'soft')
@@ -503,7 +504,7 @@ class SamsaAttention(Module):
                 and info.max_size + self.num_registers <= FUSED_MAX_SET_SIZE
                 and self.head_dim <= FUSED_MAX_HEAD_DIM
                 and x.dtype in FUSED_DTYPES and triton_serves(x.device)
-                and not is_tracing()
+                and not is_exporting()
                 and not (torch.is_grad_enabled()
                          and needs_grad(x, *self.parameters())))
 

@@ -192,9 +192,48 @@ def test_fused_path_applies_to_plain_inference_only(fused, spy, monkeypatch):
         config.set_fused_inference(True)
     monkeypatch.setattr(fused, 'FUSED_MAX_SET_SIZE', 21)  # 20 + 2 registers
     run(SamsaAttention(16, heads=2, k=8, num_registers=2).eval())
-    monkeypatch.setattr(fused, 'is_tracing', lambda: True)
+    monkeypatch.setattr(fused, 'is_exporting', lambda: True)
     run(plain)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize('sizes,kwargs', [
+    ([12, 12, 12], dict(num_registers=2)),
+    ([9, 0, 21, 3, 14], dict(k=0.3)),  # ragged, each set's own k_b
+])
+def test_compiled_graph_holds_the_fused_kernels(fused, sizes, kwargs):
+    # torch.compile keeps the fused path, as one operator in one graph
+    # (its fake implementation gives the shapes); values as in eager mode.
+    attn = SamsaAttention(16, heads=2, **{'k': 8, **kwargs}).eval()
+    x, batch, hints = _batch(sizes)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref, ref_idx = attn(x, batch, return_indices=True, **hints)
+        for backend in (record, 'aot_eager'):
+            out, idx = torch.compile(attn, backend=backend, fullgraph=True)(
+                x, batch, return_indices=True, **hints)
+            assert torch.equal(idx, ref_idx)
+            assert torch.allclose(out, ref, atol=1e-6)
+    ops = [n.target for n in graphs[0].graph.nodes
+           if 'sampled_attention_inference' in str(n.target)]
+    assert len(ops) == 1
+
+
+def test_exported_graph_keeps_the_unfused_path(fused):
+    attn = SamsaAttention(16, heads=2, k=8).eval()
+    x, batch, hints = _batch([12, 12, 12])
+    with torch.no_grad():
+        ref = attn(x, batch, **hints)
+    program = torch.export.export(attn, (x, batch), kwargs=hints)
+    assert 'sampled_attention_inference' not in str(program.graph)
+    assert torch.allclose(program.module()(x, batch, **hints), ref,
+                          atol=1e-5)
 
 
 def test_config_switch():
