@@ -12,6 +12,9 @@ each training step, as in ``benchmarks/layer.py``::
 
     python benchmarks/profile_layer.py --sizes 32x1024,1x262144 \
         --ops samsa_conv_batch,full_layer --pass fwdbwd --host --kernels 40
+
+``--compile`` profiles the layer under :func:`torch.compile` (default
+mode); the aten counts of ``--host`` stay the eager model's.
 """
 import collections
 import time
@@ -80,6 +83,9 @@ def main():
                    help='also count aten calls and time the host')
     p.add_argument('--kernels', type=int, default=0,
                    help='list this many kernel names by GPU time')
+    p.add_argument('--compile', action='store_true',
+                   help='profile torch.compile(model) (default mode; '
+                   'operator counts stay those of the eager model)')
     args = p.parse_args()
     device = torch.device('cuda')
     for size in args.sizes.split(','):
@@ -89,12 +95,13 @@ def main():
         for op in args.ops.split(','):
             model = build(op, 256, 8, 256).to(device)
             model.train(args.pas == 'fwdbwd')
+            fn_model = torch.compile(model) if args.compile else model
             xg = x.detach().requires_grad_(args.pas == 'fwdbwd')
 
             def step():
                 with torch.autocast('cuda', dtype=DTYPES[args.dtype]), \
                         torch.set_grad_enabled(args.pas == 'fwdbwd'):
-                    out = call(op, model, xg, batch, B)
+                    out = call(op, fn_model, xg, batch, B)
                 if args.pas == 'fwdbwd':
                     out.float().square().mean().backward()
                     model.zero_grad(set_to_none=True)
