@@ -225,6 +225,20 @@ def test_compiled_graph_holds_the_fused_kernels(fused, sizes, kwargs):
     assert len(ops) == 1
 
 
+
+def test_compiled_dynamic_graph_serves_every_layout(fused):
+    # One dynamic graph (symbolic set counts and sizes) holds the fused
+    # operator for equal and ragged batches alike.
+    attn = SamsaAttention(16, heads=2, k=8).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(attn, backend='aot_eager', dynamic=True,
+                             fullgraph=True)
+    with torch.no_grad():
+        for sizes in ([12, 12, 12], [9, 0, 21, 3, 14], [30, 5]):
+            x, batch, hints = _batch(sizes)
+            assert torch.allclose(compiled(x, batch, **hints),
+                                  attn(x, batch, **hints), atol=1e-6)
+
 def test_exported_graph_keeps_the_unfused_path(fused):
     attn = SamsaAttention(16, heads=2, k=8).eval()
     x, batch, hints = _batch([12, 12, 12])
