@@ -7,7 +7,7 @@ go through one concatenation and one cast forward and one concatenation
 and one cast backward, behind a single autograd node; the values and the
 gradients are those of the separate casts (a cast is elementwise).
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -99,6 +99,32 @@ def stacked_cast(groups: Sequence[Sequence[Tensor]],
     if dtype == in_dtype:  # nothing to cast: plain concatenations
         return [torch.cat(g, 0) if len(g) > 1 else g[0] for g in groups]
     return _apply(groups, dtype)
+
+
+def cached_stacked_cast(cache: Optional[tuple],
+                        groups: Sequence[Sequence[Tensor]],
+                        dtype: torch.dtype) -> Tuple[tuple, List[Tensor]]:
+    r""":func:`stacked_cast` for calls that no gradient reaches
+    (inference), kept between calls: returns the cache ``(key,
+    *outputs)`` to keep and the outputs. It is rebuilt when ``dtype``
+    changes, when a tensor of ``groups`` is replaced, moved or changed in
+    place (its data pointer or version counter), and when inference mode
+    is entered or left (tensors made in it cannot be saved for a backward
+    outside it).
+
+    Args:
+        cache (tuple, optional): What the previous call returned first
+            (:obj:`None` at first).
+        groups (Sequence[Sequence[Tensor]]): As in :func:`stacked_cast`.
+        dtype (torch.dtype): The dtype of the outputs.
+    """
+    key = (dtype, torch.is_inference_mode_enabled(),
+           tuple((t.data_ptr(), 0 if t.is_inference() else t._version)
+                 for g in groups for t in g))
+    if cache is None or cache[0] != key:
+        with torch.no_grad():
+            cache = (key, *stacked_cast(groups, dtype))
+    return cache, list(cache[1:])
 
 
 def _apply(groups: Sequence[Sequence[Tensor]],

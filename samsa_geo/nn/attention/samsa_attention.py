@@ -44,7 +44,10 @@ from samsa_geo.nn.attention._sets import (
     set_info,
 )
 from samsa_geo.nn.attention._sft_sampling import sft_sample
-from samsa_geo.nn.attention._stacked import stacked_cast
+from samsa_geo.nn.attention._stacked import (
+    cached_stacked_cast,
+    stacked_cast,
+)
 from samsa_geo.nn.attention._summary import Summary, summarize
 from samsa_geo.nn.attention._similarity import SIMILARITIES
 from samsa_geo.nn.attention._tiles import (
@@ -586,13 +589,9 @@ class SamsaAttention(Module):
             dtype = torch.get_autocast_dtype(x.device.type)
         if needs_grad(*params):
             return stacked_cast(groups, dtype)
-        key = (dtype, tuple((t.data_ptr(), t._version) for t in params))
-        if self._projection_cache is None or \
-                self._projection_cache[0] != key:
-            with torch.no_grad():
-                weights = stacked_cast(groups, dtype)
-            self._projection_cache = (key, *weights)
-        return list(self._projection_cache[1:])
+        self._projection_cache, weights = cached_stacked_cast(
+            self._projection_cache, groups, dtype)
+        return weights
 
     def train(self, mode: bool = True) -> 'SamsaAttention':
         self._projection_cache = None

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, Linear, Module, Sequential
 from torch_geometric.nn.inits import reset
-from torch_geometric.nn.norm import LayerNorm
+from torch_geometric.nn.norm import BatchNorm, LayerNorm
 from torch_geometric.nn.resolver import (
     activation_resolver,
     normalization_resolver,
@@ -14,7 +14,10 @@ from torch_geometric.nn.resolver import (
 
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import is_tracing, needs_grad
-from samsa_geo.nn.attention._stacked import stacked_cast
+from samsa_geo.nn.attention._stacked import (
+    cached_stacked_cast,
+    stacked_cast,
+)
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
 from samsa_geo.ops import layer_norm
 
@@ -164,6 +167,15 @@ class SamsaConv(Module):
             params = inspect.signature(self.norm2.forward).parameters
             self.norm_with_batch = 'batch' in params
             self.norm_with_size = 'batch_size' in params
+        # Inference-only values kept between calls (see _mlp and
+        # _eval_affine); train() / eval() drop them.
+        self._mlp_cache: Optional[tuple] = None
+        self._affine_cache: Dict[int, tuple] = {}
+
+    def train(self, mode: bool = True) -> 'SamsaConv':
+        self._mlp_cache = None
+        self._affine_cache = {}
+        return super().train(mode)
 
     def reset_parameters(self) -> None:
         if self.conv is not None:
@@ -178,6 +190,10 @@ class SamsaConv(Module):
               batch: Optional[Tensor], num_graphs: Optional[int]) -> Tensor:
         if norm is None:
             return h
+        if isinstance(norm, BatchNorm) and not is_tracing():
+            affine = self._eval_affine(norm, h)
+            if affine is not None:  # h * scale + shift, one launch
+                return torch.addcmul(affine[1], h, affine[0])
         if isinstance(norm, LayerNorm) and norm.mode == 'node':
             # Per token, as PyG's: its kernel serves inference on CUDA.
             return layer_norm(h, norm.weight, norm.bias, norm.eps)
@@ -187,6 +203,40 @@ class SamsaConv(Module):
         if self.norm_with_batch:
             return norm(h, batch=batch)
         return norm(h)
+
+    def _eval_affine(self, norm: BatchNorm,
+                     h: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+        # In evaluation a BatchNorm with running statistics is the affine
+        # map h * s + t per channel, s = w / sqrt(var + eps) and
+        # t = b - mean * s: one launch instead of the three of PyTorch's
+        # kernel, with s and t kept between calls while the statistics and
+        # parameters are unchanged (their data pointers and version
+        # counters). None where the module's own forward must run: in
+        # training, without running statistics, for another dtype than
+        # the statistics', or where a gradient reaches w or b.
+        bn = norm.module
+        mean, var = bn.running_mean, bn.running_var
+        params = [p for p in (bn.weight, bn.bias) if p is not None]
+        if (bn.training or mean is None or var is None
+                or h.dtype != mean.dtype or h.dim() != 2
+                or needs_grad(*params)):
+            return None
+        key = (id(norm), bn.eps, torch.is_inference_mode_enabled(),
+               tuple((t.data_ptr(), 0 if t.is_inference() else t._version)
+                     for t in (mean, var, *params)))
+        slot = id(norm)
+        cached = self._affine_cache.get(slot)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                scale = torch.rsqrt(var + bn.eps)  # [C]
+                if bn.weight is not None:
+                    scale = scale * bn.weight
+                shift = -mean * scale  # [C]
+                if bn.bias is not None:
+                    shift = shift + bn.bias
+            cached = (key, scale, shift)
+            self._affine_cache[slot] = cached
+        return cached[1], cached[2]
 
     def forward(
         self,
@@ -248,16 +298,19 @@ class SamsaConv(Module):
         # repr); calling its layers functionally saves their dispatch on
         # the host, and dropout of p = 0 costs nothing.
         # Under autocast, where gradients flow, the four parameters are
-        # cast in one go (see stacked_cast), outside traced graphs, which
-        # leave it to the compiler.
+        # cast in one go (see stacked_cast); in inference their casts are
+        # kept between calls (see cached_stacked_cast). Traced graphs leave
+        # the casts to the compiler.
         lin1, act, drop1, lin2, drop2 = self.mlp
         w1, b1, w2, b2 = lin1.weight, lin1.bias, lin2.weight, lin2.bias
-        if (torch.is_autocast_enabled(h.device.type) and not is_tracing()
-                and needs_grad(w1, b1, w2, b2)
-                and config.use_stacked_casts()):
-            w1, b1, w2, b2 = stacked_cast(
-                [[w1], [b1], [w2], [b2]],
-                torch.get_autocast_dtype(h.device.type))
+        if torch.is_autocast_enabled(h.device.type) and not is_tracing():
+            groups = [[w1], [b1], [w2], [b2]]
+            dtype = torch.get_autocast_dtype(h.device.type)
+            if not needs_grad(w1, b1, w2, b2):  # inference: kept casts
+                self._mlp_cache, (w1, b1, w2, b2) = cached_stacked_cast(
+                    self._mlp_cache, groups, dtype)
+            elif config.use_stacked_casts():
+                w1, b1, w2, b2 = stacked_cast(groups, dtype)
         h = act(F.linear(h, w1, b1))
         if drop1.p > 0.0 and self.training:
             h = F.dropout(h, p=drop1.p, training=True)

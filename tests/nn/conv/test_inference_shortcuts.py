@@ -1,0 +1,108 @@
+"""SamsaConv's inference shortcuts compute what its modules compute: the
+evaluation BatchNorm as one affine map (refreshed when its statistics or
+parameters change), and the MLP's casts kept between calls under
+autocast."""
+import pytest
+import torch
+
+import samsa_geo.nn.conv.samsa_conv as conv_module
+from samsa_geo.nn import SamsaConv
+
+
+def trained_conv(**kwargs):
+    # Running statistics away from (0, 1), as after training.
+    torch.manual_seed(0)
+    conv = SamsaConv(32, None, heads=4, k=6, **kwargs)
+    x = torch.randn(60, 32) * 3.0 + 1.5
+    batch = torch.arange(3).repeat_interleave(20)
+    conv.train()
+    for _ in range(3):
+        conv(x, None, batch)
+    return conv.eval(), x, batch
+
+
+def module_path(conv, x, batch, monkeypatch):
+    # The norms' own forward: the shortcut never matches.
+    with monkeypatch.context() as m:
+        m.setattr(conv_module, 'BatchNorm', type('NoBatchNorm', (), {}))
+        return conv(x, None, batch)
+
+
+def test_eval_batch_norm_equals_the_module(monkeypatch):
+    conv, x, batch = trained_conv()
+    with torch.no_grad():
+        out = conv(x, None, batch)
+        assert len(conv._affine_cache) == 2  # norm2 and norm3
+        torch.testing.assert_close(out, module_path(conv, x, batch,
+                                                    monkeypatch))
+        conv.norm3.module.running_var.mul_(4.0)  # in place: a new version
+        changed = conv(x, None, batch)
+        assert not torch.allclose(changed, out)
+        torch.testing.assert_close(changed, module_path(conv, x, batch,
+                                                        monkeypatch))
+        other, _, _ = trained_conv()
+        other.norm2.module.running_mean.add_(1.0)
+        conv.load_state_dict(other.state_dict())
+        torch.testing.assert_close(conv(x, None, batch), other(x, None,
+                                                                batch))
+    conv.train()
+    assert conv._affine_cache == {} and conv._mlp_cache is None
+
+
+def test_eval_batch_norm_keeps_the_module_where_it_must(monkeypatch):
+    # Gradients to the norm's parameters, no running statistics, training.
+    conv, x, batch = trained_conv()
+    out = conv(x, None, batch)  # grad enabled: parameters need gradients
+    assert conv._affine_cache == {}
+    out.square().sum().backward()
+    grad = conv.norm2.module.weight.grad.clone()
+    conv.zero_grad()
+    module_path(conv, x, batch, monkeypatch).square().sum().backward()
+    torch.testing.assert_close(conv.norm2.module.weight.grad, grad)
+
+    plain = SamsaConv(32, None, heads=4, k=6,
+                      norm_kwargs=dict(track_running_stats=False)).eval()
+    with torch.no_grad():
+        plain(x, None, batch)  # batch statistics in evaluation too
+    assert plain._affine_cache == {}
+
+
+def test_eval_batch_norm_with_frozen_parameters_passes_input_gradients(
+        monkeypatch):
+    conv, x, batch = trained_conv()
+    conv.requires_grad_(False)
+    xg = x.clone().requires_grad_()
+    conv(xg, None, batch).square().sum().backward()
+    assert len(conv._affine_cache) == 2
+    ref = x.clone().requires_grad_()
+    module_path(conv, ref, batch, monkeypatch).square().sum().backward()
+    torch.testing.assert_close(xg.grad, ref.grad)
+
+
+def test_cached_mlp_casts_under_autocast(monkeypatch):
+    conv, x, batch = trained_conv()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        out = conv(x, None, batch)
+        assert conv._mlp_cache[1].dtype == torch.bfloat16
+        assert torch.equal(conv(x, None, batch), out)  # from the cache
+        conv.mlp[0].weight.mul_(2.0)
+        changed = conv(x, None, batch)
+    assert not torch.equal(changed, out)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        ref = conv(x, None, batch)  # gradients reach the MLP: no cache
+    torch.testing.assert_close(changed, ref.detach())
+
+
+def test_inference_mode_casts_serve_a_later_backward():
+    # Casts made in inference mode are not kept for calls outside it: an
+    # input gradient in evaluation still works afterwards.
+    conv, x, batch = trained_conv()
+    conv.requires_grad_(False)
+    with torch.inference_mode(), torch.autocast('cpu',
+                                                dtype=torch.bfloat16):
+        conv(x, None, batch)
+    xg = x.clone().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = conv(xg, None, batch)
+    out.float().square().sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
