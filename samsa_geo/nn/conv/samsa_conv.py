@@ -221,10 +221,10 @@ class SamsaConv(Module):
                 or h.dtype != mean.dtype or h.dim() != 2
                 or needs_grad(*params)):
             return None
-        key = (id(norm), bn.eps, torch.is_inference_mode_enabled(),
+        key = (bn.eps, torch.is_inference_mode_enabled(),
                tuple((t.data_ptr(), 0 if t.is_inference() else t._version)
                      for t in (mean, var, *params)))
-        slot = id(norm)
+        slot = id(norm)  # one entry per norm module
         cached = self._affine_cache.get(slot)
         if cached is None or cached[0] != key:
             with torch.no_grad():
