@@ -122,8 +122,9 @@ class ImportanceScorer(Module):
             return F.linear(h, lin.weight.float(), lin.bias.float())
 
     def _use_kernel(self, x: Tensor, y: Tensor) -> bool:
-        # The fused Triton kernel serves inference on CUDA (forward only);
-        # exported and traced graphs keep the PyTorch formula.
+        # The fused Triton kernel serves inference on CUDA (forward only),
+        # compiled graphs included (as a custom operator); exported graphs
+        # keep the PyTorch formula.
         return (config.use_fused_scorer() and triton_serves(x.device)
                 and self.channels <= SCORE_MAX_CHANNELS
                 and self.heads <= SCORE_MAX_HEADS and not is_exporting()
