@@ -15,7 +15,8 @@ float32. Under plain autograd this is about ten nodes, and it keeps
 :math:`\mathbf{a}`, :math:`\mathbf{y}` in float32 and the residual sum in
 float32 alive until the backward: :math:`(2 \cdot 4 + 2) C` bytes per
 token at 16-bit :math:`\mathbf{h}`. :class:`ScoreTail` saves only
-:math:`\mathbf{x}` (which the layer keeps anyway) and the parameters
+:math:`\mathbf{x}` and its cast that computed :math:`\mathbf{h}` (which
+the layer keeps anyway) and the parameters
 (:math:`\mathbf{W}_2, \mathbf{b}_2` cast to the dtype of
 :math:`\mathbf{h}`), and recomputes :math:`\mathbf{h}`,
 :math:`\mathbf{a}`, :math:`\mathbf{y}`, the LayerNorm and the residual
@@ -36,7 +37,8 @@ class ScoreTail(torch.autograd.Function):
     def forward(ctx, hidden: Tensor, x: Tensor, w1: Tensor,
                 b1: Optional[Tensor], w2: Tensor,
                 b2: Optional[Tensor], ln_w: Tensor, ln_b: Tensor, eps: float,
-                ws: Tensor, bs: Optional[Tensor], approximate: str) -> Tensor:
+                ws: Tensor, bs: Optional[Tensor], approximate: str,
+                x_in: Tensor) -> Tensor:
         a = F.gelu(hidden, approximate=approximate)
         # The second layer's parameters in the dtype of h, kept for the
         # backward (C x C: no cast there, nor in the recomputation).
@@ -48,7 +50,7 @@ class ScoreTail(torch.autograd.Function):
         out = F.linear(h, ws.float(), None if bs is None else bs.float())
         # Not hidden: it is a slice of the layer's stacked projection, and
         # saving it would keep the queries, keys and values alive too.
-        ctx.save_for_backward(x, w1, b1, w2c, b2c, ln_w, ln_b, ws, bs)
+        ctx.save_for_backward(x, x_in, w1, b1, w2c, b2c, ln_w, ln_b, ws, bs)
         ctx.dtypes = (hidden.dtype, w2.dtype, None if b2 is None
                       else b2.dtype)
         ctx.eps = eps
@@ -57,10 +59,10 @@ class ScoreTail(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, w1, b1, w2c, b2c, ln_w, ln_b, ws, bs = ctx.saved_tensors
+        x, x_in, w1, b1, w2c, b2c, ln_w, ln_b, ws, bs = ctx.saved_tensors
         dtype, w2_dtype, b2_dtype = ctx.dtypes
         need = ctx.needs_input_grad[:2] + ctx.needs_input_grad[4:]
-        hidden = _linear_in(x, w1, b1, dtype)  # [N, C]
+        hidden = _linear_in(x_in, w1, b1, dtype)  # [N, C]
         grad = grad.float()  # [N, H]
         a = F.gelu(hidden, approximate=ctx.approximate)
         y = F.linear(a, w2c, b2c).float()  # [N, C]
@@ -87,7 +89,7 @@ class ScoreTail(torch.autograd.Function):
                 g_a, hidden, approximate=ctx.approximate)
         return (g_hidden, g_x, None, None, g_w2, g_b2, _cast(g_lnw, ln_w),
                 _cast(g_lnb, ln_b), None, _cast(g_ws, ws), _cast(g_bs, bs),
-                None)
+                None, None)
 
 
 def _linear_in(t: Tensor, w: Tensor, b: Optional[Tensor],
@@ -104,16 +106,22 @@ def _cast(g: Optional[Tensor], like: Optional[Tensor]) -> Optional[Tensor]:
 def score_tail(hidden: Tensor, x: Tensor, w1: Tensor, b1: Optional[Tensor],
                w2: Tensor, b2: Optional[Tensor],
                ln_w: Tensor, ln_b: Tensor, eps: float, ws: Tensor,
-               bs: Optional[Tensor], approximate: str = 'none') -> Tensor:
+               bs: Optional[Tensor], approximate: str = 'none',
+               x_in: Optional[Tensor] = None) -> Tensor:
     r""":class:`ScoreTail` applied outside autocast (it picks its own
     dtypes: those of ``hidden``, and float32 from the LayerNorm on).
-    ``hidden`` must equal ``F.linear(x, w1, b1)`` in its dtype; ``w1`` and
-    ``b1`` get no gradient here (they get it where ``hidden`` was
-    computed)."""
+    ``hidden`` must equal ``F.linear(x_in, w1, b1)`` in its dtype, where
+    ``x_in`` is ``x`` (the default) or the cast of ``x`` that computed it:
+    given ``x_in``, ``w1`` and ``b1`` in the dtype of ``hidden`` (tensors
+    the layer's projection keeps for its own backward anyway), the
+    backward recomputes ``hidden`` without casting them again. ``x_in``,
+    ``w1`` and ``b1`` get no gradient here (they get it where ``hidden``
+    was computed)."""
     with torch.autocast(hidden.device.type, enabled=False):
+        x_in = x.detach() if x_in is None else x_in.detach()
         b1 = None if b1 is None else b1.detach()
-        return ScoreTail.apply(hidden, x, w1.detach(), b1, w2, b2, ln_w, ln_b, eps, ws, bs,
-                               approximate)
+        return ScoreTail.apply(hidden, x, w1.detach(), b1, w2, b2, ln_w,
+                               ln_b, eps, ws, bs, approximate, x_in)
 
 
 __all__: Tuple[str, ...] = ('ScoreTail', 'score_tail')

@@ -77,16 +77,22 @@ class ImportanceScorer(Module):
 
     def forward(self, x: Tensor, hidden: Optional[Tensor] = None,
                 lin2_weights: Optional[Tuple[Tensor, Tensor]] = None,
+                lin1_inputs: Optional[Tuple[Tensor, Tensor,
+                                            Optional[Tensor]]] = None,
                 ) -> Tensor:
         r"""Scores of the tokens ``x`` :math:`(N, C)`; ``hidden`` is the
         MLP's first linear layer applied to ``x``, if the caller computed
         it already (fused with other projections of ``x``; never with
         ``input_norm=True``), and ``lin2_weights`` the weight and bias of
         its second linear layer, if the caller cast them already (to
-        autocast's dtype)."""
+        autocast's dtype). ``lin1_inputs`` are the input, weight and bias
+        (in the dtype of ``hidden``) that computed ``hidden``, if the
+        caller keeps them anyway: the training node then recomputes
+        ``hidden`` from them in its backward, without casting again."""
         lin1, act, lin2 = self.score_nn
         if self.norm_in is not None:
-            assert hidden is None, 'hidden of the raw tokens'
+            assert hidden is None and lin1_inputs is None, \
+                'hidden of the raw tokens'
             x = self.norm_in(x)  # float32 under autocast
         if hidden is None:
             hidden = F.linear(x, lin1.weight, lin1.bias)
@@ -98,10 +104,10 @@ class ImportanceScorer(Module):
             # Training in eager mode: one autograd node that recomputes
             # its activations in the backward (less memory, less host
             # work; compiled graphs keep the formula below).
-            return score_tail(hidden, x, lin1.weight, lin1.bias,
-                              *lin2_weights, norm.weight, norm.bias,
-                              norm.eps, lin.weight, lin.bias,
-                              act.approximate)
+            x_in, w1, b1 = lin1_inputs or (x, lin1.weight, lin1.bias)
+            return score_tail(hidden, x, w1, b1, *lin2_weights, norm.weight,
+                              norm.bias, norm.eps, lin.weight, lin.bias,
+                              act.approximate, x_in)
         # The modules hold the parameters; calling them functionally saves
         # their dispatch on the host.
         y = F.linear(F.gelu(hidden, approximate=act.approximate),

@@ -1,5 +1,5 @@
 import math
-from typing import List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -440,7 +440,7 @@ class SamsaAttention(Module):
             return self._dense_forward(x, batch, info)
 
         # 1. Queries for every token; keys and values for every candidate.
-        q, kv, hidden, (score_lin, out_lin) = self._project(x)
+        q, kv, hidden, (scorer_args, out_lin) = self._project(x)
         if q.requires_grad and not is_tracing():
             # Its own storage: the attention saves the queries, and a view
             # would keep the whole projection (keys, values, the scorer's
@@ -449,7 +449,7 @@ class SamsaAttention(Module):
         q = q.view(N, H, D)  # [N, C] -> [N, H, D]
         summ = None
         if self.sampling == 'sft':  # 2. raw tokens sampled, then projected
-            sel, u = self._sample_sft(x, hidden, batch, info, score_lin)
+            sel, u = self._sample_sft(x, hidden, batch, info, scorer_args)
         else:
             kv = kv.view(N, H, 2 * D)  # [N, 2C] -> [N, H, 2D] as [k_h, v_h]
             if self.num_registers > 0:
@@ -461,7 +461,7 @@ class SamsaAttention(Module):
                 scores = None  # every candidate kept: no summary key
             else:
                 sel, scores = self._sample(x, hidden, batch, info,
-                                           return_indices, score_lin)
+                                           return_indices, scorer_args)
             head = self.head_index  # [1, H, 1]
             # Equal sets: the top and bottom sets hold distinct ids.
             unique = info.all_valid
@@ -516,8 +516,8 @@ class SamsaAttention(Module):
                        ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         # Projection, scorer, then selection and attention in two kernels
         # (see _fused_inference.py); [N, C] straight into lin_out.
-        q, kv, hidden, (score_lin, out_lin) = self._project(x)
-        score = self.scorer(x, hidden, score_lin)  # [N, H] float32
+        q, kv, hidden, (scorer_args, out_lin) = self._project(x)
+        score = self.scorer(x, hidden, **scorer_args)  # [N, H] float32
         out, idx = fused_sampled_attention(
             q, kv, score, self.reg_score, self.reg_kv, batch, info, self.k)
         out = F.linear(out, *out_lin)
@@ -525,28 +525,42 @@ class SamsaAttention(Module):
             return out
         return out, order_by_score(idx, score, self.reg_score)
 
-    def _project(self, x: Tensor) -> Tuple[Tensor, Tensor, Optional[Tensor],
-                                           Tuple[Optional[Tuple[Tensor,
-                                                                Tensor]],
+    def _project(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor],
+                                           Optional[Tensor],
+                                           Tuple[Dict[str, Any],
                                                  Tuple[Tensor, Tensor]]]:
         # One GEMM for the queries, the keys and values and the scorer's
         # first layer (all read x): one launch and one cast of x instead
         # of three. The modules keep their own parameters. Also returns
-        # the (weight, bias) of the scorer's second layer (None: the
-        # scorer's own) and of lin_out, cast with the stacked ones.
-        # SFT projects keys and values of the sampled tokens only.
+        # the scorer's extra arguments (the weight and bias of its second
+        # layer, cast with the stacked ones; the cast input, weight and
+        # bias that computed its hidden rows) and the (weight, bias) of
+        # lin_out. Under autocast the casts are made here rather than
+        # inside F.linear, so that the scorer's training node can keep
+        # them. SFT projects keys and values of the sampled tokens only.
         lins = self._projected()
         weight, bias, *rest = self._linear_weights(lins, x)
+        if (torch.is_autocast_enabled(x.device.type) and not is_tracing()
+                and weight.dtype == torch.float32
+                and x.dtype != torch.float64):  # what autocast would cast
+            dtype = torch.get_autocast_dtype(x.device.type)
+            weight, bias = weight.to(dtype), bias.to(dtype)
         if weight.dtype != x.dtype:  # the weights of autocast's dtype
             x = x.to(weight.dtype)
         out = F.linear(x, weight, bias).split(
             [lin.out_features for lin in lins], 1)
-        score_lin = None if len(rest) == 2 else (rest[0], rest[1])
+        scorer_args: Dict[str, Any] = {}
+        if len(rest) > 2:
+            scorer_args['lin2_weights'] = (rest[0], rest[1])
         out_lin = (rest[-2], rest[-1])
         hidden = out[-1] if self._stacks_scorer() else None
+        if hidden is not None and torch.is_grad_enabled() \
+                and not is_tracing():  # for the scorer's training node
+            rows = lins[-1].out_features
+            scorer_args['lin1_inputs'] = (x, weight[-rows:], bias[-rows:])
         if self.sampling == 'sft':
-            return out[0], None, hidden, (score_lin, out_lin)
-        return out[0], out[1], hidden, (score_lin, out_lin)
+            return out[0], None, hidden, (scorer_args, out_lin)
+        return out[0], out[1], hidden, (scorer_args, out_lin)
 
     def _stacks_scorer(self) -> bool:
         # The scorer's first layer reads x itself, unless the scorer
@@ -598,12 +612,12 @@ class SamsaAttention(Module):
         return super().train(mode)
 
     def _sample_sft(self, x: Tensor, hidden: Tensor, batch: Optional[Tensor],
-                    info: SetInfo, score_lin: Optional[Tuple[Tensor, Tensor]],
+                    info: SetInfo, scorer_args: Dict[str, Any],
                     ) -> Tuple[Selection, Tensor]:
         # One shared score per token; k raw tokens per set (mixed in
         # training); keys and values projected from them alone.
         H, D = self.heads, self.head_dim
-        importance = self.scorer(x, hidden, score_lin).float().view(-1)
+        importance = self.scorer(x, hidden, **scorer_args).float().view(-1)
         sample = sft_sample(
             x, importance, batch, self.k, mix=self.training,
             perturb=self.training or self.stochastic_eval,
@@ -619,7 +633,7 @@ class SamsaAttention(Module):
 
     def _sample(self, x: Tensor, hidden: Optional[Tensor],
                 batch: Optional[Tensor], info: SetInfo, ordered: bool,
-                score_lin: Optional[Tuple[Tensor, Tensor]] = None,
+                scorer_args: Optional[Dict[str, Any]] = None,
                 ) -> Tuple[Selection, Optional[tuple]]:
         # Returns the selection and, where the summary key is on, the
         # clean token and register scores it pools with.
@@ -630,7 +644,8 @@ class SamsaAttention(Module):
             reg_importance = None if R == 0 else \
                 order[N:, None].expand(R, self.heads)
         else:
-            importance = self.scorer(x, hidden, score_lin).float()  # [N, H]
+            importance = self.scorer(x, hidden, **(scorer_args or {}))
+            importance = importance.float()  # [N, H]
             reg_importance = None if R == 0 else self.reg_score.float()
         perturb = self.scorer is not None and (self.training
                                                or self.stochastic_eval)

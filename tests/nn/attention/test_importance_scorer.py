@@ -6,6 +6,8 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from samsa_geo.nn.attention import ImportanceScorer, config
 
@@ -260,3 +262,40 @@ def test_training_node_saves_no_float32_activations():
         scorer(x)
     rows = [t for t in saved if t.numel() > 0 and t.size(0) == 256]
     assert rows and {t.data_ptr() for t in rows} == {x.data_ptr()}
+
+
+class _Casts(TorchDispatchMode):
+    # The dtype casts dispatched (aten._to_copy).
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ == '_to_copy'
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_node_recomputes_hidden_from_the_callers_casts():
+    # Given the cast input, weight and bias that computed hidden (which a
+    # stacked projection keeps for its own backward), the node's backward
+    # recomputes hidden without casting x, w1 and b1 again; the gradients
+    # are the same.
+    torch.manual_seed(0)
+    scorer = ImportanceScorer(32, heads=4)
+    lin1 = scorer.score_nn[0]
+    x0 = torch.randn(64, 32)
+    grads, casts = {}, {}
+    for given in (False, True):
+        scorer.zero_grad()
+        x = x0.clone().requires_grad_()
+        x_in = x.to(torch.bfloat16)
+        w1, b1 = lin1.weight.to(torch.bfloat16), lin1.bias.to(torch.bfloat16)
+        hidden = F.linear(x_in, w1, b1)
+        out = scorer(x, hidden, lin1_inputs=(x_in, w1, b1) if given else None)
+        with _Casts() as c:
+            out.square().sum().backward()
+        casts[given] = c.count
+        grads[given] = [x.grad] + [p.grad for p in scorer.parameters()]
+    assert casts[False] - casts[True] == 3
+    for a, b in zip(grads[False], grads[True]):
+        assert torch.equal(a, b)
