@@ -312,7 +312,7 @@ def test_fused_inference_leaves_large_sets_to_the_unfused_path(fused_inference_o
 
 @pytest.mark.parametrize('mode', ['default', 'reduce-overhead'])
 @pytest.mark.parametrize('sizes', [[1024] * 8, [1000, 7, 0, 3000, 64]])
-def test_compiled_conv_runs_the_fused_kernels(fused_inference_on, mode,
+def test_compiled_conv_runs_the_fused_kernels(fused_inference_on, spy, mode,
                                               sizes):
     # A compiled SamsaConv (one graph; CUDA graphs too) runs the fused
     # inference kernels as one operator: the eager layer's keys and
@@ -324,17 +324,12 @@ def test_compiled_conv_runs_the_fused_kernels(fused_inference_on, mode,
     hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
     torch._dynamo.reset()
     compiled = torch.compile(conv, mode=mode, fullgraph=True)
-    calls = []
-    kernels = _ops.sampled_attention_kernels
-    _ops.sampled_attention_kernels = lambda *a: calls.append(1) or kernels(*a)
-    try:
-        with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
-            ref = conv(x, None, batch, **hints)
-            for _ in range(3):  # compiled, recorded, replayed
-                torch.compiler.cudagraph_mark_step_begin()
-                out = compiled(x, None, batch, **hints).clone()
-    finally:
-        _ops.sampled_attention_kernels = kernels
+    calls = spy(_ops, 'sampled_attention_kernels', keep_args=False)
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+        ref = conv(x, None, batch, **hints)
+        for _ in range(3):  # compiled, recorded, replayed
+            torch.compiler.cudagraph_mark_step_begin()
+            out = compiled(x, None, batch, **hints).clone()
     assert calls  # the operator ran (CUDA graphs replay its launches)
     err = (out.float() - ref.float()).norm() / ref.float().norm()
     assert err < 1e-2, err

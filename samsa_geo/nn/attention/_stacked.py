@@ -7,7 +7,7 @@ go through one concatenation and one cast forward and one concatenation
 and one cast backward, behind a single autograd node; the values and the
 gradients are those of the separate casts (a cast is elementwise).
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -101,16 +101,31 @@ def stacked_cast(groups: Sequence[Sequence[Tensor]],
     return _apply(groups, dtype)
 
 
+def kept_while_unchanged(cache: Optional[tuple], tensors: Sequence[Tensor],
+                         make: Callable[[], Sequence[Tensor]],
+                         *key: object) -> tuple:
+    r"""``(key, *make())``, computed without gradients and kept between
+    calls: ``cache`` (the previous call's result, :obj:`None` at first) is
+    returned as it is while ``key``, inference mode and every tensor of
+    ``tensors`` (its data pointer and version counter: not replaced,
+    moved or changed in place) are the same; tensors made in inference
+    mode cannot be saved for a backward outside it, so entering or leaving
+    it makes them again."""
+    full_key = (*key, torch.is_inference_mode_enabled(),
+                tuple((t.data_ptr(), 0 if t.is_inference() else t._version)
+                      for t in tensors))
+    if cache is None or cache[0] != full_key:
+        with torch.no_grad():
+            cache = (full_key, *make())
+    return cache
+
+
 def cached_stacked_cast(cache: Optional[tuple],
                         groups: Sequence[Sequence[Tensor]],
                         dtype: torch.dtype) -> Tuple[tuple, List[Tensor]]:
     r""":func:`stacked_cast` for calls that no gradient reaches
-    (inference), kept between calls: returns the cache ``(key,
-    *outputs)`` to keep and the outputs. It is rebuilt when ``dtype``
-    changes, when a tensor of ``groups`` is replaced, moved or changed in
-    place (its data pointer or version counter), and when inference mode
-    is entered or left (tensors made in it cannot be saved for a backward
-    outside it).
+    (inference), kept between calls by :func:`kept_while_unchanged`:
+    returns the cache ``(key, *outputs)`` to keep and the outputs.
 
     Args:
         cache (tuple, optional): What the previous call returned first
@@ -118,12 +133,9 @@ def cached_stacked_cast(cache: Optional[tuple],
         groups (Sequence[Sequence[Tensor]]): As in :func:`stacked_cast`.
         dtype (torch.dtype): The dtype of the outputs.
     """
-    key = (dtype, torch.is_inference_mode_enabled(),
-           tuple((t.data_ptr(), 0 if t.is_inference() else t._version)
-                 for g in groups for t in g))
-    if cache is None or cache[0] != key:
-        with torch.no_grad():
-            cache = (key, *stacked_cast(groups, dtype))
+    cache = kept_while_unchanged(
+        cache, [t for g in groups for t in g],
+        lambda: stacked_cast(groups, dtype), dtype)
     return cache, list(cache[1:])
 
 

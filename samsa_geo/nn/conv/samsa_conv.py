@@ -16,6 +16,7 @@ from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import is_tracing, needs_grad
 from samsa_geo.nn.attention._stacked import (
     cached_stacked_cast,
+    kept_while_unchanged,
     stacked_cast,
 )
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
@@ -210,10 +211,10 @@ class SamsaConv(Module):
         # map h * s + t per channel, s = w / sqrt(var + eps) and
         # t = b - mean * s: one launch instead of the three of PyTorch's
         # kernel, with s and t kept between calls while the statistics and
-        # parameters are unchanged (their data pointers and version
-        # counters). None where the module's own forward must run: in
-        # training, without running statistics, for another dtype than
-        # the statistics', or where a gradient reaches w or b.
+        # parameters are unchanged (kept_while_unchanged). None where the
+        # module's own forward must run: in training, without running
+        # statistics, for another dtype than the statistics', or where a
+        # gradient reaches w or b.
         bn = norm.module
         mean, var = bn.running_mean, bn.running_var
         params = [p for p in (bn.weight, bn.bias) if p is not None]
@@ -221,21 +222,20 @@ class SamsaConv(Module):
                 or h.dtype != mean.dtype or h.dim() != 2
                 or needs_grad(*params)):
             return None
-        key = (bn.eps, torch.is_inference_mode_enabled(),
-               tuple((t.data_ptr(), 0 if t.is_inference() else t._version)
-                     for t in (mean, var, *params)))
+
+        def affine() -> Tuple[Tensor, Tensor]:
+            scale = torch.rsqrt(var + bn.eps)  # [C]
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -mean * scale  # [C]
+            if bn.bias is not None:
+                shift = shift + bn.bias
+            return scale, shift
+
         slot = id(norm)  # one entry per norm module
-        cached = self._affine_cache.get(slot)
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                scale = torch.rsqrt(var + bn.eps)  # [C]
-                if bn.weight is not None:
-                    scale = scale * bn.weight
-                shift = -mean * scale  # [C]
-                if bn.bias is not None:
-                    shift = shift + bn.bias
-            cached = (key, scale, shift)
-            self._affine_cache[slot] = cached
+        cached = kept_while_unchanged(self._affine_cache.get(slot),
+                                      (mean, var, *params), affine, bn.eps)
+        self._affine_cache[slot] = cached
         return cached[1], cached[2]
 
     def forward(
