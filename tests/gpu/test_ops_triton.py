@@ -191,3 +191,36 @@ def test_rotation_invariant_classifier_uses_triton_and_matches(spy):
     with torch.no_grad():
         assert torch.allclose(compiled(pos, batch), ref, atol=1e-3,
                               rtol=1e-3)
+
+
+class _CountingKernel:
+    """Counts the launches that go through Triton's own call."""
+    def __init__(self, kernel):
+        self.kernel, self.calls = kernel, 0
+
+    def __getitem__(self, grid):
+        self.calls += 1
+        return self.kernel[grid]
+
+
+def test_launcher_direct_launches_equal_tritons(monkeypatch):
+    from samsa_geo.nn.attention import _topk_triton as topk
+    from samsa_geo.ops._triton.launch import hooks_unset
+    launcher = topk._launch_select_topk
+    counting = _CountingKernel(launcher.kernel)
+    monkeypatch.setattr(launcher, 'kernel', counting)
+    monkeypatch.setattr(launcher, 'cache', {})
+    assert hooks_unset()
+    B, n, H, k = 6, 300, 8, 37
+    flat = torch.randn(B * n * H + 1, device='cuda')
+    for offset, calls in [(0, 1), (1, 2)]:  # aligned, then 4 bytes off
+        score = flat[offset:offset + B * n * H].view(B * n, H)
+        assert (score.data_ptr() % 16 == 0) == (offset == 0)
+        ref = score.view(B, n, H).topk(k, dim=1).indices  # [B, k, H]
+        ref = (ref + torch.arange(B, device='cuda').view(B, 1, 1) * n)
+        ref = ref.transpose(1, 2).sort(-1).values  # [B, H, k]
+        for _ in range(3):
+            idx = topk.select_topk_triton(score, None, None, B, n, k, k)
+            assert torch.equal(idx.sort(-1).values, ref)
+        assert counting.calls == calls  # the other launches were direct
+    assert len(launcher.cache) == 2

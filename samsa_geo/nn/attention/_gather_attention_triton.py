@@ -28,6 +28,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton.launch import Launcher
+
 _LOG2E = 1.0 / math.log(2.0)
 #: A fixed ``{'BLOCK_M', 'BLOCK_N', 'num_warps', 'num_stages'}``
 #: (:obj:`None`: :func:`default_config`).
@@ -120,6 +122,9 @@ def _gather_attention_fwd(
              mask=mask_m[:, None] & mask_d[None, :])
 
 
+_launch_gather_attention = Launcher(_gather_attention_fwd)
+
+
 def default_config(D: int, max_size: int) -> dict:
     """Queries and keys per block, warps and stages for head width ``D``
     and largest set ``max_size``."""
@@ -168,8 +173,8 @@ def gather_attention_triton(q: Tensor, kv: Tensor,
         config = _INTERPRET_CONFIG
         upcast = q.dtype == torch.bfloat16
     grid = (B * H, triton.cdiv(max_size, config['BLOCK_M']))
-    _gather_attention_fwd[grid](
-        q, kv, reg, idx, idx if bounds is None else bounds, out,
+    _launch_gather_attention(
+        grid, q, kv, reg, idx, idx if bounds is None else bounds, out,
         q.stride(0), kv.stride(0), *sr, idx.stride(0), idx.stride(1),
         out.stride(0), K, D, max_size, _LOG2E / math.sqrt(D),
         H=H, HAS_REG=has_reg, EQUAL=bounds is None,

@@ -30,6 +30,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton.launch import Launcher
+
 
 @triton.jit
 def _relax_score_grad(
@@ -80,6 +82,9 @@ def _relax_score_grad(
         tl.atomic_add(OUT + ids * H + h, ds_top, mask=mask_r)
 
 
+_launch_relax_score_grad = Launcher(_relax_score_grad)
+
+
 # Triton's interpreter (``TRITON_INTERPRET=1``; tests on CPU) runs small
 # blocks.
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
@@ -128,8 +133,8 @@ def relax_score_grad_triton(grad: Tensor, u: Tensor, top: Tensor,
     BLOCK_F = max(16, triton.next_power_of_2(F))
     BLOCK_K, BLOCK_M, warps = (16, 16, 1) if _INTERPRETED else (64, 64, 4)
     grid = (BH, triton.cdiv(k, BLOCK_K))
-    _relax_score_grad[grid](
-        g, uu, a, b, cf, idx, out,
+    _launch_relax_score_grad(
+        grid, g, uu, a, b, cf, idx, out,
         g.stride(0), g.stride(1), uu.stride(0), uu.stride(1), a.stride(0),
         b.stride(0), idx.stride(0), k, K - k, H, F,
         float(factor) if not per_head else 1.0,

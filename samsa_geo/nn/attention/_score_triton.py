@@ -29,6 +29,7 @@ from samsa_geo.nn.attention._dispatch import (
     SCORE_MAX_CHANNELS,
     SCORE_MAX_HEADS,
 )
+from samsa_geo.ops._triton.launch import Launcher
 
 
 @triton.jit
@@ -62,6 +63,9 @@ def _importance_score_fwd(
         w = tl.load(W + j * C + cols, mask=mask_c, other=0.0).to(tl.float32)
         s = tl.sum(h * w[None, :], 1) + tl.load(B + j).to(tl.float32)
         tl.store(OUT + rows * so_n + j, s, mask=mask_r)
+
+
+_launch_importance_score = Launcher(_importance_score_fwd)
 
 
 #: A fixed ``{'BLOCK_N', 'num_warps'}`` (:obj:`None`: about 4K values of a
@@ -114,5 +118,5 @@ def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
     if _INTERPRETED:
         config = {'BLOCK_N': 4, 'num_warps': 1}
     grid = (triton.cdiv(N, config['BLOCK_N']), )
-    _importance_score_fwd[grid](*args, **meta, **config)
+    _launch_importance_score(grid, *args, **meta, **config)
     return out

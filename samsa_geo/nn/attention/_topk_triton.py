@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton.launch import Launcher
+
 # Triton's interpreter (``TRITON_INTERPRET=1``; tests on CPU) runs one warp.
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 #: Probes per step of the search for a set's bounds in ``batch`` (a power
@@ -128,6 +130,9 @@ def _select_topk(
              mask=(j >= kb) & (j < K_MAX))
 
 
+_launch_select_topk = Launcher(_select_topk)
+
+
 def select_topk_triton(score: Tensor, reg_score: Optional[Tensor],
                        batch: Optional[Tensor], num_sets: int,
                        max_size: int, k: int, k_max: int,
@@ -170,7 +175,8 @@ def select_topk_triton(score: Tensor, reg_score: Optional[Tensor],
         block_s = max(16, triton.next_power_of_2(max_size + R))
         # About 8 scores per thread (sm_90: no spills up to 4,096).
         warps = 1 if _INTERPRETED else min(32, max(4, block_s // 256))
-        _select_topk[(num_sets * H, )](
+        _launch_select_topk(
+            (num_sets * H, ),
             score, reg, score if batch is None else batch,
             score if kb is None else kb, idx,
             idx if bounds is None else bounds,

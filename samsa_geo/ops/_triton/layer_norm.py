@@ -24,6 +24,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton.launch import Launcher
+
 #: Values one program holds: rows per program = this / padded width.
 BLOCK_VALUES = 4096
 
@@ -53,6 +55,9 @@ def _layer_norm_fwd(x_ptr, w_ptr, b_ptr, y_ptr, M, C, stride_x, stride_y,
              y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+_launch_layer_norm = Launcher(_layer_norm_fwd)
+
+
 def layer_norm_triton(x: Tensor, weight: Optional[Tensor],
                       bias: Optional[Tensor], eps: float,
                       out_dtype: torch.dtype) -> Tensor:
@@ -71,8 +76,8 @@ def layer_norm_triton(x: Tensor, weight: Optional[Tensor],
     w = weight.contiguous() if weight is not None else x2
     b = bias.contiguous() if bias is not None else x2
     grid = (triton.cdiv(M, BLOCK_M), )
-    _layer_norm_fwd[grid](x2, w, b, y, M, C, x2.stride(0), y.stride(0),
-                          float(eps), HAS_W=weight is not None,
-                          HAS_B=bias is not None, BLOCK_M=BLOCK_M,
-                          BLOCK_C=BLOCK_C, num_warps=4)
+    _launch_layer_norm(grid, x2, w, b, y, M, C, x2.stride(0), y.stride(0),
+                       float(eps), HAS_W=weight is not None,
+                       HAS_B=bias is not None, BLOCK_M=BLOCK_M,
+                       BLOCK_C=BLOCK_C, num_warps=4)
     return y.view(x.shape)  # [M, C] -> [*, C]
