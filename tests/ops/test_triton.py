@@ -167,10 +167,11 @@ def test_knn_checks_launch_after_the_dense_kernel(knn_kernel, kernels,
     # checks (the host issues them while the GPU ranks); the tiled kernel
     # and calls that must infer the number of examples read them first.
     from samsa_geo.ops import _utils
+    from samsa_geo.ops._triton import launch
     knn_module, _ = kernels
     order = []
     collect, dense = _utils.collect_values, knn_module.knn_dense
-    tiled = knn_module._knn_kernel
+    tiled = knn_module._launch_knn.kernel
     monkeypatch.setattr(_utils, 'collect_values',
                         lambda *a: order.append('checks') or collect(*a))
     monkeypatch.setattr(knn_module, 'knn_dense',
@@ -181,7 +182,10 @@ def test_knn_checks_launch_after_the_dense_kernel(knn_kernel, kernels,
             order.append('kernel')
             return tiled[grid]
 
-    monkeypatch.setattr(knn_module, '_knn_kernel', Tiled())
+    monkeypatch.setattr(knn_module._launch_knn, 'kernel', Tiled())
+    # Every launch through Triton's call (none kept for a direct one).
+    monkeypatch.setattr(knn_module._launch_knn, 'cache', {})
+    monkeypatch.setattr(launch, 'MAX_ENTRIES', 0)
     x = torch.rand(12, 3, device=DEVICE)
     batch = _batch([5, 7])
     ref = _stable_reference(x, x, 3, batch, batch)

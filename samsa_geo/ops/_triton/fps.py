@@ -25,6 +25,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton.launch import Launcher
+
 #: Largest example whose distances stay in registers across all steps.
 REGISTER_POINTS = 4096
 #: Points per block of the streaming variant.
@@ -105,6 +107,9 @@ def _fps_kernel(pos, n_pad, ptr, start, num_samples, offset, scratch, out,
                 tl.store(out + i, n0 + cur)
 
 
+_launch_fps = Launcher(_fps_kernel)
+
+
 def fps_triton(src: Tensor, ptr: Tensor, start: Tensor,
                num_samples: Tensor, max_points: int, total: int) -> Tensor:
     r"""Farthest point sampling of every example.
@@ -137,7 +142,8 @@ def fps_triton(src: Tensor, ptr: Tensor, start: Tensor,
                               device=src.device)
     num_warps = 1 if _INTERPRETED else (16 if block >= 2048 else 8
                                         if block >= 512 else 4)
-    _fps_kernel[(num_examples, )](
+    _launch_fps(
+        (num_examples, ),
         pos, pos.size(1), ptr, start, num_samples, offset, scratch, out,
         F=src.size(1), BLOCK=block, IN_REGISTERS=in_registers,
         num_warps=num_warps, enable_fp_fusion=False)

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from samsa_geo.ops._triton import MAX_POINTS
 from samsa_geo.ops._triton.knn_dense import knn_dense
+from samsa_geo.ops._triton.launch import Launcher
 from samsa_geo.ops._utils import batch_to_ptr
 
 #: Largest mean number of candidates per example that
@@ -91,6 +92,9 @@ def _morton_kernel(pos, stride_n, stride_f, batch, lo, scale, key, N,
     tl.store(key + offs, (b << 30) | code.to(tl.int64), mask=mask)
 
 
+_launch_morton = Launcher(_morton_kernel)
+
+
 @triton.jit
 def _gather_kernel(src, stride_n, stride_f, perm, N, dst, n_pad, ids, box,
                    t_pad, F: tl.constexpr, BOX: tl.constexpr,
@@ -110,6 +114,9 @@ def _gather_kernel(src, stride_n, stride_f, perm, N, dst, n_pad, ids, box,
                      tl.min(tl.where(mask, v, float('inf')), axis=0))
             tl.store(box + (3 + f) * t_pad + t,
                      tl.max(tl.where(mask, v, -float('inf')), axis=0))
+
+
+_launch_gather = Launcher(_gather_kernel)
 
 
 @triton.jit
@@ -291,6 +298,9 @@ def _knn_kernel(xs, n_pad, ids, key_x, ys, m_pad, y_ids, key_y, ptr_x,
         tl.atomic_add(missing, tl.sum(empty, axis=0))
 
 
+_launch_knn = Launcher(_knn_kernel)
+
+
 def _config(k: int) -> Tuple[int, int, int]:
     # (BLOCK_M, BLOCK_N, num_warps): registers hold [BLOCK_M, KP] slots and
     # a [BLOCK_M, BLOCK_N] distance tile; about 125 registers per thread
@@ -309,7 +319,8 @@ def _curve_order(pos: Tensor, batch: Tensor, num_examples: int,
     n, num_features = pos.size()
     key = torch.empty(n, dtype=torch.long, device=pos.device)
     block = 1024
-    _morton_kernel[(triton.cdiv(n, block), )](
+    _launch_morton(
+        (triton.cdiv(n, block), ),
         pos, pos.stride(0), pos.stride(1), batch, lo, scale, key, n,
         F=num_features, HAS_BATCH=num_examples > 1, BLOCK=block,
         enable_fp_fusion=False)
@@ -327,7 +338,8 @@ def _gather(pos: Tensor, perm: Tensor, block: int, box: bool
     dst = pos.new_empty(num_features, tiles * block, dtype=torch.float32)
     ids = perm.new_empty(n, dtype=torch.int32)
     boxes = pos.new_empty(6, tiles, dtype=torch.float32) if box else dst
-    _gather_kernel[(tiles, )](
+    _launch_gather(
+        (tiles, ),
         pos, pos.stride(0), pos.stride(1), perm, n, dst, dst.size(1), ids,
         boxes, tiles, F=num_features, BOX=box, BLOCK=block)
     return dst, ids, boxes
@@ -389,7 +401,8 @@ def knn_triton(x: Tensor, y: Tensor, k: int,
     # At most cdiv(M, BLOCK_M) + B blocks: first[b] is example b's first.
     per_example = (ptr_y[1:] - ptr_y[:-1] + block_m - 1) // block_m
     first = torch.cat([per_example.new_zeros(1), per_example.cumsum(0)])
-    _knn_kernel[(triton.cdiv(m, block_m) + num_examples, )](
+    _launch_knn(
+        (triton.cdiv(m, block_m) + num_examples, ),
         xs, xs.size(1), ids, key_x, ys, ys.size(1), y_ids, key_y, ptr_x,
         ptr_y, first, num_examples, box, box.size(1), out,
         missing if missing is not None else out, m, k, F=num_features,

@@ -40,6 +40,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton.launch import Launcher
+
 # Key of a slot without candidate: above every (distance, index) key.
 _NO_KEY: tl.constexpr = tl.constexpr(2**63 - 1)
 _INDEX_BITS: tl.constexpr = tl.constexpr(0xFFFFFFFF)
@@ -163,6 +165,9 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
                                              axis=1), axis=0))
 
 
+_launch_dense_knn = Launcher(_dense_knn_kernel)
+
+
 def dense_config(mean_size: int) -> Tuple[int, int, int]:
     r"""(``BLOCK_Q``, ``BLOCK_P``, warps) for examples of
     :obj:`mean_size` candidates (any :math:`k`): a tile spans a whole
@@ -208,7 +213,8 @@ def knn_dense(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor],
     if m == 0:
         return out
     block_q, block_p, num_warps = dense_config(n // max(num_examples, 1))
-    _dense_knn_kernel[(triton.cdiv(m, block_q), )](
+    _launch_dense_knn(
+        (triton.cdiv(m, block_q), ),
         x, x.stride(0), x.stride(1), y, y.stride(0), y.stride(1),
         out if batch_y is None else batch_y,
         out if batch_x is None else batch_x,
