@@ -1,20 +1,23 @@
 r"""Geometry ops: farthest point sampling, nearest neighbours, radius search
 and scatter reductions, in pure PyTorch with optional compiled backends
 (:obj:`torch_cluster`, :obj:`torch_scatter`) that are used when installed,
-and samsa_geo's Triton kernels on CUDA; and :func:`layer_norm`, the layer
-normalisation of many narrow rows that the point encoders run.
+and samsa_geo's Triton kernels on CUDA; :func:`layer_norm`, the layer
+normalisation of many narrow rows that the point encoders run; and
+:func:`residual_affine`, a residual sum and per-channel affine map in one
+pass (a residual block's evaluation batch norm).
 
 Every function takes a keyword :obj:`backend` (:obj:`"auto"`,
 :obj:`"compiled"` where an extension serves the op, :obj:`"triton"` for
-fps, knn and layer_norm, :obj:`"torch"`) to force one implementation. What
-:obj:`"auto"` means, and whether the ops check the values of their inputs
-(finite points, sorted batch vectors), is set in
+fps, knn, layer_norm and residual_affine, :obj:`"torch"`) to force one
+implementation. What :obj:`"auto"` means, and whether the ops check the
+values of their inputs (finite points, sorted batch vectors), is set in
 :mod:`samsa_geo.ops.config` (:func:`use_backend`, :func:`value_checks`).
 """
 from samsa_geo.ops.fps import fps
 from samsa_geo.ops.knn import knn, knn_graph, knn_neighbours
 from samsa_geo.ops.layer_norm import layer_norm
 from samsa_geo.ops.radius import radius, radius_graph
+from samsa_geo.ops.residual_affine import residual_affine
 from samsa_geo.ops.scatter import scatter, segment_softmax
 from samsa_geo.ops.config import (
     default_backend,
@@ -34,6 +37,7 @@ __all__ = [
     'layer_norm',
     'radius',
     'radius_graph',
+    'residual_affine',
     'scatter',
     'segment_softmax',
     'check_finite',

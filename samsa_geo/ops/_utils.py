@@ -294,3 +294,14 @@ def cluster_supports(x: Tensor) -> bool:
         return False
     import torch_cluster  # noqa: F401  (registers torch.ops.torch_cluster)
     return int(torch.ops.torch_cluster.cuda_version()) != -1
+
+
+def promoted_float(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    r"""The dtype that an operation of floating-point tensors of dtypes
+    :obj:`a` and :obj:`b` gives, as :func:`torch.promote_types`, without
+    its dispatch (host time on every call of a layer)."""
+    if a == b:
+        return a
+    if a.itemsize != b.itemsize:
+        return a if a.itemsize > b.itemsize else b
+    return torch.promote_types(a, b)  # float16 with bfloat16

@@ -423,3 +423,24 @@ def test_trainer_uses_fused_adamw_and_resumes_exactly(tmp_path, amp):
     assert resumed.optimizer.param_groups[0]['fused'] is True
     torch.testing.assert_close(resumed.model.state_dict(),
                                ref.model.state_dict(), rtol=0, atol=0)
+
+
+def test_conv_residual_norm_kernel_matches_torch(spy):
+    # Evaluation under autocast: norm(x + h) and the MLP's input copy in
+    # one Triton kernel; the same result as PyTorch's three kernels.
+    from samsa_geo.ops import use_backend
+    from samsa_geo.ops._triton import residual_affine as kernel_module
+    conv = SamsaConv(256, None, heads=8, k=64).cuda()
+    x, batch = _batch([1024] * 4, 256, 'cuda')
+    conv.train()
+    for _ in range(3):  # running statistics away from (0, 1)
+        conv(x * 2 + 1, None, batch)
+    conv.eval()
+    calls = spy(kernel_module, 'residual_affine_triton', keep_args=False)
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+        out = conv(x, None, batch, num_graphs=4, max_num_nodes=1024)
+        assert len(calls) == 2
+        with use_backend('torch'):
+            ref = conv(x, None, batch, num_graphs=4, max_num_nodes=1024)
+    assert len(calls) == 2 and out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)

@@ -20,7 +20,8 @@ from samsa_geo.nn.attention._stacked import (
     stacked_cast,
 )
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
-from samsa_geo.ops import layer_norm
+from samsa_geo.ops import layer_norm, residual_affine
+from samsa_geo.ops._utils import promoted_float
 
 
 class SamsaConv(Module):
@@ -191,8 +192,9 @@ class SamsaConv(Module):
               batch: Optional[Tensor], num_graphs: Optional[int]) -> Tensor:
         if norm is None:
             return h
-        if isinstance(norm, BatchNorm) and not is_tracing():
-            affine = self._eval_affine(norm, h)
+        if isinstance(norm, BatchNorm) and not is_tracing() \
+                and h.dim() == 2:
+            affine = self._eval_affine(norm, h.dtype)
             if affine is not None:  # h * scale + shift, one launch
                 return torch.addcmul(affine[1], h, affine[0])
         if isinstance(norm, LayerNorm) and norm.mode == 'node':
@@ -205,8 +207,28 @@ class SamsaConv(Module):
             return norm(h, batch=batch)
         return norm(h)
 
+    def _add_norm(self, i: int, x: Tensor, h: Tensor,
+                  batch: Optional[Tensor], num_graphs: Optional[int],
+                  copy_dtype: Optional[torch.dtype] = None,
+                  ) -> Tuple[Tensor, Optional[Tensor]]:
+        # norm_i(x + h). An evaluation batch norm (see _eval_affine) runs
+        # with the sum as one kernel (residual_affine), which also writes
+        # the copy in copy_dtype that the next autocast GEMM reads; other
+        # norms return no copy.
+        norm = (self.norm1, self.norm2, self.norm3)[i]
+        if isinstance(norm, BatchNorm) and not is_tracing() \
+                and x.dim() == 2 and not needs_grad(x, h):
+            dtype = promoted_float(x.dtype, h.dtype)
+            affine = self._eval_affine(norm, dtype)
+            if affine is not None:
+                if dtype != torch.float32:  # autocast casts float32 only
+                    copy_dtype = None
+                return residual_affine(x, h, affine[0], affine[1],
+                                       copy_dtype=copy_dtype)
+        return self._norm(norm, x + h, batch, num_graphs), None
+
     def _eval_affine(self, norm: BatchNorm,
-                     h: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+                     dtype: torch.dtype) -> Optional[Tuple[Tensor, Tensor]]:
         # In evaluation a BatchNorm with running statistics is the affine
         # map h * s + t per channel, s = w / sqrt(var + eps) and
         # t = b - mean * s: one launch instead of the three of PyTorch's
@@ -219,8 +241,7 @@ class SamsaConv(Module):
         mean, var = bn.running_mean, bn.running_var
         params = [p for p in (bn.weight, bn.bias) if p is not None]
         if (bn.training or mean is None or var is None
-                or h.dtype != mean.dtype or h.dim() != 2
-                or needs_grad(*params)):
+                or dtype != mean.dtype or needs_grad(*params)):
             return None
 
         def affine() -> Tuple[Tensor, Tensor]:
@@ -285,22 +306,30 @@ class SamsaConv(Module):
             out = x + h if local is None else x + local + h
             out = out + self._mlp(norm(2, out))
         else:  # GPSConv: N3(Y + MLP(Y)), Y = N1(MPNN + X) + N2(SAMSA + X)
-            out = norm(1, h + x)
+            # Where autocast runs the MLP, Y's copy in its dtype comes from
+            # the norm's kernel (see _add_norm).
+            copy_dtype = None
+            if local is None and torch.is_autocast_enabled(x.device.type):
+                copy_dtype = torch.get_autocast_dtype(x.device.type)
+            out, out_copy = self._add_norm(1, h, x, batch, num_graphs,
+                                           copy_dtype)
             if local is not None:
-                out = norm(0, local + x) + out
-            out = norm(2, out + self._mlp(out))
+                out = self._add_norm(0, local, x, batch, num_graphs)[0] + out
+            out = self._add_norm(2, out, self._mlp(out, out_copy), batch,
+                                 num_graphs)[0]
         if return_attention_weights:
             return out, (indices, alpha)
         return out
 
-    def _mlp(self, h: Tensor) -> Tensor:
+    def _mlp(self, h: Tensor, h_copy: Optional[Tensor] = None) -> Tensor:
         # self.mlp holds the parameters (state_dict, reset_parameters,
         # repr); calling its layers functionally saves their dispatch on
         # the host, and dropout of p = 0 costs nothing.
         # Under autocast, where gradients flow, the four parameters are
         # cast in one go (see stacked_cast); in inference their casts are
         # kept between calls (see cached_stacked_cast). Traced graphs leave
-        # the casts to the compiler.
+        # the casts to the compiler. h_copy is h in autocast's dtype, where
+        # the caller has it.
         lin1, act, drop1, lin2, drop2 = self.mlp
         w1, b1, w2, b2 = lin1.weight, lin1.bias, lin2.weight, lin2.bias
         if torch.is_autocast_enabled(h.device.type) and not is_tracing():
@@ -311,7 +340,7 @@ class SamsaConv(Module):
                     self._mlp_cache, groups, dtype)
             elif config.use_stacked_casts():
                 w1, b1, w2, b2 = stacked_cast(groups, dtype)
-        h = act(F.linear(h, w1, b1))
+        h = act(F.linear(h if h_copy is None else h_copy, w1, b1))
         if drop1.p > 0.0 and self.training:
             h = F.dropout(h, p=drop1.p, training=True)
         h = F.linear(h, w2, b2)

@@ -106,3 +106,30 @@ def test_inference_mode_casts_serve_a_later_backward():
         out = conv(xg, None, batch)
     out.float().square().sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_residual_and_batch_norm_run_as_one_op(monkeypatch, spy,
+                                               triton_modules):
+    # In evaluation, norm(x + h) is residual_affine; under autocast the
+    # norm before the MLP also writes the MLP's input copy. The Triton
+    # kernel (Triton's interpreter on CPU) gives the module's output.
+    triton_modules('samsa_geo.ops._triton.residual_affine')
+    from samsa_geo.ops import use_backend
+    conv, x, batch = trained_conv()
+    calls = spy(conv_module, 'residual_affine')
+    with torch.no_grad(), use_backend('triton'):
+        out = conv(x, None, batch)
+        assert len(calls) == 2  # norm2(h + x), norm3(y + MLP(y))
+        torch.testing.assert_close(out, module_path(conv, x, batch,
+                                                    monkeypatch))
+    calls.clear()
+    copies = []
+    mlp = conv._mlp
+    monkeypatch.setattr(conv, '_mlp', lambda h, h_copy=None: copies.append(
+        h_copy) or mlp(h, h_copy))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        out = conv(x, None, batch)
+        ref = module_path(conv, x, batch, monkeypatch)
+    assert len(calls) == 2 and copies[0].dtype == torch.bfloat16
+    assert copies[1] is None  # the module path's norm returns no copy
+    torch.testing.assert_close(out, ref)
