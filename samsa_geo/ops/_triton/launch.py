@@ -29,6 +29,10 @@ from samsa_geo.ops._triton import INTERPRETED
 MAX_ENTRIES = 256
 _INT32 = 2**31
 _INT64 = 2**63
+#: The key of every float argument (Triton passes them as fp32 values).
+_FLOAT = ('fp32', )
+#: Triton's knobs module, once imported.
+_knobs: Any = None
 
 
 def arg_key(arg: Any) -> Any:
@@ -44,7 +48,7 @@ def arg_key(arg: Any) -> Any:
         return (arg == 1, arg % 16 == 0, -_INT32 <= arg < _INT32,
                 arg < _INT64)
     if isinstance(arg, float):
-        return 'fp32'
+        return _FLOAT
     raise TypeError(f"no launch key for an argument of type "
                     f"{type(arg).__name__}")
 
@@ -52,8 +56,11 @@ def arg_key(arg: Any) -> Any:
 def hooks_unset() -> bool:
     """Whether Triton's launch enter and exit hooks (a profiler's, say)
     are unset: launches that bypass Triton's call would skip them."""
-    from triton import knobs
-    runtime = knobs.runtime
+    global _knobs
+    if _knobs is None:
+        from triton import knobs
+        _knobs = knobs
+    runtime = _knobs.runtime
     return (_empty(runtime.launch_enter_hook)
             and _empty(runtime.launch_exit_hook))
 
@@ -93,26 +100,30 @@ class Launcher:
             return
         device, stream = current_stream()
         try:
-            key = (tuple(arg_key(a) for a in args), tuple(meta.items()),
-                   device)
+            # arg_key of every argument, written out: this runs on every
+            # launch, and a call per argument would cost several us.
+            key = (device, *meta.items(), *[
+                (a == 1, a % 16 == 0, -_INT32 <= a < _INT32, a < _INT64)
+                if type(a) is int else _FLOAT if type(a) is float
+                else (a.dtype, a.data_ptr() % 16 == 0)
+                if isinstance(a, Tensor) else arg_key(a) for a in args])
         except TypeError:
             key = None
         entry = self.cache.get(key) if key is not None else None
         if entry is not None and hooks_unset():
-            run, function, packed = entry
+            run, function, packed, tail = entry
+            g = tuple(grid) + (1, 1)
             # The launcher takes every parameter, constexpr ones too, in
             # the kernel's order.
-            params = args + tuple(meta[name]
-                                  for name in self.names[len(args):])
-            g = tuple(grid) + (1, 1)
             run(g[0], g[1], g[2], stream, function, packed, None, None,
-                None, *params)
+                None, *args, *tail)
             return
         compiled = self.kernel[tuple(grid)](*args, **meta)
         if (key is not None and len(self.cache) < MAX_ENTRIES
                 and self._launchable(compiled, args, meta)):
+            tail = tuple(meta[name] for name in self.names[len(args):])
             self.cache[key] = (compiled.run, compiled.function,
-                               compiled.packed_metadata)
+                               compiled.packed_metadata, tail)
 
     def _launchable(self, compiled: Optional[Any], args: Tuple,
                     meta: Dict[str, Any]) -> bool:
