@@ -4,18 +4,19 @@ Each ``kernel[grid](*args, **meta)`` call of a Triton JIT function binds
 the arguments, computes their specialisation (dtypes, 16-byte alignment
 of pointers, integers equal to 1 or divisible by 16), hashes it into a
 cache key, looks up the compiled kernel, checks the globals it read and
-asks the driver for the current device and stream: about 21 us of host
-time per launch on the H200 machine's host with Triton 3.6, against
-7 us for the launch itself. Where a layer is bound by the host (small
-sets, eager mode) that is a visible share of a call.
+asks the driver for the current device and stream: 21-30 us of host
+time per launch on H200 machines' hosts with Triton 3.6, against 7-8 us
+for the compiled kernel's own launcher. Where a layer is bound by the
+host (small sets, eager mode) that is a visible share of a call.
 
 :class:`Launcher` keeps, per specialisation, the compiled kernel that
-Triton's own call returned, and launches it directly the next time. Its
-key is at least as fine as Triton's specialisation, so the kernel it
-launches is the one Triton would have chosen. Anything it does not
-recognise (an argument of another type, launch hooks such as a
-profiler's, Triton's interpreter) goes through Triton's call. Importing
-this module needs no Triton.
+Triton's own call returned, and launches it directly the next time; what
+it saves is Triton's binding less the cost of its own key
+(``benchmarks/launch.py`` measures both). Its key is at least as fine as
+Triton's specialisation, so the kernel it launches is the one Triton
+would have chosen. Anything it does not recognise (an argument of another
+type, launch hooks such as a profiler's, Triton's interpreter) goes
+through Triton's call. Importing this module needs no Triton.
 """
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -92,7 +93,8 @@ class Launcher:
     def __init__(self, kernel: Any):
         self.kernel = kernel
         self.names = tuple(kernel.arg_names)
-        self.cache: Dict[Any, Tuple[Callable, Any, Any]] = {}
+        # key -> (launcher, kernel handle, packed metadata, constexprs)
+        self.cache: Dict[Any, Tuple[Callable, Any, Any, Tuple]] = {}
 
     def __call__(self, grid: Sequence[int], *args: Any, **meta: Any) -> None:
         if INTERPRETED:  # Triton's interpreter compiles nothing
