@@ -424,8 +424,7 @@ class SamsaAttention(Module):
         if batch is not None and batch.dtype != torch.long:
             batch = batch.long()
         info = self._set_info(x, batch, pos, normal, num_graphs, max_num_nodes)
-        N, C = x.shape
-        H, D = self.heads, self.head_dim
+        N, H = x.size(0), self.heads
         if N == 0:  # no query: nothing to attend from
             out = self.lin_out(x)
             idx = torch.full((info.num_sets, H, 0), -1, device=x.device)
@@ -438,7 +437,19 @@ class SamsaAttention(Module):
             return self._fused_forward(x, batch, info, return_indices)
         if self._dense_keeps_all(info, N, return_indices):
             return self._dense_forward(x, batch, info)
+        return self._sampled_forward(x, batch, info, pos, normal,
+                                     return_indices, return_weights)
 
+    def _sampled_forward(self, x: Tensor, batch: Optional[Tensor],
+                         info: SetInfo, pos: Optional[Tensor],
+                         normal: Optional[Tensor], return_indices: bool,
+                         return_weights: bool,
+                         ) -> Union[Tensor, Tuple[Tensor, ...]]:
+        # The method's steps on the general path: training, exported
+        # graphs, relative bias, summary key, sets too large for the fused
+        # kernels.
+        N, C = x.shape
+        H, D = self.heads, self.head_dim
         # 1. Queries for every token; keys and values for every candidate.
         q, kv, hidden, (scorer_args, out_lin) = self._project(x)
         if q.requires_grad and not is_tracing():
