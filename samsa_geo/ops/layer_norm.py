@@ -82,13 +82,6 @@ def layer_norm(x: Tensor, weight: Optional[Tensor] = None,
 
 def _triton_serves(x: Tensor, weight: Optional[Tensor],
                    bias: Optional[Tensor], forced: bool) -> bool:
-    tensors = [t for t in (x, weight, bias) if t is not None]
-    return (_triton.runs_on(x, forced) and x.dtype in _DTYPES
-            and 0 < x.size(-1) <= _triton.MAX_NORM_CHANNELS
-            and x.numel() > 0
-            and all(t.device == x.device for t in tensors)
-            and not (torch.is_grad_enabled()
-                     and any(t.requires_grad for t in tensors))
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_exporting())
+    affine = [t for t in (weight, bias) if t is not None]
+    return x.dtype in _DTYPES and _triton.row_kernel_serves(x, affine,
+                                                            forced)

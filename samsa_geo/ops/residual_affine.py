@@ -60,11 +60,11 @@ def residual_affine(x: Tensor, h: Tensor, scale: Tensor, shift: Tensor, *,
                          f"{list(x.shape)} (got "
                          f"{getattr(h, 'shape', type(h).__name__)})")
     C = x.size(1)
-    for name, t in (('x', x), ('h', h), ('scale', scale), ('shift', shift)):
-        if name in ('scale', 'shift') and (not isinstance(t, Tensor)
-                                           or tuple(t.shape) != (C, )):
+    for name, t in (('scale', scale), ('shift', shift)):
+        if not isinstance(t, Tensor) or tuple(t.shape) != (C, ):
             raise ValueError(f"Expected '{name}' to have shape [{C}] "
                              f"(got {getattr(t, 'shape', t)})")
+    for name, t in (('x', x), ('h', h), ('scale', scale), ('shift', shift)):
         if not t.is_floating_point():
             raise TypeError(f"Expected '{name}' to be floating point "
                             f"(got {t.dtype})")
@@ -89,15 +89,7 @@ def residual_affine(x: Tensor, h: Tensor, scale: Tensor, shift: Tensor, *,
 
 def _triton_serves(x: Tensor, h: Tensor, scale: Tensor, shift: Tensor,
                    copy_dtype: Optional[torch.dtype], forced: bool) -> bool:
-    tensors = (x, h, scale, shift)
-    return (_triton.runs_on(x, forced)
-            and copy_dtype in (None, torch.float16, torch.bfloat16)
-            and all(t.dtype in _DTYPES and t.device == x.device
-                    for t in tensors)
-            and 0 < x.size(1) <= _triton.MAX_NORM_CHANNELS
-            and x.size(0) > 0
-            and not (torch.is_grad_enabled()
-                     and any(t.requires_grad for t in tensors))
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_exporting())
+    others = (h, scale, shift)
+    return (copy_dtype in (None, torch.float16, torch.bfloat16)
+            and all(t.dtype in _DTYPES for t in (x, *others))
+            and _triton.row_kernel_serves(x, others, forced))

@@ -8,7 +8,7 @@ without it.
 import contextlib
 import importlib.util
 import os
-from typing import ContextManager, Optional
+from typing import ContextManager, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -43,6 +43,25 @@ def runs_on(x: Tensor, forced: bool) -> bool:
     interpreter."""
     return HAS_TRITON and (x.device.type == 'cuda' or (
         forced and INTERPRETED and x.device.type == 'cpu'))
+
+
+def row_kernel_serves(x: Tensor, tensors: Sequence[Tensor],
+                      forced: bool) -> bool:
+    r"""Whether a forward-only row kernel (layer normalisation, the
+    residual affine map) serves a call on the rows :obj:`x` :obj:`[*, C]`
+    with the other inputs :obj:`tensors`: its device runs the kernels
+    (see :func:`runs_on`), every input lies on it, :math:`0 < C \le`
+    :obj:`MAX_NORM_CHANNELS`, :obj:`x` is not empty, no gradient is
+    recorded, and no compiled or exported graph is being traced."""
+    return (runs_on(x, forced)
+            and 0 < x.size(-1) <= MAX_NORM_CHANNELS and x.numel() > 0
+            and all(t.device == x.device for t in tensors)
+            and not (torch.is_grad_enabled()
+                     and (x.requires_grad
+                          or any(t.requires_grad for t in tensors)))
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_exporting())
 
 
 def knn_supported(x: Tensor, y: Tensor, k: int, cosine: bool,

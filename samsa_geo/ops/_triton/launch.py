@@ -18,7 +18,7 @@ would have chosen. Anything it does not recognise (an argument of another
 type, launch hooks such as a profiler's, Triton's interpreter) goes
 through Triton's call. Importing this module needs no Triton.
 """
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -41,15 +41,22 @@ def arg_key(arg: Any) -> Any:
     tensor's dtype and 16-byte alignment, an integer's type (32 or 64
     bits), whether it equals 1 and whether 16 divides it. Raises
     :class:`TypeError` for an argument of another kind."""
-    if isinstance(arg, Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
+    return launch_key((arg, ))[0]
+
+
+def launch_key(args: Sequence[Any]) -> List[Any]:
+    r""":func:`arg_key` of every argument, written out in one expression:
+    it runs on every launch, where a call per argument would cost several
+    us."""
+    return [(a == 1, a % 16 == 0, -_INT32 <= a < _INT32, a < _INT64)
+            if type(a) is int else _FLOAT if type(a) is float
+            else (a.dtype, a.data_ptr() % 16 == 0)
+            if isinstance(a, Tensor) else _other_key(a) for a in args]
+
+
+def _other_key(arg: Any) -> Any:
     if isinstance(arg, bool):
         return 'u1', arg
-    if isinstance(arg, int):
-        return (arg == 1, arg % 16 == 0, -_INT32 <= arg < _INT32,
-                arg < _INT64)
-    if isinstance(arg, float):
-        return _FLOAT
     raise TypeError(f"no launch key for an argument of type "
                     f"{type(arg).__name__}")
 
@@ -102,13 +109,7 @@ class Launcher:
             return
         device, stream = current_stream()
         try:
-            # arg_key of every argument, written out: this runs on every
-            # launch, and a call per argument would cost several us.
-            key = (device, *meta.items(), *[
-                (a == 1, a % 16 == 0, -_INT32 <= a < _INT32, a < _INT64)
-                if type(a) is int else _FLOAT if type(a) is float
-                else (a.dtype, a.data_ptr() % 16 == 0)
-                if isinstance(a, Tensor) else arg_key(a) for a in args])
+            key = (device, *meta.items(), *launch_key(args))
         except TypeError:
             key = None
         entry = self.cache.get(key) if key is not None else None
@@ -130,11 +131,10 @@ class Launcher:
     def _launchable(self, compiled: Optional[Any], args: Tuple,
                     meta: Dict[str, Any]) -> bool:
         # A compiled kernel (not the interpreter's None), every parameter
-        # given, none twice.
-        rest = self.names[len(args):]
-        return (compiled is not None and hasattr(compiled, 'packed_metadata')
+        # given.
+        return (hasattr(compiled, 'packed_metadata')
                 and len(args) <= len(self.names)
-                and all(name in meta for name in rest))
+                and all(name in meta for name in self.names[len(args):]))
 
     def __repr__(self) -> str:
         name = getattr(self.kernel, '__name__', repr(self.kernel))
