@@ -1,8 +1,13 @@
 """Times the importance scorer alone at a point layer's shape (128 clouds x
 1,024 tokens, C = 256, 8 heads, bf16 inference): the PyTorch formula eager
-and compiled, and the fused Triton kernel of its tail (default and other
-configurations), with the largest deviation from the PyTorch formula.
-Pipelined timing (calls back to back). Writes JSON records.
+and compiled; the Triton kernel from the MLP's hidden layer (GELU, second
+layer, LayerNorm, residual and projection in one launch: ``triton_default``
+and other configurations); and the kernel of the tail alone after PyTorch's
+GELU and second layer (``triton_tail_only``, what runs beyond
+``SCORE_MLP_MAX_CHANNELS``), each with the largest deviation from the
+PyTorch formula. Pipelined timing (calls back to back). Writes JSON
+records with their provenance (``--commit`` names the tree's commit where
+git cannot).
 
     python benchmarks/scorer_kernel.py   # adds to results/scorer_kernel.json
 """
@@ -14,17 +19,20 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    device_name,
     measure,
     print_table,
+    provenance,
     write_records,
 )
 
-from samsa_geo.nn.attention import ImportanceScorer, config  # noqa: E402
+from samsa_geo.nn.attention import ImportanceScorer  # noqa: E402
+from samsa_geo.nn.attention import config as config_module  # noqa: E402
 
 
-#: Row blocks and warps timed besides the default configuration.
-CONFIGS = [(4, 4), (8, 4), (16, 4), (16, 8), (32, 8), (64, 8)]
+#: Row blocks, column blocks of the second layer and warps timed besides
+#: the default configuration.
+CONFIGS = [(16, 32, 4), (32, 32, 4), (32, 32, 8), (32, 64, 8), (64, 32, 8),
+           (64, 64, 8), (128, 32, 8)]
 
 
 def main():
@@ -32,6 +40,7 @@ def main():
     p.add_argument('--tokens', type=int, default=128 * 1024)
     p.add_argument('--channels', type=int, default=256)
     p.add_argument('--heads', type=int, default=8)
+    p.add_argument('--commit', default=None)
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'scorer_kernel.json'))
     args = p.parse_args()
@@ -46,29 +55,40 @@ def main():
 
     def run(module, fused, config=None):
         def fn():
-            config.set_fused_scorer(fused)
+            config_module.set_fused_scorer(fused)
             _score_triton.KERNEL_CONFIG = config
             with torch.no_grad():
                 return module(x)
         return fn
 
+    lin1, act, lin2 = scorer.score_nn
+    norm, lin = scorer.norm, scorer.lin
+
+    def tail_only():
+        with torch.no_grad():
+            y = lin2(act(lin1(x)))
+            return _score_triton.importance_score_triton(
+                y, x, norm.weight, norm.bias, norm.eps, lin.weight,
+                lin.bias)
+
     cases = [('pytorch_eager', run(scorer, False)),
              ('pytorch_compiled', run(compiled, False)),
+             ('triton_tail_only', tail_only),
              ('triton_default', run(scorer, True))]
-    for rows, warps in CONFIGS:
-        cfg = dict(BLOCK_N=rows, num_warps=warps)
-        if rows * C <= 16384:
-            name = f"triton_rows{cfg['BLOCK_N']}_warps{cfg['num_warps']}"
+    for rows, cols, warps in CONFIGS:
+        if rows * C <= 32768:
+            cfg = dict(BLOCK_N=rows, BLOCK_K=cols, num_warps=warps)
+            name = f"triton_rows{rows}_k{cols}_warps{warps}"
             cases.append((name, run(scorer, True, cfg)))
     ref = run(scorer, False)().double()
     records = []
     for name, fn in cases:
         rec = dict(op=name, tokens=N, channels=C, heads=H,
-                   device=device_name(dev), torch=torch.__version__)
+                   **provenance(dev, args))
         rec.update(measure(fn, dev, warmup=3, repeat=50, pipelined=True))
         rec['max_abs_err'] = float((fn().double() - ref).abs().max())
         records.append(rec)
-    config.set_fused_scorer(True)
+    config_module.set_fused_scorer(True)
     _score_triton.KERNEL_CONFIG = None
     print_table(records, ['op', 'ms', 'max_abs_err'])
     write_records(records, args.out)

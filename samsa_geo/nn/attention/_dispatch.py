@@ -11,12 +11,40 @@ HAS_TRITON = importlib.util.find_spec('triton') is not None
 #: rows stays in registers).
 SCORE_MAX_CHANNELS = 2048
 SCORE_MAX_HEADS = 64
-#: Largest set (tokens and registers) of the fused inference path: the
-#: selection kernel keeps one set's scores in registers. Larger sets take
-#: the unfused path.
-FUSED_MAX_SET_SIZE = 8192
+#: Largest token width for which the scorer kernel also runs the MLP's
+#: second layer (its ``[rows, C]`` accumulator stays in registers).
+SCORE_MLP_MAX_CHANNELS = 512
+#: Largest block of candidate scores (a set's tokens and registers) that
+#: one program of the fused path's selection kernel keeps in registers.
+SELECT_MAX_BLOCK = 8192
+#: Tokens per chunk of a set whose candidates exceed one block: the top
+#: :math:`k` of every chunk is selected first, then the chunks' winners
+#: and the registers are merged (see :func:`selection_chunks`).
+SELECT_CHUNK = 4096
 #: Largest head width of the fused inference path.
 FUSED_MAX_HEAD_DIM = 256
+
+
+def selection_chunks(max_size: int, num_registers: int, k_max: int) -> int:
+    r"""Chunks per set of the fused path's top-:math:`k` selection for sets
+    of at most ``max_size`` tokens, ``num_registers`` registers and
+    ``k_max`` kept candidates: 1 where a set's candidates fit one block
+    (:data:`SELECT_MAX_BLOCK`); else the fewest chunks (at least 2) of at
+    most :data:`SELECT_CHUNK` (or, failing that, :data:`SELECT_MAX_BLOCK`)
+    tokens whose :math:`k_{\max}` winners each, with the registers, fit
+    one block of the merge; 0 where no split fits (the unfused path
+    serves such sets).
+
+    The top :math:`k` of a set is the top :math:`k` of its chunks' top
+    :math:`k`, ties included: every chunk keeps its lowest-indexed tied
+    tokens, as the whole set does."""
+    if max_size + num_registers <= SELECT_MAX_BLOCK:
+        return 1
+    for chunk in (min(SELECT_CHUNK, SELECT_MAX_BLOCK), SELECT_MAX_BLOCK):
+        chunks = max(2, -(-max_size // chunk))
+        if chunks * k_max + num_registers <= SELECT_MAX_BLOCK:
+            return chunks
+    return 0
 
 
 def triton_serves(device: torch.device) -> bool:

@@ -34,17 +34,22 @@ def _(q, k, v, key_valid, pos_q, pos_k, normal_q, normal_k, A, a, B, b):
 @torch.library.custom_op('samsa_geo::importance_score', mutates_args=())
 def importance_score(y: Tensor, x: Tensor, ln_weight: Tensor,
                      ln_bias: Tensor, eps: float, weight: Tensor,
-                     bias: Tensor) -> Tensor:
+                     bias: Tensor, lin2_weight: Optional[Tensor] = None,
+                     lin2_bias: Optional[Tensor] = None,
+                     approximate: str = 'none') -> Tensor:
     r"""The importance scorer's tail in one kernel
-    (:func:`~samsa_geo.nn.attention._score_triton.importance_score_triton`):
+    (:func:`~samsa_geo.nn.attention._score_triton.importance_score_triton`;
+    with ``lin2_weight``, ``y`` is the MLP's hidden layer):
     ``[N, C]`` -> ``[N, H]`` float32."""
     from samsa_geo.nn.attention import _score_triton
     return _score_triton.importance_score_triton(
-        y, x, ln_weight, ln_bias, eps, weight, bias)
+        y, x, ln_weight, ln_bias, eps, weight, bias, lin2_weight, lin2_bias,
+        approximate)
 
 
 @importance_score.register_fake
-def _(y, x, ln_weight, ln_bias, eps, weight, bias):
+def _(y, x, ln_weight, ln_bias, eps, weight, bias, lin2_weight=None,
+      lin2_bias=None, approximate='none'):
     return y.new_empty(y.size(0), weight.size(0), dtype=torch.float32)
 
 

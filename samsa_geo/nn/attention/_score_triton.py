@@ -1,18 +1,26 @@
 r"""Inference kernel for the tail of
 :class:`~samsa_geo.nn.attention.ImportanceScorer`, written in Triton.
 
-Given the scorer MLP's output :math:`\mathbf{y}_i` and the token
-:math:`\mathbf{x}_i`, one program computes, for ``BLOCK_N`` rows held in
-registers,
+Given the token :math:`\mathbf{x}_i` and either the scorer MLP's output
+:math:`\mathbf{y}_i` or its hidden layer :math:`\mathbf{z}_i` (before the
+activation), one program computes, for ``BLOCK_N`` rows held in registers,
 
 .. math::
-    \mathbf{s}_i = \mathbf{W} \big(\mathbf{x}_i + \mathrm{LN}(\mathbf{y}_i)
+    \mathbf{y}_i &= \mathbf{W}_2 \, \mathrm{GELU}(\mathbf{z}_i) +
+    \mathbf{b}_2 \quad \text{(from the hidden layer only)}
+
+    \mathbf{s}_i &= \mathbf{W} \big(\mathbf{x}_i + \mathrm{LN}(\mathbf{y}_i)
     \big) + \mathbf{b},
 
-everything in float32. Unfused, the float32 tokens :math:`(N, C)` are
-written by the LayerNorm and read back by the projection; here the kernel
-reads :math:`\mathbf{x}` and :math:`\mathbf{y}` once and writes
-:math:`(N, H)` scores.
+the scores in float32. From the hidden layer, the activation and
+:math:`\mathbf{y}_i` are rounded to the hidden layer's dtype, as
+:func:`~torch.nn.functional.gelu` and :func:`~torch.nn.functional.linear`
+write them, and the second layer runs on the tensor cores
+(:func:`triton.language.dot`, float32 accumulation; exact float32 products
+for float32 inputs). Unfused, that is three launches (GELU, linear layer,
+this tail) and two ``(N, C)`` round trips through memory; here the kernel
+reads :math:`\mathbf{z}` (or :math:`\mathbf{y}`) and :math:`\mathbf{x}`
+once and writes the :math:`(N, H)` scores.
 
 Forward only: training runs the PyTorch formula. Importing this module
 needs Triton.
@@ -28,24 +36,58 @@ from torch import Tensor
 from samsa_geo.nn.attention._dispatch import (
     SCORE_MAX_CHANNELS,
     SCORE_MAX_HEADS,
+    SCORE_MLP_MAX_CHANNELS,
 )
 from samsa_geo.ops._triton.launch import Launcher
 
 
 @triton.jit
+def _gelu(z, TANH: tl.constexpr):
+    # GELU in float32: exact (erf), or its tanh approximation.
+    if TANH:
+        u = 0.7978845608028654 * (z + 0.044715 * z * z * z)
+        return 0.5 * z * (2.0 * tl.sigmoid(2.0 * u))
+    return 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+
+
+@triton.jit
 def _importance_score_fwd(
-    Y, X, LN_W, LN_B, W, B, OUT,
-    sy_n, sx_n, so_n,
+    Y, X, W2, B2, LN_W, LN_B, W, B, OUT,
+    sy_n, sx_n, sw2_n, so_n,
     N, C, eps,
-    H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    H: tl.constexpr, FROM_HIDDEN: tl.constexpr, TANH: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_C)
     mask_r, mask_c = rows < N, cols < C
     mask = mask_r[:, None] & mask_c[None, :]
 
-    y = tl.load(Y + rows[:, None] * sy_n + cols[None, :], mask=mask,
-                other=0.0).to(tl.float32)
+    if FROM_HIDDEN:
+        # y = GELU(z) W2^T + b2 over column blocks of z: [BLOCK_N, BLOCK_K]
+        # activations times [BLOCK_K, BLOCK_C] of W2^T.
+        acc = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
+        for k0 in range(0, C, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            mask_k = ks < C
+            z = tl.load(Y + rows[:, None] * sy_n + ks[None, :],
+                        mask=mask_r[:, None] & mask_k[None, :], other=0.0)
+            a = _gelu(z.to(tl.float32), TANH).to(z.dtype)
+            w = tl.load(W2 + cols[None, :] * sw2_n + ks[:, None],
+                        mask=mask_k[:, None] & mask_c[None, :], other=0.0)
+            if IEEE:  # exact float32 products of the (rounded) inputs
+                acc += tl.dot(a.to(tl.float32), w.to(tl.float32),
+                              input_precision='ieee')
+            else:
+                acc += tl.dot(a, w)
+        b2 = tl.load(B2 + cols, mask=mask_c, other=0.0).to(tl.float32)
+        # Rounded to z's dtype, as the linear layer writes y.
+        y = (acc + b2[None, :]).to(Y.dtype.element_ty).to(tl.float32)
+    else:
+        y = tl.load(Y + rows[:, None] * sy_n + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+    y = tl.where(mask, y, 0.0)
     mean = tl.sum(y, 1) / C
     diff = tl.where(mask, y - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, 1) / C + eps)
@@ -53,12 +95,8 @@ def _importance_score_fwd(
     beta = tl.load(LN_B + cols, mask=mask_c, other=0.0).to(tl.float32)
     x = tl.load(X + rows[:, None] * sx_n + cols[None, :], mask=mask,
                 other=0.0).to(tl.float32)
-    # Zero beyond C (x, diff, gamma and beta load as 0 there); rows beyond
-    # N are never stored.
     h = x + diff * rstd[:, None] * gamma[None, :] + beta[None, :]
 
-    # One float32 row reduction per head (exact products, no tensor-core
-    # rounding).
     for j in tl.static_range(H):
         w = tl.load(W + j * C + cols, mask=mask_c, other=0.0).to(tl.float32)
         s = tl.sum(h * w[None, :], 1) + tl.load(B + j).to(tl.float32)
@@ -68,34 +106,45 @@ def _importance_score_fwd(
 _launch_importance_score = Launcher(_importance_score_fwd)
 
 
-#: A fixed ``{'BLOCK_N', 'num_warps'}`` (:obj:`None`: about 4K values of a
-#: row block, 32 per thread). On the H200 at C = 256, 8 heads, rows of 16,
-#: 32 and 64 ran equally fast (``benchmarks/scorer_kernel.py``); an
-#: autotuner's dispatch cost more than it won.
+#: Overrides :func:`default_config` (benchmarks time other choices).
 KERNEL_CONFIG: Optional[dict] = None
-# Triton's interpreter (``TRITON_INTERPRET=1``; tests on CPU) runs one warp.
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
-def default_config(C: int) -> dict:
-    """Rows per program and warps for token width ``C``."""
-    width = triton.next_power_of_2(C)
+def default_config(C: int, from_hidden: bool = False) -> dict:
+    """Rows per program, warps (and, from the hidden layer, the column
+    block of the second layer's product) for token width ``C``."""
+    width = max(16, triton.next_power_of_2(C))
+    if from_hidden:  # tl.dot: at least 16 rows, a [rows, width] accumulator
+        rows = max(16, min(64, 16384 // width))
+        return {'BLOCK_N': rows, 'BLOCK_K': max(16, min(64, 8192 // width)),
+                'num_warps': 8 if rows * width >= 8192 else 4}
     rows = max(1, min(64, 4096 // width))
     return {'BLOCK_N': rows, 'num_warps': 4 if rows * width <= 4096 else 8}
 
 
 def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
                             ln_bias: Tensor, eps: float, weight: Tensor,
-                            bias: Tensor) -> Tensor:
+                            bias: Tensor, lin2_weight: Optional[Tensor] = None,
+                            lin2_bias: Optional[Tensor] = None,
+                            approximate: str = 'none') -> Tensor:
     r"""Scores :math:`\mathbf{W}(\mathbf{x} + \mathrm{LN}(\mathbf{y})) +
     \mathbf{b}` in float32, one kernel launch.
 
     Args:
-        y (Tensor): ``[N, C]`` output of the scorer MLP, any float dtype.
+        y (Tensor): ``[N, C]`` output of the scorer MLP, any float dtype;
+            with ``lin2_weight``, its hidden layer before the activation
+            (float32, bfloat16 or float16).
         x (Tensor): ``[N, C]`` tokens.
         ln_weight (Tensor): ``[C]``; ln_bias: ``[C]`` (LayerNorm affine).
         eps (float): LayerNorm epsilon.
         weight (Tensor): ``[H, C]``; bias: ``[H]`` (projection).
+        lin2_weight (Tensor, optional): ``[C, C]`` weight and
+            ``lin2_bias`` ``[C]`` bias of the MLP's second layer: the
+            kernel computes :math:`\mathbf{y} = \mathbf{W}_2
+            \mathrm{GELU}(\mathbf{y}) + \mathbf{b}_2` first, in ``y``'s
+            dtype (at most ``SCORE_MLP_MAX_CHANNELS`` channels).
+        approximate (str, optional): The GELU, ``'none'`` or ``'tanh'``.
 
     Returns:
         ``[N, H]`` float32.
@@ -105,18 +154,47 @@ def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
     if C > SCORE_MAX_CHANNELS or H > SCORE_MAX_HEADS:
         raise ValueError(f"Expected at most {SCORE_MAX_CHANNELS} channels "
                          f"and {SCORE_MAX_HEADS} heads (got {C} and {H})")
+    from_hidden = lin2_weight is not None
+    if from_hidden != (lin2_bias is not None):
+        raise ValueError("Expected 'lin2_weight' and 'lin2_bias' together")
+    if from_hidden:
+        if C > SCORE_MLP_MAX_CHANNELS:
+            raise ValueError(f"Expected at most {SCORE_MLP_MAX_CHANNELS} "
+                             f"channels with 'lin2_weight' (got {C})")
+        if tuple(lin2_weight.shape) != (C, C) or \
+                tuple(lin2_bias.shape) != (C, ):
+            raise ValueError(f"Expected 'lin2_weight' of shape [{C}, {C}] "
+                             f"and 'lin2_bias' of shape [{C}] (got "
+                             f"{list(lin2_weight.shape)} and "
+                             f"{list(lin2_bias.shape)})")
+        if y.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise TypeError(f"Expected 'y' in float32, bfloat16 or float16 "
+                            f"with 'lin2_weight' (got {y.dtype})")
+        if approximate not in ('none', 'tanh'):
+            raise ValueError(f"Expected 'approximate' to be 'none' or "
+                             f"'tanh' (got {approximate!r})")
     out = torch.empty(N, H, device=y.device, dtype=torch.float32)
     if N == 0:
         return out
     y = y if y.stride(-1) == 1 else y.contiguous()
     x = x if x.stride(-1) == 1 else x.contiguous()
     weight = weight.float().contiguous()
-    args = (y, x, ln_weight, ln_bias, weight, bias, out, y.stride(0),
-            x.stride(0), out.stride(0), N, C, float(eps))
-    meta = dict(H=H, BLOCK_C=max(16, triton.next_power_of_2(C)))
-    config = KERNEL_CONFIG or default_config(C)
-    if _INTERPRETED:
-        config = {'BLOCK_N': 4, 'num_warps': 1}
+    if from_hidden:  # the second layer in y's dtype, as autocast runs it
+        w2 = lin2_weight.to(y.dtype)
+        w2 = w2 if w2.stride(-1) == 1 else w2.contiguous()
+        b2 = lin2_bias.to(y.dtype)
+    else:  # unread
+        w2, b2 = y, y
+    args = (y, x, w2, b2, ln_weight, ln_bias, weight, bias, out, y.stride(0),
+            x.stride(0), w2.stride(0), out.stride(0), N, C, float(eps))
+    meta = dict(H=H, FROM_HIDDEN=from_hidden, TANH=approximate == 'tanh',
+                # Triton's interpreter multiplies bfloat16 blocks wrongly.
+                IEEE=y.dtype == torch.float32 or _INTERPRETED,
+                BLOCK_C=max(16, triton.next_power_of_2(C)))
+    config = dict(KERNEL_CONFIG or default_config(C, from_hidden))
+    if _INTERPRETED:  # few rows: the interpreter runs them one by one
+        config.update(BLOCK_N=16 if from_hidden else 4, num_warps=1)
+    config.setdefault('BLOCK_K', 16)
     grid = (triton.cdiv(N, config['BLOCK_N']), )
     _launch_importance_score(grid, *args, **meta, **config)
     return out

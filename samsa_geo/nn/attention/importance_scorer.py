@@ -10,6 +10,7 @@ from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import (
     SCORE_MAX_CHANNELS,
     SCORE_MAX_HEADS,
+    SCORE_MLP_MAX_CHANNELS,
     is_exporting,
     is_tracing,
     needs_grad,
@@ -108,17 +109,21 @@ class ImportanceScorer(Module):
             return score_tail(hidden, x, w1, b1, *lin2_weights, norm.weight,
                               norm.bias, norm.eps, lin.weight, lin.bias,
                               act.approximate, x_in)
-        # The modules hold the parameters; calling them functionally saves
-        # their dispatch on the host.
-        y = F.linear(F.gelu(hidden, approximate=act.approximate),
-                     *lin2_weights)
-        if self._use_kernel(x, y):
+        if self._use_kernel(x, hidden, lin2_weights[0]):
             # Eager calls launch the kernel directly: the custom operator's
             # dispatch costs more host time than the kernel takes on the
             # GPU; compiled graphs keep the operator (no graph break).
             op = importance_score if is_tracing() else _eager_kernel()
-            return op(y, x, norm.weight, norm.bias, norm.eps, lin.weight,
-                      lin.bias)
+            tail = (norm.weight, norm.bias, norm.eps, lin.weight, lin.bias)
+            if self._mlp_in_kernel(hidden, lin2_weights[0]):
+                # The activation and the second layer in the kernel too.
+                return op(hidden, x, *tail, *lin2_weights, act.approximate)
+            return op(F.linear(F.gelu(hidden, approximate=act.approximate),
+                               *lin2_weights), x, *tail)
+        # The modules hold the parameters; calling them functionally saves
+        # their dispatch on the host.
+        y = F.linear(F.gelu(hidden, approximate=act.approximate),
+                     *lin2_weights)
         # Scores rank the tokens: the residual, the LayerNorm and the
         # projection run in float32 even under bf16/fp16 autocast.
         with torch.autocast(x.device.type, enabled=False):
@@ -127,15 +132,27 @@ class ImportanceScorer(Module):
                 norm.bias.float(), norm.eps)
             return F.linear(h, lin.weight.float(), lin.bias.float())
 
-    def _use_kernel(self, x: Tensor, y: Tensor) -> bool:
+    def _use_kernel(self, x: Tensor, hidden: Tensor, lin2_weight: Tensor,
+                    ) -> bool:
         # The fused Triton kernel serves inference on CUDA (forward only),
         # compiled graphs included (as a custom operator); exported graphs
         # keep the PyTorch formula.
         return (config.use_fused_scorer() and triton_serves(x.device)
                 and self.channels <= SCORE_MAX_CHANNELS
                 and self.heads <= SCORE_MAX_HEADS and not is_exporting()
-                and not needs_grad(x, y, self.norm.weight, self.norm.bias,
-                                   self.lin.weight, self.lin.bias))
+                and not needs_grad(x, hidden, lin2_weight, self.norm.weight,
+                                   self.norm.bias, self.lin.weight,
+                                   self.lin.bias))
+
+    def _mlp_in_kernel(self, hidden: Tensor, lin2_weight: Tensor) -> bool:
+        # The kernel runs the second layer in hidden's dtype: that of the
+        # weight, or autocast's (which F.linear would cast to).
+        dtype, device = hidden.dtype, hidden.device.type
+        return (self.channels <= SCORE_MLP_MAX_CHANNELS
+                and dtype in (torch.float32, torch.bfloat16, torch.float16)
+                and (lin2_weight.dtype == dtype
+                     or (torch.is_autocast_enabled(device)
+                         and torch.get_autocast_dtype(device) == dtype)))
 
     def __repr__(self) -> str:
         extra = ', input_norm=True' if self.norm_in is not None else ''

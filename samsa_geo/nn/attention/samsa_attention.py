@@ -19,10 +19,10 @@ from samsa_geo.nn.attention._dense import (
 )
 from samsa_geo.nn.attention._dispatch import (
     FUSED_MAX_HEAD_DIM,
-    FUSED_MAX_SET_SIZE,
     is_exporting,
     is_tracing,
     needs_grad,
+    selection_chunks,
     triton_serves,
 )
 from samsa_geo.nn.attention._flex import PairGeometry, flex_supported
@@ -506,7 +506,8 @@ class SamsaAttention(Module):
     def _fused_inference(self, x: Tensor, info: SetInfo,
                          return_weights: bool) -> bool:
         # Inference without noise, dot scores, softmax, no relative bias,
-        # no summary key, sets whose scores fit the selection kernel, on a
+        # no summary key, sets the selection kernels serve (in one block,
+        # or in chunks whose winners fit one block), on a
         # device Triton serves, outside exported graphs (compiled ones hold
         # the kernels as one operator), with no gradient to record.
         return (config.use_fused_inference() and not self.training
@@ -515,7 +516,8 @@ class SamsaAttention(Module):
                 and self.score == 'dot' and self.normalization == 'softmax'
                 and self.rel_bias is None and not self.summary
                 and not return_weights and info.max_size is not None
-                and info.max_size + self.num_registers <= FUSED_MAX_SET_SIZE
+                and selection_chunks(info.max_size, self.num_registers,
+                                     info.k_max) > 0
                 and self.head_dim <= FUSED_MAX_HEAD_DIM
                 and x.dtype in FUSED_DTYPES and triton_serves(x.device)
                 and not is_exporting()

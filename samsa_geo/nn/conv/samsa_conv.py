@@ -4,7 +4,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import Dropout, Linear, Module, Sequential
+from torch.nn import Dropout, Linear, Module, ReLU, Sequential
 from torch_geometric.nn.inits import reset
 from torch_geometric.nn.norm import BatchNorm, LayerNorm
 from torch_geometric.nn.resolver import (
@@ -340,7 +340,20 @@ class SamsaConv(Module):
                     self._mlp_cache, groups, dtype)
             elif config.use_stacked_casts():
                 w1, b1, w2, b2 = stacked_cast(groups, dtype)
-        h = act(F.linear(h if h_copy is None else h_copy, w1, b1))
+        h = h if h_copy is None else h_copy
+        # Inference: the ReLU as the GEMM's epilogue (cuBLASLt), one launch
+        # and no [N, 2C] round trip; under autocast the input is cast
+        # here, as F.linear would cast it. The op has no autograd formula,
+        # and traced graphs leave the fusion to the compiler.
+        epilogue = (type(act) is ReLU and b1 is not None and h.dim() == 2
+                    and not is_tracing() and not needs_grad(h, w1, b1))
+        if epilogue and h.dtype == torch.float32 and \
+                torch.is_autocast_enabled(h.device.type):
+            h = h.to(torch.get_autocast_dtype(h.device.type))
+        if epilogue and h.dtype == w1.dtype == b1.dtype:
+            h = torch._addmm_activation(b1, h, w1.t())
+        else:
+            h = act(F.linear(h, w1, b1))
         if drop1.p > 0.0 and self.training:
             h = F.dropout(h, p=drop1.p, training=True)
         h = F.linear(h, w2, b2)

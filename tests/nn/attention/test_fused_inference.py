@@ -74,16 +74,82 @@ def test_select_kernel_matches_a_stable_sort(fused, sizes, R, ties):
                                      len(sizes), max(sizes), k, k_max,
                                      with_bounds=True)
     assert idx.shape == (len(sizes), H, k_max) and idx.dtype == torch.long
+    _assert_stable_top(idx, bounds, score, reg, sizes, k)
+
+
+def _assert_stable_top(idx, bounds, score, reg, sizes, k):
+    # Per set and head: the selected ids first, in candidate order, then
+    # -1 in the unused slots; the sets' bounds where they are ragged.
     ref = _stable_top(score, reg, sizes, k)
+    R, k_max = 0 if reg is None else reg.size(0), idx.size(-1)
     for b, n in enumerate(sizes):
         kb = min(k, n + R)
-        for h in range(H):
-            # Selected ids first, in candidate order; unused slots -1.
+        for h in range(score.size(1)):
             row = idx[b, h].tolist()
             assert row[:kb] == ref[b][h] and row[kb:] == [-1] * (k_max - kb)
-    if ragged:
+    if len(set(sizes)) > 1:
         ptr = [0] + torch.tensor(sizes).cumsum(0).tolist()
         assert bounds.tolist() == [[s, e] for s, e in zip(ptr, ptr[1:])]
+    else:
+        assert bounds is None
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Selection blocks of 24 candidates and chunks of 8 tokens: sets of
+    tens of tokens take the chunked selection (and its merge)."""
+    dispatch = importlib.import_module('samsa_geo.nn.attention._dispatch')
+    monkeypatch.setattr(dispatch, 'SELECT_MAX_BLOCK', 24)
+    monkeypatch.setattr(dispatch, 'SELECT_CHUNK', 8)
+    return dispatch
+
+
+@pytest.mark.parametrize('sizes,R,k,chunks', [
+    ([40, 0, 13, 57, 3], 0, 2, 8),  # ragged, 8 chunks of 8
+    ([40, 0, 13, 57, 3], 2, 5, 3),  # registers; 8 chunks do not fit
+    ([30, 30], 1, 3, 4),  # equal sets: offsets without 'batch'
+    ([100], 0, 4, 5),  # one set, chunks of 20
+])
+def test_chunked_selection_matches_a_stable_sort(fused, small_blocks, sizes,
+                                                 R, k, chunks):
+    # Sets beyond one block: the chunks' winners, then their merge with
+    # the registers, give the one-block result (ties to the lower index).
+    from samsa_geo.nn.attention._topk_triton import select_topk_triton
+    assert small_blocks.selection_chunks(max(sizes), R, k) == chunks
+    N, H = sum(sizes), 2
+    score = (torch.randn(N, H) * 2).round() / 2  # many ties
+    reg = torch.randn(R, H).round() if R else None
+    _, batch, _ = _batch(sizes)
+    ragged = len(set(sizes)) > 1
+    idx, bounds = select_topk_triton(score, reg, batch if ragged else None,
+                                     len(sizes), max(sizes), k, k,
+                                     with_bounds=True)
+    _assert_stable_top(idx, bounds, score, reg, sizes, k)
+
+
+def test_chunked_selection_reads_per_set_k(fused, small_blocks):
+    from samsa_geo.nn.attention._topk_triton import select_topk_triton
+    sizes = [40, 4, 0, 33]
+    score = torch.randn(sum(sizes), 1)
+    _, batch, _ = _batch(sizes)
+    kb = torch.tensor([3, 4, 0, 2])
+    assert small_blocks.selection_chunks(40, 0, 4) == 5
+    idx = select_topk_triton(score, None, batch, 4, 40, 99, 4, kb)
+    for b, s in enumerate([0, 40, 44, 44]):
+        ids = idx[b, 0]
+        best = score[s:s + sizes[b], 0].topk(int(kb[b])).indices + s
+        assert sorted(ids[ids >= 0].tolist()) == sorted(best.tolist())
+
+
+def test_selection_chunks_and_what_does_not_fit(fused, small_blocks):
+    from samsa_geo.nn.attention._topk_triton import select_topk_triton
+    sc = small_blocks.selection_chunks
+    assert sc(20, 4, 8) == 1  # one block
+    assert sc(64, 0, 3) == 8  # 8 chunks of 8: 24 winners
+    assert sc(64, 1, 3) == 3  # 8 x 3 + 1 > 24: chunks of 24
+    assert sc(100, 0, 8) == 0  # 5 chunks x 8 winners > 24
+    with pytest.raises(ValueError, match='sets the selection kernel'):
+        select_topk_triton(torch.randn(100, 1), None, None, 1, 100, 8, 8)
 
 
 def test_set_offsets_searched_in_batch(fused, monkeypatch):
@@ -125,9 +191,15 @@ def test_select_kernel_reads_per_set_k(fused):
     ([24, 24, 24], dict(num_registers=2, k=0.3)),
     ([9, 0, 21, 3, 14], dict(k=0.3, sampling='soft')),
     (None, dict(num_registers=2)),  # one set, batch=None
+    # Chunked selection (blocks of 24 candidates, chunks of 8 tokens).
+    ([40, 0, 13, 57, 3], dict(k=4, chunked=True)),
+    ([40, 0, 13, 57, 3], dict(k=3, num_registers=2, chunked=True)),
+    ([30, 30], dict(k=0.1, chunked=True)),
 ])
-def test_fused_matches_unfused(fused, spy, sizes, kwargs):
+def test_fused_matches_unfused(fused, spy, request, sizes, kwargs):
     kwargs = {'k': 8, **kwargs}
+    if kwargs.pop('chunked', False):
+        request.getfixturevalue('small_blocks')
     attn = SamsaAttention(16, heads=2, **kwargs).eval()
     if sizes is None:
         x, batch, hints = torch.randn(30, 16), None, {}
@@ -190,7 +262,10 @@ def test_fused_path_applies_to_plain_inference_only(fused, spy, monkeypatch):
         run(plain)
     finally:
         config.set_fused_inference(True)
-    monkeypatch.setattr(fused, 'FUSED_MAX_SET_SIZE', 21)  # 20 + 2 registers
+    # Sets of 20 + 2 registers, k = 8: neither one block of 12 nor chunks
+    # (whose 8 winners each and the registers exceed 12) fit.
+    dispatch = importlib.import_module('samsa_geo.nn.attention._dispatch')
+    monkeypatch.setattr(dispatch, 'SELECT_MAX_BLOCK', 12)
     run(SamsaAttention(16, heads=2, k=8, num_registers=2).eval())
     monkeypatch.setattr(fused, 'is_exporting', lambda: True)
     run(plain)

@@ -121,6 +121,79 @@ def test_kernel_matches_float64(kernel, C, H, N, dtype):
     assert torch.allclose(out.double(), ref, atol=1e-4, rtol=1e-5)
 
 
+def _mlp_tail_reference(hidden, x, lin2, norm, lin, approximate):
+    # The unfused inference formula in float64, with GELU(z) and y rounded
+    # to z's dtype where F.gelu and F.linear write them.
+    dtype = hidden.dtype
+    a = F.gelu(hidden.double(), approximate=approximate).to(dtype).double()
+    w2, b2 = lin2.weight.to(dtype).double(), lin2.bias.to(dtype).double()
+    y = (a @ w2.t() + b2).to(dtype).double()
+    h = x.double() + F.layer_norm(y, y.shape[-1:], norm.weight.double(),
+                                  norm.bias.double(), norm.eps)
+    return h @ lin.weight.double().t() + lin.bias.double()
+
+
+@pytest.mark.parametrize('C,H,N', [(32, 4, 37), (48, 3, 16), (256, 8, 70)])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('approximate', ['none', 'tanh'])
+def test_kernel_runs_the_mlp_second_layer(kernel, C, H, N, dtype,
+                                          approximate):
+    # From the hidden layer z: s = W (x + LN(W2 GELU(z) + b2)) + b, equal
+    # to the unfused formula (GELU and the linear layer in z's dtype) up
+    # to float32 summation order; widths that are not a power of two, row
+    # counts off the row block, both GELUs.
+    scorer = _trained_like(C, H)
+    lin2, norm, lin = scorer.score_nn[2], scorer.norm, scorer.lin
+    hidden = (torch.randn(N, C) * 2.0).to(dtype)
+    x = torch.randn(N, C) * 2.0
+    out = kernel.importance_score_triton(
+        hidden, x, norm.weight, norm.bias, norm.eps, lin.weight, lin.bias,
+        lin2.weight.to(dtype), lin2.bias.to(dtype), approximate)
+    ref = _mlp_tail_reference(hidden, x, lin2, norm, lin, approximate)
+    assert out.dtype == torch.float32 and out.shape == (N, H)
+    # bf16: a y entry may round to the neighbouring bf16 value (2^-8
+    # relative) where the summation order differs.
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    assert torch.allclose(out.double(), ref, atol=tol, rtol=tol)
+    other = 'tanh' if approximate == 'none' else 'none'
+    wrong = _mlp_tail_reference(hidden, x, lin2, norm, lin, other)
+    assert not torch.allclose(out.double(), wrong, atol=1e-4, rtol=1e-4)
+
+
+def test_kernel_mlp_reads_strided_hidden_and_checks_arguments(kernel):
+    scorer = _trained_like(32, 2)
+    lin2, norm, lin = scorer.score_nn[2], scorer.norm, scorer.lin
+    args = (norm.weight, norm.bias, norm.eps, lin.weight, lin.bias)
+    both = torch.randn(20, 96)
+    hidden, x = both[:, 32:64], both[:, :32]  # row stride 96
+    out = kernel.importance_score_triton(hidden, x, *args, lin2.weight,
+                                         lin2.bias)
+    ref = kernel.importance_score_triton(hidden.contiguous(), x.contiguous(),
+                                         *args, lin2.weight, lin2.bias)
+    assert torch.equal(out, ref)
+    assert kernel.importance_score_triton(hidden[:0], x[:0], *args,
+                                          lin2.weight, lin2.bias).shape \
+        == (0, 2)
+    with pytest.raises(ValueError, match="'lin2_weight' and 'lin2_bias'"):
+        kernel.importance_score_triton(hidden, x, *args, lin2.weight)
+    with pytest.raises(ValueError, match=r"'lin2_weight' of shape \[32, 32\]"):
+        kernel.importance_score_triton(hidden, x, *args, lin2.weight[:, :8],
+                                       lin2.bias)
+    with pytest.raises(ValueError, match="'approximate'"):
+        kernel.importance_score_triton(hidden, x, *args, lin2.weight,
+                                       lin2.bias, 'erf')
+    with pytest.raises(TypeError, match="'y' in float32"):
+        kernel.importance_score_triton(hidden.double(), x, *args,
+                                       lin2.weight, lin2.bias)
+    wide = torch.randn(3, 520)
+    with pytest.raises(ValueError, match="at most 512 channels"):
+        kernel.importance_score_triton(wide, wide, torch.ones(520),
+                                       torch.zeros(520), 1e-5,
+                                       torch.zeros(2, 520), torch.zeros(2),
+                                       torch.zeros(520, 520),
+                                       torch.zeros(520))
+
+
 def test_kernel_reads_strided_rows_and_handles_empty(kernel):
     scorer = _trained_like(32, 2)
     norm, lin = scorer.norm, scorer.lin
@@ -155,6 +228,11 @@ def test_scorer_dispatches_to_the_kernel_in_inference(kernel, monkeypatch,
         out = scorer(x)
         compiled = torch.compile(scorer, fullgraph=True)(x)
     assert len(calls) == 2
+    # The activation and the second layer run in the kernel: it reads
+    # the hidden layer and the second layer's weight.
+    lin1, _, lin2 = scorer.score_nn
+    assert torch.allclose(calls[0][0], F.linear(x, lin1.weight, lin1.bias))
+    assert calls[0][7] is lin2.weight
     assert torch.allclose(out, ref, atol=1e-5)
     assert torch.allclose(compiled, ref, atol=1e-5)
     scorer(x)  # the parameters need gradients
@@ -178,8 +256,26 @@ def test_input_norm_scorer_takes_the_kernel_under_autocast(kernel,
         with config.attention_config(fused_scorer=False):
             ref = scorer(x)
     assert len(calls) == 1
-    y, x_hat = calls[0][:2]
-    assert y.dtype == torch.bfloat16 and x_hat.dtype == torch.float32
+    hidden, x_hat = calls[0][:2]
+    assert hidden.dtype == torch.bfloat16 and x_hat.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=2e-2)
+
+
+def test_wide_scorer_runs_its_mlp_before_the_kernel(kernel, monkeypatch,
+                                                    spy):
+    # Beyond SCORE_MLP_MAX_CHANNELS the kernel reads the MLP's output.
+    import samsa_geo.nn.attention.importance_scorer as mod
+
+    scorer = _trained_like(520, 2).eval()
+    x = torch.randn(6, 520)
+    monkeypatch.setattr(mod, 'triton_serves', lambda device: True)
+    calls = spy(kernel, 'importance_score_triton')
+    with torch.no_grad():
+        out = scorer(x)
+        with config.attention_config(fused_scorer=False):
+            ref = scorer(x)
+    assert len(calls) == 1 and len(calls[0]) == 7
+    assert torch.allclose(calls[0][0], scorer.score_nn(x), atol=1e-5)
     assert torch.allclose(out, ref, atol=1e-4)
 
 
@@ -188,9 +284,12 @@ def test_kernel_is_a_valid_custom_operator(kernel):
     norm, lin = scorer.norm, scorer.lin
     y, x = torch.randn(30, 32), torch.randn(30, 32)
     op = torch.ops.samsa_geo.importance_score.default
-    torch.library.opcheck(op, (y, x, norm.weight.detach(),
-                               norm.bias.detach(), norm.eps,
-                               lin.weight.detach(), lin.bias.detach()))
+    args = (y, x, norm.weight.detach(), norm.bias.detach(), norm.eps,
+            lin.weight.detach(), lin.bias.detach())
+    torch.library.opcheck(op, args)
+    lin2 = scorer.score_nn[2]
+    torch.library.opcheck(op, args + (lin2.weight.detach(),
+                                      lin2.bias.detach(), 'tanh'))
 
 
 def _formula_and_grads(scorer, x, hidden, autocast, plain):

@@ -4,6 +4,7 @@ parameters change), and the MLP's casts kept between calls under
 autocast."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import samsa_geo.nn.conv.samsa_conv as conv_module
 from samsa_geo.nn import SamsaConv
@@ -133,3 +134,41 @@ def test_residual_and_batch_norm_run_as_one_op(monkeypatch, spy,
     assert len(calls) == 2 and copies[0].dtype == torch.bfloat16
     assert copies[1] is None  # the module path's norm returns no copy
     torch.testing.assert_close(out, ref)
+
+
+class _AtenCalls(TorchDispatchMode):
+    # Names of the aten operators dispatched.
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_inference_mlp_runs_relu_as_the_gemm_epilogue(autocast):
+    # In inference the MLP's first layer and its ReLU are one operator
+    # (_addmm_activation) and give the module's output; with gradients,
+    # or another activation, the module's layers run.
+    conv, x, batch = trained_conv()
+    h = torch.randn(60, 32)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad(), _AtenCalls() as calls:
+            out = conv._mlp(h)
+        with torch.no_grad():
+            ref = conv.mlp(h)
+        assert '_addmm_activation' in calls.names
+        assert 'relu' not in calls.names
+        torch.testing.assert_close(out, ref)
+        with _AtenCalls() as calls:
+            grad_out = conv._mlp(h)
+        assert '_addmm_activation' not in calls.names
+        assert 'relu' in calls.names
+    torch.testing.assert_close(grad_out.detach(), ref)
+    gelu = SamsaConv(32, None, heads=4, k=6, act='gelu').eval()
+    with torch.no_grad(), _AtenCalls() as calls:
+        out = gelu._mlp(h)
+    assert '_addmm_activation' not in calls.names
+    torch.testing.assert_close(out, gelu.mlp(h))
