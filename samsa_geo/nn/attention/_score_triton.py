@@ -56,8 +56,8 @@ def _importance_score_fwd(
     sy_n, sx_n, sw2_n, so_n,
     N, C, eps,
     H: tl.constexpr, FROM_HIDDEN: tl.constexpr, TANH: tl.constexpr,
-    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr, PROJ_DOT: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_C)
@@ -66,7 +66,8 @@ def _importance_score_fwd(
 
     if FROM_HIDDEN:
         # y = GELU(z) W2^T + b2 over column blocks of z: [BLOCK_N, BLOCK_K]
-        # activations times [BLOCK_K, BLOCK_C] of W2^T.
+        # activations times the transpose of W2's [BLOCK_C, BLOCK_K] block
+        # (rows of W2 read along their length).
         acc = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
         for k0 in range(0, C, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
@@ -74,13 +75,13 @@ def _importance_score_fwd(
             z = tl.load(Y + rows[:, None] * sy_n + ks[None, :],
                         mask=mask_r[:, None] & mask_k[None, :], other=0.0)
             a = _gelu(z.to(tl.float32), TANH).to(z.dtype)
-            w = tl.load(W2 + cols[None, :] * sw2_n + ks[:, None],
-                        mask=mask_k[:, None] & mask_c[None, :], other=0.0)
+            w = tl.load(W2 + cols[:, None] * sw2_n + ks[None, :],
+                        mask=mask_c[:, None] & mask_k[None, :], other=0.0)
             if IEEE:  # exact float32 products of the (rounded) inputs
-                acc += tl.dot(a.to(tl.float32), w.to(tl.float32),
+                acc += tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)),
                               input_precision='ieee')
             else:
-                acc += tl.dot(a, w)
+                acc += tl.dot(a, tl.trans(w))
         b2 = tl.load(B2 + cols, mask=mask_c, other=0.0).to(tl.float32)
         # Rounded to z's dtype, as the linear layer writes y.
         y = (acc + b2[None, :]).to(Y.dtype.element_ty).to(tl.float32)
@@ -97,10 +98,21 @@ def _importance_score_fwd(
                 other=0.0).to(tl.float32)
     h = x + diff * rstd[:, None] * gamma[None, :] + beta[None, :]
 
-    for j in tl.static_range(H):
-        w = tl.load(W + j * C + cols, mask=mask_c, other=0.0).to(tl.float32)
-        s = tl.sum(h * w[None, :], 1) + tl.load(B + j).to(tl.float32)
-        tl.store(OUT + rows * so_n + j, s, mask=mask_r)
+    if PROJ_DOT:  # [BLOCK_N, BLOCK_C] x [BLOCK_C, BLOCK_H], exact float32
+        heads = tl.arange(0, BLOCK_H)
+        mask_h = heads < H
+        w = tl.load(W + heads[:, None] * C + cols[None, :],
+                    mask=mask_h[:, None] & mask_c[None, :], other=0.0)
+        s = tl.dot(h, tl.trans(w.to(tl.float32)), input_precision='ieee')
+        s += tl.load(B + heads, mask=mask_h, other=0.0).to(tl.float32)[None, :]
+        tl.store(OUT + rows[:, None] * so_n + heads[None, :], s,
+                 mask=mask_r[:, None] & mask_h[None, :])
+    else:  # blocks of fewer than 16 rows: one reduction per head
+        for j in tl.static_range(H):
+            w = tl.load(W + j * C + cols, mask=mask_c,
+                        other=0.0).to(tl.float32)
+            s = tl.sum(h * w[None, :], 1) + tl.load(B + j).to(tl.float32)
+            tl.store(OUT + rows * so_n + j, s, mask=mask_r)
 
 
 _launch_importance_score = Launcher(_importance_score_fwd)
@@ -195,6 +207,9 @@ def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
     if _INTERPRETED:  # few rows: the interpreter runs them one by one
         config.update(BLOCK_N=16 if from_hidden else 4, num_warps=1)
     config.setdefault('BLOCK_K', 16)
+    # The projection on the tensor cores' shapes (at least 16 x 16).
+    meta.update(PROJ_DOT=config['BLOCK_N'] >= 16,
+                BLOCK_H=max(16, triton.next_power_of_2(H)))
     grid = (triton.cdiv(N, config['BLOCK_N']), )
     _launch_importance_score(grid, *args, **meta, **config)
     return out
