@@ -31,8 +31,8 @@ from samsa_geo.nn.attention import config as config_module  # noqa: E402
 
 #: Row blocks, column blocks of the second layer and warps timed besides
 #: the default configuration.
-CONFIGS = [(16, 32, 4), (32, 32, 4), (32, 64, 4), (64, 32, 4), (64, 32, 8),
-           (64, 64, 8), (128, 32, 8), (128, 64, 8)]
+CONFIGS = [(16, 32, 4), (32, 32, 4), (32, 32, 8), (64, 16, 4), (64, 64, 4),
+           (64, 32, 8), (128, 32, 8), (128, 32, 4)]
 
 
 def main():

@@ -56,8 +56,8 @@ def _importance_score_fwd(
     sy_n, sx_n, sw2_n, so_n,
     N, C, eps,
     H: tl.constexpr, FROM_HIDDEN: tl.constexpr, TANH: tl.constexpr,
-    IEEE: tl.constexpr, PROJ_DOT: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_C)
@@ -98,21 +98,10 @@ def _importance_score_fwd(
                 other=0.0).to(tl.float32)
     h = x + diff * rstd[:, None] * gamma[None, :] + beta[None, :]
 
-    if PROJ_DOT:  # [BLOCK_N, BLOCK_C] x [BLOCK_C, BLOCK_H], exact float32
-        heads = tl.arange(0, BLOCK_H)
-        mask_h = heads < H
-        w = tl.load(W + heads[:, None] * C + cols[None, :],
-                    mask=mask_h[:, None] & mask_c[None, :], other=0.0)
-        s = tl.dot(h, tl.trans(w.to(tl.float32)), input_precision='ieee')
-        s += tl.load(B + heads, mask=mask_h, other=0.0).to(tl.float32)[None, :]
-        tl.store(OUT + rows[:, None] * so_n + heads[None, :], s,
-                 mask=mask_r[:, None] & mask_h[None, :])
-    else:  # blocks of fewer than 16 rows: one reduction per head
-        for j in tl.static_range(H):
-            w = tl.load(W + j * C + cols, mask=mask_c,
-                        other=0.0).to(tl.float32)
-            s = tl.sum(h * w[None, :], 1) + tl.load(B + j).to(tl.float32)
-            tl.store(OUT + rows * so_n + j, s, mask=mask_r)
+    for j in tl.static_range(H):
+        w = tl.load(W + j * C + cols, mask=mask_c, other=0.0).to(tl.float32)
+        s = tl.sum(h * w[None, :], 1) + tl.load(B + j).to(tl.float32)
+        tl.store(OUT + rows * so_n + j, s, mask=mask_r)
 
 
 _launch_importance_score = Launcher(_importance_score_fwd)
@@ -129,8 +118,8 @@ def default_config(C: int, from_hidden: bool = False) -> dict:
     width = max(16, triton.next_power_of_2(C))
     if from_hidden:  # tl.dot: at least 16 rows, a [rows, width] accumulator
         rows = max(16, min(64, 16384 // width))
-        return {'BLOCK_N': rows, 'BLOCK_K': max(16, min(64, 8192 // width)),
-                'num_warps': 8 if rows * width >= 8192 else 4}
+        return {'BLOCK_N': rows, 'BLOCK_K': max(16, min(32, 8192 // width)),
+                'num_warps': 4}
     rows = max(1, min(64, 4096 // width))
     return {'BLOCK_N': rows, 'num_warps': 4 if rows * width <= 4096 else 8}
 
@@ -207,9 +196,6 @@ def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
     if _INTERPRETED:  # few rows: the interpreter runs them one by one
         config.update(BLOCK_N=16 if from_hidden else 4, num_warps=1)
     config.setdefault('BLOCK_K', 16)
-    # The projection on the tensor cores' shapes (at least 16 x 16).
-    meta.update(PROJ_DOT=config['BLOCK_N'] >= 16,
-                BLOCK_H=max(16, triton.next_power_of_2(H)))
     grid = (triton.cdiv(N, config['BLOCK_N']), )
     _launch_importance_score(grid, *args, **meta, **config)
     return out
