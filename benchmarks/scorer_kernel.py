@@ -1,15 +1,18 @@
 """Times the importance scorer alone at a point layer's shape (128 clouds x
-1,024 tokens, C = 256, 8 heads, bf16 inference): the PyTorch formula eager
-and compiled; the Triton kernel from the MLP's hidden layer (GELU, second
-layer, LayerNorm, residual and projection in one launch: ``triton_default``
-and other configurations); and the kernel of the tail alone after PyTorch's
-GELU and second layer (``triton_tail_only``, what runs beyond
-``SCORE_MLP_MAX_CHANNELS``), each with the largest deviation from the
-PyTorch formula. Pipelined timing (calls back to back). Writes JSON
-records with their provenance (``--commit`` names the tree's commit where
-git cannot).
+1,024 tokens, C = 256, 8 heads, bf16 inference), from the tokens to the
+scores: the PyTorch formula eager and compiled; the scorer's own choice
+(``triton_default``); the Triton kernel from the MLP's hidden layer (GELU,
+second layer, LayerNorm, residual and projection in one launch after the
+first layer's GEMM: ``triton_from_hidden`` and other configurations,
+``triton_rows*``); and the kernel of the tail alone after PyTorch's GELU
+and second layer (``triton_tail_only``, what the scorer runs beyond
+``SCORE_MLP_MAX_CHANNELS`` channels or ``SCORE_MLP_MAX_TOKENS`` tokens),
+each with the largest deviation from the PyTorch formula. Pipelined timing
+(calls back to back). Writes JSON records with their provenance
+(``--commit`` names the tree's commit where git cannot).
 
     python benchmarks/scorer_kernel.py   # adds to results/scorer_kernel.json
+    python benchmarks/scorer_kernel.py --tokens 65536
 """
 import argparse
 import os
@@ -64,22 +67,32 @@ def main():
     lin1, act, lin2 = scorer.score_nn
     norm, lin = scorer.norm, scorer.lin
 
+    tail = (norm.weight, norm.bias, norm.eps, lin.weight, lin.bias)
+
     def tail_only():
         with torch.no_grad():
             y = lin2(act(lin1(x)))
-            return _score_triton.importance_score_triton(
-                y, x, norm.weight, norm.bias, norm.eps, lin.weight,
-                lin.bias)
+            return _score_triton.importance_score_triton(y, x, *tail)
+
+    def from_hidden(config=None):
+        def fn():
+            _score_triton.KERNEL_CONFIG = config
+            with torch.no_grad():
+                return _score_triton.importance_score_triton(
+                    lin1(x), x, *tail, lin2.weight, lin2.bias,
+                    act.approximate)
+        return fn
 
     cases = [('pytorch_eager', run(scorer, False)),
              ('pytorch_compiled', run(compiled, False)),
+             ('triton_default', run(scorer, True)),
              ('triton_tail_only', tail_only),
-             ('triton_default', run(scorer, True))]
+             ('triton_from_hidden', from_hidden())]
     for rows, cols, warps in CONFIGS:
         if rows * C <= 32768:
             cfg = dict(BLOCK_N=rows, BLOCK_K=cols, num_warps=warps)
             name = f"triton_rows{rows}_k{cols}_warps{warps}"
-            cases.append((name, run(scorer, True, cfg)))
+            cases.append((name, from_hidden(cfg)))
     ref = run(scorer, False)().double()
     records = []
     for name, fn in cases:

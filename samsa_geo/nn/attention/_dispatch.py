@@ -14,6 +14,12 @@ SCORE_MAX_HEADS = 64
 #: Largest token width for which the scorer kernel also runs the MLP's
 #: second layer (its ``[rows, C]`` accumulator stays in registers).
 SCORE_MLP_MAX_CHANNELS = 512
+#: Most tokens for which the scorer kernel also runs the MLP's second
+#: layer. There it saves two launches of a host-bound call; on more tokens
+#: cuBLAS's GEMM and PyTorch's GELU take less GPU time than the kernel's
+#: own product (``benchmarks/scorer_kernel.py`` on an H200: 0.112 against
+#: 0.120 ms at 32,768 tokens, 0.199 against 0.132 ms at 65,536).
+SCORE_MLP_MAX_TOKENS = 32768
 #: Largest block of candidate scores (a set's tokens and registers) that
 #: one program of the fused path's selection kernel keeps in registers.
 SELECT_MAX_BLOCK = 8192

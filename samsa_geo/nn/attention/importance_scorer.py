@@ -11,6 +11,7 @@ from samsa_geo.nn.attention._dispatch import (
     SCORE_MAX_CHANNELS,
     SCORE_MAX_HEADS,
     SCORE_MLP_MAX_CHANNELS,
+    SCORE_MLP_MAX_TOKENS,
     is_exporting,
     is_tracing,
     needs_grad,
@@ -146,9 +147,11 @@ class ImportanceScorer(Module):
 
     def _mlp_in_kernel(self, hidden: Tensor, lin2_weight: Tensor) -> bool:
         # The kernel runs the second layer in hidden's dtype: that of the
-        # weight, or autocast's (which F.linear would cast to).
+        # weight, or autocast's (which F.linear would cast to); on up to
+        # SCORE_MLP_MAX_TOKENS tokens, where the launches it saves matter.
         dtype, device = hidden.dtype, hidden.device.type
         return (self.channels <= SCORE_MLP_MAX_CHANNELS
+                and hidden.size(0) <= SCORE_MLP_MAX_TOKENS
                 and dtype in (torch.float32, torch.bfloat16, torch.float16)
                 and (lin2_weight.dtype == dtype
                      or (torch.is_autocast_enabled(device)

@@ -261,20 +261,26 @@ def test_input_norm_scorer_takes_the_kernel_under_autocast(kernel,
     assert torch.allclose(out, ref, atol=2e-2)
 
 
-def test_wide_scorer_runs_its_mlp_before_the_kernel(kernel, monkeypatch,
-                                                    spy):
-    # Beyond SCORE_MLP_MAX_CHANNELS the kernel reads the MLP's output.
+@pytest.mark.parametrize('C,N,max_tokens', [(520, 6, 32768),
+                                             (32, 40, 39)])
+def test_scorer_runs_its_mlp_before_the_kernel_beyond_the_limits(
+        kernel, monkeypatch, spy, C, N, max_tokens):
+    # Beyond SCORE_MLP_MAX_CHANNELS channels or SCORE_MLP_MAX_TOKENS
+    # tokens, the kernel reads the MLP's output.
     import samsa_geo.nn.attention.importance_scorer as mod
 
-    scorer = _trained_like(520, 2).eval()
-    x = torch.randn(6, 520)
+    scorer = _trained_like(C, 2).eval()
+    x = torch.randn(N, C)
     monkeypatch.setattr(mod, 'triton_serves', lambda device: True)
+    monkeypatch.setattr(mod, 'SCORE_MLP_MAX_TOKENS', max_tokens)
     calls = spy(kernel, 'importance_score_triton')
     with torch.no_grad():
         out = scorer(x)
         with config.attention_config(fused_scorer=False):
             ref = scorer(x)
-    assert len(calls) == 1 and len(calls[0]) == 7
+        scorer(x[:max_tokens])  # at the limit: from the hidden layer
+    assert len(calls) == 2 and len(calls[0]) == 7
+    assert len(calls[1]) == (7 if C > 512 else 10)
     assert torch.allclose(calls[0][0], scorer.score_nn(x), atol=1e-5)
     assert torch.allclose(out, ref, atol=1e-4)
 
