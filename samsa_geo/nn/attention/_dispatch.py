@@ -20,6 +20,13 @@ SCORE_MLP_MAX_CHANNELS = 512
 #: own product (``benchmarks/scorer_kernel.py`` on an H200: 0.112 against
 #: 0.120 ms at 32,768 tokens, 0.199 against 0.132 ms at 65,536).
 SCORE_MLP_MAX_TOKENS = 32768
+#: Largest set of the fused inference path. Beyond it the unfused path's
+#: attention (cuDNN's, over the gathered keys and values) takes less GPU
+#: time than the gather-attention kernel: on an H200, one SamsaConv
+#: forward took 2.81 ms unfused against 2.89 ms fused at 262,144 tokens,
+#: and 1.38 against 1.00 ms at 65,536 (``benchmarks/layer.py --ab
+#: fused_inference``).
+FUSED_MAX_SET_SIZE = 131072
 #: Largest block of candidate scores (a set's tokens and registers) that
 #: one program of the fused path's selection kernel keeps in registers.
 SELECT_MAX_BLOCK = 8192

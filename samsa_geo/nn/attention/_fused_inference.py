@@ -1,12 +1,14 @@
 r"""The fused inference path of :class:`SamsaAttention`: selection, gather
-and attention in two Triton kernel launches.
+and attention in two Triton kernel launches (three for sets beyond one
+selection block).
 
 From the projected queries, keys and values and the importance scores, the
 sampled attention of every set and head is
 
 1. one launch of the segmented top-:math:`k` kernel
    (:mod:`~samsa_geo.nn.attention._topk_triton`), which writes the
-   ``[B, H, k]`` selected ids, and
+   ``[B, H, k]`` selected ids (two for larger sets: the top :math:`k` of
+   every chunk, then their merge), and
 2. one launch of the gather-attention kernel
    (:mod:`~samsa_geo.nn.attention._gather_attention_triton`), which reads
    the selected key and value rows by id and writes ``[N, H D]``.
@@ -15,7 +17,7 @@ The unfused path runs a top-:math:`k` with index arithmetic, a gather of
 the rows, the query tiles, the attention and the reshapes back (a dozen
 or more launches, each of which costs host time). Forward only, no
 gradient, no Gumbel noise: the caller decides where it applies. Compiled
-graphs hold the two launches as the custom operator
+graphs hold the launches as the custom operator
 ``samsa_geo::sampled_attention_inference``; exported graphs keep the
 unfused path. Importing this module needs no Triton; running it does.
 """

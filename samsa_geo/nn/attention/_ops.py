@@ -58,7 +58,8 @@ def sampled_attention_kernels(
     reg_kv: Optional[Tensor], batch: Optional[Tensor], kb: Optional[Tensor],
     num_sets: int, max_size: int, k_max: int,
 ) -> Tuple[Tensor, Tensor]:
-    r"""The fused inference path's two launches: the segmented top-k
+    r"""The fused inference path's launches: the segmented top-k (in
+    chunks and a merge for sets beyond one block)
     (:func:`~samsa_geo.nn.attention._topk_triton.select_topk_triton`) and
     the gather-attention kernel
     (:func:`~samsa_geo.nn.attention._gather_attention_triton.gather_attention_triton`).

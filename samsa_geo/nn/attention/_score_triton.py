@@ -96,8 +96,12 @@ def _importance_score_fwd(
     beta = tl.load(LN_B + cols, mask=mask_c, other=0.0).to(tl.float32)
     x = tl.load(X + rows[:, None] * sx_n + cols[None, :], mask=mask,
                 other=0.0).to(tl.float32)
+    # Zero beyond C (x, diff, gamma and beta load as 0 there); rows beyond
+    # N are never stored.
     h = x + diff * rstd[:, None] * gamma[None, :] + beta[None, :]
 
+    # One float32 row reduction per head (exact products, no tensor-core
+    # rounding).
     for j in tl.static_range(H):
         w = tl.load(W + j * C + cols, mask=mask_c, other=0.0).to(tl.float32)
         s = tl.sum(h * w[None, :], 1) + tl.load(B + j).to(tl.float32)
@@ -107,8 +111,15 @@ def _importance_score_fwd(
 _launch_importance_score = Launcher(_importance_score_fwd)
 
 
-#: Overrides :func:`default_config` (benchmarks time other choices).
+#: A fixed ``{'BLOCK_N', 'num_warps'}`` (and ``'BLOCK_K'`` from the hidden
+#: layer) in place of :func:`default_config`. For the tail alone: about 4K
+#: values of a row block, 32 per thread; on the H200 at C = 256, 8 heads,
+#: rows of 16, 32 and 64 ran equally fast (``benchmarks/scorer_kernel.py``;
+#: an autotuner's dispatch cost more than it won). From the hidden layer:
+#: 64 rows, column blocks of 32 and 4 warps ran fastest of the measured
+#: configurations.
 KERNEL_CONFIG: Optional[dict] = None
+# Triton's interpreter (``TRITON_INTERPRET=1``; tests on CPU) runs one warp.
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 

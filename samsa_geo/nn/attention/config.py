@@ -75,11 +75,13 @@ def set_fused_scorer(flag: bool) -> None:
 def use_fused_inference() -> bool:
     r"""Whether inference on CUDA runs the fused path where it applies:
     the per-set top-:math:`k` selection and the attention over the
-    selected rows as two Triton kernels (dot scores, softmax, no relative
-    bias, no Gumbel noise, sets that
-    :func:`~samsa_geo.nn.attention._dispatch.selection_chunks` admits,
+    selected rows as two Triton kernels, three for sets beyond one
+    selection block (dot scores, softmax, no relative
+    bias, no Gumbel noise, sets of at most
+    :data:`~samsa_geo.nn.attention._dispatch.FUSED_MAX_SET_SIZE` tokens
+    that :func:`~samsa_geo.nn.attention._dispatch.selection_chunks` admits,
     ``max_num_nodes`` known, no gradient, not exported;
-    compiled graphs hold the two kernels as one custom operator).
+    compiled graphs hold the kernels as one custom operator).
     On by default (the GPU tests compare it with the unfused path in
     float32 and bfloat16); :obj:`False` takes the unfused path."""
     return _fused_inference

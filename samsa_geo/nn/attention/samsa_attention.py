@@ -19,6 +19,7 @@ from samsa_geo.nn.attention._dense import (
 )
 from samsa_geo.nn.attention._dispatch import (
     FUSED_MAX_HEAD_DIM,
+    FUSED_MAX_SET_SIZE,
     is_exporting,
     is_tracing,
     needs_grad,
@@ -99,8 +100,8 @@ class SamsaAttention(Module):
     :math:`N \times N` tensor is ever built. A set with
     :math:`n \leq k` tokens gets exact full attention. In inference on
     CUDA (dot scores, softmax, no relative bias, sets of known size up to
-    8,192 candidates) the top-:math:`k` selection and the attention over
-    the selected rows are two Triton kernels (see
+    131,072 tokens) the top-:math:`k` selection and the attention over
+    the selected rows are two or three Triton kernels (see
     :func:`~samsa_geo.nn.attention.config.set_fused_inference`).
 
     With ``summary=True`` every query also attends to one summary key per
@@ -506,16 +507,18 @@ class SamsaAttention(Module):
     def _fused_inference(self, x: Tensor, info: SetInfo,
                          return_weights: bool) -> bool:
         # Inference without noise, dot scores, softmax, no relative bias,
-        # no summary key, sets the selection kernels serve (in one block,
-        # or in chunks whose winners fit one block), on a
-        # device Triton serves, outside exported graphs (compiled ones hold
-        # the kernels as one operator), with no gradient to record.
+        # no summary key, sets of at most FUSED_MAX_SET_SIZE tokens that
+        # the selection kernels serve (in one block, or in chunks whose
+        # winners fit one block), on a device Triton serves, outside
+        # exported graphs (compiled ones hold the kernels as one operator),
+        # with no gradient to record.
         return (config.use_fused_inference() and not self.training
                 and not self.stochastic_eval
                 and self.sampling in ('hard', 'soft')
                 and self.score == 'dot' and self.normalization == 'softmax'
                 and self.rel_bias is None and not self.summary
                 and not return_weights and info.max_size is not None
+                and info.max_size <= FUSED_MAX_SET_SIZE
                 and selection_chunks(info.max_size, self.num_registers,
                                      info.k_max) > 0
                 and self.head_dim <= FUSED_MAX_HEAD_DIM
@@ -527,8 +530,9 @@ class SamsaAttention(Module):
     def _fused_forward(self, x: Tensor, batch: Optional[Tensor],
                        info: SetInfo, return_indices: bool,
                        ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
-        # Projection, scorer, then selection and attention in two kernels
-        # (see _fused_inference.py); [N, C] straight into lin_out.
+        # Projection, scorer, then selection and attention in two kernels,
+        # three for chunked sets (see _fused_inference.py); [N, C] straight
+        # into lin_out.
         q, kv, hidden, (scorer_args, out_lin) = self._project(x)
         score = self.scorer(x, hidden, **scorer_args)  # [N, H] float32
         out, idx = fused_sampled_attention(

@@ -262,6 +262,11 @@ def test_fused_path_applies_to_plain_inference_only(fused, spy, monkeypatch):
         run(plain)
     finally:
         config.set_fused_inference(True)
+    monkeypatch.setattr(fused, 'FUSED_MAX_SET_SIZE', 19)  # sets of 20
+    run(plain)
+    monkeypatch.setattr(fused, 'FUSED_MAX_SET_SIZE', 20)
+    run(plain)
+    assert len(calls) == 2
     # Sets of 20 + 2 registers, k = 8: neither one block of 12 nor chunks
     # (whose 8 winners each and the registers exceed 12) fit.
     dispatch = importlib.import_module('samsa_geo.nn.attention._dispatch')
@@ -269,7 +274,7 @@ def test_fused_path_applies_to_plain_inference_only(fused, spy, monkeypatch):
     run(SamsaAttention(16, heads=2, k=8, num_registers=2).eval())
     monkeypatch.setattr(fused, 'is_exporting', lambda: True)
     run(plain)
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize('sizes,kwargs', [
