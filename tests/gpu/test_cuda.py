@@ -323,7 +323,8 @@ def test_fused_inference_matches_unfused(fused_inference_on, spy, dtype, sizes, 
 
 
 def test_fused_inference_leaves_large_sets_to_the_unfused_path(fused_inference_on, spy):
-    # 9,000 tokens and k = 5,000: two chunks' winners exceed one block.
+    # 9,000 tokens and k = 5,000: two chunks' winners exceed one block;
+    # a set beyond FUSED_MAX_SET_SIZE (131,072 tokens).
     from samsa_geo.nn.attention import samsa_attention as module
     attn = SamsaAttention(64, heads=4, k=5000).cuda().eval()
     x, batch = _batch([9000, 100], 64, 'cuda')
@@ -331,7 +332,12 @@ def test_fused_inference_leaves_large_sets_to_the_unfused_path(fused_inference_o
     with torch.no_grad():
         attn(x, batch, num_graphs=2, max_num_nodes=9000)
         attn(x[:200], batch[:200] * 0, num_graphs=1, max_num_nodes=200)
-    assert len(calls) == 1
+        assert len(calls) == 1
+        small_k = SamsaAttention(64, heads=4, k=64).cuda().eval()
+        big = torch.randn(131073, 64, device='cuda')
+        small_k(big, None, num_graphs=1, max_num_nodes=131073)
+        small_k(big[:131072], None, num_graphs=1, max_num_nodes=131072)
+    assert len(calls) == 2
 
 
 
