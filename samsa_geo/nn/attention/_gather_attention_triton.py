@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton.dot import dot
 from samsa_geo.ops._triton.launch import Launcher
 
 _LOG2E = 1.0 / math.log(2.0)
@@ -38,18 +39,6 @@ KERNEL_CONFIG: Optional[dict] = None
 # small configuration.
 _INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 _INTERPRET_CONFIG = {'BLOCK_M': 16, 'BLOCK_N': 16}
-
-
-@triton.jit
-def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # UPCAST: float32 operands (Triton's interpreter multiplies bfloat16
-    # operands wrongly; the values are bfloat16 either way).
-    if UPCAST:
-        c = tl.dot(a.to(tl.float32), b.to(tl.float32),
-                   input_precision=PRECISION)
-    else:
-        c = tl.dot(a, b, input_precision=PRECISION)
-    return c
 
 
 @triton.jit
@@ -102,7 +91,7 @@ def _gather_attention_fwd(
                          other=0.0).to(k.dtype)
             v += tl.load(r_col[None, :] + D + reg, mask=reg_mask,
                          other=0.0).to(v.dtype)
-        z = _dot(q, tl.trans(k), PRECISION, UPCAST) * sm_scale
+        z = dot(q, tl.trans(k), PRECISION, UPCAST) * sm_scale
         z = tl.where((ids != -1)[None, :], z, float('-inf'))
 
         m_new = tl.maximum(m_i, tl.max(z, 1))
@@ -110,8 +99,8 @@ def _gather_attention_fwd(
         alpha = tl.exp2(m_i - m_use)
         p = tl.exp2(z - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION,
-                                          UPCAST)
+        acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, PRECISION,
+                                         UPCAST)
         m_i = m_new
 
     # A query without any key (not produced: every non-empty set keeps

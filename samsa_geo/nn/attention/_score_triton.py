@@ -38,6 +38,7 @@ from samsa_geo.nn.attention._dispatch import (
     SCORE_MAX_HEADS,
     SCORE_MLP_MAX_CHANNELS,
 )
+from samsa_geo.ops._triton.dot import dot
 from samsa_geo.ops._triton.launch import Launcher
 
 
@@ -56,8 +57,8 @@ def _importance_score_fwd(
     sy_n, sx_n, sw2_n, so_n,
     N, C, eps,
     H: tl.constexpr, FROM_HIDDEN: tl.constexpr, TANH: tl.constexpr,
-    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_C)
@@ -77,11 +78,7 @@ def _importance_score_fwd(
             a = _gelu(z.to(tl.float32), TANH).to(z.dtype)
             w = tl.load(W2 + cols[:, None] * sw2_n + ks[None, :],
                         mask=mask_c[:, None] & mask_k[None, :], other=0.0)
-            if IEEE:  # exact float32 products of the (rounded) inputs
-                acc += tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)),
-                              input_precision='ieee')
-            else:
-                acc += tl.dot(a, tl.trans(w))
+            acc += dot(a, tl.trans(w), PRECISION, UPCAST)
         b2 = tl.load(B2 + cols, mask=mask_c, other=0.0).to(tl.float32)
         # Rounded to z's dtype, as the linear layer writes y.
         y = (acc + b2[None, :]).to(Y.dtype.element_ty).to(tl.float32)
@@ -200,8 +197,10 @@ def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
     args = (y, x, w2, b2, ln_weight, ln_bias, weight, bias, out, y.stride(0),
             x.stride(0), w2.stride(0), out.stride(0), N, C, float(eps))
     meta = dict(H=H, FROM_HIDDEN=from_hidden, TANH=approximate == 'tanh',
-                # Triton's interpreter multiplies bfloat16 blocks wrongly.
-                IEEE=y.dtype == torch.float32 or _INTERPRETED,
+                # Exact float32 products for float32 rows; the
+                # interpreter's bfloat16 path multiplies float32 copies.
+                PRECISION='ieee' if y.dtype == torch.float32 else 'tf32',
+                UPCAST=_INTERPRETED and y.dtype != torch.float32,
                 BLOCK_C=max(16, triton.next_power_of_2(C)))
     config = dict(KERNEL_CONFIG or default_config(C, from_hidden))
     if _INTERPRETED:  # few rows: the interpreter runs them one by one

@@ -90,11 +90,13 @@ def _order_key(s):
 
 
 @triton.jit
-def _keep_top(key, valid, kb):
-    # (keep, slot) of the k_b largest valid keys, ties to the lower
-    # position: the k_b-th largest key is found from its sign, then one
-    # bit at a time from the highest (adding a lower bit raises a
-    # negative int32 too); slot is the rank in position order.
+def _write_top(OUT, s, valid, ids, kb, K_MAX, BLOCK_K: tl.constexpr):
+    # Writes to OUT (K_MAX slots) the ids of the k_b largest valid scores
+    # s, ties to the lower position, in position order, then -1 in the
+    # unused slots. The k_b-th largest key is found from its sign, then
+    # one bit at a time from the highest (adding a lower bit raises a
+    # negative int32 too).
+    key = _order_key(s)
     count = tl.sum((valid & (key >= 0)).to(tl.int32))
     thresh = tl.where(count >= kb, 0, -2147483648)
     for bit in tl.static_range(30, -1, -1):
@@ -105,7 +107,11 @@ def _keep_top(key, valid, kb):
     tied = (valid & (key == thresh)).to(tl.int32)
     need = kb - tl.sum(above.to(tl.int32))
     keep = above | ((tied != 0) & (tl.cumsum(tied, 0) - tied < need))
-    return keep, tl.cumsum(keep.to(tl.int32), 0) - 1
+    slot = tl.cumsum(keep.to(tl.int32), 0) - 1
+    tl.store(OUT + slot, ids, mask=keep)
+    j = tl.arange(0, BLOCK_K)
+    tl.store(OUT + j, tl.full([BLOCK_K], -1, tl.int64),
+             mask=(j >= kb) & (j < K_MAX))
 
 
 @triton.jit
@@ -141,18 +147,13 @@ def _select_topk(
     s = tl.load(S + (start + offs) * s_n + h * s_h, mask=is_tok, other=0.0)
     s_reg = tl.load(REG_S + (offs - n) * sr_r + h * sr_h, mask=is_reg,
                     other=0.0)
-    key = _order_key(tl.where(is_tok, s.to(tl.float32),
-                              s_reg.to(tl.float32)))
     kb = tl.minimum(K, n + R)
     if HAS_KB:
         kb = tl.minimum(tl.load(KB + b), n + R)
-    keep, slot = _keep_top(key, is_tok | is_reg, kb)
     ids = tl.where(is_tok, start + offs, -2 - (offs - n))
-    out = IDX + row.to(tl.int64) * si_b + h * si_h
-    tl.store(out + slot, ids, mask=keep)
-    j = tl.arange(0, BLOCK_K)
-    tl.store(out + j, tl.full([BLOCK_K], -1, tl.int64),
-             mask=(j >= kb) & (j < K_MAX))
+    _write_top(IDX + row.to(tl.int64) * si_b + h * si_h,
+               tl.where(is_tok, s.to(tl.float32), s_reg.to(tl.float32)),
+               is_tok | is_reg, ids, kb, K_MAX, BLOCK_K)
 
 
 @triton.jit
@@ -181,8 +182,6 @@ def _merge_topk(
                 other=0.0)
     s_reg = tl.load(REG_S + (offs - M) * sr_r + h * sr_h, mask=is_reg,
                     other=0.0)
-    key = _order_key(tl.where(is_tok, s.to(tl.float32),
-                              s_reg.to(tl.float32)))
     if EQUAL:
         n = n_equal
     else:
@@ -190,13 +189,10 @@ def _merge_topk(
     kb = tl.minimum(K, n + R)
     if HAS_KB:
         kb = tl.minimum(tl.load(KB + b), n + R)
-    keep, slot = _keep_top(key, is_tok | is_reg, kb)
     ids = tl.where(is_tok, tok, -2 - (offs - M))
-    out = IDX + b.to(tl.int64) * si_b + h * si_h
-    tl.store(out + slot, ids, mask=keep)
-    j = tl.arange(0, BLOCK_K)
-    tl.store(out + j, tl.full([BLOCK_K], -1, tl.int64),
-             mask=(j >= kb) & (j < K_MAX))
+    _write_top(IDX + b.to(tl.int64) * si_b + h * si_h,
+               tl.where(is_tok, s.to(tl.float32), s_reg.to(tl.float32)),
+               is_tok | is_reg, ids, kb, K_MAX, BLOCK_K)
 
 
 _launch_select_topk = Launcher(_select_topk)

@@ -110,7 +110,8 @@ class ImportanceScorer(Module):
             return score_tail(hidden, x, w1, b1, *lin2_weights, norm.weight,
                               norm.bias, norm.eps, lin.weight, lin.bias,
                               act.approximate, x_in)
-        if self._use_kernel(x, hidden, lin2_weights[0]):
+        kernel = self._use_kernel(x, hidden, lin2_weights[0])
+        if kernel:
             # Eager calls launch the kernel directly: the custom operator's
             # dispatch costs more host time than the kernel takes on the
             # GPU; compiled graphs keep the operator (no graph break).
@@ -119,12 +120,12 @@ class ImportanceScorer(Module):
             if self._mlp_in_kernel(hidden, lin2_weights[0]):
                 # The activation and the second layer in the kernel too.
                 return op(hidden, x, *tail, *lin2_weights, act.approximate)
-            return op(F.linear(F.gelu(hidden, approximate=act.approximate),
-                               *lin2_weights), x, *tail)
         # The modules hold the parameters; calling them functionally saves
         # their dispatch on the host.
         y = F.linear(F.gelu(hidden, approximate=act.approximate),
                      *lin2_weights)
+        if kernel:
+            return op(y, x, *tail)
         # Scores rank the tokens: the residual, the LayerNorm and the
         # projection run in float32 even under bf16/fp16 autocast.
         with torch.autocast(x.device.type, enabled=False):
