@@ -16,6 +16,7 @@ import sys
 import time
 
 import torch
+import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, provenance, write_records  # noqa: E402
@@ -34,37 +35,55 @@ def host_us(fn, calls: int) -> float:
     return us
 
 
+def cases(device: torch.device, B: int = 32, n: int = 1024, H: int = 8,
+          k: int = 256) -> dict:
+    """The three ways of launching the segmented top-k of ``B`` sets of
+    ``n`` tokens (``H`` heads, ``k`` kept), by record name; each returns
+    the ``[B, H, k]`` token indices it writes."""
+    from samsa_geo.nn.attention import _topk_triton as topk
+    gen = torch.Generator(device=device).manual_seed(0)
+    score = torch.randn(B * n, H, device=device, generator=gen)
+    idx = torch.empty(B, H, k, dtype=torch.long, device=device)
+    grid = (B * H, )
+    # The kernel's parameters as select_topk_triton passes them for equal
+    # sets without registers: each set is one chunk (chunk = n, 1 chunk).
+    params = (score, score, score, score, idx, idx, score.stride(0),
+              score.stride(1), score.stride(0), score.stride(1),
+              idx.stride(0), idx.stride(1), B * n, k, 0, k, n,
+              topk.search_steps(B * n, topk.SEARCH_FANOUT), n, 1)
+    meta = dict(H=H, EQUAL=True, HAS_KB=False, HAS_BOUNDS=False,
+                BLOCK_S=max(16, triton.next_power_of_2(n)),
+                BLOCK_K=max(16, triton.next_power_of_2(k)), FANOUT=topk.SEARCH_FANOUT,
+                num_warps=4)
+
+    def triton_call():
+        topk._select_topk[grid](*params, **meta)
+        return idx
+
+    def launcher():
+        topk._launch_select_topk(grid, *params, **meta)
+        return idx
+
+    return {
+        'triton_call': triton_call,
+        'launcher': launcher,
+        'select_topk_triton': lambda: topk.select_topk_triton(
+            score, None, None, B, n, k, k),
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--calls', type=int, default=2000)
     p.add_argument('--commit', default=None)
     p.add_argument('--out', default=None)
     args = p.parse_args()
-    from samsa_geo.nn.attention import _topk_triton as topk
     device = torch.device('cuda')
     B, n, H, k = 32, 1024, 8, 256
-    score = torch.randn(B * n, H, device=device)
-    idx = torch.empty(B, H, k, dtype=torch.long, device=device)
-    grid = (B * H, )
-    # The kernel's parameters as select_topk_triton passes them for equal
-    # sets without registers.
-    params = (score, score, score, score, idx, idx, score.stride(0),
-              score.stride(1), score.stride(0), score.stride(1),
-              idx.stride(0), idx.stride(1), B * n, k, 0, k, n,
-              topk.search_steps(B * n, topk.SEARCH_FANOUT))
-    meta = dict(H=H, EQUAL=True, HAS_KB=False, HAS_BOUNDS=False,
-                BLOCK_S=n, BLOCK_K=k, FANOUT=topk.SEARCH_FANOUT,
-                num_warps=4)
-    cases = {
-        'triton_call': lambda: topk._select_topk[grid](*params, **meta),
-        'launcher': lambda: topk._launch_select_topk(grid, *params, **meta),
-        'select_topk_triton': lambda: topk.select_topk_triton(
-            score, None, None, B, n, k, k),
-    }
     stamp = provenance(device, args)
     records = [dict(stamp, op=op, batch=B, n=n, heads=H, k=k,
                     us=host_us(fn, args.calls))
-               for op, fn in cases.items()]
+               for op, fn in cases(device).items()]
     print_table(records, ['op', 'batch', 'n', 'us'])
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
                                    'launch.json')

@@ -24,6 +24,7 @@ _fused_scorer = True
 _fused_inference = True
 _fused_relax = True
 _stacked_casts = False
+_cuda_graphs = True
 _bias_inference_kernel = 'triton'
 _flex_kernel_options: Optional[dict] = None
 
@@ -104,6 +105,30 @@ def set_fused_relax(flag: bool) -> None:
     _fused_relax = bool(flag)
 
 
+def use_cuda_graphs() -> bool:
+    r"""Whether :class:`~samsa_geo.nn.SamsaConv` replays CUDA graphs of
+    its inference calls on CUDA. A signature (shapes, strides, dtypes,
+    the batch's sizes, autocast's state) seen twice is captured at its
+    third call; a graph is kept while the parameters, buffers and kept
+    casts are unchanged. Graphed calls take the fused inference path
+    with ``num_graphs`` and ``max_num_nodes`` given, have no local
+    ``conv``, a batch or layer norm (or none), no hooks, no gradient and
+    at most
+    :data:`~samsa_geo.nn.conv.samsa_conv.CUDA_GRAPH_MAX_ELEMENTS` input
+    values, and are not traced (see
+    :class:`~samsa_geo.nn.conv._graph_replay.GraphReplay`). A replay
+    issues the layer's dozen kernels in one launch, plus a copy of the
+    inputs in and of the output out; every layer keeps up to four graphs
+    and their memory. On by default (the GPU tests compare replays with
+    eager calls); :obj:`False` runs every call eagerly."""
+    return _cuda_graphs
+
+
+def set_cuda_graphs(flag: bool) -> None:
+    global _cuda_graphs
+    _cuda_graphs = bool(flag)
+
+
 def use_stacked_casts() -> bool:
     r"""Whether, under autocast and where gradients flow (eager calls),
     the parameters of the attention's linear layers and of
@@ -159,6 +184,7 @@ _SETTERS = {
     'fused_inference': (use_fused_inference, set_fused_inference),
     'fused_relax': (use_fused_relax, set_fused_relax),
     'stacked_casts': (use_stacked_casts, set_stacked_casts),
+    'cuda_graphs': (use_cuda_graphs, set_cuda_graphs),
     'bias_inference_kernel': (bias_inference_kernel,
                               set_bias_inference_kernel),
     'flex_kernel_options': (flex_kernel_options, set_flex_kernel_options),
@@ -169,7 +195,9 @@ _SETTERS = {
 def attention_config(**kwargs) -> Iterator[None]:
     r"""Sets the given switches (``debug``, ``fused_bias``,
     ``fused_scorer``, ``fused_inference``, ``fused_relax``,
-    ``stacked_casts``, ``bias_inference_kernel``, ``flex_kernel_options``) inside a ``with`` block and restores them afterwards."""
+    ``stacked_casts``, ``cuda_graphs``, ``bias_inference_kernel``,
+    ``flex_kernel_options``) inside a ``with`` block and restores them
+    afterwards."""
     unknown = set(kwargs) - set(_SETTERS)
     if unknown:
         raise TypeError(f"Unknown attention_config switches {sorted(unknown)}"

@@ -527,6 +527,21 @@ class SamsaAttention(Module):
                 and not (torch.is_grad_enabled()
                          and needs_grad(x, *self.parameters())))
 
+    def _runs_fused(self, x: Tensor, batch: Optional[Tensor],
+                    pos: Optional[Tensor], num_graphs: Optional[int],
+                    max_num_nodes: Optional[int]) -> bool:
+        # Whether forward(x, batch, pos=pos, num_graphs=...,
+        # max_num_nodes=...) takes the fused inference path, for a caller
+        # that replays the call as a CUDA graph; checks the arguments as
+        # forward does. Reads nothing back when the sizes are given.
+        self._check_shapes(x, batch, pos, None)
+        if x.size(0) == 0 or (batch is not None and (
+                batch.dtype != torch.long or num_graphs is None
+                or max_num_nodes is None)):
+            return False
+        info = self._set_info(x, batch, pos, None, num_graphs, max_num_nodes)
+        return self._fused_inference(x, info, False)
+
     def _fused_forward(self, x: Tensor, batch: Optional[Tensor],
                        info: SetInfo, return_indices: bool,
                        ) -> Union[Tensor, Tuple[Tensor, Tensor]]:

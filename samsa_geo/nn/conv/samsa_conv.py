@@ -1,10 +1,11 @@
 import inspect
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, Linear, Module, ReLU, Sequential
+from torch.nn.modules import module as nn_module
 from torch_geometric.nn.inits import reset
 from torch_geometric.nn.norm import BatchNorm, LayerNorm
 from torch_geometric.nn.resolver import (
@@ -20,8 +21,18 @@ from samsa_geo.nn.attention._stacked import (
     stacked_cast,
 )
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
+from samsa_geo.nn.conv._graph_replay import GraphReplay
 from samsa_geo.ops import layer_norm, residual_affine
 from samsa_geo.ops._utils import promoted_float
+
+
+#: The largest input (``x.numel()``) whose inference calls replay CUDA
+#: graphs: on the H200 a graph of the 1 x 65,536-token layer of 256
+#: channels (2^24 values) ran in 0.67 ms per call, copies in and out
+#: included, against 1.2 ms eager; at 1 x 262,144 tokens the eager call
+#: (2.20 ms) was bound by the GPU and the copies made the graph slower
+#: (2.23 ms). See docs/benchmarks.md.
+CUDA_GRAPH_MAX_ELEMENTS = 1 << 24
 
 
 class SamsaConv(Module):
@@ -106,7 +117,10 @@ class SamsaConv(Module):
         no recompilation. PyG resolves
         ``norm='layer_norm'`` to graph-mode LayerNorm, which reads
         ``batch`` again; ``norm_kwargs={'mode': 'node'}`` normalises per
-        token.
+        token. With the sizes given, inference calls on CUDA whose shapes
+        repeat replay a CUDA graph of the layer from their third call on
+        (one launch instead of a dozen; see
+        :func:`~samsa_geo.nn.attention.config.use_cuda_graphs`).
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``edge_index`` :math:`(2, E)`,
@@ -173,11 +187,21 @@ class SamsaConv(Module):
         # _eval_affine); train() / eval() drop them.
         self._mlp_cache: Optional[tuple] = None
         self._affine_cache: Dict[int, tuple] = {}
+        # CUDA graphs of inference calls (see _replay and
+        # config.use_cuda_graphs); they read the caches above, so they go
+        # with them.
+        self._graphs = GraphReplay()
 
     def train(self, mode: bool = True) -> 'SamsaConv':
         self._mlp_cache = None
         self._affine_cache = {}
+        self._graphs.clear()
         return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .half(), ...: new storage for the parameters.
+        self._graphs.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     def reset_parameters(self) -> None:
         if self.conv is not None:
@@ -277,12 +301,92 @@ class SamsaConv(Module):
         attn_kwargs = {key: kwargs.pop(key) for key in
                        ('normal', 'num_graphs', 'max_num_nodes')
                        if key in kwargs}
-        num_graphs = attn_kwargs.get('num_graphs')
         if self.conv is not None and edge_index is None:
             raise ValueError("Expected 'edge_index' of shape [2, E] "
                              "since a local 'conv' is set")
+        if (config.use_cuda_graphs() and not self.training
+                and isinstance(x, Tensor) and x.is_cuda
+                and self.conv is None and not return_attention_weights
+                and not kwargs):
+            out = self._replay(x, batch, pos, attn_kwargs)
+            if out is not None:
+                return out
+        return self._forward(x, edge_index, batch, pos,
+                             return_attention_weights, attn_kwargs, kwargs)
+
+    def _replay(self, x: Tensor, batch: Optional[Tensor],
+                pos: Optional[Tensor],
+                attn_kwargs: Dict[str, Any]) -> Optional[Tensor]:
+        # The call as the replay of a CUDA graph (config.use_cuda_graphs),
+        # or None where it runs eagerly: inference without gradients,
+        # hooks, tracing or value checks, with the sizes of the sets given,
+        # a norm that reads nothing back and the attention's fused path,
+        # which then never synchronises and draws no noise; up to
+        # CUDA_GRAPH_MAX_ELEMENTS input values (beyond, the GPU's work
+        # outlasts the host's, and the copies in and out would add to it).
+        num_graphs = attn_kwargs.get('num_graphs')
+        max_num_nodes = attn_kwargs.get('max_num_nodes')
+        if ('normal' in attn_kwargs or x.numel() > CUDA_GRAPH_MAX_ELEMENTS
+                or (batch is not None and (num_graphs is None
+                                           or max_num_nodes is None))
+                or is_tracing() or config.is_debug()
+                or torch.cuda.is_current_stream_capturing()
+                or (torch.is_grad_enabled()
+                    and needs_grad(x, *self.parameters()))):
+            return None
+        modules = list(self.modules())
+        if _hooked(modules):  # a replay runs no Python
+            return None
+        attn = self.attn
+        key = (num_graphs, max_num_nodes,
+               None if pos is None else pos.shape,
+               torch.is_autocast_enabled('cuda'),
+               torch.get_autocast_dtype('cuda'),
+               torch.is_inference_mode_enabled(),
+               config.use_fused_inference(), config.use_fused_scorer(),
+               attn.k, attn.sampling, attn.stochastic_eval)
+
+        def eligible() -> bool:
+            norms = (self.norm1, self.norm2, self.norm3)
+            return (all(norm is None or isinstance(norm,
+                                                   (BatchNorm, LayerNorm))
+                        for norm in norms)
+                    and attn._runs_fused(x, batch, pos, num_graphs,
+                                         max_num_nodes))
+
+        def state() -> List[Tensor]:
+            # Parameters, buffers and the casts kept between calls
+            # (dropped by train(), made again when a parameter changes).
+            out = [t for m in modules for t in (*m._parameters.values(),
+                                                *m._buffers.values())
+                   if t is not None]
+            for cache in (self._mlp_cache, attn._projection_cache,
+                          *self._affine_cache.values()):
+                if cache is not None:
+                    out += [t for t in cache[1:] if isinstance(t, Tensor)]
+            return out
+
+        # Graphs replay the fused path, which reads no positions.
+        if batch is None:
+            return self._graphs(
+                lambda x: self._forward(x, None, None, None, False,
+                                        attn_kwargs, {}),
+                (x, ), key, state, eligible)
+        return self._graphs(
+            lambda x, batch: self._forward(x, None, batch, None, False,
+                                           attn_kwargs, {}),
+            (x, batch), key, state, eligible)
+
+    def _forward(self, x: Tensor, edge_index: Optional[Tensor],
+                 batch: Optional[Tensor], pos: Optional[Tensor],
+                 return_attention_weights: Optional[bool],
+                 attn_kwargs: Dict[str, Any], kwargs: Dict[str, Any],
+                 ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor,
+                                                        Optional[Tensor]]]]:
+        num_graphs = attn_kwargs.get('num_graphs')
         if return_attention_weights:
-            attn_kwargs.update(return_indices=True, return_weights=True)
+            attn_kwargs = dict(attn_kwargs, return_indices=True,
+                               return_weights=True)
 
         def norm(i: int, h: Tensor) -> Tensor:
             return self._norm((self.norm1, self.norm2, self.norm3)[i], h,
@@ -366,6 +470,14 @@ class SamsaConv(Module):
                 f'heads={self.heads}, k={self.attn.k}, '
                 f'sampling={self.attn.sampling!r}'
                 f'{", norm_first=True" if self.norm_first else ""})')
+
+
+def _hooked(modules: List[Module]) -> bool:
+    # Whether a forward hook would run on one of the modules.
+    if nn_module._global_forward_hooks or \
+            nn_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 # torch.nn.MultiheadAttention arguments that GPSConv's 'multihead' takes and

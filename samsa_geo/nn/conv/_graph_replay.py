@@ -1,0 +1,208 @@
+r"""CUDA graphs of a layer's inference calls, replayed for input signatures
+that repeat.
+
+An eager inference call of :class:`~samsa_geo.nn.SamsaConv` on sets of up
+to tens of thousands of tokens is bound by the host: a dozen kernels, each
+launched from Python, take longer to issue than the GPU takes to run them.
+A CUDA graph issues the same kernels in one launch. :class:`GraphReplay`
+keeps a few graphs per layer, one per input signature (shapes, strides,
+dtypes, the caller's key), each captured once the signature has been seen
+``min_calls`` times, and replays them as
+
+1. a copy of each input into the graph's own input buffer,
+2. one replay,
+3. a copy of the graph's output buffer (so that no two calls share an
+   output).
+
+Python does not run during a replay: a graph is only valid while every
+tensor the call reads besides its inputs (the ``state``: parameters,
+buffers, cached casts) is the one it was captured with, unchanged.
+:class:`GraphReplay` stamps the state (storage pointer and version counter
+of each tensor; in-place updates such as an optimiser step or
+:meth:`~torch.nn.Module.load_state_dict` bump the counter) and drops a
+graph whose stamp no longer matches; the next calls run eagerly and capture
+again. The caller decides when a call may be graphed at all (no autograd,
+no host synchronisation, no randomness, no hooks).
+"""
+from collections import OrderedDict
+from typing import (
+    Callable,
+    Dict,
+    Hashable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
+
+import torch
+from torch import Tensor
+
+
+class _Graph:
+    # One captured call: the graph, its input buffers, its output buffer
+    # and the stamp of the state it read.
+    __slots__ = ('graph', 'inputs', 'out', 'stamp')
+
+    def __init__(self, graph: 'torch.cuda.CUDAGraph', inputs: List[Tensor],
+                 out: Tensor, stamp: Tuple):
+        self.graph, self.inputs, self.out, self.stamp = (graph, inputs, out,
+                                                         stamp)
+
+
+class GraphReplay:
+    r"""Captures and replays CUDA graphs of ``fn(*inputs)``, a function of
+    CUDA tensors that returns one tensor, keyed by the inputs' signature.
+
+    Args:
+        max_graphs (int, optional): Graphs kept; the least recently used
+            one is dropped first. (default: :obj:`4`)
+        min_calls (int, optional): Calls with one signature before it is
+            captured (eager ones, which also compile the kernels).
+            (default: :obj:`2`)
+    """
+    def __init__(self, max_graphs: int = 4, min_calls: int = 2):
+        if max_graphs < 1:
+            raise ValueError(f"Expected 'max_graphs' to be at least 1 (got "
+                             f"{max_graphs})")
+        if min_calls < 1:
+            raise ValueError(f"Expected 'min_calls' to be at least 1 (got "
+                             f"{min_calls})")
+        self.max_graphs = max_graphs
+        self.min_calls = min_calls
+        self._graphs: 'OrderedDict[Hashable, _Graph]' = OrderedDict()
+        self._seen: 'OrderedDict[Hashable, int]' = OrderedDict()
+        # Signatures that may not be graphed, or whose capture failed.
+        self._failed: 'OrderedDict[Hashable, None]' = OrderedDict()
+        self._pools: Dict[torch.device, Tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def clear(self) -> None:
+        r"""Drops every graph and count (their memory is released once no
+        output of theirs is referenced)."""
+        self._graphs.clear()
+        self._seen.clear()
+        self._failed.clear()
+        self._pools.clear()
+
+    # Graphs are device state: copies (copy.deepcopy, pickling, an EMA
+    # model) start with none.
+    def __getstate__(self) -> Dict[str, int]:
+        return {'max_graphs': self.max_graphs, 'min_calls': self.min_calls}
+
+    def __setstate__(self, state: Dict[str, int]) -> None:
+        self.__init__(**state)
+
+    def __call__(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
+                 key: Hashable, state: Callable[[], Sequence[Tensor]],
+                 eligible: Callable[[], bool] = lambda: True,
+                 ) -> Optional[Tensor]:
+        r"""``fn(*inputs)`` by replaying its graph (captured first where
+        the signature has been seen ``min_calls`` times before), or
+        :obj:`None`: the caller runs this call eagerly.
+
+        Args:
+            fn (Callable): The call; it must launch the same kernels on
+                the same buffers for every call of one signature, never
+                synchronise with the host and return one new tensor.
+            inputs (Sequence[Tensor]): The tensors that change between
+                calls, on one CUDA device.
+            key (Hashable): Whatever else selects the kernels (sizes the
+                caller passes, autocast's state, options).
+            state (Callable): The other tensors ``fn`` reads.
+            eligible (Callable, optional): Whether the signature may be
+                graphed; asked once, before its capture.
+        """
+        sig = (key, tuple((t.shape, t.stride(), t.dtype, t.device)
+                          for t in inputs))
+        entry = self._graphs.get(sig)
+        if entry is not None and entry.stamp != _stamp(state()):
+            # The state changed: an eager call makes the casts it keeps
+            # again, the next call captures again.
+            del self._graphs[sig]
+            return None
+        if entry is None:
+            if sig in self._failed or not self._count(sig):
+                return None
+            if not eligible():
+                self._remember_failed(sig)
+                return None
+            entry = self._capture(fn, inputs, sig, state)
+            if entry is None:
+                return None
+        self._graphs.move_to_end(sig)
+        for buf, t in zip(entry.inputs, inputs):
+            buf.copy_(t)
+        entry.graph.replay()
+        return entry.out.clone()
+
+    def _count(self, sig: Hashable) -> bool:
+        # Whether sig has now been seen min_calls times before this call.
+        seen = self._seen.pop(sig, 0)
+        self._seen[sig] = seen + 1
+        while len(self._seen) > 16 * self.max_graphs:  # a bounded history
+            self._seen.popitem(last=False)
+        return seen >= self.min_calls
+
+    def _remember_failed(self, sig: Hashable) -> None:
+        self._failed[sig] = None
+        while len(self._failed) > 16 * self.max_graphs:
+            self._failed.popitem(last=False)
+
+    def _capture(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
+                 sig: Hashable, state: Callable[[], Sequence[Tensor]],
+                 ) -> Optional[_Graph]:
+        buffers = [t.clone() for t in inputs]
+        device = buffers[0].device
+        # Autocast keeps casts of parameters for the length of its region:
+        # a graph must not read one made before the capture (it may be
+        # freed when the region ends), and an eager call after it must not
+        # read one made inside.
+        torch.clear_autocast_cache()
+        try:
+            graph, out = capture(fn, buffers, self._pools.get(device))
+        except RuntimeError:
+            # A call that cannot be captured (an operation not permitted
+            # while capturing) runs eagerly from now on.
+            self._remember_failed(sig)
+            return None
+        finally:
+            torch.clear_autocast_cache()
+        if not isinstance(out, Tensor):
+            raise TypeError(f"Expected the graphed function to return a "
+                            f"tensor (got {type(out).__name__})")
+        # The graphs of one device share their memory: they replay one at
+        # a time, and each one's input and output buffers stay allocated.
+        self._pools[device] = graph.pool()
+        entry = _Graph(graph, buffers, out, _stamp(state()))
+        self._graphs[sig] = entry
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        return entry
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(graphs={len(self)}, '
+                f'max_graphs={self.max_graphs}, '
+                f'min_calls={self.min_calls})')
+
+
+def _stamp(state: Sequence[Tensor]) -> Tuple:
+    # Storage and version of each tensor: a change in place bumps the
+    # version (inference tensors have none and cannot change outside
+    # inference mode).
+    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version)
+                 for t in state)
+
+
+def capture(fn: Callable[..., Tensor], buffers: List[Tensor],
+            pool: Optional[Tuple[int, int]],
+            ) -> Tuple['torch.cuda.CUDAGraph', Tensor]:
+    r"""The CUDA graph of ``fn(*buffers)`` (in memory pool ``pool``, a
+    new one if :obj:`None`) and the output it writes."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.device(buffers[0].device):
+        with torch.cuda.graph(graph, pool=pool):
+            out = fn(*buffers)
+    return graph, out

@@ -1,0 +1,151 @@
+"""SamsaConv's CUDA graphs of inference calls against eager calls, on the
+GPU machine (`pytest -m gpu tests/gpu`)."""
+import copy
+
+import pytest
+import torch
+
+from samsa_geo.nn import SamsaConv
+from samsa_geo.nn.attention import config
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA'),
+]
+
+
+def _batch(sizes, C):
+    batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+    return torch.randn(batch.numel(), C, device='cuda'), batch.cuda()
+
+
+def _eager(conv, *args, **kwargs):
+    with config.attention_config(cuda_graphs=False), torch.no_grad():
+        return conv(*args, **kwargs)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('sizes', [[1024] * 8, [300, 0, 1024, 5, 700]])
+@pytest.mark.parametrize('norm,norm_first', [
+    ('batch_norm', False), ('layer_norm', False), ('layer_norm', True)])
+def test_replays_equal_eager_calls_bit_for_bit(dtype, sizes, norm,
+                                               norm_first):
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32, norm=norm,
+                     norm_first=norm_first).cuda()
+    conv.train()
+    with torch.no_grad():  # running statistics that are not 0 and 1
+        conv(*_batch(sizes, 64))
+    conv.eval()
+    hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+    outs, refs = [], []
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16,
+                                         enabled=dtype == torch.bfloat16):
+        for _ in range(6):  # eager, eager, captured, replayed ...
+            x, batch = _batch(sizes, 64)
+            outs.append(conv(x, None, batch, **hints))
+            refs.append(_eager(conv, x, None, batch, **hints))
+    assert len(conv._graphs) == 1
+    for out, ref in zip(outs, refs):  # no output is overwritten later
+        if norm == 'layer_norm':
+            # Graph-mode sums are atomic adds, in any order: eager calls
+            # differ in the last bits too, and under bf16 the copy the
+            # MLP reads may round the other way.
+            tol = 1e-5 if dtype == torch.float32 else 1e-2
+            torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+        else:
+            assert torch.equal(out, ref)
+
+
+def test_parameter_updates_and_modes_capture_again():
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().eval()
+    x, batch = _batch([500] * 4, 64)
+    hints = dict(num_graphs=4, max_num_nodes=500)
+    opt = torch.optim.Adam(conv.parameters(), lr=1e-2)
+
+    def infer():
+        with torch.no_grad():
+            return conv(x, None, batch, **hints)
+
+    for _ in range(4):
+        infer()
+    assert len(conv._graphs) == 1
+    before = infer()
+    # An optimiser step (in place): the graph is dropped, the outputs
+    # are the new weights'.
+    conv.train()
+    conv(x, None, batch, **hints).square().mean().backward()
+    opt.step()
+    conv.eval()
+    assert len(conv._graphs) == 0
+    for _ in range(4):
+        out = infer()
+        assert torch.equal(out, _eager(conv, x, None, batch, **hints))
+    assert not torch.equal(out, before)
+    # An in-place change in evaluation mode (load_state_dict copies).
+    state = {k: v.clone() for k, v in conv.state_dict().items()}
+    state['mlp.0.weight'] *= 2
+    conv.load_state_dict(state)
+    for _ in range(4):
+        assert torch.equal(infer(), _eager(conv, x, None, batch, **hints))
+    assert len(conv._graphs) == 1
+    # A dropped attention cast (the attention alone switched modes).
+    for _ in range(3):
+        infer()
+    conv.attn.train().eval()
+    assert torch.equal(infer(), _eager(conv, x, None, batch, **hints))
+    # A copy starts without graphs and computes the same.
+    twin = copy.deepcopy(conv)
+    assert len(twin._graphs) == 0
+    with torch.no_grad():
+        assert torch.equal(twin(x, None, batch, **hints), infer())
+    conv.double()
+    assert len(conv._graphs) == 0
+
+
+def test_calls_that_must_run_python_stay_eager():
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().eval()
+    x, batch = _batch([500] * 4, 64)
+    hints = dict(num_graphs=4, max_num_nodes=500)
+    seen = []
+    handle = conv.attn.register_forward_hook(
+        lambda module, args, out: seen.append(1))
+    with torch.no_grad():
+        for _ in range(4):
+            conv(x, None, batch, **hints)
+    handle.remove()
+    assert len(seen) == 4 and len(conv._graphs) == 0
+    for _ in range(4):  # gradients: autograd records the calls
+        out = conv(x, None, batch, **hints)
+    assert out.requires_grad and len(conv._graphs) == 0
+    with torch.no_grad():
+        for _ in range(4):  # no sizes given: the sizes are read back
+            conv(x, None, batch)
+        for _ in range(4):
+            conv(x, None, batch, return_attention_weights=True, **hints)
+        with config.attention_config(cuda_graphs=False):
+            for _ in range(4):
+                conv(x, None, batch, **hints)
+    assert len(conv._graphs) == 0
+
+
+def test_replays_never_sync_and_keep_four_graphs():
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().eval()
+    inputs = [_batch([n] * 2, 64) for n in (100, 200, 300, 400, 500)]
+    with torch.no_grad():
+        for _ in range(3):
+            for x, batch in inputs:
+                conv(x, None, batch, num_graphs=2,
+                     max_num_nodes=x.size(0) // 2)
+        assert len(conv._graphs) == 4  # the least recently used dropped
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            for x, batch in inputs[1:]:
+                conv(x, None, batch, num_graphs=2,
+                     max_num_nodes=x.size(0) // 2)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')

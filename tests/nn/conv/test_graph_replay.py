@@ -1,0 +1,135 @@
+import copy
+import pickle
+
+import pytest
+import torch
+
+from samsa_geo.nn.conv import _graph_replay
+from samsa_geo.nn.conv._graph_replay import GraphReplay
+
+
+class FakeGraph:
+    # Stands in for a captured CUDA graph on the CPU: a replay runs the
+    # function again on the input buffers into the output buffer.
+    def __init__(self, fn, buffers):
+        self.fn, self.buffers = fn, buffers
+        self.out = fn(*buffers)
+
+    def replay(self):
+        self.out.copy_(self.fn(*self.buffers))
+
+    def pool(self):
+        return (0, 1)
+
+
+@pytest.fixture
+def fake_capture(monkeypatch):
+    captured = []
+
+    def capture(fn, buffers, pool):
+        graph = FakeGraph(fn, buffers)
+        captured.append(graph)
+        return graph, graph.out
+
+    monkeypatch.setattr(_graph_replay, 'capture', capture)
+    return captured
+
+
+def run(graphs, fn, inputs, key, state):
+    # As a layer calls it: eagerly where no graph runs.
+    out = graphs(fn, inputs, key, lambda: state)
+    return fn(*inputs) if out is None else out
+
+
+def test_captures_after_min_calls_and_replays_into_fresh_outputs(
+        fake_capture):
+    weight = torch.randn(3, 3)
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        return x @ weight
+
+    graphs = GraphReplay(max_graphs=2, min_calls=2)
+    assert repr(graphs) == 'GraphReplay(graphs=0, max_graphs=2, min_calls=2)'
+    xs = [torch.randn(4, 3) for _ in range(5)]
+    outs = [run(graphs, fn, (x, ), 'key', [weight]) for x in xs]
+    assert len(fake_capture) == 1 and len(graphs) == 1
+    for x, out in zip(xs, outs):  # every output its own, and right
+        assert torch.equal(out, x @ weight)
+    # Two eager calls, then the capture; replays read the input buffer.
+    assert calls[0] is xs[0] and calls[1] is xs[1]
+    assert all(x is fake_capture[0].buffers[0] for x in calls[2:])
+
+
+def test_state_changes_drop_the_graph(fake_capture):
+    weight = torch.randn(3, 3)
+    graphs = GraphReplay(min_calls=1)
+    x = torch.randn(4, 3)
+    def fn(x):
+        return x @ weight
+
+    for _ in range(3):
+        run(graphs, fn, (x, ), None, [weight])
+    assert len(fake_capture) == 1
+    weight.mul_(2)  # in place: a new version
+    assert graphs(fn, (x, ), None, lambda: [weight]) is None  # eager
+    assert len(graphs) == 0
+    out = graphs(fn, (x, ), None, lambda: [weight])  # captured again
+    assert torch.equal(out, x @ weight) and len(fake_capture) == 2
+
+
+def test_signatures_and_the_least_recently_used(fake_capture):
+    graphs = GraphReplay(max_graphs=2, min_calls=1)
+    fn = torch.neg
+    a, b, c = torch.randn(2, 3), torch.randn(5, 3), torch.randn(5, 3).t()
+    for x in (a, a, b, b, a, c, c):  # c: other strides, another graph
+        assert torch.equal(run(graphs, fn, (x, ), 'k', []), -x)
+    assert len(fake_capture) == 3 and len(graphs) == 2
+    assert [g.buffers[0].shape for g in fake_capture] == [
+        (2, 3), (5, 3), (3, 5)]
+    run(graphs, fn, (b, ), 'k', [])  # dropped, seen before: captured
+    assert len(fake_capture) == 4
+    run(graphs, fn, (a, ), 'other key', [])  # a new signature: eager
+    assert len(fake_capture) == 4 and len(graphs) == 2
+    graphs.clear()
+    assert len(graphs) == 0
+
+
+def test_a_call_that_cannot_be_captured_stays_eager(monkeypatch):
+    def capture(fn, buffers, pool):
+        raise RuntimeError('operation not permitted when stream is '
+                           'capturing')
+
+    monkeypatch.setattr(_graph_replay, 'capture', capture)
+    graphs = GraphReplay(min_calls=1)
+    x = torch.randn(3)
+    for _ in range(4):
+        assert graphs(torch.exp, (x, ), None, lambda: []) is None
+    assert len(graphs) == 0 and len(graphs._failed) == 1
+    # A signature the caller refuses is asked about once.
+    asked = []
+    graphs = GraphReplay(min_calls=1)
+    for _ in range(4):
+        assert graphs(torch.exp, (x, ), None, lambda: [],
+                      lambda: asked.append(1)) is None
+    assert len(asked) == 1
+
+
+def test_copies_start_empty_and_arguments_are_checked(fake_capture):
+    graphs = GraphReplay(max_graphs=3, min_calls=1)
+    x = torch.randn(3)
+    for _ in range(2):
+        run(graphs, torch.exp, (x, ), None, [])
+    assert len(graphs) == 1
+    for twin in (copy.deepcopy(graphs), pickle.loads(pickle.dumps(graphs))):
+        assert len(twin) == 0 and twin.max_graphs == 3
+        assert twin.min_calls == 1
+    with pytest.raises(ValueError, match="'max_graphs'"):
+        GraphReplay(max_graphs=0)
+    with pytest.raises(ValueError, match="'min_calls'"):
+        GraphReplay(min_calls=0)
+    graphs = GraphReplay(min_calls=1)
+    graphs(lambda x: (x, x), (x, ), None, lambda: [])  # eager: no check
+    with pytest.raises(TypeError, match='return a tensor'):
+        graphs(lambda x: (x, x), (x, ), None, lambda: [])
