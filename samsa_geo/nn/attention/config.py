@@ -120,7 +120,9 @@ def use_cuda_graphs() -> bool:
     issues the layer's dozen kernels in one launch, plus a copy of the
     inputs in and of the output out; every layer keeps up to four graphs
     and their memory. On by default (the GPU tests compare replays with
-    eager calls); :obj:`False` runs every call eagerly."""
+    eager calls); :obj:`False` runs every call eagerly, as calls of one
+    layer from several threads or streams at once need (they would share
+    the graph's buffers)."""
     return _cuda_graphs
 
 

@@ -27,11 +27,11 @@ from samsa_geo.ops._utils import promoted_float
 
 
 #: The largest input (``x.numel()``) whose inference calls replay CUDA
-#: graphs: on the H200 a graph of the 1 x 65,536-token layer of 256
-#: channels (2^24 values) ran in 0.67 ms per call, copies in and out
-#: included, against 1.2 ms eager; at 1 x 262,144 tokens the eager call
-#: (2.20 ms) was bound by the GPU and the copies made the graph slower
-#: (2.23 ms). See docs/benchmarks.md.
+#: graphs. On the H200 the graphed layer of 256 channels took 0.91 ms per
+#: call at 1 x 65,536 tokens (2^24 values) against 1.33 ms eager
+#: (docs/benchmarks.md); at 1 x 262,144 tokens the eager call is bound by
+#: the GPU, and graphs, with their copies in and out, took 2.24-2.25 ms
+#: against 2.17-2.23 ms eager in two runs.
 CUDA_GRAPH_MAX_ELEMENTS = 1 << 24
 
 
