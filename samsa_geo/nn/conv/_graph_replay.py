@@ -96,7 +96,7 @@ class GraphReplay:
         self.__init__(**state)
 
     def __call__(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
-                 key: Hashable, state: Callable[[], Sequence[Tensor]],
+                 key: Hashable, state: Callable[[], Sequence[Optional[Tensor]]],
                  eligible: Callable[[], bool] = lambda: True,
                  ) -> Optional[Tensor]:
         r"""``fn(*inputs)`` by replaying its graph (captured first where
@@ -111,7 +111,8 @@ class GraphReplay:
                 calls, on one CUDA device.
             key (Hashable): Whatever else selects the kernels (sizes the
                 caller passes, autocast's state, options).
-            state (Callable): The other tensors ``fn`` reads.
+            state (Callable): The other tensors ``fn`` reads (:obj:`None`
+                entries are skipped).
             eligible (Callable, optional): Whether the signature may be
                 graphed; asked once, before its capture.
         """
@@ -152,7 +153,7 @@ class GraphReplay:
             self._failed.popitem(last=False)
 
     def _capture(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
-                 sig: Hashable, state: Callable[[], Sequence[Tensor]],
+                 sig: Hashable, state: Callable[[], Sequence[Optional[Tensor]]],
                  ) -> Optional[_Graph]:
         buffers = [t.clone() for t in inputs]
         device = buffers[0].device
@@ -188,12 +189,17 @@ class GraphReplay:
                 f'min_calls={self.min_calls})')
 
 
-def _stamp(state: Sequence[Tensor]) -> Tuple:
+def _stamp(state: Sequence[Optional[Tensor]]) -> Tuple:
     # Storage and version of each tensor: a change in place bumps the
     # version (inference tensors have none and cannot change outside
-    # inference mode).
-    return tuple((t.data_ptr(), 0 if t.is_inference() else t._version)
-                 for t in state)
+    # inference mode). None entries (a module's unset bias) stay None.
+    try:
+        return tuple([None if t is None else (t.data_ptr(), t._version)
+                      for t in state])
+    except RuntimeError:  # an inference tensor
+        return tuple([None if t is None else
+                      (t.data_ptr(), 0 if t.is_inference() else t._version)
+                      for t in state])
 
 
 def capture(fn: Callable[..., Tensor], buffers: List[Tensor],

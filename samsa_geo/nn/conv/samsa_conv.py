@@ -334,7 +334,7 @@ class SamsaConv(Module):
                 or (torch.is_grad_enabled()
                     and needs_grad(x, *self.parameters()))):
             return None
-        modules = list(self.modules())
+        modules = _tree(self)
         if _hooked(modules):  # a replay runs no Python
             return None
         attn = self.attn
@@ -354,12 +354,13 @@ class SamsaConv(Module):
                     and attn._runs_fused(x, batch, pos, num_graphs,
                                          max_num_nodes))
 
-        def state() -> List[Tensor]:
+        def state() -> List[Optional[Tensor]]:
             # Parameters, buffers and the casts kept between calls
             # (dropped by train(), made again when a parameter changes).
-            out = [t for m in modules for t in (*m._parameters.values(),
-                                                *m._buffers.values())
-                   if t is not None]
+            out: List[Optional[Tensor]] = []
+            for m in modules:
+                out += m._parameters.values()
+                out += m._buffers.values()
             for cache in (self._mlp_cache, attn._projection_cache,
                           *self._affine_cache.values()):
                 if cache is not None:
@@ -470,6 +471,17 @@ class SamsaConv(Module):
                 f'heads={self.heads}, k={self.attn.k}, '
                 f'sampling={self.attn.sampling!r}'
                 f'{", norm_first=True" if self.norm_first else ""})')
+
+
+def _tree(module: Module) -> List[Module]:
+    # The module and its submodules (Module.modules() without the names
+    # and the memo, which cost more host time than the walk).
+    out = [module]
+    i = 0
+    while i < len(out):
+        out.extend(m for m in out[i]._modules.values() if m is not None)
+        i += 1
+    return out
 
 
 def _hooked(modules: List[Module]) -> bool:

@@ -133,3 +133,23 @@ def test_copies_start_empty_and_arguments_are_checked(fake_capture):
     graphs(lambda x: (x, x), (x, ), None, lambda: [])  # eager: no check
     with pytest.raises(TypeError, match='return a tensor'):
         graphs(lambda x: (x, x), (x, ), None, lambda: [])
+
+
+def test_stamps_skip_unset_tensors_and_read_inference_tensors():
+    w = torch.randn(3)
+    with torch.inference_mode():
+        frozen = torch.randn(3)
+    stamp = _graph_replay._stamp([w, None, frozen])
+    assert stamp == ((w.data_ptr(), w._version), None,
+                     (frozen.data_ptr(), 0))
+    w.add_(1)
+    assert _graph_replay._stamp([w, None, frozen]) != stamp
+
+
+def test_the_layer_walks_every_submodule():
+    from samsa_geo.nn import SamsaConv
+    from samsa_geo.nn.conv.samsa_conv import _tree
+    conv = SamsaConv(16, None, heads=2, k=4)
+    walked, modules = _tree(conv), list(conv.modules())
+    assert len(walked) == len(modules)
+    assert {id(m) for m in walked} == {id(m) for m in modules}
