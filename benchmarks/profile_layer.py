@@ -14,7 +14,8 @@ each training step, as in ``benchmarks/layer.py``::
         --ops samsa_conv_batch,full_layer --pass fwdbwd --host --kernels 40
 
 ``--compile`` profiles the layer under :func:`torch.compile` (default
-mode); the aten counts of ``--host`` stay the eager model's.
+mode); the aten counts of ``--host`` stay the eager model's. The layer's
+own CUDA graphs of inference calls are off unless ``--cuda-graphs``.
 """
 import collections
 import time
@@ -28,6 +29,8 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from count_ops import OpCounter  # noqa: E402
 from layer import DTYPES, build, call  # noqa: E402
+
+from samsa_geo.nn.attention import config  # noqa: E402
 
 
 def host_times(step, calls: int = 30):
@@ -83,10 +86,15 @@ def main():
                    help='also count aten calls and time the host')
     p.add_argument('--kernels', type=int, default=0,
                    help='list this many kernel names by GPU time')
+    p.add_argument('--cuda-graphs', action='store_true',
+                   help="let SamsaConv replay CUDA graphs of its inference "
+                   "calls (config.use_cuda_graphs); off by default here, so "
+                   "that the profile shows every eager launch")
     p.add_argument('--compile', action='store_true',
                    help='profile torch.compile(model) (default mode; '
                    'operator counts stay those of the eager model)')
     args = p.parse_args()
+    config.set_cuda_graphs(args.cuda_graphs)
     device = torch.device('cuda')
     for size in args.sizes.split(','):
         B, n = (int(v) for v in size.split('x'))

@@ -20,9 +20,11 @@ on graph && { python3 benchmarks/graph_scale.py --device cuda --out $OUT 2>&1 | 
 on ops && { python3 benchmarks/ops.py --device cuda --out $OUT/ops.json 2>&1 | tail -6; }
 on profile && { { echo "# python benchmarks/profile_attention.py --n 65536 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown) | date: $(date +%F)"; python3 benchmarks/profile_attention.py --n 65536 2>&1; } > $OUT/profile_attention.txt; }
 # Whole layers (issue sizes), the fused path against the unfused one for
-# single large sets, and the profile of one forward.
+# single large sets, the layer's CUDA graphs against eager calls, and the
+# profile of one forward (eager).
 on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch,full_layer --passes fwd,fwdbwd --commit $COMMIT --out $OUT/layer.json > /tmp/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd --ab fused_inference --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes 32x1024,8x4096,2x16384,1x65536 --ops samsa_conv_batch --passes fwd --ab cuda_graphs --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
 on layer && { { echo "# python benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: $COMMIT | date: $(date +%F)"; python3 benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 2>&1; } > $OUT/profile_layer.txt; }
 on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_kernel.py --tokens $T --commit $COMMIT --out $OUT/scorer_kernel.json 2>&1 | tail -14; done; }
 on launch && { python3 benchmarks/launch.py --commit $COMMIT --out $OUT/launch.json 2>&1 | tail -5; }
