@@ -101,6 +101,20 @@ def stacked_cast(groups: Sequence[Sequence[Tensor]],
     return _apply(groups, dtype)
 
 
+def tensor_stamp(tensors: Sequence[Optional[Tensor]]) -> tuple:
+    r"""``(data pointer, version counter)`` of every tensor: it changes
+    when a tensor is replaced, moved or changed in place. Inference
+    tensors have no version counter (and cannot change outside inference
+    mode): theirs reads 0. :obj:`None` entries stay :obj:`None`."""
+    try:
+        return tuple([None if t is None else (t.data_ptr(), t._version)
+                      for t in tensors])
+    except RuntimeError:  # an inference tensor
+        return tuple([None if t is None else
+                      (t.data_ptr(), 0 if t.is_inference() else t._version)
+                      for t in tensors])
+
+
 def kept_while_unchanged(cache: Optional[tuple], tensors: Sequence[Tensor],
                          make: Callable[[], Sequence[Tensor]],
                          *key: object) -> tuple:
@@ -112,8 +126,7 @@ def kept_while_unchanged(cache: Optional[tuple], tensors: Sequence[Tensor],
     mode cannot be saved for a backward outside it, so entering or leaving
     it makes them again."""
     full_key = (*key, torch.is_inference_mode_enabled(),
-                tuple((t.data_ptr(), 0 if t.is_inference() else t._version)
-                      for t in tensors))
+                tensor_stamp(tensors))
     if cache is None or cache[0] != full_key:
         with torch.no_grad():
             cache = (full_key, *make())

@@ -26,6 +26,7 @@ no host synchronisation, no randomness, no hooks).
 """
 from collections import OrderedDict
 from typing import (
+    Any,
     Callable,
     Dict,
     Hashable,
@@ -37,6 +38,11 @@ from typing import (
 
 import torch
 from torch import Tensor
+
+from samsa_geo.nn.attention._stacked import tensor_stamp
+
+#: What a graph reads besides its inputs.
+State = Callable[[], Sequence[Optional[Tensor]]]
 
 
 class _Graph:
@@ -96,7 +102,7 @@ class GraphReplay:
         self.__init__(**state)
 
     def __call__(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
-                 key: Hashable, state: Callable[[], Sequence[Optional[Tensor]]],
+                 key: Hashable, state: State,
                  eligible: Callable[[], bool] = lambda: True,
                  ) -> Optional[Tensor]:
         r"""``fn(*inputs)`` by replaying its graph (captured first where
@@ -119,7 +125,7 @@ class GraphReplay:
         sig = (key, tuple((t.shape, t.stride(), t.dtype, t.device)
                           for t in inputs))
         entry = self._graphs.get(sig)
-        if entry is not None and entry.stamp != _stamp(state()):
+        if entry is not None and entry.stamp != tensor_stamp(state()):
             # The state changed: an eager call makes the casts it keeps
             # again, the next call captures again.
             del self._graphs[sig]
@@ -128,7 +134,7 @@ class GraphReplay:
             if sig in self._failed or not self._count(sig):
                 return None
             if not eligible():
-                self._remember_failed(sig)
+                self._remember(self._failed, sig, None)
                 return None
             entry = self._capture(fn, inputs, sig, state)
             if entry is None:
@@ -142,19 +148,18 @@ class GraphReplay:
     def _count(self, sig: Hashable) -> bool:
         # Whether sig has now been seen min_calls times before this call.
         seen = self._seen.pop(sig, 0)
-        self._seen[sig] = seen + 1
-        while len(self._seen) > 16 * self.max_graphs:  # a bounded history
-            self._seen.popitem(last=False)
+        self._remember(self._seen, sig, seen + 1)
         return seen >= self.min_calls
 
-    def _remember_failed(self, sig: Hashable) -> None:
-        self._failed[sig] = None
-        while len(self._failed) > 16 * self.max_graphs:
-            self._failed.popitem(last=False)
+    def _remember(self, history: 'OrderedDict[Hashable, Any]',
+                  sig: Hashable, value: Any) -> None:
+        # A bounded history: the oldest signatures are forgotten first.
+        history[sig] = value
+        while len(history) > 16 * self.max_graphs:
+            history.popitem(last=False)
 
     def _capture(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
-                 sig: Hashable, state: Callable[[], Sequence[Optional[Tensor]]],
-                 ) -> Optional[_Graph]:
+                 sig: Hashable, state: State) -> Optional[_Graph]:
         buffers = [t.clone() for t in inputs]
         device = buffers[0].device
         # Autocast keeps casts of parameters for the length of its region:
@@ -167,7 +172,7 @@ class GraphReplay:
         except RuntimeError:
             # A call that cannot be captured (an operation not permitted
             # while capturing) runs eagerly from now on.
-            self._remember_failed(sig)
+            self._remember(self._failed, sig, None)
             return None
         finally:
             torch.clear_autocast_cache()
@@ -177,7 +182,7 @@ class GraphReplay:
         # The graphs of one device share their memory: they replay one at
         # a time, and each one's input and output buffers stay allocated.
         self._pools[device] = graph.pool()
-        entry = _Graph(graph, buffers, out, _stamp(state()))
+        entry = _Graph(graph, buffers, out, tensor_stamp(state()))
         self._graphs[sig] = entry
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)
@@ -187,19 +192,6 @@ class GraphReplay:
         return (f'{self.__class__.__name__}(graphs={len(self)}, '
                 f'max_graphs={self.max_graphs}, '
                 f'min_calls={self.min_calls})')
-
-
-def _stamp(state: Sequence[Optional[Tensor]]) -> Tuple:
-    # Storage and version of each tensor: a change in place bumps the
-    # version (inference tensors have none and cannot change outside
-    # inference mode). None entries (a module's unset bias) stay None.
-    try:
-        return tuple([None if t is None else (t.data_ptr(), t._version)
-                      for t in state])
-    except RuntimeError:  # an inference tensor
-        return tuple([None if t is None else
-                      (t.data_ptr(), 0 if t.is_inference() else t._version)
-                      for t in state])
 
 
 def capture(fn: Callable[..., Tensor], buffers: List[Tensor],

@@ -347,10 +347,10 @@ class SamsaConv(Module):
                attn.k, attn.sampling, attn.stochastic_eval)
 
         def eligible() -> bool:
-            norms = (self.norm1, self.norm2, self.norm3)
+            # (norm1 serves the local conv only: None here.)
             return (all(norm is None or isinstance(norm,
                                                    (BatchNorm, LayerNorm))
-                        for norm in norms)
+                        for norm in (self.norm2, self.norm3))
                     and attn._runs_fused(x, batch, pos, num_graphs,
                                          max_num_nodes))
 
@@ -368,15 +368,10 @@ class SamsaConv(Module):
             return out
 
         # Graphs replay the fused path, which reads no positions.
-        if batch is None:
-            return self._graphs(
-                lambda x: self._forward(x, None, None, None, False,
-                                        attn_kwargs, {}),
-                (x, ), key, state, eligible)
         return self._graphs(
-            lambda x, batch: self._forward(x, None, batch, None, False,
-                                           attn_kwargs, {}),
-            (x, batch), key, state, eligible)
+            lambda x, batch=None: self._forward(x, None, batch, None, False,
+                                                attn_kwargs, {}),
+            (x, ) if batch is None else (x, batch), key, state, eligible)
 
     def _forward(self, x: Tensor, edge_index: Optional[Tensor],
                  batch: Optional[Tensor], pos: Optional[Tensor],

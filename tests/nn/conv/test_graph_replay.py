@@ -4,6 +4,7 @@ import pickle
 import pytest
 import torch
 
+from samsa_geo.nn.attention._stacked import tensor_stamp
 from samsa_geo.nn.conv import _graph_replay
 from samsa_geo.nn.conv._graph_replay import GraphReplay
 
@@ -139,11 +140,11 @@ def test_stamps_skip_unset_tensors_and_read_inference_tensors():
     w = torch.randn(3)
     with torch.inference_mode():
         frozen = torch.randn(3)
-    stamp = _graph_replay._stamp([w, None, frozen])
+    stamp = tensor_stamp([w, None, frozen])
     assert stamp == ((w.data_ptr(), w._version), None,
                      (frozen.data_ptr(), 0))
     w.add_(1)
-    assert _graph_replay._stamp([w, None, frozen]) != stamp
+    assert tensor_stamp([w, None, frozen]) != stamp
 
 
 def test_the_layer_walks_every_submodule():
