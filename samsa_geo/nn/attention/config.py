@@ -107,22 +107,33 @@ def set_fused_relax(flag: bool) -> None:
 
 def use_cuda_graphs() -> bool:
     r"""Whether :class:`~samsa_geo.nn.SamsaConv` replays CUDA graphs of
-    its inference calls on CUDA. A signature (shapes, strides, dtypes,
-    the batch's sizes, autocast's state) seen twice is captured at its
-    third call; a graph is kept while the parameters, buffers and kept
-    casts are unchanged. Graphed calls take the fused inference path
-    with ``num_graphs`` and ``max_num_nodes`` given, have no local
-    ``conv``, a batch or layer norm (or none), no hooks, no gradient and
-    at most
+    its calls on CUDA, in inference and in training. A call is graphed
+    when the layer has no local ``conv``, a batch or layer norm (or
+    none), no hooks, the sizes ``num_graphs`` and ``max_num_nodes`` where
+    it gets a batch vector, and at most
     :data:`~samsa_geo.nn.conv.samsa_conv.CUDA_GRAPH_MAX_ELEMENTS` input
-    values, and are not traced (see
-    :class:`~samsa_geo.nn.conv._graph_replay.GraphReplay`). A replay
-    issues the layer's dozen kernels in one launch, plus a copy of the
-    inputs in and of the output out; every layer keeps up to four graphs
-    and their memory. On by default (the GPU tests compare replays with
-    eager calls); :obj:`False` runs every call eagerly, as calls of one
-    layer from several threads or streams at once need (they would share
-    the graph's buffers)."""
+    values, and is not traced.
+
+    - Inference (no gradient, the fused path): a signature (shapes,
+      strides, dtypes, the batch's sizes, autocast's state, the layer's
+      settings) seen twice is captured at its third call; a graph is kept
+      while the parameters, buffers and kept casts are unchanged (see
+      :class:`~samsa_geo.nn.conv._graph_replay.GraphReplay`). Up to four
+      graphs per layer.
+    - Training (every parameter requires a gradient): a signature whose
+      backward pass has run twice is captured with its backward pass; the
+      graphs read the parameters where they live, so optimiser steps do
+      not drop them (see
+      :class:`~samsa_geo.nn.conv._graph_training.TrainingGraphReplay`).
+      Up to two graphs per layer, each keeping one call's activations. A
+      call made while the layer's previous output still awaits its
+      backward pass runs eagerly.
+
+    A replay issues the layer's kernels in one launch per pass, plus
+    copies of the inputs in and of the outputs out. On by default (the
+    GPU tests compare replays with eager calls); :obj:`False` runs every
+    call eagerly, as calls of one layer from several threads or streams
+    at once need (they would share the graph's buffers)."""
     return _cuda_graphs
 
 
@@ -177,6 +188,16 @@ def set_flex_kernel_options(options: Optional[dict]) -> None:
         raise TypeError(f"Expected 'options' to be a dict or None "
                         f"(got {type(options).__name__})")
     _flex_kernel_options = None if options is None else dict(options)
+
+
+def snapshot() -> tuple:
+    r"""Every switch's value, as a hashable tuple (a key for what a
+    captured graph has baked in)."""
+    flex = _flex_kernel_options
+    return (_debug, _fused_bias, _fused_scorer, _fused_inference,
+            _fused_relax, _stacked_casts, _cuda_graphs,
+            _bias_inference_kernel,
+            None if flex is None else repr(sorted(flex.items())))
 
 
 _SETTERS = {

@@ -22,12 +22,12 @@ from samsa_geo.nn.attention._stacked import (
 )
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
 from samsa_geo.nn.conv._graph_replay import GraphReplay
+from samsa_geo.nn.conv._graph_training import TrainingGraphReplay
 from samsa_geo.ops import layer_norm, residual_affine
 from samsa_geo.ops._utils import promoted_float
 
 
-#: The largest input (``x.numel()``) whose inference calls replay CUDA
-#: graphs. On the H200 the graphed layer of 256 channels took 0.91 ms per
+#: The largest input (``x.numel()``) whose calls replay CUDA graphs. On the H200 the graphed layer of 256 channels took 0.91 ms per
 #: call at 1 x 65,536 tokens (2^24 values) against 1.33 ms eager
 #: (docs/benchmarks.md); at 1 x 262,144 tokens the eager call is bound by
 #: the GPU, and graphs, with their copies in and out, took 2.24-2.25 ms
@@ -189,8 +189,10 @@ class SamsaConv(Module):
         self._affine_cache: Dict[int, tuple] = {}
         # CUDA graphs of inference calls (see _replay and
         # config.use_cuda_graphs); they read the caches above, so they go
-        # with them.
+        # with them. Training graphs read no cache: they outlive
+        # train() / eval().
         self._graphs = GraphReplay()
+        self._train_graphs = TrainingGraphReplay()
 
     def train(self, mode: bool = True) -> 'SamsaConv':
         self._mlp_cache = None
@@ -201,6 +203,7 @@ class SamsaConv(Module):
     def _apply(self, fn, *args, **kwargs):
         # .to(), .cuda(), .half(), ...: new storage for the parameters.
         self._graphs.clear()
+        self._train_graphs.clear()
         return super()._apply(fn, *args, **kwargs)
 
     def reset_parameters(self) -> None:
@@ -304,8 +307,7 @@ class SamsaConv(Module):
         if self.conv is not None and edge_index is None:
             raise ValueError("Expected 'edge_index' of shape [2, E] "
                              "since a local 'conv' is set")
-        if (config.use_cuda_graphs() and not self.training
-                and isinstance(x, Tensor) and x.is_cuda
+        if (config.use_cuda_graphs() and isinstance(x, Tensor) and x.is_cuda
                 and self.conv is None and not return_attention_weights
                 and not kwargs):
             out = self._replay(x, batch, pos, attn_kwargs)
@@ -318,10 +320,8 @@ class SamsaConv(Module):
                 pos: Optional[Tensor],
                 attn_kwargs: Dict[str, Any]) -> Optional[Tensor]:
         # The call as the replay of a CUDA graph (config.use_cuda_graphs),
-        # or None where it runs eagerly: inference without gradients,
-        # hooks, tracing or value checks, with the sizes of the sets given,
-        # a norm that reads nothing back and the attention's fused path,
-        # which then never synchronises and draws no noise; up to
+        # or None where it runs eagerly: no hooks, tracing or value checks
+        # (a replay runs no Python), the sizes of the sets given, up to
         # CUDA_GRAPH_MAX_ELEMENTS input values (beyond, the GPU's work
         # outlasts the host's, and the copies in and out would add to it).
         num_graphs = attn_kwargs.get('num_graphs')
@@ -330,37 +330,36 @@ class SamsaConv(Module):
                 or (batch is not None and (num_graphs is None
                                            or max_num_nodes is None))
                 or is_tracing() or config.is_debug()
-                or torch.cuda.is_current_stream_capturing()
-                or (torch.is_grad_enabled()
-                    and needs_grad(x, *self.parameters()))):
+                or torch.cuda.is_current_stream_capturing()):
             return None
         modules = _tree(self)
-        if _hooked(modules):  # a replay runs no Python
+        if _hooked(modules):
             return None
-        attn = self.attn
         key = (num_graphs, max_num_nodes,
-               None if pos is None else pos.shape,
+               None if pos is None else (pos.shape, pos.dtype),
                torch.is_autocast_enabled('cuda'),
                torch.get_autocast_dtype('cuda'),
                torch.is_inference_mode_enabled(),
-               config.use_fused_inference(), config.use_fused_scorer(),
-               attn.k, attn.sampling, attn.stochastic_eval)
+               torch.get_float32_matmul_precision(), config.snapshot(),
+               _settings(modules))
+        if self.training:
+            return self._replay_training(x, batch, pos, attn_kwargs,
+                                         modules, key)
+        if torch.is_grad_enabled() and needs_grad(x, *self.parameters()):
+            return None
+        attn = self.attn
 
         def eligible() -> bool:
+            # The fused path, which never synchronises and draws no noise.
             # (norm1 serves the local conv only: None here.)
-            return (all(norm is None or isinstance(norm,
-                                                   (BatchNorm, LayerNorm))
-                        for norm in (self.norm2, self.norm3))
+            return (_plain_norms(self)
                     and attn._runs_fused(x, batch, pos, num_graphs,
                                          max_num_nodes))
 
         def state() -> List[Optional[Tensor]]:
             # Parameters, buffers and the casts kept between calls
             # (dropped by train(), made again when a parameter changes).
-            out: List[Optional[Tensor]] = []
-            for m in modules:
-                out += m._parameters.values()
-                out += m._buffers.values()
+            out = _tensors(modules)
             for cache in (self._mlp_cache, attn._projection_cache,
                           *self._affine_cache.values()):
                 if cache is not None:
@@ -372,6 +371,45 @@ class SamsaConv(Module):
             lambda x, batch=None: self._forward(x, None, batch, None, False,
                                                 attn_kwargs, {}),
             (x, ) if batch is None else (x, batch), key, state, eligible)
+
+    def _replay_training(self, x: Tensor, batch: Optional[Tensor],
+                         pos: Optional[Tensor], attn_kwargs: Dict[str, Any],
+                         modules: List[Module],
+                         key: tuple) -> Optional[Tensor]:
+        # A training call through TrainingGraphReplay, or None where it
+        # runs eagerly: every parameter trained (no kept casts to read),
+        # gradients on, outside a backward pass (a recomputation) and
+        # anomaly detection, positions without gradients.
+        params = [p for m in modules for p in m._parameters.values()
+                  if p is not None]
+        if (not torch.is_grad_enabled() or not params
+                or not all(p.requires_grad for p in params)
+                or torch.is_anomaly_enabled()
+                or torch._C._current_graph_task_id() != -1
+                or (pos is not None and pos.requires_grad)):
+            return None
+        inputs = [x]
+        if batch is not None:
+            inputs.append(batch)
+        if pos is not None:
+            inputs.append(pos)
+
+        def fn(x: Tensor, *rest: Tensor) -> Tensor:
+            batch_ = rest[0] if batch is not None else None
+            pos_ = rest[-1] if pos is not None else None
+            return self._forward(x, None, batch_, pos_, False, attn_kwargs,
+                                 {})
+
+        def eligible() -> bool:
+            norms = [m.module for m in (self.norm2, self.norm3)
+                     if isinstance(m, BatchNorm)]
+            # A cumulative batch norm reads its count back each call.
+            return _plain_norms(self) and all(
+                bn.momentum is not None or not bn.track_running_stats
+                for bn in norms)
+
+        return self._train_graphs(fn, inputs, params, key,
+                                  lambda: _tensors(modules), eligible)
 
     def _forward(self, x: Tensor, edge_index: Optional[Tensor],
                  batch: Optional[Tensor], pos: Optional[Tensor],
@@ -480,11 +518,42 @@ def _tree(module: Module) -> List[Module]:
 
 
 def _hooked(modules: List[Module]) -> bool:
-    # Whether a forward hook would run on one of the modules.
-    if nn_module._global_forward_hooks or \
-            nn_module._global_forward_pre_hooks:
+    # Whether a hook would run inside the layer's forward or backward pass
+    # (the layer's own hooks run around them, replayed or not).
+    if (nn_module._global_forward_hooks
+            or nn_module._global_forward_pre_hooks
+            or nn_module._global_backward_hooks
+            or nn_module._global_backward_pre_hooks):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+               or m._backward_pre_hooks for m in modules[1:])
+
+
+def _tensors(modules: List[Module]) -> List[Optional[Tensor]]:
+    # The parameters and buffers of the modules (None where unset).
+    out: List[Optional[Tensor]] = []
+    for m in modules:
+        out += m._parameters.values()
+        out += m._buffers.values()
+    return out
+
+
+#: Attribute types a module's forward may read as constants.
+_SETTING_TYPES = (bool, int, float, str)
+
+
+def _settings(modules: List[Module]) -> tuple:
+    # The scalar attributes of the modules (k, tau, dropout rates, eps,
+    # momentum, modes, ...): a captured graph bakes them in.
+    return tuple([v for m in modules for v in m.__dict__.values()
+                  if type(v) in _SETTING_TYPES])
+
+
+def _plain_norms(layer: 'SamsaConv') -> bool:
+    # Whether the attention's and the MLP's norms are batch or layer norms
+    # (or none), which read no sizes back.
+    return all(norm is None or isinstance(norm, (BatchNorm, LayerNorm))
+               for norm in (layer.norm2, layer.norm3))
 
 
 # torch.nn.MultiheadAttention arguments that GPSConv's 'multihead' takes and

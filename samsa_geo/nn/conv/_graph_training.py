@@ -1,0 +1,278 @@
+r"""CUDA graphs of a layer's training calls: the forward pass and its
+backward pass, replayed behind one autograd node.
+
+A training step of :class:`~samsa_geo.nn.SamsaConv` on sets of up to tens
+of thousands of tokens is bound by the host even more than an inference
+call: some forty operators forward and more backward, each dispatched and
+launched from Python or the autograd engine. :class:`TrainingGraphReplay`
+captures, per input signature, one graph of the forward pass and one of
+its backward pass (gradients of the inputs that require them and of every
+parameter, packed into one buffer per dtype), and runs a call as
+
+1. a copy of each input into the graph's input buffer, one replay of the
+   forward graph and a copy of its output (an autograd node holds the
+   graph);
+2. in the backward pass: a copy of the output's gradient into the graph's
+   buffer, one replay of the backward graph and a copy of the packed
+   gradients, handed out as views to the inputs and parameters, which
+   accumulate them as any gradient (hooks, ``.grad``, DDP all see them).
+
+Unlike an inference graph, a training graph reads the parameters where
+they live: an optimiser step or :meth:`~torch.nn.Module.load_state_dict`
+changes them in place and the next replay computes with the new values;
+only a parameter or buffer replaced by another tensor (a new storage)
+drops the graph. Random numbers (dropout, the sampling noise) come from
+PyTorch's generator, which advances at every replay as in eager calls.
+
+The activations a backward replay reads live in the graph's buffers, so a
+forward replay must not run while an earlier one still awaits its
+backward pass: such a call (a layer applied twice before one backward)
+runs eagerly. A signature is captured once ``min_calls`` eager calls of
+it have run their backward pass (which also compiles the kernels both
+passes use).
+"""
+import weakref
+from functools import partial
+from typing import Callable, Hashable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from samsa_geo.nn.conv._graph_replay import GraphReplay, State
+
+#: Where each gradient sits in the packed buffers: (buffer, offset, shape),
+#: None for a target that gets no gradient.
+Layout = List[Optional[Tuple[int, int, torch.Size]]]
+
+
+class _Call:
+    # One forward replay whose backward pass is still to come.
+    __slots__ = ('done', '__weakref__')
+
+    def __init__(self) -> None:
+        self.done = False
+
+
+class _TrainingGraph:
+    # The two captured graphs of one signature and their buffers.
+    __slots__ = ('forward', 'backward', 'inputs', 'out', 'grad_out',
+                 'packed', 'layout', 'stamp', 'last')
+
+    def __init__(self, forward: 'torch.cuda.CUDAGraph',
+                 backward: 'torch.cuda.CUDAGraph', inputs: List[Tensor],
+                 out: Tensor, grad_out: Tensor, packed: List[Tensor],
+                 layout: Layout, stamp: Tuple):
+        self.forward, self.backward = forward, backward
+        self.inputs, self.out, self.grad_out = inputs, out, grad_out
+        self.packed, self.layout, self.stamp = packed, layout, stamp
+        self.last: Optional['weakref.ref[_Call]'] = None
+
+    def pending(self) -> bool:
+        # Whether the last forward replay's backward pass is still to
+        # come (its autograd graph alive and not yet run).
+        call = None if self.last is None else self.last()
+        return call is not None and not call.done
+
+    def run_forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, _Call]:
+        for buf, t in zip(self.inputs, inputs):
+            buf.copy_(t)
+        self.forward.replay()
+        call = _Call()
+        self.last = weakref.ref(call)
+        return self.out.clone(), call
+
+    def run_backward(self, call: _Call,
+                     grad: Tensor) -> List[Optional[Tensor]]:
+        if self.last is None or self.last() is not call:
+            raise RuntimeError(
+                "A second backward pass reached a CUDA-graphed training "
+                "call of SamsaConv after the layer had run again, which "
+                "overwrote the activations it saved; run the backward "
+                "passes before the layer's next call, or turn the graphs "
+                "off with samsa_geo.nn.attention.config.set_cuda_graphs("
+                "False)")
+        self.grad_out.copy_(grad)
+        self.backward.replay()
+        call.done = True
+        # Copies: the next replay overwrites the packed buffers, and
+        # .grad may keep what it is handed.
+        return unpack([t.clone() for t in self.packed], self.layout)
+
+
+class _Replayed(torch.autograd.Function):
+    # forward(graph, *inputs, *params) -> the graph's output; backward
+    # replays the backward graph.
+    @staticmethod
+    def forward(ctx, graph: _TrainingGraph, *tensors: Tensor) -> Tensor:
+        out, ctx.call = graph.run_forward(tensors)
+        ctx.graph = graph
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        return (None, *ctx.graph.run_backward(ctx.call, grad))
+
+
+class TrainingGraphReplay(GraphReplay):
+    r"""Captures and replays CUDA graphs of training calls
+    ``fn(*inputs)``, a function of CUDA tensors and of ``params`` that
+    returns one tensor, with their backward passes, keyed by the inputs'
+    signature (shapes, strides, dtypes, which of them require gradients).
+
+    Unlike :class:`GraphReplay`, a call always returns ``fn``'s output:
+    replayed, or from an eager call of ``fn``.
+
+    Args:
+        max_graphs (int, optional): Graphs kept (each keeps the activations
+            of one call); the least recently used one is dropped first.
+            (default: :obj:`2`)
+        min_calls (int, optional): Eager calls with one signature, each
+            followed by its backward pass, before it is captured.
+            (default: :obj:`2`)
+    """
+    def __init__(self, max_graphs: int = 2, min_calls: int = 2):
+        super().__init__(max_graphs, min_calls)
+
+    def __call__(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
+                 params: Sequence[Tensor], key: Hashable, state: State,
+                 eligible: Callable[[], bool] = lambda: True) -> Tensor:
+        r"""``fn(*inputs)``, replayed where its graph exists or can be
+        captured now, else eagerly.
+
+        ``fn``, ``inputs``, ``key`` and ``eligible`` are those of
+        :meth:`GraphReplay.__call__`; ``params`` (Sequence[Tensor]) are
+        the parameters ``fn`` reads, all requiring gradients, and
+        ``state`` returns the tensors ``fn`` reads besides its inputs
+        (parameters, buffers): a graph is dropped when one of them is
+        replaced by another storage.
+        """
+        sig = (key, tuple((t.shape, t.stride(), t.dtype, t.device,
+                           t.requires_grad) for t in inputs))
+        graph = self._graphs.get(sig)
+        if graph is not None and graph.stamp != tensor_pointers(state()):
+            # A parameter or buffer was replaced: warm up and capture again.
+            del self._graphs[sig]
+            self._seen.pop(sig, None)
+            graph = None
+        if graph is None:
+            if sig in self._failed or self._seen.get(sig, 0) < \
+                    self.min_calls:
+                return self._eager(fn, inputs, sig)
+            if not eligible():
+                self._remember(self._failed, sig, None)
+                return fn(*inputs)
+            graph = self._capture_training(fn, inputs, params, sig, state)
+            if graph is None:
+                return fn(*inputs)
+        elif graph.pending():
+            # The buffers hold activations still to be read backward.
+            return fn(*inputs)
+        self._graphs.move_to_end(sig)
+        return _Replayed.apply(graph, *inputs, *params)
+
+    def _eager(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
+               sig: Hashable) -> Tensor:
+        # An eager call, counted once its backward pass reaches it.
+        out = fn(*inputs)
+        if isinstance(out, Tensor) and out.requires_grad:
+            out.register_hook(partial(self._backward_seen, sig))
+        return out
+
+    def _backward_seen(self, sig: Hashable, grad: Tensor) -> None:
+        self._remember(self._seen, sig, self._seen.pop(sig, 0) + 1)
+
+    def _capture_training(self, fn: Callable[..., Tensor],
+                          inputs: Sequence[Tensor],
+                          params: Sequence[Tensor], sig: Hashable,
+                          state: State) -> Optional[_TrainingGraph]:
+        buffers = [t.detach().clone().requires_grad_(t.requires_grad)
+                   for t in inputs]
+        targets = [t for t in buffers if t.requires_grad] + list(params)
+        device = buffers[0].device
+        torch.clear_autocast_cache()  # see GraphReplay._capture
+        try:
+            forward, backward, out, grad_out, packed, layout = \
+                capture_training(fn, buffers, targets,
+                                 self._pools.get(device))
+        except RuntimeError:
+            self._remember(self._failed, sig, None)
+            return None
+        finally:
+            torch.clear_autocast_cache()
+        # Every input gets a gradient slot: None for those without one.
+        slots = iter(layout)
+        layout = [next(slots) if t.requires_grad else None
+                  for t in buffers] + list(slots)
+        self._pools[device] = forward.pool()
+        graph = _TrainingGraph(forward, backward, buffers, out, grad_out,
+                               packed, layout, tensor_pointers(state()))
+        self._graphs[sig] = graph
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        return graph
+
+
+def tensor_pointers(tensors: Sequence[Optional[Tensor]]) -> tuple:
+    r"""The data pointer of every tensor (:obj:`None` entries stay
+    :obj:`None`): it changes when a tensor is replaced or moved, not when
+    it is changed in place."""
+    return tuple([None if t is None else t.data_ptr() for t in tensors])
+
+
+def pack(grads: Sequence[Optional[Tensor]]) -> Tuple[List[Tensor], Layout]:
+    r"""The gradients concatenated into one flat tensor per dtype, and
+    where each one sits (:obj:`None` gradients take no room)."""
+    groups: dict = {}
+    layout: Layout = []
+    for g in grads:
+        if g is None:
+            layout.append(None)
+            continue
+        group = groups.setdefault(g.dtype, [])
+        offset = sum(t.numel() for t in group)
+        layout.append((list(groups).index(g.dtype), offset, g.shape))
+        group.append(g)
+    # [sum of the group's numels] per dtype
+    packed = [torch.cat([t.reshape(-1) for t in group])
+              for group in groups.values()]
+    return packed, layout
+
+
+def unpack(packed: Sequence[Tensor],
+           layout: Layout) -> List[Optional[Tensor]]:
+    r"""The gradients :func:`pack` packed, as views of ``packed``."""
+    return [None if slot is None else
+            packed[slot[0]][slot[1]:slot[1] + slot[2].numel()].view(slot[2])
+            for slot in layout]
+
+
+def capture_training(fn: Callable[..., Tensor], buffers: List[Tensor],
+                     targets: List[Tensor],
+                     pool: Optional[Tuple[int, int]],
+                     ) -> Tuple['torch.cuda.CUDAGraph',
+                                'torch.cuda.CUDAGraph', Tensor, Tensor,
+                                List[Tensor], Layout]:
+    r"""The CUDA graphs of ``fn(*buffers)`` (in memory pool ``pool``, a new
+    one if :obj:`None`) and of its backward pass, with the output, the
+    output gradient's buffer, and the gradients of ``targets`` packed (see
+    :func:`pack`). The backward pass keeps the forward's activations (it
+    may run again on them)."""
+    forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+    with torch.cuda.device(buffers[0].device):
+        with torch.cuda.graph(forward, pool=pool):
+            out = fn(*buffers)
+        if not isinstance(out, Tensor) or not out.requires_grad:
+            raise TypeError("Expected the graphed function to return a "
+                            "tensor that requires gradients")
+        grad_out = torch.empty_like(out)
+        # Outside autocast, as an eager backward pass runs (the call
+        # itself may be inside an autocast region).
+        with torch.cuda.graph(backward, pool=forward.pool()), \
+                torch.autocast('cuda', enabled=False):
+            grads = torch.autograd.grad(out, targets, grad_out,
+                                        retain_graph=True,
+                                        allow_unused=True)
+            packed, layout = pack(grads)
+    return forward, backward, out, grad_out, packed, layout

@@ -1,0 +1,146 @@
+"""SamsaConv's CUDA graphs of training calls (forward and backward) against
+eager calls, on the GPU machine (`pytest -m gpu tests/gpu`)."""
+import pytest
+import torch
+
+from samsa_geo.nn import SamsaConv
+from samsa_geo.nn.attention import config
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA'),
+]
+
+
+def _batch(sizes, C, seed):
+    g = torch.Generator().manual_seed(seed)
+    batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+    x = torch.randn(batch.numel(), C, generator=g).cuda().requires_grad_()
+    return x, batch.cuda()
+
+
+def _step(conv, x, batch, hints, seed, graphs, dtype):
+    # One seeded training call and its backward pass: the output, the
+    # input's gradient and the parameters' gradients.
+    torch.manual_seed(seed)
+    x = x.detach().requires_grad_()
+    conv.zero_grad(set_to_none=True)
+    with config.attention_config(cuda_graphs=graphs), torch.autocast(
+            'cuda', dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = conv(x, None, batch, **hints)
+    out.float().square().mean().backward()
+    return out.detach(), x.grad, [p.grad for p in conv.parameters()]
+
+
+def _assert_close(a, b, dtype):
+    if dtype == torch.float32:
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        return
+    # bf16: the backward's atomic sums land in any order, so a few
+    # elements round the other way.
+    assert a.shape == b.shape
+    err = (a.float() - b.float()).norm()
+    assert err <= 5e-3 * b.float().norm() + 1e-6, (err, b.float().norm())
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('sizes', [[512] * 8, [300, 0, 1024, 5, 700]])
+@pytest.mark.parametrize('norm,norm_first', [
+    ('batch_norm', False), ('layer_norm', True)])
+def test_training_replays_equal_eager_steps(dtype, sizes, norm,
+                                            norm_first):
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32, norm=norm, dropout=0.1,
+                     norm_first=norm_first).cuda().train()
+    hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+    opt = torch.optim.SGD(conv.parameters(), lr=1e-2)
+    for i in range(6):  # eager, eager, captured, replayed ...
+        x, batch = _batch(sizes, 64, i)
+        # The same noise and dropout masks: the same seed before each.
+        ref = _step(conv, x, batch, hints, i, False, dtype)
+        out = _step(conv, x, batch, hints, i, True, dtype)
+        for a, b in zip([out[0], out[1], *out[2]],
+                        [ref[0], ref[1], *ref[2]]):
+            _assert_close(a, b, dtype)
+        opt.step()  # in place: the graph stays and reads the new values
+    assert len(conv._train_graphs) == 1
+    (graph, ) = conv._train_graphs._graphs.values()
+    assert graph.stamp is not None
+
+
+def test_training_replays_never_sync_and_accumulate():
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().train()
+    x, batch = _batch([400] * 4, 64, 0)
+    hints = dict(num_graphs=4, max_num_nodes=400)
+    for _ in range(3):
+        conv(x, None, batch, **hints).sum().backward()
+    assert len(conv._train_graphs) == 1
+    conv.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for _ in range(2):  # two replays (the same noise), summed
+            torch.manual_seed(1)
+            conv(x, None, batch, **hints).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    twice = [p.grad.clone() for p in conv.parameters()]
+    conv.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    conv(x, None, batch, **hints).sum().backward()
+    for g, once in zip(twice, conv.parameters()):
+        torch.testing.assert_close(g, 2 * once.grad)
+
+
+def test_a_layer_applied_twice_runs_its_second_call_eagerly():
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32, norm='layer_norm',
+                     norm_kwargs={'mode': 'node'}).cuda().train()
+    x, batch = _batch([256] * 4, 64, 0)
+    hints = dict(num_graphs=4, max_num_nodes=256)
+
+    def loss(graphs):
+        conv.zero_grad(set_to_none=True)
+        with config.attention_config(cuda_graphs=graphs):
+            out = conv(conv(x, None, batch, **hints), None, batch, **hints)
+        out.square().mean().backward()
+        return [p.grad for p in conv.parameters()]
+
+    for _ in range(3):
+        conv(x, None, batch, **hints).sum().backward()
+    assert len(conv._train_graphs) == 1
+    # The sampling noise differs between the two ways; with k at least
+    # the set size every token is kept, and the gradients are equal.
+    conv.attn.k = 256
+    for _ in range(3):
+        loss(True)
+    for g, r in zip(loss(True), loss(False)):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_calls_that_must_run_python_train_eagerly():
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().train()
+    x, batch = _batch([300] * 2, 64, 0)
+    hints = dict(num_graphs=2, max_num_nodes=300)
+
+    def steps(n=4, **kwargs):
+        for _ in range(n):
+            conv(x, None, batch, **kwargs).sum().backward()
+
+    conv.attn.lin_q.weight.requires_grad_(False)  # a frozen parameter
+    steps(**hints)
+    conv.attn.lin_q.weight.requires_grad_(True)
+    handle = conv.mlp[0].register_full_backward_hook(lambda *args: None)
+    steps(**hints)
+    handle.remove()
+    steps()  # no sizes given
+    with torch.autograd.set_detect_anomaly(True):
+        steps(**hints)
+    assert len(conv._train_graphs) == 0
+    steps(**hints)
+    assert len(conv._train_graphs) == 1
+    conv.mlp[0].weight = torch.nn.Parameter(conv.mlp[0].weight.clone())
+    steps(1, **hints)  # a new parameter: warming up again
+    assert len(conv._train_graphs) == 0

@@ -1,0 +1,247 @@
+import copy
+
+import pytest
+import torch
+
+from samsa_geo.nn.conv import _graph_training
+from samsa_geo.nn.conv._graph_training import (
+    TrainingGraphReplay,
+    pack,
+    unpack,
+)
+
+
+class FakeGraphs:
+    # Stands in for the two CUDA graphs of a training call on the CPU: a
+    # forward replay runs the function again on the input buffers (into
+    # the output buffer) and keeps its autograd graph, as the captured
+    # graph keeps its activations; a backward replay computes the packed
+    # gradients of that last forward run.
+    def __init__(self, fn, buffers, targets):
+        self.fn, self.buffers, self.targets = fn, buffers, targets
+        self.last = fn(*buffers)
+        self.out = self.last.detach().clone()
+        self.grad_out = torch.zeros_like(self.out)
+        self.packed, self.layout = pack(self._grads())
+        self.forwards = self.backwards = 0
+
+    def _grads(self):
+        return torch.autograd.grad(self.last, self.targets, self.grad_out,
+                                   retain_graph=True, allow_unused=True)
+
+    def replay_forward(self):
+        self.forwards += 1
+        with torch.enable_grad():
+            self.last = self.fn(*self.buffers)
+        self.out.copy_(self.last.detach())
+
+    def replay_backward(self):
+        self.backwards += 1
+        for buf, g in zip(self.packed, pack(self._grads())[0]):
+            buf.copy_(g)
+
+
+class Replayer:
+    def __init__(self, replay):
+        self.replay = replay
+
+    def pool(self):
+        return (0, 1)
+
+
+@pytest.fixture
+def fake_capture(monkeypatch):
+    captured = []
+
+    def capture_training(fn, buffers, targets, pool):
+        fake = FakeGraphs(fn, buffers, targets)
+        captured.append(fake)
+        return (Replayer(fake.replay_forward),
+                Replayer(fake.replay_backward), fake.out, fake.grad_out,
+                fake.packed, fake.layout)
+
+    monkeypatch.setattr(_graph_training, 'capture_training',
+                        capture_training)
+    return captured
+
+
+def make(seed=0):
+    torch.manual_seed(seed)
+    w = torch.randn(3, 4, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    unused = torch.randn(2, requires_grad=True)
+
+    def fn(x):
+        return torch.tanh(x @ w + b) * x.sum(-1, keepdim=True)
+
+    return fn, [w, b, unused]
+
+
+def step(graphs, fn, params, x, weight, key='key'):
+    out = graphs(fn, (x, ), params, key, lambda: params)
+    (out * weight).sum().backward()
+    return out
+
+
+def test_captures_after_backward_passes_and_matches_eager(fake_capture):
+    fn, params = make()
+    ref_fn, ref_params = make()
+    graphs = TrainingGraphReplay(min_calls=2)
+    assert repr(graphs) == ('TrainingGraphReplay(graphs=0, max_graphs=2, '
+                            'min_calls=2)')
+    # A call whose output never reaches a backward pass does not count.
+    graphs(fn, (torch.randn(5, 3), ), params, 'key', lambda: params)
+    for i in range(6):
+        x = torch.randn(5, 3, requires_grad=True)
+        weight = torch.randn(5, 4)
+        out = step(graphs, fn, params, x, weight)
+        x_ref = x.detach().requires_grad_()
+        ref = ref_fn(x_ref)
+        (ref * weight).sum().backward()
+        assert len(fake_capture) == (0 if i < 2 else 1)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(x.grad, x_ref.grad)
+        # Gradients accumulate over the calls, as eager ones do.
+        for p, q in zip(params[:2], ref_params[:2]):
+            torch.testing.assert_close(p.grad, q.grad)
+        assert params[2].grad is None
+    fake = fake_capture[0]
+    assert fake.forwards == 4 and fake.backwards == 4
+    # Every output is its own; gradients are not views of the buffers.
+    assert out.data_ptr() != fake.out.data_ptr()
+    assert all(p.grad.data_ptr() != t.data_ptr()
+               for p in params[:2] for t in fake.packed)
+
+
+def test_in_place_updates_keep_the_graph_and_replacements_drop_it(
+        fake_capture):
+    fn, params = make()
+    graphs = TrainingGraphReplay(min_calls=1)
+    opt = torch.optim.SGD(params, lr=0.1)
+    x = torch.randn(5, 3)
+    weight = torch.randn(5, 4)
+    for _ in range(4):
+        opt.zero_grad()
+        out = step(graphs, fn, params, x, weight)
+        # The replay computed with the weights of this step.
+        torch.testing.assert_close(out, fn(x))
+        opt.step()
+    assert len(fake_capture) == 1 and fake_capture[0].forwards == 3
+    with torch.no_grad():
+        params[0].data = params[0].data.clone()  # new storage
+    step(graphs, fn, params, x, weight)  # eager: warming up again
+    assert len(graphs) == 0 and len(fake_capture) == 1
+    step(graphs, fn, params, x, weight)
+    assert len(graphs) == 1 and len(fake_capture) == 2
+
+
+def test_a_call_before_the_last_backward_runs_eagerly(fake_capture):
+    fn, params = make()
+    ref_fn, ref_params = make()
+    graphs = TrainingGraphReplay(min_calls=1)
+    x1, x2 = torch.randn(5, 3), torch.randn(5, 3)
+    step(graphs, fn, params, x1, 1.0)
+    for p in params[:2]:
+        p.grad = None
+    # The layer applied twice before one backward pass: the second call
+    # must not overwrite the activations the first one's backward reads.
+    out1 = graphs(fn, (x1, ), params, 'key', lambda: params)
+    out2 = graphs(fn, (x2, ), params, 'key', lambda: params)
+    assert fake_capture[0].forwards == 1
+    (out1 * out2).sum().backward()
+    (ref_fn(x1) * ref_fn(x2)).sum().backward()
+    for p, q in zip(params[:2], ref_params[:2]):
+        torch.testing.assert_close(p.grad, q.grad)
+    # Once the backward pass ran, calls replay again; an output dropped
+    # without one frees the graph too.
+    graphs(fn, (x1, ), params, 'key', lambda: params)
+    out = graphs(fn, (x1, ), params, 'key', lambda: params)
+    assert fake_capture[0].forwards == 3
+    del out
+    graphs(fn, (x1, ), params, 'key', lambda: params)
+    assert fake_capture[0].forwards == 4
+
+
+def test_a_backward_after_the_buffers_moved_on_is_refused(fake_capture):
+    fn, params = make()
+    graphs = TrainingGraphReplay(min_calls=1)
+    x = torch.randn(5, 3)
+    step(graphs, fn, params, x, 1.0)
+    out = graphs(fn, (x, ), params, 'key', lambda: params)
+    loss = out.sum()
+    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=True)  # no call in between: fine
+    step(graphs, fn, params, x, 1.0)
+    with pytest.raises(RuntimeError, match='after the layer had run again'):
+        loss.backward()
+
+
+def test_inputs_without_gradients_and_signatures(fake_capture):
+    fn, params = make()
+    ref_fn, ref_params = make()
+    graphs = TrainingGraphReplay(max_graphs=1, min_calls=1)
+    x = torch.randn(5, 3)
+    for _ in range(3):
+        step(graphs, fn, params, x, 1.0)
+    (graph, ) = graphs._graphs.values()
+    # x gets no gradient slot; w and b do, the unused tensor none.
+    assert [slot is None for slot in graph.layout] == [True, False, False,
+                                                       True]
+    xg = x.clone().requires_grad_()
+    for _ in range(3):  # another signature: x requires a gradient
+        step(graphs, fn, params, xg, 1.0)
+    assert len(fake_capture) == 2 and len(graphs) == 1
+    (graph, ) = graphs._graphs.values()
+    assert graph.layout[0] is not None
+    x_ref = x.clone().requires_grad_()
+    for _ in range(3):
+        ref_fn(x_ref).sum().backward()
+    torch.testing.assert_close(xg.grad, x_ref.grad)
+
+
+def test_a_call_that_cannot_be_captured_stays_eager(monkeypatch):
+    calls = []
+
+    def refuse(*args):
+        calls.append(1)
+        raise RuntimeError('operation not permitted when stream is '
+                           'capturing')
+
+    monkeypatch.setattr(_graph_training, 'capture_training', refuse)
+    fn, params = make()
+    graphs = TrainingGraphReplay(min_calls=1)
+    x = torch.randn(5, 3)
+    for _ in range(5):
+        out = step(graphs, fn, params, x, 1.0)
+    assert len(calls) == 1 and len(graphs) == 0
+    torch.testing.assert_close(out, fn(x))
+    asked = []
+    graphs = TrainingGraphReplay(min_calls=1)
+    for _ in range(4):
+        out = graphs(fn, (x, ), params, 'key', lambda: params,
+                     lambda: asked.append(1) or False)
+        out.sum().backward()
+    assert len(asked) == 1 and len(calls) == 1
+
+
+def test_copies_start_empty(fake_capture):
+    fn, params = make()
+    graphs = TrainingGraphReplay(min_calls=1)
+    for _ in range(2):
+        step(graphs, fn, params, torch.randn(5, 3), 1.0)
+    twin = copy.deepcopy(graphs)
+    assert len(graphs) == 1 and len(twin) == 0 and twin.min_calls == 1
+
+
+def test_pack_and_unpack_keep_every_gradient():
+    grads = [torch.randn(3, 4), None, torch.randn(5).double(),
+             torch.randn(2, 2, 2), torch.randn(1).double()]
+    packed, layout = pack(grads)
+    assert [t.dtype for t in packed] == [torch.float32, torch.float64]
+    assert [t.numel() for t in packed] == [20, 6]
+    out = unpack(packed, layout)
+    assert out[1] is None
+    for a, b in zip(grads, out):
+        if a is not None:
+            assert b.shape == a.shape and torch.equal(a, b)
+            assert b.is_contiguous()
