@@ -2,6 +2,7 @@
 eager calls, on the GPU machine (`pytest -m gpu tests/gpu`)."""
 import pytest
 import torch
+import torch.utils.checkpoint
 
 from samsa_geo.nn import SamsaConv
 from samsa_geo.nn.attention import config
@@ -138,6 +139,10 @@ def test_calls_that_must_run_python_train_eagerly():
     steps()  # no sizes given
     with torch.autograd.set_detect_anomaly(True):
         steps(**hints)
+    for _ in range(4):  # checkpointing recomputes the saved tensors
+        torch.utils.checkpoint.checkpoint(
+            conv, x, None, batch, use_reentrant=False,
+            **hints).sum().backward()
     assert len(conv._train_graphs) == 0
     steps(**hints)
     assert len(conv._train_graphs) == 1

@@ -117,10 +117,11 @@ class SamsaConv(Module):
         no recompilation. PyG resolves
         ``norm='layer_norm'`` to graph-mode LayerNorm, which reads
         ``batch`` again; ``norm_kwargs={'mode': 'node'}`` normalises per
-        token. With the sizes given, inference calls on CUDA whose shapes
-        repeat replay a CUDA graph of the layer from their third call on
-        (one launch instead of a dozen; see
-        :func:`~samsa_geo.nn.attention.config.use_cuda_graphs`).
+        token. With the sizes given, calls on CUDA whose shapes repeat
+        replay CUDA graphs of the layer: inference calls from their third
+        call on, training calls (forward and backward) once two of them
+        have run their backward pass (one launch per pass instead of
+        dozens; see :func:`~samsa_geo.nn.attention.config.use_cuda_graphs`).
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``edge_index`` :math:`(2, E)`,
@@ -378,14 +379,17 @@ class SamsaConv(Module):
                          key: tuple) -> Optional[Tensor]:
         # A training call through TrainingGraphReplay, or None where it
         # runs eagerly: every parameter trained (no kept casts to read),
-        # gradients on, outside a backward pass (a recomputation) and
-        # anomaly detection, positions without gradients.
+        # gradients on, outside a backward pass (a recomputation), saved
+        # tensor hooks (checkpointing, offloading: they must see the
+        # tensors the eager call saves) and anomaly detection, positions
+        # without gradients.
         params = [p for m in modules for p in m._parameters.values()
                   if p is not None]
         if (not torch.is_grad_enabled() or not params
                 or not all(p.requires_grad for p in params)
                 or torch.is_anomaly_enabled()
                 or torch._C._current_graph_task_id() != -1
+                or _saved_tensor_hooks()
                 or (pos is not None and pos.requires_grad)):
             return None
         inputs = [x]
@@ -527,6 +531,12 @@ def _hooked(modules: List[Module]) -> bool:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                or m._backward_pre_hooks for m in modules[1:])
+
+
+def _saved_tensor_hooks() -> bool:
+    # Whether torch.autograd.graph.saved_tensors_hooks are active.
+    return torch._C._autograd._top_saved_tensors_default_hooks(
+        False) is not None
 
 
 def _tensors(modules: List[Module]) -> List[Optional[Tensor]]:
