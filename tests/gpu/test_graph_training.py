@@ -149,3 +149,17 @@ def test_calls_that_must_run_python_train_eagerly():
     conv.mlp[0].weight = torch.nn.Parameter(conv.mlp[0].weight.clone())
     steps(1, **hints)  # a new parameter: warming up again
     assert len(conv._train_graphs) == 0
+
+
+def test_a_second_backward_through_a_replay_is_refused():
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().train()
+    x, batch = _batch([300] * 2, 64, 0)
+    hints = dict(num_graphs=2, max_num_nodes=300)
+    for _ in range(3):
+        conv(x, None, batch, **hints).sum().backward()
+    loss = conv(x, None, batch, **hints).sum()
+    assert len(conv._train_graphs) == 1
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match='second backward pass'):
+        loss.backward()

@@ -27,7 +27,9 @@ PyTorch's generator, which advances at every replay as in eager calls.
 The activations a backward replay reads live in the graph's buffers, so a
 forward replay must not run while an earlier one still awaits its
 backward pass: such a call (a layer applied twice before one backward)
-runs eagerly. A signature is captured once ``min_calls`` eager calls of
+runs eagerly. The backward graph reuses the activations' memory as it
+goes, as an eager backward pass does, so each forward replay takes one
+backward pass (a second one, through ``retain_graph=True``, raises). A signature is captured once ``min_calls`` eager calls of
 it have run their backward pass (which also compiles the kernels both
 passes use).
 """
@@ -84,14 +86,16 @@ class _TrainingGraph:
 
     def run_backward(self, call: _Call,
                      grad: Tensor) -> List[Optional[Tensor]]:
-        if self.last is None or self.last() is not call:
+        if call.done:
             raise RuntimeError(
                 "A second backward pass reached a CUDA-graphed training "
-                "call of SamsaConv after the layer had run again, which "
-                "overwrote the activations it saved; run the backward "
-                "passes before the layer's next call, or turn the graphs "
-                "off with samsa_geo.nn.attention.config.set_cuda_graphs("
-                "False)")
+                "call of SamsaConv: its graph frees the activations as the "
+                "first one runs (retain_graph=True does not keep them); "
+                "sum the losses into one backward pass, or turn the "
+                "graphs off with samsa_geo.nn.attention.config."
+                "set_cuda_graphs(False)")
+        # (A pending call's buffers are never overwritten: see pending.)
+        assert self.last is not None and self.last() is call
         self.grad_out.copy_(grad)
         self.backward.replay()
         call.done = True
@@ -257,8 +261,9 @@ def capture_training(fn: Callable[..., Tensor], buffers: List[Tensor],
     r"""The CUDA graphs of ``fn(*buffers)`` (in memory pool ``pool``, a new
     one if :obj:`None`) and of its backward pass, with the output, the
     output gradient's buffer, and the gradients of ``targets`` packed (see
-    :func:`pack`). The backward pass keeps the forward's activations (it
-    may run again on them)."""
+    :func:`pack`). As an eager backward pass without ``retain_graph``,
+    the backward graph frees the activations as it goes (its own buffers
+    reuse their memory), so it runs once per forward replay."""
     forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
     with torch.cuda.device(buffers[0].device):
         with torch.cuda.graph(forward, pool=pool):
@@ -272,7 +277,6 @@ def capture_training(fn: Callable[..., Tensor], buffers: List[Tensor],
         with torch.cuda.graph(backward, pool=forward.pool()), \
                 torch.autocast('cuda', enabled=False):
             grads = torch.autograd.grad(out, targets, grad_out,
-                                        retain_graph=True,
                                         allow_unused=True)
             packed, layout = pack(grads)
     return forward, backward, out, grad_out, packed, layout
