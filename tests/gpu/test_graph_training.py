@@ -69,14 +69,20 @@ def test_training_replays_equal_eager_steps(dtype, sizes, norm,
     assert graph.stamp is not None
 
 
-def test_training_replays_never_sync_and_accumulate():
+def _captured(sizes):
+    # A layer whose training call on one batch of sets is captured.
     torch.manual_seed(0)
     conv = SamsaConv(64, None, heads=4, k=32).cuda().train()
-    x, batch = _batch([400] * 4, 64, 0)
-    hints = dict(num_graphs=4, max_num_nodes=400)
+    x, batch = _batch(sizes, 64, 0)
+    hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
     for _ in range(3):
         conv(x, None, batch, **hints).sum().backward()
     assert len(conv._train_graphs) == 1
+    return conv, x, batch, hints
+
+
+def test_training_replays_never_sync_and_accumulate():
+    conv, x, batch, hints = _captured([400] * 4)
     conv.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
@@ -152,14 +158,8 @@ def test_calls_that_must_run_python_train_eagerly():
 
 
 def test_a_second_backward_through_a_replay_is_refused():
-    torch.manual_seed(0)
-    conv = SamsaConv(64, None, heads=4, k=32).cuda().train()
-    x, batch = _batch([300] * 2, 64, 0)
-    hints = dict(num_graphs=2, max_num_nodes=300)
-    for _ in range(3):
-        conv(x, None, batch, **hints).sum().backward()
+    conv, x, batch, hints = _captured([300] * 2)
     loss = conv(x, None, batch, **hints).sum()
-    assert len(conv._train_graphs) == 1
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match='second backward pass'):
         loss.backward()
