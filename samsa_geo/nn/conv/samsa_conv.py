@@ -27,11 +27,13 @@ from samsa_geo.ops import layer_norm, residual_affine
 from samsa_geo.ops._utils import promoted_float
 
 
-#: The largest input (``x.numel()``) whose calls replay CUDA graphs. On the H200 the graphed layer of 256 channels took 0.91 ms per
-#: call at 1 x 65,536 tokens (2^24 values) against 1.33 ms eager
-#: (docs/benchmarks.md); at 1 x 262,144 tokens the eager call is bound by
-#: the GPU, and graphs, with their copies in and out, took 2.24-2.25 ms
-#: against 2.17-2.23 ms eager in two runs.
+#: The largest input (``x.numel()``) whose calls replay CUDA graphs. On the
+#: H200 the layer of 256 channels at 1 x 65,536 tokens (2^24 values) took
+#: 0.91 ms per inference call graphed against 1.33 ms eager, and 4.35 ms
+#: per training step graphed against 6.78 ms eager (docs/benchmarks.md);
+#: at 1 x 262,144 tokens the eager inference call is bound by the GPU, and
+#: graphs, with their copies in and out, took 2.24-2.25 ms against
+#: 2.17-2.23 ms eager in two runs.
 CUDA_GRAPH_MAX_ELEMENTS = 1 << 24
 
 
