@@ -24,6 +24,7 @@ graph whose stamp no longer matches; the next calls run eagerly and capture
 again. The caller decides when a call may be graphed at all (no autograd,
 no host synchronisation, no randomness, no hooks).
 """
+import warnings
 from collections import OrderedDict
 from typing import (
     Any,
@@ -162,20 +163,12 @@ class GraphReplay:
                  sig: Hashable, state: State) -> Optional[_Graph]:
         buffers = [t.clone() for t in inputs]
         device = buffers[0].device
-        # Autocast keeps casts of parameters for the length of its region:
-        # a graph must not read one made before the capture (it may be
-        # freed when the region ends), and an eager call after it must not
-        # read one made inside.
-        torch.clear_autocast_cache()
-        try:
-            graph, out = capture(fn, buffers, self._pools.get(device))
-        except RuntimeError:
-            # A call that cannot be captured (an operation not permitted
-            # while capturing) runs eagerly from now on.
-            self._remember(self._failed, sig, None)
+        got = self._attempt(
+            sig, device, lambda: capture(fn, buffers,
+                                         self._pools.get(device)))
+        if got is None:
             return None
-        finally:
-            torch.clear_autocast_cache()
+        graph, out = got
         if not isinstance(out, Tensor):
             raise TypeError(f"Expected the graphed function to return a "
                             f"tensor (got {type(out).__name__})")
@@ -188,10 +181,48 @@ class GraphReplay:
             self._graphs.popitem(last=False)
         return entry
 
+    def _attempt(self, sig: Hashable, device: torch.device,
+                 capture_fn: Callable[[], Any]) -> Any:
+        # capture_fn() under the guards every capture needs, or None where
+        # it failed (the signature then runs eagerly from now on).
+        # Autocast keeps casts of parameters for the length of its region:
+        # a graph must not read one made before the capture (it may be
+        # freed when the region ends), and an eager call after it must not
+        # read one made inside.
+        torch.clear_autocast_cache()
+        try:
+            with warnings.catch_warnings():
+                # The eager calls before showed the call's warnings; one
+                # turned into an error here would abort the capture midway.
+                warnings.simplefilter('ignore')
+                return capture_fn()
+        except RuntimeError as err:
+            # An operation not permitted while capturing.
+            check_generator(device, err)
+            self._remember(self._failed, sig, None)
+            return None
+        finally:
+            torch.clear_autocast_cache()
+
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(graphs={len(self)}, '
                 f'max_graphs={self.max_graphs}, '
                 f'min_calls={self.min_calls})')
+
+
+def check_generator(device: torch.device, err: BaseException) -> None:
+    r"""Raises where the random number generator of ``device`` no longer
+    works after the capture that raised ``err``: a capture that failed
+    midway can leave it in capture mode, and every later random operation
+    (dropout anywhere in the model) would fail without naming the cause."""
+    try:
+        torch.empty(1, device=device).uniform_()
+    except RuntimeError as rng_err:
+        raise RuntimeError(
+            f"Capturing a call of SamsaConv as a CUDA graph failed ({err}) "
+            f"and left the random number generator of {device} unusable "
+            f"({rng_err}); turn the graphs off with samsa_geo.nn.attention."
+            f"config.set_cuda_graphs(False)") from err
 
 
 def capture(fn: Callable[..., Tensor], buffers: List[Tensor],

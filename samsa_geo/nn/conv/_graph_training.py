@@ -195,16 +195,12 @@ class TrainingGraphReplay(GraphReplay):
                    for t in inputs]
         targets = [t for t in buffers if t.requires_grad] + list(params)
         device = buffers[0].device
-        torch.clear_autocast_cache()  # see GraphReplay._capture
-        try:
-            forward, backward, out, grad_out, packed, layout = \
-                capture_training(fn, buffers, targets,
-                                 self._pools.get(device))
-        except RuntimeError:
-            self._remember(self._failed, sig, None)
+        got = self._attempt(
+            sig, device, lambda: capture_training(fn, buffers, targets,
+                                                  self._pools.get(device)))
+        if got is None:
             return None
-        finally:
-            torch.clear_autocast_cache()
+        forward, backward, out, grad_out, packed, layout = got
         # Every input gets a gradient slot: None for those without one.
         slots = iter(layout)
         layout = [next(slots) if t.requires_grad else None

@@ -154,3 +154,40 @@ def test_the_layer_walks_every_submodule():
     walked, modules = _tree(conv), list(conv.modules())
     assert len(walked) == len(modules)
     assert {id(m) for m in walked} == {id(m) for m in modules}
+
+
+def test_warnings_do_not_abort_a_capture_and_a_broken_generator_is_named(
+        fake_capture, monkeypatch):
+    import warnings
+    weight = torch.randn(3, 3)
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        if len(calls) == 1:  # the capture (a replay runs no Python)
+            warnings.warn('a warning the eager calls showed')
+        return x @ weight
+
+    graphs = GraphReplay(min_calls=1)
+    x = torch.randn(4, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # as `python -W error` would
+        graphs(fn, (x, ), None, lambda: [weight])  # the eager call
+        out = graphs(fn, (x, ), None, lambda: [weight])  # captured
+    assert len(fake_capture) == 1 and torch.equal(out, x @ weight)
+
+    # A capture that fails and leaves the generator unusable says so.
+    def refuse(*args):
+        raise RuntimeError('operation not permitted when stream is '
+                           'capturing')
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError('Offset increment outside graph capture')
+
+    monkeypatch.setattr(_graph_replay, 'capture', refuse)
+    monkeypatch.setattr(torch.Tensor, 'uniform_', broken)
+    graphs = GraphReplay(min_calls=1)
+    graphs(fn, (x, ), None, lambda: [weight])
+    with pytest.raises(RuntimeError, match='left the random number '
+                       'generator of cpu unusable.*set_cuda_graphs'):
+        graphs(fn, (x, ), None, lambda: [weight])
