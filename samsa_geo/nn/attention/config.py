@@ -120,8 +120,11 @@ def use_cuda_graphs() -> bool:
       while the parameters, buffers and kept casts are unchanged (see
       :class:`~samsa_geo.nn.conv._graph_replay.GraphReplay`). Up to four
       graphs per layer.
-    - Training (every parameter requires a gradient): a signature whose
-      backward pass has run twice is captured with its backward pass; the
+    - Training (every parameter requires a gradient; the attention with
+      hard sampling, dot scores and softmax, and without relative bias,
+      summary key, registers or scorer norm, the paths the GPU tests
+      compare with eager steps): a signature whose backward pass has run
+      twice is captured with its backward pass; the
       graphs read the parameters where they live, so optimiser steps do
       not drop them (see
       :class:`~samsa_geo.nn.conv._graph_training.TrainingGraphReplay`).
