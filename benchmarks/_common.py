@@ -54,7 +54,10 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
     three such rounds; CUDA only). ``peak_mb`` is the peak of the timed
     calls above what was allocated before them; ``first_peak_mb`` counts
     from before the warm-up, so that memory kept from the first calls (a
-    CUDA graph's pool, captured during the warm-up; kept casts) is in it.
+    CUDA graph's pool, captured during the warm-up; kept casts) is in it;
+    ``held_mb`` is that kept memory alone (allocated after the warm-up
+    above before it), so ``held_mb + peak_mb`` is the steady peak of a
+    call.
     """
     cuda = device.type == 'cuda'
     # Rounds timed, of calls each.
@@ -67,11 +70,13 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
         fn()
     peak_mb: Optional[float] = None
     first_peak_mb: Optional[float] = None
+    held_mb: Optional[float] = None
     if cuda:
         torch.cuda.synchronize(device)
         first_peak_mb = torch.cuda.max_memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
+        held_mb = (base - first_base) / 2**20
     times: List[float] = []
     start_all = time.perf_counter()
     for _ in range(rounds):
@@ -95,7 +100,8 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
         peak_mb = (peak - base) / 2**20
         first_peak_mb = (max(peak, first_peak_mb) - first_base) / 2**20
     return {'ms': statistics.median(times), 'peak_mb': peak_mb,
-            'first_peak_mb': first_peak_mb, 'repeats': len(times) * calls}
+            'first_peak_mb': first_peak_mb, 'held_mb': held_mb,
+            'repeats': len(times) * calls}
 
 
 def git_commit() -> Optional[str]:

@@ -1,0 +1,19 @@
+import os.path as osp
+import sys
+
+import torch
+
+sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..', 'benchmarks'))
+from _common import measure  # noqa: E402
+
+
+def test_measure_times_each_call_and_leaves_memory_to_cuda():
+    calls = []
+    got = measure(lambda: calls.append(1), torch.device('cpu'), warmup=2,
+                  repeat=5)
+    assert len(calls) == 7 and got['repeats'] == 5
+    assert got['ms'] >= 0.0
+    # Memory is counted on CUDA only: peak, first peak and what the
+    # warm-up left allocated.
+    assert got['peak_mb'] is None and got['first_peak_mb'] is None
+    assert got['held_mb'] is None
