@@ -15,7 +15,7 @@ parameter, packed into one buffer per dtype), and runs a call as
 2. in the backward pass: a copy of the output's gradient into the graph's
    buffer, one replay of the backward graph and a copy of the packed
    gradients, handed out as views to the inputs and parameters, which
-   accumulate them as any gradient (hooks, ``.grad``, DDP all see them).
+   autograd accumulates as any gradient (``.grad``, parameter hooks).
 
 Unlike an inference graph, a training graph reads the parameters where
 they live: an optimiser step or :meth:`~torch.nn.Module.load_state_dict`
@@ -29,9 +29,9 @@ forward replay must not run while an earlier one still awaits its
 backward pass: such a call (a layer applied twice before one backward)
 runs eagerly. The backward graph reuses the activations' memory as it
 goes, as an eager backward pass does, so each forward replay takes one
-backward pass (a second one, through ``retain_graph=True``, raises). A signature is captured once ``min_calls`` eager calls of
-it have run their backward pass (which also compiles the kernels both
-passes use).
+backward pass (a second one, through ``retain_graph=True``, raises). A
+signature is captured once ``min_calls`` eager calls of it have run their
+backward pass (which also compiles the kernels both passes use).
 """
 import weakref
 from functools import partial
