@@ -175,7 +175,11 @@ class GraphReplay:
         # The graphs of one device share their memory: they replay one at
         # a time, and each one's input and output buffers stay allocated.
         self._pools[device] = graph.pool()
-        entry = _Graph(graph, buffers, out, tensor_stamp(state()))
+        return self._keep(sig, _Graph(graph, buffers, out,
+                                      tensor_stamp(state())))
+
+    def _keep(self, sig: Hashable, entry: Any) -> Any:
+        # A new graph, kept in place of the least recently used one.
         self._graphs[sig] = entry
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)

@@ -206,12 +206,9 @@ class TrainingGraphReplay(GraphReplay):
         layout = [next(slots) if t.requires_grad else None
                   for t in buffers] + list(slots)
         self._pools[device] = forward.pool()
-        graph = _TrainingGraph(forward, backward, buffers, out, grad_out,
-                               packed, layout, tensor_pointers(state()))
-        self._graphs[sig] = graph
-        while len(self._graphs) > self.max_graphs:
-            self._graphs.popitem(last=False)
-        return graph
+        return self._keep(sig, _TrainingGraph(
+            forward, backward, buffers, out, grad_out, packed, layout,
+            tensor_pointers(state())))
 
 
 def tensor_pointers(tensors: Sequence[Optional[Tensor]]) -> tuple:

@@ -345,10 +345,14 @@ class SamsaConv(Module):
                torch.is_inference_mode_enabled(),
                torch.get_float32_matmul_precision(), config.snapshot(),
                _settings(modules))
+        params = [p for m in modules for p in m._parameters.values()
+                  if p is not None]
+        buffers = [b for m in modules for b in m._buffers.values()
+                   if b is not None]
         if self.training:
             return self._replay_training(x, batch, pos, attn_kwargs,
-                                         modules, key)
-        if torch.is_grad_enabled() and needs_grad(x, *self.parameters()):
+                                         params, buffers, key)
+        if torch.is_grad_enabled() and needs_grad(x, *params):
             return None
         attn = self.attn
 
@@ -362,7 +366,7 @@ class SamsaConv(Module):
         def state() -> List[Optional[Tensor]]:
             # Parameters, buffers and the casts kept between calls
             # (dropped by train(), made again when a parameter changes).
-            out = _tensors(modules)
+            out = params + buffers
             for cache in (self._mlp_cache, attn._projection_cache,
                           *self._affine_cache.values()):
                 if cache is not None:
@@ -377,7 +381,7 @@ class SamsaConv(Module):
 
     def _replay_training(self, x: Tensor, batch: Optional[Tensor],
                          pos: Optional[Tensor], attn_kwargs: Dict[str, Any],
-                         modules: List[Module],
+                         params: List[Tensor], buffers: List[Tensor],
                          key: tuple) -> Optional[Tensor]:
         # A training call through TrainingGraphReplay, or None where it
         # runs eagerly: every parameter trained (no kept casts to read),
@@ -385,8 +389,6 @@ class SamsaConv(Module):
         # tensor hooks (checkpointing, offloading: they must see the
         # tensors the eager call saves) and anomaly detection, positions
         # without gradients.
-        params = [p for m in modules for p in m._parameters.values()
-                  if p is not None]
         if (not torch.is_grad_enabled() or not params
                 or not all(p.requires_grad for p in params)
                 or torch.is_anomaly_enabled()
@@ -424,7 +426,7 @@ class SamsaConv(Module):
                 and attn.num_registers == 0 and not attn.scorer_norm)
 
         return self._train_graphs(fn, inputs, params, key,
-                                  lambda: _tensors(modules), eligible)
+                                  lambda: params + buffers, eligible)
 
     def _forward(self, x: Tensor, edge_index: Optional[Tensor],
                  batch: Optional[Tensor], pos: Optional[Tensor],
@@ -548,15 +550,6 @@ def _saved_tensor_hooks() -> bool:
     # Whether torch.autograd.graph.saved_tensors_hooks are active.
     return torch._C._autograd._top_saved_tensors_default_hooks(
         False) is not None
-
-
-def _tensors(modules: List[Module]) -> List[Optional[Tensor]]:
-    # The parameters and buffers of the modules (None where unset).
-    out: List[Optional[Tensor]] = []
-    for m in modules:
-        out += m._parameters.values()
-        out += m._buffers.values()
-    return out
 
 
 #: Attribute types a module's forward may read as constants.
