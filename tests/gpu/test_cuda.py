@@ -242,6 +242,41 @@ def test_scorer_kernel_matches_pytorch_formula(dtype, C, N, spy):
         assert (top == ref_top).float().mean() > 0.9
 
 
+@pytest.mark.parametrize('autocast', [False, True])
+@pytest.mark.parametrize('C,N', [(256, 32768 - 5), (48, 40000),
+                                 (768, 4099)])
+def test_scorer_training_kernels_match_pytorch(autocast, C, N, spy):
+    # Eager training: the scorer's tail forward (the inference kernel) and
+    # backward (_score_grad_triton) against the node's PyTorch path,
+    # scores and every gradient.
+    import copy
+
+    from samsa_geo.nn.attention import ImportanceScorer, _score_grad_triton
+    torch.manual_seed(0)
+    scorer = ImportanceScorer(C, heads=8).cuda()
+    for p in scorer.parameters():
+        p.data.normal_(0, 0.3)
+    x0 = torch.randn(N, C, device='cuda')
+    g = torch.randn(N, 8, device='cuda')
+    calls = spy(_score_grad_triton, 'score_tail_backward_triton',
+                keep_args=False)
+    results = []
+    for fused in (True, False):
+        model = copy.deepcopy(scorer)
+        x = x0.clone().requires_grad_()
+        with config.attention_config(fused_scorer=fused), \
+                torch.autocast('cuda', dtype=torch.bfloat16,
+                               enabled=autocast):
+            out = model(x)
+        (out * g).sum().backward()
+        results.append([out.detach(), x.grad] +
+                       [p.grad for p in model.parameters()])
+    assert len(calls) == 1
+    tol = 2e-2 if autocast else 1e-4
+    for got, ref in zip(*results):
+        assert (got - ref).norm() <= tol * ref.norm()
+
+
 def test_mlp_relu_epilogue_matches_the_module():
     # In inference the MLP's first layer and ReLU are one cuBLASLt GEMM.
     conv = SamsaConv(256, None, heads=8, k=64).cuda().eval()
@@ -301,7 +336,8 @@ def test_forward_never_syncs_with_a_pyg_batch(training):
     ([16384] * 2, 0), ([65536], 4),  # chunked selection
     ([20000, 3, 0, 9000], 2),
 ])
-def test_fused_inference_matches_unfused(fused_inference_on, spy, dtype, sizes, R):
+def test_fused_inference_matches_unfused(fused_inference_on, spy, dtype,
+                                         sizes, R):
     # The default inference path (two Triton kernels) selects the same
     # keys as the unfused path and attends to them alike.
     from samsa_geo.nn.attention import samsa_attention as module
@@ -322,7 +358,8 @@ def test_fused_inference_matches_unfused(fused_inference_on, spy, dtype, sizes, 
     assert err < (1e-4 if dtype == torch.float32 else 1e-2), err
 
 
-def test_fused_inference_leaves_large_sets_to_the_unfused_path(fused_inference_on, spy):
+def test_fused_inference_leaves_large_sets_to_the_unfused_path(
+        fused_inference_on, spy):
     # 9,000 tokens and k = 5,000: two chunks' winners exceed one block;
     # a set beyond FUSED_MAX_SET_SIZE (131,072 tokens).
     from samsa_geo.nn.attention import samsa_attention as module
@@ -338,7 +375,6 @@ def test_fused_inference_leaves_large_sets_to_the_unfused_path(fused_inference_o
         small_k(big, None, num_graphs=1, max_num_nodes=131073)
         small_k(big[:131072], None, num_graphs=1, max_num_nodes=131072)
     assert len(calls) == 2
-
 
 
 @pytest.mark.parametrize('mode', ['default', 'reduce-overhead'])
@@ -364,6 +400,7 @@ def test_compiled_conv_runs_the_fused_kernels(fused_inference_on, spy, mode,
     assert calls  # the operator ran (CUDA graphs replay its launches)
     err = (out.float() - ref.float()).norm() / ref.float().norm()
     assert err < 1e-2, err
+
 
 def test_fused_inference_never_syncs(fused_inference_on, spy):
     from torch_geometric.data import Batch, Data

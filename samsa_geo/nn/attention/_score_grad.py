@@ -21,12 +21,29 @@ the layer keeps anyway) and the parameters
 :math:`\mathbf{h}`), and recomputes :math:`\mathbf{h}`,
 :math:`\mathbf{a}`, :math:`\mathbf{y}`, the LayerNorm and the residual
 sum in the backward (two extra GEMMs of :math:`N \times C \times C`).
+
+On CUDA (:func:`~samsa_geo.nn.attention.config.set_fused_scorer`) the
+float32 part runs in Triton kernels: the forward in the inference kernel
+(:mod:`._score_triton`, from :math:`\mathbf{h}` on up to
+``SCORE_MLP_MAX_TOKENS`` tokens), the backward in
+:mod:`._score_grad_triton`, which reads :math:`\mathbf{y}` and
+:math:`\mathbf{x}` once instead of a LayerNorm forward and backward,
+two float32 GEMMs and their :math:`(N, C)` float32 temporaries.
 """
 from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._dispatch import (
+    SCORE_MAX_CHANNELS,
+    SCORE_MAX_HEADS,
+    SCORE_MLP_MAX_CHANNELS,
+    SCORE_MLP_MAX_TOKENS,
+    triton_serves,
+)
 
 
 class ScoreTail(torch.autograd.Function):
@@ -39,15 +56,22 @@ class ScoreTail(torch.autograd.Function):
                 b2: Optional[Tensor], ln_w: Tensor, ln_b: Tensor, eps: float,
                 ws: Tensor, bs: Optional[Tensor], approximate: str,
                 x_in: Tensor) -> Tensor:
-        a = F.gelu(hidden, approximate=approximate)
         # The second layer's parameters in the dtype of h, kept for the
         # backward (C x C: no cast there, nor in the recomputation).
-        w2c, b2c = w2.to(a.dtype), None if b2 is None else b2.to(a.dtype)
-        y = F.linear(a, w2c, b2c).float()  # [N, C]
-        C = y.size(-1)
-        ln = F.layer_norm(y, [C], ln_w.float(), ln_b.float(), eps)
-        h = x.float() + ln  # [N, C] float32
-        out = F.linear(h, ws.float(), None if bs is None else bs.float())
+        w2c = w2.to(hidden.dtype)
+        b2c = None if b2 is None else b2.to(hidden.dtype)
+        ctx.kernel = _kernels(hidden, ws, b2, bs)
+        if ctx.kernel:
+            out = _tail_forward(hidden, x, w2c, b2c, ln_w, ln_b, eps, ws,
+                                bs, approximate)
+        else:
+            a = F.gelu(hidden, approximate=approximate)
+            y = F.linear(a, w2c, b2c).float()  # [N, C]
+            C = y.size(-1)
+            ln = F.layer_norm(y, [C], ln_w.float(), ln_b.float(), eps)
+            h = x.float() + ln  # [N, C] float32
+            out = F.linear(h, ws.float(),
+                           None if bs is None else bs.float())
         # Not hidden: it is a slice of the layer's stacked projection, and
         # saving it would keep the queries, keys and values alive too.
         ctx.save_for_backward(x, x_in, w1, b1, w2c, b2c, ln_w, ln_b, ws, bs)
@@ -63,23 +87,23 @@ class ScoreTail(torch.autograd.Function):
         dtype, w2_dtype, b2_dtype = ctx.dtypes
         need = ctx.needs_input_grad[:2] + ctx.needs_input_grad[4:]
         hidden = _linear_in(x_in, w1, b1, dtype)  # [N, C]
-        grad = grad.float()  # [N, H]
         a = F.gelu(hidden, approximate=ctx.approximate)
-        y = F.linear(a, w2c, b2c).float()  # [N, C]
-        C = y.size(-1)
-        # LN(y) and its row statistics, recomputed: the forward's values.
-        ln, mean, rstd = torch.native_layer_norm(y, [C], ln_w.float(),
-                                                 ln_b.float(), ctx.eps)
-        g_ws = grad.t() @ (x.float() + ln) if need[7] else None  # [H, C]
-        g_bs = grad.sum(0) if need[8] and bs is not None else None
-        g_h = grad @ ws.float()  # [N, C]: the residual sum's gradient
-        g_x = g_h.to(x.dtype) if need[1] else None
-        g_y, g_lnw, g_lnb = torch.ops.aten.native_layer_norm_backward(
-            g_h, y, [C], mean, rstd, ln_w.float(), ln_b.float(),
-            [True, need[4], need[5]])
-        # The bias gradient from the float32 rows, before their cast.
-        g_b2 = g_y.sum(0).to(b2_dtype) \
-            if need[3] and b2c is not None else None
+        y = F.linear(a, w2c, b2c)  # [N, C], the forward's values
+        if ctx.kernel:
+            # LN(y), the residual sum and their gradients in one kernel
+            # (float32 inside, the sums over the tokens included).
+            g_x, g_y, g_ws, g_lnw, g_lnb, g_b2 = \
+                _tail_backward()(y, x, grad, ws, ln_w, ln_b, ctx.eps)
+            g_x = g_x if need[1] else None
+            g_lnw = g_lnw if need[4] else None
+            g_lnb = g_lnb if need[5] else None
+            g_ws = g_ws if need[7] else None
+            g_b2 = g_b2.to(b2_dtype) if need[3] else None
+            g_bs = grad.float().sum(0) if need[8] else None  # [H]
+        else:
+            g_x, g_y, g_ws, g_bs, g_lnw, g_lnb, g_b2 = _tail_grads(
+                y.float(), x, grad, ws, bs, ln_w, ln_b, b2c, b2_dtype,
+                ctx.eps, need)
         g_y = g_y.to(a.dtype)  # [N, C]
         g_w2 = (g_y.t() @ a).to(w2_dtype) if need[2] else None  # [C, C]
         g_hidden = None
@@ -90,6 +114,64 @@ class ScoreTail(torch.autograd.Function):
         return (g_hidden, g_x, None, None, g_w2, g_b2, _cast(g_lnw, ln_w),
                 _cast(g_lnb, ln_b), None, _cast(g_ws, ws), _cast(g_bs, bs),
                 None, None)
+
+
+def _tail_grads(y: Tensor, x: Tensor, grad: Tensor, ws: Tensor,
+                bs: Optional[Tensor], ln_w: Tensor, ln_b: Tensor,
+                b2c: Optional[Tensor], b2_dtype: Optional[torch.dtype],
+                eps: float, need: Tuple[bool, ...]) -> Tuple:
+    # The gradients of x and y (float32 [N, C]), and of W_s, b_s, the
+    # LayerNorm's affine and b_2, in PyTorch's ops.
+    grad = grad.float()  # [N, H]
+    C = y.size(-1)
+    # LN(y) and its row statistics, recomputed: the forward's values.
+    ln, mean, rstd = torch.native_layer_norm(y, [C], ln_w.float(),
+                                             ln_b.float(), eps)
+    g_ws = grad.t() @ (x.float() + ln) if need[7] else None  # [H, C]
+    g_bs = grad.sum(0) if need[8] and bs is not None else None
+    g_h = grad @ ws.float()  # [N, C]: the residual sum's gradient
+    g_x = g_h.to(x.dtype) if need[1] else None
+    g_y, g_lnw, g_lnb = torch.ops.aten.native_layer_norm_backward(
+        g_h, y, [C], mean, rstd, ln_w.float(), ln_b.float(),
+        [True, need[4], need[5]])
+    # The bias gradient from the float32 rows, before their cast.
+    g_b2 = g_y.sum(0).to(b2_dtype) if need[3] and b2c is not None else None
+    return g_x, g_y, g_ws, g_bs, g_lnw, g_lnb, g_b2
+
+
+def _kernels(hidden: Tensor, ws: Tensor, b2: Optional[Tensor],
+             bs: Optional[Tensor]) -> bool:
+    # Whether the Triton kernels run the float32 tail (forward and
+    # backward): on CUDA, with both biases, within the kernels' widths.
+    return (config.use_fused_scorer() and triton_serves(hidden.device)
+            and b2 is not None and bs is not None and hidden.dim() == 2
+            and hidden.size(-1) <= SCORE_MAX_CHANNELS
+            and ws.size(0) <= SCORE_MAX_HEADS)
+
+
+def _tail_forward(hidden: Tensor, x: Tensor, w2c: Tensor, b2c: Tensor,
+                  ln_w: Tensor, ln_b: Tensor, eps: float, ws: Tensor,
+                  bs: Tensor, approximate: str) -> Tensor:
+    # The scores by the inference kernel: from the hidden rows (the GELU
+    # and the second layer in the kernel too) on up to
+    # SCORE_MLP_MAX_TOKENS tokens, else from the second layer's output.
+    from samsa_geo.nn.attention._score_triton import importance_score_triton
+    N, C = hidden.shape
+    if (N <= SCORE_MLP_MAX_TOKENS and C <= SCORE_MLP_MAX_CHANNELS
+            and hidden.dtype in (torch.float32, torch.bfloat16,
+                                 torch.float16)):
+        return importance_score_triton(hidden, x, ln_w, ln_b, eps, ws, bs,
+                                       w2c, b2c, approximate)
+    y = F.linear(F.gelu(hidden, approximate=approximate), w2c, b2c)
+    return importance_score_triton(y, x, ln_w, ln_b, eps, ws, bs)
+
+
+def _tail_backward():
+    # Imported on first use: Triton is needed only where the kernel runs.
+    from samsa_geo.nn.attention._score_grad_triton import (
+        score_tail_backward_triton,
+    )
+    return score_tail_backward_triton
 
 
 def _linear_in(t: Tensor, w: Tensor, b: Optional[Tensor],

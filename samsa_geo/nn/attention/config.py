@@ -64,7 +64,8 @@ def set_fused_bias(flag: bool) -> None:
 
 def use_fused_scorer() -> bool:
     r"""Whether the importance scorer's tail (residual, LayerNorm,
-    projection) runs as one Triton kernel in inference on CUDA."""
+    projection) runs as one Triton kernel on CUDA, in inference and in
+    eager training, whose backward is then one more kernel."""
     return _fused_scorer
 
 

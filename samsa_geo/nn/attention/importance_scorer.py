@@ -40,8 +40,9 @@ class ImportanceScorer(Module):
     :math:`a_i > 0`, and their scale no longer follows the tokens' scale.
 
     The residual, the LayerNorm and :math:`\mathbf{W}_s` run in float32
-    (under bf16/fp16 autocast too): the scores rank the tokens. In inference
-    on CUDA they are one Triton kernel that reads the tokens once (see
+    (under bf16/fp16 autocast too): the scores rank the tokens. On CUDA
+    they are one Triton kernel that reads the tokens once, and in eager
+    training their backward is another (see
     :func:`~samsa_geo.nn.attention.config.set_fused_scorer`).
 
     Args:
