@@ -248,7 +248,8 @@ def test_scorer_kernel_matches_pytorch_formula(dtype, C, N, spy):
 def test_scorer_training_kernels_match_pytorch(autocast, C, N, spy):
     # Eager training: the scorer's tail forward (the inference kernel) and
     # backward (_score_grad_triton) against the node's PyTorch path,
-    # scores and every gradient.
+    # scores and every gradient; beyond SCORE_GRAD_MAX_CHANNELS the node
+    # keeps PyTorch's ops.
     import copy
 
     from samsa_geo.nn.attention import ImportanceScorer, _score_grad_triton
@@ -271,7 +272,7 @@ def test_scorer_training_kernels_match_pytorch(autocast, C, N, spy):
         (out * g).sum().backward()
         results.append([out.detach(), x.grad] +
                        [p.grad for p in model.parameters()])
-    assert len(calls) == 1
+    assert len(calls) == (C <= 512)
     tol = 2e-2 if autocast else 1e-4
     for got, ref in zip(*results):
         assert (got - ref).norm() <= tol * ref.norm()

@@ -14,6 +14,10 @@ SCORE_MAX_HEADS = 64
 #: Largest token width for which the scorer kernel also runs the MLP's
 #: second layer (its ``[rows, C]`` accumulator stays in registers).
 SCORE_MLP_MAX_CHANNELS = 512
+#: Largest token width of the scorer's backward kernel (its products of
+#: ``[rows, C]`` blocks stage them in shared memory: at 768 channels, a
+#: block of 1,024 columns, it needs more than an H200 has).
+SCORE_GRAD_MAX_CHANNELS = 512
 #: Most tokens for which the scorer kernel also runs the MLP's second
 #: layer. There it saves two launches of a host-bound call; on more tokens
 #: cuBLAS's GEMM and PyTorch's GELU take less GPU time than the kernel's

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import (
-    SCORE_MAX_CHANNELS,
+    SCORE_GRAD_MAX_CHANNELS,
     SCORE_MAX_HEADS,
     SCORE_MLP_MAX_CHANNELS,
     SCORE_MLP_MAX_TOKENS,
@@ -142,10 +142,11 @@ def _tail_grads(y: Tensor, x: Tensor, grad: Tensor, ws: Tensor,
 def _kernels(hidden: Tensor, ws: Tensor, b2: Optional[Tensor],
              bs: Optional[Tensor]) -> bool:
     # Whether the Triton kernels run the float32 tail (forward and
-    # backward): on CUDA, with both biases, within the kernels' widths.
+    # backward): on CUDA, with both biases, within the backward kernel's
+    # width.
     return (config.use_fused_scorer() and triton_serves(hidden.device)
             and b2 is not None and bs is not None and hidden.dim() == 2
-            and hidden.size(-1) <= SCORE_MAX_CHANNELS
+            and hidden.size(-1) <= SCORE_GRAD_MAX_CHANNELS
             and ws.size(0) <= SCORE_MAX_HEADS)
 
 

@@ -43,7 +43,7 @@ import triton.language as tl
 from torch import Tensor
 
 from samsa_geo.nn.attention._dispatch import (
-    SCORE_MAX_CHANNELS,
+    SCORE_GRAD_MAX_CHANNELS,
     SCORE_MAX_HEADS,
 )
 from samsa_geo.ops._triton import INTERPRETED
@@ -158,9 +158,10 @@ def score_tail_backward_triton(
                          f"{list(y.shape)} and {list(x.shape)})")
     N, C = y.shape
     H = weight.size(0)
-    if C > SCORE_MAX_CHANNELS or H > SCORE_MAX_HEADS:
-        raise ValueError(f"Expected at most {SCORE_MAX_CHANNELS} channels "
-                         f"and {SCORE_MAX_HEADS} heads (got {C} and {H})")
+    if C > SCORE_GRAD_MAX_CHANNELS or H > SCORE_MAX_HEADS:
+        raise ValueError(f"Expected at most {SCORE_GRAD_MAX_CHANNELS} "
+                         f"channels and {SCORE_MAX_HEADS} heads (got {C} "
+                         f"and {H})")
     if tuple(grad.shape) != (N, H) or tuple(weight.shape) != (H, C):
         raise ValueError(f"Expected 'grad' of shape [{N}, {H}] and 'weight' "
                          f"of shape [{H}, {C}] (got {list(grad.shape)} and "

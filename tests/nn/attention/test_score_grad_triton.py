@@ -76,6 +76,13 @@ def test_kernel_checks_shapes(kernel):
         kernel.score_tail_backward_triton(torch.randn(4, 8),
                                           torch.randn(4, 9),
                                           torch.randn(4, 2), *args)
+    with pytest.raises(ValueError, match='at most 512 channels'):
+        kernel.score_tail_backward_triton(torch.randn(4, 513),
+                                          torch.randn(4, 513),
+                                          torch.randn(4, 2),
+                                          torch.randn(2, 513),
+                                          torch.ones(513), torch.zeros(513),
+                                          1e-5)
     with pytest.raises(ValueError, match="'grad' of shape \\[4, 2\\]"):
         kernel.score_tail_backward_triton(torch.randn(4, 8),
                                           torch.randn(4, 8),
@@ -124,3 +131,17 @@ def test_training_node_takes_the_kernels(kernel, monkeypatch, spy, autocast,
     with config.attention_config(fused_scorer=False):  # the switch
         _scores_and_grads(scorer, x, autocast)
     assert len(backward) == 1
+
+
+def test_training_node_keeps_pytorch_beyond_the_kernel_width(
+        kernel, monkeypatch, spy):
+    # Wider than SCORE_GRAD_MAX_CHANNELS: PyTorch's ops, forward and
+    # backward, where the kernels would otherwise serve.
+    from samsa_geo.nn.attention import _score_grad, _score_triton
+    monkeypatch.setattr(_score_grad, 'triton_serves', lambda device: True)
+    forward = spy(_score_triton, 'importance_score_triton')
+    backward = spy(kernel, 'score_tail_backward_triton')
+    scorer = ImportanceScorer(520, heads=2)
+    out, grads = _scores_and_grads(scorer, torch.randn(8, 520), False)
+    assert not forward and not backward
+    assert out.shape == (8, 2) and all(g is not None for g in grads)
