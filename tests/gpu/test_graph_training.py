@@ -81,6 +81,27 @@ def _captured(sizes):
     return conv, x, batch, hints
 
 
+def test_capture_while_the_last_steps_graph_is_alive():
+    # A training loop holds the last step's output (and so its autograd
+    # graph, with the parameters' gradient nodes made on the default
+    # stream) while the next step runs: the capture reads the parameters
+    # through new leaves and succeeds, in float32 and under autocast.
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        conv = SamsaConv(64, None, heads=4, k=32).cuda().train()
+        x, batch = _batch([400] * 4, 64, 0)
+        hints = dict(num_graphs=4, max_num_nodes=400)
+        out = None
+        for _ in range(4):
+            with torch.autocast('cuda', dtype=torch.bfloat16,
+                                enabled=dtype == torch.bfloat16):
+                out = conv(x, None, batch, **hints)
+            out.float().sum().backward()
+        assert len(conv._train_graphs) == 1
+        assert not conv._train_graphs._failed
+        torch.empty(1, device='cuda').uniform_()  # the generator works
+
+
 def test_training_replays_never_sync_and_accumulate():
     conv, x, batch, hints = _captured([400] * 4)
     conv.zero_grad(set_to_none=True)

@@ -33,19 +33,31 @@ backward pass (a second one, through ``retain_graph=True``, raises). A
 signature is captured once ``min_calls`` eager calls of it have run their
 backward pass (which also compiles the kernels both passes use).
 """
+import contextlib
 import weakref
 from functools import partial
-from typing import Callable, Hashable, List, Optional, Sequence, Tuple
+from typing import (
+    Callable,
+    Hashable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.nn import Module, Parameter
 
 from samsa_geo.nn.conv._graph_replay import GraphReplay, State
 
 #: Where each gradient sits in the packed buffers: (buffer, offset, shape),
 #: None for a target that gets no gradient.
 Layout = List[Optional[Tuple[int, int, torch.Size]]]
+#: Where a parameter lives: its module and its name there.
+Slot = Tuple[Module, str]
 
 
 class _Call:
@@ -141,7 +153,8 @@ class TrainingGraphReplay(GraphReplay):
 
     def __call__(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
                  params: Sequence[Tensor], key: Hashable, state: State,
-                 eligible: Callable[[], bool] = lambda: True) -> Tensor:
+                 eligible: Callable[[], bool] = lambda: True,
+                 slots: Optional[Sequence[Slot]] = None) -> Tensor:
         r"""``fn(*inputs)``, replayed where its graph exists or can be
         captured now, else eagerly.
 
@@ -150,7 +163,10 @@ class TrainingGraphReplay(GraphReplay):
         the parameters ``fn`` reads, all requiring gradients, and
         ``state`` returns the tensors ``fn`` reads besides its inputs
         (parameters, buffers): a graph is dropped when one of them is
-        replaced by another storage.
+        replaced by another storage. ``slots`` are the places of
+        ``params`` in their modules, in the same order, if ``fn`` reads
+        them there: the capture then reads them through new leaf tensors
+        on the same storage (see :func:`aliased`).
         """
         sig = (key, tuple((t.shape, t.stride(), t.dtype, t.device,
                            t.requires_grad) for t in inputs))
@@ -167,7 +183,8 @@ class TrainingGraphReplay(GraphReplay):
             if not eligible():
                 self._remember(self._failed, sig, None)
                 return fn(*inputs)
-            graph = self._capture_training(fn, inputs, params, sig, state)
+            graph = self._capture_training(fn, inputs, params, sig, state,
+                                           slots)
             if graph is None:
                 return fn(*inputs)
         elif graph.pending():
@@ -190,14 +207,19 @@ class TrainingGraphReplay(GraphReplay):
     def _capture_training(self, fn: Callable[..., Tensor],
                           inputs: Sequence[Tensor],
                           params: Sequence[Tensor], sig: Hashable,
-                          state: State) -> Optional[_TrainingGraph]:
+                          state: State, slots: Optional[Sequence[Slot]],
+                          ) -> Optional[_TrainingGraph]:
         buffers = [t.detach().clone().requires_grad_(t.requires_grad)
                    for t in inputs]
-        targets = [t for t in buffers if t.requires_grad] + list(params)
         device = buffers[0].device
-        got = self._attempt(
-            sig, device, lambda: capture_training(fn, buffers, targets,
-                                                  self._pools.get(device)))
+
+        def capture_fn():
+            with aliased(params, slots) as leaves:
+                targets = [t for t in buffers if t.requires_grad] + leaves
+                return capture_training(fn, buffers, targets,
+                                        self._pools.get(device))
+
+        got = self._attempt(sig, device, capture_fn)
         if got is None:
             return None
         forward, backward, out, grad_out, packed, layout = got
@@ -209,6 +231,38 @@ class TrainingGraphReplay(GraphReplay):
         return self._keep(sig, _TrainingGraph(
             forward, backward, buffers, out, grad_out, packed, layout,
             tensor_pointers(state())))
+
+
+@contextlib.contextmanager
+def aliased(params: Sequence[Tensor], slots: Optional[Sequence[Slot]],
+            ) -> Iterator[List[Tensor]]:
+    r"""Within the block, each parameter ``params[i]`` at ``slots[i]`` is
+    replaced in its module by a new leaf :class:`~torch.nn.Parameter` on
+    the same storage; yields the new leaves (``params`` themselves where
+    ``slots`` is :obj:`None`).
+
+    Autograd keeps, per leaf tensor, the node that accumulates its
+    gradient, with the CUDA stream that was current when the node was
+    made, for as long as an autograd graph refers to it (such as the
+    output of the last training step, still held by the training loop).
+    A backward pass captured on the capture stream that reached such a
+    node, made by an eager call on the default stream, would make the
+    default stream wait on the capture, which CUDA refuses
+    (``cudaErrorStreamCaptureImplicit``). New leaves get new nodes,
+    made during the capture."""
+    if slots is None:
+        yield list(params)
+        return
+    old = [module._parameters[name] for module, name in slots]
+    leaves = [Parameter(p.detach(), requires_grad=p.requires_grad)
+              for p in old]
+    try:
+        for (module, name), leaf in zip(slots, leaves):
+            module._parameters[name] = leaf
+        yield leaves
+    finally:
+        for (module, name), p in zip(slots, old):
+            module._parameters[name] = p
 
 
 def tensor_pointers(tensors: Sequence[Optional[Tensor]]) -> tuple:

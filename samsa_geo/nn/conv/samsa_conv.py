@@ -345,13 +345,14 @@ class SamsaConv(Module):
                torch.is_inference_mode_enabled(),
                torch.get_float32_matmul_precision(), config.snapshot(),
                _settings(modules))
-        params = [p for m in modules for p in m._parameters.values()
-                  if p is not None]
+        slots = [(m, name) for m in modules
+                 for name, p in m._parameters.items() if p is not None]
+        params = [m._parameters[name] for m, name in slots]
         buffers = [b for m in modules for b in m._buffers.values()
                    if b is not None]
         if self.training:
             return self._replay_training(x, batch, pos, attn_kwargs,
-                                         params, buffers, key)
+                                         params, buffers, key, slots)
         if torch.is_grad_enabled() and needs_grad(x, *params):
             return None
         attn = self.attn
@@ -382,7 +383,8 @@ class SamsaConv(Module):
     def _replay_training(self, x: Tensor, batch: Optional[Tensor],
                          pos: Optional[Tensor], attn_kwargs: Dict[str, Any],
                          params: List[Tensor], buffers: List[Tensor],
-                         key: tuple) -> Optional[Tensor]:
+                         key: tuple, slots: List[Tuple[Module, str]],
+                         ) -> Optional[Tensor]:
         # A training call through TrainingGraphReplay, or None where it
         # runs eagerly: every parameter trained (no kept casts to read),
         # gradients on, outside a backward pass (a recomputation), saved
@@ -426,7 +428,7 @@ class SamsaConv(Module):
                 and attn.num_registers == 0 and not attn.scorer_norm)
 
         return self._train_graphs(fn, inputs, params, key,
-                                  lambda: params + buffers, eligible)
+                                  lambda: params + buffers, eligible, slots)
 
     def _forward(self, x: Tensor, edge_index: Optional[Tensor],
                  batch: Optional[Tensor], pos: Optional[Tensor],
@@ -517,8 +519,8 @@ class SamsaConv(Module):
         return h
 
     def __repr__(self) -> str:
-        return (f'{self.__class__.__name__}({self.channels}, conv={self.conv}, '
-                f'heads={self.heads}, k={self.attn.k}, '
+        return (f'{self.__class__.__name__}({self.channels}, '
+                f'conv={self.conv}, heads={self.heads}, k={self.attn.k}, '
                 f'sampling={self.attn.sampling!r}'
                 f'{", norm_first=True" if self.norm_first else ""})')
 

@@ -284,3 +284,32 @@ def test_the_layer_keys_its_settings_and_sees_what_must_run_python():
     assert not _saved_tensor_hooks()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         assert _saved_tensor_hooks()
+
+
+def test_captures_read_parameters_through_new_leaves():
+    # aliased(): inside the block each module reads a new leaf on the
+    # parameter's storage (its own gradient node); afterwards, and after
+    # an error, the module holds its parameter again.
+    from samsa_geo.nn.conv._graph_training import aliased
+    lin = torch.nn.Linear(3, 2)
+    params = [lin.weight, lin.bias]
+    slots = [(lin, 'weight'), (lin, 'bias')]
+    x = torch.randn(5, 3)
+    ref = torch.autograd.grad(lin(x).square().sum(), params)
+    with aliased(params, slots) as leaves:
+        assert [t.data_ptr() for t in leaves] == \
+            [p.data_ptr() for p in params]
+        assert all(a is not p and a.is_leaf and a.requires_grad
+                   for a, p in zip(leaves, params))
+        assert lin.weight is leaves[0] and lin.bias is leaves[1]
+        grads = torch.autograd.grad(lin(x).square().sum(), leaves)
+    assert lin.weight is params[0] and lin.bias is params[1]
+    assert all(p.grad is None for p in params)
+    for g, r in zip(grads, ref):
+        assert torch.equal(g, r)
+    with pytest.raises(KeyError):
+        with aliased(params, slots):
+            raise KeyError('inside')
+    assert lin.weight is params[0] and lin.bias is params[1]
+    with aliased(params, None) as same:
+        assert same == params
