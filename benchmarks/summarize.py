@@ -23,6 +23,8 @@ BENCHMARKS = (
     ('bias_kernels', 'Relative-bias attention kernel alone',
      'flex_options.py'),
     ('scorer_kernel', 'Importance scorer alone', 'scorer_kernel.py'),
+    ('scorer_grad_kernel', "Importance scorer's backward alone",
+     'scorer_grad_kernel.py'),
     ('graph_scale', 'Large graph, full-batch training', 'graph_scale.py'),
     ('ops', 'Geometry ops', 'ops.py'),
     ('ddp', 'Data-parallel training', 'run_ddp.sh'),
@@ -177,6 +179,13 @@ def run_table(name, recs, lines):
                   f"channels, {rec0['heads']} heads; calls back to back; "
                   'max_abs_err: against the PyTorch formula.', '']
         simple_table(recs, ['op', 'ms', 'max_abs_err'], lines)
+    elif name == 'scorer_grad_kernel':
+        lines += [f"{rec0['tokens']:,} tokens x {rec0['channels']} "
+                  f"channels, {rec0['heads']} heads, bf16 LayerNorm input, "
+                  'float32 tokens; calls back to back; max_rel_err: the '
+                  "largest relative deviation of a gradient from PyTorch's "
+                  'ops.', '']
+        simple_table(recs, ['op', 'ms', 'max_rel_err'], lines)
     elif name == 'graph_scale':
         for run in recs:
             simple_table(run['results'], [

@@ -35,7 +35,7 @@ sum, two float32 GEMMs, a column sum and two casts, with as many
 :math:`\mathbf{y}` and :math:`\mathbf{x}` once and writes the two
 gradients in their dtypes. Importing this module needs Triton.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -114,13 +114,25 @@ def _score_tail_bwd(
 
 
 _launch = Launcher(_score_tail_bwd)
-#: Programs per multiprocessor: each loops over its share of row blocks.
-PROGRAMS_PER_SM = 4
+#: A fixed ``{'BLOCK_N', 'num_warps', 'programs_per_sm'}`` in place of
+#: :func:`default_config` (``benchmarks/scorer_grad_kernel.py`` times
+#: others).
+KERNEL_CONFIG: Optional[dict] = None
 #: Multiprocessors per CUDA device index, looked up once.
 _SMS: dict = {}
 
 
-def _programs(device: torch.device, blocks: int) -> int:
+def default_config(C: int) -> dict:
+    """Rows per block, warps and programs per multiprocessor (each
+    program loops over its share of the row blocks) for width ``C``:
+    about 4K values per row block, at least 16 rows (:func:`tl.dot`)."""
+    width = max(16, triton.next_power_of_2(C))
+    rows = max(16, min(64, 4096 // width))
+    return {'BLOCK_N': rows, 'num_warps': 4 if rows * width <= 4096 else 8,
+            'programs_per_sm': 4}
+
+
+def _programs(device: torch.device, blocks: int, per_sm: int) -> int:
     if device.type != 'cuda':  # the interpreter: a few programs suffice
         return min(blocks, 3)
     index = device.index if device.index is not None \
@@ -128,7 +140,7 @@ def _programs(device: torch.device, blocks: int) -> int:
     if index not in _SMS:
         _SMS[index] = torch.cuda.get_device_properties(
             index).multi_processor_count
-    return min(blocks, PROGRAMS_PER_SM * _SMS[index])
+    return min(blocks, per_sm * _SMS[index])
 
 
 def score_tail_backward_triton(
@@ -170,11 +182,13 @@ def score_tail_backward_triton(
     g_y = torch.empty_like(y, memory_format=torch.contiguous_format)
     BLOCK_C = max(16, triton.next_power_of_2(C))
     BLOCK_H = max(16, triton.next_power_of_2(H))  # tl.dot: at least 16
-    # About 4K values per row block (at least 16 rows for tl.dot); the
-    # interpreter runs 16 rows, the fewest.
-    BLOCK_N = 16 if INTERPRETED else max(16, min(64, 4096 // BLOCK_C))
+    config = dict(KERNEL_CONFIG or default_config(C))
+    if INTERPRETED:  # the fewest rows; the interpreter runs one warp
+        config.update(BLOCK_N=16, num_warps=1)
+    BLOCK_N = config['BLOCK_N']
     blocks = triton.cdiv(N, BLOCK_N)
-    programs = max(1, _programs(y.device, blocks))
+    programs = max(1, _programs(y.device, blocks,
+                                config['programs_per_sm']))
     part = torch.zeros(programs, BLOCK_H + 3, C, device=y.device,
                        dtype=torch.float32)
     if N > 0:
@@ -187,8 +201,7 @@ def score_tail_backward_triton(
                 g_y, part, y.stride(0), x.stride(0), grad.stride(0),
                 g_x.stride(0), g_y.stride(0), N, C, H, float(eps),
                 BLOCK_N=BLOCK_N, BLOCK_C=BLOCK_C, BLOCK_H=BLOCK_H,
-                num_warps=1 if INTERPRETED else 4 if BLOCK_N * BLOCK_C
-                <= 4096 else 8)
+                num_warps=config['num_warps'])
     total = part.sum(0)  # [BLOCK_H + 3, C]
     return (g_x, g_y, total[:H], total[BLOCK_H], total[BLOCK_H + 1],
             total[BLOCK_H + 2])
