@@ -31,7 +31,10 @@ runs eagerly. The backward graph reuses the activations' memory as it
 goes, as an eager backward pass does, so each forward replay takes one
 backward pass (a second one, through ``retain_graph=True``, raises). A
 signature is captured once ``min_calls`` eager calls of it have run their
-backward pass (which also compiles the kernels both passes use).
+backward pass (which also compiles the kernels both passes use). The
+capture reads the parameters through new leaf tensors on their storage
+(:func:`aliased`), so the backward pass it records never reaches the
+gradient nodes that eager calls made on another stream.
 """
 import contextlib
 import weakref
