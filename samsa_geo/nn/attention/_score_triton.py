@@ -22,8 +22,9 @@ this tail) and two ``(N, C)`` round trips through memory; here the kernel
 reads :math:`\mathbf{z}` (or :math:`\mathbf{y}`) and :math:`\mathbf{x}`
 once and writes the :math:`(N, H)` scores.
 
-Forward only: training runs the PyTorch formula. Importing this module
-needs Triton.
+Forward only: the training node ``ScoreTail`` (:mod:`._score_grad`) also
+computes its scores here, and its backward runs
+:mod:`._score_grad_triton`. Importing this module needs Triton.
 """
 import os
 from typing import Optional
