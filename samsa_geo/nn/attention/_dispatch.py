@@ -64,6 +64,18 @@ def selection_chunks(max_size: int, num_registers: int, k_max: int) -> int:
     return 0
 
 
+def scorer_mlp_in_kernel(hidden: Tensor) -> bool:
+    r"""Whether the scorer kernel also runs the MLP's GELU and second layer
+    from the hidden rows ``hidden`` :math:`(N, C)` (in their dtype): up
+    to :data:`SCORE_MLP_MAX_CHANNELS` channels and
+    :data:`SCORE_MLP_MAX_TOKENS` tokens, in float32, bfloat16 or
+    float16."""
+    return (hidden.size(-1) <= SCORE_MLP_MAX_CHANNELS
+            and hidden.size(0) <= SCORE_MLP_MAX_TOKENS
+            and hidden.dtype in (torch.float32, torch.bfloat16,
+                                 torch.float16))
+
+
 def triton_serves(device: torch.device) -> bool:
     """Whether samsa_geo's Triton kernels run on ``device``."""
     return HAS_TRITON and device.type == 'cuda'

@@ -40,8 +40,7 @@ from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import (
     SCORE_GRAD_MAX_CHANNELS,
     SCORE_MAX_HEADS,
-    SCORE_MLP_MAX_CHANNELS,
-    SCORE_MLP_MAX_TOKENS,
+    scorer_mlp_in_kernel,
     triton_serves,
 )
 
@@ -154,13 +153,10 @@ def _tail_forward(hidden: Tensor, x: Tensor, w2c: Tensor, b2c: Tensor,
                   ln_w: Tensor, ln_b: Tensor, eps: float, ws: Tensor,
                   bs: Tensor, approximate: str) -> Tensor:
     # The scores by the inference kernel: from the hidden rows (the GELU
-    # and the second layer in the kernel too) on up to
-    # SCORE_MLP_MAX_TOKENS tokens, else from the second layer's output.
+    # and the second layer in the kernel too) where it serves them (w2c
+    # and b2c are in their dtype), else from the second layer's output.
     from samsa_geo.nn.attention._score_triton import importance_score_triton
-    N, C = hidden.shape
-    if (N <= SCORE_MLP_MAX_TOKENS and C <= SCORE_MLP_MAX_CHANNELS
-            and hidden.dtype in (torch.float32, torch.bfloat16,
-                                 torch.float16)):
+    if scorer_mlp_in_kernel(hidden):
         return importance_score_triton(hidden, x, ln_w, ln_b, eps, ws, bs,
                                        w2c, b2c, approximate)
     y = F.linear(F.gelu(hidden, approximate=approximate), w2c, b2c)

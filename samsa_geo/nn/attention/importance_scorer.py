@@ -10,11 +10,10 @@ from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import (
     SCORE_MAX_CHANNELS,
     SCORE_MAX_HEADS,
-    SCORE_MLP_MAX_CHANNELS,
-    SCORE_MLP_MAX_TOKENS,
     is_exporting,
     is_tracing,
     needs_grad,
+    scorer_mlp_in_kernel,
     triton_serves,
 )
 from samsa_geo.nn.attention._ops import importance_score
@@ -152,9 +151,7 @@ class ImportanceScorer(Module):
         # weight, or autocast's (which F.linear would cast to); on up to
         # SCORE_MLP_MAX_TOKENS tokens, where the launches it saves matter.
         dtype, device = hidden.dtype, hidden.device.type
-        return (self.channels <= SCORE_MLP_MAX_CHANNELS
-                and hidden.size(0) <= SCORE_MLP_MAX_TOKENS
-                and dtype in (torch.float32, torch.bfloat16, torch.float16)
+        return (scorer_mlp_in_kernel(hidden)
                 and (lin2_weight.dtype == dtype
                      or (torch.is_autocast_enabled(device)
                          and torch.get_autocast_dtype(device) == dtype)))

@@ -217,6 +217,7 @@ def test_scorer_dispatches_to_the_kernel_in_inference(kernel, monkeypatch,
     # Inference (no gradient) on a device the kernel serves takes the
     # custom operator, eager and compiled without a graph break; a pass
     # that needs gradients, or the switch off, keeps the PyTorch formula.
+    import samsa_geo.nn.attention._dispatch as dispatch
     import samsa_geo.nn.attention.importance_scorer as mod
 
     scorer = _trained_like(32, 4).eval()
@@ -245,6 +246,7 @@ def test_input_norm_scorer_takes_the_kernel_under_autocast(kernel,
                                                           monkeypatch, spy):
     # The kernel reads the normalised tokens (float32) next to the MLP's
     # bf16 rows and agrees with the PyTorch formula on the same rows.
+    import samsa_geo.nn.attention._dispatch as dispatch
     import samsa_geo.nn.attention.importance_scorer as mod
 
     scorer = ImportanceScorer(32, heads=4, input_norm=True).eval()
@@ -267,12 +269,13 @@ def test_scorer_runs_its_mlp_before_the_kernel_beyond_the_limits(
         kernel, monkeypatch, spy, C, N, max_tokens):
     # Beyond SCORE_MLP_MAX_CHANNELS channels or SCORE_MLP_MAX_TOKENS
     # tokens, the kernel reads the MLP's output.
+    import samsa_geo.nn.attention._dispatch as dispatch
     import samsa_geo.nn.attention.importance_scorer as mod
 
     scorer = _trained_like(C, 2).eval()
     x = torch.randn(N, C)
     monkeypatch.setattr(mod, 'triton_serves', lambda device: True)
-    monkeypatch.setattr(mod, 'SCORE_MLP_MAX_TOKENS', max_tokens)
+    monkeypatch.setattr(dispatch, 'SCORE_MLP_MAX_TOKENS', max_tokens)
     calls = spy(kernel, 'importance_score_triton')
     with torch.no_grad():
         out = scorer(x)
