@@ -123,8 +123,7 @@ class GraphReplay:
             eligible (Callable, optional): Whether the signature may be
                 graphed; asked once, before its capture.
         """
-        sig = (key, tuple((t.shape, t.stride(), t.dtype, t.device)
-                          for t in inputs))
+        sig = self._signature(key, inputs)
         entry = self._graphs.get(sig)
         if entry is not None and entry.stamp != tensor_stamp(state()):
             # The state changed: an eager call makes the casts it keeps
@@ -145,6 +144,12 @@ class GraphReplay:
             buf.copy_(t)
         entry.graph.replay()
         return entry.out.clone()
+
+    @staticmethod
+    def _signature(key: Hashable, inputs: Sequence[Tensor]) -> Hashable:
+        # What selects a graph: the caller's key and the inputs' layout.
+        return (key, tuple((t.shape, t.stride(), t.dtype, t.device)
+                           for t in inputs))
 
     def _count(self, sig: Hashable) -> bool:
         # Whether sig has now been seen min_calls times before this call.

@@ -157,7 +157,8 @@ class TrainingGraphReplay(GraphReplay):
     def __call__(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
                  params: Sequence[Tensor], key: Hashable, state: State,
                  eligible: Callable[[], bool] = lambda: True,
-                 slots: Optional[Sequence[Slot]] = None) -> Tensor:
+                 slots: Optional[Callable[[], Sequence[Slot]]] = None,
+                 ) -> Tensor:
         r"""``fn(*inputs)``, replayed where its graph exists or can be
         captured now, else eagerly.
 
@@ -166,13 +167,15 @@ class TrainingGraphReplay(GraphReplay):
         the parameters ``fn`` reads, all requiring gradients, and
         ``state`` returns the tensors ``fn`` reads besides its inputs
         (parameters, buffers): a graph is dropped when one of them is
-        replaced by another storage. ``slots`` are the places of
+        replaced by another storage. ``slots`` returns the places of
         ``params`` in their modules, in the same order, if ``fn`` reads
-        them there: the capture then reads them through new leaf tensors
-        on the same storage (see :func:`aliased`).
+        them there (asked at a capture only): the capture then reads them
+        through new leaf tensors on the same storage (see
+        :func:`aliased`).
         """
-        sig = (key, tuple((t.shape, t.stride(), t.dtype, t.device,
-                           t.requires_grad) for t in inputs))
+        # Which inputs require gradients selects the backward graph too.
+        sig = (self._signature(key, inputs),
+               tuple(t.requires_grad for t in inputs))
         graph = self._graphs.get(sig)
         if graph is not None and graph.stamp != tensor_pointers(state()):
             # A parameter or buffer was replaced: warm up and capture again.
@@ -210,14 +213,16 @@ class TrainingGraphReplay(GraphReplay):
     def _capture_training(self, fn: Callable[..., Tensor],
                           inputs: Sequence[Tensor],
                           params: Sequence[Tensor], sig: Hashable,
-                          state: State, slots: Optional[Sequence[Slot]],
+                          state: State,
+                          slots: Optional[Callable[[], Sequence[Slot]]],
                           ) -> Optional[_TrainingGraph]:
         buffers = [t.detach().clone().requires_grad_(t.requires_grad)
                    for t in inputs]
         device = buffers[0].device
 
         def capture_fn():
-            with aliased(params, slots) as leaves:
+            with aliased(params,
+                         None if slots is None else slots()) as leaves:
                 targets = [t for t in buffers if t.requires_grad] + leaves
                 return capture_training(fn, buffers, targets,
                                         self._pools.get(device))

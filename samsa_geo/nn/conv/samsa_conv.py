@@ -345,14 +345,13 @@ class SamsaConv(Module):
                torch.is_inference_mode_enabled(),
                torch.get_float32_matmul_precision(), config.snapshot(),
                _settings(modules))
-        slots = [(m, name) for m in modules
-                 for name, p in m._parameters.items() if p is not None]
-        params = [m._parameters[name] for m, name in slots]
+        params = [p for m in modules for p in m._parameters.values()
+                  if p is not None]
         buffers = [b for m in modules for b in m._buffers.values()
                    if b is not None]
         if self.training:
             return self._replay_training(x, batch, pos, attn_kwargs,
-                                         params, buffers, key, slots)
+                                         modules, params, buffers, key)
         if torch.is_grad_enabled() and needs_grad(x, *params):
             return None
         attn = self.attn
@@ -382,8 +381,8 @@ class SamsaConv(Module):
 
     def _replay_training(self, x: Tensor, batch: Optional[Tensor],
                          pos: Optional[Tensor], attn_kwargs: Dict[str, Any],
-                         params: List[Tensor], buffers: List[Tensor],
-                         key: tuple, slots: List[Tuple[Module, str]],
+                         modules: List[Module], params: List[Tensor],
+                         buffers: List[Tensor], key: tuple,
                          ) -> Optional[Tensor]:
         # A training call through TrainingGraphReplay, or None where it
         # runs eagerly: every parameter trained (no kept casts to read),
@@ -426,6 +425,11 @@ class SamsaConv(Module):
                 and attn.normalization == 'softmax'
                 and attn.rel_bias is None and not attn.summary
                 and attn.num_registers == 0 and not attn.scorer_norm)
+
+        def slots() -> List[Tuple[Module, str]]:
+            # Where params live, in their order (asked at a capture).
+            return [(m, name) for m in modules
+                    for name, p in m._parameters.items() if p is not None]
 
         return self._train_graphs(fn, inputs, params, key,
                                   lambda: params + buffers, eligible, slots)
