@@ -7,7 +7,12 @@ first layer's GEMM: ``triton_from_hidden`` and other configurations,
 ``triton_rows*``); and the kernel of the tail alone after PyTorch's GELU
 and second layer (``triton_tail_only``, what the scorer runs beyond
 ``SCORE_MLP_MAX_CHANNELS`` channels or ``SCORE_MLP_MAX_TOKENS`` tokens),
-each with the largest deviation from the PyTorch formula. Pipelined timing
+and, from the hidden rows as the layer's stacked projection leaves them
+(a strided column slice, the first layer not timed), PyTorch's GELU or
+the Triton one (``gelu_triton``) before the second layer and the tail's
+kernel (``strided_*_gelu_tail``) against the kernel from the hidden
+layer (``strided_from_hidden``); each with the largest deviation from
+the PyTorch formula. Pipelined timing
 (calls back to back). Writes JSON records with their provenance
 (``--commit`` names the tree's commit where git cannot).
 
@@ -19,6 +24,7 @@ import os
 import sys
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
@@ -82,11 +88,36 @@ def main():
                     act.approximate)
         return fn
 
+    # The hidden rows as SamsaAttention has them: a column slice of its
+    # stacked projection (queries, keys and values, then the scorer's
+    # first layer), strided; timed from the hidden rows on.
+    with torch.no_grad():
+        other = torch.randn(3 * C, C, device=dev, dtype=x.dtype) / C**0.5
+        stacked = F.linear(x, torch.cat([other, lin1.weight]),
+                           torch.cat([other.new_zeros(3 * C), lin1.bias]))
+    hidden = stacked[:, 3 * C:]  # [N, C], row stride 4C
+
+    def strided(gelu):
+        def fn():
+            with torch.no_grad():
+                y = lin2(gelu(hidden))
+                return _score_triton.importance_score_triton(y, x, *tail)
+        return fn
+
+    def strided_from_hidden():
+        _score_triton.KERNEL_CONFIG = None
+        with torch.no_grad():
+            return _score_triton.importance_score_triton(
+                hidden, x, *tail, lin2.weight, lin2.bias, act.approximate)
+
     cases = [('pytorch_eager', run(scorer, False)),
              ('pytorch_compiled', run(compiled, False)),
              ('triton_default', run(scorer, True)),
              ('triton_tail_only', tail_only),
-             ('triton_from_hidden', from_hidden())]
+             ('triton_from_hidden', from_hidden()),
+             ('strided_pytorch_gelu_tail', strided(F.gelu)),
+             ('strided_triton_gelu_tail', strided(_score_triton.gelu_triton)),
+             ('strided_from_hidden', strided_from_hidden)]
     for rows, cols, warps in CONFIGS:
         if rows * C <= 32768:
             cfg = dict(BLOCK_N=rows, BLOCK_K=cols, num_warps=warps)

@@ -25,6 +25,8 @@ BENCHMARKS = (
     ('scorer_kernel', 'Importance scorer alone', 'scorer_kernel.py'),
     ('scorer_grad_kernel', "Importance scorer's backward alone",
      'scorer_grad_kernel.py'),
+    ('gather_attention_kernel', "Fused path's attention kernel alone",
+     'gather_attention_kernel.py'),
     ('graph_scale', 'Large graph, full-batch training', 'graph_scale.py'),
     ('ops', 'Geometry ops', 'ops.py'),
     ('ddp', 'Data-parallel training', 'run_ddp.sh'),
@@ -186,6 +188,21 @@ def run_table(name, recs, lines):
                   "largest relative deviation of a gradient from PyTorch's "
                   'ops.', '']
         simple_table(recs, ['op', 'ms', 'max_rel_err'], lines)
+    elif name == 'gather_attention_kernel':
+        lines += [f"bf16, {rec0['heads']} heads of {rec0['head_dim']}, "
+                  f"k = {rec0['k']} candidates per set and head; calls back "
+                  'to back; per size the default configuration, cuDNN over '
+                  'the gathered keys and the three fastest configurations; '
+                  "max_abs_err: against the default's output.", '']
+        shown = []
+        for size in dict.fromkeys((r['batch'], r['n']) for r in recs):
+            runs = [r for r in recs if (r['batch'], r['n']) == size]
+            timed = sorted((r for r in runs if r.get('ms') is not None
+                            and r['op'].startswith('triton_m')),
+                           key=lambda r: r['ms'])
+            shown += [r for r in runs if not r['op'].startswith('triton_m')]
+            shown += timed[:3]
+        simple_table(shown, ['batch', 'n', 'op', 'ms', 'max_abs_err'], lines)
     elif name == 'graph_scale':
         for run in recs:
             simple_table(run['results'], [

@@ -114,12 +114,24 @@ def _gather_attention_fwd(
 _launch_gather_attention = Launcher(_gather_attention_fwd)
 
 
-def default_config(D: int, max_size: int) -> dict:
-    """Queries and keys per block, warps and stages for head width ``D``
-    and largest set ``max_size``."""
-    block_m = 64 if max_size > 32 else 32
-    return {'BLOCK_M': block_m, 'BLOCK_N': 64 if D <= 64 else 32,
-            'num_warps': 4, 'num_stages': 2}
+def default_config(D: int, max_size: int, k_max: int = 64) -> dict:
+    """Queries and keys per block, warps and stages for head width ``D``,
+    largest set ``max_size`` and ``k_max`` candidates per set.
+
+    On an H200 (bf16, 8 heads of 32, 256 candidates; 32 x 1,024 to
+    1 x 262,144 tokens), blocks of 128 queries and 128 keys with 4 warps
+    and 2 stages ran fastest of 3 x 3 x 2 x 3 measured configurations,
+    10-13 % faster than 64 x 64
+    (``benchmarks/gather_attention_kernel.py``). Narrow heads only: a
+    ``[128, D]`` float32 accumulator of wider heads would leave the
+    registers."""
+    narrow = D <= 64
+    block_m = 32 if max_size <= 32 else 64
+    if narrow and max_size >= 512:
+        block_m = 128
+    block_n = (128 if k_max >= 128 else 64) if narrow else 32
+    return {'BLOCK_M': block_m, 'BLOCK_N': block_n, 'num_warps': 4,
+            'num_stages': 2}
 
 
 def gather_attention_triton(q: Tensor, kv: Tensor,
@@ -156,7 +168,7 @@ def gather_attention_triton(q: Tensor, kv: Tensor,
     has_reg = reg_kv is not None and reg_kv.size(0) > 0
     reg = reg_kv if has_reg else kv  # never read without registers
     sr = (reg.stride(0), reg.stride(1)) if has_reg else (0, 0)
-    config = KERNEL_CONFIG or default_config(D, max_size)
+    config = KERNEL_CONFIG or default_config(D, max_size, K)
     upcast = False
     if _INTERPRETED:
         config = _INTERPRET_CONFIG

@@ -40,6 +40,8 @@ from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import (
     SCORE_GRAD_MAX_CHANNELS,
     SCORE_MAX_HEADS,
+    is_tracing,
+    needs_grad,
     scorer_mlp_in_kernel,
     triton_serves,
 )
@@ -159,8 +161,29 @@ def _tail_forward(hidden: Tensor, x: Tensor, w2c: Tensor, b2c: Tensor,
     if scorer_mlp_in_kernel(hidden):
         return importance_score_triton(hidden, x, ln_w, ln_b, eps, ws, bs,
                                        w2c, b2c, approximate)
-    y = F.linear(F.gelu(hidden, approximate=approximate), w2c, b2c)
+    y = F.linear(scorer_gelu(hidden, approximate), w2c, b2c)
     return importance_score_triton(y, x, ln_w, ln_b, eps, ws, bs)
+
+
+def scorer_gelu(hidden: Tensor, approximate: str = 'none') -> Tensor:
+    r"""The scorer MLP's activation :math:`\mathrm{GELU}(\mathbf{h})` of the
+    hidden rows ``hidden`` :math:`(N, C)`. Where the rows
+    are a column slice of the layer's stacked projection (strided) and the
+    scorer's kernels serve the device, it runs
+    :func:`~samsa_geo.nn.attention._score_triton.gelu_triton`, which reads
+    them in blocks (PyTorch's GELU reads strided rows one value at a
+    time) where no gradient is recorded; else
+    :func:`torch.nn.functional.gelu`. Compiled graphs keep PyTorch's op
+    (the compiler fuses it)."""
+    if (config.use_fused_scorer() and triton_serves(hidden.device)
+            and not is_tracing() and not needs_grad(hidden)
+            and hidden.dim() == 2
+            and hidden.stride(-1) == 1 and not hidden.is_contiguous()
+            and hidden.dtype in (torch.float32, torch.bfloat16,
+                                 torch.float16)):
+        from samsa_geo.nn.attention._score_triton import gelu_triton
+        return gelu_triton(hidden, approximate)
+    return F.gelu(hidden, approximate=approximate)
 
 
 def _tail_backward():
@@ -203,4 +226,4 @@ def score_tail(hidden: Tensor, x: Tensor, w1: Tensor, b1: Optional[Tensor],
                                ln_b, eps, ws, bs, approximate, x_in)
 
 
-__all__: Tuple[str, ...] = ('ScoreTail', 'score_tail')
+__all__: Tuple[str, ...] = ('ScoreTail', 'score_tail', 'scorer_gelu')

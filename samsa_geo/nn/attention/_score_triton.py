@@ -109,6 +109,24 @@ def _importance_score_fwd(
 _launch_importance_score = Launcher(_importance_score_fwd)
 
 
+@triton.jit
+def _gelu_rows(Z, OUT, sz_n, so_n, N, C, TANH: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    # a = GELU(z) of a [BLOCK_N, BLOCK_C] block, float32 inside, stored in
+    # OUT's dtype; z's rows may be strided (a column slice).
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows < N)[:, None] & (cols < C)[None, :]
+    rows = rows.to(tl.int64)
+    z = tl.load(Z + rows[:, None] * sz_n + cols[None, :], mask=mask,
+                other=0.0).to(tl.float32)
+    tl.store(OUT + rows[:, None] * so_n + cols[None, :],
+             _gelu(z, TANH).to(OUT.dtype.element_ty), mask=mask)
+
+
+_launch_gelu_rows = Launcher(_gelu_rows)
+
+
 #: A fixed ``{'BLOCK_N', 'num_warps'}`` (and ``'BLOCK_K'`` from the hidden
 #: layer) in place of :func:`default_config`. For the tail alone: about 4K
 #: values of a row block, 32 per thread; on the H200 at C = 256, 8 heads,
@@ -177,12 +195,7 @@ def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
                              f"and 'lin2_bias' of shape [{C}] (got "
                              f"{list(lin2_weight.shape)} and "
                              f"{list(lin2_bias.shape)})")
-        if y.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise TypeError(f"Expected 'y' in float32, bfloat16 or float16 "
-                            f"with 'lin2_weight' (got {y.dtype})")
-        if approximate not in ('none', 'tanh'):
-            raise ValueError(f"Expected 'approximate' to be 'none' or "
-                             f"'tanh' (got {approximate!r})")
+        _check_activation(y, 'y', approximate, " with 'lin2_weight'")
     out = torch.empty(N, H, device=y.device, dtype=torch.float32)
     if N == 0:
         return out
@@ -209,4 +222,53 @@ def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
     config.setdefault('BLOCK_K', 16)
     grid = (triton.cdiv(N, config['BLOCK_N']), )
     _launch_importance_score(grid, *args, **meta, **config)
+    return out
+
+
+def _check_activation(t: Tensor, name: str, approximate: str,
+                      where: str = '') -> None:
+    # The GELU's input dtype and form, as both kernels take them.
+    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"Expected '{name}' in float32, bfloat16 or float16"
+                        f"{where} (got {t.dtype})")
+    if approximate not in ('none', 'tanh'):
+        raise ValueError(f"Expected 'approximate' to be 'none' or 'tanh' "
+                         f"(got {approximate!r})")
+
+
+def gelu_triton(z: Tensor, approximate: str = 'none') -> Tensor:
+    r""":func:`~torch.nn.functional.gelu` of the rows ``z`` :math:`(N, C)`
+    into a new contiguous tensor of ``z``'s dtype, one kernel launch.
+
+    The scorer's hidden rows are a column slice of the layer's stacked
+    projection: PyTorch's GELU reads such strided rows one element at a
+    time (on an H200, 0.195 ms for 262,144 x 256 bfloat16 values against
+    0.097 ms here). The values agree with PyTorch's to the rounding of
+    the dtype (float32 inside, as PyTorch computes 16-bit GELU).
+
+    Args:
+        z (Tensor): ``[N, C]`` float32, bfloat16 or float16, unit stride
+            along the columns.
+        approximate (str, optional): ``'none'`` (erf) or ``'tanh'``.
+
+    Returns:
+        ``[N, C]``, contiguous, in ``z``'s dtype.
+    """
+    if z.dim() != 2 or z.stride(-1) != 1:
+        raise ValueError(f"Expected 'z' of shape [N, C] with unit column "
+                         f"stride (got shape {list(z.shape)}, strides "
+                         f"{list(z.stride())})")
+    _check_activation(z, 'z', approximate)
+    N, C = z.shape
+    out = torch.empty(N, C, device=z.device, dtype=z.dtype)
+    if out.numel() == 0:
+        return out
+    # Blocks of 4,096 values, 4 warps: on an H200 rows of 16 x 256
+    # columns ran fastest at 65,536 and 262,144 tokens.
+    block_c = min(256, max(16, triton.next_power_of_2(C)))
+    block_n = 4 if _INTERPRETED else 4096 // block_c
+    grid = (triton.cdiv(N, block_n), triton.cdiv(C, block_c))
+    _launch_gelu_rows(grid, z, out, z.stride(0), out.stride(0), N, C,
+                      TANH=approximate == 'tanh', BLOCK_N=block_n,
+                      BLOCK_C=block_c, num_warps=4)
     return out

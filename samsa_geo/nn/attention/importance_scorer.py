@@ -17,7 +17,7 @@ from samsa_geo.nn.attention._dispatch import (
     triton_serves,
 )
 from samsa_geo.nn.attention._ops import importance_score
-from samsa_geo.nn.attention._score_grad import score_tail
+from samsa_geo.nn.attention._score_grad import score_tail, scorer_gelu
 
 
 class ImportanceScorer(Module):
@@ -122,8 +122,7 @@ class ImportanceScorer(Module):
                 return op(hidden, x, *tail, *lin2_weights, act.approximate)
         # The modules hold the parameters; calling them functionally saves
         # their dispatch on the host.
-        y = F.linear(F.gelu(hidden, approximate=act.approximate),
-                     *lin2_weights)
+        y = F.linear(scorer_gelu(hidden, act.approximate), *lin2_weights)
         if kernel:
             return op(y, x, *tail)
         # Scores rank the tokens: the residual, the LayerNorm and the

@@ -407,3 +407,64 @@ def test_training_node_recomputes_hidden_from_the_callers_casts():
     assert casts[False] - casts[True] == 3
     for a, b in zip(grads[False], grads[True]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('approximate', ['none', 'tanh'])
+def test_gelu_kernel_matches_pytorch_on_strided_rows(kernel, dtype,
+                                                     approximate):
+    # A column slice of a stacked projection (row stride 3C, C not a
+    # power of two): a new contiguous tensor equal to PyTorch's GELU up to
+    # the dtype's rounding.
+    stacked = (torch.randn(37, 3 * 40) * 3.0).to(dtype)
+    z = stacked[:, 80:]
+    out = kernel.gelu_triton(z, approximate)
+    ref = F.gelu(z.float(), approximate=approximate)
+    assert out.dtype == dtype and out.shape == (37, 40)
+    assert out.is_contiguous()
+    tol = 1e-6 if dtype == torch.float32 else 8e-3
+    assert torch.allclose(out.float(), ref, rtol=tol, atol=tol)
+    assert kernel.gelu_triton(z[:0]).shape == (0, 40)
+    with pytest.raises(ValueError, match="'z' of shape"):
+        kernel.gelu_triton(stacked[:, ::2])
+    with pytest.raises(ValueError, match="'z' of shape"):
+        kernel.gelu_triton(stacked[0])
+    with pytest.raises(TypeError, match="'z' in float32"):
+        kernel.gelu_triton(z.double())
+    with pytest.raises(ValueError, match="'approximate'"):
+        kernel.gelu_triton(z, 'fast')
+
+
+def test_scorer_reads_strided_hidden_rows_through_the_gelu_kernel(
+        kernel, monkeypatch, spy):
+    # Beyond SCORE_MLP_MAX_TOKENS, hidden rows sliced from a stacked
+    # projection go through the GELU kernel and give the scores of the
+    # PyTorch formula; contiguous rows, rows that need gradients and the
+    # switch off keep PyTorch's GELU.
+    import samsa_geo.nn.attention._dispatch as dispatch
+    import samsa_geo.nn.attention._score_grad as score_grad
+    import samsa_geo.nn.attention.importance_scorer as mod
+
+    scorer = _trained_like(32, 4).eval()
+    lin1 = scorer.score_nn[0]
+    x = torch.randn(50, 32)
+    other = torch.randn(64, 32)
+    with torch.no_grad():
+        stacked = F.linear(x, torch.cat([other, lin1.weight]),
+                           torch.cat([other.new_zeros(64), lin1.bias]))
+    hidden = stacked[:, 64:]  # [50, 32], row stride 96
+    monkeypatch.setattr(mod, 'triton_serves', lambda device: True)
+    monkeypatch.setattr(score_grad, 'triton_serves', lambda device: True)
+    monkeypatch.setattr(dispatch, 'SCORE_MLP_MAX_TOKENS', 40)
+    calls = spy(kernel, 'gelu_triton')
+    with torch.no_grad():
+        out = scorer(x, hidden)
+        with config.attention_config(fused_scorer=False):
+            ref = scorer(x, hidden)
+        assert len(calls) == 1 and calls[0][0] is hidden
+        scorer(x, hidden.contiguous())
+        assert len(calls) == 1
+    assert torch.allclose(out, ref, atol=1e-4)
+    assert torch.allclose(out, _reference(scorer, x).float(), atol=1e-4)
+    assert score_grad.scorer_gelu(hidden.requires_grad_()).requires_grad
+    assert len(calls) == 1
