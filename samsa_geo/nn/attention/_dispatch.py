@@ -20,16 +20,18 @@ SCORE_MLP_MAX_CHANNELS = 512
 SCORE_GRAD_MAX_CHANNELS = 512
 #: Most tokens for which the scorer kernel also runs the MLP's second
 #: layer. There it saves two launches of a host-bound call; on more tokens
-#: cuBLAS's GEMM and PyTorch's GELU take less GPU time than the kernel's
-#: own product (``benchmarks/scorer_kernel.py`` on an H200: 0.112 against
-#: 0.120 ms at 32,768 tokens, 0.199 against 0.132 ms at 65,536).
+#: the GELU kernel, cuBLAS's GEMM and the tail's kernel take less GPU time
+#: than the kernel's own product (``benchmarks/scorer_kernel.py`` on an
+#: H200, from the strided hidden rows of the stacked projection, commit
+#: cd4076e: 0.108 against 0.164 ms at 65,536 tokens, 0.334 against 0.585
+#: at 262,144).
 SCORE_MLP_MAX_TOKENS = 32768
 #: Largest set of the fused inference path. Beyond it the unfused path's
 #: attention (cuDNN's, over the gathered keys and values) takes less GPU
 #: time than the gather-attention kernel: on an H200, one SamsaConv
-#: forward took 2.81 ms unfused against 2.89 ms fused at 262,144 tokens,
-#: and 1.38 against 1.00 ms at 65,536 (``benchmarks/layer.py --ab
-#: fused_inference``).
+#: forward took 2.01 ms unfused against 2.07 ms fused at 262,144 tokens,
+#: and 1.34 against 0.77 ms at 65,536 (``benchmarks/layer.py --ab
+#: fused_inference``, commit cd4076e, the limit raised for the run).
 FUSED_MAX_SET_SIZE = 131072
 #: Largest block of candidate scores (a set's tokens and registers) that
 #: one program of the fused path's selection kernel keeps in registers.
