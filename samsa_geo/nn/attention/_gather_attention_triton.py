@@ -91,8 +91,10 @@ def _gather_attention_fwd(
                          other=0.0).to(k.dtype)
             v += tl.load(r_col[None, :] + D + reg, mask=reg_mask,
                          other=0.0).to(v.dtype)
-        z = dot(q, tl.trans(k), PRECISION, UPCAST) * sm_scale
-        z = tl.where((ids != -1)[None, :], z, float('-inf'))
+        # Scaled logits and the unused slots' -inf in one multiply-add.
+        key_bias = tl.where(ids != -1, 0.0, float('-inf'))
+        z = dot(q, tl.trans(k), PRECISION, UPCAST) * sm_scale \
+            + key_bias[None, :]
 
         m_new = tl.maximum(m_i, tl.max(z, 1))
         m_use = tl.where(m_new == float('-inf'), 0.0, m_new)
