@@ -322,8 +322,15 @@ def main():
                    'stacked_casts) timed on and off in alternation, per '
                    'call, for the SAMSA ops only')
     p.add_argument('--ab-rounds', type=int, default=5)
+    p.add_argument('--fused-max-set-size', type=int, default=None,
+                   help='largest set of the fused inference path for this '
+                   'run, in place of FUSED_MAX_SET_SIZE (to time the fused '
+                   'path on larger sets)')
     p.add_argument('--out', default=None)
     args = p.parse_args()
+    if args.fused_max_set_size is not None:
+        from samsa_geo.nn.attention import samsa_attention
+        samsa_attention.FUSED_MAX_SET_SIZE = args.fused_max_set_size
     with config.attention_config(**parse_switches(args.attention_config)):
         run(args)
 

@@ -31,7 +31,9 @@ SCORE_MLP_MAX_TOKENS = 32768
 #: time than the gather-attention kernel: on an H200, one SamsaConv
 #: forward took 2.01 ms unfused against 2.07 ms fused at 262,144 tokens,
 #: and 1.34 against 0.77 ms at 65,536 (``benchmarks/layer.py --ab
-#: fused_inference``, commit cd4076e, the limit raised for the run).
+#: fused_inference --fused-max-set-size 1048576``, commit cd4076e); on a
+#: machine with a slower host, 2.35 against 2.17 ms at 262,144 (8389479):
+#: the fewer launches of the fused path pay where the host is slow.
 FUSED_MAX_SET_SIZE = 131072
 #: Largest block of candidate scores (a set's tokens and registers) that
 #: one program of the fused path's selection kernel keeps in registers.
