@@ -50,7 +50,8 @@ def explicit_attention(
         if bias_fn is not None:
             a = bias_fn(a, s, e)
         a = a.float()
-        mask = None if key_valid is None else key_valid[s:e].view(e - s, 1, 1, kk)
+        mask = None if key_valid is None else \
+            key_valid[s:e].view(e - s, 1, 1, kk)  # [c, k] -> [c, 1, 1, k]
         bias = None if key_bias is None else key_bias[s:e].view(-1, 1, 1, kk)
         if normalization == 'softmax':
             if bias is not None:

@@ -76,7 +76,8 @@ def biased_flex_attention(
             PyTorch's unfused reference, for tests on CPU.
         kernel_options (dict, optional): FlexAttention tile options
             (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``);
-            :obj:`None` uses :func:`~samsa_geo.nn.attention.config.flex_kernel_options`.
+            :obj:`None` uses
+            :func:`~samsa_geo.nn.attention.config.flex_kernel_options`.
     """
     if flex_attention is None:  # pragma: no cover - older PyTorch
         raise RuntimeError('flex_attention needs PyTorch >= 2.5')

@@ -32,6 +32,5 @@ def dot_score(q: Tensor, k: Tensor) -> Tensor:
     return q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
 
 
-
 SIMILARITIES: dict = {'dot': dot_score, 'maxout': maxout_score,
                       'lily': lily_score}

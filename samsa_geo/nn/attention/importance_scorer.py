@@ -32,7 +32,8 @@ class ImportanceScorer(Module):
 
     where :math:`\mathbf{x}_i` is the (un-normalised) token and :math:`H` the
     number of heads. With ``input_norm=True`` the scorer reads the
-    normalised token :math:`\hat{\mathbf{x}}_i = \mathrm{LN}_{in}(\mathbf{x}_i)`
+    normalised token
+    :math:`\hat{\mathbf{x}}_i = \mathrm{LN}_{in}(\mathbf{x}_i)`
     in place of :math:`\mathbf{x}_i` (in the residual and the MLP alike):
     the scores are then invariant to a per-token affine map
     :math:`\mathbf{x}_i \mapsto a_i \mathbf{x}_i + b_i \mathbf{1}`,

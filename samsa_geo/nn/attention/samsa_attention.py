@@ -342,7 +342,8 @@ class SamsaAttention(Module):
                 shape = list(t.shape) if isinstance(t, Tensor) else t
                 raise ValueError(f"Expected '{name}' to have shape [{N}, P] "
                                  f"(got {shape})")
-        if pos is not None and normal is not None and normal.shape != pos.shape:
+        if (pos is not None and normal is not None
+                and normal.shape != pos.shape):
             raise ValueError(f"Expected 'normal' to have the shape of 'pos' "
                              f"{list(pos.shape)} (got {list(normal.shape)})")
         if self.rel_bias is not None and pos is None:
@@ -601,8 +602,9 @@ class SamsaAttention(Module):
 
     def _projected(self) -> List[Linear]:
         # The layers stacked into the projection GEMM.
-        lins = [self.lin_q] if self.sampling == 'sft' else [self.lin_q,
-                                                             self.lin_kv]
+        lins = [self.lin_q]
+        if self.sampling != 'sft':
+            lins.append(self.lin_kv)
         if self._stacks_scorer():
             lins.append(self.scorer.score_nn[0])
         return lins
