@@ -11,6 +11,7 @@ back to back). Writes JSON records with their provenance (``--commit``
 names the tree's commit where git cannot).
 
     python benchmarks/gather_attention_kernel.py --sizes 32x1024,1x65536
+    python benchmarks/gather_attention_kernel.py --configs default
 """
 import argparse
 import itertools
@@ -41,6 +42,9 @@ def main():
     p.add_argument('--channels', type=int, default=256)
     p.add_argument('--heads', type=int, default=8)
     p.add_argument('--k', type=int, default=256)
+    p.add_argument('--configs', default='all', choices=['all', 'default'],
+                   help="'default': time the default configuration and "
+                   'cuDNN only')
     p.add_argument('--commit', default=None)
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'gather_attention_kernel.json'))
@@ -80,7 +84,8 @@ def main():
                  ('sdpa_gathered',
                   lambda: F.scaled_dot_product_attention(qh, kh, vh)
                   .transpose(1, 2).reshape(N, H * D))]
-        for bm, bn, warps, stages in CONFIGS:
+        for bm, bn, warps, stages in (CONFIGS if args.configs == 'all'
+                                      else []):
             cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=warps,
                        num_stages=stages)
             cases.append((f'triton_m{bm}_n{bn}_warps{warps}_stages{stages}',

@@ -1,0 +1,31 @@
+import json
+import os.path as osp
+import subprocess
+import sys
+
+ROOT = osp.join(osp.dirname(__file__), '..', '..')
+
+
+def test_fused_max_set_size_is_set_for_the_run_and_kept_in_the_flags(
+        tmp_path):
+    # layer.py --fused-max-set-size replaces the fused path's limit for its
+    # run; every record says so in its flags. (A fresh interpreter: the
+    # limit is a module global.)
+    out = tmp_path / 'layer.json'
+    code = (
+        'import runpy, sys\n'
+        'sys.argv = ["layer.py", "--device", "cpu", "--sizes", "2x16", '
+        '"--ops", "samsa_conv_batch", "--passes", "fwd", "--warmup", "1", '
+        '"--repeat", "1", "--fused-max-set-size", "12", "--out", '
+        f'{str(out)!r}]\n'
+        'runpy.run_path("benchmarks/layer.py", run_name="__main__")\n'
+        'from samsa_geo.nn.attention import samsa_attention\n'
+        'print("limit", samsa_attention.FUSED_MAX_SET_SIZE)\n')
+    run = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert 'limit 12' in run.stdout
+    records = json.loads(out.read_text())
+    assert records and all(r['flags']['fused_max_set_size'] == 12
+                           for r in records)
+    assert {r['op'] for r in records} == {'samsa_conv_batch'}
