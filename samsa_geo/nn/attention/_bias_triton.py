@@ -22,13 +22,14 @@ Forward only: training runs FlexAttention, whose backward is generated.
 Importing this module needs Triton.
 """
 import math
-import os
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from samsa_geo.ops._triton import INTERPRETED
 
 _LOG2E = 1.0 / math.log(2.0)
 
@@ -207,7 +208,6 @@ KERNEL_CONFIG: Optional[dict] = None
 # Triton's interpreter (``TRITON_INTERPRET=1`` when this module is
 # imported; tests on CPU) runs one small fixed configuration.
 _INTERPRET_CONFIG = {'BLOCK_M': 16, 'BLOCK_N': 16}
-_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
 def biased_triton_attention(
@@ -255,9 +255,9 @@ def biased_triton_attention(
             *normal_k.stride(), H, T, kk, D, 1.0 / math.sqrt(D))
     meta = dict(P=P, HAS_NORMAL=has_normal, HAS_VALID=has_valid,
                 BLOCK_D=max(16, triton.next_power_of_2(D)),
-                PRECISION=precision, FAST=FAST_MATH and not _INTERPRETED)
+                PRECISION=precision, FAST=FAST_MATH and not INTERPRETED)
     config = KERNEL_CONFIG
-    if config is None and _INTERPRETED:
+    if config is None and INTERPRETED:
         config = _INTERPRET_CONFIG
     if config is None:
         def grid(m):

@@ -18,6 +18,8 @@ SCORE_MLP_MAX_CHANNELS = 512
 #: ``[rows, C]`` blocks stage them in shared memory: at 768 channels, a
 #: block of 1,024 columns, it needs more than an H200 has).
 SCORE_GRAD_MAX_CHANNELS = 512
+#: Dtypes of the hidden rows that the scorer's GELU reads in its kernels.
+SCORE_GELU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: Most tokens for which the scorer kernel also runs the MLP's second
 #: layer. There it saves two launches of a host-bound call; on more tokens
 #: the GELU kernel, cuBLAS's GEMM and the tail's kernel take less GPU time
@@ -76,8 +78,7 @@ def scorer_mlp_in_kernel(hidden: Tensor) -> bool:
     float16."""
     return (hidden.size(-1) <= SCORE_MLP_MAX_CHANNELS
             and hidden.size(0) <= SCORE_MLP_MAX_TOKENS
-            and hidden.dtype in (torch.float32, torch.bfloat16,
-                                 torch.float16))
+            and hidden.dtype in SCORE_GELU_DTYPES)
 
 
 def triton_serves(device: torch.device) -> bool:

@@ -20,7 +20,6 @@ padded layout, no gathered copy of the keys and values, no tiles.
 Forward only, no gradient. Importing this module needs Triton.
 """
 import math
-import os
 from typing import Optional
 
 import torch
@@ -28,6 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton import INTERPRETED
 from samsa_geo.ops._triton.dot import dot
 from samsa_geo.ops._triton.launch import Launcher
 
@@ -37,7 +37,6 @@ _LOG2E = 1.0 / math.log(2.0)
 KERNEL_CONFIG: Optional[dict] = None
 # Triton's interpreter (``TRITON_INTERPRET=1``; tests on CPU) runs one
 # small configuration.
-_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 _INTERPRET_CONFIG = {'BLOCK_M': 16, 'BLOCK_N': 16}
 
 
@@ -172,7 +171,7 @@ def gather_attention_triton(q: Tensor, kv: Tensor,
     sr = (reg.stride(0), reg.stride(1)) if has_reg else (0, 0)
     config = KERNEL_CONFIG or default_config(D, max_size, K)
     upcast = False
-    if _INTERPRETED:
+    if INTERPRETED:
         config = _INTERPRET_CONFIG
         upcast = q.dtype == torch.bfloat16
     grid = (B * H, triton.cdiv(max_size, config['BLOCK_M']))

@@ -22,7 +22,6 @@ Unused slots carry :math:`a_i = -\infty` or :math:`b_j = +\infty`, so
 
 Importing this module needs Triton.
 """
-import os
 from typing import Union
 
 import torch
@@ -30,6 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton import INTERPRETED
 from samsa_geo.ops._triton.launch import Launcher
 
 
@@ -85,11 +85,6 @@ def _relax_score_grad(
 _launch_relax_score_grad = Launcher(_relax_score_grad)
 
 
-# Triton's interpreter (``TRITON_INTERPRET=1``; tests on CPU) runs small
-# blocks.
-_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
-
-
 def relax_score_grad_triton(grad: Tensor, u: Tensor, top: Tensor,
                             bottom: Tensor, factor: Union[float, Tensor],
                             ids: Tensor, num_candidates: int,
@@ -131,7 +126,7 @@ def relax_score_grad_triton(grad: Tensor, u: Tensor, top: Tensor,
     out = torch.zeros(num_candidates, H, device=u.device,
                       dtype=torch.float32)
     BLOCK_F = max(16, triton.next_power_of_2(F))
-    BLOCK_K, BLOCK_M, warps = (16, 16, 1) if _INTERPRETED else (64, 64, 4)
+    BLOCK_K, BLOCK_M, warps = (16, 16, 1) if INTERPRETED else (64, 64, 4)
     grid = (BH, triton.cdiv(k, BLOCK_K))
     _launch_relax_score_grad(
         grid, g, uu, a, b, cf, idx, out,

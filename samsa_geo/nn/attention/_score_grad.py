@@ -38,6 +38,7 @@ from torch import Tensor
 
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import (
+    SCORE_GELU_DTYPES,
     SCORE_GRAD_MAX_CHANNELS,
     SCORE_MAX_HEADS,
     is_tracing,
@@ -167,20 +168,18 @@ def _tail_forward(hidden: Tensor, x: Tensor, w2c: Tensor, b2c: Tensor,
 
 def scorer_gelu(hidden: Tensor, approximate: str = 'none') -> Tensor:
     r"""The scorer MLP's activation :math:`\mathrm{GELU}(\mathbf{h})` of the
-    hidden rows ``hidden`` :math:`(N, C)`. Where the rows
-    are a column slice of the layer's stacked projection (strided) and the
-    scorer's kernels serve the device, it runs
+    hidden rows ``hidden`` :math:`(N, C)`. Where the rows are a column
+    slice of the layer's stacked projection (strided), the scorer's
+    kernels serve the device and no gradient is recorded, it runs
     :func:`~samsa_geo.nn.attention._score_triton.gelu_triton`, which reads
     them in blocks (PyTorch's GELU reads strided rows one value at a
-    time) where no gradient is recorded; else
-    :func:`torch.nn.functional.gelu`. Compiled graphs keep PyTorch's op
-    (the compiler fuses it)."""
+    time); else :func:`torch.nn.functional.gelu`. Compiled graphs keep
+    PyTorch's op (the compiler fuses it)."""
     if (config.use_fused_scorer() and triton_serves(hidden.device)
             and not is_tracing() and not needs_grad(hidden)
             and hidden.dim() == 2
             and hidden.stride(-1) == 1 and not hidden.is_contiguous()
-            and hidden.dtype in (torch.float32, torch.bfloat16,
-                                 torch.float16)):
+            and hidden.dtype in SCORE_GELU_DTYPES):
         from samsa_geo.nn.attention._score_triton import gelu_triton
         return gelu_triton(hidden, approximate)
     return F.gelu(hidden, approximate=approximate)

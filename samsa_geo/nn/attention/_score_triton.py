@@ -26,7 +26,6 @@ Forward only: the training node ``ScoreTail`` (:mod:`._score_grad`) also
 computes its scores here, and its backward runs
 :mod:`._score_grad_triton`. Importing this module needs Triton.
 """
-import os
 from typing import Optional
 
 import torch
@@ -35,10 +34,12 @@ import triton.language as tl
 from torch import Tensor
 
 from samsa_geo.nn.attention._dispatch import (
+    SCORE_GELU_DTYPES,
     SCORE_MAX_CHANNELS,
     SCORE_MAX_HEADS,
     SCORE_MLP_MAX_CHANNELS,
 )
+from samsa_geo.ops._triton import INTERPRETED
 from samsa_geo.ops._triton.dot import dot
 from samsa_geo.ops._triton.launch import Launcher
 
@@ -135,8 +136,6 @@ _launch_gelu_rows = Launcher(_gelu_rows)
 #: 64 rows, column blocks of 32 and 4 warps ran fastest of the measured
 #: configurations.
 KERNEL_CONFIG: Optional[dict] = None
-# Triton's interpreter (``TRITON_INTERPRET=1``; tests on CPU) runs one warp.
-_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
 def default_config(C: int, from_hidden: bool = False) -> dict:
@@ -214,10 +213,10 @@ def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
                 # Exact float32 products for float32 rows; the
                 # interpreter's bfloat16 path multiplies float32 copies.
                 PRECISION='ieee' if y.dtype == torch.float32 else 'tf32',
-                UPCAST=_INTERPRETED and y.dtype != torch.float32,
+                UPCAST=INTERPRETED and y.dtype != torch.float32,
                 BLOCK_C=max(16, triton.next_power_of_2(C)))
     config = dict(KERNEL_CONFIG or default_config(C, from_hidden))
-    if _INTERPRETED:  # few rows: the interpreter runs them one by one
+    if INTERPRETED:  # few rows: the interpreter runs them one by one
         config.update(BLOCK_N=16 if from_hidden else 4, num_warps=1)
     config.setdefault('BLOCK_K', 16)
     grid = (triton.cdiv(N, config['BLOCK_N']), )
@@ -228,7 +227,7 @@ def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
 def _check_activation(t: Tensor, name: str, approximate: str,
                       where: str = '') -> None:
     # The GELU's input dtype and form, as both kernels take them.
-    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if t.dtype not in SCORE_GELU_DTYPES:
         raise TypeError(f"Expected '{name}' in float32, bfloat16 or float16"
                         f"{where} (got {t.dtype})")
     if approximate not in ('none', 'tanh'):
@@ -266,7 +265,7 @@ def gelu_triton(z: Tensor, approximate: str = 'none') -> Tensor:
     # Blocks of 4,096 values, 4 warps: on an H200 rows of 16 x 256
     # columns ran fastest at 65,536 and 262,144 tokens.
     block_c = min(256, max(16, triton.next_power_of_2(C)))
-    block_n = 4 if _INTERPRETED else 4096 // block_c
+    block_n = 4 if INTERPRETED else 4096 // block_c
     grid = (triton.cdiv(N, block_n), triton.cdiv(C, block_c))
     _launch_gelu_rows(grid, z, out, z.stride(0), out.stride(0), N, C,
                       TANH=approximate == 'tanh', BLOCK_N=block_n,

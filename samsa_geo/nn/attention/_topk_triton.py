@@ -27,7 +27,6 @@ candidate order (tokens, then registers), not by score.
 
 Forward only, no gradient. Importing this module needs Triton.
 """
-import os
 from typing import Optional
 
 import torch
@@ -36,10 +35,9 @@ import triton.language as tl
 from torch import Tensor
 
 from samsa_geo.nn.attention._dispatch import selection_chunks
+from samsa_geo.ops._triton import INTERPRETED
 from samsa_geo.ops._triton.launch import Launcher
 
-# Triton's interpreter (``TRITON_INTERPRET=1``; tests on CPU) runs one warp.
-_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 #: Probes per step of the search for a set's bounds in ``batch`` (a power
 #: of 2).
 SEARCH_FANOUT = 64
@@ -283,4 +281,4 @@ def select_topk_triton(score: Tensor, reg_score: Optional[Tensor],
 
 def _warps(block_s: int) -> int:
     # About 8 scores per thread (sm_90: no spills up to 4,096).
-    return 1 if _INTERPRETED else min(32, max(4, block_s // 256))
+    return 1 if INTERPRETED else min(32, max(4, block_s // 256))

@@ -18,20 +18,18 @@ same points.
 
 Importing this module needs Triton.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton import INTERPRETED
 from samsa_geo.ops._triton.launch import Launcher
 
 #: Largest example whose distances stay in registers across all steps.
 REGISTER_POINTS = 4096
 #: Points per block of the streaming variant.
 STREAM_BLOCK = 2048
-_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
 @triton.jit
@@ -140,8 +138,8 @@ def fps_triton(src: Tensor, ptr: Tensor, start: Tensor,
         block = STREAM_BLOCK
         scratch = torch.empty(src.size(0), dtype=torch.float32,
                               device=src.device)
-    num_warps = 1 if _INTERPRETED else (16 if block >= 2048 else 8
-                                        if block >= 512 else 4)
+    num_warps = 1 if INTERPRETED else (16 if block >= 2048 else 8
+                                       if block >= 512 else 4)
     _launch_fps(
         (num_examples, ),
         pos, pos.size(1), ptr, start, num_samples, offset, scratch, out,

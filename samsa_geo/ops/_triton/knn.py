@@ -25,7 +25,6 @@ distances are ordered by ascending index.
 
 Importing this module needs Triton.
 """
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -33,7 +32,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from samsa_geo.ops._triton import MAX_POINTS
+from samsa_geo.ops._triton import INTERPRETED, MAX_POINTS
 from samsa_geo.ops._triton.knn_dense import knn_dense
 from samsa_geo.ops._triton.launch import Launcher
 from samsa_geo.ops._utils import batch_to_ptr
@@ -51,7 +50,6 @@ NEAR_TILES = 2
 # candidate (_INVALID) ranks after every slot sentinel.
 _EMPTY: tl.constexpr = tl.constexpr(MAX_POINTS)
 _INVALID: tl.constexpr = tl.constexpr(2**31 - 1)
-_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
 @triton.jit
@@ -305,7 +303,7 @@ def _config(k: int) -> Tuple[int, int, int]:
     # (BLOCK_M, BLOCK_N, num_warps): registers hold [BLOCK_M, KP] slots and
     # a [BLOCK_M, BLOCK_N] distance tile; about 125 registers per thread
     # on sm_90 for k <= 32, 110 for k <= 64 (no spills).
-    if _INTERPRETED:
+    if INTERPRETED:
         return 16, 16, 1
     if k <= 32:
         return 32, 32, 4
@@ -408,7 +406,7 @@ def knn_triton(x: Tensor, y: Tensor, k: int,
         missing if missing is not None else out, m, k, F=num_features,
         KP=max(triton.next_power_of_2(k), 2), SAME=same,
         COUNT=missing is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_T=16 if _INTERPRETED else 64, NEAR=NEAR_TILES,
+        BLOCK_T=16 if INTERPRETED else 64, NEAR=NEAR_TILES,
         num_warps=num_warps, enable_fp_fusion=False)
     return out
 

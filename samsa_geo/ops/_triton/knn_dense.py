@@ -32,7 +32,6 @@ to the tiled kernel of :mod:`.knn`, which skips distant candidates.
 
 Importing this module needs Triton.
 """
-import os
 from typing import Optional, Tuple
 
 import torch
@@ -40,6 +39,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from samsa_geo.ops._triton import INTERPRETED
 from samsa_geo.ops._triton.launch import Launcher
 
 # Key of a slot without candidate: above every (distance, index) key.
@@ -47,7 +47,6 @@ _NO_KEY: tl.constexpr = tl.constexpr(2**63 - 1)
 _INDEX_BITS: tl.constexpr = tl.constexpr(0xFFFFFFFF)
 # Above every candidate index.
 _NO_INDEX: tl.constexpr = tl.constexpr(2**31 - 1)
-_INTERPRETED = os.environ.get('TRITON_INTERPRET') == '1'
 
 
 @triton.jit
@@ -176,7 +175,7 @@ def dense_config(mean_size: int) -> Tuple[int, int, int]:
     reductions stay within the warp: the fastest of the configurations
     timed on the H200 at 128 clouds x 1,024 points and k = 16
     (``benchmarks/ops.py --sweep``)."""
-    if _INTERPRETED:
+    if INTERPRETED:
         return 16, 32, 1
     block_p = max(min(triton.next_power_of_2(max(mean_size, 1)), 1024), 64)
     return max(2048 // block_p, 1), block_p, 1
