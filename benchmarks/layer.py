@@ -33,6 +33,7 @@ from _common import (  # noqa: E402
     write_records,
 )
 
+from samsa_geo import ops  # noqa: E402
 from samsa_geo.nn import SamsaConv, batch_hints  # noqa: E402
 from samsa_geo.nn.attention import config  # noqa: E402
 from samsa_geo.nn.models import SamsaGraphModel  # noqa: E402
@@ -326,11 +327,18 @@ def main():
                    help='largest set of the fused inference path for this '
                    'run, in place of FUSED_MAX_SET_SIZE (to time the fused '
                    'path on larger sets)')
+    p.add_argument('--ops-backend', default='auto',
+                   choices=['auto', 'torch'],
+                   help="what backend='auto' means for samsa_geo.ops in "
+                   "this run: 'torch' runs the layer's norms (layer_norm, "
+                   "residual_affine, residual_batch_norm) as PyTorch's "
+                   "ops, to time the kernels against them")
     p.add_argument('--out', default=None)
     args = p.parse_args()
     if args.fused_max_set_size is not None:
         from samsa_geo.nn.attention import samsa_attention
         samsa_attention.FUSED_MAX_SET_SIZE = args.fused_max_set_size
+    ops.set_default_backend(args.ops_backend)
     with config.attention_config(**parse_switches(args.attention_config)):
         run(args)
 

@@ -4,20 +4,24 @@ and scatter reductions, in pure PyTorch with optional compiled backends
 and samsa_geo's Triton kernels on CUDA; :func:`layer_norm`, the layer
 normalisation of many narrow rows that the point encoders run; and
 :func:`residual_affine`, a residual sum and per-channel affine map in one
-pass (a residual block's evaluation batch norm).
+pass (a residual block's evaluation batch norm); and
+:func:`residual_batch_norm`, a residual sum and a training batch norm with
+its backward pass, in a few passes.
 
 Every function takes a keyword :obj:`backend` (:obj:`"auto"`,
 :obj:`"compiled"` where an extension serves the op, :obj:`"triton"` for
-fps, knn, layer_norm and residual_affine, :obj:`"torch"`) to force one
-implementation. What :obj:`"auto"` means, and whether the ops check the
-values of their inputs (finite points, sorted batch vectors), is set in
-:mod:`samsa_geo.ops.config` (:func:`use_backend`, :func:`value_checks`).
+fps, knn, layer_norm, residual_affine and residual_batch_norm,
+:obj:`"torch"`) to force one implementation. What :obj:`"auto"` means,
+and whether the ops check the values of their inputs (finite points,
+sorted batch vectors), is set in :mod:`samsa_geo.ops.config`
+(:func:`use_backend`, :func:`value_checks`).
 """
 from samsa_geo.ops.fps import fps
 from samsa_geo.ops.knn import knn, knn_graph, knn_neighbours
 from samsa_geo.ops.layer_norm import layer_norm
 from samsa_geo.ops.radius import radius, radius_graph
 from samsa_geo.ops.residual_affine import residual_affine
+from samsa_geo.ops.residual_batch_norm import residual_batch_norm
 from samsa_geo.ops.scatter import scatter, segment_softmax
 from samsa_geo.ops.config import (
     default_backend,
@@ -38,6 +42,7 @@ __all__ = [
     'radius',
     'radius_graph',
     'residual_affine',
+    'residual_batch_norm',
     'scatter',
     'segment_softmax',
     'check_finite',

@@ -71,6 +71,18 @@ def check_points(name: str, x: Tensor) -> Tensor:
     return x
 
 
+def check_residual(x: Tensor, h: Tensor) -> None:
+    r"""Checks rows :obj:`x` :obj:`[N, C]` and a residual :obj:`h` of
+    their shape."""
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        raise ValueError(f"Expected 'x' to be a tensor of shape [N, C] "
+                         f"(got {getattr(x, 'shape', type(x).__name__)})")
+    if not isinstance(h, Tensor) or h.shape != x.shape:
+        raise ValueError(f"Expected 'h' to have the shape of 'x' "
+                         f"{list(x.shape)} (got "
+                         f"{getattr(h, 'shape', type(h).__name__)})")
+
+
 def check_positive_int(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"Expected '{name}' to be an int "

@@ -6,7 +6,12 @@ import torch
 from torch import Tensor
 
 from samsa_geo.ops import _triton
-from samsa_geo.ops._utils import promoted_float, resolve_backend, use_triton
+from samsa_geo.ops._utils import (
+    check_residual,
+    promoted_float,
+    resolve_backend,
+    use_triton,
+)
 
 #: Values of ``backend``.
 BACKENDS = ('auto', 'triton', 'torch')
@@ -52,13 +57,7 @@ def residual_affine(x: Tensor, h: Tensor, scale: Tensor, shift: Tensor, *,
         :math:`\mathbf{y}` :math:`(N, C)` and its copy in ``copy_dtype``
         (:obj:`None` without ``copy_dtype``).
     """
-    if not isinstance(x, Tensor) or x.dim() != 2:
-        raise ValueError(f"Expected 'x' to be a tensor of shape [N, C] "
-                         f"(got {getattr(x, 'shape', type(x).__name__)})")
-    if not isinstance(h, Tensor) or h.shape != x.shape:
-        raise ValueError(f"Expected 'h' to have the shape of 'x' "
-                         f"{list(x.shape)} (got "
-                         f"{getattr(h, 'shape', type(h).__name__)})")
+    check_residual(x, h)
     C = x.size(1)
     for name, t in (('scale', scale), ('shift', shift)):
         if not isinstance(t, Tensor) or tuple(t.shape) != (C, ):

@@ -23,7 +23,11 @@ from samsa_geo.nn.attention._stacked import (
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
 from samsa_geo.nn.conv._graph_replay import GraphReplay
 from samsa_geo.nn.conv._graph_training import TrainingGraphReplay
-from samsa_geo.ops import layer_norm, residual_affine
+from samsa_geo.ops import (
+    layer_norm,
+    residual_affine,
+    residual_batch_norm,
+)
 from samsa_geo.ops._utils import promoted_float
 
 
@@ -241,18 +245,29 @@ class SamsaConv(Module):
                   batch: Optional[Tensor], num_graphs: Optional[int],
                   copy_dtype: Optional[torch.dtype] = None,
                   ) -> Tuple[Tensor, Optional[Tensor]]:
-        # norm_i(x + h). An evaluation batch norm (see _eval_affine) runs
-        # with the sum as one kernel (residual_affine), which also writes
-        # the copy in copy_dtype that the next autocast GEMM reads; other
+        # norm_i(x + h). A batch norm runs with the sum in few kernels,
+        # which also write the copy in copy_dtype that the next autocast
+        # GEMM reads: in evaluation (see _eval_affine) as one
+        # (residual_affine), in training as residual_batch_norm. Other
         # norms return no copy.
         norm = (self.norm1, self.norm2, self.norm3)[i]
         if isinstance(norm, BatchNorm) and not is_tracing() \
-                and x.dim() == 2 and not needs_grad(x, h):
+                and x.dim() == 2:
             dtype = promoted_float(x.dtype, h.dtype)
-            affine = self._eval_affine(norm, dtype)
+            if dtype != torch.float32:  # autocast casts float32 only
+                copy_dtype = None
+            bn = norm.module
+            if bn.training and x.size(0) > 1 and (
+                    bn.momentum is not None or not bn.track_running_stats):
+                if bn.track_running_stats:  # as BatchNorm1d.forward
+                    bn.num_batches_tracked.add_(1)
+                return residual_batch_norm(
+                    x, h, bn.weight, bn.bias, bn.running_mean,
+                    bn.running_var, momentum=bn.momentum or 0.0,
+                    eps=bn.eps, copy_dtype=copy_dtype)
+            affine = None if needs_grad(x, h) else \
+                self._eval_affine(norm, dtype)
             if affine is not None:
-                if dtype != torch.float32:  # autocast casts float32 only
-                    copy_dtype = None
                 return residual_affine(x, h, affine[0], affine[1],
                                        copy_dtype=copy_dtype)
         return self._norm(norm, x + h, batch, num_graphs), None

@@ -1,0 +1,88 @@
+"""Times SamsaConv's training batch norm of a residual sum alone, as the
+layer runs it under bf16 autocast (a float32 stream ``x``, the bfloat16
+branch output ``h``, 256 channels): ``residual_batch_norm``'s Triton
+kernels (``triton``) against PyTorch's addition, batch norm and cast to
+bfloat16 for the MLP (``pytorch``), forward (``fwd``) and forward and
+backward with gradients on both outputs (``fwdbwd``), pipelined, with the
+largest deviation of the output from PyTorch's. Writes JSON records with
+their provenance (``--commit`` names the tree's commit where git cannot).
+
+    python benchmarks/batch_norm_kernel.py  # adds to its results JSON
+    python benchmarks/batch_norm_kernel.py --tokens 65536,262144
+"""
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    measure,
+    print_table,
+    provenance,
+    write_records,
+)
+
+from samsa_geo.ops import residual_batch_norm  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--tokens', default='32768,65536,262144')
+    p.add_argument('--channels', type=int, default=256)
+    p.add_argument('--commit', default=None)
+    p.add_argument('--out', default=os.path.join(
+        os.path.dirname(__file__), 'results', 'batch_norm_kernel.json'))
+    args = p.parse_args()
+    dev = torch.device('cuda')
+    records = []
+    for M in [int(t) for t in args.tokens.split(',')]:
+        records += _case(M, args.channels, dev, args)
+    print_table(records, ['op', 'tokens', 'pass', 'ms', 'max_abs_err'])
+    write_records(records, args.out)
+
+
+def _case(M, C, dev, args):
+    torch.manual_seed(0)
+    x = torch.randn(M, C, device=dev).requires_grad_()
+    h = torch.randn(M, C, device=dev).bfloat16().requires_grad_()
+    w = (torch.rand(C, device=dev) + 0.5).requires_grad_()
+    b = torch.randn(C, device=dev).requires_grad_()
+    rm, rv = torch.zeros(C, device=dev), torch.ones(C, device=dev)
+    go = torch.randn(M, C, device=dev)
+    gz = torch.randn(M, C, device=dev).bfloat16()
+
+    def triton():
+        return residual_batch_norm(x, h, w, b, rm, rv,
+                                   copy_dtype=torch.bfloat16)
+
+    def pytorch():
+        y = F.batch_norm(x + h, rm, rv, w, b, training=True)
+        return y, y.to(torch.bfloat16)
+
+    ref = pytorch()[0].detach()
+    records = []
+    for name, fn in (('pytorch', pytorch), ('triton', triton)):
+        for pass_ in ('fwd', 'fwdbwd'):
+            def call(fn=fn, pass_=pass_):
+                if pass_ == 'fwd':
+                    with torch.no_grad():
+                        return fn()
+                y, z = fn()
+                torch.autograd.backward([y, z], [go, gz])
+                for t in (x, h, w, b):
+                    t.grad = None
+            rec = dict(op=name, tokens=M, channels=C, **{'pass': pass_},
+                       **provenance(dev, args))
+            rec.update(measure(call, dev, warmup=3, repeat=20,
+                               pipelined=True))
+            with torch.no_grad():
+                rec['max_abs_err'] = float((fn()[0] - ref).abs().max())
+            records.append(rec)
+    return records
+
+
+if __name__ == '__main__':
+    main()
