@@ -14,9 +14,9 @@ and :math:`\mathbf{h}` again.
 
 Forward, three launches:
 
-1. every program reduces a span of rows to their count, mean and sum of
-   squared deviations (merged chunk by chunk with Chan's formula, so a
-   large mean costs no precision);
+1. every program reduces a span of rows to their mean and sum of squared
+   deviations (Welford's update per lane of its tile, the lanes merged
+   with Chan's formula at the end, so a large mean costs no precision);
 2. one program per block of channels merges the spans, updates the
    running statistics and writes :math:`\mathbf{s} = \boldsymbol{\gamma}
    / \sqrt{\boldsymbol{\sigma}^2 + \epsilon}` and :math:`\mathbf{t} =
@@ -72,18 +72,22 @@ MERGE_SPANS = 64
 @triton.jit
 def _stats_partial(X, H, MEAN_P, M2_P, M, C, R, sx_m, sh_m,
                    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    # The count, mean and sum of squared deviations of y = x + h over rows
-    # [p R, (p + 1) R), chunk by chunk (Chan et al.'s parallel merge).
+    # The mean and sum of squared deviations of y = x + h over rows
+    # [p R, (p + 1) R). Every lane of the [BLOCK_M, BLOCK_C] tile runs
+    # Welford's update over the rows it reads (no exchange between lanes
+    # inside the loop); the lanes are merged once, at the end, with Chan's
+    # formula.
     p = tl.program_id(0)
+    lanes = tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_C)
     cmask = cols < C
     start = p * R
     end = tl.minimum(start + R, M)
-    mean = tl.zeros((BLOCK_C, ), tl.float32)
-    m2 = tl.zeros((BLOCK_C, ), tl.float32)
-    n = 0.0
+    mean = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
+    m2 = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
+    n = tl.zeros((BLOCK_M, ), tl.float32)  # rows seen per lane
     for row in range(start, end, BLOCK_M):
-        rows = row + tl.arange(0, BLOCK_M)
+        rows = row + lanes
         rmask = rows < end
         mask = rmask[:, None] & cmask[None, :]
         rows = rows.to(tl.int64)
@@ -91,17 +95,17 @@ def _stats_partial(X, H, MEAN_P, M2_P, M, C, R, sx_m, sh_m,
                     other=0.0).to(tl.float32)
         y += tl.load(H + rows[:, None] * sh_m + cols[None, :], mask=mask,
                      other=0.0).to(tl.float32)
-        n_c = tl.minimum(end - row, BLOCK_M).to(tl.float32)
-        mean_c = tl.sum(y, axis=0) / n_c
-        d = tl.where(mask, y - mean_c[None, :], 0.0)
-        m2_c = tl.sum(d * d, axis=0)
-        n_new = n + n_c
-        delta = mean_c - mean
-        mean += delta * (n_c / n_new)
-        m2 += m2_c + delta * delta * (n * n_c / n_new)
-        n = n_new
-    tl.store(MEAN_P + p * C + cols, mean, mask=cmask)
-    tl.store(M2_P + p * C + cols, m2, mask=cmask)
+        n += rmask.to(tl.float32)
+        step = tl.where(rmask, 1.0 / tl.maximum(n, 1.0), 0.0)
+        delta = y - mean
+        mean += delta * step[:, None]
+        m2 += tl.where(mask, delta * (y - mean), 0.0)
+    total = tl.maximum(tl.sum(n, axis=0), 1.0)
+    span_mean = tl.sum(mean * n[:, None], axis=0) / total
+    d = mean - span_mean[None, :]
+    span_m2 = tl.sum(m2 + d * d * n[:, None], axis=0)
+    tl.store(MEAN_P + p * C + cols, span_mean, mask=cmask)
+    tl.store(M2_P + p * C + cols, span_m2, mask=cmask)
 
 
 @triton.jit
@@ -166,8 +170,8 @@ def _grad_partial(GO, GZ, X, H, MEAN, INVSTD, SG_P, SGY_P, M, C, R, sgo_m,
     invstd = tl.load(INVSTD + cols, mask=cmask, other=0.0)
     start = p * R
     end = tl.minimum(start + R, M)
-    sg = tl.zeros((BLOCK_C, ), tl.float32)
-    sgy = tl.zeros((BLOCK_C, ), tl.float32)
+    sg = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)  # per lane, summed
+    sgy = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)  # at the end
     for row in range(start, end, BLOCK_M):
         rows = row + tl.arange(0, BLOCK_M)
         mask = (rows < end)[:, None] & cmask[None, :]
@@ -184,10 +188,10 @@ def _grad_partial(GO, GZ, X, H, MEAN, INVSTD, SG_P, SGY_P, M, C, R, sgo_m,
         y += tl.load(H + rows[:, None] * sh_m + cols[None, :], mask=mask,
                      other=0.0).to(tl.float32)
         y_hat = tl.where(mask, (y - mean[None, :]) * invstd[None, :], 0.0)
-        sg += tl.sum(g, axis=0)
-        sgy += tl.sum(g * y_hat, axis=0)
-    tl.store(SG_P + p * C + cols, sg, mask=cmask)
-    tl.store(SGY_P + p * C + cols, sgy, mask=cmask)
+        sg += g
+        sgy += g * y_hat
+    tl.store(SG_P + p * C + cols, tl.sum(sg, axis=0), mask=cmask)
+    tl.store(SGY_P + p * C + cols, tl.sum(sgy, axis=0), mask=cmask)
 
 
 @triton.jit
