@@ -57,19 +57,21 @@ def test_layer_training_step_equals_the_modules(sizes, monkeypatch):
     # A SamsaConv step under bf16 autocast with the kernels and with the
     # BatchNorm modules: outputs, gradients and running statistics.
     torch.manual_seed(0)
-    conv = SamsaConv(64, None, heads=4, k=32).cuda().train()
-    ref = SamsaConv(64, None, heads=4, k=32).cuda().train()
-    ref.load_state_dict(conv.state_dict())
+    layers = [SamsaConv(64, None, heads=4, k=32).cuda().train()
+              for _ in range(3)]
+    for layer in layers[1:]:
+        layer.load_state_dict(layers[0].state_dict())
+    conv, ref, probe = layers
     batch = torch.cat([torch.full((n, ), i) for i, n in
                        enumerate(sizes)]).cuda()
     x0 = torch.randn(batch.numel(), 64, device='cuda') * 2 + 1
     hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
 
-    def step(layer):
+    def step(layer, autocast=True):
         torch.manual_seed(1)
         x = x0.clone().requires_grad_()
-        with config.attention_config(cuda_graphs=False), \
-                torch.autocast('cuda', dtype=torch.bfloat16):
+        with config.attention_config(cuda_graphs=False), torch.autocast(
+                'cuda', dtype=torch.bfloat16, enabled=autocast):
             out = layer(x, None, batch, **hints)
         out.float().square().mean().backward()
         return out.detach(), x.grad
@@ -78,16 +80,21 @@ def test_layer_training_step_equals_the_modules(sizes, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(conv_module, 'BatchNorm', type('NoBatchNorm', (), {}))
         out_ref, x_grad_ref = step(ref)
+        step(probe, autocast=False)
     assert _relative(out, out_ref) < 5e-3
     assert _relative(x_grad, x_grad_ref) < 5e-3
+    # Some biases' exact gradients are zero (those the batch norms remove,
+    # the keys', the scores'): the float32 step finds them, and in bf16
+    # both sides' values are rounding errors of the same small size.
+    exact = dict(probe.named_parameters())
+    largest = max(p.grad.norm() for p in exact.values())
     params = dict(ref.named_parameters())
-    largest = max(p.grad.norm() for p in params.values())
     for name, p in conv.named_parameters():
         r = params[name].grad
-        if r.norm() < 1e-3 * largest:  # exactly zero but for rounding
-            assert p.grad.norm() < 1e-3 * largest, name
+        if exact[name].grad.norm() < 1e-4 * largest:
+            assert p.grad.norm() < 1e-2 * largest, name
             continue
-        assert _relative(p.grad, r) < 5e-3, name
+        assert _relative(p.grad, r) < 5e-3, (name, _relative(p.grad, r))
     buffers = dict(ref.named_buffers())
     for name, buf in conv.named_buffers():
         torch.testing.assert_close(buf, buffers[name], atol=1e-4, rtol=1e-4)

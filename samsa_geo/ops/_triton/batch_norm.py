@@ -291,13 +291,13 @@ def batch_norm_stats(x: Tensor, h: Tensor, weight: Optional[Tensor],
     (where given) as :class:`torch.nn.BatchNorm1d` does."""
     M, C = x.shape
     BLOCK_C, BLOCK_M, R, P = _blocks(M, C)
-    f32 = dict(dtype=torch.float32, device=x.device)
-    mean_p = torch.empty(P, C, **f32)
-    m2_p = torch.empty(P, C, **f32)
+    # [2 P + 4, C]: the spans' means and sums, then scale, shift, mean and
+    # invstd (one allocation).
+    buf = torch.empty(2 * P + 4, C, dtype=torch.float32, device=x.device)
+    mean_p, m2_p, out = buf[:P], buf[P:2 * P], buf[2 * P:]
     _launch_stats_partial((P, ), x, h, mean_p, m2_p, M, C, R, x.stride(0),
                           h.stride(0), BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C,
                           num_warps=4)
-    out = torch.empty(4, C, **f32)  # scale, shift, mean, invstd
     has_running = running_mean is not None
     _launch_stats_merge(
         _merge_grid(C), mean_p, m2_p, _or(weight, out), _or(bias, out),
@@ -321,19 +321,18 @@ def batch_norm_grad(grad_out: Optional[Tensor], grad_copy: Optional[Tensor],
     ``h`` has ``x``'s dtype and ``dx`` serves both."""
     M, C = x.shape
     BLOCK_C, BLOCK_M, R, P = _blocks(M, C)
-    f32 = dict(dtype=torch.float32, device=x.device)
     go = _rows(grad_out)
     gz = _rows(grad_copy)
     g_any = go if go is not None else gz
     go_, gz_ = _or(go, g_any), _or(gz, g_any)
-    sg_p = torch.empty(P, C, **f32)
-    sgy_p = torch.empty(P, C, **f32)
+    # [2 P + 5, C]: the spans' sums, then dweight, dbias, a, c1, c2.
+    buf = torch.empty(2 * P + 5, C, dtype=torch.float32, device=x.device)
+    sg_p, sgy_p, out = buf[:P], buf[P:2 * P], buf[2 * P:]
     _launch_grad_partial(
         (P, ), go_, gz_, x, h, mean, invstd, sg_p, sgy_p, M, C, R,
         go_.stride(0), gz_.stride(0), x.stride(0), h.stride(0),
         HAS_GO=go is not None, HAS_GZ=gz is not None, BLOCK_M=BLOCK_M,
         BLOCK_C=BLOCK_C, num_warps=4)
-    out = torch.empty(5, C, **f32)  # dweight, dbias, a, c1, c2
     _launch_grad_merge(
         _merge_grid(C), sg_p, sgy_p, _or(weight, out), invstd, out[0],
         out[1], out[2], out[3], out[4], P, M, C, HAS_W=weight is not None,
