@@ -23,6 +23,7 @@ on profile && { { echo "# python benchmarks/profile_attention.py --n 65536 | GPU
 # single large sets, the layer's CUDA graphs against eager calls, and the
 # profile of one forward (eager).
 on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch,full_layer --passes fwd,fwdbwd --commit $COMMIT --out $OUT/layer.json > /tmp/layer.log 2>&1; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwdbwd --ops-backend torch --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd --ab fused_inference --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes 32x1024,8x4096,2x16384,1x65536 --ops samsa_conv_batch --passes fwd,fwdbwd --ab cuda_graphs --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
 on layer && { { echo "# python benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: $COMMIT | date: $(date +%F)"; python3 benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 2>&1; } > $OUT/profile_layer.txt; }

@@ -27,6 +27,8 @@ BENCHMARKS = (
      'scorer_grad_kernel.py'),
     ('gather_attention_kernel', "Fused path's attention kernel alone",
      'gather_attention_kernel.py'),
+    ('batch_norm_kernel', "The layer's training batch norm alone",
+     'batch_norm_kernel.py'),
     ('graph_scale', 'Large graph, full-batch training', 'graph_scale.py'),
     ('ops', 'Geometry ops', 'ops.py'),
     ('ddp', 'Data-parallel training', 'run_ddp.sh'),
@@ -188,6 +190,13 @@ def run_table(name, recs, lines):
                   "largest relative deviation of a gradient from PyTorch's "
                   'ops.', '']
         simple_table(recs, ['op', 'ms', 'max_rel_err'], lines)
+    elif name == 'batch_norm_kernel':
+        lines += [f"{rec0['channels']} channels, float32 stream plus a "
+                  'bfloat16 residual, the output and its bfloat16 copy; '
+                  'calls back to back; max_abs_err: the output against '
+                  "PyTorch's.", '']
+        simple_table(recs, ['tokens', 'op', 'pass', 'ms', 'max_abs_err'],
+                     lines)
     elif name == 'gather_attention_kernel':
         lines += [f"bf16, {rec0['heads']} heads of {rec0['head_dim']}, "
                   f"k = {rec0['k']} candidates per set and head; calls back "
