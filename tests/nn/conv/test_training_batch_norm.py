@@ -40,6 +40,7 @@ def test_training_batch_norm_equals_the_modules(triton_modules, monkeypatch,
                                                 spy, backend, autocast):
     if backend == 'triton':
         triton_modules('samsa_geo.ops._triton.batch_norm')
+    monkeypatch.setattr(conv_module, 'TRAINING_BATCH_NORM_MIN_ELEMENTS', 0)
     x = torch.randn(60, 32) * 2.0 + 1.0
     batch = torch.arange(3).repeat_interleave(20)
     conv, ref = _conv(), _conv()
@@ -61,15 +62,24 @@ def test_training_batch_norm_equals_the_modules(triton_modules, monkeypatch,
     assert int(conv.norm2.module.num_batches_tracked) == 1
 
 
-def test_training_batch_norm_keeps_the_module_where_it_must(spy):
-    # A cumulative average (momentum None) and a single row go through
-    # the module; so does evaluation.
+def test_training_batch_norm_keeps_the_module_where_it_must(
+        spy, monkeypatch):
+    # A cumulative average (momentum None), a single row and sums below
+    # TRAINING_BATCH_NORM_MIN_ELEMENTS go through the module; so does
+    # evaluation.
     calls = spy(conv_module, 'residual_batch_norm', keep_args=False)
-    conv = _conv(norm_kwargs={'momentum': None})
     x = torch.randn(8, 32)
+    conv = _conv()
     conv(x, None, torch.zeros(8, dtype=torch.long))
     assert calls == [] and int(conv.norm3.module.num_batches_tracked) == 1
-    conv = _conv()
+    monkeypatch.setattr(conv_module, 'TRAINING_BATCH_NORM_MIN_ELEMENTS',
+                        x.numel())
+    conv = _conv(norm_kwargs={'momentum': None})
+    conv(x, None, torch.zeros(8, dtype=torch.long))
+    assert calls == [] and int(conv.norm3.module.num_batches_tracked) == 1
+    conv = _conv(norm_kwargs={'allow_single_element': True})
+    conv(x[:1], None, torch.zeros(1, dtype=torch.long))
+    assert calls == []
     conv(x, None, torch.zeros(8, dtype=torch.long))
     assert len(calls) == 2
     calls.clear()
