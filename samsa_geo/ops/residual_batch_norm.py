@@ -123,11 +123,7 @@ def residual_batch_norm(x: Tensor, h: Tensor, weight: Optional[Tensor] = None,
 def _triton_serves(x: Tensor, h: Tensor, vectors, copy_dtype, forced: bool,
                    ) -> bool:
     others = [t for _, t in vectors if t is not None]
-    return (_triton.runs_on(x, forced)
-            and copy_dtype in (None, torch.float16, torch.bfloat16)
-            and 0 < x.size(1) <= _triton.MAX_NORM_CHANNELS
+    return (copy_dtype in (None, torch.float16, torch.bfloat16)
             and all(t.dtype in _DTYPES for t in (x, h, *others))
-            and all(t.device == x.device for t in (h, *others))
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_exporting())
+            and _triton.row_kernel_serves(x, (h, *others), forced,
+                                          backward=True))

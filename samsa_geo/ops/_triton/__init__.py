@@ -46,19 +46,19 @@ def runs_on(x: Tensor, forced: bool) -> bool:
 
 
 def row_kernel_serves(x: Tensor, tensors: Sequence[Tensor],
-                      forced: bool) -> bool:
-    r"""Whether a forward-only row kernel (layer normalisation, the
-    residual affine map) serves a call on the rows :obj:`x` :obj:`[*, C]`
-    with the other inputs :obj:`tensors`: its device runs the kernels
-    (see :func:`runs_on`), every input lies on it, :math:`0 < C \le`
-    :obj:`MAX_NORM_CHANNELS`, :obj:`x` is not empty, no gradient is
-    recorded, and no compiled or exported graph is being traced."""
+                      forced: bool, backward: bool = False) -> bool:
+    r"""Whether a row kernel (layer normalisation, the residual affine map,
+    the residual batch norm) serves a call on the rows :obj:`x`
+    :obj:`[*, C]` with the other inputs :obj:`tensors`: its device runs
+    the kernels (see :func:`runs_on`), every input lies on it,
+    :math:`0 < C \le` :obj:`MAX_NORM_CHANNELS`, :obj:`x` is not empty, no
+    gradient is recorded unless the kernels have a :obj:`backward` pass,
+    and no compiled or exported graph is being traced."""
     return (runs_on(x, forced)
             and 0 < x.size(-1) <= MAX_NORM_CHANNELS and x.numel() > 0
             and all(t.device == x.device for t in tensors)
-            and not (torch.is_grad_enabled()
-                     and (x.requires_grad
-                          or any(t.requires_grad for t in tensors)))
+            and (backward or not (torch.is_grad_enabled() and (
+                x.requires_grad or any(t.requires_grad for t in tensors))))
             and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()
             and not torch.compiler.is_exporting())
