@@ -9,8 +9,14 @@ their provenance (``--commit`` names the tree's commit where git cannot).
 
     python benchmarks/batch_norm_kernel.py  # adds to its results JSON
     python benchmarks/batch_norm_kernel.py --tokens 65536,262144
+    python benchmarks/batch_norm_kernel.py --sweep  # the reductions' sizes
+
+``--sweep`` prints, instead, the two reduction passes (statistics and
+gradient sums) over a grid of ``MAX_SPANS`` x ``BLOCK_VALUES``, the
+constants that size their programs.
 """
 import argparse
+import itertools
 import os
 import sys
 
@@ -26,6 +32,7 @@ from _common import (  # noqa: E402
 )
 
 from samsa_geo.ops import residual_batch_norm  # noqa: E402
+from samsa_geo.ops._triton import batch_norm as kernels  # noqa: E402
 
 
 def main():
@@ -33,10 +40,15 @@ def main():
     p.add_argument('--tokens', default='32768,65536,262144')
     p.add_argument('--channels', type=int, default=256)
     p.add_argument('--commit', default=None)
+    p.add_argument('--sweep', action='store_true')
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'batch_norm_kernel.json'))
     args = p.parse_args()
     dev = torch.device('cuda')
+    if args.sweep:
+        for M in [int(t) for t in args.tokens.split(',')]:
+            _sweep(M, args.channels, dev)
+        return
     records = []
     for M in [int(t) for t in args.tokens.split(',')]:
         records += _case(M, args.channels, dev, args)
@@ -82,6 +94,32 @@ def _case(M, C, dev, args):
                 rec['max_abs_err'] = float((fn()[0] - ref).abs().max())
             records.append(rec)
     return records
+
+
+def _sweep(M, C, dev):
+    x = torch.randn(M, C, device=dev)
+    h = torch.randn(M, C, device=dev).bfloat16()
+    w, b = torch.ones(C, device=dev), torch.zeros(C, device=dev)
+    rm, rv = torch.zeros(C, device=dev), torch.ones(C, device=dev)
+    go = torch.randn(M, C, device=dev)
+    gz = torch.randn(M, C, device=dev).bfloat16()
+    saved = kernels.MAX_SPANS, kernels.BLOCK_VALUES
+    try:
+        for spans, values in itertools.product((128, 256, 512, 1024),
+                                               (1024, 2048, 4096, 8192)):
+            kernels.MAX_SPANS, kernels.BLOCK_VALUES = spans, values
+            _, _, mean, invstd = kernels.batch_norm_stats(
+                x, h, w, b, rm, rv, 0.1, 1e-5)
+            stats = measure(lambda: kernels.batch_norm_stats(
+                x, h, w, b, rm, rv, 0.1, 1e-5), dev, warmup=3, repeat=20,
+                pipelined=True)['ms']
+            grad = measure(lambda: kernels.batch_norm_grad(
+                go, gz, x, h, w, mean, invstd, True), dev, warmup=3,
+                repeat=20, pipelined=True)['ms']
+            print(f'tokens {M} MAX_SPANS {spans} BLOCK_VALUES {values}: '
+                  f'statistics {stats:.3f} ms, gradient sums {grad:.3f} ms')
+    finally:
+        kernels.MAX_SPANS, kernels.BLOCK_VALUES = saved
 
 
 if __name__ == '__main__':

@@ -29,8 +29,9 @@ from samsa_geo.nn.attention._score_grad import _tail_grads  # noqa: E402
 
 #: Row blocks, warps and programs per multiprocessor timed besides the
 #: default configuration.
-CONFIGS = [(16, 4, 2), (16, 4, 8), (16, 8, 4), (32, 4, 4), (32, 8, 4),
-           (32, 8, 8), (64, 8, 4), (64, 8, 2)]
+CONFIGS = [(16, 4, 2), (16, 4, 8), (16, 4, 16), (16, 2, 8), (16, 2, 16),
+           (16, 8, 4), (16, 8, 8), (32, 4, 4), (32, 4, 8), (32, 4, 16),
+           (32, 8, 4), (32, 8, 8), (64, 8, 4), (64, 8, 2)]
 #: Most values of a row block timed: on an H200, 64 rows of 256 channels
 #: asked for 286,720 bytes of shared memory (232,448 available).
 MAX_BLOCK = 8192
