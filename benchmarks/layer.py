@@ -16,6 +16,7 @@ passes ``num_graphs`` only, ``samsa_graph_model_hints`` everything
         --compile-only --sizes 32x1024
 """
 import argparse
+import importlib
 import os
 import sys
 
@@ -330,6 +331,11 @@ def main():
                    help='largest set of the fused inference path for this '
                    'run, in place of FUSED_MAX_SET_SIZE (to time the fused '
                    'path on larger sets)')
+    p.add_argument('--linear-min-elements', type=int, default=None,
+                   help='smallest output whose bias gradient the layer '
+                   'sums with samsa_geo.ops.linear\'s kernel, in place of '
+                   'samsa_geo.ops.linear.MIN_ELEMENTS (a huge value times '
+                   'PyTorch\'s reduction)')
     p.add_argument('--ops-backend', default='auto',
                    choices=['auto', 'torch'],
                    help="what backend='auto' means for samsa_geo.ops in "
@@ -341,6 +347,9 @@ def main():
     if args.fused_max_set_size is not None:
         from samsa_geo.nn.attention import samsa_attention
         samsa_attention.FUSED_MAX_SET_SIZE = args.fused_max_set_size
+    if args.linear_min_elements is not None:
+        importlib.import_module('samsa_geo.ops.linear').MIN_ELEMENTS = \
+            args.linear_min_elements
     ops.set_default_backend(args.ops_backend)
     with config.attention_config(**parse_switches(args.attention_config)):
         run(args)

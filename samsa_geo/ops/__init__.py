@@ -6,11 +6,12 @@ normalisation of many narrow rows that the point encoders run; and
 :func:`residual_affine`, a residual sum and per-channel affine map in one
 pass (a residual block's evaluation batch norm); and
 :func:`residual_batch_norm`, a residual sum and a training batch norm with
-its backward pass, in a few passes.
+its backward pass, in a few passes; and :func:`linear`, a linear layer
+whose bias gradient is summed by a Triton kernel.
 
 Every function takes a keyword :obj:`backend` (:obj:`"auto"`,
 :obj:`"compiled"` where an extension serves the op, :obj:`"triton"` for
-fps, knn, layer_norm, residual_affine and residual_batch_norm,
+fps, knn, layer_norm, linear, residual_affine and residual_batch_norm,
 :obj:`"torch"`) to force one implementation. What :obj:`"auto"` means,
 and whether the ops check the values of their inputs (finite points,
 sorted batch vectors), is set in :mod:`samsa_geo.ops.config`
@@ -19,6 +20,7 @@ sorted batch vectors), is set in :mod:`samsa_geo.ops.config`
 from samsa_geo.ops.fps import fps
 from samsa_geo.ops.knn import knn, knn_graph, knn_neighbours
 from samsa_geo.ops.layer_norm import layer_norm
+from samsa_geo.ops.linear import linear
 from samsa_geo.ops.radius import radius, radius_graph
 from samsa_geo.ops.residual_affine import residual_affine
 from samsa_geo.ops.residual_batch_norm import residual_batch_norm
@@ -39,6 +41,7 @@ __all__ = [
     'knn_graph',
     'knn_neighbours',
     'layer_norm',
+    'linear',
     'radius',
     'radius_graph',
     'residual_affine',

@@ -2,6 +2,8 @@
 compiled on the GPU: against PyTorch at the layer benchmark's sizes, in a
 SamsaConv training step under autocast, with no host synchronisation
 (`pytest -m gpu tests/gpu`)."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,8 @@ import samsa_geo.nn.conv.samsa_conv as conv_module
 from samsa_geo.nn import SamsaConv
 from samsa_geo.nn.attention import config
 from samsa_geo.ops import residual_batch_norm
+
+linear_module = importlib.import_module('samsa_geo.ops.linear')
 
 pytestmark = [
     pytest.mark.gpu,
@@ -54,9 +58,11 @@ def test_kernels_equal_torch(M, C):
 
 @pytest.mark.parametrize('sizes', [[512] * 8, [300, 0, 1024, 5, 700]])
 def test_layer_training_step_equals_the_modules(sizes, monkeypatch):
-    # A SamsaConv step under bf16 autocast with the kernels and with the
-    # BatchNorm modules: outputs, gradients and running statistics.
+    # A SamsaConv step under bf16 autocast with the kernels (batch norms
+    # and the linear layers' bias gradients) and with the BatchNorm modules
+    # and F.linear: outputs, gradients and running statistics.
     monkeypatch.setattr(conv_module, 'TRAINING_BATCH_NORM_MIN_ELEMENTS', 0)
+    monkeypatch.setattr(linear_module, 'MIN_ELEMENTS', 0)
     torch.manual_seed(0)
     layers = [SamsaConv(64, None, heads=4, k=32).cuda().train()
               for _ in range(3)]
@@ -83,6 +89,7 @@ def test_layer_training_step_equals_the_modules(sizes, monkeypatch):
     out, x_grad = step(conv)
     with monkeypatch.context() as m:
         m.setattr(conv_module, 'BatchNorm', type('NoBatchNorm', (), {}))
+        m.setattr(linear_module, 'MIN_ELEMENTS', 1 << 62)
         out_ref, x_grad_ref = step(ref)
         step(probe, autocast=False)
     assert _relative(out, out_ref) < 5e-3

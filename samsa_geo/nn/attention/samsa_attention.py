@@ -60,6 +60,7 @@ from samsa_geo.nn.attention._tiles import (
 )
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
 from samsa_geo.nn.attention.relative_bias import RelativeBias
+from samsa_geo.ops.linear import linear
 from samsa_geo.ops.validation import (
     check_batch_vector,
     check_finite,
@@ -496,7 +497,7 @@ class SamsaAttention(Module):
         o = self._attend(to_tiles(q, tiles), key, value, sel, tiles, pos,
                          normal, weights, summ)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
-        out = F.linear(out, *out_lin)
+        out = linear(out, *out_lin)
         if not return_indices:
             return out
         idx = self._indices(sel.top, info, N)
@@ -580,7 +581,7 @@ class SamsaAttention(Module):
             weight, bias = weight.to(dtype), bias.to(dtype)
         if weight.dtype != x.dtype:  # the weights of autocast's dtype
             x = x.to(weight.dtype)
-        out = F.linear(x, weight, bias).split(
+        out = linear(x, weight, bias).split(
             [lin.out_features for lin in lins], 1)
         scorer_args: Dict[str, Any] = {}
         if len(rest) > 2:
@@ -790,7 +791,7 @@ class SamsaAttention(Module):
                                                    x)
         if weight.dtype != x.dtype:  # cached weights of autocast's dtype
             x = x.to(weight.dtype)
-        qkv = F.linear(x, weight, bias)  # [N, 3C]
+        qkv = linear(x, weight, bias)  # [N, 3C]
         if layout is not None:
             qkv = to_padded(qkv, layout.index, B * n)  # [B * n, 3C]
         q, kv = qkv.view(B, n, 3 * C).split([C, 2 * C], -1)
@@ -800,7 +801,7 @@ class SamsaAttention(Module):
         o = o.view(B * n, C)  # [B, n, C] -> [B * n, C]
         if layout is not None:
             o = o[layout.index]  # [N, C]
-        return F.linear(o, rest[-2], rest[-1])  # lin_out
+        return linear(o, rest[-2], rest[-1])  # lin_out
 
     def _padding_costly(self, info: SetInfo, N: int) -> bool:
         if info.max_size is None:  # unknown n_max: only tiles are safe

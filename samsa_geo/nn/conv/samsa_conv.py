@@ -25,6 +25,7 @@ from samsa_geo.nn.conv._graph_replay import GraphReplay
 from samsa_geo.nn.conv._graph_training import TrainingGraphReplay
 from samsa_geo.ops import (
     layer_norm,
+    linear,
     residual_affine,
     residual_batch_norm,
 )
@@ -540,10 +541,10 @@ class SamsaConv(Module):
         if epilogue and h.dtype == w1.dtype == b1.dtype:
             h = torch._addmm_activation(b1, h, w1.t())
         else:
-            h = act(F.linear(h, w1, b1))
+            h = act(linear(h, w1, b1))
         if drop1.p > 0.0 and self.training:
             h = F.dropout(h, p=drop1.p, training=True)
-        h = F.linear(h, w2, b2)
+        h = linear(h, w2, b2)
         if drop2.p > 0.0 and self.training:
             h = F.dropout(h, p=drop2.p, training=True)
         return h

@@ -59,9 +59,15 @@ def row_kernel_serves(x: Tensor, tensors: Sequence[Tensor],
             and all(t.device == x.device for t in tensors)
             and (backward or not (torch.is_grad_enabled() and (
                 x.requires_grad or any(t.requires_grad for t in tensors))))
-            and not torch.compiler.is_compiling()
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_exporting())
+            and not tracing())
+
+
+def tracing() -> bool:
+    r"""Whether a compiled, scripted or exported graph is being traced
+    (where the kernels stay out: the compiler and export see PyTorch's
+    ops)."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch.compiler.is_exporting())
 
 
 def knn_supported(x: Tensor, y: Tensor, k: int, cosine: bool,

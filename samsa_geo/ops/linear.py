@@ -1,0 +1,94 @@
+r"""A linear layer whose bias gradient is summed by a Triton kernel on
+CUDA."""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from samsa_geo.ops import _triton
+from samsa_geo.ops._utils import resolve_backend, use_triton
+
+#: Values of ``backend``.
+BACKENDS = ('auto', 'triton', 'torch')
+
+#: Dtypes the kernel reads.
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+#: The smallest output (``M * C_out`` values) for which ``backend='auto'``
+#: takes the kernel: below, its extra autograd node costs more host time
+#: than the column sum saves on the GPU.
+MIN_ELEMENTS = 1 << 22
+
+
+def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
+           backend: str = 'auto') -> Tensor:
+    r"""Applies :math:`\mathbf{Y} = \mathbf{X} \mathbf{W}^\top +
+    \mathbf{b}`, as :func:`torch.nn.functional.linear` does, with the same
+    values and gradients up to the order of the bias gradient's sum.
+
+    With ``backend='auto'``, where the bias needs a gradient, on CUDA,
+    outside :func:`torch.compile` and export, with ``input``, ``weight``
+    and ``bias`` of one floating dtype (autocast's, where autocast is on)
+    and at least :data:`MIN_ELEMENTS` output values, the backward pass sums
+    the bias gradient :math:`\sum_i \partial / \partial \mathbf{y}_i` in a
+    Triton kernel (:mod:`samsa_geo.ops._triton.linear`): PyTorch's
+    reduction reads a 16-bit gradient of 256-1,024 columns at a fraction of
+    the memory bandwidth. ``backend='torch'`` runs
+    :func:`torch.nn.functional.linear`, ``backend='triton'`` insists on the
+    kernel (on a CPU under Triton's interpreter too, at any size).
+    Gradients of gradients are not supported on the kernel's path.
+
+    Args:
+        input (Tensor): :math:`(*, C_{in})`.
+        weight (Tensor): :math:`(C_{out}, C_{in})`.
+        bias (Tensor, optional): :math:`(C_{out})`. (default: :obj:`None`)
+        backend (str, optional): :obj:`"auto"`, :obj:`"triton"` or
+            :obj:`"torch"`. (default: :obj:`"auto"`)
+
+    Returns:
+        :math:`(*, C_{out})`.
+    """
+    if not isinstance(input, Tensor) or input.dim() < 1:
+        raise ValueError(f"Expected 'input' to be a tensor of shape "
+                         f"[*, C_in] (got "
+                         f"{getattr(input, 'shape', type(input).__name__)})")
+    if not isinstance(weight, Tensor) or weight.dim() != 2 \
+            or weight.size(1) != input.size(-1):
+        raise ValueError(f"Expected 'weight' to be a tensor of shape "
+                         f"[C_out, {input.size(-1)}] (got "
+                         f"{getattr(weight, 'shape', type(weight).__name__)})")
+    if bias is not None and (not isinstance(bias, Tensor)
+                             or tuple(bias.shape) != (weight.size(0), )):
+        raise ValueError(f"Expected 'bias' to be a tensor of shape "
+                         f"[{weight.size(0)}] (got "
+                         f"{getattr(bias, 'shape', type(bias).__name__)})")
+    backend = resolve_backend(backend, BACKENDS)
+    if backend != 'torch' and bias is not None and use_triton(
+            backend, _triton_serves(input, weight, bias, backend),
+            'input, weight and bias of one floating dtype (autocast\'s '
+            'under autocast) on one CUDA device, a bias that needs a '
+            'gradient, outside compiled or exported graphs'):
+        from samsa_geo.ops._triton.linear import BiasGradLinear
+        with _triton.device_guard(input.device):
+            return BiasGradLinear.apply(input, weight, bias)
+    return F.linear(input, weight, bias)
+
+
+def _triton_serves(input: Tensor, weight: Tensor, bias: Tensor,
+                   backend: str) -> bool:
+    dtype = input.dtype
+    device = input.device
+    return (torch.is_grad_enabled() and bias.requires_grad
+            and (backend == 'triton' or input.numel() // max(
+                1, input.size(-1)) * weight.size(0) >= MIN_ELEMENTS)
+            and dtype in _DTYPES and weight.dtype == dtype
+            and bias.dtype == dtype
+            and weight.device == device and bias.device == device
+            and not (torch.is_autocast_enabled(device.type)
+                     and torch.get_autocast_dtype(device.type) != dtype)
+            and _triton.runs_on(input, backend == 'triton')
+            and not _triton.tracing())
+
+
+__all__: Tuple[str, ...] = ('linear', )
