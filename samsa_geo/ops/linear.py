@@ -36,8 +36,11 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     reduction reads a 16-bit gradient of 256-1,024 columns at a fraction of
     the memory bandwidth. ``backend='torch'`` runs
     :func:`torch.nn.functional.linear`, ``backend='triton'`` insists on the
-    kernel (on a CPU under Triton's interpreter too, at any size).
-    Gradients of gradients are not supported on the kernel's path.
+    kernel (on a CPU under Triton's interpreter too, at any size). Where
+    no bias gradient is recorded, every backend runs
+    :func:`torch.nn.functional.linear`: the kernel serves the backward
+    pass only. Gradients of gradients are not supported on the kernel's
+    path.
 
     Args:
         input (Tensor): :math:`(*, C_{in})`.
@@ -64,11 +67,14 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
                          f"[{weight.size(0)}] (got "
                          f"{getattr(bias, 'shape', type(bias).__name__)})")
     backend = resolve_backend(backend, BACKENDS)
-    if backend != 'torch' and bias is not None and use_triton(
+    # The kernel serves the backward pass only: without a bias gradient
+    # to record every backend is F.linear.
+    if backend != 'torch' and bias is not None and bias.requires_grad \
+            and torch.is_grad_enabled() and use_triton(
             backend, _triton_serves(input, weight, bias, backend),
             'input, weight and bias of one floating dtype (autocast\'s '
-            'under autocast) on one CUDA device, a bias that needs a '
-            'gradient, outside compiled or exported graphs'):
+            'under autocast) on one CUDA device, outside compiled or '
+            'exported graphs'):
         from samsa_geo.ops._triton.linear import BiasGradLinear
         with _triton.device_guard(input.device):
             return BiasGradLinear.apply(input, weight, bias)
@@ -79,9 +85,8 @@ def _triton_serves(input: Tensor, weight: Tensor, bias: Tensor,
                    backend: str) -> bool:
     dtype = input.dtype
     device = input.device
-    return (torch.is_grad_enabled() and bias.requires_grad
-            and (backend == 'triton' or input.numel() // max(
-                1, input.size(-1)) * weight.size(0) >= MIN_ELEMENTS)
+    rows = input.numel() // max(1, input.size(-1))
+    return ((backend == 'triton' or rows * weight.size(0) >= MIN_ELEMENTS)
             and dtype in _DTYPES and weight.dtype == dtype
             and bias.dtype == dtype
             and weight.device == device and bias.device == device

@@ -115,6 +115,11 @@ def test_torch_path_where_the_kernel_does_not_serve():
     assert out.grad_fn.name() == 'AddmmBackward0'
     with use_backend('torch'):
         assert linear(x, w, b).grad_fn.name() == 'AddmmBackward0'
+    # The kernel serves the backward pass only: with nothing to record,
+    # even backend='triton' is F.linear.
+    with torch.no_grad():
+        assert torch.equal(linear(x, w, b, backend='triton'),
+                           F.linear(x, w, b))
 
 
 def test_autocast_input_of_another_dtype_takes_f_linear(kernels):
