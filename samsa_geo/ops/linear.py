@@ -29,7 +29,8 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
 
     With ``backend='auto'``, where the bias needs a gradient, on CUDA,
     outside :func:`torch.compile` and export, with ``input``, ``weight``
-    and ``bias`` of one floating dtype (autocast's, where autocast is on)
+    and ``bias`` of one floating dtype (under autocast: after the casts to
+    autocast's dtype that :func:`torch.nn.functional.linear` would make)
     and at least :data:`MIN_ELEMENTS` output values, the backward pass sums
     the bias gradient :math:`\sum_i \partial / \partial \mathbf{y}_i` in a
     Triton kernel (:mod:`samsa_geo.ops._triton.linear`): PyTorch's
@@ -70,29 +71,39 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
     # The kernel serves the backward pass only: without a bias gradient
     # to record every backend is F.linear.
     if backend != 'torch' and bias is not None and bias.requires_grad \
-            and torch.is_grad_enabled() and use_triton(
-            backend, _triton_serves(input, weight, bias, backend),
-            'input, weight and bias of one floating dtype (autocast\'s '
-            'under autocast) on one CUDA device, outside compiled or '
-            'exported graphs'):
-        from samsa_geo.ops._triton.linear import BiasGradLinear
-        with _triton.device_guard(input.device):
-            return BiasGradLinear.apply(input, weight, bias)
+            and torch.is_grad_enabled() and (backend == 'triton' or (
+                input.numel() // max(1, input.size(-1)) * weight.size(0)
+                >= MIN_ELEMENTS)):
+        args = _autocast(input, weight, bias)
+        if use_triton(backend, _triton_serves(*args, backend == 'triton'),
+                      'input, weight and bias of one floating dtype '
+                      '(after autocast\'s casts) on one CUDA device, '
+                      'outside compiled or exported graphs'):
+            from samsa_geo.ops._triton.linear import BiasGradLinear
+            with _triton.device_guard(input.device):
+                return BiasGradLinear.apply(*args)
     return F.linear(input, weight, bias)
 
 
+def _autocast(*tensors: Tensor) -> Tuple[Tensor, ...]:
+    # The tensors as autocast would cast them for F.linear: every floating
+    # one but float64 to autocast's dtype, where autocast is on.
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device) or _triton.tracing():
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t.is_floating_point() and t.dtype not in (
+        dtype, torch.float64) else t for t in tensors)
+
+
 def _triton_serves(input: Tensor, weight: Tensor, bias: Tensor,
-                   backend: str) -> bool:
+                   forced: bool) -> bool:
     dtype = input.dtype
     device = input.device
-    rows = input.numel() // max(1, input.size(-1))
-    return ((backend == 'triton' or rows * weight.size(0) >= MIN_ELEMENTS)
-            and dtype in _DTYPES and weight.dtype == dtype
+    return (dtype in _DTYPES and weight.dtype == dtype
             and bias.dtype == dtype
             and weight.device == device and bias.device == device
-            and not (torch.is_autocast_enabled(device.type)
-                     and torch.get_autocast_dtype(device.type) != dtype)
-            and _triton.runs_on(input, backend == 'triton')
+            and _triton.runs_on(input, forced)
             and not _triton.tracing())
 
 

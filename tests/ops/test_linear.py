@@ -122,14 +122,29 @@ def test_torch_path_where_the_kernel_does_not_serve():
                            F.linear(x, w, b))
 
 
-def test_autocast_input_of_another_dtype_takes_f_linear(kernels):
-    # Under autocast a float32 input is autocast's to cast: F.linear does.
-    x, w, b = _inputs((6, 3), 5)
+def test_autocast_casts_as_f_linear_would(kernels):
+    # Under autocast float32 tensors are cast to autocast's dtype first,
+    # as F.linear's autocast would: the kernel's node on bfloat16 tensors,
+    # float32 gradients through the casts.
+    x, w, b = _inputs((40, 16), 24)
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
-        out = linear(x, w, b, backend='auto')
+        out = linear(x, w, b, backend='triton')
         ref = F.linear(x, w, b)
+    assert out.grad_fn.name() == 'BiasGradLinearBackward'
     assert out.dtype == ref.dtype == torch.bfloat16
-    torch.testing.assert_close(out, ref)
+    assert torch.equal(out, ref)
+    g = torch.randn(40, 24, device=DEVICE).bfloat16()
+    got = torch.autograd.grad(out, (x, w, b), g)
+    want = torch.autograd.grad(ref, (x, w, b), g)
+    for a, r in zip(got, want):
+        assert a.dtype == r.dtype == torch.float32
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[2], g.float().sum(0), atol=0.0,
+                               rtol=2**-8)
+    # Float64 is not autocast's to cast: F.linear's own dtype error.
+    with torch.autocast(DEVICE, dtype=torch.bfloat16), \
+            pytest.raises(RuntimeError):
+        linear(x, w.double(), b.double())
 
 
 @pytest.mark.parametrize('args, match', [

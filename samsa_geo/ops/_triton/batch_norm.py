@@ -59,13 +59,14 @@ from samsa_geo.ops._triton.residual_affine import residual_affine_triton
 
 #: Values one program holds per chunk of rows: rows per chunk = this /
 #: padded width.
-BLOCK_VALUES = 2048
+BLOCK_VALUES = 4096
 #: Most spans of rows (programs of the reductions): their partial sums are
 #: ``[SPANS, C]`` and one pass of the merge reads them all. With these two
-#: the statistics and the gradient sums took 0.072 + 0.139 ms at 65,536 x
-#: 256 and 0.132 + 0.481 at 262,144 x 256 on the H200, against 0.081 +
-#: 0.168 and 0.119 + 0.521 with 4,096 values and 512 spans, the best of
-#: 256-2,048 spans x 2,048-8,192 values (64f8576, scratch sweep).
+#: the statistics and the gradient sums took 0.057 + 0.140 ms at 65,536 x
+#: 256 and 0.124 + 0.481 ms at 262,144 x 256 on the H200, the least of
+#: 128-1,024 spans x 1,024-8,192 values at both sizes (3d2435c, ``python
+#: benchmarks/batch_norm_kernel.py --sweep --tokens 65536,262144``; 512
+#: spans of 4,096 values: 0.057 + 0.152 and 0.119 + 0.492).
 MAX_SPANS = 256
 #: Channels per program of the merges.
 MERGE_CHANNELS = 32
