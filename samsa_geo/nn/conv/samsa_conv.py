@@ -43,10 +43,11 @@ CUDA_GRAPH_MAX_ELEMENTS = 1 << 24
 
 #: The smallest residual sum (``x.numel()``) whose training batch norm runs
 #: as :func:`~samsa_geo.ops.residual_batch_norm`. On the H200 the layer of
-#: 256 channels trained (forward and backward) in 3.64 ms per call against
-#: 3.72 with PyTorch's batch norm at 1 x 65,536 tokens and in 10.52 against
-#: 10.66 at 1 x 262,144, but in 2.53 against 2.39 at 2 x 16,384 (a5cfb18,
-#: ``benchmarks/layer.py --ops-backend``).
+#: 256 channels trained (forward and backward) in 3.34 ms per call against
+#: 3.44 with PyTorch's batch norm at 1 x 65,536 tokens and in 9.58 against
+#: 9.92 at 1 x 262,144 (64f8576), but in 2.53 against 2.39 at 2 x 16,384
+#: in the kernels' first version (a5cfb18; ``benchmarks/layer.py
+#: --ops-backend``).
 TRAINING_BATCH_NORM_MIN_ELEMENTS = 1 << 24
 
 
