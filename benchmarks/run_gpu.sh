@@ -24,12 +24,14 @@ on profile && { { echo "# python benchmarks/profile_attention.py --n 65536 | GPU
 # profile of one forward (eager).
 on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch,full_layer --passes fwd,fwdbwd --commit $COMMIT --out $OUT/layer.json > /tmp/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwdbwd --ops-backend torch --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwdbwd --linear-min-elements 4611686018427387904 --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd --ab fused_inference --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes 32x1024,8x4096,2x16384,1x65536 --ops samsa_conv_batch --passes fwd,fwdbwd --ab cuda_graphs --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
 on layer && { { echo "# python benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: $COMMIT | date: $(date +%F)"; python3 benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 2>&1; } > $OUT/profile_layer.txt; }
 on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_kernel.py --tokens $T --commit $COMMIT --out $OUT/scorer_kernel.json 2>&1 | tail -14; done; }
 on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_grad_kernel.py --tokens $T --commit $COMMIT --out $OUT/scorer_grad_kernel.json 2>&1 | tail -12; done; }
 on scorer && { python3 benchmarks/batch_norm_kernel.py --commit $COMMIT --out $OUT/batch_norm_kernel.json 2>&1 | tail -14; }
+on scorer && { python3 benchmarks/batch_norm_kernel.py --sweep --tokens 65536,262144 2>&1 | tail -32; }
 on scorer && { python3 benchmarks/gather_attention_kernel.py --commit $COMMIT --out $OUT/gather_attention_kernel.json 2>&1 | tail -48; }
 on launch && { python3 benchmarks/launch.py --commit $COMMIT --out $OUT/launch.json 2>&1 | tail -5; }
 on attention && { grep -E "^(samsa|sdpa|proj|gps)" /tmp/attention_cuda.log | tail -48; }

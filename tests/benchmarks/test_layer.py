@@ -9,8 +9,8 @@ ROOT = osp.join(osp.dirname(__file__), '..', '..')
 def test_run_settings_are_set_for_the_run_and_kept_in_the_flags(
         tmp_path):
     # layer.py --fused-max-set-size replaces the fused path's limit for its
-    # run, --ops-backend what samsa_geo.ops' 'auto' means; every record
-    # says so in its flags. (A fresh interpreter: both are module
+    # run, --linear-min-elements samsa_geo.ops.linear's, --ops-backend what
+    # samsa_geo.ops' 'auto' means; every record says so in its flags. (A fresh interpreter: both are module
     # globals.)
     out = tmp_path / 'layer.json'
     code = (
@@ -18,19 +18,24 @@ def test_run_settings_are_set_for_the_run_and_kept_in_the_flags(
         'sys.argv = ["layer.py", "--device", "cpu", "--sizes", "2x16", '
         '"--ops", "samsa_conv_batch", "--passes", "fwd", "--warmup", "1", '
         '"--repeat", "1", "--fused-max-set-size", "12", "--ops-backend", '
-        '"torch", "--out", '
+        '"torch", "--linear-min-elements", "77", "--out", '
         f'{str(out)!r}]\n'
         'runpy.run_path("benchmarks/layer.py", run_name="__main__")\n'
         'from samsa_geo.nn.attention import samsa_attention\n'
         'print("limit", samsa_attention.FUSED_MAX_SET_SIZE)\n'
         'from samsa_geo import ops\n'
-        'print("backend", ops.default_backend())\n')
+        'print("backend", ops.default_backend())\n'
+        'import importlib\n'
+        'print("linear", importlib.import_module('
+        '"samsa_geo.ops.linear").MIN_ELEMENTS)\n')
     run = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert 'limit 12' in run.stdout and 'backend torch' in run.stdout
+    assert 'linear 77' in run.stdout
     records = json.loads(out.read_text())
     assert records and all(r['flags']['fused_max_set_size'] == 12
                            and r['flags']['ops_backend'] == 'torch'
+                           and r['flags']['linear_min_elements'] == 77
                            for r in records)
     assert {r['op'] for r in records} == {'samsa_conv_batch'}
