@@ -68,7 +68,7 @@ def test_kernel_bfloat16_rounds_the_float32_sum_once(kernels):
 def test_column_sum_spans_strides_and_determinism(kernels, monkeypatch):
     # Several spans of several chunks (the last one short), columns over
     # two blocks, rows with a stride: the float64 sum, the same bits twice.
-    monkeypatch.setattr(kernels, 'MAX_SPANS', 3)
+    monkeypatch.setattr(kernels, 'MAX_PROGRAMS', 6)  # 3 spans x 2 blocks
     monkeypatch.setattr(kernels, 'MAX_BLOCK_C', 16)
     monkeypatch.setattr(kernels, 'BLOCK_VALUES', 64)
     wide = torch.randn(101, 50, device=DEVICE)

@@ -27,9 +27,10 @@ from samsa_geo.ops._triton.launch import Launcher
 #: BLOCK_C).
 BLOCK_VALUES = 4096
 #: Most columns per program.
-MAX_BLOCK_C = 256
-#: Most spans of rows: the partial sums are ``[spans, C]`` float32.
-MAX_SPANS = 256
+MAX_BLOCK_C = 128
+#: Most programs (spans of rows x blocks of columns); the partial sums are
+#: ``[spans, C]`` float32.
+MAX_PROGRAMS = 1024
 
 
 @triton.jit
@@ -65,7 +66,8 @@ def column_sum_triton(g: Tensor) -> Tensor:
     BLOCK_C = min(MAX_BLOCK_C, triton.next_power_of_2(C))
     BLOCK_M = max(1, BLOCK_VALUES // BLOCK_C)
     chunks = triton.cdiv(M, BLOCK_M)
-    span = BLOCK_M * triton.cdiv(chunks, MAX_SPANS)  # rows per program
+    max_spans = max(1, MAX_PROGRAMS // triton.cdiv(C, BLOCK_C))
+    span = BLOCK_M * triton.cdiv(chunks, max_spans)  # rows per program
     spans = triton.cdiv(M, span)
     part = torch.empty(spans, C, dtype=torch.float32, device=g.device)
     _launch((spans, triton.cdiv(C, BLOCK_C)), g, part, M, C, g.stride(0),
