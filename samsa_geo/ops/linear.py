@@ -65,16 +65,20 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
         raise ValueError(f"Expected 'weight' to be a tensor of shape "
                          f"[C_out, {input.size(-1)}] (got "
                          f"{getattr(weight, 'shape', type(weight).__name__)})")
-    if bias is not None and (not isinstance(bias, Tensor)
-                             or tuple(bias.shape) != (weight.size(0), )):
+    if bias is not None and (not isinstance(bias, Tensor) or bias.dim() != 1
+                             or bias.size(0) != weight.size(0)):
         raise ValueError(f"Expected 'bias' to be a tensor of shape "
                          f"[{weight.size(0)}] (got "
                          f"{getattr(bias, 'shape', type(bias).__name__)})")
-    backend = resolve_backend(backend, BACKENDS)
     # The kernel serves the backward pass only: without a bias gradient
-    # to record every backend is F.linear.
-    if backend != 'torch' and bias is not None and bias.requires_grad \
-            and torch.is_grad_enabled() and (backend == 'triton' or (
+    # to record every backend is F.linear (checked first: most calls, in
+    # inference, end here).
+    if bias is None or not (bias.requires_grad and torch.is_grad_enabled()):
+        if backend not in BACKENDS:
+            resolve_backend(backend, BACKENDS)  # its error
+        return F.linear(input, weight, bias)
+    backend = resolve_backend(backend, BACKENDS)
+    if backend != 'torch' and (backend == 'triton' or (
                 input.numel() // max(1, input.size(-1)) * weight.size(0)
                 >= MIN_ELEMENTS)):
         args = _autocast(input, weight, bias)
