@@ -83,6 +83,26 @@ def check_residual(x: Tensor, h: Tensor) -> None:
                          f"{getattr(h, 'shape', type(h).__name__)})")
 
 
+def check_channel_vectors(C: int, vectors: Sequence[Tuple[str, Optional[
+        Tensor]]]) -> None:
+    r"""Checks per-channel vectors :obj:`(name, tensor)` of shape
+    :obj:`[C]` (:obj:`None` ones are skipped)."""
+    for name, t in vectors:
+        if t is not None and (not isinstance(t, Tensor)
+                              or tuple(t.shape) != (C, )):
+            raise ValueError(f"Expected '{name}' to have shape [{C}] "
+                             f"(got {getattr(t, 'shape', t)})")
+
+
+def check_floating(tensors: Sequence[Tuple[str, Optional[Tensor]]]) -> None:
+    r"""Checks that the tensors :obj:`(name, tensor)` are floating point
+    (:obj:`None` ones are skipped)."""
+    for name, t in tensors:
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"Expected '{name}' to be floating point "
+                            f"(got {t.dtype})")
+
+
 def check_positive_int(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"Expected '{name}' to be an int "

@@ -13,9 +13,6 @@ from samsa_geo.ops._utils import resolve_backend, use_triton
 #: Values of ``backend``.
 BACKENDS = ('auto', 'triton', 'torch')
 
-#: Input dtypes the Triton kernel reads.
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
 
 def layer_norm(x: Tensor, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5, *,
@@ -83,5 +80,5 @@ def layer_norm(x: Tensor, weight: Optional[Tensor] = None,
 def _triton_serves(x: Tensor, weight: Optional[Tensor],
                    bias: Optional[Tensor], forced: bool) -> bool:
     affine = [t for t in (weight, bias) if t is not None]
-    return x.dtype in _DTYPES and _triton.row_kernel_serves(x, affine,
-                                                            forced)
+    return (x.dtype in _triton.KERNEL_DTYPES
+            and _triton.row_kernel_serves(x, affine, forced))

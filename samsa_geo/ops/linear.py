@@ -12,9 +12,6 @@ from samsa_geo.ops._utils import resolve_backend, use_triton
 #: Values of ``backend``.
 BACKENDS = ('auto', 'triton', 'torch')
 
-#: Dtypes the kernel reads.
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
 #: The smallest output (``M * C_out`` values) for which ``backend='auto'``
 #: takes the kernel. Its gains were measured from 2^23 values up (the
 #: layer of 256 channels at 32 x 1,024 tokens on the H200, a88eb0c,
@@ -107,7 +104,7 @@ def _triton_serves(input: Tensor, weight: Tensor, bias: Tensor,
                    forced: bool) -> bool:
     dtype = input.dtype
     device = input.device
-    return (dtype in _DTYPES and weight.dtype == dtype
+    return (dtype in _triton.KERNEL_DTYPES and weight.dtype == dtype
             and bias.dtype == dtype
             and weight.device == device and bias.device == device
             and _triton.runs_on(input, forced)

@@ -7,6 +7,8 @@ from torch import Tensor
 
 from samsa_geo.ops import _triton
 from samsa_geo.ops._utils import (
+    check_channel_vectors,
+    check_floating,
     check_residual,
     promoted_float,
     resolve_backend,
@@ -15,9 +17,6 @@ from samsa_geo.ops._utils import (
 
 #: Values of ``backend``.
 BACKENDS = ('auto', 'triton', 'torch')
-
-#: Dtypes the Triton kernel reads and writes.
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def residual_affine(x: Tensor, h: Tensor, scale: Tensor, shift: Tensor, *,
@@ -58,15 +57,9 @@ def residual_affine(x: Tensor, h: Tensor, scale: Tensor, shift: Tensor, *,
         (:obj:`None` without ``copy_dtype``).
     """
     check_residual(x, h)
-    C = x.size(1)
-    for name, t in (('scale', scale), ('shift', shift)):
-        if not isinstance(t, Tensor) or tuple(t.shape) != (C, ):
-            raise ValueError(f"Expected '{name}' to have shape [{C}] "
-                             f"(got {getattr(t, 'shape', t)})")
-    for name, t in (('x', x), ('h', h), ('scale', scale), ('shift', shift)):
-        if not t.is_floating_point():
-            raise TypeError(f"Expected '{name}' to be floating point "
-                            f"(got {t.dtype})")
+    vectors = (('scale', scale), ('shift', shift))
+    check_channel_vectors(x.size(1), vectors)
+    check_floating((('x', x), ('h', h), *vectors))
     backend = resolve_backend(backend, BACKENDS)
     if backend != 'torch' and use_triton(
             backend, _triton_serves(x, h, scale, shift, copy_dtype,
@@ -90,5 +83,5 @@ def _triton_serves(x: Tensor, h: Tensor, scale: Tensor, shift: Tensor,
                    copy_dtype: Optional[torch.dtype], forced: bool) -> bool:
     others = (h, scale, shift)
     return (copy_dtype in (None, torch.float16, torch.bfloat16)
-            and all(t.dtype in _DTYPES for t in (x, *others))
+            and all(t.dtype in _triton.KERNEL_DTYPES for t in (x, *others))
             and _triton.row_kernel_serves(x, others, forced))

@@ -7,13 +7,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from samsa_geo.ops import _triton
-from samsa_geo.ops._utils import check_residual, resolve_backend, use_triton
+from samsa_geo.ops._utils import (
+    check_channel_vectors,
+    check_floating,
+    check_residual,
+    resolve_backend,
+    use_triton,
+)
 
 #: Values of ``backend``.
 BACKENDS = ('auto', 'triton', 'torch')
-
-#: Dtypes the Triton kernels read and write.
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def residual_batch_norm(x: Tensor, h: Tensor, weight: Optional[Tensor] = None,
@@ -85,19 +88,11 @@ def residual_batch_norm(x: Tensor, h: Tensor, weight: Optional[Tensor] = None,
                          f"statistics (got shape {list(x.shape)})")
     vectors = (('weight', weight), ('bias', bias),
                ('running_mean', running_mean), ('running_var', running_var))
-    for name, t in vectors:
-        if t is None:
-            continue
-        if not isinstance(t, Tensor) or tuple(t.shape) != (C, ):
-            raise ValueError(f"Expected '{name}' to have shape [{C}] "
-                             f"(got {getattr(t, 'shape', t)})")
+    check_channel_vectors(C, vectors)
     if (running_mean is None) != (running_var is None):
         raise ValueError("Expected 'running_mean' and 'running_var' to be "
                          "given together")
-    for name, t in (('x', x), ('h', h), *vectors):
-        if t is not None and not t.is_floating_point():
-            raise TypeError(f"Expected '{name}' to be floating point "
-                            f"(got {t.dtype})")
+    check_floating((('x', x), ('h', h), *vectors))
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
             or not 0.0 <= momentum <= 1.0:
         raise ValueError(f"Expected 'momentum' to be a float in [0, 1] "
@@ -124,6 +119,6 @@ def _triton_serves(x: Tensor, h: Tensor, vectors, copy_dtype, forced: bool,
                    ) -> bool:
     others = [t for _, t in vectors if t is not None]
     return (copy_dtype in (None, torch.float16, torch.bfloat16)
-            and all(t.dtype in _DTYPES for t in (x, h, *others))
+            and all(t.dtype in _triton.KERNEL_DTYPES for t in (x, h, *others))
             and _triton.row_kernel_serves(x, (h, *others), forced,
                                           backward=True))

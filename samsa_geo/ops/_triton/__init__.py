@@ -24,6 +24,9 @@ MAX_FEATURES = 3
 #: Widest row the layer-normalisation kernel serves (a block of rows stays
 #: in registers).
 MAX_NORM_CHANNELS = 1024
+#: Dtypes the row kernels (layer_norm, residual_affine, residual_batch_norm)
+#: and linear's column sum read and write.
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Points per call stay below this: indices and sentinels are int32.
 MAX_POINTS = 2**30
 
