@@ -10,8 +10,9 @@ installed):
   points (target on CUDA: <= 1 ms); on CUDA also pipelined (calls back to
   back), as the neighbour table without value checks or read-back
   (``triton-table``: the kernel and its launch), by the tiled kernel
-  (``triton-tiled``) and, with ``--sweep``, by configurations of the dense
-  kernel;
+  (``triton-tiled``), with ``--sweep`` by configurations of the dense
+  kernel, and on a lattice moved by about 1e-6 (``knn_128x1024_jittered_
+  lattice``: the dense kernel's slowest case);
 - ``knn``: k = 16 of every point of one cloud of 100,000 points (<= 20 ms);
 - ``fps``: 1,024 of 10,000 points, 32 clouds (<= 10 ms);
 - ``classifier``: inference of the small ``SamsaPointClassifier`` (bf16
@@ -55,9 +56,8 @@ from samsa_geo.ops import (  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: Configurations (BLOCK_Q, BLOCK_P, warps) of the dense kNN kernel that
 #: ``--sweep`` times.
-SWEEP = [(1, 1024, 1), (2, 1024, 1), (4, 1024, 1), (1, 1024, 2),
-         (2, 1024, 2), (4, 1024, 2), (2, 1024, 4), (4, 1024, 4),
-         (2, 512, 1), (2, 512, 2)]
+SWEEP = [(2, 1024, 1), (4, 1024, 1), (8, 1024, 1), (4, 1024, 2),
+         (8, 1024, 2), (16, 1024, 4), (4, 512, 1), (8, 512, 1)]
 #: Targets on the GPU (milliseconds, or the throughput ratio).
 TARGETS = {'knn_128x1024': 1.0, 'knn_100k': 20.0, 'fps_32x10k': 10.0,
            'classifier_ri_vs_plain': 0.5}
@@ -143,6 +143,14 @@ def knn_variants(pos, batch, clouds, k, fields, args, record):
     record('knn', 'knn_128x1024', 'triton-table', fields, table)
     record('knn', 'knn_128x1024', 'triton-table', fields, table,
            pipelined=True)
+    # The dense kernel's slow case: a lattice moved by about 1e-6, whose
+    # distances tie in their leading bits (it ranks such rows again).
+    gen = torch.Generator().manual_seed(1)
+    jittered = (pos * 4).round() / 4 + 1e-6 * torch.randn(
+        pos.shape, generator=gen).to(pos.device)
+    record('knn', 'knn_128x1024_jittered_lattice', 'triton', fields,
+           lambda: knn(jittered, jittered, k, batch, batch,
+                       batch_size=clouds, backend='triton'))
     dense_mean_size = knn_module.DENSE_MEAN_SIZE
     knn_module.DENSE_MEAN_SIZE = 0
     try:

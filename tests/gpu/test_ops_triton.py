@@ -61,20 +61,25 @@ def test_knn_triton_128_clouds():
     assert torch.equal(graph, out.flip(0))
 
 
-@pytest.mark.parametrize('order', ['random', 'coherent', 'lattice'])
+@pytest.mark.parametrize('order', ['random', 'coherent', 'lattice',
+                                   'jittered'])
 def test_knn_dense_kernel_equals_brute_force_and_tiled(order, monkeypatch):
     # The dense kernel of batches of small clouds: points in random order,
     # in a spatially coherent order (sorted along x: its groups of strided
-    # candidates still spread over the cloud) and on a lattice (exact ties
-    # everywhere, scratch overflows). The tiled kernel agrees exactly.
+    # candidates still spread over the cloud), on a lattice (exact ties
+    # everywhere) and on a lattice moved by about 1e-6 (distances that
+    # differ in their last bits only: the kernel's coarse keys tie, its
+    # exact ranking decides). The tiled kernel agrees exactly.
     from samsa_geo.ops._triton import knn as knn_module
     monkeypatch.setattr(knn_module, 'DENSE_MEAN_SIZE', 4096)
     clouds, n, k = 128, 1024, 16
     pos = torch.rand(clouds, n, 3, device='cuda')
     if order == 'coherent':
         pos = pos.gather(1, pos[..., :1].argsort(1).expand(-1, -1, 3))
-    if order == 'lattice':
+    if order in ('lattice', 'jittered'):
         pos = (pos * 4).round() / 4
+    if order == 'jittered':
+        pos = pos + 1e-6 * torch.randn_like(pos)
     pos = pos.reshape(-1, 3)  # [clouds * n, 3]
     batch = torch.arange(clouds, device='cuda').repeat_interleave(n)
     out = knn(pos, pos, k, batch, batch, batch_size=clouds, backend='triton')

@@ -312,3 +312,38 @@ def test_kernels_compile_for_sm90(compiled_run):
     # The interpreter runs the kernels' Python; this compiles them to
     # H100/H200 machine code (no GPU needed), as a launch on CUDA would.
     assert 'compiled 9' in compiled_run(COMPILE_SCRIPT)
+
+
+@pytest.mark.parametrize('config', DENSE_CONFIGS)
+def test_knn_dense_near_ties_in_distance_order(kernels, monkeypatch,
+                                               config):
+    # The dense kernel ranks a tile by coarse keys (a distance's leading
+    # bits and the column), then orders the chosen by exact distance, and
+    # ranks again exactly where the last chosen key's class holds more
+    # candidates. Distances that differ in their last bits only, in an
+    # index order unlike their distance order, test both: a class of 12
+    # near-equal candidates that the k-th place falls into (ranked again),
+    # and a class of two wholly chosen (ordered by exact distance).
+    from samsa_geo.ops._triton import knn_dense
+    knn_module, _ = kernels
+    monkeypatch.setattr(knn_module, 'DENSE_MEAN_SIZE', 4096)
+    monkeypatch.setattr(knn_dense, 'dense_config', lambda size: config)
+    gen = torch.Generator().manual_seed(11)
+    ulp = 2.0 ** -22  # near 1: distances differ in their last bits
+    crowd = 1.0 + ulp * torch.randperm(12, generator=gen).double()
+    pair = 1.5 + ulp * torch.tensor([3.0, 1.0])
+    far = torch.tensor([0.5, 2.5, 3.0, 4.0])
+    x = torch.cat([crowd, pair, far])[torch.randperm(18, generator=gen)]
+    x = x.float().view(-1, 1).to(DEVICE)  # [18, 1]
+    y = torch.zeros(2, 1, device=DEVICE)  # queries at 0
+    batch_x = torch.zeros(18, dtype=torch.long, device=DEVICE)
+    batch_y = torch.zeros(2, dtype=torch.long, device=DEVICE)
+    dist = x.view(-1).double() ** 2
+    assert dist.unique().numel() == 18  # no exact ties
+    for k in [5, 3, 16]:
+        out = knn(x, y, k, batch_x, batch_y, batch_size=1, backend='triton')
+        expected = _stable_reference(x, y, k, batch_x, batch_y)
+        assert torch.equal(out, expected)
+        # The neighbours by exact distance (no ties here).
+        first = out[1][:k]
+        assert torch.equal(first, dist.argsort()[:k].to(DEVICE))

@@ -5,20 +5,37 @@ One program ranks ``BLOCK_Q`` consecutive queries (in their input order, no
 sorting) against the candidates of their examples, streamed in tiles of
 ``BLOCK_P`` consecutive candidates; it finds each query's example in the
 sorted batch vector of the candidates by bisection (no boundaries computed
-before the launch). Each pair becomes one 64-bit key,
+before the launch; both ends of each example in one bisection). A query's
+``k`` nearest candidates of a tile come from ``k`` rounds over 32-bit keys
+held in registers,
 
 .. math::
-    \kappa_{ij} = \operatorname{bits}(d_{ij}) \cdot 2^{32} + j,
+    \lambda_{ij} = \left\lfloor \operatorname{bits}(d_{ij}) / P
+    \right\rfloor \cdot P + (j - p_0),
 
 where :math:`\operatorname{bits}(d)` is the IEEE-754 pattern of the float32
-squared distance. Squared distances are non-negative, so the order of the
-keys is the order of :math:`(d_{ij}, j)`: by distance, equal distances by
-index, as the brute-force reference with a stable sort. A tile's best
-``k`` keys per query come from ``k`` rounds over its distances, held in
-registers: the least distance, the least index that holds it, and that
-candidate struck out (two row reductions and two selects per round, no
-sort). A tile list is merged into the running best by a bitonic top-k of
-the ``2 KP`` keys of both (:func:`triton.language.topk`).
+squared distance (non-negative, so its order is the distances' order),
+:math:`P` = ``BLOCK_P`` and :math:`p_0` the tile's first candidate: the
+distance's leading bits (its *class*) and the column. Each round takes
+the least key and strikes it out (one row reduction and one select). The
+chosen are then ordered by the exact 64-bit keys
+
+.. math::
+    \kappa_{ij} = \operatorname{bits}(d_{ij}) \cdot 2^{32} + j
+
+(their distances computed again, with the same arithmetic): by distance,
+equal distances by index, as the brute-force reference with a stable
+sort. Every candidate of a class below the last chosen key's class is
+chosen, so the chosen set is the exact one unless that class holds a
+candidate left out that is nearer than the chosen ``k``-th (one left out
+at an equal distance has a larger index). Only then, which takes
+distances equal to about 13 significant bits, are the distances computed
+again and that row ranked by exact rounds (the least distance, the least
+index holding it, struck out). Random clouds almost never take it; a
+lattice moved by about :math:`10^{-6}` takes it at most tiles (2.2 times
+the time of random clouds on the H200), exact lattice ties do not. A tile
+list is merged into the running best by a bitonic top-k of the
+``2 KP`` keys of both (:func:`triton.language.topk`).
 
 Distances are computed in float32 as
 :math:`((y_0 - x_0)^2 + (y_1 - x_1)^2) + (y_2 - x_2)^2` without fused
@@ -47,6 +64,10 @@ _NO_KEY: tl.constexpr = tl.constexpr(2**63 - 1)
 _INDEX_BITS: tl.constexpr = tl.constexpr(0xFFFFFFFF)
 # Above every candidate index.
 _NO_INDEX: tl.constexpr = tl.constexpr(2**31 - 1)
+# A struck-out or empty (class, column) key: above every other.
+_NO_KEY32: tl.constexpr = tl.constexpr(2**31 - 1)
+# The IEEE-754 pattern of +inf in float32.
+_INF_BITS: tl.constexpr = tl.constexpr(0x7F800000)
 
 
 @triton.jit
@@ -94,7 +115,8 @@ def _lower_bound(batch, n, value):
 def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
                       batch_y, batch_x, out, missing, N, M, K, B,
                       F: tl.constexpr, KP: tl.constexpr,
-                      HAS_BATCH: tl.constexpr, COUNT: tl.constexpr,
+                      LOG_P: tl.constexpr, HAS_BATCH: tl.constexpr,
+                      COUNT: tl.constexpr,
                       BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_ok = rows < M
@@ -103,9 +125,12 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
     if HAS_BATCH:
         b = tl.load(batch_y + rows, mask=row_ok, other=0)
         b = tl.minimum(tl.maximum(b, 0), B - 1)
-        # The example's candidates, found in the sorted batch_x.
-        c_start = _lower_bound(batch_x, N, b).to(tl.int32)
-        c_end = _lower_bound(batch_x, N, b + 1).to(tl.int32)
+        # The example's candidates, found in the sorted batch_x: both
+        # ends in one bisection.
+        ends = _lower_bound(batch_x, N, tl.reshape(
+            tl.join(b, b + 1), [2 * BLOCK_Q]))  # [2 * BLOCK_Q]
+        c_start, c_end = tl.split(tl.reshape(ends.to(tl.int32),
+                                             [BLOCK_Q, 2]))
         c_start = tl.minimum(c_start, c_end)
     else:
         c_start = tl.zeros([BLOCK_Q], dtype=tl.int32)
@@ -126,25 +151,67 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
 
     best = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
     slot = tl.arange(0, KP)
+    local = tl.arange(0, BLOCK_P)
     for p0 in range(lo, hi, BLOCK_P):
-        cols = p0 + tl.arange(0, BLOCK_P)
+        cols = p0 + local
         ok = (cols[None, :] >= c_start[:, None]) & \
             (cols[None, :] < c_end[:, None])
         d = _distances(x, stride_xn, stride_xf, cols[None, :],
                        cols[None, :] < hi, q0[:, None], q1[:, None],
                        q2[:, None], F)  # [BLOCK_Q, BLOCK_P]
         d = tl.where(ok, d, float('inf'))
-        # The tile's K smallest (distance, index) pairs, one per round:
-        # the least distance, the least index holding it, then that
-        # candidate is struck out.
-        top = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
+        # The tile's K least (class, column) keys, one per round: the
+        # least key, then struck out (one row reduction and one select).
+        key = ((d.to(tl.int32, bitcast=True) >> LOG_P) << LOG_P) | \
+            local[None, :]  # [BLOCK_Q, BLOCK_P]
+        chosen = tl.full([BLOCK_Q, KP], _NO_KEY32, tl.int32)
+        k_min = tl.zeros([BLOCK_Q], dtype=tl.int32)
         for r in range(K):
-            d_min = tl.min(d, axis=1)  # [BLOCK_Q]
-            j = tl.min(tl.where(d == d_min[:, None], cols[None, :],
-                                _NO_INDEX), axis=1)
-            key = tl.where(d_min == float('inf'), _NO_KEY, _keys(d_min, j))
-            top = tl.where(slot[None, :] == r, key[:, None], top)
-            d = tl.where(cols[None, :] == j[:, None], float('inf'), d)
+            k_min = tl.min(key, axis=1)  # [BLOCK_Q]
+            chosen = tl.where(slot[None, :] == r, k_min[:, None], chosen)
+            key = tl.where(key == k_min[:, None], _NO_KEY32, key)
+        # The chosen set is exact unless the last chosen key's class
+        # (finite) holds a candidate left out that is nearer than the
+        # chosen k-th (those of equal distance have larger indices).
+        last = k_min >> LOG_P  # [BLOCK_Q]
+        rest = tl.sum(((key >> LOG_P) == last[:, None]).to(tl.int32), axis=1)
+        left_out = (rest > 0) & (last < _INF_BITS >> LOG_P)
+        # Exact (distance, index) keys of the chosen, from their
+        # distances computed again (the same arithmetic), in order.
+        found = (chosen >> LOG_P) < (_INF_BITS >> LOG_P)
+        nbr = p0 + (chosen & (BLOCK_P - 1))  # [BLOCK_Q, KP]
+        d_nbr = _distances(x, stride_xn, stride_xf, nbr, found,
+                           q0[:, None], q1[:, None], q2[:, None], F)
+        top = tl.where(found, _keys(d_nbr, nbr), _NO_KEY)
+        top = ~tl.topk(~top, KP, dim=1)  # ascending
+        if tl.max(left_out.to(tl.int32), axis=0) > 0:
+            # Rare but for ties: the distances again, the nearest left
+            # out of the last class against the chosen k-th.
+            d = _distances(x, stride_xn, stride_xf, cols[None, :],
+                           cols[None, :] < hi, q0[:, None], q1[:, None],
+                           q2[:, None], F)
+            d = tl.where(ok, d, float('inf'))  # [BLOCK_Q, BLOCK_P]
+            d_left = tl.min(tl.where((key >> LOG_P) == last[:, None], d,
+                                     float('inf')), axis=1)
+            kth = tl.max(tl.where(slot[None, :] == K - 1, top, 0), axis=1)
+            again = left_out & (d_left.to(tl.int32, bitcast=True)
+                                .to(tl.int64) < (kth >> 32))
+            if tl.max(again.to(tl.int32), axis=0) > 0:
+                # Those rows are ranked again by exact rounds: the least
+                # distance, the least index holding it, then struck out.
+                d = tl.where(again[:, None], d, float('inf'))
+                exact = tl.full([BLOCK_Q, KP], _NO_KEY, tl.int64)
+                for r in range(K):
+                    d_min = tl.min(d, axis=1)  # [BLOCK_Q]
+                    j = tl.min(tl.where(d == d_min[:, None], cols[None, :],
+                                        _NO_INDEX), axis=1)
+                    exact = tl.where(
+                        slot[None, :] == r,
+                        tl.where(d_min == float('inf'), _NO_KEY,
+                                 _keys(d_min, j))[:, None], exact)
+                    d = tl.where(cols[None, :] == j[:, None], float('inf'),
+                                 d)
+                top = tl.where(again[:, None], exact, top)
         if p0 == lo:
             best = top
         else:  # the KP smallest keys of both lists
@@ -171,14 +238,14 @@ def dense_config(mean_size: int) -> Tuple[int, int, int]:
     r"""(``BLOCK_Q``, ``BLOCK_P``, warps) for examples of
     :obj:`mean_size` candidates (any :math:`k`): a tile spans a whole
     mean-size example (at most 1,024 candidates), and a program of one
-    warp holds 2,048 distances (64 per thread), so that each round's row
+    warp holds 4,096 keys (128 per thread), so that each round's row
     reductions stay within the warp: the fastest of the configurations
     timed on the H200 at 128 clouds x 1,024 points and k = 16
     (``benchmarks/ops.py --sweep``)."""
     if INTERPRETED:
         return 16, 32, 1
     block_p = max(min(triton.next_power_of_2(max(mean_size, 1)), 1024), 64)
-    return max(2048 // block_p, 1), block_p, 1
+    return max(4096 // block_p, 1), block_p, 1
 
 
 def knn_dense(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor],
@@ -220,6 +287,7 @@ def knn_dense(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor],
         out, out if missing is None else missing, n, m, k,
         max(num_examples, 1), F=num_features,
         KP=max(triton.next_power_of_2(k), 2),
+        LOG_P=block_p.bit_length() - 1,
         HAS_BATCH=batch_y is not None and batch_x is not None,
         COUNT=missing is not None, BLOCK_Q=block_q, BLOCK_P=block_p,
         num_warps=num_warps, enable_fp_fusion=False)
