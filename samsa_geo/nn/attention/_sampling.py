@@ -11,7 +11,11 @@ import torch
 from torch import Tensor
 
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.attention._dispatch import is_tracing, triton_serves
+from samsa_geo.nn.attention._dispatch import (
+    is_tracing,
+    selection_chunks,
+    triton_serves,
+)
 from samsa_geo.nn.attention._sets import SetInfo
 
 
@@ -136,6 +140,23 @@ def _rank_dense(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
     return _local_to_global(top.indices, info, num_tokens, R), top.values
 
 
+def _kernel_selects(cand: Tensor, info: SetInfo, num_registers: int) -> bool:
+    r"""Whether the top-:math:`k` sets of an unordered, unperturbed
+    selection come from the fused path's segmented top-k kernel
+    (:func:`~samsa_geo.nn.attention._topk_triton.select_topk_triton`: one
+    launch, two for sets beyond one block) instead of :meth:`torch.topk`
+    over the padded score matrix (a multi-pass radix selection, about a
+    dozen launches for large sets): float32 scores on a device that
+    Triton serves, outside traced graphs, no registers, every set keeping
+    :math:`k_{\max}` candidates, sets that the kernel serves. The sets
+    are the same (equal scores aside, where either may keep another of
+    the tied candidates)."""
+    return (num_registers == 0 and info.all_valid
+            and info.max_size is not None and cand.dtype == torch.float32
+            and triton_serves(cand.device) and not is_tracing()
+            and selection_chunks(info.max_size, 0, info.k_max) > 0)
+
+
 def _descending_key(cand: Tensor) -> Tensor:
     r"""``int64`` keys in :math:`[0, 2^{32})` whose ascending order is the
     descending order of the float32 scores ``cand``."""
@@ -200,6 +221,13 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     sort = packed or info.max_size is None
     # Ranks carry no gradient: the relaxation sends the scores' own.
     ranked = cand.detach() if cand.requires_grad else cand
+    if not (sort or perturb or with_bottom or ordered) and \
+            _kernel_selects(ranked, info, num_registers):
+        from samsa_geo.nn.attention._topk_triton import select_topk_triton
+        ids = select_topk_triton(ranked, None, None if info.equal else batch,
+                                 info.num_sets, info.max_size, info.k_max,
+                                 info.k_max)  # [B, H, k]
+        return Selection(ids, info.k_max)
     if sort:
         ids = _rank_sorted(ranked, batch, info, N, num_registers, K2)
     else:  # [B, H, K2]
