@@ -424,6 +424,9 @@ class SamsaAttention(Module):
                 bounds. (default: :obj:`None`)
         """
         self._check_shapes(x, batch, pos, normal)
+        # Launched first, so that the GPU casts while the host decides the
+        # path (the time of a call alone, at large sets).
+        x_low = self._projection_input(x)
         if batch is not None and batch.dtype != torch.long:
             batch = batch.long()
         info = self._set_info(x, batch, pos, normal, num_graphs, max_num_nodes)
@@ -437,13 +440,25 @@ class SamsaAttention(Module):
                 else (out, idx)
 
         if self._fused_inference(x, info, return_weights):
-            return self._fused_forward(x, batch, info, return_indices)
+            return self._fused_forward(x, x_low, batch, info, return_indices)
         if self._dense_keeps_all(info, N, return_indices):
-            return self._dense_forward(x, batch, info)
-        return self._sampled_forward(x, batch, info, pos, normal,
+            return self._dense_forward(x, x_low, batch, info)
+        return self._sampled_forward(x, x_low, batch, info, pos, normal,
                                      return_indices, return_weights)
 
-    def _sampled_forward(self, x: Tensor, batch: Optional[Tensor],
+    def _projection_input(self, x: Tensor) -> Optional[Tensor]:
+        # x in autocast's dtype where the projections would cast it (float32
+        # tokens and parameters under autocast, outside traced graphs,
+        # where the compiler places the casts); None elsewhere.
+        device = x.device.type
+        if (not torch.is_autocast_enabled(device) or x.dtype != torch.float32
+                or self.lin_q.weight.dtype != torch.float32 or is_tracing()):
+            return None
+        dtype = torch.get_autocast_dtype(device)
+        return None if dtype == torch.float32 else x.to(dtype)
+
+    def _sampled_forward(self, x: Tensor, x_low: Optional[Tensor],
+                         batch: Optional[Tensor],
                          info: SetInfo, pos: Optional[Tensor],
                          normal: Optional[Tensor], return_indices: bool,
                          return_weights: bool,
@@ -454,7 +469,7 @@ class SamsaAttention(Module):
         N, C = x.shape
         H, D = self.heads, self.head_dim
         # 1. Queries for every token; keys and values for every candidate.
-        q, kv, hidden, (scorer_args, out_lin) = self._project(x)
+        q, kv, hidden, (scorer_args, out_lin) = self._project(x, x_low)
         if q.requires_grad and not is_tracing():
             # Its own storage: the attention saves the queries, and a view
             # would keep the whole projection (keys, values, the scorer's
@@ -544,13 +559,14 @@ class SamsaAttention(Module):
         info = self._set_info(x, batch, pos, None, num_graphs, max_num_nodes)
         return self._fused_inference(x, info, False)
 
-    def _fused_forward(self, x: Tensor, batch: Optional[Tensor],
-                       info: SetInfo, return_indices: bool,
+    def _fused_forward(self, x: Tensor, x_low: Optional[Tensor],
+                       batch: Optional[Tensor], info: SetInfo,
+                       return_indices: bool,
                        ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         # Projection, scorer, then selection and attention in two kernels,
         # three for chunked sets (see _fused_inference.py); [N, C] straight
         # into lin_out.
-        q, kv, hidden, (scorer_args, out_lin) = self._project(x)
+        q, kv, hidden, (scorer_args, out_lin) = self._project(x, x_low)
         score = self.scorer(x, hidden, **scorer_args)  # [N, H] float32
         out, idx = fused_sampled_attention(
             q, kv, score, self.reg_score, self.reg_kv, batch, info, self.k)
@@ -559,10 +575,9 @@ class SamsaAttention(Module):
             return out
         return out, order_by_score(idx, score, self.reg_score)
 
-    def _project(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor],
-                                           Optional[Tensor],
-                                           Tuple[Dict[str, Any],
-                                                 Tuple[Tensor, Tensor]]]:
+    def _project(self, x: Tensor, x_low: Optional[Tensor] = None,
+                 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor],
+                            Tuple[Dict[str, Any], Tuple[Tensor, Tensor]]]:
         # One GEMM for the queries, the keys and values and the scorer's
         # first layer (all read x): one launch and one cast of x instead
         # of three. The modules keep their own parameters. Also returns
@@ -571,7 +586,8 @@ class SamsaAttention(Module):
         # bias that computed its hidden rows) and the (weight, bias) of
         # lin_out. Under autocast the casts are made here rather than
         # inside F.linear, so that the scorer's training node can keep
-        # them. SFT projects keys and values of the sampled tokens only.
+        # them (x's cast is x_low where forward made it). SFT projects keys
+        # and values of the sampled tokens only.
         lins = self._projected()
         weight, bias, *rest = self._linear_weights(lins, x)
         if (torch.is_autocast_enabled(x.device.type) and not is_tracing()
@@ -580,7 +596,8 @@ class SamsaAttention(Module):
             dtype = torch.get_autocast_dtype(x.device.type)
             weight, bias = weight.to(dtype), bias.to(dtype)
         if weight.dtype != x.dtype:  # the weights of autocast's dtype
-            x = x.to(weight.dtype)
+            x = x_low if x_low is not None and x_low.dtype == weight.dtype \
+                else x.to(weight.dtype)
         out = linear(x, weight, bias).split(
             [lin.out_features for lin in lins], 1)
         scorer_args: Dict[str, Any] = {}
@@ -780,8 +797,8 @@ class SamsaAttention(Module):
                 and not (self._packed(info, N)
                          and self._tile_size(info, N) < info.max_size))
 
-    def _dense_forward(self, x: Tensor, batch: Optional[Tensor],
-                       info: SetInfo) -> Tensor:
+    def _dense_forward(self, x: Tensor, x_low: Optional[Tensor],
+                       batch: Optional[Tensor], info: SetInfo) -> Tensor:
         # Queries, keys and values of the tokens padded to [B, n_max]
         # slots at once, one attention call, the token rows read back and
         # projected out.
@@ -789,6 +806,8 @@ class SamsaAttention(Module):
         layout = None if info.equal else dense_layout(batch, B, n)
         weight, bias, *rest = self._linear_weights([self.lin_q, self.lin_kv],
                                                    x)
+        if x_low is not None:  # what autocast would cast x to
+            x = x_low
         if weight.dtype != x.dtype:  # cached weights of autocast's dtype
             x = x.to(weight.dtype)
         qkv = linear(x, weight, bias)  # [N, 3C]
