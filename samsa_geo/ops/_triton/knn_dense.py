@@ -32,8 +32,8 @@ at an equal distance has a larger index). Only then, which takes
 distances equal to about 13 significant bits, are the distances computed
 again and that row ranked by exact rounds (the least distance, the least
 index holding it, struck out). Random clouds almost never take it; a
-lattice moved by about :math:`10^{-6}` takes it at most tiles (2.2 times
-the time of random clouds on the H200), exact lattice ties do not. A tile
+lattice moved by about :math:`10^{-6}` takes it at most tiles (about 2.4
+times the time of random clouds on the H200), exact lattice ties do not. A tile
 list is merged into the running best by a bitonic top-k of the
 ``2 KP`` keys of both (:func:`triton.language.topk`).
 
@@ -185,8 +185,9 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
         top = tl.where(found, _keys(d_nbr, nbr), _NO_KEY)
         top = ~tl.topk(~top, KP, dim=1)  # ascending
         if tl.max(left_out.to(tl.int32), axis=0) > 0:
-            # Rare but for ties: the distances again, the nearest left
-            # out of the last class against the chosen k-th.
+            # Only where distances tie in their leading bits: the
+            # distances again, the nearest candidate left out of the last
+            # class against the chosen k-th.
             d = _distances(x, stride_xn, stride_xf, cols[None, :],
                            cols[None, :] < hi, q0[:, None], q1[:, None],
                            q2[:, None], F)
