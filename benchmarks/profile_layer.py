@@ -5,10 +5,12 @@ GPU time, host synchronisations and the top operators by host time::
 
 ``--host`` adds the host's side: the aten calls of one call (forward and
 backward, views apart), the host time per call of calls issued back to
-back without synchronising, and the time per call of the same stream
-including the GPU's; ``--kernels N`` lists the N kernel names with the
-most GPU time (total and launches). Gradients are set to ``None`` after
-each training step, as in ``benchmarks/layer.py``::
+back without synchronising, the time per call of the same stream
+including the GPU's, and the host's own time for the forward and for the
+backward, each issued while the GPU still runs a long sleep kernel (so
+that no call waits on the GPU; median of 9); ``--kernels N`` lists the N
+kernel names with the most GPU time (total and launches). Gradients are
+set to ``None`` after each training step, as in ``benchmarks/layer.py``::
 
     python benchmarks/profile_layer.py --sizes 32x1024,1x262144 \
         --ops samsa_conv_batch,full_layer --pass fwdbwd --host --kernels 40
@@ -44,6 +46,40 @@ def host_times(step, calls: int = 30):
     torch.cuda.synchronize()
     total = time.perf_counter() - t0
     return host / calls * 1e3, total / calls * 1e3
+
+
+#: GPU cycles of the sleep kernel that keeps the GPU busy while the host
+#: issues the pass that busy_host_times times (about 50 ms).
+SLEEP_CYCLES = 100_000_000
+
+
+def busy_host_times(forward, backward=None, calls: int = 9,
+                    sleep=None):
+    """Median host ms of ``forward()`` and of ``backward(out)`` on its
+    output (:obj:`None` without ``backward``), each issued while the GPU
+    runs ``sleep()`` (on CUDA a kernel of :data:`SLEEP_CYCLES` cycles,
+    launched before each pass): the host's own time, with no call waiting
+    for the GPU to catch up."""
+    if sleep is None:
+        def sleep():
+            torch.cuda.synchronize()
+            torch.cuda._sleep(SLEEP_CYCLES)
+    fwd, bwd = [], []
+    for _ in range(calls):
+        sleep()
+        t0 = time.perf_counter()
+        out = forward()
+        fwd.append(time.perf_counter() - t0)
+        if backward is not None:
+            sleep()
+            t0 = time.perf_counter()
+            backward(out)
+            bwd.append(time.perf_counter() - t0)
+
+    def median(v):
+        return sorted(v)[len(v) // 2] * 1e3
+
+    return median(fwd), median(bwd) if bwd else None
 
 
 def count_aten(op, model, xg, batch, B, dtype, train):
@@ -108,14 +144,20 @@ def main():
             # The output's gradient, fixed as in layer.py: no loss.
             grad_out = torch.randn_like(x)  # [N, C]
 
-            def step():
+            def forward():
                 with torch.autocast('cuda', dtype=DTYPES[args.dtype]), \
                         torch.set_grad_enabled(args.pas == 'fwdbwd'):
-                    out = call(op, fn_model, xg, batch, B)
+                    return call(op, fn_model, xg, batch, B)
+
+            def backward(out):
+                out.backward(grad_out)
+                model.zero_grad(set_to_none=True)
+                xg.grad = None
+
+            def step():
+                out = forward()
                 if args.pas == 'fwdbwd':
-                    out.backward(grad_out)
-                    model.zero_grad(set_to_none=True)
-                    xg.grad = None
+                    backward(out)
 
             for _ in range(3):
                 step()
@@ -125,10 +167,16 @@ def main():
                                       DTYPES[args.dtype],
                                       args.pas == 'fwdbwd')
                 host_ms, ms = host_times(step)
+                fwd_ms, bwd_ms = busy_host_times(
+                    forward, backward if args.pas == 'fwdbwd' else None)
                 print(f'== {op} {B}x{n} {args.pas}: host {host_ms:.3f} ms '
                       f'per call, {ms:.3f} ms with the GPU; aten calls '
                       f'{fwd.total} ({fwd.views} views) forward, '
                       f'{bwd.total} ({bwd.views} views) backward')
+                print(f'== {op} {B}x{n} {args.pas}: host alone (GPU busy) '
+                      f'{fwd_ms:.3f} ms forward' + (
+                          '' if bwd_ms is None
+                          else f', {bwd_ms:.3f} ms backward'))
             with profile(activities=[ProfilerActivity.CPU,
                                      ProfilerActivity.CUDA]) as prof:
                 step()

@@ -205,7 +205,8 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
             (always, where :math:`n_{\max}` is unknown).
         ordered (bool): keep the top set in descending order of score;
             :obj:`False` allows any order where no slot is masked and no
-            bottom set is taken (a top-k without its final sort).
+            bottom set is taken (a top-k without its final sort, or the
+            segmented top-k kernel where :func:`_kernel_selects`).
         head (Tensor, optional): ``[1, H, 1]`` head indices (made here if
             not given).
     """
