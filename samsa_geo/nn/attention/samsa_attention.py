@@ -447,15 +447,13 @@ class SamsaAttention(Module):
                                      return_indices, return_weights)
 
     def _projection_input(self, x: Tensor) -> Optional[Tensor]:
-        # x in autocast's dtype where the projections would cast it (float32
-        # tokens and parameters under autocast, outside traced graphs,
-        # where the compiler places the casts); None elsewhere.
-        device = x.device.type
-        if (not torch.is_autocast_enabled(device) or x.dtype != torch.float32
-                or self.lin_q.weight.dtype != torch.float32 or is_tracing()):
+        # x in the dtype the projections compute in, where they would cast
+        # float32 tokens to it (see _projection_dtype); None elsewhere.
+        dtype = _projection_dtype(x, self.lin_q.weight)
+        if dtype is None or x.dtype != torch.float32 \
+                or dtype == torch.float32:
             return None
-        dtype = torch.get_autocast_dtype(device)
-        return None if dtype == torch.float32 else x.to(dtype)
+        return x.to(dtype)
 
     def _sampled_forward(self, x: Tensor, x_low: Optional[Tensor],
                          batch: Optional[Tensor],
@@ -590,10 +588,8 @@ class SamsaAttention(Module):
         # and values of the sampled tokens only.
         lins = self._projected()
         weight, bias, *rest = self._linear_weights(lins, x)
-        if (torch.is_autocast_enabled(x.device.type) and not is_tracing()
-                and weight.dtype == torch.float32
-                and x.dtype != torch.float64):  # what autocast would cast
-            dtype = torch.get_autocast_dtype(x.device.type)
+        dtype = _projection_dtype(x, weight)
+        if dtype is not None:
             weight, bias = weight.to(dtype), bias.to(dtype)
         if weight.dtype != x.dtype:  # the weights of autocast's dtype
             x = x_low if x_low is not None and x_low.dtype == weight.dtype \
@@ -931,3 +927,16 @@ class SamsaAttention(Module):
 
 def _refresh_tau(module: SamsaAttention, incompatible_keys) -> None:
     module.tau = float(module.temperature)
+
+
+def _projection_dtype(x: Tensor, weight: Tensor) -> Optional[torch.dtype]:
+    r"""The dtype that autocast would cast :obj:`x` and the float32
+    :obj:`weight` of a projection to, where the layer makes those casts
+    itself (autocast on for :obj:`x`'s device, outside traced graphs,
+    where the compiler places the casts; not for float64 tokens);
+    :obj:`None` elsewhere."""
+    device = x.device.type
+    if (not torch.is_autocast_enabled(device) or is_tracing()
+            or weight.dtype != torch.float32 or x.dtype == torch.float64):
+        return None
+    return torch.get_autocast_dtype(device)

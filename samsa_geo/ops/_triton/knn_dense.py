@@ -89,6 +89,17 @@ def _distances(x, stride_xn, stride_xf, cols, mask, q0, q1, q2,
 
 
 @triton.jit
+def _tile_distances(x, stride_xn, stride_xf, cols, hi, ok, q0, q1, q2,
+                    F: tl.constexpr):
+    # [BLOCK_Q, BLOCK_P] squared distances of the queries to the tile's
+    # candidates cols, +inf where ok (the query's example) is False.
+    d = _distances(x, stride_xn, stride_xf, cols[None, :],
+                   cols[None, :] < hi, q0[:, None], q1[:, None],
+                   q2[:, None], F)
+    return tl.where(ok, d, float('inf'))
+
+
+@triton.jit
 def _keys(d, index):
     # bits(d) * 2^32 + index: ordered as (d, index) for d >= 0.
     return (d.to(tl.int32, bitcast=True).to(tl.int64) << 32) | \
@@ -156,10 +167,8 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
         cols = p0 + local
         ok = (cols[None, :] >= c_start[:, None]) & \
             (cols[None, :] < c_end[:, None])
-        d = _distances(x, stride_xn, stride_xf, cols[None, :],
-                       cols[None, :] < hi, q0[:, None], q1[:, None],
-                       q2[:, None], F)  # [BLOCK_Q, BLOCK_P]
-        d = tl.where(ok, d, float('inf'))
+        d = _tile_distances(x, stride_xn, stride_xf, cols, hi, ok, q0, q1,
+                            q2, F)  # [BLOCK_Q, BLOCK_P]
         # The tile's K least (class, column) keys, one per round: the
         # least key, then struck out (one row reduction and one select).
         key = ((d.to(tl.int32, bitcast=True) >> LOG_P) << LOG_P) | \
@@ -188,10 +197,8 @@ def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
             # Only where distances tie in their leading bits: the
             # distances again, the nearest candidate left out of the last
             # class against the chosen k-th.
-            d = _distances(x, stride_xn, stride_xf, cols[None, :],
-                           cols[None, :] < hi, q0[:, None], q1[:, None],
-                           q2[:, None], F)
-            d = tl.where(ok, d, float('inf'))  # [BLOCK_Q, BLOCK_P]
+            d = _tile_distances(x, stride_xn, stride_xf, cols, hi, ok, q0,
+                                q1, q2, F)  # [BLOCK_Q, BLOCK_P]
             d_left = tl.min(tl.where((key >> LOG_P) == last[:, None], d,
                                      float('inf')), axis=1)
             kth = tl.max(tl.where(slot[None, :] == K - 1, top, 0), axis=1)
