@@ -196,10 +196,13 @@ def set_flex_kernel_options(options: Optional[dict]) -> None:
 
 def snapshot() -> tuple:
     r"""Every switch's value, as a hashable tuple (a key for what a
-    captured graph has baked in)."""
-    values = (get() for get, _ in _SETTERS.values())
-    return tuple(repr(sorted(v.items())) if isinstance(v, dict) else v
-                 for v in values)
+    captured graph has baked in). It reads the values directly: a layer
+    asks for it before every replay."""
+    flex = _flex_kernel_options
+    return (_debug, _fused_bias, _fused_scorer, _fused_inference,
+            _fused_relax, _stacked_casts, _cuda_graphs,
+            _bias_inference_kernel,
+            None if flex is None else repr(sorted(flex.items())))
 
 
 _SETTERS = {

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, Linear, Module, ReLU, Sequential
-from torch.nn.modules import module as nn_module
 from torch_geometric.nn.inits import reset
 from torch_geometric.nn.norm import BatchNorm, LayerNorm
 from torch_geometric.nn.resolver import (
@@ -23,6 +22,7 @@ from samsa_geo.nn.attention._stacked import (
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
 from samsa_geo.nn.conv._graph_replay import GraphReplay
 from samsa_geo.nn.conv._graph_training import TrainingGraphReplay
+from samsa_geo.nn.conv._module_tree import ModuleTree
 from samsa_geo.ops import (
     layer_norm,
     linear,
@@ -210,6 +210,8 @@ class SamsaConv(Module):
         # train() / eval().
         self._graphs = GraphReplay()
         self._train_graphs = TrainingGraphReplay()
+        # What the graphs bake in of the submodules, read on each call.
+        self._module_tree = ModuleTree()
 
     def train(self, mode: bool = True) -> 'SamsaConv':
         self._mlp_cache = None
@@ -363,8 +365,8 @@ class SamsaConv(Module):
                 or is_tracing() or config.is_debug()
                 or torch.cuda.is_current_stream_capturing()):
             return None
-        modules = _tree(self)
-        if _hooked(modules):
+        tree = self._module_tree.read(self)
+        if tree.hooked():
             return None
         key = (num_graphs, max_num_nodes,
                None if pos is None else (pos.shape, pos.dtype),
@@ -372,14 +374,11 @@ class SamsaConv(Module):
                torch.get_autocast_dtype('cuda'),
                torch.is_inference_mode_enabled(),
                torch.get_float32_matmul_precision(), config.snapshot(),
-               _settings(modules))
-        params = [p for m in modules for p in m._parameters.values()
-                  if p is not None]
-        buffers = [b for m in modules for b in m._buffers.values()
-                   if b is not None]
+               tree.settings())
+        params, buffers = tree.params(), tree.buffers()
         if self.training:
             return self._replay_training(x, batch, pos, attn_kwargs,
-                                         modules, params, buffers, key)
+                                         tree.modules, params, buffers, key)
         if torch.is_grad_enabled() and needs_grad(x, *params):
             return None
         attn = self.attn
@@ -557,44 +556,10 @@ class SamsaConv(Module):
                 f'{", norm_first=True" if self.norm_first else ""})')
 
 
-def _tree(module: Module) -> List[Module]:
-    # The module and its submodules (Module.modules() without the names
-    # and the memo, which cost more host time than the walk).
-    out = [module]
-    i = 0
-    while i < len(out):
-        out.extend(m for m in out[i]._modules.values() if m is not None)
-        i += 1
-    return out
-
-
-def _hooked(modules: List[Module]) -> bool:
-    # Whether a hook would run inside the layer's forward or backward pass
-    # (the layer's own hooks run around them, replayed or not).
-    if (nn_module._global_forward_hooks
-            or nn_module._global_forward_pre_hooks
-            or nn_module._global_backward_hooks
-            or nn_module._global_backward_pre_hooks):
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-               or m._backward_pre_hooks for m in modules[1:])
-
-
 def _saved_tensor_hooks() -> bool:
     # Whether torch.autograd.graph.saved_tensors_hooks are active.
     return torch._C._autograd._top_saved_tensors_default_hooks(
         False) is not None
-
-
-#: Attribute types a module's forward may read as constants.
-_SETTING_TYPES = (bool, int, float, str)
-
-
-def _settings(modules: List[Module]) -> tuple:
-    # The scalar attributes of the modules (k, tau, dropout rates, eps,
-    # momentum, modes, ...): a captured graph bakes them in.
-    return tuple([v for m in modules for v in m.__dict__.values()
-                  if type(v) in _SETTING_TYPES])
 
 
 def _plain_norms(layer: 'SamsaConv') -> bool:

@@ -147,15 +147,6 @@ def test_stamps_skip_unset_tensors_and_read_inference_tensors():
     assert tensor_stamp([w, None, frozen]) != stamp
 
 
-def test_the_layer_walks_every_submodule():
-    from samsa_geo.nn import SamsaConv
-    from samsa_geo.nn.conv.samsa_conv import _tree
-    conv = SamsaConv(16, None, heads=2, k=4)
-    walked, modules = _tree(conv), list(conv.modules())
-    assert len(walked) == len(modules)
-    assert {id(m) for m in walked} == {id(m) for m in modules}
-
-
 def test_warnings_do_not_abort_a_capture_and_a_broken_generator_is_named(
         fake_capture, monkeypatch):
     import warnings

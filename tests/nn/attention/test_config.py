@@ -1,0 +1,33 @@
+import pytest
+
+from samsa_geo.nn.attention import config
+
+# A value other than the default, per switch.
+OTHER = {'debug': True, 'fused_bias': False, 'fused_scorer': False,
+         'fused_inference': False, 'fused_relax': False,
+         'stacked_casts': True, 'cuda_graphs': False,
+         'bias_inference_kernel': 'flex',
+         'flex_kernel_options': {'BLOCK_M': 64}}
+
+
+def test_every_switch_has_another_value_here():
+    assert set(OTHER) == set(config._SETTERS)
+
+
+@pytest.mark.parametrize('name', sorted(OTHER))
+def test_snapshot_changes_with_every_switch(name):
+    # A captured graph is keyed by the snapshot: a switch it missed would
+    # replay kernels chosen under the old value.
+    before = config.snapshot()
+    hash(before)
+    with config.attention_config(**{name: OTHER[name]}):
+        assert config._SETTERS[name][0]() == OTHER[name]
+        assert config.snapshot() != before
+    assert config.snapshot() == before
+
+
+def test_snapshot_sees_flex_options_changed_in_place():
+    with config.attention_config(flex_kernel_options={'BLOCK_M': 64}):
+        before = config.snapshot()
+        config.flex_kernel_options()['BLOCK_M'] = 32
+        assert config.snapshot() != before
