@@ -134,7 +134,10 @@ def use_cuda_graphs() -> bool:
       backward pass runs eagerly.
 
     A replay issues the layer's kernels in one launch per pass, plus
-    copies of the inputs in and of the outputs out. On by default (the
+    copies of the inputs in and of the outputs out; an inference replay
+    runs the layer's last step (its residual sum and norm) after the
+    graph, into the call's own output, in place of that copy. On by
+    default (the
     GPU tests compare replays with eager calls); :obj:`False` runs every
     call eagerly, as calls of one layer from several threads or streams
     at once need (they would share the graph's buffers)."""

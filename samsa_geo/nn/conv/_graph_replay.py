@@ -12,7 +12,9 @@ dtypes, the caller's key), each captured once the signature has been seen
 1. a copy of each input into the graph's own input buffer,
 2. one replay,
 3. a copy of the graph's output buffer (so that no two calls share an
-   output).
+   output), or, where the caller gives a ``finish`` step, that step run
+   eagerly on the output buffers: it writes the call's output, and the
+   copy's pass over it is saved.
 
 Python does not run during a replay: a graph is only valid while every
 tensor the call reads besides its inputs (the ``state``: parameters,
@@ -35,6 +37,7 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    Union,
 )
 
 import torch
@@ -48,11 +51,11 @@ State = Callable[[], Sequence[Optional[Tensor]]]
 
 class _Graph:
     # One captured call: the graph, its input buffers, its output buffer
-    # and the stamp of the state it read.
+    # (or buffers, for a finish step) and the stamp of the state it read.
     __slots__ = ('graph', 'inputs', 'out', 'stamp')
 
     def __init__(self, graph: 'torch.cuda.CUDAGraph', inputs: List[Tensor],
-                 out: Tensor, stamp: Tuple):
+                 out: Union[Tensor, Tuple[Tensor, ...]], stamp: Tuple):
         self.graph, self.inputs, self.out, self.stamp = (graph, inputs, out,
                                                          stamp)
 
@@ -102,18 +105,21 @@ class GraphReplay:
     def __setstate__(self, state: Dict[str, int]) -> None:
         self.__init__(**state)
 
-    def __call__(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
+    def __call__(self, fn: Callable[..., Any], inputs: Sequence[Tensor],
                  key: Hashable, state: State,
                  eligible: Callable[[], bool] = lambda: True,
+                 finish: Optional[Callable[..., Tensor]] = None,
                  ) -> Optional[Tensor]:
-        r"""``fn(*inputs)`` by replaying its graph (captured first where
-        the signature has been seen ``min_calls`` times before), or
-        :obj:`None`: the caller runs this call eagerly.
+        r"""``fn(*inputs)`` (or ``finish(*fn(*inputs))``) by replaying its
+        graph (captured first where the signature has been seen
+        ``min_calls`` times before), or :obj:`None`: the caller runs this
+        call eagerly.
 
         Args:
             fn (Callable): The call; it must launch the same kernels on
                 the same buffers for every call of one signature, never
-                synchronise with the host and return one new tensor.
+                synchronise with the host and return one new tensor (a
+                tuple of tensors where ``finish`` is given).
             inputs (Sequence[Tensor]): The tensors that change between
                 calls, on one CUDA device.
             key (Hashable): Whatever else selects the kernels (sizes the
@@ -122,6 +128,10 @@ class GraphReplay:
                 entries are skipped).
             eligible (Callable, optional): Whether the signature may be
                 graphed; asked once, before its capture.
+            finish (Callable, optional): The call's last step, run eagerly
+                after each replay on ``fn``'s outputs (the graph's own
+                buffers, valid until its next replay); it must return a
+                new tensor. (default: :obj:`None`: the output is copied)
         """
         sig = self._signature(key, inputs)
         entry = self._graphs.get(sig)
@@ -136,14 +146,16 @@ class GraphReplay:
             if not eligible():
                 self._remember(self._failed, sig, None)
                 return None
-            entry = self._capture(fn, inputs, sig, state)
+            entry = self._capture(fn, inputs, sig, state, finish is not None)
             if entry is None:
                 return None
         self._graphs.move_to_end(sig)
         for buf, t in zip(entry.inputs, inputs):
             buf.copy_(t)
         entry.graph.replay()
-        return entry.out.clone()
+        if finish is None:
+            return entry.out.clone()
+        return finish(*entry.out)
 
     @staticmethod
     def _signature(key: Hashable, inputs: Sequence[Tensor]) -> Hashable:
@@ -164,8 +176,10 @@ class GraphReplay:
         while len(history) > 16 * self.max_graphs:
             history.popitem(last=False)
 
-    def _capture(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
-                 sig: Hashable, state: State) -> Optional[_Graph]:
+    def _capture(self, fn: Callable[..., Any], inputs: Sequence[Tensor],
+                 sig: Hashable, state: State,
+                 outputs: bool = False) -> Optional[_Graph]:
+        # outputs: fn returns a tuple of tensors (for a finish step).
         buffers = [t.clone() for t in inputs]
         device = buffers[0].device
         got = self._attempt(
@@ -174,7 +188,13 @@ class GraphReplay:
         if got is None:
             return None
         graph, out = got
-        if not isinstance(out, Tensor):
+        if outputs:
+            if not (isinstance(out, tuple)
+                    and all(isinstance(t, Tensor) for t in out)):
+                raise TypeError(f"Expected the graphed function to return a "
+                                f"tuple of tensors for its finish step (got "
+                                f"{type(out).__name__})")
+        elif not isinstance(out, Tensor):
             raise TypeError(f"Expected the graphed function to return a "
                             f"tensor (got {type(out).__name__})")
         # The graphs of one device share their memory: they replay one at
@@ -234,9 +254,9 @@ def check_generator(device: torch.device, err: BaseException) -> None:
             f"config.set_cuda_graphs(False)") from err
 
 
-def capture(fn: Callable[..., Tensor], buffers: List[Tensor],
+def capture(fn: Callable[..., Any], buffers: List[Tensor],
             pool: Optional[Tuple[int, int]],
-            ) -> Tuple['torch.cuda.CUDAGraph', Tensor]:
+            ) -> Tuple['torch.cuda.CUDAGraph', Any]:
     r"""The CUDA graph of ``fn(*buffers)`` (in memory pool ``pool``, a
     new one if :obj:`None`) and the output it writes."""
     graph = torch.cuda.CUDAGraph()

@@ -356,7 +356,7 @@ class SamsaConv(Module):
         # or None where it runs eagerly: no hooks, tracing or value checks
         # (a replay runs no Python), the sizes of the sets given, up to
         # CUDA_GRAPH_MAX_ELEMENTS input values (beyond, the GPU's work
-        # outlasts the host's, and the copies in and out would add to it).
+        # outlasts the host's, and the copy in would add to it).
         num_graphs = attn_kwargs.get('num_graphs')
         max_num_nodes = attn_kwargs.get('max_num_nodes')
         if ('normal' in attn_kwargs or x.numel() > CUDA_GRAPH_MAX_ELEMENTS
@@ -400,11 +400,14 @@ class SamsaConv(Module):
                     out += [t for t in cache[1:] if isinstance(t, Tensor)]
             return out
 
-        # Graphs replay the fused path, which reads no positions.
+        # Graphs replay the fused path, which reads no positions, up to the
+        # last step: that one runs after the replay, on its output buffers,
+        # and writes the call's own output (no copy of the graph's).
         return self._graphs(
-            lambda x, batch=None: self._forward(x, None, batch, None, False,
-                                                attn_kwargs, {}),
-            (x, ) if batch is None else (x, batch), key, state, eligible)
+            lambda x, batch=None: self._body(x, None, batch, None, False,
+                                             attn_kwargs, {})[:2],
+            (x, ) if batch is None else (x, batch), key, state, eligible,
+            finish=lambda out, h: self._tail(out, h, batch, num_graphs))
 
     def _replay_training(self, x: Tensor, batch: Optional[Tensor],
                          pos: Optional[Tensor], attn_kwargs: Dict[str, Any],
@@ -467,7 +470,24 @@ class SamsaConv(Module):
                  attn_kwargs: Dict[str, Any], kwargs: Dict[str, Any],
                  ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor,
                                                         Optional[Tensor]]]]:
+        out, h, weights = self._body(x, edge_index, batch, pos,
+                                     return_attention_weights, attn_kwargs,
+                                     kwargs)
+        out = self._tail(out, h, batch, attn_kwargs.get('num_graphs'))
+        if return_attention_weights:
+            return out, weights
+        return out
+
+    def _body(self, x: Tensor, edge_index: Optional[Tensor],
+              batch: Optional[Tensor], pos: Optional[Tensor],
+              return_attention_weights: Optional[bool],
+              attn_kwargs: Dict[str, Any], kwargs: Dict[str, Any],
+              ) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor,
+                                                        Optional[Tensor]]]]:
+        # The layer up to its last step: Y, MLP(.) of it, and the
+        # attention's (indices, weights) where asked for.
         num_graphs = attn_kwargs.get('num_graphs')
+        weights = None
         if return_attention_weights:
             attn_kwargs = dict(attn_kwargs, return_indices=True,
                                return_weights=True)
@@ -489,10 +509,11 @@ class SamsaConv(Module):
         h = self.attn(norm(1, x) if pre else x, batch, pos=pos, **attn_kwargs)
         if return_attention_weights:
             h, indices, alpha = h
+            weights = (indices, alpha)
         h = drop(h)
         if pre:  # X + MPNN(N1(X)) + SAMSA(N2(X)), then + MLP(N3(Y))
             out = x + h if local is None else x + local + h
-            out = out + self._mlp(norm(2, out))
+            return out, self._mlp(norm(2, out)), weights
         else:  # GPSConv: N3(Y + MLP(Y)), Y = N1(MPNN + X) + N2(SAMSA + X)
             # Where autocast runs the MLP, Y's copy in its dtype comes from
             # the norm's kernel (see _add_norm).
@@ -503,11 +524,15 @@ class SamsaConv(Module):
                                            copy_dtype)
             if local is not None:
                 out = self._add_norm(0, local, x, batch, num_graphs)[0] + out
-            out = self._add_norm(2, out, self._mlp(out, out_copy), batch,
-                                 num_graphs)[0]
-        if return_attention_weights:
-            return out, (indices, alpha)
-        return out
+            return out, self._mlp(out, out_copy), weights
+
+    def _tail(self, out: Tensor, h: Tensor, batch: Optional[Tensor],
+              num_graphs: Optional[int]) -> Tensor:
+        # The last step, Y + MLP(N3(Y)) or N3(Y + MLP(Y)): a new tensor
+        # (a replay runs it on the graph's buffers, see _replay).
+        if self.norm_first:
+            return out + h
+        return self._add_norm(2, out, h, batch, num_graphs)[0]
 
     def _mlp(self, h: Tensor, h_copy: Optional[Tensor] = None) -> Tensor:
         # self.mlp holds the parameters (state_dict, reset_parameters,

@@ -11,13 +11,20 @@ from samsa_geo.nn.conv._graph_replay import GraphReplay
 
 class FakeGraph:
     # Stands in for a captured CUDA graph on the CPU: a replay runs the
-    # function again on the input buffers into the output buffer.
+    # function again on the input buffers into the output buffer(s).
     def __init__(self, fn, buffers):
         self.fn, self.buffers = fn, buffers
         self.out = fn(*buffers)
+        self.replays = 0
 
     def replay(self):
-        self.out.copy_(self.fn(*self.buffers))
+        self.replays += 1
+        out = self.fn(*self.buffers)
+        if isinstance(out, tuple):
+            for buf, t in zip(self.out, out):
+                buf.copy_(t)
+        else:
+            self.out.copy_(out)
 
     def pool(self):
         return (0, 1)
@@ -134,6 +141,67 @@ def test_copies_start_empty_and_arguments_are_checked(fake_capture):
     graphs(lambda x: (x, x), (x, ), None, lambda: [])  # eager: no check
     with pytest.raises(TypeError, match='return a tensor'):
         graphs(lambda x: (x, x), (x, ), None, lambda: [])
+
+
+def test_a_finish_step_runs_on_the_output_buffers(fake_capture):
+    weight = torch.randn(3, 3)
+
+    def fn(x):
+        return x @ weight, x.sum(dim=1, keepdim=True)
+
+    def finish(a, b):
+        seen.append((a, b))
+        return a - b
+
+    graphs = GraphReplay(min_calls=1)
+    xs = [torch.randn(4, 3) for _ in range(4)]
+    outs, seen = [], []
+    for x in xs:
+        out = graphs(fn, (x, ), None, lambda: [weight], finish=finish)
+        outs.append(finish(*fn(x)) if out is None else out)
+    assert len(fake_capture) == 1 and fake_capture[0].replays == 3
+    for x, out in zip(xs, outs):  # every output its own, and right
+        assert torch.allclose(out, x @ weight - x.sum(dim=1, keepdim=True))
+    # Replays hand finish the graph's own buffers, not copies.
+    for a, b in seen[1:]:
+        assert a is fake_capture[0].out[0] and b is fake_capture[0].out[1]
+    graphs = GraphReplay(min_calls=1)
+    graphs(torch.neg, (xs[0], ), None, lambda: [], finish=finish)
+    with pytest.raises(TypeError, match='tuple of tensors'):
+        graphs(torch.neg, (xs[0], ), None, lambda: [], finish=finish)
+
+
+@pytest.mark.parametrize('norm_first', [False, True])
+@pytest.mark.parametrize('norm', ['batch_norm', 'layer_norm', None])
+def test_the_layer_replays_its_body_and_runs_its_last_step_after(
+        fake_capture, monkeypatch, norm_first, norm):
+    # SamsaConv's replay path on the CPU: the fake graph replays the body,
+    # the last step writes each call's output, equal to the eager one.
+    from samsa_geo.nn import SamsaConv
+    from samsa_geo.nn.attention import config
+    monkeypatch.setattr(torch.cuda, 'is_current_stream_capturing',
+                        lambda: False)
+    torch.manual_seed(0)
+    conv = SamsaConv(16, None, heads=2, k=4, norm=norm,
+                     norm_first=norm_first).eval()
+    monkeypatch.setattr(conv.attn, '_runs_fused', lambda *args: True)
+    batch = torch.arange(3).repeat_interleave(10)
+    outs, refs = [], []
+    with torch.no_grad():
+        for _ in range(5):
+            x = torch.randn(30, 16)
+            with config.attention_config(cuda_graphs=False):
+                refs.append(conv(x, None, batch))
+            out = conv._replay(x, batch, None,
+                               {'num_graphs': 3, 'max_num_nodes': 10})
+            outs.append(conv._forward(x, None, batch, None, False, {}, {})
+                        if out is None else out)
+    assert len(fake_capture) == 1 and fake_capture[0].replays == 3
+    assert isinstance(fake_capture[0].out, tuple)
+    for out, ref in zip(outs, refs):
+        assert torch.allclose(out, ref, atol=1e-5)
+    buffers = {t.data_ptr() for t in fake_capture[0].out}
+    assert not buffers & {out.data_ptr() for out in outs}
 
 
 def test_stamps_skip_unset_tensors_and_read_inference_tensors():
