@@ -318,6 +318,25 @@ def gather_rows(kv: Tensor, ids: Tensor, head: Tensor,
     return kv[ids, head]
 
 
+def project_rows(ids: Tensor, x: Tensor, weight: Tensor,
+                 bias: Tensor) -> Tensor:
+    r"""Keys and values of the sampled rows alone: row ``x[ids[b, h, j]]``
+    of ``x`` :math:`(M, C)` projected by head ``h``'s rows of ``weight``
+    :math:`(H F, C)` and ``bias`` :math:`(H F)`, for ids
+    :math:`(B, H, K)`: :math:`(B, H, K, F)`. It equals
+    ``gather_rows(F.linear(x, weight, bias).view(M, H, F), ids, head)``
+    up to the rounding of another matrix product, at the cost of
+    :math:`B H K` rows instead of :math:`M`."""
+    B, H, K = ids.shape
+    C = x.size(1)
+    F_ = weight.size(0) // H
+    ids = ids.transpose(0, 1).reshape(H, B * K)  # [B, H, K] -> [H, B * K]
+    w = weight.view(H, F_, C).transpose(1, 2)  # [H * F, C] -> [H, C, F]
+    b = bias.view(H, 1, F_).expand(H, B * K, F_)  # [H * F] -> [H, BK, F]
+    u = torch.baddbmm(b, x[ids], w)  # [H, B * K, C] @ [H, C, F]
+    return u.view(H, B, K, F_).transpose(0, 1)  # [H, BK, F] -> [B, H, K, F]
+
+
 class _Masks:
     """Per-set masks of a ragged selection, as the relaxation uses them."""
     def __init__(self, sel: Selection) -> None:

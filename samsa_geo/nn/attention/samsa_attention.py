@@ -35,6 +35,7 @@ from samsa_geo.nn.attention._sampling import (
     Selection,
     gather_rows,
     keep_all,
+    project_rows,
     relax,
     select,
 )
@@ -466,8 +467,11 @@ class SamsaAttention(Module):
         # kernels.
         N, C = x.shape
         H, D = self.heads, self.head_dim
-        # 1. Queries for every token; keys and values for every candidate.
-        q, kv, hidden, (scorer_args, out_lin) = self._project(x, x_low)
+        # 1. Queries for every token; keys and values for every candidate,
+        # or, in evaluation where the sampled rows are fewer than half the
+        # tokens, for the sampled rows alone (step 2).
+        q, kv, hidden, (scorer_args, out_lin, kv_lin) = self._project(
+            x, x_low, self._projects_sampled_rows(info, N, return_indices))
         if q.requires_grad and not is_tracing():
             # Its own storage: the attention saves the queries, and a view
             # would keep the whole projection (keys, values, the scorer's
@@ -477,6 +481,10 @@ class SamsaAttention(Module):
         summ = None
         if self.sampling == 'sft':  # 2. raw tokens sampled, then projected
             sel, u = self._sample_sft(x, hidden, batch, info, scorer_args)
+        elif kv is None:  # evaluation: project the sampled rows
+            sel, scores = self._sample(x, hidden, batch, info,
+                                       return_indices, scorer_args)
+            u = project_rows(sel.top, *kv_lin)  # [B, H, k, 2D]
         else:
             kv = kv.view(N, H, 2 * D)  # [N, 2C] -> [N, H, 2D] as [k_h, v_h]
             if self.num_registers > 0:
@@ -518,6 +526,18 @@ class SamsaAttention(Module):
             return out, idx
         alpha = torch.cat(weights, dim=0)  # [nt, H, T, k]
         return out, idx, from_tiles(alpha, tiles)  # [N, H, k]
+
+    def _projects_sampled_rows(self, info: SetInfo, N: int,
+                               return_indices: bool) -> bool:
+        # Whether the general path projects keys and values of the sampled
+        # rows alone (project_rows): in evaluation, where the sampled rows
+        # of every set and head are at most half the tokens, without
+        # registers or summary key (their keys come from every candidate)
+        # or a set that keeps every candidate.
+        return (not self.training and self.sampling != 'sft'
+                and self.num_registers == 0 and not self.summary
+                and 2 * info.num_sets * self.heads * info.k_max <= N
+                and not self._keeps_all(info, return_indices))
 
     def _fused_inference(self, x: Tensor, info: SetInfo,
                          return_weights: bool) -> bool:
@@ -564,7 +584,7 @@ class SamsaAttention(Module):
         # Projection, scorer, then selection and attention in two kernels,
         # three for chunked sets (see _fused_inference.py); [N, C] straight
         # into lin_out.
-        q, kv, hidden, (scorer_args, out_lin) = self._project(x, x_low)
+        q, kv, hidden, (scorer_args, out_lin, _) = self._project(x, x_low)
         score = self.scorer(x, hidden, **scorer_args)  # [N, H] float32
         out, idx = fused_sampled_attention(
             q, kv, score, self.reg_score, self.reg_kv, batch, info, self.k)
@@ -574,8 +594,10 @@ class SamsaAttention(Module):
         return out, order_by_score(idx, score, self.reg_score)
 
     def _project(self, x: Tensor, x_low: Optional[Tensor] = None,
+                 sampled_kv: bool = False,
                  ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor],
-                            Tuple[Dict[str, Any], Tuple[Tensor, Tensor]]]:
+                            Tuple[Dict[str, Any], Tuple[Tensor, Tensor],
+                                  Optional[Tuple[Tensor, Tensor, Tensor]]]]:
         # One GEMM for the queries, the keys and values and the scorer's
         # first layer (all read x): one launch and one cast of x instead
         # of three. The modules keep their own parameters. Also returns
@@ -585,7 +607,9 @@ class SamsaAttention(Module):
         # lin_out. Under autocast the casts are made here rather than
         # inside F.linear, so that the scorer's training node can keep
         # them (x's cast is x_low where forward made it). SFT projects keys
-        # and values of the sampled tokens only.
+        # and values of the sampled tokens only; so does sampled_kv, which
+        # returns no keys and values but (x cast, weight, bias) of lin_kv
+        # (the stacked weight's last rows: the GEMM reads the rows above).
         lins = self._projected()
         weight, bias, *rest = self._linear_weights(lins, x)
         dtype = _projection_dtype(x, weight)
@@ -594,20 +618,25 @@ class SamsaAttention(Module):
         if weight.dtype != x.dtype:  # the weights of autocast's dtype
             x = x_low if x_low is not None and x_low.dtype == weight.dtype \
                 else x.to(weight.dtype)
-        out = linear(x, weight, bias).split(
-            [lin.out_features for lin in lins], 1)
+        sizes = [lin.out_features for lin in lins]
+        kv_lin = None
+        if sampled_kv:  # lin_kv's rows come last
+            rows = sizes.pop()
+            kv_lin = (x, weight[-rows:], bias[-rows:])
+            weight, bias = weight[:-rows], bias[:-rows]
+        out = linear(x, weight, bias).split(sizes, 1)
         scorer_args: Dict[str, Any] = {}
         if len(rest) > 2:
             scorer_args['lin2_weights'] = (rest[0], rest[1])
         out_lin = (rest[-2], rest[-1])
-        hidden = out[-1] if self._stacks_scorer() else None
+        hidden = out[1] if self._stacks_scorer() else None
         if hidden is not None and torch.is_grad_enabled() \
                 and not is_tracing():  # for the scorer's training node
-            rows = lins[-1].out_features
-            scorer_args['lin1_inputs'] = (x, weight[-rows:], bias[-rows:])
-        if self.sampling == 'sft':
-            return out[0], None, hidden, (scorer_args, out_lin)
-        return out[0], out[1], hidden, (scorer_args, out_lin)
+            start, rows = sizes[0], sizes[1]
+            scorer_args['lin1_inputs'] = (x, weight[start:start + rows],
+                                          bias[start:start + rows])
+        kv = None if self.sampling == 'sft' or sampled_kv else out[-1]
+        return out[0], kv, hidden, (scorer_args, out_lin, kv_lin)
 
     def _stacks_scorer(self) -> bool:
         # The scorer's first layer reads x itself, unless the scorer
@@ -615,12 +644,13 @@ class SamsaAttention(Module):
         return self.scorer is not None and not self.scorer_norm
 
     def _projected(self) -> List[Linear]:
-        # The layers stacked into the projection GEMM.
+        # The layers stacked into the projection GEMM, lin_kv last (a
+        # projection of the sampled rows alone leaves its rows out).
         lins = [self.lin_q]
-        if self.sampling != 'sft':
-            lins.append(self.lin_kv)
         if self._stacks_scorer():
             lins.append(self.scorer.score_nn[0])
+        if self.sampling != 'sft':
+            lins.append(self.lin_kv)
         return lins
 
     def _linear_weights(self, lins: List[Linear],
