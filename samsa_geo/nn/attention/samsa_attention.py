@@ -20,6 +20,7 @@ from samsa_geo.nn.attention._dense import (
 from samsa_geo.nn.attention._dispatch import (
     FUSED_MAX_HEAD_DIM,
     FUSED_MAX_SET_SIZE,
+    SAMPLED_ROWS_MIN_TOKENS,
     is_exporting,
     is_tracing,
     needs_grad,
@@ -530,11 +531,13 @@ class SamsaAttention(Module):
     def _projects_sampled_rows(self, info: SetInfo, N: int,
                                return_indices: bool) -> bool:
         # Whether the general path projects keys and values of the sampled
-        # rows alone (project_rows): in evaluation, where the sampled rows
-        # of every set and head are at most half the tokens, without
-        # registers or summary key (their keys come from every candidate)
-        # or a set that keeps every candidate.
+        # rows alone (project_rows): in evaluation, from
+        # SAMPLED_ROWS_MIN_TOKENS tokens, where the sampled rows of every
+        # set and head are at most half the tokens, without registers or
+        # summary key (their keys come from every candidate) or a set that
+        # keeps every candidate.
         return (not self.training and self.sampling != 'sft'
+                and N >= SAMPLED_ROWS_MIN_TOKENS
                 and self.num_registers == 0 and not self.summary
                 and 2 * info.num_sets * self.heads * info.k_max <= N
                 and not self._keeps_all(info, return_indices))

@@ -1,11 +1,13 @@
 """In evaluation the general path projects keys and values of the sampled
-rows alone (project_rows) where they are at most half the tokens: the
-outputs equal those of projecting every token and gathering."""
+rows alone (project_rows) where they are at most half the tokens, from
+SAMPLED_ROWS_MIN_TOKENS tokens: the outputs equal those of projecting every
+token and gathering."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from samsa_geo.nn import SamsaAttention
+from samsa_geo.nn.attention import samsa_attention
 from samsa_geo.nn.attention._sampling import gather_rows, project_rows
 from samsa_geo.ops import value_checks
 
@@ -33,6 +35,12 @@ def test_project_rows_equals_projecting_every_row(dtype, B, H, K):
     assert not torch.allclose(other[:, :2], want[:, :2])
 
 
+@pytest.fixture
+def any_size(monkeypatch):
+    # The path from any number of tokens (small sets in these tests).
+    monkeypatch.setattr(samsa_attention, 'SAMPLED_ROWS_MIN_TOKENS', 0)
+
+
 def _forward(attn, x, batch, sizes, **kwargs):
     with value_checks(False):
         return attn(x, batch, num_graphs=len(sizes),
@@ -44,7 +52,7 @@ def _forward(attn, x, batch, sizes, **kwargs):
                                     {'return_indices': True,
                                      'return_weights': True}])
 def test_the_sampled_rows_path_equals_the_full_projection(
-        monkeypatch, sizes, kwargs):
+        monkeypatch, any_size, sizes, kwargs):
     torch.manual_seed(0)
     attn = SamsaAttention(32, heads=2, k=8).eval()
     x = torch.randn(sum(sizes), 32, dtype=torch.float64)
@@ -74,9 +82,10 @@ def test_the_sampled_rows_path_equals_the_full_projection(
             assert torch.equal(a, b)
 
 
-def test_paths_that_keep_every_projected_row():
-    # Training, registers, the summary key, SFT, and sets whose sampled
-    # rows are more than half the tokens project every token.
+def test_paths_that_keep_every_projected_row(monkeypatch, any_size):
+    # Training, registers, the summary key, SFT, sets whose sampled rows
+    # are more than half the tokens, and fewer tokens than the threshold
+    # project every token.
     x = torch.randn(120, 32)
     batch = torch.zeros(120, dtype=torch.long)
     cases = [({}, False, True), ({}, True, False),
@@ -88,3 +97,9 @@ def test_paths_that_keep_every_projected_row():
         attn = SamsaAttention(32, heads=2, **{'k': 8, **kwargs}).train(train)
         info = attn._set_info(x, batch, None, None, 1, 120)
         assert attn._projects_sampled_rows(info, 120, False) == want, kwargs
+    attn = SamsaAttention(32, heads=2, k=8).eval()
+    info = attn._set_info(x, batch, None, None, 1, 120)
+    monkeypatch.setattr(samsa_attention, 'SAMPLED_ROWS_MIN_TOKENS', 121)
+    assert not attn._projects_sampled_rows(info, 120, False)
+    monkeypatch.setattr(samsa_attention, 'SAMPLED_ROWS_MIN_TOKENS', 120)
+    assert attn._projects_sampled_rows(info, 120, False)
