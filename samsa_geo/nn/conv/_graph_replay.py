@@ -9,9 +9,7 @@ keeps a few graphs per layer, one per input signature (shapes, strides,
 dtypes, the caller's key), each captured once the signature has been seen
 ``min_calls`` times, and replays them as
 
-1. a copy of each input into the graph's own input buffer (issued early,
-   by :meth:`GraphReplay.copy_early`, where the caller expects the graph
-   it replayed last: the GPU copies while the host checks the call),
+1. a copy of each input into the graph's own input buffer,
 2. one replay,
 3. a copy of the graph's output buffer (so that no two calls share an
    output), or, where the caller gives a ``finish`` step, that step run
@@ -87,10 +85,6 @@ class GraphReplay:
         # Signatures that may not be graphed, or whose capture failed.
         self._failed: 'OrderedDict[Hashable, None]' = OrderedDict()
         self._pools: Dict[torch.device, Tuple[int, int]] = {}
-        # The signature replayed last, and the inputs copied into its
-        # graph's buffers early for the coming call (see copy_early).
-        self._last: Optional[Hashable] = None
-        self._early: Optional[Tuple[_Graph, Tuple[Tensor, ...]]] = None
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -102,7 +96,6 @@ class GraphReplay:
         self._seen.clear()
         self._failed.clear()
         self._pools.clear()
-        self._last = self._early = None
 
     # Graphs are device state: copies (copy.deepcopy, pickling, an EMA
     # model) start with none.
@@ -111,25 +104,6 @@ class GraphReplay:
 
     def __setstate__(self, state: Dict[str, int]) -> None:
         self.__init__(**state)
-
-    def copy_early(self, inputs: Sequence[Tensor]) -> None:
-        r"""Copies ``inputs`` into the input buffers of the graph replayed
-        last, where their shapes, strides, dtypes and devices match, so
-        that the GPU copies while the host checks the coming call. That
-        call, made next with these very tensors, skips the copy where it
-        replays this graph; any other call copies as usual. The caller
-        must not change the inputs in between."""
-        self._early = None
-        entry = None if self._last is None else self._graphs.get(self._last)
-        if entry is None or len(entry.inputs) != len(inputs):
-            return
-        for buf, t in zip(entry.inputs, inputs):
-            if (buf.shape != t.shape or buf.stride() != t.stride()
-                    or buf.dtype != t.dtype or buf.device != t.device):
-                return
-        for buf, t in zip(entry.inputs, inputs):
-            buf.copy_(t)
-        self._early = (entry, tuple(inputs))
 
     def __call__(self, fn: Callable[..., Any], inputs: Sequence[Tensor],
                  key: Hashable, state: State,
@@ -159,7 +133,6 @@ class GraphReplay:
                 buffers, valid until its next replay); it must return a
                 new tensor. (default: :obj:`None`: the output is copied)
         """
-        early, self._early = self._early, None
         sig = self._signature(key, inputs)
         entry = self._graphs.get(sig)
         if entry is not None and entry.stamp != tensor_stamp(state()):
@@ -177,12 +150,9 @@ class GraphReplay:
             if entry is None:
                 return None
         self._graphs.move_to_end(sig)
-        if early is None or early[0] is not entry or len(early[1]) != len(
-                inputs) or any(a is not b for a, b in zip(early[1], inputs)):
-            for buf, t in zip(entry.inputs, inputs):
-                buf.copy_(t)
+        for buf, t in zip(entry.inputs, inputs):
+            buf.copy_(t)
         entry.graph.replay()
-        self._last = sig
         if finish is None:
             return entry.out.clone()
         return finish(*entry.out)

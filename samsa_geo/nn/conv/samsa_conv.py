@@ -365,10 +365,6 @@ class SamsaConv(Module):
                 or is_tracing() or config.is_debug()
                 or torch.cuda.is_current_stream_capturing()):
             return None
-        inputs = (x, ) if batch is None else (x, batch)
-        if not self.training and not torch.is_grad_enabled():
-            # The GPU copies the inputs in while the host checks the call.
-            self._graphs.copy_early(inputs)
         tree = self._module_tree.read(self)
         if tree.hooked():
             return None
@@ -410,7 +406,7 @@ class SamsaConv(Module):
         return self._graphs(
             lambda x, batch=None: self._body(x, None, batch, None, False,
                                              attn_kwargs, {})[:2],
-            inputs, key, state, eligible,
+            (x, ) if batch is None else (x, batch), key, state, eligible,
             finish=lambda out, h: self._tail(out, h, batch, num_graphs))
 
     def _replay_training(self, x: Tensor, batch: Optional[Tensor],

@@ -171,49 +171,6 @@ def test_a_finish_step_runs_on_the_output_buffers(fake_capture):
         graphs(torch.neg, (xs[0], ), None, lambda: [], finish=finish)
 
 
-def test_early_copies_fill_the_last_graph_and_the_call_skips_its_copy(
-        fake_capture, monkeypatch):
-    weight = torch.randn(3, 3)
-
-    def fn(x):
-        return x @ weight
-
-    graphs = GraphReplay(min_calls=1)
-    graphs.copy_early((torch.randn(4, 3), ))  # no graph yet: nothing
-    assert graphs._early is None
-    for _ in range(2):
-        run(graphs, fn, (torch.randn(4, 3), ), None, [weight])
-    buffer = fake_capture[0].buffers[0]
-    copies = []
-    original = torch.Tensor.copy_
-
-    def spy(self, src, *args, **kwargs):
-        if self is buffer:
-            copies.append(src)
-        return original(self, src, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, 'copy_', spy)
-    x = torch.randn(4, 3)
-    graphs.copy_early((x, ))
-    assert copies == [x] and torch.equal(buffer, x)
-    out = graphs(fn, (x, ), None, lambda: [weight])
-    assert copies == [x]  # the call skipped its own copy
-    assert torch.allclose(out, x @ weight)
-    # Another tensor than the one copied early is copied as usual.
-    graphs.copy_early((torch.randn(4, 3), ))
-    y = torch.randn(4, 3)
-    assert torch.allclose(graphs(fn, (y, ), None, lambda: [weight]),
-                          y @ weight)
-    assert copies[-1] is y and len(copies) == 3
-    # Another layout, or a dropped graph: nothing is copied.
-    graphs.copy_early((torch.randn(5, 3), ))
-    assert graphs._early is None and len(copies) == 3
-    weight.mul_(2)  # the state changed: the graph goes at the next call
-    assert graphs(fn, (y, ), None, lambda: [weight]) is None
-    graphs.copy_early((y, ))
-    assert graphs._early is None and len(copies) == 3
-
-
 @pytest.mark.parametrize('norm_first', [False, True])
 @pytest.mark.parametrize('norm', ['batch_norm', 'layer_norm', None])
 def test_the_layer_replays_its_body_and_runs_its_last_step_after(
