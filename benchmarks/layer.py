@@ -331,6 +331,11 @@ def main():
                    help='largest set of the fused inference path for this '
                    'run, in place of FUSED_MAX_SET_SIZE (to time the fused '
                    'path on larger sets)')
+    p.add_argument('--sampled-rows-min-tokens', type=int, default=None,
+                   help='fewest tokens from which evaluation on the general '
+                   'path projects the sampled rows alone, in place of '
+                   'SAMPLED_ROWS_MIN_TOKENS (a huge value projects every '
+                   'token)')
     p.add_argument('--linear-min-elements', type=int, default=None,
                    help='smallest output whose bias gradient the layer '
                    'sums with samsa_geo.ops.linear\'s kernel, in place of '
@@ -347,6 +352,10 @@ def main():
     if args.fused_max_set_size is not None:
         from samsa_geo.nn.attention import samsa_attention
         samsa_attention.FUSED_MAX_SET_SIZE = args.fused_max_set_size
+    if args.sampled_rows_min_tokens is not None:
+        from samsa_geo.nn.attention import samsa_attention
+        samsa_attention.SAMPLED_ROWS_MIN_TOKENS = \
+            args.sampled_rows_min_tokens
     if args.linear_min_elements is not None:
         importlib.import_module('samsa_geo.ops.linear').MIN_ELEMENTS = \
             args.linear_min_elements

@@ -9,20 +9,23 @@ ROOT = osp.join(osp.dirname(__file__), '..', '..')
 def test_run_settings_are_set_for_the_run_and_kept_in_the_flags(
         tmp_path):
     # layer.py --fused-max-set-size replaces the fused path's limit for its
-    # run, --linear-min-elements samsa_geo.ops.linear's, --ops-backend what
-    # samsa_geo.ops' 'auto' means; every record says so in its flags. (A fresh interpreter: both are module
-    # globals.)
+    # run, --sampled-rows-min-tokens the sampled rows' projection's,
+    # --linear-min-elements samsa_geo.ops.linear's, --ops-backend what
+    # samsa_geo.ops' 'auto' means; every record says so in its flags. (A
+    # fresh interpreter: they are module globals.)
     out = tmp_path / 'layer.json'
     code = (
         'import runpy, sys\n'
         'sys.argv = ["layer.py", "--device", "cpu", "--sizes", "2x16", '
         '"--ops", "samsa_conv_batch", "--passes", "fwd", "--warmup", "1", '
         '"--repeat", "1", "--fused-max-set-size", "12", "--ops-backend", '
-        '"torch", "--linear-min-elements", "77", "--out", '
+        '"torch", "--linear-min-elements", "77", '
+        '"--sampled-rows-min-tokens", "5", "--out", '
         f'{str(out)!r}]\n'
         'runpy.run_path("benchmarks/layer.py", run_name="__main__")\n'
         'from samsa_geo.nn.attention import samsa_attention\n'
         'print("limit", samsa_attention.FUSED_MAX_SET_SIZE)\n'
+        'print("rows", samsa_attention.SAMPLED_ROWS_MIN_TOKENS)\n'
         'from samsa_geo import ops\n'
         'print("backend", ops.default_backend())\n'
         'import importlib\n'
@@ -32,10 +35,11 @@ def test_run_settings_are_set_for_the_run_and_kept_in_the_flags(
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert 'limit 12' in run.stdout and 'backend torch' in run.stdout
-    assert 'linear 77' in run.stdout
+    assert 'linear 77' in run.stdout and 'rows 5' in run.stdout
     records = json.loads(out.read_text())
     assert records and all(r['flags']['fused_max_set_size'] == 12
                            and r['flags']['ops_backend'] == 'torch'
                            and r['flags']['linear_min_elements'] == 77
+                           and r['flags']['sampled_rows_min_tokens'] == 5
                            for r in records)
     assert {r['op'] for r in records} == {'samsa_conv_batch'}
