@@ -482,12 +482,9 @@ class SamsaAttention(Module):
         summ = None
         if self.sampling == 'sft':  # 2. raw tokens sampled, then projected
             sel, u = self._sample_sft(x, hidden, batch, info, scorer_args)
-        elif kv is None:  # evaluation: project the sampled rows
-            sel, scores = self._sample(x, hidden, batch, info,
-                                       return_indices, scorer_args)
-            u = project_rows(sel.top, *kv_lin)  # [B, H, k, 2D]
         else:
-            kv = kv.view(N, H, 2 * D)  # [N, 2C] -> [N, H, 2D] as [k_h, v_h]
+            if kv is not None:  # [N, 2C] -> [N, H, 2D] as [k_h, v_h]
+                kv = kv.view(N, H, 2 * D)
             if self.num_registers > 0:
                 reg = self.reg_kv.to(kv.dtype).repeat(info.num_sets, 1, 1)
                 kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
@@ -501,7 +498,10 @@ class SamsaAttention(Module):
             head = self.head_index  # [1, H, 1]
             # Equal sets: the top and bottom sets hold distinct ids.
             unique = info.all_valid
-            if self.training and self.scorer is not None and info.m_max > 0:
+            if kv is None:  # evaluation: the sampled rows projected alone
+                u = project_rows(sel.top, *kv_lin)  # [B, H, k, 2D]
+            elif (self.training and self.scorer is not None
+                  and info.m_max > 0):
                 u = relax(sel, kv, head, self.tau, self.sampling == 'hard',
                           unique=unique)  # [B, H, k, 2D]
             else:
