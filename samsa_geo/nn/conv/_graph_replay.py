@@ -26,6 +26,7 @@ graph whose stamp no longer matches; the next calls run eagerly and capture
 again. The caller decides when a call may be graphed at all (no autograd,
 no host synchronisation, no randomness, no hooks).
 """
+import gc
 import warnings
 from collections import OrderedDict
 from typing import (
@@ -219,6 +220,14 @@ class GraphReplay:
         # freed when the region ends), and an eager call after it must not
         # read one made inside.
         torch.clear_autocast_cache()
+        # No garbage collection during the capture: a collection there may
+        # free a dead reference cycle that holds a CUDA graph (a layer and
+        # its graphs form one) or a Triton kernel, and their destruction
+        # is an operation not permitted while capturing, which invalidates
+        # the capture. (torch.cuda.graph no longer collects before it
+        # starts.) The cycles are collected after.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             with warnings.catch_warnings():
                 # The eager calls before showed the call's warnings; one
@@ -231,6 +240,8 @@ class GraphReplay:
             self._remember(self._failed, sig, None)
             return None
         finally:
+            if collecting:
+                gc.enable()
             torch.clear_autocast_cache()
 
     def __repr__(self) -> str:

@@ -74,6 +74,7 @@ def test_state_changes_drop_the_graph(fake_capture):
     weight = torch.randn(3, 3)
     graphs = GraphReplay(min_calls=1)
     x = torch.randn(4, 3)
+
     def fn(x):
         return x @ weight
 
@@ -250,3 +251,76 @@ def test_warnings_do_not_abort_a_capture_and_a_broken_generator_is_named(
     with pytest.raises(RuntimeError, match='left the random number '
                        'generator of cpu unusable.*set_cuda_graphs'):
         graphs(fn, (x, ), None, lambda: [weight])
+
+
+class _Cycle:
+    # Garbage that only the cyclic collector frees, as a dead layer and
+    # its graphs are; records whether it was freed during a capture.
+    def __init__(self, log):
+        self.me, self.log = self, log
+
+    def __del__(self):
+        self.log.append('freed')
+
+
+def allocate_during_capture(log):
+    # A dead cycle, then allocations that, with the collector's gen-0
+    # threshold at 1, run a collection at once where collection is on.
+    _Cycle(log)
+    kept = [[] for _ in range(50)]  # net allocations count
+    log.append('captured')
+    return kept
+
+
+@pytest.mark.parametrize('fails', [False, True])
+@pytest.mark.parametrize('enabled', [True, False])
+def test_no_garbage_collection_during_a_capture(monkeypatch, enabled,
+                                                fails):
+    # A collection inside a capture may destroy a dead cycle's CUDA graph,
+    # an operation not permitted while capturing: automatic collection is
+    # off during the capture and as before it after, failed captures too.
+    import gc
+    log = []
+
+    def capture(fn, buffers, pool):
+        log.append(gc.isenabled())
+        allocate_during_capture(log)
+        if fails:
+            raise RuntimeError('operation not permitted when stream is '
+                               'capturing')
+        graph = FakeGraph(fn, buffers)
+        return graph, graph.out
+
+    monkeypatch.setattr(_graph_replay, 'capture', capture)
+    threshold, was_enabled = gc.get_threshold(), gc.isenabled()
+    gc.set_threshold(1)
+    (gc.enable if enabled else gc.disable)()
+    try:
+        graphs = GraphReplay(min_calls=1)
+        x = torch.randn(3)
+        graphs(torch.exp, (x, ), None, lambda: [])  # eager
+        out = graphs(torch.exp, (x, ), None, lambda: [])  # captured
+        assert gc.isenabled() == enabled
+    finally:
+        gc.set_threshold(*threshold)
+        (gc.enable if was_enabled else gc.disable)()
+    assert log[:2] == [False, 'captured']  # nothing freed inside
+    assert (out is None) == fails
+    gc.collect()  # freed after (at once where collection is on)
+    assert log == [False, 'captured', 'freed']
+
+
+def test_allocations_trigger_collection_outside_a_capture():
+    # The check above can fail: at threshold 1 the same allocations free
+    # the cycle where collection is on.
+    import gc
+    log = []
+    threshold, was_enabled = gc.get_threshold(), gc.isenabled()
+    gc.set_threshold(1)
+    gc.enable()
+    try:
+        allocate_during_capture(log)
+    finally:
+        gc.set_threshold(*threshold)
+        (gc.enable if was_enabled else gc.disable)()
+    assert log == ['freed', 'captured']

@@ -281,3 +281,32 @@ def test_captures_read_parameters_through_new_leaves():
     assert lin.weight is params[0] and lin.bias is params[1]
     with aliased(params, None) as same:
         assert same == params
+
+
+def test_no_garbage_collection_during_a_training_capture(monkeypatch):
+    # As for inference captures (see test_graph_replay.py): the forward
+    # and backward captures run with automatic collection off, and it is
+    # on again after.
+    import gc
+    seen = []
+
+    def capture_training(fn, buffers, targets, pool):
+        seen.append(gc.isenabled())
+        fake = FakeGraphs(fn, buffers, targets)
+        return (Replayer(fake.replay_forward),
+                Replayer(fake.replay_backward), fake.out, fake.grad_out,
+                fake.packed, fake.layout)
+
+    monkeypatch.setattr(_graph_training, 'capture_training',
+                        capture_training)
+    fn, params = make()
+    graphs = TrainingGraphReplay(min_calls=1)
+    was_enabled = gc.isenabled()
+    gc.enable()
+    try:
+        for _ in range(3):
+            step(graphs, fn, params, torch.randn(5, 3), torch.randn(5, 4))
+        assert gc.isenabled()
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
+    assert seen == [False]
