@@ -36,7 +36,7 @@ from _common import (  # noqa: E402
 
 from samsa_geo import ops  # noqa: E402
 from samsa_geo.nn import SamsaConv, batch_hints  # noqa: E402
-from samsa_geo.nn.attention import config  # noqa: E402
+from samsa_geo.nn.attention import config, samsa_attention  # noqa: E402
 from samsa_geo.nn.models import SamsaGraphModel  # noqa: E402
 
 SIZES = '32x1024,8x4096,2x16384,1x65536,1x262144'
@@ -349,13 +349,12 @@ def main():
                    "ops, to time the kernels against them")
     p.add_argument('--out', default=None)
     args = p.parse_args()
-    if args.fused_max_set_size is not None:
-        from samsa_geo.nn.attention import samsa_attention
-        samsa_attention.FUSED_MAX_SET_SIZE = args.fused_max_set_size
-    if args.sampled_rows_min_tokens is not None:
-        from samsa_geo.nn.attention import samsa_attention
-        samsa_attention.SAMPLED_ROWS_MIN_TOKENS = \
-            args.sampled_rows_min_tokens
+    # The attention's thresholds for this run, where given.
+    for name, value in (('FUSED_MAX_SET_SIZE', args.fused_max_set_size),
+                        ('SAMPLED_ROWS_MIN_TOKENS',
+                         args.sampled_rows_min_tokens)):
+        if value is not None:
+            setattr(samsa_attention, name, value)
     if args.linear_min_elements is not None:
         importlib.import_module('samsa_geo.ops.linear').MIN_ELEMENTS = \
             args.linear_min_elements

@@ -20,6 +20,7 @@ mode); the aten counts of ``--host`` stay the eager model's. The layer's
 own CUDA graphs of inference calls are off unless ``--cuda-graphs``.
 """
 import collections
+import statistics
 import time
 import argparse
 import os
@@ -76,10 +77,8 @@ def busy_host_times(forward, backward=None, calls: int = 9,
             backward(out)
             bwd.append(time.perf_counter() - t0)
 
-    def median(v):
-        return sorted(v)[len(v) // 2] * 1e3
-
-    return median(fwd), median(bwd) if bwd else None
+    return (1e3 * statistics.median(fwd),
+            1e3 * statistics.median(bwd) if bwd else None)
 
 
 def count_aten(op, model, xg, batch, B, dtype, train):

@@ -618,9 +618,7 @@ class SamsaAttention(Module):
         dtype = _projection_dtype(x, weight)
         if dtype is not None:
             weight, bias = weight.to(dtype), bias.to(dtype)
-        if weight.dtype != x.dtype:  # the weights of autocast's dtype
-            x = x_low if x_low is not None and x_low.dtype == weight.dtype \
-                else x.to(weight.dtype)
+        x = _in_dtype(x, x_low, weight.dtype)  # autocast's, if on
         sizes = [lin.out_features for lin in lins]
         kv_lin = None
         if sampled_kv:  # lin_kv's rows come last
@@ -835,10 +833,8 @@ class SamsaAttention(Module):
         layout = None if info.equal else dense_layout(batch, B, n)
         weight, bias, *rest = self._linear_weights([self.lin_q, self.lin_kv],
                                                    x)
-        if x_low is not None:  # what autocast would cast x to
-            x = x_low
-        if weight.dtype != x.dtype:  # cached weights of autocast's dtype
-            x = x.to(weight.dtype)
+        # The weights' dtype: cached casts of autocast's dtype, if on.
+        x = _in_dtype(x, x_low, weight.dtype)
         qkv = linear(x, weight, bias)  # [N, 3C]
         if layout is not None:
             qkv = to_padded(qkv, layout.index, B * n)  # [B * n, 3C]
@@ -973,3 +969,15 @@ def _projection_dtype(x: Tensor, weight: Tensor) -> Optional[torch.dtype]:
             or weight.dtype != torch.float32 or x.dtype == torch.float64):
         return None
     return torch.get_autocast_dtype(device)
+
+
+def _in_dtype(x: Tensor, x_low: Optional[Tensor],
+              dtype: torch.dtype) -> Tensor:
+    r""":obj:`x` in :obj:`dtype`: :obj:`x_low`, the cast that forward
+    made first thing (see :meth:`SamsaAttention._projection_input`), where
+    it is of that dtype."""
+    if x.dtype == dtype:
+        return x
+    if x_low is not None and x_low.dtype == dtype:
+        return x_low
+    return x.to(dtype)

@@ -221,8 +221,9 @@ class GraphReplay:
         # read one made inside.
         torch.clear_autocast_cache()
         # No garbage collection during the capture: a collection there may
-        # free a dead reference cycle that holds a CUDA graph (a layer and
-        # its graphs form one) or a Triton kernel, and their destruction
+        # free a dead reference cycle that holds a CUDA graph (a layer that
+        # has replayed is in one, through its ModuleTree's module list) or
+        # a Triton kernel, and their destruction
         # is an operation not permitted while capturing, which invalidates
         # the capture. (torch.cuda.graph no longer collects before it
         # starts.) The cycles are collected after.
