@@ -6,7 +6,7 @@ second layer, LayerNorm, residual and projection in one launch after the
 first layer's GEMM: ``triton_from_hidden`` and other configurations,
 ``triton_rows*``); and the kernel of the tail alone after PyTorch's GELU
 and second layer (``triton_tail_only``, what the scorer runs beyond
-``SCORE_MLP_MAX_CHANNELS`` channels or ``SCORE_MLP_MAX_TOKENS`` tokens),
+``SCORE_MLP_MAX_CHANNELS`` channels),
 and, from the hidden rows as the layer's stacked projection leaves them
 (a strided column slice, the first layer not timed), PyTorch's GELU or
 the Triton one (``gelu_triton``) before the second layer and the tail's
@@ -18,6 +18,7 @@ the PyTorch formula. Pipelined timing
 
     python benchmarks/scorer_kernel.py   # adds to results/scorer_kernel.json
     python benchmarks/scorer_kernel.py --tokens 65536
+    python benchmarks/scorer_kernel.py --tokens 262144 --fp32-tokens
 """
 import argparse
 import os
@@ -38,10 +39,10 @@ from samsa_geo.nn.attention import ImportanceScorer  # noqa: E402
 from samsa_geo.nn.attention import config as config_module  # noqa: E402
 
 
-#: Row blocks, column blocks of the second layer and warps timed besides
-#: the default configuration.
-CONFIGS = [(16, 32, 4), (32, 32, 4), (32, 32, 8), (64, 16, 4), (64, 64, 4),
-           (64, 32, 8), (128, 32, 8), (128, 32, 4)]
+#: Row blocks, column blocks of the second layer, warps and pipeline
+#: stages timed besides the default configuration.
+CONFIGS = [(32, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 3),
+           (128, 64, 8, 3)]
 
 
 def main():
@@ -49,6 +50,9 @@ def main():
     p.add_argument('--tokens', type=int, default=128 * 1024)
     p.add_argument('--channels', type=int, default=256)
     p.add_argument('--heads', type=int, default=8)
+    p.add_argument('--fp32-tokens', action='store_true',
+                   help='float32 tokens x, as SamsaConv under bf16 autocast '
+                        'passes them (the hidden rows stay bf16)')
     p.add_argument('--commit', default=None)
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'scorer_kernel.json'))
@@ -60,6 +64,9 @@ def main():
     N, C, H = args.tokens, args.channels, args.heads
     scorer = ImportanceScorer(C, H).to(dev, torch.bfloat16).eval()
     x = torch.randn(N, C, device=dev, dtype=torch.bfloat16)
+    # The tokens the kernels read: the same values, in float32 with
+    # --fp32-tokens.
+    xk = x.float() if args.fp32_tokens else x
     compiled = torch.compile(scorer)
 
     def run(module, fused):
@@ -77,14 +84,14 @@ def main():
     def tail_only():
         with torch.no_grad():
             y = lin2(act(lin1(x)))
-            return _score_triton.importance_score_triton(y, x, *tail)
+            return _score_triton.importance_score_triton(y, xk, *tail)
 
     def from_hidden(config=None):
         def fn():
             _score_triton.KERNEL_CONFIG = config
             with torch.no_grad():
                 return _score_triton.importance_score_triton(
-                    lin1(x), x, *tail, lin2.weight, lin2.bias,
+                    lin1(x), xk, *tail, lin2.weight, lin2.bias,
                     act.approximate)
         return fn
 
@@ -101,14 +108,14 @@ def main():
         def fn():
             with torch.no_grad():
                 y = lin2(gelu(hidden))
-                return _score_triton.importance_score_triton(y, x, *tail)
+                return _score_triton.importance_score_triton(y, xk, *tail)
         return fn
 
     def strided_from_hidden():
         _score_triton.KERNEL_CONFIG = None
         with torch.no_grad():
             return _score_triton.importance_score_triton(
-                hidden, x, *tail, lin2.weight, lin2.bias, act.approximate)
+                hidden, xk, *tail, lin2.weight, lin2.bias, act.approximate)
 
     cases = [('pytorch_eager', run(scorer, False)),
              ('pytorch_compiled', run(compiled, False)),
@@ -118,15 +125,17 @@ def main():
              ('strided_pytorch_gelu_tail', strided(F.gelu)),
              ('strided_triton_gelu_tail', strided(_score_triton.gelu_triton)),
              ('strided_from_hidden', strided_from_hidden)]
-    for rows, cols, warps in CONFIGS:
+    for rows, cols, warps, stages in CONFIGS:
         if rows * C <= 32768:
-            cfg = dict(BLOCK_N=rows, BLOCK_K=cols, num_warps=warps)
-            name = f"triton_rows{rows}_k{cols}_warps{warps}"
+            cfg = dict(BLOCK_N=rows, BLOCK_K=cols, num_warps=warps,
+                       num_stages=stages)
+            name = f"triton_rows{rows}_k{cols}_warps{warps}_stages{stages}"
             cases.append((name, from_hidden(cfg)))
     ref = run(scorer, False)().double()
     records = []
     for name, fn in cases:
         rec = dict(op=name, tokens=N, channels=C, heads=H,
+                   fp32_tokens=args.fp32_tokens,
                    **provenance(dev, args))
         rec.update(measure(fn, dev, warmup=3, repeat=50, pipelined=True))
         rec['max_abs_err'] = float((fn().double() - ref).abs().max())

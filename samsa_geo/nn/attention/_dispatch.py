@@ -20,14 +20,6 @@ SCORE_MLP_MAX_CHANNELS = 512
 SCORE_GRAD_MAX_CHANNELS = 512
 #: Dtypes of the hidden rows that the scorer's GELU reads in its kernels.
 SCORE_GELU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: Most tokens for which the scorer kernel also runs the MLP's second
-#: layer. There it saves two launches of a host-bound call; on more tokens
-#: the GELU kernel, cuBLAS's GEMM and the tail's kernel take less GPU time
-#: than the kernel's own product (``benchmarks/scorer_kernel.py`` on an
-#: H200, from the strided hidden rows of the stacked projection, commit
-#: cd4076e: 0.108 against 0.164 ms at 65,536 tokens, 0.334 against 0.585
-#: at 262,144).
-SCORE_MLP_MAX_TOKENS = 32768
 #: Largest set of the fused inference path. Beyond it the unfused path's
 #: attention (cuDNN's, over the gathered keys and values) takes less GPU
 #: time than the gather-attention kernel: on an H200, one SamsaConv
@@ -82,11 +74,11 @@ def selection_chunks(max_size: int, num_registers: int, k_max: int) -> int:
 def scorer_mlp_in_kernel(hidden: Tensor) -> bool:
     r"""Whether the scorer kernel also runs the MLP's GELU and second layer
     from the hidden rows ``hidden`` :math:`(N, C)` (in their dtype): up
-    to :data:`SCORE_MLP_MAX_CHANNELS` channels and
-    :data:`SCORE_MLP_MAX_TOKENS` tokens, in float32, bfloat16 or
-    float16."""
+    to :data:`SCORE_MLP_MAX_CHANNELS` channels, in float32, bfloat16 or
+    float16. (On an H200 it took less GPU time than the GELU kernel,
+    cuBLAS's GEMM and the tail's kernel from 32,768 to 262,144 bfloat16
+    rows: see :data:`~._score_triton.KERNEL_CONFIG`.)"""
     return (hidden.size(-1) <= SCORE_MLP_MAX_CHANNELS
-            and hidden.size(0) <= SCORE_MLP_MAX_TOKENS
             and hidden.dtype in SCORE_GELU_DTYPES)
 
 

@@ -25,7 +25,7 @@ sum in the backward (two extra GEMMs of :math:`N \times C \times C`).
 On CUDA (:func:`~samsa_geo.nn.attention.config.set_fused_scorer`) the
 float32 part runs in Triton kernels: the forward in the inference kernel
 (:mod:`._score_triton`, from :math:`\mathbf{h}` on up to
-``SCORE_MLP_MAX_TOKENS`` tokens), the backward in
+``SCORE_MLP_MAX_CHANNELS`` channels), the backward in
 :mod:`._score_grad_triton`, which reads :math:`\mathbf{y}` and
 :math:`\mathbf{x}` once instead of a LayerNorm forward and backward,
 two float32 GEMMs and their :math:`(N, C)` float32 temporaries.

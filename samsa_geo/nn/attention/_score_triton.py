@@ -17,10 +17,17 @@ the scores in float32. From the hidden layer, the activation and
 :func:`~torch.nn.functional.gelu` and :func:`~torch.nn.functional.linear`
 write them, and the second layer runs on the tensor cores
 (:func:`triton.language.dot`, float32 accumulation; exact float32 products
-for float32 inputs). Unfused, that is three launches (GELU, linear layer,
-this tail) and two ``(N, C)`` round trips through memory; here the kernel
-reads :math:`\mathbf{z}` (or :math:`\mathbf{y}`) and :math:`\mathbf{x}`
-once and writes the :math:`(N, H)` scores.
+for float32 inputs). The kernel walks column blocks of
+:math:`\mathbf{z}` and :math:`\mathbf{x}` together, adding
+:math:`\mathbf{W}\mathbf{x}_i` block by block, so that it never holds a
+whole float32 row of :math:`\mathbf{x}`; for 16-bit :math:`\mathbf{z}`
+the products with :math:`\mathbf{W}` run on the tensor cores too, as
+split products (a bfloat16 head and tail of each float32 operand:
+relative error about :math:`2^{-16}`, far below the rounding of
+:math:`\mathbf{y}_i` to 16 bits). Unfused, that is three launches (GELU,
+linear layer, this tail) and two ``(N, C)`` round trips through memory;
+here the kernel reads :math:`\mathbf{z}` (or :math:`\mathbf{y}`) and
+:math:`\mathbf{x}` once and writes the :math:`(N, H)` scores.
 
 Forward only: the training node ``ScoreTail`` (:mod:`._score_grad`) also
 computes its scores here, and its backward runs
@@ -55,39 +62,20 @@ def _gelu(z, TANH: tl.constexpr):
 
 @triton.jit
 def _importance_score_fwd(
-    Y, X, W2, B2, LN_W, LN_B, W, B, OUT,
-    sy_n, sx_n, sw2_n, so_n,
+    Y, X, LN_W, LN_B, W, B, OUT,
+    sy_n, sx_n, so_n,
     N, C, eps,
-    H: tl.constexpr, FROM_HIDDEN: tl.constexpr, TANH: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+    H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
+    # The scores from the MLP's output y: BLOCK_N rows of y and x held
+    # whole.
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_C)
     mask_r, mask_c = rows < N, cols < C
     mask = mask_r[:, None] & mask_c[None, :]
-
-    if FROM_HIDDEN:
-        # y = GELU(z) W2^T + b2 over column blocks of z: [BLOCK_N, BLOCK_K]
-        # activations times the transpose of W2's [BLOCK_C, BLOCK_K] block
-        # (rows of W2 read along their length).
-        acc = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
-        for k0 in range(0, C, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            mask_k = ks < C
-            z = tl.load(Y + rows[:, None] * sy_n + ks[None, :],
-                        mask=mask_r[:, None] & mask_k[None, :], other=0.0)
-            a = _gelu(z.to(tl.float32), TANH).to(z.dtype)
-            w = tl.load(W2 + cols[:, None] * sw2_n + ks[None, :],
-                        mask=mask_c[:, None] & mask_k[None, :], other=0.0)
-            acc += dot(a, tl.trans(w), PRECISION, UPCAST)
-        b2 = tl.load(B2 + cols, mask=mask_c, other=0.0).to(tl.float32)
-        # Rounded to z's dtype, as the linear layer writes y.
-        y = (acc + b2[None, :]).to(Y.dtype.element_ty).to(tl.float32)
-    else:
-        y = tl.load(Y + rows[:, None] * sy_n + cols[None, :], mask=mask,
-                    other=0.0).to(tl.float32)
-    y = tl.where(mask, y, 0.0)
+    rows = rows.to(tl.int64)
+    y = tl.load(Y + rows[:, None] * sy_n + cols[None, :], mask=mask,
+                other=0.0).to(tl.float32)
     mean = tl.sum(y, 1) / C
     diff = tl.where(mask, y - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, 1) / C + eps)
@@ -111,6 +99,98 @@ _launch_importance_score = Launcher(_importance_score_fwd)
 
 
 @triton.jit
+def _split_dot(a, b, UPCAST: tl.constexpr):
+    # The product of float32 blocks a b on the tensor cores, each operand
+    # split into a bfloat16 head and tail: a_h b_h + a_h b_t + a_t b_h
+    # (float32 accumulation; the dropped a_t b_t and the tails' rounding
+    # leave a relative error of about 2^-16 per product).
+    ah = a.to(tl.bfloat16)
+    at = (a - ah.to(tl.float32)).to(tl.bfloat16)
+    bh = b.to(tl.bfloat16)
+    bt = (b - bh.to(tl.float32)).to(tl.bfloat16)
+    return (dot(ah, bh, 'tf32', UPCAST) + dot(ah, bt, 'tf32', UPCAST)
+            + dot(at, bh, 'tf32', UPCAST))
+
+
+@triton.jit
+def _importance_score_from_hidden(
+    Z, X, W2, B2, LN_W, LN_B, W, B, OUT,
+    sz_n, sx_n, sw2_n, so_n,
+    N, C, eps,
+    H: tl.constexpr, TANH: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, SPLIT: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    # The scores from the hidden rows z, for BLOCK_N rows, in one pass over
+    # column blocks k of z and x:
+    #   y += GELU(z_k) W2[:, k]^T   ([BLOCK_N, BLOCK_C], tensor cores),
+    #   t += x_k W[:, k]^T          ([BLOCK_N, BLOCK_H], x's share),
+    # so that x is never held whole; then s = t + LN(y) W^T + b. With
+    # SPLIT (16-bit z) the products with W are split dots on the tensor
+    # cores, else one float32 row reduction per head (exact products).
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.arange(0, BLOCK_C)
+    heads = tl.arange(0, BLOCK_H)
+    mask_r, mask_c, mask_h = rows < N, cols < C, heads < H
+    rows = rows.to(tl.int64)
+    acc = tl.zeros([BLOCK_N, BLOCK_C], tl.float32)
+    t = tl.zeros([BLOCK_N, BLOCK_H], tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mask_k = ks < C
+        mask_rk = mask_r[:, None] & mask_k[None, :]
+        z = tl.load(Z + rows[:, None] * sz_n + ks[None, :], mask=mask_rk,
+                    other=0.0)
+        a = _gelu(z.to(tl.float32), TANH).to(z.dtype)
+        w2 = tl.load(W2 + cols[None, :] * sw2_n + ks[:, None],
+                     mask=mask_k[:, None] & mask_c[None, :],
+                     other=0.0)  # [BLOCK_K, BLOCK_C] block of W2^T
+        acc += dot(a, w2, PRECISION, UPCAST)
+        x = tl.load(X + rows[:, None] * sx_n + ks[None, :], mask=mask_rk,
+                    other=0.0).to(tl.float32)
+        if SPLIT:
+            w = tl.load(W + heads[None, :] * C + ks[:, None],
+                        mask=mask_k[:, None] & mask_h[None, :],
+                        other=0.0).to(tl.float32)  # [BLOCK_K, BLOCK_H]
+            t += _split_dot(x, w, UPCAST)
+        else:
+            for j in tl.static_range(H):
+                w = tl.load(W + j * C + ks, mask=mask_k,
+                            other=0.0).to(tl.float32)
+                t += tl.where(heads[None, :] == j,
+                              tl.sum(x * w[None, :], 1)[:, None], 0.0)
+    b2 = tl.load(B2 + cols, mask=mask_c, other=0.0).to(tl.float32)
+    # Rounded to z's dtype, as the linear layer writes y; 0 beyond C.
+    y = (acc + b2[None, :]).to(Z.dtype.element_ty).to(tl.float32)
+    mean = tl.sum(y, 1) / C
+    diff = tl.where(mask_c[None, :], y - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(diff * diff, 1) / C + eps)
+    gamma = tl.load(LN_W + cols, mask=mask_c, other=0.0).to(tl.float32)
+    beta = tl.load(LN_B + cols, mask=mask_c, other=0.0).to(tl.float32)
+    y = diff * rstd[:, None] * gamma[None, :] + beta[None, :]
+    if SPLIT:
+        w = tl.load(W + heads[None, :] * C + cols[:, None],
+                    mask=mask_c[:, None] & mask_h[None, :],
+                    other=0.0).to(tl.float32)  # [BLOCK_C, BLOCK_H]
+        t += _split_dot(y, w, UPCAST)
+        b = tl.load(B + heads, mask=mask_h, other=0.0).to(tl.float32)
+        tl.store(OUT + rows[:, None] * so_n + heads[None, :], t + b[None, :],
+                 mask=mask_r[:, None] & mask_h[None, :])
+    else:
+        for j in tl.static_range(H):
+            w = tl.load(W + j * C + cols, mask=mask_c,
+                        other=0.0).to(tl.float32)
+            s = (tl.sum(y * w[None, :], 1)
+                 + tl.sum(tl.where(heads[None, :] == j, t, 0.0), 1)
+                 + tl.load(B + j).to(tl.float32))
+            tl.store(OUT + rows * so_n + j, s, mask=mask_r)
+
+
+_launch_importance_score_from_hidden = Launcher(
+    _importance_score_from_hidden)
+
+
+@triton.jit
 def _gelu_rows(Z, OUT, sz_n, so_n, N, C, TANH: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     # a = GELU(z) of a [BLOCK_N, BLOCK_C] block, float32 inside, stored in
@@ -128,24 +208,28 @@ def _gelu_rows(Z, OUT, sz_n, so_n, N, C, TANH: tl.constexpr,
 _launch_gelu_rows = Launcher(_gelu_rows)
 
 
-#: A fixed ``{'BLOCK_N', 'num_warps'}`` (and ``'BLOCK_K'`` from the hidden
-#: layer) in place of :func:`default_config`. For the tail alone: about 4K
-#: values of a row block, 32 per thread; on the H200 at C = 256, 8 heads,
-#: rows of 16, 32 and 64 ran equally fast (``benchmarks/scorer_kernel.py``;
-#: an autotuner's dispatch cost more than it won). From the hidden layer:
-#: 64 rows, column blocks of 32 and 4 warps ran fastest of the measured
-#: configurations.
+#: A fixed ``{'BLOCK_N', 'num_warps'}`` (and ``'BLOCK_K'``,
+#: ``'num_stages'`` from the hidden layer) in place of
+#: :func:`default_config`. For the tail alone: about 4K values of a row
+#: block, 32 per thread; on the H200 at C = 256, 8 heads, rows of 16, 32
+#: and 64 ran equally fast (``benchmarks/scorer_kernel.py``; an
+#: autotuner's dispatch cost more than it won). From the hidden layer: 64
+#: rows, column blocks of 32, 4 warps and 3 stages ran fastest of 64
+#: measured configurations at 32,768, 65,536 and 262,144 bfloat16 rows
+#: (0.067, 0.091 and 0.331 ms against 0.17, 0.107 and 0.348 for the GELU
+#: kernel, cuBLAS's GEMM and the tail's kernel; H200).
 KERNEL_CONFIG: Optional[dict] = None
 
 
 def default_config(C: int, from_hidden: bool = False) -> dict:
     """Rows per program, warps (and, from the hidden layer, the column
-    block of the second layer's product) for token width ``C``."""
+    block of the second layer's product and the pipeline's stages) for
+    token width ``C``."""
     width = max(16, triton.next_power_of_2(C))
     if from_hidden:  # tl.dot: at least 16 rows, a [rows, width] accumulator
         rows = max(16, min(64, 16384 // width))
         return {'BLOCK_N': rows, 'BLOCK_K': max(16, min(32, 8192 // width)),
-                'num_warps': 4}
+                'num_warps': 4, 'num_stages': 3}
     rows = max(1, min(64, 4096 // width))
     return {'BLOCK_N': rows, 'num_warps': 4 if rows * width <= 4096 else 8}
 
@@ -201,26 +285,29 @@ def importance_score_triton(y: Tensor, x: Tensor, ln_weight: Tensor,
     y = y if y.stride(-1) == 1 else y.contiguous()
     x = x if x.stride(-1) == 1 else x.contiguous()
     weight = weight.float().contiguous()
-    if from_hidden:  # the second layer in y's dtype, as autocast runs it
-        w2 = lin2_weight.to(y.dtype)
-        w2 = w2 if w2.stride(-1) == 1 else w2.contiguous()
-        b2 = lin2_bias.to(y.dtype)
-    else:  # unread
-        w2, b2 = y, y
-    args = (y, x, w2, b2, ln_weight, ln_bias, weight, bias, out, y.stride(0),
-            x.stride(0), w2.stride(0), out.stride(0), N, C, float(eps))
-    meta = dict(H=H, FROM_HIDDEN=from_hidden, TANH=approximate == 'tanh',
-                # Exact float32 products for float32 rows; the
-                # interpreter's bfloat16 path multiplies float32 copies.
-                PRECISION='ieee' if y.dtype == torch.float32 else 'tf32',
-                UPCAST=INTERPRETED and y.dtype != torch.float32,
-                BLOCK_C=max(16, triton.next_power_of_2(C)))
     config = dict(KERNEL_CONFIG or default_config(C, from_hidden))
     if INTERPRETED:  # few rows: the interpreter runs them one by one
         config.update(BLOCK_N=16 if from_hidden else 4, num_warps=1)
-    config.setdefault('BLOCK_K', 16)
     grid = (triton.cdiv(N, config['BLOCK_N']), )
-    _launch_importance_score(grid, *args, **meta, **config)
+    if not from_hidden:
+        _launch_importance_score(
+            grid, y, x, ln_weight, ln_bias, weight, bias, out, y.stride(0),
+            x.stride(0), out.stride(0), N, C, float(eps), H=H,
+            BLOCK_C=max(16, triton.next_power_of_2(C)), **config)
+        return out
+    # The second layer in y's dtype, as autocast runs it.
+    w2, b2 = lin2_weight.to(y.dtype), lin2_bias.to(y.dtype)
+    w2 = w2 if w2.stride(-1) == 1 else w2.contiguous()
+    exact = y.dtype == torch.float32
+    _launch_importance_score_from_hidden(
+        grid, y, x, w2, b2, ln_weight, ln_bias, weight, bias, out,
+        y.stride(0), x.stride(0), w2.stride(0), out.stride(0), N, C,
+        float(eps), H=H, TANH=approximate == 'tanh',
+        # Exact float32 products for float32 rows; the interpreter's
+        # bfloat16 path multiplies float32 copies.
+        PRECISION='ieee' if exact else 'tf32', UPCAST=INTERPRETED,
+        SPLIT=not exact, BLOCK_C=max(16, triton.next_power_of_2(C)),
+        BLOCK_H=max(16, triton.next_power_of_2(H)), **config)
     return out
 
 

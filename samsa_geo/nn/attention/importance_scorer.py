@@ -148,8 +148,7 @@ class ImportanceScorer(Module):
 
     def _mlp_in_kernel(self, hidden: Tensor, lin2_weight: Tensor) -> bool:
         # The kernel runs the second layer in hidden's dtype: that of the
-        # weight, or autocast's (which F.linear would cast to); on up to
-        # SCORE_MLP_MAX_TOKENS tokens, where the launches it saves matter.
+        # weight, or autocast's (which F.linear would cast to).
         dtype, device = hidden.dtype, hidden.device.type
         return (scorer_mlp_in_kernel(hidden)
                 and (lin2_weight.dtype == dtype

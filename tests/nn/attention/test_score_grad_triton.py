@@ -106,9 +106,9 @@ def test_training_node_takes_the_kernels(kernel, monkeypatch, spy, autocast,
                                          from_hidden, input_norm):
     # Where the kernels serve (CUDA; here forced onto the interpreter), the
     # training node's forward runs the inference kernel (from the hidden
-    # rows, or beyond SCORE_MLP_MAX_TOKENS from the second layer's output)
-    # and its backward the tail's kernel: scores and every gradient equal
-    # those of the node's PyTorch path.
+    # rows, or beyond SCORE_MLP_MAX_CHANNELS from the second layer's
+    # output) and its backward the tail's kernel: scores and every gradient
+    # equal those of the node's PyTorch path.
     from samsa_geo.nn.attention import _dispatch, _score_grad
     torch.manual_seed(0)
     scorer = ImportanceScorer(48, heads=5, input_norm=input_norm)
@@ -118,7 +118,7 @@ def test_training_node_takes_the_kernels(kernel, monkeypatch, spy, autocast,
     ref, ref_grads = _scores_and_grads(scorer, x, autocast)
     monkeypatch.setattr(_score_grad, 'triton_serves', lambda device: True)
     if not from_hidden:
-        monkeypatch.setattr(_dispatch, 'SCORE_MLP_MAX_TOKENS', 64)
+        monkeypatch.setattr(_dispatch, 'SCORE_MLP_MAX_CHANNELS', 32)
     backward = spy(kernel, 'score_tail_backward_triton')
     out, grads = _scores_and_grads(scorer, x, autocast)
     assert len(backward) == 1
