@@ -47,8 +47,11 @@ def flag_text(flags):
     """Command-line flags as typed, less ``--out`` (records of some scripts
     keep them as a dict of parsed arguments)."""
     if isinstance(flags, dict):
-        return ' '.join(f"--{k.replace('_', '-')} {v}"
-                        for k, v in flags.items() if k != 'out')
+        # A switch (store_true) is typed alone, and only where it is on.
+        return ' '.join(f"--{k.replace('_', '-')}"
+                        + ('' if isinstance(v, bool) else f' {v}')
+                        for k, v in flags.items()
+                        if k != 'out' and v is not False)
     return re.sub(r'\s*--out[= ]\S+', '', flags or '').strip()
 
 
@@ -249,17 +252,22 @@ def tables():
     return lines
 
 
-def main():
-    with open(DOC) as f:
-        text = f.read()
+def page(text):
+    """``text`` (the page) with the part between its marker lines written
+    anew from the result files."""
     if BEGIN not in text or END not in text:
         raise SystemExit(f"Expected the marker lines '{BEGIN}' and '{END}' "
                          f'in {DOC}')
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    body = '\n'.join([BEGIN, ''] + tables() + [END])
+    return head + '\n'.join([BEGIN, ''] + tables() + [END]) + tail
+
+
+def main():
+    with open(DOC) as f:
+        text = page(f.read())
     with open(DOC, 'w') as f:
-        f.write(head + body + tail)
+        f.write(text)
     print(f'wrote {DOC}')
 
 

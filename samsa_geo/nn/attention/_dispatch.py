@@ -75,9 +75,9 @@ def scorer_mlp_in_kernel(hidden: Tensor) -> bool:
     r"""Whether the scorer kernel also runs the MLP's GELU and second layer
     from the hidden rows ``hidden`` :math:`(N, C)` (in their dtype): up
     to :data:`SCORE_MLP_MAX_CHANNELS` channels, in float32, bfloat16 or
-    float16. (On an H200 it took less GPU time than the GELU kernel,
-    cuBLAS's GEMM and the tail's kernel from 32,768 to 262,144 bfloat16
-    rows: see :data:`~._score_triton.KERNEL_CONFIG`.)"""
+    float16. (On an H200 it took as much GPU time as the GELU kernel,
+    cuBLAS's GEMM and the tail's kernel at 32,768 bfloat16 rows and less
+    at 65,536 and 262,144: see :data:`~._score_triton.KERNEL_CONFIG`.)"""
     return (hidden.size(-1) <= SCORE_MLP_MAX_CHANNELS
             and hidden.dtype in SCORE_GELU_DTYPES)
 
