@@ -217,7 +217,7 @@ def measure_graph_step(op: str, repeat: int) -> Dict[str, object]:
     ms = least_thread_time(step, lambda: model.zero_grad(set_to_none=True),
                            repeat)
     return dict(op=op, fwd_ops=fwd_counter.total, bwd_ops=bwd_counter.total,
-                ms=ms)
+                ms=ms, fwd_top=fwd_counter.ops, bwd_top=bwd_counter.ops)
 
 
 def main():
@@ -265,6 +265,11 @@ def main():
                 r = measure_graph_step(op, args.repeat)
                 print(f"{op:<24} {r['fwd_ops']:>8} {r['bwd_ops']:>8} "
                       f"{r['ms']:>8.2f}")
+                if args.list:
+                    for pas in ('fwd', 'bwd'):
+                        print(f'    {pas}: ' + ', '.join(
+                            f'{name} {c}'
+                            for name, c in r[pas + '_top'].most_common()))
         return
     print(f"{'op':<18} {'size':<9} {'step':<6} {'fwd ops':>8} "
           f"{'(views)':>8} {'bwd ops':>8} {'(views)':>8} {'modules':>8} "

@@ -18,6 +18,18 @@ set to ``None`` after each training step, as in ``benchmarks/layer.py``::
 ``--compile`` profiles the layer under :func:`torch.compile` (default
 mode); the aten counts of ``--host`` stay the eager model's. The layer's
 own CUDA graphs of inference calls are off unless ``--cuda-graphs``.
+
+``--replay-parts`` (with ``--cuda-graphs``, ``--pass fwd``) splits an
+inference call that replays a CUDA graph into what it issues: the copies
+of the inputs into the graph's buffers, the replay and the layer's last
+step after it (``tail``). It times the whole call and its parts issued
+directly (``copies+replay+tail``, ``replay+tail``, ``replay``,
+``copies``, ``tail``), each per call and pipelined (CUDA events, median),
+and the host's time of each with an idle GPU; the whole call less its
+parts is the host's work before the copies (the layer's checks)::
+
+    python benchmarks/profile_layer.py --sizes 32x1024,1x65536 \
+        --ops samsa_conv_batch --cuda-graphs --replay-parts
 """
 import collections
 import statistics
@@ -30,6 +42,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import measure  # noqa: E402
 from count_ops import OpCounter  # noqa: E402
 from layer import DTYPES, build, call  # noqa: E402
 
@@ -81,6 +94,60 @@ def busy_host_times(forward, backward=None, calls: int = 9,
             1e3 * statistics.median(bwd) if bwd else None)
 
 
+def idle_host_ms(fn, calls: int = 30, sync=None) -> float:
+    """Median host ms of ``fn()`` issued with an idle GPU (after a
+    synchronisation: ``sync``, on CUDA :func:`torch.cuda.synchronize`)."""
+    sync = sync or torch.cuda.synchronize
+    times = []
+    for _ in range(calls):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    sync()
+    return 1e3 * statistics.median(times)
+
+
+def replay_parts(model, inputs, tail_args, call_fn):
+    """``[(name, fn)]``: the whole inference call ``call_fn`` of ``model``
+    (a :class:`~samsa_geo.nn.SamsaConv` whose call replays a CUDA graph)
+    and the parts it issues, from the graph it replayed last: the copies
+    of ``inputs`` into the graph's buffers, the replay and the layer's
+    last step on the graph's outputs (``model._tail(*out, *tail_args)``).
+    Raises :class:`RuntimeError` where the model holds no graph."""
+    graphs = getattr(getattr(model, '_graphs', None), '_graphs', None)
+    if not graphs:
+        raise RuntimeError("Expected the layer to replay a CUDA graph "
+                           "(--cuda-graphs, --pass fwd, a signature seen "
+                           "three times)")
+    entry = next(reversed(graphs.values()))
+    if len(entry.inputs) != len(inputs):
+        raise RuntimeError(f"Expected {len(entry.inputs)} inputs of the "
+                           f"graph (got {len(inputs)})")
+
+    def copies():
+        for buf, t in zip(entry.inputs, inputs):
+            buf.copy_(t)
+
+    def replay():
+        entry.graph.replay()
+
+    def tail():
+        return model._tail(*entry.out, *tail_args)
+
+    def replay_tail():
+        replay()
+        return tail()
+
+    def copies_replay_tail():
+        copies()
+        return replay_tail()
+
+    return [('call', call_fn), ('copies+replay+tail', copies_replay_tail),
+            ('replay+tail', replay_tail), ('replay', replay),
+            ('copies', copies), ('tail', tail)]
+
+
 def count_aten(op, model, xg, batch, B, dtype, train):
     """Aten calls (and of them views) of one forward and its backward."""
     with OpCounter() as fwd:
@@ -128,7 +195,13 @@ def main():
     p.add_argument('--compile', action='store_true',
                    help='profile torch.compile(model) (default mode; '
                    'operator counts stay those of the eager model)')
+    p.add_argument('--replay-parts', action='store_true',
+                   help='time an inference replay and its parts (copies '
+                   'in, replay, last step) per call and pipelined, and '
+                   'their host time; needs --cuda-graphs and --pass fwd')
     args = p.parse_args()
+    if args.replay_parts and not (args.cuda_graphs and args.pas == 'fwd'):
+        p.error('--replay-parts needs --cuda-graphs and --pass fwd')
     config.set_cuda_graphs(args.cuda_graphs)
     device = torch.device('cuda')
     for size in args.sizes.split(','):
@@ -161,6 +234,24 @@ def main():
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
+            if args.replay_parts and op.startswith('samsa_conv'):
+                def autocast(fn):
+                    def run():
+                        with torch.autocast('cuda',
+                                            dtype=DTYPES[args.dtype]), \
+                                torch.no_grad():
+                            return fn()
+                    return run
+                for name, fn in replay_parts(model, (xg, batch), (batch, B),
+                                             forward):
+                    fn = autocast(fn)
+                    one = measure(fn, device, repeat=30)['ms']
+                    piped = measure(fn, device, repeat=20,
+                                    pipelined=True)['ms']
+                    print(f'== {op} {B}x{n} {name:<20} {one:.3f} ms per '
+                          f'call, {piped:.3f} pipelined, host (idle GPU) '
+                          f'{idle_host_ms(fn):.3f}')
+                continue
             if args.host:
                 fwd, bwd = count_aten(op, model, xg, batch, B,
                                       DTYPES[args.dtype],
