@@ -148,6 +148,20 @@ def replay_parts(model, inputs, tail_args, call_fn):
             ('copies', copies), ('tail', tail)]
 
 
+def print_replay_parts(title, parts, dtype, device) -> None:
+    """Prints each of ``parts`` (:func:`replay_parts`), run under autocast
+    to ``dtype`` without gradients: ms per call, pipelined, and the host's
+    ms with an idle GPU."""
+    for name, fn in parts:
+        def run(fn=fn):
+            with torch.autocast('cuda', dtype=dtype), torch.no_grad():
+                return fn()
+        one = measure(run, device, repeat=30)['ms']
+        piped = measure(run, device, repeat=20, pipelined=True)['ms']
+        print(f'== {title} {name:<20} {one:.3f} ms per call, {piped:.3f} '
+              f'pipelined, host (idle GPU) {idle_host_ms(run):.3f}')
+
+
 def count_aten(op, model, xg, batch, B, dtype, train):
     """Aten calls (and of them views) of one forward and its backward."""
     with OpCounter() as fwd:
@@ -235,22 +249,9 @@ def main():
                 step()
             torch.cuda.synchronize()
             if args.replay_parts and op.startswith('samsa_conv'):
-                def autocast(fn):
-                    def run():
-                        with torch.autocast('cuda',
-                                            dtype=DTYPES[args.dtype]), \
-                                torch.no_grad():
-                            return fn()
-                    return run
-                for name, fn in replay_parts(model, (xg, batch), (batch, B),
-                                             forward):
-                    fn = autocast(fn)
-                    one = measure(fn, device, repeat=30)['ms']
-                    piped = measure(fn, device, repeat=20,
-                                    pipelined=True)['ms']
-                    print(f'== {op} {B}x{n} {name:<20} {one:.3f} ms per '
-                          f'call, {piped:.3f} pipelined, host (idle GPU) '
-                          f'{idle_host_ms(fn):.3f}')
+                print_replay_parts(f'{op} {B}x{n}', replay_parts(
+                    model, (xg, batch), (batch, B), forward),
+                    DTYPES[args.dtype], device)
                 continue
             if args.host:
                 fwd, bwd = count_aten(op, model, xg, batch, B,
