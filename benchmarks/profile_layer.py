@@ -94,20 +94,6 @@ def busy_host_times(forward, backward=None, calls: int = 9,
             1e3 * statistics.median(bwd) if bwd else None)
 
 
-def idle_host_ms(fn, calls: int = 30, sync=None) -> float:
-    """Median host ms of ``fn()`` issued with an idle GPU (after a
-    synchronisation: ``sync``, on CUDA :func:`torch.cuda.synchronize`)."""
-    sync = sync or torch.cuda.synchronize
-    times = []
-    for _ in range(calls):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    sync()
-    return 1e3 * statistics.median(times)
-
-
 def replay_parts(model, inputs, tail_args, call_fn):
     """``[(name, fn)]``: the whole inference call ``call_fn`` of ``model``
     (a :class:`~samsa_geo.nn.SamsaConv` whose call replays a CUDA graph)
@@ -126,8 +112,7 @@ def replay_parts(model, inputs, tail_args, call_fn):
                            f"graph (got {len(inputs)})")
 
     def copies():
-        for buf, t in zip(entry.inputs, inputs):
-            buf.copy_(t)
+        entry.load(inputs)
 
     def replay():
         entry.graph.replay()
@@ -158,8 +143,11 @@ def print_replay_parts(title, parts, dtype, device) -> None:
                 return fn()
         one = measure(run, device, repeat=30)['ms']
         piped = measure(run, device, repeat=20, pipelined=True)['ms']
+        # The host's time after a synchronisation: with an idle GPU.
+        host = busy_host_times(run, calls=30,
+                               sleep=torch.cuda.synchronize)[0]
         print(f'== {title} {name:<20} {one:.3f} ms per call, {piped:.3f} '
-              f'pipelined, host (idle GPU) {idle_host_ms(run):.3f}')
+              f'pipelined, host (idle GPU) {host:.3f}')
 
 
 def count_aten(op, model, xg, batch, B, dtype, train):

@@ -60,6 +60,11 @@ class _Graph:
         self.graph, self.inputs, self.out, self.stamp = (graph, inputs, out,
                                                          stamp)
 
+    def load(self, inputs: Sequence[Tensor]) -> None:
+        # The call's inputs into the graph's input buffers.
+        for buf, t in zip(self.inputs, inputs):
+            buf.copy_(t)
+
 
 class GraphReplay:
     r"""Captures and replays CUDA graphs of ``fn(*inputs)``, a function of
@@ -151,8 +156,7 @@ class GraphReplay:
             if entry is None:
                 return None
         self._graphs.move_to_end(sig)
-        for buf, t in zip(entry.inputs, inputs):
-            buf.copy_(t)
+        entry.load(inputs)
         entry.graph.replay()
         if finish is None:
             return entry.out.clone()
