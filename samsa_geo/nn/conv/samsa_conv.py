@@ -4,7 +4,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import Dropout, Linear, Module, ReLU, Sequential
+from torch.nn import BatchNorm1d, Dropout, Linear, Module, ReLU, Sequential
+from torch.nn.modules import module as nn_module
 from torch_geometric.nn.inits import reset
 from torch_geometric.nn.norm import BatchNorm, LayerNorm
 from torch_geometric.nn.resolver import (
@@ -240,9 +241,14 @@ class SamsaConv(Module):
             return h
         if isinstance(norm, BatchNorm) and not is_tracing() \
                 and h.dim() == 2:
-            affine = self._eval_affine(norm, h.dtype)
-            if affine is not None:  # h * scale + shift, one launch
-                return torch.addcmul(affine[1], h, affine[0])
+            if norm.module.training:
+                out = _training_batch_norm(norm, h)
+                if out is not None:
+                    return out
+            else:
+                affine = self._eval_affine(norm, h.dtype)
+                if affine is not None:  # h * scale + shift, one launch
+                    return torch.addcmul(affine[1], h, affine[0])
         if isinstance(norm, LayerNorm) and norm.mode == 'node':
             # Per token, as PyG's: its kernel serves inference on CUDA.
             return layer_norm(h, norm.weight, norm.bias, norm.eps)
@@ -298,10 +304,12 @@ class SamsaConv(Module):
         # statistics, for another dtype than the statistics', or where a
         # gradient reaches w or b.
         bn = norm.module
+        if bn.training:
+            return None
         mean, var = bn.running_mean, bn.running_var
         params = [p for p in (bn.weight, bn.bias) if p is not None]
-        if (bn.training or mean is None or var is None
-                or dtype != mean.dtype or needs_grad(*params)):
+        if (mean is None or var is None or dtype != mean.dtype
+                or needs_grad(*params)):
             return None
 
         def affine() -> Tuple[Tensor, Tensor]:
@@ -579,6 +587,40 @@ class SamsaConv(Module):
                 f'conv={self.conv}, heads={self.heads}, k={self.attn.k}, '
                 f'sampling={self.attn.sampling!r}'
                 f'{", norm_first=True" if self.norm_first else ""})')
+
+
+def _training_batch_norm(norm: BatchNorm, h: Tensor) -> Optional[Tensor]:
+    # PyG's BatchNorm in training on a 2-d h, as its module call computes
+    # it (BatchNorm1d's forward: the batch count, then the batch
+    # statistics and the running averages of a fixed momentum), with
+    # none of the three Python frames of the calls in between: a
+    # fifth of a small-graph layer's host time went to them. None where
+    # the module call must run: a subclass, a hook, a single row (its
+    # error, or PyG's allow_single_element), a cumulative average
+    # (momentum None, a read-back of the count).
+    bn = norm.module
+    if (type(norm) is not BatchNorm or type(bn) is not BatchNorm1d
+            or h.size(0) <= 1 or bn.momentum is None
+            or _hooked(norm) or _hooked(bn)):
+        return None
+    running_mean, running_var = bn.running_mean, bn.running_var
+    if bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+    else:
+        running_mean = running_var = None
+    return torch.batch_norm(h, bn.weight, bn.bias, running_mean,
+                            running_var, True, bn.momentum, bn.eps,
+                            torch.backends.cudnn.enabled)
+
+
+def _hooked(module: Module) -> bool:
+    # Whether calling module would run a hook (Module._call_impl's test).
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or module._backward_hooks or module._backward_pre_hooks
+                or nn_module._global_forward_hooks
+                or nn_module._global_forward_pre_hooks
+                or nn_module._global_backward_hooks
+                or nn_module._global_backward_pre_hooks)
 
 
 def _saved_tensor_hooks() -> bool:

@@ -1,6 +1,7 @@
 """SamsaConv's training batch norms run as residual_batch_norm and compute
 what the BatchNorm modules compute: outputs, every gradient, the running
 statistics and the batch count; other batch norms keep the module."""
+import copy
 from functools import partial
 
 import pytest
@@ -87,3 +88,83 @@ def test_training_batch_norm_keeps_the_module_where_it_must(
     with torch.no_grad():
         conv(x, None, torch.zeros(8, dtype=torch.long))
     assert calls == []
+
+
+@pytest.mark.parametrize('affine, track', [(True, True), (False, True),
+                                           (True, False)])
+def test_direct_batch_norm_equals_the_module_call(affine, track):
+    # SamsaConv's training batch norm below the kernel's size calls
+    # torch.batch_norm itself: outputs, gradients, running statistics and
+    # batch count are those of PyG's BatchNorm module, over two steps.
+    from torch_geometric.nn.norm import BatchNorm
+    torch.manual_seed(0)
+    norm = BatchNorm(16, affine=affine, track_running_stats=track).train()
+    if affine:
+        with torch.no_grad():
+            norm.module.weight.uniform_(0.5, 1.5)
+            norm.module.bias.uniform_(-0.5, 0.5)
+    ref = copy.deepcopy(norm)
+    for step in range(2):
+        h = torch.randn(40, 16) * 3.0 + step
+        g = torch.randn(40, 16)
+        x1 = h.clone().requires_grad_()
+        out = conv_module._training_batch_norm(norm, x1)
+        assert out is not None
+        x2 = h.clone().requires_grad_()
+        out_ref = ref(x2)
+        torch.testing.assert_close(out, out_ref, rtol=0, atol=0)
+        (out * g).sum().backward()
+        (out_ref * g).sum().backward()
+        torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=0)
+        for (name, p), p_ref in zip(norm.named_parameters(),
+                                    ref.parameters()):
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=0, atol=0)
+        buffers = dict(ref.named_buffers())
+        assert dict(norm.named_buffers()).keys() == buffers.keys()
+        for name, buf in norm.named_buffers():
+            torch.testing.assert_close(buf, buffers[name], rtol=0, atol=0)
+    if track:
+        assert int(norm.module.num_batches_tracked) == 2
+
+
+def test_direct_batch_norm_leaves_the_module_call_where_it_must(
+        monkeypatch):
+    # None (the module is called) for a cumulative average, a single row,
+    # a subclass and wherever a hook would run.
+    from torch_geometric.nn.norm import BatchNorm
+    from torch.nn.modules import module as nn_module
+    h = torch.randn(8, 16)
+    direct = conv_module._training_batch_norm
+    assert direct(BatchNorm(16), h) is not None
+    assert direct(BatchNorm(16, momentum=None), h) is None
+    assert direct(BatchNorm(16), h[:1]) is None
+    assert direct(type('Sub', (BatchNorm, ), {})(16), h) is None
+    norm = BatchNorm(16)
+    handle = norm.register_forward_hook(lambda *args: None)
+    assert direct(norm, h) is None
+    handle.remove()
+    handle = norm.module.register_forward_pre_hook(lambda *args: None)
+    assert direct(norm, h) is None
+    handle.remove()
+    handle = norm.register_full_backward_hook(lambda *args: None)
+    assert direct(norm, h) is None
+    handle.remove()
+    monkeypatch.setitem(nn_module._global_forward_hooks, -1,
+                        lambda *args: None)
+    assert direct(norm, h) is None
+
+
+def test_samsa_conv_runs_the_hooks_of_its_batch_norms():
+    # A hook on a norm sees every training call, and the layer's output
+    # is the one without the hook.
+    x = torch.randn(30, 32)
+    batch = torch.arange(3).repeat_interleave(10)
+    conv, ref = _conv(), _conv()
+    seen = []
+    conv.norm3.register_forward_hook(lambda m, args, out: seen.append(out))
+    torch.manual_seed(1)
+    out = conv(x, None, batch)
+    torch.manual_seed(1)
+    out_ref = ref(x, None, batch)
+    assert len(seen) == 1 and torch.equal(seen[0], out)
+    torch.testing.assert_close(out, out_ref, rtol=0, atol=0)
