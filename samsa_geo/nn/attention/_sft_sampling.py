@@ -141,7 +141,7 @@ def sft_sample(
     top = order[:, :k_max] + ptr[:-1].view(-1, 1)  # [B, k_max] global ids
     top = torch.where(valid, top, torch.zeros_like(top))
 
-    z = x[top]  # [B, k_max, C]
+    z = x.index_select(0, top.view(-1)).view(B, k_max, -1)  # [B, k_max, C]
     weight = torch.ones(B, k_max, dtype=score.dtype, device=device)
     partner = torch.full_like(top, -1)
     num_lower = size - kb  # [B]

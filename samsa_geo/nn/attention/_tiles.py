@@ -100,7 +100,7 @@ def from_tiles(t: Tensor, tiles: Tiles) -> Tensor:
     flat = t.transpose(1, 2).reshape(nt * T, H, Fd)  # [num_tiles * T, H, F]
     if tiles.index is None:
         return flat
-    return flat[tiles.index]
+    return flat.index_select(0, tiles.index)
 
 
 def per_tile(t: Tensor, tiles: Tiles) -> Tensor:

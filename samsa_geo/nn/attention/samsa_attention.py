@@ -844,7 +844,7 @@ class SamsaAttention(Module):
                             self.dropout if self.training else 0.0)
         o = o.view(B * n, C)  # [B, n, C] -> [B * n, C]
         if layout is not None:
-            o = o[layout.index]  # [N, C]
+            o = o.index_select(0, layout.index)  # [N, C]
         return linear(o, rest[-2], rest[-1])  # lin_out
 
     def _padding_costly(self, info: SetInfo, N: int) -> bool:

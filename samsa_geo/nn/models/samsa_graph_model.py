@@ -73,7 +73,7 @@ class _TokenGINE(Module):
         with_edges = isinstance(self.conv, GINEConv)
         if with_edges:
             if edge_token_index is not None:
-                edge_attr = x[edge_token_index]  # [E, C]
+                edge_attr = x.index_select(0, edge_token_index)  # [E, C]
             if edge_attr is None or edge_attr.shape != (edge_index.size(1),
                                                         x.size(1)):
                 shape = None if edge_attr is None else list(edge_attr.shape)
@@ -335,7 +335,7 @@ class SamsaGraphModel(Reloadable, Module):
             h = conv(h, tok_edge_index, tok.batch, **conv_kwargs)
         if tok.edge_index is None:  # node tokens only: token i is node i
             return h
-        return h[tok.node_index]  # [N, C]
+        return h.index_select(0, tok.node_index)  # [N, C]
 
     def forward(
         self,
