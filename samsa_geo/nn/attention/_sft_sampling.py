@@ -141,7 +141,7 @@ def sft_sample(
     top = order[:, :k_max] + ptr[:-1].view(-1, 1)  # [B, k_max] global ids
     top = torch.where(valid, top, torch.zeros_like(top))
 
-    z = x.index_select(0, top.view(-1)).view(B, k_max, -1)  # [B, k_max, C]
+    z = _rows(x, top)  # [B, k_max, C]
     weight = torch.ones(B, k_max, dtype=score.dtype, device=device)
     partner = torch.full_like(top, -1)
     num_lower = size - kb  # [B]
@@ -153,12 +153,21 @@ def sft_sample(
         j = order.gather(1, rank) + ptr[:-1].view(-1, 1)  # [B, k_max]
         has = valid & (num_lower > 0).view(-1, 1)
         j = torch.where(has, j, top)
-        sp_i, sp_j = F.softplus(score[top]), F.softplus(score[j])
+        sp_i = F.softplus(_rows(score, top))
+        sp_j = F.softplus(_rows(score, j))
         w = sp_i / (sp_i + sp_j).clamp(min=1e-12)
         weight = torch.where(has, w, torch.ones_like(w))
         wx = weight.unsqueeze(-1).to(x.dtype)  # [B, k_max, 1]
-        z = wx * z + (1.0 - wx) * x[j]
+        z = wx * z + (1.0 - wx) * _rows(x, j)
         partner = torch.where(has, j, partner)
     z = z * valid.unsqueeze(-1).to(z.dtype)
     index = torch.where(valid, top, torch.full_like(top, -1))
     return SFTSample(z, index, partner, weight, None if equal else valid)
+
+
+def _rows(t: Tensor, index: Tensor) -> Tensor:
+    # t[index] for row ids of any shape, by index_select, whose backward
+    # on CUDA is one index_add (advanced indexing's sorts the ids first).
+    # [M, *] rows at ids [*S] -> [*S, *]
+    rows = t.index_select(0, index.reshape(-1))  # [prod(S), *]
+    return rows.view(*index.shape, *t.shape[1:])

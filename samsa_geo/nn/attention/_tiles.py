@@ -111,4 +111,4 @@ def per_tile(t: Tensor, tiles: Tiles) -> Tensor:
         rest = t.shape[1:]
         return t.unsqueeze(1).expand(t.size(0), tiles.per_set,
                                      *rest).reshape(tiles.num_tiles, *rest)
-    return t if tiles.tile_set is None else t[tiles.tile_set]
+    return t if tiles.tile_set is None else t.index_select(0, tiles.tile_set)

@@ -250,7 +250,10 @@ class GraphTokenizer(Module):
                                torch.ones_like(batch, dtype=torch.bool))
 
         src, dst = edge_index
-        feats = [node_id[src] - node_id[dst]]
+        # Rows gathered by index_select, whose backward on CUDA is one
+        # index_add (advanced indexing's sorts the indices first).
+        feats = [node_id.index_select(0, src)
+                 - node_id.index_select(0, dst)]  # [E, d]
         if self.edge_encoder is not None:
             if edge_attr is None:
                 raise ValueError("Expected 'edge_attr' since an 'edge_encoder' "
@@ -270,8 +273,9 @@ class GraphTokenizer(Module):
         position = torch.empty_like(perm)
         position[perm] = torch.arange(perm.numel(), device=perm.device)
         node_mask = perm < num_nodes
-        return GraphTokens(tokens[perm], token_batch, position[:num_nodes],
-                           position[num_nodes:], node_mask)
+        return GraphTokens(tokens.index_select(0, perm), token_batch,
+                           position[:num_nodes], position[num_nodes:],
+                           node_mask)
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, '
