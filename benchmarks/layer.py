@@ -332,8 +332,9 @@ def main():
                    'run, in place of FUSED_MAX_SET_SIZE (to time the fused '
                    'path on larger sets)')
     p.add_argument('--sampled-rows-min-tokens', type=int, default=None,
-                   help='fewest tokens from which evaluation on the general '
-                   'path projects the sampled rows alone, in place of '
+                   help='fewest tokens from which the general path (in '
+                   'evaluation and in training) projects the sampled rows '
+                   'alone, in place of '
                    'SAMPLED_ROWS_MIN_TOKENS (a huge value projects every '
                    'token)')
     p.add_argument('--linear-min-elements', type=int, default=None,

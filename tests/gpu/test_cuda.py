@@ -435,7 +435,8 @@ def test_relaxation_on_cuda_matches_cpu(hard, sizes, dtype):
     # on CUDA, with float32 or bfloat16 rows (autocast's), against the
     # float32 CPU result, which tests/nn/attention/test_relax.py checks
     # against the plain-autograd formula.
-    from samsa_geo.nn.attention._sampling import relax, select
+    from samsa_geo.nn.attention._relax import relax
+    from samsa_geo.nn.attention._sampling import select
     from samsa_geo.nn.attention._sets import set_info
     g = torch.Generator().manual_seed(0)
     batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])

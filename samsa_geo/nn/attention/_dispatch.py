@@ -29,14 +29,19 @@ SCORE_GELU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: machine with a slower host, 2.35 against 2.17 ms at 262,144 (8389479):
 #: the fewer launches of the fused path pay where the host is slow.
 FUSED_MAX_SET_SIZE = 131072
-#: Fewest tokens from which the general path projects, in evaluation, the
-#: keys and values of the sampled rows alone (see
+#: Fewest tokens from which the general path projects the keys and values
+#: of the sampled rows alone (see
 #: :func:`~samsa_geo.nn.attention._sampling.project_rows`): it saves the
 #: GEMM's :math:`2C` columns of every token but adds launches. On an H200
 #: (eval forward of SamsaConv, 256 channels, 8 heads, k = 256, median of 5
 #: alternating rounds, commit 6b9dc4f) it took 1.88 / 1.78 ms per call /
 #: pipelined against 1.98 / 1.90 at 262,144 tokens, and 2.40 / 2.22
 #: against 2.30 / 2.11 at 150,000, where the call was bound by the host.
+#: Training takes the same threshold, with the rows of the top and bottom
+#: sets: there the path also saves the backward's :math:`[N, 2C]`
+#: gradient (zeroed, scattered into, copied into the stacked GEMM's) and
+#: the :math:`2C` columns of its two GEMMs. That threshold is the
+#: evaluation's, not a timing of training calls.
 SAMPLED_ROWS_MIN_TOKENS = 1 << 18
 #: Largest block of candidate scores (a set's tokens and registers) that
 #: one program of the fused path's selection kernel keeps in registers.

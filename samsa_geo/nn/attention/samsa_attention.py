@@ -37,9 +37,9 @@ from samsa_geo.nn.attention._sampling import (
     gather_rows,
     keep_all,
     project_rows,
-    relax,
     select,
 )
+from samsa_geo.nn.attention._relax import relax, relax_rows
 from samsa_geo.nn.attention._sets import (
     SetInfo,
     check_size_hint,
@@ -469,8 +469,8 @@ class SamsaAttention(Module):
         N, C = x.shape
         H, D = self.heads, self.head_dim
         # 1. Queries for every token; keys and values for every candidate,
-        # or, in evaluation where the sampled rows are fewer than half the
-        # tokens, for the sampled rows alone (step 2).
+        # or, where the rows that step 2 reads are fewer than half the
+        # tokens, for those rows alone (after step 2).
         q, kv, hidden, (scorer_args, out_lin, kv_lin) = self._project(
             x, x_low, self._projects_sampled_rows(info, N, return_indices))
         if q.requires_grad and not is_tracing():
@@ -498,11 +498,16 @@ class SamsaAttention(Module):
             head = self.head_index  # [1, H, 1]
             # Equal sets: the top and bottom sets hold distinct ids.
             unique = info.all_valid
-            if kv is None:  # evaluation: the sampled rows projected alone
+            relaxed = self._relaxes(info)
+            hard = self.sampling == 'hard'
+            if kv is None and relaxed:  # the top and bottom rows alone
+                u = project_rows(sel.ids, *kv_lin)  # [B, H, k + m, 2D]
+                u = relax_rows(sel, u, head, self.tau, hard,
+                               unique=unique)  # [B, H, k, 2D]
+            elif kv is None:  # the top rows alone
                 u = project_rows(sel.top, *kv_lin)  # [B, H, k, 2D]
-            elif (self.training and self.scorer is not None
-                  and info.m_max > 0):
-                u = relax(sel, kv, head, self.tau, self.sampling == 'hard',
+            elif relaxed:
+                u = relax(sel, kv, head, self.tau, hard,
                           unique=unique)  # [B, H, k, 2D]
             else:
                 u = gather_rows(kv, sel.top, head, unique)  # [B, H, k, 2D]
@@ -528,18 +533,26 @@ class SamsaAttention(Module):
         alpha = torch.cat(weights, dim=0)  # [nt, H, T, k]
         return out, idx, from_tiles(alpha, tiles)  # [N, H, k]
 
+    def _relaxes(self, info: SetInfo) -> bool:
+        # Whether the keys and values are relaxed at rank k (training with
+        # a scorer, some set having a bottom set): the rows of the top and
+        # bottom sets are read, not those of the top set alone.
+        return self.training and self.scorer is not None and info.m_max > 0
+
     def _projects_sampled_rows(self, info: SetInfo, N: int,
                                return_indices: bool) -> bool:
         # Whether the general path projects keys and values of the sampled
-        # rows alone (project_rows): in evaluation, from
-        # SAMPLED_ROWS_MIN_TOKENS tokens, where the sampled rows of every
-        # set and head are at most half the tokens, without registers or
-        # summary key (their keys come from every candidate) or a set that
-        # keeps every candidate.
-        return (not self.training and self.sampling != 'sft'
+        # rows alone (project_rows), in evaluation and in training (the
+        # rows of the top set, and of the bottom set where the relaxation
+        # reads them): from SAMPLED_ROWS_MIN_TOKENS tokens, where those
+        # rows of every set and head are at most half the tokens, without
+        # registers or summary key (their keys come from every candidate)
+        # or a set that keeps every candidate.
+        rows = info.k_max + (info.m_max if self._relaxes(info) else 0)
+        return (self.sampling != 'sft'
                 and N >= SAMPLED_ROWS_MIN_TOKENS
                 and self.num_registers == 0 and not self.summary
-                and 2 * info.num_sets * self.heads * info.k_max <= N
+                and 2 * info.num_sets * self.heads * rows <= N
                 and not self._keeps_all(info, return_indices))
 
     def _fused_inference(self, x: Tensor, info: SetInfo,

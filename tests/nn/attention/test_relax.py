@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
-from samsa_geo.nn.attention import _sampling
-from samsa_geo.nn.attention._sampling import gumbel_like, relax, select
+from samsa_geo.nn.attention import _relax
+from samsa_geo.nn.attention._relax import relax
+from samsa_geo.nn.attention._sampling import gumbel_like, select
 from samsa_geo.nn.attention._sets import set_info
 
 
@@ -223,13 +224,13 @@ def test_triton_score_gradient_matches_pytorch(kernel, layout, tau):
     head = torch.arange(H).view(1, -1, 1)
     u = torch.randn(M, H, F, generator=g)[sel.ids, head]
     grad = torch.randn(*sel.ids.shape[:2], sel.k, F, generator=g)
-    masks = None if sel.top_valid is None else _sampling._Masks(sel)
+    masks = None if sel.top_valid is None else _relax._Masks(sel)
     x = sel.score / tau
-    c = _sampling._score_factor(x, sel.k, tau, 0.25, masks)
-    ds = _sampling._score_grad(_sampling._pair_probability(x, sel.k, masks),
+    c = _relax._score_factor(x, sel.k, tau, 0.25, masks)
+    ds = _relax._score_grad(_relax._pair_probability(x, sel.k, masks),
                                grad, u, c)
     ref = torch.zeros(M, H).index_put_((sel.ids, head), ds, accumulate=True)
-    a, b = _sampling._masked_scores(x, sel.k, masks)
+    a, b = _relax._masked_scores(x, sel.k, masks)
     out = kernel.relax_score_grad_triton(grad, u, a, b, c, sel.ids, M,
                                          unique=info.all_valid)
     assert out.abs().sum() > 0
@@ -240,7 +241,7 @@ def test_triton_score_gradient_matches_pytorch(kernel, layout, tau):
 @pytest.mark.parametrize('hard', [True, False])
 def test_relax_through_the_triton_kernel_matches_reference(
         kernel, monkeypatch, layout, hard):
-    monkeypatch.setattr(_sampling, '_fused_score_grad', lambda u: True)
+    monkeypatch.setattr(_relax, '_fused_score_grad', lambda u: True)
     out, grads, _ = run(relax, layout, hard, 0.2)
     ref, ref_grads, _ = run(relax_reference, layout, hard, 0.2)
     for a, b in zip(grads, ref_grads):

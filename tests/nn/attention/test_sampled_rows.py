@@ -1,13 +1,15 @@
-"""In evaluation the general path projects keys and values of the sampled
-rows alone (project_rows) where they are at most half the tokens, from
-SAMPLED_ROWS_MIN_TOKENS tokens: the outputs equal those of projecting every
+"""The general path projects keys and values of the sampled rows alone
+(project_rows) where they are at most half the tokens, from
+SAMPLED_ROWS_MIN_TOKENS tokens: in evaluation the rows of the top set, in
+training those of the top and bottom sets that the relaxation reads. The
+outputs, and in training every gradient, equal those of projecting every
 token and gathering."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from samsa_geo.nn import SamsaAttention
-from samsa_geo.nn.attention import samsa_attention
+from samsa_geo.nn.attention import _relax, samsa_attention
 from samsa_geo.nn.attention._sampling import gather_rows, project_rows
 from samsa_geo.ops import value_checks
 
@@ -60,13 +62,7 @@ def test_the_sampled_rows_path_equals_the_full_projection(
     batch = torch.repeat_interleave(torch.arange(len(sizes)),
                                     torch.tensor(sizes))
     taken = []
-    original = SamsaAttention._projects_sampled_rows
-
-    def spy(self, *args):
-        taken.append(original(self, *args))
-        return taken[-1]
-
-    monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows', spy)
+    _spy_path(monkeypatch, taken)
     got = _forward(attn, x, batch, sizes, **kwargs)
     assert taken == [True]
     monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows',
@@ -82,17 +78,83 @@ def test_the_sampled_rows_path_equals_the_full_projection(
             assert torch.equal(a, b)
 
 
+def _spy_path(monkeypatch, taken):
+    original = SamsaAttention._projects_sampled_rows
+
+    def spy(self, *args):
+        taken.append(original(self, *args))
+        return taken[-1]
+
+    monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows', spy)
+
+
+def _training_step(attn, x, batch, sizes):
+    # Output and the gradients of x and of every parameter, with the
+    # same sampling noise.
+    attn.zero_grad()
+    x = x.clone().requires_grad_()
+    torch.manual_seed(5)
+    out = _forward(attn, x, batch, sizes)
+    g = torch.randn(out.shape, dtype=out.dtype,
+                    generator=torch.Generator().manual_seed(3))
+    (out * g).sum().backward()
+    grads = {name: p.grad for name, p in attn.named_parameters()
+             if p.grad is not None}
+    return out.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize('sizes', [[100, 100], [150, 12, 5, 90]])
+@pytest.mark.parametrize('sampling', ['hard', 'soft'])
+@pytest.mark.parametrize('fused', [False, True])
+def test_training_on_the_sampled_rows_equals_the_full_projection(
+        monkeypatch, any_size, triton_modules, sizes, sampling, fused):
+    # The top and bottom rows projected alone, relaxed by relax_rows,
+    # against every token projected and relaxed by relax: outputs, the
+    # gradient of x and of every parameter (the keys' and values'
+    # projection, the scorer's through the relaxed scores); fused: the
+    # scores' gradient from the Triton kernel (float32, interpreted on a
+    # CPU).
+    dtype = torch.float64
+    if fused:
+        triton_modules('samsa_geo.nn.attention._relax_triton')
+        monkeypatch.setattr(_relax, '_fused_score_grad', lambda u: True)
+        dtype = torch.float32
+    torch.manual_seed(0)
+    attn = SamsaAttention(32, heads=2, k=8, sampling=sampling).to(dtype)
+    attn.train()
+    x = torch.randn(sum(sizes), 32, dtype=dtype)
+    batch = torch.repeat_interleave(torch.arange(len(sizes)),
+                                    torch.tensor(sizes))
+    taken = []
+    _spy_path(monkeypatch, taken)
+    got = _training_step(attn, x, batch, sizes)
+    assert taken == [True]
+    monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows',
+                        lambda self, *args: False)
+    want = _training_step(attn, x, batch, sizes)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    close = dict(rtol=tol, atol=tol)
+    torch.testing.assert_close(got[0], want[0], **close)
+    torch.testing.assert_close(got[1], want[1], **close)
+    assert got[2].keys() == want[2].keys()
+    assert 'lin_kv.weight' in got[2] and 'scorer.score_nn.0.weight' in got[2]
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], **close)
+
+
 def test_paths_that_keep_every_projected_row(monkeypatch, any_size):
-    # Training, registers, the summary key, SFT, sets whose sampled rows
-    # are more than half the tokens, and fewer tokens than the threshold
-    # project every token.
+    # Registers, the summary key, SFT, sets whose sampled rows are more
+    # than half the tokens (in training the top and bottom rows), and
+    # fewer tokens than the threshold project every token.
     x = torch.randn(120, 32)
     batch = torch.zeros(120, dtype=torch.long)
-    cases = [({}, False, True), ({}, True, False),
+    cases = [({}, False, True), ({}, True, True),
              ({'num_registers': 2}, False, False),
              ({'summary': True}, False, False),
              ({'sampling': 'sft'}, False, False),
-             ({'k': 40}, False, False)]  # 2 heads x 40 x 2 > 120 tokens
+             ({'k': 40}, False, False),  # 2 heads x 40 x 2 > 120 tokens
+             ({'k': 20}, False, True),  # 2 heads x 20 x 2 <= 120
+             ({'k': 20}, True, False)]  # 2 heads x (20 + 20) x 2 > 120
     for kwargs, train, want in cases:
         attn = SamsaAttention(32, heads=2, **{'k': 8, **kwargs}).train(train)
         info = attn._set_info(x, batch, None, None, 1, 120)
