@@ -57,7 +57,7 @@ class ScoreTail(torch.autograd.Function):
                 b1: Optional[Tensor], w2: Tensor,
                 b2: Optional[Tensor], ln_w: Tensor, ln_b: Tensor, eps: float,
                 ws: Tensor, bs: Optional[Tensor], approximate: str,
-                x_in: Tensor) -> Tensor:
+                x_in: Tensor, rows: Optional['ScoredRows'] = None) -> Tensor:
         # The second layer's parameters in the dtype of h, kept for the
         # backward (C x C: no cast there, nor in the recomputation).
         w2c = w2.to(hidden.dtype)
@@ -81,6 +81,7 @@ class ScoreTail(torch.autograd.Function):
                       else b2.dtype)
         ctx.eps = eps
         ctx.approximate = approximate
+        ctx.rows = rows
         return out  # [N, H]
 
     @staticmethod
@@ -88,7 +89,16 @@ class ScoreTail(torch.autograd.Function):
         x, x_in, w1, b1, w2c, b2c, ln_w, ln_b, ws, bs = ctx.saved_tensors
         dtype, w2_dtype, b2_dtype = ctx.dtypes
         need = ctx.needs_input_grad[:2] + ctx.needs_input_grad[4:]
-        hidden = _linear_in(x_in, w1, b1, dtype)  # [N, C]
+        rows = ctx.rows
+        ids = None
+        if rows is not None and rows.ids is not None:
+            # Only the scored pairs carry a gradient: the backward runs on
+            # their P rows, each with its pair's gradient in its head's
+            # column (the sums over rows split by head: the same
+            # gradients), and scatters the rows' input gradients.
+            ids, grad = rows.rows_and_grad(grad)  # [P], [P, H]
+            x, x_in = x.index_select(0, ids), x_in.index_select(0, ids)
+        hidden = _linear_in(x_in, w1, b1, dtype)  # [N or P, C]
         a = F.gelu(hidden, approximate=ctx.approximate)
         y = F.linear(a, w2c, b2c)  # [N, C], the forward's values
         if ctx.kernel:
@@ -113,9 +123,58 @@ class ScoreTail(torch.autograd.Function):
             g_a = g_y @ w2c  # [N, C]
             g_hidden = torch.ops.aten.gelu_backward(
                 g_a, hidden, approximate=ctx.approximate)
+        if ids is not None:  # [P, C] rows -> [N, C], zero elsewhere
+            g_hidden = _scatter_rows(g_hidden, ids, rows.num_rows)
+            g_x = _scatter_rows(g_x, ids, rows.num_rows)
         return (g_hidden, g_x, None, None, g_w2, g_b2, _cast(g_lnw, ln_w),
                 _cast(g_lnb, ln_b), None, _cast(g_ws, ws), _cast(g_bs, bs),
-                None, None)
+                None, None, None)
+
+
+class ScoredRows:
+    r"""The (token, head) pairs whose scores receive a gradient, where the
+    caller knows them before the backward pass: the top and bottom sets
+    of a training selection, whose relaxation is the scores' only
+    consumer. Given to :func:`score_tail` and filled by :meth:`set` once
+    the selection is made, it lets :class:`ScoreTail`'s backward pass run
+    on those :math:`P = B H (k + m)` rows instead of all :math:`N`
+    tokens."""
+    def __init__(self, num_rows: int) -> None:
+        self.num_rows = num_rows
+        self.ids: Optional[Tensor] = None
+        self.head: Optional[Tensor] = None
+        self.valid: Optional[Tensor] = None
+
+    def set(self, ids: Tensor, head: Tensor,
+            valid: Optional[Tensor]) -> None:
+        r"""The pairs: token ids :math:`(B, H, K)` (below ``num_rows``),
+        their heads (broadcast to the ids' shape) and whether each slot
+        holds a pair of its own (broadcast likewise; :obj:`None`: every
+        slot does). Unused slots repeat a used slot's id: they must be
+        marked, or that pair's gradient would count twice."""
+        self.ids, self.head, self.valid = ids, head, valid
+
+    def rows_and_grad(self, grad: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""The pairs' token ids :math:`(P)` and the scores' gradient
+        :math:`(N, H)` restricted to them, :math:`(P, H)`: each row holds
+        its pair's gradient in its head's column, zeros elsewhere (and
+        in every column of an unused slot)."""
+        ids = self.ids.reshape(-1)  # [B, H, K] -> [P]
+        head = self.head.expand_as(self.ids).reshape(-1)  # [P]
+        g = grad[ids, head]  # [P]
+        if self.valid is not None:
+            g = g * self.valid.expand_as(self.ids).reshape(-1).to(g.dtype)
+        out = grad.new_zeros(ids.numel(), grad.size(1))  # [P, H]
+        out.scatter_(1, head.view(-1, 1), g.view(-1, 1))
+        return ids, out
+
+
+def _scatter_rows(g: Optional[Tensor], ids: Tensor,
+                  num_rows: int) -> Optional[Tensor]:
+    # Row gradients [P, C] summed into [N, C] at their token ids.
+    if g is None:
+        return None
+    return g.new_zeros(num_rows, g.size(1)).index_add_(0, ids, g)
 
 
 def _tail_grads(y: Tensor, x: Tensor, grad: Tensor, ws: Tensor,
@@ -208,7 +267,8 @@ def score_tail(hidden: Tensor, x: Tensor, w1: Tensor, b1: Optional[Tensor],
                w2: Tensor, b2: Optional[Tensor],
                ln_w: Tensor, ln_b: Tensor, eps: float, ws: Tensor,
                bs: Optional[Tensor], approximate: str = 'none',
-               x_in: Optional[Tensor] = None) -> Tensor:
+               x_in: Optional[Tensor] = None,
+               rows: Optional[ScoredRows] = None) -> Tensor:
     r""":class:`ScoreTail` applied outside autocast (it picks its own
     dtypes: those of ``hidden``, and float32 from the LayerNorm on).
     ``hidden`` must equal ``F.linear(x_in, w1, b1)`` in its dtype, where
@@ -217,12 +277,15 @@ def score_tail(hidden: Tensor, x: Tensor, w1: Tensor, b1: Optional[Tensor],
     the layer's projection keeps for its own backward anyway), the
     backward recomputes ``hidden`` without casting them again. ``x_in``,
     ``w1`` and ``b1`` get no gradient here (they get it where ``hidden``
-    was computed)."""
+    was computed). With ``rows`` (see :class:`ScoredRows`), filled
+    before the backward pass, the backward runs on the rows of the pairs
+    that receive a gradient alone."""
     with torch.autocast(hidden.device.type, enabled=False):
         x_in = x.detach() if x_in is None else x_in.detach()
         b1 = None if b1 is None else b1.detach()
         return ScoreTail.apply(hidden, x, w1.detach(), b1, w2, b2, ln_w,
-                               ln_b, eps, ws, bs, approximate, x_in)
+                               ln_b, eps, ws, bs, approximate, x_in, rows)
 
 
-__all__: Tuple[str, ...] = ('ScoreTail', 'score_tail', 'scorer_gelu')
+__all__: Tuple[str, ...] = ('ScoreTail', 'ScoredRows', 'score_tail',
+                            'scorer_gelu')

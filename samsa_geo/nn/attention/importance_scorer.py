@@ -17,7 +17,11 @@ from samsa_geo.nn.attention._dispatch import (
     triton_serves,
 )
 from samsa_geo.nn.attention._ops import importance_score
-from samsa_geo.nn.attention._score_grad import score_tail, scorer_gelu
+from samsa_geo.nn.attention._score_grad import (
+    ScoredRows,
+    score_tail,
+    scorer_gelu,
+)
 
 
 class ImportanceScorer(Module):
@@ -82,7 +86,7 @@ class ImportanceScorer(Module):
                 lin2_weights: Optional[Tuple[Tensor, Tensor]] = None,
                 lin1_inputs: Optional[Tuple[Tensor, Tensor,
                                             Optional[Tensor]]] = None,
-                ) -> Tensor:
+                rows: Optional[ScoredRows] = None) -> Tensor:
         r"""Scores of the tokens ``x`` :math:`(N, C)`; ``hidden`` is the
         MLP's first linear layer applied to ``x``, if the caller computed
         it already (fused with other projections of ``x``; never with
@@ -91,7 +95,11 @@ class ImportanceScorer(Module):
         autocast's dtype). ``lin1_inputs`` are the input, weight and bias
         (in the dtype of ``hidden``) that computed ``hidden``, if the
         caller keeps them anyway: the training node then recomputes
-        ``hidden`` from them in its backward, without casting again."""
+        ``hidden`` from them in its backward, without casting again.
+        ``rows`` (:class:`~._score_grad.ScoredRows`), filled by the caller
+        before the backward pass, names the only (token, head) pairs whose
+        scores receive a gradient: the training node's backward then runs
+        on their rows alone."""
         lin1, act, lin2 = self.score_nn
         if self.norm_in is not None:
             assert hidden is None and lin1_inputs is None, \
@@ -110,7 +118,7 @@ class ImportanceScorer(Module):
             x_in, w1, b1 = lin1_inputs or (x, lin1.weight, lin1.bias)
             return score_tail(hidden, x, w1, b1, *lin2_weights, norm.weight,
                               norm.bias, norm.eps, lin.weight, lin.bias,
-                              act.approximate, x_in)
+                              act.approximate, x_in, rows)
         kernel = self._use_kernel(x, hidden, lin2_weights[0])
         if kernel:
             # Eager calls launch the kernel directly: the custom operator's

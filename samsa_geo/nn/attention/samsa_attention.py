@@ -32,6 +32,7 @@ from samsa_geo.nn.attention._fused_inference import (
     fused_sampled_attention,
     order_by_score,
 )
+from samsa_geo.nn.attention._relax import relax, relax_rows
 from samsa_geo.nn.attention._sampling import (
     Selection,
     gather_rows,
@@ -39,7 +40,7 @@ from samsa_geo.nn.attention._sampling import (
     project_rows,
     select,
 )
-from samsa_geo.nn.attention._relax import relax, relax_rows
+from samsa_geo.nn.attention._score_grad import ScoredRows
 from samsa_geo.nn.attention._sets import (
     SetInfo,
     check_size_hint,
@@ -489,16 +490,25 @@ class SamsaAttention(Module):
                 reg = self.reg_kv.to(kv.dtype).repeat(info.num_sets, 1, 1)
                 kv = torch.cat([kv, reg], dim=0)  # [N + B * R, H, 2D]
             # 2. Sample k candidates per set and head (relaxed in training).
+            relaxed = self._relaxes(info)
             if self._keeps_all(info, return_indices):  # nothing to rank
                 sel = keep_all(info, N, self.num_registers, H, x.device)
                 scores = None  # every candidate kept: no summary key
             else:
+                rows = None
+                if kv is None and relaxed:
+                    # The relaxation, the scores' only reader, reads those
+                    # of the top and bottom sets: the scorer's backward
+                    # runs on their rows alone.
+                    rows = ScoredRows(N)
+                    scorer_args = dict(scorer_args, rows=rows)
                 sel, scores = self._sample(x, hidden, batch, info,
                                            return_indices, scorer_args)
+                if rows is not None:
+                    rows.set(sel.ids, self.head_index, _slot_valid(sel))
             head = self.head_index  # [1, H, 1]
             # Equal sets: the top and bottom sets hold distinct ids.
             unique = info.all_valid
-            relaxed = self._relaxes(info)
             hard = self.sampling == 'hard'
             if kv is None and relaxed:  # the top and bottom rows alone
                 u = project_rows(sel.ids, *kv_lin)  # [B, H, k + m, 2D]
@@ -969,6 +979,21 @@ class SamsaAttention(Module):
 
 def _refresh_tau(module: SamsaAttention, incompatible_keys) -> None:
     module.tau = float(module.temperature)
+
+
+def _slot_valid(sel: Selection) -> Optional[Tensor]:
+    r"""Whether each slot of ``sel.ids`` (top set, then bottom set) holds
+    a candidate of its own, :math:`(B, 1, k + m)`; :obj:`None` where every
+    slot does."""
+    if sel.top_valid is None and sel.bottom_valid is None:
+        return None
+    B, K = sel.ids.size(0), sel.ids.size(-1)
+    top, bottom = sel.top_valid, sel.bottom_valid
+    if top is None:
+        top = bottom.new_ones(B, sel.k)
+    if bottom is None:
+        bottom = top.new_ones(B, K - sel.k)
+    return torch.cat([top, bottom], dim=1).unsqueeze(1)  # [B, 1, k + m]
 
 
 def _projection_dtype(x: Tensor, weight: Tensor) -> Optional[torch.dtype]:
