@@ -40,8 +40,10 @@ FUSED_MAX_SET_SIZE = 131072
 #: Training takes the same threshold, with the rows of the top and bottom
 #: sets: there the path also saves the backward's :math:`[N, 2C]`
 #: gradient (zeroed, scattered into, copied into the stacked GEMM's) and
-#: the :math:`2C` columns of its two GEMMs. That threshold is the
-#: evaluation's, not a timing of training calls.
+#: the :math:`2C` columns of its two GEMMs, and the scorer's backward
+#: runs on those rows alone (see
+#: :class:`~samsa_geo.nn.attention._score_grad.ScoredRows`). That
+#: threshold is the evaluation's, not a timing of training calls.
 SAMPLED_ROWS_MIN_TOKENS = 1 << 18
 #: Largest block of candidate scores (a set's tokens and registers) that
 #: one program of the fused path's selection kernel keeps in registers.
