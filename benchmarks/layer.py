@@ -16,9 +16,11 @@ passes ``num_graphs`` only, ``samsa_graph_model_hints`` everything
         --compile-only --sizes 32x1024
 """
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -342,6 +344,11 @@ def main():
                    'sums with samsa_geo.ops.linear\'s kernel, in place of '
                    'samsa_geo.ops.linear.MIN_ELEMENTS (a huge value times '
                    'PyTorch\'s reduction)')
+    p.add_argument('--sdpa-backends', default=None,
+                   help='comma list of the PyTorch SDPA backends (' +
+                   ', '.join(SDPA_BACKENDS) + ') that the run\'s attention '
+                   'calls may take, in this order of priority, in place of '
+                   'PyTorch\'s choice (the full layer\'s calls too)')
     p.add_argument('--ops-backend', default='auto',
                    choices=['auto', 'torch'],
                    help="what backend='auto' means for samsa_geo.ops in "
@@ -360,8 +367,31 @@ def main():
         importlib.import_module('samsa_geo.ops.linear').MIN_ELEMENTS = \
             args.linear_min_elements
     ops.set_default_backend(args.ops_backend)
-    with config.attention_config(**parse_switches(args.attention_config)):
+    with config.attention_config(**parse_switches(args.attention_config)), \
+            sdpa_backends(args.sdpa_backends):
         run(args)
+
+
+#: Names of --sdpa-backends: PyTorch's SDPBackend members.
+SDPA_BACKENDS = {'flash': 'FLASH_ATTENTION',
+                 'efficient': 'EFFICIENT_ATTENTION',
+                 'cudnn': 'CUDNN_ATTENTION', 'math': 'MATH'}
+
+
+def sdpa_backends(names: Optional[str]):
+    """The context of ``--sdpa-backends``: PyTorch's SDPA restricted to
+    the backends ``names`` (comma list of :data:`SDPA_BACKENDS`' keys),
+    tried in that order; no restriction where ``names`` is empty."""
+    if not names:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    chosen = names.split(',')
+    unknown = [n for n in chosen if n not in SDPA_BACKENDS]
+    if unknown:
+        raise ValueError(f"Expected '--sdpa-backends' to name backends "
+                         f"among {list(SDPA_BACKENDS)} (got {unknown})")
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[n])
+                        for n in chosen], set_priority=True)
 
 
 def run(args):

@@ -43,3 +43,28 @@ def test_run_settings_are_set_for_the_run_and_kept_in_the_flags(
                            and r['flags']['sampled_rows_min_tokens'] == 5
                            for r in records)
     assert {r['op'] for r in records} == {'samsa_conv_batch'}
+
+
+def test_sdpa_backends_restrict_the_runs_attention():
+    # --sdpa-backends: PyTorch's SDPA may take the named backends alone,
+    # in their order; an unknown name is refused; none leaves PyTorch's
+    # choice.
+    import pytest
+    import torch
+    sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+    import layer
+    backends = torch.backends.cuda
+    before = (backends.flash_sdp_enabled(), backends.math_sdp_enabled(),
+              backends.mem_efficient_sdp_enabled(),
+              backends.cudnn_sdp_enabled())
+    with layer.sdpa_backends('flash,math'):
+        assert backends.flash_sdp_enabled() and backends.math_sdp_enabled()
+        assert not backends.mem_efficient_sdp_enabled()
+        assert not backends.cudnn_sdp_enabled()
+    assert (backends.flash_sdp_enabled(), backends.math_sdp_enabled(),
+            backends.mem_efficient_sdp_enabled(),
+            backends.cudnn_sdp_enabled()) == before
+    with layer.sdpa_backends(None):
+        assert backends.mem_efficient_sdp_enabled() == before[2]
+    with pytest.raises(ValueError, match="'--sdpa-backends'.*'fast'"):
+        layer.sdpa_backends('flash,fast')
