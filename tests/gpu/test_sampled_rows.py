@@ -1,6 +1,7 @@
-"""Keys and values of the sampled rows alone (evaluation on the general
-path, from SAMPLED_ROWS_MIN_TOKENS tokens) on the GPU, run on the GPU
-machine with ``pytest -m gpu tests/gpu``."""
+"""Keys and values of the sampled rows alone (the general path, from
+SAMPLED_ROWS_MIN_TOKENS tokens; in training with the scorer's backward on
+their rows) on the GPU, run on the GPU machine with
+``pytest -m gpu tests/gpu``."""
 import pytest
 import torch
 
@@ -42,3 +43,59 @@ def test_the_layer_equals_its_full_projection(monkeypatch, B, n):
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
     assert (out - ref).abs().mean() < 2e-3
     assert samsa_attention.SAMPLED_ROWS_MIN_TOKENS <= B * n
+
+
+@pytest.mark.parametrize('sampling', ['hard', 'soft'])
+def test_training_on_the_sampled_rows_equals_the_full_projection(
+        monkeypatch, sampling):
+    # A bf16 training step at 262,144 tokens: keys and values of the top
+    # and bottom sets projected alone, the scorer's backward on their rows
+    # (with the Triton kernels), against every token projected; the output
+    # and every gradient within bf16 rounding.
+    B, n = 1, 262144
+    torch.manual_seed(0)
+    conv = SamsaConv(256, None, heads=8, k=256,
+                     attn_kwargs={'sampling': sampling}).cuda().train()
+    x = torch.randn(B * n, 256, device='cuda')
+    batch = torch.zeros(B * n, dtype=torch.long, device='cuda')
+    g = torch.randn(B * n, 256, device='cuda',
+                    generator=torch.Generator('cuda').manual_seed(2))
+
+    def step():
+        conv.zero_grad()
+        x_ = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            out = conv(x_, None, batch, num_graphs=B, max_num_nodes=n)
+        (out.float() * g).sum().backward()
+        grads = {name: p.grad.float().clone()
+                 for name, p in conv.named_parameters() if p.grad is not None}
+        return out.detach().float(), x_.grad, grads
+
+    taken = []
+    original = SamsaAttention._projects_sampled_rows
+
+    def spy(self, *args):
+        taken.append(original(self, *args))
+        return taken[-1]
+
+    monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows', spy)
+    out, x_grad, grads = step()
+    assert taken == [True]
+    monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows',
+                        lambda self, *args: False)
+    ref, ref_x_grad, ref_grads = step()
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+    assert rel(out, ref) < 2e-2 and rel(x_grad, ref_x_grad) < 2e-2
+    assert grads.keys() == ref_grads.keys()
+    assert 'attn.lin_kv.weight' in grads
+    assert 'attn.scorer.score_nn.0.weight' in grads
+    # Some gradients are zero but for rounding (the scorer's head biases:
+    # a pair's two scores get opposite gradients): an absolute floor.
+    scale = max(float(r.norm()) for r in ref_grads.values())
+    for name, r in ref_grads.items():
+        err = float((grads[name] - r).norm())
+        assert err <= 5e-2 * float(r.norm()) + 1e-4 * scale, name
