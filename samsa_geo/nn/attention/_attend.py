@@ -8,7 +8,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.attention._dispatch import needs_grad
+from samsa_geo.nn.attention._dispatch import (
+    TILE_ATTENTION_MAX_HEAD_DIM,
+    TILE_ATTENTION_MAX_KEYS,
+    is_tracing,
+    needs_grad,
+    triton_serves,
+)
 from samsa_geo.nn.attention._flex import PairGeometry, biased_flex_attention
 from samsa_geo.nn.attention._ops import biased_attention_inference
 from samsa_geo.nn.attention._similarity import dot_score
@@ -81,9 +87,24 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor,
                    ) -> Tensor:
     """Dot-product softmax attention through PyTorch's fused kernels (in
     calls of at most :data:`MAX_GRID_Y` tiles: the flash and
-    memory-efficient kernels put the batch on a CUDA grid axis). A float
-    ``key_bias`` ``[nt, k]`` (see :func:`explicit_attention`) is added to
-    the logits in place of ``key_valid``."""
+    memory-efficient kernels put the batch on a CUDA grid axis), or
+    samsa_geo's tile kernels where
+    :func:`~samsa_geo.nn.attention.config.use_tile_attention` is on and
+    they serve the call. A float ``key_bias`` ``[nt, k]`` (see
+    :func:`explicit_attention`) is added to the logits in place of
+    ``key_valid``."""
+    if _tile_kernel_serves(q, k, v, dropout if training else 0.0):
+        from samsa_geo.nn.attention._tile_attention_triton import (
+            tile_attention_triton,
+        )
+        if key_bias is not None:
+            bias = key_bias.float()
+        elif key_valid is not None:  # [nt, k] -> 0 or -inf
+            bias = torch.zeros(key_valid.shape, device=q.device).masked_fill_(
+                ~key_valid, float('-inf'))
+        else:
+            bias = None
+        return tile_attention_triton(q, k, v, bias)
     if q.size(0) > MAX_GRID_Y:
         return _in_tile_chunks(sdpa_attention, MAX_GRID_Y, q, k, v,
                                key_valid, dropout, training, key_bias)
@@ -94,6 +115,23 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor,
         mask = key_valid.view(key_valid.size(0), 1, 1, -1)  # [nt, 1, 1, k]
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout if training else 0.0)
+
+
+def _tile_kernel_serves(q: Tensor, k: Tensor, v: Tensor,
+                        dropout: float) -> bool:
+    # Whether samsa_geo's tile attention kernels take the call
+    # (config.use_tile_attention): eager CUDA calls without attention
+    # dropout, one float dtype, at most TILE_ATTENTION_MAX_KEYS keys of
+    # at most TILE_ATTENTION_MAX_HEAD_DIM channels;
+    # compiled and exported graphs keep PyTorch's SDPA.
+    return (config.use_tile_attention() and dropout == 0.0
+            and triton_serves(q.device) and not is_tracing()
+            and q.dtype in _TILE_DTYPES and q.dtype == k.dtype == v.dtype
+            and k.size(2) <= TILE_ATTENTION_MAX_KEYS
+            and q.size(-1) <= TILE_ATTENTION_MAX_HEAD_DIM)
+
+
+_TILE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 #: Most blocks along a CUDA grid's second and third axes, where fused

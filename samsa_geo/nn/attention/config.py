@@ -23,6 +23,7 @@ _fused_bias = True
 _fused_scorer = True
 _fused_inference = True
 _fused_relax = True
+_tile_attention = False
 _stacked_casts = False
 _cuda_graphs = True
 _bias_inference_kernel = 'triton'
@@ -104,6 +105,23 @@ def use_fused_relax() -> bool:
 def set_fused_relax(flag: bool) -> None:
     global _fused_relax
     _fused_relax = bool(flag)
+
+
+def use_tile_attention() -> bool:
+    r"""Whether the general path's dot-product softmax attention of query
+    tiles over their keys runs samsa_geo's Triton kernels on CUDA
+    (forward, and a backward of two kernels; eager calls without
+    attention dropout, at most
+    :data:`~samsa_geo.nn.attention._dispatch.TILE_ATTENTION_MAX_KEYS`
+    keys) instead of PyTorch's SDPA. Off by default: the kernels are
+    checked against float64 autograd on a CPU (Triton's interpreter) and
+    on the GPU, but not yet timed against SDPA."""
+    return _tile_attention
+
+
+def set_tile_attention(flag: bool) -> None:
+    global _tile_attention
+    _tile_attention = bool(flag)
 
 
 def use_cuda_graphs() -> bool:
@@ -203,7 +221,7 @@ def snapshot() -> tuple:
     asks for it before every replay."""
     flex = _flex_kernel_options
     return (_debug, _fused_bias, _fused_scorer, _fused_inference,
-            _fused_relax, _stacked_casts, _cuda_graphs,
+            _fused_relax, _tile_attention, _stacked_casts, _cuda_graphs,
             _bias_inference_kernel,
             None if flex is None else repr(sorted(flex.items())))
 
@@ -214,6 +232,7 @@ _SETTERS = {
     'fused_scorer': (use_fused_scorer, set_fused_scorer),
     'fused_inference': (use_fused_inference, set_fused_inference),
     'fused_relax': (use_fused_relax, set_fused_relax),
+    'tile_attention': (use_tile_attention, set_tile_attention),
     'stacked_casts': (use_stacked_casts, set_stacked_casts),
     'cuda_graphs': (use_cuda_graphs, set_cuda_graphs),
     'bias_inference_kernel': (bias_inference_kernel,
@@ -226,9 +245,9 @@ _SETTERS = {
 def attention_config(**kwargs) -> Iterator[None]:
     r"""Sets the given switches (``debug``, ``fused_bias``,
     ``fused_scorer``, ``fused_inference``, ``fused_relax``,
-    ``stacked_casts``, ``cuda_graphs``, ``bias_inference_kernel``,
-    ``flex_kernel_options``) inside a ``with`` block and restores them
-    afterwards."""
+    ``tile_attention``, ``stacked_casts``, ``cuda_graphs``,
+    ``bias_inference_kernel``, ``flex_kernel_options``) inside a ``with``
+    block and restores them afterwards."""
     unknown = set(kwargs) - set(_SETTERS)
     if unknown:
         raise TypeError(f"Unknown attention_config switches {sorted(unknown)}"

@@ -1,0 +1,138 @@
+"""The tiles' attention kernels (forward, and the backward's two kernels)
+under Triton's interpreter against float64 autograd of the formula:
+unaligned sizes, a key bias with masked keys and log-counts, keys
+broadcast over the tiles of a set, a tile without any key, float32 and
+bfloat16."""
+import math
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope='module')
+def kernel(triton_modules):
+    return triton_modules('samsa_geo.nn.attention._tile_attention_triton')
+
+
+def _reference(q, k, v, bias):
+    # softmax(q k^T / sqrt(D) + bias) v in float64; rows without a key 0.
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
+    if bias is not None:
+        s = s + bias[:, None, None, :]
+    empty = torch.isinf(s).all(-1, keepdim=True)
+    p = torch.softmax(s.masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
+    return p @ v
+
+
+def _inputs(nt, H, T, K, D, dtype, shared, gen):
+    q = torch.randn(nt, T, H, D, generator=gen).to(dtype).transpose(1, 2)
+    if shared:  # one set: its keys broadcast over the tiles
+        k = torch.randn(1, H, K, 2 * D, generator=gen).to(dtype)
+        k = k.expand(nt, H, K, 2 * D)
+    else:
+        k = torch.randn(nt, H, K, 2 * D, generator=gen).to(dtype)
+    return q, k[..., :D], k[..., D:]
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('shared', [False, True])
+@pytest.mark.parametrize('bias_kind', [None, 'mask', 'log_count'])
+def test_kernels_match_float64_autograd(kernel, dtype, shared, bias_kind):
+    gen = torch.Generator().manual_seed(0)
+    nt, H, T, K, D = 3, 2, 37, 20, 24
+    q, k, v = _inputs(nt, H, T, K, D, dtype, shared, gen)
+    bias = None
+    if bias_kind is not None:
+        bias = torch.zeros(nt, K)
+        bias[:, 15:] = float('-inf')  # masked keys
+        bias[1, 3:] = float('-inf')  # a tile with 3 keys
+        if bias_kind == 'log_count':
+            bias[:, :3] = torch.log(torch.tensor([2.0, 5.0, 1.0]))
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = kernel.tile_attention_triton(*leaves, bias)
+    assert out.shape == (nt, H, T, D) and out.dtype == dtype
+    # Token-major storage: the tiles' read-back is a view.
+    assert out.transpose(1, 2).is_contiguous()
+    grad = torch.randn(out.shape, generator=gen)
+    out.backward(grad.to(dtype))
+    ref_leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = _reference(*ref_leaves, None if bias is None else bias.double())
+    ref.backward(grad.double())
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    for got, want in zip(leaves, ref_leaves):
+        assert got.grad.shape == got.shape
+        torch.testing.assert_close(got.grad.double(), want.grad,
+                                   rtol=tol, atol=tol * max(
+                                       1.0, float(want.grad.abs().max())))
+
+
+def test_a_tile_without_keys_gives_zeros(kernel):
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = _inputs(2, 2, 20, 16, 16, torch.float32, False, gen)
+    bias = torch.zeros(2, 16)
+    bias[0] = float('-inf')
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = kernel.tile_attention_triton(*leaves, bias)
+    out.sum().backward()
+    assert out[0].abs().max() == 0 and bool(torch.isfinite(out).all())
+    for t in leaves:
+        assert bool(torch.isfinite(t.grad).all())
+        assert t.grad[0].abs().max() == 0
+
+
+def test_arguments_are_checked(kernel):
+    q = torch.randn(2, 2, 8, 16)
+    k = torch.randn(2, 2, 5, 16)
+    with pytest.raises(ValueError, match="'k' and 'v'"):
+        kernel.tile_attention_triton(q, k, k[:, :, :4])
+    with pytest.raises(ValueError, match='at most 256 keys'):
+        big = torch.randn(2, 2, 300, 16)
+        kernel.tile_attention_triton(q, big, big)
+    with pytest.raises(TypeError, match='one dtype'):
+        kernel.tile_attention_triton(q, k.double(), k.double())
+    with pytest.raises(ValueError, match="'key_bias'"):
+        kernel.tile_attention_triton(q, k, k, torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize('sampling', ['hard', 'soft'])
+@pytest.mark.parametrize('sizes', [[160, 160], [150, 40, 90], [150, 5, 90]])
+def test_layer_training_with_the_kernels_equals_sdpa(kernel, monkeypatch,
+                                                     spy, sampling, sizes):
+    # config.tile_attention on (CUDA's kernels; here interpreted): a
+    # training step of the attention (tiles of 16 queries, ragged sets
+    # too) gives SDPA's output and gradients.
+    from samsa_geo.nn import SamsaAttention
+    from samsa_geo.nn.attention import _attend, config
+    monkeypatch.setattr(_attend, 'triton_serves', lambda device: True)
+    torch.manual_seed(0)
+    attn = SamsaAttention(32, heads=2, k=8, tile_size=16,
+                          sampling=sampling).train()
+    batch = torch.repeat_interleave(torch.arange(len(sizes)),
+                                    torch.tensor(sizes))
+    x = torch.randn(batch.numel(), 32)
+    g = torch.randn(batch.numel(), 32)
+
+    def step(on):
+        attn.zero_grad()
+        x_ = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        with config.attention_config(tile_attention=on):
+            out = attn(x_, batch, num_graphs=len(sizes),
+                       max_num_nodes=max(sizes))
+        (out * g).sum().backward()
+        return out.detach(), x_.grad, {n: p.grad.clone() for n, p in
+                                       attn.named_parameters()
+                                       if p.grad is not None}
+
+    calls = spy(kernel, 'tile_attention_triton', keep_args=False)
+    got = step(True)
+    assert len(calls) == 1
+    want = step(False)
+    assert len(calls) == 1
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-4, atol=1e-5)
+    assert got[2].keys() == want[2].keys()
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], rtol=1e-4,
+                                   atol=1e-5, msg=name)
