@@ -50,6 +50,41 @@ MAX_HEAD_DIM = TILE_ATTENTION_MAX_HEAD_DIM
 
 
 @triton.jit
+def _block(PTR, t, h, s_t, s_h, s_r, offs_r, offs_d, mask_r, mask_d):
+    # Rows offs_r of head h of tile t: a [rows, BLOCK_D] block, 0 outside.
+    return tl.load(PTR + t * s_t + h * s_h + offs_r[:, None] * s_r
+                   + offs_d[None, :], mask=mask_r[:, None] & mask_d[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _store_block(PTR, value, t, h, s_t, s_h, s_r, offs_r, offs_d, mask_r,
+                 mask_d):
+    tl.store(PTR + t * s_t + h * s_h + offs_r[:, None] * s_r
+             + offs_d[None, :], value.to(PTR.dtype.element_ty),
+             mask=mask_r[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _key_bias(BIAS, t, sb_t, offs_k, mask_k, HAS_BIAS: tl.constexpr):
+    # The keys' additive bias in base 2: the given one times log2(e),
+    # -inf on masked and padded keys.
+    bias = tl.where(mask_k, 0.0, float('-inf'))
+    if HAS_BIAS:
+        bias += tl.load(BIAS + t * sb_t + offs_k, mask=mask_k,
+                        other=0.0) * 1.4426950408889634
+    return bias
+
+
+@triton.jit
+def _lse(LSE, row0, offs_m, mask_m):
+    # The rows' base-2 log-sum-exp; a row without keys (-inf) reads 0, a
+    # row past the tile +inf: the weights exp2(s - lse) are then zero.
+    lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=float('inf'))
+    return tl.where(lse == float('-inf'), 0.0, lse)
+
+
+@triton.jit
 def _tile_attention_fwd(
     Q, K, V, BIAS, OUT, LSE,
     sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h, sv_n, sb_t,
@@ -64,30 +99,19 @@ def _tile_attention_fwd(
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m, mask_k, mask_d = offs_m < T, offs_k < NK, offs_d < D
-    q = tl.load(Q + t * sq_t + h * sq_h + offs_m[:, None] * sq_m
-                + offs_d[None, :], mask=mask_m[:, None] & mask_d[None, :],
-                other=0.0)
-    kv_mask = mask_k[:, None] & mask_d[None, :]
-    k = tl.load(K + t * sk_t + h * sk_h + offs_k[:, None] * sk_n
-                + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + t * sv_t + h * sv_h + offs_k[:, None] * sv_n
-                + offs_d[None, :], mask=kv_mask, other=0.0)
-    # Base-2 logits; masked and padded keys at -inf.
-    s = dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
-    if HAS_BIAS:
-        bias = tl.load(BIAS + t * sb_t + offs_k, mask=mask_k,
-                       other=float('-inf'))
-        s += bias[None, :] * 1.4426950408889634
-    s = tl.where(mask_k[None, :], s, float('-inf'))
+    q = _block(Q, t, h, sq_t, sq_h, sq_m, offs_m, offs_d, mask_m, mask_d)
+    k = _block(K, t, h, sk_t, sk_h, sk_n, offs_k, offs_d, mask_k, mask_d)
+    v = _block(V, t, h, sv_t, sv_h, sv_n, offs_k, offs_d, mask_k, mask_d)
+    s = dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale \
+        + _key_bias(BIAS, t, sb_t, offs_k, mask_k, HAS_BIAS)[None, :]
     m = tl.max(s, 1)
     m_use = tl.where(m == float('-inf'), 0.0, m)
     p = tl.exp2(s - m_use[:, None])
     denom = tl.sum(p, 1)
     o = dot(p.to(v.dtype), v, PRECISION, UPCAST) / tl.where(
         denom == 0.0, 1.0, denom)[:, None]
-    tl.store(OUT + t * so_t + h * so_h + offs_m[:, None] * so_m
-             + offs_d[None, :], o.to(OUT.dtype.element_ty),
-             mask=mask_m[:, None] & mask_d[None, :])
+    _store_block(OUT, o, t, h, so_t, so_h, so_m, offs_m, offs_d, mask_m,
+                 mask_d)
     lse = tl.where(denom == 0.0, float('-inf'), m_use + tl.log2(denom))
     tl.store(LSE + tl.program_id(0).to(tl.int64) * T + offs_m, lse,
              mask=mask_m)
@@ -110,34 +134,21 @@ def _tile_attention_bwd_dq(
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m, mask_k, mask_d = offs_m < T, offs_k < NK, offs_d < D
-    md = mask_m[:, None] & mask_d[None, :]
-    q = tl.load(Q + t * sq_t + h * sq_h + offs_m[:, None] * sq_m
-                + offs_d[None, :], mask=md, other=0.0)
-    kv_mask = mask_k[:, None] & mask_d[None, :]
-    k = tl.load(K + t * sk_t + h * sk_h + offs_k[:, None] * sk_n
-                + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + t * sv_t + h * sv_h + offs_k[:, None] * sv_n
-                + offs_d[None, :], mask=kv_mask, other=0.0)
-    o = tl.load(OUT + t * so_t + h * so_h + offs_m[:, None] * so_m
-                + offs_d[None, :], mask=md, other=0.0)
-    do = tl.load(DO + t * sd_t + h * sd_h + offs_m[:, None] * sd_m
-                 + offs_d[None, :], mask=md, other=0.0)
+    q = _block(Q, t, h, sq_t, sq_h, sq_m, offs_m, offs_d, mask_m, mask_d)
+    k = _block(K, t, h, sk_t, sk_h, sk_n, offs_k, offs_d, mask_k, mask_d)
+    v = _block(V, t, h, sv_t, sv_h, sv_n, offs_k, offs_d, mask_k, mask_d)
+    o = _block(OUT, t, h, so_t, so_h, so_m, offs_m, offs_d, mask_m, mask_d)
+    do = _block(DO, t, h, sd_t, sd_h, sd_m, offs_m, offs_d, mask_m, mask_d)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
     tl.store(DELTA + row0 + offs_m, delta, mask=mask_m)
-    lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=float('inf'))
-    lse = tl.where(lse == float('-inf'), 0.0, lse)
-    s = dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale
-    if HAS_BIAS:
-        bias = tl.load(BIAS + t * sb_t + offs_k, mask=mask_k,
-                       other=float('-inf'))
-        s += bias[None, :] * 1.4426950408889634
-    s = tl.where(mask_k[None, :], s, float('-inf'))
-    p = tl.exp2(s - lse[:, None])  # [BLOCK_M, BLOCK_K]
-    dp = dot(do, tl.trans(v), PRECISION, UPCAST)
+    s = dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale \
+        + _key_bias(BIAS, t, sb_t, offs_k, mask_k, HAS_BIAS)[None, :]
+    p = tl.exp2(s - _lse(LSE, row0, offs_m, mask_m)[:, None])
+    dp = dot(do, tl.trans(v), PRECISION, UPCAST)  # [BLOCK_M, BLOCK_K]
     ds = p * (dp - delta[:, None])
     dq = dot(ds.to(k.dtype), k, PRECISION, UPCAST) * scale
-    tl.store(DQ + t * sg_t + h * sg_h + offs_m[:, None] * sg_m
-             + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=md)
+    _store_block(DQ, dq, t, h, sg_t, sg_h, sg_m, offs_m, offs_d, mask_m,
+                 mask_d)
 
 
 @triton.jit
@@ -155,29 +166,19 @@ def _tile_attention_bwd_dkdv(
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_n, mask_d = offs_n < NK, offs_d < D
-    nd = mask_n[:, None] & mask_d[None, :]
-    k = tl.load(K + t * sk_t + h * sk_h + offs_n[:, None] * sk_n
-                + offs_d[None, :], mask=nd, other=0.0)
-    v = tl.load(V + t * sv_t + h * sv_h + offs_n[:, None] * sv_n
-                + offs_d[None, :], mask=nd, other=0.0)
-    bias = tl.zeros([BLOCK_N], tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(BIAS + t * sb_t + offs_n, mask=mask_n,
-                       other=float('-inf')) * 1.4426950408889634
-    bias = tl.where(mask_n, bias, float('-inf'))
+    k = _block(K, t, h, sk_t, sk_h, sk_n, offs_n, offs_d, mask_n, mask_d)
+    v = _block(V, t, h, sv_t, sv_h, sv_n, offs_n, offs_d, mask_n, mask_d)
+    bias = _key_bias(BIAS, t, sb_t, offs_n, mask_n, HAS_BIAS)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start_m in range(0, T, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         mask_m = offs_m < T
-        md = mask_m[:, None] & mask_d[None, :]
-        q = tl.load(Q + t * sq_t + h * sq_h + offs_m[:, None] * sq_m
-                    + offs_d[None, :], mask=md, other=0.0)
-        do = tl.load(DO + t * sd_t + h * sd_h + offs_m[:, None] * sd_m
-                     + offs_d[None, :], mask=md, other=0.0)
-        # Rows past the tile: +inf, so that their weights are zero.
-        lse = tl.load(LSE + row0 + offs_m, mask=mask_m, other=float('inf'))
-        lse = tl.where(lse == float('-inf'), 0.0, lse)
+        q = _block(Q, t, h, sq_t, sq_h, sq_m, offs_m, offs_d, mask_m,
+                   mask_d)
+        do = _block(DO, t, h, sd_t, sd_h, sd_m, offs_m, offs_d, mask_m,
+                    mask_d)
+        lse = _lse(LSE, row0, offs_m, mask_m)
         delta = tl.load(DELTA + row0 + offs_m, mask=mask_m, other=0.0)
         st = dot(k, tl.trans(q), PRECISION, UPCAST) * qk_scale \
             + bias[:, None]  # [BLOCK_N, BLOCK_M]
@@ -186,10 +187,11 @@ def _tile_attention_bwd_dkdv(
         dpt = dot(v, tl.trans(do), PRECISION, UPCAST)
         dst = pt * (dpt - delta[None, :])
         dk += dot(dst.to(q.dtype), q, PRECISION, UPCAST)
-    out = t * (H * NK * D) + h * (NK * D) + offs_n[:, None] * D \
-        + offs_d[None, :]
-    tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=nd)
-    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=nd)
+    # dK and dV: contiguous [nt, H, NK, D].
+    _store_block(DK, dk * scale, t, h, H * NK * D, NK * D, D, offs_n,
+                 offs_d, mask_n, mask_d)
+    _store_block(DV, dv, t, h, H * NK * D, NK * D, D, offs_n, offs_d,
+                 mask_n, mask_d)
 
 
 _launch_fwd = Launcher(_tile_attention_fwd)
