@@ -1,0 +1,129 @@
+"""Times the general path's attention of query tiles over their set's keys
+alone, at the tile layout a layer of C = 256 (8 heads of 32, k = 256 keys
+per set and head, bf16) uses for equal sets of n tokens: samsa_geo's tile
+kernels (``_tile_attention_triton``, switch ``config.tile_attention``)
+against PyTorch's SDPA with its own choice of backend and with each of
+flash, memory-efficient and cuDNN attention forced; forward alone and
+forward with backward, pipelined (calls back to back), each with the
+largest deviation of its output from the default SDPA's. Writes JSON
+records with their provenance::
+
+    python benchmarks/tile_attention_kernel.py --sizes 32x1024,1x262144
+"""
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    measure_or_error,
+    print_table,
+    provenance,
+    write_records,
+)
+
+#: Cases besides the kernels: PyTorch's SDPA, free or with one backend.
+SDPA_CASES = {'sdpa': None, 'sdpa_flash': 'FLASH_ATTENTION',
+              'sdpa_efficient': 'EFFICIENT_ATTENTION',
+              'sdpa_cudnn': 'CUDNN_ATTENTION'}
+
+
+def tile_size(n: int, base: int = 256) -> int:
+    """The layer's tile of queries for sets of ``n`` tokens
+    (``SamsaAttention._tile_size`` with the default ``tile_size``)."""
+    T = max(base, -(-n // 128))
+    return -(-T // 64) * 64 if T > base else T
+
+
+def inputs(B: int, n: int, H: int, D: int, K: int, dev: torch.device):
+    """Queries ``[nt, H, T, D]`` (a view of token-major rows), and keys and
+    values ``[nt, H, K, D]`` of every tile: a broadcast view for one set,
+    copies per tile for several (as the layer makes them)."""
+    T = tile_size(n)
+    nt = B * n // T
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(nt, T, H, D, device=dev, dtype=torch.bfloat16,
+                    generator=g).transpose(1, 2)  # [nt, H, T, D]
+    kv = torch.randn(B, H, K, 2 * D, device=dev, dtype=torch.bfloat16,
+                     generator=g)
+    per_set = nt // B
+    if B == 1:
+        kv = kv.expand(nt, H, K, 2 * D)
+    else:  # [B, H, K, 2D] -> [nt, H, K, 2D]
+        kv = kv.repeat_interleave(per_set, dim=0)
+    return q, kv[..., :D], kv[..., D:], T, nt
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--sizes', default='32x1024,8x4096,2x16384,1x65536,'
+                   '1x262144', help='comma list of BxN cases')
+    p.add_argument('--channels', type=int, default=256)
+    p.add_argument('--heads', type=int, default=8)
+    p.add_argument('--k', type=int, default=256)
+    p.add_argument('--passes', default='fwd,fwdbwd')
+    p.add_argument('--repeat', type=int, default=30)
+    p.add_argument('--commit', default=None)
+    p.add_argument('--out', default=os.path.join(
+        os.path.dirname(__file__), 'results', 'tile_attention_kernel.json'))
+    args = p.parse_args()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from samsa_geo.nn.attention._tile_attention_triton import (
+        tile_attention_triton,
+    )
+
+    dev = torch.device('cuda')
+    H, K = args.heads, args.k
+    D = args.channels // H
+    records = []
+    for size in args.sizes.split(','):
+        B, n = (int(v) for v in size.split('x'))
+        q, k, v, T, nt = inputs(B, n, H, D, K, dev)
+        grad = torch.randn_like(q)
+
+        def sdpa(backend):
+            def fn(q, k, v):
+                if backend is None:
+                    return F.scaled_dot_product_attention(q, k, v)
+                with sdpa_kernel(getattr(SDPBackend, backend)):
+                    return F.scaled_dot_product_attention(q, k, v)
+            return fn
+
+        cases = {'triton': tile_attention_triton}
+        cases.update({name: sdpa(b) for name, b in SDPA_CASES.items()})
+        ref = F.scaled_dot_product_attention(q, k, v).float()
+        runs = []
+        for name, attend in cases.items():
+            for pass_ in args.passes.split(','):
+                leaves = [t.detach().requires_grad_(pass_ == 'fwdbwd')
+                          for t in (q, k, v)]
+
+                def fn(attend=attend, leaves=leaves, pass_=pass_):
+                    out = attend(*leaves)
+                    if pass_ == 'fwdbwd':
+                        out.backward(grad)
+                    return out
+
+                rec = dict(op=name, batch=B, n=n, k=K, heads=H, head_dim=D,
+                           tile=T, tiles=nt, dtype='bf16',
+                           **{'pass': pass_}, **provenance(dev, args))
+                rec.update(measure_or_error(fn, dev, warmup=3,
+                                            repeat=args.repeat,
+                                            pipelined=True))
+                if rec['ms'] is not None and pass_ == 'fwd':
+                    with torch.no_grad():
+                        out = attend(q, k, v).float()
+                    rec['max_abs_err'] = float((out - ref).abs().max())
+                runs.append(rec)
+        records += runs
+        print(f'== {B}x{n}: {nt} tiles of {T} queries, {K} keys')
+        print_table(runs, ['op', 'pass', 'ms', 'max_abs_err', 'error'])
+    write_records(records, args.out)
+
+
+if __name__ == '__main__':
+    main()
