@@ -1,5 +1,5 @@
 import math
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -634,17 +634,29 @@ class SamsaAttention(Module):
         # inside F.linear, so that the scorer's training node can keep
         # them (x's cast is x_low where forward made it). SFT projects keys
         # and values of the sampled tokens only; so does sampled_kv, which
-        # returns no keys and values but (x cast, weight, bias) of lin_kv
-        # (the stacked weight's last rows: the GEMM reads the rows above).
+        # returns no keys and values but (x cast, weight, bias) of lin_kv:
+        # in inference the stacked weight's last rows (the GEMM reads the
+        # rows above), where gradients flow lin_kv's own weight and bias
+        # (rows of the stacked ones would each add a backward that zeroes
+        # and fills the whole stacked gradient).
         lins = self._projected()
-        weight, bias, *rest = self._linear_weights(lins, x)
+        own_kv = sampled_kv and needs_grad(self.lin_kv.weight,
+                                           self.lin_kv.bias)
+        if own_kv:  # lin_kv comes last
+            lins = lins[:-1]
+        weight, bias, *rest = self._linear_weights(
+            lins, x, [self.lin_kv] if own_kv else [])
+        kv_lin = None
+        if own_kv:
+            *rest, kv_weight, kv_bias = rest
         dtype = _projection_dtype(x, weight)
         if dtype is not None:
             weight, bias = weight.to(dtype), bias.to(dtype)
         x = _in_dtype(x, x_low, weight.dtype)  # autocast's, if on
         sizes = [lin.out_features for lin in lins]
-        kv_lin = None
-        if sampled_kv:  # lin_kv's rows come last
+        if own_kv:
+            kv_lin = (x, kv_weight.to(weight.dtype), kv_bias.to(weight.dtype))
+        elif sampled_kv:  # lin_kv's rows come last
             rows = sizes.pop()
             kv_lin = (x, weight[-rows:], bias[-rows:])
             weight, bias = weight[:-rows], bias[:-rows]
@@ -677,12 +689,13 @@ class SamsaAttention(Module):
             lins.append(self.lin_kv)
         return lins
 
-    def _linear_weights(self, lins: List[Linear],
-                        x: Tensor) -> List[Tensor]:
+    def _linear_weights(self, lins: List[Linear], x: Tensor,
+                        own: Sequence[Linear] = ()) -> List[Tensor]:
         # The stacked weight [kC, C] and bias [kC], then the weight and
-        # bias of the scorer's second layer (where there is a scorer) and
-        # of lin_out, in the dtype the call computes in (autocast's, if
-        # on): one concatenation and one cast for all of them (see
+        # bias of the scorer's second layer (where there is a scorer), of
+        # lin_out and of every layer of own, in the dtype the call
+        # computes in (autocast's, if on): one concatenation and one cast
+        # for all of them (see
         # stacked_cast), one node in the graph. Where no gradient reaches
         # them (inference) they are kept between calls: no concatenation
         # and no cast per call. The cache is rebuilt when a parameter is
@@ -695,6 +708,8 @@ class SamsaAttention(Module):
             lin2 = self.scorer.score_nn[2]
             groups += [[lin2.weight], [lin2.bias]]
         groups += [[self.lin_out.weight], [self.lin_out.bias]]
+        for lin in own:
+            groups += [[lin.weight], [lin.bias]]
         params = [t for group in groups for t in group]
         if is_tracing() or (needs_grad(*params)
                             and not config.use_stacked_casts()):

@@ -168,3 +168,24 @@ def test_paths_that_keep_every_projected_row(monkeypatch, any_size):
     assert not attn._projects_sampled_rows(info, 120, False)
     monkeypatch.setattr(samsa_attention, 'SAMPLED_ROWS_MIN_TOKENS', 120)
     assert attn._projects_sampled_rows(info, 120, False)
+
+
+def test_training_on_the_sampled_rows_slices_no_stacked_weight(any_size):
+    # Training on the sampled rows reads lin_kv's own weight and bias, not
+    # rows of the stacked ones: no slice's backward zeroes and fills the
+    # stacked gradient. The relaxation of the rows and the scorer's node
+    # are in the graph.
+    torch.manual_seed(0)
+    attn = SamsaAttention(32, heads=2, k=8).train()
+    x = torch.randn(300, 32, requires_grad=True)
+    out = _forward(attn, x, torch.zeros(300, dtype=torch.long), [300])
+    seen, stack, names = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(n for n, _ in node.next_functions)
+    assert '_RelaxRowsBackward' in names and 'ScoreTailBackward' in names
+    assert 'SliceBackward0' not in names
