@@ -51,6 +51,7 @@ from layer import (  # noqa: E402
 )
 
 from samsa_geo.nn.attention import config  # noqa: E402
+from samsa_geo.testing import autograd_node_kinds  # noqa: E402
 
 
 class OpCounter(TorchDispatchMode):
@@ -84,21 +85,6 @@ def count_modules(fn: Callable[[], object]):
     finally:
         handle.remove()
     return out, calls[0]
-
-
-def autograd_nodes(out: torch.Tensor) -> Dict[str, int]:
-    """Nodes of the autograd graph behind ``out`` by kind (AccumulateGrad
-    nodes of the leaves included)."""
-    seen, stack = set(), [out.grad_fn]
-    kinds: collections.Counter = collections.Counter()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        kinds[type(node).__name__] += 1
-        stack.extend(fn for fn, _ in node.next_functions)
-    return kinds
 
 
 def least_thread_time(step: Callable[[], object], reset: Callable[[], None],
@@ -149,7 +135,7 @@ def measure(op: str, B: int, n: int, C: int, H: int, k: int, train: bool,
                fwd_ops=fwd_counter.total, fwd_views=fwd_counter.views,
                modules=modules, top=fwd_counter.ops)
     if train:
-        nodes = autograd_nodes(out)
+        nodes = autograd_node_kinds(out)
         with OpCounter() as bwd_counter:
             out.float().square().mean().backward()
         rec.update(bwd_ops=bwd_counter.total, bwd_views=bwd_counter.views,

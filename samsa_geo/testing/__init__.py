@@ -1,8 +1,10 @@
+from .autograd_graph import autograd_node_kinds
 from .crafted_payload import CraftedPayload
 from .lrgb_fixtures import write_lrgb_raw
 from .needle_task import NeedleModel, NeedleResult, needle_sets, train_needle
 
 __all__: list = [
+    'autograd_node_kinds',
     'CraftedPayload',
     'write_lrgb_raw',
     'NeedleModel',

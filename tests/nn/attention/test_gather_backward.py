@@ -10,19 +10,7 @@ from torch_geometric.data import Batch, Data
 
 from samsa_geo.nn import SamsaAttention
 from samsa_geo.nn.models import SamsaGraphModel
-
-
-def _node_types(out):
-    # Names of the autograd nodes that out's backward runs.
-    seen, stack, names = set(), [out.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(type(node).__name__)
-        stack.extend(next_node for next_node, _ in node.next_functions)
-    return names
+from samsa_geo.testing import autograd_node_kinds
 
 
 def _sets(sizes):
@@ -40,7 +28,7 @@ def test_attention_training_graph_has_no_index_backward(kwargs, sizes):
     batch = _sets(sizes)
     x = torch.randn(batch.numel(), 16, requires_grad=True)
     out = attn(x, batch, num_graphs=len(sizes), max_num_nodes=max(sizes))
-    names = _node_types(out)
+    names = autograd_node_kinds(out)
     assert 'IndexBackward0' not in names
     assert 'IndexSelectBackward0' in names  # the rows are gathered
     out.square().sum().backward()
@@ -62,4 +50,4 @@ def test_graph_model_training_graph_has_no_index_backward(tokens):
                             k=32, tokens=tokens, level='node').train()
     out = model(data.x, data.edge_index, data.edge_attr, data.batch,
                 num_graphs=3, max_num_nodes=9)
-    assert 'IndexBackward0' not in _node_types(out)
+    assert 'IndexBackward0' not in autograd_node_kinds(out)

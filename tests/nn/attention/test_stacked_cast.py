@@ -10,6 +10,7 @@ import samsa_geo.nn.conv.samsa_conv as samsa_conv
 from samsa_geo.nn import SamsaConv
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._stacked import _apply, stacked_cast
+from samsa_geo.testing import autograd_node_kinds
 
 
 def params(dtype=torch.float64):
@@ -129,18 +130,6 @@ def test_samsa_conv_step_equals_separate_casts(monkeypatch, sampling, train):
             assert torch.allclose(o, w, rtol=1e-6, atol=1e-9 * scale)
 
 
-def node_kinds(out):
-    seen, stack, kinds = set(), [out.grad_fn], {}
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        kinds[type(node).__name__] = kinds.get(type(node).__name__, 0) + 1
-        stack.extend(fn for fn, _ in node.next_functions)
-    return kinds
-
-
 @pytest.mark.parametrize('stacked', [True, False])
 def test_training_step_casts_parameters_behind_two_nodes(stacked):
     # The parameters autocast would cast (projection weights and biases
@@ -155,7 +144,7 @@ def test_training_step_casts_parameters_behind_two_nodes(stacked):
     with config.attention_config(stacked_casts=stacked):
         with torch.autocast('cpu', dtype=torch.bfloat16):
             out = conv(x, None, batch, num_graphs=3, max_num_nodes=20)
-    kinds = node_kinds(out)
+    kinds = autograd_node_kinds(out)
     assert kinds['ScoreTailBackward'] == 1
     if stacked:
         assert kinds['_StackedCastBackward'] == 2
