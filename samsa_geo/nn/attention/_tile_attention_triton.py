@@ -85,6 +85,35 @@ def _lse(LSE, row0, offs_m, mask_m):
 
 
 @triton.jit
+def _query_block_and_keys(Q, K, V, t, h, sq_t, sq_h, sq_m, sk_t, sk_h, sk_n,
+                          sv_t, sv_h, sv_n, offs_m, offs_k, offs_d, mask_m,
+                          mask_k, mask_d):
+    # A block of queries, and all of the tile's keys and values.
+    q = _block(Q, t, h, sq_t, sq_h, sq_m, offs_m, offs_d, mask_m, mask_d)
+    k = _block(K, t, h, sk_t, sk_h, sk_n, offs_k, offs_d, mask_k, mask_d)
+    v = _block(V, t, h, sv_t, sv_h, sv_n, offs_k, offs_d, mask_k, mask_d)
+    return q, k, v
+
+
+@triton.jit
+def _logits(q, k, BIAS, t, sb_t, offs_k, mask_k, qk_scale,
+            HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+            UPCAST: tl.constexpr):
+    # Base-2 logits [BLOCK_M, BLOCK_K] of the queries over all keys, the
+    # keys' bias added (-inf on masked and padded keys).
+    return dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale \
+        + _key_bias(BIAS, t, sb_t, offs_k, mask_k, HAS_BIAS)[None, :]
+
+
+@triton.jit
+def _tile_and_head(H: tl.constexpr, T):
+    # Program axis 0 is (tile t, head h): t, h and the first of their T
+    # rows in the [nt * H * T] row terms (log-sum-exp, delta).
+    pid = tl.program_id(0)
+    return (pid // H).to(tl.int64), pid % H, pid.to(tl.int64) * T
+
+
+@triton.jit
 def _tile_attention_fwd(
     Q, K, V, BIAS, OUT, LSE,
     sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h, sv_n, sb_t,
@@ -93,17 +122,16 @@ def _tile_attention_fwd(
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    t = (tl.program_id(0) // H).to(tl.int64)
-    h = tl.program_id(0) % H
+    t, h, row0 = _tile_and_head(H, T)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m, mask_k, mask_d = offs_m < T, offs_k < NK, offs_d < D
-    q = _block(Q, t, h, sq_t, sq_h, sq_m, offs_m, offs_d, mask_m, mask_d)
-    k = _block(K, t, h, sk_t, sk_h, sk_n, offs_k, offs_d, mask_k, mask_d)
-    v = _block(V, t, h, sv_t, sv_h, sv_n, offs_k, offs_d, mask_k, mask_d)
-    s = dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale \
-        + _key_bias(BIAS, t, sb_t, offs_k, mask_k, HAS_BIAS)[None, :]
+    q, k, v = _query_block_and_keys(
+        Q, K, V, t, h, sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h, sv_n,
+        offs_m, offs_k, offs_d, mask_m, mask_k, mask_d)
+    s = _logits(q, k, BIAS, t, sb_t, offs_k, mask_k, qk_scale, HAS_BIAS,
+                PRECISION, UPCAST)
     m = tl.max(s, 1)
     m_use = tl.where(m == float('-inf'), 0.0, m)
     p = tl.exp2(s - m_use[:, None])
@@ -113,8 +141,7 @@ def _tile_attention_fwd(
     _store_block(OUT, o, t, h, so_t, so_h, so_m, offs_m, offs_d, mask_m,
                  mask_d)
     lse = tl.where(denom == 0.0, float('-inf'), m_use + tl.log2(denom))
-    tl.store(LSE + tl.program_id(0).to(tl.int64) * T + offs_m, lse,
-             mask=mask_m)
+    tl.store(LSE + row0 + offs_m, lse, mask=mask_m)
 
 
 @triton.jit
@@ -127,22 +154,20 @@ def _tile_attention_bwd_dq(
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    t = (tl.program_id(0) // H).to(tl.int64)
-    h = tl.program_id(0) % H
-    row0 = tl.program_id(0).to(tl.int64) * T
+    t, h, row0 = _tile_and_head(H, T)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m, mask_k, mask_d = offs_m < T, offs_k < NK, offs_d < D
-    q = _block(Q, t, h, sq_t, sq_h, sq_m, offs_m, offs_d, mask_m, mask_d)
-    k = _block(K, t, h, sk_t, sk_h, sk_n, offs_k, offs_d, mask_k, mask_d)
-    v = _block(V, t, h, sv_t, sv_h, sv_n, offs_k, offs_d, mask_k, mask_d)
+    q, k, v = _query_block_and_keys(
+        Q, K, V, t, h, sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h, sv_n,
+        offs_m, offs_k, offs_d, mask_m, mask_k, mask_d)
     o = _block(OUT, t, h, so_t, so_h, so_m, offs_m, offs_d, mask_m, mask_d)
     do = _block(DO, t, h, sd_t, sd_h, sd_m, offs_m, offs_d, mask_m, mask_d)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
     tl.store(DELTA + row0 + offs_m, delta, mask=mask_m)
-    s = dot(q, tl.trans(k), PRECISION, UPCAST) * qk_scale \
-        + _key_bias(BIAS, t, sb_t, offs_k, mask_k, HAS_BIAS)[None, :]
+    s = _logits(q, k, BIAS, t, sb_t, offs_k, mask_k, qk_scale, HAS_BIAS,
+                PRECISION, UPCAST)
     p = tl.exp2(s - _lse(LSE, row0, offs_m, mask_m)[:, None])
     dp = dot(do, tl.trans(v), PRECISION, UPCAST)  # [BLOCK_M, BLOCK_K]
     ds = p * (dp - delta[:, None])
@@ -160,9 +185,7 @@ def _tile_attention_bwd_dkdv(
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    t = (tl.program_id(0) // H).to(tl.int64)
-    h = tl.program_id(0) % H
-    row0 = tl.program_id(0).to(tl.int64) * T
+    t, h, row0 = _tile_and_head(H, T)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_n, mask_d = offs_n < NK, offs_d < D
@@ -199,13 +222,11 @@ _launch_bwd_dq = Launcher(_tile_attention_bwd_dq)
 _launch_bwd_dkdv = Launcher(_tile_attention_bwd_dkdv)
 
 
-def _common(q: Tensor, k: Tensor) -> Tuple[int, dict]:
+def _meta(q: Tensor) -> dict:
     # BLOCK_D and the precision arguments of every kernel.
-    D = q.size(-1)
-    upcast = INTERPRETED and q.dtype == torch.bfloat16
-    return D, {'BLOCK_D': max(16, triton.next_power_of_2(D)),
-               'PRECISION': 'ieee' if q.dtype == torch.float32 else 'tf32',
-               'UPCAST': upcast}
+    return {'BLOCK_D': max(16, triton.next_power_of_2(q.size(-1))),
+            'PRECISION': 'ieee' if q.dtype == torch.float32 else 'tf32',
+            'UPCAST': INTERPRETED and q.dtype == torch.bfloat16}
 
 
 def _block_k(num_keys: int) -> int:
@@ -225,7 +246,7 @@ class _TileAttention(torch.autograd.Function):
         # Token-major output: the tiles' read-back is then a view.
         out = q.new_empty(nt, T, H, D).transpose(1, 2)  # [nt, H, T, D]
         lse = q.new_empty(nt * H * T, dtype=torch.float32)
-        D, meta = _common(q, k)
+        meta = _meta(q)
         block_k = _block_k(NK)
         block_m = 16 if INTERPRETED else (32 if block_k >= 256 else 64)
         warps = 8 if block_k >= 256 else 4
@@ -250,7 +271,7 @@ class _TileAttention(torch.autograd.Function):
         dk = k.new_empty(nt, H, NK, D)
         dv = v.new_empty(nt, H, NK, D)
         delta = torch.empty_like(lse)
-        D, meta = _common(q, k)
+        meta = _meta(q)
         args = (*_strides(k), *_strides(v),
                 0 if bias is None else bias.stride(0))
         b = q if bias is None else bias

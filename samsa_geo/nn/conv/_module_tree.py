@@ -35,6 +35,22 @@ _HOOKS = ('_forward_hooks', '_forward_pre_hooks', '_backward_hooks',
           '_backward_pre_hooks')
 
 
+def global_hooks() -> bool:
+    r"""Whether a global module hook is registered (one would run around
+    every module's call, as :meth:`Module._call_impl` checks)."""
+    return bool(nn_module._global_forward_hooks
+                or nn_module._global_forward_pre_hooks
+                or nn_module._global_backward_hooks
+                or nn_module._global_backward_pre_hooks)
+
+
+def hooked(*modules: Module) -> bool:
+    r"""Whether calling any of ``modules`` would run a hook: a global one
+    or one of their own."""
+    return global_hooks() or any(getattr(m, name) for m in modules
+                                 for name in _HOOKS)
+
+
 class ModuleTree:
     r"""The modules of a layer (the layer first, then its submodules
     breadth-first), their parameters, buffers and scalar settings, and
@@ -131,8 +147,4 @@ class ModuleTree:
     def hooked(self) -> bool:
         r"""Whether a hook would run inside the layer's forward or backward
         pass: a global module hook or one of a submodule."""
-        return bool(nn_module._global_forward_hooks
-                    or nn_module._global_forward_pre_hooks
-                    or nn_module._global_backward_hooks
-                    or nn_module._global_backward_pre_hooks
-                    or any(self._hook_dicts))
+        return global_hooks() or any(self._hook_dicts)

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import BatchNorm1d, Dropout, Linear, Module, ReLU, Sequential
-from torch.nn.modules import module as nn_module
 from torch_geometric.nn.inits import reset
 from torch_geometric.nn.norm import BatchNorm, LayerNorm
 from torch_geometric.nn.resolver import (
@@ -23,7 +22,7 @@ from samsa_geo.nn.attention._stacked import (
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
 from samsa_geo.nn.conv._graph_replay import GraphReplay
 from samsa_geo.nn.conv._graph_training import TrainingGraphReplay
-from samsa_geo.nn.conv._module_tree import ModuleTree
+from samsa_geo.nn.conv._module_tree import ModuleTree, hooked
 from samsa_geo.ops import (
     layer_norm,
     linear,
@@ -612,7 +611,7 @@ def _training_batch_norm(norm: BatchNorm, h: Tensor) -> Optional[Tensor]:
     bn = norm._modules['module']
     if (type(norm) is not BatchNorm or type(bn) is not BatchNorm1d
             or h.size(0) <= 1 or bn.momentum is None
-            or _hooked(norm) or _hooked(bn)):
+            or hooked(norm, bn)):
         return None
     params, buffers = bn._parameters, bn._buffers
     running_mean = running_var = None
@@ -623,16 +622,6 @@ def _training_batch_norm(norm: BatchNorm, h: Tensor) -> Optional[Tensor]:
     return torch.batch_norm(h, params['weight'], params['bias'],
                             running_mean, running_var, True, bn.momentum,
                             bn.eps, torch.backends.cudnn.enabled)
-
-
-def _hooked(module: Module) -> bool:
-    # Whether calling module would run a hook (Module._call_impl's test).
-    return bool(module._forward_hooks or module._forward_pre_hooks
-                or module._backward_hooks or module._backward_pre_hooks
-                or nn_module._global_forward_hooks
-                or nn_module._global_forward_pre_hooks
-                or nn_module._global_backward_hooks
-                or nn_module._global_backward_pre_hooks)
 
 
 def _saved_tensor_hooks() -> bool:
