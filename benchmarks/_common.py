@@ -4,9 +4,24 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+
+
+def parse_sizes(text: str) -> List[Tuple[int, int]]:
+    """The ``(B, n)`` cases of a ``--sizes``-style comma list of ``BxN``
+    (sets x tokens per set); empty items are skipped."""
+    cases = []
+    for item in text.split(','):
+        if not item:
+            continue
+        parts = item.split('x')
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"Expected sizes as 'BxN' (sets x tokens), "
+                             f"e.g. 32x1024 (got {item!r})")
+        cases.append((int(parts[0]), int(parts[1])))
+    return cases
 
 
 def point_conv(channels: int, heads: int, k: int, relative_bias: bool = False,

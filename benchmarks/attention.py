@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     device_name,
     measure_or_error,
+    parse_sizes,
     print_table,
     write_records,
 )
@@ -163,8 +164,7 @@ def main():
                           '32x1024,128x150')
         else:
             args.sizes = '1x1024,1x4096,1x16384,8x1024,128x150'
-    cases = [tuple(int(v) for v in s.split('x')) for s in
-             args.sizes.split(',')]
+    cases = parse_sizes(args.sizes)
     torch.manual_seed(0)
     records = []
     for B, n in cases:

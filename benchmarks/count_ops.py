@@ -42,6 +42,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import parse_sizes  # noqa: E402
 from layer import (  # noqa: E402
     build,
     build_graph_model,
@@ -234,7 +235,7 @@ def main():
     print(f'CPU, {args.threads} thread(s), torch {torch.__version__}, '
           f'C={args.channels}, H={args.heads}, k={args.k}, {args.dtype}')
     if args.ab:
-        tB, tn = (int(v) for v in args.time_size.split('x'))
+        (tB, tn), = parse_sizes(args.time_size)
         with mock.patch.object(config, 'checks_values', lambda device: False):
             for train in (False, True):
                 best = ab_times(args.ab, tB, tn, args.channels, args.heads,
@@ -261,13 +262,12 @@ def main():
           f"{'(views)':>8} {'bwd ops':>8} {'(views)':>8} {'modules':>8} "
           f"{'nodes':>6} {'ms':>8} {'ms at ' + args.time_size:>12}")
     with mock.patch.object(config, 'checks_values', lambda device: False):
-        for size in args.sizes.split(','):
-            B, n = (int(v) for v in size.split('x'))
+        for B, n in parse_sizes(args.sizes):
             for op in args.ops.split(','):
                 for train in (False, True):
                     r = measure(op, B, n, args.channels, args.heads, args.k,
                                 train, 1, args.dtype)
-                    tB, tn = (int(v) for v in args.time_size.split('x'))
+                    (tB, tn), = parse_sizes(args.time_size)
                     small = measure(op, tB, tn, args.channels, args.heads,
                                     args.k, train, args.repeat, args.dtype)
                     print(f"{r['op']:<18} {r['size']:<9} {r['step']:<6} "

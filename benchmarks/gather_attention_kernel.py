@@ -24,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     measure_or_error,
+    parse_sizes,
     print_table,
     provenance,
     write_records,
@@ -55,8 +56,7 @@ def main():
     H, K = args.heads, args.k
     D = args.channels // H
     records = []
-    for size in args.sizes.split(','):
-        B, n = (int(v) for v in size.split('x'))
+    for B, n in parse_sizes(args.sizes):
         N = B * n
         g = torch.Generator(device=dev).manual_seed(0)
         q = torch.randn(N, H * D, device=dev, dtype=torch.bfloat16,

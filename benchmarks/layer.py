@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     compile_module,
     measure_or_error,
+    parse_sizes,
     print_table,
     provenance,
     write_records,
@@ -399,8 +400,7 @@ def run(args):
     args.dtype = args.dtype or ('bf16' if device.type == 'cuda' else 'fp32')
     args.passes = args.passes.split(',')
     torch.manual_seed(0)
-    cases = [tuple(int(v) for v in s.split('x'))
-             for s in args.sizes.split(',') if s]
+    cases = parse_sizes(args.sizes)
     timings = [False] if args.no_pipelined or device.type != 'cuda' \
         else [False, True]
     records = []

@@ -42,7 +42,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import measure  # noqa: E402
+from _common import measure, parse_sizes  # noqa: E402
 from count_ops import OpCounter  # noqa: E402
 from layer import DTYPES, build, call  # noqa: E402
 
@@ -206,8 +206,7 @@ def main():
         p.error('--replay-parts needs --cuda-graphs and --pass fwd')
     config.set_cuda_graphs(args.cuda_graphs)
     device = torch.device('cuda')
-    for size in args.sizes.split(','):
-        B, n = (int(v) for v in size.split('x'))
+    for B, n in parse_sizes(args.sizes):
         x = torch.randn(B * n, 256, device=device)
         batch = torch.arange(B, device=device).repeat_interleave(n)
         for op in args.ops.split(','):

@@ -20,6 +20,7 @@ from typing import Dict, Tuple
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import parse_sizes  # noqa: E402
 from layer import build, call  # noqa: E402
 
 #: Source files whose lines name a saved tensor (the innermost such frame).
@@ -68,8 +69,7 @@ def main():
     args = p.parse_args()
     print(f'CPU, torch {torch.__version__}, C={args.channels}, '
           f'H={args.heads}, k={args.k}, {args.dtype}')
-    for size in args.sizes.split(','):
-        B, n = (int(v) for v in size.split('x'))
+    for B, n in parse_sizes(args.sizes):
         for op in args.ops.split(','):
             total, where = saved_storages(op, B, n, args.channels,
                                           args.heads, args.k, args.dtype)

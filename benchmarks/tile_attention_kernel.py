@@ -20,6 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     measure_or_error,
+    parse_sizes,
     print_table,
     provenance,
     write_records,
@@ -80,8 +81,7 @@ def main():
     H, K = args.heads, args.k
     D = args.channels // H
     records = []
-    for size in args.sizes.split(','):
-        B, n = (int(v) for v in size.split('x'))
+    for B, n in parse_sizes(args.sizes):
         q, k, v, T, nt = inputs(B, n, H, D, K, dev)
         grad = torch.randn_like(q)
 

@@ -1,10 +1,11 @@
 import os.path as osp
 import sys
 
+import pytest
 import torch
 
 sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..', 'benchmarks'))
-from _common import measure  # noqa: E402
+from _common import measure, parse_sizes  # noqa: E402
 
 
 def test_measure_times_each_call_and_leaves_memory_to_cuda():
@@ -17,3 +18,10 @@ def test_measure_times_each_call_and_leaves_memory_to_cuda():
     # warm-up left allocated.
     assert got['peak_mb'] is None and got['first_peak_mb'] is None
     assert got['held_mb'] is None
+
+
+def test_sizes_are_parsed_as_sets_by_tokens():
+    got = parse_sizes('32x1024,,1x65536')
+    assert got == [(32, 1024), (1, 65536)]
+    with pytest.raises(ValueError, match="'BxN'.*'32-1024'"):
+        parse_sizes('32-1024')

@@ -14,12 +14,8 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize('B,n', [(1, 262144), (2, 140000)])
-def test_the_layer_equals_its_full_projection(monkeypatch, B, n):
-    torch.manual_seed(0)
-    conv = SamsaConv(256, None, heads=8, k=256).cuda().eval()
-    x = torch.randn(B * n, 256, device='cuda')
-    batch = torch.arange(B, device='cuda').repeat_interleave(n)
+def _spy_on_the_path(monkeypatch):
+    # The list of what every call's choice of the sampled rows' path was.
     taken = []
     original = SamsaAttention._projects_sampled_rows
 
@@ -27,12 +23,23 @@ def test_the_layer_equals_its_full_projection(monkeypatch, B, n):
         taken.append(original(self, *args))
         return taken[-1]
 
+    monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows', spy)
+    return taken
+
+
+@pytest.mark.parametrize('B,n', [(1, 262144), (2, 140000)])
+def test_the_layer_equals_its_full_projection(monkeypatch, B, n):
+    torch.manual_seed(0)
+    conv = SamsaConv(256, None, heads=8, k=256).cuda().eval()
+    x = torch.randn(B * n, 256, device='cuda')
+    batch = torch.arange(B, device='cuda').repeat_interleave(n)
+    taken = _spy_on_the_path(monkeypatch)
+
     def run():
         with torch.autocast('cuda', dtype=torch.bfloat16), torch.no_grad():
             return conv(x, None, batch, num_graphs=B, max_num_nodes=n,
                         return_attention_weights=True)
 
-    monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows', spy)
     out, (idx, _) = run()
     assert taken == [True]
     monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows',
@@ -72,14 +79,7 @@ def test_training_on_the_sampled_rows_equals_the_full_projection(
                  for name, p in conv.named_parameters() if p.grad is not None}
         return out.detach().float(), x_.grad, grads
 
-    taken = []
-    original = SamsaAttention._projects_sampled_rows
-
-    def spy(self, *args):
-        taken.append(original(self, *args))
-        return taken[-1]
-
-    monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows', spy)
+    taken = _spy_on_the_path(monkeypatch)
     out, x_grad, grads = step()
     assert taken == [True]
     monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows',
