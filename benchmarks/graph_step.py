@@ -9,6 +9,11 @@ counted below autograd (views included) on the first batch. One JSON record
 per model and optimizer, with its provenance::
 
     python benchmarks/graph_step.py --device cuda --commit $(git rev-parse HEAD)
+
+``--ab SWITCH`` runs the SAMSA model twice, with the attention ``config``
+switch off and on (the record's ``attention_config``)::
+
+    python benchmarks/graph_step.py --device cuda --ab packed_attention
 """
 import argparse
 import os
@@ -28,6 +33,8 @@ from layer import (  # noqa: E402
     molecule_batches,
 )
 
+from samsa_geo.nn.attention import config  # noqa: E402
+
 OPS = ('samsa_graph_model_hints', 'gps_graph_model', 'gine_graph_model')
 
 
@@ -37,7 +44,13 @@ def sync(device: torch.device) -> None:
 
 
 def graph_step_case(op: str, optimizer: str, batches, args,
-                    device: torch.device) -> dict:
+                    device: torch.device, switch: str = None,
+                    state: bool = False) -> dict:
+    if switch is not None:
+        with config.attention_config(**{switch: state}):
+            rec = graph_step_case(op, optimizer, batches, args, device)
+        rec['attention_config'] = f'{switch}={int(state)}'
+        return rec
     torch.manual_seed(0)
     C, depth = args.channels, args.depth
     model = build_graph_model(op, C, depth).to(device)
@@ -119,17 +132,33 @@ def main():
     p.add_argument('--repeat', type=int, default=5)
     p.add_argument('--commit', default=None, help='git commit measured')
     p.add_argument('--out', default=None)
+    p.add_argument('--ab', metavar='SWITCH', default=None,
+                   help='an attention config switch: the SAMSA model runs '
+                   'with it off and on')
     args = p.parse_args()
+    if args.ab is not None and args.ab not in config._SETTERS:
+        p.error(f"--ab expects one of {sorted(config._SETTERS)} "
+                f"(got {args.ab!r})")
     device = torch.device(args.device)
     batches = molecule_batches(device)
-    records = [graph_step_case(op, opt, batches, args, device)
-               for op in args.ops.split(',')
-               for opt in args.optimizers.split(',')]
+    records = []
+    for op in args.ops.split(','):
+        states = [None]
+        if args.ab is not None and op.startswith('samsa'):
+            states = [False, True]
+        for opt in args.optimizers.split(','):
+            for state in states:
+                switch = None if state is None else args.ab
+                records.append(graph_step_case(op, opt, batches, args,
+                                               device, switch, bool(state)))
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
                                    'graph_step.json')
     write_records(records, out)
-    print_table(records, ['op', 'optimizer', 'epoch_ms', 'fwd_ms', 'bwd_ms',
-                          'opt_ms', 'fwd_calls', 'bwd_calls', 'opt_calls'])
+    columns = ['op', 'optimizer', 'epoch_ms', 'fwd_ms', 'bwd_ms', 'opt_ms',
+               'fwd_calls', 'bwd_calls', 'opt_calls']
+    if args.ab is not None:
+        columns.insert(2, 'attention_config')
+    print_table(records, columns)
 
 
 if __name__ == '__main__':

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import (
+    TILE_ATTENTION_DTYPES,
     TILE_ATTENTION_MAX_HEAD_DIM,
     TILE_ATTENTION_MAX_KEYS,
     is_tracing,
@@ -126,12 +127,10 @@ def _tile_kernel_serves(q: Tensor, k: Tensor, v: Tensor,
     # compiled and exported graphs keep PyTorch's SDPA.
     return (config.use_tile_attention() and dropout == 0.0
             and triton_serves(q.device) and not is_tracing()
-            and q.dtype in _TILE_DTYPES and q.dtype == k.dtype == v.dtype
+            and q.dtype in TILE_ATTENTION_DTYPES
+            and q.dtype == k.dtype == v.dtype
             and k.size(2) <= TILE_ATTENTION_MAX_KEYS
             and q.size(-1) <= TILE_ATTENTION_MAX_HEAD_DIM)
-
-
-_TILE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 #: Most blocks along a CUDA grid's second and third axes, where fused

@@ -8,6 +8,11 @@ attention call on the same shapes, but with fewer operators per call: the
 projected queries, keys and values are padded at once, no key ids are
 built or gathered, and the padding index and key mask are built once per
 ``batch`` tensor and shared by every layer that reads it.
+
+With :func:`~samsa_geo.nn.attention.config.use_packed_attention` on, a
+ragged batch on CUDA skips the padding: samsa_geo's Triton kernels attend
+every set on its packed rows (see
+:func:`~samsa_geo.nn.attention._tile_attention_triton.packed_attention_triton`).
 """
 from typing import Dict, Optional
 
@@ -15,8 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._attend import MAX_GRID_Y
-from samsa_geo.nn.attention._dispatch import is_tracing
+from samsa_geo.nn.attention._dispatch import (
+    TILE_ATTENTION_DTYPES,
+    TILE_ATTENTION_MAX_HEAD_DIM,
+    TILE_ATTENTION_MAX_KEYS,
+    is_tracing,
+    triton_serves,
+)
 from samsa_geo.nn.attention._sets import set_offsets
 
 #: Row alignment (elements) of an attention mask that PyTorch's
@@ -34,9 +46,11 @@ class DenseLayout:
         key_valid (Tensor): :math:`(B, n_{\max})` whether a slot holds a
             token (slot 0 of an empty set counts as one: an all-masked row
             would make the softmax NaN, and no query reads it).
+        ptr (Tensor): :math:`(B + 1)` offsets of the sets' token rows.
     """
-    def __init__(self, index: Tensor, key_valid: Tensor) -> None:
-        self.index, self.key_valid = index, key_valid
+    def __init__(self, index: Tensor, key_valid: Tensor,
+                 ptr: Tensor) -> None:
+        self.index, self.key_valid, self.ptr = index, key_valid, ptr
         self._masks: Dict[torch.dtype, Tensor] = {}
 
     def key_bias(self, dtype: torch.dtype) -> Tensor:
@@ -72,13 +86,64 @@ def dense_layout(batch: Tensor, num_sets: int,
     size = (ptr[1:] - ptr[:-1]).clamp_(min=1)  # [B]
     slot = torch.arange(max_size, device=batch.device)
     layout = DenseLayout(batch * max_size + loc,
-                         slot.view(1, -1) < size.view(-1, 1))
+                         slot.view(1, -1) < size.view(-1, 1), ptr)
     if not is_tracing():
         try:
             batch._samsa_dense = (key, layout)
         except (AttributeError, RuntimeError):  # tensor subclasses
             pass
     return layout
+
+
+def sets_attention(qkv: Tensor, layout: Optional[DenseLayout],
+                   num_sets: int, max_size: int, heads: int,
+                   dropout: float) -> Tensor:
+    r"""Softmax attention of every set over all its own tokens.
+
+    Args:
+        qkv (Tensor): The tokens' stacked projection :math:`(N, 3C)`:
+            queries, then keys and values (see :func:`dense_attention`).
+        layout (DenseLayout, optional): The sets' padded layout;
+            :obj:`None` where all :math:`B` sets hold :math:`n_{\max}`
+            tokens (rows :math:`b\,n_{\max}` on).
+        num_sets (int): :math:`B`.
+        max_size (int): :math:`n_{\max}`.
+        heads (int): :math:`H`.
+        dropout (float): Dropout on the attention weights (0 in eval).
+
+    Returns:
+        Tensor: :math:`(N, C)`.
+    """
+    B, n, C = num_sets, max_size, qkv.size(1) // 3
+    if layout is not None and _packed_kernel_serves(qkv, n, heads,
+                                                    dropout):
+        from samsa_geo.nn.attention._tile_attention_triton import (
+            packed_attention_triton,
+        )
+        return packed_attention_triton(qkv, layout.ptr, heads, n)
+    if layout is not None:
+        qkv = to_padded(qkv, layout.index, B * n)  # [B * n, 3C]
+    q, kv = qkv.view(B, n, 3 * C).split([C, 2 * C], -1)
+    key_bias = None if layout is None else layout.key_bias(q.dtype)
+    o = dense_attention(q, kv, key_bias, heads, dropout)
+    o = o.view(B * n, C)  # [B, n, C] -> [B * n, C]
+    if layout is not None:
+        o = o.index_select(0, layout.index)  # [N, C]
+    return o
+
+
+def _packed_kernel_serves(qkv: Tensor, max_size: int, heads: int,
+                          dropout: float) -> bool:
+    # Whether samsa_geo's packed attention kernels take the call
+    # (config.use_packed_attention): eager CUDA calls without attention
+    # dropout, one float dtype, sets of at most TILE_ATTENTION_MAX_KEYS
+    # tokens, heads of at most TILE_ATTENTION_MAX_HEAD_DIM channels;
+    # compiled and exported graphs keep PyTorch's SDPA.
+    return (config.use_packed_attention() and dropout == 0.0
+            and triton_serves(qkv.device) and not is_tracing()
+            and qkv.dtype in TILE_ATTENTION_DTYPES
+            and max_size <= TILE_ATTENTION_MAX_KEYS
+            and qkv.size(1) // (3 * heads) <= TILE_ATTENTION_MAX_HEAD_DIM)
 
 
 def to_padded(x: Tensor, index: Tensor, rows: int) -> Tensor:

@@ -47,9 +47,11 @@ FUSED_MAX_SET_SIZE = 131072
 SAMPLED_ROWS_MIN_TOKENS = 1 << 18
 #: Most keys per tile, and widest head, that the tiles' attention kernels
 #: take (:mod:`~samsa_geo.nn.attention._tile_attention_triton`: all of a
-#: tile's keys in one block).
+#: tile's keys in one block; on packed rows, all of a set's tokens).
 TILE_ATTENTION_MAX_KEYS = 256
 TILE_ATTENTION_MAX_HEAD_DIM = 128
+#: The dtypes that they take.
+TILE_ATTENTION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: Largest block of candidate scores (a set's tokens and registers) that
 #: one program of the fused path's selection kernel keeps in registers.
 SELECT_MAX_BLOCK = 8192

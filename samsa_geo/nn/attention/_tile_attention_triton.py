@@ -26,7 +26,15 @@ hundred keys of a narrow head). All of a tile's keys fit in one block, so
 
 with :math:`\mathbf{b}` an additive key bias per tile (:math:`-\infty` on
 masked keys). Products in float32 accumulation; a row without any key
-gives zeros (and zero gradients). Importing this module needs Triton.
+gives zeros (and zero gradients).
+
+The same kernels serve sets that keep all their tokens on their packed
+rows (:func:`packed_attention_triton`): tile :math:`t` is then set
+:math:`t`, rows :math:`\mathrm{ptr}_t` to :math:`\mathrm{ptr}_{t+1}` of
+the stacked projection ``[N, 3C]``, both its queries and its keys, so a
+ragged batch of small graphs needs neither padding nor read-back, and the
+backward writes the projection's gradient in place. Importing this module
+needs Triton.
 """
 import math
 from typing import Optional, Tuple
@@ -106,23 +114,36 @@ def _logits(q, k, BIAS, t, sb_t, offs_k, mask_k, qk_scale,
 
 
 @triton.jit
-def _tile_and_head(H: tl.constexpr, T):
-    # Program axis 0 is (tile t, head h): t, h and the first of their T
-    # rows in the [nt * H * T] row terms (log-sum-exp, delta).
+def _tile_and_head(PTR, H: tl.constexpr, T, NK, N, PACKED: tl.constexpr):
+    # Program axis 0 is (tile t, head h). Returns the tile's base (t; on
+    # packed rows its first row, the rows' stride passed as the tiles'),
+    # h, the first of its rows in the row terms (log-sum-exp, delta:
+    # [nt * H * T], or [H * N] on packed rows), its queries and its keys
+    # (on packed rows both the set's size, ptr[t + 1] - ptr[t]).
     pid = tl.program_id(0)
-    return (pid // H).to(tl.int64), pid % H, pid.to(tl.int64) * T
+    t = (pid // H).to(tl.int64)
+    h = pid % H
+    if PACKED:
+        base = tl.load(PTR + t).to(tl.int64)
+        T = (tl.load(PTR + t + 1) - base).to(tl.int32)
+        NK = T
+        row0 = h.to(tl.int64) * N + base
+    else:
+        base = t
+        row0 = pid.to(tl.int64) * T
+    return base, h, row0, T, NK
 
 
 @triton.jit
 def _tile_attention_fwd(
-    Q, K, V, BIAS, OUT, LSE,
+    Q, K, V, BIAS, OUT, LSE, PTR,
     sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h, sv_n, sb_t,
-    so_t, so_h, so_m, T, NK, D, qk_scale,
-    H: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    so_t, so_h, so_m, T, NK, N, D, qk_scale,
+    H: tl.constexpr, HAS_BIAS: tl.constexpr, PACKED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    t, h, row0 = _tile_and_head(H, T)
+    t, h, row0, T, NK = _tile_and_head(PTR, H, T, NK, N, PACKED)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
@@ -146,15 +167,15 @@ def _tile_attention_fwd(
 
 @triton.jit
 def _tile_attention_bwd_dq(
-    Q, K, V, BIAS, OUT, DO, LSE, DQ, DELTA,
+    Q, K, V, BIAS, OUT, DO, LSE, DQ, DELTA, PTR,
     sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h, sv_n, sb_t,
-    so_t, so_h, so_m, sd_t, sd_h, sd_m, sg_t, sg_h, sg_m, T, NK, D,
+    so_t, so_h, so_m, sd_t, sd_h, sd_m, sg_t, sg_h, sg_m, T, NK, N, D,
     qk_scale, scale,
-    H: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    H: tl.constexpr, HAS_BIAS: tl.constexpr, PACKED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    t, h, row0 = _tile_and_head(H, T)
+    t, h, row0, T, NK = _tile_and_head(PTR, H, T, NK, N, PACKED)
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
@@ -178,14 +199,15 @@ def _tile_attention_bwd_dq(
 
 @triton.jit
 def _tile_attention_bwd_dkdv(
-    Q, K, V, BIAS, DO, LSE, DELTA, DK, DV,
+    Q, K, V, BIAS, DO, LSE, DELTA, DK, DV, PTR,
     sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h, sv_n, sb_t,
-    sd_t, sd_h, sd_m, T, NK, D, qk_scale, scale,
-    H: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    sd_t, sd_h, sd_m, sdk_t, sdk_h, sdk_n, sdv_t, sdv_h, sdv_n, T, NK, N,
+    D, qk_scale, scale,
+    H: tl.constexpr, HAS_BIAS: tl.constexpr, PACKED: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    t, h, row0 = _tile_and_head(H, T)
+    t, h, row0, T, NK = _tile_and_head(PTR, H, T, NK, N, PACKED)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_n, mask_d = offs_n < NK, offs_d < D
@@ -210,11 +232,10 @@ def _tile_attention_bwd_dkdv(
         dpt = dot(v, tl.trans(do), PRECISION, UPCAST)
         dst = pt * (dpt - delta[None, :])
         dk += dot(dst.to(q.dtype), q, PRECISION, UPCAST)
-    # dK and dV: contiguous [nt, H, NK, D].
-    _store_block(DK, dk * scale, t, h, H * NK * D, NK * D, D, offs_n,
-                 offs_d, mask_n, mask_d)
-    _store_block(DV, dv, t, h, H * NK * D, NK * D, D, offs_n, offs_d,
+    _store_block(DK, dk * scale, t, h, sdk_t, sdk_h, sdk_n, offs_n, offs_d,
                  mask_n, mask_d)
+    _store_block(DV, dv, t, h, sdv_t, sdv_h, sdv_n, offs_n, offs_d, mask_n,
+                 mask_d)
 
 
 _launch_fwd = Launcher(_tile_attention_fwd)
@@ -237,6 +258,21 @@ def _strides(t: Tensor) -> Tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _fwd_blocks(block_k: int) -> Tuple[int, int]:
+    # The forward's query block and warps for blocks of block_k keys.
+    if INTERPRETED:
+        return 16, 4
+    return (32, 8) if block_k >= 256 else (64, 4)
+
+
+def _bwd_blocks(block_k: int) -> Tuple[int, int, int]:
+    # The backward's query block (dQ), warps (dQ) and key / query blocks
+    # (dK, dV).
+    if INTERPRETED:
+        return 16, 4, 16
+    return 32 if block_k >= 128 else 64, 8 if block_k >= 256 else 4, 64
+
+
 class _TileAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor,
@@ -246,17 +282,16 @@ class _TileAttention(torch.autograd.Function):
         # Token-major output: the tiles' read-back is then a view.
         out = q.new_empty(nt, T, H, D).transpose(1, 2)  # [nt, H, T, D]
         lse = q.new_empty(nt * H * T, dtype=torch.float32)
-        meta = _meta(q)
         block_k = _block_k(NK)
-        block_m = 16 if INTERPRETED else (32 if block_k >= 256 else 64)
-        warps = 8 if block_k >= 256 else 4
-        grid = (nt * H, triton.cdiv(T, block_m))
+        block_m, warps = _fwd_blocks(block_k)
         _launch_fwd(
-            grid, q, k, v, q if bias is None else bias, out, lse,
-            *_strides(q), *_strides(k), *_strides(v),
-            0 if bias is None else bias.stride(0), *_strides(out), T, NK,
+            (nt * H, triton.cdiv(T, block_m)), q, k, v,
+            q if bias is None else bias, out, lse, q, *_strides(q),
+            *_strides(k), *_strides(v),
+            0 if bias is None else bias.stride(0), *_strides(out), T, NK, 0,
             D, _LOG2E / math.sqrt(D), H=H, HAS_BIAS=bias is not None,
-            BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, **meta)
+            PACKED=False, BLOCK_M=block_m, BLOCK_K=block_k,
+            num_warps=warps, **_meta(q))
         ctx.save_for_backward(q, k, v, bias, out, lse)
         return out
 
@@ -276,23 +311,84 @@ class _TileAttention(torch.autograd.Function):
                 0 if bias is None else bias.stride(0))
         b = q if bias is None else bias
         block_k = _block_k(NK)
-        block_m = 16 if INTERPRETED else (32 if block_k >= 128 else 64)
-        warps = 8 if block_k >= 256 else 4
+        block_m, warps, block_n = _bwd_blocks(block_k)
         scale = 1.0 / math.sqrt(D)
         _launch_bwd_dq(
             (nt * H, triton.cdiv(T, block_m)), q, k, v, b, out, grad, lse,
-            dq, delta, *_strides(q), *args, *_strides(out), *_strides(grad),
-            *_strides(dq), T, NK, D, _LOG2E * scale, scale, H=H,
-            HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_K=block_k,
-            num_warps=warps, **meta)
-        block_n = 16 if INTERPRETED else 64
-        block_m = 16 if INTERPRETED else 64
+            dq, delta, q, *_strides(q), *args, *_strides(out),
+            *_strides(grad), *_strides(dq), T, NK, 0, D, _LOG2E * scale,
+            scale, H=H, HAS_BIAS=bias is not None, PACKED=False,
+            BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, **meta)
         _launch_bwd_dkdv(
             (nt * H, triton.cdiv(NK, block_n)), q, k, v, b, grad, lse,
-            delta, dk, dv, *_strides(q), *args, *_strides(grad), T, NK, D,
-            _LOG2E * scale, scale, H=H, HAS_BIAS=bias is not None,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, **meta)
+            delta, dk, dv, q, *_strides(q), *args, *_strides(grad),
+            *_strides(dk), *_strides(dv), T, NK, 0, D, _LOG2E * scale,
+            scale, H=H, HAS_BIAS=bias is not None, PACKED=False,
+            BLOCK_M=block_n, BLOCK_N=block_n, num_warps=4, **meta)
         return dq, dk, dv, None
+
+
+class _PackedAttention(torch.autograd.Function):
+    # The kernels on packed rows: "tile" t is set t, rows ptr[t] to
+    # ptr[t + 1] of qkv [N, 3C] (queries in columns [hD, (h+1)D), keys
+    # and values of head h in [C + 2hD, C + 2(h+1)D) as [k_h, v_h]). Head
+    # h's block of tile t starts at element t * s_t + h * s_h, so the
+    # first row stands for t and the rows' stride for s_t.
+    @staticmethod
+    def forward(ctx, qkv: Tensor, ptr: Tensor, heads: int,
+                max_size: int) -> Tensor:
+        N, C = qkv.size(0), qkv.size(1) // 3
+        H, D, s = heads, C // heads, qkv.stride(0)
+        B = ptr.numel() - 1
+        out = qkv.new_empty(N, C)
+        lse = qkv.new_empty(H * N, dtype=torch.float32)
+        block_k = _block_k(max_size)
+        block_m, warps = _fwd_blocks(block_k)
+        qkv_args = (s, D, s, s, 2 * D, s, s, 2 * D, s, 0)
+        _launch_fwd(
+            (B * H, triton.cdiv(max_size, block_m)), qkv, qkv[:, C:],
+            qkv[:, C + D:], qkv, out, lse, ptr, *qkv_args, C, D, C,
+            max_size, max_size, N, D, _LOG2E / math.sqrt(D), H=H,
+            HAS_BIAS=False, PACKED=True, BLOCK_M=block_m, BLOCK_K=block_k,
+            num_warps=warps, **_meta(qkv))
+        ctx.save_for_backward(qkv, ptr, out, lse)
+        ctx.heads, ctx.max_size = heads, max_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        qkv, ptr, out, lse = ctx.saved_tensors
+        H, max_size = ctx.heads, ctx.max_size
+        N, C = qkv.size(0), qkv.size(1) // 3
+        D, s = C // H, qkv.stride(0)
+        B = ptr.numel() - 1
+        if grad.stride(-1) != 1 or grad.stride(0) != C:
+            grad = grad.contiguous()
+        # Every row belongs to one set and every column to one head's
+        # q, k or v: the kernels write all of dqkv.
+        dqkv = qkv.new_empty(N, 3 * C)
+        delta = torch.empty_like(lse)
+        meta = _meta(qkv)
+        qkv_args = (s, D, s, s, 2 * D, s, s, 2 * D, s, 0)
+        rows = (C, D, C)  # out and grad, [N, C]: (s_t, s_h, s_m)
+        block_k = _block_k(max_size)
+        block_m, warps, block_n = _bwd_blocks(block_k)
+        scale = 1.0 / math.sqrt(D)
+        _launch_bwd_dq(
+            (B * H, triton.cdiv(max_size, block_m)), qkv, qkv[:, C:],
+            qkv[:, C + D:], qkv, out, grad, lse, dqkv, delta, ptr,
+            *qkv_args, *rows, *rows, 3 * C, D, 3 * C, max_size, max_size,
+            N, D, _LOG2E * scale, scale, H=H, HAS_BIAS=False, PACKED=True,
+            BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, **meta)
+        kv_rows = (3 * C, 2 * D, 3 * C)  # dK and dV in dqkv
+        _launch_bwd_dkdv(
+            (B * H, triton.cdiv(max_size, block_n)), qkv, qkv[:, C:],
+            qkv[:, C + D:], qkv, grad, lse, delta, dqkv[:, C:],
+            dqkv[:, C + D:], ptr, *qkv_args, *rows, *kv_rows, *kv_rows,
+            max_size, max_size, N, D, _LOG2E * scale, scale, H=H,
+            HAS_BIAS=False, PACKED=True, BLOCK_M=block_n, BLOCK_N=block_n,
+            num_warps=4, **meta)
+        return dqkv, None, None, None
 
 
 def tile_attention_triton(q: Tensor, k: Tensor, v: Tensor,
@@ -342,3 +438,50 @@ def tile_attention_triton(q: Tensor, k: Tensor, v: Tensor,
 
 __all__: Tuple[str, ...] = ('MAX_HEAD_DIM', 'MAX_KEYS',
                             'tile_attention_triton')
+
+
+def packed_attention_triton(qkv: Tensor, ptr: Tensor, heads: int,
+                            max_size: int) -> Tensor:
+    r"""Softmax attention of every set over its own tokens, on the packed
+    token rows of a sorted batch, differentiable in ``qkv``: no padding,
+    and the gradient comes back as one ``[N, 3C]`` tensor.
+
+    Args:
+        qkv (Tensor): ``[N, 3C]`` rows with a unit column stride: the
+            queries in columns :math:`[hD, (h+1)D)`, then the keys and
+            values of head :math:`h` in :math:`[C + 2hD, C + 2(h+1)D)` as
+            ``[k_h, v_h]`` (the stacked projection of
+            :class:`~samsa_geo.nn.SamsaAttention`).
+        ptr (Tensor): ``[B + 1]`` integer offsets of the sets' rows
+            (``ptr[0] = 0``, ``ptr[B] = N``; an empty set is allowed).
+        heads (int): :math:`H`, dividing :math:`C`, with
+            :math:`D = C / H` at most :data:`MAX_HEAD_DIM`.
+        max_size (int): The largest set's size, at most
+            :data:`MAX_KEYS`. A smaller value than the true one leaves
+            rows unwritten: it is the caller's to check.
+
+    Returns:
+        ``[N, C]`` in ``qkv``'s dtype, head :math:`h` in columns
+        :math:`[hD, (h+1)D)`.
+    """
+    if qkv.dim() != 2 or qkv.size(1) % (3 * heads) != 0:
+        raise ValueError(f"Expected 'qkv' of shape [N, 3C] with C a "
+                         f"multiple of heads={heads} (got "
+                         f"{list(qkv.shape)})")
+    if ptr.dim() != 1 or ptr.numel() < 1 or ptr.dtype not in (
+            torch.int32, torch.int64):
+        raise ValueError(f"Expected 'ptr' of shape [B + 1], int32 or int64 "
+                         f"(got {ptr.dtype} {list(ptr.shape)})")
+    D = qkv.size(1) // (3 * heads)
+    if max_size > MAX_KEYS or D > MAX_HEAD_DIM:
+        raise ValueError(f"Expected sets of at most {MAX_KEYS} tokens and "
+                         f"heads of at most {MAX_HEAD_DIM} channels (got "
+                         f"max_size={max_size}, {D} channels)")
+    if qkv.size(0) > 0 and max_size < 1:
+        raise ValueError(f"Expected 'max_size' of at least 1 for "
+                         f"{qkv.size(0)} rows (got {max_size})")
+    if qkv.size(0) == 0:  # no set has a token
+        return qkv[:, :qkv.size(1) // 3] * 0.0
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    return _PackedAttention.apply(qkv, ptr, heads, max_size)

@@ -24,6 +24,7 @@ _fused_scorer = True
 _fused_inference = True
 _fused_relax = True
 _tile_attention = False
+_packed_attention = False
 _stacked_casts = False
 _cuda_graphs = True
 _bias_inference_kernel = 'triton'
@@ -124,6 +125,25 @@ def set_tile_attention(flag: bool) -> None:
     _tile_attention = bool(flag)
 
 
+def use_packed_attention() -> bool:
+    r"""Whether sets that keep all their tokens (the exact path of
+    :mod:`~samsa_geo.nn.attention._dense`, ragged batches of small graphs)
+    attend on their packed token rows with samsa_geo's Triton kernels on
+    CUDA (eager calls without attention dropout, sets of at most
+    :data:`~samsa_geo.nn.attention._dispatch.TILE_ATTENTION_MAX_KEYS`
+    tokens): one launch forward and two backward, where PyTorch's SDPA
+    needs the rows padded to :math:`[B, n_{\max}]` slots and read back,
+    and their gradients concatenated. Off by default: the kernels are
+    checked against float64 autograd on a CPU (Triton's interpreter),
+    not yet timed against SDPA on a GPU."""
+    return _packed_attention
+
+
+def set_packed_attention(flag: bool) -> None:
+    global _packed_attention
+    _packed_attention = bool(flag)
+
+
 def use_cuda_graphs() -> bool:
     r"""Whether :class:`~samsa_geo.nn.SamsaConv` replays CUDA graphs of
     its calls on CUDA, in inference and in training. A call is graphed
@@ -221,8 +241,8 @@ def snapshot() -> tuple:
     asks for it before every replay."""
     flex = _flex_kernel_options
     return (_debug, _fused_bias, _fused_scorer, _fused_inference,
-            _fused_relax, _tile_attention, _stacked_casts, _cuda_graphs,
-            _bias_inference_kernel,
+            _fused_relax, _tile_attention, _packed_attention,
+            _stacked_casts, _cuda_graphs, _bias_inference_kernel,
             None if flex is None else repr(sorted(flex.items())))
 
 
@@ -233,6 +253,7 @@ _SETTERS = {
     'fused_inference': (use_fused_inference, set_fused_inference),
     'fused_relax': (use_fused_relax, set_fused_relax),
     'tile_attention': (use_tile_attention, set_tile_attention),
+    'packed_attention': (use_packed_attention, set_packed_attention),
     'stacked_casts': (use_stacked_casts, set_stacked_casts),
     'cuda_graphs': (use_cuda_graphs, set_cuda_graphs),
     'bias_inference_kernel': (bias_inference_kernel,
@@ -245,9 +266,9 @@ _SETTERS = {
 def attention_config(**kwargs) -> Iterator[None]:
     r"""Sets the given switches (``debug``, ``fused_bias``,
     ``fused_scorer``, ``fused_inference``, ``fused_relax``,
-    ``tile_attention``, ``stacked_casts``, ``cuda_graphs``,
-    ``bias_inference_kernel``, ``flex_kernel_options``) inside a ``with``
-    block and restores them afterwards."""
+    ``tile_attention``, ``packed_attention``, ``stacked_casts``,
+    ``cuda_graphs``, ``bias_inference_kernel``, ``flex_kernel_options``)
+    inside a ``with`` block and restores them afterwards."""
     unknown = set(kwargs) - set(_SETTERS)
     if unknown:
         raise TypeError(f"Unknown attention_config switches {sorted(unknown)}"

@@ -12,11 +12,7 @@ from samsa_geo.nn.attention._attend import (
     explicit_attention,
     sdpa_attention,
 )
-from samsa_geo.nn.attention._dense import (
-    dense_attention,
-    dense_layout,
-    to_padded,
-)
+from samsa_geo.nn.attention._dense import dense_layout, sets_attention
 from samsa_geo.nn.attention._dispatch import (
     FUSED_MAX_HEAD_DIM,
     FUSED_MAX_SET_SIZE,
@@ -864,25 +860,18 @@ class SamsaAttention(Module):
 
     def _dense_forward(self, x: Tensor, x_low: Optional[Tensor],
                        batch: Optional[Tensor], info: SetInfo) -> Tensor:
-        # Queries, keys and values of the tokens padded to [B, n_max]
-        # slots at once, one attention call, the token rows read back and
-        # projected out.
-        B, n, C = info.num_sets, info.max_size, self.channels
+        # Queries, keys and values of the tokens in one GEMM, every set's
+        # attention over its own tokens (padded to [B, n_max] slots at
+        # once, or on the packed rows), projected out.
+        B, n = info.num_sets, info.max_size
         layout = None if info.equal else dense_layout(batch, B, n)
         weight, bias, *rest = self._linear_weights([self.lin_q, self.lin_kv],
                                                    x)
         # The weights' dtype: cached casts of autocast's dtype, if on.
         x = _in_dtype(x, x_low, weight.dtype)
         qkv = linear(x, weight, bias)  # [N, 3C]
-        if layout is not None:
-            qkv = to_padded(qkv, layout.index, B * n)  # [B * n, 3C]
-        q, kv = qkv.view(B, n, 3 * C).split([C, 2 * C], -1)
-        key_bias = None if layout is None else layout.key_bias(q.dtype)
-        o = dense_attention(q, kv, key_bias, self.heads,
-                            self.dropout if self.training else 0.0)
-        o = o.view(B * n, C)  # [B, n, C] -> [B * n, C]
-        if layout is not None:
-            o = o.index_select(0, layout.index)  # [N, C]
+        o = sets_attention(qkv, layout, B, n, self.heads,
+                           self.dropout if self.training else 0.0)
         return linear(o, rest[-2], rest[-1])  # lin_out
 
     def _padding_costly(self, info: SetInfo, N: int) -> bool:

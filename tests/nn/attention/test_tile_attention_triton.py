@@ -2,7 +2,8 @@
 under Triton's interpreter against float64 autograd of the formula:
 unaligned sizes, a key bias with masked keys and log-counts, keys
 broadcast over the tiles of a set, a tile without any key, float32,
-bfloat16 and float16."""
+bfloat16 and float16; the same kernels on packed rows (ragged sets, an
+empty one), and the layers' training steps with them against SDPA's."""
 import math
 
 import pytest
@@ -137,4 +138,113 @@ def test_layer_training_with_the_kernels_equals_sdpa(kernel, monkeypatch,
     assert got[2].keys() == want[2].keys()
     for name in want[2]:
         torch.testing.assert_close(got[2][name], want[2][name], rtol=1e-4,
+                                   atol=1e-5, msg=name)
+
+
+def _packed_reference(qkv, sizes, heads):
+    # Every set's softmax attention over its own rows of qkv [N, 3C], in
+    # qkv's dtype (float64 here): [N, C].
+    C = qkv.size(1) // 3
+    D = C // heads
+    outs = []
+    for rows in qkv.split(sizes):
+        q = rows[:, :C].view(-1, heads, D).transpose(0, 1)  # [H, n, D]
+        kv = rows[:, C:].view(-1, heads, 2 * D).transpose(0, 1)
+        s = q @ kv[..., :D].transpose(-1, -2) / math.sqrt(D)
+        o = torch.softmax(s, -1) @ kv[..., D:]  # [H, n, D]
+        outs.append(o.transpose(0, 1).reshape(-1, C))
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16,
+                                   torch.float16])
+@pytest.mark.parametrize('sizes', [[5, 0, 17, 1, 25], [40], [3, 3, 70]])
+def test_packed_kernels_match_float64_autograd(kernel, dtype, sizes):
+    # Sets on packed rows (an empty one, a single token, sizes past one
+    # query block), rows wider than 3C (a slice): the output and the
+    # gradient of qkv, written by the kernels alone.
+    gen = torch.Generator().manual_seed(2)
+    H, D = 2, 24
+    C, N = H * D, sum(sizes)
+    wide = torch.randn(N, 3 * C + 8, generator=gen).to(dtype)
+    qkv = wide[:, :3 * C].detach().requires_grad_()
+    ptr = torch.tensor([0] + sizes).cumsum(0)
+    out = kernel.packed_attention_triton(qkv, ptr, H, max(sizes))
+    assert out.shape == (N, C) and out.dtype == dtype
+    grad = torch.randn(N, C, generator=gen)
+    out.backward(grad.to(dtype))
+    ref_in = qkv.detach().double().requires_grad_()
+    ref = _packed_reference(ref_in, sizes, H)
+    ref.backward(grad.double())
+    tol = {torch.float32: 2e-5, torch.bfloat16: 3e-2,
+           torch.float16: 5e-3}[dtype]
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+    assert qkv.grad.shape == (N, 3 * C)
+    torch.testing.assert_close(qkv.grad.double(), ref_in.grad, rtol=tol,
+                               atol=tol * max(1.0, float(
+                                   ref_in.grad.abs().max())))
+
+
+def test_packed_arguments_are_checked(kernel):
+    qkv = torch.randn(6, 48)
+    ptr = torch.tensor([0, 2, 6])
+    with pytest.raises(ValueError, match="'qkv' of shape"):
+        kernel.packed_attention_triton(qkv, ptr, 5, 4)
+    with pytest.raises(ValueError, match="'ptr' of shape"):
+        kernel.packed_attention_triton(qkv, ptr.float(), 2, 4)
+    with pytest.raises(ValueError, match='at most 256 tokens'):
+        kernel.packed_attention_triton(qkv, ptr, 2, 300)
+    with pytest.raises(ValueError, match="'max_size' of at least 1"):
+        kernel.packed_attention_triton(qkv, ptr, 2, 0)
+    empty = torch.randn(0, 48, requires_grad=True)
+    none = torch.zeros(1, dtype=torch.long)
+    out = kernel.packed_attention_triton(empty, none, 2, 0)
+    assert out.shape == (0, 16)
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.5])
+def test_graph_model_training_with_packed_kernels_equals_sdpa(
+        kernel, monkeypatch, spy, dropout):
+    # config.packed_attention on (CUDA's kernels; here interpreted): a
+    # training step of the small-graph model on a ragged batch with an
+    # empty graph, every set kept whole (the exact path), gives the
+    # padded SDPA's output and gradients; attention dropout keeps SDPA.
+    from torch_geometric.data import Batch, Data
+
+    from samsa_geo.nn import batch_hints
+    from samsa_geo.nn.attention import _dense, config
+    from samsa_geo.nn.models import SamsaGraphModel
+    monkeypatch.setattr(_dense, 'triton_serves', lambda device: True)
+    gen = torch.Generator().manual_seed(3)
+    graphs = []
+    for n in (7, 0, 12, 3, 9):
+        ei = torch.randint(0, max(n, 1), (2, 2 * n), generator=gen)
+        graphs.append(Data(x=torch.randn(n, 5, generator=gen),
+                           edge_index=ei,
+                           edge_attr=torch.randn(2 * n, 3, generator=gen)))
+    data = Batch.from_data_list(graphs)
+    torch.manual_seed(0)
+    model = SamsaGraphModel(5, 32, 1, 2, edge_dim=3, heads=2, k=16,
+                            attn_kwargs={'dropout': dropout}).train()
+    g = torch.randn(len(graphs), 1, generator=gen)
+
+    def step(on):
+        model.zero_grad()
+        torch.manual_seed(1)
+        with config.attention_config(packed_attention=on):
+            out = model(data.x, data.edge_index, data.edge_attr,
+                        data.batch, **batch_hints(data))
+        (out * g).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in
+                              model.named_parameters() if p.grad is not None}
+
+    calls = spy(kernel, 'packed_attention_triton', keep_args=False)
+    got = step(True)
+    assert len(calls) == (0 if dropout else 2)  # one per layer
+    want = step(False)
+    assert len(calls) == (0 if dropout else 2)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+    assert got[1].keys() == want[1].keys()
+    for name in want[1]:
+        torch.testing.assert_close(got[1][name], want[1][name], rtol=1e-4,
                                    atol=1e-5, msg=name)

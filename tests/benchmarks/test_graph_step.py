@@ -1,0 +1,49 @@
+import os.path as osp
+import sys
+
+import pytest
+
+sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..', 'benchmarks'))
+import graph_step as bench  # noqa: E402
+
+from samsa_geo.nn.attention import config  # noqa: E402
+
+
+def test_ab_runs_the_samsa_model_with_the_switch_off_and_on(
+        monkeypatch, tmp_path):
+    # --ab: the SAMSA model's records name the switch's state, the other
+    # models' none; the switch is back to its default afterwards and was
+    # set while each SAMSA case ran.
+    seen = []
+    case = bench.graph_step_case
+
+    def spy_case(op, optimizer, batches, args, device, switch=None,
+                 state=False):
+        if switch is None:
+            seen.append((op, config.use_packed_attention()))
+            return dict(op=op, optimizer=optimizer)
+        return case(op, optimizer, batches, args, device, switch, state)
+
+    monkeypatch.setattr(bench, 'graph_step_case', spy_case)
+    monkeypatch.setattr(bench, 'molecule_batches', lambda device: [])
+    out = tmp_path / 'graph_step.json'
+    monkeypatch.setattr(sys, 'argv', [
+        'graph_step.py', '--device', 'cpu', '--optimizers', 'foreach',
+        '--ops', 'samsa_graph_model_hints,gine_graph_model',
+        '--ab', 'packed_attention', '--out', str(out)])
+    written = []
+    monkeypatch.setattr(bench, 'write_records',
+                        lambda records, path: written.extend(records))
+    bench.main()
+    assert seen == [('samsa_graph_model_hints', False),
+                    ('samsa_graph_model_hints', True),
+                    ('gine_graph_model', False)]
+    assert [r.get('attention_config') for r in written] == [
+        'packed_attention=0', 'packed_attention=1', None]
+    assert not config.use_packed_attention()
+
+
+def test_ab_names_an_existing_switch(monkeypatch):
+    monkeypatch.setattr(sys, 'argv', ['graph_step.py', '--ab', 'nope'])
+    with pytest.raises(SystemExit):
+        bench.main()
