@@ -33,7 +33,7 @@ def _step(conv, x, batch, hints, seed, graphs, dtype):
     return out.detach(), x.grad, [p.grad for p in conv.parameters()]
 
 
-def _assert_close(a, b, dtype):
+def _assert_close(a, b, dtype, rel=5e-3):
     if dtype == torch.float32:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
         return
@@ -41,7 +41,7 @@ def _assert_close(a, b, dtype):
     # elements round the other way.
     assert a.shape == b.shape
     err = (a.float() - b.float()).norm()
-    assert err <= 5e-3 * b.float().norm() + 1e-6, (err, b.float().norm())
+    assert err <= rel * b.float().norm() + 1e-6, (err, b.float().norm())
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
@@ -184,3 +184,31 @@ def test_a_second_backward_through_a_replay_is_refused():
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match='second backward pass'):
         loss.backward()
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_training_replays_with_packed_kernels_equal_eager_sdpa(dtype):
+    # Small ragged sets kept whole (the exact path): the captured and
+    # replayed calls with config.packed_attention on equal eager steps of
+    # the padded SDPA.
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().train()
+    sizes = [20, 0, 32, 5, 17] * 4
+    hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+    opt = torch.optim.SGD(conv.parameters(), lr=1e-2)
+    for i in range(6):
+        x, batch = _batch(sizes, 64, i)
+        ref = _step(conv, x, batch, hints, i, False, dtype)
+        with config.attention_config(packed_attention=True):
+            out = _step(conv, x, batch, hints, i, True, dtype)
+        for a, b in zip([out[0], out[1], *out[2]],
+                        [ref[0], ref[1], *ref[2]]):
+            if b is None:
+                assert a is None
+                continue
+            if dtype == torch.float32:  # another summation order
+                torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+            else:  # other kernels: bf16 probabilities rounded elsewhere
+                _assert_close(a, b, dtype, rel=2e-2)
+        opt.step()
+    assert len(conv._train_graphs) == 1
