@@ -9,6 +9,14 @@ largest deviation of its output from the default SDPA's. Writes JSON
 records with their provenance::
 
     python benchmarks/tile_attention_kernel.py --sizes 32x1024,1x262144
+
+``--packed`` times instead the kernels on packed rows (switch
+``config.packed_attention``) against the padded path they replace (rows
+padded to ``[B, n_max]`` slots, SDPA, rows read back), on a batch of
+``--graphs`` sets of 2 to ``--max-size`` tokens (molecule-sized graphs;
+64 channels, 4 heads, float32 and bf16), per call and pipelined::
+
+    python benchmarks/tile_attention_kernel.py --packed
 """
 import argparse
 import os
@@ -58,19 +66,86 @@ def inputs(B: int, n: int, H: int, D: int, K: int, dev: torch.device):
     return q, kv[..., :D], kv[..., D:], T, nt
 
 
+def ragged_sets(num_sets: int, max_size: int, seed: int = 0):
+    """Sizes of ``num_sets`` sets of 2 to ``max_size`` tokens (seeded), the
+    sorted batch vector of their tokens (CPU)."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(2, max_size + 1, (num_sets, ), generator=g)
+    sizes[0] = max_size  # the largest set is there
+    return sizes, torch.repeat_interleave(torch.arange(num_sets), sizes)
+
+
+def packed_main(args, dev: torch.device) -> None:
+    from samsa_geo.nn.attention import config
+    from samsa_geo.nn.attention._dense import dense_layout, sets_attention
+
+    sizes, batch = ragged_sets(args.graphs, args.max_size)
+    batch = batch.to(dev)
+    B, n, H = args.graphs, args.max_size, args.heads
+    N, C = batch.numel(), args.channels
+    layout = dense_layout(batch, B, n)
+    records = []
+    for dtype in (torch.float32, torch.bfloat16):
+        g = torch.Generator(device=dev).manual_seed(0)
+        qkv = torch.randn(N, 3 * C, device=dev, dtype=dtype, generator=g)
+        grad = torch.randn(N, C, device=dev, dtype=dtype, generator=g)
+        with config.attention_config(packed_attention=False):
+            ref = sets_attention(qkv, layout, B, n, H, 0.0).float()
+        for name, on in (('packed_triton', True), ('padded_sdpa', False)):
+            for pass_ in args.passes.split(','):
+                leaf = qkv.detach().requires_grad_(pass_ == 'fwdbwd')
+
+                def fn(on=on, leaf=leaf, pass_=pass_):
+                    with config.attention_config(packed_attention=on):
+                        out = sets_attention(leaf, layout, B, n, H, 0.0)
+                    if pass_ == 'fwdbwd':
+                        out.backward(grad)
+                    return out
+
+                for pipelined in (False, True):
+                    rec = dict(op=name, batch=B, n=n, tokens=N, heads=H,
+                               head_dim=C // H, dtype=str(dtype)[6:],
+                               pipelined=pipelined, **{'pass': pass_},
+                               **provenance(dev, args))
+                    rec.update(measure_or_error(fn, dev, warmup=3,
+                                                repeat=args.repeat,
+                                                pipelined=pipelined))
+                    if rec['ms'] is not None:
+                        with torch.no_grad():
+                            out = fn(pass_='fwd').float()
+                        rec['max_abs_err'] = float((out - ref).abs().max())
+                    records.append(rec)
+    print(f'== {B} sets of 2-{n} tokens ({N} in all), {C} channels, '
+          f'{H} heads')
+    print_table(records, ['op', 'dtype', 'pass', 'pipelined', 'ms',
+                          'max_abs_err', 'error'])
+    write_records(records, args.out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--sizes', default='32x1024,8x4096,2x16384,1x65536,'
                    '1x262144', help='comma list of BxN cases')
-    p.add_argument('--channels', type=int, default=256)
-    p.add_argument('--heads', type=int, default=8)
+    p.add_argument('--channels', type=int, default=None,
+                   help='256 (64 with --packed)')
+    p.add_argument('--heads', type=int, default=None,
+                   help='8 (4 with --packed)')
     p.add_argument('--k', type=int, default=256)
     p.add_argument('--passes', default='fwd,fwdbwd')
     p.add_argument('--repeat', type=int, default=30)
     p.add_argument('--commit', default=None)
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'tile_attention_kernel.json'))
+    p.add_argument('--packed', action='store_true',
+                   help='the kernels on packed rows of small sets')
+    p.add_argument('--graphs', type=int, default=64)
+    p.add_argument('--max-size', type=int, default=25)
     args = p.parse_args()
+    # Defaults: the layer of C = 256, 8 heads; small sets 64, 4 heads.
+    args.channels = args.channels or (64 if args.packed else 256)
+    args.heads = args.heads or (4 if args.packed else 8)
+    if args.packed:
+        return packed_main(args, torch.device('cuda'))
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from samsa_geo.nn.attention._tile_attention_triton import (
