@@ -44,13 +44,7 @@ def sync(device: torch.device) -> None:
 
 
 def graph_step_case(op: str, optimizer: str, batches, args,
-                    device: torch.device, switch: str = None,
-                    state: bool = False) -> dict:
-    if switch is not None:
-        with config.attention_config(**{switch: state}):
-            rec = graph_step_case(op, optimizer, batches, args, device)
-        rec['attention_config'] = f'{switch}={int(state)}'
-        return rec
+                    device: torch.device) -> dict:
     torch.manual_seed(0)
     C, depth = args.channels, args.depth
     model = build_graph_model(op, C, depth).to(device)
@@ -148,9 +142,12 @@ def main():
             states = [False, True]
         for opt in args.optimizers.split(','):
             for state in states:
-                switch = None if state is None else args.ab
-                records.append(graph_step_case(op, opt, batches, args,
-                                               device, switch, bool(state)))
+                switches = {} if state is None else {args.ab: state}
+                with config.attention_config(**switches):
+                    rec = graph_step_case(op, opt, batches, args, device)
+                if state is not None:
+                    rec['attention_config'] = f'{args.ab}={int(state)}'
+                records.append(rec)
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
                                    'graph_step.json')
     write_records(records, out)

@@ -9,11 +9,8 @@ from torch import Tensor
 
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import (
-    TILE_ATTENTION_DTYPES,
-    TILE_ATTENTION_MAX_HEAD_DIM,
-    TILE_ATTENTION_MAX_KEYS,
-    is_tracing,
     needs_grad,
+    tile_kernels_take,
     triton_serves,
 )
 from samsa_geo.nn.attention._flex import PairGeometry, biased_flex_attention
@@ -121,16 +118,11 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor,
 def _tile_kernel_serves(q: Tensor, k: Tensor, v: Tensor,
                         dropout: float) -> bool:
     # Whether samsa_geo's tile attention kernels take the call
-    # (config.use_tile_attention): eager CUDA calls without attention
-    # dropout, one float dtype, at most TILE_ATTENTION_MAX_KEYS keys of
-    # at most TILE_ATTENTION_MAX_HEAD_DIM channels;
-    # compiled and exported graphs keep PyTorch's SDPA.
-    return (config.use_tile_attention() and dropout == 0.0
-            and triton_serves(q.device) and not is_tracing()
-            and q.dtype in TILE_ATTENTION_DTYPES
+    # (config.use_tile_attention): CUDA calls of one dtype that the
+    # kernels take (tile_kernels_take).
+    return (config.use_tile_attention() and triton_serves(q.device)
             and q.dtype == k.dtype == v.dtype
-            and k.size(2) <= TILE_ATTENTION_MAX_KEYS
-            and q.size(-1) <= TILE_ATTENTION_MAX_HEAD_DIM)
+            and tile_kernels_take(q.dtype, k.size(2), q.size(-1), dropout))
 
 
 #: Most blocks along a CUDA grid's second and third axes, where fused

@@ -23,10 +23,8 @@ from torch import Tensor
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._attend import MAX_GRID_Y
 from samsa_geo.nn.attention._dispatch import (
-    TILE_ATTENTION_DTYPES,
-    TILE_ATTENTION_MAX_HEAD_DIM,
-    TILE_ATTENTION_MAX_KEYS,
     is_tracing,
+    tile_kernels_take,
     triton_serves,
 )
 from samsa_geo.nn.attention._sets import set_offsets
@@ -135,15 +133,11 @@ def sets_attention(qkv: Tensor, layout: Optional[DenseLayout],
 def _packed_kernel_serves(qkv: Tensor, max_size: int, heads: int,
                           dropout: float) -> bool:
     # Whether samsa_geo's packed attention kernels take the call
-    # (config.use_packed_attention): eager CUDA calls without attention
-    # dropout, one float dtype, sets of at most TILE_ATTENTION_MAX_KEYS
-    # tokens, heads of at most TILE_ATTENTION_MAX_HEAD_DIM channels;
-    # compiled and exported graphs keep PyTorch's SDPA.
-    return (config.use_packed_attention() and dropout == 0.0
-            and triton_serves(qkv.device) and not is_tracing()
-            and qkv.dtype in TILE_ATTENTION_DTYPES
-            and max_size <= TILE_ATTENTION_MAX_KEYS
-            and qkv.size(1) // (3 * heads) <= TILE_ATTENTION_MAX_HEAD_DIM)
+    # (config.use_packed_attention): CUDA calls that the kernels take
+    # (tile_kernels_take), the set's tokens as keys.
+    return (config.use_packed_attention() and triton_serves(qkv.device)
+            and tile_kernels_take(qkv.dtype, max_size,
+                                  qkv.size(1) // (3 * heads), dropout))
 
 
 def to_padded(x: Tensor, index: Tensor, rows: int) -> Tensor:

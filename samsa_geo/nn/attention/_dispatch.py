@@ -101,6 +101,18 @@ def triton_serves(device: torch.device) -> bool:
     return HAS_TRITON and device.type == 'cuda'
 
 
+def tile_kernels_take(dtype: torch.dtype, num_keys: int, head_dim: int,
+                      dropout: float) -> bool:
+    """Whether samsa_geo's tile attention kernels (on tiles or on packed
+    rows) take a call of this shape: no attention dropout, a dtype of
+    :data:`TILE_ATTENTION_DTYPES`, at most :data:`TILE_ATTENTION_MAX_KEYS`
+    keys of at most :data:`TILE_ATTENTION_MAX_HEAD_DIM` channels, an eager
+    call (compiled and exported graphs keep PyTorch's SDPA)."""
+    return (dropout == 0.0 and dtype in TILE_ATTENTION_DTYPES
+            and num_keys <= TILE_ATTENTION_MAX_KEYS
+            and head_dim <= TILE_ATTENTION_MAX_HEAD_DIM and not is_tracing())
+
+
 def is_tracing() -> bool:
     """Whether :func:`torch.compile`, :func:`torch.export` or a TorchScript
     trace records the call (no value may be read back to Python)."""

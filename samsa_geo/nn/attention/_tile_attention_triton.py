@@ -93,17 +93,6 @@ def _lse(LSE, row0, offs_m, mask_m):
 
 
 @triton.jit
-def _query_block_and_keys(Q, K, V, t, h, sq_t, sq_h, sq_m, sk_t, sk_h, sk_n,
-                          sv_t, sv_h, sv_n, offs_m, offs_k, offs_d, mask_m,
-                          mask_k, mask_d):
-    # A block of queries, and all of the tile's keys and values.
-    q = _block(Q, t, h, sq_t, sq_h, sq_m, offs_m, offs_d, mask_m, mask_d)
-    k = _block(K, t, h, sk_t, sk_h, sk_n, offs_k, offs_d, mask_k, mask_d)
-    v = _block(V, t, h, sv_t, sv_h, sv_n, offs_k, offs_d, mask_k, mask_d)
-    return q, k, v
-
-
-@triton.jit
 def _logits(q, k, BIAS, t, sb_t, offs_k, mask_k, qk_scale,
             HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
             UPCAST: tl.constexpr):
@@ -135,6 +124,29 @@ def _tile_and_head(PTR, H: tl.constexpr, T, NK, N, PACKED: tl.constexpr):
 
 
 @triton.jit
+def _query_block_logits(
+    Q, K, V, BIAS, PTR, sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h,
+    sv_n, sb_t, T, NK, N, D, qk_scale, H: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    # The program's tile, head and query block (axis 1), all of the
+    # tile's keys and values, and the block's base-2 logits over them.
+    t, h, row0, T, NK = _tile_and_head(PTR, H, T, NK, N, PACKED)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m, mask_k, mask_d = offs_m < T, offs_k < NK, offs_d < D
+    q = _block(Q, t, h, sq_t, sq_h, sq_m, offs_m, offs_d, mask_m, mask_d)
+    k = _block(K, t, h, sk_t, sk_h, sk_n, offs_k, offs_d, mask_k, mask_d)
+    v = _block(V, t, h, sv_t, sv_h, sv_n, offs_k, offs_d, mask_k, mask_d)
+    s = _logits(q, k, BIAS, t, sb_t, offs_k, mask_k, qk_scale, HAS_BIAS,
+                PRECISION, UPCAST)
+    return t, h, row0, offs_m, offs_d, mask_m, mask_d, k, v, s
+
+
+@triton.jit
 def _tile_attention_fwd(
     Q, K, V, BIAS, OUT, LSE, PTR,
     sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h, sv_n, sb_t,
@@ -143,16 +155,11 @@ def _tile_attention_fwd(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    t, h, row0, T, NK = _tile_and_head(PTR, H, T, NK, N, PACKED)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m, mask_k, mask_d = offs_m < T, offs_k < NK, offs_d < D
-    q, k, v = _query_block_and_keys(
-        Q, K, V, t, h, sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h, sv_n,
-        offs_m, offs_k, offs_d, mask_m, mask_k, mask_d)
-    s = _logits(q, k, BIAS, t, sb_t, offs_k, mask_k, qk_scale, HAS_BIAS,
-                PRECISION, UPCAST)
+    t, h, row0, offs_m, offs_d, mask_m, mask_d, k, v, s = \
+        _query_block_logits(
+            Q, K, V, BIAS, PTR, sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t,
+            sv_h, sv_n, sb_t, T, NK, N, D, qk_scale, H, HAS_BIAS, PACKED,
+            BLOCK_M, BLOCK_K, BLOCK_D, PRECISION, UPCAST)
     m = tl.max(s, 1)
     m_use = tl.where(m == float('-inf'), 0.0, m)
     p = tl.exp2(s - m_use[:, None])
@@ -175,20 +182,15 @@ def _tile_attention_bwd_dq(
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    t, h, row0, T, NK = _tile_and_head(PTR, H, T, NK, N, PACKED)
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m, mask_k, mask_d = offs_m < T, offs_k < NK, offs_d < D
-    q, k, v = _query_block_and_keys(
-        Q, K, V, t, h, sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t, sv_h, sv_n,
-        offs_m, offs_k, offs_d, mask_m, mask_k, mask_d)
+    t, h, row0, offs_m, offs_d, mask_m, mask_d, k, v, s = \
+        _query_block_logits(
+            Q, K, V, BIAS, PTR, sq_t, sq_h, sq_m, sk_t, sk_h, sk_n, sv_t,
+            sv_h, sv_n, sb_t, T, NK, N, D, qk_scale, H, HAS_BIAS, PACKED,
+            BLOCK_M, BLOCK_K, BLOCK_D, PRECISION, UPCAST)
     o = _block(OUT, t, h, so_t, so_h, so_m, offs_m, offs_d, mask_m, mask_d)
     do = _block(DO, t, h, sd_t, sd_h, sd_m, offs_m, offs_d, mask_m, mask_d)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
     tl.store(DELTA + row0 + offs_m, delta, mask=mask_m)
-    s = _logits(q, k, BIAS, t, sb_t, offs_k, mask_k, qk_scale, HAS_BIAS,
-                PRECISION, UPCAST)
     p = tl.exp2(s - _lse(LSE, row0, offs_m, mask_m)[:, None])
     dp = dot(do, tl.trans(v), PRECISION, UPCAST)  # [BLOCK_M, BLOCK_K]
     ds = p * (dp - delta[:, None])
@@ -328,26 +330,34 @@ class _TileAttention(torch.autograd.Function):
         return dq, dk, dv, None
 
 
+def _packed_operands(qkv: Tensor, heads: int) -> tuple:
+    # The q, k and v of stacked rows [N, 3C] (queries in columns
+    # [hD, (h+1)D), keys and values of head h in [C + 2hD, C + 2(h+1)D)
+    # as [k_h, v_h]) as the kernels read them: a pointer per operand, then
+    # their (s_t, s_h, s_m) strides. On packed rows the first row stands
+    # for the tile, so the rows' stride is s_t as well as s_m.
+    C = qkv.size(1) // 3
+    D, s = C // heads, qkv.stride(0)
+    strides = (s, D, s, s, 2 * D, s, s, 2 * D, s)
+    return (qkv, qkv[:, C:], qkv[:, C + D:]), strides
+
+
 class _PackedAttention(torch.autograd.Function):
     # The kernels on packed rows: "tile" t is set t, rows ptr[t] to
-    # ptr[t + 1] of qkv [N, 3C] (queries in columns [hD, (h+1)D), keys
-    # and values of head h in [C + 2hD, C + 2(h+1)D) as [k_h, v_h]). Head
-    # h's block of tile t starts at element t * s_t + h * s_h, so the
-    # first row stands for t and the rows' stride for s_t.
+    # ptr[t + 1] of qkv [N, 3C] (see _packed_operands).
     @staticmethod
     def forward(ctx, qkv: Tensor, ptr: Tensor, heads: int,
                 max_size: int) -> Tensor:
         N, C = qkv.size(0), qkv.size(1) // 3
-        H, D, s = heads, C // heads, qkv.stride(0)
-        B = ptr.numel() - 1
+        H, D = heads, C // heads
         out = qkv.new_empty(N, C)
         lse = qkv.new_empty(H * N, dtype=torch.float32)
         block_k = _block_k(max_size)
         block_m, warps = _fwd_blocks(block_k)
-        qkv_args = (s, D, s, s, 2 * D, s, s, 2 * D, s, 0)
+        qkv_ptrs, qkv_strides = _packed_operands(qkv, H)
         _launch_fwd(
-            (B * H, triton.cdiv(max_size, block_m)), qkv, qkv[:, C:],
-            qkv[:, C + D:], qkv, out, lse, ptr, *qkv_args, C, D, C,
+            ((ptr.numel() - 1) * H, triton.cdiv(max_size, block_m)),
+            *qkv_ptrs, qkv, out, lse, ptr, *qkv_strides, 0, C, D, C,
             max_size, max_size, N, D, _LOG2E / math.sqrt(D), H=H,
             HAS_BIAS=False, PACKED=True, BLOCK_M=block_m, BLOCK_K=block_k,
             num_warps=warps, **_meta(qkv))
@@ -360,8 +370,7 @@ class _PackedAttention(torch.autograd.Function):
         qkv, ptr, out, lse = ctx.saved_tensors
         H, max_size = ctx.heads, ctx.max_size
         N, C = qkv.size(0), qkv.size(1) // 3
-        D, s = C // H, qkv.stride(0)
-        B = ptr.numel() - 1
+        D = C // H
         if grad.stride(-1) != 1 or grad.stride(0) != C:
             grad = grad.contiguous()
         # Every row belongs to one set and every column to one head's
@@ -369,22 +378,22 @@ class _PackedAttention(torch.autograd.Function):
         dqkv = qkv.new_empty(N, 3 * C)
         delta = torch.empty_like(lse)
         meta = _meta(qkv)
-        qkv_args = (s, D, s, s, 2 * D, s, s, 2 * D, s, 0)
+        qkv_ptrs, qkv_strides = _packed_operands(qkv, H)
+        (dq, dk, dv), d_strides = _packed_operands(dqkv, H)
         rows = (C, D, C)  # out and grad, [N, C]: (s_t, s_h, s_m)
         block_k = _block_k(max_size)
         block_m, warps, block_n = _bwd_blocks(block_k)
         scale = 1.0 / math.sqrt(D)
+        grid = (ptr.numel() - 1) * H
         _launch_bwd_dq(
-            (B * H, triton.cdiv(max_size, block_m)), qkv, qkv[:, C:],
-            qkv[:, C + D:], qkv, out, grad, lse, dqkv, delta, ptr,
-            *qkv_args, *rows, *rows, 3 * C, D, 3 * C, max_size, max_size,
-            N, D, _LOG2E * scale, scale, H=H, HAS_BIAS=False, PACKED=True,
-            BLOCK_M=block_m, BLOCK_K=block_k, num_warps=warps, **meta)
-        kv_rows = (3 * C, 2 * D, 3 * C)  # dK and dV in dqkv
+            (grid, triton.cdiv(max_size, block_m)), *qkv_ptrs, qkv, out,
+            grad, lse, dq, delta, ptr, *qkv_strides, 0, *rows, *rows,
+            *d_strides[:3], max_size, max_size, N, D, _LOG2E * scale, scale,
+            H=H, HAS_BIAS=False, PACKED=True, BLOCK_M=block_m,
+            BLOCK_K=block_k, num_warps=warps, **meta)
         _launch_bwd_dkdv(
-            (B * H, triton.cdiv(max_size, block_n)), qkv, qkv[:, C:],
-            qkv[:, C + D:], qkv, grad, lse, delta, dqkv[:, C:],
-            dqkv[:, C + D:], ptr, *qkv_args, *rows, *kv_rows, *kv_rows,
+            (grid, triton.cdiv(max_size, block_n)), *qkv_ptrs, qkv, grad,
+            lse, delta, dk, dv, ptr, *qkv_strides, 0, *rows, *d_strides[3:],
             max_size, max_size, N, D, _LOG2E * scale, scale, H=H,
             HAS_BIAS=False, PACKED=True, BLOCK_M=block_n, BLOCK_N=block_n,
             num_warps=4, **meta)
