@@ -25,6 +25,14 @@ the optimizer) of the small-graph models of ``benchmarks/layer.py
 --graph-epoch`` on its first batch of 64 molecule-sized graphs:
 ``samsa_graph_model`` given ``num_graphs`` only, ``samsa_graph_model_hints``
 given :func:`~samsa_geo.nn.batch_hints`, the GPSConv and GINE models.
+``--kernels SWITCHES`` also counts ``samsa_graph_model_hints`` with the
+attention ``config`` switches of samsa_geo's Triton kernels for small
+graphs on (``packed_attention``, ``fused_gine``; each alone and all),
+their kernels run by Triton's interpreter where they would serve a CUDA
+call, each launch counted once and the interpreter's own work not::
+
+    TRITON_INTERPRET=1 python benchmarks/count_ops.py --graph-step \
+        --kernels packed_attention,fused_gine
 
 The layers are built and called as ``benchmarks/layer.py`` does (``build``,
 ``call``). The value checks that SamsaAttention runs on the CPU only
@@ -32,10 +40,11 @@ The layers are built and called as ``benchmarks/layer.py`` does (``build``,
 """
 import argparse
 import collections
+import contextlib
 import os
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 from unittest import mock
 
 import torch
@@ -71,6 +80,36 @@ class OpCounter(TorchDispatchMode):
     @property
     def total(self) -> int:
         return sum(self.ops.values())
+
+
+#: The switches of --kernels: samsa_geo's Triton kernels that a training
+#: step of the small-graph model takes on CUDA.
+GRAPH_KERNEL_SWITCHES = ('packed_attention', 'fused_gine')
+
+
+@contextlib.contextmanager
+def interpreted_kernels():
+    """Inside: samsa_geo's Triton kernels serve the CPU calls they would
+    serve on CUDA (run by Triton's interpreter), and the Counter it yields
+    counts their launches by kernel; the interpreter's own operators stay
+    out of any OpCounter."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    from samsa_geo.nn.attention import _dense
+    from samsa_geo.ops import _triton
+    from samsa_geo.ops._triton.launch import Launcher
+    launches: collections.Counter = collections.Counter()
+    launch = Launcher.__call__
+
+    def counted(self, grid, *args, **meta):
+        launches[getattr(self.kernel, '__name__', repr(self.kernel))] += 1
+        with _disable_current_modes():
+            launch(self, grid, *args, **meta)
+
+    with mock.patch.object(_triton, 'runs_on', lambda x, forced: True), \
+            mock.patch.object(_dense, 'triton_serves', lambda device: True), \
+            mock.patch.object(Launcher, '__call__', counted):
+        yield launches
 
 
 def count_modules(fn: Callable[[], object]):
@@ -181,7 +220,29 @@ def ab_times(switch: str, B: int, n: int, C: int, H: int, k: int,
     return best
 
 
-def measure_graph_step(op: str, repeat: int) -> Dict[str, object]:
+def graph_kernel_counts(names: List[str]) -> List[Dict[str, object]]:
+    """The aten calls and kernel launches of ``samsa_graph_model_hints``'s
+    training step with each switch of ``names`` alone on and, for several,
+    all on (see :func:`interpreted_kernels`)."""
+    settings = [[name] for name in names]
+    if len(names) > 1:
+        settings.append(list(names))
+    rows = []
+    for on in settings:
+        with interpreted_kernels() as launches, \
+                config.attention_config(**{name: True for name in on}):
+            r = measure_graph_step('samsa_graph_model_hints', 0, launches)
+        r['op'] = 'samsa_graph_model_hints +' + '+'.join(on)
+        rows.append(r)
+    return rows
+
+
+def measure_graph_step(op: str, repeat: int,
+                       launches: Optional[collections.Counter] = None,
+                       ) -> Dict[str, object]:
+    """Counts (and, for ``repeat`` > 0, times) one training step of the
+    small-graph model ``op``; with ``launches`` (the Counter of
+    :func:`interpreted_kernels`) also the kernel launches of each pass."""
     torch.manual_seed(0)
     data = molecule_batches(torch.device('cpu'))[0]
     model = build_graph_model(op, 64, 3)
@@ -196,15 +257,27 @@ def measure_graph_step(op: str, repeat: int) -> Dict[str, object]:
     # Counted as a training loop runs it: gradients set to None first, so
     # the backward pass writes them instead of adding to them.
     model.zero_grad(set_to_none=True)
+    launches = collections.Counter() if launches is None else launches
+    before = sum(launches.values())
     with OpCounter() as fwd_counter:
         out = forward()
+    middle = sum(launches.values())
     loss = torch.nn.functional.mse_loss(out, data.y)
     with OpCounter() as bwd_counter:
         loss.backward()
+    after = sum(launches.values())
     ms = least_thread_time(step, lambda: model.zero_grad(set_to_none=True),
-                           repeat)
+                           repeat) if repeat > 0 else None
     return dict(op=op, fwd_ops=fwd_counter.total, bwd_ops=bwd_counter.total,
-                ms=ms, fwd_top=fwd_counter.ops, bwd_top=bwd_counter.ops)
+                ms=ms, fwd_top=fwd_counter.ops, bwd_top=bwd_counter.ops,
+                fwd_launches=middle - before, bwd_launches=after - middle)
+
+
+def print_top(r: Dict[str, object]) -> None:
+    """Lists the operators of each pass of a graph-step count by count."""
+    for pas in ('fwd', 'bwd'):
+        print(f'    {pas}: ' + ', '.join(
+            f'{name} {c}' for name, c in r[pas + '_top'].most_common()))
 
 
 def main():
@@ -224,6 +297,11 @@ def main():
     p.add_argument('--graph-step', action='store_true',
                    help='count a training step of the small-graph models '
                    'instead')
+    p.add_argument('--kernels', metavar='SWITCHES', default=None,
+                   help='with --graph-step: also count the SAMSA model with '
+                   'these switches on (some of '
+                   f'{",".join(GRAPH_KERNEL_SWITCHES)}), under '
+                   'TRITON_INTERPRET=1')
     p.add_argument('--ab', metavar='SWITCH',
                    help='time samsa_conv_batch at --time-size with this '
                    'attention switch on and off, interleaved')
@@ -231,6 +309,15 @@ def main():
     p.add_argument('--list', action='store_true',
                    help='also list the operators of each case by count')
     args = p.parse_args()
+    kernels = [] if args.kernels is None else args.kernels.split(',')
+    if kernels:
+        unknown = set(kernels) - set(GRAPH_KERNEL_SWITCHES)
+        if unknown or not args.graph_step:
+            p.error(f"--kernels takes --graph-step and some of "
+                    f"{GRAPH_KERNEL_SWITCHES} (got {args.kernels!r})")
+        if os.environ.get('TRITON_INTERPRET') != '1':
+            p.error('--kernels runs the kernels in Triton\'s interpreter: '
+                    'set TRITON_INTERPRET=1')
     torch.set_num_threads(args.threads)
     print(f'CPU, {args.threads} thread(s), torch {torch.__version__}, '
           f'C={args.channels}, H={args.heads}, k={args.k}, {args.dtype}')
@@ -253,10 +340,16 @@ def main():
                 print(f"{op:<24} {r['fwd_ops']:>8} {r['bwd_ops']:>8} "
                       f"{r['ms']:>8.2f}")
                 if args.list:
-                    for pas in ('fwd', 'bwd'):
-                        print(f'    {pas}: ' + ', '.join(
-                            f'{name} {c}'
-                            for name, c in r[pas + '_top'].most_common()))
+                    print_top(r)
+            if kernels:
+                print('Triton kernels on (interpreted): aten calls + '
+                      'launches')
+            for r in graph_kernel_counts(kernels):
+                print(f"{r['op']}: forward {r['fwd_ops']} + "
+                      f"{r['fwd_launches']}, backward {r['bwd_ops']} + "
+                      f"{r['bwd_launches']}")
+                if args.list:
+                    print_top(r)
         return
     print(f"{'op':<18} {'size':<9} {'step':<6} {'fwd ops':>8} "
           f"{'(views)':>8} {'bwd ops':>8} {'(views)':>8} {'modules':>8} "

@@ -10,10 +10,11 @@ per model and optimizer, with its provenance::
 
     python benchmarks/graph_step.py --device cuda --commit $(git rev-parse HEAD)
 
-``--ab SWITCH`` runs the SAMSA model twice, with the attention ``config``
-switch off and on (the record's ``attention_config``)::
+``--ab SWITCHES`` runs the SAMSA model with the attention ``config``
+switches (comma-separated) all off, each alone on and, for several, all on
+(the record's ``attention_config``)::
 
-    python benchmarks/graph_step.py --device cuda --ab packed_attention
+    python benchmarks/graph_step.py --device cuda --ab packed_attention,fused_gine
 """
 import argparse
 import os
@@ -114,6 +115,16 @@ def graph_step_case(op: str, optimizer: str, batches, args,
     return rec
 
 
+def ab_states(names):
+    """The switch settings of ``--ab``: all off, each alone on, and all on
+    where there are several."""
+    off = {name: False for name in names}
+    states = [off] + [dict(off, **{name: True}) for name in names]
+    if len(names) > 1:
+        states.append({name: True for name in names})
+    return states
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--device', default='cuda' if torch.cuda.is_available()
@@ -126,27 +137,30 @@ def main():
     p.add_argument('--repeat', type=int, default=5)
     p.add_argument('--commit', default=None, help='git commit measured')
     p.add_argument('--out', default=None)
-    p.add_argument('--ab', metavar='SWITCH', default=None,
-                   help='an attention config switch: the SAMSA model runs '
-                   'with it off and on')
+    p.add_argument('--ab', metavar='SWITCHES', default=None,
+                   help='attention config switches, comma-separated: the '
+                   'SAMSA model runs with all off, each alone on and (for '
+                   'several) all on')
     args = p.parse_args()
-    if args.ab is not None and args.ab not in config._SETTERS:
-        p.error(f"--ab expects one of {sorted(config._SETTERS)} "
-                f"(got {args.ab!r})")
+    names = [] if args.ab is None else args.ab.split(',')
+    unknown = [name for name in names if name not in config._SETTERS]
+    if unknown:
+        p.error(f"--ab expects some of {sorted(config._SETTERS)} "
+                f"(got {', '.join(map(repr, unknown))})")
     device = torch.device(args.device)
     batches = molecule_batches(device)
     records = []
     for op in args.ops.split(','):
         states = [None]
-        if args.ab is not None and op.startswith('samsa'):
-            states = [False, True]
+        if names and op.startswith('samsa'):
+            states = ab_states(names)
         for opt in args.optimizers.split(','):
             for state in states:
-                switches = {} if state is None else {args.ab: state}
-                with config.attention_config(**switches):
+                with config.attention_config(**(state or {})):
                     rec = graph_step_case(op, opt, batches, args, device)
                 if state is not None:
-                    rec['attention_config'] = f'{args.ab}={int(state)}'
+                    rec['attention_config'] = ','.join(
+                        f'{name}={int(on)}' for name, on in state.items())
                 records.append(rec)
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
                                    'graph_step.json')

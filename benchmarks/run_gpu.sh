@@ -17,7 +17,7 @@ on compiled && { python3 benchmarks/attention.py --device cuda --compile --compi
 on compiled && { tail -30 /tmp/attention_compiled.log; }
 on points && { OUT=$OUT STEPS=kernels,compiled,eager bash benchmarks/run_points_gpu.sh; }
 on graph && { python3 benchmarks/graph_step.py --device cuda --commit $COMMIT --out $OUT/graph_step.json 2>&1 | tail -8; }
-on graph && { python3 benchmarks/graph_step.py --device cuda --ops samsa_graph_model_hints --optimizers fused --ab packed_attention --commit $COMMIT --out $OUT/graph_step.json 2>&1 | tail -4; }
+on graph && { python3 benchmarks/graph_step.py --device cuda --ops samsa_graph_model_hints --optimizers fused --ab packed_attention,fused_gine --commit $COMMIT --out $OUT/graph_step.json 2>&1 | tail -6; }
 on graph && { python3 benchmarks/graph_scale.py --device cuda --out $OUT 2>&1 | tail -6; }
 on ops && { python3 benchmarks/ops.py --device cuda --out $OUT/ops.json 2>&1 | tail -6; }
 on profile && { { echo "# python benchmarks/profile_attention.py --n 65536 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown) | date: $(date +%F)"; python3 benchmarks/profile_attention.py --n 65536 2>&1; } > $OUT/profile_attention.txt; }

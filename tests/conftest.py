@@ -79,3 +79,64 @@ def fused_inference_on():
     from samsa_geo.nn.attention import config
     with config.attention_config(fused_inference=True):
         yield
+
+
+@pytest.fixture
+def small_graphs():
+    """``small_graphs(sizes, in_channels, seed=0, device='cpu')``: a PyG
+    ``Batch`` of random graphs with these node counts (empty ones too),
+    ``2 n`` random edges each and 3 edge features."""
+    from torch_geometric.data import Batch, Data
+
+    def make(sizes, in_channels, seed=0, device='cpu'):
+        gen = torch.Generator().manual_seed(seed)
+        graphs = []
+        for n in sizes:
+            ei = torch.randint(0, max(n, 1), (2, 2 * n), generator=gen)
+            graphs.append(Data(
+                x=torch.randn(n, in_channels, generator=gen), edge_index=ei,
+                edge_attr=torch.randn(2 * n, 3, generator=gen)))
+        return Batch.from_data_list(graphs).to(device)
+    return make
+
+
+@pytest.fixture
+def graph_model_step():
+    """``graph_model_step(model, data, weight, switches, dtype=None)``: one
+    training step of a graph model on a ``Batch`` (with its
+    ``batch_hints``) under the attention ``config`` switches, autocast to
+    ``dtype`` if given; returns the output and the float32 gradient of
+    every parameter that got one, by name."""
+    from samsa_geo.nn import batch_hints
+    from samsa_geo.nn.attention import config
+
+    def step(model, data, weight, switches, dtype=None):
+        model.zero_grad()
+        torch.manual_seed(1)
+        device = data.x.device.type
+        with config.attention_config(**switches), torch.autocast(
+                device, dtype=dtype or torch.bfloat16,
+                enabled=dtype is not None):
+            out = model(data.x, data.edge_index, data.edge_attr,
+                        data.batch, **batch_hints(data))
+        (out.float() * weight).sum().backward()
+        return out.detach(), {name: p.grad.float().clone() for name, p in
+                              model.named_parameters() if p.grad is not None}
+    return step
+
+
+@pytest.fixture
+def assert_low_precision_step_close():
+    """``assert_low_precision_step_close(got, want)``: two results of
+    ``graph_model_step`` in bfloat16 agree, the output to 2 % of its norm
+    and each gradient to 5 % of its norm plus 1e-4 of the largest
+    gradient's (bfloat16 rounding on two kernel paths)."""
+    def check(got, want):
+        out, ref = got[0].float(), want[0].float()
+        assert float((out - ref).norm() / ref.norm()) < 2e-2
+        assert got[1].keys() == want[1].keys()
+        scale = max(float(r.norm()) for r in want[1].values())
+        for name, r in want[1].items():
+            err = float((got[1][name] - r).norm())
+            assert err <= 5e-2 * float(r.norm()) + 1e-4 * scale, name
+    return check

@@ -6,18 +6,21 @@ normalisation of many narrow rows that the point encoders run; and
 :func:`residual_affine`, a residual sum and per-channel affine map in one
 pass (a residual block's evaluation batch norm); and
 :func:`residual_batch_norm`, a residual sum and a training batch norm with
-its backward pass, in a few passes; and :func:`linear`, a linear layer
-whose bias gradient is summed by a Triton kernel.
+its backward pass, in a few passes; :func:`linear`, a linear layer
+whose bias gradient is summed by a Triton kernel; and
+:func:`gine_aggregate`, the aggregation of GIN / GINE message passing.
 
 Every function takes a keyword :obj:`backend` (:obj:`"auto"`,
 :obj:`"compiled"` where an extension serves the op, :obj:`"triton"` for
-fps, knn, layer_norm, linear, residual_affine and residual_batch_norm,
+fps, knn, layer_norm, linear, residual_affine, residual_batch_norm and
+gine_aggregate,
 :obj:`"torch"`) to force one implementation. What :obj:`"auto"` means,
 and whether the ops check the values of their inputs (finite points,
 sorted batch vectors), is set in :mod:`samsa_geo.ops.config`
 (:func:`use_backend`, :func:`value_checks`).
 """
 from samsa_geo.ops.fps import fps
+from samsa_geo.ops.gine_aggregate import gine_aggregate
 from samsa_geo.ops.knn import knn, knn_graph, knn_neighbours
 from samsa_geo.ops.layer_norm import layer_norm
 from samsa_geo.ops.linear import linear
@@ -37,6 +40,7 @@ from samsa_geo.ops.validation import check_finite, check_sorted_batch
 
 __all__ = [
     'fps',
+    'gine_aggregate',
     'knn',
     'knn_graph',
     'knn_neighbours',

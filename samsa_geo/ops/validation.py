@@ -76,6 +76,18 @@ def check_edge_index(edge_index: Any) -> Tensor:
     return edge_index
 
 
+def check_node_indices(edge_index: Tensor, num_nodes: int) -> None:
+    r"""Raises an error unless every entry of :obj:`edge_index` is a node
+    index in :math:`[0, N)`, :math:`N =` :obj:`num_nodes` (one read of the
+    device for a non-empty :obj:`edge_index`)."""
+    if edge_index.numel() == 0:
+        return
+    low, high = torch.stack(torch.aminmax(edge_index)).tolist()
+    if low < 0 or high >= num_nodes:
+        raise ValueError(f"Expected 'edge_index' to hold node indices in "
+                         f"[0, {num_nodes}) (got values in [{low}, {high}])")
+
+
 def check_batch_vector(batch: Any, size: int,
                        name: str = 'batch') -> Tensor:
     r"""Raises an error naming :obj:`name` unless :obj:`batch` is a

@@ -43,6 +43,32 @@ def test_ab_runs_the_samsa_model_with_the_switch_off_and_on(
     assert not config.use_packed_attention()
 
 
+def test_ab_of_two_switches_runs_each_alone_and_both(monkeypatch):
+    # --ab a,b: all off, each alone on, both on; the records say which.
+    seen = []
+
+    def spy_case(op, optimizer, batches, args, device):
+        seen.append((config.use_packed_attention(), config.use_fused_gine()))
+        return dict(op=op, optimizer=optimizer)
+
+    monkeypatch.setattr(bench, 'graph_step_case', spy_case)
+    monkeypatch.setattr(bench, 'molecule_batches', lambda device: [])
+    monkeypatch.setattr(sys, 'argv', [
+        'graph_step.py', '--device', 'cpu', '--optimizers', 'fused',
+        '--ops', 'samsa_graph_model_hints',
+        '--ab', 'packed_attention,fused_gine'])
+    written = []
+    monkeypatch.setattr(bench, 'write_records',
+                        lambda records, path: written.extend(records))
+    bench.main()
+    assert seen == [(False, False), (True, False), (False, True),
+                    (True, True)]
+    assert [r['attention_config'] for r in written] == [
+        'packed_attention=0,fused_gine=0', 'packed_attention=1,fused_gine=0',
+        'packed_attention=0,fused_gine=1', 'packed_attention=1,fused_gine=1']
+    assert not config.use_packed_attention() and not config.use_fused_gine()
+
+
 def test_ab_names_an_existing_switch(monkeypatch):
     monkeypatch.setattr(sys, 'argv', ['graph_step.py', '--ab', 'nope'])
     with pytest.raises(SystemExit):

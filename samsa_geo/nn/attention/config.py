@@ -1,4 +1,5 @@
-r"""One public configuration of the attention's kernel choices and checks.
+r"""One public configuration of the attention's kernel choices and checks
+(and of the graph model's local GINE kernels).
 
 Every switch has a getter (``use_*`` / ``is_*``), a setter (``set_*``) and a
 keyword of the :func:`attention_config` context manager, which restores the
@@ -25,6 +26,7 @@ _fused_inference = True
 _fused_relax = True
 _tile_attention = False
 _packed_attention = False
+_fused_gine = False
 _stacked_casts = False
 _cuda_graphs = True
 _bias_inference_kernel = 'triton'
@@ -144,6 +146,23 @@ def set_packed_attention(flag: bool) -> None:
     _packed_attention = bool(flag)
 
 
+def use_fused_gine() -> bool:
+    r"""Whether the local GINE branch of
+    :class:`~samsa_geo.nn.SamsaGraphModel` forms and sums its messages
+    with samsa_geo's Triton kernels on CUDA
+    (:func:`~samsa_geo.ops.gine_aggregate` with ``backend='auto'``): two
+    launches forward and two backward where PyTorch's operators make
+    five and about a dozen. Off by default: the kernels are checked
+    against PyTorch's operators on a CPU (Triton's interpreter), not yet
+    timed on a GPU."""
+    return _fused_gine
+
+
+def set_fused_gine(flag: bool) -> None:
+    global _fused_gine
+    _fused_gine = bool(flag)
+
+
 def use_cuda_graphs() -> bool:
     r"""Whether :class:`~samsa_geo.nn.SamsaConv` replays CUDA graphs of
     its calls on CUDA, in inference and in training. A call is graphed
@@ -241,7 +260,7 @@ def snapshot() -> tuple:
     asks for it before every replay."""
     flex = _flex_kernel_options
     return (_debug, _fused_bias, _fused_scorer, _fused_inference,
-            _fused_relax, _tile_attention, _packed_attention,
+            _fused_relax, _tile_attention, _packed_attention, _fused_gine,
             _stacked_casts, _cuda_graphs, _bias_inference_kernel,
             None if flex is None else repr(sorted(flex.items())))
 
@@ -254,6 +273,7 @@ _SETTERS = {
     'fused_relax': (use_fused_relax, set_fused_relax),
     'tile_attention': (use_tile_attention, set_tile_attention),
     'packed_attention': (use_packed_attention, set_packed_attention),
+    'fused_gine': (use_fused_gine, set_fused_gine),
     'stacked_casts': (use_stacked_casts, set_stacked_casts),
     'cuda_graphs': (use_cuda_graphs, set_cuda_graphs),
     'bias_inference_kernel': (bias_inference_kernel,
@@ -266,8 +286,9 @@ _SETTERS = {
 def attention_config(**kwargs) -> Iterator[None]:
     r"""Sets the given switches (``debug``, ``fused_bias``,
     ``fused_scorer``, ``fused_inference``, ``fused_relax``,
-    ``tile_attention``, ``packed_attention``, ``stacked_casts``,
-    ``cuda_graphs``, ``bias_inference_kernel``, ``flex_kernel_options``)
+    ``tile_attention``, ``packed_attention``, ``fused_gine``,
+    ``stacked_casts``, ``cuda_graphs``, ``bias_inference_kernel``,
+    ``flex_kernel_options``)
     inside a ``with`` block and restores them afterwards."""
     unknown = set(kwargs) - set(_SETTERS)
     if unknown:

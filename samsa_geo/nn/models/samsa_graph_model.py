@@ -14,7 +14,9 @@ from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
 from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
 from samsa_geo.nn.encoders.positional_encoder import PositionalEncoder
 from samsa_geo.nn.models._reloadable import Reloadable
-from samsa_geo.ops.validation import check_edge_index
+from samsa_geo.ops.config import value_checks
+from samsa_geo.ops.gine_aggregate import gine_aggregate
+from samsa_geo.ops.validation import check_edge_index, check_node_indices
 
 TOKENS = ('node', 'node_edge')
 PES = (None, 'lap', 'rw')
@@ -54,9 +56,10 @@ class _TokenGINE(Module):
     # current edge tokens when `edge_token_index` is given (node+edge tokens).
     # The GINEConv / GINConv module holds the parameters (state_dict,
     # repr); the forward pass computes its update directly,
-    # nn((1 + eps) x_i + sum_{j -> i} ReLU(x_j + e_ji)), with one gather and
-    # one indexed sum into (1 + eps) x and none of MessagePassing's
-    # per-call dispatch.
+    # nn((1 + eps) x_i + sum_{j -> i} ReLU(x_j + e_ji)), through
+    # gine_aggregate (PyTorch's gather and indexed sum, or samsa_geo's
+    # Triton kernels with config.use_fused_gine()) and none of
+    # MessagePassing's per-call dispatch.
     def __init__(self, channels: int, with_edges: bool) -> None:
         super().__init__()
         nn = Sequential(Linear(channels, channels), GELU(),
@@ -70,25 +73,21 @@ class _TokenGINE(Module):
     def forward(self, x: Tensor, edge_index: Tensor,
                 edge_attr: Optional[Tensor] = None,
                 edge_token_index: Optional[Tensor] = None) -> Tensor:
-        with_edges = isinstance(self.conv, GINEConv)
-        if with_edges:
+        if isinstance(self.conv, GINEConv):
             if edge_token_index is not None:
                 edge_attr = x.index_select(0, edge_token_index)  # [E, C]
-            if edge_attr is None or edge_attr.shape != (edge_index.size(1),
-                                                        x.size(1)):
-                shape = None if edge_attr is None else list(edge_attr.shape)
+            if edge_attr is None:
                 raise ValueError(f"Expected 'edge_attr' of shape "
                                  f"[{edge_index.size(1)}, {x.size(1)}] "
-                                 f"(got {shape})")
-        msg = x.index_select(0, edge_index[0])  # [E, C] x_j
-        if with_edges:
-            msg = (msg + edge_attr).relu()
-        # (1 + eps) x_i, then the sum over the incoming edges of every node
-        # i = edge_index[1] added in place: two launches. The sum is taken
-        # in the dtype of (1 + eps) x_i (float32 for bf16 tokens, as
-        # float32 eps promotes them).
-        h = torch.addcmul(x, x, self.conv.eps)  # [N, C]
-        h = h.index_add_(0, edge_index[1], msg.to(h.dtype))
+                                 f"(got None)")
+        else:
+            edge_attr = None
+        # The sum over the incoming edges is taken in the dtype of
+        # (1 + eps) x_i (float32 for bf16 tokens, as float32 eps promotes
+        # them).
+        h = gine_aggregate(x, edge_index, edge_attr, self.conv.eps,
+                           backend='auto' if config.use_fused_gine()
+                           else 'torch')
         lin1, act, lin2 = self.conv.nn
         h = F.gelu(F.linear(h, lin1.weight, lin1.bias),
                    approximate=act.approximate)
@@ -291,6 +290,8 @@ class SamsaGraphModel(Reloadable, Module):
         r"""Node representations after the last layer, before the head,
         shape :math:`(N, C)`; arguments as in :meth:`forward`."""
         check_edge_index(edge_index)
+        if config.checks_values(x.device):  # one read (see checks_values)
+            check_node_indices(edge_index, x.size(0))
         if self.edge_dim is not None:
             if edge_attr is None:
                 raise ValueError(f"Expected 'edge_attr' of shape [E, "
@@ -331,8 +332,11 @@ class SamsaGraphModel(Reloadable, Module):
             # Node tokens only: a set then holds one graph's nodes.
             conv_kwargs['max_num_nodes'] = max_num_nodes
         h = tok.x
-        for conv in self.convs:
-            h = conv(h, tok_edge_index, tok.batch, **conv_kwargs)
+        # The node indices were checked above, not in every layer's
+        # gine_aggregate: on a GPU each check would wait for the device.
+        with value_checks(False):
+            for conv in self.convs:
+                h = conv(h, tok_edge_index, tok.batch, **conv_kwargs)
         if tok.edge_index is None:  # node tokens only: token i is node i
             return h
         return h.index_select(0, tok.node_index)  # [N, C]

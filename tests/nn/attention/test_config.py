@@ -6,6 +6,7 @@ from samsa_geo.nn.attention import config
 OTHER = {'debug': True, 'fused_bias': False, 'fused_scorer': False,
          'fused_inference': False, 'fused_relax': False,
          'tile_attention': True, 'packed_attention': True,
+         'fused_gine': True,
          'stacked_casts': True, 'cuda_graphs': False,
          'bias_inference_kernel': 'flex',
          'flex_kernel_options': {'BLOCK_M': 64}}

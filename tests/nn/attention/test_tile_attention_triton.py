@@ -204,44 +204,24 @@ def test_packed_arguments_are_checked(kernel):
 
 @pytest.mark.parametrize('dropout', [0.0, 0.5])
 def test_graph_model_training_with_packed_kernels_equals_sdpa(
-        kernel, monkeypatch, spy, dropout):
+        kernel, monkeypatch, spy, small_graphs, graph_model_step, dropout):
     # config.packed_attention on (CUDA's kernels; here interpreted): a
     # training step of the small-graph model on a ragged batch with an
     # empty graph, every set kept whole (the exact path), gives the
     # padded SDPA's output and gradients; attention dropout keeps SDPA.
-    from torch_geometric.data import Batch, Data
-
-    from samsa_geo.nn import batch_hints
-    from samsa_geo.nn.attention import _dense, config
+    from samsa_geo.nn.attention import _dense
     from samsa_geo.nn.models import SamsaGraphModel
     monkeypatch.setattr(_dense, 'triton_serves', lambda device: True)
-    gen = torch.Generator().manual_seed(3)
-    graphs = []
-    for n in (7, 0, 12, 3, 9):
-        ei = torch.randint(0, max(n, 1), (2, 2 * n), generator=gen)
-        graphs.append(Data(x=torch.randn(n, 5, generator=gen),
-                           edge_index=ei,
-                           edge_attr=torch.randn(2 * n, 3, generator=gen)))
-    data = Batch.from_data_list(graphs)
+    data = small_graphs((7, 0, 12, 3, 9), 5, seed=3)
     torch.manual_seed(0)
     model = SamsaGraphModel(5, 32, 1, 2, edge_dim=3, heads=2, k=16,
                             attn_kwargs={'dropout': dropout}).train()
-    g = torch.randn(len(graphs), 1, generator=gen)
-
-    def step(on):
-        model.zero_grad()
-        torch.manual_seed(1)
-        with config.attention_config(packed_attention=on):
-            out = model(data.x, data.edge_index, data.edge_attr,
-                        data.batch, **batch_hints(data))
-        (out * g).sum().backward()
-        return out.detach(), {n: p.grad.clone() for n, p in
-                              model.named_parameters() if p.grad is not None}
+    g = torch.randn(5, 1)
 
     calls = spy(kernel, 'packed_attention_triton', keep_args=False)
-    got = step(True)
+    got = graph_model_step(model, data, g, {'packed_attention': True})
     assert len(calls) == (0 if dropout else 2)  # one per layer
-    want = step(False)
+    want = graph_model_step(model, data, g, {'packed_attention': False})
     assert len(calls) == (0 if dropout else 2)
     torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
     assert got[1].keys() == want[1].keys()

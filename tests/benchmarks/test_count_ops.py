@@ -1,0 +1,59 @@
+import os.path as osp
+import sys
+
+import pytest
+
+sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..', 'benchmarks'))
+import count_ops as bench  # noqa: E402
+
+from samsa_geo.nn.attention import config  # noqa: E402
+
+
+def test_graph_kernel_counts_launch_the_gine_kernels_once_per_layer(
+        triton_modules):
+    # --graph-step --kernels fused_gine: the kernels run interpreted and
+    # count as launches (one forward and one backward per layer, three
+    # layers), the PyTorch operators they replace disappear from the aten
+    # calls, and the switch is off again afterwards.
+    triton_modules('samsa_geo.ops._triton.gine_aggregate')
+    base = bench.measure_graph_step('samsa_graph_model_hints', 0)
+    assert base['fwd_launches'] == base['bwd_launches'] == 0
+    gine, = bench.graph_kernel_counts(['fused_gine'])
+    assert gine['op'] == 'samsa_graph_model_hints +fused_gine'
+    assert (gine['fwd_launches'], gine['bwd_launches']) == (3, 3)
+    assert gine['fwd_top']['index_add_'] == 0 < base['fwd_top']['index_add_']
+    assert gine['fwd_ops'] < base['fwd_ops'] - 3
+    assert gine['bwd_ops'] < base['bwd_ops'] - 3
+    assert not config.use_fused_gine()
+
+
+@pytest.mark.slow  # the packed attention interpreted: about 3 minutes
+def test_graph_kernel_counts_of_two_switches_add_up(triton_modules):
+    # Each switch alone and both: the launches of both are the sum of each
+    # alone (the packed attention: one forward and two backward per
+    # layer), and so are the aten calls they save.
+    triton_modules('samsa_geo.ops._triton.gine_aggregate',
+                   'samsa_geo.nn.attention._tile_attention_triton')
+    base = bench.measure_graph_step('samsa_graph_model_hints', 0)
+    rows = bench.graph_kernel_counts(['packed_attention', 'fused_gine'])
+    assert [r['op'] for r in rows] == [
+        'samsa_graph_model_hints +packed_attention',
+        'samsa_graph_model_hints +fused_gine',
+        'samsa_graph_model_hints +packed_attention+fused_gine']
+    assert [(r['fwd_launches'], r['bwd_launches']) for r in rows] == [
+        (3, 6), (3, 3), (6, 9)]
+    packed, gine, both = rows
+    sdpa = '_scaled_dot_product_flash_attention_for_cpu'
+    assert packed['fwd_top'][sdpa] == 0 < base['fwd_top'][sdpa]
+    for pas in ('fwd_ops', 'bwd_ops'):
+        saved = (base[pas] - packed[pas]) + (base[pas] - gine[pas])
+        assert both[pas] == base[pas] - saved
+    assert not config.use_packed_attention() and not config.use_fused_gine()
+
+
+def test_kernels_need_the_graph_step_and_known_switches(monkeypatch):
+    for argv in (['--kernels', 'fused_gine'],
+                 ['--graph-step', '--kernels', 'tile_attention']):
+        monkeypatch.setattr(sys, 'argv', ['count_ops.py', *argv])
+        with pytest.raises(SystemExit):
+            bench.main()
