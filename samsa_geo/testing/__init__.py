@@ -2,6 +2,7 @@ from .autograd_graph import autograd_node_kinds
 from .crafted_payload import CraftedPayload
 from .lrgb_fixtures import write_lrgb_raw
 from .needle_task import NeedleModel, NeedleResult, needle_sets, train_needle
+from .triton_compile import compile_for_sm90
 
 __all__: list = [
     'autograd_node_kinds',
@@ -11,4 +12,5 @@ __all__: list = [
     'NeedleResult',
     'needle_sets',
     'train_needle',
+    'compile_for_sm90',
 ]

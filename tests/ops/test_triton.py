@@ -259,13 +259,9 @@ def test_triton_backend_selection():
 
 
 COMPILE_SCRIPT = r'''
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
 from samsa_geo.ops._triton import fps, knn, knn_dense
+from samsa_geo.testing.triton_compile import compile_for_sm90
 
-target = GPUTarget('cuda', 90, 32)
 ptrs = dict(xs='*fp32', ids='*i32', key_x='*i64', ys='*fp32', y_ids='*i32',
             key_y='*i64', ptr_x='*i64', ptr_y='*i64', first='*i64',
             tile_box='*fp32', out='*i64', missing='*i64', x='*fp32',
@@ -297,13 +293,7 @@ sig = dict(pos='*fp32', n_pad='i32', ptr='*i64', start='*i64',
 for block, in_registers in [(4096, True), (2048, False)]:
     kernels.append((fps._fps_kernel, sig, dict(
         F=3, BLOCK=block, IN_REGISTERS=in_registers), 16))
-for fn, sig, const, warps in kernels:
-    sig.update({name: 'constexpr' for name in const})
-    compiled = triton.compile(
-        ASTSource(fn=fn, signature=sig, constexprs=const), target=target,
-        options=dict(num_warps=warps, enable_fp_fusion=False))
-    assert compiled.asm['cubin']
-print('compiled', len(kernels))
+print('compiled', compile_for_sm90(kernels, enable_fp_fusion=False))
 '''
 
 

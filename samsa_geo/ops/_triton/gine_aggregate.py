@@ -43,8 +43,19 @@ BLOCK_VALUES = 4096
 #: Widest channel block.
 MAX_BLOCK_C = 128
 
-_TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16,
-              torch.bfloat16: tl.bfloat16}
+#: The messages' dtype as the kernels' ROUND code: float32 values are
+#: rounded to it (0: none).
+_ROUND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+@triton.jit
+def _rounded(v, ROUND: tl.constexpr):
+    # Float32 values v rounded to the messages' dtype (see _ROUND).
+    if ROUND == 1:
+        v = v.to(tl.bfloat16).to(tl.float32)
+    elif ROUND == 2:
+        v = v.to(tl.float16).to(tl.float32)
+    return v
 
 
 @triton.jit
@@ -62,26 +73,26 @@ def _edge_block(SRC, DST, num_edges, C, BLOCK_E: tl.constexpr,
 
 
 @triton.jit
-def _edge_sum(X, E, src, rows, cols, mask, sx, se, MSG: tl.constexpr):
-    # x_j + e_ji of a block of edges and channels, rounded to the message
-    # dtype MSG as PyTorch's addition of the two rows is (float32 values).
+def _edge_sum(X, E, src, rows, cols, mask, sx, se, ROUND: tl.constexpr):
+    # x_j + e_ji of a block of edges and channels, rounded to the messages'
+    # dtype as PyTorch's addition of the two rows is (float32 values).
     x = tl.load(X + src[:, None] * sx + cols[None, :], mask=mask,
                 other=0.0).to(tl.float32)
     e = tl.load(E + rows.to(tl.int64)[:, None] * se + cols[None, :],
                 mask=mask, other=0.0).to(tl.float32)
-    return (x + e).to(MSG).to(tl.float32)
+    return _rounded(x + e, ROUND)
 
 
 @triton.jit
 def _messages(X, E, SRC, DST, H, num_edges, C, sx, se, sh,
-              MSG: tl.constexpr, HAS_EDGE: tl.constexpr,
+              ROUND: tl.constexpr, HAS_EDGE: tl.constexpr,
               BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
     # H[dst] += relu(X[src] + E) (or X[src]) for a block of edges and
     # channels.
     rows, cols, mask, src, dst = _edge_block(SRC, DST, num_edges, C,
                                              BLOCK_E, BLOCK_C)
     if HAS_EDGE:
-        m = tl.maximum(_edge_sum(X, E, src, rows, cols, mask, sx, se, MSG),
+        m = tl.maximum(_edge_sum(X, E, src, rows, cols, mask, sx, se, ROUND),
                        0.0)
     else:
         m = tl.load(X + src[:, None] * sx + cols[None, :], mask=mask,
@@ -91,7 +102,7 @@ def _messages(X, E, SRC, DST, H, num_edges, C, sx, se, sh,
 
 @triton.jit
 def _message_grads(X, E, SRC, DST, G, GX, GE, num_edges, C, sx, se, sg,
-                   sgx, sge, MSG: tl.constexpr, HAS_EDGE: tl.constexpr,
+                   sgx, sge, ROUND: tl.constexpr, HAS_EDGE: tl.constexpr,
                    WRITE_X: tl.constexpr, WRITE_E: tl.constexpr,
                    BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
     # The gradient of each message, G[dst] (where X[src] + E > 0) in the
@@ -99,10 +110,10 @@ def _message_grads(X, E, SRC, DST, G, GX, GE, num_edges, C, sx, se, sg,
     # gradient, added to GX[src] (float32, atomically).
     rows, cols, mask, src, dst = _edge_block(SRC, DST, num_edges, C,
                                              BLOCK_E, BLOCK_C)
-    g = tl.load(G + dst[:, None] * sg + cols[None, :], mask=mask,
-                other=0.0).to(MSG).to(tl.float32)
+    g = _rounded(tl.load(G + dst[:, None] * sg + cols[None, :], mask=mask,
+                         other=0.0).to(tl.float32), ROUND)
     if HAS_EDGE:
-        active = _edge_sum(X, E, src, rows, cols, mask, sx, se, MSG) > 0.0
+        active = _edge_sum(X, E, src, rows, cols, mask, sx, se, ROUND) > 0.0
         g = tl.where(active, g, 0.0)
         if WRITE_E:
             tl.store(GE + rows.to(tl.int64)[:, None] * sge + cols[None, :],
@@ -141,7 +152,7 @@ class GINEAggregate(torch.autograd.Function):
             grid, block_e, block_c = _blocks(num_edges, C)
             e = x if edge_attr is None else edge_attr
             _MESSAGES(grid, x, e, src, dst, h, num_edges, C, x.stride(0),
-                      e.stride(0), h.stride(0), MSG=_TL_DTYPES[msg_dtype],
+                      e.stride(0), h.stride(0), ROUND=_ROUND[msg_dtype],
                       HAS_EDGE=edge_attr is not None, BLOCK_E=block_e,
                       BLOCK_C=block_c)
         ctx.save_for_backward(x, edge_attr, eps, src, dst)
@@ -169,7 +180,7 @@ class GINEAggregate(torch.autograd.Function):
                 _MESSAGE_GRADS(
                     grid, x, e, src, dst, grad, acc, ge, num_edges, C,
                     x.stride(0), e.stride(0), grad.stride(0), acc.stride(0),
-                    ge.stride(0), MSG=_TL_DTYPES[ctx.msg_dtype],
+                    ge.stride(0), ROUND=_ROUND[ctx.msg_dtype],
                     HAS_EDGE=edge_attr is not None, WRITE_X=need_x,
                     WRITE_E=write_e, BLOCK_E=block_e, BLOCK_C=block_c)
             grad_x = acc.to(x.dtype) if need_x else None

@@ -420,19 +420,15 @@ def test_fused_conv_forward_launches_few_kernels(fused, monkeypatch, sizes,
 
 
 COMPILE_SCRIPT = r'''
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
 from samsa_geo.nn.attention import _gather_attention_triton as attend
 from samsa_geo.nn.attention import _topk_triton as topk
+from samsa_geo.testing.triton_compile import compile_for_sm90
 
-target = GPUTarget('cuda', 90, 32)
 kernels = []
 fn = topk._select_topk
 for equal, has_kb, block_s, warps in [(True, False, 1024, 4),
                                       (False, True, 8192, 32)]:
-    sig = {a: 'i32' for a in fn.arg_names[6:18]}
+    sig = {a: 'i32' for a in fn.arg_names[6:20]}
     sig.update(S='*fp32', REG_S='*bf16', BATCH='*i64', KB='*i64',
                IDX='*i64', BOUNDS='*i64')
     const = dict(H=8, EQUAL=equal, HAS_KB=has_kb, HAS_BOUNDS=not equal,
@@ -450,13 +446,7 @@ for dtype, precision, equal, D in [('bf16', 'tf32', True, 32),
     warps = const.pop('num_warps')
     const.pop('num_stages')
     kernels.append((fn, sig, const, warps))
-for fn, sig, const, warps in kernels:
-    sig.update({name: 'constexpr' for name in const})
-    compiled = triton.compile(
-        ASTSource(fn=fn, signature=sig, constexprs=const), target=target,
-        options=dict(num_warps=warps))
-    assert compiled.asm['cubin']
-print('compiled', len(kernels))
+print('compiled', compile_for_sm90(kernels))
 '''
 
 

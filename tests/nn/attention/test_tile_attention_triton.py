@@ -228,3 +228,45 @@ def test_graph_model_training_with_packed_kernels_equals_sdpa(
     for name in want[1]:
         torch.testing.assert_close(got[1][name], want[1][name], rtol=1e-4,
                                    atol=1e-5, msg=name)
+
+
+COMPILE_SCRIPT = r'''
+from samsa_geo.nn.attention import _tile_attention_triton as tile
+from samsa_geo.testing.triton_compile import compile_for_sm90
+
+kernels = []
+# Tile attention: tiles (bias or not) and packed rows, bf16 and fp32
+for dt, packed, has_bias, block_k, D in [
+        ('bf16', False, True, 256, 32), ('fp32', False, False, 64, 64),
+        ('bf16', True, False, 32, 16), ('fp32', True, False, 16, 32),
+        ('bf16', True, False, 256, 64)]:
+    ptr = {n: '*' + dt for n in ('Q', 'K', 'V', 'OUT', 'DO', 'DQ', 'DK',
+                                 'DV')}
+    ptr.update(BIAS='*fp32' if has_bias else '*' + dt, LSE='*fp32',
+               DELTA='*fp32', PTR='*i64', qk_scale='fp32', scale='fp32')
+    meta = dict(H=8, HAS_BIAS=has_bias, PACKED=packed, BLOCK_D=max(16, D),
+                PRECISION='ieee' if dt == 'fp32' else 'tf32', UPCAST=False)
+    bm, warps = (32, 8) if block_k >= 256 else (64, 4)
+    const = dict(meta, BLOCK_M=bm, BLOCK_K=block_k)
+    fn = tile._tile_attention_fwd
+    kernels.append((fn, {a: ptr.get(a, 'i32') for a in fn.arg_names
+                         if a not in const}, const, warps))
+    bm, warps, bn = (32 if block_k >= 128 else 64,
+                     8 if block_k >= 256 else 4, 64)
+    const = dict(meta, BLOCK_M=bm, BLOCK_K=block_k)
+    fn = tile._tile_attention_bwd_dq
+    kernels.append((fn, {a: ptr.get(a, 'i32') for a in fn.arg_names
+                         if a not in const}, const, warps))
+    const = dict(meta, BLOCK_M=bn, BLOCK_N=bn)
+    fn = tile._tile_attention_bwd_dkdv
+    kernels.append((fn, {a: ptr.get(a, 'i32') for a in fn.arg_names
+                         if a not in const}, const, 4))
+print('compiled', compile_for_sm90(kernels))
+'''
+
+
+@pytest.mark.slow  # about 25 s
+def test_kernels_compile_for_sm90(compiled_run):
+    # The interpreter runs the kernels' Python; this compiles them to
+    # H100/H200 machine code (no GPU needed), as a launch on CUDA would.
+    assert 'compiled 15' in compiled_run(COMPILE_SCRIPT)
