@@ -39,7 +39,9 @@ def gine_aggregate(x: Tensor, edge_index: Tensor,
     messages (and one more their gradients): two launches forward against
     PyTorch's five, no ``[E, C]`` messages kept for the backward pass (see
     :mod:`samsa_geo.ops._triton.gine_aggregate`). Its float32 sums run in
-    a varying order, as PyTorch's ``index_add_`` on CUDA does.
+    a varying order, as PyTorch's ``index_add_`` on CUDA does; with
+    :func:`torch.use_deterministic_algorithms` on, ``'auto'`` runs
+    PyTorch's operators.
     ``backend='torch'`` runs PyTorch's operators, ``backend='triton'``
     insists on the kernels (on a CPU under Triton's interpreter too).
     Gradients of gradients are not supported on the kernels' path.
@@ -104,7 +106,8 @@ def gine_aggregate(x: Tensor, edge_index: Tensor,
             backend, _triton_serves(x, edge_attr, out_dtype, msg_dtype,
                                     backend == 'triton'),
             'a float32 result of float32, float16 or bfloat16 inputs on '
-            'one CUDA device, outside compiled or exported graphs'):
+            'one CUDA device, nondeterministic algorithms allowed, outside '
+            'compiled or exported graphs'):
         from samsa_geo.ops._triton.gine_aggregate import GINEAggregate
         if not isinstance(eps, Tensor):
             eps = x.new_full((1, ), float(eps))
@@ -127,6 +130,7 @@ def _triton_serves(x: Tensor, edge_attr: Optional[Tensor],
     return (_triton.runs_on(x, forced) and out_dtype == torch.float32
             and x.size(1) > 0 and msg_dtype in _triton.KERNEL_DTYPES
             and x.dtype in _triton.KERNEL_DTYPES
+            and not torch.are_deterministic_algorithms_enabled()
             and not _triton.tracing())
 
 

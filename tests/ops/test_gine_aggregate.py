@@ -171,11 +171,18 @@ def test_errors_name_the_argument():
 
 
 def test_triton_backend_refuses_what_it_cannot_serve(kernels):
-    # A half-precision result (a number eps keeps bf16 x) has no kernel.
+    # A half-precision result (a number eps keeps bf16 x) has no kernel,
+    # nor has a deterministic run (its sums are atomic).
     x, edge_index, _ = _graph(6, 10, 4, torch.float32)
     with pytest.raises(ValueError, match='float32 result'):
         gine_aggregate(x.detach().bfloat16(), edge_index, None, 0.0,
                        backend='triton')
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(ValueError, match='nondeterministic'):
+            gine_aggregate(x, edge_index, None, 0.0, backend='triton')
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_graph_model_training_with_fused_gine_equals_pytorch(
@@ -247,3 +254,29 @@ def test_kernels_compile_for_sm90(compiled_run):
     # H100/H200 machine code (no GPU needed), as a launch on CUDA would
     # (a few seconds: run by default).
     assert 'compiled 12' in compiled_run(COMPILE_SCRIPT)
+
+
+def test_compiled_graph_model_traces_pytorchs_operators(
+        kernels, monkeypatch, small_graphs):
+    # Under torch.compile the kernels stay out (the compiler sees
+    # PyTorch's operators) even with config.fused_gine on; the compiled
+    # model gives the eager model's output.
+    from samsa_geo.nn import batch_hints
+    from samsa_geo.nn.attention import config
+    from samsa_geo.nn.models import SamsaGraphModel
+    monkeypatch.setattr(_triton, 'runs_on', lambda x, forced: True)
+    data = small_graphs((6, 9, 4), 5, seed=2)
+    torch.manual_seed(0)
+    model = SamsaGraphModel(5, 16, 1, 2, edge_dim=3, heads=2, k=8).eval()
+    launched = []
+    real = kernels.GINEAggregate.apply
+    monkeypatch.setattr(kernels.GINEAggregate, 'apply',
+                        lambda *a: launched.append(1) or real(*a))
+    args = (data.x, data.edge_index, data.edge_attr, data.batch)
+    with config.attention_config(fused_gine=True), torch.no_grad():
+        want = model(*args, **batch_hints(data))
+        assert len(launched) == 2
+        got = torch.compile(model, backend='eager')(*args,
+                                                    **batch_hints(data))
+    assert len(launched) == 2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

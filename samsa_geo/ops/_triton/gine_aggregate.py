@@ -23,8 +23,9 @@ writes :math:`\partial\mathbf{e}_{ji} = \mathbf{g}_i
 [\mathbf{x}_j + \mathbf{e}_{ji} > 0]` and adds it to row :math:`j` of the
 accumulator (atomically), and :math:`\partial\epsilon = \sum
 \mathbf{g} \odot \mathbf{x}` is one product and one sum. The atomic sums
-make the order of additions, and so the last bits of float32 results,
-vary between runs, as PyTorch's ``index_add_`` on CUDA does.
+(relaxed: they only accumulate, nothing reads them before the kernel
+ends) make the order of additions, and so the last bits of float32
+results, vary between runs, as PyTorch's ``index_add_`` on CUDA does.
 
 Importing this module needs Triton.
 """
@@ -97,7 +98,8 @@ def _messages(X, E, SRC, DST, H, num_edges, C, sx, se, sh,
     else:
         m = tl.load(X + src[:, None] * sx + cols[None, :], mask=mask,
                     other=0.0).to(tl.float32)
-    tl.atomic_add(H + dst[:, None] * sh + cols[None, :], m, mask=mask)
+    tl.atomic_add(H + dst[:, None] * sh + cols[None, :], m, mask=mask,
+                  sem='relaxed')
 
 
 @triton.jit
@@ -119,7 +121,8 @@ def _message_grads(X, E, SRC, DST, G, GX, GE, num_edges, C, sx, se, sg,
             tl.store(GE + rows.to(tl.int64)[:, None] * sge + cols[None, :],
                      g.to(GE.dtype.element_ty), mask=mask)
     if WRITE_X:
-        tl.atomic_add(GX + src[:, None] * sgx + cols[None, :], g, mask=mask)
+        tl.atomic_add(GX + src[:, None] * sgx + cols[None, :], g, mask=mask,
+                      sem='relaxed')
 
 
 _MESSAGES = Launcher(_messages)
