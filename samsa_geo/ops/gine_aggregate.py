@@ -63,18 +63,62 @@ def gine_aggregate(x: Tensor, edge_index: Tensor,
     Returns:
         :math:`(N, C)`.
     """
+    _check_arguments(x, edge_index, edge_attr, eps)
+    if config.value_checks_enabled() and not _triton.tracing():
+        validation.check_node_indices(edge_index, x.size(0))
+    return gine_aggregate_unchecked(x, edge_index[0], edge_index[1],
+                                    edge_attr, eps, resolve_backend(
+                                        backend, BACKENDS))
+
+
+def gine_aggregate_unchecked(x: Tensor, src: Tensor, dst: Tensor,
+                             edge_attr: Optional[Tensor],
+                             eps: Union[float, Tensor],
+                             backend: str) -> Tensor:
+    r""":func:`gine_aggregate` of edges ``src[e] -> dst[e]`` whose
+    arguments the caller has checked (a model's layer, which built them):
+    no checks, ``backend`` one of :data:`BACKENDS` with ``"auto"`` taken
+    as it is."""
+    if backend != 'torch':
+        msg_dtype = x.dtype if edge_attr is None else promoted_float(
+            x.dtype, edge_attr.dtype)
+        out_dtype = promoted_float(x.dtype, eps.dtype) \
+            if isinstance(eps, Tensor) else x.dtype
+        if use_triton(
+                backend, _triton_serves(x, out_dtype, msg_dtype,
+                                        backend == 'triton'),
+                'a float32 result of float32, float16 or bfloat16 inputs '
+                'on one CUDA device, nondeterministic algorithms allowed, '
+                'outside compiled or exported graphs'):
+            from samsa_geo.ops._triton.gine_aggregate import GINEAggregate
+            if not isinstance(eps, Tensor):
+                eps = x.new_full((1, ), float(eps))
+            with _triton.device_guard(x.device):
+                return GINEAggregate.apply(x, edge_attr, eps, src, dst,
+                                           msg_dtype)
+    msg = x.index_select(0, src)  # [E, C] x_j
+    if edge_attr is not None:
+        msg = (msg + edge_attr).relu()
+    # (1 + eps) x_i, then the messages of every node i = dst added in
+    # place: two launches.
+    h = torch.addcmul(x, x, eps) if isinstance(eps, Tensor) \
+        else x * (1.0 + eps)  # [N, C]
+    return h.index_add_(0, dst, msg.to(h.dtype))
+
+def _check_arguments(x: Tensor, edge_index: Tensor,
+                     edge_attr: Optional[Tensor],
+                     eps: Union[float, Tensor]) -> None:
+    # Types, shapes and devices (no values read).
     if not isinstance(x, Tensor) or x.dim() != 2 \
             or not x.is_floating_point():
         raise ValueError(f"Expected 'x' to be a floating-point tensor of "
-                         f"shape [N, C] (got "
-                         f"{_described(x)})")
+                         f"shape [N, C] (got {_described(x)})")
     validation.check_edge_index(edge_index)
     if edge_index.is_floating_point() or edge_index.is_complex() \
             or edge_index.dtype == torch.bool:
         raise TypeError(f"Expected 'edge_index' to be an integer tensor "
                         f"(got {edge_index.dtype})")
-    N, C = x.shape
-    E = edge_index.size(1)
+    C, E = x.size(1), edge_index.size(1)
     if edge_attr is not None and (
             not isinstance(edge_attr, Tensor)
             or tuple(edge_attr.shape) != (E, C)
@@ -94,39 +138,10 @@ def gine_aggregate(x: Tensor, edge_index: Tensor,
         if isinstance(t, Tensor) and t.device != x.device:
             raise ValueError(f"Expected '{name}' on the device of 'x' "
                              f"({x.device}, got {t.device})")
-    if config.value_checks_enabled() and not _triton.tracing():
-        validation.check_node_indices(edge_index, N)
-    src, dst = edge_index[0], edge_index[1]
-    msg_dtype = x.dtype if edge_attr is None else promoted_float(
-        x.dtype, edge_attr.dtype)
-    out_dtype = promoted_float(x.dtype, eps.dtype) \
-        if isinstance(eps, Tensor) else x.dtype
-    backend = resolve_backend(backend, BACKENDS)
-    if backend != 'torch' and use_triton(
-            backend, _triton_serves(x, edge_attr, out_dtype, msg_dtype,
-                                    backend == 'triton'),
-            'a float32 result of float32, float16 or bfloat16 inputs on '
-            'one CUDA device, nondeterministic algorithms allowed, outside '
-            'compiled or exported graphs'):
-        from samsa_geo.ops._triton.gine_aggregate import GINEAggregate
-        if not isinstance(eps, Tensor):
-            eps = x.new_full((1, ), float(eps))
-        with _triton.device_guard(x.device):
-            return GINEAggregate.apply(x, edge_attr, eps, src, dst,
-                                       msg_dtype)
-    msg = x.index_select(0, src)  # [E, C] x_j
-    if edge_attr is not None:
-        msg = (msg + edge_attr).relu()
-    # (1 + eps) x_i, then the messages of every node i = dst added in
-    # place: two launches.
-    h = torch.addcmul(x, x, eps) if isinstance(eps, Tensor) \
-        else x * (1.0 + eps)  # [N, C]
-    return h.index_add_(0, dst, msg.to(h.dtype))
 
 
-def _triton_serves(x: Tensor, edge_attr: Optional[Tensor],
-                   out_dtype: torch.dtype, msg_dtype: torch.dtype,
-                   forced: bool) -> bool:
+def _triton_serves(x: Tensor, out_dtype: torch.dtype,
+                   msg_dtype: torch.dtype, forced: bool) -> bool:
     return (_triton.runs_on(x, forced) and out_dtype == torch.float32
             and x.size(1) > 0 and msg_dtype in _triton.KERNEL_DTYPES
             and x.dtype in _triton.KERNEL_DTYPES

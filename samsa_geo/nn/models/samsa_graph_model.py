@@ -15,7 +15,7 @@ from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
 from samsa_geo.nn.encoders.positional_encoder import PositionalEncoder
 from samsa_geo.nn.models._reloadable import Reloadable
 from samsa_geo.ops.config import value_checks
-from samsa_geo.ops.gine_aggregate import gine_aggregate
+from samsa_geo.ops.gine_aggregate import gine_aggregate_unchecked
 from samsa_geo.ops.validation import check_edge_index, check_node_indices
 
 TOKENS = ('node', 'node_edge')
@@ -57,9 +57,10 @@ class _TokenGINE(Module):
     # The GINEConv / GINConv module holds the parameters (state_dict,
     # repr); the forward pass computes its update directly,
     # nn((1 + eps) x_i + sum_{j -> i} ReLU(x_j + e_ji)), through
-    # gine_aggregate (PyTorch's gather and indexed sum, or samsa_geo's
-    # Triton kernels with config.use_fused_gine()) and none of
-    # MessagePassing's per-call dispatch.
+    # gine_aggregate_unchecked (PyTorch's gather and indexed sum, or
+    # samsa_geo's Triton kernels with config.use_fused_gine(); the model
+    # built and checked its inputs) and none of MessagePassing's per-call
+    # dispatch.
     def __init__(self, channels: int, with_edges: bool) -> None:
         super().__init__()
         nn = Sequential(Linear(channels, channels), GELU(),
@@ -76,18 +77,20 @@ class _TokenGINE(Module):
         if isinstance(self.conv, GINEConv):
             if edge_token_index is not None:
                 edge_attr = x.index_select(0, edge_token_index)  # [E, C]
-            if edge_attr is None:
+            if edge_attr is None or edge_attr.shape != (edge_index.size(1),
+                                                        x.size(1)):
+                shape = None if edge_attr is None else list(edge_attr.shape)
                 raise ValueError(f"Expected 'edge_attr' of shape "
                                  f"[{edge_index.size(1)}, {x.size(1)}] "
-                                 f"(got None)")
+                                 f"(got {shape})")
         else:
             edge_attr = None
         # The sum over the incoming edges is taken in the dtype of
         # (1 + eps) x_i (float32 for bf16 tokens, as float32 eps promotes
         # them).
-        h = gine_aggregate(x, edge_index, edge_attr, self.conv.eps,
-                           backend='auto' if config.use_fused_gine()
-                           else 'torch')
+        h = gine_aggregate_unchecked(
+            x, edge_index[0], edge_index[1], edge_attr, self.conv.eps,
+            'auto' if config.use_fused_gine() else 'torch')
         lin1, act, lin2 = self.conv.nn
         h = F.gelu(F.linear(h, lin1.weight, lin1.bias),
                    approximate=act.approximate)
