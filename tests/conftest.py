@@ -126,17 +126,22 @@ def graph_model_step():
 
 
 @pytest.fixture
-def assert_low_precision_step_close():
-    """``assert_low_precision_step_close(got, want)``: two results of
-    ``graph_model_step`` in bfloat16 agree, the output to 2 % of its norm
-    and each gradient to 5 % of its norm plus 1e-4 of the largest
-    gradient's (bfloat16 rounding on two kernel paths)."""
-    def check(got, want):
-        out, ref = got[0].float(), want[0].float()
-        assert float((out - ref).norm() / ref.norm()) < 2e-2
-        assert got[1].keys() == want[1].keys()
-        scale = max(float(r.norm()) for r in want[1].values())
-        for name, r in want[1].items():
-            err = float((got[1][name] - r).norm())
-            assert err <= 5e-2 * float(r.norm()) + 1e-4 * scale, name
+def assert_as_accurate_as_pytorch():
+    """``assert_as_accurate_as_pytorch(got, want, exact)``: results of
+    ``graph_model_step`` in bfloat16 on samsa_geo's kernels (``got``) and
+    on PyTorch's path (``want``) are as close to the float32 step
+    (``exact``): for the output and every gradient, ``got``'s distance to
+    ``exact`` is at most twice ``want``'s plus 1e-3 of the largest
+    gradient's norm (some gradients are about zero, all rounding: the bias
+    of a layer that a batch norm reads, the keys' bias)."""
+    def check(got, want, exact):
+        def close(a, b, ref, floor, name):
+            err, base = float((a - ref).norm()), float((b - ref).norm())
+            assert err <= 2 * base + floor, (name, err, base)
+        close(got[0], want[0], exact[0], 1e-3 * float(exact[0].norm()),
+              'output')
+        assert got[1].keys() == want[1].keys() == exact[1].keys()
+        scale = max(float(r.norm()) for r in exact[1].values())
+        for name, r in exact[1].items():
+            close(got[1][name], want[1][name], r, 1e-3 * scale, name)
     return check

@@ -48,10 +48,11 @@ def test_kernels_match_pytorch(N, E, C, dtype, edges):
 
 
 def test_graph_model_training_with_fused_gine_matches_pytorch(
-        molecule_case, graph_model_step, assert_low_precision_step_close):
+        molecule_case, graph_model_step, assert_as_accurate_as_pytorch):
     # A bf16 training step of the small-graph model on molecule-sized
-    # graphs with config.fused_gine on, against PyTorch's operators; the
-    # forward pass makes no host synchronisation.
+    # graphs with config.fused_gine on is as close to the float32 step as
+    # the bf16 step on PyTorch's operators; the forward pass makes no host
+    # synchronisation.
     from samsa_geo.nn import batch_hints
     model, data, g = molecule_case
     got = graph_model_step(model, data, g, {'fused_gine': True},
@@ -67,4 +68,5 @@ def test_graph_model_training_with_fused_gine_matches_pytorch(
         torch.cuda.set_sync_debug_mode('default')
     want = graph_model_step(model, data, g, {'fused_gine': False},
                             torch.bfloat16)
-    assert_low_precision_step_close(got, want)
+    exact = graph_model_step(model, data, g, {'fused_gine': False})
+    assert_as_accurate_as_pytorch(got, want, exact)

@@ -113,12 +113,14 @@ def test_packed_kernels_match_padded_sdpa(sizes):
 
 
 def test_graph_model_training_with_packed_kernels_matches_sdpa(
-        molecule_case, graph_model_step, assert_low_precision_step_close):
+        molecule_case, graph_model_step, assert_as_accurate_as_pytorch):
     # A bf16 training step of the small-graph model on molecule-sized
-    # graphs with config.packed_attention on, against the padded SDPA.
+    # graphs with config.packed_attention on is as close to the float32
+    # step as the bf16 step on the padded SDPA.
     model, data, g = molecule_case
     got = graph_model_step(model, data, g, {'packed_attention': True},
                            torch.bfloat16)
     want = graph_model_step(model, data, g, {'packed_attention': False},
                             torch.bfloat16)
-    assert_low_precision_step_close(got, want)
+    exact = graph_model_step(model, data, g, {'packed_attention': False})
+    assert_as_accurate_as_pytorch(got, want, exact)
