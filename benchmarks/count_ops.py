@@ -88,15 +88,13 @@ GRAPH_KERNEL_SWITCHES = ('packed_attention', 'fused_gine')
 
 
 @contextlib.contextmanager
-def interpreted_kernels():
-    """Inside: samsa_geo's Triton kernels serve the CPU calls they would
-    serve on CUDA (run by Triton's interpreter), and the Counter it yields
-    counts their launches by kernel; the interpreter's own operators stay
-    out of any OpCounter."""
+def launch_counter():
+    """Inside, the Counter it yields counts the launches of samsa_geo's
+    Triton kernels (every one goes through ``Launcher``) by kernel; what a
+    launch itself runs (Triton's interpreter on a CPU) stays out of any
+    OpCounter."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    from samsa_geo.nn.attention import _dense
-    from samsa_geo.ops import _triton
     from samsa_geo.ops._triton.launch import Launcher
     launches: collections.Counter = collections.Counter()
     launch = Launcher.__call__
@@ -106,9 +104,20 @@ def interpreted_kernels():
         with _disable_current_modes():
             launch(self, grid, *args, **meta)
 
+    with mock.patch.object(Launcher, '__call__', counted):
+        yield launches
+
+
+@contextlib.contextmanager
+def interpreted_kernels():
+    """Inside: samsa_geo's Triton kernels serve the CPU calls they would
+    serve on CUDA (run by Triton's interpreter), and the Counter it yields
+    counts their launches (see :func:`launch_counter`)."""
+    from samsa_geo.nn.attention import _dense
+    from samsa_geo.ops import _triton
     with mock.patch.object(_triton, 'runs_on', lambda x, forced: True), \
             mock.patch.object(_dense, 'triton_serves', lambda device: True), \
-            mock.patch.object(Launcher, '__call__', counted):
+            launch_counter() as launches:
         yield launches
 
 

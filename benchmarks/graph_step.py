@@ -5,7 +5,8 @@ model (those of ``benchmarks/layer.py --graph-epoch``), with AdamW in its
 foreach and its fused implementation. Each phase is timed to its end with a
 synchronisation (median over the steps of an epoch), the epoch without
 (median of ``--repeat`` epochs), and the aten calls of every phase are
-counted below autograd (views included) on the first batch. One JSON record
+counted below autograd (views included) on the first batch, with the
+launches of samsa_geo's Triton kernels beside them. One JSON record
 per model and optimizer, with its provenance::
 
     python benchmarks/graph_step.py --device cuda --commit $(git rev-parse HEAD)
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, provenance, write_records  # noqa: E402
-from count_ops import OpCounter  # noqa: E402
+from count_ops import OpCounter, launch_counter  # noqa: E402
 from layer import (  # noqa: E402
     build_graph_model,
     graph_forward,
@@ -90,12 +91,16 @@ def graph_step_case(op: str, optimizer: str, batches, args,
 
     data = batches[0]
     opt.zero_grad(set_to_none=True)
-    with OpCounter() as fwd:
-        loss = F.mse_loss(forward(data), data.y)
-    with OpCounter() as bwd:
-        loss.backward()
-    with OpCounter() as upd:
-        opt.step()
+    with launch_counter() as launches:
+        with OpCounter() as fwd:
+            loss = F.mse_loss(forward(data), data.y)
+        fwd_launches = sum(launches.values())
+        with OpCounter() as bwd:
+            loss.backward()
+        bwd_launches = sum(launches.values()) - fwd_launches
+        with OpCounter() as upd:
+            opt.step()
+        opt_launches = sum(launches.values()) - fwd_launches - bwd_launches
 
     def ms(values):
         return 1e3 * statistics.median(values)
@@ -108,7 +113,8 @@ def graph_step_case(op: str, optimizer: str, batches, args,
                opt_ms=ms([p[2] for p in phases]),
                fwd_calls=fwd.total, fwd_views=fwd.views,
                bwd_calls=bwd.total, bwd_views=bwd.views,
-               opt_calls=upd.total,
+               opt_calls=upd.total, fwd_launches=fwd_launches,
+               bwd_launches=bwd_launches, opt_launches=opt_launches,
                trained_tensors=sum(p.grad is not None
                                    for p in model.parameters()))
     rec.update(provenance(device, args))
@@ -166,7 +172,8 @@ def main():
                                    'graph_step.json')
     write_records(records, out)
     columns = ['op', 'optimizer', 'epoch_ms', 'fwd_ms', 'bwd_ms', 'opt_ms',
-               'fwd_calls', 'bwd_calls', 'opt_calls']
+               'fwd_calls', 'bwd_calls', 'opt_calls', 'fwd_launches',
+               'bwd_launches']
     if args.ab is not None:
         columns.insert(2, 'attention_config')
     print_table(records, columns)

@@ -73,3 +73,29 @@ def test_ab_names_an_existing_switch(monkeypatch):
     monkeypatch.setattr(sys, 'argv', ['graph_step.py', '--ab', 'nope'])
     with pytest.raises(SystemExit):
         bench.main()
+
+
+def test_records_count_the_triton_kernels_launches(triton_modules):
+    # A SAMSA case with config.fused_gine on, its kernels interpreted where
+    # they would serve CUDA: one forward and one backward launch per layer
+    # beside the aten calls; none with the switch off.
+    import argparse
+
+    import count_ops
+    triton_modules('samsa_geo.ops._triton.gine_aggregate')
+    batches = bench.molecule_batches('cpu', num_graphs=16, batch_size=8)
+    args = argparse.Namespace(channels=16, depth=2, warmup=0, repeat=1,
+                              commit='test')
+    records = []
+    for on in (False, True):
+        with count_ops.interpreted_kernels(), \
+                config.attention_config(fused_gine=on):
+            records.append(bench.graph_step_case(
+                'samsa_graph_model_hints', 'foreach', batches, args,
+                bench.torch.device('cpu')))
+    off, gine = records
+    assert (off['fwd_launches'], off['bwd_launches']) == (0, 0)
+    assert (gine['fwd_launches'], gine['bwd_launches']) == (2, 2)
+    assert gine['opt_launches'] == 0
+    assert gine['fwd_calls'] < off['fwd_calls']
+    assert gine['bwd_calls'] < off['bwd_calls']
