@@ -14,7 +14,6 @@ from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
 from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
 from samsa_geo.nn.encoders.positional_encoder import PositionalEncoder
 from samsa_geo.nn.models._reloadable import Reloadable
-from samsa_geo.ops.config import value_checks
 from samsa_geo.ops.gine_aggregate import gine_aggregate_unchecked
 from samsa_geo.ops.validation import check_edge_index, check_node_indices
 
@@ -335,11 +334,8 @@ class SamsaGraphModel(Reloadable, Module):
             # Node tokens only: a set then holds one graph's nodes.
             conv_kwargs['max_num_nodes'] = max_num_nodes
         h = tok.x
-        # The node indices were checked above, not in every layer's
-        # gine_aggregate: on a GPU each check would wait for the device.
-        with value_checks(False):
-            for conv in self.convs:
-                h = conv(h, tok_edge_index, tok.batch, **conv_kwargs)
+        for conv in self.convs:
+            h = conv(h, tok_edge_index, tok.batch, **conv_kwargs)
         if tok.edge_index is None:  # node tokens only: token i is node i
             return h
         return h.index_select(0, tok.node_index)  # [N, C]
