@@ -114,10 +114,7 @@ def _check_arguments(x: Tensor, edge_index: Tensor,
         raise ValueError(f"Expected 'x' to be a floating-point tensor of "
                          f"shape [N, C] (got {_described(x)})")
     validation.check_edge_index(edge_index)
-    if edge_index.is_floating_point() or edge_index.is_complex() \
-            or edge_index.dtype == torch.bool:
-        raise TypeError(f"Expected 'edge_index' to be an integer tensor "
-                        f"(got {edge_index.dtype})")
+    validation.check_integer_tensor('edge_index', edge_index)
     C, E = x.size(1), edge_index.size(1)
     if edge_attr is not None and (
             not isinstance(edge_attr, Tensor)
