@@ -245,11 +245,12 @@ _launch_bwd_dq = Launcher(_tile_attention_bwd_dq)
 _launch_bwd_dkdv = Launcher(_tile_attention_bwd_dkdv)
 
 
-def _meta(q: Tensor) -> dict:
-    # BLOCK_D and the precision arguments of every kernel.
-    return {'BLOCK_D': max(16, triton.next_power_of_2(q.size(-1))),
-            'PRECISION': 'ieee' if q.dtype == torch.float32 else 'tf32',
-            'UPCAST': INTERPRETED and q.dtype == torch.bfloat16}
+def _meta(dtype: torch.dtype, head_dim: int) -> dict:
+    # BLOCK_D (heads of head_dim channels) and the precision arguments of
+    # every kernel.
+    return {'BLOCK_D': max(16, triton.next_power_of_2(head_dim)),
+            'PRECISION': 'ieee' if dtype == torch.float32 else 'tf32',
+            'UPCAST': INTERPRETED and dtype == torch.bfloat16}
 
 
 def _block_k(num_keys: int) -> int:
@@ -293,7 +294,7 @@ class _TileAttention(torch.autograd.Function):
             0 if bias is None else bias.stride(0), *_strides(out), T, NK, 0,
             D, _LOG2E / math.sqrt(D), H=H, HAS_BIAS=bias is not None,
             PACKED=False, BLOCK_M=block_m, BLOCK_K=block_k,
-            num_warps=warps, **_meta(q))
+            num_warps=warps, **_meta(q.dtype, D))
         ctx.save_for_backward(q, k, v, bias, out, lse)
         return out
 
@@ -308,7 +309,7 @@ class _TileAttention(torch.autograd.Function):
         dk = k.new_empty(nt, H, NK, D)
         dv = v.new_empty(nt, H, NK, D)
         delta = torch.empty_like(lse)
-        meta = _meta(q)
+        meta = _meta(q.dtype, D)
         args = (*_strides(k), *_strides(v),
                 0 if bias is None else bias.stride(0))
         b = q if bias is None else bias
@@ -360,7 +361,7 @@ class _PackedAttention(torch.autograd.Function):
             *qkv_ptrs, qkv, out, lse, ptr, *qkv_strides, 0, C, D, C,
             max_size, max_size, N, D, _LOG2E / math.sqrt(D), H=H,
             HAS_BIAS=False, PACKED=True, BLOCK_M=block_m, BLOCK_K=block_k,
-            num_warps=warps, **_meta(qkv))
+            num_warps=warps, **_meta(qkv.dtype, D))
         ctx.save_for_backward(qkv, ptr, out, lse)
         ctx.heads, ctx.max_size = heads, max_size
         return out
@@ -377,7 +378,7 @@ class _PackedAttention(torch.autograd.Function):
         # q, k or v: the kernels write all of dqkv.
         dqkv = qkv.new_empty(N, 3 * C)
         delta = torch.empty_like(lse)
-        meta = _meta(qkv)
+        meta = _meta(qkv.dtype, D)
         qkv_ptrs, qkv_strides = _packed_operands(qkv, H)
         (dq, dk, dv), d_strides = _packed_operands(dqkv, H)
         rows = (C, D, C)  # out and grad, [N, C]: (s_t, s_h, s_m)

@@ -230,43 +230,59 @@ def test_graph_model_training_with_packed_kernels_equals_sdpa(
                                    atol=1e-5, msg=name)
 
 
-COMPILE_SCRIPT = r'''
+def test_packed_launches_take_blocks_of_one_head(kernel):
+    # On packed rows [N, 3C] a block spans one head's D channels, not the
+    # row's 3C: a block of 3C needs more shared memory than an H200 has.
+    from samsa_geo.testing.triton_compile import recorded_launches
+    H, D = 4, 16
+    qkv = torch.randn(50, 3 * H * D, requires_grad=True)
+    ptr = torch.tensor([0, 25, 50])
+    with recorded_launches() as launches:
+        kernel.packed_attention_triton(qkv, ptr, H, 25).sum().backward()
+    assert len(launches) == 3
+    assert all(meta['BLOCK_D'] == D for _, _, meta in launches)
+
+
+COMPILE_SCRIPT = r"""
+import torch
 from samsa_geo.nn.attention import _tile_attention_triton as tile
-from samsa_geo.testing.triton_compile import compile_for_sm90
-
-kernels = []
-# Tile attention: tiles (bias or not) and packed rows, bf16 and fp32
-for dt, packed, has_bias, block_k, D in [
-        ('bf16', False, True, 256, 32), ('fp32', False, False, 64, 64),
-        ('bf16', True, False, 32, 16), ('fp32', True, False, 16, 32),
-        ('bf16', True, False, 256, 64)]:
-    ptr = {n: '*' + dt for n in ('Q', 'K', 'V', 'OUT', 'DO', 'DQ', 'DK',
-                                 'DV')}
-    ptr.update(BIAS='*fp32' if has_bias else '*' + dt, LSE='*fp32',
-               DELTA='*fp32', PTR='*i64', qk_scale='fp32', scale='fp32')
-    meta = dict(H=8, HAS_BIAS=has_bias, PACKED=packed, BLOCK_D=max(16, D),
-                PRECISION='ieee' if dt == 'fp32' else 'tf32', UPCAST=False)
-    bm, warps = (32, 8) if block_k >= 256 else (64, 4)
-    const = dict(meta, BLOCK_M=bm, BLOCK_K=block_k)
-    fn = tile._tile_attention_fwd
-    kernels.append((fn, {a: ptr.get(a, 'i32') for a in fn.arg_names
-                         if a not in const}, const, warps))
-    bm, warps, bn = (32 if block_k >= 128 else 64,
-                     8 if block_k >= 256 else 4, 64)
-    const = dict(meta, BLOCK_M=bm, BLOCK_K=block_k)
-    fn = tile._tile_attention_bwd_dq
-    kernels.append((fn, {a: ptr.get(a, 'i32') for a in fn.arg_names
-                         if a not in const}, const, warps))
-    const = dict(meta, BLOCK_M=bn, BLOCK_N=bn)
-    fn = tile._tile_attention_bwd_dkdv
-    kernels.append((fn, {a: ptr.get(a, 'i32') for a in fn.arg_names
-                         if a not in const}, const, 4))
-print('compiled', compile_for_sm90(kernels))
-'''
+from samsa_geo.testing.triton_compile import (
+    compile_for_sm90, launched_kernels, recorded_launches)
 
 
-@pytest.mark.slow  # about 25 s
+def packed(sizes, H, D, dtype):
+    qkv = torch.randn(sum(sizes), 3 * H * D, dtype=dtype,
+                      requires_grad=True)
+    ptr = torch.tensor([0] + sizes).cumsum(0)
+    tile.packed_attention_triton(qkv, ptr, H, max(sizes)).sum().backward()
+
+
+def tiles(nt, T, K, D, dtype, bias):
+    q = torch.randn(nt, T, 8, D, dtype=dtype).transpose(1, 2)
+    kv = torch.randn(1, 8, K, 2 * D, dtype=dtype).expand(nt, 8, K, 2 * D)
+    q, k, v = (t.detach().requires_grad_()
+               for t in (q, kv[..., :D], kv[..., D:]))
+    b = torch.zeros(nt, K) if bias else None
+    tile.tile_attention_triton(q, k, v, b).sum().backward()
+
+
+# The launches that the layers' calls make on CUDA (recorded on CPU
+# tensors): tiles with and without key bias, packed rows of molecules and
+# of ragged sets up to 256 tokens, bf16 and fp32.
+with recorded_launches() as launches:
+    packed([25] * 64, 4, 16, torch.bfloat16)
+    packed([3, 0, 250, 17] * 8, 8, 8, torch.bfloat16)
+    packed([25] * 16, 8, 32, torch.float32)
+    packed([100] * 4, 2, 128, torch.bfloat16)
+    tiles(4, 2048, 256, 32, torch.bfloat16, True)
+    tiles(4, 1000, 64, 64, torch.float32, False)
+    tiles(2, 300, 256, 128, torch.bfloat16, True)
+print('compiled', compile_for_sm90(launched_kernels(launches)))
+"""
+
+
 def test_kernels_compile_for_sm90(compiled_run):
-    # The interpreter runs the kernels' Python; this compiles them to
-    # H100/H200 machine code (no GPU needed), as a launch on CUDA would.
-    assert 'compiled 15' in compiled_run(COMPILE_SCRIPT)
+    # The interpreter runs the kernels' Python; this compiles the kernels
+    # that the layers launch to H100/H200 machine code (no GPU needed), as
+    # a launch on CUDA would, and checks they fit sm90's shared memory.
+    assert 'compiled 21' in compiled_run(COMPILE_SCRIPT)
