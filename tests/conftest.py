@@ -128,9 +128,10 @@ def graph_model_step():
 @pytest.fixture
 def assert_as_accurate_as_pytorch():
     """``assert_as_accurate_as_pytorch(got, want, exact)``: results of
-    ``graph_model_step`` in bfloat16 on samsa_geo's kernels (``got``) and
-    on PyTorch's path (``want``) are as close to the float32 step
-    (``exact``): for the output and every gradient, ``got``'s distance to
+    a training step (``(output, {name: gradient})``, as
+    ``graph_model_step`` returns) in bfloat16 on samsa_geo's kernels
+    (``got``) and on PyTorch's path (``want``) are as close to the float32
+    step (``exact``): for the output and every gradient, ``got``'s distance to
     ``exact`` is at most twice ``want``'s plus 1e-3 of the largest
     gradient's norm (some gradients are about zero, all rounding: the bias
     of a layer that a batch norm reads, the keys' bias)."""

@@ -56,31 +56,36 @@ def test_kernels_match_sdpa(nt, T, K, masked):
 
 
 @pytest.mark.parametrize('B,n', [(1, 262144), (8, 4096)])
-def test_layer_training_with_the_kernels_matches_sdpa(B, n):
+def test_layer_training_with_the_kernels_matches_sdpa(
+        B, n, assert_as_accurate_as_pytorch):
+    # A bf16 training step of the layer with config.tile_attention on is
+    # as close to the float32 step as the bf16 step on SDPA (gradients
+    # that are rounding alone, such as the biases that a batch norm
+    # reads, are as far from float32 either way).
     torch.manual_seed(0)
     conv = SamsaConv(256, None, heads=8, k=256).cuda().train()
     x = torch.randn(B * n, 256, device='cuda')
     batch = torch.arange(B, device='cuda').repeat_interleave(n)
     g = torch.randn(B * n, 256, device='cuda')
 
-    def step(on):
+    def step(on, dtype):
         conv.zero_grad()
         x_ = x.clone().requires_grad_()
         torch.manual_seed(1)
         with config.attention_config(tile_attention=on, cuda_graphs=False):
-            with torch.autocast('cuda', dtype=torch.bfloat16):
+            with torch.autocast('cuda', dtype=dtype or torch.bfloat16,
+                                enabled=dtype is not None):
                 out = conv(x_, None, batch, num_graphs=B, max_num_nodes=n)
             (out.float() * g).sum().backward()
-        return out.detach(), x_.grad, {
-            name: p.grad.float().clone()
-            for name, p in conv.named_parameters() if p.grad is not None}
+        grads = {name: p.grad.float().clone()
+                 for name, p in conv.named_parameters() if p.grad is not None}
+        grads['x'] = x_.grad
+        return out.detach().float(), grads
 
-    got, want = step(True), step(False)
-    assert _rel(got[0], want[0]) < 2e-2 and _rel(got[1], want[1]) < 2e-2
-    scale = max(float(r.norm()) for r in want[2].values())
-    for name, r in want[2].items():
-        err = float((got[2][name] - r).norm())
-        assert err <= 5e-2 * float(r.norm()) + 1e-4 * scale, name
+    got = step(True, torch.bfloat16)
+    want = step(False, torch.bfloat16)
+    exact = step(False, None)
+    assert_as_accurate_as_pytorch(got, want, exact)
 
 
 @pytest.mark.parametrize('sizes', [[25] * 64, [3, 0, 250, 17] * 8])
