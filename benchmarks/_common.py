@@ -119,17 +119,21 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
             'repeats': len(times) * calls}
 
 
-def git_commit() -> Optional[str]:
-    """The checked-out commit, or :obj:`None` outside a git checkout (the
-    device machine's copy of the tree)."""
+def git_commit(path: Optional[str] = None) -> Optional[str]:
+    """The commit checked out at ``path`` (default: this repository), with
+    ``-dirty`` appended where tracked files differ from it (a copy of a
+    newer tree over an older checkout, say), or :obj:`None` outside a git
+    checkout."""
     import subprocess
+    here = path or os.path.dirname(os.path.abspath(__file__))
     try:
-        return subprocess.run(
-            ['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-            check=True).stdout.strip() or None
+        commit = subprocess.run(
+            ['git', 'describe', '--always', '--dirty', '--abbrev=40'],
+            capture_output=True, text=True, cwd=here,
+            check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+    return commit or None
 
 
 def provenance(device: torch.device, args) -> dict:

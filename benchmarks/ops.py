@@ -223,7 +223,7 @@ def main():
                         'whole run (default: the library\'s)')
     parser.add_argument('--commit', default=None,
                         help='commit to record where the tree has no git '
-                        'metadata (default: git rev-parse HEAD)')
+                        'metadata (default: git describe --always --dirty)')
     parser.add_argument('--threads', type=int, default=None,
                         help='intra-op threads (default: torch default)')
     args = parser.parse_args()

@@ -3,10 +3,11 @@
 # of each benchmark under $OUT or benchmarks/results (see docs/benchmarks.md).
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-# COMMIT names the tree's commit where git cannot (a copy without .git).
+# COMMIT names the tree's commit where git cannot (a copy without .git, or
+# over an older checkout: git then reports its commit with -dirty).
 OUT=${OUT:-benchmarks/results}
 STEPS=${STEPS:-tests,attention,compiled,points,graph,ops,profile,layer,scorer,launch}
-COMMIT=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+COMMIT=${COMMIT:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
 SIZES=32x1024,8x4096,2x16384,1x65536,1x262144
 on() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -20,7 +21,7 @@ on graph && { python3 benchmarks/graph_step.py --device cuda --commit $COMMIT --
 on graph && { python3 benchmarks/graph_step.py --device cuda --ops samsa_graph_model_hints --optimizers fused --ab packed_attention,fused_gine --commit $COMMIT --out $OUT/graph_step.json 2>&1 | tail -6; }
 on graph && { python3 benchmarks/graph_scale.py --device cuda --out $OUT 2>&1 | tail -6; }
 on ops && { python3 benchmarks/ops.py --device cuda --out $OUT/ops.json 2>&1 | tail -6; }
-on profile && { { echo "# python benchmarks/profile_attention.py --n 65536 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown) | date: $(date +%F)"; python3 benchmarks/profile_attention.py --n 65536 2>&1; } > $OUT/profile_attention.txt; }
+on profile && { { echo "# python benchmarks/profile_attention.py --n 65536 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: $COMMIT | date: $(date +%F)"; python3 benchmarks/profile_attention.py --n 65536 2>&1; } > $OUT/profile_attention.txt; }
 # Whole layers (issue sizes), the fused path against the unfused one for
 # single large sets, the layer's CUDA graphs against eager calls, and the
 # profile of one forward (eager).

@@ -1,11 +1,13 @@
 import os.path as osp
+import shutil
+import subprocess
 import sys
 
 import pytest
 import torch
 
 sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..', 'benchmarks'))
-from _common import measure, parse_sizes  # noqa: E402
+from _common import git_commit, measure, parse_sizes  # noqa: E402
 
 
 def test_measure_times_each_call_and_leaves_memory_to_cuda():
@@ -25,3 +27,21 @@ def test_sizes_are_parsed_as_sets_by_tokens():
     assert got == [(32, 1024), (1, 65536)]
     with pytest.raises(ValueError, match="'BxN'.*'32-1024'"):
         parse_sizes('32-1024')
+
+
+@pytest.mark.skipif(shutil.which('git') is None, reason='needs git')
+def test_commit_is_marked_dirty_where_the_tree_differs(tmp_path):
+    # A tree copied over an older checkout must not be recorded as that
+    # checkout's commit.
+    def git(*args):
+        return subprocess.run(['git', *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    git('init', '-q')
+    (tmp_path / 'a.py').write_text('x = 1\n')
+    git('add', 'a.py')
+    git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'a')
+    head = git('rev-parse', 'HEAD')
+    assert git_commit(str(tmp_path)) == head
+    (tmp_path / 'a.py').write_text('x = 2\n')
+    assert git_commit(str(tmp_path)) == head + '-dirty'
+    assert git_commit(str(tmp_path / 'nowhere')) is None
