@@ -266,9 +266,10 @@ def tiles(nt, T, K, D, dtype, bias):
     tile.tile_attention_triton(q, k, v, b).sum().backward()
 
 
-# The launches that the layers' calls make on CUDA (recorded on CPU
-# tensors): tiles with and without key bias, packed rows of molecules and
-# of ragged sets up to 256 tokens, bf16 and fp32.
+# The launches that the kernels' functions make on CUDA, recorded on CPU
+# tensors (the block sizes, warps and specialisation that a CUDA call
+# picks): tiles with and without key bias, packed rows of molecules and of
+# ragged sets up to 256 tokens, bf16 and fp32.
 with recorded_launches() as launches:
     packed([25] * 64, 4, 16, torch.bfloat16)
     packed([3, 0, 250, 17] * 8, 8, 8, torch.bfloat16)
@@ -283,6 +284,6 @@ print('compiled', compile_for_sm90(launched_kernels(launches)))
 
 def test_kernels_compile_for_sm90(compiled_run):
     # The interpreter runs the kernels' Python; this compiles the kernels
-    # that the layers launch to H100/H200 machine code (no GPU needed), as
-    # a launch on CUDA would, and checks they fit sm90's shared memory.
+    # as CUDA calls launch them to H100/H200 machine code (no GPU needed)
+    # and checks that they fit sm90's shared memory.
     assert 'compiled 21' in compiled_run(COMPILE_SCRIPT)
