@@ -66,11 +66,23 @@ from samsa_geo.testing import autograd_node_kinds  # noqa: E402
 
 class OpCounter(TorchDispatchMode):
     """Counts every aten operator call below autograd; ``views`` counts the
-    ones that only make a new view of their input (no kernel)."""
-    def __init__(self):
+    ones that only make a new view of their input (no kernel). Given the
+    list of :func:`samsa_geo.testing.recorded_launches`, ``launches``
+    counts the Triton launches made inside the block."""
+    def __init__(self, launches: Optional[List] = None):
         super().__init__()
         self.ops: collections.Counter = collections.Counter()
         self.views = 0
+        self.launches = 0
+        self._recorded = launches
+
+    def __enter__(self):
+        self._first = len(self._recorded or ())
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.launches = len(self._recorded or ()) - self._first
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops[func.overloadpacket.__name__] += 1
@@ -88,36 +100,17 @@ GRAPH_KERNEL_SWITCHES = ('packed_attention', 'fused_gine')
 
 
 @contextlib.contextmanager
-def launch_counter():
-    """Inside, the Counter it yields counts the launches of samsa_geo's
-    Triton kernels (every one goes through ``Launcher``) by kernel; what a
-    launch itself runs (Triton's interpreter on a CPU) stays out of any
-    OpCounter."""
-    from torch.utils._python_dispatch import _disable_current_modes
-
-    from samsa_geo.ops._triton.launch import Launcher
-    launches: collections.Counter = collections.Counter()
-    launch = Launcher.__call__
-
-    def counted(self, grid, *args, **meta):
-        launches[getattr(self.kernel, '__name__', repr(self.kernel))] += 1
-        with _disable_current_modes():
-            launch(self, grid, *args, **meta)
-
-    with mock.patch.object(Launcher, '__call__', counted):
-        yield launches
-
-
-@contextlib.contextmanager
 def interpreted_kernels():
     """Inside: samsa_geo's Triton kernels serve the CPU calls they would
-    serve on CUDA (run by Triton's interpreter), and the Counter it yields
-    counts their launches (see :func:`launch_counter`)."""
+    serve on CUDA (run by Triton's interpreter), and the list it yields
+    records their launches (:func:`samsa_geo.testing.recorded_launches`,
+    for :class:`OpCounter`)."""
     from samsa_geo.nn.attention import _dense
     from samsa_geo.ops import _triton
+    from samsa_geo.testing import recorded_launches
     with mock.patch.object(_triton, 'runs_on', lambda x, forced: True), \
             mock.patch.object(_dense, 'triton_serves', lambda device: True), \
-            launch_counter() as launches:
+            recorded_launches(run=True) as launches:
         yield launches
 
 
@@ -247,10 +240,10 @@ def graph_kernel_counts(names: List[str]) -> List[Dict[str, object]]:
 
 
 def measure_graph_step(op: str, repeat: int,
-                       launches: Optional[collections.Counter] = None,
+                       launches: Optional[List] = None,
                        ) -> Dict[str, object]:
     """Counts (and, for ``repeat`` > 0, times) one training step of the
-    small-graph model ``op``; with ``launches`` (the Counter of
+    small-graph model ``op``; with ``launches`` (the list of
     :func:`interpreted_kernels`) also the kernel launches of each pass."""
     torch.manual_seed(0)
     data = molecule_batches(torch.device('cpu'))[0]
@@ -266,20 +259,17 @@ def measure_graph_step(op: str, repeat: int,
     # Counted as a training loop runs it: gradients set to None first, so
     # the backward pass writes them instead of adding to them.
     model.zero_grad(set_to_none=True)
-    launches = collections.Counter() if launches is None else launches
-    before = sum(launches.values())
-    with OpCounter() as fwd_counter:
+    with OpCounter(launches) as fwd_counter:
         out = forward()
-    middle = sum(launches.values())
     loss = torch.nn.functional.mse_loss(out, data.y)
-    with OpCounter() as bwd_counter:
+    with OpCounter(launches) as bwd_counter:
         loss.backward()
-    after = sum(launches.values())
     ms = least_thread_time(step, lambda: model.zero_grad(set_to_none=True),
                            repeat) if repeat > 0 else None
     return dict(op=op, fwd_ops=fwd_counter.total, bwd_ops=bwd_counter.total,
                 ms=ms, fwd_top=fwd_counter.ops, bwd_top=bwd_counter.ops,
-                fwd_launches=middle - before, bwd_launches=after - middle)
+                fwd_launches=fwd_counter.launches,
+                bwd_launches=bwd_counter.launches)
 
 
 def print_top(r: Dict[str, object]) -> None:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, provenance, write_records  # noqa: E402
-from count_ops import OpCounter, launch_counter  # noqa: E402
+from count_ops import OpCounter  # noqa: E402
 from layer import (  # noqa: E402
     build_graph_model,
     graph_forward,
@@ -36,6 +36,7 @@ from layer import (  # noqa: E402
 )
 
 from samsa_geo.nn.attention import config  # noqa: E402
+from samsa_geo.testing import recorded_launches  # noqa: E402
 
 OPS = ('samsa_graph_model_hints', 'gps_graph_model', 'gine_graph_model')
 
@@ -91,16 +92,13 @@ def graph_step_case(op: str, optimizer: str, batches, args,
 
     data = batches[0]
     opt.zero_grad(set_to_none=True)
-    with launch_counter() as launches:
-        with OpCounter() as fwd:
+    with recorded_launches(run=True) as launches:
+        with OpCounter(launches) as fwd:
             loss = F.mse_loss(forward(data), data.y)
-        fwd_launches = sum(launches.values())
-        with OpCounter() as bwd:
+        with OpCounter(launches) as bwd:
             loss.backward()
-        bwd_launches = sum(launches.values()) - fwd_launches
-        with OpCounter() as upd:
+        with OpCounter(launches) as upd:
             opt.step()
-        opt_launches = sum(launches.values()) - fwd_launches - bwd_launches
 
     def ms(values):
         return 1e3 * statistics.median(values)
@@ -113,8 +111,8 @@ def graph_step_case(op: str, optimizer: str, batches, args,
                opt_ms=ms([p[2] for p in phases]),
                fwd_calls=fwd.total, fwd_views=fwd.views,
                bwd_calls=bwd.total, bwd_views=bwd.views,
-               opt_calls=upd.total, fwd_launches=fwd_launches,
-               bwd_launches=bwd_launches, opt_launches=opt_launches,
+               opt_calls=upd.total, fwd_launches=fwd.launches,
+               bwd_launches=bwd.launches, opt_launches=upd.launches,
                trained_tensors=sum(p.grad is not None
                                    for p in model.parameters()))
     rec.update(provenance(device, args))

@@ -34,7 +34,6 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import torch
@@ -68,13 +67,9 @@ def provenance(device: torch.device, args: argparse.Namespace) -> dict:
     (:func:`_common.provenance`), with Triton's version, whether the
     checkout has uncommitted changes, the command line and the threads."""
     rec = base_provenance(device, args)
-    try:
-        rec['dirty'] = None if args.commit is not None else subprocess.run(
-            ['git', 'status', '--porcelain', '--untracked-files=no'],
-            cwd=HERE, capture_output=True, text=True,
-            check=True).stdout.strip() != ''
-    except (OSError, subprocess.CalledProcessError):
-        rec['dirty'] = None
+    # git_commit marks a tree that differs from its commit with -dirty.
+    rec['dirty'] = None if args.commit is not None or rec['commit'] is None \
+        else rec['commit'].endswith('-dirty')
     triton = None
     if importlib.util.find_spec('triton') is not None:
         import triton

@@ -36,17 +36,30 @@ _OPTIONS = ('num_warps', 'num_stages', 'num_ctas')
 
 
 @contextlib.contextmanager
-def recorded_launches() -> Iterator[List[Launch]]:
+def recorded_launches(run: bool = False) -> Iterator[List[Launch]]:
     r"""Within the block, every :class:`Launcher` call is recorded in the
-    list it yields instead of launched (outputs stay as allocated): the
-    code under test may run on CPU tensors, without Triton's
-    interpreter."""
+    list it yields.
+
+    Args:
+        run (bool, optional): If :obj:`False`, the launches are recorded
+            instead of run (outputs stay as allocated): the code under test
+            may run on CPU tensors without Triton's interpreter. If
+            :obj:`True`, each also runs, outside any active
+            :class:`~torch.utils._python_dispatch.TorchDispatchMode` (an
+            operator counter then leaves out what the interpreter runs).
+            (default: :obj:`False`)
+    """
+    from torch.utils._python_dispatch import _disable_current_modes
+
     from samsa_geo.ops._triton.launch import Launcher
     launches: List[Launch] = []
     call = Launcher.__call__
 
     def record(self: Launcher, grid: Any, *args: Any, **meta: Any) -> None:
         launches.append((self.kernel, args, meta))
+        if run:
+            with _disable_current_modes():
+                call(self, grid, *args, **meta)
 
     Launcher.__call__ = record  # type: ignore[method-assign]
     try:
@@ -84,11 +97,11 @@ def launched_kernels(launches: List[Launch]) -> List[Kernel]:
             else:
                 raise TypeError(f"no Triton type for argument '{name}' of "
                                 f"type {type(a).__name__}")
+        warps, stages = meta.get('num_warps', 4), meta.get('num_stages')
         key = (fn, tuple(sorted(sig.items())), tuple(sorted(
             (k, repr(v)) for k, v in const.items())), tuple(divisible),
-            meta.get('num_warps', 4), meta.get('num_stages'))
-        kernels[key] = (fn, sig, const, meta.get('num_warps', 4), divisible,
-                        meta.get('num_stages'))
+            warps, stages)
+        kernels[key] = (fn, sig, const, warps, divisible, stages)
     return list(kernels.values())
 
 
