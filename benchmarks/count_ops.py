@@ -25,6 +25,13 @@ the optimizer) of the small-graph models of ``benchmarks/layer.py
 --graph-epoch`` on its first batch of 64 molecule-sized graphs:
 ``samsa_graph_model`` given ``num_graphs`` only, ``samsa_graph_model_hints``
 given :func:`~samsa_geo.nn.batch_hints`, the GPSConv and GINE models.
+``--host`` times instead the host work of each model's step
+(forward with its loss, and backward) on 4 small graphs of 8 channels,
+where the CPU's compute is a minor part, the models interleaved in
+``--rounds`` rounds, with ratios to the GINE model::
+
+    python benchmarks/count_ops.py --graph-step --host --rounds 300
+
 ``--kernels SWITCHES`` also counts ``samsa_graph_model_hints`` with the
 attention ``config`` switches of samsa_geo's Triton kernels for small
 graphs on (``packed_attention``, ``fused_gine``; each alone and all),
@@ -272,6 +279,36 @@ def measure_graph_step(op: str, repeat: int,
                 bwd_launches=bwd_counter.launches)
 
 
+def graph_host_times(ops: List[str], rounds: int) -> Dict[str, tuple]:
+    """Host time of the training step of each small-graph model of
+    ``ops`` on a batch small enough that the CPU's own compute is a minor
+    part (4 molecule-sized graphs, 8 channels): the forward pass with its
+    loss and the backward pass, this thread's CPU time in ms (the first
+    quartile over ``rounds`` rounds, the models interleaved in each)."""
+    data = molecule_batches(torch.device('cpu'), num_graphs=4,
+                            batch_size=4)[0]
+    models = {}
+    for op in ops:
+        torch.manual_seed(0)
+        models[op] = build_graph_model(op, 8, 3)
+    times: Dict[str, tuple] = {op: ([], []) for op in ops}
+    for r in range(rounds + 5):  # 5 rounds of warm-up
+        for op in ops:
+            model = models[op]
+            t0 = time.thread_time()
+            loss = torch.nn.functional.mse_loss(
+                graph_forward(op, model, data), data.y)
+            t1 = time.thread_time()
+            loss.backward()
+            t2 = time.thread_time()
+            model.zero_grad(set_to_none=True)
+            if r >= 5:
+                times[op][0].append(1e3 * (t1 - t0))
+                times[op][1].append(1e3 * (t2 - t1))
+    return {op: tuple(sorted(t)[len(t) // 4] for t in times[op])
+            for op in ops}
+
+
 def print_top(r: Dict[str, object]) -> None:
     """Lists the operators of each pass of a graph-step count by count."""
     for pas in ('fwd', 'bwd'):
@@ -307,6 +344,10 @@ def main():
     p.add_argument('--rounds', type=int, default=40)
     p.add_argument('--list', action='store_true',
                    help='also list the operators of each case by count')
+    p.add_argument('--host', action='store_true',
+                   help='with --graph-step: time the host work of each '
+                   'model\'s step on a batch of 4 small graphs (8 '
+                   'channels), the models interleaved, for --rounds rounds')
     args = p.parse_args()
     kernels = [] if args.kernels is None else args.kernels.split(',')
     if kernels:
@@ -329,6 +370,20 @@ def main():
                 print(f"samsa_conv_batch {args.time_size} "
                       f"{'train' if train else 'fwd'}: {args.ab}=1 "
                       f"{best[True]:.3f} ms, {args.ab}=0 {best[False]:.3f} ms")
+        return
+    if args.graph_step and args.host:
+        ops = ['samsa_graph_model_hints', 'gps_graph_model',
+               'gine_graph_model']
+        with mock.patch.object(config, 'checks_values', lambda device: False):
+            host = graph_host_times(ops, args.rounds)
+        gine = host['gine_graph_model']
+        print(f"host ms per step, 4 graphs, C=8 (first quartile of "
+              f"{args.rounds} rounds)")
+        print(f"{'op':<24} {'fwd ms':>8} {'bwd ms':>8} {'x GINE fwd':>11} "
+              f"{'bwd':>6} {'step':>6}")
+        for op, (f, b) in host.items():
+            print(f"{op:<24} {f:>8.3f} {b:>8.3f} {f / gine[0]:>11.2f} "
+                  f"{b / gine[1]:>6.2f} {(f + b) / sum(gine):>6.2f}")
         return
     if args.graph_step:
         print(f"{'op':<24} {'fwd ops':>8} {'bwd ops':>8} {'ms':>8}")

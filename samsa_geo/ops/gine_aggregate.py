@@ -37,7 +37,7 @@ def gine_aggregate(x: Tensor, edge_index: Tensor,
     With ``backend='auto'``, on CUDA, outside :func:`torch.compile` and
     export, with a float32 result, a Triton kernel forms and adds the
     messages (and one more their gradients): two launches forward against
-    PyTorch's five, no ``[E, C]`` messages kept for the backward pass (see
+    PyTorch's six, no ``[E, C]`` messages kept for the backward pass (see
     :mod:`samsa_geo.ops._triton.gine_aggregate`). Its float32 sums run in
     a varying order, as PyTorch's ``index_add_`` on CUDA does; with
     :func:`torch.use_deterministic_algorithms` on, ``'auto'`` runs
@@ -99,10 +99,10 @@ def gine_aggregate_unchecked(x: Tensor, src: Tensor, dst: Tensor,
     msg = x.index_select(0, src)  # [E, C] x_j
     if edge_attr is not None:
         msg = (msg + edge_attr).relu()
-    # (1 + eps) x_i, then the messages of every node i = dst added in
-    # place: two launches.
-    h = torch.addcmul(x, x, eps) if isinstance(eps, Tensor) \
-        else x * (1.0 + eps)  # [N, C]
+    # (1 + eps) x_i, as GINEConv computes it, then the messages of every
+    # node i = dst added in place. (x + eps x in one addcmul saves a
+    # launch forward but costs three more operators backward.)
+    h = x * (1.0 + eps)  # [N, C]
     return h.index_add_(0, dst, msg.to(h.dtype))
 
 def _check_arguments(x: Tensor, edge_index: Tensor,

@@ -67,12 +67,21 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
         raise ValueError(f"Expected 'bias' to be a tensor of shape "
                          f"[{weight.size(0)}] (got "
                          f"{getattr(bias, 'shape', type(bias).__name__)})")
+    if backend not in BACKENDS:
+        resolve_backend(backend, BACKENDS)  # its error
+    return linear_unchecked(input, weight, bias, backend)
+
+
+def linear_unchecked(input: Tensor, weight: Tensor,
+                     bias: Optional[Tensor] = None,
+                     backend: str = 'auto') -> Tensor:
+    r""":func:`linear` of arguments that the caller has checked (a
+    layer's own input and parameters): no checks, ``backend`` one of
+    :data:`BACKENDS`."""
     # The kernel serves the backward pass only: without a bias gradient
     # to record every backend is F.linear (checked first: most calls, in
     # inference, end here).
     if bias is None or not (bias.requires_grad and torch.is_grad_enabled()):
-        if backend not in BACKENDS:
-            resolve_backend(backend, BACKENDS)  # its error
         return F.linear(input, weight, bias)
     backend = resolve_backend(backend, BACKENDS)
     if backend != 'torch' and (backend == 'triton' or (

@@ -121,7 +121,7 @@ def sets_attention(qkv: Tensor, layout: Optional[DenseLayout],
         return packed_attention_triton(qkv, layout.ptr, heads, n)
     if layout is not None:
         qkv = to_padded(qkv, layout.index, B * n)  # [B * n, 3C]
-    q, kv = qkv.view(B, n, 3 * C).split([C, 2 * C], -1)
+    q, kv = qkv.view(B, n, 3 * C).split_with_sizes([C, 2 * C], -1)
     key_bias = None if layout is None else layout.key_bias(q.dtype)
     o = dense_attention(q, kv, key_bias, heads, dropout)
     o = o.view(B * n, C)  # [B, n, C] -> [B * n, C]
@@ -168,7 +168,7 @@ def dense_attention(q: Tensor, kv: Tensor, key_bias: Optional[Tensor],
     H, D = heads, C // heads
     q = q.view(B, n, H, D).transpose(1, 2)  # [B, H, n, D]
     kv = kv.view(B, n, H, 2 * D).transpose(1, 2)  # [B, H, n, 2D]
-    k, v = kv.split(D, dim=-1)  # [B, H, n, D] each
+    k, v = kv.split_with_sizes([D, D], -1)  # [B, H, n, D] each
     mask = key_bias
     if B > MAX_GRID_Y:  # the fused kernels put B on a CUDA grid axis
         o = torch.cat([

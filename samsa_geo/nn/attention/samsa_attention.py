@@ -59,7 +59,7 @@ from samsa_geo.nn.attention._tiles import (
 )
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
 from samsa_geo.nn.attention.relative_bias import RelativeBias
-from samsa_geo.ops.linear import linear
+from samsa_geo.ops.linear import linear_unchecked
 from samsa_geo.ops.validation import (
     check_batch_vector,
     check_finite,
@@ -530,7 +530,7 @@ class SamsaAttention(Module):
         o = self._attend(to_tiles(q, tiles), key, value, sel, tiles, pos,
                          normal, weights, summ)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
-        out = linear(out, *out_lin)
+        out = linear_unchecked(out, *out_lin)
         if not return_indices:
             return out
         idx = self._indices(sel.top, info, N)
@@ -656,7 +656,7 @@ class SamsaAttention(Module):
             rows = sizes.pop()
             kv_lin = (x, weight[-rows:], bias[-rows:])
             weight, bias = weight[:-rows], bias[:-rows]
-        out = linear(x, weight, bias).split(sizes, 1)
+        out = linear_unchecked(x, weight, bias).split_with_sizes(sizes, 1)
         scorer_args: Dict[str, Any] = {}
         if len(rest) > 2:
             scorer_args['lin2_weights'] = (rest[0], rest[1])
@@ -869,10 +869,10 @@ class SamsaAttention(Module):
                                                    x)
         # The weights' dtype: cached casts of autocast's dtype, if on.
         x = _in_dtype(x, x_low, weight.dtype)
-        qkv = linear(x, weight, bias)  # [N, 3C]
+        qkv = linear_unchecked(x, weight, bias)  # [N, 3C]
         o = sets_attention(qkv, layout, B, n, self.heads,
                            self.dropout if self.training else 0.0)
-        return linear(o, rest[-2], rest[-1])  # lin_out
+        return linear_unchecked(o, rest[-2], rest[-1])  # lin_out
 
     def _padding_costly(self, info: SetInfo, N: int) -> bool:
         if info.max_size is None:  # unknown n_max: only tiles are safe

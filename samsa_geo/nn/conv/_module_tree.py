@@ -46,9 +46,15 @@ def global_hooks() -> bool:
 
 def hooked(*modules: Module) -> bool:
     r"""Whether calling any of ``modules`` would run a hook: a global one
-    or one of their own."""
-    return global_hooks() or any(getattr(m, name) for m in modules
-                                 for name in _HOOKS)
+    or one of their own. (Written out: a layer asks it for every batch
+    norm call, where a generator over the names cost several us.)"""
+    if global_hooks():
+        return True
+    for m in modules:
+        if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or m._backward_pre_hooks):
+            return True
+    return False
 
 
 class ModuleTree:

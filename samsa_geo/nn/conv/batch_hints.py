@@ -24,14 +24,14 @@ def batch_hints(data: Batch) -> Dict[str, Optional[int]]:
         raise TypeError(f"Expected 'data' to be a torch_geometric Batch "
                         f"(got {type(data).__name__})")
     slices = getattr(data, '_slice_dict', None) or {}
-    ptr = None
+    max_num_nodes = None
     for key in ('x', 'pos'):  # node-level attributes record the offsets
         cand = slices.get(key)
-        if cand is not None and int(cand[-1]) == data.num_nodes:
-            ptr = cand
+        if cand is None or cand.device.type != 'cpu':
+            continue
+        ptr = cand.tolist()  # host integers: no tensor op per batch
+        if ptr and ptr[-1] == data.num_nodes:
+            max_num_nodes = max((b - a for a, b in zip(ptr, ptr[1:])),
+                                default=0)
             break
-    max_num_nodes = None
-    if ptr is not None and ptr.device.type == 'cpu':
-        sizes = ptr[1:] - ptr[:-1]
-        max_num_nodes = int(sizes.max()) if sizes.numel() > 0 else 0
     return {'num_graphs': data.num_graphs, 'max_num_nodes': max_num_nodes}

@@ -23,13 +23,9 @@ from samsa_geo.nn.attention.samsa_attention import SamsaAttention
 from samsa_geo.nn.conv._graph_replay import GraphReplay
 from samsa_geo.nn.conv._graph_training import TrainingGraphReplay
 from samsa_geo.nn.conv._module_tree import ModuleTree, hooked
-from samsa_geo.ops import (
-    layer_norm,
-    linear,
-    residual_affine,
-    residual_batch_norm,
-)
+from samsa_geo.ops import layer_norm, residual_affine, residual_batch_norm
 from samsa_geo.ops._utils import promoted_float
+from samsa_geo.ops.linear import linear_unchecked
 
 
 #: The largest input (``x.numel()``) whose calls replay CUDA graphs. On the
@@ -274,14 +270,21 @@ class SamsaConv(Module):
         # TRAINING_BATCH_NORM_MIN_ELEMENTS values). Other norms return no
         # copy.
         norm = self._norm_module(i)
-        if isinstance(norm, BatchNorm) and not is_tracing() \
-                and x.dim() == 2:
+        if isinstance(norm, BatchNorm) and x.dim() == 2 \
+                and not is_tracing():
+            bn = norm._modules['module']
+            if bn.training and x.numel() < TRAINING_BATCH_NORM_MIN_ELEMENTS:
+                # Small inputs (batches of small graphs), bound by the
+                # host: the sum, then the batch norm's own kernel.
+                y = x + h
+                out = _training_batch_norm(norm, y)
+                if out is None:
+                    out = self._norm(norm, y, batch, num_graphs)
+                return out, None
             dtype = promoted_float(x.dtype, h.dtype)
             if dtype != torch.float32:  # autocast casts float32 only
                 copy_dtype = None
-            bn = norm._modules['module']
-            if (bn.training and x.size(0) > 1
-                    and x.numel() >= TRAINING_BATCH_NORM_MIN_ELEMENTS and (
+            if (bn.training and x.size(0) > 1 and (
                     bn.momentum is not None
                     or not bn.track_running_stats)):
                 if bn.track_running_stats:  # as BatchNorm1d.forward
@@ -290,7 +293,7 @@ class SamsaConv(Module):
                     x, h, bn.weight, bn.bias, bn.running_mean,
                     bn.running_var, momentum=bn.momentum or 0.0,
                     eps=bn.eps, copy_dtype=copy_dtype)
-            affine = None if needs_grad(x, h) else \
+            affine = None if bn.training or needs_grad(x, h) else \
                 self._eval_affine(norm, dtype)
             if affine is not None:
                 return residual_affine(x, h, affine[0], affine[1],
@@ -555,11 +558,14 @@ class SamsaConv(Module):
         # kept between calls (see cached_stacked_cast). Traced graphs leave
         # the casts to the compiler. h_copy is h in autocast's dtype, where
         # the caller has it.
-        lin1, act, drop1, lin2, drop2 = self.mlp
+        mlp = self._modules['mlp']._modules
+        lin1, act, drop1, lin2, drop2 = mlp.values()
         w1, b1, w2, b2 = lin1.weight, lin1.bias, lin2.weight, lin2.bias
-        if torch.is_autocast_enabled(h.device.type) and not is_tracing():
+        device = h.device.type
+        autocast = torch.is_autocast_enabled(device)
+        if autocast and not is_tracing():
             groups = [[w1], [b1], [w2], [b2]]
-            dtype = torch.get_autocast_dtype(h.device.type)
+            dtype = torch.get_autocast_dtype(device)
             if not needs_grad(w1, b1, w2, b2):  # inference: kept casts
                 self._mlp_cache, (w1, b1, w2, b2) = cached_stacked_cast(
                     self._mlp_cache, groups, dtype)
@@ -570,18 +576,20 @@ class SamsaConv(Module):
         # and no [N, 2C] round trip; under autocast the input is cast
         # here, as F.linear would cast it. The op has no autograd formula,
         # and traced graphs leave the fusion to the compiler.
-        epilogue = (type(act) is ReLU and b1 is not None and h.dim() == 2
-                    and not is_tracing() and not needs_grad(h, w1, b1))
-        if epilogue and h.dtype == torch.float32 and \
-                torch.is_autocast_enabled(h.device.type):
-            h = h.to(torch.get_autocast_dtype(h.device.type))
+        relu = type(act) is ReLU
+        epilogue = (relu and b1 is not None and h.dim() == 2
+                    and not needs_grad(h, w1, b1) and not is_tracing())
+        if epilogue and h.dtype == torch.float32 and autocast:
+            h = h.to(torch.get_autocast_dtype(device))
         if epilogue and h.dtype == w1.dtype == b1.dtype:
             h = torch._addmm_activation(b1, h, w1.t())
+        elif relu and not hooked(act):  # ReLU's call, without its frames
+            h = torch.relu(linear_unchecked(h, w1, b1))
         else:
-            h = act(linear(h, w1, b1))
+            h = act(linear_unchecked(h, w1, b1))
         if drop1.p > 0.0 and self.training:
             h = F.dropout(h, p=drop1.p, training=True)
-        h = linear(h, w2, b2)
+        h = linear_unchecked(h, w2, b2)
         if drop2.p > 0.0 and self.training:
             h = F.dropout(h, p=drop2.p, training=True)
         return h
@@ -621,7 +629,7 @@ def _training_batch_norm(norm: BatchNorm, h: Tensor) -> Optional[Tensor]:
                                      buffers['running_var'])
     return torch.batch_norm(h, params['weight'], params['bias'],
                             running_mean, running_var, True, bn.momentum,
-                            bn.eps, torch.backends.cudnn.enabled)
+                            bn.eps, torch._C._get_cudnn_enabled())
 
 
 def _saved_tensor_hooks() -> bool:

@@ -73,7 +73,8 @@ class _TokenGINE(Module):
     def forward(self, x: Tensor, edge_index: Tensor,
                 edge_attr: Optional[Tensor] = None,
                 edge_token_index: Optional[Tensor] = None) -> Tensor:
-        if isinstance(self.conv, GINEConv):
+        conv = self._modules['conv']
+        if isinstance(conv, GINEConv):
             if edge_token_index is not None:
                 edge_attr = x.index_select(0, edge_token_index)  # [E, C]
             if edge_attr is None or edge_attr.shape != (edge_index.size(1),
@@ -87,10 +88,11 @@ class _TokenGINE(Module):
         # The sum over the incoming edges is taken in the dtype of
         # (1 + eps) x_i (float32 for bf16 tokens, as float32 eps promotes
         # them).
+        src, dst = edge_index.unbind()  # [E] each
         h = gine_aggregate_unchecked(
-            x, edge_index[0], edge_index[1], edge_attr, self.conv.eps,
+            x, src, dst, edge_attr, conv.eps,
             'auto' if config.use_fused_gine() else 'torch')
-        lin1, act, lin2 = self.conv.nn
+        lin1, act, lin2 = conv.nn._modules.values()
         h = F.gelu(F.linear(h, lin1.weight, lin1.bias),
                    approximate=act.approximate)
         return F.linear(h, lin2.weight, lin2.bias)

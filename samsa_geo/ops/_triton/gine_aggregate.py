@@ -12,7 +12,8 @@ Forward: PyTorch's ``addcmul`` writes :math:`(1 + \epsilon)\,\mathbf{x}`,
 then one kernel over blocks of edges and channels reads
 :math:`\mathbf{x}_j` and :math:`\mathbf{e}_{ji}`, forms the message and
 adds it to row :math:`i` with atomic float32 additions. PyTorch runs the
-same as a gather, an addition, a ReLU, ``addcmul`` and an indexed sum,
+same as a gather, an addition, a ReLU, :math:`1 + \epsilon`, a product
+and an indexed sum,
 with the messages ``[E, C]`` stored for the backward pass; the kernel
 stores none.
 
