@@ -61,6 +61,13 @@ def layer_norm(x: Tensor, weight: Optional[Tensor] = None,
                               or tuple(t.shape) != (C, )):
             raise ValueError(f"Expected '{name}' to have shape [{C}] "
                              f"(got {getattr(t, 'shape', t)})")
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"Expected '{name}' to be floating point (got "
+                            f"{t.dtype})")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) \
+            or not eps > 0:
+        raise ValueError(f"Expected 'eps' to be a positive number (got "
+                         f"{eps!r})")
     backend = resolve_backend(backend, BACKENDS)
     if backend != 'torch' and use_triton(
             backend, _triton_serves(x, weight, bias, backend == 'triton'),

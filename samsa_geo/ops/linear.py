@@ -67,6 +67,15 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *,
         raise ValueError(f"Expected 'bias' to be a tensor of shape "
                          f"[{weight.size(0)}] (got "
                          f"{getattr(bias, 'shape', type(bias).__name__)})")
+    for name, t in (('input', input), ('weight', weight), ('bias', bias)):
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"Expected '{name}' to be floating point (got "
+                            f"{t.dtype})")
+    if not torch.is_autocast_enabled(input.device.type) and any(
+            t is not None and t.dtype != input.dtype for t in (weight, bias)):
+        raise TypeError(f"Expected 'input', 'weight' and 'bias' of one dtype "
+                        f"outside autocast (got {input.dtype}, {weight.dtype}"
+                        f"{'' if bias is None else ', ' + str(bias.dtype)})")
     if backend not in BACKENDS:
         resolve_backend(backend, BACKENDS)  # its error
     return linear_unchecked(input, weight, bias, backend)

@@ -66,25 +66,29 @@ def check_matrix(name: str, value: Any, columns: int) -> Tensor:
     return value
 
 
-def check_edge_index(edge_index: Any) -> Tensor:
-    r"""Raises an error unless :obj:`edge_index` is a tensor of shape
-    :obj:`[2, E]`; returns it."""
-    check_tensor('edge_index', edge_index)
+def check_edge_index(edge_index: Any, name: str = 'edge_index',
+                     length: str = 'E') -> Tensor:
+    r"""Raises an error naming :obj:`name` unless :obj:`edge_index` is a
+    tensor of shape :obj:`[2, E]` (:obj:`length` names :obj:`E` in the
+    message); returns it."""
+    check_tensor(name, edge_index)
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"Expected 'edge_index' to have shape [2, E] "
+        raise ValueError(f"Expected '{name}' to have shape [2, {length}] "
                          f"(got {list(edge_index.shape)})")
     return edge_index
 
 
-def check_node_indices(edge_index: Tensor, num_nodes: int) -> None:
-    r"""Raises an error unless every entry of :obj:`edge_index` is a node
-    index in :math:`[0, N)`, :math:`N =` :obj:`num_nodes` (one read of the
-    device for a non-empty :obj:`edge_index`)."""
+def check_node_indices(edge_index: Tensor, num_nodes: int,
+                       name: str = 'edge_index') -> None:
+    r"""Raises an error naming :obj:`name` unless every entry of
+    :obj:`edge_index` is a node index in :math:`[0, N)`, :math:`N =`
+    :obj:`num_nodes` (one read of the device for a non-empty
+    :obj:`edge_index`)."""
     if edge_index.numel() == 0:
         return
     low, high = torch.stack(torch.aminmax(edge_index)).tolist()
     if low < 0 or high >= num_nodes:
-        raise ValueError(f"Expected 'edge_index' to hold node indices in "
+        raise ValueError(f"Expected '{name}' to hold node indices in "
                          f"[0, {num_nodes}) (got values in [{low}, {high}])")
 
 

@@ -161,7 +161,23 @@ def test_errors_name_the_argument(args, match):
         linear(torch.ones(3, 4), torch.ones(5, 4), backend='cuda')
 
 
+def test_dtypes_are_checked():
+    x, w, b = torch.ones(3, 4), torch.ones(5, 4), torch.ones(5)
+    with pytest.raises(TypeError, match="'input' to be floating point"):
+        linear(x.long(), w, b)
+    with pytest.raises(TypeError, match="'weight' to be floating point"):
+        linear(x, w.int(), b)
+    with pytest.raises(TypeError, match="'bias' to be floating point"):
+        linear(x, w, b.long())
+    with pytest.raises(TypeError, match="one dtype outside autocast"):
+        linear(x.double(), w, b)
+    # Autocast casts them, as for F.linear.
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = linear(x, w.bfloat16(), b)
+    assert torch.equal(out.float(), torch.full((3, 5), 5.0))
+
+
 def test_triton_backend_refuses_what_it_cannot_serve(kernels):
     x, w, b = _inputs((6, 3), 5)
     with pytest.raises(ValueError, match='one floating dtype'):
-        linear(x, w.double(), b, backend='triton')
+        linear(x.double(), w.double(), b.double(), backend='triton')

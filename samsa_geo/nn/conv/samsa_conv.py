@@ -26,6 +26,7 @@ from samsa_geo.nn.conv._module_tree import ModuleTree, hooked
 from samsa_geo.ops import layer_norm, residual_affine, residual_batch_norm
 from samsa_geo.ops._utils import promoted_float
 from samsa_geo.ops.linear import linear_unchecked
+from samsa_geo.ops.validation import check_edge_index, check_matrix
 
 
 #: The largest input (``x.numel()``) whose calls replay CUDA graphs. On the
@@ -344,17 +345,29 @@ class SamsaConv(Module):
         **kwargs: Any,
     ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Optional[Tensor]]]]:
         r"""Runs the layer; extra keyword arguments (``edge_attr``, ...) go
-        to ``conv``. ``normal``, ``num_graphs`` and ``max_num_nodes`` are
-        passed to the attention. With ``return_attention_weights=True``
+        to ``conv`` (without one they are ignored, as
+        :class:`~torch_geometric.nn.conv.GPSConv` ignores them).
+        ``normal``, ``num_graphs`` and ``max_num_nodes`` are passed to the
+        attention. With ``return_attention_weights=True``
         returns ``(out, (indices, alpha))``, as
         :class:`~torch_geometric.nn.conv.TransformerConv` returns
         ``(out, (edge_index, alpha))``."""
         attn_kwargs = {key: kwargs.pop(key) for key in
                        ('normal', 'num_graphs', 'max_num_nodes')
                        if key in kwargs}
+        check_matrix('x', x, self.channels)
+        if edge_index is not None:
+            if isinstance(edge_index, Tensor) and edge_index.dim() == 1:
+                raise ValueError(
+                    f"Expected 'edge_index' of shape [2, E] (got "
+                    f"{list(edge_index.shape)}): pass the batch vector as "
+                    f"conv(x, edge_index, batch) or conv(x, batch=batch)")
+            check_edge_index(edge_index)
         if self.conv is not None and edge_index is None:
             raise ValueError("Expected 'edge_index' of shape [2, E] "
                              "since a local 'conv' is set")
+        if self.training and x.size(0) == 1:
+            _check_single_token(self)
         if (config.use_cuda_graphs() and isinstance(x, Tensor) and x.is_cuda
                 and self.conv is None and not return_attention_weights
                 and not kwargs):
@@ -630,6 +643,19 @@ def _training_batch_norm(norm: BatchNorm, h: Tensor) -> Optional[Tensor]:
     return torch.batch_norm(h, params['weight'], params['bias'],
                             running_mean, running_var, True, bn.momentum,
                             bn.eps, torch._C._get_cudnn_enabled())
+
+
+def _check_single_token(layer: 'SamsaConv') -> None:
+    # A batch norm in training needs two tokens or more (its variance):
+    # torch's own error would name no argument.
+    for norm in (layer.norm1, layer.norm2, layer.norm3):
+        if (isinstance(norm, BatchNorm) and norm.module.training
+                and not norm.allow_single_element):
+            raise ValueError(
+                "Expected 'x' to hold more than one token in training since "
+                "norm='batch_norm' (got 1): batch several graphs, use "
+                "norm='layer_norm', or pass norm_kwargs="
+                "{'allow_single_element': True}")
 
 
 def _saved_tensor_hooks() -> bool:

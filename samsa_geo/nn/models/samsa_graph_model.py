@@ -15,7 +15,14 @@ from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
 from samsa_geo.nn.encoders.positional_encoder import PositionalEncoder
 from samsa_geo.nn.models._reloadable import Reloadable
 from samsa_geo.ops.gine_aggregate import gine_aggregate_unchecked
-from samsa_geo.ops.validation import check_edge_index, check_node_indices
+from samsa_geo.ops.validation import (
+    check_batch_vector,
+    check_edge_index,
+    check_finite,
+    check_integer_tensor,
+    check_node_indices,
+    check_tensor,
+)
 
 TOKENS = ('node', 'node_edge')
 PES = (None, 'lap', 'rw')
@@ -293,29 +300,51 @@ class SamsaGraphModel(Reloadable, Module):
     ) -> Tensor:
         r"""Node representations after the last layer, before the head,
         shape :math:`(N, C)`; arguments as in :meth:`forward`."""
+        check_tensor('x', x)
+        if x.dim() != 2 or x.size(1) != self.in_channels:
+            raise ValueError(f"Expected 'x' to have shape [N, "
+                             f"{self.in_channels}] (got {list(x.shape)})")
         check_edge_index(edge_index)
-        if config.checks_values(x.device):  # one read (see checks_values)
+        checks = config.checks_values(x.device)  # reads (see checks_values)
+        if checks:
             check_node_indices(edge_index, x.size(0))
+        if batch is not None:
+            check_batch_vector(batch, x.size(0))
+            batch = batch.long()  # int32 too (PyG's pooling indexes long)
         if self.edge_dim is not None:
             if edge_attr is None:
                 raise ValueError(f"Expected 'edge_attr' of shape [E, "
                                  f"{self.edge_dim}] since 'edge_dim' is set "
                                  f"(got None)")
+            check_tensor('edge_attr', edge_attr)
             if edge_attr.dim() == 1:
                 edge_attr = edge_attr.view(-1, 1)  # [E, 1]
             if edge_attr.shape != (edge_index.size(1), self.edge_dim):
                 raise ValueError(f"Expected 'edge_attr' to have shape "
                                  f"[{edge_index.size(1)}, {self.edge_dim}] "
                                  f"(got {list(edge_attr.shape)})")
-        if x.dim() != 2 or x.size(1) != self.in_channels:
-            raise ValueError(f"Expected 'x' to have shape [N, "
-                             f"{self.in_channels}] (got {list(x.shape)})")
+        elif edge_attr is not None:
+            raise ValueError(f"Expected no 'edge_attr' since the model was "
+                             f"built with edge_dim=None (got shape "
+                             f"{list(getattr(edge_attr, 'shape', []))}): "
+                             f"pass edge_dim to use edge features")
         if self.pe_encoder is not None:
             if pe is None:
                 raise ValueError(f"Expected 'pe' (data.{self.pe_attr}) of "
                                  f"shape [N, {self.pe_channels}] since "
                                  f"pe={self.pe!r} (got None)")
+            check_tensor('pe', pe)
+            if checks and pe.is_floating_point():
+                check_finite(pe, 'pe')
             pe = self.pe_encoder(pe)
+        elif pe is not None:
+            raise ValueError("Expected no 'pe' since the model was built with "
+                             "pe=None: pass pe='lap' or pe='rw' (and "
+                             "pe_channels) to use a positional encoding")
+        if checks:
+            for name, t in (('x', x), ('edge_attr', edge_attr)):
+                if t is not None and t.is_floating_point():
+                    check_finite(t, name)
         if not self.categorical:
             x = x.float()
             edge_attr = None if edge_attr is None else edge_attr.float()
@@ -375,16 +404,28 @@ class SamsaGraphModel(Reloadable, Module):
                 exact attention layouts instead of bounds (used with
                 :obj:`tokens="node"`). (default: :obj:`None`)
         """
-        if self.level == 'edge' and edge_label_index is None:
-            raise ValueError("Expected 'edge_label_index' of shape [2, L] "
-                             "since level='edge' (got None)")
+        if self.level == 'edge':
+            if edge_label_index is None:
+                raise ValueError("Expected 'edge_label_index' of shape "
+                                 "[2, L] since level='edge' (got None)")
+            check_edge_index(edge_label_index, 'edge_label_index', 'L')
+            check_integer_tensor('edge_label_index', edge_label_index)
         h = self.node_embeddings(x, edge_index, edge_attr, batch, pe, node_id,
                                  num_graphs, max_num_nodes)
         if self.level == 'node':
             return self.head(h)
         if self.level == 'edge':
+            if config.checks_values(h.device):
+                check_node_indices(edge_label_index, h.size(0),
+                                   'edge_label_index')
             z = self.head(h)  # [N, C]
             return (z[edge_label_index[0]] * z[edge_label_index[1]]).sum(-1)
+        if batch is None and h.size(0) == 0:
+            raise ValueError("Expected at least one node for a graph-level "
+                             "prediction without 'batch' (got 0): an empty "
+                             "graph has no mean")
+        if batch is not None:
+            batch = batch.long()  # int32 too (checked by node_embeddings)
         self._check_num_graphs(num_graphs, batch, h.size(0))
         pool = global_mean_pool if self.pool == 'mean' else global_add_pool
         return self.head(pool(h, batch, size=num_graphs))

@@ -1,0 +1,95 @@
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from samsa_geo.nn.models import SamsaGraphModel
+
+
+def _batch(seed: int = 0) -> Batch:
+    # Two graphs of 5 and 4 nodes on a chain, 2 edge features, 4 PE columns.
+    gen = torch.Generator().manual_seed(seed)
+    graphs = []
+    for n in (5, 4):
+        src = torch.arange(n - 1)
+        ei = torch.cat([torch.stack([src, src + 1]),
+                        torch.stack([src + 1, src])], 1)
+        graphs.append(Data(x=torch.randn(n, 7, generator=gen), edge_index=ei,
+                           edge_attr=torch.randn(ei.size(1), 2, generator=gen),
+                           pe=torch.randn(n, 4, generator=gen)))
+    return Batch.from_data_list(graphs)
+
+
+def _model(level='graph', **kwargs):
+    torch.manual_seed(0)
+    return SamsaGraphModel(7, 16, 1 if level == 'edge' else 3, 2, edge_dim=2,
+                           level=level, pe='rw', pe_channels=4, heads=2, k=4,
+                           **kwargs).eval()
+
+
+def test_int32_batch_gives_the_long_batch_output():
+    data, model = _batch(), _model()
+    want = model(data.x, data.edge_index, data.edge_attr, data.batch,
+                 pe=data.pe)
+    got = model(data.x, data.edge_index, data.edge_attr, data.batch.int(),
+                pe=data.pe)
+    assert got.shape == (2, 3)
+    assert torch.equal(got, want)
+    with pytest.raises(TypeError, match="'batch' to be an integer"):
+        model(data.x, data.edge_index, data.edge_attr, data.batch.float(),
+              pe=data.pe)
+    with pytest.raises(ValueError, match=r"'batch' to have shape \[9\]"):
+        model(data.x, data.edge_index, data.edge_attr, data.batch[:7],
+              pe=data.pe)
+
+
+def test_non_finite_inputs_are_named():
+    data, model = _batch(), _model()
+    for name in ('x', 'edge_attr', 'pe'):
+        args = dict(x=data.x, edge_index=data.edge_index,
+                    edge_attr=data.edge_attr, batch=data.batch, pe=data.pe)
+        bad = args[name].clone()
+        bad[1, 0] = float('nan')
+        args[name] = bad
+        with pytest.raises(ValueError, match=f"'{name}' to hold finite"):
+            model(**args)
+
+
+def test_arguments_the_model_does_not_use_are_rejected():
+    data = _batch()
+    plain = SamsaGraphModel(7, 16, 3, 2, heads=2, k=4)  # no edge_dim, no pe
+    with pytest.raises(ValueError, match="no 'edge_attr'.*edge_dim=None"):
+        plain(data.x, data.edge_index, data.edge_attr, data.batch)
+    with pytest.raises(ValueError, match="no 'pe'.*pe=None"):
+        plain(data.x, data.edge_index, None, data.batch, pe=data.pe)
+    with pytest.raises(TypeError, match="'x' to be a Tensor"):
+        plain(data.x.numpy(), data.edge_index, None, data.batch)
+    with pytest.raises(TypeError, match="'pe' to be a Tensor"):
+        _model()(data.x, data.edge_index, data.edge_attr, data.batch,
+                 pe=data.pe.tolist())
+
+
+def test_edge_label_index_is_checked():
+    data, model = _batch(), _model('edge')
+    args = (data.x, data.edge_index, data.edge_attr, data.batch)
+    pairs = torch.tensor([[0, 2, 5], [1, 8, 6]])
+    out = model(*args, pe=data.pe, edge_label_index=pairs)
+    z = model.embed(*args, pe=data.pe)
+    assert torch.allclose(out, (z[pairs[0]] * z[pairs[1]]).sum(-1))
+    for bad, match in ((pairs.t(), r"shape \[2, L\]"),
+                       (pairs[0], r"shape \[2, L\]"),
+                       (pairs.float(), 'integer'),
+                       (torch.tensor([[0, 1], [2, -1]]), r"in \[0, 9\)"),
+                       (torch.tensor([[0, 1], [2, 9]]), r"in \[0, 9\)")):
+        with pytest.raises((TypeError, ValueError),
+                           match=f"'edge_label_index'.*{match}"):
+            model(*args, pe=data.pe, edge_label_index=bad)
+
+
+def test_graph_level_without_nodes():
+    model = _model()
+    x, ei = torch.randn(0, 7), torch.zeros(2, 0, dtype=torch.long)
+    ea, pe = torch.randn(0, 2), torch.randn(0, 4)
+    with pytest.raises(ValueError, match="at least one node"):
+        model(x, ei, ea, pe=pe)
+    batch = torch.zeros(0, dtype=torch.long)
+    assert model(x, ei, ea, batch, pe=pe).shape == (0, 3)
