@@ -1,6 +1,8 @@
 import torch
 from torch import Tensor
 
+from samsa_geo.ops.validation import check_finite, check_tensor
+
 
 def _binary_average_precision(score: Tensor, target: Tensor) -> Tensor:
     # AP = sum_n (R_n - R_{n-1}) P_n over distinct thresholds, scores that tie
@@ -34,11 +36,13 @@ def average_precision_multitask(pred: Tensor, target: Tensor) -> float:
     :math:`\mathcal{T}` holds the remaining tasks.
 
     Args:
-        pred (torch.Tensor): Scores (logits or probabilities; only their
-            order matters), shape :math:`(N, T)`.
+        pred (torch.Tensor): Finite scores (logits or probabilities; only
+            their order matters), shape :math:`(N, T)`.
         target (torch.Tensor): Binary labels, NaN for missing, shape
             :math:`(N, T)`.
     """
+    check_tensor('pred', pred)
+    check_tensor('target', target)
     if pred.dim() == 1:
         pred = pred.view(-1, 1)  # [N, 1]
     if target.dim() == 1:
@@ -47,6 +51,7 @@ def average_precision_multitask(pred: Tensor, target: Tensor) -> float:
         raise ValueError(f"Expected 'pred' and 'target' to have the same shape "
                          f"[N, T] (got {list(pred.shape)} and "
                          f"{list(target.shape)})")
+    check_finite(pred, 'pred')  # NaN scores would sort arbitrarily
     pred = pred.detach().to(torch.float64)
     target = target.detach().to(torch.float64)
     values = []

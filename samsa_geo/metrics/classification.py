@@ -1,20 +1,71 @@
 r"""Classification metrics of the point-cloud benchmarks (ModelNet40)."""
-from typing import Optional
+from numbers import Integral
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from samsa_geo.ops.validation import (
+    check_integer_tensor,
+    check_tensor,
+    raise_non_finite,
+)
 
-def _labels(pred: Tensor, target: Tensor) -> Tensor:
+
+def _labels(pred: Tensor, target: Tensor,
+            num_classes: Optional[int] = None) -> Tuple[Tensor, Tensor, int]:
+    # Checks `pred` (labels [N] or scores [N, C]) and `target` (labels [N]);
+    # returns both as label vectors [N] and the number of classes
+    # (`num_classes`, else inferred from the largest label). Labels must lie
+    # in [0, num_classes), or [0, C) for scores. The value checks share one
+    # read of the device (the metrics return host numbers anyway).
+    check_tensor('pred', pred)
+    check_integer_tensor('target', target)
     if target.dim() != 1:
         raise ValueError(f"Expected 'target' to have shape [N] "
                          f"(got {list(target.size())})")
-    if pred.dim() == 2:  # logits or probabilities [N, C]
-        pred = pred.argmax(dim=-1)
-    if pred.dim() != 1 or pred.size(0) != target.size(0):
+    if num_classes is not None and (isinstance(num_classes, bool) or
+                                    not isinstance(num_classes, Integral)):
+        raise TypeError(f"Expected 'num_classes' to be an int "
+                        f"(got {type(num_classes).__name__})")
+    num = target.size(0)
+    if pred.dim() not in (1, 2) or pred.size(0) != num:
         raise ValueError(f"Expected 'pred' to have shape [N] or [N, C] with "
-                         f"N={target.size(0)} (got {list(pred.size())})")
-    return pred.long()
+                         f"N={num} (got {list(pred.size())})")
+    scores = pred.dim() == 2
+    if scores:  # logits or probabilities [N, C]
+        if not pred.is_floating_point():
+            raise TypeError(f"Expected 'pred' scores [N, C] to be a "
+                            f"floating-point tensor (got {pred.dtype})")
+        if pred.size(1) < 2:
+            raise ValueError(f"Expected 'pred' scores to have shape [N, C] "
+                             f"with C >= 2 (got {list(pred.size())}; pass "
+                             f"labels [N] for predicted classes)")
+    elif pred.dtype.is_floating_point or pred.dtype == torch.bool:
+        raise TypeError(f"Expected 'pred' to be integer labels [N] or "
+                        f"floating-point scores [N, C] (got {pred.dtype} of "
+                        f"shape {list(pred.size())})")
+    labels = pred.argmax(dim=-1) if scores else pred.long()
+    target = target.long()
+    if num == 0:
+        return labels, target, int(num_classes or 0)
+
+    reads = [target.min(), target.max(), labels.min(), labels.max()]
+    if scores:
+        reads.append(torch.isfinite(pred).all())
+    values = torch.stack([v.long() for v in reads]).tolist()  # the one read
+    if scores and not values[4]:
+        raise_non_finite('pred')
+    bound = num_classes if num_classes is not None else \
+        pred.size(1) if scores else max(values[1], values[3]) + 1
+    for name, low, high in (('target', values[0], values[1]),
+                            ('pred', values[2], values[3])):
+        if low < 0 or high >= bound:
+            raise ValueError(f"Expected '{name}' labels in [0, {bound}) "
+                             f"(got [{low}, {high}])")
+    if num_classes is None:
+        num_classes = max(values[1], values[3]) + 1
+    return labels, target, int(num_classes)
 
 
 def confusion_matrix(pred: Tensor, target: Tensor,
@@ -24,24 +75,21 @@ def confusion_matrix(pred: Tensor, target: Tensor,
     as class :math:`j`.
 
     Args:
-        pred (torch.Tensor): Predicted labels :math:`(N)` or scores
-            :math:`(N, C)` (arg-maxed).
-        target (torch.Tensor): True labels :math:`(N)`.
+        pred (torch.Tensor): Predicted integer labels :math:`(N)` or
+            floating-point scores :math:`(N, C)`, :math:`C \geq 2`, finite
+            (arg-maxed).
+        target (torch.Tensor): True integer labels :math:`(N)`, in
+            :math:`[0, C)`.
         num_classes (int, optional): Number of classes :math:`C`; inferred
             from the largest label if :obj:`None`. (default: :obj:`None`)
+
+    Labels outside :math:`[0, C)` (such as an ignore label :obj:`-100`)
+    raise a :class:`ValueError`: drop such samples before scoring.
 
     Shapes:
         - **output:** :math:`(C, C)`, :obj:`torch.long`
     """
-    pred = _labels(pred, target)
-    target = target.long()
-    if num_classes is None:
-        labels = torch.cat([pred, target])
-        num_classes = int(labels.max()) + 1 if labels.numel() else 0
-    for name, value in (('target', target), ('pred', pred)):
-        if value.numel() and (value.min() < 0 or value.max() >= num_classes):
-            raise ValueError(f"Expected '{name}' labels in [0, {num_classes}) "
-                             f"(got [{int(value.min())}, {int(value.max())}])")
+    pred, target, num_classes = _labels(pred, target, num_classes)
     index = target * num_classes + pred
     return torch.bincount(index.cpu(), minlength=num_classes**2).view(
         num_classes, num_classes)  # [C, C]
@@ -52,14 +100,16 @@ def overall_accuracy(pred: Tensor, target: Tensor) -> float:
     [\hat{y}_i = y_i]` ("OA").
 
     Args:
-        pred (torch.Tensor): Predicted labels :math:`(N)` or scores
-            :math:`(N, C)`.
-        target (torch.Tensor): True labels :math:`(N)`.
+        pred (torch.Tensor): Predicted integer labels :math:`(N)` or
+            floating-point scores :math:`(N, C)`, :math:`C \geq 2`, finite.
+        target (torch.Tensor): True integer labels :math:`(N)`, non-negative
+            (and below :math:`C` for scores), as in
+            :func:`confusion_matrix`.
     """
-    pred = _labels(pred, target)
+    pred, target, _ = _labels(pred, target)
     if target.numel() == 0:
         raise ValueError("Expected 'target' to be non-empty")
-    return float((pred == target.long()).float().mean())
+    return float((pred == target).float().mean())
 
 
 def mean_class_accuracy(pred: Tensor, target: Tensor,
@@ -70,13 +120,13 @@ def mean_class_accuracy(pred: Tensor, target: Tensor,
 
     Args:
         pred (torch.Tensor): Predicted labels :math:`(N)` or scores
-            :math:`(N, C)`.
+            :math:`(N, C)`, as in :func:`confusion_matrix`.
         target (torch.Tensor): True labels :math:`(N)`.
         num_classes (int, optional): Number of classes. (default: :obj:`None`)
     """
+    mat = confusion_matrix(pred, target, num_classes).double()
     if target.numel() == 0:
         raise ValueError("Expected 'target' to be non-empty")
-    mat = confusion_matrix(pred, target, num_classes).double()
     support = mat.sum(dim=1)
     present = support > 0
     return float((mat.diagonal()[present] / support[present]).mean())

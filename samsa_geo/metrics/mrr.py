@@ -4,6 +4,15 @@ import torch
 from torch import Tensor
 from torch_geometric.utils import scatter, to_dense_batch
 
+from samsa_geo.ops.validation import (
+    check_float_tensor,
+    check_integer_tensor,
+    check_tensor,
+    raise_non_finite,
+    raise_unsorted,
+    sorted_batch_flag,
+)
+
 
 def mrr(
     x: Tensor,
@@ -38,37 +47,64 @@ def mrr(
     when the whole split is passed at once.
 
     Args:
-        x (torch.Tensor): Node embeddings :math:`(N, F)`.
+        x (torch.Tensor): Node embeddings :math:`(N, F)`, finite.
         edge_label_index (torch.Tensor): Labelled pairs :math:`(2, L)`, global
-            node indices (as batched by PyG).
+            integer node indices in :math:`[0, N)` (as batched by PyG).
         edge_label (torch.Tensor): Labels :math:`(L,)`, 1 for a contact.
         batch (torch.Tensor, optional): Graph of every node :math:`(N,)`,
-            sorted. (default: :obj:`None`)
+            integer, sorted and non-negative. (default: :obj:`None`)
 
     Returns:
         :obj:`{"mrr": ..., "mrr_filtered": ..., "mrr_filtered_noself": ...}`
     """
-    num_nodes = x.size(0)
+    check_tensor('x', x)
     if x.dim() != 2:
         raise ValueError(f"Expected 'x' to have shape [N, F] "
                          f"(got {list(x.shape)})")
+    check_float_tensor('x', x)
+    num_nodes = x.size(0)
+    check_integer_tensor('edge_label_index', edge_label_index)
     if edge_label_index.dim() != 2 or edge_label_index.size(0) != 2:
         raise ValueError(f"Expected 'edge_label_index' to have shape [2, L] "
                          f"(got {list(edge_label_index.shape)})")
+    check_tensor('edge_label', edge_label)
     if edge_label.shape != (edge_label_index.size(1), ):
         raise ValueError(f"Expected 'edge_label' to have shape "
                          f"[{edge_label_index.size(1)}] "
                          f"(got {list(edge_label.shape)})")
-    if batch is None:
-        batch = torch.zeros(num_nodes, dtype=torch.long, device=x.device)
-    if batch.shape != (num_nodes, ):
-        raise ValueError(f"Expected 'batch' to have shape [{num_nodes}] "
-                         f"(got {list(batch.shape)})")
+    if batch is not None:
+        check_integer_tensor('batch', batch)
+        if batch.shape != (num_nodes, ):
+            raise ValueError(f"Expected 'batch' to have shape [{num_nodes}] "
+                             f"(got {list(batch.shape)})")
     if num_nodes == 0:
         raise ValueError("Expected at least one node in 'x'")
 
+    # The value checks and the number of graphs share one read of the device
+    # (it replaces the read of batch.max()).
     x = x.detach()
-    num_graphs = int(batch.max()) + 1
+    edge_label_index = edge_label_index.long()
+    has_pairs = edge_label_index.numel() > 0
+    reads = [torch.isfinite(x).all()]
+    if has_pairs:
+        reads += torch.aminmax(edge_label_index)  # low, high
+    if batch is not None:
+        batch = batch.long()
+        reads += [sorted_batch_flag(batch), batch[-1]]
+    values = torch.stack([v.long() for v in reads]).tolist()
+    if not values[0]:
+        raise_non_finite('x')
+    if has_pairs and (values[1] < 0 or values[2] >= num_nodes):
+        raise ValueError(f"Expected 'edge_label_index' to hold node indices "
+                         f"in [0, {num_nodes}) (got values in "
+                         f"[{values[1]}, {values[2]}])")
+    if batch is None:
+        batch = torch.zeros(num_nodes, dtype=torch.long, device=x.device)
+        num_graphs = 1
+    else:
+        if not values[-2]:
+            raise_unsorted('batch')
+        num_graphs = values[-1] + 1
     counts = torch.bincount(batch, minlength=num_graphs)
     start = counts.cumsum(0) - counts
 

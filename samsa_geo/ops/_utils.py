@@ -260,7 +260,8 @@ def batch_to_ptr(batch: Optional[Tensor], num_nodes: int, batch_size: int,
 
 def check_pair(
     x: Tensor, y: Tensor, batch_x: Optional[Tensor], batch_y: Optional[Tensor],
-    batch_size: Optional[int], chunk_size: Optional[int], defer: bool = False
+    batch_size: Optional[int], chunk_size: Optional[int], defer: bool = False,
+    batch_names: Tuple[str, str] = ('batch_x', 'batch_y'),
 ) -> Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], int,
            Optional[DeferredReads]]:
     r"""Validates the candidates :obj:`x` and queries :obj:`y` of
@@ -271,7 +272,10 @@ def check_pair(
     :obj:`defer` and :obj:`batch_size` given, the value checks are neither
     launched nor read yet but returned as :obj:`pending`
     (:class:`DeferredReads`), for the caller's :func:`finish_reads`
-    (:obj:`None` otherwise)."""
+    (:obj:`None` otherwise). Errors name the batch vectors
+    :obj:`batch_names` (``('batch', 'batch')`` for the graph ops, whose
+    caller passed one)."""
+    name_x, name_y = batch_names
     x, y = check_points('x', x), check_points('y', y)
     if x.size(1) != y.size(1):
         raise ValueError(f"Expected 'x' and 'y' to have the same number of "
@@ -281,10 +285,10 @@ def check_pair(
                          f"(got {y.device})")
     if chunk_size is not None:
         check_positive_int('chunk_size', chunk_size)
-    batch_x = check_batch('batch_x', batch_x, x.size(0), x.device)
-    batch_y = check_batch('batch_y', batch_y, y.size(0), y.device)
+    batch_x = check_batch(name_x, batch_x, x.size(0), x.device)
+    batch_y = check_batch(name_y, batch_y, y.size(0), y.device)
     pending: Optional[DeferredReads] = DeferredReads(
-        [('x', x), ('y', y)], [('batch_x', batch_x), ('batch_y', batch_y)],
+        [('x', x), ('y', y)], [(name_x, batch_x), (name_y, batch_y)],
         batch_size)
     if defer and batch_size is not None:
         check_positive_int('batch_size', batch_size)
@@ -293,8 +297,10 @@ def check_pair(
         size, _ = finish_reads(pending, batch_size)
         pending = None
     if size > 1 and (batch_x is None or batch_y is None):
-        raise ValueError("Expected both 'batch_x' and 'batch_y' when the "
-                         f"batch holds several examples (got {size} examples)")
+        names = f"'{name_x}'" if name_x == name_y else \
+            f"both '{name_x}' and '{name_y}'"
+        raise ValueError(f"Expected {names} when the batch holds several "
+                         f"examples (got {size} examples)")
     return x, y, batch_x, batch_y, size, pending
 
 

@@ -159,13 +159,16 @@ def knn_neighbours(
 def _knn(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor],
          batch_y: Optional[Tensor], cosine: bool, num_workers: int,
          batch_size: Optional[int], chunk_size: Optional[int], backend: str,
-         table: bool) -> Tuple[Tensor, Tensor]:
+         table: bool, batch_names: Tuple[str, str] = ('batch_x', 'batch_y'),
+         ) -> Tuple[Tensor, Tensor]:
     # (edges [2, E], table [M, k]) of knn and knn_neighbours: the table of
     # the Triton path (with table=True: no edge list), else the edges.
+    # Errors name the batch vectors batch_names (see check_pair).
     backend = resolve_backend(backend)
     check_positive_int('k', k)
     x, y, batch_x, batch_y, size, pending = check_pair(
-        x, y, batch_x, batch_y, batch_size, chunk_size, defer=True)
+        x, y, batch_x, batch_y, batch_size, chunk_size, defer=True,
+        batch_names=batch_names)
     if x.numel() == 0 or y.numel() == 0:
         finish_reads(pending, size) if pending is not None else None
         empty = torch.empty(2, 0, dtype=torch.long, device=x.device)
@@ -280,9 +283,9 @@ def knn_graph(
     """
     check_flow(flow)
     check_positive_int('k', k)
-    edge_index = knn(x, x, k if loop else k + 1, batch, batch, cosine,
-                     num_workers, batch_size, chunk_size=chunk_size,
-                     backend=backend)
+    edge_index, _ = _knn(x, x, k if loop else k + 1, batch, batch, cosine,
+                         num_workers, batch_size, chunk_size, backend,
+                         table=False, batch_names=('batch', 'batch'))
     row, col = flow_edges(edge_index, flow)
     if not loop:
         mask = row != col

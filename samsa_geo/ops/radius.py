@@ -1,5 +1,5 @@
 import inspect
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -105,6 +105,19 @@ def radius(
         - **output:** :math:`(2, E)`; row 0 indexes :obj:`y` (ascending),
           row 1 indexes :obj:`x`
     """
+    return _radius(x, y, r, batch_x, batch_y, max_num_neighbors,
+                   num_workers, batch_size, ignore_same_index, chunk_size,
+                   backend)
+
+
+def _radius(x: Tensor, y: Tensor, r: float, batch_x: Optional[Tensor],
+            batch_y: Optional[Tensor], max_num_neighbors: int,
+            num_workers: int, batch_size: Optional[int],
+            ignore_same_index: bool, chunk_size: Optional[int], backend: str,
+            batch_names: Tuple[str, str] = ('batch_x', 'batch_y'),
+            ) -> Tensor:
+    # radius, with errors naming the batch vectors batch_names (see
+    # check_pair).
     backend = resolve_backend(backend, CLUSTER_BACKENDS)
     if isinstance(r, bool) or not isinstance(r, (int, float)):
         raise TypeError(f"Expected 'r' to be a float "
@@ -112,8 +125,9 @@ def radius(
     if r < 0:
         raise ValueError(f"Expected 'r' to be non-negative (got {r})")
     check_positive_int('max_num_neighbors', max_num_neighbors)
-    x, y, batch_x, batch_y, size, _ = check_pair(x, y, batch_x, batch_y,
-                                              batch_size, chunk_size)
+    x, y, batch_x, batch_y, size, _ = check_pair(
+        x, y, batch_x, batch_y, batch_size, chunk_size,
+        batch_names=batch_names)
     if x.numel() == 0 or y.numel() == 0:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
 
@@ -178,7 +192,7 @@ def radius_graph(
         - **output:** edge index :math:`(2, E)`
     """
     check_flow(flow)
-    edge_index = radius(x, x, r, batch, batch, max_num_neighbors,
-                        num_workers, batch_size, not loop,
-                        chunk_size=chunk_size, backend=backend)
+    edge_index = _radius(x, x, r, batch, batch, max_num_neighbors,
+                         num_workers, batch_size, not loop, chunk_size,
+                         backend, batch_names=('batch', 'batch'))
     return torch.stack(flow_edges(edge_index, flow), dim=0)

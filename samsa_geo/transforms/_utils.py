@@ -1,18 +1,48 @@
+import math
+from numbers import Real
+from typing import Optional
+
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from samsa_geo.ops.validation import (
+    check_edge_index,
+    check_float_tensor,
+    check_integer_tensor,
+    check_node_indices,
+    check_tensor,
+)
+
 
 def check_pos(data: Data) -> Tensor:
-    r"""Returns :obj:`data.pos` after checking it has shape :obj:`[N, 3]`."""
+    r"""Returns :obj:`data.pos` after checking it is a floating-point tensor
+    of shape :obj:`[N, 3]` (integer coordinates would be truncated by a
+    rotation or scaling)."""
     pos = getattr(data, 'pos', None)
     if pos is None:
         raise ValueError("Expected 'data' to have a 'pos' attribute "
                          "(got None)")
+    check_tensor('pos', pos)
     if pos.dim() != 2 or pos.size(-1) != 3:
         raise ValueError(f"Expected 'pos' to have shape [N, 3] "
                          f"(got {list(pos.size())})")
+    check_float_tensor('pos', pos)
     return pos
+
+
+def check_normal(data: Data, pos: Tensor) -> Optional[Tensor]:
+    r"""Returns :obj:`data.normal` (or :obj:`None`) after checking it is a
+    floating-point tensor of the shape of :obj:`pos`."""
+    normal = getattr(data, 'normal', None)
+    if normal is None:
+        return None
+    check_tensor('normal', normal)
+    if normal.size() != pos.size():
+        raise ValueError(f"Expected 'normal' to have the shape of 'pos' "
+                         f"{list(pos.size())} (got {list(normal.size())})")
+    check_float_tensor('normal', normal)
+    return normal
 
 
 def rotate(data: Data, rot: Tensor) -> Data:
@@ -20,31 +50,70 @@ def rotate(data: Data, rot: Tensor) -> Data:
     rotation matrix :obj:`rot` of shape :obj:`[3, 3]` (points are rows, so
     :math:`\mathbf{p}' = \mathbf{R} \mathbf{p}` reads :obj:`pos @ rot.T`)."""
     pos = check_pos(data)
-    rot = rot.to(pos.dtype)
-    data.pos = pos @ rot.t()
-    normal = getattr(data, 'normal', None)
+    normal = check_normal(data, pos)
+    data.pos = pos @ rot.to(pos.device, pos.dtype).t()
     if normal is not None:
-        if normal.size() != pos.size():
-            raise ValueError(f"Expected 'normal' to have the shape of 'pos' "
-                             f"{list(pos.size())} (got {list(normal.size())})")
-        data.normal = normal @ rot.to(normal.dtype).t()
+        data.normal = normal @ rot.to(normal.device, normal.dtype).t()
     return data
 
 
+def check_finite_number(name: str, value: float) -> float:
+    r"""Returns the real number :obj:`value` after checking it is finite."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"Expected '{name}' to be a float "
+                        f"(got {type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"Expected '{name}' to be finite (got {value})")
+    return value
+
+
 def select_points(data: Data, index: Tensor) -> Data:
-    r"""Keeps the points :obj:`index` in every per-point attribute of
-    :obj:`data` (the attributes whose first dimension is the number of
-    points), leaving graph-level attributes such as :obj:`y` untouched."""
+    r"""Keeps the points :obj:`index` (ascending, distinct) in every
+    per-point attribute of :obj:`data` (the attributes whose first dimension
+    is the number of points), leaving graph-level attributes such as
+    :obj:`y` untouched. Edges in :obj:`data.edge_index` are kept when both
+    their ends are kept, re-indexed to the new point order, and so are the
+    rows of the per-edge attributes (:obj:`edge_attr`, ...)."""
     num_nodes = data.num_nodes
     # Decide every key first: 'num_nodes' is inferred from the attributes.
+    edge_index = data.edge_index if 'edge_index' in data else None
+    edge_keys = []
+    if edge_index is not None:
+        check_edge_index(edge_index)
+        check_integer_tensor('edge_index', edge_index)
+        check_node_indices(edge_index, num_nodes)
+        edge_keys = [
+            key for key, value in data.items()
+            if key != 'edge_index' and isinstance(value, Tensor)
+            and value.dim() > 0 and value.size(0) == edge_index.size(1)
+            and data.is_edge_attr(key)
+        ]
+    for key in data.keys():
+        # The other attributes that PyG's batching offsets as node indices
+        # would point at removed points.
+        if key != 'edge_index' and ('index' in key or key == 'face'):
+            raise ValueError(f"Expected 'data.{key}' to be absent when "
+                             f"points are removed (only 'edge_index' is "
+                             f"re-indexed)")
     keys = [
         key for key, value in data.items()
         if key != 'num_nodes' and isinstance(value, Tensor) and value.dim() > 0
         and value.size(0) == num_nodes and 'edge' not in key
-        and data.is_node_attr(key)
+        and key not in edge_keys and data.is_node_attr(key)
     ]
     for key in keys:
         data[key] = data[key][index]
+    if edge_index is not None:
+        # new_id[i]: position of point i among the kept ones, -1 if removed.
+        new_id = torch.full((num_nodes, ), -1, dtype=torch.long,
+                            device=edge_index.device)
+        new_id[index.to(edge_index.device)] = torch.arange(
+            index.numel(), device=edge_index.device)
+        edge_index = new_id[edge_index]  # [2, E]
+        kept = (edge_index >= 0).all(dim=0)  # [E]
+        data.edge_index = edge_index[:, kept]
+        for key in edge_keys:
+            data[key] = data[key][kept.to(data[key].device)]
     if 'num_nodes' in data:
         data.num_nodes = int(index.numel())
     return data

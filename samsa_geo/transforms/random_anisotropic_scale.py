@@ -2,7 +2,11 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-from samsa_geo.transforms._utils import check_pos
+from samsa_geo.transforms._utils import (
+    check_finite_number,
+    check_normal,
+    check_pos,
+)
 
 
 class RandomAnisotropicScale(BaseTransform):
@@ -29,6 +33,8 @@ class RandomAnisotropicScale(BaseTransform):
         - **output:** same shapes
     """
     def __init__(self, low: float = 2. / 3., high: float = 3. / 2.) -> None:
+        check_finite_number('low', low)
+        check_finite_number('high', high)
         if not 0 < low <= high:
             raise ValueError(f"Expected 0 < 'low' <= 'high' "
                              f"(got low={low}, high={high})")
@@ -37,10 +43,10 @@ class RandomAnisotropicScale(BaseTransform):
 
     def forward(self, data: Data) -> Data:
         pos = check_pos(data)
+        normal = check_normal(data, pos)
         scale = torch.empty(3, dtype=pos.dtype, device=pos.device).uniform_(
             self.low, self.high)
         data.pos = pos * scale
-        normal = getattr(data, 'normal', None)
         if normal is not None:
             normal = normal / scale.to(normal.dtype)
             data.normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(

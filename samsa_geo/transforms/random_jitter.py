@@ -2,7 +2,7 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-from samsa_geo.transforms._utils import check_pos
+from samsa_geo.transforms._utils import check_finite_number, check_pos
 
 
 class RandomJitter(BaseTransform):
@@ -18,9 +18,9 @@ class RandomJitter(BaseTransform):
     this is the clipped Gaussian of the PointNet family.
 
     Args:
-        sigma (float, optional): Standard deviation :math:`\sigma`.
+        sigma (float, optional): Standard deviation :math:`\sigma`, finite.
             (default: :obj:`0.01`)
-        clip (float, optional): Clipping bound :math:`c`.
+        clip (float, optional): Clipping bound :math:`c`, finite.
             (default: :obj:`0.05`)
 
     Shapes:
@@ -28,6 +28,8 @@ class RandomJitter(BaseTransform):
         - **output:** :obj:`pos` :math:`(N, 3)`
     """
     def __init__(self, sigma: float = 0.01, clip: float = 0.05) -> None:
+        check_finite_number('sigma', sigma)
+        check_finite_number('clip', clip)
         if sigma < 0:
             raise ValueError(f"Expected 'sigma' >= 0 (got {sigma})")
         if clip <= 0:

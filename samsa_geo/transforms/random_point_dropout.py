@@ -17,7 +17,11 @@ class RandomPointDropout(BaseTransform):
     Every per-point attribute (:obj:`pos`, :obj:`normal`, :obj:`x`,
     per-point :obj:`y`, ...) loses the same rows, so they stay aligned;
     graph-level attributes (a shape label :obj:`y` of size 1, a
-    :obj:`category`) are kept. At least one point always survives.
+    :obj:`category`) are kept. Edges of :obj:`edge_index` survive when both
+    their ends do, re-indexed, with their per-edge attributes
+    (:obj:`edge_attr`, ...); other node-index attributes (:obj:`face`,
+    :obj:`*_index`) raise a :class:`ValueError`. At least one point always
+    survives.
     Unlike the original, which overwrites dropped points with the first
     point to keep :math:`N` fixed, points are removed: PyG batches clouds of
     different sizes without padding.

@@ -1,8 +1,11 @@
 from typing import Dict, Iterable, Sequence, Tuple
 
+import torch
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
+
+from samsa_geo.ops.validation import check_tensor
 
 
 class StandardizeFeatures(BaseTransform):
@@ -20,7 +23,8 @@ class StandardizeFeatures(BaseTransform):
     scales.
 
     Args:
-        stats (dict): :obj:`{attr: (mean, std)}`, each of shape :math:`(C,)`.
+        stats (dict): :obj:`{attr: (mean, std)}`, each of shape :math:`(C,)`,
+            finite, with :math:`\sigma_c > 0`.
 
     Shapes:
         - **input:** :obj:`data[attr]` :math:`(N, C)`
@@ -30,11 +34,27 @@ class StandardizeFeatures(BaseTransform):
         if not isinstance(stats, dict) or len(stats) == 0:
             raise ValueError(f"Expected 'stats' to be a non-empty dict "
                              f"{{attr: (mean, std)}} (got {stats!r})")
-        for key, (mean, std) in stats.items():
+        for key, pair in stats.items():
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"Expected 'stats[{key!r}]' to be a pair "
+                                 f"(mean, std) (got {type(pair).__name__})")
+            mean, std = pair
+            check_tensor(f'stats[{key!r}][0]', mean)
+            check_tensor(f'stats[{key!r}][1]', std)
             if mean.dim() != 1 or mean.shape != std.shape:
                 raise ValueError(f"Expected mean and std of '{key}' to have "
                                  f"the same shape [C] (got {list(mean.shape)} "
                                  f"and {list(std.shape)})")
+            # Checked once here, so that forward() never reads them.
+            finite = torch.isfinite(mean).all() & torch.isfinite(std).all()
+            if not bool(finite):
+                raise ValueError(f"Expected mean and std of '{key}' to be "
+                                 f"finite (found NaN or inf; does the data "
+                                 f"hold NaN?)")
+            if not bool((std > 0).all()):
+                raise ValueError(f"Expected std of '{key}' to be positive "
+                                 f"(got {std.min().item()} in channel "
+                                 f"{int(std.argmin())})")
         self.stats = {k: (m.float(), s.float()) for k, (m, s) in stats.items()}
 
     @staticmethod
@@ -84,7 +104,10 @@ class StandardizeFeatures(BaseTransform):
 
     def forward(self, data: Data) -> Data:
         for key, (mean, std) in self.stats.items():
-            value = data[key]
+            value = data[key] if key in data else None
+            if value is None:
+                raise ValueError(f"Expected 'data.{key}' to be set (the "
+                                 f"statistics cover {list(self.stats)})")
             if value.size(-1) != mean.numel():
                 raise ValueError(f"Expected 'data.{key}' to have "
                                  f"{mean.numel()} channels "

@@ -151,3 +151,52 @@ def test_mrr_errors():
             torch.tensor([0, 0, 1, 1]))
     with pytest.raises(ValueError, match="'edge_label' to have shape"):
         mrr(x, torch.tensor([[0], [1]]), torch.tensor([1, 0]))
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_average_precision_non_finite_pred(bad):
+    pred = torch.rand(4, 2)
+    target = torch.tensor([[0., 1.], [1., 0.], [0., 1.], [1., 0.]])
+    pred[2, 1] = bad  # NaN scores used to give AP 0.5
+    with pytest.raises(ValueError, match="'pred' to hold finite values"):
+        average_precision_multitask(pred, target)
+
+
+MRR_X = torch.randn(4, 2)
+MRR_BATCH = torch.tensor([0, 0, 1, 1])
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    # NaN embeddings used to give a perfect rank.
+    (dict(x=torch.full((4, 2), float('nan'))), ValueError,
+     "'x' to hold finite values"),
+    (dict(x=torch.ones(4, 2, dtype=torch.long)), TypeError,
+     "'x' to be a floating-point"),
+    (dict(edge_label_index=torch.tensor([[0], [9]])), ValueError,
+     r"'edge_label_index' to hold node indices in \[0, 4\)"),
+    (dict(edge_label_index=torch.tensor([[-1], [0]])), ValueError,
+     r"'edge_label_index' to hold node indices in \[0, 4\)"),
+    (dict(edge_label_index=torch.tensor([[0.], [1.]])), TypeError,
+     "'edge_label_index' to be an integer"),
+    (dict(batch=torch.tensor([1, 1, 0, 0])), ValueError,
+     "'batch' to be sorted"),
+    (dict(batch=torch.tensor([-1, -1, 0, 0])), ValueError,
+     "'batch' to be sorted"),
+    (dict(batch=MRR_BATCH.float()), TypeError, "'batch' to be an integer"),
+    (dict(batch=MRR_BATCH[:3]), ValueError, r"'batch' to have shape \[4\]"),
+])
+def test_mrr_bad_input(kwargs, error, match):
+    args = dict(x=MRR_X, edge_label_index=torch.tensor([[0], [1]]),
+                edge_label=torch.tensor([1]), batch=MRR_BATCH)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        mrr(**args)
+
+
+def test_mrr_int32_batch_and_no_pairs():
+    eli, label = torch.tensor([[0, 2], [1, 3]]), torch.tensor([1, 1])
+    ref = mrr(MRR_X, eli, label, MRR_BATCH)
+    assert mrr(MRR_X, eli.int(), label, MRR_BATCH.int()) == ref
+    none = mrr(MRR_X, eli[:, :0], label[:0], MRR_BATCH)
+    assert none == {'mrr': 0.0, 'mrr_filtered': 0.0,
+                    'mrr_filtered_noself': 0.0}

@@ -69,3 +69,53 @@ def test_bad_input():
     with pytest.raises(ValueError, match="'pred'"):
         shape_part_iou(torch.zeros(2), torch.zeros(3), torch.tensor([0]),
                        PARTS)
+
+
+@pytest.mark.parametrize('fn', [shape_part_iou, part_miou])
+def test_scores_need_a_column_per_part(fn):
+    # Category 1's parts go up to label 4: 3 columns cannot score them.
+    with pytest.raises(ValueError, match=r"'pred' scores to have shape "
+                       r"\[4, P\] with P >= 5"):
+        fn(torch.randn(4, 3), torch.tensor([2, 3, 4, 2]), torch.tensor([1]),
+           PARTS)
+    with pytest.raises(ValueError, match="'pred' to hold finite values"):
+        fn(torch.full((4, 5), float('nan')), torch.tensor([2, 3, 4, 2]),
+           torch.tensor([1]), PARTS)
+    with pytest.raises(TypeError, match="'pred' to be an integer"):
+        fn(torch.tensor([2., 3., 4., 2.]), torch.tensor([2, 3, 4, 2]),
+           torch.tensor([1]), PARTS)
+
+
+def test_parts_table_with_gaps():
+    gaps = {0: [0, 1], 2: [2, 3, 4]}
+    target = torch.tensor([0, 1, 2, 3])
+    batch = torch.tensor([0, 0, 1, 1])
+    # Categories 0 and 2 are scored as with the full table.
+    ious = shape_part_iou(target, target, torch.tensor([0, 2]), gaps, batch)
+    assert ious.tolist() == pytest.approx([1.0, (1 + 1 + 1) / 3])
+    # Category 1 is not in the table (used to divide by zero).
+    with pytest.raises(ValueError, match="'category_parts' to list the "
+                       "parts of category 1"):
+        part_miou(torch.tensor([0, 1]), torch.tensor([0, 1]),
+                  torch.tensor([1]), gaps)
+    with pytest.raises(ValueError, match="'category_parts'"):
+        part_miou(torch.tensor([0, 1]), torch.tensor([0, 1]),
+                  torch.tensor([0]), {-1: [0, 1], 0: [0, 1]})
+    with pytest.raises(ValueError, match="'category_parts'"):
+        part_miou(torch.tensor([0, 1]), torch.tensor([0, 1]),
+                  torch.tensor([0]), [[0, -1]])
+
+
+@pytest.mark.parametrize('label', [3, 7, -1])
+def test_target_outside_category_raises(label):
+    # Shape 0 is of category 0 (parts 0, 1): label 3 belongs to category 1,
+    # 7 and -1 to none. They used to be ignored silently.
+    target = torch.tensor([0, label, 2, 3])
+    batch = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"'target' to hold part labels of "
+                       r"each shape's category \(point 1, of category 0"):
+        part_miou(torch.tensor([0, 1, 2, 3]), target, torch.tensor([0, 1]),
+                  PARTS, batch)
+    with pytest.raises(TypeError, match="'target' to be an integer"):
+        part_miou(torch.tensor([0, 1, 2, 3]), target.float(),
+                  torch.tensor([0, 1]), PARTS, batch)

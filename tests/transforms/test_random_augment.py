@@ -81,3 +81,64 @@ def test_point_dropout_graph_label_kept_and_seed():
     assert torch.equal(a.pos, b.pos)
     with pytest.raises(ValueError, match="'max_ratio'"):
         RandomPointDropout(1.0)
+
+
+@pytest.mark.parametrize('transform', [RandomJitter(),
+                                       RandomAnisotropicScale()])
+def test_integer_pos_raises(transform):
+    # Used to raise torch's NotImplementedError for Long.
+    with pytest.raises(TypeError, match="'pos' to be a floating-point"):
+        transform(Data(pos=torch.ones(5, 3, dtype=torch.long)))
+
+
+@pytest.mark.parametrize('kwargs, error, match', [
+    (dict(sigma=float('nan')), ValueError, "'sigma' to be finite"),
+    (dict(sigma=float('inf')), ValueError, "'sigma' to be finite"),
+    (dict(clip=float('nan')), ValueError, "'clip' to be finite"),
+    (dict(sigma='0.1'), TypeError, "'sigma' to be a float"),
+])
+def test_jitter_parameters_finite(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        RandomJitter(**kwargs)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(low=float('nan')), "'low' to be finite"),
+    (dict(high=float('inf')), "'high' to be finite"),
+])
+def test_anisotropic_scale_parameters_finite(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RandomAnisotropicScale(**kwargs)
+
+
+def test_point_dropout_reindexes_edges():
+    # A ring 0 -> 1 -> ... -> n-1 -> 0 whose edge features name their ends.
+    n = 200
+    src = torch.arange(n)
+    dst = (src + 1) % n
+    for seed in range(5):
+        torch.manual_seed(seed)
+        data = Data(pos=src.view(-1, 1).float().expand(n, 3).clone(),
+                    edge_index=torch.stack([src, dst]),
+                    edge_attr=torch.stack([src, dst], dim=1).float(),
+                    edge_weight=src.float(), y=torch.tensor([1]))
+        out = RandomPointDropout(0.5)(data)
+        old_id = out.pos[:, 0].long()  # [N'] the surviving points
+        assert out.edge_index.max() < out.num_nodes
+        ends = old_id[out.edge_index]  # [2, E'] in the old numbering
+        assert torch.equal(ends.t(), out.edge_attr.long())
+        assert torch.equal(ends[0], out.edge_weight.long())
+        # Exactly the edges whose both ends survived.
+        kept = torch.zeros(n, dtype=torch.bool)
+        kept[old_id] = True
+        assert out.edge_index.size(1) == int((kept[src] & kept[dst]).sum())
+        assert out.y.tolist() == [1]
+
+
+def test_point_dropout_other_node_indices_raise():
+    with pytest.raises(ValueError, match="'data.face'"):
+        RandomPointDropout()(Data(pos=torch.randn(6, 3),
+                                  face=torch.tensor([[0], [1], [2]])))
+    with pytest.raises(ValueError, match="'edge_index' to hold node indices"):
+        RandomPointDropout()(Data(pos=torch.randn(6, 3),
+                                  edge_index=torch.tensor([[0], [6]])))

@@ -95,3 +95,15 @@ def test_rotate_bad_input():
     with pytest.raises(ValueError, match="'normal'"):
         RandomRotateSO3()(Data(pos=torch.randn(5, 3),
                                normal=torch.randn(4, 3)))
+
+
+@pytest.mark.parametrize('cls', [RandomRotateSO3, RandomRotateZ])
+def test_rotate_integer_pos_raises(cls):
+    # The rotation used to be cast to int64: all-zero coordinates.
+    with pytest.raises(TypeError, match="'pos' to be a floating-point"):
+        cls()(Data(pos=torch.ones(5, 3, dtype=torch.long)))
+    with pytest.raises(TypeError, match="'normal' to be a floating-point"):
+        cls()(Data(pos=torch.randn(5, 3),
+                   normal=torch.ones(5, 3, dtype=torch.long)))
+    with pytest.raises(TypeError, match="'pos' to be a Tensor"):
+        cls()(Data(pos=[[0., 0., 1.]]))

@@ -20,3 +20,31 @@ def test_standardize_features():
         norm(Data(x=torch.randn(2, 4)))
     with pytest.raises(ValueError, match="'stats'"):
         StandardizeFeatures({})
+
+
+@pytest.mark.parametrize('mean, std, match', [
+    # Zero std used to give inf features.
+    (torch.zeros(2), torch.tensor([1.0, 0.0]), "std of 'x' to be positive"),
+    (torch.zeros(2), torch.tensor([1.0, -1.0]), "std of 'x' to be positive"),
+    # NaN statistics used to give NaN features.
+    (torch.tensor([0.0, float('nan')]), torch.ones(2), "'x' to be finite"),
+    (torch.zeros(2), torch.tensor([float('inf'), 1.0]), "'x' to be finite"),
+])
+def test_standardize_features_bad_stats(mean, std, match):
+    with pytest.raises(ValueError, match=match):
+        StandardizeFeatures({'x': (mean, std)})
+
+
+def test_standardize_features_nan_data():
+    data_list = [Data(x=torch.tensor([[1.0], [float('nan')]]))]
+    with pytest.raises(ValueError, match="'x' to be finite"):
+        StandardizeFeatures.from_dataset(data_list, attrs=['x'])
+
+
+def test_standardize_features_missing_attribute():
+    norm = StandardizeFeatures({'x': (torch.zeros(2), torch.ones(2))})
+    # Used to raise a bare KeyError.
+    with pytest.raises(ValueError, match=r"'data.x' to be set"):
+        norm(Data(pos=torch.randn(3, 2)))
+    with pytest.raises(ValueError, match=r"'stats\['x'\]' to be a pair"):
+        StandardizeFeatures({'x': torch.zeros(2)})
