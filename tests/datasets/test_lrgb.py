@@ -3,6 +3,7 @@ import pickle
 
 import pytest
 import torch
+from torch_geometric.data import Data
 from torch_geometric.datasets import LRGBDataset
 from torch_geometric.loader import DataLoader
 
@@ -69,12 +70,26 @@ def test_real_lrgb_processing_on_fixture(tmp_path, forbid, name):
 
 def test_lrgb_pre_transform_and_loader(tmp_path, forbid):
     forbid(LRGBDataset, 'download')
-    write_lrgb_raw(str(tmp_path), 'peptides-func')
+    raw_dir = write_lrgb_raw(str(tmp_path), 'peptides-func')
     ds = LRGBDataset(str(tmp_path), 'Peptides-func', split='train',
                      pre_transform=AddLaplacianPE(4))
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch.lap_pe.shape == (batch.num_nodes, 4)
     assert batch.y.shape == (4, 10)
+    # The first four raw graphs, labels and all, each with the encoding
+    # that the transform gives the raw graph (up to each column's sign).
+    graphs = torch.load(osp.join(raw_dir, 'train.pt'))[:4]
+    assert torch.equal(batch.y, torch.cat([g[3] for g in graphs]))
+    for i, (x, edge_attr, edge_index, _) in enumerate(graphs):
+        data = batch.get_example(i)
+        assert torch.equal(data.x, x) and torch.equal(data.edge_index,
+                                                      edge_index)
+        raw = Data(x=x, edge_attr=edge_attr, edge_index=edge_index,
+                   num_nodes=x.size(0))
+        ref = AddLaplacianPE(4)(raw).lap_pe
+        sign = torch.where((data.lap_pe * ref).sum(0) < 0, -1.0, 1.0)
+        torch.testing.assert_close(data.lap_pe * sign, ref, rtol=0,
+                                   atol=1e-5)
 
 
 def test_lrgb_task_table():

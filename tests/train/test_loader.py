@@ -68,8 +68,24 @@ def test_move_to_device_nested():
 
     obj = WithTo()
     batch = {'x': torch.ones(2), 'pair': Pair(torch.zeros(1), 3),
-             'list': [torch.ones(1), 'name'], 'obj': obj}
-    out = move_to_device(batch, torch.device('cpu'))
+             'list': [torch.ones(1), 'name', {'y': torch.arange(3)}],
+             'tuple': (torch.zeros(2, 2, dtype=torch.half), None),
+             'obj': obj}
+    # The meta device: every tensor that moved says so, with no allocation.
+    meta = torch.device('meta')
+    out = move_to_device(batch, meta)
+    assert list(out) == list(batch)
+    assert out['x'].device == meta and out['x'].shape == (2,)
     assert isinstance(out['pair'], Pair) and out['pair'].b == 3
-    assert out['list'][1] == 'name' and torch.equal(out['x'], torch.ones(2))
-    assert obj.moved_to == torch.device('cpu')
+    assert out['pair'].a.device == meta
+    assert type(out['list']) is list and len(out['list']) == 3
+    assert out['list'][0].device == meta and out['list'][1] == 'name'
+    y = out['list'][2]['y']
+    assert y.device == meta and y.dtype == torch.long and y.shape == (3,)
+    assert type(out['tuple']) is tuple and out['tuple'][1] is None
+    assert out['tuple'][0].device == meta
+    assert out['tuple'][0].dtype == torch.half
+    assert out['obj'] is obj and obj.moved_to == meta
+    # The input batch is left where it was.
+    assert batch['x'].device.type == 'cpu'
+    assert torch.equal(batch['list'][2]['y'], torch.arange(3))

@@ -13,13 +13,17 @@ def reference(step, base, warmup, total, min_lr):
     return min_lr + (base - min_lr) * (1 + math.cos(math.pi * t)) / 2
 
 
-def lrs(base=(1e-3, ), warmup=4, total=20, min_lr=0.0):
+def optimizer(base=(1e-3, )):
     params = [torch.nn.Parameter(torch.zeros(1)) for _ in base]
-    opt = torch.optim.AdamW([{'params': [p], 'lr': b}
-                             for p, b in zip(params, base)])
+    return torch.optim.AdamW([{'params': [p], 'lr': b}
+                              for p, b in zip(params, base)])
+
+
+def lrs(base=(1e-3, ), warmup=4, total=20, min_lr=0.0, steps=None):
+    opt = optimizer(base)
     sched = WarmupCosineLR(opt, warmup, total, min_lr)
     seen = []
-    for _ in range(total):
+    for _ in range(total if steps is None else steps):
         seen.append([g['lr'] for g in opt.param_groups])  # lr of this step
         opt.step()
         sched.step()
@@ -49,12 +53,30 @@ def test_shape_of_schedule():
 
 
 def test_state_dict_round_trip():
-    _, sched = lrs(total=20)
-    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
-    other = WarmupCosineLR(opt, 4, 20)
+    # Saved in the cosine phase, where every step changes the rate, and
+    # loaded into a fresh scheduler as a resumed run does.
+    base, min_lr = (1e-3, 5e-2), 1e-5
+    _, sched = lrs(base, warmup=4, total=20, min_lr=min_lr, steps=7)
+    opt = optimizer(base)
+    other = WarmupCosineLR(opt, 4, 20, min_lr)
+    assert other.get_last_lr() != sched.get_last_lr()
     other.load_state_dict(sched.state_dict())
-    assert other.last_epoch == sched.last_epoch == 20
-    assert 'warmup_steps=4' in repr(other) and 'total_steps=20' in repr(other)
+    assert other.last_epoch == sched.last_epoch == 7
+    assert other.get_last_lr() == sched.get_last_lr()
+    assert sched.get_last_lr() == pytest.approx(
+        [reference(7, b, 4, 20, min_lr) for b in base], rel=1e-12)
+    # One more step on each: equal rates, set on both optimizers.
+    for s in (sched, other):
+        s.optimizer.step()
+        s.step()
+    assert other.get_last_lr() == sched.get_last_lr()
+    assert sched.get_last_lr() == pytest.approx(
+        [reference(8, b, 4, 20, min_lr) for b in base], rel=1e-12)
+    assert [g['lr'] for g in opt.param_groups] == other.get_last_lr()
+    assert [g['lr'] for g in sched.optimizer.param_groups] == \
+        sched.get_last_lr()
+    assert repr(other) == repr(sched) == (
+        'WarmupCosineLR(warmup_steps=4, total_steps=20, min_lr=1e-05)')
 
 
 @pytest.mark.parametrize('args,match', [((0, 0), "'total_steps'"),

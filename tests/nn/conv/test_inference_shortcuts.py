@@ -107,6 +107,15 @@ def test_inference_mode_casts_serve_a_later_backward():
         out = conv(xg, None, batch)
     out.float().square().sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    # The same call on an equal conv that never ran in inference mode.
+    fresh = SamsaConv(32, None, heads=4, k=6).eval().requires_grad_(False)
+    fresh.load_state_dict(conv.state_dict())
+    ref = x.clone().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        ref_out = fresh(ref, None, batch)
+    ref_out.float().square().sum().backward()
+    assert torch.equal(out, ref_out)
+    assert torch.equal(xg.grad, ref.grad)
 
 
 def test_residual_and_batch_norm_run_as_one_op(monkeypatch, spy,

@@ -65,12 +65,25 @@ def test_samsa_conv(norm, with_conv):
         for p in conv.parameters():
             p.add_(1.0)
     shifted = [p.detach().clone() for p in conv.parameters()]
+    torch.manual_seed(1)
     conv.reset_parameters()
     # reset_parameters() reaches every parameter.
     for (name, p), s in zip(conv.named_parameters(), shifted):
         assert not torch.equal(p, s), name
     out2 = conv(x, edge_index, batch, edge_attr=edge_attr)
     assert out2.shape == out1.shape
+    assert not torch.allclose(out2, out1)
+    # The reset conv is an untouched conv reset from the same seed:
+    # parameters and buffers (running statistics too), hence outputs.
+    fresh = SamsaConv(16, gine() if with_conv else None, heads=4, k=8,
+                      norm=norm).eval()
+    torch.manual_seed(1)
+    fresh.reset_parameters()
+    for (name, a), b in zip(conv.state_dict().items(),
+                            fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(fresh(x, edge_index, batch, edge_attr=edge_attr),
+                       out2)
 
 
 def test_samsa_conv_is_gps_with_samsa_attention():

@@ -164,6 +164,18 @@ def test_node_tokens_without_identifiers():
     out_train = tok.train()(data.x, data.edge_index, batch=data.batch)
     out_eval = tok.eval()(data.x, data.edge_index, batch=data.batch)
     assert torch.equal(out_train.x, out_eval.x)
+    # Nodes permuted within each graph (the batch stays sorted), in train
+    # and eval: the tokens are permuted the same way.
+    perm = torch.cat([torch.randperm(7), 7 + torch.randperm(5)])
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(12)
+    for mode in (True, False):
+        out = tok.train(mode)(data.x[perm], inv[data.edge_index],
+                              batch=data.batch)
+        torch.testing.assert_close(out.x, out_eval.x[perm], rtol=0,
+                                   atol=1e-6)
+        assert torch.equal(out.batch, data.batch)
+        assert torch.equal(out.node_index, torch.arange(12))
     assert torch.allclose(out_eval.x, tok.lin_node(tok.node_encoder(data.x)))
     with pytest.raises(ValueError, match="'id_channels' > 0"):
         _tokenizer(edge_tokens=True, id_channels=0)

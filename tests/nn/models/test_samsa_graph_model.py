@@ -120,13 +120,19 @@ def test_every_parameter_gets_a_gradient(level, tokens):
 def test_bf16_autocast_training_step_is_close_to_fp32(tokens):
     # The training step under bf16 autocast, as the trainer's amp='bf16'
     # runs it: every gradient finite, the output close to float32's.
+    # The outputs are compared with k >= every graph's size: with k < n,
+    # bf16 rounding can flip a near-tie in the top-k choice of keys (at
+    # k=4, 5 of 60 seeds exceed 2e-2 that way), which is no error of
+    # precision. Measured at k=16 over 30 seeds: |error| <= 0.01 on outputs
+    # of size 0.03-1.
     batch = Batch.from_data_list([_graph(n, n, False) for n in (8, 10, 5)])
-    model = _model('graph', tokens, k=4).eval()  # fixed identifiers
-    ref = _run(model, batch)
+    exact = _model('graph', tokens, k=16).eval()  # fixed identifiers
+    ref = _run(exact, batch)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = _run(model, batch)
-    torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)
-    model.train()
+        out = _run(exact, batch)
+    assert not torch.equal(out.float(), ref)  # bf16 really ran
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+    model = _model('graph', tokens, k=4).train()  # the sampling path
     with torch.autocast('cpu', dtype=torch.bfloat16):
         loss = _run(model, batch).float().square().mean()
     loss.backward()

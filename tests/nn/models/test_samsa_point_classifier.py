@@ -161,6 +161,7 @@ def test_every_parameter_gets_a_finite_gradient(kwargs):
     for name, p in model.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
 
 
 def _two_classes(rotate: bool, n: int = 64):
@@ -230,9 +231,25 @@ def test_reset_parameters():
     model = _small(rotation_invariant=True, local_conv=True)
     pos, _, batch, _ = _clouds()
     model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    shifted = [p.detach().clone() for p in model.parameters()]
     torch.manual_seed(1)
     model.reset_parameters()
+    # reset_parameters() reaches every parameter.
+    for (name, p), s in zip(model.named_parameters(), shifted):
+        assert not torch.equal(p, s), name
     out = model(pos, batch)
+    # The reset model is the same function as an untouched model reset
+    # from the same seed: no trace of the earlier weights is left.
+    fresh = _small(rotation_invariant=True, local_conv=True).eval()
+    torch.manual_seed(1)
+    fresh.reset_parameters()
+    for (name, a), b in zip(model.state_dict().items(),
+                            fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(fresh(pos, batch), out)
     torch.manual_seed(1)
     model.reset_parameters()
     assert torch.equal(model(pos, batch), out)
