@@ -16,10 +16,12 @@ class SamplingRecord:
         indices (torch.Tensor): Global token indices of shape
             :obj:`[num_graphs, heads, k_max]`; :obj:`-1` marks unused slots,
             values :obj:`< -1` mark learnable register tokens.
-        pos (torch.Tensor, optional): The :obj:`pos` the layer was called
-            with, of shape :obj:`[N, D]`. (default: :obj:`None`)
-        batch (torch.Tensor, optional): The batch vector the layer was called
-            with, of shape :obj:`[N]`. (default: :obj:`None`)
+        pos (torch.Tensor or None): The :obj:`pos` the layer was called
+            with, of shape :obj:`[N, D]`; :obj:`None` if the call had none
+            or the recorder does not store inputs.
+        batch (torch.Tensor or None): The batch vector the layer was called
+            with, of shape :obj:`[N]`; :obj:`None` if the call had none or
+            the recorder does not store inputs.
         num_tokens (int): Number of tokens :obj:`N` of the call.
     """
     indices: Tensor
@@ -54,7 +56,7 @@ class SamplingRecorder:
 
         with SamplingRecorder(model) as rec:
             out = model(data.pos, data.batch)
-        rec.indices['convs.0.attn']  # [num_graphs, heads, k_max]
+        rec.indices['backbone.convs.0.attn']  # [num_graphs, heads, k_max]
 
     Args:
         model (torch.nn.Module): The model to observe.

@@ -153,7 +153,7 @@ def set_packed_attention(flag: bool) -> None:
 
 def use_fused_gine() -> bool:
     r"""Whether the local GINE branch of
-    :class:`~samsa_geo.nn.SamsaGraphModel` forms and sums its messages
+    :class:`~samsa_geo.nn.models.SamsaGraphModel` forms and sums its messages
     with samsa_geo's Triton kernels on CUDA
     (:func:`~samsa_geo.ops.gine_aggregate` with ``backend='auto'``): two
     launches forward and two backward where PyTorch's operators make
