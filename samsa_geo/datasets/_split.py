@@ -3,11 +3,27 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from samsa_geo.ops.validation import check_tensor
+
 
 def holdout_indices(y: Tensor, ratio: float, seed: int = 0) -> Tensor:
     r"""Returns a fixed, seeded per-class hold-out of :obj:`ratio` of the
-    samples with labels :obj:`y` (at least one per class of two or more
-    samples), sorted."""
+    samples with labels :obj:`y` of shape :obj:`[N]` (at least one per
+    class of two or more samples), sorted; :obj:`ratio` lies in
+    :math:`(0, 1)`."""
+    check_tensor('y', y)
+    if y.dim() != 1:
+        raise ValueError(f"Expected 'y' to have shape [N] (got "
+                         f"{list(y.shape)}); flatten labels of shape [N, 1] "
+                         f"with y.view(-1)")
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise TypeError(f"Expected 'ratio' to be a float "
+                        f"(got {type(ratio).__name__})")
+    if not 0 < ratio < 1:  # also refuses NaN
+        raise ValueError(f"Expected 'ratio' in (0, 1) (got {ratio})")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"Expected 'seed' to be an int "
+                        f"(got {type(seed).__name__})")
     gen = torch.Generator().manual_seed(seed)
     out = []
     for c in y.unique(sorted=True).tolist():

@@ -57,6 +57,9 @@ LRGB_TASKS: Dict[str, LRGBTask] = {
 def lrgb_task(name: str) -> LRGBTask:
     r"""The :class:`LRGBTask` of dataset :obj:`name` (case-insensitive, as
     accepted by :class:`~torch_geometric.datasets.LRGBDataset`)."""
+    if not isinstance(name, str):
+        raise TypeError(f"Expected 'name' to be a str, one of "
+                        f"{list(LRGB_TASKS)} (got {type(name).__name__})")
     key = name.lower()
     if key not in LRGB_TASKS:
         raise ValueError(f"Expected 'name' to be one of {list(LRGB_TASKS)} "

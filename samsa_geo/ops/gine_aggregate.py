@@ -105,6 +105,7 @@ def gine_aggregate_unchecked(x: Tensor, src: Tensor, dst: Tensor,
     h = x * (1.0 + eps)  # [N, C]
     return h.index_add_(0, dst, msg.to(h.dtype))
 
+
 def _check_arguments(x: Tensor, edge_index: Tensor,
                      edge_attr: Optional[Tensor],
                      eps: Union[float, Tensor]) -> None:
@@ -114,7 +115,8 @@ def _check_arguments(x: Tensor, edge_index: Tensor,
         raise ValueError(f"Expected 'x' to be a floating-point tensor of "
                          f"shape [N, C] (got {_described(x)})")
     validation.check_edge_index(edge_index)
-    validation.check_integer_tensor('edge_index', edge_index)
+    validation.check_integer_tensor('edge_index', edge_index,
+                                    validation.BATCH_DTYPES)
     C, E = x.size(1), edge_index.size(1)
     if edge_attr is not None and (
             not isinstance(edge_attr, Tensor)

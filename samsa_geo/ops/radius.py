@@ -1,4 +1,5 @@
 import inspect
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -122,8 +123,9 @@ def _radius(x: Tensor, y: Tensor, r: float, batch_x: Optional[Tensor],
     if isinstance(r, bool) or not isinstance(r, (int, float)):
         raise TypeError(f"Expected 'r' to be a float "
                         f"(got {type(r).__name__})")
-    if r < 0:
-        raise ValueError(f"Expected 'r' to be non-negative (got {r})")
+    if not 0 <= r < math.inf:  # also refuses NaN
+        raise ValueError(f"Expected 'r' to be a finite non-negative float "
+                         f"(got {r})")
     check_positive_int('max_num_neighbors', max_num_neighbors)
     x, y, batch_x, batch_y, size, _ = check_pair(
         x, y, batch_x, batch_y, batch_size, chunk_size,

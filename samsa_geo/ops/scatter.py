@@ -72,7 +72,26 @@ def scatter(
           src
         - **output:** :math:`(*, \text{dim\_size}, *)`
     """
+    return _scatter(src, index, dim, dim_size, reduce, backend)
+
+
+def _check_size(name: str, size: Optional[int]) -> None:
+    # The output size along `dim` (its values are checked against the
+    # index in _scatter).
+    if size is not None and (isinstance(size, bool)
+                             or not isinstance(size, int)):
+        raise TypeError(f"Expected '{name}' to be an int or None "
+                        f"(got {type(size).__name__})")
+    if size is not None and size < 0:
+        raise ValueError(f"Expected '{name}' to be non-negative (got {size})")
+
+
+def _scatter(src: Tensor, index: Tensor, dim: int, dim_size: Optional[int],
+             reduce: str, backend: str, size_name: str = 'dim_size'
+             ) -> Tensor:
+    # scatter, with errors naming the output size `size_name`.
     backend = resolve_backend(backend, CLUSTER_BACKENDS)
+    _check_size(size_name, dim_size)
     dim = _check(src, index, dim)
     if reduce not in REDUCTIONS:
         raise ValueError(f"Expected 'reduce' to be one of {REDUCTIONS} "
@@ -82,8 +101,8 @@ def scatter(
     if dim_size is None:
         dim_size = max_index
     elif dim_size < max_index:
-        raise IndexError(f"Expected 'dim_size' to exceed the largest index "
-                         f"{max_index - 1} (got {dim_size})")
+        raise IndexError(f"Expected '{size_name}' to exceed the largest "
+                         f"index {max_index - 1} (got {dim_size})")
 
     if use_compiled(backend, samsa_geo.typing.WITH_TORCH_SCATTER, True,
                     'torch_scatter'):
@@ -129,14 +148,15 @@ def segment_softmax(
         raise TypeError(f"Expected 'src' to be a floating-point tensor "
                         f"(got {src.dtype})")
     backend = resolve_backend(backend, CLUSTER_BACKENDS)
+    _check_size('num_segments', num_segments)
     dim = _check(src, index, dim)
     if index.dim() != 1:
         raise ValueError(f"Expected 'index' to have shape [{src.size(dim)}] "
                          f"(got {list(index.size())})")
     index = index.long()
-    src_max = scatter(src.detach(), index, dim, num_segments, 'max',
-                      backend=backend).index_select(dim, index)
+    src_max = _scatter(src.detach(), index, dim, num_segments, 'max',
+                       backend, 'num_segments').index_select(dim, index)
     out = (src - src_max).exp()
-    out_sum = scatter(out, index, dim, num_segments, 'sum',
-                      backend=backend).index_select(dim, index)
+    out_sum = _scatter(out, index, dim, num_segments, 'sum', backend,
+                       'num_segments').index_select(dim, index)
     return out / out_sum

@@ -48,7 +48,9 @@ def check_integer_tensor(name: str, value: Any,
     else:
         ok = value.dtype in dtypes
     if not ok:
-        raise TypeError(f"Expected '{name}' to be an integer tensor "
+        of = '' if dtypes is None else \
+            f" of dtype {' or '.join(map(str, dtypes))}"
+        raise TypeError(f"Expected '{name}' to be an integer tensor{of} "
                         f"(got {value.dtype})")
     return value
 
@@ -123,9 +125,16 @@ def check_sorted_batch(batch: Optional[Tensor], name: str = 'batch') -> None:
     empty vectors pass.
 
     This reads the device (one host synchronisation on a GPU): call it once
-    at a model's or layer's entry, not in an inner loop.
+    at a model's or layer's entry, not in an inner loop. Anything but an
+    integer vector raises a :class:`TypeError` or :class:`ValueError`.
     """
-    if batch is None or batch.numel() == 0:
+    if batch is None:
+        return
+    check_integer_tensor(name, batch)
+    if batch.dim() != 1:
+        raise ValueError(f"Expected '{name}' to be a vector of shape [N] "
+                         f"(got {list(batch.shape)})")
+    if batch.numel() == 0:
         return
     if not bool(sorted_batch_flag(batch)):
         raise_unsorted(name)

@@ -22,6 +22,8 @@ from samsa_geo.nn.attention._score_grad import (
     score_tail,
     scorer_gelu,
 )
+from samsa_geo.ops._utils import check_positive_int
+from samsa_geo.ops.validation import check_matrix
 
 
 class ImportanceScorer(Module):
@@ -63,6 +65,8 @@ class ImportanceScorer(Module):
     def __init__(self, channels: int, heads: int = 1,
                  input_norm: bool = False) -> None:
         super().__init__()
+        check_positive_int('channels', channels)
+        check_positive_int('heads', heads)
         if not isinstance(input_norm, bool):
             raise TypeError(f"Expected 'input_norm' to be a bool "
                             f"(got {type(input_norm).__name__})")
@@ -100,6 +104,7 @@ class ImportanceScorer(Module):
         before the backward pass, names the only (token, head) pairs whose
         scores receive a gradient: the training node's backward then runs
         on their rows alone."""
+        check_matrix('x', x, self.channels)
         lin1, act, lin2 = self.score_nn
         if self.norm_in is not None:
             assert hidden is None and lin1_inputs is None, \

@@ -59,6 +59,7 @@ from samsa_geo.nn.attention._tiles import (
 )
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
 from samsa_geo.nn.attention.relative_bias import RelativeBias
+from samsa_geo.ops._utils import check_positive_int
 from samsa_geo.ops.linear import linear_unchecked
 from samsa_geo.ops.validation import (
     check_batch_vector,
@@ -210,10 +211,12 @@ class SamsaAttention(Module):
         scorer_norm: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels <= 0:
+        if (isinstance(channels, bool) or not isinstance(channels, int)
+                or channels <= 0):
             raise ValueError(f"Expected 'channels' to be a positive int "
                              f"(got {channels!r})")
-        if not isinstance(heads, int) or heads <= 0 or channels % heads:
+        if (isinstance(heads, bool) or not isinstance(heads, int)
+                or heads <= 0 or channels % heads):
             raise ValueError(f"Expected 'heads' to be a positive int "
                              f"dividing 'channels'={channels} (got {heads!r})")
         if isinstance(k, bool) or not isinstance(k, (int, float)):
@@ -238,19 +241,29 @@ class SamsaAttention(Module):
                 or not math.isfinite(temperature) or temperature <= 0):
             raise ValueError(f"Expected 'temperature' to be a finite float "
                              f"> 0 (got {temperature!r})")
+        if isinstance(num_registers, bool) or \
+                not isinstance(num_registers, int):
+            raise TypeError(f"Expected 'num_registers' to be an int "
+                            f"(got {type(num_registers).__name__})")
         if num_registers < 0:
             raise ValueError(f"Expected 'num_registers' >= 0 "
                              f"(got {num_registers})")
-        if not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+            raise TypeError(f"Expected 'dropout' to be a float "
+                            f"(got {type(dropout).__name__})")
+        if not 0.0 <= dropout < 1.0:  # also refuses NaN
             raise ValueError(f"Expected 'dropout' in [0, 1) (got {dropout})")
-        if tile_size <= 0:
-            raise ValueError(f"Expected 'tile_size' > 0 (got {tile_size})")
-        if not isinstance(summary, bool):
-            raise TypeError(f"Expected 'summary' to be a bool "
-                            f"(got {type(summary).__name__})")
-        if not isinstance(scorer_norm, bool):
-            raise TypeError(f"Expected 'scorer_norm' to be a bool "
-                            f"(got {type(scorer_norm).__name__})")
+        check_positive_int('tile_size', tile_size)
+        for name, flag in (('relative_bias', relative_bias),
+                           ('stochastic_eval', stochastic_eval),
+                           ('summary', summary),
+                           ('scorer_norm', scorer_norm)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"Expected '{name}' to be a bool "
+                                f"(got {type(flag).__name__})")
+        if padded is not None and not isinstance(padded, bool):
+            raise TypeError(f"Expected 'padded' to be a bool or None "
+                            f"(got {type(padded).__name__})")
         if scorer_norm and sampling == 'full':
             raise ValueError("Expected 'scorer_norm=False' with "
                              "sampling='full' (it has no scorer)")

@@ -172,6 +172,13 @@ class SamsaConv(Module):
                              f"(got {dropout!r}); 'k' is keyword-only: "
                              f"SamsaConv(channels, conv, heads, dropout, "
                              f"..., k=64)")
+        if conv is not None and not isinstance(conv, Module):
+            raise TypeError(f"Expected 'conv' to be a Module (a message "
+                            f"passing layer) or None "
+                            f"(got {type(conv).__name__})")
+        if not isinstance(norm_first, bool):
+            raise TypeError(f"Expected 'norm_first' to be a bool "
+                            f"(got {type(norm_first).__name__})")
         self.channels = channels
         self.norm_first = norm_first
         self.conv = conv
@@ -181,7 +188,7 @@ class SamsaConv(Module):
         self.attn = SamsaAttention(channels, heads=heads, k=k, **attn_kwargs)
         self.mlp = Sequential(
             Linear(channels, channels * 2),
-            activation_resolver(act, **(act_kwargs or {})),
+            _resolve('act', act, activation_resolver, **(act_kwargs or {})),
             Dropout(dropout),
             Linear(channels * 2, channels),
             Dropout(dropout),
@@ -189,9 +196,12 @@ class SamsaConv(Module):
         norm_kwargs = norm_kwargs or {}
         self.norm1 = None  # only the local branch uses it
         if conv is not None:
-            self.norm1 = normalization_resolver(norm, channels, **norm_kwargs)
-        self.norm2 = normalization_resolver(norm, channels, **norm_kwargs)
-        self.norm3 = normalization_resolver(norm, channels, **norm_kwargs)
+            self.norm1 = _resolve('norm', norm, normalization_resolver,
+                                  channels, **norm_kwargs)
+        self.norm2 = _resolve('norm', norm, normalization_resolver, channels,
+                              **norm_kwargs)
+        self.norm3 = _resolve('norm', norm, normalization_resolver, channels,
+                              **norm_kwargs)
         self.norm_with_batch = self.norm_with_size = False
         if self.norm2 is not None:
             params = inspect.signature(self.norm2.forward).parameters
@@ -674,6 +684,34 @@ def _plain_norms(layer: 'SamsaConv') -> bool:
 # torch.nn.MultiheadAttention arguments that GPSConv's 'multihead' takes and
 # SAMSA has no counterpart for.
 _MULTIHEAD_ONLY = ('bias', 'add_bias_kv', 'add_zero_attn', 'kdim', 'vdim')
+
+
+def _resolve(name: str, query: Any, resolver: Any, *args: Any,
+             **kwargs: Any) -> Any:
+    # PyG's resolver of `act` / `norm`, with errors that name the argument.
+    if name == 'norm' and query is None:
+        return None
+    if isinstance(query, str):
+        try:
+            return resolver(query, *args, **kwargs)
+        except ValueError as error:
+            if not str(error).startswith('Could not resolve'):
+                raise  # the layer's own error, e.g. of its kwargs
+            kind = 'an activation' if name == 'act' else 'a normalization'
+            raise ValueError(f"Expected '{name}' to be the name of {kind} "
+                             f"layer known to PyG, e.g. {_EXAMPLES[name]} "
+                             f"(got {query!r})") from error
+    if name == 'act' and not isinstance(query, Module):
+        raise TypeError(f"Expected 'act' to be a str or a Module "
+                        f"(got {type(query).__name__})")
+    if name == 'norm' and not callable(query):
+        raise TypeError(f"Expected 'norm' to be a str, a Module or None "
+                        f"(got {type(query).__name__})")
+    return resolver(query, *args, **kwargs)
+
+
+_EXAMPLES = {'act': "'relu' or 'gelu'",
+             'norm': "'batch_norm', 'layer_norm' or 'graph_norm'"}
 
 
 def _samsa_kwargs(attn_type: str,

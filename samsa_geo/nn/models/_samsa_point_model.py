@@ -68,10 +68,17 @@ class PointModel(Reloadable, Module):
 def mlp_head(num_classes: int, in_channels: int, channels: int,
              dropout: float) -> Sequential:
     r"""The MLP head of the point models, from ``in_channels`` pooled
-    and/or per-point features to ``num_classes`` logits."""
+    and/or per-point features to ``num_classes`` logits; ``dropout`` is
+    the models' ``head_dropout``."""
     if not isinstance(num_classes, int) or num_classes <= 0:
         raise ValueError(f"Expected 'num_classes' to be a positive int "
                          f"(got {num_classes!r})")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise TypeError(f"Expected 'head_dropout' to be a float "
+                        f"(got {type(dropout).__name__})")
+    if not 0.0 <= dropout < 1.0:  # also refuses NaN
+        raise ValueError(f"Expected 'head_dropout' in [0, 1) "
+                         f"(got {dropout})")
     return Sequential(
         LayerNorm(in_channels),
         Linear(in_channels, channels),

@@ -10,7 +10,7 @@ from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
 from samsa_geo.nn.encoders._point_geometry import centroid, check_points
 from samsa_geo.ops import knn_graph, value_checks
-from samsa_geo.ops.validation import check_tensor
+from samsa_geo.ops.validation import check_float_tensor, check_tensor
 
 ENCODERS = ('linear', 'sft', 'ppf')
 
@@ -218,8 +218,12 @@ class SamsaPointBackbone(Module):
         # origin, so this keeps the relative bias translation-invariant.
         pos_c = pos - centroid(pos, batch, B)[batch]  # [N, 3]
 
+        token_bias = self._check_token_bias(token_bias, N)
+
         edge_index = None
-        if self.local_conv:  # else the PPF encoder ranks its neighbours
+        # Without points (and then possibly no cloud, B = 0) there is no
+        # graph to build; the encoder and the layers are skipped too.
+        if self.local_conv and N > 0:  # else the PPF encoder ranks its own
             with value_checks(config.checks_values(pos.device)):
                 edge_index = knn_graph(pos_c.detach(), self.num_neighbors,
                                        batch, loop=True, batch_size=B)
@@ -244,10 +248,10 @@ class SamsaPointBackbone(Module):
         if self.lin_in is not None:
             feats = pos if x is None else torch.cat([pos, x], dim=-1)
             h = h + self.lin_in(feats.to(dtype))
-        if self.encoder is not None:  # inputs already checked
+        if self.encoder is not None and N > 0:  # inputs already checked
             h = h + self.encoder.encode(pos_c, layout.batch,
                                         layout.num_clouds, normal, edge_index)
-            if (config.checks_values(h.device) and N > 0
+            if (config.checks_values(h.device)
                     and not bool(torch.isfinite(h).all())):
                 raise ValueError(
                     f"Expected the point encoder ({self.encoder_type}) to "
@@ -255,6 +259,17 @@ class SamsaPointBackbone(Module):
                     f"in {h.dtype}); its weights hold non-finite values or "
                     f"overflow this dtype")
         return h
+
+    def _check_token_bias(self, token_bias: Optional[Tensor],
+                          N: int) -> Optional[Tensor]:
+        if token_bias is None:
+            return None
+        check_float_tensor('token_bias', token_bias)
+        if token_bias.shape != (N, self.channels):
+            raise ValueError(f"Expected 'token_bias' to have shape [{N}, "
+                             f"{self.channels}] (got "
+                             f"{list(token_bias.shape)})")
+        return token_bias
 
     def _check_x(self, x: Optional[Tensor], N: int) -> Optional[Tensor]:
         if self.in_channels == 0:

@@ -1,0 +1,105 @@
+"""Constructor arguments of SamsaAttention, ImportanceScorer and SamsaConv:
+wrong types and values raise errors that name the argument."""
+import pytest
+import torch
+from torch.nn import LayerNorm
+
+from samsa_geo.nn import SamsaAttention, SamsaConv
+from samsa_geo.nn.attention import ImportanceScorer
+
+
+@pytest.mark.parametrize('kwargs, err, match', [
+    (dict(num_registers=1.5), TypeError, "'num_registers' to be an int"),
+    (dict(num_registers='2'), TypeError, "'num_registers' to be an int"),
+    (dict(num_registers=True), TypeError, "'num_registers' to be an int"),
+    (dict(num_registers=-1), ValueError, "'num_registers'"),
+    (dict(dropout='0.1'), TypeError, "'dropout' to be a float"),
+    (dict(dropout=True), TypeError, "'dropout' to be a float"),
+    (dict(dropout=float('nan')), ValueError, "'dropout'"),
+    (dict(dropout=1.0), ValueError, "'dropout'"),
+    (dict(channels=True), ValueError, "'channels' to be a positive int"),
+    (dict(channels=16.0), ValueError, "'channels' to be a positive int"),
+    (dict(heads=True), ValueError, "'heads' to be a positive int"),
+    (dict(heads=2.0), ValueError, "'heads' to be a positive int"),
+    (dict(tile_size=1.5), TypeError, "'tile_size' to be an int"),
+    (dict(tile_size=True), TypeError, "'tile_size' to be an int"),
+    (dict(tile_size='8'), TypeError, "'tile_size' to be an int"),
+    (dict(tile_size=0), ValueError, "'tile_size' to be positive"),
+    (dict(relative_bias='yes'), TypeError, "'relative_bias' to be a bool"),
+    (dict(stochastic_eval=1), TypeError, "'stochastic_eval' to be a bool"),
+    (dict(padded='no'), TypeError, "'padded' to be a bool or None"),
+])
+def test_samsa_attention_arguments(kwargs, err, match):
+    args = dict(channels=16, heads=2, k=4)
+    args.update(kwargs)
+    with pytest.raises(err, match=match):
+        SamsaAttention(**args)
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(num_registers=2, dropout=0, tile_size=16, padded=None),
+    dict(dropout=0.1, relative_bias=True, stochastic_eval=True, padded=True),
+    dict(padded=False),
+])
+def test_samsa_attention_valid_arguments(kwargs):
+    attn = SamsaAttention(16, heads=2, k=4, **kwargs)
+    pos = torch.randn(10, 3)
+    assert attn(torch.randn(10, 16), pos=pos).shape == (10, 16)
+
+
+@pytest.mark.parametrize('args, err, match', [
+    ((16, -1), ValueError, "'heads' to be positive"),
+    ((16, 0), ValueError, "'heads' to be positive"),
+    ((16, 1.5), TypeError, "'heads' to be an int"),
+    ((0, ), ValueError, "'channels' to be positive"),
+    ((True, ), TypeError, "'channels' to be an int"),
+])
+def test_importance_scorer_arguments(args, err, match):
+    with pytest.raises(err, match=match):
+        ImportanceScorer(*args)
+
+
+@pytest.mark.parametrize('x, err, match', [
+    (torch.randn(5, 8), ValueError, r"'x' to have shape \[N, 16\]"),
+    (torch.randn(16), ValueError, r"'x' to have shape \[N, 16\]"),
+    (torch.randn(2, 5, 16), ValueError, r"'x' to have shape \[N, 16\]"),
+    (torch.randint(0, 3, (5, 16)), TypeError, "'x' to be a floating-point"),
+    ('x', TypeError, "'x' to be a Tensor"),
+])
+def test_importance_scorer_input(x, err, match):
+    scorer = ImportanceScorer(16, 2)
+    with pytest.raises(err, match=match):
+        scorer(x)
+    assert scorer(torch.randn(5, 16)).shape == (5, 2)
+
+
+@pytest.mark.parametrize('kwargs, err, match', [
+    (dict(conv='gine'), TypeError, "'conv' to be a Module"),
+    (dict(conv=3), TypeError, "'conv' to be a Module"),
+    (dict(norm='foo'), ValueError,
+     r"Expected 'norm' to be the name of a normalization .*\(got 'foo'\)"),
+    (dict(norm=5), TypeError, "'norm' to be a str, a Module or None"),
+    (dict(act='foo'), ValueError,
+     r"Expected 'act' to be the name of an activation .*\(got 'foo'\)"),
+    (dict(act=None), TypeError, "'act' to be a str or a Module"),
+    (dict(norm_first='yes'), TypeError, "'norm_first' to be a bool"),
+])
+def test_samsa_conv_arguments(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        SamsaConv(16, heads=2, k=4, **kwargs)
+
+
+def test_samsa_conv_norm_kwargs_errors_pass_through():
+    # An error of the resolved layer itself is not reworded as an unknown
+    # name.
+    with pytest.raises(TypeError, match='unexpected keyword'):
+        SamsaConv(16, norm='layer_norm', norm_kwargs={'colour': 1})
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(norm='BatchNorm'), dict(norm='layer_norm', act='gelu'),
+    dict(norm=None, act=torch.nn.GELU()), dict(norm=LayerNorm(16)),
+])
+def test_samsa_conv_valid_norms_and_activations(kwargs):
+    conv = SamsaConv(16, heads=2, k=4, **kwargs)
+    assert conv(torch.randn(10, 16), None).shape == (10, 16)
