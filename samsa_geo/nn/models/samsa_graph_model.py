@@ -420,10 +420,11 @@ class SamsaGraphModel(Reloadable, Module):
                                    'edge_label_index')
             z = self.head(h)  # [N, C]
             return (z[edge_label_index[0]] * z[edge_label_index[1]]).sum(-1)
-        if batch is None and h.size(0) == 0:
+        if batch is None and h.size(0) == 0 and self.pool == 'mean':
             raise ValueError("Expected at least one node for a graph-level "
                              "prediction without 'batch' (got 0): an empty "
-                             "graph has no mean")
+                             "graph has no mean (pool='sum' gives its sum, "
+                             "zero)")
         if batch is not None:
             batch = batch.long()  # int32 too (checked by node_embeddings)
         self._check_num_graphs(num_graphs, batch, h.size(0))

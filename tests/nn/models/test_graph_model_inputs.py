@@ -93,3 +93,6 @@ def test_graph_level_without_nodes():
         model(x, ei, ea, pe=pe)
     batch = torch.zeros(0, dtype=torch.long)
     assert model(x, ei, ea, batch, pe=pe).shape == (0, 3)
+    summed = _model(pool='sum')
+    head = summed.head(torch.zeros(1, 16))
+    assert torch.allclose(summed(x, ei, ea, pe=pe), head)
