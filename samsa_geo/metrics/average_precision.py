@@ -1,7 +1,7 @@
 import torch
 from torch import Tensor
 
-from samsa_geo.ops.validation import check_finite, check_tensor
+from samsa_geo.ops.validation import check_scores, check_tensor
 
 
 def _binary_average_precision(score: Tensor, target: Tensor) -> Tensor:
@@ -36,8 +36,9 @@ def average_precision_multitask(pred: Tensor, target: Tensor) -> float:
     :math:`\mathcal{T}` holds the remaining tasks.
 
     Args:
-        pred (torch.Tensor): Finite scores (logits or probabilities; only
-            their order matters), shape :math:`(N, T)`.
+        pred (torch.Tensor): Scores (logits or probabilities; only their
+            order matters), without NaN or :math:`+\infty`, shape
+            :math:`(N, T)`.
         target (torch.Tensor): Binary labels, NaN for missing, shape
             :math:`(N, T)`.
     """
@@ -51,7 +52,7 @@ def average_precision_multitask(pred: Tensor, target: Tensor) -> float:
         raise ValueError(f"Expected 'pred' and 'target' to have the same shape "
                          f"[N, T] (got {list(pred.shape)} and "
                          f"{list(target.shape)})")
-    check_finite(pred, 'pred')  # NaN scores would sort arbitrarily
+    check_scores(pred, 'pred')  # NaN scores would sort arbitrarily
     pred = pred.detach().to(torch.float64)
     target = target.detach().to(torch.float64)
     values = []

@@ -8,7 +8,8 @@ from torch import Tensor
 from samsa_geo.ops.validation import (
     check_integer_tensor,
     check_tensor,
-    raise_non_finite,
+    raise_bad_scores,
+    scores_flag,
 )
 
 
@@ -52,10 +53,10 @@ def _labels(pred: Tensor, target: Tensor,
 
     reads = [target.min(), target.max(), labels.min(), labels.max()]
     if scores:
-        reads.append(torch.isfinite(pred).all())
+        reads.append(scores_flag(pred))
     values = torch.stack([v.long() for v in reads]).tolist()  # the one read
     if scores and not values[4]:
-        raise_non_finite('pred')
+        raise_bad_scores('pred')
     bound = num_classes if num_classes is not None else \
         pred.size(1) if scores else max(values[1], values[3]) + 1
     for name, low, high in (('target', values[0], values[1]),
@@ -76,7 +77,9 @@ def confusion_matrix(pred: Tensor, target: Tensor,
 
     Args:
         pred (torch.Tensor): Predicted integer labels :math:`(N)` or
-            floating-point scores :math:`(N, C)`, :math:`C \geq 2`, finite
+            floating-point scores :math:`(N, C)`, :math:`C \geq 2`,
+            without NaN or :math:`+\infty` (:math:`-\infty` marks a
+            masked class)
             (arg-maxed).
         target (torch.Tensor): True integer labels :math:`(N)`, in
             :math:`[0, C)`.
@@ -101,7 +104,9 @@ def overall_accuracy(pred: Tensor, target: Tensor) -> float:
 
     Args:
         pred (torch.Tensor): Predicted integer labels :math:`(N)` or
-            floating-point scores :math:`(N, C)`, :math:`C \geq 2`, finite.
+            floating-point scores :math:`(N, C)`, :math:`C \geq 2`,
+            without NaN or :math:`+\infty` (:math:`-\infty` marks a
+            masked class).
         target (torch.Tensor): True integer labels :math:`(N)`, non-negative
             (and below :math:`C` for scores), as in
             :func:`confusion_matrix`.

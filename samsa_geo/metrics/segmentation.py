@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from samsa_geo.ops.validation import (
-    check_finite,
+    check_scores,
     check_float_tensor,
     check_integer_tensor,
     check_tensor,
@@ -63,9 +63,10 @@ def shape_part_iou(pred: Tensor, target: Tensor, category: Tensor,
 
     Args:
         pred (torch.Tensor): Predicted integer part labels :math:`(N)` or
-            finite floating-point scores :math:`(N, P)`, one column per part
+            floating-point scores :math:`(N, P)`, one column per part
             label (:math:`P` above the largest label of
-            :obj:`category_parts`).
+            :obj:`category_parts`), without NaN or :math:`+\infty`
+            (:math:`-\infty` marks a masked part).
         target (torch.Tensor): True integer part labels :math:`(N)`, each
             one of the parts of its shape's category.
         category (torch.Tensor): Category of each shape :math:`(B)`.
@@ -139,7 +140,7 @@ def shape_part_iou(pred: Tensor, target: Tensor, category: Tensor,
 
     pred = pred.detach().cpu()
     if scores:
-        check_finite(pred, 'pred')
+        check_scores(pred, 'pred')  # -inf: a masked part
         # Restrict the arg-max to the parts of each point's category.
         mask = torch.full(pred.size(), float('-inf'), dtype=torch.float64)
         mask[:, :num_parts].masked_fill_(valid[point_category], 0.)

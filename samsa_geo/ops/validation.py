@@ -147,6 +147,25 @@ def check_finite(x: Tensor, name: str) -> None:
         raise_non_finite(name)
 
 
+def scores_flag(x: Tensor) -> Tensor:
+    r"""A device-side boolean scalar: whether the scores :obj:`x` hold no
+    NaN and no :math:`+\infty` (:math:`-\infty` marks a masked score)."""
+    return ~(torch.isnan(x) | (x == float('inf'))).any()
+
+
+def check_scores(x: Tensor, name: str) -> None:
+    r"""Raises a :class:`ValueError` naming :obj:`name` if the scores
+    :obj:`x` hold NaN or :math:`+\infty` (one host synchronisation on a
+    GPU); :math:`-\infty` (a masked score) is accepted."""
+    if x.numel() > 0 and not bool(scores_flag(x)):
+        raise_bad_scores(name)
+
+
+def raise_bad_scores(name: str) -> None:
+    raise ValueError(f"Expected '{name}' to hold no NaN and no +inf (found "
+                     f"some; masked scores may be -inf)")
+
+
 def raise_non_finite(name: str) -> None:
     raise ValueError(f"Expected '{name}' to hold finite values only (found "
                      f"NaN or inf)")
@@ -161,4 +180,5 @@ __all__ = [
     'check_batch_vector',
     'check_sorted_batch',
     'check_finite',
+    'check_scores',
 ]

@@ -66,8 +66,24 @@ def test_pred_labels_or_scores(metric, pred, error, match):
 def test_non_finite_scores(metric, bad):
     logits = torch.randn(7, 3)
     logits[4, 1] = bad
-    with pytest.raises(ValueError, match="'pred' to hold finite values"):
+    with pytest.raises(ValueError, match="'pred' to hold no NaN and no "
+                                         r"\+inf"):
         metric(logits, TARGET)
+
+
+@pytest.mark.parametrize('metric', [overall_accuracy, mean_class_accuracy,
+                                    confusion_matrix, macro_f1])
+def test_masked_scores_are_accepted(metric):
+    # -inf marks a masked class: the arg-max skips it.
+    logits = torch.randn(7, 3)
+    masked = logits.clone()
+    masked[:, 2] = float('-inf')
+    labels = logits[:, :2].argmax(-1)
+    want = metric(labels, TARGET, 3) if metric is not overall_accuracy \
+        else metric(labels, TARGET)
+    got = metric(masked, TARGET, 3) if metric is not overall_accuracy \
+        else metric(masked, TARGET)
+    assert torch.equal(torch.as_tensor(got), torch.as_tensor(want))
 
 
 @pytest.mark.parametrize('metric', [overall_accuracy, mean_class_accuracy,

@@ -158,8 +158,19 @@ def test_average_precision_non_finite_pred(bad):
     pred = torch.rand(4, 2)
     target = torch.tensor([[0., 1.], [1., 0.], [0., 1.], [1., 0.]])
     pred[2, 1] = bad  # NaN scores used to give AP 0.5
-    with pytest.raises(ValueError, match="'pred' to hold finite values"):
+    with pytest.raises(ValueError, match="'pred' to hold no NaN and no"):
         average_precision_multitask(pred, target)
+
+
+def test_average_precision_masked_scores_rank_last():
+    target = torch.tensor([[0., 1.], [1., 0.], [0., 1.], [1., 0.]])
+    pred = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    masked = pred.clone()
+    masked[0, 0] = float('-inf')  # ranked below every other score
+    low = pred.clone()
+    low[0, 0] = -1.0
+    assert average_precision_multitask(masked, target) == \
+        pytest.approx(average_precision_multitask(low, target))
 
 
 MRR_X = torch.randn(4, 2)

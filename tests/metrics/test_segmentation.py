@@ -78,9 +78,20 @@ def test_scores_need_a_column_per_part(fn):
                        r"\[4, P\] with P >= 5"):
         fn(torch.randn(4, 3), torch.tensor([2, 3, 4, 2]), torch.tensor([1]),
            PARTS)
-    with pytest.raises(ValueError, match="'pred' to hold finite values"):
+    with pytest.raises(ValueError, match="'pred' to hold no NaN"):
         fn(torch.full((4, 5), float('nan')), torch.tensor([2, 3, 4, 2]),
            torch.tensor([1]), PARTS)
+    # -inf marks a masked part: the scores give the labels they arg-max to
+    # among the category's parts (2, 3, 4).
+    scores = torch.randn(4, 5)
+    scores[:, 3] = float('-inf')
+    target = torch.tensor([2, 3, 4, 2])
+    labels = scores[:, 2:].argmax(-1) + 2
+    assert (labels != 3).all()
+    assert torch.equal(torch.as_tensor(fn(scores, target, torch.tensor([1]),
+                                          PARTS)),
+                       torch.as_tensor(fn(labels, target, torch.tensor([1]),
+                                          PARTS)))
     with pytest.raises(TypeError, match="'pred' to be an integer"):
         fn(torch.tensor([2., 3., 4., 2.]), torch.tensor([2, 3, 4, 2]),
            torch.tensor([1]), PARTS)
