@@ -359,8 +359,9 @@ def main():
             p.error('--kernels runs the kernels in Triton\'s interpreter: '
                     'set TRITON_INTERPRET=1')
     torch.set_num_threads(args.threads)
-    print(f'CPU, {args.threads} thread(s), torch {torch.__version__}, '
-          f'C={args.channels}, H={args.heads}, k={args.k}, {args.dtype}')
+    sizes = '' if args.graph_step and args.host else \
+        f', C={args.channels}, H={args.heads}, k={args.k}, {args.dtype}'
+    print(f'CPU, {args.threads} thread(s), torch {torch.__version__}{sizes}')
     if args.ab:
         (tB, tn), = parse_sizes(args.time_size)
         with mock.patch.object(config, 'checks_values', lambda device: False):
@@ -377,7 +378,7 @@ def main():
         with mock.patch.object(config, 'checks_values', lambda device: False):
             host = graph_host_times(ops, args.rounds)
         gine = host['gine_graph_model']
-        print(f"host ms per step, 4 graphs, C=8 (first quartile of "
+        print(f"host ms per step, 4 graphs, C=8, fp32 (first quartile of "
               f"{args.rounds} rounds)")
         print(f"{'op':<24} {'fwd ms':>8} {'bwd ms':>8} {'x GINE fwd':>11} "
               f"{'bwd':>6} {'step':>6}")

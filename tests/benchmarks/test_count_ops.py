@@ -57,3 +57,23 @@ def test_kernels_need_the_graph_step_and_known_switches(monkeypatch):
         monkeypatch.setattr(sys, 'argv', ['count_ops.py', *argv])
         with pytest.raises(SystemExit):
             bench.main()
+
+
+def test_graph_host_times_time_each_model_and_pass(monkeypatch):
+    # Every model's forward and backward are timed once per round (after 5
+    # rounds of warm-up), on the 4-graph batch; the times are not compared
+    # (speed is the benchmark's to measure).
+    calls = []
+    original = bench.graph_forward
+
+    def spy(op, model, data):
+        calls.append((op, data.num_graphs))
+        return original(op, model, data)
+
+    monkeypatch.setattr(bench, 'graph_forward', spy)
+    ops = ['samsa_graph_model_hints', 'gine_graph_model']
+    times = bench.graph_host_times(ops, rounds=3)
+    assert list(times) == ops
+    assert calls == [(op, 4) for _ in range(8) for op in ops]
+    for fwd, bwd in times.values():
+        assert fwd > 0 and bwd > 0
