@@ -3,7 +3,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from samsa_geo.ops.validation import check_tensor
+from samsa_geo.ops.validation import check_number, check_tensor
 
 
 def holdout_indices(y: Tensor, ratio: float, seed: int = 0) -> Tensor:
@@ -16,9 +16,7 @@ def holdout_indices(y: Tensor, ratio: float, seed: int = 0) -> Tensor:
         raise ValueError(f"Expected 'y' to have shape [N] (got "
                          f"{list(y.shape)}); flatten labels of shape [N, 1] "
                          f"with y.view(-1)")
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-        raise TypeError(f"Expected 'ratio' to be a float "
-                        f"(got {type(ratio).__name__})")
+    check_number('ratio', ratio)
     if not 0 < ratio < 1:  # also refuses NaN
         raise ValueError(f"Expected 'ratio' in (0, 1) (got {ratio})")
     if isinstance(seed, bool) or not isinstance(seed, int):

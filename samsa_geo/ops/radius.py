@@ -18,6 +18,7 @@ from samsa_geo.ops._utils import (
     resolve_backend,
     use_compiled,
 )
+from samsa_geo.ops.validation import check_number
 
 
 def _compiled_radius(x: Tensor, y: Tensor, r: float,
@@ -120,9 +121,7 @@ def _radius(x: Tensor, y: Tensor, r: float, batch_x: Optional[Tensor],
     # radius, with errors naming the batch vectors batch_names (see
     # check_pair).
     backend = resolve_backend(backend, CLUSTER_BACKENDS)
-    if isinstance(r, bool) or not isinstance(r, (int, float)):
-        raise TypeError(f"Expected 'r' to be a float "
-                        f"(got {type(r).__name__})")
+    check_number('r', r)
     if not 0 <= r < math.inf:  # also refuses NaN
         raise ValueError(f"Expected 'r' to be a finite non-negative float "
                          f"(got {r})")

@@ -9,6 +9,8 @@ device, which on a GPU makes the host wait: call them once at a model's or
 layer's entry. The geometry ops run such checks behind the switch of
 :mod:`samsa_geo.ops.config`.
 """
+import math
+from numbers import Real
 from typing import Any, Optional, Tuple
 
 import torch
@@ -52,6 +54,20 @@ def check_integer_tensor(name: str, value: Any,
             f" of dtype {' or '.join(map(str, dtypes))}"
         raise TypeError(f"Expected '{name}' to be an integer tensor{of} "
                         f"(got {value.dtype})")
+    return value
+
+
+def check_number(name: str, value: Any, finite: bool = False) -> float:
+    r"""Raises a :class:`TypeError` naming :obj:`name` unless :obj:`value`
+    is a real number (a bool is not), and with :obj:`finite` a
+    :class:`ValueError` where it is NaN or infinite; returns it. Ranges
+    are the caller's to check (a comparison with NaN is false, so a range
+    written as ``low <= value < high`` refuses NaN too)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"Expected '{name}' to be a float "
+                        f"(got {type(value).__name__})")
+    if finite and not math.isfinite(value):
+        raise ValueError(f"Expected '{name}' to be finite (got {value})")
     return value
 
 
@@ -174,6 +190,7 @@ def raise_non_finite(name: str) -> None:
 __all__ = [
     'check_tensor',
     'check_float_tensor',
+    'check_number',
     'check_integer_tensor',
     'check_matrix',
     'check_edge_index',

@@ -1,5 +1,3 @@
-import math
-from numbers import Real
 from typing import Optional
 
 import torch
@@ -55,16 +53,6 @@ def rotate(data: Data, rot: Tensor) -> Data:
     if normal is not None:
         data.normal = normal @ rot.to(normal.device, normal.dtype).t()
     return data
-
-
-def check_finite_number(name: str, value: float) -> float:
-    r"""Returns the real number :obj:`value` after checking it is finite."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"Expected '{name}' to be a float "
-                        f"(got {type(value).__name__})")
-    if not math.isfinite(value):
-        raise ValueError(f"Expected '{name}' to be finite (got {value})")
-    return value
 
 
 def select_points(data: Data, index: Tensor) -> Data:

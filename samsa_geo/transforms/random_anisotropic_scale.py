@@ -2,11 +2,8 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-from samsa_geo.transforms._utils import (
-    check_finite_number,
-    check_normal,
-    check_pos,
-)
+from samsa_geo.ops.validation import check_number
+from samsa_geo.transforms._utils import check_normal, check_pos
 
 
 class RandomAnisotropicScale(BaseTransform):
@@ -33,8 +30,8 @@ class RandomAnisotropicScale(BaseTransform):
         - **output:** same shapes
     """
     def __init__(self, low: float = 2. / 3., high: float = 3. / 2.) -> None:
-        check_finite_number('low', low)
-        check_finite_number('high', high)
+        check_number('low', low, finite=True)
+        check_number('high', high, finite=True)
         if not 0 < low <= high:
             raise ValueError(f"Expected 0 < 'low' <= 'high' "
                              f"(got low={low}, high={high})")

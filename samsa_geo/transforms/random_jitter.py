@@ -2,7 +2,8 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-from samsa_geo.transforms._utils import check_finite_number, check_pos
+from samsa_geo.ops.validation import check_number
+from samsa_geo.transforms._utils import check_pos
 
 
 class RandomJitter(BaseTransform):
@@ -28,8 +29,8 @@ class RandomJitter(BaseTransform):
         - **output:** :obj:`pos` :math:`(N, 3)`
     """
     def __init__(self, sigma: float = 0.01, clip: float = 0.05) -> None:
-        check_finite_number('sigma', sigma)
-        check_finite_number('clip', clip)
+        check_number('sigma', sigma, finite=True)
+        check_number('clip', clip, finite=True)
         if sigma < 0:
             raise ValueError(f"Expected 'sigma' >= 0 (got {sigma})")
         if clip <= 0:

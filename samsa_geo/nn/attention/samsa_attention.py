@@ -65,6 +65,7 @@ from samsa_geo.ops.validation import (
     check_batch_vector,
     check_finite,
     check_matrix,
+    check_number,
 )
 
 SAMPLING_MODES = ('hard', 'soft', 'full', 'sft')
@@ -248,9 +249,7 @@ class SamsaAttention(Module):
         if num_registers < 0:
             raise ValueError(f"Expected 'num_registers' >= 0 "
                              f"(got {num_registers})")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise TypeError(f"Expected 'dropout' to be a float "
-                            f"(got {type(dropout).__name__})")
+        check_number('dropout', dropout)
         if not 0.0 <= dropout < 1.0:  # also refuses NaN
             raise ValueError(f"Expected 'dropout' in [0, 1) (got {dropout})")
         check_positive_int('tile_size', tile_size)

@@ -289,7 +289,7 @@ class SamsaConv(Module):
                 # host: the sum, then the batch norm's own kernel.
                 y = x + h
                 out = _training_batch_norm(norm, y)
-                if out is None:
+                if out is None:  # a subclass, a hook, one row, ...
                     out = self._norm(norm, y, batch, num_graphs)
                 return out, None
             dtype = promoted_float(x.dtype, h.dtype)
@@ -365,7 +365,8 @@ class SamsaConv(Module):
         attn_kwargs = {key: kwargs.pop(key) for key in
                        ('normal', 'num_graphs', 'max_num_nodes')
                        if key in kwargs}
-        check_matrix('x', x, self.channels)
+        if self.conv is not None:  # else the attention checks it first
+            check_matrix('x', x, self.channels)
         if edge_index is not None:
             if isinstance(edge_index, Tensor) and edge_index.dim() == 1:
                 raise ValueError(

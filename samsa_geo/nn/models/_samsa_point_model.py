@@ -9,6 +9,7 @@ from torch.nn import GELU, Dropout, LayerNorm, Linear, Module, Sequential
 
 from samsa_geo.nn.models._reloadable import Reloadable
 from samsa_geo.nn.models.samsa_point_backbone import SamsaPointBackbone
+from samsa_geo.ops.validation import check_number
 
 Model = TypeVar('Model', bound='PointModel')
 
@@ -73,9 +74,7 @@ def mlp_head(num_classes: int, in_channels: int, channels: int,
     if not isinstance(num_classes, int) or num_classes <= 0:
         raise ValueError(f"Expected 'num_classes' to be a positive int "
                          f"(got {num_classes!r})")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-        raise TypeError(f"Expected 'head_dropout' to be a float "
-                        f"(got {type(dropout).__name__})")
+    check_number('head_dropout', dropout)
     if not 0.0 <= dropout < 1.0:  # also refuses NaN
         raise ValueError(f"Expected 'head_dropout' in [0, 1) "
                          f"(got {dropout})")
