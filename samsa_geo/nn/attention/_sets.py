@@ -11,7 +11,7 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from samsa_geo.nn.attention._dispatch import is_tracing
+from samsa_geo.nn.attention._dispatch import is_exporting, is_tracing
 from samsa_geo.ops.validation import sorted_batch_flag
 
 
@@ -150,6 +150,47 @@ def checked_sizes(batch: Tensor, num_graphs: Optional[int],
                              f"'batch' (got {hint}); pass batch_hints(data) "
                              f"or leave it None")
     return B, n_max
+
+
+def check_exportable(num_graphs: Optional[int],
+                     max_num_nodes: Optional[int], need_size: bool) -> None:
+    r"""Raises a :class:`ValueError` while :func:`torch.export.export` (or
+    a TorchScript trace, as ONNX export runs it) records a call with a
+    ``batch`` vector whose set sizes would have to be read back from it:
+    without ``num_graphs``, or without ``max_num_nodes`` where
+    ``need_size`` (a fractional ``k``, full attention). An exported graph
+    cannot hold that read-back (PyTorch reports it as a
+    ``GuardOnDataDependentSymNode`` error naming neither)."""
+    if (num_graphs is not None
+            and (max_num_nodes is not None or not need_size)) \
+            or not is_exporting():
+        return
+    names = "'num_graphs' and 'max_num_nodes'" if need_size \
+        else "'num_graphs'"
+    raise ValueError(
+        f"Expected {names} when exporting or tracing a call with a "
+        f"'batch' vector: the sizes of the sets cannot be read back from "
+        f"'batch' inside an exported graph. Pass them as keyword "
+        f"arguments of the call, e.g. torch.export.export(model, args, "
+        f"kwargs=batch_hints(data)) (samsa_geo.nn.batch_hints)")
+
+
+def check_hints(batch: Tensor, num_graphs: Optional[int],
+                max_num_nodes: Optional[int], check_values: bool) -> None:
+    r"""Checks the caller's size hints of a call with a ``batch`` vector:
+    their types (:func:`check_size_hint`); while exporting, that nothing
+    must be read back (:func:`check_exportable`); and, where
+    ``check_values`` (the CPU, or debug mode on other devices), their
+    values against ``batch`` (:func:`checked_sizes`, one read-back per
+    batch tensor: a later check of the same tensor reads the sizes
+    cached on it)."""
+    check_size_hint('num_graphs', num_graphs)
+    check_size_hint('max_num_nodes', max_num_nodes)
+    if is_tracing():
+        check_exportable(num_graphs, max_num_nodes, False)
+    elif check_values and batch.numel() > 0 and (
+            num_graphs is not None or max_num_nodes is not None):
+        checked_sizes(batch, num_graphs, max_num_nodes)
 
 
 def set_offsets(batch: Tensor, num_sets: int) -> Tensor:

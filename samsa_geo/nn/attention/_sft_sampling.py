@@ -83,10 +83,17 @@ def sft_sample(
             lower-ranked one. (default: :obj:`True`)
         perturb (bool, optional): Rank by Gumbel-perturbed scores.
             (default: :obj:`True`)
-        num_sets (int, optional): Number of sets, if known.
-        max_size (int, optional): Largest set size, if known. With
-            ``num_sets`` and ``max_size`` nothing is read back from the
-            device. (default: :obj:`None`)
+        num_sets (int, optional): Number of sets, if known; without it
+            it is read back from ``batch`` (a device sync).
+        max_size (int, optional): Largest set size :math:`n_{\max}`, if
+            known: the ranks come from a padded :math:`(B, n_{\max})`
+            score matrix and :math:`k_{\max} = k_{n_{\max}}`. Without it
+            an integer ``k`` needs no read-back: the ranks come from a
+            sort of the :math:`N` tokens by set and score, and
+            :math:`k_{\max} = \min(k, N)` bounds the slots (the extra
+            ones unused); a fractional ``k`` reads :math:`n_{\max}` back.
+            With ``num_sets`` and an integer ``k`` nothing is read back
+            from the device. (default: :obj:`None`)
         generator (torch.Generator, optional): Source of the Gumbel noise
             and of the partners.
 
@@ -122,23 +129,43 @@ def sft_sample(
     ptr = set_offsets(batch, B)  # [B + 1]
     size = ptr[1:] - ptr[:-1]  # [B]
     kb = resolve_k(k, size, 0, False)  # [B]
-    n_max = int(size.max()) if max_size is None else max_size
+    if max_size is None and isinstance(k, float):
+        # A fraction of N would bound k_max far above any set's k_b.
+        max_size = int(size.max())
+    # Without max_size, N bounds n_max (no read-back; a traced graph
+    # does not depend on the sizes); the ranks then come from a sort.
+    n_max = N if max_size is None else max_size
     # k_b grows with n_b: the largest set has the most slots.
     k_max = k_of_size(n_max, k, 0, False)
     equal = B * n_max == N  # every set full: no slot unused
 
-    # Padded scores [B, n_max]: padding ranks last.
-    loc = torch.arange(N, device=device) - ptr[batch]
     key = score.detach().float()
     if perturb:
         u = torch.rand(N, generator=generator, device=device)
         key = key - torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))
-    dense = key.new_full((B, n_max), float('-inf'))
-    dense[batch, loc] = key
-    order = dense.argsort(dim=1, descending=True, stable=True)  # [B, n_max]
+    start = ptr[:-1].view(-1, 1)  # [B, 1]
+    if max_size is None:
+        # Tokens grouped by set, each set's in descending order of key
+        # (two stable sorts: ties keep token order, as the padded sort).
+        perm = key.argsort(descending=True, stable=True)  # [N]
+        perm = perm[batch[perm].argsort(stable=True)]  # [N]
+
+        def ranked(rank: Tensor) -> Tensor:
+            # [B, k_max] ranks in their sets -> global ids
+            return perm[(start + rank).clamp(max=N - 1)]
+    else:
+        # Padded scores [B, n_max]: padding ranks last.
+        loc = torch.arange(N, device=device) - ptr[batch]
+        dense = key.new_full((B, n_max), float('-inf'))
+        dense[batch, loc] = key
+        order = dense.argsort(dim=1, descending=True,
+                              stable=True)  # [B, n_max]
+
+        def ranked(rank: Tensor) -> Tensor:
+            return order.gather(1, rank) + start  # [B, k_max] global ids
     slot = torch.arange(k_max, device=device)
     valid = slot.view(1, -1) < kb.view(-1, 1)  # [B, k_max]
-    top = order[:, :k_max] + ptr[:-1].view(-1, 1)  # [B, k_max] global ids
+    top = ranked(slot.expand(B, k_max))  # [B, k_max] global ids
     top = torch.where(valid, top, torch.zeros_like(top))
 
     z = _rows(x, top)  # [B, k_max, C]
@@ -150,7 +177,7 @@ def sft_sample(
         # A uniform rank in [k_b, n_b) per slot.
         rank = kb.view(-1, 1) + (u * num_lower.view(-1, 1)).long()
         rank = rank.clamp(max=n_max - 1)  # [B, k_max]
-        j = order.gather(1, rank) + ptr[:-1].view(-1, 1)  # [B, k_max]
+        j = ranked(rank)  # [B, k_max]
         has = valid & (num_lower > 0).view(-1, 1)
         j = torch.where(has, j, top)
         sp_i = F.softplus(_rows(score, top))

@@ -122,9 +122,10 @@ def kept_while_unchanged(cache: Optional[tuple], tensors: Sequence[Tensor],
     calls: ``cache`` (the previous call's result, :obj:`None` at first) is
     returned as it is while ``key``, inference mode and every tensor of
     ``tensors`` (its data pointer and version counter: not replaced,
-    moved or changed in place) are the same; tensors made in inference
-    mode cannot be saved for a backward outside it, so entering or leaving
-    it makes them again."""
+    moved or changed in place; a write through ``.data`` goes unseen, see
+    :func:`tensor_stamp`) are the same; tensors made in inference mode
+    cannot be saved for a backward outside it, so entering or leaving it
+    makes them again."""
     full_key = (*key, torch.is_inference_mode_enabled(),
                 tensor_stamp(tensors))
     if cache is None or cache[0] != full_key:

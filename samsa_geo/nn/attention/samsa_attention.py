@@ -39,6 +39,7 @@ from samsa_geo.nn.attention._sampling import (
 from samsa_geo.nn.attention._score_grad import ScoredRows
 from samsa_geo.nn.attention._sets import (
     SetInfo,
+    check_exportable,
     check_size_hint,
     checked_sizes,
     set_info,
@@ -192,6 +193,22 @@ class SamsaAttention(Module):
           :math:`(N, H, k_{\max})` of each query over its set's indices
           (:math:`k_{\max} + 1` with ``summary=True``: the summary key's
           weight last)
+
+    .. warning::
+        Inference calls (no gradient reaching the parameters) keep the
+        projection weights stacked into one matrix, and cast to
+        autocast's dtype where it is on, between calls. They are remade
+        when a parameter they came from changes as PyTorch records it: an
+        in-place op on the parameter itself (under :func:`torch.no_grad`,
+        as optimisers, EMA updates with :func:`torch._foreach_lerp_` and
+        :meth:`~torch.nn.Module.load_state_dict` write it), or a parameter
+        replaced or moved (:meth:`~torch.nn.Module.to`); and
+        :meth:`~torch.nn.Module.train` / :meth:`~torch.nn.Module.eval`
+        drop them. A write through ``.data`` (``p.data.mul_(0.5)``,
+        ``p.data.copy_(q)``) bumps no version counter and is **not** seen:
+        later inference calls read the weights kept from the old
+        parameters until ``.eval()`` is called again. Checking the values
+        on every call would stall the GPU.
     """
     def __init__(
         self,
@@ -383,6 +400,10 @@ class SamsaAttention(Module):
         check_size_hint('num_graphs', num_graphs)
         check_size_hint('max_num_nodes', max_num_nodes)
         need_size = isinstance(self.k, float) or full
+        if (num_graphs is None or (need_size and max_num_nodes is None)) \
+                and is_tracing():
+            # An exported graph cannot read the sizes back: a named error.
+            check_exportable(num_graphs, max_num_nodes, need_size)
         if num_graphs is None and is_tracing() and not need_size and N > 0:
             # Compiled without hints: the number of sets alone (one
             # read-back) and bound shapes, so the graph after it does not
@@ -425,11 +446,14 @@ class SamsaAttention(Module):
                 return the attention weights :math:`(N, H, k_{\max})` of
                 every query over its set's sampled keys, in the order of
                 the indices (through the explicit path, which computes
-                them). (default: :obj:`False`)
+                them); :math:`(N, H, k_{\max} + 1)` with ``summary=True``,
+                the summary key's weight last. (default: :obj:`False`)
             num_graphs (int, optional): Number of sets :math:`B`, e.g. a
                 PyG ``Batch.num_graphs``. With it the layer never waits
                 for the GPU; without it the number is read back once per
-                ``batch`` tensor. (default: :obj:`None`)
+                ``batch`` tensor, which :func:`torch.export.export` cannot
+                record (a :class:`ValueError` naming it). (default:
+                :obj:`None`)
             max_num_nodes (int, optional): Largest set size, if known:
                 exact shapes (a reshape for equal-size sets) instead of
                 bounds. (default: :obj:`None`)

@@ -14,6 +14,7 @@ from torch_geometric.nn.resolver import (
 
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import is_tracing, needs_grad
+from samsa_geo.nn.attention._sets import check_hints
 from samsa_geo.nn.attention._stacked import (
     cached_stacked_cast,
     kept_while_unchanged,
@@ -26,7 +27,11 @@ from samsa_geo.nn.conv._module_tree import ModuleTree, hooked
 from samsa_geo.ops import layer_norm, residual_affine, residual_batch_norm
 from samsa_geo.ops._utils import promoted_float
 from samsa_geo.ops.linear import linear_unchecked
-from samsa_geo.ops.validation import check_edge_index, check_matrix
+from samsa_geo.ops.validation import (
+    check_batch_vector,
+    check_edge_index,
+    check_matrix,
+)
 
 
 #: The largest input (``x.numel()``) whose calls replay CUDA graphs. On the
@@ -135,6 +140,30 @@ class SamsaConv(Module):
         call on, training calls (forward and backward) once two of them
         have run their backward pass (one launch per pass instead of
         dozens; see :func:`~samsa_geo.nn.attention.config.use_cuda_graphs`).
+        ``batch`` may be :obj:`torch.long` or :obj:`torch.int32` (taken as
+        long, for every norm and the attention). Hints below the sizes in
+        ``batch`` raise a :class:`ValueError` naming them where values are
+        checked (the CPU; CUDA in debug mode), before any norm runs.
+        :func:`torch.export.export` with a ``batch`` vector needs
+        ``num_graphs`` (a named :class:`ValueError` otherwise).
+
+    .. warning::
+        Inference calls keep values between calls: the batch norms'
+        per-channel scale and shift, the MLP's weights cast to autocast's
+        dtype, the attention's stacked projection weights (see
+        :class:`~samsa_geo.nn.SamsaAttention`) and, on CUDA, the graphs
+        that read them. Each is remade when a tensor it came from changes
+        as PyTorch records it: an in-place op on the parameter or buffer
+        itself (under :func:`torch.no_grad`, as optimisers, EMA updates
+        with :func:`torch._foreach_lerp_` and
+        :meth:`~torch.nn.Module.load_state_dict` write them), or a
+        parameter replaced or moved (:meth:`~torch.nn.Module.to`); and
+        :meth:`~torch.nn.Module.train` / :meth:`~torch.nn.Module.eval`
+        drop them all. A write through ``.data`` (``p.data.mul_(0.5)``,
+        ``p.data.copy_(q)``) bumps no version counter and is **not** seen:
+        later inference calls read the values kept from the old
+        parameters until ``.eval()`` is called again. Checking the values
+        on every call would stall the GPU.
 
     Shapes:
         - **input:** ``x`` :math:`(N, C)`, ``edge_index`` :math:`(2, E)`,
@@ -145,7 +174,9 @@ class SamsaConv(Module):
           unused slots, ``-2 - r`` for register ``r``, as
           :class:`~samsa_geo.nn.SamsaAttention` returns them) and
           :math:`(N, H, k_{\max})` attention weights of each token over them
-          (:obj:`None` where the attention does not report weights)
+          (:math:`(N, H, k_{\max} + 1)` with ``summary=True`` in
+          ``attn_kwargs``: the summary key's weight last; :obj:`None` where
+          the attention does not report weights)
     """
     def __init__(
         self,
@@ -377,6 +408,19 @@ class SamsaConv(Module):
         if self.conv is not None and edge_index is None:
             raise ValueError("Expected 'edge_index' of shape [2, E] "
                              "since a local 'conv' is set")
+        if isinstance(batch, Tensor) and batch.dtype != torch.long:
+            # int32 (accepted by the attention) as long once, so that
+            # PyG's graph-level norms, which scatter with it, take it too.
+            check_batch_vector(batch,
+                               check_matrix('x', x, self.channels).size(0))
+            batch = batch.long()
+        if batch is not None and self.norm_first and self.norm_with_batch:
+            # A graph-level norm runs before the attention and reads the
+            # hints: checked here first, as the attention checks them (its
+            # own check then reads the sizes cached on 'batch').
+            check_hints(batch, attn_kwargs.get('num_graphs'),
+                        attn_kwargs.get('max_num_nodes'),
+                        config.checks_values(x.device))
         if self.training and x.size(0) == 1:
             _check_single_token(self)
         if (config.use_cuda_graphs() and isinstance(x, Tensor) and x.is_cuda

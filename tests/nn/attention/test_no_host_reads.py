@@ -60,7 +60,7 @@ def test_attention_reads_nothing_back(no_value_checks, training, kwargs):
     if not isinstance(kwargs['k'], float) and kwargs['sampling'] != 'full':
         with HostReads() as mode:  # the number of sets alone: bounds
             attn(x, data.batch, pos=data.pos, num_graphs=data.num_graphs)
-        assert mode.seen == [] or kwargs['sampling'] == 'sft'
+        assert mode.seen == []
 
 
 @pytest.mark.parametrize('training', [False, True])
