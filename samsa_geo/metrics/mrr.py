@@ -1,4 +1,5 @@
-from typing import Dict, Optional
+from numbers import Integral
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -19,11 +20,13 @@ def mrr(
     edge_label_index: Tensor,
     edge_label: Tensor,
     batch: Optional[Tensor] = None,
+    hits: Sequence[int] = (),
 ) -> Dict[str, float]:
     r"""Mean reciprocal rank of the PCQM-Contact link-prediction task of the
     `"Long Range Graph Benchmark" <https://arxiv.org/abs/2206.08164>`_, raw
     and filtered, as defined by the LRGB reference code
-    (:obj:`GNNInductiveEdgeHead.compute_mrr`, dot-product decoding).
+    (:obj:`GNNInductiveEdgeHead.compute_mrr`, dot-product decoding), and
+    optionally the filtered Hits@:math:`k` the paper reports with it.
 
     For a graph with node embeddings :math:`\mathbf{X}`, scores are
     :math:`\mathbf{S} = \mathbf{X}\mathbf{X}^{\top}`. Each positive pair
@@ -46,6 +49,13 @@ def mrr(
     weighted by the number of labelled pairs, which equals this function
     when the whole split is passed at once.
 
+    Hits@:math:`k` (:obj:`"hits@{k}_filtered"` for every :math:`k` in
+    :obj:`hits`; LRGB reports :math:`k \in \{1, 3, 10\}`) reads the same
+    filtered ranks as :obj:`"mrr_filtered"` and is averaged the same way:
+    a graph scores the fraction of its positive pairs with
+    :math:`\mathrm{rank}(s, t) \le k` (0 if it has none), the result is the
+    mean over graphs.
+
     Args:
         x (torch.Tensor): Node embeddings :math:`(N, F)`, finite.
         edge_label_index (torch.Tensor): Labelled pairs :math:`(2, L)`, global
@@ -53,9 +63,14 @@ def mrr(
         edge_label (torch.Tensor): Labels :math:`(L,)`, 1 for a contact.
         batch (torch.Tensor, optional): Graph of every node :math:`(N,)`,
             integer, sorted and non-negative. (default: :obj:`None`)
+        hits (Sequence[int], optional): The cut-offs :math:`k \ge 1` of the
+            filtered Hits@:math:`k` to add, e.g. :obj:`(1, 3, 10)`.
+            (default: :obj:`()`)
 
     Returns:
-        :obj:`{"mrr": ..., "mrr_filtered": ..., "mrr_filtered_noself": ...}`
+        :obj:`{"mrr": ..., "mrr_filtered": ..., "mrr_filtered_noself": ...}`,
+        plus :obj:`"hits@{k}_filtered"` for every :math:`k` in :obj:`hits`
+        (in that order).
     """
     check_tensor('x', x)
     if x.dim() != 2:
@@ -79,6 +94,11 @@ def mrr(
                              f"(got {list(batch.shape)})")
     if num_nodes == 0:
         raise ValueError("Expected at least one node in 'x'")
+    if isinstance(hits, (str, Integral)) or not all(
+            isinstance(k, Integral) and not isinstance(k, bool) and k >= 1
+            for k in hits):
+        raise ValueError(f"Expected 'hits' to be a sequence of integers "
+                         f">= 1 (got {hits!r})")
 
     # The value checks and the number of graphs share one read of the device
     # (it replaces the read of batch.max()).
@@ -126,12 +146,18 @@ def mrr(
     filtered = rows.masked_fill(is_pos[graph, src], float('-inf'))
     noself = filtered.scatter(1, src.view(-1, 1), float('-inf'))
 
+    def graph_mean(per_pair: Tensor) -> float:
+        per_graph = scatter(per_pair, graph, dim=0, dim_size=num_graphs,
+                            reduce='mean')  # 0 where a graph has none
+        return float(per_graph.mean())
+
     out: Dict[str, float] = {}
+    ranks: Dict[str, Tensor] = {}
     for key, cand in (('mrr', rows), ('mrr_filtered', filtered),
                       ('mrr_filtered_noself', noself)):
-        rank = 1 + (cand > pos_score).sum(dim=1)  # [P]
-        rr = 1.0 / rank.to(torch.float64)
-        per_graph = scatter(rr, graph, dim=0, dim_size=num_graphs,
-                            reduce='mean')  # 0 where a graph has none
-        out[key] = float(per_graph.mean())
+        ranks[key] = 1 + (cand > pos_score).sum(dim=1)  # [P]
+        out[key] = graph_mean(1.0 / ranks[key].to(torch.float64))
+    for k in hits:
+        hit = ranks['mrr_filtered'] <= k  # [P]
+        out[f'hits@{k}_filtered'] = graph_mean(hit.to(torch.float64))
     return out
