@@ -60,9 +60,21 @@ def parse_args(argv=None, doc=__doc__):
                           'modelnet40')
 
 
+def normalize_unit_sphere(data):
+    """Centres a cloud on its centroid and scales it to radius 1: the
+    normalisation of the other ModelNet40 archives, for the Princeton
+    meshes, which keep their CAD units and origin."""
+    pos = data.pos - data.pos.mean(dim=0)  # [N, 3]
+    data.pos = pos / pos.norm(dim=-1).max().clamp_min(1e-12)
+    return data
+
+
 def datasets(args):
     resolve_preset(args, 'modelnet40')
-    train_tf, test_tf = point_transforms(args)
+    # Every split of --format princeton goes to the unit sphere (the other
+    # formats are unit-sphere data); normals are unchanged by it.
+    first = [normalize_unit_sphere] if args.format == 'princeton' else []
+    train_tf, test_tf = point_transforms(args, first=first)
     root = args.root or sample_root('modelnet40')
     kw = dict(num_points=args.num_points)
     if args.format == 'princeton':  # PyG's ModelNet: official train/test only

@@ -1,12 +1,12 @@
 """What the point-cloud examples (modelnet40.py, shapenet_part.py) share:
 their common command-line flags, the rotation protocol's augmentations and
-the trainer set-up (which saves the resolved configuration as config.yaml in
-the run folder)."""
+the trainer set-up (whose fit() saves the resolved configuration as
+config.yaml in the run folder)."""
 import argparse
 
 import torch_geometric.transforms as T
 
-from samsa_geo.train import Trainer, add_run_args, save_config
+from samsa_geo.train import Trainer, add_run_args
 from samsa_geo.transforms import (
     RandomAnisotropicScale,
     RandomJitter,
@@ -54,8 +54,11 @@ def add_point_args(p, example, batch_size, out):
     :data:`PRESETS`."""
     p.add_argument('--root', default=None,
                    help='dataset root; unset: the bundled synthetic sample')
+    sampled = ('training points sampled per shape (validation and test '
+               'keep all)' if example == 'shapenet_part' else
+               'points sampled per shape')
     p.add_argument('--num-points', type=int, default=None,
-                   help="points sampled per shape; unset: the preset's ("
+                   help=sampled + "; unset: the preset's ("
                    + _per_preset(example, 'num_points') + ')')
     p.add_argument('--normals', action=argparse.BooleanOptionalAction,
                    default=None,
@@ -71,8 +74,11 @@ def add_point_args(p, example, batch_size, out):
     p.add_argument('--test-rotation', default='none',
                    choices=['none', 'z', 'so3'],
                    help='random rotation of the validation and test shapes')
-    p.add_argument('--up-axis', type=int, default=1,
-                   help="axis of 'z' rotations (1: y-up, as the archives)")
+    up = ('2 (z-up) with --format princeton, else 1 (y-up, as the other '
+          'archives)' if example == 'modelnet40' else '1 (y-up)')
+    p.add_argument('--up-axis', type=int, default=None, choices=[0, 1, 2],
+                   help="axis of 'z' rotations; unset: the data's up axis, "
+                   + up)
     p.add_argument('--epochs', type=int, default=None,
                    help="training epochs; unset: the preset's ("
                    + _per_preset(example, 'epochs') + ')')
@@ -106,11 +112,14 @@ def _per_preset(example, key):
 def resolve_preset(args, example):
     """Fills the options left unset (``None``) with the defaults of
     ``args.preset`` (see :data:`PRESETS`): learning rate, scaling range,
-    and the number of points, epochs and use of normals of ``example``.
+    and the number of points, epochs and use of normals of ``example``;
+    and the up axis of the data (``--up-axis``: 2 for the z-up Princeton
+    meshes of ``--format princeton``, 1 for the y-up archives).
     ``config.yaml`` records the resolved values. Returns ``args``."""
     preset = PRESETS[args.preset]
     values = {'lr': preset['lr'], 'scale': list(preset['scale']),
-              **preset[example]}
+              'up_axis': 2 if getattr(args, 'format', None) == 'princeton'
+              else 1, **preset[example]}
     for name, value in values.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
@@ -136,7 +145,9 @@ def point_transforms(args, first=()):
 def point_trainer(model, task, args, num_train, monitor):
     """The examples' :class:`~samsa_geo.train.Trainer` with the learning
     rate and warm-up of ``args.preset`` (see :data:`PRESETS`), selection on
-    ``monitor`` (maximised; ties go to the lower validation loss)."""
+    ``monitor`` (maximised; ties go to the lower validation loss). Its
+    ``fit()`` writes ``args`` to ``config.yaml`` once an old run in
+    ``args.out`` has been moved aside (with its own ``config.yaml``)."""
     preset = PRESETS[args.preset]
     steps = num_train // args.batch_size * args.epochs
     warmup = min(2000, max(steps // 10, preset['min_warmup']), steps)
@@ -149,7 +160,6 @@ def point_trainer(model, task, args, num_train, monitor):
                       monitor=monitor, mode='max', tie_break='val_loss',
                       resume=args.resume,
                       overwrite=args.overwrite,
-                      progress=not args.no_progress)
-    if trainer.is_main:
-        save_config(args, args.out)  # the resolved --config and flags
+                      progress=not args.no_progress,
+                      config=args)  # the resolved --config and flags
     return trainer

@@ -13,8 +13,10 @@ Standard protocol: official splits, model selection on validation, test
 metric at the selected epoch, mean +- std over seeds. Every seed gets a run
 folder ``<out>/<dataset>/seed<k>/`` holding the trainer's checkpoints and log,
 ``metrics.json`` (``val_<metric>``, ``test_<metric>``, ``best_epoch``,
-``num_params``) and ``test_predictions.pt`` (``{'pred', 'target'}``);
-``<out>/<dataset>/metrics.json`` holds the mean and std over seeds.
+``num_params``), ``test_predictions.pt`` (``{'pred', 'target'}``) and
+``config.yaml`` (the options of that seed's run); once every seed has
+finished, ``<out>/<dataset>/metrics.json`` holds the mean and std over seeds
+and ``<out>/<dataset>/config.yaml`` the options.
 
     python examples/lrgb.py
     python examples/lrgb.py --dataset pascalvoc-sp --seeds 3
@@ -76,6 +78,13 @@ def parse_args(argv=None):
     return args
 
 
+#: PCQM-Contact's ranking metrics (as the LRGB paper): raw and filtered MRR,
+#: and Hits@1, @3, @10 of the filtered ranks, each a mean over graphs.
+HITS = (1, 3, 10)
+RANK_METRICS = ('mrr', 'mrr_filtered',
+                *(f'hits@{k}_filtered' for k in HITS))
+
+
 class LRGBTask:
     """Loss and standard metric of one LRGB dataset; keeps the outputs of
     the last evaluated split (saved as test predictions)."""
@@ -109,16 +118,17 @@ class LRGBTask:
             return {'pred': out.argmax(-1), 'target': batch.y}
         if info.task_type != 'link_prediction':
             return {'pred': out, 'target': batch.y}
-        # Filtered MRR is a mean over graphs: return one value per graph.
+        # Filtered MRR and Hits@k are means over graphs: return one value
+        # per graph.
         z = model.embed(batch.x, batch.edge_index, batch.edge_attr,
                         batch.batch, pe=batch[self.pe_attr])
-        per_graph = {key: [] for key in ('mrr', 'mrr_filtered')}
+        per_graph = {key: [] for key in RANK_METRICS}
         pair_graph = batch.batch[batch.edge_label_index[0]]
         for g in range(batch.num_graphs):
             lo, hi = int(batch.ptr[g]), int(batch.ptr[g + 1])
             mask = pair_graph == g
             ranks = mrr(z[lo:hi], batch.edge_label_index[:, mask] - lo,
-                        batch.edge_label[mask])
+                        batch.edge_label[mask], hits=HITS)
             for key in per_graph:
                 per_graph[key].append(ranks[key])
         return {'pred': out, 'target': batch.edge_label,
@@ -135,8 +145,8 @@ class LRGBTask:
             return {info.metric: mean_absolute_error(pred, target)}
         if info.task_type == 'multiclass':
             return {info.metric: macro_f1(pred, target, info.out_channels)}
-        return {'mrr': outputs['mrr_per_graph'].mean().item(),
-                'mrr_filtered': outputs['mrr_filtered_per_graph'].mean().item()}
+        return {key: outputs[f'{key}_per_graph'].mean().item()
+                for key in RANK_METRICS}
 
 
 def data_root(args):
@@ -187,7 +197,9 @@ def run_seed(args, info, seed, splits):
                       monitor=f'val_{info.metric}',
                       mode='max' if info.higher_is_better else 'min',
                       resume=args.resume, overwrite=args.overwrite,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress,
+                      # written by fit() once an old run is moved aside
+                      config={**vars(args), 'seed': seed, 'seeds': 1})
     loaders = {split: make_loader(dataset, args.batch_size,
                                   shuffle=split == 'train', seed=seed,
                                   num_workers=args.num_workers,
@@ -201,6 +213,9 @@ def run_seed(args, info, seed, splits):
     result = {f'val_{info.metric}': best[f'val_{info.metric}'],
               f'test_{info.metric}': test[f'test_{info.metric}'],
               'best_epoch': best['best_epoch'], 'num_params': num_params}
+    # PCQM-Contact: Hits@k next to the filtered MRR (as the LRGB paper).
+    result.update({k: v for k, v in test.items()
+                   if k.startswith('test_hits@')})
     trainer.update_summary(**result)
     print(f'[seed {seed}] ' + ' | '.join(f'{k} {v:.4f}' if isinstance(v, float)
                                          else f'{k} {v}'
@@ -216,16 +231,19 @@ def main(argv=None):
     print(f'{args.dataset}: ' + ', '.join(f'{s} {len(d)}' for s, d in
                                          splits.items()), file=sys.stderr)
     seeds = range(args.seed, args.seed + args.seeds)
-    save_config(args, osp.join(args.out, args.dataset))
     results = [run_seed(args, info, seed, splits) for seed in seeds]
     summary = {'dataset': args.dataset, 'metric': info.metric,
                'seeds': list(seeds), 'num_params': results[0]['num_params'],
                'best_epoch': [r['best_epoch'] for r in results], 'runs': results}
-    for split in ('val', 'test'):
-        key = f'{split}_{info.metric}'
+    keys = [f'val_{info.metric}', f'test_{info.metric}',
+            *(k for k in results[0] if k.startswith('test_hits@'))]
+    for key in keys:
         values = torch.tensor([r[key] for r in results], dtype=torch.float64)
         summary[key] = float(values.mean())
         summary[f'{key}_std'] = float(values.std()) if len(values) > 1 else 0.0
+    # With the summary, not before the runs: until then the folder describes
+    # the runs it held (the seed folders also keep their own config.yaml).
+    save_config(args, osp.join(args.out, args.dataset))
     with open(osp.join(args.out, args.dataset, 'metrics.json'), 'w') as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     key = f'test_{info.metric}'

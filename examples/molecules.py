@@ -211,8 +211,6 @@ def main(argv=None):
     models = args.models.split(',')
     for name in models:  # fail before any training
         build(name, args)
-    os.makedirs(args.out, exist_ok=True)
-    save_config(args, args.out)
     results = {name: [] for name in models}
     for seed in range(args.seed, args.seed + args.seeds):
         splits = split(len(dataset), seed)
@@ -224,7 +222,11 @@ def main(argv=None):
             seed_everything(seed)
             model = build(name, args)
             run_dir = osp.join(args.out, name, f'seed{seed}')
-            trainer = make_trainer(model, task, args, run_dir, steps, seed)
+            # fit() writes the options of this run to its config.yaml once an
+            # old run in run_dir is moved aside.
+            trainer = make_trainer(model, task, args, run_dir, steps, seed,
+                                   config={**vars(args), 'models': name,
+                                           'seed': seed, 'seeds': 1})
             loaders = {key: make_loader(dataset[idx], args.batch_size,
                                         shuffle=key == 'train', seed=seed,
                                         drop_last=key == 'train')
@@ -268,6 +270,10 @@ def main(argv=None):
                             row['test_mae']))
               + f" | {row['time_s'][0]:.0f} | {worst['gap']:.3f}, "
               f"{worst['setback']:.3f} |")
+    # With the summary, not before the runs: until then the folder describes
+    # the runs it held (the run folders also keep their own config.yaml).
+    os.makedirs(args.out, exist_ok=True)
+    save_config(args, args.out)
     with open(osp.join(args.out, 'metrics.json'), 'w') as f:
         json.dump(summary, f, indent=2)
     print(f"Wrote {osp.join(args.out, 'metrics.json')}")

@@ -7,7 +7,11 @@ benchmark (16 categories, 50 parts).
 
 Protocol: train on the official train split, select the epoch on val
 (instance mIoU), report test instance and class mIoU once, with logits
-restricted to the parts of each shape's category. The run folder holds
+restricted to the parts of each shape's category. Every shape is first
+centred and scaled into [-1, 1]^3 on all its points (NormalizeScale); training
+then draws --num-points of them at random at every access, while validation
+and test score every point of every shape (as PointNet and PyG's example), so
+their metrics are the same at every evaluation. The run folder holds
 metrics.json (val_instance_miou, test_instance_miou, test_class_miou,
 best_epoch, ...), best.pt / last.pt and log.csv.
 
@@ -78,15 +82,24 @@ class PartSegmentation:
                 'loss': out['loss'].mean().item()}
 
 
+def datasets(args):
+    """Train, val and test splits: whole shapes scaled by NormalizeScale,
+    then --num-points random points of each in training only; validation
+    and test shapes keep all their points (a PyG batch of ragged shapes)."""
+    root = args.root or sample_root('shapenet_part')
+    sample = T.FixedPoints(args.num_points, replace=False,
+                           allow_duplicates=True)
+    train_tf, _ = point_transforms(args, first=[T.NormalizeScale(), sample])
+    _, eval_tf = point_transforms(args, first=[T.NormalizeScale()])
+    return (ShapeNetPart(root, split='train', transform=train_tf),
+            ShapeNetPart(root, split='val', transform=eval_tf),
+            ShapeNetPart(root, split='test', transform=eval_tf))
+
+
 def main(argv=None):
     args = parse_args(argv)
     seed_everything(args.seed)  # model initialisation too
-    root = args.root or sample_root('shapenet_part')
-    train_tf, eval_tf = point_transforms(args, first=[T.NormalizeScale()])
-    kw = dict(num_points=args.num_points)
-    train_ds = ShapeNetPart(root, split='train', transform=train_tf, **kw)
-    val_ds = ShapeNetPart(root, split='val', transform=eval_tf, **kw)
-    test_ds = ShapeNetPart(root, split='test', transform=eval_tf, **kw)
+    train_ds, val_ds, test_ds = datasets(args)
 
     model = preset_model(SamsaPointSegmenter, args, 50, num_categories=16,
                          in_channels=3 if args.normals else 0,

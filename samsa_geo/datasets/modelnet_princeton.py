@@ -75,8 +75,11 @@ def modelnet_princeton(
     PyG's :class:`~torch_geometric.transforms.SamplePoints`.
 
     :obj:`num_points` points with normals are sampled once, area-weighted,
-    when the meshes are processed (then :obj:`pre_transform`, e.g.
-    :class:`~torch_geometric.transforms.NormalizeScale`); the meshes are
+    when the meshes are processed (then :obj:`pre_transform`). The meshes
+    keep their CAD units and origin, unlike the unit-sphere clouds of the
+    other ModelNet40 archives: normalise every shape in :obj:`transform` or
+    :obj:`pre_transform` (:obj:`examples/modelnet40.py` centres and scales
+    each to the unit sphere at access, in every split). The meshes are
     downloaded by PyG to :obj:`root/raw/` if absent (a failed download says
     which archive goes in which folder). The cache is read weights-only and
     rebuilt when the raw files change.

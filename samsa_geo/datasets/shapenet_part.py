@@ -35,7 +35,15 @@ class ShapeNetPart(CheckedCache, ShapeNet):
     - :obj:`num_points` adds PyG's
       :class:`~torch_geometric.transforms.FixedPoints` (without
       replacement, duplicating only when a shape is smaller, with a warning
-      at load naming how many are) before :obj:`transform`;
+      at load naming how many are) before :obj:`transform`: a new random
+      subset at every access, meant for training. Evaluate on every point
+      (:obj:`num_points=None`, as PointNet and PyG's example do), or the
+      metric changes from one evaluation to the next; and since
+      :obj:`transform` then sees only the subset, a
+      :class:`~torch_geometric.transforms.NormalizeScale` meant for the
+      whole shape goes before the sampling instead
+      (:obj:`transform=Compose([NormalizeScale(), FixedPoints(n), ...])`,
+      as :obj:`examples/shapenet_part.py` does);
     - every file is checked as it is processed: seven numbers per line,
       finite, part labels of the shape's category; errors name the file and
       line (:class:`~samsa_geo.io.DamagedFileError`);
@@ -55,8 +63,9 @@ class ShapeNetPart(CheckedCache, ShapeNet):
             (default: :obj:`True`)
         split (str, optional): :obj:`"train"`, :obj:`"val"`,
             :obj:`"trainval"` or :obj:`"test"`. (default: :obj:`"trainval"`)
-        num_points (int, optional): Points sampled per access, :obj:`None`
-            to keep all. (default: :obj:`None`)
+        num_points (int, optional): Points sampled at random per access
+            (training), :obj:`None` to keep all (evaluation).
+            (default: :obj:`None`)
         transform (callable, optional): Applied at every access.
         pre_transform (callable, optional): Applied once before saving (sees
             :obj:`normal` and the global :obj:`category`).

@@ -13,11 +13,16 @@ RESUME_KEYS = ('model', 'optimizer', 'scheduler', 'scaler', 'ranks', 'epoch',
 
 
 def capture_rank_state(epoch_rng: Optional[Dict[str, Any]] = None,
-               loss_sum: float = 0.0, loss_steps: int = 0) -> Dict[str, Any]:
+                       loss_sum: float = 0.0, loss_steps: int = 0,
+                       sampler_rng: Optional[torch.Tensor] = None
+                       ) -> Dict[str, Any]:
     r"""This rank's state: its random streams now and at the start of the
-    epoch (to replay the loader's draws), and the epoch's running loss."""
+    epoch (to replay the loader's draws), the epoch's running loss, and the
+    state of the train sampler's own :class:`torch.Generator` (if it has
+    one) to set before the loader is next iterated."""
     return {'rng': get_rng_state(), 'epoch_rng': epoch_rng,
-            'loss_sum': loss_sum, 'loss_steps': loss_steps}
+            'loss_sum': loss_sum, 'loss_steps': loss_steps,
+            'sampler_rng': sampler_rng}
 
 
 def gather_rank_states(state: Dict[str, Any],

@@ -23,6 +23,11 @@ def _is_pyg_dataset(dataset: Any) -> bool:
         return False
 
 
+def _is_int(value: Any) -> bool:
+    # An int that is not a bool.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool,
                 distributed: Optional[bool] = None, seed: int = 0,
                 num_workers: int = 0, drop_last: bool = False,
@@ -50,8 +55,8 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool,
         shuffle (bool): Shuffle every epoch (training) or not (evaluation).
         distributed (bool, optional): Shard over ranks; auto-detected from the
             process group when :obj:`None`. (default: :obj:`None`)
-        seed (int, optional): Seed of the shuffle order and worker seeds.
-            (default: :obj:`0`)
+        seed (int, optional): Seed of the shuffle order and worker seeds, in
+            :math:`[-2^{63}, 2^{63})`. (default: :obj:`0`)
         num_workers (int, optional): Loader worker processes. (default: :obj:`0`)
         drop_last (bool, optional): Drop the last incomplete batch (training).
             (default: :obj:`False`)
@@ -63,9 +68,22 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool,
         **kwargs: Passed on to the loader (e.g. :obj:`pin_memory`,
             :obj:`follow_batch`).
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"Expected 'batch_size' to be a positive int "
                          f"(got {batch_size!r})")
+    for name, value in (('shuffle', shuffle), ('drop_last', drop_last)):
+        if not isinstance(value, bool):
+            raise TypeError(f"Expected '{name}' to be a bool "
+                            f"(got {value!r})")
+    if not _is_int(seed):
+        raise TypeError(f"Expected 'seed' to be an int "
+                        f"(got {type(seed).__name__})")
+    # What torch.Generator.manual_seed takes, also as seed + epoch.
+    if not -2**63 <= seed < 2**63:
+        raise ValueError(f"Expected 'seed' in [-2**63, 2**63) (got {seed})")
+    if not _is_int(num_workers) or num_workers < 0:
+        raise ValueError(f"Expected 'num_workers' to be a non-negative int "
+                         f"(got {num_workers!r})")
     if distributed is None:
         distributed = is_distributed()
     num_replicas = get_world_size() if distributed else 1

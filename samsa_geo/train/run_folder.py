@@ -22,6 +22,9 @@ LOCK_FILE = '.lock'
 #: Files whose presence means that a folder holds a run.
 RUN_FILES = ('last.pt', 'best.pt', 'log.csv', 'metrics.json')
 
+#: What else belongs to a run: it moves (or is deleted) with the run files.
+RUN_EXTRAS = ('config.yaml', 'tensorboard')
+
 # Written by samsa_geo.train.checkpoint.atomic_write: '.{name}.{pid}.tmp'.
 _TMP = re.compile(r'^\..+\.(\d+)\.tmp$')
 
@@ -151,7 +154,8 @@ def prepare_run_folder(folder: str, resume: bool = False,
       starting from scratch would overwrite the best model.
     - Otherwise a folder that holds a run (:obj:`RUN_FILES`) is emptied for
       the new one: with :obj:`overwrite` its run files (and
-      :obj:`tensorboard/`) are deleted; without, they are moved to a new
+      :obj:`config.yaml`, :obj:`tensorboard/`) are deleted; without, they
+      are moved to a new
       sibling folder :obj:`{folder}.old-{YYYYmmdd-HHMMSS}`, with every other
       file of the folder when it holds no subfolder of its own (a run
       folder, not a project folder given as output).
@@ -175,14 +179,16 @@ def prepare_run_folder(folder: str, resume: bool = False,
     if not holds_run(folder):
         return None
     if overwrite:
-        for name in RUN_FILES + ('tensorboard', ):
+        deleted = [name for name in RUN_FILES + RUN_EXTRAS
+                   if osp.exists(osp.join(folder, name))]
+        for name in deleted:
             path = osp.join(folder, name)
             if osp.isdir(path):
                 shutil.rmtree(path)
-            elif osp.exists(path):
+            else:
                 os.remove(path)
         message = (f"Overwriting the previous run in '{folder}' "
-                   f"(overwrite=True): its {', '.join(RUN_FILES)} are deleted")
+                   f"(overwrite=True): its {', '.join(deleted)} are deleted")
     else:
         base = f"{folder.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
         target, count = base, 1
@@ -195,7 +201,7 @@ def prepare_run_folder(folder: str, resume: bool = False,
         whole = all(osp.isfile(osp.join(folder, name)) or name == 'tensorboard'
                     for name in entries)
         if not whole:
-            entries = [name for name in RUN_FILES + ('tensorboard', )
+            entries = [name for name in RUN_FILES + RUN_EXTRAS
                        if osp.exists(osp.join(folder, name))]
         for name in entries:
             shutil.move(osp.join(folder, name), osp.join(target, name))

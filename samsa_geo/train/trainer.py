@@ -1,3 +1,4 @@
+import argparse
 import math
 import os
 import os.path as osp
@@ -23,7 +24,9 @@ from samsa_geo.train._resume import (RESUME_KEYS, capture_rank_state,
                                      resume_position)
 from samsa_geo.train._run_log import RunLog
 from samsa_geo.train._trainer_args import check_trainer_arguments
-from samsa_geo.train.checkpoint import load_checkpoint, save_checkpoint
+from samsa_geo.train.checkpoint import (CheckpointError, load_checkpoint,
+                                        save_checkpoint)
+from samsa_geo.train.config import save_config
 from samsa_geo.train.distributed import (all_gather_outputs, all_reduce_max,
                                          all_reduce_sum, barrier,
                                          init_distributed)
@@ -51,7 +54,10 @@ class Trainer:
 
     The run folder :obj:`out_dir` receives, from rank 0 only:
     :obj:`last.pt` (every epoch and on SIGINT/SIGTERM, written atomically),
-    :obj:`best.pt` (best :obj:`monitor` so far), :obj:`log.csv` (one row per
+    :obj:`best.pt` (best :obj:`monitor` so far; written before
+    :obj:`last.pt`, and a resume continues from it when a crash left it the
+    newer of the two), :obj:`config.yaml` (with :obj:`config`),
+    :obj:`log.csv` (one row per
     epoch: :obj:`epoch, lr, train_loss, time, val_*`), TensorBoard events in
     :obj:`tensorboard/` when installed, and :obj:`metrics.json` (summary,
     updated by :meth:`evaluate` for other splits, which records the
@@ -66,6 +72,15 @@ class Trainer:
     only after moving the old run to :obj:`{out_dir}.old-{time}` (or
     deleting it with :obj:`overwrite=True`), and refuses :obj:`resume` when
     :obj:`best.pt` exists without :obj:`last.pt`.
+
+    A resume may change :obj:`epochs` (the cosine is stretched from there
+    on, with a warning; :obj:`warmup_steps` may change with it). It refuses
+    with a :class:`ValueError` naming the argument and both values a
+    different :obj:`lr`, :obj:`weight_decay`, :obj:`min_lr`,
+    :obj:`warmup_steps` (with the same total steps), :obj:`amp`,
+    :obj:`monitor`, :obj:`mode` or :obj:`tie_break` than the checkpoint's:
+    its optimiser, scheduler and grad-scaler state and its best score
+    belong to those.
 
     On SIGINT or SIGTERM the current step finishes, :obj:`last.pt` is written
     (mid-epoch; :obj:`resume=True` skips the batches already seen), previous
@@ -82,8 +97,8 @@ class Trainer:
             parameters with two or more dimensions only (not to biases and
             normalisation scales). (default: :obj:`0.05`)
         warmup_steps (int, optional): Linear warm-up steps. (default: :obj:`0`)
-        min_lr (float, optional): Learning rate at the end of the cosine.
-            (default: :obj:`0.0`)
+        min_lr (float, optional): Learning rate at the end of the cosine, in
+            :obj:`[0, lr]`. (default: :obj:`0.0`)
         clip_grad (float, optional): Max global gradient norm; :obj:`None`
             disables clipping. (default: :obj:`2.0`)
         amp (str, optional): :obj:`None`, :obj:`'bf16'` (autocast) or
@@ -118,6 +133,11 @@ class Trainer:
         ddp_kwargs (dict, optional): Extra arguments of
             :class:`~torch.nn.parallel.DistributedDataParallel`, e.g.
             :obj:`{'find_unused_parameters': True}`. (default: :obj:`None`)
+        config (dict or argparse.Namespace, optional): The run's resolved
+            options, written to :obj:`out_dir/config.yaml` (see
+            :func:`~samsa_geo.train.save_config`) when :meth:`fit` has
+            prepared the folder, so that an old run moved aside keeps its
+            own. (default: :obj:`None`)
     """
     def __init__(
         self,
@@ -144,10 +164,11 @@ class Trainer:
         progress: bool = True,
         tensorboard: Optional[bool] = None,
         ddp_kwargs: Optional[Dict[str, Any]] = None,
+        config: Optional[Union[Dict[str, Any], argparse.Namespace]] = None,
     ) -> None:
-        check_trainer_arguments(model, task, epochs, lr, weight_decay,
-                                warmup_steps, clip_grad, amp, monitor, mode,
-                                resume, overwrite, tie_break)
+        check_trainer_arguments(model, task, out_dir, epochs, lr, weight_decay,
+                                warmup_steps, min_lr, clip_grad, amp, monitor,
+                                mode, resume, overwrite, tie_break, config)
         self.rank, self.world_size, self.local_rank = init_distributed()
         self.is_main = self.rank == 0
         if device is None:
@@ -175,6 +196,10 @@ class Trainer:
         self.overwrite = overwrite
         self.progress = progress
         self.tensorboard = tensorboard
+        # A copy: options changed after construction do not leak into it.
+        self.config: Optional[Dict[str, Any]] = None if config is None else \
+            dict(vars(config) if isinstance(config, argparse.Namespace)
+                 else config)
         self.metrics_file = MetricsFile(self.out_dir)
         if deterministic:
             enable_determinism()
@@ -196,6 +221,13 @@ class Trainer:
         self.best_score: Optional[float] = None
         self.best_tie: Optional[float] = None  # tie_break of the best epoch
         self.best_epoch: Optional[int] = None
+        #: The val_* metrics of the best epoch, and of the last one.
+        self.best_metrics: Dict[str, float] = {}
+        self._last_metrics: Dict[str, float] = {}
+        # Training time of the segments before a resume, and this one's start.
+        self._time_before = 0.0
+        self._fit_start = time.time()
+        self._sampler_generator: Optional[torch.Generator] = None
         self._stop_signal: Optional[int] = None
 
     def _wrap_model(self, compile: bool,
@@ -253,8 +285,13 @@ class Trainer:
                     disable=not (self.progress and self.is_main), **kwargs)
 
     # ------------------------------------------------------------- checkpoint
+    def _train_time(self) -> float:
+        # Seconds of training over every segment of the run.
+        return self._time_before + time.time() - self._fit_start
+
     def _state(self, epoch: int, step_in_epoch: int,
-               rank_state: Dict[str, Any], steps_per_epoch: int) -> Dict[str, Any]:
+               rank_state: Dict[str, Any], steps_per_epoch: int,
+               train_time: Optional[float] = None) -> Dict[str, Any]:
         ranks = gather_rank_states(rank_state, self.world_size)
         # Models with constructor arguments on record (samsa_geo.nn.models)
         # save them, so that Model.from_checkpoint rebuilds them.
@@ -273,9 +310,15 @@ class Trainer:
             'best_score': self.best_score,
             'best_tie': self.best_tie,
             'best_epoch': self.best_epoch,
+            'best_metrics': dict(self.best_metrics),
+            'last_metrics': dict(self._last_metrics),
             'monitor': self.monitor,
             'mode': self.mode,
+            'tie_break': self.tie_break,
+            'amp': self.amp,
             'world_size': self.world_size,
+            'train_time_s': (self._train_time() if train_time is None
+                             else train_time),
         }
 
     def _save(self, state: Dict[str, Any], *paths: str) -> None:
@@ -328,24 +371,31 @@ class Trainer:
 
         Args:
             train_loader (Iterable): Training batches; must have a length.
-                Its sampler's :meth:`set_epoch` is called every epoch and its
-                :obj:`generator` is re-seeded from :obj:`(seed, rank, epoch)`.
-            val_loader (Iterable, optional): Validation batches. Without it,
-                :obj:`best.pt` is the last epoch. (default: :obj:`None`)
+                Its sampler's :meth:`set_epoch` is called every epoch, its
+                :obj:`generator` is re-seeded from :obj:`(seed, rank, epoch)`
+                and the state of its sampler's own generator (if any) is
+                saved with every checkpoint.
+            val_loader (Iterable, optional): Validation batches; one with a
+                length must not be empty. Without it, :obj:`best.pt` is the
+                last epoch. (default: :obj:`None`)
 
         Returns:
             dict: :obj:`best_epoch` (1-based), :obj:`best_score` and the
             :obj:`val_*` metrics of the best epoch.
         """
         steps_per_epoch, total_steps = self._schedule(train_loader)
-        start_epoch, skip, rank_state, resumed_epochs, best_metrics = \
+        if val_loader is not None and _num_items(val_loader) == 0:
+            raise ValueError("Expected 'val_loader' to yield at least one "
+                             "batch (got an empty loader)")
+        self._sampler_generator = _sampler_generator(train_loader)
+        start_epoch, skip, rank_state, resumed_epochs = \
             self._start_run(steps_per_epoch, total_steps)
         log = RunLog(self.out_dir, self.tensorboard,
                      resumed_epochs) if self.is_main else None
 
         self._stop_signal = None
         previous = self._install_signal_handlers()
-        start_time = time.time()
+        self._fit_start = time.time()
         try:
             for epoch in range(start_epoch, self.epochs):
                 t0 = time.time()
@@ -359,7 +409,8 @@ class Trainer:
                                if val_loader is not None else {})
                 improved = self._update_best(val_metrics, epoch)
                 if improved:
-                    best_metrics = val_metrics
+                    self.best_metrics = val_metrics
+                self._last_metrics = val_metrics
                 # lr of the epoch's last step (first parameter group).
                 last_lr = self.scheduler.lr_at(self.global_step - 1,
                                                self.scheduler.base_lrs[0])
@@ -367,9 +418,7 @@ class Trainer:
                        'lr': last_lr,
                        'train_loss': train_loss,
                        'time': time.time() - t0, **val_metrics}
-                self._end_epoch(epoch, row, log, improved, best_metrics,
-                                val_metrics, steps_per_epoch,
-                                time.time() - start_time)
+                self._end_epoch(epoch, row, log, improved, steps_per_epoch)
                 if all_reduce_max([float(self._stop_signal is not None)])[0]:
                     self._exit_on_signal()
         finally:
@@ -378,7 +427,7 @@ class Trainer:
             if log is not None:
                 log.close()
         return {'best_epoch': self.best_epoch, 'best_score': self.best_score,
-                **best_metrics}
+                **self.best_metrics}
 
     def _schedule(self, train_loader: Any) -> Tuple[int, int]:
         r"""Checks the train loader and builds the learning-rate schedule;
@@ -403,56 +452,100 @@ class Trainer:
 
     def _start_run(
         self, steps_per_epoch: int, total_steps: int,
-    ) -> Tuple[int, int, Optional[Dict[str, Any]], Optional[int],
-               Dict[str, float]]:
+    ) -> Tuple[int, int, Optional[Dict[str, Any]], Optional[int]]:
         r"""Prepares the run folder and, with :obj:`resume`, restores
-        :obj:`last.pt`; returns :obj:`(start_epoch, skip, rank_state,
-        resumed_epochs, best_metrics)`, :obj:`resumed_epochs` being
+        :obj:`last.pt` (or :obj:`best.pt` where a crash left it the newer);
+        then writes :obj:`config.yaml`. Returns :obj:`(start_epoch, skip,
+        rank_state, resumed_epochs)`, :obj:`resumed_epochs` being
         :obj:`None` for a new run."""
         if self.is_main:
             prepare_run_folder(self.out_dir, self.resume, self.overwrite)
         barrier()
         self.global_step, self.best_score, self.best_epoch = 0, None, None
         self.best_tie = None
+        self.best_metrics, self._last_metrics = {}, {}
+        self._time_before = 0.0
+        result: Tuple[int, int, Optional[Dict[str, Any]], Optional[int]] = \
+            (0, 0, None, None)
         if self.resume and osp.isfile(self.last_path):
-            state = load_checkpoint(self.last_path, map_location='cpu',
-                                    required=RESUME_KEYS)
+            path, state = self._resume_state()
             start_epoch, skip, rank_state = self._restore(
-                state, steps_per_epoch, total_steps)
-            # The summary keeps the selected epoch's val_* metrics flat.
-            best_metrics = {k: v for k, v in self.metrics_file.read().items()
-                            if k.startswith('val_')}
+                state, steps_per_epoch, total_steps, path)
             if self.is_main:
-                print(f'Resuming from {self.last_path}: epoch '
-                      f'{start_epoch + 1}, step {skip}/{steps_per_epoch}',
-                      flush=True)
-            return start_epoch, skip, rank_state, start_epoch, best_metrics
-        if self.resume and self.is_main:
+                if path != self.last_path:  # last.pt catches up with best.pt
+                    save_checkpoint(state, self.last_path)
+                self._repair_summary(state)
+                print(f'Resuming from {path}: epoch {start_epoch + 1}, step '
+                      f'{skip}/{steps_per_epoch}', flush=True)
+            result = (start_epoch, skip, rank_state, start_epoch)
+        elif self.resume and self.is_main:
             print(f'No checkpoint at {self.last_path}: starting from scratch',
                   flush=True)
-        return 0, 0, None, None, {}
+        if self.is_main and self.config is not None:
+            save_config(self.config, self.out_dir)
+        barrier()
+        return result
+
+    def _resume_state(self) -> Tuple[str, Dict[str, Any]]:
+        r"""The checkpoint to resume from and its path: :obj:`last.pt`, or
+        :obj:`best.pt` when it is further on. :obj:`best.pt` is written
+        before :obj:`last.pt`, so a crash between the two leaves it holding
+        the state that :obj:`last.pt` lacks."""
+        state = load_checkpoint(self.last_path, map_location='cpu',
+                                required=RESUME_KEYS)
+        if not osp.isfile(self.best_path):
+            return self.last_path, state
+        try:
+            best = load_checkpoint(self.best_path, map_location='cpu',
+                                   required=RESUME_KEYS)
+        except CheckpointError as e:
+            warnings.warn(f"Resuming from '{self.last_path}'; "
+                          f"'{self.best_path}' cannot be read ({e})",
+                          stacklevel=4)
+            return self.last_path, state
+        if int(best['global_step']) > int(state['global_step']):
+            return self.best_path, best
+        return self.last_path, state
+
+    def _repair_summary(self, state: Dict[str, Any]) -> None:
+        r"""Rewrites the summary from a resumed checkpoint when a crash came
+        between the checkpoint and :obj:`metrics.json` (checkpoints that
+        keep the best epoch's metrics only)."""
+        summary = self.metrics_file.read()
+        epochs_done = int(state['epoch'])
+        if ('best_metrics' in state and epochs_done > 0
+                and summary.get('last_epoch') != epochs_done):
+            self._record_summary(summary.get('best_epoch') != self.best_epoch,
+                                 epochs_done, self._time_before)
+
+    def _record_summary(self, improved: bool, last_epoch: int,
+                        train_time: float) -> None:
+        self.metrics_file.record_epoch(
+            self.best_metrics, improved,  # flat val_* of the selected epoch
+            monitor=self.monitor, mode=self.mode,
+            best_epoch=self.best_epoch, best_score=self.best_score,
+            last_epoch=last_epoch, last=self._last_metrics,
+            epochs=self.epochs, global_step=self.global_step,
+            world_size=self.world_size, train_time_s=train_time)
 
     def _end_epoch(self, epoch: int, row: Dict[str, Any],
                    log: Optional[RunLog], improved: bool,
-                   best_metrics: Dict[str, float],
-                   last_metrics: Dict[str, float], steps_per_epoch: int,
-                   seconds: float) -> None:
-        r"""Logs the epoch's row, saves :obj:`last.pt` (and :obj:`best.pt`
-        when it improved) and the summary."""
+                   steps_per_epoch: int) -> None:
+        r"""Logs the epoch's row, saves :obj:`best.pt` (when it improved),
+        then :obj:`last.pt`, then the summary."""
         if log is not None:
             log.append(row)
-        state = self._state(epoch + 1, 0, capture_rank_state(),
-                            steps_per_epoch)
-        self._save(state, *([self.last_path, self.best_path]
+        train_time = self._train_time()
+        generator = self._sampler_generator
+        state = self._state(epoch + 1, 0, capture_rank_state(
+            sampler_rng=None if generator is None else generator.get_state()),
+            steps_per_epoch, train_time)
+        # best.pt first: a crash before last.pt is written leaves best.pt the
+        # newer of the two, which a resume then continues from.
+        self._save(state, *([self.best_path, self.last_path]
                             if improved else [self.last_path]))
         if self.is_main:
-            self.metrics_file.record_epoch(
-                best_metrics, improved,  # flat val_* of the selected epoch
-                monitor=self.monitor, mode=self.mode,
-                best_epoch=self.best_epoch, best_score=self.best_score,
-                last_epoch=epoch + 1, last=last_metrics, epochs=self.epochs,
-                global_step=self.global_step, world_size=self.world_size,
-                train_time_s=seconds)
+            self._record_summary(improved, epoch + 1, train_time)
             print(self._summary_line(row, improved), flush=True)
 
     def _check_distributed_loader(self, loader: Any, name: str) -> None:
@@ -463,18 +556,28 @@ class Trainer:
                           f"samsa_geo.train.make_loader)", stacklevel=4)
 
     def _restore(self, state: Dict[str, Any], steps_per_epoch: int,
-                 total_steps: int) -> Tuple[int, int, Optional[Dict[str, Any]]]:
-        r"""Loads :obj:`state`; returns :obj:`(epoch, skip, rank_state)`,
-        where :obj:`rank_state` is this rank's saved state, or :obj:`None`
-        when the number of ranks changed (then :obj:`skip` is :obj:`0`)."""
+                 total_steps: int,
+                 path: str) -> Tuple[int, int, Optional[Dict[str, Any]]]:
+        r"""Loads :obj:`state` (read from :obj:`path`); returns :obj:`(epoch,
+        skip, rank_state)`, where :obj:`rank_state` is this rank's saved
+        state, or :obj:`None` when the number of ranks changed (then
+        :obj:`skip` is :obj:`0`)."""
+        stretched = state['scheduler']['total_steps'] != total_steps
+        self._check_resume_settings(state, path, stretched)
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
-        if self.scheduler.total_steps != total_steps:
-            warnings.warn(f"Resuming with {total_steps} total steps instead "
-                          f"of {self.scheduler.total_steps}: the cosine "
-                          f"schedule is stretched from here on", stacklevel=4)
+        if stretched:
+            change = f'{total_steps} total steps'
+            was = f'{self.scheduler.total_steps}'
+            if self.scheduler.warmup_steps != self.warmup_steps:
+                change += f' and {self.warmup_steps} warm-up steps'
+                was += f' and {self.scheduler.warmup_steps}'
+            warnings.warn(f"Resuming with {change} instead of {was}: the "
+                          f"cosine schedule is stretched from here on",
+                          stacklevel=4)
             self.scheduler.total_steps = total_steps
+            self.scheduler.warmup_steps = self.warmup_steps
             for group, lr in zip(self.optimizer.param_groups,
                                  self.scheduler.get_lr()):
                 group['lr'] = lr
@@ -483,10 +586,65 @@ class Trainer:
         self.best_score = state['best_score']
         self.best_tie = state.get('best_tie')
         self.best_epoch = state['best_epoch']
-        epoch, skip = resume_position(state, steps_per_epoch, self.last_path)
+        if 'best_metrics' in state:
+            self.best_metrics = dict(state['best_metrics'])
+            self._last_metrics = dict(state.get('last_metrics') or {})
+        else:  # Written before checkpoints kept them: the summary's.
+            self.best_metrics = {k: v for k, v in
+                                 self.metrics_file.read().items()
+                                 if k.startswith('val_')}
+        self._time_before = float(state.get('train_time_s') or 0.0)
+        epoch, skip = resume_position(state, steps_per_epoch, path)
         skip, saved = restore_rank(state, self.rank, self.world_size,
-                                   self.seed, epoch, skip, self.last_path)
+                                   self.seed, epoch, skip, path)
         return epoch, skip, saved
+
+    def _check_resume_settings(self, state: Dict[str, Any], path: str,
+                               stretched: bool) -> None:
+        r"""Raises a :class:`ValueError` naming the first argument that
+        differs from the checkpoint's where the resume would silently use
+        the checkpoint's value, or compare scores selected another way.
+        :obj:`warmup_steps` may change with the total steps (the examples
+        derive it from :obj:`epochs`)."""
+        optimizer = state['optimizer']['param_groups'][0]
+        scheduler = state['scheduler']
+        selection = ('its best score was selected with it, and would be '
+                     'compared with scores selected otherwise')
+        restored = 'its optimizer and scheduler state would override it'
+        checks = [
+            ('monitor', state.get('monitor'), self.monitor, selection),
+            ('mode', state.get('mode'), self.mode, selection),
+            ('tie_break', state.get('tie_break'), self.tie_break, selection),
+            ('lr', scheduler['base_lrs'][0], self.lr, restored),
+            ('weight_decay', optimizer['weight_decay'], self.weight_decay,
+             restored),
+            ('min_lr', scheduler['min_lr'], self.min_lr, restored),
+            ('warmup_steps', scheduler['warmup_steps'], self.warmup_steps,
+             restored + " (it may change only with 'epochs')"),
+            ('amp', state.get('amp'), self.amp,
+             'a run keeps its precision and grad-scaler state'),
+        ]
+        for name, saved, given, why in checks:
+            if name in ('monitor', 'mode', 'tie_break', 'amp') \
+                    and name not in state:
+                continue  # Not recorded by older checkpoints.
+            if name == 'warmup_steps' and stretched:
+                continue
+            if saved != given:
+                raise ValueError(
+                    f"Expected '{name}' to be {saved!r}, as in the checkpoint "
+                    f"'{path}' that resume=True continues (got {given!r}): "
+                    f"{why}. Resume with {name}={saved!r}, or start a new run "
+                    f"without resume")
+        # Older checkpoints: an fp16 run is one with grad-scaler state.
+        if 'amp' not in state and \
+                bool(state['scaler']) != (self.amp == 'fp16'):
+            saved = "'fp16'" if state['scaler'] else "None or 'bf16'"
+            raise ValueError(
+                f"Expected 'amp' to be {saved}, as in the checkpoint '{path}' "
+                f"that resume=True continues (got {self.amp!r}): a run keeps "
+                f"its precision and grad-scaler state. Resume with that amp, "
+                f"or start a new run without resume")
 
     def _train_epoch(self, loader: Any, epoch: int, skip: int,
                      rank_state: Optional[Dict[str, Any]],
@@ -504,6 +662,14 @@ class Trainer:
         if isinstance(generator, torch.Generator):
             generator.manual_seed(
                 (self.seed * 1_000_003 + self.rank * 10_007 + epoch) % 2**63)
+        # A sampler's own generator (RandomSampler(..., generator=g)) goes on
+        # from the state saved with the checkpoint.
+        sampler_rng = None
+        if self._sampler_generator is not None:
+            if rank_state is not None and \
+                    rank_state.get('sampler_rng') is not None:
+                self._sampler_generator.set_state(rank_state['sampler_rng'])
+            sampler_rng = self._sampler_generator.get_state()
         loss_sum = rank_state['loss_sum'] if resuming else 0.0
         loss_steps = rank_state['loss_steps'] if resuming else 0
 
@@ -536,7 +702,8 @@ class Trainer:
                         f'{step} (global step {self.global_step})')
                 if stop:
                     state = self._state(epoch, step, capture_rank_state(
-                        epoch_rng, loss_sum, loss_steps), steps_per_epoch)
+                        epoch_rng, loss_sum, loss_steps, sampler_rng),
+                        steps_per_epoch)
                     self._save(state, self.last_path)
                     return None
         finally:
@@ -641,7 +808,9 @@ class Trainer:
         sharded = isinstance(sampler, DistributedEvalSampler)
         self.model.eval()
         chunks: Dict[str, List[Tensor]] = {}
+        batches = 0
         for batch in self._bar(loader, desc=f'Eval {split}'):
+            batches += 1
             batch = move_to_device(batch, self.device)
             with self._autocast():
                 out = self.task.eval_step(self.eval_model, batch)
@@ -657,6 +826,10 @@ class Trainer:
         outputs = {k: torch.cat(v, dim=0) for k, v in chunks.items()}
         if sharded:  # Returns outputs unchanged without a process group.
             outputs = all_gather_outputs(outputs)
+            batches = int(all_reduce_sum([float(batches)])[0])
+        if batches == 0:
+            raise ValueError(f"Expected the '{split}' loader to yield at "
+                             f"least one batch (got none)")
         #: The last evaluated split's gathered outputs (confusion matrices,
         #: saved predictions).
         self.last_outputs = outputs
@@ -691,6 +864,24 @@ class Trainer:
         return (f'{self.__class__.__name__}(out_dir={self.out_dir!r}, '
                 f'epochs={self.epochs}, lr={self.lr}, amp={self.amp}, '
                 f'world_size={self.world_size}, device={self.device})')
+
+
+def _num_items(loader: Any) -> Optional[int]:
+    # The loader's length (its dataset's for a sharded evaluation loader,
+    # where one rank's shard may be empty); None without a length.
+    sampler = getattr(loader, 'sampler', None)
+    try:
+        if isinstance(sampler, DistributedEvalSampler):
+            return len(sampler.dataset)
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _sampler_generator(loader: Any) -> Optional[torch.Generator]:
+    # The sampler's own generator, e.g. RandomSampler(ds, generator=g).
+    generator = getattr(getattr(loader, 'sampler', None), 'generator', None)
+    return generator if isinstance(generator, torch.Generator) else None
 
 
 def _reported(value: Any) -> float:

@@ -42,6 +42,31 @@ def test_drop_last_and_bad_batch_size():
         make_loader(dataset(), 0, shuffle=True)
 
 
+@pytest.mark.parametrize('kwargs,error,match', [
+    ({'batch_size': True}, ValueError,
+     r"'batch_size' to be a positive int \(got True\)"),
+    ({'shuffle': 'no'}, TypeError, r"'shuffle' to be a bool \(got 'no'\)"),
+    ({'drop_last': 1}, TypeError, r"'drop_last' to be a bool \(got 1\)"),
+    ({'seed': 1.5}, TypeError, r"'seed' to be an int \(got float\)"),
+    ({'seed': 'x'}, TypeError, r"'seed' to be an int \(got str\)"),
+    ({'seed': True}, TypeError, r"'seed' to be an int \(got bool\)"),
+    ({'seed': 2**64}, ValueError,
+     r"'seed' in \[-2\*\*63, 2\*\*63\) \(got 18446744073709551616\)"),
+    ({'num_workers': -1}, ValueError,
+     r"'num_workers' to be a non-negative int \(got -1\)"),
+])
+def test_bad_arguments(kwargs, error, match):
+    kwargs = {'batch_size': 4, 'shuffle': True, **kwargs}
+    with pytest.raises(error, match=match):
+        make_loader(dataset(), **kwargs)
+
+
+@pytest.mark.parametrize('seed', [-1, 2**63 - 1])
+def test_extreme_seeds_shuffle(seed):
+    loader = make_loader(dataset(), 4, shuffle=True, seed=seed)
+    assert sorted(order(loader, 1)) == list(range(20))
+
+
 def test_pyg_is_detected():
     from torch_geometric.data import Data
     from torch_geometric.loader import DataLoader as PyGDataLoader

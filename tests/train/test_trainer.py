@@ -391,17 +391,66 @@ def test_errors(tmp_path):
 
 @pytest.mark.parametrize('kwargs,match', [
     ({'epochs': 0}, "'epochs'"),
+    ({'epochs': True}, r"'epochs' to be a positive int \(got True\)"),
     ({'lr': 0.0}, "'lr'"),
+    ({'lr': float('inf')}, r"'lr' to be finite \(got inf\)"),
+    ({'weight_decay': float('nan')}, r"'weight_decay' to be finite"),
+    ({'weight_decay': -0.1}, r"'weight_decay' to be non-negative"),
+    ({'min_lr': float('nan')}, r"'min_lr' to be finite"),
+    ({'min_lr': 0.5}, r"'min_lr' to be in \[0, lr=0.01\] \(got 0.5\)"),
+    ({'min_lr': -1e-3}, r"'min_lr' to be in \[0, lr=0.01\]"),
     ({'amp': 'fp8'}, "'amp'"),
     ({'mode': 'up'}, "'mode'"),
     ({'monitor': 'acc'}, "'monitor'"),
     ({'clip_grad': -1.0}, "'clip_grad'"),
+    ({'clip_grad': float('inf')}, r"'clip_grad' to be finite"),
     ({'warmup_steps': -1}, "'warmup_steps'"),
+    ({'warmup_steps': True}, r"'warmup_steps' to be a non-negative int"),
     ({'tie_break': 'loss'}, "'tie_break'"),
 ])
 def test_bad_arguments(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         trainer(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    ({'lr': '1e-3'}, r"'lr' to be a float \(got str\)"),
+    ({'weight_decay': None}, r"'weight_decay' to be a float \(got NoneType\)"),
+    ({'min_lr': '0'}, r"'min_lr' to be a float \(got str\)"),
+    ({'clip_grad': '2'}, r"'clip_grad' to be a float \(got str\)"),
+    ({'out_dir': None}, r"'out_dir' to be a str or os.PathLike "
+     r"\(got NoneType\)"),
+    ({'config': ['lr', 1]}, r"'config' to be None, a dict or an "
+     r"argparse.Namespace \(got list\)"),
+])
+def test_bad_argument_types(tmp_path, kwargs, match):
+    kwargs = {'out_dir': str(tmp_path), **kwargs}
+    with pytest.raises(TypeError, match=match):
+        Trainer(make_model(), ToyTask(), epochs=1, progress=False,
+                tensorboard=False, **kwargs)
+
+
+def test_min_lr_may_equal_lr(tmp_path):
+    tr = trainer(tmp_path, epochs=1, lr=1e-3, min_lr=1e-3, warmup_steps=0)
+    tr.fit(loaders()[0])
+    assert tr.scheduler.get_last_lr() == [1e-3, 1e-3]
+
+
+def test_empty_validation_loader_is_refused_before_training(tmp_path):
+    from torch.utils.data import TensorDataset
+    empty = TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long))
+    tr = trainer(tmp_path, epochs=2)
+    with pytest.raises(ValueError, match="Expected 'val_loader' to yield at "
+                       r"least one batch \(got an empty loader\)"):
+        tr.fit(loaders()[0], make_loader(empty, 4, shuffle=False))
+    assert tr.global_step == 0  # refused up front: nothing trained or written
+    assert sorted(os.listdir(tmp_path)) == ['.lock']
+    # A loader without a length that yields nothing: named by its split.
+    with pytest.raises(ValueError, match="Expected the 'val' loader to yield "
+                       r"at least one batch \(got none\)"):
+        tr.fit(loaders()[0], iter([]))
+    with pytest.raises(ValueError, match="Expected the 'test' loader"):
+        tr.evaluate([], split='test')
 
 
 def test_bad_task_and_model(tmp_path):
