@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import AddLaplacianEigenvectorPE, BaseTransform
-from torch_geometric.utils import is_undirected as _is_undirected
+from torch_geometric.utils import coalesce
 
 
 def canonical_eigenvector_sign(pe: Tensor) -> Tensor:
@@ -24,6 +24,26 @@ def canonical_eigenvector_sign(pe: Tensor) -> Tensor:
     return pe * sign
 
 
+def symmetric_adjacency(edge_index: Tensor, edge_weight: Optional[Tensor],
+                        num_nodes: int) -> bool:
+    r"""Whether the weighted adjacency matrix :math:`\mathbf{A}`
+    (:math:`A_{ij}` the summed weights of all edges :math:`i \to j`, weights
+    :obj:`1` if :obj:`edge_weight` is :obj:`None`) equals its transpose
+    exactly.
+
+    Args:
+        edge_index (torch.Tensor): Edges, shape :obj:`[2, E]`.
+        edge_weight (torch.Tensor, optional): Weights, shape :obj:`[E]`.
+        num_nodes (int): The number of nodes :math:`N`.
+    """
+    if edge_weight is None:
+        edge_weight = torch.ones(edge_index.size(1), device=edge_index.device)
+    # Repeated edges summed; coalesce sorts by (row, col).
+    index, weight = coalesce(edge_index, edge_weight, num_nodes, reduce='sum')
+    index_t, weight_t = coalesce(index.flip(0), weight, num_nodes)
+    return torch.equal(index, index_t) and torch.equal(weight, weight_t)
+
+
 class AddLaplacianPE(BaseTransform):
     r"""Adds the Laplacian eigenvector positional encoding from the
     `"Benchmarking Graph Neural Networks" <https://arxiv.org/abs/2003.00982>`_
@@ -38,7 +58,12 @@ class AddLaplacianPE(BaseTransform):
 
     node :math:`i` receives :math:`(U_{i,1}, \ldots, U_{i,k})`, the entries of
     the :math:`k` eigenvectors following the first one (eigenvalues sorted
-    ascending). Compared to PyG's transform it
+    ascending). :math:`A_{ij}` sums the weights of all edges :math:`i \to j`
+    with :math:`i \neq j` (:obj:`data.edge_weight` if set, else :math:`1`;
+    repeated edges add up) and :math:`D_{ii} = \sum_j A_{ij}`. Self-loops are
+    ignored, as :func:`torch_geometric.utils.get_laplacian` removes them: a
+    loop changes neither :math:`\mathbf{A}` nor :math:`\mathbf{D}`. Nodes
+    without edges get :math:`L_{ii} = 1`. Compared to PyG's transform it
 
     * fixes the sign of every eigenvector deterministically (its entry of
       largest absolute value is positive) instead of drawing a random sign,
@@ -57,8 +82,11 @@ class AddLaplacianPE(BaseTransform):
         attr_name (str, optional): The attribute to store the encoding in.
             (default: :obj:`"lap_pe"`)
         is_undirected (bool, optional): Whether the graphs are undirected
-            (faster, exactly symmetric eigendecomposition). If :obj:`None`,
-            detected per graph. (default: :obj:`None`)
+            (faster, exactly symmetric eigendecomposition, which reads one
+            triangle of :math:`\mathbf{L}` only). If :obj:`None`, detected
+            per graph: undirected if :math:`\mathbf{A} = \mathbf{A}^{\top}`
+            exactly, edge weights included; else the general eigensolver
+            runs. (default: :obj:`None`)
         **kwargs (optional): Passed to :class:`AddLaplacianEigenvectorPE`
             (arguments of :meth:`scipy.sparse.linalg.eigsh` / :meth:`eigs`).
 
@@ -92,10 +120,11 @@ class AddLaplacianPE(BaseTransform):
 
         num_eig = min(self.k, num_nodes - 1)  # non-trivial eigenvectors there
         if num_eig > 0:
+            weight = data.edge_weight if 'edge_weight' in data else None
             undirected = self.is_undirected
             if undirected is None:
-                undirected = _is_undirected(data.edge_index,
-                                            num_nodes=num_nodes)
+                undirected = symmetric_adjacency(data.edge_index, weight,
+                                                 num_nodes)
             inner = AddLaplacianEigenvectorPE(num_eig, attr_name='pe',
                                               is_undirected=undirected,
                                               **self.kwargs)
@@ -103,8 +132,8 @@ class AddLaplacianPE(BaseTransform):
                 # ARPACK needs k + 1 < N - 1; a dense solve is exact here:
                 inner.SPARSE_THRESHOLD = num_nodes + 1
             tmp = Data(edge_index=data.edge_index, num_nodes=num_nodes)
-            if 'edge_weight' in data:
-                tmp.edge_weight = data.edge_weight
+            if weight is not None:
+                tmp.edge_weight = weight
             # PyG draws random signs from the global generator; we canonise
             # the signs anyway, so keep the caller's random stream intact:
             with torch.random.fork_rng(devices=[]):

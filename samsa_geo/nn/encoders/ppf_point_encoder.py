@@ -189,7 +189,8 @@ class PPFPointEncoder(Module):
         for the device unless in debug mode)."""
         dtype = self.lin_out.weight.dtype
         if edge_index is None:
-            points = pos.detach()
+            # Ranked in float32 at least: 16-bit squared distances overflow.
+            points = pos.detach().to(geometry_dtype(pos))
             with value_checks(config.checks_values(pos.device)):
                 nbr = knn_neighbours(points, points, self.num_neighbors,
                                      batch, batch, num_clouds)  # [N, k]

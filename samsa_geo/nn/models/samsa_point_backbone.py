@@ -8,7 +8,11 @@ from torch_geometric.nn import EdgeConv, global_max_pool, global_mean_pool
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
-from samsa_geo.nn.encoders._point_geometry import centroid, check_points
+from samsa_geo.nn.encoders._point_geometry import (
+    centroid,
+    check_points,
+    geometry_dtype,
+)
 from samsa_geo.ops import knn_graph, value_checks
 from samsa_geo.ops.validation import check_float_tensor, check_tensor
 
@@ -225,8 +229,9 @@ class SamsaPointBackbone(Module):
         # graph to build; the encoder and the layers are skipped too.
         if self.local_conv and N > 0:  # else the PPF encoder ranks its own
             with value_checks(config.checks_values(pos.device)):
-                edge_index = knn_graph(pos_c.detach(), self.num_neighbors,
-                                       batch, loop=True, batch_size=B)
+                edge_index = knn_graph(pos_c.detach().to(geometry_dtype(pos)),
+                                       self.num_neighbors, batch, loop=True,
+                                       batch_size=B)
         h = self._tokens(pos, pos_c, layout, x, normal, edge_index)
         if token_bias is not None:
             h = h + token_bias

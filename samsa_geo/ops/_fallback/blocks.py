@@ -44,6 +44,17 @@ def distances(y: Tensor, x: Tensor, cosine: bool) -> Tensor:
     return dist
 
 
+def exclude(dist: Tensor, mask: Tensor) -> Tensor:
+    r"""Sets the ranking distances :obj:`dist` of the candidates in
+    :obj:`mask` (padding, other examples) to :math:`+\infty`, in place, so
+    that they rank strictly after every real candidate: non-finite real
+    distances (overflowing squares, NaN) are first clamped to the largest
+    finite value of the dtype. Finite distances are left unchanged."""
+    big = torch.finfo(dist.dtype).max
+    dist.nan_to_num_(nan=big, posinf=big)
+    return dist.masked_fill_(mask, float('inf'))
+
+
 def pad(src: Tensor, ptr: Tensor, sizes: List[int], fill: float) -> Tensor:
     r"""Pads the examples of :obj:`src` :obj:`[N, F]` into feature-major
     :obj:`[F, B, N_max]`, filling missing points with :obj:`fill`."""
@@ -100,7 +111,8 @@ def span_block(x: Tensor, y: Tensor, cand_start: Tensor, cand_end: Tensor,
     with candidates of other examples set to infinity.
 
     :obj:`cosine=None` gives true Euclidean distances (for radius search),
-    otherwise the ranking distances of :func:`distances`.
+    otherwise the ranking distances of :func:`distances`, where candidates
+    of other examples rank strictly last (see :func:`exclude`).
     """
     s0, s1 = start[q0], end[q1 - 1]
     yq, xs = y[q0:q1], x[s0:s1]
@@ -112,7 +124,10 @@ def span_block(x: Tensor, y: Tensor, cand_start: Tensor, cand_end: Tensor,
         cand = torch.arange(s0, s1, device=x.device)
         outside = ((cand.unsqueeze(0) < cand_start[q0:q1].unsqueeze(1))
                    | (cand.unsqueeze(0) >= cand_end[q0:q1].unsqueeze(1)))
-        dist = dist.masked_fill(outside, float('inf'))
+        if cosine is None:  # radius: "< r" already fails for infinity
+            dist = dist.masked_fill(outside, float('inf'))
+        else:
+            dist = exclude(dist, outside)
     return dist, s0, s1
 
 

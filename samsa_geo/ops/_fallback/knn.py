@@ -37,10 +37,18 @@ def knn(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, batch_y: Tensor,
     while the brute force paths keep whatever order :meth:`torch.topk`
     gives.
 
+    Distances are ranked in at least float32: 16-bit points are converted
+    first, as their squared distances overflow (float16: points more than
+    256 apart) and round coarsely. A real distance that still overflows (or is
+    NaN) ranks after every finite one but before padding and the points of
+    other examples, which are never returned.
+
     Returns :obj:`[2, E]` with row = index into :obj:`y`, col = index into
     :obj:`x`.
     """
     chunk_size = chunk_size or blocks.default_chunk_size(x.device)
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, y = x.to(dtype), y.to(dtype)
     if cosine:
         x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
     batch_size = ptr_x.numel() - 1

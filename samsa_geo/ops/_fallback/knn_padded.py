@@ -77,23 +77,22 @@ def knn_padded(x: Tensor, y: Tensor, k: int, ptr_x: Tensor, ptr_y: Tensor,
     device, batch_size = x.device, len(size_x)
     nx_max, ny_max = max(size_x), max(size_y)
     k_max = min(k, nx_max)
-    # Missing candidates are +inf, which squared differences keep; cosine
-    # (and cdist) blocks are masked instead.
-    masked = cosine or x.size(1) > 8
-    xp = blocks.pad(x, ptr_x, size_x, 0.0 if masked else float('inf'))
+    # Missing candidates are masked after the distances: padding them with
+    # +inf coordinates would tie with real squared distances that overflow
+    # to +inf, and top-k could then return them.
+    xp = blocks.pad(x, ptr_x, size_x, 0.0)
     yp = blocks.pad(y, ptr_y, size_y, 0.0)
     count_x = ptr_x[1:] - ptr_x[:-1]
-    if masked:
-        missing = (torch.arange(nx_max, device=device).unsqueeze(0)
-                   >= count_x.unsqueeze(1)).unsqueeze(1)  # [B, 1, N_max]
+    missing = (torch.arange(nx_max, device=device).unsqueeze(0)
+               >= count_x.unsqueeze(1)).unsqueeze(1)  # [B, 1, N_max]
 
     full = (min(size_y) == ny_max and min(size_x) >= k_max)
     nbr = (torch.empty if full else torch.zeros)(
         batch_size, ny_max, k_max, dtype=torch.long, device=device)
     for b0, b1, q0, q1, s in example_blocks(size_x, size_y, chunk_size):
         dist = blocks.distances(yp[:, b0:b1, q0:q1], xp[:, b0:b1, :s], cosine)
-        if masked and min(size_x[b0:b1]) < s:
-            dist.masked_fill_(missing[b0:b1, :, :s], float('inf'))
+        if min(size_x[b0:b1]) < s:  # padded: rank it strictly last
+            blocks.exclude(dist, missing[b0:b1, :, :s])
         kk = min(k, s)
         nbr[b0:b1, q0:q1, :kk] = dist.topk(kk, dim=-1, largest=False,
                                            sorted=True)[1]  # [G, Q, kk]
