@@ -11,9 +11,10 @@ from samsa_geo.datasets._split import check_split_args, split_indices
 
 class ModelNetArchive(CheckedCache, InMemoryDataset):
     r"""What the ModelNet40 archive loaders share: the extracted archive
-    :obj:`root/{folder}/` as raw folder, its download, and the split set up
-    after loading (processed file 0 is train, 1 is test; :obj:`"train"` and
-    :obj:`"val"` index the training file).
+    :obj:`root/{folder}/` as raw folder, its download (checked and
+    extracted through a temporary folder, see :func:`fetch_archive`), and
+    the split set up after loading (processed file 0 is train, 1 is test;
+    :obj:`"train"` and :obj:`"val"` index the training file).
 
     Subclasses set :obj:`url` and :obj:`folder`, and call this
     :obj:`__init__` once their own attributes are set (the processed file

@@ -31,9 +31,10 @@ def read_table(path: str, columns: int, layout: str,
 
     Raises:
         DamagedFileError: Naming :obj:`path` and the line, if the file is
-            not text, a row has another number of fields (:obj:`layout`
-            says which, e.g. :obj:`'x,y,z,nx,ny,nz'`), a field is not a
-            number, or a value is not finite in float32.
+            not text, holds no row (empty or blank), a row has another
+            number of fields (:obj:`layout` says which, e.g.
+            :obj:`'x,y,z,nx,ny,nz'`), a field is not a number, or a value is
+            not finite in float32.
     """
     with open(path, 'rb') as f:
         raw = list(islice(f, max_rows)) if max_rows is not None else list(f)
@@ -51,6 +52,12 @@ def read_table(path: str, columns: int, layout: str,
                 ) from None
     rows = [(number, line.strip()) for number, line in enumerate(lines, 1)
             if line.strip()]
+    if not rows:  # else a shape of 0 points, which fails much later
+        got = 'it is empty' if not raw else 'it holds only blank lines'
+        raise DamagedFileError(
+            f"Expected rows of {columns} fields '{layout}' in '{path}' "
+            f"({got}); the file is truncated or damaged, re-extract it "
+            f"from the archive")
     joiner = ' ' if sep is None else sep
     values = None
     try:

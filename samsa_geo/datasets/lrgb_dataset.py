@@ -5,6 +5,7 @@ import torch
 from torch_geometric.datasets import LRGBDataset as PyGLRGBDataset
 
 from samsa_geo.datasets._checked_cache import CheckedCache
+from samsa_geo.datasets._download import archive_name, fetch_archive
 from samsa_geo.datasets.lrgb import lrgb_task
 from samsa_geo.io import (DamagedFileError, restricted_pickle_load,
                           weights_only_load)
@@ -27,7 +28,10 @@ class LRGBDataset(CheckedCache, PyGLRGBDataset):
     - float features and targets must be finite and class labels in range
       when a split is loaded (errors name the raw file and the graph);
     - a wrong name or split, and a failed download, raise errors that say
-      what is expected and which archive goes in which folder.
+      what is expected and which archive goes in which folder; an
+      interrupted download, a damaged zip or a failed extraction leaves
+      nothing that a later run reads, and a damaged zip is named (PyG's
+      download would reuse a cut zip forever).
 
     The raw files must come from the official archives (the URLs in
     :obj:`LRGBDataset.urls`); no checksum is published for them.
@@ -96,20 +100,21 @@ class LRGBDataset(CheckedCache, PyGLRGBDataset):
         return int(torch.searchsorted(self.slices[key], row, right=True)) - 1
 
     def download(self) -> None:
-        try:
-            super().download()
-        except Exception as e:
-            url = self.urls[self.name]
-            archive = url.rsplit('/', 1)[-1].split('?')[0]
-            folder = self.dwnld_file_name[self.name]
-            raise RuntimeError(
-                f"Could not download '{archive}' from {url} "
-                f"({type(e).__name__}: {e}). Download that official LRGB "
-                f"archive by hand, extract it in '{osp.abspath(self.root)}' "
-                f"and rename its folder '{folder}' to "
-                f"'{osp.abspath(self.raw_dir)}', so that it holds "
-                f"{', '.join(self.raw_file_names)}. Use only the official "
-                f"archive: these files are unpickled") from e
+        # PyG's download writes the zip in place and reuses any file found
+        # there, so an interrupted download would be reused forever; the
+        # shared helper downloads through a '.part' file, checks every
+        # member and extracts through a temporary folder.
+        url = self.urls[self.name]
+        archive = archive_name(url)
+        folder = self.dwnld_file_name[self.name]
+        how = (f"Download that official LRGB archive by hand and place it "
+               f"at '{osp.abspath(osp.join(self.root, archive))}', or "
+               f"extract it in '{osp.abspath(self.root)}' and rename its "
+               f"folder '{folder}' to '{osp.abspath(self.raw_dir)}', so "
+               f"that it holds {', '.join(self.raw_file_names)}. Use only "
+               f"the official archive: these files are unpickled")
+        fetch_archive(url, self.root, folder, self.raw_file_names,
+                      target=self.raw_dir, how=how, keep_archive=False)
 
     def process(self) -> None:
         for name in self.raw_file_names:

@@ -47,7 +47,10 @@ class ShapeNetPart(CheckedCache, ShapeNet):
     - every file is checked as it is processed: seven numbers per line,
       finite, part labels of the shape's category; errors name the file and
       line (:class:`~samsa_geo.io.DamagedFileError`);
-    - a failed download raises an error naming the folder to fill.
+    - a failed download raises an error naming the folder to fill; an
+      interrupted download, a damaged zip or a failed extraction leaves
+      nothing that a later run reads (the zip is read whole before it is
+      extracted through a temporary folder), and a damaged zip is named.
 
     Files: :obj:`{synset}/{id}.txt` with lines :obj:`x y z nx ny nz part`,
     :obj:`train_test_split/shuffled_{train,val,test}_file_list.json`

@@ -10,15 +10,19 @@ Formats (see ``LRGBDataset.process``):
   ``edge_index`` int64 ``[2, E]``, ``y`` float ``[1, 10]`` (binary) or
   ``[1, 11]`` (regression).
 * ``pascalvoc-sp`` / ``coco-sp``: ``raw/{train,val,test}.pickle``, each a
-  pickled list of ``(x, edge_attr, edge_index, y)`` with ``x`` float
-  ``[N, 14]``, ``edge_attr`` float ``[E, 2]``, ``edge_index`` int64
-  ``[2, E]``, ``y`` int64 ``[N]`` node labels (COCO: original category ids,
-  remapped to ``0..80`` by ``LRGBDataset``).
+  pickled list of ``(x, edge_attr, edge_index, y)`` with the types of the
+  real pickles: ``x`` a float16 tensor ``[N, 14]`` (the archives store
+  ``torch.Tensor(x).half()``), ``edge_attr`` a float tensor ``[E, 2]``,
+  ``edge_index`` int64 ``[2, E]``, ``y`` ``[N]`` node labels as a NumPy
+  array, ``int32`` for PascalVOC-SP and ``uint8`` for COCO-SP (COCO:
+  original category ids, remapped to ``0..80`` by ``LRGBDataset``).
+  ``LRGBDataset`` turns them into PyG's types: ``x`` float32, ``y`` int64.
 * ``pcqm-contact``: ``raw/{train,val,test}.pt``, lists of ``(x, edge_attr,
   edge_index, edge_label_index, edge_label)``.
 """
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -66,14 +70,15 @@ def make_lrgb_graph(name: str, num_nodes: int, gen: torch.Generator) -> Tuple:
         label = (torch.rand(num_labeled, generator=gen) < 0.3).long()
         return x, edge_attr, ei, label_index, label
     if name in ('pascalvoc-sp', 'coco-sp'):
-        x = torch.rand(num_nodes, 14, generator=gen)
+        x = torch.rand(num_nodes, 14, generator=gen).half()
         edge_attr = torch.rand(num_edges, 2, generator=gen)
         if name == 'pascalvoc-sp':
             y = torch.randint(0, 21, (num_nodes, ), generator=gen)
+            y = y.numpy().astype(np.int32)
         else:
             pick = torch.randint(0, len(COCO_ORIGINAL_LABELS), (num_nodes, ),
                                  generator=gen)
-            y = torch.tensor(COCO_ORIGINAL_LABELS)[pick]
+            y = np.array(COCO_ORIGINAL_LABELS, dtype=np.uint8)[pick.numpy()]
         return x, edge_attr, ei, y
     raise ValueError(f"Expected 'name' to be one of {LRGB_NAMES} (got {name!r})")
 
