@@ -15,6 +15,14 @@ from samsa_geo.visualization.panels import Panel
 #: The renderer choices: Open3D falling back to matplotlib, or one of them.
 BACKENDS = ('auto', 'open3d', 'matplotlib')
 
+#: Maps a point's :obj:`(x, y, z)` to matplotlib's axes (rows: matplotlib's
+#: x, y, z). Open3D shows :obj:`y` up with :obj:`+z` towards the viewer, while
+#: matplotlib's vertical axis is its :obj:`z`: data :obj:`y` becomes
+#: matplotlib's :obj:`z` and data :obj:`z` becomes matplotlib's :obj:`-y`. A
+#: rotation (determinant +1), not a reflection, so the matplotlib panels show
+#: the cloud as Open3D does, not mirrored.
+MATPLOTLIB_AXES = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]])
+
 
 def check_backend(backend: str) -> None:
     r"""Raises a :class:`ValueError` unless :obj:`backend` is one of
@@ -79,20 +87,24 @@ def render_matplotlib(panels: Sequence[Panel], size: Tuple[int, int],
         canvas = FigureCanvasAgg(fig)
         ax = fig.add_axes((0, 0, 1, 1), projection='3d')
         ax.set_facecolor(BACKGROUND)
-        # Open3D shows y up; matplotlib's vertical axis is z.
-        x, y, z = panel.pos[:, 0], panel.pos[:, 2], panel.pos[:, 1]
+        # Open3D's view (y up) in matplotlib's axes (z up); see
+        # MATPLOTLIB_AXES.
+        mpl = np.asarray(panel.pos, dtype=np.float64) @ MATPLOTLIB_AXES.T
+        x, y, z = mpl[:, 0], mpl[:, 1], mpl[:, 2]
         rest, hit = ~panel.sampled, panel.sampled
         ax.scatter(x[rest], y[rest], z[rest], c=[GREY], s=point_size,
                    depthshade=False, linewidths=0)
         ax.scatter(x[hit], y[hit], z[hit], c=[panel.color],
                    s=(2.5 * point_size)**2 / 2, depthshade=False,
                    linewidths=0)
-        lo, hi = panel.pos.min(axis=0), panel.pos.max(axis=0)
+        lo, hi = mpl.min(axis=0), mpl.max(axis=0)
         center, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-6)
         ax.set_xlim(center[0] - half, center[0] + half)
-        ax.set_ylim(center[2] - half, center[2] + half)
-        ax.set_zlim(center[1] - half, center[1] + half)
+        ax.set_ylim(center[1] - half, center[1] + half)
+        ax.set_zlim(center[2] - half, center[2] + half)
         ax.set_box_aspect((1, 1, 1))
+        # Open3D's camera looks from data direction (0.9, 0.7, 1.3), i.e.
+        # matplotlib's (0.9, -1.3, 0.7): azimuth -55, elevation about 24.
         ax.view_init(elev=25, azim=-55)
         ax.set_axis_off()
         canvas.draw()

@@ -84,9 +84,20 @@ def test_cpu_machine_pins_the_cpu_build(tmp_path):
 
 
 def test_old_torch_is_upgraded(tmp_path):
+    # On a GPU machine: the same pinned version as on CPU, from the default
+    # index (the CUDA build), never an unpinned torch.
     calls = run(tmp_path, '2.1.0', gpu=True)
-    assert calls[1].endswith('torch>=2.4')
+    assert calls[1] == ('pip install -q --disable-pip-version-check '
+                        'torch==2.13.0')
     assert calls[-1].endswith('-e .[examples,graph]')
+
+
+def test_gpu_machine_without_torch_pins_it(tmp_path):
+    calls = run(tmp_path, None, gpu=True, args=['--test'])
+    pips = [c for c in calls if c.startswith('pip')]
+    assert pips[0] == 'pip install -q --disable-pip-version-check torch==2.13.0'
+    assert not any('index-url' in c or '+cpu' in c for c in pips)
+    assert pips[-1].endswith('-e .[test]')
 
 
 def test_existing_venv_is_reused(tmp_path):
