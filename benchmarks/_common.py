@@ -1,10 +1,11 @@
 """Timing and record helpers shared by the benchmark scripts."""
+import gc
 import json
 import os
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -56,9 +57,56 @@ def device_name(device: torch.device) -> str:
            f'{torch.get_num_threads()} threads)'
 
 
+class CudaMemory:
+    """The CUDA caching allocator's counts on ``device``, as :func:`measure`
+    reads them (a test passes an object with the same methods)."""
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated(self.device)
+
+    def max_allocated(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device)
+
+
+def drop_kept_state(modules: Iterable[torch.nn.Module]) -> None:
+    """Drops what the samsa_geo layers among ``modules`` (and their
+    submodules) keep between calls: :class:`~samsa_geo.nn.SamsaConv`'s CUDA
+    graphs of inference and of training calls and its inference caches,
+    :class:`~samsa_geo.nn.SamsaAttention`'s kept casts, as ``train()`` /
+    ``eval()`` and ``.to()`` drop them. A case's warm-up then captures its
+    own graphs (counted in its ``held_mb``), and no memory of an earlier
+    case's stays in the baseline of the next."""
+    modules = list(modules)
+    if not modules:
+        return
+    from samsa_geo.nn import SamsaAttention, SamsaConv
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, SamsaConv):
+                m._graphs.clear()
+                m._train_graphs.clear()
+                m._mlp_cache = None
+                m._affine_cache = {}
+            elif isinstance(m, SamsaAttention):
+                m._projection_cache = None
+
+
 def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
             repeat: int = 10, max_seconds: float = 20.0,
-            pipelined: bool = False) -> Dict[str, float]:
+            pipelined: bool = False,
+            modules: Iterable[torch.nn.Module] = (),
+            memory: Optional[CudaMemory] = None) -> Dict[str, float]:
     """Median milliseconds of ``fn`` and its peak memory (CUDA only).
 
     Times with CUDA events on the GPU and a wall clock on the CPU; stops
@@ -66,31 +114,46 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
     the device waits for the host's first launch), unless ``pipelined``:
     then ``repeat`` calls run back to back, as a stream of batches does,
     and ``ms`` is their total over ``repeat`` (a throughput, median of
-    three such rounds; CUDA only). ``peak_mb`` is the peak of the timed
+    three such rounds; CUDA only).
+
+    Before the warm-up, what earlier cases left is let go: the graph
+    caches and kept casts of ``modules`` (the layers ``fn`` calls, see
+    :func:`drop_kept_state`), Python's garbage, and on CUDA the caching
+    allocator's free blocks; the peak statistics are reset and the
+    baseline is taken after that. ``peak_mb`` is the peak of the timed
     calls above what was allocated before them; ``first_peak_mb`` counts
-    from before the warm-up, so that memory kept from the first calls (a
-    CUDA graph's pool, captured during the warm-up; kept casts) is in it;
-    ``held_mb`` is that kept memory alone (allocated after the warm-up
-    above before it), so ``held_mb + peak_mb`` is the steady peak of a
-    call.
+    from the baseline before the warm-up, so that memory kept from the
+    first calls (a CUDA graph's pool, captured during the warm-up; kept
+    casts) is in it; ``held_mb`` is that kept memory alone (allocated
+    after the warm-up above before it), so ``held_mb + peak_mb`` is the
+    steady peak of a call. Where the warm-up freed memory allocated before
+    it (``held_mb`` would be negative: the baseline held something the
+    case let go), ``held_mb`` and ``first_peak_mb`` are :obj:`None` and
+    ``memory_warning`` says why. ``memory`` replaces the CUDA allocator's
+    counts (tests).
     """
     cuda = device.type == 'cuda'
+    if memory is None and cuda:
+        memory = CudaMemory(device)
     # Rounds timed, of calls each.
     rounds, calls = (3, repeat) if pipelined and cuda else (repeat, 1)
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        first_base = torch.cuda.memory_allocated(device)
+    drop_kept_state(modules)
+    gc.collect()
+    if memory is not None:
+        memory.synchronize()
+        memory.empty_cache()
+        memory.reset_peak()
+        first_base = memory.allocated()
     for _ in range(warmup):
         fn()
     peak_mb: Optional[float] = None
     first_peak_mb: Optional[float] = None
     held_mb: Optional[float] = None
-    if cuda:
-        torch.cuda.synchronize(device)
-        first_peak_mb = torch.cuda.max_memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
+    if memory is not None:
+        memory.synchronize()
+        first_peak = memory.max_allocated()
+        memory.reset_peak()
+        base = memory.allocated()
         held_mb = (base - first_base) / 2**20
     times: List[float] = []
     start_all = time.perf_counter()
@@ -110,13 +173,34 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 3,
             times.append((time.perf_counter() - t0) * 1e3)
         if time.perf_counter() - start_all > max_seconds:
             break
-    if cuda:
-        peak = torch.cuda.max_memory_allocated(device)
+    warning = None
+    if memory is not None:
+        memory.synchronize()
+        peak = memory.max_allocated()
         peak_mb = (peak - base) / 2**20
-        first_peak_mb = (max(peak, first_peak_mb) - first_base) / 2**20
-    return {'ms': statistics.median(times), 'peak_mb': peak_mb,
-            'first_peak_mb': first_peak_mb, 'held_mb': held_mb,
-            'repeats': len(times) * calls}
+        first_peak_mb = (max(peak, first_peak) - first_base) / 2**20
+        if held_mb < 0:
+            warning = (f'the warm-up freed {-held_mb:.1f} MB allocated '
+                       'before it: held_mb and first_peak_mb not counted')
+            held_mb = first_peak_mb = None
+    out = {'ms': statistics.median(times), 'peak_mb': peak_mb,
+           'first_peak_mb': first_peak_mb, 'held_mb': held_mb,
+           'repeats': len(times) * calls}
+    if warning is not None:
+        out['memory_warning'] = warning
+    return out
+
+
+def _git(args: List[str], path: Optional[str]):
+    """``git args`` run at ``path`` (default: this repository): the
+    completed process, or :obj:`None` where git does not run there."""
+    import subprocess
+    here = path or os.path.dirname(os.path.abspath(__file__))
+    try:
+        return subprocess.run(['git', *args], capture_output=True, text=True,
+                              cwd=here)
+    except OSError:
+        return None
 
 
 def git_commit(path: Optional[str] = None) -> Optional[str]:
@@ -124,26 +208,72 @@ def git_commit(path: Optional[str] = None) -> Optional[str]:
     ``-dirty`` appended where tracked files differ from it (a copy of a
     newer tree over an older checkout, say), or :obj:`None` outside a git
     checkout."""
-    import subprocess
-    here = path or os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(
-            ['git', 'describe', '--always', '--dirty', '--abbrev=40'],
-            capture_output=True, text=True, cwd=here,
-            check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    got = _git(['describe', '--always', '--dirty', '--abbrev=40'], path)
+    if got is None or got.returncode != 0:
         return None
-    return commit or None
+    return got.stdout.strip() or None
+
+
+def git_dirty(commit: Optional[str] = None,
+              path: Optional[str] = None) -> Optional[bool]:
+    """Whether the tracked files at ``path`` (default: this repository)
+    differ from ``commit`` (default: the checked-out one), as git sees
+    them; :obj:`None` where git cannot tell (no checkout, or a commit that
+    the checkout does not know: a copy over a stale or absent ``.git``)."""
+    commit = commit or 'HEAD'
+    if commit.startswith('-'):
+        return None
+    got = _git(['rev-parse', '--verify', '--quiet', commit + '^{commit}'],
+               path)
+    if got is None or got.returncode != 0 or not got.stdout.strip():
+        return None
+    diff = _git(['diff', '--quiet', got.stdout.strip(), '--'], path)
+    if diff is None or diff.returncode not in (0, 1):
+        return None
+    return diff.returncode == 1
+
+
+def commit_fields(commit: Optional[str] = None,
+                  path: Optional[str] = None) -> dict:
+    """``commit`` and ``dirty`` of a record. ``commit`` is the one given
+    (``--commit``: where git cannot name the tree's commit), recorded as
+    given, else git's (:func:`git_commit`: ``-dirty`` appended where the
+    tree differs). ``dirty`` says whether the tree measured differs from
+    that commit: :obj:`True` where the commit's name ends in ``-dirty`` or
+    git sees changes against it, :obj:`False` where git sees none,
+    :obj:`None` where git cannot tell (no checkout, or a given commit
+    that the checkout does not know)."""
+    if not commit:
+        commit = git_commit(path)
+        return dict(commit=commit, dirty=None if commit is None
+                    else commit.endswith('-dirty'))
+    marked = commit.endswith('-dirty')
+    dirty = git_dirty(commit[:-len('-dirty')] if marked else commit, path)
+    return dict(commit=commit, dirty=True if marked else dirty)
+
+
+def add_commit_argument(parser) -> None:
+    """The ``--commit`` option of every benchmark script (see
+    :func:`commit_fields`)."""
+    parser.add_argument(
+        '--commit', default=None,
+        help='commit of the tree measured, recorded as given (where git '
+        'cannot name it: a copy without .git or over an older checkout); '
+        "default: git's, -dirty appended where the tree differs. Each "
+        "record's 'dirty' says whether git sees changes against it (null "
+        'where git cannot tell)')
 
 
 def provenance(device: torch.device, args) -> dict:
     """What produced a record: device, torch, commit (``args.commit`` where
-    given), date and the script's flags."""
+    given) and whether the tree differs from it (``dirty``, see
+    :func:`commit_fields`), date and the script's flags (less
+    ``commit``)."""
     import datetime
-    commit = getattr(args, 'commit', None) or git_commit()
+    fields = commit_fields(getattr(args, 'commit', None))
     flags = {k: v for k, v in vars(args).items() if k not in ('commit', )}
     return dict(device=device_name(device), torch=torch.__version__,
-                commit=commit, date=datetime.date.today().isoformat(),
+                **fields, date=datetime.date.today().isoformat(),
                 flags=flags)
 
 
@@ -169,47 +299,67 @@ def is_oom(err: BaseException) -> bool:
         'out of memory' in str(err).lower()
 
 
-def run_provenance() -> dict:
-    """Provenance of this process's run where a record lacks it: torch,
-    the checked-out commit (:obj:`None` outside git), the date and the
-    command-line flags (less ``--out``)."""
-    import datetime
-    import sys
-    commit = git_commit()
-    argv, flags = sys.argv[1:], []
+def _argv_flags(argv: List[str]) -> Tuple[str, Optional[str]]:
+    """The command-line flags ``argv`` less ``--out`` and ``--commit``, as
+    one string, and the value of ``--commit`` (:obj:`None` without)."""
+    argv, flags, commit = list(argv), [], None
     while argv:
         arg = argv.pop(0)
-        if arg == '--out':
-            argv = argv[1:]
+        if arg in ('--out', '--commit'):
+            value = argv.pop(0) if argv else None
+            if arg == '--commit':
+                commit = value
+        elif arg.startswith('--commit='):
+            commit = arg.split('=', 1)[1]
         elif not arg.startswith('--out='):
             flags.append(arg)
-    return dict(torch=torch.__version__, commit=commit,
-                date=datetime.date.today().isoformat(), flags=' '.join(flags))
+    return ' '.join(flags), commit
+
+
+def run_provenance(commit: Optional[str] = None) -> dict:
+    """Provenance of this process's run where a record lacks it: torch,
+    the commit (``commit``, else the command line's ``--commit``, else
+    git's; :obj:`None` where none) and whether the tree differs from it
+    (``dirty``, see :func:`commit_fields`), the date and the command-line
+    flags (less ``--out`` and ``--commit``)."""
+    import datetime
+    import sys
+    flags, given = _argv_flags(sys.argv[1:])
+    return dict(torch=torch.__version__, **commit_fields(commit or given),
+                date=datetime.date.today().isoformat(), flags=flags)
 
 
 def add_to_results(path: str, items: List[dict],
                    same_run: Callable[[dict], object]) -> None:
     """Adds the items of one run to the benchmark's result file ``path`` (a
-    JSON list): items already there for which ``same_run`` gives a key
-    shared with a new item are replaced (a configuration measured again),
-    the others kept."""
+    JSON list). An item already there is replaced where a new item is of
+    the same run (``same_run`` gives both the same key) at the same commit
+    (``commit``, and ``dirty`` or not): a configuration measured again.
+    Items of another commit are kept (they may be quoted elsewhere), and
+    so are items without a commit (which one is not known)."""
+    def key(r):
+        return repr((same_run(r), r.get('commit'), r.get('dirty') is True))
+
     old: List[dict] = []
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-    keys = {repr(same_run(r)) for r in items}
-    kept = [r for r in old if repr(same_run(r)) not in keys]
+    keys = {key(r) for r in items if r.get('commit') is not None}
+    kept = [r for r in old if r.get('commit') is None or key(r) not in keys]
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     with open(path, 'w') as f:
         json.dump(kept + items, f, indent=1)
         f.write('\n')
 
 
-def write_records(records: List[dict], path: str) -> None:
+def write_records(records: List[dict], path: str,
+                  commit: Optional[str] = None) -> None:
     """Adds the records of this run to the result file ``path`` of their
-    benchmark (see :func:`add_to_results`; a run is its device and flags),
-    each with its provenance: device, torch, commit, date and flags."""
-    stamp = run_provenance()
+    benchmark (see :func:`add_to_results`; a run is its device and flags,
+    measured again at the same commit), each with its provenance: device,
+    torch, commit (``commit`` where given, see :func:`run_provenance`),
+    dirty, date and flags; a record's own fields win."""
+    stamp = run_provenance(commit)
     records = [{**stamp, **r} for r in records]  # a record's own fields win
     add_to_results(path, records,
                    lambda r: (r.get('device'), r.get('flags')))

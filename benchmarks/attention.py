@@ -1,8 +1,12 @@
 """SamsaAttention against full attention, SamsaConv against GPSConv.
 
 One record per measurement (op, n, k, channels, heads, batch, pass, dtype,
-ms, peak_mb, device, torch, commit, date, flags) added to
+norm, ms, peak_mb, device, torch, commit, dirty, date, flags) added to
 ``benchmarks/results/attention.json``.
+
+SamsaConv and both GPSConvs are built with their default arguments (their
+default norm: batch norm); ``--layer-norm`` builds them with
+``norm='layer_norm'`` instead (the records' ``norm`` and flags say which).
 
     python benchmarks/attention.py --device cpu
     python benchmarks/attention.py --device cuda --dtype bf16 --compile
@@ -18,6 +22,7 @@ from torch_geometric.nn import GPSConv
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    add_commit_argument,
     device_name,
     measure_or_error,
     parse_sizes,
@@ -65,7 +70,14 @@ class Projections(nn.Module):
         return self.lin_out(q + kv[:, :q.size(1)] + kv[:, q.size(1):])
 
 
-def build(op: str, C: int, H: int, k: int):
+#: Ops built with a norm (the layers): the others have none.
+NORMED = ('samsa_conv', 'gps_conv_multihead', 'gps_conv_performer')
+
+
+def build(op: str, C: int, H: int, k: int, layer_norm: bool = False):
+    """The module of ``op``; the layers (:data:`NORMED`) with their default
+    norm, or ``norm='layer_norm'`` where ``layer_norm``."""
+    norm = dict(norm='layer_norm') if layer_norm else {}
     if op == 'samsa_attention':
         return SamsaAttention(C, heads=H, k=k)
     if op == 'sdpa':
@@ -73,13 +85,11 @@ def build(op: str, C: int, H: int, k: int):
     if op == 'projections':
         return Projections(C)
     if op == 'samsa_conv':
-        return SamsaConv(C, None, heads=H, k=k, norm='layer_norm')
+        return SamsaConv(C, None, heads=H, k=k, **norm)
     if op == 'gps_conv_multihead':
-        return GPSConv(C, None, heads=H, norm='layer_norm',
-                       attn_type='multihead')
+        return GPSConv(C, None, heads=H, attn_type='multihead', **norm)
     if op == 'gps_conv_performer':
-        return GPSConv(C, None, heads=H, norm='layer_norm',
-                       attn_type='performer')
+        return GPSConv(C, None, heads=H, attn_type='performer', **norm)
     raise ValueError(op)
 
 
@@ -96,7 +106,8 @@ def call(op: str, model, x, batch, B: int, n: int):
 def run_case(op, B, n, args, device, dtype, compiled: bool):
     C, H, k = args.channels, args.heads, args.k
     records = []
-    model = build(op, C, H, k).to(device=device, dtype=dtype)
+    model = build(op, C, H, k, args.layer_norm).to(device=device,
+                                                   dtype=dtype)
     fn_model = model
     if compiled:
         fn_model = torch.compile(model, dynamic=False, mode=args.compile_mode)
@@ -121,10 +132,12 @@ def run_case(op, B, n, args, device, dtype, compiled: bool):
         rec = dict(op=op + ('_compiled' if compiled else ''), n=n,
                    k=k if 'samsa' in op else None, channels=C, heads=H,
                    batch=B, **{'pass': pas}, dtype=args.dtype,
+                   norm=('layer_norm' if args.layer_norm else 'default')
+                   if op in NORMED else None,
                    device=device_name(device), torch=torch.__version__,
                    compile_mode=args.compile_mode if compiled else None)
         rec.update(measure_or_error(fn, device, warmup=args.warmup,
-                                    repeat=args.repeat))
+                                    repeat=args.repeat, modules=[model]))
         records.append(rec)
         print_table([rec], ['op', 'batch', 'n', 'pass', 'ms', 'peak_mb'])
     return records
@@ -152,6 +165,10 @@ def main():
     parser.add_argument('--repeat', type=int, default=10)
     parser.add_argument('--max-gps-n', type=int, default=65536,
                         help='skip GPSConv above this set size')
+    parser.add_argument('--layer-norm', action='store_true',
+                        help="build SamsaConv and the GPSConvs with "
+                        "norm='layer_norm' (default: their default norm)")
+    add_commit_argument(parser)
     parser.add_argument('--out', default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -178,7 +195,7 @@ def main():
                 torch.cuda.empty_cache()
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
                                    'attention.json')
-    write_records(records, out)
+    write_records(records, out, commit=args.commit)
     print_table(records, ['op', 'batch', 'n', 'pass', 'dtype', 'ms',
                           'peak_mb'])
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    add_commit_argument,
     measure,
     print_table,
     provenance,
@@ -39,7 +40,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument('--tokens', default='32768,65536,262144')
     p.add_argument('--channels', type=int, default=256)
-    p.add_argument('--commit', default=None)
+    add_commit_argument(p)
     p.add_argument('--sweep', action='store_true')
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'batch_norm_kernel.json'))

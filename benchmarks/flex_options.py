@@ -3,7 +3,9 @@ the default point classifier's shape (128 clouds x 1,024 queries, 8 heads,
 k = 512, head dimension 32): FlexAttention with one set of tile options,
 or samsa_geo's Triton kernel (autotuned, or one fixed configuration).
 Prints one JSON line, with the largest deviation on two tiles from a
-float64 reference (PyTorch's unfused FlexAttention path). Run each option
+float64 reference (PyTorch's unfused FlexAttention path) and its provenance
+(device, torch, commit and dirty, date, flags; ``--commit`` names the
+tree's commit where git cannot). Run each option
 set in its own process: a failing Triton configuration can poison the CUDA
 context.
 
@@ -18,7 +20,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import measure  # noqa: E402
+from _common import add_commit_argument, measure, provenance  # noqa: E402
 
 from samsa_geo.nn.attention import _attend  # noqa: E402
 from samsa_geo.nn.attention._flex import (  # noqa: E402
@@ -42,6 +44,7 @@ def main():
     p.add_argument('--k', type=int, default=512)
     p.add_argument('--head-dim', type=int, default=32)
     p.add_argument('--normals', action='store_true')
+    add_commit_argument(p)
     args = p.parse_args()
     options = json.loads(args.options) or None
     dev = torch.device('cuda')
@@ -62,7 +65,7 @@ def main():
                torch.zeros(H, device=dev))
     rec = dict(kernel=args.kernel, options=options, tiles=nt, heads=H,
                queries=T, k=K, head_dim=D, normals=args.normals,
-               device=torch.cuda.get_device_name(dev))
+               **provenance(dev, args))
     if args.kernel == 'triton':
         from samsa_geo.nn.attention import _bias_triton
         _bias_triton.KERNEL_CONFIG = options

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    add_commit_argument,
     measure_or_error,
     parse_sizes,
     print_table,
@@ -46,7 +47,7 @@ def main():
     p.add_argument('--configs', default='all', choices=['all', 'default'],
                    help="'default': time the default configuration and "
                    'cuDNN only')
-    p.add_argument('--commit', default=None)
+    add_commit_argument(p)
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'gather_attention_kernel.json'))
     args = p.parse_args()

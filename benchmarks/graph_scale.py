@@ -3,9 +3,11 @@
 40 classes): a model
 of SamsaConv layers (GCN local branch + SAMSA global attention over all
 nodes) vs. a 3-layer GCN. Reports time per training epoch (forward,
-backward, AdamW step) and peak memory: one run (machine, config, results
-and provenance) added to ``benchmarks/results/graph_scale.json``, replacing
-an earlier run on the same device.
+backward, AdamW step; the median of the epochs timed) and peak memory: one
+run (device, machine, config, results and provenance: torch, commit and
+dirty, date, flags) added to ``benchmarks/results/graph_scale.json``,
+replacing an earlier run of the same device and flags at the same commit
+(runs of other commits are kept).
 
 The graph is stochastic-block-like: every node belongs to one of 40
 communities (its class), 80% of the edges join nodes of the same community,
@@ -21,6 +23,7 @@ import os
 import os.path as osp
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +35,12 @@ from torch_geometric.nn import GCNConv
 from torch_geometric.utils import to_undirected
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import add_to_results, run_provenance  # noqa: E402
+from _common import (  # noqa: E402
+    add_commit_argument,
+    add_to_results,
+    device_name,
+    run_provenance,
+)
 
 ARXIV_NODES, ARXIV_EDGES = 169_343, 1_166_243
 
@@ -137,8 +145,11 @@ def worker(args):
     return {'model': args.model, 'num_nodes': args.nodes,
             'num_edges': int(edge_index.size(1)),
             'num_params': sum(p.numel() for p in model.parameters()),
-            'epoch_time_s': float(t.mean()),
+            # The median of the epochs, as the other benchmarks report.
+            'epoch_time_s': statistics.median(times),
+            'epoch_time_mean_s': float(t.mean()),
             'epoch_time_std_s': float(t.std()) if len(t) > 1 else 0.0,
+            'epoch_times_s': times,
             'peak_memory_mb': peak, 'memory_kind': kind,
             'final_loss': float(loss), 'train_acc_after': acc}
 
@@ -161,6 +172,7 @@ def main():
     parser.add_argument('--out', default=osp.join(osp.dirname(__file__),
                                                   'results'),
                         help='folder of graph_scale.json')
+    add_commit_argument(parser)
     parser.add_argument('--model', help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.threads:
@@ -202,10 +214,13 @@ def main():
     config = {k: getattr(args, k) for k in ('hidden', 'layers', 'heads', 'k',
                                             'epochs', 'warmup')}
     path = osp.join(args.out, 'graph_scale.json')
-    run = {'machine': machine, 'config': config, 'results': results}
-    run.update(run_provenance())
-    add_to_results(path, [run], lambda r: (r['machine']['device'],
-                                           r['machine'].get('gpu')))
+    run = {'device': device_name(device), 'machine': machine,
+           'config': config, 'results': results}
+    run.update(run_provenance(args.commit))
+    # Replaces a run of the same device and flags at the same commit.
+    add_to_results(path, [run], lambda r: (
+        r.get('device'), r['machine']['device'], r['machine'].get('gpu'),
+        r.get('flags')))
     print(f'Wrote {path}')
 
 

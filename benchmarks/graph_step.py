@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, provenance, write_records  # noqa: E402
+from _common import add_commit_argument  # noqa: E402
 from count_ops import OpCounter  # noqa: E402
 from layer import (  # noqa: E402
     build_graph_model,
@@ -139,7 +140,7 @@ def main():
     p.add_argument('--depth', type=int, default=3)
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--repeat', type=int, default=5)
-    p.add_argument('--commit', default=None, help='git commit measured')
+    add_commit_argument(p)
     p.add_argument('--out', default=None)
     p.add_argument('--ab', metavar='SWITCHES', default=None,
                    help='attention config switches, comma-separated: the '

@@ -20,6 +20,7 @@ import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import print_table, provenance, write_records  # noqa: E402
+from _common import add_commit_argument  # noqa: E402
 
 
 def host_us(fn, calls: int) -> float:
@@ -75,7 +76,7 @@ def cases(device: torch.device, B: int = 32, n: int = 1024, H: int = 8,
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--calls', type=int, default=2000)
-    p.add_argument('--commit', default=None)
+    add_commit_argument(p)
     p.add_argument('--out', default=None)
     args = p.parse_args()
     device = torch.device('cuda')

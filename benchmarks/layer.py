@@ -29,6 +29,7 @@ from torch_geometric.nn import GINEConv, GPSConv, global_mean_pool
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    add_commit_argument,
     compile_module,
     measure_or_error,
     parse_sizes,
@@ -154,7 +155,7 @@ def layer_case(op, B, n, args, device, compile_mode, pipelined):
         rec = dict(op=op, n=n, batch=B, k=k if 'samsa' in op else None,
                    channels=C, heads=H, **{'pass': pas}, dtype=args.dtype,
                    pipelined=pipelined, compile_mode=compile_mode)
-        records.append(_timed(rec, fn, device, args, pipelined))
+        records.append(_timed(rec, fn, device, args, pipelined, model))
     return records
 
 
@@ -174,7 +175,8 @@ def ab_case(op, B, n, args, device):
             for state in (True, False):
                 with config.attention_config(**{args.ab: state}):
                     got = measure_or_error(fn, device, warmup=args.warmup,
-                                           repeat=args.repeat)
+                                           repeat=args.repeat,
+                                           modules=[model])
                 times[state].append(got['ms'])
         for state in (True, False):
             ms = sorted(t for t in times[state] if t is not None)
@@ -191,9 +193,12 @@ def ab_case(op, B, n, args, device):
     return records
 
 
-def _timed(rec, fn, device, args, pipelined):
+def _timed(rec, fn, device, args, pipelined, model):
+    """``rec`` with the timing of ``fn``, a call of ``model`` (whose kept
+    graphs and casts are dropped before it), and the provenance."""
     rec.update(measure_or_error(fn, device, warmup=args.warmup,
-                                repeat=args.repeat, pipelined=pipelined))
+                                repeat=args.repeat, pipelined=pipelined,
+                                modules=[model]))
     rec.update(provenance(device, args))
     print_table([rec], ['op', 'batch', 'n', 'pass', 'pipelined',
                         'compile_mode', 'ms', 'peak_mb'])
@@ -284,12 +289,15 @@ def graph_epoch_case(op, args, device):
             loss.backward()
             opt.step()
 
+    # Each epoch is timed alone (its batches run back to back inside it):
+    # pipelined=False, as the record says.
+    pipelined = False
     rec = dict(op=op, n=None, batch=64, k=32 if 'samsa' in op else None,
                channels=C, heads=4, **{'pass': 'train_epoch'},
-               dtype='fp32', pipelined=True, compile_mode=None,
+               dtype='fp32', pipelined=pipelined, compile_mode=None,
                graphs=len(batches) * 64, layers=depth,
                optimizer='adamw_fused' if fused else 'adamw')
-    return _timed(rec, epoch, device, args, pipelined=False)
+    return _timed(rec, epoch, device, args, pipelined, model)
 
 
 def main():
@@ -321,7 +329,7 @@ def main():
                    help='skip GPSConv multihead above this set size')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--repeat', type=int, default=20)
-    p.add_argument('--commit', default=None, help='git commit measured')
+    add_commit_argument(p)
     p.add_argument('--attention-config', default='',
                    help='comma list of samsa_geo.nn.attention.config '
                    'switches, e.g. fused_inference=1')

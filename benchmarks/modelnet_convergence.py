@@ -38,7 +38,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, osp.join(ROOT, 'examples'))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 import _modelnet40_pipeline as pipeline  # noqa: E402
-from _common import device_name, write_records  # noqa: E402
+from _common import add_commit_argument, device_name  # noqa: E402
+from _common import write_records  # noqa: E402
 from _point_pipeline import point_trainer  # noqa: E402
 
 from samsa_geo.train import make_loader, seed_everything  # noqa: E402
@@ -223,6 +224,7 @@ def parse_args(argv=None):
     p.add_argument('--out',
                    default='benchmarks/results/modelnet_convergence.json')
     p.add_argument('--plot', default=None, help='PNG of the loss curves')
+    add_commit_argument(p)
     return p.parse_args(argv)
 
 
@@ -246,7 +248,7 @@ def main(argv=None) -> List[dict]:
             [r for r in records if r['variant'] == records[0]['variant']],
             args.ema)
     summarize(records, target, args.ema)
-    write_records(records, args.out)
+    write_records(records, args.out, commit=args.commit)
     if args.plot:
         plot_curves(records, args.plot, target, args.ema)
     return records

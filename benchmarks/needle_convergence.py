@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from _common import device_name, run_provenance  # noqa: E402
+from _common import add_commit_argument, device_name  # noqa: E402
+from _common import run_provenance  # noqa: E402
 from samsa_geo.testing.needle_task import train_needle  # noqa: E402
 
 VARIANTS = {
@@ -63,11 +64,12 @@ def main():
                    help='comma list of the variants to train')
     p.add_argument('--update', action='store_true',
                    help="keep the other variants' runs already in --out")
+    add_commit_argument(p)
     args = p.parse_args()
     torch.set_num_threads(1)
     record = {'args': vars(args),
               'device': device_name(torch.device('cpu')),
-              **run_provenance(), 'runs': {}}
+              **run_provenance(args.commit), 'runs': {}}
     if args.update and osp.isfile(args.out):
         with open(args.out) as f:
             record['runs'] = json.load(f)['runs']

@@ -33,6 +33,7 @@ from torch_geometric.nn import (
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import device_name, is_oom, measure, print_table  # noqa: E402
 from _common import compile_module, point_conv, write_records  # noqa: E402
+from _common import add_commit_argument  # noqa: E402
 
 from samsa_geo.nn.attention import config  # noqa: E402
 from samsa_geo.nn.models import SamsaPointClassifier  # noqa: E402
@@ -122,6 +123,7 @@ def build_parser():
                    'default: each call timed alone')
     p.add_argument('--only', default=None,
                    help='comma-separated subset of the op names')
+    add_commit_argument(p)
     p.add_argument('--out', default=None)
     return p
 
@@ -157,9 +159,10 @@ class PointBenchmark:
             return module
         return compile_module(module, self.args.compile_mode)
 
-    def record(self, op, fn, params=None):
-        """Times ``fn`` as ``op`` (an error, e.g. out of memory, is
-        recorded instead of a time)."""
+    def record(self, op, fn, params=None, modules=()):
+        """Times ``fn`` as ``op``, a call of ``modules`` (whose kept graphs
+        and casts are dropped first); an error, e.g. out of memory, is
+        recorded instead of a time."""
         if not self.wanted(op):
             return
         args, B, n = self.args, self.B, self.n
@@ -174,7 +177,7 @@ class PointBenchmark:
                    **{'pass': 'fwd'})
         try:
             rec.update(measure(fn, self.device, warmup=2, repeat=args.repeat,
-                               pipelined=args.pipelined))
+                               pipelined=args.pipelined, modules=modules))
             rec['clouds_per_s'] = B / rec['ms'] * 1e3
             rec['points_per_s'] = B * n / rec['ms'] * 1e3
             rec['ms_per_cloud'] = rec['ms'] / B
@@ -211,7 +214,7 @@ class PointBenchmark:
             def fn(model=self.maybe_compile(model), p_in=p_in):
                 with torch.no_grad(), self.autocast:
                     model(p_in, self.batch)
-            self.record(name, fn, params)
+            self.record(name, fn, params, modules=[model])
             models[name] = model.cpu()
 
     def run_layers(self, channels=256):
@@ -240,7 +243,8 @@ class PointBenchmark:
             def fn(layer=self.maybe_compile(layer), call=call):
                 with torch.no_grad(), self.autocast:
                     call(layer)
-            self.record(name, fn, sum(p.numel() for p in layer.parameters()))
+            self.record(name, fn, sum(p.numel() for p in layer.parameters()),
+                        modules=[layer])
 
 
 #: The benchmark's result file (each record carries its device and flags).
@@ -256,7 +260,8 @@ def run(args):
     bench = PointBenchmark(args)
     bench.run_models()
     bench.run_layers()
-    write_records(bench.records, args.out or DEFAULT_OUT)
+    write_records(bench.records, args.out or DEFAULT_OUT,
+                  commit=args.commit)
     print_table(bench.records, ['op', 'params', 'batch', 'ms',
                                 'clouds_per_s', 'points_per_s',
                                 'ms_per_cloud'])

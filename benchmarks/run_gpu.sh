@@ -4,48 +4,53 @@
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 # COMMIT names the tree's commit where git cannot (a copy without .git, or
-# over an older checkout: git then reports its commit with -dirty).
+# over an older checkout: git then reports its commit with -dirty); every
+# benchmark gets it as --commit (an empty COMMIT leaves it to the script's
+# git, which records null where git cannot tell), and records beside it
+# whether git sees the tree differ from it ('dirty').
 OUT=${OUT:-benchmarks/results}
+LOGS=${LOGS:-/tmp}  # the logs of the steps
+mkdir -p $OUT $LOGS
 STEPS=${STEPS:-tests,attention,compiled,points,graph,ops,profile,layer,scorer,launch}
-COMMIT=${COMMIT:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
+COMMIT=${COMMIT:-$(git describe --always --dirty 2>/dev/null)}
 SIZES=32x1024,8x4096,2x16384,1x65536,1x262144
 on() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, torch_geometric; print('torch', torch.__version__, '| pyg', torch_geometric.__version__)"
-on tests && { python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -s > /tmp/gpu_tests.log 2>&1; }
-on attention && { python3 benchmarks/attention.py --device cuda --out $OUT/attention.json > /tmp/attention_cuda.log 2>&1; }
-on compiled && { python3 benchmarks/attention.py --device cuda --compile --compile-mode reduce-overhead --ops samsa_attention,sdpa --sizes 32x1024,128x150,1x65536 --out $OUT/attention.json > /tmp/attention_compiled.log 2>&1; }
-on compiled && { tail -30 /tmp/attention_compiled.log; }
-on points && { OUT=$OUT STEPS=kernels,compiled,eager bash benchmarks/run_points_gpu.sh; }
-on graph && { python3 benchmarks/graph_step.py --device cuda --commit $COMMIT --out $OUT/graph_step.json 2>&1 | tail -8; }
-on graph && { python3 benchmarks/graph_step.py --device cuda --ops samsa_graph_model_hints --optimizers fused --ab packed_attention,fused_gine --commit $COMMIT --out $OUT/graph_step.json 2>&1 | tail -6; }
-on graph && { python3 benchmarks/graph_scale.py --device cuda --out $OUT 2>&1 | tail -6; }
-on ops && { python3 benchmarks/ops.py --device cuda --out $OUT/ops.json 2>&1 | tail -6; }
-on profile && { { echo "# python benchmarks/profile_attention.py --n 65536 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: $COMMIT | date: $(date +%F)"; python3 benchmarks/profile_attention.py --n 65536 2>&1; } > $OUT/profile_attention.txt; }
+on tests && { python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -s > $LOGS/gpu_tests.log 2>&1; }
+on attention && { python3 benchmarks/attention.py --device cuda --commit "$COMMIT" --out $OUT/attention.json > $LOGS/attention_cuda.log 2>&1; }
+on compiled && { python3 benchmarks/attention.py --device cuda --compile --compile-mode reduce-overhead --ops samsa_attention,sdpa --sizes 32x1024,128x150,1x65536 --commit "$COMMIT" --out $OUT/attention.json > $LOGS/attention_compiled.log 2>&1; }
+on compiled && { tail -30 $LOGS/attention_compiled.log; }
+on points && { OUT=$OUT COMMIT="$COMMIT" STEPS=kernels,compiled,eager bash benchmarks/run_points_gpu.sh; }
+on graph && { python3 benchmarks/graph_step.py --device cuda --commit "$COMMIT" --out $OUT/graph_step.json 2>&1 | tail -8; }
+on graph && { python3 benchmarks/graph_step.py --device cuda --ops samsa_graph_model_hints --optimizers fused --ab packed_attention,fused_gine --commit "$COMMIT" --out $OUT/graph_step.json 2>&1 | tail -6; }
+on graph && { python3 benchmarks/graph_scale.py --device cuda --commit "$COMMIT" --out $OUT 2>&1 | tail -6; }
+on ops && { python3 benchmarks/ops.py --device cuda --commit "$COMMIT" --out $OUT/ops.json 2>&1 | tail -6; }
+on profile && { { echo "# python benchmarks/profile_attention.py --n 65536 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: ${COMMIT:-unknown} | date: $(date +%F)"; python3 benchmarks/profile_attention.py --n 65536 2>&1; } > $OUT/profile_attention.txt; }
 # Whole layers (issue sizes), the fused path against the unfused one for
 # single large sets, the layer's CUDA graphs against eager calls, and the
 # profile of one forward (eager).
-on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch,full_layer --passes fwd,fwdbwd --commit $COMMIT --out $OUT/layer.json > /tmp/layer.log 2>&1; }
-on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwdbwd --ops-backend torch --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
-on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwdbwd --linear-min-elements 4611686018427387904 --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
-on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd --ab fused_inference --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
-on layer && { python3 benchmarks/layer.py --device cuda --sizes 32x1024,8x4096,2x16384,1x65536 --ops samsa_conv_batch --passes fwd,fwdbwd --ab cuda_graphs --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch,full_layer --passes fwd,fwdbwd --commit "$COMMIT" --out $OUT/layer.json > $LOGS/layer.log 2>&1; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwdbwd --ops-backend torch --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwdbwd --linear-min-elements 4611686018427387904 --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd --ab fused_inference --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes 32x1024,8x4096,2x16384,1x65536 --ops samsa_conv_batch --passes fwd,fwdbwd --ab cuda_graphs --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
 # Training on the sampled rows (from SAMPLED_ROWS_MIN_TOKENS tokens) against
 # every token projected, and from 65,536 tokens; the tiles' attention
 # kernels against PyTorch's SDPA, and SDPA's backends forced.
-on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwdbwd --sampled-rows-min-tokens 4611686018427387904 --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
-on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,2x65536 --ops samsa_conv_batch --passes fwd,fwdbwd --sampled-rows-min-tokens 65536 --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
-on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwd,fwdbwd --ab tile_attention --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; }
-on layer && { for B in flash efficient; do python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd,fwdbwd --sdpa-backends $B --commit $COMMIT --out $OUT/layer.json >> /tmp/layer.log 2>&1; done; }
-on layer && { { echo "# python benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: $COMMIT | date: $(date +%F)"; python3 benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 2>&1; } > $OUT/profile_layer.txt; }
-on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_kernel.py --tokens $T --commit $COMMIT --out $OUT/scorer_kernel.json 2>&1 | tail -14; done; }
-on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_grad_kernel.py --tokens $T --commit $COMMIT --out $OUT/scorer_grad_kernel.json 2>&1 | tail -12; done; }
-on scorer && { python3 benchmarks/batch_norm_kernel.py --commit $COMMIT --out $OUT/batch_norm_kernel.json 2>&1 | tail -14; }
-on scorer && { python3 benchmarks/batch_norm_kernel.py --sweep --tokens 65536,262144 2>&1 | tail -32; }
-on scorer && { python3 benchmarks/tile_attention_kernel.py --commit $COMMIT --out $OUT/tile_attention_kernel.json 2>&1 | tail -48; }
-on scorer && { python3 benchmarks/tile_attention_kernel.py --packed --commit $COMMIT --out $OUT/tile_attention_kernel.json 2>&1 | tail -18; }
-on scorer && { python3 benchmarks/gather_attention_kernel.py --commit $COMMIT --out $OUT/gather_attention_kernel.json 2>&1 | tail -48; }
-on launch && { python3 benchmarks/launch.py --commit $COMMIT --out $OUT/launch.json 2>&1 | tail -5; }
-on attention && { grep -E "^(samsa|sdpa|proj|gps)" /tmp/attention_cuda.log | tail -48; }
-on layer && { grep -E "^(samsa|full)" /tmp/layer.log | tail -30; }
-on tests && { grep -E "passed|failed|peak|Error" /tmp/gpu_tests.log | tail -8; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwdbwd --sampled-rows-min-tokens 4611686018427387904 --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,2x65536 --ops samsa_conv_batch --passes fwd,fwdbwd --sampled-rows-min-tokens 65536 --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
+on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwd,fwdbwd --ab tile_attention --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
+on layer && { for B in flash efficient; do python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd,fwdbwd --sdpa-backends $B --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; done; }
+on layer && { { echo "# python benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: ${COMMIT:-unknown} | date: $(date +%F)"; python3 benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 2>&1; } > $OUT/profile_layer.txt; }
+on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_kernel.py --tokens $T --commit "$COMMIT" --out $OUT/scorer_kernel.json 2>&1 | tail -14; done; }
+on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_grad_kernel.py --tokens $T --commit "$COMMIT" --out $OUT/scorer_grad_kernel.json 2>&1 | tail -12; done; }
+on scorer && { python3 benchmarks/batch_norm_kernel.py --commit "$COMMIT" --out $OUT/batch_norm_kernel.json 2>&1 | tail -14; }
+on scorer && { python3 benchmarks/batch_norm_kernel.py --sweep --tokens 65536,262144 --commit "$COMMIT" 2>&1 | tail -32; }
+on scorer && { python3 benchmarks/tile_attention_kernel.py --commit "$COMMIT" --out $OUT/tile_attention_kernel.json 2>&1 | tail -48; }
+on scorer && { python3 benchmarks/tile_attention_kernel.py --packed --commit "$COMMIT" --out $OUT/tile_attention_kernel.json 2>&1 | tail -18; }
+on scorer && { python3 benchmarks/gather_attention_kernel.py --commit "$COMMIT" --out $OUT/gather_attention_kernel.json 2>&1 | tail -48; }
+on launch && { python3 benchmarks/launch.py --commit "$COMMIT" --out $OUT/launch.json 2>&1 | tail -5; }
+on attention && { grep -E "^(samsa|sdpa|proj|gps)" $LOGS/attention_cuda.log | tail -48; }
+on layer && { grep -E "^(samsa|full)" $LOGS/layer.log | tail -30; }
+on tests && { grep -E "passed|failed|peak|Error" $LOGS/gpu_tests.log | tail -8; }

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    add_commit_argument,
     measure_or_error,
     print_table,
     provenance,
@@ -42,7 +43,7 @@ def main():
     p.add_argument('--tokens', type=int, default=65536)
     p.add_argument('--channels', type=int, default=256)
     p.add_argument('--heads', type=int, default=8)
-    p.add_argument('--commit', default=None)
+    add_commit_argument(p)
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'scorer_grad_kernel.json'))
     args = p.parse_args()

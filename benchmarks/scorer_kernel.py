@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    add_commit_argument,
     measure,
     print_table,
     provenance,
@@ -53,7 +54,7 @@ def main():
     p.add_argument('--fp32-tokens', action='store_true',
                    help='float32 tokens x, as SamsaConv under bf16 autocast '
                         'passes them (the hidden rows stay bf16)')
-    p.add_argument('--commit', default=None)
+    add_commit_argument(p)
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'scorer_kernel.json'))
     args = p.parse_args()

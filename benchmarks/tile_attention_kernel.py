@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    add_commit_argument,
     measure_or_error,
     parse_sizes,
     print_table,
@@ -133,7 +134,7 @@ def main():
     p.add_argument('--k', type=int, default=256)
     p.add_argument('--passes', default='fwd,fwdbwd')
     p.add_argument('--repeat', type=int, default=30)
-    p.add_argument('--commit', default=None)
+    add_commit_argument(p)
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'tile_attention_kernel.json'))
     p.add_argument('--packed', action='store_true',
