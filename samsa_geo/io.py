@@ -75,12 +75,20 @@ def weights_only_load(path: Union[str, os.PathLike], what: str = 'File',
     classes) are accepted.
 
     Raises:
+        FileNotFoundError: If :obj:`path` does not exist.
+        IsADirectoryError: If :obj:`path` is a directory.
         UnsafeFileError: If the file holds code or other types.
         DamagedFileError: If it is truncated or corrupted (the message names
             it).
     """
+    if osp.isdir(path):
+        raise IsADirectoryError(f"{what} '{os.fspath(path)}' is a directory, "
+                                f"not a file")
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError as e:  # nothing to delete or replace
+        raise FileNotFoundError(f"{what} '{os.fspath(path)}' does not "
+                                f"exist") from e
     except Exception as e:  # torch raises many types on damaged archives.
         message = rejection_message(path, e, what, advice)
         if 'holds code' in message:
@@ -94,10 +102,48 @@ def _load_storage(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), weights_only=True)
 
 
+def _latin1_bytes(text: Any, encoding: Any) -> bytes:
+    # Stands in for _codecs.encode, through which protocol 2 pickles bytes
+    # (as a latin-1 str): any other codec or input is refused.
+    if not isinstance(text, str) or encoding != 'latin1':
+        raise pickle.UnpicklingError(f'GLOBAL _codecs.encode of '
+                                     f'{type(text).__name__} to {encoding!r}')
+    return text.encode('latin1')
+
+
+def _empty_bytes() -> bytes:
+    # Stands in for bytes(), through which protocol 2 pickles b''.
+    return b''
+
+
+def _array_from_buffer(buf: Any, dtype: Any, shape: Any, order: Any) -> Any:
+    # Stands in for NumPy's _frombuffer, through which protocol 5 pickles
+    # arrays: a view of the pickled bytes (NumPy refuses object dtypes).
+    import numpy as np
+    if not isinstance(buf, (bytes, bytearray, pickle.PickleBuffer)) or \
+            not isinstance(dtype, np.dtype):
+        raise pickle.UnpicklingError(f'GLOBAL numpy._core.numeric.'
+                                     f'_frombuffer of {type(buf).__name__}')
+    return np.frombuffer(buf, dtype=dtype).reshape(shape, order=order)
+
+
+# Reconstruction helpers of plain pickles, replaced by the functions above,
+# which build bytes and arrays from bytes and nothing else.
+_PICKLE_HELPERS = {
+    ('torch.storage', '_load_from_bytes'): _load_storage,
+    ('_codecs', 'encode'): _latin1_bytes,
+    ('__builtin__', 'bytes'): _empty_bytes,
+    ('builtins', 'bytes'): _empty_bytes,
+    ('numpy._core.numeric', '_frombuffer'): _array_from_buffer,
+    ('numpy.core.numeric', '_frombuffer'): _array_from_buffer,
+}
+
+
 class _TensorUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ('torch.storage', '_load_from_bytes'):
-            return _load_storage
+        helper = _PICKLE_HELPERS.get((module, name))
+        if helper is not None:
+            return helper
         if (module, name) in _PICKLE_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f'GLOBAL {module}.{name}')
@@ -106,8 +152,11 @@ class _TensorUnpickler(pickle.Unpickler):
 def restricted_pickle_load(file: BinaryIO, path: str = '<stream>',
                            what: str = 'File') -> Any:
     r"""Unpickles a plain :mod:`pickle` of tensors, NumPy arrays, containers
-    and plain types; any other global (a function to call, a class to build)
-    is refused before it runs.
+    and plain types, of any protocol from 2 to 5; any other global (a
+    function to call, a class to build) is refused before it runs. The
+    helpers through which pickles rebuild bytes (protocol 2) and arrays
+    (protocol 5) are replaced by functions that build only bytes and arrays
+    from bytes.
 
     Raises:
         UnsafeFileError: If the pickle names another global.

@@ -63,3 +63,63 @@ def test_weights_only_load(tmp_path):
     with pytest.raises(DamagedFileError, match=r"truncated or corrupted .*"
                        r"\. Rebuild it$"):
         weights_only_load(path, 'Cache', 'Rebuild it')
+
+
+@pytest.mark.parametrize('protocol', [2, 3, 4, 5])
+def test_restricted_pickle_every_protocol(protocol):
+    # Protocol 2 pickles bytes through _codecs.encode (and b'' through
+    # bytes()), protocol 5 arrays through NumPy's _frombuffer.
+    objs = {'t': torch.arange(6.).view(2, 3), 'e': torch.empty(0),
+            'l': torch.tensor([1, 2], dtype=torch.long),
+            'a': np.arange(6.).reshape(2, 3),
+            'f': np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3)),
+            'b': np.array([True, False]), 'z': np.empty((0, 3)),
+            's': np.float32(1.5), 'raw': b'\x00\xff', 'none': b''}
+    out = restricted_pickle_load(io.BytesIO(pickle.dumps(objs, protocol)))
+    for key in ('t', 'e', 'l'):
+        assert torch.equal(out[key], objs[key])
+        assert out[key].dtype == objs[key].dtype
+    for key in ('a', 'f', 'b', 'z'):
+        assert out[key].dtype == objs[key].dtype
+        assert out[key].shape == objs[key].shape
+        assert np.array_equal(out[key], objs[key])
+    assert out['f'].flags.f_contiguous
+    assert out['s'] == np.float32(1.5) and out['s'].dtype == np.float32
+    assert out['raw'] == b'\x00\xff' and out['none'] == b''
+
+
+class _System:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command, ))
+
+
+class _Codec:
+    # _codecs.encode with a codec other than the latin-1 of protocol 2.
+    def __reduce__(self):
+        import _codecs
+        return (_codecs.encode, ('abc', 'rot13'))
+
+
+@pytest.mark.parametrize('protocol', [2, 5])
+def test_restricted_pickle_still_refuses_calls(tmp_path, protocol):
+    ran = tmp_path / 'ran'
+    data = pickle.dumps([np.arange(3), _System(f'touch {ran}')], protocol)
+    with pytest.raises(UnsafeFileError, match=r"\('(posix|nt).system'\), so "
+                       r"it was not loaded and nothing in it ran"):
+        restricted_pickle_load(io.BytesIO(data), 'x.pickle')
+    assert not ran.exists()
+    with pytest.raises(UnsafeFileError, match=r"\('_codecs.encode'\)"):
+        restricted_pickle_load(io.BytesIO(pickle.dumps(_Codec(), protocol)))
+
+
+def test_weights_only_load_missing_file_or_directory(tmp_path):
+    missing = tmp_path / 'missing.pt'
+    with pytest.raises(FileNotFoundError, match=rf"^Cache '{missing}' does "
+                       r"not exist$"):
+        weights_only_load(missing, 'Cache')
+    with pytest.raises(IsADirectoryError, match=rf"^Cache '{tmp_path}' is a "
+                       r"directory, not a file$"):
+        weights_only_load(tmp_path, 'Cache')

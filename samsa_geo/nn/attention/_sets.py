@@ -196,7 +196,12 @@ def check_hints(batch: Tensor, num_graphs: Optional[int],
 def set_offsets(batch: Tensor, num_sets: int) -> Tensor:
     r"""``[B + 1]`` offsets of the sets of a sorted ``batch`` vector, on
     the device without a read-back: set :math:`b` starts at the first
-    :math:`b`."""
+    :math:`b`. ONNX has no ``searchsorted``: an ONNX export counts the
+    tokens of every set instead (the same offsets for a valid ``batch``)."""
+    if torch.onnx.is_in_onnx_export():
+        count = batch.new_zeros(num_sets).scatter_add_(
+            0, batch, torch.ones_like(batch))  # [B]
+        return torch.cat([count.new_zeros(1), count.cumsum(0)])  # [B + 1]
     return torch.searchsorted(batch, torch.arange(
         num_sets + 1, device=batch.device, dtype=batch.dtype))
 

@@ -17,6 +17,8 @@ The values are module state read at call time: a model compiled with
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+import torch
+
 _BIAS_KERNELS = ('triton', 'flex')
 
 _debug = False
@@ -49,8 +51,13 @@ def set_debug(flag: bool) -> None:
 
 def checks_values(device) -> bool:
     r"""Whether value checks run for tensors on ``device``: always on the
-    CPU, on other devices in debug mode (see :func:`is_debug`)."""
-    return _debug or getattr(device, 'type', device) == 'cpu'
+    CPU, on other devices in debug mode (see :func:`is_debug`), and never
+    while :func:`torch.compile`, :func:`torch.export` or a TorchScript
+    trace (ONNX export) records the call, where no value can be read
+    back."""
+    return ((_debug or getattr(device, 'type', device) == 'cpu')
+            and not (torch.compiler.is_compiling()
+                     or torch.jit.is_tracing()))
 
 
 def use_fused_bias() -> bool:

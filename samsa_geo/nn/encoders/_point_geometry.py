@@ -7,12 +7,16 @@ from torch import Tensor
 from torch_geometric.utils import scatter
 
 from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._dispatch import is_exporting, is_tracing
 from samsa_geo.nn.attention._sets import check_size_hint, checked_sizes
 from samsa_geo.ops.validation import (
     check_batch_vector,
     check_matrix,
     check_tensor,
 )
+
+#: Entries of one distance block of :func:`traced_knn_table`.
+TRACED_KNN_CHUNK: int = 2**22
 
 #: Added under every square root: keeps norms and their gradients finite at
 #: 0 (see :func:`eps_for` for dtypes in which it rounds to zero).
@@ -50,7 +54,9 @@ def check_points(
     if check_values is None:
         check_values = isinstance(pos, Tensor) and \
             config.checks_values(pos.device)
-    N = check_matrix('pos', pos, 3).size(0)
+    # int(): a TorchScript trace (ONNX export) gives sizes as tensors,
+    # which the size hints reject; its graph is specialised to N anyway.
+    N = int(check_matrix('pos', pos, 3).size(0))
     if normal is not None:
         if check_tensor('normal', normal).shape != pos.shape:
             raise ValueError(f"Expected 'normal' to have shape [{N}, 3] "
@@ -97,3 +103,73 @@ def safe_cos(a: Tensor, b: Tensor) -> Tensor:
 def centroid(pos: Tensor, batch: Tensor, num_clouds: int) -> Tensor:
     r"""Per-cloud mean of ``pos``, :math:`(B, 3)`."""
     return scatter(pos, batch, dim=0, dim_size=num_clouds, reduce='mean')
+
+
+def traces_knn(pos: Tensor) -> bool:
+    r"""Whether the :math:`k`-NN of ``pos`` is being traced where the
+    geometry ops would read the clouds' sizes back (their CPU fallback, an
+    exported graph): :func:`traced_knn_table` then ranks it instead."""
+    return is_tracing() and (pos.device.type == 'cpu' or is_exporting())
+
+
+def traced_knn_table(pos: Tensor, batch: Tensor, k: int, num_clouds: int,
+                     max_size: Optional[int]) -> Tensor:
+    r"""The table of :func:`~samsa_geo.ops.knn_neighbours` (``pos`` as
+    candidates and queries, row :math:`i` the up to :math:`k` nearest
+    points of :math:`i`'s cloud by ascending squared distance, :obj:`-1`
+    padded), with shapes known before the values: no size is read back,
+    so :func:`torch.export` and ``torch.compile(fullgraph=True)`` trace it.
+
+    With ``max_size`` the clouds are padded to :math:`(B, n_{\max})` and
+    ranked by brute force per cloud; without it, all :math:`N` points as
+    one set, masked by cloud (:math:`N^2` distances). Either way in query
+    blocks of at most :obj:`TRACED_KNN_CHUNK` distances."""
+    N = pos.size(0)
+    arange = torch.arange(N, device=pos.device)
+    if max_size is None:  # one row of every point, masked by cloud below
+        idx = arange.view(1, N)  # [G, S] = [1, N]
+        group, local = arange.new_zeros(N), arange
+    else:
+        # First point of each cloud (no searchsorted: ONNX lacks it).
+        count = arange.new_zeros(num_clouds).scatter_add_(
+            0, batch, torch.ones_like(batch))  # [B]
+        group, local = batch, arange - (count.cumsum(0) - count)[batch]
+        idx = arange.new_full((num_clouds, max_size), -1)
+        idx[group, local] = arange  # [G, S] point of each slot, or -1
+    G, S = idx.shape
+    kk = min(k, S)
+    slot = idx.clamp(min=0)
+    cloud = torch.where(idx >= 0, batch[slot], -1)  # [G, S]
+    points = pos[slot].permute(2, 0, 1)  # [3, G, S]
+    rows = max(1, TRACED_KNN_CHUNK // max(G * S, 1))
+    big = torch.finfo(pos.dtype).max
+    blocks = []
+    for q0 in range(0, S, rows):
+        q1 = min(q0 + rows, S)
+        dist = pos.new_zeros(G, q1 - q0, S)  # [G, Q, S]
+        for f in range(points.size(0)):  # summed in feature order
+            diff = points[f, :, q0:q1].unsqueeze(-1) - \
+                points[f].unsqueeze(-2)
+            dist = dist + diff.square()
+        # Overflowing or NaN distances rank after every finite one, other
+        # clouds and padding after all (as the ops' fallback ranks them).
+        other = cloud[:, q0:q1].unsqueeze(-1) != cloud.unsqueeze(-2)
+        dist = dist.nan_to_num(nan=big, posinf=big).masked_fill(
+            other, float('inf'))
+        d, j = dist.topk(kk, dim=-1, largest=False)  # [G, Q, kk]
+        nbr = idx.gather(1, j.view(G, -1)).view(G, q1 - q0, kk)
+        blocks.append(torch.where(d.isinf(), -1, nbr))
+    table = torch.cat(blocks, dim=1)[group, local]  # [N, kk]
+    if kk < k:  # clouds smaller than k: -1 columns, as the ops pad
+        table = torch.cat([table, table.new_full((N, k - kk), -1)], dim=1)
+    return table
+
+
+def knn_table_edges(table: Tensor) -> Tensor:
+    r"""The edges :math:`j \to i` (``edge_index[1]`` the centre) of a
+    :func:`traced_knn_table`, grouped by centre, as
+    :func:`~samsa_geo.ops.knn_graph` with ``loop=True`` gives them."""
+    N, k = table.shape
+    centre = torch.arange(N, device=table.device).view(-1, 1).expand(N, k)
+    valid = table >= 0  # [N, k]
+    return torch.stack([table[valid], centre[valid]], dim=0)  # [2, E]

@@ -7,6 +7,7 @@ from torch.nn import GELU, Linear, Module, Parameter, Sequential
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._dispatch import is_tracing
 from samsa_geo.nn.attention._sets import (
     batch_sizes,
     check_size_hint,
@@ -144,6 +145,9 @@ class GraphTokenizer(Module):
         # copy from host memory waits for the device, so it is made once.
         self._eval_copies: Dict[Tuple[torch.device, torch.dtype],
                                 Tensor] = {}
+        # The first block now: a traced call cannot draw it (see
+        # _eval_table).
+        self._extend_eval_ids(1)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -157,16 +161,34 @@ class GraphTokenizer(Module):
             if module is not None:
                 reset(module)
 
-    def _eval_table(self, rows: int, device: torch.device,
-                    dtype: torch.dtype) -> Tensor:
-        # The first `rows` rows of the evaluation table (generated on the
-        # CPU in blocks, deterministic per block), on `device` in `dtype`.
+    def _extend_eval_ids(self, rows: int) -> None:
+        # Generates the evaluation table on the CPU in blocks (deterministic
+        # per block) until it holds `rows` rows.
         while self._eval_ids.size(0) < rows:
             block = self._eval_ids.size(0) // self._BLOCK
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + block)
             new = torch.randn(self._BLOCK, self.id_channels, generator=gen)
             self._eval_ids = torch.cat([self._eval_ids, new], dim=0)
             self._eval_copies.clear()
+
+    def _eval_table(self, rows: int, device: torch.device,
+                    dtype: torch.dtype) -> Tensor:
+        # The first `rows` rows of the evaluation table, on `device` in
+        # `dtype`.
+        tracing = is_tracing()
+        if self._eval_ids.size(0) < rows:
+            if tracing:
+                # The graph would hold the generator and redraw the rows on
+                # every call: they are drawn before tracing.
+                raise ValueError(
+                    f"Expected at most {self._eval_ids.size(0)} nodes per "
+                    f"graph while tracing (got {rows}): run the model once "
+                    f"in evaluation mode on a graph of {rows} nodes before "
+                    f"exporting or compiling it, which draws the node "
+                    f"identifiers of graphs that large")
+            self._extend_eval_ids(rows)
+        if tracing:  # a constant of the traced graph, not cached
+            return self._eval_ids[:rows].to(device, dtype)
         key = (device, dtype)
         table = self._eval_copies.get(key)
         if table is None:
@@ -196,7 +218,12 @@ class GraphTokenizer(Module):
             num_graphs, max_num_nodes = batch_sizes(batch)
         elif config.checks_values(batch.device):  # hints checked
             checked_sizes(batch, num_graphs, max_num_nodes)
-        start = set_offsets(batch, num_graphs)  # first node of each graph
+        if torch.onnx.is_in_onnx_export():  # ONNX has no searchsorted
+            count = batch.new_zeros(num_graphs).scatter_add_(
+                0, batch, torch.ones_like(batch))  # [B]
+            start = count.cumsum(0) - count  # first node of each graph
+        else:
+            start = set_offsets(batch, num_graphs)  # first node of each graph
         local = torch.arange(num_nodes, device=batch.device) - start[batch]
         return self._eval_table(max_num_nodes, batch.device, dtype)[local]
 
@@ -269,7 +296,13 @@ class GraphTokenizer(Module):
         token_batch = torch.cat([batch, batch[src]], dim=0)
         # Stable sort: per graph, node tokens (first in the concatenation)
         # stay before edge tokens, each in their original order.
-        token_batch, perm = torch.sort(token_batch, stable=True)
+        if torch.onnx.is_in_onnx_export():  # ONNX has no stable sort
+            T = token_batch.numel()  # unique keys: any sort is stable
+            perm = (token_batch * T + torch.arange(
+                T, device=token_batch.device)).sort().indices
+            token_batch = token_batch[perm]
+        else:
+            token_batch, perm = torch.sort(token_batch, stable=True)
         position = torch.empty_like(perm)
         position[perm] = torch.arange(perm.numel(), device=perm.device)
         node_mask = perm < num_nodes

@@ -14,6 +14,8 @@ from samsa_geo.nn.encoders._point_geometry import (
     geometry_dtype,
     safe_cos,
     safe_norm,
+    traced_knn_table,
+    traces_knn,
 )
 from samsa_geo.ops import knn_neighbours, layer_norm, value_checks
 from samsa_geo.ops.validation import check_edge_index
@@ -178,6 +180,7 @@ class PPFPointEncoder(Module):
         num_clouds: int,
         normal: Optional[Tensor] = None,
         edge_index: Optional[Tensor] = None,
+        max_num_points: Optional[int] = None,
     ) -> Tensor:
         r"""The tokens :math:`(N, C)` of :meth:`forward` on inputs already
         validated (``batch`` given and sorted, ``num_clouds`` clouds): the
@@ -186,14 +189,21 @@ class PPFPointEncoder(Module):
         Without ``edge_index``, the neighbourhoods come as a table
         (:func:`~samsa_geo.ops.knn_neighbours`) and are pooled as a dense
         :math:`(N, k, \cdot)` block (no scatter, and on the GPU no wait
-        for the device unless in debug mode)."""
+        for the device unless in debug mode). Traced on the CPU or
+        exported, the table is ranked by brute force with shapes known in
+        advance, per cloud padded to ``max_num_points`` (the largest
+        cloud's size) if given, else over all :math:`N` points."""
         dtype = self.lin_out.weight.dtype
         if edge_index is None:
             # Ranked in float32 at least: 16-bit squared distances overflow.
             points = pos.detach().to(geometry_dtype(pos))
-            with value_checks(config.checks_values(pos.device)):
-                nbr = knn_neighbours(points, points, self.num_neighbors,
-                                     batch, batch, num_clouds)  # [N, k]
+            if traces_knn(pos):  # no size read back
+                nbr = traced_knn_table(points, batch, self.num_neighbors,
+                                       num_clouds, max_num_points)
+            else:
+                with value_checks(config.checks_values(pos.device)):
+                    nbr = knn_neighbours(points, points, self.num_neighbors,
+                                         batch, batch, num_clouds)  # [N, k]
             f = self.neighbourhood_features(pos, batch, num_clouds, nbr,
                                             normal).to(dtype)
             first = self.edge_nn[0]  # the features left out are zeros

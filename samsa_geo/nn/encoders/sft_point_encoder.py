@@ -128,10 +128,11 @@ class SFTPointEncoder(Module):
         num_clouds: int,
         normal: Optional[Tensor] = None,
         edge_index: Optional[Tensor] = None,
+        max_num_points: Optional[int] = None,
     ) -> Tensor:
         r"""The tokens :math:`(N, C)` of :meth:`forward` on inputs already
         validated (``batch`` given and sorted, ``num_clouds`` clouds);
-        ``edge_index`` is unused (the signature of
+        ``edge_index`` and ``max_num_points`` are unused (the signature of
         :meth:`PPFPointEncoder.encode`)."""
         s = self.scalars(pos, batch, num_clouds, normal).to(self.token.dtype)
         out = self.token + self.scalar_nn(s)  # [N, C]

@@ -1,3 +1,4 @@
+import copy
 import inspect
 import os
 from typing import Any, Dict, Optional, Type, TypeVar, Union
@@ -31,8 +32,10 @@ class Reloadable:
         except TypeError:  # copy and pickle call __new__ without arguments
             return self
         bound.apply_defaults()
-        # Set before Module.__init__, which leaves plain attributes alone.
-        object.__setattr__(self, '_init_kwargs', dict(bound.arguments))
+        # Set before Module.__init__, which leaves plain attributes alone. A
+        # deep copy: the caller's dicts (attn_kwargs, ...) may change later.
+        object.__setattr__(self, '_init_kwargs',
+                           copy.deepcopy(dict(bound.arguments)))
         return self
 
     @classmethod
@@ -47,8 +50,10 @@ class Reloadable:
     def init_kwargs(self) -> Dict[str, Any]:
         r"""The constructor's arguments, defaults included (plain Python
         values: a checkpoint stores them for
-        :obj:`torch.load(weights_only=True)`)."""
-        return dict(self._init_kwargs)
+        :obj:`torch.load(weights_only=True)`), as they were at construction:
+        a deep copy, so that later changes to the caller's arguments or to
+        the returned dict leave what a checkpoint rebuilds unchanged."""
+        return copy.deepcopy(self._init_kwargs)
 
     def model_config(self) -> Dict[str, Any]:
         r"""What a checkpoint stores to rebuild the model:

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, GELU, Linear, Module, ModuleList, Sequential
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
+from torch_geometric.nn.norm import BatchNorm
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.attention import config
@@ -305,12 +306,18 @@ class SamsaGraphModel(Reloadable, Module):
             raise ValueError(f"Expected 'x' to have shape [N, "
                              f"{self.in_channels}] (got {list(x.shape)})")
         check_edge_index(edge_index)
+        if self.training and x.size(0) == 1:  # a shape: nothing read back
+            self._check_one_node(edge_index.size(1))
         checks = config.checks_values(x.device)  # reads (see checks_values)
         if checks:
             check_node_indices(edge_index, x.size(0))
         if batch is not None:
             check_batch_vector(batch, x.size(0))
             batch = batch.long()  # int32 too (PyG's pooling indexes long)
+        elif num_graphs is None and x.size(0) > 0:
+            # One graph: its sizes are shapes (nothing read back, and an
+            # exported graph needs no hints).
+            num_graphs, max_num_nodes = 1, int(x.size(0))
         if self.edge_dim is not None:
             if edge_attr is None:
                 raise ValueError(f"Expected 'edge_attr' of shape [E, "
@@ -345,9 +352,10 @@ class SamsaGraphModel(Reloadable, Module):
             for name, t in (('x', x), ('edge_attr', edge_attr)):
                 if t is not None and t.is_floating_point():
                     check_finite(t, name)
-        if not self.categorical:
-            x = x.float()
-            edge_attr = None if edge_attr is None else edge_attr.float()
+        if not self.categorical:  # float features in the parameters' dtype
+            dtype = self.head[0].weight.dtype
+            x = x.to(dtype)
+            edge_attr = None if edge_attr is None else edge_attr.to(dtype)
 
         tok = self.tokenizer(x, edge_index, edge_attr, batch, pe=pe,
                              node_id=node_id, num_graphs=num_graphs,
@@ -364,6 +372,8 @@ class SamsaGraphModel(Reloadable, Module):
         if max_num_nodes is not None and tok.edge_index is None:
             # Node tokens only: a set then holds one graph's nodes.
             conv_kwargs['max_num_nodes'] = max_num_nodes
+        elif num_graphs == 1:  # one set of all the tokens
+            conv_kwargs['max_num_nodes'] = int(tok.x.size(0))
         h = tok.x
         for conv in self.convs:
             h = conv(h, tok_edge_index, tok.batch, **conv_kwargs)
@@ -430,6 +440,31 @@ class SamsaGraphModel(Reloadable, Module):
         self._check_num_graphs(num_graphs, batch, h.size(0))
         pool = global_mean_pool if self.pool == 'mean' else global_add_pool
         return self.head(pool(h, batch, size=num_graphs))
+
+    def _check_one_node(self, num_edges: int) -> None:
+        # The batch norms in training need two rows or more (a variance):
+        # torch's own error names no argument, and SamsaConv's suggests
+        # norm_kwargs, which this model does not take.
+        pe_norm = self.pe_encoder is not None and \
+            self.pe_encoder.norm is not None
+        one_token = self.tokens == 'node' or num_edges == 0
+        conv_norm = one_token and any(
+            isinstance(norm, BatchNorm) for conv in self.convs
+            for norm in (conv.norm1, conv.norm2, conv.norm3))
+        if not (pe_norm or conv_norm):
+            return
+        why, fix = [], []
+        if pe_norm:
+            why.append(f"pe={self.pe!r} batch-normalises 'pe'")
+            fix.append("pe_kwargs={'batch_norm': False}")
+        if conv_norm:
+            why.append("norm='batch_norm'")
+            fix.append("norm='layer_norm'")
+        raise ValueError(
+            f"Expected 'x' to hold more than one node in training since "
+            f"{' and '.join(why)} (got 1): batch the graph with others, "
+            f"build the model with {' and '.join(fix)}, or call "
+            f"model.eval()")
 
     @staticmethod
     def _check_num_graphs(num_graphs: Optional[int], batch: Optional[Tensor],

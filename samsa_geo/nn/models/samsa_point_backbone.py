@@ -12,6 +12,9 @@ from samsa_geo.nn.encoders._point_geometry import (
     centroid,
     check_points,
     geometry_dtype,
+    knn_table_edges,
+    traced_knn_table,
+    traces_knn,
 )
 from samsa_geo.ops import knn_graph, value_checks
 from samsa_geo.ops.validation import check_float_tensor, check_tensor
@@ -224,14 +227,19 @@ class SamsaPointBackbone(Module):
 
         token_bias = self._check_token_bias(token_bias, N)
 
-        edge_index = None
         # Without points (and then possibly no cloud, B = 0) there is no
         # graph to build; the encoder and the layers are skipped too.
+        edge_index = None
         if self.local_conv and N > 0:  # else the PPF encoder ranks its own
-            with value_checks(config.checks_values(pos.device)):
-                edge_index = knn_graph(pos_c.detach().to(geometry_dtype(pos)),
-                                       self.num_neighbors, batch, loop=True,
-                                       batch_size=B)
+            points = pos_c.detach().to(geometry_dtype(pos))
+            if traces_knn(pos):  # no size read back
+                _check_onnx_scatter_max("'local_conv=True'")
+                edge_index = knn_table_edges(traced_knn_table(
+                    points, batch, self.num_neighbors, B, max_num_nodes))
+            else:
+                with value_checks(config.checks_values(pos.device)):
+                    edge_index = knn_graph(points, self.num_neighbors, batch,
+                                           loop=True, batch_size=B)
         h = self._tokens(pos, pos_c, layout, x, normal, edge_index)
         if token_bias is not None:
             h = h + token_bias
@@ -255,7 +263,8 @@ class SamsaPointBackbone(Module):
             h = h + self.lin_in(feats.to(dtype))
         if self.encoder is not None and N > 0:  # inputs already checked
             h = h + self.encoder.encode(pos_c, layout.batch,
-                                        layout.num_clouds, normal, edge_index)
+                                        layout.num_clouds, normal, edge_index,
+                                        layout.max_num_points)
             if (config.checks_values(h.device)
                     and not bool(torch.isfinite(h).all())):
                 raise ValueError(
@@ -343,5 +352,16 @@ def max_mean_pool(feats: PointFeatures) -> Tensor:
     if n is not None and B * n == N and N > 0:
         dense = h.view(B, n, C)  # [N, C] -> [B, n, C]
         return torch.cat([dense.amax(1), dense.mean(1)], dim=-1)
+    _check_onnx_scatter_max('clouds of unequal sizes')
     return torch.cat([global_max_pool(h, batch, B),
                       global_mean_pool(h, batch, B)], dim=-1)
+
+
+def _check_onnx_scatter_max(what: str) -> None:
+    # PyG's scatter(reduce='max') fails inside the TorchScript-based ONNX
+    # exporter (it passes a tensor as torch.full's fill value).
+    if torch.onnx.is_in_onnx_export() and torch.jit.is_tracing():
+        raise ValueError(f"Expected torch.onnx.export(..., dynamo=True) for "
+                         f"{what} (got dynamo=False): PyG's max "
+                         f"aggregation does not export through the "
+                         f"TorchScript tracer")

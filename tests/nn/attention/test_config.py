@@ -33,3 +33,31 @@ def test_snapshot_sees_flex_options_changed_in_place():
         before = config.snapshot()
         config.flex_kernel_options()['BLOCK_M'] = 32
         assert config.snapshot() != before
+
+
+@pytest.mark.parametrize('debug', [False, True])
+def test_no_value_checks_while_tracing(debug):
+    # Traced calls read nothing back: compile, export and TorchScript traces
+    # (ONNX export) see checks_values False, eager calls on the CPU True.
+    import torch
+
+    def fn(x):
+        return x + float(config.checks_values(x.device))
+
+    x = torch.zeros(2)
+    with config.attention_config(debug=debug):
+        assert config.checks_values(x.device) is True
+        assert config.checks_values('cuda') is debug
+        torch._dynamo.reset()
+        compiled = torch.compile(fn, backend='eager', fullgraph=True)
+        assert torch.equal(compiled(x), x)
+        traced = torch.jit.trace(fn, (x, ), check_trace=False)
+        assert torch.equal(traced(x), x)
+
+        class Model(torch.nn.Module):
+            def forward(self, x):
+                return fn(x)
+
+        program = torch.export.export(Model(), (x, ))
+        assert torch.equal(program.module()(x), x)
+    assert torch.equal(fn(x), x + 1)

@@ -111,3 +111,32 @@ def test_flat_layout_state_dict_loads(cls, tmp_path):
     for other in (loaded, fresh):
         for key, value in model.state_dict().items():
             assert torch.equal(other.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize('cls,args,kwargs,name', [
+    (SamsaPointClassifier, (3, ), dict(channels=32, num_layers=1, heads=2,
+                                       k=8), 'attn_kwargs'),
+    (SamsaGraphModel, (5, 16, 2, 2), dict(edge_dim=3, heads=2, k=4, pe='rw',
+                                          pe_channels=8), 'pe_kwargs'),
+])
+def test_init_kwargs_are_kept_as_built(tmp_path, cls, args, kwargs, name):
+    # The record is a deep copy: changing the caller's dict after
+    # construction, or the returned one, leaves what a checkpoint rebuilds.
+    options = {'attn_kwargs': {'num_registers': 2},
+               'pe_kwargs': {'num_layers': 2}}[name]
+    model = cls(*args, **kwargs, **{name: options}).eval()
+    options[next(iter(options))] = 4
+    options['extra'] = True
+    first = model.init_kwargs
+    first[name]['extra'] = True
+    first[name].clear()
+    expected = {'attn_kwargs': {'num_registers': 2},
+                'pe_kwargs': {'num_layers': 2}}[name]
+    assert model.init_kwargs[name] == expected
+    assert model.model_config()['kwargs'][name] == expected
+    path = tmp_path / 'model.pt'
+    torch.save({'model': model.state_dict(),
+                'model_config': model.model_config()}, path)
+    loaded = cls.from_checkpoint(path)  # load_state_dict checks the shapes
+    assert loaded.init_kwargs[name] == expected
+    assert repr(loaded) == repr(model)

@@ -96,3 +96,55 @@ def test_graph_level_without_nodes():
     summed = _model(pool='sum')
     head = summed.head(torch.zeros(1, 16))
     assert torch.allclose(summed(x, ei, ea, pe=pe), head)
+
+
+def _one_node(edges: bool = False) -> Data:
+    gen = torch.Generator().manual_seed(3)
+    ei = torch.tensor([[0], [0]]) if edges else torch.empty(2, 0,
+                                                            dtype=torch.long)
+    return Data(x=torch.randn(1, 7, generator=gen), edge_index=ei,
+                edge_attr=torch.randn(ei.size(1), 2, generator=gen),
+                pe=torch.randn(1, 4, generator=gen))
+
+
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+def test_one_node_in_training_is_named_with_advice_that_works(tokens):
+    # The batch norms in training need two rows: a named error whose advice
+    # (arguments of SamsaGraphModel) makes the step run.
+    data = _one_node()
+    args = (data.x, data.edge_index, data.edge_attr)
+    model = _model(tokens=tokens).train()
+    with pytest.raises(ValueError, match=r"^Expected 'x' to hold more than "
+                       r"one node in training since pe='rw' batch-normalises "
+                       r"'pe' and norm='batch_norm' \(got 1\): batch the "
+                       r"graph with others, build the model with "
+                       r"pe_kwargs=\{'batch_norm': False\} and "
+                       r"norm='layer_norm', or call model.eval\(\)$"):
+        model(*args, pe=data.pe)
+    torch.manual_seed(0)
+    model = SamsaGraphModel(7, 16, 3, 2, edge_dim=2, tokens=tokens, heads=2,
+                            k=4).train()  # pe=None
+    with pytest.raises(ValueError, match=r"since norm='batch_norm' \(got 1\)"
+                       r": batch the graph with others, build the model with "
+                       r"norm='layer_norm', or call model.eval\(\)$"):
+        model(*args)
+    # A self-loop gives node+edge tokens two tokens: only the PE's norm.
+    loop = _one_node(edges=True)
+    model = _model(tokens=tokens).train()
+    message = r"since pe='rw' batch-normalises 'pe' and norm='batch_norm'" \
+        if tokens == 'node' else r"since pe='rw' batch-normalises 'pe' \("
+    with pytest.raises(ValueError, match=message):
+        model(loop.x, loop.edge_index, loop.edge_attr, pe=loop.pe)
+    # The advice works: the training step runs, with finite gradients.
+    model = _model(tokens=tokens, norm='layer_norm',
+                   pe_kwargs={'batch_norm': False}).train()
+    out = model(*args, pe=data.pe)
+    assert out.shape == (1, 3) and bool(torch.isfinite(out).all())
+    out.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+    assert model.pe_encoder.rho_nn.weight.grad.abs().sum() > 0
+    # In evaluation mode one node is fine with the batch norms.
+    with torch.no_grad():
+        out = _model(tokens=tokens).eval()(*args, pe=data.pe)
+    assert bool(torch.isfinite(out).all())

@@ -323,3 +323,27 @@ def test_dense_keep_all_path_gives_the_same_training_step(monkeypatch):
                 (ref_g is None or not ref_g.any())
         else:
             torch.testing.assert_close(g, ref_g, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('level', ['graph', 'node', 'edge'])
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+def test_float_features_follow_the_parameters_dtype(level, tokens):
+    # .double() / .bfloat16() models take float32 features (cast to their
+    # dtype); the float64 model is the float32 one to float32's precision.
+    import copy
+    batch = Batch.from_data_list([_graph(n, n, False) for n in (6, 9, 5)])
+    model = _model(level, tokens).eval()
+    with torch.no_grad():
+        ref = _run(model, batch)
+        model64 = copy.deepcopy(model).double()
+        out = _run(model64, batch)
+        assert out.dtype == torch.float64
+        assert torch.allclose(out, ref.double(), rtol=1e-4, atol=1e-4)
+        batch64 = batch.clone()
+        for key in ('x', 'edge_attr', 'pe'):
+            batch64[key] = batch[key].double()
+        assert torch.equal(_run(model64, batch64), out)
+        out16 = _run(copy.deepcopy(model).bfloat16(), batch)
+    assert out16.dtype == torch.bfloat16 and bool(torch.isfinite(out16).all())
+    scale = ref.abs().max()
+    assert (out16.float() - ref).abs().max() < 0.05 * scale
