@@ -1,6 +1,5 @@
 import os.path as osp
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -30,16 +29,9 @@ def test_sizes_are_parsed_as_sets_by_tokens():
 
 
 @pytest.mark.skipif(shutil.which('git') is None, reason='needs git')
-def test_commit_is_marked_dirty_where_the_tree_differs(tmp_path):
+def test_commit_is_marked_dirty_where_the_tree_differs(tmp_path, git):
     # A tree copied over an older checkout must not be recorded as that
     # checkout's commit.
-    def git(*args):
-        return subprocess.run(['git', *args], cwd=tmp_path, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    git('init', '-q')
-    (tmp_path / 'a.py').write_text('x = 1\n')
-    git('add', 'a.py')
-    git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'a')
     head = git('rev-parse', 'HEAD')
     assert git_commit(str(tmp_path)) == head
     (tmp_path / 'a.py').write_text('x = 2\n')

@@ -27,20 +27,8 @@ RECORD_SCRIPTS = sorted(
                   open(osp.join(BENCHMARKS, name)).read()))
 
 
-def git_repo(tmp_path):
-    def git(*args):
-        return subprocess.run(['git', *args], cwd=tmp_path, check=True,
-                              capture_output=True, text=True).stdout.strip()
-    git('init', '-q')
-    (tmp_path / 'a.py').write_text('x = 1\n')
-    git('add', 'a.py')
-    git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'a')
-    return git
-
-
 @needs_git
-def test_a_given_commit_is_recorded_with_dirty_from_git(tmp_path):
-    git = git_repo(tmp_path)
+def test_a_given_commit_is_recorded_with_dirty_from_git(tmp_path, git):
     head = git('rev-parse', 'HEAD')
     path = str(tmp_path)
 
@@ -73,8 +61,7 @@ def test_a_given_commit_is_recorded_with_dirty_from_git(tmp_path):
 
 @needs_git
 def test_an_older_commit_of_the_checkout_is_compared_with_the_tree(
-        tmp_path):
-    git = git_repo(tmp_path)
+        tmp_path, git):
     first = git('rev-parse', 'HEAD')
     (tmp_path / 'a.py').write_text('x = 3\n')
     git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qam', 'b')

@@ -8,7 +8,12 @@ from torch_geometric.utils import scatter
 
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import is_exporting, is_tracing
-from samsa_geo.nn.attention._sets import check_size_hint, checked_sizes
+from samsa_geo.nn.attention._sets import (
+    check_size_hint,
+    checked_sizes,
+    set_offsets,
+)
+from samsa_geo.ops._fallback.blocks import distances, exclude
 from samsa_geo.ops.validation import (
     check_batch_vector,
     check_matrix,
@@ -130,10 +135,8 @@ def traced_knn_table(pos: Tensor, batch: Tensor, k: int, num_clouds: int,
         idx = arange.view(1, N)  # [G, S] = [1, N]
         group, local = arange.new_zeros(N), arange
     else:
-        # First point of each cloud (no searchsorted: ONNX lacks it).
-        count = arange.new_zeros(num_clouds).scatter_add_(
-            0, batch, torch.ones_like(batch))  # [B]
-        group, local = batch, arange - (count.cumsum(0) - count)[batch]
+        group = batch
+        local = arange - set_offsets(batch, num_clouds)[batch]
         idx = arange.new_full((num_clouds, max_size), -1)
         idx[group, local] = arange  # [G, S] point of each slot, or -1
     G, S = idx.shape
@@ -142,20 +145,14 @@ def traced_knn_table(pos: Tensor, batch: Tensor, k: int, num_clouds: int,
     cloud = torch.where(idx >= 0, batch[slot], -1)  # [G, S]
     points = pos[slot].permute(2, 0, 1)  # [3, G, S]
     rows = max(1, TRACED_KNN_CHUNK // max(G * S, 1))
-    big = torch.finfo(pos.dtype).max
     blocks = []
     for q0 in range(0, S, rows):
         q1 = min(q0 + rows, S)
-        dist = pos.new_zeros(G, q1 - q0, S)  # [G, Q, S]
-        for f in range(points.size(0)):  # summed in feature order
-            diff = points[f, :, q0:q1].unsqueeze(-1) - \
-                points[f].unsqueeze(-2)
-            dist = dist + diff.square()
-        # Overflowing or NaN distances rank after every finite one, other
-        # clouds and padding after all (as the ops' fallback ranks them).
+        # [G, Q, S], summed in feature order as the ops' fallback; other
+        # clouds and padding rank after every real candidate.
+        dist = distances(points[:, :, q0:q1], points, False)
         other = cloud[:, q0:q1].unsqueeze(-1) != cloud.unsqueeze(-2)
-        dist = dist.nan_to_num(nan=big, posinf=big).masked_fill(
-            other, float('inf'))
+        dist = exclude(dist, other)
         d, j = dist.topk(kk, dim=-1, largest=False)  # [G, Q, kk]
         nbr = idx.gather(1, j.view(G, -1)).view(G, q1 - q0, kk)
         blocks.append(torch.where(d.isinf(), -1, nbr))

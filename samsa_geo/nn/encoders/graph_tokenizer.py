@@ -218,12 +218,7 @@ class GraphTokenizer(Module):
             num_graphs, max_num_nodes = batch_sizes(batch)
         elif config.checks_values(batch.device):  # hints checked
             checked_sizes(batch, num_graphs, max_num_nodes)
-        if torch.onnx.is_in_onnx_export():  # ONNX has no searchsorted
-            count = batch.new_zeros(num_graphs).scatter_add_(
-                0, batch, torch.ones_like(batch))  # [B]
-            start = count.cumsum(0) - count  # first node of each graph
-        else:
-            start = set_offsets(batch, num_graphs)  # first node of each graph
+        start = set_offsets(batch, num_graphs)  # first node of each graph
         local = torch.arange(num_nodes, device=batch.device) - start[batch]
         return self._eval_table(max_num_nodes, batch.device, dtype)[local]
 
