@@ -178,8 +178,17 @@ def _rank_sorted(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
     if R > 0:
         cand_set = torch.cat([
             batch, torch.arange(B, device=device).repeat_interleave(R)])
-    key = _descending_key(cand) + (cand_set << 32).unsqueeze(1)  # [M, H]
-    order = torch.sort(key.t(), dim=1, stable=True).indices  # [H, M]
+    if torch.onnx.is_in_onnx_export():
+        # ONNX has no bit cast and no stable sort: sort by descending
+        # score, then by set with unique keys (a stable sort by set).
+        M = cand_set.numel()
+        by_score = torch.sort(cand.t(), dim=1,
+                              descending=True).indices  # [H, M]
+        set_key = cand_set[by_score] * M + torch.arange(M, device=device)
+        order = by_score.gather(1, set_key.sort(dim=1).indices)  # [H, M]
+    else:
+        key = _descending_key(cand) + (cand_set << 32).unsqueeze(1)  # [M, H]
+        order = torch.sort(key.t(), dim=1, stable=True).indices  # [H, M]
     cand_ptr = info.ptr[:-1] + torch.arange(B, device=device) * R
     j = torch.arange(K2, device=device)
     pos = (cand_ptr.view(-1, 1) + j).clamp(max=order.size(1) - 1)  # [B, K2]

@@ -206,6 +206,17 @@ def set_offsets(batch: Tensor, num_sets: int) -> Tensor:
         num_sets + 1, device=batch.device, dtype=batch.dtype))
 
 
+def search_right(bounds: Tensor, values: Tensor) -> Tensor:
+    r"""``torch.searchsorted(bounds, values, right=True)`` for a sorted 1-D
+    ``bounds``: the number of bounds at most each value. ONNX has no
+    ``searchsorted``: an ONNX export compares every value with every
+    bound instead."""
+    if torch.onnx.is_in_onnx_export():
+        # [V, 1] against [1, L] -> [V, L] -> [V]
+        return (bounds.view(1, -1) <= values.view(-1, 1)).sum(1)
+    return torch.searchsorted(bounds, values, right=True)
+
+
 def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
              num_registers: int, full: bool, device: torch.device,
              num_sets: Optional[int] = None,

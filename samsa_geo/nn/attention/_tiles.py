@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from samsa_geo.nn.attention._sets import SetInfo
+from samsa_geo.nn.attention._sets import SetInfo, search_right
 
 
 @dataclass
@@ -76,8 +76,7 @@ def make_tiles(info: SetInfo, batch: Optional[Tensor], num_tokens: int,
     if n_max is not None:
         num_tiles = min(num_tiles, B * -(-n_max // T))
     num_tiles = max(num_tiles, 1)
-    tile_set = torch.searchsorted(
-        ends, torch.arange(num_tiles, device=device), right=True)
+    tile_set = search_right(ends, torch.arange(num_tiles, device=device))
     tile_set = tile_set.clamp_(max=B - 1)  # padding tiles: the last set
     index = ((ends - per_set)[batch] + loc // T) * T + loc % T
     return Tiles(num_tiles, T, tile_set, index)

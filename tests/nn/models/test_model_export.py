@@ -178,7 +178,7 @@ def test_onnx_export_equals_eager(tmp_path, name, batched):
 
 @onnx_only
 @pytest.mark.parametrize('name', ['plain', 'local_conv', 'segmenter',
-                                  'graph-node'])
+                                  'graph-node', 'graph-node_edge'])
 def test_onnx_export_of_unequal_sets_equals_eager(tmp_path, name):
     # Batches of unequal clouds / graphs with hints: the set offsets come
     # from counts in an ONNX export (ONNX has no searchsorted).
