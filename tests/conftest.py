@@ -34,6 +34,20 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_determinism():
+    # Trainer(deterministic=True) switches process-wide flags (a test of
+    # the GPU suite left them on for every later test); undo them so
+    # tests elsewhere in the suite are unaffected.
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled(),
+              cudnn.deterministic, cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    cudnn.deterministic, cudnn.benchmark = before[2:]
+
+
 @pytest.fixture
 def spy(monkeypatch):
     """``spy(module, name, keep_args=True)`` wraps the function

@@ -494,6 +494,33 @@ def test_trainer_uses_fused_adamw_and_resumes_exactly(tmp_path, amp):
                                ref.model.state_dict(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize('sizes', [[1024] * 4, [300, 0, 1024, 5]])
+def test_deterministic_algorithms_train_and_infer_reproducibly(sizes):
+    # Trainer(deterministic=True) (--deterministic in the examples) turns
+    # on PyTorch's deterministic algorithms: the layer still trains and
+    # infers on CUDA, CUDA graphs included, and repeats itself bit for bit.
+    # The suite's autouse fixture switches the flags back afterwards.
+    from samsa_geo.train import enable_determinism
+    enable_determinism()
+    x, batch = _batch(sizes, 64, 'cuda')
+    hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        conv = SamsaConv(64, None, heads=4, k=32).cuda().train()
+        for _ in range(3):  # eager, eager, captured (the layer's graphs)
+            conv.zero_grad()
+            conv(x, None, batch, **hints).square().sum().backward()
+        runs.append([p.grad.clone() for p in conv.parameters()])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    conv.eval()
+    with torch.no_grad():
+        outs = [conv(x, None, batch, **hints) for _ in range(4)]
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+
+
 def test_conv_residual_norm_kernel_matches_torch(spy):
     # Evaluation under autocast: norm(x + h) and the MLP's input copy in
     # one Triton kernel; the same result as PyTorch's three kernels.
