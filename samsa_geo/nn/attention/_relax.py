@@ -184,8 +184,12 @@ class _RelaxRows(torch.autograd.Function):
 def _fused_score_grad(u: Tensor) -> bool:
     # The Triton kernel serves eager CUDA calls; traced graphs (compile,
     # export) keep the PyTorch formula, which the compiler fuses itself.
+    # Its bottom scores' gradients are atomic float sums in varying order:
+    # with deterministic algorithms on, PyTorch's accumulating index_put_
+    # takes them.
     return (config.use_fused_relax() and triton_serves(u.device)
-            and not is_tracing())
+            and not is_tracing()
+            and not torch.are_deterministic_algorithms_enabled())
 
 
 def _score_grad(p: Tensor, grad: Tensor, u: Tensor, c) -> Tensor:

@@ -246,3 +246,19 @@ def test_relax_through_the_triton_kernel_matches_reference(
     ref, ref_grads, _ = run(relax_reference, layout, hard, 0.2)
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_deterministic_algorithms_keep_the_pytorch_score_gradient(
+        monkeypatch):
+    # The kernel sums the bottom scores' gradients atomically (in varying
+    # order on a GPU): deterministic mode takes PyTorch's formula.
+    monkeypatch.setattr(_relax, 'triton_serves', lambda device: True)
+    u = torch.randn(2, 3, 8, 4)
+    assert _relax._fused_score_grad(u)
+    torch.use_deterministic_algorithms(True)  # restored by conftest.py
+    assert not _relax._fused_score_grad(u)
+    # ... and computes the same gradients as the reference.
+    out, grads, _ = run(relax, 'equal_large', False, 0.2)
+    ref, ref_grads, _ = run(relax_reference, 'equal_large', False, 0.2)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5)
