@@ -201,6 +201,12 @@ def use_cuda_graphs() -> bool:
       Up to two graphs per layer, each keeping one call's activations. A
       call made while the layer's previous output still awaits its
       backward pass runs eagerly.
+    - The least recently used graph is dropped for a new one, and its
+      signature then needs twice as many calls before its next capture
+      (up to :math:`2^{10}` times): batches that cycle through more
+      shapes than the graphs kept (batches of graphs of varying sizes)
+      run mostly eagerly, with the graphs kept replayed, instead of
+      capturing on every call.
 
     A replay issues the layer's kernels in one launch per pass, plus
     copies of the inputs in and of the outputs out; an inference replay

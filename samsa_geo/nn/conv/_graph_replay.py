@@ -7,7 +7,9 @@ launched from Python, take longer to issue than the GPU takes to run them.
 A CUDA graph issues the same kernels in one launch. :class:`GraphReplay`
 keeps a few graphs per layer, one per input signature (shapes, strides,
 dtypes, the caller's key), each captured once the signature has been seen
-``min_calls`` times, and replays them as
+``min_calls`` times (twice as many for each time its graph was dropped to
+make room for another: calls that cycle through more signatures than the
+graphs kept would otherwise capture on every call), and replays them as
 
 1. a copy of each input into the graph's own input buffer,
 2. one replay,
@@ -74,8 +76,9 @@ class GraphReplay:
         max_graphs (int, optional): Graphs kept; the least recently used
             one is dropped first. (default: :obj:`4`)
         min_calls (int, optional): Calls with one signature before it is
-            captured (eager ones, which also compile the kernels).
-            (default: :obj:`2`)
+            captured (eager ones, which also compile the kernels); doubled
+            for each time its graph was dropped for another, up to
+            :math:`2^{10}` times. (default: :obj:`2`)
     """
     def __init__(self, max_graphs: int = 4, min_calls: int = 2):
         if max_graphs < 1:
@@ -88,6 +91,8 @@ class GraphReplay:
         self.min_calls = min_calls
         self._graphs: 'OrderedDict[Hashable, _Graph]' = OrderedDict()
         self._seen: 'OrderedDict[Hashable, int]' = OrderedDict()
+        # How often each signature's graph was dropped for another.
+        self._dropped: 'OrderedDict[Hashable, int]' = OrderedDict()
         # Signatures that may not be graphed, or whose capture failed.
         self._failed: 'OrderedDict[Hashable, None]' = OrderedDict()
         self._pools: Dict[torch.device, Tuple[int, int]] = {}
@@ -100,6 +105,7 @@ class GraphReplay:
         output of theirs is referenced)."""
         self._graphs.clear()
         self._seen.clear()
+        self._dropped.clear()
         self._failed.clear()
         self._pools.clear()
 
@@ -169,10 +175,16 @@ class GraphReplay:
                            for t in inputs))
 
     def _count(self, sig: Hashable) -> bool:
-        # Whether sig has now been seen min_calls times before this call.
+        # Whether sig has now been seen often enough before this call.
         seen = self._seen.pop(sig, 0)
         self._remember(self._seen, sig, seen + 1)
-        return seen >= self.min_calls
+        return seen >= self._calls_needed(sig)
+
+    def _calls_needed(self, sig: Hashable) -> int:
+        # min_calls, doubled for each time sig's graph was dropped for
+        # another: a cycle of more signatures than max_graphs then
+        # captures ever more rarely instead of on every call.
+        return self.min_calls << min(self._dropped.get(sig, 0), 10)
 
     def _remember(self, history: 'OrderedDict[Hashable, Any]',
                   sig: Hashable, value: Any) -> None:
@@ -209,10 +221,14 @@ class GraphReplay:
                                       tensor_stamp(state())))
 
     def _keep(self, sig: Hashable, entry: Any) -> Any:
-        # A new graph, kept in place of the least recently used one.
+        # A new graph, kept in place of the least recently used one, whose
+        # signature then counts its calls again, towards twice as many.
         self._graphs[sig] = entry
         while len(self._graphs) > self.max_graphs:
-            self._graphs.popitem(last=False)
+            old, _ = self._graphs.popitem(last=False)
+            self._remember(self._dropped, old,
+                           self._dropped.pop(old, 0) + 1)
+            self._seen.pop(old, None)
         return entry
 
     def _attempt(self, sig: Hashable, device: torch.device,

@@ -148,8 +148,9 @@ class TrainingGraphReplay(GraphReplay):
             of one call); the least recently used one is dropped first.
             (default: :obj:`2`)
         min_calls (int, optional): Eager calls with one signature, each
-            followed by its backward pass, before it is captured.
-            (default: :obj:`2`)
+            followed by its backward pass, before it is captured; doubled
+            for each time its graph was dropped for another, as in
+            :class:`GraphReplay`. (default: :obj:`2`)
     """
     def __init__(self, max_graphs: int = 2, min_calls: int = 2):
         super().__init__(max_graphs, min_calls)
@@ -184,7 +185,7 @@ class TrainingGraphReplay(GraphReplay):
             graph = None
         if graph is None:
             if sig in self._failed or self._seen.get(sig, 0) < \
-                    self.min_calls:
+                    self._calls_needed(sig):
                 return self._eager(fn, inputs, sig)
             if not eligible():
                 self._remember(self._failed, sig, None)

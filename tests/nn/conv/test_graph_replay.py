@@ -97,12 +97,41 @@ def test_signatures_and_the_least_recently_used(fake_capture):
     assert len(fake_capture) == 3 and len(graphs) == 2
     assert [g.buffers[0].shape for g in fake_capture] == [
         (2, 3), (5, 3), (3, 5)]
-    run(graphs, fn, (b, ), 'k', [])  # dropped, seen before: captured
-    assert len(fake_capture) == 4
+    # b was dropped for c: it counts its calls again, towards twice
+    # min_calls, and is captured at its third call.
+    for captures in (3, 3, 4):
+        assert torch.equal(run(graphs, fn, (b, ), 'k', []), -b)
+        assert len(fake_capture) == captures
     run(graphs, fn, (a, ), 'other key', [])  # a new signature: eager
     assert len(fake_capture) == 4 and len(graphs) == 2
     graphs.clear()
     assert len(graphs) == 0
+
+
+def test_a_cycle_of_more_signatures_than_graphs_stops_capturing(
+        fake_capture):
+    # Batches of 6 sizes in turn, 4 graphs kept: each graph is dropped
+    # before its signature comes back, so a capture on every call would
+    # never replay. Each drop doubles the calls needed before the next
+    # capture of that signature: captures become rare, outputs stay right.
+    graphs = GraphReplay(max_graphs=4, min_calls=2)
+    xs = [torch.randn(n, 3) for n in range(2, 8)]
+    per_round = []
+    for _ in range(40):
+        before = len(fake_capture)
+        for x in xs:
+            assert torch.equal(run(graphs, torch.neg, (x, ), 'k', []), -x)
+        per_round.append(len(fake_capture) - before)
+    assert per_round[:2] == [0, 0] and per_round[2] == 6
+    assert sum(per_round) <= 30  # 6 per round (228 in all) without it
+    assert sum(per_round[-10:]) <= 6
+    # A signature called on its own again is captured and replayed.
+    x = xs[0]
+    for _ in range(2 << 10):
+        run(graphs, torch.neg, (x, ), 'k', [])
+    replays = sum(g.replays for g in fake_capture
+                  if g.buffers[0].shape == x.shape)
+    assert replays > 1000
 
 
 def test_a_call_that_cannot_be_captured_stays_eager(monkeypatch):

@@ -113,6 +113,33 @@ def test_captures_after_backward_passes_and_matches_eager(fake_capture):
                for p in params[:2] for t in fake.packed)
 
 
+def test_a_cycle_of_more_signatures_than_graphs_stops_capturing(
+        fake_capture):
+    # Training batches of 4 sizes in turn, 2 graphs kept: without the
+    # doubling of the calls needed after a drop, every step from the third
+    # round on would capture (and never replay a graph twice).
+    fn, params = make()
+    ref_fn, ref_params = make()
+    graphs = TrainingGraphReplay(max_graphs=2, min_calls=2)
+    sizes = (3, 4, 5, 6)
+    per_round = []
+    for _ in range(30):
+        before = len(fake_capture)
+        for n in sizes:
+            x = torch.randn(n, 3)
+            weight = torch.randn(n, 4)
+            out = step(graphs, fn, params, x, weight)
+            ref = ref_fn(x)
+            (ref * weight).sum().backward()
+            torch.testing.assert_close(out, ref)
+        per_round.append(len(fake_capture) - before)
+    for p, q in zip(params[:2], ref_params[:2]):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert per_round[:2] == [0, 0] and per_round[2] == 4
+    assert sum(per_round) <= 16  # 4 per round (112 in all) without it
+    assert sum(g.forwards for g in fake_capture) > 30
+
+
 def test_in_place_updates_keep_the_graph_and_replacements_drop_it(
         fake_capture):
     fn, params = make()
