@@ -17,7 +17,7 @@ SIZES=32x1024,8x4096,2x16384,1x65536,1x262144
 on() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, torch_geometric; print('torch', torch.__version__, '| pyg', torch_geometric.__version__)"
-on tests && { python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -s > $LOGS/gpu_tests.log 2>&1; }
+on tests && { python3 -m pytest -q -m gpu tests/gpu -p no:cacheprovider -s -rf --tb=short --durations=10 > $LOGS/gpu_tests.log 2>&1; }
 on attention && { python3 benchmarks/attention.py --device cuda --commit "$COMMIT" --out $OUT/attention.json > $LOGS/attention_cuda.log 2>&1; }
 on compiled && { python3 benchmarks/attention.py --device cuda --compile --compile-mode reduce-overhead --ops samsa_attention,sdpa --sizes 32x1024,128x150,1x65536 --commit "$COMMIT" --out $OUT/attention.json > $LOGS/attention_compiled.log 2>&1; }
 on compiled && { tail -30 $LOGS/attention_compiled.log; }
@@ -53,4 +53,4 @@ on scorer && { python3 benchmarks/gather_attention_kernel.py --commit "$COMMIT" 
 on launch && { python3 benchmarks/launch.py --commit "$COMMIT" --out $OUT/launch.json 2>&1 | tail -5; }
 on attention && { grep -E "^(samsa|sdpa|proj|gps)" $LOGS/attention_cuda.log | tail -48; }
 on layer && { grep -E "^(samsa|full)" $LOGS/layer.log | tail -30; }
-on tests && { grep -E "passed|failed|peak|Error" $LOGS/gpu_tests.log | tail -8; }
+on tests && { grep -E "^FAILED|passed|failed|peak|Error" $LOGS/gpu_tests.log | tail -30; }
