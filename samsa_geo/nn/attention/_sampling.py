@@ -17,7 +17,7 @@ from samsa_geo.nn.attention._dispatch import (
     selection_chunks,
     triton_serves,
 )
-from samsa_geo.nn.attention._sets import SetInfo
+from samsa_geo.nn.attention._sets import SetInfo, sort_stable
 
 
 @dataclass
@@ -179,13 +179,12 @@ def _rank_sorted(cand: Tensor, batch: Optional[Tensor], info: SetInfo,
         cand_set = torch.cat([
             batch, torch.arange(B, device=device).repeat_interleave(R)])
     if torch.onnx.is_in_onnx_export():
-        # ONNX has no bit cast and no stable sort: sort by descending
-        # score, then by set with unique keys (a stable sort by set).
-        M = cand_set.numel()
+        # ONNX has no bit cast: sort by descending score, then stably by
+        # set.
         by_score = torch.sort(cand.t(), dim=1,
                               descending=True).indices  # [H, M]
-        set_key = cand_set[by_score] * M + torch.arange(M, device=device)
-        order = by_score.gather(1, set_key.sort(dim=1).indices)  # [H, M]
+        by_set = sort_stable(cand_set[by_score], dim=1)[1]  # [H, M]
+        order = by_score.gather(1, by_set)  # [H, M]
     else:
         key = _descending_key(cand) + (cand_set << 32).unsqueeze(1)  # [M, H]
         order = torch.sort(key.t(), dim=1, stable=True).indices  # [H, M]

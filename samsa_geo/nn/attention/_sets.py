@@ -217,6 +217,20 @@ def search_right(bounds: Tensor, values: Tensor) -> Tensor:
     return torch.searchsorted(bounds, values, right=True)
 
 
+def sort_stable(keys: Tensor, dim: int = -1) -> Tuple[Tensor, Tensor]:
+    r"""``torch.sort(keys, dim=dim, stable=True)`` (values and indices) of
+    integer ``keys``. ONNX has no stable sort: an ONNX export sorts the
+    unique keys ``key * n + position`` (``n`` entries along ``dim``)."""
+    if torch.onnx.is_in_onnx_export():
+        n = keys.size(dim)
+        shape = [1] * keys.dim()
+        shape[dim] = n
+        position = torch.arange(n, device=keys.device).view(shape)
+        indices = (keys * n + position).sort(dim=dim).indices
+        return keys.gather(dim, indices), indices
+    return torch.sort(keys, dim=dim, stable=True)
+
+
 def set_info(num_tokens: int, batch: Optional[Tensor], k: Union[int, float],
              num_registers: int, full: bool, device: torch.device,
              num_sets: Optional[int] = None,

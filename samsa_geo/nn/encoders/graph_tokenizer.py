@@ -13,6 +13,7 @@ from samsa_geo.nn.attention._sets import (
     check_size_hint,
     checked_sizes,
     set_offsets,
+    sort_stable,
 )
 from samsa_geo.ops import check_sorted_batch
 from samsa_geo.ops.validation import check_edge_index
@@ -291,13 +292,7 @@ class GraphTokenizer(Module):
         token_batch = torch.cat([batch, batch[src]], dim=0)
         # Stable sort: per graph, node tokens (first in the concatenation)
         # stay before edge tokens, each in their original order.
-        if torch.onnx.is_in_onnx_export():  # ONNX has no stable sort
-            T = token_batch.numel()  # unique keys: any sort is stable
-            perm = (token_batch * T + torch.arange(
-                T, device=token_batch.device)).sort().indices
-            token_batch = token_batch[perm]
-        else:
-            token_batch, perm = torch.sort(token_batch, stable=True)
+        token_batch, perm = sort_stable(token_batch)
         position = torch.empty_like(perm)
         position[perm] = torch.arange(perm.numel(), device=perm.device)
         node_mask = perm < num_nodes

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from samsa_geo.nn.attention._sampling import _rank_sorted
-from samsa_geo.nn.attention._sets import search_right, set_info
+from samsa_geo.nn.attention._sets import search_right, set_info, sort_stable
 
 
 @pytest.fixture
@@ -26,6 +26,18 @@ def test_search_right_equals_searchsorted(in_onnx_export):
     assert torch.equal(search_right(bounds, values), expected)
     assert torch.equal(search_right(bounds[:0], values),
                        torch.zeros_like(values))
+
+
+@pytest.mark.parametrize('dim', [0, 1])
+def test_sort_stable_equals_a_stable_sort(in_onnx_export, dim):
+    # Many ties: a stable sort keeps their order.
+    keys = torch.randint(0, 4, (7, 9), generator=torch.Generator()
+                         .manual_seed(0))
+    expected = torch.sort(keys, dim=dim, stable=True)
+    in_onnx_export(True)
+    values, indices = sort_stable(keys, dim=dim)
+    assert torch.equal(values, expected.values)
+    assert torch.equal(indices, expected.indices)
 
 
 @pytest.mark.parametrize('num_registers', [0, 2])
