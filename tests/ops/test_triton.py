@@ -90,6 +90,36 @@ def test_knn_triton_equals_brute_force(knn_kernel, case):
         assert torch.equal(graph, knn_graph(x, k, batch_x, backend='torch'))
 
 
+@pytest.mark.filterwarnings('ignore:overflow encountered')
+def test_knn_triton_overflowing_distances_stay_in_example(knn_kernel):
+    # Points about 1e20 apart: their float32 squared distances overflow to
+    # +inf. They rank after every finite distance of their example, in
+    # index order, and never after another example's candidates, which
+    # the kernels rank as +inf (as the fallback does, see
+    # _fallback.blocks.exclude).
+    gen = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(3, 3, generator=gen) * 1e20,
+                   torch.randn(10, 3, generator=gen)]).to(DEVICE)
+    batch = _batch([3, 10])
+    assert torch.isinf((x[0] - x[1]).square().sum())  # the premise
+    for batch_size in [None, 2]:
+        out = knn(x, x, 5, batch, batch, batch_size=batch_size,
+                  backend='triton')
+        assert out.size(1) == 3 * 3 + 10 * 5
+        assert (batch[out[0]] == batch[out[1]]).all()
+        # Each point of example 0: itself, then the other two by index.
+        assert out[:, :9].tolist() == [[0, 0, 0, 1, 1, 1, 2, 2, 2],
+                                       [0, 1, 2, 1, 0, 2, 2, 0, 1]]
+        assert torch.equal(out[:, 9:], _stable_reference(
+            x, x, 5, batch, batch)[:, 9:])
+    # The pure-PyTorch path finds the same neighbours (its top-k may order
+    # the tied overflowing distances otherwise).
+    ref = knn(x, x, 5, batch, batch, backend='torch')
+    assert torch.equal(ref[:, 9:], out[:, 9:])
+    assert torch.equal(ref[1, :9].view(3, 3).sort(dim=1).values,
+                       out[1, :9].view(3, 3).sort(dim=1).values)
+
+
 def test_knn_triton_ties_by_index_and_box_skips(knn_kernel, kernels,
                                                 monkeypatch):
     # Duplicated lattice points tie exactly: equal distances come in index

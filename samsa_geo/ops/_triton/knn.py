@@ -50,6 +50,8 @@ NEAR_TILES = 2
 # candidate (_INVALID) ranks after every slot sentinel.
 _EMPTY: tl.constexpr = tl.constexpr(MAX_POINTS)
 _INVALID: tl.constexpr = tl.constexpr(2**31 - 1)
+# The largest finite float32.
+_FLOAT32_MAX: tl.constexpr = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
@@ -133,7 +135,8 @@ def _tile_gap(box, t, t_pad, lo0, hi0, lo1, hi1, lo2, hi2, F: tl.constexpr):
         g = tl.maximum(tl.maximum(tl.load(box + 2 * t_pad + t) - hi2,
                                   lo2 - tl.load(box + 5 * t_pad + t)), 0.0)
         gap = gap + g * g
-    return gap
+    # At most the largest float32, as the distances it bounds.
+    return tl.where(gap < _FLOAT32_MAX, gap, _FLOAT32_MAX)
 
 
 @triton.jit
@@ -153,6 +156,10 @@ def _rank_tile(t, xs, n_pad, ids, q0, q1, q2, row_ok, c_start, c_end,
         diff = q2[:, None] - tl.load(xs + 2 * n_pad + cols, mask=cmask,
                                      other=0.0)[None, :]
         d = d + diff * diff
+    # Squares that overflow (and NaN) rank as the largest float32, after
+    # every finite distance and before the +inf of empty slots, as the
+    # fallback ranks them (_fallback.blocks.exclude).
+    d = tl.where(d < _FLOAT32_MAX, d, _FLOAT32_MAX)
     cid = tl.load(ids + cols, mask=cmask, other=_INVALID)
     # Lexicographic (distance, index) comparison with each row's worst.
     wd, wi = worst_d[:, None], worst_i[:, None]

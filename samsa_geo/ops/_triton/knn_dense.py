@@ -68,13 +68,16 @@ _NO_INDEX: tl.constexpr = tl.constexpr(2**31 - 1)
 _NO_KEY32: tl.constexpr = tl.constexpr(2**31 - 1)
 # The IEEE-754 pattern of +inf in float32.
 _INF_BITS: tl.constexpr = tl.constexpr(0x7F800000)
+# The largest finite float32.
+_FLOAT32_MAX: tl.constexpr = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
 def _distances(x, stride_xn, stride_xf, cols, mask, q0, q1, q2,
                F: tl.constexpr):
     # Squared distances between the queries q* and the candidates at cols,
-    # broadcast: ((q0 - x0)^2 + (q1 - x1)^2) + (q2 - x2)^2.
+    # broadcast: ((q0 - x0)^2 + (q1 - x1)^2) + (q2 - x2)^2, at most the
+    # largest float32.
     diff = q0 - tl.load(x + cols * stride_xn, mask=mask, other=0.0)
     d = diff * diff
     if F > 1:
@@ -85,7 +88,10 @@ def _distances(x, stride_xn, stride_xf, cols, mask, q0, q1, q2,
         diff = q2 - tl.load(x + cols * stride_xn + 2 * stride_xf,
                             mask=mask, other=0.0)
         d = d + diff * diff
-    return d
+    # Squares that overflow (and NaN) rank as the largest float32, after
+    # every finite distance and before the +inf of candidates left out,
+    # as the fallback ranks them (_fallback.blocks.exclude).
+    return tl.where(d < _FLOAT32_MAX, d, _FLOAT32_MAX)
 
 
 @triton.jit
