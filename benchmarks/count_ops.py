@@ -32,6 +32,12 @@ where the CPU's compute is a minor part, the models interleaved in
 
     python benchmarks/count_ops.py --graph-step --host --rounds 300
 
+``--per-layer`` splits those counts into one layer's (the model of 3
+layers less the model of 2) and the rest of the model's (encoders, head,
+loss)::
+
+    python benchmarks/count_ops.py --graph-step --per-layer
+
 ``--kernels SWITCHES`` also counts ``samsa_graph_model_hints`` with the
 attention ``config`` switches of samsa_geo's Triton kernels for small
 graphs on (``packed_attention``, ``fused_gine``; each alone and all),
@@ -247,14 +253,15 @@ def graph_kernel_counts(names: List[str]) -> List[Dict[str, object]]:
 
 
 def measure_graph_step(op: str, repeat: int,
-                       launches: Optional[List] = None,
+                       launches: Optional[List] = None, depth: int = 3,
                        ) -> Dict[str, object]:
     """Counts (and, for ``repeat`` > 0, times) one training step of the
-    small-graph model ``op``; with ``launches`` (the list of
-    :func:`interpreted_kernels`) also the kernel launches of each pass."""
+    small-graph model ``op`` of ``depth`` layers; with ``launches`` (the
+    list of :func:`interpreted_kernels`) also the kernel launches of each
+    pass."""
     torch.manual_seed(0)
     data = molecule_batches(torch.device('cpu'))[0]
-    model = build_graph_model(op, 64, 3)
+    model = build_graph_model(op, 64, depth)
 
     def forward():
         return graph_forward(op, model, data)
@@ -274,9 +281,28 @@ def measure_graph_step(op: str, repeat: int,
     ms = least_thread_time(step, lambda: model.zero_grad(set_to_none=True),
                            repeat) if repeat > 0 else None
     return dict(op=op, fwd_ops=fwd_counter.total, bwd_ops=bwd_counter.total,
+                fwd_views=fwd_counter.views, bwd_views=bwd_counter.views,
                 ms=ms, fwd_top=fwd_counter.ops, bwd_top=bwd_counter.ops,
                 fwd_launches=fwd_counter.launches,
                 bwd_launches=bwd_counter.launches)
+
+
+def graph_layer_counts(op: str) -> Dict[str, tuple]:
+    """The aten calls and views of one training step of the small-graph
+    model ``op`` split into one layer's (the model of 3 layers less the
+    model of 2) and the rest's (encoders, head, loss): ``layer_fwd``,
+    ``layer_bwd``, ``rest_fwd``, ``rest_bwd``, each (calls, views)."""
+    two, three = (measure_graph_step(op, 0, depth=d) for d in (2, 3))
+    out = {}
+    for key in ('fwd', 'bwd'):
+        out[f'layer_{key}'] = tuple(
+            three[f'{key}_{n}'] - two[f'{key}_{n}'] for n in ('ops', 'views'))
+    for key in ('fwd', 'bwd'):
+        layer = out[f'layer_{key}']
+        out[f'rest_{key}'] = tuple(
+            three[f'{key}_{n}'] - 3 * c
+            for n, c in zip(('ops', 'views'), layer))
+    return out
 
 
 def graph_host_times(ops: List[str], rounds: int) -> Dict[str, tuple]:
@@ -344,6 +370,9 @@ def main():
     p.add_argument('--rounds', type=int, default=40)
     p.add_argument('--list', action='store_true',
                    help='also list the operators of each case by count')
+    p.add_argument('--per-layer', action='store_true',
+                   help='with --graph-step: the calls of one layer of each '
+                   'model (3 layers less 2) and of the rest of the model')
     p.add_argument('--host', action='store_true',
                    help='with --graph-step: time the host work of each '
                    'model\'s step on a batch of 4 small graphs (8 '
@@ -385,6 +414,19 @@ def main():
         for op, (f, b) in host.items():
             print(f"{op:<24} {f:>8.3f} {b:>8.3f} {f / gine[0]:>11.2f} "
                   f"{b / gine[1]:>6.2f} {(f + b) / sum(gine):>6.2f}")
+        return
+    if args.graph_step and args.per_layer:
+        # One layer's calls: the model of 3 layers less the model of 2.
+        print("aten calls of one training step (views in brackets): one "
+              "layer, and the rest of the model (encoders, head, loss)")
+        print(f"{'op':<24} {'layer fwd':>12} {'layer bwd':>12} "
+              f"{'rest fwd':>12} {'rest bwd':>12}")
+        with mock.patch.object(config, 'checks_values', lambda device: False):
+            for op in ('samsa_graph_model_hints', 'gps_graph_model',
+                       'gine_graph_model'):
+                cells = graph_layer_counts(op)
+                print(f"{op:<24} " + ' '.join(
+                    f"{f'{c} ({v})':>12}" for c, v in cells.values()))
         return
     if args.graph_step:
         print(f"{'op':<24} {'fwd ops':>8} {'bwd ops':>8} {'ms':>8}")

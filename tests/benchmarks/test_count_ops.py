@@ -77,3 +77,17 @@ def test_graph_host_times_time_each_model_and_pass(monkeypatch):
     assert calls == [(op, 4) for _ in range(8) for op in ops]
     for fwd, bwd in times.values():
         assert fwd > 0 and bwd > 0
+
+
+def test_graph_layer_counts_add_up_at_every_depth(monkeypatch):
+    # The split is linear in the depth: a model of one layer counts the
+    # rest plus one layer, call for call and view for view.
+    monkeypatch.setattr(config, 'checks_values', lambda device: False)
+    op = 'samsa_graph_model_hints'
+    split = bench.graph_layer_counts(op)
+    one = bench.measure_graph_step(op, 0, depth=1)
+    for key in ('fwd', 'bwd'):
+        layer, rest = split[f'layer_{key}'], split[f'rest_{key}']
+        assert layer[0] > layer[1] > 0 and rest[0] > rest[1] > 0
+        assert (one[f'{key}_ops'], one[f'{key}_views']) == (
+            rest[0] + layer[0], rest[1] + layer[1])
