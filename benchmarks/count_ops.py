@@ -387,6 +387,8 @@ def main():
         if os.environ.get('TRITON_INTERPRET') != '1':
             p.error('--kernels runs the kernels in Triton\'s interpreter: '
                     'set TRITON_INTERPRET=1')
+    if args.per_layer and not args.graph_step:
+        p.error('--per-layer takes --graph-step')
     torch.set_num_threads(args.threads)
     sizes = '' if args.graph_step and args.host else \
         f', C={args.channels}, H={args.heads}, k={args.k}, {args.dtype}'

@@ -51,9 +51,10 @@ def test_graph_kernel_counts_of_two_switches_add_up(triton_modules):
     assert not config.use_packed_attention() and not config.use_fused_gine()
 
 
-def test_kernels_need_the_graph_step_and_known_switches(monkeypatch):
+def test_graph_step_options_need_the_graph_step_and_known_switches(monkeypatch):
     for argv in (['--kernels', 'fused_gine'],
-                 ['--graph-step', '--kernels', 'tile_attention']):
+                 ['--graph-step', '--kernels', 'tile_attention'],
+                 ['--per-layer']):
         monkeypatch.setattr(sys, 'argv', ['count_ops.py', *argv])
         with pytest.raises(SystemExit):
             bench.main()
