@@ -244,3 +244,24 @@ def test_ddp_records_carry_the_runs_flags_and_commit(tmp_path):
         assert 'ddp.json' not in r['flags'] and r['device']
         assert r['epochs'][0]['time'] == 2.5
     assert records[1]['launcher'].startswith('torchrun')
+
+
+def test_the_gpu_tests_step_runs_each_file_alone(tmp_path):
+    # STEPS=tests, pytest stubbed: one pytest call per file of tests/gpu,
+    # each under its own time limit, and one entry per file in the log.
+    log, env = stubbed_env(tmp_path)
+    run = subprocess.run(['bash', 'benchmarks/run_gpu.sh'], cwd=ROOT,
+                         env={**env, 'STEPS': 'tests', 'TEST_LIMIT': '60'},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    files = sorted(f'tests/gpu/{name}' for name in os.listdir(
+        osp.join(ROOT, 'tests', 'gpu')) if name.startswith('test_')
+        and name.endswith('.py'))
+    calls = [line.split() for line in log.read_text().splitlines()]
+    pytest_files = [c[c.index('gpu') + 1] for c in calls
+                    if c[:3] == ['python3', '-m', 'pytest']]
+    assert pytest_files == files and len(files) > 5
+    entries = [line.split()[1] for line in
+               (tmp_path / 'logs' / 'gpu_tests.log').read_text().splitlines()
+               if line.startswith('=== ')]
+    assert entries == files
