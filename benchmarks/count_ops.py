@@ -293,16 +293,12 @@ def graph_layer_counts(op: str) -> Dict[str, tuple]:
     model of 2) and the rest's (encoders, head, loss): ``layer_fwd``,
     ``layer_bwd``, ``rest_fwd``, ``rest_bwd``, each (calls, views)."""
     two, three = (measure_graph_step(op, 0, depth=d) for d in (2, 3))
-    out = {}
-    for key in ('fwd', 'bwd'):
-        out[f'layer_{key}'] = tuple(
-            three[f'{key}_{n}'] - two[f'{key}_{n}'] for n in ('ops', 'views'))
-    for key in ('fwd', 'bwd'):
-        layer = out[f'layer_{key}']
-        out[f'rest_{key}'] = tuple(
-            three[f'{key}_{n}'] - 3 * c
-            for n, c in zip(('ops', 'views'), layer))
-    return out
+    names = [f'{key}_{n}' for key in ('fwd', 'bwd') for n in ('ops', 'views')]
+    layer = {n: three[n] - two[n] for n in names}
+    rest = {n: three[n] - 3 * layer[n] for n in names}
+    return {f'{part}_{key}': (counts[f'{key}_ops'], counts[f'{key}_views'])
+            for part, counts in (('layer', layer), ('rest', rest))
+            for key in ('fwd', 'bwd')}
 
 
 def graph_host_times(ops: List[str], rounds: int) -> Dict[str, tuple]:

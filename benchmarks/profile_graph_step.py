@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from graph_step import sync  # noqa: E402
 from layer import (  # noqa: E402
     build_graph_model,
     graph_forward,
@@ -37,11 +38,6 @@ RUNTIME_CALLS = ('cudaLaunchKernel', 'cuLaunchKernel', 'cuLaunchKernelEx',
                  'cudaLaunchKernelExC', 'cudaMemcpyAsync', 'cudaMemsetAsync',
                  'cudaStreamSynchronize', 'cudaDeviceSynchronize',
                  'cudaMalloc', 'cudaFree')
-
-
-def sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def _inside_aten(event) -> bool:

@@ -33,7 +33,7 @@ import triton.language as tl
 from torch import Tensor
 
 from samsa_geo.ops._triton import INTERPRETED, MAX_POINTS
-from samsa_geo.ops._triton.knn_dense import knn_dense
+from samsa_geo.ops._triton.knn_dense import knn_dense, ranking_distance
 from samsa_geo.ops._triton.launch import Launcher
 from samsa_geo.ops._utils import batch_to_ptr
 
@@ -50,8 +50,6 @@ NEAR_TILES = 2
 # candidate (_INVALID) ranks after every slot sentinel.
 _EMPTY: tl.constexpr = tl.constexpr(MAX_POINTS)
 _INVALID: tl.constexpr = tl.constexpr(2**31 - 1)
-# The largest finite float32.
-_FLOAT32_MAX: tl.constexpr = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit
@@ -135,8 +133,8 @@ def _tile_gap(box, t, t_pad, lo0, hi0, lo1, hi1, lo2, hi2, F: tl.constexpr):
         g = tl.maximum(tl.maximum(tl.load(box + 2 * t_pad + t) - hi2,
                                   lo2 - tl.load(box + 5 * t_pad + t)), 0.0)
         gap = gap + g * g
-    # At most the largest float32, as the distances it bounds.
-    return tl.where(gap < _FLOAT32_MAX, gap, _FLOAT32_MAX)
+    # Clamped as the distances it bounds.
+    return ranking_distance(gap)
 
 
 @triton.jit
@@ -156,10 +154,7 @@ def _rank_tile(t, xs, n_pad, ids, q0, q1, q2, row_ok, c_start, c_end,
         diff = q2[:, None] - tl.load(xs + 2 * n_pad + cols, mask=cmask,
                                      other=0.0)[None, :]
         d = d + diff * diff
-    # Squares that overflow (and NaN) rank as the largest float32, after
-    # every finite distance and before the +inf of empty slots, as the
-    # fallback ranks them (_fallback.blocks.exclude).
-    d = tl.where(d < _FLOAT32_MAX, d, _FLOAT32_MAX)
+    d = ranking_distance(d)
     cid = tl.load(ids + cols, mask=cmask, other=_INVALID)
     # Lexicographic (distance, index) comparison with each row's worst.
     wd, wi = worst_d[:, None], worst_i[:, None]

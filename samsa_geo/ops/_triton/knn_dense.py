@@ -88,9 +88,15 @@ def _distances(x, stride_xn, stride_xf, cols, mask, q0, q1, q2,
         diff = q2 - tl.load(x + cols * stride_xn + 2 * stride_xf,
                             mask=mask, other=0.0)
         d = d + diff * diff
-    # Squares that overflow (and NaN) rank as the largest float32, after
-    # every finite distance and before the +inf of candidates left out,
-    # as the fallback ranks them (_fallback.blocks.exclude).
+    return ranking_distance(d)
+
+
+@triton.jit
+def ranking_distance(d):
+    # d, with squares that overflow (and NaN) as the largest float32: they
+    # rank after every finite distance and before the +inf of candidates
+    # left out and empty slots, as the fallback ranks them
+    # (_fallback.blocks.exclude).
     return tl.where(d < _FLOAT32_MAX, d, _FLOAT32_MAX)
 
 
