@@ -147,22 +147,26 @@ class GraphReplay:
         """
         sig = self._signature(key, inputs)
         entry = self._graphs.get(sig)
-        if entry is not None and entry.stamp != tensor_stamp(state()):
-            # The state changed: an eager call makes the casts it keeps
-            # again, the next call captures again.
-            del self._graphs[sig]
-            return None
-        if entry is None:
+        if entry is not None:
+            # The inputs' copies go first, so that the GPU runs them while
+            # the host stamps the state (a stale graph leaves its input
+            # buffers unread).
+            entry.load(inputs)
+            if entry.stamp != tensor_stamp(state()):
+                # The state changed: an eager call makes the casts it keeps
+                # again, the next call captures again.
+                del self._graphs[sig]
+                return None
+        else:
             if sig in self._failed or not self._count(sig):
                 return None
             if not eligible():
                 self._remember(self._failed, sig, None)
                 return None
             entry = self._capture(fn, inputs, sig, state, finish is not None)
-            if entry is None:
+            if entry is None:  # (else its buffers hold the inputs)
                 return None
         self._graphs.move_to_end(sig)
-        entry.load(inputs)
         entry.graph.replay()
         if finish is None:
             return entry.out.clone()

@@ -88,6 +88,36 @@ def test_state_changes_drop_the_graph(fake_capture):
     assert torch.equal(out, x @ weight) and len(fake_capture) == 2
 
 
+def test_inputs_are_copied_in_before_the_state_is_stamped(fake_capture):
+    # The copies go to the GPU first and run while the host stamps the
+    # state; a stale graph then leaves its (already written) buffers.
+    weight = torch.randn(3, 3)
+    graphs = GraphReplay(min_calls=1)
+    seen = []
+
+    def state():
+        if fake_capture:  # what the graph's input buffer holds by now
+            seen.append(fake_capture[0].buffers[0].clone())
+        return [weight]
+
+    def fn(x):
+        return x @ weight
+
+    xs = [torch.randn(4, 3) for _ in range(3)]
+    assert graphs(fn, (xs[0], ), None, state) is None  # seen once
+    assert torch.equal(graphs(fn, (xs[1], ), None, state), xs[1] @ weight)
+    assert len(fake_capture) == 1
+    seen.clear()
+    out = graphs(fn, (xs[2], ), None, state)  # a replay
+    assert torch.equal(out, xs[2] @ weight)
+    assert len(seen) == 1 and torch.equal(seen[0], xs[2])
+    weight.add_(1)
+    seen.clear()
+    assert graphs(fn, (xs[0], ), None, state) is None  # stale: eager
+    assert len(seen) == 1 and torch.equal(seen[0], xs[0])
+    assert len(graphs) == 0 and len(fake_capture) == 1
+
+
 def test_signatures_and_the_least_recently_used(fake_capture):
     graphs = GraphReplay(max_graphs=2, min_calls=1)
     fn = torch.neg
