@@ -6,6 +6,7 @@ between the two marker lines of the page is rewritten.
 
     python benchmarks/summarize.py
 """
+import argparse
 import json
 import os.path as osp
 import re
@@ -263,7 +264,9 @@ def page(text):
     return head + '\n'.join([BEGIN, ''] + tables() + [END]) + tail
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.split('\n\n')[0]).parse_args(
+        argv)
     with open(DOC) as f:
         text = page(f.read())
     with open(DOC, 'w') as f:

@@ -1,6 +1,8 @@
 import importlib.util
 import os.path as osp
 
+import pytest
+
 ROOT = osp.join(osp.dirname(__file__), '..', '..')
 
 
@@ -31,3 +33,18 @@ def test_the_page_is_the_tables_of_the_committed_results():
     with open(summarize.DOC) as f:
         text = f.read()
     assert summarize.page(text) == text
+
+
+def test_options_are_parsed_before_the_page_is_written(
+        monkeypatch, tmp_path, capsys):
+    # --help prints the usage and an unknown option is refused, both
+    # without writing the page (it was rewritten for any argument).
+    summarize = load_summarize()
+    doc = tmp_path / 'benchmarks.md'
+    doc.write_text('unchanged')
+    monkeypatch.setattr(summarize, 'DOC', str(doc))
+    for argv in (['--help'], ['--tables']):
+        with pytest.raises(SystemExit):
+            summarize.main(argv)
+    assert doc.read_text() == 'unchanged'
+    assert 'usage: ' in capsys.readouterr().out

@@ -25,7 +25,9 @@ buffers, cached casts) is the one it was captured with, unchanged.
 of each tensor; in-place updates such as an optimiser step or
 :meth:`~torch.nn.Module.load_state_dict` bump the counter) and drops a
 graph whose stamp no longer matches; the next calls run eagerly and capture
-again. The caller decides when a call may be graphed at all (no autograd,
+again. The inputs are copied in before the stamp is checked, so that the
+GPU copies while the host stamps (a dropped graph's buffers go unread).
+The caller decides when a call may be graphed at all (no autograd,
 no host synchronisation, no randomness, no hooks).
 """
 import gc
