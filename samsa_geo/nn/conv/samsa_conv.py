@@ -361,7 +361,7 @@ class SamsaConv(Module):
                 or needs_grad(*params)):
             return None
 
-        def affine() -> Tuple[Tensor, Tensor]:
+        def affine() -> 'Tuple[Tensor, Tensor]':
             scale = torch.rsqrt(var + bn.eps)  # [C]
             if bn.weight is not None:
                 scale = scale * bn.weight
@@ -458,11 +458,11 @@ class SamsaConv(Module):
                torch.is_inference_mode_enabled(),
                torch.get_float32_matmul_precision(), config.snapshot(),
                tree.settings())
-        params, buffers = tree.params(), tree.buffers()
         if self.training:
             return self._replay_training(x, batch, pos, attn_kwargs,
-                                         tree.modules, params, buffers, key)
-        if torch.is_grad_enabled() and needs_grad(x, *params):
+                                         tree.modules, tree.params(),
+                                         tree.buffers(), key)
+        if torch.is_grad_enabled() and needs_grad(x, *tree.params()):
             return None
         attn = self.attn
 
@@ -473,10 +473,13 @@ class SamsaConv(Module):
                     and attn._runs_fused(x, batch, pos, num_graphs,
                                          max_num_nodes))
 
-        def state() -> List[Optional[Tensor]]:
+        # (Annotations of nested functions as strings: subscripted types
+        # would be built again at every call.)
+        def state() -> 'List[Optional[Tensor]]':
             # Parameters, buffers and the casts kept between calls
-            # (dropped by train(), made again when a parameter changes).
-            out = params + buffers
+            # (dropped by train(), made again when a parameter changes),
+            # read once the inputs' copies are launched.
+            out = tree.params() + tree.buffers()
             for cache in (self._mlp_cache, attn._projection_cache,
                           *self._affine_cache.values()):
                 if cache is not None:
@@ -539,7 +542,7 @@ class SamsaConv(Module):
                 and attn.rel_bias is None and not attn.summary
                 and attn.num_registers == 0 and not attn.scorer_norm)
 
-        def slots() -> List[Tuple[Module, str]]:
+        def slots() -> 'List[Tuple[Module, str]]':
             # Where params live, in their order (asked at a capture).
             return [(m, name) for m in modules
                     for name, p in m._parameters.items() if p is not None]
