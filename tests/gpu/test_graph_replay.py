@@ -35,7 +35,8 @@ def test_replays_equal_eager_calls_bit_for_bit(dtype, sizes, norm,
                      norm_first=norm_first).cuda()
     conv.train()
     with torch.no_grad():  # running statistics that are not 0 and 1
-        conv(*_batch(sizes, 64))
+        x, batch = _batch(sizes, 64)
+        conv(x, None, batch)
     conv.eval()
     hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
     outs, refs = [], []
