@@ -47,6 +47,15 @@ call, each launch counted once and the interpreter's own work not::
     TRITON_INTERPRET=1 python benchmarks/count_ops.py --graph-step \
         --kernels packed_attention,fused_gine
 
+``--replay`` times the host's work of a ``SamsaConv`` inference call
+that replays its CUDA graph (``samsa_conv_batch`` at ``--time-size``,
+``batch_hints`` given), on the CPU with a stand-in graph whose replay
+runs nothing: from the call to the launch of the inputs' copies (what
+the GPU waits for, a call alone) and the whole call (its last step
+included, run on the CPU)::
+
+    python benchmarks/count_ops.py --replay --channels 64 --time-size 4x64
+
 The layers are built and called as ``benchmarks/layer.py`` does (``build``,
 ``call``). The value checks that SamsaAttention runs on the CPU only
 (finite inputs) are switched off, as on a GPU outside debug mode.
@@ -331,6 +340,83 @@ def graph_host_times(ops: List[str], rounds: int) -> Dict[str, tuple]:
             for op in ops}
 
 
+class _CudaStandIn(torch.Tensor):
+    # A CPU tensor that SamsaConv takes for a CUDA one (is_cuda), with no
+    # __torch_function__ of its own: operators see a plain tensor.
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @property
+    def is_cuda(self) -> bool:
+        return True
+
+
+class _StandInGraph:
+    # Stands in for a captured CUDA graph: its buffers hold the traced
+    # call's outputs (the layer's body up to its last step), and a replay
+    # runs nothing.
+    def __init__(self, out):
+        self.out = out
+
+    def replay(self):
+        pass
+
+    def pool(self):
+        return (0, 0)
+
+
+def replay_host_times(B: int, n: int, C: int, H: int, k: int,
+                      repeat: int) -> Dict[str, float]:
+    """Host time of ``samsa_conv_batch`` inference calls that replay a
+    stand-in CUDA graph on the CPU (median of ``repeat`` calls, after the
+    capture): ``to_copies_us`` from the call to the launch of the inputs'
+    copies into the graph's buffers, ``call_us`` the whole call (its last
+    step run on the CPU); ``replays``, the timed calls that replayed;
+    ``max_abs_diff``, between a replayed call's output and an eager one's
+    (the stand-in graph holds the traced body's outputs)."""
+    from samsa_geo.nn.conv import _graph_replay
+    torch.manual_seed(0)
+    conv = build('samsa_conv_batch', C, H, k).eval()
+    x = torch.randn(B * n, C).as_subclass(_CudaStandIn)
+    batch = torch.arange(B).repeat_interleave(n)
+    marks: List[float] = []
+    load = _graph_replay._Graph.load
+
+    def timed_load(self, inputs):
+        marks.append(time.perf_counter())
+        return load(self, inputs)
+
+    def capture(fn, buffers, pool):
+        with config.attention_config(cuda_graphs=False):
+            out = fn(*[t.as_subclass(torch.Tensor) for t in buffers])
+        return _StandInGraph(out), out
+
+    attn = conv.attn
+    with mock.patch.object(torch.cuda, 'is_current_stream_capturing',
+                           lambda: False), \
+            mock.patch.object(_graph_replay, 'capture', capture), \
+            mock.patch.object(_graph_replay._Graph, 'load', timed_load), \
+            mock.patch.object(attn, '_runs_fused', lambda *a: True), \
+            torch.no_grad():
+        for _ in range(3):  # eager, eager, captured
+            call('samsa_conv_batch', conv, x, batch, B)
+        before = len(marks)
+        to_copies, whole = [], []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            call('samsa_conv_batch', conv, x, batch, B)
+            t1 = time.perf_counter()
+            whole.append(t1 - t0)
+            to_copies.append(marks[-1] - t0 if len(marks) > before
+                             else float('nan'))
+        out = call('samsa_conv_batch', conv, x, batch, B)
+        replays = len(marks) - before - 1
+        with config.attention_config(cuda_graphs=False):
+            ref = call('samsa_conv_batch', conv, x, batch, B)
+    return dict(to_copies_us=1e6 * sorted(to_copies)[repeat // 2],
+                call_us=1e6 * sorted(whole)[repeat // 2], replays=replays,
+                max_abs_diff=(out - ref).abs().max().item())
+
+
 def print_top(r: Dict[str, object]) -> None:
     """Lists the operators of each pass of a graph-step count by count."""
     for pas in ('fwd', 'bwd'):
@@ -373,6 +459,10 @@ def main():
                    help='with --graph-step: time the host work of each '
                    'model\'s step on a batch of 4 small graphs (8 '
                    'channels), the models interleaved, for --rounds rounds')
+    p.add_argument('--replay', action='store_true',
+                   help='time the host work of samsa_conv_batch inference '
+                   'calls at --time-size that replay a stand-in CUDA '
+                   'graph: to the copies\' launch, and the whole call')
     args = p.parse_args()
     kernels = [] if args.kernels is None else args.kernels.split(',')
     if kernels:
@@ -389,6 +479,16 @@ def main():
     sizes = '' if args.graph_step and args.host else \
         f', C={args.channels}, H={args.heads}, k={args.k}, {args.dtype}'
     print(f'CPU, {args.threads} thread(s), torch {torch.__version__}{sizes}')
+    if args.replay:
+        (tB, tn), = parse_sizes(args.time_size)
+        with mock.patch.object(config, 'checks_values', lambda device: False):
+            r = replay_host_times(tB, tn, args.channels, args.heads, args.k,
+                                  max(args.repeat, 1001))
+        print(f"samsa_conv_batch {args.time_size} replayed inference call "
+              f"(stand-in graph, median of {r['replays']}): "
+              f"{r['to_copies_us']:.1f} us to the copies' launch, "
+              f"{r['call_us']:.1f} us the whole call")
+        return
     if args.ab:
         (tB, tn), = parse_sizes(args.time_size)
         with mock.patch.object(config, 'checks_values', lambda device: False):

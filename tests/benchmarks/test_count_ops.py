@@ -92,3 +92,14 @@ def test_graph_layer_counts_add_up_at_every_depth(monkeypatch):
         assert layer[0] > layer[1] > 0 and rest[0] > rest[1] > 0
         assert (one[f'{key}_ops'], one[f'{key}_views']) == (
             rest[0] + layer[0], rest[1] + layer[1])
+
+
+def test_replay_host_times_replay_and_launch_the_copies_first(monkeypatch):
+    # Every timed call replays the stand-in graph (none runs eagerly), and
+    # the copies' launch comes before the end of the call. A replayed
+    # call gives the eager call's output.
+    monkeypatch.setattr(config, 'checks_values', lambda device: False)
+    r = bench.replay_host_times(2, 16, 16, 2, 4, repeat=11)
+    assert r['replays'] == 11
+    assert 0 < r['to_copies_us'] < r['call_us']
+    assert r['max_abs_diff'] < 1e-6
