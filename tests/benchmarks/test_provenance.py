@@ -247,20 +247,31 @@ def test_ddp_records_carry_the_runs_flags_and_commit(tmp_path):
 
 
 def test_the_gpu_tests_step_runs_each_file_alone(tmp_path):
-    # STEPS=tests, pytest stubbed: one pytest call per file of tests/gpu,
-    # each under its own time limit, and one entry per file in the log.
+    # STEPS=tests, pytest stubbed: one pytest call per file of tests/gpu
+    # (its GPU tests, -m gpu), then per op test file that runs its kernels
+    # compiled on CUDA (its default selection), each under its own time
+    # limit, and one entry per file in the log.
     log, env = stubbed_env(tmp_path)
     run = subprocess.run(['bash', 'benchmarks/run_gpu.sh'], cwd=ROOT,
                          env={**env, 'STEPS': 'tests', 'TEST_LIMIT': '60'},
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    files = sorted(f'tests/gpu/{name}' for name in os.listdir(
+    gpu = sorted(f'tests/gpu/{name}' for name in os.listdir(
         osp.join(ROOT, 'tests', 'gpu')) if name.startswith('test_')
         and name.endswith('.py'))
     calls = [line.split() for line in log.read_text().splitlines()]
-    pytest_files = [c[c.index('gpu') + 1] for c in calls
-                    if c[:3] == ['python3', '-m', 'pytest']]
-    assert pytest_files == files and len(files) > 5
+    calls = [c for c in calls if c[:3] == ['python3', '-m', 'pytest']]
+    files = [c[4] if c[3] == '-q' and c[4] != '-m' else c[6] for c in calls]
+    assert files[:len(gpu)] == gpu and len(gpu) > 5
+    assert all(c[3:6] == ['-q', '-m', 'gpu'] for c in calls[:len(gpu)])
+    ops = files[len(gpu):]
+    assert 'tests/ops/test_triton.py' in ops
+    for c, f in zip(calls[len(gpu):], ops):
+        assert '-m' not in c[3:] and f.startswith('tests/ops/')
+        # Each names a file whose tests run on CUDA where it is present.
+        with open(osp.join(ROOT, f)) as fh:
+            assert "'cuda' if torch.cuda.is_available()" in fh.read()
+    files = gpu + ops
     entries = [line.split()[1] for line in
                (tmp_path / 'logs' / 'gpu_tests.log').read_text().splitlines()
                if line.startswith('=== ')]
