@@ -15,6 +15,9 @@ STEPS=${STEPS:-tests,attention,compiled,points,graph,ops,profile,layer,scorer,la
 COMMIT=${COMMIT:-$(git describe --always --dirty 2>/dev/null)}
 SIZES=32x1024,8x4096,2x16384,1x65536,1x262144
 on() { [[ ",$STEPS," == *",$1,"* ]]; }
+# A profile's output headed by its command, GPU, commit and date:
+# headed SCRIPT [ARGS].
+headed() { echo "# python $* | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: ${COMMIT:-unknown} | date: $(date +%F)"; python3 "$@" 2>&1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, torch_geometric; print('torch', torch.__version__, '| pyg', torch_geometric.__version__)"
 # The GPU suite file by file, each under TEST_LIMIT seconds, so that one
@@ -23,17 +26,20 @@ python3 -c "import torch, torch_geometric; print('torch', torch.__version__, '| 
 # (on the CPU, Triton's interpreter or PyTorch's path runs them).
 TEST_LIMIT=${TEST_LIMIT:-300}
 CUDA_OP_TESTS="tests/ops/test_triton.py tests/ops/test_layer_norm.py tests/ops/test_linear.py tests/ops/test_residual_affine.py tests/ops/test_residual_batch_norm.py"
-on tests && { : > $LOGS/gpu_tests.log; for f in tests/gpu/test_*.py $CUDA_OP_TESTS; do m=(); [[ $f == tests/gpu/* ]] && m=(-m gpu); echo "=== $f" >> $LOGS/gpu_tests.log; timeout $TEST_LIMIT python3 -m pytest -q "${m[@]}" $f -p no:cacheprovider -s -rf --tb=short --durations=5 >> $LOGS/gpu_tests.log 2>&1 || echo "=== $f exit $?" >> $LOGS/gpu_tests.log; done; }
+# One test file under TEST_LIMIT seconds, logged under its name:
+# test_file FILE [PYTEST OPTIONS].
+test_file() { echo "=== $1" >> $LOGS/gpu_tests.log; timeout $TEST_LIMIT python3 -m pytest -q "${@:2}" $1 -p no:cacheprovider -s -rf --tb=short --durations=5 >> $LOGS/gpu_tests.log 2>&1 || echo "=== $1 exit $?" >> $LOGS/gpu_tests.log; }
+on tests && { : > $LOGS/gpu_tests.log; for f in tests/gpu/test_*.py; do test_file $f -m gpu; done; for f in $CUDA_OP_TESTS; do test_file $f; done; }
 on attention && { python3 benchmarks/attention.py --device cuda --commit "$COMMIT" --out $OUT/attention.json > $LOGS/attention_cuda.log 2>&1; }
 on compiled && { python3 benchmarks/attention.py --device cuda --compile --compile-mode reduce-overhead --ops samsa_attention,sdpa --sizes 32x1024,128x150,1x65536 --commit "$COMMIT" --out $OUT/attention.json > $LOGS/attention_compiled.log 2>&1; }
 on compiled && { tail -30 $LOGS/attention_compiled.log; }
 on points && { OUT=$OUT COMMIT="$COMMIT" STEPS=kernels,compiled,eager bash benchmarks/run_points_gpu.sh; }
 on graph && { python3 benchmarks/graph_step.py --device cuda --commit "$COMMIT" --out $OUT/graph_step.json 2>&1 | tail -8; }
 on graph && { python3 benchmarks/graph_step.py --device cuda --ops samsa_graph_model_hints --optimizers fused --ab packed_attention,fused_gine --commit "$COMMIT" --out $OUT/graph_step.json 2>&1 | tail -6; }
-on graph && { { echo "# python benchmarks/profile_graph_step.py --ops samsa_graph_model_hints,gps_graph_model,gine_graph_model | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: ${COMMIT:-unknown} | date: $(date +%F)"; python3 benchmarks/profile_graph_step.py --ops samsa_graph_model_hints,gps_graph_model,gine_graph_model 2>&1; } > $OUT/profile_graph_step.txt; }
+on graph && { headed benchmarks/profile_graph_step.py --ops samsa_graph_model_hints,gps_graph_model,gine_graph_model > $OUT/profile_graph_step.txt; }
 on graph && { python3 benchmarks/graph_scale.py --device cuda --commit "$COMMIT" --out $OUT 2>&1 | tail -6; }
 on ops && { python3 benchmarks/ops.py --device cuda --commit "$COMMIT" --out $OUT/ops.json 2>&1 | tail -6; }
-on profile && { { echo "# python benchmarks/profile_attention.py --n 65536 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: ${COMMIT:-unknown} | date: $(date +%F)"; python3 benchmarks/profile_attention.py --n 65536 2>&1; } > $OUT/profile_attention.txt; }
+on profile && { headed benchmarks/profile_attention.py --n 65536 > $OUT/profile_attention.txt; }
 # Whole layers (issue sizes), the fused path against the unfused one for
 # single large sets, the layer's CUDA graphs against eager calls, and the
 # profile of one forward (eager).
@@ -49,7 +55,7 @@ on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144
 on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,2x65536 --ops samsa_conv_batch --passes fwd,fwdbwd --sampled-rows-min-tokens 65536 --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwd,fwdbwd --ab tile_attention --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
 on layer && { for B in flash efficient; do python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd,fwdbwd --sdpa-backends $B --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; done; }
-on layer && { { echo "# python benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 | GPU: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) | commit: ${COMMIT:-unknown} | date: $(date +%F)"; python3 benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 2>&1; } > $OUT/profile_layer.txt; }
+on layer && { headed benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 > $OUT/profile_layer.txt; }
 on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_kernel.py --tokens $T --commit "$COMMIT" --out $OUT/scorer_kernel.json 2>&1 | tail -14; done; }
 on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_grad_kernel.py --tokens $T --commit "$COMMIT" --out $OUT/scorer_grad_kernel.json 2>&1 | tail -12; done; }
 on scorer && { python3 benchmarks/batch_norm_kernel.py --commit "$COMMIT" --out $OUT/batch_norm_kernel.json 2>&1 | tail -14; }

@@ -261,7 +261,7 @@ def test_the_gpu_tests_step_runs_each_file_alone(tmp_path):
         and name.endswith('.py'))
     calls = [line.split() for line in log.read_text().splitlines()]
     calls = [c for c in calls if c[:3] == ['python3', '-m', 'pytest']]
-    files = [c[4] if c[3] == '-q' and c[4] != '-m' else c[6] for c in calls]
+    files = [next(a for a in c if a.endswith('.py')) for c in calls]
     assert files[:len(gpu)] == gpu and len(gpu) > 5
     assert all(c[3:6] == ['-q', '-m', 'gpu'] for c in calls[:len(gpu)])
     ops = files[len(gpu):]
