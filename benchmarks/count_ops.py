@@ -50,9 +50,11 @@ call, each launch counted once and the interpreter's own work not::
 ``--replay`` times the host's work of a ``SamsaConv`` inference call
 that replays its CUDA graph (``samsa_conv_batch`` at ``--time-size``,
 ``batch_hints`` given), on the CPU with a stand-in graph whose replay
-runs nothing: from the call to the launch of the inputs' copies (what
-the GPU waits for, a call alone) and the whole call (its last step
-included, run on the CPU)::
+runs nothing, for inputs the graph copies in (two tensors in turn) and
+inputs it reads in place (the same tensors again): from the call to the
+launch of the inputs' copies and to the replay's (what the GPU waits
+for, a call alone), and the whole call (its last step included, run on
+the CPU)::
 
     python benchmarks/count_ops.py --replay --channels 64 --time-size 4x64
 
@@ -353,68 +355,93 @@ class _CudaStandIn(torch.Tensor):
 class _StandInGraph:
     # Stands in for a captured CUDA graph: its buffers hold the traced
     # call's outputs (the layer's body up to its last step), and a replay
-    # runs nothing.
-    def __init__(self, out):
-        self.out = out
+    # runs nothing but notes its time in marks.
+    def __init__(self, out, marks: List[float]):
+        self.out, self.marks = out, marks
 
     def replay(self):
-        pass
+        self.marks.append(time.perf_counter())
 
     def pool(self):
         return (0, 0)
 
 
 def replay_host_times(B: int, n: int, C: int, H: int, k: int,
-                      repeat: int) -> Dict[str, float]:
+                      repeat: int) -> Dict[str, Dict[str, float]]:
     """Host time of ``samsa_conv_batch`` inference calls that replay a
     stand-in CUDA graph on the CPU (median of ``repeat`` calls, after the
-    capture): ``to_copies_us`` from the call to the launch of the inputs'
-    copies into the graph's buffers, ``call_us`` the whole call (its last
-    step run on the CPU); ``replays``, the timed calls that replayed;
+    capture), for two kinds of call: ``'copies'``, inputs at other
+    addresses than the last call's (two tensors in turn), which the graph
+    copies in, and ``'in_place'``, the same tensors again, which it reads
+    where they are. Each gives ``to_copies_us`` from the call to the
+    launch of the inputs' copies (NaN where there is none), ``to_replay_us``
+    to the replay's launch, ``call_us`` the whole call (its last step run
+    on the CPU), ``replays`` (the timed calls that replayed, all of them
+    unless one ran eagerly), ``copies`` (the timed calls that copied) and
     ``max_abs_diff``, between a replayed call's output and an eager one's
     (the stand-in graph holds the traced body's outputs)."""
     from samsa_geo.nn.conv import _graph_replay
     torch.manual_seed(0)
     conv = build('samsa_conv_batch', C, H, k).eval()
-    x = torch.randn(B * n, C).as_subclass(_CudaStandIn)
     batch = torch.arange(B).repeat_interleave(n)
-    marks: List[float] = []
+    copies: List[float] = []
+    replays: List[float] = []
     load = _graph_replay._Graph.load
 
     def timed_load(self, inputs):
-        marks.append(time.perf_counter())
+        copies.append(time.perf_counter())
         return load(self, inputs)
 
     def capture(fn, buffers, pool):
         with config.attention_config(cuda_graphs=False):
             out = fn(*[t.as_subclass(torch.Tensor) for t in buffers])
-        return _StandInGraph(out), out
+        return _StandInGraph(out, replays), out
 
     attn = conv.attn
+    out: Dict[str, Dict[str, float]] = {}
     with mock.patch.object(torch.cuda, 'is_current_stream_capturing',
                            lambda: False), \
             mock.patch.object(_graph_replay, 'capture', capture), \
             mock.patch.object(_graph_replay._Graph, 'load', timed_load), \
             mock.patch.object(attn, '_runs_fused', lambda *a: True), \
             torch.no_grad():
-        for _ in range(3):  # eager, eager, captured
-            call('samsa_conv_batch', conv, x, batch, B)
-        before = len(marks)
-        to_copies, whole = [], []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            call('samsa_conv_batch', conv, x, batch, B)
-            t1 = time.perf_counter()
-            whole.append(t1 - t0)
-            to_copies.append(marks[-1] - t0 if len(marks) > before
-                             else float('nan'))
-        out = call('samsa_conv_batch', conv, x, batch, B)
-        replays = len(marks) - before - 1
-        with config.attention_config(cuda_graphs=False):
-            ref = call('samsa_conv_batch', conv, x, batch, B)
-    return dict(to_copies_us=1e6 * sorted(to_copies)[repeat // 2],
-                call_us=1e6 * sorted(whole)[repeat // 2], replays=replays,
-                max_abs_diff=(out - ref).abs().max().item())
+        for mode, count in (('copies', 2), ('in_place', 1)):
+            conv._graphs.clear()
+            xs = [torch.randn(B * n, C).as_subclass(_CudaStandIn)
+                  for _ in range(count)]
+            for i in range(3):  # eager, eager, captured
+                call('samsa_conv_batch', conv, xs[i % count], batch, B)
+            n_copies, n_replays = len(copies), len(replays)
+            to_copies, to_replay, whole = [], [], []
+            for i in range(repeat):
+                c, r = len(copies), len(replays)
+                t0 = time.perf_counter()
+                call('samsa_conv_batch', conv, xs[i % count], batch, B)
+                t1 = time.perf_counter()
+                whole.append(t1 - t0)
+                to_copies.append(copies[-1] - t0 if len(copies) > c
+                                 else float('nan'))
+                to_replay.append(replays[-1] - t0 if len(replays) > r
+                                 else float('nan'))
+            x = xs[0]
+            got = call('samsa_conv_batch', conv, x, batch, B)
+            with config.attention_config(cuda_graphs=False):
+                ref = call('samsa_conv_batch', conv, x, batch, B)
+            out[mode] = dict(
+                to_copies_us=1e6 * _median(to_copies),
+                to_replay_us=1e6 * _median(to_replay),
+                call_us=1e6 * _median(whole),
+                replays=len(replays) - n_replays - 1,
+                copies=len(copies) - n_copies - (mode == 'copies'),
+                max_abs_diff=(got - ref).abs().max().item())
+    return out
+
+
+def _median(values: List[float]) -> float:
+    # NaN where any value is (a call without the mark).
+    if any(v != v for v in values):
+        return float('nan')
+    return sorted(values)[len(values) // 2]
 
 
 def print_top(r: Dict[str, object]) -> None:
@@ -462,7 +489,8 @@ def main():
     p.add_argument('--replay', action='store_true',
                    help='time the host work of samsa_conv_batch inference '
                    'calls at --time-size that replay a stand-in CUDA '
-                   'graph: to the copies\' launch, and the whole call')
+                   'graph, with inputs copied in and read in place: to the '
+                   'copies\' and the replay\'s launch, and the whole call')
     args = p.parse_args()
     kernels = [] if args.kernels is None else args.kernels.split(',')
     if kernels:
@@ -484,10 +512,14 @@ def main():
         with mock.patch.object(config, 'checks_values', lambda device: False):
             r = replay_host_times(tB, tn, args.channels, args.heads, args.k,
                                   max(args.repeat, 1001))
-        print(f"samsa_conv_batch {args.time_size} replayed inference call "
-              f"(stand-in graph, median of {r['replays']}): "
-              f"{r['to_copies_us']:.1f} us to the copies' launch, "
-              f"{r['call_us']:.1f} us the whole call")
+        for mode, m in r.items():
+            copied = ('' if mode == 'in_place' else
+                      f"{m['to_copies_us']:.1f} us to the copies' launch, ")
+            print(f"samsa_conv_batch {args.time_size} replayed inference "
+                  f"call, inputs {mode.replace('_', ' ')} (stand-in graph, "
+                  f"median of {m['replays']}): {copied}"
+                  f"{m['to_replay_us']:.1f} us to the replay's launch, "
+                  f"{m['call_us']:.1f} us the whole call")
         return
     if args.ab:
         (tB, tn), = parse_sizes(args.time_size)

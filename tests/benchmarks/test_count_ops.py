@@ -95,11 +95,17 @@ def test_graph_layer_counts_add_up_at_every_depth(monkeypatch):
 
 
 def test_replay_host_times_replay_and_launch_the_copies_first(monkeypatch):
-    # Every timed call replays the stand-in graph (none runs eagerly), and
-    # the copies' launch comes before the end of the call. A replayed
-    # call gives the eager call's output.
+    # Every timed call replays the stand-in graph (none runs eagerly);
+    # inputs at new addresses are copied in before the replay, inputs at
+    # the last call's are read in place (no copy). A replayed call gives
+    # the eager call's output.
     monkeypatch.setattr(config, 'checks_values', lambda device: False)
     r = bench.replay_host_times(2, 16, 16, 2, 4, repeat=11)
-    assert r['replays'] == 11
-    assert 0 < r['to_copies_us'] < r['call_us']
-    assert r['max_abs_diff'] < 1e-6
+    assert set(r) == {'copies', 'in_place'}
+    for mode, m in r.items():
+        assert m['replays'] == 11 and m['max_abs_diff'] < 1e-6
+        assert 0 < m['to_replay_us'] < m['call_us']
+    m = r['copies']
+    assert m['copies'] == 11 and 0 < m['to_copies_us'] < m['to_replay_us']
+    m = r['in_place']
+    assert m['copies'] == 0 and m['to_copies_us'] != m['to_copies_us']

@@ -39,14 +39,17 @@ def test_replays_equal_eager_calls_bit_for_bit(dtype, sizes, norm,
         conv(x, None, batch)
     conv.eval()
     hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
-    outs, refs = [], []
+    outs, refs, kept = [], [], []
     with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16,
                                          enabled=dtype == torch.bfloat16):
         for _ in range(6):  # eager, eager, captured, replayed ...
+            # (Kept: every call's inputs at new addresses, copied in.)
             x, batch = _batch(sizes, 64)
+            kept.append((x, batch))
             outs.append(conv(x, None, batch, **hints))
             refs.append(_eager(conv, x, None, batch, **hints))
     assert len(conv._graphs) == 1
+    assert conv._graphs._graphs[next(iter(conv._graphs._graphs))].inputs
     for out, ref in zip(outs, refs):  # no output is overwritten later
         if norm == 'layer_norm':
             # Graph-mode sums are atomic adds, in any order: eager calls
@@ -57,6 +60,32 @@ def test_replays_equal_eager_calls_bit_for_bit(dtype, sizes, norm,
             assert (out - ref).norm() <= tol * ref.norm()
         else:
             assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_inputs_read_in_place_equal_eager_calls(dtype):
+    # The same tensors called again: the graph reads them where they are,
+    # values written in place between calls included; a tensor freed and
+    # another one made at its address reads the new one's values.
+    from samsa_geo.nn.conv._graph_replay import _Pinned
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().eval()
+    x, batch = _batch([300, 0, 1024, 5, 700], 64)
+    hints = dict(num_graphs=5, max_num_nodes=1024)
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16,
+                                         enabled=dtype == torch.bfloat16):
+        for i in range(6):
+            x.normal_()
+            out = conv(x, None, batch, **hints)
+            assert torch.equal(out, _eager(conv, x, None, batch, **hints))
+        (name, entry), = conv._graphs._graphs.items()
+        assert isinstance(name, _Pinned) and entry.inputs == []
+        ptr = x.data_ptr()
+        del x, out
+        x = torch.randn(1, 1, device='cuda').expand(2029, 64).clone()
+        assert torch.equal(conv(x, None, batch, **hints),
+                           _eager(conv, x, None, batch, **hints))
+        assert x.data_ptr() != ptr or len(conv._graphs) == 1
 
 
 def test_parameter_updates_and_modes_capture_again():

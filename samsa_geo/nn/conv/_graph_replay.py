@@ -18,6 +18,18 @@ graphs kept would otherwise capture on every call), and replays them as
    eagerly on the output buffers: it writes the call's output, and the
    copy's pass over it is saved.
 
+Inputs that come back at the same addresses (the same tensors called
+again, or the caching allocator handing a loop's tensors the same blocks
+at every step) are read in place: where a signature is captured at the
+addresses its previous call had, its graph reads the inputs where they
+are, and the copies (a pass over each input; 64 MiB of float32 tokens at
+65,536 x 256) are saved. Such a graph keeps no reference to its inputs,
+so their memory is freed and reused as usual: it is only replayed for a
+call whose inputs are at those addresses, and alive, with the signature
+it was captured for. A call of that signature with inputs elsewhere gets
+a graph that copies them (captured at the first such call), and both
+count among ``max_graphs``.
+
 Python does not run during a replay: a graph is only valid while every
 tensor the call reads besides its inputs (the ``state``: parameters,
 buffers, cached casts) is the one it was captured with, unchanged.
@@ -39,6 +51,7 @@ from typing import (
     Dict,
     Hashable,
     List,
+    NamedTuple,
     Optional,
     Sequence,
     Tuple,
@@ -54,9 +67,22 @@ from samsa_geo.nn.attention._stacked import tensor_stamp
 State = Callable[[], Sequence[Optional[Tensor]]]
 
 
+class _Pinned(NamedTuple):
+    # The name of a graph that reads its inputs in place: the signature
+    # and the inputs' addresses.
+    sig: Hashable
+    pointers: Tuple[int, ...]
+
+
+def _base(name: Hashable) -> Hashable:
+    # The signature of a graph's name.
+    return name.sig if isinstance(name, _Pinned) else name
+
+
 class _Graph:
-    # One captured call: the graph, its input buffers, its output buffer
-    # (or buffers, for a finish step) and the stamp of the state it read.
+    # One captured call: the graph, its input buffers (none for a graph
+    # that reads its inputs where they are), its output buffer (or
+    # buffers, for a finish step) and the stamp of the state it read.
     __slots__ = ('graph', 'inputs', 'out', 'stamp')
 
     def __init__(self, graph: 'torch.cuda.CUDAGraph', inputs: List[Tensor],
@@ -97,6 +123,10 @@ class GraphReplay:
         self._dropped: 'OrderedDict[Hashable, int]' = OrderedDict()
         # Signatures that may not be graphed, or whose capture failed.
         self._failed: 'OrderedDict[Hashable, None]' = OrderedDict()
+        # Where each signature's last call without a graph had its inputs.
+        self._last: 'OrderedDict[Hashable, _Pinned]' = OrderedDict()
+        # The graph replayed last (the most recently used).
+        self._latest: Any = None
         self._pools: Dict[torch.device, Tuple[int, int]] = {}
 
     def __len__(self) -> int:
@@ -109,6 +139,8 @@ class GraphReplay:
         self._seen.clear()
         self._dropped.clear()
         self._failed.clear()
+        self._last.clear()
+        self._latest = None
         self._pools.clear()
 
     # Graphs are device state: copies (copy.deepcopy, pickling, an EMA
@@ -148,27 +180,43 @@ class GraphReplay:
                 new tensor. (default: :obj:`None`: the output is copied)
         """
         sig = self._signature(key, inputs)
-        entry = self._graphs.get(sig)
+        where = _Pinned(sig, tuple(t.data_ptr() for t in inputs))
+        name = where
+        entry = self._graphs.get(where)  # one that reads them in place
+        if entry is None:
+            name = sig
+            entry = self._graphs.get(sig)
+            if entry is not None:
+                # The inputs' copies go first, so that the GPU runs them
+                # while the host stamps the state (a stale graph leaves its
+                # input buffers unread).
+                entry.load(inputs)
         if entry is not None:
-            # The inputs' copies go first, so that the GPU runs them while
-            # the host stamps the state (a stale graph leaves its input
-            # buffers unread).
-            entry.load(inputs)
             if entry.stamp != tensor_stamp(state()):
                 # The state changed: an eager call makes the casts it keeps
                 # again, the next call captures again.
-                del self._graphs[sig]
+                del self._graphs[name]
+                self._latest = None
+                self._remember(self._last, sig, where)
                 return None
         else:
+            # Inputs where the last call of this signature without a graph
+            # had them are read in place by the graph captured now; others
+            # are copied. (Replays leave _last: it is only read here.)
+            if self._last.get(sig) == where:
+                name = where
+            self._remember(self._last, sig, where)
             if sig in self._failed or not self._count(sig):
                 return None
             if not eligible():
                 self._remember(self._failed, sig, None)
                 return None
-            entry = self._capture(fn, inputs, sig, state, finish is not None)
-            if entry is None:  # (else its buffers hold the inputs)
+            entry = self._capture(fn, inputs, name, state, finish is not None)
+            if entry is None:  # (else it reads the inputs)
                 return None
-        self._graphs.move_to_end(sig)
+        if entry is not self._latest:  # (its name's hash and equality
+            self._graphs.move_to_end(name)  # cost more than this check)
+            self._latest = entry
         entry.graph.replay()
         if finish is None:
             return entry.out.clone()
@@ -200,14 +248,17 @@ class GraphReplay:
             history.popitem(last=False)
 
     def _capture(self, fn: Callable[..., Any], inputs: Sequence[Tensor],
-                 sig: Hashable, state: State,
+                 name: Hashable, state: State,
                  outputs: bool = False) -> Optional[_Graph]:
-        # outputs: fn returns a tuple of tensors (for a finish step).
-        buffers = [t.clone() for t in inputs]
+        # The graph kept as name: a _Pinned one reads the inputs
+        # themselves, another copies of them. outputs: fn returns a tuple
+        # of tensors (for a finish step).
+        pin = isinstance(name, _Pinned)
+        buffers = list(inputs) if pin else [t.clone() for t in inputs]
         device = buffers[0].device
         got = self._attempt(
-            sig, device, lambda: capture(fn, buffers,
-                                         self._pools.get(device)))
+            _base(name), device,
+            lambda: capture(fn, buffers, self._pools.get(device)))
         if got is None:
             return None
         graph, out = got
@@ -223,15 +274,19 @@ class GraphReplay:
         # The graphs of one device share their memory: they replay one at
         # a time, and each one's input and output buffers stay allocated.
         self._pools[device] = graph.pool()
-        return self._keep(sig, _Graph(graph, buffers, out,
-                                      tensor_stamp(state())))
+        # (No reference to pinned inputs: their memory stays the caller's.)
+        return self._keep(name, _Graph(graph, [] if pin else buffers, out,
+                                       tensor_stamp(state())))
 
-    def _keep(self, sig: Hashable, entry: Any) -> Any:
+    def _keep(self, name: Hashable, entry: Any) -> Any:
         # A new graph, kept in place of the least recently used one, whose
         # signature then counts its calls again, towards twice as many.
-        self._graphs[sig] = entry
+        self._graphs[name] = entry
         while len(self._graphs) > self.max_graphs:
-            old, _ = self._graphs.popitem(last=False)
+            old, dropped = self._graphs.popitem(last=False)
+            old = _base(old)
+            if dropped is self._latest:  # (its memory goes with it)
+                self._latest = None
             self._remember(self._dropped, old,
                            self._dropped.pop(old, 0) + 1)
             self._seen.pop(old, None)

@@ -113,8 +113,9 @@ def test_inputs_are_copied_in_before_the_state_is_stamped(fake_capture):
     assert len(seen) == 1 and torch.equal(seen[0], xs[2])
     weight.add_(1)
     seen.clear()
-    assert graphs(fn, (xs[0], ), None, state) is None  # stale: eager
-    assert len(seen) == 1 and torch.equal(seen[0], xs[0])
+    x = xs[0].clone()  # at an address not seen before: the copy graph
+    assert graphs(fn, (x, ), None, state) is None  # stale: eager
+    assert len(seen) == 1 and torch.equal(seen[0], x)
     assert len(graphs) == 0 and len(fake_capture) == 1
 
 
@@ -201,6 +202,79 @@ def test_copies_start_empty_and_arguments_are_checked(fake_capture):
     graphs(lambda x: (x, x), (x, ), None, lambda: [])  # eager: no check
     with pytest.raises(TypeError, match='return a tensor'):
         graphs(lambda x: (x, x), (x, ), None, lambda: [])
+
+
+def test_inputs_at_the_last_calls_addresses_are_read_in_place(
+        fake_capture, monkeypatch):
+    # The same tensor called again: the graph reads it where it is (no
+    # copy), so a change made in place between calls is seen; a tensor
+    # elsewhere gets a graph of copies, and keeps it.
+    from samsa_geo.nn.conv._graph_replay import _Graph, _Pinned
+    loads = []
+    load = _Graph.load
+    monkeypatch.setattr(_Graph, 'load',
+                        lambda self, inputs: (loads.append(1),
+                                              load(self, inputs)))
+    weight = torch.randn(3, 3)
+
+    def fn(x, y):
+        return x @ weight + y
+
+    graphs = GraphReplay(min_calls=2)
+    x, y = torch.randn(4, 3), torch.randn(4, 1)
+    for i in range(5):
+        x.add_(1.0)  # in place: the same address, new values
+        assert (graphs(fn, (x, y), None, lambda: [weight]) is None) \
+            == (i < 2)
+        if i >= 2:
+            assert torch.equal(graphs(fn, (x, y), None, lambda: [weight]),
+                               x @ weight + y)
+    assert len(fake_capture) == 1 and fake_capture[0].replays == 6
+    assert fake_capture[0].buffers[0] is x and not loads
+    (name, entry), = graphs._graphs.items()
+    assert isinstance(name, _Pinned) and entry.inputs == []
+    assert name.pointers == (x.data_ptr(), y.data_ptr())
+    # One input elsewhere (same signature): its first call captures a
+    # graph that copies, and its later calls replay that one.
+    other = x.clone()
+    for i in range(3):
+        assert torch.equal(graphs(fn, (other, y), None, lambda: [weight]),
+                           other @ weight + y)
+    assert len(fake_capture) == 2 and len(loads) == 2
+    assert not isinstance(list(graphs._graphs)[-1], _Pinned)
+    assert fake_capture[1].buffers[0] is not other
+    # Stale graphs are dropped (the one that reads in place, then the one
+    # that copies); the next call captures one that reads in place again.
+    weight.mul_(2)
+    for _ in range(2):
+        assert graphs(fn, (x, y), None, lambda: [weight]) is None
+    assert len(graphs) == 0
+    assert torch.equal(graphs(fn, (x, y), None, lambda: [weight]),
+                       x @ weight + y)
+    assert len(fake_capture) == 3 and len(loads) == 3
+
+
+def test_a_graph_that_reads_in_place_keeps_no_reference(monkeypatch):
+    # The inputs' memory stays the caller's: freed once they are dropped.
+    import weakref
+
+    class Graph:
+        def replay(self):
+            pass
+
+        def pool(self):
+            return (0, 1)
+
+    monkeypatch.setattr(_graph_replay, 'capture',
+                        lambda fn, buffers, pool: (Graph(), fn(*buffers)))
+    graphs = GraphReplay(min_calls=1)
+    x = torch.randn(4, 3)
+    for _ in range(3):
+        graphs(torch.neg, (x, ), None, lambda: [])
+    assert len(graphs) == 1
+    ref = weakref.ref(x)
+    del x
+    assert ref() is None
 
 
 def test_a_finish_step_runs_on_the_output_buffers(fake_capture):
