@@ -78,7 +78,8 @@ def test_column_sum_spans_strides_and_determinism(kernels, monkeypatch):
     torch.testing.assert_close(got.double(), g.double().sum(0), atol=1e-5,
                                rtol=1e-5)
     assert torch.equal(got, kernels.column_sum_triton(g))
-    assert torch.equal(kernels.column_sum_triton(g[:0]), torch.zeros(30))
+    assert torch.equal(kernels.column_sum_triton(g[:0]),
+                       torch.zeros(30, device=DEVICE))
 
 
 def test_only_the_gradients_asked_for(kernels):
