@@ -20,15 +20,16 @@ graphs kept would otherwise capture on every call), and replays them as
 
 Inputs that come back at the same addresses (the same tensors called
 again, or the caching allocator handing a loop's tensors the same blocks
-at every step) are read in place: where a signature is captured at the
-addresses its previous call had, its graph reads the inputs where they
-are, and the copies (a pass over each input; 64 MiB of float32 tokens at
-65,536 x 256) are saved. Such a graph keeps no reference to its inputs,
-so their memory is freed and reused as usual: it is only replayed for a
-call whose inputs are at those addresses, and alive, with the signature
-it was captured for. A call of that signature with inputs elsewhere gets
-a graph that copies them (captured at the first such call), and both
-count among ``max_graphs``.
+at every step) are read in place: where a signature's capturing call and
+the ``min_calls`` calls without a graph before it had their inputs at the
+same addresses, its graph reads the inputs where they are, and the copies
+(a pass over each input; 64 MiB of float32 tokens at 65,536 x 256) are
+saved. Such a graph keeps no reference to its inputs, so their memory is
+freed and reused as usual: it is only replayed for a call whose inputs
+are at those addresses, and alive, with the signature it was captured
+for. A call of that signature with inputs elsewhere gets a graph that
+copies them (captured at the first such call), and both count among
+``max_graphs``.
 
 Python does not run during a replay: a graph is only valid while every
 tensor the call reads besides its inputs (the ``state``: parameters,
@@ -123,8 +124,10 @@ class GraphReplay:
         self._dropped: 'OrderedDict[Hashable, int]' = OrderedDict()
         # Signatures that may not be graphed, or whose capture failed.
         self._failed: 'OrderedDict[Hashable, None]' = OrderedDict()
-        # Where each signature's last call without a graph had its inputs.
-        self._last: 'OrderedDict[Hashable, _Pinned]' = OrderedDict()
+        # Where each signature's last call without a graph had its inputs,
+        # and how many such calls in a row had them there.
+        self._last: 'OrderedDict[Hashable, Tuple[_Pinned, int]]' = \
+            OrderedDict()
         # The graph replayed last (the most recently used).
         self._latest: Any = None
         self._pools: Dict[torch.device, Tuple[int, int]] = {}
@@ -197,15 +200,14 @@ class GraphReplay:
                 # again, the next call captures again.
                 del self._graphs[name]
                 self._latest = None
-                self._remember(self._last, sig, where)
+                self._run(sig, where)
                 return None
         else:
-            # Inputs where the last call of this signature without a graph
-            # had them are read in place by the graph captured now; others
-            # are copied. (Replays leave _last: it is only read here.)
-            if self._last.get(sig) == where:
+            # Inputs where every call counted towards this capture had
+            # them are read in place by the graph captured now; others are
+            # copied.
+            if self._run(sig, where) > self.min_calls:
                 name = where
-            self._remember(self._last, sig, where)
             if sig in self._failed or not self._count(sig):
                 return None
             if not eligible():
@@ -221,6 +223,15 @@ class GraphReplay:
         if finish is None:
             return entry.out.clone()
         return finish(*entry.out)
+
+    def _run(self, sig: Hashable, where: '_Pinned') -> int:
+        # How many calls of sig without a graph in a row, this one
+        # included, had their inputs at where. (Replays leave it: it is
+        # only read where no graph serves a call.)
+        last, run = self._last.pop(sig, (None, 0))
+        run = run + 1 if last == where else 1
+        self._remember(self._last, sig, (where, run))
+        return run
 
     @staticmethod
     def _signature(key: Hashable, inputs: Sequence[Tensor]) -> Hashable:

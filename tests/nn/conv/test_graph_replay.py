@@ -254,6 +254,22 @@ def test_inputs_at_the_last_calls_addresses_are_read_in_place(
     assert len(fake_capture) == 3 and len(loads) == 3
 
 
+def test_inputs_read_in_place_only_after_a_run_at_one_address(
+        fake_capture):
+    # A loop's inputs that land on a block seen the call before by chance
+    # get a graph that copies: in place needs the capturing call and the
+    # min_calls calls before it at one address.
+    from samsa_geo.nn.conv._graph_replay import _Pinned
+    a, b = torch.randn(4, 3), torch.randn(4, 3)
+    for calls, pinned in (((a, b, b), False), ((a, a, a), True),
+                          ((b, a, a, a), False)):
+        graphs = GraphReplay(min_calls=2)
+        for x in calls:
+            out = graphs(torch.neg, (x, ), None, lambda: [])
+        assert torch.equal(out, -calls[-1]) and len(graphs) == 1
+        assert isinstance(next(iter(graphs._graphs)), _Pinned) == pinned
+
+
 def test_a_graph_that_reads_in_place_keeps_no_reference(monkeypatch):
     # The inputs' memory stays the caller's: freed once they are dropped.
     import weakref

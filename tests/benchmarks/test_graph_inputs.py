@@ -1,0 +1,88 @@
+import os.path as osp
+import sys
+
+import pytest
+import torch
+
+from samsa_geo.nn import SamsaConv
+from samsa_geo.nn.attention import config
+from samsa_geo.nn.conv import _graph_replay
+
+sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..', 'benchmarks'))
+from graph_inputs import counted_replays, graph_kinds, run_loop  # noqa: E402
+
+
+class _CudaStandIn(torch.Tensor):
+    # A CPU tensor that SamsaConv takes for a CUDA one: its calls replay.
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+class _Graph:
+    # A stand-in CUDA graph: a replay runs the function again on the
+    # tensors it was captured with (the inputs themselves, for a graph that
+    # reads them in place) into its output buffers.
+    def __init__(self, fn, buffers):
+        self.fn = fn
+        self.buffers = [t.as_subclass(torch.Tensor) for t in buffers]
+        with config.attention_config(cuda_graphs=False):
+            self.out = fn(*self.buffers)
+
+    def replay(self):
+        with config.attention_config(cuda_graphs=False):
+            for buf, t in zip(self.out, self.fn(*self.buffers)):
+                buf.copy_(t)
+
+    def pool(self):
+        return (0, 0)
+
+
+@pytest.fixture
+def stand_in_graphs(monkeypatch):
+    monkeypatch.setattr(_graph_replay, 'capture',
+                        lambda fn, buffers, pool: (lambda g: (g, g.out))(
+                            _Graph(fn, buffers)))
+    monkeypatch.setattr(torch.cuda, 'is_current_stream_capturing',
+                        lambda: False)
+
+
+def test_loops_count_in_place_replays_copies_and_eager_calls(
+        stand_in_graphs, monkeypatch):
+    # The first layer's input is a stand-in CUDA tensor (the second one's,
+    # the first one's output, is not: it runs eagerly). One tensor every
+    # step is read in place; new tensors, all kept, are copied in.
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList(
+        SamsaConv(16, None, heads=2, k=4) for _ in range(2)).eval()
+    for layer in layers:
+        monkeypatch.setattr(layer.attn, '_runs_fused', lambda *a: True)
+    batch = torch.arange(2).repeat_interleave(8)
+    hints = dict(num_graphs=2, max_num_nodes=8)
+    x = torch.randn(16, 16).as_subclass(_CudaStandIn)
+    kept = []
+
+    def fresh():
+        kept.append(torch.randn(16, 16).as_subclass(_CudaStandIn))
+        return kept[-1]
+
+    with torch.no_grad():
+        for make_input, kind in ((lambda: x, 'in_place'), (fresh, 'copies')):
+            for layer in layers:
+                layer._graphs.clear()
+            run_loop(layers, make_input, batch, hints, 3)
+            with counted_replays() as counts:
+                run_loop(layers, make_input, batch, hints, 5)
+            other = 'copies' if kind == 'in_place' else 'in_place'
+            assert counts[kind] == 5 and counts[other] == 0
+            assert graph_kinds(layers[0]) == [kind]
+            assert graph_kinds(layers[1]) == []
+            # The replayed first layer gives the eager layer's output.
+            h = make_input()
+            out = layers[0](h, None, batch, **hints)
+            with config.attention_config(cuda_graphs=False):
+                ref = layers[0](h.as_subclass(torch.Tensor), None, batch,
+                                **hints)
+            assert torch.allclose(out, ref, atol=1e-6)
