@@ -55,6 +55,7 @@ on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144
 on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,2x65536 --ops samsa_conv_batch --passes fwd,fwdbwd --sampled-rows-min-tokens 65536 --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwd,fwdbwd --ab tile_attention --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
 on layer && { for B in flash efficient; do python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd,fwdbwd --sdpa-backends $B --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; done; }
+on layer && { python3 benchmarks/graph_inputs.py --sizes 32x1024,1x65536 --commit "$COMMIT" --out $OUT/graph_inputs.json 2>&1 | tail -14; }
 on layer && { headed benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 > $OUT/profile_layer.txt; }
 on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_kernel.py --tokens $T --commit "$COMMIT" --out $OUT/scorer_kernel.json 2>&1 | tail -14; done; }
 on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_grad_kernel.py --tokens $T --commit "$COMMIT" --out $OUT/scorer_grad_kernel.json 2>&1 | tail -12; done; }

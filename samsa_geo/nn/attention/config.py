@@ -212,9 +212,10 @@ def use_cuda_graphs() -> bool:
     copies of the inputs in and of the outputs out; an inference replay
     runs the layer's last step (its residual sum and norm) after the
     graph, into the call's own output, in place of that copy, and reads
-    inputs that are where the signature's previous call had them (the
-    same tensors again, or a loop's tensors at the blocks the caching
-    allocator gives them every step) in place, without copies. On by
+    inputs in place, without copies, where the graph is captured at the
+    addresses the signature's calls before it had (the same tensors
+    called again; a loop that makes new tensors every step gets other
+    addresses, and copies). On by
     default (the
     GPU tests compare replays with eager calls); :obj:`False` runs every
     call eagerly, as calls of one layer from several threads or streams
