@@ -203,9 +203,9 @@ class GraphReplay:
                 self._run(sig, where)
                 return None
         else:
-            # Inputs where every call counted towards this capture had
-            # them are read in place by the graph captured now; others are
-            # copied.
+            # Inputs where the min_calls graph-less calls before this one
+            # had them too are read in place by the graph captured now;
+            # others are copied.
             if self._run(sig, where) > self.min_calls:
                 name = where
             if sig in self._failed or not self._count(sig):
