@@ -75,6 +75,11 @@ class _Pinned(NamedTuple):
     pointers: Tuple[int, ...]
 
 
+def _pinned(sig: Hashable, inputs: Sequence[Tensor]) -> _Pinned:
+    # The name of sig's graph that reads inputs where they are.
+    return _Pinned(sig, tuple(t.data_ptr() for t in inputs))
+
+
 def _base(name: Hashable) -> Hashable:
     # The signature of a graph's name.
     return name.sig if isinstance(name, _Pinned) else name
@@ -130,6 +135,8 @@ class GraphReplay:
             OrderedDict()
         # The graph replayed last (the most recently used).
         self._latest: Any = None
+        # How many of the graphs read their inputs in place.
+        self._in_place = 0
         self._pools: Dict[torch.device, Tuple[int, int]] = {}
 
     def __len__(self) -> int:
@@ -144,6 +151,7 @@ class GraphReplay:
         self._failed.clear()
         self._last.clear()
         self._latest = None
+        self._in_place = 0
         self._pools.clear()
 
     # Graphs are device state: copies (copy.deepcopy, pickling, an EMA
@@ -183,9 +191,12 @@ class GraphReplay:
                 new tensor. (default: :obj:`None`: the output is copied)
         """
         sig = self._signature(key, inputs)
-        where = _Pinned(sig, tuple(t.data_ptr() for t in inputs))
+        # (The inputs' addresses are read where a graph may need them.)
+        where = entry = None
+        if self._in_place:  # a graph that reads them in place
+            where = _pinned(sig, inputs)
+            entry = self._graphs.get(where)
         name = where
-        entry = self._graphs.get(where)  # one that reads them in place
         if entry is None:
             name = sig
             entry = self._graphs.get(sig)
@@ -198,14 +209,14 @@ class GraphReplay:
             if entry.stamp != tensor_stamp(state()):
                 # The state changed: an eager call makes the casts it keeps
                 # again, the next call captures again.
-                del self._graphs[name]
-                self._latest = None
-                self._run(sig, where)
+                self._drop(name)
+                self._run(sig, where or _pinned(sig, inputs))
                 return None
         else:
             # Inputs where the min_calls graph-less calls before this one
             # had them too are read in place by the graph captured now;
             # others are copied.
+            where = where or _pinned(sig, inputs)
             if self._run(sig, where) > self.min_calls:
                 name = where
             if sig in self._failed or not self._count(sig):
@@ -293,15 +304,21 @@ class GraphReplay:
         # A new graph, kept in place of the least recently used one, whose
         # signature then counts its calls again, towards twice as many.
         self._graphs[name] = entry
+        self._in_place += isinstance(name, _Pinned)
         while len(self._graphs) > self.max_graphs:
-            old, dropped = self._graphs.popitem(last=False)
-            old = _base(old)
-            if dropped is self._latest:  # (its memory goes with it)
-                self._latest = None
+            old = _base(self._drop(next(iter(self._graphs))))
             self._remember(self._dropped, old,
                            self._dropped.pop(old, 0) + 1)
             self._seen.pop(old, None)
         return entry
+
+    def _drop(self, name: Hashable) -> Hashable:
+        # Forgets the graph kept as name (its memory goes once no output
+        # of it is referenced); returns name.
+        if self._graphs.pop(name) is self._latest:
+            self._latest = None
+        self._in_place -= isinstance(name, _Pinned)
+        return name
 
     def _attempt(self, sig: Hashable, device: torch.device,
                  capture_fn: Callable[[], Any]) -> Any:

@@ -180,7 +180,7 @@ class TrainingGraphReplay(GraphReplay):
         graph = self._graphs.get(sig)
         if graph is not None and graph.stamp != tensor_pointers(state()):
             # A parameter or buffer was replaced: warm up and capture again.
-            del self._graphs[sig]
+            self._drop(sig)
             self._seen.pop(sig, None)
             graph = None
         if graph is None:

@@ -154,6 +154,9 @@ def test_a_cycle_of_more_signatures_than_graphs_stops_capturing(
             assert torch.equal(run(graphs, torch.neg, (x, ), 'k', []), -x)
         per_round.append(len(fake_capture) - before)
     assert per_round[:2] == [0, 0] and per_round[2] == 6
+    # (The same tensors every round: graphs that read them in place, as
+    # many as the count that decides whether to look for one.)
+    assert graphs._in_place == len(graphs) == 4
     assert sum(per_round) <= 30  # 6 per round (228 in all) without it
     assert sum(per_round[-10:]) <= 6
     # A signature called on its own again is captured and replayed.
@@ -248,7 +251,7 @@ def test_inputs_at_the_last_calls_addresses_are_read_in_place(
     weight.mul_(2)
     for _ in range(2):
         assert graphs(fn, (x, y), None, lambda: [weight]) is None
-    assert len(graphs) == 0
+    assert len(graphs) == 0 and graphs._in_place == 0
     assert torch.equal(graphs(fn, (x, y), None, lambda: [weight]),
                        x @ weight + y)
     assert len(fake_capture) == 3 and len(loads) == 3
