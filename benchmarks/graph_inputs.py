@@ -74,8 +74,8 @@ def run_loop(layers: torch.nn.ModuleList,
 def measure_loop(layers: torch.nn.ModuleList, loop: str, B: int, n: int,
                  channels: int, warmup: int, steps: int,
                  device: torch.device) -> dict:
-    """Counts and (on CUDA) ms per step of ``loop`` (``'same'`` or
-    ``'fresh'``) on ``B`` sets of ``n`` tokens."""
+    """Counts and ms per step of ``loop`` (``'same'`` or ``'fresh'``) on
+    ``B`` sets of ``n`` tokens, on the CUDA ``device``."""
     batch = torch.arange(B, device=device).repeat_interleave(n)
     hints = dict(num_graphs=B, max_num_nodes=n)
     x = torch.randn(B * n, channels, device=device)
@@ -85,23 +85,18 @@ def measure_loop(layers: torch.nn.ModuleList, loop: str, B: int, n: int,
     else:
         def make_input():
             return torch.randn(B * n, channels, device=device)
-    cuda = device.type == 'cuda'
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                         enabled=cuda):
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
         run_loop(layers, make_input, batch, hints, warmup)
-        if cuda:
-            torch.cuda.synchronize()
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
         with counted_replays() as counts:
-            if cuda:
-                start.record()
+            start.record()
             run_loop(layers, make_input, batch, hints, steps)
-            if cuda:
-                end.record()
-                torch.cuda.synchronize()
+            end.record()
+            torch.cuda.synchronize()
     calls = steps * len(layers)
-    return dict(ms=start.elapsed_time(end) / steps if cuda else None,
+    return dict(ms=start.elapsed_time(end) / steps,
                 in_place=counts['in_place'], copies=counts['copies'],
                 eager=calls - counts['in_place'] - counts['copies'],
                 graphs=[graph_kinds(layer) for layer in layers])

@@ -9,16 +9,8 @@ from samsa_geo.nn.attention import config
 from samsa_geo.nn.conv import _graph_replay
 
 sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..', 'benchmarks'))
+from count_ops import _CudaStandIn  # noqa: E402
 from graph_inputs import counted_replays, graph_kinds, run_loop  # noqa: E402
-
-
-class _CudaStandIn(torch.Tensor):
-    # A CPU tensor that SamsaConv takes for a CUDA one: its calls replay.
-    __torch_function__ = torch._C._disabled_torch_function_impl
-
-    @property
-    def is_cuda(self):
-        return True
 
 
 class _Graph:
@@ -42,9 +34,11 @@ class _Graph:
 
 @pytest.fixture
 def stand_in_graphs(monkeypatch):
-    monkeypatch.setattr(_graph_replay, 'capture',
-                        lambda fn, buffers, pool: (lambda g: (g, g.out))(
-                            _Graph(fn, buffers)))
+    def capture(fn, buffers, pool):
+        graph = _Graph(fn, buffers)
+        return graph, graph.out
+
+    monkeypatch.setattr(_graph_replay, 'capture', capture)
     monkeypatch.setattr(torch.cuda, 'is_current_stream_capturing',
                         lambda: False)
 

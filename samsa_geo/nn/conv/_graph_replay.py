@@ -227,8 +227,10 @@ class GraphReplay:
             entry = self._capture(fn, inputs, name, state, finish is not None)
             if entry is None:  # (else it reads the inputs)
                 return None
-        if entry is not self._latest:  # (its name's hash and equality
-            self._graphs.move_to_end(name)  # cost more than this check)
+        # (The identity check costs less than the name's hash and equality
+        # in move_to_end.)
+        if entry is not self._latest:
+            self._graphs.move_to_end(name)
             self._latest = entry
         entry.graph.replay()
         if finish is None:
