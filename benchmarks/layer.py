@@ -348,6 +348,10 @@ def main():
                    'alone, in place of '
                    'SAMPLED_ROWS_MIN_TOKENS (a huge value projects every '
                    'token)')
+    p.add_argument('--fused-sampled-rows-min-tokens', type=int,
+                   default=None,
+                   help='the same for the fused inference path, in place '
+                   'of FUSED_SAMPLED_ROWS_MIN_TOKENS')
     p.add_argument('--linear-min-elements', type=int, default=None,
                    help='smallest output whose bias gradient the layer '
                    'sums with samsa_geo.ops.linear\'s kernel, in place of '
@@ -369,7 +373,9 @@ def main():
     # The attention's thresholds for this run, where given.
     for name, value in (('FUSED_MAX_SET_SIZE', args.fused_max_set_size),
                         ('SAMPLED_ROWS_MIN_TOKENS',
-                         args.sampled_rows_min_tokens)):
+                         args.sampled_rows_min_tokens),
+                        ('FUSED_SAMPLED_ROWS_MIN_TOKENS',
+                         args.fused_sampled_rows_min_tokens)):
         if value is not None:
             setattr(samsa_attention, name, value)
     if args.linear_min_elements is not None:

@@ -19,8 +19,8 @@ def _spy_on_the_path(monkeypatch):
     taken = []
     original = SamsaAttention._projects_sampled_rows
 
-    def spy(self, *args):
-        taken.append(original(self, *args))
+    def spy(self, *args, **kwargs):
+        taken.append(original(self, *args, **kwargs))
         return taken[-1]
 
     monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows', spy)
@@ -43,7 +43,7 @@ def test_the_layer_equals_its_full_projection(monkeypatch, B, n):
     out, (idx, _) = run()
     assert taken == [True]
     monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows',
-                        lambda self, *args: False)
+                        lambda self, *args, **kwargs: False)
     ref, (ref_idx, _) = run()
     assert torch.equal(idx, ref_idx)  # the scores do not read the keys
     # bf16 keys and values rounded from other GEMMs: within a few ulps.
@@ -83,7 +83,7 @@ def test_training_on_the_sampled_rows_equals_the_full_projection(
     out, x_grad, grads = step()
     assert taken == [True]
     monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows',
-                        lambda self, *args: False)
+                        lambda self, *args, **kwargs: False)
     ref, ref_x_grad, ref_grads = step()
 
     def rel(a, b):
@@ -99,3 +99,45 @@ def test_training_on_the_sampled_rows_equals_the_full_projection(
     for name, r in ref_grads.items():
         err = float((grads[name] - r).norm())
         assert err <= 5e-2 * float(r.norm()) + 1e-4 * scale, name
+
+
+@pytest.mark.parametrize('sizes', [[65536], [40000, 0, 30000]])
+def test_the_fused_path_equals_its_full_projection(monkeypatch, sizes):
+    # The fused inference path from FUSED_SAMPLED_ROWS_MIN_TOKENS tokens:
+    # keys and values of the selected rows alone, projected between the
+    # selection and the attention kernel, against every token's (bf16);
+    # the same in a replayed SamsaConv call.
+    from samsa_geo.nn.attention import config
+    torch.manual_seed(0)
+    B, N, n = len(sizes), sum(sizes), max(sizes)
+    attn = SamsaAttention(256, heads=8, k=256).cuda().eval()
+    x = torch.randn(N, 256, device='cuda')
+    batch = torch.repeat_interleave(torch.arange(B, device='cuda'),
+                                    torch.tensor(sizes, device='cuda'))
+    hints = dict(num_graphs=B, max_num_nodes=n)
+    assert samsa_attention.FUSED_SAMPLED_ROWS_MIN_TOKENS <= N
+    taken = _spy_on_the_path(monkeypatch)
+
+    def run(layer, *args, **kwargs):
+        with torch.autocast('cuda', dtype=torch.bfloat16), torch.no_grad():
+            return layer(x, *args, **kwargs, **hints)
+
+    out, idx = run(attn, batch, return_indices=True)
+    assert taken == [True]
+    with config.attention_config(sampled_rows=False):
+        ref, ref_idx = run(attn, batch, return_indices=True)
+    assert taken == [True, False]
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    assert (out - ref).abs().float().mean() < 2e-3
+
+    conv = SamsaConv(256, None, heads=8, k=256).cuda().eval()
+    outs = {}
+    # The third call of a signature is captured and replayed.
+    for rows in (True, False, True, True):
+        with config.attention_config(sampled_rows=rows):
+            outs.setdefault(rows, []).append(run(conv, None, batch).float())
+    assert len(conv._graphs) == 1
+    torch.testing.assert_close(outs[True][2], outs[True][0], rtol=0, atol=0)
+    torch.testing.assert_close(outs[True][0], outs[False][0], rtol=2e-2,
+                               atol=2e-2)

@@ -45,6 +45,12 @@ FUSED_MAX_SET_SIZE = 131072
 #: :class:`~samsa_geo.nn.attention._score_grad.ScoredRows`). That
 #: threshold is the evaluation's, not a timing of training calls.
 SAMPLED_ROWS_MIN_TOKENS = 1 << 18
+#: The same for the fused inference path: from this many tokens its
+#: eager calls project the keys and values of the selected rows alone,
+#: between the selection and the attention kernel, where the stacked GEMM
+#: would write :math:`2C` columns for every token (at 1 x 65,536 tokens
+#: of 256 channels, 64 MiB of bfloat16 keys and values).
+FUSED_SAMPLED_ROWS_MIN_TOKENS = 1 << 16
 #: Most keys per tile, and widest head, that the tiles' attention kernels
 #: take (:mod:`~samsa_geo.nn.attention._tile_attention_triton`: all of a
 #: tile's keys in one block; on packed rows, all of a set's tokens).

@@ -13,6 +13,12 @@ sampled attention of every set and head is
    (:mod:`~samsa_geo.nn.attention._gather_attention_triton`), which reads
    the selected key and value rows by id and writes ``[N, H D]``.
 
+Given the keys' and values' projection in place of their rows (eager
+calls with many tokens per selected row), the rows of the selected ids
+alone are projected between the two
+(:func:`~samsa_geo.nn.attention._sampling.project_rows`: a gather and a
+batched GEMM of :math:`B H k` rows instead of :math:`N`).
+
 The unfused path runs a top-:math:`k` with index arithmetic, a gather of
 the rows, the query tiles, the attention and the reshapes back (a dozen
 or more launches, each of which costs host time). Forward only, no
@@ -35,9 +41,10 @@ from samsa_geo.nn.attention._sets import SetInfo
 
 
 def fused_sampled_attention(
-    q: Tensor, kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
-    reg_kv: Optional[Tensor], batch: Optional[Tensor], info: SetInfo,
-    k: Union[int, float],
+    q: Tensor, kv: Optional[Tensor], score: Tensor,
+    reg_score: Optional[Tensor], reg_kv: Optional[Tensor],
+    batch: Optional[Tensor], info: SetInfo, k: Union[int, float],
+    kv_lin: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor]:
     r"""Dot-product softmax attention of every token to the top
     :math:`k_b` candidates of its set, per head.
@@ -45,13 +52,17 @@ def fused_sampled_attention(
     Args:
         q (Tensor): ``[N, H D]`` queries; kv: ``[N, 2 H D]`` keys and
             values as ``[k_h, v_h]`` per head (column slices of one
-            projection are fine).
+            projection are fine), or :obj:`None` with ``kv_lin``.
         score (Tensor): ``[N, H]`` importance scores.
         reg_score (Tensor, optional): ``[R, H]`` register scores;
             reg_kv: ``[R, H, 2D]`` register keys and values.
         batch (Tensor, optional): ``[N]`` sorted set index per token.
         info (SetInfo): the sets, with a known ``max_size``.
         k (int or float): the layer's ``k``.
+        kv_lin (Tuple[Tensor, Tensor, Tensor], optional): ``x [N, C]``,
+            ``weight [2 H D, C]`` and ``bias [2 H D]`` of the keys' and
+            values' projection, in place of ``kv``: the selected rows'
+            alone are projected (eager calls without registers).
 
     Returns:
         The ``[N, H D]`` outputs in ``q``'s dtype and the ``[B, H, k_max]``
@@ -65,10 +76,13 @@ def fused_sampled_attention(
     args = (q, kv, score, reg_score, reg_kv, batch if ragged else None, kb,
             info.num_sets, info.max_size, info.k_max)
     if is_tracing():  # compiled graphs hold the kernels as one operator
+        if kv_lin is not None:
+            raise ValueError("Expected 'kv' and no 'kv_lin' in a traced "
+                             "call")
         return sampled_attention_inference(*args)
     # Eager calls launch the kernels directly: the operator's dispatch
     # costs host time.
-    return sampled_attention_kernels(*args)
+    return sampled_attention_kernels(*args, kv_lin=kv_lin)
 
 
 def order_by_score(idx: Tensor, score: Tensor,

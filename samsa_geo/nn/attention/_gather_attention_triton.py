@@ -17,6 +17,11 @@ is accumulated with an online softmax (base 2, float32). The output is
 written token-major, ``[N, H D]``, as the output projection reads it: no
 padded layout, no gathered copy of the keys and values, no tiles.
 
+The keys and values are either every token's (``[N, 2 H D]``, read at
+the selected ids) or the selected candidates' alone (``[B, H, k, 2D]``,
+projected after the selection, read slot by slot): see
+:func:`gather_attention_triton`.
+
 Forward only, no gradient. Importing this module needs Triton.
 """
 import math
@@ -43,12 +48,15 @@ _INTERPRET_CONFIG = {'BLOCK_M': 16, 'BLOCK_N': 16}
 @triton.jit
 def _gather_attention_fwd(
     Q, KV, REG, IDX, BOUNDS, OUT,
-    sq_n, skv_n, sr_r, sr_h, si_b, si_h, so_n,
+    sq_n, skv_b, skv_h, skv_n, sr_r, sr_h, si_b, si_h, so_n,
     K_MAX, D, n_equal, sm_scale,
     H: tl.constexpr, HAS_REG: tl.constexpr, EQUAL: tl.constexpr,
-    BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # ROWS: KV holds the selected rows, [B, H, K_MAX, 2D] with strides
+    # (skv_b, skv_h, skv_n), read in slot order; else every token's
+    # [N, 2 H D] rows (row stride skv_n), read at the selected ids.
     b = tl.program_id(0) // H
     h = tl.program_id(0) % H
     if EQUAL:  # set b starts at b * n
@@ -65,7 +73,10 @@ def _gather_attention_fwd(
     q = tl.load(Q + rows[:, None] * sq_n + h * D + offs_d[None, :],
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
     ids_base = IDX + b.to(tl.int64) * si_b + h * si_h
-    k_col = KV + h * 2 * D + offs_d  # head h's [k_h, v_h] block of a row
+    if ROWS:  # set b's and head h's [K_MAX, 2D] rows as [k_h, v_h]
+        k_col = KV + b.to(tl.int64) * skv_b + h * skv_h + offs_d
+    else:  # head h's [k_h, v_h] block of a token's row
+        k_col = KV + h * 2 * D + offs_d
     r_col = REG + h * sr_h + offs_d
 
     m_i = tl.full([BLOCK_M], float('-inf'), tl.float32)
@@ -79,7 +90,10 @@ def _gather_attention_fwd(
         ids = tl.load(ids_base + offs_n, mask=offs_n < K_MAX, other=-1)
         is_tok = ids >= 0
         tok_mask = is_tok[:, None] & mask_d[None, :]
-        row = tl.where(is_tok, ids, 0)[:, None] * skv_n
+        if ROWS:
+            row = offs_n[:, None].to(tl.int64) * skv_n
+        else:
+            row = tl.where(is_tok, ids, 0)[:, None] * skv_n
         k = tl.load(k_col[None, :] + row, mask=tok_mask, other=0.0)
         v = tl.load(k_col[None, :] + D + row, mask=tok_mask, other=0.0)
         if HAS_REG:  # ids -2 - r: register r
@@ -145,8 +159,11 @@ def gather_attention_triton(q: Tensor, kv: Tensor,
     Args:
         q (Tensor): ``[N, H D]`` queries, unit stride along the columns
             (a column slice of the fused projection, say).
-        kv (Tensor): ``[N, 2 H D]`` keys and values, head :math:`h` in
-            columns :math:`2hD .. 2(h+1)D` as ``[k_h, v_h]``.
+        kv (Tensor): ``[N, 2 H D]`` keys and values of every token, head
+            :math:`h` in columns :math:`2hD .. 2(h+1)D` as
+            ``[k_h, v_h]``; or ``[B, H, k, 2D]`` those of the selected
+            candidates alone, in the slots of ``idx`` (tokens only: no
+            registers; the rows of unused slots are not read).
         reg_kv (Tensor, optional): ``[R, H, 2D]`` register keys and values
             (cast to ``q``'s dtype).
         idx (Tensor): ``[B, H, k]`` candidate ids (tokens :math:`i`,
@@ -164,9 +181,16 @@ def gather_attention_triton(q: Tensor, kv: Tensor,
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     if N == 0 or B == 0:
         return out
-    if q.stride(1) != 1 or kv.stride(1) != 1:
+    if q.stride(1) != 1 or kv.stride(-1) != 1:
         raise ValueError("Expected 'q' and 'kv' with unit column stride")
     has_reg = reg_kv is not None and reg_kv.size(0) > 0
+    rows = kv.dim() == 4
+    if rows and (tuple(kv.shape) != (B, H, K, 2 * D) or has_reg):
+        raise ValueError(f"Expected the selected rows 'kv' of shape "
+                         f"{[B, H, K, 2 * D]} and no registers (got "
+                         f"{list(kv.shape)}, registers: {has_reg})")
+    # [B, H, k, 2D] strides of the selected rows, or a token row's.
+    skv = kv.stride()[:3] if rows else (0, 0, kv.stride(0))
     reg = reg_kv if has_reg else kv  # never read without registers
     sr = (reg.stride(0), reg.stride(1)) if has_reg else (0, 0)
     config = KERNEL_CONFIG or default_config(D, max_size, K)
@@ -177,9 +201,9 @@ def gather_attention_triton(q: Tensor, kv: Tensor,
     grid = (B * H, triton.cdiv(max_size, config['BLOCK_M']))
     _launch_gather_attention(
         grid, q, kv, reg, idx, idx if bounds is None else bounds, out,
-        q.stride(0), kv.stride(0), *sr, idx.stride(0), idx.stride(1),
+        q.stride(0), *skv, *sr, idx.stride(0), idx.stride(1),
         out.stride(0), K, D, max_size, _LOG2E / math.sqrt(D),
-        H=H, HAS_REG=has_reg, EQUAL=bounds is None,
+        H=H, HAS_REG=has_reg, EQUAL=bounds is None, ROWS=rows,
         BLOCK_D=max(16, triton.next_power_of_2(D)),
         PRECISION='ieee' if q.dtype == torch.float32 else 'tf32',
         UPCAST=upcast, **config)

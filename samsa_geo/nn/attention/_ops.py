@@ -57,6 +57,7 @@ def sampled_attention_kernels(
     q: Tensor, kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
     reg_kv: Optional[Tensor], batch: Optional[Tensor], kb: Optional[Tensor],
     num_sets: int, max_size: int, k_max: int,
+    kv_lin: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor]:
     r"""The fused inference path's launches: the segmented top-k (in
     chunks and a merge for sets beyond one block)
@@ -67,14 +68,20 @@ def sampled_attention_kernels(
     ``q [N, H D]``, ``kv [N, 2 H D]``, ``score [N, H]`` -> the outputs
     ``[N, H D]`` and the selected ids ``[B, H, k_max]``; ``batch`` only
     for ragged sets, ``kb`` (the sets' own :math:`k_b`) only for a
-    fractional :math:`k` of ragged sets."""
+    fractional :math:`k` of ragged sets. With ``kv_lin``, ``(x, weight,
+    bias)`` of the keys' and values' projection in place of ``kv``, the
+    selected rows alone are projected between the two kernels
+    (:func:`~samsa_geo.nn.attention._sampling.project_rows`)."""
     from samsa_geo.nn.attention._gather_attention_triton import (
         gather_attention_triton,
     )
+    from samsa_geo.nn.attention._sampling import project_rows
     from samsa_geo.nn.attention._topk_triton import select_topk_triton
     idx, bounds = select_topk_triton(
         score, reg_score, batch, num_sets, max_size, k_max, k_max, kb,
         with_bounds=True)
+    if kv_lin is not None:  # unused slots (-1) project row 0, never read
+        kv = project_rows(idx.clamp(min=0), *kv_lin)  # [B, H, k, 2D]
     out = gather_attention_triton(q, kv, reg_kv, idx, bounds, max_size)
     return out, idx
 

@@ -25,6 +25,7 @@ _debug = False
 _fused_bias = True
 _fused_scorer = True
 _fused_inference = True
+_sampled_rows = True
 _fused_relax = True
 _tile_attention = False
 _packed_attention = False
@@ -103,6 +104,25 @@ def use_fused_inference() -> bool:
 def set_fused_inference(flag: bool) -> None:
     global _fused_inference
     _fused_inference = bool(flag)
+
+
+def use_sampled_rows() -> bool:
+    r"""Whether a call with many tokens per sampled row projects the keys
+    and values of the selected rows alone, after the selection, instead
+    of those of every token: the fused inference path from
+    :data:`~samsa_geo.nn.attention._dispatch.FUSED_SAMPLED_ROWS_MIN_TOKENS`
+    tokens, the general path (evaluation and training) from
+    :data:`~samsa_geo.nn.attention._dispatch.SAMPLED_ROWS_MIN_TOKENS`,
+    where the rows of every set and head are at most half the tokens
+    (no registers, no summary key; eager calls of the fused path).
+    On by default; :obj:`False` projects every token's keys and values in
+    the stacked GEMM."""
+    return _sampled_rows
+
+
+def set_sampled_rows(flag: bool) -> None:
+    global _sampled_rows
+    _sampled_rows = bool(flag)
 
 
 def use_fused_relax() -> bool:
@@ -282,8 +302,8 @@ def snapshot() -> tuple:
     asks for it before every replay."""
     flex = _flex_kernel_options
     return (_debug, _fused_bias, _fused_scorer, _fused_inference,
-            _fused_relax, _tile_attention, _packed_attention, _fused_gine,
-            _stacked_casts, _cuda_graphs, _bias_inference_kernel,
+            _sampled_rows, _fused_relax, _tile_attention, _packed_attention,
+            _fused_gine, _stacked_casts, _cuda_graphs, _bias_inference_kernel,
             None if flex is None else repr(sorted(flex.items())))
 
 
@@ -292,6 +312,7 @@ _SETTERS = {
     'fused_bias': (use_fused_bias, set_fused_bias),
     'fused_scorer': (use_fused_scorer, set_fused_scorer),
     'fused_inference': (use_fused_inference, set_fused_inference),
+    'sampled_rows': (use_sampled_rows, set_sampled_rows),
     'fused_relax': (use_fused_relax, set_fused_relax),
     'tile_attention': (use_tile_attention, set_tile_attention),
     'packed_attention': (use_packed_attention, set_packed_attention),
@@ -307,7 +328,8 @@ _SETTERS = {
 @contextmanager
 def attention_config(**kwargs) -> Iterator[None]:
     r"""Sets the given switches (``debug``, ``fused_bias``,
-    ``fused_scorer``, ``fused_inference``, ``fused_relax``,
+    ``fused_scorer``, ``fused_inference``, ``sampled_rows``,
+    ``fused_relax``,
     ``tile_attention``, ``packed_attention``, ``fused_gine``,
     ``stacked_casts``, ``cuda_graphs``, ``bias_inference_kernel``,
     ``flex_kernel_options``)

@@ -16,6 +16,7 @@ from samsa_geo.nn.attention._dense import dense_layout, sets_attention
 from samsa_geo.nn.attention._dispatch import (
     FUSED_MAX_HEAD_DIM,
     FUSED_MAX_SET_SIZE,
+    FUSED_SAMPLED_ROWS_MIN_TOKENS,
     SAMPLED_ROWS_MIN_TOKENS,
     is_exporting,
     is_tracing,
@@ -582,17 +583,24 @@ class SamsaAttention(Module):
         return self.training and self.scorer is not None and info.m_max > 0
 
     def _projects_sampled_rows(self, info: SetInfo, N: int,
-                               return_indices: bool) -> bool:
+                               return_indices: bool,
+                               fused: bool = False) -> bool:
         # Whether the general path projects keys and values of the sampled
         # rows alone (project_rows), in evaluation and in training (the
         # rows of the top set, and of the bottom set where the relaxation
         # reads them): from SAMPLED_ROWS_MIN_TOKENS tokens, where those
         # rows of every set and head are at most half the tokens, without
         # registers or summary key (their keys come from every candidate)
-        # or a set that keeps every candidate.
+        # or a set that keeps every candidate. The fused path's eager
+        # calls (fused=True) do from FUSED_SAMPLED_ROWS_MIN_TOKENS tokens;
+        # its compiled operator takes every token's keys and values.
+        if fused and is_tracing():
+            return False
+        least = FUSED_SAMPLED_ROWS_MIN_TOKENS if fused \
+            else SAMPLED_ROWS_MIN_TOKENS
         rows = info.k_max + (info.m_max if self._relaxes(info) else 0)
-        return (self.sampling != 'sft'
-                and N >= SAMPLED_ROWS_MIN_TOKENS
+        return (config.use_sampled_rows() and self.sampling != 'sft'
+                and N >= least
                 and self.num_registers == 0 and not self.summary
                 and 2 * info.num_sets * self.heads * rows <= N
                 and not self._keeps_all(info, return_indices))
@@ -641,11 +649,17 @@ class SamsaAttention(Module):
                        ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         # Projection, scorer, then selection and attention in two kernels,
         # three for chunked sets (see _fused_inference.py); [N, C] straight
-        # into lin_out.
-        q, kv, hidden, (scorer_args, out_lin, _) = self._project(x, x_low)
+        # into lin_out. From FUSED_SAMPLED_ROWS_MIN_TOKENS tokens the keys
+        # and values of the selected rows alone are projected, between
+        # the selection and the attention.
+        rows = self._projects_sampled_rows(info, x.size(0), return_indices,
+                                           fused=True)
+        q, kv, hidden, (scorer_args, out_lin, kv_lin) = self._project(
+            x, x_low, rows)
         score = self.scorer(x, hidden, **scorer_args)  # [N, H] float32
         out, idx = fused_sampled_attention(
-            q, kv, score, self.reg_score, self.reg_kv, batch, info, self.k)
+            q, kv, score, self.reg_score, self.reg_kv, batch, info, self.k,
+            kv_lin)
         out = F.linear(out, *out_lin)
         if not return_indices:
             return out

@@ -233,6 +233,90 @@ def test_fused_matches_unfused_in_bfloat16(fused, mode):
     assert err < 1e-2, err
 
 
+@pytest.mark.parametrize('sizes,kwargs', [
+    ([40, 0, 13, 57, 3], dict(k=4)),  # ragged: an empty set, sets < k
+    ([30, 30, 30], dict(k=0.1)),  # equal sets, k = 3
+    ([40, 0, 13, 57, 3], dict(k=3, chunked=True)),
+    ([60], dict(k=5, sampling='soft')),
+])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_fused_path_projects_the_selected_rows_alone(
+        fused, spy, request, monkeypatch, sizes, kwargs, autocast):
+    # From FUSED_SAMPLED_ROWS_MIN_TOKENS tokens the keys and values of the
+    # selected rows alone are projected (a [B, H, k, 2D] batch that the
+    # attention kernel reads slot by slot): the same ids as every token's
+    # projection, the outputs up to another GEMM's rounding.
+    if kwargs.pop('chunked', False):
+        request.getfixturevalue('small_blocks')
+    monkeypatch.setattr(fused, 'FUSED_SAMPLED_ROWS_MIN_TOKENS', 0)
+    sampling = importlib.import_module('samsa_geo.nn.attention._sampling')
+    rows = spy(sampling, 'project_rows')
+    torch.manual_seed(0)
+    attn = SamsaAttention(16, heads=2, **kwargs).eval()
+    x, batch, hints = _batch(sizes)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16,
+                                         enabled=autocast):
+        out, idx = attn(x, batch, return_indices=True, **hints)
+        assert len(rows) == 1
+        ids, x_low, weight, bias = rows[0]
+        B, H = len(sizes), 2
+        assert ids.shape == (B, H, attn._set_info(
+            x, batch, None, None, **{'num_graphs': B,
+                                     'max_num_nodes': max(sizes)}).k_max)
+        assert x_low.shape == x.shape and weight.shape == (32, 16)
+        assert torch.equal(weight, attn.lin_kv.weight.to(weight.dtype))
+        with config.attention_config(sampled_rows=False):
+            ref, ref_idx = attn(x, batch, return_indices=True, **hints)
+    assert len(rows) == 1
+    assert torch.equal(idx, ref_idx)
+    if autocast:
+        err = (out.float() - ref.float()).norm() / ref.float().norm()
+        assert out.dtype == torch.bfloat16 and err < 1e-2, err
+    else:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_path_projects_every_row_where_the_rows_do_not_pay(
+        fused, spy, monkeypatch):
+    # Registers, more selected rows than half the tokens, the switch off,
+    # fewer tokens than the threshold: every token's keys and values.
+    sampling = importlib.import_module('samsa_geo.nn.attention._sampling')
+    rows = spy(sampling, 'project_rows', keep_args=False)
+    x, batch, hints = _batch([40, 0, 13, 57, 3])  # 113 tokens
+    attn = SamsaAttention(16, heads=2, k=4).eval()
+    regs = SamsaAttention(16, heads=2, k=4, num_registers=2).eval()
+    wide = SamsaAttention(16, heads=2, k=6).eval()  # 2 x 5 x 2 x 6 > 113
+
+    def run(layer):
+        with torch.no_grad():
+            layer(x, batch, **hints)
+
+    monkeypatch.setattr(fused, 'FUSED_SAMPLED_ROWS_MIN_TOKENS', 114)
+    run(attn)
+    monkeypatch.setattr(fused, 'FUSED_SAMPLED_ROWS_MIN_TOKENS', 113)
+    run(regs)
+    run(wide)
+    with config.attention_config(sampled_rows=False):
+        run(attn)
+    assert rows == []
+    run(attn)
+    assert len(rows) == 1
+
+
+def test_selected_rows_kernel_checks_its_rows(fused):
+    from samsa_geo.nn.attention._gather_attention_triton import (
+        gather_attention_triton,
+    )
+    q = torch.randn(10, 8)
+    idx = torch.zeros(1, 2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"'kv' of shape \[1, 2, 3, 8\]"):
+        gather_attention_triton(q, torch.randn(1, 2, 4, 8), None, idx, None,
+                                10)
+    with pytest.raises(ValueError, match='no registers'):
+        gather_attention_triton(q, torch.randn(1, 2, 3, 8),
+                                torch.randn(1, 2, 8), idx, None, 10)
+
+
 def test_fused_path_applies_to_plain_inference_only(fused, spy, monkeypatch):
     x, batch, hints = _batch([9, 0, 20])
     calls = spy(fused, 'fused_sampled_attention', keep_args=False)
@@ -280,10 +364,14 @@ def test_fused_path_applies_to_plain_inference_only(fused, spy, monkeypatch):
 @pytest.mark.parametrize('sizes,kwargs', [
     ([12, 12, 12], dict(num_registers=2)),
     ([9, 0, 21, 3, 14], dict(k=0.3)),  # ragged, each set's own k_b
+    ([40, 0, 13, 57, 3], dict(k=4)),  # eager: the selected rows alone
 ])
-def test_compiled_graph_holds_the_fused_kernels(fused, sizes, kwargs):
+def test_compiled_graph_holds_the_fused_kernels(fused, monkeypatch, sizes,
+                                                kwargs):
     # torch.compile keeps the fused path, as one operator in one graph
     # (its fake implementation gives the shapes); values as in eager mode.
+    # The operator takes every token's keys and values, at any size.
+    monkeypatch.setattr(fused, 'FUSED_SAMPLED_ROWS_MIN_TOKENS', 0)
     attn = SamsaAttention(16, heads=2, **{'k': 8, **kwargs}).eval()
     x, batch, hints = _batch(sizes)
     graphs = []
@@ -305,7 +393,6 @@ def test_compiled_graph_holds_the_fused_kernels(fused, sizes, kwargs):
     assert len(ops) == 1
 
 
-
 def test_compiled_dynamic_graph_serves_every_layout(fused):
     # One dynamic graph (symbolic set counts and sizes) holds the fused
     # operator for equal and ragged batches alike.
@@ -318,6 +405,7 @@ def test_compiled_dynamic_graph_serves_every_layout(fused):
             x, batch, hints = _batch(sizes)
             assert torch.allclose(compiled(x, batch, **hints),
                                   attn(x, batch, **hints), atol=1e-6)
+
 
 def test_exported_graph_keeps_the_unfused_path(fused):
     attn = SamsaAttention(16, heads=2, k=8).eval()
@@ -437,10 +525,11 @@ for equal, has_kb, block_s, warps in [(True, False, 1024, 4),
 fn = attend._gather_attention_fwd
 for dtype, precision, equal, D in [('bf16', 'tf32', True, 32),
                                    ('fp32', 'ieee', False, 64)]:
-    sig = {a: 'i32' for a in fn.arg_names[6:16]}
+    sig = {a: 'i32' for a in fn.arg_names[6:18]}
     sig.update(Q='*' + dtype, KV='*' + dtype, REG='*fp32', IDX='*i64',
                BOUNDS='*i64', OUT='*' + dtype, sm_scale='fp32')
-    const = dict(H=8, HAS_REG=not equal, EQUAL=equal, BLOCK_D=D,
+    # The selected rows alone (no registers) with equal sets.
+    const = dict(H=8, HAS_REG=not equal, EQUAL=equal, ROWS=equal, BLOCK_D=D,
                  PRECISION=precision, UPCAST=False,
                  **attend.default_config(D, 1024))
     warps = const.pop('num_warps')

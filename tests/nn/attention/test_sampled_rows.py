@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from samsa_geo.nn import SamsaAttention
-from samsa_geo.nn.attention import _relax, samsa_attention
+from samsa_geo.nn.attention import _relax, config, samsa_attention
 from samsa_geo.nn.attention._sampling import gather_rows, project_rows
 from samsa_geo.ops import value_checks
 from samsa_geo.testing import autograd_node_kinds
@@ -67,7 +67,7 @@ def test_the_sampled_rows_path_equals_the_full_projection(
     got = _forward(attn, x, batch, sizes, **kwargs)
     assert taken == [True]
     monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows',
-                        lambda self, *args: False)
+                        lambda self, *args, **kwargs: False)
     want = _forward(attn, x, batch, sizes, **kwargs)
     got = got if isinstance(got, tuple) else (got, )
     want = want if isinstance(want, tuple) else (want, )
@@ -82,8 +82,8 @@ def test_the_sampled_rows_path_equals_the_full_projection(
 def _spy_path(monkeypatch, taken):
     original = SamsaAttention._projects_sampled_rows
 
-    def spy(self, *args):
-        taken.append(original(self, *args))
+    def spy(self, *args, **kwargs):
+        taken.append(original(self, *args, **kwargs))
         return taken[-1]
 
     monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows', spy)
@@ -131,7 +131,7 @@ def test_training_on_the_sampled_rows_equals_the_full_projection(
     got = _training_step(attn, x, batch, sizes)
     assert taken == [True]
     monkeypatch.setattr(SamsaAttention, '_projects_sampled_rows',
-                        lambda self, *args: False)
+                        lambda self, *args, **kwargs: False)
     want = _training_step(attn, x, batch, sizes)
     # The scorer's backward runs on the scored rows alone, in float32
     # from its LayerNorm on (in another order of the sums over rows).
@@ -169,6 +169,18 @@ def test_paths_that_keep_every_projected_row(monkeypatch, any_size):
     assert not attn._projects_sampled_rows(info, 120, False)
     monkeypatch.setattr(samsa_attention, 'SAMPLED_ROWS_MIN_TOKENS', 120)
     assert attn._projects_sampled_rows(info, 120, False)
+    with config.attention_config(sampled_rows=False):
+        assert not attn._projects_sampled_rows(info, 120, False)
+    # The fused path's own threshold; none in a traced call, whose
+    # compiled operator takes every token's keys and values.
+    monkeypatch.setattr(samsa_attention, 'FUSED_SAMPLED_ROWS_MIN_TOKENS',
+                        121)
+    assert not attn._projects_sampled_rows(info, 120, False, fused=True)
+    monkeypatch.setattr(samsa_attention, 'FUSED_SAMPLED_ROWS_MIN_TOKENS',
+                        120)
+    assert attn._projects_sampled_rows(info, 120, False, fused=True)
+    monkeypatch.setattr(samsa_attention, 'is_tracing', lambda: True)
+    assert not attn._projects_sampled_rows(info, 120, False, fused=True)
 
 
 def test_training_on_the_sampled_rows_slices_no_stacked_weight(any_size):
