@@ -3,7 +3,10 @@
 candidates, keys and values gathered by index inside the kernel) at a
 layer's shape (C = 256, 8 heads of 32, k = 256 candidates per set and
 head, bf16): its default configuration (``triton_default``) against
-other blocks of queries and keys, warps and stages (``triton_m*``), and
+the same kernel on the selected rows alone (``triton_rows``, a
+``[B, H, k, 2D]`` batch read slot by slot, as replayed calls from
+``FUSED_SAMPLED_ROWS_MIN_TOKENS`` tokens give it), other blocks of
+queries and keys, warps and stages (``triton_m*``), and
 cuDNN's attention (``sdpa_gathered``, what the unfused path runs after
 gathering the keys and values; the gather not timed), each with the
 largest deviation from the default's output. Pipelined timing (calls
@@ -81,7 +84,11 @@ def main():
         heads = torch.arange(H, device=dev).view(1, H, 1)
         rows = kv.view(N, H, 2, D)[idx, heads]  # [B, H, K, 2, D]
         kh, vh = rows[:, :, :, 0].contiguous(), rows[:, :, :, 1].contiguous()
+        selected = rows.view(B, H, K, 2 * D)  # [B, H, K, 2, D] -> [.., 2D]
         cases = [('triton_default', kernel()),
+                 ('triton_rows',
+                  lambda: module.gather_attention_triton(q, selected, None,
+                                                         idx, None, n)),
                  ('sdpa_gathered',
                   lambda: F.scaled_dot_product_attention(qh, kh, vh)
                   .transpose(1, 2).reshape(N, H * D))]
@@ -105,7 +112,7 @@ def main():
         best = sorted((r for r in runs if r['op'].startswith('triton_m')
                        and r['ms'] is not None), key=lambda r: r['ms'])
         print(f'== {B}x{n}')
-        print_table(runs[:2] + best[:5], ['op', 'ms', 'max_abs_err', 'error'])
+        print_table(runs[:3] + best[:5], ['op', 'ms', 'max_abs_err', 'error'])
     write_records(records, args.out)
 
 

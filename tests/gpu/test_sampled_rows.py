@@ -101,43 +101,37 @@ def test_training_on_the_sampled_rows_equals_the_full_projection(
         assert err <= 5e-2 * float(r.norm()) + 1e-4 * scale, name
 
 
-@pytest.mark.parametrize('sizes', [[65536], [40000, 0, 30000]])
-def test_the_fused_path_equals_its_full_projection(monkeypatch, sizes):
-    # The fused inference path from FUSED_SAMPLED_ROWS_MIN_TOKENS tokens:
-    # keys and values of the selected rows alone, projected between the
-    # selection and the attention kernel, against every token's (bf16);
-    # the same in a replayed SamsaConv call.
+@pytest.mark.parametrize('sizes', [[65536], [40000, 0, 25536]])
+def test_replayed_fused_calls_equal_their_full_projection(monkeypatch,
+                                                          sizes):
+    # The fused inference path from FUSED_SAMPLED_ROWS_MIN_TOKENS tokens,
+    # in the CUDA graphs of SamsaConv (bf16): keys and values of the
+    # selected rows alone, projected between the selection and the
+    # attention kernel, against every token's (the switch off, and the
+    # eager calls before the capture).
     from samsa_geo.nn.attention import config
     torch.manual_seed(0)
     B, N, n = len(sizes), sum(sizes), max(sizes)
-    attn = SamsaAttention(256, heads=8, k=256).cuda().eval()
+    assert samsa_attention.FUSED_SAMPLED_ROWS_MIN_TOKENS <= N
+    conv = SamsaConv(256, None, heads=8, k=256).cuda().eval()
     x = torch.randn(N, 256, device='cuda')
     batch = torch.repeat_interleave(torch.arange(B, device='cuda'),
                                     torch.tensor(sizes, device='cuda'))
-    hints = dict(num_graphs=B, max_num_nodes=n)
-    assert samsa_attention.FUSED_SAMPLED_ROWS_MIN_TOKENS <= N
     taken = _spy_on_the_path(monkeypatch)
-
-    def run(layer, *args, **kwargs):
-        with torch.autocast('cuda', dtype=torch.bfloat16), torch.no_grad():
-            return layer(x, *args, **kwargs, **hints)
-
-    out, idx = run(attn, batch, return_indices=True)
-    assert taken == [True]
-    with config.attention_config(sampled_rows=False):
-        ref, ref_idx = run(attn, batch, return_indices=True)
-    assert taken == [True, False]
-    assert torch.equal(idx, ref_idx)
-    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
-    assert (out - ref).abs().float().mean() < 2e-3
-
-    conv = SamsaConv(256, None, heads=8, k=256).cuda().eval()
     outs = {}
-    # The third call of a signature is captured and replayed.
-    for rows in (True, False, True, True):
-        with config.attention_config(sampled_rows=rows):
-            outs.setdefault(rows, []).append(run(conv, None, batch).float())
-    assert len(conv._graphs) == 1
-    torch.testing.assert_close(outs[True][2], outs[True][0], rtol=0, atol=0)
-    torch.testing.assert_close(outs[True][0], outs[False][0], rtol=2e-2,
-                               atol=2e-2)
+    for rows in (True, False):
+        # Eager, eager, captured and replayed, replayed.
+        with config.attention_config(sampled_rows=rows), \
+                torch.autocast('cuda', dtype=torch.bfloat16), \
+                torch.no_grad():
+            outs[rows] = [conv(x, None, batch, num_graphs=B,
+                               max_num_nodes=n).float() for _ in range(4)]
+    assert len(conv._graphs) == 2
+    assert taken == [False, False, True] + [False] * 3
+    eager, replayed, again = outs[True][0], outs[True][2], outs[True][3]
+    assert torch.equal(again, replayed)
+    assert torch.equal(outs[False][2], outs[False][0])
+    for ref in (eager, outs[False][2]):
+        torch.testing.assert_close(replayed, ref, rtol=2e-2, atol=2e-2)
+        assert (replayed - ref).abs().mean() < 2e-3
+    assert torch.equal(eager, outs[False][0])  # eager calls: every row

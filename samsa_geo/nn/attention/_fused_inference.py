@@ -13,8 +13,9 @@ sampled attention of every set and head is
    (:mod:`~samsa_geo.nn.attention._gather_attention_triton`), which reads
    the selected key and value rows by id and writes ``[N, H D]``.
 
-Given the keys' and values' projection in place of their rows (eager
-calls with many tokens per selected row), the rows of the selected ids
+Given the keys' and values' projection in place of their rows (calls
+captured as CUDA graphs, with many tokens per selected row), the rows of
+the selected ids
 alone are projected between the two
 (:func:`~samsa_geo.nn.attention._sampling.project_rows`: a gather and a
 batched GEMM of :math:`B H k` rows instead of :math:`N`).
@@ -62,7 +63,7 @@ def fused_sampled_attention(
         kv_lin (Tuple[Tensor, Tensor, Tensor], optional): ``x [N, C]``,
             ``weight [2 H D, C]`` and ``bias [2 H D]`` of the keys' and
             values' projection, in place of ``kv``: the selected rows'
-            alone are projected (eager calls without registers).
+            alone are projected (eager calls, no registers).
 
     Returns:
         The ``[N, H D]`` outputs in ``q``'s dtype and the ``[B, H, k_max]``

@@ -109,12 +109,15 @@ def set_fused_inference(flag: bool) -> None:
 def use_sampled_rows() -> bool:
     r"""Whether a call with many tokens per sampled row projects the keys
     and values of the selected rows alone, after the selection, instead
-    of those of every token: the fused inference path from
+    of those of every token: the fused inference path in calls captured
+    as CUDA graphs (:class:`~samsa_geo.nn.SamsaConv`'s replayed calls)
+    from
     :data:`~samsa_geo.nn.attention._dispatch.FUSED_SAMPLED_ROWS_MIN_TOKENS`
     tokens, the general path (evaluation and training) from
     :data:`~samsa_geo.nn.attention._dispatch.SAMPLED_ROWS_MIN_TOKENS`,
     where the rows of every set and head are at most half the tokens
-    (no registers, no summary key; eager calls of the fused path).
+    (no registers, no summary key). The two projections differ by the
+    rounding of their matrix products.
     On by default; :obj:`False` projects every token's keys and values in
     the stacked GEMM."""
     return _sampled_rows

@@ -18,6 +18,7 @@ from samsa_geo.nn.attention._dispatch import (
     FUSED_MAX_SET_SIZE,
     FUSED_SAMPLED_ROWS_MIN_TOKENS,
     SAMPLED_ROWS_MIN_TOKENS,
+    is_capturing,
     is_exporting,
     is_tracing,
     needs_grad,
@@ -591,13 +592,17 @@ class SamsaAttention(Module):
         # reads them): from SAMPLED_ROWS_MIN_TOKENS tokens, where those
         # rows of every set and head are at most half the tokens, without
         # registers or summary key (their keys come from every candidate)
-        # or a set that keeps every candidate. The fused path's eager
-        # calls (fused=True) do from FUSED_SAMPLED_ROWS_MIN_TOKENS tokens;
-        # its compiled operator takes every token's keys and values.
-        if fused and is_tracing():
-            return False
-        least = FUSED_SAMPLED_ROWS_MIN_TOKENS if fused \
-            else SAMPLED_ROWS_MIN_TOKENS
+        # or a set that keeps every candidate. The fused path (fused=True)
+        # does from FUSED_SAMPLED_ROWS_MIN_TOKENS tokens in calls captured
+        # as CUDA graphs; its compiled operator takes every token's keys
+        # and values.
+        if fused:
+            if N < FUSED_SAMPLED_ROWS_MIN_TOKENS or is_tracing() \
+                    or not is_capturing():
+                return False
+            least = FUSED_SAMPLED_ROWS_MIN_TOKENS
+        else:
+            least = SAMPLED_ROWS_MIN_TOKENS
         rows = info.k_max + (info.m_max if self._relaxes(info) else 0)
         return (config.use_sampled_rows() and self.sampling != 'sft'
                 and N >= least
@@ -649,9 +654,9 @@ class SamsaAttention(Module):
                        ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         # Projection, scorer, then selection and attention in two kernels,
         # three for chunked sets (see _fused_inference.py); [N, C] straight
-        # into lin_out. From FUSED_SAMPLED_ROWS_MIN_TOKENS tokens the keys
-        # and values of the selected rows alone are projected, between
-        # the selection and the attention.
+        # into lin_out. From FUSED_SAMPLED_ROWS_MIN_TOKENS tokens, in a
+        # CUDA graph's capture, the keys and values of the selected rows
+        # alone are projected, between the selection and the attention.
         rows = self._projects_sampled_rows(info, x.size(0), return_indices,
                                            fused=True)
         q, kv, hidden, (scorer_args, out_lin, kv_lin) = self._project(

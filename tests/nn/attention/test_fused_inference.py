@@ -186,6 +186,7 @@ def test_select_kernel_reads_per_set_k(fused):
 
 @pytest.mark.parametrize('sizes,kwargs', [
     ([24, 24, 24], dict()),  # equal sets, a reshape in the unfused path
+    ([40, 40], dict(k=32)),  # equal sets, whole key blocks: no mask
     ([9, 0, 21, 3, 14], dict()),  # ragged with an empty and small sets
     ([9, 0, 21, 3, 14], dict(num_registers=3)),
     ([24, 24, 24], dict(num_registers=2, k=0.3)),
@@ -242,13 +243,15 @@ def test_fused_matches_unfused_in_bfloat16(fused, mode):
 @pytest.mark.parametrize('autocast', [False, True])
 def test_fused_path_projects_the_selected_rows_alone(
         fused, spy, request, monkeypatch, sizes, kwargs, autocast):
-    # From FUSED_SAMPLED_ROWS_MIN_TOKENS tokens the keys and values of the
-    # selected rows alone are projected (a [B, H, k, 2D] batch that the
-    # attention kernel reads slot by slot): the same ids as every token's
-    # projection, the outputs up to another GEMM's rounding.
+    # From FUSED_SAMPLED_ROWS_MIN_TOKENS tokens, in a CUDA graph's capture
+    # (stood in for here), the keys and values of the selected rows alone
+    # are projected (a [B, H, k, 2D] batch that the attention kernel reads
+    # slot by slot): the same ids as every token's projection, the outputs
+    # up to another GEMM's rounding.
     if kwargs.pop('chunked', False):
         request.getfixturevalue('small_blocks')
     monkeypatch.setattr(fused, 'FUSED_SAMPLED_ROWS_MIN_TOKENS', 0)
+    monkeypatch.setattr(fused, 'is_capturing', lambda: True)
     sampling = importlib.import_module('samsa_geo.nn.attention._sampling')
     rows = spy(sampling, 'project_rows')
     torch.manual_seed(0)
@@ -279,7 +282,8 @@ def test_fused_path_projects_the_selected_rows_alone(
 def test_fused_path_projects_every_row_where_the_rows_do_not_pay(
         fused, spy, monkeypatch):
     # Registers, more selected rows than half the tokens, the switch off,
-    # fewer tokens than the threshold: every token's keys and values.
+    # fewer tokens than the threshold, an eager call: every token's keys
+    # and values.
     sampling = importlib.import_module('samsa_geo.nn.attention._sampling')
     rows = spy(sampling, 'project_rows', keep_args=False)
     x, batch, hints = _batch([40, 0, 13, 57, 3])  # 113 tokens
@@ -291,6 +295,9 @@ def test_fused_path_projects_every_row_where_the_rows_do_not_pay(
         with torch.no_grad():
             layer(x, batch, **hints)
 
+    monkeypatch.setattr(fused, 'FUSED_SAMPLED_ROWS_MIN_TOKENS', 113)
+    run(attn)  # not captured
+    monkeypatch.setattr(fused, 'is_capturing', lambda: True)
     monkeypatch.setattr(fused, 'FUSED_SAMPLED_ROWS_MIN_TOKENS', 114)
     run(attn)
     monkeypatch.setattr(fused, 'FUSED_SAMPLED_ROWS_MIN_TOKENS', 113)
@@ -372,6 +379,7 @@ def test_compiled_graph_holds_the_fused_kernels(fused, monkeypatch, sizes,
     # (its fake implementation gives the shapes); values as in eager mode.
     # The operator takes every token's keys and values, at any size.
     monkeypatch.setattr(fused, 'FUSED_SAMPLED_ROWS_MIN_TOKENS', 0)
+    monkeypatch.setattr(fused, 'is_capturing', lambda: True)
     attn = SamsaAttention(16, heads=2, **{'k': 8, **kwargs}).eval()
     x, batch, hints = _batch(sizes)
     graphs = []
@@ -529,7 +537,8 @@ for dtype, precision, equal, D in [('bf16', 'tf32', True, 32),
     sig.update(Q='*' + dtype, KV='*' + dtype, REG='*fp32', IDX='*i64',
                BOUNDS='*i64', OUT='*' + dtype, sm_scale='fp32')
     # The selected rows alone (no registers) with equal sets.
-    const = dict(H=8, HAS_REG=not equal, EQUAL=equal, ROWS=equal, BLOCK_D=D,
+    const = dict(H=8, HAS_REG=not equal, EQUAL=equal, ROWS=equal,
+                 MASK_KEYS=not equal, BLOCK_D=D,
                  PRECISION=precision, UPCAST=False,
                  **attend.default_config(D, 1024))
     warps = const.pop('num_warps')

@@ -171,8 +171,13 @@ def test_paths_that_keep_every_projected_row(monkeypatch, any_size):
     assert attn._projects_sampled_rows(info, 120, False)
     with config.attention_config(sampled_rows=False):
         assert not attn._projects_sampled_rows(info, 120, False)
-    # The fused path's own threshold; none in a traced call, whose
-    # compiled operator takes every token's keys and values.
+    # The fused path's own threshold, in a CUDA graph's capture; none in
+    # a traced call, whose compiled operator takes every token's keys and
+    # values.
+    monkeypatch.setattr(samsa_attention, 'FUSED_SAMPLED_ROWS_MIN_TOKENS',
+                        120)
+    assert not attn._projects_sampled_rows(info, 120, False, fused=True)
+    monkeypatch.setattr(samsa_attention, 'is_capturing', lambda: True)
     monkeypatch.setattr(samsa_attention, 'FUSED_SAMPLED_ROWS_MIN_TOKENS',
                         121)
     assert not attn._projects_sampled_rows(info, 120, False, fused=True)
