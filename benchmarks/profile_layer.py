@@ -21,12 +21,14 @@ own CUDA graphs of inference calls are off unless ``--cuda-graphs``.
 
 ``--replay-parts`` (with ``--cuda-graphs``, ``--pass fwd``) splits an
 inference call that replays a CUDA graph into what it issues: the copies
-of the inputs into the graph's buffers, the replay and the layer's last
-step after it (``tail``). It times the whole call and its parts issued
-directly (``copies+replay+tail``, ``replay+tail``, ``replay``,
-``copies``, ``tail``), each per call and pipelined (CUDA events, median),
-and the host's time of each with an idle GPU; the whole call less its
-parts is the host's work before the copies (the layer's checks)::
+of the inputs into the graph's buffers (none where the graph reads them
+in place, as it does for the one input tensor called again here), the
+replay and the layer's last step after it (``tail``). It times the whole
+call and its parts issued directly (``copies+replay+tail``,
+``replay+tail``, ``replay``, ``copies``, ``tail``), each per call and
+pipelined (CUDA events, median), and the host's time of each with an
+idle GPU; the whole call less its parts is the host's work before the
+copies or the replay (the layer's checks)::
 
     python benchmarks/profile_layer.py --sizes 32x1024,1x65536 \
         --ops samsa_conv_batch --cuda-graphs --replay-parts
@@ -98,16 +100,18 @@ def replay_parts(model, inputs, tail_args, call_fn):
     """``[(name, fn)]``: the whole inference call ``call_fn`` of ``model``
     (a :class:`~samsa_geo.nn.SamsaConv` whose call replays a CUDA graph)
     and the parts it issues, from the graph it replayed last: the copies
-    of ``inputs`` into the graph's buffers, the replay and the layer's
-    last step on the graph's outputs (``model._tail(*out, *tail_args)``).
-    Raises :class:`RuntimeError` where the model holds no graph."""
+    of ``inputs`` into the graph's buffers (none where the graph reads
+    them in place), the replay and the layer's last step on the graph's
+    outputs (``model._tail(*out, *tail_args)``). Raises
+    :class:`RuntimeError` where the model holds no graph."""
     graphs = getattr(getattr(model, '_graphs', None), '_graphs', None)
     if not graphs:
         raise RuntimeError("Expected the layer to replay a CUDA graph "
                            "(--cuda-graphs, --pass fwd, a signature seen "
                            "three times)")
     entry = next(reversed(graphs.values()))
-    if len(entry.inputs) != len(inputs):
+    in_place = not entry.inputs
+    if not in_place and len(entry.inputs) != len(inputs):
         raise RuntimeError(f"Expected {len(entry.inputs)} inputs of the "
                            f"graph (got {len(inputs)})")
 
@@ -128,6 +132,9 @@ def replay_parts(model, inputs, tail_args, call_fn):
         copies()
         return replay_tail()
 
+    if in_place:
+        return [('call', call_fn), ('replay+tail', replay_tail),
+                ('replay', replay), ('tail', tail)]
     return [('call', call_fn), ('copies+replay+tail', copies_replay_tail),
             ('replay+tail', replay_tail), ('replay', replay),
             ('copies', copies), ('tail', tail)]

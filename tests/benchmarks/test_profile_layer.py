@@ -74,6 +74,17 @@ def test_replay_parts_issue_the_calls_steps_in_order():
     with pytest.raises(RuntimeError, match='Expected 2 inputs'):
         replay_parts(model, (x, ), (), lambda: None)
 
+    # A graph that reads its inputs in place has no copies.
+    pinned = _Graph(SimpleNamespace(replay=lambda: events.append('replay')),
+                    [], ('out', 'h'), ())
+    model._graphs._graphs['c'] = pinned
+    events.clear()
+    parts = dict(replay_parts(model, (x, batch), ('batch', 4),
+                              lambda: events.append('call')))
+    assert list(parts) == ['call', 'replay+tail', 'replay', 'tail']
+    assert parts['replay+tail']() == 'y'
+    assert events == ['replay', ('tail', 'out', 'h', 'batch', 4)]
+
 
 def test_replay_parts_need_graphs_and_a_forward():
     import subprocess

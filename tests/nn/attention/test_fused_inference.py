@@ -186,7 +186,7 @@ def test_select_kernel_reads_per_set_k(fused):
 
 @pytest.mark.parametrize('sizes,kwargs', [
     ([24, 24, 24], dict()),  # equal sets, a reshape in the unfused path
-    ([40, 40], dict(k=32)),  # equal sets, whole key blocks: no mask
+    ([40, 40], dict(k=32)),  # equal sets, whole key blocks
     ([9, 0, 21, 3, 14], dict()),  # ragged with an empty and small sets
     ([9, 0, 21, 3, 14], dict(num_registers=3)),
     ([24, 24, 24], dict(num_registers=2, k=0.3)),
@@ -538,7 +538,7 @@ for dtype, precision, equal, D in [('bf16', 'tf32', True, 32),
                BOUNDS='*i64', OUT='*' + dtype, sm_scale='fp32')
     # The selected rows alone (no registers) with equal sets.
     const = dict(H=8, HAS_REG=not equal, EQUAL=equal, ROWS=equal,
-                 MASK_KEYS=not equal, BLOCK_D=D,
+                 BLOCK_D=D,
                  PRECISION=precision, UPCAST=False,
                  **attend.default_config(D, 1024))
     warps = const.pop('num_warps')
