@@ -52,13 +52,13 @@ SAMPLED_ROWS_MIN_TOKENS = 1 << 18
 #: columns for every token (at 1 x 65,536 tokens of 256 channels, 64 MiB
 #: of bfloat16 keys and values). On an H100 (SamsaConv inference, 256
 #: channels, 8 heads, k = 256, bf16, commit 4214908) the GEMM took 0.042
-#: against 0.069 ms at 1 x 65,536 and the rows' gather and GEMM 0.009; a
-#: replayed call 0.715 against 0.737 ms (median of 5 alternating
-#: rounds). Eager calls keep every row: their four more launches cost
-#: the host more than the GPU saves (1.569 against 1.314 ms at
-#: 1 x 131,072, beyond the layer's graphs), and with 8 x 4,096 and
-#: 2 x 16,384 tokens replayed calls gained nothing (0.438 against 0.431,
-#: 0.474 against 0.456).
+#: against 0.069 ms at 1 x 65,536 and the rows' gather and GEMM about
+#: 0.01; a replayed call 0.715 against 0.737 ms (median of 5 alternating
+#: rounds). Eager calls keep every row: their four more launches cost the
+#: host more than the GPU saves (1.569 against 1.314 ms at 1 x 131,072,
+#: beyond the layer's graphs), and with 8 x 4,096 and 2 x 16,384 tokens
+#: replayed calls gained nothing (0.438 against 0.431, 0.474 against
+#: 0.456).
 FUSED_SAMPLED_ROWS_MIN_TOKENS = 1 << 16
 #: Most keys per tile, and widest head, that the tiles' attention kernels
 #: take (:mod:`~samsa_geo.nn.attention._tile_attention_triton`: all of a

@@ -15,8 +15,7 @@ sampled attention of every set and head is
 
 Given the keys' and values' projection in place of their rows (calls
 captured as CUDA graphs, with many tokens per selected row), the rows of
-the selected ids
-alone are projected between the two
+the selected ids alone are projected between the two
 (:func:`~samsa_geo.nn.attention._sampling.project_rows`: a gather and a
 batched GEMM of :math:`B H k` rows instead of :math:`N`).
 
@@ -63,7 +62,7 @@ def fused_sampled_attention(
         kv_lin (Tuple[Tensor, Tensor, Tensor], optional): ``x [N, C]``,
             ``weight [2 H D, C]`` and ``bias [2 H D]`` of the keys' and
             values' projection, in place of ``kv``: the selected rows'
-            alone are projected (eager calls, no registers).
+            alone are projected (untraced calls without registers).
 
     Returns:
         The ``[N, H D]`` outputs in ``q``'s dtype and the ``[B, H, k_max]``

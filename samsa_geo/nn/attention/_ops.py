@@ -54,9 +54,10 @@ def _(y, x, ln_weight, ln_bias, eps, weight, bias, lin2_weight=None,
 
 
 def sampled_attention_kernels(
-    q: Tensor, kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
-    reg_kv: Optional[Tensor], batch: Optional[Tensor], kb: Optional[Tensor],
-    num_sets: int, max_size: int, k_max: int,
+    q: Tensor, kv: Optional[Tensor], score: Tensor,
+    reg_score: Optional[Tensor], reg_kv: Optional[Tensor],
+    batch: Optional[Tensor], kb: Optional[Tensor], num_sets: int,
+    max_size: int, k_max: int,
     kv_lin: Optional[Tuple[Tensor, Tensor, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor]:
     r"""The fused inference path's launches: the segmented top-k (in
