@@ -238,9 +238,12 @@ def use_cuda_graphs() -> bool:
     inputs in place, without copies, where the graph is captured at the
     addresses the signature's calls before it had (the same tensors
     called again; a loop that makes new tensors every step gets other
-    addresses, and copies). On by
-    default (the
-    GPU tests compare replays with eager calls); :obj:`False` runs every
+    addresses, and copies). An inference replay from
+    :data:`~samsa_geo.nn.attention._dispatch.FUSED_SAMPLED_ROWS_MIN_TOKENS`
+    tokens projects the keys and values of the selected rows alone (see
+    :func:`use_sampled_rows`), and differs from an eager call by the
+    rounding of that projection. On by default (the GPU tests compare
+    replays with eager calls); :obj:`False` runs every
     call eagerly, as calls of one layer from several threads or streams
     at once need (they would share the graph's buffers)."""
     return _cuda_graphs
