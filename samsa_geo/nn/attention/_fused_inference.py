@@ -76,9 +76,6 @@ def fused_sampled_attention(
     args = (q, kv, score, reg_score, reg_kv, batch if ragged else None, kb,
             info.num_sets, info.max_size, info.k_max)
     if is_tracing():  # compiled graphs hold the kernels as one operator
-        if kv_lin is not None:
-            raise ValueError("Expected 'kv' and no 'kv_lin' in a traced "
-                             "call")
         return sampled_attention_inference(*args)
     # Eager calls launch the kernels directly: the operator's dispatch
     # costs host time.

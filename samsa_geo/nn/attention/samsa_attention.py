@@ -596,16 +596,12 @@ class SamsaAttention(Module):
         # does from FUSED_SAMPLED_ROWS_MIN_TOKENS tokens in calls captured
         # as CUDA graphs; its compiled operator takes every token's keys
         # and values.
-        if fused:
-            if N < FUSED_SAMPLED_ROWS_MIN_TOKENS or is_tracing() \
-                    or not is_capturing():
-                return False
-            least = FUSED_SAMPLED_ROWS_MIN_TOKENS
-        else:
-            least = SAMPLED_ROWS_MIN_TOKENS
+        least = FUSED_SAMPLED_ROWS_MIN_TOKENS if fused \
+            else SAMPLED_ROWS_MIN_TOKENS
+        if N < least or (fused and (is_tracing() or not is_capturing())):
+            return False
         rows = info.k_max + (info.m_max if self._relaxes(info) else 0)
         return (config.use_sampled_rows() and self.sampling != 'sft'
-                and N >= least
                 and self.num_registers == 0 and not self.summary
                 and 2 * info.num_sets * self.heads * rows <= N
                 and not self._keeps_all(info, return_indices))
