@@ -19,6 +19,14 @@ def _batch(sizes, C):
     return torch.randn(batch.numel(), C, device='cuda'), batch.cuda()
 
 
+def _ragged_layer():
+    # A layer in evaluation, ragged sets (one empty) and their hints.
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().eval()
+    x, batch = _batch([300, 0, 1024, 5, 700], 64)
+    return conv, x, batch, dict(num_graphs=5, max_num_nodes=1024)
+
+
 def _eager(conv, *args, **kwargs):
     with config.attention_config(cuda_graphs=False), torch.no_grad():
         return conv(*args, **kwargs)
@@ -68,10 +76,7 @@ def test_inputs_read_in_place_equal_eager_calls(dtype):
     # values written in place between calls included; a tensor freed and
     # another one made at its address reads the new one's values.
     from samsa_geo.nn.conv._graph_replay import _Pinned
-    torch.manual_seed(0)
-    conv = SamsaConv(64, None, heads=4, k=32).cuda().eval()
-    x, batch = _batch([300, 0, 1024, 5, 700], 64)
-    hints = dict(num_graphs=5, max_num_nodes=1024)
+    conv, x, batch, hints = _ragged_layer()
     with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16,
                                          enabled=dtype == torch.bfloat16):
         for i in range(6):
@@ -86,6 +91,56 @@ def test_inputs_read_in_place_equal_eager_calls(dtype):
         assert torch.equal(conv(x, None, batch, **hints),
                            _eager(conv, x, None, batch, **hints))
         assert x.data_ptr() != ptr or len(conv._graphs) == 1
+
+
+class _CountedGraph:
+    # A captured graph whose replays are counted.
+    def __init__(self, graph):
+        self.graph, self.replays = graph, 0
+
+    def replay(self):
+        self.replays += 1
+        self.graph.replay()
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_speculative_replays_serve_calls_and_stale_ones_go_unread(dtype):
+    # Repeated calls replay once each, before the key and the stamp; a
+    # parameter changed in place or replaced (its old storage released to
+    # the driver) leaves one replay unread, and every output is the eager
+    # call's.
+    conv, x, batch, hints = _ragged_layer()
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16,
+                                         enabled=dtype == torch.bfloat16):
+        def check():
+            out = conv(x, None, batch, **hints)
+            assert torch.equal(out, _eager(conv, x, None, batch, **hints))
+
+        for _ in range(3):  # eager, eager, captured
+            check()
+        (_, entry), = conv._graphs._graphs.items()
+        entry.graph = counted = _CountedGraph(entry.graph)
+        for i in range(3):
+            check()
+            assert counted.replays == 1 + i
+            assert conv._graphs._spent[2] is entry
+        conv.mlp[0].weight.mul_(0.5)
+        check()
+        assert counted.replays == 4 and len(conv._graphs) == 0
+        for _ in range(3):  # captured again after two eager calls
+            check()
+        (_, entry), = conv._graphs._graphs.items()
+        entry.graph = counted = _CountedGraph(entry.graph)
+        check()
+        assert counted.replays == 1
+        conv.mlp[0].weight = torch.nn.Parameter(conv.mlp[0].weight * 2)
+        torch.cuda.empty_cache()
+        check()  # the replay read the old weight, held by the graph
+        assert counted.replays == 2 and len(conv._graphs) == 0
+        del entry, counted
+        for _ in range(4):
+            check()
+    torch.cuda.synchronize()
 
 
 def test_parameter_updates_and_modes_capture_again():

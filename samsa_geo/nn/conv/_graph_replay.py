@@ -42,6 +42,20 @@ again. The inputs are copied in before the stamp is checked, so that the
 GPU copies while the host stamps (a dropped graph's buffers go unread).
 The caller decides when a call may be graphed at all (no autograd,
 no host synchronisation, no randomness, no hooks).
+
+Building a call's full key and stamping its state take most of the
+host's time before the replay (``benchmarks/count_ops.py --replay``, a
+stand-in graph on one CPU thread: 36 us from the call to the replay's
+launch where the replay waits for them, 8 us where it does not), and the
+GPU idles meanwhile. :meth:`GraphReplay.speculate` therefore replays the
+graph that served the last call first, where the call's inputs (layout
+and addresses) and a cheap part of its key (a ``hint``) are the last
+call's, and :meth:`GraphReplay.__call__` confirms that graph afterwards,
+as it would choose one without it. Where it chooses otherwise (a
+setting, a parameter or a cast changed), the speculative replay's output
+is left unread and the call goes on as without it: the replay writes
+nothing but the graphs' own buffers, and every graph holds the state
+tensors it was captured with, so that it never reads freed memory.
 """
 import gc
 import warnings
@@ -85,16 +99,30 @@ def _base(name: Hashable) -> Hashable:
     return name.sig if isinstance(name, _Pinned) else name
 
 
+def _layout(inputs: Sequence[Tensor], where: bool) -> tuple:
+    # The inputs' shapes, strides, dtypes and devices, or (where) their
+    # addresses in place of the devices (CUDA's unified addressing gives
+    # every device its own addresses).
+    if where:
+        return tuple([(t.shape, t.stride(), t.dtype, t.data_ptr())
+                      for t in inputs])
+    return tuple([(t.shape, t.stride(), t.dtype, t.device) for t in inputs])
+
+
 class _Graph:
     # One captured call: the graph, its input buffers (none for a graph
     # that reads its inputs where they are), its output buffer (or
-    # buffers, for a finish step) and the stamp of the state it read.
-    __slots__ = ('graph', 'inputs', 'out', 'stamp')
+    # buffers, for a finish step), the stamp of the state it read and that
+    # state (held: a speculative replay may read it after the caller has
+    # let it go).
+    __slots__ = ('graph', 'inputs', 'out', 'stamp', 'held')
 
     def __init__(self, graph: 'torch.cuda.CUDAGraph', inputs: List[Tensor],
-                 out: Union[Tensor, Tuple[Tensor, ...]], stamp: Tuple):
-        self.graph, self.inputs, self.out, self.stamp = (graph, inputs, out,
-                                                         stamp)
+                 out: Union[Tensor, Tuple[Tensor, ...]],
+                 state: Sequence[Optional[Tensor]]):
+        self.graph, self.inputs, self.out = graph, inputs, out
+        self.held = tuple(state)
+        self.stamp = tensor_stamp(self.held)
 
     def load(self, inputs: Sequence[Tensor]) -> None:
         # The call's inputs into the graph's input buffers.
@@ -135,6 +163,12 @@ class GraphReplay:
             OrderedDict()
         # The graph replayed last (the most recently used).
         self._latest: Any = None
+        # (hint, layout of the inputs, graph) of the last call that a graph
+        # served, for speculate: the layout with the inputs' addresses for
+        # a graph that reads them in place.
+        self._fast: Optional[Tuple[Hashable, tuple, _Graph]] = None
+        # The one that speculate replayed last.
+        self._spent: Optional[Tuple[Hashable, tuple, _Graph]] = None
         # How many of the graphs read their inputs in place.
         self._in_place = 0
         self._pools: Dict[torch.device, Tuple[int, int]] = {}
@@ -151,6 +185,7 @@ class GraphReplay:
         self._failed.clear()
         self._last.clear()
         self._latest = None
+        self._fast = self._spent = None
         self._in_place = 0
         self._pools.clear()
 
@@ -166,6 +201,8 @@ class GraphReplay:
                  key: Hashable, state: State,
                  eligible: Callable[[], bool] = lambda: True,
                  finish: Optional[Callable[..., Tensor]] = None,
+                 hint: Hashable = None,
+                 speculated: Optional[_Graph] = None,
                  ) -> Optional[Tensor]:
         r"""``fn(*inputs)`` (or ``finish(*fn(*inputs))``) by replaying its
         graph (captured first where the signature has been seen
@@ -189,6 +226,12 @@ class GraphReplay:
                 after each replay on ``fn``'s outputs (the graph's own
                 buffers, valid until its next replay); it must return a
                 new tensor. (default: :obj:`None`: the output is copied)
+            hint (Hashable, optional): The part of ``key`` that the caller
+                passes to :meth:`speculate`; :obj:`None`: the next call
+                does not speculate. (default: :obj:`None`)
+            speculated (optional): What :meth:`speculate` returned for
+                this call: that graph's replay serves the call where this
+                call chooses it. (default: :obj:`None`)
         """
         sig = self._signature(key, inputs)
         # (The inputs' addresses are read where a graph may need them.)
@@ -200,7 +243,7 @@ class GraphReplay:
         if entry is None:
             name = sig
             entry = self._graphs.get(sig)
-            if entry is not None:
+            if entry is not None and entry is not speculated:
                 # The inputs' copies go first, so that the GPU runs them
                 # while the host stamps the state (a stale graph leaves its
                 # input buffers unread).
@@ -232,10 +275,47 @@ class GraphReplay:
         if entry is not self._latest:
             self._graphs.move_to_end(name)
             self._latest = entry
-        entry.graph.replay()
+        if entry is not speculated:
+            entry.graph.replay()
+            if hint is not None:
+                self._fast = (hint, _layout(inputs, not entry.inputs), entry)
+        elif hint is not None:  # the same hint and layout again
+            self._fast = self._spent
         if finish is None:
             return entry.out.clone()
         return finish(*entry.out)
+
+    def speculate(self, inputs: Sequence[Tensor],
+                  hint: Hashable) -> Optional[_Graph]:
+        r"""Replays the graph that served the last call, where that call
+        passed the same ``hint`` and its inputs had the layout (shapes,
+        strides, dtypes) and addresses of ``inputs``, and returns it
+        (:obj:`None` where it replays nothing). The caller then passes it
+        to :meth:`__call__` as ``speculated``, or runs the call eagerly:
+        either way the replay's output goes unread unless
+        :meth:`__call__` chooses that graph.
+
+        A replay writes nothing outside the graphs' own buffers (an
+        unconfirmed one costs GPU time and nothing else), and a graph
+        holds every state tensor it reads. One speculation per confirmed
+        replay: a call that is not served by a graph ends them until a
+        later call is."""
+        fast = self._fast
+        if fast is None:
+            return None
+        self._fast = None
+        entry = fast[2]
+        # A graph that copies the inputs serves any addresses, unless a
+        # graph that reads them in place might serve these ones.
+        copies = bool(entry.inputs)
+        if (fast[0] != hint or (copies and self._in_place)
+                or fast[1] != _layout(inputs, not copies)):
+            return None
+        if copies:
+            entry.load(inputs)
+        entry.graph.replay()
+        self._spent = fast
+        return entry
 
     def _run(self, sig: Hashable, where: '_Pinned') -> int:
         # How many calls of sig without a graph in a row, this one
@@ -300,7 +380,7 @@ class GraphReplay:
         self._pools[device] = graph.pool()
         # (No reference to pinned inputs: their memory stays the caller's.)
         return self._keep(name, _Graph(graph, [] if pin else buffers, out,
-                                       tensor_stamp(state())))
+                                       state()))
 
     def _keep(self, name: Hashable, entry: Any) -> Any:
         # A new graph, kept in place of the least recently used one, whose
@@ -317,8 +397,13 @@ class GraphReplay:
     def _drop(self, name: Hashable) -> Hashable:
         # Forgets the graph kept as name (its memory goes once no output
         # of it is referenced); returns name.
-        if self._graphs.pop(name) is self._latest:
+        entry = self._graphs.pop(name)
+        if entry is self._latest:
             self._latest = None
+        if self._fast is not None and self._fast[2] is entry:
+            self._fast = None
+        if self._spent is not None and self._spent[2] is entry:
+            self._spent = None
         self._in_place -= isinstance(name, _Pinned)
         return name
 

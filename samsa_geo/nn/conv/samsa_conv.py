@@ -448,15 +448,25 @@ class SamsaConv(Module):
                 or is_tracing() or config.is_debug()
                 or torch.cuda.is_current_stream_capturing()):
             return None
+        inputs = (x, ) if batch is None else (x, batch)
+        # The key's cheap part. An inference call without gradients
+        # replays the last call's graph where the inputs and this part are
+        # the last call's, before the rest of the key is built and the
+        # state stamped; self._graphs then confirms that graph or leaves
+        # its output unread (see GraphReplay.speculate).
+        head = (num_graphs, max_num_nodes,
+                None if pos is None else (pos.shape, pos.dtype),
+                torch.is_autocast_enabled('cuda'),
+                torch.get_autocast_dtype('cuda'),
+                torch.is_inference_mode_enabled())
+        hint = speculated = None
+        if not (self.training or torch.is_grad_enabled()):
+            hint = head
+            speculated = self._graphs.speculate(inputs, hint)
         tree = self._module_tree.read(self)
         if tree.hooked():
             return None
-        key = (num_graphs, max_num_nodes,
-               None if pos is None else (pos.shape, pos.dtype),
-               torch.is_autocast_enabled('cuda'),
-               torch.get_autocast_dtype('cuda'),
-               torch.is_inference_mode_enabled(),
-               torch.get_float32_matmul_precision(), config.snapshot(),
+        key = (head, torch.get_float32_matmul_precision(), config.snapshot(),
                tree.settings())
         if self.training:
             return self._replay_training(x, batch, pos, attn_kwargs,
@@ -492,8 +502,9 @@ class SamsaConv(Module):
         return self._graphs(
             lambda x, batch=None: self._body(x, None, batch, None, False,
                                              attn_kwargs, {})[:2],
-            (x, ) if batch is None else (x, batch), key, state, eligible,
-            finish=lambda out, h: self._tail(out, h, batch, num_graphs))
+            inputs, key, state, eligible,
+            finish=lambda out, h: self._tail(out, h, batch, num_graphs),
+            hint=hint, speculated=speculated)
 
     def _replay_training(self, x: Tensor, batch: Optional[Tensor],
                          pos: Optional[Tensor], attn_kwargs: Dict[str, Any],

@@ -476,3 +476,180 @@ def test_allocations_trigger_collection_outside_a_capture():
         gc.set_threshold(*threshold)
         (gc.enable if was_enabled else gc.disable)()
     assert log == ['freed', 'captured']
+
+
+def speculated_call(graphs, fn, inputs, key, state, hint='hint'):
+    # As SamsaConv calls it in inference: the last call's graph replayed
+    # first, then confirmed (or its output left unread).
+    spec = graphs.speculate(inputs, hint)
+    out = graphs(fn, inputs, key, lambda: state, hint=hint, speculated=spec)
+    return spec, (fn(*inputs) if out is None else out)
+
+
+def test_a_speculative_replay_serves_the_call_that_confirms_it(
+        fake_capture):
+    weight = torch.randn(3, 3)
+
+    def fn(x):
+        return x @ weight
+
+    graphs = GraphReplay(min_calls=1)
+    x = torch.randn(4, 3)
+    for _ in range(2):  # eager, then captured (in place) and replayed
+        spec, out = speculated_call(graphs, fn, (x, ), 'key', [weight])
+        assert spec is None and torch.equal(out, x @ weight)
+    graph = fake_capture[0]
+    assert len(fake_capture) == 1 and graph.replays == 1
+    for i in range(3):  # one replay per call: the speculative one
+        spec, out = speculated_call(graphs, fn, (x, ), 'key', [weight])
+        assert spec is not None and graph.replays == 2 + i
+        assert torch.equal(out, x @ weight)
+    # Another hint, another address or another layout: no speculation,
+    # and the call chooses its graph as before.
+    assert graphs.speculate((x, ), 'other hint') is None
+    assert graph.replays == 4
+    spec, out = speculated_call(graphs, fn, (x, ), 'key', [weight])
+    assert spec is None and graph.replays == 5  # (replayed by the call)
+    y = x.clone()
+    assert graphs.speculate((y, ), 'hint') is None
+    spec, out = speculated_call(graphs, fn, (x, ), 'key', [weight])
+    assert spec is None and graph.replays == 6
+    assert graphs.speculate((x.t(), ), 'hint') is None
+    # Without a hint the call arms no speculation.
+    assert graphs(fn, (x, ), 'key', lambda: [weight]) is not None
+    assert graphs.speculate((x, ), 'hint') is None
+
+
+def test_an_unconfirmed_speculation_leaves_its_output_unread(fake_capture):
+    weight = torch.randn(3, 3)
+
+    def fn(x):
+        return x @ weight
+
+    graphs = GraphReplay(min_calls=1)
+    x = torch.randn(4, 3)
+    for _ in range(3):  # eager, captured, speculated
+        speculated_call(graphs, fn, (x, ), 'key', [weight])
+    graph = fake_capture[0]
+    assert graph.replays == 2
+    weight.mul_(2)  # in place: the graph's stamp no longer matches
+    spec, out = speculated_call(graphs, fn, (x, ), 'key', [weight])
+    assert spec is not None and graph.replays == 3  # the wasted replay
+    assert torch.equal(out, x @ weight)  # the eager call's
+    assert len(graphs) == 0
+    # One speculation per served call: none until a graph serves again.
+    assert graphs.speculate((x, ), 'hint') is None
+    speculated_call(graphs, fn, (x, ), 'key', [weight])  # captured again
+    assert len(fake_capture) == 2
+    graph = fake_capture[1]
+    assert graph.replays == 1
+    # A key that the hint does not tell apart: the graph replays, the
+    # call finds no graph of its signature and runs eagerly.
+    spec, out = speculated_call(graphs, fn, (x, ), 'other key', [weight])
+    assert spec is graphs._graphs[next(iter(graphs._graphs))]
+    assert graph.replays == 2 and torch.equal(out, x @ weight)
+    assert graphs.speculate((x, ), 'hint') is None
+
+
+def test_graphs_hold_the_state_they_read(fake_capture):
+    # A speculative replay reads the state before it is stamped: the
+    # tensors a graph was captured with stay allocated while it is kept.
+    import weakref
+    weight = torch.randn(3, 3)
+    graphs = GraphReplay(min_calls=1)
+    x = torch.randn(4, 3)
+    for _ in range(3):
+        speculated_call(graphs, lambda x: x @ weight, (x, ), 'key',
+                        [weight, None])
+    ref = weakref.ref(weight)
+    weight = torch.randn(3, 3)  # the caller lets the old one go
+    assert ref() is not None
+    spec, out = speculated_call(graphs, lambda x: x @ weight, (x, ), 'key',
+                                [weight, None])
+    assert spec is not None and torch.equal(out, x @ weight)
+    assert len(graphs) == 0  # dropped: a new storage
+    del spec
+    assert ref() is None
+
+
+def test_a_graph_that_copies_its_inputs_speculates_at_any_address(
+        fake_capture):
+    graphs = GraphReplay(min_calls=1)
+    xs = [torch.randn(4, 3) for _ in range(6)]
+    for x in xs[:2]:  # at new addresses: a graph that copies them
+        speculated_call(graphs, torch.neg, (x, ), 'key', [])
+    graph = fake_capture[0]
+    assert graph.buffers[0] is not xs[1] and graph.replays == 1
+    for i, x in enumerate(xs[2:]):
+        spec, out = speculated_call(graphs, torch.neg, (x, ), 'key', [])
+        assert spec is not None and graph.replays == 2 + i
+        assert torch.equal(out, -x)
+    # Where a graph reads some inputs in place, a copying one speculates
+    # no more (that one may be the call's).
+    graphs = GraphReplay(min_calls=1)
+    y = torch.randn(4, 3)
+    for _ in range(2):
+        speculated_call(graphs, torch.neg, (y, ), 'key', [])
+    assert len(fake_capture) == 2 and graphs._in_place == 1
+    speculated_call(graphs, torch.neg, (xs[0], ), 'key', [])  # captured
+    assert len(fake_capture) == 3 and fake_capture[2].replays == 1
+    for x in xs[1:]:
+        spec, out = speculated_call(graphs, torch.neg, (x, ), 'key', [])
+        assert spec is None and torch.equal(out, -x)
+    assert fake_capture[2].replays == len(xs)
+    spec, out = speculated_call(graphs, torch.neg, (y, ), 'key', [])
+    assert spec is None and fake_capture[1].replays == 2
+
+
+def test_the_layer_speculates_and_stays_equal_to_its_eager_calls(
+        fake_capture, monkeypatch):
+    # SamsaConv's replays on the CPU: repeated inference calls on one input
+    # replay once each (speculatively); a parameter changed in place, a
+    # setting or a hook leave at most one unread replay, and every output
+    # equals the eager call's.
+    from samsa_geo.nn import SamsaConv
+    from samsa_geo.nn.attention import config
+    monkeypatch.setattr(torch.cuda, 'is_current_stream_capturing',
+                        lambda: False)
+    torch.manual_seed(0)
+    conv = SamsaConv(16, None, heads=2, k=4).eval()
+    monkeypatch.setattr(conv.attn, '_runs_fused', lambda *args: True)
+    batch = torch.arange(3).repeat_interleave(10)
+    x = torch.randn(30, 16)
+    kwargs = {'num_graphs': 3, 'max_num_nodes': 10}
+    seen = []
+
+    def call():
+        with torch.no_grad():
+            with config.attention_config(cuda_graphs=False):
+                ref = conv(x, None, batch)
+            out = conv._replay(x, batch, None, kwargs)
+            served = out is not None
+            if out is None:
+                out = conv._forward(x, None, batch, None, False, {}, {})
+        assert torch.allclose(out, ref, atol=1e-5)
+        seen.append(served)
+        return sum(g.replays for g in fake_capture)
+
+    for _ in range(3):  # eager, eager, captured
+        call()
+    assert seen == [False, False, True] and len(fake_capture) == 1
+    for i in range(3):  # one replay per call
+        assert call() == 2 + i
+    with torch.no_grad():
+        conv.mlp[0].weight.mul_(0.5)
+    assert call() == 5 and seen[-1] is False  # replayed, left unread
+    assert len(conv._graphs) == 0
+    call()  # captured again, no speculation before
+    assert len(fake_capture) == 2 and fake_capture[1].replays == 1
+    conv.attn.tau = conv.attn.tau * 2  # a setting: another signature
+    assert call() == 5 + 2 and seen[-1] is False
+    conv.attn.tau = conv.attn.tau / 2
+    assert call() == 5 + 3 and seen[-1] is True  # served, unspeculated
+    handle = conv.mlp[0].register_forward_hook(lambda *args: None)
+    assert call() == 5 + 4 and seen[-1] is False  # one, unread
+    for _ in range(2):
+        assert call() == 5 + 4 and seen[-1] is False
+    handle.remove()
+    assert call() == 5 + 5 and seen[-1] is True
+    assert call() == 5 + 6 and seen[-1] is True
