@@ -342,8 +342,6 @@ def project_rows(ids: Tensor, x: Tensor, weight: Tensor,
     ids = ids.transpose(0, 1).reshape(H, B * K)  # [B, H, K] -> [H, B * K]
     w = weight.view(H, F_, C).transpose(1, 2)  # [H * F, C] -> [H, C, F]
     b = bias.view(H, 1, F_).expand(H, B * K, F_)  # [H * F] -> [H, BK, F]
-    # [H * B * K, C] -> [H, BK, C], in the weights' dtype (float32 rows of
-    # the fused path's tokens, cast here)
-    rows = x.index_select(0, ids.view(-1)).to(weight.dtype).view(H, B * K, C)
+    rows = x.index_select(0, ids.view(-1)).view(H, B * K, C)  # [H, BK, C]
     u = torch.baddbmm(b, rows, w)  # [H, B * K, C] @ [H, C, F]
     return u.view(H, B, K, F_).transpose(0, 1)  # [H, BK, F] -> [B, H, K, F]

@@ -26,7 +26,6 @@ _fused_bias = True
 _fused_scorer = True
 _fused_inference = True
 _sampled_rows = True
-_fused_cast = True
 _fused_relax = True
 _tile_attention = False
 _packed_attention = False
@@ -127,22 +126,6 @@ def use_sampled_rows() -> bool:
 def set_sampled_rows(flag: bool) -> None:
     global _sampled_rows
     _sampled_rows = bool(flag)
-
-
-def use_fused_cast() -> bool:
-    r"""Whether the fused inference path's projection GEMM reads float32
-    tokens under autocast as they are and rounds them to autocast's dtype
-    in its Triton kernel
-    (:func:`~samsa_geo.ops._triton.cast_linear.cast_linear_triton`), on
-    CUDA outside traced graphs, instead of writing a 16-bit copy of the
-    tokens for cuBLAS to read: the same rounded values, float32 sums in
-    another order. On by default; :obj:`False` casts first."""
-    return _fused_cast
-
-
-def set_fused_cast(flag: bool) -> None:
-    global _fused_cast
-    _fused_cast = bool(flag)
 
 
 def use_fused_relax() -> bool:
@@ -325,9 +308,8 @@ def snapshot() -> tuple:
     asks for it before every replay."""
     flex = _flex_kernel_options
     return (_debug, _fused_bias, _fused_scorer, _fused_inference,
-            _sampled_rows, _fused_cast, _fused_relax, _tile_attention,
-            _packed_attention, _fused_gine, _stacked_casts, _cuda_graphs,
-            _bias_inference_kernel,
+            _sampled_rows, _fused_relax, _tile_attention, _packed_attention,
+            _fused_gine, _stacked_casts, _cuda_graphs, _bias_inference_kernel,
             None if flex is None else repr(sorted(flex.items())))
 
 
@@ -337,7 +319,6 @@ _SETTERS = {
     'fused_scorer': (use_fused_scorer, set_fused_scorer),
     'fused_inference': (use_fused_inference, set_fused_inference),
     'sampled_rows': (use_sampled_rows, set_sampled_rows),
-    'fused_cast': (use_fused_cast, set_fused_cast),
     'fused_relax': (use_fused_relax, set_fused_relax),
     'tile_attention': (use_tile_attention, set_tile_attention),
     'packed_attention': (use_packed_attention, set_packed_attention),
@@ -354,7 +335,7 @@ _SETTERS = {
 def attention_config(**kwargs) -> Iterator[None]:
     r"""Sets the given switches (``debug``, ``fused_bias``,
     ``fused_scorer``, ``fused_inference``, ``sampled_rows``,
-    ``fused_cast``, ``fused_relax``,
+    ``fused_relax``,
     ``tile_attention``, ``packed_attention``, ``fused_gine``,
     ``stacked_casts``, ``cuda_graphs``, ``bias_inference_kernel``,
     ``flex_kernel_options``)

@@ -462,10 +462,8 @@ class SamsaAttention(Module):
         """
         self._check_shapes(x, batch, pos, normal)
         # Launched first, so that the GPU casts while the host decides the
-        # path (the time of a call alone, at large sets); not where the
-        # fused path's GEMM would cast x itself.
-        x_low = None if self._casts_in_gemm(x) else \
-            self._projection_input(x)
+        # path (the time of a call alone, at large sets).
+        x_low = self._projection_input(x)
         if batch is not None and batch.dtype != torch.long:
             batch = batch.long()
         info = self._set_info(x, batch, pos, normal, num_graphs, max_num_nodes)
@@ -493,18 +491,6 @@ class SamsaAttention(Module):
                 or dtype == torch.float32:
             return None
         return x.to(dtype)
-
-    def _casts_in_gemm(self, x: Tensor) -> bool:
-        # Whether the fused path's projection reads float32 x as it is and
-        # rounds it to autocast's dtype in its kernel
-        # (config.use_fused_cast): where the layer would cast x for the
-        # projections (see _projection_input), in inference, on a device
-        # that Triton serves.
-        return (config.use_fused_cast() and x.dtype == torch.float32
-                and not self.training
-                and _projection_dtype(x, self.lin_q.weight) in (
-                    torch.bfloat16, torch.float16)
-                and triton_serves(x.device))
 
     def _sampled_forward(self, x: Tensor, x_low: Optional[Tensor],
                          batch: Optional[Tensor],
@@ -670,7 +656,7 @@ class SamsaAttention(Module):
         rows = self._projects_sampled_rows(info, x.size(0), return_indices,
                                            fused=True)
         q, kv, hidden, (scorer_args, out_lin, kv_lin) = self._project(
-            x, x_low, rows, fused=True)
+            x, x_low, rows)
         score = self.scorer(x, hidden, **scorer_args)  # [N, H] float32
         out, idx = fused_sampled_attention(
             q, kv, score, self.reg_score, self.reg_kv, batch, info, self.k,
@@ -681,7 +667,7 @@ class SamsaAttention(Module):
         return out, order_by_score(idx, score, self.reg_score)
 
     def _project(self, x: Tensor, x_low: Optional[Tensor] = None,
-                 sampled_kv: bool = False, fused: bool = False,
+                 sampled_kv: bool = False,
                  ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor],
                             Tuple[Dict[str, Any], Tuple[Tensor, Tensor],
                                   Optional[Tuple[Tensor, Tensor, Tensor]]]]:
@@ -699,9 +685,7 @@ class SamsaAttention(Module):
         # in inference the stacked weight's last rows (the GEMM reads the
         # rows above), where gradients flow lin_kv's own weight and bias
         # (rows of the stacked ones would each add a backward that zeroes
-        # and fills the whole stacked gradient). The fused path's GEMM
-        # casts float32 x itself where _casts_in_gemm says so (x stays
-        # float32 in kv_lin: project_rows casts the rows it gathers).
+        # and fills the whole stacked gradient).
         lins = self._projected()
         own_kv = sampled_kv and needs_grad(self.lin_kv.weight,
                                            self.lin_kv.bias)
@@ -715,12 +699,7 @@ class SamsaAttention(Module):
         dtype = _projection_dtype(x, weight)
         if dtype is not None:
             weight, bias = weight.to(dtype), bias.to(dtype)
-        cast_in_gemm = (fused and x.dtype == torch.float32
-                        and weight.dtype != torch.float32
-                        and not needs_grad(weight, bias)
-                        and self._casts_in_gemm(x))
-        if not cast_in_gemm:
-            x = _in_dtype(x, x_low, weight.dtype)  # autocast's, if on
+        x = _in_dtype(x, x_low, weight.dtype)  # autocast's, if on
         sizes = [lin.out_features for lin in lins]
         if own_kv:
             kv_lin = (x, kv_weight.to(weight.dtype), kv_bias.to(weight.dtype))
@@ -728,12 +707,7 @@ class SamsaAttention(Module):
             rows = sizes.pop()
             kv_lin = (x, weight[-rows:], bias[-rows:])
             weight, bias = weight[:-rows], bias[:-rows]
-        if cast_in_gemm:
-            from samsa_geo.ops._triton.cast_linear import cast_linear_triton
-            out = cast_linear_triton(x, weight, bias)
-        else:
-            out = linear_unchecked(x, weight, bias)
-        out = out.split_with_sizes(sizes, 1)
+        out = linear_unchecked(x, weight, bias).split_with_sizes(sizes, 1)
         scorer_args: Dict[str, Any] = {}
         if len(rest) > 2:
             scorer_args['lin2_weights'] = (rest[0], rest[1])

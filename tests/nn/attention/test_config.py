@@ -5,7 +5,7 @@ from samsa_geo.nn.attention import config
 # A value other than the default, per switch.
 OTHER = {'debug': True, 'fused_bias': False, 'fused_scorer': False,
          'fused_inference': False, 'sampled_rows': False,
-         'fused_cast': False, 'fused_relax': False,
+         'fused_relax': False,
          'tile_attention': True, 'packed_attention': True,
          'fused_gine': True,
          'stacked_casts': True, 'cuda_graphs': False,

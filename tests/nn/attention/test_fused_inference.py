@@ -279,45 +279,6 @@ def test_fused_path_projects_the_selected_rows_alone(
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('rows', [False, True])
-@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_fused_path_casts_float32_tokens_in_its_gemm(fused, spy, monkeypatch,
-                                                     rows, dtype):
-    # Under autocast the fused path's projection reads float32 x and
-    # rounds it in its kernel (config.fused_cast): no 16-bit copy of x,
-    # the same rounded values as the cast, the same ids; with the selected
-    # rows, project_rows gets float32 x and casts the rows it gathers.
-    cast_linear = importlib.import_module('samsa_geo.ops._triton.cast_linear')
-    calls = spy(cast_linear, 'cast_linear_triton')
-    if rows:
-        monkeypatch.setattr(fused, 'FUSED_SAMPLED_ROWS_MIN_TOKENS', 0)
-        monkeypatch.setattr(fused, 'is_capturing', lambda: True)
-    torch.manual_seed(0)
-    attn = SamsaAttention(16, heads=2, k=4).eval()
-    x, batch, hints = _batch([40, 0, 13, 57, 3])
-    made = spy(fused.SamsaAttention, '_projection_input')
-    with torch.no_grad(), torch.autocast('cpu', dtype=dtype):
-        out, idx = attn(x, batch, return_indices=True, **hints)
-        assert len(calls) == 1 and not made
-        xin, weight, bias = calls[0]
-        assert xin is x and weight.dtype == bias.dtype == dtype
-        assert weight.shape == ((32 if rows else 64), 16)  # q, scorer[, kv]
-        with config.attention_config(fused_cast=False):
-            ref, ref_idx = attn(x, batch, return_indices=True, **hints)
-        assert len(calls) == 1 and len(made) == 1
-        with config.attention_config(fused_inference=False):
-            plain, plain_idx = attn(x, batch, return_indices=True, **hints)
-        assert len(calls) == 1
-        attn.train()
-        attn(x, batch, **hints)  # training casts first
-        assert len(calls) == 1
-    assert out.dtype == ref.dtype == dtype
-    assert torch.equal(idx, ref_idx) and torch.equal(idx, plain_idx)
-    for other in (ref, plain):
-        err = (out.float() - other.float()).norm() / other.float().norm()
-        assert err < 1e-2, err
-
-
 def test_fused_path_projects_every_row_where_the_rows_do_not_pay(
         fused, spy, monkeypatch):
     # Registers, more selected rows than half the tokens, the switch off,
