@@ -25,6 +25,8 @@ from samsa_geo.ops._triton.launch import Launcher
 
 #: Values one program holds: rows per program = this / padded width.
 BLOCK_VALUES = 4096
+#: Warps per program.
+NUM_WARPS = 4
 
 
 @triton.jit
@@ -79,5 +81,5 @@ def residual_affine_triton(x: Tensor, h: Tensor, scale: Tensor,
     _launch_residual_affine(
         grid, x, h, scale, shift, y, out2, M, C, x.stride(0), h.stride(0),
         y.stride(0), out2.stride(0), HAS_COPY=z is not None,
-        BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=4)
+        BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=NUM_WARPS)
     return y, z
