@@ -6,7 +6,8 @@ per-channel scale and shift): ``residual_affine``'s Triton kernel
 reads, as the layer's first residual does) against PyTorch's addition,
 ``addcmul`` and cast (``pytorch``, ``pytorch_copy``), pipelined, with the
 bytes moved per call over the time (``gb_s``: the memory bandwidth the
-call reaches) and the largest deviation from PyTorch's output. Writes
+call reaches) and the largest deviation from PyTorch's float32 output
+(of the float32 output; for ``pytorch_copy``, of its bfloat16 copy). Writes
 JSON records with their provenance (``--commit`` names the tree's commit
 where git cannot).
 

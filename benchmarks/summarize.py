@@ -30,6 +30,9 @@ BENCHMARKS = (
      'gather_attention_kernel.py'),
     ('batch_norm_kernel', "The layer's training batch norm alone",
      'batch_norm_kernel.py'),
+    ('residual_affine_kernel',
+     "The layer's inference residual sum and batch norm alone",
+     'residual_affine_kernel.py'),
     ('graph_scale', 'Large graph, full-batch training', 'graph_scale.py'),
     ('ops', 'Geometry ops', 'ops.py'),
     ('ddp', 'Data-parallel training', 'run_ddp.sh'),
@@ -200,6 +203,15 @@ def run_table(name, recs, lines):
                   'calls back to back; max_abs_err: the output against '
                   "PyTorch's.", '']
         simple_table(recs, ['tokens', 'op', 'pass', 'ms', 'max_abs_err'],
+                     lines)
+    elif name == 'residual_affine_kernel':
+        lines += [f"{rec0['channels']} channels, float32 stream plus a "
+                  'bfloat16 residual, a per-channel scale and shift '
+                  '(`_copy`: and the bfloat16 copy); calls back to back; '
+                  'gb_s: bytes read and written per call over its time; '
+                  'max_abs_err: against PyTorch\'s float32 output (for '
+                  "`pytorch_copy`, its bfloat16 copy's).", '']
+        simple_table(recs, ['tokens', 'op', 'ms', 'gb_s', 'max_abs_err'],
                      lines)
     elif name == 'gather_attention_kernel':
         lines += [f"bf16, {rec0['heads']} heads of {rec0['head_dim']}, "
