@@ -212,7 +212,12 @@ def use_cuda_graphs() -> bool:
       settings) seen twice is captured at its third call; a graph is kept
       while the parameters, buffers and kept casts are unchanged (see
       :class:`~samsa_geo.nn.conv._graph_replay.GraphReplay`). Up to four
-      graphs per layer.
+      graphs per layer. A call whose inputs and cheap key (sizes,
+      autocast, inference mode) are the last call's replays that call's
+      graph before checking the rest; where the check then chooses
+      otherwise (a setting, a parameter or a hook changed), that replay's
+      output goes unread and the call runs as it would have: one replay's
+      GPU time is lost.
     - Training (every parameter requires a gradient; the attention with
       hard sampling, dot scores and softmax, and without relative bias,
       summary key, registers or scorer norm, the paths the GPU tests
