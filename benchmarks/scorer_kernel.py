@@ -11,7 +11,8 @@ and, from the hidden rows as the layer's stacked projection leaves them
 (a strided column slice, the first layer not timed), PyTorch's GELU or
 the Triton one (``gelu_triton``) before the second layer and the tail's
 kernel (``strided_*_gelu_tail``) against the kernel from the hidden
-layer (``strided_from_hidden``); each with the largest deviation from
+layer (``strided_from_hidden``, and other configurations,
+``strided_rows*``); each with the largest deviation from
 the PyTorch formula. Pipelined timing
 (calls back to back). Writes JSON records with their provenance
 (``--commit`` names the tree's commit where git cannot).
@@ -42,8 +43,8 @@ from samsa_geo.nn.attention import config as config_module  # noqa: E402
 
 #: Row blocks, column blocks of the second layer, warps and pipeline
 #: stages timed besides the default configuration.
-CONFIGS = [(32, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2), (128, 32, 8, 3),
-           (128, 64, 8, 3)]
+CONFIGS = [(32, 32, 4, 3), (64, 32, 4, 2), (64, 64, 4, 2), (64, 32, 8, 3),
+           (64, 64, 8, 3), (64, 32, 8, 2), (128, 32, 8, 3), (128, 64, 8, 3)]
 
 
 def main():
@@ -112,11 +113,14 @@ def main():
                 return _score_triton.importance_score_triton(y, xk, *tail)
         return fn
 
-    def strided_from_hidden():
-        _score_triton.KERNEL_CONFIG = None
-        with torch.no_grad():
-            return _score_triton.importance_score_triton(
-                hidden, xk, *tail, lin2.weight, lin2.bias, act.approximate)
+    def strided_from_hidden(config=None):
+        def fn():
+            _score_triton.KERNEL_CONFIG = config
+            with torch.no_grad():
+                return _score_triton.importance_score_triton(
+                    hidden, xk, *tail, lin2.weight, lin2.bias,
+                    act.approximate)
+        return fn
 
     cases = [('pytorch_eager', run(scorer, False)),
              ('pytorch_compiled', run(compiled, False)),
@@ -125,13 +129,14 @@ def main():
              ('triton_from_hidden', from_hidden()),
              ('strided_pytorch_gelu_tail', strided(F.gelu)),
              ('strided_triton_gelu_tail', strided(_score_triton.gelu_triton)),
-             ('strided_from_hidden', strided_from_hidden)]
+             ('strided_from_hidden', strided_from_hidden())]
     for rows, cols, warps, stages in CONFIGS:
         if rows * C <= 32768:
             cfg = dict(BLOCK_N=rows, BLOCK_K=cols, num_warps=warps,
                        num_stages=stages)
-            name = f"triton_rows{rows}_k{cols}_warps{warps}_stages{stages}"
-            cases.append((name, from_hidden(cfg)))
+            name = f"rows{rows}_k{cols}_warps{warps}_stages{stages}"
+            cases.append(('triton_' + name, from_hidden(cfg)))
+            cases.append(('strided_' + name, strided_from_hidden(cfg)))
     ref = run(scorer, False)().double()
     records = []
     for name, fn in cases:
