@@ -19,11 +19,15 @@ times in a run, and only its ratios (memory and compute throughput,
 occupancy) and resource counts (registers, shared memory) are quoted.
 """
 import argparse
+import os
+import sys
 
 import torch
 
-from samsa_geo.nn import SamsaConv
-from samsa_geo.nn.attention import config
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from layer import build, call  # noqa: E402
+
+from samsa_geo.nn.attention import config  # noqa: E402
 
 
 def main():
@@ -32,13 +36,13 @@ def main():
     p.add_argument('--calls', type=int, default=3)
     args = p.parse_args()
     torch.manual_seed(0)
-    conv = SamsaConv(256, None, heads=8, k=256).cuda().eval()
+    conv = build('samsa_conv_batch', 256, 8, 256).cuda().eval()
     x = torch.randn(args.tokens, 256, device='cuda')
     batch = torch.zeros(args.tokens, dtype=torch.long, device='cuda')
     with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16), \
             config.attention_config(cuda_graphs=False):
         for _ in range(args.calls):
-            conv(x, None, batch, num_graphs=1, max_num_nodes=args.tokens)
+            call('samsa_conv_batch', conv, x, batch, 1)
     torch.cuda.synchronize()
 
 

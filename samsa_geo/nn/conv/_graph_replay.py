@@ -329,8 +329,7 @@ class GraphReplay:
     @staticmethod
     def _signature(key: Hashable, inputs: Sequence[Tensor]) -> Hashable:
         # What selects a graph: the caller's key and the inputs' layout.
-        return (key, tuple((t.shape, t.stride(), t.dtype, t.device)
-                           for t in inputs))
+        return (key, _layout(inputs, False))
 
     def _count(self, sig: Hashable) -> bool:
         # Whether sig has now been seen often enough before this call.
