@@ -77,6 +77,34 @@ def test_select_kernel_matches_a_stable_sort(fused, sizes, R, ties):
     _assert_stable_top(idx, bounds, score, reg, sizes, k)
 
 
+@pytest.mark.parametrize('radix', [1, 2, 4, 8])
+def test_select_kernel_finds_the_kth_score_at_any_radix(fused, monkeypatch,
+                                                        radix):
+    # The k-th largest key is found RADIX_BITS bits per pass: the same
+    # selection at any digit width, over the whole float32 range (both
+    # infinities, both zeros, subnormals, the largest magnitudes) with
+    # ties at the boundary.
+    from samsa_geo.nn.attention import _topk_triton
+    monkeypatch.setattr(_topk_triton, 'RADIX_BITS', radix)
+    special = torch.tensor([float('inf'), -float('inf'), 0.0, -0.0, 1e-45,
+                            -1e-45, 3.4e38, -3.4e38, 1.0, -1.0, 0.5, 0.5])
+    g = torch.Generator().manual_seed(radix)
+    sizes, H, k = [24, 17, 30, 12], 3, 9
+    score = torch.stack([
+        torch.cat([special, special[torch.randperm(12, generator=g)]] * 3)
+        [torch.randperm(72, generator=g)][:71]
+        for _ in range(H)], 1)  # [71, H], many ties
+    score[40:, 1] = score[40:, 1] * 1e-3
+    # The last set all negative: its 9th largest key is -1 or below.
+    last = -special.abs()
+    score = torch.cat([score, torch.stack(
+        [last[torch.randperm(12, generator=g)] for _ in range(H)], 1)])
+    _, batch, _ = _batch(sizes)
+    idx, bounds = _topk_triton.select_topk_triton(
+        score, None, batch, len(sizes), max(sizes), k, k, with_bounds=True)
+    _assert_stable_top(idx, bounds, score, None, sizes, k)
+
+
 def _assert_stable_top(idx, bounds, score, reg, sizes, k):
     # Per set and head: the selected ids first, in candidate order, then
     # -1 in the unused slots; the sets' bounds where they are ragged.
