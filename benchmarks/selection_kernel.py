@@ -42,7 +42,8 @@ def main():
     p.add_argument('--heads', type=int, default=8)
     p.add_argument('-k', type=int, default=256)
     p.add_argument('--radix', default='1,2,4',
-                   help='RADIX_BITS values to time, comma-separated')
+                   help='RADIX_BITS values (1, 2 or 4) to time, '
+                        'comma-separated')
     add_commit_argument(p)
     p.add_argument('--out', default=os.path.join(
         os.path.dirname(__file__), 'results', 'selection_kernel.json'))

@@ -41,8 +41,8 @@ from samsa_geo.ops._triton.launch import Launcher
 #: Probes per step of the search for a set's bounds in ``batch`` (a power
 #: of 2).
 SEARCH_FANOUT = 64
-#: Bits of the k-th largest score found per pass of the selection (1, 2,
-#: 4, 8 or 16; 32 / RADIX_BITS passes, 2^RADIX_BITS counts each).
+#: Bits of the k-th largest score found per pass of the selection (1, 2
+#: or 4: 32 / RADIX_BITS passes of 2^RADIX_BITS counts each).
 RADIX_BITS = 2
 
 
@@ -107,7 +107,7 @@ def _write_top(OUT, s, valid, ids, kb, K_MAX, BLOCK_K: tl.constexpr,
     digits = tl.arange(0, 1 << RADIX).to(tl.int64)
     thresh = kb.to(tl.int64) * 0
     for g in tl.static_range(32 // RADIX):
-        shift: tl.constexpr = 32 - RADIX * (g + 1)
+        shift = 32 - RADIX * (g + 1)
         trial = thresh + (digits << shift)  # [2^RADIX]
         count = tl.sum((valid[None, :] & (key[None, :] >= trial[:, None]))
                        .to(tl.int32), 1)
