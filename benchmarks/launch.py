@@ -55,8 +55,7 @@ def cases(device: torch.device, B: int = 32, n: int = 1024, H: int = 8,
     meta = dict(H=H, EQUAL=True, HAS_KB=False, HAS_BOUNDS=False,
                 BLOCK_S=max(16, triton.next_power_of_2(n)),
                 BLOCK_K=max(16, triton.next_power_of_2(k)),
-                FANOUT=topk.SEARCH_FANOUT, RADIX=topk.RADIX_BITS,
-                num_warps=4)
+                FANOUT=topk.SEARCH_FANOUT, num_warps=4)
 
     def triton_call():
         topk._select_topk[grid](*params, **meta)

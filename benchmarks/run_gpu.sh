@@ -62,7 +62,6 @@ on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_grad_ke
 on scorer && { python3 benchmarks/batch_norm_kernel.py --commit "$COMMIT" --out $OUT/batch_norm_kernel.json 2>&1 | tail -14; }
 on scorer && { python3 benchmarks/batch_norm_kernel.py --sweep --tokens 65536,262144 --commit "$COMMIT" 2>&1 | tail -32; }
 on scorer && { python3 benchmarks/residual_affine_kernel.py --commit "$COMMIT" --out $OUT/residual_affine_kernel.json 2>&1 | tail -14; }
-on scorer && { python3 benchmarks/selection_kernel.py --commit "$COMMIT" --out $OUT/selection_kernel.json 2>&1 | tail -14; }
 on scorer && { python3 benchmarks/tile_attention_kernel.py --commit "$COMMIT" --out $OUT/tile_attention_kernel.json 2>&1 | tail -48; }
 on scorer && { python3 benchmarks/tile_attention_kernel.py --packed --commit "$COMMIT" --out $OUT/tile_attention_kernel.json 2>&1 | tail -18; }
 on scorer && { python3 benchmarks/gather_attention_kernel.py --commit "$COMMIT" --out $OUT/gather_attention_kernel.json 2>&1 | tail -48; }

@@ -33,8 +33,6 @@ BENCHMARKS = (
     ('residual_affine_kernel',
      "The layer's inference residual sum and batch norm alone",
      'residual_affine_kernel.py'),
-    ('selection_kernel', "Fused path's top-k selection alone",
-     'selection_kernel.py'),
     ('graph_scale', 'Large graph, full-batch training', 'graph_scale.py'),
     ('ops', 'Geometry ops', 'ops.py'),
     ('ddp', 'Data-parallel training', 'run_ddp.sh'),
@@ -215,13 +213,6 @@ def run_table(name, recs, lines):
                   "`pytorch_copy`, its bfloat16 copy's).", '']
         simple_table(recs, ['tokens', 'op', 'ms', 'gb_s', 'max_abs_err'],
                      lines)
-    elif name == 'selection_kernel':
-        lines += [f"float32 scores, {rec0['heads']} heads, k = {rec0['k']}; "
-                  'sets of more than 8,192 tokens in chunks of 4,096 and a '
-                  'merge (`chunks`); calls back to back; `equal`: the '
-                  "same ids as `torch.topk`'s.", '']
-        simple_table(recs, ['sets', 'tokens', 'chunks', 'op', 'ms',
-                            'equal'], lines)
     elif name == 'gather_attention_kernel':
         lines += [f"bf16, {rec0['heads']} heads of {rec0['head_dim']}, "
                   f"k = {rec0['k']} candidates per set and head; calls back "

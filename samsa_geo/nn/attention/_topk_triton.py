@@ -41,9 +41,6 @@ from samsa_geo.ops._triton.launch import Launcher
 #: Probes per step of the search for a set's bounds in ``batch`` (a power
 #: of 2).
 SEARCH_FANOUT = 64
-#: Bits of the k-th largest score found per pass of the selection (1, 2
-#: or 4: 32 / RADIX_BITS passes of 2^RADIX_BITS counts each).
-RADIX_BITS = 2
 
 
 @triton.jit
@@ -91,27 +88,19 @@ def _order_key(s):
 
 
 @triton.jit
-def _write_top(OUT, s, valid, ids, kb, K_MAX, BLOCK_K: tl.constexpr,
-               RADIX: tl.constexpr):
+def _write_top(OUT, s, valid, ids, kb, K_MAX, BLOCK_K: tl.constexpr):
     # Writes to OUT (K_MAX slots) the ids of the k_b largest valid scores
     # s, ties to the lower position, in position order, then -1 in the
-    # unused slots. The k_b-th largest key T (the largest t with at least
-    # k_b valid keys >= t) is found RADIX bits at a time from the highest:
-    # in every pass one reduction counts the keys at or above each of the
-    # 2^RADIX candidates of the next digit, and the digit is the number
-    # of candidates counted at least k_b times, less one (the counts fall
-    # as the digit grows; digit 0 keeps the count of the pass before,
-    # k_b or more).
-    # Keys as int64 in [0, 2^32), in the scores' order.
-    key = _order_key(s).to(tl.int64) + 2147483648
-    digits = tl.arange(0, 1 << RADIX).to(tl.int64)
-    thresh = kb.to(tl.int64) * 0
-    for g in tl.static_range(32 // RADIX):
-        shift = 32 - RADIX * (g + 1)
-        trial = thresh + (digits << shift)  # [2^RADIX]
-        count = tl.sum((valid[None, :] & (key[None, :] >= trial[:, None]))
-                       .to(tl.int32), 1)
-        thresh += (tl.sum((count >= kb).to(tl.int64)) - 1) << shift
+    # unused slots. The k_b-th largest key is found from its sign, then
+    # one bit at a time from the highest (adding a lower bit raises a
+    # negative int32 too).
+    key = _order_key(s)
+    count = tl.sum((valid & (key >= 0)).to(tl.int32))
+    thresh = tl.where(count >= kb, 0, -2147483648)
+    for bit in tl.static_range(30, -1, -1):
+        trial = thresh | (1 << bit)
+        count = tl.sum((valid & (key >= trial)).to(tl.int32))
+        thresh = tl.where(count >= kb, trial, thresh)
     above = valid & (key > thresh)
     tied = (valid & (key == thresh)).to(tl.int32)
     need = kb - tl.sum(above.to(tl.int32))
@@ -130,7 +119,7 @@ def _select_topk(
     N, K, R, K_MAX, n_equal, steps, chunk, n_chunks,
     H: tl.constexpr, EQUAL: tl.constexpr, HAS_KB: tl.constexpr,
     HAS_BOUNDS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
-    FANOUT: tl.constexpr, RADIX: tl.constexpr,
+    FANOUT: tl.constexpr,
 ):
     # Program (b, c, h): chunk c (tokens c * chunk .. of set b; the whole
     # set where n_chunks = 1) and head h; output row b * n_chunks + c.
@@ -162,7 +151,7 @@ def _select_topk(
     ids = tl.where(is_tok, start + offs, -2 - (offs - n))
     _write_top(IDX + row.to(tl.int64) * si_b + h * si_h,
                tl.where(is_tok, s.to(tl.float32), s_reg.to(tl.float32)),
-               is_tok | is_reg, ids, kb, K_MAX, BLOCK_K, RADIX)
+               is_tok | is_reg, ids, kb, K_MAX, BLOCK_K)
 
 
 @triton.jit
@@ -171,7 +160,7 @@ def _merge_topk(
     s_n, s_h, sr_r, sr_h, sc_b, sc_h, si_b, si_h,
     K, R, K_MAX, n_equal, n_chunks,
     H: tl.constexpr, EQUAL: tl.constexpr, HAS_KB: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr, RADIX: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # Program (b, h): the top k_b of set b's chunk winners (CAND rows
     # b * n_chunks .., K_MAX slots each, -1 unused) and the registers.
@@ -201,7 +190,7 @@ def _merge_topk(
     ids = tl.where(is_tok, tok, -2 - (offs - M))
     _write_top(IDX + b.to(tl.int64) * si_b + h * si_h,
                tl.where(is_tok, s.to(tl.float32), s_reg.to(tl.float32)),
-               is_tok | is_reg, ids, kb, K_MAX, BLOCK_K, RADIX)
+               is_tok | is_reg, ids, kb, K_MAX, BLOCK_K)
 
 
 _launch_select_topk = Launcher(_select_topk)
@@ -273,8 +262,7 @@ def select_topk_triton(score: Tensor, reg_score: Optional[Tensor],
             H=H, EQUAL=batch is None, HAS_KB=kb is not None,
             HAS_BOUNDS=bounds is not None, BLOCK_S=block_s,
             BLOCK_K=max(16, triton.next_power_of_2(k_max)),
-            FANOUT=SEARCH_FANOUT, RADIX=RADIX_BITS,
-            num_warps=_warps(block_s))
+            FANOUT=SEARCH_FANOUT, num_warps=_warps(block_s))
         if chunks > 1:
             block_s = max(16, triton.next_power_of_2(chunks * k_max + R))
             _launch_merge_topk(
@@ -287,7 +275,7 @@ def select_topk_triton(score: Tensor, reg_score: Optional[Tensor],
                 H=H, EQUAL=batch is None, HAS_KB=kb is not None,
                 BLOCK_S=block_s,
                 BLOCK_K=max(16, triton.next_power_of_2(k_max)),
-                RADIX=RADIX_BITS, num_warps=_warps(block_s))
+                num_warps=_warps(block_s))
     return (idx, bounds) if with_bounds else idx
 
 

@@ -77,25 +77,20 @@ def test_select_kernel_matches_a_stable_sort(fused, sizes, R, ties):
     _assert_stable_top(idx, bounds, score, reg, sizes, k)
 
 
-@pytest.mark.parametrize('radix', [1, 2, 4])
-def test_select_kernel_finds_the_kth_score_at_any_radix(fused, monkeypatch,
-                                                        radix):
-    # The k-th largest key is found RADIX_BITS bits per pass: the same
-    # selection at every digit width, over the whole float32 range (both
-    # infinities, both zeros, subnormals, the largest magnitudes) with
-    # ties at the boundary.
+def test_select_kernel_ranks_the_whole_float32_range(fused):
+    # Keys over the whole float32 range (both infinities, both zeros,
+    # subnormals, the largest magnitudes) with ties at the boundary, and
+    # a set of negative scores alone (its 9th largest key is -1 or below).
     from samsa_geo.nn.attention import _topk_triton
-    monkeypatch.setattr(_topk_triton, 'RADIX_BITS', radix)
     special = torch.tensor([float('inf'), -float('inf'), 0.0, -0.0, 1e-45,
                             -1e-45, 3.4e38, -3.4e38, 1.0, -1.0, 0.5, 0.5])
-    g = torch.Generator().manual_seed(radix)
+    g = torch.Generator().manual_seed(0)
     sizes, H, k = [24, 17, 30, 12], 3, 9
     score = torch.stack([
         torch.cat([special, special[torch.randperm(12, generator=g)]] * 3)
         [torch.randperm(72, generator=g)][:71]
         for _ in range(H)], 1)  # [71, H], many ties
     score[40:, 1] = score[40:, 1] * 1e-3
-    # The last set all negative: its 9th largest key is -1 or below.
     last = -special.abs()
     score = torch.cat([score, torch.stack(
         [last[torch.randperm(12, generator=g)] for _ in range(H)], 1)])
@@ -556,15 +551,14 @@ for equal, has_kb, block_s, warps in [(True, False, 1024, 4),
     sig.update(S='*fp32', REG_S='*bf16', BATCH='*i64', KB='*i64',
                IDX='*i64', BOUNDS='*i64')
     const = dict(H=8, EQUAL=equal, HAS_KB=has_kb, HAS_BOUNDS=not equal,
-                 BLOCK_S=block_s, BLOCK_K=256, FANOUT=topk.SEARCH_FANOUT,
-                 RADIX=topk.RADIX_BITS)
+                 BLOCK_S=block_s, BLOCK_K=256, FANOUT=topk.SEARCH_FANOUT)
     kernels.append((fn, sig, const, warps))
 fn = topk._merge_topk  # 16 chunks' winners of 256
 sig = {a: 'i32' for a in fn.arg_names[6:19]}
 sig.update(S='*fp32', REG_S='*bf16', CAND='*i64', BOUNDS='*i64', KB='*i64',
            IDX='*i64')
 kernels.append((fn, sig, dict(H=8, EQUAL=True, HAS_KB=False, BLOCK_S=4096,
-                              BLOCK_K=256, RADIX=topk.RADIX_BITS), 16))
+                              BLOCK_K=256), 16))
 fn = attend._gather_attention_fwd
 for dtype, precision, equal, D in [('bf16', 'tf32', True, 32),
                                    ('fp32', 'ieee', False, 64)]:
