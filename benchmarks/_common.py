@@ -1,4 +1,5 @@
 """Timing and record helpers shared by the benchmark scripts."""
+import argparse
 import gc
 import json
 import os
@@ -262,6 +263,36 @@ def add_commit_argument(parser) -> None:
         "default: git's, -dirty appended where the tree differs. Each "
         "record's 'dirty' says whether git sees changes against it (null "
         'where git cannot tell)')
+
+
+def token_kernel_main(name: str, case: Callable, sweep: Callable,
+                      columns: List[str]) -> None:
+    """The command line of a benchmark that times one of the layer's
+    kernels alone over token counts (``--tokens``, ``--channels``,
+    ``--commit``, ``--sweep``, ``--out``; records in
+    ``results/<name>.json``): ``case(M, C, device, args)`` returns the
+    records of ``M`` tokens, printed by ``columns``; with ``--sweep``,
+    ``sweep(M, C, device)`` prints instead."""
+    p = argparse.ArgumentParser()
+    p.add_argument('--tokens', default='32768,65536,262144')
+    p.add_argument('--channels', type=int, default=256)
+    add_commit_argument(p)
+    p.add_argument('--sweep', action='store_true')
+    p.add_argument('--out', default=os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), 'results',
+        name + '.json'))
+    args = p.parse_args()
+    dev = torch.device('cuda')
+    tokens = [int(t) for t in args.tokens.split(',')]
+    if args.sweep:
+        for M in tokens:
+            sweep(M, args.channels, dev)
+        return
+    records = []
+    for M in tokens:
+        records += case(M, args.channels, dev, args)
+    print_table(records, columns)
+    write_records(records, args.out)
 
 
 def provenance(device: torch.device, args) -> dict:

@@ -15,7 +15,6 @@ their provenance (``--commit`` names the tree's commit where git cannot).
 gradient sums) over a grid of ``MAX_SPANS`` x ``BLOCK_VALUES``, the
 constants that size their programs.
 """
-import argparse
 import itertools
 import os
 import sys
@@ -24,37 +23,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    add_commit_argument,
-    measure,
-    print_table,
-    provenance,
-    write_records,
-)
+from _common import measure, provenance, token_kernel_main  # noqa: E402
 
 from samsa_geo.ops import residual_batch_norm  # noqa: E402
 from samsa_geo.ops._triton import batch_norm as kernels  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument('--tokens', default='32768,65536,262144')
-    p.add_argument('--channels', type=int, default=256)
-    add_commit_argument(p)
-    p.add_argument('--sweep', action='store_true')
-    p.add_argument('--out', default=os.path.join(
-        os.path.dirname(__file__), 'results', 'batch_norm_kernel.json'))
-    args = p.parse_args()
-    dev = torch.device('cuda')
-    if args.sweep:
-        for M in [int(t) for t in args.tokens.split(',')]:
-            _sweep(M, args.channels, dev)
-        return
-    records = []
-    for M in [int(t) for t in args.tokens.split(',')]:
-        records += _case(M, args.channels, dev, args)
-    print_table(records, ['op', 'tokens', 'pass', 'ms', 'max_abs_err'])
-    write_records(records, args.out)
+    token_kernel_main('batch_norm_kernel', _case, _sweep,
+                      ['op', 'tokens', 'pass', 'ms', 'max_abs_err'])
 
 
 def _case(M, C, dev, args):

@@ -17,7 +17,6 @@ where git cannot).
 ``--sweep`` prints, instead, the kernel's time over a grid of
 ``BLOCK_VALUES`` x ``NUM_WARPS``, the constants that size its programs.
 """
-import argparse
 import itertools
 import os
 import sys
@@ -25,38 +24,15 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    add_commit_argument,
-    measure,
-    print_table,
-    provenance,
-    write_records,
-)
+from _common import measure, provenance, token_kernel_main  # noqa: E402
 
 from samsa_geo.ops import residual_affine  # noqa: E402
 from samsa_geo.ops._triton import residual_affine as kernels  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument('--tokens', default='32768,65536,262144')
-    p.add_argument('--channels', type=int, default=256)
-    add_commit_argument(p)
-    p.add_argument('--sweep', action='store_true')
-    p.add_argument('--out', default=os.path.join(
-        os.path.dirname(__file__), 'results', 'residual_affine_kernel.json'))
-    args = p.parse_args()
-    dev = torch.device('cuda')
-    tokens = [int(t) for t in args.tokens.split(',')]
-    if args.sweep:
-        for M in tokens:
-            _sweep(M, args.channels, dev)
-        return
-    records = []
-    for M in tokens:
-        records += _case(M, args.channels, dev, args)
-    print_table(records, ['op', 'tokens', 'ms', 'gb_s', 'max_abs_err'])
-    write_records(records, args.out)
+    token_kernel_main('residual_affine_kernel', _case, _sweep,
+                      ['op', 'tokens', 'ms', 'gb_s', 'max_abs_err'])
 
 
 def _inputs(M, C, dev):

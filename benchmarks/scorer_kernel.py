@@ -88,12 +88,14 @@ def main():
             y = lin2(act(lin1(x)))
             return _score_triton.importance_score_triton(y, xk, *tail)
 
-    def from_hidden(config=None):
+    def from_hidden(config=None, rows=lambda: lin1(x)):
+        # The kernel from the hidden rows that rows() gives (by default
+        # the first layer's output, timed with it).
         def fn():
             _score_triton.KERNEL_CONFIG = config
             with torch.no_grad():
                 return _score_triton.importance_score_triton(
-                    lin1(x), xk, *tail, lin2.weight, lin2.bias,
+                    rows(), xk, *tail, lin2.weight, lin2.bias,
                     act.approximate)
         return fn
 
@@ -114,13 +116,7 @@ def main():
         return fn
 
     def strided_from_hidden(config=None):
-        def fn():
-            _score_triton.KERNEL_CONFIG = config
-            with torch.no_grad():
-                return _score_triton.importance_score_triton(
-                    hidden, xk, *tail, lin2.weight, lin2.bias,
-                    act.approximate)
-        return fn
+        return from_hidden(config, lambda: hidden)
 
     cases = [('pytorch_eager', run(scorer, False)),
              ('pytorch_compiled', run(compiled, False)),
