@@ -84,7 +84,9 @@ def drop_kept_state(modules: Iterable[torch.nn.Module]) -> None:
     """Drops what the samsa_geo layers among ``modules`` (and their
     submodules) keep between calls: :class:`~samsa_geo.nn.SamsaConv`'s CUDA
     graphs of inference and of training calls and its inference caches,
-    :class:`~samsa_geo.nn.SamsaAttention`'s kept casts, as ``train()`` /
+    :class:`~samsa_geo.nn.SamsaAttention`'s kept casts,
+    :class:`~samsa_geo.nn.models.SamsaGraphModel`'s graphs of training
+    steps, as ``train()`` /
     ``eval()`` and ``.to()`` drop them. A case's warm-up then captures its
     own graphs (counted in its ``held_mb``), and no memory of an earlier
     case's stays in the baseline of the next."""
@@ -92,9 +94,12 @@ def drop_kept_state(modules: Iterable[torch.nn.Module]) -> None:
     if not modules:
         return
     from samsa_geo.nn import SamsaAttention, SamsaConv
+    from samsa_geo.nn.models import SamsaGraphModel
     for module in modules:
         for m in module.modules():
-            if isinstance(m, SamsaConv):
+            if isinstance(m, SamsaGraphModel):
+                m._train_graphs.clear()
+            elif isinstance(m, SamsaConv):
                 m._graphs.clear()
                 m._train_graphs.clear()
                 m._mlp_cache = None

@@ -4,7 +4,8 @@ backward and the optimizer step of ``SamsaGraphModel`` (with
 model (those of ``benchmarks/layer.py --graph-epoch``), with AdamW in its
 foreach and its fused implementation. Each phase is timed to its end with a
 synchronisation (median over the steps of an epoch), the epoch without
-(median of ``--repeat`` epochs), and the aten calls of every phase are
+(median of ``--repeat`` epochs, each in its own order of the graphs, as a
+shuffling loader gives them), and the aten calls of every phase are
 counted below autograd (views included) on the first batch, with the
 launches of samsa_geo's Triton kernels beside them. One JSON record
 per model and optimizer, with its provenance::
@@ -76,19 +77,24 @@ def graph_step_case(op: str, optimizer: str, batches, args,
             phases.append((t_fwd - start, t_bwd - t_fwd,
                            time.perf_counter() - t_bwd))
 
+    # Each epoch in its own order, as a shuffling loader gives them (so
+    # the batches' sizes differ between epochs), collated before it runs.
+    orders = iter([molecule_batches(device, shuffle=e) for e in
+                   range(args.warmup + args.repeat + 1)])
     for _ in range(args.warmup):
-        for data in batches:
+        for data in next(orders):
             step(data)
     sync(device)
     epochs = []
     for _ in range(args.repeat):
+        order = next(orders)
         start = time.perf_counter()
-        for data in batches:
+        for data in order:
             step(data)
         sync(device)
         epochs.append(time.perf_counter() - start)
     phases = []
-    for data in batches:
+    for data in next(orders):
         step(data, phases)
 
     data = batches[0]

@@ -18,6 +18,7 @@ passes ``num_graphs`` only, ``samsa_graph_model_hints`` everything
 import argparse
 import contextlib
 import importlib
+import itertools
 import os
 import sys
 from typing import Optional
@@ -235,9 +236,16 @@ class GraphModel(nn.Module):
         return self.head(global_mean_pool(h, batch, num_graphs))
 
 
-def molecule_batches(device, num_graphs=642, batch_size=64, seed=0):
+#: Graph orders the small-graph epoch cycles through.
+GRAPH_EPOCH_ORDERS = 8
+
+
+def molecule_batches(device, num_graphs=642, batch_size=64, seed=0,
+                     shuffle=None):
     """Random molecule-sized graphs (FreeSolv's 642 graphs, 2-25 heavy
-    atoms, bonds along a chain plus rings), collated as a PyG loader does."""
+    atoms, bonds along a chain plus rings), collated as a PyG loader does:
+    in a random order drawn from seed ``shuffle`` where given (an epoch of
+    a shuffling loader: batches of other sizes each epoch)."""
     from torch_geometric.data import Batch, Data
     g = torch.Generator().manual_seed(seed)
     graphs = []
@@ -250,6 +258,10 @@ def molecule_batches(device, num_graphs=642, batch_size=64, seed=0):
         graphs.append(Data(x=torch.randn(n, 9, generator=g), edge_index=ei,
                            edge_attr=torch.randn(ei.size(1), 3, generator=g),
                            y=torch.randn(1, generator=g)))
+    if shuffle is not None:
+        order = torch.randperm(num_graphs,
+                               generator=torch.Generator().manual_seed(shuffle))
+        graphs = [graphs[i] for i in order.tolist()]
     return [Batch.from_data_list(graphs[i:i + batch_size]).to(device)
             for i in range(0, num_graphs, batch_size)]
 
@@ -275,6 +287,10 @@ def graph_forward(op: str, model: nn.Module, data) -> torch.Tensor:
 
 def graph_epoch_case(op, args, device):
     C, depth = args.graph_channels, args.graph_depth
+    # Each epoch in another order, as a shuffling loader gives them
+    # (eight orders, in turn).
+    orders = itertools.cycle([molecule_batches(device, shuffle=e)
+                              for e in range(GRAPH_EPOCH_ORDERS)])
     batches = molecule_batches(device)
     model = build_graph_model(op, C, depth).to(device)
     # The optimizer of samsa_geo's Trainer: AdamW, fused on CUDA.
@@ -283,7 +299,7 @@ def graph_epoch_case(op, args, device):
                             fused=True if fused else None)
 
     def epoch():
-        for data in batches:
+        for data in next(orders):
             loss = F.mse_loss(graph_forward(op, model, data), data.y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -121,7 +121,8 @@ def test_the_graph_epoch_is_labelled_as_it_is_timed(monkeypatch):
     # and the model's kept graphs are dropped before it.
     import layer
     batches = layer.molecule_batches('cpu', num_graphs=8, batch_size=4)
-    monkeypatch.setattr(layer, 'molecule_batches', lambda device: batches)
+    monkeypatch.setattr(layer, 'molecule_batches',
+                        lambda device, shuffle=None: batches)
     seen = {}
     timed = layer.measure_or_error
 

@@ -27,6 +27,10 @@ from samsa_geo.nn.conv._module_tree import ModuleTree, hooked
 from samsa_geo.ops import layer_norm, residual_affine, residual_batch_norm
 from samsa_geo.ops._utils import promoted_float
 from samsa_geo.ops.linear import linear_unchecked
+from samsa_geo.ops.masked_batch_norm import (
+    batch_norm_counted,
+    counted_rows_mask,
+)
 from samsa_geo.ops.validation import (
     check_batch_vector,
     check_edge_index,
@@ -284,6 +288,10 @@ class SamsaConv(Module):
         if isinstance(norm, BatchNorm) and not is_tracing() \
                 and h.dim() == 2:
             if norm._modules['module'].training:
+                mask = counted_rows_mask()
+                if mask is not None:  # a padded batch (see counted_rows)
+                    return batch_norm_counted(norm._modules['module'], h,
+                                              mask)
                 out = _training_batch_norm(norm, h)
                 if out is not None:
                     return out
@@ -313,7 +321,7 @@ class SamsaConv(Module):
         # copy.
         norm = self._norm_module(i)
         if isinstance(norm, BatchNorm) and x.dim() == 2 \
-                and not is_tracing():
+                and not is_tracing() and counted_rows_mask() is None:
             bn = norm._modules['module']
             if bn.training and x.numel() < TRAINING_BATCH_NORM_MIN_ELEMENTS:
                 # Small inputs (batches of small graphs), bound by the
@@ -536,30 +544,33 @@ class SamsaConv(Module):
             return self._forward(x, None, batch_, pos_, False, attn_kwargs,
                                  {})
 
-        def eligible() -> bool:
-            norms = [m.module for m in (self.norm2, self.norm3)
-                     if isinstance(m, BatchNorm)]
-            attn = self.attn
-            # A cumulative batch norm reads its count back each call. The
-            # attention's options are those whose graphs the GPU tests
-            # compare with eager steps: a capture that fails midway may
-            # leave the random number generator unusable, so other paths
-            # train eagerly.
-            return (_plain_norms(self) and all(
-                bn.momentum is not None or not bn.track_running_stats
-                for bn in norms)
-                and attn.sampling == 'hard' and attn.score == 'dot'
-                and attn.normalization == 'softmax'
-                and attn.rel_bias is None and not attn.summary
-                and attn.num_registers == 0 and not attn.scorer_norm)
-
         def slots() -> 'List[Tuple[Module, str]]':
             # Where params live, in their order (asked at a capture).
             return [(m, name) for m in modules
                     for name, p in m._parameters.items() if p is not None]
 
         return self._train_graphs(fn, inputs, params, key,
-                                  lambda: params + buffers, eligible, slots)
+                                  lambda: params + buffers,
+                                  self._trains_in_graphs, slots)
+
+    def _trains_in_graphs(self) -> bool:
+        # Whether a training call of this layer may be captured in a CUDA
+        # graph (asked once per signature, by the layer's graphs and by a
+        # model that captures its steps whole). A cumulative batch norm
+        # reads its count back each call. The attention's options are
+        # those whose graphs the GPU tests compare with eager steps: a
+        # capture that fails midway may leave the random number generator
+        # unusable, so other paths train eagerly.
+        norms = [m.module for m in (self.norm1, self.norm2, self.norm3)
+                 if isinstance(m, BatchNorm)]
+        attn = self.attn
+        return (_plain_norms(self) and all(
+            bn.momentum is not None or not bn.track_running_stats
+            for bn in norms)
+            and attn.sampling == 'hard' and attn.score == 'dot'
+            and attn.normalization == 'softmax'
+            and attn.rel_bias is None and not attn.summary
+            and attn.num_registers == 0 and not attn.scorer_norm)
 
     def _forward(self, x: Tensor, edge_index: Optional[Tensor],
                  batch: Optional[Tensor], pos: Optional[Tensor],
@@ -734,10 +745,10 @@ def _saved_tensor_hooks() -> bool:
 
 
 def _plain_norms(layer: 'SamsaConv') -> bool:
-    # Whether the attention's and the MLP's norms are batch or layer norms
-    # (or none), which read no sizes back.
+    # Whether the layer's norms are batch or layer norms (or none), which
+    # read no sizes back (norm1, of the local conv, is None without one).
     return all(norm is None or isinstance(norm, (BatchNorm, LayerNorm))
-               for norm in (layer.norm2, layer.norm3))
+               for norm in (layer.norm1, layer.norm2, layer.norm3))
 
 
 # torch.nn.MultiheadAttention arguments that GPSConv's 'multihead' takes and

@@ -1,21 +1,39 @@
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import Dropout, GELU, Linear, Module, ModuleList, Sequential
+from torch.nn import (
+    BatchNorm1d,
+    Dropout,
+    GELU,
+    Linear,
+    Module,
+    ModuleList,
+    Sequential,
+)
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch_geometric.nn import GINConv, GINEConv, global_add_pool, global_mean_pool
 from torch_geometric.nn.norm import BatchNorm
 from torch_geometric.nn.inits import reset
 
 from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._dispatch import is_tracing
 from samsa_geo.nn.attention._sets import check_size_hint, checked_sizes
+from samsa_geo.nn.conv._graph_training import TrainingGraphReplay
+from samsa_geo.nn.conv._module_tree import ModuleTree
 from samsa_geo.nn.conv.samsa_conv import SamsaConv
 from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
 from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
 from samsa_geo.nn.encoders.positional_encoder import PositionalEncoder
+from samsa_geo.nn.models._graph_padding import (
+    PaddedGraphs,
+    bucket,
+    pad_graphs,
+)
 from samsa_geo.nn.models._reloadable import Reloadable
 from samsa_geo.ops.gine_aggregate import gine_aggregate_unchecked
+from samsa_geo.ops.masked_batch_norm import counted_rows
 from samsa_geo.ops.validation import (
     check_batch_vector,
     check_edge_index,
@@ -26,6 +44,10 @@ from samsa_geo.ops.validation import (
 )
 
 TOKENS = ('node', 'node_edge')
+#: The most padded token values (nodes times channels) of a training step
+#: that :class:`SamsaGraphModel` captures as CUDA graphs; larger batches
+#: keep the GPU busier than the host and train eagerly.
+GRAPHED_STEP_MAX_ELEMENTS = 1 << 21
 PES = (None, 'lap', 'rw')
 LEVELS = ('graph', 'node', 'edge')
 POOLS = ('mean', 'sum')
@@ -255,7 +277,16 @@ class SamsaGraphModel(Reloadable, Module):
         head_out = C if level == 'edge' else out_channels
         self.head = Sequential(Linear(C, C), GELU(), Dropout(dropout),
                                Linear(C, head_out))
+        # CUDA graphs of training steps on padded batches (see
+        # _replay_training), and the modules they read.
+        self._train_graphs = TrainingGraphReplay(max_graphs=8)
+        self._module_tree = ModuleTree()
         self.reset_parameters()
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .half(), ...: new storage for the parameters.
+        self._train_graphs.clear()
+        return super()._apply(fn, *args, **kwargs)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs: Any) -> 'SamsaGraphModel':
@@ -301,6 +332,19 @@ class SamsaGraphModel(Reloadable, Module):
     ) -> Tensor:
         r"""Node representations after the last layer, before the head,
         shape :math:`(N, C)`; arguments as in :meth:`forward`."""
+        edge_attr, batch, num_graphs, max_num_nodes = self._checked_inputs(
+            x, edge_index, edge_attr, batch, pe, num_graphs, max_num_nodes)
+        return self._embed(x, edge_index, edge_attr, batch, pe, node_id,
+                           num_graphs, max_num_nodes)
+
+    def _checked_inputs(
+        self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor],
+        batch: Optional[Tensor], pe: Optional[Tensor],
+        num_graphs: Optional[int], max_num_nodes: Optional[int],
+    ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[int],
+               Optional[int]]:
+        # node_embeddings' checks of its inputs: edge_attr as [E, D],
+        # batch as long, and the hints of one graph.
         check_tensor('x', x)
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(f"Expected 'x' to have shape [N, "
@@ -343,7 +387,6 @@ class SamsaGraphModel(Reloadable, Module):
             check_tensor('pe', pe)
             if checks and pe.is_floating_point():
                 check_finite(pe, 'pe')
-            pe = self.pe_encoder(pe)
         elif pe is not None:
             raise ValueError("Expected no 'pe' since the model was built with "
                              "pe=None: pass pe='lap' or pe='rw' (and "
@@ -352,6 +395,16 @@ class SamsaGraphModel(Reloadable, Module):
             for name, t in (('x', x), ('edge_attr', edge_attr)):
                 if t is not None and t.is_floating_point():
                     check_finite(t, name)
+        return edge_attr, batch, num_graphs, max_num_nodes
+
+    def _embed(self, x: Tensor, edge_index: Tensor,
+               edge_attr: Optional[Tensor], batch: Optional[Tensor],
+               pe: Optional[Tensor], node_id: Optional[Tensor],
+               num_graphs: Optional[int],
+               max_num_nodes: Optional[int]) -> Tensor:
+        # node_embeddings on checked inputs.
+        if self.pe_encoder is not None:
+            pe = self.pe_encoder(pe)
         if not self.categorical:  # float features in the parameters' dtype
             dtype = self.head[0].weight.dtype
             x = x.to(dtype)
@@ -420,6 +473,12 @@ class SamsaGraphModel(Reloadable, Module):
                                  "[2, L] since level='edge' (got None)")
             check_edge_index(edge_label_index, 'edge_label_index', 'L')
             check_integer_tensor('edge_label_index', edge_label_index)
+        if (self.level != 'edge' and self.training and config.use_cuda_graphs()
+                and isinstance(x, Tensor) and x.is_cuda):
+            out = self._replay_training(x, edge_index, edge_attr, batch, pe,
+                                        node_id, num_graphs, max_num_nodes)
+            if out is not None:
+                return out
         h = self.node_embeddings(x, edge_index, edge_attr, batch, pe, node_id,
                                  num_graphs, max_num_nodes)
         if self.level == 'node':
@@ -440,6 +499,97 @@ class SamsaGraphModel(Reloadable, Module):
         self._check_num_graphs(num_graphs, batch, h.size(0))
         pool = global_mean_pool if self.pool == 'mean' else global_add_pool
         return self.head(pool(h, batch, size=num_graphs))
+
+    def _replay_training(
+        self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor],
+        batch: Optional[Tensor], pe: Optional[Tensor],
+        node_id: Optional[Tensor], num_graphs: Optional[int],
+        max_num_nodes: Optional[int],
+    ) -> Optional[Tensor]:
+        # A training call on CUDA as the replay of CUDA graphs of the
+        # model's forward and backward passes on the batch padded to a
+        # bucket's size (see _graph_padding and TrainingGraphReplay), or
+        # None where it runs eagerly: without the hints (B and the largest
+        # graph's size, read from a PyG batch by batch_hints), with edge
+        # tokens (sets of unknown size), beyond GRAPHED_STEP_MAX_ELEMENTS
+        # padded token values, where autograd runs a backward pass, records
+        # anomalies or saved-tensor hooks, in deterministic mode (the
+        # indexed sums), in debug mode, while tracing, or with hooks.
+        N = x.size(0)
+        if (batch is None or num_graphs is None or max_num_nodes is None
+                or self.tokens != 'node' or N < 2
+                or (pe is not None and pe.size(0) != N)
+                or (node_id is not None and node_id.size(0) != N)
+                or bucket(N + 1)[0] * self.hidden_channels
+                > GRAPHED_STEP_MAX_ELEMENTS
+                or not torch.is_grad_enabled() or torch.is_anomaly_enabled()
+                or torch._C._current_graph_task_id() != -1
+                or torch._C._autograd._top_saved_tensors_default_hooks(
+                    False) is not None
+                or torch.are_deterministic_algorithms_enabled()
+                or config.is_debug() or is_tracing()
+                or torch.cuda.is_current_stream_capturing()):
+            return None
+        edge_attr, batch, num_graphs, max_num_nodes = self._checked_inputs(
+            x, edge_index, edge_attr, batch, pe, num_graphs, max_num_nodes)
+        check_size_hint('num_graphs', num_graphs)
+        check_size_hint('max_num_nodes', max_num_nodes)
+        tree = self._module_tree.read(self)
+        if tree.hooked():
+            return None
+        modules, params = tree.modules, tree.params()
+        if not all(p.requires_grad for p in params):
+            return None
+        padded = pad_graphs(x, edge_index, edge_attr, batch, pe, node_id,
+                            num_graphs, max_num_nodes)
+        given = tuple(t is not None for t in padded[:6])
+        inputs = [t for t in padded[:6] if t is not None]
+        B = num_graphs
+        key = (B, padded.num_graphs, padded.max_num_nodes, given,
+               torch.is_autocast_enabled('cuda'),
+               torch.get_autocast_dtype('cuda'),
+               torch.get_float32_matmul_precision(), config.snapshot(),
+               tree.settings())
+
+        def fn(*tensors: Tensor) -> Tensor:
+            it = iter(tensors)
+            return self._padded_forward(padded._replace(**{
+                name: next(it) for name, g in zip(padded._fields, given)
+                if g}), B)
+
+        def eligible() -> bool:
+            # Asked once per signature, before its capture.
+            return (all(conv._trains_in_graphs() for conv in self.convs)
+                    and all(isinstance(conv.attn.k, int)
+                            for conv in self.convs)
+                    and all(type(m) is BatchNorm1d or not isinstance(
+                        m, _BatchNorm) for m in modules))
+
+        def slots() -> 'List[Tuple[Module, str]]':
+            # Where params live, in their order (asked at a capture).
+            return [(m, name) for m in modules
+                    for name, p in m._parameters.items() if p is not None]
+
+        out = self._train_graphs(fn, inputs, params, key,
+                                 lambda: params + tree.buffers(), eligible,
+                                 slots)
+        return out[:N] if self.level == 'node' else out[:B]
+
+    def _padded_forward(self, padded: PaddedGraphs,
+                        num_graphs: int) -> Tensor:
+        # The model's output on a batch of num_graphs graphs padded by
+        # pad_graphs: batch norms count the real nodes (those of graphs
+        # 0 .. num_graphs - 1). [N_b, F_out] for level='node', else
+        # [num_graphs + P, F_out]; the padding's rows are to be dropped.
+        with counted_rows(padded.batch < num_graphs):
+            h = self._embed(padded.x, padded.edge_index, padded.edge_attr,
+                            padded.batch, padded.pe, padded.node_id,
+                            padded.num_graphs, padded.max_num_nodes)
+            if self.level == 'node':
+                return self.head(h)
+            pool = global_mean_pool if self.pool == 'mean' else \
+                global_add_pool
+            return self.head(pool(h, padded.batch, size=padded.num_graphs))
 
     def _check_one_node(self, num_edges: int) -> None:
         # The batch norms in training need two rows or more (a variance):

@@ -1,0 +1,141 @@
+"""SamsaGraphModel's CUDA graphs of whole training steps on padded batches
+against eager steps, on the GPU machine (`pytest -m gpu tests/gpu`)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_geometric.data import Batch, Data
+
+from samsa_geo.nn import batch_hints
+from samsa_geo.nn.attention import config
+from samsa_geo.nn.models import SamsaGraphModel
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA'),
+]
+
+
+def _batches(count, seed, pe=False):
+    # Molecule-sized batches of 32 graphs (2-25 nodes), about 430 nodes
+    # each: most of them land in one bucket.
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        graphs = []
+        for _ in range(32):
+            n = int(torch.randint(2, 26, (1, ), generator=g))
+            src = torch.arange(n - 1)
+            ei = torch.stack([src, src + 1])
+            ei = torch.cat([ei, ei.flip(0)], 1)
+            d = Data(x=torch.randn(n, 9, generator=g), edge_index=ei,
+                     edge_attr=torch.randn(ei.size(1), 3, generator=g),
+                     y=torch.randn(1, generator=g))
+            if pe:
+                d.rw_pe = torch.rand(n, 8, generator=g)
+            graphs.append(d)
+        out.append(Batch.from_data_list(graphs).cuda())
+    return out
+
+
+def _step(model, opt, data, level, dtype):
+    # One training step; returns the loss, the output and the gradients.
+    opt.zero_grad(set_to_none=True)
+    node_id = torch.randn(data.num_nodes, 16, device='cuda',
+                          generator=torch.Generator('cuda').manual_seed(0))
+    with torch.autocast('cuda', dtype=torch.bfloat16,
+                        enabled=dtype == torch.bfloat16):
+        out = model(data.x, data.edge_index, data.edge_attr, data.batch,
+                    pe=getattr(data, 'rw_pe', None), node_id=node_id,
+                    **batch_hints(data))
+    target = data.y if level == 'graph' else data.x[:, :1]
+    loss = F.mse_loss(out.float().view(-1), target.view(-1))
+    loss.backward()
+    grads = [None if p.grad is None else p.grad.clone()
+             for p in model.parameters()]
+    opt.step()
+    return loss.detach(), out.detach(), grads
+
+
+def _close(a, b, dtype):
+    if dtype == torch.float32:
+        torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5)
+        return
+    err = (a.float() - b.float()).norm()
+    assert err <= 2e-2 * b.float().norm() + 1e-5, (err, b.float().norm())
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('level,pe', [('graph', None), ('node', 'rw')])
+def test_graphed_steps_equal_eager_steps(dtype, level, pe):
+    torch.manual_seed(0)
+    graphed = SamsaGraphModel(9, 64, 1, 3, edge_dim=3, heads=4, level=level,
+                              pe=pe, pe_channels=8).cuda().train()
+    eager = copy.deepcopy(graphed)
+    opt_g = torch.optim.AdamW(graphed.parameters(), lr=1e-3)
+    opt_e = torch.optim.AdamW(eager.parameters(), lr=1e-3)
+    batches = _batches(4, 0, pe is not None)
+    for epoch in range(3):  # eager, eager, then captured and replayed
+        for data in batches:
+            with config.attention_config(cuda_graphs=False):
+                ref = _step(eager, opt_e, data, level, dtype)
+            got = _step(graphed, opt_g, data, level, dtype)
+            _close(got[0], ref[0], dtype)
+            _close(got[1], ref[1], dtype)
+            for a, b in zip(got[2], ref[2]):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    _close(a, b, dtype)
+    assert len(graphed._train_graphs) >= 1
+    assert not graphed._train_graphs._failed
+    for a, b in zip(graphed.buffers(), eager.buffers()):
+        _close(a.float(), b.float(), dtype)  # running statistics
+    for a, b in zip(graphed.parameters(), eager.parameters()):
+        _close(a, b, dtype)
+
+
+def test_graphed_steps_never_sync():
+    torch.manual_seed(0)
+    model = SamsaGraphModel(9, 64, 1, 3, edge_dim=3, heads=4,
+                            dropout=0.1).cuda().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    batches = _batches(3, 1)
+    hints = [batch_hints(data) for data in batches]  # read once, here
+
+    def epoch():
+        for data, h in zip(batches, hints):
+            out = model(data.x, data.edge_index, data.edge_attr, data.batch,
+                        **h)
+            loss = F.mse_loss(out.view(-1), data.y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    for _ in range(3):
+        epoch()
+    assert len(model._train_graphs) >= 1
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        epoch()
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    torch.empty(1, device='cuda').uniform_()  # the generator works
+
+
+def test_hooks_and_edge_tokens_train_eagerly():
+    torch.manual_seed(0)
+    data = _batches(1, 2)[0]
+    hooked = SamsaGraphModel(9, 32, 1, 2, edge_dim=3, heads=4).cuda()
+    seen = []
+    hooked.convs[0].register_forward_hook(lambda *a: seen.append(1))
+    edges = SamsaGraphModel(9, 32, 1, 2, edge_dim=3, heads=4,
+                            tokens='node_edge').cuda()
+    for model in (hooked, edges):
+        for _ in range(4):
+            out = model(data.x, data.edge_index, data.edge_attr, data.batch,
+                        **batch_hints(data))
+            out.sum().backward()
+        assert len(model._train_graphs) == 0
+    assert len(seen) == 4
