@@ -39,9 +39,10 @@ def _batches(count, seed, pe=False):
     return out
 
 
-def _step(model, opt, data, level, dtype):
-    # One training step; returns the loss, the output and the gradients.
-    opt.zero_grad(set_to_none=True)
+def _step(model, data, level, dtype):
+    # One training step's forward and backward pass: the loss, the output,
+    # the gradients and the output's autograd node.
+    model.zero_grad(set_to_none=True)
     node_id = torch.randn(data.num_nodes, 16, device='cuda',
                           generator=torch.Generator('cuda').manual_seed(0))
     with torch.autocast('cuda', dtype=torch.bfloat16,
@@ -54,45 +55,59 @@ def _step(model, opt, data, level, dtype):
     loss.backward()
     grads = [None if p.grad is None else p.grad.clone()
              for p in model.parameters()]
-    opt.step()
-    return loss.detach(), out.detach(), grads
+    return loss.detach(), out.detach(), grads, _origin(out)
+
+
+def _origin(out):
+    # The autograd node that made the output, below the padding's slice.
+    node = out.grad_fn
+    if type(node).__name__ == 'SliceBackward0':
+        node = node.next_functions[0][0]
+    return type(node).__name__
 
 
 def _close(a, b, dtype):
     if dtype == torch.float32:
         torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5)
         return
+    # bf16: the atomic sums of the backward land in any order
     err = (a.float() - b.float()).norm()
-    assert err <= 2e-2 * b.float().norm() + 1e-5, (err, b.float().norm())
+    assert err <= 3e-2 * b.float().norm() + 1e-5, (err, b.float().norm())
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('level,pe', [('graph', None), ('node', 'rw')])
 def test_graphed_steps_equal_eager_steps(dtype, level, pe):
+    # Each step starts both models from the same state: the eager model's
+    # parameters and running statistics, loaded into the graphed model in
+    # place (its graphs stay valid). AdamW updates the eager model.
     torch.manual_seed(0)
-    graphed = SamsaGraphModel(9, 64, 1, 3, edge_dim=3, heads=4, level=level,
-                              pe=pe, pe_channels=8).cuda().train()
-    eager = copy.deepcopy(graphed)
-    opt_g = torch.optim.AdamW(graphed.parameters(), lr=1e-3)
-    opt_e = torch.optim.AdamW(eager.parameters(), lr=1e-3)
+    eager = SamsaGraphModel(9, 64, 1, 3, edge_dim=3, heads=4, level=level,
+                            pe=pe, pe_channels=8).cuda().train()
+    graphed = copy.deepcopy(eager)
+    opt = torch.optim.AdamW(eager.parameters(), lr=1e-3)
     batches = _batches(4, 0, pe is not None)
+    nodes = []
     for epoch in range(3):  # eager, eager, then captured and replayed
         for data in batches:
+            graphed.load_state_dict(eager.state_dict())
             with config.attention_config(cuda_graphs=False):
-                ref = _step(eager, opt_e, data, level, dtype)
-            got = _step(graphed, opt_g, data, level, dtype)
+                ref = _step(eager, data, level, dtype)
+            got = _step(graphed, data, level, dtype)
+            nodes.append(got[3])
             _close(got[0], ref[0], dtype)
             _close(got[1], ref[1], dtype)
             for a, b in zip(got[2], ref[2]):
                 assert (a is None) == (b is None)
                 if a is not None:
                     _close(a, b, dtype)
+            for a, b in zip(graphed.buffers(), eager.buffers()):
+                _close(a.float(), b.float(), dtype)  # running statistics
+            opt.step()
     assert len(graphed._train_graphs) >= 1
     assert not graphed._train_graphs._failed
-    for a, b in zip(graphed.buffers(), eager.buffers()):
-        _close(a.float(), b.float(), dtype)  # running statistics
-    for a, b in zip(graphed.parameters(), eager.parameters()):
-        _close(a, b, dtype)
+    assert nodes[:4] != ['_ReplayedBackward'] * 4
+    assert nodes[-4:].count('_ReplayedBackward') >= 2
 
 
 def test_graphed_steps_never_sync():

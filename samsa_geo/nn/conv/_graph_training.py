@@ -104,8 +104,9 @@ class _TrainingGraph:
         if call.done:
             raise RuntimeError(
                 "A second backward pass reached a CUDA-graphed training "
-                "call of SamsaConv: its graph frees the activations as the "
-                "first one runs (retain_graph=True does not keep them); "
+                "call (of SamsaConv or SamsaGraphModel): its graph frees "
+                "the activations as the first one runs (retain_graph=True "
+                "does not keep them); "
                 "sum the losses into one backward pass, or turn the "
                 "graphs off with samsa_geo.nn.attention.config."
                 "set_cuda_graphs(False)")
@@ -303,8 +304,15 @@ def pack(grads: Sequence[Optional[Tensor]]) -> Tuple[List[Tensor], Layout]:
 def unpack(packed: Sequence[Tensor],
            layout: Layout) -> List[Optional[Tensor]]:
     r"""The gradients :func:`pack` packed, as views of ``packed``."""
-    return [None if slot is None else
-            packed[slot[0]][slot[1]:slot[1] + slot[2].numel()].view(slot[2])
+    # One split per buffer (its pieces in the order of their offsets, as
+    # pack appends them), then a view each: one operator call fewer per
+    # gradient than a slice and a view each.
+    sizes: List[List[int]] = [[] for _ in packed]
+    for slot in layout:
+        if slot is not None:
+            sizes[slot[0]].append(slot[2].numel())
+    pieces = [iter(t.split_with_sizes(n)) for t, n in zip(packed, sizes)]
+    return [None if slot is None else next(pieces[slot[0]]).view(slot[2])
             for slot in layout]
 
 

@@ -44,13 +44,13 @@ from samsa_geo.ops.validation import (
 )
 
 TOKENS = ('node', 'node_edge')
+PES = (None, 'lap', 'rw')
+LEVELS = ('graph', 'node', 'edge')
+POOLS = ('mean', 'sum')
 #: The most padded token values (nodes times channels) of a training step
 #: that :class:`SamsaGraphModel` captures as CUDA graphs; larger batches
 #: keep the GPU busier than the host and train eagerly.
 GRAPHED_STEP_MAX_ELEMENTS = 1 << 21
-PES = (None, 'lap', 'rw')
-LEVELS = ('graph', 'node', 'edge')
-POOLS = ('mean', 'sum')
 
 #: Presets for the five LRGB datasets (the keys of
 #: :obj:`samsa_geo.datasets.LRGB_TASKS`), each below LRGB's 500k-parameter
@@ -171,6 +171,23 @@ class SamsaGraphModel(Reloadable, Module):
     :data:`PRESETS` (:math:`C = 88`, :math:`L = 4`, :math:`H = 4`) hold
     401k-423k parameters (418k-440k with :obj:`tokens="node_edge"`), within
     LRGB's 500k budget; :meth:`num_parameters` counts exactly.
+
+    Training steps on CUDA are bound by the host on batches of small
+    graphs (hundreds of operator calls per step, each dispatched and
+    launched on its own). Where the batch's hints are given
+    (:obj:`num_graphs` and :obj:`max_num_nodes`, e.g. from
+    :func:`~samsa_geo.nn.batch_hints`) with :obj:`tokens="node"` and
+    :obj:`level="graph"` or :obj:`"node"`, the model therefore pads each
+    training batch to one of a few sizes (less than a quarter of padding:
+    padding nodes in graphs of their own, self-loops among them, batch
+    norms over the real nodes only) and, once a size has trained twice,
+    replays CUDA graphs of its forward and backward passes: one launch
+    each, the outputs and gradients of the real nodes those of the
+    unpadded batch up to rounding. Random numbers (dropout, node
+    identifiers) are drawn for the padding rows too, so they differ from
+    an unpadded step's. Other calls, and all of them with
+    :func:`~samsa_geo.nn.attention.config.set_cuda_graphs` off, run
+    eagerly.
 
     Args:
         in_channels (int): Columns of :obj:`x` (9 for OGB atom features).
