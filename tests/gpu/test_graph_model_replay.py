@@ -66,43 +66,60 @@ def _origin(out):
     return type(node).__name__
 
 
-def _close(a, b, dtype):
-    if dtype == torch.float32:
+def _close(a, b, ref=None):
+    # a (graphed) equals b (eager); in bf16 (ref, the float32 eager step,
+    # given) a is as close to ref as b is, give or take: the autocast
+    # GEMMs round differently on the padded rows' layout, and a gradient
+    # that sums many rows with cancellation (a bias, a norm's shift) keeps
+    # a few percent of rounding error either way.
+    if ref is None:
         torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5)
         return
-    # bf16: the atomic sums of the backward land in any order
-    err = (a.float() - b.float()).norm()
-    assert err <= 3e-2 * b.float().norm() + 1e-5, (err, b.float().norm())
+    a, b, ref = a.float(), b.float(), ref.float()
+    err, base = (a - ref).norm(), (b - ref).norm()
+    assert err <= 1.5 * base + 2e-3 * ref.norm() + 1e-6, (err, base,
+                                                          ref.norm())
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('level,pe', [('graph', None), ('node', 'rw')])
 def test_graphed_steps_equal_eager_steps(dtype, level, pe):
-    # Each step starts both models from the same state: the eager model's
-    # parameters and running statistics, loaded into the graphed model in
-    # place (its graphs stay valid). AdamW updates the eager model.
+    # Each step starts both models (and, in bf16, a float32 eager
+    # reference) from the same state: the eager model's parameters and
+    # running statistics, loaded into the others in place (the graphs stay
+    # valid). AdamW updates the eager model.
     torch.manual_seed(0)
     eager = SamsaGraphModel(9, 64, 1, 3, edge_dim=3, heads=4, level=level,
                             pe=pe, pe_channels=8).cuda().train()
     graphed = copy.deepcopy(eager)
+    full = copy.deepcopy(eager) if dtype == torch.bfloat16 else None
     opt = torch.optim.AdamW(eager.parameters(), lr=1e-3)
     batches = _batches(4, 0, pe is not None)
     nodes = []
     for epoch in range(3):  # eager, eager, then captured and replayed
         for data in batches:
-            graphed.load_state_dict(eager.state_dict())
+            state = copy.deepcopy(eager.state_dict())
+            graphed.load_state_dict(state)
             with config.attention_config(cuda_graphs=False):
+                want = None
+                if full is not None:
+                    full.load_state_dict(state)
+                    want = _step(full, data, level, torch.float32)
                 ref = _step(eager, data, level, dtype)
             got = _step(graphed, data, level, dtype)
             nodes.append(got[3])
-            _close(got[0], ref[0], dtype)
-            _close(got[1], ref[1], dtype)
-            for a, b in zip(got[2], ref[2]):
+            if want is None:
+                want = [None, None, [None] * len(got[2])]
+            _close(got[0], ref[0], want[0])
+            _close(got[1], ref[1], want[1])
+            for a, b, c in zip(got[2], ref[2], want[2]):
                 assert (a is None) == (b is None)
                 if a is not None:
-                    _close(a, b, dtype)
-            for a, b in zip(graphed.buffers(), eager.buffers()):
-                _close(a.float(), b.float(), dtype)  # running statistics
+                    _close(a, b, c)
+            fulls = [None] * 999 if full is None else [
+                t.float() for t in full.buffers()]
+            for a, b, c in zip(graphed.buffers(), eager.buffers(), fulls):
+                _close(a.float(), b.float(), c)  # running statistics
             opt.step()
     assert len(graphed._train_graphs) >= 1
     assert not graphed._train_graphs._failed
