@@ -121,7 +121,11 @@ def graph_step_case(op: str, optimizer: str, batches, args,
                opt_calls=upd.total, fwd_launches=fwd.launches,
                bwd_launches=bwd.launches, opt_launches=upd.launches,
                trained_tensors=sum(p.grad is not None
-                                   for p in model.parameters()))
+                                   for p in model.parameters()),
+               # CUDA graphs of training steps the model keeps at the end
+               # (SamsaGraphModel's; None for the other models).
+               graphs_kept=(len(model._train_graphs)
+                            if hasattr(model, '_train_graphs') else None))
     rec.update(provenance(device, args))
     return rec
 
