@@ -66,13 +66,16 @@ def _origin(out):
     return type(node).__name__
 
 
-def _close(a, b, ref=None, slack=(1.5, 2e-3)):
+def _close(a, b, ref=None, slack=(1.5, 1e-2)):
     # a (graphed) equals b (eager); in bf16 (ref, the float32 eager step,
     # given) a is about as close to ref as b is: the autocast GEMMs of the
     # padded batch's shapes round differently, and a gradient that sums
     # many rows with cancellation (a scalar like GINE's eps, a bias) keeps
     # several percent of rounding error either way, so single tensors get
-    # the wider slack and the whole gradient the narrow one.
+    # the wider slack and the whole gradient the narrow one (1.5 times the
+    # eager step's error, plus a few of bf16's rounding steps, 0.4% each:
+    # batch norms over the wrong rows, a quarter of them padding, would be
+    # off by far more).
     if ref is None:
         torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5)
         return
