@@ -79,7 +79,10 @@ def graph_step_case(op: str, optimizer: str, batches, args,
 
     # Each epoch in its own order, as a shuffling loader gives them (so
     # the batches' sizes differ between epochs), collated before it runs.
-    orders = iter([molecule_batches(device, shuffle=e) for e in
+    # (The graphs of batches, the first order.)
+    sizes = dict(num_graphs=sum(data.num_graphs for data in batches),
+                 batch_size=batches[0].num_graphs)
+    orders = iter([molecule_batches(device, shuffle=e, **sizes) for e in
                    range(args.warmup + args.repeat + 1)])
     for _ in range(args.warmup):
         for data in next(orders):

@@ -99,3 +99,22 @@ def test_records_count_the_triton_kernels_launches(triton_modules):
     assert gine['opt_launches'] == 0
     assert gine['fwd_calls'] < off['fwd_calls']
     assert gine['bwd_calls'] < off['bwd_calls']
+
+
+def test_shuffled_epochs_hold_the_same_graphs_in_other_batches():
+    # Each epoch of the benchmark is one order of the same graphs, as a
+    # shuffling loader gives them: other batch sizes, the same graphs.
+    first = bench.molecule_batches('cpu', num_graphs=40, batch_size=8)
+    other = bench.molecule_batches('cpu', num_graphs=40, batch_size=8,
+                                   shuffle=1)
+    again = bench.molecule_batches('cpu', num_graphs=40, batch_size=8,
+                                   shuffle=1)
+
+    def graphs(batches):
+        return sorted(tuple(g.x.sum(0).tolist()) for data in batches
+                      for g in data.to_data_list())
+
+    assert graphs(first) == graphs(other)
+    assert [d.num_graphs for d in other] == [8] * 5
+    assert [d.num_nodes for d in first] != [d.num_nodes for d in other]
+    assert [d.num_nodes for d in other] == [d.num_nodes for d in again]
