@@ -77,9 +77,9 @@ def graph_step_case(op: str, optimizer: str, batches, args,
             phases.append((t_fwd - start, t_bwd - t_fwd,
                            time.perf_counter() - t_bwd))
 
-    # Each epoch in its own order, as a shuffling loader gives them (so
-    # the batches' sizes differ between epochs), collated before it runs.
-    # (The graphs of batches, the first order.)
+    # Each epoch in its own order of the graphs of batches, as a shuffling
+    # loader gives them (so the batches' sizes differ between epochs),
+    # collated before it runs.
     sizes = dict(num_graphs=sum(data.num_graphs for data in batches),
                  batch_size=batches[0].num_graphs)
     orders = iter([molecule_batches(device, shuffle=e, **sizes) for e in

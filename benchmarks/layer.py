@@ -289,9 +289,9 @@ def graph_epoch_case(op, args, device):
     C, depth = args.graph_channels, args.graph_depth
     # Each epoch in another order, as a shuffling loader gives them
     # (eight orders, in turn).
-    orders = itertools.cycle([molecule_batches(device, shuffle=e)
-                              for e in range(GRAPH_EPOCH_ORDERS)])
-    batches = molecule_batches(device)
+    batches = [molecule_batches(device, shuffle=e)
+               for e in range(GRAPH_EPOCH_ORDERS)]
+    orders = itertools.cycle(batches)
     model = build_graph_model(op, C, depth).to(device)
     # The optimizer of samsa_geo's Trainer: AdamW, fused on CUDA.
     fused = device.type == 'cuda'
@@ -311,7 +311,7 @@ def graph_epoch_case(op, args, device):
     rec = dict(op=op, n=None, batch=64, k=32 if 'samsa' in op else None,
                channels=C, heads=4, **{'pass': 'train_epoch'},
                dtype='fp32', pipelined=pipelined, compile_mode=None,
-               graphs=len(batches) * 64, layers=depth,
+               graphs=len(batches[0]) * 64, layers=depth,
                optimizer='adamw_fused' if fused else 'adamw')
     return _timed(rec, epoch, device, args, pipelined, model)
 

@@ -243,6 +243,23 @@ class TrainingGraphReplay(GraphReplay):
             tensor_pointers(state())))
 
 
+def saved_tensor_hooks() -> bool:
+    r"""Whether :class:`torch.autograd.graph.saved_tensors_hooks` are
+    active."""
+    return torch._C._autograd._top_saved_tensors_default_hooks(
+        False) is not None
+
+
+def autograd_allows_capture() -> bool:
+    r"""Whether autograd's state lets a training call be captured:
+    gradients on, outside a backward pass (a recomputation), no saved
+    tensor hooks (checkpointing, offloading: they must see the tensors the
+    eager call saves) and no anomaly detection."""
+    return (torch.is_grad_enabled() and not torch.is_anomaly_enabled()
+            and torch._C._current_graph_task_id() == -1
+            and not saved_tensor_hooks())
+
+
 @contextlib.contextmanager
 def aliased(params: Sequence[Tensor], slots: Optional[Sequence[Slot]],
             ) -> Iterator[List[Tensor]]:

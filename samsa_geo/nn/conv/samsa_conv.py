@@ -22,7 +22,10 @@ from samsa_geo.nn.attention._stacked import (
 )
 from samsa_geo.nn.attention.samsa_attention import SamsaAttention
 from samsa_geo.nn.conv._graph_replay import GraphReplay
-from samsa_geo.nn.conv._graph_training import TrainingGraphReplay
+from samsa_geo.nn.conv._graph_training import (
+    TrainingGraphReplay,
+    autograd_allows_capture,
+)
 from samsa_geo.nn.conv._module_tree import ModuleTree, hooked
 from samsa_geo.ops import layer_norm, residual_affine, residual_batch_norm
 from samsa_geo.ops._utils import promoted_float
@@ -521,15 +524,10 @@ class SamsaConv(Module):
                          ) -> Optional[Tensor]:
         # A training call through TrainingGraphReplay, or None where it
         # runs eagerly: every parameter trained (no kept casts to read),
-        # gradients on, outside a backward pass (a recomputation), saved
-        # tensor hooks (checkpointing, offloading: they must see the
-        # tensors the eager call saves) and anomaly detection, positions
-        # without gradients.
-        if (not torch.is_grad_enabled() or not params
-                or not all(p.requires_grad for p in params)
-                or torch.is_anomaly_enabled()
-                or torch._C._current_graph_task_id() != -1
-                or _saved_tensor_hooks()
+        # autograd in a state that allows a capture
+        # (autograd_allows_capture), positions without gradients.
+        if (not params or not all(p.requires_grad for p in params)
+                or not autograd_allows_capture()
                 or (pos is not None and pos.requires_grad)):
             return None
         inputs = [x]
@@ -736,12 +734,6 @@ def _check_single_token(layer: 'SamsaConv') -> None:
                 "norm='batch_norm' (got 1): batch several graphs, use "
                 "norm='layer_norm', or pass norm_kwargs="
                 "{'allow_single_element': True}")
-
-
-def _saved_tensor_hooks() -> bool:
-    # Whether torch.autograd.graph.saved_tensors_hooks are active.
-    return torch._C._autograd._top_saved_tensors_default_hooks(
-        False) is not None
 
 
 def _plain_norms(layer: 'SamsaConv') -> bool:

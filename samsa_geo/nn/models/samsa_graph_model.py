@@ -20,7 +20,10 @@ from torch_geometric.nn.inits import reset
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import is_tracing
 from samsa_geo.nn.attention._sets import check_size_hint, checked_sizes
-from samsa_geo.nn.conv._graph_training import TrainingGraphReplay
+from samsa_geo.nn.conv._graph_training import (
+    TrainingGraphReplay,
+    autograd_allows_capture,
+)
 from samsa_geo.nn.conv._module_tree import ModuleTree
 from samsa_geo.nn.conv.samsa_conv import SamsaConv
 from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
@@ -514,6 +517,14 @@ class SamsaGraphModel(Reloadable, Module):
         if batch is not None:
             batch = batch.long()  # int32 too (checked by node_embeddings)
         self._check_num_graphs(num_graphs, batch, h.size(0))
+        return self._read_out(h, batch, num_graphs)
+
+    def _read_out(self, h: Tensor, batch: Optional[Tensor],
+                  num_graphs: Optional[int]) -> Tensor:
+        # The head on the node embeddings h [N, C] (level='node') or on
+        # their pool per graph.
+        if self.level == 'node':
+            return self.head(h)
         pool = global_mean_pool if self.pool == 'mean' else global_add_pool
         return self.head(pool(h, batch, size=num_graphs))
 
@@ -529,9 +540,9 @@ class SamsaGraphModel(Reloadable, Module):
         # None where it runs eagerly: without the hints (B and the largest
         # graph's size, read from a PyG batch by batch_hints), with edge
         # tokens (sets of unknown size), beyond GRAPHED_STEP_MAX_ELEMENTS
-        # padded token values, where autograd runs a backward pass, records
-        # anomalies or saved-tensor hooks, in deterministic mode (the
-        # indexed sums), in debug mode, while tracing, or with hooks.
+        # padded token values, where autograd's state forbids a capture
+        # (autograd_allows_capture), in deterministic mode (the indexed
+        # sums), in debug mode, while tracing, or with hooks.
         N = x.size(0)
         if (batch is None or num_graphs is None or max_num_nodes is None
                 or self.tokens != 'node' or N < 2
@@ -539,10 +550,7 @@ class SamsaGraphModel(Reloadable, Module):
                 or (node_id is not None and node_id.size(0) != N)
                 or bucket(N + 1)[0] * self.hidden_channels
                 > GRAPHED_STEP_MAX_ELEMENTS
-                or not torch.is_grad_enabled() or torch.is_anomaly_enabled()
-                or torch._C._current_graph_task_id() != -1
-                or torch._C._autograd._top_saved_tensors_default_hooks(
-                    False) is not None
+                or not autograd_allows_capture()
                 or torch.are_deterministic_algorithms_enabled()
                 or config.is_debug() or is_tracing()
                 or torch.cuda.is_current_stream_capturing()):
@@ -602,11 +610,7 @@ class SamsaGraphModel(Reloadable, Module):
             h = self._embed(padded.x, padded.edge_index, padded.edge_attr,
                             padded.batch, padded.pe, padded.node_id,
                             padded.num_graphs, padded.max_num_nodes)
-            if self.level == 'node':
-                return self.head(h)
-            pool = global_mean_pool if self.pool == 'mean' else \
-                global_add_pool
-            return self.head(pool(h, padded.batch, size=padded.num_graphs))
+            return self._read_out(h, padded.batch, padded.num_graphs)
 
     def _check_one_node(self, num_edges: int) -> None:
         # The batch norms in training need two rows or more (a variance):

@@ -275,7 +275,9 @@ def test_pack_and_unpack_keep_every_gradient():
 
 
 def test_saved_tensor_hooks_are_seen():
-    from samsa_geo.nn.conv.samsa_conv import _saved_tensor_hooks
+    from samsa_geo.nn.conv._graph_training import (
+        saved_tensor_hooks as _saved_tensor_hooks,
+    )
     assert not _saved_tensor_hooks()
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         assert _saved_tensor_hooks()
