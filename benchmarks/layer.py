@@ -259,8 +259,8 @@ def molecule_batches(device, num_graphs=642, batch_size=64, seed=0,
                            edge_attr=torch.randn(ei.size(1), 3, generator=g),
                            y=torch.randn(1, generator=g)))
     if shuffle is not None:
-        order = torch.randperm(num_graphs,
-                               generator=torch.Generator().manual_seed(shuffle))
+        rng = torch.Generator().manual_seed(shuffle)
+        order = torch.randperm(num_graphs, generator=rng)
         graphs = [graphs[i] for i in order.tolist()]
     return [Batch.from_data_list(graphs[i:i + batch_size]).to(device)
             for i in range(0, num_graphs, batch_size)]
@@ -361,9 +361,9 @@ def main():
     p.add_argument('--sampled-rows-min-tokens', type=int, default=None,
                    help='fewest tokens from which the general path (in '
                    'evaluation and in training) projects the sampled rows '
-                   'alone, in place of '
-                   'SAMPLED_ROWS_MIN_TOKENS (a huge value projects every '
-                   'token)')
+                   'alone, in place of SAMPLED_ROWS_MIN_TOKENS and '
+                   'TRAINING_SAMPLED_ROWS_MIN_TOKENS (a huge value projects '
+                   'every token)')
     p.add_argument('--fused-sampled-rows-min-tokens', type=int,
                    default=None,
                    help='the same for the fused inference path, in place '
@@ -389,6 +389,8 @@ def main():
     # The attention's thresholds for this run, where given.
     for name, value in (('FUSED_MAX_SET_SIZE', args.fused_max_set_size),
                         ('SAMPLED_ROWS_MIN_TOKENS',
+                         args.sampled_rows_min_tokens),
+                        ('TRAINING_SAMPLED_ROWS_MIN_TOKENS',
                          args.sampled_rows_min_tokens),
                         ('FUSED_SAMPLED_ROWS_MIN_TOKENS',
                          args.fused_sampled_rows_min_tokens)):

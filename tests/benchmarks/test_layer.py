@@ -26,6 +26,8 @@ def test_run_settings_are_set_for_the_run_and_kept_in_the_flags(
         'from samsa_geo.nn.attention import samsa_attention\n'
         'print("limit", samsa_attention.FUSED_MAX_SET_SIZE)\n'
         'print("rows", samsa_attention.SAMPLED_ROWS_MIN_TOKENS)\n'
+        'print("training rows", '
+        'samsa_attention.TRAINING_SAMPLED_ROWS_MIN_TOKENS)\n'
         'from samsa_geo import ops\n'
         'print("backend", ops.default_backend())\n'
         'import importlib\n'
@@ -36,6 +38,7 @@ def test_run_settings_are_set_for_the_run_and_kept_in_the_flags(
     assert run.returncode == 0, run.stderr[-2000:]
     assert 'limit 12' in run.stdout and 'backend torch' in run.stdout
     assert 'linear 77' in run.stdout and 'rows 5' in run.stdout
+    assert 'training rows 5' in run.stdout
     records = json.loads(out.read_text())
     assert records and all(r['flags']['fused_max_set_size'] == 12
                            and r['flags']['ops_backend'] == 'torch'

@@ -1,12 +1,14 @@
 """Keys and values of the sampled rows alone (the general path, from
-SAMPLED_ROWS_MIN_TOKENS tokens; in training with the scorer's backward on
-their rows) on the GPU, run on the GPU machine with
+SAMPLED_ROWS_MIN_TOKENS tokens in evaluation and
+TRAINING_SAMPLED_ROWS_MIN_TOKENS in training, there with the scorer's
+backward on their rows) on the GPU, run on the GPU machine with
 ``pytest -m gpu tests/gpu``."""
 import pytest
 import torch
 
 from samsa_geo.nn import SamsaAttention, SamsaConv
 from samsa_geo.nn.attention import samsa_attention
+from samsa_geo.nn.conv.samsa_conv import CUDA_GRAPH_MAX_ELEMENTS
 
 pytestmark = [
     pytest.mark.gpu,
@@ -95,6 +97,61 @@ def test_training_on_the_sampled_rows_equals_the_full_projection(
     assert 'attn.scorer.score_nn.0.weight' in grads
     # Some gradients are zero but for rounding (the scorer's head biases:
     # a pair's two scores get opposite gradients): an absolute floor.
+    scale = max(float(r.norm()) for r in ref_grads.values())
+    for name, r in ref_grads.items():
+        err = float((grads[name] - r).norm())
+        assert err <= 5e-2 * float(r.norm()) + 1e-4 * scale, name
+
+
+def test_replayed_training_steps_on_the_sampled_rows(monkeypatch):
+    # From TRAINING_SAMPLED_ROWS_MIN_TOKENS tokens the training steps that
+    # SamsaConv replays as CUDA graphs (bf16, 1 x 65,536 tokens: eager,
+    # eager, captured, replayed) project the top and bottom sets' rows
+    # alone; the replayed step's output and gradients equal those of the
+    # same step with every token projected (the switch off) within bf16
+    # rounding.
+    from samsa_geo.nn.attention import config
+    n = 65536
+    assert samsa_attention.TRAINING_SAMPLED_ROWS_MIN_TOKENS <= n
+    assert n * 256 <= CUDA_GRAPH_MAX_ELEMENTS  # replayed, not eager
+    torch.manual_seed(0)
+    conv = SamsaConv(256, None, heads=8, k=256).cuda().train()
+    x = torch.randn(n, 256, device='cuda')
+    batch = torch.zeros(n, dtype=torch.long, device='cuda')
+    g = torch.randn(n, 256, device='cuda',
+                    generator=torch.Generator('cuda').manual_seed(2))
+    taken = _spy_on_the_path(monkeypatch)
+
+    def step():
+        conv.zero_grad()
+        x_ = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            out = conv(x_, None, batch, num_graphs=1, max_num_nodes=n)
+        (out.float() * g).sum().backward()
+        grads = {name: p.grad.float().clone()
+                 for name, p in conv.named_parameters() if p.grad is not None}
+        return out.detach().float(), x_.grad, grads
+
+    results = {}
+    for rows in (True, False):
+        taken.clear()
+        with config.attention_config(sampled_rows=rows):
+            for _ in range(4):
+                results[rows] = step()
+        # The eager steps and the capture chose the path; the replay ran
+        # no Python.
+        assert taken == [rows] * 3
+    assert len(conv._train_graphs) == 2
+    (out, x_grad, grads), (ref, ref_x_grad, ref_grads) = \
+        results[True], results[False]
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+    assert rel(out, ref) < 2e-2 and rel(x_grad, ref_x_grad) < 2e-2
+    assert grads.keys() == ref_grads.keys()
+    assert 'attn.lin_kv.weight' in grads
     scale = max(float(r.norm()) for r in ref_grads.values())
     for name, r in ref_grads.items():
         err = float((grads[name] - r).norm())

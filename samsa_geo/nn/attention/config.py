@@ -113,8 +113,11 @@ def use_sampled_rows() -> bool:
     as CUDA graphs (:class:`~samsa_geo.nn.SamsaConv`'s replayed calls)
     from
     :data:`~samsa_geo.nn.attention._dispatch.FUSED_SAMPLED_ROWS_MIN_TOKENS`
-    tokens, the general path (evaluation and training) from
-    :data:`~samsa_geo.nn.attention._dispatch.SAMPLED_ROWS_MIN_TOKENS`,
+    tokens, the general path from
+    :data:`~samsa_geo.nn.attention._dispatch.SAMPLED_ROWS_MIN_TOKENS` in
+    evaluation and
+    :data:`~samsa_geo.nn.attention._dispatch.TRAINING_SAMPLED_ROWS_MIN_TOKENS`
+    in training,
     where the rows of every set and head are at most half the tokens
     (no registers, no summary key). The two projections differ by the
     rounding of their matrix products.

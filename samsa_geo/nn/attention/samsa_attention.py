@@ -18,6 +18,7 @@ from samsa_geo.nn.attention._dispatch import (
     FUSED_MAX_SET_SIZE,
     FUSED_SAMPLED_ROWS_MIN_TOKENS,
     SAMPLED_ROWS_MIN_TOKENS,
+    TRAINING_SAMPLED_ROWS_MIN_TOKENS,
     is_capturing,
     is_exporting,
     is_tracing,
@@ -589,15 +590,17 @@ class SamsaAttention(Module):
         # Whether the general path projects keys and values of the sampled
         # rows alone (project_rows), in evaluation and in training (the
         # rows of the top set, and of the bottom set where the relaxation
-        # reads them): from SAMPLED_ROWS_MIN_TOKENS tokens, where those
+        # reads them): from SAMPLED_ROWS_MIN_TOKENS tokens in evaluation
+        # and TRAINING_SAMPLED_ROWS_MIN_TOKENS in training, where those
         # rows of every set and head are at most half the tokens, without
         # registers or summary key (their keys come from every candidate)
         # or a set that keeps every candidate. The fused path (fused=True)
         # does from FUSED_SAMPLED_ROWS_MIN_TOKENS tokens in calls captured
         # as CUDA graphs; its compiled operator takes every token's keys
         # and values.
-        least = FUSED_SAMPLED_ROWS_MIN_TOKENS if fused \
-            else SAMPLED_ROWS_MIN_TOKENS
+        least = FUSED_SAMPLED_ROWS_MIN_TOKENS if fused else \
+            TRAINING_SAMPLED_ROWS_MIN_TOKENS if self.training else \
+            SAMPLED_ROWS_MIN_TOKENS
         if N < least or (fused and (is_tracing() or not is_capturing())):
             return False
         rows = info.k_max + (info.m_max if self._relaxes(info) else 0)

@@ -42,6 +42,8 @@ def test_project_rows_equals_projecting_every_row(dtype, B, H, K):
 def any_size(monkeypatch):
     # The path from any number of tokens (small sets in these tests).
     monkeypatch.setattr(samsa_attention, 'SAMPLED_ROWS_MIN_TOKENS', 0)
+    monkeypatch.setattr(samsa_attention, 'TRAINING_SAMPLED_ROWS_MIN_TOKENS',
+                        0)
 
 
 def _forward(attn, x, batch, sizes, **kwargs):
@@ -169,6 +171,19 @@ def test_paths_that_keep_every_projected_row(monkeypatch, any_size):
     assert not attn._projects_sampled_rows(info, 120, False)
     monkeypatch.setattr(samsa_attention, 'SAMPLED_ROWS_MIN_TOKENS', 120)
     assert attn._projects_sampled_rows(info, 120, False)
+    # Training's own threshold: the evaluation's does not apply.
+    attn.train()
+    monkeypatch.setattr(samsa_attention, 'SAMPLED_ROWS_MIN_TOKENS', 0)
+    monkeypatch.setattr(samsa_attention, 'TRAINING_SAMPLED_ROWS_MIN_TOKENS',
+                        121)
+    assert not attn._projects_sampled_rows(info, 120, False)
+    monkeypatch.setattr(samsa_attention, 'TRAINING_SAMPLED_ROWS_MIN_TOKENS',
+                        120)
+    monkeypatch.setattr(samsa_attention, 'SAMPLED_ROWS_MIN_TOKENS', 121)
+    assert attn._projects_sampled_rows(info, 120, False)
+    attn.eval()
+    assert not attn._projects_sampled_rows(info, 120, False)
+    monkeypatch.setattr(samsa_attention, 'SAMPLED_ROWS_MIN_TOKENS', 120)
     with config.attention_config(sampled_rows=False):
         assert not attn._projects_sampled_rows(info, 120, False)
     # The fused path's own threshold, in a CUDA graph's capture; none in
