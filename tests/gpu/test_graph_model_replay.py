@@ -185,3 +185,32 @@ def test_hooks_and_edge_tokens_train_eagerly():
             out.sum().backward()
         assert len(model._train_graphs) == 0
     assert len(seen) == 4
+
+
+def test_smaller_batches_replay_a_kept_graph():
+    # Once batches of one size have a graph, a smaller batch (an epoch's
+    # last: two graphs) is padded to its sizes and replays it at once,
+    # equal to an eager step from the same state (float32), and keeps no
+    # graph of its own.
+    torch.manual_seed(0)
+    eager = SamsaGraphModel(9, 64, 1, 3, edge_dim=3, heads=4).cuda().train()
+    graphed = copy.deepcopy(eager)
+    data = _batches(1, 3)[0]
+    for _ in range(3):  # eager, eager, captured
+        _step(graphed, data, 'graph', torch.float32)
+    assert len(graphed._train_graphs) == 1
+    small = Batch.from_data_list(data.to_data_list()[:2])
+    graphed.load_state_dict(eager.state_dict())
+    with config.attention_config(cuda_graphs=False):
+        ref = _step(eager, small, 'graph', torch.float32)
+    got = _step(graphed, small, 'graph', torch.float32)
+    assert got[3] == '_ReplayedBackward' and ref[3] != got[3]
+    assert len(graphed._train_graphs) == 1
+    _close(got[0], ref[0])
+    _close(got[1], ref[1])
+    for a, b in zip(got[2], ref[2]):
+        assert (a is None) == (b is None)
+        if a is not None:
+            _close(a, b)
+    for a, b in zip(graphed.buffers(), eager.buffers()):
+        _close(a.float(), b.float())

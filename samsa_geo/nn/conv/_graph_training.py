@@ -201,6 +201,12 @@ class TrainingGraphReplay(GraphReplay):
         self._graphs.move_to_end(sig)
         return _Replayed.apply(graph, *inputs, *params)
 
+    def kept_keys(self) -> List[Hashable]:
+        r"""The callers' keys of the graphs kept, the most recently used
+        first."""
+        # A signature is ((key, layout), which inputs require gradients).
+        return [sig[0][0] for sig in reversed(self._graphs)]
+
     def _eager(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
                sig: Hashable) -> Tensor:
         # An eager call, counted once its backward pass reaches it.

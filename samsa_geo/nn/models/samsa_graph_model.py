@@ -31,7 +31,9 @@ from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
 from samsa_geo.nn.encoders.positional_encoder import PositionalEncoder
 from samsa_geo.nn.models._graph_padding import (
     PaddedGraphs,
+    PaddedSizes,
     bucket,
+    choose_sizes,
     pad_graphs,
 )
 from samsa_geo.nn.models._reloadable import Reloadable
@@ -536,7 +538,8 @@ class SamsaGraphModel(Reloadable, Module):
     ) -> Optional[Tensor]:
         # A training call on CUDA as the replay of CUDA graphs of the
         # model's forward and backward passes on the batch padded to a
-        # bucket's size (see _graph_padding and TrainingGraphReplay), or
+        # bucket's size or a kept graph's (see _graph_padding and
+        # TrainingGraphReplay), or
         # None where it runs eagerly: without the hints (B and the largest
         # graph's size, read from a PyG batch by batch_hints), with edge
         # tokens (sets of unknown size), beyond GRAPHED_STEP_MAX_ELEMENTS
@@ -565,22 +568,31 @@ class SamsaGraphModel(Reloadable, Module):
         modules, params = tree.modules, tree.params()
         if not all(p.requires_grad for p in params):
             return None
-        padded = pad_graphs(x, edge_index, edge_attr, batch, pe, node_id,
-                            num_graphs, max_num_nodes)
-        given = tuple(t is not None for t in padded[:6])
-        inputs = [t for t in padded[:6] if t is not None]
+        # Which inputs are given (the mask of real nodes always), and the
+        # rest of the key besides the sizes: a batch is padded to the
+        # sizes of a graph kept with the same rest where one holds it
+        # (choose_sizes), else to its own bucket's.
         B = num_graphs
-        key = (B, padded.num_graphs, padded.max_num_nodes, given,
-               torch.is_autocast_enabled('cuda'),
-               torch.get_autocast_dtype('cuda'),
-               torch.get_float32_matmul_precision(), config.snapshot(),
-               tree.settings())
+        given = tuple(t is not None for t in (x, edge_index, edge_attr,
+                                              batch, pe, node_id)) + (True, )
+        rest = (given, torch.is_autocast_enabled('cuda'),
+                torch.get_autocast_dtype('cuda'),
+                torch.get_float32_matmul_precision(), config.snapshot(),
+                tree.settings())
+        kept = [k[0] for k in self._train_graphs.kept_keys()
+                if isinstance(k[0], PaddedSizes) and k[1:] == rest]
+        sizes = choose_sizes(kept, N, edge_index.size(1), B, max_num_nodes,
+                             self.hidden_channels)
+        padded = pad_graphs(x, edge_index, edge_attr, batch, pe, node_id,
+                            B, max_num_nodes, sizes)
+        inputs = [t for t in padded[:7] if t is not None]
+        key = (sizes, ) + rest
 
         def fn(*tensors: Tensor) -> Tensor:
             it = iter(tensors)
             return self._padded_forward(padded._replace(**{
                 name: next(it) for name, g in zip(padded._fields, given)
-                if g}), B)
+                if g}))
 
         def eligible() -> bool:
             # Asked once per signature, before its capture.
@@ -600,13 +612,12 @@ class SamsaGraphModel(Reloadable, Module):
                                  slots)
         return out[:N] if self.level == 'node' else out[:B]
 
-    def _padded_forward(self, padded: PaddedGraphs,
-                        num_graphs: int) -> Tensor:
-        # The model's output on a batch of num_graphs graphs padded by
-        # pad_graphs: batch norms count the real nodes (those of graphs
-        # 0 .. num_graphs - 1). [N_b, F_out] for level='node', else
-        # [num_graphs + P, F_out]; the padding's rows are to be dropped.
-        with counted_rows(padded.batch < num_graphs):
+    def _padded_forward(self, padded: PaddedGraphs) -> Tensor:
+        # The model's output on a batch padded by pad_graphs: batch norms
+        # count the real nodes (padded.real). [N_b, F_out] for
+        # level='node', else [G_b, F_out]; the padding's rows are to be
+        # dropped.
+        with counted_rows(padded.real):
             h = self._embed(padded.x, padded.edge_index, padded.edge_attr,
                             padded.batch, padded.pe, padded.node_id,
                             padded.num_graphs, padded.max_num_nodes)

@@ -9,7 +9,16 @@ from torch_geometric.data import Batch, Data
 
 from samsa_geo.nn import batch_hints
 from samsa_geo.nn.models import SamsaGraphModel
-from samsa_geo.nn.models._graph_padding import bucket, pad_graphs, set_bound
+from samsa_geo.nn.models._graph_padding import (
+    REUSED_STEP_MAX_ELEMENTS,
+    PaddedSizes,
+    bucket,
+    choose_sizes,
+    holds,
+    pad_graphs,
+    padded_sizes,
+    set_bound,
+)
 
 
 def test_bucket_pads_less_than_a_quarter_to_few_sizes():
@@ -59,6 +68,7 @@ def test_padding_nodes_form_graphs_of_their_own(sizes):
     assert torch.equal(p.x[:N], data.x) and (p.x[N:] == 0).all()
     assert torch.equal(p.edge_index[:, :E], data.edge_index)
     assert torch.equal(p.batch[:N], data.batch)
+    assert torch.equal(p.real, torch.arange(p.x.size(0)) < N)
     # the padding edges join padding nodes only, the padding nodes lie in
     # graphs B .. num_graphs - 1 of at most max_num_nodes nodes, sorted
     assert (p.edge_index[:, E:] >= N).all()
@@ -75,10 +85,12 @@ def test_padding_nodes_form_graphs_of_their_own(sizes):
         assert q.num_graphs == p.num_graphs and q.x.shape == p.x.shape
 
 
-@pytest.mark.parametrize('level,pe,pool', [('graph', None, 'mean'),
-                                           ('graph', 'rw', 'sum'),
-                                           ('node', 'rw', 'mean')])
-def test_padded_training_step_equals_the_unpadded_one(level, pe, pool):
+@pytest.mark.parametrize('level,pe,pool,larger', [
+    ('graph', None, 'mean', False), ('graph', 'rw', 'sum', False),
+    ('node', 'rw', 'mean', False), ('graph', 'rw', 'mean', True),
+    ('node', None, 'sum', True)])
+def test_padded_training_step_equals_the_unpadded_one(level, pe, pool,
+                                                      larger):
     # Training mode, no dropout, fixed node identifiers: every set is
     # kept whole (n <= k), so both steps are deterministic and equal.
     torch.manual_seed(0)
@@ -92,9 +104,16 @@ def test_padded_training_step_equals_the_unpadded_one(level, pe, pool):
     pe_ = data.rw_pe if pe else None
     out = model(data.x, data.edge_index, data.edge_attr, data.batch, pe=pe_,
                 node_id=node_id, **h)
+    # larger: the sizes of a kept graph of a batch ten times the size,
+    # with many (partly empty) padding graphs
+    sizes = padded_sizes(10 * N, 10 * data.num_edges, 10 * B,
+                         h['max_num_nodes']) if larger else None
     p = pad_graphs(data.x, data.edge_index, data.edge_attr, data.batch, pe_,
-                   node_id, **h)
-    got = padded_model._padded_forward(p, B)
+                   node_id, **h, sizes=sizes)
+    if larger:
+        assert p.x.size(0) > 8 * N and p.num_graphs > 8 * B
+        assert torch.bincount(p.batch, minlength=p.num_graphs).eq(0).any()
+    got = padded_model._padded_forward(p)
     assert got.size(0) == (p.x.size(0) if level == 'node' else p.num_graphs)
     got = got[:N] if level == 'node' else got[:B]
     torch.testing.assert_close(got, out, rtol=1e-10, atol=1e-12)
@@ -122,3 +141,73 @@ def test_the_model_on_the_cpu_keeps_no_graphs():
     assert len(model._train_graphs) == 0
     # copies start without graphs, as the layers' do
     assert len(copy.deepcopy(model)._train_graphs) == 0
+
+
+def test_sizes_hold_a_batch_with_room_for_its_padding_graphs():
+    own = padded_sizes(100, 300, 10, 20)
+    assert own == PaddedSizes(112, 320, 16, 32)  # bucket(10 + 16 / 32)
+    assert holds(own, 100, 300, 10, 20)
+    assert holds(own, 111, 319, 15, 32)
+    assert not holds(own, 112, 300, 10, 20)  # no padding node
+    assert not holds(own, 100, 320, 10, 20)  # no padding edge
+    assert not holds(own, 100, 300, 10, 33)  # a graph beyond the bound
+    assert not holds(own, 100, 300, 16, 20)  # no room for padding graphs
+    # 12 padding nodes need one graph of at most 32; 80 need three
+    assert holds(own, 100, 300, 15, 20) and not holds(own, 32, 60, 14, 20)
+    data = _batch([3, 4])
+    with pytest.raises(ValueError, match='Expected sizes that hold'):
+        pad_graphs(data.x, data.edge_index, data.edge_attr, data.batch,
+                   None, None, 2, 4, PaddedSizes(7, 100, 8, 8))
+
+
+def test_choose_sizes_reuses_the_smallest_kept_graph_within_bounds():
+    own = padded_sizes(900, 2000, 64, 25)
+    assert choose_sizes([], 900, 2000, 64, 25, 64) == own
+    big = padded_sizes(1000, 2400, 64, 25)
+    bigger = padded_sizes(1500, 3000, 80, 25)
+    assert choose_sizes([bigger, big], 900, 2000, 64, 25, 64) == big
+    # an epoch's last batch of two graphs replays the 1,024-node graph
+    # (65,536 token values at 64 channels), not beyond at 128 channels
+    assert big.num_nodes * 64 <= REUSED_STEP_MAX_ELEMENTS
+    assert choose_sizes([big], 30, 60, 2, 12, 64) == big
+    assert choose_sizes([big], 30, 60, 2, 12, 128) == \
+        padded_sizes(30, 60, 2, 12)
+    # within twice its own nodes at any width; sizes that do not hold it
+    # (edges, bound, graphs) are passed over
+    assert choose_sizes([bigger], 900, 2000, 64, 25, 1024) == bigger
+    assert choose_sizes([padded_sizes(2100, 5000, 200, 25)], 900, 2000,
+                        64, 25, 1024) == own
+    # 636 padding nodes need 20 graphs of 32: 84 in all, 80 kept
+    assert choose_sizes([padded_sizes(1500, 3000, 64, 25)], 900, 2000, 64,
+                        25, 1024) == own
+    for E, B, M in [(2600, 64, 25), (2000, 64, 33), (2000, 78, 25)]:
+        assert choose_sizes([big], 900, E, B, M, 64) == \
+            padded_sizes(900, E, B, M)
+
+
+def test_reuse_leaves_a_shuffled_dataset_few_sizes():
+    # FreeSolv-sized graphs (2-25 nodes, 642 of them) in batches of 64,
+    # shuffled each epoch: every batch padded to its own bucket takes 20
+    # and more sizes over 30 epochs (each one eager steps and a capture of
+    # its own, the last batch's nearly every epoch); choosing among the
+    # sizes taken so far leaves a handful, and no new one after the first
+    # epochs.
+    g = torch.Generator().manual_seed(0)
+    nodes = torch.randint(2, 26, (642, ), generator=g)
+    edges = 2 * (nodes - 1 + nodes // 4)
+    own, kept, new = set(), [], []
+    for epoch in range(30):
+        order = torch.randperm(642, generator=g)
+        added = 0
+        for i in range(0, 642, 64):
+            idx = order[i:i + 64]
+            N, E, B = int(nodes[idx].sum()), int(edges[idx].sum()), len(idx)
+            M = int(nodes[idx].max())
+            own.add(padded_sizes(N, E, B, M))
+            sizes = choose_sizes(kept, N, E, B, M, 64)
+            if sizes not in kept:
+                kept.append(sizes)
+                added += 1
+        new.append(added)
+    assert len(own) >= 20
+    assert len(kept) <= 6 and sum(new[10:]) == 0
