@@ -191,7 +191,7 @@ def test_reuse_leaves_a_shuffled_dataset_few_sizes():
     # and more sizes over 30 epochs (each one eager steps and a capture of
     # its own, the last batch's nearly every epoch); choosing among the
     # sizes taken so far leaves a handful, and no new one after the first
-    # epochs.
+    # epochs (here 21 and 2).
     g = torch.Generator().manual_seed(0)
     nodes = torch.randint(2, 26, (642, ), generator=g)
     edges = 2 * (nodes - 1 + nodes // 4)
@@ -210,4 +210,4 @@ def test_reuse_leaves_a_shuffled_dataset_few_sizes():
                 added += 1
         new.append(added)
     assert len(own) >= 20
-    assert len(kept) <= 6 and sum(new[10:]) == 0
+    assert len(kept) <= 3 and sum(new[5:]) == 0
