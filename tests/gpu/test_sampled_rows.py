@@ -29,6 +29,25 @@ def _spy_on_the_path(monkeypatch):
     return taken
 
 
+def _assert_gradients_close(grads, ref_grads):
+    # Within 5% of each bf16 gradient, with an absolute floor. Some
+    # gradients are zero but for rounding: the scorer's head biases (a
+    # pair's two scores get opposite gradients), lin_kv's bias (a key bias
+    # shifts all of a query's logits alike, which the softmax cancels; a
+    # value bias shifts every output row alike, which the batch norm after
+    # the attention cancels) and lin_out's. Their values are rounding
+    # noise of either path; below a thousandth of the largest gradient in
+    # the reference, both must stay there.
+    assert grads.keys() == ref_grads.keys()
+    scale = max(float(r.norm()) for r in ref_grads.values())
+    for name, r in ref_grads.items():
+        if float(r.norm()) < 1e-3 * scale:
+            assert float(grads[name].norm()) < 1e-3 * scale, name
+            continue
+        err = float((grads[name] - r).norm())
+        assert err <= 5e-2 * float(r.norm()) + 1e-4 * scale, name
+
+
 @pytest.mark.parametrize('B,n', [(1, 262144), (2, 140000)])
 def test_the_layer_equals_its_full_projection(monkeypatch, B, n):
     torch.manual_seed(0)
@@ -95,12 +114,7 @@ def test_training_on_the_sampled_rows_equals_the_full_projection(
     assert grads.keys() == ref_grads.keys()
     assert 'attn.lin_kv.weight' in grads
     assert 'attn.scorer.score_nn.0.weight' in grads
-    # Some gradients are zero but for rounding (the scorer's head biases:
-    # a pair's two scores get opposite gradients): an absolute floor.
-    scale = max(float(r.norm()) for r in ref_grads.values())
-    for name, r in ref_grads.items():
-        err = float((grads[name] - r).norm())
-        assert err <= 5e-2 * float(r.norm()) + 1e-4 * scale, name
+    _assert_gradients_close(grads, ref_grads)
 
 
 def test_replayed_training_steps_on_the_sampled_rows(monkeypatch):
@@ -152,10 +166,7 @@ def test_replayed_training_steps_on_the_sampled_rows(monkeypatch):
     assert rel(out, ref) < 2e-2 and rel(x_grad, ref_x_grad) < 2e-2
     assert grads.keys() == ref_grads.keys()
     assert 'attn.lin_kv.weight' in grads
-    scale = max(float(r.norm()) for r in ref_grads.values())
-    for name, r in ref_grads.items():
-        err = float((grads[name] - r).norm())
-        assert err <= 5e-2 * float(r.norm()) + 1e-4 * scale, name
+    _assert_gradients_close(grads, ref_grads)
 
 
 @pytest.mark.parametrize('sizes', [[65536], [40000, 0, 25536]])
