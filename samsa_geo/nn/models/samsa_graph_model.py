@@ -537,15 +537,15 @@ class SamsaGraphModel(Reloadable, Module):
         max_num_nodes: Optional[int],
     ) -> Optional[Tensor]:
         # A training call on CUDA as the replay of CUDA graphs of the
-        # model's forward and backward passes on the batch padded to a
-        # bucket's size or a kept graph's (see _graph_padding and
-        # TrainingGraphReplay), or
-        # None where it runs eagerly: without the hints (B and the largest
-        # graph's size, read from a PyG batch by batch_hints), with edge
-        # tokens (sets of unknown size), beyond GRAPHED_STEP_MAX_ELEMENTS
-        # padded token values, where autograd's state forbids a capture
-        # (autograd_allows_capture), in deterministic mode (the indexed
-        # sums), in debug mode, while tracing, or with hooks.
+        # model's forward and backward passes on the batch padded to its
+        # bucket's sizes or a kept graph's (see _graph_padding and
+        # TrainingGraphReplay), or None where it runs eagerly: without the
+        # hints (B and the largest graph's size, read from a PyG batch by
+        # batch_hints), with edge tokens (sets of unknown size), beyond
+        # GRAPHED_STEP_MAX_ELEMENTS padded token values, where autograd's
+        # state forbids a capture (autograd_allows_capture), in
+        # deterministic mode (the indexed sums), in debug mode, while
+        # tracing, or with hooks.
         N = x.size(0)
         if (batch is None or num_graphs is None or max_num_nodes is None
                 or self.tokens != 'node' or N < 2
