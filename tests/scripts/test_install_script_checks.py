@@ -270,7 +270,7 @@ def test_missing_venv_package_is_not_blamed_on_open3d(tmp_path):
     assert f'no {VENV_PKG}' in proc.stderr
     assert 'Open3D' not in proc.stderr
     assert proc.returncode == 1  # no venv module: the environment fails
-    assert f"-m venv' failed" in proc.stderr
+    assert "-m venv' failed" in proc.stderr
 
 
 def test_venv_package_installed_on_its_own(tmp_path):
