@@ -63,9 +63,10 @@ def masked_batch_norm(x: Tensor, mask: Tensor,
         {\sqrt{\boldsymbol{\sigma}^2 + \epsilon}} \odot \boldsymbol{\gamma}
         + \boldsymbol{\beta}\right),
 
-    with the statistics in float32 (or ``x``'s wider dtype) and :math:`\mathbf{y}` in ``x``'s
-    dtype: on the kept rows, ``F.batch_norm`` of those rows alone up to
-    rounding, and zero on the others, whose gradient is zero too. The
+    with the statistics in float32 (or ``x``'s wider dtype) and
+    :math:`\mathbf{y}` in ``x``'s dtype: on the kept rows,
+    ``F.batch_norm`` of those rows alone up to rounding, and zero on the
+    others, whose gradient is zero too. The
     running statistics are updated in place as ``F.batch_norm`` updates
     them (the unbiased variance, :math:`n \ge 2`), with the cumulative
     average where ``momentum`` is :obj:`None` (``num_batches_tracked`` is
@@ -125,6 +126,16 @@ def batch_norm_counted(bn: _BatchNorm, x: Tensor, mask: Tensor) -> Tensor:
         bn.running_var if bn.track_running_stats else None,
         bn.num_batches_tracked if bn.track_running_stats else None,
         bn.momentum, bn.eps)
+
+
+def counted_batch_norm(bn: _BatchNorm, x: Tensor) -> Optional[Tensor]:
+    r""":func:`batch_norm_counted` of ``x`` over the rows of the
+    :func:`counted_rows` block that runs, where ``bn`` is in training;
+    :obj:`None` outside such a block or in evaluation (``bn`` itself then
+    applies)."""
+    if _mask is None or not bn.training:
+        return None
+    return batch_norm_counted(bn, x, _mask)
 
 
 def _describe(t: object) -> str:

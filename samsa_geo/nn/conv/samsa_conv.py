@@ -31,7 +31,7 @@ from samsa_geo.ops import layer_norm, residual_affine, residual_batch_norm
 from samsa_geo.ops._utils import promoted_float
 from samsa_geo.ops.linear import linear_unchecked
 from samsa_geo.ops.masked_batch_norm import (
-    batch_norm_counted,
+    counted_batch_norm,
     counted_rows_mask,
 )
 from samsa_geo.ops.validation import (
@@ -291,11 +291,11 @@ class SamsaConv(Module):
         if isinstance(norm, BatchNorm) and not is_tracing() \
                 and h.dim() == 2:
             if norm._modules['module'].training:
-                mask = counted_rows_mask()
-                if mask is not None:  # a padded batch (see counted_rows)
-                    return batch_norm_counted(norm._modules['module'], h,
-                                              mask)
-                out = _training_batch_norm(norm, h)
+                # Over the real rows of a padded batch (counted_rows),
+                # else straight to the batch norm's kernel.
+                out = counted_batch_norm(norm._modules['module'], h)
+                if out is None:
+                    out = _training_batch_norm(norm, h)
                 if out is not None:
                     return out
             else:

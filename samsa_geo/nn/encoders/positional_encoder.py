@@ -4,10 +4,7 @@ import torch
 from torch import Tensor
 from torch.nn import BatchNorm1d, GELU, Linear, Module, Sequential
 
-from samsa_geo.ops.masked_batch_norm import (
-    batch_norm_counted,
-    counted_rows_mask,
-)
+from samsa_geo.ops.masked_batch_norm import counted_batch_norm
 
 
 def _mlp(in_channels: int, hidden_channels: int, out_channels: int,
@@ -120,11 +117,8 @@ class PositionalEncoder(Module):
             h = self.phi_nn(v) + self.phi_nn(-v)  # [N, k, h]
             pe = h.reshape(h.size(0), -1)  # [N, k * h]
         if self.norm is not None:
-            mask = counted_rows_mask()
-            if mask is not None and self.norm.training:
-                pe = batch_norm_counted(self.norm, pe, mask)  # padded rows
-            else:
-                pe = self.norm(pe)
+            out = counted_batch_norm(self.norm, pe)  # padded rows
+            pe = self.norm(pe) if out is None else out
         return self.rho_nn(pe)
 
     @property

@@ -68,8 +68,7 @@ def padded_sizes(num_nodes: int, num_edges: int, num_graphs: int,
     nodes and ``num_edges`` edges, the largest ``max_num_nodes`` nodes:
     :math:`N_b` and :math:`E_b` from :func:`bucket` (at least one padding
     node and edge), :math:`M_b` from :func:`set_bound`, and room for
-    :math:`\lceil s / M_b
-ceil` padding graphs, :math:`s` the node
+    :math:`\lceil s / M_b \rceil` padding graphs, :math:`s` the node
     bucket's step, the graph count rounded up by :func:`bucket` too (so
     that batches of a larger bucket may replay its graph, see
     :func:`holds`)."""

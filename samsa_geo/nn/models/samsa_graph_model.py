@@ -31,7 +31,6 @@ from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer
 from samsa_geo.nn.encoders.positional_encoder import PositionalEncoder
 from samsa_geo.nn.models._graph_padding import (
     PaddedGraphs,
-    PaddedSizes,
     bucket,
     choose_sizes,
     pad_graphs,
@@ -580,7 +579,7 @@ class SamsaGraphModel(Reloadable, Module):
                 torch.get_float32_matmul_precision(), config.snapshot(),
                 tree.settings())
         kept = [k[0] for k in self._train_graphs.kept_keys()
-                if isinstance(k[0], PaddedSizes) and k[1:] == rest]
+                if k[1:] == rest]
         sizes = choose_sizes(kept, N, edge_index.size(1), B, max_num_nodes,
                              self.hidden_channels)
         padded = pad_graphs(x, edge_index, edge_attr, batch, pe, node_id,
