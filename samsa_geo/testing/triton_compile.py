@@ -72,12 +72,15 @@ def launched_kernels(launches: List[Launch]) -> List[Kernel]:
     r"""The distinct kernels that ``launches`` would compile on CUDA: the
     arguments' types as Triton reads them (a tensor's dtype, a 32- or
     64-bit integer, a float as fp32), its divisibility by 16 (a pointer's
-    address or an integer), an integer equal to 1 as a constexpr."""
+    address or an integer), an integer equal to 1 as a constexpr; of the
+    integers the kernel does not specialise on (its ``do_not_specialize``),
+    the type alone."""
     kernels: Dict[Any, Kernel] = {}
     for fn, args, meta in launches:
         sig: Dict[str, str] = {}
         const = {k: v for k, v in meta.items() if k not in _OPTIONS}
         divisible = []
+        generic = unspecialised(fn)
         for i, (name, a) in enumerate(zip(fn.arg_names, args)):
             if isinstance(a, torch.Tensor):
                 sig[name] = '*' + _TYPES[a.dtype]
@@ -86,11 +89,11 @@ def launched_kernels(launches: List[Launch]) -> List[Kernel]:
             elif isinstance(a, bool):
                 sig[name] = 'i1'
             elif isinstance(a, int):
-                if a == 1:
+                if a == 1 and name not in generic:
                     const[name] = 1
                     continue
                 sig[name] = 'i32' if -2**31 <= a < 2**31 else 'i64'
-                if a % 16 == 0:
+                if a % 16 == 0 and name not in generic:
                     divisible.append(i)
             elif isinstance(a, float):
                 sig[name] = 'fp32'
@@ -103,6 +106,15 @@ def launched_kernels(launches: List[Launch]) -> List[Kernel]:
             warps, stages)
         kernels[key] = (fn, sig, const, warps, divisible, stages)
     return list(kernels.values())
+
+
+def unspecialised(fn: Any) -> Tuple[str, ...]:
+    r"""The names of the parameters that the :func:`triton.jit` function
+    ``fn`` does not specialise on (its ``do_not_specialize``, given as
+    names or positions)."""
+    names = fn.arg_names
+    return tuple(names[a] if isinstance(a, int) else a
+                 for a in getattr(fn, 'do_not_specialize', ()) or ())
 
 
 def compile_for_sm90(kernels: List[Kernel], **options: Any) -> int:

@@ -151,6 +151,40 @@ def test_knn_triton_ties_by_index_and_box_skips(knn_kernel, kernels,
 DENSE_CONFIGS = [(16, 64, 1), (8, 16, 1), (32, 8, 1)]
 
 
+SIZES_SCRIPT = r'''
+import torch
+from samsa_geo.ops._triton import knn
+from samsa_geo.testing.triton_compile import (
+    launched_kernels, recorded_launches)
+
+with recorded_launches() as launches:
+    for sizes in [[1024] * 32, [1000, 1003, 17], [999] * 19, [1000],
+                  [3000, 2500], [4097, 4100, 4211], [2048] * 16, [5000]]:
+        x = torch.rand(sum(sizes), 3)
+        batch = torch.repeat_interleave(torch.arange(len(sizes)),
+                                        torch.tensor(sizes))
+        knn.knn_triton(x, x, 16, batch, batch, len(sizes))
+kernels = launched_kernels(launches)
+print('launched', sorted({fn.__name__ for fn, *_ in launches}))
+# Kernels beyond one per function and constexpr values.
+print('extra', len(kernels) - len({
+    (fn.__name__, tuple(sorted(const.items()))) for fn, _, const, *_
+    in kernels}))
+'''
+
+
+def test_batch_sizes_compile_no_new_kernel(compiled_run):
+    # Batches of clouds of other sizes (divisible by 16 or not, 1, 3, 16
+    # or 19 examples) launch each kNN kernel in one specialisation per
+    # constexpr choice (its block sizes, one example or several), as a
+    # CUDA call would compile them: a new one would compile for seconds on
+    # the first such batch. The launches are recorded, not run.
+    out = compiled_run(SIZES_SCRIPT)
+    assert ("launched ['_dense_knn_kernel', '_gather_kernel', "
+            "'_knn_kernel', '_morton_kernel']") in out
+    assert 'extra 0' in out
+
+
 @pytest.mark.parametrize('config', DENSE_CONFIGS)
 def test_knn_dense_paths_equal_brute_force(kernels, monkeypatch, config):
     from samsa_geo.ops._triton import knn_dense

@@ -70,7 +70,7 @@ def _spread(v, F: tl.constexpr):
     return v
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N'])
 def _morton_kernel(pos, stride_n, stride_f, batch, lo, scale, key, N,
                    F: tl.constexpr, HAS_BATCH: tl.constexpr,
                    BLOCK: tl.constexpr):
@@ -93,7 +93,7 @@ def _morton_kernel(pos, stride_n, stride_f, batch, lo, scale, key, N,
 _launch_morton = Launcher(_morton_kernel)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 't_pad'])
 def _gather_kernel(src, stride_n, stride_f, perm, N, dst, n_pad, ids, box,
                    t_pad, F: tl.constexpr, BOX: tl.constexpr,
                    BLOCK: tl.constexpr):
@@ -182,7 +182,10 @@ def _rank_tile(t, xs, n_pad, ids, q0, q1, q2, row_ok, c_start, c_end,
     return best_d, best_i, worst_d, worst_i
 
 
-@triton.jit
+# The sizes that vary with the batch (the number of examples, of tiles and
+# of queries) are not specialised on (see knn_dense): one compiled kernel
+# serves batches of every size.
+@triton.jit(do_not_specialize=['num_examples', 't_pad', 'M'])
 def _knn_kernel(xs, n_pad, ids, key_x, ys, m_pad, y_ids, key_y, ptr_x,
                 ptr_y, first, num_examples, tile_box, t_pad, out, missing, M,
                 K, F: tl.constexpr, KP: tl.constexpr, SAME: tl.constexpr,
