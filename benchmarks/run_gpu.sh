@@ -11,7 +11,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
 LOGS=${LOGS:-/tmp}  # the logs of the steps
 mkdir -p $OUT $LOGS
-STEPS=${STEPS:-tests,attention,compiled,points,graph,ops,profile,layer,scorer,launch}
+STEPS=${STEPS:-tests,attention,compiled,points,graph,ops,profile,layer,peers,scorer,launch}
 COMMIT=${COMMIT:-$(git describe --always --dirty 2>/dev/null)}
 SIZES=32x1024,8x4096,2x16384,1x65536,1x262144
 on() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -57,6 +57,13 @@ on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops sam
 on layer && { for B in flash efficient; do python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd,fwdbwd --sdpa-backends $B --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; done; }
 on layer && { python3 benchmarks/graph_inputs.py --sizes 32x1024,1x65536 --commit "$COMMIT" --out $OUT/graph_inputs.json 2>&1 | tail -14; }
 on layer && { headed benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 > $OUT/profile_layer.txt; }
+# The whole layer against all its peers in one process (the full layer,
+# GPSConv multihead up to --max-gps-n tokens per set and performer) with
+# the small-graph epoch, eager; then SamsaConv and the full layer compiled
+# (default mode).
+on peers && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch,full_layer,gps_conv_multihead,gps_conv_performer --passes fwd,fwdbwd --graph-epoch --commit "$COMMIT" --out $OUT/layer.json > $LOGS/layer_peers.log 2>&1; }
+on peers && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch,full_layer --passes fwd,fwdbwd --compile default --compile-only --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer_peers.log 2>&1; }
+on peers && { grep -E "^(samsa|full|gps)" $LOGS/layer_peers.log | tail -60; }
 on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_kernel.py --tokens $T --commit "$COMMIT" --out $OUT/scorer_kernel.json 2>&1 | tail -14; done; }
 on scorer && { for T in 32768 65536 262144; do python3 benchmarks/scorer_grad_kernel.py --tokens $T --commit "$COMMIT" --out $OUT/scorer_grad_kernel.json 2>&1 | tail -12; done; }
 on scorer && { python3 benchmarks/batch_norm_kernel.py --commit "$COMMIT" --out $OUT/batch_norm_kernel.json 2>&1 | tail -14; }

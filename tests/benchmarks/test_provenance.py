@@ -199,7 +199,8 @@ def test_the_run_scripts_pass_the_commit_to_every_benchmark(tmp_path):
     # its steps but the tests), python3 stubbed: every benchmark that
     # writes records gets --commit $COMMIT.
     log, env = stubbed_env(tmp_path)
-    steps = 'attention,compiled,points,graph,ops,profile,layer,scorer,launch'
+    steps = ('attention,compiled,points,graph,ops,profile,layer,peers,scorer,'
+             'launch')
     run = subprocess.run(['bash', 'benchmarks/run_gpu.sh'], cwd=ROOT,
                          env={**env, 'STEPS': steps}, capture_output=True,
                          text=True, timeout=120)
