@@ -368,6 +368,11 @@ def main():
                    default=None,
                    help='the same for the fused inference path, in place '
                    'of FUSED_SAMPLED_ROWS_MIN_TOKENS')
+    p.add_argument('--cuda-graph-max-elements', type=int, default=None,
+                   help='largest input (x.numel()) whose SamsaConv calls '
+                   'replay CUDA graphs, in place of samsa_geo.nn.conv.'
+                   'samsa_conv.CUDA_GRAPH_MAX_ELEMENTS (inference graphs '
+                   'also need the fused path: --fused-max-set-size)')
     p.add_argument('--linear-min-elements', type=int, default=None,
                    help='smallest output whose bias gradient the layer '
                    'sums with samsa_geo.ops.linear\'s kernel, in place of '
@@ -396,6 +401,9 @@ def main():
                          args.fused_sampled_rows_min_tokens)):
         if value is not None:
             setattr(samsa_attention, name, value)
+    if args.cuda_graph_max_elements is not None:
+        importlib.import_module('samsa_geo.nn.conv.samsa_conv') \
+            .CUDA_GRAPH_MAX_ELEMENTS = args.cuda_graph_max_elements
     if args.linear_min_elements is not None:
         importlib.import_module('samsa_geo.ops.linear').MIN_ELEMENTS = \
             args.linear_min_elements

@@ -53,6 +53,10 @@ on layer && { python3 benchmarks/layer.py --device cuda --sizes 32x1024,8x4096,2
 # kernels against PyTorch's SDPA, and SDPA's backends forced.
 on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwdbwd --sampled-rows-min-tokens 4611686018427387904 --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,2x65536 --ops samsa_conv_batch --passes fwd,fwdbwd --sampled-rows-min-tokens 65536 --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
+# 1 x 262,144 (2^26 input values) with the layer's CUDA graphs, beyond
+# CUDA_GRAPH_MAX_ELEMENTS, the fused inference path beyond
+# FUSED_MAX_SET_SIZE, against the default run's eager calls above.
+on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x262144 --ops samsa_conv_batch --passes fwd,fwdbwd --cuda-graph-max-elements 67108864 --fused-max-set-size 262144 --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwd,fwdbwd --ab tile_attention --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
 on layer && { for B in flash efficient; do python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd,fwdbwd --sdpa-backends $B --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; done; }
 on layer && { python3 benchmarks/graph_inputs.py --sizes 32x1024,1x65536 --commit "$COMMIT" --out $OUT/graph_inputs.json 2>&1 | tail -14; }

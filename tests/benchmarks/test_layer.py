@@ -10,7 +10,8 @@ def test_run_settings_are_set_for_the_run_and_kept_in_the_flags(
         tmp_path):
     # layer.py --fused-max-set-size replaces the fused path's limit for its
     # run, --sampled-rows-min-tokens the sampled rows' projection's,
-    # --linear-min-elements samsa_geo.ops.linear's, --ops-backend what
+    # --linear-min-elements samsa_geo.ops.linear's,
+    # --cuda-graph-max-elements the layer's CUDA graphs', --ops-backend what
     # samsa_geo.ops' 'auto' means; every record says so in its flags. (A
     # fresh interpreter: they are module globals.)
     out = tmp_path / 'layer.json'
@@ -20,7 +21,8 @@ def test_run_settings_are_set_for_the_run_and_kept_in_the_flags(
         '"--ops", "samsa_conv_batch", "--passes", "fwd", "--warmup", "1", '
         '"--repeat", "1", "--fused-max-set-size", "12", "--ops-backend", '
         '"torch", "--linear-min-elements", "77", '
-        '"--sampled-rows-min-tokens", "5", "--out", '
+        '"--sampled-rows-min-tokens", "5", "--cuda-graph-max-elements", '
+        '"99", "--out", '
         f'{str(out)!r}]\n'
         'runpy.run_path("benchmarks/layer.py", run_name="__main__")\n'
         'from samsa_geo.nn.attention import samsa_attention\n'
@@ -32,18 +34,21 @@ def test_run_settings_are_set_for_the_run_and_kept_in_the_flags(
         'print("backend", ops.default_backend())\n'
         'import importlib\n'
         'print("linear", importlib.import_module('
-        '"samsa_geo.ops.linear").MIN_ELEMENTS)\n')
+        '"samsa_geo.ops.linear").MIN_ELEMENTS)\n'
+        'print("graphs", importlib.import_module('
+        '"samsa_geo.nn.conv.samsa_conv").CUDA_GRAPH_MAX_ELEMENTS)\n')
     run = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert 'limit 12' in run.stdout and 'backend torch' in run.stdout
     assert 'linear 77' in run.stdout and 'rows 5' in run.stdout
-    assert 'training rows 5' in run.stdout
+    assert 'training rows 5' in run.stdout and 'graphs 99' in run.stdout
     records = json.loads(out.read_text())
     assert records and all(r['flags']['fused_max_set_size'] == 12
                            and r['flags']['ops_backend'] == 'torch'
                            and r['flags']['linear_min_elements'] == 77
                            and r['flags']['sampled_rows_min_tokens'] == 5
+                           and r['flags']['cuda_graph_max_elements'] == 99
                            for r in records)
     assert {r['op'] for r in records} == {'samsa_conv_batch'}
 
