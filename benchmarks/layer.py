@@ -41,7 +41,7 @@ from _common import (  # noqa: E402
 
 from samsa_geo import ops  # noqa: E402
 from samsa_geo.nn import SamsaConv, batch_hints  # noqa: E402
-from samsa_geo.nn.attention import config, samsa_attention  # noqa: E402
+from samsa_geo.nn.attention import config  # noqa: E402
 from samsa_geo.nn.models import SamsaGraphModel  # noqa: E402
 
 SIZES = '32x1024,8x4096,2x16384,1x65536,1x262144'
@@ -391,22 +391,23 @@ def main():
                    "ops, to time the kernels against them")
     p.add_argument('--out', default=None)
     args = p.parse_args()
-    # The attention's thresholds for this run, where given.
-    for name, value in (('FUSED_MAX_SET_SIZE', args.fused_max_set_size),
-                        ('SAMPLED_ROWS_MIN_TOKENS',
-                         args.sampled_rows_min_tokens),
-                        ('TRAINING_SAMPLED_ROWS_MIN_TOKENS',
-                         args.sampled_rows_min_tokens),
-                        ('FUSED_SAMPLED_ROWS_MIN_TOKENS',
-                         args.fused_sampled_rows_min_tokens)):
+    # The library's thresholds for this run, where given: the attention's,
+    # the layer's CUDA graphs', samsa_geo.ops.linear's.
+    attention = 'samsa_geo.nn.attention.samsa_attention'
+    for module, name, value in (
+            (attention, 'FUSED_MAX_SET_SIZE', args.fused_max_set_size),
+            (attention, 'SAMPLED_ROWS_MIN_TOKENS',
+             args.sampled_rows_min_tokens),
+            (attention, 'TRAINING_SAMPLED_ROWS_MIN_TOKENS',
+             args.sampled_rows_min_tokens),
+            (attention, 'FUSED_SAMPLED_ROWS_MIN_TOKENS',
+             args.fused_sampled_rows_min_tokens),
+            ('samsa_geo.nn.conv.samsa_conv', 'CUDA_GRAPH_MAX_ELEMENTS',
+             args.cuda_graph_max_elements),
+            ('samsa_geo.ops.linear', 'MIN_ELEMENTS',
+             args.linear_min_elements)):
         if value is not None:
-            setattr(samsa_attention, name, value)
-    if args.cuda_graph_max_elements is not None:
-        importlib.import_module('samsa_geo.nn.conv.samsa_conv') \
-            .CUDA_GRAPH_MAX_ELEMENTS = args.cuda_graph_max_elements
-    if args.linear_min_elements is not None:
-        importlib.import_module('samsa_geo.ops.linear').MIN_ELEMENTS = \
-            args.linear_min_elements
+            setattr(importlib.import_module(module), name, value)
     ops.set_default_backend(args.ops_backend)
     with config.attention_config(**parse_switches(args.attention_config)), \
             sdpa_backends(args.sdpa_backends):

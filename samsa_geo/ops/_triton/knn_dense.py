@@ -136,9 +136,9 @@ def _lower_bound(batch, n, value):
 
 # The sizes of a batch (N, M, B) are not specialised on (Triton would
 # compile a kernel per value class: equal to 1, divisible by 16 or
-# neither): the kernel takes seconds to compile for sm90 (docs/
-# benchmarks.md, Geometry ops), and batches of clouds of varying sizes
-# would compile up to twelve.
+# neither): the kernel takes seconds to compile for sm90
+# (docs/benchmarks.md, Geometry ops), and batches of clouds of varying
+# sizes would compile up to twelve.
 @triton.jit(do_not_specialize=['N', 'M', 'B'])
 def _dense_knn_kernel(x, stride_xn, stride_xf, y, stride_yn, stride_yf,
                       batch_y, batch_x, out, missing, N, M, K, B,
