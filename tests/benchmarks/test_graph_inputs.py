@@ -6,7 +6,7 @@ import torch
 
 from samsa_geo.nn import SamsaConv
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.conv import _graph_replay
+from samsa_geo.nn.conv import _graph_replay, _graph_training
 
 sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..', 'benchmarks'))
 from count_ops import _CudaStandIn  # noqa: E402
@@ -80,3 +80,76 @@ def test_loops_count_in_place_replays_copies_and_eager_calls(
                 ref = layers[0](h.as_subclass(torch.Tensor), None, batch,
                                 **hints)
             assert torch.allclose(out, ref, atol=1e-6)
+
+
+class _TrainingGraphs:
+    # Stand-in CUDA graphs of a training call: a forward replay runs the
+    # function again on the buffers it was captured with (the inputs
+    # themselves, for a graph that reads them in place) and keeps its
+    # autograd graph; a backward replay computes the packed gradients.
+    def __init__(self, fn, buffers, targets):
+        self.fn, self.buffers, self.targets = fn, buffers, targets
+        with config.attention_config(cuda_graphs=False):
+            self.last = fn(*buffers)
+        self.out = self.last.detach().clone()
+        self.grad_out = torch.zeros_like(self.out)
+        self.packed, self.layout = _graph_training.pack(self._grads())
+
+    def _grads(self):
+        return torch.autograd.grad(self.last, self.targets, self.grad_out,
+                                   retain_graph=True, allow_unused=True)
+
+    def forward(self):
+        with torch.enable_grad(), \
+                config.attention_config(cuda_graphs=False):
+            self.last = self.fn(*self.buffers)
+        self.out.copy_(self.last.detach())
+
+    def backward(self):
+        for buf, g in zip(self.packed, _graph_training.pack(
+                self._grads())[0]):
+            buf.copy_(g)
+
+
+class _Replayer:
+    def __init__(self, replay):
+        self.replay = replay
+
+    def pool(self):
+        return (0, 0)
+
+
+def test_training_loops_count_in_place_replays(monkeypatch):
+    # A training loop of two layers on one stand-in CUDA tensor: the
+    # first layer's graph reads it in place; the second layer's input
+    # (the first one's output) is a plain tensor and runs eagerly.
+    def capture_training(fn, buffers, targets, pool):
+        g = _TrainingGraphs(fn, buffers, targets)
+        return (_Replayer(g.forward), _Replayer(g.backward), g.out,
+                g.grad_out, g.packed, g.layout)
+
+    monkeypatch.setattr(_graph_training, 'capture_training',
+                        capture_training)
+    monkeypatch.setattr(torch.cuda, 'is_current_stream_capturing',
+                        lambda: False)
+    torch.manual_seed(0)
+    layers = torch.nn.ModuleList(
+        SamsaConv(16, None, heads=2, k=16) for _ in range(2)).train()
+    batch = torch.arange(2).repeat_interleave(8)
+    hints = dict(num_graphs=2, max_num_nodes=8)
+    x = torch.randn(16, 16).as_subclass(_CudaStandIn)
+    grad = torch.randn(16, 16)
+    run_loop(layers, lambda: x, batch, hints, 3, grad)
+    with counted_replays() as counts:
+        run_loop(layers, lambda: x, batch, hints, 4, grad)
+    assert counts == {'in_place': 4, 'copies': 0}
+    assert graph_kinds(layers[0], training=True) == ['in_place']
+    assert graph_kinds(layers[1], training=True) == []
+    assert graph_kinds(layers[0]) == []  # no inference graph
+    # The replayed layer's output is the eager layer's (k covers the
+    # sets: no sampling noise).
+    out = layers[0](x, None, batch, **hints)
+    assert out.grad_fn.graph.pinned == 2  # x and batch, in place
+    with config.attention_config(cuda_graphs=False):
+        ref = layers[0](x.as_subclass(torch.Tensor), None, batch, **hints)
+    torch.testing.assert_close(out, ref)

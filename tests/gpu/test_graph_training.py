@@ -6,6 +6,7 @@ import torch.utils.checkpoint
 
 from samsa_geo.nn import SamsaConv
 from samsa_geo.nn.attention import config
+from samsa_geo.nn.conv import _graph_replay
 
 pytestmark = [
     pytest.mark.gpu,
@@ -145,6 +146,77 @@ def test_a_layer_applied_twice_runs_its_second_call_eagerly():
         loss(True)
     for g, r in zip(loss(True), loss(False)):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_two_signatures_before_one_backward_equal_eager_steps():
+    # One layer's graphs share their memory: while the first call's
+    # replay awaits its backward pass, a call of the other signature must
+    # not replay (its graph's activations may take the same memory).
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=512, norm='layer_norm',
+                     norm_kwargs={'mode': 'node'}).cuda().train()
+    calls = [(*_batch([256] * 4, 64, 0),
+              dict(num_graphs=4, max_num_nodes=256)),
+             (*_batch([300] * 2, 64, 1),
+              dict(num_graphs=2, max_num_nodes=300))]
+    for _ in range(3):
+        for x, batch, hints in calls:
+            conv(x, None, batch, **hints).sum().backward()
+    assert len(conv._train_graphs) == 2
+
+    def grads(graphs):
+        conv.zero_grad(set_to_none=True)
+        for x, _, _ in calls:
+            x.grad = None
+        with config.attention_config(cuda_graphs=graphs):
+            loss = sum(conv(x, None, batch, **hints).square().mean()
+                       for x, batch, hints in calls)
+        loss.backward()
+        return [p.grad for p in conv.parameters()] + [
+            x.grad for x, _, _ in calls]
+
+    # k covers every set: no sampling noise, the same values both ways.
+    for g, r in zip(grads(True), grads(False)):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_a_loops_input_is_read_in_place_and_left_to_the_caller():
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32).cuda().train()
+    x, batch = _batch([512] * 4, 64, 0)
+    hints = dict(num_graphs=4, max_num_nodes=512)
+    opt = torch.optim.SGD(conv.parameters(), lr=1e-2)
+    for i in range(5):  # the same tensor: eager, eager, captured, ...
+        ref = _step(conv, x, batch, hints, i, False, torch.float32)
+        out = _step(conv, x, batch, hints, i, True, torch.float32)
+        for a, b in zip([out[0], out[1], *out[2]],
+                        [ref[0], ref[1], *ref[2]]):
+            _assert_close(a, b, torch.float32)
+        opt.step()
+    (name, ) = conv._train_graphs._graphs
+    (graph, ) = conv._train_graphs._graphs.values()
+    assert isinstance(name, _graph_replay._Pinned)
+    assert graph.inputs == [] and graph.pinned == 2
+    # Changed in place before its backward pass: refused, as eagerly.
+    xg = x.detach().requires_grad_()
+    out = conv(xg, None, batch, **hints)
+    with torch.no_grad():
+        xg.add_(1)
+    with pytest.raises(RuntimeError, match='modified by an inplace'):
+        out.sum().backward()
+    del out
+    # The graph keeps no reference to the inputs it reads: their memory
+    # is freed with them.
+    y = torch.randn(2048, 64, device='cuda')
+    for _ in range(3):
+        conv(y, None, batch, **hints).sum().backward()
+    assert len(conv._train_graphs) == 2
+    assert all(isinstance(name, _graph_replay._Pinned)
+               for name in conv._train_graphs._graphs)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    del y
+    assert before - torch.cuda.memory_allocated() == 2048 * 64 * 4
 
 
 def test_calls_that_must_run_python_train_eagerly():

@@ -234,20 +234,12 @@ class GraphReplay:
                 call chooses it. (default: :obj:`None`)
         """
         sig = self._signature(key, inputs)
-        # (The inputs' addresses are read where a graph may need them.)
-        where = entry = None
-        if self._in_place:  # a graph that reads them in place
-            where = _pinned(sig, inputs)
-            entry = self._graphs.get(where)
-        name = where
-        if entry is None:
-            name = sig
-            entry = self._graphs.get(sig)
-            if entry is not None and entry is not speculated:
-                # The inputs' copies go first, so that the GPU runs them
-                # while the host stamps the state (a stale graph leaves its
-                # input buffers unread).
-                entry.load(inputs)
+        where, name, entry = self._find(sig, inputs)
+        if entry is not None and entry.inputs and entry is not speculated:
+            # The inputs' copies go first, so that the GPU runs them while
+            # the host stamps the state (a stale graph leaves its input
+            # buffers unread).
+            entry.load(inputs)
         if entry is not None:
             if entry.stamp != tensor_stamp(state()):
                 # The state changed: an eager call makes the casts it keeps
@@ -316,6 +308,20 @@ class GraphReplay:
         entry.graph.replay()
         self._spent = fast
         return entry
+
+    def _find(self, sig: Hashable, inputs: Sequence[Tensor],
+              ) -> Tuple[Optional[_Pinned], Hashable, Any]:
+        # (where, name, graph): the inputs' place (None where no graph
+        # kept reads its inputs in place: not read), and the graph kept
+        # for sig on these inputs with its name, one that reads them in
+        # place first, else one that copies them (else None, named sig).
+        where = None
+        if self._in_place:
+            where = _pinned(sig, inputs)
+            entry = self._graphs.get(where)
+            if entry is not None:
+                return where, where, entry
+        return where, sig, self._graphs.get(sig)
 
     def _run(self, sig: Hashable, where: '_Pinned') -> int:
         # How many calls of sig without a graph in a row, this one

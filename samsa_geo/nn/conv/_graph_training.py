@@ -9,8 +9,9 @@ captures, per input signature, one graph of the forward pass and one of
 its backward pass (gradients of the inputs that require them and of every
 parameter, packed into one buffer per dtype), and runs a call as
 
-1. a copy of each input into the graph's input buffer, one replay of the
-   forward graph and a copy of its output (an autograd node holds the
+1. a copy of each input into the graph's input buffer (none for inputs
+   read in place, below), one replay of the forward graph and a copy of
+   its output (an autograd node holds the
    graph);
 2. in the backward pass: a copy of the output's gradient into the graph's
    buffer, one replay of the backward graph and a copy of the packed
@@ -24,23 +25,37 @@ only a parameter or buffer replaced by another tensor (a new storage)
 drops the graph. Random numbers (dropout, the sampling noise) come from
 PyTorch's generator, which advances at every replay as in eager calls.
 
-The activations a backward replay reads live in the graph's buffers, so a
-forward replay must not run while an earlier one still awaits its
-backward pass: such a call (a layer applied twice before one backward)
-runs eagerly. The backward graph reuses the activations' memory as it
-goes, as an eager backward pass does, so each forward replay takes one
-backward pass (a second one, through ``retain_graph=True``, raises). A
-signature is captured once ``min_calls`` eager calls of it have run their
-backward pass (which also compiles the kernels both passes use). The
-capture reads the parameters through new leaf tensors on their storage
-(:func:`aliased`), so the backward pass it records never reaches the
-gradient nodes that eager calls made on another stream.
+Inputs that come back at the same addresses (a loop's tensors, which the
+caching allocator hands the same blocks at every step) are read in place
+where ``pin_inputs`` is set, as :class:`GraphReplay` reads them: the
+graph captured after ``min_calls`` calls with the inputs at one place
+reads them there, and the copy is saved (a pass over 64 MiB of float32
+tokens at 65,536 x 256). A replay then holds its inputs until its
+backward pass, as autograd holds the tensors an eager call saves: their
+memory stays theirs, and a change in place in between raises as it does
+for an eager call.
+
+The activations a backward replay reads live in the memory the graphs
+of one :class:`TrainingGraphReplay` share, so a forward replay must not
+run while an earlier one, of any of its graphs, still awaits its
+backward pass: such a call (a layer applied twice before one backward,
+to inputs of one size or of two) runs eagerly. The backward graph reuses
+the activations' memory as it goes, as an eager backward pass does, so
+each forward replay takes one backward pass (a second one, through
+``retain_graph=True``, raises). A signature is captured once
+``min_calls`` eager calls of it have run their backward pass (which also
+compiles the kernels both passes use). The capture reads the parameters
+through new leaf tensors on their storage (:func:`aliased`), so the
+backward pass it records never reaches the gradient nodes that eager
+calls made on another stream.
 """
 import contextlib
 import weakref
 from functools import partial
 from typing import (
+    Any,
     Callable,
+    Dict,
     Hashable,
     Iterator,
     List,
@@ -54,7 +69,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import Module, Parameter
 
-from samsa_geo.nn.conv._graph_replay import GraphReplay, State
+from samsa_geo.nn.conv._graph_replay import (
+    GraphReplay,
+    State,
+    _base,
+    _Pinned,
+    _pinned,
+)
 
 #: Where each gradient sits in the packed buffers: (buffer, offset, shape),
 #: None for a target that gets no gradient.
@@ -72,24 +93,21 @@ class _Call:
 
 
 class _TrainingGraph:
-    # The two captured graphs of one signature and their buffers.
-    __slots__ = ('forward', 'backward', 'inputs', 'out', 'grad_out',
-                 'packed', 'layout', 'stamp', 'last')
+    # The two captured graphs of one signature and their buffers: the
+    # input buffers, or, for a graph that reads its inputs in place, none
+    # (pinned: how many inputs it reads there).
+    __slots__ = ('forward', 'backward', 'inputs', 'pinned', 'out',
+                 'grad_out', 'packed', 'layout', 'stamp', 'last')
 
     def __init__(self, forward: 'torch.cuda.CUDAGraph',
                  backward: 'torch.cuda.CUDAGraph', inputs: List[Tensor],
-                 out: Tensor, grad_out: Tensor, packed: List[Tensor],
-                 layout: Layout, stamp: Tuple):
+                 pinned: int, out: Tensor, grad_out: Tensor,
+                 packed: List[Tensor], layout: Layout, stamp: Tuple):
         self.forward, self.backward = forward, backward
-        self.inputs, self.out, self.grad_out = inputs, out, grad_out
+        self.inputs, self.pinned = inputs, pinned
+        self.out, self.grad_out = out, grad_out
         self.packed, self.layout, self.stamp = packed, layout, stamp
         self.last: Optional['weakref.ref[_Call]'] = None
-
-    def pending(self) -> bool:
-        # Whether the last forward replay's backward pass is still to
-        # come (its autograd graph alive and not yet run).
-        call = None if self.last is None else self.last()
-        return call is not None and not call.done
 
     def run_forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, _Call]:
         for buf, t in zip(self.inputs, inputs):
@@ -110,7 +128,8 @@ class _TrainingGraph:
                 "sum the losses into one backward pass, or turn the "
                 "graphs off with samsa_geo.nn.attention.config."
                 "set_cuda_graphs(False)")
-        # (A pending call's buffers are never overwritten: see pending.)
+        # (A pending call's buffers are never overwritten: see
+        # TrainingGraphReplay.__call__.)
         assert self.last is not None and self.last() is call
         self.grad_out.copy_(grad)
         self.backward.replay()
@@ -127,11 +146,17 @@ class _Replayed(torch.autograd.Function):
     def forward(ctx, graph: _TrainingGraph, *tensors: Tensor) -> Tensor:
         out, ctx.call = graph.run_forward(tensors)
         ctx.graph = graph
+        if graph.pinned:
+            # The backward replay reads them where they are: held, and
+            # checked for changes in place, as an eager call's.
+            ctx.save_for_backward(*tensors[:graph.pinned])
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
+        if ctx.graph.pinned:
+            ctx.saved_tensors  # raises where one was changed in place
         return (None, *ctx.graph.run_backward(ctx.call, grad))
 
 
@@ -152,9 +177,33 @@ class TrainingGraphReplay(GraphReplay):
             followed by its backward pass, before it is captured; doubled
             for each time its graph was dropped for another, as in
             :class:`GraphReplay`. (default: :obj:`2`)
+        pin_inputs (bool, optional): Whether a signature whose inputs
+            came back at the same addresses in the calls before its
+            capture gets a graph that reads them there (a call with them
+            elsewhere then gets another graph, which copies them).
+            (default: :obj:`False`)
     """
-    def __init__(self, max_graphs: int = 2, min_calls: int = 2):
+    def __init__(self, max_graphs: int = 2, min_calls: int = 2,
+                 pin_inputs: bool = False):
         super().__init__(max_graphs, min_calls)
+        self.pin_inputs = pin_inputs
+        # The last forward replay: while its backward pass is to come, no
+        # other forward replay or capture may reuse the memory the graphs
+        # share.
+        self._call: Optional['weakref.ref[_Call]'] = None
+
+    def clear(self) -> None:
+        super().clear()
+        self._call = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return dict(super().__getstate__(), pin_inputs=self.pin_inputs)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(graphs={len(self)}, '
+                f'max_graphs={self.max_graphs}, '
+                f'min_calls={self.min_calls}, '
+                f'pin_inputs={self.pin_inputs})')
 
     def __call__(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
                  params: Sequence[Tensor], key: Hashable, state: State,
@@ -175,37 +224,47 @@ class TrainingGraphReplay(GraphReplay):
         through new leaf tensors on the same storage (see
         :func:`aliased`).
         """
+        call = None if self._call is None else self._call()
+        if call is not None and not call.done:
+            # The graphs' memory holds activations still to be read
+            # backward.
+            return fn(*inputs)
         # Which inputs require gradients selects the backward graph too.
         sig = (self._signature(key, inputs),
                tuple(t.requires_grad for t in inputs))
-        graph = self._graphs.get(sig)
+        where, name, graph = self._find(sig, inputs)
         if graph is not None and graph.stamp != tensor_pointers(state()):
             # A parameter or buffer was replaced: warm up and capture again.
-            self._drop(sig)
+            self._drop(name)
             self._seen.pop(sig, None)
             graph = None
         if graph is None:
+            # Inputs where the min_calls calls before this one had them
+            # too are read in place by a graph captured now.
+            if self.pin_inputs:
+                where = where or _pinned(sig, inputs)
+                if self._run(sig, where) > self.min_calls:
+                    name = where
             if sig in self._failed or self._seen.get(sig, 0) < \
                     self._calls_needed(sig):
                 return self._eager(fn, inputs, sig)
             if not eligible():
                 self._remember(self._failed, sig, None)
                 return fn(*inputs)
-            graph = self._capture_training(fn, inputs, params, sig, state,
+            graph = self._capture_training(fn, inputs, params, name, state,
                                            slots)
             if graph is None:
                 return fn(*inputs)
-        elif graph.pending():
-            # The buffers hold activations still to be read backward.
-            return fn(*inputs)
-        self._graphs.move_to_end(sig)
-        return _Replayed.apply(graph, *inputs, *params)
+        self._graphs.move_to_end(name)
+        out = _Replayed.apply(graph, *inputs, *params)
+        self._call = graph.last
+        return out
 
     def kept_keys(self) -> List[Hashable]:
         r"""The callers' keys of the graphs kept, the most recently used
         first."""
         # A signature is ((key, layout), which inputs require gradients).
-        return [sig[0][0] for sig in reversed(self._graphs)]
+        return [_base(name)[0][0] for name in reversed(self._graphs)]
 
     def _eager(self, fn: Callable[..., Tensor], inputs: Sequence[Tensor],
                sig: Hashable) -> Tensor:
@@ -220,12 +279,16 @@ class TrainingGraphReplay(GraphReplay):
 
     def _capture_training(self, fn: Callable[..., Tensor],
                           inputs: Sequence[Tensor],
-                          params: Sequence[Tensor], sig: Hashable,
+                          params: Sequence[Tensor], name: Hashable,
                           state: State,
                           slots: Optional[Callable[[], Sequence[Slot]]],
                           ) -> Optional[_TrainingGraph]:
-        buffers = [t.detach().clone().requires_grad_(t.requires_grad)
-                   for t in inputs]
+        # The graph kept as name: a _Pinned one reads the inputs through
+        # new leaves on their storage (and keeps none of them), another
+        # copies them into its own buffers.
+        pin = isinstance(name, _Pinned)
+        buffers = [(t.detach() if pin else t.detach().clone())
+                   .requires_grad_(t.requires_grad) for t in inputs]
         device = buffers[0].device
 
         def capture_fn():
@@ -235,7 +298,7 @@ class TrainingGraphReplay(GraphReplay):
                 return capture_training(fn, buffers, targets,
                                         self._pools.get(device))
 
-        got = self._attempt(sig, device, capture_fn)
+        got = self._attempt(_base(name), device, capture_fn)
         if got is None:
             return None
         forward, backward, out, grad_out, packed, layout = got
@@ -244,8 +307,9 @@ class TrainingGraphReplay(GraphReplay):
         layout = [next(slots) if t.requires_grad else None
                   for t in buffers] + list(slots)
         self._pools[device] = forward.pool()
-        return self._keep(sig, _TrainingGraph(
-            forward, backward, buffers, out, grad_out, packed, layout,
+        return self._keep(name, _TrainingGraph(
+            forward, backward, [] if pin else buffers,
+            len(buffers) if pin else 0, out, grad_out, packed, layout,
             tensor_pointers(state())))
 
 
@@ -366,4 +430,6 @@ def capture_training(fn: Callable[..., Tensor], buffers: List[Tensor],
             grads = torch.autograd.grad(out, targets, grad_out,
                                         allow_unused=True)
             packed, layout = pack(grads)
-    return forward, backward, out, grad_out, packed, layout
+    # Detached: the autograd graph of the capture would hold its leaves,
+    # which may share the storage of the caller's inputs.
+    return forward, backward, out.detach(), grad_out, packed, layout

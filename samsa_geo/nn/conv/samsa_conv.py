@@ -254,7 +254,7 @@ class SamsaConv(Module):
         # with them. Training graphs read no cache: they outlive
         # train() / eval().
         self._graphs = GraphReplay()
-        self._train_graphs = TrainingGraphReplay()
+        self._train_graphs = TrainingGraphReplay(pin_inputs=True)
         # What the graphs bake in of the submodules, read on each call.
         self._module_tree = ModuleTree()
 

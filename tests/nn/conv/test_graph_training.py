@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from samsa_geo.nn.conv import _graph_training
+from samsa_geo.nn.conv import _graph_replay, _graph_training
 from samsa_geo.nn.conv._graph_training import (
     TrainingGraphReplay,
     pack,
@@ -88,7 +88,7 @@ def test_captures_after_backward_passes_and_matches_eager(fake_capture):
     ref_fn, ref_params = make()
     graphs = TrainingGraphReplay(min_calls=2)
     assert repr(graphs) == ('TrainingGraphReplay(graphs=0, max_graphs=2, '
-                            'min_calls=2)')
+                            'min_calls=2, pin_inputs=False)')
     # A call whose output never reaches a backward pass does not count.
     graphs(fn, (torch.randn(5, 3), ), params, 'key', lambda: params)
     for i in range(6):
@@ -187,6 +187,82 @@ def test_a_call_before_the_last_backward_runs_eagerly(fake_capture):
     del out
     graphs(fn, (x1, ), params, 'key', lambda: params)
     assert fake_capture[0].forwards == 4
+
+
+def test_another_signature_before_the_last_backward_runs_eagerly(
+        fake_capture):
+    # The graphs of one replayer share their memory: while one replay
+    # awaits its backward pass, a graph of another signature must neither
+    # replay nor be captured (either would reuse its activations' memory).
+    fn, params = make()
+    ref_fn, ref_params = make()
+    graphs = TrainingGraphReplay(min_calls=1)
+    x1, x2 = torch.randn(5, 3), torch.randn(7, 3)
+    for x in (x1, x2, x1, x2):
+        step(graphs, fn, params, x, 1.0)
+    assert len(fake_capture) == 2
+    for p in params[:2]:
+        p.grad = None
+    out1 = graphs(fn, (x1, ), params, 'key', lambda: params)
+    out2 = graphs(fn, (x2, ), params, 'key', lambda: params)
+    assert [fake.forwards for fake in fake_capture] == [2, 1]
+    (out1.sum() * out2.sum()).backward()
+    (ref_fn(x1).sum() * ref_fn(x2).sum()).backward()
+    for p, q in zip(params[:2], ref_params[:2]):
+        torch.testing.assert_close(p.grad, q.grad)
+    # A third signature is not captured meanwhile either.
+    out1 = graphs(fn, (x1, ), params, 'key', lambda: params)
+    for _ in range(2):
+        graphs(fn, (torch.randn(9, 3), ), params, 'key', lambda: params)
+    assert len(fake_capture) == 2
+    out1.sum().backward()
+    step(graphs, fn, params, x2, 1.0)
+    assert [fake.forwards for fake in fake_capture] == [3, 2]
+
+
+def test_pinned_inputs_are_read_in_place(fake_capture):
+    fn, params = make()
+    ref_fn, ref_params = make()
+    graphs = TrainingGraphReplay(min_calls=2, pin_inputs=True)
+    assert 'pin_inputs=True' in repr(graphs)
+    x = torch.randn(5, 3, requires_grad=True)
+    for i in range(5):  # eager, eager, captured, replayed, replayed
+        weight = torch.randn(5, 4)
+        out = step(graphs, fn, params, x, weight)
+        (ref_fn(x.detach()) * weight).sum().backward()
+        torch.testing.assert_close(out, ref_fn(x.detach()))
+        for p, q in zip(params[:2], ref_params[:2]):
+            torch.testing.assert_close(p.grad, q.grad)
+    (name, ) = graphs._graphs
+    (graph, ) = graphs._graphs.values()
+    assert isinstance(name, _graph_replay._Pinned)
+    assert graph.inputs == [] and graph.pinned == 1
+    # The capture read x through a new leaf on its storage.
+    (buffer, ) = fake_capture[0].buffers
+    assert buffer is not x and buffer.data_ptr() == x.data_ptr()
+    # x's gradient is handed to x, accumulated over the five calls.
+    assert x.grad is not None and x.grad.shape == x.shape
+    # A change in place before the backward pass raises, as it would for
+    # an eager call that saved x.
+    out = graphs(fn, (x, ), params, 'key', lambda: params)
+    assert fake_capture[0].forwards == 4
+    with torch.no_grad():
+        x.mul_(2)
+    with pytest.raises(RuntimeError, match='modified by an inplace'):
+        out.sum().backward()
+    del out  # (its backward pass would still be to come)
+    # Inputs elsewhere get a graph that copies them (the signature's calls
+    # are counted already).
+    y = x.detach().clone().requires_grad_()
+    step(graphs, fn, params, y, 1.0)
+    assert len(graphs) == 2 and len(fake_capture) == 2
+    assert not isinstance(list(graphs._graphs)[-1], _graph_replay._Pinned)
+    assert graphs.kept_keys() == ['key', 'key']
+    # Without pin_inputs every graph copies.
+    graphs = TrainingGraphReplay(min_calls=2)
+    for _ in range(4):
+        step(graphs, fn, params, x, 1.0)
+    assert [graph.pinned for graph in graphs._graphs.values()] == [0]
 
 
 def test_a_second_backward_through_a_replay_is_refused(fake_capture):
