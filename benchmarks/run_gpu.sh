@@ -59,7 +59,7 @@ on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x65536,2x65536 
 on layer && { python3 benchmarks/layer.py --device cuda --sizes 1x262144 --ops samsa_conv_batch --passes fwd,fwdbwd --cuda-graph-max-elements 67108864 --fused-max-set-size 262144 --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
 on layer && { python3 benchmarks/layer.py --device cuda --sizes $SIZES --ops samsa_conv_batch --passes fwd,fwdbwd --ab tile_attention --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; }
 on layer && { for B in flash efficient; do python3 benchmarks/layer.py --device cuda --sizes 1x65536,1x262144 --ops samsa_conv_batch --passes fwd,fwdbwd --sdpa-backends $B --commit "$COMMIT" --out $OUT/layer.json >> $LOGS/layer.log 2>&1; done; }
-on layer && { python3 benchmarks/graph_inputs.py --sizes 32x1024,1x65536 --commit "$COMMIT" --out $OUT/graph_inputs.json 2>&1 | tail -14; }
+on layer && { python3 benchmarks/graph_inputs.py --sizes 32x1024,1x65536 --passes fwd,fwdbwd --commit "$COMMIT" --out $OUT/graph_inputs.json 2>&1 | tail -26; }
 on layer && { headed benchmarks/profile_layer.py --sizes 32x1024,1x65536,1x262144 --ops samsa_conv_batch,full_layer --host --kernels 12 > $OUT/profile_layer.txt; }
 # The whole layer against all its peers in one process (the full layer,
 # GPSConv multihead up to --max-gps-n tokens per set and performer) with

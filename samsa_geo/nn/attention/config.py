@@ -235,8 +235,9 @@ def use_cuda_graphs() -> bool:
       not drop them (see
       :class:`~samsa_geo.nn.conv._graph_training.TrainingGraphReplay`).
       Up to two graphs per layer, each keeping one call's activations. A
-      call made while the layer's previous output still awaits its
-      backward pass runs eagerly.
+      call made while the layer's previous replay still awaits its
+      backward pass runs eagerly, whatever its shapes (the layer's graphs
+      share their memory).
     - The least recently used graph is dropped for a new one, and its
       signature then needs twice as many calls before its next capture
       (up to :math:`2^{10}` times): batches that cycle through more
@@ -247,11 +248,13 @@ def use_cuda_graphs() -> bool:
     A replay issues the layer's kernels in one launch per pass, plus
     copies of the inputs in and of the outputs out; an inference replay
     runs the layer's last step (its residual sum and norm) after the
-    graph, into the call's own output, in place of that copy, and reads
-    inputs in place, without copies, where the graph is captured at the
-    addresses the signature's calls before it had (the same tensors
+    graph, into the call's own output, in place of that copy. Replays
+    read inputs in place, without copies, where the graph is captured at
+    the addresses the signature's calls before it had (the same tensors
     called again; a loop that makes new tensors every step gets other
-    addresses, and copies). An inference replay from
+    addresses, and copies); a training replay then holds its inputs until
+    its backward pass, and one changed in place meanwhile raises there,
+    as for an eager call. An inference replay from
     :data:`~samsa_geo.nn.attention._dispatch.FUSED_SAMPLED_ROWS_MIN_TOKENS`
     tokens projects the keys and values of the selected rows alone (see
     :func:`use_sampled_rows`), and differs from an eager call by the
