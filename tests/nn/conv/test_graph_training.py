@@ -225,6 +225,7 @@ def test_pinned_inputs_are_read_in_place(fake_capture):
     ref_fn, ref_params = make()
     graphs = TrainingGraphReplay(min_calls=2, pin_inputs=True)
     assert 'pin_inputs=True' in repr(graphs)
+    assert copy.deepcopy(graphs).pin_inputs  # copies keep the option
     x = torch.randn(5, 3, requires_grad=True)
     for i in range(5):  # eager, eager, captured, replayed, replayed
         weight = torch.randn(5, 4)
