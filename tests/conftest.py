@@ -95,6 +95,72 @@ def fused_inference_on():
         yield
 
 
+class _FakeTrainingGraphs:
+    # Stands in for the two CUDA graphs of a training call on the CPU: a
+    # forward replay runs the function again on the buffers it was
+    # captured with (the inputs themselves, for a graph that reads them in
+    # place) into the output buffer and keeps its autograd graph, as the
+    # captured graph keeps its activations; a backward replay computes the
+    # packed gradients of that last forward run.
+    def __init__(self, fn, buffers, targets):
+        from samsa_geo.nn.conv._graph_training import pack
+        self.fn, self.buffers, self.targets = fn, buffers, targets
+        self.last = self._run()
+        self.out = self.last.detach().clone()
+        self.grad_out = torch.zeros_like(self.out)
+        self.packed, self.layout = pack(self._grads())
+        self.forwards = self.backwards = 0
+
+    def _run(self):
+        from samsa_geo.nn.attention import config
+        with torch.enable_grad(), config.attention_config(cuda_graphs=False):
+            return self.fn(*self.buffers)
+
+    def _grads(self):
+        return torch.autograd.grad(self.last, self.targets, self.grad_out,
+                                   retain_graph=True, allow_unused=True)
+
+    def replay_forward(self):
+        self.forwards += 1
+        self.last = self._run()
+        self.out.copy_(self.last.detach())
+
+    def replay_backward(self):
+        from samsa_geo.nn.conv._graph_training import pack
+        self.backwards += 1
+        for buf, g in zip(self.packed, pack(self._grads())[0]):
+            buf.copy_(g)
+
+
+class _Replayer:
+    def __init__(self, replay):
+        self.replay = replay
+
+    def pool(self):
+        return (0, 0)
+
+
+@pytest.fixture
+def fake_training_capture(monkeypatch):
+    """Training calls captured by :class:`TrainingGraphReplay` get stand-in
+    graphs on the CPU (each one's replays run the function again); yields
+    the list of stand-ins, one per capture, with their ``forwards`` and
+    ``backwards`` replay counts and ``buffers``."""
+    from samsa_geo.nn.conv import _graph_training
+    captured = []
+
+    def capture_training(fn, buffers, targets, pool):
+        fake = _FakeTrainingGraphs(fn, buffers, targets)
+        captured.append(fake)
+        return (_Replayer(fake.replay_forward),
+                _Replayer(fake.replay_backward), fake.out, fake.grad_out,
+                fake.packed, fake.layout)
+
+    monkeypatch.setattr(_graph_training, 'capture_training',
+                        capture_training)
+    return captured
+
+
 @pytest.fixture
 def small_graphs():
     """``small_graphs(sizes, in_channels, seed=0, device='cpu')``: a PyG

@@ -6,7 +6,7 @@ import torch
 
 from samsa_geo.nn import SamsaConv
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.conv import _graph_replay, _graph_training
+from samsa_geo.nn.conv import _graph_replay
 
 sys.path.insert(0, osp.join(osp.dirname(__file__), '..', '..', 'benchmarks'))
 from count_ops import _CudaStandIn  # noqa: E402
@@ -82,54 +82,11 @@ def test_loops_count_in_place_replays_copies_and_eager_calls(
             assert torch.allclose(out, ref, atol=1e-6)
 
 
-class _TrainingGraphs:
-    # Stand-in CUDA graphs of a training call: a forward replay runs the
-    # function again on the buffers it was captured with (the inputs
-    # themselves, for a graph that reads them in place) and keeps its
-    # autograd graph; a backward replay computes the packed gradients.
-    def __init__(self, fn, buffers, targets):
-        self.fn, self.buffers, self.targets = fn, buffers, targets
-        with config.attention_config(cuda_graphs=False):
-            self.last = fn(*buffers)
-        self.out = self.last.detach().clone()
-        self.grad_out = torch.zeros_like(self.out)
-        self.packed, self.layout = _graph_training.pack(self._grads())
-
-    def _grads(self):
-        return torch.autograd.grad(self.last, self.targets, self.grad_out,
-                                   retain_graph=True, allow_unused=True)
-
-    def forward(self):
-        with torch.enable_grad(), \
-                config.attention_config(cuda_graphs=False):
-            self.last = self.fn(*self.buffers)
-        self.out.copy_(self.last.detach())
-
-    def backward(self):
-        for buf, g in zip(self.packed, _graph_training.pack(
-                self._grads())[0]):
-            buf.copy_(g)
-
-
-class _Replayer:
-    def __init__(self, replay):
-        self.replay = replay
-
-    def pool(self):
-        return (0, 0)
-
-
-def test_training_loops_count_in_place_replays(monkeypatch):
+def test_training_loops_count_in_place_replays(fake_training_capture,
+                                               monkeypatch):
     # A training loop of two layers on one stand-in CUDA tensor: the
     # first layer's graph reads it in place; the second layer's input
     # (the first one's output) is a plain tensor and runs eagerly.
-    def capture_training(fn, buffers, targets, pool):
-        g = _TrainingGraphs(fn, buffers, targets)
-        return (_Replayer(g.forward), _Replayer(g.backward), g.out,
-                g.grad_out, g.packed, g.layout)
-
-    monkeypatch.setattr(_graph_training, 'capture_training',
-                        capture_training)
     monkeypatch.setattr(torch.cuda, 'is_current_stream_capturing',
                         lambda: False)
     torch.manual_seed(0)

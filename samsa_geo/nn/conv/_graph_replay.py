@@ -248,12 +248,7 @@ class GraphReplay:
                 self._run(sig, where or _pinned(sig, inputs))
                 return None
         else:
-            # Inputs where the min_calls graph-less calls before this one
-            # had them too are read in place by the graph captured now;
-            # others are copied.
-            where = where or _pinned(sig, inputs)
-            if self._run(sig, where) > self.min_calls:
-                name = where
+            name = self._capture_name(sig, inputs, where)
             if sig in self._failed or not self._count(sig):
                 return None
             if not eligible():
@@ -322,6 +317,15 @@ class GraphReplay:
             if entry is not None:
                 return where, where, entry
         return where, sig, self._graphs.get(sig)
+
+    def _capture_name(self, sig: Hashable, inputs: Sequence[Tensor],
+                      where: Optional[_Pinned]) -> Hashable:
+        # The name of a graph of sig captured at this call (one without a
+        # graph; where: the inputs' place, if read already): where, to read
+        # the inputs in place, if the min_calls graph-less calls before
+        # this one had them there too, else sig, to copy them.
+        where = where or _pinned(sig, inputs)
+        return where if self._run(sig, where) > self.min_calls else sig
 
     def _run(self, sig: Hashable, where: '_Pinned') -> int:
         # How many calls of sig without a graph in a row, this one

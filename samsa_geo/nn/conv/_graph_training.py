@@ -74,7 +74,6 @@ from samsa_geo.nn.conv._graph_replay import (
     State,
     _base,
     _Pinned,
-    _pinned,
 )
 
 #: Where each gradient sits in the packed buffers: (buffer, offset, shape),
@@ -97,7 +96,7 @@ class _TrainingGraph:
     # input buffers, or, for a graph that reads its inputs in place, none
     # (pinned: how many inputs it reads there).
     __slots__ = ('forward', 'backward', 'inputs', 'pinned', 'out',
-                 'grad_out', 'packed', 'layout', 'stamp', 'last')
+                 'grad_out', 'packed', 'layout', 'stamp')
 
     def __init__(self, forward: 'torch.cuda.CUDAGraph',
                  backward: 'torch.cuda.CUDAGraph', inputs: List[Tensor],
@@ -107,15 +106,12 @@ class _TrainingGraph:
         self.inputs, self.pinned = inputs, pinned
         self.out, self.grad_out = out, grad_out
         self.packed, self.layout, self.stamp = packed, layout, stamp
-        self.last: Optional['weakref.ref[_Call]'] = None
 
-    def run_forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, _Call]:
+    def run_forward(self, inputs: Sequence[Tensor]) -> Tensor:
         for buf, t in zip(self.inputs, inputs):
             buf.copy_(t)
         self.forward.replay()
-        call = _Call()
-        self.last = weakref.ref(call)
-        return self.out.clone(), call
+        return self.out.clone()
 
     def run_backward(self, call: _Call,
                      grad: Tensor) -> List[Optional[Tensor]]:
@@ -130,7 +126,6 @@ class _TrainingGraph:
                 "set_cuda_graphs(False)")
         # (A pending call's buffers are never overwritten: see
         # TrainingGraphReplay.__call__.)
-        assert self.last is not None and self.last() is call
         self.grad_out.copy_(grad)
         self.backward.replay()
         call.done = True
@@ -140,12 +135,13 @@ class _TrainingGraph:
 
 
 class _Replayed(torch.autograd.Function):
-    # forward(graph, *inputs, *params) -> the graph's output; backward
-    # replays the backward graph.
+    # forward(graph, call, *inputs, *params) -> the graph's output;
+    # backward replays the backward graph (call: this replay's record).
     @staticmethod
-    def forward(ctx, graph: _TrainingGraph, *tensors: Tensor) -> Tensor:
-        out, ctx.call = graph.run_forward(tensors)
-        ctx.graph = graph
+    def forward(ctx, graph: _TrainingGraph, call: _Call,
+                *tensors: Tensor) -> Tensor:
+        out = graph.run_forward(tensors)
+        ctx.graph, ctx.call = graph, call
         if graph.pinned:
             # The backward replay reads them where they are: held, and
             # checked for changes in place, as an eager call's.
@@ -157,7 +153,7 @@ class _Replayed(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         if ctx.graph.pinned:
             ctx.saved_tensors  # raises where one was changed in place
-        return (None, *ctx.graph.run_backward(ctx.call, grad))
+        return (None, None, *ctx.graph.run_backward(ctx.call, grad))
 
 
 class TrainingGraphReplay(GraphReplay):
@@ -239,12 +235,8 @@ class TrainingGraphReplay(GraphReplay):
             self._seen.pop(sig, None)
             graph = None
         if graph is None:
-            # Inputs where the min_calls calls before this one had them
-            # too are read in place by a graph captured now.
             if self.pin_inputs:
-                where = where or _pinned(sig, inputs)
-                if self._run(sig, where) > self.min_calls:
-                    name = where
+                name = self._capture_name(sig, inputs, where)
             if sig in self._failed or self._seen.get(sig, 0) < \
                     self._calls_needed(sig):
                 return self._eager(fn, inputs, sig)
@@ -256,9 +248,9 @@ class TrainingGraphReplay(GraphReplay):
             if graph is None:
                 return fn(*inputs)
         self._graphs.move_to_end(name)
-        out = _Replayed.apply(graph, *inputs, *params)
-        self._call = graph.last
-        return out
+        call = _Call()
+        self._call = weakref.ref(call)
+        return _Replayed.apply(graph, call, *inputs, *params)
 
     def kept_keys(self) -> List[Hashable]:
         r"""The callers' keys of the graphs kept, the most recently used

@@ -11,58 +11,9 @@ from samsa_geo.nn.conv._graph_training import (
 )
 
 
-class FakeGraphs:
-    # Stands in for the two CUDA graphs of a training call on the CPU: a
-    # forward replay runs the function again on the input buffers (into
-    # the output buffer) and keeps its autograd graph, as the captured
-    # graph keeps its activations; a backward replay computes the packed
-    # gradients of that last forward run.
-    def __init__(self, fn, buffers, targets):
-        self.fn, self.buffers, self.targets = fn, buffers, targets
-        self.last = fn(*buffers)
-        self.out = self.last.detach().clone()
-        self.grad_out = torch.zeros_like(self.out)
-        self.packed, self.layout = pack(self._grads())
-        self.forwards = self.backwards = 0
-
-    def _grads(self):
-        return torch.autograd.grad(self.last, self.targets, self.grad_out,
-                                   retain_graph=True, allow_unused=True)
-
-    def replay_forward(self):
-        self.forwards += 1
-        with torch.enable_grad():
-            self.last = self.fn(*self.buffers)
-        self.out.copy_(self.last.detach())
-
-    def replay_backward(self):
-        self.backwards += 1
-        for buf, g in zip(self.packed, pack(self._grads())[0]):
-            buf.copy_(g)
-
-
-class Replayer:
-    def __init__(self, replay):
-        self.replay = replay
-
-    def pool(self):
-        return (0, 1)
-
-
 @pytest.fixture
-def fake_capture(monkeypatch):
-    captured = []
-
-    def capture_training(fn, buffers, targets, pool):
-        fake = FakeGraphs(fn, buffers, targets)
-        captured.append(fake)
-        return (Replayer(fake.replay_forward),
-                Replayer(fake.replay_backward), fake.out, fake.grad_out,
-                fake.packed, fake.layout)
-
-    monkeypatch.setattr(_graph_training, 'capture_training',
-                        capture_training)
-    return captured
+def fake_capture(fake_training_capture):
+    return fake_training_capture
 
 
 def make(seed=0):
@@ -389,19 +340,18 @@ def test_captures_read_parameters_through_new_leaves():
         assert same == params
 
 
-def test_no_garbage_collection_during_a_training_capture(monkeypatch):
+def test_no_garbage_collection_during_a_training_capture(fake_capture,
+                                                         monkeypatch):
     # As for inference captures (see test_graph_replay.py): the forward
     # and backward captures run with automatic collection off, and it is
     # on again after.
     import gc
     seen = []
+    capture = _graph_training.capture_training  # the stand-in's
 
-    def capture_training(fn, buffers, targets, pool):
+    def capture_training(*args):
         seen.append(gc.isenabled())
-        fake = FakeGraphs(fn, buffers, targets)
-        return (Replayer(fake.replay_forward),
-                Replayer(fake.replay_backward), fake.out, fake.grad_out,
-                fake.packed, fake.layout)
+        return capture(*args)
 
     monkeypatch.setattr(_graph_training, 'capture_training',
                         capture_training)
