@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -382,24 +383,35 @@ def add_to_results(path: str, items: List[dict],
             old = json.load(f)
     keys = {key(r) for r in items if r.get('commit') is not None}
     kept = [r for r in old if r.get('commit') is None or key(r) not in keys]
-    os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(kept + items, f, indent=1)
-        f.write('\n')
+    folder = os.path.dirname(path) or '.'
+    os.makedirs(folder, exist_ok=True)
+    # Written beside the file, then moved over it: a run stopped mid-write
+    # leaves the file as it was.
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path))
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(kept + items, f, indent=1)
+            f.write('\n')
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def write_records(records: List[dict], path: str,
-                  commit: Optional[str] = None) -> None:
+                  commit: Optional[str] = None, quiet: bool = False) -> None:
     """Adds the records of this run to the result file ``path`` of their
     benchmark (see :func:`add_to_results`; a run is its device and flags,
     measured again at the same commit), each with its provenance: device,
     torch, commit (``commit`` where given, see :func:`run_provenance`),
-    dirty, date and flags; a record's own fields win."""
+    dirty, date and flags; a record's own fields win. A run may call it
+    again with more records: they replace those it wrote before."""
     stamp = run_provenance(commit)
     records = [{**stamp, **r} for r in records]  # a record's own fields win
     add_to_results(path, records,
                    lambda r: (r.get('device'), r.get('flags')))
-    print(f'wrote {len(records)} records to {path}')
+    if not quiet:
+        print(f'wrote {len(records)} records to {path}')
 
 
 def print_table(records: List[dict], keys: List[str]) -> None:

@@ -445,11 +445,14 @@ def run(args):
     timings = [False] if args.no_pipelined or device.type != 'cuda' \
         else [False, True]
     records = []
+    out = args.out or os.path.join(os.path.dirname(__file__), 'results',
+                                   'layer.json')
     if args.ab:
         for B, n in cases:
             for op in args.ops.split(','):
                 if op.startswith('samsa_conv'):
                     records += ab_case(op, B, n, args, device)
+            write_records(records, out, quiet=True)
     for B, n in ([] if args.ab else cases):
         for op in args.ops.split(','):
             if op == 'gps_conv_multihead' and n > args.max_gps_n:
@@ -461,12 +464,12 @@ def run(args):
                 if args.compile and op in args.compile_ops.split(','):
                     records += layer_case(op, B, n, args, device,
                                           args.compile, pipelined)
+        # The run's records so far: a run stopped later keeps them.
+        write_records(records, out, quiet=True)
     if args.graph_epoch:
         for op in ('samsa_graph_model', 'samsa_graph_model_hints',
                    'gps_graph_model', 'gine_graph_model'):
             records.append(graph_epoch_case(op, args, device))
-    out = args.out or os.path.join(os.path.dirname(__file__), 'results',
-                                   'layer.json')
     write_records(records, out)
     print_table(records, ['op', 'batch', 'n', 'pass', 'pipelined',
                           'compile_mode', 'ms', 'peak_mb'])

@@ -142,6 +142,39 @@ def test_the_graph_epoch_is_labelled_as_it_is_timed(monkeypatch):
     assert rec['commit'] == 'test-commit'
 
 
+def test_a_stopped_layer_run_keeps_the_sizes_it_finished(
+        tmp_path, monkeypatch):
+    # layer.py writes its records after each size: a run stopped at the
+    # second size (a time limit) keeps the first one's, and a finished run
+    # replaces them with all of its records.
+    import layer
+    real = layer.layer_case
+
+    def stopped_at(n_stop):
+        def case(op, B, n, *args):
+            if n == n_stop:
+                raise KeyboardInterrupt
+            return real(op, B, n, *args)
+        return case
+
+    out = tmp_path / 'layer.json'
+    argv = ['layer.py', '--device', 'cpu', '--sizes', '2x16,1x24',
+            '--ops', 'samsa_conv_batch', '--passes', 'fwd', '--warmup', '0',
+            '--repeat', '1', '--channels', '16', '--heads', '2', '--k', '4',
+            '--commit', 'test-commit', '--out', str(out)]
+    monkeypatch.setattr(sys, 'argv', argv)
+    monkeypatch.setattr(layer, 'layer_case', stopped_at(24))
+    with pytest.raises(KeyboardInterrupt):
+        layer.main()
+    assert [(r['batch'], r['n']) for r in json.loads(out.read_text())] == [
+        (2, 16)]
+    monkeypatch.setattr(layer, 'layer_case', real)
+    layer.main()
+    recs = json.loads(out.read_text())
+    assert [(r['batch'], r['n']) for r in recs] == [(2, 16), (1, 24)]
+    assert all(r['commit'] == 'test-commit' and r['ms'] > 0 for r in recs)
+
+
 def test_graph_scale_reports_the_median_epoch_and_the_device(tmp_path):
     run = subprocess.run(
         [sys.executable, 'benchmarks/graph_scale.py', '--device', 'cpu',

@@ -135,6 +135,22 @@ def test_records_of_another_commit_are_kept(tmp_path, monkeypatch):
                 if r.get('gpus')] == ['c3', 'c4']
 
 
+def test_a_failed_write_leaves_the_result_file_as_it_was(tmp_path):
+    # add_to_results writes beside the file and moves the new one over
+    # it: a write that fails midway (here a value JSON cannot hold) leaves
+    # the old file whole and no stray file.
+    path = tmp_path / 'x.json'
+    _common.add_to_results(str(path), [dict(op='a', commit='c1')],
+                           lambda r: r['op'])
+    before = path.read_text()
+    with pytest.raises(TypeError):
+        _common.add_to_results(str(path), [dict(op='b', commit='c1',
+                                                ms={1.0})],
+                               lambda r: r['op'])
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ['x.json']
+
+
 def test_every_script_that_writes_records_takes_commit():
     # One interpreter: each script's --help.
     assert {'attention.py', 'points.py', 'graph_scale.py', 'flex_options.py',
