@@ -447,14 +447,12 @@ def run(args):
     records = []
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
                                    'layer.json')
-    if args.ab:
-        for B, n in cases:
-            for op in args.ops.split(','):
+    for B, n in cases:
+        for op in args.ops.split(','):
+            if args.ab:
                 if op.startswith('samsa_conv'):
                     records += ab_case(op, B, n, args, device)
-            write_records(records, out, quiet=True)
-    for B, n in ([] if args.ab else cases):
-        for op in args.ops.split(','):
+                continue
             if op == 'gps_conv_multihead' and n > args.max_gps_n:
                 continue
             for pipelined in timings:
