@@ -128,7 +128,7 @@ def attention_table(records, lines):
                 floor = f"{s['ms'] / p['ms']:.1f}"
             gm_ms = gm.get('ms') if gm else None
             gm_txt = fmt(gm_ms) if gm_ms else (gm.get('error', 'skipped')
-                                                if gm else 'skipped')
+                                               if gm else 'skipped')
             lines.append(
                 f"| {B} x {n} | {pas} | {fmt(s.get('ms'), 3)} | "
                 f"{fmt(d.get('ms'), 3)} | {ratio(s.get('ms'), d.get('ms'))} | "

@@ -229,7 +229,7 @@ def main(argv=None):
     info = lrgb_task(args.dataset)
     splits = load_splits(args, PRESETS[args.dataset])
     print(f'{args.dataset}: ' + ', '.join(f'{s} {len(d)}' for s, d in
-                                         splits.items()), file=sys.stderr)
+                                          splits.items()), file=sys.stderr)
     seeds = range(args.seed, args.seed + args.seeds)
     results = [run_seed(args, info, seed, splits) for seed in seeds]
     summary = {'dataset': args.dataset, 'metric': info.metric,

@@ -31,7 +31,6 @@ from samsa_geo.train import (Trainer, add_run_args, make_loader,
 from samsa_geo.transforms import AddRandomWalkPE
 
 
-
 def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument('--root', default='data/FreeSolv',

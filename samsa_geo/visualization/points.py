@@ -155,7 +155,7 @@ def show_sampled_points(
             raise IndexError(f"Expected 'head' to be in "
                              f"[0, {member.shape[1]}) (got {head})")
         colors = Panel(points, member[:, head],
-                        head_colors(member.shape[1])[head], '').colors()
+                       head_colors(member.shape[1])[head], '').colors()
     cloud = o3d.geometry.PointCloud()
     cloud.points = o3d.utility.Vector3dVector(points)
     cloud.colors = o3d.utility.Vector3dVector(colors)

@@ -75,7 +75,7 @@ def test_stability_of_a_curve():
     assert result['gap'] == pytest.approx(0.05)
     assert result['setback'] == pytest.approx(0.2)  # 0.5 -> 0.7
     assert molecules.stability([0.9, 0.8, 0.7]) == {'gap': 0.0,
-                                                   'setback': 0.0}
+                                                    'setback': 0.0}
     assert molecules.stability([0.3]) == {'gap': 0.0, 'setback': 0.0}
 
 

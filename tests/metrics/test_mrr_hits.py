@@ -118,7 +118,7 @@ def test_hits_match_brute_force(seed, ks):
         assert out[key] == pytest.approx(value, abs=1e-12), key
     # The MRR entries do not change with the Hits@k requested.
     assert {k: out[k] for k in MRR_KEYS} == mrr(x, edge_label_index,
-                                                 edge_label, batch)
+                                                edge_label, batch)
 
 
 def test_hits_bounds_and_monotone():

@@ -50,7 +50,6 @@ def test_value_checks_switch_and_context_manager():
     assert value_checks_enabled()
 
 
-
 def test_use_backend_reaches_calls_with_auto(spy):
     x = torch.rand(30, 3)
     calls = spy(_fallback, 'knn', keep_args=False)

@@ -247,7 +247,7 @@ def test_example_blocks_cover_every_query_once(sizes_x, sizes_y, chunk_size):
     # Every query with candidates lies in exactly one block.
     seen = []
     for b0, b1, q0, q1, s in knn_padded.example_blocks(sizes_x, sizes_y,
-                                                      chunk_size):
+                                                       chunk_size):
         assert s == max(sizes_x[b0:b1]) and q1 <= max(sizes_y[b0:b1])
         assert (b1 - b0) * (q1 - q0) * s <= chunk_size or (
             b1 - b0 == 1 and (q1 - q0 == 1 or q1 - q0 == chunk_size // s))
@@ -266,7 +266,7 @@ def _stable_reference(x, y, k, sizes_x, sizes_y):
     for nx, ny in zip(sizes_x, sizes_y):
         if nx > 0 and ny > 0:
             dist = distance_blocks.distances(y[y0:y0 + ny].t(),
-                                        x[x0:x0 + nx].t(), False)
+                                             x[x0:x0 + nx].t(), False)
             order = dist.argsort(dim=1, stable=True)[:, :k]  # [ny, k']
             rows.append(torch.arange(y0, y0 + ny).repeat_interleave(
                 order.size(1)))
@@ -281,9 +281,9 @@ def _assert_same_up_to_ties(out, expected, x, y):
     # differently).
     assert torch.equal(out[0], expected[0])
     dist = distance_blocks.distances(y[out[0]].t().unsqueeze(-1),
-                                x[out[1]].t().unsqueeze(-1), False)
+                                     x[out[1]].t().unsqueeze(-1), False)
     ref = distance_blocks.distances(y[expected[0]].t().unsqueeze(-1),
-                               x[expected[1]].t().unsqueeze(-1), False)
+                                    x[expected[1]].t().unsqueeze(-1), False)
     assert torch.equal(dist, ref)
     dist = dist.view(-1)
     tied = torch.zeros_like(dist, dtype=torch.bool)
@@ -467,10 +467,10 @@ def test_knn_grid_not_applicable():
     x[5, 1] = float('inf')
     assert knn_grid.knn_grid(x, y, 4, 2**22) is None
     assert knn_grid.grid_examples([300], [20], x.double(), False,
-                                   True) == [0]
+                                  True) == [0]
     assert knn_grid.grid_examples([300], [20], x.half(), False, True) == []
     assert knn_grid.grid_examples([300], [20], torch.rand(300, 4), False,
-                                   True) == []
+                                  True) == []
 
 
 def test_knn_grid_double_precision():

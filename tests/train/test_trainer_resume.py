@@ -296,4 +296,3 @@ def test_resume_continues_a_samplers_own_generator(tmp_path, stop):
     resumed.fit(*_sampler_loaders())
     assert_same_weights(resumed.model, ref.model)
     assert_same_training_curve(tmp_path / 'ref', tmp_path / 'run')
-

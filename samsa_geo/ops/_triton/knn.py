@@ -380,7 +380,7 @@ def knn_triton(x: Tensor, y: Tensor, k: int,
     if batch_y is None:
         batch_y = batch_x if same else y.new_zeros(m, dtype=torch.long)
     ptr_y = ptr_x if same else batch_to_ptr(batch_y, m, num_examples,
-                                             device)
+                                            device)
     block_m, block_n, num_warps = _config(k)
     out = torch.full((2, m, k), -1, dtype=torch.long, device=device)
     if n == 0 or m == 0:

@@ -228,7 +228,7 @@ def test_triton_score_gradient_matches_pytorch(kernel, layout, tau):
     x = sel.score / tau
     c = _relax._score_factor(x, sel.k, tau, 0.25, masks)
     ds = _relax._score_grad(_relax._pair_probability(x, sel.k, masks),
-                               grad, u, c)
+                            grad, u, c)
     ref = torch.zeros(M, H).index_put_((sel.ids, head), ds, accumulate=True)
     a, b = _relax._masked_scores(x, sel.k, masks)
     out = kernel.relax_score_grad_triton(grad, u, a, b, c, sel.ids, M,

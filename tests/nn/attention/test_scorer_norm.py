@@ -30,7 +30,7 @@ class _NormalisingScorer(Module):
 @pytest.mark.parametrize('sampling', ['hard', 'soft'])
 @pytest.mark.parametrize('training', [False, True])
 def test_equals_the_default_layer_with_a_normalising_scorer(sampling,
-                                                             training):
+                                                            training):
     torch.manual_seed(0)
     attn = SamsaAttention(16, heads=2, k=4, sampling=sampling, summary=True,
                           scorer_norm=True).train(training)

@@ -45,7 +45,7 @@ def test_eval_batch_norm_equals_the_module(monkeypatch):
         other.norm2.module.running_mean.add_(1.0)
         conv.load_state_dict(other.state_dict())
         torch.testing.assert_close(conv(x, None, batch), other(x, None,
-                                                                batch))
+                                                               batch))
     conv.train()
     assert conv._affine_cache == {} and conv._mlp_cache is None
 

@@ -253,7 +253,7 @@ def test_gpsconv_positional_order():
     positional = [p.name for p in ours if p.kind == p.POSITIONAL_OR_KEYWORD]
     assert positional == theirs
     assert [p.name for p in ours if p.kind == p.KEYWORD_ONLY] == ['k',
-                                                                'norm_first']
+                                                                  'norm_first']
 
     conv = SamsaConv(64, None, 4, 0.5, 'gelu')
     assert conv.dropout == 0.5 and conv.attn.k == 64
