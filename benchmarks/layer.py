@@ -442,13 +442,15 @@ def run(args):
     args.passes = args.passes.split(',')
     torch.manual_seed(0)
     cases = parse_sizes(args.sizes)
+    op_names = args.ops.split(',')
+    compiled = args.compile_ops.split(',') if args.compile else []
     timings = [False] if args.no_pipelined or device.type != 'cuda' \
         else [False, True]
     records = []
     out = args.out or os.path.join(os.path.dirname(__file__), 'results',
                                    'layer.json')
     for B, n in cases:
-        for op in args.ops.split(','):
+        for op in op_names:
             if args.ab:
                 if op.startswith('samsa_conv'):
                     records += ab_case(op, B, n, args, device)
@@ -459,7 +461,7 @@ def run(args):
                 if not args.compile_only:
                     records += layer_case(op, B, n, args, device, None,
                                           pipelined)
-                if args.compile and op in args.compile_ops.split(','):
+                if op in compiled:
                     records += layer_case(op, B, n, args, device,
                                           args.compile, pipelined)
         # The run's records so far: a run stopped later keeps them.
