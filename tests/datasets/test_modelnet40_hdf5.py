@@ -11,8 +11,14 @@ h5py = pytest.importorskip('h5py')
 CLASSES = ['airplane', 'bathtub', 'bed']
 
 
-def _write_archive(root: str, with_normals: bool = False) -> dict:
-    r"""Writes a small archive in the real layout; returns its contents."""
+def _write_archive(root: str, with_normals: bool = True) -> dict:
+    r"""Writes a small archive in the real layout; returns its contents.
+
+    The archive's files hold the datasets :obj:`data` float32
+    :math:`(M, 2048, 3)`, :obj:`faceId` int32 :math:`(M, 2048)`,
+    :obj:`label` uint8 :math:`(M, 1)` and :obj:`normal` float32
+    :math:`(M, 2048, 3)`; :obj:`with_normals=False` leaves out
+    :obj:`normal` (files of other sources)."""
     folder = osp.join(root, 'modelnet40_ply_hdf5_2048')
     os.makedirs(folder)
     gen = torch.Generator().manual_seed(0)
@@ -29,6 +35,8 @@ def _write_archive(root: str, with_normals: bool = False) -> dict:
                 torch.randn(m, 2048, 3, generator=gen), dim=-1)
             with h5py.File(osp.join(folder, name), 'w') as f:
                 f.create_dataset('data', data=data.numpy())
+                f.create_dataset('faceId', data=torch.randint(
+                    0, 5000, (m, 2048), generator=gen).int().numpy())
                 f.create_dataset('label', data=label.numpy().astype('uint8'))
                 if with_normals:
                     f.create_dataset('normal', data=normal.numpy())
@@ -45,8 +53,9 @@ def _write_archive(root: str, with_normals: bool = False) -> dict:
     return content
 
 
-def test_reads_archive(tmp_path):
-    content = _write_archive(str(tmp_path))
+@pytest.mark.parametrize('with_normals', [True, False])
+def test_reads_archive(tmp_path, with_normals):
+    content = _write_archive(str(tmp_path), with_normals)
     train = ModelNet40HDF5(str(tmp_path), split='train')
     test = ModelNet40HDF5(str(tmp_path), split='test', num_points=2048)
     assert train.classes == CLASSES
@@ -62,7 +71,7 @@ def test_reads_archive(tmp_path):
 
 
 def test_normals_val_split_and_cache(tmp_path, forbid):
-    content = _write_archive(str(tmp_path), with_normals=True)
+    content = _write_archive(str(tmp_path))
     ds = ModelNet40HDF5(str(tmp_path), split='test', num_points=100,
                         use_normals=True)
     assert torch.equal(ds[2].normal, content['test'][2][2, :100])
