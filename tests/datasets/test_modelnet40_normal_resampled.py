@@ -120,3 +120,9 @@ def test_zip_placed_by_hand(tmp_path, modelnet_root, monkeypatch):
     monkeypatch.setattr(download, 'download_url', None)  # never called
     ds = ModelNet40NormalResampled(str(root), split='test')
     assert len(ds) == 40
+    # The zip's files, extracted in place: the same shapes as the folder.
+    ref = ModelNet40NormalResampled(modelnet_root, split='test')
+    assert ds.classes == ref.classes
+    for a, b in zip(ds, ref):
+        assert torch.equal(a.pos, b.pos) and torch.equal(a.normal, b.normal)
+        assert torch.equal(a.y, b.y)

@@ -1,6 +1,8 @@
+import json
 import os
 import os.path as osp
 
+import numpy as np
 import pytest
 import torch
 from torch_geometric.datasets import ShapeNet
@@ -96,6 +98,23 @@ def test_bad_input_and_missing_archive(tmp_path, shapenet_root, offline):
 
 
 def test_processed_cache_reused(shapenet_root, forbid):
-    ShapeNetPart(shapenet_root, split='test')
+    first = ShapeNetPart(shapenet_root, split='test')
     forbid(ShapeNetPart)
-    assert len(ShapeNetPart(shapenet_root, split='test')) == 12
+    again = ShapeNetPart(shapenet_root, split='test')
+    assert len(again) == 12
+    # The cache holds the shapes of the files, in the split file's order.
+    with open(osp.join(shapenet_root, ShapeNetPart.folder,
+                       'train_test_split',
+                       'shuffled_test_file_list.json')) as f:
+        names = json.load(f)
+    for name, a, b in zip(names, first, again):
+        _, synset, shape = name.split('/')
+        table = np.loadtxt(osp.join(shapenet_root, ShapeNetPart.folder,
+                                    synset, f'{shape}.txt'),
+                           dtype=np.float32)  # [N, 7]
+        for data in (a, b):
+            assert torch.equal(data.pos, torch.from_numpy(table[:, :3]))
+            assert torch.equal(data.normal, torch.from_numpy(table[:, 3:6]))
+            assert data.y.tolist() == table[:, 6].astype(int).tolist()
+            name = ShapeNetPart.category_names[int(data.category)]
+            assert ShapeNet.category_ids[name] == synset
