@@ -26,8 +26,9 @@ class WarmupCosineLR(LRScheduler):
         optimizer (torch.optim.Optimizer): The wrapped optimizer.
         warmup_steps (int): Number of linear warm-up steps :math:`W`.
         total_steps (int): Total number of optimizer steps :math:`T`.
-        min_lr (float, optional): Learning rate :math:`\eta_{\min}` reached at
-            the last step. (default: :obj:`0.0`)
+        min_lr (float, optional): Learning rate :math:`\eta_{\min}` that the
+            cosine reaches at :math:`s = T`, one step after the last (step
+            :math:`T - 1` still takes a rate above it). (default: :obj:`0.0`)
         last_epoch (int, optional): Index of the last step taken, :obj:`-1`
             for a fresh schedule. (default: :obj:`-1`)
     """
