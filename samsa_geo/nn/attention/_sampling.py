@@ -241,7 +241,10 @@ def select(score: Tensor, reg_score: Optional[Tensor], batch: Optional[Tensor],
     if sort:
         ids = _rank_sorted(ranked, batch, info, N, num_registers, K2)
     else:  # [B, H, K2]
-        ordered = ordered or m_max > 0 or not info.all_valid
+        # A branch, not an expression: under dynamic shapes m_max > 0 is
+        # a SymBool, which topk's 'sorted' does not take.
+        if m_max > 0 or not info.all_valid:
+            ordered = True
         ids, values = _rank_dense(ranked, batch, info, N, num_registers,
                                   K2, ordered)
     k = info.k_max

@@ -411,6 +411,28 @@ def test_compiles_once_for_every_batch_layout():
     assert counter.frame_count == 1
 
 
+def test_compiles_once_in_training_with_both_hints():
+    # In training the selection also takes the bottom set, whose size is
+    # symbolic under dynamic shapes: still one graph, equal to eager.
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    conv = SamsaConv(16, None, 4, k=6, norm=None).train()
+    counter = CompileCounter()
+    compiled = torch.compile(conv, backend=counter, dynamic=True,
+                             fullgraph=True)
+    for sizes in ([10, 20, 5], [7, 30], [12, 12, 12, 9]):
+        batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+        x = torch.randn(batch.numel(), 16)
+        hints = {'num_graphs': len(sizes), 'max_num_nodes': max(sizes)}
+        torch.manual_seed(1)
+        out = compiled(x, None, batch, **hints)
+        torch.manual_seed(1)
+        ref = conv(x, None, batch, **hints)
+        assert torch.allclose(out, ref, atol=1e-5)
+        out.sum().backward()
+    assert counter.frame_count == 1
+
+
 def test_compiled_without_hints_does_not_recompile_per_layout():
     # Without hints the number of sets is read back once (a graph break);
     # the shapes after it are bounds, so new layouts reuse the graphs.
