@@ -11,6 +11,7 @@ from torch_geometric.nn.resolver import (
     activation_resolver,
     normalization_resolver,
 )
+from torch_geometric.utils import is_sparse
 
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import is_tracing, needs_grad
@@ -173,7 +174,9 @@ class SamsaConv(Module):
         on every call would stall the GPU.
 
     Shapes:
-        - **input:** ``x`` :math:`(N, C)`, ``edge_index`` :math:`(2, E)`,
+        - **input:** ``x`` :math:`(N, C)`, ``edge_index`` :math:`(2, E)`
+          (or a sparse adjacency :math:`(N, N)`, as
+          :class:`~torch_geometric.nn.conv.GPSConv` takes it),
           ``batch`` :math:`(N)`, ``pos`` :math:`(N, P)`
         - **output:** :math:`(N, C)`; with ``return_attention_weights=True``
           also ``(indices, alpha)``: the :math:`(B, H, k_{\max})` global
@@ -409,7 +412,15 @@ class SamsaConv(Module):
                        if key in kwargs}
         if self.conv is not None:  # else the attention checks it first
             check_matrix('x', x, self.channels)
-        if edge_index is not None:
+        if is_sparse(edge_index):
+            # A sparse adjacency (PyG's Adj, as GPSConv takes): the local
+            # conv reads it, so it must span the N tokens.
+            N = check_matrix('x', x, self.channels).size(0)
+            if edge_index.dim() != 2 or list(edge_index.size()) != [N, N]:
+                raise ValueError(f"Expected a sparse 'edge_index' (adjacency) "
+                                 f"of shape [{N}, {N}] "
+                                 f"(got {list(edge_index.size())})")
+        elif edge_index is not None:
             if isinstance(edge_index, Tensor) and edge_index.dim() == 1:
                 raise ValueError(
                     f"Expected 'edge_index' of shape [2, E] (got "

@@ -62,3 +62,21 @@ def test_one_token_in_training_with_batch_norm():
     ln = SamsaConv(16, heads=4, k=4, norm='layer_norm',
                    norm_kwargs={'mode': 'node'})
     assert torch.isfinite(ln(x)).all()
+
+
+@pytest.mark.parametrize('layout', ['csr', 'coo'])
+def test_sparse_adjacency_as_gpsconv_takes_it(layout):
+    # PyG's Adj: conv(x, adj_t, batch) equals conv(x, edge_index, batch).
+    from torch_geometric.nn import GINConv
+    from torch_geometric.utils import to_torch_coo_tensor, to_torch_csr_tensor
+    x, edge_index, _, batch = _inputs()
+    to_sparse = to_torch_csr_tensor if layout == 'csr' else \
+        to_torch_coo_tensor
+    adj_t = to_sparse(edge_index.flip(0), size=(10, 10))
+    gin = GINConv(Sequential(Linear(16, 16), ReLU(), Linear(16, 16)))
+    conv = SamsaConv(16, gin, heads=4, k=4).eval()
+    want = conv(x, edge_index, batch)
+    assert torch.allclose(conv(x, adj_t, batch), want, atol=1e-6)
+    with pytest.raises(ValueError, match=r"sparse 'edge_index' \(adjacency\) "
+                                         r"of shape \[10, 10\]"):
+        conv(x, to_sparse(edge_index.flip(0), size=(11, 11)), batch)
