@@ -265,6 +265,15 @@ def _soft_rows_backward(p: Tensor, grad: Tensor, k: int,
     return g_top * inv_m, g_bottom * inv_m
 
 
+def _constants(tau: float, grad_cap: float) -> Tuple[float, float]:
+    # Plain floats for the autograd functions: under torch.compile with
+    # dynamic shapes a module's float attribute may arrive symbolic, and
+    # Dynamo cannot lift a symbolic float of the forward graph into the
+    # traced backward pass. float() specialises it (a guard on its value:
+    # a new temperature recompiles).
+    return float(tau), float(grad_cap)
+
+
 def relax(sel: Selection, kv: Tensor, head: Tensor, tau: float, hard: bool,
           grad_cap: float = 0.25, unique: bool = False) -> Tensor:
     r"""The rows ``kv[top, head]`` of the top set, relaxed at rank
@@ -297,6 +306,7 @@ def relax(sel: Selection, kv: Tensor, head: Tensor, tau: float, hard: bool,
     if sel.ids.size(-1) == sel.k:  # no bottom set
         return gather_rows(kv, sel.ids, head, unique)
     masks = None if sel.top_valid is None else _Masks(sel)
+    tau, grad_cap = _constants(tau, grad_cap)
     return _GatherRelax.apply(kv, sel.cand, sel.score, sel.ids, head, sel.k,
                               masks, tau, hard, grad_cap, unique)
 
@@ -313,5 +323,6 @@ def relax_rows(sel: Selection, u: Tensor, head: Tensor, tau: float,
     if sel.ids.size(-1) == sel.k:  # no bottom set
         return u
     masks = None if sel.top_valid is None else _Masks(sel)
+    tau, grad_cap = _constants(tau, grad_cap)
     return _RelaxRows.apply(u, sel.cand, sel.score, sel.ids, head, sel.k,
                             masks, tau, hard, grad_cap, unique)

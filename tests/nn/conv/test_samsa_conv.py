@@ -433,6 +433,55 @@ def test_compiles_once_in_training_with_both_hints():
     assert counter.frame_count == 1
 
 
+def test_stacked_layers_compile_once_in_training():
+    # Two layers, training, dynamic shapes: the temperature reaches the
+    # relaxation's backward pass as a constant (a symbolic float there
+    # broke Dynamo), and a new temperature recompiles.
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.convs = torch.nn.ModuleList(
+                SamsaConv(16, None, 4, k=6, norm=None) for _ in range(2))
+
+        def forward(self, x, batch, num_graphs, max_num_nodes):
+            for conv in self.convs:
+                x = conv(x, None, batch, num_graphs=num_graphs,
+                         max_num_nodes=max_num_nodes)
+            return x
+
+    model = Stack().train()
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter, dynamic=True,
+                             fullgraph=True)
+
+    def step(fn, sizes, seed):
+        batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+        x = torch.randn(batch.numel(), 16,
+                        generator=torch.Generator().manual_seed(seed),
+                        requires_grad=True)
+        torch.manual_seed(seed)
+        out = fn(x, batch, len(sizes), max(sizes))
+        return out, torch.autograd.grad(out.square().sum(), x)[0]
+
+    for seed, sizes in enumerate(([10, 20, 5], [7, 30], [12, 12, 12, 9])):
+        out, grad = step(compiled, sizes, seed)
+        ref, ref_grad = step(model, sizes, seed)
+        assert torch.allclose(out, ref, atol=1e-5)
+        assert torch.allclose(grad, ref_grad, atol=1e-5)
+    assert counter.frame_count == 1
+    before = step(model, [3, 30], 3)[1]
+    for conv in model.convs:
+        conv.attn.tau = 0.3
+    out, grad = step(compiled, [3, 30], 3)
+    ref, ref_grad = step(model, [3, 30], 3)
+    assert not torch.allclose(ref_grad, before, atol=1e-3)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(grad, ref_grad, atol=1e-5)
+    assert counter.frame_count == 2
+
+
 def test_compiled_without_hints_does_not_recompile_per_layout():
     # Without hints the number of sets is read back once (a graph break);
     # the shapes after it are bounds, so new layouts reuse the graphs.
