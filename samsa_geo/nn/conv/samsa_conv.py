@@ -412,6 +412,14 @@ class SamsaConv(Module):
                        if key in kwargs}
         if self.conv is not None:  # else the attention checks it first
             check_matrix('x', x, self.channels)
+        if isinstance(x, Tensor) and (x.dtype.itemsize
+                                      > self.attn.lin_q.weight.itemsize):
+            # The attention computes in its weights' dtype; the residual
+            # branch and the norms would mix the two.
+            raise TypeError(f"Expected 'x' in the layer's dtype "
+                            f"{self.attn.lin_q.weight.dtype} or a narrower "
+                            f"one (got {x.dtype}); convert the layer (e.g. "
+                            f"'conv.double()') or 'x'")
         if is_sparse(edge_index):
             # A sparse adjacency (PyG's Adj, as GPSConv takes): the local
             # conv reads it, so it must span the N tokens.

@@ -80,3 +80,22 @@ def test_sparse_adjacency_as_gpsconv_takes_it(layout):
     with pytest.raises(ValueError, match=r"sparse 'edge_index' \(adjacency\) "
                                          r"of shape \[10, 10\]"):
         conv(x, to_sparse(edge_index.flip(0), size=(11, 11)), batch)
+
+
+@pytest.mark.parametrize('norm', ['batch_norm', 'layer_norm', None])
+def test_x_wider_than_the_layer_is_a_named_error(norm):
+    x, edge_index, edge_attr, batch = _inputs()
+    conv = SamsaConv(16, _gine(), heads=4, k=4, norm=norm)
+    with pytest.raises(TypeError, match=r"'x' in the layer's dtype "
+                       r"torch.float32 .*got torch.float64"):
+        conv(x.double(), edge_index, batch, edge_attr=edge_attr)
+    # Narrower tokens compute in the layer's dtype; a float64 layer takes
+    # float64 tokens, with the values of the float32 call.
+    narrow = conv(x.bfloat16(), edge_index, batch, edge_attr=edge_attr)
+    assert narrow.dtype == torch.float32
+    conv.eval()
+    ref = conv(x, edge_index, batch, edge_attr=edge_attr)
+    wide = conv.double()(x.double(), edge_index, batch,
+                         edge_attr=edge_attr.double())
+    assert wide.dtype == torch.float64
+    assert torch.allclose(wide.float(), ref, atol=1e-5)
