@@ -80,7 +80,8 @@ class Trainer:
     :obj:`warmup_steps` (with the same total steps), :obj:`amp`,
     :obj:`monitor`, :obj:`mode` or :obj:`tie_break` than the checkpoint's:
     its optimiser, scheduler and grad-scaler state and its best score
-    belong to those.
+    belong to those; and a model built with other constructor arguments
+    than the checkpoint's :obj:`model_config`, naming them.
 
     On SIGINT or SIGTERM the current step finishes, :obj:`last.pt` is written
     (mid-epoch; :obj:`resume=True` skips the batches already seen), previous
@@ -293,12 +294,9 @@ class Trainer:
                rank_state: Dict[str, Any], steps_per_epoch: int,
                train_time: Optional[float] = None) -> Dict[str, Any]:
         ranks = gather_rank_states(rank_state, self.world_size)
-        # Models with constructor arguments on record (samsa_geo.nn.models)
-        # save them, so that Model.from_checkpoint rebuilds them.
-        config = getattr(self.model, 'model_config', None)
         return {
             'model': self.model.state_dict(),
-            'model_config': config() if callable(config) else None,
+            'model_config': self._model_config(),
             'optimizer': self.optimizer.state_dict(),
             'scheduler': self.scheduler.state_dict(),
             'scaler': self.scaler.state_dict(),
@@ -320,6 +318,12 @@ class Trainer:
             'train_time_s': (self._train_time() if train_time is None
                              else train_time),
         }
+
+    def _model_config(self) -> Optional[Dict[str, Any]]:
+        # Models with constructor arguments on record (samsa_geo.nn.models)
+        # save them, so that Model.from_checkpoint rebuilds them.
+        config = getattr(self.model, 'model_config', None)
+        return config() if callable(config) else None
 
     def _save(self, state: Dict[str, Any], *paths: str) -> None:
         if self.is_main:
@@ -564,7 +568,15 @@ class Trainer:
         :obj:`skip` is :obj:`0`)."""
         stretched = state['scheduler']['total_steps'] != total_steps
         self._check_resume_settings(state, path, stretched)
-        self.model.load_state_dict(state['model'])
+        self._check_resume_model(state, path)
+        try:
+            self.model.load_state_dict(state['model'])
+        except RuntimeError as e:  # Models without constructor arguments.
+            raise ValueError(
+                f"Expected the model to be the one that wrote the checkpoint "
+                f"'{path}' that resume=True continues: its weights do not "
+                f"fit. Resume with the same model, or start a new run "
+                f"without resume. {e}") from e
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         if stretched:
@@ -645,6 +657,27 @@ class Trainer:
                 f"that resume=True continues (got {self.amp!r}): a run keeps "
                 f"its precision and grad-scaler state. Resume with that amp, "
                 f"or start a new run without resume")
+
+    def _check_resume_model(self, state: Dict[str, Any], path: str) -> None:
+        r"""Raises a :class:`ValueError` naming the constructor arguments in
+        which the model differs from the checkpoint's (both on record):
+        weights of the same shapes (another :obj:`k` or :obj:`dropout`)
+        would otherwise load and train on silently."""
+        saved, given = state.get('model_config'), self._model_config()
+        if saved is None or given is None or saved == given:
+            return
+        if saved.get('class') != given.get('class'):
+            diffs = [f"class {saved.get('class')!r} there (got "
+                     f"{given.get('class')!r})"]
+        else:
+            old, new = saved.get('kwargs', {}), given.get('kwargs', {})
+            diffs = [f'{name}={old.get(name)!r} there (got '
+                     f'{new.get(name)!r})' for name in sorted({*old, *new})
+                     if old.get(name) != new.get(name)]
+        raise ValueError(
+            f"Expected the model to be built as in the checkpoint '{path}' "
+            f"that resume=True continues: {', '.join(diffs)}. Resume with "
+            f"the same model arguments, or start a new run without resume")
 
     def _train_epoch(self, loader: Any, epoch: int, skip: int,
                      rank_state: Optional[Dict[str, Any]],

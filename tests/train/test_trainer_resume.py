@@ -21,7 +21,11 @@ from test_trainer import (  # noqa: E402
 )
 
 import samsa_geo.train.trainer as trainer_module  # noqa: E402
-from samsa_geo.train import load_checkpoint, save_checkpoint  # noqa: E402
+from samsa_geo.train import (  # noqa: E402
+    Trainer,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 #: Validation score after epochs 1-4 (mode='max'): epoch 2 is the best.
 SCORES = [0.1, 0.9, 0.5, 0.5]
@@ -225,6 +229,69 @@ def test_resume_refuses_changed_settings(tmp_path, first, then, name, saved,
     assert after['global_step'] == before['global_step']
     torch.testing.assert_close(after['model'], before['model'], rtol=0,
                                atol=0)
+
+
+class ConfiguredMLP(torch.nn.Sequential):
+    r"""The toy model with its constructor arguments on record, as the
+    models of :mod:`samsa_geo.nn.models` keep them."""
+    def __init__(self, hidden=16, dropout=0.0):
+        super().__init__(torch.nn.Linear(8, hidden), torch.nn.ReLU(),
+                         torch.nn.Dropout(dropout),
+                         torch.nn.Linear(hidden, 3))
+        self.kwargs = {'hidden': hidden, 'dropout': dropout}
+
+    def model_config(self):
+        return {'class': 'ConfiguredMLP', 'kwargs': dict(self.kwargs)}
+
+
+def _model_trainer(out_dir, model, resume=False):
+    return Trainer(model, ToyTask(), out_dir=str(out_dir), epochs=2, lr=1e-2,
+                   warmup_steps=3, deterministic=True, progress=False,
+                   tensorboard=False, resume=resume)
+
+
+@pytest.mark.parametrize('kwargs,differs', [
+    ({'dropout': 0.5}, 'dropout=0.0 there (got 0.5)'),
+    ({'hidden': 32, 'dropout': 0.5},
+     'dropout=0.0 there (got 0.5), hidden=16 there (got 32)'),
+])
+def test_resume_refuses_a_model_built_otherwise(tmp_path, kwargs, differs):
+    # Another dropout leaves the weights' shapes as they were: without the
+    # check, the resume trained on with a model the run never had.
+    first = _model_trainer(tmp_path, ConfiguredMLP())
+    first.fit(*loaders())
+    first.close()
+    before = load_checkpoint(tmp_path / 'last.pt')
+    tr = _model_trainer(tmp_path, ConfiguredMLP(**kwargs), resume=True)
+    with pytest.raises(ValueError) as exc:
+        tr.fit(*loaders())
+    last = tmp_path / 'last.pt'
+    assert str(exc.value) == (
+        f"Expected the model to be built as in the checkpoint '{last}' that "
+        f"resume=True continues: {differs}. Resume with the same model "
+        f"arguments, or start a new run without resume")
+    assert tr.global_step == 0
+    assert load_checkpoint(last)['global_step'] == before['global_step']
+    # The same arguments resume.
+    tr.close()
+    again = _model_trainer(tmp_path, ConfiguredMLP(), resume=True)
+    again.fit(*loaders())
+    assert again.global_step == before['global_step']
+
+
+def test_resume_refuses_weights_that_do_not_fit(tmp_path):
+    # A model without constructor arguments on record.
+    _finished(tmp_path)
+    wider = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 3))
+    tr = Trainer(wider, ToyTask(), out_dir=str(tmp_path), epochs=2, lr=1e-2,
+                 warmup_steps=3, progress=False, tensorboard=False,
+                 resume=True)
+    with pytest.raises(ValueError, match=r"(?s)Expected the model to be "
+                       r"the one that wrote the checkpoint '.*last\.pt' that "
+                       r"resume=True continues: its weights do not fit\. "
+                       r".*size mismatch for 0\.weight"):
+        tr.fit(*loaders())
 
 
 def test_older_checkpoint_refuses_fp16_by_its_scaler_state(tmp_path):
