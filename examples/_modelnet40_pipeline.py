@@ -151,6 +151,9 @@ def build_trainer(model, task, args, num_train):
 def run(args):
     """Trains and tests with the parsed options; returns the metrics."""
     resolve_preset(args, 'modelnet40')
+    if args.votes < 1:  # before training: 0 votes divided the loss by zero
+        raise ValueError(f"Expected '--votes' to be at least 1 "
+                         f"(got {args.votes})")
     seed_everything(args.seed)  # model initialisation too
     train_ds, val_ds, test_ds = datasets(args)
     classes = list(getattr(train_ds, 'classes', None)

@@ -148,7 +148,10 @@ def parse_args_with_config(parser: argparse.ArgumentParser,
     :obj:`argv`: the file's values replace the parser's defaults and flags
     given on the command line override the file. Values are checked like
     flags (known names, types, choices); an option the parser requires may
-    come from the file. The result's :obj:`config` names the file.
+    come from the file. :obj:`--seeds`, :obj:`--epochs` and
+    :obj:`--batch-size`, where the parser has them, must be at least 1
+    (a usage error naming the flag). The result's :obj:`config` names the
+    file.
 
     Args:
         parser (argparse.ArgumentParser): The example's parser.
@@ -173,6 +176,14 @@ def parse_args_with_config(parser: argparse.ArgumentParser,
     if getattr(args, 'seeds', 1) < 1:
         parser.error(f'argument --seeds: expected at least 1 seed '
                      f'(got {args.seeds})')
+    # Counts that every example derives its schedule from: an error naming
+    # the flag before any data is read (a batch size of 0 divided by zero).
+    for dest in ('epochs', 'batch_size'):
+        value = getattr(args, dest, None)
+        if isinstance(value, int) and value < 1:
+            flag = '--' + dest.replace('_', '-')
+            parser.error(f'argument {flag}: expected a positive int '
+                         f'(got {value})')
     return args
 
 
