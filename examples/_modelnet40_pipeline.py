@@ -45,7 +45,8 @@ def build_parser(doc=__doc__):
                    choices=['normal_resampled', 'hdf5', 'princeton'],
                    help='on-disk format of the archive under --root')
     p.add_argument('--votes', type=int, default=1,
-                   help='test-time votes over random anisotropic scaling')
+                   help='test-time votes over random anisotropic scaling '
+                   'within the training range (--scale)')
     p.add_argument('--val-ratio', type=float, default=0.2,
                    help='fraction of every train class held out for '
                    'validation')
@@ -110,10 +111,12 @@ def build_model(num_classes, args, **kwargs):
 
 
 class Classification:
-    """Loss and metrics of ModelNet40 (overall and mean class accuracy)."""
-    def __init__(self, num_classes, normals, votes=1):
+    """Loss and metrics of ModelNet40 (overall and mean class accuracy);
+    ``votes`` over random anisotropic scalings within ``scale``, the
+    training range (``--scale``)."""
+    def __init__(self, num_classes, normals, votes=1, scale=(2. / 3., 3. / 2.)):
         self.num_classes, self.normals, self.votes = num_classes, normals, votes
-        self.scale = RandomAnisotropicScale()
+        self.scale = RandomAnisotropicScale(*scale)
 
     def logits(self, model, data):
         x = data.normal if self.normals else None
@@ -159,7 +162,7 @@ def run(args):
     classes = list(getattr(train_ds, 'classes', None)
                    or range(int(train_ds.y.max()) + 1))
     model = build_model(len(classes), args)
-    task = Classification(len(classes), args.normals)
+    task = Classification(len(classes), args.normals, scale=args.scale)
     trainer = build_trainer(model, task, args, len(train_ds))
     train_loader = make_loader(train_ds, args.batch_size, shuffle=True,
                                seed=args.seed, drop_last=True)

@@ -3,6 +3,7 @@ import sys
 
 import pytest
 import torch
+from torch_geometric.data import Data
 
 from samsa_geo.datasets import holdout_indices, modelnet_princeton
 
@@ -35,3 +36,42 @@ def test_princeton_validation_is_the_stratified_holdout(tmp_path):
     args.val_ratio = 0.0
     with pytest.raises(ValueError, match="'--val-ratio' in \\(0, 1\\)"):
         pipeline.datasets(args)
+
+
+class _Built(Exception):
+    pass
+
+
+@pytest.mark.parametrize('argv,scale', [
+    ([], (0.8, 1.25)),                          # the small preset's
+    (['--preset', 'paper'], (2. / 3., 3. / 2.)),
+    (['--scale', '0.9', '1.1'], (0.9, 1.1)),
+])
+def test_votes_scale_within_the_training_range(tmp_path, monkeypatch, argv,
+                                               scale):
+    """Test-time votes scale the shapes within the range they were trained
+    on (the small preset's votes drew factors up to 1.5 it never saw)."""
+    tasks = []
+
+    def build_trainer(model, task, args, num_train):
+        tasks.append(task)
+        raise _Built
+
+    monkeypatch.setattr(pipeline, 'build_trainer', build_trainer)
+    with pytest.raises(_Built):
+        pipeline.run(pipeline.parse_args(
+            ['--num-points', '16', '--votes', '3', '--out',
+             str(tmp_path / 'run'), *argv]))
+    task = tasks[0]
+    assert (task.scale.low, task.scale.high) == pytest.approx(scale)
+    # Every voted copy of a cloud of ones holds factors within the range.
+    seen = []
+    task.logits = lambda model, d: seen.append(d.pos) or torch.zeros(1, 10)
+    batch = Data(pos=torch.ones(4, 3), y=torch.zeros(1, dtype=torch.long))
+    task.votes = 50
+    task.eval_step(None, batch)
+    factors = torch.cat(seen[1:])  # [49 * 4, 3]
+    assert len(seen) == 50
+    assert factors.min() >= scale[0] - 1e-6
+    assert factors.max() <= scale[1] + 1e-6
+    assert factors.max() - factors.min() > 0.5 * (scale[1] - scale[0])
