@@ -38,8 +38,8 @@ from samsa_geo.metrics import (average_precision_multitask, macro_f1,
                                mean_absolute_error, mrr)
 from samsa_geo.nn import batch_hints
 from samsa_geo.nn.models import PRESETS, SamsaGraphModel
-from samsa_geo.train import (Trainer, add_run_args, make_loader,
-                             make_parser, parse_args_with_config,
+from samsa_geo.train import (Trainer, add_run_args, atomic_write,
+                             make_loader, make_parser, parse_args_with_config,
                              save_config, seed_everything)
 from samsa_geo.transforms import AddLaplacianPE, AddRandomWalkPE, RandomSignFlip
 
@@ -209,7 +209,8 @@ def run_seed(args, info, seed, splits):
                for split, dataset in splits.items()}
     best = trainer.fit(loaders['train'], loaders['val'])
     test = trainer.evaluate(loaders['test'], split='test', checkpoint='best')
-    torch.save(task.last_outputs, osp.join(run_dir, 'test_predictions.pt'))
+    with atomic_write(osp.join(run_dir, 'test_predictions.pt'), 'wb') as f:
+        torch.save(task.last_outputs, f)
     result = {f'val_{info.metric}': best[f'val_{info.metric}'],
               f'test_{info.metric}': test[f'test_{info.metric}'],
               'best_epoch': best['best_epoch'], 'num_params': num_params}
@@ -244,7 +245,7 @@ def main(argv=None):
     # With the summary, not before the runs: until then the folder describes
     # the runs it held (the seed folders also keep their own config.yaml).
     save_config(args, osp.join(args.out, args.dataset))
-    with open(osp.join(args.out, args.dataset, 'metrics.json'), 'w') as f:
+    with atomic_write(osp.join(args.out, args.dataset, 'metrics.json')) as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     key = f'test_{info.metric}'
     print(f'{args.dataset} {key}: {summary[key]:.4f} +- '

@@ -25,8 +25,8 @@ from samsa_geo.datasets import FreeSolv
 from samsa_geo.nn import batch_hints
 from samsa_geo.nn.encoders import CategoricalEncoder, PositionalEncoder
 from samsa_geo.nn.models import SamsaGraphModel
-from samsa_geo.train import (Trainer, add_run_args, make_loader,
-                             make_parser, parse_args_with_config,
+from samsa_geo.train import (Trainer, add_run_args, atomic_write,
+                             make_loader, make_parser, parse_args_with_config,
                              save_config, seed_everything)
 from samsa_geo.transforms import AddRandomWalkPE
 
@@ -273,7 +273,7 @@ def main(argv=None):
     # the runs it held (the run folders also keep their own config.yaml).
     os.makedirs(args.out, exist_ok=True)
     save_config(args, args.out)
-    with open(osp.join(args.out, 'metrics.json'), 'w') as f:
+    with atomic_write(osp.join(args.out, 'metrics.json')) as f:
         json.dump(summary, f, indent=2)
     print(f"Wrote {osp.join(args.out, 'metrics.json')}")
     return summary

@@ -16,7 +16,7 @@ import json
 import os.path as osp
 import sys
 
-from samsa_geo.train import make_parser, parse_args_with_config
+from samsa_geo.train import atomic_write, make_parser, parse_args_with_config
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _modelnet40_pipeline import build_parser, run  # noqa: E402
@@ -57,7 +57,7 @@ def main(argv=None):
     for name, row in table.items():
         print(f"{name:<10} {row['z/z']:>7.4f} {row['z/SO3']:>7.4f} "
               f"{row['SO3/SO3']:>8.4f}")
-    with open(osp.join(args.out, 'rotation_protocol.json'), 'w') as f:
+    with atomic_write(osp.join(args.out, 'rotation_protocol.json')) as f:
         json.dump(table, f, indent=1)
     return table
 

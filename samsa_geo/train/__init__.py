@@ -1,8 +1,8 @@
 r"""The one training engine used by every example: a :class:`Task` protocol
 supplied by the example, and a :class:`Trainer` that knows nothing about
 particular models or datasets."""
-from samsa_geo.train.checkpoint import (CheckpointError, load_checkpoint,
-                                        save_checkpoint)
+from samsa_geo.train.checkpoint import (CheckpointError, atomic_write,
+                                        load_checkpoint, save_checkpoint)
 from samsa_geo.train.config import (add_run_args, load_config, make_parser,
                                     parse_args_with_config, save_config)
 from samsa_geo.train.distributed import (all_gather_cat, get_rank,
@@ -25,6 +25,7 @@ __all__ = [
     'CheckpointError',
     'RunFolderError',
     'RunFolderLock',
+    'atomic_write',
     'save_checkpoint',
     'load_checkpoint',
     'make_loader',

@@ -1,4 +1,5 @@
 import json
+import os
 import os.path as osp
 import runpy
 import sys
@@ -54,3 +55,54 @@ def test_lrgb_example_end_to_end(name, tmp_path, monkeypatch):
     assert config['dataset'] == name and config['epochs'] == 1
     assert config['seed'] == 0 and config['seeds'] == 1
     assert config['root'] == root and config['amp'] is None
+
+
+def test_summary_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
+    # The summary and the predictions are written atomically: a write that
+    # fails midway (a crash, a full disk) leaves the previous files whole.
+    root, out = str(tmp_path / 'data'), str(tmp_path / 'runs')
+    write_lrgb_raw(root, 'peptides-func', seed=1)
+    argv = ['lrgb.py', '--dataset', 'peptides-func', '--root', root,
+            '--out', out, '--epochs', '1', '--seeds', '1', '--device', 'cpu',
+            '--no-progress']
+    monkeypatch.setattr(sys, 'argv', argv)
+    runpy.run_path(EXAMPLE, run_name='__main__')
+    summary = osp.join(out, 'peptides-func', 'metrics.json')
+    predictions = osp.join(out, 'peptides-func', 'seed0',
+                           'test_predictions.pt')
+    with open(summary) as f:
+        before = f.read()
+    with open(predictions, 'rb') as f:
+        saved = f.read()
+
+    dump, save = json.dump, torch.save
+
+    def failing_dump(obj, f, *args, **kwargs):  # the summary's write
+        if osp.dirname(f.name) != osp.dirname(summary):
+            return dump(obj, f, *args, **kwargs)
+        f.write('{"val_ap": ')
+        raise OSError('No space left on device')
+
+    def failing_save(obj, f, *args, **kwargs):  # the predictions' write
+        name = f if isinstance(f, str) else f.name
+        if 'test_predictions' not in name:
+            return save(obj, f, *args, **kwargs)
+        if isinstance(f, str):
+            f = open(f, 'wb')
+        f.write(b'PK\x03\x04')
+        f.flush()
+        raise OSError('No space left on device')
+
+    monkeypatch.setattr(json, 'dump', failing_dump)
+    monkeypatch.setattr(sys, 'argv', argv + ['--resume'])
+    with pytest.raises(OSError, match='No space'):
+        runpy.run_path(EXAMPLE, run_name='__main__')
+    with open(summary) as f:
+        assert f.read() == before
+    monkeypatch.setattr(torch, 'save', failing_save)
+    with pytest.raises(OSError, match='No space'):
+        runpy.run_path(EXAMPLE, run_name='__main__')
+    with open(predictions, 'rb') as f:
+        assert f.read() == saved
+    assert sorted(os.listdir(osp.join(out, 'peptides-func'))) == sorted(
+        ['config.yaml', 'metrics.json', 'seed0'])
