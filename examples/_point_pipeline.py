@@ -6,7 +6,8 @@ import argparse
 
 import torch_geometric.transforms as T
 
-from samsa_geo.train import Trainer, add_run_args
+from samsa_geo.train import (Trainer, add_run_args, init_distributed,
+                             steps_per_epoch)
 from samsa_geo.transforms import (
     RandomAnisotropicScale,
     RandomJitter,
@@ -149,7 +150,9 @@ def point_trainer(model, task, args, num_train, monitor):
     ``fit()`` writes ``args`` to ``config.yaml`` once an old run in
     ``args.out`` has been moved aside (with its own ``config.yaml``)."""
     preset = PRESETS[args.preset]
-    steps = num_train // args.batch_size * args.epochs
+    init_distributed()  # under torchrun the ranks share every epoch
+    steps = steps_per_epoch(num_train, args.batch_size,
+                            drop_last=True) * args.epochs
     warmup = min(2000, max(steps // 10, preset['min_warmup']), steps)
     if args.lr is None:  # recorded with the run's arguments and config
         args.lr = preset['lr']

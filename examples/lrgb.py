@@ -39,8 +39,9 @@ from samsa_geo.metrics import (average_precision_multitask, macro_f1,
 from samsa_geo.nn import batch_hints
 from samsa_geo.nn.models import PRESETS, SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, atomic_write,
-                             make_loader, make_parser, parse_args_with_config,
-                             save_config, seed_everything)
+                             init_distributed, make_loader, make_parser,
+                             parse_args_with_config, save_config,
+                             seed_everything, steps_per_epoch)
 from samsa_geo.transforms import AddLaplacianPE, AddRandomWalkPE, RandomSignFlip
 
 
@@ -180,7 +181,9 @@ def run_seed(args, info, seed, splits):
     model = SamsaGraphModel.from_preset(
         args.dataset, **({'tokens': args.tokens} if args.tokens else {}))
     num_params = model.num_parameters()
-    steps = max(1, len(splits['train']) // args.batch_size)  # per epoch
+    init_distributed()  # under torchrun the ranks share every epoch
+    steps = max(1, steps_per_epoch(len(splits['train']), args.batch_size,
+                                   drop_last=True))
     # Batch-norm running statistics average over about two epochs (at most
     # ten steps): at PyTorch's momentum of 0.1 they lag ten steps, ten
     # epochs of weight updates on a training set of one batch (docs).

@@ -26,8 +26,9 @@ from samsa_geo.nn import batch_hints
 from samsa_geo.nn.encoders import CategoricalEncoder, PositionalEncoder
 from samsa_geo.nn.models import SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, atomic_write,
-                             make_loader, make_parser, parse_args_with_config,
-                             save_config, seed_everything)
+                             init_distributed, make_loader, make_parser,
+                             parse_args_with_config, save_config,
+                             seed_everything, steps_per_epoch)
 from samsa_geo.transforms import AddRandomWalkPE
 
 
@@ -216,7 +217,9 @@ def main(argv=None):
         y_train = dataset._data.y.view(-1)[splits['train']]
         task = Regression(float(y_train.mean()), float(y_train.std()),
                           args.loss)
-        steps = len(splits['train']) // args.batch_size  # batches per epoch
+        init_distributed()  # under torchrun the ranks share every epoch
+        steps = steps_per_epoch(len(splits['train']), args.batch_size,
+                                drop_last=True)
         for name in models:
             seed_everything(seed)
             model = build(name, args)

@@ -9,7 +9,8 @@ from samsa_geo.train.distributed import (all_gather_cat, get_rank,
                                          get_world_size, init_distributed,
                                          is_distributed)
 from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
-from samsa_geo.train.loader import make_loader, move_to_device
+from samsa_geo.train.loader import (make_loader, move_to_device,
+                                    steps_per_epoch)
 from samsa_geo.train.run_folder import RunFolderError, RunFolderLock
 from samsa_geo.train.seed import (enable_determinism, seed_everything,
                                   seed_worker)
@@ -29,6 +30,7 @@ __all__ = [
     'save_checkpoint',
     'load_checkpoint',
     'make_loader',
+    'steps_per_epoch',
     'move_to_device',
     'init_distributed',
     'is_distributed',

@@ -113,6 +113,39 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool,
     return DataLoader(dataset, collate_fn=collate_fn, **common)
 
 
+def steps_per_epoch(num_examples: int, batch_size: int, *,
+                    drop_last: bool = False,
+                    num_replicas: Optional[int] = None) -> int:
+    r"""The steps per epoch of a training loader of :func:`make_loader`
+    (:obj:`shuffle=True`) over :obj:`num_examples` examples, without
+    building it: under DDP each of the :math:`R` ranks takes
+    :math:`\lfloor N / R \rfloor` (:obj:`drop_last`) or
+    :math:`\lceil N / R \rceil` examples, in batches of :obj:`batch_size`.
+    Learning-rate schedules set before the loader exists (warm-up steps)
+    count with it.
+
+    Args:
+        num_examples (int): Training examples :math:`N`.
+        batch_size (int): Examples per step and rank.
+        drop_last (bool, optional): As passed to :func:`make_loader`.
+            (default: :obj:`False`)
+        num_replicas (int, optional): Ranks :math:`R`; those of the process
+            group when :obj:`None` (join it first, e.g. with
+            :func:`~samsa_geo.train.init_distributed`). (default: :obj:`None`)
+    """
+    for name, value, low in (('num_examples', num_examples, 0),
+                             ('batch_size', batch_size, 1)):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"Expected '{name}' to be an int of at least "
+                             f"{low} (got {value!r})")
+    if num_replicas is None:
+        num_replicas = get_world_size()
+    if drop_last:  # DistributedSampler's shard, then whole batches only
+        return num_examples // num_replicas // batch_size
+    per_rank = -(-num_examples // num_replicas)  # ceil, padded shards
+    return -(-per_rank // batch_size)
+
+
 def move_to_device(batch: Any, device: torch.device) -> Any:
     r"""Moves a batch to :obj:`device`: tensors, objects with a :meth:`to`
     method (PyG :class:`~torch_geometric.data.Batch`), and lists, tuples and

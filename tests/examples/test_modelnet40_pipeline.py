@@ -75,3 +75,31 @@ def test_votes_scale_within_the_training_range(tmp_path, monkeypatch, argv,
     assert factors.min() >= scale[0] - 1e-6
     assert factors.max() <= scale[1] + 1e-6
     assert factors.max() - factors.min() > 0.5 * (scale[1] - scale[0])
+
+
+@pytest.mark.parametrize('preset', ['small', 'paper'])
+def test_warmup_counts_the_steps_of_every_rank(tmp_path, monkeypatch,
+                                               preset):
+    """Under torchrun each rank takes its shard of the clouds per epoch:
+    the warm-up is the preset's share of those steps (it counted the
+    steps of one process)."""
+    import samsa_geo.train.loader as loader
+    args = pipeline.parse_args(['--preset', preset, '--epochs', '10',
+                                '--batch-size', '32', '--out',
+                                str(tmp_path / 'run')])
+    model = torch.nn.Linear(3, 10)
+    task = pipeline.Classification(10, False)
+
+    def warmup(num_train):
+        return pipeline.build_trainer(model, task, args,
+                                      num_train).warmup_steps
+
+    # 1,000 clouds: 31 steps per epoch in one process, 15 on each of two
+    # ranks; 5,000: 156 and 78. The paper preset warms up 50 at least.
+    one = warmup(1000), warmup(5000)
+    monkeypatch.setattr(loader, 'get_world_size', lambda: 2)
+    two = warmup(1000), warmup(5000)
+    if preset == 'small':
+        assert one == (31, 156) and two == (15, 78)
+    else:
+        assert one == (50, 156) and two == (50, 78)

@@ -2,9 +2,10 @@ from collections import namedtuple
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
 
-from samsa_geo.train import make_loader, move_to_device
+from samsa_geo.train import make_loader, move_to_device, steps_per_epoch
 
 
 def dataset(n=20):
@@ -114,3 +115,27 @@ def test_move_to_device_nested():
     # The input batch is left where it was.
     assert batch['x'].device.type == 'cpu'
     assert torch.equal(batch['list'][2]['y'], torch.arange(3))
+
+
+@pytest.mark.parametrize('drop_last', [False, True])
+def test_steps_per_epoch_is_the_training_loaders_length(drop_last):
+    for n in (0, 1, 7, 8, 9, 20, 33):
+        for batch_size in (1, 3, 4, 50):
+            loader = make_loader(dataset(n), batch_size, shuffle=True,
+                                 drop_last=drop_last)
+            assert steps_per_epoch(n, batch_size,
+                                   drop_last=drop_last) == len(loader)
+            for replicas in (2, 3):  # every rank's shard of a DDP run
+                lengths = {len(DataLoader(
+                    dataset(n), batch_size, drop_last=drop_last,
+                    sampler=DistributedSampler(
+                        dataset(n), replicas, rank, drop_last=drop_last)))
+                    for rank in range(replicas)}
+                assert lengths == {steps_per_epoch(
+                    n, batch_size, drop_last=drop_last,
+                    num_replicas=replicas)}
+    assert steps_per_epoch(32, 4, num_replicas=2) == 4
+    with pytest.raises(ValueError, match="'batch_size'.*at least 1"):
+        steps_per_epoch(10, 0)
+    with pytest.raises(ValueError, match="'num_examples'"):
+        steps_per_epoch(-1, 4)
