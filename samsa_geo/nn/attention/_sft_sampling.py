@@ -6,7 +6,7 @@ any key/value projection, so the projections run on :math:`k` rows per set
 instead of :math:`n`.
 """
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -141,7 +141,7 @@ def sft_sample(
 
     key = score.detach().float()
     if perturb:
-        u = torch.rand(N, generator=generator, device=device)
+        u = _uniform((N, ), generator, device)
         key = key - torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))
     start = ptr[:-1].view(-1, 1)  # [B, 1]
     if max_size is None:
@@ -173,7 +173,7 @@ def sft_sample(
     partner = torch.full_like(top, -1)
     num_lower = size - kb  # [B]
     if mix and n_max > k_max:  # some set may have lower-ranked tokens
-        u = torch.rand(B, k_max, generator=generator, device=device)
+        u = _uniform((B, k_max), generator, device)
         # A uniform rank in [k_b, n_b) per slot.
         rank = kb.view(-1, 1) + (u * num_lower.view(-1, 1)).long()
         rank = rank.clamp(max=n_max - 1)  # [B, k_max]
@@ -190,6 +190,15 @@ def sft_sample(
     z = z * valid.unsqueeze(-1).to(z.dtype)
     index = torch.where(valid, top, torch.full_like(top, -1))
     return SFTSample(z, index, partner, weight, None if equal else valid)
+
+
+def _uniform(shape: Tuple[int, ...], generator: Optional[torch.Generator],
+             device: torch.device) -> Tensor:
+    # U(0, 1) of `shape`. No `generator=None` keyword: torch.compile with
+    # dynamic shapes fails on torch.rand of a symbolic size given one.
+    if generator is None:
+        return torch.rand(shape, device=device)
+    return torch.rand(shape, generator=generator, device=device)
 
 
 def _rows(t: Tensor, index: Tensor) -> Tensor:

@@ -90,3 +90,33 @@ def test_compiles_into_one_graph_with_num_graphs_alone(cls, train):
         got.sum().backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all()
                    for p in layer.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize('hints', [('num_graphs', ),
+                                   ('num_graphs', 'max_num_nodes')])
+def test_training_compiles_once_with_dynamic_shapes(hints):
+    # The Gumbel noise and the partners are drawn at symbolic sizes: a
+    # torch.rand(..., generator=None) of a symbolic size failed in Dynamo.
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = _layer(SamsaConv, 3).train()
+    counter = CompileCounter()
+    compiled = torch.compile(layer, backend=counter, dynamic=True,
+                             fullgraph=True)
+
+    def step(fn, sizes, seed):
+        torch.manual_seed(seed)
+        x, _, batch = _sets(sizes, channels=16)
+        x.requires_grad_()
+        given = {'num_graphs': len(sizes), 'max_num_nodes': max(sizes)}
+        torch.manual_seed(seed)
+        out = _call(fn, x, batch, **{name: given[name] for name in hints})
+        return out, torch.autograd.grad(out.square().sum(), x)[0]
+
+    for seed, sizes in enumerate(([10, 20, 5], [7, 30], [12, 12, 12, 9])):
+        out, grad = step(compiled, sizes, seed)
+        want, want_grad = step(layer, sizes, seed)
+        assert torch.allclose(out, want, atol=1e-5)
+        assert torch.allclose(grad, want_grad, atol=1e-5)
+    assert counter.frame_count == 1
