@@ -391,7 +391,7 @@ class SamsaAttention(Module):
         # fractional k without 'max_num_nodes', and for the value checks
         # (always on the CPU, where they stall nothing; on CUDA only in
         # debug mode).
-        N, R = x.size(0), self.num_registers
+        N, R, k = x.size(0), self.num_registers, self._k()
         full = self.sampling == 'full'
         check = config.checks_values(x.device) and not is_tracing()
         if check:
@@ -399,10 +399,10 @@ class SamsaAttention(Module):
                 if t is not None:
                     check_finite(t, name)
         if batch is None:
-            return set_info(N, None, self.k, R, full, x.device)
+            return set_info(N, None, k, R, full, x.device)
         check_size_hint('num_graphs', num_graphs)
         check_size_hint('max_num_nodes', max_num_nodes)
-        need_size = isinstance(self.k, float) or full
+        need_size = isinstance(k, float) or full
         if (num_graphs is None or (need_size and max_num_nodes is None)) \
                 and is_tracing():
             # An exported graph cannot read the sizes back: a named error.
@@ -411,7 +411,7 @@ class SamsaAttention(Module):
             # Compiled without hints: the number of sets alone (one
             # read-back) and bound shapes, so the graph after it does not
             # depend on the layout of the sets.
-            return set_info(N, batch, self.k, R, full, x.device,
+            return set_info(N, batch, k, R, full, x.device,
                             int(batch[-1]) + 1, None)
         if (num_graphs is None or (need_size and max_num_nodes is None)
                 or (check and N > 0)):
@@ -420,8 +420,33 @@ class SamsaAttention(Module):
                 num_graphs, max_num_nodes = B, n_max
             elif max_num_nodes is None and need_size:
                 max_num_nodes = n_max
-        return set_info(N, batch, self.k, R, full, x.device, num_graphs,
+        return set_info(N, batch, k, R, full, x.device, num_graphs,
                         max_num_nodes)
+
+    @property
+    def k(self) -> Union[int, float]:
+        r"""Keys kept per set and head (an int, or a fraction of each
+        set's size)."""
+        return self._k_value
+
+    @k.setter
+    def k(self, value: Union[int, float]) -> None:
+        self._k_value = value
+        # A fraction also as an exact ratio of ints (see _k).
+        self._k_ratio = None if isinstance(value, int) else \
+            float(value).as_integer_ratio()
+
+    def _k(self) -> Union[int, float]:
+        # k as a constant of a compiled graph: with dynamic shapes Dynamo
+        # makes a float attribute symbolic (float() keeps it so), and the
+        # sizes computed from it reach the relaxation's backward pass,
+        # which Dynamo cannot lift them into. Ints of a module are
+        # constants: a fraction is rebuilt from its ratio (a new fraction
+        # recompiles).
+        if self._k_ratio is None:
+            return self._k_value
+        num, den = self._k_ratio
+        return num / den
 
     def forward(
         self,
@@ -662,8 +687,8 @@ class SamsaAttention(Module):
             x, x_low, rows)
         score = self.scorer(x, hidden, **scorer_args)  # [N, H] float32
         out, idx = fused_sampled_attention(
-            q, kv, score, self.reg_score, self.reg_kv, batch, info, self.k,
-            kv_lin)
+            q, kv, score, self.reg_score, self.reg_kv, batch, info,
+            self._k(), kv_lin)
         out = F.linear(out, *out_lin)
         if not return_indices:
             return out
@@ -786,7 +811,7 @@ class SamsaAttention(Module):
         H, D = self.heads, self.head_dim
         importance = self.scorer(x, hidden, **scorer_args).float().view(-1)
         sample = sft_sample(
-            x, importance, batch, self.k, mix=self.training,
+            x, importance, batch, self._k(), mix=self.training,
             perturb=self.training or self.stochastic_eval,
             num_sets=info.num_sets, max_size=info.max_size)
         B, K = sample.index.shape

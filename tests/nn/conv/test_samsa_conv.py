@@ -482,6 +482,44 @@ def test_stacked_layers_compile_once_in_training():
     assert counter.frame_count == 2
 
 
+def test_fractional_k_compiles_once_in_training():
+    # A fractional k is a float attribute, symbolic under dynamic shapes:
+    # the sizes computed from it reached the relaxation's backward pass,
+    # which Dynamo could not lift them into. A new fraction recompiles.
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    conv = SamsaConv(16, None, 4, k=0.5, norm=None).train()
+    counter = CompileCounter()
+    compiled = torch.compile(conv, backend=counter, dynamic=True,
+                             fullgraph=True)
+
+    def step(fn, sizes, seed):
+        batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+        x = torch.randn(batch.numel(), 16,
+                        generator=torch.Generator().manual_seed(seed),
+                        requires_grad=True)
+        torch.manual_seed(seed)
+        out = fn(x, None, batch, num_graphs=len(sizes),
+                 max_num_nodes=max(sizes))
+        return out, torch.autograd.grad(out.square().sum(), x)[0]
+
+    for seed, sizes in enumerate(([10, 20, 5], [7, 30], [12, 12, 12, 9])):
+        out, grad = step(compiled, sizes, seed)
+        ref, ref_grad = step(conv, sizes, seed)
+        assert torch.allclose(out, ref, atol=1e-5)
+        assert torch.allclose(grad, ref_grad, atol=1e-5)
+    assert counter.frame_count == 1
+    before = step(conv, [3, 30], 3)[0]
+    conv.attn.k = 0.25
+    out, grad = step(compiled, [3, 30], 3)
+    ref, ref_grad = step(conv, [3, 30], 3)
+    assert not torch.allclose(ref, before, atol=1e-3)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(grad, ref_grad, atol=1e-5)
+    assert counter.frame_count == 2
+
+
 def test_compiled_without_hints_does_not_recompile_per_layout():
     # Without hints the number of sets is read back once (a graph break);
     # the shapes after it are bounds, so new layouts reuse the graphs.
