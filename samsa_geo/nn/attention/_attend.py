@@ -47,9 +47,14 @@ def explicit_attention(
     kk = k.size(2)
     per_tile_elems = H * T * kk * (D if score_fn is not dot_score else 1)
     step = max(1, max_elements // max(per_tile_elems, 1))
+    # One chunk wherever it fits: under torch.compile with dynamic shapes
+    # this is one guard (nt <= step) that every smaller layout meets, where
+    # the loop's chunk count would be specialised (a recompilation per
+    # number of sets and per largest set).
+    chunks = [(0, nt)] if nt <= step else \
+        [(s, min(nt, s + step)) for s in range(0, nt, step)]
     outs = []
-    for s in range(0, nt, step):
-        e = min(nt, s + step)
+    for s, e in chunks:
         a = score_fn(q[s:e], k[s:e])  # [c, H, T, k]
         if bias_fn is not None:
             a = bias_fn(a, s, e)

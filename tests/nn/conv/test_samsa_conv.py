@@ -520,6 +520,41 @@ def test_fractional_k_compiles_once_in_training():
     assert counter.frame_count == 2
 
 
+@pytest.mark.parametrize('train', [False, True])
+@pytest.mark.parametrize('attn_kwargs', [
+    {'relative_bias': True}, {'score': 'maxout'},
+    {'normalization': 'leaky'}])
+def test_explicit_attention_compiles_once_for_every_layout(train,
+                                                           attn_kwargs):
+    # The explicit path (relative bias on the CPU, SFT scores and
+    # normalisation) processes its tiles in chunks: the chunk count was
+    # specialised, a recompilation per number of sets and largest set.
+    from torch._dynamo.testing import CompileCounter
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    conv = SamsaConv(16, None, 4, k=6, norm=None,
+                     attn_kwargs=attn_kwargs).train(train)
+    counter = CompileCounter()
+    compiled = torch.compile(conv, backend=counter, dynamic=True,
+                             fullgraph=True)
+    for seed, sizes in enumerate(([10, 20, 5], [7, 30], [12, 12, 12, 9],
+                                  [25, 3, 14])):
+        batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch.numel(), 16, generator=gen, requires_grad=True)
+        pos = torch.randn(batch.numel(), 3, generator=gen)
+        outs = []
+        for fn in (compiled, conv):
+            torch.manual_seed(seed)
+            out = fn(x, None, batch, pos=pos, num_graphs=len(sizes),
+                     max_num_nodes=max(sizes))
+            outs.append((out, torch.autograd.grad(out.square().sum(), x)[0]))
+        (out, grad), (ref, ref_grad) = outs
+        assert torch.allclose(out, ref, atol=1e-5)
+        assert torch.allclose(grad, ref_grad, atol=1e-5)
+    assert counter.frame_count == 1
+
+
 def test_compiled_without_hints_does_not_recompile_per_layout():
     # Without hints the number of sets is read back once (a graph break);
     # the shapes after it are bounds, so new layouts reuse the graphs.
