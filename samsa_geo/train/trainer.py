@@ -442,8 +442,9 @@ class Trainer:
             raise TypeError("Expected 'train_loader' to have a length "
                             "(needed by the learning-rate schedule)") from None
         if steps_per_epoch < 1:
-            raise ValueError("Expected 'train_loader' to yield at least one "
-                             "batch (got an empty loader)")
+            raise ValueError(f"Expected 'train_loader' to yield at least one "
+                             f"batch (got an empty loader"
+                             f"{_why_empty(train_loader)})")
         if self.world_size > 1:
             self._check_distributed_loader(train_loader, 'train_loader')
         total_steps = self.epochs * steps_per_epoch
@@ -925,3 +926,18 @@ def _reported(value: Any) -> float:
     if math.isfinite(value) and float(single) == value:
         return float(str(single))
     return value
+
+
+def _why_empty(loader: Any) -> str:
+    # Why a loader yields no batch, where it says: a (per-rank) dataset
+    # smaller than one batch whose incomplete last batch is dropped.
+    batch_size = getattr(loader, 'batch_size', None)
+    if not getattr(loader, 'drop_last', False) or not batch_size:
+        return ''
+    sampler = getattr(loader, 'sampler', None)
+    try:
+        num = len(sampler if sampler is not None else loader.dataset)
+    except TypeError:
+        return ''
+    return (f': {num} examples per epoch, fewer than its batch_size '
+            f'{batch_size}, and drop_last=True; lower the batch size')

@@ -453,6 +453,21 @@ def test_empty_validation_loader_is_refused_before_training(tmp_path):
         tr.evaluate([], split='test')
 
 
+def test_train_split_smaller_than_a_batch_is_named(tmp_path):
+    from torch.utils.data import TensorDataset
+    small = TensorDataset(torch.zeros(3, 8), torch.zeros(3, dtype=torch.long))
+    tr = trainer(tmp_path, epochs=1, warmup_steps=0)
+    with pytest.raises(ValueError, match=r"'train_loader' to yield at least "
+                       r"one batch \(got an empty loader: 3 examples per "
+                       r"epoch, fewer than its batch_size 4, and "
+                       r"drop_last=True; lower the batch size\)"):
+        tr.fit(make_loader(small, 4, shuffle=True, drop_last=True))
+    assert tr.global_step == 0
+    # Without drop_last the three examples make one batch.
+    tr.fit(make_loader(small, 4, shuffle=True))
+    assert tr.global_step == 1
+
+
 def test_bad_task_and_model(tmp_path):
     with pytest.raises(TypeError, match="'task' to define a method 'training_step'"):
         Trainer(make_model(), object(), out_dir=str(tmp_path), epochs=1)
