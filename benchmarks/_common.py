@@ -7,6 +7,7 @@ import platform
 import statistics
 import tempfile
 import time
+import traceback
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -318,17 +319,33 @@ def measure_or_error(fn: Callable[[], None], device: torch.device,
                      **kwargs) -> Dict[str, object]:
     """:func:`measure`, or ``ms=None`` and the error where the call runs out
     of memory or hits a kernel limit (the benchmark records it and goes
-    on)."""
+    on): its message and where it was raised (see :func:`error_text`)."""
     try:
         return measure(fn, device, **kwargs)
     except Exception as e:
         if not is_oom(e) and not isinstance(e, RuntimeError):
             raise
         return dict(ms=None, peak_mb=None,
-                    error='oom' if is_oom(e) else str(e)[:160])
+                    error='oom' if is_oom(e) else error_text(e))
     finally:
         if device.type == 'cuda':
             torch.cuda.empty_cache()
+
+
+def error_text(err: BaseException) -> str:
+    """The first 160 characters of :obj:`err`'s message and, where it has a
+    traceback, where it was raised: ``[file:line function]`` of the
+    innermost frame of the error it wraps (``__cause__``, as the compiler's
+    errors wrap the backend's) or of its own. A compiler error's message
+    alone may be empty (``'AssertionError: '``)."""
+    text = str(err)[:160]
+    inner = err.__cause__ if err.__cause__ is not None else err
+    frames = traceback.extract_tb(inner.__traceback__)
+    if not frames:
+        return text
+    last = frames[-1]
+    return (f'{text} [{os.path.basename(last.filename)}:{last.lineno} '
+            f'{last.name}]')
 
 
 def is_oom(err: BaseException) -> bool:

@@ -153,3 +153,25 @@ def test_on_the_cpu_without_a_reader_memory_is_not_counted():
     got = measure(lambda: None, torch.device('cpu'), warmup=1, repeat=2)
     assert got['peak_mb'] is None and got['held_mb'] is None
     assert got['first_peak_mb'] is None and 'memory_warning' not in got
+
+
+def test_an_error_is_recorded_with_where_it_was_raised():
+    # A compiler error wraps the backend's, whose message may be empty:
+    # the record names the innermost frame that raised it.
+    def backend():
+        assert False
+
+    def fn():
+        try:
+            backend()
+        except AssertionError as e:
+            raise RuntimeError('backend raised:\nAssertionError: ') from e
+
+    got = measure_or_error(fn, torch.device('cpu'), warmup=1, repeat=2)
+    assert got['ms'] is None and got['peak_mb'] is None
+    line = backend.__code__.co_firstlineno + 1
+    assert got['error'] == ('backend raised:\nAssertionError:  '
+                            f'[test_measure_memory.py:{line} backend]')
+    with pytest.raises(ValueError):  # not a kernel or memory limit
+        measure_or_error(lambda: int('x'), torch.device('cpu'), warmup=1,
+                         repeat=2)
