@@ -333,10 +333,16 @@ class Trainer:
 
     def load_weights(self, checkpoint: str = 'best') -> None:
         r"""Loads model weights from :obj:`'best'`, :obj:`'last'` (files in
-        :obj:`out_dir`) or a checkpoint path."""
-        state = load_checkpoint(self._checkpoint_path(checkpoint),
-                                map_location=self.device)
-        self.model.load_state_dict(state['model'])
+        :obj:`out_dir`) or a checkpoint path. A model built with other
+        constructor arguments than the checkpoint's :obj:`model_config`
+        (both on record), or whose weights do not fit, raises a
+        :class:`ValueError` naming the checkpoint."""
+        path = self._checkpoint_path(checkpoint)
+        state = load_checkpoint(path, map_location=self.device)
+        self._load_model_state(state, path,
+                               'whose weights load_weights() loads',
+                               "Build the model with the checkpoint's "
+                               "arguments (e.g. Model.from_checkpoint)")
 
     def _checkpoint_path(self, checkpoint: str) -> str:
         # 'best', 'last' (files in out_dir) or a path.
@@ -569,15 +575,9 @@ class Trainer:
         :obj:`skip` is :obj:`0`)."""
         stretched = state['scheduler']['total_steps'] != total_steps
         self._check_resume_settings(state, path, stretched)
-        self._check_resume_model(state, path)
-        try:
-            self.model.load_state_dict(state['model'])
-        except RuntimeError as e:  # Models without constructor arguments.
-            raise ValueError(
-                f"Expected the model to be the one that wrote the checkpoint "
-                f"'{path}' that resume=True continues: its weights do not "
-                f"fit. Resume with the same model, or start a new run "
-                f"without resume. {e}") from e
+        self._load_model_state(state, path, 'that resume=True continues',
+                               'Resume with the same model arguments, or '
+                               'start a new run without resume')
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         if stretched:
@@ -659,13 +659,23 @@ class Trainer:
                 f"its precision and grad-scaler state. Resume with that amp, "
                 f"or start a new run without resume")
 
-    def _check_resume_model(self, state: Dict[str, Any], path: str) -> None:
-        r"""Raises a :class:`ValueError` naming the constructor arguments in
-        which the model differs from the checkpoint's (both on record):
-        weights of the same shapes (another :obj:`k` or :obj:`dropout`)
-        would otherwise load and train on silently."""
+    def _load_model_state(self, state: Dict[str, Any], path: str, what: str,
+                          fix: str) -> None:
+        r"""Loads the checkpoint's weights into the model, or raises a
+        :class:`ValueError` naming the constructor arguments in which the
+        model differs from the checkpoint's (both on record): weights of
+        the same shapes (another :obj:`k` or :obj:`dropout`) would
+        otherwise load silently; or naming the checkpoint where the
+        weights do not fit (models without constructor arguments)."""
         saved, given = state.get('model_config'), self._model_config()
         if saved is None or given is None or saved == given:
+            try:
+                self.model.load_state_dict(state['model'])
+            except RuntimeError as e:
+                raise ValueError(
+                    f"Expected the model to be the one that wrote the "
+                    f"checkpoint '{path}' {what}: its weights do not fit. "
+                    f"{fix}. {e}") from e
             return
         if saved.get('class') != given.get('class'):
             diffs = [f"class {saved.get('class')!r} there (got "
@@ -677,8 +687,7 @@ class Trainer:
                      if old.get(name) != new.get(name)]
         raise ValueError(
             f"Expected the model to be built as in the checkpoint '{path}' "
-            f"that resume=True continues: {', '.join(diffs)}. Resume with "
-            f"the same model arguments, or start a new run without resume")
+            f"{what}: {', '.join(diffs)}. {fix}")
 
     def _train_epoch(self, loader: Any, epoch: int, skip: int,
                      rank_state: Optional[Dict[str, Any]],

@@ -363,3 +363,37 @@ def test_resume_continues_a_samplers_own_generator(tmp_path, stop):
     resumed.fit(*_sampler_loaders())
     assert_same_weights(resumed.model, ref.model)
     assert_same_training_curve(tmp_path / 'ref', tmp_path / 'run')
+
+
+def test_load_weights_refuses_a_model_built_otherwise(tmp_path):
+    # Evaluating a checkpoint (the examples' --eval-checkpoint) with a model
+    # of other arguments loaded the weights silently or failed inside
+    # load_state_dict.
+    first = _model_trainer(tmp_path / 'run', ConfiguredMLP(hidden=16))
+    first.fit(*loaders())
+    first.close()
+    best = str(tmp_path / 'run' / 'best.pt')
+    tr = _model_trainer(tmp_path / 'eval', ConfiguredMLP(dropout=0.5))
+    with pytest.raises(ValueError) as exc:
+        tr.load_weights(best)
+    assert str(exc.value) == (
+        f"Expected the model to be built as in the checkpoint '{best}' "
+        f"whose weights load_weights() loads: dropout=0.0 there (got 0.5). "
+        f"Build the model with the checkpoint's arguments (e.g. "
+        f"Model.from_checkpoint)")
+    wider = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 3))
+    tr.close()
+    tr = _model_trainer(tmp_path / 'eval', wider)
+    with pytest.raises(ValueError, match=r"(?s)checkpoint '.*best.pt' whose "
+                       r"weights load_weights\(\) loads: its weights do not "
+                       r"fit\. Build the model .*size mismatch"):
+        tr.load_weights(best)
+    tr.close()
+    # The same arguments load the weights.
+    model = ConfiguredMLP(hidden=16)
+    tr = _model_trainer(tmp_path / 'eval', model)
+    tr.load_weights(best)
+    saved = load_checkpoint(best)['model']
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name])
