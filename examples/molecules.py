@@ -212,12 +212,12 @@ def main(argv=None):
     for name in models:  # fail before any training
         build(name, args)
     results = {name: [] for name in models}
+    init_distributed()  # under torchrun the ranks share every epoch
     for seed in range(args.seed, args.seed + args.seeds):
         splits = split(len(dataset), seed)
         y_train = dataset._data.y.view(-1)[splits['train']]
         task = Regression(float(y_train.mean()), float(y_train.std()),
                           args.loss)
-        init_distributed()  # under torchrun the ranks share every epoch
         steps = steps_per_epoch(len(splits['train']), args.batch_size,
                                 drop_last=True)
         for name in models:

@@ -226,3 +226,47 @@ def assert_as_accurate_as_pytorch():
         for name, r in exact[1].items():
             close(got[1][name], want[1][name], r, 1e-3 * scale, name)
     return check
+
+
+class DynamicCompile:
+    r"""A layer compiled with dynamic shapes into one graph
+    (``fullgraph=True``) on a frame-counting backend (:obj:`counter`), and
+    training steps of it against the eager layer."""
+    def __init__(self, layer, call):
+        from torch._dynamo.testing import CompileCounter
+        torch._dynamo.reset()
+        self.layer, self.call = layer, call
+        self.counter = CompileCounter()
+        self.compiled = torch.compile(layer, backend=self.counter,
+                                      dynamic=True, fullgraph=True)
+
+    def step(self, fn, sizes, seed):
+        r"""``call(fn, x, batch, pos, sizes)`` on sets of these sizes
+        (tokens ``x`` :math:`(N, 16)` and positions ``pos`` :math:`(N, 3)`
+        drawn from ``seed``) under ``torch.manual_seed(seed)``: its output
+        and the gradient of ``x`` (of the output's sum of squares)."""
+        batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch.numel(), 16, generator=gen, requires_grad=True)
+        pos = torch.randn(batch.numel(), 3, generator=gen)
+        torch.manual_seed(seed)
+        out = self.call(fn, x, batch, pos, sizes)
+        return out, torch.autograd.grad(out.square().sum(), x)[0]
+
+    def assert_equal(self, layouts, first_seed=0):
+        r"""The compiled and the eager steps give the same output and
+        gradient on every layout (seeds counted from ``first_seed``);
+        returns the last eager step's."""
+        for seed, sizes in enumerate(layouts, first_seed):
+            out, grad = self.step(self.compiled, sizes, seed)
+            ref, ref_grad = self.step(self.layer, sizes, seed)
+            assert torch.allclose(out, ref, atol=1e-5)
+            assert torch.allclose(grad, ref_grad, atol=1e-5)
+        return ref, ref_grad
+
+
+@pytest.fixture
+def dynamic_compile():
+    """``dynamic_compile(layer, call)``: a :class:`DynamicCompile` of the
+    layer, whose steps run ``call(fn, x, batch, pos, sizes)``."""
+    return DynamicCompile

@@ -433,126 +433,78 @@ def test_compiles_once_in_training_with_both_hints():
     assert counter.frame_count == 1
 
 
-def test_stacked_layers_compile_once_in_training():
+def _with_both_hints(fn, x, batch, pos, sizes):
+    return fn(x, None, batch, num_graphs=len(sizes),
+              max_num_nodes=max(sizes))
+
+
+LAYOUTS = ([10, 20, 5], [7, 30], [12, 12, 12, 9])
+
+
+def test_stacked_layers_compile_once_in_training(dynamic_compile):
     # Two layers, training, dynamic shapes: the temperature reaches the
     # relaxation's backward pass as a constant (a symbolic float there
     # broke Dynamo), and a new temperature recompiles.
-    from torch._dynamo.testing import CompileCounter
-    torch._dynamo.reset()
     class Stack(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.convs = torch.nn.ModuleList(
                 SamsaConv(16, None, 4, k=6, norm=None) for _ in range(2))
 
-        def forward(self, x, batch, num_graphs, max_num_nodes):
+        def forward(self, x, edge_index, batch, num_graphs, max_num_nodes):
             for conv in self.convs:
-                x = conv(x, None, batch, num_graphs=num_graphs,
+                x = conv(x, edge_index, batch, num_graphs=num_graphs,
                          max_num_nodes=max_num_nodes)
             return x
 
     model = Stack().train()
-    counter = CompileCounter()
-    compiled = torch.compile(model, backend=counter, dynamic=True,
-                             fullgraph=True)
-
-    def step(fn, sizes, seed):
-        batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
-        x = torch.randn(batch.numel(), 16,
-                        generator=torch.Generator().manual_seed(seed),
-                        requires_grad=True)
-        torch.manual_seed(seed)
-        out = fn(x, batch, len(sizes), max(sizes))
-        return out, torch.autograd.grad(out.square().sum(), x)[0]
-
-    for seed, sizes in enumerate(([10, 20, 5], [7, 30], [12, 12, 12, 9])):
-        out, grad = step(compiled, sizes, seed)
-        ref, ref_grad = step(model, sizes, seed)
-        assert torch.allclose(out, ref, atol=1e-5)
-        assert torch.allclose(grad, ref_grad, atol=1e-5)
-    assert counter.frame_count == 1
-    before = step(model, [3, 30], 3)[1]
+    run = dynamic_compile(model, _with_both_hints)
+    run.assert_equal(LAYOUTS)
+    assert run.counter.frame_count == 1
+    before = run.step(model, [3, 30], 3)[1]
     for conv in model.convs:
         conv.attn.tau = 0.3
-    out, grad = step(compiled, [3, 30], 3)
-    ref, ref_grad = step(model, [3, 30], 3)
+    ref_grad = run.assert_equal([[3, 30]], first_seed=3)[1]
     assert not torch.allclose(ref_grad, before, atol=1e-3)
-    assert torch.allclose(out, ref, atol=1e-5)
-    assert torch.allclose(grad, ref_grad, atol=1e-5)
-    assert counter.frame_count == 2
+    assert run.counter.frame_count == 2
 
 
-def test_fractional_k_compiles_once_in_training():
+def test_fractional_k_compiles_once_in_training(dynamic_compile):
     # A fractional k is a float attribute, symbolic under dynamic shapes:
     # the sizes computed from it reached the relaxation's backward pass,
     # which Dynamo could not lift them into. A new fraction recompiles.
-    from torch._dynamo.testing import CompileCounter
-    torch._dynamo.reset()
     torch.manual_seed(0)
     conv = SamsaConv(16, None, 4, k=0.5, norm=None).train()
-    counter = CompileCounter()
-    compiled = torch.compile(conv, backend=counter, dynamic=True,
-                             fullgraph=True)
-
-    def step(fn, sizes, seed):
-        batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
-        x = torch.randn(batch.numel(), 16,
-                        generator=torch.Generator().manual_seed(seed),
-                        requires_grad=True)
-        torch.manual_seed(seed)
-        out = fn(x, None, batch, num_graphs=len(sizes),
-                 max_num_nodes=max(sizes))
-        return out, torch.autograd.grad(out.square().sum(), x)[0]
-
-    for seed, sizes in enumerate(([10, 20, 5], [7, 30], [12, 12, 12, 9])):
-        out, grad = step(compiled, sizes, seed)
-        ref, ref_grad = step(conv, sizes, seed)
-        assert torch.allclose(out, ref, atol=1e-5)
-        assert torch.allclose(grad, ref_grad, atol=1e-5)
-    assert counter.frame_count == 1
-    before = step(conv, [3, 30], 3)[0]
+    run = dynamic_compile(conv, _with_both_hints)
+    run.assert_equal(LAYOUTS)
+    assert run.counter.frame_count == 1
+    before = run.step(conv, [3, 30], 3)[0]
     conv.attn.k = 0.25
-    out, grad = step(compiled, [3, 30], 3)
-    ref, ref_grad = step(conv, [3, 30], 3)
+    ref = run.assert_equal([[3, 30]], first_seed=3)[0]
     assert not torch.allclose(ref, before, atol=1e-3)
-    assert torch.allclose(out, ref, atol=1e-5)
-    assert torch.allclose(grad, ref_grad, atol=1e-5)
-    assert counter.frame_count == 2
+    assert run.counter.frame_count == 2
 
 
 @pytest.mark.parametrize('train', [False, True])
 @pytest.mark.parametrize('attn_kwargs', [
     {'relative_bias': True}, {'score': 'maxout'},
     {'normalization': 'leaky'}])
-def test_explicit_attention_compiles_once_for_every_layout(train,
-                                                           attn_kwargs):
+def test_explicit_attention_compiles_once_for_every_layout(
+        dynamic_compile, train, attn_kwargs):
     # The explicit path (relative bias on the CPU, SFT scores and
     # normalisation) processes its tiles in chunks: the chunk count was
     # specialised, a recompilation per number of sets and largest set.
-    from torch._dynamo.testing import CompileCounter
-    torch._dynamo.reset()
     torch.manual_seed(0)
     conv = SamsaConv(16, None, 4, k=6, norm=None,
                      attn_kwargs=attn_kwargs).train(train)
-    counter = CompileCounter()
-    compiled = torch.compile(conv, backend=counter, dynamic=True,
-                             fullgraph=True)
-    for seed, sizes in enumerate(([10, 20, 5], [7, 30], [12, 12, 12, 9],
-                                  [25, 3, 14])):
-        batch = torch.cat([torch.full((n, ), i) for i, n in enumerate(sizes)])
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(batch.numel(), 16, generator=gen, requires_grad=True)
-        pos = torch.randn(batch.numel(), 3, generator=gen)
-        outs = []
-        for fn in (compiled, conv):
-            torch.manual_seed(seed)
-            out = fn(x, None, batch, pos=pos, num_graphs=len(sizes),
-                     max_num_nodes=max(sizes))
-            outs.append((out, torch.autograd.grad(out.square().sum(), x)[0]))
-        (out, grad), (ref, ref_grad) = outs
-        assert torch.allclose(out, ref, atol=1e-5)
-        assert torch.allclose(grad, ref_grad, atol=1e-5)
-    assert counter.frame_count == 1
+
+    def call(fn, x, batch, pos, sizes):
+        return fn(x, None, batch, pos=pos, num_graphs=len(sizes),
+                  max_num_nodes=max(sizes))
+
+    run = dynamic_compile(conv, call)
+    run.assert_equal(LAYOUTS + ([25, 3, 14], ))
+    assert run.counter.frame_count == 1
 
 
 def test_compiled_without_hints_does_not_recompile_per_layout():
