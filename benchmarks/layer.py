@@ -16,6 +16,7 @@ passes ``num_graphs`` only, ``samsa_graph_model_hints`` everything
         --compile-only --sizes 32x1024
 """
 import argparse
+import ast
 import contextlib
 import importlib
 import itertools
@@ -389,6 +390,11 @@ def main():
                    "this run: 'torch' runs the layer's norms (layer_norm, "
                    "residual_affine, residual_batch_norm) as PyTorch's "
                    "ops, to time the kernels against them")
+    p.add_argument('--inductor-config', default=None,
+                   help='comma list of KEY=VALUE settings of '
+                   'torch._inductor.config for the run\'s compiled cases '
+                   '(VALUE a Python literal), e.g. '
+                   'triton.coalesce_tiling_analysis=False')
     p.add_argument('--out', default=None)
     args = p.parse_args()
     # The library's thresholds for this run, where given: the attention's,
@@ -410,7 +416,8 @@ def main():
             setattr(importlib.import_module(module), name, value)
     ops.set_default_backend(args.ops_backend)
     with config.attention_config(**parse_switches(args.attention_config)), \
-            sdpa_backends(args.sdpa_backends):
+            sdpa_backends(args.sdpa_backends), \
+            inductor_config(args.inductor_config):
         run(args)
 
 
@@ -434,6 +441,34 @@ def sdpa_backends(names: Optional[str]):
                          f"among {list(SDPA_BACKENDS)} (got {unknown})")
     return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[n])
                         for n in chosen], set_priority=True)
+
+
+def inductor_config(settings: Optional[str]):
+    """The context of ``--inductor-config``: ``torch._inductor.config``
+    with the comma list ``settings`` of ``KEY=VALUE`` (``VALUE`` a Python
+    literal: ``False``, ``4``, ``'max'``) applied; nothing where
+    ``settings`` is empty. A setting without ``=``, a value that is no
+    literal or a key that the config lacks raises a :class:`ValueError`
+    naming the flag."""
+    if not settings:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor
+    patch = {}
+    for item in settings.split(','):
+        key, sep, text = item.partition('=')
+        try:
+            if not sep:
+                raise ValueError
+            patch[key.strip()] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"Expected '--inductor-config' to hold "
+                             f"KEY=VALUE settings with Python literals as "
+                             f"values (got {item!r})") from None
+    unknown = sorted(set(patch) - set(inductor.get_config_copy()))
+    if unknown:
+        raise ValueError(f"Expected '--inductor-config' to name settings "
+                         f"of torch._inductor.config (got {unknown})")
+    return inductor.patch(patch)
 
 
 def run(args):

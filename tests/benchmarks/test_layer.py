@@ -76,3 +76,25 @@ def test_sdpa_backends_restrict_the_runs_attention():
         assert backends.mem_efficient_sdp_enabled() == before[2]
     with pytest.raises(ValueError, match="'--sdpa-backends'.*'fast'"):
         layer.sdpa_backends('flash,fast')
+
+
+def test_inductor_config_sets_the_compilers_settings_for_the_run():
+    # --inductor-config: torch._inductor.config settings for the run,
+    # restored after it; a bad setting names the flag.
+    import pytest
+    import torch._inductor.config as inductor
+    sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+    import layer
+    before = inductor.triton.coalesce_tiling_analysis
+    with layer.inductor_config(
+            f'triton.coalesce_tiling_analysis={not before}, '
+            'max_autotune_gemm_backends="TRITON"'):
+        assert inductor.triton.coalesce_tiling_analysis is (not before)
+        assert inductor.max_autotune_gemm_backends == 'TRITON'
+    assert inductor.triton.coalesce_tiling_analysis is before
+    with layer.inductor_config(None):
+        assert inductor.triton.coalesce_tiling_analysis is before
+    for bad in ('triton.nope=1', 'max_autotune', 'max_autotune=yes'):
+        with pytest.raises(ValueError, match="'--inductor-config'"):
+            with layer.inductor_config(bad):
+                pass
