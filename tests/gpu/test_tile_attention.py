@@ -9,9 +9,10 @@ The kernels alone are held to a float32 reference, not to bfloat16 SDPA:
 torch 2.11's cuDNN SDPA backward keys its cached graph on the shapes and
 strides of q, k and v but not on those of the output's gradient, so a
 call whose gradient has another layout than an earlier call of the same
-q, k and v replays that call's graph and returns wrong gradients (seen on
-an H100 once the layer had run SDPA on the tiles of 262,144 tokens in the
-same process)."""
+q, k and v replays that call's graph and returns wrong gradients (on an
+H100, cuDNN 9.19: compared with SDPA, the first test below failed in a
+run of the whole GPU suite and passed alone; two SDPA calls that differ
+in the gradient's layout alone give it)."""
 import pytest
 import torch
 
