@@ -36,6 +36,11 @@ from _point_pipeline import (
 )
 
 
+#: What a run writes into its folder (--out) besides the trainer's files:
+#: it moves aside, or is deleted with --overwrite, with them.
+OUTPUTS = ('confusion_matrix.png',)
+
+
 def build_parser(doc=__doc__):
     """The flags of examples/modelnet40.py; ``doc``: the docstring that
     --help shows."""
@@ -148,7 +153,8 @@ def build_trainer(model, task, args, num_train):
     """The trainer of --preset: selection on validation accuracy, ties (a
     small hold-out reaches its ceiling at many epochs) going to the lower
     validation loss."""
-    return point_trainer(model, task, args, num_train, 'val_oa')
+    return point_trainer(model, task, args, num_train, 'val_oa',
+                         run_files=OUTPUTS)
 
 
 def run(args):

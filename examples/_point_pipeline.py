@@ -143,12 +143,14 @@ def point_transforms(args, first=()):
             T.Compose([t for t in test if t is not None]))
 
 
-def point_trainer(model, task, args, num_train, monitor):
+def point_trainer(model, task, args, num_train, monitor, run_files=()):
     """The examples' :class:`~samsa_geo.train.Trainer` with the learning
     rate and warm-up of ``args.preset`` (see :data:`PRESETS`), selection on
     ``monitor`` (maximised; ties go to the lower validation loss). Its
     ``fit()`` writes ``args`` to ``config.yaml`` once an old run in
-    ``args.out`` has been moved aside (with its own ``config.yaml``)."""
+    ``args.out`` has been moved aside (with its own ``config.yaml``) or,
+    with ``--overwrite``, deleted, together with the files ``run_files``
+    names: those the example writes into ``args.out`` itself."""
     preset = PRESETS[args.preset]
     init_distributed()  # under torchrun the ranks share every epoch
     steps = steps_per_epoch(num_train, args.batch_size,
@@ -162,7 +164,7 @@ def point_trainer(model, task, args, num_train, monitor):
                       seed=args.seed, deterministic=args.deterministic,
                       monitor=monitor, mode='max', tie_break='val_loss',
                       resume=args.resume,
-                      overwrite=args.overwrite,
+                      overwrite=args.overwrite, run_files=run_files,
                       progress=not args.no_progress,
                       config=args)  # the resolved --config and flags
     return trainer

@@ -16,7 +16,10 @@ folder ``<out>/<dataset>/seed<k>/`` holding the trainer's checkpoints and log,
 ``num_params``), ``test_predictions.pt`` (``{'pred', 'target'}``) and
 ``config.yaml`` (the options of that seed's run); once every seed has
 finished, ``<out>/<dataset>/metrics.json`` holds the mean and std over seeds
-and ``<out>/<dataset>/config.yaml`` the options.
+and ``<out>/<dataset>/config.yaml`` the options. A new run moves an old one
+in ``<out>/<dataset>/`` aside whole, seed folders and summary, to
+``<out>/<dataset>.old-<time>/`` before its first seed (``--overwrite``
+deletes it; ``--resume`` continues every seed in its folder).
 
     python examples/lrgb.py
     python examples/lrgb.py --dataset pascalvoc-sp --seeds 3
@@ -25,6 +28,7 @@ and ``<out>/<dataset>/config.yaml`` the options.
 """
 import json
 import os.path as osp
+import re
 import sys
 
 import torch
@@ -39,8 +43,8 @@ from samsa_geo.metrics import (average_precision_multitask, macro_f1,
 from samsa_geo.nn import batch_hints
 from samsa_geo.nn.models import PRESETS, SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, atomic_write,
-                             init_distributed, make_loader, make_parser,
-                             parse_args_with_config, save_config,
+                             claim_run_folder, init_distributed, make_loader,
+                             make_parser, parse_args_with_config, save_config,
                              seed_everything, steps_per_epoch)
 from samsa_geo.transforms import AddLaplacianPE, AddRandomWalkPE, RandomSignFlip
 
@@ -78,6 +82,12 @@ def parse_args(argv=None):
         args.lr = 3e-4 if args.dataset == 'pcqm-contact' else 1e-3
     return args
 
+
+#: What a seed's run writes into its folder besides the trainer's files, and
+#: the run into <out>/<dataset> besides its metrics.json and config.yaml: the
+#: seeds' folders. Each moves aside, or is deleted, with its run.
+SEED_OUTPUTS = ('test_predictions.pt',)
+OUTPUTS = (re.compile(r'seed\d+'),)
 
 #: PCQM-Contact's ranking metrics (as the LRGB paper): raw and filtered MRR,
 #: and Hits@1, @3, @10 of the filtered ranks, each a mean over graphs.
@@ -200,6 +210,7 @@ def run_seed(args, info, seed, splits):
                       monitor=f'val_{info.metric}',
                       mode='max' if info.higher_is_better else 'min',
                       resume=args.resume, overwrite=args.overwrite,
+                      run_files=SEED_OUTPUTS,
                       progress=not args.no_progress,
                       # written by fit() once an old run is moved aside
                       config={**vars(args), 'seed': seed, 'seeds': 1})
@@ -228,6 +239,21 @@ def run_seed(args, info, seed, splits):
     return result
 
 
+def summarize(args, info, seeds, results):
+    """The runs' results with the mean and std over seeds of each metric."""
+    summary = {'dataset': args.dataset, 'metric': info.metric,
+               'seeds': seeds, 'num_params': results[0]['num_params'],
+               'best_epoch': [r['best_epoch'] for r in results],
+               'runs': results}
+    keys = [f'val_{info.metric}', f'test_{info.metric}',
+            *(k for k in results[0] if k.startswith('test_hits@'))]
+    for key in keys:
+        values = torch.tensor([r[key] for r in results], dtype=torch.float64)
+        summary[key] = float(values.mean())
+        summary[f'{key}_std'] = float(values.std()) if len(values) > 1 else 0.0
+    return summary
+
+
 def main(argv=None):
     args = parse_args(argv)
     info = lrgb_task(args.dataset)
@@ -235,21 +261,19 @@ def main(argv=None):
     print(f'{args.dataset}: ' + ', '.join(f'{s} {len(d)}' for s, d in
                                           splits.items()), file=sys.stderr)
     seeds = range(args.seed, args.seed + args.seeds)
-    results = [run_seed(args, info, seed, splits) for seed in seeds]
-    summary = {'dataset': args.dataset, 'metric': info.metric,
-               'seeds': list(seeds), 'num_params': results[0]['num_params'],
-               'best_epoch': [r['best_epoch'] for r in results], 'runs': results}
-    keys = [f'val_{info.metric}', f'test_{info.metric}',
-            *(k for k in results[0] if k.startswith('test_hits@'))]
-    for key in keys:
-        values = torch.tensor([r[key] for r in results], dtype=torch.float64)
-        summary[key] = float(values.mean())
-        summary[f'{key}_std'] = float(values.std()) if len(values) > 1 else 0.0
-    # With the summary, not before the runs: until then the folder describes
-    # the runs it held (the seed folders also keep their own config.yaml).
-    save_config(args, osp.join(args.out, args.dataset))
-    with atomic_write(osp.join(args.out, args.dataset, 'metrics.json')) as f:
-        json.dump(summary, f, indent=2, sort_keys=True)
+    init_distributed()  # under torchrun the ranks share every epoch
+    folder = osp.join(args.out, args.dataset)
+    # The whole run's folder: an old run in it moves aside (or is deleted)
+    # whole, seed folders and summary, before the first seed starts.
+    with claim_run_folder(folder, args.resume, args.overwrite,
+                          run_files=OUTPUTS):
+        results = [run_seed(args, info, seed, splits) for seed in seeds]
+        summary = summarize(args, info, list(seeds), results)
+        # With the summary, not before the runs (the seed folders keep
+        # their own config.yaml).
+        save_config(args, folder)
+        with atomic_write(osp.join(folder, 'metrics.json')) as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
     key = f'test_{info.metric}'
     print(f'{args.dataset} {key}: {summary[key]:.4f} +- '
           f'{summary[key + "_std"]:.4f} over {args.seeds} seeds '

@@ -6,12 +6,17 @@ Targets are standardised with training statistics and fitted with the Huber
 loss; every model is selected on validation RMSE and reports test RMSE at that
 epoch, and every run reports how stable its validation curve was.
 
+Every run has its folder <out>/<model>/seed<k>/; <out>/metrics.json and
+<out>/config.yaml summarise them once all have finished. A new run moves an
+old one in <out> aside whole, run folders and summary, to <out>.old-<time>/
+before its first run (--overwrite deletes it; --resume continues every run in
+its folder).
+
     python examples/molecules.py --seeds 5 --out runs/molecules
     python examples/molecules.py --config examples/configs/molecules_freesolv.yaml
 """
 import csv
 import json
-import os
 import os.path as osp
 import sys
 import time
@@ -26,10 +31,15 @@ from samsa_geo.nn import batch_hints
 from samsa_geo.nn.encoders import CategoricalEncoder, PositionalEncoder
 from samsa_geo.nn.models import SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, atomic_write,
-                             init_distributed, make_loader, make_parser,
-                             parse_args_with_config, save_config,
+                             claim_run_folder, init_distributed, make_loader,
+                             make_parser, parse_args_with_config, save_config,
                              seed_everything, steps_per_epoch)
 from samsa_geo.transforms import AddRandomWalkPE
+
+
+#: The models to compare, each with its run folders <out>/<model>/seed<k>/:
+#: what a run writes into --out besides its metrics.json and config.yaml.
+MODELS = ('samsa', 'gine', 'gps')
 
 
 def parse_args(argv=None):
@@ -152,7 +162,8 @@ def build(name, args):
     if name in ('gine', 'gps'):
         return Baseline(args.hidden, args.layers, args.walk_length,
                         name == 'gps', args.heads, args.dropout)
-    raise ValueError(f"Expected a model in 'samsa,gine,gps' (got {name!r})")
+    raise ValueError(f"Expected a model in {','.join(MODELS)!r} "
+                     f"(got {name!r})")
 
 
 def split(num, seed):
@@ -200,19 +211,10 @@ def mean_std(values):
     return float(t.mean()), float(t.std()) if t.numel() > 1 else 0.0
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    dataset = FreeSolv(args.root,
-                       pre_transform=AddRandomWalkPE(args.walk_length))
-    if dataset[0].rw_pe.size(1) != args.walk_length:
-        sys.exit(f"'{args.root}' was processed with another --walk-length; "
-                 f"delete its 'processed' folder")
-    models = args.models.split(',')
-    for name in models:  # fail before any training
-        build(name, args)
+def train_models(args, dataset, models):
+    """Trains every model of ``models`` on every seed; returns their
+    results, a list per model."""
     results = {name: [] for name in models}
-    init_distributed()  # under torchrun the ranks share every epoch
     for seed in range(args.seed, args.seed + args.seeds):
         splits = split(len(dataset), seed)
         y_train = dataset._data.y.view(-1)[splits['train']]
@@ -224,8 +226,7 @@ def main(argv=None):
             seed_everything(seed)
             model = build(name, args)
             run_dir = osp.join(args.out, name, f'seed{seed}')
-            # fit() writes the options of this run to its config.yaml once an
-            # old run in run_dir is moved aside.
+            # fit() writes the options of this run to its config.yaml.
             trainer = make_trainer(model, task, args, run_dir, steps, seed,
                                    config={**vars(args), 'models': name,
                                            'seed': seed, 'seeds': 1})
@@ -251,7 +252,11 @@ def main(argv=None):
                   f"{curve['gap']:.3f}, largest setback "
                   f"{curve['setback']:.3f} ({time.time() - t0:.0f}s)",
                   flush=True)
+    return results
 
+
+def summarize(results):
+    """Mean and std over seeds per model; prints them as a table."""
     summary = {'models': {}}
     print("\n| model | params | val RMSE | test RMSE | test MAE | s/run | "
           "last - best, setback (val MAE / std, max over seeds) |")
@@ -272,12 +277,31 @@ def main(argv=None):
                             row['test_mae']))
               + f" | {row['time_s'][0]:.0f} | {worst['gap']:.3f}, "
               f"{worst['setback']:.3f} |")
-    # With the summary, not before the runs: until then the folder describes
-    # the runs it held (the run folders also keep their own config.yaml).
-    os.makedirs(args.out, exist_ok=True)
-    save_config(args, args.out)
-    with atomic_write(osp.join(args.out, 'metrics.json')) as f:
-        json.dump(summary, f, indent=2)
+    return summary
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dataset = FreeSolv(args.root,
+                       pre_transform=AddRandomWalkPE(args.walk_length))
+    if dataset[0].rw_pe.size(1) != args.walk_length:
+        sys.exit(f"'{args.root}' was processed with another --walk-length; "
+                 f"delete its 'processed' folder")
+    models = args.models.split(',')
+    for name in models:  # fail before any training
+        build(name, args)
+    init_distributed()  # under torchrun the ranks share every epoch
+    # --out holds the whole run: an old one moves aside (or is deleted)
+    # whole, every model's folders and the summary, before the first run.
+    with claim_run_folder(args.out, args.resume, args.overwrite,
+                          run_files=MODELS):
+        summary = summarize(train_models(args, dataset, models))
+        # With the summary, not before the runs (the run folders keep their
+        # own config.yaml).
+        save_config(args, args.out)
+        with atomic_write(osp.join(args.out, 'metrics.json')) as f:
+            json.dump(summary, f, indent=2)
     print(f"Wrote {osp.join(args.out, 'metrics.json')}")
     return summary
 

@@ -7,7 +7,10 @@ shapes; 'z' rotates about the up axis (--up-axis, y for the archives). Every
 flag of examples/modelnet40.py applies to the six runs (--root, --epochs,
 --config, ...) except the rotations, --rotation-invariant and
 --eval-checkpoint, which the protocol sets; run folders are
-<out>/<samsa|samsa_ri>/<z_z|z_so3|so3_so3>/.
+<out>/<samsa|samsa_ri>/<z_z|z_so3|so3_so3>/, and <out>/rotation_protocol.json
+holds the table. A new protocol moves an old one in <out> aside whole, to
+<out>.old-<time>/, before its first run (--overwrite deletes it; --resume
+continues every run in its folder).
 
     python examples/rotation_protocol.py --epochs 12
 """
@@ -16,7 +19,9 @@ import json
 import os.path as osp
 import sys
 
-from samsa_geo.train import atomic_write, make_parser, parse_args_with_config
+from samsa_geo.train import (atomic_write, claim_run_folder,
+                             init_distributed, make_parser,
+                             parse_args_with_config)
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _modelnet40_pipeline import build_parser, run  # noqa: E402
@@ -24,6 +29,10 @@ from _modelnet40_pipeline import build_parser, run  # noqa: E402
 # Set by the protocol for each run.
 PROTOCOL_FLAGS = ('train_rotation', 'test_rotation', 'rotation_invariant',
                   'eval_checkpoint')
+
+#: What the protocol writes into --out: its table and the models' run
+#: folders. An old protocol's move aside, or are deleted, together.
+OUTPUTS = ('rotation_protocol.json', 'samsa', 'samsa_ri')
 
 
 def parse_args(argv=None):
@@ -37,6 +46,14 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    init_distributed()  # under torchrun the ranks share every run
+    with claim_run_folder(args.out, args.resume, args.overwrite,
+                          run_files=OUTPUTS):
+        return protocol(args)
+
+
+def protocol(args):
+    """The six runs; writes and returns the table of test accuracies."""
     table = {}
     for name, invariant in [('samsa', False), ('samsa_ri', True)]:
         def run_one(tag, train, test, checkpoint=None):

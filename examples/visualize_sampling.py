@@ -3,12 +3,17 @@
 Writes one coloured PLY file per layer (grey: not sampled; one colour per
 head; black: sampled by several heads), a PNG with one panel per layer and
 head (Open3D off-screen rendering, matplotlib where Open3D cannot render)
-and the run's training curves, and prints their paths.
+and the run's training curves, and prints their paths. Those of a previous
+call in --out are deleted first (the PLY files of layers this call does not
+draw would stay next to its own); without --checkpoint the brief training
+runs in <out>/train/, replacing the one there (--overwrite).
 
     python examples/visualize_sampling.py --checkpoint runs/modelnet40/best.pt --index 0 --out runs/vis
     python examples/visualize_sampling.py            # trains briefly on the bundled sample first
 """
+import os
 import os.path as osp
+import re
 import sys
 
 import torch
@@ -23,6 +28,23 @@ import _modelnet40_pipeline as modelnet40  # noqa: E402
 
 # Flags of the modelnet40.py run that define its data.
 RUN_FLAGS = ('root', 'format', 'num_points', 'normals')
+
+#: The files a call writes into --out (besides train/).
+PICTURES = re.compile(r'sampling_.+\.ply|sampling_(panels|graph)\.png|'
+                      r'curves\.png')
+
+
+def clear_pictures(out):
+    """Deletes the files of a previous call in ``out`` (:data:`PICTURES`
+    only, never a run's files); returns their names."""
+    names = sorted(n for n in os.listdir(out) if PICTURES.fullmatch(n)) \
+        if osp.isdir(out) else []
+    for name in names:
+        os.remove(osp.join(out, name))
+    if names:
+        print(f"Deleted the previous call's files in '{out}': "
+              f"{', '.join(names)}", file=sys.stderr, flush=True)
+    return names
 
 
 def load_model(checkpoint):
@@ -90,6 +112,7 @@ def main(argv=None):
 
     layers = None if args.layers is None else \
         [int(v) for v in args.layers.split(',')]
+    clear_pictures(args.out)
     paths = visualize_sampling(model, data, args.out, layers=layers,
                                backend=args.backend, title=title,
                                forward_fn=task.logits)

@@ -11,7 +11,8 @@ from samsa_geo.train.distributed import (all_gather_cat, get_rank,
 from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
 from samsa_geo.train.loader import (make_loader, move_to_device,
                                     steps_per_epoch)
-from samsa_geo.train.run_folder import RunFolderError, RunFolderLock
+from samsa_geo.train.run_folder import (RunFolderError, RunFolderLock,
+                                        claim_run_folder)
 from samsa_geo.train.seed import (enable_determinism, seed_everything,
                                   seed_worker)
 from samsa_geo.train.task import Task
@@ -26,6 +27,7 @@ __all__ = [
     'CheckpointError',
     'RunFolderError',
     'RunFolderLock',
+    'claim_run_folder',
     'atomic_write',
     'save_checkpoint',
     'load_checkpoint',

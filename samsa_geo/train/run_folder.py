@@ -1,5 +1,6 @@
 r"""What keeps run folders apart: a lock per folder naming its holder, the
-choice between resuming, moving an old run aside or overwriting it, and the
+choice between resuming, moving an old run aside or overwriting it (with
+every file the run wrote there, the trainer's and its caller's), and the
 removal of temporary files left by killed writers."""
 import json
 import os
@@ -9,7 +10,11 @@ import shutil
 import socket
 import sys
 import time
-from typing import IO, Dict, List, Optional
+from contextlib import contextmanager
+from typing import (IO, Dict, Iterable, Iterator, List, Optional, Pattern,
+                    Tuple, Union)
+
+from samsa_geo.train.distributed import barrier, get_rank
 
 try:  # POSIX advisory locks; released by the kernel when the process dies.
     import fcntl
@@ -24,6 +29,10 @@ RUN_FILES = ('last.pt', 'best.pt', 'log.csv', 'metrics.json')
 
 #: What else belongs to a run: it moves (or is deleted) with the run files.
 RUN_EXTRAS = ('config.yaml', 'tensorboard')
+
+#: The files and folders a caller writes into a run folder besides the
+#: trainer's: names, or compiled regular expressions that match whole names.
+RunFiles = Iterable[Union[str, Pattern[str]]]
 
 # Written by samsa_geo.train.checkpoint.atomic_write: '.{name}.{pid}.tmp'.
 _TMP = re.compile(r'^\..+\.(\d+)\.tmp$')
@@ -137,14 +146,91 @@ def remove_stale_temporaries(folder: str) -> List[str]:
     return removed
 
 
-def holds_run(folder: str) -> bool:
-    r"""Whether :obj:`folder` holds files of a run (:obj:`RUN_FILES`)."""
-    return any(osp.exists(osp.join(folder, name)) for name in RUN_FILES)
+def check_run_files(
+        run_files: RunFiles) -> Tuple[Union[str, Pattern[str]], ...]:
+    r"""Returns :obj:`run_files` as a tuple after checking it.
+
+    Args:
+        run_files (iterable of str or re.Pattern): Names of files or folders
+            directly inside a run folder, or compiled regular expressions
+            that match whole names (:obj:`re.compile(r'seed\d+')`).
+
+    Raises:
+        TypeError: If :obj:`run_files` is a string or not iterable, or holds
+            something else than names and compiled patterns.
+        ValueError: If a name is empty, :obj:`'.'`, :obj:`'..'`,
+            :obj:`'.lock'` or holds a path separator.
+    """
+    if isinstance(run_files, (str, bytes)) or not isinstance(run_files,
+                                                              Iterable):
+        raise TypeError(f"Expected 'run_files' to be a list of names or "
+                        f"compiled patterns (got {type(run_files).__name__})")
+    entries = tuple(run_files)
+    for entry in entries:
+        if isinstance(entry, re.Pattern) and isinstance(entry.pattern, str):
+            continue
+        if not isinstance(entry, str):
+            raise TypeError(f"Expected every entry of 'run_files' to be a "
+                            f"str or a compiled str pattern (got "
+                            f"{type(entry).__name__})")
+        if (entry in ('', '.', '..', LOCK_FILE) or '/' in entry
+                or os.sep in entry):
+            raise ValueError(f"Expected every entry of 'run_files' to name "
+                             f"a file or folder directly inside the run "
+                             f"folder (got {entry!r})")
+    return entries
+
+
+def run_entries(folder: str, run_files: RunFiles = ()) -> List[str]:
+    r"""The names in :obj:`folder` of what belongs to a run: the trainer's
+    files (:obj:`RUN_FILES`, :obj:`RUN_EXTRAS`), then those matching
+    :obj:`run_files`, in that order (the matches of a pattern sorted), each
+    once.
+
+    Args:
+        folder (str): The run folder (may not exist).
+        run_files (iterable of str or re.Pattern, optional): The files and
+            folders the caller writes into :obj:`folder`: names, or compiled
+            regular expressions that match whole names. (default: :obj:`()`)
+    """
+    if not osp.isdir(folder):
+        return []
+    names = sorted(set(os.listdir(folder)) - {LOCK_FILE})
+    found: List[str] = []
+    for entry in RUN_FILES + RUN_EXTRAS + check_run_files(run_files):
+        if isinstance(entry, str):
+            matches = [entry] if entry in names else []
+        else:
+            matches = [n for n in names if entry.fullmatch(n)]
+        found += [n for n in matches if n not in found]
+    return found
+
+
+def holds_run(folder: str, run_files: RunFiles = ()) -> bool:
+    r"""Whether :obj:`folder` holds files of a run: one of :obj:`RUN_FILES`,
+    or of :obj:`run_files` (what the caller writes there; its files alone,
+    left by a run that never saved a checkpoint, are a run too).
+
+    Args:
+        folder (str): The run folder.
+        run_files (iterable of str or re.Pattern, optional): See
+            :func:`run_entries`. (default: :obj:`()`)
+    """
+    return any(name not in RUN_EXTRAS
+               for name in run_entries(folder, run_files))
+
+
+def _listing(folder: str, names: List[str]) -> str:
+    # 'last.pt, best.pt, tensorboard/': folders end with a slash.
+    return ', '.join(name + ('/' if osp.isdir(osp.join(folder, name))
+                             and not osp.islink(osp.join(folder, name))
+                             else '') for name in names)
 
 
 def prepare_run_folder(folder: str, resume: bool = False,
                        overwrite: bool = False,
-                       log: Optional[IO] = None) -> Optional[str]:
+                       log: Optional[IO] = None,
+                       run_files: RunFiles = ()) -> Optional[str]:
     r"""Makes :obj:`folder` ready for a run; call it while holding the
     folder's :class:`RunFolderLock`.
 
@@ -152,20 +238,41 @@ def prepare_run_folder(folder: str, resume: bool = False,
       continues.
     - With :obj:`resume`, no :obj:`last.pt` but a :obj:`best.pt`, raises:
       starting from scratch would overwrite the best model.
-    - Otherwise a folder that holds a run (:obj:`RUN_FILES`) is emptied for
-      the new one: with :obj:`overwrite` its run files (and
-      :obj:`config.yaml`, :obj:`tensorboard/`) are deleted; without, they
-      are moved to a new
-      sibling folder :obj:`{folder}.old-{YYYYmmdd-HHMMSS}`, with every other
-      file of the folder when it holds no subfolder of its own (a run
-      folder, not a project folder given as output).
+    - Otherwise a folder that holds a run (:func:`holds_run`) is emptied for
+      the new one. What belongs to the run is listed by :func:`run_entries`:
+      the trainer's files (:obj:`RUN_FILES`, :obj:`config.yaml`,
+      :obj:`tensorboard/`) and those of :obj:`run_files`. With
+      :obj:`overwrite` they are deleted; without, they are moved to a new
+      sibling folder :obj:`{folder}.old-{YYYYmmdd-HHMMSS}`, with every
+      other file of the folder when it holds no subfolder but those of the
+      run (a run folder, not a project folder given as output, whose other
+      files and subfolders stay).
 
-    The message saying which is printed to :obj:`log` (standard error if
-    :obj:`None`) and returned (:obj:`None` when nothing happened).
+    The message saying which, and listing what was deleted or moved, is
+    printed to :obj:`log` (standard error if :obj:`None`) and returned
+    (:obj:`None` when nothing happened).
+
+    Args:
+        folder (str): The run folder.
+        resume (bool, optional): Continue the run in :obj:`folder`.
+            (default: :obj:`False`)
+        overwrite (bool, optional): Delete the old run instead of moving it
+            aside. (default: :obj:`False`)
+        log (file, optional): Where the message goes. (default: :obj:`None`)
+        run_files (iterable of str or re.Pattern, optional): The files and
+            folders the caller writes into :obj:`folder` besides the
+            trainer's (e.g. :obj:`'confusion_matrix.png'`, or the run
+            folders of a multi-seed run, :obj:`re.compile(r'seed\d+')`).
+            (default: :obj:`()`)
 
     Raises:
         RunFolderError: When resuming would lose :obj:`best.pt`.
+        TypeError: If :obj:`run_files` is not a list of names and patterns.
+        ValueError: If a name of :obj:`run_files` is no entry directly
+            inside the folder (a path, :obj:`'.'`, :obj:`'..'`,
+            :obj:`'.lock'`).
     """
+    run_files = check_run_files(run_files)
     last, best = osp.join(folder, 'last.pt'), osp.join(folder, 'best.pt')
     if resume and osp.isfile(last):
         return None
@@ -176,41 +283,114 @@ def prepare_run_folder(folder: str, resume: bool = False,
             f"'best.pt'. To continue from the best epoch, copy '{best}' to "
             f"'{last}'; to start over, run without resume (the old run is "
             f"moved aside) or with overwrite (--overwrite)")
-    if not holds_run(folder):
+    if not holds_run(folder, run_files):
         return None
+    ours = run_entries(folder, run_files)
     if overwrite:
-        deleted = [name for name in RUN_FILES + RUN_EXTRAS
-                   if osp.exists(osp.join(folder, name))]
-        for name in deleted:
+        listing = _listing(folder, ours)
+        for name in ours:
             path = osp.join(folder, name)
-            if osp.isdir(path):
+            if osp.isdir(path) and not osp.islink(path):
                 shutil.rmtree(path)
             else:
                 os.remove(path)
         message = (f"Overwriting the previous run in '{folder}' "
-                   f"(overwrite=True): its {', '.join(deleted)} are deleted")
+                   f"(overwrite=True): its {listing} are deleted")
     else:
         base = f"{folder.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
         target, count = base, 1
         while osp.exists(target):
             target, count = f'{base}-{count}', count + 1
         os.makedirs(target)
-        entries = [name for name in os.listdir(folder) if name != LOCK_FILE]
+        entries = sorted(set(os.listdir(folder)) - {LOCK_FILE})
         # A folder with subfolders of its own (a project folder given as
-        # output) keeps them: only the trainer's files move.
-        whole = all(osp.isfile(osp.join(folder, name)) or name == 'tensorboard'
+        # output) keeps them and its other files: only the run's move.
+        whole = all(name in ours or (osp.isfile(osp.join(folder, name))
+                                     or osp.islink(osp.join(folder, name)))
                     for name in entries)
-        if not whole:
-            entries = [name for name in RUN_FILES + RUN_EXTRAS
-                       if osp.exists(osp.join(folder, name))]
+        entries = ours + [n for n in entries if n not in ours] if whole \
+            else ours
+        listing = _listing(folder, entries)
         for name in entries:
             shutil.move(osp.join(folder, name), osp.join(target, name))
-        what = 'it' if whole else f"its {', '.join(entries)}"
-        message = (f"'{folder}' held a previous run: moved {what} to "
-                   f"'{target}' (pass resume=True / --resume to continue it, "
-                   f"or overwrite=True / --overwrite to replace it)")
+        what = f"it to '{target}': {listing}" if whole else \
+            f"its {listing} to '{target}'"
+        message = (f"'{folder}' held a previous run: moved {what} (pass "
+                   f"resume=True / --resume to continue it, or "
+                   f"overwrite=True / --overwrite to replace it)")
     print(message, file=log if log is not None else sys.stderr, flush=True)
     return message
+
+
+@contextmanager
+def claim_run_folder(folder: str, resume: bool = False,
+                     overwrite: bool = False, run_files: RunFiles = (),
+                     log: Optional[IO] = None) -> Iterator[Optional[str]]:
+    r"""Holds :obj:`folder` for a run made of several runs, each a
+    :class:`~samsa_geo.train.Trainer` in a subfolder, next to files of its
+    own: a summary over seeds, e.g. :obj:`<out>/<dataset>/` of
+    :obj:`examples/lrgb.py` with :obj:`seed<k>/` and :obj:`metrics.json`.
+
+    On rank 0 the context takes the folder's :class:`RunFolderLock`, held
+    until it exits (a second such run in the folder fails at once), removes
+    stale temporary files and, unless :obj:`resume` (every run inside then
+    continues in its own folder), makes the folder ready for a new run with
+    :func:`prepare_run_folder`: an old run moves aside (or, with
+    :obj:`overwrite`, is deleted) whole, with the subfolders that
+    :obj:`run_files` names, before any of the new runs starts. Other ranks
+    wait for it: under :obj:`torchrun`, enter it after
+    :func:`~samsa_geo.train.init_distributed`.
+
+    .. code-block:: python
+
+        with claim_run_folder(out, args.resume, args.overwrite,
+                              run_files=[re.compile(r'seed\d+')]):
+            for seed in seeds:  # a Trainer in out/seed{seed} each
+                ...
+            write_summary(out)
+
+    Args:
+        folder (str): The folder of the whole run.
+        resume (bool, optional): The runs inside continue; nothing moves.
+            (default: :obj:`False`)
+        overwrite (bool, optional): Delete an old run instead of moving it
+            aside. (default: :obj:`False`)
+        run_files (iterable of str or re.Pattern, optional): What the run
+            writes into :obj:`folder` besides :obj:`metrics.json` and
+            :obj:`config.yaml`: names, or compiled regular expressions that
+            match whole names, of files and of the runs' subfolders.
+            (default: :obj:`()`)
+        log (file, optional): Where the message of
+            :func:`prepare_run_folder` goes (standard error if :obj:`None`).
+            (default: :obj:`None`)
+
+    Yields:
+        The message of :func:`prepare_run_folder` (:obj:`None` when nothing
+        moved, and on other ranks).
+
+    Raises:
+        RunFolderError: If another process holds the folder.
+        ValueError: If both :obj:`resume` and :obj:`overwrite` are set.
+        TypeError: If :obj:`run_files` is not a list of names and patterns.
+    """
+    if resume and overwrite:
+        raise ValueError("Expected at most one of 'resume' and "
+                         "'overwrite' (got both)")
+    run_files = check_run_files(run_files)
+    folder = os.fspath(folder)
+    lock, message = None, None
+    try:
+        if get_rank() == 0:
+            lock = RunFolderLock(folder)
+            remove_stale_temporaries(folder)
+            if not resume:
+                message = prepare_run_folder(folder, overwrite=overwrite,
+                                             log=log, run_files=run_files)
+        barrier()
+        yield message
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def drop_stale_evaluations(summary: Dict, checkpoint: str) -> Dict:

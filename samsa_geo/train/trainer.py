@@ -32,7 +32,8 @@ from samsa_geo.train.distributed import (all_gather_outputs, all_reduce_max,
                                          init_distributed)
 from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
 from samsa_geo.train.loader import move_to_device
-from samsa_geo.train.run_folder import (RunFolderLock, prepare_run_folder,
+from samsa_geo.train.run_folder import (RunFiles, RunFolderLock,
+                                        check_run_files, prepare_run_folder,
                                         remove_stale_temporaries)
 from samsa_geo.train.seed import (enable_determinism, get_rng_state,
                                   seed_everything, set_rng_state)
@@ -70,8 +71,10 @@ class Trainer:
     first. Temporary files left by a killed writer are removed at
     construction. :meth:`fit` starts a new run in a folder that holds one
     only after moving the old run to :obj:`{out_dir}.old-{time}` (or
-    deleting it with :obj:`overwrite=True`), and refuses :obj:`resume` when
-    :obj:`best.pt` exists without :obj:`last.pt`.
+    deleting it with :obj:`overwrite=True`), with the files its caller wrote
+    there (:obj:`run_files`), and refuses :obj:`resume` when :obj:`best.pt`
+    exists without :obj:`last.pt` (see
+    :func:`~samsa_geo.train.run_folder.prepare_run_folder`).
 
     A resume may change :obj:`epochs` (the cosine is stretched from there
     on, with a warning; :obj:`warmup_steps` may change with it). It refuses
@@ -127,6 +130,12 @@ class Trainer:
         overwrite (bool, optional): Delete the run :obj:`out_dir` holds
             when :meth:`fit` starts a new one, instead of moving it aside.
             (default: :obj:`False`)
+        run_files (list of str or re.Pattern, optional): The files and
+            folders that the caller writes into :obj:`out_dir` besides the
+            trainer's (e.g. :obj:`['confusion_matrix.png']`), or compiled
+            regular expressions that match their whole names. They belong
+            to the run: left alone they mark the folder as holding one, and
+            they move aside or are deleted with it. (default: :obj:`()`)
         progress (bool, optional): Show a tqdm bar per epoch. (default:
             :obj:`True`)
         tensorboard (bool, optional): Write TensorBoard events; when installed
@@ -162,6 +171,7 @@ class Trainer:
         tie_break: Optional[str] = None,
         resume: bool = False,
         overwrite: bool = False,
+        run_files: RunFiles = (),
         progress: bool = True,
         tensorboard: Optional[bool] = None,
         ddp_kwargs: Optional[Dict[str, Any]] = None,
@@ -170,6 +180,7 @@ class Trainer:
         check_trainer_arguments(model, task, out_dir, epochs, lr, weight_decay,
                                 warmup_steps, min_lr, clip_grad, amp, monitor,
                                 mode, resume, overwrite, tie_break, config)
+        run_files = check_run_files(run_files)
         self.rank, self.world_size, self.local_rank = init_distributed()
         self.is_main = self.rank == 0
         if device is None:
@@ -195,6 +206,7 @@ class Trainer:
         self.tie_break = tie_break
         self.resume = resume
         self.overwrite = overwrite
+        self.run_files = run_files
         self.progress = progress
         self.tensorboard = tensorboard
         # A copy: options changed after construction do not leak into it.
@@ -470,7 +482,8 @@ class Trainer:
         rank_state, resumed_epochs)`, :obj:`resumed_epochs` being
         :obj:`None` for a new run."""
         if self.is_main:
-            prepare_run_folder(self.out_dir, self.resume, self.overwrite)
+            prepare_run_folder(self.out_dir, self.resume, self.overwrite,
+                               run_files=self.run_files)
         barrier()
         self.global_step, self.best_score, self.best_epoch = 0, None, None
         self.best_tie = None

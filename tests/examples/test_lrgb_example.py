@@ -105,4 +105,4 @@ def test_summary_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
     with open(predictions, 'rb') as f:
         assert f.read() == saved
     assert sorted(os.listdir(osp.join(out, 'peptides-func'))) == sorted(
-        ['config.yaml', 'metrics.json', 'seed0'])
+        ['.lock', 'config.yaml', 'metrics.json', 'seed0'])

@@ -1,6 +1,7 @@
 import json
 import os
 import os.path as osp
+import re
 import signal
 import subprocess
 import sys
@@ -11,11 +12,18 @@ import torch
 sys.path.insert(0, osp.dirname(__file__))
 from _train_toy import TOY, ToyTask, make_dataset, make_model  # noqa: E402
 
-from samsa_geo.train import Trainer, load_checkpoint, make_loader  # noqa: E402
+from samsa_geo.train import (  # noqa: E402
+    Trainer,
+    claim_run_folder,
+    load_checkpoint,
+    make_loader,
+)
 from samsa_geo.train.run_folder import (  # noqa: E402
     RunFolderError,
     RunFolderLock,
     drop_stale_evaluations,
+    holds_run,
+    run_entries,
 )
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), '..', '..'))
@@ -178,6 +186,180 @@ def test_overwrite_deletes_the_old_run(tmp_path, capsys):
     assert summary['best_epoch'] == 1 and 'test' not in summary
     with pytest.raises(ValueError, match="'resume' and 'overwrite'"):
         make_trainer(tmp_path / 'other', resume=True, overwrite=True)
+
+
+# What a caller writes into its run folder besides the trainer: a file, a
+# folder and the files a pattern matches.
+CALLER_FILES = ('plot.png', 'extra', re.compile(r'pred_\d+\.pt'))
+
+
+def finished_run_with_files(out_dir):
+    r"""A finished run whose caller also wrote plot.png, extra/ and
+    pred_<k>.pt into its folder."""
+    finished_run(out_dir)
+    (out_dir / 'plot.png').write_bytes(b'old plot')
+    (out_dir / 'extra').mkdir()
+    (out_dir / 'extra' / 'table.csv').write_text('old')
+    (out_dir / 'pred_0.pt').write_bytes(b'old')
+    (out_dir / 'pred_1.pt').write_bytes(b'old')
+
+
+def failing_fit(out_dir, **kw):
+    r"""A new run with :obj:`CALLER_FILES` that fails at its first step,
+    after preparing the folder; it wrote the header of its log.csv."""
+    tr = make_trainer(out_dir, epochs=1, task=ToyTask(fail_at=1),
+                      run_files=CALLER_FILES, **kw)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        tr.fit(*data())
+    tr.close()
+    with open(out_dir / 'log.csv') as f:
+        assert len(f.readlines()) == 1
+
+
+def test_overwrite_deletes_the_callers_files_too(tmp_path, capsys):
+    out = tmp_path / 'run'
+    finished_run_with_files(out)
+    (out / 'notes.txt').write_text('kept')
+    (out / 'pred_x.pt').write_text('kept')  # not matched by the pattern
+    failing_fit(out, overwrite=True)
+    # The new run stopped at once: nothing of the old one remains to pass
+    # for its results.
+    assert sorted(p.name for p in out.iterdir()) == [
+        '.lock', 'log.csv', 'notes.txt', 'pred_x.pt']
+    assert [p.name for p in tmp_path.iterdir()] == ['run']
+    assert ("its last.pt, best.pt, log.csv, metrics.json, plot.png, extra/, "
+            "pred_0.pt, pred_1.pt are deleted") in capsys.readouterr().err
+
+
+def test_new_run_moves_the_callers_files_aside(tmp_path, capsys):
+    out = tmp_path / 'run'
+    finished_run_with_files(out)
+    failing_fit(out)
+    (moved, ) = [p for p in tmp_path.iterdir() if p.name != 'run']
+    assert sorted(p.name for p in moved.iterdir()) == [
+        'best.pt', 'extra', 'last.pt', 'log.csv', 'metrics.json',
+        'plot.png', 'pred_0.pt', 'pred_1.pt']
+    assert (moved / 'extra' / 'table.csv').read_text() == 'old'
+    assert sorted(p.name for p in out.iterdir()) == ['.lock', 'log.csv']
+    assert (f"moved it to '{moved}': last.pt, best.pt, log.csv, "
+            f"metrics.json, plot.png, extra/, pred_0.pt, pred_1.pt") in \
+        capsys.readouterr().err
+
+
+def test_project_folder_moves_the_callers_files_and_keeps_the_users(
+        tmp_path, capsys):
+    # Subfolders of its own make it a project folder: the run's files move,
+    # the caller's among them; the user's files and folders stay.
+    out = tmp_path / 'project'
+    finished_run_with_files(out)
+    (out / 'src').mkdir()
+    (out / 'src' / 'code.py').write_text('x = 1')
+    (out / 'README').write_text('mine')
+    failing_fit(out)
+    (moved, ) = [p for p in tmp_path.iterdir() if p.name != 'project']
+    assert sorted(p.name for p in moved.iterdir()) == [
+        'best.pt', 'extra', 'last.pt', 'log.csv', 'metrics.json',
+        'plot.png', 'pred_0.pt', 'pred_1.pt']
+    assert sorted(p.name for p in out.iterdir()) == ['.lock', 'README',
+                                                     'log.csv', 'src']
+    assert (out / 'src' / 'code.py').read_text() == 'x = 1'
+    assert "moved its last.pt, best.pt, log.csv, metrics.json, plot.png, " \
+        "extra/, pred_0.pt, pred_1.pt to" in capsys.readouterr().err
+
+
+def test_callers_files_alone_are_a_run(tmp_path):
+    # A run that failed before its first checkpoint, or whose checkpoints
+    # were deleted, leaves only its caller's files.
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / 'plot.png').write_bytes(b'old plot')
+    (out / 'config.yaml').write_text('lr: 0.1\n')
+    (out / 'pred_0.pt.old-1').write_text('no match')
+    assert not holds_run(str(out))
+    assert holds_run(str(out), CALLER_FILES)
+    assert run_entries(str(out), CALLER_FILES) == ['config.yaml',
+                                                   'plot.png']
+    failing_fit(out)
+    (moved, ) = [p for p in tmp_path.iterdir() if p.name != 'run']
+    assert sorted(p.name for p in moved.iterdir()) == [
+        'config.yaml', 'plot.png', 'pred_0.pt.old-1']
+    # config.yaml alone is no run.
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'config.yaml').write_text('lr: 0.1\n')
+    assert not holds_run(str(other), CALLER_FILES)
+
+
+@pytest.mark.parametrize('run_files,error,match', [
+    ('plot.png', TypeError, "'run_files' to be a list"),
+    ([3], TypeError, 'a str or a compiled str pattern'),
+    ([re.compile(b'x')], TypeError, 'a str or a compiled str pattern'),
+    (['plots/a.png'], ValueError, 'directly inside the run folder'),
+    (['..'], ValueError, 'directly inside'),
+    (['.lock'], ValueError, 'directly inside'),
+])
+def test_bad_run_files(tmp_path, run_files, error, match):
+    with pytest.raises(error, match=match):
+        make_trainer(tmp_path, run_files=run_files)
+    with pytest.raises(error, match=match):
+        with claim_run_folder(str(tmp_path), run_files=run_files):
+            pass
+    assert not (tmp_path / '.lock').exists()  # refused before the lock
+
+
+MULTI_RUN = ('summary.txt', re.compile(r'seed\d+'))
+
+
+def multi_run(folder):
+    r"""A finished run of two seeds: a run folder each and a summary."""
+    for seed in (0, 1):
+        finished_run(folder / f'seed{seed}')
+    (folder / 'metrics.json').write_text('{}')
+    (folder / 'config.yaml').write_text('seeds: 2\n')
+    (folder / 'summary.txt').write_text('old')
+
+
+def test_claim_run_folder_moves_an_old_multi_run_whole(tmp_path, capsys):
+    out = tmp_path / 'multi'
+    multi_run(out)
+    with claim_run_folder(str(out), run_files=MULTI_RUN) as message:
+        # Before the first new run: nothing of the old one is left.
+        assert sorted(p.name for p in out.iterdir()) == ['.lock']
+        finished_run(out / 'seed0')
+    (moved, ) = [p for p in tmp_path.iterdir() if p.name != 'multi']
+    assert sorted(p.name for p in moved.iterdir()) == [
+        'config.yaml', 'metrics.json', 'seed0', 'seed1', 'summary.txt']
+    assert (moved / 'seed1' / 'best.pt').is_file()
+    assert message == capsys.readouterr().err.strip()
+    assert (f"moved it to '{moved}': metrics.json, config.yaml, "
+            f"summary.txt, seed0/, seed1/") in message
+    # The lock was held for the block and is released: another process
+    # may take it now (in this process it is shared anyway).
+    RunFolderLock(str(out)).release()
+
+
+def test_claim_run_folder_overwrite_resume_and_project(tmp_path):
+    out = tmp_path / 'multi'
+    multi_run(out)
+    (out / 'data').mkdir()  # the user's: a project folder
+    (out / 'notes.txt').write_text('mine')
+    (out / 'seed0.old-20240101-000000').mkdir()  # no match of seed\d+
+    with claim_run_folder(str(out), resume=True, run_files=MULTI_RUN):
+        pass  # every run continues in its folder: nothing moves
+    assert (out / 'summary.txt').is_file() and (out / 'seed1').is_dir()
+    with claim_run_folder(str(out), overwrite=True, run_files=MULTI_RUN):
+        assert sorted(p.name for p in out.iterdir()) == [
+            '.lock', 'data', 'notes.txt', 'seed0.old-20240101-000000']
+    multi_run(out)
+    with claim_run_folder(str(out), run_files=MULTI_RUN):
+        assert sorted(p.name for p in out.iterdir()) == [
+            '.lock', 'data', 'notes.txt', 'seed0.old-20240101-000000']
+    (moved, ) = [p for p in tmp_path.iterdir() if p.name != 'multi']
+    assert sorted(p.name for p in moved.iterdir()) == [
+        'config.yaml', 'metrics.json', 'seed0', 'seed1', 'summary.txt']
+    with pytest.raises(ValueError, match="'resume' and 'overwrite'"):
+        with claim_run_folder(str(out), resume=True, overwrite=True):
+            pass
 
 
 def test_resume_without_last_pt_but_with_best_pt_refuses(tmp_path):

@@ -132,15 +132,16 @@ def test_lrgb_example_keeps_each_runs_config(tmp_path, monkeypatch):
     run(1e-3)
     parent = out / 'peptides-func'
     assert load_config(parent / 'seed0' / 'config.yaml')['lr'] == 1e-3
-    run(5e-4)
-    (moved, ) = old_folders(parent, 'seed0')
-    old, new = (load_config(moved / 'config.yaml'),
+    run(5e-4)  # the old run moves aside whole, seeds and summary
+    (moved, ) = old_folders(out, 'peptides-func')
+    old, new = (load_config(moved / 'seed0' / 'config.yaml'),
                 load_config(parent / 'seed0' / 'config.yaml'))
     assert (old['lr'], new['lr']) == (1e-3, 5e-4)
     # Each seed's file repeats that seed's run alone.
     assert (new['seed'], new['seeds']) == (0, 1)
     # The parent's describes the runs its metrics.json summarises.
     assert load_config(parent / 'config.yaml')['lr'] == 5e-4
+    assert load_config(moved / 'config.yaml')['lr'] == 1e-3
 
 
 def test_molecules_example_keeps_each_runs_config(tmp_path):
@@ -157,10 +158,11 @@ def test_molecules_example_keeps_each_runs_config(tmp_path):
              '--hidden', '8', '--layers', '1', '--device', 'cpu',
              '--no-progress']
     molecules.main(flags + ['--lr', '1e-3'])
-    molecules.main(flags + ['--lr', '5e-4'])
-    (moved, ) = old_folders(out / 'gine', 'seed0')
-    old = load_config(moved / 'config.yaml')
+    molecules.main(flags + ['--lr', '5e-4'])  # the old run moves aside whole
+    (moved, ) = old_folders(tmp_path, 'runs')
+    old = load_config(moved / 'gine' / 'seed0' / 'config.yaml')
     new = load_config(out / 'gine' / 'seed0' / 'config.yaml')
     assert (old['lr'], new['lr']) == (1e-3, 5e-4)
     assert (new['models'], new['seed'], new['seeds']) == ('gine', 0, 1)
     assert load_config(out / 'config.yaml')['lr'] == 5e-4
+    assert load_config(moved / 'config.yaml')['lr'] == 1e-3
