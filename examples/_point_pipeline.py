@@ -150,7 +150,9 @@ def point_trainer(model, task, args, num_train, monitor, run_files=()):
     ``fit()`` writes ``args`` to ``config.yaml`` once an old run in
     ``args.out`` has been moved aside (with its own ``config.yaml``) or,
     with ``--overwrite``, deleted, together with the files ``run_files``
-    names: those the example writes into ``args.out`` itself."""
+    names: those the example writes into ``args.out`` itself; with
+    ``--resume`` it first refuses options that differ from the recorded
+    ones (see ``samsa_geo.train.check_resume_config``)."""
     preset = PRESETS[args.preset]
     init_distributed()  # under torchrun the ranks share every epoch
     steps = steps_per_epoch(num_train, args.batch_size,

@@ -14,10 +14,11 @@ metric at the selected epoch, mean +- std over seeds. Every seed gets a run
 folder ``<out>/<dataset>/seed<k>/`` holding the trainer's checkpoints and log,
 ``metrics.json`` (``val_<metric>``, ``test_<metric>``, ``best_epoch``,
 ``num_params``), ``test_predictions.pt`` (``{'pred', 'target'}``) and
-``config.yaml`` (the options of that seed's run); once every seed has
-finished, ``<out>/<dataset>/metrics.json`` holds the mean and std over seeds
-and ``<out>/<dataset>/config.yaml`` the options. A new run moves an old one
-in ``<out>/<dataset>/`` aside whole, seed folders and summary, to
+``config.yaml`` (the options of that seed's run, which --resume must
+repeat but for --epochs and the like); once every seed has finished,
+``<out>/<dataset>/metrics.json`` holds the mean and std over seeds and
+``<out>/<dataset>/config.yaml`` the options. A new run moves an old one in
+``<out>/<dataset>/`` aside whole, seed folders and summary, to
 ``<out>/<dataset>.old-<time>/`` before its first seed (``--overwrite``
 deletes it; ``--resume`` continues every seed in its folder).
 
@@ -212,7 +213,8 @@ def run_seed(args, info, seed, splits):
                       resume=args.resume, overwrite=args.overwrite,
                       run_files=SEED_OUTPUTS,
                       progress=not args.no_progress,
-                      # written by fit() once an old run is moved aside
+                      # written by fit() once an old run is moved aside;
+                      # a resume first compares it with the recorded one
                       config={**vars(args), 'seed': seed, 'seeds': 1})
     loaders = {split: make_loader(dataset, args.batch_size,
                                   shuffle=split == 'train', seed=seed,

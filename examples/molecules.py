@@ -226,7 +226,8 @@ def train_models(args, dataset, models):
             seed_everything(seed)
             model = build(name, args)
             run_dir = osp.join(args.out, name, f'seed{seed}')
-            # fit() writes the options of this run to its config.yaml.
+            # fit() writes the options of this run to its config.yaml (a
+            # resume first compares them with the recorded ones).
             trainer = make_trainer(model, task, args, run_dir, steps, seed,
                                    config={**vars(args), 'models': name,
                                            'seed': seed, 'seeds': 1})

@@ -3,8 +3,10 @@ supplied by the example, and a :class:`Trainer` that knows nothing about
 particular models or datasets."""
 from samsa_geo.train.checkpoint import (CheckpointError, atomic_write,
                                         load_checkpoint, save_checkpoint)
-from samsa_geo.train.config import (add_run_args, load_config, make_parser,
-                                    parse_args_with_config, save_config)
+from samsa_geo.train.config import (RESUME_MAY_CHANGE, add_run_args,
+                                    check_resume_config, load_config,
+                                    make_parser, parse_args_with_config,
+                                    save_config)
 from samsa_geo.train.distributed import (all_gather_cat, get_rank,
                                          get_world_size, init_distributed,
                                          is_distributed)
@@ -47,4 +49,6 @@ __all__ = [
     'parse_args_with_config',
     'load_config',
     'save_config',
+    'check_resume_config',
+    'RESUME_MAY_CHANGE',
 ]

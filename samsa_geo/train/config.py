@@ -2,10 +2,12 @@ r"""YAML run configurations for command-line examples: a file sets the
 defaults of an :class:`argparse.ArgumentParser`, flags on the command line
 override it, and the resolved configuration is saved in the run folder."""
 import argparse
+import math
 import os
 import textwrap
 import os.path as osp
-from typing import Any, Dict, Optional, Sequence, Union
+import warnings
+from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
 import yaml
 
@@ -13,6 +15,21 @@ from samsa_geo.train.checkpoint import atomic_write
 
 #: The file name of the resolved configuration in a run folder.
 CONFIG_FILE = 'config.yaml'
+
+#: Options that a resume may change (see :func:`check_resume_config`), by
+#: attribute name: the length of the run (:obj:`epochs`; :obj:`seeds`, the
+#: number of runs), where and how it computes (:obj:`device`,
+#: :obj:`compile`, :obj:`deterministic`, :obj:`num_workers`,
+#: :obj:`threads`), what it prints (:obj:`no_progress`), where it is written
+#: (:obj:`out`), and the flags that say what to do with the run folder
+#: (:obj:`resume`, :obj:`overwrite`, :obj:`eval_checkpoint`); :obj:`config`,
+#: the file the options came from, is not recorded. Every other option
+#: decides the data, its split, sampling or augmentation, the model, the
+#: schedule or the evaluation of the run.
+RESUME_MAY_CHANGE = frozenset({
+    'epochs', 'seeds', 'device', 'compile', 'deterministic', 'num_workers',
+    'threads', 'no_progress', 'out', 'resume', 'overwrite', 'eval_checkpoint',
+})
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
@@ -66,7 +83,10 @@ def add_run_args(parser: argparse.ArgumentParser,
     parser.add_argument('--deterministic', action='store_true',
                         help='bit-reproducible runs (slower)')
     parser.add_argument('--resume', action='store_true',
-                        help="continue from the run folder's last.pt")
+                        help="continue from the run folder's last.pt, "
+                        "with the options its config.yaml records (only "
+                        "--epochs, --device and how the run is shown and "
+                        "computed may differ)")
     parser.add_argument('--overwrite', action='store_true',
                         help='delete the run already in the run folder '
                         'instead of moving it aside to <out>.old-<time>')
@@ -197,15 +217,121 @@ def save_config(args: Union[argparse.Namespace, Dict[str, Any]],
         args (argparse.Namespace or dict): The parsed options.
         out_dir (str): The run folder.
     """
-    values = dict(vars(args) if isinstance(args, argparse.Namespace)
-                  else args)
-    values.pop('config', None)
-    values = {key.replace('_', '-'): _plain(value)
-              for key, value in values.items()}
+    values = {key.replace('_', '-'): value
+              for key, value in _recorded(args).items()}
     path = osp.join(os.fspath(out_dir), CONFIG_FILE)
     with atomic_write(path) as f:
         yaml.safe_dump(values, f, sort_keys=True)
     return path
+
+
+def check_resume_config(args: Union[argparse.Namespace, Dict[str, Any]],
+                        out_dir: Union[str, os.PathLike],
+                        may_change: Iterable[str] = RESUME_MAY_CHANGE,
+                        ) -> None:
+    r"""Compares the options of a resumed run with those of the run it
+    continues, as :func:`save_config` recorded them in
+    :obj:`out_dir/config.yaml`: a resume with another dataset root, number
+    of points, split, model or schedule would continue the checkpoint on a
+    different experiment and mix the two in one checkpoint and one log.
+    Reads nothing else and writes nothing.
+
+    Values are compared as :obj:`config.yaml` holds them (a tuple equals
+    the list it is written as, :obj:`1` equals :obj:`1.0`). A run folder
+    written without :obj:`config.yaml` (before runs recorded one, or by a
+    :class:`~samsa_geo.train.Trainer` without :obj:`config`) is resumed
+    with a :class:`UserWarning` that nothing was compared; options
+    recorded on one side only (added or removed since the folder was
+    written) are left out of the comparison with a :class:`UserWarning`
+    naming them.
+
+    Args:
+        args (argparse.Namespace or dict): The resumed run's options.
+        out_dir (str): The run folder.
+        may_change (Iterable[str], optional): Options, by attribute name
+            (:obj:`num_workers`), that may differ from the recorded ones.
+            (default: :data:`RESUME_MAY_CHANGE`)
+
+    Raises:
+        ValueError: When options outside :obj:`may_change` differ from the
+            recorded ones, naming each as its flag with both values; or
+            when :obj:`config.yaml` is not a YAML mapping.
+    """
+    out_dir = os.fspath(out_dir)
+    path = osp.join(out_dir, CONFIG_FILE)
+    if not osp.isfile(path):
+        warnings.warn(f"Resuming the run in '{out_dir}' without comparing "
+                      f"its options: it has no '{CONFIG_FILE}' (written "
+                      f"before runs recorded their options, or without "
+                      f"them); the resumed run's options are recorded from "
+                      f"now on", stacklevel=2)
+        return
+    saved = load_config(path)
+    given = {_name(key): value for key, value in
+             yaml.safe_load(yaml.safe_dump(_recorded(args))).items()}
+    may_change = {_name(key) for key in may_change}
+    unrecorded = sorted(set(given) - set(saved) - may_change)
+    gone = sorted(set(saved) - set(given) - may_change)
+    if unrecorded or gone:
+        parts = ([f"not recorded there: {_flags(unrecorded)}"] if unrecorded
+                 else []) + ([f"not given now: {_flags(gone)}"] if gone
+                             else [])
+        warnings.warn(f"Resuming the run in '{out_dir}' without comparing "
+                      f"the options that '{path}' and the resumed run do "
+                      f"not both record ({'; '.join(parts)})", stacklevel=2)
+    changed = [key for key in sorted(set(saved) & set(given) - may_change)
+               if not _same(saved[key], given[key])]
+    if changed:
+        diffs = '; '.join(f'{_flag(key)} {saved[key]!r} there (got '
+                          f'{given[key]!r})' for key in changed)
+        raise ValueError(
+            f"Expected the options of the run in '{out_dir}' that resume "
+            f"continues, as '{path}' records them: {diffs}. They decide "
+            f"the run's data, model, schedule or evaluation, and the "
+            f"continued run would mix two experiments in one checkpoint "
+            f"and one log; a resume may change only "
+            f"{_flags(sorted(may_change))}. Resume with the recorded "
+            f"options (e.g. --config {path} --resume), or start a new run "
+            f"without resume")
+
+
+def _recorded(args: Union[argparse.Namespace, Dict[str, Any]],
+              ) -> Dict[str, Any]:
+    # The options config.yaml records: YAML-safe, without --config.
+    values = dict(vars(args) if isinstance(args, argparse.Namespace)
+                  else args)
+    values.pop('config', None)
+    return {str(key): _plain(value) for key, value in values.items()}
+
+
+def _name(key: str) -> str:
+    return str(key).lstrip('-').replace('-', '_')
+
+
+def _flag(name: str) -> str:
+    return '--' + name.replace('_', '-')
+
+
+def _flags(names: Sequence[str]) -> str:
+    return ', '.join(_flag(name) for name in names)
+
+
+def _same(saved: Any, given: Any) -> bool:
+    # Equal as config.yaml holds them: 1 and 1.0 alike, NaN equal to NaN,
+    # True not 1.
+    if isinstance(saved, list) and isinstance(given, list):
+        return len(saved) == len(given) and all(
+            _same(a, b) for a, b in zip(saved, given))
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return saved.keys() == given.keys() and all(
+            _same(saved[key], given[key]) for key in saved)
+    if _is_number(saved) and _is_number(given):
+        return saved == given or (math.isnan(saved) and math.isnan(given))
+    return type(saved) is type(given) and saved == given
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _plain(value: Any) -> Any:

@@ -26,7 +26,7 @@ from samsa_geo.train._run_log import RunLog
 from samsa_geo.train._trainer_args import check_trainer_arguments
 from samsa_geo.train.checkpoint import (CheckpointError, load_checkpoint,
                                         save_checkpoint)
-from samsa_geo.train.config import save_config
+from samsa_geo.train.config import check_resume_config, save_config
 from samsa_geo.train.distributed import (all_gather_outputs, all_reduce_max,
                                          all_reduce_sum, barrier,
                                          init_distributed)
@@ -84,7 +84,17 @@ class Trainer:
     :obj:`monitor`, :obj:`mode` or :obj:`tie_break` than the checkpoint's:
     its optimiser, scheduler and grad-scaler state and its best score
     belong to those; and a model built with other constructor arguments
-    than the checkpoint's :obj:`model_config`, naming them.
+    than the checkpoint's :obj:`model_config`, naming them. With
+    :obj:`config`, it first compares the options with those the run
+    recorded in :obj:`config.yaml` (see
+    :func:`~samsa_geo.train.check_resume_config`) and refuses with a
+    :class:`ValueError` naming every option that differs, with both values,
+    other than those of
+    :data:`~samsa_geo.train.RESUME_MAY_CHANGE` (:obj:`epochs`,
+    :obj:`device`, ...): another dataset root, number of points or split
+    would continue the run on other data. A run folder without
+    :obj:`config.yaml` resumes with a warning. A refused resume reads and
+    writes nothing of the run.
 
     On SIGINT or SIGTERM the current step finishes, :obj:`last.pt` is written
     (mid-epoch; :obj:`resume=True` skips the batches already seen), previous
@@ -147,7 +157,8 @@ class Trainer:
             options, written to :obj:`out_dir/config.yaml` (see
             :func:`~samsa_geo.train.save_config`) when :meth:`fit` has
             prepared the folder, so that an old run moved aside keeps its
-            own. (default: :obj:`None`)
+            own; with :obj:`resume`, first compared with the recorded ones.
+            (default: :obj:`None`)
     """
     def __init__(
         self,
@@ -476,7 +487,8 @@ class Trainer:
     def _start_run(
         self, steps_per_epoch: int, total_steps: int,
     ) -> Tuple[int, int, Optional[Dict[str, Any]], Optional[int]]:
-        r"""Prepares the run folder and, with :obj:`resume`, restores
+        r"""Prepares the run folder and, with :obj:`resume`, checks
+        :obj:`config` against the run's :obj:`config.yaml` and restores
         :obj:`last.pt` (or :obj:`best.pt` where a crash left it the newer);
         then writes :obj:`config.yaml`. Returns :obj:`(start_epoch, skip,
         rank_state, resumed_epochs)`, :obj:`resumed_epochs` being
@@ -492,6 +504,8 @@ class Trainer:
         result: Tuple[int, int, Optional[Dict[str, Any]], Optional[int]] = \
             (0, 0, None, None)
         if self.resume and osp.isfile(self.last_path):
+            if self.config is not None:  # before anything of the run is read
+                check_resume_config(self.config, self.out_dir)
             path, state = self._resume_state()
             start_epoch, skip, rank_state = self._restore(
                 state, steps_per_epoch, total_steps, path)

@@ -4,6 +4,8 @@ import pytest
 import yaml
 
 from samsa_geo.train import (
+    RESUME_MAY_CHANGE,
+    check_resume_config,
     load_config,
     make_parser,
     parse_args_with_config,
@@ -90,3 +92,43 @@ def test_make_parser_description_and_defaults():
     text = p.format_help()
     assert 'points (default: 1024)' in text
     assert isinstance(p, argparse.ArgumentParser)
+
+
+def test_resume_config_compares_values_as_recorded(tmp_path):
+    # What config.yaml writes equals what it was written from: a tuple and
+    # its list, 1 and 1.0 (--lr 1 from a file), NaN and NaN.
+    args = argparse.Namespace(split=(12, 4), lr=1, margin=float('nan'),
+                              normals=True, root=None, config='c.yaml')
+    save_config(args, tmp_path)
+    check_resume_config(argparse.Namespace(
+        split=[12, 4], lr=1.0, margin=float('nan'), normals=True, root=None,
+        config=None), tmp_path)
+    check_resume_config({'split': [12, 4], 'lr': 1.0, 'margin': float('nan'),
+                         'normals': True, 'root': None}, tmp_path)
+    # True is not 1; None is not ''.
+    with pytest.raises(ValueError, match=r"--normals True there \(got 1\); "
+                       r"--root None there \(got ''\)"):
+        check_resume_config({**vars(args), 'normals': 1, 'root': ''},
+                            tmp_path)
+
+
+def test_resume_config_may_change(tmp_path):
+    save_config({'epochs': 10, 'device': 'cuda', 'num_points': 512},
+                tmp_path)
+    assert {'epochs', 'device', 'resume'} <= RESUME_MAY_CHANGE
+    assert 'num_points' not in RESUME_MAY_CHANGE
+    check_resume_config({'epochs': 20, 'device': 'cpu', 'num_points': 512},
+                        tmp_path)
+    check_resume_config({'epochs': 10, 'device': 'cuda', 'num_points': 256},
+                        tmp_path, may_change=['num-points'])
+    with pytest.raises(ValueError, match=r"--epochs 10 there \(got 20\)"
+                       r".* may change only --num-points\."):
+        check_resume_config({'epochs': 20, 'device': 'cuda',
+                             'num_points': 256}, tmp_path,
+                            may_change=['num_points'])
+
+
+def test_resume_config_that_is_not_a_mapping(tmp_path):
+    write(tmp_path, '- a\n- b\n', name='config.yaml')
+    with pytest.raises(ValueError, match='mapping of flag names'):
+        check_resume_config({'epochs': 1}, tmp_path)
