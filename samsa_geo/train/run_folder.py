@@ -295,7 +295,7 @@ def prepare_run_folder(folder: str, resume: bool = False,
             else:
                 os.remove(path)
         message = (f"Overwriting the previous run in '{folder}' "
-                   f"(overwrite=True): its {listing} are deleted")
+                   f"(overwrite=True): deleted {listing}")
     else:
         base = f"{folder.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
         target, count = base, 1

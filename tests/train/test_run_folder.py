@@ -66,8 +66,9 @@ def test_second_process_fails_at_once_naming_the_holder(tmp_path):
     out = tmp_path / 'run'
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
     proc = subprocess.Popen([sys.executable, TOY, str(out), '--epochs', '2',
-                             '--sleep', '0.1'], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                             '--sleep', '0.1'], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         assert proc.stdout.readline().strip() == 'READY'
         with pytest.raises(RunFolderError, match=rf"'{out}' is in use by "
@@ -227,8 +228,8 @@ def test_overwrite_deletes_the_callers_files_too(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [
         '.lock', 'log.csv', 'notes.txt', 'pred_x.pt']
     assert [p.name for p in tmp_path.iterdir()] == ['run']
-    assert ("its last.pt, best.pt, log.csv, metrics.json, plot.png, extra/, "
-            "pred_0.pt, pred_1.pt are deleted") in capsys.readouterr().err
+    assert ("deleted last.pt, best.pt, log.csv, metrics.json, plot.png, "
+            "extra/, pred_0.pt, pred_1.pt") in capsys.readouterr().err
 
 
 def test_new_run_moves_the_callers_files_aside(tmp_path, capsys):
