@@ -16,6 +16,7 @@ from samsa_geo.nn.attention._dispatch import (
 from samsa_geo.nn.attention._flex import PairGeometry, biased_flex_attention
 from samsa_geo.nn.attention._ops import biased_attention_inference
 from samsa_geo.nn.attention._similarity import dot_score
+from samsa_geo.ops._utils import promoted_float
 
 
 def explicit_attention(
@@ -58,7 +59,7 @@ def explicit_attention(
         a = score_fn(q[s:e], k[s:e])  # [c, H, T, k]
         if bias_fn is not None:
             a = bias_fn(a, s, e)
-        a = a.float()
+        a = a.to(promoted_float(a.dtype, torch.float32))  # float64 stays
         mask = None if key_valid is None else \
             key_valid[s:e].view(e - s, 1, 1, kk)  # [c, k] -> [c, 1, 1, k]
         bias = None if key_bias is None else key_bias[s:e].view(-1, 1, 1, kk)
@@ -70,7 +71,7 @@ def explicit_attention(
             w = torch.softmax(a, dim=-1)
         else:  # leaky: ReLU(s) / (sum ReLU(s) + sum ReLU(c) + eps)
             a = F.relu(a)
-            c = F.relu(leak[s:e].float()).unsqueeze(2)  # [c, H, 1, k]
+            c = F.relu(leak[s:e].to(a.dtype)).unsqueeze(2)  # [c, H, 1, k]
             if bias is not None:
                 a, c = a * bias.exp(), c * bias.exp()
             elif mask is not None:

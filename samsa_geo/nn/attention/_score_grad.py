@@ -46,12 +46,14 @@ from samsa_geo.nn.attention._dispatch import (
     scorer_mlp_in_kernel,
     triton_serves,
 )
+from samsa_geo.ops._utils import promoted_float
 
 
 class ScoreTail(torch.autograd.Function):
-    r"""Scores :math:`(N, H)` float32 of the hidden rows ``hidden``
-    :math:`(N, C)` and the tokens ``x`` :math:`(N, C)`; the gradients equal
-    those of the PyTorch formula (see the module docstring)."""
+    r"""Scores :math:`(N, H)` float32 (float64 where ``ws`` is) of the
+    hidden rows ``hidden`` :math:`(N, C)` and the tokens ``x``
+    :math:`(N, C)`; the gradients equal those of the PyTorch formula (see
+    the module docstring)."""
     @staticmethod
     def forward(ctx, hidden: Tensor, x: Tensor, w1: Tensor,
                 b1: Optional[Tensor], w2: Tensor,
@@ -67,13 +69,14 @@ class ScoreTail(torch.autograd.Function):
             out = _tail_forward(hidden, x, w2c, b2c, ln_w, ln_b, eps, ws,
                                 bs, approximate)
         else:
+            dtype = _tail_dtype(ws)
             a = F.gelu(hidden, approximate=approximate)
-            y = F.linear(a, w2c, b2c).float()  # [N, C]
+            y = F.linear(a, w2c, b2c).to(dtype)  # [N, C]
             C = y.size(-1)
-            ln = F.layer_norm(y, [C], ln_w.float(), ln_b.float(), eps)
-            h = x.float() + ln  # [N, C] float32
-            out = F.linear(h, ws.float(),
-                           None if bs is None else bs.float())
+            ln = F.layer_norm(y, [C], ln_w.to(dtype), ln_b.to(dtype), eps)
+            h = x.to(dtype) + ln  # [N, C] float32 (float64)
+            out = F.linear(h, ws.to(dtype),
+                           None if bs is None else bs.to(dtype))
         # Not hidden: it is a slice of the layer's stacked projection, and
         # saving it would keep the queries, keys and values alive too.
         ctx.save_for_backward(x, x_in, w1, b1, w2c, b2c, ln_w, ln_b, ws, bs)
@@ -114,8 +117,8 @@ class ScoreTail(torch.autograd.Function):
             g_bs = grad.float().sum(0) if need[8] else None  # [H]
         else:
             g_x, g_y, g_ws, g_bs, g_lnw, g_lnb, g_b2 = _tail_grads(
-                y.float(), x, grad, ws, bs, ln_w, ln_b, b2c, b2_dtype,
-                ctx.eps, need)
+                y.to(_tail_dtype(ws)), x, grad, ws, bs, ln_w, ln_b, b2c,
+                b2_dtype, ctx.eps, need)
         g_y = g_y.to(a.dtype)  # [N, C]
         g_w2 = (g_y.t() @ a).to(w2_dtype) if need[2] else None  # [C, C]
         g_hidden = None
@@ -181,31 +184,38 @@ def _tail_grads(y: Tensor, x: Tensor, grad: Tensor, ws: Tensor,
                 bs: Optional[Tensor], ln_w: Tensor, ln_b: Tensor,
                 b2c: Optional[Tensor], b2_dtype: Optional[torch.dtype],
                 eps: float, need: Tuple[bool, ...]) -> Tuple:
-    # The gradients of x and y (float32 [N, C]), and of W_s, b_s, the
-    # LayerNorm's affine and b_2, in PyTorch's ops.
-    grad = grad.float()  # [N, H]
+    # The gradients of x and y (float32 [N, C], float64 where y is), and
+    # of W_s, b_s, the LayerNorm's affine and b_2, in PyTorch's ops.
+    dtype = y.dtype
+    grad = grad.to(dtype)  # [N, H]
     C = y.size(-1)
     # LN(y) and its row statistics, recomputed: the forward's values.
-    ln, mean, rstd = torch.native_layer_norm(y, [C], ln_w.float(),
-                                             ln_b.float(), eps)
-    g_ws = grad.t() @ (x.float() + ln) if need[7] else None  # [H, C]
+    ln_w, ln_b = ln_w.to(dtype), ln_b.to(dtype)
+    ln, mean, rstd = torch.native_layer_norm(y, [C], ln_w, ln_b, eps)
+    g_ws = grad.t() @ (x.to(dtype) + ln) if need[7] else None  # [H, C]
     g_bs = grad.sum(0) if need[8] and bs is not None else None
-    g_h = grad @ ws.float()  # [N, C]: the residual sum's gradient
+    g_h = grad @ ws.to(dtype)  # [N, C]: the residual sum's gradient
     g_x = g_h.to(x.dtype) if need[1] else None
     g_y, g_lnw, g_lnb = torch.ops.aten.native_layer_norm_backward(
-        g_h, y, [C], mean, rstd, ln_w.float(), ln_b.float(),
-        [True, need[4], need[5]])
+        g_h, y, [C], mean, rstd, ln_w, ln_b, [True, need[4], need[5]])
     # The bias gradient from the float32 rows, before their cast.
     g_b2 = g_y.sum(0).to(b2_dtype) if need[3] and b2c is not None else None
     return g_x, g_y, g_ws, g_bs, g_lnw, g_lnb, g_b2
+
+
+def _tail_dtype(ws: Tensor) -> torch.dtype:
+    # The dtype of the tail from the LayerNorm on: float32, float64 in a
+    # float64 scorer.
+    return promoted_float(ws.dtype, torch.float32)
 
 
 def _kernels(hidden: Tensor, ws: Tensor, b2: Optional[Tensor],
              bs: Optional[Tensor]) -> bool:
     # Whether the Triton kernels run the float32 tail (forward and
     # backward): on CUDA, with both biases, within the backward kernel's
-    # width.
+    # width, not for a float64 scorer.
     return (config.use_fused_scorer() and triton_serves(hidden.device)
+            and _tail_dtype(ws) == torch.float32
             and b2 is not None and bs is not None and hidden.dim() == 2
             and hidden.size(-1) <= SCORE_GRAD_MAX_CHANNELS
             and ws.size(0) <= SCORE_MAX_HEADS)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from samsa_geo.nn.attention._sets import SetInfo
+from samsa_geo.ops._utils import promoted_float
 
 
 @dataclass
@@ -33,11 +34,11 @@ class Summary:
     Attributes:
         rows (Tensor): ``[B, H, 1, F]`` score-weighted means of the
             candidates' key/value rows.
-        log_count (Tensor): ``[B, 1]`` float32 :math:`\log c_b`, the
-            summary key's logit offset (:math:`-\infty` where a set keeps
-            all its candidates).
+        log_count (Tensor): ``[B, 1]`` float32 :math:`\log c_b` (float64
+            in a float64 layer), the summary key's logit offset
+            (:math:`-\infty` where a set keeps all its candidates).
         weight (Tensor): ``[M, H]`` float32 softmax weight of every
-            candidate within its set.
+            candidate within its set (float64 in a float64 layer).
         cand_set (Tensor, optional): ``[M]`` set of every candidate;
             :obj:`None` where the candidates form equal runs in set order.
     """
@@ -48,10 +49,11 @@ class Summary:
 
     def pool(self, t: Tensor) -> Tensor:
         r"""Score-weighted mean :math:`(B, H, P)` of per-candidate rows
-        ``t`` :math:`(M, P)`, such as positions (float32; the weights are
-        detached: geometry carries no gradient to the scores)."""
+        ``t`` :math:`(M, P)`, such as positions (in the dtype of the weights;
+        the weights are detached: geometry carries no gradient to the
+        scores)."""
         H = self.weight.size(1)
-        t = t.float().unsqueeze(1).expand(-1, H, -1)  # [M, H, P]
+        t = t.to(self.weight.dtype).unsqueeze(1).expand(-1, H, -1)
         return _weighted_sum(self.weight.detach(), t, self.cand_set,
                              self.rows.size(0))
 
@@ -82,13 +84,16 @@ def summarize(kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
 
     The softmax runs in float32 per set (its maximum subtracted first);
     the weighted sum accumulates in float32 and is cast to the dtype of
-    ``kv``.
+    ``kv``. Where ``score`` or ``kv`` is float64 (a float64 layer), both
+    run in float64.
     """
     B, H = info.num_sets, score.size(1)
     R = 0 if reg_score is None else reg_score.size(0)
-    score = score.float()
+    dtype = promoted_float(promoted_float(score.dtype, kv.dtype),
+                           torch.float32)
+    score = score.to(dtype)
     if R > 0:  # [N + B * R, H]
-        score = torch.cat([score, reg_score.float().repeat(B, 1)], 0)
+        score = torch.cat([score, reg_score.to(dtype).repeat(B, 1)], 0)
     cand_set = None  # one set, or equal sets without registers
     if batch is not None and (R > 0 or not info.equal):
         cand_set = batch
@@ -104,12 +109,12 @@ def summarize(kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
         e = (score - peak[cand_set]).exp()  # [M, H]
         denom = score.new_zeros(B, H).index_add(0, cand_set, e)  # [B, H]
         weight = e / denom[cand_set]
-    rows = _weighted_sum(weight, kv.float(), cand_set, B)  # [B, H, F]
+    rows = _weighted_sum(weight, kv.to(dtype), cand_set, B)  # [B, H, F]
     rows = rows.to(kv.dtype).unsqueeze(2)  # [B, H, F] -> [B, H, 1, F]
     if info.equal:  # c = n + R - k of every set, known on the host
         c = info.max_size + R - info.k_max
         log_count = score.new_full((B, 1), math.log(c) if c > 0 else
                                    float('-inf'))
     else:  # log 0 = -inf: no summary where a set keeps every candidate
-        log_count = (info.size + R - info.k).float().log().view(B, 1)
+        log_count = (info.size + R - info.k).to(dtype).log().view(B, 1)
     return Summary(rows, log_count, weight, cand_set)

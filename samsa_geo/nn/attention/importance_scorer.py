@@ -22,7 +22,7 @@ from samsa_geo.nn.attention._score_grad import (
     score_tail,
     scorer_gelu,
 )
-from samsa_geo.ops._utils import check_positive_int
+from samsa_geo.ops._utils import check_positive_int, promoted_float
 from samsa_geo.ops.validation import check_matrix
 
 
@@ -46,7 +46,8 @@ class ImportanceScorer(Module):
     :math:`a_i > 0`, and their scale no longer follows the tokens' scale.
 
     The residual, the LayerNorm and :math:`\mathbf{W}_s` run in float32
-    (under bf16/fp16 autocast too): the scores rank the tokens. On CUDA
+    (under bf16/fp16 autocast too; float64 in a float64 scorer): the
+    scores rank the tokens. On CUDA
     they are one Triton kernel that reads the tokens once, and in eager
     training their backward is another (see
     :func:`~samsa_geo.nn.attention.config.set_fused_scorer`).
@@ -140,19 +141,23 @@ class ImportanceScorer(Module):
         if kernel:
             return op(y, x, *tail)
         # Scores rank the tokens: the residual, the LayerNorm and the
-        # projection run in float32 even under bf16/fp16 autocast.
+        # projection run in float32 even under bf16/fp16 autocast (in
+        # float64 in a float64 scorer).
+        dtype = promoted_float(lin.weight.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            h = x.float() + F.layer_norm(
-                y.float(), norm.normalized_shape, norm.weight.float(),
-                norm.bias.float(), norm.eps)
-            return F.linear(h, lin.weight.float(), lin.bias.float())
+            h = x.to(dtype) + F.layer_norm(
+                y.to(dtype), norm.normalized_shape, norm.weight.to(dtype),
+                norm.bias.to(dtype), norm.eps)
+            return F.linear(h, lin.weight.to(dtype), lin.bias.to(dtype))
 
     def _use_kernel(self, x: Tensor, hidden: Tensor, lin2_weight: Tensor,
                     ) -> bool:
         # The fused Triton kernel serves inference on CUDA (forward only),
         # compiled graphs included (as a custom operator); exported graphs
-        # keep the PyTorch formula.
+        # keep the PyTorch formula, and so does a float64 scorer (the
+        # kernel computes in float32).
         return (config.use_fused_scorer() and triton_serves(x.device)
+                and self.lin.weight.dtype != torch.float64
                 and self.channels <= SCORE_MAX_CHANNELS
                 and self.heads <= SCORE_MAX_HEADS and not is_exporting()
                 and not needs_grad(x, hidden, lin2_weight, self.norm.weight,

@@ -63,7 +63,7 @@ from samsa_geo.nn.attention._tiles import (
 )
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
 from samsa_geo.nn.attention.relative_bias import RelativeBias
-from samsa_geo.ops._utils import check_positive_int
+from samsa_geo.ops._utils import check_positive_int, promoted_float
 from samsa_geo.ops.linear import linear_unchecked
 from samsa_geo.ops.validation import (
     check_batch_vector,
@@ -809,7 +809,9 @@ class SamsaAttention(Module):
         # One shared score per token; k raw tokens per set (mixed in
         # training); keys and values projected from them alone.
         H, D = self.heads, self.head_dim
-        importance = self.scorer(x, hidden, **scorer_args).float().view(-1)
+        importance = self.scorer(x, hidden, **scorer_args).view(-1)
+        importance = importance.to(promoted_float(importance.dtype,
+                                                  torch.float32))
         sample = sft_sample(
             x, importance, batch, self._k(), mix=self.training,
             perturb=self.training or self.stochastic_eval,
@@ -830,15 +832,20 @@ class SamsaAttention(Module):
         # Returns the selection and, where the summary key is on, the
         # clean token and register scores it pools with.
         N, R = x.size(0), self.num_registers
+        scores = None
         if self.scorer is None:  # 'full': every candidate, in token order
             order = -torch.arange(N + R, device=x.device, dtype=torch.float)
             importance = order[:N, None].expand(N, self.heads)
             reg_importance = None if R == 0 else \
                 order[N:, None].expand(R, self.heads)
         else:
+            # [N, H] float32 (float64 in a float64 layer)
             importance = self.scorer(x, hidden, **(scorer_args or {}))
-            importance = importance.float()  # [N, H]
-            reg_importance = None if R == 0 else self.reg_score.float()
+            dtype = promoted_float(importance.dtype, torch.float32)
+            importance = importance.to(dtype)
+            reg_importance = None if R == 0 else self.reg_score.to(dtype)
+            if self._summary_on(info):
+                scores = (importance, reg_importance)
         perturb = self.scorer is not None and (self.training
                                                or self.stochastic_eval)
         # Rank by sorting where a padded score matrix would be large or
@@ -848,9 +855,6 @@ class SamsaAttention(Module):
                      packed=batch is not None
                      and self._padding_costly(info, x.size(0)),
                      ordered=ordered, head=self.head_index)
-        scores = None
-        if self._summary_on(info):
-            scores = (importance, reg_importance)
         return sel, scores
 
     def _summary_on(self, info: SetInfo) -> bool:
@@ -982,8 +986,10 @@ class SamsaAttention(Module):
                        top: Tensor, tiles: Tiles,
                        summ: Optional[Summary] = None) -> PairGeometry:
         N = pos.size(0)
-        pos = pos.float()
-        normal = None if normal is None else normal.float()
+        # float32, float64 in a float64 layer
+        dtype = promoted_float(self.lin_q.weight.dtype, torch.float32)
+        pos = pos.to(dtype)
+        normal = None if normal is None else normal.to(dtype)
         R = self.num_registers
         if R > 0:  # registers sit at the origin with no normal
             pad = pos.new_zeros(top.size(0) * R, pos.size(1))
@@ -1028,7 +1034,9 @@ class SamsaAttention(Module):
             ndot = None  # without normals the feature is zero
             if g.normal_k is not None:  # [c, H, T, k]
                 ndot = g.normal_q.unsqueeze(1) @ g.normal_k.transpose(-1, -2)
-            return rel_bias(score.float(), (dist, ndot))
+            return rel_bias(score.to(promoted_float(score.dtype,
+                                                    torch.float32)),
+                            (dist, ndot))
 
         return apply
 

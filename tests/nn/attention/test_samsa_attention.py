@@ -577,3 +577,29 @@ def test_sft_sampling_shares_one_score_and_mixes_in_training():
     assert attn.scorer.lin.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="'num_registers' = 0"):
         SamsaAttention(32, heads=4, sampling='sft', num_registers=2)
+
+
+@pytest.mark.parametrize('training', [False, True])
+@pytest.mark.parametrize('kwargs', MODES)
+def test_float64_gradcheck(kwargs, training):
+    """A float64 layer computes in float64 throughout (scores, summary,
+    relative bias, explicit attention): gradcheck holds in evaluation and,
+    with its noise seeded, in training where the relaxation's gradient is
+    its exact one ('hard' passes the soft gradient to the exact rows, and
+    a temperature below 1 caps the scores' gradient, by design)."""
+    if training and (kwargs['sampling'] == 'hard'
+                     or kwargs.get('temperature', 1.0) < 1.0):
+        pytest.skip('a gradient other than the exact one, by design')
+    torch.manual_seed(0)
+    kwargs = dict(kwargs, k=kwargs.get('k', 2))
+    attn = SamsaAttention(4, heads=2, **kwargs).double().train(training)
+    x, batch = make_batch([3, 5], channels=4)
+    x = x.double().requires_grad_()
+    pos = torch.randn(8, 3, dtype=torch.float64)
+
+    def f(x):
+        torch.manual_seed(1)
+        return attn(x, batch, pos=pos)
+
+    assert torch.autograd.gradcheck(f, (x, ), eps=1e-6, atol=1e-6,
+                                    rtol=1e-4)

@@ -37,7 +37,9 @@ def _grads(scorer, x, hidden, grad_pairs, ids, head, valid, rows_mode):
         rows.set(ids, head, valid if rows_mode == 'masked' else None)
     g = torch.zeros_like(score)
     pairs = grad_pairs * valid.to(grad_pairs.dtype)  # unused slots: 0
-    g.index_put_((ids, head.expand_as(ids)), pairs, accumulate=True)
+    # (float32 scores; float64 of a float64 scorer)
+    g.index_put_((ids, head.expand_as(ids)), pairs.to(g.dtype),
+                 accumulate=True)
     (score * g).sum().backward()
     out = {'x': x.grad, 'hidden': hidden.grad}
     out.update({n: p.grad for n, p in scorer.named_parameters()
