@@ -412,10 +412,11 @@ class SamsaConv(Module):
                        if key in kwargs}
         if self.conv is not None:  # else the attention checks it first
             check_matrix('x', x, self.channels)
-        if isinstance(x, Tensor) and (x.dtype.itemsize
-                                      > self.attn.lin_q.weight.itemsize):
+        if (isinstance(x, Tensor) and x.is_floating_point()
+                and x.dtype.itemsize > self.attn.lin_q.weight.itemsize):
             # The attention computes in its weights' dtype; the residual
-            # branch and the norms would mix the two.
+            # branch and the norms would mix the two. (An integer x is
+            # refused by the attention's check as not floating-point.)
             raise TypeError(f"Expected 'x' in the layer's dtype "
                             f"{self.attn.lin_q.weight.dtype} or a narrower "
                             f"one (got {x.dtype}); convert the layer (e.g. "

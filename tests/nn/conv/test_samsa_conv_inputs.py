@@ -99,3 +99,16 @@ def test_x_wider_than_the_layer_is_a_named_error(norm):
                          edge_attr=edge_attr.double())
     assert wide.dtype == torch.float64
     assert torch.allclose(wide.float(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize('with_conv', [False, True])
+@pytest.mark.parametrize('dtype', [torch.long, torch.int32])
+def test_integer_x_is_named_as_not_floating(with_conv, dtype):
+    # An integer x (e.g. a PyG Batch of categorical features) is refused
+    # as not floating-point, not as wider than the layer (whose advice,
+    # 'conv.double()', would not help).
+    x, edge_index, edge_attr, batch = _inputs()
+    conv = SamsaConv(16, _gine() if with_conv else None, heads=4, k=4)
+    with pytest.raises(TypeError, match=r"'x' to be a floating-point "
+                                        r"tensor \(got torch\."):
+        conv(x.to(dtype), edge_index, batch, edge_attr=edge_attr)
