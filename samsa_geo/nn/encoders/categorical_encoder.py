@@ -27,14 +27,17 @@ class CategoricalEncoder(Module):
     Args:
         out_channels (int): Embedding width :math:`F`.
         num_categories (Sequence[int]): :math:`n_c` for every column.
+        input_name (str, optional): The input's name in error messages.
+            (default: :obj:`"x"`; :obj:`"edge_attr"` for :meth:`ogb_bond`)
 
     Shapes:
-        - **input:** :math:`(N, C)` integer tensor (or :math:`(N,)` if
-          :math:`C = 1`)
+        - **input:** :math:`(N, C)` tensor of any integer dtype
+          (:obj:`torch.uint8` and :obj:`torch.int16` too, as datasets may
+          store categories; or :math:`(N,)` if :math:`C = 1`)
         - **output:** :math:`(N, F)`
     """
-    def __init__(self, out_channels: int,
-                 num_categories: Sequence[int]) -> None:
+    def __init__(self, out_channels: int, num_categories: Sequence[int],
+                 input_name: str = 'x') -> None:
         super().__init__()
         if not isinstance(out_channels, int) or out_channels < 1:
             raise ValueError(f"Expected 'out_channels' to be a positive "
@@ -45,6 +48,7 @@ class CategoricalEncoder(Module):
                              f"list of positive integers (got {num_categories})")
         self.out_channels = out_channels
         self.num_categories = num_categories
+        self.input_name = input_name
         self.embeddings = ModuleList(
             [Embedding(n, out_channels) for n in num_categories])
         self.register_buffer('upper', torch.tensor(num_categories),
@@ -59,24 +63,28 @@ class CategoricalEncoder(Module):
     @classmethod
     def ogb_bond(cls, out_channels: int) -> 'CategoricalEncoder':
         r"""Encoder for the 3 OGB bond features (:obj:`edge_attr`)."""
-        return cls(out_channels, OGB_BOND_FEATURE_DIMS)
+        return cls(out_channels, OGB_BOND_FEATURE_DIMS,
+                   input_name='edge_attr')
 
     def reset_parameters(self) -> None:
         for emb in self.embeddings:
             torch.nn.init.xavier_uniform_(emb.weight)
 
     def forward(self, x: Tensor) -> Tensor:
+        name = self.input_name
         if x.dim() == 1:
             x = x.view(-1, 1)  # [N, 1]
         if x.dim() != 2 or x.size(1) != len(self.embeddings):
-            raise ValueError(f"Expected 'x' to have shape [N, "
+            raise ValueError(f"Expected '{name}' to have shape [N, "
                              f"{len(self.embeddings)}] (got {list(x.shape)})")
-        if x.is_floating_point():
-            raise TypeError(f"Expected 'x' to hold integer categories "
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"Expected '{name}' to hold integer categories "
                             f"(got dtype {x.dtype})")
+        if x.dtype not in (torch.long, torch.int32):
+            x = x.long()  # uint8, int16, ...: the tables take int32 / int64
         if x.numel() > 0 and ((x < 0).any() or (x >= self.upper).any()):
-            raise IndexError(f"Expected column c of 'x' in [0, n_c) with "
-                             f"n_c = {self.num_categories}")
+            raise IndexError(f"Expected column c of '{name}' in [0, n_c) "
+                             f"with n_c = {self.num_categories}")
         out = self.embeddings[0](x[:, 0])
         for c in range(1, x.size(1)):
             out = out + self.embeddings[c](x[:, c])

@@ -148,3 +148,29 @@ def test_one_node_in_training_is_named_with_advice_that_works(tokens):
     with torch.no_grad():
         out = _model(tokens=tokens).eval()(*args, pe=data.pe)
     assert bool(torch.isfinite(out).all())
+
+
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+def test_categorical_features_of_any_integer_dtype(tokens):
+    # OGB features stored narrow (uint8, int16) give the long features'
+    # output; floating-point or bool features, and categories out of
+    # range, are errors naming the argument at fault.
+    gen = torch.Generator().manual_seed(0)
+    data = _batch()
+    x = torch.randint(0, 2, (data.num_nodes, 9), generator=gen)
+    edge_attr = torch.randint(0, 2, (data.num_edges, 3), generator=gen)
+    torch.manual_seed(0)
+    model = SamsaGraphModel(9, 16, 3, 2, edge_dim=3, categorical=True,
+                            tokens=tokens, heads=2, k=4).eval()
+    want = model(x, data.edge_index, edge_attr, data.batch)
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        got = model(x.to(dtype), data.edge_index, edge_attr.to(dtype),
+                    data.batch)
+        assert torch.equal(got, want), dtype
+    with pytest.raises(TypeError, match="'x' to hold integer categories"):
+        model(x.float(), data.edge_index, edge_attr, data.batch)
+    with pytest.raises(TypeError,
+                       match="'edge_attr' to hold integer categories"):
+        model(x, data.edge_index, edge_attr.bool(), data.batch)
+    with pytest.raises(IndexError, match="column c of 'edge_attr'"):
+        model(x, data.edge_index, edge_attr + 7, data.batch)
