@@ -240,14 +240,7 @@ class SamsaAttention(Module):
                 or heads <= 0 or channels % heads):
             raise ValueError(f"Expected 'heads' to be a positive int "
                              f"dividing 'channels'={channels} (got {heads!r})")
-        if isinstance(k, bool) or not isinstance(k, (int, float)):
-            raise TypeError(f"Expected 'k' to be an int or a float "
-                            f"(got {type(k).__name__})")
-        if isinstance(k, int) and k <= 0:
-            raise ValueError(f"Expected 'k' to be a positive int (got {k})")
-        if isinstance(k, float) and not 0.0 < k <= 1.0:
-            raise ValueError(f"Expected 'k' as a float to be a fraction in "
-                             f"(0, 1] (got {k})")
+        _check_k(k)
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"Expected 'sampling' to be one of "
                              f"{SAMPLING_MODES} (got {sampling!r})")
@@ -426,11 +419,12 @@ class SamsaAttention(Module):
     @property
     def k(self) -> Union[int, float]:
         r"""Keys kept per set and head (an int, or a fraction of each
-        set's size)."""
+        set's size); may be set, with the constructor's checks."""
         return self._k_value
 
     @k.setter
     def k(self, value: Union[int, float]) -> None:
+        _check_k(value)
         self._k_value = value
         # A fraction also as an exact ratio of ints (see _k).
         self._k_ratio = None if isinstance(value, int) else \
@@ -1066,6 +1060,18 @@ class SamsaAttention(Module):
         return (f'{self.__class__.__name__}({self.channels}, '
                 f'heads={self.heads}, k={self.k}, '
                 f'sampling={self.sampling!r}{extra})')
+
+
+def _check_k(k: Any) -> None:
+    # A positive int, or a fraction in (0, 1] of each set's size.
+    if isinstance(k, bool) or not isinstance(k, (int, float)):
+        raise TypeError(f"Expected 'k' to be an int or a float "
+                        f"(got {type(k).__name__})")
+    if isinstance(k, int) and k <= 0:
+        raise ValueError(f"Expected 'k' to be a positive int (got {k})")
+    if isinstance(k, float) and not 0.0 < k <= 1.0:
+        raise ValueError(f"Expected 'k' as a float to be a fraction in "
+                         f"(0, 1] (got {k})")
 
 
 def _refresh_tau(module: SamsaAttention, incompatible_keys) -> None:

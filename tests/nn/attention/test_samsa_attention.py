@@ -346,6 +346,11 @@ def test_bad_input(bad, err, match):
 def test_bad_arguments(kwargs, err, match):
     with pytest.raises(err, match=match):
         SamsaAttention(16, **kwargs)
+    if 'k' in kwargs:  # k set later (conv.attn.k = ...) is checked alike
+        attn = SamsaAttention(16, k=4)
+        with pytest.raises(err, match=match):
+            attn.k = kwargs['k']
+        assert attn.k == 4
 
 
 def test_relative_bias_needs_pos():
