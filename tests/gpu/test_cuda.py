@@ -33,6 +33,45 @@ def test_cuda_matches_cpu(kwargs):
     assert err < 1e-3, err  # tf32-class matmuls allowed
 
 
+@pytest.mark.parametrize('kwargs', [dict(), dict(summary=True),
+                                    dict(score='maxout',
+                                         normalization='leaky')])
+def test_float64_layer_trains_in_float64_on_cuda(kwargs):
+    # A float64 SamsaConv computes in float64 throughout: on CUDA the
+    # float32 Triton kernels (scorer, relaxation's score gradient, fused
+    # bias and inference paths) leave it to PyTorch's formulas, so a
+    # training step equals the one with every such kernel switched off
+    # (the same noise: one device, one seed) to float64 rounding.
+    from samsa_geo.nn import SamsaConv
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32,
+                     attn_kwargs=kwargs).double().cuda()
+    x = torch.randn(1200, 64, dtype=torch.float64, device='cuda')
+    batch = torch.arange(4, device='cuda').repeat_interleave(300)
+    hints = dict(num_graphs=4, max_num_nodes=300)
+
+    def step(**switches):
+        conv.zero_grad()
+        x_ = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        with config.attention_config(cuda_graphs=False, **switches):
+            out = conv(x_, None, batch, **hints)
+        out.square().sum().backward()
+        return out.detach(), x_.grad, {
+            name: p.grad.clone() for name, p in conv.named_parameters()
+            if p.grad is not None}
+
+    out, grad_x, grads = step()
+    ref, ref_x, ref_grads = step(fused_scorer=False, fused_relax=False,
+                                 fused_bias=False, fused_inference=False)
+    assert out.dtype == grad_x.dtype == torch.float64
+    assert (out - ref).norm() / ref.norm() < 1e-12
+    assert (grad_x - ref_x).norm() / ref_x.norm() < 1e-10
+    for name, want in ref_grads.items():
+        assert (grads[name] - want).norm() <= 1e-10 * want.norm() + 1e-14, \
+            name
+
+
 def test_bf16_close_to_fp32():
     # Scores stay float32 under autocast: bf16 changes few selections.
     attn = SamsaAttention(256, heads=8, k=64).cuda().eval()

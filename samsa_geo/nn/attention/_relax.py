@@ -105,7 +105,7 @@ def _relaxed_grads(grad: Tensor, u: Tensor, score: Tensor, ids: Tensor,
     x = score if tau == 1.0 else score * (1.0 / tau)
     c = _score_factor(x, k, tau, grad_cap, masks)
     p = None  # [B, H, k, m], only where needed
-    if _fused_score_grad(u):
+    if _fused_score_grad(u, x):
         from samsa_geo.nn.attention._relax_triton import (
             relax_score_grad_triton,
         )
@@ -181,13 +181,15 @@ class _RelaxRows(torch.autograd.Function):
         return (gu, gcand) + (None, ) * 9
 
 
-def _fused_score_grad(u: Tensor) -> bool:
-    # The Triton kernel serves eager CUDA calls; traced graphs (compile,
-    # export) keep the PyTorch formula, which the compiler fuses itself.
-    # Its bottom scores' gradients are atomic float sums in varying order:
-    # with deterministic algorithms on, PyTorch's accumulating index_put_
-    # takes them.
+def _fused_score_grad(u: Tensor, score: Tensor) -> bool:
+    # The Triton kernel serves eager CUDA calls of float32 scores (it
+    # computes in float32: a float64 layer's float64 scores keep the
+    # PyTorch formula); traced graphs (compile, export) keep the PyTorch
+    # formula, which the compiler fuses itself. Its bottom scores'
+    # gradients are atomic float sums in varying order: with deterministic
+    # algorithms on, PyTorch's accumulating index_put_ takes them.
     return (config.use_fused_relax() and triton_serves(u.device)
+            and score.dtype == torch.float32
             and not is_tracing()
             and not torch.are_deterministic_algorithms_enabled())
 

@@ -906,10 +906,12 @@ class SamsaAttention(Module):
         # Dot-product softmax with the relative bias and no attention
         # dropout: one fused kernel where Triton serves the device.
         # Export and tracing (ONNX) take the explicit path: the kernel is
-        # compiled on its own, outside any exported graph.
+        # compiled on its own, outside any exported graph; so does a
+        # float64 layer (the kernels' bias runs in float32).
         return (config.use_fused_bias() and self.rel_bias is not None
                 and self.score == 'dot' and self.normalization == 'softmax'
                 and dropout == 0.0 and not is_exporting()
+                and q.dtype != torch.float64
                 and flex_supported(q.device))
 
     def _keeps_all(self, info: SetInfo, return_indices: bool) -> bool:

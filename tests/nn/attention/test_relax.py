@@ -241,7 +241,7 @@ def test_triton_score_gradient_matches_pytorch(kernel, layout, tau):
 @pytest.mark.parametrize('hard', [True, False])
 def test_relax_through_the_triton_kernel_matches_reference(
         kernel, monkeypatch, layout, hard):
-    monkeypatch.setattr(_relax, '_fused_score_grad', lambda u: True)
+    monkeypatch.setattr(_relax, '_fused_score_grad', lambda u, score: True)
     out, grads, _ = run(relax, layout, hard, 0.2)
     ref, ref_grads, _ = run(relax_reference, layout, hard, 0.2)
     for a, b in zip(grads, ref_grads):
@@ -253,10 +253,12 @@ def test_deterministic_algorithms_keep_the_pytorch_score_gradient(
     # The kernel sums the bottom scores' gradients atomically (in varying
     # order on a GPU): deterministic mode takes PyTorch's formula.
     monkeypatch.setattr(_relax, 'triton_serves', lambda device: True)
-    u = torch.randn(2, 3, 8, 4)
-    assert _relax._fused_score_grad(u)
+    u, score = torch.randn(2, 3, 8, 4), torch.randn(2, 3, 8)
+    assert _relax._fused_score_grad(u, score)
+    # Nor do a float64 layer's float64 scores take the float32 kernel.
+    assert not _relax._fused_score_grad(u.double(), score.double())
     torch.use_deterministic_algorithms(True)  # restored by conftest.py
-    assert not _relax._fused_score_grad(u)
+    assert not _relax._fused_score_grad(u, score)
     # ... and computes the same gradients as the reference.
     out, grads, _ = run(relax, 'equal_large', False, 0.2)
     ref, ref_grads, _ = run(relax_reference, 'equal_large', False, 0.2)

@@ -120,7 +120,8 @@ def test_training_on_the_sampled_rows_equals_the_full_projection(
     dtype = torch.float64
     if fused:
         triton_modules('samsa_geo.nn.attention._relax_triton')
-        monkeypatch.setattr(_relax, '_fused_score_grad', lambda u: True)
+        monkeypatch.setattr(_relax, '_fused_score_grad',
+                            lambda u, score: True)
         dtype = torch.float32
     torch.manual_seed(0)
     attn = SamsaAttention(32, heads=2, k=8, sampling=sampling).to(dtype)

@@ -477,6 +477,16 @@ def test_fused_relative_bias_matches_explicit(monkeypatch, kwargs, sizes,
         out = attn(x, batch, pos=pos, normal=normal)
     assert calls, 'the fused path was not taken'
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-4)
+    # A float64 layer keeps the explicit path (the kernels' bias runs in
+    # float32), in float64.
+    with torch.no_grad(), config.attention_config(
+            bias_inference_kernel='flex'):
+        out64 = attn.double()(x.double(), batch, pos=pos.double(),
+                              normal=None if normal is None
+                              else normal.double())
+    assert len(calls) == 1 and out64.dtype == torch.float64
+    assert torch.allclose(out64.float(), ref, atol=1e-5, rtol=1e-4)
+    attn.float()
     # Attention dropout in training keeps the explicit path.
     attn.dropout = 0.5
     attn.train()(x, batch, pos=pos, normal=normal)
