@@ -29,6 +29,7 @@ from samsa_geo.visualization import plot_confusion_matrix
 
 from _point_pipeline import (
     add_point_args,
+    check_resume_first,
     point_trainer,
     point_transforms,
     preset_model,
@@ -163,6 +164,7 @@ def run(args):
     if args.votes < 1:  # before training: 0 votes divided the loss by zero
         raise ValueError(f"Expected '--votes' to be at least 1 "
                          f"(got {args.votes})")
+    check_resume_first(args)  # before the data: another --root, say
     seed_everything(args.seed)  # model initialisation too
     train_ds, val_ds, test_ds = datasets(args)
     classes = list(getattr(train_ds, 'classes', None)

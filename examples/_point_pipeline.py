@@ -3,11 +3,12 @@ their common command-line flags, the rotation protocol's augmentations and
 the trainer set-up (whose fit() saves the resolved configuration as
 config.yaml in the run folder)."""
 import argparse
+import os.path as osp
 
 import torch_geometric.transforms as T
 
-from samsa_geo.train import (Trainer, add_run_args, init_distributed,
-                             steps_per_epoch)
+from samsa_geo.train import (Trainer, add_run_args, check_resume_config,
+                             init_distributed, steps_per_epoch)
 from samsa_geo.transforms import (
     RandomAnisotropicScale,
     RandomJitter,
@@ -141,6 +142,16 @@ def point_transforms(args, first=()):
     test = [*first, rotation(args.test_rotation, args.up_axis)]
     return (T.Compose([t for t in train if t is not None]),
             T.Compose([t for t in test if t is not None]))
+
+
+def check_resume_first(args):
+    """With ``--resume`` and a run to continue in ``args.out`` (its
+    ``last.pt``), refuses options that differ from the run's
+    ``config.yaml`` before any data is read or processed (see
+    ``samsa_geo.train.check_resume_config``; ``Trainer.fit`` checks again
+    when it resumes)."""
+    if args.resume and osp.isfile(osp.join(args.out, 'last.pt')):
+        check_resume_config(args, args.out)
 
 
 def point_trainer(model, task, args, num_train, monitor, run_files=()):

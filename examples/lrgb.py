@@ -44,8 +44,9 @@ from samsa_geo.metrics import (average_precision_multitask, macro_f1,
 from samsa_geo.nn import batch_hints
 from samsa_geo.nn.models import PRESETS, SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, atomic_write,
-                             claim_run_folder, init_distributed, make_loader,
-                             make_parser, parse_args_with_config, save_config,
+                             check_resume_config, claim_run_folder,
+                             init_distributed, make_loader, make_parser,
+                             parse_args_with_config, save_config,
                              seed_everything, steps_per_epoch)
 from samsa_geo.transforms import AddLaplacianPE, AddRandomWalkPE, RandomSignFlip
 
@@ -186,8 +187,18 @@ def load_splits(args, preset):
     return splits
 
 
+def seed_dir(args, seed):
+    """The run folder of one seed."""
+    return osp.join(args.out, args.dataset, f'seed{seed}')
+
+
+def seed_config(args, seed):
+    """The options of one seed's run, as its config.yaml records them."""
+    return {**vars(args), 'seed': seed, 'seeds': 1}
+
+
 def run_seed(args, info, seed, splits):
-    run_dir = osp.join(args.out, args.dataset, f'seed{seed}')
+    run_dir = seed_dir(args, seed)
     seed_everything(seed)
     model = SamsaGraphModel.from_preset(
         args.dataset, **({'tokens': args.tokens} if args.tokens else {}))
@@ -215,7 +226,7 @@ def run_seed(args, info, seed, splits):
                       progress=not args.no_progress,
                       # written by fit() once an old run is moved aside;
                       # a resume first compares it with the recorded one
-                      config={**vars(args), 'seed': seed, 'seeds': 1})
+                      config=seed_config(args, seed))
     loaders = {split: make_loader(dataset, args.batch_size,
                                   shuffle=split == 'train', seed=seed,
                                   num_workers=args.num_workers,
@@ -259,10 +270,14 @@ def summarize(args, info, seeds, results):
 def main(argv=None):
     args = parse_args(argv)
     info = lrgb_task(args.dataset)
+    seeds = range(args.seed, args.seed + args.seeds)
+    for seed in seeds:  # before the data: another --root, say
+        if args.resume and osp.isfile(osp.join(seed_dir(args, seed),
+                                               'last.pt')):
+            check_resume_config(seed_config(args, seed), seed_dir(args, seed))
     splits = load_splits(args, PRESETS[args.dataset])
     print(f'{args.dataset}: ' + ', '.join(f'{s} {len(d)}' for s, d in
                                           splits.items()), file=sys.stderr)
-    seeds = range(args.seed, args.seed + args.seeds)
     init_distributed()  # under torchrun the ranks share every epoch
     folder = osp.join(args.out, args.dataset)
     # The whole run's folder: an old run in it moves aside (or is deleted)

@@ -31,8 +31,9 @@ from samsa_geo.nn import batch_hints
 from samsa_geo.nn.encoders import CategoricalEncoder, PositionalEncoder
 from samsa_geo.nn.models import SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, atomic_write,
-                             claim_run_folder, init_distributed, make_loader,
-                             make_parser, parse_args_with_config, save_config,
+                             check_resume_config, claim_run_folder,
+                             init_distributed, make_loader, make_parser,
+                             parse_args_with_config, save_config,
                              seed_everything, steps_per_epoch)
 from samsa_geo.transforms import AddRandomWalkPE
 
@@ -229,8 +230,7 @@ def train_models(args, dataset, models):
             # fit() writes the options of this run to its config.yaml (a
             # resume first compares them with the recorded ones).
             trainer = make_trainer(model, task, args, run_dir, steps, seed,
-                                   config={**vars(args), 'models': name,
-                                           'seed': seed, 'seeds': 1})
+                                   config=run_config(args, name, seed))
             loaders = {key: make_loader(dataset[idx], args.batch_size,
                                         shuffle=key == 'train', seed=seed,
                                         drop_last=key == 'train')
@@ -281,15 +281,26 @@ def summarize(results):
     return summary
 
 
+def run_config(args, name, seed):
+    """The options of one model's run on one seed, as its config.yaml
+    records them."""
+    return {**vars(args), 'models': name, 'seed': seed, 'seeds': 1}
+
+
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    models = args.models.split(',')
+    for name in models:  # before the data: another --root, say
+        for seed in range(args.seed, args.seed + args.seeds):
+            run_dir = osp.join(args.out, name, f'seed{seed}')
+            if args.resume and osp.isfile(osp.join(run_dir, 'last.pt')):
+                check_resume_config(run_config(args, name, seed), run_dir)
     dataset = FreeSolv(args.root,
                        pre_transform=AddRandomWalkPE(args.walk_length))
     if dataset[0].rw_pe.size(1) != args.walk_length:
         sys.exit(f"'{args.root}' was processed with another --walk-length; "
                  f"delete its 'processed' folder")
-    models = args.models.split(',')
     for name in models:  # fail before any training
         build(name, args)
     init_distributed()  # under torchrun the ranks share every epoch

@@ -39,6 +39,7 @@ from samsa_geo.train import (
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _point_pipeline import (  # noqa: E402
     add_point_args,
+    check_resume_first,
     point_trainer,
     point_transforms,
     preset_model,
@@ -98,6 +99,7 @@ def datasets(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_resume_first(args)  # before the data: another --root, say
     seed_everything(args.seed)  # model initialisation too
     train_ds, val_ds, test_ds = datasets(args)
 

@@ -71,6 +71,10 @@ def test_point_example_resume_refuses_other_data(example, flag, value,
     script.main(flags + ['--epochs', '1'])
     before = contents(out)
 
+    # Refused before any data is read (another --root is not processed).
+    read = module.datasets
+    monkeypatch.setattr(module, 'datasets', lambda args: pytest.fail(
+        'the data was read before the resume was refused'))
     with pytest.raises(ValueError) as exc:
         script.main(flags + ['--epochs', '2', '--resume', flag, value])
     assert f'{flag} {recorded} there (got {got})' in str(exc.value)
@@ -78,6 +82,7 @@ def test_point_example_resume_refuses_other_data(example, flag, value,
     assert contents(out) == before
 
     # More epochs, without progress bars: the run goes on.
+    monkeypatch.setattr(module, 'datasets', read)
     script.main(flags[:-1] + ['--epochs', '2', '--resume'])
     assert epochs_logged(out) == ['1', '2']
 
@@ -114,10 +119,14 @@ def test_lrgb_resume_refuses_another_root(tmp_path, monkeypatch):
 
     main('--root', roots[0], '--epochs', '1')
     before = contents(run_dir)
+    load = lrgb.load_splits  # refused before the other root is read
+    monkeypatch.setattr(lrgb, 'load_splits', lambda *args: pytest.fail(
+        'the data was read before the resume was refused'))
     with pytest.raises(ValueError, match=rf"--root '{roots[0]}' there "
                        rf"\(got '{roots[1]}'\)"):
         main('--root', roots[1], '--epochs', '2', '--resume')
     assert contents(run_dir) == before
+    monkeypatch.setattr(lrgb, 'load_splits', load)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter('always')
         main('--root', roots[0], '--epochs', '2', '--resume')
@@ -132,7 +141,8 @@ def torch_threads():
     torch.set_num_threads(threads)
 
 
-def test_molecules_resume_refuses_another_dropout(tmp_path, torch_threads):
+def test_molecules_resume_refuses_another_dropout(tmp_path, torch_threads,
+                                                 monkeypatch):
     # The baselines record no constructor arguments in their checkpoints:
     # config.yaml is what tells another --dropout.
     pytest.importorskip('datamol')
@@ -145,10 +155,15 @@ def test_molecules_resume_refuses_another_dropout(tmp_path, torch_threads):
              '--device', 'cpu', '--no-progress']
     molecules.main(flags + ['--epochs', '1'])
     before = contents(run_dir)
+    load = molecules.FreeSolv  # refused before the data is read
+    monkeypatch.setattr(molecules, 'FreeSolv', lambda *args, **kwargs:
+                        pytest.fail('the data was read before the resume '
+                                    'was refused'))
     with pytest.raises(ValueError, match=r"--dropout 0.2 there "
                        r"\(got 0.3\)"):
         molecules.main(flags + ['--epochs', '2', '--resume', '--dropout',
                                 '0.3'])
     assert contents(run_dir) == before
+    monkeypatch.setattr(molecules, 'FreeSolv', load)
     molecules.main(flags + ['--epochs', '2', '--resume', '--threads', '2'])
     assert epochs_logged(run_dir) == ['1', '2']
