@@ -272,9 +272,9 @@ def main(argv=None):
     info = lrgb_task(args.dataset)
     seeds = range(args.seed, args.seed + args.seeds)
     for seed in seeds:  # before the data: another --root, say
-        if args.resume and osp.isfile(osp.join(seed_dir(args, seed),
-                                               'last.pt')):
-            check_resume_config(seed_config(args, seed), seed_dir(args, seed))
+        run_dir = seed_dir(args, seed)
+        if args.resume and osp.isfile(osp.join(run_dir, 'last.pt')):
+            check_resume_config(seed_config(args, seed), run_dir)
     splits = load_splits(args, PRESETS[args.dataset])
     print(f'{args.dataset}: ' + ', '.join(f'{s} {len(d)}' for s, d in
                                           splits.items()), file=sys.stderr)

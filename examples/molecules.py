@@ -226,7 +226,7 @@ def train_models(args, dataset, models):
         for name in models:
             seed_everything(seed)
             model = build(name, args)
-            run_dir = osp.join(args.out, name, f'seed{seed}')
+            run_dir = run_folder(args, name, seed)
             # fit() writes the options of this run to its config.yaml (a
             # resume first compares them with the recorded ones).
             trainer = make_trainer(model, task, args, run_dir, steps, seed,
@@ -281,6 +281,11 @@ def summarize(results):
     return summary
 
 
+def run_folder(args, name, seed):
+    """The run folder of one model on one seed."""
+    return osp.join(args.out, name, f'seed{seed}')
+
+
 def run_config(args, name, seed):
     """The options of one model's run on one seed, as its config.yaml
     records them."""
@@ -293,7 +298,7 @@ def main(argv=None):
     models = args.models.split(',')
     for name in models:  # before the data: another --root, say
         for seed in range(args.seed, args.seed + args.seeds):
-            run_dir = osp.join(args.out, name, f'seed{seed}')
+            run_dir = run_folder(args, name, seed)
             if args.resume and osp.isfile(osp.join(run_dir, 'last.pt')):
                 check_resume_config(run_config(args, name, seed), run_dir)
     dataset = FreeSolv(args.root,
