@@ -99,36 +99,47 @@ class _FakeTrainingGraphs:
     # Stands in for the two CUDA graphs of a training call on the CPU: a
     # forward replay runs the function again on the buffers it was
     # captured with (the inputs themselves, for a graph that reads them in
-    # place) into the output buffer and keeps its autograd graph, as the
+    # place) into the output buffers and keeps its autograd graph, as the
     # captured graph keeps its activations; a backward replay computes the
-    # packed gradients of that last forward run.
-    def __init__(self, fn, buffers, targets):
+    # gradients of that last forward run into the inputs' buffers and the
+    # packed ones.
+    def __init__(self, fn, buffers, targets, own, outputs):
         from samsa_geo.nn.conv._graph_training import pack
         self.fn, self.buffers, self.targets = fn, buffers, targets
+        self.own, self.outputs = own, outputs
         self.last = self._run()
-        self.out = self.last.detach().clone()
-        self.grad_out = torch.zeros_like(self.out)
-        self.packed, self.layout = pack(self._grads())
+        self.outs = [t.detach().clone() for t in self.last]
+        self.grad_outs = [torch.zeros_like(t) for t in self.outs]
+        grads = self._grads()
+        self.input_grads = [None if g is None else g.clone()
+                            for g in grads[:own]]
+        self.packed, self.layout = pack(grads[own:])
         self.forwards = self.backwards = 0
 
     def _run(self):
         from samsa_geo.nn.attention import config
         with torch.enable_grad(), config.attention_config(cuda_graphs=False):
-            return self.fn(*self.buffers)
+            out = self.fn(*self.buffers)
+        return tuple(out) if self.outputs else (out, )
 
     def _grads(self):
-        return torch.autograd.grad(self.last, self.targets, self.grad_out,
+        return torch.autograd.grad(self.last, self.targets, self.grad_outs,
                                    retain_graph=True, allow_unused=True)
 
     def replay_forward(self):
         self.forwards += 1
         self.last = self._run()
-        self.out.copy_(self.last.detach())
+        for buf, t in zip(self.outs, self.last):
+            buf.copy_(t.detach())
 
     def replay_backward(self):
         from samsa_geo.nn.conv._graph_training import pack
         self.backwards += 1
-        for buf, g in zip(self.packed, pack(self._grads())[0]):
+        grads = self._grads()
+        for buf, g in zip(self.input_grads, grads[:self.own]):
+            if buf is not None:
+                buf.copy_(g)
+        for buf, g in zip(self.packed, pack(grads[self.own:])[0]):
             buf.copy_(g)
 
 
@@ -149,12 +160,12 @@ def fake_training_capture(monkeypatch):
     from samsa_geo.nn.conv import _graph_training
     captured = []
 
-    def capture_training(fn, buffers, targets, pool):
-        fake = _FakeTrainingGraphs(fn, buffers, targets)
+    def capture_training(fn, buffers, targets, pool, own=0, outputs=False):
+        fake = _FakeTrainingGraphs(fn, buffers, targets, own, outputs)
         captured.append(fake)
         return (_Replayer(fake.replay_forward),
-                _Replayer(fake.replay_backward), fake.out, fake.grad_out,
-                fake.packed, fake.layout)
+                _Replayer(fake.replay_backward), fake.outs, fake.grad_outs,
+                fake.input_grads, fake.packed, fake.layout)
 
     monkeypatch.setattr(_graph_training, 'capture_training',
                         capture_training)

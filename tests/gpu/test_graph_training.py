@@ -6,7 +6,7 @@ import torch.utils.checkpoint
 
 from samsa_geo.nn import SamsaConv
 from samsa_geo.nn.attention import config
-from samsa_geo.nn.conv import _graph_replay
+from samsa_geo.nn.conv import _graph_replay, _graph_training, samsa_conv
 
 pytestmark = [
     pytest.mark.gpu,
@@ -45,6 +45,25 @@ def _assert_close(a, b, dtype, rel=5e-3):
     assert err <= rel * b.float().norm() + 1e-6, (err, b.float().norm())
 
 
+def _steps_equal_eager_steps(conv, sizes, dtype):
+    # Six training steps of conv on sets of these sizes (eager, eager,
+    # captured, replayed ...), each against an eager step with the same
+    # noise and dropout masks (the same seed before each) and followed by
+    # an optimiser step (in place: the graph stays and reads the new
+    # values); returns the last step's output.
+    hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+    opt = torch.optim.SGD(conv.parameters(), lr=1e-2)
+    for i in range(6):
+        x, batch = _batch(sizes, 64, i)
+        ref = _step(conv, x, batch, hints, i, False, dtype)
+        out = _step(conv, x, batch, hints, i, True, dtype)
+        for a, b in zip([out[0], out[1], *out[2]],
+                        [ref[0], ref[1], *ref[2]]):
+            _assert_close(a, b, dtype)
+        opt.step()
+    return out[0]
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('sizes', [[512] * 8, [300, 0, 1024, 5, 700]])
 @pytest.mark.parametrize('norm,norm_first', [
@@ -54,20 +73,35 @@ def test_training_replays_equal_eager_steps(dtype, sizes, norm,
     torch.manual_seed(0)
     conv = SamsaConv(64, None, heads=4, k=32, norm=norm, dropout=0.1,
                      norm_first=norm_first).cuda().train()
-    hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
-    opt = torch.optim.SGD(conv.parameters(), lr=1e-2)
-    for i in range(6):  # eager, eager, captured, replayed ...
-        x, batch = _batch(sizes, 64, i)
-        # The same noise and dropout masks: the same seed before each.
-        ref = _step(conv, x, batch, hints, i, False, dtype)
-        out = _step(conv, x, batch, hints, i, True, dtype)
-        for a, b in zip([out[0], out[1], *out[2]],
-                        [ref[0], ref[1], *ref[2]]):
-            _assert_close(a, b, dtype)
-        opt.step()  # in place: the graph stays and reads the new values
+    _steps_equal_eager_steps(conv, sizes, dtype)
     assert len(conv._train_graphs) == 1
     (graph, ) = conv._train_graphs._graphs.values()
     assert graph.stamp is not None
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_the_last_step_runs_after_the_replay_and_writes_its_gradients(
+        dtype, monkeypatch):
+    # Where the last step is residual_batch_norm (from
+    # TRAINING_BATCH_NORM_MIN_ELEMENTS values, here all), it runs after
+    # the forward replay on the graph's outputs and its backward pass
+    # writes the gradients of Y and of MLP(Y) into the backward graph's
+    # buffers: the steps equal eager ones, the output is no buffer of the
+    # graph, and no gradient is copied in (in float32, MLP(Y)'s gradient
+    # is Y's, copied into its own buffer).
+    monkeypatch.setattr(samsa_conv, 'TRAINING_BATCH_NORM_MIN_ELEMENTS', 0)
+    written = []  # per gradient handed to a backward replay: in place?
+    same_view = _graph_training.same_view
+    monkeypatch.setattr(_graph_training, 'same_view', lambda a, b: (
+        written.append(same_view(a, b)) or written[-1]))
+    torch.manual_seed(0)
+    conv = SamsaConv(64, None, heads=4, k=32, dropout=0.1).cuda().train()
+    out = _steps_equal_eager_steps(conv, [300, 0, 1024, 5, 700], dtype)
+    (graph, ) = conv._train_graphs._graphs.values()
+    assert graph.finished and len(graph.outs) == 2
+    assert [t.dtype for t in graph.grad_outs] == [torch.float32, dtype]
+    assert all(out.data_ptr() != t.data_ptr() for t in graph.outs)
+    assert written == [True, dtype == torch.bfloat16] * 4  # 4 replays
 
 
 def _captured(sizes):

@@ -145,6 +145,35 @@ def test_inputs_without_gradients_and_strided_rows(kernels):
     _close_grads(got, ref)
 
 
+@pytest.mark.parametrize('h_dtype', [torch.float32, torch.bfloat16])
+def test_gradients_written_into_given_buffers(kernels, h_dtype):
+    # grad_into set on the output's node: dx (and dh in its own dtype) land
+    # in those buffers, equal to the gradients without them; a buffer of
+    # another dtype or shape is left alone.
+    x, h, w, b, rm, rv = _inputs(37, 24, h_dtype)
+    ref = _grads(*residual_batch_norm(x, h, w, b, rm, rv, backend='triton'),
+                 x, h, w, b)
+    y, z = residual_batch_norm(x, h, w, b, rm, rv, backend='triton')
+    into = [torch.full((37, 24), float('nan'), device=DEVICE),
+            torch.full((37, 24), float('nan'), device=DEVICE,
+                       dtype=h_dtype)]
+    y.grad_fn.grad_into = into
+    got = _grads(y, z, x, h, w, b)
+    _close_grads(got, ref)
+    assert got[0].data_ptr() == into[0].data_ptr()
+    if h_dtype == torch.float32:  # one gradient serves both
+        assert got[1].data_ptr() == into[0].data_ptr()
+        assert into[1].isnan().all()
+    else:
+        assert got[1].data_ptr() == into[1].data_ptr()
+    y, z = residual_batch_norm(x, h, w, b, rm, rv, backend='triton')
+    wrong = [torch.zeros(37, 24, device=DEVICE, dtype=torch.float64),
+             torch.zeros(36, 24, device=DEVICE, dtype=h_dtype)]
+    y.grad_fn.grad_into = wrong
+    _close_grads(_grads(y, z, x, h, w, b), ref)
+    assert not any(t.any() for t in wrong)
+
+
 def test_auto_on_cpu_is_pytorch():
     # Without CUDA 'auto' runs PyTorch's ops: bit for bit the reference.
     x, h, w, b, rm, rv = (t.cpu() if t is not None else None

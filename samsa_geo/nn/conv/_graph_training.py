@@ -11,12 +11,23 @@ parameter, packed into one buffer per dtype), and runs a call as
 
 1. a copy of each input into the graph's input buffer (none for inputs
    read in place, below), one replay of the forward graph and a copy of
-   its output (an autograd node holds the
-   graph);
+   its output (an autograd node holds the graph), or, where the caller
+   gives a ``finish`` step, that step run eagerly on the graph's outputs:
+   its output is the call's own, no copy;
 2. in the backward pass: a copy of the output's gradient into the graph's
-   buffer, one replay of the backward graph and a copy of the packed
-   gradients, handed out as views to the inputs and parameters, which
-   autograd accumulates as any gradient (``.grad``, parameter hooks).
+   buffer (none where the finish step's backward pass wrote it there,
+   below), one replay of the backward graph and a copy of the gradients:
+   those of the inputs as they are, those of the parameters packed into
+   one buffer per dtype and handed out as views, which autograd
+   accumulates as any gradient (``.grad``, parameter hooks).
+
+A finish step's backward node that has a ``grad_into`` attribute (as
+:class:`~samsa_geo.ops._triton.batch_norm.ResidualBatchNorm`'s has) gets
+the graph's gradient buffers there, and writes the gradients of its first
+inputs into them: at 65,536 x 256 tokens the finish step saves the copy
+of the output out and of its gradient in, each a pass over 64 MiB of
+float32 values, and the inputs' own gradient buffers the pass that packing
+them would make.
 
 Unlike an inference graph, a training graph reads the parameters where
 they live: an optimiser step or :meth:`~torch.nn.Module.load_state_dict`
@@ -94,27 +105,38 @@ class _Call:
 class _TrainingGraph:
     # The two captured graphs of one signature and their buffers: the
     # input buffers, or, for a graph that reads its inputs in place, none
-    # (pinned: how many inputs it reads there).
-    __slots__ = ('forward', 'backward', 'inputs', 'pinned', 'out',
-                 'grad_out', 'packed', 'layout', 'stamp')
+    # (pinned: how many inputs it reads there); the outputs and their
+    # gradients' buffers; the inputs' gradients (None for an input without
+    # one) and the parameters' packed ones. finished: the outputs go to a
+    # finish step (as they are), else the one output is copied.
+    __slots__ = ('forward', 'backward', 'inputs', 'pinned', 'outs',
+                 'grad_outs', 'input_grads', 'packed', 'layout', 'stamp',
+                 'finished')
 
     def __init__(self, forward: 'torch.cuda.CUDAGraph',
                  backward: 'torch.cuda.CUDAGraph', inputs: List[Tensor],
-                 pinned: int, out: Tensor, grad_out: Tensor,
-                 packed: List[Tensor], layout: Layout, stamp: Tuple):
+                 pinned: int, outs: List[Tensor], grad_outs: List[Tensor],
+                 input_grads: List[Optional[Tensor]], packed: List[Tensor],
+                 layout: Layout, stamp: Tuple, finished: bool):
         self.forward, self.backward = forward, backward
         self.inputs, self.pinned = inputs, pinned
-        self.out, self.grad_out = out, grad_out
-        self.packed, self.layout, self.stamp = packed, layout, stamp
+        self.outs, self.grad_outs = outs, grad_outs
+        self.input_grads, self.packed = input_grads, packed
+        self.layout, self.stamp, self.finished = layout, stamp, finished
 
-    def run_forward(self, inputs: Sequence[Tensor]) -> Tensor:
+    def run_forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
         for buf, t in zip(self.inputs, inputs):
             buf.copy_(t)
         self.forward.replay()
-        return self.out.clone()
+        if self.finished:
+            # New tensors on the buffers, for the finish step only (valid
+            # until the next replay, which waits for this call's backward
+            # pass).
+            return tuple([t.detach() for t in self.outs])
+        return (self.outs[0].clone(), )
 
-    def run_backward(self, call: _Call,
-                     grad: Tensor) -> List[Optional[Tensor]]:
+    def run_backward(self, call: _Call, grads: Sequence[Optional[Tensor]],
+                     ) -> List[Optional[Tensor]]:
         if call.done:
             raise RuntimeError(
                 "A second backward pass reached a CUDA-graphed training "
@@ -126,34 +148,40 @@ class _TrainingGraph:
                 "set_cuda_graphs(False)")
         # (A pending call's buffers are never overwritten: see
         # TrainingGraphReplay.__call__.)
-        self.grad_out.copy_(grad)
+        for buf, grad in zip(self.grad_outs, grads):
+            if grad is None:
+                buf.zero_()
+            elif not same_view(grad, buf):  # else written there already
+                buf.copy_(grad)
         self.backward.replay()
         call.done = True
-        # Copies: the next replay overwrites the packed buffers, and
-        # .grad may keep what it is handed.
-        return unpack([t.clone() for t in self.packed], self.layout)
+        # Copies: the next replay overwrites the buffers, and .grad may
+        # keep what it is handed.
+        return ([None if g is None else g.clone() for g in self.input_grads]
+                + unpack([t.clone() for t in self.packed], self.layout))
 
 
 class _Replayed(torch.autograd.Function):
-    # forward(graph, call, *inputs, *params) -> the graph's output;
+    # forward(graph, call, *inputs, *params) -> the graph's outputs;
     # backward replays the backward graph (call: this replay's record).
     @staticmethod
     def forward(ctx, graph: _TrainingGraph, call: _Call,
-                *tensors: Tensor) -> Tensor:
-        out = graph.run_forward(tensors)
+                *tensors: Tensor) -> Tuple[Tensor, ...]:
+        outs = graph.run_forward(tensors)
         ctx.graph, ctx.call = graph, call
+        ctx.set_materialize_grads(False)
         if graph.pinned:
             # The backward replay reads them where they are: held, and
             # checked for changes in place, as an eager call's.
             ctx.save_for_backward(*tensors[:graph.pinned])
-        return out
+        return outs
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):
+    def backward(ctx, *grads: Optional[Tensor]):
         if ctx.graph.pinned:
             ctx.saved_tensors  # raises where one was changed in place
-        return (None, None, *ctx.graph.run_backward(ctx.call, grad))
+        return (None, None, *ctx.graph.run_backward(ctx.call, grads))
 
 
 class TrainingGraphReplay(GraphReplay):
@@ -205,9 +233,10 @@ class TrainingGraphReplay(GraphReplay):
                  params: Sequence[Tensor], key: Hashable, state: State,
                  eligible: Callable[[], bool] = lambda: True,
                  slots: Optional[Callable[[], Sequence[Slot]]] = None,
+                 finish: Optional[Callable[..., Tensor]] = None,
                  ) -> Tensor:
-        r"""``fn(*inputs)``, replayed where its graph exists or can be
-        captured now, else eagerly.
+        r"""``fn(*inputs)`` (or ``finish(*fn(*inputs))``), replayed where
+        its graph exists or can be captured now, else eagerly.
 
         ``fn``, ``inputs``, ``key`` and ``eligible`` are those of
         :meth:`GraphReplay.__call__`; ``params`` (Sequence[Tensor]) are
@@ -218,13 +247,18 @@ class TrainingGraphReplay(GraphReplay):
         ``params`` in their modules, in the same order, if ``fn`` reads
         them there (asked at a capture only): the capture then reads them
         through new leaf tensors on the same storage (see
-        :func:`aliased`).
+        :func:`aliased`). ``finish``, where given, is the call's last
+        step, run eagerly on the outputs of ``fn`` (a tuple of tensors
+        then), differentiable in them: its output is the call's (see the
+        module's text).
         """
+        run = fn if finish is None else \
+            (lambda *args: finish(*fn(*args)))
         call = None if self._call is None else self._call()
         if call is not None and not call.done:
             # The graphs' memory holds activations still to be read
             # backward.
-            return fn(*inputs)
+            return run(*inputs)
         # Which inputs require gradients selects the backward graph too.
         sig = (self._signature(key, inputs),
                tuple(t.requires_grad for t in inputs))
@@ -239,18 +273,27 @@ class TrainingGraphReplay(GraphReplay):
                 name = self._capture_name(sig, inputs, where)
             if sig in self._failed or self._seen.get(sig, 0) < \
                     self._calls_needed(sig):
-                return self._eager(fn, inputs, sig)
+                return self._eager(run, inputs, sig)
             if not eligible():
                 self._remember(self._failed, sig, None)
-                return fn(*inputs)
+                return run(*inputs)
             graph = self._capture_training(fn, inputs, params, name, state,
-                                           slots)
+                                           slots, finish is not None)
             if graph is None:
-                return fn(*inputs)
+                return run(*inputs)
         self._graphs.move_to_end(name)
         call = _Call()
         self._call = weakref.ref(call)
-        return _Replayed.apply(graph, call, *inputs, *params)
+        outs = _Replayed.apply(graph, call, *inputs, *params)
+        if finish is None:
+            return outs[0]
+        out = finish(*outs)
+        node = out.grad_fn
+        if hasattr(node, 'grad_into'):
+            # Its backward pass writes the outputs' gradients where the
+            # backward graph reads them.
+            node.grad_into = graph.grad_outs
+        return out
 
     def kept_keys(self) -> List[Hashable]:
         r"""The callers' keys of the graphs kept, the most recently used
@@ -274,10 +317,11 @@ class TrainingGraphReplay(GraphReplay):
                           params: Sequence[Tensor], name: Hashable,
                           state: State,
                           slots: Optional[Callable[[], Sequence[Slot]]],
-                          ) -> Optional[_TrainingGraph]:
+                          finished: bool) -> Optional[_TrainingGraph]:
         # The graph kept as name: a _Pinned one reads the inputs through
         # new leaves on their storage (and keeps none of them), another
-        # copies them into its own buffers.
+        # copies them into its own buffers. finished: fn's outputs go to a
+        # finish step.
         pin = isinstance(name, _Pinned)
         buffers = [(t.detach() if pin else t.detach().clone())
                    .requires_grad_(t.requires_grad) for t in inputs]
@@ -286,23 +330,24 @@ class TrainingGraphReplay(GraphReplay):
         def capture_fn():
             with aliased(params,
                          None if slots is None else slots()) as leaves:
-                targets = [t for t in buffers if t.requires_grad] + leaves
-                return capture_training(fn, buffers, targets,
-                                        self._pools.get(device))
+                grads = [t for t in buffers if t.requires_grad]
+                return capture_training(fn, buffers, grads + leaves,
+                                        self._pools.get(device), len(grads),
+                                        finished)
 
         got = self._attempt(_base(name), device, capture_fn)
         if got is None:
             return None
-        forward, backward, out, grad_out, packed, layout = got
-        # Every input gets a gradient slot: None for those without one.
-        slots = iter(layout)
-        layout = [next(slots) if t.requires_grad else None
-                  for t in buffers] + list(slots)
+        forward, backward, outs, grad_outs, own, packed, layout = got
+        # Every input gets a gradient: None for those without one.
+        own_grads = iter(own)
+        input_grads = [next(own_grads) if t.requires_grad else None
+                       for t in buffers]
         self._pools[device] = forward.pool()
         return self._keep(name, _TrainingGraph(
             forward, backward, [] if pin else buffers,
-            len(buffers) if pin else 0, out, grad_out, packed, layout,
-            tensor_pointers(state())))
+            len(buffers) if pin else 0, outs, grad_outs, input_grads,
+            packed, layout, tensor_pointers(state()), finished))
 
 
 def saved_tensor_hooks() -> bool:
@@ -395,33 +440,49 @@ def unpack(packed: Sequence[Tensor],
             for slot in layout]
 
 
-def capture_training(fn: Callable[..., Tensor], buffers: List[Tensor],
+def same_view(a: Tensor, b: Tensor) -> bool:
+    r"""Whether ``a`` and ``b`` view the same memory in the same way (data
+    pointer, dtype, shape and strides)."""
+    return (a.data_ptr() == b.data_ptr() and a.dtype == b.dtype
+            and a.shape == b.shape and a.stride() == b.stride())
+
+
+def capture_training(fn: Callable[..., Any], buffers: List[Tensor],
                      targets: List[Tensor],
-                     pool: Optional[Tuple[int, int]],
+                     pool: Optional[Tuple[int, int]], own: int = 0,
+                     outputs: bool = False,
                      ) -> Tuple['torch.cuda.CUDAGraph',
-                                'torch.cuda.CUDAGraph', Tensor, Tensor,
+                                'torch.cuda.CUDAGraph', List[Tensor],
+                                List[Tensor], List[Optional[Tensor]],
                                 List[Tensor], Layout]:
     r"""The CUDA graphs of ``fn(*buffers)`` (in memory pool ``pool``, a new
-    one if :obj:`None`) and of its backward pass, with the output, the
-    output gradient's buffer, and the gradients of ``targets`` packed (see
+    one if :obj:`None`) and of its backward pass, with the outputs (one
+    tensor, or with ``outputs`` the tuple of tensors ``fn`` returns), the
+    buffers of their gradients, the gradients of the first ``own``
+    targets as they are and those of the others packed (see
     :func:`pack`). As an eager backward pass without ``retain_graph``,
     the backward graph frees the activations as it goes (its own buffers
     reuse their memory), so it runs once per forward replay."""
     forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
     with torch.cuda.device(buffers[0].device):
         with torch.cuda.graph(forward, pool=pool):
-            out = fn(*buffers)
-        if not isinstance(out, Tensor) or not out.requires_grad:
-            raise TypeError("Expected the graphed function to return a "
-                            "tensor that requires gradients")
-        grad_out = torch.empty_like(out)
+            outs = fn(*buffers)
+        outs = outs if outputs else (outs, )
+        if not (isinstance(outs, tuple) and outs and all(
+                isinstance(t, Tensor) and t.requires_grad for t in outs)):
+            raise TypeError(
+                f"Expected the graphed function to return "
+                f"{'a tuple of tensors' if outputs else 'a tensor'} that "
+                f"require gradients (got {type(outs).__name__})")
+        grad_outs = [torch.empty_like(t) for t in outs]
         # Outside autocast, as an eager backward pass runs (the call
         # itself may be inside an autocast region).
         with torch.cuda.graph(backward, pool=forward.pool()), \
                 torch.autocast('cuda', enabled=False):
-            grads = torch.autograd.grad(out, targets, grad_out,
+            grads = torch.autograd.grad(outs, targets, grad_outs,
                                         allow_unused=True)
-            packed, layout = pack(grads)
+            packed, layout = pack(grads[own:])
     # Detached: the autograd graph of the capture would hold its leaves,
     # which may share the storage of the caller's inputs.
-    return forward, backward, out.detach(), grad_out, packed, layout
+    return (forward, backward, [t.detach() for t in outs], grad_outs,
+            list(grads[:own]), packed, layout)

@@ -556,9 +556,21 @@ class SamsaConv(Module):
         if pos is not None:
             inputs.append(pos)
 
-        def fn(x: Tensor, *rest: Tensor) -> Tensor:
+        num_graphs = attn_kwargs.get('num_graphs')
+        finish = None
+        if self._tail_writes_grads(x):
+            # The last step runs after the replay: its output is the
+            # call's own and its backward pass writes the gradients where
+            # the backward graph reads them (no copy out, none in).
+            def finish(out: Tensor, h: Tensor) -> Tensor:
+                return self._tail(out, h, batch, num_graphs)
+
+        def fn(x: Tensor, *rest: Tensor) -> Any:
             batch_ = rest[0] if batch is not None else None
             pos_ = rest[-1] if pos is not None else None
+            if finish is not None:
+                return self._body(x, None, batch_, pos_, False, attn_kwargs,
+                                  {})[:2]
             return self._forward(x, None, batch_, pos_, False, attn_kwargs,
                                  {})
 
@@ -569,7 +581,15 @@ class SamsaConv(Module):
 
         return self._train_graphs(fn, inputs, params, key,
                                   lambda: params + buffers,
-                                  self._trains_in_graphs, slots)
+                                  self._trains_in_graphs, slots, finish)
+
+    def _tail_writes_grads(self, x: Tensor) -> bool:
+        # Whether the last step of a training call on x runs as
+        # residual_batch_norm (see _add_norm), whose backward pass writes
+        # the gradients of its inputs into given buffers.
+        norm = self._norm_module(2)
+        return (not self.norm_first and isinstance(norm, BatchNorm)
+                and x.numel() >= TRAINING_BATCH_NORM_MIN_ELEMENTS)
 
     def _trains_in_graphs(self) -> bool:
         # Whether a training call of this layer may be captured in a CUDA

@@ -45,7 +45,7 @@ and a cast backward, each a pass over ``[M, C]``.
 
 Importing this module needs Triton.
 """
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 import triton
@@ -319,11 +319,14 @@ def batch_norm_stats(x: Tensor, h: Tensor, weight: Optional[Tensor],
 def batch_norm_grad(grad_out: Optional[Tensor], grad_copy: Optional[Tensor],
                     x: Tensor, h: Tensor, weight: Optional[Tensor],
                     mean: Tensor, invstd: Tensor, h_grad_dtype: bool,
+                    into: Sequence[Tensor] = (),
                     ) -> Tuple[Tensor, Optional[Tensor], Tensor, Tensor]:
     r"""The gradients ``(dx, dh, dweight, dbias)`` of the batch norm of
     ``x + h`` from those of its output and its copy (either may be
     :obj:`None`). ``dh`` is :obj:`None` where ``h_grad_dtype`` is False:
-    ``h`` has ``x``'s dtype and ``dx`` serves both."""
+    ``h`` has ``x``'s dtype and ``dx`` serves both. ``dx`` and ``dh`` are
+    written into ``into[0]`` and ``into[1]`` where given with their
+    dtypes and shapes and rows of contiguous values."""
     M, C = x.shape
     BLOCK_C, BLOCK_M, R, P = _blocks(M, C)
     go = _rows(grad_out)
@@ -342,9 +345,8 @@ def batch_norm_grad(grad_out: Optional[Tensor], grad_copy: Optional[Tensor],
         _merge_grid(C), sg_p, sgy_p, _or(weight, out), invstd, out[0],
         out[1], out[2], out[3], out[4], P, M, C, HAS_W=weight is not None,
         BLOCK_P=MERGE_SPANS, BLOCK_C=MERGE_CHANNELS, num_warps=4)
-    dx = torch.empty(M, C, dtype=x.dtype, device=x.device)
-    dh = torch.empty(M, C, dtype=h.dtype, device=x.device) \
-        if h_grad_dtype else None
+    dx = _buffer(into, 0, M, C, x)
+    dh = _buffer(into, 1, M, C, h) if h_grad_dtype else None
     dh_ = _or(dh, dx)
     _launch_grad_apply(
         (triton.cdiv(M, BLOCK_M), ), go_, gz_, x, h, mean, invstd, out[2],
@@ -353,6 +355,17 @@ def batch_norm_grad(grad_out: Optional[Tensor], grad_copy: Optional[Tensor],
         HAS_GO=go is not None, HAS_GZ=gz is not None, HAS_DH=dh is not None,
         BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=4)
     return dx, dh, out[0], out[1]
+
+
+def _buffer(into: Sequence[Tensor], i: int, M: int, C: int,
+            like: Tensor) -> Tensor:
+    # into[i] where it holds [M, C] rows of like's dtype, else a new one.
+    if i < len(into):
+        t = into[i]
+        if (t.dtype == like.dtype and t.device == like.device
+                and t.shape == (M, C) and t.stride(1) == 1):
+            return t
+    return torch.empty(M, C, dtype=like.dtype, device=like.device)
 
 
 def _or(t: Optional[Tensor], other: Tensor) -> Tensor:
@@ -366,7 +379,13 @@ def _rows(t: Optional[Tensor]) -> Optional[Tensor]:
 
 class ResidualBatchNorm(torch.autograd.Function):
     r"""``F.batch_norm(x + h, ..., training=True)`` and its copy in a
-    second dtype, through the kernels above (see the module's text)."""
+    second dtype, through the kernels above (see the module's text).
+
+    A caller may set ``grad_into`` on the output's backward node to a
+    sequence of buffers: the gradients of ``x`` and ``h`` are then written
+    into them (see :func:`batch_norm_grad`): a CUDA graph's caller has
+    them written where the graph of the rest of the backward pass reads
+    them, without a copy."""
     @staticmethod
     def forward(ctx: Any, x: Tensor, h: Tensor, weight: Optional[Tensor],
                 bias: Optional[Tensor], running_mean: Optional[Tensor],
@@ -382,6 +401,7 @@ class ResidualBatchNorm(torch.autograd.Function):
                                       copy_dtype)
         ctx.save_for_backward(x, h, weight, mean, invstd)
         ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.grad_into = ()
         ctx.set_materialize_grads(False)
         return y, z
 
@@ -395,7 +415,7 @@ class ResidualBatchNorm(torch.autograd.Function):
         needs = ctx.needs_input_grad
         dx, dh, dweight, dbias = batch_norm_grad(
             grad_out, grad_copy, x, h, weight, mean, invstd,
-            needs[1] and h.dtype != x.dtype)
+            needs[1] and h.dtype != x.dtype, ctx.grad_into)
         dh = dx if dh is None else dh
         return (dx if needs[0] else None, dh if needs[1] else None,
                 dweight.to(weight.dtype) if needs[2] else None,

@@ -59,9 +59,76 @@ def test_captures_after_backward_passes_and_matches_eager(fake_capture):
     fake = fake_capture[0]
     assert fake.forwards == 4 and fake.backwards == 4
     # Every output is its own; gradients are not views of the buffers.
-    assert out.data_ptr() != fake.out.data_ptr()
+    assert out.data_ptr() != fake.outs[0].data_ptr()
+    assert x.grad.data_ptr() != fake.input_grads[0].data_ptr()
     assert all(p.grad.data_ptr() != t.data_ptr()
                for p in params[:2] for t in fake.packed)
+
+
+class _Finish(torch.autograd.Function):
+    # a * c + b, c per column: a finish step whose backward pass writes
+    # the gradients of a and b into the buffers set as grad_into.
+    @staticmethod
+    def forward(ctx, a, b, c):
+        ctx.save_for_backward(a, c)
+        ctx.grad_into = ()
+        return a * c + b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, c = ctx.saved_tensors
+        into = list(ctx.grad_into) or [torch.empty_like(a),
+                                       torch.empty_like(g)]
+        torch.mul(g, c, out=into[0])
+        into[1].copy_(g)
+        return into[0], into[1], (g * a).sum(0)
+
+
+def make_two(seed=0):
+    # fn returns two tensors, which finish combines.
+    fn, params = make(seed)
+    c = torch.randn(4, requires_grad=True)
+
+    def body(x):
+        out = fn(x)
+        return out, out.exp()
+
+    return body, params, c
+
+
+@pytest.mark.parametrize('writes', [True, False])
+def test_a_finish_step_runs_on_the_graphs_outputs(fake_capture, spy,
+                                                  writes):
+    body, params, c = make_two()
+    ref_body, ref_params, ref_c = make_two()
+    if writes:  # its backward pass writes into the graph's buffers
+        def finish(a, b):
+            return _Finish.apply(a, b, c)
+    else:  # PyTorch's operators: the gradients are copied in
+        def finish(a, b):
+            return a * c + b
+    views = spy(_graph_training, 'same_view')
+    graphs = TrainingGraphReplay(min_calls=1)
+    for i in range(4):
+        x = torch.randn(5, 3, requires_grad=True)
+        weight = torch.randn(5, 4)
+        out = graphs(body, (x, ), params, 'key', lambda: params,
+                     finish=finish)
+        (out * weight).sum().backward()
+        x_ref = x.detach().requires_grad_()
+        a, b = ref_body(x_ref)
+        ((a * ref_c + b) * weight).sum().backward()
+        torch.testing.assert_close(out, a * ref_c + b)
+        torch.testing.assert_close(x.grad, x_ref.grad)
+        for p, q in zip([*params[:2], c], [*ref_params[:2], ref_c]):
+            torch.testing.assert_close(p.grad, q.grad)
+    (fake, ) = fake_capture
+    assert fake.forwards == 3 and fake.backwards == 3
+    # The finish step's output is its own, never a buffer of the graph.
+    assert all(out.data_ptr() != t.data_ptr() for t in fake.outs)
+    assert len(views) == 6  # both gradients, in each backward replay
+    written = [a[0].data_ptr() == a[1].data_ptr() for a in views]
+    assert written == [writes] * 6
 
 
 def test_a_cycle_of_more_signatures_than_graphs_stops_capturing(
@@ -239,15 +306,16 @@ def test_inputs_without_gradients_and_signatures(fake_capture):
     for _ in range(3):
         step(graphs, fn, params, x, 1.0)
     (graph, ) = graphs._graphs.values()
-    # x gets no gradient slot; w and b do, the unused tensor none.
-    assert [slot is None for slot in graph.layout] == [True, False, False,
-                                                       True]
+    # x gets no gradient buffer; w and b get packed slots, the unused
+    # tensor none.
+    assert graph.input_grads == [None]
+    assert [slot is None for slot in graph.layout] == [False, False, True]
     xg = x.clone().requires_grad_()
     for _ in range(3):  # another signature: x requires a gradient
         step(graphs, fn, params, xg, 1.0)
     assert len(fake_capture) == 2 and len(graphs) == 1
     (graph, ) = graphs._graphs.values()
-    assert graph.layout[0] is not None
+    assert graph.input_grads[0].shape == x.shape
     x_ref = x.clone().requires_grad_()
     for _ in range(3):
         ref_fn(x_ref).sum().backward()
