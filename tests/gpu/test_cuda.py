@@ -35,13 +35,14 @@ def test_cuda_matches_cpu(kwargs):
 
 @pytest.mark.parametrize('kwargs', [dict(), dict(summary=True),
                                     dict(score='maxout',
-                                         normalization='leaky')])
+                                         normalization='leaky'),
+                                    dict(relative_bias=True)])
 def test_float64_layer_trains_in_float64_on_cuda(kwargs):
     # A float64 SamsaConv computes in float64 throughout: on CUDA the
     # float32 Triton kernels (scorer, relaxation's score gradient, fused
-    # bias and inference paths) leave it to PyTorch's formulas, so a
-    # training step equals the one with every such kernel switched off
-    # (the same noise: one device, one seed) to float64 rounding.
+    # relative bias and inference paths) leave it to PyTorch's formulas,
+    # so a training step equals the one with every such kernel switched
+    # off (the same noise: one device, one seed) to float64 rounding.
     from samsa_geo.nn import SamsaConv
     torch.manual_seed(0)
     conv = SamsaConv(64, None, heads=4, k=32,
@@ -49,6 +50,9 @@ def test_float64_layer_trains_in_float64_on_cuda(kwargs):
     x = torch.randn(1200, 64, dtype=torch.float64, device='cuda')
     batch = torch.arange(4, device='cuda').repeat_interleave(300)
     hints = dict(num_graphs=4, max_num_nodes=300)
+    if kwargs.get('relative_bias'):
+        hints['pos'] = torch.randn(1200, 3, dtype=torch.float64,
+                                   device='cuda')
 
     def step(**switches):
         conv.zero_grad()

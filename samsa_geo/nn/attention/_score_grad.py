@@ -209,16 +209,26 @@ def _tail_dtype(ws: Tensor) -> torch.dtype:
     return promoted_float(ws.dtype, torch.float32)
 
 
+def scorer_kernels_serve(device: torch.device, ws: Tensor) -> bool:
+    r"""Whether the scorer's Triton kernels, which compute its tail in
+    float32, may serve a scorer of per-head weights ``ws`` :math:`(H, C)`
+    on ``device``: the fused scorer switched on (see :mod:`config`),
+    Triton serving the device, a scorer whose tail is float32 (not
+    float64) and at most ``SCORE_MAX_HEADS`` heads. Each path adds its own
+    conditions."""
+    return (config.use_fused_scorer() and triton_serves(device)
+            and _tail_dtype(ws) == torch.float32
+            and ws.size(0) <= SCORE_MAX_HEADS)
+
+
 def _kernels(hidden: Tensor, ws: Tensor, b2: Optional[Tensor],
              bs: Optional[Tensor]) -> bool:
     # Whether the Triton kernels run the float32 tail (forward and
-    # backward): on CUDA, with both biases, within the backward kernel's
-    # width, not for a float64 scorer.
-    return (config.use_fused_scorer() and triton_serves(hidden.device)
-            and _tail_dtype(ws) == torch.float32
+    # backward): where they serve the scorer, with both biases, within the
+    # backward kernel's width.
+    return (scorer_kernels_serve(hidden.device, ws)
             and b2 is not None and bs is not None and hidden.dim() == 2
-            and hidden.size(-1) <= SCORE_GRAD_MAX_CHANNELS
-            and ws.size(0) <= SCORE_MAX_HEADS)
+            and hidden.size(-1) <= SCORE_GRAD_MAX_CHANNELS)
 
 
 def _tail_forward(hidden: Tensor, x: Tensor, w2c: Tensor, b2c: Tensor,

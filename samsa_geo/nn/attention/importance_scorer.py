@@ -6,21 +6,19 @@ from torch import Tensor
 from torch.nn import GELU, LayerNorm, Linear, Module, Sequential
 from torch_geometric.nn.inits import reset
 
-from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import (
     SCORE_MAX_CHANNELS,
-    SCORE_MAX_HEADS,
     is_exporting,
     is_tracing,
     needs_grad,
     scorer_mlp_in_kernel,
-    triton_serves,
 )
 from samsa_geo.nn.attention._ops import importance_score
 from samsa_geo.nn.attention._score_grad import (
     ScoredRows,
     score_tail,
     scorer_gelu,
+    scorer_kernels_serve,
 )
 from samsa_geo.ops._utils import check_positive_int, promoted_float
 from samsa_geo.ops.validation import check_matrix
@@ -156,10 +154,9 @@ class ImportanceScorer(Module):
         # compiled graphs included (as a custom operator); exported graphs
         # keep the PyTorch formula, and so does a float64 scorer (the
         # kernel computes in float32).
-        return (config.use_fused_scorer() and triton_serves(x.device)
-                and self.lin.weight.dtype != torch.float64
+        return (scorer_kernels_serve(x.device, self.lin.weight)
                 and self.channels <= SCORE_MAX_CHANNELS
-                and self.heads <= SCORE_MAX_HEADS and not is_exporting()
+                and not is_exporting()
                 and not needs_grad(x, hidden, lin2_weight, self.norm.weight,
                                    self.norm.bias, self.lin.weight,
                                    self.lin.bias))

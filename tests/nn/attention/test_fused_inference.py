@@ -513,9 +513,8 @@ def test_fused_conv_forward_launches_few_kernels(fused, monkeypatch, sizes,
     # layer's own operators, plus three Triton kernels (scorer tail,
     # selection, attention); the unfused path runs the top-k, the index
     # arithmetic, the gathers and the tiles on top.
-    scorer = importlib.import_module(
-        'samsa_geo.nn.attention.importance_scorer')
-    monkeypatch.setattr(scorer, 'triton_serves', lambda device: True)
+    score_grad = importlib.import_module('samsa_geo.nn.attention._score_grad')
+    monkeypatch.setattr(score_grad, 'triton_serves', lambda device: True)
     monkeypatch.setattr(config, 'checks_values', lambda device: False)
     x, batch, hints = _batch(sizes, 32)
     conv = SamsaConv(32, None, heads=2, k=8,

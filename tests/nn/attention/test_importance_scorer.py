@@ -241,15 +241,16 @@ def test_kernel_reads_strided_rows_and_handles_empty(kernel):
 
 def test_scorer_dispatches_to_the_kernel_in_inference(kernel, monkeypatch,
                                                       spy):
-    # Inference (no gradient) on a device the kernel serves takes the
+    # Inference (no gradient) on a device the kernels serve takes the
     # custom operator, eager and compiled without a graph break; a pass
-    # that needs gradients, or the switch off, keeps the PyTorch formula.
-    import samsa_geo.nn.attention.importance_scorer as mod
+    # that needs gradients takes the training node, whose forward runs the
+    # same kernel; with the switch off, the PyTorch formula.
+    import samsa_geo.nn.attention._score_grad as score_grad
 
     scorer = _trained_like(32, 4).eval()
     x = torch.randn(50, 32)
     ref = scorer(x)
-    monkeypatch.setattr(mod, 'triton_serves', lambda device: True)
+    monkeypatch.setattr(score_grad, 'triton_serves', lambda device: True)
     calls = spy(kernel, 'importance_score_triton')
     with torch.no_grad():
         out = scorer(x)
@@ -262,21 +263,24 @@ def test_scorer_dispatches_to_the_kernel_in_inference(kernel, monkeypatch,
     assert calls[0][7] is lin2.weight
     assert torch.allclose(out, ref, atol=1e-5)
     assert torch.allclose(compiled, ref, atol=1e-5)
+    from samsa_geo.nn.attention import importance_scorer
+    score_tail = spy(importance_scorer, 'score_tail', keep_args=False)
     scorer(x)  # the parameters need gradients
+    assert len(calls) == 3 and len(score_tail) == 1
     with torch.no_grad(), config.attention_config(fused_scorer=False):
         scorer(x)
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_input_norm_scorer_takes_the_kernel_under_autocast(
         kernel, monkeypatch, spy):
     # The kernel reads the normalised tokens (float32) next to the MLP's
     # bf16 rows and agrees with the PyTorch formula on the same rows.
-    import samsa_geo.nn.attention.importance_scorer as mod
+    import samsa_geo.nn.attention._score_grad as score_grad
 
     scorer = ImportanceScorer(32, heads=4, input_norm=True).eval()
     x = torch.randn(50, 32) * 3.0
-    monkeypatch.setattr(mod, 'triton_serves', lambda device: True)
+    monkeypatch.setattr(score_grad, 'triton_serves', lambda device: True)
     calls = spy(kernel, 'importance_score_triton')
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         out = scorer(x)
@@ -294,11 +298,11 @@ def test_scorer_runs_its_mlp_before_the_kernel_beyond_the_limits(
     # Beyond SCORE_MLP_MAX_CHANNELS channels the kernel reads the MLP's
     # output; at the limit, the hidden rows (any number of rows).
     import samsa_geo.nn.attention._dispatch as dispatch
-    import samsa_geo.nn.attention.importance_scorer as mod
+    import samsa_geo.nn.attention._score_grad as score_grad
 
     scorer = _trained_like(C, 2).eval()
     x = torch.randn(6, C)
-    monkeypatch.setattr(mod, 'triton_serves', lambda device: True)
+    monkeypatch.setattr(score_grad, 'triton_serves', lambda device: True)
     monkeypatch.setattr(dispatch, 'SCORE_MLP_MAX_CHANNELS', max_channels)
     calls = spy(kernel, 'importance_score_triton')
     with torch.no_grad():
@@ -470,7 +474,6 @@ def test_scorer_reads_strided_hidden_rows_through_the_gelu_kernel(
     # switch off keep PyTorch's GELU.
     import samsa_geo.nn.attention._dispatch as dispatch
     import samsa_geo.nn.attention._score_grad as score_grad
-    import samsa_geo.nn.attention.importance_scorer as mod
 
     scorer = _trained_like(32, 4).eval()
     lin1 = scorer.score_nn[0]
@@ -480,7 +483,6 @@ def test_scorer_reads_strided_hidden_rows_through_the_gelu_kernel(
         stacked = F.linear(x, torch.cat([other, lin1.weight]),
                            torch.cat([other.new_zeros(64), lin1.bias]))
     hidden = stacked[:, 64:]  # [50, 32], row stride 96
-    monkeypatch.setattr(mod, 'triton_serves', lambda device: True)
     monkeypatch.setattr(score_grad, 'triton_serves', lambda device: True)
     monkeypatch.setattr(dispatch, 'SCORE_MLP_MAX_CHANNELS', 16)
     calls = spy(kernel, 'gelu_triton')
