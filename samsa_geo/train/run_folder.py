@@ -10,7 +10,7 @@ import shutil
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import (IO, Dict, Iterable, Iterator, List, Optional, Pattern,
                     Tuple, Union)
 
@@ -337,7 +337,10 @@ def claim_run_folder(folder: str, resume: bool = False,
     continues in its own folder), makes the folder ready for a new run with
     :func:`prepare_run_folder`: an old run moves aside (or, with
     :obj:`overwrite`, is deleted) whole, with the subfolders that
-    :obj:`run_files` names, before any of the new runs starts. Other ranks
+    :obj:`run_files` names, before any of the new runs starts. Those
+    subfolders' own locks are taken for the move: one in use by a run of
+    another process (a :class:`~samsa_geo.train.Trainer` started there
+    alone) fails the claim, naming it, and nothing moves. Other ranks
     wait for it: under :obj:`torchrun`, enter it after
     :func:`~samsa_geo.train.init_distributed`.
 
@@ -369,7 +372,8 @@ def claim_run_folder(folder: str, resume: bool = False,
         moved, and on other ranks).
 
     Raises:
-        RunFolderError: If another process holds the folder.
+        RunFolderError: If another process holds the folder, or a subfolder
+            that would move.
         ValueError: If both :obj:`resume` and :obj:`overwrite` are set.
         TypeError: If :obj:`run_files` is not a list of names and patterns.
     """
@@ -384,13 +388,34 @@ def claim_run_folder(folder: str, resume: bool = False,
             lock = RunFolderLock(folder)
             remove_stale_temporaries(folder)
             if not resume:
-                message = prepare_run_folder(folder, overwrite=overwrite,
-                                             log=log, run_files=run_files)
+                with sub_run_locks(folder, run_files):
+                    message = prepare_run_folder(
+                        folder, overwrite=overwrite, log=log,
+                        run_files=run_files)
         barrier()
         yield message
     finally:
         if lock is not None:
             lock.release()
+
+
+@contextmanager
+def sub_run_locks(folder: str, run_files: RunFiles = ()) -> Iterator[None]:
+    r"""Holds, within the block, the :class:`RunFolderLock` of every
+    subfolder of :obj:`folder` that belongs to its run (see
+    :func:`run_entries`) and holds a lock file (a run folder of its own).
+
+    Raises:
+        RunFolderError: If another process holds one of them (the locks
+            taken before it are released).
+    """
+    with ExitStack() as stack:
+        for name in run_entries(folder, run_files):
+            path = osp.join(folder, name)
+            if (osp.isdir(path) and not osp.islink(path)
+                    and osp.isfile(osp.join(path, LOCK_FILE))):
+                stack.callback(RunFolderLock(path).release)
+        yield
 
 
 def drop_stale_evaluations(summary: Dict, checkpoint: str) -> Dict:

@@ -339,6 +339,42 @@ def test_claim_run_folder_moves_an_old_multi_run_whole(tmp_path, capsys):
     RunFolderLock(str(out)).release()
 
 
+def test_claim_run_folder_refuses_to_move_a_sub_run_in_use(tmp_path):
+    # A Trainer of another process in <out>/seed1 (started alone, outside
+    # the claim) holds that folder: the claim fails naming it and nothing
+    # moves; once it is free, the claim moves the old run whole.
+    out = tmp_path / 'multi'
+    multi_run(out)
+    RunFolderLock(str(out / 'seed0')).release()  # a lock file, free
+    proc = subprocess.Popen([sys.executable, '-c', HOLDER,
+                             str(out / 'seed1')],
+                            env=dict(os.environ, PYTHONPATH=ROOT),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'READY'
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(RunFolderError,
+                           match=f"'{out / 'seed1'}' is in use.*pid "
+                           f"{proc.pid}"):
+            with claim_run_folder(str(out), run_files=MULTI_RUN):
+                pass
+        # (The claim's own lock file stays.)
+        assert sorted(p.name for p in out.iterdir()) == ['.lock', *before]
+        assert (out / 'seed1' / 'best.pt').is_file()
+        assert [p.name for p in tmp_path.iterdir()] == ['multi']
+        with claim_run_folder(str(out), resume=True, run_files=MULTI_RUN):
+            pass  # nothing moves: the sub-runs continue in their folders
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    with claim_run_folder(str(out), run_files=MULTI_RUN):
+        assert sorted(p.name for p in out.iterdir()) == ['.lock']
+    (moved, ) = [p for p in tmp_path.iterdir() if p.name != 'multi']
+    assert (moved / 'seed1' / 'best.pt').is_file()
+    # The sub-runs' locks were released: their folders can be taken again.
+    RunFolderLock(str(moved / 'seed0')).release()
+
+
 def test_claim_run_folder_overwrite_resume_and_project(tmp_path):
     out = tmp_path / 'multi'
     multi_run(out)
