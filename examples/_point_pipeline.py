@@ -3,12 +3,12 @@ their common command-line flags, the rotation protocol's augmentations and
 the trainer set-up (whose fit() saves the resolved configuration as
 config.yaml in the run folder)."""
 import argparse
-import os.path as osp
 
 import torch_geometric.transforms as T
 
 from samsa_geo.train import (Trainer, add_run_args, check_resume_config,
-                             init_distributed, steps_per_epoch)
+                             continues_run, init_distributed,
+                             steps_per_epoch)
 from samsa_geo.transforms import (
     RandomAnisotropicScale,
     RandomJitter,
@@ -150,7 +150,7 @@ def check_resume_first(args):
     ``config.yaml`` before any data is read or processed (see
     ``samsa_geo.train.check_resume_config``; ``Trainer.fit`` checks again
     when it resumes)."""
-    if args.resume and osp.isfile(osp.join(args.out, 'last.pt')):
+    if continues_run(args.out, args.resume):
         check_resume_config(args, args.out)
 
 

@@ -45,7 +45,7 @@ from samsa_geo.nn import batch_hints
 from samsa_geo.nn.models import PRESETS, SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, atomic_write,
                              check_resume_config, claim_run_folder,
-                             init_distributed, make_loader, make_parser,
+                             continues_run, init_distributed, make_loader, make_parser,
                              parse_args_with_config, save_config,
                              seed_everything, steps_per_epoch)
 from samsa_geo.transforms import AddLaplacianPE, AddRandomWalkPE, RandomSignFlip
@@ -273,7 +273,7 @@ def main(argv=None):
     seeds = range(args.seed, args.seed + args.seeds)
     for seed in seeds:  # before the data: another --root, say
         run_dir = seed_dir(args, seed)
-        if args.resume and osp.isfile(osp.join(run_dir, 'last.pt')):
+        if continues_run(run_dir, args.resume):
             check_resume_config(seed_config(args, seed), run_dir)
     splits = load_splits(args, PRESETS[args.dataset])
     print(f'{args.dataset}: ' + ', '.join(f'{s} {len(d)}' for s, d in

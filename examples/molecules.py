@@ -32,7 +32,7 @@ from samsa_geo.nn.encoders import CategoricalEncoder, PositionalEncoder
 from samsa_geo.nn.models import SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, atomic_write,
                              check_resume_config, claim_run_folder,
-                             init_distributed, make_loader, make_parser,
+                             continues_run, init_distributed, make_loader, make_parser,
                              parse_args_with_config, save_config,
                              seed_everything, steps_per_epoch)
 from samsa_geo.transforms import AddRandomWalkPE
@@ -299,7 +299,7 @@ def main(argv=None):
     for name in models:  # before the data: another --root, say
         for seed in range(args.seed, args.seed + args.seeds):
             run_dir = run_folder(args, name, seed)
-            if args.resume and osp.isfile(osp.join(run_dir, 'last.pt')):
+            if continues_run(run_dir, args.resume):
                 check_resume_config(run_config(args, name, seed), run_dir)
     dataset = FreeSolv(args.root,
                        pre_transform=AddRandomWalkPE(args.walk_length))

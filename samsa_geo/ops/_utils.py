@@ -343,3 +343,10 @@ def promoted_float(a: torch.dtype, b: torch.dtype) -> torch.dtype:
     if a.itemsize != b.itemsize:
         return a if a.itemsize > b.itemsize else b
     return torch.promote_types(a, b)  # float16 with bfloat16
+
+
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    r"""The dtype of steps that run in float32 from narrower floating-point
+    dtypes (scores, norms) and in :obj:`dtype` itself where it is wider
+    (float64 in a float64 layer)."""
+    return promoted_float(dtype, torch.float32)

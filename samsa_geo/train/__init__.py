@@ -14,7 +14,7 @@ from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
 from samsa_geo.train.loader import (make_loader, move_to_device,
                                     steps_per_epoch)
 from samsa_geo.train.run_folder import (RunFolderError, RunFolderLock,
-                                        claim_run_folder)
+                                        claim_run_folder, continues_run)
 from samsa_geo.train.seed import (enable_determinism, seed_everything,
                                   seed_worker)
 from samsa_geo.train.task import Task
@@ -30,6 +30,7 @@ __all__ = [
     'RunFolderError',
     'RunFolderLock',
     'claim_run_folder',
+    'continues_run',
     'atomic_write',
     'save_checkpoint',
     'load_checkpoint',

@@ -206,6 +206,13 @@ def run_entries(folder: str, run_files: RunFiles = ()) -> List[str]:
     return found
 
 
+def continues_run(folder: str, resume: bool) -> bool:
+    r"""Whether a run started with :obj:`resume` in :obj:`folder` continues
+    the run there: :obj:`resume` is set and the folder holds
+    :obj:`last.pt`."""
+    return bool(resume) and osp.isfile(osp.join(folder, 'last.pt'))
+
+
 def holds_run(folder: str, run_files: RunFiles = ()) -> bool:
     r"""Whether :obj:`folder` holds files of a run: one of :obj:`RUN_FILES`,
     or of :obj:`run_files` (what the caller writes there; its files alone,
@@ -273,9 +280,9 @@ def prepare_run_folder(folder: str, resume: bool = False,
             :obj:`'.lock'`).
     """
     run_files = check_run_files(run_files)
-    last, best = osp.join(folder, 'last.pt'), osp.join(folder, 'best.pt')
-    if resume and osp.isfile(last):
+    if continues_run(folder, resume):
         return None
+    last, best = osp.join(folder, 'last.pt'), osp.join(folder, 'best.pt')
     if resume and osp.isfile(best):
         raise RunFolderError(
             f"Cannot resume in '{folder}': it holds 'best.pt' but no "

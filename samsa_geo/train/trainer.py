@@ -33,7 +33,8 @@ from samsa_geo.train.distributed import (all_gather_outputs, all_reduce_max,
 from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
 from samsa_geo.train.loader import move_to_device
 from samsa_geo.train.run_folder import (RunFiles, RunFolderLock,
-                                        check_run_files, prepare_run_folder,
+                                        check_run_files, continues_run,
+                                        prepare_run_folder,
                                         remove_stale_temporaries)
 from samsa_geo.train.seed import (enable_determinism, get_rng_state,
                                   seed_everything, set_rng_state)
@@ -503,7 +504,7 @@ class Trainer:
         self._time_before = 0.0
         result: Tuple[int, int, Optional[Dict[str, Any]], Optional[int]] = \
             (0, 0, None, None)
-        if self.resume and osp.isfile(self.last_path):
+        if continues_run(self.out_dir, self.resume):
             if self.config is not None:  # before anything of the run is read
                 check_resume_config(self.config, self.out_dir)
             path, state = self._resume_state()

@@ -16,7 +16,7 @@ from samsa_geo.nn.attention._dispatch import (
 from samsa_geo.nn.attention._flex import PairGeometry, biased_flex_attention
 from samsa_geo.nn.attention._ops import biased_attention_inference
 from samsa_geo.nn.attention._similarity import dot_score
-from samsa_geo.ops._utils import promoted_float
+from samsa_geo.ops._utils import at_least_float32
 
 
 def explicit_attention(
@@ -59,7 +59,7 @@ def explicit_attention(
         a = score_fn(q[s:e], k[s:e])  # [c, H, T, k]
         if bias_fn is not None:
             a = bias_fn(a, s, e)
-        a = a.to(promoted_float(a.dtype, torch.float32))  # float64 stays
+        a = a.to(at_least_float32(a.dtype))  # float64 stays
         mask = None if key_valid is None else \
             key_valid[s:e].view(e - s, 1, 1, kk)  # [c, k] -> [c, 1, 1, k]
         bias = None if key_bias is None else key_bias[s:e].view(-1, 1, 1, kk)

@@ -46,7 +46,7 @@ from samsa_geo.nn.attention._dispatch import (
     scorer_mlp_in_kernel,
     triton_serves,
 )
-from samsa_geo.ops._utils import promoted_float
+from samsa_geo.ops._utils import at_least_float32
 
 
 class ScoreTail(torch.autograd.Function):
@@ -69,7 +69,7 @@ class ScoreTail(torch.autograd.Function):
             out = _tail_forward(hidden, x, w2c, b2c, ln_w, ln_b, eps, ws,
                                 bs, approximate)
         else:
-            dtype = _tail_dtype(ws)
+            dtype = at_least_float32(ws.dtype)
             a = F.gelu(hidden, approximate=approximate)
             y = F.linear(a, w2c, b2c).to(dtype)  # [N, C]
             C = y.size(-1)
@@ -117,7 +117,7 @@ class ScoreTail(torch.autograd.Function):
             g_bs = grad.float().sum(0) if need[8] else None  # [H]
         else:
             g_x, g_y, g_ws, g_bs, g_lnw, g_lnb, g_b2 = _tail_grads(
-                y.to(_tail_dtype(ws)), x, grad, ws, bs, ln_w, ln_b, b2c,
+                y.to(at_least_float32(ws.dtype)), x, grad, ws, bs, ln_w, ln_b, b2c,
                 b2_dtype, ctx.eps, need)
         g_y = g_y.to(a.dtype)  # [N, C]
         g_w2 = (g_y.t() @ a).to(w2_dtype) if need[2] else None  # [C, C]
@@ -203,12 +203,6 @@ def _tail_grads(y: Tensor, x: Tensor, grad: Tensor, ws: Tensor,
     return g_x, g_y, g_ws, g_bs, g_lnw, g_lnb, g_b2
 
 
-def _tail_dtype(ws: Tensor) -> torch.dtype:
-    # The dtype of the tail from the LayerNorm on: float32, float64 in a
-    # float64 scorer.
-    return promoted_float(ws.dtype, torch.float32)
-
-
 def scorer_kernels_serve(device: torch.device, ws: Tensor) -> bool:
     r"""Whether the scorer's Triton kernels, which compute its tail in
     float32, may serve a scorer of per-head weights ``ws`` :math:`(H, C)`
@@ -217,7 +211,7 @@ def scorer_kernels_serve(device: torch.device, ws: Tensor) -> bool:
     float64) and at most ``SCORE_MAX_HEADS`` heads. Each path adds its own
     conditions."""
     return (config.use_fused_scorer() and triton_serves(device)
-            and _tail_dtype(ws) == torch.float32
+            and at_least_float32(ws.dtype) == torch.float32
             and ws.size(0) <= SCORE_MAX_HEADS)
 
 

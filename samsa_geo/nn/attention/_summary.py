@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from samsa_geo.nn.attention._sets import SetInfo
-from samsa_geo.ops._utils import promoted_float
+from samsa_geo.ops._utils import at_least_float32, promoted_float
 
 
 @dataclass
@@ -89,8 +89,7 @@ def summarize(kv: Tensor, score: Tensor, reg_score: Optional[Tensor],
     """
     B, H = info.num_sets, score.size(1)
     R = 0 if reg_score is None else reg_score.size(0)
-    dtype = promoted_float(promoted_float(score.dtype, kv.dtype),
-                           torch.float32)
+    dtype = at_least_float32(promoted_float(score.dtype, kv.dtype))
     score = score.to(dtype)
     if R > 0:  # [N + B * R, H]
         score = torch.cat([score, reg_score.to(dtype).repeat(B, 1)], 0)

@@ -20,7 +20,7 @@ from samsa_geo.nn.attention._score_grad import (
     scorer_gelu,
     scorer_kernels_serve,
 )
-from samsa_geo.ops._utils import check_positive_int, promoted_float
+from samsa_geo.ops._utils import at_least_float32, check_positive_int
 from samsa_geo.ops.validation import check_matrix
 
 
@@ -141,7 +141,7 @@ class ImportanceScorer(Module):
         # Scores rank the tokens: the residual, the LayerNorm and the
         # projection run in float32 even under bf16/fp16 autocast (in
         # float64 in a float64 scorer).
-        dtype = promoted_float(lin.weight.dtype, torch.float32)
+        dtype = at_least_float32(lin.weight.dtype)
         with torch.autocast(x.device.type, enabled=False):
             h = x.to(dtype) + F.layer_norm(
                 y.to(dtype), norm.normalized_shape, norm.weight.to(dtype),

@@ -63,7 +63,7 @@ from samsa_geo.nn.attention._tiles import (
 )
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
 from samsa_geo.nn.attention.relative_bias import RelativeBias
-from samsa_geo.ops._utils import check_positive_int, promoted_float
+from samsa_geo.ops._utils import at_least_float32, check_positive_int
 from samsa_geo.ops.linear import linear_unchecked
 from samsa_geo.ops.validation import (
     check_batch_vector,
@@ -804,8 +804,7 @@ class SamsaAttention(Module):
         # training); keys and values projected from them alone.
         H, D = self.heads, self.head_dim
         importance = self.scorer(x, hidden, **scorer_args).view(-1)
-        importance = importance.to(promoted_float(importance.dtype,
-                                                  torch.float32))
+        importance = importance.to(at_least_float32(importance.dtype))
         sample = sft_sample(
             x, importance, batch, self._k(), mix=self.training,
             perturb=self.training or self.stochastic_eval,
@@ -835,7 +834,7 @@ class SamsaAttention(Module):
         else:
             # [N, H] float32 (float64 in a float64 layer)
             importance = self.scorer(x, hidden, **(scorer_args or {}))
-            dtype = promoted_float(importance.dtype, torch.float32)
+            dtype = at_least_float32(importance.dtype)
             importance = importance.to(dtype)
             reg_importance = None if R == 0 else self.reg_score.to(dtype)
             if self._summary_on(info):
@@ -983,7 +982,7 @@ class SamsaAttention(Module):
                        summ: Optional[Summary] = None) -> PairGeometry:
         N = pos.size(0)
         # float32, float64 in a float64 layer
-        dtype = promoted_float(self.lin_q.weight.dtype, torch.float32)
+        dtype = at_least_float32(self.lin_q.weight.dtype)
         pos = pos.to(dtype)
         normal = None if normal is None else normal.to(dtype)
         R = self.num_registers
@@ -1030,8 +1029,7 @@ class SamsaAttention(Module):
             ndot = None  # without normals the feature is zero
             if g.normal_k is not None:  # [c, H, T, k]
                 ndot = g.normal_q.unsqueeze(1) @ g.normal_k.transpose(-1, -2)
-            return rel_bias(score.to(promoted_float(score.dtype,
-                                                    torch.float32)),
+            return rel_bias(score.to(at_least_float32(score.dtype)),
                             (dist, ndot))
 
         return apply
