@@ -57,7 +57,10 @@ def build_parser(doc=__doc__):
                    help='fraction of every train class held out for '
                    'validation')
     p.add_argument('--eval-checkpoint', default=None,
-                   help='skip training: evaluate this checkpoint on test')
+                   help="skip training: evaluate this checkpoint ('best', "
+                   "'last' or a path) on test; the options go to "
+                   "eval_config.yaml beside a checkpoint of --out, else to "
+                   "config.yaml of --out as a new run")
     return p
 
 
@@ -179,6 +182,9 @@ def run(args):
     best = {}
     if args.eval_checkpoint is None:
         best = trainer.fit(train_loader, val_loader)
+    else:  # the options beside the results (eval_config.yaml in the
+        # checkpoint's own run, else config.yaml of a new run folder)
+        trainer.start_evaluation(args.eval_checkpoint)
     task.votes = args.votes
     test = trainer.evaluate(test_loader, 'test',
                             checkpoint=args.eval_checkpoint or 'best')
@@ -189,10 +195,12 @@ def run(args):
         if WITH_MATPLOTLIB:
             plot_confusion_matrix(out['pred'], out['target'], classes,
                                   osp.join(args.out, 'confusion_matrix.png'))
-        print(f"best epoch {best.get('best_epoch')}: val_loss "
-              f"{best.get('val_loss', float('nan')):.4f} val_oa "
-              f"{best.get('val_oa', float('nan')):.4f}"
-              f" | test_oa {test['test_oa']:.4f}"
+        head = (f"best epoch {best.get('best_epoch')}: val_loss "
+                f"{best.get('val_loss', float('nan')):.4f} val_oa "
+                f"{best.get('val_oa', float('nan')):.4f} | "
+                if args.eval_checkpoint is None
+                else f"checkpoint {args.eval_checkpoint}: ")
+        print(f"{head}test_oa {test['test_oa']:.4f}"
               f" test_macc {test['test_macc']:.4f} -> {args.out}")
     metrics = {**best, **test, 'num_params': num_params}
     return metrics

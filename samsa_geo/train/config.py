@@ -15,6 +15,10 @@ from samsa_geo.train.checkpoint import atomic_write
 
 #: The file name of the resolved configuration in a run folder.
 CONFIG_FILE = 'config.yaml'
+#: The file name of the options of an evaluation of the folder's own
+#: checkpoint, beside the run's :obj:`config.yaml` (see
+#: :meth:`~samsa_geo.train.Trainer.start_evaluation`).
+EVAL_CONFIG_FILE = 'eval_config.yaml'
 
 #: Options that a resume may change (see :func:`check_resume_config`), by
 #: attribute name: the length of the run (:obj:`epochs`; :obj:`seeds`, the
@@ -208,7 +212,8 @@ def parse_args_with_config(parser: argparse.ArgumentParser,
 
 
 def save_config(args: Union[argparse.Namespace, Dict[str, Any]],
-                out_dir: Union[str, os.PathLike]) -> str:
+                out_dir: Union[str, os.PathLike],
+                filename: str = CONFIG_FILE) -> str:
     r"""Writes the resolved options (file, defaults and flags together) to
     :obj:`config.yaml` in the run folder, atomically; the file can be passed
     back as :obj:`--config` to repeat the run. Returns its path.
@@ -216,10 +221,12 @@ def save_config(args: Union[argparse.Namespace, Dict[str, Any]],
     Args:
         args (argparse.Namespace or dict): The parsed options.
         out_dir (str): The run folder.
+        filename (str, optional): The file's name in :obj:`out_dir`.
+            (default: :obj:`'config.yaml'`)
     """
     values = {key.replace('_', '-'): value
               for key, value in _recorded(args).items()}
-    path = osp.join(os.fspath(out_dir), CONFIG_FILE)
+    path = osp.join(os.fspath(out_dir), filename)
     with atomic_write(path) as f:
         yaml.safe_dump(values, f, sort_keys=True)
     return path

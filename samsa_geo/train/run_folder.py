@@ -28,7 +28,7 @@ LOCK_FILE = '.lock'
 RUN_FILES = ('last.pt', 'best.pt', 'log.csv', 'metrics.json')
 
 #: What else belongs to a run: it moves (or is deleted) with the run files.
-RUN_EXTRAS = ('config.yaml', 'tensorboard')
+RUN_EXTRAS = ('config.yaml', 'eval_config.yaml', 'tensorboard')
 
 #: The files and folders a caller writes into a run folder besides the
 #: trainer's: names, or compiled regular expressions that match whole names.

@@ -26,7 +26,8 @@ from samsa_geo.train._run_log import RunLog
 from samsa_geo.train._trainer_args import check_trainer_arguments
 from samsa_geo.train.checkpoint import (CheckpointError, load_checkpoint,
                                         save_checkpoint)
-from samsa_geo.train.config import check_resume_config, save_config
+from samsa_geo.train.config import (CONFIG_FILE, EVAL_CONFIG_FILE,
+                                     check_resume_config, save_config)
 from samsa_geo.train.distributed import (all_gather_outputs, all_reduce_max,
                                          all_reduce_sum, barrier,
                                          init_distributed)
@@ -367,6 +368,38 @@ class Trainer:
                                'whose weights load_weights() loads',
                                "Build the model with the checkpoint's "
                                "arguments (e.g. Model.from_checkpoint)")
+
+    def start_evaluation(self, checkpoint: str) -> Optional[str]:
+        r"""Makes :obj:`out_dir` ready for a run that evaluates
+        :obj:`checkpoint` (:obj:`'best'`, :obj:`'last'` or a path) and
+        trains nothing (the examples' :obj:`--eval-checkpoint`), before
+        :meth:`evaluate` writes its results there, so that the folder says
+        which options they came from:
+
+        - a checkpoint of :obj:`out_dir` itself (the run's
+          :obj:`best.pt`, say): the run stays, and :obj:`config` is written
+          to :obj:`eval_config.yaml`, beside the run's :obj:`config.yaml`;
+        - any other: :obj:`out_dir` is the evaluation's own run folder. An
+          old run there moves aside (or, with :obj:`overwrite`, is deleted)
+          as in :meth:`fit`, unless :obj:`resume`, and :obj:`config` is
+          written to :obj:`config.yaml`.
+
+        Returns the path of the file that records :obj:`config`
+        (:obj:`None` without :obj:`config`, and on other ranks).
+        """
+        path = self._checkpoint_path(checkpoint)
+        own = osp.dirname(osp.realpath(path)) == osp.realpath(self.out_dir)
+        written = None
+        if self.is_main:
+            if not own and not self.resume:
+                prepare_run_folder(self.out_dir, overwrite=self.overwrite,
+                                   run_files=self.run_files)
+            if self.config is not None:
+                written = save_config(
+                    self.config, self.out_dir,
+                    EVAL_CONFIG_FILE if own else CONFIG_FILE)
+        barrier()
+        return written
 
     def _checkpoint_path(self, checkpoint: str) -> str:
         # 'best', 'last' (files in out_dir) or a path.

@@ -3,12 +3,14 @@ new run deletes it (--overwrite) or moves it aside with the trainer's files
 before it starts, so that a new run that fails or is stopped early never
 sits next to an old run's results; a user's own files in a project folder
 stay. Each new run here is stopped at its first training step."""
+import json
 import os
 import os.path as osp
 import runpy
 import sys
 
 import pytest
+import yaml
 
 from samsa_geo.nn.models import SamsaGraphModel
 
@@ -86,6 +88,58 @@ def run_lrgb(monkeypatch, root, out, *flags):
         *flags])
     runpy.run_path(osp.join(EXAMPLES, 'lrgb.py'), run_name='__main__')
 
+
+
+def test_modelnet40_eval_checkpoint_records_its_options(tmp_path):
+    # --eval-checkpoint wrote its test results into --out and left the
+    # folder's config.yaml (a training run's, or none) to describe them.
+    run = tmp_path / 'run'
+    trained = pipeline.run(pipeline.parse_args(['--out', str(run),
+                                                *MODELNET40]))
+    config = (run / 'config.yaml').read_bytes()
+    weights = (run / 'best.pt').read_bytes()
+
+    # The run's own checkpoint: the run stays, the evaluation's options go
+    # to eval_config.yaml.
+    pipeline.run(pipeline.parse_args(['--out', str(run), *MODELNET40,
+                                      '--eval-checkpoint', 'best',
+                                      '--votes', '2']))
+    assert (run / 'config.yaml').read_bytes() == config
+    assert (run / 'best.pt').read_bytes() == weights
+    recorded = yaml.safe_load((run / 'eval_config.yaml').read_text())
+    assert recorded['eval-checkpoint'] == 'best' and recorded['votes'] == 2
+    assert yaml.safe_load(config)['votes'] == 1
+    summary = json.loads((run / 'metrics.json').read_text())
+    assert summary['checkpoint'] == {'test': 'best.pt'}
+    assert old_folders(tmp_path, 'run') == []
+
+    # Another folder, holding an old run: a new run folder of the
+    # evaluation, the old run moved aside; the same checkpoint and options
+    # give the training run's test metrics.
+    other = tmp_path / 'other'
+    write_files(other, *TRAINER_FILES)
+    best = str(run / 'best.pt')
+    result = pipeline.run(pipeline.parse_args(['--out', str(other),
+                                               *MODELNET40,
+                                               '--eval-checkpoint', best]))
+    assert result['test_oa'] == trained['test_oa']
+    assert result['test_macc'] == trained['test_macc']
+    plot = ['confusion_matrix.png'] if pipeline.WITH_MATPLOTLIB else []
+    assert names(other) == sorted(['config.yaml', 'metrics.json', *plot])
+    assert yaml.safe_load((other / 'config.yaml').read_text())[
+        'eval-checkpoint'] == best
+    assert json.loads((other / 'metrics.json').read_text())[
+        'checkpoint'] == {'test': best}
+    (moved, ) = old_folders(tmp_path, 'other')
+    assert names(moved) == TRAINER_FILES
+
+    # --resume (a rotation protocol's, say) evaluates again in place:
+    # nothing moves.
+    pipeline.run(pipeline.parse_args(['--out', str(other), *MODELNET40,
+                                      '--eval-checkpoint', best,
+                                      '--resume']))
+    assert names(other) == sorted(['config.yaml', 'metrics.json', *plot])
+    assert len(old_folders(tmp_path, 'other')) == 1
 
 @pytest.mark.parametrize('overwrite', [False, True])
 def test_lrgb_old_run_goes_whole(tmp_path, monkeypatch, overwrite):
