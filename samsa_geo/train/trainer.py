@@ -377,27 +377,31 @@ class Trainer:
         which options they came from:
 
         - a checkpoint of :obj:`out_dir` itself (the run's
-          :obj:`best.pt`, say): the run stays, and :obj:`config` is written
-          to :obj:`eval_config.yaml`, beside the run's :obj:`config.yaml`;
-        - any other: :obj:`out_dir` is the evaluation's own run folder. An
+          :obj:`best.pt`, say), or with :obj:`resume` a run that
+          :meth:`fit` would continue there (its :obj:`last.pt`): the run
+          stays, and :obj:`config` is written to :obj:`eval_config.yaml`,
+          beside the run's :obj:`config.yaml`;
+        - otherwise :obj:`out_dir` is the evaluation's own run folder. An
           old run there moves aside (or, with :obj:`overwrite`, is deleted)
-          as in :meth:`fit`, unless :obj:`resume`, and :obj:`config` is
-          written to :obj:`config.yaml`.
+          as in :meth:`fit`, unless :obj:`resume` (an evaluation again in
+          its folder), and :obj:`config` is written to
+          :obj:`config.yaml`.
 
         Returns the path of the file that records :obj:`config`
         (:obj:`None` without :obj:`config`, and on other ranks).
         """
         path = self._checkpoint_path(checkpoint)
-        own = osp.dirname(osp.realpath(path)) == osp.realpath(self.out_dir)
+        keep = (osp.dirname(osp.realpath(path)) == osp.realpath(self.out_dir)
+                or continues_run(self.out_dir, self.resume))
         written = None
         if self.is_main:
-            if not own and not self.resume:
+            if not keep and not self.resume:
                 prepare_run_folder(self.out_dir, overwrite=self.overwrite,
                                    run_files=self.run_files)
             if self.config is not None:
                 written = save_config(
                     self.config, self.out_dir,
-                    EVAL_CONFIG_FILE if own else CONFIG_FILE)
+                    EVAL_CONFIG_FILE if keep else CONFIG_FILE)
         barrier()
         return written
 

@@ -7,6 +7,7 @@ import json
 import os
 import os.path as osp
 import runpy
+import shutil
 import sys
 
 import pytest
@@ -140,6 +141,18 @@ def test_modelnet40_eval_checkpoint_records_its_options(tmp_path):
                                       '--resume']))
     assert names(other) == sorted(['config.yaml', 'metrics.json', *plot])
     assert len(old_folders(tmp_path, 'other')) == 1
+    # ... and in a training run that --resume would continue, of another
+    # checkpoint, it keeps the run's config.yaml.
+    (tmp_path / 'kept').mkdir()
+    foreign = str(tmp_path / 'kept' / 'model.pt')
+    shutil.copyfile(best, foreign)
+    pipeline.run(pipeline.parse_args(['--out', str(run), *MODELNET40,
+                                      '--eval-checkpoint', foreign,
+                                      '--resume']))
+    assert (run / 'config.yaml').read_bytes() == config
+    assert yaml.safe_load((run / 'eval_config.yaml').read_text())[
+        'eval-checkpoint'] == foreign
+    assert old_folders(tmp_path, 'run') == []
 
 @pytest.mark.parametrize('overwrite', [False, True])
 def test_lrgb_old_run_goes_whole(tmp_path, monkeypatch, overwrite):
