@@ -117,8 +117,8 @@ class ScoreTail(torch.autograd.Function):
             g_bs = grad.float().sum(0) if need[8] else None  # [H]
         else:
             g_x, g_y, g_ws, g_bs, g_lnw, g_lnb, g_b2 = _tail_grads(
-                y.to(at_least_float32(ws.dtype)), x, grad, ws, bs, ln_w, ln_b, b2c,
-                b2_dtype, ctx.eps, need)
+                y.to(at_least_float32(ws.dtype)), x, grad, ws, bs, ln_w,
+                ln_b, b2c, b2_dtype, ctx.eps, need)
         g_y = g_y.to(a.dtype)  # [N, C]
         g_w2 = (g_y.t() @ a).to(w2_dtype) if need[2] else None  # [C, C]
         g_hidden = None
