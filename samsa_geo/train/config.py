@@ -15,9 +15,9 @@ from samsa_geo.train.checkpoint import atomic_write
 
 #: The file name of the resolved configuration in a run folder.
 CONFIG_FILE = 'config.yaml'
-#: The file name of the options of an evaluation of the folder's own
-#: checkpoint, beside the run's :obj:`config.yaml` (see
-#: :meth:`~samsa_geo.train.Trainer.start_evaluation`).
+#: The file name of the options of an evaluation that keeps the folder's
+#: run (of its own checkpoint, say), beside the run's :obj:`config.yaml`
+#: (see :meth:`~samsa_geo.train.Trainer.start_evaluation`).
 EVAL_CONFIG_FILE = 'eval_config.yaml'
 
 #: Options that a resume may change (see :func:`check_resume_config`), by
