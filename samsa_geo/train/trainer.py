@@ -59,8 +59,9 @@ class Trainer:
     :obj:`last.pt` (every epoch and on SIGINT/SIGTERM, written atomically),
     :obj:`best.pt` (best :obj:`monitor` so far; written before
     :obj:`last.pt`, and a resume continues from it when a crash left it the
-    newer of the two), :obj:`config.yaml` (with :obj:`config`),
-    :obj:`log.csv` (one row per
+    newer of the two), :obj:`config.yaml` (with :obj:`config`;
+    :obj:`eval_config.yaml` for an evaluation that keeps the run, see
+    :meth:`start_evaluation`), :obj:`log.csv` (one row per
     epoch: :obj:`epoch, lr, train_loss, time, val_*`), TensorBoard events in
     :obj:`tensorboard/` when installed, and :obj:`metrics.json` (summary,
     updated by :meth:`evaluate` for other splits, which records the

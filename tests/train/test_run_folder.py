@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 sys.path.insert(0, osp.dirname(__file__))
 from _train_toy import TOY, ToyTask, make_dataset, make_model  # noqa: E402
@@ -156,6 +157,52 @@ def test_new_run_moves_the_old_run_aside(tmp_path, capsys):
     with open(out / 'log.csv') as f:
         assert len(f.readlines()) == 2  # header + one epoch
 
+
+
+def _names(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name != '.lock')
+
+
+def test_start_evaluation_keeps_or_claims_the_folder(tmp_path):
+    run = tmp_path / 'run'
+    finished_run(run)
+    best = str(run / 'best.pt')
+    before = _names(run)
+
+    # Its own checkpoint: the run stays; the options go to eval_config.yaml.
+    tr = make_trainer(run, config={'votes': 3})
+    path = tr.start_evaluation('best')
+    assert path == str(run / 'eval_config.yaml')
+    assert yaml.safe_load(open(path)) == {'votes': 3}
+    assert _names(run) == sorted(before + ['eval_config.yaml'])
+    tr.close()
+
+    # Another folder holding a run: it moves aside whole (eval_config.yaml
+    # with it), and config.yaml records the evaluation's options.
+    other = tmp_path / 'other'
+    other.mkdir()
+    for name in before + ['eval_config.yaml']:
+        (other / name).write_bytes((run / name).read_bytes())
+    tr = make_trainer(other, config={'votes': 1})
+    assert tr.start_evaluation(best) == str(other / 'config.yaml')
+    result = tr.evaluate(data()[1], split='test', checkpoint=best)
+    tr.close()
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith('other.old-')]
+    assert len(moved) == 1
+    assert _names(moved[0]) == sorted(before + ['eval_config.yaml'])
+    assert _names(other) == ['config.yaml', 'metrics.json']
+    summary = json.loads((other / 'metrics.json').read_text())
+    assert summary['checkpoint'] == {'test': best}
+    assert summary['test_score'] == result['test_score']
+
+    # Without config nothing is written, and the folder is still claimed.
+    third = tmp_path / 'third'
+    third.mkdir()
+    (third / 'log.csv').write_text('old')
+    tr = make_trainer(third)
+    assert tr.start_evaluation(best) is None
+    tr.close()
+    assert _names(third) == []
 
 def test_folder_with_subfolders_keeps_them(tmp_path, capsys):
     # A project folder given as output: only the trainer's files move.
