@@ -45,8 +45,8 @@ from samsa_geo.nn import batch_hints
 from samsa_geo.nn.models import PRESETS, SamsaGraphModel
 from samsa_geo.train import (Trainer, add_run_args, atomic_write,
                              check_resume_config, claim_run_folder,
-                             continues_run, init_distributed, make_loader, make_parser,
-                             parse_args_with_config, save_config,
+                             continues_run, init_distributed, make_loader,
+                             make_parser, parse_args_with_config, save_config,
                              seed_everything, steps_per_epoch)
 from samsa_geo.transforms import AddLaplacianPE, AddRandomWalkPE, RandomSignFlip
 

@@ -5,7 +5,7 @@ import os.path as osp
 from typing import Any, Dict, Optional
 
 from samsa_geo.train.checkpoint import atomic_write
-from samsa_geo.train.run_folder import drop_stale_evaluations
+from samsa_geo.train.run_folder import drop_stale_evaluations, in_folder
 
 
 class MetricsFile:
@@ -50,7 +50,7 @@ class MetricsFile:
         memory)."""
         if path is None:
             return None
-        if osp.dirname(osp.realpath(path)) == osp.realpath(self.out_dir):
+        if in_folder(path, self.out_dir):
             return osp.basename(path)
         return os.fspath(path)
 

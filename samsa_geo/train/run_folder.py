@@ -14,6 +14,7 @@ from contextlib import ExitStack, contextmanager
 from typing import (IO, Dict, Iterable, Iterator, List, Optional, Pattern,
                     Tuple, Union)
 
+from samsa_geo.train.config import CONFIG_FILE, EVAL_CONFIG_FILE
 from samsa_geo.train.distributed import barrier, get_rank
 
 try:  # POSIX advisory locks; released by the kernel when the process dies.
@@ -28,7 +29,7 @@ LOCK_FILE = '.lock'
 RUN_FILES = ('last.pt', 'best.pt', 'log.csv', 'metrics.json')
 
 #: What else belongs to a run: it moves (or is deleted) with the run files.
-RUN_EXTRAS = ('config.yaml', 'eval_config.yaml', 'tensorboard')
+RUN_EXTRAS = (CONFIG_FILE, EVAL_CONFIG_FILE, 'tensorboard')
 
 #: The files and folders a caller writes into a run folder besides the
 #: trainer's: names, or compiled regular expressions that match whole names.
@@ -204,6 +205,12 @@ def run_entries(folder: str, run_files: RunFiles = ()) -> List[str]:
             matches = [n for n in names if entry.fullmatch(n)]
         found += [n for n in matches if n not in found]
     return found
+
+
+def in_folder(path: str, folder: str) -> bool:
+    r"""Whether the file :obj:`path` lies directly in :obj:`folder` (links
+    resolved): a checkpoint of that run folder."""
+    return osp.dirname(osp.realpath(path)) == osp.realpath(folder)
 
 
 def continues_run(folder: str, resume: bool) -> bool:

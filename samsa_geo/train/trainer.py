@@ -35,7 +35,7 @@ from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
 from samsa_geo.train.loader import move_to_device
 from samsa_geo.train.run_folder import (RunFiles, RunFolderLock,
                                         check_run_files, continues_run,
-                                        prepare_run_folder,
+                                        in_folder, prepare_run_folder,
                                         remove_stale_temporaries)
 from samsa_geo.train.seed import (enable_determinism, get_rng_state,
                                   seed_everything, set_rng_state)
@@ -392,7 +392,7 @@ class Trainer:
         (:obj:`None` without :obj:`config`, and on other ranks).
         """
         path = self._checkpoint_path(checkpoint)
-        keep = (osp.dirname(osp.realpath(path)) == osp.realpath(self.out_dir)
+        keep = (in_folder(path, self.out_dir)
                 or continues_run(self.out_dir, self.resume))
         written = None
         if self.is_main:
