@@ -50,6 +50,10 @@ class ModelNetArchive(CheckedCache, InMemoryDataset):
         reads the class names from :obj:`names_file` (one per line) into
         :obj:`self.classes`."""
         self.load(self.processed_paths[1 if split == 'test' else 0])
+        if use_normals and 'normal' not in self._data and len(self) > 0:
+            raise ValueError(
+                f"Expected normals for use_normals=True, but the files in "
+                f"'{self.raw_dir}' hold none; pass use_normals=False")
         if not use_normals and 'normal' in self._data:
             self._data.normal = None
         self.classes: List[str] = read_lines(names_file)

@@ -772,11 +772,13 @@ class Trainer:
             generator.manual_seed(
                 (self.seed * 1_000_003 + self.rank * 10_007 + epoch) % 2**63)
         # A sampler's own generator (RandomSampler(..., generator=g)) goes on
-        # from the state saved with the checkpoint.
+        # from the state saved with the checkpoint, unless it is the loader's
+        # (DataLoader(..., shuffle=True, generator=g)), just re-seeded.
         sampler_rng = None
         if self._sampler_generator is not None:
-            if rank_state is not None and \
-                    rank_state.get('sampler_rng') is not None:
+            if self._sampler_generator is not generator \
+                    and rank_state is not None \
+                    and rank_state.get('sampler_rng') is not None:
                 self._sampler_generator.set_state(rank_state['sampler_rng'])
             sampler_rng = self._sampler_generator.get_state()
         loss_sum = rank_state['loss_sum'] if resuming else 0.0

@@ -56,6 +56,13 @@ def _write_archive(root: str, with_normals: bool = True) -> dict:
 @pytest.mark.parametrize('with_normals', [True, False])
 def test_reads_archive(tmp_path, with_normals):
     content = _write_archive(str(tmp_path), with_normals)
+    if not with_normals:  # asked for, absent: said at once, not per batch
+        with pytest.raises(ValueError) as e:
+            ModelNet40HDF5(str(tmp_path), use_normals=True)
+        folder = osp.join(str(tmp_path), 'modelnet40_ply_hdf5_2048')
+        assert str(e.value) == (
+            f"Expected normals for use_normals=True, but the files in "
+            f"'{folder}' hold none; pass use_normals=False")
     train = ModelNet40HDF5(str(tmp_path), split='train')
     test = ModelNet40HDF5(str(tmp_path), split='test', num_points=2048)
     assert train.classes == CLASSES

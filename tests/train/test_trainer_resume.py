@@ -339,28 +339,37 @@ def test_train_time_adds_up_over_resumed_segments(tmp_path):
     assert load_checkpoint(tmp_path / 'last.pt')['train_time_s'] == total
 
 
-def _sampler_loaders():
+def _sampler_loaders(kind):
     train_set = make_dataset(40)
-    sampler = RandomSampler(train_set,
-                            generator=torch.Generator().manual_seed(0))
-    return DataLoader(train_set, 8, sampler=sampler), loaders()[1]
+    generator = torch.Generator().manual_seed(0)
+    if kind == 'sampler':
+        sampler = RandomSampler(train_set, generator=generator)
+        return DataLoader(train_set, 8, sampler=sampler), loaders()[1]
+    # shuffle=True: the loader's RandomSampler draws from the loader's
+    # generator, which the trainer re-seeds at every epoch's start.
+    return (DataLoader(train_set, 8, shuffle=True, generator=generator),
+            loaders()[1])
 
 
+@pytest.mark.parametrize('kind', ['sampler', 'loader'])
 @pytest.mark.parametrize('stop', ['crash', 'sigint'])
-def test_resume_continues_a_samplers_own_generator(tmp_path, stop):
+def test_resume_continues_a_samplers_own_generator(tmp_path, stop, kind):
     # RandomSampler(ds, generator=g) draws from g, not the global RNG: its
     # state is saved with the checkpoint, at the epoch's end or (mid-epoch)
     # at its start, so that the resumed order is the uninterrupted one.
+    # DataLoader(ds, shuffle=True, generator=g) hands g to its sampler: the
+    # epoch's re-seed decides the order, also after a resume at an epoch's
+    # end (the crash, at the first step of the third epoch).
     ref = trainer(tmp_path / 'ref')
-    ref.fit(*_sampler_loaders())
+    ref.fit(*_sampler_loaders(kind))
     task = (ToyTask(fail_at=2 * STEPS + 1) if stop == 'crash'
             else ToyTask(signal_at=2 * STEPS + 2))
     stopped = trainer(tmp_path / 'run', task)
     with pytest.raises((RuntimeError, SystemExit)):
-        stopped.fit(*_sampler_loaders())
+        stopped.fit(*_sampler_loaders(kind))
     stopped.close()
     resumed = trainer(tmp_path / 'run', resume=True)
-    resumed.fit(*_sampler_loaders())
+    resumed.fit(*_sampler_loaders(kind))
     assert_same_weights(resumed.model, ref.model)
     assert_same_training_curve(tmp_path / 'ref', tmp_path / 'run')
 
