@@ -2,7 +2,7 @@ r"""Checks of input tensors, raising errors that name the argument.
 
 Type, dtype and shape checks (:func:`check_tensor`,
 :func:`check_float_tensor`, :func:`check_integer_tensor`,
-:func:`check_matrix`, :func:`check_edge_index`,
+:func:`check_matrix`, :func:`check_edge_index`, :func:`check_bool`,
 :func:`check_batch_vector`) read nothing from the
 device. Value checks (a sorted batch vector, finite points) read the
 device, which on a GPU makes the host wait: call them once at a model's or
@@ -84,16 +84,26 @@ def check_matrix(name: str, value: Any, columns: int) -> Tensor:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    r"""Raises a :class:`TypeError` naming :obj:`name` unless :obj:`value`
+    is a bool (a string such as :obj:`'no'` is true to Python); returns
+    it."""
+    if not isinstance(value, bool):
+        raise TypeError(f"Expected '{name}' to be a bool "
+                        f"(got {value!r})")
+    return value
+
+
 def check_edge_index(edge_index: Any, name: str = 'edge_index',
                      length: str = 'E') -> Tensor:
-    r"""Raises an error naming :obj:`name` unless :obj:`edge_index` is a
-    tensor of shape :obj:`[2, E]` (:obj:`length` names :obj:`E` in the
-    message); returns it."""
+    r"""Raises an error naming :obj:`name` unless :obj:`edge_index` is an
+    integer tensor of shape :obj:`[2, E]` (:obj:`length` names :obj:`E` in
+    the message); returns it."""
     check_tensor(name, edge_index)
     if edge_index.dim() != 2 or edge_index.size(0) != 2:
         raise ValueError(f"Expected '{name}' to have shape [2, {length}] "
                          f"(got {list(edge_index.shape)})")
-    return edge_index
+    return check_integer_tensor(name, edge_index)
 
 
 def check_node_indices(edge_index: Tensor, num_nodes: int,

@@ -108,3 +108,28 @@ def test_check_finite():
     check_finite(torch.ones(4, 3), 'pos')
     with pytest.raises(ValueError, match="'pos' to hold finite"):
         check_finite(torch.tensor([1.0, float('nan')]), 'pos')
+
+
+@pytest.mark.parametrize('value,error', [
+    (True, None), (False, None), ('no', "'loop' to be a bool \\(got 'no'\\)"),
+    (1, "'loop' to be a bool \\(got 1\\)"),
+    (None, "'loop' to be a bool \\(got None\\)")])
+def test_check_bool(value, error):
+    from samsa_geo.ops.validation import check_bool
+    if error is None:
+        assert check_bool('loop', value) is value
+    else:
+        with pytest.raises(TypeError, match=error):
+            check_bool('loop', value)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bool])
+def test_check_edge_index_refuses_other_dtypes(dtype):
+    from samsa_geo.ops.validation import check_edge_index
+    for ok in (torch.long, torch.int32):
+        edge_index = torch.tensor([[0, 1], [1, 0]], dtype=ok)
+        assert check_edge_index(edge_index) is edge_index
+    with pytest.raises(TypeError) as exc:
+        check_edge_index(torch.zeros(2, 3, dtype=dtype), 'data.edge_index')
+    assert str(exc.value) == (f"Expected 'data.edge_index' to be an integer "
+                              f"tensor (got {dtype})")
