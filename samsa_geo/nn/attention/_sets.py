@@ -112,6 +112,17 @@ def check_size_hint(name: str, value: Optional[int]) -> None:
                         f"None (got {value!r})")
 
 
+def bounded_size_hint(max_num_nodes: Optional[int],
+                      num_tokens: Union[int, torch.SymInt]) -> Optional[int]:
+    r"""The caller's ``max_num_nodes`` hint, at most ``num_tokens``: no set
+    holds more than the batch's tokens, so a larger bound (one kept for
+    every batch, or a mistyped one) sizes nothing beyond them. Unchanged
+    where ``num_tokens`` is symbolic (a traced graph keeps its bound)."""
+    if max_num_nodes is None or not isinstance(num_tokens, int):
+        return max_num_nodes
+    return min(max_num_nodes, num_tokens)
+
+
 def batch_sizes(batch: Tensor) -> Tuple[int, int]:
     r"""``(num_sets, max_size)`` of a sorted ``batch`` vector: read back
     from the device once per batch tensor in eager mode (cached on the

@@ -42,6 +42,7 @@ from samsa_geo.nn.attention._sampling import (
 from samsa_geo.nn.attention._score_grad import ScoredRows
 from samsa_geo.nn.attention._sets import (
     SetInfo,
+    bounded_size_hint,
     check_exportable,
     check_size_hint,
     checked_sizes,
@@ -395,6 +396,7 @@ class SamsaAttention(Module):
             return set_info(N, None, k, R, full, x.device)
         check_size_hint('num_graphs', num_graphs)
         check_size_hint('max_num_nodes', max_num_nodes)
+        max_num_nodes = bounded_size_hint(max_num_nodes, N)
         need_size = isinstance(k, float) or full
         if (num_graphs is None or (need_size and max_num_nodes is None)) \
                 and is_tracing():

@@ -308,9 +308,12 @@ class SamsaConv(Module):
         if isinstance(norm, LayerNorm) and norm.mode == 'node':
             # Per token, as PyG's: its kernel serves inference on CUDA.
             return layer_norm(h, norm.weight, norm.bias, norm.eps)
-        if self.norm_with_size and num_graphs is not None:
-            # A graph-level norm that knows B does not read it back.
-            return norm(h, batch=batch, batch_size=num_graphs)
+        if self.norm_with_size and (num_graphs is not None
+                                    or h.size(0) == 0):
+            # A graph-level norm that knows B does not read it back (an
+            # empty batch vector has none to read: PyG's norms fail there).
+            return norm(h, batch=batch, batch_size=1 if num_graphs is None
+                        else num_graphs)
         if self.norm_with_batch:
             return norm(h, batch=batch)
         return norm(h)

@@ -10,6 +10,7 @@ from samsa_geo.nn.attention import config
 from samsa_geo.nn.attention._dispatch import is_tracing
 from samsa_geo.nn.attention._sets import (
     batch_sizes,
+    bounded_size_hint,
     check_size_hint,
     checked_sizes,
     set_offsets,
@@ -214,6 +215,7 @@ class GraphTokenizer(Module):
                                dtype=dtype)
         check_size_hint('num_graphs', num_graphs)
         check_size_hint('max_num_nodes', max_num_nodes)
+        max_num_nodes = bounded_size_hint(max_num_nodes, num_nodes)
         if num_graphs is None or max_num_nodes is None:
             # The read-back the layers share (cached on the batch tensor).
             num_graphs, max_num_nodes = batch_sizes(batch)

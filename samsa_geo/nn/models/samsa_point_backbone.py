@@ -6,6 +6,7 @@ from torch.nn import GELU, Linear, Module, ModuleList, Sequential
 from torch_geometric.nn import EdgeConv, global_max_pool, global_mean_pool
 
 from samsa_geo.nn.attention import config
+from samsa_geo.nn.attention._sets import bounded_size_hint, check_size_hint
 from samsa_geo.nn.conv import SamsaConv
 from samsa_geo.nn.encoders import PPFPointEncoder, SFTPointEncoder
 from samsa_geo.nn.encoders._point_geometry import (
@@ -192,8 +193,11 @@ class SamsaPointBackbone(Module):
         the device read-backs that would compute them from ``batch``; with
         ``num_graphs`` the forward pass never waits for the GPU."""
         batch, B, n_max = check_points(pos, batch, None, num_graphs)
-        return PointBatch(batch, B, n_max if max_num_nodes is None
-                          else max_num_nodes)
+        if max_num_nodes is None:
+            return PointBatch(batch, B, n_max)
+        check_size_hint('max_num_nodes', max_num_nodes)
+        return PointBatch(batch, B,
+                          bounded_size_hint(max_num_nodes, pos.size(0)))
 
     def forward(
         self,

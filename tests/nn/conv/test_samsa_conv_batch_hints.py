@@ -5,10 +5,12 @@ attention weights with the summary key, and torch.export's need for
 import pytest
 import torch
 from torch.nn import Linear
+from torch_geometric.data import Batch, Data
 from torch_geometric.nn import GINConv
 
 import samsa_geo.nn.attention._sets as sets
 from samsa_geo.nn import SamsaAttention, SamsaConv
+from samsa_geo.nn.models import SamsaPointClassifier
 
 GRAPH_NORMS = ['layer_norm', 'graph_norm', 'instance_norm', 'pair_norm']
 
@@ -69,6 +71,43 @@ def test_hints_are_checked_before_the_first_norm(norm, norm_first):
         layer(x, edge_index, batch, num_graphs=2, max_num_nodes=8)
     with pytest.raises(TypeError, match=r"'num_graphs' to be a non-negative"):
         layer(x, edge_index, batch, num_graphs=1.5)
+
+
+@pytest.mark.parametrize('norm', GRAPH_NORMS)
+@pytest.mark.parametrize('norm_first', [False, True])
+def test_empty_batch_vector_through_graph_level_norms(norm, norm_first):
+    # A PyG Batch of empty graphs gives an empty batch vector; PyG's
+    # graph-level norms, asked to read the number of graphs from it, fail.
+    data = Batch.from_data_list([Data(x=torch.randn(0, 16))] * 2)
+    layer = SamsaConv(16, heads=2, k=4, norm=norm, norm_first=norm_first)
+    for mode in (True, False):
+        layer.train(mode)
+        out = layer(data.x, None, data.batch)
+        assert out.shape == (0, 16)
+        assert torch.equal(out, layer(data.x, None, data.batch,
+                                      num_graphs=2, max_num_nodes=0))
+
+
+def test_max_num_nodes_beyond_the_tokens_sizes_nothing_beyond_them():
+    # No set holds more than the batch's N tokens: a larger bound (one kept
+    # for every batch, or a mistyped one) gives the output of the bound N,
+    # not an allocation of the hint's size.
+    x, edge_index, batch = _inputs()
+    layer = SamsaConv(16, GINConv(Linear(16, 16)), heads=2, k=4).eval()
+    with torch.no_grad():
+        want = layer(x, edge_index, batch, num_graphs=2, max_num_nodes=20)
+        for hint in (21, 10**11):
+            got = layer(x, edge_index, batch, num_graphs=2,
+                        max_num_nodes=hint)
+            assert torch.equal(got, want)
+    model = SamsaPointClassifier.small(5).eval()
+    pos, batch = torch.randn(64, 3), torch.arange(2).repeat_interleave(32)
+    with torch.no_grad():
+        want = model(pos, batch, num_graphs=2, max_num_nodes=64)
+        got = model(pos, batch, num_graphs=2, max_num_nodes=10**11)
+    assert torch.equal(got, want)
+    with pytest.raises(TypeError, match="'max_num_nodes' to be a non-neg"):
+        model(pos, batch, num_graphs=2, max_num_nodes=64.0)
 
 
 def test_hints_are_read_back_once(monkeypatch):

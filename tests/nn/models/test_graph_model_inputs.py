@@ -174,3 +174,21 @@ def test_categorical_features_of_any_integer_dtype(tokens):
         model(x, data.edge_index, edge_attr.bool(), data.batch)
     with pytest.raises(IndexError, match="column c of 'edge_attr'"):
         model(x, data.edge_index, edge_attr + 7, data.batch)
+
+
+def test_max_num_nodes_beyond_the_nodes_grows_no_identifier_table():
+    # The evaluation identifiers' table grows to the largest graph's size:
+    # a hint beyond the batch's nodes (here 3,000,000 for 4 nodes) sizes it
+    # by the nodes instead, with the same output.
+    torch.manual_seed(0)
+    model = SamsaGraphModel(5, 16, 1, 2, tokens='node_edge', heads=2,
+                            k=4).eval()
+    x, edge_index = torch.randn(4, 5), torch.tensor([[0, 1, 2], [1, 2, 3]])
+    batch = torch.zeros(4, dtype=torch.long)
+    with torch.no_grad():
+        want = model(x, edge_index, batch=batch, num_graphs=1,
+                     max_num_nodes=4)
+        got = model(x, edge_index, batch=batch, num_graphs=1,
+                    max_num_nodes=3_000_000)
+    assert torch.equal(got, want)
+    assert model.tokenizer._eval_ids.size(0) < 10_000
