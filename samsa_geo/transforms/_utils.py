@@ -1,4 +1,4 @@
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -11,6 +11,31 @@ from samsa_geo.ops.validation import (
     check_node_indices,
     check_tensor,
 )
+
+
+def check_weighted_graph(data: Data) -> Tuple[Tensor, int, Optional[Tensor]]:
+    r"""Returns :obj:`data.edge_index`, the number of nodes :math:`N` and
+    :obj:`data.edge_weight` (:obj:`None` if unset) after checking that
+    :obj:`data.edge_index` is an integer tensor of shape :obj:`[2, E]` of
+    node indices in :math:`[0, N)` and :obj:`data.edge_weight` a tensor of
+    shape :obj:`[E]` of finite non-negative values."""
+    if data.edge_index is None:
+        raise ValueError("Expected 'data.edge_index' to be set (got None)")
+    edge_index = check_edge_index(data.edge_index, 'data.edge_index')
+    num_nodes = int(data.num_nodes or 0)
+    check_node_indices(edge_index, num_nodes, 'data.edge_index')
+    weight = data.edge_weight if 'edge_weight' in data else None
+    if weight is None:
+        return edge_index, num_nodes, None
+    num_edges = edge_index.size(1)
+    if check_tensor('data.edge_weight', weight).shape != (num_edges, ):
+        raise ValueError(f"Expected 'data.edge_weight' to have shape "
+                         f"[{num_edges}] (got {list(weight.shape)})")
+    if weight.numel() > 0 and not bool(
+            (torch.isfinite(weight) & (weight >= 0)).all()):
+        raise ValueError("Expected 'data.edge_weight' to hold finite "
+                         "non-negative values")
+    return edge_index, num_nodes, weight
 
 
 def check_pos(data: Data) -> Tensor:

@@ -6,6 +6,8 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import AddLaplacianEigenvectorPE, BaseTransform
 from torch_geometric.utils import coalesce
 
+from samsa_geo.transforms._utils import check_weighted_graph
+
 
 def canonical_eigenvector_sign(pe: Tensor) -> Tensor:
     r"""Flips every column of :obj:`pe` so that its entry of largest absolute
@@ -91,7 +93,9 @@ class AddLaplacianPE(BaseTransform):
             (arguments of :meth:`scipy.sparse.linalg.eigsh` / :meth:`eigs`).
 
     Shapes:
-        - **input:** :obj:`Data` with :obj:`edge_index` :math:`(2, |\mathcal{E}|)`
+        - **input:** :obj:`Data` with :obj:`edge_index`
+          :math:`(2, |\mathcal{E}|)` and optionally non-negative
+          :obj:`edge_weight` :math:`(|\mathcal{E}|)`
         - **output:** same object with :obj:`data[attr_name]` :math:`(N, k)`
     """
     def __init__(
@@ -112,18 +116,15 @@ class AddLaplacianPE(BaseTransform):
         self.kwargs = kwargs
 
     def forward(self, data: Data) -> Data:
-        if data.edge_index is None:
-            raise ValueError("Expected 'data.edge_index' to be set (got None)")
-        num_nodes = int(data.num_nodes or 0)
+        edge_index, num_nodes, weight = check_weighted_graph(data)
         dtype = torch.get_default_dtype()
         pe = torch.zeros(num_nodes, self.k, dtype=dtype)
 
         num_eig = min(self.k, num_nodes - 1)  # non-trivial eigenvectors there
         if num_eig > 0:
-            weight = data.edge_weight if 'edge_weight' in data else None
             undirected = self.is_undirected
             if undirected is None:
-                undirected = symmetric_adjacency(data.edge_index, weight,
+                undirected = symmetric_adjacency(edge_index, weight,
                                                  num_nodes)
             inner = AddLaplacianEigenvectorPE(num_eig, attr_name='pe',
                                               is_undirected=undirected,
@@ -131,7 +132,7 @@ class AddLaplacianPE(BaseTransform):
             if num_eig + 2 >= num_nodes:
                 # ARPACK needs k + 1 < N - 1; a dense solve is exact here:
                 inner.SPARSE_THRESHOLD = num_nodes + 1
-            tmp = Data(edge_index=data.edge_index, num_nodes=num_nodes)
+            tmp = Data(edge_index=edge_index, num_nodes=num_nodes)
             if weight is not None:
                 tmp.edge_weight = weight
             # PyG draws random signs from the global generator; we canonise

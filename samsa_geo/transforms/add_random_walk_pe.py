@@ -3,7 +3,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-from samsa_geo.ops.validation import check_edge_index, check_node_indices
+from samsa_geo.transforms._utils import check_weighted_graph
 
 
 class AddRandomWalkPE(BaseTransform):
@@ -67,12 +67,10 @@ class AddRandomWalkPE(BaseTransform):
         self.attr_name = attr_name
 
     def forward(self, data: Data) -> Data:
-        if data.edge_index is None:
-            raise ValueError("Expected 'data.edge_index' to be set (got None)")
-        edge_index = check_edge_index(data.edge_index, 'data.edge_index')
-        num_nodes = int(data.num_nodes or 0)
-        check_node_indices(edge_index, num_nodes, 'data.edge_index')
-        weight = self._edge_weight(data, edge_index)
+        edge_index, num_nodes, weight = check_weighted_graph(data)
+        if weight is None:
+            weight = torch.ones(edge_index.size(1), device=edge_index.device)
+        weight = weight.to(torch.float64)
 
         # The entries P_ij = w_ij / d_i of every edge; repeated edges are
         # summed when the matrix is built.
@@ -87,26 +85,6 @@ class AddRandomWalkPE(BaseTransform):
             pe = self._blocked(edge_index, value, num_nodes)
         data[self.attr_name] = pe.to(torch.get_default_dtype())
         return data
-
-    @staticmethod
-    def _edge_weight(data: Data, edge_index: Tensor) -> Tensor:
-        # The float64 edge weights, all ones without data.edge_weight.
-        num_edges = edge_index.size(1)
-        weight = data.edge_weight if 'edge_weight' in data else None
-        if weight is None:
-            return torch.ones(num_edges, dtype=torch.float64,
-                              device=edge_index.device)
-        if not isinstance(weight, Tensor) or weight.shape != (num_edges, ):
-            shape = list(weight.shape) if isinstance(weight, Tensor) \
-                else type(weight).__name__
-            raise ValueError(f"Expected 'data.edge_weight' to have shape "
-                             f"[{num_edges}] (got {shape})")
-        weight = weight.to(torch.float64)
-        if weight.numel() > 0 and not bool(
-                (torch.isfinite(weight) & (weight >= 0)).all()):
-            raise ValueError("Expected 'data.edge_weight' to hold finite "
-                             "non-negative values")
-        return weight
 
     def _dense(self, row: Tensor, col: Tensor, value: Tensor,
                num_nodes: int) -> Tensor:

@@ -186,3 +186,42 @@ def test_cache_reuse(tmp_path, monkeypatch):
     assert calls == []
     for a, b in zip(first, second):
         assert torch.equal(a.lap_pe, b.lap_pe) and torch.equal(a.rw_pe, b.rw_pe)
+
+
+_EI = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
+_NOT_NODES = ("Expected 'data.edge_index' to hold node indices in [0, {}) "
+              "(got values in [{}, {}])")
+_BAD_GRAPHS = [
+    (dict(edge_index=_EI + 5), ValueError, _NOT_NODES.format(3, 5, 7)),
+    (dict(edge_index=_EI - 1), ValueError, _NOT_NODES.format(3, -1, 1)),
+    (dict(edge_index=_EI[:, :1], num_nodes=1), ValueError,
+     _NOT_NODES.format(1, 0, 1)),
+    (dict(edge_index=_EI.float()), TypeError,
+     "Expected 'data.edge_index' to be an integer tensor "
+     "(got torch.float32)"),
+    (dict(edge_index=_EI[0]), ValueError,
+     "Expected 'data.edge_index' to have shape [2, E] (got [4])"),
+    (dict(edge_weight=torch.ones(2)), ValueError,
+     "Expected 'data.edge_weight' to have shape [4] (got [2])"),
+    (dict(edge_weight=[1.0] * 4), TypeError,
+     "Expected 'data.edge_weight' to be a Tensor (got list)"),
+    (dict(edge_weight=torch.full((4, ), float('nan'))), ValueError,
+     "Expected 'data.edge_weight' to hold finite non-negative values"),
+    (dict(edge_weight=torch.tensor([1.0, 1.0, -1.0, -1.0])), ValueError,
+     "Expected 'data.edge_weight' to hold finite non-negative values"),
+]
+
+
+@pytest.mark.parametrize('transform', [AddLaplacianPE(1),
+                                       AddRandomWalkPE(2)])
+@pytest.mark.parametrize('bad', _BAD_GRAPHS, ids=[
+    'out_of_range', 'negative', 'one_node', 'float', 'one_row',
+    'weight_length', 'weight_list', 'weight_nan', 'weight_negative'])
+def test_positional_encodings_name_bad_graphs(transform, bad):
+    # Both transforms give the same errors; AddLaplacianPE failed deep in
+    # PyG, torch or numpy (or, for one node, not at all).
+    kwargs, error, message = bad
+    data = Data(**{'edge_index': _EI, 'num_nodes': 3, **kwargs})
+    with pytest.raises(error) as exc:
+        transform(data)
+    assert str(exc.value) == message

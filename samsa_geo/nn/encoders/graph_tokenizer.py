@@ -17,7 +17,13 @@ from samsa_geo.nn.attention._sets import (
     sort_stable,
 )
 from samsa_geo.ops import check_sorted_batch
-from samsa_geo.ops.validation import check_edge_index
+from samsa_geo.ops.validation import (
+    check_edge_index,
+    check_float_tensor,
+    check_matrix,
+    check_node_indices,
+    check_tensor,
+)
 
 
 class GraphTokens(NamedTuple):
@@ -96,11 +102,13 @@ class GraphTokenizer(Module):
             (default: :obj:`0`)
 
     Shapes:
-        - **input:** x :math:`(N, *)`, edge_index :math:`(2, E)`,
-          edge_attr :math:`(E, *)`, batch :math:`(N,)` (sorted: checked on
-          the CPU and in debug mode, see
+        - **input:** x :math:`(N, *)` (:math:`(N, F_{in})` for a
+          :class:`~torch.nn.Linear` node encoder), edge_index :math:`(2, E)`
+          (node indices in :math:`[0, N)`), edge_attr :math:`(E, *)`, batch
+          :math:`(N,)` (sorted; the order and the node indices are checked
+          on the CPU and in debug mode, see
           :func:`~samsa_geo.nn.attention.config.set_debug`), pe
-          :math:`(N, F)`, node_id :math:`(N, d)`
+          :math:`(N, F)`, node_id :math:`(N, d)` floating-point
         - **output:** :class:`GraphTokens`
     """
     _BLOCK: int = 1024  # rows of the evaluation id table generated at once
@@ -236,15 +244,19 @@ class GraphTokenizer(Module):
         num_graphs: Optional[int] = None,
         max_num_nodes: Optional[int] = None,
     ) -> GraphTokens:
+        check_tensor('x', x)
+        if isinstance(self.node_encoder, Linear):  # others check their own
+            check_matrix('x', x, self.node_encoder.in_features)
         num_nodes = x.size(0)
         check_edge_index(edge_index)
         if batch is None:
             batch = x.new_zeros(num_nodes, dtype=torch.long)
-        if batch.shape != (num_nodes, ):
+        if check_tensor('batch', batch).shape != (num_nodes, ):
             raise ValueError(f"Expected 'batch' to have shape [{num_nodes}] "
                              f"(got {list(batch.shape)})")
         if config.checks_values(batch.device):  # reads the device back
             check_sorted_batch(batch)
+            check_node_indices(edge_index, num_nodes)
 
         h = self.node_encoder(x)
         if h.shape != (num_nodes, self.channels):
@@ -257,14 +269,15 @@ class GraphTokenizer(Module):
             if node_id is None:
                 node_id = self.node_ids(batch, h.dtype, num_graphs,
                                         max_num_nodes)
-            elif node_id.shape != (num_nodes, self.id_channels):
+            elif check_float_tensor('node_id', node_id).shape != (
+                    num_nodes, self.id_channels):
                 raise ValueError(f"Expected 'node_id' to have shape "
                                  f"[{num_nodes}, {self.id_channels}] "
                                  f"(got {list(node_id.shape)})")
             node_id = F.softplus(self.id_scale) * node_id.to(h.dtype)
             node_tok = self.lin_node(torch.cat([h, node_id], dim=-1))
         if pe is not None:
-            if pe.shape != node_tok.shape:
+            if check_tensor('pe', pe).shape != node_tok.shape:
                 raise ValueError(f"Expected 'pe' to have shape "
                                  f"{list(node_tok.shape)} (got {list(pe.shape)})")
             node_tok = node_tok + pe
@@ -283,9 +296,17 @@ class GraphTokenizer(Module):
             if edge_attr is None:
                 raise ValueError("Expected 'edge_attr' since an 'edge_encoder' "
                                  "is set (got None)")
-            if edge_attr.size(0) != edge_index.size(1):
+            num_edges = edge_index.size(1)
+            if isinstance(self.edge_encoder, Linear):
+                width = self.edge_encoder.in_features
+                if check_tensor('edge_attr', edge_attr).shape != (
+                        num_edges, width):
+                    raise ValueError(f"Expected 'edge_attr' to have shape "
+                                     f"[{num_edges}, {width}] "
+                                     f"(got {list(edge_attr.shape)})")
+            elif check_tensor('edge_attr', edge_attr).size(0) != num_edges:
                 raise ValueError(f"Expected 'edge_attr' to have "
-                                 f"{edge_index.size(1)} rows "
+                                 f"{num_edges} rows "
                                  f"(got {edge_attr.size(0)})")
             feats.insert(0, self.edge_encoder(edge_attr))
         edge_tok = self.edge_nn(torch.cat(feats, dim=-1))  # [E, F]

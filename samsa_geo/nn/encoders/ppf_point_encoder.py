@@ -18,7 +18,7 @@ from samsa_geo.nn.encoders._point_geometry import (
     traces_knn,
 )
 from samsa_geo.ops import knn_neighbours, layer_norm, value_checks
-from samsa_geo.ops.validation import check_edge_index
+from samsa_geo.ops.validation import check_edge_index, check_node_indices
 
 
 class PPFPointEncoder(Module):
@@ -76,8 +76,10 @@ class PPFPointEncoder(Module):
         - **input:** ``pos`` :math:`(N, 3)`, ``batch`` :math:`(N)` sorted,
           ``normal`` :math:`(N, 3)`, ``edge_index`` :math:`(2, E)`
           (optional precomputed neighbourhoods, :obj:`edge_index[1]` the
-          centre, as :func:`samsa_geo.ops.knn_graph` with ``loop=True``)
-        - **output:** :math:`(N, C)`
+          centre, as :func:`samsa_geo.ops.knn_graph` with ``loop=True``;
+          its indices checked to lie in :math:`[0, N)` on the CPU and in
+          debug mode, see :func:`~samsa_geo.nn.attention.config.set_debug`)
+        - **output:** :math:`(N, C)` (:math:`(0, C)` for no point)
     """
     num_features: int = 12
 
@@ -171,6 +173,10 @@ class PPFPointEncoder(Module):
         edge_index: Optional[Tensor] = None,
     ) -> Tensor:
         batch, B, _ = check_points(pos, batch, normal)
+        if edge_index is not None:
+            check_edge_index(edge_index)
+            if config.checks_values(pos.device):  # reads the device back
+                check_node_indices(edge_index, pos.size(0))
         return self.encode(pos, batch, B, normal, edge_index)
 
     def encode(
@@ -200,6 +206,8 @@ class PPFPointEncoder(Module):
             if traces_knn(pos):  # no size read back
                 nbr = traced_knn_table(points, batch, self.num_neighbors,
                                        num_clouds, max_num_points)
+            elif pos.size(0) == 0:  # no cloud to rank in: an empty table
+                nbr = batch.new_empty(0, self.num_neighbors)
             else:
                 with value_checks(config.checks_values(pos.device)):
                     nbr = knn_neighbours(points, points, self.num_neighbors,

@@ -42,6 +42,7 @@ from samsa_geo.ops.validation import (
     check_batch_vector,
     check_edge_index,
     check_finite,
+    check_float_tensor,
     check_integer_tensor,
     check_node_indices,
     check_tensor,
@@ -354,14 +355,16 @@ class SamsaGraphModel(Reloadable, Module):
         r"""Node representations after the last layer, before the head,
         shape :math:`(N, C)`; arguments as in :meth:`forward`."""
         edge_attr, batch, num_graphs, max_num_nodes = self._checked_inputs(
-            x, edge_index, edge_attr, batch, pe, num_graphs, max_num_nodes)
+            x, edge_index, edge_attr, batch, pe, node_id, num_graphs,
+            max_num_nodes)
         return self._embed(x, edge_index, edge_attr, batch, pe, node_id,
                            num_graphs, max_num_nodes)
 
     def _checked_inputs(
         self, x: Tensor, edge_index: Tensor, edge_attr: Optional[Tensor],
         batch: Optional[Tensor], pe: Optional[Tensor],
-        num_graphs: Optional[int], max_num_nodes: Optional[int],
+        node_id: Optional[Tensor], num_graphs: Optional[int],
+        max_num_nodes: Optional[int],
     ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[int],
                Optional[int]]:
         # node_embeddings' checks of its inputs: edge_attr as [E, D],
@@ -412,11 +415,28 @@ class SamsaGraphModel(Reloadable, Module):
             raise ValueError("Expected no 'pe' since the model was built with "
                              "pe=None: pass pe='lap' or pe='rw' (and "
                              "pe_channels) to use a positional encoding")
+        self._check_node_id(node_id, x.size(0))
         if checks:
-            for name, t in (('x', x), ('edge_attr', edge_attr)):
+            for name, t in (('x', x), ('edge_attr', edge_attr),
+                            ('node_id', node_id)):
                 if t is not None and t.is_floating_point():
                     check_finite(t, name)
         return edge_attr, batch, num_graphs, max_num_nodes
+
+    def _check_node_id(self, node_id: Optional[Tensor], N: int) -> None:
+        # Fixed identifiers as [N, id_channels] floats (their values are
+        # checked with x's).
+        if node_id is None:
+            return
+        d = self.tokenizer.id_channels
+        if d == 0:
+            raise ValueError(f"Expected no 'node_id' since the model was "
+                             f"built with id_channels=0 (got shape "
+                             f"{list(getattr(node_id, 'shape', []))})")
+        check_float_tensor('node_id', node_id)
+        if node_id.shape != (N, d):
+            raise ValueError(f"Expected 'node_id' to have shape [{N}, {d}] "
+                             f"(got {list(node_id.shape)})")
 
     def _embed(self, x: Tensor, edge_index: Tensor,
                edge_attr: Optional[Tensor], batch: Optional[Tensor],
@@ -479,7 +499,8 @@ class SamsaGraphModel(Reloadable, Module):
             edge_label_index (Tensor, optional): Pairs to score
                 :math:`(2, L)`, required for :obj:`level="edge"`.
             node_id (Tensor, optional): Fixed node identifiers
-                :math:`(N, d)` (see :class:`GraphTokenizer`).
+                :math:`(N, d)`, floating-point, :math:`d` the
+                ``id_channels`` (see :class:`GraphTokenizer`).
             num_graphs (int, optional): Number of graphs :math:`B`, e.g. a
                 PyG ``Batch.num_graphs`` (saves device read-backs in every
                 layer; :obj:`batch.max() + 1` if :obj:`None`).
@@ -548,8 +569,9 @@ class SamsaGraphModel(Reloadable, Module):
         N = x.size(0)
         if (batch is None or num_graphs is None or max_num_nodes is None
                 or self.tokens != 'node' or N < 2
-                or (pe is not None and pe.size(0) != N)
-                or (node_id is not None and node_id.size(0) != N)
+                or any(t is not None and (not isinstance(t, Tensor)
+                                          or t.size(0) != N)
+                       for t in (pe, node_id))  # eager: checked, named
                 or bucket(N + 1)[0] * self.hidden_channels
                 > GRAPHED_STEP_MAX_ELEMENTS
                 or not autograd_allows_capture()
@@ -558,7 +580,8 @@ class SamsaGraphModel(Reloadable, Module):
                 or torch.cuda.is_current_stream_capturing()):
             return None
         edge_attr, batch, num_graphs, max_num_nodes = self._checked_inputs(
-            x, edge_index, edge_attr, batch, pe, num_graphs, max_num_nodes)
+            x, edge_index, edge_attr, batch, pe, node_id, num_graphs,
+            max_num_nodes)
         check_size_hint('num_graphs', num_graphs)
         check_size_hint('max_num_nodes', max_num_nodes)
         tree = self._module_tree.read(self)

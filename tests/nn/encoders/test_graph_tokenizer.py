@@ -220,3 +220,35 @@ def test_eval_ids_from_batch_hints_equal_the_read_back_ones(edge_tokens):
         tok(*args, num_graphs=4, max_num_nodes=8)
     with pytest.raises(TypeError, match="'max_num_nodes'"):
         tok(*args, num_graphs=4, max_num_nodes=8.0)
+
+
+def test_graph_inputs_are_named():
+    # These failed inside torch (IndexError, a matmul shape error).
+    torch.manual_seed(0)
+    tok = GraphTokenizer(8, Linear(3, 8), Linear(2, 8)).eval()
+    x, ei = torch.randn(4, 3), torch.tensor([[0, 1, 2], [1, 2, 3]])
+    ea = torch.randn(3, 2)
+    ref = tok(x, ei, ea).x
+    cases = [
+        (dict(edge_index=ei + 5), ValueError,
+         "Expected 'edge_index' to hold node indices in [0, 4) "
+         "(got values in [5, 8])"),
+        (dict(edge_index=ei - 2), ValueError,
+         "Expected 'edge_index' to hold node indices in [0, 4) "
+         "(got values in [-2, 1])"),
+        (dict(edge_index=ei.float()), TypeError,
+         "Expected 'edge_index' to be an integer tensor (got torch.float32)"),
+        (dict(x=torch.randn(4, 5)), ValueError,
+         "Expected 'x' to have shape [N, 3] (got [4, 5])"),
+        (dict(x=[[1.0, 2.0, 3.0]]), TypeError,
+         "Expected 'x' to be a Tensor (got list)"),
+        (dict(edge_attr=torch.randn(3, 5)), ValueError,
+         "Expected 'edge_attr' to have shape [3, 2] (got [3, 5])"),
+        (dict(node_id=torch.ones(4, 16, dtype=torch.long)), TypeError,
+         "Expected 'node_id' to be a floating-point tensor (got torch.int64)"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error) as exc:
+            tok(**{'x': x, 'edge_index': ei, 'edge_attr': ea, **kwargs})
+        assert str(exc.value) == message
+    assert torch.equal(tok(x, ei, ea).x, ref)

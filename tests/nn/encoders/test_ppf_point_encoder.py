@@ -196,3 +196,31 @@ def test_non_finite_input_is_named():
     with pytest.raises(ValueError, match=r"Expected 'normal' to hold finite "
                        r"values only \(point 7"):
         enc(pos, normal=normal)
+
+
+def test_edge_index_out_of_range_or_float_is_named():
+    # -1 was read as the last point, 30 failed deep inside torch.
+    enc = PPFPointEncoder(16, num_neighbors=4).eval()
+    pos = torch.randn(20, 3)
+    for bad, got in (([[0, -1], [1, 2]], '[-1, 2]'),
+                     ([[0, 30], [1, 2]], '[0, 30]')):
+        with pytest.raises(ValueError) as exc:
+            enc(pos, edge_index=torch.tensor(bad))
+        assert str(exc.value) == ("Expected 'edge_index' to hold node "
+                                  f"indices in [0, 20) (got values in {got})")
+    with pytest.raises(TypeError) as exc:
+        enc(pos, edge_index=torch.tensor([[0., 1.], [1., 2.]]))
+    assert str(exc.value) == ("Expected 'edge_index' to be an integer "
+                              "tensor (got torch.float32)")
+
+
+@pytest.mark.parametrize('edges', [False, True])
+def test_empty_input_gives_empty_tokens(edges):
+    # As SFTPointEncoder: no point, no token (and no cloud to count).
+    enc = PPFPointEncoder(16, num_neighbors=4)
+    pos = torch.randn(0, 3, requires_grad=True)
+    edge_index = torch.zeros(2, 0, dtype=torch.long) if edges else None
+    for batch in (None, torch.zeros(0, dtype=torch.long)):
+        out = enc(pos, batch, edge_index=edge_index)
+        assert out.shape == (0, 16) and out.dtype == torch.float32
+        out.sum().backward()

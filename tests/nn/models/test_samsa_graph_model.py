@@ -347,3 +347,43 @@ def test_float_features_follow_the_parameters_dtype(level, tokens):
     assert out16.dtype == torch.bfloat16 and bool(torch.isfinite(out16).all())
     scale = ref.abs().max()
     assert (out16.float() - ref).abs().max() < 0.05 * scale
+
+
+@pytest.mark.parametrize('tokens', ['node', 'node_edge'])
+def test_node_id_and_edge_index_are_checked(tokens):
+    # A NaN node_id was reported as a non-finite 'x'; a float edge_index
+    # failed inside index_select.
+    torch.manual_seed(0)
+    model = SamsaGraphModel(5, 16, 1, 2, tokens=tokens, heads=2, k=4).eval()
+    x, ei = torch.randn(4, 5), torch.tensor([[0, 1, 2], [1, 2, 3]])
+    node_id = torch.randn(4, 16)
+    ref = model(x, ei, node_id=node_id)
+    cases = [
+        (dict(node_id=torch.full((4, 16), float('nan'))), ValueError,
+         "Expected 'node_id' to hold finite values only (found NaN or inf)"),
+        (dict(node_id=torch.randn(4, 3)), ValueError,
+         "Expected 'node_id' to have shape [4, 16] (got [4, 3])"),
+        (dict(node_id=torch.ones(4, 16, dtype=torch.long)), TypeError,
+         "Expected 'node_id' to be a floating-point tensor (got torch.int64)"),
+        (dict(node_id=[[0.0] * 16] * 4), TypeError,
+         "Expected 'node_id' to be a Tensor (got list)"),
+        (dict(edge_index=ei.float()), TypeError,
+         "Expected 'edge_index' to be an integer tensor (got torch.float32)"),
+        (dict(edge_index=ei - 1), ValueError,
+         "Expected 'edge_index' to hold node indices in [0, 4) "
+         "(got values in [-1, 2])"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error) as exc:
+            model(**{'x': x, 'edge_index': ei, **kwargs})
+        assert str(exc.value) == message
+    assert torch.equal(model(x, ei, node_id=node_id), ref)
+
+
+def test_node_id_without_identifiers_is_refused():
+    model = SamsaGraphModel(5, 16, 1, 2, heads=2, k=4, id_channels=0)
+    x, ei = torch.randn(4, 5), torch.tensor([[0, 1, 2], [1, 2, 3]])
+    with pytest.raises(ValueError) as exc:
+        model(x, ei, node_id=torch.randn(4, 16))
+    assert str(exc.value) == ("Expected no 'node_id' since the model was "
+                              "built with id_channels=0 (got shape [4, 16])")
