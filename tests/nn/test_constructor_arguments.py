@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import LayerNorm
 
-from samsa_geo.nn import SamsaAttention, SamsaConv
+from samsa_geo.nn import RelativeBias, SamsaAttention, SamsaConv
 from samsa_geo.nn.attention import ImportanceScorer
 
 
@@ -57,6 +57,32 @@ def test_samsa_attention_valid_arguments(kwargs):
 def test_importance_scorer_arguments(args, err, match):
     with pytest.raises(err, match=match):
         ImportanceScorer(*args)
+
+
+@pytest.mark.parametrize('args, err, message', [
+    ((-1, 2), ValueError, "Expected 'in_features' to be a positive int "
+                          "(got -1)"),
+    ((0, 2), ValueError, "Expected 'in_features' to be a positive int "
+                         "(got 0)"),
+    ((2.5, 2), TypeError, "Expected 'in_features' to be a positive int "
+                          "(got 2.5)"),
+    ((True, 2), TypeError, "Expected 'in_features' to be a positive int "
+                           "(got True)"),
+    ((2, 0), ValueError, "Expected 'heads' to be a positive int (got 0)"),
+    ((2, '2'), TypeError, "Expected 'heads' to be a positive int "
+                          "(got '2')"),
+])
+def test_relative_bias_arguments(args, err, message):
+    with pytest.raises(err) as info:
+        RelativeBias(*args)
+    assert str(info.value) == message
+
+
+def test_relative_bias_valid_arguments():
+    bias = RelativeBias(2, heads=4)
+    assert repr(bias) == 'RelativeBias(2, heads=4)'
+    assert bias.lin_scale.weight.shape == (4, 2)
+    assert repr(RelativeBias(3)) == 'RelativeBias(3, heads=1)'
 
 
 @pytest.mark.parametrize('x, err, match', [
