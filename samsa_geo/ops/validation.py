@@ -98,12 +98,16 @@ def check_matrix(name: str, value: Any, columns: int) -> Tensor:
     return value
 
 
-def check_bool(name: str, value: Any) -> bool:
+def check_bool(name: str, value: Any,
+               optional: bool = False) -> Optional[bool]:
     r"""Raises a :class:`TypeError` naming :obj:`name` unless :obj:`value`
-    is a bool (a string such as :obj:`'no'` is true to Python); returns
-    it."""
+    is a bool (a string such as :obj:`'no'` is true to Python), or with
+    :obj:`optional` :obj:`None`; returns it."""
+    if optional and value is None:
+        return value
     if not isinstance(value, bool):
-        raise TypeError(f"Expected '{name}' to be a bool "
+        or_none = ' or None' if optional else ''
+        raise TypeError(f"Expected '{name}' to be a bool{or_none} "
                         f"(got {value!r})")
     return value
 

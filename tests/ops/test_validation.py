@@ -124,6 +124,16 @@ def test_check_bool(value, error):
             check_bool('loop', value)
 
 
+def test_check_bool_optional():
+    from samsa_geo.ops.validation import check_bool
+    for value in (None, True, False):
+        assert check_bool('padded', value, optional=True) is value
+    with pytest.raises(TypeError) as info:
+        check_bool('padded', 'no', optional=True)
+    assert str(info.value) == "Expected 'padded' to be a bool or None " \
+        "(got 'no')"
+
+
 @pytest.mark.parametrize('value, error', [
     (-1, ValueError), (0, ValueError), (np.int64(0), ValueError),
     (2.5, TypeError), (2.0, TypeError), (True, TypeError), ('2', TypeError),
