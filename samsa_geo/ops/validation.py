@@ -3,15 +3,16 @@ r"""Checks of input tensors, raising errors that name the argument.
 Type, dtype and shape checks (:func:`check_tensor`,
 :func:`check_float_tensor`, :func:`check_integer_tensor`,
 :func:`check_matrix`, :func:`check_edge_index`, :func:`check_bool`,
-:func:`check_positive_integer`, :func:`check_batch_vector`) read nothing
-from the device. Value checks (a sorted batch vector, finite points) read
-the device, which on a GPU makes the host wait: call them once at a model's or
-layer's entry. The geometry ops run such checks behind the switch of
+:func:`check_positive_integer`, :func:`check_kwargs`,
+:func:`check_batch_vector`) read nothing from the device. Value checks (a
+sorted batch vector, finite points) read the device, which on a GPU makes
+the host wait: call them once at a model's or layer's entry. The geometry
+ops run such checks behind the switch of
 :mod:`samsa_geo.ops.config`.
 """
 import math
 from numbers import Integral, Real
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -110,6 +111,16 @@ def check_bool(name: str, value: Any,
         raise TypeError(f"Expected '{name}' to be a bool{or_none} "
                         f"(got {value!r})")
     return value
+
+
+def check_kwargs(name: str, value: Any) -> Dict[str, Any]:
+    r"""Raises a :class:`TypeError` naming :obj:`name` unless :obj:`value`,
+    keyword arguments of a layer, is a dict (a mapping) or :obj:`None`;
+    returns them as a new dict (empty for :obj:`None`)."""
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"Expected '{name}' to be a dict or None "
+                        f"(got {type(value).__name__})")
+    return dict(value or {})
 
 
 def check_edge_index(edge_index: Any, name: str = 'edge_index',
@@ -221,6 +232,7 @@ __all__ = [
     'check_number',
     'check_positive_integer',
     'check_bool',
+    'check_kwargs',
     'check_integer_tensor',
     'check_matrix',
     'check_edge_index',

@@ -115,6 +115,26 @@ def test_samsa_conv_arguments(kwargs, err, match):
         SamsaConv(16, heads=2, k=4, **kwargs)
 
 
+@pytest.mark.parametrize('name', ['attn_kwargs', 'norm_kwargs',
+                                  'act_kwargs'])
+@pytest.mark.parametrize('value', [[1], [], 'dropout', 0.5])
+def test_samsa_conv_kwargs_must_be_dicts(name, value):
+    # They raised errors of dict() or of the internal _resolve.
+    with pytest.raises(TypeError) as info:
+        SamsaConv(16, heads=2, k=4, **{name: value})
+    assert str(info.value) == (f"Expected '{name}' to be a dict or None "
+                               f"(got {type(value).__name__})")
+
+
+def test_samsa_conv_kwargs_dicts_and_none():
+    conv = SamsaConv(16, heads=2, k=4, attn_kwargs={'sampling': 'soft'},
+                     norm_kwargs={'eps': 1e-3}, act_kwargs={})
+    assert conv.attn.sampling == 'soft' and conv.norm2.module.eps == 1e-3
+    conv = SamsaConv(16, heads=2, k=4, attn_kwargs=None, norm_kwargs=None,
+                     act_kwargs=None)
+    assert conv(torch.randn(10, 16)).shape == (10, 16)
+
+
 def test_samsa_conv_norm_kwargs_errors_pass_through():
     # An error of the resolved layer itself is not reworded as an unknown
     # name.

@@ -124,6 +124,18 @@ def test_check_bool(value, error):
             check_bool('loop', value)
 
 
+def test_check_kwargs():
+    from samsa_geo.ops.validation import check_kwargs
+    kwargs = {'eps': 1e-3}
+    assert check_kwargs('norm_kwargs', kwargs) == kwargs
+    assert check_kwargs('norm_kwargs', kwargs) is not kwargs
+    assert check_kwargs('norm_kwargs', None) == {}
+    with pytest.raises(TypeError) as info:
+        check_kwargs('norm_kwargs', [1])
+    assert str(info.value) == ("Expected 'norm_kwargs' to be a dict or None "
+                               "(got list)")
+
+
 def test_check_bool_optional():
     from samsa_geo.ops.validation import check_bool
     for value in (None, True, False):

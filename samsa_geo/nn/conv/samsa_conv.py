@@ -38,6 +38,7 @@ from samsa_geo.ops.masked_batch_norm import (
 from samsa_geo.ops.validation import (
     check_batch_vector,
     check_edge_index,
+    check_kwargs,
     check_matrix,
 )
 
@@ -220,6 +221,9 @@ class SamsaConv(Module):
         if not isinstance(norm_first, bool):
             raise TypeError(f"Expected 'norm_first' to be a bool "
                             f"(got {type(norm_first).__name__})")
+        act_kwargs = check_kwargs('act_kwargs', act_kwargs)
+        norm_kwargs = check_kwargs('norm_kwargs', norm_kwargs)
+        attn_kwargs = check_kwargs('attn_kwargs', attn_kwargs)
         self.channels = channels
         self.norm_first = norm_first
         self.conv = conv
@@ -229,12 +233,11 @@ class SamsaConv(Module):
         self.attn = SamsaAttention(channels, heads=heads, k=k, **attn_kwargs)
         self.mlp = Sequential(
             Linear(channels, channels * 2),
-            _resolve('act', act, activation_resolver, **(act_kwargs or {})),
+            _resolve('act', act, activation_resolver, **act_kwargs),
             Dropout(dropout),
             Linear(channels * 2, channels),
             Dropout(dropout),
         )
-        norm_kwargs = norm_kwargs or {}
         self.norm1 = None  # only the local branch uses it
         if conv is not None:
             self.norm1 = _resolve('norm', norm, normalization_resolver,
@@ -817,9 +820,9 @@ _EXAMPLES = {'act': "'relu' or 'gelu'",
 
 
 def _samsa_kwargs(attn_type: str,
-                  attn_kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    # Maps GPSConv's (attn_type, attn_kwargs) onto SamsaAttention's arguments.
-    attn_kwargs = dict(attn_kwargs or {})
+                  attn_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    # Maps GPSConv's (attn_type, attn_kwargs) onto SamsaAttention's arguments
+    # (a copy of attn_kwargs, checked by the caller).
     if attn_type == 'performer':
         raise ValueError(
             "SamsaConv's global attention is SAMSA, not a Performer: drop "

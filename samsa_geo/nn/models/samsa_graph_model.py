@@ -44,6 +44,7 @@ from samsa_geo.ops.validation import (
     check_edge_index,
     check_finite,
     check_integer_tensor,
+    check_kwargs,
     check_node_indices,
     check_tensor,
 )
@@ -286,7 +287,8 @@ class SamsaGraphModel(Reloadable, Module):
             id_channels=id_channels, edge_tokens=node_edge)
         # Node tokens only: edge features are embedded once for every GINE.
         self.edge_encoder = None if node_edge else edge_encoder
-        self.pe_encoder = (PositionalEncoder(pe_channels, C, **(pe_kwargs or {}))
+        pe_kwargs = check_kwargs('pe_kwargs', pe_kwargs)
+        self.pe_encoder = (PositionalEncoder(pe_channels, C, **pe_kwargs)
                            if pe is not None else None)
 
         with_edges = node_edge or edge_dim is not None

@@ -20,6 +20,7 @@ from samsa_geo.ops import knn_graph, value_checks
 from samsa_geo.ops.validation import (
     check_bool,
     check_float_tensor,
+    check_kwargs,
     check_tensor,
 )
 
@@ -150,7 +151,7 @@ class SamsaPointBackbone(Module):
         elif encoder == 'ppf':
             self.encoder = PPFPointEncoder(channels, num_neighbors)
 
-        attn_kwargs = dict(attn_kwargs or {})
+        attn_kwargs = check_kwargs('attn_kwargs', attn_kwargs)
         if rotation_invariant and attn_kwargs.get('relative_bias') is False:
             raise ValueError("Expected 'attn_kwargs' not to disable "
                              "'relative_bias' since 'rotation_invariant=True'")

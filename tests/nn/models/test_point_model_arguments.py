@@ -97,3 +97,12 @@ def test_flags_must_be_bools(model, name, value):
         POINT_MODELS[model](**{name: value})
     assert str(info.value) == (f"Expected '{name}' to be a bool "
                                f"(got {value!r})")
+
+
+@pytest.mark.parametrize('model', POINT_MODELS)
+@pytest.mark.parametrize('name', ['attn_kwargs', 'norm_kwargs'])
+def test_kwargs_must_be_dicts(model, name):
+    with pytest.raises(TypeError) as info:
+        POINT_MODELS[model](**{name: [1]})
+    assert str(info.value) == (f"Expected '{name}' to be a dict or None "
+                               f"(got list)")

@@ -205,6 +205,14 @@ def test_flags_must_be_bools(name, value):
         SamsaGraphModel.from_preset('peptides-func', **{name: value})
 
 
+@pytest.mark.parametrize('name', ['attn_kwargs', 'pe_kwargs'])
+def test_kwargs_must_be_dicts(name):
+    with pytest.raises(TypeError) as info:
+        SamsaGraphModel(7, 16, 3, 2, pe='rw', **{name: [1]})
+    assert str(info.value) == (f"Expected '{name}' to be a dict or None "
+                               f"(got list)")
+
+
 def test_num_graphs_hint_is_checked():
     model = SamsaGraphModel(4, 16, 3, 2, heads=2, k=4).eval()
     x = torch.randn(10, 4)
