@@ -1,5 +1,6 @@
 """Constructor arguments of SamsaAttention, ImportanceScorer and SamsaConv:
 wrong types and values raise errors that name the argument."""
+import numpy as np
 import pytest
 import torch
 from torch.nn import LayerNorm
@@ -45,6 +46,51 @@ def test_samsa_attention_valid_arguments(kwargs):
     attn = SamsaAttention(16, heads=2, k=4, **kwargs)
     pos = torch.randn(10, 3)
     assert attn(torch.randn(10, 16), pos=pos).shape == (10, 16)
+
+
+@pytest.mark.parametrize('cls', [SamsaAttention, SamsaConv])
+@pytest.mark.parametrize('k', [4, 0.5])
+def test_numpy_integers_are_taken_as_ints(cls, k):
+    # As PyG's GPSConv takes them; nothing downstream sees a NumPy type.
+    torch.manual_seed(0)
+    ref = cls(16, heads=4, k=k)
+    torch.manual_seed(0)
+    layer = cls(np.int64(16), heads=np.int32(4),
+                k=np.int64(k) if isinstance(k, int) else k)
+    attn = layer.attn if cls is SamsaConv else layer
+    for value in (layer.channels, layer.heads, attn.channels, attn.heads,
+                  attn.head_dim):
+        assert type(value) is int
+    assert type(attn.k) is type(k) and attn.k == k
+    name = cls.__name__
+    conv = ', conv=None' if cls is SamsaConv else ''
+    assert repr(layer) == repr(ref) == (f"{name}(16{conv}, heads=4, k={k}, "
+                                        f"sampling='hard')")
+    a, b = ref.state_dict(), layer.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    x = torch.randn(10, 16)
+    assert torch.equal(ref.eval()(x), layer.eval()(x))
+
+
+@pytest.mark.parametrize('kwargs, err, message', [
+    (dict(channels=np.int64(0)), ValueError,
+     "Expected 'channels' to be a positive int (got np.int64(0))"),
+    (dict(heads=np.int64(3)), ValueError,
+     "Expected 'heads' to be a positive int dividing 'channels'=16 "
+     "(got np.int64(3))"),
+    (dict(k=np.int64(0)), ValueError,
+     "Expected 'k' to be a positive int (got 0)"),
+    (dict(k=np.bool_(True)), TypeError,
+     "Expected 'k' to be an int or a float (got bool)"),
+])
+def test_numpy_integers_are_checked(kwargs, err, message):
+    args = dict(channels=16, heads=4, k=4)
+    args.update(kwargs)
+    for cls in (SamsaAttention, SamsaConv):
+        with pytest.raises(err) as info:
+            cls(**args)
+        assert str(info.value) == message
 
 
 @pytest.mark.parametrize('args, err, match', [

@@ -224,13 +224,14 @@ class SamsaConv(Module):
         act_kwargs = check_kwargs('act_kwargs', act_kwargs)
         norm_kwargs = check_kwargs('norm_kwargs', norm_kwargs)
         attn_kwargs = check_kwargs('attn_kwargs', attn_kwargs)
-        self.channels = channels
         self.norm_first = norm_first
         self.conv = conv
-        self.heads = heads
         self.dropout = dropout
         attn_kwargs = _samsa_kwargs(attn_type, attn_kwargs)
         self.attn = SamsaAttention(channels, heads=heads, k=k, **attn_kwargs)
+        # As the attention checked them: Python ints (of NumPy ones too).
+        channels = self.channels = self.attn.channels
+        self.heads = self.attn.heads
         self.mlp = Sequential(
             Linear(channels, channels * 2),
             _resolve('act', act, activation_resolver, **act_kwargs),
