@@ -93,6 +93,25 @@ def test_numpy_integers_are_checked(kwargs, err, message):
         assert str(info.value) == message
 
 
+@pytest.mark.parametrize('build, message', [
+    (lambda: SamsaConv(16, heads=2, k=4, norm_first='no'),
+     "Expected 'norm_first' to be a bool (got 'no')"),
+    (lambda: SamsaAttention(16, heads=2, k=4, relative_bias='no'),
+     "Expected 'relative_bias' to be a bool (got 'no')"),
+    (lambda: SamsaAttention(16, heads=2, k=4, summary=1),
+     "Expected 'summary' to be a bool (got 1)"),
+    (lambda: SamsaAttention(16, heads=2, k=4, padded='no'),
+     "Expected 'padded' to be a bool or None (got 'no')"),
+    (lambda: ImportanceScorer(16, 2, input_norm='no'),
+     "Expected 'input_norm' to be a bool (got 'no')"),
+])
+def test_flag_errors_say_the_value(build, message):
+    # One style with check_bool: the value, not its type's name.
+    with pytest.raises(TypeError) as info:
+        build()
+    assert str(info.value) == message
+
+
 @pytest.mark.parametrize('args, err, match', [
     ((16, -1), ValueError, "'heads' to be positive"),
     ((16, 0), ValueError, "'heads' to be positive"),

@@ -68,6 +68,7 @@ from samsa_geo.ops._utils import at_least_float32, check_positive_int
 from samsa_geo.ops.linear import linear_unchecked
 from samsa_geo.ops.validation import (
     check_batch_vector,
+    check_bool,
     check_finite,
     check_matrix,
     check_number,
@@ -274,12 +275,8 @@ class SamsaAttention(Module):
                            ('stochastic_eval', stochastic_eval),
                            ('summary', summary),
                            ('scorer_norm', scorer_norm)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"Expected '{name}' to be a bool "
-                                f"(got {type(flag).__name__})")
-        if padded is not None and not isinstance(padded, bool):
-            raise TypeError(f"Expected 'padded' to be a bool or None "
-                            f"(got {type(padded).__name__})")
+            check_bool(name, flag)
+        check_bool('padded', padded, optional=True)
         if scorer_norm and sampling == 'full':
             raise ValueError("Expected 'scorer_norm=False' with "
                              "sampling='full' (it has no scorer)")

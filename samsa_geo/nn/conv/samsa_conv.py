@@ -37,6 +37,7 @@ from samsa_geo.ops.masked_batch_norm import (
 )
 from samsa_geo.ops.validation import (
     check_batch_vector,
+    check_bool,
     check_edge_index,
     check_kwargs,
     check_matrix,
@@ -218,9 +219,7 @@ class SamsaConv(Module):
             raise TypeError(f"Expected 'conv' to be a Module (a message "
                             f"passing layer) or None "
                             f"(got {type(conv).__name__})")
-        if not isinstance(norm_first, bool):
-            raise TypeError(f"Expected 'norm_first' to be a bool "
-                            f"(got {type(norm_first).__name__})")
+        check_bool('norm_first', norm_first)
         act_kwargs = check_kwargs('act_kwargs', act_kwargs)
         norm_kwargs = check_kwargs('norm_kwargs', norm_kwargs)
         attn_kwargs = check_kwargs('attn_kwargs', attn_kwargs)
