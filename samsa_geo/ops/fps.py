@@ -16,6 +16,7 @@ from samsa_geo.ops._utils import (
     use_compiled,
     use_triton,
 )
+from samsa_geo.ops.validation import check_bool
 
 
 def _ratio_tensor(ratio: Union[float, Tensor], src: Tensor,
@@ -109,9 +110,7 @@ def fps(
     batch = check_batch('batch', batch, src.size(0), src.device)
     size = read_values([('src', src)], [('batch', batch)], batch_size)
     r = _ratio_tensor(ratio, src, size)
-    if not isinstance(random_start, bool):
-        raise TypeError(f"Expected 'random_start' to be a bool "
-                        f"(got {type(random_start).__name__})")
+    check_bool('random_start', random_start)
     ptr = batch_to_ptr(batch, src.size(0), size, src.device)
     src = src.contiguous()
 

@@ -17,6 +17,7 @@ from samsa_geo.ops._utils import (
     use_compiled,
     use_triton,
 )
+from samsa_geo.ops.validation import check_bool
 
 
 def knn(
@@ -166,6 +167,7 @@ def _knn(x: Tensor, y: Tensor, k: int, batch_x: Optional[Tensor],
     # Errors name the batch vectors batch_names (see check_pair).
     backend = resolve_backend(backend)
     check_positive_int('k', k)
+    check_bool('cosine', cosine)
     x, y, batch_x, batch_y, size, pending = check_pair(
         x, y, batch_x, batch_y, batch_size, chunk_size, defer=True,
         batch_names=batch_names)
@@ -283,6 +285,7 @@ def knn_graph(
     """
     check_flow(flow)
     check_positive_int('k', k)
+    check_bool('loop', loop)
     edge_index, _ = _knn(x, x, k if loop else k + 1, batch, batch, cosine,
                          num_workers, batch_size, chunk_size, backend,
                          table=False, batch_names=('batch', 'batch'))

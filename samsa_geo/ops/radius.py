@@ -18,7 +18,7 @@ from samsa_geo.ops._utils import (
     resolve_backend,
     use_compiled,
 )
-from samsa_geo.ops.validation import check_number
+from samsa_geo.ops.validation import check_bool, check_number
 
 
 def _compiled_radius(x: Tensor, y: Tensor, r: float,
@@ -107,6 +107,7 @@ def radius(
         - **output:** :math:`(2, E)`; row 0 indexes :obj:`y` (ascending),
           row 1 indexes :obj:`x`
     """
+    check_bool('ignore_same_index', ignore_same_index)
     return _radius(x, y, r, batch_x, batch_y, max_num_neighbors,
                    num_workers, batch_size, ignore_same_index, chunk_size,
                    backend)
@@ -193,6 +194,7 @@ def radius_graph(
         - **output:** edge index :math:`(2, E)`
     """
     check_flow(flow)
+    check_bool('loop', loop)
     edge_index = _radius(x, x, r, batch, batch, max_num_neighbors,
                          num_workers, batch_size, not loop, chunk_size,
                          backend, batch_names=('batch', 'batch'))

@@ -3,15 +3,16 @@ r"""Checks of input tensors, raising errors that name the argument.
 Type, dtype and shape checks (:func:`check_tensor`,
 :func:`check_float_tensor`, :func:`check_integer_tensor`,
 :func:`check_matrix`, :func:`check_edge_index`, :func:`check_bool`,
-:func:`check_batch_vector`) read nothing from the
-device. Value checks (a sorted batch vector, finite points) read the
-device, which on a GPU makes the host wait: call them once at a model's or
-layer's entry. The geometry ops run such checks behind the switch of
+:func:`check_positive_integer`, :func:`check_kwargs`,
+:func:`check_batch_vector`) read nothing from the device. Value checks (a
+sorted batch vector, finite points) read the device, which on a GPU makes
+the host wait: call them once at a model's or layer's entry. The geometry
+ops run such checks behind the switch of
 :mod:`samsa_geo.ops.config`.
 """
 import math
-from numbers import Real
-from typing import Any, Optional, Tuple
+from numbers import Integral, Real
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -71,6 +72,20 @@ def check_number(name: str, value: Any, finite: bool = False) -> float:
     return value
 
 
+def check_positive_integer(name: str, value: Any) -> int:
+    r"""Raises a :class:`TypeError` naming :obj:`name` unless :obj:`value`
+    is an integer (a Python or NumPy one; a bool is not), and a
+    :class:`ValueError` unless it is positive; returns it as a Python
+    :obj:`int`."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"Expected '{name}' to be a positive int "
+                        f"(got {value!r})")
+    if value <= 0:
+        raise ValueError(f"Expected '{name}' to be a positive int "
+                         f"(got {value!r})")
+    return int(value)
+
+
 def check_matrix(name: str, value: Any, columns: int) -> Tensor:
     r"""Raises an error naming :obj:`name` unless :obj:`value` is a
     floating-point tensor of shape :obj:`[N, columns]`; returns it."""
@@ -84,14 +99,28 @@ def check_matrix(name: str, value: Any, columns: int) -> Tensor:
     return value
 
 
-def check_bool(name: str, value: Any) -> bool:
+def check_bool(name: str, value: Any,
+               optional: bool = False) -> Optional[bool]:
     r"""Raises a :class:`TypeError` naming :obj:`name` unless :obj:`value`
-    is a bool (a string such as :obj:`'no'` is true to Python); returns
-    it."""
+    is a bool (a string such as :obj:`'no'` is true to Python), or with
+    :obj:`optional` :obj:`None`; returns it."""
+    if optional and value is None:
+        return value
     if not isinstance(value, bool):
-        raise TypeError(f"Expected '{name}' to be a bool "
+        or_none = ' or None' if optional else ''
+        raise TypeError(f"Expected '{name}' to be a bool{or_none} "
                         f"(got {value!r})")
     return value
+
+
+def check_kwargs(name: str, value: Any) -> Dict[str, Any]:
+    r"""Raises a :class:`TypeError` naming :obj:`name` unless :obj:`value`,
+    keyword arguments of a layer, is a dict (a mapping) or :obj:`None`;
+    returns them as a new dict (empty for :obj:`None`)."""
+    if value is not None and not isinstance(value, Mapping):
+        raise TypeError(f"Expected '{name}' to be a dict or None "
+                        f"(got {type(value).__name__})")
+    return dict(value or {})
 
 
 def check_edge_index(edge_index: Any, name: str = 'edge_index',
@@ -201,6 +230,9 @@ __all__ = [
     'check_tensor',
     'check_float_tensor',
     'check_number',
+    'check_positive_integer',
+    'check_bool',
+    'check_kwargs',
     'check_integer_tensor',
     'check_matrix',
     'check_edge_index',

@@ -6,6 +6,7 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import AddLaplacianEigenvectorPE, BaseTransform
 from torch_geometric.utils import coalesce
 
+from samsa_geo.ops.validation import check_bool
 from samsa_geo.transforms._utils import check_weighted_graph
 
 
@@ -105,11 +106,13 @@ class AddLaplacianPE(BaseTransform):
         is_undirected: Optional[bool] = None,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"Expected 'k' to be a positive integer (got {k!r})")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"Expected 'k' to be a positive integer "
+                             f"(got {k!r})")
         if not isinstance(attr_name, str) or not attr_name:
             raise ValueError(f"Expected 'attr_name' to be a non-empty string "
                              f"(got {attr_name!r})")
+        check_bool('is_undirected', is_undirected, optional=True)
         self.k = k
         self.attr_name = attr_name
         self.is_undirected = is_undirected

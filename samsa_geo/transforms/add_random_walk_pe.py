@@ -57,7 +57,8 @@ class AddRandomWalkPE(BaseTransform):
     BLOCK_ENTRIES: int = 2**22
 
     def __init__(self, walk_length: int, attr_name: str = 'rw_pe') -> None:
-        if not isinstance(walk_length, int) or walk_length < 1:
+        if (isinstance(walk_length, bool) or not isinstance(walk_length, int)
+                or walk_length < 1):
             raise ValueError(f"Expected 'walk_length' to be a positive integer "
                              f"(got {walk_length!r})")
         if not isinstance(attr_name, str) or not attr_name:

@@ -2,6 +2,7 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
+from samsa_geo.ops.validation import check_number
 from samsa_geo.transforms._utils import select_points
 
 
@@ -36,7 +37,8 @@ class RandomPointDropout(BaseTransform):
           :math:`1 \leq N' \leq N`
     """
     def __init__(self, max_ratio: float = 0.875) -> None:
-        if not 0 <= max_ratio < 1:
+        check_number('max_ratio', max_ratio)
+        if not 0 <= max_ratio < 1:  # also refuses NaN
             raise ValueError(f"Expected 'max_ratio' in [0, 1) "
                              f"(got {max_ratio})")
         self.max_ratio = max_ratio

@@ -1,4 +1,5 @@
 import math
+from numbers import Integral
 
 import torch
 from torch_geometric.data import Data
@@ -34,9 +35,14 @@ class RandomRotateZ(BaseTransform):
         - **output:** same shapes
     """
     def __init__(self, axis: int = 2) -> None:
+        # A bool or float equal to an axis (True == 1) is refused too.
+        if isinstance(axis, bool) or not isinstance(axis, Integral):
+            raise TypeError(f"Expected 'axis' to be 0, 1 or 2 "
+                            f"(got {axis!r})")
         if axis not in (0, 1, 2):
-            raise ValueError(f"Expected 'axis' to be 0, 1 or 2 (got {axis})")
-        self.axis = axis
+            raise ValueError(f"Expected 'axis' to be 0, 1 or 2 "
+                             f"(got {axis!r})")
+        self.axis = int(axis)
         self.last_rotation = None
 
     def forward(self, data: Data) -> Data:

@@ -72,9 +72,18 @@ def read_ply_colors(path: PathLike) -> Tuple[np.ndarray, np.ndarray]:
     from an ASCII PLY file written by :func:`write_sampling_ply`."""
     with open(path) as f:
         lines = f.read().splitlines()
+    if 'end_header' not in lines:
+        _raise_not_ply(path, "an 'end_header' line")
     end = lines.index('end_header')
     props = [ln.split()[-1] for ln in lines[:end] if ln.startswith('property')]
+    if not {'red', 'green', 'blue'} <= set(props):
+        _raise_not_ply(path, "'red', 'green' and 'blue' properties")
     rows = np.array([ln.split() for ln in lines[end + 1:] if ln.strip()],
                     dtype=np.float64).reshape(-1, len(props))
     cols = [props.index(c) for c in ('red', 'green', 'blue')]
     return rows[:, :3], rows[:, cols].astype(np.int64)
+
+
+def _raise_not_ply(path: PathLike, missing: str) -> None:
+    raise ValueError(f"Expected 'path' to be an ASCII PLY file with "
+                     f"{missing} (got {str(path)!r})")

@@ -1,10 +1,11 @@
 """Constructor arguments of SamsaAttention, ImportanceScorer and SamsaConv:
 wrong types and values raise errors that name the argument."""
+import numpy as np
 import pytest
 import torch
 from torch.nn import LayerNorm
 
-from samsa_geo.nn import SamsaAttention, SamsaConv
+from samsa_geo.nn import RelativeBias, SamsaAttention, SamsaConv
 from samsa_geo.nn.attention import ImportanceScorer
 
 
@@ -47,6 +48,70 @@ def test_samsa_attention_valid_arguments(kwargs):
     assert attn(torch.randn(10, 16), pos=pos).shape == (10, 16)
 
 
+@pytest.mark.parametrize('cls', [SamsaAttention, SamsaConv])
+@pytest.mark.parametrize('k', [4, 0.5])
+def test_numpy_integers_are_taken_as_ints(cls, k):
+    # As PyG's GPSConv takes them; nothing downstream sees a NumPy type.
+    torch.manual_seed(0)
+    ref = cls(16, heads=4, k=k)
+    torch.manual_seed(0)
+    layer = cls(np.int64(16), heads=np.int32(4),
+                k=np.int64(k) if isinstance(k, int) else k)
+    attn = layer.attn if cls is SamsaConv else layer
+    for value in (layer.channels, layer.heads, attn.channels, attn.heads,
+                  attn.head_dim):
+        assert type(value) is int
+    assert type(attn.k) is type(k) and attn.k == k
+    name = cls.__name__
+    conv = ', conv=None' if cls is SamsaConv else ''
+    assert repr(layer) == repr(ref) == (f"{name}(16{conv}, heads=4, k={k}, "
+                                        f"sampling='hard')")
+    a, b = ref.state_dict(), layer.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    x = torch.randn(10, 16)
+    assert torch.equal(ref.eval()(x), layer.eval()(x))
+
+
+@pytest.mark.parametrize('kwargs, err, message', [
+    (dict(channels=np.int64(0)), ValueError,
+     "Expected 'channels' to be a positive int (got np.int64(0))"),
+    (dict(heads=np.int64(3)), ValueError,
+     "Expected 'heads' to be a positive int dividing 'channels'=16 "
+     "(got np.int64(3))"),
+    (dict(k=np.int64(0)), ValueError,
+     "Expected 'k' to be a positive int (got 0)"),
+    (dict(k=np.bool_(True)), TypeError,
+     "Expected 'k' to be an int or a float (got bool)"),
+])
+def test_numpy_integers_are_checked(kwargs, err, message):
+    args = dict(channels=16, heads=4, k=4)
+    args.update(kwargs)
+    for cls in (SamsaAttention, SamsaConv):
+        with pytest.raises(err) as info:
+            cls(**args)
+        assert str(info.value) == message
+
+
+@pytest.mark.parametrize('build, message', [
+    (lambda: SamsaConv(16, heads=2, k=4, norm_first='no'),
+     "Expected 'norm_first' to be a bool (got 'no')"),
+    (lambda: SamsaAttention(16, heads=2, k=4, relative_bias='no'),
+     "Expected 'relative_bias' to be a bool (got 'no')"),
+    (lambda: SamsaAttention(16, heads=2, k=4, summary=1),
+     "Expected 'summary' to be a bool (got 1)"),
+    (lambda: SamsaAttention(16, heads=2, k=4, padded='no'),
+     "Expected 'padded' to be a bool or None (got 'no')"),
+    (lambda: ImportanceScorer(16, 2, input_norm='no'),
+     "Expected 'input_norm' to be a bool (got 'no')"),
+])
+def test_flag_errors_say_the_value(build, message):
+    # One style with check_bool: the value, not its type's name.
+    with pytest.raises(TypeError) as info:
+        build()
+    assert str(info.value) == message
+
+
 @pytest.mark.parametrize('args, err, match', [
     ((16, -1), ValueError, "'heads' to be positive"),
     ((16, 0), ValueError, "'heads' to be positive"),
@@ -57,6 +122,32 @@ def test_samsa_attention_valid_arguments(kwargs):
 def test_importance_scorer_arguments(args, err, match):
     with pytest.raises(err, match=match):
         ImportanceScorer(*args)
+
+
+@pytest.mark.parametrize('args, err, message', [
+    ((-1, 2), ValueError, "Expected 'in_features' to be a positive int "
+                          "(got -1)"),
+    ((0, 2), ValueError, "Expected 'in_features' to be a positive int "
+                         "(got 0)"),
+    ((2.5, 2), TypeError, "Expected 'in_features' to be a positive int "
+                          "(got 2.5)"),
+    ((True, 2), TypeError, "Expected 'in_features' to be a positive int "
+                           "(got True)"),
+    ((2, 0), ValueError, "Expected 'heads' to be a positive int (got 0)"),
+    ((2, '2'), TypeError, "Expected 'heads' to be a positive int "
+                          "(got '2')"),
+])
+def test_relative_bias_arguments(args, err, message):
+    with pytest.raises(err) as info:
+        RelativeBias(*args)
+    assert str(info.value) == message
+
+
+def test_relative_bias_valid_arguments():
+    bias = RelativeBias(2, heads=4)
+    assert repr(bias) == 'RelativeBias(2, heads=4)'
+    assert bias.lin_scale.weight.shape == (4, 2)
+    assert repr(RelativeBias(3)) == 'RelativeBias(3, heads=1)'
 
 
 @pytest.mark.parametrize('x, err, match', [
@@ -87,6 +178,26 @@ def test_importance_scorer_input(x, err, match):
 def test_samsa_conv_arguments(kwargs, err, match):
     with pytest.raises(err, match=match):
         SamsaConv(16, heads=2, k=4, **kwargs)
+
+
+@pytest.mark.parametrize('name', ['attn_kwargs', 'norm_kwargs',
+                                  'act_kwargs'])
+@pytest.mark.parametrize('value', [[1], [], 'dropout', 0.5])
+def test_samsa_conv_kwargs_must_be_dicts(name, value):
+    # They raised errors of dict() or of the internal _resolve.
+    with pytest.raises(TypeError) as info:
+        SamsaConv(16, heads=2, k=4, **{name: value})
+    assert str(info.value) == (f"Expected '{name}' to be a dict or None "
+                               f"(got {type(value).__name__})")
+
+
+def test_samsa_conv_kwargs_dicts_and_none():
+    conv = SamsaConv(16, heads=2, k=4, attn_kwargs={'sampling': 'soft'},
+                     norm_kwargs={'eps': 1e-3}, act_kwargs={})
+    assert conv.attn.sampling == 'soft' and conv.norm2.module.eps == 1e-3
+    conv = SamsaConv(16, heads=2, k=4, attn_kwargs=None, norm_kwargs=None,
+                     act_kwargs=None)
+    assert conv(torch.randn(10, 16)).shape == (10, 16)
 
 
 def test_samsa_conv_norm_kwargs_errors_pass_through():

@@ -2,7 +2,14 @@
 import pytest
 import torch
 
-from samsa_geo.ops import gine_aggregate, radius, scatter, segment_softmax
+from samsa_geo.ops import (
+    fps,
+    gine_aggregate,
+    knn,
+    radius,
+    scatter,
+    segment_softmax,
+)
 from samsa_geo.ops.validation import check_sorted_batch
 
 
@@ -55,3 +62,19 @@ def test_radius_needs_a_finite_non_negative_r(r):
     with pytest.raises(ValueError, match="'r' to be a finite non-negative"):
         radius(pos, pos, r)
     assert radius(pos, pos, 0.0).shape == (2, 0)
+
+
+@pytest.mark.parametrize('op, name', [
+    (lambda pos, v: knn(pos, pos, 2, cosine=v), 'cosine'),
+    (lambda pos, v: radius(pos, pos, 0.5, ignore_same_index=v),
+     'ignore_same_index'),
+    (lambda pos, v: fps(pos, random_start=v), 'random_start'),
+])
+@pytest.mark.parametrize('value', ['no', 1, None])
+def test_flags_must_be_bools(op, name, value):
+    # A string is true to Python: 'no' ran the other variant.
+    pos = torch.randn(10, 3)
+    with pytest.raises(TypeError) as info:
+        op(pos, value)
+    assert str(info.value) == f"Expected '{name}' to be a bool (got {value!r})"
+    assert op(pos, False).dim() in (1, 2)

@@ -32,6 +32,25 @@ def test_graph_errors_name_batch(graph, batch, kwargs, error, match):
 
 @pytest.mark.parametrize('graph', GRAPH_OPS, ids=['knn_graph',
                                                   'radius_graph'])
+@pytest.mark.parametrize('value', ['no', 0, None])
+def test_graph_loop_must_be_a_bool(graph, value):
+    # A string is true to Python: loop='no' kept the self-loops.
+    x = torch.randn(4, 3)
+    with pytest.raises(TypeError) as info:
+        graph(x, None, loop=value)
+    assert str(info.value) == f"Expected 'loop' to be a bool (got {value!r})"
+
+
+@pytest.mark.parametrize('value', ['yes', 1, None])
+def test_knn_graph_cosine_must_be_a_bool(value):
+    with pytest.raises(TypeError) as info:
+        knn_graph(torch.randn(4, 3), 2, cosine=value)
+    assert str(info.value) == (f"Expected 'cosine' to be a bool "
+                               f"(got {value!r})")
+
+
+@pytest.mark.parametrize('graph', GRAPH_OPS, ids=['knn_graph',
+                                                  'radius_graph'])
 def test_graph_other_errors_unchanged(graph):
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="'x' to hold finite values"):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -121,6 +122,47 @@ def test_check_bool(value, error):
     else:
         with pytest.raises(TypeError, match=error):
             check_bool('loop', value)
+
+
+def test_check_kwargs():
+    from samsa_geo.ops.validation import check_kwargs
+    kwargs = {'eps': 1e-3}
+    assert check_kwargs('norm_kwargs', kwargs) == kwargs
+    assert check_kwargs('norm_kwargs', kwargs) is not kwargs
+    assert check_kwargs('norm_kwargs', None) == {}
+    with pytest.raises(TypeError) as info:
+        check_kwargs('norm_kwargs', [1])
+    assert str(info.value) == ("Expected 'norm_kwargs' to be a dict or None "
+                               "(got list)")
+
+
+def test_check_bool_optional():
+    from samsa_geo.ops.validation import check_bool
+    for value in (None, True, False):
+        assert check_bool('padded', value, optional=True) is value
+    with pytest.raises(TypeError) as info:
+        check_bool('padded', 'no', optional=True)
+    assert str(info.value) == "Expected 'padded' to be a bool or None " \
+        "(got 'no')"
+
+
+@pytest.mark.parametrize('value, error', [
+    (-1, ValueError), (0, ValueError), (np.int64(0), ValueError),
+    (2.5, TypeError), (2.0, TypeError), (True, TypeError), ('2', TypeError),
+    (None, TypeError)])
+def test_check_positive_integer_refuses(value, error):
+    from samsa_geo.ops.validation import check_positive_integer
+    with pytest.raises(error) as info:
+        check_positive_integer('heads', value)
+    assert str(info.value) == (f"Expected 'heads' to be a positive int "
+                               f"(got {value!r})")
+
+
+def test_check_positive_integer_returns_a_python_int():
+    from samsa_geo.ops.validation import check_positive_integer
+    for value in (1, 16, np.int64(16), np.int32(16), torch.tensor(3).item()):
+        out = check_positive_integer('heads', value)
+        assert type(out) is int and out == value
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bool])

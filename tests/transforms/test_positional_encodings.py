@@ -49,6 +49,32 @@ def test_repr_and_errors():
         RandomSignFlip()(Data(num_nodes=3))
 
 
+@pytest.mark.parametrize('build, message', [
+    (lambda: AddLaplacianPE(True), "Expected 'k' to be a positive integer "
+                                   "(got True)"),
+    (lambda: AddLaplacianPE(False), "Expected 'k' to be a positive integer "
+                                    "(got False)"),
+    (lambda: AddRandomWalkPE(True), "Expected 'walk_length' to be a "
+                                    "positive integer (got True)"),
+])
+def test_bool_is_not_a_count(build, message):
+    # True == 1: it was taken for one eigenvector or one step.
+    with pytest.raises(ValueError) as info:
+        build()
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize('value', ['no', 0, 1.0])
+def test_laplacian_pe_is_undirected_must_be_a_bool_or_none(value):
+    # 'no' is true to Python: directed graphs were read as undirected.
+    with pytest.raises(TypeError) as info:
+        AddLaplacianPE(2, is_undirected=value)
+    assert str(info.value) == (f"Expected 'is_undirected' to be a bool or "
+                               f"None (got {value!r})")
+    for ok in (None, True, False):
+        assert AddLaplacianPE(2, is_undirected=ok).is_undirected is ok
+
+
 @pytest.mark.parametrize('num_nodes', [12, 130])  # dense and sparse (ARPACK)
 def test_laplacian_pe_values(num_nodes):
     data = _random_graph(num_nodes, p=4.0 / num_nodes)

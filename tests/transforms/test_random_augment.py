@@ -111,6 +111,21 @@ def test_anisotropic_scale_parameters_finite(kwargs, match):
         RandomAnisotropicScale(**kwargs)
 
 
+@pytest.mark.parametrize('max_ratio, error, message', [
+    ('0.5', TypeError, "Expected 'max_ratio' to be a float (got str)"),
+    (None, TypeError, "Expected 'max_ratio' to be a float (got NoneType)"),
+    (True, TypeError, "Expected 'max_ratio' to be a float (got bool)"),
+    (float('nan'), ValueError, "Expected 'max_ratio' in [0, 1) (got nan)"),
+    (-0.1, ValueError, "Expected 'max_ratio' in [0, 1) (got -0.1)"),
+])
+def test_point_dropout_max_ratio_is_checked(max_ratio, error, message):
+    # A string or None raised the '<=' of int and str.
+    with pytest.raises(error) as info:
+        RandomPointDropout(max_ratio)
+    assert str(info.value) == message
+    assert RandomPointDropout(0).max_ratio == 0
+
+
 def test_point_dropout_reindexes_edges():
     # A ring 0 -> 1 -> ... -> n-1 -> 0 whose edge features name their ends.
     n = 200

@@ -97,6 +97,25 @@ def test_rotate_bad_input():
                                normal=torch.randn(4, 3)))
 
 
+@pytest.mark.parametrize('axis, error', [
+    (True, TypeError), (False, TypeError), (2.0, TypeError),
+    ('2', TypeError), (None, TypeError), (3, ValueError), (-1, ValueError),
+])
+def test_rotate_z_axis_is_0_1_or_2(axis, error):
+    # True == 1 and 2.0 == 2: they were taken for the y and z axes.
+    with pytest.raises(error) as info:
+        RandomRotateZ(axis=axis)
+    assert str(info.value) == (f"Expected 'axis' to be 0, 1 or 2 "
+                               f"(got {axis!r})")
+
+
+def test_rotate_z_takes_a_numpy_axis():
+    import numpy as np
+    transform = RandomRotateZ(axis=np.int64(1))
+    assert type(transform.axis) is int and transform.axis == 1
+    assert repr(transform) == 'RandomRotateZ(axis=1)'
+
+
 @pytest.mark.parametrize('cls', [RandomRotateSO3, RandomRotateZ])
 def test_rotate_integer_pos_raises(cls):
     # The rotation used to be cast to int64: all-zero coordinates.

@@ -70,6 +70,21 @@ def test_select_graph():
         select_graph(bad, pos, batch, graph_index=0)
 
 
+@pytest.mark.parametrize('text, what', [
+    ('hello\n', "an 'end_header' line"),
+    ('ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\n'
+     'end_header\n', "'red', 'green' and 'blue' properties"),
+])
+def test_read_ply_colors_names_a_file_that_is_not_one(tmp_path, text, what):
+    # It raised "'end_header' is not in list", naming no file.
+    path = tmp_path / 'notes.txt'
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        read_ply_colors(path)
+    assert str(info.value) == (f"Expected 'path' to be an ASCII PLY file "
+                               f"with {what} (got {str(path)!r})")
+
+
 @pytest.mark.parametrize('graph_index', [0, 1])
 def test_ply_colours_are_recorded_indices(tmp_path, point_model, point_batch,
                                           graph_index):

@@ -21,7 +21,7 @@ from samsa_geo.nn.attention._score_grad import (
     scorer_kernels_serve,
 )
 from samsa_geo.ops._utils import at_least_float32, check_positive_int
-from samsa_geo.ops.validation import check_matrix
+from samsa_geo.ops.validation import check_bool, check_matrix
 
 
 class ImportanceScorer(Module):
@@ -66,9 +66,7 @@ class ImportanceScorer(Module):
         super().__init__()
         check_positive_int('channels', channels)
         check_positive_int('heads', heads)
-        if not isinstance(input_norm, bool):
-            raise TypeError(f"Expected 'input_norm' to be a bool "
-                            f"(got {type(input_norm).__name__})")
+        check_bool('input_norm', input_norm)
         self.channels = channels
         self.heads = heads
         self.norm_in = LayerNorm(channels) if input_norm else None

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module
 
+from samsa_geo.ops.validation import check_positive_integer
+
 
 class RelativeBias(Module):
     r"""Relative positional modulation of attention scores from the SFT paper
@@ -33,6 +35,8 @@ class RelativeBias(Module):
     """
     def __init__(self, in_features: int, heads: int = 1) -> None:
         super().__init__()
+        in_features = check_positive_integer('in_features', in_features)
+        heads = check_positive_integer('heads', heads)
         self.in_features = in_features
         self.heads = heads
         self.lin_scale = Linear(in_features, heads)

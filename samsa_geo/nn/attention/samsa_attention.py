@@ -1,4 +1,5 @@
 import math
+from numbers import Integral
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -68,6 +69,7 @@ from samsa_geo.ops._utils import at_least_float32, check_positive_int
 from samsa_geo.ops.linear import linear_unchecked
 from samsa_geo.ops.validation import (
     check_batch_vector,
+    check_bool,
     check_finite,
     check_matrix,
     check_number,
@@ -233,15 +235,18 @@ class SamsaAttention(Module):
         scorer_norm: bool = False,
     ) -> None:
         super().__init__()
-        if (isinstance(channels, bool) or not isinstance(channels, int)
+        # Python or NumPy ints (as PyG's GPSConv takes), kept as ints.
+        if (isinstance(channels, bool) or not isinstance(channels, Integral)
                 or channels <= 0):
             raise ValueError(f"Expected 'channels' to be a positive int "
                              f"(got {channels!r})")
-        if (isinstance(heads, bool) or not isinstance(heads, int)
+        channels = int(channels)
+        if (isinstance(heads, bool) or not isinstance(heads, Integral)
                 or heads <= 0 or channels % heads):
             raise ValueError(f"Expected 'heads' to be a positive int "
                              f"dividing 'channels'={channels} (got {heads!r})")
-        _check_k(k)
+        heads = int(heads)
+        k = _check_k(k)
         if sampling not in SAMPLING_MODES:
             raise ValueError(f"Expected 'sampling' to be one of "
                              f"{SAMPLING_MODES} (got {sampling!r})")
@@ -271,12 +276,8 @@ class SamsaAttention(Module):
                            ('stochastic_eval', stochastic_eval),
                            ('summary', summary),
                            ('scorer_norm', scorer_norm)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"Expected '{name}' to be a bool "
-                                f"(got {type(flag).__name__})")
-        if padded is not None and not isinstance(padded, bool):
-            raise TypeError(f"Expected 'padded' to be a bool or None "
-                            f"(got {type(padded).__name__})")
+            check_bool(name, flag)
+        check_bool('padded', padded, optional=True)
         if scorer_norm and sampling == 'full':
             raise ValueError("Expected 'scorer_norm=False' with "
                              "sampling='full' (it has no scorer)")
@@ -426,7 +427,7 @@ class SamsaAttention(Module):
 
     @k.setter
     def k(self, value: Union[int, float]) -> None:
-        _check_k(value)
+        value = _check_k(value)
         self._k_value = value
         # A fraction also as an exact ratio of ints (see _k).
         self._k_ratio = None if isinstance(value, int) else \
@@ -1064,16 +1065,20 @@ class SamsaAttention(Module):
                 f'sampling={self.sampling!r}{extra})')
 
 
-def _check_k(k: Any) -> None:
-    # A positive int, or a fraction in (0, 1] of each set's size.
-    if isinstance(k, bool) or not isinstance(k, (int, float)):
+def _check_k(k: Any) -> Union[int, float]:
+    # A positive int (a NumPy one too, returned as an int), or a fraction
+    # in (0, 1] of each set's size; returns it.
+    if isinstance(k, bool) or not isinstance(k, (Integral, float)):
         raise TypeError(f"Expected 'k' to be an int or a float "
                         f"(got {type(k).__name__})")
-    if isinstance(k, int) and k <= 0:
-        raise ValueError(f"Expected 'k' to be a positive int (got {k})")
-    if isinstance(k, float) and not 0.0 < k <= 1.0:
+    if isinstance(k, Integral):
+        if k <= 0:
+            raise ValueError(f"Expected 'k' to be a positive int (got {k})")
+        return int(k)
+    if not 0.0 < k <= 1.0:
         raise ValueError(f"Expected 'k' as a float to be a fraction in "
                          f"(0, 1] (got {k})")
+    return k
 
 
 def _refresh_tau(module: SamsaAttention, incompatible_keys) -> None:

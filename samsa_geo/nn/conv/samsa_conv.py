@@ -37,7 +37,9 @@ from samsa_geo.ops.masked_batch_norm import (
 )
 from samsa_geo.ops.validation import (
     check_batch_vector,
+    check_bool,
     check_edge_index,
+    check_kwargs,
     check_matrix,
 )
 
@@ -217,24 +219,25 @@ class SamsaConv(Module):
             raise TypeError(f"Expected 'conv' to be a Module (a message "
                             f"passing layer) or None "
                             f"(got {type(conv).__name__})")
-        if not isinstance(norm_first, bool):
-            raise TypeError(f"Expected 'norm_first' to be a bool "
-                            f"(got {type(norm_first).__name__})")
-        self.channels = channels
+        check_bool('norm_first', norm_first)
+        act_kwargs = check_kwargs('act_kwargs', act_kwargs)
+        norm_kwargs = check_kwargs('norm_kwargs', norm_kwargs)
+        attn_kwargs = check_kwargs('attn_kwargs', attn_kwargs)
         self.norm_first = norm_first
         self.conv = conv
-        self.heads = heads
         self.dropout = dropout
         attn_kwargs = _samsa_kwargs(attn_type, attn_kwargs)
         self.attn = SamsaAttention(channels, heads=heads, k=k, **attn_kwargs)
+        # As the attention checked them: Python ints (of NumPy ones too).
+        channels = self.channels = self.attn.channels
+        self.heads = self.attn.heads
         self.mlp = Sequential(
             Linear(channels, channels * 2),
-            _resolve('act', act, activation_resolver, **(act_kwargs or {})),
+            _resolve('act', act, activation_resolver, **act_kwargs),
             Dropout(dropout),
             Linear(channels * 2, channels),
             Dropout(dropout),
         )
-        norm_kwargs = norm_kwargs or {}
         self.norm1 = None  # only the local branch uses it
         if conv is not None:
             self.norm1 = _resolve('norm', norm, normalization_resolver,
@@ -820,9 +823,9 @@ _EXAMPLES = {'act': "'relu' or 'gelu'",
 
 
 def _samsa_kwargs(attn_type: str,
-                  attn_kwargs: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-    # Maps GPSConv's (attn_type, attn_kwargs) onto SamsaAttention's arguments.
-    attn_kwargs = dict(attn_kwargs or {})
+                  attn_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    # Maps GPSConv's (attn_type, attn_kwargs) onto SamsaAttention's arguments
+    # (a copy of attn_kwargs, checked by the caller).
     if attn_type == 'performer':
         raise ValueError(
             "SamsaConv's global attention is SAMSA, not a Performer: drop "

@@ -18,6 +18,7 @@ from samsa_geo.nn.attention._sets import (
 )
 from samsa_geo.ops import check_sorted_batch
 from samsa_geo.ops.validation import (
+    check_bool,
     check_edge_index,
     check_float_tensor,
     check_matrix,
@@ -130,6 +131,8 @@ class GraphTokenizer(Module):
         if not isinstance(id_channels, int) or id_channels < 0:
             raise ValueError(f"Expected 'id_channels' to be a non-negative "
                              f"integer (got {id_channels!r})")
+        check_bool('edge_tokens', edge_tokens)
+        check_bool('stochastic_eval', stochastic_eval)
         if id_channels == 0 and edge_tokens:
             raise ValueError("Expected 'id_channels' > 0 since edge tokens "
                              "are built from node identifiers")

@@ -5,6 +5,7 @@ from torch import Tensor
 from torch.nn import BatchNorm1d, GELU, Linear, Module, Sequential
 
 from samsa_geo.ops.masked_batch_norm import counted_batch_norm
+from samsa_geo.ops.validation import check_bool
 
 
 def _mlp(in_channels: int, hidden_channels: int, out_channels: int,
@@ -81,6 +82,8 @@ class PositionalEncoder(Module):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected '{name}' to be a positive integer "
                                  f"(got {value!r})")
+        check_bool('batch_norm', batch_norm)
+        check_bool('sign_invariant', sign_invariant)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.hidden_channels = hidden_channels or out_channels

@@ -14,6 +14,7 @@ from samsa_geo.nn.encoders._point_geometry import (
     safe_cos,
     safe_norm,
 )
+from samsa_geo.ops.validation import check_bool
 
 
 class SFTPointEncoder(Module):
@@ -76,6 +77,7 @@ class SFTPointEncoder(Module):
         if not isinstance(random_channels, int) or random_channels < 0:
             raise ValueError(f"Expected 'random_channels' to be a "
                              f"non-negative int (got {random_channels!r})")
+        check_bool('stochastic_eval', stochastic_eval)
         self.channels = channels
         self.random_channels = random_channels
         self.stochastic_eval = stochastic_eval

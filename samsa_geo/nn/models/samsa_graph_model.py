@@ -40,10 +40,12 @@ from samsa_geo.ops.gine_aggregate import gine_aggregate_unchecked
 from samsa_geo.ops.masked_batch_norm import counted_rows
 from samsa_geo.ops.validation import (
     check_batch_vector,
+    check_bool,
     check_edge_index,
     check_finite,
     check_float_tensor,
     check_integer_tensor,
+    check_kwargs,
     check_node_indices,
     check_tensor,
 )
@@ -262,7 +264,7 @@ class SamsaGraphModel(Reloadable, Module):
         super().__init__()
         _check_arguments(in_channels, hidden_channels, out_channels,
                          num_layers, edge_dim, categorical, level, pool,
-                         tokens, pe, pe_channels)
+                         tokens, pe, pe_channels, local_conv)
         self.in_channels = in_channels
         self.hidden_channels = hidden_channels
         self.out_channels = out_channels
@@ -286,7 +288,8 @@ class SamsaGraphModel(Reloadable, Module):
             id_channels=id_channels, edge_tokens=node_edge)
         # Node tokens only: edge features are embedded once for every GINE.
         self.edge_encoder = None if node_edge else edge_encoder
-        self.pe_encoder = (PositionalEncoder(pe_channels, C, **(pe_kwargs or {}))
+        pe_kwargs = check_kwargs('pe_kwargs', pe_kwargs)
+        self.pe_encoder = (PositionalEncoder(pe_channels, C, **pe_kwargs)
                            if pe is not None else None)
 
         with_edges = node_edge or edge_dim is not None
@@ -702,8 +705,10 @@ def _check_arguments(in_channels: int, hidden_channels: int,
                      out_channels: int, num_layers: int,
                      edge_dim: Optional[int], categorical: bool, level: str,
                      pool: str, tokens: str, pe: Optional[str],
-                     pe_channels: int) -> None:
+                     pe_channels: int, local_conv: bool) -> None:
     # The constructor's checks of SamsaGraphModel.
+    check_bool('categorical', categorical)
+    check_bool('local_conv', local_conv)
     for name, value in (('in_channels', in_channels),
                         ('hidden_channels', hidden_channels),
                         ('out_channels', out_channels),

@@ -18,7 +18,12 @@ from samsa_geo.nn.encoders._point_geometry import (
     traces_knn,
 )
 from samsa_geo.ops import knn_graph, value_checks
-from samsa_geo.ops.validation import check_float_tensor, check_tensor
+from samsa_geo.ops.validation import (
+    check_bool,
+    check_float_tensor,
+    check_kwargs,
+    check_tensor,
+)
 
 ENCODERS = ('linear', 'sft', 'ppf')
 
@@ -123,6 +128,8 @@ class SamsaPointBackbone(Module):
         norm_first: bool = False,
     ) -> None:
         super().__init__()
+        check_bool('local_conv', local_conv)
+        check_bool('norm_first', norm_first)
         encoder = _check_arguments(in_channels, rotation_invariant, encoder,
                                    channels, num_layers, num_neighbors)
         self.in_channels = in_channels
@@ -145,7 +152,7 @@ class SamsaPointBackbone(Module):
         elif encoder == 'ppf':
             self.encoder = PPFPointEncoder(channels, num_neighbors)
 
-        attn_kwargs = dict(attn_kwargs or {})
+        attn_kwargs = check_kwargs('attn_kwargs', attn_kwargs)
         if rotation_invariant and attn_kwargs.get('relative_bias') is False:
             raise ValueError("Expected 'attn_kwargs' not to disable "
                              "'relative_bias' since 'rotation_invariant=True'")
@@ -324,6 +331,7 @@ def _check_arguments(in_channels: int, rotation_invariant: bool,
                      encoder: Optional[str], channels: int, num_layers: int,
                      num_neighbors: int) -> str:
     # Validates the constructor's arguments; returns the encoder's name.
+    check_bool('rotation_invariant', rotation_invariant)
     if not isinstance(in_channels, int) or in_channels < 0:
         raise ValueError(f"Expected 'in_channels' to be a non-negative "
                          f"int (got {in_channels!r})")

@@ -131,6 +131,17 @@ def test_errors():
         GraphTokenizer(8, Linear(2, 8), id_channels=0)
 
 
+@pytest.mark.parametrize('name, value', [
+    ('edge_tokens', 'no'), ('edge_tokens', 0), ('stochastic_eval', 'no'),
+    ('stochastic_eval', None),
+])
+def test_flags_must_be_bools(name, value):
+    with pytest.raises(TypeError) as info:
+        GraphTokenizer(8, Linear(2, 8), **{name: value})
+    assert str(info.value) == (f"Expected '{name}' to be a bool "
+                               f"(got {value!r})")
+
+
 def test_categorical_encoder():
     enc = CategoricalEncoder.ogb_atom(16)
     assert repr(enc) == ('CategoricalEncoder(16, num_categories='

@@ -44,3 +44,14 @@ def test_errors():
         PositionalEncoder(0, 4)
     with pytest.raises(ValueError, match=r"Expected 'pe' to have shape \[N, 8\]"):
         PositionalEncoder(8, 4)(torch.randn(3, 5))
+
+
+@pytest.mark.parametrize('name, value', [
+    ('batch_norm', 'no'), ('batch_norm', None), ('sign_invariant', 'no'),
+    ('sign_invariant', 1),
+])
+def test_flags_must_be_bools(name, value):
+    with pytest.raises(TypeError) as info:
+        PositionalEncoder(4, 8, **{name: value})
+    assert str(info.value) == (f"Expected '{name}' to be a bool "
+                               f"(got {value!r})")

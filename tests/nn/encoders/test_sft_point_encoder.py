@@ -114,3 +114,11 @@ def test_bad_input():
         enc(torch.randn(3, 3), torch.tensor([1, 0, 0]))
     with pytest.raises(ValueError, match="'random_channels'"):
         SFTPointEncoder(8, random_channels=-1)
+
+
+@pytest.mark.parametrize('value', ['no', 1, None])
+def test_stochastic_eval_must_be_a_bool(value):
+    with pytest.raises(TypeError) as info:
+        SFTPointEncoder(8, stochastic_eval=value)
+    assert str(info.value) == (f"Expected 'stochastic_eval' to be a bool "
+                               f"(got {value!r})")

@@ -74,3 +74,35 @@ def test_token_bias_of_the_right_shape_is_added():
 def test_head_dropout_is_checked(cls, dropout, err):
     with pytest.raises(err, match="'head_dropout'"):
         cls.small(5, head_dropout=dropout)
+
+
+POINT_MODELS = {
+    'backbone': lambda **kw: SamsaPointBackbone(channels=16, num_layers=1,
+                                                heads=2, k=4, **kw),
+    'classifier': lambda **kw: SamsaPointClassifier(5, **kw),
+    'classifier.small': lambda **kw: SamsaPointClassifier.small(5, **kw),
+    'segmenter': lambda **kw: SamsaPointSegmenter(4, **kw),
+    'segmenter.small': lambda **kw: SamsaPointSegmenter.small(4, **kw),
+}
+
+
+@pytest.mark.parametrize('model', POINT_MODELS)
+@pytest.mark.parametrize('name, value', [
+    ('local_conv', 'no'), ('local_conv', 1), ('rotation_invariant', 'yes'),
+    ('rotation_invariant', None), ('norm_first', 'no'),
+])
+def test_flags_must_be_bools(model, name, value):
+    # A string is true to Python: 'no' would build the other model.
+    with pytest.raises(TypeError) as info:
+        POINT_MODELS[model](**{name: value})
+    assert str(info.value) == (f"Expected '{name}' to be a bool "
+                               f"(got {value!r})")
+
+
+@pytest.mark.parametrize('model', POINT_MODELS)
+@pytest.mark.parametrize('name', ['attn_kwargs', 'norm_kwargs'])
+def test_kwargs_must_be_dicts(model, name):
+    with pytest.raises(TypeError) as info:
+        POINT_MODELS[model](**{name: [1]})
+    assert str(info.value) == (f"Expected '{name}' to be a dict or None "
+                               f"(got list)")

@@ -191,6 +191,28 @@ def test_errors():
         _model('edge')(data.x, data.edge_index, data.edge_attr, pe=data.pe)
 
 
+@pytest.mark.parametrize('name, value', [
+    ('local_conv', 'no'), ('local_conv', 0), ('categorical', 'no'),
+    ('categorical', None),
+])
+def test_flags_must_be_bools(name, value):
+    # A string is true to Python: 'no' would build the other model.
+    with pytest.raises(TypeError) as info:
+        SamsaGraphModel(9, 16, 3, 2, **{name: value})
+    assert str(info.value) == (f"Expected '{name}' to be a bool "
+                               f"(got {value!r})")
+    with pytest.raises(TypeError, match=f"'{name}' to be a bool"):
+        SamsaGraphModel.from_preset('peptides-func', **{name: value})
+
+
+@pytest.mark.parametrize('name', ['attn_kwargs', 'pe_kwargs'])
+def test_kwargs_must_be_dicts(name):
+    with pytest.raises(TypeError) as info:
+        SamsaGraphModel(7, 16, 3, 2, pe='rw', **{name: [1]})
+    assert str(info.value) == (f"Expected '{name}' to be a dict or None "
+                               f"(got list)")
+
+
 def test_num_graphs_hint_is_checked():
     model = SamsaGraphModel(4, 16, 3, 2, heads=2, k=4).eval()
     x = torch.randn(10, 4)
