@@ -3,7 +3,7 @@ r"""Checks of input tensors, raising errors that name the argument.
 Type, dtype and shape checks (:func:`check_tensor`,
 :func:`check_float_tensor`, :func:`check_integer_tensor`,
 :func:`check_matrix`, :func:`check_edge_index`, :func:`check_bool`,
-:func:`check_positive_integer`, :func:`check_kwargs`,
+:func:`check_kwargs`,
 :func:`check_batch_vector`) read nothing from the device. Value checks (a
 sorted batch vector, finite points) read the device, which on a GPU makes
 the host wait: call them once at a model's or layer's entry. The geometry
@@ -11,7 +11,7 @@ ops run such checks behind the switch of
 :mod:`samsa_geo.ops.config`.
 """
 import math
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -70,20 +70,6 @@ def check_number(name: str, value: Any, finite: bool = False) -> float:
     if finite and not math.isfinite(value):
         raise ValueError(f"Expected '{name}' to be finite (got {value})")
     return value
-
-
-def check_positive_integer(name: str, value: Any) -> int:
-    r"""Raises a :class:`TypeError` naming :obj:`name` unless :obj:`value`
-    is an integer (a Python or NumPy one; a bool is not), and a
-    :class:`ValueError` unless it is positive; returns it as a Python
-    :obj:`int`."""
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"Expected '{name}' to be a positive int "
-                        f"(got {value!r})")
-    if value <= 0:
-        raise ValueError(f"Expected '{name}' to be a positive int "
-                         f"(got {value!r})")
-    return int(value)
 
 
 def check_matrix(name: str, value: Any, columns: int) -> Tensor:
@@ -230,7 +216,6 @@ __all__ = [
     'check_tensor',
     'check_float_tensor',
     'check_number',
-    'check_positive_integer',
     'check_bool',
     'check_kwargs',
     'check_integer_tensor',

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -144,25 +143,6 @@ def test_check_bool_optional():
         check_bool('padded', 'no', optional=True)
     assert str(info.value) == "Expected 'padded' to be a bool or None " \
         "(got 'no')"
-
-
-@pytest.mark.parametrize('value, error', [
-    (-1, ValueError), (0, ValueError), (np.int64(0), ValueError),
-    (2.5, TypeError), (2.0, TypeError), (True, TypeError), ('2', TypeError),
-    (None, TypeError)])
-def test_check_positive_integer_refuses(value, error):
-    from samsa_geo.ops.validation import check_positive_integer
-    with pytest.raises(error) as info:
-        check_positive_integer('heads', value)
-    assert str(info.value) == (f"Expected 'heads' to be a positive int "
-                               f"(got {value!r})")
-
-
-def test_check_positive_integer_returns_a_python_int():
-    from samsa_geo.ops.validation import check_positive_integer
-    for value in (1, 16, np.int64(16), np.int32(16), torch.tensor(3).item()):
-        out = check_positive_integer('heads', value)
-        assert type(out) is int and out == value
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bool])

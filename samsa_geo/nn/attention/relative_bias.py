@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module
 
-from samsa_geo.ops.validation import check_positive_integer
+from samsa_geo.ops._utils import check_positive_int
 
 
 class RelativeBias(Module):
@@ -35,8 +35,8 @@ class RelativeBias(Module):
     """
     def __init__(self, in_features: int, heads: int = 1) -> None:
         super().__init__()
-        in_features = check_positive_integer('in_features', in_features)
-        heads = check_positive_integer('heads', heads)
+        check_positive_int('in_features', in_features)
+        check_positive_int('heads', heads)
         self.in_features = in_features
         self.heads = heads
         self.lin_scale = Linear(in_features, heads)
