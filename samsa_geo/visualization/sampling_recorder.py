@@ -49,7 +49,10 @@ class SamplingRecorder:
     for :obj:`return_indices=True`, and a forward hook stores the indices
     (detached, on CPU, keyed by the module name from
     :meth:`~torch.nn.Module.named_modules`) and hands the caller the plain
-    output, so the model computes exactly what it computes without recording.
+    output, so the model computes what it computes without recording but
+    for the order of some sums: the indices come in score order, so a layer
+    asked for them ranks each set's keys, and its output may differ in the
+    last bits (about 1e-7 in float32).
     Hooks are removed on exit; outside the context there is no cost.
 
     .. code-block:: python
