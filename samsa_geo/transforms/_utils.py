@@ -7,7 +7,6 @@ from torch_geometric.data import Data
 from samsa_geo.ops.validation import (
     check_edge_index,
     check_float_tensor,
-    check_integer_tensor,
     check_node_indices,
     check_tensor,
 )
@@ -93,7 +92,6 @@ def select_points(data: Data, index: Tensor) -> Data:
     edge_keys = []
     if edge_index is not None:
         check_edge_index(edge_index)
-        check_integer_tensor('edge_index', edge_index)
         check_node_indices(edge_index, num_nodes)
         edge_keys = [
             key for key, value in data.items()

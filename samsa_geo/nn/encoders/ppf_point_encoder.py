@@ -222,7 +222,6 @@ class PPFPointEncoder(Module):
                 else:
                     h = module(h)  # [N, k, hidden]
             return self.lin_out(h.amax(dim=1))
-        check_edge_index(edge_index)
         f = self.features(pos, batch, num_clouds, edge_index, normal).to(dtype)
         h = self.edge_nn(f)  # [E, hidden]
         h = scatter(h, edge_index[1], dim=0, dim_size=pos.size(0),

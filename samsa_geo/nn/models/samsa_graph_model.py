@@ -44,7 +44,6 @@ from samsa_geo.ops.validation import (
     check_edge_index,
     check_finite,
     check_float_tensor,
-    check_integer_tensor,
     check_kwargs,
     check_node_indices,
     check_tensor,
@@ -517,7 +516,6 @@ class SamsaGraphModel(Reloadable, Module):
                 raise ValueError("Expected 'edge_label_index' of shape "
                                  "[2, L] since level='edge' (got None)")
             check_edge_index(edge_label_index, 'edge_label_index', 'L')
-            check_integer_tensor('edge_label_index', edge_label_index)
         if (self.level != 'edge' and self.training and config.use_cuda_graphs()
                 and isinstance(x, Tensor) and x.is_cuda):
             out = self._replay_training(x, edge_index, edge_attr, batch, pe,
