@@ -3,6 +3,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from samsa_geo.ops._utils import check_positive_int
 from samsa_geo.ops.validation import check_number, check_tensor
 
 
@@ -55,8 +56,7 @@ def check_split_args(split: str, num_points: int, val_ratio: float) -> None:
     if split not in ('train', 'val', 'test'):
         raise ValueError(f"Expected 'split' to be 'train', 'val' or "
                          f"'test' (got '{split}')")
-    if num_points < 1:
-        raise ValueError(f"Expected 'num_points' >= 1 (got {num_points})")
+    check_positive_int('num_points', num_points, integral=True)
     if not 0 <= val_ratio < 1:
         raise ValueError(f"Expected 'val_ratio' in [0, 1) (got {val_ratio})")
     if split == 'val' and val_ratio == 0:

@@ -12,6 +12,7 @@ from torch_geometric.transforms import SamplePoints
 from samsa_geo.datasets._checked_cache import CheckedCache
 from samsa_geo.datasets._download import fetch_archive
 from samsa_geo.io import DamagedFileError
+from samsa_geo.ops._utils import check_positive_int
 
 #: Archive folders that the other ModelNet loaders read, by format.
 _OTHER_FORMATS = {'modelnet40_normal_resampled': 'normal_resampled',
@@ -175,8 +176,7 @@ def modelnet_princeton(
                          f"(got '{split}')")
     if name not in ('10', '40'):
         raise ValueError(f"Expected 'name' to be '10' or '40' (got '{name}')")
-    if num_points < 1:
-        raise ValueError(f"Expected 'num_points' >= 1 (got {num_points})")
+    check_positive_int('num_points', num_points, integral=True)
     return PrincetonModelNet(root, name=name, train=split == 'train',
                              num_points=num_points, transform=transform,
                              pre_transform=pre_transform,

@@ -11,6 +11,7 @@ from samsa_geo.datasets._checked_cache import CheckedCache
 from samsa_geo.datasets._download import fetch_archive
 from samsa_geo.datasets._process import prepare, read_table
 from samsa_geo.io import DamagedFileError
+from samsa_geo.ops._utils import check_positive_int
 
 
 class ShapeNetPart(CheckedCache, ShapeNet):
@@ -121,9 +122,7 @@ class ShapeNetPart(CheckedCache, ShapeNet):
             raise ValueError(f"Expected 'split' to be 'train', 'val', "
                              f"'trainval' or 'test' (got '{split}')")
         if num_points is not None:
-            if num_points < 1:
-                raise ValueError(f"Expected 'num_points' >= 1 "
-                                 f"(got {num_points})")
+            check_positive_int('num_points', num_points, integral=True)
             sample = FixedPoints(num_points, replace=False,
                                  allow_duplicates=True)
             transform = sample if transform is None else Compose(

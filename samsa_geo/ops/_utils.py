@@ -1,4 +1,5 @@
 """Input validation and backend selection shared by the geometry ops."""
+from numbers import Integral
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -103,12 +104,31 @@ def check_floating(tensors: Sequence[Tuple[str, Optional[Tensor]]]) -> None:
                             f"(got {t.dtype})")
 
 
-def check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Expected '{name}' to be an int "
-                        f"(got {type(value).__name__})")
+def check_positive_int(name: str, value: int, *,
+                       integral: bool = False) -> None:
+    r"""Raises a :class:`TypeError` unless :obj:`value` is an int, a
+    :class:`ValueError` unless it is positive. A bool is no int here
+    (:obj:`True` would count as 1); with :obj:`integral`, NumPy ints (any
+    :class:`numbers.Integral`) pass too, unconverted."""
+    _check_int(name, value, integral)
     if value <= 0:
         raise ValueError(f"Expected '{name}' to be positive (got {value})")
+
+
+def check_non_negative_int(name: str, value: int, *,
+                           integral: bool = False) -> None:
+    r"""As :func:`check_positive_int`, for counts that may be 0."""
+    _check_int(name, value, integral)
+    if value < 0:
+        raise ValueError(f"Expected '{name}' to be non-negative "
+                         f"(got {value})")
+
+
+def _check_int(name: str, value: int, integral: bool) -> None:
+    if isinstance(value, bool) or not isinstance(
+            value, Integral if integral else int):
+        raise TypeError(f"Expected '{name}' to be an int "
+                        f"(got {type(value).__name__})")
 
 
 def check_batch(name: str, batch: Optional[Tensor], num_nodes: int,

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
 import yaml
 
+from samsa_geo.ops._utils import check_positive_int
 from samsa_geo.train.checkpoint import atomic_write
 
 #: The file name of the resolved configuration in a run folder.
@@ -72,6 +73,8 @@ def add_run_args(parser: argparse.ArgumentParser,
         seeds (int, optional): Default number of seeds; :obj:`None` for
             examples that train one run. (default: :obj:`None`)
     """
+    if seeds is not None:
+        check_positive_int('seeds', seeds)
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the run (initialisation, shuffling, '
                         'augmentation)' if seeds is None else

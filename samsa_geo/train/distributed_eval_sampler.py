@@ -2,6 +2,7 @@ from typing import Iterator, Optional, Sized
 
 from torch.utils.data import Sampler
 
+from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
 from samsa_geo.train.distributed import get_rank, get_world_size
 
 
@@ -28,10 +29,10 @@ class DistributedEvalSampler(Sampler[int]):
             num_replicas = get_world_size()
         if rank is None:
             rank = get_rank()
-        if num_replicas < 1:
-            raise ValueError(f"Expected 'num_replicas' to be positive "
-                             f"(got {num_replicas})")
-        if not 0 <= rank < num_replicas:
+        # NumPy ints pass (a world size read from elsewhere); bools do not.
+        check_positive_int('num_replicas', num_replicas, integral=True)
+        check_non_negative_int('rank', rank, integral=True)
+        if rank >= num_replicas:
             raise ValueError(f"Expected 'rank' in [0, {num_replicas - 1}] "
                              f"(got {rank})")
         self.dataset = dataset

@@ -4,6 +4,8 @@ from typing import List
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
+
 
 class WarmupCosineLR(LRScheduler):
     r"""Linear warm-up followed by cosine decay, stepped once per optimizer step.
@@ -35,11 +37,9 @@ class WarmupCosineLR(LRScheduler):
     def __init__(self, optimizer: Optimizer, warmup_steps: int,
                  total_steps: int, min_lr: float = 0.0,
                  last_epoch: int = -1) -> None:
-        if not isinstance(total_steps, int) or total_steps < 1:
-            raise ValueError(f"Expected 'total_steps' to be a positive int "
-                             f"(got {total_steps!r})")
-        if (not isinstance(warmup_steps, int) or warmup_steps < 0
-                or warmup_steps > total_steps):
+        check_positive_int('total_steps', total_steps)
+        check_non_negative_int('warmup_steps', warmup_steps)
+        if warmup_steps > total_steps:
             raise ValueError(f"Expected 'warmup_steps' to be an int in "
                              f"[0, total_steps={total_steps}] "
                              f"(got {warmup_steps!r})")

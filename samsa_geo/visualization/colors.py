@@ -5,6 +5,8 @@ from typing import Tuple
 
 import numpy as np
 
+from samsa_geo.ops._utils import check_non_negative_int
+
 #: Colour of points no head sampled.
 GREY: Tuple[float, float, float] = (0.75, 0.75, 0.75)
 #: Colour of points sampled by more than one head (in per-layer PLY files).
@@ -25,8 +27,7 @@ def head_colors(heads: int) -> np.ndarray:
     r"""Returns one RGB colour in :math:`[0, 1]` per head, shape
     :obj:`[heads, 3]`; heads beyond the fixed palette get golden-ratio hues.
     """
-    if heads < 0:
-        raise ValueError(f"Expected 'heads' to be non-negative (got {heads})")
+    check_non_negative_int('heads', heads, integral=True)
     colors = [_PALETTE[h] for h in range(min(heads, len(_PALETTE)))]
     for h in range(len(_PALETTE), heads):
         hue = (h * 0.618033988749895) % 1.0

@@ -6,6 +6,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 from torch import Tensor
 
+from samsa_geo.ops._utils import check_non_negative_int
 from samsa_geo.visualization.colors import GREY
 from samsa_geo.visualization.selection import sampling_membership
 from samsa_geo.visualization.selection import to_numpy as _to_numpy
@@ -32,9 +33,7 @@ def sampling_counts(
         Integer counts of shape :obj:`[N]`, each at most
         :obj:`sum(layer heads)`.
     """
-    if num_nodes < 0:
-        raise ValueError(f"Expected 'num_nodes' to be non-negative "
-                         f"(got {num_nodes})")
+    check_non_negative_int('num_nodes', num_nodes, integral=True)
     layers = dict(indices) if isinstance(indices, Mapping) else {'': indices}
     counts = np.zeros(num_nodes, dtype=np.int64)
     for name, idx in layers.items():
@@ -76,6 +75,8 @@ def spring_layout(
     """
     import networkx as nx
 
+    check_non_negative_int('num_nodes', num_nodes, integral=True)
+    check_non_negative_int('iterations', iterations, integral=True)
     ei = _check_edge_index(edge_index, num_nodes)
     if num_nodes <= 1:
         return np.zeros((num_nodes, 2))
@@ -186,6 +187,8 @@ def _check_graph(
 ) -> Tuple[Optional[np.ndarray], np.ndarray, int]:
     # The arguments of plot_sampled_graph checked: float64 'pos' (or None),
     # int64 edges [2, E] and the number of nodes.
+    if num_nodes is not None:
+        check_non_negative_int('num_nodes', num_nodes, integral=True)
     if pos is not None:
         pos = _to_numpy(pos, 'pos').astype(np.float64)
         if pos.ndim != 2 or pos.shape[1] not in (2, 3):

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
+from samsa_geo.ops._utils import check_positive_int
 from samsa_geo.visualization.colors import head_colors, membership_colors
 from samsa_geo.visualization.compose import compose_grid
 from samsa_geo.visualization.panels import Panel, make_point_panels
@@ -47,8 +48,7 @@ def render_panels(
                          f"(got {tuple(panel_size)})")
     if ncols is None:
         ncols = min(len(panels), 4)
-    if ncols < 1:
-        raise ValueError(f"Expected 'ncols' to be positive (got {ncols})")
+    check_positive_int('ncols', ncols, integral=True)
 
     from samsa_geo.typing import WITH_OPEN3D
     images, used = None, 'matplotlib'

@@ -2,7 +2,14 @@
 import pytest
 import torch
 
-from samsa_geo.datasets import holdout_indices, lrgb_task
+from samsa_geo.datasets import (
+    ModelNet40HDF5,
+    ModelNet40NormalResampled,
+    ShapeNetPart,
+    holdout_indices,
+    lrgb_task,
+    modelnet_princeton,
+)
 
 
 @pytest.mark.parametrize('name', [3, None, b'peptides-func'])
@@ -43,3 +50,17 @@ def test_holdout_indices_seed_and_valid_calls():
     # At least one sample of every class of two or more.
     assert set(Y[out].tolist()) == {0, 1, 2}
     assert holdout_indices(torch.zeros(0, dtype=torch.long), 0.5).numel() == 0
+
+
+@pytest.mark.parametrize('load', [
+    ModelNet40HDF5, ModelNet40NormalResampled, modelnet_princeton,
+    lambda root, **kw: ShapeNetPart(root, categories='Mug', **kw),
+], ids=['ModelNet40HDF5', 'ModelNet40NormalResampled', 'modelnet_princeton',
+        'ShapeNetPart'])
+@pytest.mark.parametrize('num_points', [True, False])
+def test_num_points_must_not_be_a_bool(tmp_path, offline, load, num_points):
+    # Checked before any file is read: True was clouds of one point (and
+    # a cache named after 'True').
+    with pytest.raises(TypeError) as info:
+        load(str(tmp_path), num_points=num_points)
+    assert str(info.value) == "Expected 'num_points' to be an int (got bool)"

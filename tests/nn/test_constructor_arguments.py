@@ -1,12 +1,26 @@
-"""Constructor arguments of SamsaAttention, ImportanceScorer and SamsaConv:
-wrong types and values raise errors that name the argument."""
+"""Constructor arguments of SamsaAttention, ImportanceScorer, SamsaConv and
+of the encoders and models built on them: wrong types and values raise
+errors that name the argument."""
 import numpy as np
 import pytest
 import torch
-from torch.nn import LayerNorm
+from torch.nn import LayerNorm, Linear
 
 from samsa_geo.nn import RelativeBias, SamsaAttention, SamsaConv
 from samsa_geo.nn.attention import ImportanceScorer
+from samsa_geo.nn.encoders import (
+    CategoricalEncoder,
+    GraphTokenizer,
+    PositionalEncoder,
+    PPFPointEncoder,
+    SFTPointEncoder,
+)
+from samsa_geo.nn.models import (
+    SamsaGraphModel,
+    SamsaPointBackbone,
+    SamsaPointClassifier,
+    SamsaPointSegmenter,
+)
 
 
 @pytest.mark.parametrize('kwargs, err, match', [
@@ -209,3 +223,94 @@ def test_samsa_conv_norm_kwargs_errors_pass_through():
 def test_samsa_conv_valid_norms_and_activations(kwargs):
     conv = SamsaConv(16, heads=2, k=4, **kwargs)
     assert conv(torch.randn(10, 16), None).shape == (10, 16)
+
+
+# Small valid arguments of each constructor with counts; a test replaces one.
+VALID = {
+    PositionalEncoder: dict(in_channels=4, out_channels=8),
+    CategoricalEncoder: dict(out_channels=8, num_categories=[3, 4]),
+    GraphTokenizer: dict(channels=8, node_encoder=Linear(4, 8)),
+    SFTPointEncoder: dict(channels=8),
+    PPFPointEncoder: dict(channels=8),
+    SamsaPointBackbone: dict(channels=8, num_layers=1, heads=2, k=4),
+    SamsaPointClassifier: dict(num_classes=3, channels=8, num_layers=1,
+                               heads=2, k=4),
+    SamsaPointSegmenter: dict(num_classes=3, channels=8, num_layers=1,
+                              heads=2, k=4),
+    SamsaGraphModel: dict(in_channels=3, hidden_channels=8, out_channels=2,
+                          num_layers=1, heads=2, k=4),
+}
+
+COUNTS = [(cls, name) for cls, names in [
+    (PositionalEncoder, ['in_channels', 'out_channels', 'hidden_channels',
+                         'num_layers', 'phi_channels']),
+    (CategoricalEncoder, ['out_channels']),
+    (GraphTokenizer, ['channels', 'id_channels']),
+    (SFTPointEncoder, ['channels', 'random_channels']),
+    (PPFPointEncoder, ['channels', 'num_neighbors', 'hidden_channels']),
+    (SamsaPointBackbone, ['in_channels', 'channels', 'num_layers',
+                          'num_neighbors', 'random_channels']),
+    (SamsaPointClassifier, ['num_classes', 'in_channels']),
+    (SamsaPointSegmenter, ['num_classes', 'num_categories']),
+    (SamsaGraphModel, ['in_channels', 'hidden_channels', 'out_channels',
+                       'num_layers', 'edge_dim', 'pe_channels',
+                       'id_channels']),
+] for name in names]
+
+
+@pytest.mark.parametrize('value', [True, False])
+@pytest.mark.parametrize('cls, name', COUNTS, ids=[
+    f'{cls.__name__}-{name}' for cls, name in COUNTS])
+def test_counts_must_not_be_bools(cls, name, value):
+    # bool is a subclass of int: True passed isinstance(value, int) as 1
+    # (SamsaGraphModel(in_channels=True) built a model of one channel) or
+    # failed inside torch, False as 0 where 0 is allowed.
+    with pytest.raises(TypeError) as info:
+        cls(**{**VALID[cls], name: value})
+    assert str(info.value) == f"Expected '{name}' to be an int (got bool)"
+
+
+@pytest.mark.parametrize('value', [True, False])
+def test_categorical_encoder_category_counts_must_not_be_bools(value):
+    with pytest.raises(TypeError) as info:
+        CategoricalEncoder(8, [3, value])
+    assert str(info.value) == ("Expected 'num_categories[1]' to be an int "
+                               "(got bool)")
+
+
+@pytest.mark.parametrize('cls, kwargs, err, message', [
+    (SamsaPointBackbone, dict(in_channels=-1), ValueError,
+     "Expected 'in_channels' to be non-negative (got -1)"),
+    (SamsaPointBackbone, dict(num_layers=2.0), TypeError,
+     "Expected 'num_layers' to be an int (got float)"),
+    (SamsaPointBackbone, dict(random_channels=-1), ValueError,
+     "Expected 'random_channels' to be non-negative (got -1)"),
+    (SamsaPointSegmenter, dict(num_categories=-1), ValueError,
+     "Expected 'num_categories' to be non-negative (got -1)"),
+    (SamsaGraphModel, dict(edge_dim=0), ValueError,
+     "Expected 'edge_dim' to be positive (got 0)"),
+    (GraphTokenizer, dict(id_channels=np.int64(4)), TypeError,
+     "Expected 'id_channels' to be an int (got int64)"),
+    (PositionalEncoder, dict(hidden_channels=-1), ValueError,
+     "Expected 'hidden_channels' to be non-negative (got -1)"),
+])
+def test_count_errors(cls, kwargs, err, message):
+    with pytest.raises(err) as info:
+        cls(**{**VALID[cls], **kwargs})
+    assert str(info.value) == message
+
+
+def test_counts_that_were_taken_still_are():
+    # 0 where a count may be 0; hidden_channels=0, as None, is the default
+    # width; PositionalEncoder's hidden_channels takes a NumPy int.
+    assert SamsaPointBackbone(in_channels=0, **VALID[SamsaPointBackbone])
+    assert SamsaPointSegmenter(**VALID[SamsaPointSegmenter],
+                               num_categories=0).category_emb is None
+    assert GraphTokenizer(8, Linear(4, 8), id_channels=0,
+                          edge_tokens=False).id_channels == 0
+    assert SFTPointEncoder(8, random_channels=0).random_channels == 0
+    assert PPFPointEncoder(8, hidden_channels=0).hidden_channels == 8
+    assert PositionalEncoder(4, 8, hidden_channels=0).hidden_channels == 8
+    assert PositionalEncoder(4, 8,
+                             hidden_channels=np.int64(6)).hidden_channels == 6
+    assert CategoricalEncoder(8, np.array([3, 4])).num_categories == [3, 4]

@@ -5,6 +5,7 @@ import yaml
 
 from samsa_geo.train import (
     RESUME_MAY_CHANGE,
+    add_run_args,
     check_resume_config,
     load_config,
     make_parser,
@@ -132,3 +133,12 @@ def test_resume_config_that_is_not_a_mapping(tmp_path):
     write(tmp_path, '- a\n- b\n', name='config.yaml')
     with pytest.raises(ValueError, match='mapping of flag names'):
         check_resume_config({'epochs': 1}, tmp_path)
+
+
+@pytest.mark.parametrize('seeds', [True, False])
+def test_add_run_args_seeds_must_not_be_a_bool(seeds):
+    # seeds=True gave a default of one run, seeds=False an error only once
+    # the flags were parsed.
+    with pytest.raises(TypeError) as info:
+        add_run_args(argparse.ArgumentParser(), seeds=seeds)
+    assert str(info.value) == "Expected 'seeds' to be an int (got bool)"

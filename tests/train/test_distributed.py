@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,19 @@ def test_eval_sampler_bad_arguments():
         DistributedEvalSampler(range(4), 2, 2)
     with pytest.raises(ValueError, match="'num_replicas'"):
         DistributedEvalSampler(range(4), 0, 0)
+
+
+@pytest.mark.parametrize('args, name', [((True, 0), 'num_replicas'),
+                                        ((2, True), 'rank'),
+                                        ((2, False), 'rank')])
+def test_eval_sampler_counts_must_not_be_bools(args, name):
+    # True was one replica (or rank 1), as bool is a subclass of int.
+    with pytest.raises(TypeError) as info:
+        DistributedEvalSampler(range(4), *args)
+    assert str(info.value) == f"Expected '{name}' to be an int (got bool)"
+    # NumPy ints are taken, as before.
+    shard = DistributedEvalSampler(range(4), np.int64(2), np.int64(1))
+    assert list(shard) == [2, 3]
 
 
 def test_all_gather_cat_is_identity_without_group():

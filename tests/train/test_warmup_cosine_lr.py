@@ -86,3 +86,14 @@ def test_bad_arguments(args, match):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ValueError, match=match):
         WarmupCosineLR(opt, *args)
+
+
+@pytest.mark.parametrize('args, name', [((True, 4), 'warmup_steps'),
+                                        ((False, 4), 'warmup_steps'),
+                                        ((0, True), 'total_steps')])
+def test_step_counts_must_not_be_bools(args, name):
+    # isinstance(True, int) holds: total_steps=True was a one-step schedule.
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(TypeError) as info:
+        WarmupCosineLR(opt, *args)
+    assert str(info.value) == f"Expected '{name}' to be an int (got bool)"

@@ -90,3 +90,24 @@ def test_spring_layout_tiny_graphs():
         xy = spring_layout(empty, n)
         assert xy.shape == (n, 2) and xy.dtype == np.float64
         assert (xy == 0).all()
+
+
+@pytest.mark.parametrize('value', [True, False])
+def test_counts_must_not_be_bools(tmp_path, value):
+    # True was taken for one node or one iteration (bool is an int).
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    idx = torch.zeros(1, 1, 1, dtype=torch.long)
+    for call, name in [
+        (lambda: sampling_counts(idx, value), 'num_nodes'),
+        (lambda: spring_layout(empty, value), 'num_nodes'),
+        (lambda: spring_layout(_ring(4), 4, iterations=value), 'iterations'),
+        (lambda: plot_sampled_graph(empty, idx, tmp_path / 'g.png',
+                                    num_nodes=value), 'num_nodes'),
+    ]:
+        with pytest.raises(TypeError) as info:
+            call()
+        assert str(info.value) == f"Expected '{name}' to be an int (got bool)"
+    # NumPy ints are taken, as before.
+    assert spring_layout(_ring(4), np.int64(4),
+                         iterations=np.int64(5)).shape == (4, 2)
+    assert sampling_counts(idx, np.int64(2)).tolist() == [1, 0]

@@ -43,6 +43,11 @@ def test_head_colors():
     for ref in (vis_colors.GREY, vis_colors.SHARED_COLOR,
                 vis_colors.BACKGROUND):
         assert (np.abs(colors - np.asarray(ref)).max(-1) > 0.2).all()
+    assert np.array_equal(head_colors(np.int64(3)), colors[:3])
+    for heads in (True, False):
+        with pytest.raises(TypeError) as info:
+            head_colors(heads)
+        assert str(info.value) == "Expected 'heads' to be an int (got bool)"
 
 
 def test_select_graph():
@@ -211,6 +216,9 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="'panel_size'"):
         plot_sampled_points(pos, idx, tmp_path / 'p.png', batch,
                             panel_size=(4, 4), backend='matplotlib')
+    with pytest.raises(TypeError, match=r"'ncols' to be an int \(got bool\)"):
+        plot_sampled_points(pos, idx, tmp_path / 'p.png', batch, ncols=True,
+                            backend='matplotlib')
     with pytest.raises(RuntimeError, match='display'):
         if points.has_display():
             pytest.skip('a display exists')

@@ -4,6 +4,8 @@ import torch
 from torch import Tensor
 from torch.nn import Embedding, Module, ModuleList
 
+from samsa_geo.ops._utils import check_positive_int
+
 #: Number of categories of each of the 9 OGB atom features
 #: (:func:`ogb.utils.features.get_atom_feature_dims`, ogb 1.3.6).
 OGB_ATOM_FEATURE_DIMS: List[int] = [119, 5, 12, 12, 10, 6, 6, 2, 2]
@@ -39,9 +41,12 @@ class CategoricalEncoder(Module):
     def __init__(self, out_channels: int, num_categories: Sequence[int],
                  input_name: str = 'x') -> None:
         super().__init__()
-        if not isinstance(out_channels, int) or out_channels < 1:
-            raise ValueError(f"Expected 'out_channels' to be a positive "
-                             f"integer (got {out_channels!r})")
+        check_positive_int('out_channels', out_channels)
+        num_categories = list(num_categories)
+        for c, n in enumerate(num_categories):
+            if isinstance(n, bool):  # int() would read True as 1 category
+                raise TypeError(f"Expected 'num_categories[{c}]' to be an "
+                                f"int (got bool)")
         num_categories = [int(n) for n in num_categories]
         if len(num_categories) == 0 or min(num_categories) < 1:
             raise ValueError(f"Expected 'num_categories' to be a non-empty "

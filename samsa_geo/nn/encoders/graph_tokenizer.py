@@ -17,6 +17,7 @@ from samsa_geo.nn.attention._sets import (
     sort_stable,
 )
 from samsa_geo.ops import check_sorted_batch
+from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
 from samsa_geo.ops.validation import (
     check_bool,
     check_edge_index,
@@ -125,12 +126,8 @@ class GraphTokenizer(Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"Expected 'channels' to be a positive integer "
-                             f"(got {channels!r})")
-        if not isinstance(id_channels, int) or id_channels < 0:
-            raise ValueError(f"Expected 'id_channels' to be a non-negative "
-                             f"integer (got {id_channels!r})")
+        check_positive_int('channels', channels)
+        check_non_negative_int('id_channels', id_channels)
         check_bool('edge_tokens', edge_tokens)
         check_bool('stochastic_eval', stochastic_eval)
         if id_channels == 0 and edge_tokens:

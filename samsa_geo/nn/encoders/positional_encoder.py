@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 from torch.nn import BatchNorm1d, GELU, Linear, Module, Sequential
 
+from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
 from samsa_geo.ops.masked_batch_norm import counted_batch_norm
 from samsa_geo.ops.validation import check_bool
 
@@ -79,9 +80,10 @@ class PositionalEncoder(Module):
                             ('out_channels', out_channels),
                             ('num_layers', num_layers),
                             ('phi_channels', phi_channels)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected '{name}' to be a positive integer "
-                                 f"(got {value!r})")
+            check_positive_int(name, value)
+        if hidden_channels is not None:  # 0, as None, gives out_channels
+            check_non_negative_int('hidden_channels', hidden_channels,
+                                   integral=True)
         check_bool('batch_norm', batch_norm)
         check_bool('sign_invariant', sign_invariant)
         self.in_channels = in_channels

@@ -18,6 +18,7 @@ from samsa_geo.nn.encoders._point_geometry import (
     traces_knn,
 )
 from samsa_geo.ops import knn_neighbours, layer_norm, value_checks
+from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
 from samsa_geo.ops.validation import check_edge_index, check_node_indices
 
 
@@ -90,13 +91,11 @@ class PPFPointEncoder(Module):
         hidden_channels: Optional[int] = None,
     ) -> None:
         super().__init__()
+        check_positive_int('channels', channels)
+        check_positive_int('num_neighbors', num_neighbors)
+        if hidden_channels is not None:  # 0, as None, gives channels
+            check_non_negative_int('hidden_channels', hidden_channels)
         hidden_channels = hidden_channels or channels
-        for name, value in (('channels', channels),
-                            ('num_neighbors', num_neighbors),
-                            ('hidden_channels', hidden_channels)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"Expected '{name}' to be a positive int "
-                                 f"(got {value!r})")
         self.channels = channels
         self.num_neighbors = num_neighbors
         self.hidden_channels = hidden_channels

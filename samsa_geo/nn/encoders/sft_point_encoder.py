@@ -14,6 +14,7 @@ from samsa_geo.nn.encoders._point_geometry import (
     safe_cos,
     safe_norm,
 )
+from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
 from samsa_geo.ops.validation import check_bool
 
 
@@ -71,12 +72,8 @@ class SFTPointEncoder(Module):
         stochastic_eval: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(channels, int) or channels <= 0:
-            raise ValueError(f"Expected 'channels' to be a positive int "
-                             f"(got {channels!r})")
-        if not isinstance(random_channels, int) or random_channels < 0:
-            raise ValueError(f"Expected 'random_channels' to be a "
-                             f"non-negative int (got {random_channels!r})")
+        check_positive_int('channels', channels)
+        check_non_negative_int('random_channels', random_channels)
         check_bool('stochastic_eval', stochastic_eval)
         self.channels = channels
         self.random_channels = random_channels

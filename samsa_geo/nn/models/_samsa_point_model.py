@@ -9,6 +9,7 @@ from torch.nn import GELU, Dropout, LayerNorm, Linear, Module, Sequential
 
 from samsa_geo.nn.models._reloadable import Reloadable
 from samsa_geo.nn.models.samsa_point_backbone import SamsaPointBackbone
+from samsa_geo.ops._utils import check_positive_int
 from samsa_geo.ops.validation import check_number
 
 Model = TypeVar('Model', bound='PointModel')
@@ -71,9 +72,7 @@ def mlp_head(num_classes: int, in_channels: int, channels: int,
     r"""The MLP head of the point models, from ``in_channels`` pooled
     and/or per-point features to ``num_classes`` logits; ``dropout`` is
     the models' ``head_dropout``."""
-    if not isinstance(num_classes, int) or num_classes <= 0:
-        raise ValueError(f"Expected 'num_classes' to be a positive int "
-                         f"(got {num_classes!r})")
+    check_positive_int('num_classes', num_classes)
     check_number('head_dropout', dropout)
     if not 0.0 <= dropout < 1.0:  # also refuses NaN
         raise ValueError(f"Expected 'head_dropout' in [0, 1) "

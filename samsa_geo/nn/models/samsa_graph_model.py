@@ -36,6 +36,7 @@ from samsa_geo.nn.models._graph_padding import (
     pad_graphs,
 )
 from samsa_geo.nn.models._reloadable import Reloadable
+from samsa_geo.ops._utils import check_positive_int
 from samsa_geo.ops.gine_aggregate import gine_aggregate_unchecked
 from samsa_geo.ops.masked_batch_norm import counted_rows
 from samsa_geo.ops.validation import (
@@ -712,13 +713,9 @@ def _check_arguments(in_channels: int, hidden_channels: int,
                         ('out_channels', out_channels),
                         ('num_layers', num_layers),
                         ('pe_channels', pe_channels)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"Expected '{name}' to be a positive int "
-                             f"(got {value!r})")
-    if edge_dim is not None and (not isinstance(edge_dim, int)
-                                 or edge_dim < 1):
-        raise ValueError(f"Expected 'edge_dim' to be a positive int or "
-                         f"None (got {edge_dim!r})")
+        check_positive_int(name, value)
+    if edge_dim is not None:
+        check_positive_int('edge_dim', edge_dim)
     for name, value, options in (('level', level, LEVELS),
                                  ('pool', pool, POOLS),
                                  ('tokens', tokens, TOKENS),

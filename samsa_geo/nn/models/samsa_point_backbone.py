@@ -18,6 +18,7 @@ from samsa_geo.nn.encoders._point_geometry import (
     traces_knn,
 )
 from samsa_geo.ops import knn_graph, value_checks
+from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
 from samsa_geo.ops.validation import (
     check_bool,
     check_float_tensor,
@@ -131,7 +132,8 @@ class SamsaPointBackbone(Module):
         check_bool('local_conv', local_conv)
         check_bool('norm_first', norm_first)
         encoder = _check_arguments(in_channels, rotation_invariant, encoder,
-                                   channels, num_layers, num_neighbors)
+                                   channels, num_layers, num_neighbors,
+                                   random_channels)
         self.in_channels = in_channels
         self.rotation_invariant = rotation_invariant
         self.encoder_type = encoder
@@ -329,12 +331,10 @@ class SamsaPointBackbone(Module):
 
 def _check_arguments(in_channels: int, rotation_invariant: bool,
                      encoder: Optional[str], channels: int, num_layers: int,
-                     num_neighbors: int) -> str:
+                     num_neighbors: int, random_channels: int) -> str:
     # Validates the constructor's arguments; returns the encoder's name.
     check_bool('rotation_invariant', rotation_invariant)
-    if not isinstance(in_channels, int) or in_channels < 0:
-        raise ValueError(f"Expected 'in_channels' to be a non-negative "
-                         f"int (got {in_channels!r})")
+    check_non_negative_int('in_channels', in_channels)
     if encoder is None:
         encoder = 'ppf' if rotation_invariant else 'linear'
     if encoder not in ENCODERS:
@@ -349,9 +349,9 @@ def _check_arguments(in_channels: int, rotation_invariant: bool,
                          f"(got {in_channels})")
     for name, value in (('channels', channels), ('num_layers', num_layers),
                         ('num_neighbors', num_neighbors)):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"Expected '{name}' to be a positive int "
-                             f"(got {value!r})")
+        check_positive_int(name, value)
+    # Checked whatever the encoder: only the SFT encoder reads it.
+    check_non_negative_int('random_channels', random_channels)
     return encoder
 
 

@@ -8,6 +8,7 @@ from torch_geometric.nn.inits import reset
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.models._samsa_point_model import PointModel, mlp_head
 from samsa_geo.nn.models.samsa_point_backbone import max_mean_pool
+from samsa_geo.ops._utils import check_non_negative_int
 from samsa_geo.ops.validation import BATCH_DTYPES, check_integer_tensor
 
 
@@ -72,9 +73,7 @@ class SamsaPointSegmenter(PointModel):
         self.backbone = self.build_backbone(backbone_kwargs)
         channels = self.backbone.channels
         head = mlp_head(num_classes, 3 * channels, channels, head_dropout)
-        if not isinstance(num_categories, int) or num_categories < 0:
-            raise ValueError(f"Expected 'num_categories' to be a "
-                             f"non-negative int (got {num_categories!r})")
+        check_non_negative_int('num_categories', num_categories)
         self.num_classes = num_classes
         self.num_categories = num_categories
         self.category_emb = None

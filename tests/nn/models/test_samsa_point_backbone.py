@@ -74,7 +74,8 @@ def test_tokens_follow_the_parameters_dtype():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="'encoder' to be one of"):
         SamsaPointBackbone(encoder='mlp')
-    with pytest.raises(ValueError, match="'channels' to be a positive int"):
+    with pytest.raises(ValueError,
+                       match=r"Expected 'channels' to be positive \(got 0\)"):
         SamsaPointBackbone(channels=0)
     with pytest.raises(ValueError, match="'in_channels' to be 0 or 3"):
         SamsaPointBackbone(in_channels=2, rotation_invariant=True)
