@@ -3,8 +3,11 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from samsa_geo.ops._utils import check_positive_int
-from samsa_geo.ops.validation import check_number, check_tensor
+from samsa_geo.ops.validation import (
+    check_number,
+    check_positive_int,
+    check_tensor,
+)
 
 
 def holdout_indices(y: Tensor, ratio: float, seed: int = 0) -> Tensor:

@@ -12,7 +12,7 @@ from torch_geometric.transforms import SamplePoints
 from samsa_geo.datasets._checked_cache import CheckedCache
 from samsa_geo.datasets._download import fetch_archive
 from samsa_geo.io import DamagedFileError
-from samsa_geo.ops._utils import check_positive_int
+from samsa_geo.ops.validation import check_positive_int
 
 #: Archive folders that the other ModelNet loaders read, by format.
 _OTHER_FORMATS = {'modelnet40_normal_resampled': 'normal_resampled',

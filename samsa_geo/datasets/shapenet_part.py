@@ -11,7 +11,7 @@ from samsa_geo.datasets._checked_cache import CheckedCache
 from samsa_geo.datasets._download import fetch_archive
 from samsa_geo.datasets._process import prepare, read_table
 from samsa_geo.io import DamagedFileError
-from samsa_geo.ops._utils import check_positive_int
+from samsa_geo.ops.validation import check_positive_int
 
 
 class ShapeNetPart(CheckedCache, ShapeNet):

@@ -1,5 +1,4 @@
 """Input validation and backend selection shared by the geometry ops."""
-from numbers import Integral
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -104,33 +103,6 @@ def check_floating(tensors: Sequence[Tuple[str, Optional[Tensor]]]) -> None:
                             f"(got {t.dtype})")
 
 
-def check_positive_int(name: str, value: int, *,
-                       integral: bool = False) -> None:
-    r"""Raises a :class:`TypeError` unless :obj:`value` is an int, a
-    :class:`ValueError` unless it is positive. A bool is no int here
-    (:obj:`True` would count as 1); with :obj:`integral`, NumPy ints (any
-    :class:`numbers.Integral`) pass too, unconverted."""
-    _check_int(name, value, integral)
-    if value <= 0:
-        raise ValueError(f"Expected '{name}' to be positive (got {value})")
-
-
-def check_non_negative_int(name: str, value: int, *,
-                           integral: bool = False) -> None:
-    r"""As :func:`check_positive_int`, for counts that may be 0."""
-    _check_int(name, value, integral)
-    if value < 0:
-        raise ValueError(f"Expected '{name}' to be non-negative "
-                         f"(got {value})")
-
-
-def _check_int(name: str, value: int, integral: bool) -> None:
-    if isinstance(value, bool) or not isinstance(
-            value, Integral if integral else int):
-        raise TypeError(f"Expected '{name}' to be an int "
-                        f"(got {type(value).__name__})")
-
-
 def check_batch(name: str, batch: Optional[Tensor], num_nodes: int,
                 device: torch.device) -> Optional[Tensor]:
     r"""Validates the type, shape and device of a batch vector of length
@@ -182,7 +154,7 @@ def collect_values(points: Sequence[Tuple[str, Tensor]],
     value), per batch vector its first entry, its smallest step and its
     last entry."""
     if batch_size is not None:
-        check_positive_int('batch_size', batch_size)
+        validation.check_positive_int('batch_size', batch_size)
     check = config.value_checks_enabled() and \
         not torch.compiler.is_compiling()
     need_last = check or batch_size is None
@@ -304,14 +276,14 @@ def check_pair(
         raise ValueError(f"Expected 'y' on device {x.device} "
                          f"(got {y.device})")
     if chunk_size is not None:
-        check_positive_int('chunk_size', chunk_size)
+        validation.check_positive_int('chunk_size', chunk_size)
     batch_x = check_batch(name_x, batch_x, x.size(0), x.device)
     batch_y = check_batch(name_y, batch_y, y.size(0), y.device)
     pending: Optional[DeferredReads] = DeferredReads(
         [('x', x), ('y', y)], [(name_x, batch_x), (name_y, batch_y)],
         batch_size)
     if defer and batch_size is not None:
-        check_positive_int('batch_size', batch_size)
+        validation.check_positive_int('batch_size', batch_size)
         size = batch_size
     else:
         size, _ = finish_reads(pending, batch_size)

@@ -9,7 +9,6 @@ from samsa_geo.ops._utils import (
     batch_to_ptr,
     check_flow,
     check_pair,
-    check_positive_int,
     cluster_supports,
     finish_reads,
     flow_edges,
@@ -17,7 +16,7 @@ from samsa_geo.ops._utils import (
     use_compiled,
     use_triton,
 )
-from samsa_geo.ops.validation import check_bool
+from samsa_geo.ops.validation import check_bool, check_positive_int
 
 
 def knn(

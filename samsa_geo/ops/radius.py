@@ -12,13 +12,16 @@ from samsa_geo.ops._utils import (
     batch_to_ptr,
     check_flow,
     check_pair,
-    check_positive_int,
     cluster_supports,
     flow_edges,
     resolve_backend,
     use_compiled,
 )
-from samsa_geo.ops.validation import check_bool, check_number
+from samsa_geo.ops.validation import (
+    check_bool,
+    check_number,
+    check_positive_int,
+)
 
 
 def _compiled_radius(x: Tensor, y: Tensor, r: float,

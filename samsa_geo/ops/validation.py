@@ -3,7 +3,8 @@ r"""Checks of input tensors, raising errors that name the argument.
 Type, dtype and shape checks (:func:`check_tensor`,
 :func:`check_float_tensor`, :func:`check_integer_tensor`,
 :func:`check_matrix`, :func:`check_edge_index`, :func:`check_bool`,
-:func:`check_kwargs`,
+:func:`check_kwargs`, :func:`check_positive_int`,
+:func:`check_non_negative_int`,
 :func:`check_batch_vector`) read nothing from the device. Value checks (a
 sorted batch vector, finite points) read the device, which on a GPU makes
 the host wait: call them once at a model's or layer's entry. The geometry
@@ -11,7 +12,7 @@ ops run such checks behind the switch of
 :mod:`samsa_geo.ops.config`.
 """
 import math
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -70,6 +71,33 @@ def check_number(name: str, value: Any, finite: bool = False) -> float:
     if finite and not math.isfinite(value):
         raise ValueError(f"Expected '{name}' to be finite (got {value})")
     return value
+
+
+def check_positive_int(name: str, value: int, *,
+                       integral: bool = False) -> None:
+    r"""Raises a :class:`TypeError` unless :obj:`value` is an int, a
+    :class:`ValueError` unless it is positive. A bool is no int here
+    (:obj:`True` would count as 1); with :obj:`integral`, NumPy ints (any
+    :class:`numbers.Integral`) pass too, unconverted."""
+    _check_int(name, value, integral)
+    if value <= 0:
+        raise ValueError(f"Expected '{name}' to be positive (got {value})")
+
+
+def check_non_negative_int(name: str, value: int, *,
+                           integral: bool = False) -> None:
+    r"""As :func:`check_positive_int`, for counts that may be 0."""
+    _check_int(name, value, integral)
+    if value < 0:
+        raise ValueError(f"Expected '{name}' to be non-negative "
+                         f"(got {value})")
+
+
+def _check_int(name: str, value: int, integral: bool) -> None:
+    if isinstance(value, bool) or not isinstance(
+            value, Integral if integral else int):
+        raise TypeError(f"Expected '{name}' to be an int "
+                        f"(got {type(value).__name__})")
 
 
 def check_matrix(name: str, value: Any, columns: int) -> Tensor:

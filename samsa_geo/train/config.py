@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
 import yaml
 
-from samsa_geo.ops._utils import check_positive_int
+from samsa_geo.ops.validation import check_positive_int
 from samsa_geo.train.checkpoint import atomic_write
 
 #: The file name of the resolved configuration in a run folder.

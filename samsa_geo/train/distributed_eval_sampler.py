@@ -2,7 +2,7 @@ from typing import Iterator, Optional, Sized
 
 from torch.utils.data import Sampler
 
-from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
+from samsa_geo.ops.validation import check_non_negative_int, check_positive_int
 from samsa_geo.train.distributed import get_rank, get_world_size
 
 

@@ -4,7 +4,7 @@ from typing import List
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
+from samsa_geo.ops.validation import check_non_negative_int, check_positive_int
 
 
 class WarmupCosineLR(LRScheduler):

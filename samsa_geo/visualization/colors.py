@@ -5,7 +5,7 @@ from typing import Tuple
 
 import numpy as np
 
-from samsa_geo.ops._utils import check_non_negative_int
+from samsa_geo.ops.validation import check_non_negative_int
 
 #: Colour of points no head sampled.
 GREY: Tuple[float, float, float] = (0.75, 0.75, 0.75)

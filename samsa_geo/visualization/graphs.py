@@ -6,7 +6,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import numpy as np
 from torch import Tensor
 
-from samsa_geo.ops._utils import check_non_negative_int
+from samsa_geo.ops.validation import check_non_negative_int
 from samsa_geo.visualization.colors import GREY
 from samsa_geo.visualization.selection import sampling_membership
 from samsa_geo.visualization.selection import to_numpy as _to_numpy

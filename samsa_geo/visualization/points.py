@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from samsa_geo.ops._utils import check_positive_int
+from samsa_geo.ops.validation import check_positive_int
 from samsa_geo.visualization.colors import head_colors, membership_colors
 from samsa_geo.visualization.compose import compose_grid
 from samsa_geo.visualization.panels import Panel, make_point_panels

@@ -20,8 +20,12 @@ from samsa_geo.nn.attention._score_grad import (
     scorer_gelu,
     scorer_kernels_serve,
 )
-from samsa_geo.ops._utils import at_least_float32, check_positive_int
-from samsa_geo.ops.validation import check_bool, check_matrix
+from samsa_geo.ops._utils import at_least_float32
+from samsa_geo.ops.validation import (
+    check_bool,
+    check_matrix,
+    check_positive_int,
+)
 
 
 class ImportanceScorer(Module):

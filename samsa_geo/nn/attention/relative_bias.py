@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module
 
-from samsa_geo.ops._utils import check_positive_int
+from samsa_geo.ops.validation import check_positive_int
 
 
 class RelativeBias(Module):

@@ -65,7 +65,7 @@ from samsa_geo.nn.attention._tiles import (
 )
 from samsa_geo.nn.attention.importance_scorer import ImportanceScorer
 from samsa_geo.nn.attention.relative_bias import RelativeBias
-from samsa_geo.ops._utils import at_least_float32, check_positive_int
+from samsa_geo.ops._utils import at_least_float32
 from samsa_geo.ops.linear import linear_unchecked
 from samsa_geo.ops.validation import (
     check_batch_vector,
@@ -73,6 +73,7 @@ from samsa_geo.ops.validation import (
     check_finite,
     check_matrix,
     check_number,
+    check_positive_int,
 )
 
 SAMPLING_MODES = ('hard', 'soft', 'full', 'sft')

@@ -4,7 +4,7 @@ import torch
 from torch import Tensor
 from torch.nn import Embedding, Module, ModuleList
 
-from samsa_geo.ops._utils import check_positive_int
+from samsa_geo.ops.validation import check_positive_int
 
 #: Number of categories of each of the 9 OGB atom features
 #: (:func:`ogb.utils.features.get_atom_feature_dims`, ogb 1.3.6).

@@ -17,13 +17,14 @@ from samsa_geo.nn.attention._sets import (
     sort_stable,
 )
 from samsa_geo.ops import check_sorted_batch
-from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
 from samsa_geo.ops.validation import (
     check_bool,
     check_edge_index,
     check_float_tensor,
     check_matrix,
     check_node_indices,
+    check_non_negative_int,
+    check_positive_int,
     check_tensor,
 )
 

@@ -4,9 +4,12 @@ import torch
 from torch import Tensor
 from torch.nn import BatchNorm1d, GELU, Linear, Module, Sequential
 
-from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
 from samsa_geo.ops.masked_batch_norm import counted_batch_norm
-from samsa_geo.ops.validation import check_bool
+from samsa_geo.ops.validation import (
+    check_bool,
+    check_non_negative_int,
+    check_positive_int,
+)
 
 
 def _mlp(in_channels: int, hidden_channels: int, out_channels: int,

@@ -18,8 +18,12 @@ from samsa_geo.nn.encoders._point_geometry import (
     traces_knn,
 )
 from samsa_geo.ops import knn_neighbours, layer_norm, value_checks
-from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
-from samsa_geo.ops.validation import check_edge_index, check_node_indices
+from samsa_geo.ops.validation import (
+    check_edge_index,
+    check_node_indices,
+    check_non_negative_int,
+    check_positive_int,
+)
 
 
 class PPFPointEncoder(Module):

@@ -14,8 +14,11 @@ from samsa_geo.nn.encoders._point_geometry import (
     safe_cos,
     safe_norm,
 )
-from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
-from samsa_geo.ops.validation import check_bool
+from samsa_geo.ops.validation import (
+    check_bool,
+    check_non_negative_int,
+    check_positive_int,
+)
 
 
 class SFTPointEncoder(Module):

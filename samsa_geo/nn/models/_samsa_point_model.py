@@ -9,8 +9,7 @@ from torch.nn import GELU, Dropout, LayerNorm, Linear, Module, Sequential
 
 from samsa_geo.nn.models._reloadable import Reloadable
 from samsa_geo.nn.models.samsa_point_backbone import SamsaPointBackbone
-from samsa_geo.ops._utils import check_positive_int
-from samsa_geo.ops.validation import check_number
+from samsa_geo.ops.validation import check_number, check_positive_int
 
 Model = TypeVar('Model', bound='PointModel')
 

@@ -36,7 +36,6 @@ from samsa_geo.nn.models._graph_padding import (
     pad_graphs,
 )
 from samsa_geo.nn.models._reloadable import Reloadable
-from samsa_geo.ops._utils import check_positive_int
 from samsa_geo.ops.gine_aggregate import gine_aggregate_unchecked
 from samsa_geo.ops.masked_batch_norm import counted_rows
 from samsa_geo.ops.validation import (
@@ -47,6 +46,7 @@ from samsa_geo.ops.validation import (
     check_float_tensor,
     check_kwargs,
     check_node_indices,
+    check_positive_int,
     check_tensor,
 )
 

@@ -18,11 +18,12 @@ from samsa_geo.nn.encoders._point_geometry import (
     traces_knn,
 )
 from samsa_geo.ops import knn_graph, value_checks
-from samsa_geo.ops._utils import check_non_negative_int, check_positive_int
 from samsa_geo.ops.validation import (
     check_bool,
     check_float_tensor,
     check_kwargs,
+    check_non_negative_int,
+    check_positive_int,
     check_tensor,
 )
 

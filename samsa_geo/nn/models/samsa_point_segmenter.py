@@ -8,8 +8,11 @@ from torch_geometric.nn.inits import reset
 from samsa_geo.nn.attention import config
 from samsa_geo.nn.models._samsa_point_model import PointModel, mlp_head
 from samsa_geo.nn.models.samsa_point_backbone import max_mean_pool
-from samsa_geo.ops._utils import check_non_negative_int
-from samsa_geo.ops.validation import BATCH_DTYPES, check_integer_tensor
+from samsa_geo.ops.validation import (
+    BATCH_DTYPES,
+    check_integer_tensor,
+    check_non_negative_int,
+)
 
 
 class SamsaPointSegmenter(PointModel):
