@@ -12,6 +12,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
+# Under pytest-xdist (`-n`), the workers share the machine's cores: each
+# takes its share of intra-op threads instead of one per core.
+_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '0'))
+if _WORKERS:
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+
 
 @pytest.fixture(scope='session')
 def triton_modules():

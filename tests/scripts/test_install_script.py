@@ -112,7 +112,7 @@ def test_readme_commands_and_ci():
     commands = re.findall(r'^bash scripts/install\.sh.*$', readme, re.M)
     assert commands == [
         'bash scripts/install.sh && .venv/bin/python examples/modelnet40.py',
-        'bash scripts/install.sh --test && .venv/bin/python -m pytest -q '
+        'bash scripts/install.sh --test && .venv/bin/python -m pytest -q -n 2 '
         'tests']
     with open(osp.join(REPO, '.ci', 'run')) as f:
         assert commands[1] in f.read().splitlines()
