@@ -370,10 +370,11 @@ class SamsaConv(Module):
         # kernel, with s and t kept between calls while the statistics and
         # parameters are unchanged (kept_while_unchanged). None where the
         # module's own forward must run: in training, without running
-        # statistics, for another dtype than the statistics', or where a
-        # gradient reaches w or b.
+        # statistics, for another dtype than the statistics', where a
+        # gradient reaches w or b, or where a hook would run (as in
+        # training, see _training_batch_norm).
         bn = norm.module
-        if bn.training:
+        if bn.training or hooked(norm, bn):
             return None
         mean, var = bn.running_mean, bn.running_var
         params = [p for p in (bn.weight, bn.bias) if p is not None]

@@ -181,3 +181,26 @@ def test_inference_mlp_runs_relu_as_the_gemm_epilogue(autocast):
         out = gelu._mlp(h)
     assert '_addmm_activation' not in calls.names
     torch.testing.assert_close(out, gelu.mlp(h))
+
+
+@pytest.mark.parametrize('norm_first', [False, True])
+def test_eval_batch_norm_runs_the_hooks_of_its_norms(norm_first):
+    # As in training: a hook on a norm sees every inference call (a hook
+    # registered after calls that kept the affine map too), and one that
+    # returns a new output changes the layer's.
+    conv, x, batch = trained_conv(norm_first=norm_first)
+    with torch.no_grad():
+        conv(x, None, batch)  # the affine maps kept
+        seen = []
+        conv.norm3.register_forward_hook(
+            lambda m, args, out: seen.append(out))
+        conv.norm2.module.register_forward_pre_hook(
+            lambda m, args: seen.append(args[0]))
+        out = conv(x, None, batch)
+        assert len(seen) == 2
+        conv.norm3.register_forward_hook(lambda m, args, out: out * 0.0)
+        zeroed = conv(x, None, batch)
+    if norm_first:  # Y + MLP(0): the MLP's biases alone
+        assert not torch.equal(zeroed, out)
+    else:
+        assert torch.equal(zeroed, torch.zeros_like(out))
