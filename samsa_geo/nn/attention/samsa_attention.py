@@ -801,6 +801,10 @@ class SamsaAttention(Module):
         self._projection_cache = None
         return super().train(mode)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # Copies and pickles hold no kept weights (see SamsaConv's).
+        return dict(super().__getstate__(), _projection_cache=None)
+
     def _sample_sft(self, x: Tensor, hidden: Tensor, batch: Optional[Tensor],
                     info: SetInfo, scorer_args: Dict[str, Any],
                     ) -> Tuple[Selection, Tensor]:

@@ -270,6 +270,13 @@ class SamsaConv(Module):
         self._graphs.clear()
         return super().train(mode)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # Copies and pickles (deepcopy, torch.save of the module) hold no
+        # kept values: theirs are stamped with this process's storage and
+        # keyed by its module ids. A copy makes its own at its first call.
+        return dict(super().__getstate__(), _mlp_cache=None,
+                    _affine_cache={})
+
     def _apply(self, fn, *args, **kwargs):
         # .to(), .cuda(), .half(), ...: new storage for the parameters.
         self._graphs.clear()

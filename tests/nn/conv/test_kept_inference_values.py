@@ -4,6 +4,9 @@ PyTorch records (in-place ops under no_grad, EMA's foreach lerp,
 load_state_dict), not after writes through ``.data``, which ``.eval()``
 then refreshes, as the class docstrings and docs/reliability.md say."""
 import contextlib
+import copy
+import io
+import pickle
 
 import pytest
 import torch
@@ -119,6 +122,54 @@ def test_attention_kept_weights_follow_in_place_updates():
     ref.load_state_dict(attn.state_dict())
     with torch.no_grad():
         assert torch.equal(fresh, ref(x, batch))
+
+
+def _saved_size(module):
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    return buf.tell()
+
+
+def _torch_save_load(module):
+    buf = io.BytesIO()
+    torch.save(module, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+CLONES = [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m)),
+          _torch_save_load]
+
+
+@pytest.mark.parametrize('clone', CLONES, ids=['deepcopy', 'pickle',
+                                               'torch_save'])
+@pytest.mark.parametrize('cls', [SamsaConv, SamsaAttention])
+def test_copies_and_pickles_hold_no_kept_values(cls, clone):
+    # Kept values are the process's own (stamped with its storage
+    # pointers, keyed by module ids): a saved module holds its weights
+    # only, and a copy makes its own from its own parameters.
+    x, batch = _inputs()
+    def build():
+        if cls is SamsaConv:
+            return _layer()
+        return SamsaAttention(16, heads=2, k=4).eval()
+
+    layer = build()
+    args = (x, None, batch) if cls is SamsaConv else (x, batch)
+    size, twin_size = _saved_size(layer), _saved_size(clone(build()))
+    with torch.no_grad(), _context(True):
+        layer(*args)
+        out = layer(*args)
+    assert _saved_size(layer) == size
+    twin = clone(layer)
+    assert _saved_size(twin) == twin_size
+    with torch.no_grad(), _context(True):
+        assert torch.equal(twin(*args), out)
+        for p in twin.parameters():
+            p.mul_(0.5)
+        changed = twin(*args)
+        assert torch.equal(layer(*args), out)
+    assert not torch.equal(changed, out)
 
 
 @pytest.mark.parametrize('cls', [SamsaConv, SamsaAttention])
