@@ -89,6 +89,13 @@ class ScoreTail(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        # Outside autocast, as the forward ran (see score_tail): a backward
+        # pass called inside an autocast region would cast its products.
+        with torch.autocast(grad.device.type, enabled=False):
+            return ScoreTail._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor):
         x, x_in, w1, b1, w2c, b2c, ln_w, ln_b, ws, bs = ctx.saved_tensors
         dtype, w2_dtype, b2_dtype = ctx.dtypes
         need = ctx.needs_input_grad[:2] + ctx.needs_input_grad[4:]

@@ -384,6 +384,29 @@ def test_training_node_equals_the_formula(autocast, given_hidden,
         assert torch.allclose(g, r, rtol=tol, atol=tol * r.abs().max())
 
 
+@pytest.mark.parametrize('input_norm', [False, True])
+def test_training_node_backward_inside_autocast(input_norm):
+    # A backward pass called inside the autocast region of its forward
+    # (PyTorch advises against it, but its own ops allow it) gives the
+    # gradients of one called after the region: the node's backward runs
+    # outside autocast, as its forward does.
+    torch.manual_seed(0)
+    scorer = ImportanceScorer(16, heads=3, input_norm=input_norm)
+    x = torch.randn(40, 16)
+    grads = []
+    for inside in (False, True):
+        model, xg = copy.deepcopy(scorer), x.clone().requires_grad_()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            loss = model(xg).square().sum()
+            if inside:
+                loss.backward()
+        if not inside:
+            loss.backward()
+        grads.append([xg.grad] + [p.grad for p in model.parameters()])
+    for g, ref in zip(*grads):
+        assert g is not None and torch.equal(g, ref)
+
+
 def test_training_node_saves_no_float32_activations():
     # Memory: of the per-token tensors the node keeps the tokens alone (and
     # its parameters), not the [N, C] float32 LayerNorm input or residual

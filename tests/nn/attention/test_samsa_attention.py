@@ -618,3 +618,27 @@ def test_float64_gradcheck(kwargs, training):
 
     assert torch.autograd.gradcheck(f, (x, ), eps=1e-6, atol=1e-6,
                                     rtol=1e-4)
+
+
+@pytest.mark.parametrize('sampling', ['hard', 'soft', 'sft'])
+def test_backward_inside_autocast_equals_backward_after_it(sampling):
+    # loss.backward() inside the autocast region of the forward pass (it
+    # failed in the scorer's backward: "expected scalar type Float but
+    # found BFloat16") gives the gradients of a backward pass after it.
+    torch.manual_seed(0)
+    x = torch.randn(30, 16)
+    batch = torch.tensor([0] * 12 + [1] * 18)
+    attn = SamsaAttention(16, heads=2, k=4, sampling=sampling)
+    grads = []
+    for inside in (False, True):
+        attn.zero_grad()
+        torch.manual_seed(1)  # the same Gumbel noise
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            loss = attn(x, batch).float().square().sum()
+            if inside:
+                loss.backward()
+        if not inside:
+            loss.backward()
+        grads.append([p.grad.clone() for p in attn.parameters()])
+    for g, ref in zip(*grads):
+        assert torch.equal(g, ref)
