@@ -2,7 +2,10 @@
 and cast weights, batch norms' scale and shift): remade after every change
 PyTorch records (in-place ops under no_grad, EMA's foreach lerp,
 load_state_dict), not after writes through ``.data``, which ``.eval()``
-then refreshes, as the class docstrings and docs/reliability.md say."""
+then refreshes, as the class docstrings and docs/reliability.md say; never
+carried by copies; and module operations after inference calls (dtype
+conversions, inference mode, frozen fine-tuning, re-initialisation) give
+what a fresh layer gives after the same operations."""
 import contextlib
 import copy
 import io
@@ -14,15 +17,18 @@ import torch
 from samsa_geo.nn import SamsaAttention, SamsaConv
 
 
-def _inputs():
-    x = torch.randn(30, 16)
+def _inputs(dtype=torch.float32):
+    x = torch.randn(30, 16, generator=torch.Generator().manual_seed(1),
+                    dtype=dtype)
     batch = torch.tensor([0] * 12 + [1] * 18)
     return x, batch
 
 
-def _layer():
+def _layer(seed=None):
     # norm='batch_norm' keeps its affine map in evaluation; autocast adds
     # the MLP's kept casts.
+    if seed is not None:
+        torch.manual_seed(seed)
     layer = SamsaConv(16, None, heads=2, k=4, norm='batch_norm')
     with torch.no_grad():  # running statistics that are not 0 and 1
         for norm in (layer.norm2, layer.norm3):
@@ -179,3 +185,121 @@ def test_docstrings_say_what_is_kept_and_what_refreshes_it(cls):
                    '_foreach_lerp_', 'load_state_dict', 'replaced or moved',
                    '``.data``', '**not** seen', '``.eval()``'):
         assert phrase in doc, phrase
+
+
+def _eval(layer, dtype=torch.float32, autocast=False, mode=torch.no_grad):
+    x, batch = _inputs(dtype)
+    layer.eval()
+    with mode(), _context(autocast):
+        layer(x, None, batch)
+        return layer(x, None, batch)
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+@pytest.mark.parametrize('convert', [
+    lambda m: m.double(),
+    lambda m: m.to(torch.bfloat16),
+    lambda m: m.to(torch.bfloat16).float(),
+    lambda m: m.double().float(),
+], ids=['double', 'bfloat16', 'bfloat16_float', 'double_float'])
+def test_conversions_after_inference_calls_equal_a_fresh_layer(convert,
+                                                               autocast):
+    layer = _layer(0)
+    _eval(layer, autocast=autocast)  # every kept value made
+    layer = convert(layer)
+    dtype = layer.attn.lin_q.weight.dtype
+    ref = convert(_layer(0))
+    autocast = autocast and dtype == torch.float32
+    out = _eval(layer, dtype, autocast)
+    assert out.dtype == dtype
+    assert torch.equal(out, _eval(ref, dtype, autocast))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_inference_mode_equals_no_grad_and_leaks_nothing(dtype, autocast):
+    autocast = autocast and dtype == torch.float32
+    layer = _layer(0).to(dtype)
+    out = _eval(layer, dtype, autocast, torch.inference_mode)
+    assert not out.requires_grad
+    assert torch.equal(out, _eval(layer, dtype, autocast))
+    # A training step after inference mode: the gradients of a layer that
+    # never ran in it.
+    _eval(layer, dtype, autocast, torch.inference_mode)
+    ref = _layer(0).to(dtype)
+    x, batch = _inputs(dtype)
+    grads = []
+    for m in (layer, ref):
+        m.train()
+        torch.manual_seed(2)
+        with _context(autocast):
+            loss = m(x, None, batch).float().square().sum()
+        loss.backward()
+        grads.append([p.grad for p in m.parameters()])
+    for g, g_ref in zip(*grads):
+        assert g is not None and torch.equal(g, g_ref)
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_frozen_fine_tuning_after_inference_calls(autocast):
+    # Half the parameters frozen (the attention), the others trained: the
+    # frozen ones keep their values, and evaluation equals a fresh layer
+    # with the trained weights.
+    layer = _layer(0)
+    _eval(layer, autocast=autocast)
+    layer.attn.requires_grad_(False)
+    frozen = copy.deepcopy(layer.attn.state_dict())
+    opt = torch.optim.SGD([p for p in layer.parameters() if p.requires_grad],
+                          lr=0.1)
+    x, batch = _inputs()
+    layer.train()
+    for _ in range(2):
+        with _context(autocast):
+            loss = layer(x, None, batch).float().square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for name, t in layer.attn.state_dict().items():
+        assert torch.equal(t, frozen[name]), name
+    out = _eval(layer, autocast=autocast)
+    ref = _layer(seed=5)
+    ref.load_state_dict(layer.state_dict())
+    assert torch.equal(out, _eval(ref, autocast=autocast))
+    assert not torch.equal(out, _eval(_layer(0), autocast=autocast))
+
+
+def _reset_children(module):
+    module.apply(lambda m: m.reset_parameters()
+                 if hasattr(m, 'reset_parameters') and m is not module
+                 else None)
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+@pytest.mark.parametrize('reset', [lambda m: m.reset_parameters(),
+                                   _reset_children],
+                         ids=['reset_parameters', 'apply'])
+def test_reinitialised_after_inference_calls_equals_a_fresh_layer(
+        reset, autocast):
+    layer = _layer(0)
+    before = _eval(layer, autocast=autocast)
+    torch.manual_seed(3)
+    reset(layer)
+    ref = _layer(seed=7)
+    torch.manual_seed(3)
+    reset(ref)
+    out = _eval(layer, autocast=autocast)
+    assert not torch.equal(out, before)
+    assert torch.equal(out, _eval(ref, autocast=autocast))
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_copy_loaded_with_new_weights_leaves_the_original(autocast):
+    layer = _layer(0)
+    out = _eval(layer, autocast=autocast)
+    twin = copy.deepcopy(layer)
+    assert torch.equal(_eval(twin, autocast=autocast), out)
+    other = _layer(seed=5)
+    twin.load_state_dict(other.state_dict())
+    assert torch.equal(_eval(twin, autocast=autocast),
+                       _eval(other, autocast=autocast))
+    assert torch.equal(_eval(layer, autocast=autocast), out)
