@@ -705,6 +705,11 @@ class SamsaConv(Module):
         # the caller has it.
         mlp = self._modules['mlp']._modules
         lin1, act, drop1, lin2, drop2 = mlp.values()
+        if hooked(lin1, drop1, lin2, drop2):
+            # A hook on a layer of the MLP (one that records activations,
+            # PyTorch's hook-based spectral_norm or pruning, which set the
+            # weight in a pre-hook) runs where the modules are called.
+            return self._modules['mlp'](h)
         w1, b1, w2, b2 = lin1.weight, lin1.bias, lin2.weight, lin2.bias
         device = h.device.type
         autocast = torch.is_autocast_enabled(device)

@@ -2,6 +2,8 @@
 evaluation BatchNorm as one affine map (refreshed when its statistics or
 parameters change), and the MLP's casts kept between calls under
 autocast."""
+import copy
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -204,3 +206,30 @@ def test_eval_batch_norm_runs_the_hooks_of_its_norms(norm_first):
         assert not torch.equal(zeroed, out)
     else:
         assert torch.equal(zeroed, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize('training', [False, True])
+@pytest.mark.parametrize('autocast', [False, True])
+def test_hooks_on_the_mlps_layers_run(training, autocast):
+    # The MLP's layers are called as modules where one holds a hook: a
+    # hook that records activations sees each call, and PyTorch's
+    # hook-based spectral_norm (which sets the weight in a pre-hook)
+    # normalises the weight the layer reads, as in a plain MLP.
+    conv, x, batch = trained_conv()
+    ref = copy.deepcopy(conv)
+    conv.train(training)
+    ref.train(training)
+    seen = []
+    conv.mlp[0].register_forward_hook(lambda m, args, out: seen.append(out))
+    torch.nn.utils.spectral_norm(conv.mlp[3])
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+        torch.manual_seed(1)
+        out = conv(x, None, batch)
+        with torch.no_grad():  # the normalised weight that call read
+            ref.mlp[3].weight.copy_(conv.mlp[3].weight)
+        torch.manual_seed(1)
+        out_ref = ref(x, None, batch)
+    assert not torch.allclose(conv.mlp[3].weight_orig, ref.mlp[3].weight)
+    assert len(seen) == 1 and seen[0].shape == (60, 64)
+    tol = 2e-2 if autocast else 1e-5
+    torch.testing.assert_close(out, out_ref, rtol=tol, atol=tol)
