@@ -801,6 +801,12 @@ class SamsaAttention(Module):
         self._projection_cache = None
         return super().train(mode)
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .half(), ...: new storage for the weights, which may take
+        # the old one's address and version (.half().float()).
+        self._projection_cache = None
+        return super()._apply(fn, *args, **kwargs)
+
     def __getstate__(self) -> Dict[str, Any]:
         # Copies and pickles hold no kept weights (see SamsaConv's).
         return dict(super().__getstate__(), _projection_cache=None)

@@ -278,7 +278,11 @@ class SamsaConv(Module):
                     _affine_cache={})
 
     def _apply(self, fn, *args, **kwargs):
-        # .to(), .cuda(), .half(), ...: new storage for the parameters.
+        # .to(), .cuda(), .half(), ...: new storage for the parameters, which
+        # may take the old one's address and version (.half().float()), so
+        # the kept values go with the graphs.
+        self._mlp_cache = None
+        self._affine_cache = {}
         self._graphs.clear()
         self._train_graphs.clear()
         return super()._apply(fn, *args, **kwargs)

@@ -303,3 +303,18 @@ def test_copy_loaded_with_new_weights_leaves_the_original(autocast):
     assert torch.equal(_eval(twin, autocast=autocast),
                        _eval(other, autocast=autocast))
     assert torch.equal(_eval(layer, autocast=autocast), out)
+
+
+def test_conversions_drop_the_kept_values():
+    # .half().float() (or .to(), .cuda()) gives the parameters new storage,
+    # which may take the old one's address, with new version counters: the
+    # stamps alone could then match, so the kept values go at once.
+    layer = _layer(0)
+    _eval(layer, autocast=True)
+    assert layer._mlp_cache is not None and layer._affine_cache
+    assert layer.attn._projection_cache is not None
+    layer = layer.half().float()
+    assert layer._mlp_cache is None and layer._affine_cache == {}
+    assert layer.attn._projection_cache is None
+    assert torch.equal(_eval(layer, autocast=True),
+                       _eval(_layer(0).half().float(), autocast=True))
