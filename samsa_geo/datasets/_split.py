@@ -4,6 +4,7 @@ import torch
 from torch import Tensor
 
 from samsa_geo.ops.validation import (
+    check_int,
     check_number,
     check_positive_int,
     check_tensor,
@@ -23,9 +24,7 @@ def holdout_indices(y: Tensor, ratio: float, seed: int = 0) -> Tensor:
     check_number('ratio', ratio)
     if not 0 < ratio < 1:  # also refuses NaN
         raise ValueError(f"Expected 'ratio' in (0, 1) (got {ratio})")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"Expected 'seed' to be an int "
-                        f"(got {type(seed).__name__})")
+    check_int('seed', seed)
     gen = torch.Generator().manual_seed(seed)
     out = []
     for c in y.unique(sorted=True).tolist():

@@ -1,11 +1,11 @@
 r"""Classification metrics of the point-cloud benchmarks (ModelNet40)."""
-from numbers import Integral
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from samsa_geo.ops.validation import (
+    check_int,
     check_integer_tensor,
     check_tensor,
     raise_bad_scores,
@@ -25,10 +25,8 @@ def _labels(pred: Tensor, target: Tensor,
     if target.dim() != 1:
         raise ValueError(f"Expected 'target' to have shape [N] "
                          f"(got {list(target.size())})")
-    if num_classes is not None and (isinstance(num_classes, bool) or
-                                    not isinstance(num_classes, Integral)):
-        raise TypeError(f"Expected 'num_classes' to be an int "
-                        f"(got {type(num_classes).__name__})")
+    if num_classes is not None:
+        check_int('num_classes', num_classes, integral=True)
     num = target.size(0)
     if pred.dim() not in (1, 2) or pred.size(0) != num:
         raise ValueError(f"Expected 'pred' to have shape [N] or [N, C] with "

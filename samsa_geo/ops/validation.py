@@ -3,7 +3,7 @@ r"""Checks of input tensors, raising errors that name the argument.
 Type, dtype and shape checks (:func:`check_tensor`,
 :func:`check_float_tensor`, :func:`check_integer_tensor`,
 :func:`check_matrix`, :func:`check_edge_index`, :func:`check_bool`,
-:func:`check_kwargs`, :func:`check_positive_int`,
+:func:`check_kwargs`, :func:`check_int`, :func:`check_positive_int`,
 :func:`check_non_negative_int`,
 :func:`check_batch_vector`) read nothing from the device. Value checks (a
 sorted batch vector, finite points) read the device, which on a GPU makes
@@ -79,7 +79,7 @@ def check_positive_int(name: str, value: int, *,
     :class:`ValueError` unless it is positive. A bool is no int here
     (:obj:`True` would count as 1); with :obj:`integral`, NumPy ints (any
     :class:`numbers.Integral`) pass too, unconverted."""
-    _check_int(name, value, integral)
+    check_int(name, value, integral=integral)
     if value <= 0:
         raise ValueError(f"Expected '{name}' to be positive (got {value})")
 
@@ -87,13 +87,16 @@ def check_positive_int(name: str, value: int, *,
 def check_non_negative_int(name: str, value: int, *,
                            integral: bool = False) -> None:
     r"""As :func:`check_positive_int`, for counts that may be 0."""
-    _check_int(name, value, integral)
+    check_int(name, value, integral=integral)
     if value < 0:
         raise ValueError(f"Expected '{name}' to be non-negative "
                          f"(got {value})")
 
 
-def _check_int(name: str, value: int, integral: bool) -> None:
+def check_int(name: str, value: Any, *, integral: bool = False) -> None:
+    r"""Raises a :class:`TypeError` naming :obj:`name` unless :obj:`value`
+    is an int (not a bool; with :obj:`integral`, any
+    :class:`numbers.Integral`, such as a NumPy int)."""
     if isinstance(value, bool) or not isinstance(
             value, Integral if integral else int):
         raise TypeError(f"Expected '{name}' to be an int "
@@ -245,6 +248,9 @@ __all__ = [
     'check_float_tensor',
     'check_number',
     'check_bool',
+    'check_int',
+    'check_positive_int',
+    'check_non_negative_int',
     'check_kwargs',
     'check_integer_tensor',
     'check_matrix',

@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from samsa_geo.ops.validation import check_int
 from samsa_geo.train.distributed import get_rank, get_world_size, is_distributed
 from samsa_geo.train.distributed_eval_sampler import DistributedEvalSampler
 from samsa_geo.train.seed import seed_worker
@@ -75,9 +76,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool,
         if not isinstance(value, bool):
             raise TypeError(f"Expected '{name}' to be a bool "
                             f"(got {value!r})")
-    if not _is_int(seed):
-        raise TypeError(f"Expected 'seed' to be an int "
-                        f"(got {type(seed).__name__})")
+    check_int('seed', seed)
     # What torch.Generator.manual_seed takes, also as seed + epoch.
     if not -2**63 <= seed < 2**63:
         raise ValueError(f"Expected 'seed' in [-2**63, 2**63) (got {seed})")

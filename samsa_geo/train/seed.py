@@ -6,6 +6,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from samsa_geo.ops.validation import check_int
+
 
 def seed_everything(seed: int) -> None:
     r"""Seeds :mod:`random`, :mod:`numpy` and :mod:`torch` (all devices).
@@ -13,8 +15,7 @@ def seed_everything(seed: int) -> None:
     Args:
         seed (int): The seed.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"Expected 'seed' to be an int (got {type(seed).__name__})")
+    check_int('seed', seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -71,6 +71,7 @@ from samsa_geo.ops.validation import (
     check_batch_vector,
     check_bool,
     check_finite,
+    check_int,
     check_matrix,
     check_number,
     check_positive_int,
@@ -262,10 +263,7 @@ class SamsaAttention(Module):
                 or not math.isfinite(temperature) or temperature <= 0):
             raise ValueError(f"Expected 'temperature' to be a finite float "
                              f"> 0 (got {temperature!r})")
-        if isinstance(num_registers, bool) or \
-                not isinstance(num_registers, int):
-            raise TypeError(f"Expected 'num_registers' to be an int "
-                            f"(got {type(num_registers).__name__})")
+        check_int('num_registers', num_registers)
         if num_registers < 0:
             raise ValueError(f"Expected 'num_registers' >= 0 "
                              f"(got {num_registers})")

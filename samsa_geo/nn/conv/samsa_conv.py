@@ -265,10 +265,14 @@ class SamsaConv(Module):
         self._module_tree = ModuleTree()
 
     def train(self, mode: bool = True) -> 'SamsaConv':
+        self._drop_kept_values()
+        return super().train(mode)
+
+    def _drop_kept_values(self) -> None:
+        # The casts, affine maps and inference graphs kept between calls.
         self._mlp_cache = None
         self._affine_cache = {}
         self._graphs.clear()
-        return super().train(mode)
 
     def __getstate__(self) -> Dict[str, Any]:
         # Copies and pickles (deepcopy, torch.save of the module) hold no
@@ -281,9 +285,7 @@ class SamsaConv(Module):
         # .to(), .cuda(), .half(), ...: new storage for the parameters, which
         # may take the old one's address and version (.half().float()), so
         # the kept values go with the graphs.
-        self._mlp_cache = None
-        self._affine_cache = {}
-        self._graphs.clear()
+        self._drop_kept_values()
         self._train_graphs.clear()
         return super()._apply(fn, *args, **kwargs)
 
