@@ -711,7 +711,7 @@ class SamsaConv(Module):
         # the caller has it.
         mlp = self._modules['mlp']._modules
         lin1, act, drop1, lin2, drop2 = mlp.values()
-        if hooked(lin1, drop1, lin2, drop2):
+        if hooked(lin1, act, drop1, lin2, drop2):
             # A hook on a layer of the MLP (one that records activations,
             # PyTorch's hook-based spectral_norm or pruning, which set the
             # weight in a pre-hook) runs where the modules are called.
@@ -739,7 +739,7 @@ class SamsaConv(Module):
             h = h.to(torch.get_autocast_dtype(device))
         if epilogue and h.dtype == w1.dtype == b1.dtype:
             h = torch._addmm_activation(b1, h, w1.t())
-        elif relu and not hooked(act):  # ReLU's call, without its frames
+        elif relu:  # ReLU's call, without its frames
             h = torch.relu(linear_unchecked(h, w1, b1))
         else:
             h = act(linear_unchecked(h, w1, b1))

@@ -233,3 +233,26 @@ def test_hooks_on_the_mlps_layers_run(training, autocast):
     assert len(seen) == 1 and seen[0].shape == (60, 64)
     tol = 2e-2 if autocast else 1e-5
     torch.testing.assert_close(out, out_ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize('autocast', [False, True])
+def test_a_hook_on_the_activation_runs_in_evaluation(autocast):
+    # The inference ReLU runs as the GEMM's epilogue; a hook on it (here
+    # one that records, then one that zeroes the hidden layer) runs all
+    # the same.
+    conv, x, batch = trained_conv()
+    ref = copy.deepcopy(conv)
+    seen = []
+    handle = conv.mlp[1].register_forward_hook(
+        lambda m, args, out: seen.append(out))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16,
+                                         enabled=autocast):
+        out, out_ref = conv(x, None, batch), ref(x, None, batch)
+        assert len(seen) == 1 and seen[0].shape == (60, 64)
+        torch.testing.assert_close(out, out_ref, rtol=0, atol=0)
+        handle.remove()
+        conv.mlp[1].register_forward_hook(lambda m, args, out: out * 0.0)
+        ref.mlp[0].weight.zero_()  # ReLU(b1) == 0: b1 zeroed too
+        ref.mlp[0].bias.zero_()
+        torch.testing.assert_close(conv(x, None, batch),
+                                   ref(x, None, batch), rtol=0, atol=0)
