@@ -1,3 +1,4 @@
+from itertools import islice
 from typing import Optional, Tuple
 
 import torch
@@ -13,6 +14,8 @@ from samsa_geo.nn.attention._dispatch import (
     needs_grad,
     scorer_mlp_in_kernel,
 )
+from samsa_geo.nn.attention._module_tree import ModuleTree
+from samsa_geo.nn.attention._module_tree import hooked as any_hooked
 from samsa_geo.nn.attention._ops import importance_score
 from samsa_geo.nn.attention._score_grad import (
     ScoredRows,
@@ -52,7 +55,11 @@ class ImportanceScorer(Module):
     scores rank the tokens. On CUDA
     they are one Triton kernel that reads the tokens once, and in eager
     training their backward is another (see
-    :func:`~samsa_geo.nn.attention.config.set_fused_scorer`).
+    :func:`~samsa_geo.nn.attention.config.set_fused_scorer`). Where a
+    hook is set on one of its layers (PyTorch's hook-based
+    :func:`~torch.nn.utils.spectral_norm` or pruning, a recording hook),
+    the layers are called as modules instead, so that the hook runs and
+    the weight it sets is the one read.
 
     Args:
         channels (int): Token width :math:`C`.
@@ -78,6 +85,7 @@ class ImportanceScorer(Module):
                                    Linear(channels, channels))
         self.norm = LayerNorm(channels)
         self.lin = Linear(channels, heads)
+        self._module_tree = ModuleTree()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -91,7 +99,8 @@ class ImportanceScorer(Module):
                 lin2_weights: Optional[Tuple[Tensor, Tensor]] = None,
                 lin1_inputs: Optional[Tuple[Tensor, Tensor,
                                             Optional[Tensor]]] = None,
-                rows: Optional[ScoredRows] = None) -> Tensor:
+                rows: Optional[ScoredRows] = None,
+                hooked: Optional[bool] = None) -> Tensor:
         r"""Scores of the tokens ``x`` :math:`(N, C)`; ``hidden`` is the
         MLP's first linear layer applied to ``x``, if the caller computed
         it already (fused with other projections of ``x``; never with
@@ -104,13 +113,25 @@ class ImportanceScorer(Module):
         ``rows`` (:class:`~._score_grad.ScoredRows`), filled by the caller
         before the backward pass, names the only (token, head) pairs whose
         scores receive a gradient: the training node's backward then runs
-        on their rows alone."""
+        on their rows alone. ``hooked`` says whether a hook is set on a
+        submodule, if the caller knows (:obj:`None`: checked here); with
+        one, the layers are called as modules: ``hidden`` and
+        ``lin2_weights`` must be left out, ``lin1_inputs`` and ``rows``
+        are not read."""
         check_matrix('x', x, self.channels)
         lin1, act, lin2 = self.score_nn
         if self.norm_in is not None:
             assert hidden is None and lin1_inputs is None, \
                 'hidden of the raw tokens'
             x = self.norm_in(x)  # float32 under autocast
+        if hooked is None:
+            # (A traced graph asks the modules: see SamsaAttention's.)
+            hooked = any_hooked(*islice(self.modules(), 1, None)) \
+                if is_tracing() else self._module_tree.read(self).hooked()
+        if hooked:
+            assert hidden is None and lin2_weights is None, \
+                'the layers are called as modules'
+            return self._modules_forward(x)
         if hidden is None:
             hidden = F.linear(x, lin1.weight, lin1.bias)
         if lin2_weights is None:
@@ -149,6 +170,21 @@ class ImportanceScorer(Module):
                 y.to(dtype), norm.normalized_shape, norm.weight.to(dtype),
                 norm.bias.to(dtype), norm.eps)
             return F.linear(h, lin.weight.to(dtype), lin.bias.to(dtype))
+
+    def _modules_forward(self, x: Tensor) -> Tensor:
+        # The formula with every layer called as a module (a hook on one
+        # runs). The residual, the LayerNorm and W_s run in the layers'
+        # dtype, at least float32, as the functional path's.
+        y = self.score_nn(x)  # [N, C]
+        dtype = self.lin.weight.dtype
+        if dtype == at_least_float32(dtype):  # float32 or float64
+            with torch.autocast(x.device.type, enabled=False):
+                h = x.to(dtype) + self.norm(y.to(dtype))
+                return self.lin(h)  # [N, H]
+        # Layers of a lower precision (a module cast with .half()): in
+        # their dtype, the scores returned in float32.
+        h = x.to(dtype) + self.norm(y.to(dtype))
+        return self.lin(h).float()
 
     def _use_kernel(self, x: Tensor, hidden: Tensor, lin2_weight: Tensor,
                     ) -> bool:

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module
 
+from samsa_geo.nn.attention._module_tree import hooked
 from samsa_geo.ops.validation import check_positive_int
 
 
@@ -58,6 +59,8 @@ class RelativeBias(Module):
             raise ValueError(f"Expected {self.in_features} pairwise feature "
                              f"tensors (got {len(rel)})")
         H = self.heads
+        if hooked(self.lin_scale, self.lin_bias):
+            return self._modules_forward(score, rel)
         scale = self.lin_scale.bias.view(H, 1, 1)
         bias = self.lin_bias.bias.view(H, 1, 1)
         for f, r in enumerate(rel):
@@ -68,6 +71,25 @@ class RelativeBias(Module):
             bias = torch.addcmul(bias, self.lin_bias.weight[:, f].view(
                 H, 1, 1), r)
         return torch.addcmul(bias, score, F.softplus(scale))
+
+    def _modules_forward(self, score: Tensor,
+                         rel: Sequence[Optional[Tensor]]) -> Tensor:
+        # The formula with A and B called as modules, where one holds a
+        # hook (it runs, and a weight its pre-hook sets is the one read):
+        # each pair's features through every head's row, the rows of the
+        # pair's own head kept (H times the memory of the features).
+        with torch.autocast(score.device.type, enabled=False):
+            r = torch.stack([score.new_zeros(score.shape) if f is None
+                             else f.to(score.dtype).expand(score.shape)
+                             for f in rel], dim=-1)  # [*, H, T, k, F]
+
+            def own_head(out: Tensor) -> Tensor:
+                # [*, H, T, k, H] -> [*, T, k, H] -> [*, H, T, k]
+                return out.diagonal(dim1=-4, dim2=-1).movedim(-1, -3)
+
+            scale = own_head(self.lin_scale(r))
+            bias = own_head(self.lin_bias(r))
+            return torch.addcmul(bias, score, F.softplus(scale))
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_features}, '

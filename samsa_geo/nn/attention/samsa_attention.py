@@ -1,4 +1,5 @@
 import math
+from itertools import islice
 from numbers import Integral
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -40,6 +41,7 @@ from samsa_geo.nn.attention._sampling import (
     project_rows,
     select,
 )
+from samsa_geo.nn.attention._module_tree import ModuleTree, hooked
 from samsa_geo.nn.attention._score_grad import ScoredRows
 from samsa_geo.nn.attention._sets import (
     SetInfo,
@@ -315,6 +317,9 @@ class SamsaAttention(Module):
         self.register_buffer('head_index', torch.arange(heads).view(1, -1, 1),
                              persistent=False)
         self._projection_cache = None
+        # Whether a hook is set on a submodule, read per call (see
+        # _hooked).
+        self._module_tree = ModuleTree()
         # 'full' attends to every token: no scorer, no register scores.
         full = sampling == 'full'
         if sampling == 'sft' and num_registers > 0:
@@ -490,6 +495,7 @@ class SamsaAttention(Module):
             batch = batch.long()
         info = self._set_info(x, batch, pos, normal, num_graphs, max_num_nodes)
         N, H = x.size(0), self.heads
+        hooks = self._hooked()
         if N == 0:  # no query: nothing to attend from
             out = self.lin_out(x)
             idx = torch.full((info.num_sets, H, 0), -1, device=x.device)
@@ -498,12 +504,25 @@ class SamsaAttention(Module):
             return (out, idx, x.new_zeros(0, H, 0)) if return_weights \
                 else (out, idx)
 
-        if self._fused_inference(x, info, return_weights):
+        if not hooks and self._fused_inference(x, info, return_weights):
             return self._fused_forward(x, x_low, batch, info, return_indices)
-        if self._dense_keeps_all(info, N, return_indices):
+        if not hooks and self._dense_keeps_all(info, N, return_indices):
             return self._dense_forward(x, x_low, batch, info)
         return self._sampled_forward(x, x_low, batch, info, pos, normal,
-                                     return_indices, return_weights)
+                                     return_indices, return_weights, hooks)
+
+    def _hooked(self) -> bool:
+        # Whether calling a submodule would run a hook (a global one, or
+        # one of lin_q, lin_kv, lin_out, the scorer's or the relative
+        # bias's layers: PyTorch's spectral_norm and prune set the weight
+        # in a pre-hook). The fast paths read the weights directly, in
+        # stacked GEMMs and fused kernels, and so would skip the hooks;
+        # the general path then calls the layers as modules. A traced
+        # graph asks the modules themselves: the kept tree's own state
+        # would be guarded, and recompile the graph after its first call.
+        if is_tracing():
+            return hooked(*islice(self.modules(), 1, None))
+        return self._module_tree.read(self).hooked()
 
     def _projection_input(self, x: Tensor) -> Optional[Tensor]:
         # x in the dtype the projections compute in, where they would cast
@@ -518,18 +537,24 @@ class SamsaAttention(Module):
                          batch: Optional[Tensor],
                          info: SetInfo, pos: Optional[Tensor],
                          normal: Optional[Tensor], return_indices: bool,
-                         return_weights: bool,
+                         return_weights: bool, modules: bool = False,
                          ) -> Union[Tensor, Tuple[Tensor, ...]]:
         # The method's steps on the general path: training, exported
         # graphs, relative bias, summary key, sets too large for the fused
-        # kernels.
+        # kernels, and hooks on the submodules (modules=True: every layer
+        # called as a module).
         N, C = x.shape
         H, D = self.heads, self.head_dim
         # 1. Queries for every token; keys and values for every candidate,
         # or, where the rows that step 2 reads are fewer than half the
         # tokens, for those rows alone (after step 2).
-        q, kv, hidden, (scorer_args, out_lin, kv_lin) = self._project(
-            x, x_low, self._projects_sampled_rows(info, N, return_indices))
+        if modules:
+            q, kv, hidden, (scorer_args, out_lin, kv_lin) = \
+                self._project_modules(x)
+        else:
+            q, kv, hidden, (scorer_args, out_lin, kv_lin) = self._project(
+                x, x_low,
+                self._projects_sampled_rows(info, N, return_indices))
         if q.requires_grad and not is_tracing():
             # Its own storage: the attention saves the queries, and a view
             # would keep the whole projection (keys, values, the scorer's
@@ -590,7 +615,8 @@ class SamsaAttention(Module):
         o = self._attend(to_tiles(q, tiles), key, value, sel, tiles, pos,
                          normal, weights, summ)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
-        out = linear_unchecked(out, *out_lin)
+        out = self.lin_out(out) if modules else \
+            linear_unchecked(out, *out_lin)
         if not return_indices:
             return out
         idx = self._indices(sel.top, info, N)
@@ -666,7 +692,7 @@ class SamsaAttention(Module):
                 or max_num_nodes is None)):
             return False
         info = self._set_info(x, batch, pos, None, num_graphs, max_num_nodes)
-        return self._fused_inference(x, info, False)
+        return not self._hooked() and self._fused_inference(x, info, False)
 
     def _fused_forward(self, x: Tensor, x_low: Optional[Tensor],
                        batch: Optional[Tensor], info: SetInfo,
@@ -732,7 +758,9 @@ class SamsaAttention(Module):
             kv_lin = (x, weight[-rows:], bias[-rows:])
             weight, bias = weight[:-rows], bias[:-rows]
         out = linear_unchecked(x, weight, bias).split_with_sizes(sizes, 1)
-        scorer_args: Dict[str, Any] = {}
+        # No submodule holds a hook (forward checked): the scorer need not
+        # ask.
+        scorer_args: Dict[str, Any] = {'hooked': False}
         if len(rest) > 2:
             scorer_args['lin2_weights'] = (rest[0], rest[1])
         out_lin = (rest[-2], rest[-1])
@@ -744,6 +772,15 @@ class SamsaAttention(Module):
                                           bias[start:start + rows])
         kv = None if self.sampling == 'sft' or sampled_kv else out[-1]
         return out[0], kv, hidden, (scorer_args, out_lin, kv_lin)
+
+    def _project_modules(self, x: Tensor,
+                         ) -> Tuple[Tensor, Optional[Tensor], None,
+                                    Tuple[Dict[str, Any], None, None]]:
+        # _project's results where a submodule holds a hook: the layers
+        # called as modules (their hooks run, a pre-hook's weight is the
+        # one read), the scorer left to compute its own hidden layer.
+        kv = None if self.sampling == 'sft' else self.lin_kv(x)  # [N, 2C]
+        return self.lin_q(x), kv, None, ({'hooked': True}, None, None)
 
     def _stacks_scorer(self) -> bool:
         # The scorer's first layer reads x itself, unless the scorer
@@ -923,7 +960,9 @@ class SamsaAttention(Module):
                 and self.score == 'dot' and self.normalization == 'softmax'
                 and dropout == 0.0 and not is_exporting()
                 and q.dtype != torch.float64
-                and flex_supported(q.device))
+                and flex_supported(q.device)
+                and not hooked(self.rel_bias, self.rel_bias.lin_scale,
+                               self.rel_bias.lin_bias))
 
     def _keeps_all(self, info: SetInfo, return_indices: bool) -> bool:
         # Every set keeps all its candidates (n_max + R <= k, known on the

@@ -27,7 +27,7 @@ from samsa_geo.nn.conv._graph_training import (
     TrainingGraphReplay,
     autograd_allows_capture,
 )
-from samsa_geo.nn.conv._module_tree import ModuleTree, hooked
+from samsa_geo.nn.attention._module_tree import ModuleTree, hooked
 from samsa_geo.ops import layer_norm, residual_affine, residual_batch_norm
 from samsa_geo.ops._utils import promoted_float
 from samsa_geo.ops.linear import linear_unchecked

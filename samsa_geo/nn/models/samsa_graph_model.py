@@ -24,7 +24,7 @@ from samsa_geo.nn.conv._graph_training import (
     TrainingGraphReplay,
     autograd_allows_capture,
 )
-from samsa_geo.nn.conv._module_tree import ModuleTree
+from samsa_geo.nn.attention._module_tree import ModuleTree
 from samsa_geo.nn.conv.samsa_conv import SamsaConv
 from samsa_geo.nn.encoders.categorical_encoder import CategoricalEncoder
 from samsa_geo.nn.encoders.graph_tokenizer import GraphTokenizer

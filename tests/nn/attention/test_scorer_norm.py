@@ -23,7 +23,8 @@ class _NormalisingScorer(Module):
         self.inner = scorer
         self.score_nn = scorer.score_nn
 
-    def forward(self, x, hidden=None, lin2_weights=None, lin1_inputs=None):
+    def forward(self, x, hidden=None, lin2_weights=None, lin1_inputs=None,
+                hooked=None):
         return self.inner(x)
 
 

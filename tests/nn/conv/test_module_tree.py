@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from samsa_geo.nn import SamsaConv
-from samsa_geo.nn.conv._module_tree import SETTING_TYPES, ModuleTree
+from samsa_geo.nn.attention._module_tree import SETTING_TYPES, ModuleTree
 
 
 def walked_settings(modules):

@@ -11,6 +11,11 @@ as long as the replay's own launches. :class:`ModuleTree` walks once and
 then reads only what can change: the children of each module, the values of
 the settings by name, the hook dictionaries, the parameter and buffer
 dictionaries, with C-level iteration.
+
+:class:`~samsa_geo.nn.SamsaAttention` and its scorer ask the same of their
+own tree on every eager call: whether a hook is set on a layer whose
+weights their fast paths read directly (then the layers are called as
+modules).
 """
 from itertools import chain
 from operator import itemgetter
