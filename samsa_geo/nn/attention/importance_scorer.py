@@ -1,5 +1,4 @@
-from itertools import islice
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +13,11 @@ from samsa_geo.nn.attention._dispatch import (
     needs_grad,
     scorer_mlp_in_kernel,
 )
-from samsa_geo.nn.attention._module_tree import ModuleTree
-from samsa_geo.nn.attention._module_tree import hooked as any_hooked
+from samsa_geo.nn.attention._module_tree import (
+    ModuleTree,
+    trace_hooks_of,
+    traced_hooks,
+)
 from samsa_geo.nn.attention._ops import importance_score
 from samsa_geo.nn.attention._score_grad import (
     ScoredRows,
@@ -86,7 +88,12 @@ class ImportanceScorer(Module):
         self.norm = LayerNorm(channels)
         self.lin = Linear(channels, heads)
         self._module_tree = ModuleTree()
+        trace_hooks_of(self)
         self.reset_parameters()
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        trace_hooks_of(self)
 
     def reset_parameters(self) -> None:
         if self.norm_in is not None:
@@ -125,9 +132,9 @@ class ImportanceScorer(Module):
                 'hidden of the raw tokens'
             x = self.norm_in(x)  # float32 under autocast
         if hooked is None:
-            # (A traced graph asks the modules: see SamsaAttention's.)
-            hooked = any_hooked(*islice(self.modules(), 1, None)) \
-                if is_tracing() else self._module_tree.read(self).hooked()
+            # (A compiled graph asks traced_hooks: see SamsaAttention's.)
+            hooked = traced_hooks() if torch.compiler.is_compiling() \
+                else self._module_tree.read(self).hooked()
         if hooked:
             assert hidden is None and lin2_weights is None, \
                 'the layers are called as modules'

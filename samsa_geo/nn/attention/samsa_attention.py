@@ -1,5 +1,4 @@
 import math
-from itertools import islice
 from numbers import Integral
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -41,7 +40,12 @@ from samsa_geo.nn.attention._sampling import (
     project_rows,
     select,
 )
-from samsa_geo.nn.attention._module_tree import ModuleTree, hooked
+from samsa_geo.nn.attention._module_tree import (
+    ModuleTree,
+    hooked,
+    trace_hooks_of,
+    traced_hooks,
+)
 from samsa_geo.nn.attention._score_grad import ScoredRows
 from samsa_geo.nn.attention._sets import (
     SetInfo,
@@ -320,6 +324,7 @@ class SamsaAttention(Module):
         # Whether a hook is set on a submodule, read per call (see
         # _hooked).
         self._module_tree = ModuleTree()
+        trace_hooks_of(self)
         # 'full' attends to every token: no scorer, no register scores.
         full = sampling == 'full'
         if sampling == 'sft' and num_registers > 0:
@@ -517,11 +522,11 @@ class SamsaAttention(Module):
         # bias's layers: PyTorch's spectral_norm and prune set the weight
         # in a pre-hook). The fast paths read the weights directly, in
         # stacked GEMMs and fused kernels, and so would skip the hooks;
-        # the general path then calls the layers as modules. A traced
-        # graph asks the modules themselves: the kept tree's own state
-        # would be guarded, and recompile the graph after its first call.
-        if is_tracing():
-            return hooked(*islice(self.modules(), 1, None))
+        # the general path then calls the layers as modules. A compiled
+        # graph asks traced_hooks (the kept tree's own state would be
+        # guarded, and recompile the graph after its first call).
+        if torch.compiler.is_compiling():
+            return traced_hooks()
         return self._module_tree.read(self).hooked()
 
     def _projection_input(self, x: Tensor) -> Optional[Tensor]:
@@ -845,6 +850,10 @@ class SamsaAttention(Module):
     def __getstate__(self) -> Dict[str, Any]:
         # Copies and pickles hold no kept weights (see SamsaConv's).
         return dict(super().__getstate__(), _projection_cache=None)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        trace_hooks_of(self)
 
     def _sample_sft(self, x: Tensor, hidden: Tensor, batch: Optional[Tensor],
                     info: SetInfo, scorer_args: Dict[str, Any],

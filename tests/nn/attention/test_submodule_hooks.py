@@ -247,3 +247,25 @@ def test_compiled_attention_runs_hooks_set_before_compiling():
     compiled = torch.compile(attn)
     compiled(x, batch, num_graphs=4).sum().backward()
     assert attn.lin_q.weight_orig.grad.abs().sum() > 0
+
+
+def test_compiled_graphs_ask_the_registered_layers_for_hooks():
+    # traced_hooks, a constant of a compiled graph, reads the hooks of
+    # every live attention and scorer, copies and unpickled ones included.
+    import gc
+    import pickle
+
+    from samsa_geo.nn.attention._module_tree import traced_hooks
+    gc.collect()  # layers of other tests, hooked ones among them
+    attn = make_attention()
+    assert not traced_hooks()
+    for other in (copy.deepcopy(attn), pickle.loads(pickle.dumps(attn))):
+        handle = other.lin_q.register_forward_pre_hook(lambda m, args: None)
+        assert traced_hooks()
+        handle.remove()
+        assert not traced_hooks()
+    handle = attn.scorer.norm.register_forward_hook(lambda m, a, o: None)
+    assert traced_hooks()
+    del attn, handle
+    gc.collect()
+    assert not traced_hooks()
