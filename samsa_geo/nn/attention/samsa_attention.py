@@ -42,7 +42,6 @@ from samsa_geo.nn.attention._sampling import (
 )
 from samsa_geo.nn.attention._module_tree import (
     ModuleTree,
-    hooked,
     trace_hooks_of,
     traced_hooks,
 )
@@ -618,7 +617,7 @@ class SamsaAttention(Module):
         key, value = per_tile(u, tiles).split(D, dim=-1)  # [nt, H, k, D]
         weights = [] if return_indices and return_weights else None
         o = self._attend(to_tiles(q, tiles), key, value, sel, tiles, pos,
-                         normal, weights, summ)
+                         normal, weights, summ, modules)
         out = from_tiles(o, tiles).reshape(N, C)  # [N, H, D] -> [N, C]
         out = self.lin_out(out) if modules else \
             linear_unchecked(out, *out_lin)
@@ -919,7 +918,8 @@ class SamsaAttention(Module):
                 tiles: Tiles, pos: Optional[Tensor],
                 normal: Optional[Tensor],
                 weights: Optional[list] = None,
-                summ: Optional[Summary] = None) -> Tensor:
+                summ: Optional[Summary] = None,
+                modules: bool = False) -> Tensor:
         # q: [nt, H, T, D]; key, value: [nt, H, k, D] -> [nt, H, T, D];
         # a 'weights' list gets the weights, from the explicit path. With
         # the summary, the last of the k slots is the summary key.
@@ -940,7 +940,10 @@ class SamsaAttention(Module):
             return sdpa_attention(q, key, value, key_valid, dropout,
                                   self.training, key_bias)
         # The fused relative-bias kernels take no per-key offset.
-        if weights is None and summ is None and self._fused_bias(q, dropout):
+        # (The fused bias kernel reads the relative bias's weights: not
+        # where a hook is set, modules=True.)
+        if weights is None and summ is None and not modules \
+                and self._fused_bias(q, dropout):
             geo = self._pair_geometry(pos, normal, sel.top, tiles)
             return biased_attention(q, key, value, key_valid, geo,
                                     self._bias_weights())
@@ -969,9 +972,7 @@ class SamsaAttention(Module):
                 and self.score == 'dot' and self.normalization == 'softmax'
                 and dropout == 0.0 and not is_exporting()
                 and q.dtype != torch.float64
-                and flex_supported(q.device)
-                and not hooked(self.rel_bias, self.rel_bias.lin_scale,
-                               self.rel_bias.lin_bias))
+                and flex_supported(q.device))
 
     def _keeps_all(self, info: SetInfo, return_indices: bool) -> bool:
         # Every set keeps all its candidates (n_max + R <= k, known on the

@@ -269,3 +269,26 @@ def test_compiled_graphs_ask_the_registered_layers_for_hooks():
     del attn, handle
     gc.collect()
     assert not traced_hooks()
+
+
+def test_a_hooked_relative_bias_leaves_the_fused_bias_kernel(monkeypatch):
+    # The fused kernel reads lin_scale's and lin_bias's weights; where it
+    # serves (CUDA), a hook on them sends the call to the explicit path.
+    from samsa_geo.nn.attention import samsa_attention
+
+    def kernel(*args, **kwargs):
+        raise AssertionError('the fused bias kernel ran')
+
+    monkeypatch.setattr(samsa_attention, 'biased_attention', kernel)
+    monkeypatch.setattr(SamsaAttention, '_fused_bias', lambda *args: True)
+    attn = make_attention(relative_bias=True).eval()
+    x, batch, pos = make_input()
+    with torch.no_grad(), pytest.raises(AssertionError, match='fused bias'):
+        run(attn, x, batch, pos)
+    ref = copy.deepcopy(attn)
+    attn.rel_bias.lin_scale.register_forward_hook(lambda m, a, o: None)
+    with torch.no_grad():
+        out, _ = run(attn, x, batch, pos)  # the kernel left out
+        monkeypatch.undo()
+        out_ref, _ = run(ref, x, batch, pos)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
