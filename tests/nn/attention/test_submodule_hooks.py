@@ -190,9 +190,12 @@ def test_relative_bias_modules_path_equals_its_formula():
     dist, ndot = torch.rand(4, 3, 5, 6), torch.randn(4, 3, 5, 6)
     for rel in ((dist, ndot), (dist, None)):
         fast = rb(score, rel)
-        handle = rb.lin_scale.register_forward_hook(lambda m, a, o: None)
+        seen = []
+        handle = rb.lin_scale.register_forward_hook(
+            lambda m, a, o: seen.append(o.shape))
         modules = rb(score, rel)
         handle.remove()
+        assert seen == [(4, 3, 5, 6, 3)]  # [c, H, T, k, H]: every head's row
         torch.testing.assert_close(modules, fast, rtol=1e-5, atol=1e-6)
     # The formula, head h reading row h of A and B.
     h = 1
