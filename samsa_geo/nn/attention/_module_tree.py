@@ -190,3 +190,13 @@ class ModuleTree:
         r"""Whether a hook would run inside the layer's forward or backward
         pass: a global module hook or one of a submodule."""
         return global_hooks() or any(self._hook_dicts)
+
+    def hooked_in(self, root: Module) -> bool:
+        r""":meth:`hooked` of ``root``'s tree, brought up to date, in eager
+        calls; in a :func:`torch.compile` trace :func:`traced_hooks` (for a
+        ``root`` registered with :func:`trace_hooks_of`), since the tree's
+        own state would be guarded and recompile the graph after its first
+        call."""
+        if torch.compiler.is_compiling():
+            return traced_hooks()
+        return self.read(root).hooked()

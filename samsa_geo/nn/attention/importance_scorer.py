@@ -16,7 +16,6 @@ from samsa_geo.nn.attention._dispatch import (
 from samsa_geo.nn.attention._module_tree import (
     ModuleTree,
     trace_hooks_of,
-    traced_hooks,
 )
 from samsa_geo.nn.attention._ops import importance_score
 from samsa_geo.nn.attention._score_grad import (
@@ -132,9 +131,7 @@ class ImportanceScorer(Module):
                 'hidden of the raw tokens'
             x = self.norm_in(x)  # float32 under autocast
         if hooked is None:
-            # (A compiled graph asks traced_hooks: see SamsaAttention's.)
-            hooked = traced_hooks() if torch.compiler.is_compiling() \
-                else self._module_tree.read(self).hooked()
+            hooked = self._module_tree.hooked_in(self)
         if hooked:
             assert hidden is None and lin2_weights is None, \
                 'the layers are called as modules'

@@ -43,7 +43,6 @@ from samsa_geo.nn.attention._sampling import (
 from samsa_geo.nn.attention._module_tree import (
     ModuleTree,
     trace_hooks_of,
-    traced_hooks,
 )
 from samsa_geo.nn.attention._score_grad import ScoredRows
 from samsa_geo.nn.attention._sets import (
@@ -521,12 +520,8 @@ class SamsaAttention(Module):
         # bias's layers: PyTorch's spectral_norm and prune set the weight
         # in a pre-hook). The fast paths read the weights directly, in
         # stacked GEMMs and fused kernels, and so would skip the hooks;
-        # the general path then calls the layers as modules. A compiled
-        # graph asks traced_hooks (the kept tree's own state would be
-        # guarded, and recompile the graph after its first call).
-        if torch.compiler.is_compiling():
-            return traced_hooks()
-        return self._module_tree.read(self).hooked()
+        # the general path then calls the layers as modules.
+        return self._module_tree.hooked_in(self)
 
     def _projection_input(self, x: Tensor) -> Optional[Tensor]:
         # x in the dtype the projections compute in, where they would cast
