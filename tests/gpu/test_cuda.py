@@ -445,6 +445,37 @@ def test_compiled_conv_runs_the_fused_kernels(fused_inference_on, spy, mode,
     assert err < 1e-2, err
 
 
+def test_compiled_training_recompiles_with_dynamic_shapes():
+    # A compiled SamsaConv trained at one layout, then at another: the
+    # second compile is dynamic (sizes as symbols). Inductor's tiling
+    # analysis once asserted on the bottom scores' gradient (a pointwise
+    # node over m = K - k); both layouts' outputs and gradients match the
+    # eager layer's (float32: bf16 rounding could move the selection).
+    torch.manual_seed(0)
+    conv = SamsaConv(256, None, heads=8, k=256).cuda().train()
+    params = list(conv.parameters())
+    torch._dynamo.reset()
+    compiled = torch.compile(conv)
+    for sizes in ([1024] * 8, [4096] * 2):  # the second compile: dynamic
+        x, batch = _batch(sizes, 256, 'cuda')
+        hints = dict(num_graphs=len(sizes), max_num_nodes=max(sizes))
+        w = torch.randn(x.shape, device='cuda')  # the loss's projection
+        runs = []
+        for model in (conv, compiled):
+            x.grad = None
+            x.requires_grad_(True)
+            conv.zero_grad(set_to_none=True)
+            torch.manual_seed(1)  # the same sampling noise: the compiled
+            # graph draws it through PyTorch's generator (fallback_random)
+            with torch._inductor.config.patch(fallback_random=True):
+                out = model(x, None, batch, **hints)
+            (out * w).sum().backward()
+            runs.append((out.detach(), x.grad.clone(),
+                         torch.cat([p.grad.flatten() for p in params])))
+        for got, ref in zip(*runs[::-1]):  # (compiled, eager) pairs
+            assert ((got - ref).norm() / ref.norm()) < 2e-2
+
+
 def test_fused_inference_never_syncs(fused_inference_on, spy):
     from torch_geometric.data import Batch, Data
 

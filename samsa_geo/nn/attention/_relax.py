@@ -210,12 +210,16 @@ def _score_grad(p: Tensor, grad: Tensor, u: Tensor, c) -> Tensor:
     else:
         gs = grad * c.to(grad.dtype)
     gk = (gs * u_top).sum(-1, keepdim=True)  # [B, H, k, 1]
-    gap = torch.baddbmm(
+    # The negated gaps, so that the bottom scores' sums need no negation:
+    # a pointwise node over [B, H, m] (m = K - k, a difference of sizes)
+    # meets an assertion in inductor's tiling analysis under dynamic
+    # shapes (torch 2.11); the top scores' [B, H, k] does not.
+    neg_gap = torch.baddbmm(
         gk.view(B * H, k, 1), gs.reshape(B * H, k, F),
-        u_bottom.reshape(B * H, K - k, F).transpose(1, 2), beta=alpha,
-        alpha=-alpha).view(B, H, k, K - k)  # [B, H, k, m]
-    e = torch.ops.aten.sigmoid_backward(gap, p)  # gap * p * (1 - p)
-    return torch.cat([e.sum(-1), e.sum(-2).neg_()], dim=-1)
+        u_bottom.reshape(B * H, K - k, F).transpose(1, 2), beta=-alpha,
+        alpha=alpha).view(B, H, k, K - k)  # [B, H, k, m]
+    e = torch.ops.aten.sigmoid_backward(neg_gap, p)  # -gap * p * (1 - p)
+    return torch.cat([e.sum(-1).neg_(), e.sum(-2)], dim=-1)
 
 
 def _soft_rows(p: Tensor, u: Tensor, k: int,

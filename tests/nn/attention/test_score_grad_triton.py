@@ -109,7 +109,11 @@ def test_training_node_takes_the_kernels(kernel, monkeypatch, spy, autocast,
     # rows, or beyond SCORE_MLP_MAX_CHANNELS from the second layer's
     # output) and its backward the tail's kernel: scores and every gradient
     # equal those of the node's PyTorch path.
-    from samsa_geo.nn.attention import _dispatch, _score_grad
+    # _score_triton binds SCORE_MLP_MAX_CHANNELS when first imported:
+    # imported here before the bound is patched below.
+    from samsa_geo.nn.attention import _dispatch, _score_grad, _score_triton
+    assert (_score_triton.SCORE_MLP_MAX_CHANNELS
+            == _dispatch.SCORE_MLP_MAX_CHANNELS)
     torch.manual_seed(0)
     scorer = ImportanceScorer(48, heads=5, input_norm=input_norm)
     for p in scorer.parameters():
